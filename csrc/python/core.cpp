@@ -1,0 +1,40 @@
+// Core bindings: exception mapping, the compute pool, build facts.
+#include <pybind11/stl.h>
+
+#include "binding_registry.h"
+#include "sparsecore/core/cpu_features.h"
+#include "sparsecore/core/error.h"
+#include "sparsecore/core/thread_pool.h"
+
+namespace py = pybind11;
+using namespace sparsecore;
+
+SPARSECORE_BINDING(core, 0) {
+  // CorruptData is a ValueError too: the file was read, its contents are wrong.
+  static py::exception<CorruptData> corrupt(m, "CorruptDataError", PyExc_ValueError);
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const CorruptData& e) {
+      py::set_error(corrupt, e.what());
+    } catch (const InvalidArgument& e) {
+      py::set_error(PyExc_ValueError, e.what());
+    } catch (const TypeMismatch& e) {
+      py::set_error(PyExc_TypeError, e.what());
+    } catch (const NotFound& e) {
+      py::set_error(PyExc_KeyError, e.what());
+    } catch (const IoError& e) {
+      py::set_error(PyExc_OSError, e.what());
+    }
+  });
+
+  m.def("num_threads", [] { return ThreadPool::global().num_threads(); },
+        "Number of threads in the process-wide compute pool.");
+  m.def("set_num_threads", [](int n) {
+        py::gil_scoped_release release;
+        ThreadPool::set_global_num_threads(n);
+      },
+      py::arg("n"), "Resize the compute pool (n <= 0: one per core). Results do not depend on it.");
+  m.def("cpu_features", [] { return cpu_feature_names(); },
+        "Instruction sets the running CPU offers to the dispatched kernels.");
+}
