@@ -7,6 +7,7 @@ and raises ``ValueError`` naming the field that is out of range.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 
@@ -192,8 +193,13 @@ class TableConfig:
     def to_dict(self, name: str) -> dict[str, Any]:
         if isinstance(self.dim, bool) or not isinstance(self.dim, int):
             raise TypeError(f"table '{name}': dim must be an int, got {type(self.dim).__name__}")
-        return {"name": name, "dim": self.dim, "optimizer": self.optimizer.to_dict(),
-                "init": self.init.to_dict(), "pooling": self.pooling, "shard_bits": self.shard_bits}
+        out = {"name": name, "dim": self.dim, "optimizer": self.optimizer.to_dict(),
+               "init": self.init.to_dict(), "pooling": self.pooling, "shard_bits": self.shard_bits}
+        for part in ("optimizer", "init"):
+            for key, value in out[part].items():
+                if isinstance(value, float) and not math.isfinite(value):
+                    raise ValueError(f"table '{name}': {part} field '{key}' must be finite, got {value}")
+        return out
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "TableConfig":
