@@ -55,12 +55,14 @@ struct DedupSet {
 
 // Per-group scratch of prepare(): positions grouped by table shard.
 struct GroupScratch {
-  std::vector<uint64_t> hashes;      // (n)
-  std::vector<int32_t> perm;         // (n) positions, grouped by shard, ascending within
+  PodVector<uint64_t> hashes;      // (n)
+  PodVector<int32_t> perm;         // (n) positions, grouped by shard, ascending within
   std::vector<int64_t> shard_start;  // (shards + 1)
-  std::vector<int32_t> local_index;  // (n) index of a position's id within its shard
+  PodVector<int32_t> local_index;  // (n) index of a position's id within its shard
   std::vector<int64_t> shard_unique; // (shards) unique ids per shard
 };
+
+constexpr size_t kCachedBatches = 4;
 
 }  // namespace
 
@@ -130,10 +132,27 @@ std::shared_ptr<PreparedBatch> EmbeddingCollection::prepare(const std::vector<Gr
   validate_inputs(inputs);
 
   const int num_groups = static_cast<int>(inputs.size());
-  auto batch = std::make_shared<PreparedBatch>();
+  std::unique_ptr<PreparedBatch> recycled;
+  {
+    std::lock_guard<std::mutex> lock(batch_cache_->mutex);
+    if (!batch_cache_->free.empty()) {
+      recycled = std::move(batch_cache_->free.back());
+      batch_cache_->free.pop_back();
+    }
+  }
+  if (!recycled) recycled = std::make_unique<PreparedBatch>();
+  std::shared_ptr<PreparedBatch> batch(recycled.release(), [cache = batch_cache_](PreparedBatch* b) {
+    std::unique_ptr<PreparedBatch> owned(b);
+    std::lock_guard<std::mutex> lock(cache->mutex);
+    if (cache->free.size() < kCachedBatches) cache->free.push_back(std::move(owned));
+  });
   batch->train = train;
   batch->groups.resize(num_groups);
-  std::vector<GroupScratch> scratch(num_groups);
+  // Reused by the next prepare on this thread. The pool's threads reach it through the
+  // reference (a thread_local named inside the lambdas would be each worker's own).
+  thread_local std::vector<GroupScratch> tls_scratch;
+  std::vector<GroupScratch>& scratch = tls_scratch;
+  if (scratch.size() < static_cast<size_t>(num_groups)) scratch.resize(num_groups);
 
   // Phase 1, per group: copy the bag layout, hash the ids, group positions by table shard.
   parallel_for(num_groups, 1, [&](int64_t g0, int64_t g1) {
@@ -148,8 +167,13 @@ std::shared_ptr<PreparedBatch> EmbeddingCollection::prepare(const std::vector<Gr
       g.num_ids = in.num_ids;
       g.batch_size = in.batch_size;
       g.table_generation = table.generation();
+      g.max_len = 0;
       g.offsets.assign(in.offsets, in.offsets + in.batch_size + 1);
       if (in.weights) g.weights.assign(in.weights, in.weights + in.num_ids);
+      else g.weights.clear();
+      g.occurrence_offsets.clear();
+      g.occurrence_positions.clear();
+      g.bag_of_position.clear();
       for (int64_t b = 0; b < in.batch_size; ++b) g.max_len = std::max(g.max_len, g.offsets[b + 1] - g.offsets[b]);
 
       const HashTable& ht = table.hash_table();
@@ -210,8 +234,12 @@ std::shared_ptr<PreparedBatch> EmbeddingCollection::prepare(const std::vector<Gr
       HashTable::Shard& shard = table.hash_table().shard(sh);
       int32_t missing = 0;
       {
+        // Probes miss the cache (the index is far larger than L2): prefetch a few keys ahead.
+        constexpr int32_t kAhead = 8;
         std::shared_lock lock(shard.mutex);
+        for (int32_t j = 0; j < count && j < kAhead; ++j) shard.prefetch(key_hash(ukeys[j]));
         for (int32_t j = 0; j < count; ++j) {
+          if (j + kAhead < count) shard.prefetch(key_hash(ukeys[j + kAhead]));
           urows[j] = shard.find(ukeys[j], key_hash(ukeys[j]));
           missing += urows[j] == nullptr;
         }
@@ -249,9 +277,7 @@ std::shared_ptr<PreparedBatch> EmbeddingCollection::prepare(const std::vector<Gr
         base += count;
       }
       g.unique_keys.resize(base);
-      g.unique_keys.shrink_to_fit();
       g.unique_rows.resize(base);
-      g.unique_rows.shrink_to_fit();
       if (!train) continue;
 
       g.occurrence_offsets.assign(base + 1, 0);
@@ -275,7 +301,7 @@ void EmbeddingCollection::forward(const PreparedBatch& batch, const std::vector<
   SC_CHECK_ARG(outputs.size() == batch.groups.size(), "forward: ", outputs.size(), " output buffers for ",
                batch.groups.size(), " groups");
   // If a table changed since prepare (erase, restore), rows are looked up again by key.
-  std::vector<std::vector<std::byte*>> refreshed(batch.groups.size());
+  std::vector<PodVector<std::byte*>> refreshed(batch.groups.size());
   struct Task {
     int group;
     int64_t begin, end;
@@ -326,7 +352,7 @@ int64_t EmbeddingCollection::backward(const PreparedBatch& batch, const std::vec
                  "' contains NaN or Inf; no row was updated");
 
   // Rows released since prepare (erase, restore) are looked up again (and re-created).
-  std::vector<std::vector<std::byte*>> refreshed(num_groups);
+  std::vector<PodVector<std::byte*>> refreshed(num_groups);
   std::vector<std::vector<float>> bag_scale(num_groups);
   for (int gi = 0; gi < num_groups; ++gi) {
     const PreparedGroup& g = batch.groups[gi];

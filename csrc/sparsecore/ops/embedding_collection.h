@@ -22,10 +22,12 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <shared_mutex>
 #include <string>
 #include <vector>
 
+#include "sparsecore/core/pod_vector.h"
 #include "sparsecore/table/embedding_table.h"
 
 namespace sparsecore {
@@ -50,16 +52,16 @@ struct PreparedGroup {
   int64_t num_ids = 0;
   int64_t batch_size = 0;
   int64_t max_len = 0;                    // longest bag (the padded length of pooling "none")
-  std::vector<int64_t> offsets;           // (batch_size + 1)
-  std::vector<float> weights;             // (num_ids) or empty
-  std::vector<int64_t> unique_keys;       // (num_unique), grouped by table shard
-  std::vector<std::byte*> unique_rows;    // (num_unique); nullptr: absent (evaluation only)
-  std::vector<int32_t> inverse;           // (num_ids) index into unique_keys
+  PodVector<int64_t> offsets;           // (batch_size + 1)
+  PodVector<float> weights;             // (num_ids) or empty
+  PodVector<int64_t> unique_keys;       // (num_unique), grouped by table shard
+  PodVector<std::byte*> unique_rows;    // (num_unique); nullptr: absent (evaluation only)
+  PodVector<int32_t> inverse;           // (num_ids) index into unique_keys
   // Training only: occurrences of each unique id in ascending position order (CSR), and
   // the bag of each position.
-  std::vector<int32_t> occurrence_offsets;  // (num_unique + 1)
-  std::vector<int32_t> occurrence_positions;  // (num_ids)
-  std::vector<int32_t> bag_of_position;       // (num_ids)
+  PodVector<int32_t> occurrence_offsets;  // (num_unique + 1)
+  PodVector<int32_t> occurrence_positions;  // (num_ids)
+  PodVector<int32_t> bag_of_position;       // (num_ids)
   uint64_t table_generation = 0;          // rows are re-resolved if the table changed since
 
   int64_t num_unique() const { return static_cast<int64_t>(unique_keys.size()); }
@@ -119,7 +121,15 @@ class EmbeddingCollection {
   EmbeddingCollection(std::vector<std::unique_ptr<EmbeddingTable>> tables, uint64_t seed, int64_t step);
   void validate_inputs(const std::vector<GroupInput>& inputs) const;
 
+  // Finished batches come back here so the next prepare reuses their buffers instead of
+  // faulting in fresh pages every step.
+  struct BatchCache {
+    std::mutex mutex;
+    std::vector<std::unique_ptr<PreparedBatch>> free;
+  };
+
   uint64_t seed_;
+  std::shared_ptr<BatchCache> batch_cache_ = std::make_shared<BatchCache>();
   std::vector<std::unique_ptr<EmbeddingTable>> tables_;
   std::atomic<int64_t> step_{0};
   mutable std::shared_mutex swap_mutex_;  // shared: batch calls; unique: restore

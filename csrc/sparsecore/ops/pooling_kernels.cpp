@@ -18,6 +18,17 @@ __attribute__((always_inline)) inline void axpy(float* __restrict__ y, const flo
   for (int d = 0; d < dim; ++d) y[d] += a * x[d];
 }
 
+// Rows are not cache-line aligned (any dim, one record with the state): touch every line.
+__attribute__((always_inline)) inline void prefetch_bytes(const void* p, size_t bytes, int rw = 0) {
+  const char* c = static_cast<const char*>(p);
+  const char* end = c + bytes;
+  for (const char* line = reinterpret_cast<const char*>(reinterpret_cast<uintptr_t>(c) & ~uintptr_t{63});
+       line < end; line += 64) {
+    if (rw) __builtin_prefetch(line, 1);
+    else __builtin_prefetch(line, 0);
+  }
+}
+
 template <int kDim>
 __attribute__((always_inline)) inline void pool_one_bag(const PreparedGroup& g, const std::byte* const* rows,
                                                         int64_t b, float* __restrict__ o, int dim_runtime) {
@@ -30,7 +41,7 @@ __attribute__((always_inline)) inline void pool_one_bag(const PreparedGroup& g, 
   for (int64_t p = start; p < end; ++p) {
     if (p + kPrefetchDistance < end) {
       const std::byte* ahead = rows[inv[p + kPrefetchDistance]];
-      if (ahead) __builtin_prefetch(ahead);
+      if (ahead) prefetch_bytes(ahead, dim * sizeof(float));
     }
     float w = weights ? weights[p] : 1.0f;
     weight_sum += w;
@@ -100,7 +111,7 @@ void backward_update(const PreparedGroup& g, const EmbeddingTable& table, std::b
   const int32_t* bag_of = g.bag_of_position.data();
   const bool sequence = g.pooling == Pooling::kNone;
   for (int64_t u = u_begin; u < u_end; ++u) {
-    if (u + 2 < u_end) __builtin_prefetch(rows[u + 2], 1);
+    if (u + 4 < u_end) prefetch_bytes(rows[u + 4], table.row_bytes(), 1);
     for (int d = 0; d < dim; ++d) scratch[d] = 0.0f;
     for (int32_t k = occ_off[u]; k < occ_off[u + 1]; ++k) {
       const int32_t pos = occ_pos[k];

@@ -17,33 +17,29 @@ constexpr size_t kMinCapacity = 16;
 HashTable::Shard::Shard(size_t row_bytes) : arena_(row_bytes) { grow(kMinCapacity); }
 
 void HashTable::Shard::grow(size_t new_capacity) {
-  std::vector<int64_t> old_keys(new_capacity, kEmptyKey);
-  std::vector<uint32_t> old_rows(new_capacity, kNoRow);
-  old_keys.swap(keys_);
-  old_rows.swap(rows_);
+  std::vector<Slot> old(new_capacity, Slot{kEmptyKey, kNoRow});
+  old.swap(slots_);
   mask_ = new_capacity - 1;
-  for (size_t i = 0; i < old_keys.size(); ++i) {
-    int64_t k = old_keys[i];
-    if (k == kEmptyKey) continue;
-    uint64_t slot = key_hash(k) & mask_;
-    while (keys_[slot] != kEmptyKey) slot = (slot + 1) & mask_;
-    keys_[slot] = k;
-    rows_[slot] = old_rows[i];
+  for (const Slot& s : old) {
+    if (s.key == kEmptyKey) continue;
+    uint64_t slot = key_hash(s.key) & mask_;
+    while (slots_[slot].key != kEmptyKey) slot = (slot + 1) & mask_;
+    slots_[slot] = s;
   }
 }
 
 void HashTable::Shard::reserve(size_t rows) {
-  size_t cap = keys_.size();
+  size_t cap = slots_.size();
   while (rows * 4 > cap * 3) cap *= 2;
-  if (cap != keys_.size()) grow(cap);
+  if (cap != slots_.size()) grow(cap);
 }
 
 std::byte* HashTable::Shard::find(int64_t key, uint64_t hash) const {
   if (key == kEmptyKey) return special_row_ == kNoRow ? nullptr : arena_.row(special_row_);
   uint64_t slot = hash & mask_;
   for (;;) {
-    int64_t k = keys_[slot];
-    if (k == key) return arena_.row(rows_[slot]);
+    int64_t k = slots_[slot].key;
+    if (k == key) return arena_.row(slots_[slot].row);
     if (k == kEmptyKey) return nullptr;
     slot = (slot + 1) & mask_;
   }
@@ -72,19 +68,19 @@ std::byte* HashTable::Shard::find_or_insert(int64_t key, uint64_t hash, const Ro
   }
   uint64_t slot = hash & mask_;
   for (;;) {
-    int64_t k = keys_[slot];
-    if (k == key) return arena_.row(rows_[slot]);
+    int64_t k = slots_[slot].key;
+    if (k == key) return arena_.row(slots_[slot].row);
     if (k == kEmptyKey) break;
     slot = (slot + 1) & mask_;
   }
-  if ((size_ + 1) * 4 > keys_.size() * 3) {
-    grow(keys_.size() * 2);
+  if ((size_ + 1) * 4 > slots_.size() * 3) {
+    grow(slots_.size() * 2);
     slot = hash & mask_;
-    while (keys_[slot] != kEmptyKey) slot = (slot + 1) & mask_;
+    while (slots_[slot].key != kEmptyKey) slot = (slot + 1) & mask_;
   }
   uint32_t id = allocate_row(key, init);
-  keys_[slot] = key;
-  rows_[slot] = id;
+  slots_[slot].key = key;
+  slots_[slot].row = id;
   ++size_;
   *inserted = true;
   return arena_.row(id);
@@ -106,12 +102,12 @@ bool HashTable::Shard::erase(int64_t key, uint64_t hash) {
   }
   uint64_t slot = hash & mask_;
   for (;;) {
-    int64_t k = keys_[slot];
+    int64_t k = slots_[slot].key;
     if (k == kEmptyKey) return false;
     if (k == key) break;
     slot = (slot + 1) & mask_;
   }
-  arena_.release(rows_[slot]);
+  arena_.release(slots_[slot].row);
   --size_;
   // Backward-shift deletion: pull later members of the probe run into the hole while their
   // home slot does not lie cyclically in (hole, j].
@@ -119,25 +115,23 @@ bool HashTable::Shard::erase(int64_t key, uint64_t hash) {
   uint64_t j = slot;
   for (;;) {
     j = (j + 1) & mask_;
-    int64_t kj = keys_[j];
+    int64_t kj = slots_[j].key;
     if (kj == kEmptyKey) break;
     uint64_t home = key_hash(kj) & mask_;
     bool stays = hole <= j ? (hole < home && home <= j) : (hole < home || home <= j);
     if (stays) continue;
-    keys_[hole] = kj;
-    rows_[hole] = rows_[j];
+    slots_[hole].key = kj;
+    slots_[hole].row = slots_[j].row;
     hole = j;
   }
-  keys_[hole] = kEmptyKey;
-  rows_[hole] = kNoRow;
+  slots_[hole].key = kEmptyKey;
+  slots_[hole].row = kNoRow;
   return true;
 }
 
 void HashTable::Shard::clear() {
-  keys_.assign(kMinCapacity, kEmptyKey);
-  keys_.shrink_to_fit();
-  rows_.assign(kMinCapacity, kNoRow);
-  rows_.shrink_to_fit();
+  slots_.assign(kMinCapacity, Slot{kEmptyKey, kNoRow});
+  slots_.shrink_to_fit();
   mask_ = kMinCapacity - 1;
   special_row_ = kNoRow;
   size_ = 0;
@@ -145,7 +139,7 @@ void HashTable::Shard::clear() {
 }
 
 size_t HashTable::Shard::memory_bytes() const {
-  return keys_.capacity() * sizeof(int64_t) + rows_.capacity() * sizeof(uint32_t) + arena_.memory_bytes();
+  return slots_.capacity() * sizeof(Slot) + arena_.memory_bytes();
 }
 
 HashTable::HashTable(size_t row_bytes, int shard_bits) : row_bytes_(row_bytes), shard_bits_(shard_bits) {

@@ -2,8 +2,8 @@
 //
 // Layout. The key space is split into 2^shard_bits shards by the top bits of fmix64(key)
 // (the same hash DESIGN.md routes buckets with, so a shard is a contiguous bucket range).
-// Each shard is an open-addressing index (linear probing over two arrays: keys int64 and
-// row ids uint32, 12 bytes a slot, load factor <= 3/4) in front of a RowArena whose rows
+// Each shard is an open-addressing index (linear probing over packed {key int64, row id
+// uint32} slots, 12 bytes each, load factor <= 3/4) in front of a RowArena whose rows
 // never move. Growth doubles one shard's index and rehashes only (key, id) pairs.
 //
 // Keys. Every int64 is a legal key. The index marks empty slots with kEmptyKey; the one
@@ -54,12 +54,14 @@ class HashTable {
     void reserve(size_t rows);
     size_t size() const { return size_; }
     size_t memory_bytes() const;
+    // Hint: the slot where a probe for `hash` starts (prefetch ahead of find/find_or_insert).
+    void prefetch(uint64_t hash) const { __builtin_prefetch(&slots_[hash & mask_]); }
     // Visits every (key, row) of the shard in index order.
     template <typename Fn>
     void for_each(Fn&& fn) const {
       if (special_row_ != kNoRow) fn(kEmptyKey, arena_.row(special_row_));
-      for (size_t i = 0; i < keys_.size(); ++i)
-        if (keys_[i] != kEmptyKey) fn(keys_[i], arena_.row(rows_[i]));
+      for (const Slot& s : slots_)
+        if (s.key != kEmptyKey) fn(s.key, arena_.row(s.row));
     }
 
     mutable std::shared_mutex mutex;
@@ -68,8 +70,12 @@ class HashTable {
     void grow(size_t new_capacity);
     uint32_t allocate_row(int64_t key, const RowInit& init);
 
-    std::vector<int64_t> keys_;
-    std::vector<uint32_t> rows_;
+    // 12 bytes a slot, key and row id together: a probe touches one cache line.
+    struct __attribute__((packed)) Slot {
+      int64_t key;
+      uint32_t row;
+    };
+    std::vector<Slot> slots_;
     size_t size_ = 0;  // including the out-of-band key
     uint64_t mask_ = 0;
     uint32_t special_row_ = kNoRow;
