@@ -1,0 +1,119 @@
+"""PyTorch bridge: an ``nn.Module`` over an :class:`~sparsecore.EmbeddingCollection`.
+
+Its forward returns pooled tensors that carry autograd; when ``loss.backward()`` reaches
+them, their gradients go straight into the collection's fused optimizer (the sparse update
+happens during backward, as in TorchRec's fused embeddings). The dense model is any
+``nn.Module`` with its own torch optimizer::
+
+    ebc = sparsecore.torch.EmbeddingBagCollection({"user": sc.TableConfig(dim=16), ...})
+    pooled = ebc(batch)                              # {"user": Tensor[B, 16], ...}
+    loss = loss_fn(mlp(torch.cat(list(pooled.values()), 1)), labels)
+    loss.backward()                                  # also updates the embedding rows
+    dense_opt.step()
+
+Sample compression: groups listed in ``shared`` carry one bag per page view; their pooled
+rows are expanded to samples by ``sample_group`` (int64[B]) with autograd, so their gradient
+is summed back per page view, the same as pooling every sample's copy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from .config import TableConfig
+from .embedding import EmbeddingCollection, PreparedBatch
+
+__all__ = ["EmbeddingBagCollection"]
+
+
+class _FusedSparseUpdate(torch.autograd.Function):
+    """Outputs the pooled rows of a prepared batch; backward pushes their gradients into the
+    collection's fused optimizer and returns nothing to autograd."""
+
+    @staticmethod
+    def forward(ctx, anchor, collection, prepared, *outputs):  # type: ignore[override]
+        ctx.collection = collection
+        ctx.prepared = prepared
+        ctx.shapes = [o.shape for o in outputs]
+        return outputs
+
+    @staticmethod
+    def backward(ctx, *grads):  # type: ignore[override]
+        arrays = {}
+        for name, g, shape in zip(ctx.prepared.names, grads, ctx.shapes):
+            if g is None:
+                g = torch.zeros(shape, dtype=torch.float32)
+            arrays[name] = g.detach().to(torch.float32).contiguous().numpy()
+        ctx.collection.backward(ctx.prepared, arrays)
+        return (None, None, None) + (None,) * len(grads)
+
+
+class EmbeddingBagCollection(nn.Module):
+    """Pooled embedding lookups for a dict of feature groups, trained by fused sparse optimizers.
+
+    ``tables``: name -> :class:`~sparsecore.TableConfig` (or pass an existing ``collection``).
+    In ``train()`` mode unknown ids are inserted and gradients update the rows during
+    ``loss.backward()``; in ``eval()`` mode lookups never insert and carry no autograd.
+    """
+
+    def __init__(self, tables: Optional[Mapping[str, TableConfig]] = None, seed: int = 0, *,
+                 collection: Optional[EmbeddingCollection] = None):
+        super().__init__()
+        if collection is None:
+            if tables is None:
+                raise ValueError("pass tables (name -> TableConfig) or an existing collection")
+            collection = EmbeddingCollection(tables, seed)
+        self.collection = collection
+
+    @property
+    def output_dims(self) -> dict[str, int]:
+        return {name: cfg.dim for name, cfg in self.collection.tables.items()}
+
+    def prepare(self, batch: Any) -> PreparedBatch:
+        """Validates, dedups and pulls a batch ahead of :meth:`forward` (for pipelines)."""
+        return self.collection.prepare(_sparse_of(batch), train=self.training)
+
+    def forward(self, batch: Any, *, sample_group: Any = None, shared: Iterable[str] = (),
+                prepared: Optional[PreparedBatch] = None,
+                pulled: Optional[list[np.ndarray]] = None) -> dict[str, Any]:
+        """Pooled tensors per group ([B, dim]; pooling "none": (Tensor[B, L, dim], lengths)).
+
+        ``batch`` is a mapping name -> (ids, offsets[, weights]) or a ``sparsecore.data.Batch``
+        (whose ``sample_group`` and ``shared`` are then used). ``prepared`` reuses a batch
+        from :meth:`prepare`; ``pulled`` its already pulled rows (one step stale pipelines).
+        """
+        if hasattr(batch, "sparse") and hasattr(batch, "sample_group"):
+            sample_group = batch.sample_group if sample_group is None else sample_group
+            shared = batch.shared if not shared else shared
+        if prepared is None:
+            prepared = self.prepare(batch)
+        outs = pulled if pulled is not None else self.collection._c.forward(prepared._core)
+        pooled = [torch.from_numpy(o) for o in outs]
+        if self.training and torch.is_grad_enabled():
+            anchor = torch.empty(0, requires_grad=True)
+            pooled = list(_FusedSparseUpdate.apply(anchor, self.collection, prepared, *pooled))
+        result: dict[str, Any] = {}
+        shared = set(shared)
+        index = None
+        if sample_group is not None and shared:
+            index = torch.as_tensor(np.asarray(sample_group, dtype=np.int64))
+        for name, out, offsets in zip(prepared.names, pooled, prepared.offsets):
+            if self.collection.tables[name].pooling == "none":
+                result[name] = (out, torch.from_numpy(np.diff(offsets)))
+            elif index is not None and name in shared:
+                result[name] = out.index_select(0, index)
+            else:
+                result[name] = out
+        return result
+
+    def extra_repr(self) -> str:
+        return repr(self.collection)
+
+
+def _sparse_of(batch: Any) -> Mapping[str, Any]:
+    return batch.sparse if hasattr(batch, "sparse") else batch

@@ -1,0 +1,382 @@
+"""Trainer: end-to-end CTR training on the embedded default (XDL's SparseNet + DenseNet).
+
+The step is the data path of DESIGN.md, pipelined as XDL's is: a producer thread reads and
+parses the next batches and prepares them (validate, dedup, pull = lookup-or-insert) while
+the main thread runs the dense step of the current one. The compiled readers and the
+engine release the GIL, so the stages run in parallel; queues are bounded (``prefetch``).
+
+Row values are read at forward time, after the previous batch's update, so prefetching does
+not make training stale. ``stale_sparse=True`` also pulls the values of batch k+1 during the
+dense step of batch k (one step of staleness, more overlap).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from .config import TableConfig
+from .data import auc, gauc, logloss
+from .embedding import EmbeddingCollection
+from .torch import EmbeddingBagCollection
+
+__all__ = ["Trainer", "TrainResult"]
+
+log = logging.getLogger("sparsecore.trainer")
+
+_END = object()
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    samples: int
+    seconds: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def samples_per_second(self) -> float:
+        return self.samples / self.seconds if self.seconds > 0 else float("nan")
+
+
+class Trainer:
+    """Trains a sparse embedding collection and a dense PyTorch model together.
+
+    Args:
+        source: a data source from :mod:`sparsecore.data` (``next_batch()``, ``state_dict()``,
+            ``load_state_dict()``), e.g. ``SyntheticData`` or ``CriteoReader``.
+        model: the dense network. With ``model_input="concat"`` it gets one float32 tensor
+            [B, sum of pooled dims (+ dense features)]; with ``"dict"`` it is called as
+            ``model(pooled: dict, dense: Tensor | None)``. It returns logits [B] or [B, 1].
+        tables: the feature spec: source group name -> TableConfig (dim, optimizer, pooling).
+            Groups of the source that are not listed are not read into the model.
+        dense_optimizer: a torch optimizer over ``model``'s parameters (default Adam, lr 1e-3).
+        use_dense: feed the source's dense float features to the model (concat mode).
+        prefetch: batches read and prepared ahead of the dense step.
+        stale_sparse: also pull batch k+1's rows during the dense step of batch k.
+        deterministic: seeds torch and asks it for deterministic kernels; with
+            ``stale_sparse=False`` a run is then bit-reproducible, resumed or not.
+    """
+
+    def __init__(self, source: Any, model: nn.Module, tables: Mapping[str, TableConfig], *,
+                 dense_optimizer: Optional[torch.optim.Optimizer] = None,
+                 loss: Union[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = "logloss",
+                 model_input: str = "concat", use_dense: bool = False, seed: int = 0,
+                 prefetch: int = 2, stale_sparse: bool = False, deterministic: bool = False,
+                 log_every: int = 100, progress: bool = True,
+                 embedding: Optional[EmbeddingBagCollection] = None):
+        if model_input not in ("concat", "dict"):
+            raise ValueError(f"model_input must be 'concat' or 'dict', got {model_input!r}")
+        if prefetch < 1:
+            raise ValueError(f"prefetch must be >= 1, got {prefetch}")
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if deterministic:
+            torch.manual_seed(seed)
+            torch.use_deterministic_algorithms(True)
+        self.source = source
+        self.model = model
+        self.tables = dict(tables)
+        if not self.tables:
+            raise ValueError("tables (the feature spec) must name at least one group")
+        self.embedding = embedding or EmbeddingBagCollection(self.tables, seed)
+        self.dense_optimizer = dense_optimizer or torch.optim.Adam(model.parameters(), lr=1e-3)
+        if loss == "logloss":
+            self._loss = nn.BCEWithLogitsLoss()
+            self._binary = True
+        elif callable(loss):
+            self._loss = loss
+            self._binary = False
+        else:
+            raise ValueError(f"loss must be 'logloss' or a callable, got {loss!r}")
+        self.model_input = model_input
+        self.use_dense = use_dense
+        self.prefetch = prefetch
+        self.stale_sparse = stale_sparse
+        self.log_every = log_every
+        self.progress = progress
+        self.step = 0
+        self.samples = 0
+        self.history: list[dict[str, Any]] = []
+        self._reader_state = source.state_dict() if hasattr(source, "state_dict") else None
+        self._checked = False
+
+    # ------------------------------------------------------------------------------ checks
+    def _check_spec(self, batch: Any) -> None:
+        """Errors that must stop a run before its first update."""
+        unknown = [g for g in self.tables if g not in batch.sparse]
+        if unknown:
+            raise ValueError(f"feature spec names unknown columns {unknown}; the data has {list(batch.sparse)}")
+        if self.use_dense and batch.dense is None:
+            raise ValueError("use_dense=True but the data has no dense features")
+        if self.model_input == "concat":
+            sequence = [g for g, c in self.tables.items() if c.pooling == "none"]
+            if sequence:
+                raise ValueError(f"groups {sequence} use pooling 'none' (sequences); use model_input='dict'")
+            width = sum(c.dim for c in self.tables.values())
+            if self.use_dense:
+                width += batch.dense.shape[1]
+            try:
+                with torch.no_grad():
+                    self.model.eval()
+                    out = self.model(torch.zeros(2, width))
+            except RuntimeError as e:
+                raise ValueError(f"the dense model does not take the pooled width {width} "
+                                 f"({' + '.join(f'{g}:{c.dim}' for g, c in self.tables.items())}"
+                                 f"{' + dense' if self.use_dense else ''}): {e}") from None
+            finally:
+                self.model.train()
+            if out.numel() != 2:
+                raise ValueError(f"the dense model must return one logit per sample, got shape {tuple(out.shape)}")
+        self._checked = True
+
+    def _check_labels(self, batch: Any) -> None:
+        if batch.labels is None:
+            raise ValueError("the data has no labels")
+        if self._binary:
+            labels = np.asarray(batch.labels)
+            if not np.all((labels == 0) | (labels == 1)):
+                bad = labels[(labels != 0) & (labels != 1)][:5]
+                raise ValueError(f"logloss needs labels in {{0, 1}}, got {bad.tolist()} "
+                                 f"in the batch after step {self.step}")
+
+    # ------------------------------------------------------------------------------ pipeline
+    def _select(self, batch: Any) -> Any:
+        """The batch restricted to the feature spec's groups."""
+        from .data import Batch
+
+        sparse = {g: batch.sparse[g] for g in self.tables}
+        return Batch(sparse=sparse, labels=batch.labels, dense=batch.dense, sample_group=batch.sample_group,
+                     shared=frozenset(g for g in batch.shared if g in self.tables),
+                     probabilities=batch.probabilities, users=batch.users, num_samples=batch.num_samples)
+
+    def _producer(self, q: queue.Queue, stop: threading.Event, max_steps: Optional[int]) -> None:
+        produced = 0
+        try:
+            while not stop.is_set() and (max_steps is None or produced < max_steps):
+                batch = self.source.next_batch()
+                if batch is None:
+                    break
+                state = self.source.state_dict() if hasattr(self.source, "state_dict") else None
+                self._check_labels(batch)
+                batch = self._select(batch)
+                prepared = self.embedding.collection.prepare(batch.sparse, train=True)
+                pulled = self.embedding.collection._c.forward(prepared._core) if self.stale_sparse else None
+                item = (batch, prepared, pulled, state)
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                produced += 1
+        except BaseException as e:  # surfaced in the training thread
+            q.put(e)
+            return
+        q.put(_END)
+
+    def _model_input(self, pooled: dict[str, Any], batch: Any) -> Any:
+        dense = torch.from_numpy(np.ascontiguousarray(batch.dense, dtype=np.float32)) if (
+            self.use_dense and batch.dense is not None) else None
+        if self.model_input == "dict":
+            return self.model(pooled, dense)
+        parts = [pooled[g] for g in self.tables]
+        if dense is not None:
+            parts.append(dense)
+        return self.model(torch.cat(parts, dim=1))
+
+    def fit(self, steps: Optional[int] = None) -> TrainResult:
+        """Trains for ``steps`` batches (None: until the source ends)."""
+        q: queue.Queue = queue.Queue(maxsize=self.prefetch)
+        stop = threading.Event()
+        producer = threading.Thread(target=self._producer, args=(q, stop, steps), daemon=True,
+                                    name="sparsecore-reader")
+        self.model.train()
+        self.embedding.train()
+        bar = None
+        if self.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=steps, unit="step", dynamic_ncols=True, leave=False)
+        start = time.perf_counter()
+        window_start, window_samples, window_loss, window_n = start, 0, 0.0, 0
+        done_steps = done_samples = 0
+        producer.start()
+        try:
+            while True:
+                item = q.get()
+                if item is _END:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                batch, prepared, pulled, state = item
+                if not self._checked:
+                    self._check_spec(batch)
+                pooled = self.embedding(batch, prepared=prepared, pulled=pulled)
+                logits = self._model_input(pooled, batch).reshape(-1)
+                labels = torch.from_numpy(np.asarray(batch.labels, dtype=np.float32))
+                loss = self._loss(logits, labels)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"loss is {loss.item()} at step {self.step + 1}")
+                self.dense_optimizer.zero_grad(set_to_none=True)
+                loss.backward()  # also applies the fused sparse update
+                self.dense_optimizer.step()
+                self.step += 1
+                self.samples += batch.num_samples
+                self._reader_state = state
+                done_steps += 1
+                done_samples += batch.num_samples
+                window_samples += batch.num_samples
+                window_loss += float(loss) * batch.num_samples
+                window_n += batch.num_samples
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{float(loss):.4f}")
+                if self.log_every and self.step % self.log_every == 0:
+                    now = time.perf_counter()
+                    entry = {"step": self.step, "loss": window_loss / max(window_n, 1),
+                             "samples_per_s": window_samples / max(now - window_start, 1e-9),
+                             "rows": self.embedding.collection.sizes()}
+                    self.history.append(entry)
+                    log.info("step %d loss %.4f %.0f samples/s rows %d", self.step, entry["loss"],
+                             entry["samples_per_s"], sum(entry["rows"].values()))
+                    window_start, window_samples, window_loss, window_n = now, 0, 0.0, 0
+        finally:
+            stop.set()
+            while producer.is_alive():
+                try:
+                    q.get(timeout=0.1)
+                except queue.Empty:
+                    pass
+            producer.join()
+            if bar is not None:
+                bar.close()
+            # Batches read ahead were not trained on: the source goes back to the last one used.
+            if self._reader_state is not None and hasattr(self.source, "load_state_dict"):
+                self.source.load_state_dict(self._reader_state)
+        return TrainResult(done_steps, done_samples, time.perf_counter() - start, list(self.history))
+
+    # ------------------------------------------------------------------------------ evaluation
+    def evaluate(self, source: Any, max_batches: Optional[int] = None) -> dict[str, float]:
+        """AUC, GAUC (when the data names users) and logloss of the model on ``source``.
+        Evaluation never inserts rows: ids not seen in training read as zeros."""
+        self.model.eval()
+        self.embedding.eval()
+        labels, scores, users = [], [], []
+        try:
+            with torch.no_grad():
+                n = 0
+                while max_batches is None or n < max_batches:
+                    batch = source.next_batch()
+                    if batch is None:
+                        break
+                    batch = self._select(batch)
+                    pooled = self.embedding(batch)
+                    logits = self._model_input(pooled, batch).reshape(-1)
+                    labels.append(np.asarray(batch.labels, np.float64))
+                    scores.append(torch.sigmoid(logits).double().numpy())
+                    if batch.users is not None:
+                        users.append(np.asarray(batch.users, np.int64))
+                    n += 1
+        finally:
+            self.model.train()
+            self.embedding.train()
+        if not labels:
+            raise ValueError("the evaluation source yielded no batch")
+        y, p = np.concatenate(labels), np.concatenate(scores)
+        out = {"auc": auc(y, p), "logloss": logloss(y, p), "samples": float(len(y))}
+        if users:
+            out["gauc"] = gauc(y, p, np.concatenate(users))
+        return out
+
+    # ------------------------------------------------------------------------------ checkpoints
+    def save(self, path: Union[str, os.PathLike], *, overwrite: bool = True) -> None:
+        """Tables, dense model, dense optimizer, step, reader position and RNG state.
+        ``trainer.json`` is written last: a directory without it is not a checkpoint."""
+        path = os.fspath(path)
+        os.makedirs(path, exist_ok=True)
+        marker = os.path.join(path, "trainer.json")
+        if os.path.exists(marker):
+            if not overwrite:
+                raise ValueError(f"a finished trainer checkpoint already exists at '{path}'")
+            os.unlink(marker)
+        self.embedding.collection.save(os.path.join(path, "embedding"), overwrite=True)
+        dense = {"model": self.model.state_dict(), "optimizer": self.dense_optimizer.state_dict(),
+                 "torch_rng": torch.get_rng_state()}
+        tmp = os.path.join(path, "dense.pt.tmp")
+        torch.save(dense, tmp)
+        os.replace(tmp, os.path.join(path, "dense.pt"))
+        meta = {"format": "sparsecore.trainer", "format_version": 1, "step": self.step, "samples": self.samples,
+                "reader": self._reader_state, "history": self.history}
+        with open(marker + ".tmp", "w") as f:
+            json.dump(meta, f, default=_json_default)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(marker + ".tmp", marker)
+
+    def load(self, path: Union[str, os.PathLike]) -> None:
+        """Restores everything :meth:`save` wrote; the next :meth:`fit` continues exactly."""
+        path = os.fspath(path)
+        marker = os.path.join(path, "trainer.json")
+        if not os.path.exists(marker):
+            raise FileNotFoundError(f"no finished trainer checkpoint at '{path}'")
+        with open(marker) as f:
+            meta = json.load(f)
+        dense = torch.load(os.path.join(path, "dense.pt"), weights_only=False)
+        self.embedding.collection.restore(os.path.join(path, "embedding"))
+        self.model.load_state_dict(dense["model"])
+        self.dense_optimizer.load_state_dict(dense["optimizer"])
+        torch.set_rng_state(dense["torch_rng"])
+        self.step = int(meta["step"])
+        self.samples = int(meta["samples"])
+        self.history = list(meta.get("history", []))
+        self._reader_state = meta.get("reader")
+        if self._reader_state is not None:
+            self.source.load_state_dict(self._reader_state)
+
+    # ------------------------------------------------------------------------------ plots
+    def plot(self, path: Union[str, os.PathLike], eval_points: Sequence[tuple[int, float]] = ()) -> None:
+        """Writes a PNG of training loss, evaluation AUC and table size over steps (matplotlib)."""
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            raise ImportError("plotting needs matplotlib: pip install matplotlib") from None
+        steps = [h["step"] for h in self.history]
+        fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+        axes[0].plot(steps, [h["loss"] for h in self.history])
+        axes[0].set(title="training loss", xlabel="step")
+        if eval_points:
+            axes[1].plot(*zip(*eval_points), marker="o")
+        axes[1].set(title="evaluation AUC", xlabel="step")
+        axes[2].plot(steps, [sum(h["rows"].values()) for h in self.history])
+        axes[2].set(title="rows in tables", xlabel="step")
+        fig.tight_layout()
+        fig.savefig(os.fspath(path), dpi=100)
+        plt.close(fig)
+
+
+def _json_default(x: Any) -> Any:
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, (np.floating,)):
+        return float(x)
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    raise TypeError(f"cannot store {type(x).__name__} in a checkpoint")
