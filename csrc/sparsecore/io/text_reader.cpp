@@ -32,7 +32,7 @@ int64_t parse_piece(const LineFormat& format, const char* begin, const char* end
     if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
     const int64_t line_offset = base + (p - begin);
     p = next;
-    if (line.empty() || (line_offset == 0 && format.has_header())) continue;
+    if (line.find_first_not_of(' ') == std::string_view::npos || (line_offset == 0 && format.has_header())) continue;
     auto mark = piece.samples.mark();
     if (format.parse(line, piece.samples, error)) {
       piece.end_offset.push_back(base + (next - begin));

@@ -11,6 +11,7 @@
 // that come before the next sample of the same block); seek() to a saved position resumes
 // with exactly the samples that followed it, none skipped, none read twice.
 //
+// Blank lines (empty or only spaces, after dropping a CRLF's '\r') are skipped silently.
 // Malformed lines are skipped, counted and the first `max_reported_errors` kept with their
 // file and 1-based line number; they are counted when the position passes them.
 //

@@ -18,7 +18,7 @@ import numpy as np
 
 from .._core import io as _io
 from .batch import Batch
-from .readers import MalformedLine, PathsLike, _paths
+from .readers import MalformedLine, PathsLike, _paths, check_state
 from .schema import ColumnsLike, normalize_columns
 
 __all__ = ["ParquetReader"]
@@ -200,10 +200,7 @@ class ParquetReader:
         return {"kind": self.kind, "paths": list(self.paths), "position": list(self.position)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("kind") != self.kind:
-            raise ValueError(f"state is for a {state.get('kind')!r} source, this is {self.kind!r}")
-        if len(state["paths"]) != len(self.paths):
-            raise ValueError(f"state covers {len(state['paths'])} files, this reader {len(self.paths)}")
+        check_state(state, self.kind, self.paths)
         self.seek(state["position"])
 
 

@@ -102,13 +102,18 @@ class _TextReader:
         return {"kind": self.kind, "paths": list(self.paths), "position": list(self.position)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("kind") != self.kind:
-            raise ValueError(f"state is for a {state.get('kind')!r} source, this is {self.kind!r}")
-        if len(state["paths"]) != len(self.paths):
-            raise ValueError(f"state covers {len(state['paths'])} files, this reader {len(self.paths)}")
-        if [os.path.basename(p) for p in state["paths"]] != [os.path.basename(p) for p in self.paths]:
-            log.warning("resuming over files with other names than the saved ones: %s", state["paths"])
+        check_state(state, self.kind, self.paths)
         self.seek(state["position"])
+
+
+def check_state(state: dict[str, Any], kind: str, paths: list[str]) -> None:
+    """Raises ValueError unless ``state`` was saved by a ``kind`` source over as many files."""
+    if state.get("kind") != kind:
+        raise ValueError(f"state is for a {state.get('kind')!r} source, this is {kind!r}")
+    if len(state["paths"]) != len(paths):
+        raise ValueError(f"state covers {len(state['paths'])} files, this reader {len(paths)}")
+    if [os.path.basename(p) for p in state["paths"]] != [os.path.basename(p) for p in paths]:
+        log.warning("resuming over files with other names than the saved ones: %s", state["paths"])
 
 
 _OPTION_DEFAULTS = {"batch_size": 4096, "num_threads": 1, "block_bytes": 4 << 20, "prefetch_blocks": 2,
