@@ -1,15 +1,32 @@
-"""sparsecore: hash-table embeddings, fused sparse optimizers and a parameter server."""
+"""sparsecore: hash-table embeddings, fused sparse optimizers and a parameter server for
+deep learning on high-dimensional sparse data."""
 
 from __future__ import annotations
 
 from . import _core
 from ._core import CorruptDataError, cpu_features, num_threads, set_num_threads
+from .config import (
+    FTRL,
+    SGD,
+    Adagrad,
+    Adam,
+    AdamW,
+    Constant,
+    GroupLasso,
+    Momentum,
+    Normal,
+    RowwiseAdagrad,
+    TableConfig,
+    TruncatedNormal,
+    Uniform,
+    Zeros,
+)
+from .embedding import EmbeddingCollection, PreparedBatch
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "CorruptDataError",
-    "cpu_features",
-    "num_threads",
-    "set_num_threads",
+    "FTRL", "SGD", "Adagrad", "Adam", "AdamW", "Constant", "CorruptDataError", "EmbeddingCollection",
+    "GroupLasso", "Momentum", "Normal", "PreparedBatch", "RowwiseAdagrad", "TableConfig",
+    "TruncatedNormal", "Uniform", "Zeros", "cpu_features", "num_threads", "set_num_threads",
 ]

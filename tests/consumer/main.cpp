@@ -1,9 +1,20 @@
-// Built against the installed sparsecore package by tests/consumer/run_consumer_check.cmake.
+// Built against the installed sparsecore package by tests/consumer/run_consumer_check.cmake:
+// a stand-in for a C++ serving process that links the library.
 #include <cstdio>
+#include <vector>
 
-#include "sparsecore/core/thread_pool.h"
+#include "sparsecore/ops/embedding_collection.h"
 
 int main() {
-  std::printf("sparsecore consumer: %d threads\n", sparsecore::ThreadPool::global().num_threads());
-  return 0;
+  sparsecore::TableConfig config;
+  config.name = "user";
+  config.dim = 4;
+  sparsecore::EmbeddingCollection emb({config}, 7);
+  std::vector<int64_t> ids = {1, 2, 3};
+  std::vector<int64_t> offsets = {0, 1, 3};
+  auto batch = emb.prepare({{0, ids.data(), 3, offsets.data(), 2, nullptr}}, /*train=*/true);
+  std::vector<float> out(2 * 4);
+  emb.forward(*batch, {out.data()});
+  std::printf("sparsecore consumer: %zu rows, out[0] = %f\n", emb.table(0).size(), out[0]);
+  return emb.table(0).size() == 3 ? 0 : 1;
 }

@@ -7,7 +7,7 @@ if(rc)
   message(FATAL_ERROR "install failed: ${rc}")
 endif()
 # A pip build lays the package out under <prefix>/sparsecore; a plain CMake build under <prefix>.
-execute_process(COMMAND ${CMAKE_COMMAND} -S ${SOURCE_DIR}/tests/consumer -B ${WORK_DIR}/build -G ${GENERATOR}
+execute_process(COMMAND ${CMAKE_COMMAND} -S ${SOURCE_DIR}/tests/consumer -B ${WORK_DIR}/build
   "-DCMAKE_PREFIX_PATH=${WORK_DIR}/prefix;${WORK_DIR}/prefix/sparsecore"
   RESULT_VARIABLE rc)
 if(rc)

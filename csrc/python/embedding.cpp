@@ -1,0 +1,182 @@
+// Bindings of the table and ops layers: EmbeddingCollection and its prepared batches.
+// Configs cross as JSON text (the same form the checkpoint manifest stores), so validation
+// lives in one place, the C++ from_json.
+#include <pybind11/numpy.h>
+#include <pybind11/stl.h>
+
+#include "array_args.h"
+#include "binding_registry.h"
+#include "sparsecore/ops/embedding_collection.h"
+
+namespace py = pybind11;
+using namespace sparsecore;
+using sparsecore::python::checked_array;
+
+namespace {
+
+struct PyPrepared {
+  std::shared_ptr<PreparedBatch> batch;
+};
+
+std::vector<TableConfig> configs_from_json(const std::string& text) {
+  Json j = Json::parse(text);
+  std::vector<TableConfig> out;
+  for (const Json& t : j.as_array("tables")) out.push_back(TableConfig::from_json(t));
+  return out;
+}
+
+py::array_t<float> output_array(const PreparedGroup& g) {
+  if (g.pooling == Pooling::kNone) return py::array_t<float>({g.batch_size, g.max_len, static_cast<int64_t>(g.dim)});
+  return py::array_t<float>({g.batch_size, static_cast<int64_t>(g.dim)});
+}
+
+}  // namespace
+
+SPARSECORE_BINDING(embedding, 30) {
+  py::class_<PyPrepared>(m, "PreparedBatch", "A validated, deduplicated batch (see EmbeddingCollection.prepare).")
+      .def_property_readonly("train", [](const PyPrepared& p) { return p.batch->train; })
+      .def_property_readonly("num_groups", [](const PyPrepared& p) { return p.batch->groups.size(); })
+      .def("num_unique", [](const PyPrepared& p, size_t g) { return p.batch->groups.at(g).num_unique(); })
+      .def("unique_ids", [](const PyPrepared& p, size_t g) {
+        const auto& keys = p.batch->groups.at(g).unique_keys;
+        return py::array_t<int64_t>(static_cast<py::ssize_t>(keys.size()), keys.data());
+      })
+      .def("inverse", [](const PyPrepared& p, size_t g) {
+        const auto& inv = p.batch->groups.at(g).inverse;
+        return py::array_t<int32_t>(static_cast<py::ssize_t>(inv.size()), inv.data());
+      })
+      .def("max_length", [](const PyPrepared& p, size_t g) { return p.batch->groups.at(g).max_len; })
+      .def("batch_size", [](const PyPrepared& p, size_t g) { return p.batch->groups.at(g).batch_size; });
+
+  py::class_<EmbeddingCollection>(m, "EmbeddingCollection")
+      .def(py::init([](const std::string& configs_json, uint64_t seed) {
+             return std::make_unique<EmbeddingCollection>(configs_from_json(configs_json), seed);
+           }),
+           py::arg("configs_json"), py::arg("seed"))
+      .def_static("load", [](const std::string& dir) {
+            py::gil_scoped_release release;
+            return EmbeddingCollection::load(dir);
+          }, py::arg("path"))
+      .def("restore", [](EmbeddingCollection& c, const std::string& dir) {
+            py::gil_scoped_release release;
+            c.restore(dir);
+          }, py::arg("path"))
+      .def("save", [](const EmbeddingCollection& c, const std::string& dir, bool overwrite) {
+            py::gil_scoped_release release;
+            c.save(dir, overwrite);
+          }, py::arg("path"), py::arg("overwrite") = false)
+      .def_property_readonly("seed", &EmbeddingCollection::seed)
+      .def_property("step", &EmbeddingCollection::step, &EmbeddingCollection::set_step)
+      .def_property_readonly("num_tables", &EmbeddingCollection::num_tables)
+      .def("table_index", &EmbeddingCollection::table_index, py::arg("name"))
+      .def("table_name", [](const EmbeddingCollection& c, int t) { return c.table(t).name(); })
+      .def("table_config_json", [](const EmbeddingCollection& c, int t) { return c.table(t).config().to_json().dump(); })
+      .def("table_size", [](const EmbeddingCollection& c, int t) { return c.table(t).size(); })
+      .def("table_row_floats", [](const EmbeddingCollection& c, int t) { return c.table(t).row_floats(); })
+      .def("table_row_bytes", [](const EmbeddingCollection& c, int t) { return c.table(t).row_bytes(); })
+      .def("memory_bytes", &EmbeddingCollection::memory_bytes)
+      .def("prepare",
+           [](EmbeddingCollection& c, const std::vector<py::tuple>& groups, bool train) {
+             // Each group: (table index, ids int64[n], offsets int64[B+1], weights float32[n] or None)
+             std::vector<GroupInput> inputs;
+             std::vector<py::array> keep_alive;  // arrays converted from other objects
+             inputs.reserve(groups.size());
+             for (const py::tuple& grp : groups) {
+               GroupInput in;
+               in.table = grp[0].cast<int>();
+               std::string name = "group '" + c.table(in.table).name() + "'";
+               py::array ids = grp[1].cast<py::array>();
+               py::array offsets = grp[2].cast<py::array>();
+               in.ids = checked_array<int64_t>(ids, name + " ids", {-1});
+               in.num_ids = ids.shape(0);
+               keep_alive.push_back(ids);
+               keep_alive.push_back(offsets);
+               in.offsets = checked_array<int64_t>(offsets, name + " offsets", {-1});
+               if (offsets.shape(0) < 1) throw InvalidArgument(name + " offsets must have at least one element (B + 1)");
+               in.batch_size = offsets.shape(0) - 1;
+               if (!grp[3].is_none()) {
+                 py::array w = grp[3].cast<py::array>();
+                 in.weights = checked_array<float>(w, name + " weights", {in.num_ids});
+                 keep_alive.push_back(w);
+               }
+               inputs.push_back(in);
+             }
+             py::gil_scoped_release release;  // the arrays stay alive: `groups` holds them
+             return PyPrepared{c.prepare(inputs, train)};
+           },
+           py::arg("groups"), py::arg("train"))
+      .def("forward",
+           [](const EmbeddingCollection& c, const PyPrepared& p) {
+             std::vector<py::array_t<float>> outs;
+             std::vector<float*> ptrs;
+             for (const auto& g : p.batch->groups) {
+               outs.push_back(output_array(g));
+               ptrs.push_back(outs.back().mutable_data());
+             }
+             {
+               py::gil_scoped_release release;
+               c.forward(*p.batch, ptrs);
+             }
+             return outs;
+           },
+           py::arg("prepared"))
+      .def("backward",
+           [](EmbeddingCollection& c, const PyPrepared& p, const std::vector<py::array>& grads) {
+             if (grads.size() != p.batch->groups.size())
+               throw InvalidArgument("backward: got " + std::to_string(grads.size()) + " gradients for " +
+                                     std::to_string(p.batch->groups.size()) + " groups");
+             std::vector<const float*> ptrs;
+             for (size_t g = 0; g < grads.size(); ++g) {
+               const PreparedGroup& pg = p.batch->groups[g];
+               std::string name = "gradient of group '" + c.table(pg.table).name() + "'";
+               std::vector<py::ssize_t> shape = {pg.batch_size};
+               if (pg.pooling == Pooling::kNone) shape.push_back(pg.max_len);
+               shape.push_back(pg.dim);
+               ptrs.push_back(checked_array<float>(grads[g], name, shape));
+             }
+             py::gil_scoped_release release;
+             return c.backward(*p.batch, ptrs);
+           },
+           py::arg("prepared"), py::arg("grads"))
+      .def("lookup",
+           [](EmbeddingCollection& c, int t, const py::array& ids, bool insert) {
+             EmbeddingTable& table = c.table(t);
+             const int64_t* k = checked_array<int64_t>(ids, "ids", {-1});
+             int64_t n = ids.shape(0);
+             py::array_t<float> out({n, static_cast<int64_t>(table.dim())});
+             float* o = out.mutable_data();
+             py::gil_scoped_release release;
+             if (insert) table.lookup_or_insert_weights(k, n, o);
+             else table.find_weights(k, n, o);
+             return out;
+           },
+           py::arg("table"), py::arg("ids"), py::arg("insert") = false)
+      .def("erase",
+           [](EmbeddingCollection& c, int t, const py::array& ids) {
+             const int64_t* k = checked_array<int64_t>(ids, "ids", {-1});
+             int64_t n = ids.shape(0);
+             py::gil_scoped_release release;
+             return c.table(t).erase(k, n);
+           },
+           py::arg("table"), py::arg("ids"))
+      .def("export",
+           [](const EmbeddingCollection& c, int t) {
+             const EmbeddingTable& table = c.table(t);
+             int64_t n = static_cast<int64_t>(table.size());
+             py::array_t<int64_t> keys(n);
+             py::array_t<float> rows({n, static_cast<int64_t>(table.row_floats())});
+             std::vector<RowMeta> meta(n);
+             int64_t got;
+             {
+               py::gil_scoped_release release;
+               got = table.export_rows(keys.mutable_data(), rows.mutable_data(), meta.data(), n);
+             }
+             py::array_t<int64_t> count(got), last(got);
+             for (int64_t i = 0; i < got; ++i) {
+               count.mutable_data()[i] = meta[i].update_count;
+               last.mutable_data()[i] = meta[i].last_step;
+             }
+             return py::make_tuple(keys, rows, count, last);
+           },
+           py::arg("table"));
+}

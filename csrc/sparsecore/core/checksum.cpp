@@ -1,0 +1,49 @@
+#include "sparsecore/core/checksum.h"
+
+namespace sparsecore {
+namespace {
+
+constexpr uint64_t kPrime = 0x9fb21c651e98df25ULL;
+
+inline uint64_t rotl(uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
+
+}  // namespace
+
+void Checksum64::mix_block(const uint8_t* p) {
+  for (int l = 0; l < 4; ++l) {
+    uint64_t w;
+    std::memcpy(&w, p + 8 * l, 8);
+    lanes_[l] = rotl(lanes_[l] ^ (w * kPrime), 29) * 0xc2b2ae3d27d4eb4fULL;
+  }
+}
+
+void Checksum64::update(const void* data, size_t bytes) {
+  const uint8_t* p = static_cast<const uint8_t*>(data);
+  total_ += bytes;
+  if (pending_bytes_) {
+    size_t take = 32 - pending_bytes_ < bytes ? 32 - pending_bytes_ : bytes;
+    std::memcpy(pending_ + pending_bytes_, p, take);
+    pending_bytes_ += take;
+    p += take;
+    bytes -= take;
+    if (pending_bytes_ < 32) return;
+    mix_block(pending_);
+    pending_bytes_ = 0;
+  }
+  while (bytes >= 32) {
+    mix_block(p);
+    p += 32;
+    bytes -= 32;
+  }
+  std::memcpy(pending_, p, bytes);
+  pending_bytes_ = bytes;
+}
+
+uint64_t Checksum64::digest() const {
+  uint64_t h = total_ * kPrime;
+  for (int l = 0; l < 4; ++l) h = fmix64(h ^ rotl(lanes_[l], 7 * l + 1));
+  for (size_t i = 0; i < pending_bytes_; ++i) h = fmix64(h ^ (uint64_t{pending_[i]} << (8 * (i % 8))) ^ i);
+  return h;
+}
+
+}  // namespace sparsecore

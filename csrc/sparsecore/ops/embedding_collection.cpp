@@ -1,0 +1,379 @@
+#include "sparsecore/ops/embedding_collection.h"
+
+#include <algorithm>
+#include <cmath>
+#include <mutex>
+#include <set>
+
+#include "sparsecore/core/error.h"
+#include "sparsecore/core/thread_pool.h"
+#include "sparsecore/ops/pooling_kernels.h"
+
+namespace sparsecore {
+namespace {
+
+constexpr int64_t kMaxIdsPerGroup = (int64_t{1} << 31) - 1;  // positions are int32
+constexpr int64_t kBagsPerTask = 256;
+constexpr int64_t kRowsPerTask = 256;
+
+// Open-addressing scratch set for dedup within one shard of one group: key -> local index.
+// Slots whose index is -1 are empty, so every key value is legal.
+struct DedupSet {
+  std::vector<int64_t> keys;
+  std::vector<int32_t> index;
+  uint64_t mask = 0;
+
+  void reset(int64_t expected) {
+    size_t cap = 16;
+    while (cap < static_cast<size_t>(expected) * 2) cap *= 2;
+    if (keys.size() < cap) {
+      keys.resize(cap);
+      index.resize(cap);
+    }
+    mask = cap - 1;
+    std::fill(index.begin(), index.begin() + cap, -1);
+  }
+  // Returns the index of `key`, inserting it with `next` when absent.
+  int32_t find_or_add(int64_t key, uint64_t hash, int32_t next, bool* added) {
+    uint64_t slot = hash & mask;
+    for (;;) {
+      int32_t i = index[slot];
+      if (i < 0) {
+        keys[slot] = key;
+        index[slot] = next;
+        *added = true;
+        return next;
+      }
+      if (keys[slot] == key) {
+        *added = false;
+        return i;
+      }
+      slot = (slot + 1) & mask;
+    }
+  }
+};
+
+// Per-group scratch of prepare(): positions grouped by table shard.
+struct GroupScratch {
+  std::vector<uint64_t> hashes;      // (n)
+  std::vector<int32_t> perm;         // (n) positions, grouped by shard, ascending within
+  std::vector<int64_t> shard_start;  // (shards + 1)
+  std::vector<int32_t> local_index;  // (n) index of a position's id within its shard
+  std::vector<int64_t> shard_unique; // (shards) unique ids per shard
+};
+
+}  // namespace
+
+EmbeddingCollection::EmbeddingCollection(std::vector<TableConfig> tables, uint64_t seed) : seed_(seed) {
+  SC_CHECK_ARG(!tables.empty(), "an EmbeddingCollection needs at least one table");
+  std::set<std::string> names;
+  for (const auto& c : tables) {
+    c.validate();
+    SC_CHECK_ARG(names.insert(c.name).second, "duplicate table name '", c.name, "'");
+  }
+  for (auto& c : tables) {
+    uint64_t ts = table_seed(seed, c.name);
+    tables_.push_back(std::make_unique<EmbeddingTable>(std::move(c), ts));
+  }
+}
+
+EmbeddingCollection::EmbeddingCollection(std::vector<std::unique_ptr<EmbeddingTable>> tables, uint64_t seed,
+                                         int64_t step)
+    : seed_(seed), tables_(std::move(tables)), step_(step) {}
+
+int EmbeddingCollection::table_index(const std::string& name) const {
+  for (size_t i = 0; i < tables_.size(); ++i)
+    if (tables_[i]->name() == name) return static_cast<int>(i);
+  std::string known;
+  for (const auto& t : tables_) known += (known.empty() ? "" : ", ") + t->name();
+  throw NotFound("unknown table '" + name + "' (tables: " + known + ")");
+}
+
+size_t EmbeddingCollection::memory_bytes() const {
+  std::shared_lock lock(swap_mutex_);
+  size_t total = 0;
+  for (const auto& t : tables_) total += t->memory_bytes();
+  return total;
+}
+
+void EmbeddingCollection::validate_inputs(const std::vector<GroupInput>& inputs) const {
+  std::vector<char> seen(tables_.size(), 0);
+  for (size_t g = 0; g < inputs.size(); ++g) {
+    const GroupInput& in = inputs[g];
+    SC_CHECK_ARG(in.table >= 0 && in.table < num_tables(), "group ", g, ": table index ", in.table,
+                 " out of range [0, ", num_tables(), ")");
+    const std::string& name = tables_[in.table]->name();
+    SC_CHECK_ARG(!seen[in.table], "table '", name, "' appears in more than one group of the batch");
+    seen[in.table] = 1;
+    SC_CHECK_ARG(in.num_ids >= 0 && in.num_ids <= kMaxIdsPerGroup, "group '", name, "': ids has ", in.num_ids,
+                 " elements; at most 2^31 - 1 per group");
+    SC_CHECK_ARG(in.batch_size >= 0, "group '", name, "': batch size must be >= 0, got ", in.batch_size);
+    SC_CHECK_ARG(in.num_ids == 0 || in.ids != nullptr, "group '", name, "': ids is null");
+    SC_CHECK_ARG(in.offsets != nullptr, "group '", name, "': offsets is null");
+    const int64_t* off = in.offsets;
+    SC_CHECK_ARG(off[0] == 0, "group '", name, "': offsets[0] must be 0, got ", off[0]);
+    for (int64_t b = 0; b < in.batch_size; ++b) {
+      SC_CHECK_ARG(off[b + 1] >= off[b], "group '", name, "': offsets must be non-decreasing, but offsets[", b,
+                   "] = ", off[b], " > offsets[", b + 1, "] = ", off[b + 1]);
+    }
+    SC_CHECK_ARG(off[in.batch_size] == in.num_ids, "group '", name, "': offsets[", in.batch_size, "] = ",
+                 off[in.batch_size], " must equal the number of ids (", in.num_ids, ")");
+    if (in.weights) {
+      SC_CHECK_ARG(kernels::all_finite(in.weights, in.num_ids), "group '", name,
+                   "': weights contain NaN or Inf");
+    }
+  }
+}
+
+std::shared_ptr<PreparedBatch> EmbeddingCollection::prepare(const std::vector<GroupInput>& inputs, bool train) {
+  std::shared_lock swap_lock(swap_mutex_);
+  validate_inputs(inputs);
+
+  const int num_groups = static_cast<int>(inputs.size());
+  auto batch = std::make_shared<PreparedBatch>();
+  batch->train = train;
+  batch->groups.resize(num_groups);
+  std::vector<GroupScratch> scratch(num_groups);
+
+  // Phase 1, per group: copy the bag layout, hash the ids, group positions by table shard.
+  parallel_for(num_groups, 1, [&](int64_t g0, int64_t g1) {
+    for (int64_t gi = g0; gi < g1; ++gi) {
+      const GroupInput& in = inputs[gi];
+      EmbeddingTable& table = *tables_[in.table];
+      PreparedGroup& g = batch->groups[gi];
+      GroupScratch& s = scratch[gi];
+      g.table = in.table;
+      g.dim = table.dim();
+      g.pooling = table.config().pooling;
+      g.num_ids = in.num_ids;
+      g.batch_size = in.batch_size;
+      g.table_generation = table.generation();
+      g.offsets.assign(in.offsets, in.offsets + in.batch_size + 1);
+      if (in.weights) g.weights.assign(in.weights, in.weights + in.num_ids);
+      for (int64_t b = 0; b < in.batch_size; ++b) g.max_len = std::max(g.max_len, g.offsets[b + 1] - g.offsets[b]);
+
+      const HashTable& ht = table.hash_table();
+      const int shards = ht.num_shards();
+      const int64_t n = in.num_ids;
+      s.hashes.resize(n);
+      s.shard_start.assign(shards + 1, 0);
+      for (int64_t i = 0; i < n; ++i) {
+        uint64_t h = key_hash(in.ids[i]);
+        s.hashes[i] = h;
+        ++s.shard_start[ht.shard_of_hash(h) + 1];
+      }
+      for (int sh = 0; sh < shards; ++sh) s.shard_start[sh + 1] += s.shard_start[sh];
+      std::vector<int64_t> cursor(s.shard_start.begin(), s.shard_start.end() - 1);
+      s.perm.resize(n);
+      for (int64_t i = 0; i < n; ++i) s.perm[cursor[ht.shard_of_hash(s.hashes[i])]++] = static_cast<int32_t>(i);
+      s.local_index.resize(n);
+      s.shard_unique.assign(shards, 0);
+      g.unique_keys.resize(n);  // compacted in phase 3; a shard's uniques fit in its positions
+      g.unique_rows.resize(n);
+    }
+  });
+
+  // Phase 2, per (group, shard): dedup the shard's positions, then pull their rows under one
+  // lock of the table shard. Unique ids of shard s are written at the shard's first position.
+  struct Task {
+    int group;
+    int shard;
+  };
+  std::vector<Task> tasks;
+  for (int gi = 0; gi < num_groups; ++gi) {
+    const GroupScratch& s = scratch[gi];
+    for (int sh = 0; sh + 1 < static_cast<int>(s.shard_start.size()); ++sh)
+      if (s.shard_start[sh + 1] > s.shard_start[sh]) tasks.push_back({gi, sh});
+  }
+  parallel_for(static_cast<int64_t>(tasks.size()), 1, [&](int64_t t0, int64_t t1) {
+    thread_local DedupSet set;
+    for (int64_t t = t0; t < t1; ++t) {
+      const int gi = tasks[t].group, sh = tasks[t].shard;
+      const GroupInput& in = inputs[gi];
+      PreparedGroup& g = batch->groups[gi];
+      GroupScratch& s = scratch[gi];
+      EmbeddingTable& table = *tables_[in.table];
+      const int64_t begin = s.shard_start[sh], end = s.shard_start[sh + 1];
+      set.reset(end - begin);
+      int32_t count = 0;
+      int64_t* ukeys = g.unique_keys.data() + begin;
+      for (int64_t p = begin; p < end; ++p) {
+        const int32_t pos = s.perm[p];
+        bool added = false;
+        int32_t idx = set.find_or_add(in.ids[pos], s.hashes[pos], count, &added);
+        if (added) ukeys[count++] = in.ids[pos];
+        s.local_index[pos] = idx;
+      }
+      s.shard_unique[sh] = count;
+
+      std::byte** urows = g.unique_rows.data() + begin;
+      HashTable::Shard& shard = table.hash_table().shard(sh);
+      int32_t missing = 0;
+      {
+        std::shared_lock lock(shard.mutex);
+        for (int32_t j = 0; j < count; ++j) {
+          urows[j] = shard.find(ukeys[j], key_hash(ukeys[j]));
+          missing += urows[j] == nullptr;
+        }
+      }
+      if (train && missing > 0) {
+        std::unique_lock lock(shard.mutex);
+        for (int32_t j = 0; j < count; ++j) {
+          if (urows[j]) continue;
+          bool inserted = false;
+          urows[j] = shard.find_or_insert(ukeys[j], key_hash(ukeys[j]), table.row_init(), &inserted);
+        }
+      }
+    }
+  });
+
+  // Phase 3, per group: compact the per-shard uniques, resolve inverse indices, and (when
+  // training) build each unique id's occurrence list and each position's bag.
+  parallel_for(num_groups, 1, [&](int64_t g0, int64_t g1) {
+    for (int64_t gi = g0; gi < g1; ++gi) {
+      PreparedGroup& g = batch->groups[gi];
+      GroupScratch& s = scratch[gi];
+      const int shards = static_cast<int>(s.shard_unique.size());
+      int64_t base = 0;
+      g.inverse.resize(g.num_ids);
+      for (int sh = 0; sh < shards; ++sh) {
+        const int64_t begin = s.shard_start[sh], count = s.shard_unique[sh];
+        if (base != begin && count > 0) {  // base <= begin: moving down never overwrites unread data
+          std::copy(g.unique_keys.begin() + begin, g.unique_keys.begin() + begin + count, g.unique_keys.begin() + base);
+          std::copy(g.unique_rows.begin() + begin, g.unique_rows.begin() + begin + count, g.unique_rows.begin() + base);
+        }
+        for (int64_t p = begin; p < s.shard_start[sh + 1]; ++p) {
+          const int32_t pos = s.perm[p];
+          g.inverse[pos] = static_cast<int32_t>(base + s.local_index[pos]);
+        }
+        base += count;
+      }
+      g.unique_keys.resize(base);
+      g.unique_keys.shrink_to_fit();
+      g.unique_rows.resize(base);
+      g.unique_rows.shrink_to_fit();
+      if (!train) continue;
+
+      g.occurrence_offsets.assign(base + 1, 0);
+      for (int64_t pos = 0; pos < g.num_ids; ++pos) ++g.occurrence_offsets[g.inverse[pos] + 1];
+      for (int64_t u = 0; u < base; ++u) g.occurrence_offsets[u + 1] += g.occurrence_offsets[u];
+      std::vector<int32_t> cursor(g.occurrence_offsets.begin(), g.occurrence_offsets.end() - 1);
+      g.occurrence_positions.resize(g.num_ids);
+      for (int64_t pos = 0; pos < g.num_ids; ++pos)
+        g.occurrence_positions[cursor[g.inverse[pos]]++] = static_cast<int32_t>(pos);
+      g.bag_of_position.resize(g.num_ids);
+      for (int64_t b = 0; b < g.batch_size; ++b)
+        std::fill(g.bag_of_position.begin() + g.offsets[b], g.bag_of_position.begin() + g.offsets[b + 1],
+                  static_cast<int32_t>(b));
+    }
+  });
+  return batch;
+}
+
+void EmbeddingCollection::forward(const PreparedBatch& batch, const std::vector<float*>& outputs) const {
+  std::shared_lock swap_lock(swap_mutex_);
+  SC_CHECK_ARG(outputs.size() == batch.groups.size(), "forward: ", outputs.size(), " output buffers for ",
+               batch.groups.size(), " groups");
+  // If a table changed since prepare (erase, restore), rows are looked up again by key.
+  std::vector<std::vector<std::byte*>> refreshed(batch.groups.size());
+  struct Task {
+    int group;
+    int64_t begin, end;
+  };
+  std::vector<Task> tasks;
+  for (size_t gi = 0; gi < batch.groups.size(); ++gi) {
+    const PreparedGroup& g = batch.groups[gi];
+    SC_CHECK_ARG(g.table >= 0 && g.table < num_tables() && tables_[g.table]->dim() == g.dim,
+                 "forward: the prepared batch does not belong to this collection");
+    SC_CHECK_ARG(outputs[gi] != nullptr || g.output_size() == 0, "forward: output ", gi, " is null");
+    const EmbeddingTable& table = *tables_[g.table];
+    if (table.generation() != g.table_generation) {
+      refreshed[gi].resize(g.unique_keys.size());
+      table.hash_table().find(g.unique_keys.data(), g.num_unique(), refreshed[gi].data());
+    }
+    for (int64_t b = 0; b < g.batch_size; b += kBagsPerTask)
+      tasks.push_back({static_cast<int>(gi), b, std::min(g.batch_size, b + kBagsPerTask)});
+  }
+  parallel_for(static_cast<int64_t>(tasks.size()), 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const PreparedGroup& g = batch.groups[tasks[t].group];
+      const auto& rows = refreshed[tasks[t].group].empty() ? g.unique_rows : refreshed[tasks[t].group];
+      kernels::pool_bags(g, rows.data(), tasks[t].begin, tasks[t].end, outputs[tasks[t].group]);
+    }
+  });
+}
+
+int64_t EmbeddingCollection::backward(const PreparedBatch& batch, const std::vector<const float*>& grads) {
+  std::shared_lock swap_lock(swap_mutex_);
+  SC_CHECK_ARG(batch.train, "backward needs a batch prepared with train=true (this one was prepared for evaluation)");
+  SC_CHECK_ARG(grads.size() == batch.groups.size(), "backward: ", grads.size(), " gradients for ",
+               batch.groups.size(), " groups");
+  const int num_groups = static_cast<int>(batch.groups.size());
+  for (int gi = 0; gi < num_groups; ++gi) {
+    const PreparedGroup& g = batch.groups[gi];
+    SC_CHECK_ARG(g.table >= 0 && g.table < num_tables() && tables_[g.table]->dim() == g.dim,
+                 "backward: the prepared batch does not belong to this collection");
+    SC_CHECK_ARG(grads[gi] != nullptr || g.output_size() == 0, "backward: gradient ", gi, " is null");
+  }
+  // Validate every gradient before any row changes.
+  std::vector<char> finite(num_groups, 1);
+  parallel_for(num_groups, 1, [&](int64_t g0, int64_t g1) {
+    for (int64_t gi = g0; gi < g1; ++gi)
+      finite[gi] = kernels::all_finite(grads[gi], batch.groups[gi].output_size());
+  });
+  for (int gi = 0; gi < num_groups; ++gi)
+    SC_CHECK_ARG(finite[gi], "gradient of group '", tables_[batch.groups[gi].table]->name(),
+                 "' contains NaN or Inf; no row was updated");
+
+  // Rows released since prepare (erase, restore) are looked up again (and re-created).
+  std::vector<std::vector<std::byte*>> refreshed(num_groups);
+  std::vector<std::vector<float>> bag_scale(num_groups);
+  for (int gi = 0; gi < num_groups; ++gi) {
+    const PreparedGroup& g = batch.groups[gi];
+    EmbeddingTable& table = *tables_[g.table];
+    if (table.generation() != g.table_generation) {
+      refreshed[gi].resize(g.unique_keys.size());
+      table.hash_table().find_or_insert(g.unique_keys.data(), g.num_unique(), refreshed[gi].data(),
+                                        table.row_init());
+    }
+    auto& scale = bag_scale[gi];
+    scale.assign(g.batch_size, 1.0f);
+    if (g.pooling == Pooling::kMean) {
+      for (int64_t b = 0; b < g.batch_size; ++b) {
+        float denom = 0.0f;
+        if (g.weights.empty()) {
+          denom = static_cast<float>(g.offsets[b + 1] - g.offsets[b]);
+        } else {
+          for (int64_t p = g.offsets[b]; p < g.offsets[b + 1]; ++p) denom += g.weights[p];
+        }
+        scale[b] = denom != 0.0f ? 1.0f / denom : 0.0f;
+      }
+    }
+  }
+
+  const int64_t step = step_.fetch_add(1, std::memory_order_acq_rel) + 1;
+  struct Task {
+    int group;
+    int64_t begin, end;
+  };
+  std::vector<Task> tasks;
+  for (int gi = 0; gi < num_groups; ++gi) {
+    const int64_t u = batch.groups[gi].num_unique();
+    for (int64_t b = 0; b < u; b += kRowsPerTask) tasks.push_back({gi, b, std::min(u, b + kRowsPerTask)});
+  }
+  parallel_for(static_cast<int64_t>(tasks.size()), 1, [&](int64_t t0, int64_t t1) {
+    thread_local std::vector<float> scratch;
+    for (int64_t t = t0; t < t1; ++t) {
+      const int gi = tasks[t].group;
+      const PreparedGroup& g = batch.groups[gi];
+      const EmbeddingTable& table = *tables_[g.table];
+      if (scratch.size() < static_cast<size_t>(g.dim)) scratch.resize(g.dim);
+      std::byte* const* rows = refreshed[gi].empty() ? g.unique_rows.data() : refreshed[gi].data();
+      kernels::backward_update(g, table, rows, grads[gi], bag_scale[gi].data(), tasks[t].begin, tasks[t].end,
+                               step, scratch.data());
+    }
+  });
+  return step;
+}
+
+}  // namespace sparsecore

@@ -1,0 +1,128 @@
+// EmbeddingCollection: the tables of one model (its feature groups), driven one call per
+// batch, in the manner of FBGEMM's table-batched embedding but over growable hash tables.
+//
+// The data path of one training step (DESIGN.md):
+//   prepare(inputs, train=true)  validate every group, dedup ids per group (unique + inverse),
+//                                pull rows (lookup-or-insert; find-only when train=false)
+//   forward(prepared, outputs)   pool rows per bag: sum, mean, or none (padded sequences)
+//   backward(prepared, grads)    pooled grads -> one gradient row per unique id (segment sum
+//                                in a fixed order) -> the fused update applied once per row
+// `prepare` returns everything backward needs; backward never relies on "the last forward",
+// so pipelines may prepare batch k+1 while batch k is in its dense step.
+//
+// Every input is validated before anything changes: a bad offset array inserts no rows; a
+// NaN gradient updates no row. Results are identical for any thread count.
+//
+// Thread-safety: prepare/forward/backward may run concurrently from several threads
+// (updates of one row from two concurrent backward calls race, Hogwild-style); restore()
+// waits for running calls and swaps the tables atomically.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <shared_mutex>
+#include <string>
+#include <vector>
+
+#include "sparsecore/table/embedding_table.h"
+
+namespace sparsecore {
+
+// One feature group of a batch (CSR bags). All pointers are host memory owned by the caller
+// and only read during prepare().
+struct GroupInput {
+  int table = -1;                  // index of the table in the collection
+  const int64_t* ids = nullptr;      // (num_ids)
+  int64_t num_ids = 0;
+  const int64_t* offsets = nullptr;  // (batch_size + 1): offsets[0] = 0, non-decreasing, offsets[B] = num_ids
+  int64_t batch_size = 0;
+  const float* weights = nullptr;    // (num_ids) per-id weights, or nullptr
+};
+
+// A group after prepare(): its bags, its unique ids and their rows. Owned data only (the
+// caller's input arrays may be freed after prepare returns).
+struct PreparedGroup {
+  int table = -1;
+  int dim = 0;
+  Pooling pooling = Pooling::kSum;
+  int64_t num_ids = 0;
+  int64_t batch_size = 0;
+  int64_t max_len = 0;                    // longest bag (the padded length of pooling "none")
+  std::vector<int64_t> offsets;           // (batch_size + 1)
+  std::vector<float> weights;             // (num_ids) or empty
+  std::vector<int64_t> unique_keys;       // (num_unique), grouped by table shard
+  std::vector<std::byte*> unique_rows;    // (num_unique); nullptr: absent (evaluation only)
+  std::vector<int32_t> inverse;           // (num_ids) index into unique_keys
+  // Training only: occurrences of each unique id in ascending position order (CSR), and
+  // the bag of each position.
+  std::vector<int32_t> occurrence_offsets;  // (num_unique + 1)
+  std::vector<int32_t> occurrence_positions;  // (num_ids)
+  std::vector<int32_t> bag_of_position;       // (num_ids)
+  uint64_t table_generation = 0;          // rows are re-resolved if the table changed since
+
+  int64_t num_unique() const { return static_cast<int64_t>(unique_keys.size()); }
+  // Elements of the forward output / expected gradient of this group.
+  int64_t output_size() const {
+    return (pooling == Pooling::kNone ? batch_size * max_len : batch_size) * dim;
+  }
+};
+
+struct PreparedBatch {
+  bool train = false;
+  std::vector<PreparedGroup> groups;
+};
+
+class EmbeddingCollection {
+ public:
+  // Table names must be unique. seed: the collection seed (table seed = hash(seed, name)).
+  EmbeddingCollection(std::vector<TableConfig> tables, uint64_t seed);
+
+  int num_tables() const { return static_cast<int>(tables_.size()); }
+  EmbeddingTable& table(int index) { return *tables_.at(index); }
+  const EmbeddingTable& table(int index) const { return *tables_.at(index); }
+  // Throws NotFound naming the table and listing the known ones.
+  int table_index(const std::string& name) const;
+  uint64_t seed() const { return seed_; }
+  int64_t step() const { return step_.load(std::memory_order_acquire); }
+  void set_step(int64_t step) { step_.store(step, std::memory_order_release); }
+
+  // Validates all groups, then dedups and pulls. train=true inserts unknown ids and builds
+  // what backward needs; train=false never inserts (unknown ids read as zeros).
+  std::shared_ptr<PreparedBatch> prepare(const std::vector<GroupInput>& inputs, bool train);
+
+  // outputs[g] (host float32): (batch_size, dim), or (batch_size, max_len, dim) zero-padded
+  // for pooling "none". Sizes are PreparedGroup::output_size().
+  void forward(const PreparedBatch& batch, const std::vector<float*>& outputs) const;
+
+  // grads[g] (host float32): same shapes as the outputs. Checks all grads are finite first
+  // (InvalidArgument naming the group otherwise, nothing changes), then applies the fused
+  // update once per unique row. Returns the new step.
+  int64_t backward(const PreparedBatch& batch, const std::vector<const float*>& grads);
+
+  // Checkpoint (DESIGN.md "Checkpoint"): a directory with one file per table shard (a bucket
+  // range) and manifest.json written last. Refuses to overwrite a finished checkpoint unless
+  // `overwrite`. Do not run backward concurrently with save (rows would be caught mid-update).
+  void save(const std::string& dir, bool overwrite = false) const;
+  // Reads and verifies every file before anything is swapped in; throws CorruptData on a
+  // truncated or altered file, NotFound if `dir` holds no finished checkpoint.
+  static std::unique_ptr<EmbeddingCollection> load(const std::string& dir);
+  // Replaces this collection's tables and step with the checkpoint's (table names and dims
+  // must match). On error this collection is unchanged.
+  void restore(const std::string& dir);
+
+  // Sum of table memory (index + rows) in bytes.
+  size_t memory_bytes() const;
+
+ private:
+  EmbeddingCollection(std::vector<std::unique_ptr<EmbeddingTable>> tables, uint64_t seed, int64_t step);
+  void validate_inputs(const std::vector<GroupInput>& inputs) const;
+
+  uint64_t seed_;
+  std::vector<std::unique_ptr<EmbeddingTable>> tables_;
+  std::atomic<int64_t> step_{0};
+  mutable std::shared_mutex swap_mutex_;  // shared: batch calls; unique: restore
+};
+
+}  // namespace sparsecore

@@ -1,0 +1,136 @@
+#include "sparsecore/ops/pooling_kernels.h"
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "sparsecore/core/cpu_features.h"
+#include "sparsecore/optim/update_rules.h"
+
+namespace sparsecore::kernels {
+namespace {
+
+// How many positions ahead to prefetch rows: hides a DRAM miss behind a few rows of work.
+constexpr int kPrefetchDistance = 8;
+
+__attribute__((always_inline)) inline void axpy(float* __restrict__ y, const float* __restrict__ x, float a,
+                                                int dim) {
+  for (int d = 0; d < dim; ++d) y[d] += a * x[d];
+}
+
+template <int kDim>
+__attribute__((always_inline)) inline void pool_one_bag(const PreparedGroup& g, const std::byte* const* rows,
+                                                        int64_t b, float* __restrict__ o, int dim_runtime) {
+  const int dim = kDim > 0 ? kDim : dim_runtime;
+  const int64_t start = g.offsets[b], end = g.offsets[b + 1];
+  const float* weights = g.weights.empty() ? nullptr : g.weights.data();
+  const int32_t* inv = g.inverse.data();
+  for (int d = 0; d < dim; ++d) o[d] = 0.0f;
+  float weight_sum = 0.0f;
+  for (int64_t p = start; p < end; ++p) {
+    if (p + kPrefetchDistance < end) {
+      const std::byte* ahead = rows[inv[p + kPrefetchDistance]];
+      if (ahead) __builtin_prefetch(ahead);
+    }
+    float w = weights ? weights[p] : 1.0f;
+    weight_sum += w;
+    const std::byte* row = rows[inv[p]];
+    if (row) axpy(o, reinterpret_cast<const float*>(row), w, dim);
+  }
+  if (g.pooling == Pooling::kMean) {
+    float denom = weights ? weight_sum : static_cast<float>(end - start);
+    float scale = denom != 0.0f ? 1.0f / denom : 0.0f;
+    for (int d = 0; d < dim; ++d) o[d] *= scale;
+  }
+}
+
+template <int kDim>
+void pool_range(const PreparedGroup& g, const std::byte* const* rows, int64_t b0, int64_t b1, float* out) {
+  const int dim = g.dim;
+  for (int64_t b = b0; b < b1; ++b) pool_one_bag<kDim>(g, rows, b, out + b * dim, dim);
+}
+
+}  // namespace
+
+SC_DISPATCH
+void pool_bags(const PreparedGroup& g, const std::byte* const* rows, int64_t bag_begin, int64_t bag_end,
+               float* out) {
+  const int dim = g.dim;
+  if (g.pooling == Pooling::kNone) {
+    const int64_t row_bytes = static_cast<int64_t>(dim) * sizeof(float);
+    for (int64_t b = bag_begin; b < bag_end; ++b) {
+      const int64_t start = g.offsets[b], len = g.offsets[b + 1] - start;
+      float* o = out + b * g.max_len * dim;
+      for (int64_t j = 0; j < len; ++j) {
+        const std::byte* row = rows[g.inverse[start + j]];
+        float w = g.weights.empty() ? 1.0f : g.weights[start + j];
+        float* dst = o + j * dim;
+        if (!row) {
+          std::memset(dst, 0, row_bytes);
+        } else {
+          const float* src = reinterpret_cast<const float*>(row);
+          for (int d = 0; d < dim; ++d) dst[d] = w * src[d];
+        }
+      }
+      std::memset(o + len * dim, 0, (g.max_len - len) * row_bytes);
+    }
+    return;
+  }
+  // Fixed-size copies of the common widths let the compiler keep a bag's sum in registers.
+  switch (dim) {
+    case 4: pool_range<4>(g, rows, bag_begin, bag_end, out); break;
+    case 8: pool_range<8>(g, rows, bag_begin, bag_end, out); break;
+    case 16: pool_range<16>(g, rows, bag_begin, bag_end, out); break;
+    case 32: pool_range<32>(g, rows, bag_begin, bag_end, out); break;
+    case 64: pool_range<64>(g, rows, bag_begin, bag_end, out); break;
+    case 128: pool_range<128>(g, rows, bag_begin, bag_end, out); break;
+    default: pool_range<0>(g, rows, bag_begin, bag_end, out); break;
+  }
+}
+
+SC_DISPATCH
+void backward_update(const PreparedGroup& g, const EmbeddingTable& table, std::byte* const* rows,
+                     const float* grad, const float* bag_scale, int64_t u_begin, int64_t u_end, int64_t step,
+                     float* scratch) {
+  const int dim = g.dim;
+  const OptimizerConfig& opt = table.config().optimizer;
+  const float* weights = g.weights.empty() ? nullptr : g.weights.data();
+  const int32_t* occ_off = g.occurrence_offsets.data();
+  const int32_t* occ_pos = g.occurrence_positions.data();
+  const int32_t* bag_of = g.bag_of_position.data();
+  const bool sequence = g.pooling == Pooling::kNone;
+  for (int64_t u = u_begin; u < u_end; ++u) {
+    if (u + 2 < u_end) __builtin_prefetch(rows[u + 2], 1);
+    for (int d = 0; d < dim; ++d) scratch[d] = 0.0f;
+    for (int32_t k = occ_off[u]; k < occ_off[u + 1]; ++k) {
+      const int32_t pos = occ_pos[k];
+      const int32_t b = bag_of[pos];
+      float s = bag_scale[b];
+      if (weights) s *= weights[pos];
+      const float* src = sequence ? grad + (b * g.max_len + (pos - g.offsets[b])) * dim : grad + int64_t{b} * dim;
+      axpy(scratch, src, s, dim);
+    }
+    std::byte* row = rows[u];
+    RowMeta* meta = table.meta(row);
+    if (meta->update_count != std::numeric_limits<uint32_t>::max()) ++meta->update_count;
+    int64_t t = opt.use_global_step ? step : static_cast<int64_t>(meta->update_count);
+    float* w = EmbeddingTable::weights(row);
+    rules::apply(opt, w, w + dim, scratch, dim, t);
+    meta->last_step = step;
+  }
+}
+
+SC_DISPATCH
+bool all_finite(const float* x, int64_t n) {
+  // Inf and NaN are exactly the floats whose exponent bits are all ones; an OR of per-element
+  // flags vectorises where a float reduction would not.
+  uint32_t bad = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    uint32_t bits;
+    std::memcpy(&bits, x + i, sizeof(bits));
+    bad |= static_cast<uint32_t>((bits & 0x7f800000u) == 0x7f800000u);
+  }
+  return bad == 0;
+}
+
+}  // namespace sparsecore::kernels

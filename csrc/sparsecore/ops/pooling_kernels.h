@@ -1,0 +1,29 @@
+// The CPU inner loops of forward pooling and the fused backward, compiled once per ISA
+// (SC_DISPATCH) and picked at load time. Internal to the ops layer.
+#pragma once
+
+#include <cstdint>
+
+#include "sparsecore/ops/embedding_collection.h"
+
+namespace sparsecore::kernels {
+
+// Pools bags [bag_begin, bag_end) of `g` into `out` (host; (B, dim) or (B, max_len, dim)).
+void pool_bags(const PreparedGroup& g, const std::byte* const* rows, int64_t bag_begin, int64_t bag_end,
+               float* out);
+
+// For unique rows [u_begin, u_end) of `g`: sums the gradient of each row over its occurrences
+// (ascending position order), then applies the table's update rule once.
+//   grad       host, the group's pooled-output gradient (same shape as the forward output)
+//   bag_scale  (batch_size) the factor of a bag's gradient: 1 for sum/none, 1/len or
+//              1/sum(weights) for mean (0 for an empty bag)
+//   rows       (num_unique) row pointers, all non-null
+//   scratch    (dim) floats
+void backward_update(const PreparedGroup& g, const EmbeddingTable& table, std::byte* const* rows,
+                     const float* grad, const float* bag_scale, int64_t u_begin, int64_t u_end, int64_t step,
+                     float* scratch);
+
+// True when all n values are finite.
+bool all_finite(const float* x, int64_t n);
+
+}  // namespace sparsecore::kernels

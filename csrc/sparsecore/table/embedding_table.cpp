@@ -1,0 +1,150 @@
+#include "sparsecore/table/embedding_table.h"
+
+#include <cstring>
+#include <mutex>
+#include <shared_mutex>
+
+#include "sparsecore/core/error.h"
+#include "sparsecore/core/hash.h"
+#include "sparsecore/core/thread_pool.h"
+#include "sparsecore/optim/update_rules.h"
+
+namespace sparsecore {
+
+const char* pooling_name(Pooling p) {
+  switch (p) {
+    case Pooling::kSum: return "sum";
+    case Pooling::kMean: return "mean";
+    case Pooling::kNone: return "none";
+  }
+  return "unknown";
+}
+
+Pooling pooling_from_name(const std::string& name) {
+  if (name == "sum") return Pooling::kSum;
+  if (name == "mean") return Pooling::kMean;
+  if (name == "none") return Pooling::kNone;
+  throw InvalidArgument("unknown pooling '" + name + "' (known: sum, mean, none)");
+}
+
+void TableConfig::validate() const {
+  SC_CHECK_ARG(!name.empty(), "table name must not be empty");
+  SC_CHECK_ARG(dim >= 1, "table '", name, "': dim must be >= 1, got ", dim);
+  SC_CHECK_ARG(dim <= (1 << 20), "table '", name, "': dim must be <= 2^20, got ", dim);
+  SC_CHECK_ARG(shard_bits >= 0 && shard_bits <= HashTable::kMaxShardBits, "table '", name,
+               "': shard_bits must be in [0, 16], got ", shard_bits);
+  try {
+    optimizer.validate();
+    init.validate();
+  } catch (const InvalidArgument& e) {
+    throw InvalidArgument("table '" + name + "': " + e.what());
+  }
+}
+
+Json TableConfig::to_json() const {
+  Json j = Json::object();
+  j["name"] = name;
+  j["dim"] = dim;
+  j["optimizer"] = optimizer.to_json();
+  j["init"] = init.to_json();
+  j["pooling"] = pooling_name(pooling);
+  j["shard_bits"] = shard_bits;
+  return j;
+}
+
+TableConfig TableConfig::from_json(const Json& j) {
+  TableConfig c;
+  for (const auto& [key, value] : j.as_object("table config")) {
+    if (key == "name") c.name = value.as_string("table 'name'");
+    else if (key == "dim") c.dim = static_cast<int>(value.as_int("table 'dim'"));
+    else if (key == "optimizer") c.optimizer = OptimizerConfig::from_json(value);
+    else if (key == "init") c.init = InitializerConfig::from_json(value);
+    else if (key == "pooling") c.pooling = pooling_from_name(value.as_string("table 'pooling'"));
+    else if (key == "shard_bits") c.shard_bits = static_cast<int>(value.as_int("table 'shard_bits'"));
+    else throw InvalidArgument("unknown table config field '" + key + "'");
+  }
+  SC_CHECK_ARG(j.contains("dim"), "table '", c.name, "': 'dim' is required");
+  c.validate();
+  return c;
+}
+
+uint64_t EmbeddingTable::next_generation() {
+  static std::atomic<uint64_t> counter{1};
+  return counter.fetch_add(1, std::memory_order_relaxed);
+}
+
+uint64_t table_seed(uint64_t collection_seed, const std::string& name) {
+  return hash_combine(collection_seed, fnv1a64(name));
+}
+
+EmbeddingTable::EmbeddingTable(TableConfig config, uint64_t seed)
+    : config_((config.validate(), std::move(config))),
+      seed_(seed),
+      state_dim_(config_.optimizer.state_dim(config_.dim)),
+      meta_offset_((static_cast<size_t>(config_.dim + state_dim_) * sizeof(float) + 7) & ~size_t{7}),
+      row_bytes_(meta_offset_ + sizeof(RowMeta)),
+      table_(row_bytes_, config_.shard_bits),
+      row_init_([this](int64_t key, std::byte* row) { init_row(key, row); }) {}
+
+void EmbeddingTable::init_row(int64_t key, std::byte* row) const {
+  float* w = weights(row);
+  initialize_row(config_.init, seed_, key, w, config_.dim);
+  rules::init_state(config_.optimizer, w + config_.dim, config_.dim);
+  *meta(row) = RowMeta{0, 0, 0};
+  // Padding between the floats and the metadata is zeroed so checkpoints are byte-stable.
+  size_t floats_end = static_cast<size_t>(row_floats()) * sizeof(float);
+  if (meta_offset_ > floats_end) std::memset(row + floats_end, 0, meta_offset_ - floats_end);
+}
+
+void EmbeddingTable::find_weights(const int64_t* keys, int64_t n, float* out) const {
+  std::vector<std::byte*> rows(n);
+  table_.find(keys, n, rows.data());
+  size_t bytes = static_cast<size_t>(config_.dim) * sizeof(float);
+  parallel_for(n, 1024, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      float* dst = out + i * config_.dim;
+      if (rows[i]) std::memcpy(dst, rows[i], bytes);
+      else std::memset(dst, 0, bytes);
+    }
+  });
+}
+
+void EmbeddingTable::lookup_or_insert_weights(const int64_t* keys, int64_t n, float* out) {
+  std::vector<std::byte*> rows(n);
+  table_.find_or_insert(keys, n, rows.data(), row_init_);
+  size_t bytes = static_cast<size_t>(config_.dim) * sizeof(float);
+  parallel_for(n, 1024, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) std::memcpy(out + i * config_.dim, rows[i], bytes);
+  });
+}
+
+int64_t EmbeddingTable::erase(const int64_t* keys, int64_t n) {
+  int64_t erased = table_.erase(keys, n);
+  if (erased) bump_generation();
+  return erased;
+}
+
+void EmbeddingTable::clear() {
+  table_.clear();
+  bump_generation();
+}
+
+int64_t EmbeddingTable::export_rows(int64_t* keys, float* rows, RowMeta* meta_out, int64_t capacity) const {
+  int64_t count = 0;
+  int floats = row_floats();
+  for (int s = 0; s < table_.num_shards(); ++s) {
+    const auto& sh = table_.shard(s);
+    std::shared_lock lock(sh.mutex);
+    SC_CHECK_ARG(count + static_cast<int64_t>(sh.size()) <= capacity,
+                 "export capacity ", capacity, " is smaller than the table (it grew during export?)");
+    sh.for_each([&](int64_t key, std::byte* row) {
+      keys[count] = key;
+      if (rows) std::memcpy(rows + count * floats, row, static_cast<size_t>(floats) * sizeof(float));
+      if (meta_out) meta_out[count] = *meta(row);
+      ++count;
+    });
+  }
+  return count;
+}
+
+}  // namespace sparsecore

@@ -1,0 +1,112 @@
+// EmbeddingTable: a growable table of embedding rows keyed by int64 ids.
+//
+// One row is one record (DESIGN.md "Decisions"): the weights, then the optimizer state, then
+// the metadata, so a fused update touches one place:
+//
+//   float weights[dim] | float state[optimizer.state_dim(dim)] | RowMeta
+//
+// Rows are created on demand with initial values that depend only on (table seed, key).
+// The optimizer is fixed at creation. The table is a HashTable underneath; see there for
+// concurrency. `generation()` changes whenever rows may have been released (erase, clear,
+// restore), which tells holders of row pointers to look rows up again.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "sparsecore/core/json.h"
+#include "sparsecore/optim/optimizer_config.h"
+#include "sparsecore/table/hash_table.h"
+#include "sparsecore/table/initializer.h"
+
+namespace sparsecore {
+
+enum class Pooling : uint8_t { kSum = 0, kMean = 1, kNone = 2 };
+
+const char* pooling_name(Pooling p);
+Pooling pooling_from_name(const std::string& name);  // "sum" | "mean" | "none"
+
+// Per-row metadata, after the floats of the row.
+struct RowMeta {
+  uint32_t update_count;  // fused updates applied to this row (saturates at 2^32 - 1)
+  uint32_t flags;         // reserved, zero
+  int64_t last_step;      // collection step of the last update (0: never updated)
+};
+static_assert(sizeof(RowMeta) == 16);
+
+struct TableConfig {
+  std::string name;
+  int dim = 0;
+  OptimizerConfig optimizer;
+  InitializerConfig init;
+  Pooling pooling = Pooling::kSum;
+  int shard_bits = 6;  // 64 shards: parallelism and lock granularity, not visible in results
+
+  void validate() const;  // throws InvalidArgument naming the field
+  Json to_json() const;
+  static TableConfig from_json(const Json& j);
+};
+
+class EmbeddingTable {
+ public:
+  EmbeddingTable(TableConfig config, uint64_t table_seed);
+
+  const TableConfig& config() const { return config_; }
+  const std::string& name() const { return config_.name; }
+  int dim() const { return config_.dim; }
+  int state_dim() const { return state_dim_; }
+  // floats per row (weights + state)
+  int row_floats() const { return config_.dim + state_dim_; }
+  size_t row_bytes() const { return row_bytes_; }
+  uint64_t seed() const { return seed_; }
+  size_t size() const { return table_.size(); }
+  size_t memory_bytes() const { return table_.memory_bytes(); }
+  uint64_t generation() const { return generation_.load(std::memory_order_acquire); }
+
+  HashTable& hash_table() { return table_; }
+  const HashTable& hash_table() const { return table_; }
+
+  static float* weights(std::byte* row) { return reinterpret_cast<float*>(row); }
+  float* state(std::byte* row) const { return reinterpret_cast<float*>(row) + config_.dim; }
+  RowMeta* meta(std::byte* row) const { return reinterpret_cast<RowMeta*>(row + meta_offset_); }
+  size_t meta_offset() const { return meta_offset_; }
+
+  // Fills a new row: initial weights, initial optimizer state, zero metadata.
+  void init_row(int64_t key, std::byte* row) const;
+  const HashTable::RowInit& row_init() const { return row_init_; }
+
+  // Batch lookups. keys (n) host; out (n, dim) host float32.
+  // find_weights: unknown keys read as zeros and are not inserted.
+  void find_weights(const int64_t* keys, int64_t n, float* out) const;
+  // lookup_or_insert_weights: unknown keys are inserted first.
+  void lookup_or_insert_weights(const int64_t* keys, int64_t n, float* out);
+  // Returns how many keys were present.
+  int64_t erase(const int64_t* keys, int64_t n);
+  void clear();
+
+  // Copies every row out, shard by shard: keys (size()), rows (size(), row_floats()),
+  // meta (size()). Sizes must come from a size() taken while no writer runs.
+  int64_t export_rows(int64_t* keys, float* rows, RowMeta* meta, int64_t capacity) const;
+
+  // Marks row pointers taken before now as stale (see generation()). Generations come from
+  // one process-wide counter, so no two tables ever share one.
+  void bump_generation() { generation_.store(next_generation(), std::memory_order_release); }
+  static uint64_t next_generation();
+
+ private:
+  TableConfig config_;
+  uint64_t seed_;
+  int state_dim_;
+  size_t meta_offset_;
+  size_t row_bytes_;
+  HashTable table_;
+  HashTable::RowInit row_init_;
+  std::atomic<uint64_t> generation_{next_generation()};
+};
+
+// Seed of table `name` in a collection seeded with `collection_seed`.
+uint64_t table_seed(uint64_t collection_seed, const std::string& name);
+
+}  // namespace sparsecore

@@ -1,0 +1,256 @@
+#include "sparsecore/table/hash_table.h"
+
+#include <algorithm>
+#include <cstring>
+#include <mutex>
+
+#include "sparsecore/core/error.h"
+#include "sparsecore/core/thread_pool.h"
+
+namespace sparsecore {
+namespace {
+
+constexpr size_t kMinCapacity = 16;
+
+}  // namespace
+
+HashTable::Shard::Shard(size_t row_bytes) : arena_(row_bytes) { grow(kMinCapacity); }
+
+void HashTable::Shard::grow(size_t new_capacity) {
+  std::vector<int64_t> old_keys(new_capacity, kEmptyKey);
+  std::vector<uint32_t> old_rows(new_capacity, kNoRow);
+  old_keys.swap(keys_);
+  old_rows.swap(rows_);
+  mask_ = new_capacity - 1;
+  for (size_t i = 0; i < old_keys.size(); ++i) {
+    int64_t k = old_keys[i];
+    if (k == kEmptyKey) continue;
+    uint64_t slot = key_hash(k) & mask_;
+    while (keys_[slot] != kEmptyKey) slot = (slot + 1) & mask_;
+    keys_[slot] = k;
+    rows_[slot] = old_rows[i];
+  }
+}
+
+void HashTable::Shard::reserve(size_t rows) {
+  size_t cap = keys_.size();
+  while (rows * 4 > cap * 3) cap *= 2;
+  if (cap != keys_.size()) grow(cap);
+}
+
+std::byte* HashTable::Shard::find(int64_t key, uint64_t hash) const {
+  if (key == kEmptyKey) return special_row_ == kNoRow ? nullptr : arena_.row(special_row_);
+  uint64_t slot = hash & mask_;
+  for (;;) {
+    int64_t k = keys_[slot];
+    if (k == key) return arena_.row(rows_[slot]);
+    if (k == kEmptyKey) return nullptr;
+    slot = (slot + 1) & mask_;
+  }
+}
+
+uint32_t HashTable::Shard::allocate_row(int64_t key, const RowInit& init) {
+  uint32_t id = arena_.allocate();
+  try {
+    init(key, arena_.row(id));
+  } catch (...) {
+    arena_.release(id);
+    throw;
+  }
+  return id;
+}
+
+std::byte* HashTable::Shard::find_or_insert(int64_t key, uint64_t hash, const RowInit& init, bool* inserted) {
+  *inserted = false;
+  if (key == kEmptyKey) {
+    if (special_row_ == kNoRow) {
+      special_row_ = allocate_row(key, init);
+      ++size_;
+      *inserted = true;
+    }
+    return arena_.row(special_row_);
+  }
+  uint64_t slot = hash & mask_;
+  for (;;) {
+    int64_t k = keys_[slot];
+    if (k == key) return arena_.row(rows_[slot]);
+    if (k == kEmptyKey) break;
+    slot = (slot + 1) & mask_;
+  }
+  if ((size_ + 1) * 4 > keys_.size() * 3) {
+    grow(keys_.size() * 2);
+    slot = hash & mask_;
+    while (keys_[slot] != kEmptyKey) slot = (slot + 1) & mask_;
+  }
+  uint32_t id = allocate_row(key, init);
+  keys_[slot] = key;
+  rows_[slot] = id;
+  ++size_;
+  *inserted = true;
+  return arena_.row(id);
+}
+
+void HashTable::Shard::upsert_copy(int64_t key, uint64_t hash, const std::byte* row) {
+  bool inserted = false;
+  std::byte* dst = find_or_insert(key, hash, [](int64_t, std::byte*) {}, &inserted);
+  std::memcpy(dst, row, arena_.row_bytes());
+}
+
+bool HashTable::Shard::erase(int64_t key, uint64_t hash) {
+  if (key == kEmptyKey) {
+    if (special_row_ == kNoRow) return false;
+    arena_.release(special_row_);
+    special_row_ = kNoRow;
+    --size_;
+    return true;
+  }
+  uint64_t slot = hash & mask_;
+  for (;;) {
+    int64_t k = keys_[slot];
+    if (k == kEmptyKey) return false;
+    if (k == key) break;
+    slot = (slot + 1) & mask_;
+  }
+  arena_.release(rows_[slot]);
+  --size_;
+  // Backward-shift deletion: pull later members of the probe run into the hole while their
+  // home slot does not lie cyclically in (hole, j].
+  uint64_t hole = slot;
+  uint64_t j = slot;
+  for (;;) {
+    j = (j + 1) & mask_;
+    int64_t kj = keys_[j];
+    if (kj == kEmptyKey) break;
+    uint64_t home = key_hash(kj) & mask_;
+    bool stays = hole <= j ? (hole < home && home <= j) : (hole < home || home <= j);
+    if (stays) continue;
+    keys_[hole] = kj;
+    rows_[hole] = rows_[j];
+    hole = j;
+  }
+  keys_[hole] = kEmptyKey;
+  rows_[hole] = kNoRow;
+  return true;
+}
+
+void HashTable::Shard::clear() {
+  keys_.assign(kMinCapacity, kEmptyKey);
+  keys_.shrink_to_fit();
+  rows_.assign(kMinCapacity, kNoRow);
+  rows_.shrink_to_fit();
+  mask_ = kMinCapacity - 1;
+  special_row_ = kNoRow;
+  size_ = 0;
+  arena_.clear();
+}
+
+size_t HashTable::Shard::memory_bytes() const {
+  return keys_.capacity() * sizeof(int64_t) + rows_.capacity() * sizeof(uint32_t) + arena_.memory_bytes();
+}
+
+HashTable::HashTable(size_t row_bytes, int shard_bits) : row_bytes_(row_bytes), shard_bits_(shard_bits) {
+  SC_CHECK_ARG(shard_bits >= 0 && shard_bits <= kMaxShardBits, "shard_bits must be in [0, ", kMaxShardBits,
+               "], got ", shard_bits);
+  shards_.reserve(size_t{1} << shard_bits);
+  for (int s = 0; s < (1 << shard_bits); ++s) shards_.push_back(std::make_unique<Shard>(row_bytes));
+}
+
+void HashTable::group_by_shard(const int64_t* keys, int64_t n, std::vector<int64_t>& perm,
+                               std::vector<int64_t>& starts, std::vector<uint64_t>& hashes) const {
+  int shards = num_shards();
+  hashes.resize(n);
+  starts.assign(shards + 1, 0);
+  for (int64_t i = 0; i < n; ++i) {
+    hashes[i] = key_hash(keys[i]);
+    ++starts[shard_of_hash(hashes[i]) + 1];
+  }
+  for (int s = 0; s < shards; ++s) starts[s + 1] += starts[s];
+  std::vector<int64_t> cursor(starts.begin(), starts.end() - 1);
+  perm.resize(n);
+  for (int64_t i = 0; i < n; ++i) perm[cursor[shard_of_hash(hashes[i])]++] = i;
+}
+
+void HashTable::find(const int64_t* keys, int64_t n, std::byte** rows) const {
+  std::vector<int64_t> perm, starts;
+  std::vector<uint64_t> hashes;
+  group_by_shard(keys, n, perm, starts, hashes);
+  parallel_for(num_shards(), 1, [&](int64_t s0, int64_t s1) {
+    for (int64_t s = s0; s < s1; ++s) {
+      if (starts[s] == starts[s + 1]) continue;
+      const Shard& sh = *shards_[s];
+      std::shared_lock lock(sh.mutex);
+      for (int64_t p = starts[s]; p < starts[s + 1]; ++p) {
+        int64_t i = perm[p];
+        rows[i] = sh.find(keys[i], hashes[i]);
+      }
+    }
+  });
+}
+
+void HashTable::find_or_insert(const int64_t* keys, int64_t n, std::byte** rows, const RowInit& init,
+                               uint8_t* inserted) {
+  std::vector<int64_t> perm, starts;
+  std::vector<uint64_t> hashes;
+  group_by_shard(keys, n, perm, starts, hashes);
+  parallel_for(num_shards(), 1, [&](int64_t s0, int64_t s1) {
+    for (int64_t s = s0; s < s1; ++s) {
+      if (starts[s] == starts[s + 1]) continue;
+      Shard& sh = *shards_[s];
+      std::unique_lock lock(sh.mutex);
+      for (int64_t p = starts[s]; p < starts[s + 1]; ++p) {
+        int64_t i = perm[p];
+        bool ins = false;
+        rows[i] = sh.find_or_insert(keys[i], hashes[i], init, &ins);
+        if (inserted) inserted[i] = ins ? 1 : 0;
+      }
+    }
+  });
+}
+
+int64_t HashTable::erase(const int64_t* keys, int64_t n) {
+  std::vector<int64_t> perm, starts;
+  std::vector<uint64_t> hashes;
+  group_by_shard(keys, n, perm, starts, hashes);
+  std::vector<int64_t> erased(num_shards(), 0);
+  parallel_for(num_shards(), 1, [&](int64_t s0, int64_t s1) {
+    for (int64_t s = s0; s < s1; ++s) {
+      if (starts[s] == starts[s + 1]) continue;
+      Shard& sh = *shards_[s];
+      std::unique_lock lock(sh.mutex);
+      for (int64_t p = starts[s]; p < starts[s + 1]; ++p) {
+        int64_t i = perm[p];
+        erased[s] += sh.erase(keys[i], hashes[i]) ? 1 : 0;
+      }
+    }
+  });
+  int64_t total = 0;
+  for (int64_t e : erased) total += e;
+  return total;
+}
+
+size_t HashTable::size() const {
+  size_t total = 0;
+  for (const auto& sh : shards_) {
+    std::shared_lock lock(sh->mutex);
+    total += sh->size();
+  }
+  return total;
+}
+
+size_t HashTable::memory_bytes() const {
+  size_t total = 0;
+  for (const auto& sh : shards_) {
+    std::shared_lock lock(sh->mutex);
+    total += sh->memory_bytes();
+  }
+  return total;
+}
+
+void HashTable::clear() {
+  for (auto& sh : shards_) {
+    std::unique_lock lock(sh->mutex);
+    sh->clear();
+  }
+}
+
+}  // namespace sparsecore

@@ -1,0 +1,114 @@
+// HashTable: a concurrent map from int64 keys to fixed-size row records.
+//
+// Layout. The key space is split into 2^shard_bits shards by the top bits of fmix64(key)
+// (the same hash DESIGN.md routes buckets with, so a shard is a contiguous bucket range).
+// Each shard is an open-addressing index (linear probing over two arrays: keys int64 and
+// row ids uint32, 12 bytes a slot, load factor <= 3/4) in front of a RowArena whose rows
+// never move. Growth doubles one shard's index and rehashes only (key, id) pairs.
+//
+// Keys. Every int64 is a legal key. The index marks empty slots with kEmptyKey; the one
+// real key equal to it lives out of band in `Shard::special_row`.
+//
+// Erase uses backward-shift deletion, so the index never holds tombstones.
+//
+// Thread-safety. Each shard has a reader-writer lock. Batch calls are safe from many
+// threads at once; a batch call takes each shard's lock once. Row *contents* are not
+// protected: two threads updating the same row race (Hogwild-style), which the engine
+// avoids within one call by updating each unique row from exactly one task.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <limits>
+#include <memory>
+#include <shared_mutex>
+#include <vector>
+
+#include "sparsecore/core/hash.h"
+#include "sparsecore/table/row_arena.h"
+
+namespace sparsecore {
+
+class HashTable {
+ public:
+  static constexpr int64_t kEmptyKey = std::numeric_limits<int64_t>::min();
+  static constexpr uint32_t kNoRow = std::numeric_limits<uint32_t>::max();
+  static constexpr int kMaxShardBits = kBucketBits;
+
+  // Called once for each newly inserted row, under the shard's lock: fill `row` (row_bytes).
+  using RowInit = std::function<void(int64_t key, std::byte* row)>;
+
+  class Shard {
+   public:
+    explicit Shard(size_t row_bytes);
+
+    // All of these require the caller to hold `mutex` (shared for find, unique otherwise).
+    std::byte* find(int64_t key, uint64_t hash) const;
+    // Returns the row and whether it was inserted (then `init` has run on it).
+    std::byte* find_or_insert(int64_t key, uint64_t hash, const RowInit& init, bool* inserted);
+    // Inserts or overwrites `key` with a copy of `row` (checkpoint restore).
+    void upsert_copy(int64_t key, uint64_t hash, const std::byte* row);
+    bool erase(int64_t key, uint64_t hash);
+    void clear();
+    void reserve(size_t rows);
+    size_t size() const { return size_; }
+    size_t memory_bytes() const;
+    // Visits every (key, row) of the shard in index order.
+    template <typename Fn>
+    void for_each(Fn&& fn) const {
+      if (special_row_ != kNoRow) fn(kEmptyKey, arena_.row(special_row_));
+      for (size_t i = 0; i < keys_.size(); ++i)
+        if (keys_[i] != kEmptyKey) fn(keys_[i], arena_.row(rows_[i]));
+    }
+
+    mutable std::shared_mutex mutex;
+
+   private:
+    void grow(size_t new_capacity);
+    uint32_t allocate_row(int64_t key, const RowInit& init);
+
+    std::vector<int64_t> keys_;
+    std::vector<uint32_t> rows_;
+    size_t size_ = 0;  // including the out-of-band key
+    uint64_t mask_ = 0;
+    uint32_t special_row_ = kNoRow;
+    RowArena arena_;
+  };
+
+  // row_bytes: size of one row record; shard_bits in [0, 16].
+  HashTable(size_t row_bytes, int shard_bits);
+
+  size_t row_bytes() const { return row_bytes_; }
+  int shard_bits() const { return shard_bits_; }
+  int num_shards() const { return 1 << shard_bits_; }
+  int shard_of_hash(uint64_t hash) const {
+    return shard_bits_ == 0 ? 0 : static_cast<int>(hash >> (64 - shard_bits_));
+  }
+  Shard& shard(int s) { return *shards_[s]; }
+  const Shard& shard(int s) const { return *shards_[s]; }
+
+  // Batch calls: keys (n) host; rows (n) host, receives row pointers (nullptr: absent).
+  // Duplicate keys within a batch map to one row. Parallel over shards.
+  void find(const int64_t* keys, int64_t n, std::byte** rows) const;
+  // `inserted` (n, optional) receives 1 where the key was inserted by this call.
+  void find_or_insert(const int64_t* keys, int64_t n, std::byte** rows, const RowInit& init,
+                      uint8_t* inserted = nullptr);
+  // Returns the number of keys that were present.
+  int64_t erase(const int64_t* keys, int64_t n);
+
+  size_t size() const;
+  size_t memory_bytes() const;
+  void clear();
+
+ private:
+  // Positions of `keys` grouped by shard (counting sort, stable): perm (n), starts (shards+1).
+  void group_by_shard(const int64_t* keys, int64_t n, std::vector<int64_t>& perm,
+                      std::vector<int64_t>& starts, std::vector<uint64_t>& hashes) const;
+
+  size_t row_bytes_;
+  int shard_bits_;
+  std::vector<std::unique_ptr<Shard>> shards_;
+};
+
+}  // namespace sparsecore

@@ -1,0 +1,231 @@
+"""Table, optimizer and initializer configurations.
+
+These are plain dataclasses; the compiled core validates them (one place for every rule)
+and raises ``ValueError`` naming the field that is out of range.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal, Union
+
+__all__ = [
+    "SGD", "Momentum", "Adagrad", "RowwiseAdagrad", "Adam", "AdamW", "FTRL", "GroupLasso",
+    "Zeros", "Constant", "Uniform", "Normal", "TruncatedNormal", "TableConfig",
+    "Optimizer", "Initializer",
+]
+
+
+@dataclass(frozen=True)
+class SGD:
+    """w <- w - lr * (g + weight_decay * w)."""
+    lr: float = 0.01
+    weight_decay: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": "sgd", "lr": self.lr, "weight_decay": self.weight_decay}
+
+
+@dataclass(frozen=True)
+class Momentum:
+    """m <- momentum * m + g; w <- w - lr * m (Nesterov: w <- w - lr * (g + momentum * m))."""
+    lr: float = 0.01
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": "momentum", "lr": self.lr, "momentum": self.momentum,
+                "nesterov": self.nesterov, "weight_decay": self.weight_decay}
+
+
+@dataclass(frozen=True)
+class Adagrad:
+    """s <- s + g^2; w <- w - lr * g / (sqrt(s) + eps), as torch.optim.Adagrad."""
+    lr: float = 0.01
+    eps: float = 1e-10
+    initial_accumulator: float = 0.0
+    weight_decay: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": "adagrad", "lr": self.lr, "eps": self.eps,
+                "initial_accumulator": self.initial_accumulator, "weight_decay": self.weight_decay}
+
+
+@dataclass(frozen=True)
+class RowwiseAdagrad:
+    """One accumulator per row: s <- s + mean(g^2); w <- w - lr * g / (sqrt(s) + eps)."""
+    lr: float = 0.01
+    eps: float = 1e-8
+    initial_accumulator: float = 0.0
+    weight_decay: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": "rowwise_adagrad", "lr": self.lr, "eps": self.eps,
+                "initial_accumulator": self.initial_accumulator, "weight_decay": self.weight_decay}
+
+
+@dataclass(frozen=True)
+class Adam:
+    """Adam with bias correction by the row's own update count (lazy Adam).
+
+    ``use_global_step=True`` corrects by the collection's step instead;
+    ``decoupled_weight_decay=True`` is AdamW.
+    """
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    decoupled_weight_decay: bool = False
+    use_global_step: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": "adam", "lr": self.lr, "beta1": self.betas[0], "beta2": self.betas[1],
+                "eps": self.eps, "weight_decay": self.weight_decay,
+                "decoupled_weight_decay": self.decoupled_weight_decay,
+                "use_global_step": self.use_global_step}
+
+
+def AdamW(lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+          weight_decay: float = 1e-2, use_global_step: bool = False) -> Adam:
+    """Adam with decoupled weight decay (torch.optim.AdamW defaults)."""
+    return Adam(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                decoupled_weight_decay=True, use_global_step=use_global_step)
+
+
+@dataclass(frozen=True)
+class FTRL:
+    """FTRL-Proximal (McMahan et al. 2013); ``lr`` is alpha."""
+    lr: float = 0.05
+    beta: float = 1.0
+    l1: float = 0.0
+    l2: float = 0.0
+    lr_power: float = -0.5
+    initial_accumulator: float = 0.1
+    weight_decay: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": "ftrl", "lr": self.lr, "beta": self.beta, "l1": self.l1, "l2": self.l2,
+                "lr_power": self.lr_power, "initial_accumulator": self.initial_accumulator,
+                "weight_decay": self.weight_decay}
+
+
+@dataclass(frozen=True)
+class GroupLasso:
+    """The Adagrad step, then w <- w * max(0, 1 - lr * group_lambda * sqrt(dim) / ||w||)."""
+    lr: float = 0.01
+    group_lambda: float = 0.0
+    eps: float = 1e-10
+    initial_accumulator: float = 0.0
+    weight_decay: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": "group_lasso", "lr": self.lr, "group_lambda": self.group_lambda,
+                "eps": self.eps, "initial_accumulator": self.initial_accumulator,
+                "weight_decay": self.weight_decay}
+
+
+Optimizer = Union[SGD, Momentum, Adagrad, RowwiseAdagrad, Adam, FTRL, GroupLasso]
+
+
+@dataclass(frozen=True)
+class Zeros:
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": "zeros"}
+
+
+@dataclass(frozen=True)
+class Constant:
+    value: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": "constant", "value": self.value}
+
+
+@dataclass(frozen=True)
+class Uniform:
+    low: float = -0.01
+    high: float = 0.01
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": "uniform", "low": self.low, "high": self.high}
+
+
+@dataclass(frozen=True)
+class Normal:
+    std: float = 0.01
+    mean: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": "normal", "mean": self.mean, "std": self.std}
+
+
+@dataclass(frozen=True)
+class TruncatedNormal:
+    """Normal redrawn (deterministically) beyond 2 standard deviations."""
+    std: float = 0.01
+    mean: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": "truncated_normal", "mean": self.mean, "std": self.std}
+
+
+Initializer = Union[Zeros, Constant, Uniform, Normal, TruncatedNormal]
+
+_OPTIMIZERS = {"sgd": SGD, "momentum": Momentum, "adagrad": Adagrad,
+               "rowwise_adagrad": RowwiseAdagrad, "ftrl": FTRL, "group_lasso": GroupLasso}
+_INITS = {"zeros": Zeros, "constant": Constant, "uniform": Uniform, "normal": Normal,
+          "truncated_normal": TruncatedNormal}
+
+
+@dataclass(frozen=True)
+class TableConfig:
+    """One embedding table: ``dim`` floats per row, its optimizer and initializer, and how a
+    bag of its ids pools: ``"sum"``, ``"mean"`` or ``"none"`` (padded sequences)."""
+    dim: int
+    optimizer: Optimizer = field(default_factory=Adagrad)
+    init: Initializer = field(default_factory=Normal)
+    pooling: Literal["sum", "mean", "none"] = "sum"
+    shard_bits: int = 6
+
+    def to_dict(self, name: str) -> dict[str, Any]:
+        if isinstance(self.dim, bool) or not isinstance(self.dim, int):
+            raise TypeError(f"table '{name}': dim must be an int, got {type(self.dim).__name__}")
+        out = {"name": name, "dim": self.dim, "optimizer": self.optimizer.to_dict(),
+               "init": self.init.to_dict(), "pooling": self.pooling, "shard_bits": self.shard_bits}
+        for part in ("optimizer", "init"):
+            for key, value in out[part].items():
+                if isinstance(value, float) and not math.isfinite(value):
+                    raise ValueError(f"table '{name}': {part} field '{key}' must be finite, got {value}")
+        return out
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> "TableConfig":
+        opt = dict(d["optimizer"])
+        name = opt.pop("name")
+        if name == "adam":
+            optimizer: Optimizer = Adam(lr=opt["lr"], betas=(opt["beta1"], opt["beta2"]), eps=opt["eps"],
+                                        weight_decay=opt["weight_decay"],
+                                        decoupled_weight_decay=opt["decoupled_weight_decay"],
+                                        use_global_step=opt["use_global_step"])
+        else:
+            optimizer = _OPTIMIZERS[name](**opt)
+        init = dict(d["init"])
+        init_cls = _INITS[init.pop("name")]
+        return TableConfig(dim=d["dim"], optimizer=optimizer, init=init_cls(**init),
+                           pooling=d["pooling"], shard_bits=d.get("shard_bits", 6))
+
+
+def tables_to_json(tables: dict[str, TableConfig]) -> str:
+    if not isinstance(tables, dict) or not tables:
+        raise ValueError("tables must be a non-empty dict of name -> TableConfig")
+    out = []
+    for name, cfg in tables.items():
+        if not isinstance(name, str):
+            raise TypeError(f"table names must be strings, got {type(name).__name__}")
+        if not isinstance(cfg, TableConfig):
+            raise TypeError(f"table '{name}': expected a TableConfig, got {type(cfg).__name__}")
+        out.append(cfg.to_dict(name))
+    return json.dumps(out)

@@ -1,0 +1,223 @@
+"""EmbeddingCollection: growable hash-table embeddings with fused sparse optimizers.
+
+A batch is a mapping ``{table name: (ids, offsets[, weights])}`` in CSR form: ``ids`` int64[n],
+``offsets`` int64[B+1] with ``offsets[0] == 0``, non-decreasing, ``offsets[B] == n``, and
+optional per-id ``weights`` float32[n]. NumPy arrays and CPU torch tensors are accepted
+(zero-copy); torch in gives torch out.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from typing import Any, Union
+
+import numpy as np
+
+from . import _core
+from ._arrays import as_float32, as_int64, is_torch, to_torch
+from .config import TableConfig, tables_to_json
+
+__all__ = ["EmbeddingCollection", "PreparedBatch"]
+
+GroupInput = Union[tuple, Mapping]
+
+
+class PreparedBatch:
+    """A validated, deduplicated batch whose rows have been pulled.
+
+    Produced by :meth:`EmbeddingCollection.prepare`; pass it to ``forward`` and ``backward``
+    in place of the raw batch to dedup once. It holds everything backward needs, so several
+    prepared batches may be in flight at once (pipelining).
+    """
+
+    __slots__ = ("_core", "names", "offsets", "torch", "train")
+
+    def __init__(self, core: Any, names: list[str], offsets: list[np.ndarray], torch_out: bool, train: bool):
+        self._core = core
+        self.names = names
+        self.offsets = offsets
+        self.torch = torch_out
+        self.train = train
+
+    def num_unique(self, name: str) -> int:
+        """Distinct ids of group ``name`` in this batch."""
+        return self._core.num_unique(self.names.index(name))
+
+    def unique_ids(self, name: str) -> np.ndarray:
+        return self._core.unique_ids(self.names.index(name))
+
+    def __repr__(self) -> str:
+        return f"PreparedBatch(groups={self.names}, train={self.train})"
+
+
+class EmbeddingCollection:
+    """The embedding tables of a model, driven one call per batch.
+
+    Example::
+
+        emb = sc.EmbeddingCollection({"user": sc.TableConfig(dim=18, optimizer=sc.Adagrad(lr=0.05))}, seed=7)
+        out = emb.forward({"user": (ids, offsets)})      # {"user": float32[B, 18]}
+        emb.backward({"user": (ids, offsets)}, {"user": grad})
+
+    Rows are created on demand (``train=True``) with initial values that depend only on
+    (seed, table name, id). Evaluation (``train=False``) never inserts: unknown ids read as zeros.
+    """
+
+    def __init__(self, tables: Mapping[str, TableConfig], seed: int = 0, *, _core_obj: Any = None):
+        if _core_obj is not None:
+            self._c = _core_obj
+        else:
+            if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+                raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+            self._c = _core.EmbeddingCollection(tables_to_json(dict(tables)), int(seed) & (2**64 - 1))
+        self._names = [self._c.table_name(i) for i in range(self._c.num_tables)]
+        self._index = {n: i for i, n in enumerate(self._names)}
+        self._configs = {n: TableConfig.from_dict(json.loads(self._c.table_config_json(i)))
+                         for i, n in enumerate(self._names)}
+
+    # ----------------------------------------------------------------------------- tables
+    @property
+    def tables(self) -> dict[str, TableConfig]:
+        return dict(self._configs)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._names)
+
+    @property
+    def step(self) -> int:
+        """Number of backward calls applied so far (the last_step stamped on updated rows)."""
+        return self._c.step
+
+    @property
+    def seed(self) -> int:
+        return self._c.seed
+
+    def _table(self, name: str) -> int:
+        try:
+            return self._index[name]
+        except KeyError:
+            raise KeyError(f"unknown table '{name}' (tables: {', '.join(self._names)})") from None
+
+    def table_size(self, name: str) -> int:
+        """Rows currently held by table ``name``."""
+        return self._c.table_size(self._table(name))
+
+    def sizes(self) -> dict[str, int]:
+        return {n: self._c.table_size(i) for i, n in enumerate(self._names)}
+
+    def memory_bytes(self) -> int:
+        """Bytes held by all tables (index and rows)."""
+        return self._c.memory_bytes()
+
+    def bytes_per_row(self, name: str) -> int:
+        """Bytes of one row record (weights, optimizer state, metadata) of table ``name``."""
+        return self._c.table_row_bytes(self._table(name))
+
+    def lookup(self, name: str, ids: Any, *, insert: bool = False) -> Any:
+        """Rows of ``ids`` in table ``name`` as float32[n, dim]; unknown ids read as zeros
+        unless ``insert`` (then they are created first)."""
+        torch_out = is_torch(ids)
+        out = self._c.lookup(self._table(name), as_int64(ids, f"ids of table '{name}'"), insert)
+        return to_torch(out) if torch_out else out
+
+    def erase(self, name: str, ids: Any) -> int:
+        """Removes ``ids`` from table ``name``; returns how many were present."""
+        return self._c.erase(self._table(name), as_int64(ids, f"ids of table '{name}'"))
+
+    def export(self, name: str) -> dict[str, np.ndarray]:
+        """Every row of table ``name``: ``keys`` int64[n], ``weights`` float32[n, dim], ``state``
+        float32[n, state_dim], ``update_count`` and ``last_step`` int64[n]."""
+        t = self._table(name)
+        keys, rows, count, last = self._c.export(t)
+        dim = self._configs[name].dim
+        return {"keys": keys, "weights": rows[:, :dim], "state": rows[:, dim:],
+                "update_count": count, "last_step": last}
+
+    # ----------------------------------------------------------------------------- batches
+    def prepare(self, batch: Mapping[str, GroupInput], *, train: bool = True) -> PreparedBatch:
+        """Validates ``batch``, dedups each group's ids and pulls their rows (inserting
+        unknown ids when ``train``). Nothing changes if any group is invalid."""
+        if isinstance(batch, PreparedBatch):
+            return batch
+        if not isinstance(batch, Mapping):
+            raise TypeError(f"batch must be a mapping of table name -> (ids, offsets[, weights]), "
+                            f"got {type(batch).__name__}")
+        groups, names, offsets = [], [], []
+        torch_out = False
+        for name, group in batch.items():
+            t = self._table(name)
+            ids, offs, weights = _unpack_group(name, group)
+            torch_out = torch_out or is_torch(ids)
+            ids_np = as_int64(ids, f"ids of group '{name}'")
+            offs_np = as_int64(offs, f"offsets of group '{name}'")
+            w_np = None if weights is None else as_float32(weights, f"weights of group '{name}'")
+            groups.append((t, ids_np, offs_np, w_np))
+            names.append(name)
+            offsets.append(offs_np)
+        core = self._c.prepare(groups, bool(train))
+        return PreparedBatch(core, names, offsets, torch_out, bool(train))
+
+    def forward(self, batch: Union[Mapping[str, GroupInput], PreparedBatch], *, train: bool = True) -> dict[str, Any]:
+        """Pooled embeddings per group: float32[B, dim] for sum/mean pooling, and for pooling
+        "none" a tuple (float32[B, L_max, dim] zero-padded, int64 lengths[B])."""
+        prepared = batch if isinstance(batch, PreparedBatch) else self.prepare(batch, train=train)
+        outs = self._c.forward(prepared._core)
+        result: dict[str, Any] = {}
+        for name, out, offs in zip(prepared.names, outs, prepared.offsets):
+            if self._configs[name].pooling == "none":
+                lengths = np.diff(offs)
+                result[name] = (to_torch(out), to_torch(lengths)) if prepared.torch else (out, lengths)
+            else:
+                result[name] = to_torch(out) if prepared.torch else out
+        return result
+
+    def evaluate(self, batch: Mapping[str, GroupInput]) -> dict[str, Any]:
+        """forward(batch, train=False): never inserts; unknown ids read as zeros."""
+        return self.forward(batch, train=False)
+
+    def backward(self, batch: Union[Mapping[str, GroupInput], PreparedBatch], grads: Mapping[str, Any]) -> int:
+        """Applies the fused optimizer update once per unique row, given the gradients of the
+        forward outputs (same shapes). Gradients with NaN/Inf raise ValueError and change
+        nothing. Returns the new step."""
+        prepared = batch if isinstance(batch, PreparedBatch) else self.prepare(batch, train=True)
+        if not isinstance(grads, Mapping):
+            raise TypeError(f"grads must be a mapping of table name -> array, got {type(grads).__name__}")
+        missing = [n for n in prepared.names if n not in grads]
+        extra = [n for n in grads if n not in prepared.names]
+        if missing or extra:
+            raise ValueError(f"grads must have exactly the batch's groups {prepared.names}; "
+                             f"missing {missing}, unexpected {extra}")
+        arrays = [as_float32(grads[n], f"gradient of group '{n}'") for n in prepared.names]
+        return self._c.backward(prepared._core, arrays)
+
+    # ----------------------------------------------------------------------------- checkpoints
+    def save(self, path: Union[str, os.PathLike], *, overwrite: bool = False) -> None:
+        """Writes a checkpoint directory (rows, optimizer state and metadata; manifest last)."""
+        self._c.save(os.fspath(path), overwrite)
+
+    @classmethod
+    def load(cls, path: Union[str, os.PathLike]) -> "EmbeddingCollection":
+        """Reads a checkpoint written by :meth:`save`; any thread count, any shard layout."""
+        return cls({}, _core_obj=_core.EmbeddingCollection.load(os.fspath(path)))
+
+    def restore(self, path: Union[str, os.PathLike]) -> None:
+        """Replaces this collection's rows and step with a checkpoint's; unchanged on error."""
+        self._c.restore(os.fspath(path))
+
+    def __repr__(self) -> str:
+        tables = ", ".join(f"{n}(dim={c.dim}, {type(c.optimizer).__name__}, rows={self._c.table_size(i)})"
+                           for i, (n, c) in enumerate(self._configs.items()))
+        return f"EmbeddingCollection([{tables}], step={self.step})"
+
+
+def _unpack_group(name: str, group: GroupInput) -> tuple[Any, Any, Any]:
+    if isinstance(group, Mapping):
+        if "ids" not in group or "offsets" not in group:
+            raise ValueError(f"group '{name}' must have 'ids' and 'offsets'")
+        return group["ids"], group["offsets"], group.get("weights")
+    if isinstance(group, (tuple, list)) and len(group) in (2, 3):
+        return group[0], group[1], group[2] if len(group) == 3 else None
+    raise TypeError(f"group '{name}' must be (ids, offsets) or (ids, offsets, weights), got {type(group).__name__}")

@@ -1,0 +1,88 @@
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <limits>
+#include <random>
+#include <unordered_map>
+#include <vector>
+
+#include "sparsecore/table/hash_table.h"
+
+using namespace sparsecore;
+
+namespace {
+void fill_key(int64_t key, std::byte* row) { std::memcpy(row, &key, sizeof(key)); }
+int64_t row_key(const std::byte* row) {
+  int64_t k;
+  std::memcpy(&k, row, sizeof(k));
+  return k;
+}
+}  // namespace
+
+TEST(HashTable, MatchesUnorderedMapUnderRandomOperations) {
+  for (int shard_bits : {0, 3, 6}) {
+    HashTable table(sizeof(int64_t) * 2, shard_bits);
+    std::unordered_map<int64_t, bool> model;
+    std::mt19937_64 gen(1234 + shard_bits);
+    std::vector<int64_t> universe = {0, -1, std::numeric_limits<int64_t>::max(), std::numeric_limits<int64_t>::min()};
+    for (int i = 0; i < 2000; ++i) universe.push_back(static_cast<int64_t>(gen()));
+    for (int round = 0; round < 200; ++round) {
+      std::vector<int64_t> keys(gen() % 300);
+      for (auto& k : keys) k = universe[gen() % universe.size()];
+      std::vector<std::byte*> rows(keys.size());
+      int op = static_cast<int>(gen() % 3);
+      if (op == 0) {
+        table.find_or_insert(keys.data(), static_cast<int64_t>(keys.size()), rows.data(), fill_key);
+        for (size_t i = 0; i < keys.size(); ++i) {
+          ASSERT_NE(rows[i], nullptr);
+          ASSERT_EQ(row_key(rows[i]), keys[i]);
+          model[keys[i]] = true;
+        }
+      } else if (op == 1) {
+        int64_t expected = 0;
+        std::unordered_map<int64_t, bool> distinct;
+        for (int64_t k : keys) distinct[k] = true;
+        for (auto& [k, _] : distinct) expected += model.erase(k);
+        ASSERT_EQ(table.erase(keys.data(), static_cast<int64_t>(keys.size())), expected);
+      } else {
+        table.find(keys.data(), static_cast<int64_t>(keys.size()), rows.data());
+        for (size_t i = 0; i < keys.size(); ++i) {
+          if (model.count(keys[i])) {
+            ASSERT_NE(rows[i], nullptr);
+            ASSERT_EQ(row_key(rows[i]), keys[i]);
+          } else {
+            ASSERT_EQ(rows[i], nullptr);
+          }
+        }
+      }
+      ASSERT_EQ(table.size(), model.size());
+    }
+  }
+}
+
+TEST(HashTable, RowPointersSurviveGrowth) {
+  HashTable table(sizeof(int64_t), 0);
+  int64_t first = 42;
+  std::byte* row = nullptr;
+  table.find_or_insert(&first, 1, &row, fill_key);
+  std::vector<int64_t> keys(100000);
+  for (size_t i = 0; i < keys.size(); ++i) keys[i] = static_cast<int64_t>(i) * 7919 + 1;
+  std::vector<std::byte*> rows(keys.size());
+  table.find_or_insert(keys.data(), static_cast<int64_t>(keys.size()), rows.data(), fill_key);
+  std::byte* again = nullptr;
+  table.find(&first, 1, &again);
+  EXPECT_EQ(row, again);
+  EXPECT_EQ(row_key(row), 42);
+}
+
+TEST(HashTable, DuplicateKeysInOneBatchShareOneRow) {
+  HashTable table(sizeof(int64_t), 2);
+  std::vector<int64_t> keys = {5, 5, std::numeric_limits<int64_t>::min(), 5, std::numeric_limits<int64_t>::min()};
+  std::vector<std::byte*> rows(keys.size());
+  std::vector<uint8_t> inserted(keys.size());
+  table.find_or_insert(keys.data(), 5, rows.data(), fill_key, inserted.data());
+  EXPECT_EQ(table.size(), 2u);
+  EXPECT_EQ(rows[0], rows[1]);
+  EXPECT_EQ(rows[2], rows[4]);
+  EXPECT_EQ(inserted[0] + inserted[1] + inserted[3], 1);
+}

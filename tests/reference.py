@@ -1,0 +1,133 @@
+"""NumPy references for every engine op: pooling, unpooling (segment sums) and the update
+rules. Written for clarity, not speed; float64 throughout so the tolerance in the tests
+measures the engine's float32 rounding only."""
+
+from __future__ import annotations
+
+import numpy as np
+
+import sparsecore as sc
+
+
+def pool(rows_of_ids: np.ndarray, offsets: np.ndarray, weights: np.ndarray | None, mode: str):
+    """rows_of_ids: float[n, dim] (the row of each position). Returns the pooled output."""
+    n, dim = rows_of_ids.shape
+    B = len(offsets) - 1
+    w = np.ones(n) if weights is None else weights.astype(np.float64)
+    if mode == "none":
+        lengths = np.diff(offsets)
+        L = int(lengths.max()) if B else 0
+        out = np.zeros((B, L, dim))
+        for b in range(B):
+            s, e = offsets[b], offsets[b + 1]
+            out[b, : e - s] = rows_of_ids[s:e] * w[s:e, None]
+        return out
+    out = np.zeros((B, dim))
+    for b in range(B):
+        s, e = offsets[b], offsets[b + 1]
+        acc = (rows_of_ids[s:e] * w[s:e, None]).sum(axis=0) if e > s else np.zeros(dim)
+        if mode == "mean":
+            denom = w[s:e].sum() if weights is not None else e - s
+            acc = acc / denom if denom != 0 else np.zeros(dim)
+        out[b] = acc
+    return out
+
+
+def unpool(ids: np.ndarray, offsets: np.ndarray, weights: np.ndarray | None, mode: str, grad: np.ndarray):
+    """Gradient of each distinct id: dict id -> float64[dim] (the segment sum)."""
+    n = len(ids)
+    w = np.ones(n) if weights is None else weights.astype(np.float64)
+    out: dict[int, np.ndarray] = {}
+    for b in range(len(offsets) - 1):
+        s, e = offsets[b], offsets[b + 1]
+        scale = 1.0
+        if mode == "mean":
+            denom = w[s:e].sum() if weights is not None else e - s
+            scale = 1.0 / denom if denom != 0 else 0.0
+        for p in range(s, e):
+            g = grad[b, p - s] if mode == "none" else grad[b]
+            out.setdefault(int(ids[p]), np.zeros(grad.shape[-1]))
+            out[int(ids[p])] = out[int(ids[p])] + scale * w[p] * g.astype(np.float64)
+    return out
+
+
+class RowState:
+    """Reference state of one row: weights, optimizer state, update count."""
+
+    def __init__(self, w: np.ndarray, opt):
+        dim = len(w)
+        self.w = w.astype(np.float64)
+        self.count = 0
+        acc = getattr(opt, "initial_accumulator", 0.0)
+        if isinstance(opt, sc.RowwiseAdagrad):
+            self.s = np.full(1, acc)
+        elif isinstance(opt, sc.FTRL):
+            self.z = np.zeros(dim)
+            self.n = np.full(dim, acc)
+        elif isinstance(opt, sc.Adam):
+            self.m = np.zeros(dim)
+            self.v = np.zeros(dim)
+        else:
+            self.s = np.full(dim, acc)  # Adagrad / GroupLasso accumulator; Momentum buffer
+            if isinstance(opt, sc.Momentum):
+                self.s = np.zeros(dim)
+
+    def apply(self, opt, g: np.ndarray, global_step: int) -> None:
+        self.count += 1
+        w = self.w
+        wd = opt.weight_decay
+        if isinstance(opt, sc.SGD):
+            self.w = w - opt.lr * (g + wd * w)
+        elif isinstance(opt, sc.Momentum):
+            g = g + wd * w
+            self.s = opt.momentum * self.s + g
+            step = g + opt.momentum * self.s if opt.nesterov else self.s
+            self.w = w - opt.lr * step
+        elif isinstance(opt, (sc.Adagrad, sc.GroupLasso)):
+            g = g + wd * w
+            self.s = self.s + g * g
+            self.w = w - opt.lr * g / (np.sqrt(self.s) + opt.eps)
+            if isinstance(opt, sc.GroupLasso) and opt.group_lambda:
+                norm = np.linalg.norm(self.w)
+                scale = max(0.0, 1 - opt.lr * opt.group_lambda * np.sqrt(len(w)) / norm) if norm > 0 else 0.0
+                self.w = self.w * scale
+        elif isinstance(opt, sc.RowwiseAdagrad):
+            g = g + wd * w
+            self.s = self.s + np.mean(g * g)
+            self.w = w - opt.lr * g / (np.sqrt(self.s[0]) + opt.eps)
+        elif isinstance(opt, sc.Adam):
+            t = global_step if opt.use_global_step else self.count
+            b1, b2 = opt.betas
+            if opt.decoupled_weight_decay:
+                w = w * (1 - opt.lr * wd)
+            else:
+                g = g + wd * w
+            self.m = b1 * self.m + (1 - b1) * g
+            self.v = b2 * self.v + (1 - b2) * g * g
+            denom = np.sqrt(self.v) / np.sqrt(1 - b2**t) + opt.eps
+            self.w = w - (opt.lr / (1 - b1**t)) * self.m / denom
+        elif isinstance(opt, sc.FTRL):
+            g = g + wd * w
+            p = -opt.lr_power
+            n_new = self.n + g * g
+            sigma = (n_new**p - self.n**p) / opt.lr
+            self.z = self.z + g - sigma * w
+            self.n = n_new
+            denom = (opt.beta + self.n**p) / opt.lr + opt.l2
+            self.w = np.where(np.abs(self.z) <= opt.l1, 0.0, -(self.z - np.sign(self.z) * opt.l1) / denom)
+        else:
+            raise TypeError(opt)
+
+
+def random_batch(rng: np.random.Generator, batch_size: int, max_len: int, id_pool: np.ndarray,
+                 weighted: bool = False, empty_fraction: float = 0.2):
+    """CSR bags with duplicates (ids drawn from a small pool) and some empty bags."""
+    lengths = rng.integers(1, max_len + 1, size=batch_size)
+    lengths[rng.random(batch_size) < empty_fraction] = 0
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    ids = rng.choice(id_pool, size=int(offsets[-1])).astype(np.int64)
+    weights = rng.uniform(0.1, 2.0, size=len(ids)).astype(np.float32) if weighted else None
+    return ids, offsets, weights
+
+
+EXTREME_IDS = np.array([0, -1, 2**63 - 1, -(2**63), 1, 42, -(2**62), 2**40 + 7], dtype=np.int64)
