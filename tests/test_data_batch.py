@@ -82,3 +82,17 @@ def test_dedup_ids_matches_numpy(n, high):
 def test_dedup_ids_requires_int64():
     with pytest.raises(TypeError, match="int64"):
         scd.dedup_ids(np.arange(3, dtype=np.int32))
+
+
+def test_batches_feed_the_embedding_collection():
+    import sparsecore as sc
+
+    data = scd.SyntheticData(scd.SyntheticConfig.w2(vocab_size=1000, samples_per_view=4), compressed=True)
+    batch = data.next_batch(64)
+    emb = sc.EmbeddingCollection({n: sc.TableConfig(dim=3, optimizer=sc.SGD(lr=0.1)) for n in data.group_names}, seed=3)
+    plain = batch.expand()
+    out = emb.forward(plain.sparse)
+    assert set(out) == set(data.group_names) and all(v.shape == (64, 3) for v in out.values())
+    # a shared group pooled once per page view, then taken per sample, equals the expanded pooling
+    per_view = emb.forward({"f0": batch.sparse["f0"]})["f0"]
+    np.testing.assert_array_equal(per_view[batch.sample_group], out["f0"])

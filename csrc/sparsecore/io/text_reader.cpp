@@ -5,8 +5,8 @@
 #include <limits>
 
 #include "sparsecore/core/error.h"
+#include "sparsecore/core/file.h"
 #include "sparsecore/core/thread_pool.h"
-#include "sparsecore/io/posix_file.h"
 
 namespace sparsecore::io {
 
@@ -58,7 +58,11 @@ TextReader::TextReader(std::vector<std::string> paths, std::shared_ptr<const Lin
   SC_CHECK_ARG(options_.prefetch_blocks >= 1, "reader: prefetch_blocks must be >= 1, got ",
                options_.prefetch_blocks);
   SC_CHECK_ARG(options_.max_reported_errors >= 0, "reader: max_reported_errors must be >= 0");
-  for (const auto& p : paths_) PosixFile::open_read(p);  // fail early, naming the file
+  // Fail early, naming the file: one byte read also rejects a directory (EISDIR).
+  for (const auto& p : paths_) {
+    char byte;
+    File::open_read(p).read_at(&byte, 1, 0);
+  }
   queue_limit_ = static_cast<size_t>(options_.prefetch_blocks) * options_.num_threads * 2;
 }
 
@@ -88,15 +92,15 @@ void TextReader::produce(ReaderPosition pos) {
     std::vector<char> buf;
     const auto num_files = static_cast<int64_t>(paths_.size());
     for (; pos.file_index < num_files; pos = {pos.file_index + 1, 0, 0}) {
-      PosixFile file = PosixFile::open_read(paths_[pos.file_index]);
-      int64_t size = file.size();
+      File file = File::open_read(paths_[pos.file_index]);
+      int64_t size = static_cast<int64_t>(file.size());
       while (pos.byte_offset < size) {
         // One block of whole lines; a line longer than the block doubles the read.
         int64_t want = options_.block_bytes, region = 0;
         while (true) {
           want = std::min(want, size - pos.byte_offset);
           buf.resize(static_cast<size_t>(want));
-          const int64_t got = file.read_at(buf.data(), want, pos.byte_offset);
+          const auto got = static_cast<int64_t>(file.read_at(buf.data(), want, pos.byte_offset));
           if (got < want) size = pos.byte_offset + got;  // the file shrank under us
           if (pos.byte_offset + got >= size) {
             region = got;  // end of file: the rest is the last line
@@ -215,9 +219,10 @@ void TextReader::seek(const ReaderPosition& p) {
   if (p.file_index == num_files) {
     SC_CHECK_ARG(p.byte_offset == 0 && p.line_number == 0, "seek: the end position has offset 0, line 0");
   } else {
-    PosixFile f = PosixFile::open_read(paths_[p.file_index]);
-    SC_CHECK_ARG(p.byte_offset <= f.size(), "seek: byte_offset ", p.byte_offset, " beyond the end of ",
-                 paths_[p.file_index], " (", f.size(), " bytes)");
+    File f = File::open_read(paths_[p.file_index]);
+    const auto size = static_cast<int64_t>(f.size());
+    SC_CHECK_ARG(p.byte_offset <= size, "seek: byte_offset ", p.byte_offset, " beyond the end of ",
+                 paths_[p.file_index], " (", size, " bytes)");
     char before = '\n';
     if (p.byte_offset > 0) f.read_at(&before, 1, p.byte_offset - 1);
     SC_CHECK_ARG(before == '\n', "seek: byte_offset ", p.byte_offset, " of ", paths_[p.file_index],
