@@ -67,6 +67,19 @@ void File::read_exact(void* data, size_t bytes) {
   }
 }
 
+size_t File::read_at(void* data, size_t bytes, uint64_t offset) const {
+  char* p = static_cast<char*>(data);
+  size_t done = 0;
+  while (done < bytes) {
+    ssize_t r = ::pread(fd_, p + done, bytes - done, static_cast<off_t>(offset + done));
+    if (r < 0 && errno == EINTR) continue;
+    check_syscall(r >= 0, "cannot read", path_);
+    if (r == 0) break;
+    done += static_cast<size_t>(r);
+  }
+  return done;
+}
+
 uint64_t File::size() const {
   struct stat st;
   check_syscall(::fstat(fd_, &st) == 0, "cannot stat", path_);

@@ -27,6 +27,9 @@ class File {
   void write_all(const void* data, size_t bytes);
   // Reads exactly `bytes` or throws CorruptData("truncated").
   void read_exact(void* data, size_t bytes);
+  // Reads up to `bytes` at `offset` without moving the file position (fewer only at the end
+  // of the file); returns how many were read. Safe from several threads at once.
+  size_t read_at(void* data, size_t bytes, uint64_t offset) const;
   uint64_t size() const;
   void sync();
   void close();  // checked close; the destructor closes unchecked
