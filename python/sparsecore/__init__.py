@@ -22,11 +22,22 @@ from .config import (
     Zeros,
 )
 from .embedding import EmbeddingCollection, PreparedBatch
+from . import data
+
+
+def __getattr__(name: str):
+    # torch is optional: the Trainer and the torch bridge import it only when asked for.
+    if name == "Trainer":
+        from .trainer import Trainer
+
+        return Trainer
+    raise AttributeError(f"module 'sparsecore' has no attribute {name!r}")
 
 __version__ = "0.1.0"
 
 __all__ = [
     "FTRL", "SGD", "Adagrad", "Adam", "AdamW", "Constant", "CorruptDataError", "EmbeddingCollection",
     "GroupLasso", "Momentum", "Normal", "PreparedBatch", "RowwiseAdagrad", "TableConfig",
-    "TruncatedNormal", "Uniform", "Zeros", "cpu_features", "num_threads", "set_num_threads",
+    "Trainer", "TruncatedNormal", "Uniform", "Zeros", "cpu_features", "data", "num_threads",
+    "set_num_threads",
 ]

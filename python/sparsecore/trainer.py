@@ -239,11 +239,11 @@ class Trainer:
                 done_steps += 1
                 done_samples += batch.num_samples
                 window_samples += batch.num_samples
-                window_loss += float(loss) * batch.num_samples
+                window_loss += loss.item() * batch.num_samples
                 window_n += batch.num_samples
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(loss=f"{float(loss):.4f}")
+                    bar.set_postfix(loss=f"{loss.item():.4f}")
                 if self.log_every and self.step % self.log_every == 0:
                     now = time.perf_counter()
                     entry = {"step": self.step, "loss": window_loss / max(window_n, 1),
