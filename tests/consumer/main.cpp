@@ -5,7 +5,7 @@
 
 #include "sparsecore/ops/embedding_collection.h"
 
-int main() {
+int main(int argc, char** argv) {
   sparsecore::TableConfig config;
   config.name = "user";
   config.dim = 4;
@@ -16,5 +16,6 @@ int main() {
   std::vector<float> out(2 * 4);
   emb.forward(*batch, {out.data()});
   std::printf("sparsecore consumer: %zu rows, out[0] = %f\n", emb.table(0).size(), out[0]);
+  if (argc > 1) emb.save(argv[1]);  // a checkpoint for examples/cpp_serving to load
   return emb.table(0).size() == 3 ? 0 : 1;
 }

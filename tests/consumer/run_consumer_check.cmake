@@ -17,8 +17,27 @@ execute_process(COMMAND ${CMAKE_COMMAND} --build ${WORK_DIR}/build RESULT_VARIAB
 if(rc)
   message(FATAL_ERROR "building the consumer failed: ${rc}")
 endif()
-execute_process(COMMAND ${WORK_DIR}/build/sparsecore_consumer RESULT_VARIABLE rc OUTPUT_VARIABLE out)
+execute_process(COMMAND ${WORK_DIR}/build/sparsecore_consumer ${WORK_DIR}/ckpt
+  RESULT_VARIABLE rc OUTPUT_VARIABLE out)
 message(STATUS "${out}")
 if(rc)
   message(FATAL_ERROR "the consumer failed: ${rc}")
+endif()
+
+# The serving example, built the same way, answers requests from the consumer's checkpoint:
+# id 1 was trained into the table, id 99 never was and must read as zeros.
+execute_process(COMMAND ${CMAKE_COMMAND} -S ${SOURCE_DIR}/examples/cpp_serving -B ${WORK_DIR}/serving
+  "-DCMAKE_PREFIX_PATH=${WORK_DIR}/prefix;${WORK_DIR}/prefix/sparsecore" RESULT_VARIABLE rc)
+if(NOT rc)
+  execute_process(COMMAND ${CMAKE_COMMAND} --build ${WORK_DIR}/serving RESULT_VARIABLE rc)
+endif()
+if(rc)
+  message(FATAL_ERROR "building examples/cpp_serving failed: ${rc}")
+endif()
+file(WRITE ${WORK_DIR}/requests.txt "user 1 2\nuser 99\n")
+execute_process(COMMAND ${WORK_DIR}/serving/serve_embeddings ${WORK_DIR}/ckpt
+  INPUT_FILE ${WORK_DIR}/requests.txt RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+message(STATUS "${out}${err}")
+if(rc OR NOT out MATCHES "^user [^\n]+\nuser 0 0 0 0\n$")
+  message(FATAL_ERROR "serve_embeddings gave unexpected output (rc ${rc})")
 endif()
