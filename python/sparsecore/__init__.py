@@ -23,6 +23,9 @@ from .config import (
 )
 from .embedding import EmbeddingCollection, PreparedBatch
 from . import data
+from ._core import (RpcAuthError, RpcConnectionError, RpcError, RpcProtocolError, RpcTimeout,
+                    RpcUnknownMethod)
+from . import rpc
 
 
 def __getattr__(name: str):
