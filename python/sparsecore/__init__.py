@@ -26,6 +26,7 @@ from . import data
 from ._core import (RpcAuthError, RpcConnectionError, RpcError, RpcProtocolError, RpcTimeout,
                     RpcUnknownMethod)
 from . import rpc
+from .server import Cluster, Server, connect
 
 
 def __getattr__(name: str):
