@@ -23,6 +23,10 @@ from .config import (
 )
 from .embedding import EmbeddingCollection, PreparedBatch
 from . import data
+from ._core import (RpcAuthError, RpcConnectionError, RpcError, RpcProtocolError, RpcTimeout,
+                    RpcUnknownMethod)
+from . import rpc
+from .server import Cluster, Server, connect
 
 
 def __getattr__(name: str):

@@ -1,0 +1,134 @@
+// Parameter-server bindings: PsServer (embedded or listening) and PsClient. Every call
+// releases the GIL.
+#include <pybind11/numpy.h>
+#include <pybind11/stl.h>
+
+#include "array_args.h"
+#include "binding_registry.h"
+#include "sparsecore/ps/ps_client.h"
+#include "sparsecore/ps/ps_server.h"
+#include "sparsecore/ps/ps_shard.h"
+
+namespace py = pybind11;
+using namespace sparsecore;
+using namespace sparsecore::ps;
+using sparsecore::python::checked_array;
+
+SPARSECORE_BINDING(ps, 70) {
+  py::class_<PsServer>(m, "PsServer", "Parameter server: shards over reactors; embedded until started.")
+      .def(py::init([](const std::string& address, int port, int shards, const std::string& token, int server_index,
+                       int num_servers, uint64_t max_frame_bytes) {
+             PsServerOptions o;
+             o.rpc.address = address;
+             o.rpc.port = port;
+             o.rpc.num_reactors = shards;
+             o.rpc.token = token;
+             o.rpc.max_frame_bytes = max_frame_bytes;
+             o.server_index = server_index;
+             o.num_servers = num_servers;
+             return std::make_unique<PsServer>(o);
+           }),
+           py::arg("address") = "127.0.0.1", py::arg("port") = 0, py::arg("shards") = 1, py::arg("token") = "",
+           py::arg("server_index") = 0, py::arg("num_servers") = 1, py::arg("max_frame_bytes") = 256ull << 20)
+      .def("start", [](PsServer& s) { s.start(); })
+      .def("stop", [](PsServer& s) {
+        py::gil_scoped_release r;
+        s.stop();
+      })
+      .def("restore", [](PsServer& s, const std::string& dir) {
+        py::gil_scoped_release r;
+        return s.restore(dir);
+      })
+      .def_property_readonly("port", &PsServer::port)
+      .def_property_readonly("num_shards", &PsServer::num_shards);
+
+  m.def("latest_snapshot", &latest_snapshot, py::arg("root"),
+        "Newest complete step-<k> snapshot directory under root, or '' when none.");
+
+  py::class_<PsClient>(m, "PsClient")
+      .def(py::init([](const std::vector<std::string>& addresses, const std::string& token, int timeout_ms,
+                       uint32_t worker, uint32_t num_workers) {
+             PsClientOptions o{token, timeout_ms, 5000, worker, num_workers};
+             py::gil_scoped_release r;
+             return std::make_unique<PsClient>(addresses, o);
+           }),
+           py::arg("addresses"), py::arg("token") = "", py::arg("timeout_ms") = 0, py::arg("worker") = 0,
+           py::arg("num_workers") = 0)
+      .def(py::init([](PsServer& server) { return std::make_unique<PsClient>(server, PsClientOptions{}); }),
+           py::arg("server"), py::keep_alive<1, 2>())
+      .def_property_readonly("total_shards", &PsClient::total_shards)
+      .def("create_table", [](PsClient& c, const std::string& config_json, uint64_t seed) {
+        TableConfig cfg = TableConfig::from_json(Json::parse(config_json));
+        py::gil_scoped_release r;
+        c.create_table(cfg, seed);
+      })
+      .def("dim", &PsClient::dim)
+      .def("pull", [](PsClient& c, const std::string& table, const py::array& ids, bool train) {
+        const int64_t* p = checked_array<int64_t>(ids, "ids", {-1});
+        int64_t n = ids.shape(0);
+        int d = c.dim(table);
+        py::array_t<float> out({static_cast<py::ssize_t>(n), static_cast<py::ssize_t>(d)});
+        float* o = out.mutable_data();
+        {
+          py::gil_scoped_release r;
+          c.pull(table, p, n, train, o);
+        }
+        return out;
+      }, py::arg("table"), py::arg("ids"), py::arg("train") = true)
+      .def("push", [](PsClient& c, const std::string& table, const py::array& ids, const py::array& grads, int64_t step) {
+        const int64_t* p = checked_array<int64_t>(ids, "ids", {-1});
+        int64_t n = ids.shape(0);
+        const float* g = checked_array<float>(grads, "grads", {n, c.dim(table)});
+        py::gil_scoped_release r;
+        c.push(table, p, n, g, step);
+      }, py::arg("table"), py::arg("ids"), py::arg("grads"), py::arg("step") = 0)
+      .def("save", [](PsClient& c, const std::string& root, int64_t step, bool overwrite) {
+        py::gil_scoped_release r;
+        return c.save(root, step, overwrite);
+      })
+      .def("restore", [](PsClient& c, const std::string& dir) {
+        py::gil_scoped_release r;
+        return c.restore(dir);
+      })
+      .def("kv_put", [](PsClient& c, const std::string& key, const std::string& value_json) {
+        Json v = Json::parse(value_json);
+        py::gil_scoped_release r;
+        c.kv_put(key, v);
+      })
+      .def("kv_get", [](PsClient& c, const std::string& key) {
+        Json v;
+        {
+          py::gil_scoped_release r;
+          v = c.kv_get(key);
+        }
+        return v.dump();
+      })
+      .def("barrier", [](PsClient& c, const std::string& name, int count) {
+        py::gil_scoped_release r;
+        c.barrier(name, count);
+      })
+      .def("dense_pull", [](PsClient& c, const std::string& name, int64_t size, float init) {
+        std::vector<float> v;
+        {
+          py::gil_scoped_release r;
+          v = c.dense_pull(name, size, init);
+        }
+        py::array_t<float> out(static_cast<py::ssize_t>(v.size()));
+        std::copy(v.begin(), v.end(), out.mutable_data());
+        return out;
+      })
+      .def("dense_push", [](PsClient& c, const std::string& name, const py::array& grads, float lr) {
+        const float* g = checked_array<float>(grads, "grads", {-1});
+        int64_t n = grads.shape(0);
+        py::gil_scoped_release r;
+        c.dense_push(name, g, n, lr);
+      })
+      .def("stats", [](PsClient& c) {
+        Json s;
+        {
+          py::gil_scoped_release r;
+          s = c.stats();
+        }
+        return s.dump();
+      });
+}

@@ -1,0 +1,52 @@
+// What parameter-server clients and servers agree on: method ids, the request layouts, and
+// routing (DESIGN.md: bucket = top 16 bits of fmix64(key); buckets map to servers and shards).
+//
+// Global shard g of a cluster of T = num_servers * shards_per_server owns the contiguous
+// bucket range {b : (b * T) >> 16 == g}; it is shard g % shards_per_server of server
+// g / shards_per_server, served by that server's reactor of the same index.
+#pragma once
+
+#include <cstdint>
+
+#include "sparsecore/core/hash.h"
+
+namespace sparsecore::ps {
+
+enum Method : uint16_t {
+  kInfo = 10,         // -> json {server_index, num_servers, shards}
+  kCreateTable = 11,  // json {table: TableConfig json, seed}
+  kPull = 12,         // TableHeader + name + ids int64[n] -> float32[n, dim]
+  kPush = 13,         // TableHeader + name + ids int64[n] + grads float32[n, dim]
+  kSave = 14,         // json {dir, step, overwrite}
+  kRestore = 15,      // json {dir}  (a complete snapshot directory)
+  kStats = 16,        // -> json
+  kKvPut = 17,        // json {key, value}
+  kKvGet = 18,        // json {key} -> json {value} (null when absent)
+  kBarrier = 19,      // json {name, count}: replies once `count` callers arrived
+  kDensePull = 20,    // json {name, size, init} -> float32[size]
+  kDensePush = 21,    // name + float32 grads -> applies w -= lr * g with the variable's lr
+};
+
+// Fixed part of pull and push requests; the table name (name_bytes, padded to 8) follows,
+// then the arrays.
+struct TableHeader {
+  uint32_t name_bytes;
+  uint32_t flags;        // pull: kPullTrain; push: unused
+  uint64_t num_ids;
+  int64_t step;          // push: the worker's step (synchronous mode)
+  uint32_t worker;       // push: worker rank
+  uint32_t num_workers;  // push: >0 synchronous (apply when all have pushed), 0 asynchronous
+};
+static_assert(sizeof(TableHeader) == 32);
+inline constexpr uint32_t kPullTrain = 1;
+
+inline constexpr uint64_t padded8(uint64_t n) { return (n + 7) & ~uint64_t{7}; }
+
+inline int global_shard_of_bucket(uint32_t bucket, int total_shards) {
+  return static_cast<int>((static_cast<uint64_t>(bucket) * static_cast<uint64_t>(total_shards)) >> kBucketBits);
+}
+inline int global_shard_of_key(int64_t key, int total_shards) {
+  return global_shard_of_bucket(key_bucket(key), total_shards);
+}
+
+}  // namespace sparsecore::ps

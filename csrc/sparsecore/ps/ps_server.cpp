@@ -1,0 +1,176 @@
+#include "sparsecore/ps/ps_server.h"
+
+#include <cstring>
+
+#include "sparsecore/core/error.h"
+#include "sparsecore/ps/ps_protocol.h"
+#include "sparsecore/rpc/reactor.h"
+
+namespace sparsecore::ps {
+namespace {
+
+Json parse_json(const rpc::Request& r) {
+  return Json::parse(std::string_view(reinterpret_cast<const char*>(r.payload.data()), r.payload.size()));
+}
+
+void reply_json(rpc::Reply& reply, const Json& j) {
+  std::string s = j.dump();
+  reply.append(s.data(), s.size());
+}
+
+// A checked view of a pull/push request: header, name, then the arrays.
+struct TableRequest {
+  TableHeader h;
+  std::string name;
+  const std::byte* arrays = nullptr;
+  size_t array_bytes = 0;
+};
+
+TableRequest parse_table_request(const rpc::Request& r, int64_t max_ids) {
+  TableRequest t;
+  SC_CHECK_ARG(r.payload.size() >= sizeof(TableHeader), "request of ", r.payload.size(), " bytes is shorter than its header");
+  std::memcpy(&t.h, r.payload.data(), sizeof(TableHeader));
+  size_t name_end = sizeof(TableHeader) + padded8(t.h.name_bytes);
+  SC_CHECK_ARG(t.h.name_bytes <= 4096 && name_end <= r.payload.size(), "bad table name length ", t.h.name_bytes);
+  SC_CHECK_ARG(t.h.num_ids <= static_cast<uint64_t>(max_ids), "request has ", t.h.num_ids, " ids, limit is ", max_ids);
+  t.name.assign(reinterpret_cast<const char*>(r.payload.data()) + sizeof(TableHeader), t.h.name_bytes);
+  t.arrays = r.payload.data() + name_end;
+  t.array_bytes = r.payload.size() - name_end;
+  return t;
+}
+
+}  // namespace
+
+PsServer::PsServer(PsServerOptions options) : options_(std::move(options)) {
+  SC_CHECK_ARG(options_.num_servers >= 1, "num_servers must be >= 1, got ", options_.num_servers);
+  SC_CHECK_ARG(options_.server_index >= 0 && options_.server_index < options_.num_servers, "server_index ",
+               options_.server_index, " out of range for ", options_.num_servers, " servers");
+  int shards = options_.rpc.num_reactors;
+  SC_CHECK_ARG(shards >= 1 && shards <= 256, "shards must be in [1, 256], got ", shards);
+  int total = shards * options_.num_servers;
+  for (int i = 0; i < shards; ++i)
+    shards_.push_back(std::make_unique<PsShard>(ShardLayout{options_.server_index * shards + i, total}));
+  reactor_state_.resize(static_cast<size_t>(shards));
+}
+
+PsServer::~PsServer() { stop(); }
+
+int64_t PsServer::restore(const std::string& dir) {
+  SC_CHECK_ARG(!rpc_, "restore a running server through a client (PsClient::restore)");
+  int64_t step = 0;
+  for (auto& s : shards_) step = s->restore(dir);
+  return step;
+}
+
+void PsServer::start() {
+  SC_CHECK_ARG(!rpc_, "server already started");
+  rpc_ = std::make_unique<rpc::RpcServer>(options_.rpc);
+  register_methods();
+  rpc_->start();
+}
+
+void PsServer::stop() {
+  if (rpc_) rpc_->stop();
+  rpc_.reset();
+}
+
+void PsServer::register_methods() {
+  rpc::RpcServer& srv = *rpc_;
+  const int64_t max_ids = options_.max_ids_per_request;
+  srv.register_method(kInfo, [this](const rpc::Request&, rpc::Reply& reply) {
+    Json j = Json::object();
+    j["server_index"] = options_.server_index;
+    j["num_servers"] = options_.num_servers;
+    j["shards"] = num_shards();
+    reply_json(reply, j);
+  });
+  srv.register_method(kCreateTable, [this](const rpc::Request& r, rpc::Reply&) {
+    Json j = parse_json(r);
+    shard(r.reactor).create_table(TableConfig::from_json(j.at("table")),
+                                  static_cast<uint64_t>(j.at("seed").as_int("seed")));
+  });
+  srv.register_method(kPull, [this, max_ids](const rpc::Request& r, rpc::Reply& reply) {
+    TableRequest t = parse_table_request(r, max_ids);
+    SC_CHECK_ARG(t.array_bytes == t.h.num_ids * sizeof(int64_t), "pull of ", t.h.num_ids, " ids carries ",
+                 t.array_bytes, " bytes");
+    PsShard& s = shard(r.reactor);
+    int dim = s.dim(t.name);
+    float* out = reply.resize_as<float>(t.h.num_ids * static_cast<size_t>(dim));
+    std::vector<int64_t> ids(t.h.num_ids);  // aligned copy: the payload offset is only 8-aligned by convention
+    std::memcpy(ids.data(), t.arrays, t.array_bytes);
+    s.pull(t.name, ids.data(), static_cast<int64_t>(t.h.num_ids), t.h.flags & kPullTrain, out);
+  });
+  srv.register_method(kPush, [this, max_ids](const rpc::Request& r, rpc::Reply& reply) {
+    TableRequest t = parse_table_request(r, max_ids);
+    PsShard& s = shard(r.reactor);
+    size_t n = t.h.num_ids;
+    size_t dim = static_cast<size_t>(s.dim(t.name));
+    SC_CHECK_ARG(t.array_bytes == n * (sizeof(int64_t) + dim * sizeof(float)), "push of ", n, " ids of dim ", dim,
+                 " carries ", t.array_bytes, " bytes");
+    const auto* ids = reinterpret_cast<const int64_t*>(t.arrays);
+    const auto* grads = reinterpret_cast<const float*>(t.arrays + n * sizeof(int64_t));
+    bool complete = s.push(t.name, ids, static_cast<int64_t>(n), grads, t.h.step, t.h.worker, t.h.num_workers);
+    ReactorState& st = reactor_state_[static_cast<size_t>(r.reactor)];
+    if (!complete) {
+      st.waiting_push.push_back(reply.defer());
+      return;
+    }
+    rpc::Reactor& reactor = rpc_->reactor(r.reactor);
+    for (const auto& token : st.waiting_push) reactor.send_deferred(token, rpc::Reply());
+    st.waiting_push.clear();
+  });
+  srv.register_method(kSave, [this](const rpc::Request& r, rpc::Reply&) {
+    Json j = parse_json(r);
+    shard(r.reactor).save(j.at("dir").as_string("dir"), j.at("step").as_int("step"),
+                          j.get("overwrite") && j.at("overwrite").as_bool("overwrite"));
+  });
+  srv.register_method(kRestore, [this](const rpc::Request& r, rpc::Reply& reply) {
+    Json j = parse_json(r);
+    Json out = Json::object();
+    out["step"] = shard(r.reactor).restore(j.at("dir").as_string("dir"));
+    reply_json(reply, out);
+  });
+  srv.register_method(kStats, [this](const rpc::Request& r, rpc::Reply& reply) { reply_json(reply, shard(r.reactor).stats()); });
+  srv.register_method(kKvPut, [this](const rpc::Request& r, rpc::Reply&) {
+    Json j = parse_json(r);
+    shard(r.reactor).kv_put(j.at("key").as_string("key"), j.at("value"));
+  });
+  srv.register_method(kKvGet, [this](const rpc::Request& r, rpc::Reply& reply) {
+    Json j = parse_json(r);
+    const Json* v = shard(r.reactor).kv_get(j.at("key").as_string("key"));
+    Json out = Json::object();
+    out["value"] = v ? *v : Json();
+    reply_json(reply, out);
+  });
+  srv.register_method(kBarrier, [this](const rpc::Request& r, rpc::Reply& reply) {
+    Json j = parse_json(r);
+    std::string name = j.at("name").as_string("name");
+    int64_t count = j.at("count").as_int("count");
+    SC_CHECK_ARG(count >= 1, "barrier count must be >= 1, got ", count);
+    auto& waiting = reactor_state_[static_cast<size_t>(r.reactor)].barriers[name];
+    if (static_cast<int64_t>(waiting.size()) + 1 < count) {
+      waiting.push_back(reply.defer());
+      return;
+    }
+    rpc::Reactor& reactor = rpc_->reactor(r.reactor);
+    for (const auto& token : waiting) reactor.send_deferred(token, rpc::Reply());
+    reactor_state_[static_cast<size_t>(r.reactor)].barriers.erase(name);
+  });
+  srv.register_method(kDensePull, [this](const rpc::Request& r, rpc::Reply& reply) {
+    Json j = parse_json(r);
+    std::vector<float>& v = shard(r.reactor).dense(j.at("name").as_string("name"), j.at("size").as_int("size"),
+                                                   static_cast<float>(j.at("init").as_double("init")));
+    reply.append(v.data(), v.size() * sizeof(float));
+  });
+  srv.register_method(kDensePush, [this](const rpc::Request& r, rpc::Reply&) {
+    TableRequest t = parse_table_request(r, options_.max_ids_per_request);
+    float lr;
+    std::memcpy(&lr, &t.h.flags, sizeof(lr));
+    SC_CHECK_ARG(t.array_bytes % sizeof(float) == 0, "dense gradient bytes not a multiple of 4");
+    std::vector<float> g(t.array_bytes / sizeof(float));
+    std::memcpy(g.data(), t.arrays, t.array_bytes);
+    shard(r.reactor).dense_push(t.name, g.data(), static_cast<int64_t>(g.size()), lr);
+  });
+}
+
+}  // namespace sparsecore::ps

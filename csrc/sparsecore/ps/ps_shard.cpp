@@ -1,0 +1,300 @@
+#include "sparsecore/ps/ps_shard.h"
+
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <mutex>
+
+#include "sparsecore/core/error.h"
+#include "sparsecore/core/file.h"
+#include "sparsecore/ps/ps_protocol.h"
+
+namespace sparsecore::ps {
+namespace fs = std::filesystem;
+
+namespace {
+
+// First bucket of global shard g of T, i.e. the least b with (b * T) >> 16 == g.
+uint64_t first_bucket(int g, int total) {
+  return (static_cast<uint64_t>(g) * kNumBuckets + static_cast<uint64_t>(total) - 1) / static_cast<uint64_t>(total);
+}
+
+bool ranges_overlap(int g1, int t1, int g2, int t2) {
+  return first_bucket(g1, t1) < first_bucket(g2 + 1, t2) && first_bucket(g2, t2) < first_bucket(g1 + 1, t1);
+}
+
+std::string join(const std::string& a, const std::string& b) { return (fs::path(a) / b).string(); }
+
+Json read_json(const std::string& path) {
+  std::vector<uint8_t> bytes = read_file(path);
+  return Json::parse(std::string_view(reinterpret_cast<const char*>(bytes.data()), bytes.size()));
+}
+
+// Total shards of the snapshot in `dir` from its marker names, or 0.
+int snapshot_total_shards(const std::string& dir) {
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    int g, t;
+    std::string name = e.path().filename().string();
+    if (std::sscanf(name.c_str(), "shard-%d-of-%d.json", &g, &t) == 2 && t > 0) return t;
+  }
+  return 0;
+}
+
+}  // namespace
+
+std::string shard_marker_name(int g, int total) {
+  return "shard-" + std::to_string(g) + "-of-" + std::to_string(total) + ".json";
+}
+
+bool snapshot_complete(const std::string& dir) {
+  int total = snapshot_total_shards(dir);
+  if (total == 0) return false;
+  for (int g = 0; g < total; ++g)
+    if (!path_exists(join(dir, shard_marker_name(g, total)))) return false;
+  return true;
+}
+
+std::string latest_snapshot(const std::string& root) {
+  std::error_code ec;
+  int64_t best = -1;
+  std::string best_dir;
+  for (const auto& e : fs::directory_iterator(root, ec)) {
+    long long k;
+    std::string name = e.path().filename().string();
+    if (std::sscanf(name.c_str(), "step-%lld", &k) == 1 && k > best && snapshot_complete(e.path().string())) {
+      best = k;
+      best_dir = e.path().string();
+    }
+  }
+  return best_dir;
+}
+
+PsShard::Table& PsShard::table(const std::string& name) {
+  auto it = tables_.find(name);
+  if (it == tables_.end()) throw NotFound("no table '" + name + "' on shard " + std::to_string(layout_.global_index));
+  return it->second;
+}
+const PsShard::Table& PsShard::table(const std::string& name) const {
+  return const_cast<PsShard*>(this)->table(name);
+}
+
+void PsShard::create_table(const TableConfig& config, uint64_t seed) {
+  config.validate();
+  auto it = tables_.find(config.name);
+  if (it != tables_.end()) {
+    const TableConfig& have = it->second.rows->table(0).config();
+    SC_CHECK_ARG(have.to_json().dump() == config.to_json().dump() && it->second.seed == seed, "table '", config.name,
+                 "' exists with another configuration");
+    return;
+  }
+  Table t;
+  t.rows = std::make_unique<EmbeddingCollection>(std::vector<TableConfig>{config}, seed);
+  t.seed = seed;
+  tables_.emplace(config.name, std::move(t));
+}
+
+int PsShard::dim(const std::string& name) const { return table(name).rows->table(0).dim(); }
+
+void PsShard::pull(const std::string& name, const int64_t* ids, int64_t n, bool train, float* out) {
+  EmbeddingTable& t = table(name).rows->table(0);
+  if (train)
+    t.lookup_or_insert_weights(ids, n, out);
+  else
+    t.find_weights(ids, n, out);
+}
+
+void PsShard::apply(Table& t, const int64_t* ids, int64_t n, const float* grads) {
+  if (n == 0) return;
+  // One bag per id: the engine's pooled gradient of bag i is then the gradient of row i, and
+  // duplicate ids (from several workers) are summed in position order before one update.
+  std::vector<int64_t> offsets(static_cast<size_t>(n) + 1);
+  for (int64_t i = 0; i <= n; ++i) offsets[static_cast<size_t>(i)] = i;
+  GroupInput g;
+  g.table = 0;
+  g.ids = ids;
+  g.num_ids = n;
+  g.offsets = offsets.data();
+  g.batch_size = n;
+  auto batch = t.rows->prepare({g}, /*train=*/true);
+  t.rows->backward(*batch, {grads});
+}
+
+bool PsShard::push(const std::string& name, const int64_t* ids, int64_t n, const float* grads, int64_t step,
+                   uint32_t worker, uint32_t num_workers) {
+  Table& t = table(name);
+  int dim = t.rows->table(0).dim();
+  for (int64_t i = 0; i < n * dim; ++i)
+    SC_CHECK_ARG(std::isfinite(grads[i]), "gradients of table '", name, "' contain NaN or Inf; nothing was applied");
+  if (num_workers == 0) {
+    apply(t, ids, n, grads);
+    return true;
+  }
+  SC_CHECK_ARG(worker < num_workers, "worker ", worker, " out of range for ", num_workers, " workers");
+  if (t.pending.empty()) t.sync_step = step;
+  SC_CHECK_ARG(step == t.sync_step, "worker ", worker, " pushed step ", step, " of table '", name, "' while step ",
+               t.sync_step, " is incomplete");
+  SC_CHECK_ARG(!t.pending.count(worker), "worker ", worker, " pushed step ", step, " of table '", name, "' twice");
+  t.pending[worker] = {std::vector<int64_t>(ids, ids + n), std::vector<float>(grads, grads + n * dim)};
+  if (t.pending.size() < num_workers) return false;
+  std::vector<int64_t> all_ids;
+  std::vector<float> all_grads;
+  for (auto& [w, c] : t.pending) {  // std::map: worker order
+    all_ids.insert(all_ids.end(), c.first.begin(), c.first.end());
+    all_grads.insert(all_grads.end(), c.second.begin(), c.second.end());
+  }
+  t.pending.clear();
+  apply(t, all_ids.data(), static_cast<int64_t>(all_ids.size()), all_grads.data());
+  return true;
+}
+
+std::vector<float>& PsShard::dense(const std::string& name, int64_t size, float init) {
+  auto it = dense_.find(name);
+  if (it == dense_.end()) {
+    SC_CHECK_ARG(size > 0, "dense variable '", name, "' needs a size > 0 to be created");
+    it = dense_.emplace(name, std::vector<float>(static_cast<size_t>(size), init)).first;
+  }
+  SC_CHECK_ARG(size <= 0 || static_cast<int64_t>(it->second.size()) == size, "dense variable '", name, "' has size ",
+               it->second.size(), ", not ", size);
+  return it->second;
+}
+
+void PsShard::dense_push(const std::string& name, const float* grads, int64_t size, float lr) {
+  auto it = dense_.find(name);
+  if (it == dense_.end()) throw NotFound("no dense variable '" + name + "'");
+  SC_CHECK_ARG(static_cast<int64_t>(it->second.size()) == size, "gradient of dense variable '", name, "' has ", size,
+               " values, expected ", it->second.size());
+  for (int64_t i = 0; i < size; ++i)
+    SC_CHECK_ARG(std::isfinite(grads[i]), "gradient of dense variable '", name, "' contains NaN or Inf");
+  for (int64_t i = 0; i < size; ++i) it->second[static_cast<size_t>(i)] -= lr * grads[i];
+}
+
+const Json* PsShard::kv_get(const std::string& key) const {
+  auto it = kv_.find(key);
+  return it == kv_.end() ? nullptr : &it->second;
+}
+
+void PsShard::save(const std::string& dir, int64_t step, bool overwrite) const {
+  std::string marker = join(dir, shard_marker_name(layout_.global_index, layout_.total_shards));
+  SC_CHECK_ARG(overwrite || !path_exists(marker), "snapshot shard '", marker, "' exists (pass overwrite)");
+  std::string shard_dir = join(dir, "shard-" + std::to_string(layout_.global_index) + "-of-" +
+                                        std::to_string(layout_.total_shards));
+  make_directories(shard_dir);
+  Json m = Json::object();
+  m["format"] = 1;
+  m["step"] = step;
+  m["global_index"] = layout_.global_index;
+  m["total_shards"] = layout_.total_shards;
+  Json tables = Json::array();
+  int i = 0;
+  for (const auto& [name, t] : tables_) {
+    std::string sub = "table-" + std::to_string(i++);
+    t.rows->save(join(shard_dir, sub), /*overwrite=*/true);
+    Json e = Json::object();
+    e["name"] = name;
+    e["seed"] = t.seed;
+    e["dir"] = sub;
+    tables.push_back(std::move(e));
+  }
+  m["tables"] = std::move(tables);
+  Json kv = Json::object();
+  for (const auto& [k, v] : kv_) kv[k] = v;
+  m["kv"] = std::move(kv);
+  Json dense = Json::object();
+  for (const auto& [k, v] : dense_) {
+    Json a = Json::array();
+    for (float x : v) a.push_back(Json(static_cast<double>(x)));
+    dense[k] = std::move(a);
+  }
+  m["dense"] = std::move(dense);
+  std::string text = m.dump(1);
+  write_file_atomic(marker, text.data(), text.size());  // last: the shard is complete
+}
+
+int64_t PsShard::restore(const std::string& dir) {
+  if (!snapshot_complete(dir)) throw NotFound("no complete snapshot in '" + dir + "'");
+  int old_total = snapshot_total_shards(dir);
+  std::map<std::string, Table> tables;
+  std::map<std::string, std::vector<float>> dense;
+  std::map<std::string, Json> kv;
+  int64_t step = -1;
+  for (int g = 0; g < old_total; ++g) {
+    Json m = read_json(join(dir, shard_marker_name(g, old_total)));
+    int64_t s = m.at("step").as_int("step");
+    SC_CHECK(step < 0 || s == step, CorruptData, "snapshot '", dir, "' mixes steps ", step, " and ", s);
+    step = s;
+    if (g == 0) {
+      for (const auto& [k, v] : m.at("kv").as_object("kv")) kv[k] = v;
+      for (const auto& [k, v] : m.at("dense").as_object("dense")) {
+        std::vector<float> values;
+        for (const Json& x : v.as_array("dense values")) values.push_back(static_cast<float>(x.as_double()));
+        dense[k] = std::move(values);
+      }
+    }
+    bool overlaps = ranges_overlap(g, old_total, layout_.global_index, layout_.total_shards);
+    std::string shard_dir = join(dir, "shard-" + std::to_string(g) + "-of-" + std::to_string(old_total));
+    for (const Json& e : m.at("tables").as_array("tables")) {
+      const std::string& name = e.at("name").as_string("table name");
+      uint64_t seed = static_cast<uint64_t>(e.at("seed").as_int("seed"));
+      auto loaded = overlaps || !tables.count(name)
+                        ? EmbeddingCollection::load(join(shard_dir, e.at("dir").as_string("dir")))
+                        : nullptr;
+      if (!loaded) continue;
+      const EmbeddingTable& src = loaded->table(0);
+      auto it = tables.find(name);
+      if (it == tables.end()) {
+        Table t;
+        t.rows = std::make_unique<EmbeddingCollection>(std::vector<TableConfig>{src.config()}, seed);
+        t.seed = seed;
+        it = tables.emplace(name, std::move(t)).first;
+      }
+      it->second.rows->set_step(std::max(it->second.rows->step(), loaded->step()));
+      if (!overlaps) continue;
+      EmbeddingTable& dst = it->second.rows->table(0);
+      int64_t n = static_cast<int64_t>(src.size());
+      std::vector<int64_t> keys(static_cast<size_t>(n));
+      std::vector<float> rows(static_cast<size_t>(n) * src.row_floats());
+      std::vector<RowMeta> meta(static_cast<size_t>(n));
+      n = src.export_rows(keys.data(), rows.data(), meta.data(), n);
+      std::vector<std::byte> record(dst.row_bytes());
+      HashTable& ht = dst.hash_table();
+      for (int64_t i = 0; i < n; ++i) {
+        int64_t key = keys[static_cast<size_t>(i)];
+        if (global_shard_of_key(key, layout_.total_shards) != layout_.global_index) continue;
+        std::memcpy(record.data(), rows.data() + i * src.row_floats(), sizeof(float) * src.row_floats());
+        std::memcpy(record.data() + dst.meta_offset(), &meta[static_cast<size_t>(i)], sizeof(RowMeta));
+        uint64_t h = key_hash(key);
+        HashTable::Shard& sh = ht.shard(ht.shard_of_hash(h));
+        std::unique_lock<std::shared_mutex> lock(sh.mutex);
+        sh.upsert_copy(key, h, record.data());
+      }
+    }
+  }
+  tables_ = std::move(tables);
+  if (layout_.global_index == 0) {
+    dense_ = std::move(dense);
+    kv_ = std::move(kv);
+  } else {
+    dense_.clear();
+    kv_.clear();
+  }
+  return step;
+}
+
+Json PsShard::stats() const {
+  Json s = Json::object();
+  s["global_index"] = layout_.global_index;
+  s["total_shards"] = layout_.total_shards;
+  Json t = Json::object();
+  for (const auto& [name, table] : tables_) {
+    Json e = Json::object();
+    e["rows"] = static_cast<int64_t>(table.rows->table(0).size());
+    e["memory_bytes"] = static_cast<int64_t>(table.rows->memory_bytes());
+    e["step"] = table.rows->step();
+    t[name] = std::move(e);
+  }
+  s["tables"] = std::move(t);
+  return s;
+}
+
+}  // namespace sparsecore::ps

@@ -1,0 +1,91 @@
+// Reactor: one thread's event loop over epoll (see rpc_server.h for the model). Public only
+// so that handlers can complete deferred replies on the reactor that owns the connection.
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <unordered_map>
+#include <vector>
+
+#include "sparsecore/rpc/frame.h"
+#include "sparsecore/rpc/rpc_server.h"
+#include "sparsecore/rpc/socket.h"
+#include "sparsecore/rpc/spsc_queue.h"
+
+namespace sparsecore::rpc {
+
+class Reactor {
+ public:
+  Reactor(RpcServer& server, int index);
+  ~Reactor();
+  int index() const { return index_; }
+
+  // Reactor thread only: sends a reply that a handler deferred. Dropped silently when the
+  // connection has closed meanwhile (its client already saw the failure).
+  void send_deferred(const DeferredReply& token, Reply&& reply);
+
+  uint64_t accepted() const { return accepted_.load(std::memory_order_relaxed); }
+  uint64_t open() const { return open_.load(std::memory_order_relaxed); }
+  uint64_t rejected() const { return rejected_.load(std::memory_order_relaxed); }
+
+ private:
+  friend class RpcServer;
+  struct OutFrame {
+    FrameHeader header;
+    PodVector<std::byte> body;
+  };
+  struct Connection {
+    uint64_t id = 0;
+    Socket socket;
+    FrameReader reader;
+    std::deque<OutFrame> out;
+    size_t front_sent = 0;  // bytes of out.front() (header + body) already written
+    size_t out_bytes = 0;
+    bool authed = false;
+    bool closing = false;      // flush what is queued, then close
+    bool read_paused = false;  // backpressure
+    bool moved = false;        // to be handed to reactor `handoff_to` after this dispatch
+    int handoff_to = -1;
+    std::array<uint8_t, 16> server_nonce{};
+    Clock::time_point last_activity;
+    explicit Connection(uint64_t max_frame) : reader(max_frame) {}
+  };
+
+  void set_listener(Socket listener) { listener_ = std::move(listener); }
+  void run();
+  void request_stop();
+  void wake();
+  void accept_all();
+  void adopt(Connection* c);  // a connection handed over by reactor 0
+  void service(Connection& c);
+  void read_and_dispatch(Connection& c);
+  void dispatch_frames(Connection& c, Clock::time_point arrival);
+  void dispatch(Connection& c, const FrameHeader& h, std::span<const std::byte> payload, Clock::time_point arrival);
+  void handle_auth(Connection& c, const FrameHeader& h, std::span<const std::byte> payload);
+  void queue_reply(Connection& c, uint16_t method, uint64_t id, Reply&& reply);
+  void queue_error(Connection& c, uint16_t method, uint64_t id, Status status, const std::string& message);
+  void flush(Connection& c);
+  void close_connection(Connection& c);
+  void hand_off(Connection& c);
+  void close_idle(Clock::time_point now);
+  void register_fd(Connection& c);
+
+  RpcServer& server_;
+  int index_;
+  Socket epoll_;
+  Socket wake_fd_;
+  Socket listener_;
+  std::atomic<bool> stop_{false};
+  std::unordered_map<uint64_t, std::unique_ptr<Connection>> connections_;
+  // Connections handed over by reactor 0 (the only producer). Owning raw pointers.
+  SpscQueue<Connection*> handoff_{1024};
+  std::atomic<uint64_t> accepted_{0};
+  std::atomic<uint64_t> open_{0};
+  std::atomic<uint64_t> rejected_{0};
+  std::vector<std::unique_ptr<Connection>> closed_;  // freed after the event batch
+};
+
+}  // namespace sparsecore::rpc

@@ -1,0 +1,381 @@
+#include "sparsecore/rpc/rpc_client.h"
+
+#include <poll.h>
+#include <sys/socket.h>
+
+#include <cerrno>
+#include <climits>
+#include <cstring>
+#include <vector>
+
+#include "sparsecore/rpc/hmac_sha256.h"
+#include "sparsecore/rpc/rpc_error.h"
+
+namespace sparsecore::rpc {
+namespace {
+
+constexpr size_t kReadChunk = 64 * 1024;
+
+int ms_until(Clock::time_point deadline) {
+  if (deadline == Clock::time_point::max()) return -1;
+  auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count() + 1;
+  return left <= 0 ? 0 : static_cast<int>(std::min<int64_t>(left, INT_MAX));
+}
+
+std::string_view bytes_view(const uint8_t* p, size_t n) { return {reinterpret_cast<const char*>(p), n}; }
+
+}  // namespace
+
+// ------------------------------------------------------------------------------- RpcFuture
+bool RpcFuture::ready() const {
+  std::lock_guard<std::mutex> lock(client_->mu_);
+  return state_->done;
+}
+
+Response RpcFuture::get() {
+  SC_CHECK_ARG(state_ != nullptr, "RpcFuture::get on an empty future");
+  auto s = std::move(state_);
+  return client_->wait(*s);
+}
+
+// ------------------------------------------------------------------------------- RpcClient
+RpcClient::RpcClient(const std::string& host, int port, ClientOptions options)
+    : peer_(host + ":" + std::to_string(port)), reader_(options.max_frame_bytes) {
+  SC_CHECK_ARG(options.reactor >= 0, "reactor must be >= 0, got ", options.reactor);
+  SC_CHECK_ARG(options.call_timeout_ms >= 0, "call_timeout_ms must be >= 0, got ", options.call_timeout_ms);
+  default_timeout_ms_ = options.call_timeout_ms;
+  socket_ = connect_tcp(host, port, options.connect_timeout_ms);
+  handshake(options);
+}
+
+RpcClient::~RpcClient() {
+  std::lock_guard<std::mutex> lock(mu_);
+  fail_all("client closed");
+}
+
+void RpcClient::read_frame_blocking(FrameHeader* h, PodVector<std::byte>* payload, int timeout_ms) {
+  Clock::time_point deadline = Clock::now() + std::chrono::milliseconds(timeout_ms);
+  for (;;) {
+    const std::byte* p = nullptr;
+    HeaderCheck err;
+    FrameReader::Next next = reader_.next(h, &p, &err);
+    if (next == FrameReader::Next::kFrame) {
+      payload->assign(p, p + h->payload_bytes);
+      return;
+    }
+    if (next == FrameReader::Next::kError)
+      throw RpcProtocolError("bad handshake frame from " + peer_ + ": " + header_check_message(err));
+    pollfd pfd{socket_.fd(), POLLIN, 0};
+    int n = ::poll(&pfd, 1, ms_until(deadline));
+    if (n == 0) throw RpcTimeout("handshake with " + peer_ + " timed out");
+    if (n < 0 && errno == EINTR) continue;
+    std::byte* dst = reader_.write_ptr(kReadChunk);
+    ssize_t r = ::recv(socket_.fd(), dst, reader_.write_room(), 0);
+    if (r == 0) throw RpcConnectionError("connection closed by " + peer_ + " during the handshake");
+    if (r < 0) {
+      if (errno == EAGAIN || errno == EINTR) continue;
+      throw RpcConnectionError("reading from " + peer_ + ": " + std::strerror(errno));
+    }
+    reader_.commit(static_cast<size_t>(r));
+  }
+}
+
+void RpcClient::handshake(const ClientOptions& options) {
+  FrameHeader h;
+  PodVector<std::byte> payload;
+  read_frame_blocking(&h, &payload, options.connect_timeout_ms);
+  if (h.method != kMethodHello || payload.size() != sizeof(HelloPayload))
+    throw RpcProtocolError("expected a hello frame from " + peer_);
+  HelloPayload hello;
+  std::memcpy(&hello, payload.data(), sizeof(hello));
+  if (hello.token_required && options.token.empty())
+    throw RpcAuthError("server " + peer_ + " requires a token and none was given");
+  num_reactors_ = static_cast<int>(std::max<uint32_t>(1, hello.num_reactors));
+
+  AuthPayload auth{};
+  auth.reactor = static_cast<uint32_t>(options.reactor);
+  auto nonce = random_nonce();
+  std::memcpy(auth.client_nonce, nonce.data(), 16);
+  if (!options.token.empty()) {
+    Digest256 mac = hmac_sha256(options.token, {kClientMacLabel, bytes_view(hello.server_nonce, 16),
+                                                bytes_view(auth.client_nonce, 16)});
+    std::memcpy(auth.client_mac, mac.data(), 32);
+  }
+  FrameHeader out;
+  out.method = kMethodAuth;
+  out.payload_bytes = sizeof(auth);
+  iovec seg{&auth, sizeof(auth)};
+  send_frame(out, {&seg, 1});
+  read_frame_blocking(&h, &payload, options.connect_timeout_ms);
+  if (h.status != static_cast<uint32_t>(Status::kOk)) {
+    std::string message(reinterpret_cast<const char*>(payload.data()), payload.size());
+    throw RpcAuthError("server " + peer_ + " refused the connection: " + message);
+  }
+  if (h.method != kMethodAuth || payload.size() != sizeof(AuthReplyPayload))
+    throw RpcProtocolError("expected an authentication reply from " + peer_);
+  if (!options.token.empty()) {
+    Digest256 expect = hmac_sha256(options.token, {kServerMacLabel, bytes_view(auth.client_nonce, 16),
+                                                   bytes_view(hello.server_nonce, 16)});
+    Digest256 got;
+    std::memcpy(got.data(), payload.data(), 32);
+    if (!digests_equal(expect, got)) throw RpcAuthError("server " + peer_ + " does not know the token");
+  }
+}
+
+bool RpcClient::connected() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return !broken_;
+}
+
+size_t RpcClient::in_flight() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return pending_.size();
+}
+
+RpcFuture RpcClient::call_async(uint16_t method, std::span<const iovec> payload, int timeout_ms,
+                                void* recv_into, size_t recv_capacity) {
+  SC_CHECK_ARG(method < kFirstReservedMethod || method == kMethodPing, "method ", method, " is reserved");
+  auto state = std::make_shared<detail::CallState>();
+  state->id = next_id_.fetch_add(1, std::memory_order_relaxed);
+  state->method = method;
+  state->recv_into = static_cast<std::byte*>(recv_into);
+  state->recv_capacity = recv_into ? recv_capacity : 0;
+  int t = timeout_ms < 0 ? default_timeout_ms_ : timeout_ms;
+  state->timeout_ms = static_cast<uint32_t>(t);
+  if (t > 0) state->deadline = Clock::now() + std::chrono::milliseconds(t);
+  FrameHeader h;
+  h.method = method;
+  h.request_id = state->id;
+  h.timeout_ms = static_cast<uint32_t>(t);
+  for (const iovec& v : payload) h.payload_bytes += v.iov_len;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (broken_) throw RpcConnectionError("connection to " + peer_ + " is closed: " + broken_reason_);
+    pending_.emplace(state->id, state);
+  }
+  try {
+    send_frame(h, payload);
+  } catch (...) {
+    std::lock_guard<std::mutex> lock(mu_);
+    pending_.erase(state->id);
+    throw;
+  }
+  return RpcFuture(this, std::move(state));
+}
+
+void RpcClient::send_frame(const FrameHeader& h, std::span<const iovec> payload) {
+  std::lock_guard<std::mutex> send_lock(send_mu_);
+  std::vector<iovec> iov;
+  iov.reserve(payload.size() + 1);
+  iov.push_back({const_cast<FrameHeader*>(&h), kFrameHeaderBytes});
+  for (const iovec& v : payload)
+    if (v.iov_len) iov.push_back(v);
+  size_t first = 0;
+  while (first < iov.size()) {
+    msghdr msg{};
+    msg.msg_iov = iov.data() + first;
+    msg.msg_iovlen = std::min<size_t>(iov.size() - first, IOV_MAX);
+    ssize_t n = ::sendmsg(socket_.fd(), &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        // The server may be waiting for us to read its replies (backpressure): read while
+        // we wait for room, if no one else is reading.
+        pollfd pfd{socket_.fd(), POLLOUT | POLLIN, 0};
+        ::poll(&pfd, 1, 100);
+        if (pfd.revents & POLLIN) {
+          std::unique_lock<std::mutex> lock(mu_);
+          if (!reading_ && !broken_) {
+            reading_ = true;
+            lock.unlock();
+            try {
+              read_round(Clock::now());
+            } catch (...) {
+            }
+            lock.lock();
+            reading_ = false;
+            cv_.notify_all();
+          }
+        }
+        std::lock_guard<std::mutex> lock(mu_);
+        if (broken_) throw RpcConnectionError("connection to " + peer_ + " is closed: " + broken_reason_);
+        continue;
+      }
+      std::string reason = std::string("sending to ") + peer_ + ": " + std::strerror(errno);
+      std::lock_guard<std::mutex> lock(mu_);
+      fail_all(reason);
+      throw RpcConnectionError(reason);
+    }
+    size_t written = static_cast<size_t>(n);
+    while (written > 0 && first < iov.size()) {
+      if (written >= iov[first].iov_len) {
+        written -= iov[first].iov_len;
+        ++first;
+      } else {
+        iov[first].iov_base = static_cast<char*>(iov[first].iov_base) + written;
+        iov[first].iov_len -= written;
+        written = 0;
+      }
+    }
+  }
+}
+
+void RpcClient::fail_all(const std::string& reason) {
+  if (!broken_) {
+    broken_ = true;
+    broken_reason_ = reason;
+    socket_.close();
+  }
+  for (auto& [id, s] : pending_) {
+    s->done = true;
+    s->lost = true;
+    s->error = reason;
+  }
+  pending_.clear();
+  cv_.notify_all();
+}
+
+Response RpcClient::wait(detail::CallState& state) {
+  std::unique_lock<std::mutex> lock(mu_);
+  while (!state.done) {
+    if (broken_) {
+      state.done = state.lost = true;
+      state.error = broken_reason_;
+      break;
+    }
+    if (Clock::now() >= state.deadline && !state.claimed) {
+      pending_.erase(state.id);
+      throw RpcTimeout("call of method " + std::to_string(state.method) + " to " + peer_ + " timed out after " +
+                       std::to_string(state.timeout_ms) + " ms");
+    }
+    if (!reading_) {
+      reading_ = true;
+      lock.unlock();
+      try {
+        read_round(state.deadline);
+      } catch (...) {
+        lock.lock();
+        reading_ = false;
+        cv_.notify_all();
+        throw;
+      }
+      lock.lock();
+      reading_ = false;
+      cv_.notify_all();
+    } else {
+      if (state.claimed || state.deadline == Clock::time_point::max())
+        cv_.wait(lock);
+      else
+        cv_.wait_until(lock, state.deadline);
+    }
+  }
+  if (state.lost) throw RpcConnectionError("connection to " + peer_ + " lost: " + state.error);
+  if (state.status != Status::kOk) throw_status(state.status, state.error + " [" + peer_ + "]");
+  return std::move(state.response);
+}
+
+void RpcClient::recv_exact(std::byte* dst, size_t bytes) {
+  while (bytes > 0) {
+    ssize_t r = ::recv(socket_.fd(), dst, bytes, 0);
+    if (r > 0) {
+      dst += r;
+      bytes -= static_cast<size_t>(r);
+      continue;
+    }
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      pollfd pfd{socket_.fd(), POLLIN, 0};
+      // The rest of a frame whose header has arrived: a healthy peer sends it at once.
+      int n = ::poll(&pfd, 1, 30000);
+      if (n == 0) throw RpcConnectionError("peer stalled in the middle of a frame");
+      continue;
+    }
+    throw RpcConnectionError(r == 0 ? "connection closed by the server" : std::strerror(errno));
+  }
+}
+
+void RpcClient::deliver(const FrameHeader& h, const std::byte* payload) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = pending_.find(h.request_id);
+  if (it == pending_.end()) return;  // timed out and abandoned by its caller
+  detail::CallState& s = *it->second;
+  s.status = static_cast<Status>(h.status);
+  if (s.status != Status::kOk) {
+    s.error.assign(reinterpret_cast<const char*>(payload), h.payload_bytes);
+  } else if (!s.claimed) {
+    s.response.bytes = h.payload_bytes;
+    if (s.recv_into && h.payload_bytes <= s.recv_capacity) {
+      std::memcpy(s.recv_into, payload, h.payload_bytes);
+      s.response.in_caller_buffer = true;
+    } else {
+      s.response.data.assign(payload, payload + h.payload_bytes);
+    }
+  }
+  s.done = true;
+  pending_.erase(it);
+  cv_.notify_all();
+}
+
+void RpcClient::read_round(Clock::time_point deadline) {
+  try {
+    pollfd pfd{socket_.fd(), POLLIN, 0};
+    int n = ::poll(&pfd, 1, ms_until(deadline));
+    if (n <= 0) return;  // deadline (or EINTR): the caller re-checks
+    std::byte* dst = reader_.write_ptr(kReadChunk);
+    ssize_t r = ::recv(socket_.fd(), dst, reader_.write_room(), 0);
+    if (r == 0) throw RpcConnectionError("connection closed by the server");
+    if (r < 0) {
+      if (errno == EAGAIN || errno == EINTR) return;
+      throw RpcConnectionError(std::strerror(errno));
+    }
+    reader_.commit(static_cast<size_t>(r));
+    for (;;) {
+      FrameHeader h;
+      size_t available = 0;
+      HeaderCheck err;
+      FrameReader::Next next = reader_.peek(&h, &available, &err);
+      if (next == FrameReader::Next::kNeedMore) return;
+      if (next == FrameReader::Next::kError)
+        throw RpcProtocolError(std::string("bad frame from the server: ") + header_check_message(err));
+      size_t payload = static_cast<size_t>(h.payload_bytes);
+      if (available == payload) {
+        deliver(h, reader_.front() + kFrameHeaderBytes);
+        reader_.consume(kFrameHeaderBytes + payload);
+        continue;
+      }
+      // Partial payload: read the rest straight into the caller's buffer when it has one.
+      std::shared_ptr<detail::CallState> target;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        auto it = pending_.find(h.request_id);
+        if (it != pending_.end() && h.status == 0 && it->second->recv_into &&
+            payload <= it->second->recv_capacity) {
+          target = it->second;
+          target->claimed = true;
+        }
+      }
+      if (!target) {
+        reader_.write_ptr(kFrameHeaderBytes + payload - reader_.buffered());
+        return;
+      }
+      std::memcpy(target->recv_into, reader_.front() + kFrameHeaderBytes, available);
+      reader_.consume(kFrameHeaderBytes + available);
+      recv_exact(target->recv_into + available, payload - available);
+      std::lock_guard<std::mutex> lock(mu_);
+      target->claimed = false;
+      target->response.bytes = payload;
+      target->response.in_caller_buffer = true;
+      target->status = Status::kOk;
+      target->done = true;
+      pending_.erase(h.request_id);
+      cv_.notify_all();
+      return;
+    }
+  } catch (const RpcError& e) {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& [id, s] : pending_) s->claimed = false;
+    fail_all(e.what());
+  }
+}
+
+}  // namespace sparsecore::rpc

@@ -1,0 +1,136 @@
+// RpcClient: one connection to one reactor of an RpcServer, with blocking and future-based
+// calls and many requests in flight, matched by id.
+//
+// There is no background thread: a caller waiting for its reply reads the socket for every
+// caller (one at a time) and hands out the replies it finds, so a lone blocking call costs
+// one wake-up, and pipelined calls from one thread need no thread at all. A reply may be read
+// straight into memory the caller supplied (recv_into), e.g. the rows of a pull.
+//
+// Failures: RpcConnectionError once the peer is gone (every pending and later call fails with
+// it), RpcTimeout after the call's deadline, and the server's typed errors (InvalidArgument,
+// NotFound, RpcUnknownMethod, ...) as thrown there.
+//
+// Thread-safety: all methods may be called from many threads at once.
+#pragma once
+
+#include <sys/uio.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <string>
+#include <unordered_map>
+
+#include "sparsecore/core/pod_vector.h"
+#include "sparsecore/rpc/frame.h"
+#include "sparsecore/rpc/rpc_server.h"
+#include "sparsecore/rpc/socket.h"
+
+namespace sparsecore::rpc {
+
+struct ClientOptions {
+  std::string token;
+  int reactor = 0;                 // which server reactor serves this connection
+  int connect_timeout_ms = 5000;
+  int call_timeout_ms = 0;         // default deadline of a call (0: none)
+  uint64_t max_frame_bytes = 1ull << 32;
+};
+
+// A reply: in the caller's buffer (`in_caller_buffer`, `bytes` long) or in `data`.
+struct Response {
+  size_t bytes = 0;
+  bool in_caller_buffer = false;
+  PodVector<std::byte> data;
+};
+
+class RpcClient;
+
+namespace detail {
+struct CallState {
+  uint64_t id = 0;
+  uint16_t method = 0;
+  std::byte* recv_into = nullptr;
+  size_t recv_capacity = 0;
+  Clock::time_point deadline = Clock::time_point::max();
+  uint32_t timeout_ms = 0;
+  bool done = false;
+  bool claimed = false;  // its payload is being read by a reader right now
+  bool lost = false;     // the connection failed before the reply came
+  Status status = Status::kOk;
+  std::string error;
+  Response response;
+};
+}  // namespace detail
+
+class RpcFuture {
+ public:
+  RpcFuture() = default;
+  bool valid() const { return state_ != nullptr; }
+  bool ready() const;
+  // Waits for the reply (reading the socket if no one else is) and returns it, or throws.
+  Response get();
+
+ private:
+  friend class RpcClient;
+  RpcFuture(RpcClient* c, std::shared_ptr<detail::CallState> s) : client_(c), state_(std::move(s)) {}
+  RpcClient* client_ = nullptr;
+  std::shared_ptr<detail::CallState> state_;
+};
+
+class RpcClient {
+ public:
+  // Connects and authenticates. Throws RpcConnectionError / RpcTimeout / RpcAuthError.
+  RpcClient(const std::string& host, int port, ClientOptions options = {});
+  ~RpcClient();
+  RpcClient(const RpcClient&) = delete;
+  RpcClient& operator=(const RpcClient&) = delete;
+
+  // Sends `payload` (segments written back to back with one writev, not copied) and returns
+  // at once. timeout_ms: -1 = the client default, 0 = none. recv_into/recv_capacity: where
+  // the reply payload goes when it fits (host memory the caller keeps alive until get()).
+  RpcFuture call_async(uint16_t method, std::span<const iovec> payload, int timeout_ms = -1,
+                       void* recv_into = nullptr, size_t recv_capacity = 0);
+  Response call(uint16_t method, std::span<const iovec> payload, int timeout_ms = -1,
+                void* recv_into = nullptr, size_t recv_capacity = 0) {
+    return call_async(method, payload, timeout_ms, recv_into, recv_capacity).get();
+  }
+  void ping(int timeout_ms = -1) { call(kMethodPing, {}, timeout_ms); }
+
+  int num_reactors() const { return num_reactors_; }
+  const std::string& peer() const { return peer_; }
+  bool connected() const;
+  size_t in_flight() const;
+
+ private:
+  friend class RpcFuture;
+  void handshake(const ClientOptions& options);
+  Response wait(detail::CallState& state);
+  // One round of reading: waits up to `deadline` for bytes, hands out complete replies.
+  void read_round(Clock::time_point deadline);
+  void deliver(const FrameHeader& h, const std::byte* payload);
+  void recv_exact(std::byte* dst, size_t bytes);
+  void send_frame(const FrameHeader& h, std::span<const iovec> payload);
+  void fail_all(const std::string& reason);  // caller holds mu_
+  void read_frame_blocking(FrameHeader* h, PodVector<std::byte>* payload, int timeout_ms);
+
+  std::string peer_;
+  Socket socket_;
+  FrameReader reader_;
+  int num_reactors_ = 1;
+  int default_timeout_ms_ = 0;
+  std::atomic<uint64_t> next_id_{1};
+
+  mutable std::mutex mu_;  // pending_, reading_, broken_, call states
+  std::condition_variable cv_;
+  std::unordered_map<uint64_t, std::shared_ptr<detail::CallState>> pending_;
+  bool reading_ = false;
+  bool broken_ = false;
+  std::string broken_reason_;
+  std::mutex send_mu_;
+};
+
+}  // namespace sparsecore::rpc

@@ -1,0 +1,35 @@
+"""sparsecore's RPC transport: an epoll server with one reactor thread per core and a client
+with many requests in flight (see DESIGN.md, "Decisions").
+
+Most users meet it through :func:`sparsecore.connect` and :class:`sparsecore.Server`; these
+classes are the raw transport, useful for custom services and for measuring it::
+
+    server = RpcServer(num_reactors=2, token="s3cret")
+    server.register(1, lambda payload: payload[::-1])
+    server.start()
+    client = RpcClient("127.0.0.1", server.port, token="s3cret")
+    client.call(1, b"abc")            # b"cba"
+
+Errors: :class:`RpcConnectionError` (peer gone; also a ``ConnectionError``),
+:class:`RpcTimeout` (also a ``TimeoutError``), :class:`RpcUnknownMethod`,
+:class:`RpcProtocolError`, :class:`RpcAuthError`, all :class:`RpcError`. A server method that
+raises ``ValueError``/``TypeError``/``KeyError`` raises the same type at the caller.
+"""
+
+from __future__ import annotations
+
+from ._core import (
+    RpcAuthError,
+    RpcClient,
+    RpcConnectionError,
+    RpcError,
+    RpcProtocolError,
+    RpcServer,
+    RpcTimeout,
+    RpcUnknownMethod,
+)
+
+__all__ = [
+    "RpcAuthError", "RpcClient", "RpcConnectionError", "RpcError", "RpcProtocolError", "RpcServer",
+    "RpcTimeout", "RpcUnknownMethod",
+]

@@ -1,0 +1,309 @@
+// The RPC transport over loopback: calls, pipelining, limits, faults, authentication.
+#include <gtest/gtest.h>
+#include <poll.h>
+#include <sys/socket.h>
+
+#include <chrono>
+#include <cstring>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include "sparsecore/rpc/hmac_sha256.h"
+#include "sparsecore/rpc/rpc_client.h"
+#include "sparsecore/rpc/rpc_error.h"
+#include "sparsecore/rpc/rpc_server.h"
+
+using namespace sparsecore;
+using namespace sparsecore::rpc;
+
+namespace {
+
+constexpr uint16_t kEcho = 1;
+constexpr uint16_t kSlow = 2;
+constexpr uint16_t kThrows = 3;
+constexpr uint16_t kReactorOf = 4;
+constexpr uint16_t kNeverReplies = 5;
+
+std::unique_ptr<RpcServer> start_server(ServerOptions o = {}) {
+  auto s = std::make_unique<RpcServer>(o);
+  s->register_method(kEcho, [](const Request& r, Reply& reply) { reply.append(r.payload.data(), r.payload.size()); });
+  s->register_method(kSlow, [](const Request&, Reply&) { std::this_thread::sleep_for(std::chrono::milliseconds(300)); });
+  s->register_method(kThrows, [](const Request&, Reply&) { SC_CHECK_ARG(false, "argument 'x' is bad"); });
+  s->register_method(kReactorOf, [](const Request& r, Reply& reply) {
+    int32_t i = r.reactor;
+    reply.append(&i, sizeof(i));
+  });
+  s->register_method(kNeverReplies, [](const Request&, Reply& reply) { reply.defer(); });
+  s->start();
+  return s;
+}
+
+std::string as_string(const Response& r) { return std::string(reinterpret_cast<const char*>(r.data.data()), r.bytes); }
+
+Response echo(RpcClient& c, const std::string& s, int timeout_ms = -1) {
+  iovec seg{const_cast<char*>(s.data()), s.size()};
+  return c.call(kEcho, {&seg, 1}, timeout_ms);
+}
+
+// A raw socket past the hello frame, for sending hand-made frames.
+struct RawPeer {
+  Socket sock;
+  explicit RawPeer(int port) : sock(connect_tcp("127.0.0.1", port, 2000)) {
+    FrameHeader h;
+    read_exact(&h, sizeof(h));
+    std::vector<char> hello(h.payload_bytes);
+    read_exact(hello.data(), hello.size());
+  }
+  void send_bytes(const void* p, size_t n) { ASSERT_EQ(::send(sock.fd(), p, n, MSG_NOSIGNAL), (ssize_t)n); }
+  bool read_exact(void* dst, size_t n) {
+    auto* p = static_cast<char*>(dst);
+    while (n > 0) {
+      pollfd pfd{sock.fd(), POLLIN, 0};
+      if (::poll(&pfd, 1, 5000) <= 0) return false;
+      ssize_t r = ::recv(sock.fd(), p, n, 0);
+      if (r <= 0) return false;
+      p += r;
+      n -= r;
+    }
+    return true;
+  }
+  // The next frame's status, or -1 when the connection closed first.
+  int64_t next_status() {
+    FrameHeader h;
+    if (!read_exact(&h, sizeof(h))) return -1;
+    std::vector<char> body(h.payload_bytes);
+    if (!read_exact(body.data(), body.size())) return -1;
+    return h.status;
+  }
+  bool closed_by_peer() {
+    char c;
+    return !read_exact(&c, 1);
+  }
+};
+
+}  // namespace
+
+TEST(Rpc, EchoRoundTrip) {
+  auto s = start_server();
+  RpcClient c("127.0.0.1", s->port());
+  EXPECT_EQ(as_string(echo(c, "hello")), "hello");
+  EXPECT_EQ(as_string(echo(c, "")), "");
+}
+
+TEST(Rpc, PipelinedCallsMatchById) {
+  auto s = start_server();
+  RpcClient c("127.0.0.1", s->port());
+  std::vector<std::string> msgs;
+  std::vector<RpcFuture> futures;
+  std::mt19937 rng(std::random_device{}());
+  for (int i = 0; i < 64; ++i) msgs.push_back(std::string(rng() % 70000, static_cast<char>('a' + i % 26)));
+  for (auto& m : msgs) {
+    iovec seg{m.data(), m.size()};
+    futures.push_back(c.call_async(kEcho, {&seg, 1}));
+  }
+  for (int i = 63; i >= 0; --i) EXPECT_EQ(as_string(futures[i].get()), msgs[i]);
+}
+
+TEST(Rpc, ManySegmentsAreSentBackToBack) {
+  auto s = start_server();
+  RpcClient c("127.0.0.1", s->port());
+  std::vector<int64_t> a = {1, 2, 3};
+  std::vector<float> b = {4.f, 5.f};
+  iovec segs[2] = {{a.data(), 24}, {b.data(), 8}};
+  std::vector<char> out(32);
+  Response r = c.call(kEcho, segs, -1, out.data(), out.size());
+  ASSERT_TRUE(r.in_caller_buffer);
+  EXPECT_EQ(std::memcmp(out.data(), a.data(), 24), 0);
+  EXPECT_EQ(std::memcmp(out.data() + 24, b.data(), 8), 0);
+}
+
+TEST(Rpc, ReplyReadIntoCallerBuffer) {
+  auto s = start_server();
+  RpcClient c("127.0.0.1", s->port());
+  std::vector<uint8_t> in(300000), out(300000);
+  for (size_t i = 0; i < in.size(); ++i) in[i] = static_cast<uint8_t>(i * 7);
+  iovec seg{in.data(), in.size()};
+  Response r = c.call(kEcho, {&seg, 1}, -1, out.data(), out.size());
+  EXPECT_TRUE(r.in_caller_buffer);
+  EXPECT_EQ(in, out);
+}
+
+TEST(Rpc, ConcurrentCallersFromManyThreads) {
+  ServerOptions o;
+  o.num_reactors = 2;
+  auto s = start_server(o);
+  RpcClient c("127.0.0.1", s->port());
+  std::vector<std::thread> threads;
+  std::atomic<int> ok{0};
+  for (int t = 0; t < 4; ++t)
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 200; ++i) {
+        std::string m = std::to_string(t) + ":" + std::to_string(i);
+        if (as_string(echo(c, m)) == m) ok++;
+      }
+    });
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(ok.load(), 800);
+}
+
+TEST(Rpc, ClientChoosesItsReactor) {
+  ServerOptions o;
+  o.num_reactors = 3;
+  auto s = start_server(o);
+  for (int want = 0; want < 5; ++want) {
+    ClientOptions co;
+    co.reactor = want;
+    RpcClient c("127.0.0.1", s->port(), co);
+    EXPECT_EQ(c.num_reactors(), 3);
+    Response r = c.call(kReactorOf, {});
+    int32_t got;
+    std::memcpy(&got, r.data.data(), 4);
+    EXPECT_EQ(got, want % 3);
+  }
+}
+
+TEST(Rpc, HandlerErrorsArriveTyped) {
+  auto s = start_server();
+  RpcClient c("127.0.0.1", s->port());
+  EXPECT_THROW(c.call(kThrows, {}), InvalidArgument);
+  EXPECT_THROW(c.call(77, {}), RpcUnknownMethod);
+  EXPECT_EQ(as_string(echo(c, "still fine")), "still fine");
+}
+
+TEST(Rpc, SlowServerExceedsDeadline) {
+  auto s = start_server();
+  RpcClient c("127.0.0.1", s->port());
+  auto t0 = std::chrono::steady_clock::now();
+  EXPECT_THROW(c.call(kSlow, {}, 50), RpcTimeout);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(5));
+  // The late reply is discarded; the connection goes on.
+  EXPECT_EQ(as_string(echo(c, "next")), "next");
+}
+
+TEST(Rpc, TokenIsRequiredAndChecked) {
+  ServerOptions o;
+  o.token = "s3cret";
+  auto s = start_server(o);
+  ClientOptions good;
+  good.token = "s3cret";
+  RpcClient c("127.0.0.1", s->port(), good);
+  EXPECT_EQ(as_string(echo(c, "x")), "x");
+  ClientOptions bad;
+  bad.token = "guess";
+  EXPECT_THROW(RpcClient("127.0.0.1", s->port(), bad), RpcAuthError);
+  EXPECT_THROW(RpcClient("127.0.0.1", s->port()), RpcAuthError);
+}
+
+TEST(Rpc, BadMagicGetsErrorAndCloseOthersUnaffected) {
+  auto s = start_server();
+  RpcClient healthy("127.0.0.1", s->port());
+  RawPeer raw(s->port());
+  FrameHeader h;
+  h.magic = 0xdeadbeef;
+  raw.send_bytes(&h, sizeof(h));
+  EXPECT_EQ(raw.next_status(), static_cast<int64_t>(Status::kBadFrame));
+  EXPECT_TRUE(raw.closed_by_peer());
+  EXPECT_EQ(as_string(echo(healthy, "ok")), "ok");
+  EXPECT_GE(s->frames_rejected(), 1u);
+}
+
+TEST(Rpc, OversizedFrameRejected) {
+  ServerOptions o;
+  o.max_frame_bytes = 4096;
+  auto s = start_server(o);
+  RpcClient c("127.0.0.1", s->port());
+  std::string big(5000, 'x');
+  EXPECT_THROW(echo(c, big), RpcError);
+  RpcClient again("127.0.0.1", s->port());
+  EXPECT_EQ(as_string(echo(again, std::string(4000, 'y'))), std::string(4000, 'y'));
+}
+
+TEST(Rpc, UnknownVersionRejected) {
+  auto s = start_server();
+  RawPeer raw(s->port());
+  FrameHeader h;
+  h.version = 99;
+  raw.send_bytes(&h, sizeof(h));
+  EXPECT_EQ(raw.next_status(), static_cast<int64_t>(Status::kBadFrame));
+}
+
+TEST(Rpc, UnauthenticatedRequestRejected) {
+  auto s = start_server();
+  RawPeer raw(s->port());
+  FrameHeader h;
+  h.method = kEcho;
+  raw.send_bytes(&h, sizeof(h));
+  EXPECT_EQ(raw.next_status(), static_cast<int64_t>(Status::kAuthFailed));
+  EXPECT_TRUE(raw.closed_by_peer());
+}
+
+TEST(Rpc, TruncatedFrameThenDisconnectLeavesServerServing) {
+  auto s = start_server();
+  {
+    RawPeer raw(s->port());
+    FrameHeader h;
+    h.method = kMethodAuth;
+    h.payload_bytes = 1000;
+    raw.send_bytes(&h, sizeof(h));
+    raw.send_bytes("partial", 7);
+  }  // closed mid-frame
+  RpcClient c("127.0.0.1", s->port());
+  EXPECT_EQ(as_string(echo(c, "alive")), "alive");
+}
+
+TEST(Rpc, ServerDeathFailsPendingAndLaterCalls) {
+  auto s = start_server();
+  RpcClient c("127.0.0.1", s->port());
+  RpcFuture pending = c.call_async(kNeverReplies, {});
+  EXPECT_EQ(as_string(echo(c, "x")), "x");  // the request has reached the server
+  s->stop();
+  EXPECT_THROW(pending.get(), RpcConnectionError);
+  EXPECT_THROW(echo(c, "x"), RpcConnectionError);
+  EXPECT_FALSE(c.connected());
+}
+
+TEST(Rpc, ConnectRefusedIsConnectionError) {
+  int port;
+  {
+    auto s = start_server();
+    port = s->port();
+  }
+  EXPECT_THROW(RpcClient("127.0.0.1", port), RpcConnectionError);
+}
+
+TEST(Rpc, BackpressureWithManyLargeRepliesInFlight) {
+  ServerOptions o;
+  o.connection_memory_bytes = 1 << 20;  // far below what is in flight
+  auto s = start_server(o);
+  RpcClient c("127.0.0.1", s->port());
+  std::string m(256 * 1024, 'z');
+  std::vector<RpcFuture> futures;
+  for (int i = 0; i < 40; ++i) {
+    iovec seg{m.data(), m.size()};
+    futures.push_back(c.call_async(kEcho, {&seg, 1}));
+  }
+  for (auto& f : futures) EXPECT_EQ(f.get().bytes, m.size());
+}
+
+TEST(Rpc, IdleConnectionsAreClosed) {
+  ServerOptions o;
+  o.idle_timeout_ms = 100;
+  auto s = start_server(o);
+  RpcClient c("127.0.0.1", s->port());
+  EXPECT_EQ(as_string(echo(c, "x")), "x");
+  for (int i = 0; i < 100 && s->connections_open() > 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  EXPECT_EQ(s->connections_open(), 0u);
+  EXPECT_THROW(echo(c, "y"), RpcConnectionError);
+}
+
+TEST(Rpc, HmacSha256KnownAnswer) {
+  // RFC 4231 test case 2.
+  Digest256 d = hmac_sha256("Jefe", {"what do ya want ", "for nothing?"});
+  const uint8_t want[32] = {0x5b, 0xdc, 0xc1, 0x46, 0xbf, 0x60, 0x75, 0x4e, 0x6a, 0x04, 0x24, 0x26, 0x08, 0x95, 0x75, 0xc7,
+                            0x5a, 0x00, 0x3f, 0x08, 0x9d, 0x27, 0x39, 0x83, 0x9d, 0xec, 0x58, 0xb9, 0x64, 0xec, 0x38, 0x43};
+  EXPECT_EQ(std::memcmp(d.data(), want, 32), 0);
+  Digest256 e = sha256("abc", 3);
+  EXPECT_EQ(e[0], 0xba);
+  EXPECT_EQ(e[31], 0xad);
+}

@@ -1,0 +1,241 @@
+"""Parameter server: embedded vs remote, synchronous multi-process training, snapshots that
+restore N servers onto M, a server killed with SIGKILL and restarted, bad input."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import sparsecore as sc
+
+DIM = 5
+CFG = sc.TableConfig(dim=DIM, optimizer=sc.Adagrad(lr=0.1))
+PYTHON_DIR = os.path.join(os.path.dirname(__file__), "..", "python")
+
+
+def _env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.path.abspath(PYTHON_DIR) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def start_server_process(*args):
+    p = subprocess.Popen([sys.executable, "-c", "import sys; from sparsecore.server import main; sys.exit(main(sys.argv[1:]))",
+                          *map(str, args)], stdout=subprocess.PIPE, env=_env(), text=True)
+    line = p.stdout.readline()
+    assert line.startswith("listening on"), line
+    return p, line.split()[2]
+
+
+def stop(p):
+    if p.poll() is None:
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def batch(step, worker, n=300):
+    rng = np.random.default_rng(1000 * step + worker)
+    ids = np.unique(rng.integers(-50, 400, n).astype(np.int64))
+    grads = rng.standard_normal((ids.size, DIM)).astype(np.float32)
+    return ids, grads
+
+
+def test_embedded_and_remote_give_same_rows():
+    rng = np.random.default_rng()
+    emb = sc.Server().client()
+    remote_server = sc.Server(port=0, shards=3)
+    try:
+        remote = remote_server.client()
+        for c in (emb, remote):
+            c.create_table("t", CFG, seed=11)
+        for _ in range(5):
+            ids = rng.integers(-2**63, 2**63 - 1, 200, dtype=np.int64)
+            ids = np.concatenate([ids, ids[:50]])  # duplicates
+            grads = rng.standard_normal((ids.size, DIM)).astype(np.float32)
+            np.testing.assert_array_equal(emb.pull("t", ids), remote.pull("t", ids))
+            emb.push("t", ids, grads)
+            remote.push("t", ids, grads)
+        np.testing.assert_array_equal(emb.pull("t", ids, train=False), remote.pull("t", ids, train=False))
+    finally:
+        remote_server.stop()
+
+
+def test_embedded_pull_matches_collection_init():
+    ids = np.random.default_rng().integers(0, 10**6, 100).astype(np.int64)
+    ps = sc.Server().client()
+    ps.create_table("user", CFG, seed=7)
+    coll = sc.EmbeddingCollection({"user": CFG}, seed=7)
+    np.testing.assert_array_equal(ps.pull("user", ids), coll.lookup("user", ids, insert=True))
+
+
+def test_eval_pull_never_inserts():
+    ps = sc.Server().client()
+    ps.create_table("t", CFG, seed=1)
+    out = ps.pull("t", np.array([1, 2, 3], np.int64), train=False)
+    assert not out.any()
+    assert sum(s["tables"]["t"]["rows"] for s in ps.stats()) == 0
+
+
+WORKER = textwrap.dedent("""
+    import sys, numpy as np, sparsecore as sc
+    sys.path.insert(0, {tests!r})
+    from test_ps import batch, CFG
+    addrs, worker, steps = sys.argv[1].split(","), int(sys.argv[2]), int(sys.argv[3])
+    ps = sc.connect(addrs, worker=worker, num_workers=2, timeout=20)
+    ps.create_table("t", CFG, seed=5)
+    for step in range(steps):
+        ids, grads = batch(step, worker)
+        ps.pull("t", ids)
+        ps.push("t", ids, grads, step=step)
+""")
+
+
+def test_two_servers_two_shards_two_workers_sync_equals_embedded():
+    servers = [start_server_process("--shards", 2, "--server-index", i, "--num-servers", 2) for i in range(2)]
+    try:
+        addrs = ",".join(a for _, a in servers)
+        script = WORKER.format(tests=os.path.dirname(os.path.abspath(__file__)))
+        workers = [subprocess.Popen([sys.executable, "-c", script, addrs, str(w), "4"], env=_env()) for w in range(2)]
+        for w in workers:
+            assert w.wait(60) == 0
+        remote = sc.connect(addrs.split(","))
+        remote.create_table("t", CFG, seed=5)
+        ref = sc.Server().client()
+        ref.create_table("t", CFG, seed=5)
+        for step in range(4):
+            ids0, g0 = batch(step, 0)
+            ids1, g1 = batch(step, 1)
+            ids, grads = np.concatenate([ids0, ids1]), np.concatenate([g0, g1])
+            ref.pull("t", ids)
+            ref.push("t", ids, grads)
+        all_ids = np.arange(-50, 400, dtype=np.int64)
+        np.testing.assert_allclose(remote.pull("t", all_ids, train=False), ref.pull("t", all_ids, train=False),
+                                   rtol=1e-6, atol=1e-7)
+        assert sum(s["tables"]["t"]["rows"] for s in remote.stats()) == sum(
+            s["tables"]["t"]["rows"] for s in ref.stats())
+    finally:
+        for p, _ in servers:
+            stop(p)
+
+
+def test_snapshot_written_by_three_shards_restores_onto_two(tmp_path):
+    rng = np.random.default_rng()
+    src = sc.Server(port=0, shards=3)
+    try:
+        c = src.client()
+        c.create_table("t", CFG, seed=2)
+        ids = rng.integers(-2**63, 2**63 - 1, 500, dtype=np.int64)
+        c.push("t", ids, rng.standard_normal((500, DIM)).astype(np.float32))
+        c.kv_put("reader", {"offset": 1234})
+        want = c.pull("t", ids, train=False)
+        snap = c.save(tmp_path, step=7)
+    finally:
+        src.stop()
+    assert sc.server.latest_snapshot(tmp_path) == snap
+    dst = sc.Server(port=0, shards=2, snapshot_dir=str(tmp_path))
+    try:
+        assert dst.restored_step == 7
+        c2 = dst.client()
+        c2.create_table("t", CFG, seed=2)
+        np.testing.assert_array_equal(c2.pull("t", ids, train=False), want)
+        assert c2.kv_get("reader") == {"offset": 1234}
+        assert sum(s["tables"]["t"]["rows"] for s in c2.stats()) == 500
+    finally:
+        dst.stop()
+    emb = sc.Server(snapshot_dir=str(tmp_path)).client()
+    emb.create_table("t", CFG, seed=2)
+    np.testing.assert_array_equal(emb.pull("t", ids, train=False), want)
+
+
+def test_server_killed_and_restarted_resumes_from_snapshot(tmp_path):
+    proc, addr = start_server_process("--shards", 2, "--snapshot-dir", tmp_path)
+    port = addr.split(":")[1]
+    try:
+        ps = sc.connect([addr], timeout=10)
+        ps.create_table("t", CFG, seed=3)
+        position = 0
+        for step in range(6):
+            ids, grads = batch(step, 0)
+            ps.pull("t", ids)
+            ps.push("t", ids, grads, step=step)
+            position += 1
+            if step == 3:
+                ps.kv_put("reader", {"batches": position})
+                ps.save(tmp_path, step=step)
+                at_snapshot = ps.pull("t", np.arange(-50, 400, dtype=np.int64), train=False)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        with pytest.raises(sc.RpcConnectionError):
+            ps.pull("t", ids)
+        proc, addr = start_server_process("--port", port, "--shards", 2, "--snapshot-dir", tmp_path)
+        ps = ps.reconnect(timeout=10)
+        assert ps.kv_get("reader") == {"batches": 4}
+        np.testing.assert_array_equal(ps.pull("t", np.arange(-50, 400, dtype=np.int64), train=False), at_snapshot)
+    finally:
+        stop(proc)
+
+
+def test_async_pushes_apply_at_once():
+    s = sc.Server(port=0, shards=2)
+    try:
+        a, b = sc.connect([s.endpoint]), sc.connect([s.endpoint])
+        a.create_table("t", CFG, seed=1)
+        b.create_table("t", CFG, seed=1)
+        ids = np.arange(10, dtype=np.int64)
+        before = a.pull("t", ids)
+        b.push("t", ids, np.ones((10, DIM), np.float32))
+        assert (a.pull("t", ids) < before).all()
+    finally:
+        s.stop()
+
+
+def test_bad_input_changes_nothing():
+    s = sc.Server(port=0)
+    try:
+        c = s.client()
+        c.create_table("t", CFG, seed=1)
+        ids = np.arange(4, dtype=np.int64)
+        before = c.pull("t", ids)
+        g = np.ones((4, DIM), np.float32)
+        g[2, 1] = np.nan
+        with pytest.raises(ValueError, match="NaN"):
+            c.push("t", ids, g)
+        with pytest.raises(ValueError, match="shape"):
+            c.push("t", ids, np.ones((3, DIM), np.float32))
+        with pytest.raises(TypeError):
+            c.pull("t", ids.astype(np.float64))
+        with pytest.raises(KeyError):
+            c.pull("nope", ids)
+        with pytest.raises(ValueError, match="another configuration"):
+            c.create_table("t", sc.TableConfig(dim=DIM + 1), seed=1)
+        np.testing.assert_array_equal(c.pull("t", ids), before)
+    finally:
+        s.stop()
+
+
+def test_barrier_and_dense_variables():
+    import threading
+    s = sc.Server(port=0, shards=2)
+    try:
+        clients = [sc.connect([s.endpoint], timeout=10) for _ in range(3)]
+        done = []
+        threads = [threading.Thread(target=lambda c=c: (c.barrier("b", 3), done.append(1))) for c in clients]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        assert len(done) == 3
+        w = clients[0].dense_pull("mlp", 6, 0.5)
+        np.testing.assert_array_equal(w, np.full(6, 0.5, np.float32))
+        clients[1].dense_push("mlp", np.arange(6, dtype=np.float32), 0.1)
+        np.testing.assert_allclose(clients[2].dense_pull("mlp", 6), 0.5 - 0.1 * np.arange(6), rtol=1e-6)
+    finally:
+        s.stop()
