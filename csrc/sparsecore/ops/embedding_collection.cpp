@@ -15,6 +15,8 @@ namespace {
 constexpr int64_t kMaxIdsPerGroup = (int64_t{1} << 31) - 1;  // positions are int32
 constexpr int64_t kBagsPerTask = 256;
 constexpr int64_t kRowsPerTask = 256;
+// Evaluation tasks take every shard lock of their table once, so they are larger.
+constexpr int64_t kEvalBagsPerTask = 1024;
 
 // Open-addressing scratch set for dedup within one shard of one group: key -> local index.
 // Slots whose index is -1 are empty, so every key value is legal.
@@ -325,6 +327,47 @@ void EmbeddingCollection::forward(const PreparedBatch& batch, const std::vector<
       const PreparedGroup& g = batch.groups[tasks[t].group];
       const auto& rows = refreshed[tasks[t].group].empty() ? g.unique_rows : refreshed[tasks[t].group];
       kernels::pool_bags(g, rows.data(), tasks[t].begin, tasks[t].end, outputs[tasks[t].group]);
+    }
+  });
+}
+
+int64_t EmbeddingCollection::max_bag_length(const GroupInput& in) {
+  int64_t longest = 0;
+  for (int64_t b = 0; b < in.batch_size; ++b) longest = std::max(longest, in.offsets[b + 1] - in.offsets[b]);
+  return longest;
+}
+
+void EmbeddingCollection::evaluate(const std::vector<GroupInput>& inputs, const std::vector<float*>& outputs) const {
+  std::shared_lock swap_lock(swap_mutex_);
+  validate_inputs(inputs);
+  SC_CHECK_ARG(outputs.size() == inputs.size(), "evaluate: ", outputs.size(), " output buffers for ",
+               inputs.size(), " groups");
+  struct Task {
+    int group;
+    int64_t begin, end;
+  };
+  std::vector<Task> tasks;
+  std::vector<int64_t> max_len(inputs.size(), 0);
+  for (size_t gi = 0; gi < inputs.size(); ++gi) {
+    const GroupInput& in = inputs[gi];
+    SC_CHECK_ARG(outputs[gi] != nullptr || in.batch_size == 0, "evaluate: output ", gi, " is null");
+    if (tables_[in.table]->config().pooling == Pooling::kNone) max_len[gi] = max_bag_length(in);
+    for (int64_t b = 0; b < in.batch_size; b += kEvalBagsPerTask)
+      tasks.push_back({static_cast<int>(gi), b, std::min(in.batch_size, b + kEvalBagsPerTask)});
+  }
+  parallel_for(static_cast<int64_t>(tasks.size()), 1, [&](int64_t t0, int64_t t1) {
+    PodVector<uint64_t> hashes;
+    PodVector<const std::byte*> rows;
+    for (int64_t t = t0; t < t1; ++t) {
+      const Task& task = tasks[t];
+      const GroupInput& in = inputs[task.group];
+      const EmbeddingTable& table = *tables_[in.table];
+      const int64_t n = in.offsets[task.end] - in.offsets[task.begin];
+      hashes.resize(n);
+      rows.resize(n);
+      HashTable::SharedLockAll lock(table.hash_table());
+      kernels::pool_bags_from_ids(table.hash_table(), table.dim(), table.config().pooling, in, max_len[task.group],
+                                  task.begin, task.end, outputs[task.group], hashes.data(), rows.data());
     }
   });
 }

@@ -98,6 +98,14 @@ class EmbeddingCollection {
   // for pooling "none". Sizes are PreparedGroup::output_size().
   void forward(const PreparedBatch& batch, const std::vector<float*>& outputs) const;
 
+  // Evaluation forward straight from the ids, the fast path for inference: validates every
+  // group, then pools each bag by finding its ids one by one (no dedup, nothing kept for a
+  // backward), never inserting (unknown ids read as zeros). outputs[g] (host float32) as
+  // for forward(), with max_len = max_bag_length(inputs[g]) for pooling "none".
+  void evaluate(const std::vector<GroupInput>& inputs, const std::vector<float*>& outputs) const;
+  // Longest bag of a group (0 for an empty batch); offsets must be valid.
+  static int64_t max_bag_length(const GroupInput& in);
+
   // grads[g] (host float32): same shapes as the outputs. Checks all grads are finite first
   // (InvalidArgument naming the group otherwise, nothing changes), then applies the fused
   // update once per unique row. Returns the new step.

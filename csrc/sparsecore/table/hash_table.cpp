@@ -34,17 +34,6 @@ void HashTable::Shard::reserve(size_t rows) {
   if (cap != slots_.size()) grow(cap);
 }
 
-std::byte* HashTable::Shard::find(int64_t key, uint64_t hash) const {
-  if (key == kEmptyKey) return special_row_ == kNoRow ? nullptr : arena_.row(special_row_);
-  uint64_t slot = hash & mask_;
-  for (;;) {
-    int64_t k = slots_[slot].key;
-    if (k == key) return arena_.row(slots_[slot].row);
-    if (k == kEmptyKey) return nullptr;
-    slot = (slot + 1) & mask_;
-  }
-}
-
 uint32_t HashTable::Shard::allocate_row(int64_t key, const RowInit& init) {
   uint32_t id = arena_.allocate();
   try {

@@ -44,7 +44,17 @@ class HashTable {
     explicit Shard(size_t row_bytes);
 
     // All of these require the caller to hold `mutex` (shared for find, unique otherwise).
-    std::byte* find(int64_t key, uint64_t hash) const;
+    // Inline: the hot loops of evaluation pooling probe one key at a time.
+    std::byte* find(int64_t key, uint64_t hash) const {
+      if (key == kEmptyKey) return special_row_ == kNoRow ? nullptr : arena_.row(special_row_);
+      uint64_t slot = hash & mask_;
+      for (;;) {
+        int64_t k = slots_[slot].key;
+        if (k == key) return arena_.row(slots_[slot].row);
+        if (k == kEmptyKey) return nullptr;
+        slot = (slot + 1) & mask_;
+      }
+    }
     // Returns the row and whether it was inserted (then `init` has run on it).
     std::byte* find_or_insert(int64_t key, uint64_t hash, const RowInit& init, bool* inserted);
     // Inserts or overwrites `key` with a copy of `row` (checkpoint restore).
@@ -80,6 +90,23 @@ class HashTable {
     uint64_t mask_ = 0;
     uint32_t special_row_ = kNoRow;
     RowArena arena_;
+  };
+
+  // Holds every shard's lock shared (taken in shard order; writers hold one shard at a time,
+  // so this cannot deadlock). For loops that probe keys of all shards interleaved.
+  class SharedLockAll {
+   public:
+    explicit SharedLockAll(const HashTable& t) : table_(t) {
+      for (const auto& sh : t.shards_) sh->mutex.lock_shared();
+    }
+    ~SharedLockAll() {
+      for (const auto& sh : table_.shards_) sh->mutex.unlock_shared();
+    }
+    SharedLockAll(const SharedLockAll&) = delete;
+    SharedLockAll& operator=(const SharedLockAll&) = delete;
+
+   private:
+    const HashTable& table_;
   };
 
   // row_bytes: size of one row record; shard_bits in [0, 16].
