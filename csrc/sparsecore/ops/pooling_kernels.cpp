@@ -214,12 +214,12 @@ void backward_update(const PreparedGroup& g, const EmbeddingTable& table, std::b
       axpy(scratch, src, s, dim);
     }
     std::byte* row = rows[u];
-    RowMeta* meta = table.meta(row);
-    if (meta->update_count != std::numeric_limits<uint32_t>::max()) ++meta->update_count;
+    PackedRowMeta* meta = table.meta(row);
+    meta->count_update();
     int64_t t = opt.use_global_step ? step : static_cast<int64_t>(meta->update_count);
     float* w = EmbeddingTable::weights(row);
     rules::apply(opt, w, w + dim, scratch, dim, t);
-    meta->last_step = step;
+    meta->set_last_step(step);
   }
 }
 
