@@ -149,6 +149,7 @@ std::shared_ptr<PreparedBatch> EmbeddingCollection::prepare(const std::vector<Gr
     if (cache->free.size() < kCachedBatches) cache->free.push_back(std::move(owned));
   });
   batch->train = train;
+  batch->occurrences_built = false;
   batch->groups.resize(num_groups);
   // Reused by the next prepare on this thread. The pool's threads reach it through the
   // reference (a thread_local named inside the lambdas would be each worker's own).
@@ -173,9 +174,6 @@ std::shared_ptr<PreparedBatch> EmbeddingCollection::prepare(const std::vector<Gr
       g.offsets.assign(in.offsets, in.offsets + in.batch_size + 1);
       if (in.weights) g.weights.assign(in.weights, in.weights + in.num_ids);
       else g.weights.clear();
-      g.occurrence_offsets.clear();
-      g.occurrence_positions.clear();
-      g.bag_of_position.clear();
       for (int64_t b = 0; b < in.batch_size; ++b) g.max_len = std::max(g.max_len, g.offsets[b + 1] - g.offsets[b]);
 
       const HashTable& ht = table.hash_table();
@@ -257,8 +255,8 @@ std::shared_ptr<PreparedBatch> EmbeddingCollection::prepare(const std::vector<Gr
     }
   });
 
-  // Phase 3, per group: compact the per-shard uniques, resolve inverse indices, and (when
-  // training) build each unique id's occurrence list and each position's bag.
+  // Phase 3, per group: compact the per-shard uniques and resolve inverse indices (what
+  // backward needs beyond that is built by its first call: build_occurrences).
   parallel_for(num_groups, 1, [&](int64_t g0, int64_t g1) {
     for (int64_t gi = g0; gi < g1; ++gi) {
       PreparedGroup& g = batch->groups[gi];
@@ -280,23 +278,30 @@ std::shared_ptr<PreparedBatch> EmbeddingCollection::prepare(const std::vector<Gr
       }
       g.unique_keys.resize(base);
       g.unique_rows.resize(base);
-      if (!train) continue;
-
-      g.occurrence_offsets.assign(base + 1, 0);
-      for (int64_t pos = 0; pos < g.num_ids; ++pos) ++g.occurrence_offsets[g.inverse[pos] + 1];
-      for (int64_t u = 0; u < base; ++u) g.occurrence_offsets[u + 1] += g.occurrence_offsets[u];
-      std::vector<int32_t> cursor(g.occurrence_offsets.begin(), g.occurrence_offsets.end() - 1);
-      g.occurrence_positions.resize(g.num_ids);
-      for (int64_t pos = 0; pos < g.num_ids; ++pos)
-        g.occurrence_positions[cursor[g.inverse[pos]]++] = static_cast<int32_t>(pos);
-      g.bag_of_position.resize(g.num_ids);
-      for (int64_t b = 0; b < g.batch_size; ++b)
-        std::fill(g.bag_of_position.begin() + g.offsets[b], g.bag_of_position.begin() + g.offsets[b + 1],
-                  static_cast<int32_t>(b));
     }
   });
   return batch;
 }
+
+namespace {
+
+// What backward needs beyond the forward: each unique id's occurrences and each position's bag.
+void build_occurrences(const PreparedGroup& g) {
+  const int64_t u_count = g.num_unique();
+  g.occurrence_offsets.assign(u_count + 1, 0);
+  for (int64_t pos = 0; pos < g.num_ids; ++pos) ++g.occurrence_offsets[g.inverse[pos] + 1];
+  for (int64_t u = 0; u < u_count; ++u) g.occurrence_offsets[u + 1] += g.occurrence_offsets[u];
+  std::vector<int32_t> cursor(g.occurrence_offsets.begin(), g.occurrence_offsets.end() - 1);
+  g.occurrence_positions.resize(g.num_ids);
+  for (int64_t pos = 0; pos < g.num_ids; ++pos)
+    g.occurrence_positions[cursor[g.inverse[pos]]++] = static_cast<int32_t>(pos);
+  g.bag_of_position.resize(g.num_ids);
+  for (int64_t b = 0; b < g.batch_size; ++b)
+    std::fill(g.bag_of_position.begin() + g.offsets[b], g.bag_of_position.begin() + g.offsets[b + 1],
+              static_cast<int32_t>(b));
+}
+
+}  // namespace
 
 void EmbeddingCollection::forward(const PreparedBatch& batch, const std::vector<float*>& outputs) const {
   std::shared_lock swap_lock(swap_mutex_);
@@ -417,6 +422,16 @@ int64_t EmbeddingCollection::backward(const PreparedBatch& batch, const std::vec
         }
         scale[b] = denom != 0.0f ? 1.0f / denom : 0.0f;
       }
+    }
+  }
+
+  {
+    std::lock_guard<std::mutex> lock(batch.occurrences_mutex);
+    if (!batch.occurrences_built) {
+      parallel_for(num_groups, 1, [&](int64_t g0, int64_t g1) {
+        for (int64_t gi = g0; gi < g1; ++gi) build_occurrences(batch.groups[gi]);
+      });
+      batch.occurrences_built = true;
     }
   }
 

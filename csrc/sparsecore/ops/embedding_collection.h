@@ -57,11 +57,11 @@ struct PreparedGroup {
   PodVector<int64_t> unique_keys;       // (num_unique), grouped by table shard
   PodVector<std::byte*> unique_rows;    // (num_unique); nullptr: absent (evaluation only)
   PodVector<int32_t> inverse;           // (num_ids) index into unique_keys
-  // Training only: occurrences of each unique id in ascending position order (CSR), and
-  // the bag of each position.
-  PodVector<int32_t> occurrence_offsets;  // (num_unique + 1)
-  PodVector<int32_t> occurrence_positions;  // (num_ids)
-  PodVector<int32_t> bag_of_position;       // (num_ids)
+  // Built by the first backward of the batch (a forward never needs them): occurrences of
+  // each unique id in ascending position order (CSR), and the bag of each position.
+  mutable PodVector<int32_t> occurrence_offsets;    // (num_unique + 1)
+  mutable PodVector<int32_t> occurrence_positions;  // (num_ids)
+  mutable PodVector<int32_t> bag_of_position;       // (num_ids)
   uint64_t table_generation = 0;          // rows are re-resolved if the table changed since
 
   int64_t num_unique() const { return static_cast<int64_t>(unique_keys.size()); }
@@ -74,6 +74,9 @@ struct PreparedGroup {
 struct PreparedBatch {
   bool train = false;
   std::vector<PreparedGroup> groups;
+  // Guards the lazy build of the groups' occurrence lists (two backward calls may share a batch).
+  mutable std::mutex occurrences_mutex;
+  mutable bool occurrences_built = false;
 };
 
 class EmbeddingCollection {
