@@ -219,6 +219,7 @@ class Quantizer:
         self._params: dict[str, Any] = {}
         self._G: dict[str, Any] = {}
         self._U: dict[str, Any] = {}
+        self._snapped: dict[str, np.ndarray] = {}
         self._steps = 0
         self._model = None
 
@@ -270,6 +271,7 @@ class Quantizer:
                     raise ValueError(f"parameter '{name}' has NaN or Inf values")
                 self._G[name] = self.project(p.detach())[0]
                 self._U[name] = torch.zeros_like(p)
+        self._snapped.clear()
         self._steps = 0
         return self
 
@@ -331,7 +333,8 @@ class Quantizer:
         self._require_attached()
         with torch.no_grad():
             for name, p in self._params.items():
-                self._G[name] = self.project(p.detach())[0]
+                self._G[name], alpha = self.project(p.detach())
+                self._snapped[name] = alpha
                 p.copy_(self._G[name])
 
     def export(self) -> dict[str, PackedWeights]:
@@ -339,7 +342,11 @@ class Quantizer:
         self._require_attached()
         out = {}
         for name, p in self._params.items():
-            projected, alpha = self.project(p.detach())
+            # after finalize() W is on the codebook: pack it with the alpha it was snapped with
+            if name in self._snapped and bool((p.detach() == self._G[name]).all()):
+                projected, alpha = p.detach(), self._snapped[name]
+            else:
+                projected, alpha = self.project(p.detach())
             out[name] = self._pack_projected(projected, alpha)
         return out
 
