@@ -86,7 +86,7 @@ def test_three_bit_admm_is_within_one_point_of_fp32(results, record_property):
 
 
 def test_ternary_admm_is_at_least_as_good_as_projection(results):
-    assert results["ternary ADMM"] >= results["ternary projection"] - 1e-6  # means of equal scores may differ in the last bit
+    assert results["ternary ADMM"] >= results["ternary projection"] - 1e-4  # float32 means of equal scores differ in the last bits; one sample is 0.6 points
 
 
 def test_binary_is_reported(results):
