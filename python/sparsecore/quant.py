@@ -100,13 +100,10 @@ class PackedWeights:
     shape: tuple[int, ...]
     granularity: str = "channel"
 
-    @property
-    def rows(self) -> int:
-        return int(self.codes.shape[0])
-
-    @property
-    def cols(self) -> int:
-        return int(np.prod(self.shape[1:])) if len(self.shape) > 1 else int(self.shape[0])
+    def __post_init__(self) -> None:
+        # plain ints, computed once: shift_matmul reads them on every call
+        self.rows = int(self.codes.shape[0])
+        self.cols = int(np.prod(self.shape[1:])) if len(self.shape) > 1 else int(self.shape[0])
 
     @property
     def nbytes(self) -> int:
@@ -157,6 +154,9 @@ def shift_matmul(x: Any, packed: PackedWeights, *, x_scale: Optional[float] = No
     in int32 (true shifts); without ``x_scale`` the int32 sums are returned, with it
     ``float32(acc) * alpha * x_scale``. torch input gives torch output, numpy gives numpy.
     """
+    if (type(x) is np.ndarray and x.ndim == 2 and x.dtype == np.float32 and x_scale is None
+            and type(packed) is PackedWeights and x.flags.c_contiguous):
+        return _core.shift_matmul_float(x, packed.codes, packed.alpha, packed.cols)  # the serving fast path
     torch_in = is_torch(x)
     xa = x.detach().cpu().numpy() if torch_in else np.asarray(x)
     if not isinstance(packed, PackedWeights):
