@@ -28,7 +28,7 @@ from torch import nn
 from .config import TableConfig
 from .embedding import EmbeddingCollection, PreparedBatch
 
-__all__ = ["EmbeddingBagCollection"]
+__all__ = ["EmbeddingBagCollection", "mlp"]
 
 
 class _FusedSparseUpdate(torch.autograd.Function):
@@ -117,3 +117,17 @@ class EmbeddingBagCollection(nn.Module):
 
 def _sparse_of(batch: Any) -> Mapping[str, Any]:
     return batch.sparse if hasattr(batch, "sparse") else batch
+
+
+def mlp(input_width: int, hidden: Iterable[int], output_width: int = 1, *,
+        activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
+    """The dense tower of XDL's models: Linear + activation per ``hidden`` width, then a
+    Linear to ``output_width`` logits (e.g. ``mlp(414, [200, 80])`` is W2's 414-200-80-1)."""
+    widths = [int(input_width), *(int(h) for h in hidden)]
+    if any(w < 1 for w in widths) or output_width < 1:
+        raise ValueError(f"mlp widths must be >= 1, got {widths} -> {output_width}")
+    layers: list[nn.Module] = []
+    for a, b in zip(widths, widths[1:]):
+        layers += [nn.Linear(a, b), activation()]
+    layers.append(nn.Linear(widths[-1], output_width))
+    return nn.Sequential(*layers)
