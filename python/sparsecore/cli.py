@@ -26,7 +26,7 @@ log = logging.getLogger("sparsecore.cli")
 DEFAULTS: dict[str, dict[str, Any]] = {
     "data": {"format": "synthetic", "train": [], "eval": [], "batch_size": 2000, "columns": {}, "fields": 0,
              "delimiter": ",", "header": False, "reader_threads": 1, "has_labels": True},
-    "synthetic": {"vocab_size": 5000, "zipf_exponent": 1.1, "min_bag": 1, "max_bag": 10, "weight_std": 0.1,
+    "synthetic": {"vocab_size": 20_000, "zipf_exponent": 1.5, "min_bag": 1, "max_bag": 10, "weight_std": 0.1,
                   "bias": -1.0, "seed": 0, "samples_per_view": 4, "compressed": True, "eval_samples": 100_000},
     "model": {"dim": 18, "hidden": [200, 80], "pooling": "sum", "groups": []},
     "sparse_optimizer": {"name": "adagrad", "lr": 0.05},
@@ -342,15 +342,9 @@ def _report(trainer: Any, result: dict[str, float], elapsed: float, steps: int, 
           f"{len(rows)} tables")
     if not result:
         return
-    line = f"eval AUC {result['auc']:.4f}"
-    if "planted_auc" in result:
-        line += f"  (planted optimum {result['planted_auc']:.4f}, gap {result['planted_auc'] - result['auc']:.4f})"
-    if "gauc" in result:
-        line += f"  GAUC {result['gauc']:.4f}"
-        if "planted_gauc" in result:
-            line += f" (planted {result['planted_gauc']:.4f})"
-    line += f"  logloss {result['logloss']:.4f}  on {int(result['samples']):,} samples"
-    print(line)
+    from .trainer import describe_metrics
+
+    print(f"eval {describe_metrics(result)}")
 
 
 # ----------------------------------------------------------------------------------- commands
@@ -382,9 +376,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--no-progress", action="store_const", const=False, dest="train.progress",
                        help="no progress bar")
     train.add_argument("-q", "--quiet", action="store_true", help="only warnings and the final result")
-    server = sub.add_parser("server", help="run a parameter server (arguments go to it; see 'server --help')",
-                            add_help=False)
-    server.add_argument("args", nargs=argparse.REMAINDER)
+    sub.add_parser("server", help="run a parameter server (arguments go to it; see 'server --help')",
+                   add_help=False)
     return parser
 
 
@@ -406,13 +399,14 @@ def _server(argv: list[str]) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["server"]:  # every argument after it belongs to the server's own parser
+        return _server(argv[1:])
     parser = _parser()
-    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
-    if args.command == "server":
-        return _server(list(args.args))
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     overrides = {}

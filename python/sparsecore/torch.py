@@ -104,7 +104,10 @@ class EmbeddingBagCollection(nn.Module):
             index = torch.as_tensor(np.asarray(sample_group, dtype=np.int64))
         for name, out, offsets in zip(prepared.names, pooled, prepared.offsets):
             if self.collection.tables[name].pooling == "none":
-                result[name] = (out, torch.from_numpy(np.diff(offsets)))
+                lengths = torch.from_numpy(np.diff(offsets))
+                if index is not None and name in shared:
+                    out, lengths = out.index_select(0, index), lengths.index_select(0, index)
+                result[name] = (out, lengths)
             elif index is not None and name in shared:
                 result[name] = out.index_select(0, index)
             else:

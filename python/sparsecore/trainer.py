@@ -32,7 +32,7 @@ from .data import auc, gauc, logloss
 from .embedding import EmbeddingCollection
 from .torch import EmbeddingBagCollection
 
-__all__ = ["Trainer", "TrainResult"]
+__all__ = ["Trainer", "TrainResult", "describe_metrics"]
 
 log = logging.getLogger("sparsecore.trainer")
 
@@ -388,6 +388,18 @@ class Trainer:
         fig.tight_layout()
         fig.savefig(os.fspath(path), dpi=100)
         plt.close(fig)
+
+
+def describe_metrics(m: Mapping[str, float]) -> str:
+    """One line of :meth:`Trainer.evaluate`'s result, the planted optimum beside each metric."""
+    line = f"AUC {m['auc']:.4f}"
+    if "planted_auc" in m:
+        line += f" (planted optimum {m['planted_auc']:.4f}, gap {m['planted_auc'] - m['auc']:.4f})"
+    if "gauc" in m:
+        line += f"  GAUC {m['gauc']:.4f}"
+        if "planted_gauc" in m:
+            line += f" (planted {m['planted_gauc']:.4f})"
+    return line + f"  logloss {m['logloss']:.4f}  on {int(m['samples']):,} samples"
 
 
 def _json_default(x: Any) -> Any:
