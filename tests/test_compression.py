@@ -66,3 +66,36 @@ def test_compressed_batch_pools_user_groups_once_per_view():
     assert [len(o) - 1 for o in prepared.offsets] == [8, 8, 32, 32]
     pooled = ebc(batch, prepared=prepared)
     assert all(tuple(pooled[n].shape) == (32, 5) for n in cfg.names())
+
+
+@pytest.mark.parametrize("shuffle", [False, True])  # page views contiguous or not
+def test_forward_concat_equals_forward_then_cat(rng, shuffle):
+    cfg = SyntheticConfig.w2(num_groups=4, num_user_groups=2, vocab_size=200, samples_per_view=3, batch_size=30,
+                             seed=int(rng.integers(1 << 30)))
+    batch = SyntheticData(cfg, compressed=True).next_batch()
+    if shuffle:
+        order = rng.permutation(batch.num_samples)
+        batch.sample_group, batch.labels = batch.sample_group[order], batch.labels[order]
+        for name in set(cfg.names()) - set(batch.shared):
+            ids, offsets = batch.sparse[name]
+            lengths = np.diff(offsets)[order]
+            starts = offsets[:-1][order]
+            batch.sparse[name] = (np.concatenate([ids[s:s + n] for s, n in zip(starts, lengths)]).astype(np.int64),
+                                  np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
+    seed = int(rng.integers(1 << 30))
+    a, b = make(seed, cfg.names(), "sum"), make(seed, cfg.names(), "sum")
+    weight = torch.from_numpy(rng.normal(size=(5 * cfg.num_groups,)).astype(np.float32))
+    x = a.forward_concat(batch)
+    pooled = b(batch)
+    y = torch.cat([pooled[n] for n in cfg.names()], 1)
+    np.testing.assert_allclose(x.detach().numpy(), y.detach().numpy(), rtol=1e-6)
+    (x @ weight).square().sum().backward()
+    (y @ weight).square().sum().backward()
+    for name in cfg.names():
+        keys_a, rows_a = table_rows(a, name)
+        keys_b, rows_b = table_rows(b, name)
+        np.testing.assert_array_equal(keys_a, keys_b)
+        np.testing.assert_allclose(rows_a, rows_b, rtol=1e-5, atol=1e-7)
+    a.eval()
+    np.testing.assert_array_equal(a.forward_concat(batch).numpy(),
+                                  torch.cat([a(batch)[n] for n in cfg.names()], 1).numpy())

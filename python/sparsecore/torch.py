@@ -48,9 +48,47 @@ class _FusedSparseUpdate(torch.autograd.Function):
         for name, g, shape in zip(ctx.prepared.names, grads, ctx.shapes):
             if g is None:
                 g = torch.zeros(shape, dtype=torch.float32)
-            arrays[name] = g.detach().to(torch.float32).contiguous().numpy()
+            arrays[name] = np.ascontiguousarray(g.detach().to(torch.float32).numpy())
         ctx.collection.backward(ctx.prepared, arrays)
         return (None, None, None) + (None,) * len(grads)
+
+
+def _segment_sum(rows: np.ndarray, group: np.ndarray, num_groups: int) -> np.ndarray:
+    """Sum of ``rows`` [B, d] per ``group`` id (int64[B] in [0, num_groups)) -> [num_groups, d]."""
+    counts = np.bincount(group, minlength=num_groups)
+    if num_groups and counts.all() and np.all(group[1:] >= group[:-1]):
+        # Samples of a page view are contiguous (every source writes them so): one pass.
+        starts = np.zeros(num_groups, dtype=np.int64)
+        np.cumsum(counts[:-1], out=starts[1:])
+        return np.add.reduceat(rows, starts, axis=0)
+    out = np.zeros((num_groups, rows.shape[1]), dtype=rows.dtype)
+    np.add.at(out, group, rows)
+    return out
+
+
+class _ConcatFusedSparseUpdate(torch.autograd.Function):
+    """The pooled rows of every group side by side, [B, sum of dims], shared groups expanded
+    by ``sample_group``. Built with NumPy copies (one pass, no thread hand-offs); backward
+    slices the gradient per group, sums shared groups back per page view, and pushes it into
+    the collection's fused optimizer."""
+
+    @staticmethod
+    def forward(ctx, anchor, collection, prepared, index, shared, *outputs):  # type: ignore[override]
+        ctx.collection, ctx.prepared, ctx.index, ctx.shared = collection, prepared, index, shared
+        ctx.shapes = [o.shape for o in outputs]
+        parts = [np.take(o, index, axis=0) if s else o for o, s in zip(outputs, shared)]
+        return torch.from_numpy(np.concatenate(parts, axis=1))
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        g = grad.detach().to(torch.float32).numpy()
+        arrays, col = {}, 0
+        for name, shape, s in zip(ctx.prepared.names, ctx.shapes, ctx.shared):
+            part = g[:, col:col + shape[1]]
+            col += shape[1]
+            arrays[name] = _segment_sum(part, ctx.index, shape[0]) if s else np.ascontiguousarray(part)
+        ctx.collection.backward(ctx.prepared, arrays)
+        return (None,) * (5 + len(ctx.shapes))
 
 
 class EmbeddingBagCollection(nn.Module):
@@ -113,6 +151,30 @@ class EmbeddingBagCollection(nn.Module):
             else:
                 result[name] = out
         return result
+
+    def forward_concat(self, batch: Any, *, prepared: Optional[PreparedBatch] = None,
+                       pulled: Optional[list[np.ndarray]] = None) -> torch.Tensor:
+        """The pooled rows of every group concatenated in table order: Tensor[B, sum of dims],
+        the input of an MLP. Same semantics as :meth:`forward` (sample compression included)
+        without a per-group tensor and a ``torch.cat``; sequence groups are not allowed."""
+        sample_group = getattr(batch, "sample_group", None)
+        shared_names = set(getattr(batch, "shared", ()))
+        if prepared is None:
+            prepared = self.prepare(batch)
+        sequence = [n for n in prepared.names if self.collection.tables[n].pooling == "none"]
+        if sequence:
+            raise ValueError(f"forward_concat: groups {sequence} use pooling 'none' (sequences); use forward()")
+        outs = pulled if pulled is not None else self.collection._c.forward(prepared._core)
+        if sample_group is not None and shared_names:
+            index = np.ascontiguousarray(sample_group, dtype=np.int64)
+        else:
+            index, shared_names = np.zeros(0, np.int64), set()
+        shared = tuple(n in shared_names for n in prepared.names)
+        if self.training and torch.is_grad_enabled():
+            anchor = torch.empty(0, requires_grad=True)
+            return _ConcatFusedSparseUpdate.apply(anchor, self.collection, prepared, index, shared, *outs)
+        parts = [np.take(o, index, axis=0) if s else o for o, s in zip(outs, shared)]
+        return torch.from_numpy(np.concatenate(parts, axis=1))
 
     def extra_repr(self) -> str:
         return repr(self.collection)

@@ -189,15 +189,15 @@ class Trainer:
             return
         q.put(_END)
 
-    def _model_input(self, pooled: dict[str, Any], batch: Any) -> Any:
+    def _logits(self, batch: Any, prepared: Any = None, pulled: Any = None) -> torch.Tensor:
         dense = torch.from_numpy(np.ascontiguousarray(batch.dense, dtype=np.float32)) if (
             self.use_dense and batch.dense is not None) else None
         if self.model_input == "dict":
-            return self.model(pooled, dense)
-        parts = [pooled[g] for g in self.tables]
-        if dense is not None:
-            parts.append(dense)
-        return self.model(torch.cat(parts, dim=1))
+            out = self.model(self.embedding(batch, prepared=prepared, pulled=pulled), dense)
+        else:
+            x = self.embedding.forward_concat(batch, prepared=prepared, pulled=pulled)
+            out = self.model(x if dense is None else torch.cat([x, dense], dim=1))
+        return out.reshape(-1)
 
     def fit(self, steps: Optional[int] = None, *, every: int = 0,
             on_interval: Optional[Callable[["Trainer"], None]] = None) -> TrainResult:
@@ -231,8 +231,7 @@ class Trainer:
                 if isinstance(item, BaseException):
                     raise item
                 batch, prepared, pulled, state = item
-                pooled = self.embedding(batch, prepared=prepared, pulled=pulled)
-                logits = self._model_input(pooled, batch).reshape(-1)
+                logits = self._logits(batch, prepared, pulled)
                 labels = torch.from_numpy(np.asarray(batch.labels, dtype=np.float32))
                 loss = self._loss(logits, labels)
                 if not torch.isfinite(loss):
@@ -295,8 +294,7 @@ class Trainer:
                     if batch is None:
                         break
                     batch = self._select(batch)
-                    pooled = self.embedding(batch)
-                    logits = self._model_input(pooled, batch).reshape(-1)
+                    logits = self._logits(batch)
                     labels.append(np.asarray(batch.labels, np.float64))
                     scores.append(torch.sigmoid(logits).double().numpy())
                     if batch.users is not None:
