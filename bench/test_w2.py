@@ -43,7 +43,7 @@ EVAL_SAMPLES = 2_000 if TINY else 50_000
 THREADS = 2
 HIDDEN = [200, 80]
 DENSE_LR = 1e-3
-SPARSE_LR = {"adam": 1e-3, "adagrad": 0.05}
+SPARSE_LR = {"adam": 0.01, "adagrad": 0.05}
 EPS = {"adam": 1e-8, "adagrad": 1e-10}
 
 

@@ -101,8 +101,13 @@ def load_settings(config: Optional[str] = None, overrides: Optional[dict[tuple[s
     """DEFAULTS, then the TOML file, then ``overrides`` ((section, key) -> value)."""
     settings = copy.deepcopy(DEFAULTS)
     if config:
-        import tomllib
-
+        try:
+            import tomllib
+        except ImportError:  # Python 3.10
+            try:
+                import tomli as tomllib
+            except ImportError:
+                raise ConfigError("--config needs Python 3.11+ (tomllib) or: pip install tomli") from None
         try:
             with open(config, "rb") as f:
                 doc = tomllib.load(f)
