@@ -2,8 +2,10 @@
 
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 
 #include <cerrno>
+#include <algorithm>
 #include <climits>
 #include <cstring>
 #include <vector>
@@ -44,6 +46,7 @@ RpcClient::RpcClient(const std::string& host, int port, ClientOptions options)
   SC_CHECK_ARG(options.reactor >= 0, "reactor must be >= 0, got ", options.reactor);
   SC_CHECK_ARG(options.call_timeout_ms >= 0, "call_timeout_ms must be >= 0, got ", options.call_timeout_ms);
   default_timeout_ms_ = options.call_timeout_ms;
+  max_frame_bytes_ = options.max_frame_bytes;
   socket_ = connect_tcp(host, port, options.connect_timeout_ms);
   handshake(options);
 }
@@ -316,19 +319,80 @@ void RpcClient::deliver(const FrameHeader& h, const std::byte* payload) {
   cv_.notify_all();
 }
 
+// One call in flight whose reply goes to the caller's memory (a pull): one readv puts the
+// header aside and the payload straight into place, with no copy through the read buffer.
+// Anything else that arrives (a stale reply of an abandoned call, an error) is moved into
+// the frame reader and parsed as usual.
+RpcClient::DirectRead RpcClient::read_direct() {
+  std::shared_ptr<detail::CallState> target;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (pending_.size() != 1) return DirectRead::kNotApplicable;
+    const auto& s = pending_.begin()->second;
+    if (!s->recv_into || s->recv_capacity == 0 || s->claimed) return DirectRead::kNotApplicable;
+    target = s;
+    target->claimed = true;
+  }
+  auto release = [&] {
+    std::lock_guard<std::mutex> lock(mu_);
+    target->claimed = false;
+  };
+  FrameHeader h;
+  iovec iov[2] = {{&h, kFrameHeaderBytes}, {target->recv_into, target->recv_capacity}};
+  ssize_t r = ::readv(socket_.fd(), iov, 2);
+  if (r <= 0) {
+    release();
+    if (r == 0) throw RpcConnectionError("connection closed by the server");
+    if (errno == EAGAIN || errno == EINTR) return DirectRead::kDone;
+    throw RpcConnectionError(std::strerror(errno));
+  }
+  const size_t got = static_cast<size_t>(r);
+  if (got >= kFrameHeaderBytes) {
+    const size_t in_place = got - kFrameHeaderBytes;
+    if (check_header(h, max_frame_bytes_) == HeaderCheck::kOk && h.request_id == target->id && h.status == 0 &&
+        h.payload_bytes <= target->recv_capacity && in_place <= h.payload_bytes) {
+      try {
+        recv_exact(target->recv_into + in_place, static_cast<size_t>(h.payload_bytes) - in_place);
+      } catch (...) {
+        release();
+        throw;
+      }
+      std::lock_guard<std::mutex> lock(mu_);
+      target->claimed = false;
+      target->response.bytes = static_cast<size_t>(h.payload_bytes);
+      target->response.in_caller_buffer = true;
+      target->status = Status::kOk;
+      target->done = true;
+      pending_.erase(target->id);
+      cv_.notify_all();
+      return DirectRead::kDone;
+    }
+  }
+  std::byte* dst = reader_.write_ptr(got);
+  std::memcpy(dst, &h, std::min(got, kFrameHeaderBytes));
+  if (got > kFrameHeaderBytes) std::memcpy(dst + kFrameHeaderBytes, target->recv_into, got - kFrameHeaderBytes);
+  reader_.commit(got);
+  release();
+  return DirectRead::kBuffered;
+}
+
 void RpcClient::read_round(Clock::time_point deadline) {
   try {
     pollfd pfd{socket_.fd(), POLLIN, 0};
     int n = ::poll(&pfd, 1, ms_until(deadline));
     if (n <= 0) return;  // deadline (or EINTR): the caller re-checks
-    std::byte* dst = reader_.write_ptr(kReadChunk);
-    ssize_t r = ::recv(socket_.fd(), dst, reader_.write_room(), 0);
-    if (r == 0) throw RpcConnectionError("connection closed by the server");
-    if (r < 0) {
-      if (errno == EAGAIN || errno == EINTR) return;
-      throw RpcConnectionError(std::strerror(errno));
+    DirectRead direct = reader_.buffered() == 0 ? read_direct() : DirectRead::kNotApplicable;
+    if (direct == DirectRead::kDone) return;
+    if (direct == DirectRead::kNotApplicable) {
+      std::byte* dst = reader_.write_ptr(kReadChunk);
+      ssize_t r = ::recv(socket_.fd(), dst, reader_.write_room(), 0);
+      if (r == 0) throw RpcConnectionError("connection closed by the server");
+      if (r < 0) {
+        if (errno == EAGAIN || errno == EINTR) return;
+        throw RpcConnectionError(std::strerror(errno));
+      }
+      reader_.commit(static_cast<size_t>(r));
     }
-    reader_.commit(static_cast<size_t>(r));
     for (;;) {
       FrameHeader h;
       size_t available = 0;

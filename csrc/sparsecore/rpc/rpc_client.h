@@ -112,6 +112,8 @@ class RpcClient {
   // One round of reading: waits up to `deadline` for bytes, hands out complete replies.
   void read_round(Clock::time_point deadline);
   void deliver(const FrameHeader& h, const std::byte* payload);
+  enum class DirectRead { kNotApplicable, kDone, kBuffered };
+  DirectRead read_direct();
   void recv_exact(std::byte* dst, size_t bytes);
   void send_frame(const FrameHeader& h, std::span<const iovec> payload);
   void fail_all(const std::string& reason);  // caller holds mu_
@@ -122,6 +124,7 @@ class RpcClient {
   FrameReader reader_;
   int num_reactors_ = 1;
   int default_timeout_ms_ = 0;
+  uint64_t max_frame_bytes_ = 0;
   std::atomic<uint64_t> next_id_{1};
 
   mutable std::mutex mu_;  // pending_, reading_, broken_, call states

@@ -13,6 +13,7 @@
 
 #include "sparsecore/core/error.h"
 #include "sparsecore/core/file.h"
+#include "sparsecore/core/thread_pool.h"
 #include "sparsecore/rpc/hmac_sha256.h"
 #include "sparsecore/rpc/reactor.h"
 #include "sparsecore/rpc/rpc_error.h"
@@ -86,6 +87,8 @@ void Reactor::register_fd(Connection& c) {
 
 void Reactor::run() {
   t_current_reactor = index_;
+  // A reactor is the unit of parallelism of a server (one per core): handlers run inline.
+  InlineParallelScope inline_parallel;
   if (listener_.valid()) {
     epoll_event ev{};
     ev.events = EPOLLIN;
