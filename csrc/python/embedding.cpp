@@ -30,6 +30,36 @@ py::array_t<float> output_array(const PreparedGroup& g) {
   return py::array_t<float>({g.batch_size, static_cast<int64_t>(g.dim)});
 }
 
+// Each group: (table index, ids int64[n], offsets int64[B+1], weights float32[n] or None).
+// The returned pointers stay valid while `keep_alive` holds the arrays (an element that was
+// not an array already is converted into one there).
+std::vector<GroupInput> group_inputs(const EmbeddingCollection& c, const std::vector<py::tuple>& groups,
+                                     std::vector<py::array>& keep_alive) {
+  std::vector<GroupInput> inputs;
+  inputs.reserve(groups.size());
+  for (const py::tuple& grp : groups) {
+    GroupInput in;
+    in.table = grp[0].cast<int>();
+    std::string name = "group '" + c.table(in.table).name() + "'";
+    py::array ids = grp[1].cast<py::array>();
+    py::array offsets = grp[2].cast<py::array>();
+    in.ids = checked_array<int64_t>(ids, name + " ids", {-1});
+    in.num_ids = ids.shape(0);
+    keep_alive.push_back(ids);
+    keep_alive.push_back(offsets);
+    in.offsets = checked_array<int64_t>(offsets, name + " offsets", {-1});
+    if (offsets.shape(0) < 1) throw InvalidArgument(name + " offsets must have at least one element (B + 1)");
+    in.batch_size = offsets.shape(0) - 1;
+    if (!grp[3].is_none()) {
+      py::array w = grp[3].cast<py::array>();
+      in.weights = checked_array<float>(w, name + " weights", {in.num_ids});
+      keep_alive.push_back(w);
+    }
+    inputs.push_back(in);
+  }
+  return inputs;
+}
+
 }  // namespace
 
 SPARSECORE_BINDING(embedding, 30) {
@@ -77,30 +107,8 @@ SPARSECORE_BINDING(embedding, 30) {
       .def("memory_bytes", &EmbeddingCollection::memory_bytes)
       .def("prepare",
            [](EmbeddingCollection& c, const std::vector<py::tuple>& groups, bool train) {
-             // Each group: (table index, ids int64[n], offsets int64[B+1], weights float32[n] or None)
-             std::vector<GroupInput> inputs;
-             std::vector<py::array> keep_alive;  // arrays converted from other objects
-             inputs.reserve(groups.size());
-             for (const py::tuple& grp : groups) {
-               GroupInput in;
-               in.table = grp[0].cast<int>();
-               std::string name = "group '" + c.table(in.table).name() + "'";
-               py::array ids = grp[1].cast<py::array>();
-               py::array offsets = grp[2].cast<py::array>();
-               in.ids = checked_array<int64_t>(ids, name + " ids", {-1});
-               in.num_ids = ids.shape(0);
-               keep_alive.push_back(ids);
-               keep_alive.push_back(offsets);
-               in.offsets = checked_array<int64_t>(offsets, name + " offsets", {-1});
-               if (offsets.shape(0) < 1) throw InvalidArgument(name + " offsets must have at least one element (B + 1)");
-               in.batch_size = offsets.shape(0) - 1;
-               if (!grp[3].is_none()) {
-                 py::array w = grp[3].cast<py::array>();
-                 in.weights = checked_array<float>(w, name + " weights", {in.num_ids});
-                 keep_alive.push_back(w);
-               }
-               inputs.push_back(in);
-             }
+             std::vector<py::array> keep_alive;
+             std::vector<GroupInput> inputs = group_inputs(c, groups, keep_alive);
              py::gil_scoped_release release;  // the arrays stay alive: `groups` holds them
              return PyPrepared{c.prepare(inputs, train)};
            },
@@ -120,6 +128,30 @@ SPARSECORE_BINDING(embedding, 30) {
              return outs;
            },
            py::arg("prepared"))
+      .def("evaluate",
+           [](const EmbeddingCollection& c, const std::vector<py::tuple>& groups) {
+             std::vector<py::array> keep_alive;
+             std::vector<GroupInput> inputs = group_inputs(c, groups, keep_alive);
+             std::vector<py::array_t<float>> outs;
+             std::vector<float*> ptrs;
+             for (const GroupInput& in : inputs) {
+               const int64_t dim = c.table(in.table).dim();
+               if (c.table(in.table).config().pooling == Pooling::kNone) {
+                 // Bad offsets are reported by evaluate(); size the output only when sane.
+                 bool sane = in.offsets[0] == 0 && in.offsets[in.batch_size] == in.num_ids;
+                 for (int64_t b = 0; sane && b < in.batch_size; ++b) sane = in.offsets[b + 1] >= in.offsets[b];
+                 const int64_t len = sane ? EmbeddingCollection::max_bag_length(in) : 0;
+                 outs.push_back(py::array_t<float>({in.batch_size, len, dim}));
+               } else {
+                 outs.push_back(py::array_t<float>({in.batch_size, dim}));
+               }
+               ptrs.push_back(outs.back().mutable_data());
+             }
+             py::gil_scoped_release release;
+             c.evaluate(inputs, ptrs);
+             return outs;
+           },
+           py::arg("groups"))
       .def("backward",
            [](EmbeddingCollection& c, const PyPrepared& p, const std::vector<py::array>& grads) {
              if (grads.size() != p.batch->groups.size())

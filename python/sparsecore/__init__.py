@@ -45,3 +45,10 @@ __all__ = [
     "Trainer", "TruncatedNormal", "Uniform", "Zeros", "cpu_features", "data", "num_threads",
     "set_num_threads",
 ]
+
+# Power-of-two quantizer, shift matmul and quantized serving rows.
+from .quant import (  # noqa: E402
+    PackedWeights, QuantizedEmbeddingTable, QuantizedRows, Quantizer, pack_pow2, quantize_activations,
+    quantize_module, shift_matmul,
+)
+from . import quant  # noqa: E402

@@ -142,6 +142,12 @@ class EmbeddingCollection:
         unknown ids when ``train``). Nothing changes if any group is invalid."""
         if isinstance(batch, PreparedBatch):
             return batch
+        groups, names, offsets, torch_out = self._core_groups(batch)
+        core = self._c.prepare(groups, bool(train))
+        return PreparedBatch(core, names, offsets, torch_out, bool(train))
+
+    def _core_groups(self, batch: Mapping[str, GroupInput]) -> tuple[list[tuple], list[str], list[np.ndarray], bool]:
+        """The core's form of a batch: (table index, ids, offsets, weights or None) per group."""
         if not isinstance(batch, Mapping):
             raise TypeError(f"batch must be a mapping of table name -> (ids, offsets[, weights]), "
                             f"got {type(batch).__name__}")
@@ -157,21 +163,29 @@ class EmbeddingCollection:
             groups.append((t, ids_np, offs_np, w_np))
             names.append(name)
             offsets.append(offs_np)
-        core = self._c.prepare(groups, bool(train))
-        return PreparedBatch(core, names, offsets, torch_out, bool(train))
+        return groups, names, offsets, torch_out
 
     def forward(self, batch: Union[Mapping[str, GroupInput], PreparedBatch], *, train: bool = True) -> dict[str, Any]:
         """Pooled embeddings per group: float32[B, dim] for sum/mean pooling, and for pooling
         "none" a tuple (float32[B, L_max, dim] zero-padded, int64 lengths[B])."""
-        prepared = batch if isinstance(batch, PreparedBatch) else self.prepare(batch, train=train)
-        outs = self._c.forward(prepared._core)
+        if isinstance(batch, PreparedBatch):
+            names, offsets, torch_out = batch.names, batch.offsets, batch.torch
+            outs = self._c.forward(batch._core)
+        elif train:
+            prepared = self.prepare(batch, train=True)
+            names, offsets, torch_out = prepared.names, prepared.offsets, prepared.torch
+            outs = self._c.forward(prepared._core)
+        else:
+            # Evaluation pools straight from the ids: no dedup, nothing kept for a backward.
+            groups, names, offsets, torch_out = self._core_groups(batch)
+            outs = self._c.evaluate(groups)
         result: dict[str, Any] = {}
-        for name, out, offs in zip(prepared.names, outs, prepared.offsets):
+        for name, out, offs in zip(names, outs, offsets):
             if self._configs[name].pooling == "none":
                 lengths = np.diff(offs)
-                result[name] = (to_torch(out), to_torch(lengths)) if prepared.torch else (out, lengths)
+                result[name] = (to_torch(out), to_torch(lengths)) if torch_out else (out, lengths)
             else:
-                result[name] = to_torch(out) if prepared.torch else out
+                result[name] = to_torch(out) if torch_out else out
         return result
 
     def evaluate(self, batch: Mapping[str, GroupInput]) -> dict[str, Any]:

@@ -82,8 +82,10 @@ FileEntry write_shard_file(const std::string& dir, int table_index, const Embedd
     keys.push_back(key);
     const uint8_t* src = reinterpret_cast<const uint8_t*>(row);
     rows.insert(rows.end(), src, src + floats_bytes);
-    const uint8_t* meta = reinterpret_cast<const uint8_t*>(table.meta(row));
-    rows.insert(rows.end(), meta, meta + sizeof(RowMeta));
+    // Files keep the 16-byte RowMeta whatever the in-memory packing.
+    const RowMeta meta = table.meta(row)->unpack();
+    const uint8_t* m = reinterpret_cast<const uint8_t*>(&meta);
+    rows.insert(rows.end(), m, m + sizeof(RowMeta));
   });
   lock.unlock();
 
@@ -146,7 +148,9 @@ void read_shard_file(const std::string& dir, const FileEntry& e, EmbeddingTable&
     SC_CHECK(bucket >= h.bucket_lo && bucket < h.bucket_hi, CorruptData, "checkpoint file '", path, "': key ",
              key, " lies outside the file's bucket range");
     std::memcpy(row.data(), records + i * record, floats_bytes);
-    std::memcpy(row.data() + table.meta_offset(), records + i * record + floats_bytes, sizeof(RowMeta));
+    RowMeta meta;
+    std::memcpy(&meta, records + i * record + floats_bytes, sizeof(RowMeta));
+    *table.meta(row.data()) = PackedRowMeta::pack(meta);
     uint64_t hash = key_hash(key);
     auto& shard = ht.shard(ht.shard_of_hash(hash));
     std::unique_lock lock(shard.mutex);

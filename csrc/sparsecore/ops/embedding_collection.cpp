@@ -15,6 +15,8 @@ namespace {
 constexpr int64_t kMaxIdsPerGroup = (int64_t{1} << 31) - 1;  // positions are int32
 constexpr int64_t kBagsPerTask = 256;
 constexpr int64_t kRowsPerTask = 256;
+// Evaluation tasks take every shard lock of their table once, so they are larger.
+constexpr int64_t kEvalBagsPerTask = 1024;
 
 // Open-addressing scratch set for dedup within one shard of one group: key -> local index.
 // Slots whose index is -1 are empty, so every key value is legal.
@@ -147,6 +149,7 @@ std::shared_ptr<PreparedBatch> EmbeddingCollection::prepare(const std::vector<Gr
     if (cache->free.size() < kCachedBatches) cache->free.push_back(std::move(owned));
   });
   batch->train = train;
+  batch->occurrences_built = false;
   batch->groups.resize(num_groups);
   // Reused by the next prepare on this thread. The pool's threads reach it through the
   // reference (a thread_local named inside the lambdas would be each worker's own).
@@ -171,9 +174,6 @@ std::shared_ptr<PreparedBatch> EmbeddingCollection::prepare(const std::vector<Gr
       g.offsets.assign(in.offsets, in.offsets + in.batch_size + 1);
       if (in.weights) g.weights.assign(in.weights, in.weights + in.num_ids);
       else g.weights.clear();
-      g.occurrence_offsets.clear();
-      g.occurrence_positions.clear();
-      g.bag_of_position.clear();
       for (int64_t b = 0; b < in.batch_size; ++b) g.max_len = std::max(g.max_len, g.offsets[b + 1] - g.offsets[b]);
 
       const HashTable& ht = table.hash_table();
@@ -255,8 +255,8 @@ std::shared_ptr<PreparedBatch> EmbeddingCollection::prepare(const std::vector<Gr
     }
   });
 
-  // Phase 3, per group: compact the per-shard uniques, resolve inverse indices, and (when
-  // training) build each unique id's occurrence list and each position's bag.
+  // Phase 3, per group: compact the per-shard uniques and resolve inverse indices (what
+  // backward needs beyond that is built by its first call: build_occurrences).
   parallel_for(num_groups, 1, [&](int64_t g0, int64_t g1) {
     for (int64_t gi = g0; gi < g1; ++gi) {
       PreparedGroup& g = batch->groups[gi];
@@ -278,23 +278,30 @@ std::shared_ptr<PreparedBatch> EmbeddingCollection::prepare(const std::vector<Gr
       }
       g.unique_keys.resize(base);
       g.unique_rows.resize(base);
-      if (!train) continue;
-
-      g.occurrence_offsets.assign(base + 1, 0);
-      for (int64_t pos = 0; pos < g.num_ids; ++pos) ++g.occurrence_offsets[g.inverse[pos] + 1];
-      for (int64_t u = 0; u < base; ++u) g.occurrence_offsets[u + 1] += g.occurrence_offsets[u];
-      std::vector<int32_t> cursor(g.occurrence_offsets.begin(), g.occurrence_offsets.end() - 1);
-      g.occurrence_positions.resize(g.num_ids);
-      for (int64_t pos = 0; pos < g.num_ids; ++pos)
-        g.occurrence_positions[cursor[g.inverse[pos]]++] = static_cast<int32_t>(pos);
-      g.bag_of_position.resize(g.num_ids);
-      for (int64_t b = 0; b < g.batch_size; ++b)
-        std::fill(g.bag_of_position.begin() + g.offsets[b], g.bag_of_position.begin() + g.offsets[b + 1],
-                  static_cast<int32_t>(b));
     }
   });
   return batch;
 }
+
+namespace {
+
+// What backward needs beyond the forward: each unique id's occurrences and each position's bag.
+void build_occurrences(const PreparedGroup& g) {
+  const int64_t u_count = g.num_unique();
+  g.occurrence_offsets.assign(u_count + 1, 0);
+  for (int64_t pos = 0; pos < g.num_ids; ++pos) ++g.occurrence_offsets[g.inverse[pos] + 1];
+  for (int64_t u = 0; u < u_count; ++u) g.occurrence_offsets[u + 1] += g.occurrence_offsets[u];
+  std::vector<int32_t> cursor(g.occurrence_offsets.begin(), g.occurrence_offsets.end() - 1);
+  g.occurrence_positions.resize(g.num_ids);
+  for (int64_t pos = 0; pos < g.num_ids; ++pos)
+    g.occurrence_positions[cursor[g.inverse[pos]]++] = static_cast<int32_t>(pos);
+  g.bag_of_position.resize(g.num_ids);
+  for (int64_t b = 0; b < g.batch_size; ++b)
+    std::fill(g.bag_of_position.begin() + g.offsets[b], g.bag_of_position.begin() + g.offsets[b + 1],
+              static_cast<int32_t>(b));
+}
+
+}  // namespace
 
 void EmbeddingCollection::forward(const PreparedBatch& batch, const std::vector<float*>& outputs) const {
   std::shared_lock swap_lock(swap_mutex_);
@@ -325,6 +332,47 @@ void EmbeddingCollection::forward(const PreparedBatch& batch, const std::vector<
       const PreparedGroup& g = batch.groups[tasks[t].group];
       const auto& rows = refreshed[tasks[t].group].empty() ? g.unique_rows : refreshed[tasks[t].group];
       kernels::pool_bags(g, rows.data(), tasks[t].begin, tasks[t].end, outputs[tasks[t].group]);
+    }
+  });
+}
+
+int64_t EmbeddingCollection::max_bag_length(const GroupInput& in) {
+  int64_t longest = 0;
+  for (int64_t b = 0; b < in.batch_size; ++b) longest = std::max(longest, in.offsets[b + 1] - in.offsets[b]);
+  return longest;
+}
+
+void EmbeddingCollection::evaluate(const std::vector<GroupInput>& inputs, const std::vector<float*>& outputs) const {
+  std::shared_lock swap_lock(swap_mutex_);
+  validate_inputs(inputs);
+  SC_CHECK_ARG(outputs.size() == inputs.size(), "evaluate: ", outputs.size(), " output buffers for ",
+               inputs.size(), " groups");
+  struct Task {
+    int group;
+    int64_t begin, end;
+  };
+  std::vector<Task> tasks;
+  std::vector<int64_t> max_len(inputs.size(), 0);
+  for (size_t gi = 0; gi < inputs.size(); ++gi) {
+    const GroupInput& in = inputs[gi];
+    SC_CHECK_ARG(outputs[gi] != nullptr || in.batch_size == 0, "evaluate: output ", gi, " is null");
+    if (tables_[in.table]->config().pooling == Pooling::kNone) max_len[gi] = max_bag_length(in);
+    for (int64_t b = 0; b < in.batch_size; b += kEvalBagsPerTask)
+      tasks.push_back({static_cast<int>(gi), b, std::min(in.batch_size, b + kEvalBagsPerTask)});
+  }
+  parallel_for(static_cast<int64_t>(tasks.size()), 1, [&](int64_t t0, int64_t t1) {
+    PodVector<uint64_t> hashes;
+    PodVector<const std::byte*> rows;
+    for (int64_t t = t0; t < t1; ++t) {
+      const Task& task = tasks[t];
+      const GroupInput& in = inputs[task.group];
+      const EmbeddingTable& table = *tables_[in.table];
+      const int64_t n = in.offsets[task.end] - in.offsets[task.begin];
+      hashes.resize(n);
+      rows.resize(n);
+      HashTable::SharedLockAll lock(table.hash_table());
+      kernels::pool_bags_from_ids(table.hash_table(), table.dim(), table.config().pooling, in, max_len[task.group],
+                                  task.begin, task.end, outputs[task.group], hashes.data(), rows.data());
     }
   });
 }
@@ -374,6 +422,16 @@ int64_t EmbeddingCollection::backward(const PreparedBatch& batch, const std::vec
         }
         scale[b] = denom != 0.0f ? 1.0f / denom : 0.0f;
       }
+    }
+  }
+
+  {
+    std::lock_guard<std::mutex> lock(batch.occurrences_mutex);
+    if (!batch.occurrences_built) {
+      parallel_for(num_groups, 1, [&](int64_t g0, int64_t g1) {
+        for (int64_t gi = g0; gi < g1; ++gi) build_occurrences(batch.groups[gi]);
+      });
+      batch.occurrences_built = true;
     }
   }
 

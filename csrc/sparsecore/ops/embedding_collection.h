@@ -57,11 +57,11 @@ struct PreparedGroup {
   PodVector<int64_t> unique_keys;       // (num_unique), grouped by table shard
   PodVector<std::byte*> unique_rows;    // (num_unique); nullptr: absent (evaluation only)
   PodVector<int32_t> inverse;           // (num_ids) index into unique_keys
-  // Training only: occurrences of each unique id in ascending position order (CSR), and
-  // the bag of each position.
-  PodVector<int32_t> occurrence_offsets;  // (num_unique + 1)
-  PodVector<int32_t> occurrence_positions;  // (num_ids)
-  PodVector<int32_t> bag_of_position;       // (num_ids)
+  // Built by the first backward of the batch (a forward never needs them): occurrences of
+  // each unique id in ascending position order (CSR), and the bag of each position.
+  mutable PodVector<int32_t> occurrence_offsets;    // (num_unique + 1)
+  mutable PodVector<int32_t> occurrence_positions;  // (num_ids)
+  mutable PodVector<int32_t> bag_of_position;       // (num_ids)
   uint64_t table_generation = 0;          // rows are re-resolved if the table changed since
 
   int64_t num_unique() const { return static_cast<int64_t>(unique_keys.size()); }
@@ -74,6 +74,9 @@ struct PreparedGroup {
 struct PreparedBatch {
   bool train = false;
   std::vector<PreparedGroup> groups;
+  // Guards the lazy build of the groups' occurrence lists (two backward calls may share a batch).
+  mutable std::mutex occurrences_mutex;
+  mutable bool occurrences_built = false;
 };
 
 class EmbeddingCollection {
@@ -97,6 +100,14 @@ class EmbeddingCollection {
   // outputs[g] (host float32): (batch_size, dim), or (batch_size, max_len, dim) zero-padded
   // for pooling "none". Sizes are PreparedGroup::output_size().
   void forward(const PreparedBatch& batch, const std::vector<float*>& outputs) const;
+
+  // Evaluation forward straight from the ids, the fast path for inference: validates every
+  // group, then pools each bag by finding its ids one by one (no dedup, nothing kept for a
+  // backward), never inserting (unknown ids read as zeros). outputs[g] (host float32) as
+  // for forward(), with max_len = max_bag_length(inputs[g]) for pooling "none".
+  void evaluate(const std::vector<GroupInput>& inputs, const std::vector<float*>& outputs) const;
+  // Longest bag of a group (0 for an empty batch); offsets must be valid.
+  static int64_t max_bag_length(const GroupInput& in);
 
   // grads[g] (host float32): same shapes as the outputs. Checks all grads are finite first
   // (InvalidArgument naming the group otherwise, nothing changes), then applies the fused

@@ -1,5 +1,6 @@
 #include "sparsecore/ops/pooling_kernels.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -56,12 +57,103 @@ __attribute__((always_inline)) inline void pool_one_bag(const PreparedGroup& g, 
 }
 
 template <int kDim>
-void pool_range(const PreparedGroup& g, const std::byte* const* rows, int64_t b0, int64_t b1, float* out) {
+__attribute__((always_inline)) inline void pool_range(const PreparedGroup& g, const std::byte* const* rows, int64_t b0, int64_t b1, float* out) {
   const int dim = g.dim;
   for (int64_t b = b0; b < b1; ++b) pool_one_bag<kDim>(g, rows, b, out + b * dim, dim);
 }
 
+// Index slots are prefetched this many ids ahead of the row probe, rows this many ahead of
+// their accumulation: two dependent misses per id overlap with the work on earlier ids.
+constexpr int64_t kSlotAhead = 16;
+constexpr int64_t kRowAhead = 8;
+
+template <int kDim>
+__attribute__((always_inline)) inline void pool_from_ids(const HashTable& table, int dim_runtime, Pooling pooling,
+                                                         const GroupInput& in, int64_t max_len, int64_t b0,
+                                                         int64_t b1, float* __restrict__ out,
+                                                         uint64_t* __restrict__ hashes,
+                                                         const std::byte** __restrict__ rows) {
+  const int dim = kDim > 0 ? kDim : dim_runtime;
+  const int64_t* off = in.offsets;
+  const int64_t p0 = off[b0], n = off[b1] - p0;
+  const int64_t* ids = in.ids + p0;
+  const float* weights = in.weights ? in.weights + p0 : nullptr;
+  const size_t row_bytes = static_cast<size_t>(dim) * sizeof(float);
+  auto hash_ahead = [&](int64_t i) {
+    const uint64_t h = key_hash(ids[i]);
+    hashes[i] = h;
+    table.shard(table.shard_of_hash(h)).prefetch(h);
+  };
+  auto probe_ahead = [&](int64_t i) {
+    const uint64_t h = hashes[i];
+    const std::byte* r = table.shard(table.shard_of_hash(h)).find(ids[i], h);
+    rows[i] = r;
+    if (r) prefetch_bytes(r, row_bytes);
+  };
+  for (int64_t i = 0; i < std::min(n, kSlotAhead + kRowAhead); ++i) hash_ahead(i);
+  for (int64_t i = 0; i < std::min(n, kRowAhead); ++i) probe_ahead(i);
+  auto advance = [&](int64_t i) {
+    if (i + kRowAhead < n) probe_ahead(i + kRowAhead);
+    if (i + kSlotAhead + kRowAhead < n) hash_ahead(i + kSlotAhead + kRowAhead);
+  };
+
+  if (pooling == Pooling::kNone) {
+    for (int64_t b = b0; b < b1; ++b) {
+      float* o = out + b * max_len * dim;
+      const int64_t len = off[b + 1] - off[b];
+      for (int64_t j = 0; j < len; ++j) {
+        const int64_t i = off[b] - p0 + j;
+        advance(i);
+        float* dst = o + j * dim;
+        const float* src = reinterpret_cast<const float*>(rows[i]);
+        const float w = weights ? weights[i] : 1.0f;
+        if (src) {
+          for (int d = 0; d < dim; ++d) dst[d] = w * src[d];
+        } else {
+          std::memset(dst, 0, row_bytes);
+        }
+      }
+      std::memset(o + len * dim, 0, (max_len - len) * row_bytes);
+    }
+    return;
+  }
+  // A fixed width keeps the bag's sum in vector registers.
+  float acc_fixed[kDim > 0 ? kDim : 1];
+  float* acc = kDim > 0 ? acc_fixed : out;
+  for (int64_t b = b0; b < b1; ++b) {
+    if (kDim == 0) acc = out + b * dim;
+    for (int d = 0; d < dim; ++d) acc[d] = 0.0f;
+    float weight_sum = 0.0f;
+    for (int64_t i = off[b] - p0, e = off[b + 1] - p0; i < e; ++i) {
+      advance(i);
+      const float w = weights ? weights[i] : 1.0f;
+      weight_sum += w;
+      if (const float* src = reinterpret_cast<const float*>(rows[i])) axpy(acc, src, w, dim);
+    }
+    float scale = 1.0f;
+    if (pooling == Pooling::kMean) {
+      const float denom = weights ? weight_sum : static_cast<float>(off[b + 1] - off[b]);
+      scale = denom != 0.0f ? 1.0f / denom : 0.0f;
+    }
+    float* o = out + b * dim;
+    for (int d = 0; d < dim; ++d) o[d] = acc[d] * scale;
+  }
+}
+
 }  // namespace
+
+SC_DISPATCH
+void pool_bags_from_ids(const HashTable& table, int dim, Pooling pooling, const GroupInput& in, int64_t max_len,
+                        int64_t bag_begin, int64_t bag_end, float* out, uint64_t* hashes, const std::byte** rows) {
+  switch (pooling == Pooling::kNone ? 0 : dim) {
+    case 4: pool_from_ids<4>(table, dim, pooling, in, max_len, bag_begin, bag_end, out, hashes, rows); break;
+    case 8: pool_from_ids<8>(table, dim, pooling, in, max_len, bag_begin, bag_end, out, hashes, rows); break;
+    case 16: pool_from_ids<16>(table, dim, pooling, in, max_len, bag_begin, bag_end, out, hashes, rows); break;
+    case 32: pool_from_ids<32>(table, dim, pooling, in, max_len, bag_begin, bag_end, out, hashes, rows); break;
+    case 64: pool_from_ids<64>(table, dim, pooling, in, max_len, bag_begin, bag_end, out, hashes, rows); break;
+    default: pool_from_ids<0>(table, dim, pooling, in, max_len, bag_begin, bag_end, out, hashes, rows); break;
+  }
+}
 
 SC_DISPATCH
 void pool_bags(const PreparedGroup& g, const std::byte* const* rows, int64_t bag_begin, int64_t bag_end,
@@ -122,12 +214,12 @@ void backward_update(const PreparedGroup& g, const EmbeddingTable& table, std::b
       axpy(scratch, src, s, dim);
     }
     std::byte* row = rows[u];
-    RowMeta* meta = table.meta(row);
-    if (meta->update_count != std::numeric_limits<uint32_t>::max()) ++meta->update_count;
+    PackedRowMeta* meta = table.meta(row);
+    meta->count_update();
     int64_t t = opt.use_global_step ? step : static_cast<int64_t>(meta->update_count);
     float* w = EmbeddingTable::weights(row);
     rules::apply(opt, w, w + dim, scratch, dim, t);
-    meta->last_step = step;
+    meta->set_last_step(step);
   }
 }
 

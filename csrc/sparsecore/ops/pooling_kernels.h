@@ -12,6 +12,16 @@ namespace sparsecore::kernels {
 void pool_bags(const PreparedGroup& g, const std::byte* const* rows, int64_t bag_begin, int64_t bag_end,
                float* out);
 
+// Evaluation pooling straight from the ids, without dedup: finds every id of bags
+// [bag_begin, bag_end) of `in` in `table` (unknown ids read as zeros; nothing is inserted),
+// hashing and prefetching index slots and rows a few ids ahead of the accumulation.
+// The caller holds the table's shard locks (HashTable::SharedLockAll).
+//   out      host, the group's output: (batch_size, dim), or (batch_size, max_len, dim) for
+//            pooling "none"
+//   hashes, rows  scratch of offsets[bag_end] - offsets[bag_begin] entries each
+void pool_bags_from_ids(const HashTable& table, int dim, Pooling pooling, const GroupInput& in, int64_t max_len,
+                        int64_t bag_begin, int64_t bag_end, float* out, uint64_t* hashes, const std::byte** rows);
+
 // For unique rows [u_begin, u_end) of `g`: sums the gradient of each row over its occurrences
 // (ascending position order), then applies the table's update rule once.
 //   grad       host, the group's pooled-output gradient (same shape as the forward output)

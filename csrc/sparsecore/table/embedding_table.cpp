@@ -82,7 +82,7 @@ EmbeddingTable::EmbeddingTable(TableConfig config, uint64_t seed)
       seed_(seed),
       state_dim_(config_.optimizer.state_dim(config_.dim)),
       meta_offset_((static_cast<size_t>(config_.dim + state_dim_) * sizeof(float) + 7) & ~size_t{7}),
-      row_bytes_(meta_offset_ + sizeof(RowMeta)),
+      row_bytes_(meta_offset_ + sizeof(PackedRowMeta)),
       table_(row_bytes_, config_.shard_bits),
       row_init_([this](int64_t key, std::byte* row) { init_row(key, row); }) {}
 
@@ -90,7 +90,7 @@ void EmbeddingTable::init_row(int64_t key, std::byte* row) const {
   float* w = weights(row);
   initialize_row(config_.init, seed_, key, w, config_.dim);
   rules::init_state(config_.optimizer, w + config_.dim, config_.dim);
-  *meta(row) = RowMeta{0, 0, 0};
+  *meta(row) = PackedRowMeta{0, 0};
   // Padding between the floats and the metadata is zeroed so checkpoints are byte-stable.
   size_t floats_end = static_cast<size_t>(row_floats()) * sizeof(float);
   if (meta_offset_ > floats_end) std::memset(row + floats_end, 0, meta_offset_ - floats_end);
@@ -140,7 +140,7 @@ int64_t EmbeddingTable::export_rows(int64_t* keys, float* rows, RowMeta* meta_ou
     sh.for_each([&](int64_t key, std::byte* row) {
       keys[count] = key;
       if (rows) std::memcpy(rows + count * floats, row, static_cast<size_t>(floats) * sizeof(float));
-      if (meta_out) meta_out[count] = *meta(row);
+      if (meta_out) meta_out[count] = meta(row)->unpack();
       ++count;
     });
   }

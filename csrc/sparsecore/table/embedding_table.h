@@ -3,7 +3,7 @@
 // One row is one record (DESIGN.md "Decisions"): the weights, then the optimizer state, then
 // the metadata, so a fused update touches one place:
 //
-//   float weights[dim] | float state[optimizer.state_dim(dim)] | RowMeta
+//   float weights[dim] | float state[optimizer.state_dim(dim)] | PackedRowMeta (8 bytes)
 //
 // Rows are created on demand with initial values that depend only on (table seed, key).
 // The optimizer is fixed at creation. The table is a HashTable underneath; see there for
@@ -28,13 +28,36 @@ enum class Pooling : uint8_t { kSum = 0, kMean = 1, kNone = 2 };
 const char* pooling_name(Pooling p);
 Pooling pooling_from_name(const std::string& name);  // "sum" | "mean" | "none"
 
-// Per-row metadata, after the floats of the row.
+// Per-row metadata as exported and as checkpoint files store it (the format is fixed).
 struct RowMeta {
   uint32_t update_count;  // fused updates applied to this row (saturates at 2^32 - 1)
   uint32_t flags;         // reserved, zero
   int64_t last_step;      // collection step of the last update (0: never updated)
 };
 static_assert(sizeof(RowMeta) == 16);
+
+// The same metadata as rows hold it, after their floats: 8 bytes instead of 16 (at dim 16
+// with Adagrad a row is 128 bytes of floats, so this is 6% of the table). The step is kept
+// saturating at 2^32 - 1, the update count exactly as RowMeta has it.
+struct PackedRowMeta {
+  uint32_t update_count;
+  uint32_t last_step;
+
+  static constexpr uint32_t kMax = 0xffffffffu;
+  void count_update() {
+    if (update_count != kMax) ++update_count;
+  }
+  void set_last_step(int64_t step) {
+    last_step = step <= 0 ? 0u : (step >= int64_t{kMax} ? kMax : static_cast<uint32_t>(step));
+  }
+  RowMeta unpack() const { return RowMeta{update_count, 0, static_cast<int64_t>(last_step)}; }
+  static PackedRowMeta pack(const RowMeta& m) {
+    PackedRowMeta p{m.update_count, 0};
+    p.set_last_step(m.last_step);
+    return p;
+  }
+};
+static_assert(sizeof(PackedRowMeta) == 8);
 
 struct TableConfig {
   std::string name;
@@ -70,7 +93,7 @@ class EmbeddingTable {
 
   static float* weights(std::byte* row) { return reinterpret_cast<float*>(row); }
   float* state(std::byte* row) const { return reinterpret_cast<float*>(row) + config_.dim; }
-  RowMeta* meta(std::byte* row) const { return reinterpret_cast<RowMeta*>(row + meta_offset_); }
+  PackedRowMeta* meta(std::byte* row) const { return reinterpret_cast<PackedRowMeta*>(row + meta_offset_); }
   size_t meta_offset() const { return meta_offset_; }
 
   // Fills a new row: initial weights, initial optimizer state, zero metadata.

@@ -18,31 +18,21 @@ HashTable::Shard::Shard(size_t row_bytes) : arena_(row_bytes) { grow(kMinCapacit
 
 void HashTable::Shard::grow(size_t new_capacity) {
   std::vector<Slot> old(new_capacity, Slot{kEmptyKey, kNoRow});
+  SC_CHECK(new_capacity < (uint64_t{1} << 32), Error, "hash index of one shard is full (2^32 slots)");
   old.swap(slots_);
-  mask_ = new_capacity - 1;
+  capacity_ = new_capacity;
   for (const Slot& s : old) {
     if (s.key == kEmptyKey) continue;
-    uint64_t slot = key_hash(s.key) & mask_;
-    while (slots_[slot].key != kEmptyKey) slot = (slot + 1) & mask_;
+    uint64_t slot = home(key_hash(s.key));
+    while (slots_[slot].key != kEmptyKey) slot = next(slot);
     slots_[slot] = s;
   }
 }
 
 void HashTable::Shard::reserve(size_t rows) {
   size_t cap = slots_.size();
-  while (rows * 4 > cap * 3) cap *= 2;
+  while (over_load(rows, cap)) cap += cap / 2;
   if (cap != slots_.size()) grow(cap);
-}
-
-std::byte* HashTable::Shard::find(int64_t key, uint64_t hash) const {
-  if (key == kEmptyKey) return special_row_ == kNoRow ? nullptr : arena_.row(special_row_);
-  uint64_t slot = hash & mask_;
-  for (;;) {
-    int64_t k = slots_[slot].key;
-    if (k == key) return arena_.row(slots_[slot].row);
-    if (k == kEmptyKey) return nullptr;
-    slot = (slot + 1) & mask_;
-  }
 }
 
 uint32_t HashTable::Shard::allocate_row(int64_t key, const RowInit& init) {
@@ -66,17 +56,17 @@ std::byte* HashTable::Shard::find_or_insert(int64_t key, uint64_t hash, const Ro
     }
     return arena_.row(special_row_);
   }
-  uint64_t slot = hash & mask_;
+  uint64_t slot = home(hash);
   for (;;) {
     int64_t k = slots_[slot].key;
     if (k == key) return arena_.row(slots_[slot].row);
     if (k == kEmptyKey) break;
-    slot = (slot + 1) & mask_;
+    slot = next(slot);
   }
-  if ((size_ + 1) * 4 > slots_.size() * 3) {
-    grow(slots_.size() * 2);
-    slot = hash & mask_;
-    while (slots_[slot].key != kEmptyKey) slot = (slot + 1) & mask_;
+  if (over_load(size_ + 1, capacity_)) {
+    grow(capacity_ + capacity_ / 2);
+    slot = home(hash);
+    while (slots_[slot].key != kEmptyKey) slot = next(slot);
   }
   uint32_t id = allocate_row(key, init);
   slots_[slot].key = key;
@@ -100,12 +90,12 @@ bool HashTable::Shard::erase(int64_t key, uint64_t hash) {
     --size_;
     return true;
   }
-  uint64_t slot = hash & mask_;
+  uint64_t slot = home(hash);
   for (;;) {
     int64_t k = slots_[slot].key;
     if (k == kEmptyKey) return false;
     if (k == key) break;
-    slot = (slot + 1) & mask_;
+    slot = next(slot);
   }
   arena_.release(slots_[slot].row);
   --size_;
@@ -114,11 +104,11 @@ bool HashTable::Shard::erase(int64_t key, uint64_t hash) {
   uint64_t hole = slot;
   uint64_t j = slot;
   for (;;) {
-    j = (j + 1) & mask_;
+    j = next(j);
     int64_t kj = slots_[j].key;
     if (kj == kEmptyKey) break;
-    uint64_t home = key_hash(kj) & mask_;
-    bool stays = hole <= j ? (hole < home && home <= j) : (hole < home || home <= j);
+    uint64_t h = home(key_hash(kj));
+    bool stays = hole <= j ? (hole < h && h <= j) : (hole < h || h <= j);
     if (stays) continue;
     slots_[hole].key = kj;
     slots_[hole].row = slots_[j].row;
@@ -132,7 +122,7 @@ bool HashTable::Shard::erase(int64_t key, uint64_t hash) {
 void HashTable::Shard::clear() {
   slots_.assign(kMinCapacity, Slot{kEmptyKey, kNoRow});
   slots_.shrink_to_fit();
-  mask_ = kMinCapacity - 1;
+  capacity_ = kMinCapacity;
   special_row_ = kNoRow;
   size_ = 0;
   arena_.clear();
