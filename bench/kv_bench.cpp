@@ -96,13 +96,13 @@ void run_ps(const Args& a) {
   if (a.servers.empty()) throw std::invalid_argument("--servers is required");
   sparsecore::ps::PsClient client(a.servers, {});
   sparsecore::TableConfig cfg;
-  cfg.name = "kv";
+  cfg.name = "kv_cpp";
   cfg.dim = a.dim;
   client.create_table(cfg, 1);
   auto batches = draw_batches(a.ids);
   const size_t row_floats = static_cast<size_t>(a.ids) * static_cast<size_t>(a.dim);
   std::vector<std::vector<float>> out(static_cast<size_t>(a.inflight), std::vector<float>(row_floats));
-  for (auto& b : batches) client.pull("kv", b.data(), a.ids, true, out[0].data());
+  for (auto& b : batches) client.pull("kv_cpp", b.data(), a.ids, true, out[0].data());
   std::vector<double> lat;
   lat.reserve(static_cast<size_t>(a.requests));
   Clock::time_point start = Clock::now();
@@ -110,7 +110,7 @@ void run_ps(const Args& a) {
     std::vector<float> grads(row_floats, 1e-3f);
     for (int r = 0; r < a.requests; ++r) {
       Clock::time_point t = Clock::now();
-      client.push("kv", batches[static_cast<size_t>(r) % batches.size()].data(), a.ids, grads.data(), 0);
+      client.push("kv_cpp", batches[static_cast<size_t>(r) % batches.size()].data(), a.ids, grads.data(), 0);
       lat.push_back(micros(t, Clock::now()));
     }
   } else {
@@ -124,7 +124,7 @@ void run_ps(const Args& a) {
       while (sent < a.requests && static_cast<int>(window.size()) < a.inflight) {
         const auto& b = batches[static_cast<size_t>(sent) % batches.size()];
         Clock::time_point t = Clock::now();
-        window.push_back({client.pull_async("kv", b.data(), a.ids, true,
+        window.push_back({client.pull_async("kv_cpp", b.data(), a.ids, true,
                                             out[static_cast<size_t>(sent % a.inflight)].data()),
                           t});
         ++sent;

@@ -1,169 +1,368 @@
-"""KV pull/push over loopback: 1000 ids x dim 18 float32 per request, one request in flight,
-sparsecore's Python client beside redis-py MGET/MSET, pyzmq REQ/REP and a plain TCP exchange
-of the same bytes. Prints keys/s and p50/p99 latency. Peers not installed are skipped.
+"""KV pull/push over loopback (DESIGN.md "Benchmarks"): 1000 ids x dim 18 float32 per request,
+sparsecore beside redis-server (redis-benchmark and redis-py), pyzmq REQ/REP and
+DEALER/ROUTER, grpcio unary with raw bytes, and a plain TCP exchange of the same bytes (the
+transport bound). Every server runs in its own process; clients run here (Python) or in the
+C++ driver ``sparsecore_kv_bench`` (bench/kv_bench.cpp, built with the tests).
 
-    python bench/rpc_bench.py --requests 2000 --repeats 3
+Groups (one table, printed at the end of one run):
+  kv-pull-1      pull, one request in flight
+  kv-push-1      push (MSET for redis), one request in flight
+  kv-pull-16     pull, 16 requests in flight (pipelined on one connection; redis-benchmark
+                 runs 16 connections, one request each)
+  kv-servers     C++ pull, 16 in flight, against 1 and 2 server processes
+
+    python bench/rpc_bench.py [--requests 2000]
+
+Peers that are not installed are skipped with a message. bench/test_kv.py runs the same
+cases as pytest-benchmark groups.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import shutil
 import socket
 import subprocess
-import threading
+import sys
 import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any, Optional
 
 import numpy as np
 
-import sparsecore as sc
-
 IDS, DIM = 1000, 18
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+PYTHON_ENV = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "python"), os.environ.get("PYTHONPATH", "")]))
 
 
-def measure(fn, requests):
+# ------------------------------------------------------------------------------ processes
+class Process:
+    """A server in a child process that prints ``listening on host:port`` when ready."""
+
+    def __init__(self, cmd: list[str], env: Optional[dict] = None, timeout: float = 30.0):
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                                     env=env or PYTHON_ENV)
+        deadline = time.monotonic() + timeout
+        self.endpoint = ""
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            if line.startswith("listening on "):
+                self.endpoint = line.split()[2]
+                return
+        self.stop()
+        raise RuntimeError(f"{cmd[:3]} did not start")
+
+    @property
+    def port(self) -> int:
+        return int(self.endpoint.rsplit(":", 1)[1])
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def sparsecore_servers(stack: ExitStack, count: int, shards: int = 1) -> list[str]:
+    code = "import sys; from sparsecore.server import main; sys.exit(main(sys.argv[1:]))"
+    procs = [Process([sys.executable, "-c", code, "--port", "0", "--shards", str(shards), "--server-index", str(i),
+                      "--num-servers", str(count)]) for i in range(count)]
+    for p in procs:
+        stack.callback(p.stop)
+    return [p.endpoint for p in procs]
+
+
+def peer_server(stack: ExitStack, kind: str) -> Process:
+    p = Process([sys.executable, str(Path(__file__).resolve()), "--serve", kind])
+    stack.callback(p.stop)
+    return p
+
+
+def kv_bench_binary() -> Optional[str]:
+    """The C++ driver: $SPARSECORE_KV_BENCH or the developer build's."""
+    for path in (os.environ.get("SPARSECORE_KV_BENCH"), ROOT / "build/dev/tests/sparsecore_kv_bench"):
+        if path and Path(path).is_file():
+            return str(path)
+    return None
+
+
+# ------------------------------------------------------------------ peer servers (--serve)
+def serve(kind: str) -> None:
+    reply = b"\0" * (IDS * DIM * 4)
+    if kind in ("zmq-rep", "zmq-router"):
+        import zmq
+        ctx = zmq.Context()
+        sock = ctx.socket(zmq.REP if kind == "zmq-rep" else zmq.ROUTER)
+        port = sock.bind_to_random_port("tcp://127.0.0.1")
+        print(f"listening on 127.0.0.1:{port}", flush=True)
+        while True:
+            if kind == "zmq-rep":
+                sock.recv()
+                sock.send(reply, copy=False)
+            else:
+                ident, _ = sock.recv_multipart()
+                sock.send_multipart([ident, reply], copy=False)
+    if kind == "grpc":
+        from concurrent import futures
+
+        import grpc
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=1),
+                             options=[("grpc.max_receive_message_length", 1 << 24),
+                                      ("grpc.max_send_message_length", 1 << 24)])
+        handler = grpc.unary_unary_rpc_method_handler(lambda request, context: reply)  # raw bytes both ways
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("kv", {"Pull": handler}),))
+        port = server.add_insecure_port("127.0.0.1:0")
+        server.start()
+        print(f"listening on 127.0.0.1:{port}", flush=True)
+        server.wait_for_termination()
+    raise ValueError(f"unknown server kind {kind!r}")
+
+
+# ----------------------------------------------------------------------------- measuring
+def result(case: str, latencies_s: np.ndarray, seconds: float, inflight: int = 1) -> dict:
+    return {"case": case, "inflight": inflight, "requests": len(latencies_s),
+            "keys_per_s": len(latencies_s) * IDS / seconds,
+            "p50_us": float(np.percentile(latencies_s, 50) * 1e6), "p99_us": float(np.percentile(latencies_s, 99) * 1e6)}
+
+
+def measure(case: str, fn: Callable[[], Any], requests: int) -> dict:
+    fn()
     lat = np.empty(requests)
+    start = time.perf_counter()
     for i in range(requests):
         t = time.perf_counter()
         fn()
         lat[i] = time.perf_counter() - t
-    return lat
+    return result(case, lat, time.perf_counter() - start)
 
 
-def sparsecore_cases():
-    server = sc.Server(port=0, shards=1)
-    ps = sc.connect([server.endpoint])
-    ps.create_table("kv", sc.TableConfig(dim=DIM, optimizer=sc.SGD(lr=0.01)), seed=1)
-    ids = np.random.default_rng(0).integers(0, 10**6, IDS).astype(np.int64)
-    grads = np.ones((IDS, DIM), np.float32) * 1e-3
-    ps.pull("kv", ids)
-    return {"sparsecore pull": lambda: ps.pull("kv", ids), "sparsecore push": lambda: ps.push("kv", ids, grads)}, server.stop
+def id_batches(count: int = 64) -> list[np.ndarray]:
+    rng = np.random.default_rng()
+    return [rng.integers(0, 10**6, IDS).astype(np.int64) for _ in range(count)]
 
 
-def redis_cases():
-    try:
-        import redis
-    except ImportError:
-        return {}, None
-    exe = shutil.which("redis-server")
-    if not exe:
-        return {}, None
+def cpp_case(mode: str, servers: list[str], inflight: int, requests: int) -> Optional[dict]:
+    exe = kv_bench_binary()
+    if exe is None:
+        return None
+    cmd = [exe, mode, "--inflight", str(inflight), "--requests", str(requests)]
+    if servers:
+        cmd += ["--servers", ",".join(servers)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    if out.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed: {out.stderr.strip()}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def redis_available() -> bool:
+    return shutil.which("redis-server") is not None and shutil.which("redis-benchmark") is not None
+
+
+def redis_server(stack: ExitStack) -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([exe, "--port", str(port), "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
-    r = redis.Redis(port=port)
-    for _ in range(100):
+    proc = subprocess.Popen([shutil.which("redis-server"), "--port", str(port), "--save", "", "--appendonly", "no"],
+                            stdout=subprocess.DEVNULL)
+    stack.callback(lambda: (proc.terminate(), proc.wait()))
+    for _ in range(200):
         try:
-            r.ping()
-            break
-        except redis.ConnectionError:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return port
+        except OSError:
             time.sleep(0.05)
-    keys = [f"k{i}" for i in range(IDS)]
-    value = b"\0" * (DIM * 4)
-    r.mset({k: value for k in keys})
-
-    def stop():
-        proc.terminate()
-        proc.wait()
-    return {"redis-py MGET": lambda: r.mget(keys), "redis-py MSET": lambda: r.mset({k: value for k in keys})}, stop
+    raise RuntimeError("redis-server did not start")
 
 
-def zmq_cases():
+def redis_benchmark(port: int, command: list[str], clients: int, requests: int) -> dict:
+    out = subprocess.run([shutil.which("redis-benchmark"), "-p", str(port), "-c", str(clients), "-n", str(requests),
+                          "--csv", *command], capture_output=True, text=True, timeout=600)
+    rows = [line for line in out.stdout.splitlines() if line and not line.startswith('"test"')]
+    if out.returncode != 0 or not rows:
+        raise RuntimeError(f"redis-benchmark failed: {out.stderr.strip()[-500:]}")
+    fields = [f.strip('"') for f in rows[-1].split('","')]
+    rps, p50_ms, p99_ms = float(fields[1]), float(fields[4]), float(fields[6])
+    name = f"redis-benchmark {command[0]}" + (f" ({clients} connections)" if clients > 1 else "")
+    return {"case": name, "inflight": clients, "requests": requests, "keys_per_s": rps * IDS,
+            "p50_us": p50_ms * 1e3, "p99_us": p99_ms * 1e3}
+
+
+def redis_keys() -> tuple[list[str], bytes]:
+    return [f"k{i}" for i in range(IDS)], b"x" * (DIM * 4)
+
+
+def redis_py_client(port: int):
     try:
-        import zmq
+        import redis
     except ImportError:
-        return {}, None
-    ctx = zmq.Context()
-    rep = ctx.socket(zmq.REP)
-    port = rep.bind_to_random_port("tcp://127.0.0.1")
-    reply = b"\0" * (IDS * DIM * 4)
-    stop_flag = threading.Event()
+        return None
+    r = redis.Redis(port=port)
+    keys, value = redis_keys()
+    r.mset(dict.fromkeys(keys, value))
+    return r
 
-    def serve():
-        while not stop_flag.is_set():
-            if rep.poll(100):
-                rep.recv()
-                rep.send(reply)
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
-    req = ctx.socket(zmq.REQ)
-    req.connect(f"tcp://127.0.0.1:{port}")
+
+def zmq_dealer(port: int, inflight: int, requests: int) -> dict:
+    import zmq
+    ctx = zmq.Context.instance()
+    s = ctx.socket(zmq.DEALER)
+    s.connect(f"tcp://127.0.0.1:{port}")
     payload = b"\0" * (IDS * 8)
+    sent, lat, stamps = 0, [], []
+    start = time.perf_counter()
+    while len(lat) < requests:
+        while sent < requests and len(stamps) < inflight:
+            stamps.append(time.perf_counter())
+            s.send(payload, copy=False)
+            sent += 1
+        s.recv(copy=False)
+        lat.append(time.perf_counter() - stamps.pop(0))
+    seconds = time.perf_counter() - start
+    s.close()
+    return result(f"pyzmq DEALER/ROUTER ({inflight} in flight)", np.array(lat), seconds, inflight)
 
-    def call():
-        req.send(payload)
-        req.recv()
 
-    def stop():
-        stop_flag.set()
-        t.join()
-    return {"pyzmq REQ/REP": call}, stop
+# ----------------------------------------------------------------------------- the run
+def all_cases(requests: int, log: Callable[[str], None] = print) -> list[tuple[str, dict]]:
+    """Every case of every group, measured in this order; missing peers are logged and skipped."""
+    rows: list[tuple[str, dict]] = []
+    batches = id_batches()
+    grads = np.full((IDS, DIM), 1e-3, np.float32)
+    with ExitStack() as stack:
+        import sparsecore as sc
+        one = sparsecore_servers(stack, 1)
+        ps = sc.connect(one)
+        ps.create_table("kv", sc.TableConfig(dim=DIM, optimizer=sc.SGD(lr=0.01)), seed=1)
+        for b in batches:
+            ps.pull("kv", b)
+        counter = iter(range(1 << 62))
 
+        def pull():
+            ps.pull("kv", batches[next(counter) % len(batches)])
 
-def tcp_cases():
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen()
-    reply = b"\0" * (IDS * DIM * 4)
-    req_bytes = IDS * 8
+        def push():
+            ps.push("kv", batches[next(counter) % len(batches)], grads)
 
-    def serve():
-        conn, _ = srv.accept()
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        def add(group: str, r: Optional[dict], missing: str = "") -> None:
+            if r is None:
+                log(f"skipped {group}: {missing}")
+            else:
+                rows.append((group, r))
+
+        add("kv-pull-1", cpp_case("pull", one, 1, requests), "sparsecore_kv_bench not built")
+        add("kv-pull-1", measure("sparsecore Python pull", pull, requests))
+        add("kv-push-1", cpp_case("push", one, 1, requests), "sparsecore_kv_bench not built")
+        add("kv-push-1", measure("sparsecore Python push", push, requests))
+        add("kv-pull-16", cpp_case("pull", one, 16, requests * 4), "sparsecore_kv_bench not built")
+        add("kv-pull-1", cpp_case("tcp", [], 1, requests), "sparsecore_kv_bench not built")
+        add("kv-pull-16", cpp_case("tcp", [], 16, requests * 4), "sparsecore_kv_bench not built")
+
+        if redis_available():
+            port = redis_server(stack)
+            keys, value = redis_keys()
+            r = redis_py_client(port)
+            if r is None:
+                log("skipped redis-py: not installed")
+            else:
+                add("kv-pull-1", measure("redis-py MGET", lambda: r.mget(keys), requests))
+                mapping = dict.fromkeys(keys, value)
+                add("kv-push-1", measure("redis-py MSET", lambda: r.mset(mapping), max(requests // 4, 1)))
+            mget = ["MGET", *keys]
+            mset = ["MSET", *[x for k in keys for x in (k, value.decode())]]
+            add("kv-pull-1", redis_benchmark(port, mget, 1, requests))
+            add("kv-push-1", redis_benchmark(port, mset, 1, requests))
+            add("kv-pull-16", redis_benchmark(port, mget, 16, requests * 4))
+        else:
+            log("skipped redis: redis-server / redis-benchmark not installed")
+
         try:
-            while True:
-                got = 0
-                while got < req_bytes:
-                    chunk = conn.recv(req_bytes - got)
-                    if not chunk:
-                        return
-                    got += len(chunk)
-                conn.sendall(reply)
-        finally:
-            conn.close()
-    threading.Thread(target=serve, daemon=True).start()
-    c = socket.create_connection(srv.getsockname())
-    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    buf = bytearray(len(reply))
-    payload = b"\0" * req_bytes
+            import zmq
+        except ImportError:
+            log("skipped pyzmq: not installed")
+        else:
+            rep = peer_server(stack, "zmq-rep")
+            req = zmq.Context.instance().socket(zmq.REQ)
+            req.connect(f"tcp://{rep.endpoint}")
+            payload = b"\0" * (IDS * 8)
+            add("kv-pull-1", measure("pyzmq REQ/REP", lambda: (req.send(payload, copy=False), req.recv(copy=False)),
+                                     requests))
+            req.close()
+            router = peer_server(stack, "zmq-router")
+            add("kv-pull-16", zmq_dealer(router.port, 16, requests * 4))
 
-    def call():
-        c.sendall(payload)
-        view = memoryview(buf)
-        got = 0
-        while got < len(buf):
-            got += c.recv_into(view[got:])
-    return {"plain TCP (same bytes)": call}, c.close
+        try:
+            import grpc
+        except ImportError:
+            log("skipped grpcio: not installed")
+        else:
+            g = peer_server(stack, "grpc")
+            channel = grpc.insecure_channel(g.endpoint)
+            stack.callback(channel.close)
+            call = channel.unary_unary("/kv/Pull")  # no serializers: raw bytes
+            payload = b"\0" * (IDS * 8)
+            add("kv-pull-1", measure("grpcio unary (raw bytes)", lambda: call(payload), requests))
+
+        two = sparsecore_servers(stack, 2)
+        for servers in (one, two):
+            r = cpp_case("pull", servers, 16, requests * 4)
+            if r:
+                r["case"] = f"sparsecore C++ pull, {len(servers)} server process{'es' if len(servers) > 1 else ''}"
+            add("kv-servers", r, "sparsecore_kv_bench not built")
+    return rows
 
 
-def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--requests", type=int, default=2000)
-    p.add_argument("--repeats", type=int, default=3)
-    args = p.parse_args()
-    cases, stops = {}, []
-    for make in (sparsecore_cases, redis_cases, zmq_cases, tcp_cases):
-        c, stop = make()
-        if not c:
-            print(f"skipped: {make.__name__[:-6]} not installed")
-        cases.update(c)
-        if stop:
-            stops.append(stop)
-    results = {}
-    for name, fn in cases.items():
-        fn()
-        runs = [measure(fn, args.requests) for _ in range(args.repeats)]
-        med = np.median([np.median(r) for r in runs])
-        p99 = np.median([np.percentile(r, 99) for r in runs])
-        results[name] = (IDS / med, med * 1e6, p99 * 1e6)
-    base = results.get("sparsecore pull", (1,))[0]
-    print(f"{'case':28s} {'keys/s':>12s} {'p50 us':>9s} {'p99 us':>9s} {'sparsecore pull / case':>24s}")
-    for name, (kps, p50, p99) in results.items():
-        print(f"{name:28s} {kps:12.0f} {p50:9.1f} {p99:9.1f} {base / kps:24.2f}")
-    for s in stops:
-        s()
+def table(rows: list[tuple[str, dict]]) -> str:
+    """One table: per group, each case's keys/s, p50/p99 and sparsecore's keys/s over it."""
+    out = [f"| group | case | in flight | keys/s | p50 us | p99 us | sparsecore / case |",
+           "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    order = ["kv-pull-1", "kv-push-1", "kv-pull-16", "kv-servers"]
+    for group in order:
+        grp = [r for g, r in rows if g == group]
+        ours = next((r for r in grp if r["case"].startswith("sparsecore C++")), grp[0] if grp else None)
+        for r in grp:
+            ratio = ours["keys_per_s"] / r["keys_per_s"] if ours else float("nan")
+            out.append(f"| {group} | {r['case']} | {r['inflight']} | {r['keys_per_s']:,.0f} | {r['p50_us']:.1f} | "
+                       f"{r['p99_us']:.1f} | {ratio:.2f}x |")
+    return "\n".join(out)
+
+
+def targets(rows: list[tuple[str, dict]]) -> list[str]:
+    """The issue's targets as ratios measured in this run (reported, never asserted)."""
+    by = {(g, r["case"]): r["keys_per_s"] for g, r in rows}
+
+    def ratio(a, b):
+        return f"{by[a] / by[b]:.2f}x" if a in by and b in by else "n/a"
+    return [
+        f"C++ pull / redis-benchmark MGET (1 in flight): {ratio(('kv-pull-1', 'sparsecore C++ pull'), ('kv-pull-1', 'redis-benchmark MGET'))} (target >= 3x)",
+        f"Python pull / pyzmq REQ/REP: {ratio(('kv-pull-1', 'sparsecore Python pull'), ('kv-pull-1', 'pyzmq REQ/REP'))} (target >= 2x)",
+        f"C++ pull / plain TCP, 16 in flight: {ratio(('kv-pull-16', 'sparsecore C++ pull'), ('kv-pull-16', 'plain TCP C++'))} (target >= 0.60x)",
+    ]
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--requests", type=int, default=2000, help="requests per case (x4 for 16 in flight)")
+    p.add_argument("--serve", help=argparse.SUPPRESS)  # internal: run a peer's server
+    args = p.parse_args(argv)
+    if args.serve:
+        serve(args.serve)
+        return 0
+    rows = all_cases(args.requests)
+    print(table(rows))
+    print()
+    print("\n".join(targets(rows)))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
