@@ -225,6 +225,8 @@ void Reactor::read_and_dispatch(Connection& c) {
   }
 }
 
+constexpr size_t kEagerFlushBytes = 16 * 1024;
+
 void Reactor::dispatch_frames(Connection& c, Clock::time_point arrival) {
   FrameHeader h;
   const std::byte* payload = nullptr;
@@ -242,6 +244,13 @@ void Reactor::dispatch_frames(Connection& c, Clock::time_point arrival) {
     }
     dispatch(c, h, {payload, static_cast<size_t>(h.payload_bytes)}, arrival);
     if (c.out_bytes > server_.options_.connection_memory_bytes) c.read_paused = true;
+    // Large replies leave as soon as they are made, so that with many requests in flight the
+    // client works on the first replies while later requests are served; small replies are
+    // gathered into one writev after the batch.
+    if (c.out_bytes >= kEagerFlushBytes) {
+      flush(c);
+      if (c.socket.fd() < 0) return;
+    }
   }
 }
 
