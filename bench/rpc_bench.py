@@ -90,10 +90,8 @@ def peer_server(stack: ExitStack, kind: str) -> Process:
 
 def kv_bench_binary() -> Optional[str]:
     """The C++ driver: $SPARSECORE_KV_BENCH or the developer build's."""
-    for path in (os.environ.get("SPARSECORE_KV_BENCH"), ROOT / "build/dev/tests/sparsecore_kv_bench"):
-        if path and Path(path).is_file():
-            return str(path)
-    return None
+    path = os.environ.get("SPARSECORE_KV_BENCH") or ROOT / "build/dev/tests/sparsecore_kv_bench"
+    return str(path) if Path(path).is_file() else None
 
 
 # ------------------------------------------------------------------ peer servers (--serve)
@@ -232,92 +230,170 @@ def zmq_dealer(port: int, inflight: int, requests: int) -> dict:
     return result(f"pyzmq DEALER/ROUTER ({inflight} in flight)", np.array(lat), seconds, inflight)
 
 
-# ----------------------------------------------------------------------------- the run
-def all_cases(requests: int, log: Callable[[str], None] = print) -> list[tuple[str, dict]]:
-    """Every case of every group, measured in this order; missing peers are logged and skipped."""
-    rows: list[tuple[str, dict]] = []
-    batches = id_batches()
-    grads = np.full((IDS, DIM), 1e-3, np.float32)
-    with ExitStack() as stack:
-        import sparsecore as sc
-        one = sparsecore_servers(stack, 1)
-        ps = sc.connect(one)
-        ps.create_table("kv", sc.TableConfig(dim=DIM, optimizer=sc.SGD(lr=0.01)), seed=1)
-        for b in batches:
-            ps.pull("kv", b)
-        counter = iter(range(1 << 62))
+# ----------------------------------------------------------------------------- the cases
+class PeerMissing(Exception):
+    """A peer (or the C++ driver) is not installed: the case is skipped with this message."""
 
-        def pull():
-            ps.pull("kv", batches[next(counter) % len(batches)])
 
-        def push():
-            ps.push("kv", batches[next(counter) % len(batches)], grads)
+CASES = [  # (group, case id); the order of the one-run table
+    ("kv-pull-1", "sparsecore-cpp"), ("kv-pull-1", "sparsecore-python"), ("kv-pull-1", "plain-tcp"),
+    ("kv-pull-1", "redis-benchmark"), ("kv-pull-1", "redis-py"), ("kv-pull-1", "pyzmq-req-rep"),
+    ("kv-pull-1", "grpcio-unary"),
+    ("kv-push-1", "sparsecore-cpp"), ("kv-push-1", "sparsecore-python"), ("kv-push-1", "redis-benchmark"),
+    ("kv-push-1", "redis-py"),
+    ("kv-pull-16", "sparsecore-cpp"), ("kv-pull-16", "plain-tcp"), ("kv-pull-16", "redis-benchmark"),
+    ("kv-pull-16", "pyzmq-dealer-router"),
+    ("kv-servers", "sparsecore-cpp-1-server"), ("kv-servers", "sparsecore-cpp-2-servers"),
+]
 
-        def add(group: str, r: Optional[dict], missing: str = "") -> None:
-            if r is None:
-                log(f"skipped {group}: {missing}")
+
+class KvCases:
+    """Runs one case at a time; servers start on first use and stop at close()."""
+
+    def __init__(self, requests: int):
+        self.requests = requests
+        self.stack = ExitStack()
+        self._servers: dict[int, list[str]] = {}
+        self._ps = None
+        self._redis: Optional[int] = None
+        self.batches = id_batches()
+        self.grads = np.full((IDS, DIM), 1e-3, np.float32)
+        self._next = 0
+        self._peers: dict[str, Any] = {}
+
+    def peer(self, kind: str) -> Any:
+        """A peer's server process (or, for "grpc-channel", a channel to it), started once."""
+        if kind not in self._peers:
+            if kind == "grpc-channel":
+                import grpc
+                channel = grpc.insecure_channel(self.peer("grpc").endpoint)
+                self.stack.callback(channel.close)
+                self._peers[kind] = channel
             else:
-                rows.append((group, r))
+                self._peers[kind] = peer_server(self.stack, kind)
+        return self._peers[kind]
 
-        add("kv-pull-1", cpp_case("pull", one, 1, requests), "sparsecore_kv_bench not built")
-        add("kv-pull-1", measure("sparsecore Python pull", pull, requests))
-        add("kv-push-1", cpp_case("push", one, 1, requests), "sparsecore_kv_bench not built")
-        add("kv-push-1", measure("sparsecore Python push", push, requests))
-        add("kv-pull-16", cpp_case("pull", one, 16, requests * 4), "sparsecore_kv_bench not built")
-        add("kv-pull-1", cpp_case("tcp", [], 1, requests), "sparsecore_kv_bench not built")
-        add("kv-pull-16", cpp_case("tcp", [], 16, requests * 4), "sparsecore_kv_bench not built")
+    def setup(self, group: str, case: str) -> None:
+        """Starts what `case` needs (servers, clients), so that run() measures only requests."""
+        if (case.startswith("sparsecore-cpp") or case == "plain-tcp") and kv_bench_binary() is None:
+            raise PeerMissing("sparsecore_kv_bench is not built (scripts/dev-build, or set SPARSECORE_KV_BENCH)")
+        if case.startswith("sparsecore-cpp"):
+            self.servers(int(case.split("-")[2]) if case.startswith("sparsecore-cpp-") else 1)
+        elif case == "sparsecore-python":
+            self.ps()
+        elif case.startswith("redis"):
+            port = self.redis_port()
+            if case == "redis-py" and "redis-py" not in self._peers:
+                self._peers["redis-py"] = redis_py_client(port)
+            if case == "redis-py" and self._peers["redis-py"] is None:
+                raise PeerMissing("redis-py not installed")
+        elif case.startswith("pyzmq"):
+            try:
+                import zmq  # noqa: F401
+            except ImportError:
+                raise PeerMissing("pyzmq not installed") from None
+            self.peer("zmq-router" if case == "pyzmq-dealer-router" else "zmq-rep")
+        elif case == "grpcio-unary":
+            try:
+                import grpc  # noqa: F401
+            except ImportError:
+                raise PeerMissing("grpcio not installed") from None
+            self.peer("grpc-channel")
 
-        if redis_available():
-            port = redis_server(stack)
-            keys, value = redis_keys()
-            r = redis_py_client(port)
-            if r is None:
-                log("skipped redis-py: not installed")
-            else:
-                add("kv-pull-1", measure("redis-py MGET", lambda: r.mget(keys), requests))
+    def close(self) -> None:
+        self.stack.close()
+
+    def servers(self, count: int) -> list[str]:
+        if count not in self._servers:
+            self._servers[count] = sparsecore_servers(self.stack, count)
+        return self._servers[count]
+
+    def ps(self):
+        if self._ps is None:
+            import sparsecore as sc
+            self._ps = sc.connect(self.servers(1))
+            self._ps.create_table("kv", sc.TableConfig(dim=DIM, optimizer=sc.SGD(lr=0.01)), seed=1)
+            for b in self.batches:
+                self._ps.pull("kv", b)
+        return self._ps
+
+    def batch(self) -> np.ndarray:
+        self._next += 1
+        return self.batches[self._next % len(self.batches)]
+
+    def redis_port(self) -> int:
+        if not redis_available():
+            raise PeerMissing("redis-server / redis-benchmark not installed")
+        if self._redis is None:
+            self._redis = redis_server(self.stack)
+        return self._redis
+
+    def cpp(self, mode: str, servers: list[str], inflight: int) -> dict:
+        r = cpp_case(mode, servers, inflight, self.requests * (4 if inflight > 1 else 1))
+        if r is None:
+            raise PeerMissing("sparsecore_kv_bench is not built (scripts/dev-build, or set SPARSECORE_KV_BENCH)")
+        return r
+
+    def run(self, group: str, case: str) -> dict:
+        """Measures one case; raises PeerMissing when it cannot run here."""
+        self.setup(group, case)
+        n, many = self.requests, self.requests * 4
+        keys, value = redis_keys()
+        if case == "sparsecore-cpp":
+            return self.cpp({"kv-push-1": "push"}.get(group, "pull"), self.servers(1), 16 if group == "kv-pull-16" else 1)
+        if case.startswith("sparsecore-cpp-"):
+            count = int(case.split("-")[2])
+            r = self.cpp("pull", self.servers(count), 16)
+            r["case"] = f"sparsecore C++ pull, {count} server process{'es' if count > 1 else ''}"
+            return r
+        if case == "sparsecore-python":
+            ps = self.ps()
+            if group == "kv-push-1":
+                return measure("sparsecore Python push", lambda: ps.push("kv", self.batch(), self.grads), n)
+            return measure("sparsecore Python pull", lambda: ps.pull("kv", self.batch()), n)
+        if case == "plain-tcp":
+            return self.cpp("tcp", [], 16 if group == "kv-pull-16" else 1)
+        if case == "redis-benchmark":
+            port = self.redis_port()
+            if group == "kv-push-1":
+                return redis_benchmark(port, ["MSET", *[x for k in keys for x in (k, value.decode())]], 1, n)
+            return redis_benchmark(port, ["MGET", *keys], 16 if group == "kv-pull-16" else 1, many if group == "kv-pull-16" else n)
+        if case == "redis-py":
+            r = self._peers["redis-py"]
+            if group == "kv-push-1":
                 mapping = dict.fromkeys(keys, value)
-                add("kv-push-1", measure("redis-py MSET", lambda: r.mset(mapping), max(requests // 4, 1)))
-            mget = ["MGET", *keys]
-            mset = ["MSET", *[x for k in keys for x in (k, value.decode())]]
-            add("kv-pull-1", redis_benchmark(port, mget, 1, requests))
-            add("kv-push-1", redis_benchmark(port, mset, 1, requests))
-            add("kv-pull-16", redis_benchmark(port, mget, 16, requests * 4))
-        else:
-            log("skipped redis: redis-server / redis-benchmark not installed")
-
-        try:
+                return measure("redis-py MSET", lambda: r.mset(mapping), max(n // 4, 1))
+            return measure("redis-py MGET", lambda: r.mget(keys), n)
+        if case.startswith("pyzmq"):
             import zmq
-        except ImportError:
-            log("skipped pyzmq: not installed")
-        else:
-            rep = peer_server(stack, "zmq-rep")
+            if case == "pyzmq-dealer-router":
+                return zmq_dealer(self.peer("zmq-router").port, 16, many)
             req = zmq.Context.instance().socket(zmq.REQ)
-            req.connect(f"tcp://{rep.endpoint}")
+            req.connect(f"tcp://{self.peer('zmq-rep').endpoint}")
             payload = b"\0" * (IDS * 8)
-            add("kv-pull-1", measure("pyzmq REQ/REP", lambda: (req.send(payload, copy=False), req.recv(copy=False)),
-                                     requests))
-            req.close()
-            router = peer_server(stack, "zmq-router")
-            add("kv-pull-16", zmq_dealer(router.port, 16, requests * 4))
-
-        try:
-            import grpc
-        except ImportError:
-            log("skipped grpcio: not installed")
-        else:
-            g = peer_server(stack, "grpc")
-            channel = grpc.insecure_channel(g.endpoint)
-            stack.callback(channel.close)
-            call = channel.unary_unary("/kv/Pull")  # no serializers: raw bytes
+            try:
+                return measure("pyzmq REQ/REP", lambda: (req.send(payload, copy=False), req.recv(copy=False)), n)
+            finally:
+                req.close()
+        if case == "grpcio-unary":
+            call = self.peer("grpc-channel").unary_unary("/kv/Pull")  # no serializers: raw bytes both ways
             payload = b"\0" * (IDS * 8)
-            add("kv-pull-1", measure("grpcio unary (raw bytes)", lambda: call(payload), requests))
+            return measure("grpcio unary (raw bytes)", lambda: call(payload), n)
+        raise ValueError(f"unknown case {case!r}")
 
-        two = sparsecore_servers(stack, 2)
-        for servers in (one, two):
-            r = cpp_case("pull", servers, 16, requests * 4)
-            if r:
-                r["case"] = f"sparsecore C++ pull, {len(servers)} server process{'es' if len(servers) > 1 else ''}"
-            add("kv-servers", r, "sparsecore_kv_bench not built")
+
+def all_cases(requests: int, log: Callable[[str], None] = print) -> list[tuple[str, dict]]:
+    """Every case of every group, in CASES order; missing peers are logged and skipped."""
+    rows: list[tuple[str, dict]] = []
+    runner = KvCases(requests)
+    try:
+        for group, case in CASES:
+            try:
+                rows.append((group, runner.run(group, case)))
+            except PeerMissing as e:
+                log(f"skipped {group} {case}: {e}")
+    finally:
+        runner.close()
     return rows
 
 
