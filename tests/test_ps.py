@@ -6,6 +6,8 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -239,3 +241,65 @@ def test_barrier_and_dense_variables():
         np.testing.assert_allclose(clients[2].dense_pull("mlp", 6), 0.5 - 0.1 * np.arange(6), rtol=1e-6)
     finally:
         s.stop()
+
+
+@pytest.mark.parametrize("shards", [1, 3])
+@pytest.mark.parametrize("dim", [1, 3, 18])
+def test_pull_and_push_with_duplicates_match_embedded(shards, dim):
+    rng = np.random.default_rng()
+    cfg = sc.TableConfig(dim=dim, optimizer=sc.Adagrad(lr=0.1))
+    server = sc.Server(port=0, shards=shards)
+    try:
+        remote, emb = server.client(), sc.Server(shards=shards).client()
+        for c in (remote, emb):
+            c.create_table("t", cfg, seed=4)
+        for n, span in [(1, 10), (257, 50), (1000, 10**9), (0, 1)]:
+            ids = rng.integers(-span, span, n).astype(np.int64)
+            np.testing.assert_array_equal(remote.pull("t", ids), emb.pull("t", ids))
+            grads = rng.standard_normal((n, dim)).astype(np.float32)
+            remote.push("t", ids, grads)
+            emb.push("t", ids, grads)
+            np.testing.assert_array_equal(remote.pull("t", ids, train=False), emb.pull("t", ids, train=False))
+    finally:
+        server.stop()
+
+
+def test_pipelined_pushes_with_unaligned_frames_apply_exactly():
+    # dim 3 and an odd number of ids make each push frame 4 bytes short of a multiple of 8, so
+    # frames that reach the server back to back leave the next one misaligned in its buffer.
+    cfg = sc.TableConfig(dim=3, optimizer=sc.SGD(lr=0.5))
+    server = sc.Server(port=0, shards=1)
+    try:
+        ps = server.client()
+        ps.create_table("t", cfg, seed=6)
+        ids = [np.arange(101, dtype=np.int64) + 1000 * t for t in range(4)]
+        before = [ps.pull("t", i) for i in ids]
+        grads = np.full((101, 3), 0.25, np.float32)
+
+        def pushes(t):
+            for _ in range(20):
+                ps.push("t", ids[t], grads)
+        threads = [threading.Thread(target=pushes, args=(t,)) for t in range(4)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(60)
+        for t in range(4):  # 20 SGD steps of 0.5 * 0.25 on disjoint rows
+            np.testing.assert_allclose(ps.pull("t", ids[t]), before[t] - 20 * 0.125, rtol=1e-6, atol=1e-6)
+    finally:
+        server.stop()
+
+
+def test_stopped_server_is_detected_by_heartbeat():
+    proc, addr = start_server_process("--shards", 1)
+    try:
+        ps = sc.connect([addr], heartbeat=0.2)
+        ps.create_table("t", CFG, seed=1)
+        proc.send_signal(signal.SIGSTOP)  # connected, but answers nothing
+        t0 = time.monotonic()
+        with pytest.raises(sc.RpcConnectionError, match="heartbeat"):
+            ps.pull("t", np.arange(10, dtype=np.int64))
+        assert time.monotonic() - t0 < 10
+    finally:
+        proc.send_signal(signal.SIGCONT)
+        stop(proc)

@@ -162,14 +162,21 @@ class Server:
 
 
 def connect(addresses: Sequence[str] | str, *, token: str = "", timeout: Optional[float] = None,
-            worker: int = 0, num_workers: int = 0) -> Cluster:
+            worker: int = 0, num_workers: int = 0, heartbeat: Optional[float] = 30.0) -> Cluster:
     """Connects to every server ("host:port", in server-index order). ``num_workers`` > 0
-    makes pushes synchronous across that many workers (``worker`` = this one's rank)."""
+    makes pushes synchronous across that many workers (``worker`` = this one's rank).
+
+    ``timeout`` bounds every call (seconds, None: no bound). ``heartbeat``: a call waiting on a
+    server silent for this long pings it, and when the server stays silent as long again
+    (stopped, hung, or cut off without closing) the call raises :class:`RpcConnectionError`
+    instead of waiting for ever; it must exceed the longest server-side operation (a save).
+    None turns it off."""
     if isinstance(addresses, str):
         addresses = [addresses]
     addresses = list(addresses)
-    args = dict(token=token, timeout=timeout, worker=worker, num_workers=num_workers)
-    core = _core.PsClient(addresses, token, int((timeout or 0) * 1000), worker, num_workers)
+    args = dict(token=token, timeout=timeout, worker=worker, num_workers=num_workers, heartbeat=heartbeat)
+    core = _core.PsClient(addresses, token, int((timeout or 0) * 1000), worker, num_workers,
+                          int((heartbeat or 0) * 1000))
     return Cluster(core, addresses, **args)
 
 

@@ -29,6 +29,7 @@ struct PsClientOptions {
   int connect_timeout_ms = 5000;
   uint32_t worker = 0;
   uint32_t num_workers = 0;  // > 0: synchronous training with this many workers
+  int heartbeat_ms = 0;      // see rpc::ClientOptions::heartbeat_ms (0: off)
 };
 
 // Ids of one call deduplicated (first-seen order) and grouped by owning shard (stable).
