@@ -16,7 +16,8 @@ import sparsecore as sc
 
 DIM = 5
 CFG = sc.TableConfig(dim=DIM, optimizer=sc.Adagrad(lr=0.1))
-PYTHON_DIR = os.path.join(os.path.dirname(__file__), "..", "python")
+# Child processes import the same sparsecore as this one (a source tree or an installed wheel).
+PYTHON_DIR = os.path.dirname(os.path.dirname(os.path.abspath(sc.__file__)))
 
 
 def _env():

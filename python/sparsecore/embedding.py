@@ -65,7 +65,18 @@ class EmbeddingCollection:
     (seed, table name, id). Evaluation (``train=False``) never inserts: unknown ids read as zeros.
     """
 
-    def __init__(self, tables: Mapping[str, TableConfig], seed: int = 0, *, _core_obj: Any = None):
+    def __new__(cls, *args: Any, device: str = "cpu", **kwargs: Any) -> "EmbeddingCollection":
+        # device="cuda" builds the CUDA twin (sparsecore.cuda), a subclass with the same API.
+        if device not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+        if device == "cuda" and cls is EmbeddingCollection:
+            from .cuda import DeviceEmbeddingCollection
+
+            return DeviceEmbeddingCollection(*args, **kwargs)
+        return super().__new__(cls)
+
+    def __init__(self, tables: Mapping[str, TableConfig], seed: int = 0, *, device: str = "cpu",
+                 _core_obj: Any = None):
         if _core_obj is not None:
             self._c = _core_obj
         else:

@@ -1,0 +1,466 @@
+// Host orchestration of the device collection: table storage and growth, the prepare /
+// forward / backward pipelines as sequences of kernel launches. Compiled by nvcc (namespace
+// device) and by g++ through the emulation layer (namespace emulated).
+#include <algorithm>
+#include <mutex>
+#include <numeric>
+
+#include "dedup_kernels.cuh"
+#include "device_collection_impl.h"
+#include "embedding_kernels.cuh"
+#include "hash_table_kernels.cuh"
+#include "scan_kernels.cuh"
+
+namespace sparsecore::cuda::SC_BACKEND_NS {
+namespace {
+
+template <typename T>
+struct DeviceTable {
+  TableConfig config;
+  uint64_t seed = 0;
+  int dim = 0;
+  int state_dim = 0;
+  int64_t capacity = 0;  // probed slots (a power of two); rows have capacity + 2 slots
+  int64_t size = 0;
+  int64_t tombstones = 0;
+  uint64_t generation = 1;  // changes whenever slots move or rows are released
+  DeviceBuffer<int64_t> keys;
+  DeviceBuffer<int> reserved;
+  DeviceBuffer<T> weights;
+  DeviceBuffer<float> state;
+  DeviceBuffer<uint32_t> update_count;
+  DeviceBuffer<int64_t> last_step;
+
+  TableView view() { return {keys.data(), reserved.data(), capacity}; }
+  RowsView<T> rows() { return {weights.data(), state.data(), update_count.data(), last_step.data(), dim, state_dim}; }
+};
+
+// Device buffers of one prepared group.
+struct GroupBuffers {
+  DeviceGroupInfo info;
+  int table = -1;
+  uint64_t generation = 0;
+  DeviceBuffer<int64_t> offsets;       // (B + 1)
+  DeviceBuffer<float> weights;         // (n) or empty
+  bool has_weights = false;
+  DeviceBuffer<int64_t> unique_keys;   // (U)
+  DeviceBuffer<int64_t> unique_slots;  // (U)
+  DeviceBuffer<int> inverse;           // (n)
+  // training only
+  DeviceBuffer<int> occ_offsets;       // (U + 1)
+  DeviceBuffer<int> occ_positions;     // (n)
+  DeviceBuffer<int> bag_of;            // (n)
+  DeviceBuffer<float> bag_scale;       // (B)
+
+  BagsView view(const int64_t* slots) const {
+    BagsView v;
+    v.offsets = offsets.data();
+    v.weights = has_weights ? weights.data() : nullptr;
+    v.inverse = inverse.data();
+    v.unique_slots = slots;
+    v.batch_size = info.batch_size;
+    v.max_len = info.max_len;
+    v.dim = info.dim;
+    v.pooling = info.pooling;
+    return v;
+  }
+};
+
+class PreparedBatchImpl final : public DevicePreparedBatch {
+ public:
+  bool train() const override { return train_; }
+  const std::vector<DeviceGroupInfo>& groups() const override { return infos_; }
+  std::vector<int64_t> unique_ids(int g) const override {
+    const GroupBuffers& b = *buffers_.at(g);
+    std::vector<int64_t> out(b.info.num_unique);
+    b.unique_keys.download(out.data(), out.size());
+    return out;
+  }
+
+  bool train_ = false;
+  const void* owner_ = nullptr;
+  std::vector<DeviceGroupInfo> infos_;
+  std::vector<std::unique_ptr<GroupBuffers>> buffers_;
+};
+
+int64_t next_pow2(int64_t x) {
+  int64_t p = 16;
+  while (p < x) p *= 2;
+  return p;
+}
+
+template <typename T>
+class Collection final : public DeviceCollectionImpl {
+ public:
+  Collection(const std::vector<TableConfig>& tables, uint64_t seed, LaunchLimits limits) : limits_(limits) {
+    for (const TableConfig& c : tables) {
+      auto t = std::make_unique<DeviceTable<T>>();
+      t->config = c;
+      t->seed = table_seed(seed, c.name);
+      t->dim = c.dim;
+      t->state_dim = c.optimizer.state_dim(c.dim);
+      allocate(*t, 0);
+      tables_.push_back(std::move(t));
+    }
+  }
+
+  int64_t step() const override { return step_; }
+  int64_t table_size(int t) const override { return tables_.at(t)->size; }
+  int64_t table_capacity(int t) const override { return tables_.at(t)->capacity; }
+  void set_max_load_factor(double f) override { max_load_ = f; }
+
+  std::shared_ptr<DevicePreparedBatch> prepare(const std::vector<GroupInput>& inputs, bool train) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto batch = std::make_shared<PreparedBatchImpl>();
+    batch->train_ = train;
+    batch->owner_ = this;
+    for (const GroupInput& in : inputs) {
+      DeviceTable<T>& table = *tables_[in.table];
+      auto g = std::make_unique<GroupBuffers>();
+      DeviceGroupInfo& info = g->info;
+      info.table = in.table;
+      info.dim = table.dim;
+      info.pooling = table.config.pooling;
+      info.batch_size = in.batch_size;
+      info.num_ids = in.num_ids;
+      for (int64_t b = 0; b < in.batch_size; ++b) info.max_len = std::max(info.max_len, in.offsets[b + 1] - in.offsets[b]);
+      g->table = in.table;
+      g->offsets.upload(in.offsets, in.batch_size + 1);
+      g->has_weights = in.weights != nullptr;
+      if (in.weights) g->weights.upload(in.weights, in.num_ids);
+
+      DeviceBuffer<int64_t> ids;
+      ids.upload(in.ids, in.num_ids);
+      info.num_unique = dedup(ids.data(), in.num_ids, g->unique_keys, g->inverse);
+      resolve(table, g->unique_keys.data(), info.num_unique, g->unique_slots, train);
+      g->generation = table.generation;
+      if (train) build_occurrences(*g);
+      batch->infos_.push_back(info);
+      batch->buffers_.push_back(std::move(g));
+    }
+    return batch;
+  }
+
+  void forward(const DevicePreparedBatch& b, const std::vector<float*>& outputs) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    const PreparedBatchImpl& batch = own(b);
+    DeviceBuffer<float> out;
+    for (size_t gi = 0; gi < batch.buffers_.size(); ++gi) {
+      const GroupBuffers& g = *batch.buffers_[gi];
+      DeviceTable<T>& table = *tables_[g.table];
+      const int64_t size = g.info.output_size();
+      if (size == 0) continue;
+      DeviceBuffer<int64_t> refreshed;
+      const int64_t* slots = g.unique_slots.data();
+      if (table.generation != g.generation) {  // rows moved or were erased since prepare
+        resolve(table, g.unique_keys.data(), g.info.num_unique, refreshed, false);
+        slots = refreshed.data();
+      }
+      out.resize(size);
+      const int64_t warps_needed = std::max<int64_t>(g.info.batch_size, 1);
+      SC_LAUNCH(grid(warps_needed * 32), block(), 0, nullptr, pool_kernel<T>)(g.view(slots), table.rows(), out.data());
+      SC_CHECK_LAUNCH();
+      out.download(outputs[gi], size);
+    }
+  }
+
+  int64_t backward(const DevicePreparedBatch& b, const std::vector<const float*>& grads) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    const PreparedBatchImpl& batch = own(b);
+    const int64_t step = ++step_;
+    DeviceBuffer<float> grad, grad_rows, scratch;
+    for (size_t gi = 0; gi < batch.buffers_.size(); ++gi) {
+      const GroupBuffers& g = *batch.buffers_[gi];
+      DeviceTable<T>& table = *tables_[g.table];
+      const int64_t u = g.info.num_unique;
+      if (u == 0) continue;
+      DeviceBuffer<int64_t> refreshed;
+      const int64_t* slots = g.unique_slots.data();
+      if (table.generation != g.generation) {  // released rows are re-created, as the CPU engine does
+        resolve(table, g.unique_keys.data(), u, refreshed, true);
+        slots = refreshed.data();
+      }
+      grad.upload(grads[gi], g.info.output_size());
+      grad_rows.resize(u * g.info.dim);
+      SC_LAUNCH(grid(u * g.info.dim), block(), 0, nullptr, unique_grad_kernel)(
+          g.view(slots), g.occ_offsets.data(), g.occ_positions.data(), g.bag_of.data(), g.bag_scale.data(), grad.data(),
+          u, grad_rows.data());
+      SC_CHECK_LAUNCH();
+      if (!std::is_same_v<T, float>) scratch.resize(u * g.info.dim);
+      SC_LAUNCH(grid(u), block(), 0, nullptr, update_rows_kernel<T>)(table.rows(), slots, u, grad_rows.data(),
+                                                                       table.config.optimizer, step, scratch.data());
+      SC_CHECK_LAUNCH();
+    }
+    synchronize();
+    return step;
+  }
+
+  void lookup(int t, const int64_t* keys, int64_t n, float* out, bool insert) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    DeviceTable<T>& table = *tables_.at(t);
+    if (n == 0) return;
+    DeviceBuffer<int64_t> k, slots;
+    k.upload(keys, n);
+    resolve(table, k.data(), n, slots, insert);
+    DeviceBuffer<float> rows(n * table.dim);
+    SC_LAUNCH(grid(n * table.dim), block(), 0, nullptr, gather_rows_kernel<T>)(table.rows(), slots.data(), n, rows.data());
+    SC_CHECK_LAUNCH();
+    rows.download(out, n * table.dim);
+  }
+
+  int64_t erase(int t, const int64_t* keys, int64_t n) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    DeviceTable<T>& table = *tables_.at(t);
+    if (n == 0) return 0;
+    DeviceBuffer<int64_t> k;
+    k.upload(keys, n);
+    DeviceBuffer<unsigned long long> counters(2);
+    counters.fill_zero();
+    SC_LAUNCH(grid(n), block(), 0, nullptr, erase_kernel)(table.view(), k.data(), n, counters.data(), counters.data() + 1);
+    SC_CHECK_LAUNCH();
+    unsigned long long c[2];
+    counters.download(c, 2);
+    table.size -= static_cast<int64_t>(c[0]);
+    table.tombstones += static_cast<int64_t>(c[1]);
+    if (c[0]) table.generation = next_generation();
+    return static_cast<int64_t>(c[0]);
+  }
+
+  DeviceEmbeddingCollection::Export export_rows(int t) const override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    DeviceTable<T>& table = *tables_.at(t);
+    DeviceEmbeddingCollection::Export e;
+    const int64_t total = table.capacity + kReservedSlots;
+    DeviceBuffer<int64_t> slots(total);
+    DeviceBuffer<unsigned long long> count(1);
+    count.fill_zero();
+    SC_LAUNCH(grid(total), block(), 0, nullptr, collect_live_kernel)(table.view(), slots.data(), count.data());
+    SC_CHECK_LAUNCH();
+    unsigned long long n = 0;
+    count.download(&n, 1);
+    std::vector<int64_t> host_slots(n);
+    slots.download(host_slots.data(), n);
+    std::sort(host_slots.begin(), host_slots.end());
+    // Rows come back whole (the table's arrays), then are picked out on the host: export is
+    // a checkpoint-style operation, not a hot path.
+    std::vector<int64_t> keys(table.capacity);
+    table.keys.download(keys.data(), table.capacity);
+    std::vector<T> w(static_cast<size_t>(total) * table.dim);
+    table.weights.download(w.data(), w.size());
+    std::vector<float> st(static_cast<size_t>(total) * table.state_dim);
+    table.state.download(st.data(), st.size());
+    std::vector<uint32_t> cnt(total);
+    table.update_count.download(cnt.data(), total);
+    std::vector<int64_t> last(total);
+    table.last_step.download(last.data(), total);
+    std::vector<std::pair<int64_t, int64_t>> order;  // (key, slot)
+    for (int64_t s : host_slots)
+      order.emplace_back(s < table.capacity ? keys[s] : (s == table.capacity ? kEmptyKey : kErasedKey), s);
+    std::sort(order.begin(), order.end());
+    for (auto [key, s] : order) {
+      e.keys.push_back(key);
+      for (int d = 0; d < table.dim; ++d) e.weights.push_back(host_float(w[s * table.dim + d]));
+      for (int d = 0; d < table.state_dim; ++d) e.state.push_back(st[s * table.state_dim + d]);
+      e.update_count.push_back(cnt[s]);
+      e.last_step.push_back(last[s]);
+    }
+    return e;
+  }
+
+ private:
+  static float host_float(T v) { return to_float(v); }
+  static uint64_t next_generation() {
+    static std::atomic<uint64_t> counter{2};
+    return counter.fetch_add(1);
+  }
+
+  dim3 block() const { return dim3(static_cast<unsigned>(limits_.block_threads)); }
+  dim3 grid(int64_t threads) const {
+    int64_t blocks = (std::max<int64_t>(threads, 1) + limits_.block_threads - 1) / limits_.block_threads;
+    if (limits_.max_blocks > 0) blocks = std::min<int64_t>(blocks, limits_.max_blocks);
+    return dim3(static_cast<unsigned>(std::min<int64_t>(blocks, 1 << 30)));
+  }
+
+  const PreparedBatchImpl& own(const DevicePreparedBatch& b) const {
+    auto* p = dynamic_cast<const PreparedBatchImpl*>(&b);
+    SC_CHECK_ARG(p && p->owner_ == this, "the prepared batch does not belong to this collection");
+    return *p;
+  }
+
+  // Fresh, empty slot arrays of `capacity` probed slots (rows uninitialised).
+  void allocate(DeviceTable<T>& t, int64_t capacity) {
+    const int64_t slots = capacity + kReservedSlots;
+    t.capacity = capacity;
+    t.keys.resize(capacity);
+    t.keys.fill_bytes_with(0x00);
+    if (capacity) fill_empty(t.keys);
+    t.reserved.resize(kReservedSlots);
+    t.reserved.fill_zero();
+    t.weights.resize(slots * t.dim);
+    t.state.resize(slots * t.state_dim);
+    t.update_count.resize(slots);
+    t.last_step.resize(slots);
+  }
+
+  static void fill_empty(DeviceBuffer<int64_t>& keys) {
+    // kEmptyKey is 0x8000...0: not a byte pattern, so it is written from the host once.
+    std::vector<int64_t> host(keys.size(), kEmptyKey);
+    copy_bytes(keys.data(), host.data(), host.size() * sizeof(int64_t), Copy::kHostToDevice);
+  }
+
+  // Grows (or cleans tombstones out of) the table so `extra` more keys fit under the load limit.
+  void reserve(DeviceTable<T>& t, int64_t extra) {
+    if (static_cast<double>(t.size + t.tombstones + extra) <= max_load_ * static_cast<double>(t.capacity)) return;
+    int64_t capacity = next_pow2(static_cast<int64_t>(static_cast<double>(t.size + extra) / std::min(max_load_, 0.5)) + 1);
+    DeviceTable<T> fresh;
+    fresh.dim = t.dim;
+    fresh.state_dim = t.state_dim;
+    allocate(fresh, capacity);
+    const int64_t old_slots = t.capacity + kReservedSlots;
+    DeviceBuffer<int64_t> new_slot_of(old_slots);
+    SC_LAUNCH(grid(old_slots), block(), 0, nullptr, rehash_kernel)(t.view(), fresh.view(), new_slot_of.data());
+    SC_CHECK_LAUNCH();
+    SC_LAUNCH(grid(old_slots), block(), 0, nullptr, move_rows_kernel<T>)(t.rows(), fresh.rows(), new_slot_of.data(),
+                                                                          old_slots);
+    SC_CHECK_LAUNCH();
+    t.capacity = capacity;
+    t.tombstones = 0;
+    t.keys = std::move(fresh.keys);
+    t.reserved = std::move(fresh.reserved);
+    t.weights = std::move(fresh.weights);
+    t.state = std::move(fresh.state);
+    t.update_count = std::move(fresh.update_count);
+    t.last_step = std::move(fresh.last_step);
+    t.generation = next_generation();
+  }
+
+  // slots (n) <- slots of keys (n, device); inserting and initialising unknown keys when `insert`.
+  void resolve(DeviceTable<T>& t, const int64_t* keys, int64_t n, DeviceBuffer<int64_t>& slots, bool insert) {
+    slots.resize(n);
+    if (n == 0) return;
+    if (insert) reserve(t, n);
+    DeviceBuffer<int> inserted(n);
+    DeviceBuffer<unsigned long long> count(1);
+    count.fill_zero();
+    SC_LAUNCH(grid(n), block(), 0, nullptr, lookup_kernel)(t.view(), keys, n, slots.data(), inserted.data(), insert,
+                                                           count.data());
+    SC_CHECK_LAUNCH();
+    unsigned long long created = 0;
+    count.download(&created, 1);
+    if (created == 0) return;
+    t.size += static_cast<int64_t>(created);
+    DeviceBuffer<float> scratch;
+    if (!std::is_same_v<T, float>) scratch.resize(n * t.dim);
+    SC_LAUNCH(grid(n), block(), 0, nullptr, init_rows_kernel<T>)(t.rows(), keys, slots.data(), inserted.data(), n,
+                                                                  t.config.init, t.config.optimizer, t.seed,
+                                                                  scratch.data());
+    SC_CHECK_LAUNCH();
+  }
+
+  // Exclusive scan of in (n, device) into out (n, device); returns the total.
+  int64_t exclusive_scan(const int* in, int* out, int64_t n) {
+    if (n == 0) return 0;
+    const int threads = limits_.block_threads;
+    const int64_t tile = int64_t{threads} * kScanItemsPerThread;
+    const int64_t tiles = (n + tile - 1) / tile;
+    DeviceBuffer<int> tile_sums(tiles);
+    SC_LAUNCH(dim3(static_cast<unsigned>(tiles)), block(), 2 * threads * sizeof(int), nullptr, scan_tiles_kernel)(
+        in, out, tile_sums.data(), n);
+    SC_CHECK_LAUNCH();
+    if (tiles > 1) {
+      DeviceBuffer<int> tile_offsets(tiles);
+      exclusive_scan(tile_sums.data(), tile_offsets.data(), tiles);
+      SC_LAUNCH(grid(n), block(), 0, nullptr, add_tile_offsets_kernel)(out, tile_offsets.data(), n, tile);
+      SC_CHECK_LAUNCH();
+    }
+    int last_in = 0, last_out = 0;
+    copy_bytes(&last_in, in + n - 1, sizeof(int), Copy::kDeviceToHost);
+    copy_bytes(&last_out, out + n - 1, sizeof(int), Copy::kDeviceToHost);
+    return int64_t{last_in} + last_out;
+  }
+
+  // unique_keys (U) and inverse (n) of ids (n, device); returns U.
+  int64_t dedup(const int64_t* ids, int64_t n, DeviceBuffer<int64_t>& unique_keys, DeviceBuffer<int>& inverse) {
+    inverse.resize(n);
+    if (n == 0) {
+      unique_keys.resize(0);
+      return 0;
+    }
+    const int64_t set_capacity = next_pow2(2 * n);
+    DeviceBuffer<int> set_pos(set_capacity), slot_of(n), is_first(n), unique_index(n);
+    set_pos.fill_bytes_with(0xff);  // -1
+    SC_LAUNCH(grid(n), block(), 0, nullptr, dedup_insert_kernel)(ids, n, set_pos.data(),
+                                                                 static_cast<uint64_t>(set_capacity - 1), slot_of.data());
+    SC_CHECK_LAUNCH();
+    SC_LAUNCH(grid(n), block(), 0, nullptr, mark_first_kernel)(set_pos.data(), slot_of.data(), n, is_first.data());
+    SC_CHECK_LAUNCH();
+    const int64_t u = exclusive_scan(is_first.data(), unique_index.data(), n);
+    unique_keys.resize(u);
+    SC_LAUNCH(grid(n), block(), 0, nullptr, dedup_finish_kernel)(ids, set_pos.data(), slot_of.data(),
+                                                                 unique_index.data(), n, unique_keys.data(), inverse.data());
+    SC_CHECK_LAUNCH();
+    return u;
+  }
+
+  void build_occurrences(GroupBuffers& g) {
+    const int64_t n = g.info.num_ids, u = g.info.num_unique, batch = g.info.batch_size;
+    g.bag_of.resize(n);
+    g.bag_scale.resize(batch);
+    if (batch > 0) {
+      SC_LAUNCH(grid(batch), block(), 0, nullptr, bag_layout_kernel)(g.view(nullptr), g.bag_of.data(), g.bag_scale.data());
+      SC_CHECK_LAUNCH();
+    }
+    g.occ_offsets.resize(u + 1);
+    g.occ_positions.resize(n);
+    if (u == 0) {
+      g.occ_offsets.fill_zero();
+      return;
+    }
+    DeviceBuffer<int> counts(u), cursor(u);
+    counts.fill_zero();
+    cursor.fill_zero();
+    SC_LAUNCH(grid(n), block(), 0, nullptr, count_occurrences_kernel)(g.inverse.data(), n, counts.data());
+    SC_CHECK_LAUNCH();
+    exclusive_scan(counts.data(), g.occ_offsets.data(), u);
+    const int total = static_cast<int>(n);
+    copy_bytes(g.occ_offsets.data() + u, &total, sizeof(int), Copy::kHostToDevice);
+    SC_LAUNCH(grid(n), block(), 0, nullptr, scatter_occurrences_kernel)(g.inverse.data(), n, g.occ_offsets.data(),
+                                                                        cursor.data(), g.occ_positions.data());
+    SC_CHECK_LAUNCH();
+    SC_LAUNCH(grid(u), block(), 0, nullptr, sort_occurrences_kernel)(g.occ_offsets.data(), u, g.occ_positions.data());
+    SC_CHECK_LAUNCH();
+  }
+
+  LaunchLimits limits_;
+  double max_load_ = 0.75;
+  int64_t step_ = 0;
+  mutable std::mutex mutex_;
+  std::vector<std::unique_ptr<DeviceTable<T>>> tables_;
+};
+
+}  // namespace
+
+std::unique_ptr<DeviceCollectionImpl> make_collection(const std::vector<TableConfig>& tables, uint64_t seed,
+                                                      RowStorage storage, LaunchLimits limits) {
+#if defined(__CUDACC__)
+  std::string reason = unavailable_reason();
+  if (!reason.empty()) throw CudaError(reason);
+#endif
+  if (storage == RowStorage::kFloat16) return std::make_unique<Collection<__half>>(tables, seed, limits);
+  return std::make_unique<Collection<float>>(tables, seed, limits);
+}
+
+#if defined(__CUDACC__)
+std::string unavailable_reason() {
+  int count = 0;
+  cudaError_t status = cudaGetDeviceCount(&count);
+  if (status != cudaSuccess) {
+    cudaGetLastError();  // clear the sticky error
+    return std::string("no CUDA device (") + cudaGetErrorString(status) + ")";
+  }
+  if (count == 0) return "no CUDA device";
+  return "";
+}
+#endif
+
+}  // namespace sparsecore::cuda::SC_BACKEND_NS

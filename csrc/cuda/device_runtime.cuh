@@ -1,0 +1,173 @@
+// What every kernel source includes: the CUDA runtime under nvcc, the emulation layer
+// otherwise, and the few portable pieces both builds share:
+//   SC_LAUNCH(grid, block, shared, stream, kernel)(args...)   replaces <<<...>>>
+//   SC_CUDA_CHECK(call)                                        CUDA calls, typed exception with file:line
+//   SC_DYNAMIC_SHARED(T, name)                                 the block's dynamic shared memory
+//   DeviceBuffer<T>                                            RAII device allocation
+// The same sources compile twice: into namespace sparsecore::cuda::device (nvcc, real GPU)
+// and sparsecore::cuda::emulated (g++, the emulator); SC_BACKEND_NS names the current one.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <utility>
+
+#include "sparsecore/core/error.h"
+#include "sparsecore/cuda/cuda_error.h"
+
+#if defined(__CUDACC__)
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#define SC_BACKEND_NS device
+#define SC_LAUNCH(grid, block, shared, stream, ...) __VA_ARGS__<<<(grid), (block), (shared), (stream)>>>
+#define SC_DYNAMIC_SHARED(T, name)                        \
+  extern __shared__ __align__(16) unsigned char sc_dynamic_shared_[]; \
+  T* name = reinterpret_cast<T*>(sc_dynamic_shared_)
+#else
+#include "emulation/cuda_emulation.h"
+#include "emulation/device_memory.h"
+#define SC_BACKEND_NS emulated
+#define SC_LAUNCH(grid, block, shared, stream, ...) \
+  ::sparsecore::cuda_emulation::make_launcher(__VA_ARGS__, (grid), (block), (shared))
+#define SC_DYNAMIC_SHARED(T, name) \
+  T* name = reinterpret_cast<T*>(::sparsecore::cuda_emulation::this_thread().shared_memory)
+#endif
+
+#if defined(__CUDACC__)
+#define SC_CUDA_CHECK(call)                                                                             \
+  do {                                                                                                  \
+    cudaError_t sc_status_ = (call);                                                                    \
+    if (sc_status_ != cudaSuccess)                                                                      \
+      throw ::sparsecore::cuda::CudaError(std::string(#call) + " failed at " + __FILE__ + ":" +         \
+                                          std::to_string(__LINE__) + ": " + cudaGetErrorString(sc_status_)); \
+  } while (0)
+#define SC_CHECK_LAUNCH() SC_CUDA_CHECK(cudaGetLastError())
+#else
+#define SC_CHECK_LAUNCH() ((void)0)  // the emulator throws from the launch itself
+#endif
+
+namespace sparsecore::cuda::SC_BACKEND_NS {
+
+inline void* device_malloc(size_t bytes) {
+#if defined(__CUDACC__)
+  void* p = nullptr;
+  if (bytes) SC_CUDA_CHECK(cudaMalloc(&p, bytes));
+  return p;
+#else
+  return ::sparsecore::cuda_emulation::device_allocate(bytes);
+#endif
+}
+
+inline void device_free(void* p) noexcept {
+#if defined(__CUDACC__)
+  if (p) cudaFree(p);
+#else
+  ::sparsecore::cuda_emulation::device_free(p);
+#endif
+}
+
+enum class Copy { kHostToDevice, kDeviceToHost, kDeviceToDevice };
+
+inline void copy_bytes(void* dst, const void* src, size_t bytes, Copy kind) {
+  if (bytes == 0) return;
+#if defined(__CUDACC__)
+  cudaMemcpyKind k = kind == Copy::kHostToDevice   ? cudaMemcpyHostToDevice
+                     : kind == Copy::kDeviceToHost ? cudaMemcpyDeviceToHost
+                                                   : cudaMemcpyDeviceToDevice;
+  SC_CUDA_CHECK(cudaMemcpy(dst, src, bytes, k));
+#else
+  (void)kind;
+  std::memcpy(dst, src, bytes);
+#endif
+}
+
+inline void fill_bytes(void* dst, int value, size_t bytes) {
+  if (bytes == 0) return;
+#if defined(__CUDACC__)
+  SC_CUDA_CHECK(cudaMemset(dst, value, bytes));
+#else
+  std::memset(dst, value, bytes);
+#endif
+}
+
+inline void synchronize() {
+#if defined(__CUDACC__)
+  SC_CUDA_CHECK(cudaDeviceSynchronize());
+#endif
+}
+
+// An owned device array of T (uninitialised). Moves, never copies.
+template <typename T>
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  explicit DeviceBuffer(size_t n) { resize(n); }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  DeviceBuffer(DeviceBuffer&& o) noexcept : data_(std::exchange(o.data_, nullptr)), size_(std::exchange(o.size_, 0)) {}
+  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
+    if (this != &o) {
+      device_free(data_);
+      data_ = std::exchange(o.data_, nullptr);
+      size_ = std::exchange(o.size_, 0);
+    }
+    return *this;
+  }
+  ~DeviceBuffer() { device_free(data_); }
+
+  // Discards the contents when the size changes.
+  void resize(size_t n) {
+    if (n == size_) return;
+    device_free(data_);
+    data_ = nullptr;
+    size_ = 0;
+    data_ = static_cast<T*>(device_malloc(n * sizeof(T)));
+    size_ = n;
+  }
+  void upload(const T* host, size_t n) {
+    resize(n);
+    copy_bytes(data_, host, n * sizeof(T), Copy::kHostToDevice);
+  }
+  void download(T* host, size_t n) const { copy_bytes(host, data_, n * sizeof(T), Copy::kDeviceToHost); }
+  void fill_zero() { fill_bytes(data_, 0, size_ * sizeof(T)); }
+  void fill_bytes_with(int byte) { fill_bytes(data_, byte, size_ * sizeof(T)); }
+
+  T* data() { return data_; }
+  const T* data() const { return data_; }
+  size_t size() const { return size_; }
+
+ private:
+  T* data_ = nullptr;
+  size_t size_ = 0;
+};
+
+// Relaxed atomic read of memory other threads CAS (a plain read would be a data race).
+template <typename T>
+__device__ __forceinline__ T load_relaxed(const T* p) {
+#if defined(__CUDACC__)
+  return *static_cast<const volatile T*>(p);
+#else
+  return std::atomic_ref<T>(*const_cast<T*>(p)).load(std::memory_order_relaxed);
+#endif
+}
+
+// Row storage element <-> fp32.
+__device__ __forceinline__ float to_float(float x) { return x; }
+__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
+template <typename T>
+__device__ __forceinline__ T from_float(float x);
+template <>
+__device__ __forceinline__ float from_float<float>(float x) {
+  return x;
+}
+template <>
+__device__ __forceinline__ __half from_float<__half>(float x) {
+  return __float2half(x);
+}
+
+// Grid-stride loop bounds: kernels accept any grid, so launches can cap their block count.
+__device__ __forceinline__ int64_t global_thread() { return int64_t{blockIdx.x} * blockDim.x + threadIdx.x; }
+__device__ __forceinline__ int64_t grid_threads() { return int64_t{gridDim.x} * blockDim.x; }
+
+}  // namespace sparsecore::cuda::SC_BACKEND_NS

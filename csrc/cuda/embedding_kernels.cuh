@@ -1,0 +1,205 @@
+// Row kernels of the device collection: initialisation, gather, pooling (forward), the
+// per-unique gradient sum and the fused update (backward). The initial values and the update
+// rules are the CPU engine's own SC_HOST_DEVICE functions, so both backends compute the same
+// thing; float sums run in the CPU engine's order (positions ascending within a bag or a
+// unique id's occurrence list).
+#pragma once
+
+#include <type_traits>
+
+#include "device_runtime.cuh"
+#include "sparsecore/optim/update_rules.h"
+#include "sparsecore/table/embedding_table.h"
+#include "sparsecore/table/initializer.h"
+
+namespace sparsecore::cuda::SC_BACKEND_NS {
+
+// A table's rows on the device, one entry per slot (capacity + 2 slots), structure of arrays.
+template <typename T>
+struct RowsView {
+  T* weights = nullptr;              // (slots, dim); T = float or __half
+  float* state = nullptr;            // (slots, state_dim)
+  uint32_t* update_count = nullptr;  // (slots)
+  int64_t* last_step = nullptr;      // (slots)
+  int dim = 0;
+  int state_dim = 0;
+};
+
+// Fills the rows of newly inserted keys. keys, slots, inserted (n): device. scratch
+// (n, dim) fp32 device: used only with fp16 storage (the row is built in fp32, rounded once).
+template <typename T>
+__global__ void init_rows_kernel(RowsView<T> rows, const int64_t* __restrict__ keys, const int64_t* __restrict__ slots,
+                                 const int* __restrict__ inserted, int64_t n, InitializerConfig init,
+                                 OptimizerConfig opt, uint64_t table_seed, float* __restrict__ scratch) {
+  const int dim = rows.dim;
+  for (int64_t i = global_thread(); i < n; i += grid_threads()) {
+    if (!inserted[i] || slots[i] < 0) continue;
+    const int64_t s = slots[i];
+    if constexpr (std::is_same_v<T, float>) {
+      initialize_row(init, table_seed, keys[i], rows.weights + s * dim, dim);
+    } else {
+      float* w = scratch + i * dim;
+      initialize_row(init, table_seed, keys[i], w, dim);
+      for (int d = 0; d < dim; ++d) rows.weights[s * dim + d] = from_float<T>(w[d]);
+    }
+    if (rows.state_dim) rules::init_state(opt, rows.state + s * rows.state_dim, dim);
+    rows.update_count[s] = 0;
+    rows.last_step[s] = 0;
+  }
+}
+
+// out (n, dim) fp32: the row of slots[i], zeros where slots[i] < 0.
+template <typename T>
+__global__ void gather_rows_kernel(RowsView<T> rows, const int64_t* __restrict__ slots, int64_t n,
+                                   float* __restrict__ out) {
+  const int dim = rows.dim;
+  const int64_t total = n * dim;
+  for (int64_t e = global_thread(); e < total; e += grid_threads()) {
+    const int64_t i = e / dim, d = e % dim;
+    const int64_t s = slots[i];
+    out[e] = s >= 0 ? to_float(rows.weights[s * dim + d]) : 0.0f;
+  }
+}
+
+// Copies rows of old slots to their new slots (after rehash_kernel). old_slots = capacity + 2.
+template <typename T>
+__global__ void move_rows_kernel(RowsView<T> from, RowsView<T> to, const int64_t* __restrict__ new_slot_of,
+                                 int64_t old_slots) {
+  const int dim = from.dim, sd = from.state_dim;
+  for (int64_t s = global_thread(); s < old_slots; s += grid_threads()) {
+    const int64_t t = new_slot_of[s];
+    if (t < 0) continue;
+    for (int d = 0; d < dim; ++d) to.weights[t * dim + d] = from.weights[s * dim + d];
+    for (int d = 0; d < sd; ++d) to.state[t * sd + d] = from.state[s * sd + d];
+    to.update_count[t] = from.update_count[s];
+    to.last_step[t] = from.last_step[s];
+  }
+}
+
+// One group of a batch as the row kernels see it (all pointers device memory).
+struct BagsView {
+  const int64_t* offsets = nullptr;     // (batch_size + 1)
+  const float* weights = nullptr;       // (num_ids) or nullptr
+  const int* inverse = nullptr;         // (num_ids) index into the unique ids
+  const int64_t* unique_slots = nullptr;  // (num_unique) table slot, -1: absent
+  int64_t batch_size = 0;
+  int64_t max_len = 0;
+  int dim = 0;
+  Pooling pooling = Pooling::kSum;
+};
+
+inline constexpr int kPoolChunksPerLane = 4;  // a warp covers 128 dims per pass
+
+// Forward: one warp per bag, lanes across the dims (coalesced row reads). Sum / mean write
+// out (batch_size, dim); none writes (batch_size, max_len, dim) zero-padded.
+template <typename T>
+__global__ void pool_kernel(BagsView g, RowsView<T> rows, float* __restrict__ out) {
+  const int lane = static_cast<int>(threadIdx.x) & 31;
+  const int64_t warps = grid_threads() / 32;
+  const int dim = g.dim;
+  for (int64_t b = global_thread() / 32; b < g.batch_size; b += warps) {
+    const int64_t start = g.offsets[b], end = g.offsets[b + 1];
+    if (g.pooling == Pooling::kNone) {
+      float* o = out + b * g.max_len * dim;
+      for (int64_t j = 0; j < g.max_len; ++j) {
+        const int64_t s = start + j < end ? g.unique_slots[g.inverse[start + j]] : -1;
+        const float w = start + j < end && g.weights ? g.weights[start + j] : 1.0f;
+        for (int d = lane; d < dim; d += 32) o[j * dim + d] = s >= 0 ? w * to_float(rows.weights[s * dim + d]) : 0.0f;
+      }
+      continue;
+    }
+    for (int d0 = 0; d0 < dim; d0 += 32 * kPoolChunksPerLane) {
+      float acc[kPoolChunksPerLane];
+      for (int c = 0; c < kPoolChunksPerLane; ++c) acc[c] = 0.0f;
+      float weight_sum = 0.0f;
+      for (int64_t p = start; p < end; ++p) {
+        const float w = g.weights ? g.weights[p] : 1.0f;
+        weight_sum += w;
+        const int64_t s = g.unique_slots[g.inverse[p]];
+        if (s < 0) continue;
+        const T* row = rows.weights + s * dim;
+        for (int c = 0; c < kPoolChunksPerLane; ++c) {
+          const int d = d0 + lane + 32 * c;
+          if (d < dim) acc[c] += w * to_float(row[d]);
+        }
+      }
+      float scale = 1.0f;
+      if (g.pooling == Pooling::kMean) {
+        const float denom = g.weights ? weight_sum : static_cast<float>(end - start);
+        scale = denom != 0.0f ? 1.0f / denom : 0.0f;
+      }
+      for (int c = 0; c < kPoolChunksPerLane; ++c) {
+        const int d = d0 + lane + 32 * c;
+        if (d < dim) out[b * dim + d] = acc[c] * scale;
+      }
+    }
+  }
+}
+
+// bag_of (num_ids): the bag of each position; bag_scale (batch_size): 1/denominator for
+// mean pooling (0 for an empty bag), 1 otherwise.
+__global__ void bag_layout_kernel(BagsView g, int* __restrict__ bag_of, float* __restrict__ bag_scale) {
+  for (int64_t b = global_thread(); b < g.batch_size; b += grid_threads()) {
+    const int64_t start = g.offsets[b], end = g.offsets[b + 1];
+    float denom = 0.0f;
+    for (int64_t p = start; p < end; ++p) {
+      bag_of[p] = static_cast<int>(b);
+      denom += g.weights ? g.weights[p] : 1.0f;
+    }
+    if (!g.weights) denom = static_cast<float>(end - start);
+    bag_scale[b] = g.pooling != Pooling::kMean ? 1.0f : (denom != 0.0f ? 1.0f / denom : 0.0f);
+  }
+}
+
+// grad_rows (num_unique, dim): the summed gradient of each unique id, one thread per element,
+// occurrences in ascending position order. grad: the output gradient, same shape as forward's.
+__global__ void unique_grad_kernel(BagsView g, const int* __restrict__ occ_offsets, const int* __restrict__ occ_positions,
+                                   const int* __restrict__ bag_of, const float* __restrict__ bag_scale,
+                                   const float* __restrict__ grad, int64_t num_unique, float* __restrict__ grad_rows) {
+  const int dim = g.dim;
+  const int64_t total = num_unique * dim;
+  const bool sequence = g.pooling == Pooling::kNone;
+  for (int64_t e = global_thread(); e < total; e += grid_threads()) {
+    const int64_t u = e / dim, d = e % dim;
+    float acc = 0.0f;
+    for (int k = occ_offsets[u]; k < occ_offsets[u + 1]; ++k) {
+      const int pos = occ_positions[k];
+      const int b = bag_of[pos];
+      float s = bag_scale[b];
+      if (g.weights) s *= g.weights[pos];
+      const float x = sequence ? grad[(b * g.max_len + (pos - g.offsets[b])) * dim + d] : grad[int64_t{b} * dim + d];
+      acc += s * x;
+    }
+    grad_rows[e] = acc;
+  }
+}
+
+// The fused update, once per unique row: the CPU engine's rule (rules::apply) on the row in
+// place (fp32 storage) or on an fp32 copy rounded back once (fp16). scratch (num_unique, dim)
+// fp32 device, fp16 only.
+template <typename T>
+__global__ void update_rows_kernel(RowsView<T> rows, const int64_t* __restrict__ unique_slots, int64_t num_unique,
+                                   const float* __restrict__ grad_rows, OptimizerConfig opt, int64_t step,
+                                   float* __restrict__ scratch) {
+  const int dim = rows.dim;
+  for (int64_t u = global_thread(); u < num_unique; u += grid_threads()) {
+    const int64_t s = unique_slots[u];
+    if (s < 0) continue;
+    uint32_t count = rows.update_count[s];
+    if (count != 0xffffffffu) ++count;
+    rows.update_count[s] = count;
+    const int64_t t = opt.use_global_step ? step : static_cast<int64_t>(count);
+    float* state = rows.state + s * rows.state_dim;
+    if constexpr (std::is_same_v<T, float>) {
+      rules::apply(opt, rows.weights + s * dim, state, grad_rows + u * dim, dim, t);
+    } else {
+      float* w = scratch + u * dim;
+      for (int d = 0; d < dim; ++d) w[d] = to_float(rows.weights[s * dim + d]);
+      rules::apply(opt, w, state, grad_rows + u * dim, dim, t);
+      for (int d = 0; d < dim; ++d) rows.weights[s * dim + d] = from_float<T>(w[d]);
+    }
+    rows.last_step[s] = step;
+  }
+}
+
+}  // namespace sparsecore::cuda::SC_BACKEND_NS

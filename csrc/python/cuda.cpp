@@ -1,0 +1,148 @@
+// Bindings of the CUDA backend: cuda::DeviceEmbeddingCollection (device or emulated) and
+// device discovery. Importing never touches a driver; only constructing a device-backed
+// collection does (RuntimeError "no CUDA device ..." when there is none).
+#include <pybind11/numpy.h>
+#include <pybind11/stl.h>
+
+#include "array_args.h"
+#include "binding_registry.h"
+#include "sparsecore/cuda/device_embedding_collection.h"
+
+namespace py = pybind11;
+using namespace sparsecore;
+using sparsecore::cuda::DeviceEmbeddingCollection;
+using sparsecore::cuda::DevicePreparedBatch;
+using sparsecore::python::checked_array;
+
+namespace {
+
+struct PyDevicePrepared {
+  std::shared_ptr<DevicePreparedBatch> batch;
+};
+
+std::vector<py::ssize_t> output_shape(const cuda::DeviceGroupInfo& g) {
+  if (g.pooling == Pooling::kNone) return {g.batch_size, g.max_len, g.dim};
+  return {g.batch_size, g.dim};
+}
+
+}  // namespace
+
+SPARSECORE_BINDING(cuda, 40) {
+  m.def("cuda_device_available", &cuda::device_available,
+        "True when this build has CUDA kernels and a CUDA device with a driver is present.");
+  m.def("cuda_unavailable_reason", &cuda::device_unavailable_reason);
+
+  py::class_<PyDevicePrepared>(m, "DevicePreparedBatch")
+      .def_property_readonly("train", [](const PyDevicePrepared& p) { return p.batch->train(); })
+      .def("num_unique", [](const PyDevicePrepared& p, size_t g) { return p.batch->groups().at(g).num_unique; })
+      .def("unique_ids", [](const PyDevicePrepared& p, int g) {
+        auto ids = p.batch->unique_ids(g);
+        return py::array_t<int64_t>(static_cast<py::ssize_t>(ids.size()), ids.data());
+      });
+
+  py::class_<DeviceEmbeddingCollection>(m, "DeviceEmbeddingCollection")
+      .def(py::init([](const std::string& configs_json, uint64_t seed, const std::string& storage, bool emulate,
+                       int block_threads, int max_blocks) {
+             std::vector<TableConfig> tables;
+             const Json parsed = Json::parse(configs_json);  // outlives the loop over its array
+             for (const Json& t : parsed.as_array("tables")) tables.push_back(TableConfig::from_json(t));
+             return std::make_unique<DeviceEmbeddingCollection>(
+                 std::move(tables), seed, cuda::row_storage_from_name(storage),
+                 emulate ? cuda::Backend::kEmulated : cuda::Backend::kDevice, cuda::LaunchLimits{block_threads, max_blocks});
+           }),
+           py::arg("configs_json"), py::arg("seed"), py::arg("storage") = "fp32", py::arg("emulate") = false,
+           py::arg("block_threads") = 128, py::arg("max_blocks") = 0)
+      .def_property_readonly("step", &DeviceEmbeddingCollection::step)
+      .def_property_readonly("seed", &DeviceEmbeddingCollection::seed)
+      .def_property_readonly("num_tables", &DeviceEmbeddingCollection::num_tables)
+      .def_property_readonly("storage", [](const DeviceEmbeddingCollection& c) { return cuda::row_storage_name(c.storage()); })
+      .def_property_readonly("emulated", [](const DeviceEmbeddingCollection& c) { return c.backend() == cuda::Backend::kEmulated; })
+      .def("table_name", [](const DeviceEmbeddingCollection& c, int t) { return c.config(t).name; })
+      .def("table_config_json", [](const DeviceEmbeddingCollection& c, int t) { return c.config(t).to_json().dump(); })
+      .def("table_size", &DeviceEmbeddingCollection::table_size)
+      .def("table_capacity", &DeviceEmbeddingCollection::table_capacity)
+      .def("set_max_load_factor", &DeviceEmbeddingCollection::set_max_load_factor)
+      .def("prepare",
+           [](DeviceEmbeddingCollection& c, const std::vector<py::tuple>& groups, bool train) {
+             // Each group: (table index, ids int64[n], offsets int64[B+1], weights float32[n] or None)
+             std::vector<GroupInput> inputs;
+             for (const py::tuple& grp : groups) {
+               GroupInput in;
+               in.table = grp[0].cast<int>();
+               std::string name = "group '" + c.config(in.table).name + "'";
+               py::array ids = grp[1].cast<py::array>(), offsets = grp[2].cast<py::array>();
+               in.ids = checked_array<int64_t>(ids, name + " ids", {-1});
+               in.num_ids = ids.shape(0);
+               in.offsets = checked_array<int64_t>(offsets, name + " offsets", {-1});
+               if (offsets.shape(0) < 1) throw InvalidArgument(name + " offsets must have at least one element (B + 1)");
+               in.batch_size = offsets.shape(0) - 1;
+               if (!grp[3].is_none()) in.weights = checked_array<float>(grp[3].cast<py::array>(), name + " weights", {in.num_ids});
+               inputs.push_back(in);
+             }
+             py::gil_scoped_release release;  // `groups` keeps the arrays alive
+             return PyDevicePrepared{c.prepare(inputs, train)};
+           },
+           py::arg("groups"), py::arg("train"))
+      .def("forward",
+           [](DeviceEmbeddingCollection& c, const PyDevicePrepared& p) {
+             std::vector<py::array_t<float>> outs;
+             std::vector<float*> ptrs;
+             for (const auto& g : p.batch->groups()) {
+               outs.emplace_back(output_shape(g));
+               ptrs.push_back(outs.back().mutable_data());
+             }
+             py::gil_scoped_release release;
+             c.forward(*p.batch, ptrs);
+             return outs;
+           },
+           py::arg("prepared"))
+      .def("backward",
+           [](DeviceEmbeddingCollection& c, const PyDevicePrepared& p, const std::vector<py::array>& grads) {
+             const auto& groups = p.batch->groups();
+             if (grads.size() != groups.size())
+               throw InvalidArgument("backward: got " + std::to_string(grads.size()) + " gradients for " +
+                                     std::to_string(groups.size()) + " groups");
+             std::vector<const float*> ptrs;
+             for (size_t g = 0; g < grads.size(); ++g)
+               ptrs.push_back(checked_array<float>(grads[g], "gradient of group '" + c.config(groups[g].table).name + "'",
+                                                   output_shape(groups[g])));
+             py::gil_scoped_release release;
+             return c.backward(*p.batch, ptrs);
+           },
+           py::arg("prepared"), py::arg("grads"))
+      .def("lookup",
+           [](DeviceEmbeddingCollection& c, int t, const py::array& ids, bool insert) {
+             const int64_t* k = checked_array<int64_t>(ids, "ids", {-1});
+             const int64_t n = ids.shape(0);
+             py::array_t<float> out({n, static_cast<int64_t>(c.config(t).dim)});
+             float* o = out.mutable_data();
+             py::gil_scoped_release release;
+             c.lookup(t, k, n, o, insert);
+             return out;
+           },
+           py::arg("table"), py::arg("ids"), py::arg("insert") = false)
+      .def("erase",
+           [](DeviceEmbeddingCollection& c, int t, const py::array& ids) {
+             const int64_t* k = checked_array<int64_t>(ids, "ids", {-1});
+             const int64_t n = ids.shape(0);
+             py::gil_scoped_release release;
+             return c.erase(t, k, n);
+           },
+           py::arg("table"), py::arg("ids"))
+      .def("export",
+           [](const DeviceEmbeddingCollection& c, int t) {
+             DeviceEmbeddingCollection::Export e;
+             {
+               py::gil_scoped_release release;
+               e = c.export_rows(t);
+             }
+             const auto n = static_cast<py::ssize_t>(e.keys.size());
+             const py::ssize_t dim = c.config(t).dim, sd = c.config(t).optimizer.state_dim(c.config(t).dim);
+             return py::make_tuple(py::array_t<int64_t>(n, e.keys.data()),
+                                   py::array_t<float>({n, dim}, e.weights.data()),
+                                   py::array_t<float>({n, sd}, e.state.data()),
+                                   py::array_t<int64_t>(n, e.update_count.data()),
+                                   py::array_t<int64_t>(n, e.last_step.data()));
+           },
+           py::arg("table"));
+}

@@ -1,0 +1,127 @@
+// cuda::DeviceEmbeddingCollection: the CUDA twin of EmbeddingCollection (same tables, same
+// initial values, same update rules, same results up to float rounding), with its rows in
+// device memory. Declarations only; the kernels live in csrc/cuda.
+//
+// Two backends run the same kernel sources:
+//   Backend::kDevice    a CUDA GPU (needs a CUDA build and a driver; throws
+//                       CudaError("no CUDA device ...") otherwise);
+//   Backend::kEmulated  the CPU emulation of those kernels (always available; slow, for
+//                       tests and for machines without a GPU).
+//
+// Data path per batch, as the CPU collection: prepare (validate on the host, copy ids over,
+// dedup on the device, lookup-or-insert / find), forward (gather + pool per bag), backward
+// (per-unique gradient rows, fused update once per unique row). All pointers in this API
+// are host memory; the collection copies over and back.
+//
+// Rows are stored per table as structure-of-arrays on the device: weights (fp32 or fp16),
+// optimizer state (fp32), update count and last step. With fp16 storage the update reads
+// the row into fp32, applies the rule and rounds back once.
+//
+// Thread-safety: one call at a time (calls take an internal mutex).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "sparsecore/cuda/cuda_error.h"
+#include "sparsecore/ops/embedding_collection.h"
+
+namespace sparsecore::cuda {
+
+enum class Backend : uint8_t { kDevice = 0, kEmulated = 1 };
+enum class RowStorage : uint8_t { kFloat32 = 0, kFloat16 = 1 };
+
+RowStorage row_storage_from_name(const std::string& name);  // "fp32" | "fp16"
+const char* row_storage_name(RowStorage s);
+
+// True when this build has CUDA kernels and a CUDA device with a working driver is present.
+bool device_available();
+// Why the device backend is unavailable ("" when it is available).
+std::string device_unavailable_reason();
+
+// Shapes of one prepared group (what forward returns and backward expects).
+struct DeviceGroupInfo {
+  int table = -1;
+  int dim = 0;
+  Pooling pooling = Pooling::kSum;
+  int64_t batch_size = 0;
+  int64_t max_len = 0;
+  int64_t num_ids = 0;
+  int64_t num_unique = 0;
+  int64_t output_size() const { return (pooling == Pooling::kNone ? batch_size * max_len : batch_size) * dim; }
+};
+
+// A batch after prepare(): device buffers of its dedup and rows. Opaque outside csrc/cuda.
+class DevicePreparedBatch {
+ public:
+  virtual ~DevicePreparedBatch() = default;
+  virtual bool train() const = 0;
+  virtual const std::vector<DeviceGroupInfo>& groups() const = 0;
+  // Unique ids of group g, in order of first occurrence (host copy).
+  virtual std::vector<int64_t> unique_ids(int g) const = 0;
+};
+
+// The kernels' side of the collection; one implementation per backend.
+class DeviceCollectionImpl;
+
+struct LaunchLimits {
+  int block_threads = 128;  // threads per block (a multiple of 32)
+  int max_blocks = 0;       // 0: as many as the work needs; kernels are grid-stride loops
+};
+
+class DeviceEmbeddingCollection {
+ public:
+  DeviceEmbeddingCollection(std::vector<TableConfig> tables, uint64_t seed, RowStorage storage = RowStorage::kFloat32,
+                            Backend backend = Backend::kDevice, LaunchLimits limits = {});
+  ~DeviceEmbeddingCollection();
+  DeviceEmbeddingCollection(const DeviceEmbeddingCollection&) = delete;
+  DeviceEmbeddingCollection& operator=(const DeviceEmbeddingCollection&) = delete;
+
+  Backend backend() const { return backend_; }
+  RowStorage storage() const { return storage_; }
+  uint64_t seed() const { return seed_; }
+  int num_tables() const { return static_cast<int>(configs_.size()); }
+  const TableConfig& config(int table) const { return configs_.at(table); }
+  int table_index(const std::string& name) const;  // NotFound naming the known tables
+  int64_t step() const;
+
+  // Rows held by table t, and its slot capacity (grows when the load factor would pass
+  // max_load_factor, default 0.75).
+  int64_t table_size(int table) const;
+  int64_t table_capacity(int table) const;
+  void set_max_load_factor(double f);  // in (0, 0.95]
+
+  std::shared_ptr<DevicePreparedBatch> prepare(const std::vector<GroupInput>& inputs, bool train);
+  // outputs[g]: host float32, DeviceGroupInfo::output_size() elements each.
+  void forward(const DevicePreparedBatch& batch, const std::vector<float*>& outputs);
+  // grads[g]: host float32 of the output shapes. NaN/Inf anywhere: InvalidArgument, nothing changes.
+  int64_t backward(const DevicePreparedBatch& batch, const std::vector<const float*>& grads);
+
+  // keys (n) host; out (n, dim) host float32. find-only unless `insert` (unknown: zeros).
+  void lookup(int table, const int64_t* keys, int64_t n, float* out, bool insert);
+  int64_t erase(int table, const int64_t* keys, int64_t n);
+
+  struct Export {
+    std::vector<int64_t> keys;           // (n)
+    std::vector<float> weights;          // (n, dim), as fp32
+    std::vector<float> state;            // (n, state_dim)
+    std::vector<int64_t> update_count;   // (n)
+    std::vector<int64_t> last_step;      // (n)
+  };
+  // Every row of table t, sorted by key.
+  Export export_rows(int table) const;
+
+ private:
+  void check_table(int table) const;
+  void validate_inputs(const std::vector<GroupInput>& inputs) const;
+
+  Backend backend_;
+  RowStorage storage_;
+  uint64_t seed_;
+  std::vector<TableConfig> configs_;
+  std::unique_ptr<DeviceCollectionImpl> impl_;
+};
+
+}  // namespace sparsecore::cuda
