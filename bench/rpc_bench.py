@@ -11,7 +11,7 @@ Groups (one table, printed at the end of one run):
                  runs 16 connections, one request each)
   kv-servers     C++ pull, 16 in flight, against 1 and 2 server processes
 
-    python bench/rpc_bench.py [--requests 2000]
+    python bench/rpc_bench.py [--requests 2000] [--repeats 3]
 
 Peers that are not installed are skipped with a message. bench/test_kv.py runs the same
 cases as pytest-benchmark groups.
@@ -37,7 +37,17 @@ import numpy as np
 IDS, DIM = 1000, 18
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-PYTHON_ENV = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "python"), os.environ.get("PYTHONPATH", "")]))
+
+
+def python_env() -> dict:
+    """The environment of a child Python: it imports the sparsecore this process imports
+    (the source tree's python/ in development, site-packages once installed)."""
+    try:
+        import sparsecore
+        root = str(Path(sparsecore.__file__).resolve().parent.parent)
+    except ImportError:
+        root = str(ROOT / "python")
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
 
 
 # ------------------------------------------------------------------------------ processes
@@ -46,7 +56,7 @@ class Process:
 
     def __init__(self, cmd: list[str], env: Optional[dict] = None, timeout: float = 30.0):
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                                     env=env or PYTHON_ENV)
+                                     env=env or python_env())
         deadline = time.monotonic() + timeout
         self.endpoint = ""
         while time.monotonic() < deadline:
@@ -89,9 +99,15 @@ def peer_server(stack: ExitStack, kind: str) -> Process:
 
 
 def kv_bench_binary() -> Optional[str]:
-    """The C++ driver: $SPARSECORE_KV_BENCH or the developer build's."""
-    path = os.environ.get("SPARSECORE_KV_BENCH") or ROOT / "build/dev/tests/sparsecore_kv_bench"
-    return str(path) if Path(path).is_file() else None
+    """The C++ driver: $SPARSECORE_KV_BENCH, or the developer or CI build's."""
+    if os.environ.get("SPARSECORE_KV_BENCH"):
+        path = Path(os.environ["SPARSECORE_KV_BENCH"])
+        return str(path) if path.is_file() else None
+    for build in ("build/dev", "build/ci"):
+        path = ROOT / build / "tests/sparsecore_kv_bench"
+        if path.is_file():
+            return str(path)
+    return None
 
 
 # ------------------------------------------------------------------ peer servers (--serve)
@@ -382,18 +398,31 @@ class KvCases:
         raise ValueError(f"unknown case {case!r}")
 
 
-def all_cases(requests: int, log: Callable[[str], None] = print) -> list[tuple[str, dict]]:
-    """Every case of every group, in CASES order; missing peers are logged and skipped."""
-    rows: list[tuple[str, dict]] = []
+def all_cases(requests: int, repeats: int = 1, log: Callable[[str], None] = print) -> list[tuple[str, dict]]:
+    """Every case of every group, the whole list `repeats` times over (so that the machine's
+    noise spreads over all cases alike); per case the median of its runs' keys/s, p50 and p99.
+    Missing peers are logged and skipped."""
+    runs: dict[tuple[str, str], list[dict]] = {}
     runner = KvCases(requests)
     try:
-        for group, case in CASES:
-            try:
-                rows.append((group, runner.run(group, case)))
-            except PeerMissing as e:
-                log(f"skipped {group} {case}: {e}")
+        for _ in range(repeats):
+            for group, case in CASES:
+                try:
+                    runs.setdefault((group, case), []).append(runner.run(group, case))
+                except PeerMissing as e:
+                    if (group, case) not in runs:
+                        log(f"skipped {group} {case}: {e}")
+                    runs[(group, case)] = []
     finally:
         runner.close()
+    rows = []
+    for (group, case), results in runs.items():
+        if results:
+            merged = dict(results[0])
+            for key in ("keys_per_s", "p50_us", "p99_us"):
+                merged[key] = float(np.median([r[key] for r in results]))
+            merged["runs"] = len(results)
+            rows.append((group, merged))
     return rows
 
 
@@ -428,12 +457,13 @@ def targets(rows: list[tuple[str, dict]]) -> list[str]:
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--requests", type=int, default=2000, help="requests per case (x4 for 16 in flight)")
+    p.add_argument("--repeats", type=int, default=3, help="runs of the whole case list; medians are reported")
     p.add_argument("--serve", help=argparse.SUPPRESS)  # internal: run a peer's server
     args = p.parse_args(argv)
     if args.serve:
         serve(args.serve)
         return 0
-    rows = all_cases(args.requests)
+    rows = all_cases(args.requests, args.repeats)
     print(table(rows))
     print()
     print("\n".join(targets(rows)))
