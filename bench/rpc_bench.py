@@ -366,7 +366,8 @@ class KvCases:
             ps = self.ps()
             if group == "kv-push-1":
                 return measure("sparsecore Python push", lambda: ps.push("kv", self.batch(), self.grads), n)
-            return measure("sparsecore Python pull", lambda: ps.pull("kv", self.batch()), n)
+            rows = np.empty((IDS, DIM), np.float32)
+            return measure("sparsecore Python pull", lambda: ps.pull("kv", self.batch(), out=rows), n)
         if case == "plain-tcp":
             return self.cpp("tcp", [], 16 if group == "kv-pull-16" else 1)
         if case == "redis-benchmark":

@@ -286,3 +286,21 @@ def test_stopped_server_is_detected_by_heartbeat():
     finally:
         proc.send_signal(signal.SIGCONT)
         stop(proc)
+
+
+def test_pull_into_out_and_strided_ids():
+    server = sc.Server(port=0)
+    try:
+        ps = server.client()
+        ps.create_table("t", CFG, seed=8)
+        ids = np.arange(40, dtype=np.int64)[::2]  # not contiguous
+        want = ps.pull("t", ids.copy())
+        out = np.empty((20, DIM), np.float32)
+        assert ps.pull("t", ids, out=out) is out
+        np.testing.assert_array_equal(out, want)
+        with pytest.raises(ValueError, match="shape"):
+            ps.pull("t", ids, out=np.empty((19, DIM), np.float32))
+        with pytest.raises(TypeError, match="float32"):
+            ps.pull("t", ids, out=np.empty((20, DIM), np.float64))
+    finally:
+        server.stop()

@@ -63,18 +63,22 @@ SPARSECORE_BINDING(ps, 70) {
         c.create_table(cfg, seed);
       })
       .def("dim", &PsClient::dim)
-      .def("pull", [](PsClient& c, const std::string& table, const py::array& ids, bool train) {
+      .def("pull", [](PsClient& c, const std::string& table, const py::array& ids, bool train, py::object out_arg) {
         const int64_t* p = checked_array<int64_t>(ids, "ids", {-1});
         int64_t n = ids.shape(0);
         int d = c.dim(table);
-        py::array_t<float> out({static_cast<py::ssize_t>(n), static_cast<py::ssize_t>(d)});
-        float* o = out.mutable_data();
+        // `out` (optional): a float32[n, dim] array the rows are read into (no allocation).
+        py::array out = out_arg.is_none() ? py::array(py::array_t<float>({static_cast<py::ssize_t>(n), static_cast<py::ssize_t>(d)}))
+                                          : py::array(out_arg);
+        checked_array<float>(out, "out", {n, d});
+        if (!out.writeable()) throw InvalidArgument("out must be writeable");
+        float* o = static_cast<float*>(out.mutable_data());
         {
           py::gil_scoped_release r;
           c.pull(table, p, n, train, o);
         }
         return out;
-      }, py::arg("table"), py::arg("ids"), py::arg("train") = true)
+      }, py::arg("table"), py::arg("ids"), py::arg("train") = true, py::arg("out") = py::none())
       .def("push", [](PsClient& c, const std::string& table, const py::array& ids, const py::array& grads, int64_t step) {
         const int64_t* p = checked_array<int64_t>(ids, "ids", {-1});
         int64_t n = ids.shape(0);

@@ -66,9 +66,12 @@ class Cluster:
         self._c.create_table(json.dumps(cfg), int(seed) & (2**64 - 1))
         self._tables[name] = (config, seed)
 
-    def pull(self, name: str, ids: Any, *, train: bool = True) -> np.ndarray:
-        """Rows of ``ids`` as float32[n, dim]; ``train=False`` never inserts (unknown ids read 0)."""
-        return self._c.pull(name, as_int64(ids, f"ids of table '{name}'"), train)
+    def pull(self, name: str, ids: Any, *, train: bool = True, out: Optional[np.ndarray] = None) -> np.ndarray:
+        """Rows of ``ids`` as float32[n, dim]; ``train=False`` never inserts (unknown ids read 0).
+        ``out``: a C-contiguous float32[n, dim] array to read the rows into (returned)."""
+        if type(ids) is not np.ndarray or ids.dtype != np.int64 or not ids.flags.c_contiguous:
+            ids = as_int64(ids, f"ids of table '{name}'")
+        return self._c.pull(name, ids, train, out)
 
     def push(self, name: str, ids: Any, grads: Any, *, step: int = 0) -> None:
         """Applies ``grads`` (float32[n, dim]) to the rows of ``ids``; duplicates are summed."""

@@ -292,6 +292,7 @@ void Reactor::dispatch(Connection& c, const FrameHeader& h, std::span<const std:
     }
   }
   Reply reply;
+  reply.body = take_body();
   reply.token_ = DeferredReply{c.id, h.request_id, h.method};
   try {
     handlers[h.method](req, reply);
@@ -417,6 +418,7 @@ void Reactor::flush(Connection& c) {
       if (written >= left) {
         written -= left;
         c.front_sent = 0;
+        recycle(std::move(f.body));
         c.out.pop_front();
       } else {
         c.front_sent += written;
@@ -426,6 +428,20 @@ void Reactor::flush(Connection& c) {
   }
   if (c.read_paused && c.out_bytes <= server_.options_.connection_memory_bytes / 2) c.read_paused = false;
   if (c.closing && c.out.empty()) close_connection(c);
+}
+
+PodVector<std::byte> Reactor::take_body() {
+  if (spare_bodies_.empty()) return {};
+  PodVector<std::byte> body = std::move(spare_bodies_.back());
+  spare_bodies_.pop_back();
+  body.clear();  // keeps its capacity
+  return body;
+}
+
+void Reactor::recycle(PodVector<std::byte>&& body) {
+  constexpr size_t kMinKept = 4 << 10, kMaxKept = 16 << 20, kMaxSpare = 32;
+  if (body.capacity() >= kMinKept && body.capacity() <= kMaxKept && spare_bodies_.size() < kMaxSpare)
+    spare_bodies_.push_back(std::move(body));
 }
 
 void Reactor::close_connection(Connection& c) {
