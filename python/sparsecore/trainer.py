@@ -76,7 +76,7 @@ class Trainer:
                  model_input: str = "concat", use_dense: bool = False, seed: int = 0,
                  prefetch: int = 2, stale_sparse: bool = False, deterministic: bool = False,
                  log_every: int = 100, progress: bool = True,
-                 embedding: Optional[EmbeddingBagCollection] = None):
+                 embedding: Optional[EmbeddingBagCollection] = None, server: Any = None):
         if model_input not in ("concat", "dict"):
             raise ValueError(f"model_input must be 'concat' or 'dict', got {model_input!r}")
         if prefetch < 1:
@@ -91,6 +91,8 @@ class Trainer:
         self.tables = dict(tables)
         if not self.tables:
             raise ValueError("tables (the feature spec) must name at least one group")
+        if embedding is None and server is not None:  # a sparsecore.connect(...) cluster
+            embedding = EmbeddingBagCollection(collection=server.collection(self.tables, seed))
         self.embedding = embedding or EmbeddingBagCollection(self.tables, seed)
         self.dense_optimizer = dense_optimizer or torch.optim.Adam(model.parameters(), lr=1e-3)
         if loss == "logloss":
