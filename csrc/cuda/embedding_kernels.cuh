@@ -202,4 +202,11 @@ __global__ void update_rows_kernel(RowsView<T> rows, const int64_t* __restrict__
   }
 }
 
+// *count += elements of values (n) that are NaN or Inf (validation of device inputs).
+__global__ void count_non_finite_kernel(const float* __restrict__ values, int64_t n, unsigned long long* count) {
+  unsigned long long local = 0;
+  for (int64_t i = global_thread(); i < n; i += grid_threads()) local += !(fabsf(values[i]) <= 3.402823466e38f);
+  if (local) atomicAdd(count, local);
+}
+
 }  // namespace sparsecore::cuda::SC_BACKEND_NS
