@@ -184,3 +184,16 @@ def test_cuda_tensors_come_back_on_the_device():
     dev = sc.EmbeddingCollection({"t": sc.TableConfig(dim=3)}, 1, device="cuda")
     out = dev.forward({"t": (torch.tensor([4, 5, 4], device="cuda"), torch.tensor([0, 1, 3], device="cuda"))})
     assert out["t"].device.type == "cuda"
+
+
+@pytest.mark.parametrize("emulate", BACKENDS)
+@pytest.mark.parametrize("storage", ["fp32", "fp16"])
+def test_vector_loads_for_dims_that_allow_them(emulate, storage):
+    # dims % 4 == 0 take float4 loads (fp32) and dims % 2 == 0 __half2 loads (fp16); the
+    # others (and lanes past the last full vector) the scalar path.
+    rng = np.random.default_rng()
+    tables = {f"d{d}": sc.TableConfig(dim=d, pooling=p, optimizer=sc.Adagrad(lr=0.1))
+              for d, p in [(4, "sum"), (16, "mean"), (64, "sum"), (132, "mean"), (6, "sum"), (7, "mean")]}
+    cpu, dev = pair(tables, int(rng.integers(1 << 62)), emulate, storage=storage)
+    tol = 2e-5 if storage == "fp32" else 5e-3
+    assert_same_training(cpu, dev, rng, steps=2, rtol=tol, atol=tol / 10 if storage == "fp32" else tol)

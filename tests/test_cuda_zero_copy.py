@@ -186,3 +186,19 @@ def test_host_memory_posing_as_device_memory_is_refused_on_a_device():
     dev = sc_cuda.DeviceEmbeddingCollection({"t": sc.TableConfig(dim=4)}, 2)
     with pytest.raises(ValueError, match="not CUDA device memory"):
         dev.lookup("t", FakeCudaArray(np.array([1, 2], np.int64)))
+
+
+def test_misaligned_device_gradients_take_the_scalar_path():
+    rng = np.random.default_rng()
+    tables = {"t": sc.TableConfig(dim=8, optimizer=sc.Adagrad(lr=0.1))}
+    host, dev = emulated(tables, 6), emulated(tables, 6)
+    batch = {"t": random_batch(rng, 5, 4, 10, weighted=False)}
+    host.forward(batch)
+    prepared = dev.prepare({"t": fake(batch["t"])})
+    grad = rng.standard_normal((5, 8)).astype(np.float32)
+    storage = np.empty(grad.size + 1, np.float32)
+    shifted = storage[1:].reshape(grad.shape)  # 4 bytes past a 16-byte boundary
+    shifted[...] = grad
+    assert shifted.ctypes.data % 16 != 0
+    assert dev.backward(prepared, {"t": FakeCudaArray(shifted)}) == host.backward(batch, {"t": grad})
+    np.testing.assert_array_equal(dev.export("t")["weights"], host.export("t")["weights"])

@@ -183,9 +183,7 @@ class Collection final : public DeviceCollectionImpl {
         out.resize(size);
         dst = out.data();
       }
-      const int64_t warps_needed = std::max<int64_t>(g.info.batch_size, 1);
-      SC_LAUNCH(grid(warps_needed * 32), block(), 0, nullptr, pool_kernel<T>)(g.view(slots), table.rows(), dst);
-      SC_CHECK_LAUNCH();
+      launch_pool(g.view(slots), table.rows(), dst);
       if (space == MemorySpace::kHost) out.download(outputs[gi], size);
     }
     synchronize();
@@ -213,10 +211,17 @@ class Collection final : public DeviceCollectionImpl {
         grad_in = grad.data();
       }
       grad_rows.resize(u * g.info.dim);
-      SC_LAUNCH(grid(u * g.info.dim), block(), 0, nullptr, unique_grad_kernel)(
-          g.view(slots), g.occ_offsets.data(), g.occ_positions.data(), g.bag_of.data(), g.bag_scale.data(), grad_in,
-          u, grad_rows.data());
-      SC_CHECK_LAUNCH();
+      const bool vector = g.info.dim % 4 == 0 && aligned(grad_in, 16);
+      auto unique_grad = [&](auto kernel, int width) {
+        SC_LAUNCH(grid(u * g.info.dim / width), block(), 0, nullptr, kernel)(
+            g.view(slots), g.occ_offsets.data(), g.occ_positions.data(), g.bag_of.data(), g.bag_scale.data(), grad_in,
+            u, grad_rows.data());
+        SC_CHECK_LAUNCH();
+      };
+      if (vector)
+        unique_grad(unique_grad_kernel<4>, 4);
+      else
+        unique_grad(unique_grad_kernel<1>, 1);
       if (!std::is_same_v<T, float>) scratch.resize(u * g.info.dim);
       SC_LAUNCH(grid(u), block(), 0, nullptr, update_rows_kernel<T>)(table.rows(), slots, u, grad_rows.data(),
                                                                        table.config.optimizer, step, scratch.data());
@@ -347,6 +352,34 @@ class Collection final : public DeviceCollectionImpl {
   static uint64_t next_generation() {
     static std::atomic<uint64_t> counter{2};
     return counter.fetch_add(1);
+  }
+
+  static bool aligned(const void* p, size_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
+
+  // Forward of one group into out (device). Sum / mean: vector loads (float4 for fp32 rows,
+  // __half2 for fp16) when the dim allows and out is aligned for them, scalar otherwise; a
+  // group of lanes per bag sized to the dim.
+  void launch_pool(const BagsView& view, RowsView<T> rows, float* out) {
+    const int64_t bags = std::max<int64_t>(view.batch_size, 1);
+    if (view.pooling == Pooling::kNone) {
+      SC_LAUNCH(grid(bags * 32), block(), 0, nullptr, pool_sequence_kernel<T>)(view, rows, out);
+      SC_CHECK_LAUNCH();
+      return;
+    }
+    constexpr int kVectorWidth = std::is_same_v<T, float> ? 4 : 2;
+    const bool vector = view.dim % kVectorWidth == 0 && aligned(out, sizeof(float) * kVectorWidth);
+    const int width = vector ? kVectorWidth : 1;
+    const int lanes_wanted = (view.dim / width + kPoolElementsPerLane / width - 1) / (kPoolElementsPerLane / width);
+    int lanes = 1;
+    while (lanes < lanes_wanted && lanes < 32) lanes *= 2;
+    auto launch = [&](auto kernel) {
+      SC_LAUNCH(grid(bags * lanes), block(), 0, nullptr, kernel)(view, rows, out, lanes);
+      SC_CHECK_LAUNCH();
+    };
+    if (vector)
+      launch(pool_kernel<T, kVectorWidth>);
+    else
+      launch(pool_kernel<T, 1>);
   }
 
   dim3 block() const { return dim3(static_cast<unsigned>(limits_.block_threads)); }
