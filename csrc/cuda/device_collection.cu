@@ -347,6 +347,32 @@ class Collection final : public DeviceCollectionImpl {
     return e;
   }
 
+  void import_rows(int t, const DeviceEmbeddingCollection::Export& e) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    DeviceTable<T>& table = *tables_.at(t);
+    const int64_t n = static_cast<int64_t>(e.keys.size());
+    if (n == 0) return;
+    DeviceBuffer<int64_t> keys, slots, last;
+    keys.upload(e.keys.data(), n);
+    resolve(table, keys.data(), n, slots, true);
+    DeviceBuffer<float> weights, state;
+    weights.upload(e.weights.data(), e.weights.size());
+    state.upload(e.state.data(), e.state.size());
+    std::vector<uint32_t> counts(e.update_count.begin(), e.update_count.end());
+    DeviceBuffer<uint32_t> count;
+    count.upload(counts.data(), n);
+    last.upload(e.last_step.data(), n);
+    SC_LAUNCH(grid(n), block(), 0, nullptr, store_rows_kernel<T>)(table.rows(), slots.data(), n, weights.data(),
+                                                                   state.data(), count.data(), last.data());
+    SC_CHECK_LAUNCH();
+    synchronize();
+  }
+
+  void set_step(int64_t step) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    step_ = step;
+  }
+
  private:
   static float host_float(T v) { return to_float(v); }
   static uint64_t next_generation() {

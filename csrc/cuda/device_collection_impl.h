@@ -34,6 +34,9 @@ class DeviceCollectionImpl {
   // emulator's device memory is host memory: every pointer passes).
   virtual void check_device_pointer(const void* p, const std::string& what) const = 0;
   virtual DeviceEmbeddingCollection::Export export_rows(int table) const = 0;
+  // Inserts or overwrites rows (keys unique): weights, state and metadata as given.
+  virtual void import_rows(int table, const DeviceEmbeddingCollection::Export& rows) = 0;
+  virtual void set_step(int64_t step) = 0;
 };
 
 using ImplFactory = std::unique_ptr<DeviceCollectionImpl> (*)(const std::vector<TableConfig>&, uint64_t, RowStorage,

@@ -2,10 +2,13 @@
 // the host before any device work, so a bad batch changes nothing) and backend selection.
 #include "sparsecore/cuda/device_embedding_collection.h"
 
+#include <cstring>
+#include <mutex>
 #include <set>
 
 #include "device_collection_impl.h"
 #include "sparsecore/core/error.h"
+#include "sparsecore/core/hash.h"
 #include "sparsecore/ops/pooling_kernels.h"
 
 namespace sparsecore::cuda {
@@ -30,7 +33,7 @@ bool device_available() { return device_unavailable_reason().empty(); }
 
 DeviceEmbeddingCollection::DeviceEmbeddingCollection(std::vector<TableConfig> tables, uint64_t seed,
                                                      RowStorage storage, Backend backend, LaunchLimits limits)
-    : backend_(backend), storage_(storage), seed_(seed), configs_(std::move(tables)) {
+    : backend_(backend), storage_(storage), limits_(limits), seed_(seed), configs_(std::move(tables)) {
   SC_CHECK_ARG(!configs_.empty(), "a DeviceEmbeddingCollection needs at least one table");
   SC_CHECK_ARG(limits.block_threads >= 32 && limits.block_threads <= 1024 && limits.block_threads % 32 == 0,
                "block_threads must be a multiple of 32 in [32, 1024], got ", limits.block_threads);
@@ -178,6 +181,85 @@ int64_t DeviceEmbeddingCollection::erase(int table, const int64_t* keys, int64_t
 DeviceEmbeddingCollection::Export DeviceEmbeddingCollection::export_rows(int table) const {
   check_table(table);
   return impl_->export_rows(table);
+}
+
+std::unique_ptr<EmbeddingCollection> DeviceEmbeddingCollection::to_host() const {
+  auto host = std::make_unique<EmbeddingCollection>(configs_, seed_);
+  for (int t = 0; t < num_tables(); ++t) {
+    const Export e = export_rows(t);
+    EmbeddingTable& table = host->table(t);
+    HashTable& ht = table.hash_table();
+    const int dim = table.dim(), sd = table.state_dim();
+    std::vector<std::byte> row(table.row_bytes(), std::byte{0});
+    for (size_t i = 0; i < e.keys.size(); ++i) {
+      std::memcpy(EmbeddingTable::weights(row.data()), e.weights.data() + i * dim, sizeof(float) * dim);
+      std::memcpy(table.state(row.data()), e.state.data() + i * sd, sizeof(float) * sd);
+      *table.meta(row.data()) = PackedRowMeta::pack(RowMeta{static_cast<uint32_t>(e.update_count[i]), 0, e.last_step[i]});
+      const uint64_t hash = key_hash(e.keys[i]);
+      auto& shard = ht.shard(ht.shard_of_hash(hash));
+      std::unique_lock lock(shard.mutex);
+      shard.upsert_copy(e.keys[i], hash, row.data());
+    }
+  }
+  host->set_step(step());
+  return host;
+}
+
+std::unique_ptr<DeviceEmbeddingCollection> DeviceEmbeddingCollection::from_host(const EmbeddingCollection& host,
+                                                                                RowStorage storage, Backend backend,
+                                                                                LaunchLimits limits) {
+  std::vector<TableConfig> configs;
+  for (int t = 0; t < host.num_tables(); ++t) {
+    const EmbeddingTable& table = host.table(t);
+    SC_CHECK_ARG(table.seed() == table_seed(host.seed(), table.name()), "table '", table.name(), "' has seed ",
+                 table.seed(), ", not the one its collection seed gives; a device collection derives table seeds "
+                 "from the collection seed");
+    configs.push_back(table.config());
+  }
+  auto device = std::make_unique<DeviceEmbeddingCollection>(std::move(configs), host.seed(), storage, backend, limits);
+  for (int t = 0; t < host.num_tables(); ++t) {
+    const EmbeddingTable& table = host.table(t);
+    const auto n = static_cast<int64_t>(table.size());
+    const int dim = table.dim(), sd = table.state_dim(), floats = table.row_floats();
+    Export e;
+    e.keys.resize(n);
+    std::vector<float> rows(static_cast<size_t>(n) * floats);
+    std::vector<RowMeta> meta(n);
+    table.export_rows(e.keys.data(), rows.data(), meta.data(), n);
+    e.weights.resize(static_cast<size_t>(n) * dim);
+    e.state.resize(static_cast<size_t>(n) * sd);
+    for (int64_t i = 0; i < n; ++i) {
+      std::memcpy(e.weights.data() + i * dim, rows.data() + i * floats, sizeof(float) * dim);
+      std::memcpy(e.state.data() + i * sd, rows.data() + i * floats + dim, sizeof(float) * sd);
+      e.update_count.push_back(meta[i].update_count);
+      e.last_step.push_back(meta[i].last_step);
+    }
+    device->impl_->import_rows(t, e);
+  }
+  device->impl_->set_step(host.step());
+  return device;
+}
+
+void DeviceEmbeddingCollection::save(const std::string& dir, bool overwrite) const { to_host()->save(dir, overwrite); }
+
+std::unique_ptr<DeviceEmbeddingCollection> DeviceEmbeddingCollection::load(const std::string& dir, RowStorage storage,
+                                                                           Backend backend, LaunchLimits limits) {
+  return from_host(*EmbeddingCollection::load(dir), storage, backend, limits);
+}
+
+void DeviceEmbeddingCollection::restore(const std::string& dir) {
+  std::unique_ptr<DeviceEmbeddingCollection> loaded = load(dir, storage_, backend_, limits_);
+  SC_CHECK_ARG(loaded->num_tables() == num_tables(), "checkpoint at '", dir, "' has ", loaded->num_tables(),
+               " tables, this collection ", num_tables());
+  for (int t = 0; t < num_tables(); ++t) {
+    const TableConfig& theirs = loaded->config(t);
+    SC_CHECK_ARG(theirs.name == configs_[t].name && theirs.dim == configs_[t].dim, "checkpoint table ", t, " is '",
+                 theirs.name, "' (dim ", theirs.dim, "), this collection has '", configs_[t].name, "' (dim ",
+                 configs_[t].dim, ")");
+  }
+  impl_.swap(loaded->impl_);
+  configs_.swap(loaded->configs_);
+  seed_ = loaded->seed_;
 }
 
 }  // namespace sparsecore::cuda

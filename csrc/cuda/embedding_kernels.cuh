@@ -76,6 +76,22 @@ __global__ void move_rows_kernel(RowsView<T> from, RowsView<T> to, const int64_t
   }
 }
 
+// Writes whole rows (checkpoint import): weights (n, dim) fp32, rounded once to T; state
+// (n, state_dim); update_count, last_step (n). slots (n): the rows' slots. All device.
+template <typename T>
+__global__ void store_rows_kernel(RowsView<T> rows, const int64_t* __restrict__ slots, int64_t n,
+                                  const float* __restrict__ weights, const float* __restrict__ state,
+                                  const uint32_t* __restrict__ update_count, const int64_t* __restrict__ last_step) {
+  const int dim = rows.dim, sd = rows.state_dim;
+  for (int64_t i = global_thread(); i < n; i += grid_threads()) {
+    const int64_t s = slots[i];
+    for (int d = 0; d < dim; ++d) rows.weights[s * dim + d] = from_float<T>(weights[i * dim + d]);
+    for (int d = 0; d < sd; ++d) rows.state[s * sd + d] = state[i * sd + d];
+    rows.update_count[s] = update_count[i];
+    rows.last_step[s] = last_step[i];
+  }
+}
+
 // One group of a batch as the row kernels see it (all pointers device memory).
 struct BagsView {
   const int64_t* offsets = nullptr;     // (batch_size + 1)

@@ -25,6 +25,8 @@ std::vector<py::ssize_t> output_shape(const cuda::DeviceGroupInfo& g) {
   return {g.batch_size, g.dim};
 }
 
+cuda::Backend backend_of(bool emulate) { return emulate ? cuda::Backend::kEmulated : cuda::Backend::kDevice; }
+
 }  // namespace
 
 SPARSECORE_BINDING(cuda, 40) {
@@ -48,7 +50,7 @@ SPARSECORE_BINDING(cuda, 40) {
              for (const Json& t : parsed.as_array("tables")) tables.push_back(TableConfig::from_json(t));
              return std::make_unique<DeviceEmbeddingCollection>(
                  std::move(tables), seed, cuda::row_storage_from_name(storage),
-                 emulate ? cuda::Backend::kEmulated : cuda::Backend::kDevice, cuda::LaunchLimits{block_threads, max_blocks});
+                 backend_of(emulate), cuda::LaunchLimits{block_threads, max_blocks});
            }),
            py::arg("configs_json"), py::arg("seed"), py::arg("storage") = "fp32", py::arg("emulate") = false,
            py::arg("block_threads") = 128, py::arg("max_blocks") = 0)
@@ -174,6 +176,40 @@ SPARSECORE_BINDING(cuda, 40) {
              return c.erase(t, k, n);
            },
            py::arg("table"), py::arg("ids"))
+      .def("save",
+           [](const DeviceEmbeddingCollection& c, const std::string& dir, bool overwrite) {
+             py::gil_scoped_release release;
+             c.save(dir, overwrite);
+           },
+           py::arg("dir"), py::arg("overwrite") = false)
+      .def_static("load",
+                  [](const std::string& dir, const std::string& storage, bool emulate, int block_threads,
+                     int max_blocks) {
+                    py::gil_scoped_release release;
+                    return DeviceEmbeddingCollection::load(dir, cuda::row_storage_from_name(storage), backend_of(emulate),
+                                                           cuda::LaunchLimits{block_threads, max_blocks});
+                  },
+                  py::arg("dir"), py::arg("storage"), py::arg("emulate"), py::arg("block_threads"), py::arg("max_blocks"))
+      .def_static("from_host",
+                  [](const EmbeddingCollection& host, const std::string& storage, bool emulate, int block_threads,
+                     int max_blocks) {
+                    py::gil_scoped_release release;
+                    return DeviceEmbeddingCollection::from_host(host, cuda::row_storage_from_name(storage),
+                                                                backend_of(emulate),
+                                                                cuda::LaunchLimits{block_threads, max_blocks});
+                  },
+                  py::arg("host"), py::arg("storage"), py::arg("emulate"), py::arg("block_threads"), py::arg("max_blocks"))
+      .def("restore",
+           [](DeviceEmbeddingCollection& c, const std::string& dir) {
+             py::gil_scoped_release release;
+             c.restore(dir);
+           },
+           py::arg("dir"))
+      .def("to_host",
+           [](const DeviceEmbeddingCollection& c) {
+             py::gil_scoped_release release;
+             return c.to_host();
+           })
       .def("export",
            [](const DeviceEmbeddingCollection& c, int t) {
              DeviceEmbeddingCollection::Export e;

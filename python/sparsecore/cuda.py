@@ -24,6 +24,7 @@ as NumPy arrays), while torch CUDA tensors and CuPy arrays go through host memor
 from __future__ import annotations
 
 import ctypes
+import os
 import sys
 from collections.abc import Mapping
 from typing import Any, NamedTuple, Optional, Union
@@ -176,6 +177,14 @@ def parse_cuda_array(x: Any, what: str, dtype: str, shape: tuple[int, ...]) -> _
     return _DeviceArray(ptr, got, owner)
 
 
+def _launch_limits(emulate: bool, block_threads: Optional[int], max_blocks: Optional[int]) -> tuple[int, int]:
+    """(threads per block, block cap). The emulator runs every thread as a real thread:
+    small blocks, few of them."""
+    threads = block_threads if block_threads is not None else (64 if emulate else 128)
+    blocks = max_blocks if max_blocks is not None else (4 if emulate else 0)
+    return threads, blocks
+
+
 class _DevicePreparedBatch(PreparedBatch):
     """A prepared batch that remembers where its inputs lived (outputs go back there).
     space: "host" (NumPy / CPU torch), "copy" (CUDA arrays brought over to an emulated
@@ -210,12 +219,15 @@ class DeviceEmbeddingCollection(EmbeddingCollection):
             raise ValueError(f"storage must be 'fp32' or 'fp16', got {storage!r}")
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
             raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-        # The emulator runs every thread as a real thread: small blocks, few of them.
-        threads = block_threads if block_threads is not None else (64 if emulate else 128)
-        blocks = max_blocks if max_blocks is not None else (4 if emulate else 0)
         core = _core.DeviceEmbeddingCollection(tables_to_json(dict(tables)), int(seed) & (2**64 - 1), storage,
-                                               bool(emulate), threads, blocks)
+                                               bool(emulate), *_launch_limits(emulate, block_threads, max_blocks))
         super().__init__({}, _core_obj=core)
+
+    @classmethod
+    def _wrap(cls, core: Any) -> "DeviceEmbeddingCollection":
+        obj = object.__new__(cls)
+        EmbeddingCollection.__init__(obj, {}, _core_obj=core)
+        return obj
 
     @property
     def storage(self) -> str:
@@ -396,16 +408,37 @@ class DeviceEmbeddingCollection(EmbeddingCollection):
     def bytes_per_row(self, name: str) -> int:
         raise NotImplementedError("bytes_per_row is not reported by the CUDA backend yet")
 
-    def save(self, path: Any, *, overwrite: bool = False) -> None:
-        raise NotImplementedError("checkpoints of a DeviceEmbeddingCollection are not supported yet; "
-                                  "export() the tables instead")
+    # ----------------------------------------------------------------------------- checkpoints
+    def save(self, path: Union[str, os.PathLike], *, overwrite: bool = False) -> None:
+        """Writes a checkpoint in the CPU engine's format (the rows go through host memory):
+        :meth:`sparsecore.EmbeddingCollection.load` reads it, and so does :meth:`load`."""
+        self._c.save(os.fspath(path), bool(overwrite))
 
     @classmethod
-    def load(cls, path: Any) -> "DeviceEmbeddingCollection":
-        raise NotImplementedError("checkpoints of a DeviceEmbeddingCollection are not supported yet")
+    def load(cls, path: Union[str, os.PathLike], *, storage: str = "fp32", emulate: bool = False,
+             block_threads: Optional[int] = None, max_blocks: Optional[int] = None) -> "DeviceEmbeddingCollection":
+        """Reads a checkpoint written by either engine onto the device (or the emulator)."""
+        return cls._wrap(_core.DeviceEmbeddingCollection.load(os.fspath(path), storage, bool(emulate),
+                                                              *_launch_limits(emulate, block_threads, max_blocks)))
 
-    def restore(self, path: Any) -> None:
-        raise NotImplementedError("checkpoints of a DeviceEmbeddingCollection are not supported yet")
+    def restore(self, path: Union[str, os.PathLike]) -> None:
+        """Replaces the rows and step with a checkpoint's (same table names and dims);
+        unchanged on error. Batches prepared before are refused afterwards."""
+        self._c.restore(os.fspath(path))
+        EmbeddingCollection.__init__(self, {}, _core_obj=self._c)
+
+    def to_host(self) -> EmbeddingCollection:
+        """A CPU :class:`sparsecore.EmbeddingCollection` with this collection's rows, state and step."""
+        return EmbeddingCollection({}, _core_obj=self._c.to_host())
+
+    @classmethod
+    def from_host(cls, host: EmbeddingCollection, *, storage: str = "fp32", emulate: bool = False,
+                  block_threads: Optional[int] = None, max_blocks: Optional[int] = None) -> "DeviceEmbeddingCollection":
+        """A device collection with the rows, state and step of a CPU collection."""
+        if isinstance(host, DeviceEmbeddingCollection) or not isinstance(host, EmbeddingCollection):
+            raise TypeError(f"from_host needs a CPU sparsecore.EmbeddingCollection, got {type(host).__name__}")
+        return cls._wrap(_core.DeviceEmbeddingCollection.from_host(host._c, storage, bool(emulate),
+                                                                   *_launch_limits(emulate, block_threads, max_blocks)))
 
     def __repr__(self) -> str:
         where = "emulated" if self.emulated else "cuda"

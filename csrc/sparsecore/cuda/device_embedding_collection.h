@@ -126,6 +126,28 @@ class DeviceEmbeddingCollection {
   // Every row of table t, sorted by key.
   Export export_rows(int table) const;
 
+  // The CPU twin: an EmbeddingCollection holding this collection's rows (weights as fp32),
+  // optimizer state, metadata and step; and the reverse, a device collection holding a CPU
+  // collection's rows (table seeds must derive from the collection seed, as they do in
+  // every collection built from configs).
+  std::unique_ptr<EmbeddingCollection> to_host() const;
+  static std::unique_ptr<DeviceEmbeddingCollection> from_host(const EmbeddingCollection& host,
+                                                              RowStorage storage = RowStorage::kFloat32,
+                                                              Backend backend = Backend::kDevice,
+                                                              LaunchLimits limits = {});
+
+  // Checkpoints in the CPU engine's format, through the CPU writer and reader (to_host /
+  // from_host around EmbeddingCollection::save / load): a model trained on either engine
+  // loads on the other.
+  void save(const std::string& dir, bool overwrite = false) const;
+  static std::unique_ptr<DeviceEmbeddingCollection> load(const std::string& dir,
+                                                         RowStorage storage = RowStorage::kFloat32,
+                                                         Backend backend = Backend::kDevice, LaunchLimits limits = {});
+  // Replaces the tables and step with the checkpoint's (same table names and dims), after
+  // every file was read and checked; unchanged on error. Batches prepared before a restore
+  // are refused afterwards (prepare them again). Not concurrently with other calls.
+  void restore(const std::string& dir);
+
  private:
   void check_table(int table) const;
   // Host copies of the offsets of device inputs (host inputs: their own offsets), after
@@ -134,6 +156,7 @@ class DeviceEmbeddingCollection {
 
   Backend backend_;
   RowStorage storage_;
+  LaunchLimits limits_;
   uint64_t seed_;
   std::vector<TableConfig> configs_;
   std::unique_ptr<DeviceCollectionImpl> impl_;
