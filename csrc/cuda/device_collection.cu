@@ -9,6 +9,7 @@
 #include "device_collection_impl.h"
 #include "embedding_kernels.cuh"
 #include "hash_table_kernels.cuh"
+#include "radix_sort_kernels.cuh"
 #include "scan_kernels.cuh"
 
 namespace sparsecore::cuda::SC_BACKEND_NS {
@@ -550,19 +551,45 @@ class Collection final : public DeviceCollectionImpl {
       g.occ_offsets.fill_zero();
       return;
     }
-    DeviceBuffer<int> counts(u), cursor(u);
+    DeviceBuffer<int> counts(u);
     counts.fill_zero();
-    cursor.fill_zero();
     SC_LAUNCH(grid(n), block(), 0, nullptr, count_occurrences_kernel)(g.inverse.data(), n, counts.data());
     SC_CHECK_LAUNCH();
     exclusive_scan(counts.data(), g.occ_offsets.data(), u);
     const int total = static_cast<int>(n);
     copy_bytes(g.occ_offsets.data() + u, &total, sizeof(int), Copy::kHostToDevice);
-    SC_LAUNCH(grid(n), block(), 0, nullptr, scatter_occurrences_kernel)(g.inverse.data(), n, g.occ_offsets.data(),
-                                                                        cursor.data(), g.occ_positions.data());
-    SC_CHECK_LAUNCH();
-    SC_LAUNCH(grid(u), block(), 0, nullptr, sort_occurrences_kernel)(g.occ_offsets.data(), u, g.occ_positions.data());
-    SC_CHECK_LAUNCH();
+    stable_sort_positions(g.inverse.data(), n, u, g.occ_positions.data());
+  }
+
+  // positions (n, device) <- 0..n-1 stably sorted by keys (n, device, values in [0, num_keys)).
+  void stable_sort_positions(const int* keys, int64_t n, int64_t num_keys, int* positions) {
+    int bits = 0;
+    while (bits < 31 && (int64_t{1} << bits) < num_keys) ++bits;
+    const int passes = std::max(1, (bits + kRadixBits - 1) / kRadixBits);
+    const int64_t tiles = (n + kRadixTileItems - 1) / kRadixTileItems;
+    const size_t shared = radix_shared_bytes(limits_.block_threads);
+    DeviceBuffer<int> hist(kRadixBins * tiles), offsets(kRadixBins * tiles);
+    DeviceBuffer<int> keys_a, keys_b, values_a, values_b;
+    if (passes > 1) {
+      for (DeviceBuffer<int>* b : {&keys_a, &keys_b, &values_a, &values_b}) b->resize(n);
+    }
+    const int* keys_in = keys;
+    const int* values_in = nullptr;
+    for (int pass = 0; pass < passes; ++pass) {
+      const int shift = pass * kRadixBits;
+      const bool last = pass == passes - 1;
+      int* keys_out = last ? nullptr : (pass % 2 ? keys_b.data() : keys_a.data());
+      int* values_out = last ? positions : (pass % 2 ? values_b.data() : values_a.data());
+      SC_LAUNCH(grid(tiles * 32), block(), shared, nullptr, radix_histogram_kernel)(keys_in, n, shift, tiles,
+                                                                                   hist.data());
+      SC_CHECK_LAUNCH();
+      exclusive_scan(hist.data(), offsets.data(), kRadixBins * tiles);
+      SC_LAUNCH(grid(tiles * 32), block(), shared, nullptr, radix_scatter_kernel)(
+          keys_in, values_in, n, shift, tiles, offsets.data(), keys_out, values_out);
+      SC_CHECK_LAUNCH();
+      keys_in = keys_out;
+      values_in = values_out;
+    }
   }
 
   LaunchLimits limits_;
