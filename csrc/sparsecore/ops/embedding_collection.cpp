@@ -100,13 +100,14 @@ size_t EmbeddingCollection::memory_bytes() const {
   return total;
 }
 
-void EmbeddingCollection::validate_inputs(const std::vector<GroupInput>& inputs) const {
-  std::vector<char> seen(tables_.size(), 0);
+void validate_group_inputs(const std::vector<GroupInput>& inputs, int num_tables,
+                           const std::function<const std::string&(int)>& table_name) {
+  std::vector<char> seen(static_cast<size_t>(std::max(num_tables, 0)), 0);
   for (size_t g = 0; g < inputs.size(); ++g) {
     const GroupInput& in = inputs[g];
-    SC_CHECK_ARG(in.table >= 0 && in.table < num_tables(), "group ", g, ": table index ", in.table,
-                 " out of range [0, ", num_tables(), ")");
-    const std::string& name = tables_[in.table]->name();
+    SC_CHECK_ARG(in.table >= 0 && in.table < num_tables, "group ", g, ": table index ", in.table,
+                 " out of range [0, ", num_tables, ")");
+    const std::string& name = table_name(in.table);
     SC_CHECK_ARG(!seen[in.table], "table '", name, "' appears in more than one group of the batch");
     seen[in.table] = 1;
     SC_CHECK_ARG(in.num_ids >= 0 && in.num_ids <= kMaxIdsPerGroup, "group '", name, "': ids has ", in.num_ids,
@@ -127,6 +128,10 @@ void EmbeddingCollection::validate_inputs(const std::vector<GroupInput>& inputs)
                    "': weights contain NaN or Inf");
     }
   }
+}
+
+void EmbeddingCollection::validate_inputs(const std::vector<GroupInput>& inputs) const {
+  validate_group_inputs(inputs, num_tables(), [this](int t) -> const std::string& { return tables_[t]->name(); });
 }
 
 std::shared_ptr<PreparedBatch> EmbeddingCollection::prepare(const std::vector<GroupInput>& inputs, bool train) {
