@@ -44,7 +44,8 @@ class HashTable {
 
   class Shard {
    public:
-    explicit Shard(size_t row_bytes);
+    // pool: row chunks, shared by the shards of one table.
+    Shard(size_t row_bytes, std::shared_ptr<ChunkPool> pool);
 
     // All of these require the caller to hold `mutex` (shared for find, unique otherwise).
     // Inline: the hot loops of evaluation pooling probe one key at a time.
@@ -149,6 +150,7 @@ class HashTable {
 
   size_t row_bytes_;
   int shard_bits_;
+  std::shared_ptr<ChunkPool> pool_;
   std::vector<std::unique_ptr<Shard>> shards_;
 };
 
