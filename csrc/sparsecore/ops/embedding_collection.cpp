@@ -235,7 +235,7 @@ std::shared_ptr<PreparedBatch> EmbeddingCollection::prepare(const std::vector<Gr
       int32_t missing = 0;
       {
         // Probes miss the cache (the index is far larger than L2): prefetch a few keys ahead.
-        constexpr int32_t kAhead = 8;
+        constexpr int32_t kAhead = 16;
         std::shared_lock lock(shard.mutex);
         for (int32_t j = 0; j < count && j < kAhead; ++j) shard.prefetch(key_hash(ukeys[j]));
         for (int32_t j = 0; j < count; ++j) {

@@ -6,8 +6,8 @@
 // chunks are small (256 rows), so an arena that allocated each one on its own would never get
 // huge pages. The pool hands out chunks from slabs that grow with the table (each new slab as
 // large as everything allocated so far, up to kMaxSlabBytes); slabs of 2 MiB and more are
-// 2 MiB-aligned and advised MADV_HUGEPAGE. Untouched slab pages are never resident, so the
-// slack is at most one partly used huge page per table.
+// 2 MiB-aligned and advised MADV_HUGEPAGE (huge_pages.h). Untouched slab pages are never
+// resident, so the slack is at most one partly used huge page per table.
 //
 // Chunks are returned with release() (reused first) and all memory goes back to the OS when
 // the pool is destroyed. Thread-safety: allocate/release may be called from many threads.
@@ -22,7 +22,6 @@ namespace sparsecore {
 
 class ChunkPool {
  public:
-  static constexpr size_t kHugePageBytes = size_t{2} << 20;
   static constexpr size_t kMaxSlabBytes = size_t{64} << 20;
 
   // chunk_bytes > 0; chunks are 64-byte aligned (chunk_bytes is rounded up to 64).

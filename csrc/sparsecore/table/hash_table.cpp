@@ -20,7 +20,7 @@ HashTable::Shard::Shard(size_t row_bytes, std::shared_ptr<ChunkPool> pool) : are
 }
 
 void HashTable::Shard::grow(size_t new_capacity) {
-  std::vector<Slot> old(new_capacity, Slot{kEmptyKey, kNoRow});
+  std::vector<Slot, HugePageAllocator<Slot>> old(new_capacity, Slot{kEmptyKey, kNoRow});
   SC_CHECK(new_capacity < (uint64_t{1} << 32), Error, "hash index of one shard is full (2^32 slots)");
   old.swap(slots_);
   capacity_ = new_capacity;
