@@ -387,20 +387,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _server(argv: list[str]) -> int:
-    try:
-        from . import server as server_module
-    except ImportError as e:
-        if getattr(e, "name", None) not in ("sparsecore.server", None):
-            raise
-        print("sparsecore server: this installation has no parameter server (sparsecore.server is missing)",
-              file=sys.stderr)
-        return 2
-    entry = getattr(server_module, "main", None)
-    if entry is None:
-        print("sparsecore server: sparsecore.server has no main(argv)", file=sys.stderr)
-        return 2
-    code = entry(argv)
-    return int(code or 0)
+    from .server import main as server_main
+
+    return int(server_main(argv) or 0)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
