@@ -63,11 +63,18 @@ __global__ void shift_gemv_kernel(const X* __restrict__ x, int64_t batch, const 
     if constexpr (kWords) {
       const uint32_t* words = reinterpret_cast<const uint32_t*>(row);
       const int64_t n_words = pc / 4;
-      for (int64_t j = lane; j < n_words; j += 32) {
-        const uint32_t word = __ldg(words + j);
+      auto accumulate_word = [&](uint32_t word, int64_t j) {
         const ActivationPack<X> xs = *reinterpret_cast<const ActivationPack<X>*>(xb + 8 * j);
         for (int i = 0; i < 8; ++i) accumulate(acc, xs.v[i], (word >> (4 * i)) & 15u);
+      };
+      int64_t j = lane;
+      // Four independent word loads in flight per lane (512 bytes per warp) hide memory latency.
+      for (; j + 96 < n_words; j += 128) {
+        uint32_t w[4];
+        for (int q = 0; q < 4; ++q) w[q] = __ldg(words + j + 32 * q);
+        for (int q = 0; q < 4; ++q) accumulate_word(w[q], j + 32 * q);
       }
+      for (; j < n_words; j += 32) accumulate_word(__ldg(words + j), j);
     } else {
       for (int64_t j = lane; j < pc; j += 32) {
         const uint32_t byte = row[j];

@@ -83,7 +83,7 @@ class CudaShiftMatmul : public ::testing::TestWithParam<Backend> {
 TEST_P(CudaShiftMatmul, GemvMatchesCpuOnOddShapes) {
   SC_SKIP_WITHOUT_DEVICE(GetParam());
   // cols % 8 == 0 take the word loads, the others the byte loads; rows around a warp count.
-  const int64_t shapes[][2] = {{1, 1}, {1, 9}, {7, 1}, {33, 8}, {5, 63}, {31, 64}, {2, 257}, {40, 200}};
+  const int64_t shapes[][2] = {{1, 1}, {1, 9}, {7, 1}, {33, 8}, {5, 63}, {31, 64}, {2, 257}, {40, 200}, {3, 1032}};
   for (auto [rows, cols] : shapes) {
     for (int64_t batch : {1, 2, 3}) check_float(batch, rows, cols, "gemv");
   }
