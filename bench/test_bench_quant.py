@@ -6,7 +6,8 @@ scale) is twice this machine's L3, so weights stream from memory; the packed set
 smaller, which is the point. Model bytes fp32 vs packed go into extra_info. Run with one
 thread for a like-for-like kernel comparison:
   SPARSECORE_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 pytest bench/test_bench_quant.py
-SPARSECORE_BENCH_SCALE=tiny shrinks everything to a smoke test.
+SPARSECORE_BENCH_SCALE=tiny shrinks everything to a smoke test. The CUDA peer skips where
+there is no device; bench/gpu_quant_check.py is the full GPU comparison (against cuBLAS).
 """
 
 import os
@@ -19,7 +20,7 @@ import sparsecore as sc
 TINY = os.environ.get("SPARSECORE_BENCH_SCALE") == "tiny"
 ROTATION_BYTES = (8 << 20) if TINY else (640 << 20)  # fp32 bytes of the rotated matrices
 SIZES = [64, 256] if TINY else [1024, 4096]
-PEERS = ["numpy-fp32", "torch-fp32", "sparsecore-shift"]
+PEERS = ["numpy-fp32", "torch-fp32", "sparsecore-shift", "sparsecore-shift-cuda"]
 
 
 class Weights:
@@ -64,6 +65,22 @@ def make_case(peer, w, x):
         def run():
             state["i"] = (state["i"] + 1) % w.count
             return mats[state["i"]] @ xt
+    elif peer == "sparsecore-shift-cuda":
+        # The CUDA kernels on a float32 CUDA tensor (no host round trip); the bench/gpu_quant_check.py
+        # subprocess compares them with cuBLAS on the same GPU.
+        torch = pytest.importorskip("torch")
+        from sparsecore import cuda as sc_cuda
+
+        if not (sc_cuda.is_available() and torch.cuda.is_available()):
+            pytest.skip("skipped: no device")
+        mats = [p.to_device() for p in w.packed]
+        xd = torch.from_numpy(x).cuda()
+
+        def run():
+            state["i"] = (state["i"] + 1) % w.count
+            y = sc.shift_matmul(xd, mats[state["i"]])
+            torch.cuda.synchronize()
+            return y
     else:
         mats = w.packed
 

@@ -6,6 +6,7 @@
 
 #include "array_args.h"
 #include "binding_registry.h"
+#include "sparsecore/quant/device_packed_weights.h"
 #include "sparsecore/quant/pow2_codes.h"
 #include "sparsecore/quant/row_quantization.h"
 #include "sparsecore/quant/shift_matmul.h"
@@ -54,6 +55,20 @@ py::array_t<int32_t> fixed_matmul(const py::array& x, const py::array& codes, in
   py::gil_scoped_release release;
   shift_matmul_fixed(xp, batch, c, rows, cols, out);
   return acc;
+}
+
+// x (batch, cols) host: float32 -> y float32, int8/int16 -> exact int32 sums.
+template <typename X>
+py::array device_matmul(const cuda::DevicePackedWeights& w, const py::array& x) {
+  using Y = std::conditional_t<std::is_same_v<X, float>, float, int32_t>;
+  const X* xp = checked_array<X>(x, "x", {-1, w.cols()});
+  const int64_t batch = x.shape(0);
+  py::array_t<Y> y({batch, w.rows()});
+  Y* out = y.mutable_data();
+  py::gil_scoped_release release;
+  if constexpr (std::is_same_v<X, float>) w.matmul(xp, batch, out);
+  else w.matmul_fixed(xp, batch, out);
+  return y;
 }
 
 }  // namespace
@@ -182,4 +197,33 @@ SPARSECORE_BINDING(quant, 90) {
         },
         py::arg("table"), py::arg("dim"), py::arg("format"), py::arg("indices"), py::arg("offsets"),
         py::arg("weights"), py::arg("mean"));
+
+  // The CUDA twin (device or emulated). Arrays are host memory except in matmul_device, which
+  // takes raw device addresses (e.g. torch CUDA tensors' data_ptr()) and a cudaStream_t.
+  py::class_<cuda::DevicePackedWeights>(m, "DevicePackedWeights")
+      .def(py::init([](const py::array& codes, const py::array& alpha, int64_t cols, bool emulate, int block_threads,
+                       int max_blocks) {
+             PackedArgs p = packed_args(codes, alpha, cols);
+             py::gil_scoped_release release;
+             return std::make_unique<cuda::DevicePackedWeights>(
+                 p.codes, p.alpha, p.rows, cols, emulate ? cuda::Backend::kEmulated : cuda::Backend::kDevice,
+                 cuda::LaunchLimits{block_threads, max_blocks});
+           }),
+           py::arg("codes"), py::arg("alpha"), py::arg("cols"), py::arg("emulate") = false,
+           py::arg("block_threads") = 128, py::arg("max_blocks") = 0)
+      .def_property_readonly("rows", &cuda::DevicePackedWeights::rows)
+      .def_property_readonly("cols", &cuda::DevicePackedWeights::cols)
+      .def_property_readonly("emulated",
+                             [](const cuda::DevicePackedWeights& w) { return w.backend() == cuda::Backend::kEmulated; })
+      .def_property_readonly("device_bytes", &cuda::DevicePackedWeights::device_bytes)
+      .def("matmul", &device_matmul<float>, py::arg("x"))
+      .def("matmul_int8", &device_matmul<int8_t>, py::arg("x"))
+      .def("matmul_int16", &device_matmul<int16_t>, py::arg("x"))
+      .def("matmul_device",
+           [](const cuda::DevicePackedWeights& w, uintptr_t x, int64_t batch, uintptr_t y, uintptr_t stream) {
+             py::gil_scoped_release release;
+             w.matmul_device(reinterpret_cast<const float*>(x), batch, reinterpret_cast<float*>(y),
+                             reinterpret_cast<void*>(stream));
+           },
+           py::arg("x_ptr"), py::arg("batch"), py::arg("y_ptr"), py::arg("stream") = 0);
 }

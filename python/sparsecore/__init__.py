@@ -48,7 +48,7 @@ __all__ = [
 
 # Power-of-two quantizer, shift matmul and quantized serving rows.
 from .quant import (  # noqa: E402
-    PackedWeights, QuantizedEmbeddingTable, QuantizedRows, Quantizer, pack_pow2, quantize_activations,
-    quantize_module, shift_matmul,
+    DevicePackedWeights, PackedWeights, QuantizedEmbeddingTable, QuantizedRows, Quantizer, pack_pow2,
+    quantize_activations, quantize_module, shift_matmul,
 )
 from . import quant  # noqa: E402

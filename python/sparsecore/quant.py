@@ -8,7 +8,7 @@
   4-bit sign+exponent codes (two per byte) with a scale per layer or per output channel.
 * :func:`shift_matmul` serves packed weights: ``y = x @ W.T`` with float activations (a table
   lookup of ``±2^k`` in an FMA) or int8/int16 fixed-point activations (true shifts, exact int32
-  sums).
+  sums), on the CPU or, through :class:`DevicePackedWeights`, with the CUDA kernels.
 * :class:`QuantizedRows` and :class:`QuantizedEmbeddingTable` store embedding rows as fp16,
   int8 or int4 rowwise (scale + bias) and pool them, dequantizing on the fly.
 
@@ -26,6 +26,7 @@ import numpy as np
 
 from . import _core
 from ._arrays import as_int64, is_torch, to_torch
+from .cuda import _device_kind, _like, _to_host
 
 logger = logging.getLogger(__name__)
 
@@ -124,6 +125,11 @@ class PackedWeights:
         """The float32 weight, in its original shape."""
         return _core.unpack_pow2(self.codes, self.alpha, self.cols).reshape(self.shape)
 
+    def to_device(self, *, emulate: bool = False, block_threads: Optional[int] = None,
+                  max_blocks: Optional[int] = None) -> "DevicePackedWeights":
+        """Copies the weights to a CUDA device once (see :class:`DevicePackedWeights`)."""
+        return DevicePackedWeights(self, emulate=emulate, block_threads=block_threads, max_blocks=max_blocks)
+
 
 def pack_pow2(weight: Any, alpha: Any) -> PackedWeights:
     """Packs ``weight`` (each element ``alpha[row] * (0 or ±2^k)``, 0 <= k <= 6) into 4-bit codes."""
@@ -131,15 +137,54 @@ def pack_pow2(weight: Any, alpha: Any) -> PackedWeights:
 
 
 # ----------------------------------------------------------------------------- shift matmul
-def _shift_matmul_2d(x2: np.ndarray, packed: PackedWeights, x_scale: Optional[float]) -> np.ndarray:
+class DevicePackedWeights:
+    """:class:`PackedWeights` copied once to a CUDA device, served by the CUDA shift-matmul
+    kernels (``csrc/cuda/shift_matmul.cuh``) through :func:`shift_matmul`.
+
+    ``emulate=True`` runs the very same kernels on the CPU through sparsecore's CUDA emulator
+    (slow; for tests and machines without a GPU). Without a device and without ``emulate``,
+    construction raises ``RuntimeError("no CUDA device ...")``.
+    """
+
+    def __init__(self, packed: PackedWeights, *, emulate: bool = False, block_threads: Optional[int] = None,
+                 max_blocks: Optional[int] = None):
+        if not isinstance(packed, PackedWeights):
+            raise TypeError(f"packed must be PackedWeights, got {type(packed).__name__}")
+        # The emulator runs every thread as a real thread: small blocks, few of them.
+        threads = block_threads if block_threads is not None else (64 if emulate else 128)
+        blocks = max_blocks if max_blocks is not None else (4 if emulate else 0)
+        self.packed = packed
+        self.rows, self.cols, self.shape = packed.rows, packed.cols, packed.shape
+        self._c = _core.DevicePackedWeights(packed.codes, packed.alpha, packed.cols, bool(emulate), threads, blocks)
+
+    @property
+    def emulated(self) -> bool:
+        return bool(self._c.emulated)
+
+    @property
+    def device_bytes(self) -> int:
+        """Bytes held on the device (codes and one alpha per row)."""
+        return int(self._c.device_bytes)
+
+    def __repr__(self) -> str:
+        where = "emulated" if self.emulated else "cuda"
+        return f"DevicePackedWeights(rows={self.rows}, cols={self.cols}, device={where})"
+
+
+def _shift_matmul_2d(x2: np.ndarray, weights: Union[PackedWeights, DevicePackedWeights],
+                     x_scale: Optional[float]) -> np.ndarray:
+    on_device = isinstance(weights, DevicePackedWeights)
+    packed = weights.packed if on_device else weights
     if x2.dtype == np.float32:
         if x_scale is not None:
             raise ValueError("x_scale applies to int8/int16 activations only")
+        if on_device:
+            return weights._c.matmul(x2)
         return _core.shift_matmul_float(x2, packed.codes, packed.alpha, packed.cols)
     if x2.dtype == np.int8:
-        acc = _core.shift_matmul_int8(x2, packed.codes, packed.cols)
+        acc = weights._c.matmul_int8(x2) if on_device else _core.shift_matmul_int8(x2, packed.codes, packed.cols)
     elif x2.dtype == np.int16:
-        acc = _core.shift_matmul_int16(x2, packed.codes, packed.cols)
+        acc = weights._c.matmul_int16(x2) if on_device else _core.shift_matmul_int16(x2, packed.codes, packed.cols)
     else:
         raise TypeError(f"x must have dtype float32, int8 or int16, got {x2.dtype}")
     if x_scale is None:
@@ -147,26 +192,68 @@ def _shift_matmul_2d(x2: np.ndarray, packed: PackedWeights, x_scale: Optional[fl
     return _core.fixed_to_float(acc, packed.alpha, float(x_scale))
 
 
-def shift_matmul(x: Any, packed: PackedWeights, *, x_scale: Optional[float] = None) -> Any:
+def _placement(x: Any, packed: Any, device: Optional[str], emulate: bool) -> Union[PackedWeights, DevicePackedWeights]:
+    """The weights the call runs on: host PackedWeights, or DevicePackedWeights (CUDA)."""
+    if device not in (None, "cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    if isinstance(packed, DevicePackedWeights):
+        return packed.packed if device == "cpu" else packed
+    if not isinstance(packed, PackedWeights):
+        raise TypeError(f"packed must be PackedWeights or DevicePackedWeights, got {type(packed).__name__}")
+    if device == "cuda" or emulate or (device is None and _device_kind(x) is not None):
+        return DevicePackedWeights(packed, emulate=emulate)
+    return packed
+
+
+def _torch_cuda_matmul(x: Any, weights: DevicePackedWeights) -> Any:
+    """float32 CUDA tensor in, CUDA tensor out: the kernels read and write torch's memory on
+    torch's current stream (no host round trip)."""
+    import torch
+
+    x2 = x.detach().reshape(-1, weights.cols).contiguous()
+    y = torch.empty((x2.shape[0], weights.rows), dtype=torch.float32, device=x.device)
+    with torch.cuda.device(x.device):
+        stream = torch.cuda.current_stream().cuda_stream
+        weights._c.matmul_device(x2.data_ptr(), x2.shape[0], y.data_ptr(), stream)
+    return y.reshape(*x.shape[:-1], weights.rows)
+
+
+def shift_matmul(x: Any, packed: Union[PackedWeights, DevicePackedWeights], *, x_scale: Optional[float] = None,
+                 device: Optional[str] = None, emulate: bool = False) -> Any:
     """``y = x @ W.T`` for W given as :class:`PackedWeights` (rows = outputs).
 
     ``x`` (..., cols): float32, or int8/int16 fixed point. Fixed-point inputs are summed exactly
     in int32 (true shifts); without ``x_scale`` the int32 sums are returned, with it
     ``float32(acc) * alpha * x_scale``. torch input gives torch output, numpy gives numpy.
+
+    On CUDA: ``packed`` a :class:`DevicePackedWeights` (weights uploaded once), or
+    ``device="cuda"``, or ``x`` a CUDA array (torch or CuPy) with host ``PackedWeights`` (uploaded
+    for this call). ``emulate=True`` runs the CUDA kernels through the CPU emulator. Results come
+    back where ``x`` lives; float32 CUDA tensors are read in place on torch's current stream,
+    other inputs cross through host memory.
     """
     if (type(x) is np.ndarray and x.ndim == 2 and x.dtype == np.float32 and x_scale is None
-            and type(packed) is PackedWeights and x.flags.c_contiguous):
+            and type(packed) is PackedWeights and x.flags.c_contiguous and device is None and not emulate):
         return _core.shift_matmul_float(x, packed.codes, packed.alpha, packed.cols)  # the serving fast path
-    torch_in = is_torch(x)
-    xa = x.detach().cpu().numpy() if torch_in else np.asarray(x)
-    if not isinstance(packed, PackedWeights):
-        raise TypeError(f"packed must be PackedWeights, got {type(packed).__name__}")
-    if xa.ndim == 0 or xa.shape[-1] != packed.cols:
-        raise ValueError(f"x must have shape (..., {packed.cols}) for a ({packed.rows}, {packed.cols}) weight, "
+    weights = _placement(x, packed, device, emulate)
+    kind = _device_kind(x)
+    if kind is not None and getattr(x, "shape", (0,))[-1:] != (weights.cols,):
+        raise ValueError(f"x must have shape (..., {weights.cols}) for a ({weights.rows}, {weights.cols}) weight, "
+                         f"got {tuple(x.shape)}")
+    if (kind == "torch" and isinstance(weights, DevicePackedWeights) and not weights.emulated and x_scale is None
+            and str(x.dtype) == "torch.float32"):
+        return _torch_cuda_matmul(x, weights)
+    host = _to_host(x)
+    torch_in = is_torch(host)
+    xa = host.detach().cpu().numpy() if torch_in else np.asarray(host)
+    if xa.ndim == 0 or xa.shape[-1] != weights.cols:
+        raise ValueError(f"x must have shape (..., {weights.cols}) for a ({weights.rows}, {weights.cols}) weight, "
                          f"got {xa.shape}")
     lead = xa.shape[:-1]
-    y = _shift_matmul_2d(np.ascontiguousarray(xa.reshape(-1, packed.cols)), packed, x_scale)
-    y = y.reshape(*lead, packed.rows)
+    y = _shift_matmul_2d(np.ascontiguousarray(xa.reshape(-1, weights.cols)), weights, x_scale)
+    y = y.reshape(*lead, weights.rows)
+    if kind is not None:
+        return _like(x, y)
     return to_torch(y) if torch_in else y
 
 

@@ -9,14 +9,14 @@
 
 namespace sparsecore::quant {
 
-namespace {
-
 void check_alpha(const float* alpha, int64_t rows) {
   for (int64_t r = 0; r < rows; ++r) {
     SC_CHECK_ARG(std::isfinite(alpha[r]) && alpha[r] > 0.0f, "alpha[", r, "] = ", alpha[r],
                  " must be finite and > 0");
   }
 }
+
+namespace {
 
 void check_finite(const float* w, int64_t rows, int64_t cols) {
   for (int64_t i = 0; i < rows * cols; ++i) {

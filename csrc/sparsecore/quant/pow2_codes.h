@@ -13,7 +13,10 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 #include <vector>
+
+#include "sparsecore/core/host_device.h"
 
 namespace sparsecore::quant {
 
@@ -22,12 +25,24 @@ inline constexpr int kMaxExponent = 6;  // magnitudes 2^0 .. 2^6
 
 inline int64_t packed_cols(int64_t cols) { return (cols + 1) / 2; }
 
-// The value of nibble `n` for alpha = 1.
-inline float code_value(uint8_t n) {
-  int m = n & 7;
-  if (m == 0) return 0.0f;
-  float v = static_cast<float>(1 << (m - 1));
-  return (n & 8) ? -v : v;
+// The value of nibble `n` (its low 4 bits) for alpha = 1: the float ±2^(m−1) is built from
+// its bits (exponent m − 1, sign bit n & 8), or 0 for m = 0. Shared by the CPU kernels and
+// the CUDA kernels (csrc/cuda/shift_matmul.cuh).
+SC_HOST_DEVICE float code_value(uint32_t n) {
+  const uint32_t m = n & 7u;
+  const uint32_t bits = m ? ((m + 126u) << 23) | ((n & 8u) << 28) : 0u;
+  float v;
+  memcpy(&v, &bits, sizeof(v));
+  return v;
+}
+
+// The exact fixed-point product x · code(n): the true shift ±(x << (m − 1)), or 0 for m = 0.
+// No overflow check: callers bound |x| (see shift_matmul_fixed).
+SC_HOST_DEVICE int32_t code_shift(int32_t x, uint32_t n) {
+  const uint32_t m = n & 7u;
+  if (m == 0) return 0;
+  const int32_t t = static_cast<int32_t>(static_cast<uint32_t>(x) << (m - 1));
+  return (n & 8u) ? -t : t;
 }
 
 // Packs W = alpha[r] · (0 or ±2^k, 0 <= k <= 6) into codes. Throws InvalidArgument naming the
@@ -54,6 +69,9 @@ void unpack_pow2(const uint8_t* codes, const float* alpha, int64_t rows, int64_t
 // Returns the number of iterations run (the largest over rows).
 int project_pow2(const float* w, int64_t rows, int64_t cols, const std::vector<float>& codebook, bool per_channel,
                  int max_iter, float* projected, float* alpha);
+
+// InvalidArgument naming the first alpha that is not finite and > 0.
+void check_alpha(const float* alpha, int64_t rows);
 
 // Checks a codebook for project_pow2 (sorted, distinct, finite, a non-zero value).
 void check_codebook(const std::vector<float>& codebook);

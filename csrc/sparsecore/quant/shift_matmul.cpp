@@ -26,15 +26,9 @@ namespace {
 struct Tables {
   alignas(64) float value[16];     // nibble -> ±2^k or 0
   alignas(64) float pair[256][2];  // byte -> (low nibble value, high nibble value)
-  int shift[16];                   // nibble -> k
-  int32_t negate[16];              // nibble -> -1 if negative else 0
-  int32_t nonzero[16];             // nibble -> -1 if non-zero else 0
   Tables() {
     for (int n = 0; n < 16; ++n) {
       value[n] = code_value(static_cast<uint8_t>(n));
-      shift[n] = (n & 7) ? (n & 7) - 1 : 0;
-      negate[n] = (n & 8) ? -1 : 0;
-      nonzero[n] = (n & 7) ? -1 : 0;
     }
     for (int b = 0; b < 256; ++b) {
       pair[b][0] = value[b & 15];
@@ -51,13 +45,6 @@ const Tables& tables() {
 void check_shapes(int64_t batch, int64_t rows, int64_t cols) {
   SC_CHECK_ARG(batch >= 0 && rows >= 0 && cols >= 0, "shift_matmul shapes must be non-negative: batch ", batch,
                ", rows ", rows, ", cols ", cols);
-}
-
-void check_alpha(const float* alpha, int64_t rows) {
-  for (int64_t r = 0; r < rows; ++r) {
-    SC_CHECK_ARG(std::isfinite(alpha[r]) && alpha[r] > 0.0f, "alpha[", r, "] = ", alpha[r],
-                 " must be finite and > 0");
-  }
 }
 
 // Dot product of one packed row with x over columns [c0, cols), portable.
@@ -311,7 +298,6 @@ template <typename T>
 __attribute__((always_inline)) inline void fixed_rows(const T* x, int64_t batch, const uint8_t* codes, int64_t pc,
                                                       int64_t cols, int64_t r0, int64_t r1, int32_t* acc,
                                                       int64_t rows) {
-  const Tables& t = tables();
   for (int64_t b = 0; b < batch; ++b) {
     const T* xb = x + b * cols;
     for (int64_t r = r0; r < r1; ++r) {
@@ -319,10 +305,8 @@ __attribute__((always_inline)) inline void fixed_rows(const T* x, int64_t batch,
       uint32_t sum = 0;  // wraps like int32 two's complement; the caller rules overflow out
       for (int64_t c = 0; c < cols; ++c) {
         uint8_t byte = row[c >> 1];
-        int n = (c & 1) ? (byte >> 4) : (byte & 15);
-        int32_t term = static_cast<int32_t>(xb[c]) << t.shift[n];
-        term = ((term ^ t.negate[n]) - t.negate[n]) & t.nonzero[n];
-        sum += static_cast<uint32_t>(term);
+        uint32_t n = (c & 1) ? (byte >> 4) : (byte & 15u);
+        sum += static_cast<uint32_t>(code_shift(xb[c], n));
       }
       acc[b * rows + r] = static_cast<int32_t>(sum);
     }
@@ -338,9 +322,8 @@ SC_DISPATCH void fixed_rows_int16(const int16_t* x, int64_t batch, const uint8_t
   fixed_rows(x, batch, codes, pc, cols, r0, r1, acc, rows);
 }
 
-// Refuses x whose largest possible sum, Σ|x| · 2^kMaxExponent over a row, exceeds int32.
 template <typename T>
-void check_fixed_range(const T* x, int64_t batch, int64_t cols) {
+void check_fixed_range_of(const T* x, int64_t batch, int64_t cols) {
   for (int64_t b = 0; b < batch; ++b) {
     int64_t total = 0;
     for (int64_t c = 0; c < cols; ++c) total += std::abs(static_cast<int64_t>(x[b * cols + c]));
@@ -353,12 +336,15 @@ void check_fixed_range(const T* x, int64_t batch, int64_t cols) {
 template <typename T, typename Fn>
 void fixed_matmul(const T* x, int64_t batch, const uint8_t* codes, int64_t rows, int64_t cols, int32_t* acc, Fn rows_fn) {
   check_shapes(batch, rows, cols);
-  check_fixed_range(x, batch, cols);
+  check_fixed_range_of(x, batch, cols);
   const int64_t pc = packed_cols(cols);
   parallel_for(rows, 16, [&](int64_t r0, int64_t r1) { rows_fn(x, batch, codes, pc, cols, r0, r1, acc, rows); });
 }
 
 }  // namespace
+
+void check_fixed_range(const int8_t* x, int64_t batch, int64_t cols) { check_fixed_range_of(x, batch, cols); }
+void check_fixed_range(const int16_t* x, int64_t batch, int64_t cols) { check_fixed_range_of(x, batch, cols); }
 
 void shift_matmul(const float* x, int64_t batch, const uint8_t* codes, const float* alpha, int64_t rows,
                   int64_t cols, float* y) {

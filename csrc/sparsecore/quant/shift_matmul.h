@@ -20,6 +20,8 @@
 
 #include <cstdint>
 
+#include "sparsecore/quant/pow2_codes.h"
+
 namespace sparsecore::quant {
 
 // x (batch, cols) float32; codes (rows, packed_cols(cols)); alpha (rows); y (batch, rows).
@@ -34,6 +36,11 @@ void shift_matmul_fixed(const int16_t* x, int64_t batch, const uint8_t* codes, i
 
 // y (batch, rows) = float32(acc) · alpha[r] · x_scale.
 void fixed_to_float(const int32_t* acc, int64_t batch, const float* alpha, int64_t rows, float x_scale, float* y);
+
+// Shared with the CUDA twin (sparsecore/quant/device_packed_weights.h): InvalidArgument for a
+// row of fixed-point x whose Σ|x| · 2^kMaxExponent exceeds the int32 range.
+void check_fixed_range(const int8_t* x, int64_t batch, int64_t cols);
+void check_fixed_range(const int16_t* x, int64_t batch, int64_t cols);
 
 // Which float kernel shift_matmul uses on this CPU: "avx512", "avx2" or "portable".
 const char* shift_matmul_kernel();
