@@ -371,7 +371,7 @@ def _parser() -> argparse.ArgumentParser:
         elif kind == "ints":
             train.add_argument(flag, type=_ints, metavar="N,N", dest=f"{section}.{key}", help=help_text)
         else:
-            train.add_argument(flag, type=kind, dest=f"{section}.{key}", help=help_text)
+            train.add_argument(flag, type=kind, metavar=key.upper(), dest=f"{section}.{key}", help=help_text)
     train.add_argument("--no-compression", action="store_const", const=False, dest="synthetic.compressed",
                        help="synthetic: feed page views uncompressed (same samples, user groups repeated)")
     train.add_argument("--deterministic", action="store_const", const=True, dest="train.deterministic",
@@ -387,10 +387,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _server(argv: list[str]) -> int:
+    import importlib
+
     try:
-        from . import server as server_module
-    except ImportError as e:
-        if getattr(e, "name", None) not in ("sparsecore.server", None):
+        server_module = importlib.import_module("sparsecore.server")
+    except ModuleNotFoundError as e:
+        if e.name != "sparsecore.server":  # the server exists but one of its imports is missing
             raise
         print("sparsecore server: this installation has no parameter server (sparsecore.server is missing)",
               file=sys.stderr)
