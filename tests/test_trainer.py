@@ -28,9 +28,9 @@ def small_config(seed, **overrides):
 
 def make_trainer(source, dim=4, optimizer=None, model=None, **kwargs):
     names = source.config.names() if hasattr(source, "config") else ["a", "b"]
-    tables = {n: sc.TableConfig(dim=dim, optimizer=optimizer or sc.Adagrad(lr=0.1)) for n in names}
+    tables = {n: sc.TableConfig(dim=dim, optimizer=optimizer or sc.Adagrad(lr=0.3)) for n in names}
     model = model if model is not None else mlp(dim * len(names), [16])
-    return Trainer(source, model, tables, dense_optimizer=torch.optim.Adam(model.parameters(), lr=3e-3),
+    return Trainer(source, model, tables, dense_optimizer=torch.optim.Adam(model.parameters(), lr=1e-2),
                    progress=False, **kwargs)
 
 
