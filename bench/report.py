@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -74,6 +75,11 @@ def render(data: dict, command: str | None = None) -> str:
               f"CPU: {machine.get('cpu', {}).get('brand_raw', '?')}; "
               f"{data.get('datetime', '')}", "",
               "Medians over the rounds of each case; speedup = peer median / sparsecore median.", ""]
+    loads = [b["extra_info"]["load_average"] for bs in groups.values() for b in bs if "load_average" in b["extra_info"]]
+    if loads:
+        lines += [f"1-minute load average at the start of the cases: {min(loads):.1f} to {max(loads):.1f} "
+                  f"(this machine has {os.cpu_count()} cores; above that, peers compete with other work "
+                  "and ratios are noisy).", ""]
     for group in sorted(groups, key=lambda g: (g.startswith("w1-memory"), g.startswith("w1-first"), g)):
         rows = sorted(groups[group], key=lambda b: (b["extra_info"].get("peer") != OURS, b["name"]))
         table = _memory_table(group, rows) if group.startswith("w1-memory") else _timed_table(group, rows)
