@@ -34,11 +34,12 @@ def _timed_table(group: str, rows: list[dict]) -> list[str]:
            "| --- | --- | ---: | ---: | ---: | ---: |"]
     for r in rows:
         info, median = r["extra_info"], r["stats"]["median"]
-        samples = info["samples_per_call"] / median
-        lookups = info["lookups_per_call"] / median
+        # Cases of other suites (no per-call counts) still get their median and ratio.
+        samples = _fmt_rate(info["samples_per_call"] / median) if "samples_per_call" in info else "-"
+        lookups = _fmt_rate(info["lookups_per_call"] / median) if "lookups_per_call" in info else "-"
         ratio = "1.00x" if r is ours else (f"{median / ours['stats']['median']:.2f}x" if ours else "n/a")
-        out.append(f"| {info['peer']} | {info['optimizer']} | {median * 1e3:.2f} | {_fmt_rate(samples)} | "
-                   f"{_fmt_rate(lookups)} | {ratio} |")
+        out.append(f"| {info.get('peer', r['name'])} | {info.get('optimizer', '-')} | {median * 1e3:.2f} | "
+                   f"{samples} | {lookups} | {ratio} |")
     return out
 
 
