@@ -29,10 +29,12 @@ def main() -> None:
     ap.add_argument("--optimizer", default="adagrad", choices=["adagrad", "rowwise_adagrad", "sgd", "adam"])
     ap.add_argument("--kind", default="step", choices=["step", "eval", "forward-train"])
     ap.add_argument("--seconds", type=float, default=10.0, help="time spent in the measured loop")
+    ap.add_argument("--shard-bits", type=int, default=workload.SHARD_BITS, help="sparsecore tables' shard_bits")
     ap.add_argument("--ready-file", help="touched once the tables are filled (attach a profiler then)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
+    workload.SHARD_BITS = args.shard_bits
     scale = workload.current_scale()
     batches = workload.make_batches(scale)
     t0 = time.perf_counter()

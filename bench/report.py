@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -33,11 +34,12 @@ def _timed_table(group: str, rows: list[dict]) -> list[str]:
            "| --- | --- | ---: | ---: | ---: | ---: |"]
     for r in rows:
         info, median = r["extra_info"], r["stats"]["median"]
-        samples = info["samples_per_call"] / median
-        lookups = info["lookups_per_call"] / median
+        # Cases of other suites (no per-call counts) still get their median and ratio.
+        samples = _fmt_rate(info["samples_per_call"] / median) if "samples_per_call" in info else "-"
+        lookups = _fmt_rate(info["lookups_per_call"] / median) if "lookups_per_call" in info else "-"
         ratio = "1.00x" if r is ours else (f"{median / ours['stats']['median']:.2f}x" if ours else "n/a")
-        out.append(f"| {info['peer']} | {info['optimizer']} | {median * 1e3:.2f} | {_fmt_rate(samples)} | "
-                   f"{_fmt_rate(lookups)} | {ratio} |")
+        out.append(f"| {info.get('peer', r['name'])} | {info.get('optimizer', '-')} | {median * 1e3:.2f} | "
+                   f"{samples} | {lookups} | {ratio} |")
     return out
 
 
@@ -74,6 +76,11 @@ def render(data: dict, command: str | None = None) -> str:
               f"CPU: {machine.get('cpu', {}).get('brand_raw', '?')}; "
               f"{data.get('datetime', '')}", "",
               "Medians over the rounds of each case; speedup = peer median / sparsecore median.", ""]
+    loads = [b["extra_info"]["load_average"] for bs in groups.values() for b in bs if "load_average" in b["extra_info"]]
+    if loads:
+        lines += [f"1-minute load average at the start of the cases: {min(loads):.1f} to {max(loads):.1f} "
+                  f"(this machine has {os.cpu_count()} cores; above that, peers compete with other work "
+                  "and ratios are noisy).", ""]
     for group in sorted(groups, key=lambda g: (g.startswith("w1-memory"), g.startswith("w1-first"), g)):
         rows = sorted(groups[group], key=lambda b: (b["extra_info"].get("peer") != OURS, b["name"]))
         table = _memory_table(group, rows) if group.startswith("w1-memory") else _timed_table(group, rows)

@@ -70,7 +70,8 @@ def _skip_if_missing(peer: str) -> None:
 def _record(benchmark, group: str, peer: str, optimizer: str, scale, samples: int, lookups: int) -> None:
     benchmark.group = group
     benchmark.extra_info.update(peer=peer, optimizer=optimizer, scale=scale.name, threads=workload.THREADS,
-                                samples_per_call=samples, lookups_per_call=lookups)
+                                samples_per_call=samples, lookups_per_call=lookups,
+                                load_average=os.getloadavg()[0])  # the machine is shared: say how busy
 
 
 @pytest.mark.parametrize("case", CASES, ids=[_case_id(c) for c in CASES])

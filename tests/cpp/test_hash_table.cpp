@@ -10,6 +10,7 @@
 
 #include "sparsecore/table/chunk_pool.h"
 #include "sparsecore/table/hash_table.h"
+#include "sparsecore/table/huge_pages.h"
 
 using namespace sparsecore;
 
@@ -108,4 +109,16 @@ TEST(ChunkPool, ChunksAreDistinctAlignedWritableAndReusedAfterRelease) {
   pool.release(chunks[17]);
   EXPECT_EQ(pool.allocate(), chunks[17]);
   EXPECT_EQ(pool.reserved_bytes(), reserved);
+}
+
+TEST(HugePages, LargeRegionsAreHugePageAlignedAndSmallOnesComeFromTheHeap) {
+  for (size_t bytes : {size_t{100}, kHugePageBytes - 8, kHugePageBytes, kHugePageBytes * 3 + 12345}) {
+    std::byte* p = allocate_huge(bytes);
+    ASSERT_NE(p, nullptr);
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(p) % 64, 0u);
+    if (bytes >= kHugePageBytes) EXPECT_EQ(reinterpret_cast<uintptr_t>(p) % kHugePageBytes, 0u);
+    std::memset(p, 0x5a, bytes);  // every byte writable, including the last partial page
+    EXPECT_EQ(static_cast<int>(p[bytes - 1]), 0x5a);
+    free_huge(p, bytes);
+  }
 }

@@ -6,6 +6,11 @@
 #include <cstdlib>
 
 namespace sparsecore {
+namespace {
+
+constexpr size_t kSmallPageBytes = 4096;
+
+}  // namespace
 
 std::byte* allocate_huge(size_t bytes) {
   if (bytes < kHugePageBytes) {
@@ -13,8 +18,10 @@ std::byte* allocate_huge(size_t bytes) {
     if (!p) throw std::bad_alloc();
     return static_cast<std::byte*>(p);
   }
-  // Map one huge page more than asked, then trim the unaligned head and tail.
-  const size_t span = (bytes + kHugePageBytes - 1) & ~(kHugePageBytes - 1);
+  // Map one huge page more than asked, then trim the unaligned head and the tail. The mapping
+  // ends at the next small page: the kernel backs its whole 2 MiB extents with huge pages and
+  // the remainder with small ones, so rounding never makes memory resident that is not used.
+  const size_t span = (bytes + kSmallPageBytes - 1) & ~(kSmallPageBytes - 1);
   void* raw = mmap(nullptr, span + kHugePageBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (raw == MAP_FAILED) throw std::bad_alloc();
   const uintptr_t start = reinterpret_cast<uintptr_t>(raw);
@@ -33,7 +40,7 @@ void free_huge(std::byte* p, size_t bytes) noexcept {
   if (bytes < kHugePageBytes) {
     std::free(p);
   } else {
-    munmap(p, (bytes + kHugePageBytes - 1) & ~(kHugePageBytes - 1));
+    munmap(p, (bytes + kSmallPageBytes - 1) & ~(kSmallPageBytes - 1));
   }
 }
 

@@ -24,7 +24,12 @@ class RowArena {
 
   // pool: where chunks come from; its chunk size must be at least kChunkRows * row_bytes.
   RowArena(size_t row_bytes, std::shared_ptr<ChunkPool> pool);
-  ~RowArena() { clear(); }
+  ~RowArena() {
+    try {
+      clear();
+    } catch (...) {  // out of memory recording free chunks: the pool still frees its slabs
+    }
+  }
   RowArena(const RowArena&) = delete;
   RowArena& operator=(const RowArena&) = delete;
 
