@@ -50,36 +50,10 @@ __global__ void dedup_finish_kernel(const int64_t* __restrict__ ids, const int* 
   }
 }
 
-// Occurrence lists (CSR) of each unique id, positions ascending: count, scan, scatter, sort.
+// Occurrences of each unique id (the sizes of its CSR list; the positions come from a
+// stable radix sort of the inverse index, radix_sort_kernels.cuh).
 __global__ void count_occurrences_kernel(const int* __restrict__ inverse, int64_t n, int* counts) {
   for (int64_t i = global_thread(); i < n; i += grid_threads()) atomicAdd(&counts[inverse[i]], 1);
-}
-
-__global__ void scatter_occurrences_kernel(const int* __restrict__ inverse, int64_t n,
-                                           const int* __restrict__ occ_offsets, int* cursor,
-                                           int* __restrict__ occ_positions) {
-  for (int64_t i = global_thread(); i < n; i += grid_threads()) {
-    const int u = inverse[i];
-    occ_positions[occ_offsets[u] + atomicAdd(&cursor[u], 1)] = static_cast<int>(i);
-  }
-}
-
-// Insertion sort of each unique id's positions: lists are short (a few per id per batch),
-// and a fixed order makes gradient sums identical to the CPU engine's.
-__global__ void sort_occurrences_kernel(const int* __restrict__ occ_offsets, int64_t num_unique,
-                                        int* __restrict__ occ_positions) {
-  for (int64_t u = global_thread(); u < num_unique; u += grid_threads()) {
-    const int begin = occ_offsets[u], end = occ_offsets[u + 1];
-    for (int a = begin + 1; a < end; ++a) {
-      const int v = occ_positions[a];
-      int b = a - 1;
-      while (b >= begin && occ_positions[b] > v) {
-        occ_positions[b + 1] = occ_positions[b];
-        --b;
-      }
-      occ_positions[b + 1] = v;
-    }
-  }
 }
 
 }  // namespace sparsecore::cuda::SC_BACKEND_NS

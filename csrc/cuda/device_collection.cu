@@ -9,6 +9,7 @@
 #include "device_collection_impl.h"
 #include "embedding_kernels.cuh"
 #include "hash_table_kernels.cuh"
+#include "radix_sort_kernels.cuh"
 #include "scan_kernels.cuh"
 
 namespace sparsecore::cuda::SC_BACKEND_NS {
@@ -83,6 +84,19 @@ class PreparedBatchImpl final : public DevicePreparedBatch {
   std::vector<std::unique_ptr<GroupBuffers>> buffers_;
 };
 
+// dst (n) <- src (n) in `space` (host: an upload; device: a copy on the device).
+template <typename T>
+void copy_in(DeviceBuffer<T>& dst, const T* src, size_t n, MemorySpace space) {
+  dst.resize(n);
+  copy_bytes(dst.data(), src, n * sizeof(T), space == MemorySpace::kHost ? Copy::kHostToDevice : Copy::kDeviceToDevice);
+}
+
+// dst (n, in `space`) <- src (n, device).
+template <typename T>
+void copy_out(T* dst, const T* src, size_t n, MemorySpace space) {
+  copy_bytes(dst, src, n * sizeof(T), space == MemorySpace::kHost ? Copy::kDeviceToHost : Copy::kDeviceToDevice);
+}
+
 int64_t next_pow2(int64_t x) {
   int64_t p = 16;
   while (p < x) p *= 2;
@@ -109,12 +123,16 @@ class Collection final : public DeviceCollectionImpl {
   int64_t table_capacity(int t) const override { return tables_.at(t)->capacity; }
   void set_max_load_factor(double f) override { max_load_ = f; }
 
-  std::shared_ptr<DevicePreparedBatch> prepare(const std::vector<GroupInput>& inputs, bool train) override {
+  std::shared_ptr<DevicePreparedBatch> prepare(const std::vector<GroupInput>& inputs,
+                                               const std::vector<std::vector<int64_t>>& host_offsets, bool train,
+                                               MemorySpace space) override {
     std::lock_guard<std::mutex> lock(mutex_);
     auto batch = std::make_shared<PreparedBatchImpl>();
     batch->train_ = train;
     batch->owner_ = this;
-    for (const GroupInput& in : inputs) {
+    for (size_t gi = 0; gi < inputs.size(); ++gi) {
+      const GroupInput& in = inputs[gi];
+      const int64_t* offsets = host_offsets[gi].data();
       DeviceTable<T>& table = *tables_[in.table];
       auto g = std::make_unique<GroupBuffers>();
       DeviceGroupInfo& info = g->info;
@@ -123,15 +141,20 @@ class Collection final : public DeviceCollectionImpl {
       info.pooling = table.config.pooling;
       info.batch_size = in.batch_size;
       info.num_ids = in.num_ids;
-      for (int64_t b = 0; b < in.batch_size; ++b) info.max_len = std::max(info.max_len, in.offsets[b + 1] - in.offsets[b]);
+      for (int64_t b = 0; b < in.batch_size; ++b) info.max_len = std::max(info.max_len, offsets[b + 1] - offsets[b]);
       g->table = in.table;
-      g->offsets.upload(in.offsets, in.batch_size + 1);
+      g->offsets.upload(offsets, in.batch_size + 1);
       g->has_weights = in.weights != nullptr;
-      if (in.weights) g->weights.upload(in.weights, in.num_ids);
+      if (in.weights) copy_in(g->weights, in.weights, in.num_ids, space);
 
+      // Device ids are read in place (dedup keeps what later steps need).
       DeviceBuffer<int64_t> ids;
-      ids.upload(in.ids, in.num_ids);
-      info.num_unique = dedup(ids.data(), in.num_ids, g->unique_keys, g->inverse);
+      const int64_t* device_ids = in.ids;
+      if (space == MemorySpace::kHost) {
+        ids.upload(in.ids, in.num_ids);
+        device_ids = ids.data();
+      }
+      info.num_unique = dedup(device_ids, in.num_ids, g->unique_keys, g->inverse);
       resolve(table, g->unique_keys.data(), info.num_unique, g->unique_slots, train);
       g->generation = table.generation;
       if (train) build_occurrences(*g);
@@ -141,7 +164,7 @@ class Collection final : public DeviceCollectionImpl {
     return batch;
   }
 
-  void forward(const DevicePreparedBatch& b, const std::vector<float*>& outputs) override {
+  void forward(const DevicePreparedBatch& b, const std::vector<float*>& outputs, MemorySpace space) override {
     std::lock_guard<std::mutex> lock(mutex_);
     const PreparedBatchImpl& batch = own(b);
     DeviceBuffer<float> out;
@@ -156,15 +179,18 @@ class Collection final : public DeviceCollectionImpl {
         resolve(table, g.unique_keys.data(), g.info.num_unique, refreshed, false);
         slots = refreshed.data();
       }
-      out.resize(size);
-      const int64_t warps_needed = std::max<int64_t>(g.info.batch_size, 1);
-      SC_LAUNCH(grid(warps_needed * 32), block(), 0, nullptr, pool_kernel<T>)(g.view(slots), table.rows(), out.data());
-      SC_CHECK_LAUNCH();
-      out.download(outputs[gi], size);
+      float* dst = outputs[gi];
+      if (space == MemorySpace::kHost) {
+        out.resize(size);
+        dst = out.data();
+      }
+      launch_pool(g.view(slots), table.rows(), dst);
+      if (space == MemorySpace::kHost) out.download(outputs[gi], size);
     }
+    synchronize();
   }
 
-  int64_t backward(const DevicePreparedBatch& b, const std::vector<const float*>& grads) override {
+  int64_t backward(const DevicePreparedBatch& b, const std::vector<const float*>& grads, MemorySpace space) override {
     std::lock_guard<std::mutex> lock(mutex_);
     const PreparedBatchImpl& batch = own(b);
     const int64_t step = ++step_;
@@ -180,12 +206,23 @@ class Collection final : public DeviceCollectionImpl {
         resolve(table, g.unique_keys.data(), u, refreshed, true);
         slots = refreshed.data();
       }
-      grad.upload(grads[gi], g.info.output_size());
+      const float* grad_in = grads[gi];
+      if (space == MemorySpace::kHost) {
+        grad.upload(grads[gi], g.info.output_size());
+        grad_in = grad.data();
+      }
       grad_rows.resize(u * g.info.dim);
-      SC_LAUNCH(grid(u * g.info.dim), block(), 0, nullptr, unique_grad_kernel)(
-          g.view(slots), g.occ_offsets.data(), g.occ_positions.data(), g.bag_of.data(), g.bag_scale.data(), grad.data(),
-          u, grad_rows.data());
-      SC_CHECK_LAUNCH();
+      const bool vector = g.info.dim % 4 == 0 && aligned(grad_in, 16);
+      auto unique_grad = [&](auto kernel, int width) {
+        SC_LAUNCH(grid(u * g.info.dim / width), block(), 0, nullptr, kernel)(
+            g.view(slots), g.occ_offsets.data(), g.occ_positions.data(), g.bag_of.data(), g.bag_scale.data(), grad_in,
+            u, grad_rows.data());
+        SC_CHECK_LAUNCH();
+      };
+      if (vector)
+        unique_grad(unique_grad_kernel<4>, 4);
+      else
+        unique_grad(unique_grad_kernel<1>, 1);
       if (!std::is_same_v<T, float>) scratch.resize(u * g.info.dim);
       SC_LAUNCH(grid(u), block(), 0, nullptr, update_rows_kernel<T>)(table.rows(), slots, u, grad_rows.data(),
                                                                        table.config.optimizer, step, scratch.data());
@@ -195,28 +232,42 @@ class Collection final : public DeviceCollectionImpl {
     return step;
   }
 
-  void lookup(int t, const int64_t* keys, int64_t n, float* out, bool insert) override {
+  void lookup(int t, const int64_t* keys, int64_t n, float* out, bool insert, MemorySpace space) override {
     std::lock_guard<std::mutex> lock(mutex_);
     DeviceTable<T>& table = *tables_.at(t);
     if (n == 0) return;
     DeviceBuffer<int64_t> k, slots;
-    k.upload(keys, n);
-    resolve(table, k.data(), n, slots, insert);
-    DeviceBuffer<float> rows(n * table.dim);
-    SC_LAUNCH(grid(n * table.dim), block(), 0, nullptr, gather_rows_kernel<T>)(table.rows(), slots.data(), n, rows.data());
+    const int64_t* device_keys = keys;
+    if (space == MemorySpace::kHost) {
+      k.upload(keys, n);
+      device_keys = k.data();
+    }
+    resolve(table, device_keys, n, slots, insert);
+    DeviceBuffer<float> rows;
+    float* dst = out;
+    if (space == MemorySpace::kHost) {
+      rows.resize(n * table.dim);
+      dst = rows.data();
+    }
+    SC_LAUNCH(grid(n * table.dim), block(), 0, nullptr, gather_rows_kernel<T>)(table.rows(), slots.data(), n, dst);
     SC_CHECK_LAUNCH();
-    rows.download(out, n * table.dim);
+    if (space == MemorySpace::kHost) rows.download(out, n * table.dim);
+    synchronize();
   }
 
-  int64_t erase(int t, const int64_t* keys, int64_t n) override {
+  int64_t erase(int t, const int64_t* keys, int64_t n, MemorySpace space) override {
     std::lock_guard<std::mutex> lock(mutex_);
     DeviceTable<T>& table = *tables_.at(t);
     if (n == 0) return 0;
     DeviceBuffer<int64_t> k;
-    k.upload(keys, n);
+    const int64_t* device_keys = keys;
+    if (space == MemorySpace::kHost) {
+      k.upload(keys, n);
+      device_keys = k.data();
+    }
     DeviceBuffer<unsigned long long> counters(2);
     counters.fill_zero();
-    SC_LAUNCH(grid(n), block(), 0, nullptr, erase_kernel)(table.view(), k.data(), n, counters.data(), counters.data() + 1);
+    SC_LAUNCH(grid(n), block(), 0, nullptr, erase_kernel)(table.view(), device_keys, n, counters.data(), counters.data() + 1);
     SC_CHECK_LAUNCH();
     unsigned long long c[2];
     counters.download(c, 2);
@@ -224,6 +275,36 @@ class Collection final : public DeviceCollectionImpl {
     table.tombstones += static_cast<int64_t>(c[1]);
     if (c[0]) table.generation = next_generation();
     return static_cast<int64_t>(c[0]);
+  }
+
+  int64_t count_non_finite(const float* values, int64_t n) override {
+    if (n == 0) return 0;
+    DeviceBuffer<unsigned long long> count(1);
+    count.fill_zero();
+    SC_LAUNCH(grid(n), block(), 0, nullptr, count_non_finite_kernel)(values, n, count.data());
+    SC_CHECK_LAUNCH();
+    unsigned long long c = 0;
+    count.download(&c, 1);
+    return static_cast<int64_t>(c);
+  }
+
+  void copy_to_host(void* dst, const void* device_src, size_t bytes) override {
+    copy_bytes(dst, device_src, bytes, Copy::kDeviceToHost);
+  }
+
+  void check_device_pointer(const void* p, const std::string& what) const override {
+#if defined(__CUDACC__)
+    cudaPointerAttributes attr{};
+    if (cudaPointerGetAttributes(&attr, p) != cudaSuccess) {
+      cudaGetLastError();  // clear the error of an unknown pointer
+      attr.type = cudaMemoryTypeUnregistered;
+    }
+    SC_CHECK_ARG(attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged, what,
+                 " is not CUDA device memory (pass host arrays as NumPy arrays, device arrays as CuPy or torch CUDA)");
+#else
+    (void)p;
+    (void)what;
+#endif
   }
 
   DeviceEmbeddingCollection::Export export_rows(int t) const override {
@@ -267,11 +348,65 @@ class Collection final : public DeviceCollectionImpl {
     return e;
   }
 
+  void import_rows(int t, const DeviceEmbeddingCollection::Export& e) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    DeviceTable<T>& table = *tables_.at(t);
+    const int64_t n = static_cast<int64_t>(e.keys.size());
+    if (n == 0) return;
+    DeviceBuffer<int64_t> keys, slots, last;
+    keys.upload(e.keys.data(), n);
+    resolve(table, keys.data(), n, slots, true);
+    DeviceBuffer<float> weights, state;
+    weights.upload(e.weights.data(), e.weights.size());
+    state.upload(e.state.data(), e.state.size());
+    std::vector<uint32_t> counts(e.update_count.begin(), e.update_count.end());
+    DeviceBuffer<uint32_t> count;
+    count.upload(counts.data(), n);
+    last.upload(e.last_step.data(), n);
+    SC_LAUNCH(grid(n), block(), 0, nullptr, store_rows_kernel<T>)(table.rows(), slots.data(), n, weights.data(),
+                                                                   state.data(), count.data(), last.data());
+    SC_CHECK_LAUNCH();
+    synchronize();
+  }
+
+  void set_step(int64_t step) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    step_ = step;
+  }
+
  private:
   static float host_float(T v) { return to_float(v); }
   static uint64_t next_generation() {
     static std::atomic<uint64_t> counter{2};
     return counter.fetch_add(1);
+  }
+
+  static bool aligned(const void* p, size_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
+
+  // Forward of one group into out (device). Sum / mean: vector loads (float4 for fp32 rows,
+  // __half2 for fp16) when the dim allows and out is aligned for them, scalar otherwise; a
+  // group of lanes per bag sized to the dim.
+  void launch_pool(const BagsView& view, RowsView<T> rows, float* out) {
+    const int64_t bags = std::max<int64_t>(view.batch_size, 1);
+    if (view.pooling == Pooling::kNone) {
+      SC_LAUNCH(grid(bags * 32), block(), 0, nullptr, pool_sequence_kernel<T>)(view, rows, out);
+      SC_CHECK_LAUNCH();
+      return;
+    }
+    constexpr int kVectorWidth = std::is_same_v<T, float> ? 4 : 2;
+    const bool vector = view.dim % kVectorWidth == 0 && aligned(out, sizeof(float) * kVectorWidth);
+    const int width = vector ? kVectorWidth : 1;
+    const int lanes_wanted = (view.dim / width + kPoolElementsPerLane / width - 1) / (kPoolElementsPerLane / width);
+    int lanes = 1;
+    while (lanes < lanes_wanted && lanes < 32) lanes *= 2;
+    auto launch = [&](auto kernel) {
+      SC_LAUNCH(grid(bags * lanes), block(), 0, nullptr, kernel)(view, rows, out, lanes);
+      SC_CHECK_LAUNCH();
+    };
+    if (vector)
+      launch(pool_kernel<T, kVectorWidth>);
+    else
+      launch(pool_kernel<T, 1>);
   }
 
   dim3 block() const { return dim3(static_cast<unsigned>(limits_.block_threads)); }
@@ -416,19 +551,45 @@ class Collection final : public DeviceCollectionImpl {
       g.occ_offsets.fill_zero();
       return;
     }
-    DeviceBuffer<int> counts(u), cursor(u);
+    DeviceBuffer<int> counts(u);
     counts.fill_zero();
-    cursor.fill_zero();
     SC_LAUNCH(grid(n), block(), 0, nullptr, count_occurrences_kernel)(g.inverse.data(), n, counts.data());
     SC_CHECK_LAUNCH();
     exclusive_scan(counts.data(), g.occ_offsets.data(), u);
     const int total = static_cast<int>(n);
     copy_bytes(g.occ_offsets.data() + u, &total, sizeof(int), Copy::kHostToDevice);
-    SC_LAUNCH(grid(n), block(), 0, nullptr, scatter_occurrences_kernel)(g.inverse.data(), n, g.occ_offsets.data(),
-                                                                        cursor.data(), g.occ_positions.data());
-    SC_CHECK_LAUNCH();
-    SC_LAUNCH(grid(u), block(), 0, nullptr, sort_occurrences_kernel)(g.occ_offsets.data(), u, g.occ_positions.data());
-    SC_CHECK_LAUNCH();
+    stable_sort_positions(g.inverse.data(), n, u, g.occ_positions.data());
+  }
+
+  // positions (n, device) <- 0..n-1 stably sorted by keys (n, device, values in [0, num_keys)).
+  void stable_sort_positions(const int* keys, int64_t n, int64_t num_keys, int* positions) {
+    int bits = 0;
+    while (bits < 31 && (int64_t{1} << bits) < num_keys) ++bits;
+    const int passes = std::max(1, (bits + kRadixBits - 1) / kRadixBits);
+    const int64_t tiles = (n + kRadixTileItems - 1) / kRadixTileItems;
+    const size_t shared = radix_shared_bytes(limits_.block_threads);
+    DeviceBuffer<int> hist(kRadixBins * tiles), offsets(kRadixBins * tiles);
+    DeviceBuffer<int> keys_a, keys_b, values_a, values_b;
+    if (passes > 1) {
+      for (DeviceBuffer<int>* b : {&keys_a, &keys_b, &values_a, &values_b}) b->resize(n);
+    }
+    const int* keys_in = keys;
+    const int* values_in = nullptr;
+    for (int pass = 0; pass < passes; ++pass) {
+      const int shift = pass * kRadixBits;
+      const bool last = pass == passes - 1;
+      int* keys_out = last ? nullptr : (pass % 2 ? keys_b.data() : keys_a.data());
+      int* values_out = last ? positions : (pass % 2 ? values_b.data() : values_a.data());
+      SC_LAUNCH(grid(tiles * 32), block(), shared, nullptr, radix_histogram_kernel)(keys_in, n, shift, tiles,
+                                                                                   hist.data());
+      SC_CHECK_LAUNCH();
+      exclusive_scan(hist.data(), offsets.data(), kRadixBins * tiles);
+      SC_LAUNCH(grid(tiles * 32), block(), shared, nullptr, radix_scatter_kernel)(
+          keys_in, values_in, n, shift, tiles, offsets.data(), keys_out, values_out);
+      SC_CHECK_LAUNCH();
+      keys_in = keys_out;
+      values_in = values_out;
+    }
   }
 
   LaunchLimits limits_;

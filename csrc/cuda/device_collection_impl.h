@@ -18,12 +18,25 @@ class DeviceCollectionImpl {
   virtual int64_t table_size(int table) const = 0;
   virtual int64_t table_capacity(int table) const = 0;
   virtual void set_max_load_factor(double f) = 0;
-  virtual std::shared_ptr<DevicePreparedBatch> prepare(const std::vector<GroupInput>& inputs, bool train) = 0;
-  virtual void forward(const DevicePreparedBatch& batch, const std::vector<float*>& outputs) = 0;
-  virtual int64_t backward(const DevicePreparedBatch& batch, const std::vector<const float*>& grads) = 0;
-  virtual void lookup(int table, const int64_t* keys, int64_t n, float* out, bool insert) = 0;
-  virtual int64_t erase(int table, const int64_t* keys, int64_t n) = 0;
+  // inputs validated; host_offsets[g]: a host copy of group g's offsets.
+  virtual std::shared_ptr<DevicePreparedBatch> prepare(const std::vector<GroupInput>& inputs,
+                                                       const std::vector<std::vector<int64_t>>& host_offsets,
+                                                       bool train, MemorySpace space) = 0;
+  virtual void forward(const DevicePreparedBatch& batch, const std::vector<float*>& outputs, MemorySpace space) = 0;
+  virtual int64_t backward(const DevicePreparedBatch& batch, const std::vector<const float*>& grads,
+                           MemorySpace space) = 0;
+  virtual void lookup(int table, const int64_t* keys, int64_t n, float* out, bool insert, MemorySpace space) = 0;
+  virtual int64_t erase(int table, const int64_t* keys, int64_t n, MemorySpace space) = 0;
+  // Elements of values (n, device memory) that are NaN or Inf.
+  virtual int64_t count_non_finite(const float* values, int64_t n) = 0;
+  virtual void copy_to_host(void* dst, const void* device_src, size_t bytes) = 0;
+  // InvalidArgument naming `what` unless p is device memory this backend can read (the
+  // emulator's device memory is host memory: every pointer passes).
+  virtual void check_device_pointer(const void* p, const std::string& what) const = 0;
   virtual DeviceEmbeddingCollection::Export export_rows(int table) const = 0;
+  // Inserts or overwrites rows (keys unique): weights, state and metadata as given.
+  virtual void import_rows(int table, const DeviceEmbeddingCollection::Export& rows) = 0;
+  virtual void set_step(int64_t step) = 0;
 };
 
 using ImplFactory = std::unique_ptr<DeviceCollectionImpl> (*)(const std::vector<TableConfig>&, uint64_t, RowStorage,

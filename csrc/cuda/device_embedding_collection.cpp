@@ -2,10 +2,13 @@
 // the host before any device work, so a bad batch changes nothing) and backend selection.
 #include "sparsecore/cuda/device_embedding_collection.h"
 
+#include <cstring>
+#include <mutex>
 #include <set>
 
 #include "device_collection_impl.h"
 #include "sparsecore/core/error.h"
+#include "sparsecore/core/hash.h"
 #include "sparsecore/ops/pooling_kernels.h"
 
 namespace sparsecore::cuda {
@@ -30,7 +33,7 @@ bool device_available() { return device_unavailable_reason().empty(); }
 
 DeviceEmbeddingCollection::DeviceEmbeddingCollection(std::vector<TableConfig> tables, uint64_t seed,
                                                      RowStorage storage, Backend backend, LaunchLimits limits)
-    : backend_(backend), storage_(storage), seed_(seed), configs_(std::move(tables)) {
+    : backend_(backend), storage_(storage), limits_(limits), seed_(seed), configs_(std::move(tables)) {
   SC_CHECK_ARG(!configs_.empty(), "a DeviceEmbeddingCollection needs at least one table");
   SC_CHECK_ARG(limits.block_threads >= 32 && limits.block_threads <= 1024 && limits.block_threads % 32 == 0,
                "block_threads must be a multiple of 32 in [32, 1024], got ", limits.block_threads);
@@ -83,74 +86,180 @@ void DeviceEmbeddingCollection::set_max_load_factor(double f) {
   impl_->set_max_load_factor(f);
 }
 
-void DeviceEmbeddingCollection::validate_inputs(const std::vector<GroupInput>& inputs) const {
-  std::vector<char> seen(configs_.size(), 0);
+std::vector<std::vector<int64_t>> DeviceEmbeddingCollection::validate_inputs(const std::vector<GroupInput>& inputs,
+                                                                             MemorySpace space) const {
+  auto table_name = [this](int t) -> const std::string& { return configs_[t].name; };
+  std::vector<std::vector<int64_t>> host_offsets(inputs.size());
+  if (space == MemorySpace::kHost) {
+    validate_group_inputs(inputs, num_tables(), table_name);
+    for (size_t g = 0; g < inputs.size(); ++g)
+      host_offsets[g].assign(inputs[g].offsets, inputs[g].offsets + inputs[g].batch_size + 1);
+    return host_offsets;
+  }
+  // Device inputs: the same checks on host copies of the offsets (the bag layout is small),
+  // the weights' finiteness on the device.
+  std::vector<GroupInput> on_host = inputs;
   for (size_t g = 0; g < inputs.size(); ++g) {
     const GroupInput& in = inputs[g];
-    SC_CHECK_ARG(in.table >= 0 && in.table < num_tables(), "group ", g, ": table index ", in.table,
-                 " out of range [0, ", num_tables(), ")");
-    const std::string& name = configs_[in.table].name;
-    SC_CHECK_ARG(!seen[in.table], "table '", name, "' appears in more than one group of the batch");
-    seen[in.table] = 1;
-    SC_CHECK_ARG(in.num_ids >= 0 && in.num_ids < (int64_t{1} << 31), "group '", name, "': ids has ", in.num_ids,
-                 " elements; at most 2^31 - 1 per group");
-    SC_CHECK_ARG(in.batch_size >= 0, "group '", name, "': batch size must be >= 0, got ", in.batch_size);
-    SC_CHECK_ARG(in.num_ids == 0 || in.ids != nullptr, "group '", name, "': ids is null");
-    SC_CHECK_ARG(in.offsets != nullptr, "group '", name, "': offsets is null");
-    const int64_t* off = in.offsets;
-    SC_CHECK_ARG(off[0] == 0, "group '", name, "': offsets[0] must be 0, got ", off[0]);
-    for (int64_t b = 0; b < in.batch_size; ++b)
-      SC_CHECK_ARG(off[b + 1] >= off[b], "group '", name, "': offsets must be non-decreasing, but offsets[", b,
-                   "] = ", off[b], " > offsets[", b + 1, "] = ", off[b + 1]);
-    SC_CHECK_ARG(off[in.batch_size] == in.num_ids, "group '", name, "': offsets[", in.batch_size, "] = ",
-                 off[in.batch_size], " must equal the number of ids (", in.num_ids, ")");
-    if (in.weights)
-      SC_CHECK_ARG(kernels::all_finite(in.weights, in.num_ids), "group '", name, "': weights contain NaN or Inf");
+    on_host[g].weights = nullptr;
+    if (in.batch_size < 0 || in.offsets == nullptr || in.table < 0 || in.table >= num_tables()) continue;
+    impl_->check_device_pointer(in.offsets, "group '" + configs_[in.table].name + "' offsets");
+    if (in.num_ids > 0) impl_->check_device_pointer(in.ids, "group '" + configs_[in.table].name + "' ids");
+    host_offsets[g].resize(static_cast<size_t>(in.batch_size) + 1);
+    impl_->copy_to_host(host_offsets[g].data(), in.offsets, host_offsets[g].size() * sizeof(int64_t));
+    on_host[g].offsets = host_offsets[g].data();
   }
+  validate_group_inputs(on_host, num_tables(), table_name);
+  for (const GroupInput& in : inputs) {
+    if (!in.weights) continue;
+    impl_->check_device_pointer(in.weights, "group '" + configs_[in.table].name + "' weights");
+    SC_CHECK_ARG(impl_->count_non_finite(in.weights, in.num_ids) == 0, "group '", configs_[in.table].name,
+                 "': weights contain NaN or Inf");
+  }
+  return host_offsets;
 }
 
 std::shared_ptr<DevicePreparedBatch> DeviceEmbeddingCollection::prepare(const std::vector<GroupInput>& inputs,
-                                                                        bool train) {
-  validate_inputs(inputs);
-  return impl_->prepare(inputs, train);
+                                                                        bool train, MemorySpace space) {
+  std::vector<std::vector<int64_t>> host_offsets = validate_inputs(inputs, space);
+  return impl_->prepare(inputs, host_offsets, train, space);
 }
 
-void DeviceEmbeddingCollection::forward(const DevicePreparedBatch& batch, const std::vector<float*>& outputs) {
+void DeviceEmbeddingCollection::forward(const DevicePreparedBatch& batch, const std::vector<float*>& outputs,
+                                        MemorySpace space) {
   const auto& groups = batch.groups();
   SC_CHECK_ARG(outputs.size() == groups.size(), "forward: ", outputs.size(), " output buffers for ", groups.size(),
                " groups");
-  for (size_t g = 0; g < groups.size(); ++g)
-    SC_CHECK_ARG(outputs[g] != nullptr || groups[g].output_size() == 0, "forward: output ", g, " is null");
-  impl_->forward(batch, outputs);
+  for (size_t g = 0; g < groups.size(); ++g) {
+    if (groups[g].output_size() == 0) continue;
+    SC_CHECK_ARG(outputs[g] != nullptr, "forward: output ", g, " is null");
+    if (space == MemorySpace::kDevice) impl_->check_device_pointer(outputs[g], "forward output " + std::to_string(g));
+  }
+  impl_->forward(batch, outputs, space);
 }
 
-int64_t DeviceEmbeddingCollection::backward(const DevicePreparedBatch& batch, const std::vector<const float*>& grads) {
+int64_t DeviceEmbeddingCollection::backward(const DevicePreparedBatch& batch, const std::vector<const float*>& grads,
+                                            MemorySpace space) {
   SC_CHECK_ARG(batch.train(), "backward needs a batch prepared with train=true (this one was prepared for evaluation)");
   const auto& groups = batch.groups();
   SC_CHECK_ARG(grads.size() == groups.size(), "backward: ", grads.size(), " gradients for ", groups.size(), " groups");
   for (size_t g = 0; g < groups.size(); ++g) {
-    SC_CHECK_ARG(grads[g] != nullptr || groups[g].output_size() == 0, "backward: gradient ", g, " is null");
-    SC_CHECK_ARG(kernels::all_finite(grads[g], groups[g].output_size()), "gradient of group '",
-                 configs_[groups[g].table].name, "' contains NaN or Inf; no row was updated");
+    const int64_t size = groups[g].output_size();
+    if (size == 0) continue;
+    const std::string what = "gradient of group '" + configs_[groups[g].table].name + "'";
+    SC_CHECK_ARG(grads[g] != nullptr, "backward: ", what, " is null");
+    bool finite;
+    if (space == MemorySpace::kDevice) {
+      impl_->check_device_pointer(grads[g], what);
+      finite = impl_->count_non_finite(grads[g], size) == 0;
+    } else {
+      finite = kernels::all_finite(grads[g], size);
+    }
+    SC_CHECK_ARG(finite, what, " contains NaN or Inf; no row was updated");
   }
-  return impl_->backward(batch, grads);
+  return impl_->backward(batch, grads, space);
 }
 
-void DeviceEmbeddingCollection::lookup(int table, const int64_t* keys, int64_t n, float* out, bool insert) {
+void DeviceEmbeddingCollection::lookup(int table, const int64_t* keys, int64_t n, float* out, bool insert,
+                                       MemorySpace space) {
   check_table(table);
   SC_CHECK_ARG(n >= 0 && (n == 0 || (keys && out)), "lookup: null keys or output for ", n, " keys");
-  impl_->lookup(table, keys, n, out, insert);
+  if (space == MemorySpace::kDevice && n > 0) {
+    impl_->check_device_pointer(keys, "lookup keys");
+    impl_->check_device_pointer(out, "lookup output");
+  }
+  impl_->lookup(table, keys, n, out, insert, space);
 }
 
-int64_t DeviceEmbeddingCollection::erase(int table, const int64_t* keys, int64_t n) {
+int64_t DeviceEmbeddingCollection::erase(int table, const int64_t* keys, int64_t n, MemorySpace space) {
   check_table(table);
   SC_CHECK_ARG(n >= 0 && (n == 0 || keys), "erase: null keys for ", n, " keys");
-  return impl_->erase(table, keys, n);
+  if (space == MemorySpace::kDevice && n > 0) impl_->check_device_pointer(keys, "erase keys");
+  return impl_->erase(table, keys, n, space);
 }
 
 DeviceEmbeddingCollection::Export DeviceEmbeddingCollection::export_rows(int table) const {
   check_table(table);
   return impl_->export_rows(table);
+}
+
+std::unique_ptr<EmbeddingCollection> DeviceEmbeddingCollection::to_host() const {
+  auto host = std::make_unique<EmbeddingCollection>(configs_, seed_);
+  for (int t = 0; t < num_tables(); ++t) {
+    const Export e = export_rows(t);
+    EmbeddingTable& table = host->table(t);
+    HashTable& ht = table.hash_table();
+    const int dim = table.dim(), sd = table.state_dim();
+    std::vector<std::byte> row(table.row_bytes(), std::byte{0});
+    for (size_t i = 0; i < e.keys.size(); ++i) {
+      std::memcpy(EmbeddingTable::weights(row.data()), e.weights.data() + i * dim, sizeof(float) * dim);
+      std::memcpy(table.state(row.data()), e.state.data() + i * sd, sizeof(float) * sd);
+      *table.meta(row.data()) = PackedRowMeta::pack(RowMeta{static_cast<uint32_t>(e.update_count[i]), 0, e.last_step[i]});
+      const uint64_t hash = key_hash(e.keys[i]);
+      auto& shard = ht.shard(ht.shard_of_hash(hash));
+      std::unique_lock lock(shard.mutex);
+      shard.upsert_copy(e.keys[i], hash, row.data());
+    }
+  }
+  host->set_step(step());
+  return host;
+}
+
+std::unique_ptr<DeviceEmbeddingCollection> DeviceEmbeddingCollection::from_host(const EmbeddingCollection& host,
+                                                                                RowStorage storage, Backend backend,
+                                                                                LaunchLimits limits) {
+  std::vector<TableConfig> configs;
+  for (int t = 0; t < host.num_tables(); ++t) {
+    const EmbeddingTable& table = host.table(t);
+    SC_CHECK_ARG(table.seed() == table_seed(host.seed(), table.name()), "table '", table.name(), "' has seed ",
+                 table.seed(), ", not the one its collection seed gives; a device collection derives table seeds "
+                 "from the collection seed");
+    configs.push_back(table.config());
+  }
+  auto device = std::make_unique<DeviceEmbeddingCollection>(std::move(configs), host.seed(), storage, backend, limits);
+  for (int t = 0; t < host.num_tables(); ++t) {
+    const EmbeddingTable& table = host.table(t);
+    const auto n = static_cast<int64_t>(table.size());
+    const int dim = table.dim(), sd = table.state_dim(), floats = table.row_floats();
+    Export e;
+    e.keys.resize(n);
+    std::vector<float> rows(static_cast<size_t>(n) * floats);
+    std::vector<RowMeta> meta(n);
+    table.export_rows(e.keys.data(), rows.data(), meta.data(), n);
+    e.weights.resize(static_cast<size_t>(n) * dim);
+    e.state.resize(static_cast<size_t>(n) * sd);
+    for (int64_t i = 0; i < n; ++i) {
+      std::memcpy(e.weights.data() + i * dim, rows.data() + i * floats, sizeof(float) * dim);
+      std::memcpy(e.state.data() + i * sd, rows.data() + i * floats + dim, sizeof(float) * sd);
+      e.update_count.push_back(meta[i].update_count);
+      e.last_step.push_back(meta[i].last_step);
+    }
+    device->impl_->import_rows(t, e);
+  }
+  device->impl_->set_step(host.step());
+  return device;
+}
+
+void DeviceEmbeddingCollection::save(const std::string& dir, bool overwrite) const { to_host()->save(dir, overwrite); }
+
+std::unique_ptr<DeviceEmbeddingCollection> DeviceEmbeddingCollection::load(const std::string& dir, RowStorage storage,
+                                                                           Backend backend, LaunchLimits limits) {
+  return from_host(*EmbeddingCollection::load(dir), storage, backend, limits);
+}
+
+void DeviceEmbeddingCollection::restore(const std::string& dir) {
+  std::unique_ptr<DeviceEmbeddingCollection> loaded = load(dir, storage_, backend_, limits_);
+  SC_CHECK_ARG(loaded->num_tables() == num_tables(), "checkpoint at '", dir, "' has ", loaded->num_tables(),
+               " tables, this collection ", num_tables());
+  for (int t = 0; t < num_tables(); ++t) {
+    const TableConfig& theirs = loaded->config(t);
+    SC_CHECK_ARG(theirs.name == configs_[t].name && theirs.dim == configs_[t].dim, "checkpoint table ", t, " is '",
+                 theirs.name, "' (dim ", theirs.dim, "), this collection has '", configs_[t].name, "' (dim ",
+                 configs_[t].dim, ")");
+  }
+  impl_.swap(loaded->impl_);
+  configs_.swap(loaded->configs_);
+  seed_ = loaded->seed_;
 }
 
 }  // namespace sparsecore::cuda

@@ -34,6 +34,13 @@
   T* name = reinterpret_cast<T*>(::sparsecore::cuda_emulation::this_thread().shared_memory)
 #endif
 
+// Full unrolling of loops with constant trip counts (register arrays stay in registers).
+#if defined(__CUDACC__)
+#define SC_UNROLL _Pragma("unroll")
+#else
+#define SC_UNROLL _Pragma("GCC unroll 8")
+#endif
+
 #if defined(__CUDACC__)
 #define SC_CUDA_CHECK(call)                                                                             \
   do {                                                                                                  \

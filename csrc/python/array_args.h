@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "sparsecore/core/error.h"
+#include "sparsecore/ops/embedding_collection.h"
 
 namespace sparsecore::python {
 
@@ -54,6 +55,38 @@ const T* checked_array(const py::array& arr, const std::string& what, std::vecto
   }
   if (!(arr.flags() & py::array::c_style)) throw InvalidArgument(what + " must be C-contiguous");
   return static_cast<const T*>(arr.data());
+}
+
+// A batch's groups as the bindings receive them, each a tuple (table index, ids int64[n],
+// offsets int64[B+1], weights float32[n] or None). The returned pointers stay valid while `keep_alive` holds the arrays (an element that was
+// not an array already is converted into one there). table_name(index) names a group in
+// messages (and throws for an index out of range).
+template <typename TableName>
+std::vector<GroupInput> group_inputs(const std::vector<py::tuple>& groups, std::vector<py::array>& keep_alive,
+                                     const TableName& table_name) {
+  std::vector<GroupInput> inputs;
+  inputs.reserve(groups.size());
+  for (const py::tuple& grp : groups) {
+    GroupInput in;
+    in.table = grp[0].cast<int>();
+    std::string name = "group '" + std::string(table_name(in.table)) + "'";
+    py::array ids = grp[1].cast<py::array>();
+    py::array offsets = grp[2].cast<py::array>();
+    in.ids = checked_array<int64_t>(ids, name + " ids", {-1});
+    in.num_ids = ids.shape(0);
+    keep_alive.push_back(ids);
+    keep_alive.push_back(offsets);
+    in.offsets = checked_array<int64_t>(offsets, name + " offsets", {-1});
+    if (offsets.shape(0) < 1) throw InvalidArgument(name + " offsets must have at least one element (B + 1)");
+    in.batch_size = offsets.shape(0) - 1;
+    if (!grp[3].is_none()) {
+      py::array w = grp[3].cast<py::array>();
+      in.weights = checked_array<float>(w, name + " weights", {in.num_ids});
+      keep_alive.push_back(w);
+    }
+    inputs.push_back(in);
+  }
+  return inputs;
 }
 
 }  // namespace sparsecore::python

@@ -25,6 +25,8 @@ std::vector<py::ssize_t> output_shape(const cuda::DeviceGroupInfo& g) {
   return {g.batch_size, g.dim};
 }
 
+cuda::Backend backend_of(bool emulate) { return emulate ? cuda::Backend::kEmulated : cuda::Backend::kDevice; }
+
 }  // namespace
 
 SPARSECORE_BINDING(cuda, 40) {
@@ -48,7 +50,7 @@ SPARSECORE_BINDING(cuda, 40) {
              for (const Json& t : parsed.as_array("tables")) tables.push_back(TableConfig::from_json(t));
              return std::make_unique<DeviceEmbeddingCollection>(
                  std::move(tables), seed, cuda::row_storage_from_name(storage),
-                 emulate ? cuda::Backend::kEmulated : cuda::Backend::kDevice, cuda::LaunchLimits{block_threads, max_blocks});
+                 backend_of(emulate), cuda::LaunchLimits{block_threads, max_blocks});
            }),
            py::arg("configs_json"), py::arg("seed"), py::arg("storage") = "fp32", py::arg("emulate") = false,
            py::arg("block_threads") = 128, py::arg("max_blocks") = 0)
@@ -64,25 +66,70 @@ SPARSECORE_BINDING(cuda, 40) {
       .def("set_max_load_factor", &DeviceEmbeddingCollection::set_max_load_factor)
       .def("prepare",
            [](DeviceEmbeddingCollection& c, const std::vector<py::tuple>& groups, bool train) {
-             // Each group: (table index, ids int64[n], offsets int64[B+1], weights float32[n] or None)
-             std::vector<GroupInput> inputs;
-             for (const py::tuple& grp : groups) {
-               GroupInput in;
-               in.table = grp[0].cast<int>();
-               std::string name = "group '" + c.config(in.table).name + "'";
-               py::array ids = grp[1].cast<py::array>(), offsets = grp[2].cast<py::array>();
-               in.ids = checked_array<int64_t>(ids, name + " ids", {-1});
-               in.num_ids = ids.shape(0);
-               in.offsets = checked_array<int64_t>(offsets, name + " offsets", {-1});
-               if (offsets.shape(0) < 1) throw InvalidArgument(name + " offsets must have at least one element (B + 1)");
-               in.batch_size = offsets.shape(0) - 1;
-               if (!grp[3].is_none()) in.weights = checked_array<float>(grp[3].cast<py::array>(), name + " weights", {in.num_ids});
-               inputs.push_back(in);
-             }
-             py::gil_scoped_release release;  // `groups` keeps the arrays alive
+             std::vector<py::array> keep_alive;
+             std::vector<GroupInput> inputs =
+                 python::group_inputs(groups, keep_alive, [&c](int t) { return c.config(t).name; });
+             py::gil_scoped_release release;  // `keep_alive` holds the arrays
              return PyDevicePrepared{c.prepare(inputs, train)};
            },
            py::arg("groups"), py::arg("train"))
+      // Zero-copy entry points: arrays in device memory, passed as addresses (parsed from
+      // __cuda_array_interface__ by sparsecore.cuda, which keeps the arrays alive and checks
+      // dtypes and shapes). Each group: (table, ids, num_ids, offsets, batch_size, weights or 0).
+      .def("prepare_device",
+           [](DeviceEmbeddingCollection& c, const std::vector<std::tuple<int, uintptr_t, int64_t, uintptr_t, int64_t,
+                                                                         uintptr_t>>& groups,
+              bool train) {
+             std::vector<GroupInput> inputs;
+             for (const auto& [table, ids, n, offsets, batch_size, weights] : groups) {
+               GroupInput in;
+               in.table = table;
+               in.ids = reinterpret_cast<const int64_t*>(ids);
+               in.num_ids = n;
+               in.offsets = reinterpret_cast<const int64_t*>(offsets);
+               in.batch_size = batch_size;
+               in.weights = reinterpret_cast<const float*>(weights);
+               inputs.push_back(in);
+             }
+             py::gil_scoped_release release;
+             return PyDevicePrepared{c.prepare(inputs, train, cuda::MemorySpace::kDevice)};
+           },
+           py::arg("groups"), py::arg("train"))
+      .def("output_shapes",
+           [](const DeviceEmbeddingCollection&, const PyDevicePrepared& p) {
+             std::vector<std::vector<py::ssize_t>> shapes;
+             for (const auto& g : p.batch->groups()) shapes.push_back(output_shape(g));
+             return shapes;
+           })
+      .def("forward_device",
+           [](DeviceEmbeddingCollection& c, const PyDevicePrepared& p, const std::vector<uintptr_t>& outputs) {
+             std::vector<float*> ptrs;
+             for (uintptr_t o : outputs) ptrs.push_back(reinterpret_cast<float*>(o));
+             py::gil_scoped_release release;
+             c.forward(*p.batch, ptrs, cuda::MemorySpace::kDevice);
+           },
+           py::arg("prepared"), py::arg("outputs"))
+      .def("backward_device",
+           [](DeviceEmbeddingCollection& c, const PyDevicePrepared& p, const std::vector<uintptr_t>& grads) {
+             std::vector<const float*> ptrs;
+             for (uintptr_t g : grads) ptrs.push_back(reinterpret_cast<const float*>(g));
+             py::gil_scoped_release release;
+             return c.backward(*p.batch, ptrs, cuda::MemorySpace::kDevice);
+           },
+           py::arg("prepared"), py::arg("grads"))
+      .def("lookup_device",
+           [](DeviceEmbeddingCollection& c, int t, uintptr_t keys, int64_t n, uintptr_t out, bool insert) {
+             py::gil_scoped_release release;
+             c.lookup(t, reinterpret_cast<const int64_t*>(keys), n, reinterpret_cast<float*>(out), insert,
+                      cuda::MemorySpace::kDevice);
+           },
+           py::arg("table"), py::arg("keys"), py::arg("n"), py::arg("out"), py::arg("insert") = false)
+      .def("erase_device",
+           [](DeviceEmbeddingCollection& c, int t, uintptr_t keys, int64_t n) {
+             py::gil_scoped_release release;
+             return c.erase(t, reinterpret_cast<const int64_t*>(keys), n, cuda::MemorySpace::kDevice);
+           },
+           py::arg("table"), py::arg("keys"), py::arg("n"))
       .def("forward",
            [](DeviceEmbeddingCollection& c, const PyDevicePrepared& p) {
              std::vector<py::array_t<float>> outs;
@@ -129,6 +176,40 @@ SPARSECORE_BINDING(cuda, 40) {
              return c.erase(t, k, n);
            },
            py::arg("table"), py::arg("ids"))
+      .def("save",
+           [](const DeviceEmbeddingCollection& c, const std::string& dir, bool overwrite) {
+             py::gil_scoped_release release;
+             c.save(dir, overwrite);
+           },
+           py::arg("dir"), py::arg("overwrite") = false)
+      .def_static("load",
+                  [](const std::string& dir, const std::string& storage, bool emulate, int block_threads,
+                     int max_blocks) {
+                    py::gil_scoped_release release;
+                    return DeviceEmbeddingCollection::load(dir, cuda::row_storage_from_name(storage), backend_of(emulate),
+                                                           cuda::LaunchLimits{block_threads, max_blocks});
+                  },
+                  py::arg("dir"), py::arg("storage"), py::arg("emulate"), py::arg("block_threads"), py::arg("max_blocks"))
+      .def_static("from_host",
+                  [](const EmbeddingCollection& host, const std::string& storage, bool emulate, int block_threads,
+                     int max_blocks) {
+                    py::gil_scoped_release release;
+                    return DeviceEmbeddingCollection::from_host(host, cuda::row_storage_from_name(storage),
+                                                                backend_of(emulate),
+                                                                cuda::LaunchLimits{block_threads, max_blocks});
+                  },
+                  py::arg("host"), py::arg("storage"), py::arg("emulate"), py::arg("block_threads"), py::arg("max_blocks"))
+      .def("restore",
+           [](DeviceEmbeddingCollection& c, const std::string& dir) {
+             py::gil_scoped_release release;
+             c.restore(dir);
+           },
+           py::arg("dir"))
+      .def("to_host",
+           [](const DeviceEmbeddingCollection& c) {
+             py::gil_scoped_release release;
+             return c.to_host();
+           })
       .def("export",
            [](const DeviceEmbeddingCollection& c, int t) {
              DeviceEmbeddingCollection::Export e;

@@ -30,34 +30,9 @@ py::array_t<float> output_array(const PreparedGroup& g) {
   return py::array_t<float>({g.batch_size, static_cast<int64_t>(g.dim)});
 }
 
-// Each group: (table index, ids int64[n], offsets int64[B+1], weights float32[n] or None).
-// The returned pointers stay valid while `keep_alive` holds the arrays (an element that was
-// not an array already is converted into one there).
 std::vector<GroupInput> group_inputs(const EmbeddingCollection& c, const std::vector<py::tuple>& groups,
                                      std::vector<py::array>& keep_alive) {
-  std::vector<GroupInput> inputs;
-  inputs.reserve(groups.size());
-  for (const py::tuple& grp : groups) {
-    GroupInput in;
-    in.table = grp[0].cast<int>();
-    std::string name = "group '" + c.table(in.table).name() + "'";
-    py::array ids = grp[1].cast<py::array>();
-    py::array offsets = grp[2].cast<py::array>();
-    in.ids = checked_array<int64_t>(ids, name + " ids", {-1});
-    in.num_ids = ids.shape(0);
-    keep_alive.push_back(ids);
-    keep_alive.push_back(offsets);
-    in.offsets = checked_array<int64_t>(offsets, name + " offsets", {-1});
-    if (offsets.shape(0) < 1) throw InvalidArgument(name + " offsets must have at least one element (B + 1)");
-    in.batch_size = offsets.shape(0) - 1;
-    if (!grp[3].is_none()) {
-      py::array w = grp[3].cast<py::array>();
-      in.weights = checked_array<float>(w, name + " weights", {in.num_ids});
-      keep_alive.push_back(w);
-    }
-    inputs.push_back(in);
-  }
-  return inputs;
+  return python::group_inputs(groups, keep_alive, [&c](int t) { return c.table(t).name(); });
 }
 
 }  // namespace

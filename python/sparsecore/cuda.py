@@ -9,22 +9,31 @@ emulator (slow; meant for tests and for machines without a GPU). Without a devic
 without ``emulate``, construction raises ``RuntimeError("no CUDA device ...")``; importing
 this module never needs a driver.
 
-Inputs may be NumPy arrays, torch tensors (CPU or CUDA) or CuPy arrays; outputs come back in
-the space of the inputs (CUDA tensors in, CUDA tensors out). Arrays cross through host
-memory in this version.
+Inputs may be NumPy arrays and CPU tensors (copied over and back), or CUDA arrays: torch
+CUDA tensors, CuPy arrays, anything with ``__cuda_array_interface__`` or a CUDA DLPack
+producer. CUDA arrays go to the kernels in place (zero-copy) and outputs are allocated on
+the device by the same framework (torch in, torch out; CuPy in, CuPy out). All arrays of one
+batch live in one space. Kernels run on the legacy default stream, which orders them after
+work queued on torch's and CuPy's default streams.
+
+Under emulation device memory is host memory: an emulated collection takes objects whose
+``__cuda_array_interface__`` points at host memory as its "device" arrays (zero-copy, outputs
+as NumPy arrays), while torch CUDA tensors and CuPy arrays go through host memory.
 """
 
 from __future__ import annotations
 
+import ctypes
+import os
 import sys
 from collections.abc import Mapping
-from typing import Any, Optional, Union
+from typing import Any, NamedTuple, Optional, Union
 
 import numpy as np
 
 from . import _core
 from .config import TableConfig, tables_to_json
-from .embedding import EmbeddingCollection, PreparedBatch
+from .embedding import EmbeddingCollection, PreparedBatch, _grads_in_order, _unpack_group
 
 __all__ = ["DeviceEmbeddingCollection", "is_available", "unavailable_reason"]
 
@@ -72,15 +81,123 @@ def _like(template: Any, out: np.ndarray) -> Any:
     return out
 
 
+_DLPACK_CUDA_DEVICES = (2, 13)  # kDLCUDA, kDLCUDAManaged
+_TYPESTRS = {"int64": ("<i8", "=i8"), "float32": ("<f4", "=f4")}
+_ITEMSIZE = {"int64": 8, "float32": 4}
+
+
+class _DeviceArray(NamedTuple):
+    """A C-contiguous array in device memory: its address, shape and an object keeping it alive."""
+
+    ptr: int
+    shape: tuple[int, ...]
+    owner: Any
+
+
+def _cuda_interface(x: Any) -> Optional[tuple[dict, Any]]:
+    """(``__cuda_array_interface__``, owner) of a CUDA array, also of a producer that only
+    speaks DLPack (through torch or CuPy); None for anything else."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(x, torch.Tensor):
+        if x.device.type != "cuda":
+            return None
+        x = x.detach()
+    try:
+        iface = x.__cuda_array_interface__
+    except (AttributeError, RuntimeError, TypeError):
+        iface = None
+    if isinstance(iface, Mapping):
+        return iface, x
+    dlpack_device = getattr(x, "__dlpack_device__", None)
+    if dlpack_device is None or isinstance(x, np.ndarray):
+        return None
+    try:
+        device_type = int(dlpack_device()[0])
+    except Exception:  # noqa: BLE001 - not a DLPack producer after all
+        return None
+    if device_type not in _DLPACK_CUDA_DEVICES:
+        return None
+    for lib in ("torch", "cupy"):
+        module = sys.modules.get(lib)
+        if module is not None and hasattr(module, "from_dlpack"):
+            view = module.from_dlpack(x)
+            return view.__cuda_array_interface__, view
+    raise TypeError(f"{type(x).__name__} is a CUDA DLPack array; reading it needs torch or cupy imported")
+
+
+def parse_cuda_array(x: Any, what: str, dtype: str, shape: tuple[int, ...]) -> _DeviceArray:
+    """Checks a CUDA array (``__cuda_array_interface__`` v2/v3 or DLPack) against ``dtype``
+    ("int64" or "float32") and ``shape`` (entries < 0 are free): TypeError for a wrong kind
+    or dtype, ValueError for a wrong shape, strides or mask. torch and CuPy integer ids are
+    widened to int64 and non-contiguous arrays made contiguous on the device first."""
+    kind = _device_kind(x)
+    if kind == "torch":
+        import torch
+
+        x = x.detach()
+        if dtype == "int64" and x.dtype != torch.int64 and not x.dtype.is_floating_point and x.dtype != torch.bool:
+            x = x.to(torch.int64)
+        x = x.contiguous()
+    elif kind == "cupy":
+        import cupy
+
+        if dtype == "int64" and x.dtype != cupy.int64 and x.dtype.kind in "iu":
+            x = x.astype(cupy.int64)
+        x = cupy.ascontiguousarray(x)
+    found = _cuda_interface(x)
+    if found is None:
+        raise TypeError(f"{what} must be a CUDA array (__cuda_array_interface__ or DLPack), got {type(x).__name__}")
+    iface, owner = found
+    typestr = iface.get("typestr")
+    if typestr not in _TYPESTRS[dtype]:
+        raise TypeError(f"{what} must have dtype {dtype}, got typestr {typestr!r}")
+    got = tuple(int(d) for d in iface.get("shape", ()))
+    if len(got) != len(shape):
+        raise TypeError(f"{what} must have {len(shape)} dimension(s), got {len(got)}")
+    if any(w >= 0 and g != w for g, w in zip(got, shape)):
+        want = tuple("*" if w < 0 else w for w in shape)
+        raise ValueError(f"{what} must have shape {want}, got {got}")
+    if iface.get("mask") is not None:
+        raise ValueError(f"{what} is a masked CUDA array; masks are not supported")
+    strides = iface.get("strides")
+    if strides is not None:
+        expected, step = [], _ITEMSIZE[dtype]
+        for d in reversed(got):
+            expected.append(step)
+            step *= max(d, 1)
+        expected.reverse()
+        if any(d > 1 and int(s) != e for d, s, e in zip(got, strides, expected)):
+            raise ValueError(f"{what} must be C-contiguous, got strides {tuple(strides)}")
+    data = iface.get("data")
+    if not isinstance(data, (tuple, list)) or len(data) != 2:
+        raise ValueError(f"{what}: __cuda_array_interface__ has no (pointer, read_only) 'data' entry")
+    ptr = int(data[0])
+    if ptr == 0 and int(np.prod(got)) != 0:
+        raise ValueError(f"{what} has a null device pointer")
+    return _DeviceArray(ptr, got, owner)
+
+
+def _launch_limits(emulate: bool, block_threads: Optional[int], max_blocks: Optional[int]) -> tuple[int, int]:
+    """(threads per block, block cap). The emulator runs every thread as a real thread:
+    small blocks, few of them."""
+    threads = block_threads if block_threads is not None else (64 if emulate else 128)
+    blocks = max_blocks if max_blocks is not None else (4 if emulate else 0)
+    return threads, blocks
+
+
 class _DevicePreparedBatch(PreparedBatch):
-    """A prepared batch that remembers where its inputs lived (outputs go back there)."""
+    """A prepared batch that remembers where its inputs lived (outputs go back there).
+    space: "host" (NumPy / CPU torch), "copy" (CUDA arrays brought over to an emulated
+    collection) or "device" (CUDA arrays used in place)."""
 
-    __slots__ = ("device_template",)
+    __slots__ = ("device_template", "space", "device_offsets")
 
-    def __init__(self, core: Any, names: list[str], offsets: list[np.ndarray], torch_out: bool, train: bool,
-                 device_template: Any):
+    def __init__(self, core: Any, names: list[str], offsets: list[Any], torch_out: bool, train: bool,
+                 device_template: Any, space: str = "host", device_offsets: Optional[list[Any]] = None):
         super().__init__(core, names, offsets, torch_out, train)
         self.device_template = device_template
+        self.space = space
+        self.device_offsets = device_offsets or []
 
 
 class DeviceEmbeddingCollection(EmbeddingCollection):
@@ -102,12 +219,15 @@ class DeviceEmbeddingCollection(EmbeddingCollection):
             raise ValueError(f"storage must be 'fp32' or 'fp16', got {storage!r}")
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
             raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-        # The emulator runs every thread as a real thread: small blocks, few of them.
-        threads = block_threads if block_threads is not None else (64 if emulate else 128)
-        blocks = max_blocks if max_blocks is not None else (4 if emulate else 0)
         core = _core.DeviceEmbeddingCollection(tables_to_json(dict(tables)), int(seed) & (2**64 - 1), storage,
-                                               bool(emulate), threads, blocks)
+                                               bool(emulate), *_launch_limits(emulate, block_threads, max_blocks))
         super().__init__({}, _core_obj=core)
+
+    @classmethod
+    def _wrap(cls, core: Any) -> "DeviceEmbeddingCollection":
+        obj = object.__new__(cls)
+        EmbeddingCollection.__init__(obj, {}, _core_obj=core)
+        return obj
 
     @property
     def storage(self) -> str:
@@ -125,10 +245,66 @@ class DeviceEmbeddingCollection(EmbeddingCollection):
         """Load factor at which tables grow (default 0.75, at most 0.95)."""
         self._c.set_max_load_factor(float(value))
 
-    # Arrays on the device are brought over and results returned there.
+    # ----------------------------------------------------------------------------- memory spaces
+    def _space(self, x: Any) -> str:
+        """"device" (used in place), "copy" (brought over through host memory) or "host"."""
+        if _device_kind(x) is not None:
+            # The emulator's device memory is host memory: real CUDA arrays must be copied.
+            return "copy" if self.emulated else "device"
+        if self.emulated:
+            try:
+                has_interface = isinstance(x.__cuda_array_interface__, Mapping)
+            except (AttributeError, RuntimeError, TypeError):
+                has_interface = False
+            return "device" if has_interface else "host"
+        return "device" if _cuda_interface(x) is not None else "host"
+
+    def _allocate(self, template: Any, shape: tuple[int, ...]) -> tuple[Any, int]:
+        """A float32 array of ``shape`` in device memory, from the framework of ``template``,
+        and its address."""
+        kind = _device_kind(template)
+        if kind is None and self.emulated:
+            out = np.empty(shape, np.float32)  # emulated device memory
+            return out, out.ctypes.data
+        if kind is None:
+            kind = "cupy" if "cupy" in sys.modules else "torch" if "torch" in sys.modules else None
+        if kind == "torch":
+            import torch
+
+            device = template.device if _device_kind(template) == "torch" else torch.device("cuda")
+            out = torch.empty(shape, dtype=torch.float32, device=device)
+            return out, out.data_ptr()
+        if kind == "cupy":
+            import cupy
+
+            out = cupy.empty(shape, dtype=cupy.float32)
+            return out, out.data.ptr
+        raise RuntimeError("outputs for CUDA arrays of a third library are allocated with torch or cupy; import one")
+
+    def _lengths(self, offsets: Any, parsed: _DeviceArray) -> Any:
+        """Bag lengths (int64[B]) from device offsets, in the offsets' framework."""
+        if _device_kind(offsets) is not None:
+            return offsets[1:] - offsets[:-1]
+        n = parsed.shape[0]
+        if self.emulated:
+            host = np.ctypeslib.as_array((ctypes.c_int64 * n).from_address(parsed.ptr)) if n else np.zeros(0, np.int64)
+            return np.diff(host)
+        import cupy
+
+        o = cupy.asarray(offsets)
+        return o[1:] - o[:-1]
+
+    def _first_ids(self, batch: Mapping[str, Any]) -> Any:
+        for name, group in batch.items():
+            return _unpack_group(name, group)[0]
+        return None
+
+    # ----------------------------------------------------------------------------- batches
     def prepare(self, batch: Mapping[str, Any], *, train: bool = True) -> PreparedBatch:
         if isinstance(batch, PreparedBatch):
             return batch
+        if isinstance(batch, Mapping) and self._space(self._first_ids(batch)) == "device":
+            return self._prepare_device(batch, train)
         host = batch
         template = None
         if isinstance(batch, Mapping):
@@ -144,28 +320,80 @@ class DeviceEmbeddingCollection(EmbeddingCollection):
                 else:
                     host[name] = group
         p = super().prepare(host, train=train)
-        return _DevicePreparedBatch(p._core, p.names, p.offsets, p.torch, p.train, template)
+        return _DevicePreparedBatch(p._core, p.names, p.offsets, p.torch, p.train, template,
+                                    "copy" if template is not None else "host")
+
+    def _prepare_device(self, batch: Mapping[str, Any], train: bool) -> PreparedBatch:
+        groups, names, offsets, keep = [], [], [], []
+        template = None
+        for name, group in batch.items():
+            t = self._table(name)
+            ids, offs, weights = _unpack_group(name, group)
+            for arr, label in ((ids, "ids"), (offs, "offsets"), (weights, "weights")):
+                if arr is not None and self._space(arr) != "device":
+                    raise TypeError(f"{label} of group '{name}' is not a CUDA array but the batch's first ids are; "
+                                    "pass every array of a batch in one memory space")
+            template = ids if template is None else template
+            ids_a = parse_cuda_array(ids, f"ids of group '{name}'", "int64", (-1,))
+            offs_a = parse_cuda_array(offs, f"offsets of group '{name}'", "int64", (-1,))
+            if offs_a.shape[0] < 1:
+                raise ValueError(f"offsets of group '{name}' must have at least one element (B + 1)")
+            w_a = None if weights is None else parse_cuda_array(weights, f"weights of group '{name}'", "float32",
+                                                                (ids_a.shape[0],))
+            keep.extend(a.owner for a in (ids_a, offs_a, w_a) if a is not None)
+            groups.append((t, ids_a.ptr, ids_a.shape[0], offs_a.ptr, offs_a.shape[0] - 1, w_a.ptr if w_a else 0))
+            names.append(name)
+            offsets.append((offs_a.owner, offs_a))
+        core = self._c.prepare_device(groups, bool(train))
+        del keep  # the call is synchronous: the arrays were read (or copied) before it returned
+        return _DevicePreparedBatch(core, names, [], False, bool(train), template, "device", offsets)
 
     def forward(self, batch: Union[Mapping[str, Any], PreparedBatch], *, train: bool = True) -> dict[str, Any]:
         prepared = self.prepare(batch, train=train)
+        space = getattr(prepared, "space", "host")
+        if space == "device":
+            shapes = self._c.output_shapes(prepared._core)
+            outs = [self._allocate(prepared.device_template, tuple(s)) for s in shapes]
+            self._c.forward_device(prepared._core, [ptr for _, ptr in outs])
+            result: dict[str, Any] = {}
+            for name, (out, _), (offs, parsed) in zip(prepared.names, outs, prepared.device_offsets):
+                result[name] = (out, self._lengths(offs, parsed)) if self._configs[name].pooling == "none" else out
+            return result
         out = super().forward(prepared, train=train)
-        template = getattr(prepared, "device_template", None)
-        if template is None:
+        if space != "copy":
             return out
+        template = prepared.device_template
         return {n: tuple(_like(template, np.asarray(v)) for v in o) if isinstance(o, tuple) else _like(template, np.asarray(o))
                 for n, o in out.items()}
 
     def backward(self, batch: Union[Mapping[str, Any], PreparedBatch], grads: Mapping[str, Any]) -> int:
         prepared = self.prepare(batch, train=True)
-        if isinstance(grads, Mapping):
-            grads = {n: _to_host(g) for n, g in grads.items()}
-        return super().backward(prepared, grads)
+        if getattr(prepared, "space", "host") != "device":
+            if isinstance(grads, Mapping):
+                grads = {n: _to_host(g) for n, g in grads.items()}
+            return super().backward(prepared, grads)
+        shapes = self._c.output_shapes(prepared._core)
+        parsed = []
+        for name, grad, shape in zip(prepared.names, _grads_in_order(prepared, grads), shapes):
+            if self._space(grad) != "device":
+                raise TypeError(f"gradient of group '{name}' must be a CUDA array like the batch it belongs to")
+            parsed.append(parse_cuda_array(grad, f"gradient of group '{name}'", "float32", tuple(shape)))
+        return self._c.backward_device(prepared._core, [a.ptr for a in parsed])
 
     def lookup(self, name: str, ids: Any, *, insert: bool = False) -> Any:
+        if self._space(ids) == "device":
+            t = self._table(name)
+            keys = parse_cuda_array(ids, f"ids of table '{name}'", "int64", (-1,))
+            out, ptr = self._allocate(ids, (keys.shape[0], self._configs[name].dim))
+            self._c.lookup_device(t, keys.ptr, keys.shape[0], ptr, bool(insert))
+            return out
         out = super().lookup(name, _to_host(ids), insert=insert)
         return _like(ids, np.asarray(out)) if _device_kind(ids) else out
 
     def erase(self, name: str, ids: Any) -> int:
+        if self._space(ids) == "device":
+            keys = parse_cuda_array(ids, f"ids of table '{name}'", "int64", (-1,))
+            return self._c.erase_device(self._table(name), keys.ptr, keys.shape[0])
         return super().erase(name, _to_host(ids))
 
     def export(self, name: str) -> dict[str, np.ndarray]:
@@ -180,16 +408,37 @@ class DeviceEmbeddingCollection(EmbeddingCollection):
     def bytes_per_row(self, name: str) -> int:
         raise NotImplementedError("bytes_per_row is not reported by the CUDA backend yet")
 
-    def save(self, path: Any, *, overwrite: bool = False) -> None:
-        raise NotImplementedError("checkpoints of a DeviceEmbeddingCollection are not supported yet; "
-                                  "export() the tables instead")
+    # ----------------------------------------------------------------------------- checkpoints
+    def save(self, path: Union[str, os.PathLike], *, overwrite: bool = False) -> None:
+        """Writes a checkpoint in the CPU engine's format (the rows go through host memory):
+        :meth:`sparsecore.EmbeddingCollection.load` reads it, and so does :meth:`load`."""
+        self._c.save(os.fspath(path), bool(overwrite))
 
     @classmethod
-    def load(cls, path: Any) -> "DeviceEmbeddingCollection":
-        raise NotImplementedError("checkpoints of a DeviceEmbeddingCollection are not supported yet")
+    def load(cls, path: Union[str, os.PathLike], *, storage: str = "fp32", emulate: bool = False,
+             block_threads: Optional[int] = None, max_blocks: Optional[int] = None) -> "DeviceEmbeddingCollection":
+        """Reads a checkpoint written by either engine onto the device (or the emulator)."""
+        return cls._wrap(_core.DeviceEmbeddingCollection.load(os.fspath(path), storage, bool(emulate),
+                                                              *_launch_limits(emulate, block_threads, max_blocks)))
 
-    def restore(self, path: Any) -> None:
-        raise NotImplementedError("checkpoints of a DeviceEmbeddingCollection are not supported yet")
+    def restore(self, path: Union[str, os.PathLike]) -> None:
+        """Replaces the rows and step with a checkpoint's (same table names and dims);
+        unchanged on error. Batches prepared before are refused afterwards."""
+        self._c.restore(os.fspath(path))
+        EmbeddingCollection.__init__(self, {}, _core_obj=self._c)
+
+    def to_host(self) -> EmbeddingCollection:
+        """A CPU :class:`sparsecore.EmbeddingCollection` with this collection's rows, state and step."""
+        return EmbeddingCollection({}, _core_obj=self._c.to_host())
+
+    @classmethod
+    def from_host(cls, host: EmbeddingCollection, *, storage: str = "fp32", emulate: bool = False,
+                  block_threads: Optional[int] = None, max_blocks: Optional[int] = None) -> "DeviceEmbeddingCollection":
+        """A device collection with the rows, state and step of a CPU collection."""
+        if isinstance(host, DeviceEmbeddingCollection) or not isinstance(host, EmbeddingCollection):
+            raise TypeError(f"from_host needs a CPU sparsecore.EmbeddingCollection, got {type(host).__name__}")
+        return cls._wrap(_core.DeviceEmbeddingCollection.from_host(host._c, storage, bool(emulate),
+                                                                   *_launch_limits(emulate, block_threads, max_blocks)))
 
     def __repr__(self) -> str:
         where = "emulated" if self.emulated else "cuda"

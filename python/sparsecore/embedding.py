@@ -208,14 +208,7 @@ class EmbeddingCollection:
         forward outputs (same shapes). Gradients with NaN/Inf raise ValueError and change
         nothing. Returns the new step."""
         prepared = batch if isinstance(batch, PreparedBatch) else self.prepare(batch, train=True)
-        if not isinstance(grads, Mapping):
-            raise TypeError(f"grads must be a mapping of table name -> array, got {type(grads).__name__}")
-        missing = [n for n in prepared.names if n not in grads]
-        extra = [n for n in grads if n not in prepared.names]
-        if missing or extra:
-            raise ValueError(f"grads must have exactly the batch's groups {prepared.names}; "
-                             f"missing {missing}, unexpected {extra}")
-        arrays = [as_float32(grads[n], f"gradient of group '{n}'") for n in prepared.names]
+        arrays = [as_float32(g, f"gradient of group '{n}'") for n, g in zip(prepared.names, _grads_in_order(prepared, grads))]
         return self._c.backward(prepared._core, arrays)
 
     # ----------------------------------------------------------------------------- checkpoints
@@ -236,6 +229,18 @@ class EmbeddingCollection:
         tables = ", ".join(f"{n}(dim={c.dim}, {type(c.optimizer).__name__}, rows={self._c.table_size(i)})"
                            for i, (n, c) in enumerate(self._configs.items()))
         return f"EmbeddingCollection([{tables}], step={self.step})"
+
+
+def _grads_in_order(prepared: PreparedBatch, grads: Mapping[str, Any]) -> list[Any]:
+    """The gradients of a prepared batch's groups in its order; exactly its groups."""
+    if not isinstance(grads, Mapping):
+        raise TypeError(f"grads must be a mapping of table name -> array, got {type(grads).__name__}")
+    missing = [n for n in prepared.names if n not in grads]
+    extra = [n for n in grads if n not in prepared.names]
+    if missing or extra:
+        raise ValueError(f"grads must have exactly the batch's groups {prepared.names}; "
+                         f"missing {missing}, unexpected {extra}")
+    return [grads[n] for n in prepared.names]
 
 
 def _unpack_group(name: str, group: GroupInput) -> tuple[Any, Any, Any]:

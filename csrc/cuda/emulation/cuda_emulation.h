@@ -276,3 +276,15 @@ inline float __half2float(__half h) {
   std::memcpy(&f, &x, 4);
   return f;
 }
+
+// ----------------------------------------------------------------------------- vector types
+// The vector loads the kernels use (16-byte float4, 4-byte __half2): same layout and
+// alignment as CUDA's, so a misaligned vector access is as wrong here as on a device.
+struct alignas(16) float4 {
+  float x, y, z, w;
+};
+struct alignas(4) __half2 {
+  __half x, y;
+};
+inline float __low2float(__half2 h) { return __half2float(h.x); }
+inline float __high2float(__half2 h) { return __half2float(h.y); }

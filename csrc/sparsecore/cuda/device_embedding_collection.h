@@ -10,8 +10,11 @@
 //
 // Data path per batch, as the CPU collection: prepare (validate on the host, copy ids over,
 // dedup on the device, lookup-or-insert / find), forward (gather + pool per bag), backward
-// (per-unique gradient rows, fused update once per unique row). All pointers in this API
-// are host memory; the collection copies over and back.
+// (per-unique gradient rows, fused update once per unique row). The arrays of a call are
+// host memory (copied over and back) or device memory (used in place, zero-copy: CuPy or
+// torch CUDA arrays); each call says which with a MemorySpace. Under the emulated backend
+// device memory is host memory, so there MemorySpace::kDevice takes host pointers and
+// skips the copies.
 //
 // Rows are stored per table as structure-of-arrays on the device: weights (fp32 or fp16),
 // optimizer state (fp32), update count and last step. With fp16 storage the update reads
@@ -32,6 +35,8 @@ namespace sparsecore::cuda {
 
 enum class Backend : uint8_t { kDevice = 0, kEmulated = 1 };
 enum class RowStorage : uint8_t { kFloat32 = 0, kFloat16 = 1 };
+// Where the arrays passed to a call live.
+enum class MemorySpace : uint8_t { kHost = 0, kDevice = 1 };
 
 RowStorage row_storage_from_name(const std::string& name);  // "fp32" | "fp16"
 const char* row_storage_name(RowStorage s);
@@ -93,15 +98,23 @@ class DeviceEmbeddingCollection {
   int64_t table_capacity(int table) const;
   void set_max_load_factor(double f);  // in (0, 0.95]
 
-  std::shared_ptr<DevicePreparedBatch> prepare(const std::vector<GroupInput>& inputs, bool train);
-  // outputs[g]: host float32, DeviceGroupInfo::output_size() elements each.
-  void forward(const DevicePreparedBatch& batch, const std::vector<float*>& outputs);
-  // grads[g]: host float32 of the output shapes. NaN/Inf anywhere: InvalidArgument, nothing changes.
-  int64_t backward(const DevicePreparedBatch& batch, const std::vector<const float*>& grads);
+  // inputs: ids, offsets and weights of each group in `space`. Validated before anything
+  // changes; with device inputs the offsets are copied to the host for that (B + 1 values)
+  // and weights are checked for NaN/Inf on the device.
+  std::shared_ptr<DevicePreparedBatch> prepare(const std::vector<GroupInput>& inputs, bool train,
+                                               MemorySpace space = MemorySpace::kHost);
+  // outputs[g]: float32 in `space`, DeviceGroupInfo::output_size() elements each.
+  void forward(const DevicePreparedBatch& batch, const std::vector<float*>& outputs,
+               MemorySpace space = MemorySpace::kHost);
+  // grads[g]: float32 in `space`, the output shapes. NaN/Inf anywhere: InvalidArgument,
+  // nothing changes.
+  int64_t backward(const DevicePreparedBatch& batch, const std::vector<const float*>& grads,
+                   MemorySpace space = MemorySpace::kHost);
 
-  // keys (n) host; out (n, dim) host float32. find-only unless `insert` (unknown: zeros).
-  void lookup(int table, const int64_t* keys, int64_t n, float* out, bool insert);
-  int64_t erase(int table, const int64_t* keys, int64_t n);
+  // keys (n) and out (n, dim) float32 in `space`. find-only unless `insert` (unknown: zeros).
+  void lookup(int table, const int64_t* keys, int64_t n, float* out, bool insert,
+              MemorySpace space = MemorySpace::kHost);
+  int64_t erase(int table, const int64_t* keys, int64_t n, MemorySpace space = MemorySpace::kHost);
 
   struct Export {
     std::vector<int64_t> keys;           // (n)
@@ -113,12 +126,37 @@ class DeviceEmbeddingCollection {
   // Every row of table t, sorted by key.
   Export export_rows(int table) const;
 
+  // The CPU twin: an EmbeddingCollection holding this collection's rows (weights as fp32),
+  // optimizer state, metadata and step; and the reverse, a device collection holding a CPU
+  // collection's rows (table seeds must derive from the collection seed, as they do in
+  // every collection built from configs).
+  std::unique_ptr<EmbeddingCollection> to_host() const;
+  static std::unique_ptr<DeviceEmbeddingCollection> from_host(const EmbeddingCollection& host,
+                                                              RowStorage storage = RowStorage::kFloat32,
+                                                              Backend backend = Backend::kDevice,
+                                                              LaunchLimits limits = {});
+
+  // Checkpoints in the CPU engine's format, through the CPU writer and reader (to_host /
+  // from_host around EmbeddingCollection::save / load): a model trained on either engine
+  // loads on the other.
+  void save(const std::string& dir, bool overwrite = false) const;
+  static std::unique_ptr<DeviceEmbeddingCollection> load(const std::string& dir,
+                                                         RowStorage storage = RowStorage::kFloat32,
+                                                         Backend backend = Backend::kDevice, LaunchLimits limits = {});
+  // Replaces the tables and step with the checkpoint's (same table names and dims), after
+  // every file was read and checked; unchanged on error. Batches prepared before a restore
+  // are refused afterwards (prepare them again). Not concurrently with other calls.
+  void restore(const std::string& dir);
+
  private:
   void check_table(int table) const;
-  void validate_inputs(const std::vector<GroupInput>& inputs) const;
+  // Host copies of the offsets of device inputs (host inputs: their own offsets), after
+  // validating every group.
+  std::vector<std::vector<int64_t>> validate_inputs(const std::vector<GroupInput>& inputs, MemorySpace space) const;
 
   Backend backend_;
   RowStorage storage_;
+  LaunchLimits limits_;
   uint64_t seed_;
   std::vector<TableConfig> configs_;
   std::unique_ptr<DeviceCollectionImpl> impl_;

@@ -21,6 +21,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <shared_mutex>
@@ -78,6 +79,14 @@ struct PreparedBatch {
   mutable std::mutex occurrences_mutex;
   mutable bool occurrences_built = false;
 };
+
+// Checks the groups of a batch for a collection of `num_tables` tables: table index in
+// range and used by one group only, at most 2^31 - 1 ids, offsets (offsets[0] = 0,
+// non-decreasing, offsets[B] = num_ids), weights finite. Throws InvalidArgument naming the
+// group (by table_name(index)). All pointers are host memory. Every backend's prepare
+// calls it before changing anything.
+void validate_group_inputs(const std::vector<GroupInput>& inputs, int num_tables,
+                           const std::function<const std::string&(int)>& table_name);
 
 class EmbeddingCollection {
  public:
