@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib
 import logging
 import os
 import sys
@@ -388,7 +389,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def _server(argv: list[str]) -> int:
     try:
-        from . import server as server_module
+        # import_module, not "from . import server": it honours sys.modules (tests replace it).
+        server_module = importlib.import_module("sparsecore.server")
     except ImportError as e:
         if getattr(e, "name", None) not in ("sparsecore.server", None):
             raise
