@@ -201,7 +201,7 @@ def test_vector_loads_for_dims_that_allow_them(emulate, storage):
 
 @pytest.mark.parametrize("emulate", BACKENDS)
 def test_hot_ids_and_many_unique_ids_sum_in_position_order(emulate):
-    # One id fills a third of the batch, and more than 256 unique ids take two radix passes
+    # One id fills a third of the batch, and more than 256 unique ids take three radix passes
     # when occurrence lists are sorted. The gradient sums must follow positions: against a
     # float32 reference in that order they agree bit for bit under emulation (no FMA there).
     rng = np.random.default_rng()

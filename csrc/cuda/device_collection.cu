@@ -566,9 +566,8 @@ class Collection final : public DeviceCollectionImpl {
     int bits = 0;
     while (bits < 31 && (int64_t{1} << bits) < num_keys) ++bits;
     const int passes = std::max(1, (bits + kRadixBits - 1) / kRadixBits);
-    const int64_t tiles = (n + kRadixTileItems - 1) / kRadixTileItems;
-    const size_t shared = radix_shared_bytes(limits_.block_threads);
-    DeviceBuffer<int> hist(kRadixBins * tiles), offsets(kRadixBins * tiles);
+    const int64_t chunks = (n + kRadixChunk - 1) / kRadixChunk;
+    DeviceBuffer<int> hist(kRadixBins * chunks), offsets(kRadixBins * chunks);
     DeviceBuffer<int> keys_a, keys_b, values_a, values_b;
     if (passes > 1) {
       for (DeviceBuffer<int>* b : {&keys_a, &keys_b, &values_a, &values_b}) b->resize(n);
@@ -580,12 +579,11 @@ class Collection final : public DeviceCollectionImpl {
       const bool last = pass == passes - 1;
       int* keys_out = last ? nullptr : (pass % 2 ? keys_b.data() : keys_a.data());
       int* values_out = last ? positions : (pass % 2 ? values_b.data() : values_a.data());
-      SC_LAUNCH(grid(tiles * 32), block(), shared, nullptr, radix_histogram_kernel)(keys_in, n, shift, tiles,
-                                                                                   hist.data());
+      SC_LAUNCH(grid(chunks), block(), 0, nullptr, radix_histogram_kernel)(keys_in, n, shift, chunks, hist.data());
       SC_CHECK_LAUNCH();
-      exclusive_scan(hist.data(), offsets.data(), kRadixBins * tiles);
-      SC_LAUNCH(grid(tiles * 32), block(), shared, nullptr, radix_scatter_kernel)(
-          keys_in, values_in, n, shift, tiles, offsets.data(), keys_out, values_out);
+      exclusive_scan(hist.data(), offsets.data(), kRadixBins * chunks);
+      SC_LAUNCH(grid(chunks), block(), 0, nullptr, radix_scatter_kernel)(keys_in, values_in, n, shift, chunks,
+                                                                         offsets.data(), keys_out, values_out);
       SC_CHECK_LAUNCH();
       keys_in = keys_out;
       values_in = values_out;
