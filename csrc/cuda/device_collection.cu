@@ -492,9 +492,10 @@ class Collection final : public DeviceCollectionImpl {
     SC_CHECK_LAUNCH();
   }
 
-  // Exclusive scan of in (n, device) into out (n, device); returns the total.
-  int64_t exclusive_scan(const int* in, int* out, int64_t n) {
-    if (n == 0) return 0;
+  // Exclusive scan of in (n, device) into out (n, device). Stays on the device (no
+  // synchronisation); exclusive_scan_total also reads the total back.
+  void exclusive_scan(const int* in, int* out, int64_t n) {
+    if (n == 0) return;
     const int threads = limits_.block_threads;
     const int64_t tile = int64_t{threads} * kScanItemsPerThread;
     const int64_t tiles = (n + tile - 1) / tile;
@@ -508,6 +509,11 @@ class Collection final : public DeviceCollectionImpl {
       SC_LAUNCH(grid(n), block(), 0, nullptr, add_tile_offsets_kernel)(out, tile_offsets.data(), n, tile);
       SC_CHECK_LAUNCH();
     }
+  }
+
+  int64_t exclusive_scan_total(const int* in, int* out, int64_t n) {
+    if (n == 0) return 0;
+    exclusive_scan(in, out, n);
     int last_in = 0, last_out = 0;
     copy_bytes(&last_in, in + n - 1, sizeof(int), Copy::kDeviceToHost);
     copy_bytes(&last_out, out + n - 1, sizeof(int), Copy::kDeviceToHost);
@@ -529,7 +535,7 @@ class Collection final : public DeviceCollectionImpl {
     SC_CHECK_LAUNCH();
     SC_LAUNCH(grid(n), block(), 0, nullptr, mark_first_kernel)(set_pos.data(), slot_of.data(), n, is_first.data());
     SC_CHECK_LAUNCH();
-    const int64_t u = exclusive_scan(is_first.data(), unique_index.data(), n);
+    const int64_t u = exclusive_scan_total(is_first.data(), unique_index.data(), n);
     unique_keys.resize(u);
     SC_LAUNCH(grid(n), block(), 0, nullptr, dedup_finish_kernel)(ids, set_pos.data(), slot_of.data(),
                                                                  unique_index.data(), n, unique_keys.data(), inverse.data());
