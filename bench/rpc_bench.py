@@ -1,169 +1,475 @@
-"""KV pull/push over loopback: 1000 ids x dim 18 float32 per request, one request in flight,
-sparsecore's Python client beside redis-py MGET/MSET, pyzmq REQ/REP and a plain TCP exchange
-of the same bytes. Prints keys/s and p50/p99 latency. Peers not installed are skipped.
+"""KV pull/push over loopback (DESIGN.md "Benchmarks"): 1000 ids x dim 18 float32 per request,
+sparsecore beside redis-server (redis-benchmark and redis-py), pyzmq REQ/REP and
+DEALER/ROUTER, grpcio unary with raw bytes, and a plain TCP exchange of the same bytes (the
+transport bound). Every server runs in its own process; clients run here (Python) or in the
+C++ driver ``sparsecore_kv_bench`` (bench/kv_bench.cpp, built with the tests).
 
-    python bench/rpc_bench.py --requests 2000 --repeats 3
+Groups (one table, printed at the end of one run):
+  kv-pull-1      pull, one request in flight
+  kv-push-1      push (MSET for redis), one request in flight
+  kv-pull-16     pull, 16 requests in flight (pipelined on one connection; redis-benchmark
+                 runs 16 connections, one request each)
+  kv-servers     C++ pull, 16 in flight, against 1 and 2 server processes
+
+    python bench/rpc_bench.py [--requests 2000] [--repeats 3]
+
+Peers that are not installed are skipped with a message. bench/test_kv.py runs the same
+cases as pytest-benchmark groups.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import shutil
 import socket
 import subprocess
-import threading
+import sys
 import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any, Optional
 
 import numpy as np
 
-import sparsecore as sc
-
 IDS, DIM = 1000, 18
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
 
 
-def measure(fn, requests):
+def python_env() -> dict:
+    """The environment of a child Python: it imports the sparsecore this process imports
+    (the source tree's python/ in development, site-packages once installed)."""
+    try:
+        import sparsecore
+        root = str(Path(sparsecore.__file__).resolve().parent.parent)
+    except ImportError:
+        root = str(ROOT / "python")
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+
+
+# ------------------------------------------------------------------------------ processes
+class Process:
+    """A server in a child process that prints ``listening on host:port`` when ready."""
+
+    def __init__(self, cmd: list[str], env: Optional[dict] = None, timeout: float = 30.0):
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                                     env=env or python_env())
+        deadline = time.monotonic() + timeout
+        self.endpoint = ""
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            if line.startswith("listening on "):
+                self.endpoint = line.split()[2]
+                return
+        self.stop()
+        raise RuntimeError(f"{cmd[:3]} did not start")
+
+    @property
+    def port(self) -> int:
+        return int(self.endpoint.rsplit(":", 1)[1])
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def sparsecore_servers(stack: ExitStack, count: int, shards: int = 1) -> list[str]:
+    code = "import sys; from sparsecore.server import main; sys.exit(main(sys.argv[1:]))"
+    procs = [Process([sys.executable, "-c", code, "--port", "0", "--shards", str(shards), "--server-index", str(i),
+                      "--num-servers", str(count)]) for i in range(count)]
+    for p in procs:
+        stack.callback(p.stop)
+    return [p.endpoint for p in procs]
+
+
+def peer_server(stack: ExitStack, kind: str) -> Process:
+    p = Process([sys.executable, str(Path(__file__).resolve()), "--serve", kind])
+    stack.callback(p.stop)
+    return p
+
+
+def kv_bench_binary() -> Optional[str]:
+    """The C++ driver: $SPARSECORE_KV_BENCH, or the developer or CI build's."""
+    if os.environ.get("SPARSECORE_KV_BENCH"):
+        path = Path(os.environ["SPARSECORE_KV_BENCH"])
+        return str(path) if path.is_file() else None
+    for build in ("build/dev", "build/ci"):
+        path = ROOT / build / "tests/sparsecore_kv_bench"
+        if path.is_file():
+            return str(path)
+    return None
+
+
+# ------------------------------------------------------------------ peer servers (--serve)
+def serve(kind: str) -> None:
+    reply = b"\0" * (IDS * DIM * 4)
+    if kind in ("zmq-rep", "zmq-router"):
+        import zmq
+        ctx = zmq.Context()
+        sock = ctx.socket(zmq.REP if kind == "zmq-rep" else zmq.ROUTER)
+        port = sock.bind_to_random_port("tcp://127.0.0.1")
+        print(f"listening on 127.0.0.1:{port}", flush=True)
+        while True:
+            if kind == "zmq-rep":
+                sock.recv()
+                sock.send(reply, copy=False)
+            else:
+                ident, _ = sock.recv_multipart()
+                sock.send_multipart([ident, reply], copy=False)
+    if kind == "grpc":
+        from concurrent import futures
+
+        import grpc
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=1),
+                             options=[("grpc.max_receive_message_length", 1 << 24),
+                                      ("grpc.max_send_message_length", 1 << 24)])
+        handler = grpc.unary_unary_rpc_method_handler(lambda request, context: reply)  # raw bytes both ways
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("kv", {"Pull": handler}),))
+        port = server.add_insecure_port("127.0.0.1:0")
+        server.start()
+        print(f"listening on 127.0.0.1:{port}", flush=True)
+        server.wait_for_termination()
+    raise ValueError(f"unknown server kind {kind!r}")
+
+
+# ----------------------------------------------------------------------------- measuring
+def result(case: str, latencies_s: np.ndarray, seconds: float, inflight: int = 1) -> dict:
+    return {"case": case, "inflight": inflight, "requests": len(latencies_s),
+            "keys_per_s": len(latencies_s) * IDS / seconds,
+            "p50_us": float(np.percentile(latencies_s, 50) * 1e6), "p99_us": float(np.percentile(latencies_s, 99) * 1e6)}
+
+
+def measure(case: str, fn: Callable[[], Any], requests: int) -> dict:
+    fn()
     lat = np.empty(requests)
+    start = time.perf_counter()
     for i in range(requests):
         t = time.perf_counter()
         fn()
         lat[i] = time.perf_counter() - t
-    return lat
+    return result(case, lat, time.perf_counter() - start)
 
 
-def sparsecore_cases():
-    server = sc.Server(port=0, shards=1)
-    ps = sc.connect([server.endpoint])
-    ps.create_table("kv", sc.TableConfig(dim=DIM, optimizer=sc.SGD(lr=0.01)), seed=1)
-    ids = np.random.default_rng(0).integers(0, 10**6, IDS).astype(np.int64)
-    grads = np.ones((IDS, DIM), np.float32) * 1e-3
-    ps.pull("kv", ids)
-    return {"sparsecore pull": lambda: ps.pull("kv", ids), "sparsecore push": lambda: ps.push("kv", ids, grads)}, server.stop
+def id_batches(count: int = 64) -> list[np.ndarray]:
+    rng = np.random.default_rng()
+    return [rng.integers(0, 10**6, IDS).astype(np.int64) for _ in range(count)]
 
 
-def redis_cases():
-    try:
-        import redis
-    except ImportError:
-        return {}, None
-    exe = shutil.which("redis-server")
-    if not exe:
-        return {}, None
+def cpp_case(mode: str, servers: list[str], inflight: int, requests: int) -> Optional[dict]:
+    exe = kv_bench_binary()
+    if exe is None:
+        return None
+    cmd = [exe, mode, "--inflight", str(inflight), "--requests", str(requests)]
+    if servers:
+        cmd += ["--servers", ",".join(servers)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    if out.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed: {out.stderr.strip()}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def redis_available() -> bool:
+    return shutil.which("redis-server") is not None and shutil.which("redis-benchmark") is not None
+
+
+def redis_server(stack: ExitStack) -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([exe, "--port", str(port), "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
-    r = redis.Redis(port=port)
-    for _ in range(100):
+    proc = subprocess.Popen([shutil.which("redis-server"), "--port", str(port), "--save", "", "--appendonly", "no"],
+                            stdout=subprocess.DEVNULL)
+    stack.callback(lambda: (proc.terminate(), proc.wait()))
+    for _ in range(200):
         try:
-            r.ping()
-            break
-        except redis.ConnectionError:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return port
+        except OSError:
             time.sleep(0.05)
-    keys = [f"k{i}" for i in range(IDS)]
-    value = b"\0" * (DIM * 4)
-    r.mset({k: value for k in keys})
-
-    def stop():
-        proc.terminate()
-        proc.wait()
-    return {"redis-py MGET": lambda: r.mget(keys), "redis-py MSET": lambda: r.mset({k: value for k in keys})}, stop
+    raise RuntimeError("redis-server did not start")
 
 
-def zmq_cases():
+def redis_benchmark(port: int, command: list[str], clients: int, requests: int) -> dict:
+    out = subprocess.run([shutil.which("redis-benchmark"), "-p", str(port), "-c", str(clients), "-n", str(requests),
+                          "--csv", *command], capture_output=True, text=True, timeout=600)
+    rows = [line for line in out.stdout.splitlines() if line and not line.startswith('"test"')]
+    if out.returncode != 0 or not rows:
+        raise RuntimeError(f"redis-benchmark failed: {out.stderr.strip()[-500:]}")
+    fields = [f.strip('"') for f in rows[-1].split('","')]
+    rps, p50_ms, p99_ms = float(fields[1]), float(fields[4]), float(fields[6])
+    name = f"redis-benchmark {command[0]}" + (f" ({clients} connections)" if clients > 1 else "")
+    return {"case": name, "inflight": clients, "requests": requests, "keys_per_s": rps * IDS,
+            "p50_us": p50_ms * 1e3, "p99_us": p99_ms * 1e3}
+
+
+def redis_keys() -> tuple[list[str], bytes]:
+    return [f"k{i}" for i in range(IDS)], b"x" * (DIM * 4)
+
+
+def redis_py_client(port: int):
     try:
-        import zmq
+        import redis
     except ImportError:
-        return {}, None
-    ctx = zmq.Context()
-    rep = ctx.socket(zmq.REP)
-    port = rep.bind_to_random_port("tcp://127.0.0.1")
-    reply = b"\0" * (IDS * DIM * 4)
-    stop_flag = threading.Event()
+        return None
+    r = redis.Redis(port=port)
+    keys, value = redis_keys()
+    r.mset(dict.fromkeys(keys, value))
+    return r
 
-    def serve():
-        while not stop_flag.is_set():
-            if rep.poll(100):
-                rep.recv()
-                rep.send(reply)
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
-    req = ctx.socket(zmq.REQ)
-    req.connect(f"tcp://127.0.0.1:{port}")
+
+def zmq_dealer(port: int, inflight: int, requests: int) -> dict:
+    import zmq
+    ctx = zmq.Context.instance()
+    s = ctx.socket(zmq.DEALER)
+    s.connect(f"tcp://127.0.0.1:{port}")
     payload = b"\0" * (IDS * 8)
-
-    def call():
-        req.send(payload)
-        req.recv()
-
-    def stop():
-        stop_flag.set()
-        t.join()
-    return {"pyzmq REQ/REP": call}, stop
-
-
-def tcp_cases():
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen()
-    reply = b"\0" * (IDS * DIM * 4)
-    req_bytes = IDS * 8
-
-    def serve():
-        conn, _ = srv.accept()
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        try:
-            while True:
-                got = 0
-                while got < req_bytes:
-                    chunk = conn.recv(req_bytes - got)
-                    if not chunk:
-                        return
-                    got += len(chunk)
-                conn.sendall(reply)
-        finally:
-            conn.close()
-    threading.Thread(target=serve, daemon=True).start()
-    c = socket.create_connection(srv.getsockname())
-    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    buf = bytearray(len(reply))
-    payload = b"\0" * req_bytes
-
-    def call():
-        c.sendall(payload)
-        view = memoryview(buf)
-        got = 0
-        while got < len(buf):
-            got += c.recv_into(view[got:])
-    return {"plain TCP (same bytes)": call}, c.close
+    sent, lat, stamps = 0, [], []
+    start = time.perf_counter()
+    while len(lat) < requests:
+        while sent < requests and len(stamps) < inflight:
+            stamps.append(time.perf_counter())
+            s.send(payload, copy=False)
+            sent += 1
+        s.recv(copy=False)
+        lat.append(time.perf_counter() - stamps.pop(0))
+    seconds = time.perf_counter() - start
+    s.close()
+    return result(f"pyzmq DEALER/ROUTER ({inflight} in flight)", np.array(lat), seconds, inflight)
 
 
-def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--requests", type=int, default=2000)
-    p.add_argument("--repeats", type=int, default=3)
-    args = p.parse_args()
-    cases, stops = {}, []
-    for make in (sparsecore_cases, redis_cases, zmq_cases, tcp_cases):
-        c, stop = make()
-        if not c:
-            print(f"skipped: {make.__name__[:-6]} not installed")
-        cases.update(c)
-        if stop:
-            stops.append(stop)
-    results = {}
-    for name, fn in cases.items():
-        fn()
-        runs = [measure(fn, args.requests) for _ in range(args.repeats)]
-        med = np.median([np.median(r) for r in runs])
-        p99 = np.median([np.percentile(r, 99) for r in runs])
-        results[name] = (IDS / med, med * 1e6, p99 * 1e6)
-    base = results.get("sparsecore pull", (1,))[0]
-    print(f"{'case':28s} {'keys/s':>12s} {'p50 us':>9s} {'p99 us':>9s} {'sparsecore pull / case':>24s}")
-    for name, (kps, p50, p99) in results.items():
-        print(f"{name:28s} {kps:12.0f} {p50:9.1f} {p99:9.1f} {base / kps:24.2f}")
-    for s in stops:
-        s()
+# ----------------------------------------------------------------------------- the cases
+class PeerMissing(Exception):
+    """A peer (or the C++ driver) is not installed: the case is skipped with this message."""
+
+
+CASES = [  # (group, case id); the order of the one-run table
+    ("kv-pull-1", "sparsecore-cpp"), ("kv-pull-1", "sparsecore-python"), ("kv-pull-1", "plain-tcp"),
+    ("kv-pull-1", "redis-benchmark"), ("kv-pull-1", "redis-py"), ("kv-pull-1", "pyzmq-req-rep"),
+    ("kv-pull-1", "grpcio-unary"),
+    ("kv-push-1", "sparsecore-cpp"), ("kv-push-1", "sparsecore-python"), ("kv-push-1", "redis-benchmark"),
+    ("kv-push-1", "redis-py"),
+    ("kv-pull-16", "sparsecore-cpp"), ("kv-pull-16", "plain-tcp"), ("kv-pull-16", "redis-benchmark"),
+    ("kv-pull-16", "pyzmq-dealer-router"),
+    ("kv-servers", "sparsecore-cpp-1-server"), ("kv-servers", "sparsecore-cpp-2-servers"),
+]
+
+
+class KvCases:
+    """Runs one case at a time; servers start on first use and stop at close()."""
+
+    def __init__(self, requests: int):
+        self.requests = requests
+        self.stack = ExitStack()
+        self._servers: dict[int, list[str]] = {}
+        self._ps = None
+        self._redis: Optional[int] = None
+        self.batches = id_batches()
+        self.grads = np.full((IDS, DIM), 1e-3, np.float32)
+        self._next = 0
+        self._peers: dict[str, Any] = {}
+
+    def peer(self, kind: str) -> Any:
+        """A peer's server process (or, for "grpc-channel", a channel to it), started once."""
+        if kind not in self._peers:
+            if kind == "grpc-channel":
+                import grpc
+                channel = grpc.insecure_channel(self.peer("grpc").endpoint)
+                self.stack.callback(channel.close)
+                self._peers[kind] = channel
+            else:
+                self._peers[kind] = peer_server(self.stack, kind)
+        return self._peers[kind]
+
+    def setup(self, group: str, case: str) -> None:
+        """Starts what `case` needs (servers, clients), so that run() measures only requests."""
+        if (case.startswith("sparsecore-cpp") or case == "plain-tcp") and kv_bench_binary() is None:
+            raise PeerMissing("sparsecore_kv_bench is not built (scripts/dev-build, or set SPARSECORE_KV_BENCH)")
+        if case.startswith("sparsecore-cpp"):
+            self.servers(int(case.split("-")[2]) if case.startswith("sparsecore-cpp-") else 1)
+        elif case == "sparsecore-python":
+            self.ps()
+        elif case.startswith("redis"):
+            port = self.redis_port()
+            if case == "redis-py" and "redis-py" not in self._peers:
+                self._peers["redis-py"] = redis_py_client(port)
+            if case == "redis-py" and self._peers["redis-py"] is None:
+                raise PeerMissing("redis-py not installed")
+        elif case.startswith("pyzmq"):
+            try:
+                import zmq  # noqa: F401
+            except ImportError:
+                raise PeerMissing("pyzmq not installed") from None
+            self.peer("zmq-router" if case == "pyzmq-dealer-router" else "zmq-rep")
+        elif case == "grpcio-unary":
+            try:
+                import grpc  # noqa: F401
+            except ImportError:
+                raise PeerMissing("grpcio not installed") from None
+            self.peer("grpc-channel")
+
+    def close(self) -> None:
+        self.stack.close()
+
+    def servers(self, count: int) -> list[str]:
+        if count not in self._servers:
+            self._servers[count] = sparsecore_servers(self.stack, count)
+        return self._servers[count]
+
+    def ps(self):
+        if self._ps is None:
+            import sparsecore as sc
+            self._ps = sc.connect(self.servers(1))
+            self._ps.create_table("kv", sc.TableConfig(dim=DIM, optimizer=sc.SGD(lr=0.01)), seed=1)
+            for b in self.batches:
+                self._ps.pull("kv", b)
+        return self._ps
+
+    def batch(self) -> np.ndarray:
+        self._next += 1
+        return self.batches[self._next % len(self.batches)]
+
+    def redis_port(self) -> int:
+        if not redis_available():
+            raise PeerMissing("redis-server / redis-benchmark not installed")
+        if self._redis is None:
+            self._redis = redis_server(self.stack)
+        return self._redis
+
+    def cpp(self, mode: str, servers: list[str], inflight: int) -> dict:
+        r = cpp_case(mode, servers, inflight, self.requests * (4 if inflight > 1 else 1))
+        if r is None:
+            raise PeerMissing("sparsecore_kv_bench is not built (scripts/dev-build, or set SPARSECORE_KV_BENCH)")
+        return r
+
+    def run(self, group: str, case: str) -> dict:
+        """Measures one case; raises PeerMissing when it cannot run here."""
+        self.setup(group, case)
+        n, many = self.requests, self.requests * 4
+        keys, value = redis_keys()
+        if case == "sparsecore-cpp":
+            return self.cpp({"kv-push-1": "push"}.get(group, "pull"), self.servers(1), 16 if group == "kv-pull-16" else 1)
+        if case.startswith("sparsecore-cpp-"):
+            count = int(case.split("-")[2])
+            r = self.cpp("pull", self.servers(count), 16)
+            r["case"] = f"sparsecore C++ pull, {count} server process{'es' if count > 1 else ''}"
+            return r
+        if case == "sparsecore-python":
+            ps = self.ps()
+            if group == "kv-push-1":
+                return measure("sparsecore Python push", lambda: ps.push("kv", self.batch(), self.grads), n)
+            rows = np.empty((IDS, DIM), np.float32)
+            return measure("sparsecore Python pull", lambda: ps.pull("kv", self.batch(), out=rows), n)
+        if case == "plain-tcp":
+            return self.cpp("tcp", [], 16 if group == "kv-pull-16" else 1)
+        if case == "redis-benchmark":
+            port = self.redis_port()
+            if group == "kv-push-1":
+                return redis_benchmark(port, ["MSET", *[x for k in keys for x in (k, value.decode())]], 1, n)
+            return redis_benchmark(port, ["MGET", *keys], 16 if group == "kv-pull-16" else 1, many if group == "kv-pull-16" else n)
+        if case == "redis-py":
+            r = self._peers["redis-py"]
+            if group == "kv-push-1":
+                mapping = dict.fromkeys(keys, value)
+                return measure("redis-py MSET", lambda: r.mset(mapping), max(n // 4, 1))
+            return measure("redis-py MGET", lambda: r.mget(keys), n)
+        if case.startswith("pyzmq"):
+            import zmq
+            if case == "pyzmq-dealer-router":
+                return zmq_dealer(self.peer("zmq-router").port, 16, many)
+            req = zmq.Context.instance().socket(zmq.REQ)
+            req.connect(f"tcp://{self.peer('zmq-rep').endpoint}")
+            payload = b"\0" * (IDS * 8)
+            try:
+                return measure("pyzmq REQ/REP", lambda: (req.send(payload, copy=False), req.recv(copy=False)), n)
+            finally:
+                req.close()
+        if case == "grpcio-unary":
+            call = self.peer("grpc-channel").unary_unary("/kv/Pull")  # no serializers: raw bytes both ways
+            payload = b"\0" * (IDS * 8)
+            return measure("grpcio unary (raw bytes)", lambda: call(payload), n)
+        raise ValueError(f"unknown case {case!r}")
+
+
+def all_cases(requests: int, repeats: int = 1, log: Callable[[str], None] = print) -> list[tuple[str, dict]]:
+    """Every case of every group, the whole list `repeats` times over (so that the machine's
+    noise spreads over all cases alike); per case the median of its runs' keys/s, p50 and p99.
+    Missing peers are logged and skipped."""
+    runs: dict[tuple[str, str], list[dict]] = {}
+    runner = KvCases(requests)
+    try:
+        for _ in range(repeats):
+            for group, case in CASES:
+                try:
+                    runs.setdefault((group, case), []).append(runner.run(group, case))
+                except PeerMissing as e:
+                    if (group, case) not in runs:
+                        log(f"skipped {group} {case}: {e}")
+                    runs[(group, case)] = []
+    finally:
+        runner.close()
+    rows = []
+    for (group, case), results in runs.items():
+        if results:
+            merged = dict(results[0])
+            for key in ("keys_per_s", "p50_us", "p99_us"):
+                merged[key] = float(np.median([r[key] for r in results]))
+            merged["runs"] = len(results)
+            rows.append((group, merged))
+    return rows
+
+
+def table(rows: list[tuple[str, dict]]) -> str:
+    """One table: per group, each case's keys/s, p50/p99 and sparsecore's keys/s over it."""
+    out = [f"| group | case | in flight | keys/s | p50 us | p99 us | sparsecore / case |",
+           "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    order = ["kv-pull-1", "kv-push-1", "kv-pull-16", "kv-servers"]
+    for group in order:
+        grp = [r for g, r in rows if g == group]
+        ours = next((r for r in grp if r["case"].startswith("sparsecore C++")), grp[0] if grp else None)
+        for r in grp:
+            ratio = ours["keys_per_s"] / r["keys_per_s"] if ours else float("nan")
+            out.append(f"| {group} | {r['case']} | {r['inflight']} | {r['keys_per_s']:,.0f} | {r['p50_us']:.1f} | "
+                       f"{r['p99_us']:.1f} | {ratio:.2f}x |")
+    return "\n".join(out)
+
+
+def targets(rows: list[tuple[str, dict]]) -> list[str]:
+    """The issue's targets as ratios measured in this run (reported, never asserted)."""
+    by = {(g, r["case"]): r["keys_per_s"] for g, r in rows}
+
+    def ratio(a, b):
+        return f"{by[a] / by[b]:.2f}x" if a in by and b in by else "n/a"
+    return [
+        f"C++ pull / redis-benchmark MGET (1 in flight): {ratio(('kv-pull-1', 'sparsecore C++ pull'), ('kv-pull-1', 'redis-benchmark MGET'))} (target >= 3x)",
+        f"Python pull / pyzmq REQ/REP: {ratio(('kv-pull-1', 'sparsecore Python pull'), ('kv-pull-1', 'pyzmq REQ/REP'))} (target >= 2x)",
+        f"C++ pull / plain TCP, 16 in flight: {ratio(('kv-pull-16', 'sparsecore C++ pull'), ('kv-pull-16', 'plain TCP C++'))} (target >= 0.60x)",
+    ]
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--requests", type=int, default=2000, help="requests per case (x4 for 16 in flight)")
+    p.add_argument("--repeats", type=int, default=3, help="runs of the whole case list; medians are reported")
+    p.add_argument("--serve", help=argparse.SUPPRESS)  # internal: run a peer's server
+    args = p.parse_args(argv)
+    if args.serve:
+        serve(args.serve)
+        return 0
+    rows = all_cases(args.requests, args.repeats)
+    print(table(rows))
+    print()
+    print("\n".join(targets(rows)))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -6,6 +6,8 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -47,26 +49,6 @@ def batch(step, worker, n=300):
     ids = np.unique(rng.integers(-50, 400, n).astype(np.int64))
     grads = rng.standard_normal((ids.size, DIM)).astype(np.float32)
     return ids, grads
-
-
-def test_embedded_and_remote_give_same_rows():
-    rng = np.random.default_rng()
-    emb = sc.Server().client()
-    remote_server = sc.Server(port=0, shards=3)
-    try:
-        remote = remote_server.client()
-        for c in (emb, remote):
-            c.create_table("t", CFG, seed=11)
-        for _ in range(5):
-            ids = rng.integers(-2**63, 2**63 - 1, 200, dtype=np.int64)
-            ids = np.concatenate([ids, ids[:50]])  # duplicates
-            grads = rng.standard_normal((ids.size, DIM)).astype(np.float32)
-            np.testing.assert_array_equal(emb.pull("t", ids), remote.pull("t", ids))
-            emb.push("t", ids, grads)
-            remote.push("t", ids, grads)
-        np.testing.assert_array_equal(emb.pull("t", ids, train=False), remote.pull("t", ids, train=False))
-    finally:
-        remote_server.stop()
 
 
 def test_embedded_pull_matches_collection_init():
@@ -240,3 +222,85 @@ def test_barrier_and_dense_variables():
         np.testing.assert_allclose(clients[2].dense_pull("mlp", 6), 0.5 - 0.1 * np.arange(6), rtol=1e-6)
     finally:
         s.stop()
+
+
+@pytest.mark.parametrize("shards", [1, 3])
+@pytest.mark.parametrize("dim", [1, 3, 18])
+def test_embedded_and_remote_give_same_rows(shards, dim):
+    rng = np.random.default_rng()
+    cfg = sc.TableConfig(dim=dim, optimizer=sc.Adagrad(lr=0.1))
+    server = sc.Server(port=0, shards=shards)
+    try:
+        remote, emb = server.client(), sc.Server(shards=shards).client()
+        for c in (remote, emb):
+            c.create_table("t", cfg, seed=4)
+        for n, span in [(1, 10), (257, 50), (1000, 10**9), (0, 1), (200, 2**63 - 1)]:
+            ids = rng.integers(-span, span, n).astype(np.int64)
+            ids = np.concatenate([ids, ids[: n // 4]])  # repeated ids far apart too
+            n = ids.size
+            np.testing.assert_array_equal(remote.pull("t", ids), emb.pull("t", ids))
+            grads = rng.standard_normal((n, dim)).astype(np.float32)
+            remote.push("t", ids, grads)
+            emb.push("t", ids, grads)
+            np.testing.assert_array_equal(remote.pull("t", ids, train=False), emb.pull("t", ids, train=False))
+    finally:
+        server.stop()
+
+
+def test_pipelined_pushes_with_unaligned_frames_apply_exactly():
+    # dim 3 and an odd number of ids make each push frame 4 bytes short of a multiple of 8, so
+    # frames that reach the server back to back leave the next one misaligned in its buffer.
+    cfg = sc.TableConfig(dim=3, optimizer=sc.SGD(lr=0.5))
+    server = sc.Server(port=0, shards=1)
+    try:
+        ps = server.client()
+        ps.create_table("t", cfg, seed=6)
+        ids = [np.arange(101, dtype=np.int64) + 1000 * t for t in range(4)]
+        before = [ps.pull("t", i) for i in ids]
+        grads = np.full((101, 3), 0.25, np.float32)
+
+        def pushes(t):
+            for _ in range(20):
+                ps.push("t", ids[t], grads)
+        threads = [threading.Thread(target=pushes, args=(t,)) for t in range(4)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(60)
+        for t in range(4):  # 20 SGD steps of 0.5 * 0.25 on disjoint rows
+            np.testing.assert_allclose(ps.pull("t", ids[t]), before[t] - 20 * 0.125, rtol=1e-6, atol=1e-6)
+    finally:
+        server.stop()
+
+
+def test_stopped_server_is_detected_by_heartbeat():
+    proc, addr = start_server_process("--shards", 1)
+    try:
+        ps = sc.connect([addr], heartbeat=0.2)
+        ps.create_table("t", CFG, seed=1)
+        proc.send_signal(signal.SIGSTOP)  # connected, but answers nothing
+        t0 = time.monotonic()
+        with pytest.raises(sc.RpcConnectionError, match="heartbeat"):
+            ps.pull("t", np.arange(10, dtype=np.int64))
+        assert time.monotonic() - t0 < 10
+    finally:
+        proc.send_signal(signal.SIGCONT)
+        stop(proc)
+
+
+def test_pull_into_out_and_strided_ids():
+    server = sc.Server(port=0)
+    try:
+        ps = server.client()
+        ps.create_table("t", CFG, seed=8)
+        ids = np.arange(40, dtype=np.int64)[::2]  # not contiguous
+        want = ps.pull("t", ids.copy())
+        out = np.empty((20, DIM), np.float32)
+        assert ps.pull("t", ids, out=out) is out
+        np.testing.assert_array_equal(out, want)
+        with pytest.raises(ValueError, match="shape"):
+            ps.pull("t", ids, out=np.empty((19, DIM), np.float32))
+        with pytest.raises(TypeError, match="float32"):
+            ps.pull("t", ids, out=np.empty((20, DIM), np.float64))
+    finally:
+        server.stop()

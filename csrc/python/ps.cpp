@@ -47,13 +47,13 @@ SPARSECORE_BINDING(ps, 70) {
 
   py::class_<PsClient>(m, "PsClient")
       .def(py::init([](const std::vector<std::string>& addresses, const std::string& token, int timeout_ms,
-                       uint32_t worker, uint32_t num_workers) {
-             PsClientOptions o{token, timeout_ms, 5000, worker, num_workers};
+                       uint32_t worker, uint32_t num_workers, int heartbeat_ms) {
+             PsClientOptions o{token, timeout_ms, 5000, worker, num_workers, heartbeat_ms};
              py::gil_scoped_release r;
              return std::make_unique<PsClient>(addresses, o);
            }),
            py::arg("addresses"), py::arg("token") = "", py::arg("timeout_ms") = 0, py::arg("worker") = 0,
-           py::arg("num_workers") = 0)
+           py::arg("num_workers") = 0, py::arg("heartbeat_ms") = 0)
       .def(py::init([](PsServer& server) { return std::make_unique<PsClient>(server, PsClientOptions{}); }),
            py::arg("server"), py::keep_alive<1, 2>())
       .def_property_readonly("total_shards", &PsClient::total_shards)
@@ -63,18 +63,22 @@ SPARSECORE_BINDING(ps, 70) {
         c.create_table(cfg, seed);
       })
       .def("dim", &PsClient::dim)
-      .def("pull", [](PsClient& c, const std::string& table, const py::array& ids, bool train) {
+      .def("pull", [](PsClient& c, const std::string& table, const py::array& ids, bool train, py::object out_arg) {
         const int64_t* p = checked_array<int64_t>(ids, "ids", {-1});
         int64_t n = ids.shape(0);
         int d = c.dim(table);
-        py::array_t<float> out({static_cast<py::ssize_t>(n), static_cast<py::ssize_t>(d)});
-        float* o = out.mutable_data();
+        // `out` (optional): a float32[n, dim] array the rows are read into (no allocation).
+        py::array out = out_arg.is_none() ? py::array(py::array_t<float>({static_cast<py::ssize_t>(n), static_cast<py::ssize_t>(d)}))
+                                          : py::array(out_arg);
+        checked_array<float>(out, "out", {n, d});
+        if (!out.writeable()) throw InvalidArgument("out must be writeable");
+        float* o = static_cast<float*>(out.mutable_data());
         {
           py::gil_scoped_release r;
           c.pull(table, p, n, train, o);
         }
         return out;
-      }, py::arg("table"), py::arg("ids"), py::arg("train") = true)
+      }, py::arg("table"), py::arg("ids"), py::arg("train") = true, py::arg("out") = py::none())
       .def("push", [](PsClient& c, const std::string& table, const py::array& ids, const py::array& grads, int64_t step) {
         const int64_t* p = checked_array<int64_t>(ids, "ids", {-1});
         int64_t n = ids.shape(0);

@@ -80,17 +80,18 @@ SPARSECORE_BINDING(rpc, 60) {
 
   py::class_<RpcClient>(m, "RpcClient", "One connection to one reactor of an RPC server.")
       .def(py::init([](const std::string& host, int port, const std::string& token, int reactor,
-                       int connect_timeout_ms, int timeout_ms) {
+                       int connect_timeout_ms, int timeout_ms, int heartbeat_ms) {
              ClientOptions o;
              o.token = token;
              o.reactor = reactor;
              o.connect_timeout_ms = connect_timeout_ms;
              o.call_timeout_ms = timeout_ms;
+             o.heartbeat_ms = heartbeat_ms;
              py::gil_scoped_release release;
              return std::make_unique<RpcClient>(host, port, o);
            }),
            py::arg("host"), py::arg("port"), py::arg("token") = "", py::arg("reactor") = 0,
-           py::arg("connect_timeout_ms") = 5000, py::arg("timeout_ms") = 0)
+           py::arg("connect_timeout_ms") = 5000, py::arg("timeout_ms") = 0, py::arg("heartbeat_ms") = 0)
       .def("call",
            [](RpcClient& c, int method, const py::object& payload, int timeout_ms) {
              SC_CHECK_ARG(method >= 0 && method < kFirstReservedMethod, "method must be in [0, ", kFirstReservedMethod,

@@ -26,16 +26,17 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
 import numpy as np
 
 from . import _core
-from ._arrays import as_float32, as_int64
+from ._arrays import as_float32, as_int64, to_torch
 from .config import TableConfig, tables_to_json
+from .embedding import EmbeddingCollection, PreparedBatch
 
-__all__ = ["Cluster", "Server", "connect", "latest_snapshot", "main"]
+__all__ = ["Cluster", "ClusterCollection", "Server", "connect", "latest_snapshot", "main", "sync_dense"]
 
 log = logging.getLogger("sparsecore.server")
 
@@ -65,9 +66,12 @@ class Cluster:
         self._c.create_table(json.dumps(cfg), int(seed) & (2**64 - 1))
         self._tables[name] = (config, seed)
 
-    def pull(self, name: str, ids: Any, *, train: bool = True) -> np.ndarray:
-        """Rows of ``ids`` as float32[n, dim]; ``train=False`` never inserts (unknown ids read 0)."""
-        return self._c.pull(name, as_int64(ids, f"ids of table '{name}'"), train)
+    def pull(self, name: str, ids: Any, *, train: bool = True, out: Optional[np.ndarray] = None) -> np.ndarray:
+        """Rows of ``ids`` as float32[n, dim]; ``train=False`` never inserts (unknown ids read 0).
+        ``out``: a C-contiguous float32[n, dim] array to read the rows into (returned)."""
+        if type(ids) is not np.ndarray or ids.dtype != np.int64 or not ids.flags.c_contiguous:
+            ids = as_int64(ids, f"ids of table '{name}'")
+        return self._c.pull(name, ids, train, out)
 
     def push(self, name: str, ids: Any, grads: Any, *, step: int = 0) -> None:
         """Applies ``grads`` (float32[n, dim]) to the rows of ``ids``; duplicates are summed."""
@@ -101,6 +105,11 @@ class Cluster:
     def stats(self) -> list[dict]:
         return json.loads(self._c.stats())
 
+    def collection(self, tables: Mapping[str, TableConfig], seed: int = 0) -> "ClusterCollection":
+        """These servers' tables seen as an embedding collection (what the Trainer and the torch
+        bridge drive): ``sc.Trainer(..., server=sc.connect(...))``."""
+        return ClusterCollection(self, tables, seed)
+
     def reconnect(self, timeout: float = 30.0) -> "Cluster":
         """Waits (bounded) until every server answers again and returns a fresh client."""
         deadline = time.monotonic() + timeout
@@ -115,6 +124,176 @@ class Cluster:
         for name, (cfg, seed) in self._tables.items():
             fresh.create_table(name, cfg, seed)
         return fresh
+
+
+class _ClusterBatch:
+    """A validated batch waiting for its forward: per group (ids, offsets, weights or None).
+    Rows are pulled at forward time, so a batch prepared ahead still sees the updates of the
+    batches trained before it (as the embedded engine reads rows at forward time)."""
+
+    __slots__ = ("groups", "names", "train")
+
+    def __init__(self, groups: list[tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]], names: list[str],
+                 train: bool):
+        self.groups = groups
+        self.names = names
+        self.train = train
+
+    def unique_ids(self, i: int) -> np.ndarray:
+        return np.unique(self.groups[i][0])
+
+    def num_unique(self, i: int) -> int:
+        return int(self.unique_ids(i).size)
+
+
+class _ClusterRows:
+    """The engine half of :class:`ClusterCollection` (``EmbeddingBagCollection`` calls
+    ``collection._c.forward(prepared._core)``)."""
+
+    def __init__(self, owner: "ClusterCollection"):
+        self._owner = owner
+
+    def forward(self, batch: _ClusterBatch) -> list[np.ndarray]:
+        return [self._owner._pool(name, *group, batch.train) for name, group in zip(batch.names, batch.groups)]
+
+
+class ClusterCollection:
+    """Embedding tables kept on parameter servers, with the surface of
+    :class:`~sparsecore.EmbeddingCollection` that training uses (``prepare``, ``forward``,
+    ``backward``, ``sizes``, ``save``/``restore``), so that the torch bridge and the Trainer
+    run against a cluster unchanged. Pooling (sum, mean, per-id weights) happens here; the
+    servers only see ids and per-id gradients, which they sum per row (in position order)
+    and apply with the table's fused optimizer. Pooling "none" is not supported here.
+
+    In synchronous mode (``connect(..., num_workers=W)``) each ``backward`` is the worker's push
+    of step ``step``: it returns once every worker's gradients of that step were applied.
+    """
+
+    def __init__(self, cluster: Cluster, tables: Mapping[str, TableConfig], seed: int = 0):
+        if not tables:
+            raise ValueError("tables (name -> TableConfig) must name at least one table")
+        for name, cfg in tables.items():
+            if cfg.pooling == "none":
+                raise ValueError(f"table '{name}': pooling 'none' (sequences) is not supported against a cluster")
+        self.cluster = cluster
+        self._configs = dict(tables)
+        self._seed = int(seed)
+        self._step = 0
+        for name, cfg in self._configs.items():
+            cluster.create_table(name, cfg, seed)
+        self._c = _ClusterRows(self)
+
+    @property
+    def tables(self) -> dict[str, TableConfig]:
+        return dict(self._configs)
+
+    @property
+    def step(self) -> int:
+        """Pushes (backward calls) made through this collection, or the restored snapshot's step."""
+        return self._step
+
+    def sizes(self) -> dict[str, int]:
+        """Rows per table, summed over every shard of every server."""
+        totals = dict.fromkeys(self._configs, 0)
+        for shard in self.cluster.stats():
+            for name, t in shard.get("tables", {}).items():
+                if name in totals:
+                    totals[name] += int(t["rows"])
+        return totals
+
+    def _table(self, name: str) -> str:
+        if name not in self._configs:
+            raise KeyError(f"unknown table '{name}' (tables: {', '.join(self._configs)})")
+        return name
+
+    def prepare(self, batch: Mapping[str, Any], *, train: bool = True) -> PreparedBatch:
+        """Validates every group (nothing is sent when one is wrong); rows are pulled by forward."""
+        if isinstance(batch, PreparedBatch):
+            return batch
+        # The embedded collection's unpacking and dtype checks (it asks self._table(name)).
+        core_groups, names, offsets, torch_out = EmbeddingCollection._core_groups(self, batch)
+        groups = []
+        for name, (_, ids, offs, weights) in zip(names, core_groups):
+            if ids.ndim != 1 or offs.ndim != 1 or offs.size < 1 or offs[0] != 0 or offs[-1] != ids.size \
+                    or (np.diff(offs) < 0).any():
+                raise ValueError(f"group '{name}': offsets must be int64[B+1] with offsets[0] == 0, non-decreasing, "
+                                 f"offsets[B] == len(ids) ({ids.size})")
+            if weights is not None and weights.shape != ids.shape:
+                raise ValueError(f"group '{name}': weights has shape {weights.shape}, ids {ids.shape}")
+            groups.append((ids, offs, weights))
+        return PreparedBatch(_ClusterBatch(groups, names, bool(train)), names, offsets, torch_out, bool(train))
+
+    def _pool(self, name: str, ids: np.ndarray, offsets: np.ndarray, weights: Optional[np.ndarray],
+              train: bool) -> np.ndarray:
+        rows = self.cluster.pull(name, ids, train=train)
+        if weights is not None:
+            rows *= weights[:, None]
+        lengths = np.diff(offsets)
+        pooled = np.zeros((lengths.size, rows.shape[1]), np.float32)
+        filled = lengths > 0
+        if ids.size:
+            pooled[filled] = np.add.reduceat(rows, offsets[:-1][filled], axis=0)
+        if self._configs[name].pooling == "mean":
+            pooled[filled] /= self._denominators(lengths, offsets, weights)[filled, None]
+        return pooled
+
+    @staticmethod
+    def _denominators(lengths: np.ndarray, offsets: np.ndarray, weights: Optional[np.ndarray]) -> np.ndarray:
+        if weights is None:
+            return lengths.astype(np.float32)
+        sums = np.zeros(lengths.size, np.float32)
+        filled = lengths > 0
+        if weights.size:
+            sums[filled] = np.add.reduceat(weights, offsets[:-1][filled])
+        return sums
+
+    def forward(self, batch: Mapping[str, Any] | PreparedBatch, *, train: bool = True) -> dict[str, Any]:
+        prepared = self.prepare(batch, train=train)
+        outs = self._c.forward(prepared._core)
+        return {n: (to_torch(o) if prepared.torch else o) for n, o in zip(prepared.names, outs)}
+
+    def evaluate(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        """forward(batch, train=False): never inserts; unknown ids read as zeros."""
+        return self.forward(batch, train=False)
+
+    def backward(self, batch: Mapping[str, Any] | PreparedBatch, grads: Mapping[str, Any]) -> int:
+        """Pushes the gradient of every id (its bag's gradient, times its weight, over the
+        bag's length or weight sum for mean pooling); returns the new step."""
+        prepared = self.prepare(batch, train=True)
+        if set(grads) != set(prepared.names):
+            raise ValueError(f"grads must have exactly the batch's groups {prepared.names}, got {list(grads)}")
+        per_id = []
+        for name, (ids, offsets, weights) in zip(prepared.names, prepared._core.groups):
+            g = as_float32(grads[name], f"gradient of group '{name}'")
+            lengths = np.diff(offsets)
+            if g.shape != (lengths.size, self._configs[name].dim):
+                raise ValueError(f"gradient of group '{name}' has shape {g.shape}, expected "
+                                 f"{(lengths.size, self._configs[name].dim)}")
+            if not np.isfinite(g).all():
+                raise ValueError(f"gradient of group '{name}' contains NaN or Inf; nothing was pushed")
+            if self._configs[name].pooling == "mean":
+                denominators = self._denominators(lengths, offsets, weights)
+                g = g / np.where(denominators > 0, denominators, 1)[:, None]
+            rows = np.repeat(g, lengths, axis=0)
+            if weights is not None:
+                rows *= weights[:, None]
+            per_id.append((name, ids, rows))
+        for name, ids, rows in per_id:  # every group checked before the first push
+            self.cluster.push(name, ids, rows, step=self._step)
+        self._step += 1
+        return self._step
+
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> str:
+        """A snapshot of every shard at ``path/step-<step>`` (see :meth:`Cluster.save`)."""
+        return self.cluster.save(path, self._step, overwrite=overwrite)
+
+    def restore(self, path: str | os.PathLike) -> None:
+        """Restores the newest complete snapshot under ``path`` (or ``path`` itself)."""
+        snap = latest_snapshot(path) or os.fspath(path)
+        self._step = self.cluster.restore(snap)
+
+    def __repr__(self) -> str:
+        return f"ClusterCollection({list(self._configs)}, servers={self.cluster._addresses or 'embedded'}, step={self._step})"
 
 
 class Server:
@@ -161,15 +340,47 @@ class Server:
         self.stop()
 
 
+def sync_dense(model: Any, group: Any = None) -> list:
+    """Synchronous data parallelism of the dense model over a ``torch.distributed`` process
+    group (gloo on CPU), for workers that train the sparse side against a cluster in
+    synchronous mode: rank 0's parameters and buffers are broadcast now, and from then on every
+    parameter's gradient is averaged over the workers (all-reduce) as soon as ``backward`` has
+    accumulated it, before the dense optimizer steps. Returns the hook handles
+    (``handle.remove()`` undoes it). Call ``torch.distributed.init_process_group("gloo")``
+    first (torchrun provides RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT)."""
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_initialized():
+        raise RuntimeError("sync_dense needs torch.distributed initialised: "
+                           "torch.distributed.init_process_group('gloo') (e.g. under torchrun)")
+    world = dist.get_world_size(group)
+    with torch.no_grad():
+        for t in list(model.parameters()) + list(model.buffers()):
+            dist.broadcast(t.data, src=dist.get_global_rank(group, 0) if group is not None else 0, group=group)
+
+    def average(p: Any) -> None:
+        dist.all_reduce(p.grad, op=dist.ReduceOp.SUM, group=group)
+        p.grad.div_(world)
+    return [p.register_post_accumulate_grad_hook(average) for p in model.parameters() if p.requires_grad]
+
+
 def connect(addresses: Sequence[str] | str, *, token: str = "", timeout: Optional[float] = None,
-            worker: int = 0, num_workers: int = 0) -> Cluster:
+            worker: int = 0, num_workers: int = 0, heartbeat: Optional[float] = 30.0) -> Cluster:
     """Connects to every server ("host:port", in server-index order). ``num_workers`` > 0
-    makes pushes synchronous across that many workers (``worker`` = this one's rank)."""
+    makes pushes synchronous across that many workers (``worker`` = this one's rank).
+
+    ``timeout`` bounds every call (seconds, None: no bound). ``heartbeat``: a call waiting on a
+    server silent for this long pings it, and when the server stays silent as long again
+    (stopped, hung, or cut off without closing) the call raises :class:`RpcConnectionError`
+    instead of waiting for ever; it must exceed the longest server-side operation (a save).
+    None turns it off."""
     if isinstance(addresses, str):
         addresses = [addresses]
     addresses = list(addresses)
-    args = dict(token=token, timeout=timeout, worker=worker, num_workers=num_workers)
-    core = _core.PsClient(addresses, token, int((timeout or 0) * 1000), worker, num_workers)
+    args = dict(token=token, timeout=timeout, worker=worker, num_workers=num_workers, heartbeat=heartbeat)
+    core = _core.PsClient(addresses, token, int((timeout or 0) * 1000), worker, num_workers,
+                          int((heartbeat or 0) * 1000))
     return Cluster(core, addresses, **args)
 
 

@@ -28,7 +28,7 @@ from torch import nn
 from .config import TableConfig
 from .embedding import EmbeddingCollection, PreparedBatch
 
-__all__ = ["EmbeddingBagCollection"]
+__all__ = ["EmbeddingBagCollection", "mlp"]
 
 
 class _FusedSparseUpdate(torch.autograd.Function):
@@ -48,9 +48,47 @@ class _FusedSparseUpdate(torch.autograd.Function):
         for name, g, shape in zip(ctx.prepared.names, grads, ctx.shapes):
             if g is None:
                 g = torch.zeros(shape, dtype=torch.float32)
-            arrays[name] = g.detach().to(torch.float32).contiguous().numpy()
+            arrays[name] = np.ascontiguousarray(g.detach().to(torch.float32).numpy())
         ctx.collection.backward(ctx.prepared, arrays)
         return (None, None, None) + (None,) * len(grads)
+
+
+def _segment_sum(rows: np.ndarray, group: np.ndarray, num_groups: int) -> np.ndarray:
+    """Sum of ``rows`` [B, d] per ``group`` id (int64[B] in [0, num_groups)) -> [num_groups, d]."""
+    counts = np.bincount(group, minlength=num_groups)
+    if num_groups and counts.all() and np.all(group[1:] >= group[:-1]):
+        # Samples of a page view are contiguous (every source writes them so): one pass.
+        starts = np.zeros(num_groups, dtype=np.int64)
+        np.cumsum(counts[:-1], out=starts[1:])
+        return np.add.reduceat(rows, starts, axis=0)
+    out = np.zeros((num_groups, rows.shape[1]), dtype=rows.dtype)
+    np.add.at(out, group, rows)
+    return out
+
+
+class _ConcatFusedSparseUpdate(torch.autograd.Function):
+    """The pooled rows of every group side by side, [B, sum of dims], shared groups expanded
+    by ``sample_group``. Built with NumPy copies (one pass, no thread hand-offs); backward
+    slices the gradient per group, sums shared groups back per page view, and pushes it into
+    the collection's fused optimizer."""
+
+    @staticmethod
+    def forward(ctx, anchor, collection, prepared, index, shared, *outputs):  # type: ignore[override]
+        ctx.collection, ctx.prepared, ctx.index, ctx.shared = collection, prepared, index, shared
+        ctx.shapes = [o.shape for o in outputs]
+        parts = [np.take(o, index, axis=0) if s else o for o, s in zip(outputs, shared)]
+        return torch.from_numpy(np.concatenate(parts, axis=1))
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        g = grad.detach().to(torch.float32).numpy()
+        arrays, col = {}, 0
+        for name, shape, s in zip(ctx.prepared.names, ctx.shapes, ctx.shared):
+            part = g[:, col:col + shape[1]]
+            col += shape[1]
+            arrays[name] = _segment_sum(part, ctx.index, shape[0]) if s else np.ascontiguousarray(part)
+        ctx.collection.backward(ctx.prepared, arrays)
+        return (None,) * (5 + len(ctx.shapes))
 
 
 class EmbeddingBagCollection(nn.Module):
@@ -104,12 +142,39 @@ class EmbeddingBagCollection(nn.Module):
             index = torch.as_tensor(np.asarray(sample_group, dtype=np.int64))
         for name, out, offsets in zip(prepared.names, pooled, prepared.offsets):
             if self.collection.tables[name].pooling == "none":
-                result[name] = (out, torch.from_numpy(np.diff(offsets)))
+                lengths = torch.from_numpy(np.diff(offsets))
+                if index is not None and name in shared:
+                    out, lengths = out.index_select(0, index), lengths.index_select(0, index)
+                result[name] = (out, lengths)
             elif index is not None and name in shared:
                 result[name] = out.index_select(0, index)
             else:
                 result[name] = out
         return result
+
+    def forward_concat(self, batch: Any, *, prepared: Optional[PreparedBatch] = None,
+                       pulled: Optional[list[np.ndarray]] = None) -> torch.Tensor:
+        """The pooled rows of every group concatenated in table order: Tensor[B, sum of dims],
+        the input of an MLP. Same semantics as :meth:`forward` (sample compression included)
+        without a per-group tensor and a ``torch.cat``; sequence groups are not allowed."""
+        sample_group = getattr(batch, "sample_group", None)
+        shared_names = set(getattr(batch, "shared", ()))
+        if prepared is None:
+            prepared = self.prepare(batch)
+        sequence = [n for n in prepared.names if self.collection.tables[n].pooling == "none"]
+        if sequence:
+            raise ValueError(f"forward_concat: groups {sequence} use pooling 'none' (sequences); use forward()")
+        outs = pulled if pulled is not None else self.collection._c.forward(prepared._core)
+        if sample_group is not None and shared_names:
+            index = np.ascontiguousarray(sample_group, dtype=np.int64)
+        else:
+            index, shared_names = np.zeros(0, np.int64), set()
+        shared = tuple(n in shared_names for n in prepared.names)
+        if self.training and torch.is_grad_enabled():
+            anchor = torch.empty(0, requires_grad=True)
+            return _ConcatFusedSparseUpdate.apply(anchor, self.collection, prepared, index, shared, *outs)
+        parts = [np.take(o, index, axis=0) if s else o for o, s in zip(outs, shared)]
+        return torch.from_numpy(np.concatenate(parts, axis=1))
 
     def extra_repr(self) -> str:
         return repr(self.collection)
@@ -117,3 +182,17 @@ class EmbeddingBagCollection(nn.Module):
 
 def _sparse_of(batch: Any) -> Mapping[str, Any]:
     return batch.sparse if hasattr(batch, "sparse") else batch
+
+
+def mlp(input_width: int, hidden: Iterable[int], output_width: int = 1, *,
+        activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
+    """The dense tower of XDL's models: Linear + activation per ``hidden`` width, then a
+    Linear to ``output_width`` logits (e.g. ``mlp(414, [200, 80])`` is W2's 414-200-80-1)."""
+    widths = [int(input_width), *(int(h) for h in hidden)]
+    if any(w < 1 for w in widths) or output_width < 1:
+        raise ValueError(f"mlp widths must be >= 1, got {widths} -> {output_width}")
+    layers: list[nn.Module] = []
+    for a, b in zip(widths, widths[1:]):
+        layers += [nn.Linear(a, b), activation()]
+    layers.append(nn.Linear(widths[-1], output_width))
+    return nn.Sequential(*layers)

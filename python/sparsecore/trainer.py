@@ -32,7 +32,7 @@ from .data import auc, gauc, logloss
 from .embedding import EmbeddingCollection
 from .torch import EmbeddingBagCollection
 
-__all__ = ["Trainer", "TrainResult"]
+__all__ = ["Trainer", "TrainResult", "describe_metrics"]
 
 log = logging.getLogger("sparsecore.trainer")
 
@@ -76,7 +76,7 @@ class Trainer:
                  model_input: str = "concat", use_dense: bool = False, seed: int = 0,
                  prefetch: int = 2, stale_sparse: bool = False, deterministic: bool = False,
                  log_every: int = 100, progress: bool = True,
-                 embedding: Optional[EmbeddingBagCollection] = None):
+                 embedding: Optional[EmbeddingBagCollection] = None, server: Any = None):
         if model_input not in ("concat", "dict"):
             raise ValueError(f"model_input must be 'concat' or 'dict', got {model_input!r}")
         if prefetch < 1:
@@ -91,6 +91,8 @@ class Trainer:
         self.tables = dict(tables)
         if not self.tables:
             raise ValueError("tables (the feature spec) must name at least one group")
+        if embedding is None and server is not None:  # a sparsecore.connect(...) cluster
+            embedding = EmbeddingBagCollection(collection=server.collection(self.tables, seed))
         self.embedding = embedding or EmbeddingBagCollection(self.tables, seed)
         self.dense_optimizer = dense_optimizer or torch.optim.Adam(model.parameters(), lr=1e-3)
         if loss == "logloss":
@@ -170,6 +172,8 @@ class Trainer:
                 if batch is None:
                     break
                 state = self.source.state_dict() if hasattr(self.source, "state_dict") else None
+                if not self._checked:  # before the first prepare inserts a row
+                    self._check_spec(batch)
                 self._check_labels(batch)
                 batch = self._select(batch)
                 prepared = self.embedding.collection.prepare(batch.sparse, train=True)
@@ -187,18 +191,25 @@ class Trainer:
             return
         q.put(_END)
 
-    def _model_input(self, pooled: dict[str, Any], batch: Any) -> Any:
+    def _logits(self, batch: Any, prepared: Any = None, pulled: Any = None) -> torch.Tensor:
         dense = torch.from_numpy(np.ascontiguousarray(batch.dense, dtype=np.float32)) if (
             self.use_dense and batch.dense is not None) else None
         if self.model_input == "dict":
-            return self.model(pooled, dense)
-        parts = [pooled[g] for g in self.tables]
-        if dense is not None:
-            parts.append(dense)
-        return self.model(torch.cat(parts, dim=1))
+            out = self.model(self.embedding(batch, prepared=prepared, pulled=pulled), dense)
+        else:
+            x = self.embedding.forward_concat(batch, prepared=prepared, pulled=pulled)
+            out = self.model(x if dense is None else torch.cat([x, dense], dim=1))
+        return out.reshape(-1)
 
-    def fit(self, steps: Optional[int] = None) -> TrainResult:
-        """Trains for ``steps`` batches (None: until the source ends)."""
+    def fit(self, steps: Optional[int] = None, *, every: int = 0,
+            on_interval: Optional[Callable[["Trainer"], None]] = None) -> TrainResult:
+        """Trains for ``steps`` batches (None: until the source ends).
+
+        ``on_interval(trainer)`` runs on the training thread after every ``every``-th global
+        step (evaluation, checkpoints); the reader keeps preparing batches meanwhile.
+        """
+        if every < 0:
+            raise ValueError(f"every must be >= 0, got {every}")
         q: queue.Queue = queue.Queue(maxsize=self.prefetch)
         stop = threading.Event()
         producer = threading.Thread(target=self._producer, args=(q, stop, steps), daemon=True,
@@ -222,10 +233,7 @@ class Trainer:
                 if isinstance(item, BaseException):
                     raise item
                 batch, prepared, pulled, state = item
-                if not self._checked:
-                    self._check_spec(batch)
-                pooled = self.embedding(batch, prepared=prepared, pulled=pulled)
-                logits = self._model_input(pooled, batch).reshape(-1)
+                logits = self._logits(batch, prepared, pulled)
                 labels = torch.from_numpy(np.asarray(batch.labels, dtype=np.float32))
                 loss = self._loss(logits, labels)
                 if not torch.isfinite(loss):
@@ -253,6 +261,8 @@ class Trainer:
                     log.info("step %d loss %.4f %.0f samples/s rows %d", self.step, entry["loss"],
                              entry["samples_per_s"], sum(entry["rows"].values()))
                     window_start, window_samples, window_loss, window_n = now, 0, 0.0, 0
+                if on_interval is not None and every and self.step % every == 0:
+                    on_interval(self)
         finally:
             stop.set()
             while producer.is_alive():
@@ -271,10 +281,13 @@ class Trainer:
     # ------------------------------------------------------------------------------ evaluation
     def evaluate(self, source: Any, max_batches: Optional[int] = None) -> dict[str, float]:
         """AUC, GAUC (when the data names users) and logloss of the model on ``source``.
-        Evaluation never inserts rows: ids not seen in training read as zeros."""
+        Evaluation never inserts rows: ids not seen in training read as zeros.
+
+        Synthetic data also gives the planted optimum on the same samples: ``planted_auc``
+        (and ``planted_gauc``), the scores of the true click probabilities."""
         self.model.eval()
         self.embedding.eval()
-        labels, scores, users = [], [], []
+        labels, scores, users, planted = [], [], [], []
         try:
             with torch.no_grad():
                 n = 0
@@ -283,12 +296,13 @@ class Trainer:
                     if batch is None:
                         break
                     batch = self._select(batch)
-                    pooled = self.embedding(batch)
-                    logits = self._model_input(pooled, batch).reshape(-1)
+                    logits = self._logits(batch)
                     labels.append(np.asarray(batch.labels, np.float64))
                     scores.append(torch.sigmoid(logits).double().numpy())
                     if batch.users is not None:
                         users.append(np.asarray(batch.users, np.int64))
+                    if batch.probabilities is not None:
+                        planted.append(np.asarray(batch.probabilities, np.float64))
                     n += 1
         finally:
             self.model.train()
@@ -297,8 +311,14 @@ class Trainer:
             raise ValueError("the evaluation source yielded no batch")
         y, p = np.concatenate(labels), np.concatenate(scores)
         out = {"auc": auc(y, p), "logloss": logloss(y, p), "samples": float(len(y))}
-        if users:
-            out["gauc"] = gauc(y, p, np.concatenate(users))
+        u = np.concatenate(users) if len(users) == len(labels) else None
+        if u is not None:
+            out["gauc"] = gauc(y, p, u)
+        if len(planted) == len(labels):
+            truth = np.concatenate(planted)
+            out["planted_auc"] = auc(y, truth)
+            if u is not None:
+                out["planted_gauc"] = gauc(y, truth, u)
         return out
 
     # ------------------------------------------------------------------------------ checkpoints
@@ -368,6 +388,18 @@ class Trainer:
         fig.tight_layout()
         fig.savefig(os.fspath(path), dpi=100)
         plt.close(fig)
+
+
+def describe_metrics(m: Mapping[str, float]) -> str:
+    """One line of :meth:`Trainer.evaluate`'s result, the planted optimum beside each metric."""
+    line = f"AUC {m['auc']:.4f}"
+    if "planted_auc" in m:
+        line += f" (planted optimum {m['planted_auc']:.4f}, gap {m['planted_auc'] - m['auc']:.4f})"
+    if "gauc" in m:
+        line += f"  GAUC {m['gauc']:.4f}"
+        if "planted_gauc" in m:
+            line += f" (planted {m['planted_gauc']:.4f})"
+    return line + f"  logloss {m['logloss']:.4f}  on {int(m['samples']):,} samples"
 
 
 def _json_default(x: Any) -> Any:

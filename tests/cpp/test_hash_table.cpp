@@ -1,11 +1,14 @@
 #include <gtest/gtest.h>
 
+#include <cstdint>
 #include <cstring>
 #include <limits>
 #include <random>
+#include <set>
 #include <unordered_map>
 #include <vector>
 
+#include "sparsecore/table/chunk_pool.h"
 #include "sparsecore/table/hash_table.h"
 
 using namespace sparsecore;
@@ -85,4 +88,24 @@ TEST(HashTable, DuplicateKeysInOneBatchShareOneRow) {
   EXPECT_EQ(rows[0], rows[1]);
   EXPECT_EQ(rows[2], rows[4]);
   EXPECT_EQ(inserted[0] + inserted[1] + inserted[3], 1);
+}
+
+TEST(ChunkPool, ChunksAreDistinctAlignedWritableAndReusedAfterRelease) {
+  ChunkPool pool(1000);  // rounded up to 1024; enough chunks to pass the huge-page slab size
+  EXPECT_EQ(pool.chunk_bytes(), 1024u);
+  std::vector<std::byte*> chunks;
+  std::set<std::byte*> seen;
+  for (int i = 0; i < 5000; ++i) {
+    std::byte* c = pool.allocate();
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(c) % 64, 0u);
+    EXPECT_TRUE(seen.insert(c).second) << "chunk handed out twice";
+    std::memset(c, i & 0xff, pool.chunk_bytes());
+    chunks.push_back(c);
+  }
+  for (int i = 0; i < 5000; ++i) EXPECT_EQ(static_cast<int>(chunks[i][1023]), i & 0xff);  // no overlap
+  EXPECT_GE(pool.reserved_bytes(), 5000u * 1024u);
+  const size_t reserved = pool.reserved_bytes();
+  pool.release(chunks[17]);
+  EXPECT_EQ(pool.allocate(), chunks[17]);
+  EXPECT_EQ(pool.reserved_bytes(), reserved);
 }

@@ -307,3 +307,14 @@ TEST(Rpc, HmacSha256KnownAnswer) {
   EXPECT_EQ(e[0], 0xba);
   EXPECT_EQ(e[31], 0xad);
 }
+
+TEST(Rpc, HeartbeatKeepsACallWaitingOnALiveServer) {
+  // The server holds the reply back but answers pings: the call ends by its own deadline.
+  auto s = start_server();
+  ClientOptions o;
+  o.heartbeat_ms = 40;
+  RpcClient c("127.0.0.1", s->port(), o);
+  EXPECT_THROW(c.call(kNeverReplies, {}, 400), RpcTimeout);
+  EXPECT_TRUE(c.connected());
+  EXPECT_NO_THROW(c.ping(1000));
+}

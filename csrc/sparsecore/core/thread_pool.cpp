@@ -131,4 +131,7 @@ void ThreadPool::parallel_for(int64_t n, int64_t grain,
   if (error_) std::rethrow_exception(error_);
 }
 
+InlineParallelScope::InlineParallelScope() : previous_(tls_inside_pool_task) { tls_inside_pool_task = true; }
+InlineParallelScope::~InlineParallelScope() { tls_inside_pool_task = previous_; }
+
 }  // namespace sparsecore

@@ -66,6 +66,20 @@ class ThreadPool {
   std::mutex error_mutex_;
 };
 
+// While alive, the parallel_for calls of the constructing thread run inline on it. For
+// threads that are themselves one-per-core units of work (rpc reactors own their shards):
+// handing their small regions to the shared pool would only add wake-ups and contention.
+class InlineParallelScope {
+ public:
+  InlineParallelScope();
+  ~InlineParallelScope();
+  InlineParallelScope(const InlineParallelScope&) = delete;
+  InlineParallelScope& operator=(const InlineParallelScope&) = delete;
+
+ private:
+  bool previous_;
+};
+
 // Shorthand for ThreadPool::global().parallel_for.
 inline void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn) {
   ThreadPool::global().parallel_for(n, grain, fn);

@@ -19,36 +19,38 @@ constexpr int64_t kRowsPerTask = 256;
 constexpr int64_t kEvalBagsPerTask = 1024;
 
 // Open-addressing scratch set for dedup within one shard of one group: key -> local index.
-// Slots whose index is -1 are empty, so every key value is legal.
+// Slots whose index is -1 are empty, so every key value is legal. Key and index share a slot
+// (one cache line per probe, not one in each of two arrays).
 struct DedupSet {
-  std::vector<int64_t> keys;
-  std::vector<int32_t> index;
+  struct Slot {
+    int64_t key;
+    int32_t index;
+    int32_t unused;
+  };
+  std::vector<Slot> slots;
   uint64_t mask = 0;
 
   void reset(int64_t expected) {
     size_t cap = 16;
     while (cap < static_cast<size_t>(expected) * 2) cap *= 2;
-    if (keys.size() < cap) {
-      keys.resize(cap);
-      index.resize(cap);
-    }
+    if (slots.size() < cap) slots.resize(cap);
     mask = cap - 1;
-    std::fill(index.begin(), index.begin() + cap, -1);
+    for (size_t i = 0; i < cap; ++i) slots[i].index = -1;
   }
   // Returns the index of `key`, inserting it with `next` when absent.
   int32_t find_or_add(int64_t key, uint64_t hash, int32_t next, bool* added) {
     uint64_t slot = hash & mask;
     for (;;) {
-      int32_t i = index[slot];
-      if (i < 0) {
-        keys[slot] = key;
-        index[slot] = next;
+      Slot& s = slots[slot];
+      if (s.index < 0) {
+        s.key = key;
+        s.index = next;
         *added = true;
         return next;
       }
-      if (keys[slot] == key) {
+      if (s.key == key) {
         *added = false;
-        return i;
+        return s.index;
       }
       slot = (slot + 1) & mask;
     }
@@ -215,7 +217,8 @@ std::shared_ptr<PreparedBatch> EmbeddingCollection::prepare(const std::vector<Gr
       if (s.shard_start[sh + 1] > s.shard_start[sh]) tasks.push_back({gi, sh});
   }
   parallel_for(static_cast<int64_t>(tasks.size()), 1, [&](int64_t t0, int64_t t1) {
-    thread_local DedupSet set;
+    thread_local DedupSet tls_set;
+    DedupSet& set = tls_set;  // resolved once, not on every probe
     for (int64_t t = t0; t < t1; ++t) {
       const int gi = tasks[t].group, sh = tasks[t].shard;
       const GroupInput& in = inputs[gi];
@@ -240,7 +243,7 @@ std::shared_ptr<PreparedBatch> EmbeddingCollection::prepare(const std::vector<Gr
       int32_t missing = 0;
       {
         // Probes miss the cache (the index is far larger than L2): prefetch a few keys ahead.
-        constexpr int32_t kAhead = 8;
+        constexpr int32_t kAhead = 16;
         std::shared_lock lock(shard.mutex);
         for (int32_t j = 0; j < count && j < kAhead; ++j) shard.prefetch(key_hash(ukeys[j]));
         for (int32_t j = 0; j < count; ++j) {

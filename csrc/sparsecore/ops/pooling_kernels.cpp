@@ -11,9 +11,6 @@
 namespace sparsecore::kernels {
 namespace {
 
-// How many positions ahead to prefetch rows: hides a DRAM miss behind a few rows of work.
-constexpr int kPrefetchDistance = 8;
-
 __attribute__((always_inline)) inline void axpy(float* __restrict__ y, const float* __restrict__ x, float a,
                                                 int dim) {
   for (int d = 0; d < dim; ++d) y[d] += a * x[d];
@@ -30,42 +27,49 @@ __attribute__((always_inline)) inline void prefetch_bytes(const void* p, size_t 
   }
 }
 
-template <int kDim>
-__attribute__((always_inline)) inline void pool_one_bag(const PreparedGroup& g, const std::byte* const* rows,
-                                                        int64_t b, float* __restrict__ o, int dim_runtime) {
-  const int dim = kDim > 0 ? kDim : dim_runtime;
-  const int64_t start = g.offsets[b], end = g.offsets[b + 1];
-  const float* weights = g.weights.empty() ? nullptr : g.weights.data();
-  const int32_t* inv = g.inverse.data();
-  for (int d = 0; d < dim; ++d) o[d] = 0.0f;
-  float weight_sum = 0.0f;
-  for (int64_t p = start; p < end; ++p) {
-    if (p + kPrefetchDistance < end) {
-      const std::byte* ahead = rows[inv[p + kPrefetchDistance]];
-      if (ahead) prefetch_bytes(ahead, dim * sizeof(float));
-    }
-    float w = weights ? weights[p] : 1.0f;
-    weight_sum += w;
-    const std::byte* row = rows[inv[p]];
-    if (row) axpy(o, reinterpret_cast<const float*>(row), w, dim);
-  }
-  if (g.pooling == Pooling::kMean) {
-    float denom = weights ? weight_sum : static_cast<float>(end - start);
-    float scale = denom != 0.0f ? 1.0f / denom : 0.0f;
-    for (int d = 0; d < dim; ++d) o[d] *= scale;
-  }
-}
+// Rows of the positions this far ahead are prefetched, across bag boundaries (bags hold about
+// ten ids, so a distance counted inside one bag would leave most rows unprefetched).
+constexpr int64_t kPoolAhead = 16;
 
 template <int kDim>
-__attribute__((always_inline)) inline void pool_range(const PreparedGroup& g, const std::byte* const* rows, int64_t b0, int64_t b1, float* out) {
-  const int dim = g.dim;
-  for (int64_t b = b0; b < b1; ++b) pool_one_bag<kDim>(g, rows, b, out + b * dim, dim);
+__attribute__((always_inline)) inline void pool_range(const PreparedGroup& g, const std::byte* const* rows,
+                                                      int64_t b0, int64_t b1, float* __restrict__ out) {
+  const int dim = kDim > 0 ? kDim : g.dim;
+  const float* weights = g.weights.empty() ? nullptr : g.weights.data();
+  const int32_t* inv = g.inverse.data();
+  const int64_t* off = g.offsets.data();
+  const int64_t last = off[b1];
+  const size_t row_bytes = static_cast<size_t>(dim) * sizeof(float);
+  for (int64_t p = off[b0]; p < std::min(last, off[b0] + kPoolAhead); ++p)
+    if (const std::byte* r = rows[inv[p]]) prefetch_bytes(r, row_bytes);
+  // A fixed width keeps the bag's sum in vector registers.
+  float acc_fixed[kDim > 0 ? kDim : 1];
+  for (int64_t b = b0; b < b1; ++b) {
+    float* acc = kDim > 0 ? acc_fixed : out + b * dim;
+    for (int d = 0; d < dim; ++d) acc[d] = 0.0f;
+    float weight_sum = 0.0f;
+    for (int64_t p = off[b], end = off[b + 1]; p < end; ++p) {
+      if (p + kPoolAhead < last) {
+        if (const std::byte* ahead = rows[inv[p + kPoolAhead]]) prefetch_bytes(ahead, row_bytes);
+      }
+      const float w = weights ? weights[p] : 1.0f;
+      weight_sum += w;
+      if (const std::byte* row = rows[inv[p]]) axpy(acc, reinterpret_cast<const float*>(row), w, dim);
+    }
+    float scale = 1.0f;
+    if (g.pooling == Pooling::kMean) {
+      const float denom = weights ? weight_sum : static_cast<float>(off[b + 1] - off[b]);
+      scale = denom != 0.0f ? 1.0f / denom : 0.0f;
+    }
+    float* o = out + b * dim;
+    for (int d = 0; d < dim; ++d) o[d] = acc[d] * scale;
+  }
 }
 
 // Index slots are prefetched this many ids ahead of the row probe, rows this many ahead of
 // their accumulation: two dependent misses per id overlap with the work on earlier ids.
-constexpr int64_t kSlotAhead = 16;
-constexpr int64_t kRowAhead = 8;
+constexpr int64_t kSlotAhead = 32;
+constexpr int64_t kRowAhead = 16;
 
 template <int kDim>
 __attribute__((always_inline)) inline void pool_from_ids(const HashTable& table, int dim_runtime, Pooling pooling,
@@ -191,6 +195,9 @@ void pool_bags(const PreparedGroup& g, const std::byte* const* rows, int64_t bag
   }
 }
 
+// Unique rows this far ahead are prefetched for writing (a whole record: weights, state, meta).
+constexpr int64_t kUpdateAhead = 8;
+
 SC_DISPATCH
 void backward_update(const PreparedGroup& g, const EmbeddingTable& table, std::byte* const* rows,
                      const float* grad, const float* bag_scale, int64_t u_begin, int64_t u_end, int64_t step,
@@ -203,7 +210,7 @@ void backward_update(const PreparedGroup& g, const EmbeddingTable& table, std::b
   const int32_t* bag_of = g.bag_of_position.data();
   const bool sequence = g.pooling == Pooling::kNone;
   for (int64_t u = u_begin; u < u_end; ++u) {
-    if (u + 4 < u_end) prefetch_bytes(rows[u + 4], table.row_bytes(), 1);
+    if (u + kUpdateAhead < u_end) prefetch_bytes(rows[u + kUpdateAhead], table.row_bytes(), 1);
     for (int d = 0; d < dim; ++d) scratch[d] = 0.0f;
     for (int32_t k = occ_off[u]; k < occ_off[u + 1]; ++k) {
       const int32_t pos = occ_pos[k];

@@ -16,17 +16,26 @@
 #include "sparsecore/core/host_device.h"
 #include "sparsecore/optim/optimizer_config.h"
 
+// Host callers are compiled once per ISA (SC_DISPATCH): the rules must be inlined into each
+// clone, or every clone would call the one baseline (SSE2) copy and the update would not use
+// AVX2/AVX-512 at all.
+#if defined(__CUDACC__) || !defined(__GNUC__)
+#define SC_RULE SC_HOST_DEVICE
+#else
+#define SC_RULE SC_HOST_DEVICE __attribute__((always_inline))
+#endif
+
 namespace sparsecore::rules {
 
-SC_HOST_DEVICE float l2_decay(float g, float w, float wd) { return wd != 0.0f ? g + wd * w : g; }
+SC_RULE float l2_decay(float g, float w, float wd) { return wd != 0.0f ? g + wd * w : g; }
 
 // SGD with L2 weight decay: w <- w - lr * (g + wd * w)
-SC_HOST_DEVICE void sgd(float* __restrict__ w, const float* __restrict__ g, int dim, float lr, float wd) {
+SC_RULE void sgd(float* __restrict__ w, const float* __restrict__ g, int dim, float lr, float wd) {
   for (int i = 0; i < dim; ++i) w[i] -= lr * l2_decay(g[i], w[i], wd);
 }
 
 // Momentum: m <- mu*m + g; w <- w - lr*m  (Nesterov: w <- w - lr*(g + mu*m))
-SC_HOST_DEVICE void momentum(float* __restrict__ w, float* __restrict__ m, const float* __restrict__ g,
+SC_RULE void momentum(float* __restrict__ w, float* __restrict__ m, const float* __restrict__ g,
                              int dim, float lr, float mu, bool nesterov, float wd) {
   for (int i = 0; i < dim; ++i) {
     float gi = l2_decay(g[i], w[i], wd);
@@ -37,7 +46,7 @@ SC_HOST_DEVICE void momentum(float* __restrict__ w, float* __restrict__ m, const
 }
 
 // Adagrad: s <- s + g^2; w <- w - lr * g / (sqrt(s) + eps)
-SC_HOST_DEVICE void adagrad(float* __restrict__ w, float* __restrict__ s, const float* __restrict__ g,
+SC_RULE void adagrad(float* __restrict__ w, float* __restrict__ s, const float* __restrict__ g,
                             int dim, float lr, float eps, float wd) {
   for (int i = 0; i < dim; ++i) {
     float gi = l2_decay(g[i], w[i], wd);
@@ -48,7 +57,7 @@ SC_HOST_DEVICE void adagrad(float* __restrict__ w, float* __restrict__ s, const 
 }
 
 // Rowwise Adagrad: one scalar s per row; s <- s + mean(g^2); w <- w - lr * g / (sqrt(s) + eps)
-SC_HOST_DEVICE void rowwise_adagrad(float* __restrict__ w, float* __restrict__ s, const float* __restrict__ g,
+SC_RULE void rowwise_adagrad(float* __restrict__ w, float* __restrict__ s, const float* __restrict__ g,
                                     int dim, float lr, float eps, float wd) {
   float sum_sq = 0.0f;
   for (int i = 0; i < dim; ++i) {
@@ -65,7 +74,7 @@ SC_HOST_DEVICE void rowwise_adagrad(float* __restrict__ w, float* __restrict__ s
 //   decoupled: w <- w * (1 - lr*wd); otherwise g <- g + wd*w
 //   m <- b1 m + (1-b1) g;  v <- b2 v + (1-b2) g^2
 //   w <- w - (lr / (1-b1^t)) * m / (sqrt(v) / sqrt(1-b2^t) + eps)
-SC_HOST_DEVICE void adam(float* __restrict__ w, float* __restrict__ m, float* __restrict__ v,
+SC_RULE void adam(float* __restrict__ w, float* __restrict__ m, float* __restrict__ v,
                          const float* __restrict__ g, int dim, float lr, float b1, float b2, float eps,
                          float wd, bool decoupled, int64_t t) {
   float bc1 = 1.0f - static_cast<float>(std::pow(static_cast<double>(b1), static_cast<double>(t)));
@@ -89,11 +98,11 @@ SC_HOST_DEVICE void adam(float* __restrict__ w, float* __restrict__ m, float* __
 //   n' = n + g^2;  sigma = (n'^(-p) - n^(-p)) / alpha;  z <- z + g - sigma*w;  n <- n'
 //   w = 0 if |z| <= l1 else -(z - sign(z) l1) / ((beta + n^(-p)) / alpha + l2)
 // with p = lr_power (-0.5 gives the paper's square roots).
-SC_HOST_DEVICE float ftrl_pow(float n, float lr_power) {
+SC_RULE float ftrl_pow(float n, float lr_power) {
   return lr_power == -0.5f ? std::sqrt(n) : static_cast<float>(std::pow(n, -lr_power));
 }
 
-SC_HOST_DEVICE void ftrl(float* __restrict__ w, float* __restrict__ z, float* __restrict__ n,
+SC_RULE void ftrl(float* __restrict__ w, float* __restrict__ z, float* __restrict__ n,
                          const float* __restrict__ g, int dim, float alpha, float beta, float l1, float l2,
                          float lr_power, float wd) {
   for (int i = 0; i < dim; ++i) {
@@ -112,7 +121,7 @@ SC_HOST_DEVICE void ftrl(float* __restrict__ w, float* __restrict__ z, float* __
 
 // Group Lasso: the Adagrad step, then the group soft-threshold over the whole row:
 //   w <- w * max(0, 1 - lr * lambda * sqrt(dim) / ||w||)   (a zero row stays zero)
-SC_HOST_DEVICE void group_lasso(float* __restrict__ w, float* __restrict__ s, const float* __restrict__ g,
+SC_RULE void group_lasso(float* __restrict__ w, float* __restrict__ s, const float* __restrict__ g,
                                 int dim, float lr, float eps, float wd, float lambda) {
   adagrad(w, s, g, dim, lr, eps, wd);
   if (lambda == 0.0f) return;
@@ -125,7 +134,7 @@ SC_HOST_DEVICE void group_lasso(float* __restrict__ w, float* __restrict__ s, co
 }
 
 // Dispatch on the table's rule. `t` is only read by Adam.
-SC_HOST_DEVICE void apply(const OptimizerConfig& c, float* __restrict__ w, float* __restrict__ state,
+SC_RULE void apply(const OptimizerConfig& c, float* __restrict__ w, float* __restrict__ state,
                           const float* __restrict__ g, int dim, int64_t t) {
   switch (c.kind) {
     case OptimizerKind::kSGD: sgd(w, g, dim, c.lr, c.weight_decay); break;
@@ -144,7 +153,7 @@ SC_HOST_DEVICE void apply(const OptimizerConfig& c, float* __restrict__ w, float
 
 // Initial optimizer state of a new row: zeros, except the accumulators that start at
 // `initial_accumulator` (Adagrad's s, rowwise Adagrad's s, Group Lasso's s, FTRL's n).
-SC_HOST_DEVICE void init_state(const OptimizerConfig& c, float* state, int dim) {
+SC_RULE void init_state(const OptimizerConfig& c, float* state, int dim) {
   int n = c.state_dim(dim);
   for (int i = 0; i < n; ++i) state[i] = 0.0f;
   switch (c.kind) {

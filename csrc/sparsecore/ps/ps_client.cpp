@@ -1,12 +1,14 @@
 #include "sparsecore/ps/ps_client.h"
 
+#include <cmath>
 #include <cstring>
-#include <unordered_map>
+#include <exception>
+#include <new>
+#include <utility>
 
 #include "sparsecore/core/error.h"
 #include "sparsecore/ps/ps_protocol.h"
 #include "sparsecore/rpc/rpc_error.h"
-#include <cmath>
 
 namespace sparsecore::ps {
 namespace {
@@ -21,28 +23,134 @@ Json parse_reply(const rpc::Response& r) {
   return Json::parse(std::string_view(reinterpret_cast<const char*>(r.data.data()), r.bytes));
 }
 
-// Unique ids in first-seen order and the index of each id among them.
-void dedup(const int64_t* ids, int64_t n, std::vector<int64_t>& unique, std::vector<int32_t>& inverse) {
-  std::unordered_map<int64_t, int32_t> index;
-  index.reserve(static_cast<size_t>(n) * 2);
-  unique.clear();
+const char kZeros[8] = {};
+
+}  // namespace
+
+void ShardedIds::build(const int64_t* ids, int64_t n, int total_shards) {
+  SC_CHECK_ARG(n >= 0 && n < (int64_t{1} << 31), "number of ids must be in [0, 2^31), got ", n);
+  size_t cap = 16;
+  while (cap < static_cast<size_t>(n) * 2) cap <<= 1;
+  const uint64_t mask = cap - 1;
+  slots_.assign(cap, -1);
+  unique.resize(static_cast<size_t>(n));
+  shard_of_.resize(static_cast<size_t>(n));
   inverse.resize(static_cast<size_t>(n));
+  starts.assign(static_cast<size_t>(total_shards) + 1, 0);
+  int32_t* slots = slots_.data();
+  int64_t* uniq = unique.data();
+  int32_t num_unique = 0;
   for (int64_t i = 0; i < n; ++i) {
-    auto [it, fresh] = index.try_emplace(ids[i], static_cast<int32_t>(unique.size()));
-    if (fresh) unique.push_back(ids[i]);
-    inverse[static_cast<size_t>(i)] = it->second;
+    const int64_t key = ids[i];
+    const uint64_t h = key_hash(key);
+    uint64_t slot = h & mask;
+    int32_t u;
+    while ((u = slots[slot]) >= 0 && uniq[u] != key) slot = (slot + 1) & mask;
+    if (u < 0) {  // first sighting
+      u = num_unique++;
+      slots[slot] = u;
+      uniq[u] = key;
+      int g = total_shards == 1 ? 0 : global_shard_of_bucket(static_cast<uint32_t>(h >> (64 - kBucketBits)), total_shards);
+      shard_of_[static_cast<size_t>(u)] = static_cast<uint16_t>(g);
+      ++starts[static_cast<size_t>(g) + 1];
+    }
+    inverse[static_cast<size_t>(i)] = u;
+  }
+  unique.resize(static_cast<size_t>(num_unique));
+  for (int g = 0; g < total_shards; ++g) starts[static_cast<size_t>(g) + 1] += starts[static_cast<size_t>(g)];
+  grouped.clear();
+  position.clear();
+  if (total_shards == 1) return;  // one shard: unique order is the grouped order
+  grouped.resize(unique.size());
+  position.resize(unique.size());
+  std::vector<int64_t> cursor(starts.begin(), starts.end() - 1);
+  for (size_t u = 0; u < unique.size(); ++u) {
+    int64_t at = cursor[shard_of_[u]]++;
+    grouped[static_cast<size_t>(at)] = unique[u];
+    position[u] = static_cast<int32_t>(at);
   }
 }
 
-// Positions of the unique ids grouped by owning shard.
-std::vector<std::vector<int32_t>> route(const std::vector<int64_t>& unique, int total) {
-  std::vector<std::vector<int32_t>> by_shard(static_cast<size_t>(total));
-  for (size_t i = 0; i < unique.size(); ++i)
-    by_shard[static_cast<size_t>(global_shard_of_key(unique[i], total))].push_back(static_cast<int32_t>(i));
-  return by_shard;
+// Buffers of one pull or push, reused between calls (PsClient keeps a free list).
+struct PsClient::CallScratch {
+  ShardedIds ids;
+  PodVector<float> rows;  // (num_unique, dim) in grouped order
+  std::vector<TableHeader> headers;
+};
+
+std::unique_ptr<PsClient::CallScratch> PsClient::take_scratch() {
+  {
+    std::lock_guard<std::mutex> lock(scratch_mutex_);
+    if (!free_scratch_.empty()) {
+      auto s = std::move(free_scratch_.back());
+      free_scratch_.pop_back();
+      return s;
+    }
+  }
+  return std::make_unique<CallScratch>();
 }
 
-}  // namespace
+void PsClient::give_back(std::unique_ptr<CallScratch> scratch) {
+  std::lock_guard<std::mutex> lock(scratch_mutex_);
+  if (free_scratch_.size() < 64) free_scratch_.push_back(std::move(scratch));
+}
+
+PsClient::PendingPull::PendingPull(PendingPull&& other) noexcept
+    : client_(std::exchange(other.client_, nullptr)),
+      scratch_(std::move(other.scratch_)),
+      futures_(std::move(other.futures_)),
+      out_(other.out_),
+      n_(other.n_),
+      dim_(other.dim_),
+      direct_(other.direct_) {}
+
+PsClient::PendingPull& PsClient::PendingPull::operator=(PendingPull&& other) noexcept {
+  if (this != &other) {
+    this->~PendingPull();
+    new (this) PendingPull(std::move(other));
+  }
+  return *this;
+}
+
+PsClient::PendingPull::~PendingPull() {
+  if (!client_) return;
+  try {
+    wait();  // replies may still land in the scratch: never hand it back before they have
+  } catch (...) {
+  }
+}
+
+void PsClient::PendingPull::wait() {
+  SC_CHECK_ARG(client_ != nullptr, "PendingPull::wait on an empty or finished pull");
+  PsClient* client = client_;
+  client_ = nullptr;
+  std::unique_ptr<CallScratch> scratch = std::move(scratch_);
+  std::exception_ptr error;
+  for (size_t g = 0; g < futures_.size(); ++g) {
+    if (!futures_[g].valid()) continue;
+    try {
+      rpc::Response r = futures_[g].get();
+      size_t expect = static_cast<size_t>(scratch->ids.shard_size(static_cast<int>(g))) * dim_ * sizeof(float);
+      SC_CHECK(r.in_caller_buffer && r.bytes == expect, RpcProtocolError, "pull reply of ", r.bytes,
+               " bytes from shard ", g, ", expected ", expect);
+    } catch (...) {
+      if (!error) error = std::current_exception();  // keep reading the other shards' replies
+    }
+  }
+  futures_.clear();
+  if (!error && !direct_) {
+    // Scatter: the row of id i is the grouped row of its unique id.
+    const ShardedIds& ids = scratch->ids;
+    const size_t bytes = dim_ * sizeof(float);
+    for (int64_t i = 0; i < n_; ++i)
+      std::memcpy(out_ + static_cast<size_t>(i) * dim_,
+                  scratch->rows.data() + static_cast<size_t>(ids.row_of(ids.inverse[static_cast<size_t>(i)])) * dim_,
+                  bytes);
+  }
+  client->give_back(std::move(scratch));
+  if (error) std::rethrow_exception(error);
+}
+
 
 PsClient::PsClient(const std::vector<std::string>& addresses, PsClientOptions options) : options_(options) {
   SC_CHECK_ARG(!addresses.empty(), "at least one server address is needed");
@@ -52,6 +160,7 @@ PsClient::PsClient(const std::vector<std::string>& addresses, PsClientOptions op
     co.token = options_.token;
     co.call_timeout_ms = options_.timeout_ms;
     co.connect_timeout_ms = options_.connect_timeout_ms;
+    co.heartbeat_ms = options_.heartbeat_ms;
     auto first = std::make_unique<rpc::RpcClient>(host, port, co);
     Json info = parse_reply(first->call(kInfo, {}));
     int shards = static_cast<int>(info.at("shards").as_int());
@@ -74,6 +183,8 @@ PsClient::PsClient(PsServer& embedded, PsClientOptions options)
     : options_(options), total_shards_(embedded.num_shards()), embedded_(&embedded) {
   SC_CHECK_ARG(embedded.options().num_servers == 1, "an embedded server must be the only server");
 }
+
+PsClient::~PsClient() = default;
 
 void PsClient::create_table(const TableConfig& config, uint64_t seed) {
   config.validate();
@@ -98,83 +209,85 @@ int PsClient::dim(const std::string& table) const {
 }
 
 void PsClient::pull(const std::string& table, const int64_t* ids, int64_t n, bool train, float* out) {
+  pull_async(table, ids, n, train, out).wait();
+}
+
+PsClient::PendingPull PsClient::pull_async(const std::string& table, const int64_t* ids, int64_t n, bool train,
+                                           float* out) {
   SC_CHECK_ARG(n >= 0, "n must be >= 0");
-  const size_t d = static_cast<size_t>(dim(table));
-  std::vector<int64_t> unique;
-  std::vector<int32_t> inverse;
-  dedup(ids, n, unique, inverse);
-  auto by_shard = route(unique, total_shards_);
-  std::vector<std::vector<int64_t>> shard_ids(by_shard.size());
-  std::vector<std::vector<float>> shard_rows(by_shard.size());
-  for (size_t g = 0; g < by_shard.size(); ++g) {
-    shard_ids[g].reserve(by_shard[g].size());
-    for (int32_t i : by_shard[g]) shard_ids[g].push_back(unique[static_cast<size_t>(i)]);
-    shard_rows[g].resize(by_shard[g].size() * d);
+  PendingPull p;
+  p.dim_ = static_cast<size_t>(dim(table));
+  p.out_ = out;
+  p.n_ = n;
+  p.scratch_ = take_scratch();
+  p.client_ = this;
+  CallScratch& s = *p.scratch_;
+  s.ids.build(ids, n, total_shards_);
+  const int64_t num_unique = s.ids.num_unique();
+  // One shard and no duplicates: the unique ids are the caller's ids, in order.
+  p.direct_ = total_shards_ == 1 && num_unique == n;
+  float* rows = out;
+  if (!p.direct_) {
+    s.rows.resize(static_cast<size_t>(num_unique) * p.dim_);
+    rows = s.rows.data();
   }
   if (embedded_) {
     std::lock_guard<std::mutex> lock(embedded_mutex_);
-    for (size_t g = 0; g < by_shard.size(); ++g)
-      if (!shard_ids[g].empty())
-        embedded_->shard(static_cast<int>(g)).pull(table, shard_ids[g].data(), static_cast<int64_t>(shard_ids[g].size()),
-                                                   train, shard_rows[g].data());
-  } else {
-    TableHeader h{};
-    h.name_bytes = static_cast<uint32_t>(table.size());
-    h.flags = train ? kPullTrain : 0;
-    std::vector<TableHeader> headers(by_shard.size(), h);
-    static const char zeros[8] = {};
-    std::vector<rpc::RpcFuture> futures(by_shard.size());
-    for (size_t g = 0; g < by_shard.size(); ++g) {
-      if (shard_ids[g].empty()) continue;
-      headers[g].num_ids = shard_ids[g].size();
-      iovec segs[4] = {{&headers[g], sizeof(TableHeader)},
-                       {const_cast<char*>(table.data()), table.size()},
-                       {const_cast<char*>(zeros), padded8(table.size()) - table.size()},
-                       {shard_ids[g].data(), shard_ids[g].size() * sizeof(int64_t)}};
-      futures[g] = conns_[g]->call_async(kPull, segs, -1, shard_rows[g].data(), shard_rows[g].size() * sizeof(float));
-    }
-    for (size_t g = 0; g < by_shard.size(); ++g) {
-      if (!futures[g].valid()) continue;
-      rpc::Response r = futures[g].get();
-      SC_CHECK(r.in_caller_buffer && r.bytes == shard_rows[g].size() * sizeof(float), RpcProtocolError,
-               "pull reply of ", r.bytes, " bytes from shard ", g, ", expected ", shard_rows[g].size() * sizeof(float));
-    }
+    for (int g = 0; g < total_shards_; ++g)
+      if (s.ids.shard_size(g))
+        embedded_->shard(g).pull(table, s.ids.shard_ids(g), s.ids.shard_size(g), train,
+                                 rows + static_cast<size_t>(s.ids.starts[static_cast<size_t>(g)]) * p.dim_);
+    return p;
   }
-  // Scatter: unique row u lives in shard_rows[g] at its position within the shard's list.
-  std::vector<const float*> row_of(unique.size());
-  for (size_t g = 0; g < by_shard.size(); ++g)
-    for (size_t k = 0; k < by_shard[g].size(); ++k) row_of[static_cast<size_t>(by_shard[g][k])] = shard_rows[g].data() + k * d;
-  for (int64_t i = 0; i < n; ++i)
-    std::memcpy(out + static_cast<size_t>(i) * d, row_of[static_cast<size_t>(inverse[static_cast<size_t>(i)])], d * sizeof(float));
+  TableHeader h{};
+  h.name_bytes = static_cast<uint32_t>(table.size());
+  h.flags = train ? kPullTrain : 0;
+  s.headers.assign(static_cast<size_t>(total_shards_), h);
+  p.futures_.resize(static_cast<size_t>(total_shards_));
+  for (int g = 0; g < total_shards_; ++g) {
+    int64_t count = s.ids.shard_size(g);
+    if (count == 0) continue;
+    s.headers[static_cast<size_t>(g)].num_ids = static_cast<uint64_t>(count);
+    const int64_t* shard_ids = p.direct_ ? ids : s.ids.shard_ids(g);
+    iovec segs[4] = {{&s.headers[static_cast<size_t>(g)], sizeof(TableHeader)},
+                     {const_cast<char*>(table.data()), table.size()},
+                     {const_cast<char*>(kZeros), padded8(table.size()) - table.size()},
+                     {const_cast<int64_t*>(shard_ids), static_cast<size_t>(count) * sizeof(int64_t)}};
+    size_t bytes = static_cast<size_t>(count) * p.dim_ * sizeof(float);
+    p.futures_[static_cast<size_t>(g)] = conns_[static_cast<size_t>(g)]->call_async(
+        kPull, segs, -1, rows + static_cast<size_t>(s.ids.starts[static_cast<size_t>(g)]) * p.dim_, bytes);
+  }
+  return p;
 }
 
 void PsClient::push(const std::string& table, const int64_t* ids, int64_t n, const float* grads, int64_t step) {
+  SC_CHECK_ARG(n >= 0, "n must be >= 0");
   const size_t d = static_cast<size_t>(dim(table));
   for (int64_t i = 0; i < n * static_cast<int64_t>(d); ++i)
     SC_CHECK_ARG(std::isfinite(grads[i]), "gradients of table '", table, "' contain NaN or Inf; nothing was pushed");
-  std::vector<int64_t> unique;
-  std::vector<int32_t> inverse;
-  dedup(ids, n, unique, inverse);
-  std::vector<float> summed(unique.size() * d, 0.f);
-  for (int64_t i = 0; i < n; ++i) {  // position order: a fixed summation order
-    float* dst = summed.data() + static_cast<size_t>(inverse[static_cast<size_t>(i)]) * d;
-    const float* src = grads + static_cast<size_t>(i) * d;
-    for (size_t k = 0; k < d; ++k) dst[k] += src[k];
-  }
-  auto by_shard = route(unique, total_shards_);
-  std::vector<std::vector<int64_t>> shard_ids(by_shard.size());
-  std::vector<std::vector<float>> shard_grads(by_shard.size());
-  for (size_t g = 0; g < by_shard.size(); ++g)
-    for (int32_t i : by_shard[g]) {
-      shard_ids[g].push_back(unique[static_cast<size_t>(i)]);
-      shard_grads[g].insert(shard_grads[g].end(), summed.begin() + static_cast<long>(i * d),
-                            summed.begin() + static_cast<long>((i + 1) * d));
+  std::unique_ptr<CallScratch> scratch = take_scratch();
+  CallScratch& s = *scratch;
+  s.ids.build(ids, n, total_shards_);
+  const int64_t num_unique = s.ids.num_unique();
+  const bool direct = total_shards_ == 1 && num_unique == n;
+  const float* summed = grads;
+  if (!direct) {
+    // Gradients of duplicate ids summed in position order (a fixed order), in grouped rows.
+    s.rows.assign(static_cast<size_t>(num_unique) * d, 0.f);
+    for (int64_t i = 0; i < n; ++i) {
+      float* dst = s.rows.data() + static_cast<size_t>(s.ids.row_of(s.ids.inverse[static_cast<size_t>(i)])) * d;
+      const float* src = grads + static_cast<size_t>(i) * d;
+      for (size_t k = 0; k < d; ++k) dst[k] += src[k];
     }
+    summed = s.rows.data();
+  }
+  auto shard_ids = [&](int g) { return direct ? ids : s.ids.shard_ids(g); };
+  auto shard_grads = [&](int g) { return summed + static_cast<size_t>(s.ids.starts[static_cast<size_t>(g)]) * d; };
   if (embedded_) {
     std::lock_guard<std::mutex> lock(embedded_mutex_);
-    for (size_t g = 0; g < by_shard.size(); ++g)
-      embedded_->shard(static_cast<int>(g)).push(table, shard_ids[g].data(), static_cast<int64_t>(shard_ids[g].size()),
-                                                 shard_grads[g].data(), step, 0, 0);
+    for (int g = 0; g < total_shards_; ++g)
+      embedded_->shard(g).push(table, shard_ids(g), s.ids.shard_size(g), shard_grads(g), step, 0, 0);
+    give_back(std::move(scratch));
     return;
   }
   TableHeader h{};
@@ -182,22 +295,31 @@ void PsClient::push(const std::string& table, const int64_t* ids, int64_t n, con
   h.step = step;
   h.worker = options_.worker;
   h.num_workers = options_.num_workers;
-  std::vector<TableHeader> headers(by_shard.size(), h);
-  static const char zeros[8] = {};
-  std::vector<rpc::RpcFuture> futures(by_shard.size());
-  for (size_t g = 0; g < by_shard.size(); ++g) {
+  s.headers.assign(static_cast<size_t>(total_shards_), h);
+  std::vector<rpc::RpcFuture> futures(static_cast<size_t>(total_shards_));
+  for (int g = 0; g < total_shards_; ++g) {
+    int64_t count = s.ids.shard_size(g);
     // Synchronous mode pushes to every shard, empty or not: each shard counts the workers.
-    if (shard_ids[g].empty() && options_.num_workers == 0) continue;
-    headers[g].num_ids = shard_ids[g].size();
-    iovec segs[5] = {{&headers[g], sizeof(TableHeader)},
+    if (count == 0 && options_.num_workers == 0) continue;
+    s.headers[static_cast<size_t>(g)].num_ids = static_cast<uint64_t>(count);
+    iovec segs[5] = {{&s.headers[static_cast<size_t>(g)], sizeof(TableHeader)},
                      {const_cast<char*>(table.data()), table.size()},
-                     {const_cast<char*>(zeros), padded8(table.size()) - table.size()},
-                     {shard_ids[g].data(), shard_ids[g].size() * sizeof(int64_t)},
-                     {shard_grads[g].data(), shard_grads[g].size() * sizeof(float)}};
-    futures[g] = conns_[g]->call_async(kPush, segs);
+                     {const_cast<char*>(kZeros), padded8(table.size()) - table.size()},
+                     {const_cast<int64_t*>(shard_ids(g)), static_cast<size_t>(count) * sizeof(int64_t)},
+                     {const_cast<float*>(shard_grads(g)), static_cast<size_t>(count) * d * sizeof(float)}};
+    futures[static_cast<size_t>(g)] = conns_[static_cast<size_t>(g)]->call_async(kPush, segs);
   }
-  for (auto& f : futures)
-    if (f.valid()) f.get();
+  std::exception_ptr error;
+  for (auto& f : futures) {
+    if (!f.valid()) continue;
+    try {
+      f.get();
+    } catch (...) {
+      if (!error) error = std::current_exception();
+    }
+  }
+  give_back(std::move(scratch));
+  if (error) std::rethrow_exception(error);
 }
 
 std::vector<Json> PsClient::call_json(uint16_t method, const Json& body, int only) {
@@ -310,10 +432,9 @@ void PsClient::dense_push(const std::string& name, const float* grads, int64_t s
   TableHeader h{};
   h.name_bytes = static_cast<uint32_t>(name.size());
   std::memcpy(&h.flags, &lr, sizeof(lr));
-  static const char zeros[8] = {};
-  iovec segs[4] = {{&h, sizeof(h)},
+    iovec segs[4] = {{&h, sizeof(h)},
                    {const_cast<char*>(name.data()), name.size()},
-                   {const_cast<char*>(zeros), padded8(name.size()) - name.size()},
+                   {const_cast<char*>(kZeros), padded8(name.size()) - name.size()},
                    {const_cast<float*>(grads), static_cast<size_t>(size) * sizeof(float)}};
   conns_[0]->call(kDensePush, segs);
 }

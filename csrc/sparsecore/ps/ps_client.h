@@ -5,6 +5,10 @@
 // change between the two.
 //
 // Thread-safety: calls may come from several threads; embedded calls are serialised.
+//
+// Cost: a pull is one pass of dedup + routing over an open-addressing index kept between
+// calls, one writev per shard and one read into the rows; with one shard and no duplicate
+// ids the ids go out of, and the rows come straight into, the caller's arrays.
 #pragma once
 
 #include <memory>
@@ -13,6 +17,7 @@
 #include <vector>
 
 #include "sparsecore/core/json.h"
+#include "sparsecore/core/pod_vector.h"
 #include "sparsecore/ps/ps_server.h"
 #include "sparsecore/rpc/rpc_client.h"
 
@@ -24,20 +29,67 @@ struct PsClientOptions {
   int connect_timeout_ms = 5000;
   uint32_t worker = 0;
   uint32_t num_workers = 0;  // > 0: synchronous training with this many workers
+  int heartbeat_ms = 0;      // see rpc::ClientOptions::heartbeat_ms (0: off)
+};
+
+// Ids of one call deduplicated (first-seen order) and grouped by owning shard (stable).
+struct ShardedIds {
+  PodVector<int64_t> unique;    // (num_unique)
+  PodVector<int32_t> inverse;   // (n) index into unique
+  PodVector<int64_t> grouped;   // (num_unique) unique ids ordered by shard; empty with one shard
+  PodVector<int32_t> position;  // (num_unique) index of unique[u] in grouped
+  std::vector<int64_t> starts;  // (total_shards + 1) shard g owns grouped[starts[g], starts[g+1])
+
+  void build(const int64_t* ids, int64_t n, int total_shards);
+  int64_t num_unique() const { return static_cast<int64_t>(unique.size()); }
+  const int64_t* shard_ids(int g) const { return (grouped.empty() ? unique.data() : grouped.data()) + starts[g]; }
+  int64_t shard_size(int g) const { return starts[g + 1] - starts[g]; }
+  // Index of unique id u among the grouped rows.
+  int32_t row_of(int32_t u) const { return grouped.empty() ? u : position[u]; }
+
+ private:
+  PodVector<int32_t> slots_;     // index into unique, -1 empty (power-of-two size >= 2n)
+  PodVector<uint16_t> shard_of_;  // (num_unique)
 };
 
 class PsClient {
  public:
+  struct CallScratch;
+  // A pull in flight (pull_async): wait() fills `out` or throws. Destroying it waits too.
+  class PendingPull {
+   public:
+    PendingPull() = default;
+    PendingPull(PendingPull&&) noexcept;
+    PendingPull& operator=(PendingPull&&) noexcept;
+    ~PendingPull();
+    void wait();
+    bool valid() const { return client_ != nullptr; }
+
+   private:
+    friend class PsClient;
+    PsClient* client_ = nullptr;
+    std::unique_ptr<CallScratch> scratch_;
+    std::vector<rpc::RpcFuture> futures_;
+    float* out_ = nullptr;
+    int64_t n_ = 0;
+    size_t dim_ = 0;
+    bool direct_ = false;  // rows arrive in `out` itself
+  };
+
   // Remote: "host:port" of every server, in server-index order.
   PsClient(const std::vector<std::string>& addresses, PsClientOptions options);
   // Embedded: the shards of a PsServer that is not listening.
   PsClient(PsServer& embedded, PsClientOptions options);
+  ~PsClient();
 
   int total_shards() const { return total_shards_; }
   void create_table(const TableConfig& config, uint64_t seed);
   int dim(const std::string& table) const;
   // ids (n) any values, duplicates allowed; out (n, dim).
   void pull(const std::string& table, const int64_t* ids, int64_t n, bool train, float* out);
+  // The same, returning once the requests are sent: `ids` may be reused at once, `out` must
+  // stay alive until wait(). Many pulls may be in flight on one client.
+  PendingPull pull_async(const std::string& table, const int64_t* ids, int64_t n, bool train, float* out);
   // ids (n) with grads (n, dim); duplicate ids have their gradients summed in position order.
   void push(const std::string& table, const int64_t* ids, int64_t n, const float* grads, int64_t step);
   // Writes <root>/step-<step> on every shard; returns that directory.
@@ -53,7 +105,12 @@ class PsClient {
  private:
   // Sends `method` with a JSON payload to every shard (or shard `only`) and returns replies.
   std::vector<Json> call_json(uint16_t method, const Json& body, int only = -1);
+  std::unique_ptr<CallScratch> take_scratch();
+  void give_back(std::unique_ptr<CallScratch> scratch);
+
   PsClientOptions options_;
+  std::mutex scratch_mutex_;
+  std::vector<std::unique_ptr<CallScratch>> free_scratch_;  // reused between calls
   int total_shards_ = 0;
   std::vector<std::unique_ptr<rpc::RpcClient>> conns_;  // by global shard (remote)
   PsServer* embedded_ = nullptr;

@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "sparsecore/core/error.h"
+#include "sparsecore/core/pod_vector.h"
 #include "sparsecore/ps/ps_protocol.h"
 #include "sparsecore/rpc/reactor.h"
 
@@ -37,6 +38,17 @@ TableRequest parse_table_request(const rpc::Request& r, int64_t max_ids) {
   t.arrays = r.payload.data() + name_end;
   t.array_bytes = r.payload.size() - name_end;
   return t;
+}
+
+// `count` values of T at `bytes`: in place when suitably aligned, else copied into `copy`.
+// Frames lie back to back in the connection's read buffer, so a payload after one whose
+// length is not a multiple of 8 starts misaligned; reading it through a T* would be UB.
+template <typename T>
+const T* aligned_view(const std::byte* bytes, size_t count, PodVector<T>& copy) {
+  if (reinterpret_cast<uintptr_t>(bytes) % alignof(T) == 0) return reinterpret_cast<const T*>(bytes);
+  copy.resize(count);
+  std::memcpy(copy.data(), bytes, count * sizeof(T));
+  return copy.data();
 }
 
 }  // namespace
@@ -96,9 +108,9 @@ void PsServer::register_methods() {
     PsShard& s = shard(r.reactor);
     int dim = s.dim(t.name);
     float* out = reply.resize_as<float>(t.h.num_ids * static_cast<size_t>(dim));
-    std::vector<int64_t> ids(t.h.num_ids);  // aligned copy: the payload offset is only 8-aligned by convention
-    std::memcpy(ids.data(), t.arrays, t.array_bytes);
-    s.pull(t.name, ids.data(), static_cast<int64_t>(t.h.num_ids), t.h.flags & kPullTrain, out);
+    PodVector<int64_t> copy;
+    const int64_t* ids = aligned_view<int64_t>(t.arrays, t.h.num_ids, copy);
+    s.pull(t.name, ids, static_cast<int64_t>(t.h.num_ids), t.h.flags & kPullTrain, out);
   });
   srv.register_method(kPush, [this, max_ids](const rpc::Request& r, rpc::Reply& reply) {
     TableRequest t = parse_table_request(r, max_ids);
@@ -107,8 +119,10 @@ void PsServer::register_methods() {
     size_t dim = static_cast<size_t>(s.dim(t.name));
     SC_CHECK_ARG(t.array_bytes == n * (sizeof(int64_t) + dim * sizeof(float)), "push of ", n, " ids of dim ", dim,
                  " carries ", t.array_bytes, " bytes");
-    const auto* ids = reinterpret_cast<const int64_t*>(t.arrays);
-    const auto* grads = reinterpret_cast<const float*>(t.arrays + n * sizeof(int64_t));
+    PodVector<int64_t> id_copy;
+    PodVector<float> grad_copy;
+    const int64_t* ids = aligned_view<int64_t>(t.arrays, n, id_copy);
+    const float* grads = aligned_view<float>(t.arrays + n * sizeof(int64_t), n * dim, grad_copy);
     bool complete = s.push(t.name, ids, static_cast<int64_t>(n), grads, t.h.step, t.h.worker, t.h.num_workers);
     ReactorState& st = reactor_state_[static_cast<size_t>(r.reactor)];
     if (!complete) {
@@ -167,9 +181,9 @@ void PsServer::register_methods() {
     float lr;
     std::memcpy(&lr, &t.h.flags, sizeof(lr));
     SC_CHECK_ARG(t.array_bytes % sizeof(float) == 0, "dense gradient bytes not a multiple of 4");
-    std::vector<float> g(t.array_bytes / sizeof(float));
-    std::memcpy(g.data(), t.arrays, t.array_bytes);
-    shard(r.reactor).dense_push(t.name, g.data(), static_cast<int64_t>(g.size()), lr);
+    PodVector<float> copy;
+    const size_t count = t.array_bytes / sizeof(float);
+    shard(r.reactor).dense_push(t.name, aligned_view<float>(t.arrays, count, copy), static_cast<int64_t>(count), lr);
   });
 }
 

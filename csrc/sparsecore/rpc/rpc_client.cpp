@@ -2,8 +2,10 @@
 
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 
 #include <cerrno>
+#include <algorithm>
 #include <climits>
 #include <cstring>
 #include <vector>
@@ -43,7 +45,11 @@ RpcClient::RpcClient(const std::string& host, int port, ClientOptions options)
     : peer_(host + ":" + std::to_string(port)), reader_(options.max_frame_bytes) {
   SC_CHECK_ARG(options.reactor >= 0, "reactor must be >= 0, got ", options.reactor);
   SC_CHECK_ARG(options.call_timeout_ms >= 0, "call_timeout_ms must be >= 0, got ", options.call_timeout_ms);
+  SC_CHECK_ARG(options.heartbeat_ms >= 0, "heartbeat_ms must be >= 0, got ", options.heartbeat_ms);
   default_timeout_ms_ = options.call_timeout_ms;
+  heartbeat_ms_ = options.heartbeat_ms;
+  last_received_ = Clock::now();
+  max_frame_bytes_ = options.max_frame_bytes;
   socket_ = connect_tcp(host, port, options.connect_timeout_ms);
   handshake(options);
 }
@@ -252,7 +258,7 @@ Response RpcClient::wait(detail::CallState& state) {
       reading_ = true;
       lock.unlock();
       try {
-        read_round(state.deadline);
+        read_round(heartbeat(state.deadline));
       } catch (...) {
         lock.lock();
         reading_ = false;
@@ -274,12 +280,42 @@ Response RpcClient::wait(detail::CallState& state) {
   return std::move(state.response);
 }
 
+// Liveness of a connected peer (heartbeat_ms > 0), checked by the reading thread: after
+// heartbeat_ms without a byte from the server a ping goes out; if another heartbeat_ms passes
+// with nothing at all, the server is taken for dead (stopped, hung, or cut off without a
+// FIN) and every call fails with RpcConnectionError instead of waiting for ever.
+// Returns how long the next read may wait.
+Clock::time_point RpcClient::heartbeat(Clock::time_point deadline) {
+  if (heartbeat_ms_ <= 0) return deadline;
+  const auto period = std::chrono::milliseconds(heartbeat_ms_);
+  Clock::time_point now = Clock::now();
+  if (ping_sent_ != Clock::time_point{} && now - ping_sent_ >= period) {
+    std::string reason = "no reply from " + peer_ + " to a heartbeat within " + std::to_string(heartbeat_ms_) +
+                         " ms (silent for " +
+                         std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(now - last_received_).count()) +
+                         " ms): the server is not responding";
+    std::lock_guard<std::mutex> lock(mu_);
+    fail_all(reason);
+    throw RpcConnectionError(reason);
+  }
+  if (ping_sent_ == Clock::time_point{} && now - last_received_ >= period) {
+    FrameHeader h;
+    h.method = kMethodPing;
+    h.request_id = next_id_.fetch_add(1, std::memory_order_relaxed);  // no one waits: its reply is dropped
+    send_frame(h, {});
+    ping_sent_ = now;
+  }
+  Clock::time_point check = (ping_sent_ == Clock::time_point{} ? last_received_ : ping_sent_) + period;
+  return std::min(deadline, check);
+}
+
 void RpcClient::recv_exact(std::byte* dst, size_t bytes) {
   while (bytes > 0) {
     ssize_t r = ::recv(socket_.fd(), dst, bytes, 0);
     if (r > 0) {
       dst += r;
       bytes -= static_cast<size_t>(r);
+      received();
       continue;
     }
     if (r < 0 && errno == EINTR) continue;
@@ -316,19 +352,82 @@ void RpcClient::deliver(const FrameHeader& h, const std::byte* payload) {
   cv_.notify_all();
 }
 
+// One call in flight whose reply goes to the caller's memory (a pull): one readv puts the
+// header aside and the payload straight into place, with no copy through the read buffer.
+// Anything else that arrives (a stale reply of an abandoned call, an error) is moved into
+// the frame reader and parsed as usual.
+RpcClient::DirectRead RpcClient::read_direct() {
+  std::shared_ptr<detail::CallState> target;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (pending_.size() != 1) return DirectRead::kNotApplicable;
+    const auto& s = pending_.begin()->second;
+    if (!s->recv_into || s->recv_capacity == 0 || s->claimed) return DirectRead::kNotApplicable;
+    target = s;
+    target->claimed = true;
+  }
+  auto release = [&] {
+    std::lock_guard<std::mutex> lock(mu_);
+    target->claimed = false;
+  };
+  FrameHeader h;
+  iovec iov[2] = {{&h, kFrameHeaderBytes}, {target->recv_into, target->recv_capacity}};
+  ssize_t r = ::readv(socket_.fd(), iov, 2);
+  if (r <= 0) {
+    release();
+    if (r == 0) throw RpcConnectionError("connection closed by the server");
+    if (errno == EAGAIN || errno == EINTR) return DirectRead::kDone;
+    throw RpcConnectionError(std::strerror(errno));
+  }
+  const size_t got = static_cast<size_t>(r);
+  received();
+  if (got >= kFrameHeaderBytes) {
+    const size_t in_place = got - kFrameHeaderBytes;
+    if (check_header(h, max_frame_bytes_) == HeaderCheck::kOk && h.request_id == target->id && h.status == 0 &&
+        h.payload_bytes <= target->recv_capacity && in_place <= h.payload_bytes) {
+      try {
+        recv_exact(target->recv_into + in_place, static_cast<size_t>(h.payload_bytes) - in_place);
+      } catch (...) {
+        release();
+        throw;
+      }
+      std::lock_guard<std::mutex> lock(mu_);
+      target->claimed = false;
+      target->response.bytes = static_cast<size_t>(h.payload_bytes);
+      target->response.in_caller_buffer = true;
+      target->status = Status::kOk;
+      target->done = true;
+      pending_.erase(target->id);
+      cv_.notify_all();
+      return DirectRead::kDone;
+    }
+  }
+  std::byte* dst = reader_.write_ptr(got);
+  std::memcpy(dst, &h, std::min(got, kFrameHeaderBytes));
+  if (got > kFrameHeaderBytes) std::memcpy(dst + kFrameHeaderBytes, target->recv_into, got - kFrameHeaderBytes);
+  reader_.commit(got);
+  release();
+  return DirectRead::kBuffered;
+}
+
 void RpcClient::read_round(Clock::time_point deadline) {
   try {
     pollfd pfd{socket_.fd(), POLLIN, 0};
     int n = ::poll(&pfd, 1, ms_until(deadline));
     if (n <= 0) return;  // deadline (or EINTR): the caller re-checks
-    std::byte* dst = reader_.write_ptr(kReadChunk);
-    ssize_t r = ::recv(socket_.fd(), dst, reader_.write_room(), 0);
-    if (r == 0) throw RpcConnectionError("connection closed by the server");
-    if (r < 0) {
-      if (errno == EAGAIN || errno == EINTR) return;
-      throw RpcConnectionError(std::strerror(errno));
+    DirectRead direct = reader_.buffered() == 0 ? read_direct() : DirectRead::kNotApplicable;
+    if (direct == DirectRead::kDone) return;
+    if (direct == DirectRead::kNotApplicable) {
+      std::byte* dst = reader_.write_ptr(kReadChunk);
+      ssize_t r = ::recv(socket_.fd(), dst, reader_.write_room(), 0);
+      if (r == 0) throw RpcConnectionError("connection closed by the server");
+      if (r < 0) {
+        if (errno == EAGAIN || errno == EINTR) return;
+        throw RpcConnectionError(std::strerror(errno));
+      }
+      received();
+      reader_.commit(static_cast<size_t>(r));
     }
-    reader_.commit(static_cast<size_t>(r));
     for (;;) {
       FrameHeader h;
       size_t available = 0;

@@ -37,6 +37,10 @@ struct ClientOptions {
   int reactor = 0;                 // which server reactor serves this connection
   int connect_timeout_ms = 5000;
   int call_timeout_ms = 0;         // default deadline of a call (0: none)
+  // > 0: a waiting caller pings a server silent this long and gives the connection up
+  // (RpcConnectionError) when the server stays silent as long again. It must exceed the
+  // longest handler (a reactor busy in one answers no ping). 0: off.
+  int heartbeat_ms = 0;
   uint64_t max_frame_bytes = 1ull << 32;
 };
 
@@ -112,6 +116,13 @@ class RpcClient {
   // One round of reading: waits up to `deadline` for bytes, hands out complete replies.
   void read_round(Clock::time_point deadline);
   void deliver(const FrameHeader& h, const std::byte* payload);
+  Clock::time_point heartbeat(Clock::time_point deadline);
+  void received() {
+    last_received_ = Clock::now();
+    ping_sent_ = {};
+  }
+  enum class DirectRead { kNotApplicable, kDone, kBuffered };
+  DirectRead read_direct();
   void recv_exact(std::byte* dst, size_t bytes);
   void send_frame(const FrameHeader& h, std::span<const iovec> payload);
   void fail_all(const std::string& reason);  // caller holds mu_
@@ -122,6 +133,11 @@ class RpcClient {
   FrameReader reader_;
   int num_reactors_ = 1;
   int default_timeout_ms_ = 0;
+  uint64_t max_frame_bytes_ = 0;
+  int heartbeat_ms_ = 0;
+  // Touched only by the thread that holds the reader role (reading_).
+  Clock::time_point last_received_;
+  Clock::time_point ping_sent_;  // {}: no ping outstanding
   std::atomic<uint64_t> next_id_{1};
 
   mutable std::mutex mu_;  // pending_, reading_, broken_, call states

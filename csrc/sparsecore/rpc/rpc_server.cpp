@@ -13,6 +13,7 @@
 
 #include "sparsecore/core/error.h"
 #include "sparsecore/core/file.h"
+#include "sparsecore/core/thread_pool.h"
 #include "sparsecore/rpc/hmac_sha256.h"
 #include "sparsecore/rpc/reactor.h"
 #include "sparsecore/rpc/rpc_error.h"
@@ -86,6 +87,8 @@ void Reactor::register_fd(Connection& c) {
 
 void Reactor::run() {
   t_current_reactor = index_;
+  // A reactor is the unit of parallelism of a server (one per core): handlers run inline.
+  InlineParallelScope inline_parallel;
   if (listener_.valid()) {
     epoll_event ev{};
     ev.events = EPOLLIN;
@@ -222,6 +225,8 @@ void Reactor::read_and_dispatch(Connection& c) {
   }
 }
 
+constexpr size_t kEagerFlushBytes = 16 * 1024;
+
 void Reactor::dispatch_frames(Connection& c, Clock::time_point arrival) {
   FrameHeader h;
   const std::byte* payload = nullptr;
@@ -239,6 +244,13 @@ void Reactor::dispatch_frames(Connection& c, Clock::time_point arrival) {
     }
     dispatch(c, h, {payload, static_cast<size_t>(h.payload_bytes)}, arrival);
     if (c.out_bytes > server_.options_.connection_memory_bytes) c.read_paused = true;
+    // Large replies leave as soon as they are made, so that with many requests in flight the
+    // client works on the first replies while later requests are served; small replies are
+    // gathered into one writev after the batch.
+    if (c.out_bytes >= kEagerFlushBytes) {
+      flush(c);
+      if (c.socket.fd() < 0) return;
+    }
   }
 }
 
@@ -280,6 +292,7 @@ void Reactor::dispatch(Connection& c, const FrameHeader& h, std::span<const std:
     }
   }
   Reply reply;
+  reply.body = take_body();
   reply.token_ = DeferredReply{c.id, h.request_id, h.method};
   try {
     handlers[h.method](req, reply);
@@ -405,6 +418,7 @@ void Reactor::flush(Connection& c) {
       if (written >= left) {
         written -= left;
         c.front_sent = 0;
+        recycle(std::move(f.body));
         c.out.pop_front();
       } else {
         c.front_sent += written;
@@ -414,6 +428,20 @@ void Reactor::flush(Connection& c) {
   }
   if (c.read_paused && c.out_bytes <= server_.options_.connection_memory_bytes / 2) c.read_paused = false;
   if (c.closing && c.out.empty()) close_connection(c);
+}
+
+PodVector<std::byte> Reactor::take_body() {
+  if (spare_bodies_.empty()) return {};
+  PodVector<std::byte> body = std::move(spare_bodies_.back());
+  spare_bodies_.pop_back();
+  body.clear();  // keeps its capacity
+  return body;
+}
+
+void Reactor::recycle(PodVector<std::byte>&& body) {
+  constexpr size_t kMinKept = 4 << 10, kMaxKept = 16 << 20, kMaxSpare = 32;
+  if (body.capacity() >= kMinKept && body.capacity() <= kMaxKept && spare_bodies_.size() < kMaxSpare)
+    spare_bodies_.push_back(std::move(body));
 }
 
 void Reactor::close_connection(Connection& c) {

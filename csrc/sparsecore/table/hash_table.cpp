@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 #include <mutex>
+#include <utility>
 
 #include "sparsecore/core/error.h"
 #include "sparsecore/core/thread_pool.h"
@@ -14,10 +15,12 @@ constexpr size_t kMinCapacity = 16;
 
 }  // namespace
 
-HashTable::Shard::Shard(size_t row_bytes) : arena_(row_bytes) { grow(kMinCapacity); }
+HashTable::Shard::Shard(size_t row_bytes, std::shared_ptr<ChunkPool> pool) : arena_(row_bytes, std::move(pool)) {
+  grow(kMinCapacity);
+}
 
 void HashTable::Shard::grow(size_t new_capacity) {
-  std::vector<Slot> old(new_capacity, Slot{kEmptyKey, kNoRow});
+  std::vector<Slot, HugePageAllocator<Slot>> old(new_capacity, Slot{kEmptyKey, kNoRow});
   SC_CHECK(new_capacity < (uint64_t{1} << 32), Error, "hash index of one shard is full (2^32 slots)");
   old.swap(slots_);
   capacity_ = new_capacity;
@@ -135,8 +138,10 @@ size_t HashTable::Shard::memory_bytes() const {
 HashTable::HashTable(size_t row_bytes, int shard_bits) : row_bytes_(row_bytes), shard_bits_(shard_bits) {
   SC_CHECK_ARG(shard_bits >= 0 && shard_bits <= kMaxShardBits, "shard_bits must be in [0, ", kMaxShardBits,
                "], got ", shard_bits);
+  SC_CHECK_ARG(row_bytes > 0, "row size must be positive");
+  pool_ = std::make_shared<ChunkPool>(RowArena::kChunkRows * row_bytes);
   shards_.reserve(size_t{1} << shard_bits);
-  for (int s = 0; s < (1 << shard_bits); ++s) shards_.push_back(std::make_unique<Shard>(row_bytes));
+  for (int s = 0; s < (1 << shard_bits); ++s) shards_.push_back(std::make_unique<Shard>(row_bytes, pool_));
 }
 
 void HashTable::group_by_shard(const int64_t* keys, int64_t n, std::vector<int64_t>& perm,

@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "sparsecore/core/hash.h"
+#include "sparsecore/table/huge_pages.h"
 #include "sparsecore/table/row_arena.h"
 
 namespace sparsecore {
@@ -44,7 +45,8 @@ class HashTable {
 
   class Shard {
    public:
-    explicit Shard(size_t row_bytes);
+    // pool: row chunks, shared by the shards of one table.
+    Shard(size_t row_bytes, std::shared_ptr<ChunkPool> pool);
 
     // All of these require the caller to hold `mutex` (shared for find, unique otherwise).
     // Inline: the hot loops of evaluation pooling probe one key at a time.
@@ -93,7 +95,8 @@ class HashTable {
       int64_t key;
       uint32_t row;
     };
-    std::vector<Slot> slots_;
+    // Past 2 MiB the index lives on huge pages too (its probes are as random as the rows').
+    std::vector<Slot, HugePageAllocator<Slot>> slots_;
     size_t size_ = 0;  // including the out-of-band key
     uint64_t capacity_ = 0;  // slots_.size(), < 2^32
     uint32_t special_row_ = kNoRow;
@@ -149,6 +152,7 @@ class HashTable {
 
   size_t row_bytes_;
   int shard_bits_;
+  std::shared_ptr<ChunkPool> pool_;
   std::vector<std::unique_ptr<Shard>> shards_;
 };
 

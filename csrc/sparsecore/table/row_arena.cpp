@@ -1,13 +1,14 @@
 #include "sparsecore/table/row_arena.h"
 
-#include <new>
+#include <utility>
 
 #include "sparsecore/core/error.h"
 
 namespace sparsecore {
 
-RowArena::RowArena(size_t row_bytes) : row_bytes_(row_bytes) {
+RowArena::RowArena(size_t row_bytes, std::shared_ptr<ChunkPool> pool) : row_bytes_(row_bytes), pool_(std::move(pool)) {
   SC_CHECK_ARG(row_bytes > 0, "row size must be positive");
+  SC_CHECK_ARG(pool_ && pool_->chunk_bytes() >= kChunkRows * row_bytes, "row arena: chunk pool chunks are too small");
 }
 
 uint32_t RowArena::allocate() {
@@ -18,15 +19,14 @@ uint32_t RowArena::allocate() {
   }
   if ((next_id_ & (kChunkRows - 1)) == 0) {
     SC_CHECK(next_id_ < UINT32_MAX - kChunkRows, Error, "row arena full (2^32 rows in one shard)");
-    size_t bytes = (kChunkRows * row_bytes_ + 63) & ~size_t{63};
-    void* p = std::aligned_alloc(64, bytes);
-    if (!p) throw std::bad_alloc();
-    chunks_.emplace_back(static_cast<std::byte*>(p));
+    chunks_.reserve(chunks_.size() + 1);
+    chunks_.push_back(pool_->allocate());
   }
   return next_id_++;
 }
 
 void RowArena::clear() {
+  for (std::byte* c : chunks_) pool_->release(c);
   chunks_.clear();
   free_ids_.clear();
   free_ids_.shrink_to_fit();
