@@ -1,23 +1,54 @@
 #!/usr/bin/env bash
-# On a machine with an NVIDIA GPU: build with the CUDA kernels, run the CUDA tests on the
-# device (and the emulated ones), compute-sanitizer memcheck/racecheck when installed, then
-# the roofline benchmark. Usage: bench/gpu_check.sh [build dir]   (prints a JSON result last)
-set -euo pipefail
+# One command on a machine with an NVIDIA GPU: build with the CUDA kernels (warnings as
+# errors, ptxas report checked), run the CUDA tests on the device and under emulation (C++
+# and Python), compute-sanitizer memcheck and racecheck on the device tests when installed,
+# the CUDA benchmarks side by side with torch, then the roofline benchmark (JSON).
+# Every stage has its own time limit so the whole run fits in 10 minutes; a summary of the
+# stages' exit codes comes last, and the script exits non-zero if any stage failed.
+# Usage: bench/gpu_check.sh [build dir]
+set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${1:-$root/build/gpu}
+out=${OUT:-$build/gpu_check}
+mkdir -p "$out"
+export PYTHONPATH="$root/python"
+summary=()
+failed=0
+
+stage() {  # stage NAME SECONDS COMMAND...
+  local name=$1 limit=$2
+  shift 2
+  local t0=$SECONDS
+  echo "=== $name (limit ${limit}s)"
+  timeout --kill-after=10 "$limit" "$@"
+  local rc=$?
+  summary+=("$name: rc=$rc in $((SECONDS - t0))s")
+  [ $rc -eq 0 ] || failed=1
+  return $rc
+}
+
 nvidia-smi -L || { echo "gpu_check: no GPU visible (nvidia-smi failed)"; exit 1; }
-cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DSPARSECORE_CUDA=ON -DSPARSECORE_PYTHON=ON \
-  -DSPARSECORE_TESTS=ON -Dpybind11_DIR="$(python3 -m pybind11 --cmakedir)"
-cmake --build "$build" -j "$(nproc)"
+stage configure 120 cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DSPARSECORE_CUDA=ON \
+  -DSPARSECORE_PYTHON=ON -DSPARSECORE_TESTS=ON -Dpybind11_DIR="$(python3 -m pybind11 --cmakedir)" || exit 1
+stage build 300 cmake --build "$build" -j "$(nproc)" || { printf '%s\n' "${summary[@]}"; exit 1; }
 for f in "$build"/_core*.so "$build"/libsparsecore.so*; do ln -sf "$f" "$root/python/sparsecore/$(basename "$f")"; done
-ctest --test-dir "$build" -R '^cuda\.' --output-on-failure
-PYTHONPATH="$root/python" python3 -m pytest "$root/tests/test_cuda.py" -q -rs
+
+stage ctest-cuda 120 ctest --test-dir "$build" -R '^cuda\.' --output-on-failure -j 4
+stage pytest-cuda 120 python3 -m pytest "$root"/tests/test_cuda*.py -q -rs
 if command -v compute-sanitizer >/dev/null; then
   for tool in memcheck racecheck; do
-    compute-sanitizer --tool "$tool" --error-exitcode 1 "$build/csrc/cuda/tests/sparsecore_cuda_tests" \
-      --gtest_filter='*device*'
+    stage "sanitizer-$tool" 90 compute-sanitizer --tool "$tool" --error-exitcode 1 \
+      "$build/csrc/cuda/tests/sparsecore_cuda_tests" --gtest_filter='*device*'
   done
 else
-  echo "gpu_check: compute-sanitizer not found; memcheck/racecheck skipped"
+  summary+=("compute-sanitizer: not found, memcheck/racecheck skipped")
 fi
-PYTHONPATH="$root/python" python3 "$root/bench/cuda_roofline.py"
+stage bench-cuda 90 python3 -m pytest "$root/bench/test_bench_cuda.py" -q --benchmark-min-rounds=5 \
+  --benchmark-max-time=0.5 --benchmark-json="$out/bench_cuda.json"
+[ -f "$out/bench_cuda.json" ] && python3 "$root/bench/report.py" "$out/bench_cuda.json" || true
+stage roofline 150 bash -c "python3 '$root/bench/cuda_roofline.py' > '$out/roofline.json'"
+cat "$out/roofline.json" 2>/dev/null
+
+echo "=== summary"
+printf '%s\n' "${summary[@]}"
+exit $failed

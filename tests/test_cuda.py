@@ -201,7 +201,7 @@ def test_vector_loads_for_dims_that_allow_them(emulate, storage):
 
 @pytest.mark.parametrize("emulate", BACKENDS)
 def test_hot_ids_and_many_unique_ids_sum_in_position_order(emulate):
-    # One id fills a third of the batch, and more than 256 unique ids take two radix passes
+    # One id fills a third of the batch, and more than 256 unique ids take three radix passes
     # when occurrence lists are sorted. The gradient sums must follow positions: against a
     # float32 reference in that order they agree bit for bit under emulation (no FMA there).
     rng = np.random.default_rng()
@@ -231,3 +231,13 @@ def test_hot_ids_and_many_unique_ids_sum_in_position_order(emulate):
         np.testing.assert_array_equal(after["weights"], want)
     else:
         np.testing.assert_allclose(after["weights"], want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("storage, weight_bytes", [("fp32", 4), ("fp16", 2)])
+def test_memory_accounting_follows_storage_and_capacity(storage, weight_bytes):
+    dev = sc_cuda.DeviceEmbeddingCollection({"t": sc.TableConfig(dim=6, optimizer=sc.Adagrad())}, 1,
+                                            storage=storage, emulate=True)
+    per_row = 6 * weight_bytes + 6 * 4 + 4 + 8 + 8  # weights, Adagrad state, count, last step, key
+    assert dev.bytes_per_row("t") == per_row
+    dev.lookup("t", np.arange(1000, dtype=np.int64), insert=True)
+    assert dev.memory_bytes() == (dev.table_capacity("t") + 2) * per_row

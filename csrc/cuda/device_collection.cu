@@ -492,9 +492,10 @@ class Collection final : public DeviceCollectionImpl {
     SC_CHECK_LAUNCH();
   }
 
-  // Exclusive scan of in (n, device) into out (n, device); returns the total.
-  int64_t exclusive_scan(const int* in, int* out, int64_t n) {
-    if (n == 0) return 0;
+  // Exclusive scan of in (n, device) into out (n, device). Stays on the device (no
+  // synchronisation); exclusive_scan_total also reads the total back.
+  void exclusive_scan(const int* in, int* out, int64_t n) {
+    if (n == 0) return;
     const int threads = limits_.block_threads;
     const int64_t tile = int64_t{threads} * kScanItemsPerThread;
     const int64_t tiles = (n + tile - 1) / tile;
@@ -508,6 +509,11 @@ class Collection final : public DeviceCollectionImpl {
       SC_LAUNCH(grid(n), block(), 0, nullptr, add_tile_offsets_kernel)(out, tile_offsets.data(), n, tile);
       SC_CHECK_LAUNCH();
     }
+  }
+
+  int64_t exclusive_scan_total(const int* in, int* out, int64_t n) {
+    if (n == 0) return 0;
+    exclusive_scan(in, out, n);
     int last_in = 0, last_out = 0;
     copy_bytes(&last_in, in + n - 1, sizeof(int), Copy::kDeviceToHost);
     copy_bytes(&last_out, out + n - 1, sizeof(int), Copy::kDeviceToHost);
@@ -529,7 +535,7 @@ class Collection final : public DeviceCollectionImpl {
     SC_CHECK_LAUNCH();
     SC_LAUNCH(grid(n), block(), 0, nullptr, mark_first_kernel)(set_pos.data(), slot_of.data(), n, is_first.data());
     SC_CHECK_LAUNCH();
-    const int64_t u = exclusive_scan(is_first.data(), unique_index.data(), n);
+    const int64_t u = exclusive_scan_total(is_first.data(), unique_index.data(), n);
     unique_keys.resize(u);
     SC_LAUNCH(grid(n), block(), 0, nullptr, dedup_finish_kernel)(ids, set_pos.data(), slot_of.data(),
                                                                  unique_index.data(), n, unique_keys.data(), inverse.data());
@@ -566,9 +572,8 @@ class Collection final : public DeviceCollectionImpl {
     int bits = 0;
     while (bits < 31 && (int64_t{1} << bits) < num_keys) ++bits;
     const int passes = std::max(1, (bits + kRadixBits - 1) / kRadixBits);
-    const int64_t tiles = (n + kRadixTileItems - 1) / kRadixTileItems;
-    const size_t shared = radix_shared_bytes(limits_.block_threads);
-    DeviceBuffer<int> hist(kRadixBins * tiles), offsets(kRadixBins * tiles);
+    const int64_t chunks = (n + kRadixChunk - 1) / kRadixChunk;
+    DeviceBuffer<int> hist(kRadixBins * chunks), offsets(kRadixBins * chunks);
     DeviceBuffer<int> keys_a, keys_b, values_a, values_b;
     if (passes > 1) {
       for (DeviceBuffer<int>* b : {&keys_a, &keys_b, &values_a, &values_b}) b->resize(n);
@@ -580,12 +585,11 @@ class Collection final : public DeviceCollectionImpl {
       const bool last = pass == passes - 1;
       int* keys_out = last ? nullptr : (pass % 2 ? keys_b.data() : keys_a.data());
       int* values_out = last ? positions : (pass % 2 ? values_b.data() : values_a.data());
-      SC_LAUNCH(grid(tiles * 32), block(), shared, nullptr, radix_histogram_kernel)(keys_in, n, shift, tiles,
-                                                                                   hist.data());
+      SC_LAUNCH(grid(chunks), block(), 0, nullptr, radix_histogram_kernel)(keys_in, n, shift, chunks, hist.data());
       SC_CHECK_LAUNCH();
-      exclusive_scan(hist.data(), offsets.data(), kRadixBins * tiles);
-      SC_LAUNCH(grid(tiles * 32), block(), shared, nullptr, radix_scatter_kernel)(
-          keys_in, values_in, n, shift, tiles, offsets.data(), keys_out, values_out);
+      exclusive_scan(hist.data(), offsets.data(), kRadixBins * chunks);
+      SC_LAUNCH(grid(chunks), block(), 0, nullptr, radix_scatter_kernel)(keys_in, values_in, n, shift, chunks,
+                                                                         offsets.data(), keys_out, values_out);
       SC_CHECK_LAUNCH();
       keys_in = keys_out;
       values_in = values_out;

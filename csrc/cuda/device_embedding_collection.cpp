@@ -81,6 +81,20 @@ int64_t DeviceEmbeddingCollection::table_capacity(int table) const {
   return impl_->table_capacity(table);
 }
 
+int64_t DeviceEmbeddingCollection::row_bytes(int table) const {
+  check_table(table);
+  const TableConfig& c = configs_[table];
+  const int64_t weight_bytes = storage_ == RowStorage::kFloat16 ? 2 : 4;
+  // weights, state, update count (uint32), last step (int64), key (int64)
+  return c.dim * weight_bytes + int64_t{c.optimizer.state_dim(c.dim)} * 4 + 4 + 8 + 8;
+}
+
+int64_t DeviceEmbeddingCollection::memory_bytes() const {
+  int64_t total = 0;
+  for (int t = 0; t < num_tables(); ++t) total += (table_capacity(t) + 2) * row_bytes(t);
+  return total;
+}
+
 void DeviceEmbeddingCollection::set_max_load_factor(double f) {
   SC_CHECK_ARG(f > 0.0 && f <= 0.95, "max_load_factor must be in (0, 0.95], got ", f);
   impl_->set_max_load_factor(f);

@@ -10,8 +10,11 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <mutex>
 #include <string>
+#include <unordered_map>
 #include <utility>
+#include <vector>
 
 #include "sparsecore/core/error.h"
 #include "sparsecore/cuda/cuda_error.h"
@@ -56,7 +59,8 @@
 
 namespace sparsecore::cuda::SC_BACKEND_NS {
 
-inline void* device_malloc(size_t bytes) {
+// Allocation straight from the driver (or the emulator's guarded pages).
+inline void* raw_device_malloc(size_t bytes) {
 #if defined(__CUDACC__)
   void* p = nullptr;
   if (bytes) SC_CUDA_CHECK(cudaMalloc(&p, bytes));
@@ -66,13 +70,114 @@ inline void* device_malloc(size_t bytes) {
 #endif
 }
 
-inline void device_free(void* p) noexcept {
+inline void raw_device_free(void* p) noexcept {
 #if defined(__CUDACC__)
   if (p) cudaFree(p);
 #else
   ::sparsecore::cuda_emulation::device_free(p);
 #endif
 }
+
+// Freed device blocks kept by size class for the next allocation: every batch allocates its
+// scratch anew, and cudaMalloc / cudaFree cost far more than the kernels (cudaFree also
+// synchronises the device). Reuse is safe because all work runs in order on one stream.
+// Size classes: on a device, 4 per power of two (at most 25% slack); under the emulator the
+// size rounded to 256 bytes, so a reused block still ends on its guard page exactly as a
+// fresh one would. Blocks above kMaxCachedBytes (tables) go straight to the driver. When
+// the driver runs out of memory the cache is emptied and the allocation retried.
+class DeviceMemoryCache {
+ public:
+  static constexpr size_t kMaxCachedBytes = size_t{256} << 20;
+
+  static DeviceMemoryCache& instance() {
+    static DeviceMemoryCache* cache = new DeviceMemoryCache;  // never destroyed: no driver calls at exit
+    return *cache;
+  }
+
+  static size_t size_class(size_t bytes) {
+    size_t rounded = (bytes + 255) / 256 * 256;
+#if defined(__CUDACC__)
+    size_t octave = 256;
+    while (octave * 2 <= rounded) octave *= 2;
+    const size_t quarter = octave / 4 > 256 ? octave / 4 : 256;
+    rounded = (rounded + quarter - 1) / quarter * quarter;
+#endif
+    return rounded;
+  }
+
+  void* allocate(size_t bytes) {
+    if (bytes == 0) return nullptr;
+    if (bytes > kMaxCachedBytes) return allocate_fresh(bytes, bytes);
+    const size_t cls = size_class(bytes);
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      auto it = free_.find(cls);
+      if (it != free_.end() && !it->second.empty()) {
+        void* p = it->second.back();
+        it->second.pop_back();
+        cached_bytes_ -= cls;
+        return p;
+      }
+    }
+    return allocate_fresh(cls, cls);
+  }
+
+  void release(void* p) noexcept {
+    if (!p) return;
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = size_of_.find(p);
+    if (it == size_of_.end() || it->second > kMaxCachedBytes) {
+      if (it != size_of_.end()) size_of_.erase(it);
+      raw_device_free(p);
+      return;
+    }
+    free_[it->second].push_back(p);
+    cached_bytes_ += it->second;
+  }
+
+  // Returns every cached block to the driver.
+  void trim() noexcept {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (auto& [cls, blocks] : free_) {
+      for (void* p : blocks) {
+        size_of_.erase(p);
+        raw_device_free(p);
+      }
+    }
+    free_.clear();
+    cached_bytes_ = 0;
+  }
+
+  size_t cached_bytes() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return cached_bytes_;
+  }
+
+ private:
+  void* allocate_fresh(size_t bytes, size_t recorded) {
+    void* p = nullptr;
+    try {
+      p = raw_device_malloc(bytes);
+    } catch (const std::exception&) {
+#if defined(__CUDACC__)
+      cudaGetLastError();  // the failed cudaMalloc must not surface at the next launch check
+#endif
+      trim();
+      p = raw_device_malloc(bytes);
+    }
+    std::lock_guard<std::mutex> lock(mutex_);
+    size_of_[p] = recorded;
+    return p;
+  }
+
+  mutable std::mutex mutex_;
+  std::unordered_map<size_t, std::vector<void*>> free_;
+  std::unordered_map<void*, size_t> size_of_;
+  size_t cached_bytes_ = 0;
+};
+
+inline void* device_malloc(size_t bytes) { return DeviceMemoryCache::instance().allocate(bytes); }
+inline void device_free(void* p) noexcept { DeviceMemoryCache::instance().release(p); }
 
 enum class Copy { kHostToDevice, kDeviceToHost, kDeviceToDevice };
 

@@ -1,44 +1,48 @@
 // Stable LSD radix sort of int32 keys with int32 values, without CUB: counting and scans
 // only, so its cost is the same whatever the key distribution (one hot key in a batch costs
-// what any other key does). 8-bit digits; each pass is a per-tile digit histogram, one
-// exclusive scan of the (digit, tile) counts (digit-major, so earlier tiles come first for
-// equal digits), and a scatter in which each warp walks its tile in order, ranking equal
-// digits within a round of 32 through ballots. Stability is what the callers need: values
-// start as positions, so equal keys keep their positions ascending.
+// what any other key does). Each thread owns a chunk of kRadixChunk consecutive items; a
+// pass over a 4-bit digit is a per-chunk digit histogram, one exclusive scan of the
+// (digit, chunk) counts laid out digit-major (so for equal digits earlier chunks come
+// first), and a scatter in which each thread walks its chunk in order. No shared memory, no
+// warp operations: the per-chunk counters are packed into two registers. Stability is what
+// the callers need: values start as positions, so equal keys keep their positions ascending.
 #pragma once
 
 #include "device_runtime.cuh"
 
 namespace sparsecore::cuda::SC_BACKEND_NS {
 
-inline constexpr int kRadixBits = 8;
+inline constexpr int kRadixBits = 4;
 inline constexpr int kRadixBins = 1 << kRadixBits;
-inline constexpr int kRadixItemsPerLane = 8;
-inline constexpr int64_t kRadixTileItems = 32 * kRadixItemsPerLane;  // one warp's tile
+inline constexpr int kRadixChunk = 32;  // items per thread; a count never exceeds 8 bits
 
-// Dynamic shared memory of both kernels: kRadixBins ints per warp of the block.
-inline size_t radix_shared_bytes(int block_threads) { return size_t(block_threads / 32) * kRadixBins * sizeof(int); }
+// kRadixBins counters of 8 bits in two 64-bit registers (indexing a register array by a
+// runtime digit would put it in local memory).
+struct DigitCounters {
+  uint64_t low = 0, high = 0;
+  __device__ __forceinline__ void increment(int digit) {
+    const uint64_t one = uint64_t{1} << ((digit & 7) * 8);
+    if (digit < 8)
+      low += one;
+    else
+      high += one;
+  }
+  __device__ __forceinline__ int get(int digit) const {
+    return static_cast<int>(((digit < 8 ? low : high) >> ((digit & 7) * 8)) & 0xff);
+  }
+};
 
 __device__ __forceinline__ int radix_digit(int key, int shift) { return (key >> shift) & (kRadixBins - 1); }
 
-// hist (kRadixBins * tiles): hist[digit * tiles + tile] = keys of `tile` with that digit.
-__global__ void radix_histogram_kernel(const int* __restrict__ keys, int64_t n, int shift, int64_t tiles,
+// hist (kRadixBins * chunks): hist[digit * chunks + chunk] = keys of `chunk` with that digit.
+__global__ void radix_histogram_kernel(const int* __restrict__ keys, int64_t n, int shift, int64_t chunks,
                                        int* __restrict__ hist) {
-  SC_DYNAMIC_SHARED(int, shared);
-  const int lane = static_cast<int>(threadIdx.x) & 31;
-  int* counts = shared + (threadIdx.x / 32) * kRadixBins;
-  const int64_t warps = grid_threads() / 32;
-  for (int64_t tile = global_thread() / 32; tile < tiles; tile += warps) {
-    for (int d = lane; d < kRadixBins; d += 32) counts[d] = 0;
-    __syncwarp();
-    const int64_t begin = tile * kRadixTileItems;
-    for (int k = 0; k < kRadixItemsPerLane; ++k) {
-      const int64_t i = begin + k * 32 + lane;
-      if (i < n) atomicAdd(&counts[radix_digit(keys[i], shift)], 1);
-    }
-    __syncwarp();
-    for (int d = lane; d < kRadixBins; d += 32) hist[int64_t{d} * tiles + tile] = counts[d];
-    __syncwarp();
+  for (int64_t c = global_thread(); c < chunks; c += grid_threads()) {
+    DigitCounters counts;
+    const int64_t begin = c * kRadixChunk, end = begin + kRadixChunk < n ? begin + kRadixChunk : n;
+    for (int64_t i = begin; i < end; ++i) counts.increment(radix_digit(keys[i], shift));
+    SC_UNROLL
+    for (int d = 0; d < kRadixBins; ++d) hist[d * chunks + c] = counts.get(d);
   }
 }
 
@@ -46,37 +50,18 @@ __global__ void radix_histogram_kernel(const int* __restrict__ keys, int64_t n, 
 // hist_offsets (the exclusive scan of radix_histogram_kernel's counts). values_in nullptr:
 // the value of item i is i. keys_out nullptr: keys are not written (the last pass).
 __global__ void radix_scatter_kernel(const int* __restrict__ keys_in, const int* __restrict__ values_in, int64_t n,
-                                     int shift, int64_t tiles, const int* __restrict__ hist_offsets,
+                                     int shift, int64_t chunks, const int* __restrict__ hist_offsets,
                                      int* __restrict__ keys_out, int* __restrict__ values_out) {
-  SC_DYNAMIC_SHARED(int, shared);
-  const int lane = static_cast<int>(threadIdx.x) & 31;
-  const unsigned lanes_before = (1u << lane) - 1u;
-  int* next = shared + (threadIdx.x / 32) * kRadixBins;  // next output position per digit
-  const int64_t warps = grid_threads() / 32;
-  for (int64_t tile = global_thread() / 32; tile < tiles; tile += warps) {
-    for (int d = lane; d < kRadixBins; d += 32) next[d] = hist_offsets[int64_t{d} * tiles + tile];
-    __syncwarp();
-    const int64_t begin = tile * kRadixTileItems;
-    for (int k = 0; k < kRadixItemsPerLane; ++k) {
-      const int64_t i = begin + k * 32 + lane;
-      const bool valid = i < n;
-      const int key = valid ? keys_in[i] : 0;
+  for (int64_t c = global_thread(); c < chunks; c += grid_threads()) {
+    DigitCounters seen;
+    const int64_t begin = c * kRadixChunk, end = begin + kRadixChunk < n ? begin + kRadixChunk : n;
+    for (int64_t i = begin; i < end; ++i) {
+      const int key = keys_in[i];
       const int digit = radix_digit(key, shift);
-      unsigned peers = __ballot_sync(0xffffffffu, valid);  // valid lanes with this lane's digit
-      for (int b = 0; b < kRadixBits; ++b) {
-        const bool bit = (digit >> b) & 1;
-        const unsigned with_bit = __ballot_sync(0xffffffffu, bit);
-        peers &= bit ? with_bit : ~with_bit;
-      }
-      const int rank = __popc(peers & lanes_before);
-      if (valid) {
-        const int at = next[digit] + rank;
-        if (keys_out) keys_out[at] = key;
-        values_out[at] = values_in ? values_in[i] : static_cast<int>(i);
-      }
-      __syncwarp();
-      if (valid && rank == 0) next[digit] += __popc(peers);  // the first of its peers advances
-      __syncwarp();
+      const int at = hist_offsets[digit * chunks + c] + seen.get(digit);
+      seen.increment(digit);
+      if (keys_out) keys_out[at] = key;
+      values_out[at] = values_in ? values_in[i] : static_cast<int>(i);
     }
   }
 }

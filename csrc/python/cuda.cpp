@@ -63,6 +63,8 @@ SPARSECORE_BINDING(cuda, 40) {
       .def("table_config_json", [](const DeviceEmbeddingCollection& c, int t) { return c.config(t).to_json().dump(); })
       .def("table_size", &DeviceEmbeddingCollection::table_size)
       .def("table_capacity", &DeviceEmbeddingCollection::table_capacity)
+      .def("table_row_bytes", &DeviceEmbeddingCollection::row_bytes)
+      .def("memory_bytes", &DeviceEmbeddingCollection::memory_bytes)
       .def("set_max_load_factor", &DeviceEmbeddingCollection::set_max_load_factor)
       .def("prepare",
            [](DeviceEmbeddingCollection& c, const std::vector<py::tuple>& groups, bool train) {

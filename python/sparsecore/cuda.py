@@ -403,10 +403,14 @@ class DeviceEmbeddingCollection(EmbeddingCollection):
         return {"keys": keys, "weights": weights, "state": state, "update_count": count, "last_step": last}
 
     def memory_bytes(self) -> int:
-        raise NotImplementedError("memory_bytes is not reported by the CUDA backend yet")
+        """Device bytes of every table's slot arrays (keys, rows, state, metadata) at their
+        current capacity."""
+        return self._c.memory_bytes()
 
     def bytes_per_row(self, name: str) -> int:
-        raise NotImplementedError("bytes_per_row is not reported by the CUDA backend yet")
+        """Device bytes of one slot of table ``name`` (key, weights in the row storage,
+        optimizer state, update count, last step)."""
+        return self._c.table_row_bytes(self._table(name))
 
     # ----------------------------------------------------------------------------- checkpoints
     def save(self, path: Union[str, os.PathLike], *, overwrite: bool = False) -> None:

@@ -2,6 +2,8 @@
 // forward for every pooling, backward + fused update for every optimizer, fp16 storage,
 // evaluation without inserts, and validation that changes nothing on bad input.
 #include <cmath>
+#include <filesystem>
+#include <unistd.h>
 
 #include "cuda_test_util.h"
 #include "emulation/cuda_emulation.h"  // __half conversions for the expected fp16 values
@@ -188,6 +190,57 @@ TEST_P(CudaCollection, BatchPreparedBeforeGrowthOrEraseStillTrains) {
   std::vector<float> want(e.keys.size() * 4);
   cpu.table(0).find_weights(e.keys.data(), static_cast<int64_t>(e.keys.size()), want.data());
   expect_close(e.weights, want, 1e-6f, "weights");
+}
+
+// The emulator's device memory is host memory: MemorySpace::kDevice reads the caller's
+// arrays in place (no copies) and gives what the host path gives.
+TEST(CudaEmulated, DeviceMemorySpaceMatchesTheHostPath) {
+  auto c = table("z", 8, Pooling::kMean, OptimizerKind::kAdagrad);
+  DeviceEmbeddingCollection host({c}, 4, RowStorage::kFloat32, Backend::kEmulated, test_limits(Backend::kEmulated));
+  DeviceEmbeddingCollection dev({c}, 4, RowStorage::kFloat32, Backend::kEmulated, test_limits(Backend::kEmulated));
+  Bags bags = random_bags(12, 5, 40, true);
+  auto hp = host.prepare({group_of(0, bags)}, true);
+  auto dp = dev.prepare({group_of(0, bags)}, true, MemorySpace::kDevice);
+  std::vector<float> hout(hp->groups()[0].output_size()), dout(hout.size());
+  host.forward(*hp, {hout.data()});
+  dev.forward(*dp, {dout.data()}, MemorySpace::kDevice);
+  EXPECT_EQ(hout, dout);
+  std::vector<float> grad(hout.size(), 0.5f);
+  host.backward(*hp, {grad.data()});
+  dev.backward(*dp, {grad.data()}, MemorySpace::kDevice);
+  EXPECT_EQ(host.export_rows(0).weights, dev.export_rows(0).weights);
+  grad[0] = NAN;
+  EXPECT_THROW(dev.backward(*dp, {grad.data()}, MemorySpace::kDevice), InvalidArgument);
+  EXPECT_EQ(dev.step(), 1);
+}
+
+TEST_P(CudaCollection, CheckpointsMoveBetweenTheCpuAndTheDevice) {
+  SC_SKIP_WITHOUT_DEVICE(GetParam());
+  auto c = table("k", 5, Pooling::kSum, OptimizerKind::kAdam);
+  const auto dir = std::filesystem::temp_directory_path() / ("sparsecore_cuda_ckpt_" + std::to_string(getpid()));
+  std::filesystem::remove_all(dir);
+  EmbeddingCollection cpu({c}, 21);
+  Bags bags = random_bags(10, 4, 50, false);
+  auto batch = cpu.prepare({group_of(0, bags)}, true);
+  std::vector<float> grad(batch->groups[0].output_size(), 0.125f);
+  cpu.backward(*batch, {grad.data()});
+  cpu.save((dir / "cpu").string());
+  auto dev = DeviceEmbeddingCollection::load((dir / "cpu").string(), RowStorage::kFloat32, GetParam(),
+                                             test_limits(GetParam()));
+  EXPECT_EQ(dev->step(), 1);
+  EXPECT_EQ(dev->table_size(0), static_cast<int64_t>(cpu.table(0).size()));
+  dev->save((dir / "dev").string());
+  auto back = EmbeddingCollection::load((dir / "dev").string());
+  const auto e = dev->export_rows(0);
+  std::vector<float> want(e.keys.size() * 5);
+  back->table(0).find_weights(e.keys.data(), static_cast<int64_t>(e.keys.size()), want.data());
+  EXPECT_EQ(e.weights, want);
+  std::vector<float> original(want.size());
+  cpu.table(0).find_weights(e.keys.data(), static_cast<int64_t>(e.keys.size()), original.data());
+  EXPECT_EQ(original, want);
+  EXPECT_EQ(back->step(), 1);
+  EXPECT_THROW(dev->save((dir / "dev").string()), InvalidArgument);
+  std::filesystem::remove_all(dir);
 }
 
 TEST(CudaDevice, MissingDeviceIsAClearError) {

@@ -166,3 +166,29 @@ TEST(EmulatorDeathTest, OutOfBoundsDeviceIndexStopsWithAMessage) {
   EXPECT_DEATH(SC_LAUNCH(dim3(1), dim3(32), 0, nullptr, write_index_kernel)(buf.data(), 256),
                "out-of-bounds device memory access");
 }
+
+TEST(DeviceMemoryCache, ReusesFreedBlocksOfTheSameClassAndTrims) {
+  DeviceMemoryCache& cache = DeviceMemoryCache::instance();
+  cache.trim();
+  void* first = nullptr;
+  {
+    DeviceBuffer<float> a(1000);
+    first = a.data();
+  }
+  EXPECT_EQ(cache.cached_bytes(), DeviceMemoryCache::size_class(4000));
+  DeviceBuffer<float> same(1000);
+  EXPECT_EQ(same.data(), first);  // reused, not a fresh allocation
+  EXPECT_EQ(cache.cached_bytes(), 0u);
+  DeviceBuffer<float> other(5000);
+  EXPECT_NE(other.data(), first);
+  cache.trim();
+  EXPECT_EQ(cache.cached_bytes(), 0u);
+}
+
+TEST(EmulatorDeathTest, OutOfBoundsIndexIsCaughtInAReusedBlock) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  { DeviceBuffer<int> warm(256); }  // freed into the cache
+  DeviceBuffer<int> buf(256);       // the same block again, still against its guard page
+  EXPECT_DEATH(SC_LAUNCH(dim3(1), dim3(32), 0, nullptr, write_index_kernel)(buf.data(), 256),
+               "out-of-bounds device memory access");
+}

@@ -97,6 +97,10 @@ class DeviceEmbeddingCollection {
   int64_t table_size(int table) const;
   int64_t table_capacity(int table) const;
   void set_max_load_factor(double f);  // in (0, 0.95]
+  // Device bytes of one row of table t (weights in the row storage, optimizer state, update
+  // count, last step, key slot), and of all tables (their slot arrays at full capacity).
+  int64_t row_bytes(int table) const;
+  int64_t memory_bytes() const;
 
   // inputs: ids, offsets and weights of each group in `space`. Validated before anything
   // changes; with device inputs the offsets are copied to the host for that (B + 1 values)
