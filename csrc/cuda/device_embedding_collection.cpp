@@ -13,14 +13,6 @@
 
 namespace sparsecore::cuda {
 
-RowStorage row_storage_from_name(const std::string& name) {
-  if (name == "fp32") return RowStorage::kFloat32;
-  if (name == "fp16") return RowStorage::kFloat16;
-  throw InvalidArgument("unknown row storage '" + name + "' (known: fp32, fp16)");
-}
-
-const char* row_storage_name(RowStorage s) { return s == RowStorage::kFloat16 ? "fp16" : "fp32"; }
-
 std::string device_unavailable_reason() {
 #if defined(SPARSECORE_HAS_CUDA_KERNELS)
   return device::unavailable_reason();
@@ -206,8 +198,7 @@ std::unique_ptr<EmbeddingCollection> DeviceEmbeddingCollection::to_host() const 
     const int dim = table.dim(), sd = table.state_dim();
     std::vector<std::byte> row(table.row_bytes(), std::byte{0});
     for (size_t i = 0; i < e.keys.size(); ++i) {
-      std::memcpy(EmbeddingTable::weights(row.data()), e.weights.data() + i * dim, sizeof(float) * dim);
-      std::memcpy(table.state(row.data()), e.state.data() + i * sd, sizeof(float) * sd);
+      table.write_row(e.weights.data() + i * dim, e.state.data() + i * sd, row.data());
       *table.meta(row.data()) = PackedRowMeta::pack(RowMeta{static_cast<uint32_t>(e.update_count[i]), 0, e.last_step[i]});
       const uint64_t hash = key_hash(e.keys[i]);
       auto& shard = ht.shard(ht.shard_of_hash(hash));

@@ -183,18 +183,26 @@ _INITS = {"zeros": Zeros, "constant": Constant, "uniform": Uniform, "normal": No
 @dataclass(frozen=True)
 class TableConfig:
     """One embedding table: ``dim`` floats per row, its optimizer and initializer, and how a
-    bag of its ids pools: ``"sum"``, ``"mean"`` or ``"none"`` (padded sequences)."""
+    bag of its ids pools: ``"sum"``, ``"mean"`` or ``"none"`` (padded sequences).
+
+    ``storage="fp16"`` keeps the row's weights as IEEE half floats (half the bytes); the
+    optimizer state stays float32, pooling accumulates in float32, and each update computes
+    in float32 and rounds the new weights once (to nearest even), as are initial values.
+    Lookups, exports and checkpoints give the weights as float32 (exactly the stored values).
+    """
     dim: int
     optimizer: Optimizer = field(default_factory=Adagrad)
     init: Initializer = field(default_factory=Normal)
     pooling: Literal["sum", "mean", "none"] = "sum"
     shard_bits: int = 6
+    storage: Literal["fp32", "fp16"] = "fp32"
 
     def to_dict(self, name: str) -> dict[str, Any]:
         if isinstance(self.dim, bool) or not isinstance(self.dim, int):
             raise TypeError(f"table '{name}': dim must be an int, got {type(self.dim).__name__}")
         out = {"name": name, "dim": self.dim, "optimizer": self.optimizer.to_dict(),
-               "init": self.init.to_dict(), "pooling": self.pooling, "shard_bits": self.shard_bits}
+               "init": self.init.to_dict(), "pooling": self.pooling, "shard_bits": self.shard_bits,
+               "storage": self.storage}
         for part in ("optimizer", "init"):
             for key, value in out[part].items():
                 if isinstance(value, float) and not math.isfinite(value):
@@ -215,7 +223,8 @@ class TableConfig:
         init = dict(d["init"])
         init_cls = _INITS[init.pop("name")]
         return TableConfig(dim=d["dim"], optimizer=optimizer, init=init_cls(**init),
-                           pooling=d["pooling"], shard_bits=d.get("shard_bits", 6))
+                           pooling=d["pooling"], shard_bits=d.get("shard_bits", 6),
+                           storage=d.get("storage", "fp32"))
 
 
 def tables_to_json(tables: dict[str, TableConfig]) -> str:

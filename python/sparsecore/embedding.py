@@ -224,9 +224,13 @@ class EmbeddingCollection:
     def restore(self, path: Union[str, os.PathLike]) -> None:
         """Replaces this collection's rows and step with a checkpoint's; unchanged on error."""
         self._c.restore(os.fspath(path))
+        # The checkpoint's configs (optimizer, storage) replace this collection's.
+        self._configs = {n: TableConfig.from_dict(json.loads(self._c.table_config_json(i)))
+                         for i, n in enumerate(self._names)}
 
     def __repr__(self) -> str:
-        tables = ", ".join(f"{n}(dim={c.dim}, {type(c.optimizer).__name__}, rows={self._c.table_size(i)})"
+        tables = ", ".join(f"{n}(dim={c.dim}, {type(c.optimizer).__name__}, "
+                           f"{'fp16, ' if c.storage == 'fp16' else ''}rows={self._c.table_size(i)})"
                            for i, (n, c) in enumerate(self._configs.items()))
         return f"EmbeddingCollection([{tables}], step={self.step})"
 

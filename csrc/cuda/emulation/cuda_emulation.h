@@ -29,6 +29,7 @@
 #include <type_traits>
 
 #include "sparsecore/core/error.h"
+#include "sparsecore/core/half.h"
 
 // ----------------------------------------------------------------------------- qualifiers
 #define __global__
@@ -214,68 +215,14 @@ struct __half {
   uint16_t bits = 0;
 };
 
+// One conversion for every backend: sparsecore/core/half.h.
 inline __half __float2half(float f) {
-  uint32_t x;
-  std::memcpy(&x, &f, 4);
-  uint32_t sign = (x >> 16) & 0x8000u;
-  uint32_t abs = x & 0x7fffffffu;
   __half h;
-  if (abs >= 0x7f800000u) {  // Inf or NaN
-    h.bits = static_cast<uint16_t>(sign | 0x7c00u | (abs > 0x7f800000u ? 0x200u : 0u));
-    return h;
-  }
-  if (abs >= 0x477ff000u) {  // rounds to >= 65520: overflow to Inf
-    h.bits = static_cast<uint16_t>(sign | 0x7c00u);
-    return h;
-  }
-  if (abs < 0x38800000u) {  // below the smallest normal half (2^-14): subnormal or zero
-    if (abs < 0x33000000u) {  // < 2^-25: rounds to zero
-      h.bits = static_cast<uint16_t>(sign);
-      return h;
-    }
-    uint32_t mant = (abs & 0x7fffffu) | 0x800000u;
-    int shift = 126 - static_cast<int>(abs >> 23);  // 14 + 112 - exp... gives shift into 10-bit mantissa
-    uint32_t q = mant >> (shift + 0);
-    uint32_t rem = mant & ((1u << shift) - 1u);
-    uint32_t half_point = 1u << (shift - 1);
-    uint32_t m = q >> 0;
-    if (rem > half_point || (rem == half_point && (m & 1u))) ++m;
-    h.bits = static_cast<uint16_t>(sign | m);
-    return h;
-  }
-  uint32_t exp = (abs >> 23) - 112;  // rebias 127 -> 15
-  uint32_t mant = abs & 0x7fffffu;
-  uint32_t m = mant >> 13;
-  uint32_t rem = mant & 0x1fffu;
-  uint32_t out = (exp << 10) | m;
-  if (rem > 0x1000u || (rem == 0x1000u && (m & 1u))) ++out;  // may carry into the exponent: correct
-  h.bits = static_cast<uint16_t>(sign | out);
+  h.bits = sparsecore::float_to_half(f);
   return h;
 }
 
-inline float __half2float(__half h) {
-  uint32_t sign = static_cast<uint32_t>(h.bits & 0x8000u) << 16;
-  uint32_t exp = (h.bits >> 10) & 0x1fu;
-  uint32_t mant = h.bits & 0x3ffu;
-  uint32_t x;
-  if (exp == 0x1fu) {
-    x = sign | 0x7f800000u | (mant << 13);
-  } else if (exp != 0) {
-    x = sign | ((exp + 112) << 23) | (mant << 13);
-  } else if (mant == 0) {
-    x = sign;
-  } else {  // subnormal: normalise
-    int e = -1;
-    do {
-      ++e;
-      mant <<= 1;
-    } while (!(mant & 0x400u));
-    x = sign | (static_cast<uint32_t>(112 - e) << 23) | ((mant & 0x3ffu) << 13);
-  }
-  float f;
-  std::memcpy(&f, &x, 4);
-  return f;
-}
+inline float __half2float(__half h) { return sparsecore::half_to_float(h.bits); }
 
 // ----------------------------------------------------------------------------- vector types
 // The vector loads the kernels use (16-byte float4, 4-byte __half2): same layout and

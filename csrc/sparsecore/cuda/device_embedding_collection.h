@@ -34,12 +34,13 @@
 namespace sparsecore::cuda {
 
 enum class Backend : uint8_t { kDevice = 0, kEmulated = 1 };
-enum class RowStorage : uint8_t { kFloat32 = 0, kFloat16 = 1 };
+// Row storage types and their names are the table layer's (sparsecore/table/embedding_table.h).
+using sparsecore::RowStorage;
 // Where the arrays passed to a call live.
 enum class MemorySpace : uint8_t { kHost = 0, kDevice = 1 };
 
-RowStorage row_storage_from_name(const std::string& name);  // "fp32" | "fp16"
-const char* row_storage_name(RowStorage s);
+using sparsecore::row_storage_from_name;  // "fp32" | "fp16"
+using sparsecore::row_storage_name;
 
 // True when this build has CUDA kernels and a CUDA device with a working driver is present.
 bool device_available();

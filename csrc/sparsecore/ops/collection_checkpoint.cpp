@@ -8,6 +8,8 @@
 //     meta_bytes u32, rows u64, bucket_lo u32, bucket_hi u32, table seed u64, zero padding
 //   keys  int64[rows]
 //   rows  { float32 weights[dim], float32 state[row_floats - dim], RowMeta } [rows]
+// Weights are float32 in the file whatever the table's storage (manifest: "storage"): fp16
+// weights widen exactly and round back to the same bits, so an fp16 table round-trips exactly.
 // Files are addressed by bucket range, so a checkpoint loads into any shard count.
 #include <bit>
 #include <cstring>
@@ -78,9 +80,11 @@ FileEntry write_shard_file(const std::string& dir, int table_index, const Embedd
   std::vector<uint8_t> rows;
   keys.reserve(shard.size());
   rows.reserve(shard.size() * (floats_bytes + sizeof(RowMeta)));
+  std::vector<float> floats(table.row_floats());
   shard.for_each([&](int64_t key, std::byte* row) {
     keys.push_back(key);
-    const uint8_t* src = reinterpret_cast<const uint8_t*>(row);
+    table.read_row(row, floats.data());
+    const uint8_t* src = reinterpret_cast<const uint8_t*>(floats.data());
     rows.insert(rows.end(), src, src + floats_bytes);
     // Files keep the 16-byte RowMeta whatever the in-memory packing.
     const RowMeta meta = table.meta(row)->unpack();
@@ -141,13 +145,15 @@ void read_shard_file(const std::string& dir, const FileEntry& e, EmbeddingTable&
 
   HashTable& ht = table.hash_table();
   std::vector<std::byte> row(table.row_bytes(), std::byte{0});
+  std::vector<float> floats(h.row_floats);
   for (uint64_t i = 0; i < h.rows; ++i) {
     int64_t key;
     std::memcpy(&key, keys + i, sizeof(key));
     uint32_t bucket = key_bucket(key);
     SC_CHECK(bucket >= h.bucket_lo && bucket < h.bucket_hi, CorruptData, "checkpoint file '", path, "': key ",
              key, " lies outside the file's bucket range");
-    std::memcpy(row.data(), records + i * record, floats_bytes);
+    std::memcpy(floats.data(), records + i * record, floats_bytes);
+    table.write_row(floats.data(), floats.data() + table.dim(), row.data());
     RowMeta meta;
     std::memcpy(&meta, records + i * record + floats_bytes, sizeof(RowMeta));
     *table.meta(row.data()) = PackedRowMeta::pack(meta);

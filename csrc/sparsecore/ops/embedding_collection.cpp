@@ -336,10 +336,13 @@ void EmbeddingCollection::forward(const PreparedBatch& batch, const std::vector<
       tasks.push_back({static_cast<int>(gi), b, std::min(g.batch_size, b + kBagsPerTask)});
   }
   parallel_for(static_cast<int64_t>(tasks.size()), 1, [&](int64_t t0, int64_t t1) {
+    PodVector<float> tmp;
     for (int64_t t = t0; t < t1; ++t) {
       const PreparedGroup& g = batch.groups[tasks[t].group];
       const auto& rows = refreshed[tasks[t].group].empty() ? g.unique_rows : refreshed[tasks[t].group];
-      kernels::pool_bags(g, rows.data(), tasks[t].begin, tasks[t].end, outputs[tasks[t].group]);
+      tmp.resize(g.dim);
+      kernels::pool_bags(g, tables_[g.table]->storage(), rows.data(), tasks[t].begin, tasks[t].end,
+                         outputs[tasks[t].group], tmp.data());
     }
   });
 }
@@ -371,6 +374,7 @@ void EmbeddingCollection::evaluate(const std::vector<GroupInput>& inputs, const 
   parallel_for(static_cast<int64_t>(tasks.size()), 1, [&](int64_t t0, int64_t t1) {
     PodVector<uint64_t> hashes;
     PodVector<const std::byte*> rows;
+    PodVector<float> tmp;
     for (int64_t t = t0; t < t1; ++t) {
       const Task& task = tasks[t];
       const GroupInput& in = inputs[task.group];
@@ -378,9 +382,11 @@ void EmbeddingCollection::evaluate(const std::vector<GroupInput>& inputs, const 
       const int64_t n = in.offsets[task.end] - in.offsets[task.begin];
       hashes.resize(n);
       rows.resize(n);
+      tmp.resize(table.dim());
       HashTable::SharedLockAll lock(table.hash_table());
-      kernels::pool_bags_from_ids(table.hash_table(), table.dim(), table.config().pooling, in, max_len[task.group],
-                                  task.begin, task.end, outputs[task.group], hashes.data(), rows.data());
+      kernels::pool_bags_from_ids(table.hash_table(), table.dim(), table.config().pooling, table.storage(), in,
+                                  max_len[task.group], task.begin, task.end, outputs[task.group], hashes.data(),
+                                  rows.data(), tmp.data());
     }
   });
 }
@@ -459,7 +465,7 @@ int64_t EmbeddingCollection::backward(const PreparedBatch& batch, const std::vec
       const int gi = tasks[t].group;
       const PreparedGroup& g = batch.groups[gi];
       const EmbeddingTable& table = *tables_[g.table];
-      if (scratch.size() < static_cast<size_t>(g.dim)) scratch.resize(g.dim);
+      if (scratch.size() < 2 * static_cast<size_t>(g.dim)) scratch.resize(2 * static_cast<size_t>(g.dim));
       std::byte* const* rows = refreshed[gi].empty() ? g.unique_rows.data() : refreshed[gi].data();
       kernels::backward_update(g, table, rows, grads[gi], bag_scale[gi].data(), tasks[t].begin, tasks[t].end,
                                step, scratch.data());

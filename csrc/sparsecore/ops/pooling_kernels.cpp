@@ -1,11 +1,17 @@
 #include "sparsecore/ops/pooling_kernels.h"
 
+// No fused multiply-add contraction in the x86-64-v3/v4 clones: every clone, the default
+// x86-64 build and the CUDA emulation layer then round each product and sum alike, so
+// results do not depend on the CPU's ISA and match the emulated CUDA backend bit for bit.
+#pragma GCC optimize("fp-contract=off")
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
 
 #include "sparsecore/core/cpu_features.h"
+#include "sparsecore/core/half.h"
 #include "sparsecore/optim/update_rules.h"
 
 namespace sparsecore::kernels {
@@ -27,19 +33,36 @@ __attribute__((always_inline)) inline void prefetch_bytes(const void* p, size_t 
   }
 }
 
+// A row's weights as fp32: the row itself (fp32 storage) or `tmp` (dim floats) filled by an
+// exact widening (fp16 storage; F16C in the x86-64-v3/v4 clones).
+template <bool kHalf>
+__attribute__((always_inline)) inline const float* row_weights(const std::byte* row, float* __restrict__ tmp,
+                                                               int dim) {
+  if constexpr (kHalf) {
+    halves_to_floats(reinterpret_cast<const uint16_t*>(row), tmp, dim);
+    return tmp;
+  } else {
+    return reinterpret_cast<const float*>(row);
+  }
+}
+
+template <bool kHalf>
+constexpr size_t kWeightBytes = kHalf ? sizeof(uint16_t) : sizeof(float);
+
 // Rows of the positions this far ahead are prefetched, across bag boundaries (bags hold about
 // ten ids, so a distance counted inside one bag would leave most rows unprefetched).
 constexpr int64_t kPoolAhead = 16;
 
-template <int kDim>
+template <int kDim, bool kHalf>
 __attribute__((always_inline)) inline void pool_range(const PreparedGroup& g, const std::byte* const* rows,
-                                                      int64_t b0, int64_t b1, float* __restrict__ out) {
+                                                      int64_t b0, int64_t b1, float* __restrict__ out,
+                                                      float* __restrict__ tmp) {
   const int dim = kDim > 0 ? kDim : g.dim;
   const float* weights = g.weights.empty() ? nullptr : g.weights.data();
   const int32_t* inv = g.inverse.data();
   const int64_t* off = g.offsets.data();
   const int64_t last = off[b1];
-  const size_t row_bytes = static_cast<size_t>(dim) * sizeof(float);
+  const size_t row_bytes = static_cast<size_t>(dim) * kWeightBytes<kHalf>;
   for (int64_t p = off[b0]; p < std::min(last, off[b0] + kPoolAhead); ++p)
     if (const std::byte* r = rows[inv[p]]) prefetch_bytes(r, row_bytes);
   // A fixed width keeps the bag's sum in vector registers.
@@ -54,7 +77,7 @@ __attribute__((always_inline)) inline void pool_range(const PreparedGroup& g, co
       }
       const float w = weights ? weights[p] : 1.0f;
       weight_sum += w;
-      if (const std::byte* row = rows[inv[p]]) axpy(acc, reinterpret_cast<const float*>(row), w, dim);
+      if (const std::byte* row = rows[inv[p]]) axpy(acc, row_weights<kHalf>(row, tmp, dim), w, dim);
     }
     float scale = 1.0f;
     if (g.pooling == Pooling::kMean) {
@@ -71,18 +94,20 @@ __attribute__((always_inline)) inline void pool_range(const PreparedGroup& g, co
 constexpr int64_t kSlotAhead = 32;
 constexpr int64_t kRowAhead = 16;
 
-template <int kDim>
+template <int kDim, bool kHalf>
 __attribute__((always_inline)) inline void pool_from_ids(const HashTable& table, int dim_runtime, Pooling pooling,
                                                          const GroupInput& in, int64_t max_len, int64_t b0,
                                                          int64_t b1, float* __restrict__ out,
                                                          uint64_t* __restrict__ hashes,
-                                                         const std::byte** __restrict__ rows) {
+                                                         const std::byte** __restrict__ rows,
+                                                         float* __restrict__ tmp) {
   const int dim = kDim > 0 ? kDim : dim_runtime;
   const int64_t* off = in.offsets;
   const int64_t p0 = off[b0], n = off[b1] - p0;
   const int64_t* ids = in.ids + p0;
   const float* weights = in.weights ? in.weights + p0 : nullptr;
-  const size_t row_bytes = static_cast<size_t>(dim) * sizeof(float);
+  const size_t row_bytes = static_cast<size_t>(dim) * kWeightBytes<kHalf>;
+  const size_t out_row_bytes = static_cast<size_t>(dim) * sizeof(float);
   auto hash_ahead = [&](int64_t i) {
     const uint64_t h = key_hash(ids[i]);
     hashes[i] = h;
@@ -109,15 +134,15 @@ __attribute__((always_inline)) inline void pool_from_ids(const HashTable& table,
         const int64_t i = off[b] - p0 + j;
         advance(i);
         float* dst = o + j * dim;
-        const float* src = reinterpret_cast<const float*>(rows[i]);
         const float w = weights ? weights[i] : 1.0f;
-        if (src) {
+        if (rows[i]) {
+          const float* src = row_weights<kHalf>(rows[i], tmp, dim);
           for (int d = 0; d < dim; ++d) dst[d] = w * src[d];
         } else {
-          std::memset(dst, 0, row_bytes);
+          std::memset(dst, 0, out_row_bytes);
         }
       }
-      std::memset(o + len * dim, 0, (max_len - len) * row_bytes);
+      std::memset(o + len * dim, 0, (max_len - len) * out_row_bytes);
     }
     return;
   }
@@ -132,7 +157,7 @@ __attribute__((always_inline)) inline void pool_from_ids(const HashTable& table,
       advance(i);
       const float w = weights ? weights[i] : 1.0f;
       weight_sum += w;
-      if (const float* src = reinterpret_cast<const float*>(rows[i])) axpy(acc, src, w, dim);
+      if (rows[i]) axpy(acc, row_weights<kHalf>(rows[i], tmp, dim), w, dim);
     }
     float scale = 1.0f;
     if (pooling == Pooling::kMean) {
@@ -144,27 +169,29 @@ __attribute__((always_inline)) inline void pool_from_ids(const HashTable& table,
   }
 }
 
-}  // namespace
-
-SC_DISPATCH
-void pool_bags_from_ids(const HashTable& table, int dim, Pooling pooling, const GroupInput& in, int64_t max_len,
-                        int64_t bag_begin, int64_t bag_end, float* out, uint64_t* hashes, const std::byte** rows) {
+template <bool kHalf>
+__attribute__((always_inline)) inline void pool_bags_from_ids_as(const HashTable& table, int dim, Pooling pooling,
+                                                                 const GroupInput& in, int64_t max_len,
+                                                                 int64_t b0, int64_t b1, float* out,
+                                                                 uint64_t* hashes, const std::byte** rows,
+                                                                 float* tmp) {
   switch (pooling == Pooling::kNone ? 0 : dim) {
-    case 4: pool_from_ids<4>(table, dim, pooling, in, max_len, bag_begin, bag_end, out, hashes, rows); break;
-    case 8: pool_from_ids<8>(table, dim, pooling, in, max_len, bag_begin, bag_end, out, hashes, rows); break;
-    case 16: pool_from_ids<16>(table, dim, pooling, in, max_len, bag_begin, bag_end, out, hashes, rows); break;
-    case 32: pool_from_ids<32>(table, dim, pooling, in, max_len, bag_begin, bag_end, out, hashes, rows); break;
-    case 64: pool_from_ids<64>(table, dim, pooling, in, max_len, bag_begin, bag_end, out, hashes, rows); break;
-    default: pool_from_ids<0>(table, dim, pooling, in, max_len, bag_begin, bag_end, out, hashes, rows); break;
+    case 4: pool_from_ids<4, kHalf>(table, dim, pooling, in, max_len, b0, b1, out, hashes, rows, tmp); break;
+    case 8: pool_from_ids<8, kHalf>(table, dim, pooling, in, max_len, b0, b1, out, hashes, rows, tmp); break;
+    case 16: pool_from_ids<16, kHalf>(table, dim, pooling, in, max_len, b0, b1, out, hashes, rows, tmp); break;
+    case 32: pool_from_ids<32, kHalf>(table, dim, pooling, in, max_len, b0, b1, out, hashes, rows, tmp); break;
+    case 64: pool_from_ids<64, kHalf>(table, dim, pooling, in, max_len, b0, b1, out, hashes, rows, tmp); break;
+    default: pool_from_ids<0, kHalf>(table, dim, pooling, in, max_len, b0, b1, out, hashes, rows, tmp); break;
   }
 }
 
-SC_DISPATCH
-void pool_bags(const PreparedGroup& g, const std::byte* const* rows, int64_t bag_begin, int64_t bag_end,
-               float* out) {
+template <bool kHalf>
+__attribute__((always_inline)) inline void pool_bags_as(const PreparedGroup& g, const std::byte* const* rows,
+                                                        int64_t bag_begin, int64_t bag_end, float* out,
+                                                        float* tmp) {
   const int dim = g.dim;
   if (g.pooling == Pooling::kNone) {
-    const int64_t row_bytes = static_cast<int64_t>(dim) * sizeof(float);
+    const int64_t out_row_bytes = static_cast<int64_t>(dim) * sizeof(float);
     for (int64_t b = bag_begin; b < bag_end; ++b) {
       const int64_t start = g.offsets[b], len = g.offsets[b + 1] - start;
       float* o = out + b * g.max_len * dim;
@@ -173,26 +200,45 @@ void pool_bags(const PreparedGroup& g, const std::byte* const* rows, int64_t bag
         float w = g.weights.empty() ? 1.0f : g.weights[start + j];
         float* dst = o + j * dim;
         if (!row) {
-          std::memset(dst, 0, row_bytes);
+          std::memset(dst, 0, out_row_bytes);
         } else {
-          const float* src = reinterpret_cast<const float*>(row);
+          const float* src = row_weights<kHalf>(row, tmp, dim);
           for (int d = 0; d < dim; ++d) dst[d] = w * src[d];
         }
       }
-      std::memset(o + len * dim, 0, (g.max_len - len) * row_bytes);
+      std::memset(o + len * dim, 0, (g.max_len - len) * out_row_bytes);
     }
     return;
   }
   // Fixed-size copies of the common widths let the compiler keep a bag's sum in registers.
   switch (dim) {
-    case 4: pool_range<4>(g, rows, bag_begin, bag_end, out); break;
-    case 8: pool_range<8>(g, rows, bag_begin, bag_end, out); break;
-    case 16: pool_range<16>(g, rows, bag_begin, bag_end, out); break;
-    case 32: pool_range<32>(g, rows, bag_begin, bag_end, out); break;
-    case 64: pool_range<64>(g, rows, bag_begin, bag_end, out); break;
-    case 128: pool_range<128>(g, rows, bag_begin, bag_end, out); break;
-    default: pool_range<0>(g, rows, bag_begin, bag_end, out); break;
+    case 4: pool_range<4, kHalf>(g, rows, bag_begin, bag_end, out, tmp); break;
+    case 8: pool_range<8, kHalf>(g, rows, bag_begin, bag_end, out, tmp); break;
+    case 16: pool_range<16, kHalf>(g, rows, bag_begin, bag_end, out, tmp); break;
+    case 32: pool_range<32, kHalf>(g, rows, bag_begin, bag_end, out, tmp); break;
+    case 64: pool_range<64, kHalf>(g, rows, bag_begin, bag_end, out, tmp); break;
+    case 128: pool_range<128, kHalf>(g, rows, bag_begin, bag_end, out, tmp); break;
+    default: pool_range<0, kHalf>(g, rows, bag_begin, bag_end, out, tmp); break;
   }
+}
+
+}  // namespace
+
+SC_DISPATCH
+void pool_bags_from_ids(const HashTable& table, int dim, Pooling pooling, RowStorage storage, const GroupInput& in,
+                        int64_t max_len, int64_t bag_begin, int64_t bag_end, float* out, uint64_t* hashes,
+                        const std::byte** rows, float* tmp) {
+  if (storage == RowStorage::kFloat16)
+    pool_bags_from_ids_as<true>(table, dim, pooling, in, max_len, bag_begin, bag_end, out, hashes, rows, tmp);
+  else
+    pool_bags_from_ids_as<false>(table, dim, pooling, in, max_len, bag_begin, bag_end, out, hashes, rows, tmp);
+}
+
+SC_DISPATCH
+void pool_bags(const PreparedGroup& g, RowStorage storage, const std::byte* const* rows, int64_t bag_begin,
+               int64_t bag_end, float* out, float* tmp) {
+  if (storage == RowStorage::kFloat16) pool_bags_as<true>(g, rows, bag_begin, bag_end, out, tmp);
+  else pool_bags_as<false>(g, rows, bag_begin, bag_end, out, tmp);
 }
 
 // Unique rows this far ahead are prefetched for writing (a whole record: weights, state, meta).
@@ -209,6 +255,7 @@ void backward_update(const PreparedGroup& g, const EmbeddingTable& table, std::b
   const int32_t* occ_pos = g.occurrence_positions.data();
   const int32_t* bag_of = g.bag_of_position.data();
   const bool sequence = g.pooling == Pooling::kNone;
+  const bool half = table.storage() == RowStorage::kFloat16;
   for (int64_t u = u_begin; u < u_end; ++u) {
     if (u + kUpdateAhead < u_end) prefetch_bytes(rows[u + kUpdateAhead], table.row_bytes(), 1);
     for (int d = 0; d < dim; ++d) scratch[d] = 0.0f;
@@ -224,8 +271,16 @@ void backward_update(const PreparedGroup& g, const EmbeddingTable& table, std::b
     PackedRowMeta* meta = table.meta(row);
     meta->count_update();
     int64_t t = opt.use_global_step ? step : static_cast<int64_t>(meta->update_count);
-    float* w = EmbeddingTable::weights(row);
-    rules::apply(opt, w, w + dim, scratch, dim, t);
+    if (half) {
+      // fp32 math on a widened copy, rounded back once.
+      float* w = scratch + dim;
+      halves_to_floats(EmbeddingTable::weights_fp16(row), w, dim);
+      rules::apply(opt, w, table.state(row), scratch, dim, t);
+      floats_to_halves(w, EmbeddingTable::weights_fp16(row), dim);
+    } else {
+      float* w = EmbeddingTable::weights(row);
+      rules::apply(opt, w, table.state(row), scratch, dim, t);
+    }
     meta->set_last_step(step);
   }
 }

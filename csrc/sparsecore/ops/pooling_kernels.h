@@ -8,9 +8,10 @@
 
 namespace sparsecore::kernels {
 
-// Pools bags [bag_begin, bag_end) of `g` into `out` (host; (B, dim) or (B, max_len, dim)).
-void pool_bags(const PreparedGroup& g, const std::byte* const* rows, int64_t bag_begin, int64_t bag_end,
-               float* out);
+// Pools bags [bag_begin, bag_end) of `g` into `out` (host; (B, dim) or (B, max_len, dim)),
+// accumulating in fp32 whatever the table's `storage`. tmp: scratch of g.dim floats.
+void pool_bags(const PreparedGroup& g, RowStorage storage, const std::byte* const* rows, int64_t bag_begin,
+               int64_t bag_end, float* out, float* tmp);
 
 // Evaluation pooling straight from the ids, without dedup: finds every id of bags
 // [bag_begin, bag_end) of `in` in `table` (unknown ids read as zeros; nothing is inserted),
@@ -19,8 +20,10 @@ void pool_bags(const PreparedGroup& g, const std::byte* const* rows, int64_t bag
 //   out      host, the group's output: (batch_size, dim), or (batch_size, max_len, dim) for
 //            pooling "none"
 //   hashes, rows  scratch of offsets[bag_end] - offsets[bag_begin] entries each
-void pool_bags_from_ids(const HashTable& table, int dim, Pooling pooling, const GroupInput& in, int64_t max_len,
-                        int64_t bag_begin, int64_t bag_end, float* out, uint64_t* hashes, const std::byte** rows);
+//   tmp      scratch of dim floats
+void pool_bags_from_ids(const HashTable& table, int dim, Pooling pooling, RowStorage storage, const GroupInput& in,
+                        int64_t max_len, int64_t bag_begin, int64_t bag_end, float* out, uint64_t* hashes,
+                        const std::byte** rows, float* tmp);
 
 // For unique rows [u_begin, u_end) of `g`: sums the gradient of each row over its occurrences
 // (ascending position order), then applies the table's update rule once.
@@ -28,7 +31,7 @@ void pool_bags_from_ids(const HashTable& table, int dim, Pooling pooling, const 
 //   bag_scale  (batch_size) the factor of a bag's gradient: 1 for sum/none, 1/len or
 //              1/sum(weights) for mean (0 for an empty bag)
 //   rows       (num_unique) row pointers, all non-null
-//   scratch    (dim) floats
+//   scratch    (2 * dim) floats
 void backward_update(const PreparedGroup& g, const EmbeddingTable& table, std::byte* const* rows,
                      const float* grad, const float* bag_scale, int64_t u_begin, int64_t u_end, int64_t step,
                      float* scratch);

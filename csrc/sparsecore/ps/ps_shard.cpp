@@ -261,8 +261,9 @@ int64_t PsShard::restore(const std::string& dir) {
       for (int64_t i = 0; i < n; ++i) {
         int64_t key = keys[static_cast<size_t>(i)];
         if (global_shard_of_key(key, layout_.total_shards) != layout_.global_index) continue;
-        std::memcpy(record.data(), rows.data() + i * src.row_floats(), sizeof(float) * src.row_floats());
-        std::memcpy(record.data() + dst.meta_offset(), &meta[static_cast<size_t>(i)], sizeof(RowMeta));
+        const float* floats = rows.data() + i * src.row_floats();
+        dst.write_row(floats, floats + dst.dim(), record.data());
+        *dst.meta(record.data()) = PackedRowMeta::pack(meta[static_cast<size_t>(i)]);
         uint64_t h = key_hash(key);
         HashTable::Shard& sh = ht.shard(ht.shard_of_hash(h));
         std::unique_lock<std::shared_mutex> lock(sh.mutex);

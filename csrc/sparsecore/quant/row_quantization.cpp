@@ -37,43 +37,6 @@ int64_t quantized_row_bytes(RowFormat format, int64_t dim) {
   }
 }
 
-uint16_t float_to_half(float f) {
-  uint32_t x;
-  std::memcpy(&x, &f, 4);
-  const uint32_t sign = (x >> 16) & 0x8000u;
-  const uint32_t ax = x & 0x7FFFFFFFu;
-  if (ax > 0x7F800000u) return static_cast<uint16_t>(sign | 0x7E00u);  // NaN
-  if (ax >= 0x477FF000u) return static_cast<uint16_t>(sign | 0x7C00u);  // rounds to infinity
-  if (ax < 0x38800000u) {
-    // Below the smallest normal half (2^-14): a subnormal, counted in units of 2^-24. The
-    // scaling is exact; nearbyint rounds half to even (1024 is the smallest normal's code).
-    float units = std::fabs(f) * 16777216.0f;
-    return static_cast<uint16_t>(sign | static_cast<uint32_t>(std::nearbyint(units)));
-  }
-  uint32_t r = ax - 0x38000000u;         // rebias the exponent from 127 to 15
-  r += 0x0FFFu + ((r >> 13) & 1u);       // round the 13 dropped bits half to even
-  return static_cast<uint16_t>(sign | (r >> 13));
-}
-
-float half_to_float(uint16_t h) {
-  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
-  const uint32_t exponent = (h >> 10) & 0x1Fu;
-  const uint32_t mantissa = h & 0x3FFu;
-  uint32_t bits;
-  if (exponent == 0) {
-    float v = static_cast<float>(mantissa) * (1.0f / 16777216.0f);
-    return sign ? -v : v;
-  }
-  if (exponent == 31) {
-    bits = sign | 0x7F800000u | (mantissa << 13);
-  } else {
-    bits = sign | ((exponent + 112) << 23) | (mantissa << 13);
-  }
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
-
 namespace {
 
 template <int Bits>

@@ -14,6 +14,8 @@
 #include <cstdint>
 #include <string>
 
+#include "sparsecore/core/half.h"
+
 namespace sparsecore::quant {
 
 enum class RowFormat { kFp16, kInt8, kInt4 };
@@ -44,8 +46,8 @@ void dequantize_rows(const uint8_t* q, int64_t n, int64_t dim, RowFormat format,
 void pooled_lookup(const uint8_t* table, int64_t num_rows, int64_t dim, RowFormat format, const int64_t* indices,
                    int64_t num, const int64_t* offsets, int64_t batch, const float* weights, bool mean, float* out);
 
-// IEEE binary16 conversions, round to nearest even (no F16C needed).
-uint16_t float_to_half(float f);
-float half_to_float(uint16_t h);
+// IEEE binary16 conversions, round to nearest even (sparsecore/core/half.h).
+using sparsecore::float_to_half;
+using sparsecore::half_to_float;
 
 }  // namespace sparsecore::quant

@@ -3,8 +3,10 @@
 #include <cstring>
 #include <mutex>
 #include <shared_mutex>
+#include <vector>
 
 #include "sparsecore/core/error.h"
+#include "sparsecore/core/half.h"
 #include "sparsecore/core/hash.h"
 #include "sparsecore/core/thread_pool.h"
 #include "sparsecore/optim/update_rules.h"
@@ -25,6 +27,14 @@ Pooling pooling_from_name(const std::string& name) {
   if (name == "mean") return Pooling::kMean;
   if (name == "none") return Pooling::kNone;
   throw InvalidArgument("unknown pooling '" + name + "' (known: sum, mean, none)");
+}
+
+const char* row_storage_name(RowStorage s) { return s == RowStorage::kFloat16 ? "fp16" : "fp32"; }
+
+RowStorage row_storage_from_name(const std::string& name) {
+  if (name == "fp32") return RowStorage::kFloat32;
+  if (name == "fp16") return RowStorage::kFloat16;
+  throw InvalidArgument("unknown row storage '" + name + "' (known: fp32, fp16)");
 }
 
 void TableConfig::validate() const {
@@ -49,6 +59,7 @@ Json TableConfig::to_json() const {
   j["init"] = init.to_json();
   j["pooling"] = pooling_name(pooling);
   j["shard_bits"] = shard_bits;
+  j["storage"] = row_storage_name(storage);
   return j;
 }
 
@@ -61,6 +72,7 @@ TableConfig TableConfig::from_json(const Json& j) {
     else if (key == "init") c.init = InitializerConfig::from_json(value);
     else if (key == "pooling") c.pooling = pooling_from_name(value.as_string("table 'pooling'"));
     else if (key == "shard_bits") c.shard_bits = static_cast<int>(value.as_int("table 'shard_bits'"));
+    else if (key == "storage") c.storage = row_storage_from_name(value.as_string("table 'storage'"));
     else throw InvalidArgument("unknown table config field '" + key + "'");
   }
   SC_CHECK_ARG(j.contains("dim"), "table '", c.name, "': 'dim' is required");
@@ -81,30 +93,72 @@ EmbeddingTable::EmbeddingTable(TableConfig config, uint64_t seed)
     : config_((config.validate(), std::move(config))),
       seed_(seed),
       state_dim_(config_.optimizer.state_dim(config_.dim)),
-      meta_offset_((static_cast<size_t>(config_.dim + state_dim_) * sizeof(float) + 7) & ~size_t{7}),
+      state_offset_((static_cast<size_t>(config_.dim) *
+                         (config_.storage == RowStorage::kFloat16 ? sizeof(uint16_t) : sizeof(float)) + 3) &
+                    ~size_t{3}),
+      meta_offset_((state_offset_ + static_cast<size_t>(state_dim_) * sizeof(float) + 7) & ~size_t{7}),
       row_bytes_(meta_offset_ + sizeof(PackedRowMeta)),
       table_(row_bytes_, config_.shard_bits),
       row_init_([this](int64_t key, std::byte* row) { init_row(key, row); }) {}
 
 void EmbeddingTable::init_row(int64_t key, std::byte* row) const {
-  float* w = weights(row);
-  initialize_row(config_.init, seed_, key, w, config_.dim);
-  rules::init_state(config_.optimizer, w + config_.dim, config_.dim);
+  if (config_.storage == RowStorage::kFloat32) {
+    initialize_row(config_.init, seed_, key, weights(row), config_.dim);
+    rules::init_state(config_.optimizer, state(row), config_.dim);
+    zero_padding(row);
+  } else {
+    // Built in fp32, rounded once.
+    thread_local std::vector<float> w;
+    w.resize(config_.dim);
+    initialize_row(config_.init, seed_, key, w.data(), config_.dim);
+    rules::init_state(config_.optimizer, state(row), config_.dim);
+    floats_to_halves(w.data(), weights_fp16(row), config_.dim);
+    zero_padding(row);
+  }
   *meta(row) = PackedRowMeta{0, 0};
-  // Padding between the floats and the metadata is zeroed so checkpoints are byte-stable.
-  size_t floats_end = static_cast<size_t>(row_floats()) * sizeof(float);
-  if (meta_offset_ > floats_end) std::memset(row + floats_end, 0, meta_offset_ - floats_end);
+}
+
+// Padding after the weights and after the state is zeroed so checkpoints and exports are
+// byte-stable.
+void EmbeddingTable::zero_padding(std::byte* row) const {
+  const size_t weights_end = static_cast<size_t>(config_.dim) *
+                             (config_.storage == RowStorage::kFloat16 ? sizeof(uint16_t) : sizeof(float));
+  if (state_offset_ > weights_end) std::memset(row + weights_end, 0, state_offset_ - weights_end);
+  const size_t state_end = state_offset_ + static_cast<size_t>(state_dim_) * sizeof(float);
+  if (meta_offset_ > state_end) std::memset(row + state_end, 0, meta_offset_ - state_end);
+}
+
+void EmbeddingTable::read_weights(const std::byte* row, float* out) const {
+  if (config_.storage == RowStorage::kFloat16) {
+    halves_to_floats(reinterpret_cast<const uint16_t*>(row), out, config_.dim);
+  } else {
+    std::memcpy(out, row, static_cast<size_t>(config_.dim) * sizeof(float));
+  }
+}
+
+void EmbeddingTable::read_row(const std::byte* row, float* floats) const {
+  read_weights(row, floats);
+  std::memcpy(floats + config_.dim, state(row), static_cast<size_t>(state_dim_) * sizeof(float));
+}
+
+void EmbeddingTable::write_row(const float* w, const float* s, std::byte* row) const {
+  if (config_.storage == RowStorage::kFloat16) {
+    floats_to_halves(w, weights_fp16(row), config_.dim);
+  } else {
+    std::memcpy(row, w, static_cast<size_t>(config_.dim) * sizeof(float));
+  }
+  std::memcpy(state(row), s, static_cast<size_t>(state_dim_) * sizeof(float));
+  zero_padding(row);
 }
 
 void EmbeddingTable::find_weights(const int64_t* keys, int64_t n, float* out) const {
   std::vector<std::byte*> rows(n);
   table_.find(keys, n, rows.data());
-  size_t bytes = static_cast<size_t>(config_.dim) * sizeof(float);
   parallel_for(n, 1024, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
       float* dst = out + i * config_.dim;
-      if (rows[i]) std::memcpy(dst, rows[i], bytes);
-      else std::memset(dst, 0, bytes);
+      if (rows[i]) read_weights(rows[i], dst);
+      else std::memset(dst, 0, static_cast<size_t>(config_.dim) * sizeof(float));
     }
   });
 }
@@ -112,9 +166,8 @@ void EmbeddingTable::find_weights(const int64_t* keys, int64_t n, float* out) co
 void EmbeddingTable::lookup_or_insert_weights(const int64_t* keys, int64_t n, float* out) {
   std::vector<std::byte*> rows(n);
   table_.find_or_insert(keys, n, rows.data(), row_init_);
-  size_t bytes = static_cast<size_t>(config_.dim) * sizeof(float);
   parallel_for(n, 1024, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) std::memcpy(out + i * config_.dim, rows[i], bytes);
+    for (int64_t i = b; i < e; ++i) read_weights(rows[i], out + i * config_.dim);
   });
 }
 
@@ -139,7 +192,7 @@ int64_t EmbeddingTable::export_rows(int64_t* keys, float* rows, RowMeta* meta_ou
                  "export capacity ", capacity, " is smaller than the table (it grew during export?)");
     sh.for_each([&](int64_t key, std::byte* row) {
       keys[count] = key;
-      if (rows) std::memcpy(rows + count * floats, row, static_cast<size_t>(floats) * sizeof(float));
+      if (rows) read_row(row, rows + count * floats);
       if (meta_out) meta_out[count] = meta(row)->unpack();
       ++count;
     });

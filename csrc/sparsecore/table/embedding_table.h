@@ -3,7 +3,12 @@
 // One row is one record (DESIGN.md "Decisions"): the weights, then the optimizer state, then
 // the metadata, so a fused update touches one place:
 //
-//   float weights[dim] | float state[optimizer.state_dim(dim)] | PackedRowMeta (8 bytes)
+//   weights[dim] | float state[optimizer.state_dim(dim)] | PackedRowMeta (8 bytes)
+//
+// The weights are float32, or IEEE half floats with storage "fp16": the state and metadata stay
+// fp32 (as the CUDA backend keeps them), pooling accumulates in fp32, and the fused update runs
+// in fp32 on a widened copy whose result is rounded once (to nearest even) back to fp16, as
+// are initial values. Padding keeps the state 4-byte and the metadata 8-byte aligned.
 //
 // Rows are created on demand with initial values that depend only on (table seed, key).
 // The optimizer is fixed at creation. The table is a HashTable underneath; see there for
@@ -27,6 +32,12 @@ enum class Pooling : uint8_t { kSum = 0, kMean = 1, kNone = 2 };
 
 const char* pooling_name(Pooling p);
 Pooling pooling_from_name(const std::string& name);  // "sum" | "mean" | "none"
+
+// How a row's weights are stored (the optimizer state is always fp32).
+enum class RowStorage : uint8_t { kFloat32 = 0, kFloat16 = 1 };
+
+const char* row_storage_name(RowStorage s);
+RowStorage row_storage_from_name(const std::string& name);  // "fp32" | "fp16"
 
 // Per-row metadata as exported and as checkpoint files store it (the format is fixed).
 struct RowMeta {
@@ -66,6 +77,7 @@ struct TableConfig {
   InitializerConfig init;
   Pooling pooling = Pooling::kSum;
   int shard_bits = 6;  // 64 shards: parallelism and lock granularity, not visible in results
+  RowStorage storage = RowStorage::kFloat32;
 
   void validate() const;  // throws InvalidArgument naming the field
   Json to_json() const;
@@ -83,6 +95,7 @@ class EmbeddingTable {
   // floats per row (weights + state)
   int row_floats() const { return config_.dim + state_dim_; }
   size_t row_bytes() const { return row_bytes_; }
+  RowStorage storage() const { return config_.storage; }
   uint64_t seed() const { return seed_; }
   size_t size() const { return table_.size(); }
   size_t memory_bytes() const { return table_.memory_bytes(); }
@@ -91,13 +104,24 @@ class EmbeddingTable {
   HashTable& hash_table() { return table_; }
   const HashTable& hash_table() const { return table_; }
 
+  // The weights of a row of an fp32 table (fp16 tables: weights_fp16).
   static float* weights(std::byte* row) { return reinterpret_cast<float*>(row); }
-  float* state(std::byte* row) const { return reinterpret_cast<float*>(row) + config_.dim; }
+  static uint16_t* weights_fp16(std::byte* row) { return reinterpret_cast<uint16_t*>(row); }
+  float* state(std::byte* row) const { return reinterpret_cast<float*>(row + state_offset_); }
+  const float* state(const std::byte* row) const { return reinterpret_cast<const float*>(row + state_offset_); }
   PackedRowMeta* meta(std::byte* row) const { return reinterpret_cast<PackedRowMeta*>(row + meta_offset_); }
   size_t meta_offset() const { return meta_offset_; }
 
   // Fills a new row: initial weights, initial optimizer state, zero metadata.
   void init_row(int64_t key, std::byte* row) const;
+
+  // A row's weights and state as fp32, whatever the storage (fp16 widens exactly):
+  // read_row fills floats (row_floats()); write_row stores weights (dim) rounded to the
+  // storage type and state (state_dim), and zeroes the padding. Host memory.
+  void read_row(const std::byte* row, float* floats) const;
+  void write_row(const float* weights, const float* state, std::byte* row) const;
+  // The weights alone, widened to fp32: out (dim).
+  void read_weights(const std::byte* row, float* out) const;
   const HashTable::RowInit& row_init() const { return row_init_; }
 
   // Batch lookups. keys (n) host; out (n, dim) host float32.
@@ -109,8 +133,8 @@ class EmbeddingTable {
   int64_t erase(const int64_t* keys, int64_t n);
   void clear();
 
-  // Copies every row out, shard by shard: keys (size()), rows (size(), row_floats()),
-  // meta (size()). Sizes must come from a size() taken while no writer runs.
+  // Copies every row out, shard by shard: keys (size()), rows (size(), row_floats()) as fp32
+  // (read_row), meta (size()). Sizes must come from a size() taken while no writer runs.
   int64_t export_rows(int64_t* keys, float* rows, RowMeta* meta, int64_t capacity) const;
 
   // Marks row pointers taken before now as stale (see generation()). Generations come from
@@ -119,9 +143,12 @@ class EmbeddingTable {
   static uint64_t next_generation();
 
  private:
+  void zero_padding(std::byte* row) const;
+
   TableConfig config_;
   uint64_t seed_;
   int state_dim_;
+  size_t state_offset_;
   size_t meta_offset_;
   size_t row_bytes_;
   HashTable table_;
