@@ -72,6 +72,101 @@ def test_cluster_collection_rejects_bad_batches_before_pushing():
         server.stop()
 
 
+SEQ_DATA = SyntheticConfig.w2(num_groups=3, group_names=("history", "user", "ad"), num_user_groups=2,
+                              vocab_size=300, min_bag=0, max_bag=7, weight_std=0.2, samples_per_view=4,
+                              batch_size=48, seed=11)
+SEQ_TABLES = {"history": sc.TableConfig(dim=4, optimizer=sc.Adagrad(lr=0.1), pooling="none"),
+              "user": sc.TableConfig(dim=4, optimizer=sc.SGD(lr=0.2), pooling="mean"),
+              "ad": sc.TableConfig(dim=4, optimizer=sc.Adam(lr=0.01))}
+
+
+class AttentionOverHistory(torch.nn.Module):
+    """DIN's shape in small: the ad attends over the history sequence (padding masked out)."""
+
+    def __init__(self, dim=4):
+        super().__init__()
+        torch.manual_seed(0)
+        self.score = torch.nn.Linear(2 * dim, 1)
+        self.top = torch.nn.Linear(3 * dim, 1)
+
+    def forward(self, pooled, dense=None):
+        history, lengths = pooled["history"]
+        ad = pooled["ad"]
+        scores = self.score(torch.cat([history, ad.unsqueeze(1).expand_as(history)], dim=2)).squeeze(2)
+        mask = torch.arange(history.shape[1]).unsqueeze(0) < lengths.unsqueeze(1)
+        interest = (scores.sigmoid() * mask).unsqueeze(2).mul(history).sum(1)
+        return self.top(torch.cat([interest, pooled["user"], ad], dim=1)).squeeze(1)
+
+
+def test_sequence_group_against_a_cluster_matches_embedded():
+    """A DIN-like model whose history group uses pooling "none", trained with sample
+    compression: the cluster gives the embedded run's dense weights bit for bit, and its rows
+    to within rounding (duplicate rows' gradients are summed on the worker, not fused)."""
+    server = sc.Server(port=0, shards=2)
+    try:
+        runs = []
+        for where in ({}, {"server": sc.connect([server.endpoint])}):
+            model = AttentionOverHistory()
+            trainer = sc.Trainer(SyntheticData(SEQ_DATA, num_samples=5 * SEQ_DATA.batch_size, compressed=True),
+                                 model, SEQ_TABLES, seed=5, model_input="dict", progress=False,
+                                 deterministic=True, **where)
+            trainer.fit()
+            runs.append((trainer, model))
+        (ref_trainer, ref_model), (trainer, model) = runs
+        assert trainer.step == ref_trainer.step == 5
+        for (name, p), q in zip(ref_model.named_parameters(), model.parameters()):
+            np.testing.assert_array_equal(q.detach().numpy(), p.detach().numpy(), err_msg=name)
+        ids = np.arange(SEQ_DATA.vocab_size, dtype=np.int64)
+        for name in SEQ_TABLES:
+            want = ref_trainer.embedding.collection.lookup(name, ids)
+            got = trainer.embedding.collection.cluster.pull(name, ids, train=False)
+            np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7, err_msg=name)
+        assert trainer.embedding.collection.sizes() == ref_trainer.embedding.collection.sizes()
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_cluster_sequence_outputs_and_updates_match_embedded(weighted):
+    """Pooling "none" straight through the collections: padded [B, L_max, dim] outputs and
+    lengths equal, and after backward steps with per-position gradients (duplicates, empty
+    bags, negative and huge ids) every row equals the embedded engine's."""
+    rng = np.random.default_rng()
+    tables = {"seq": sc.TableConfig(dim=3, optimizer=sc.Adagrad(lr=0.1), pooling="none")}
+    server = sc.Server(port=0, shards=2)
+    try:
+        embedded = sc.EmbeddingCollection(tables, seed=3)
+        cluster = sc.connect([server.endpoint]).collection(tables, seed=3)
+        vocab = np.array([0, 1, -5, 2**62, -2**63, 7, 8, 9, 10, 11], np.int64)
+        for _ in range(4):
+            lengths = rng.integers(0, 6, size=9)
+            offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+            group = [rng.choice(vocab, size=offsets[-1]), offsets]
+            if weighted:
+                group.append(rng.uniform(0.5, 2.0, size=offsets[-1]).astype(np.float32))
+            batch = {"seq": tuple(group)}
+            (want, want_len), (got, got_len) = embedded.forward(batch)["seq"], cluster.forward(batch)["seq"]
+            assert got.shape == (9, lengths.max(), 3)
+            np.testing.assert_array_equal(got_len, want_len)
+            if weighted:  # the engine fuses weight x gradient into its sum; the cluster rounds twice
+                np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+            else:
+                np.testing.assert_array_equal(got, want)
+            grad = {"seq": rng.standard_normal(want.shape).astype(np.float32)}
+            embedded.backward(batch, grad)
+            cluster.backward(batch, grad)
+        rows = cluster.cluster.pull("seq", vocab, train=False)
+        want = embedded.lookup("seq", vocab)
+        if weighted:
+            np.testing.assert_allclose(rows, want, rtol=1e-5, atol=1e-6)
+        else:
+            np.testing.assert_array_equal(rows, want)
+        with pytest.raises(ValueError, match=r"expected \(9, "):
+            cluster.backward(batch, {"seq": np.zeros((9, 3), np.float32)})
+    finally:
+        server.stop()
+
+
 SYNC_WORKER = textwrap.dedent("""
     import sys, torch, torch.distributed as dist
     import sparsecore as sc

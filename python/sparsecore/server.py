@@ -161,9 +161,9 @@ class ClusterCollection:
     """Embedding tables kept on parameter servers, with the surface of
     :class:`~sparsecore.EmbeddingCollection` that training uses (``prepare``, ``forward``,
     ``backward``, ``sizes``, ``save``/``restore``), so that the torch bridge and the Trainer
-    run against a cluster unchanged. Pooling (sum, mean, per-id weights) happens here; the
-    servers only see ids and per-id gradients, which they sum per row (in position order)
-    and apply with the table's fused optimizer. Pooling "none" is not supported here.
+    run against a cluster unchanged. Pooling (sum, mean, "none" sequences, per-id weights)
+    happens here; the servers only see ids and per-id gradients, which they sum per row (in
+    position order) and apply with the table's fused optimizer.
 
     In synchronous mode (``connect(..., num_workers=W)``) each ``backward`` is the worker's push
     of step ``step``: it returns once every worker's gradients of that step were applied.
@@ -172,9 +172,6 @@ class ClusterCollection:
     def __init__(self, cluster: Cluster, tables: Mapping[str, TableConfig], seed: int = 0):
         if not tables:
             raise ValueError("tables (name -> TableConfig) must name at least one table")
-        for name, cfg in tables.items():
-            if cfg.pooling == "none":
-                raise ValueError(f"table '{name}': pooling 'none' (sequences) is not supported against a cluster")
         self.cluster = cluster
         self._configs = dict(tables)
         self._seed = int(seed)
@@ -229,6 +226,12 @@ class ClusterCollection:
         if weights is not None:
             rows *= weights[:, None]
         lengths = np.diff(offsets)
+        if self._configs[name].pooling == "none":
+            # The embedded engine's sequence output: [B, L_max, dim], zero past each length.
+            bags, slots = _sequence_positions(offsets, lengths)
+            padded = np.zeros((lengths.size, int(lengths.max(initial=0)), rows.shape[1]), np.float32)
+            padded[bags, slots] = rows
+            return padded
         pooled = np.zeros((lengths.size, rows.shape[1]), np.float32)
         filled = lengths > 0
         if ids.size:
@@ -248,9 +251,18 @@ class ClusterCollection:
         return sums
 
     def forward(self, batch: Mapping[str, Any] | PreparedBatch, *, train: bool = True) -> dict[str, Any]:
+        """Pooled rows per group, as :meth:`EmbeddingCollection.forward` gives them (pooling
+        "none": a tuple (float32[B, L_max, dim] zero-padded, int64 lengths[B]))."""
         prepared = self.prepare(batch, train=train)
         outs = self._c.forward(prepared._core)
-        return {n: (to_torch(o) if prepared.torch else o) for n, o in zip(prepared.names, outs)}
+        result: dict[str, Any] = {}
+        for name, out, offsets in zip(prepared.names, outs, prepared.offsets):
+            if self._configs[name].pooling == "none":
+                out = (out, np.diff(offsets))
+                result[name] = tuple(to_torch(o) for o in out) if prepared.torch else out
+            else:
+                result[name] = to_torch(out) if prepared.torch else out
+        return result
 
     def evaluate(self, batch: Mapping[str, Any]) -> dict[str, Any]:
         """forward(batch, train=False): never inserts; unknown ids read as zeros."""
@@ -266,15 +278,21 @@ class ClusterCollection:
         for name, (ids, offsets, weights) in zip(prepared.names, prepared._core.groups):
             g = as_float32(grads[name], f"gradient of group '{name}'")
             lengths = np.diff(offsets)
-            if g.shape != (lengths.size, self._configs[name].dim):
-                raise ValueError(f"gradient of group '{name}' has shape {g.shape}, expected "
-                                 f"{(lengths.size, self._configs[name].dim)}")
+            pooling = self._configs[name].pooling
+            shape = (lengths.size, self._configs[name].dim)
+            if pooling == "none":  # one gradient per position, like the forward output
+                shape = (lengths.size, int(lengths.max(initial=0)), self._configs[name].dim)
+            if g.shape != shape:
+                raise ValueError(f"gradient of group '{name}' has shape {g.shape}, expected {shape}")
             if not np.isfinite(g).all():
                 raise ValueError(f"gradient of group '{name}' contains NaN or Inf; nothing was pushed")
-            if self._configs[name].pooling == "mean":
+            if pooling == "mean":
                 denominators = self._denominators(lengths, offsets, weights)
                 g = g / np.where(denominators > 0, denominators, 1)[:, None]
-            rows = np.repeat(g, lengths, axis=0)
+            if pooling == "none":
+                rows = g[_sequence_positions(offsets, lengths)]
+            else:
+                rows = np.repeat(g, lengths, axis=0)
             if weights is not None:
                 rows *= weights[:, None]
             per_id.append((name, ids, rows))
@@ -294,6 +312,13 @@ class ClusterCollection:
 
     def __repr__(self) -> str:
         return f"ClusterCollection({list(self._configs)}, servers={self.cluster._addresses or 'embedded'}, step={self._step})"
+
+
+def _sequence_positions(offsets: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(bag, slot within the bag) of every id position of a CSR batch: where pooling "none"
+    puts position i in its padded [B, L_max, dim] output."""
+    bags = np.repeat(np.arange(lengths.size), lengths)
+    return bags, np.arange(bags.size) - offsets[:-1][bags]
 
 
 class Server:

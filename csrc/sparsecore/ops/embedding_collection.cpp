@@ -240,25 +240,14 @@ std::shared_ptr<PreparedBatch> EmbeddingCollection::prepare(const std::vector<Gr
 
       std::byte** urows = g.unique_rows.data() + begin;
       HashTable::Shard& shard = table.hash_table().shard(sh);
-      int32_t missing = 0;
+      int64_t missing = 0;
       {
-        // Probes miss the cache (the index is far larger than L2): prefetch a few keys ahead.
-        constexpr int32_t kAhead = 16;
         std::shared_lock lock(shard.mutex);
-        for (int32_t j = 0; j < count && j < kAhead; ++j) shard.prefetch(key_hash(ukeys[j]));
-        for (int32_t j = 0; j < count; ++j) {
-          if (j + kAhead < count) shard.prefetch(key_hash(ukeys[j + kAhead]));
-          urows[j] = shard.find(ukeys[j], key_hash(ukeys[j]));
-          missing += urows[j] == nullptr;
-        }
+        missing = shard.find_batch(ukeys, count, urows);
       }
       if (train && missing > 0) {
         std::unique_lock lock(shard.mutex);
-        for (int32_t j = 0; j < count; ++j) {
-          if (urows[j]) continue;
-          bool inserted = false;
-          urows[j] = shard.find_or_insert(ukeys[j], key_hash(ukeys[j]), table.row_init(), &inserted);
-        }
+        shard.insert_absent(ukeys, count, urows, table.row_init());
       }
     }
   });

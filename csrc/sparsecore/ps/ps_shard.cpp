@@ -97,11 +97,8 @@ void PsShard::create_table(const TableConfig& config, uint64_t seed) {
 int PsShard::dim(const std::string& name) const { return table(name).rows->table(0).dim(); }
 
 void PsShard::pull(const std::string& name, const int64_t* ids, int64_t n, bool train, float* out) {
-  EmbeddingTable& t = table(name).rows->table(0);
-  if (train)
-    t.lookup_or_insert_weights(ids, n, out);
-  else
-    t.find_weights(ids, n, out);
+  // On this reactor's thread: a pool hand-off costs more than a thousand probes.
+  table(name).rows->table(0).pull_weights(ids, n, train, out);
 }
 
 void PsShard::apply(Table& t, const int64_t* ids, int64_t n, const float* grads) {

@@ -8,6 +8,7 @@
 #include "sparsecore/core/error.h"
 #include "sparsecore/core/half.h"
 #include "sparsecore/core/hash.h"
+#include "sparsecore/core/pod_vector.h"
 #include "sparsecore/core/thread_pool.h"
 #include "sparsecore/optim/update_rules.h"
 
@@ -169,6 +170,20 @@ void EmbeddingTable::lookup_or_insert_weights(const int64_t* keys, int64_t n, fl
   parallel_for(n, 1024, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) read_weights(rows[i], out + i * config_.dim);
   });
+}
+
+void EmbeddingTable::pull_weights(const int64_t* keys, int64_t n, bool insert, float* out) {
+  thread_local PodVector<std::byte*> rows;
+  rows.resize(n);
+  table_.lookup_batch(keys, n, rows.data(), insert ? &row_init_ : nullptr);
+  constexpr int64_t kRowsAhead = 8;
+  const size_t bytes = static_cast<size_t>(config_.dim) * sizeof(float);
+  for (int64_t i = 0; i < n; ++i) {
+    if (i + kRowsAhead < n && rows[i + kRowsAhead]) __builtin_prefetch(rows[i + kRowsAhead]);
+    float* dst = out + i * config_.dim;
+    if (rows[i]) std::memcpy(dst, rows[i], bytes);
+    else std::memset(dst, 0, bytes);
+  }
 }
 
 int64_t EmbeddingTable::erase(const int64_t* keys, int64_t n) {

@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "sparsecore/core/error.h"
+#include "sparsecore/core/pod_vector.h"
 #include "sparsecore/core/thread_pool.h"
 
 namespace sparsecore {
@@ -77,6 +78,25 @@ std::byte* HashTable::Shard::find_or_insert(int64_t key, uint64_t hash, const Ro
   ++size_;
   *inserted = true;
   return arena_.row(id);
+}
+
+int64_t HashTable::Shard::find_batch(const int64_t* keys, int64_t count, std::byte** rows) const {
+  for (int64_t j = 0; j < count && j < kProbeAhead; ++j) prefetch(key_hash(keys[j]));
+  int64_t absent = 0;
+  for (int64_t j = 0; j < count; ++j) {
+    if (j + kProbeAhead < count) prefetch(key_hash(keys[j + kProbeAhead]));
+    rows[j] = find(keys[j], key_hash(keys[j]));
+    absent += rows[j] == nullptr;
+  }
+  return absent;
+}
+
+void HashTable::Shard::insert_absent(const int64_t* keys, int64_t count, std::byte** rows, const RowInit& init) {
+  for (int64_t j = 0; j < count; ++j) {
+    if (rows[j]) continue;
+    bool inserted = false;
+    rows[j] = find_or_insert(keys[j], key_hash(keys[j]), init, &inserted);
+  }
 }
 
 void HashTable::Shard::upsert_copy(int64_t key, uint64_t hash, const std::byte* row) {
@@ -194,6 +214,47 @@ void HashTable::find_or_insert(const int64_t* keys, int64_t n, std::byte** rows,
       }
     }
   });
+}
+
+void HashTable::lookup_batch(const int64_t* keys, int64_t n, std::byte** rows, const RowInit* init) {
+  // Keys grouped by shard (stable counting sort), probed a shard at a time under one lock.
+  thread_local std::vector<int64_t> starts;
+  thread_local PodVector<int32_t> shard_of;
+  thread_local PodVector<int64_t> perm, grouped_keys;
+  thread_local PodVector<std::byte*> grouped_rows;
+  const int shards = num_shards();
+  starts.assign(shards + 1, 0);
+  shard_of.resize(n);
+  for (int64_t i = 0; i < n; ++i) {
+    shard_of[i] = shard_of_hash(key_hash(keys[i]));
+    ++starts[shard_of[i] + 1];
+  }
+  for (int s = 0; s < shards; ++s) starts[s + 1] += starts[s];
+  perm.resize(n);
+  grouped_keys.resize(n);
+  grouped_rows.resize(n);
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t p = starts[shard_of[i]]++;
+    perm[p] = i;
+    grouped_keys[p] = keys[i];
+  }
+  for (int s = shards; s > 0; --s) starts[s] = starts[s - 1];  // back to each shard's start
+  starts[0] = 0;
+  for (int s = 0; s < shards; ++s) {
+    const int64_t begin = starts[s], count = starts[s + 1] - begin;
+    if (count == 0) continue;
+    Shard& sh = *shards_[s];
+    int64_t absent;
+    {
+      std::shared_lock lock(sh.mutex);
+      absent = sh.find_batch(grouped_keys.data() + begin, count, grouped_rows.data() + begin);
+    }
+    if (init && absent > 0) {
+      std::unique_lock lock(sh.mutex);
+      sh.insert_absent(grouped_keys.data() + begin, count, grouped_rows.data() + begin, *init);
+    }
+  }
+  for (int64_t p = 0; p < n; ++p) rows[perm[p]] = grouped_rows[p];
 }
 
 int64_t HashTable::erase(const int64_t* keys, int64_t n) {
