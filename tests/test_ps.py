@@ -276,13 +276,14 @@ def test_pipelined_pushes_with_unaligned_frames_apply_exactly():
 def test_stopped_server_is_detected_by_heartbeat():
     proc, addr = start_server_process("--shards", 1)
     try:
-        ps = sc.connect([addr], heartbeat=0.2)
+        # Long enough that a loaded machine never trips it while the server is alive.
+        ps = sc.connect([addr], heartbeat=2.0)
         ps.create_table("t", CFG, seed=1)
         proc.send_signal(signal.SIGSTOP)  # connected, but answers nothing
         t0 = time.monotonic()
         with pytest.raises(sc.RpcConnectionError, match="heartbeat"):
             ps.pull("t", np.arange(10, dtype=np.int64))
-        assert time.monotonic() - t0 < 10
+        assert time.monotonic() - t0 < 30
     finally:
         proc.send_signal(signal.SIGCONT)
         stop(proc)
