@@ -34,7 +34,9 @@ stage build 300 cmake --build "$build" -j "$(nproc)" || { printf '%s\n' "${summa
 for f in "$build"/_core*.so "$build"/libsparsecore.so*; do ln -sf "$f" "$root/python/sparsecore/$(basename "$f")"; done
 
 stage ctest-cuda 120 ctest --test-dir "$build" -R '^cuda\.' --output-on-failure -j 4
-stage pytest-cuda 120 python3 -m pytest "$root"/tests/test_cuda*.py -q -rs
+stage pytest-cuda 120 python3 -m pytest "$root"/tests/test_cuda*.py "$root"/tests/test_quant_cuda.py -q -rs
+stage quant-cuda 90 bash -c "PYTHONPATH='$root/python' python3 '$root/bench/gpu_quant_check.py' > '$out/quant_cuda.json'"
+cat "$out/quant_cuda.json" 2>/dev/null
 if command -v compute-sanitizer >/dev/null; then
   for tool in memcheck racecheck; do
     stage "sanitizer-$tool" 90 compute-sanitizer --tool "$tool" --error-exitcode 1 \

@@ -260,3 +260,14 @@ def test_cpu_and_emulated_cuda_agree_bit_for_bit(rng, opt_name):
         np.testing.assert_array_equal(e["keys"], c["keys"][order])
         np.testing.assert_array_equal(e["weights"], c["weights"][order], err_msg=f"weights of {n}")
         np.testing.assert_array_equal(e["update_count"], c["update_count"][order])
+
+
+def test_device_collection_takes_storage_from_the_table_configs():
+    sc_cuda = cuda_or_skip()
+    half = {"a": sc.TableConfig(dim=4, storage="fp16"), "b": sc.TableConfig(dim=3, storage="fp16")}
+    assert sc_cuda.DeviceEmbeddingCollection(half, 1, emulate=True).storage == "fp16"
+    assert sc_cuda.DeviceEmbeddingCollection({"a": sc.TableConfig(dim=4)}, 1, emulate=True).storage == "fp32"
+    mixed = {"a": sc.TableConfig(dim=4, storage="fp16"), "b": sc.TableConfig(dim=3)}
+    with pytest.raises(ValueError, match="storage"):
+        sc_cuda.DeviceEmbeddingCollection(mixed, 1, emulate=True)
+    assert sc_cuda.DeviceEmbeddingCollection(mixed, 1, storage="fp32", emulate=True).storage == "fp32"

@@ -205,16 +205,23 @@ class DeviceEmbeddingCollection(EmbeddingCollection):
     through the CUDA emulator when ``emulate=True``).
 
     storage: ``"fp32"`` or ``"fp16"`` row weights (fp16 keeps fp32 accumulation and fp32
-    optimizer state; the update rounds each row once).
+    optimizer state; the update rounds each row once). By default it is the tables' own
+    ``TableConfig.storage``, which must then be the same for every table.
     """
 
-    def __init__(self, tables: Mapping[str, TableConfig], seed: int = 0, *, storage: str = "fp32",
+    def __init__(self, tables: Mapping[str, TableConfig], seed: int = 0, *, storage: Optional[str] = None,
                  emulate: bool = False, device: str = "cuda", block_threads: Optional[int] = None,
                  max_blocks: Optional[int] = None, _core_obj: Any = None):
         if getattr(self, "_c", None) is not None:
             return  # already built by EmbeddingCollection.__new__(device="cuda")
         if device != "cuda":
             raise ValueError(f"a DeviceEmbeddingCollection lives on device 'cuda', got {device!r}")
+        if storage is None:
+            kinds = {getattr(cfg, "storage", "fp32") for cfg in dict(tables).values()} or {"fp32"}
+            if len(kinds) > 1:
+                raise ValueError("a DeviceEmbeddingCollection stores every table alike, but the tables ask "
+                                 f"for storage {sorted(kinds)}; pass storage= to choose one")
+            storage = kinds.pop()
         if storage not in ("fp32", "fp16"):
             raise ValueError(f"storage must be 'fp32' or 'fp16', got {storage!r}")
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
