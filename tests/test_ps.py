@@ -273,13 +273,25 @@ def test_pipelined_pushes_with_unaligned_frames_apply_exactly():
         server.stop()
 
 
+def wait_until_stopped(pid, timeout=10.0):
+    # kill() only queues SIGSTOP: a request sent before the stop lands would still be served.
+    t_end = time.monotonic() + timeout
+    while time.monotonic() < t_end:
+        with open(f"/proc/{pid}/stat") as f:
+            if f.read().rsplit(")", 1)[1].split()[0] == "T":
+                return
+        time.sleep(0.01)
+    raise AssertionError(f"process {pid} did not stop")
+
+
 def test_stopped_server_is_detected_by_heartbeat():
     proc, addr = start_server_process("--shards", 1)
     try:
         # Long enough that a loaded machine never trips it while the server is alive.
-        ps = sc.connect([addr], heartbeat=2.0)
+        ps = sc.connect([addr], heartbeat=1.0)
         ps.create_table("t", CFG, seed=1)
         proc.send_signal(signal.SIGSTOP)  # connected, but answers nothing
+        wait_until_stopped(proc.pid)
         t0 = time.monotonic()
         with pytest.raises(sc.RpcConnectionError, match="heartbeat"):
             ps.pull("t", np.arange(10, dtype=np.int64))
