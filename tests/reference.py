@@ -131,3 +131,39 @@ def random_batch(rng: np.random.Generator, batch_size: int, max_len: int, id_poo
 
 
 EXTREME_IDS = np.array([0, -1, 2**63 - 1, -(2**63), 1, 42, -(2**62), 2**40 + 7], dtype=np.int64)
+
+
+def train_with_reference(rng: np.random.Generator, emb, opt, pooling: str, steps: int = 3,
+                         round_weights=None) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    """Trains table "t" of `emb` for `steps` random batches (the second weighted) and applies
+    the same gradients to a RowState per id. `round_weights` (e.g. a cast to fp16) is applied
+    to each reference row after its update, as the table's storage does. Returns the ids seen,
+    the table's rows and the reference rows of those ids, and the RowState per id."""
+    id_pool = np.concatenate([EXTREME_IDS, rng.integers(-1000, 1000, size=20)])
+    ref: dict[int, RowState] = {}
+    for step in range(1, steps + 1):
+        weighted = step == 2
+        ids, offsets, weights = random_batch(rng, 23, 6, id_pool, weighted=weighted)
+        for k, row in zip(ids, emb.lookup("t", ids, insert=True)):  # creates rows with their initial values
+            ref.setdefault(int(k), RowState(row, opt))
+        batch = {"t": (ids, offsets, weights) if weighted else (ids, offsets)}
+        out = emb.forward(batch)["t"]
+        out = out[0] if pooling == "none" else out
+        grad = rng.normal(size=out.shape).astype(np.float32)
+        assert emb.backward(batch, {"t": grad}) == step
+        for k, g in unpool(ids, offsets, weights, pooling, grad).items():
+            ref[k].apply(opt, g, step)
+            if round_weights is not None:
+                ref[k].w = round_weights(ref[k].w)
+    keys = np.array(list(ref), dtype=np.int64)
+    return keys, emb.lookup("t", keys), np.stack([ref[int(k)].w for k in keys]), ref
+
+
+def assert_pooled(out, rows: np.ndarray, offsets: np.ndarray, weights: np.ndarray | None, pooling: str) -> None:
+    """`out` (a forward or evaluate output of one group) equals the NumPy pooling of `rows`."""
+    expect = pool(rows.astype(np.float64), offsets, weights, pooling)
+    if pooling == "none":
+        out, lengths = out
+        np.testing.assert_array_equal(lengths, np.diff(offsets))
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, expect, rtol=2e-5, atol=2e-6)

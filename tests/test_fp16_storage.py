@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import sparsecore as sc
-from reference import EXTREME_IDS, RowState, pool, random_batch, unpool
+from reference import EXTREME_IDS, pool, random_batch, train_with_reference
 
 OPTIMIZERS = {
     "sgd": sc.SGD(lr=0.1, weight_decay=0.01),
@@ -89,25 +89,9 @@ def test_update_matches_reference_rounded_to_fp16_each_step(rng, opt_name, dim):
     pooling = ["sum", "mean", "none"][int(rng.integers(3))]
     emb = sc.EmbeddingCollection({"t": table(dim, optimizer=opt, init=sc.Normal(0.3), pooling=pooling)},
                                  int(rng.integers(1 << 62)))
-    id_pool = np.concatenate([EXTREME_IDS, rng.integers(-1000, 1000, size=20)])
-    ref: dict[int, RowState] = {}
-    for step in range(1, 4):
-        weighted = step == 2
-        ids, offsets, weights = random_batch(rng, 23, 6, id_pool, weighted=weighted)
-        for k, row in zip(ids, emb.lookup("t", ids, insert=True)):
-            ref.setdefault(int(k), RowState(row, opt))
-        batch = {"t": (ids, offsets, weights) if weighted else (ids, offsets)}
-        out = emb.forward(batch)["t"]
-        out = out[0] if pooling == "none" else out
-        grad = rng.normal(size=out.shape).astype(np.float32)
-        assert emb.backward(batch, {"t": grad}) == step
-        for k, g in unpool(ids, offsets, weights, pooling, grad).items():
-            ref[k].apply(opt, g, step)
-            ref[k].w = as_fp16(ref[k].w)
-    keys = np.array(list(ref), dtype=np.int64)
-    got = emb.lookup("t", keys)
+    keys, got, want, ref = train_with_reference(rng, emb, opt, pooling, round_weights=as_fp16)
     assert_fp16_exact(got)
-    assert_within_fp16_ulps(got, np.stack([ref[int(k)].w for k in keys]), ulps=4)
+    assert_within_fp16_ulps(got, want, ulps=4)
     exported = emb.export("t")
     assert exported["weights"].dtype == np.float32 and exported["state"].dtype == np.float32
     counts = dict(zip(exported["keys"].tolist(), exported["update_count"].tolist()))

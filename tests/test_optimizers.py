@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import sparsecore as sc
-from reference import EXTREME_IDS, RowState, random_batch, unpool
+from reference import random_batch, train_with_reference
 
 OPTIMIZERS = {
     "sgd": sc.SGD(lr=0.1, weight_decay=0.01),
@@ -29,23 +29,8 @@ def test_update_matches_numpy_reference(rng, opt_name, pooling, dim):
     opt = OPTIMIZERS[opt_name]
     emb = sc.EmbeddingCollection({"t": sc.TableConfig(dim=dim, optimizer=opt, init=sc.Normal(0.3), pooling=pooling)},
                                  seed=int(rng.integers(1 << 30)))
-    id_pool = np.concatenate([EXTREME_IDS, rng.integers(-1000, 1000, size=20)])
-    ref: dict[int, RowState] = {}
-    for step in range(1, 4):
-        weighted = step == 2
-        ids, offsets, weights = random_batch(rng, 23, 6, id_pool, weighted=weighted)
-        for k, row in zip(ids, emb.lookup("t", ids, insert=True)):  # creates rows with their initial values
-            ref.setdefault(int(k), RowState(row, opt))
-        batch = {"t": (ids, offsets, weights) if weighted else (ids, offsets)}
-        out = emb.forward(batch)["t"]
-        out = out[0] if pooling == "none" else out
-        grad = rng.normal(size=out.shape).astype(np.float32)
-        assert emb.backward(batch, {"t": grad}) == step
-        for k, g in unpool(ids, offsets, weights, pooling, grad).items():
-            ref[k].apply(opt, g, step)
-    keys = np.array(list(ref), dtype=np.int64)
-    got = emb.lookup("t", keys).astype(np.float64)
-    want = np.stack([ref[int(k)].w for k in keys])
+    keys, got, want, ref = train_with_reference(rng, emb, opt, pooling)
+    got = got.astype(np.float64)
     np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5)
     exported = emb.export("t")
     counts = dict(zip(exported["keys"].tolist(), exported["update_count"].tolist()))
