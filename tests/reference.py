@@ -167,3 +167,12 @@ def assert_pooled(out, rows: np.ndarray, offsets: np.ndarray, weights: np.ndarra
         np.testing.assert_array_equal(lengths, np.diff(offsets))
     assert out.dtype == np.float32
     np.testing.assert_allclose(out, expect, rtol=2e-5, atol=2e-6)
+
+
+def assert_close_to_scale(actual, desired, rtol: float = 1e-5, err_msg: str = "") -> None:
+    """Elementwise closeness with the absolute tolerance scaled to the largest magnitude of
+    `desired`: two float32 computations that sum in different orders differ by a few ulps of
+    the largest term, which is far more than `rtol` of an element that happens to be near zero."""
+    desired = np.asarray(desired)
+    scale = float(np.abs(desired).max()) if desired.size else 0.0
+    np.testing.assert_allclose(actual, desired, rtol=rtol, atol=rtol * scale, err_msg=err_msg)
