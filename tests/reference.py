@@ -57,6 +57,7 @@ class RowState:
     def __init__(self, w: np.ndarray, opt):
         dim = len(w)
         self.w = w.astype(np.float64)
+        self.peak = np.abs(self.w)  # the largest magnitude each weight has held
         self.count = 0
         acc = getattr(opt, "initial_accumulator", 0.0)
         if isinstance(opt, sc.RowwiseAdagrad):
@@ -155,6 +156,7 @@ def train_with_reference(rng: np.random.Generator, emb, opt, pooling: str, steps
             ref[k].apply(opt, g, step)
             if round_weights is not None:
                 ref[k].w = round_weights(ref[k].w)
+            ref[k].peak = np.maximum(ref[k].peak, np.abs(ref[k].w))
     keys = np.array(list(ref), dtype=np.int64)
     return keys, emb.lookup("t", keys), np.stack([ref[int(k)].w for k in keys]), ref
 
