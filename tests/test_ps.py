@@ -51,6 +51,28 @@ def batch(step, worker, n=300):
     return ids, grads
 
 
+@pytest.mark.parametrize("remote", [False, True])
+def test_fp16_rows_pull_and_update_as_the_collection_reads_them(rng, remote):
+    cfg = sc.TableConfig(dim=18, storage="fp16", optimizer=sc.SGD(lr=0.5), init=sc.Normal(0.3))
+    seed = int(rng.integers(1 << 30))
+    server = sc.Server(port=0) if remote else sc.Server()
+    try:
+        ps = server.client()
+        ps.create_table("t", cfg, seed=seed)
+        coll = sc.EmbeddingCollection({"t": cfg}, seed=seed)
+        ids = np.unique(rng.integers(-10**6, 10**6, 300)).astype(np.int64)
+        first = ps.pull("t", ids)
+        np.testing.assert_array_equal(first, coll.lookup("t", ids, insert=True))
+        np.testing.assert_array_equal(first, first.astype(np.float16).astype(np.float32))
+        grads = rng.standard_normal((ids.size, 18)).astype(np.float32)
+        ps.push("t", ids, grads)
+        coll.forward({"t": (ids, np.arange(ids.size + 1, dtype=np.int64))})
+        coll.backward({"t": (ids, np.arange(ids.size + 1, dtype=np.int64))}, {"t": grads})
+        np.testing.assert_array_equal(ps.pull("t", ids, train=False), coll.lookup("t", ids))
+    finally:
+        server.stop()
+
+
 def test_embedded_pull_matches_collection_init():
     ids = np.random.default_rng().integers(0, 10**6, 100).astype(np.int64)
     ps = sc.Server().client()

@@ -34,9 +34,15 @@ TEST(HashTable, MatchesUnorderedMapUnderRandomOperations) {
       std::vector<int64_t> keys(gen() % 300);
       for (auto& k : keys) k = universe[gen() % universe.size()];
       std::vector<std::byte*> rows(keys.size());
-      int op = static_cast<int>(gen() % 3);
-      if (op == 0) {
-        table.find_or_insert(keys.data(), static_cast<int64_t>(keys.size()), rows.data(), fill_key);
+      // 0, 3: insert through find_or_insert / lookup_batch; 2, 4: find through find /
+      // lookup_batch (a batch of up to 300 keys: shorter and longer than the probe window).
+      int op = static_cast<int>(gen() % 5);
+      const HashTable::RowInit init = fill_key;
+      if (op == 0 || op == 3) {
+        if (op == 0)
+          table.find_or_insert(keys.data(), static_cast<int64_t>(keys.size()), rows.data(), fill_key);
+        else
+          table.lookup_batch(keys.data(), static_cast<int64_t>(keys.size()), rows.data(), &init, gen() % 2 == 0);
         for (size_t i = 0; i < keys.size(); ++i) {
           ASSERT_NE(rows[i], nullptr);
           ASSERT_EQ(row_key(rows[i]), keys[i]);
@@ -49,7 +55,10 @@ TEST(HashTable, MatchesUnorderedMapUnderRandomOperations) {
         for (auto& [k, _] : distinct) expected += model.erase(k);
         ASSERT_EQ(table.erase(keys.data(), static_cast<int64_t>(keys.size())), expected);
       } else {
-        table.find(keys.data(), static_cast<int64_t>(keys.size()), rows.data());
+        if (op == 2)
+          table.find(keys.data(), static_cast<int64_t>(keys.size()), rows.data());
+        else
+          table.lookup_batch(keys.data(), static_cast<int64_t>(keys.size()), rows.data(), nullptr, gen() % 2 == 0);
         for (size_t i = 0; i < keys.size(); ++i) {
           if (model.count(keys[i])) {
             ASSERT_NE(rows[i], nullptr);
@@ -77,6 +86,41 @@ TEST(HashTable, RowPointersSurviveGrowth) {
   table.find(&first, 1, &again);
   EXPECT_EQ(row, again);
   EXPECT_EQ(row_key(row), 42);
+}
+
+TEST(HashTable, LookupBatchInsertsDuplicatesOnceAndFindsWhatOtherCallsInserted) {
+  for (int shard_bits : {0, 2, 6}) {
+    HashTable table(sizeof(int64_t), shard_bits);
+    const HashTable::RowInit init = fill_key;
+    // Duplicates, the out-of-band key and keys spread over every shard, in one batch.
+    std::vector<int64_t> keys;
+    for (int i = 0; i < 500; ++i) keys.push_back(static_cast<int64_t>(i % 200) * 1000003 - 77);
+    keys.push_back(std::numeric_limits<int64_t>::min());
+    keys.push_back(std::numeric_limits<int64_t>::min());
+    std::vector<std::byte*> rows(keys.size());
+    table.lookup_batch(keys.data(), 3, rows.data(), nullptr);  // absent, nothing inserted
+    EXPECT_EQ(rows[0], nullptr);
+    EXPECT_EQ(table.size(), 0u);
+    table.lookup_batch(keys.data(), static_cast<int64_t>(keys.size()), rows.data(), &init, true);
+    EXPECT_EQ(table.size(), 201u);
+    for (size_t i = 0; i < keys.size(); ++i) {
+      ASSERT_NE(rows[i], nullptr);
+      EXPECT_EQ(row_key(rows[i]), keys[i]);
+      if (i >= 200 && i < 500) EXPECT_EQ(rows[i], rows[i - 200]);
+    }
+    EXPECT_EQ(rows[500], rows[501]);
+    std::vector<std::byte*> found(keys.size());
+    table.find(keys.data(), static_cast<int64_t>(keys.size()), found.data());
+    EXPECT_EQ(found, rows);
+    // A key inserted by another call is found, and its row is not re-initialised.
+    int64_t extra = 987654321;
+    std::byte* extra_row = nullptr;
+    table.find_or_insert(&extra, 1, &extra_row, [](int64_t, std::byte* r) { std::memset(r, 0x5a, 8); });
+    std::byte* again = nullptr;
+    table.lookup_batch(&extra, 1, &again, &init);
+    EXPECT_EQ(again, extra_row);
+    EXPECT_EQ(static_cast<unsigned char>(again[0]), 0x5a);
+  }
 }
 
 TEST(HashTable, DuplicateKeysInOneBatchShareOneRow) {

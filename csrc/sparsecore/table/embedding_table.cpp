@@ -172,17 +172,40 @@ void EmbeddingTable::lookup_or_insert_weights(const int64_t* keys, int64_t n, fl
   });
 }
 
+namespace {
+
+// A row's worth of floats, in fixed-size pieces the compiler inlines as vector moves (a
+// library memcpy call per 72-byte row costs as much as the copy).
+inline void copy_floats(float* dst, const float* src, size_t n) {
+  size_t k = 0;
+  for (; k + 16 <= n; k += 16) std::memcpy(dst + k, src + k, 64);
+  if (k + 8 <= n) {
+    std::memcpy(dst + k, src + k, 32);
+    k += 8;
+  }
+  if (k + 4 <= n) {
+    std::memcpy(dst + k, src + k, 16);
+    k += 4;
+  }
+  for (; k < n; ++k) dst[k] = src[k];
+}
+
+}  // namespace
+
 void EmbeddingTable::pull_weights(const int64_t* keys, int64_t n, bool insert, float* out) {
-  thread_local PodVector<std::byte*> rows;
+  thread_local PodVector<std::byte*> tls_rows;
+  PodVector<std::byte*>& rows = tls_rows;
   rows.resize(n);
-  table_.lookup_batch(keys, n, rows.data(), insert ? &row_init_ : nullptr);
-  constexpr int64_t kRowsAhead = 8;
-  const size_t bytes = static_cast<size_t>(config_.dim) * sizeof(float);
+  // Each row is prefetched as soon as its slot is read, so by this copy the batch's rows
+  // (80 KB for a thousand rows of dim 18) are on their way to L2.
+  table_.lookup_batch(keys, n, rows.data(), insert ? &row_init_ : nullptr, /*prefetch_rows=*/true);
+  const size_t dim = static_cast<size_t>(config_.dim);
+  const bool fp32 = config_.storage != RowStorage::kFloat16;
   for (int64_t i = 0; i < n; ++i) {
-    if (i + kRowsAhead < n && rows[i + kRowsAhead]) __builtin_prefetch(rows[i + kRowsAhead]);
-    float* dst = out + i * config_.dim;
-    if (rows[i]) std::memcpy(dst, rows[i], bytes);
-    else std::memset(dst, 0, bytes);
+    float* dst = out + static_cast<size_t>(i) * dim;
+    if (!rows[i]) std::memset(dst, 0, dim * sizeof(float));
+    else if (fp32) copy_floats(dst, reinterpret_cast<const float*>(rows[i]), dim);
+    else read_weights(rows[i], dst);
   }
 }
 

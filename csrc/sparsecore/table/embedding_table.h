@@ -130,8 +130,8 @@ class EmbeddingTable {
   // lookup_or_insert_weights: unknown keys are inserted first.
   void lookup_or_insert_weights(const int64_t* keys, int64_t n, float* out);
   // pull_weights: find_weights (insert false) or lookup_or_insert_weights (insert true) on
-  // the calling thread alone (HashTable::lookup_batch), each row prefetched a few keys ahead
-  // of its copy. For a parameter-server shard answering its own requests.
+  // the calling thread alone (HashTable::lookup_batch), each row prefetched as soon as its
+  // slot is read. For a parameter-server shard answering its own requests.
   void pull_weights(const int64_t* keys, int64_t n, bool insert, float* out);
   // Returns how many keys were present.
   int64_t erase(const int64_t* keys, int64_t n);

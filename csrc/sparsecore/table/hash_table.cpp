@@ -81,11 +81,22 @@ std::byte* HashTable::Shard::find_or_insert(int64_t key, uint64_t hash, const Ro
 }
 
 int64_t HashTable::Shard::find_batch(const int64_t* keys, int64_t count, std::byte** rows) const {
-  for (int64_t j = 0; j < count && j < kProbeAhead; ++j) prefetch(key_hash(keys[j]));
+  // Each key is hashed once: its hash waits in a ring from its prefetch to its probe.
+  uint64_t ring[kProbeAhead];
+  const int64_t head = std::min(count, kProbeAhead);
+  for (int64_t j = 0; j < head; ++j) {
+    ring[j] = key_hash(keys[j]);
+    prefetch(ring[j]);
+  }
   int64_t absent = 0;
   for (int64_t j = 0; j < count; ++j) {
-    if (j + kProbeAhead < count) prefetch(key_hash(keys[j + kProbeAhead]));
-    rows[j] = find(keys[j], key_hash(keys[j]));
+    const uint64_t hash = ring[j % kProbeAhead];
+    if (j + kProbeAhead < count) {
+      const uint64_t ahead = key_hash(keys[j + kProbeAhead]);
+      ring[j % kProbeAhead] = ahead;
+      prefetch(ahead);
+    }
+    rows[j] = find(keys[j], hash);
     absent += rows[j] == nullptr;
   }
   return absent;
@@ -216,45 +227,51 @@ void HashTable::find_or_insert(const int64_t* keys, int64_t n, std::byte** rows,
   });
 }
 
-void HashTable::lookup_batch(const int64_t* keys, int64_t n, std::byte** rows, const RowInit* init) {
-  // Keys grouped by shard (stable counting sort), probed a shard at a time under one lock.
-  thread_local std::vector<int64_t> starts;
-  thread_local PodVector<int32_t> shard_of;
-  thread_local PodVector<int64_t> perm, grouped_keys;
-  thread_local PodVector<std::byte*> grouped_rows;
-  const int shards = num_shards();
-  starts.assign(shards + 1, 0);
-  shard_of.resize(n);
-  for (int64_t i = 0; i < n; ++i) {
-    shard_of[i] = shard_of_hash(key_hash(keys[i]));
-    ++starts[shard_of[i] + 1];
-  }
-  for (int s = 0; s < shards; ++s) starts[s + 1] += starts[s];
-  perm.resize(n);
-  grouped_keys.resize(n);
-  grouped_rows.resize(n);
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t p = starts[shard_of[i]]++;
-    perm[p] = i;
-    grouped_keys[p] = keys[i];
-  }
-  for (int s = shards; s > 0; --s) starts[s] = starts[s - 1];  // back to each shard's start
-  starts[0] = 0;
-  for (int s = 0; s < shards; ++s) {
-    const int64_t begin = starts[s], count = starts[s + 1] - begin;
-    if (count == 0) continue;
-    Shard& sh = *shards_[s];
-    int64_t absent;
-    {
-      std::shared_lock lock(sh.mutex);
-      absent = sh.find_batch(grouped_keys.data() + begin, count, grouped_rows.data() + begin);
+void HashTable::lookup_batch(const int64_t* keys, int64_t n, std::byte** rows, const RowInit* init,
+                             bool prefetch_rows) {
+  // One pass in the caller's order under every shard's shared lock, so that the prefetch
+  // window runs across shards (a thousand keys over 64 shards is about 16 a shard, too few
+  // to hide the misses one shard at a time) and nothing is regrouped. Each key is hashed
+  // once: its hash waits in a ring from its prefetch to its probe.
+  constexpr int64_t kAhead = Shard::kProbeAhead;
+  uint64_t ring[kAhead];
+  int64_t absent = 0;
+  {
+    SharedLockAll lock(*this);
+    const int64_t head = std::min(n, kAhead);
+    for (int64_t i = 0; i < head; ++i) {
+      ring[i] = key_hash(keys[i]);
+      shards_[shard_of_hash(ring[i])]->prefetch(ring[i]);
     }
-    if (init && absent > 0) {
-      std::unique_lock lock(sh.mutex);
-      sh.insert_absent(grouped_keys.data() + begin, count, grouped_rows.data() + begin, *init);
+    for (int64_t i = 0; i < n; ++i) {
+      const uint64_t hash = ring[i % kAhead];
+      if (i + kAhead < n) {
+        const uint64_t ahead = key_hash(keys[i + kAhead]);
+        ring[i % kAhead] = ahead;
+        shards_[shard_of_hash(ahead)]->prefetch(ahead);
+      }
+      std::byte* row = shards_[shard_of_hash(hash)]->find(keys[i], hash);
+      rows[i] = row;
+      if (row == nullptr) ++absent;
+      else if (prefetch_rows) __builtin_prefetch(row);
     }
   }
-  for (int64_t p = 0; p < n; ++p) rows[perm[p]] = grouped_rows[p];
+  if (!init || absent == 0) return;
+  // Absent keys, inserted in the caller's order (duplicates get one row) under every
+  // shard's unique lock, taken in shard order like SharedLockAll's.
+  for (const auto& sh : shards_) sh->mutex.lock();
+  try {
+    for (int64_t i = 0; i < n; ++i) {
+      if (rows[i]) continue;
+      const uint64_t hash = key_hash(keys[i]);
+      bool inserted = false;
+      rows[i] = shards_[shard_of_hash(hash)]->find_or_insert(keys[i], hash, *init, &inserted);
+    }
+  } catch (...) {
+    for (const auto& sh : shards_) sh->mutex.unlock();
+    throw;
+  }
+  for (const auto& sh : shards_) sh->mutex.unlock();
 }
 
 int64_t HashTable::erase(const int64_t* keys, int64_t n) {

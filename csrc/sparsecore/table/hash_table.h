@@ -147,11 +147,13 @@ class HashTable {
   // `inserted` (n, optional) receives 1 where the key was inserted by this call.
   void find_or_insert(const int64_t* keys, int64_t n, std::byte** rows, const RowInit& init,
                       uint8_t* inserted = nullptr);
-  // find (init null) or find_or_insert (init set) on the calling thread alone, shard by
-  // shard through find_batch / insert_absent: no pool task and, once warm, no allocation.
-  // For a thread that owns its table's traffic (a parameter-server shard answering batches
-  // of about a thousand keys), where a pool hand-off costs more than the probes.
-  void lookup_batch(const int64_t* keys, int64_t n, std::byte** rows, const RowInit* init);
+  // find (init null) or find_or_insert (init set) on the calling thread alone: no pool task
+  // and, once warm, no allocation. For a thread that owns its table's traffic (a
+  // parameter-server shard answering batches of about a thousand keys), where a pool
+  // hand-off costs more than the probes. `prefetch_rows`: each found row is prefetched as
+  // soon as its slot is read, for a caller that reads the rows next.
+  void lookup_batch(const int64_t* keys, int64_t n, std::byte** rows, const RowInit* init,
+                    bool prefetch_rows = false);
   // Returns the number of keys that were present.
   int64_t erase(const int64_t* keys, int64_t n);
 
