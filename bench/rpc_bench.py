@@ -1,7 +1,8 @@
 """KV pull/push over loopback (DESIGN.md "Benchmarks"): 1000 ids x dim 18 float32 per request,
 sparsecore beside redis-server (redis-benchmark and redis-py), pyzmq REQ/REP and
-DEALER/ROUTER, grpcio unary with raw bytes, and a plain TCP exchange of the same bytes (the
-transport bound). Every server runs in its own process; clients run here (Python) or in the
+DEALER/ROUTER (servers that answer a fixed reply: the pyzmq transport), a pyzmq REQ/REP KV
+server (a dict from id to row and NumPy rows: what a Python user would serve behind pyzmq),
+grpcio unary with raw bytes, and a plain TCP exchange of the same bytes (the transport bound). Every server runs in its own process; clients run here (Python) or in the
 C++ driver ``sparsecore_kv_bench`` (bench/kv_bench.cpp, built with the tests).
 
 Groups (one table, printed at the end of one run):
@@ -113,6 +114,24 @@ def kv_bench_binary() -> Optional[str]:
 # ------------------------------------------------------------------ peer servers (--serve)
 def serve(kind: str) -> None:
     reply = b"\0" * (IDS * DIM * 4)
+    if kind == "zmq-kv":
+        # What a Python user would put behind pyzmq as a KV server: a dict from id to row
+        # index and the rows in one NumPy array (unknown ids read as zero rows). It holds the
+        # rows of the benchmark's fixed draws, as the sparsecore server does after warm-up.
+        import zmq
+        ids = np.unique(np.concatenate(id_batches()))
+        rows = np.random.default_rng(0).normal(size=(len(ids) + 1, DIM)).astype(np.float32)
+        rows[-1] = 0
+        index = {int(k): i for i, k in enumerate(ids)}
+        missing = len(ids)
+        ctx = zmq.Context()
+        sock = ctx.socket(zmq.REP)
+        port = sock.bind_to_random_port("tcp://127.0.0.1")
+        print(f"listening on 127.0.0.1:{port}", flush=True)
+        while True:
+            keys = np.frombuffer(sock.recv(copy=False).buffer, np.int64)
+            at = np.fromiter(map(index.get, keys.tolist(), [missing] * len(keys)), np.int64, len(keys))
+            sock.send(rows[at])
     if kind in ("zmq-rep", "zmq-router"):
         import zmq
         ctx = zmq.Context()
@@ -255,7 +274,7 @@ class PeerMissing(Exception):
 CASES = [  # (group, case id); the order of the one-run table
     ("kv-pull-1", "sparsecore-cpp"), ("kv-pull-1", "sparsecore-python"), ("kv-pull-1", "plain-tcp"),
     ("kv-pull-1", "redis-benchmark"), ("kv-pull-1", "redis-py"), ("kv-pull-1", "pyzmq-req-rep"),
-    ("kv-pull-1", "grpcio-unary"),
+    ("kv-pull-1", "pyzmq-kv"), ("kv-pull-1", "grpcio-unary"),
     ("kv-push-1", "sparsecore-cpp"), ("kv-push-1", "sparsecore-python"), ("kv-push-1", "redis-benchmark"),
     ("kv-push-1", "redis-py"),
     ("kv-pull-16", "sparsecore-cpp"), ("kv-pull-16", "plain-tcp"), ("kv-pull-16", "redis-benchmark"),
@@ -309,7 +328,7 @@ class KvCases:
                 import zmq  # noqa: F401
             except ImportError:
                 raise PeerMissing("pyzmq not installed") from None
-            self.peer("zmq-router" if case == "pyzmq-dealer-router" else "zmq-rep")
+            self.peer({"pyzmq-dealer-router": "zmq-router", "pyzmq-kv": "zmq-kv"}.get(case, "zmq-rep"))
         elif case == "grpcio-unary":
             try:
                 import grpc  # noqa: F401
@@ -387,6 +406,17 @@ class KvCases:
             if case == "pyzmq-dealer-router":
                 return zmq_dealer(self.peer("zmq-router").port, 16, many)
             req = zmq.Context.instance().socket(zmq.REQ)
+            if case == "pyzmq-kv":
+                req.connect(f"tcp://{self.peer('zmq-kv').endpoint}")
+                rows = np.empty((IDS, DIM), np.float32)
+
+                def pull():  # ids out, rows back into an array, as sparsecore's pull(out=) does
+                    req.send(self.batch(), copy=False)
+                    rows[:] = np.frombuffer(req.recv(copy=False).buffer, np.float32).reshape(IDS, DIM)
+                try:
+                    return measure("pyzmq REQ/REP KV server (dict + NumPy rows)", pull, n)
+                finally:
+                    req.close()
             req.connect(f"tcp://{self.peer('zmq-rep').endpoint}")
             payload = b"\0" * (IDS * 8)
             try:
@@ -452,6 +482,8 @@ def targets(rows: list[tuple[str, dict]]) -> list[str]:
     return [
         f"C++ pull / redis-benchmark MGET (1 in flight): {ratio(('kv-pull-1', 'sparsecore C++ pull'), ('kv-pull-1', 'redis-benchmark MGET'))} (target >= 3x)",
         f"Python pull / pyzmq REQ/REP: {ratio(('kv-pull-1', 'sparsecore Python pull'), ('kv-pull-1', 'pyzmq REQ/REP'))} (target >= 2x)",
+        f"Python pull / pyzmq REQ/REP KV server: "
+        f"{ratio(('kv-pull-1', 'sparsecore Python pull'), ('kv-pull-1', 'pyzmq REQ/REP KV server (dict + NumPy rows)'))}",
         f"C++ pull / plain TCP, 16 in flight: {ratio(('kv-pull-16', 'sparsecore C++ pull'), ('kv-pull-16', 'plain TCP C++'))} (target >= 0.60x)",
     ]
 
