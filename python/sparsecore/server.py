@@ -286,15 +286,23 @@ class ClusterCollection:
                 raise ValueError(f"gradient of group '{name}' has shape {g.shape}, expected {shape}")
             if not np.isfinite(g).all():
                 raise ValueError(f"gradient of group '{name}' contains NaN or Inf; nothing was pushed")
-            if pooling == "mean":
-                denominators = self._denominators(lengths, offsets, weights)
-                g = g / np.where(denominators > 0, denominators, 1)[:, None]
             if pooling == "none":
                 rows = g[_sequence_positions(offsets, lengths)]
             else:
                 rows = np.repeat(g, lengths, axis=0)
+            # The engine's arithmetic, rounding for rounding: a bag's scale (1 / its length or
+            # weight sum for mean pooling) times the id's weight, then times the gradient.
+            scale = None
+            if pooling == "mean":
+                denominators = self._denominators(lengths, offsets, weights)
+                nonzero = denominators != 0
+                bag_scale = np.zeros(lengths.size, np.float32)
+                bag_scale[nonzero] = np.float32(1) / denominators[nonzero]
+                scale = np.repeat(bag_scale, lengths)
             if weights is not None:
-                rows *= weights[:, None]
+                scale = weights if scale is None else scale * weights
+            if scale is not None:
+                rows = rows * scale[:, None]
             per_id.append((name, ids, rows))
         for name, ids, rows in per_id:  # every group checked before the first push
             self.cluster.push(name, ids, rows, step=self._step)
