@@ -1,6 +1,7 @@
 // C++ side of the KV pull/push benchmark (bench/rpc_bench.py runs it and prints the table).
 //
 //   sparsecore_kv_bench pull --servers h:p[,h:p...] [--ids 1000] [--dim 18] [--inflight 1] [--requests 2000]
+//                      [--poll-us 0]   (client poll mode, rpc::ClientOptions::poll_us)
 //   sparsecore_kv_bench push --servers ...           (one push in flight)
 //   sparsecore_kv_bench tcp  [--inflight 1]           plain loopback TCP, the same bytes: the transport bound
 //
@@ -37,6 +38,7 @@ struct Args {
   int dim = 18;
   int inflight = 1;
   int requests = 2000;
+  int poll_us = 0;
 };
 
 Args parse_args(int argc, char** argv) {
@@ -61,12 +63,14 @@ Args parse_args(int argc, char** argv) {
       a.inflight = std::stoi(v);
     } else if (k == "--requests") {
       a.requests = std::stoi(v);
+    } else if (k == "--poll-us") {
+      a.poll_us = std::stoi(v);
     } else {
       throw std::invalid_argument("unknown option " + k);
     }
   }
-  if (a.ids < 1 || a.dim < 1 || a.inflight < 1 || a.requests < 1)
-    throw std::invalid_argument("--ids, --dim, --inflight and --requests must be >= 1");
+  if (a.ids < 1 || a.dim < 1 || a.inflight < 1 || a.requests < 1 || a.poll_us < 0)
+    throw std::invalid_argument("--ids, --dim, --inflight and --requests must be >= 1, --poll-us >= 0");
   return a;
 }
 
@@ -95,7 +99,9 @@ std::vector<std::vector<int64_t>> draw_batches(int ids) {
 
 void run_ps(const Args& a) {
   if (a.servers.empty()) throw std::invalid_argument("--servers is required");
-  sparsecore::ps::PsClient client(a.servers, {});
+  sparsecore::ps::PsClientOptions options;
+  options.poll_us = a.poll_us;
+  sparsecore::ps::PsClient client(a.servers, options);
   sparsecore::TableConfig cfg;
   cfg.name = "kv_cpp";
   cfg.dim = a.dim;
@@ -136,7 +142,8 @@ void run_ps(const Args& a) {
     }
   }
   double seconds = std::chrono::duration<double>(Clock::now() - start).count();
-  report(a, "sparsecore C++ " + a.mode + (a.servers.size() > 1 ? " (" + std::to_string(a.servers.size()) + " servers)" : ""),
+  report(a, "sparsecore C++ " + a.mode + (a.servers.size() > 1 ? " (" + std::to_string(a.servers.size()) + " servers)" : "") +
+                (a.poll_us > 0 ? " (poll mode)" : ""),
          std::move(lat), seconds);
 }
 

@@ -5,6 +5,10 @@ server (a dict from id to row and NumPy rows: what a Python user would serve beh
 grpcio unary with raw bytes, and a plain TCP exchange of the same bytes (the transport bound). Every server runs in its own process; clients run here (Python) or in the
 C++ driver ``sparsecore_kv_bench`` (bench/kv_bench.cpp, built with the tests).
 
+sparsecore runs as it does by default (threads sleep while they wait) and in poll mode
+(server ``--poll-us 200``, client ``connect(poll=200e-6)``: both poll their sockets instead of
+sleeping, as Seastar's reactor does; each burns a core meanwhile).
+
 Groups (one table, printed at the end of one run):
   kv-pull-1      pull, one request in flight
   kv-push-1      push (MSET for redis), one request in flight
@@ -84,10 +88,13 @@ class Process:
                 self.proc.wait()
 
 
-def sparsecore_servers(stack: ExitStack, count: int, shards: int = 1) -> list[str]:
+POLL_US = 200  # poll mode's window (server --poll-us, client poll=), as Seastar's idle poll
+
+
+def sparsecore_servers(stack: ExitStack, count: int, shards: int = 1, poll_us: int = 0) -> list[str]:
     code = "import sys; from sparsecore.server import main; sys.exit(main(sys.argv[1:]))"
     procs = [Process([sys.executable, "-c", code, "--port", "0", "--shards", str(shards), "--server-index", str(i),
-                      "--num-servers", str(count)]) for i in range(count)]
+                      "--num-servers", str(count), "--poll-us", str(poll_us)]) for i in range(count)]
     for p in procs:
         stack.callback(p.stop)
     return [p.endpoint for p in procs]
@@ -185,11 +192,11 @@ def id_batches(count: int = 64) -> list[np.ndarray]:
     return [rng.integers(0, 10**6, IDS).astype(np.int64) for _ in range(count)]
 
 
-def cpp_case(mode: str, servers: list[str], inflight: int, requests: int) -> Optional[dict]:
+def cpp_case(mode: str, servers: list[str], inflight: int, requests: int, poll_us: int = 0) -> Optional[dict]:
     exe = kv_bench_binary()
     if exe is None:
         return None
-    cmd = [exe, mode, "--inflight", str(inflight), "--requests", str(requests)]
+    cmd = [exe, mode, "--inflight", str(inflight), "--requests", str(requests), "--poll-us", str(poll_us)]
     if servers:
         cmd += ["--servers", ",".join(servers)]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
@@ -272,12 +279,14 @@ class PeerMissing(Exception):
 
 
 CASES = [  # (group, case id); the order of the one-run table
-    ("kv-pull-1", "sparsecore-cpp"), ("kv-pull-1", "sparsecore-python"), ("kv-pull-1", "plain-tcp"),
+    ("kv-pull-1", "sparsecore-cpp"), ("kv-pull-1", "sparsecore-python"),
+    ("kv-pull-1", "sparsecore-cpp-poll"), ("kv-pull-1", "sparsecore-python-poll"), ("kv-pull-1", "plain-tcp"),
     ("kv-pull-1", "redis-benchmark"), ("kv-pull-1", "redis-py"), ("kv-pull-1", "pyzmq-req-rep"),
     ("kv-pull-1", "pyzmq-kv"), ("kv-pull-1", "grpcio-unary"),
     ("kv-push-1", "sparsecore-cpp"), ("kv-push-1", "sparsecore-python"), ("kv-push-1", "redis-benchmark"),
     ("kv-push-1", "redis-py"),
-    ("kv-pull-16", "sparsecore-cpp"), ("kv-pull-16", "plain-tcp"), ("kv-pull-16", "redis-benchmark"),
+    ("kv-pull-16", "sparsecore-cpp"), ("kv-pull-16", "sparsecore-cpp-poll"), ("kv-pull-16", "plain-tcp"),
+    ("kv-pull-16", "redis-benchmark"),
     ("kv-pull-16", "pyzmq-dealer-router"),
     ("kv-servers", "sparsecore-cpp-1-server"), ("kv-servers", "sparsecore-cpp-2-servers"),
 ]
@@ -289,8 +298,8 @@ class KvCases:
     def __init__(self, requests: int):
         self.requests = requests
         self.stack = ExitStack()
-        self._servers: dict[int, list[str]] = {}
-        self._ps = None
+        self._servers: dict[tuple[int, int], list[str]] = {}
+        self._ps: dict[int, Any] = {}
         self._redis: Optional[int] = None
         self.batches = id_batches()
         self.grads = np.full((IDS, DIM), 1e-3, np.float32)
@@ -313,10 +322,12 @@ class KvCases:
         """Starts what `case` needs (servers, clients), so that run() measures only requests."""
         if (case.startswith("sparsecore-cpp") or case == "plain-tcp") and kv_bench_binary() is None:
             raise PeerMissing("sparsecore_kv_bench is not built (scripts/dev-build, or set SPARSECORE_KV_BENCH)")
-        if case.startswith("sparsecore-cpp"):
+        if case == "sparsecore-cpp-poll":
+            self.servers(1, POLL_US)
+        elif case.startswith("sparsecore-cpp"):
             self.servers(int(case.split("-")[2]) if case.startswith("sparsecore-cpp-") else 1)
-        elif case == "sparsecore-python":
-            self.ps()
+        elif case.startswith("sparsecore-python"):
+            self.ps(POLL_US if case.endswith("-poll") else 0)
         elif case.startswith("redis"):
             port = self.redis_port()
             if case == "redis-py" and "redis-py" not in self._peers:
@@ -339,19 +350,22 @@ class KvCases:
     def close(self) -> None:
         self.stack.close()
 
-    def servers(self, count: int) -> list[str]:
-        if count not in self._servers:
-            self._servers[count] = sparsecore_servers(self.stack, count)
-        return self._servers[count]
+    def servers(self, count: int, poll_us: int = 0) -> list[str]:
+        """`count` server processes (poll mode when poll_us > 0), started once."""
+        if (count, poll_us) not in self._servers:
+            self._servers[(count, poll_us)] = sparsecore_servers(self.stack, count, poll_us=poll_us)
+        return self._servers[(count, poll_us)]
 
-    def ps(self):
-        if self._ps is None:
+    def ps(self, poll_us: int = 0):
+        """The Python client of one server process (both in poll mode when poll_us > 0)."""
+        if poll_us not in self._ps:
             import sparsecore as sc
-            self._ps = sc.connect(self.servers(1))
-            self._ps.create_table("kv", sc.TableConfig(dim=DIM, optimizer=sc.SGD(lr=0.01)), seed=1)
+            ps = sc.connect(self.servers(1, poll_us), poll=poll_us / 1e6)
+            ps.create_table("kv", sc.TableConfig(dim=DIM, optimizer=sc.SGD(lr=0.01)), seed=1)
             for b in self.batches:
-                self._ps.pull("kv", b)
-        return self._ps
+                ps.pull("kv", b)
+            self._ps[poll_us] = ps
+        return self._ps[poll_us]
 
     def batch(self) -> np.ndarray:
         self._next += 1
@@ -364,8 +378,8 @@ class KvCases:
             self._redis = redis_server(self.stack)
         return self._redis
 
-    def cpp(self, mode: str, servers: list[str], inflight: int) -> dict:
-        r = cpp_case(mode, servers, inflight, self.requests * (4 if inflight > 1 else 1))
+    def cpp(self, mode: str, servers: list[str], inflight: int, poll_us: int = 0) -> dict:
+        r = cpp_case(mode, servers, inflight, self.requests * (4 if inflight > 1 else 1), poll_us)
         if r is None:
             raise PeerMissing("sparsecore_kv_bench is not built (scripts/dev-build, or set SPARSECORE_KV_BENCH)")
         return r
@@ -377,17 +391,21 @@ class KvCases:
         keys, value = redis_keys()
         if case == "sparsecore-cpp":
             return self.cpp({"kv-push-1": "push"}.get(group, "pull"), self.servers(1), 16 if group == "kv-pull-16" else 1)
+        if case == "sparsecore-cpp-poll":
+            return self.cpp("pull", self.servers(1, POLL_US), 16 if group == "kv-pull-16" else 1, POLL_US)
         if case.startswith("sparsecore-cpp-"):
             count = int(case.split("-")[2])
             r = self.cpp("pull", self.servers(count), 16)
             r["case"] = f"sparsecore C++ pull, {count} server process{'es' if count > 1 else ''}"
             return r
-        if case == "sparsecore-python":
-            ps = self.ps()
+        if case.startswith("sparsecore-python"):
+            poll = case.endswith("-poll")
+            ps = self.ps(POLL_US if poll else 0)
             if group == "kv-push-1":
                 return measure("sparsecore Python push", lambda: ps.push("kv", self.batch(), self.grads), n)
             rows = np.empty((IDS, DIM), np.float32)
-            return measure("sparsecore Python pull", lambda: ps.pull("kv", self.batch(), out=rows), n)
+            return measure("sparsecore Python pull" + (" (poll mode)" if poll else ""),
+                           lambda: ps.pull("kv", self.batch(), out=rows), n)
         if case == "plain-tcp":
             return self.cpp("tcp", [], 16 if group == "kv-pull-16" else 1)
         if case == "redis-benchmark":
@@ -485,6 +503,13 @@ def targets(rows: list[tuple[str, dict]]) -> list[str]:
         f"Python pull / pyzmq REQ/REP KV server: "
         f"{ratio(('kv-pull-1', 'sparsecore Python pull'), ('kv-pull-1', 'pyzmq REQ/REP KV server (dict + NumPy rows)'))}",
         f"C++ pull / plain TCP, 16 in flight: {ratio(('kv-pull-16', 'sparsecore C++ pull'), ('kv-pull-16', 'plain TCP C++'))} (target >= 0.60x)",
+        "Poll mode (server --poll-us and client poll, both "
+        f"{POLL_US} us): C++ pull / redis-benchmark MGET "
+        f"{ratio(('kv-pull-1', 'sparsecore C++ pull (poll mode)'), ('kv-pull-1', 'redis-benchmark MGET'))}, "
+        f"Python pull / pyzmq REQ/REP "
+        f"{ratio(('kv-pull-1', 'sparsecore Python pull (poll mode)'), ('kv-pull-1', 'pyzmq REQ/REP'))}, "
+        f"C++ pull / plain TCP, 16 in flight "
+        f"{ratio(('kv-pull-16', 'sparsecore C++ pull (poll mode)'), ('kv-pull-16', 'plain TCP C++'))}",
     ]
 
 

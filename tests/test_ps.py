@@ -246,14 +246,14 @@ def test_barrier_and_dense_variables():
         s.stop()
 
 
-@pytest.mark.parametrize("shards", [1, 3])
+@pytest.mark.parametrize("shards,poll", [(1, 0.0), (3, 0.0), (3, 300e-6)])  # poll: both sides in poll mode
 @pytest.mark.parametrize("dim", [1, 3, 18])
-def test_embedded_and_remote_give_same_rows(shards, dim):
+def test_embedded_and_remote_give_same_rows(shards, poll, dim):
     rng = np.random.default_rng()
     cfg = sc.TableConfig(dim=dim, optimizer=sc.Adagrad(lr=0.1))
-    server = sc.Server(port=0, shards=shards)
+    server = sc.Server(port=0, shards=shards, poll=poll)
     try:
-        remote, emb = server.client(), sc.Server(shards=shards).client()
+        remote, emb = sc.connect([server.endpoint], poll=poll), sc.Server(shards=shards).client()
         for c in (remote, emb):
             c.create_table("t", cfg, seed=4)
         for n, span in [(1, 10), (257, 50), (1000, 10**9), (0, 1), (200, 2**63 - 1)]:
@@ -267,6 +267,14 @@ def test_embedded_and_remote_give_same_rows(shards, dim):
             np.testing.assert_array_equal(remote.pull("t", ids, train=False), emb.pull("t", ids, train=False))
     finally:
         server.stop()
+
+
+def test_poll_windows_out_of_range_are_refused():
+    for bad in (-1e-6, 11.0):
+        with pytest.raises(ValueError, match="poll"):
+            sc.Server(port=0, poll=bad)
+        with pytest.raises(ValueError, match="poll"):
+            sc.connect(["127.0.0.1:1"], poll=bad)
 
 
 def test_pipelined_pushes_with_unaligned_frames_apply_exactly():

@@ -17,8 +17,9 @@ using sparsecore::python::checked_array;
 SPARSECORE_BINDING(ps, 70) {
   py::class_<PsServer>(m, "PsServer", "Parameter server: shards over reactors; embedded until started.")
       .def(py::init([](const std::string& address, int port, int shards, const std::string& token, int server_index,
-                       int num_servers, uint64_t max_frame_bytes) {
+                       int num_servers, uint64_t max_frame_bytes, int poll_us) {
              PsServerOptions o;
+             o.rpc.poll_us = poll_us;
              o.rpc.address = address;
              o.rpc.port = port;
              o.rpc.num_reactors = shards;
@@ -29,7 +30,8 @@ SPARSECORE_BINDING(ps, 70) {
              return std::make_unique<PsServer>(o);
            }),
            py::arg("address") = "127.0.0.1", py::arg("port") = 0, py::arg("shards") = 1, py::arg("token") = "",
-           py::arg("server_index") = 0, py::arg("num_servers") = 1, py::arg("max_frame_bytes") = 256ull << 20)
+           py::arg("server_index") = 0, py::arg("num_servers") = 1, py::arg("max_frame_bytes") = 256ull << 20,
+           py::arg("poll_us") = 0)
       .def("start", [](PsServer& s) { s.start(); })
       .def("stop", [](PsServer& s) {
         py::gil_scoped_release r;
@@ -47,13 +49,13 @@ SPARSECORE_BINDING(ps, 70) {
 
   py::class_<PsClient>(m, "PsClient")
       .def(py::init([](const std::vector<std::string>& addresses, const std::string& token, int timeout_ms,
-                       uint32_t worker, uint32_t num_workers, int heartbeat_ms) {
-             PsClientOptions o{token, timeout_ms, 5000, worker, num_workers, heartbeat_ms};
+                       uint32_t worker, uint32_t num_workers, int heartbeat_ms, int poll_us) {
+             PsClientOptions o{token, timeout_ms, 5000, worker, num_workers, heartbeat_ms, poll_us};
              py::gil_scoped_release r;
              return std::make_unique<PsClient>(addresses, o);
            }),
            py::arg("addresses"), py::arg("token") = "", py::arg("timeout_ms") = 0, py::arg("worker") = 0,
-           py::arg("num_workers") = 0, py::arg("heartbeat_ms") = 0)
+           py::arg("num_workers") = 0, py::arg("heartbeat_ms") = 0, py::arg("poll_us") = 0)
       .def(py::init([](PsServer& server) { return std::make_unique<PsClient>(server, PsClientOptions{}); }),
            py::arg("server"), py::keep_alive<1, 2>())
       .def_property_readonly("total_shards", &PsClient::total_shards)

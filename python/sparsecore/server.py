@@ -335,8 +335,11 @@ class Server:
 
     def __init__(self, port: Optional[int] = None, *, shards: int = 1, address: str = "127.0.0.1",
                  token: str = "", server_index: int = 0, num_servers: int = 1,
-                 snapshot_dir: Optional[str] = None):
-        self._core = _core.PsServer(address, port or 0, shards, token, server_index, num_servers)
+                 snapshot_dir: Optional[str] = None, poll: float = 0.0):
+        if not 0 <= poll <= 10:
+            raise ValueError(f"poll must be in [0, 10] seconds, got {poll}")
+        self._core = _core.PsServer(address, port or 0, shards, token, server_index, num_servers,
+                                    poll_us=int(poll * 1e6))
         self.address = address
         self.snapshot_dir = snapshot_dir
         self.restored_step: Optional[int] = None
@@ -399,7 +402,8 @@ def sync_dense(model: Any, group: Any = None) -> list:
 
 
 def connect(addresses: Sequence[str] | str, *, token: str = "", timeout: Optional[float] = None,
-            worker: int = 0, num_workers: int = 0, heartbeat: Optional[float] = 30.0) -> Cluster:
+            worker: int = 0, num_workers: int = 0, heartbeat: Optional[float] = 30.0,
+            poll: float = 0.0) -> Cluster:
     """Connects to every server ("host:port", in server-index order). ``num_workers`` > 0
     makes pushes synchronous across that many workers (``worker`` = this one's rank).
 
@@ -407,13 +411,21 @@ def connect(addresses: Sequence[str] | str, *, token: str = "", timeout: Optiona
     server silent for this long pings it, and when the server stays silent as long again
     (stopped, hung, or cut off without closing) the call raises :class:`RpcConnectionError`
     instead of waiting for ever; it must exceed the longest server-side operation (a save).
-    None turns it off."""
+    None turns it off.
+
+    ``poll`` (seconds, 0: off): a call waiting for its reply polls the sockets this long
+    before it sleeps, so that a reply that comes sooner is read without a wakeup (with a
+    server in poll mode too, ``Server(poll=...)``/``sparsecore server --poll-us``, a pull skips
+    both wakeups). It spins a core meanwhile: for workers with cores to spare."""
     if isinstance(addresses, str):
         addresses = [addresses]
     addresses = list(addresses)
-    args = dict(token=token, timeout=timeout, worker=worker, num_workers=num_workers, heartbeat=heartbeat)
+    if not 0 <= poll <= 10:
+        raise ValueError(f"poll must be in [0, 10] seconds, got {poll}")
+    args = dict(token=token, timeout=timeout, worker=worker, num_workers=num_workers, heartbeat=heartbeat,
+                poll=poll)
     core = _core.PsClient(addresses, token, int((timeout or 0) * 1000), worker, num_workers,
-                          int((heartbeat or 0) * 1000))
+                          int((heartbeat or 0) * 1000), int(poll * 1e6))
     return Cluster(core, addresses, **args)
 
 
@@ -428,10 +440,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--num-servers", type=int, default=1)
     p.add_argument("--token", default=os.environ.get("SPARSECORE_TOKEN", ""),
                    help="shared token (default: $SPARSECORE_TOKEN)")
+    p.add_argument("--poll-us", type=int, default=0,
+                   help="poll mode: a shard with work in the last N microseconds polls instead of sleeping "
+                        "(burns its core; for servers with cores of their own; default 0: off)")
     args = p.parse_args(argv)
     server = Server(args.port, shards=args.shards, address=args.address, token=args.token,
                     server_index=args.server_index, num_servers=args.num_servers,
-                    snapshot_dir=args.snapshot_dir)
+                    snapshot_dir=args.snapshot_dir, poll=args.poll_us / 1e6)
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())

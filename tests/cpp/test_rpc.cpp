@@ -318,3 +318,42 @@ TEST(Rpc, HeartbeatKeepsACallWaitingOnALiveServer) {
   EXPECT_TRUE(c.connected());
   EXPECT_NO_THROW(c.ping(1000));
 }
+
+TEST(Rpc, PollModeServesPipelinedLargeRepliesAndKeepsDeadlines) {
+  // Server and client both poll (poll_us), through large pipelined replies (partial reads
+  // into the caller's buffers), an idle gap longer than the poll window (the reactor goes back
+  // to sleeping and must wake for the next request), and a call that misses its deadline.
+  ServerOptions so;
+  so.poll_us = 300;
+  so.num_reactors = 2;
+  auto s = start_server(so);
+  ClientOptions co;
+  co.poll_us = 300;
+  RpcClient c("127.0.0.1", s->port(), co);
+  std::mt19937 rng(std::random_device{}());
+  for (int round = 0; round < 3; ++round) {
+    std::vector<std::vector<uint8_t>> in(8), out(8);
+    std::vector<RpcFuture> futures;
+    for (size_t i = 0; i < in.size(); ++i) {
+      in[i].resize(1 + rng() % 200000);
+      for (auto& b : in[i]) b = static_cast<uint8_t>(rng());
+      out[i].resize(in[i].size());
+      iovec seg{in[i].data(), in[i].size()};
+      futures.push_back(c.call_async(kEcho, {&seg, 1}, -1, out[i].data(), out[i].size()));
+    }
+    for (size_t i = 0; i < in.size(); ++i) {
+      Response r = futures[i].get();
+      EXPECT_TRUE(r.in_caller_buffer);
+      EXPECT_EQ(in[i], out[i]);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));  // past the poll window
+  }
+  EXPECT_THROW(c.call(kSlow, {}, 50), RpcTimeout);
+  EXPECT_EQ(as_string(echo(c, "after")), "after");
+  ServerOptions bad;
+  bad.poll_us = -1;
+  EXPECT_THROW(RpcServer{bad}, InvalidArgument);
+  ClientOptions bad_client;
+  bad_client.poll_us = -1;
+  EXPECT_THROW(RpcClient("127.0.0.1", s->port(), bad_client), InvalidArgument);
+}

@@ -165,6 +165,7 @@ PsClient::PsClient(const std::vector<std::string>& addresses, PsClientOptions op
     co.call_timeout_ms = options_.timeout_ms;
     co.connect_timeout_ms = options_.connect_timeout_ms;
     co.heartbeat_ms = options_.heartbeat_ms;
+    co.poll_us = options_.poll_us;
     auto first = std::make_unique<rpc::RpcClient>(host, port, co);
     Json info = parse_reply(first->call(kInfo, {}));
     int shards = static_cast<int>(info.at("shards").as_int());

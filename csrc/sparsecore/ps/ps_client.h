@@ -30,6 +30,7 @@ struct PsClientOptions {
   uint32_t worker = 0;
   uint32_t num_workers = 0;  // > 0: synchronous training with this many workers
   int heartbeat_ms = 0;      // see rpc::ClientOptions::heartbeat_ms (0: off)
+  int poll_us = 0;           // see rpc::ClientOptions::poll_us (0: sleep at once)
 };
 
 // Ids of one call deduplicated (first-seen order) and grouped by owning shard (stable).

@@ -46,6 +46,9 @@ RpcClient::RpcClient(const std::string& host, int port, ClientOptions options)
   SC_CHECK_ARG(options.reactor >= 0, "reactor must be >= 0, got ", options.reactor);
   SC_CHECK_ARG(options.call_timeout_ms >= 0, "call_timeout_ms must be >= 0, got ", options.call_timeout_ms);
   SC_CHECK_ARG(options.heartbeat_ms >= 0, "heartbeat_ms must be >= 0, got ", options.heartbeat_ms);
+  SC_CHECK_ARG(options.poll_us >= 0 && options.poll_us <= 10'000'000, "poll_us must be in [0, 1e7], got ",
+               options.poll_us);
+  poll_us_ = options.poll_us;
   default_timeout_ms_ = options.call_timeout_ms;
   heartbeat_ms_ = options.heartbeat_ms;
   last_received_ = Clock::now();
@@ -320,14 +323,25 @@ void RpcClient::recv_exact(std::byte* dst, size_t bytes) {
     }
     if (r < 0 && errno == EINTR) continue;
     if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-      pollfd pfd{socket_.fd(), POLLIN, 0};
       // The rest of a frame whose header has arrived: a healthy peer sends it at once.
-      int n = ::poll(&pfd, 1, 30000);
+      int n = wait_readable(Clock::now() + std::chrono::seconds(30));
       if (n == 0) throw RpcConnectionError("peer stalled in the middle of a frame");
       continue;
     }
     throw RpcConnectionError(r == 0 ? "connection closed by the server" : std::strerror(errno));
   }
+}
+
+int RpcClient::wait_readable(Clock::time_point deadline) {
+  pollfd pfd{socket_.fd(), POLLIN, 0};
+  if (poll_us_ > 0) {
+    const Clock::time_point until = std::min(deadline, Clock::now() + std::chrono::microseconds(poll_us_));
+    do {
+      int n = ::poll(&pfd, 1, 0);
+      if (n != 0) return n;
+    } while (Clock::now() < until);
+  }
+  return ::poll(&pfd, 1, ms_until(deadline));
 }
 
 void RpcClient::deliver(const FrameHeader& h, const std::byte* payload) {
@@ -412,8 +426,7 @@ RpcClient::DirectRead RpcClient::read_direct() {
 
 void RpcClient::read_round(Clock::time_point deadline) {
   try {
-    pollfd pfd{socket_.fd(), POLLIN, 0};
-    int n = ::poll(&pfd, 1, ms_until(deadline));
+    int n = wait_readable(deadline);
     if (n <= 0) return;  // deadline (or EINTR): the caller re-checks
     DirectRead direct = reader_.buffered() == 0 ? read_direct() : DirectRead::kNotApplicable;
     if (direct == DirectRead::kDone) return;

@@ -42,6 +42,10 @@ struct ClientOptions {
   // longest handler (a reactor busy in one answers no ping). 0: off.
   int heartbeat_ms = 0;
   uint64_t max_frame_bytes = 1ull << 32;
+  // > 0: a caller waiting for a reply polls the socket for up to poll_us microseconds before
+  // it sleeps (see ServerOptions::poll_us): a reply that comes sooner is read without a
+  // wakeup. 0: sleep in poll() at once.
+  int poll_us = 0;
 };
 
 // A reply: in the caller's buffer (`in_caller_buffer`, `bytes` long) or in `data`.
@@ -124,6 +128,9 @@ class RpcClient {
   enum class DirectRead { kNotApplicable, kDone, kBuffered };
   DirectRead read_direct();
   void recv_exact(std::byte* dst, size_t bytes);
+  // Waits until the socket is readable or `deadline`, polling without sleeping for up to
+  // poll_us_ first. Returns poll()'s result.
+  int wait_readable(Clock::time_point deadline);
   void send_frame(const FrameHeader& h, std::span<const iovec> payload);
   void fail_all(const std::string& reason);  // caller holds mu_
   void read_frame_blocking(FrameHeader* h, PodVector<std::byte>* payload, int timeout_ms);
@@ -135,6 +142,7 @@ class RpcClient {
   int default_timeout_ms_ = 0;
   uint64_t max_frame_bytes_ = 0;
   int heartbeat_ms_ = 0;
+  int poll_us_ = 0;
   // Touched only by the thread that holds the reader role (reading_).
   Clock::time_point last_received_;
   Clock::time_point ping_sent_;  // {}: no ping outstanding

@@ -96,11 +96,15 @@ void Reactor::run() {
     check_syscall(::epoll_ctl(epoll_.fd(), EPOLL_CTL_ADD, listener_.fd(), &ev) == 0, "epoll_ctl", "listener");
   }
   const int idle_ms = server_.options_.idle_timeout_ms;
+  const auto poll_window = std::chrono::microseconds(server_.options_.poll_us);
   epoll_event events[256];
   Clock::time_point last_idle_check = Clock::now();
+  Clock::time_point last_work = Clock::time_point::min();
   while (!stop_.load(std::memory_order_acquire)) {
-    int n = ::epoll_wait(epoll_.fd(), events, 256, idle_ms > 0 ? std::min(idle_ms, 100) : 500);
+    const bool polling = poll_window.count() > 0 && Clock::now() - last_work < poll_window;
+    int n = ::epoll_wait(epoll_.fd(), events, 256, polling ? 0 : idle_ms > 0 ? std::min(idle_ms, 100) : 500);
     if (n < 0 && errno != EINTR) break;
+    if (n > 0 && poll_window.count() > 0) last_work = Clock::now();
     for (int i = 0; i < n; ++i) {
       uint64_t tag = events[i].data.u64;
       if (tag == kListenTag) {
@@ -471,6 +475,8 @@ RpcServer::RpcServer(ServerOptions options) : options_(std::move(options)) {
   SC_CHECK_ARG(options_.max_frame_bytes >= 1024, "max_frame_bytes must be at least 1024, got ",
                options_.max_frame_bytes);
   SC_CHECK_ARG(options_.idle_timeout_ms >= 0, "idle_timeout_ms must be >= 0, got ", options_.idle_timeout_ms);
+  SC_CHECK_ARG(options_.poll_us >= 0 && options_.poll_us <= 10'000'000, "poll_us must be in [0, 1e7], got ",
+               options_.poll_us);
 }
 
 RpcServer::~RpcServer() { stop(); }

@@ -44,6 +44,12 @@ struct ServerOptions {
   uint64_t max_frame_bytes = 64ull << 20;          // largest payload accepted
   uint64_t connection_memory_bytes = 256ull << 20;  // queued replies before reads pause
   int idle_timeout_ms = 0;             // close connections silent this long (0: never)
+  // Poll mode (Seastar's): > 0, a reactor that has had work in the last poll_us
+  // microseconds polls its sockets without sleeping, so that a request arriving then finds
+  // it running (no wakeup across cores, which costs tens of microseconds on virtual
+  // machines); it sleeps once idle that long. It burns its core meanwhile: for servers
+  // with cores of their own. 0: always sleep in epoll_wait.
+  int poll_us = 0;
 };
 
 using Clock = std::chrono::steady_clock;
