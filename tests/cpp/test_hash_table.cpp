@@ -38,11 +38,12 @@ TEST(HashTable, MatchesUnorderedMapUnderRandomOperations) {
       // lookup_batch (a batch of up to 300 keys: shorter and longer than the probe window).
       int op = static_cast<int>(gen() % 5);
       const HashTable::RowInit init = fill_key;
+      auto prefetch_bytes = [&] { return gen() % 2 ? size_t{0} : size_t{1 + gen() % 200}; };
       if (op == 0 || op == 3) {
         if (op == 0)
           table.find_or_insert(keys.data(), static_cast<int64_t>(keys.size()), rows.data(), fill_key);
         else
-          table.lookup_batch(keys.data(), static_cast<int64_t>(keys.size()), rows.data(), &init, gen() % 2 == 0);
+          table.lookup_batch(keys.data(), static_cast<int64_t>(keys.size()), rows.data(), &init, prefetch_bytes());
         for (size_t i = 0; i < keys.size(); ++i) {
           ASSERT_NE(rows[i], nullptr);
           ASSERT_EQ(row_key(rows[i]), keys[i]);
@@ -58,7 +59,7 @@ TEST(HashTable, MatchesUnorderedMapUnderRandomOperations) {
         if (op == 2)
           table.find(keys.data(), static_cast<int64_t>(keys.size()), rows.data());
         else
-          table.lookup_batch(keys.data(), static_cast<int64_t>(keys.size()), rows.data(), nullptr, gen() % 2 == 0);
+          table.lookup_batch(keys.data(), static_cast<int64_t>(keys.size()), rows.data(), nullptr, prefetch_bytes());
         for (size_t i = 0; i < keys.size(); ++i) {
           if (model.count(keys[i])) {
             ASSERT_NE(rows[i], nullptr);
@@ -101,7 +102,7 @@ TEST(HashTable, LookupBatchInsertsDuplicatesOnceAndFindsWhatOtherCallsInserted) 
     table.lookup_batch(keys.data(), 3, rows.data(), nullptr);  // absent, nothing inserted
     EXPECT_EQ(rows[0], nullptr);
     EXPECT_EQ(table.size(), 0u);
-    table.lookup_batch(keys.data(), static_cast<int64_t>(keys.size()), rows.data(), &init, true);
+    table.lookup_batch(keys.data(), static_cast<int64_t>(keys.size()), rows.data(), &init, 8);
     EXPECT_EQ(table.size(), 201u);
     for (size_t i = 0; i < keys.size(); ++i) {
       ASSERT_NE(rows[i], nullptr);

@@ -150,10 +150,11 @@ class HashTable {
   // find (init null) or find_or_insert (init set) on the calling thread alone: no pool task
   // and, once warm, no allocation. For a thread that owns its table's traffic (a
   // parameter-server shard answering batches of about a thousand keys), where a pool
-  // hand-off costs more than the probes. `prefetch_rows`: each found row is prefetched as
-  // soon as its slot is read, for a caller that reads the rows next.
+  // hand-off costs more than the probes. `prefetch_bytes` > 0: the first prefetch_bytes of
+  // each found row are prefetched as soon as its slot is read, for a caller that reads them
+  // next.
   void lookup_batch(const int64_t* keys, int64_t n, std::byte** rows, const RowInit* init,
-                    bool prefetch_rows = false);
+                    size_t prefetch_bytes = 0);
   // Returns the number of keys that were present.
   int64_t erase(const int64_t* keys, int64_t n);
 
