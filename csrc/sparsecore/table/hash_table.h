@@ -79,7 +79,13 @@ class HashTable {
     size_t size() const { return size_; }
     size_t memory_bytes() const;
     // Hint: the slot where a probe for `hash` starts (prefetch ahead of find/find_or_insert).
-    void prefetch(uint64_t hash) const { __builtin_prefetch(&slots_[home(hash)]); }
+    // Both lines when the probe's first slots cross one (a run of about three 12-byte slots
+    // from the home slot, at load 0.5-0.8).
+    void prefetch(uint64_t hash) const {
+      const uintptr_t p = reinterpret_cast<uintptr_t>(slots_.data() + home(hash));
+      __builtin_prefetch(reinterpret_cast<const void*>(p));
+      __builtin_prefetch(reinterpret_cast<const void*>(p + 3 * sizeof(Slot) - 1));
+    }
     // Visits every (key, row) of the shard in index order.
     template <typename Fn>
     void for_each(Fn&& fn) const {
