@@ -131,6 +131,23 @@ def random_batch(rng: np.random.Generator, batch_size: int, max_len: int, id_poo
     return ids, offsets, weights
 
 
+# One configuration of every update rule (and variants: Nesterov, global-step Adam, FTRL's
+# lr_power), shared by the reference tests of the fp32 and fp16 engines.
+OPTIMIZERS = {
+    "sgd": sc.SGD(lr=0.1, weight_decay=0.01),
+    "momentum": sc.Momentum(lr=0.05, momentum=0.9),
+    "nesterov": sc.Momentum(lr=0.05, momentum=0.8, nesterov=True, weight_decay=0.001),
+    "adagrad": sc.Adagrad(lr=0.1, eps=1e-10, initial_accumulator=0.1),
+    "rowwise_adagrad": sc.RowwiseAdagrad(lr=0.1, eps=1e-8),
+    "adam": sc.Adam(lr=0.01, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01),
+    "adam_global_step": sc.Adam(lr=0.01, use_global_step=True),
+    "adamw": sc.AdamW(lr=0.01, weight_decay=0.1),
+    "ftrl": sc.FTRL(lr=0.1, beta=1.0, l1=0.01, l2=0.01),
+    "ftrl_power": sc.FTRL(lr=0.1, beta=0.5, l1=0.0, l2=0.1, lr_power=-0.7),
+    "group_lasso": sc.GroupLasso(lr=0.1, group_lambda=0.05),
+}
+
+
 EXTREME_IDS = np.array([0, -1, 2**63 - 1, -(2**63), 1, 42, -(2**62), 2**40 + 7], dtype=np.int64)
 
 

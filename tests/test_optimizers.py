@@ -5,21 +5,7 @@ import numpy as np
 import pytest
 
 import sparsecore as sc
-from reference import random_batch, train_with_reference
-
-OPTIMIZERS = {
-    "sgd": sc.SGD(lr=0.1, weight_decay=0.01),
-    "momentum": sc.Momentum(lr=0.05, momentum=0.9),
-    "nesterov": sc.Momentum(lr=0.05, momentum=0.8, nesterov=True, weight_decay=0.001),
-    "adagrad": sc.Adagrad(lr=0.1, eps=1e-10, initial_accumulator=0.1),
-    "rowwise_adagrad": sc.RowwiseAdagrad(lr=0.1, eps=1e-8),
-    "adam": sc.Adam(lr=0.01, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01),
-    "adam_global_step": sc.Adam(lr=0.01, use_global_step=True),
-    "adamw": sc.AdamW(lr=0.01, weight_decay=0.1),
-    "ftrl": sc.FTRL(lr=0.1, beta=1.0, l1=0.01, l2=0.01),
-    "ftrl_power": sc.FTRL(lr=0.1, beta=0.5, l1=0.0, l2=0.1, lr_power=-0.7),
-    "group_lasso": sc.GroupLasso(lr=0.1, group_lambda=0.05),
-}
+from reference import OPTIMIZERS, random_batch, train_with_reference
 
 
 @pytest.mark.parametrize("opt_name", list(OPTIMIZERS))

@@ -329,6 +329,13 @@ def _sequence_positions(offsets: np.ndarray, lengths: np.ndarray) -> tuple[np.nd
     return bags, np.arange(bags.size) - offsets[:-1][bags]
 
 
+def _poll_us(poll: float) -> int:
+    """A poll window in seconds (Server(poll=), connect(poll=)) as the core's microseconds."""
+    if not 0 <= poll <= 10:
+        raise ValueError(f"poll must be in [0, 10] seconds, got {poll}")
+    return int(poll * 1e6)
+
+
 class Server:
     """A parameter server. ``port=None`` (the default): embedded, no socket; otherwise it
     listens on ``address:port`` (port 0 picks a free one, see :attr:`port`)."""
@@ -336,10 +343,8 @@ class Server:
     def __init__(self, port: Optional[int] = None, *, shards: int = 1, address: str = "127.0.0.1",
                  token: str = "", server_index: int = 0, num_servers: int = 1,
                  snapshot_dir: Optional[str] = None, poll: float = 0.0):
-        if not 0 <= poll <= 10:
-            raise ValueError(f"poll must be in [0, 10] seconds, got {poll}")
         self._core = _core.PsServer(address, port or 0, shards, token, server_index, num_servers,
-                                    poll_us=int(poll * 1e6))
+                                    poll_us=_poll_us(poll))
         self.address = address
         self.snapshot_dir = snapshot_dir
         self.restored_step: Optional[int] = None
@@ -420,12 +425,11 @@ def connect(addresses: Sequence[str] | str, *, token: str = "", timeout: Optiona
     if isinstance(addresses, str):
         addresses = [addresses]
     addresses = list(addresses)
-    if not 0 <= poll <= 10:
-        raise ValueError(f"poll must be in [0, 10] seconds, got {poll}")
+    poll_us = _poll_us(poll)
     args = dict(token=token, timeout=timeout, worker=worker, num_workers=num_workers, heartbeat=heartbeat,
                 poll=poll)
     core = _core.PsClient(addresses, token, int((timeout or 0) * 1000), worker, num_workers,
-                          int((heartbeat or 0) * 1000), int(poll * 1e6))
+                          int((heartbeat or 0) * 1000), poll_us)
     return Cluster(core, addresses, **args)
 
 

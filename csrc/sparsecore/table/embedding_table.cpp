@@ -129,11 +129,31 @@ void EmbeddingTable::zero_padding(std::byte* row) const {
   if (meta_offset_ > state_end) std::memset(row + state_end, 0, meta_offset_ - state_end);
 }
 
+namespace {
+
+// A row's worth of floats, in fixed-size pieces the compiler inlines as vector moves (a
+// library memcpy call per 72-byte row costs as much as the copy).
+inline void copy_floats(float* dst, const float* src, size_t n) {
+  size_t k = 0;
+  for (; k + 16 <= n; k += 16) std::memcpy(dst + k, src + k, 64);
+  if (k + 8 <= n) {
+    std::memcpy(dst + k, src + k, 32);
+    k += 8;
+  }
+  if (k + 4 <= n) {
+    std::memcpy(dst + k, src + k, 16);
+    k += 4;
+  }
+  for (; k < n; ++k) dst[k] = src[k];
+}
+
+}  // namespace
+
 void EmbeddingTable::read_weights(const std::byte* row, float* out) const {
   if (config_.storage == RowStorage::kFloat16) {
     halves_to_floats(reinterpret_cast<const uint16_t*>(row), out, config_.dim);
   } else {
-    std::memcpy(out, row, static_cast<size_t>(config_.dim) * sizeof(float));
+    copy_floats(out, reinterpret_cast<const float*>(row), static_cast<size_t>(config_.dim));
   }
 }
 
@@ -172,26 +192,6 @@ void EmbeddingTable::lookup_or_insert_weights(const int64_t* keys, int64_t n, fl
   });
 }
 
-namespace {
-
-// A row's worth of floats, in fixed-size pieces the compiler inlines as vector moves (a
-// library memcpy call per 72-byte row costs as much as the copy).
-inline void copy_floats(float* dst, const float* src, size_t n) {
-  size_t k = 0;
-  for (; k + 16 <= n; k += 16) std::memcpy(dst + k, src + k, 64);
-  if (k + 8 <= n) {
-    std::memcpy(dst + k, src + k, 32);
-    k += 8;
-  }
-  if (k + 4 <= n) {
-    std::memcpy(dst + k, src + k, 16);
-    k += 4;
-  }
-  for (; k < n; ++k) dst[k] = src[k];
-}
-
-}  // namespace
-
 void EmbeddingTable::pull_weights(const int64_t* keys, int64_t n, bool insert, float* out) {
   thread_local PodVector<std::byte*> tls_rows;
   PodVector<std::byte*>& rows = tls_rows;
@@ -199,13 +199,12 @@ void EmbeddingTable::pull_weights(const int64_t* keys, int64_t n, bool insert, f
   // Each row is prefetched as soon as its slot is read, so by this copy the batch's rows
   // (80 KB for a thousand rows of dim 18) are on their way to L2.
   const size_t dim = static_cast<size_t>(config_.dim);
-  const bool fp32 = config_.storage != RowStorage::kFloat16;
-  table_.lookup_batch(keys, n, rows.data(), insert ? &row_init_ : nullptr, dim * (fp32 ? 4 : 2));
+  const size_t weight_bytes = dim * (config_.storage == RowStorage::kFloat16 ? sizeof(uint16_t) : sizeof(float));
+  table_.lookup_batch(keys, n, rows.data(), insert ? &row_init_ : nullptr, weight_bytes);
   for (int64_t i = 0; i < n; ++i) {
     float* dst = out + static_cast<size_t>(i) * dim;
-    if (!rows[i]) std::memset(dst, 0, dim * sizeof(float));
-    else if (fp32) copy_floats(dst, reinterpret_cast<const float*>(rows[i]), dim);
-    else read_weights(rows[i], dst);
+    if (rows[i]) read_weights(rows[i], dst);
+    else std::memset(dst, 0, dim * sizeof(float));
   }
 }
 

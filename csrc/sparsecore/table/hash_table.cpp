@@ -22,6 +22,27 @@ inline void prefetch_lines(const std::byte* p, size_t bytes) {
     __builtin_prefetch(reinterpret_cast<const void*>(line));
 }
 
+// Visits keys[0, n) in order, prefetch(hash) running kAhead keys ahead of visit(i, hash).
+// Each key is hashed once: its hash waits in a ring between the two.
+template <int64_t kAhead, class Prefetch, class Visit>
+inline void hashed_ahead(const int64_t* keys, int64_t n, Prefetch&& prefetch, Visit&& visit) {
+  uint64_t ring[kAhead];
+  const int64_t head = std::min(n, kAhead);
+  for (int64_t i = 0; i < head; ++i) {
+    ring[i] = key_hash(keys[i]);
+    prefetch(ring[i]);
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    const uint64_t hash = ring[i % kAhead];
+    if (i + kAhead < n) {
+      const uint64_t ahead = key_hash(keys[i + kAhead]);
+      ring[i % kAhead] = ahead;
+      prefetch(ahead);
+    }
+    visit(i, hash);
+  }
+}
+
 }  // namespace
 
 HashTable::Shard::Shard(size_t row_bytes, std::shared_ptr<ChunkPool> pool) : arena_(row_bytes, std::move(pool)) {
@@ -89,24 +110,13 @@ std::byte* HashTable::Shard::find_or_insert(int64_t key, uint64_t hash, const Ro
 }
 
 int64_t HashTable::Shard::find_batch(const int64_t* keys, int64_t count, std::byte** rows) const {
-  // Each key is hashed once: its hash waits in a ring from its prefetch to its probe.
-  uint64_t ring[kProbeAhead];
-  const int64_t head = std::min(count, kProbeAhead);
-  for (int64_t j = 0; j < head; ++j) {
-    ring[j] = key_hash(keys[j]);
-    prefetch(ring[j]);
-  }
   int64_t absent = 0;
-  for (int64_t j = 0; j < count; ++j) {
-    const uint64_t hash = ring[j % kProbeAhead];
-    if (j + kProbeAhead < count) {
-      const uint64_t ahead = key_hash(keys[j + kProbeAhead]);
-      ring[j % kProbeAhead] = ahead;
-      prefetch(ahead);
-    }
-    rows[j] = find(keys[j], hash);
-    absent += rows[j] == nullptr;
-  }
+  hashed_ahead<kProbeAhead>(
+      keys, count, [&](uint64_t hash) { prefetch(hash); },
+      [&](int64_t j, uint64_t hash) {
+        rows[j] = find(keys[j], hash);
+        absent += rows[j] == nullptr;
+      });
   return absent;
 }
 
@@ -239,30 +249,18 @@ void HashTable::lookup_batch(const int64_t* keys, int64_t n, std::byte** rows, c
                              size_t prefetch_bytes) {
   // One pass in the caller's order under every shard's shared lock, so that the prefetch
   // window runs across shards (a thousand keys over 64 shards is about 16 a shard, too few
-  // to hide the misses one shard at a time) and nothing is regrouped. Each key is hashed
-  // once: its hash waits in a ring from its prefetch to its probe.
-  constexpr int64_t kAhead = Shard::kProbeAhead;
-  uint64_t ring[kAhead];
+  // to hide the misses one shard at a time) and nothing is regrouped.
   int64_t absent = 0;
   {
     SharedLockAll lock(*this);
-    const int64_t head = std::min(n, kAhead);
-    for (int64_t i = 0; i < head; ++i) {
-      ring[i] = key_hash(keys[i]);
-      shards_[shard_of_hash(ring[i])]->prefetch(ring[i]);
-    }
-    for (int64_t i = 0; i < n; ++i) {
-      const uint64_t hash = ring[i % kAhead];
-      if (i + kAhead < n) {
-        const uint64_t ahead = key_hash(keys[i + kAhead]);
-        ring[i % kAhead] = ahead;
-        shards_[shard_of_hash(ahead)]->prefetch(ahead);
-      }
-      std::byte* row = shards_[shard_of_hash(hash)]->find(keys[i], hash);
-      rows[i] = row;
-      if (row == nullptr) ++absent;
-      else if (prefetch_bytes) prefetch_lines(row, prefetch_bytes);
-    }
+    hashed_ahead<Shard::kProbeAhead>(
+        keys, n, [&](uint64_t hash) { shards_[shard_of_hash(hash)]->prefetch(hash); },
+        [&](int64_t i, uint64_t hash) {
+          std::byte* row = shards_[shard_of_hash(hash)]->find(keys[i], hash);
+          rows[i] = row;
+          if (row == nullptr) ++absent;
+          else if (prefetch_bytes) prefetch_lines(row, prefetch_bytes);
+        });
   }
   if (!init || absent == 0) return;
   // Absent keys, inserted in the caller's order (duplicates get one row) under every
