@@ -23,6 +23,7 @@ PYTHON_DIR = os.path.dirname(os.path.dirname(os.path.abspath(sc.__file__)))
 def _env():
     env = dict(os.environ)
     env["PYTHONPATH"] = os.path.abspath(PYTHON_DIR) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONFAULTHANDLER"] = "1"  # a child that crashes prints every thread's Python stack
     return env
 
 

@@ -180,6 +180,7 @@ SYNC_WORKER = textwrap.dedent("""
     trainer = sc.Trainer(source, model, TABLES, seed=9, progress=False, server=cluster)
     trainer.fit(steps=4)
     torch.save(model.state_dict(), out)
+    dist.barrier()  # neither rank closes its gloo pairs while the other may still use them
     dist.destroy_process_group()
 """)
 
