@@ -222,33 +222,10 @@ class ClusterCollection:
 
     def _pool(self, name: str, ids: np.ndarray, offsets: np.ndarray, weights: Optional[np.ndarray],
               train: bool) -> np.ndarray:
+        # The engine's own pooling kernel over the pulled rows: the embedded run's outputs
+        # bit for bit, on any CPU.
         rows = self.cluster.pull(name, ids, train=train)
-        if weights is not None:
-            rows *= weights[:, None]
-        lengths = np.diff(offsets)
-        if self._configs[name].pooling == "none":
-            # The embedded engine's sequence output: [B, L_max, dim], zero past each length.
-            bags, slots = _sequence_positions(offsets, lengths)
-            padded = np.zeros((lengths.size, int(lengths.max(initial=0)), rows.shape[1]), np.float32)
-            padded[bags, slots] = rows
-            return padded
-        pooled = np.zeros((lengths.size, rows.shape[1]), np.float32)
-        filled = lengths > 0
-        if ids.size:
-            pooled[filled] = np.add.reduceat(rows, offsets[:-1][filled], axis=0)
-        if self._configs[name].pooling == "mean":
-            pooled[filled] /= self._denominators(lengths, offsets, weights)[filled, None]
-        return pooled
-
-    @staticmethod
-    def _denominators(lengths: np.ndarray, offsets: np.ndarray, weights: Optional[np.ndarray]) -> np.ndarray:
-        if weights is None:
-            return lengths.astype(np.float32)
-        sums = np.zeros(lengths.size, np.float32)
-        filled = lengths > 0
-        if weights.size:
-            sums[filled] = np.add.reduceat(weights, offsets[:-1][filled])
-        return sums
+        return _core.pool_gathered_rows(rows, offsets, weights, self._configs[name].pooling)
 
     def forward(self, batch: Mapping[str, Any] | PreparedBatch, *, train: bool = True) -> dict[str, Any]:
         """Pooled rows per group, as :meth:`EmbeddingCollection.forward` gives them (pooling
@@ -291,14 +268,11 @@ class ClusterCollection:
             else:
                 rows = np.repeat(g, lengths, axis=0)
             # The engine's arithmetic, rounding for rounding: a bag's scale (1 / its length or
-            # weight sum for mean pooling) times the id's weight, then times the gradient.
+            # weight sum for mean pooling, from the engine's own function) times the id's
+            # weight, then times the gradient.
             scale = None
             if pooling == "mean":
-                denominators = self._denominators(lengths, offsets, weights)
-                nonzero = denominators != 0
-                bag_scale = np.zeros(lengths.size, np.float32)
-                bag_scale[nonzero] = np.float32(1) / denominators[nonzero]
-                scale = np.repeat(bag_scale, lengths)
+                scale = np.repeat(_core.bag_gradient_scales(offsets, weights, pooling), lengths)
             if weights is not None:
                 scale = weights if scale is None else scale * weights
             if scale is not None:

@@ -7,6 +7,7 @@
 
 #include "sparsecore/core/error.h"
 #include "sparsecore/core/thread_pool.h"
+#include "sparsecore/ops/gathered_pooling.h"
 #include "sparsecore/ops/pooling_kernels.h"
 
 namespace sparsecore {
@@ -413,19 +414,9 @@ int64_t EmbeddingCollection::backward(const PreparedBatch& batch, const std::vec
       table.hash_table().find_or_insert(g.unique_keys.data(), g.num_unique(), refreshed[gi].data(),
                                         table.row_init());
     }
-    auto& scale = bag_scale[gi];
-    scale.assign(g.batch_size, 1.0f);
-    if (g.pooling == Pooling::kMean) {
-      for (int64_t b = 0; b < g.batch_size; ++b) {
-        float denom = 0.0f;
-        if (g.weights.empty()) {
-          denom = static_cast<float>(g.offsets[b + 1] - g.offsets[b]);
-        } else {
-          for (int64_t p = g.offsets[b]; p < g.offsets[b + 1]; ++p) denom += g.weights[p];
-        }
-        scale[b] = denom != 0.0f ? 1.0f / denom : 0.0f;
-      }
-    }
+    bag_scale[gi].resize(g.batch_size);
+    bag_gradient_scales(g.pooling, g.offsets.data(), g.batch_size, g.weights.empty() ? nullptr : g.weights.data(),
+                        bag_scale[gi].data());
   }
 
   {

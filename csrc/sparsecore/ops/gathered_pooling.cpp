@@ -1,0 +1,70 @@
+#include "sparsecore/ops/gathered_pooling.h"
+
+#include <algorithm>
+#include <numeric>
+#include <vector>
+
+#include "sparsecore/core/error.h"
+#include "sparsecore/ops/pooling_kernels.h"
+
+namespace sparsecore {
+
+namespace {
+
+void check_offsets(const int64_t* offsets, int64_t batch_size) {
+  SC_CHECK_ARG(batch_size >= 0 && offsets[0] == 0, "offsets[0] must be 0");
+  for (int64_t b = 0; b < batch_size; ++b)
+    SC_CHECK_ARG(offsets[b + 1] >= offsets[b], "offsets must be non-decreasing (offsets[", b + 1, "] < offsets[", b,
+                 "])");
+  SC_CHECK_ARG(offsets[batch_size] <= INT32_MAX, "at most 2^31 - 1 ids per group, got ", offsets[batch_size]);
+}
+
+}  // namespace
+
+void bag_gradient_scales(Pooling pooling, const int64_t* offsets, int64_t batch_size, const float* weights,
+                         float* out) {
+  check_offsets(offsets, batch_size);
+  for (int64_t b = 0; b < batch_size; ++b) {
+    if (pooling != Pooling::kMean) {
+      out[b] = 1.0f;
+      continue;
+    }
+    float denom = 0.0f;
+    if (!weights) {
+      denom = static_cast<float>(offsets[b + 1] - offsets[b]);
+    } else {
+      for (int64_t p = offsets[b]; p < offsets[b + 1]; ++p) denom += weights[p];
+    }
+    out[b] = denom != 0.0f ? 1.0f / denom : 0.0f;
+  }
+}
+
+int64_t longest_bag(const int64_t* offsets, int64_t batch_size) {
+  int64_t longest = 0;
+  for (int64_t b = 0; b < batch_size; ++b) longest = std::max(longest, offsets[b + 1] - offsets[b]);
+  return longest;
+}
+
+void pool_gathered_rows(const float* rows, int dim, const int64_t* offsets, int64_t batch_size,
+                        const float* weights, Pooling pooling, float* out) {
+  SC_CHECK_ARG(dim >= 1, "dim must be >= 1, got ", dim);
+  check_offsets(offsets, batch_size);
+  const int64_t n = offsets[batch_size];
+  // The collection's prepared group, with every position its own "unique" row.
+  PreparedGroup g;
+  g.dim = dim;
+  g.pooling = pooling;
+  g.num_ids = n;
+  g.batch_size = batch_size;
+  g.max_len = longest_bag(offsets, batch_size);
+  g.offsets.assign(offsets, offsets + batch_size + 1);
+  if (weights) g.weights.assign(weights, weights + n);
+  g.inverse.resize(n);
+  std::iota(g.inverse.begin(), g.inverse.end(), 0);
+  PodVector<const std::byte*> row_of(n);
+  for (int64_t p = 0; p < n; ++p) row_of[p] = reinterpret_cast<const std::byte*>(rows + p * dim);
+  std::vector<float> tmp(dim);
+  kernels::pool_bags(g, RowStorage::kFloat32, row_of.data(), 0, batch_size, out, tmp.data());
+}
+
+}  // namespace sparsecore
