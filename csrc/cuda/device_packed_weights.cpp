@@ -1,6 +1,6 @@
 // The host front of cuda::DevicePackedWeights: validation on the host (nothing reaches the
 // device unchecked) and backend selection, as device_embedding_collection.cpp does.
-#include "sparsecore/quant/device_packed_weights.h"
+#include "sparsecore/cuda/device_packed_weights.h"
 
 #include "shift_matmul_impl.h"
 #include "sparsecore/core/error.h"

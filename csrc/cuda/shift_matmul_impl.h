@@ -5,7 +5,7 @@
 
 #include <memory>
 
-#include "sparsecore/quant/device_packed_weights.h"
+#include "sparsecore/cuda/device_packed_weights.h"
 
 namespace sparsecore::cuda {
 

@@ -6,7 +6,7 @@
 
 #include "array_args.h"
 #include "binding_registry.h"
-#include "sparsecore/quant/device_packed_weights.h"
+#include "sparsecore/cuda/device_packed_weights.h"
 #include "sparsecore/quant/pow2_codes.h"
 #include "sparsecore/quant/row_quantization.h"
 #include "sparsecore/quant/shift_matmul.h"

@@ -5,7 +5,7 @@
 #include <cstring>
 
 #include "cuda_test_util.h"
-#include "sparsecore/quant/device_packed_weights.h"
+#include "sparsecore/cuda/device_packed_weights.h"
 #include "sparsecore/quant/pow2_codes.h"
 #include "sparsecore/quant/shift_matmul.h"
 

@@ -37,7 +37,7 @@ void shift_matmul_fixed(const int16_t* x, int64_t batch, const uint8_t* codes, i
 // y (batch, rows) = float32(acc) · alpha[r] · x_scale.
 void fixed_to_float(const int32_t* acc, int64_t batch, const float* alpha, int64_t rows, float x_scale, float* y);
 
-// Shared with the CUDA twin (sparsecore/quant/device_packed_weights.h): InvalidArgument for a
+// Shared with the CUDA twin (sparsecore/cuda/device_packed_weights.h): InvalidArgument for a
 // row of fixed-point x whose Σ|x| · 2^kMaxExponent exceeds the int32 range.
 void check_fixed_range(const int8_t* x, int64_t batch, int64_t cols);
 void check_fixed_range(const int16_t* x, int64_t batch, int64_t cols);
