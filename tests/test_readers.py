@@ -103,7 +103,7 @@ def test_criteo_counts_malformed_lines_with_line_numbers(tmp_path):
         good[5],
     ]
     path = write(tmp_path / "bad.tsv", lines, newline="\r\n")  # CRLF throughout
-    r = scd.CriteoReader(path, batch_size=4)
+    r = scd.CriteoReader(path, batch_size=4, max_bad_fraction=1.0)
     b = read_all(r)
     assert b.num_samples == 4
     assert r.malformed_count == 4
@@ -147,7 +147,7 @@ def test_libsvm_ids_weights_and_binary_labels(tmp_path):
 
 def test_libsvm_malformed_tokens(tmp_path):
     path = write(tmp_path / "m.svm", ["1 3:1.5", "x 1:1", "0 4", "1 a:2", "0 5:nan", "  ", "0 7:0.25 8:1e3"])
-    r = scd.LibsvmReader(path)
+    r = scd.LibsvmReader(path, max_bad_fraction=1.0)
     b = read_all(r)
     assert b.num_samples == 2 and r.malformed_count == 4
     assert [m.line_number for m in r.malformed_lines] == [2, 3, 4, 5]
@@ -156,7 +156,7 @@ def test_libsvm_malformed_tokens(tmp_path):
 
 def test_libffm_groups_by_field(tmp_path):
     path = write(tmp_path / "a.ffm", ["1 0:5:1 2:9:0.5 0:6:2", "0 1:3:1", "1 3:1:1", "0"])
-    r = scd.LibffmReader(path, ["user", "ad", "ctx"])
+    r = scd.LibffmReader(path, ["user", "ad", "ctx"], max_bad_fraction=1.0)
     b = read_all(r)
     assert b.num_samples == 3 and r.malformed_count == 1 and r.malformed_lines[0].line_number == 3
     assert bags(b, "user") == [[5, 6], [], []]
@@ -181,7 +181,7 @@ def test_csv_schema_groups_quotes_and_missing_values(tmp_path):
         '1,2,"open,x,x,x,x',       # broken quote
     ]
     path = write(tmp_path / "a.csv", lines, newline="\r\n")
-    r = scd.CsvReader(path, CSV_COLUMNS, header=True)
+    r = scd.CsvReader(path, CSV_COLUMNS, header=True, max_bad_fraction=1.0)
     b = read_all(r)
     assert b.num_samples == 3
     assert [m.line_number for m in r.malformed_lines] == [5, 6, 7]
@@ -264,9 +264,9 @@ def assert_same_batch(a: scd.Batch, b: scd.Batch) -> None:
 
 @pytest.mark.parametrize("num_threads, block_bytes", [(1, 4 << 20), (3, 700), (2, 1)])
 def test_output_is_independent_of_threads_and_block_size(criteo_files, num_threads, block_bytes):
-    ref_reader = scd.CriteoReader(criteo_files)
+    ref_reader = scd.CriteoReader(criteo_files, max_bad_fraction=1.0)
     ref = read_all(ref_reader, 64)
-    r = scd.CriteoReader(criteo_files, num_threads=num_threads, block_bytes=block_bytes, prefetch_blocks=1)
+    r = scd.CriteoReader(criteo_files, num_threads=num_threads, block_bytes=block_bytes, prefetch_blocks=1, max_bad_fraction=1.0)
     got = read_all(r, 37)
     assert_same_batch(ref, got)
     assert r.malformed_lines == ref_reader.malformed_lines and r.malformed_count == ref_reader.malformed_count
@@ -274,10 +274,10 @@ def test_output_is_independent_of_threads_and_block_size(criteo_files, num_threa
 
 
 def test_resume_from_saved_position_reads_each_sample_once(criteo_files):
-    full_reader = scd.CriteoReader(criteo_files, block_bytes=900, num_threads=2)
+    full_reader = scd.CriteoReader(criteo_files, block_bytes=900, num_threads=2, max_bad_fraction=1.0)
     full = read_all(full_reader, 50)
     rng = random.Random()
-    reader = scd.CriteoReader(criteo_files, block_bytes=900, num_threads=2)
+    reader = scd.CriteoReader(criteo_files, block_bytes=900, num_threads=2, max_bad_fraction=1.0)
     parts, malformed = [], 0
     while True:
         b = reader.next_batch(rng.randint(1, 120))
@@ -287,7 +287,7 @@ def test_resume_from_saved_position_reads_each_sample_once(criteo_files):
         if rng.random() < 0.5:  # checkpoint, then continue in a brand-new reader
             state = reader.state_dict()
             malformed += reader.malformed_count
-            reader = scd.CriteoReader(criteo_files, block_bytes=rng.choice([333, 4096]))
+            reader = scd.CriteoReader(criteo_files, block_bytes=rng.choice([333, 4096]), max_bad_fraction=1.0)
             reader.load_state_dict(state)
     malformed += reader.malformed_count
     assert_same_batch(full, scd.concat_batches(parts))
@@ -295,7 +295,7 @@ def test_resume_from_saved_position_reads_each_sample_once(criteo_files):
 
 
 def test_seek_rejects_positions_outside_the_files(criteo_files):
-    r = scd.CriteoReader(criteo_files)
+    r = scd.CriteoReader(criteo_files, max_bad_fraction=1.0)
     with pytest.raises(ValueError, match="file_index"):
         r.seek((4, 0, 0))
     with pytest.raises(ValueError, match="beyond"):
@@ -311,7 +311,7 @@ def test_memory_stays_bounded_on_a_long_file(tmp_path):
     rng = random.Random(5)
     line = criteo_line(rng)[0]
     path = write(tmp_path / "long.tsv", [line] * 20000)
-    r = scd.CriteoReader(path, block_bytes=8192, prefetch_blocks=1, batch_size=1000)
+    r = scd.CriteoReader(path, block_bytes=8192, prefetch_blocks=1, batch_size=1000, max_bad_fraction=1.0)
     n = sum(b.num_samples for b in r)
     assert n == 20000 and r.position == (1, 0, 0)
 
