@@ -115,15 +115,21 @@ class Epochs:
                 if b is not None:
                     return b
             else:
-                if self._buffer is None:
-                    self._fill_window()
-                if self._buffer is not None:
-                    b = self._buffer.slice(self._handed, min(self._handed + n, self._buffer.num_samples))
-                    self._handed += b.num_samples
+                parts, need = [], n  # a batch may span two windows, never two epochs
+                while need > 0:
+                    if self._buffer is None:
+                        self._fill_window()
+                        if self._buffer is None:
+                            break
+                    end = min(self._handed + need, self._buffer.num_samples)
+                    parts.append(self._buffer.slice(self._handed, end))
+                    need -= end - self._handed
+                    self._handed = end
                     if self._handed == self._buffer.num_samples:
                         self._window += 1
                         self._window_start, self._buffer, self._handed = self._reader.state_dict(), None, 0
-                    return b
+                if parts:
+                    return concat_batches(parts) if len(parts) > 1 else parts[0]
             if not self._next_epoch():
                 break
         return None
