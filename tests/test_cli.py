@@ -349,3 +349,99 @@ def test_plot_evaluates_periodically_and_draws_the_planted_optimum(tmp_path, mon
     assert [s for s, _ in points] == [2, 4, 6, 8, 10, 12, 14, 16, 18, 20]
     assert planted is not None and 0.5 < planted < 1
     assert len(history) == 20 and all("samples_per_s" in h and "rows" in h for h in history)
+
+
+# ----------------------------------------------------------------------------- server and --servers
+def start_server(*args, env=None):
+    p = subprocess.Popen([sys.executable, "-m", "sparsecore.cli", "server", *map(str, args)], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=env or _env())
+    line = p.stdout.readline()
+    if not line.startswith("listening on"):
+        p.kill()
+        p.wait()
+        raise AssertionError(f"server did not start: {line!r} {p.stderr.read()}")
+    return p, line.split()[2]
+
+
+def stop(p):
+    p.terminate()
+    try:
+        p.wait(10)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()
+
+
+def run_server_expecting_an_error(*args):
+    r = subprocess.run([sys.executable, "-m", "sparsecore.cli", "server", *map(str, args)], capture_output=True,
+                       text=True, env=_env(), timeout=60)
+    assert r.returncode != 0 and r.stdout == ""
+    return r
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--shards", "0"], "--shards must be >= 1, got 0"),
+    (["--port", "70000"], "--port must be in [0, 65535]"),
+    (["--server-index", "2", "--num-servers", "2"], "--server-index must be in [0, --num-servers)"),
+    (["--token-file", "/no/such/token"], "cannot read token file '/no/such/token'"),
+])
+def test_server_argument_errors_are_one_line_and_exit_2(args, message):
+    r = run_server_expecting_an_error(*args)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [f"sparsecore server: error: {r.stderr.split('error: ', 1)[1].strip()}"]
+    assert message in r.stderr
+
+
+def test_server_unknown_flag_prints_its_usage():
+    r = run_server_expecting_an_error("--bogus", "2")
+    assert r.returncode == 2 and r.stderr.startswith("usage: sparsecore server")
+
+
+def test_server_refuses_a_snapshot_dir_it_cannot_create(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    r = run_server_expecting_an_error("--snapshot-dir", blocker / "snapshots")
+    assert r.returncode == 2 and "cannot create --snapshot-dir" in r.stderr
+    r = run_server_expecting_an_error("--snapshot-dir", blocker)
+    assert r.returncode == 2 and "is not a directory" in r.stderr
+
+
+def test_server_creates_a_missing_snapshot_dir(tmp_path):
+    p, _ = start_server("--snapshot-dir", tmp_path / "new" / "snaps")
+    stop(p)
+    assert (tmp_path / "new" / "snaps").is_dir()
+
+
+def test_server_help_has_text_for_every_flag():
+    r = subprocess.run([sys.executable, "-m", "sparsecore.cli", "server", "--help"], capture_output=True, text=True,
+                       env=_env(), timeout=60)
+    assert r.returncode == 0
+    for flag in ("--address", "--port", "--shards", "--snapshot-dir", "--server-index", "--num-servers",
+                 "--token-file", "--token", "--poll-us"):
+        assert re.search(rf"^\s+{flag} [A-Z]+\s+[A-Za-z(]", r.stdout, re.M), flag
+
+
+def test_train_against_servers_with_a_token_file(tmp_path):
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+    token.chmod(0o600)
+    p, endpoint = start_server("--token-file", token, "--shards", "2")
+    try:
+        path = write_lines(tmp_path / "d.tsv", [criteo_line(i) for i in range(40)])
+        job = ["train", "--data-format", "criteo", "--train-data", path, "--servers", endpoint, *TINY]
+        r = run(*job, "--token-file", token)
+        assert r.returncode == 0, r.stderr
+        assert "trained 4 steps, 40 samples" in r.stdout and "26 tables" in r.stdout
+        r = run(*job, env=_env(SPARSECORE_TOKEN="s3cret"))
+        assert r.returncode == 0, r.stderr
+        r = run(*job, env=_env(SPARSECORE_TOKEN="wrong"))
+        assert r.returncode in (1, 2) and "sparsecore train: error:" in r.stderr and "Traceback" not in r.stderr
+    finally:
+        stop(p)
+
+
+def test_train_servers_argument_errors(tmp_path):
+    r = run("train", "--servers", "localhost", "--steps", "1")
+    assert r.returncode == 2 and "'localhost' is not host:port" in r.stderr
+    r = run("train", "--token-file", tmp_path / "t", "--steps", "1")
+    assert r.returncode == 2 and "--token-file is for --servers" in r.stderr

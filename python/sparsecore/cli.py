@@ -563,12 +563,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ImportError:
         print(f"sparsecore train: error: {_TORCH_HINT}", file=sys.stderr)
         return 2
+    from . import RpcError
+
     try:
         run_train(load_settings(args.config, overrides))
     except ConfigError as e:
         print(f"sparsecore train: error: {e}", file=sys.stderr)
         return 2
-    except (ValueError, KeyError, TypeError, OSError) as e:
+    except (ValueError, KeyError, TypeError, OSError, RpcError) as e:
         print(f"sparsecore train: error: {e}", file=sys.stderr)
         return 1
     return 0

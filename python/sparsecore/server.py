@@ -436,12 +436,12 @@ def connect(addresses: Sequence[str] | str, *, token: str = "", timeout: Optiona
 def _writable_snapshot_dir(path: str) -> Optional[str]:
     """None when ``path`` exists (or was created) as a directory this process can write;
     else why not."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        return f"--snapshot-dir '{path}' is not a directory"
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as e:
         return f"cannot create --snapshot-dir '{path}': {e.strerror or e}"
-    if not os.path.isdir(path):
-        return f"--snapshot-dir '{path}' is not a directory"
     if not os.access(path, os.W_OK | os.X_OK):
         return f"--snapshot-dir '{path}' is not writable"
     return None
