@@ -445,3 +445,59 @@ def test_train_servers_argument_errors(tmp_path):
     assert r.returncode == 2 and "'localhost' is not host:port" in r.stderr
     r = run("train", "--token-file", tmp_path / "t", "--steps", "1")
     assert r.returncode == 2 and "--token-file is for --servers" in r.stderr
+
+
+# ----------------------------------------------------------------------------- the Trainer under the CLI
+class _ReadOnlySource:
+    """Batches whose labels and dense features are read-only arrays (as from pandas or Arrow)."""
+
+    def __init__(self, batches):
+        self.batches, self.i = batches, 0
+
+    def next_batch(self):
+        if self.i == self.batches:
+            return None
+        self.i += 1
+        import numpy as np
+
+        from sparsecore.data import Batch
+
+        labels, dense = np.array([0.0, 1.0, 1.0], np.float32), np.ones((3, 2), np.float32)
+        labels.flags.writeable = dense.flags.writeable = False
+        ids = np.array([1, 2, 3], np.int64)
+        return Batch(sparse={"g": (ids, np.array([0, 1, 2, 3], np.int64))}, labels=labels, dense=dense, num_samples=3)
+
+
+def _tiny_trainer(batches, **kw):
+    import torch
+
+    import sparsecore as sc
+    from sparsecore.trainer import Trainer
+
+    model = torch.nn.Linear(4 + 2, 1)
+    return Trainer(_ReadOnlySource(batches), model, {"g": sc.TableConfig(dim=4, optimizer=sc.SGD(lr=0.1))},
+                   use_dense=True, log_every=0, **kw)
+
+
+def test_read_only_arrays_train_without_the_numpy_writable_warning():
+    import warnings
+
+    trainer = _tiny_trainer(3, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert trainer.fit(3).steps == 3
+
+
+def test_progress_bar_total_is_what_was_trained_when_the_data_ends_first(monkeypatch):
+    import tqdm
+
+    bars = []
+
+    class Recording(tqdm.tqdm):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **{**kw, "disable": True})
+            bars.append(self)
+
+    monkeypatch.setattr(tqdm, "tqdm", Recording)
+    result = _tiny_trainer(3, progress=True).fit(10)
+    assert result.steps == 3 and bars[0].total == 3
