@@ -501,3 +501,31 @@ def test_progress_bar_total_is_what_was_trained_when_the_data_ends_first(monkeyp
     monkeypatch.setattr(tqdm, "tqdm", Recording)
     result = _tiny_trainer(3, progress=True).fit(10)
     assert result.steps == 3 and bars[0].total == 3
+
+
+def _readme_block(marker):
+    text = open(os.path.join(os.path.dirname(PYTHON_DIR), "README.md")).read()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    (block,) = [b for b in blocks if marker in b]
+    return block
+
+
+def test_the_readme_worker_script_runs_as_written_against_a_server(tmp_path):
+    import socket
+
+    token = tmp_path / "token"
+    token.write_text("t0ken\n")
+    token.chmod(0o600)
+    script = tmp_path / "train.py"
+    script.write_text(_readme_block("dist.init_process_group"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        free_port = s.getsockname()[1]
+    p, endpoint = start_server("--token-file", token)
+    try:
+        env = _env(RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port),
+                   SPARSECORE_SERVERS=endpoint, SPARSECORE_TOKEN="t0ken")
+        r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300)
+        assert r.returncode == 0, r.stderr
+    finally:
+        stop(p)
