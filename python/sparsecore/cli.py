@@ -483,7 +483,7 @@ def _list(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
 
-def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sparsecore", description="sparsecore: sparse deep learning, XDL style.")
     sub = parser.add_subparsers(dest="command", metavar="{train,server}")
     train = sub.add_parser(
@@ -522,7 +522,15 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     train.add_argument("-q", "--quiet", action="store_true", help="only warnings and the final result")
     sub.add_parser("server", help="run a parameter server (arguments go to it; see 'server --help')",
                    add_help=False)
-    return parser, train
+    return parser
+
+
+def _subcommand(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    """The parser of subcommand ``name`` (for its usage in error messages)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices[name]
+    raise KeyError(name)
 
 
 def _server(argv: list[str]) -> int:
@@ -540,10 +548,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["server"]:  # every argument after it belongs to the server's own parser
         return _server(argv[1:])
-    parser, train_parser = _parser()
+    parser = _parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # reported with the usage of the command they were given to
-        (train_parser if args.command == "train" else parser).error(f"unrecognized arguments: {' '.join(unknown)}")
+        (_subcommand(parser, "train") if args.command == "train" else parser).error(
+            f"unrecognized arguments: {' '.join(unknown)}")
     if args.command is None:
         parser.print_help()
         return 2
