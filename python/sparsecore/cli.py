@@ -51,7 +51,7 @@ _SYNTHETIC_STEPS = 300
 _FLAGS: list[tuple[str, str, str, Any, str, str]] = [
     ("--data-format", "data", "format", str, "FORMAT", f"one of {', '.join(_FORMATS)}"),
     ("--train-data", "data", "train", "paths", "PATH",
-     "training files (any format but synthetic; .gz files are read as they are)"),
+     "training files (any format but synthetic; gzip-compressed files are read as they are)"),
     ("--eval-data", "data", "eval", "paths", "PATH", "evaluation files"),
     ("--columns", "data", "columns", str, "SPEC",
      "csv/tsv/parquet schema: name:type[:group],... with type label, dense, categorical, multi_categorical or "
