@@ -4,7 +4,8 @@
 feature groups x dim 18 -> MLP 414-200-80-1) on built-in synthetic data with a planted
 ground truth, on the embedded default, and prints the final AUC next to the planted optimum.
 Flags or a TOML file (``--config``) choose data files, model, optimizers, batch size, steps
-and checkpoints; flags win over the file. ``sparsecore server`` starts a parameter server.
+and checkpoints; flags win over the file. ``--servers`` trains against parameter servers
+instead of the embedded tables. ``sparsecore server`` starts a parameter server.
 """
 
 from __future__ import annotations
@@ -25,50 +26,77 @@ log = logging.getLogger("sparsecore.cli")
 # The main job. Sections and keys are those of the TOML file (examples/w2.toml documents them).
 DEFAULTS: dict[str, dict[str, Any]] = {
     "data": {"format": "synthetic", "train": [], "eval": [], "batch_size": 2000, "columns": {}, "fields": 0,
-             "delimiter": ",", "header": False, "reader_threads": 1, "has_labels": True},
+             "delimiter": "", "header": False, "multi_separator": "|", "reader_threads": 1, "has_labels": True,
+             "max_bad_fraction": 0.01, "epochs": 1, "shuffle": False, "shuffle_buffer": 100_000},
     "synthetic": {"vocab_size": 20_000, "zipf_exponent": 1.5, "min_bag": 1, "max_bag": 10, "weight_std": 0.1,
                   "bias": -1.0, "seed": 0, "samples_per_view": 4, "compressed": True, "eval_samples": 100_000},
     "model": {"dim": 18, "hidden": [200, 80], "pooling": "sum", "groups": []},
     "sparse_optimizer": {"name": "adagrad", "lr": 0.05},
     "dense_optimizer": {"name": "adam", "lr": 1e-3},
-    "train": {"steps": 300, "seed": 0, "threads": 0, "checkpoint_dir": "", "checkpoint_every": 0, "eval_every": 0,
+    "train": {"steps": 0, "seed": 0, "threads": 0, "checkpoint_dir": "", "checkpoint_every": 0, "eval_every": 0,
               "log_every": 50, "plot": "", "deterministic": False, "progress": True, "stale_sparse": False,
-              "prefetch": 2},
+              "prefetch": 2, "servers": [], "token_file": ""},
 }
 
 # Sections whose extra keys are passed on as optimizer arguments.
 _OPEN_SECTIONS = ("sparse_optimizer", "dense_optimizer")
 
-_FORMATS = ("synthetic", "criteo", "libsvm", "libffm", "csv", "parquet")
+_FORMATS = ("synthetic", "criteo", "libsvm", "libffm", "csv", "tsv", "parquet")
 
-# flag -> (section, key, type, help); a flag left out keeps the file's (or the default) value.
-_FLAGS: list[tuple[str, str, str, Any, str]] = [
-    ("--data-format", "data", "format", str, f"one of {', '.join(_FORMATS)}"),
-    ("--train-data", "data", "train", "paths", "training files (any format but synthetic)"),
-    ("--eval-data", "data", "eval", "paths", "evaluation files"),
-    ("--batch-size", "data", "batch_size", int, "samples per step"),
-    ("--vocab-size", "synthetic", "vocab_size", int, "synthetic: ids per feature group"),
-    ("--zipf", "synthetic", "zipf_exponent", float, "synthetic: Zipf exponent of id frequencies"),
-    ("--compression", "synthetic", "samples_per_view", int,
+# Steps of a synthetic job when --steps is 0 (file data then trains every epoch to the end).
+_SYNTHETIC_STEPS = 300
+
+# flag -> (section, key, type, placeholder, help); a flag left out keeps the file's (or the
+# default) value.
+_FLAGS: list[tuple[str, str, str, Any, str, str]] = [
+    ("--data-format", "data", "format", str, "FORMAT", f"one of {', '.join(_FORMATS)}"),
+    ("--train-data", "data", "train", "paths", "PATH",
+     "training files (any format but synthetic; gzip-compressed files are read as they are)"),
+    ("--eval-data", "data", "eval", "paths", "PATH", "evaluation files"),
+    ("--columns", "data", "columns", str, "SPEC",
+     "csv/tsv/parquet schema: name:type[:group],... with type label, dense, categorical, multi_categorical or "
+     "ignore, e.g. 'clicked:label,user:categorical,genres:multi_categorical'; with --header, only the columns "
+     "to use (checked against the header, in any order)"),
+    ("--delimiter", "data", "delimiter", str, "CHAR", "csv/tsv field delimiter (default: ',' for csv, tab for tsv)"),
+    ("--multi-separator", "data", "multi_separator", str, "CHAR",
+     "csv/tsv: separator of the values inside a multi_categorical field"),
+    ("--batch-size", "data", "batch_size", int, "N", "samples per step"),
+    ("--epochs", "data", "epochs", int, "N", "passes over the training files"),
+    ("--shuffle-buffer", "data", "shuffle_buffer", int, "N", "samples mixed at a time by --shuffle"),
+    ("--max-bad-fraction", "data", "max_bad_fraction", float, "X",
+     "fail when more than this fraction of the lines read is malformed (1: never)"),
+    ("--vocab-size", "synthetic", "vocab_size", int, "N", "synthetic: ids per feature group"),
+    ("--zipf", "synthetic", "zipf_exponent", float, "X", "synthetic: Zipf exponent of id frequencies"),
+    ("--compression", "synthetic", "samples_per_view", int, "N",
      "synthetic: samples per page view (the sample-compression ratio; 1 = none)"),
-    ("--eval-samples", "synthetic", "eval_samples", int, "synthetic: held-out samples to evaluate on"),
-    ("--dim", "model", "dim", int, "embedding dim of every group"),
-    ("--hidden", "model", "hidden", "ints", "hidden widths of the MLP, e.g. 200,80"),
-    ("--pooling", "model", "pooling", str, "sum or mean"),
-    ("--sparse-optimizer", "sparse_optimizer", "name", str,
+    ("--eval-samples", "synthetic", "eval_samples", int, "N", "synthetic: held-out samples to evaluate on"),
+    ("--dim", "model", "dim", int, "N", "embedding dim of every group"),
+    ("--hidden", "model", "hidden", "ints", "N,N", "hidden widths of the MLP, e.g. 200,80"),
+    ("--pooling", "model", "pooling", str, "MODE", "sum or mean"),
+    ("--sparse-optimizer", "sparse_optimizer", "name", str, "NAME",
      "sgd, momentum, adagrad, rowwise_adagrad, adam, adamw, ftrl, group_lasso"),
-    ("--sparse-lr", "sparse_optimizer", "lr", float, "learning rate of the embedding tables"),
-    ("--dense-optimizer", "dense_optimizer", "name", str, "torch optimizer: adam, adamw, adagrad, sgd, rmsprop"),
-    ("--dense-lr", "dense_optimizer", "lr", float, "learning rate of the MLP"),
-    ("--steps", "train", "steps", int, "total steps (a resumed job trains the rest)"),
-    ("--seed", "train", "seed", int, "seed of the tables and the MLP"),
-    ("--threads", "train", "threads", int, "compute threads (0: one per core)"),
-    ("--checkpoint-dir", "train", "checkpoint_dir", str,
+    ("--sparse-lr", "sparse_optimizer", "lr", float, "LR", "learning rate of the embedding tables"),
+    ("--dense-optimizer", "dense_optimizer", "name", str, "NAME",
+     "torch optimizer: adam, adamw, adagrad, sgd, rmsprop"),
+    ("--dense-lr", "dense_optimizer", "lr", float, "LR", "learning rate of the MLP"),
+    ("--steps", "train", "steps", int, "N",
+     f"total steps; 0: {_SYNTHETIC_STEPS} on synthetic data, every epoch to the end on files "
+     "(a resumed job trains the rest)"),
+    ("--seed", "train", "seed", int, "N", "seed of the tables, the MLP and --shuffle"),
+    ("--threads", "train", "threads", int, "N", "compute threads (0: one per core)"),
+    ("--checkpoint-dir", "train", "checkpoint_dir", str, "DIR",
      "save here at the end (and every --checkpoint-every steps); resume from it if it holds one"),
-    ("--checkpoint-every", "train", "checkpoint_every", int, "steps between checkpoints (0: only at the end)"),
-    ("--eval-every", "train", "eval_every", int, "steps between evaluations (0: only at the end)"),
-    ("--log-every", "train", "log_every", int, "steps between log lines"),
-    ("--plot", "train", "plot", str, "write a PNG of loss, AUC and table size over steps (needs matplotlib)"),
+    ("--checkpoint-every", "train", "checkpoint_every", int, "N", "steps between checkpoints (0: only at the end)"),
+    ("--eval-every", "train", "eval_every", int, "N",
+     "steps between evaluations (0: only at the end, or about 10 over the run with --plot)"),
+    ("--log-every", "train", "log_every", int, "N", "steps between log lines"),
+    ("--plot", "train", "plot", str, "PNG",
+     "write a PNG of loss, evaluation AUC (and the planted optimum), samples/s and table rows over steps "
+     "(needs matplotlib)"),
+    ("--servers", "train", "servers", "list", "HOST:PORT,...",
+     "train against these parameter servers (in server-index order) instead of embedded tables"),
+    ("--token-file", "train", "token_file", str, "PATH",
+     "file holding the servers' shared token (default: $SPARSECORE_TOKEN; never on the command line)"),
 ]
 
 _EPILOG = """\
@@ -76,8 +104,15 @@ examples:
   sparsecore train                                   # W2 on synthetic data, about a minute
   sparsecore train --steps 1000 --compression 16 --plot w2.png
   sparsecore train --config examples/w2.toml --checkpoint-dir ckpt/
-  sparsecore train --data-format criteo --train-data day_0.tsv --eval-data day_1.tsv --dim 16
+  sparsecore train --data-format criteo --train-data day_0.gz --eval-data day_1.gz --dim 16 \\
+                   --epochs 2 --shuffle
+  sparsecore train --data-format csv --header --train-data ratings.csv \\
+                   --columns 'clicked:label,user:categorical,genres:multi_categorical'
+  sparsecore train --servers a:7000,b:7000 --token-file ~/.sparsecore-token --data-format criteo ...
   sparsecore server --help
+
+Malformed lines are skipped and counted; a run stops with an error naming the first one when
+no line parses or more than --max-bad-fraction of them are malformed.
 
 TOML sections: [data] [synthetic] [model] [sparse_optimizer] [dense_optimizer] [train];
 keys are the flags' names with '_' (examples/w2.toml lists every one with its default).
@@ -179,19 +214,51 @@ def _check_files(paths: Sequence[str], what: str) -> list[str]:
     return list(paths)
 
 
+def parse_columns(spec: Any) -> list[tuple[str, ...]]:
+    """A schema from ``--columns`` text (``name:type[:group],...``), a TOML table
+    (``{name = type}``) or a TOML list of such strings; (name, type[, group]) tuples."""
+    if isinstance(spec, dict):
+        return [(str(n), str(t)) for n, t in spec.items()]
+    items = spec.split(",") if isinstance(spec, str) else list(spec)
+    out = []
+    for item in items:
+        parts = [x.strip() for x in str(item).split(":")]
+        if len(parts) not in (2, 3) or not all(parts):
+            raise ConfigError(f"data.columns: cannot read {str(item).strip()!r}: expected name:type or "
+                              "name:type:group (types: label, dense, categorical, multi_categorical, ignore)")
+        out.append(tuple(parts))
+    return out
+
+
+def _steps(settings: dict[str, dict[str, Any]]) -> Optional[int]:
+    """The job's total steps; None: until the data ends."""
+    steps = int(settings["train"]["steps"])
+    if steps < 0:
+        raise ConfigError(f"train.steps must be >= 0, got {steps}")
+    if steps == 0:
+        return _SYNTHETIC_STEPS if settings["data"]["format"] == "synthetic" else None
+    return steps
+
+
 def build_sources(settings: dict[str, dict[str, Any]]) -> tuple[Any, Any, list[str], int, Any]:
     """(train source, eval source or None, group names, dense feature width, synthetic config)."""
     from . import data as scd
 
-    d, syn, steps = settings["data"], settings["synthetic"], settings["train"]["steps"]
+    d, syn = settings["data"], settings["synthetic"]
     fmt, batch = d["format"], int(d["batch_size"])
     if fmt not in _FORMATS:
         raise ConfigError(f"data.format: unknown format '{fmt}' (one of {', '.join(_FORMATS)})")
     if batch < 1:
         raise ConfigError(f"data.batch_size must be >= 1, got {batch}")
+    if int(d["epochs"]) < 1:
+        raise ConfigError(f"data.epochs must be >= 1, got {d['epochs']}")
+    if not 0 <= float(d["max_bad_fraction"]) <= 1:
+        raise ConfigError(f"data.max_bad_fraction must be in [0, 1], got {d['max_bad_fraction']}")
     if fmt == "synthetic":
         if d["train"]:
             raise ConfigError("data.train names files but data.format is 'synthetic'; set --data-format")
+        if int(d["epochs"]) != 1 or d["shuffle"]:
+            raise ConfigError("--epochs and --shuffle are for files; synthetic data is a fresh stream (set --steps)")
         r = int(syn["samples_per_view"])
         try:
             cfg = scd.SyntheticConfig.w2(vocab_size=int(syn["vocab_size"]), zipf_exponent=float(syn["zipf_exponent"]),
@@ -199,7 +266,7 @@ def build_sources(settings: dict[str, dict[str, Any]]) -> tuple[Any, Any, list[s
                                          weight_std=float(syn["weight_std"]), bias=float(syn["bias"]),
                                          seed=int(syn["seed"]), samples_per_view=r, batch_size=batch)
             compressed = bool(syn["compressed"]) and r > 1
-            train = scd.SyntheticData(cfg, num_samples=steps * batch, compressed=compressed)
+            train = scd.SyntheticData(cfg, num_samples=_steps(settings) * batch, compressed=compressed)
             start = _eval_start(r)
             evaluation = scd.SyntheticData(cfg, start=start, num_samples=start + int(syn["eval_samples"]),
                                            compressed=compressed)
@@ -210,9 +277,15 @@ def build_sources(settings: dict[str, dict[str, Any]]) -> tuple[Any, Any, list[s
         raise ConfigError(f"data.format '{fmt}' needs training files (--train-data)")
     train_paths = _check_files(d["train"], "training")
     eval_paths = _check_files(d["eval"], "evaluation") if d["eval"] else []
-    options = {"batch_size": batch}
+    options: dict[str, Any] = {"batch_size": batch}
     if fmt != "parquet":
         options["num_threads"] = int(d["reader_threads"])
+        options["max_bad_fraction"] = float(d["max_bad_fraction"])
+    columns = parse_columns(d["columns"]) if d["columns"] else []
+    delimiter = d["delimiter"] or ("\t" if fmt == "tsv" else ",")
+    if fmt in ("csv", "tsv", "parquet") and not columns:
+        raise ConfigError(f"data.format '{fmt}' needs a schema: --columns 'name:type,...' "
+                          "(or [data.columns] name = type)")
 
     def make(paths: list[str]) -> Any:
         if fmt == "criteo":
@@ -223,14 +296,14 @@ def build_sources(settings: dict[str, dict[str, Any]]) -> tuple[Any, Any, list[s
             if not d["fields"]:
                 raise ConfigError("data.format 'libffm' needs data.fields (a count or a list of names)")
             return scd.LibffmReader(paths, d["fields"], **options)
-        if not d["columns"]:
-            raise ConfigError(f"data.format '{fmt}' needs a schema: [data.columns] name = type")
-        if fmt == "csv":
-            return scd.CsvReader(paths, d["columns"], delimiter=d["delimiter"], header=bool(d["header"]), **options)
-        return scd.ParquetReader(paths, d["columns"], **options)
+        if fmt in ("csv", "tsv"):
+            return scd.CsvReader(paths, columns, delimiter=delimiter, multi_separator=d["multi_separator"],
+                                 header=bool(d["header"]), **options)
+        return scd.ParquetReader(paths, columns, **options)
 
     try:
-        train = make(train_paths)
+        train = scd.Epochs(make, train_paths, epochs=int(d["epochs"]), shuffle=bool(d["shuffle"]),
+                           shuffle_buffer=int(d["shuffle_buffer"]), seed=int(settings["train"]["seed"]))
         evaluation = make(eval_paths) if eval_paths else None
     except (OSError, ValueError, TypeError) as e:
         raise ConfigError(f"data: {e}") from None
@@ -242,11 +315,41 @@ def build_sources(settings: dict[str, dict[str, Any]]) -> tuple[Any, Any, list[s
         f = d["fields"]
         groups, dense = ([f"field{i}" for i in range(f)] if isinstance(f, int) else [str(x) for x in f]), 0
     else:
-        columns = scd.schema.normalize_columns(d["columns"])
-        groups = list(dict.fromkeys(c.group or c.name for c in columns
+        schema = scd.schema.normalize_columns(columns)
+        groups = list(dict.fromkeys(c.group or c.name for c in schema
                                     if c.type in ("categorical", "multi_categorical")))
-        dense = sum(c.type == "dense" for c in columns)
+        dense = sum(c.type == "dense" for c in schema)
     return train, evaluation, groups, dense, None
+
+
+def _connect(settings: dict[str, dict[str, Any]]) -> Any:
+    """The cluster of --servers (None without), authenticated by --token-file or $SPARSECORE_TOKEN."""
+    t = settings["train"]
+    servers = t["servers"]
+    if isinstance(servers, str):
+        servers = [x for x in servers.split(",") if x.strip()]
+    if not servers:
+        if t["token_file"]:
+            raise ConfigError("--token-file is for --servers")
+        return None
+    for s in servers:
+        host, _, port = s.strip().rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"train.servers: {s!r} is not host:port")
+    if t["checkpoint_dir"]:
+        raise ConfigError("--checkpoint-dir is for the embedded tables; with --servers the servers keep the "
+                          "tables (start them with --snapshot-dir)")
+    from . import RpcError, connect
+    from ._token import resolve_token
+
+    try:
+        token = resolve_token(t["token_file"] or None)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    try:
+        return connect([s.strip() for s in servers], token=token)
+    except (RpcError, OSError, ValueError) as e:
+        raise ConfigError(f"cannot reach the servers {', '.join(servers)}: {e}") from None
 
 
 def build_trainer(settings: dict[str, dict[str, Any]]) -> tuple[Any, Any, Any]:
@@ -258,8 +361,7 @@ def build_trainer(settings: dict[str, dict[str, Any]]) -> tuple[Any, Any, Any]:
     from .trainer import Trainer
 
     m, t = settings["model"], settings["train"]
-    if int(t["steps"]) < 1:
-        raise ConfigError(f"train.steps must be >= 1, got {t['steps']}")
+    _steps(settings)
     if int(t["threads"]) > 0:
         set_num_threads(int(t["threads"]))
         torch.set_num_threads(int(t["threads"]))
@@ -280,7 +382,7 @@ def build_trainer(settings: dict[str, dict[str, Any]]) -> tuple[Any, Any, Any]:
     trainer = Trainer(train, model, tables, dense_optimizer=dense_optimizer, use_dense=dense_width > 0,
                       seed=int(t["seed"]), prefetch=int(t["prefetch"]), stale_sparse=bool(t["stale_sparse"]),
                       deterministic=bool(t["deterministic"]), log_every=int(t["log_every"]),
-                      progress=bool(t["progress"]))
+                      progress=bool(t["progress"]), server=_connect(settings))
     return trainer, evaluation, synthetic
 
 
@@ -292,45 +394,62 @@ def run_train(settings: dict[str, dict[str, Any]]) -> dict[str, float]:
             import matplotlib  # noqa: F401
         except ImportError:
             raise ConfigError("--plot needs matplotlib: pip install matplotlib") from None
+    total = _steps(settings)
+    if t["plot"] and total is not None and int(t["log_every"]) > 0:
+        # Enough points for curves: about 30 log entries over the run.
+        settings["train"]["log_every"] = min(int(t["log_every"]), max(1, total // 30))
     trainer, evaluation, synthetic = build_trainer(settings)
     ckpt = t["checkpoint_dir"]
     if ckpt and os.path.exists(os.path.join(ckpt, "trainer.json")):
         trainer.load(ckpt)
         log.info("resumed from %s at step %d", ckpt, trainer.step)
-    total = int(t["steps"])
-    remaining = total - trainer.step
+    remaining = None if total is None else max(total - trainer.step, 0)
+    eval_every = int(t["eval_every"])
+    if t["plot"] and not eval_every and evaluation is not None:
+        eval_every = max(1, total // 10) if total is not None else 10 * max(int(t["log_every"]), 1)
     eval_points: list[tuple[int, float]] = []
     eval_start = evaluation.state_dict() if evaluation is not None else None
+    eval_seconds = [0.0]
+    planted: list[float] = []
 
     def evaluate() -> dict[str, float]:
+        began = time.perf_counter()
         evaluation.load_state_dict(eval_start)  # every evaluation reads the same samples
         result = trainer.evaluate(evaluation)
         eval_points.append((trainer.step, result["auc"]))
+        if "planted_auc" in result:
+            planted[:] = [result["planted_auc"]]
+        eval_seconds[0] += time.perf_counter() - began
         return result
 
     def on_interval(tr: Any) -> None:
-        if t["eval_every"] and evaluation is not None and tr.step % int(t["eval_every"]) == 0 and tr.step < total:
+        if eval_every and evaluation is not None and tr.step % eval_every == 0 and (total is None or tr.step < total):
             result = evaluate()
             log.info("step %d eval AUC %.4f", tr.step, result["auc"])
         if ckpt and t["checkpoint_every"] and tr.step % int(t["checkpoint_every"]) == 0:
             tr.save(ckpt)
 
-    every = _gcd_nonzero(int(t["eval_every"]) if evaluation is not None else 0, int(t["checkpoint_every"]))
-    start = time.perf_counter()
-    if remaining > 0:
+    every = _gcd_nonzero(eval_every if evaluation is not None else 0, int(t["checkpoint_every"]))
+    fit = None
+    if remaining != 0:
         from tqdm.contrib.logging import logging_redirect_tqdm
 
         with logging_redirect_tqdm():
-            trainer.fit(remaining, every=every, on_interval=on_interval)
-    elapsed = time.perf_counter() - start
+            fit = trainer.fit(remaining, every=every, on_interval=on_interval)
+        if fit.steps == 0 and trainer.step == 0:
+            raise DataError("the training data holds no sample")
     if ckpt:
         trainer.save(ckpt)
     result = evaluate() if evaluation is not None else {}
-    _report(trainer, result, elapsed, max(remaining, 0), settings)
+    _report(trainer, fit, result, remaining, eval_seconds[0], settings)
     if t["plot"]:
-        trainer.plot(t["plot"], eval_points)
+        trainer.plot(t["plot"], eval_points, planted[0] if planted else None)
         print(f"plot written to {t['plot']}")
     return result
+
+
+class DataError(ValueError):
+    """The data cannot train the job (none there, none parses)."""
 
 
 def _gcd_nonzero(a: int, b: int) -> int:
@@ -339,12 +458,19 @@ def _gcd_nonzero(a: int, b: int) -> int:
     return math.gcd(a, b) if a and b else (a or b)
 
 
-def _report(trainer: Any, result: dict[str, float], elapsed: float, steps: int, settings: dict[str, Any]) -> None:
-    batch = settings["data"]["batch_size"]
+def _report(trainer: Any, fit: Any, result: dict[str, float], wanted: Optional[int], eval_seconds: float,
+            settings: dict[str, Any]) -> None:
+    """What the run did: the steps and samples trained now (and in all), their rate without
+    the evaluations in between, and when the data ran out before the steps asked for."""
+    steps, samples = (fit.steps, fit.samples) if fit is not None else (0, 0)
+    seconds = max((fit.seconds if fit is not None else 0.0) - eval_seconds, 1e-9)
     rows = trainer.embedding.collection.sizes()
-    print(f"trained {steps} steps ({trainer.step} in all), {steps * batch:,} samples in {elapsed:.1f} s "
-          f"({steps * batch / max(elapsed, 1e-9):,.0f} samples/s); {sum(rows.values()):,} rows in "
-          f"{len(rows)} tables")
+    rate = f"{samples / seconds:,.0f} samples/s" if steps else "nothing to do"
+    print(f"trained {steps:,} steps, {samples:,} samples in {seconds:.1f} s ({rate}); {trainer.step:,} steps "
+          f"in all; {sum(rows.values()):,} rows in {len(rows)} tables")
+    if wanted is not None and steps < wanted:
+        print(f"the training data ran out after {steps:,} of the {wanted:,} steps asked for "
+              f"(--steps {settings['train']['steps']})")
     if not result:
         return
     from .trainer import describe_metrics
@@ -353,6 +479,10 @@ def _report(trainer: Any, result: dict[str, float], elapsed: float, steps: int, 
 
 
 # ----------------------------------------------------------------------------------- commands
+def _list(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sparsecore", description="sparsecore: sparse deep learning, XDL style.")
     sub = parser.add_subparsers(dest="command", metavar="{train,server}")
@@ -362,28 +492,45 @@ def _parser() -> argparse.ArgumentParser:
                     "arguments: XDL's W2 model (23 groups x dim 18 -> MLP 414-200-80-1) on synthetic data "
                     "with a planted model; prints the final AUC next to the planted optimum.",
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    train.add_argument("--config", metavar="FILE.toml", help="settings file; flags override it")
-    for flag, section, key, kind, text in _FLAGS:
+    train.add_argument("--config", metavar="TOML", help="settings file; flags override it")
+    for flag, section, key, kind, placeholder, text in _FLAGS:
         default = DEFAULTS[section][key]
         help_text = f"{text} (default: {default!r})" if default not in ("", [], {}) else text
+        dest = f"{section}.{key}"
         if kind == "paths":
-            train.add_argument(flag, nargs="+", metavar="PATH", dest=f"{section}.{key}", help=help_text)
-        elif kind == "ints":
-            train.add_argument(flag, type=_ints, metavar="N,N", dest=f"{section}.{key}", help=help_text)
+            train.add_argument(flag, nargs="+", metavar=placeholder, dest=dest, help=help_text)
+        elif kind in ("ints", "list"):
+            train.add_argument(flag, type=_ints if kind == "ints" else _list, metavar=placeholder, dest=dest,
+                               help=help_text)
         else:
-            train.add_argument(flag, type=kind, dest=f"{section}.{key}", help=help_text)
-    train.add_argument("--no-compression", action="store_const", const=False, dest="synthetic.compressed",
-                       help="synthetic: feed page views uncompressed (same samples, user groups repeated)")
-    train.add_argument("--deterministic", action="store_const", const=True, dest="train.deterministic",
-                       help="bit-reproducible run (resumed or not)")
-    train.add_argument("--stale-sparse", action="store_const", const=True, dest="train.stale_sparse",
-                       help="pull batch k+1's rows during the dense step of batch k (one step stale)")
-    train.add_argument("--no-progress", action="store_const", const=False, dest="train.progress",
-                       help="no progress bar")
+            train.add_argument(flag, type=kind, metavar=placeholder, dest=dest, help=help_text)
+    switches = [
+        ("--header", "data.header", True, "csv/tsv: the first line of every file names the columns"),
+        ("--shuffle", "data.shuffle", True,
+         "shuffle the training files: a new file order every epoch and samples mixed within "
+         "--shuffle-buffer (seeded by --seed)"),
+        ("--no-compression", "synthetic.compressed", False,
+         "synthetic: feed page views uncompressed (same samples, user groups repeated)"),
+        ("--deterministic", "train.deterministic", True, "bit-reproducible run (resumed or not)"),
+        ("--stale-sparse", "train.stale_sparse", True,
+         "pull batch k+1's rows during the dense step of batch k (one step stale)"),
+        ("--no-progress", "train.progress", False,
+         "no progress bar (it is off anyway when stderr is not a terminal: a log line per --log-every instead)"),
+    ]
+    for flag, dest, value, text in switches:
+        train.add_argument(flag, action="store_const", const=value, dest=dest, help=text)
     train.add_argument("-q", "--quiet", action="store_true", help="only warnings and the final result")
     sub.add_parser("server", help="run a parameter server (arguments go to it; see 'server --help')",
                    add_help=False)
     return parser
+
+
+def _subcommand(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    """The parser of subcommand ``name`` (for its usage in error messages)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices[name]
+    raise KeyError(name)
 
 
 def _server(argv: list[str]) -> int:
@@ -392,30 +539,47 @@ def _server(argv: list[str]) -> int:
     return int(server_main(argv) or 0)
 
 
+_TORCH_HINT = ("sparsecore train needs PyTorch: pip install torch==2.13.0 (on a machine without a GPU, the CPU "
+               "wheel avoids a multi-GB CUDA download: pip install torch==2.13.0 --index-url "
+               "https://download.pytorch.org/whl/cpu)")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["server"]:  # every argument after it belongs to the server's own parser
         return _server(argv[1:])
     parser = _parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # reported with the usage of the command they were given to
+        (_subcommand(parser, "train") if args.command == "train" else parser).error(
+            f"unrecognized arguments: {' '.join(unknown)}")
     if args.command is None:
         parser.print_help()
         return 2
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    # Our INFO lines (progress, evaluations); other libraries' (matplotlib's font cache) stay out.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s",
+                        datefmt="%H:%M:%S")
+    logging.getLogger("sparsecore").setLevel(logging.WARNING if args.quiet else logging.INFO)
     overrides = {}
     for name, value in vars(args).items():
         if "." in name and value is not None:
             section, key = name.split(".", 1)
             overrides[(section, key)] = value
-    if args.quiet:
+    if args.quiet or not sys.stderr.isatty():
         overrides[("train", "progress")] = False
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        print(f"sparsecore train: error: {_TORCH_HINT}", file=sys.stderr)
+        return 2
+    from . import RpcError
+
     try:
         run_train(load_settings(args.config, overrides))
     except ConfigError as e:
         print(f"sparsecore train: error: {e}", file=sys.stderr)
         return 2
-    except (ValueError, KeyError, TypeError, FileNotFoundError) as e:
+    except (ValueError, KeyError, TypeError, OSError, RpcError) as e:
         print(f"sparsecore train: error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -407,24 +407,78 @@ def connect(addresses: Sequence[str] | str, *, token: str = "", timeout: Optiona
     return Cluster(core, addresses, **args)
 
 
+def _writable_snapshot_dir(path: str) -> Optional[str]:
+    """None when ``path`` exists (or was created) as a directory this process can write;
+    else why not."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        return f"--snapshot-dir '{path}' is not a directory"
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        return f"cannot create --snapshot-dir '{path}': {e.strerror or e}"
+    if not os.access(path, os.W_OK | os.X_OK):
+        return f"--snapshot-dir '{path}' is not writable"
+    return None
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``sparsecore server``: serve until SIGTERM/SIGINT. Prints ``listening on host:port``."""
-    p = argparse.ArgumentParser(prog="sparsecore server", description="Run a sparsecore parameter server.")
-    p.add_argument("--address", default="127.0.0.1", help="bind address (default loopback)")
-    p.add_argument("--port", type=int, default=0, help="TCP port (0: any free port)")
-    p.add_argument("--shards", type=int, default=1, help="shards = reactor threads of this server")
-    p.add_argument("--snapshot-dir", default=None, help="restore the latest complete snapshot found here")
-    p.add_argument("--server-index", type=int, default=0)
-    p.add_argument("--num-servers", type=int, default=1)
-    p.add_argument("--token", default=os.environ.get("SPARSECORE_TOKEN", ""),
-                   help="shared token (default: $SPARSECORE_TOKEN)")
-    p.add_argument("--poll-us", type=int, default=0,
+    from ._token import ENV_VAR, resolve_token
+
+    p = argparse.ArgumentParser(
+        prog="sparsecore server", description="Run a sparsecore parameter server until SIGTERM or SIGINT; "
+        "it prints 'listening on HOST:PORT' once clients can connect.",
+        epilog=f"The shared token: --token-file PATH (a file readable by its owner only) or ${ENV_VAR}; "
+               "--token TEXT also works but shows in ps to every user of the machine.")
+    p.add_argument("--address", default="127.0.0.1", metavar="HOST",
+                   help="bind address (default: 127.0.0.1, loopback only; 0.0.0.0 for every interface)")
+    p.add_argument("--port", type=int, default=0, metavar="N", help="TCP port (default: 0, any free port)")
+    p.add_argument("--shards", type=int, default=1, metavar="N",
+                   help="shards = reactor threads of this server, one per core it should use (default: 1)")
+    p.add_argument("--snapshot-dir", default=None, metavar="DIR",
+                   help="directory of snapshots: created when missing, must be writable; the newest complete "
+                        "snapshot found there is restored at start")
+    p.add_argument("--server-index", type=int, default=0, metavar="I",
+                   help="this server's place in the cluster, 0 .. --num-servers - 1 (default: 0)")
+    p.add_argument("--num-servers", type=int, default=1, metavar="N",
+                   help="servers in the cluster; keys route to servers by this count (default: 1)")
+    p.add_argument("--token-file", default=None, metavar="PATH",
+                   help=f"file holding the shared token clients must prove they know (default: ${ENV_VAR})")
+    p.add_argument("--token", default=None, metavar="TEXT",
+                   help="the shared token itself (shows in ps to every user: prefer --token-file)")
+    p.add_argument("--poll-us", type=int, default=0, metavar="N",
                    help="poll mode: a shard with work in the last N microseconds polls instead of sleeping "
                         "(burns its core; for servers with cores of their own; default 0: off)")
     args = p.parse_args(argv)
-    server = Server(args.port, shards=args.shards, address=args.address, token=args.token,
-                    server_index=args.server_index, num_servers=args.num_servers,
-                    snapshot_dir=args.snapshot_dir, poll=args.poll_us / 1e6)
+
+    def fail(message: str, code: int = 2) -> int:
+        print(f"sparsecore server: error: {message}", file=sys.stderr)
+        return code
+
+    if not 0 <= args.port < 65536:
+        return fail(f"--port must be in [0, 65535], got {args.port}")
+    if args.shards < 1:
+        return fail(f"--shards must be >= 1, got {args.shards}")
+    if args.num_servers < 1 or not 0 <= args.server_index < args.num_servers:
+        return fail(f"--server-index must be in [0, --num-servers), got {args.server_index} of {args.num_servers}")
+    if args.poll_us < 0:
+        return fail(f"--poll-us must be >= 0, got {args.poll_us}")
+    try:
+        token = resolve_token(args.token_file, args.token)
+    except ValueError as e:
+        return fail(str(e))
+    if args.snapshot_dir:
+        problem = _writable_snapshot_dir(args.snapshot_dir)
+        if problem:
+            return fail(problem)
+    try:
+        server = Server(args.port, shards=args.shards, address=args.address, token=token,
+                        server_index=args.server_index, num_servers=args.num_servers,
+                        snapshot_dir=args.snapshot_dir, poll=args.poll_us / 1e6)
+    except ValueError as e:
+        return fail(str(e))
+    except (OSError, RuntimeError) as e:
+        return fail(str(e), 1)
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())

@@ -192,7 +192,8 @@ class Trainer:
         q.put(_END)
 
     def _logits(self, batch: Any, prepared: Any = None, pulled: Any = None) -> torch.Tensor:
-        dense = torch.from_numpy(np.ascontiguousarray(batch.dense, dtype=np.float32)) if (
+        # np.require copies only arrays torch cannot share (read-only ones, e.g. from pandas/Arrow).
+        dense = torch.from_numpy(np.require(batch.dense, np.float32, ["C", "W"])) if (
             self.use_dense and batch.dense is not None) else None
         if self.model_input == "dict":
             out = self.model(self.embedding(batch, prepared=prepared, pulled=pulled), dense)
@@ -234,7 +235,7 @@ class Trainer:
                     raise item
                 batch, prepared, pulled, state = item
                 logits = self._logits(batch, prepared, pulled)
-                labels = torch.from_numpy(np.asarray(batch.labels, dtype=np.float32))
+                labels = torch.from_numpy(np.require(batch.labels, np.float32, ["C", "W"]))
                 loss = self._loss(logits, labels)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"loss is {loss.item()} at step {self.step + 1}")
@@ -272,6 +273,9 @@ class Trainer:
                     pass
             producer.join()
             if bar is not None:
+                if steps is not None and done_steps < steps:
+                    bar.total = done_steps  # the source ended first: the bar shows what was trained
+                    bar.refresh()
                 bar.close()
             # Batches read ahead were not trained on: the source goes back to the last one used.
             if self._reader_state is not None and hasattr(self.source, "load_state_dict"):
@@ -367,27 +371,13 @@ class Trainer:
             self.source.load_state_dict(self._reader_state)
 
     # ------------------------------------------------------------------------------ plots
-    def plot(self, path: Union[str, os.PathLike], eval_points: Sequence[tuple[int, float]] = ()) -> None:
-        """Writes a PNG of training loss, evaluation AUC and table size over steps (matplotlib)."""
-        try:
-            import matplotlib
+    def plot(self, path: Union[str, os.PathLike], eval_points: Sequence[tuple[int, float]] = (),
+             planted_auc: Optional[float] = None) -> None:
+        """Writes a PNG of training loss, evaluation AUC, samples/s and table rows over steps
+        (matplotlib; :func:`sparsecore.plot.plot_training`)."""
+        from .plot import plot_training
 
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError:
-            raise ImportError("plotting needs matplotlib: pip install matplotlib") from None
-        steps = [h["step"] for h in self.history]
-        fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-        axes[0].plot(steps, [h["loss"] for h in self.history])
-        axes[0].set(title="training loss", xlabel="step")
-        if eval_points:
-            axes[1].plot(*zip(*eval_points), marker="o")
-        axes[1].set(title="evaluation AUC", xlabel="step")
-        axes[2].plot(steps, [sum(h["rows"].values()) for h in self.history])
-        axes[2].set(title="rows in tables", xlabel="step")
-        fig.tight_layout()
-        fig.savefig(os.fspath(path), dpi=100)
-        plt.close(fig)
+        plot_training(path, self.history, eval_points, planted_auc)
 
 
 def describe_metrics(m: Mapping[str, float]) -> str:

@@ -93,7 +93,9 @@ TEST(TextReader, CriteoReadsSamplesSkipsMalformedAndReportsLines) {
   std::mt19937_64 rng(std::random_device{}());
   std::string a = criteo_line(rng), b = criteo_line(rng);
   auto path = dir.write("d.tsv", a + "\r\n\r\nnot a criteo line\r\n" + b);
-  TextReader r({path}, std::make_shared<CriteoFormat>());
+  TextReaderOptions keep_going;
+  keep_going.max_bad_fraction = 1.0;
+  TextReader r({path}, std::make_shared<CriteoFormat>(), keep_going);
   SampleBatch all = read_everything(r, 1);
   EXPECT_EQ(all.num_samples, 2);
   EXPECT_EQ(all.dense_dim, 13);
@@ -113,10 +115,12 @@ TEST(TextReader, SeekResumesExactlyForAnyThreadsAndBlocks) {
     paths.push_back(dir.write("p" + std::to_string(f) + ".tsv", text));
   }
   auto fmt = std::make_shared<CriteoFormat>();
-  TextReader ref(paths, fmt);
+  TextReaderOptions keep_going;
+  keep_going.max_bad_fraction = 1.0;
+  TextReader ref(paths, fmt, keep_going);
   SampleBatch expected = read_everything(ref, 100);
 
-  TextReaderOptions small{/*block_bytes=*/1500, /*num_threads=*/3, /*prefetch_blocks=*/1, 10};
+  TextReaderOptions small{/*block_bytes=*/1500, /*num_threads=*/3, /*prefetch_blocks=*/1, 10, 1.0};
   auto r = std::make_unique<TextReader>(paths, fmt, small);
   SampleBatch got = r->empty_batch();
   int64_t malformed = 0;
@@ -127,12 +131,49 @@ TEST(TextReader, SeekResumesExactlyForAnyThreadsAndBlocks) {
     ReaderPosition p = r->position();
     malformed += r->malformed_count();
     // a fresh reader, other blocks and threads, resumes from the saved position
-    r = std::make_unique<TextReader>(paths, fmt, TextReaderOptions{static_cast<int64_t>(200 + rng() % 5000), 2, 2, 10});
+    r = std::make_unique<TextReader>(paths, fmt, TextReaderOptions{static_cast<int64_t>(200 + rng() % 5000), 2, 2, 10, 1.0});
     r->seek(p);
   }
   malformed += r->malformed_count();
   expect_same(expected, got);
   EXPECT_EQ(malformed, ref.malformed_count());
+}
+
+TEST(TextReader, MostlyMalformedDataThrowsCorruptDataNamingTheFirstLine) {
+  TempDir dir;
+  auto path = dir.write("four.tsv", "1\t2\t3\t4\n1\t2\n");
+  TextReader r({path}, std::make_shared<CriteoFormat>());
+  try {
+    r.next_batch(10);
+    FAIL() << "expected CorruptData";
+  } catch (const CorruptData& e) {
+    EXPECT_NE(std::string(e.what()).find("no line of the data parses (2 malformed); first: " + path +
+                                         ":1: expected 40 fields, found 4 (tab-separated)"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
+TEST(TextReader, ReadsGzipMembersAsOneStreamAndSeeksInside) {
+  TempDir dir;
+  // gzip -c of "1,a\n0,b\n" followed by gzip -c of "1,c\n0,d" (two members, no final newline).
+  const char packed[] =
+      "\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\x03\x33\xd4\x49\xe4\x32\xd0\x49\xe2\x02\x00\x22\xbc\x22\xdb\x08\x00"
+      "\x00\x00\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\x03\x33\xd4\x49\xe6\x32\xd0\x49\x01\x00\x53\x72\xbc\x05\x07"
+      "\x00\x00\x00";
+  auto gz = dir.write("d.csv.gz", std::string(packed, sizeof packed - 1));
+  auto plain = dir.write("d.csv", "1,a\n0,b\n1,c\n0,d");
+  auto fmt = std::make_shared<CsvFormat>(
+      CsvSchema{{{"y", CsvColumnType::kLabel, ""}, {"v", CsvColumnType::kCategorical, ""}}});
+  TextReader from_plain({plain}, fmt), from_gz({gz}, fmt, TextReaderOptions{3, 1, 1, 10, 0.01});
+  expect_same(read_everything(from_plain, 3), read_everything(from_gz, 3));
+  EXPECT_EQ(from_gz.position(), (ReaderPosition{1, 0, 0}));
+  TextReader resumed({gz}, fmt);
+  resumed.seek({0, 8, 2});  // after "1,a\n0,b\n": the third line, in the second member
+  SampleBatch rest = read_everything(resumed, 10);
+  EXPECT_EQ(rest.labels, (std::vector<float>{1.0f, 0.0f}));
+  EXPECT_THROW(resumed.seek({0, 5, 1}), InvalidArgument);   // not a line start
+  EXPECT_THROW(resumed.seek({0, 99, 4}), InvalidArgument);  // beyond the data
 }
 
 TEST(TextReader, UnreadableFileThrowsIoErrorNamingIt) {

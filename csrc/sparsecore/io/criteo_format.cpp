@@ -1,5 +1,6 @@
 #include "sparsecore/io/criteo_format.h"
 
+#include <algorithm>
 #include <string>
 
 #include "sparsecore/core/error.h"
@@ -37,15 +38,18 @@ bool is_hex(std::string_view s) {
 
 bool CriteoFormat::parse(std::string_view line, SampleBatch& out, std::string& error) const {
   const int expected = kNumDense + kNumCategorical + (has_labels_ ? 1 : 0);
+  // The count first: a line of another layout (another delimiter, too few columns) says so
+  // instead of naming whichever field happens to fail first.
+  const auto fields = static_cast<int64_t>(std::count(line.begin(), line.end(), '\t')) + 1;
+  if (fields != expected) {
+    error = detail::concat("expected ", expected, " fields, found ", fields, " (tab-separated)");
+    return false;
+  }
   int field = 0;
   size_t start = 0;
   while (true) {
     size_t tab = line.find('\t', start);
     std::string_view f = line.substr(start, tab == std::string_view::npos ? std::string_view::npos : tab - start);
-    if (field >= expected) {
-      error = "more than " + std::to_string(expected) + " tab-separated fields";
-      return false;
-    }
     int k = has_labels_ ? field - 1 : field;  // index among the features; -1 is the label
     if (k < 0) {
       if (f != "0" && f != "1") {
@@ -71,10 +75,6 @@ bool CriteoFormat::parse(std::string_view line, SampleBatch& out, std::string& e
     ++field;
     if (tab == std::string_view::npos) break;
     start = tab + 1;
-  }
-  if (field != expected) {
-    error = "expected " + std::to_string(expected) + " tab-separated fields, found " + std::to_string(field);
-    return false;
   }
   out.end_sample();
   return true;

@@ -120,7 +120,9 @@ bool CsvFormat::parse(std::string_view line, SampleBatch& out, std::string& erro
   thread_local std::vector<std::string> storage;
   if (!split_fields(line, schema_.delimiter, fields, storage, error)) return false;
   if (fields.size() != schema_.columns.size()) {
-    error = "expected " + std::to_string(schema_.columns.size()) + " fields, found " + std::to_string(fields.size());
+    const char d = schema_.delimiter;
+    error = detail::concat("expected ", schema_.columns.size(), " fields, found ", fields.size(), " (delimiter ",
+                           d == '\t' ? std::string("tab") : detail::concat("'", d, "'"), ")");
     return false;
   }
   for (size_t c = 0; c < fields.size(); ++c) {

@@ -6,6 +6,7 @@
 
 #include "sparsecore/core/error.h"
 #include "sparsecore/core/file.h"
+#include "sparsecore/io/input_stream.h"
 #include "sparsecore/core/thread_pool.h"
 
 namespace sparsecore::io {
@@ -58,11 +59,11 @@ TextReader::TextReader(std::vector<std::string> paths, std::shared_ptr<const Lin
   SC_CHECK_ARG(options_.prefetch_blocks >= 1, "reader: prefetch_blocks must be >= 1, got ",
                options_.prefetch_blocks);
   SC_CHECK_ARG(options_.max_reported_errors >= 0, "reader: max_reported_errors must be >= 0");
-  // Fail early, naming the file: one byte read also rejects a directory (EISDIR).
-  for (const auto& p : paths_) {
-    char byte;
-    File::open_read(p).read_at(&byte, 1, 0);
-  }
+  SC_CHECK_ARG(options_.max_bad_fraction >= 0.0 && options_.max_bad_fraction <= 1.0,
+               "reader: max_bad_fraction must be in [0, 1], got ", options_.max_bad_fraction);
+  // Fail early, naming the file: opening reads its first bytes, which also rejects a
+  // directory (EISDIR) and a compression this build cannot read.
+  for (const auto& p : paths_) InputStream::open(p);
   queue_limit_ = static_cast<size_t>(options_.prefetch_blocks) * options_.num_threads * 2;
 }
 
@@ -91,70 +92,86 @@ void TextReader::produce(ReaderPosition pos) {
     ThreadPool pool(options_.num_threads);
     std::vector<char> buf;
     const auto num_files = static_cast<int64_t>(paths_.size());
+    // Pieces go to the consumer in order; false once the reader is being stopped.
+    auto hand_over = [&](std::vector<std::unique_ptr<Piece>>& pieces) {
+      for (auto& piece : pieces) {
+        std::unique_lock<std::mutex> lk(mutex_);
+        not_full_.wait(lk, [&] { return stop_ || queue_.size() < queue_limit_; });
+        if (stop_) return false;
+        queue_.push_back(std::move(piece));
+        not_empty_.notify_one();
+      }
+      pieces.clear();
+      return true;
+    };
     for (; pos.file_index < num_files; pos = {pos.file_index + 1, 0, 0}) {
-      File file = File::open_read(paths_[pos.file_index]);
-      int64_t size = static_cast<int64_t>(file.size());
-      while (pos.byte_offset < size) {
-        // One block of whole lines; a line longer than the block doubles the read.
-        int64_t want = options_.block_bytes, region = 0;
-        while (true) {
-          want = std::min(want, size - pos.byte_offset);
-          buf.resize(static_cast<size_t>(want));
-          const auto got = static_cast<int64_t>(file.read_at(buf.data(), want, pos.byte_offset));
-          if (got < want) size = pos.byte_offset + got;  // the file shrank under us
-          if (pos.byte_offset + got >= size) {
-            region = got;  // end of file: the rest is the last line
-            break;
+      auto stream = InputStream::open(paths_[pos.file_index], pos.byte_offset);
+      // The last block's pieces wait until the next read says whether the file goes on, so
+      // that the final one can carry the position past the file.
+      std::vector<std::unique_ptr<Piece>> pending;
+      size_t carry = 0;  // bytes of an unfinished line at the front of buf
+      auto capacity = static_cast<size_t>(options_.block_bytes);
+      bool eof = false;
+      while (!eof) {
+        if (buf.size() < capacity) buf.resize(capacity);
+        const size_t want = capacity - carry;
+        const size_t got = stream->read(buf.data() + carry, want);
+        eof = got < want;
+        const size_t have = carry + got;
+        if (have == 0) break;
+        size_t region = have;  // at the end of the file the rest is the last line
+        if (!eof) {
+          const void* nl = memrchr(buf.data(), '\n', have);
+          if (nl == nullptr) {  // a line longer than the block: read on with a larger one
+            capacity *= 2;
+            carry = have;
+            continue;
           }
-          const void* nl = memrchr(buf.data(), '\n', static_cast<size_t>(got));
-          if (nl) {
-            region = static_cast<const char*>(nl) - buf.data() + 1;
-            break;
-          }
-          want *= 2;
+          region = static_cast<size_t>(static_cast<const char*>(nl) - buf.data()) + 1;
         }
-        if (region == 0) break;
+        if (!hand_over(pending)) return;
 
         // Pieces cut at line ends, parsed in parallel, queued in order.
-        const int64_t target = std::max(kMinPieceBytes, region / (options_.num_threads * 2));
+        const int64_t size = static_cast<int64_t>(region);
+        const int64_t target = std::max(kMinPieceBytes, size / (options_.num_threads * 2));
         std::vector<std::pair<int64_t, int64_t>> bounds;
-        for (int64_t b = 0; b < region;) {
-          int64_t e = std::min(b + target, region);
-          if (e < region) {
-            const void* nl = std::memchr(buf.data() + e - 1, '\n', static_cast<size_t>(region - e + 1));
-            e = nl ? static_cast<const char*>(nl) - buf.data() + 1 : region;
+        for (int64_t b = 0; b < size;) {
+          int64_t e = std::min(b + target, size);
+          if (e < size) {
+            const void* nl = std::memchr(buf.data() + e - 1, '\n', static_cast<size_t>(size - e + 1));
+            e = nl ? static_cast<const char*>(nl) - buf.data() + 1 : size;
           }
           bounds.emplace_back(b, e);
           b = e;
         }
-        std::vector<std::unique_ptr<Piece>> pieces(bounds.size());
+        pending.resize(bounds.size());
         std::vector<int64_t> lines(bounds.size());
         pool.parallel_for(static_cast<int64_t>(bounds.size()), 1, [&](int64_t lo, int64_t hi) {
           for (int64_t i = lo; i < hi; ++i) {
-            pieces[i] = std::make_unique<Piece>();
-            pieces[i]->file_index = pos.file_index;
+            pending[i] = std::make_unique<Piece>();
+            pending[i]->file_index = pos.file_index;
             lines[i] = parse_piece(*format_, buf.data() + bounds[i].first, buf.data() + bounds[i].second,
-                                   pos.byte_offset + bounds[i].first, *pieces[i]);
+                                   pos.byte_offset + bounds[i].first, *pending[i]);
           }
         });
-        for (size_t i = 0; i < pieces.size(); ++i) {
-          Piece& piece = *pieces[i];
+        for (size_t i = 0; i < pending.size(); ++i) {
+          Piece& piece = *pending[i];
           for (auto& l : piece.line_number) l += pos.line_number;
           for (auto& e : piece.errors) e.line_number += pos.line_number;
           pos.line_number += lines[i];
           piece.end = {pos.file_index, pos.byte_offset + bounds[i].second, pos.line_number};
         }
-        pos.byte_offset += region;
-        if (pos.byte_offset >= size) pieces.back()->end = {pos.file_index + 1, 0, 0};
-
-        for (auto& piece : pieces) {
-          std::unique_lock<std::mutex> lk(mutex_);
-          not_full_.wait(lk, [&] { return stop_ || queue_.size() < queue_limit_; });
-          if (stop_) return;
-          queue_.push_back(std::move(piece));
-          not_empty_.notify_one();
-        }
+        pos.byte_offset += size;
+        carry = have - region;
+        std::memmove(buf.data(), buf.data() + region, carry);
       }
+      if (pending.empty()) {  // an empty file (or one that ends on a block boundary)
+        pending.push_back(std::make_unique<Piece>());
+        pending.back()->file_index = pos.file_index;
+        pending.back()->samples = format_->empty_batch();
+      }
+      pending.back()->end = {pos.file_index + 1, 0, 0};
+      if (!hand_over(pending)) return;
     }
     std::lock_guard<std::mutex> lk(mutex_);
     finished_ = true;
@@ -169,6 +186,7 @@ void TextReader::produce(ReaderPosition pos) {
 void TextReader::consume_errors_through(int64_t line_number) {
   auto& errors = current_->errors;
   for (; error_cursor_ < errors.size() && errors[error_cursor_].line_number <= line_number; ++error_cursor_) {
+    if (malformed_count_ == 0) first_malformed_ = errors[error_cursor_];
     ++malformed_count_;
     if (static_cast<int64_t>(malformed_lines_.size()) < options_.max_reported_errors)
       malformed_lines_.push_back(errors[error_cursor_]);
@@ -206,9 +224,25 @@ SampleBatch TextReader::next_batch(int64_t batch_size) {
       position_ = p.end;
       current_.reset();
     }
+    check_malformed(samples_read_ + out.num_samples, false);
   }
+  check_malformed(samples_read_ + out.num_samples, out.num_samples < batch_size);
   samples_read_ += out.num_samples;
   return out;
+}
+
+void TextReader::check_malformed(int64_t samples, bool at_end) const {
+  if (malformed_count_ == 0 || options_.max_bad_fraction >= 1.0) return;
+  const int64_t lines = samples + malformed_count_;
+  const std::string first = detail::concat("first: ", paths_[first_malformed_.file_index], ":",
+                                           first_malformed_.line_number, ": ", first_malformed_.reason);
+  if (at_end && samples == 0)
+    throw CorruptData(detail::concat("no line of the data parses (", malformed_count_, " malformed); ", first));
+  // Mid-stream, the fraction is judged once enough lines were read for it to mean something.
+  if ((at_end || lines >= kMinLinesToJudge) &&
+      static_cast<double>(malformed_count_) > options_.max_bad_fraction * static_cast<double>(lines))
+    throw CorruptData(detail::concat(malformed_count_, " of ", lines, " lines read are malformed, more than ",
+                                     "max_bad_fraction ", options_.max_bad_fraction, " allows; ", first));
 }
 
 void TextReader::seek(const ReaderPosition& p) {
@@ -219,12 +253,12 @@ void TextReader::seek(const ReaderPosition& p) {
   if (p.file_index == num_files) {
     SC_CHECK_ARG(p.byte_offset == 0 && p.line_number == 0, "seek: the end position has offset 0, line 0");
   } else {
-    File f = File::open_read(paths_[p.file_index]);
-    const auto size = static_cast<int64_t>(f.size());
-    SC_CHECK_ARG(p.byte_offset <= size, "seek: byte_offset ", p.byte_offset, " beyond the end of ",
-                 paths_[p.file_index], " (", size, " bytes)");
     char before = '\n';
-    if (p.byte_offset > 0) f.read_at(&before, 1, p.byte_offset - 1);
+    if (p.byte_offset > 0) {
+      auto stream = InputStream::open(paths_[p.file_index], p.byte_offset - 1);
+      SC_CHECK_ARG(stream->read(&before, 1) == 1, "seek: byte_offset ", p.byte_offset, " beyond the end of ",
+                   paths_[p.file_index]);
+    }
     SC_CHECK_ARG(before == '\n', "seek: byte_offset ", p.byte_offset, " of ", paths_[p.file_index],
                  " is not the start of a line");
   }

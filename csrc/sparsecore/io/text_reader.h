@@ -13,7 +13,14 @@
 //
 // Blank lines (empty or only spaces, after dropping a CRLF's '\r') are skipped silently.
 // Malformed lines are skipped, counted and the first `max_reported_errors` kept with their
-// file and 1-based line number; they are counted when the position passes them.
+// file and 1-based line number; they are counted when the position passes them. Data that
+// is mostly not what the format says is an error, not an empty run: next_batch() throws
+// CorruptData naming the first malformed line (file:line and why) when the data ends with
+// malformed lines and no sample, or when more than `max_bad_fraction` of the lines read are
+// malformed (judged at the end, and mid-stream from kMinLinesToJudge lines on).
+// max_bad_fraction = 1 turns both checks off.
+//
+// Files may be gzip-compressed (input_stream.h); offsets are then in the decompressed text.
 //
 // Thread-safety: one consumer thread at a time calls the public methods.
 #pragma once
@@ -52,7 +59,11 @@ struct TextReaderOptions {
   int num_threads = 1;      // parsing threads; the reader thread is one of them
   int prefetch_blocks = 2;  // parsed blocks queued ahead of the consumer
   int64_t max_reported_errors = 100;
+  double max_bad_fraction = 0.01;
 };
+
+// Lines read before a mid-stream fraction of malformed lines is judged.
+inline constexpr int64_t kMinLinesToJudge = 1000;
 
 class TextReader {
  public:
@@ -95,6 +106,7 @@ class TextReader {
   void stop_thread();
   void produce(ReaderPosition from);
   void consume_errors_through(int64_t line_number);
+  void check_malformed(int64_t samples, bool at_end) const;
 
   std::vector<std::string> paths_;
   std::shared_ptr<const LineFormat> format_;
@@ -104,6 +116,7 @@ class TextReader {
   int64_t samples_read_ = 0;
   int64_t malformed_count_ = 0;
   std::vector<MalformedLine> malformed_lines_;
+  MalformedLine first_malformed_{};
 
   // Consumer side: the piece being drained.
   std::unique_ptr<Piece> current_;

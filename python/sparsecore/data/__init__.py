@@ -5,6 +5,7 @@ and implements ``next_batch()``, iteration, ``state_dict()`` / ``load_state_dict
 """
 
 from .batch import Batch, concat_batches, dedup_ids, rebatch
+from .epochs import Epochs
 from .metrics import auc, gauc, logloss
 from .parquet import ParquetReader
 from .readers import CriteoReader, CsvReader, LibffmReader, LibsvmReader, MalformedLine, ReaderPosition
@@ -17,6 +18,7 @@ __all__ = [
     "Column",
     "CriteoReader",
     "CsvReader",
+    "Epochs",
     "LibffmReader",
     "LibsvmReader",
     "MalformedLine",

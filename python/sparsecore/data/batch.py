@@ -106,6 +106,30 @@ class Batch:
                                    probabilities=rows(self.probabilities), users=rows(self.users),
                                    num_samples=end - begin)
 
+    def take(self, indices: np.ndarray) -> Batch:
+        """The samples at ``indices`` (int64[k], any order, repeats allowed) of an uncompressed
+        batch, as a new batch in that order."""
+        if self.sample_group is not None:
+            raise ValueError("take: expand() a compressed batch first")
+        idx = np.asarray(indices, dtype=np.int64)
+        if idx.ndim != 1 or (idx.size and (idx.min() < 0 or idx.max() >= self.num_samples)):
+            raise ValueError(f"take: indices must be 1-D within [0, {self.num_samples})")
+        sparse = {}
+        for name, (ids, offsets, *weights) in self.sparse.items():
+            starts = offsets[idx]
+            lengths = offsets[idx + 1] - starts
+            new_offsets = np.zeros(len(idx) + 1, dtype=np.int64)
+            np.cumsum(lengths, out=new_offsets[1:])
+            gather = np.repeat(starts - new_offsets[:-1], lengths) + np.arange(new_offsets[-1], dtype=np.int64)
+            sparse[name] = (ids[gather], new_offsets, *(w[gather] for w in weights))
+
+        def rows(a: np.ndarray | None) -> np.ndarray | None:
+            return None if a is None else a[idx]
+
+        return dataclasses.replace(self, sparse=sparse, labels=rows(self.labels), dense=rows(self.dense),
+                                   probabilities=rows(self.probabilities), users=rows(self.users),
+                                   num_samples=len(idx))
+
 
 def concat_batches(batches: Iterable[Batch]) -> Batch:
     """One uncompressed batch holding the samples of ``batches`` in order (same groups)."""

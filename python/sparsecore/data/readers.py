@@ -2,13 +2,21 @@
 
 Every reader reads its files in blocks (memory does not grow with file size), parses on
 ``num_threads`` threads ahead of the consumer and yields :class:`Batch` objects in file
-order. Malformed lines are skipped and counted (``malformed_count``; the first
-``max_reported_errors`` in ``malformed_lines`` with path and line number). ``state_dict()``
+order. Files may be gzip-compressed (recognised by their first bytes, whatever their name);
+zstd files are refused with a message saying how to decompress them. Malformed lines are
+skipped and counted (``malformed_count``; the first ``max_reported_errors`` in
+``malformed_lines`` with path and line number), but data that is mostly not what the format
+says raises :class:`sparsecore.CorruptDataError` (a ValueError) naming the first bad line
+(``file:line: why``): when the data ends with malformed lines and no sample, or when more than
+``max_bad_fraction`` of the lines read are malformed (judged at the end, and mid-stream once
+1000 lines were read; 1.0 turns both checks off). ``state_dict()``
 saves the position (file, byte offset, line) of the next unread sample; a reader built over
 the same files and given ``load_state_dict()`` resumes there: no sample twice, none skipped.
 
 Options every reader takes: ``batch_size`` (4096), ``num_threads`` (parsing threads, 1),
-``block_bytes`` (4 MiB), ``prefetch_blocks`` (2), ``max_reported_errors`` (100).
+``block_bytes`` (4 MiB), ``prefetch_blocks`` (2), ``max_reported_errors`` (100),
+``max_bad_fraction`` (0.01). To read files for several epochs or shuffled, wrap a reader
+factory in :class:`sparsecore.data.Epochs`.
 """
 
 from __future__ import annotations
@@ -20,9 +28,9 @@ from typing import Any, NamedTuple, Union
 
 from .._core import io as _io
 from .batch import Batch
-from .schema import ColumnsLike, normalize_columns
+from .schema import Column, ColumnsLike, normalize_columns
 
-__all__ = ["CriteoReader", "CsvReader", "LibffmReader", "LibsvmReader", "MalformedLine", "ReaderPosition"]
+__all__ = ["CriteoReader", "CsvReader", "LibffmReader", "LibsvmReader", "MalformedLine", "ReaderPosition", "read_header"]
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +62,14 @@ class _TextReader:
     kind = "text"
 
     def __init__(self, paths: PathsLike, fmt: Any, *, batch_size: int, num_threads: int, block_bytes: int,
-                 prefetch_blocks: int, max_reported_errors: int) -> None:
+                 prefetch_blocks: int, max_reported_errors: int, max_bad_fraction: float) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.paths = _paths(paths)
         self.batch_size = batch_size
         self._reader = _io.TextReader(self.paths, fmt, block_bytes=block_bytes, num_threads=num_threads,
-                                      prefetch_blocks=prefetch_blocks, max_reported_errors=max_reported_errors)
+                                      prefetch_blocks=prefetch_blocks, max_reported_errors=max_reported_errors,
+                                      max_bad_fraction=max_bad_fraction)
         self._warned = 0
 
     def next_batch(self, batch_size: int | None = None) -> Batch | None:
@@ -117,7 +126,7 @@ def check_state(state: dict[str, Any], kind: str, paths: list[str]) -> None:
 
 
 _OPTION_DEFAULTS = {"batch_size": 4096, "num_threads": 1, "block_bytes": 4 << 20, "prefetch_blocks": 2,
-                    "max_reported_errors": 100}
+                    "max_reported_errors": 100, "max_bad_fraction": 0.01}
 
 
 def _reader_options(options: dict[str, Any]) -> dict[str, Any]:
@@ -162,15 +171,60 @@ class LibffmReader(_TextReader):
 
 
 class CsvReader(_TextReader):
-    """Delimited text with a declared schema (``{name: type}`` or a list of Column):
+    """Delimited text (CSV, TSV) with a declared schema (``{name: type}`` or a list of Column):
     label / dense / categorical / multi_categorical (items split by ``multi_separator``) /
-    ignore. ``header=True`` skips the first line of every file."""
+    ignore.
+
+    Without a header the schema is positional: one column per field, in order. With
+    ``header=True`` the first line of every file names the columns: the schema then gives the
+    types of the columns it names (in any order; the others are ignored), every name it gives
+    must be in the header, and every file must have the same header."""
 
     kind = "csv"
 
     def __init__(self, paths: PathsLike, columns: ColumnsLike, *, delimiter: str = ",", multi_separator: str = "|",
                  header: bool = False, **options: Any) -> None:
-        self.columns = normalize_columns(columns)
+        declared = normalize_columns(columns)
+        if header:
+            declared = _columns_from_header(_paths(paths), declared, delimiter)
+        self.columns = declared
         fmt = _io.CsvFormat([(c.name, c.type, c.group or "") for c in self.columns], delimiter, multi_separator,
                             header)
         super().__init__(paths, fmt, **_reader_options(options))
+
+
+def read_header(path: str, delimiter: str) -> list[str]:
+    """The column names on the first line of ``path`` (gzip read transparently)."""
+    import csv
+    import gzip
+
+    with open(path, "rb") as raw:
+        compressed = raw.read(2) == b"\x1f\x8b"
+    opener = gzip.open if compressed else open
+    try:
+        with opener(path, "rt", newline="", encoding="utf-8", errors="replace") as f:
+            line = f.readline()
+    except (OSError, EOFError) as e:
+        raise OSError(f"cannot read the header of '{path}': {e}") from None
+    if not line.strip():
+        raise ValueError(f"'{path}' has no header line (header=True)")
+    return [name.strip() for name in next(csv.reader([line.rstrip("\r\n")], delimiter=delimiter))]
+
+
+def _columns_from_header(paths: list[str], declared: list[Column], delimiter: str) -> list[Column]:
+    names = read_header(paths[0], delimiter)
+    for p in paths[1:]:
+        other = read_header(p, delimiter)
+        if other != names:
+            raise ValueError(f"the header of '{p}' ({', '.join(other)}) differs from that of '{paths[0]}' "
+                             f"({', '.join(names)})")
+    if len(set(names)) != len(names):
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        raise ValueError(f"the header of '{paths[0]}' repeats {', '.join(repeated)}")
+    by_name = {c.name: c for c in declared}
+    missing = [c.name for c in declared if c.name not in names]
+    if missing:
+        hint = f" (delimiter {delimiter!r}: is it the file's?)" if len(names) == 1 else ""
+        raise ValueError(f"columns {missing} are not in the header of '{paths[0]}', which names "
+                         f"{', '.join(names)}{hint}")
+    return [by_name.get(n, Column(n, "ignore")) for n in names]
