@@ -23,6 +23,11 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TREE = os.path.join(ROOT, "python")
+if "PYTHONPATH" not in os.environ and any(f.startswith("_core") for f in os.listdir(os.path.join(TREE, "sparsecore"))):
+    # A developer build (scripts/dev-build): this process and every child use the tree.
+    os.environ["PYTHONPATH"] = TREE
+    sys.path.insert(0, TREE)
 
 
 def cases(steps: int, batch: int, eval_samples: int) -> dict[str, tuple[list[str], dict[str, str]]]:
@@ -44,7 +49,6 @@ def cases(steps: int, batch: int, eval_samples: int) -> dict[str, tuple[list[str
 def run_once(argv: list[str], extra_env: dict[str, str]) -> float:
     env = {k: v for k, v in os.environ.items() if k not in ("SPARSECORE_THREADS", "OMP_NUM_THREADS")}
     env.update(extra_env)
-    env.setdefault("PYTHONPATH", os.path.join(ROOT, "python"))
     start = time.perf_counter()
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=3600)
     wall = time.perf_counter() - start

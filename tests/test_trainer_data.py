@@ -130,8 +130,9 @@ def test_batch_list_epochs_and_shuffle():
 def test_a_reader_is_kept_and_refuses_epochs():
     reader = sc.data.SyntheticData(sc.data.SyntheticConfig.w2(num_groups=2, num_user_groups=1, batch_size=8), num_samples=16)
     assert as_source(reader) is reader
-    with pytest.raises(ValueError, match="epochs and shuffle"):
-        as_source(reader, epochs=2)
+    for kwargs in ({"epochs": 2}, {"shuffle": True}, {"batch_size": 4}):
+        with pytest.raises(ValueError, match="apply to in-memory data"):
+            as_source(reader, **kwargs)
     with pytest.raises(TypeError, match="cannot train on"):
         as_source(42)
 
@@ -215,3 +216,11 @@ def test_trainer_names_a_missing_group_of_in_memory_data():
     del feats["item"]
     with pytest.raises(ValueError, match="unknown columns"):
         make_trainer((feats, labels), batch_size=50).fit()
+
+
+def test_trainer_on_arrays_evaluates_a_reader_too():
+    feats, labels = planted(400)
+    trainer = make_trainer((feats, labels), batch_size=100)
+    trainer.fit()
+    reader = sc.data.BatchList([({g: (v[:50].astype(np.int64), np.arange(51)) for g, v in feats.items()}, labels[:50])])
+    assert trainer.evaluate(reader)["samples"] == 50

@@ -29,7 +29,7 @@ from torch import nn
 
 from .config import TableConfig
 from .data import auc, gauc, logloss
-from .data.memory import as_source
+from .data.memory import as_source, is_source
 from .embedding import EmbeddingCollection
 from .threads import ThreadsSpec, apply_default_split
 from .torch import EmbeddingBagCollection
@@ -302,7 +302,8 @@ class Trainer:
         Synthetic data also gives the planted optimum on the same samples: ``planted_auc``
         (and ``planted_gauc``), the scores of the true click probabilities. ``source`` may be
         in-memory data, as for the constructor (read once, in order)."""
-        source = as_source(source, batch_size=self._batch_size, label=self._label)
+        if not is_source(source):
+            source = as_source(source, batch_size=self._batch_size, label=self._label)
         self.model.eval()
         self.embedding.eval()
         labels, scores, users, planted = [], [], [], []

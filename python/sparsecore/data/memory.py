@@ -257,8 +257,8 @@ def as_source(data: Any, *, batch_size: Optional[int] = None, epochs: int = 1, s
     a ``(features, labels)`` or ``(features, labels, dense)`` tuple becomes :class:`ArrayData`;
     a list of batches becomes :class:`BatchList`."""
     if is_source(data):
-        if epochs != 1 or shuffle:
-            raise ValueError("epochs and shuffle apply to in-memory data; a reader "
+        if epochs != 1 or shuffle or batch_size is not None:
+            raise ValueError("batch_size, epochs and shuffle apply to in-memory data; a reader "
                              f"({type(data).__name__}) is read as it is configured")
         return data
     size = 1024 if batch_size is None else batch_size
