@@ -52,14 +52,15 @@ def test_explicit_keyword_resolves_an_empty_last_bag():
 
 def test_include_last_offset_true_requires_csr_and_names_both_conventions():
     emb = collection()
-    with pytest.raises(ValueError, match=r"CSR \(B\+1 entries.*start offsets.*append len\(ids\)"):
+    with pytest.raises(ValueError, match=r"must equal the number of ids \(5\) for CSR offsets \(B\+1 entries\)"
+                                         r".*start offsets.*append len\(ids\)"):
         emb.forward({"a": (IDS, CSR[:-1])}, include_last_offset=True)
     assert emb.table_size("a") == 0
 
 
 def test_offsets_past_the_ids_name_the_conventions():
     emb = collection()
-    with pytest.raises(ValueError, match="group 'a' end at 7 but len\\(ids\\) = 5"):
+    with pytest.raises(ValueError, match="group 'a': the last offset, 7, must equal the number of ids \\(5\\)"):
         emb.forward({"a": (IDS, [0, 7])})
     with pytest.raises(TypeError, match="include_last_offset"):
         emb.forward({"a": (IDS, CSR)}, include_last_offset="yes")
@@ -90,3 +91,10 @@ def test_weights_and_gradients_must_be_float32():
         emb.forward({"a": (IDS, CSR, np.ones(5))})
     with pytest.raises(TypeError, match="float32"):
         emb.backward({"a": (IDS, CSR)}, {"a": np.ones((3, 3))})
+
+
+def test_offsets_ending_before_the_ids_are_start_offsets_not_an_error():
+    # [0, 2, 2] over 3 ids: CSR would need a last entry of 3; as start offsets it is three bags.
+    emb = collection()
+    out = emb.forward({"a": (IDS[:3], np.array([0, 2, 2]))}, train=False)["a"]
+    assert out.shape == (3, 3) and not out[1].any()

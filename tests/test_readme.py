@@ -138,3 +138,10 @@ def test_ci_does_not_claim_that_pinning_avoids_the_cuda_download():
     text = read(".ci/run")
     assert "unpinned torch would pull" not in text
     assert "download.pytorch.org/whl/cpu" in text
+
+
+def test_getting_started_page_gives_the_readme_commands():
+    docs_commands = [line.strip() for _, block in code_blocks(read("docs/getting-started.md"), "bash")
+                     for line in block.splitlines()]
+    for command in first_commands()[:2]:
+        assert command in docs_commands

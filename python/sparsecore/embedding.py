@@ -220,6 +220,8 @@ class EmbeddingCollection:
 
     def evaluate(self, batch: Mapping[str, GroupInput], *, include_last_offset: Optional[bool] = None) -> dict[str, Any]:
         """forward(batch, train=False): never inserts; unknown ids read as zeros."""
+        if include_last_offset is None:  # the CUDA twin's forward reads offsets by the default rule only
+            return self.forward(batch, train=False)
         return self.forward(batch, train=False, include_last_offset=include_last_offset)
 
     def backward(self, batch: Union[Mapping[str, GroupInput], PreparedBatch], grads: Mapping[str, Any], *,
@@ -278,8 +280,8 @@ def _csr_offsets(name: str, offsets: np.ndarray, num_ids: int, include_last_offs
         return offsets
     if offsets[-1] > num_ids or (include_last_offset is True and offsets[-1] != num_ids):
         raise ValueError(
-            f"offsets of group '{name}' end at {int(offsets[-1])} but len(ids) = {num_ids}: offsets are either "
-            f"CSR (B+1 entries, the last == len(ids)) or torch's start offsets (B entries, the last <= len(ids); "
+            f"group '{name}': the last offset, {int(offsets[-1])}, must equal the number of ids ({num_ids}) for "
+            f"CSR offsets (B+1 entries) or be at most it for torch's start offsets (B entries, "
             f"include_last_offset=False); to convert start offsets to CSR, append len(ids)")
     if include_last_offset is True:
         return offsets
