@@ -75,6 +75,11 @@ class Trainer:
         stale_sparse: also pull batch k+1's rows during the dense step of batch k.
         deterministic: seeds torch and asks it for deterministic kernels; with
             ``stale_sparse=False`` a run is then bit-reproducible, resumed or not.
+        batch_size: samples per step of in-memory data (default 1024; not for readers or a
+            list of batches, which are batched already).
+        epochs: passes over in-memory data.
+        shuffle: a new order of in-memory data each epoch, drawn from (``seed``, epoch).
+        label: the label column of a DataFrame.
         threads: how torch's intra-op pool and sparsecore's pool share the cores: ``"auto"``
             (default: half each, unless a count was already chosen; see
             :mod:`sparsecore.threads`), ``(torch_threads, sparse_threads)``, or None to leave
