@@ -39,7 +39,7 @@ GOOD_OFF = np.array([0, 2, 3], np.int64)
     (GOOD_IDS, np.array([1, 2, 3], np.int64), ValueError, r"offsets\[0\] must be 0"),
     (GOOD_IDS, np.array([0, 3, 2], np.int64), ValueError, "non-decreasing"),
     (GOOD_IDS, np.array([0, 2, 4], np.int64), ValueError, r"must equal the number of ids \(3\)"),
-    (GOOD_IDS, np.array([0, 2, 2], np.int64), ValueError, r"must equal the number of ids"),
+    (GOOD_IDS, np.array([0, 2, 5], np.int64), ValueError, r"must equal the number of ids"),
     (GOOD_IDS, np.zeros(0, np.int64), ValueError, "at least one element"),
 ])
 def test_bad_ids_or_offsets_raise_and_insert_nothing(emb, ids, offsets, err, match):

@@ -63,7 +63,7 @@ def test_cluster_collection_rejects_bad_batches_before_pushing():
     try:
         coll = sc.connect([server.endpoint]).collection({"t": sc.TableConfig(dim=2)})
         with pytest.raises(ValueError, match="offsets"):
-            coll.prepare({"t": (np.arange(3), np.array([0, 2]))})
+            coll.prepare({"t": (np.arange(3), np.array([0, 4]))})
         with pytest.raises(KeyError, match="unknown table"):
             coll.prepare({"u": (np.arange(3), np.array([0, 3]))})
         batch = {"t": (np.arange(3), np.array([0, 1, 3]))}

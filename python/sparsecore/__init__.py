@@ -4,7 +4,8 @@ deep learning on high-dimensional sparse data."""
 from __future__ import annotations
 
 from . import _core
-from ._core import CorruptDataError, cpu_features, num_threads, set_num_threads
+from ._core import CorruptDataError, cpu_features, num_threads
+from .threads import available_cores, configure_threads, default_split
 from .config import (
     FTRL,
     SGD,
@@ -29,6 +30,16 @@ from . import rpc
 from .server import Cluster, Server, connect
 
 
+def set_num_threads(n: int) -> None:
+    """Sets the size of sparsecore's compute pool (n <= 0: one thread per core). After this
+    call the Trainer and the torch bridge no longer split the cores with torch on their own
+    (see :mod:`sparsecore.threads`)."""
+    from . import threads
+
+    _core.set_num_threads(n)
+    threads.mark_explicit()
+
+
 def __getattr__(name: str):
     # torch is optional: the Trainer and the torch bridge import it only when asked for.
     if name == "Trainer":
@@ -42,8 +53,8 @@ __version__ = "0.1.0"
 __all__ = [
     "FTRL", "SGD", "Adagrad", "Adam", "AdamW", "Constant", "CorruptDataError", "EmbeddingCollection",
     "GroupLasso", "Momentum", "Normal", "PreparedBatch", "RowwiseAdagrad", "TableConfig",
-    "Trainer", "TruncatedNormal", "Uniform", "Zeros", "cpu_features", "data", "num_threads",
-    "set_num_threads",
+    "Trainer", "TruncatedNormal", "Uniform", "Zeros", "available_cores", "configure_threads", "cpu_features",
+    "data", "default_split", "num_threads", "set_num_threads",
 ]
 
 # Power-of-two quantizer, shift matmul and quantized serving rows.

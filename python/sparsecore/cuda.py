@@ -226,6 +226,10 @@ class DeviceEmbeddingCollection(EmbeddingCollection):
             raise ValueError(f"storage must be 'fp32' or 'fp16', got {storage!r}")
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
             raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+        if not emulate and not is_available():
+            raise RuntimeError(f"{unavailable_reason()}: device='cuda' needs an NVIDIA GPU and its driver. "
+                               "Use device='cpu' (the same results), or emulate=True to run the CUDA kernels "
+                               "on the CPU (slow; for tests)")
         core = _core.DeviceEmbeddingCollection(tables_to_json(dict(tables)), int(seed) & (2**64 - 1), storage,
                                                bool(emulate), *_launch_limits(emulate, block_threads, max_blocks))
         super().__init__({}, _core_obj=core)

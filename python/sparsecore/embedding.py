@@ -4,6 +4,19 @@ A batch is a mapping ``{table name: (ids, offsets[, weights])}`` in CSR form: ``
 ``offsets`` int64[B+1] with ``offsets[0] == 0``, non-decreasing, ``offsets[B] == n``, and
 optional per-id ``weights`` float32[n]. NumPy arrays and CPU torch tensors are accepted
 (zero-copy); torch in gives torch out.
+
+Offsets conventions. ``offsets`` of length B+1 ending at ``len(ids)`` are the CSR form above.
+Offsets in torch's ``nn.EmbeddingBag`` form (``include_last_offset=False``: B start offsets,
+the last bag running to the end of ``ids``) are accepted too: offsets whose last entry is less
+than ``len(ids)`` can only be start offsets, so ``len(ids)`` is appended. The one ambiguous
+case is start offsets whose last bag is empty (last entry == ``len(ids)``), which read as CSR
+with one bag fewer: pass ``include_last_offset=False`` to ``prepare``/``forward``/
+``evaluate``/``backward`` to say the offsets are start offsets (``True``: they must be CSR).
+
+Dtypes. Ids and offsets of any integer dtype are converted to int64 (uint64 ids keep their
+64 bits), and lists or other array-likes of integers are converted with ``np.asarray``;
+float ids (or offsets), strings and other non-integer data raise ``TypeError``. Weights and
+gradients must be float32 (no silent precision change): other dtypes raise ``TypeError``.
 """
 
 from __future__ import annotations
@@ -11,7 +24,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 
@@ -148,16 +161,20 @@ class EmbeddingCollection:
                 "update_count": count, "last_step": last}
 
     # ----------------------------------------------------------------------------- batches
-    def prepare(self, batch: Mapping[str, GroupInput], *, train: bool = True) -> PreparedBatch:
+    def prepare(self, batch: Mapping[str, GroupInput], *, train: bool = True,
+                include_last_offset: Optional[bool] = None) -> PreparedBatch:
         """Validates ``batch``, dedups each group's ids and pulls their rows (inserting
-        unknown ids when ``train``). Nothing changes if any group is invalid."""
+        unknown ids when ``train``). Nothing changes if any group is invalid.
+        ``include_last_offset``: None reads CSR (B+1) or torch's start offsets (B) by the rule
+        in the module docstring; True requires B+1, False means start offsets."""
         if isinstance(batch, PreparedBatch):
             return batch
-        groups, names, offsets, torch_out = self._core_groups(batch)
+        groups, names, offsets, torch_out = self._core_groups(batch, include_last_offset)
         core = self._c.prepare(groups, bool(train))
         return PreparedBatch(core, names, offsets, torch_out, bool(train))
 
-    def _core_groups(self, batch: Mapping[str, GroupInput]) -> tuple[list[tuple], list[str], list[np.ndarray], bool]:
+    def _core_groups(self, batch: Mapping[str, GroupInput],
+                     include_last_offset: Optional[bool] = None) -> tuple[list[tuple], list[str], list[np.ndarray], bool]:
         """The core's form of a batch: (table index, ids, offsets, weights or None) per group."""
         if not isinstance(batch, Mapping):
             raise TypeError(f"batch must be a mapping of table name -> (ids, offsets[, weights]), "
@@ -169,26 +186,28 @@ class EmbeddingCollection:
             ids, offs, weights = _unpack_group(name, group)
             torch_out = torch_out or is_torch(ids)
             ids_np = as_int64(ids, f"ids of group '{name}'")
-            offs_np = as_int64(offs, f"offsets of group '{name}'")
+            offs_np = _csr_offsets(name, as_int64(offs, f"offsets of group '{name}'"), len(ids_np),
+                                   include_last_offset)
             w_np = None if weights is None else as_float32(weights, f"weights of group '{name}'")
             groups.append((t, ids_np, offs_np, w_np))
             names.append(name)
             offsets.append(offs_np)
         return groups, names, offsets, torch_out
 
-    def forward(self, batch: Union[Mapping[str, GroupInput], PreparedBatch], *, train: bool = True) -> dict[str, Any]:
+    def forward(self, batch: Union[Mapping[str, GroupInput], PreparedBatch], *, train: bool = True,
+                include_last_offset: Optional[bool] = None) -> dict[str, Any]:
         """Pooled embeddings per group: float32[B, dim] for sum/mean pooling, and for pooling
         "none" a tuple (float32[B, L_max, dim] zero-padded, int64 lengths[B])."""
         if isinstance(batch, PreparedBatch):
             names, offsets, torch_out = batch.names, batch.offsets, batch.torch
             outs = self._c.forward(batch._core)
         elif train:
-            prepared = self.prepare(batch, train=True)
+            prepared = self.prepare(batch, train=True, include_last_offset=include_last_offset)
             names, offsets, torch_out = prepared.names, prepared.offsets, prepared.torch
             outs = self._c.forward(prepared._core)
         else:
             # Evaluation pools straight from the ids: no dedup, nothing kept for a backward.
-            groups, names, offsets, torch_out = self._core_groups(batch)
+            groups, names, offsets, torch_out = self._core_groups(batch, include_last_offset)
             outs = self._c.evaluate(groups)
         result: dict[str, Any] = {}
         for name, out, offs in zip(names, outs, offsets):
@@ -199,15 +218,19 @@ class EmbeddingCollection:
                 result[name] = to_torch(out) if torch_out else out
         return result
 
-    def evaluate(self, batch: Mapping[str, GroupInput]) -> dict[str, Any]:
+    def evaluate(self, batch: Mapping[str, GroupInput], *, include_last_offset: Optional[bool] = None) -> dict[str, Any]:
         """forward(batch, train=False): never inserts; unknown ids read as zeros."""
-        return self.forward(batch, train=False)
+        if include_last_offset is None:  # the CUDA twin's forward reads offsets by the default rule only
+            return self.forward(batch, train=False)
+        return self.forward(batch, train=False, include_last_offset=include_last_offset)
 
-    def backward(self, batch: Union[Mapping[str, GroupInput], PreparedBatch], grads: Mapping[str, Any]) -> int:
+    def backward(self, batch: Union[Mapping[str, GroupInput], PreparedBatch], grads: Mapping[str, Any], *,
+                 include_last_offset: Optional[bool] = None) -> int:
         """Applies the fused optimizer update once per unique row, given the gradients of the
         forward outputs (same shapes). Gradients with NaN/Inf raise ValueError and change
         nothing. Returns the new step."""
-        prepared = batch if isinstance(batch, PreparedBatch) else self.prepare(batch, train=True)
+        prepared = batch if isinstance(batch, PreparedBatch) else self.prepare(
+            batch, train=True, include_last_offset=include_last_offset)
         arrays = [as_float32(g, f"gradient of group '{n}'") for n, g in zip(prepared.names, _grads_in_order(prepared, grads))]
         return self._c.backward(prepared._core, arrays)
 
@@ -245,6 +268,26 @@ def _grads_in_order(prepared: PreparedBatch, grads: Mapping[str, Any]) -> list[A
         raise ValueError(f"grads must have exactly the batch's groups {prepared.names}; "
                          f"missing {missing}, unexpected {extra}")
     return [grads[n] for n in prepared.names]
+
+
+def _csr_offsets(name: str, offsets: np.ndarray, num_ids: int, include_last_offset: Optional[bool]) -> np.ndarray:
+    """``offsets`` in the CSR form (B+1 entries ending at ``num_ids``), converting torch's
+    start offsets (B entries) by the rule of the module docstring. Other errors (a first entry
+    that is not 0, decreasing offsets) are left to the engine's validation."""
+    if include_last_offset is not None and not isinstance(include_last_offset, bool):
+        raise TypeError(f"include_last_offset must be True, False or None, got {include_last_offset!r}")
+    if offsets.ndim != 1 or offsets.size == 0:
+        return offsets
+    if offsets[-1] > num_ids or (include_last_offset is True and offsets[-1] != num_ids):
+        raise ValueError(
+            f"group '{name}': the last offset, {int(offsets[-1])}, must equal the number of ids ({num_ids}) for "
+            f"CSR offsets (B+1 entries) or be at most it for torch's start offsets (B entries, "
+            f"include_last_offset=False); to convert start offsets to CSR, append len(ids)")
+    if include_last_offset is True:
+        return offsets
+    if include_last_offset is False or offsets[-1] < num_ids:
+        return np.append(offsets, np.int64(num_ids))
+    return offsets
 
 
 def _unpack_group(name: str, group: GroupInput) -> tuple[Any, Any, Any]:

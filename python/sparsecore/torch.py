@@ -27,6 +27,7 @@ from torch import nn
 
 from .config import TableConfig
 from .embedding import EmbeddingCollection, PreparedBatch
+from .threads import ThreadsSpec, apply_default_split
 
 __all__ = ["EmbeddingBagCollection", "mlp"]
 
@@ -97,11 +98,16 @@ class EmbeddingBagCollection(nn.Module):
     ``tables``: name -> :class:`~sparsecore.TableConfig` (or pass an existing ``collection``).
     In ``train()`` mode unknown ids are inserted and gradients update the rows during
     ``loss.backward()``; in ``eval()`` mode lookups never insert and carry no autograd.
+
+    ``threads``: how torch's intra-op pool and sparsecore's pool share the cores: ``"auto"``
+    (default: half each, once per process, unless a count was already chosen; see
+    :mod:`sparsecore.threads`), ``(torch_threads, sparse_threads)``, or None to leave both.
     """
 
     def __init__(self, tables: Optional[Mapping[str, TableConfig]] = None, seed: int = 0, *,
-                 collection: Optional[EmbeddingCollection] = None):
+                 collection: Optional[EmbeddingCollection] = None, threads: ThreadsSpec = "auto"):
         super().__init__()
+        apply_default_split(threads)
         if collection is None:
             if tables is None:
                 raise ValueError("pass tables (name -> TableConfig) or an existing collection")

@@ -29,7 +29,9 @@ from torch import nn
 
 from .config import TableConfig
 from .data import auc, gauc, logloss
+from .data.memory import as_source, is_source
 from .embedding import EmbeddingCollection
+from .threads import ThreadsSpec, apply_default_split
 from .torch import EmbeddingBagCollection
 
 __all__ = ["Trainer", "TrainResult", "describe_metrics"]
@@ -56,7 +58,12 @@ class Trainer:
 
     Args:
         source: a data source from :mod:`sparsecore.data` (``next_batch()``, ``state_dict()``,
-            ``load_state_dict()``), e.g. ``SyntheticData`` or ``CriteoReader``.
+            ``load_state_dict()``), e.g. ``SyntheticData`` or ``CriteoReader``; or in-memory
+            data, read ``batch_size`` samples at a time for ``epochs`` epochs (``shuffle``: a
+            new order each epoch, drawn from ``seed``): a pandas DataFrame (labels from its
+            ``label`` column), a mapping group -> column of ids, ``(features, labels)`` or
+            ``(features, labels, dense)``, or a list of batches (see
+            :class:`sparsecore.data.ArrayData` and :class:`sparsecore.data.BatchList`).
         model: the dense network. With ``model_input="concat"`` it gets one float32 tensor
             [B, sum of pooled dims (+ dense features)]; with ``"dict"`` it is called as
             ``model(pooled: dict, dense: Tensor | None)``. It returns logits [B] or [B, 1].
@@ -68,6 +75,15 @@ class Trainer:
         stale_sparse: also pull batch k+1's rows during the dense step of batch k.
         deterministic: seeds torch and asks it for deterministic kernels; with
             ``stale_sparse=False`` a run is then bit-reproducible, resumed or not.
+        batch_size: samples per step of in-memory data (default 1024; not for readers or a
+            list of batches, which are batched already).
+        epochs: passes over in-memory data.
+        shuffle: a new order of in-memory data each epoch, drawn from (``seed``, epoch).
+        label: the label column of a DataFrame.
+        threads: how torch's intra-op pool and sparsecore's pool share the cores: ``"auto"``
+            (default: half each, unless a count was already chosen; see
+            :mod:`sparsecore.threads`), ``(torch_threads, sparse_threads)``, or None to leave
+            both as they are.
     """
 
     def __init__(self, source: Any, model: nn.Module, tables: Mapping[str, TableConfig], *,
@@ -76,13 +92,18 @@ class Trainer:
                  model_input: str = "concat", use_dense: bool = False, seed: int = 0,
                  prefetch: int = 2, stale_sparse: bool = False, deterministic: bool = False,
                  log_every: int = 100, progress: bool = True,
-                 embedding: Optional[EmbeddingBagCollection] = None, server: Any = None):
+                 embedding: Optional[EmbeddingBagCollection] = None, server: Any = None,
+                 batch_size: Optional[int] = None, epochs: int = 1, shuffle: bool = False, label: str = "label",
+                 threads: ThreadsSpec = "auto"):
         if model_input not in ("concat", "dict"):
             raise ValueError(f"model_input must be 'concat' or 'dict', got {model_input!r}")
         if prefetch < 1:
             raise ValueError(f"prefetch must be >= 1, got {prefetch}")
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        source = as_source(source, batch_size=batch_size, epochs=epochs, shuffle=shuffle, seed=seed, label=label)
+        self._batch_size, self._label = batch_size, label
+        apply_default_split(threads)
         if deterministic:
             torch.manual_seed(seed)
             torch.use_deterministic_algorithms(True)
@@ -92,8 +113,8 @@ class Trainer:
         if not self.tables:
             raise ValueError("tables (the feature spec) must name at least one group")
         if embedding is None and server is not None:  # a sparsecore.connect(...) cluster
-            embedding = EmbeddingBagCollection(collection=server.collection(self.tables, seed))
-        self.embedding = embedding or EmbeddingBagCollection(self.tables, seed)
+            embedding = EmbeddingBagCollection(collection=server.collection(self.tables, seed), threads=None)
+        self.embedding = embedding or EmbeddingBagCollection(self.tables, seed, threads=None)
         self.dense_optimizer = dense_optimizer or torch.optim.Adam(model.parameters(), lr=1e-3)
         if loss == "logloss":
             self._loss = nn.BCEWithLogitsLoss()
@@ -288,7 +309,10 @@ class Trainer:
         Evaluation never inserts rows: ids not seen in training read as zeros.
 
         Synthetic data also gives the planted optimum on the same samples: ``planted_auc``
-        (and ``planted_gauc``), the scores of the true click probabilities."""
+        (and ``planted_gauc``), the scores of the true click probabilities. ``source`` may be
+        in-memory data, as for the constructor (read once, in order)."""
+        if not is_source(source):
+            source = as_source(source, batch_size=self._batch_size, label=self._label)
         self.model.eval()
         self.embedding.eval()
         labels, scores, users, planted = [], [], [], []

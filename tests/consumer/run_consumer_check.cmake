@@ -41,3 +41,25 @@ message(STATUS "${out}${err}")
 if(rc OR NOT out MATCHES "^user [^\n]+\nuser 0 0 0 0\n$")
   message(FATAL_ERROR "serve_embeddings gave unexpected output (rc ${rc})")
 endif()
+
+# One bad line (unknown table, an id that is not an integer) is answered in place; the valid
+# lines before and after it keep their answers, and the exit status says a line failed.
+file(WRITE ${WORK_DIR}/mixed.txt "user 1 2\nnosuch 1\nuser 99\nuser x1\nuser 99\n")
+execute_process(COMMAND ${WORK_DIR}/serving/serve_embeddings ${WORK_DIR}/ckpt --batch 8
+  INPUT_FILE ${WORK_DIR}/mixed.txt RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+message(STATUS "${out}${err}")
+if(NOT rc EQUAL 1 OR NOT out MATCHES "^user [^\n]+\nerror line 2: [^\n]*unknown table 'nosuch'[^\n]*\nuser 0 0 0 0\nerror line 4: [^\n]*'x1'[^\n]*\nuser 0 0 0 0\n$")
+  message(FATAL_ERROR "serve_embeddings did not answer around bad lines (rc ${rc})")
+endif()
+
+# --help prints the usage and exits 0; it is not taken as a checkpoint directory.
+execute_process(COMMAND ${WORK_DIR}/serving/serve_embeddings --help
+  RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+if(rc OR NOT out MATCHES "^usage: [^\n]*CHECKPOINT_DIR" OR err)
+  message(FATAL_ERROR "serve_embeddings --help: rc ${rc}, out '${out}', err '${err}'")
+endif()
+execute_process(COMMAND ${WORK_DIR}/serving/serve_embeddings --bogus ${WORK_DIR}/ckpt
+  RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+if(NOT rc EQUAL 2 OR NOT err MATCHES "unknown option '--bogus'")
+  message(FATAL_ERROR "serve_embeddings --bogus: rc ${rc}, err '${err}'")
+endif()
