@@ -1,4 +1,4 @@
-"""KV pull/push over loopback (DESIGN.md "Benchmarks"): 1000 ids x dim 18 float32 per request,
+"""KV pull/push over loopback (the KV workload of bench/README.md): 1000 ids x dim 18 float32 per request,
 sparsecore beside redis-server (redis-benchmark and redis-py), pyzmq REQ/REP and
 DEALER/ROUTER (servers that answer a fixed reply: the pyzmq transport), a pyzmq REQ/REP KV
 server (a dict from id to row and NumPy rows: what a Python user would serve behind pyzmq),

@@ -1,4 +1,4 @@
-"""KV pull/push (DESIGN.md "Benchmarks"): the cases of bench/rpc_bench.py as pytest-benchmark
+"""KV pull/push (the KV workload of bench/README.md): the cases of bench/rpc_bench.py as pytest-benchmark
 groups ``kv-pull-1``, ``kv-push-1``, ``kv-pull-16`` and ``kv-servers``, peers as parametrised
 cases. One round of a case is ``requests`` requests (1000 ids x dim 18 each), so
 ``lookups_per_call`` / median = keys/s; cases measured in another process (the C++ driver,

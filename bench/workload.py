@@ -1,4 +1,4 @@
-"""Workload W1 of DESIGN.md and the peers that run it, shared by the pytest-benchmark suite
+"""Workload W1 (bench/README.md) and the peers that run it, shared by the pytest-benchmark suite
 (test_w1.py) and the per-peer memory probe (peak_memory.py).
 
 W1, Criteo-like: 26 tables of dim 16, ids 0..1M-1, batch 4096, 1-20 ids per bag, ids

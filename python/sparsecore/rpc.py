@@ -1,5 +1,5 @@
 """sparsecore's RPC transport: an epoll server with one reactor thread per core and a client
-with many requests in flight (see DESIGN.md, "Decisions").
+with many requests in flight (docs/architecture.md, "Files and frames").
 
 Most users meet it through :func:`sparsecore.connect` and :class:`sparsecore.Server`; these
 classes are the raw transport, useful for custom services and for measuring it::

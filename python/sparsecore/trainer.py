@@ -1,6 +1,6 @@
 """Trainer: end-to-end CTR training on the embedded default (XDL's SparseNet + DenseNet).
 
-The step is the data path of DESIGN.md, pipelined as XDL's is: a producer thread reads and
+The step is the data path of docs/architecture.md, pipelined as XDL's is: a producer thread reads and
 parses the next batches and prepares them (validate, dedup, pull = lookup-or-insert) while
 the main thread runs the dense step of the current one. The compiled readers and the
 engine release the GIL, so the stages run in parallel; queues are bounded (``prefetch``).

@@ -1,5 +1,5 @@
 // CPU emulation of the subset of CUDA that sparsecore's kernels use, so the same .cu sources
-// compile with a plain C++20 compiler and run on the CPU (DESIGN.md "Decisions").
+// compile with a plain C++20 compiler and run on the CPU (docs/architecture.md).
 //
 // Execution model of one launch:
 //   - blocks run one after another (grid order: x fastest), so __shared__ data is per block;

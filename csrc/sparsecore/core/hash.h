@@ -33,7 +33,7 @@ SC_HOST_DEVICE constexpr uint64_t hash_combine(uint64_t a, uint64_t b) {
   return splitmix64(a ^ (splitmix64(b) + 0x632be59bd9b4e019ULL));
 }
 
-// The routing hash of a key: DESIGN.md fixes bucket = top 16 bits of fmix64(key).
+// The routing hash of a key: the routing contract fixes bucket = top 16 bits of fmix64(key).
 SC_HOST_DEVICE constexpr uint64_t key_hash(int64_t key) { return fmix64(static_cast<uint64_t>(key)); }
 
 inline constexpr int kBucketBits = 16;

@@ -1,4 +1,4 @@
-// Deduplication of a batch's ids: the worker-side "request union" of DESIGN.md's data path.
+// Deduplication of a batch's ids: the worker-side "request union" of the data path (docs/architecture.md).
 #pragma once
 
 #include <cstdint>

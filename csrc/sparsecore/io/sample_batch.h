@@ -1,4 +1,4 @@
-// A batch of samples in the engine's input format (DESIGN.md "Contracts"), as readers and the
+// A batch of samples in the engine's input format (docs/architecture.md, "One training step"), as readers and the
 // synthetic generator produce it.
 //
 // Per feature group: ids int64[n] and offsets int64[bags + 1] (CSR bags: offsets[0] = 0,

@@ -1,4 +1,4 @@
-// Synthetic CTR samples with a planted ground truth (workloads W1 and W2 of DESIGN.md).
+// Synthetic CTR samples with a planted ground truth (workloads W1 and W2 of bench/README.md).
 //
 // Sample s (a global index: batches of any size cut the same stream) has, per feature group
 // g, a bag of L ids, L uniform in [min_bag, max_bag]; each id is a Zipf(zipf_exponent) rank

@@ -1,7 +1,7 @@
 // OptimizerConfig: which update rule a table uses and its hyperparameters.
 //
 // Fixed when a table is created; saved in checkpoints' manifests through to_json / from_json.
-// Defaults follow torch.optim where torch has the optimizer (see DESIGN.md "Update rules").
+// Defaults follow torch.optim where torch has the optimizer (docs/api/config.md lists them).
 #pragma once
 
 #include <cstdint>

@@ -1,6 +1,6 @@
 // EmbeddingTable: a growable table of embedding rows keyed by int64 ids.
 //
-// One row is one record (DESIGN.md "Decisions"): the weights, then the optimizer state, then
+// One row is one record (docs/architecture.md): the weights, then the optimizer state, then
 // the metadata, so a fused update touches one place:
 //
 //   weights[dim] | float state[optimizer.state_dim(dim)] | PackedRowMeta (8 bytes)

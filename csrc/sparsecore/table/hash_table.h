@@ -1,7 +1,7 @@
 // HashTable: a concurrent map from int64 keys to fixed-size row records.
 //
 // Layout. The key space is split into 2^shard_bits shards by the top bits of fmix64(key)
-// (the same hash DESIGN.md routes buckets with, so a shard is a contiguous bucket range).
+// (the same hash keys route to buckets with, so a shard is a contiguous bucket range).
 // Each shard is an open-addressing index (linear probing over packed {key int64, row id
 // uint32} slots, 12 bytes each) in front of a RowArena whose rows never move. The index has
 // any capacity, not only powers of two: a key's home slot is the high half of

@@ -18,7 +18,7 @@ Bag = tuple[np.ndarray, ...]
 
 @dataclasses.dataclass
 class Batch:
-    """B samples in the engine's input format (DESIGN.md "Contracts").
+    """B samples in the engine's input format (docs/architecture.md, "One training step").
 
     ``sparse`` maps each feature group to ``(ids, offsets)`` or ``(ids, offsets, weights)``;
     pass it straight to ``EmbeddingCollection.forward``. ``labels`` is float32[B], ``dense``

@@ -1,4 +1,4 @@
-"""Synthetic CTR data with a planted ground truth (workloads W1 and W2 of DESIGN.md).
+"""Synthetic CTR data with a planted ground truth (workloads W1 and W2 of bench/README.md).
 
 Sample s has, per feature group, a bag of ``min_bag..max_bag`` ids (uniform), each id a
 Zipf(``zipf_exponent``) rank over ``vocab_size`` ids scattered by a fixed permutation
