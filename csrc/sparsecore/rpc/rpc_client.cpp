@@ -131,6 +131,11 @@ void RpcClient::handshake(const ClientOptions& options) {
   }
 }
 
+std::string RpcClient::transport_stats(int timeout_ms) {
+  Response r = call(kMethodTransportStats, {}, timeout_ms);
+  return std::string(reinterpret_cast<const char*>(r.data.data()), r.bytes);
+}
+
 bool RpcClient::connected() const {
   std::lock_guard<std::mutex> lock(mu_);
   return !broken_;
