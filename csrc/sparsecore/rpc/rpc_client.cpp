@@ -148,7 +148,8 @@ size_t RpcClient::in_flight() const {
 
 RpcFuture RpcClient::call_async(uint16_t method, std::span<const iovec> payload, int timeout_ms,
                                 void* recv_into, size_t recv_capacity) {
-  SC_CHECK_ARG(method < kFirstReservedMethod || method == kMethodPing, "method ", method, " is reserved");
+  SC_CHECK_ARG(method < kFirstReservedMethod || method == kMethodPing || method == kMethodTransportStats, "method ",
+               method, " is reserved");
   auto state = std::make_shared<detail::CallState>();
   state->id = next_id_.fetch_add(1, std::memory_order_relaxed);
   state->method = method;
