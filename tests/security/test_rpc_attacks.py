@@ -65,9 +65,12 @@ def test_a_few_bytes_then_close_releases_every_descriptor():
         assert server.serves_a_client()
         baseline = server.open_descriptors()
         for _ in range(1500):
-            s = socket.create_connection((server.host, server.port), timeout=20)
-            s.sendall(b"\x53\x43\x52\x50\x01")  # a few bytes of a header, then FIN
-            s.close()
+            # Once the server has accepted (the hello came), a few bytes of a header and the
+            # FIN in one segment (corked until close): one edge for both.
+            peer = RawPeer(server.host, server.port, timeout=10)
+            peer.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+            peer.send(b"\x53\x43\x52\x50\x01")
+            peer.close()
         assert wait_until(lambda: server.open_descriptors() <= baseline)
         assert server.alive()
         assert server.serves_a_client()

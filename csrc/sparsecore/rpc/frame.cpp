@@ -33,6 +33,10 @@ HeaderCheck check_header(const FrameHeader& h, uint64_t max_payload_bytes) {
   return HeaderCheck::kOk;
 }
 
+bool allowed_before_auth(const FrameHeader& h) {
+  return (h.flags & kFlagResponse) == 0 && h.method == kMethodAuth && h.payload_bytes <= kMaxHandshakePayloadBytes;
+}
+
 const char* header_check_message(HeaderCheck c) {
   switch (c) {
     case HeaderCheck::kOk: return "ok";

@@ -77,6 +77,9 @@ enum class HeaderCheck { kOk, kBadMagic, kBadVersion, kBadFlags, kTooLarge };
 // 32 bytes: the frame parser and its fuzz target share it.
 HeaderCheck check_header(const FrameHeader& h, uint64_t max_payload_bytes);
 const char* header_check_message(HeaderCheck c);
+// Whether an unauthenticated peer may send this (checked) header: only a kMethodAuth request
+// of at most kMaxHandshakePayloadBytes. Pure, shared by the server and the fuzz target.
+bool allowed_before_auth(const FrameHeader& h);
 
 // Handshake payloads. On accept the server sends kMethodHello (a response frame, id 0) with
 // HelloPayload; the client answers kMethodAuth with AuthPayload, where

@@ -359,7 +359,7 @@ bool Reactor::admit_frame(Connection& c, const FrameHeader& h) {
   if (!c.authed) {
     // Anything but the handshake's one small request ends the connection before a byte of
     // it is buffered: an unauthenticated peer cannot make the server hold more than a read.
-    if ((h.flags & kFlagResponse) || h.method != kMethodAuth || h.payload_bytes > kMaxHandshakePayloadBytes) {
+    if (!allowed_before_auth(h)) {
       rejected_.fetch_add(1, std::memory_order_relaxed);
       queue_error(c, h.method, h.request_id, Status::kAuthFailed,
                   "the first frame must authenticate (a request of at most " +
