@@ -61,7 +61,8 @@ def test_request_other_than_auth_before_auth_closes_the_connection():
 
 
 def test_a_few_bytes_then_close_releases_every_descriptor():
-    with ServerProcess(nofile=256) as server:
+    # No handshake timeout: the EOF alone must reclaim each connection.
+    with ServerProcess("--handshake-timeout", "0", nofile=256) as server:
         assert server.serves_a_client()
         baseline = server.open_descriptors()
         for _ in range(1500):
