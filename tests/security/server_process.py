@@ -87,7 +87,7 @@ class ServerProcess:
         return int(fields[11]) + int(fields[12])
 
     def transport_stats(self, token: str = "") -> dict:
-        client = sc._core.RpcClient(self.host, self.port, token=token, connect_timeout_ms=10_000)
+        client = sc.rpc.RpcClient(self.host, self.port, token=token, connect_timeout_ms=10_000)
         return client.transport_stats(timeout_ms=10_000)
 
     def serves_a_client(self, token: str = "") -> bool:

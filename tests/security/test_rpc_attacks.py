@@ -135,7 +135,7 @@ def budget_server():
 
 def test_payload_over_the_memory_budget_is_refused_and_the_connection_goes_on():
     with budget_server() as server:
-        client = sc._core.RpcClient(server.host, server.port, timeout_ms=30_000)
+        client = sc.rpc.RpcClient(server.host, server.port, timeout_ms=30_000)
         with pytest.raises(sc.RpcError, match="memory budget"):
             client.call(KINFO, bytes(20 * MiB))
         assert client.connected
@@ -149,7 +149,7 @@ def test_memory_budget_is_shared_by_every_connection():
         a = RawPeer(server.host, server.port)
         a.authenticate()
         a.send(header(KINFO, 10 * MiB, request_id=7) + bytes(MiB))
-        b = sc._core.RpcClient(server.host, server.port, timeout_ms=30_000)
+        b = sc.rpc.RpcClient(server.host, server.port, timeout_ms=30_000)
         assert wait_until(lambda: b.transport_stats()["memory_reserved_bytes"] > 8 * MiB)
         with pytest.raises(sc.RpcError, match="in use"):
             b.call(KINFO, bytes(10 * MiB))

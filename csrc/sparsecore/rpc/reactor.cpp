@@ -148,7 +148,11 @@ void Reactor::run() {
       Clock::time_point now = Clock::now();
       if (!listener_watched_) resume_accepting(now);
       if (timers && now - last_timer_check >= std::chrono::milliseconds(kTimerTickMs)) {
-        close_expired(now);
+        try {
+          close_expired(now);
+        } catch (const std::bad_alloc&) {
+          out_of_memory_.fetch_add(1, std::memory_order_relaxed);  // checked again next tick
+        }
         last_timer_check = now;
         closed_.clear();
       }
