@@ -338,8 +338,8 @@ def _poll_us(poll: float) -> int:
 
 def _timeout_ms(seconds: float, name: str) -> int:
     """A connection timeout in seconds (0: none) as the core's milliseconds."""
-    if not 0 <= seconds <= 30 * 24 * 3600:
-        raise ValueError(f"{name} must be in [0, 30 days] seconds (0: none), got {seconds}")
+    if not 0 <= seconds <= 7 * 24 * 3600:
+        raise ValueError(f"{name} must be in [0, 604800] seconds (0: none), got {seconds}")
     return int(round(seconds * 1000))
 
 

@@ -162,3 +162,10 @@ def test_memory_budget_is_shared_by_every_connection():
         assert b"num_servers" in b.call(KINFO, bytes(10 * MiB))
         a.close()
         assert wait_until(lambda: b.transport_stats()["memory_reserved_bytes"] == 0)
+
+
+@pytest.mark.parametrize("kwargs", [{"handshake_timeout": -1}, {"idle_timeout": float("nan")},
+                                    {"idle_timeout": 1e9}, {"memory_budget": 1000}])
+def test_connection_limits_out_of_range_are_refused(kwargs):
+    with pytest.raises(ValueError):
+        sc.Server(0, **kwargs)
