@@ -301,6 +301,7 @@ void Reactor::service(Connection& c) {
 void Reactor::read_and_dispatch(Connection& c) {
   // Frames already buffered (left over from a pause) go first.
   dispatch_frames(c, Clock::now());
+  settle_reservation(c);
   while (!c.read_paused && !c.closing && !c.moved) {
     std::byte* p = c.reader.write_ptr(c.authed ? kReadChunk : kHandshakeReadChunk);
     size_t room = c.reader.write_room();
