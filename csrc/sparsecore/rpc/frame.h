@@ -139,7 +139,7 @@ class FrameReader {
   // Bytes of memory the buffer holds.
   size_t capacity() const { return buffer_.size(); }
   // Frees the buffer when nothing is buffered and it holds more than `keep` bytes; returns
-  // whether it did.
+  // whether it did. Afterwards buffered() counts only bytes not yet taken.
   bool release_if_idle(size_t keep);
 
  private:

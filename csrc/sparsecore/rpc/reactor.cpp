@@ -396,14 +396,17 @@ bool Reactor::admit_frame(Connection& c, const FrameHeader& h) {
 }
 
 void Reactor::settle_reservation(Connection& c) {
-  if (c.reader.capacity() > kResidentReadBytes) c.reader.release_if_idle(kResidentReadBytes);
+  c.reader.release_if_idle(kResidentReadBytes);
   const uint64_t capacity = c.reader.capacity();
   const uint64_t held = capacity > kResidentReadBytes ? capacity - kResidentReadBytes : 0;
-  if (held > c.reserved)
+  if (held > c.reserved) {
     server_.force_reserve(held - c.reserved);  // at most one read beyond what admit_frame took
-  else if (held < c.reserved)
+    c.reserved = held;
+  } else if (held < c.reserved && c.reader.buffered() == 0) {
+    // Only between frames: a frame being received keeps what admit_frame reserved for it.
     server_.release(c.reserved - held);
-  c.reserved = held;
+    c.reserved = held;
+  }
 }
 
 // ------------------------------------------------------------------------------ dispatching
