@@ -28,7 +28,8 @@
 //   can size their reply should refuse before allocating it).
 // - Running out of memory (std::bad_alloc) in a handler is an error reply; anywhere else in
 //   a reactor it closes that connection. The reactor keeps serving the others.
-// - A connection is closed on EOF or reset (reads go on until EAGAIN or EOF), when it stays
+// - A connection is closed on EOF or reset (once the peer has shut its side, reads go on
+//   until they meet the EOF, even after a short read), when it stays
 //   silent past idle_timeout_ms with no request in progress, or when it is unauthenticated
 //   past handshake_timeout_ms. When accept() fails for lack of descriptors or memory, reactor
 //   0 stops watching the listener for a short back-off (counted in TransportStats) instead
@@ -135,7 +136,8 @@ struct TransportStats {
   uint64_t handshake_timeouts = 0;   // closed unauthenticated past handshake_timeout_ms
   uint64_t idle_timeouts = 0;        // closed silent past idle_timeout_ms
   uint64_t memory_refusals = 0;      // frames refused (kBusy) for lack of budget
-  uint64_t out_of_memory = 0;        // std::bad_alloc caught outside handlers (connection closed)
+  uint64_t out_of_memory = 0;        // std::bad_alloc (or a failed system call) outside handlers:
+                                     // that connection closed
   uint64_t memory_reserved_bytes = 0;
   uint64_t memory_budget_bytes = 0;
   std::string to_json() const;
