@@ -17,9 +17,13 @@ using sparsecore::python::checked_array;
 SPARSECORE_BINDING(ps, 70) {
   py::class_<PsServer>(m, "PsServer", "Parameter server: shards over reactors; embedded until started.")
       .def(py::init([](const std::string& address, int port, int shards, const std::string& token, int server_index,
-                       int num_servers, uint64_t max_frame_bytes, int poll_us) {
+                       int num_servers, uint64_t max_frame_bytes, int poll_us, int idle_timeout_ms,
+                       int handshake_timeout_ms, uint64_t memory_budget_bytes) {
              PsServerOptions o;
              o.rpc.poll_us = poll_us;
+             o.rpc.idle_timeout_ms = idle_timeout_ms;
+             o.rpc.handshake_timeout_ms = handshake_timeout_ms;
+             o.rpc.memory_budget_bytes = memory_budget_bytes;
              o.rpc.address = address;
              o.rpc.port = port;
              o.rpc.num_reactors = shards;
@@ -31,7 +35,9 @@ SPARSECORE_BINDING(ps, 70) {
            }),
            py::arg("address") = "127.0.0.1", py::arg("port") = 0, py::arg("shards") = 1, py::arg("token") = "",
            py::arg("server_index") = 0, py::arg("num_servers") = 1, py::arg("max_frame_bytes") = 256ull << 20,
-           py::arg("poll_us") = 0)
+           py::arg("poll_us") = 0, py::arg("idle_timeout_ms") = rpc::ServerOptions{}.idle_timeout_ms,
+           py::arg("handshake_timeout_ms") = rpc::ServerOptions{}.handshake_timeout_ms,
+           py::arg("memory_budget_bytes") = rpc::ServerOptions{}.memory_budget_bytes)
       .def("start", [](PsServer& s) { s.start(); })
       .def("stop", [](PsServer& s) {
         py::gil_scoped_release r;

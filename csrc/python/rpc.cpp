@@ -153,6 +153,17 @@ SPARSECORE_BINDING(rpc, 60) {
              py::gil_scoped_release release;
              c.ping(timeout_ms);
            }, py::arg("timeout_ms") = -1)
+      .def("transport_stats", [](RpcClient& c, int timeout_ms) {
+             std::string json;
+             {
+               py::gil_scoped_release release;
+               json = c.transport_stats(timeout_ms);
+             }
+             return py::module_::import("json").attr("loads")(json);
+           }, py::arg("timeout_ms") = -1,
+           "The server's transport counters as a dict: connections_accepted, open_connections, "
+           "frames_rejected, accept_backoffs, handshake_timeouts, idle_timeouts, memory_refusals, "
+           "out_of_memory, memory_reserved_bytes, memory_budget_bytes.")
       .def_property_readonly("num_reactors", &RpcClient::num_reactors)
       .def_property_readonly("connected", &RpcClient::connected)
       .def_property_readonly("peer", &RpcClient::peer);
@@ -160,7 +171,7 @@ SPARSECORE_BINDING(rpc, 60) {
   py::class_<RpcServer>(m, "RpcServer", "An epoll RPC server: one reactor thread per core.")
       .def(py::init([](const std::string& address, int port, int num_reactors, const std::string& token,
                        uint64_t max_frame_bytes, uint64_t connection_memory_bytes, int idle_timeout_ms,
-                       bool pin_threads) {
+                       bool pin_threads, uint64_t memory_budget_bytes, int handshake_timeout_ms) {
              ServerOptions o;
              o.address = address;
              o.port = port;
@@ -170,12 +181,15 @@ SPARSECORE_BINDING(rpc, 60) {
              o.connection_memory_bytes = connection_memory_bytes;
              o.idle_timeout_ms = idle_timeout_ms;
              o.pin_threads = pin_threads;
+             o.memory_budget_bytes = memory_budget_bytes;
+             o.handshake_timeout_ms = handshake_timeout_ms;
              return std::make_unique<RpcServer>(o);
            }),
            py::arg("address") = "127.0.0.1", py::arg("port") = 0, py::arg("num_reactors") = 1,
            py::arg("token") = "", py::arg("max_frame_bytes") = 64ull << 20,
            py::arg("connection_memory_bytes") = 256ull << 20, py::arg("idle_timeout_ms") = 0,
-           py::arg("pin_threads") = false)
+           py::arg("pin_threads") = false, py::arg("memory_budget_bytes") = ServerOptions{}.memory_budget_bytes,
+           py::arg("handshake_timeout_ms") = ServerOptions{}.handshake_timeout_ms)
       .def("register",
            [](RpcServer& s, int method, py::function fn) {
              SC_CHECK_ARG(method >= 0 && method < kFirstReservedMethod, "method must be in [0, ", kFirstReservedMethod,
@@ -210,5 +224,8 @@ SPARSECORE_BINDING(rpc, 60) {
       .def_property_readonly("num_reactors", &RpcServer::num_reactors)
       .def_property_readonly("connections_accepted", &RpcServer::connections_accepted)
       .def_property_readonly("connections_open", &RpcServer::connections_open)
-      .def_property_readonly("frames_rejected", &RpcServer::frames_rejected);
+      .def_property_readonly("frames_rejected", &RpcServer::frames_rejected)
+      .def("transport_stats", [](RpcServer& s) {
+        return py::module_::import("json").attr("loads")(s.transport_stats().to_json());
+      }, "The transport counters (see RpcClient.transport_stats).");
 }

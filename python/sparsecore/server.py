@@ -310,15 +310,34 @@ def _poll_us(poll: float) -> int:
     return int(poll * 1e6)
 
 
+def _timeout_ms(seconds: float, name: str) -> int:
+    """A connection timeout in seconds (0: none) as the core's milliseconds."""
+    if not 0 <= seconds <= 7 * 24 * 3600:
+        raise ValueError(f"{name} must be in [0, 604800] seconds (0: none), got {seconds}")
+    return int(round(seconds * 1000))
+
+
 class Server:
     """A parameter server. ``port=None`` (the default): embedded, no socket; otherwise it
-    listens on ``address:port`` (port 0 picks a free one, see :attr:`port`)."""
+    listens on ``address:port`` (port 0 picks a free one, see :attr:`port`).
+
+    Connections (listening servers only): ``handshake_timeout`` (seconds, 0: none) closes a
+    connection that has not authenticated this long after it was accepted;
+    ``idle_timeout`` (seconds, 0: none, the default) closes an authenticated connection
+    silent this long with no request in progress (clients do not reconnect by themselves:
+    a worker that may pause longer needs :meth:`Cluster.reconnect`). ``memory_budget``
+    (bytes) bounds the request payloads being received over all connections at once; a
+    request that does not fit is refused with :class:`RpcError` ("busy") and the connection
+    goes on. Until a connection authenticates it may send only the handshake's small frame."""
 
     def __init__(self, port: Optional[int] = None, *, shards: int = 1, address: str = "127.0.0.1",
                  token: str = "", server_index: int = 0, num_servers: int = 1,
-                 snapshot_dir: Optional[str] = None, poll: float = 0.0):
+                 snapshot_dir: Optional[str] = None, poll: float = 0.0, idle_timeout: float = 0.0,
+                 handshake_timeout: float = 10.0, memory_budget: int = 1 << 30):
         self._core = _core.PsServer(address, port or 0, shards, token, server_index, num_servers,
-                                    poll_us=_poll_us(poll))
+                                    poll_us=_poll_us(poll), idle_timeout_ms=_timeout_ms(idle_timeout, "idle_timeout"),
+                                    handshake_timeout_ms=_timeout_ms(handshake_timeout, "handshake_timeout"),
+                                    memory_budget_bytes=int(memory_budget))
         self.address = address
         self.snapshot_dir = snapshot_dir
         self.restored_step: Optional[int] = None
@@ -449,6 +468,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--poll-us", type=int, default=0, metavar="N",
                    help="poll mode: a shard with work in the last N microseconds polls instead of sleeping "
                         "(burns its core; for servers with cores of their own; default 0: off)")
+    p.add_argument("--idle-timeout", type=float, default=0.0, metavar="S",
+                   help="close authenticated connections silent for S seconds (default 0: never)")
+    p.add_argument("--handshake-timeout", type=float, default=10.0, metavar="S",
+                   help="close connections that have not authenticated S seconds after connecting "
+                        "(default 10; 0: never)")
     args = p.parse_args(argv)
 
     def fail(message: str, code: int = 2) -> int:
@@ -474,7 +498,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         server = Server(args.port, shards=args.shards, address=args.address, token=token,
                         server_index=args.server_index, num_servers=args.num_servers,
-                        snapshot_dir=args.snapshot_dir, poll=args.poll_us / 1e6)
+                        snapshot_dir=args.snapshot_dir, poll=args.poll_us / 1e6,
+                        idle_timeout=args.idle_timeout, handshake_timeout=args.handshake_timeout)
     except ValueError as e:
         return fail(str(e))
     except (OSError, RuntimeError) as e:

@@ -3,8 +3,14 @@
 #include <poll.h>
 #include <sys/socket.h>
 
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+
+#include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <functional>
+#include <new>
 #include <random>
 #include <thread>
 #include <vector>
@@ -24,6 +30,8 @@ constexpr uint16_t kSlow = 2;
 constexpr uint16_t kThrows = 3;
 constexpr uint16_t kReactorOf = 4;
 constexpr uint16_t kNeverReplies = 5;
+constexpr uint16_t kOutOfMemory = 6;
+constexpr uint16_t kReplyOfSize = 7;  // payload: uint64 size of the reply
 
 std::unique_ptr<RpcServer> start_server(ServerOptions o = {}) {
   auto s = std::make_unique<RpcServer>(o);
@@ -35,6 +43,12 @@ std::unique_ptr<RpcServer> start_server(ServerOptions o = {}) {
     reply.append(&i, sizeof(i));
   });
   s->register_method(kNeverReplies, [](const Request&, Reply& reply) { reply.defer(); });
+  s->register_method(kOutOfMemory, [](const Request&, Reply&) { throw std::bad_alloc(); });
+  s->register_method(kReplyOfSize, [](const Request& r, Reply& reply) {
+    uint64_t n = 0;
+    std::memcpy(&n, r.payload.data(), std::min(r.payload.size(), sizeof(n)));
+    reply.body.resize(n);
+  });
   s->start();
   return s;
 }
@@ -356,4 +370,162 @@ TEST(Rpc, PollModeServesPipelinedLargeRepliesAndKeepsDeadlines) {
   ClientOptions bad_client;
   bad_client.poll_us = -1;
   EXPECT_THROW(RpcClient("127.0.0.1", s->port(), bad_client), InvalidArgument);
+}
+
+// ------------------------------------------------------------ what a peer can make it hold
+namespace {
+
+bool eventually(const std::function<bool()>& condition) {
+  for (int i = 0; i < 500; ++i) {
+    if (condition()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return condition();
+}
+
+}  // namespace
+
+TEST(RpcLimits, FrameReaderDiscardSkipsBufferedAndLaterBytes) {
+  FrameReader reader(1 << 20);
+  FrameHeader first, second;
+  first.payload_bytes = 10000;
+  second.request_id = 42;
+  std::string stream(reinterpret_cast<const char*>(&first), sizeof(first));
+  stream += std::string(10000, 'x');
+  stream.append(reinterpret_cast<const char*>(&second), sizeof(second));
+  size_t fed = 100;  // the header and part of the refused payload
+  std::memcpy(reader.write_ptr(fed), stream.data(), fed);
+  reader.commit(fed);
+  FrameHeader h;
+  size_t available = 0;
+  HeaderCheck err;
+  ASSERT_EQ(reader.peek(&h, &available, &err), FrameReader::Next::kFrame);
+  reader.discard(sizeof(h) + h.payload_bytes);
+  EXPECT_LE(reader.capacity(), 4096u);  // nothing was sized for the refused frame
+  std::memcpy(reader.write_ptr(stream.size() - fed), stream.data() + fed, stream.size() - fed);
+  reader.commit(stream.size() - fed);
+  const std::byte* payload = nullptr;
+  ASSERT_EQ(reader.next(&h, &payload, &err), FrameReader::Next::kFrame);
+  EXPECT_EQ(h.request_id, 42u);
+  EXPECT_TRUE(reader.release_if_idle(0));
+  EXPECT_EQ(reader.capacity(), 0u);
+}
+
+TEST(RpcLimits, FrameReaderHoldsExactlyTheFrame) {
+  FrameReader reader(1 << 30);
+  FrameHeader h;
+  h.payload_bytes = 5 << 20;
+  std::memcpy(reader.write_ptr(sizeof(h)), &h, sizeof(h));
+  reader.commit(sizeof(h));
+  const std::byte* payload = nullptr;
+  HeaderCheck err;
+  ASSERT_EQ(reader.next(&h, &payload, &err), FrameReader::Next::kNeedMore);
+  EXPECT_EQ(reader.capacity(), sizeof(h) + (5u << 20));  // not rounded up to a power of two
+}
+
+TEST(RpcLimits, OversizeHandshakeFrameClosesWithoutReservingMemory) {
+  auto s = start_server();
+  RawPeer raw(s->port());
+  FrameHeader h;
+  h.method = kMethodAuth;
+  h.payload_bytes = 32 << 20;
+  raw.send_bytes(&h, sizeof(h));
+  EXPECT_EQ(raw.next_status(), static_cast<int64_t>(Status::kAuthFailed));
+  EXPECT_TRUE(raw.closed_by_peer());
+  EXPECT_EQ(s->transport_stats().memory_reserved_bytes, 0u);
+}
+
+TEST(RpcLimits, ResponseFrameBeforeAuthClosesTheConnection) {
+  auto s = start_server();
+  RawPeer raw(s->port());
+  FrameHeader h;
+  h.flags = kFlagResponse;
+  h.payload_bytes = 100;
+  raw.send_bytes(&h, sizeof(h));
+  raw.send_bytes(std::string(100, 'r').data(), 100);
+  EXPECT_EQ(raw.next_status(), static_cast<int64_t>(Status::kAuthFailed));
+  EXPECT_TRUE(raw.closed_by_peer());
+}
+
+TEST(RpcLimits, BytesThenShutdownInOneSegmentCloseTheConnection) {
+  ServerOptions o;
+  o.handshake_timeout_ms = 0;  // the EOF alone must reclaim them
+  auto s = start_server(o);
+  for (int i = 0; i < 20; ++i) {
+    RawPeer raw(s->port());
+    int one = 1;
+    ::setsockopt(raw.sock.fd(), IPPROTO_TCP, TCP_CORK, &one, sizeof(one));
+    raw.send_bytes("SCRP", 4);
+  }  // closed: the FIN leaves with the corked bytes
+  EXPECT_TRUE(eventually([&] { return s->connections_open() == 0; }));
+  RpcClient c("127.0.0.1", s->port());
+  EXPECT_EQ(as_string(echo(c, "alive")), "alive");
+}
+
+TEST(RpcLimits, SilentUnauthenticatedConnectionTimesOut) {
+  ServerOptions o;
+  o.handshake_timeout_ms = 100;
+  auto s = start_server(o);
+  RawPeer raw(s->port());
+  EXPECT_TRUE(eventually([&] { return s->transport_stats().handshake_timeouts == 1; }));
+  EXPECT_TRUE(raw.closed_by_peer());
+  RpcClient c("127.0.0.1", s->port());  // an authenticated connection is not subject to it
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EXPECT_EQ(as_string(echo(c, "x")), "x");
+}
+
+TEST(RpcLimits, IdleTimeoutSparesAConnectionWaitingForADeferredReply) {
+  ServerOptions o;
+  o.idle_timeout_ms = 50;
+  auto s = start_server(o);
+  RpcClient c("127.0.0.1", s->port());
+  RpcFuture pending = c.call_async(kNeverReplies, {});
+  EXPECT_EQ(as_string(echo(c, "x")), "x");
+  std::this_thread::sleep_for(std::chrono::milliseconds(400));
+  EXPECT_EQ(s->transport_stats().idle_timeouts, 0u);
+  EXPECT_TRUE(c.connected());
+}
+
+TEST(RpcLimits, OutOfMemoryInAHandlerIsAnErrorReply) {
+  auto s = start_server();
+  RpcClient c("127.0.0.1", s->port());
+  try {
+    c.call(kOutOfMemory, {});
+    FAIL() << "no error";
+  } catch (const RpcError& e) {
+    EXPECT_NE(std::string(e.what()).find("out of memory"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(as_string(echo(c, "still")), "still");
+}
+
+TEST(RpcLimits, ReplyAboveTheFrameLimitBecomesAnError) {
+  ServerOptions o;
+  o.max_frame_bytes = 1 << 20;
+  auto s = start_server(o);
+  RpcClient c("127.0.0.1", s->port());
+  uint64_t size = (1 << 20) + 1;
+  iovec seg{&size, sizeof(size)};
+  EXPECT_THROW(c.call(kReplyOfSize, {&seg, 1}), RpcProtocolError);
+  size = 1 << 20;
+  EXPECT_EQ(c.call(kReplyOfSize, {&seg, 1}).bytes, size);
+}
+
+TEST(RpcLimits, RequestAboveTheMemoryBudgetIsRefusedAndTheConnectionGoesOn) {
+  ServerOptions o;
+  o.memory_budget_bytes = 2 << 20;
+  auto s = start_server(o);
+  RpcClient c("127.0.0.1", s->port());
+  std::string big(4 << 20, 'b');
+  try {
+    echo(c, big);
+    FAIL() << "no error";
+  } catch (const RpcError& e) {
+    EXPECT_NE(std::string(e.what()).find("memory budget"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(as_string(echo(c, "after")), "after");
+  std::string fits(2 << 20, 'f');  // above the resident buffer, within the budget
+  EXPECT_EQ(echo(c, fits).bytes, fits.size());
+  EXPECT_EQ(s->transport_stats().memory_refusals, 1u);
+  // Returned once each frame was handled (just after its reply left).
+  EXPECT_TRUE(eventually([&] { return s->transport_stats().memory_reserved_bytes == 0; }));
 }

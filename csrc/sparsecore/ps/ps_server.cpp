@@ -107,6 +107,11 @@ void PsServer::register_methods() {
                  t.array_bytes, " bytes");
     PsShard& s = shard(r.reactor);
     int dim = s.dim(t.name);
+    // The reply is bounded like a request: refused before anything is allocated or inserted.
+    const uint64_t reply_bytes = t.h.num_ids * static_cast<uint64_t>(dim) * sizeof(float);
+    SC_CHECK_ARG(reply_bytes <= options_.rpc.max_frame_bytes, "pull of ", t.h.num_ids, " ids of table '", t.name,
+                 "' (dim ", dim, ") would reply ", reply_bytes, " bytes, above the server's frame limit of ",
+                 options_.rpc.max_frame_bytes, " bytes; pull fewer ids per request");
     float* out = reply.resize_as<float>(t.h.num_ids * static_cast<size_t>(dim));
     PodVector<int64_t> copy;
     const int64_t* ids = aligned_view<int64_t>(t.arrays, t.h.num_ids, copy);

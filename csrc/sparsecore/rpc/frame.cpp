@@ -33,6 +33,10 @@ HeaderCheck check_header(const FrameHeader& h, uint64_t max_payload_bytes) {
   return HeaderCheck::kOk;
 }
 
+bool allowed_before_auth(const FrameHeader& h) {
+  return (h.flags & kFlagResponse) == 0 && h.method == kMethodAuth && h.payload_bytes <= kMaxHandshakePayloadBytes;
+}
+
 const char* header_check_message(HeaderCheck c) {
   switch (c) {
     case HeaderCheck::kOk: return "ok";
@@ -45,6 +49,7 @@ const char* header_check_message(HeaderCheck c) {
 }
 
 std::byte* FrameReader::write_ptr(size_t min_room) {
+  settle();
   if (start_ == end_) start_ = end_ = 0;
   if (buffer_.size() - end_ < min_room) {
     if (start_ > 0) {  // move the unread tail to the front before growing
@@ -52,9 +57,41 @@ std::byte* FrameReader::write_ptr(size_t min_room) {
       end_ -= start_;
       start_ = 0;
     }
-    if (buffer_.size() - end_ < min_room) buffer_.resize(end_ + min_room);
+    if (buffer_.size() - end_ < min_room) {
+      // Exactly what was asked for: the owner accounts for capacity() (a doubling growth
+      // policy would hold up to twice what a frame needs).
+      PodVector<std::byte> grown;
+      grown.reserve(end_ + min_room);
+      grown.resize(end_ + min_room);
+      if (end_ > 0) std::memcpy(grown.data(), buffer_.data(), end_);
+      buffer_.swap(grown);
+    }
   }
-  return reinterpret_cast<std::byte*>(buffer_.data() + end_);
+  return buffer_.data() + end_;
+}
+
+void FrameReader::discard(uint64_t bytes) {
+  discard_ += bytes;
+  settle();
+}
+
+void FrameReader::settle() {
+  start_ += pending_consume_;
+  pending_consume_ = 0;
+  if (discard_ > 0) {
+    size_t drop = static_cast<size_t>(std::min<uint64_t>(discard_, end_ - start_));
+    start_ += drop;
+    discard_ -= drop;
+  }
+  if (start_ == end_) start_ = end_ = 0;
+}
+
+bool FrameReader::release_if_idle(size_t keep) {
+  settle();
+  if (start_ != end_ || buffer_.size() <= keep) return false;
+  PodVector<std::byte>().swap(buffer_);
+  start_ = end_ = 0;
+  return true;
 }
 
 FrameReader::Next FrameReader::next(FrameHeader* header, const std::byte** payload, HeaderCheck* error) {
@@ -67,14 +104,14 @@ FrameReader::Next FrameReader::next(FrameHeader* header, const std::byte** paylo
     write_ptr(total - (end_ - start_));
     return Next::kNeedMore;
   }
-  *payload = reinterpret_cast<const std::byte*>(buffer_.data() + start_ + kFrameHeaderBytes);
+  *payload = buffer_.data() + start_ + kFrameHeaderBytes;
   pending_consume_ = total;
   return Next::kFrame;
 }
 
 FrameReader::Next FrameReader::peek(FrameHeader* header, size_t* available, HeaderCheck* error) {
-  start_ += pending_consume_;
-  pending_consume_ = 0;
+  settle();
+  if (discard_ > 0) return Next::kNeedMore;
   size_t avail = end_ - start_;
   if (avail < kFrameHeaderBytes) return Next::kNeedMore;
   std::memcpy(header, buffer_.data() + start_, kFrameHeaderBytes);

@@ -14,6 +14,8 @@
 #include <cstdint>
 #include <string>
 
+#include "sparsecore/core/pod_vector.h"
+
 namespace sparsecore::rpc {
 
 static_assert(std::endian::native == std::endian::little, "frames are little-endian on the wire");
@@ -30,6 +32,11 @@ inline constexpr uint16_t kFirstReservedMethod = 0xFF00;
 inline constexpr uint16_t kMethodHello = 0xFF00;  // server -> client on accept: challenge
 inline constexpr uint16_t kMethodAuth = 0xFF01;   // client -> server: answer, chosen reactor
 inline constexpr uint16_t kMethodPing = 0xFF02;   // heartbeat; empty reply
+inline constexpr uint16_t kMethodTransportStats = 0xFF03;  // the server's transport counters (JSON)
+
+// Until a connection has authenticated, its only legal frame is one kMethodAuth request whose
+// payload is an AuthPayload; a server closes a connection that announces more than this.
+inline constexpr uint64_t kMaxHandshakePayloadBytes = 1024;
 
 // Status of a response. Errors carry their message as the payload.
 enum class Status : uint32_t {
@@ -70,6 +77,9 @@ enum class HeaderCheck { kOk, kBadMagic, kBadVersion, kBadFlags, kTooLarge };
 // 32 bytes: the frame parser and its fuzz target share it.
 HeaderCheck check_header(const FrameHeader& h, uint64_t max_payload_bytes);
 const char* header_check_message(HeaderCheck c);
+// Whether an unauthenticated peer may send this (checked) header: only a kMethodAuth request
+// of at most kMaxHandshakePayloadBytes. Pure, shared by the server and the fuzz target.
+bool allowed_before_auth(const FrameHeader& h);
 
 // Handshake payloads. On accept the server sends kMethodHello (a response frame, id 0) with
 // HelloPayload; the client answers kMethodAuth with AuthPayload, where
@@ -96,8 +106,9 @@ inline constexpr const char* kClientMacLabel = "sparsecore-client";
 inline constexpr const char* kServerMacLabel = "sparsecore-server";
 
 // Incremental frame splitter over a byte stream: feed bytes, take complete frames. Holds at
-// most one frame plus one read's worth of bytes, so memory is bounded by the payload limit.
-// Used by the client and the fuzz target; the server's connections run the same checks.
+// most one frame plus one read's worth of bytes, so memory is bounded by the payload limit;
+// the buffer grows only to what write_ptr and next ask for (capacity() says how much is
+// held), never by more. Used by the client, the server's connections and the fuzz target.
 class FrameReader {
  public:
   explicit FrameReader(uint64_t max_payload_bytes) : max_payload_(max_payload_bytes) {}
@@ -117,15 +128,29 @@ class FrameReader {
   // front (kFrame even when the payload is incomplete; `available` = payload bytes buffered),
   // then consume() what was taken.
   Next peek(FrameHeader* header, size_t* available, HeaderCheck* error);
-  const std::byte* front() const { return reinterpret_cast<const std::byte*>(buffer_.data() + start_); }
+  const std::byte* front() const { return buffer_.data() + start_; }
   void consume(size_t bytes) { start_ += bytes; }
 
+  // Drops the next `bytes` bytes of the stream, those buffered now and those still to come
+  // (a frame the receiver refuses but whose stream continues after it). Call after peek().
+  void discard(uint64_t bytes);
+  uint64_t discarding() const { return discard_; }
+
+  // Bytes of memory the buffer holds.
+  size_t capacity() const { return buffer_.size(); }
+  // Frees the buffer when nothing is buffered and it holds more than `keep` bytes; returns
+  // whether it did. Afterwards buffered() counts only bytes not yet taken.
+  bool release_if_idle(size_t keep);
+
  private:
+  void settle();  // applies pending_consume_ and discard_ to the buffered bytes
+
   uint64_t max_payload_;
-  std::string buffer_;  // bytes [start_, end_) are unread
+  PodVector<std::byte> buffer_;  // bytes [start_, end_) are unread; size() == capacity()
   size_t start_ = 0;
   size_t end_ = 0;
   size_t pending_consume_ = 0;
+  uint64_t discard_ = 0;
 };
 
 }  // namespace sparsecore::rpc

@@ -131,6 +131,11 @@ void RpcClient::handshake(const ClientOptions& options) {
   }
 }
 
+std::string RpcClient::transport_stats(int timeout_ms) {
+  Response r = call(kMethodTransportStats, {}, timeout_ms);
+  return std::string(reinterpret_cast<const char*>(r.data.data()), r.bytes);
+}
+
 bool RpcClient::connected() const {
   std::lock_guard<std::mutex> lock(mu_);
   return !broken_;
@@ -143,7 +148,8 @@ size_t RpcClient::in_flight() const {
 
 RpcFuture RpcClient::call_async(uint16_t method, std::span<const iovec> payload, int timeout_ms,
                                 void* recv_into, size_t recv_capacity) {
-  SC_CHECK_ARG(method < kFirstReservedMethod || method == kMethodPing, "method ", method, " is reserved");
+  SC_CHECK_ARG(method < kFirstReservedMethod || method == kMethodPing || method == kMethodTransportStats, "method ",
+               method, " is reserved");
   auto state = std::make_shared<detail::CallState>();
   state->id = next_id_.fetch_add(1, std::memory_order_relaxed);
   state->method = method;

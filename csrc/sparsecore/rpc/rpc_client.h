@@ -107,6 +107,8 @@ class RpcClient {
     return call_async(method, payload, timeout_ms, recv_into, recv_capacity).get();
   }
   void ping(int timeout_ms = -1) { call(kMethodPing, {}, timeout_ms); }
+  // The server's TransportStats as JSON (connections, refusals, accept back-offs, memory).
+  std::string transport_stats(int timeout_ms = -1);
 
   int num_reactors() const { return num_reactors_; }
   const std::string& peer() const { return peer_; }

@@ -10,10 +10,30 @@
 // max_frame_bytes) and handlers see their payload in place; replies are queued and written
 // with writev, many frames per call. When queued replies exceed the memory budget the
 // reactor stops reading that connection until they drain (backpressure). Requests whose
-// deadline passed before they ran are answered kDeadlineExceeded; connections idle longer
-// than idle_timeout_ms are closed. A bad magic/version/flags or an oversized frame gets an
-// error reply and the connection is closed; an unknown method gets an error reply and the
-// connection keeps serving. Nothing a peer sends stops the server serving the others.
+// deadline passed before they ran are answered kDeadlineExceeded. A bad magic/version/flags
+// or an oversized frame gets an error reply and the connection is closed; an unknown method
+// gets an error reply and the connection keeps serving. Nothing a peer sends stops the
+// server serving the others.
+//
+// What a peer can make the server hold (see ServerOptions):
+// - Before it authenticates, a connection may send one kMethodAuth request of at most
+//   kMaxHandshakePayloadBytes; anything else (another method, a response, a larger frame)
+//   closes it before any buffer is sized for it, and it must finish the handshake within
+//   handshake_timeout_ms. A connection buffers at most a few KiB until then.
+// - After it authenticates, the payload of a frame larger than a connection's small resident
+//   buffer is reserved against memory_budget_bytes, shared by every connection of the server,
+//   before it is read; a frame that does not fit is answered kBusy, its bytes are skipped,
+//   and the connection keeps serving. The reservation is returned once the frame is handled.
+// - A reply larger than max_frame_bytes is replaced by a kFrameTooLarge error (handlers that
+//   can size their reply should refuse before allocating it).
+// - Running out of memory (std::bad_alloc) in a handler is an error reply; anywhere else in
+//   a reactor it closes that connection. The reactor keeps serving the others.
+// - A connection is closed on EOF or reset (once the peer has shut its side, reads go on
+//   until they meet the EOF, even after a short read), when it stays
+//   silent past idle_timeout_ms with no request in progress, or when it is unauthenticated
+//   past handshake_timeout_ms. When accept() fails for lack of descriptors or memory, reactor
+//   0 stops watching the listener for a short back-off (counted in TransportStats) instead
+//   of retrying at once, and accepts again once descriptors are free.
 //
 // Thread-safety: register_method before start(); stop() from any thread (idempotent).
 #pragma once
@@ -43,7 +63,15 @@ struct ServerOptions {
   std::string token;                   // non-empty: clients must prove they know it (HMAC)
   uint64_t max_frame_bytes = 64ull << 20;          // largest payload accepted
   uint64_t connection_memory_bytes = 256ull << 20;  // queued replies before reads pause
-  int idle_timeout_ms = 0;             // close connections silent this long (0: never)
+  // Request payloads being received, over every connection of the server (see above). A
+  // frame above it is always refused, so keep it >= max_frame_bytes.
+  uint64_t memory_budget_bytes = 1ull << 30;
+  // Close authenticated connections silent this long with no request in progress (0: never).
+  // Off by default: clients do not reconnect on their own, and a worker may rightly stay
+  // silent for long (evaluation, a slow data reader).
+  int idle_timeout_ms = 0;
+  // Close connections that have not authenticated this long after accept (0: never).
+  int handshake_timeout_ms = 10'000;
   // Poll mode (Seastar's): > 0, a reactor that has had work in the last poll_us
   // microseconds polls its sockets without sleeping, so that a request arriving then finds
   // it running (no wakeup across cores, which costs tens of microseconds on virtual
@@ -98,6 +126,23 @@ class Reply {
   DeferredReply token_;
 };
 
+// Counters summed over the reactors (monotonic except the gauges open_connections and
+// memory_reserved_bytes).
+struct TransportStats {
+  uint64_t connections_accepted = 0;
+  uint64_t open_connections = 0;
+  uint64_t frames_rejected = 0;      // bad frames, oversize frames, failed handshakes, unknown methods
+  uint64_t accept_backoffs = 0;      // accept() failed for lack of descriptors/memory; listener paused
+  uint64_t handshake_timeouts = 0;   // closed unauthenticated past handshake_timeout_ms
+  uint64_t idle_timeouts = 0;        // closed silent past idle_timeout_ms
+  uint64_t memory_refusals = 0;      // frames refused (kBusy) for lack of budget
+  uint64_t out_of_memory = 0;        // std::bad_alloc (or a failed system call) outside handlers:
+                                     // that connection closed
+  uint64_t memory_reserved_bytes = 0;
+  uint64_t memory_budget_bytes = 0;
+  std::string to_json() const;
+};
+
 class Reactor;
 using Handler = std::function<void(const Request&, Reply&)>;
 
@@ -127,10 +172,17 @@ class RpcServer {
   uint64_t connections_accepted() const;
   uint64_t connections_open() const;
   uint64_t frames_rejected() const;
+  TransportStats transport_stats() const;
 
  private:
   friend class Reactor;
+  // The server-wide budget of request payloads (memory_budget_bytes); any reactor thread.
+  bool try_reserve(uint64_t bytes);
+  void force_reserve(uint64_t bytes) { reserved_bytes_.fetch_add(bytes, std::memory_order_relaxed); }
+  void release(uint64_t bytes) { reserved_bytes_.fetch_sub(bytes, std::memory_order_relaxed); }
+
   ServerOptions options_;
+  std::atomic<uint64_t> reserved_bytes_{0};
   int port_ = 0;
   std::vector<Handler> handlers_;  // by method
   std::vector<std::unique_ptr<Reactor>> reactors_;
