@@ -123,12 +123,21 @@ class EmbeddingCollection {
   // update once per unique row. Returns the new step.
   int64_t backward(const PreparedBatch& batch, const std::vector<const float*>& grads);
 
-  // Checkpoint (DESIGN.md "Checkpoint"): a directory with one file per table shard (a bucket
-  // range) and manifest.json written last. Refuses to overwrite a finished checkpoint unless
-  // `overwrite`. Do not run backward concurrently with save (rows would be caught mid-update).
+  // Checkpoint (DESIGN.md "Checkpoint"): a directory with one file per non-empty run of
+  // table shards (a bucket range) and manifest.json. The files are written to a fresh sibling
+  // directory that then replaces `dir` in one atomic step (commit_directory), so a crash at
+  // any instant leaves the previous checkpoint loadable. Refuses to replace a finished
+  // checkpoint unless `overwrite`, and never replaces a directory holding anything else.
+  // One save at a time per `dir`. Do not run backward concurrently with save (rows would be
+  // caught mid-update).
   void save(const std::string& dir, bool overwrite = false) const;
+  // The files of a checkpoint written straight into the existing empty directory `dir`, with
+  // no switch: for containers that switch a directory above it (server snapshots, trainers).
+  void write_checkpoint(const std::string& dir) const;
   // Reads and verifies every file before anything is swapped in; throws CorruptData on a
-  // truncated or altered file, NotFound if `dir` holds no finished checkpoint.
+  // truncated, altered or forged file (sizes, dims, counts and names are checked against the
+  // manifest and the files before anything is read or allocated; symlinks and non-regular
+  // files are refused), NotFound if `dir` holds no finished checkpoint.
   static std::unique_ptr<EmbeddingCollection> load(const std::string& dir);
   // Replaces this collection's tables and step with the checkpoint's (table names and dims
   // must match). On error this collection is unchanged.
