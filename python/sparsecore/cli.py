@@ -294,9 +294,8 @@ def run_train(settings: dict[str, dict[str, Any]]) -> dict[str, float]:
             raise ConfigError("--plot needs matplotlib: pip install matplotlib") from None
     trainer, evaluation, synthetic = build_trainer(settings)
     ckpt = t["checkpoint_dir"]
-    if ckpt and os.path.exists(os.path.join(ckpt, "trainer.json")):
-        trainer.load(ckpt)
-        log.info("resumed from %s at step %d", ckpt, trainer.step)
+    if ckpt:
+        trainer.resume(ckpt)
     total = int(t["steps"])
     remaining = total - trainer.step
     eval_points: list[tuple[int, float]] = []

@@ -1,10 +1,13 @@
 #include "sparsecore/ps/ps_server.h"
 
 #include <cstring>
+#include <filesystem>
 
 #include "sparsecore/core/error.h"
+#include "sparsecore/core/file.h"
 #include "sparsecore/core/pod_vector.h"
 #include "sparsecore/ps/ps_protocol.h"
+#include "sparsecore/ps/ps_snapshot.h"
 #include "sparsecore/rpc/reactor.h"
 
 namespace sparsecore::ps {
@@ -63,14 +66,20 @@ PsServer::PsServer(PsServerOptions options) : options_(std::move(options)) {
   for (int i = 0; i < shards; ++i)
     shards_.push_back(std::make_unique<PsShard>(ShardLayout{options_.server_index * shards + i, total}));
   reactor_state_.resize(static_cast<size_t>(shards));
+  if (!options_.snapshot_dir.empty()) {
+    make_directories(options_.snapshot_dir);
+    remove_unfinished_snapshots(options_.snapshot_dir);
+  }
 }
 
 PsServer::~PsServer() { stop(); }
 
-int64_t PsServer::restore(const std::string& dir) {
+int64_t PsServer::restore(const std::string& name) {
   SC_CHECK_ARG(!rpc_, "restore a running server through a client (PsClient::restore)");
+  const std::string dir = snapshot_path(options_.snapshot_dir, name);
   int64_t step = 0;
-  for (auto& s : shards_) step = s->restore(dir);
+  for (auto& s : shards_) step = s->prepare_restore(dir, "startup");
+  for (auto& s : shards_) s->commit_restore("startup");
   return step;
 }
 
@@ -133,15 +142,46 @@ void PsServer::register_methods() {
     for (const auto& token : st.waiting_push) reactor.send_deferred(token, rpc::Reply());
     st.waiting_push.clear();
   });
+  // Saves and restores run in phases driven by the client (ps_client.cpp), so that a save
+  // becomes visible and a restore takes effect on every shard or on none.
   srv.register_method(kSave, [this](const rpc::Request& r, rpc::Reply&) {
     Json j = parse_json(r);
-    shard(r.reactor).save(j.at("dir").as_string("dir"), j.at("step").as_int("step"),
-                          j.get("overwrite") && j.at("overwrite").as_bool("overwrite"));
+    const std::string& root = options_.snapshot_dir;
+    const std::string phase = j.at("phase").as_string("phase");
+    const std::string& name = j.at("name").as_string("name");
+    const std::string& save_id = j.at("save_id").as_string("save_id");
+    const bool overwrite = j.get("overwrite") && j.at("overwrite").as_bool("overwrite");
+    if (phase == "write") {
+      const std::string staging = begin_snapshot_write(root, name, save_id, overwrite);
+      shard(r.reactor).write_snapshot(staging, j.at("step").as_int("step"), save_id);
+    } else if (phase == "commit") {
+      commit_snapshot(root, name, save_id, shard(r.reactor).layout().total_shards, overwrite);
+    } else if (phase == "abort") {
+      abort_snapshot(root, name, save_id);
+    } else {
+      throw InvalidArgument("unknown save phase '" + phase + "'");
+    }
   });
   srv.register_method(kRestore, [this](const rpc::Request& r, rpc::Reply& reply) {
     Json j = parse_json(r);
+    const std::string phase = j.at("phase").as_string("phase");
+    PsShard& s = shard(r.reactor);
     Json out = Json::object();
-    out["step"] = shard(r.reactor).restore(j.at("dir").as_string("dir"));
+    if (phase == "latest") {
+      SC_CHECK_ARG(!options_.snapshot_dir.empty(), "this server has no snapshot directory (start it with "
+                   "--snapshot-dir); save and restore are refused");
+      const std::string dir = latest_snapshot(options_.snapshot_dir);
+      out["name"] = dir.empty() ? std::string() : std::filesystem::path(dir).filename().string();
+    } else if (phase == "prepare") {
+      const std::string dir = snapshot_path(options_.snapshot_dir, j.at("name").as_string("name"));
+      out["step"] = s.prepare_restore(dir, j.at("restore_id").as_string("restore_id"));
+    } else if (phase == "commit") {
+      s.commit_restore(j.at("restore_id").as_string("restore_id"));
+    } else if (phase == "abort") {
+      s.abort_restore(j.at("restore_id").as_string("restore_id"));
+    } else {
+      throw InvalidArgument("unknown restore phase '" + phase + "'");
+    }
     reply_json(reply, out);
   });
   srv.register_method(kStats, [this](const rpc::Request& r, rpc::Reply& reply) { reply_json(reply, shard(r.reactor).stats()); });

@@ -20,6 +20,9 @@ struct PsServerOptions {
   int server_index = 0;
   int num_servers = 1;
   int64_t max_ids_per_request = 1 << 24;
+  // Where snapshots live (ps_snapshot.h). Clients name snapshots, never paths; empty: save
+  // and restore are refused.
+  std::string snapshot_dir;
 };
 
 class PsServer {
@@ -33,8 +36,9 @@ class PsServer {
   int num_shards() const { return static_cast<int>(shards_.size()); }
   PsShard& shard(int i) { return *shards_.at(i); }
   const PsServerOptions& options() const { return options_; }
-  // Restores every shard of this server from a complete snapshot directory (before start()).
-  int64_t restore(const std::string& dir);
+  // Restores every shard of this server from snapshot `name` under options().snapshot_dir
+  // (before start()): every shard is read and checked before any is replaced.
+  int64_t restore(const std::string& name);
 
  private:
   void register_methods();

@@ -25,50 +25,9 @@ bool ranges_overlap(int g1, int t1, int g2, int t2) {
 
 std::string join(const std::string& a, const std::string& b) { return (fs::path(a) / b).string(); }
 
-Json read_json(const std::string& path) {
-  std::vector<uint8_t> bytes = read_file(path);
-  return Json::parse(std::string_view(reinterpret_cast<const char*>(bytes.data()), bytes.size()));
-}
-
-// Total shards of the snapshot in `dir` from its marker names, or 0.
-int snapshot_total_shards(const std::string& dir) {
-  std::error_code ec;
-  for (const auto& e : fs::directory_iterator(dir, ec)) {
-    int g, t;
-    std::string name = e.path().filename().string();
-    if (std::sscanf(name.c_str(), "shard-%d-of-%d.json", &g, &t) == 2 && t > 0) return t;
-  }
-  return 0;
-}
+std::string shard_dir_name(int g, int total) { return "shard-" + std::to_string(g) + "-of-" + std::to_string(total); }
 
 }  // namespace
-
-std::string shard_marker_name(int g, int total) {
-  return "shard-" + std::to_string(g) + "-of-" + std::to_string(total) + ".json";
-}
-
-bool snapshot_complete(const std::string& dir) {
-  int total = snapshot_total_shards(dir);
-  if (total == 0) return false;
-  for (int g = 0; g < total; ++g)
-    if (!path_exists(join(dir, shard_marker_name(g, total)))) return false;
-  return true;
-}
-
-std::string latest_snapshot(const std::string& root) {
-  std::error_code ec;
-  int64_t best = -1;
-  std::string best_dir;
-  for (const auto& e : fs::directory_iterator(root, ec)) {
-    long long k;
-    std::string name = e.path().filename().string();
-    if (std::sscanf(name.c_str(), "step-%lld", &k) == 1 && k > best && snapshot_complete(e.path().string())) {
-      best = k;
-      best_dir = e.path().string();
-    }
-  }
-  return best_dir;
-}
 
 PsShard::Table& PsShard::table(const std::string& name) {
   auto it = tables_.find(name);
@@ -81,6 +40,8 @@ const PsShard::Table& PsShard::table(const std::string& name) const {
 
 void PsShard::create_table(const TableConfig& config, uint64_t seed) {
   config.validate();
+  SC_CHECK_ARG(config.shard_bits <= kMaxServerShardBits, "table '", config.name, "': shard_bits must be <= ",
+               kMaxServerShardBits, " on a parameter server, got ", config.shard_bits);
   auto it = tables_.find(config.name);
   if (it != tables_.end()) {
     const TableConfig& have = it->second.rows->table(0).config();
@@ -88,6 +49,8 @@ void PsShard::create_table(const TableConfig& config, uint64_t seed) {
                  "' exists with another configuration");
     return;
   }
+  SC_CHECK_ARG(tables_.size() < kMaxTablesPerShard, "a parameter server shard holds at most ", kMaxTablesPerShard,
+               " tables");
   Table t;
   t.rows = std::make_unique<EmbeddingCollection>(std::vector<TableConfig>{config}, seed);
   t.seed = seed;
@@ -171,22 +134,21 @@ const Json* PsShard::kv_get(const std::string& key) const {
   return it == kv_.end() ? nullptr : &it->second;
 }
 
-void PsShard::save(const std::string& dir, int64_t step, bool overwrite) const {
-  std::string marker = join(dir, shard_marker_name(layout_.global_index, layout_.total_shards));
-  SC_CHECK_ARG(overwrite || !path_exists(marker), "snapshot shard '", marker, "' exists (pass overwrite)");
-  std::string shard_dir = join(dir, "shard-" + std::to_string(layout_.global_index) + "-of-" +
-                                        std::to_string(layout_.total_shards));
-  make_directories(shard_dir);
+void PsShard::write_snapshot(const std::string& staging, int64_t step, const std::string& save_id) const {
+  const std::string shard_dir = join(staging, shard_dir_name(layout_.global_index, layout_.total_shards));
+  make_directory(shard_dir);  // a fresh save: refuses a directory someone else put there
   Json m = Json::object();
   m["format"] = 1;
   m["step"] = step;
+  m["save_id"] = save_id;
   m["global_index"] = layout_.global_index;
   m["total_shards"] = layout_.total_shards;
   Json tables = Json::array();
   int i = 0;
   for (const auto& [name, t] : tables_) {
     std::string sub = "table-" + std::to_string(i++);
-    t.rows->save(join(shard_dir, sub), /*overwrite=*/true);
+    make_directory(join(shard_dir, sub));
+    t.rows->write_checkpoint(join(shard_dir, sub));
     Json e = Json::object();
     e["name"] = name;
     e["seed"] = t.seed;
@@ -205,21 +167,20 @@ void PsShard::save(const std::string& dir, int64_t step, bool overwrite) const {
   }
   m["dense"] = std::move(dense);
   std::string text = m.dump(1);
-  write_file_atomic(marker, text.data(), text.size());  // last: the shard is complete
+  // Last: the shard's part is complete. The commit syncs the whole staging tree.
+  File f = File::create(join(staging, shard_marker_name(layout_.global_index, layout_.total_shards)));
+  f.write_all(text.data(), text.size());
+  f.close();
 }
 
 int64_t PsShard::restore(const std::string& dir) {
-  if (!snapshot_complete(dir)) throw NotFound("no complete snapshot in '" + dir + "'");
-  int old_total = snapshot_total_shards(dir);
+  SnapshotMarkers snapshot = read_snapshot_markers(dir);
+  const int old_total = snapshot.total_shards;
   std::map<std::string, Table> tables;
   std::map<std::string, std::vector<float>> dense;
   std::map<std::string, Json> kv;
-  int64_t step = -1;
   for (int g = 0; g < old_total; ++g) {
-    Json m = read_json(join(dir, shard_marker_name(g, old_total)));
-    int64_t s = m.at("step").as_int("step");
-    SC_CHECK(step < 0 || s == step, CorruptData, "snapshot '", dir, "' mixes steps ", step, " and ", s);
-    step = s;
+    const Json& m = snapshot.markers[static_cast<size_t>(g)];
     if (g == 0) {
       for (const auto& [k, v] : m.at("kv").as_object("kv")) kv[k] = v;
       for (const auto& [k, v] : m.at("dense").as_object("dense")) {
@@ -229,21 +190,34 @@ int64_t PsShard::restore(const std::string& dir) {
       }
     }
     bool overlaps = ranges_overlap(g, old_total, layout_.global_index, layout_.total_shards);
-    std::string shard_dir = join(dir, "shard-" + std::to_string(g) + "-of-" + std::to_string(old_total));
+    const std::string shard_dir = join(dir, shard_dir_name(g, old_total));
     for (const Json& e : m.at("tables").as_array("tables")) {
       const std::string& name = e.at("name").as_string("table name");
       uint64_t seed = static_cast<uint64_t>(e.at("seed").as_int("seed"));
-      auto loaded = overlaps || !tables.count(name)
-                        ? EmbeddingCollection::load(join(shard_dir, e.at("dir").as_string("dir")))
-                        : nullptr;
-      if (!loaded) continue;
+      if (!overlaps && tables.count(name)) continue;
+      const std::string table_dir = join(shard_dir, e.at("dir").as_string("dir"));
+      SC_CHECK(is_real_directory(shard_dir) && is_real_directory(table_dir), CorruptData, "snapshot '", dir,
+               "': table directory '", table_dir, "' is missing or a symlink");
+      auto loaded = EmbeddingCollection::load(table_dir);
+      SC_CHECK(loaded->num_tables() == 1 && loaded->table(0).name() == name, CorruptData, "snapshot '", dir, "': '",
+               table_dir, "' does not hold exactly table '", name, "'");
       const EmbeddingTable& src = loaded->table(0);
+      SC_CHECK(src.config().shard_bits <= kMaxServerShardBits, CorruptData, "snapshot '", dir, "': table '", name,
+               "' has shard_bits ", src.config().shard_bits, ", a server allows ", kMaxServerShardBits);
       auto it = tables.find(name);
       if (it == tables.end()) {
+        SC_CHECK(tables.size() < kMaxTablesPerShard, CorruptData, "snapshot '", dir, "' lists more than ",
+                 kMaxTablesPerShard, " tables");
         Table t;
         t.rows = std::make_unique<EmbeddingCollection>(std::vector<TableConfig>{src.config()}, seed);
         t.seed = seed;
         it = tables.emplace(name, std::move(t)).first;
+      } else {
+        // Every shard's part of a table must agree with the first one seen: rows of another
+        // dim or optimizer would be read past their end.
+        SC_CHECK(it->second.rows->table(0).config().to_json().dump() == src.config().to_json().dump() &&
+                     it->second.seed == seed,
+                 CorruptData, "snapshot '", dir, "': the shards disagree on the config of table '", name, "'");
       }
       it->second.rows->set_step(std::max(it->second.rows->step(), loaded->step()));
       if (!overlaps) continue;
@@ -276,7 +250,34 @@ int64_t PsShard::restore(const std::string& dir) {
     dense_.clear();
     kv_.clear();
   }
+  return snapshot.step;
+}
+
+int64_t PsShard::prepare_restore(const std::string& dir, const std::string& restore_id) {
+  staged_.reset();
+  staged_id_.clear();
+  auto fresh = std::make_unique<PsShard>(layout_);
+  const int64_t step = fresh->restore(dir);
+  staged_ = std::move(fresh);
+  staged_id_ = restore_id;
   return step;
+}
+
+void PsShard::commit_restore(const std::string& restore_id) {
+  SC_CHECK_ARG(staged_ && staged_id_ == restore_id, "no prepared restore '", restore_id, "' on shard ",
+               layout_.global_index);
+  std::unique_ptr<PsShard> staged = std::move(staged_);
+  staged_id_.clear();
+  tables_ = std::move(staged->tables_);
+  dense_ = std::move(staged->dense_);
+  kv_ = std::move(staged->kv_);
+}
+
+void PsShard::abort_restore(const std::string& restore_id) {
+  if (staged_id_ == restore_id) {
+    staged_.reset();
+    staged_id_.clear();
+  }
 }
 
 Json PsShard::stats() const {

@@ -17,8 +17,15 @@
 
 #include "sparsecore/core/json.h"
 #include "sparsecore/ops/embedding_collection.h"
+#include "sparsecore/ps/ps_snapshot.h"
 
 namespace sparsecore::ps {
+
+// Limits of what one request can make a shard hold: a table's hash shards only matter for
+// lock granularity inside a server shard that one thread drives, and each costs memory
+// before it holds a row.
+inline constexpr int kMaxServerShardBits = 8;
+inline constexpr size_t kMaxTablesPerShard = 1024;
 
 struct ShardLayout {
   int global_index = 0;
@@ -30,6 +37,7 @@ class PsShard {
   explicit PsShard(ShardLayout layout) : layout_(layout) {}
 
   // Creating a table that exists with the same config is a no-op; another config throws.
+  // shard_bits is bounded by kMaxServerShardBits and the table count by kMaxTablesPerShard.
   void create_table(const TableConfig& config, uint64_t seed);
   int dim(const std::string& table) const;
   // out (n, dim) float32. train: unknown ids are inserted; otherwise they read as zeros.
@@ -46,13 +54,20 @@ class PsShard {
   void kv_put(const std::string& key, Json value) { kv_[key] = std::move(value); }
   const Json* kv_get(const std::string& key) const;
 
-  // Snapshot files of this shard under `dir` (a step directory): one checkpoint per table
-  // in shard-<g>-of-<T>/<table>/, then the marker shard-<g>-of-<T>.json written last.
-  void save(const std::string& dir, int64_t step, bool overwrite) const;
-  // Replaces everything with the rows of the snapshot in `dir` whose buckets this shard owns
-  // now (the snapshot may come from another number of shards). All files are read and
-  // checked before anything is replaced. Returns the snapshot's step.
+  // Writes this shard's part of a save into `staging` (ps_snapshot.h): one collection
+  // checkpoint per table in shard-<g>-of-<T>/table-<i>/, then the marker
+  // shard-<g>-of-<T>.json (step, save id, tables, kv, dense).
+  void write_snapshot(const std::string& staging, int64_t step, const std::string& save_id) const;
+  // Replaces everything with the rows of the complete snapshot in `dir` whose buckets this
+  // shard owns now (the snapshot may come from another number of shards). All files are read
+  // and checked before anything is replaced. Returns the snapshot's step.
   int64_t restore(const std::string& dir);
+  // Restore across shards, all or nothing: prepare_restore reads and checks the snapshot into
+  // a staged copy (this shard unchanged); commit_restore swaps it in; abort_restore drops it.
+  // `restore_id` pairs the phases of one restore (a later prepare replaces an earlier one).
+  int64_t prepare_restore(const std::string& dir, const std::string& restore_id);
+  void commit_restore(const std::string& restore_id);
+  void abort_restore(const std::string& restore_id);
 
   Json stats() const;
   const ShardLayout& layout() const { return layout_; }
@@ -73,12 +88,8 @@ class PsShard {
   std::map<std::string, Table> tables_;
   std::map<std::string, std::vector<float>> dense_;
   std::map<std::string, Json> kv_;
+  std::unique_ptr<PsShard> staged_;  // a prepared restore
+  std::string staged_id_;
 };
-
-// The marker name of global shard g of T, and whether every marker of a snapshot exists.
-std::string shard_marker_name(int g, int total);
-bool snapshot_complete(const std::string& dir);
-// Newest complete step-<k> directory under `root`, or "" when there is none.
-std::string latest_snapshot(const std::string& root);
 
 }  // namespace sparsecore::ps
