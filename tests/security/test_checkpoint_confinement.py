@@ -7,6 +7,8 @@ save are refused or cheap."""
 import json
 import os
 import sys
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -263,3 +265,41 @@ def test_save_refuses_to_replace_a_snapshot_unless_asked(server):
         ps.save(step=1)
     ps.save(step=1, overwrite=True)
     assert sorted(os.listdir(snaps)) == ["step-1"]  # no staging directory left behind
+
+
+def test_a_save_in_progress_leaves_the_server_accepting_and_serving(tmp_path):
+    """Snapshot files are written off the reactors (reactor 0 also accepts every connection):
+    once a save has started writing, a new client connects and pulls before it ends. The
+    save's size doubles until its writing outlasts a connect and a pull."""
+    snaps = tmp_path / "snaps"
+    p, addr, _ = start_server("--shards", 1, "--snapshot-dir", snaps)
+    try:
+        ps = sc.connect([addr], timeout=120)
+        big = sc.TableConfig(dim=16, optimizer=sc.Adam(lr=0.1))
+        ps.create_table("big", big, seed=1)
+        inserted = 0
+        for attempt in range(4):
+            n = 100_000 << attempt
+            ids = np.arange(inserted, n, dtype=np.int64)
+            for chunk in np.array_split(ids, max(1, ids.size // 50_000)):
+                ps.pull("big", chunk)
+            inserted = n
+            done = threading.Event()
+            saver = threading.Thread(target=lambda a=attempt: (ps.save(f"big-{a}"), done.set()))
+            saver.start()
+            while not done.is_set() and not any(f.startswith(f".big-{attempt}.saving-") for f in os.listdir(snaps)):
+                time.sleep(0.001)
+            other = sc.connect([addr], timeout=120)
+            other.create_table("big", big, seed=1)
+            served = other.pull("big", np.arange(10, dtype=np.int64), train=False)
+            during = not done.is_set()
+            saver.join(120)
+            assert done.is_set()
+            assert served.shape == (10, 16)
+            if during:
+                break
+        else:
+            pytest.fail("no connection was served while a save was writing")
+        assert sorted(s for s in os.listdir(snaps) if not s.startswith(".")) == [f"big-{a}" for a in range(attempt + 1)]
+    finally:
+        stop(p)

@@ -21,9 +21,15 @@ void check_syscall(bool ok, const char* what, const std::string& path) {
 }
 
 File File::create(const std::string& path) {
-  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644);
+  // O_NONBLOCK: a FIFO put where a file is written fails (ENXIO) instead of waiting for a reader.
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0644);
   check_syscall(fd >= 0, "cannot create", path);
-  return File(fd, path);
+  File f(fd, path);
+  struct stat st;
+  check_syscall(::fstat(fd, &st) == 0, "cannot stat", path);
+  SC_CHECK(S_ISREG(st.st_mode), IoError, "cannot create '", path, "': something other than a regular file is there");
+  check_syscall(::fcntl(fd, F_SETFL, 0) == 0, "cannot set flags of", path);
+  return f;
 }
 
 File File::open_regular(const std::string& path) {

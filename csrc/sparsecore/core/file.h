@@ -20,7 +20,7 @@ void check_syscall(bool ok, const char* what, const std::string& path);
 
 class File {
  public:
-  // Creates or truncates `path` for writing; a symlink at `path` is refused, not followed.
+  // Creates or truncates `path` for writing; a symlink, FIFO or device at `path` is refused.
   static File create(const std::string& path);
   static File open_read(const std::string& path);
   // Opens an existing regular file for reading without following a symlink at `path` and

@@ -105,9 +105,10 @@ uint64_t row_file_bytes(uint64_t rows, uint64_t row_floats) {
   return sizeof(FileHeader) + rows * record;
 }
 
-// Writes hash shards [s_lo, s_hi) of `table` (one bucket range) as one file in `dir` and
-// returns its manifest entry; returns an entry with rows == 0 and no file when they are empty.
-FileEntry write_range_file(const std::string& dir, int table_index, const EmbeddingTable& table, int s_lo, int s_hi) {
+// Encodes hash shards [s_lo, s_hi) of `table` (one bucket range) as the bytes of one row file
+// and its manifest entry; no bytes and rows == 0 when they are empty (no file is written).
+std::pair<FileEntry, std::vector<uint8_t>> encode_range_file(int table_index, const EmbeddingTable& table, int s_lo,
+                                                             int s_hi) {
   const HashTable& ht = table.hash_table();
   const uint32_t per_shard = kNumBuckets >> ht.shard_bits();
   FileEntry e;
@@ -117,27 +118,30 @@ FileEntry write_range_file(const std::string& dir, int table_index, const Embedd
   std::snprintf(name, sizeof(name), "t%03d-b%05u-%05u.rows", table_index, e.bucket_lo, e.bucket_hi);
   e.path = name;
 
+  size_t rows = 0;
+  for (int s = s_lo; s < s_hi; ++s) rows += ht.shard(s).size();  // a bound; exact below
   const size_t floats_bytes = static_cast<size_t>(table.row_floats()) * sizeof(float);
+  const size_t record = floats_bytes + sizeof(RowMeta);
   std::vector<int64_t> keys;
-  std::vector<uint8_t> rows;
+  std::vector<uint8_t> records;
+  keys.reserve(rows);
+  records.reserve(rows * record);
   std::vector<float> floats(table.row_floats());
   for (int s = s_lo; s < s_hi; ++s) {
     const auto& shard = ht.shard(s);
     std::shared_lock lock(shard.mutex);
-    keys.reserve(keys.size() + shard.size());
-    rows.reserve(rows.size() + shard.size() * (floats_bytes + sizeof(RowMeta)));
     shard.for_each([&](int64_t key, std::byte* row) {
       keys.push_back(key);
       table.read_row(row, floats.data());
       const uint8_t* src = reinterpret_cast<const uint8_t*>(floats.data());
-      rows.insert(rows.end(), src, src + floats_bytes);
+      records.insert(records.end(), src, src + floats_bytes);
       // Files keep the 16-byte RowMeta whatever the in-memory packing.
       const RowMeta meta = table.meta(row)->unpack();
       const uint8_t* m = reinterpret_cast<const uint8_t*>(&meta);
-      rows.insert(rows.end(), m, m + sizeof(RowMeta));
+      records.insert(records.end(), m, m + sizeof(RowMeta));
     });
   }
-  if (keys.empty()) return e;
+  if (keys.empty()) return {e, {}};
 
   FileHeader h{};
   std::memcpy(h.magic, kMagic, 8);
@@ -149,21 +153,21 @@ FileEntry write_range_file(const std::string& dir, int table_index, const Embedd
   h.bucket_lo = e.bucket_lo;
   h.bucket_hi = e.bucket_hi;
   h.table_seed = table.seed();
+  std::vector<uint8_t> bytes(sizeof(h) + keys.size() * sizeof(int64_t) + records.size());
+  std::memcpy(bytes.data(), &h, sizeof(h));
+  std::memcpy(bytes.data() + sizeof(h), keys.data(), keys.size() * sizeof(int64_t));
+  std::memcpy(bytes.data() + sizeof(h) + keys.size() * sizeof(int64_t), records.data(), records.size());
+  e.rows = keys.size();
+  e.bytes = bytes.size();
+  e.checksum = checksum64(bytes.data(), bytes.size());
+  return {e, std::move(bytes)};
+}
 
-  Checksum64 sum;
-  sum.update(&h, sizeof(h));
-  sum.update(keys.data(), keys.size() * sizeof(int64_t));
-  sum.update(rows.data(), rows.size());
-  File f = File::create(join(dir, e.path));
-  f.write_all(&h, sizeof(h));
-  f.write_all(keys.data(), keys.size() * sizeof(int64_t));
-  f.write_all(rows.data(), rows.size());
+void write_whole_file(const std::string& path, const std::vector<uint8_t>& bytes) {
+  File f = File::create(path);
+  f.write_all(bytes.data(), bytes.size());
   f.sync();
   f.close();
-  e.rows = keys.size();
-  e.bytes = sizeof(h) + keys.size() * sizeof(int64_t) + rows.size();
-  e.checksum = sum.digest();
-  return e;
 }
 
 // Reads one row file, verifies it against its manifest entry (whose sizes were checked
@@ -242,36 +246,35 @@ void check_replaceable(const std::string& dir, bool overwrite) {
   if (ec) throw IoError("cannot list '" + dir + "': " + ec.message());
 }
 
-}  // namespace
+// The runs of table shards that become one file each: (table, first shard, end shard).
+struct RangeTask {
+  int table, shard_lo, shard_hi;
+};
 
-void EmbeddingCollection::write_checkpoint(const std::string& dir) const {
-  struct Task {
-    int table, shard_lo, shard_hi;
-  };
-  std::vector<Task> tasks;
-  for (int t = 0; t < num_tables(); ++t) {
-    const int shards = tables_[t]->hash_table().num_shards();
+std::vector<RangeTask> range_tasks(const std::vector<std::unique_ptr<EmbeddingTable>>& tables) {
+  std::vector<RangeTask> tasks;
+  for (int t = 0; t < static_cast<int>(tables.size()); ++t) {
+    const int shards = tables[t]->hash_table().num_shards();
     const int per_file = std::max(1, shards / kMaxFilesPerTable);
     for (int s = 0; s < shards; s += per_file) tasks.push_back({t, s, std::min(shards, s + per_file)});
   }
-  std::vector<FileEntry> entries(tasks.size());
-  parallel_for(static_cast<int64_t>(tasks.size()), 1, [&](int64_t a, int64_t b) {
-    for (int64_t i = a; i < b; ++i)
-      entries[i] = write_range_file(dir, tasks[i].table, *tables_[tasks[i].table], tasks[i].shard_lo, tasks[i].shard_hi);
-  });
+  return tasks;
+}
 
+std::string manifest_text(const std::vector<std::unique_ptr<EmbeddingTable>>& tables, uint64_t seed, int64_t step,
+                          const std::vector<RangeTask>& tasks, const std::vector<FileEntry>& entries) {
   Json manifest = Json::object();
   manifest["format"] = "sparsecore.embedding_collection";
   manifest["format_version"] = static_cast<int64_t>(kFormatVersion);
-  manifest["seed"] = seed_;
-  manifest["step"] = step();
+  manifest["seed"] = seed;
+  manifest["step"] = step;
   manifest["num_buckets"] = static_cast<int64_t>(kNumBuckets);
-  Json tables = Json::array();
+  Json jtables = Json::array();
   size_t next = 0;
-  for (int t = 0; t < num_tables(); ++t) {
+  for (int t = 0; t < static_cast<int>(tables.size()); ++t) {
     Json jt = Json::object();
-    jt["config"] = tables_[t]->config().to_json();
-    jt["seed"] = tables_[t]->seed();
+    jt["config"] = tables[t]->config().to_json();
+    jt["seed"] = tables[t]->seed();
     Json files = Json::array();
     int64_t rows = 0;
     for (; next < tasks.size() && tasks[next].table == t; ++next) {
@@ -289,14 +292,49 @@ void EmbeddingCollection::write_checkpoint(const std::string& dir) const {
     }
     jt["rows"] = rows;
     jt["files"] = std::move(files);
-    tables.push_back(std::move(jt));
+    jtables.push_back(std::move(jt));
   }
-  manifest["tables"] = std::move(tables);
-  std::string text = manifest.dump(1);
-  File f = File::create(join(dir, kManifest));
-  f.write_all(text.data(), text.size());
-  f.sync();
-  f.close();
+  manifest["tables"] = std::move(jtables);
+  return manifest.dump(1);
+}
+
+}  // namespace
+
+void EmbeddingCollection::write_checkpoint(const std::string& dir) const {
+  // One range in memory per worker at a time: the file is written as soon as it is encoded.
+  const std::vector<RangeTask> tasks = range_tasks(tables_);
+  std::vector<FileEntry> entries(tasks.size());
+  parallel_for(static_cast<int64_t>(tasks.size()), 1, [&](int64_t a, int64_t b) {
+    for (int64_t i = a; i < b; ++i) {
+      auto [entry, bytes] = encode_range_file(tasks[i].table, *tables_[tasks[i].table], tasks[i].shard_lo,
+                                              tasks[i].shard_hi);
+      if (entry.rows > 0) write_whole_file(join(dir, entry.path), bytes);
+      entries[i] = std::move(entry);
+    }
+  });
+  const std::string text = manifest_text(tables_, seed_, step(), tasks, entries);
+  write_whole_file(join(dir, kManifest), std::vector<uint8_t>(text.begin(), text.end()));
+}
+
+EncodedCheckpoint EmbeddingCollection::encode_checkpoint() const {
+  const std::vector<RangeTask> tasks = range_tasks(tables_);
+  std::vector<FileEntry> entries(tasks.size());
+  std::vector<std::vector<uint8_t>> bytes(tasks.size());
+  parallel_for(static_cast<int64_t>(tasks.size()), 1, [&](int64_t a, int64_t b) {
+    for (int64_t i = a; i < b; ++i)
+      std::tie(entries[i], bytes[i]) =
+          encode_range_file(tasks[i].table, *tables_[tasks[i].table], tasks[i].shard_lo, tasks[i].shard_hi);
+  });
+  EncodedCheckpoint out;
+  for (size_t i = 0; i < tasks.size(); ++i)
+    if (entries[i].rows > 0) out.files.emplace_back(entries[i].path, std::move(bytes[i]));
+  const std::string text = manifest_text(tables_, seed_, step(), tasks, entries);
+  out.files.emplace_back(kManifest, std::vector<uint8_t>(text.begin(), text.end()));
+  return out;
+}
+
+void EncodedCheckpoint::write(const std::string& dir) const {
+  for (const auto& [name, bytes] : files) write_whole_file(join(dir, name), bytes);
 }
 
 void EmbeddingCollection::save(const std::string& dir, bool overwrite) const {

@@ -9,6 +9,7 @@
 #include "sparsecore/ps/ps_protocol.h"
 #include "sparsecore/ps/ps_snapshot.h"
 #include "sparsecore/rpc/reactor.h"
+#include "sparsecore/rpc/rpc_error.h"
 
 namespace sparsecore::ps {
 namespace {
@@ -87,12 +88,71 @@ void PsServer::start() {
   SC_CHECK_ARG(!rpc_, "server already started");
   rpc_ = std::make_unique<rpc::RpcServer>(options_.rpc);
   register_methods();
+  snapshot_stop_ = false;
+  snapshot_thread_ = std::thread([this] { snapshot_loop(); });
   rpc_->start();
 }
 
 void PsServer::stop() {
+  if (snapshot_thread_.joinable()) {  // queued saves finish; their replies go to stopped reactors
+    {
+      std::lock_guard<std::mutex> lock(snapshot_mutex_);
+      snapshot_stop_ = true;
+    }
+    snapshot_cv_.notify_all();
+    snapshot_thread_.join();
+  }
   if (rpc_) rpc_->stop();
   rpc_.reset();
+}
+
+void PsServer::snapshot_loop() {
+  for (;;) {
+    std::function<void()> job;
+    {
+      std::unique_lock<std::mutex> lock(snapshot_mutex_);
+      snapshot_cv_.wait(lock, [this] { return snapshot_stop_ || !snapshot_jobs_.empty(); });
+      if (snapshot_jobs_.empty()) return;
+      job = std::move(snapshot_jobs_.front());
+      snapshot_jobs_.pop_front();
+    }
+    job();
+  }
+}
+
+void PsServer::off_reactor(const rpc::Request& request, rpc::Reply& reply, std::function<void(rpc::Reply&)> work,
+                           std::function<void()> then) {
+  const rpc::DeferredReply token = reply.defer();
+  const int reactor = request.reactor;
+  auto job = [this, token, reactor, work = std::move(work), then = std::move(then)] {
+    auto out = std::make_shared<rpc::Reply>();
+    bool ok = true;
+    try {
+      work(*out);
+    } catch (...) {
+      std::string message;
+      const rpc::Status status = rpc::status_of_current_exception(&message);
+      out->fail(status, message);
+      ok = false;
+    }
+    rpc_->reactor(reactor).post([this, token, reactor, out, ok, then] {
+      if (ok && then) {
+        try {
+          then();
+        } catch (...) {
+          std::string message;
+          const rpc::Status status = rpc::status_of_current_exception(&message);
+          out->fail(status, message);
+        }
+      }
+      rpc_->reactor(reactor).send_deferred(token, std::move(*out));
+    });
+  };
+  {
+    std::lock_guard<std::mutex> lock(snapshot_mutex_);
+    snapshot_jobs_.push_back(std::move(job));
+  }
+  snapshot_cv_.notify_one();
 }
 
 void PsServer::register_methods() {
@@ -144,20 +204,29 @@ void PsServer::register_methods() {
   });
   // Saves and restores run in phases driven by the client (ps_client.cpp), so that a save
   // becomes visible and a restore takes effect on every shard or on none.
-  srv.register_method(kSave, [this](const rpc::Request& r, rpc::Reply&) {
+  srv.register_method(kSave, [this](const rpc::Request& r, rpc::Reply& reply) {
     Json j = parse_json(r);
     const std::string& root = options_.snapshot_dir;
     const std::string phase = j.at("phase").as_string("phase");
-    const std::string& name = j.at("name").as_string("name");
-    const std::string& save_id = j.at("save_id").as_string("save_id");
+    const std::string name = j.at("name").as_string("name");
+    const std::string save_id = j.at("save_id").as_string("save_id");
     const bool overwrite = j.get("overwrite") && j.at("overwrite").as_bool("overwrite");
     if (phase == "write") {
+      // The shard is copied here, between two requests (a consistent cut); the copy is
+      // written on the snapshot thread.
+      snapshot_path(root, name);
+      auto part = std::make_shared<SnapshotPart>(shard(r.reactor).encode_snapshot(j.at("step").as_int("step"), save_id));
       const std::string staging = begin_snapshot_write(root, name, save_id, overwrite);
-      shard(r.reactor).write_snapshot(staging, j.at("step").as_int("step"), save_id);
+      off_reactor(r, reply, [staging, part](rpc::Reply&) { part->write(staging); });
     } else if (phase == "commit") {
-      commit_snapshot(root, name, save_id, shard(r.reactor).layout().total_shards, overwrite);
+      snapshot_path(root, name);
+      const int total = shard(r.reactor).layout().total_shards;
+      off_reactor(r, reply, [root, name, save_id, total, overwrite](rpc::Reply&) {
+        commit_snapshot(root, name, save_id, total, overwrite);
+      });
     } else if (phase == "abort") {
-      abort_snapshot(root, name, save_id);
+      snapshot_path(root, name);
+      off_reactor(r, reply, [root, name, save_id](rpc::Reply&) { abort_snapshot(root, name, save_id); });
     } else {
       throw InvalidArgument("unknown save phase '" + phase + "'");
     }
@@ -173,8 +242,19 @@ void PsServer::register_methods() {
       const std::string dir = latest_snapshot(options_.snapshot_dir);
       out["name"] = dir.empty() ? std::string() : std::filesystem::path(dir).filename().string();
     } else if (phase == "prepare") {
+      // Read and checked on the snapshot thread into a fresh shard; kept on this reactor.
       const std::string dir = snapshot_path(options_.snapshot_dir, j.at("name").as_string("name"));
-      out["step"] = s.prepare_restore(dir, j.at("restore_id").as_string("restore_id"));
+      const std::string restore_id = j.at("restore_id").as_string("restore_id");
+      auto loaded = std::make_shared<std::unique_ptr<PsShard>>(std::make_unique<PsShard>(s.layout()));
+      off_reactor(
+          r, reply,
+          [dir, loaded](rpc::Reply& done) {
+            Json step = Json::object();
+            step["step"] = (*loaded)->restore(dir);
+            reply_json(done, step);
+          },
+          [&s, loaded, restore_id] { s.stage_restore(std::move(*loaded), restore_id); });
+      return;
     } else if (phase == "commit") {
       s.commit_restore(j.at("restore_id").as_string("restore_id"));
     } else if (phase == "abort") {

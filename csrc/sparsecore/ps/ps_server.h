@@ -4,10 +4,14 @@
 // with plain calls and no socket.
 #pragma once
 
+#include <condition_variable>
+#include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "sparsecore/ps/ps_shard.h"
@@ -42,6 +46,13 @@ class PsServer {
 
  private:
   void register_methods();
+  // Runs `work` on the snapshot thread and sends what it put in a reply (or the error it
+  // threw) as the deferred reply of `request`, from the request's reactor; `then` runs on
+  // that reactor first when `work` succeeded. Saves and restores go through here, so that
+  // file I/O never stalls a reactor (reactor 0 also accepts every connection).
+  void off_reactor(const rpc::Request& request, rpc::Reply& reply, std::function<void(rpc::Reply&)> work,
+                   std::function<void()> then = nullptr);
+  void snapshot_loop();
   struct ReactorState {  // owned by one reactor thread
     std::vector<rpc::DeferredReply> waiting_push;
     std::map<std::string, std::vector<rpc::DeferredReply>> barriers;
@@ -51,6 +62,12 @@ class PsServer {
   std::vector<std::unique_ptr<PsShard>> shards_;
   std::vector<ReactorState> reactor_state_;
   std::unique_ptr<rpc::RpcServer> rpc_;
+  // The snapshot thread (started with the server) and its queue.
+  std::thread snapshot_thread_;
+  std::mutex snapshot_mutex_;
+  std::condition_variable snapshot_cv_;
+  std::deque<std::function<void()>> snapshot_jobs_;
+  bool snapshot_stop_ = false;
 };
 
 }  // namespace sparsecore::ps

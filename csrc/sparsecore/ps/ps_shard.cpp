@@ -134,9 +134,10 @@ const Json* PsShard::kv_get(const std::string& key) const {
   return it == kv_.end() ? nullptr : &it->second;
 }
 
-void PsShard::write_snapshot(const std::string& staging, int64_t step, const std::string& save_id) const {
-  const std::string shard_dir = join(staging, shard_dir_name(layout_.global_index, layout_.total_shards));
-  make_directory(shard_dir);  // a fresh save: refuses a directory someone else put there
+SnapshotPart PsShard::encode_snapshot(int64_t step, const std::string& save_id) const {
+  SnapshotPart part;
+  part.shard_dir = shard_dir_name(layout_.global_index, layout_.total_shards);
+  part.marker_name = shard_marker_name(layout_.global_index, layout_.total_shards);
   Json m = Json::object();
   m["format"] = 1;
   m["step"] = step;
@@ -147,8 +148,7 @@ void PsShard::write_snapshot(const std::string& staging, int64_t step, const std
   int i = 0;
   for (const auto& [name, t] : tables_) {
     std::string sub = "table-" + std::to_string(i++);
-    make_directory(join(shard_dir, sub));
-    t.rows->write_checkpoint(join(shard_dir, sub));
+    part.tables.emplace_back(sub, t.rows->encode_checkpoint());
     Json e = Json::object();
     e["name"] = name;
     e["seed"] = t.seed;
@@ -166,10 +166,20 @@ void PsShard::write_snapshot(const std::string& staging, int64_t step, const std
     dense[k] = std::move(a);
   }
   m["dense"] = std::move(dense);
-  std::string text = m.dump(1);
+  part.marker = m.dump(1);
+  return part;
+}
+
+void SnapshotPart::write(const std::string& staging) const {
+  const std::string dir = join(staging, shard_dir);
+  make_directory(dir);  // a fresh save: refuses a directory someone else put there
+  for (const auto& [sub, files] : tables) {
+    make_directory(join(dir, sub));
+    files.write(join(dir, sub));
+  }
   // Last: the shard's part is complete. The commit syncs the whole staging tree.
-  File f = File::create(join(staging, shard_marker_name(layout_.global_index, layout_.total_shards)));
-  f.write_all(text.data(), text.size());
+  File f = File::create(join(staging, marker_name));
+  f.write_all(marker.data(), marker.size());
   f.close();
 }
 
@@ -258,9 +268,13 @@ int64_t PsShard::prepare_restore(const std::string& dir, const std::string& rest
   staged_id_.clear();
   auto fresh = std::make_unique<PsShard>(layout_);
   const int64_t step = fresh->restore(dir);
-  staged_ = std::move(fresh);
-  staged_id_ = restore_id;
+  stage_restore(std::move(fresh), restore_id);
   return step;
+}
+
+void PsShard::stage_restore(std::unique_ptr<PsShard> loaded, const std::string& restore_id) {
+  staged_ = std::move(loaded);
+  staged_id_ = restore_id;
 }
 
 void PsShard::commit_restore(const std::string& restore_id) {

@@ -32,6 +32,16 @@ struct ShardLayout {
   int total_shards = 1;
 };
 
+// A shard's part of a save, encoded in memory on the shard's thread (PsShard::encode_snapshot)
+// and written into the save's staging directory later, on any thread.
+struct SnapshotPart {
+  std::string shard_dir;    // shard-<g>-of-<T>
+  std::string marker_name;  // shard-<g>-of-<T>.json
+  std::vector<std::pair<std::string, EncodedCheckpoint>> tables;  // table-<i> -> its files
+  std::string marker;       // JSON text, written last
+  void write(const std::string& staging) const;
+};
+
 class PsShard {
  public:
   explicit PsShard(ShardLayout layout) : layout_(layout) {}
@@ -57,7 +67,11 @@ class PsShard {
   // Writes this shard's part of a save into `staging` (ps_snapshot.h): one collection
   // checkpoint per table in shard-<g>-of-<T>/table-<i>/, then the marker
   // shard-<g>-of-<T>.json (step, save id, tables, kv, dense).
-  void write_snapshot(const std::string& staging, int64_t step, const std::string& save_id) const;
+  void write_snapshot(const std::string& staging, int64_t step, const std::string& save_id) const {
+    encode_snapshot(step, save_id).write(staging);
+  }
+  // The same part in memory (a copy of every row), for a writer on another thread.
+  SnapshotPart encode_snapshot(int64_t step, const std::string& save_id) const;
   // Replaces everything with the rows of the complete snapshot in `dir` whose buckets this
   // shard owns now (the snapshot may come from another number of shards). All files are read
   // and checked before anything is replaced. Returns the snapshot's step.
@@ -66,6 +80,9 @@ class PsShard {
   // a staged copy (this shard unchanged); commit_restore swaps it in; abort_restore drops it.
   // `restore_id` pairs the phases of one restore (a later prepare replaces an earlier one).
   int64_t prepare_restore(const std::string& dir, const std::string& restore_id);
+  // prepare_restore in two halves: `loaded` is a fresh shard of this layout that restored the
+  // snapshot (on any thread); stage_restore keeps it as the prepared restore.
+  void stage_restore(std::unique_ptr<PsShard> loaded, const std::string& restore_id);
   void commit_restore(const std::string& restore_id);
   void abort_restore(const std::string& restore_id);
 
