@@ -30,10 +30,10 @@ SPARSECORE_BINDING(core, 0) {
     }
   });
 
-  m.def("commit_directory", [](const std::string& staging, const std::string& target) {
+  m.def("commit_directory", [](const std::string& staging, const std::string& target, bool files_synced) {
         py::gil_scoped_release r;
-        commit_directory(staging, target);
-      }, py::arg("staging"), py::arg("target"),
+        commit_directory(staging, target, files_synced);
+      }, py::arg("staging"), py::arg("target"), py::arg("files_synced") = false,
       "Makes the finished directory `staging` replace `target` in one atomic, durable step.");
   m.def("committed_directory", &committed_directory, py::arg("target"),
         "`target`, or the directory an interrupted commit left beside it, or '' when neither exists.");

@@ -373,10 +373,17 @@ class Trainer:
                 collection.save(os.path.join(staging, "embedding"))
             dense = {"model": self.model.state_dict(), "optimizer": self.dense_optimizer.state_dict(),
                      "torch_rng": torch.get_rng_state()}
-            torch.save(dense, os.path.join(staging, "dense.pt"))
+            with open(os.path.join(staging, "dense.pt"), "wb") as f:
+                torch.save(dense, f)
+                f.flush()
+                os.fsync(f.fileno())
             with open(os.path.join(staging, _MARKER), "w") as f:
                 json.dump(meta, f, default=_json_default)
-            _core.commit_directory(staging, path)  # fsyncs every file, then one rename
+                f.flush()
+                os.fsync(f.fileno())
+            # Every file is synced (the tables by their own save): the switch syncs the
+            # directories, then renames once.
+            _core.commit_directory(staging, path, files_synced=True)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise

@@ -190,7 +190,7 @@ void remove_tree(const std::string& path) {
   if (ec) throw IoError("cannot remove '" + path + "': " + ec.message());
 }
 
-void sync_tree(const std::string& path) {
+void sync_tree(const std::string& path, bool files) {
   std::error_code ec;
   std::filesystem::recursive_directory_iterator it(path, std::filesystem::directory_options::none, ec), end;
   if (ec) throw IoError("cannot list '" + path + "': " + ec.message());
@@ -201,7 +201,7 @@ void sync_tree(const std::string& path) {
     check_syscall(::lstat(p.c_str(), &st) == 0, "cannot stat", p);
     if (S_ISDIR(st.st_mode)) {
       sync_directory(p);
-    } else if (S_ISREG(st.st_mode)) {
+    } else if (files && S_ISREG(st.st_mode)) {
       int fd = ::open(p.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
       check_syscall(fd >= 0, "cannot open", p);
       int rc = ::fsync(fd);
@@ -242,8 +242,8 @@ bool exchange_paths(const std::string& a, const std::string& b) {
 
 }  // namespace
 
-void commit_directory(const std::string& staging, const std::string& target) {
-  sync_tree(staging);
+void commit_directory(const std::string& staging, const std::string& target, bool files_synced) {
+  sync_tree(staging, !files_synced);
   const std::string parent = parent_of(target);
   struct stat st;
   if (::lstat(target.c_str(), &st) != 0) {

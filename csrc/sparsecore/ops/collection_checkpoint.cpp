@@ -354,7 +354,7 @@ void EmbeddingCollection::save(const std::string& dir, bool overwrite) const {
       std::shared_lock swap_lock(swap_mutex_);
       write_checkpoint(staging);
     }
-    commit_directory(staging, target);
+    commit_directory(staging, target, /*files_synced=*/true);  // write_checkpoint fsyncs each file
   } catch (...) {
     std::filesystem::remove_all(staging, ec);
     throw;

@@ -177,9 +177,11 @@ void SnapshotPart::write(const std::string& staging) const {
     make_directory(join(dir, sub));
     files.write(join(dir, sub));
   }
-  // Last: the shard's part is complete. The commit syncs the whole staging tree.
+  // Last: the shard's part is complete. Every file is synced here; the commit syncs the
+  // directories.
   File f = File::create(join(staging, marker_name));
   f.write_all(marker.data(), marker.size());
+  f.sync();
   f.close();
 }
 

@@ -147,7 +147,7 @@ void commit_snapshot(const std::string& root, const std::string& name, const std
   SC_CHECK_ARG(overwrite || !path_exists(target), "snapshot '", name, "' exists (pass overwrite)");
   SC_CHECK_ARG(!path_exists(target) || is_real_directory(target), "'", name,
                "' in the snapshot directory is not a directory; refusing to replace it");
-  commit_directory(staging, target);
+  commit_directory(staging, target, /*files_synced=*/true);  // SnapshotPart::write fsyncs each file
 }
 
 void abort_snapshot(const std::string& root, const std::string& name, const std::string& save_id) {
