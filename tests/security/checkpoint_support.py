@@ -10,6 +10,7 @@ import signal
 import struct
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import sparsecore as sc
@@ -29,12 +30,16 @@ def child_env() -> dict:
 def start_server(*args, check: bool = True) -> tuple[subprocess.Popen, str, str]:
     """A `sparsecore server` process on a free loopback port: (process, "host:port", its first
     line). With check=False a server that exits at start is returned as is (its line is '')."""
+    # stderr goes to a file, not a pipe that a chatty server could fill and block on.
+    err = tempfile.TemporaryFile("w+")
     p = subprocess.Popen([sys.executable, "-c", "import sys; from sparsecore.server import main; sys.exit(main(sys.argv[1:]))",
-                          *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_env(),
-                         text=True)
+                          *map(str, args)], stdout=subprocess.PIPE, stderr=err, env=child_env(), text=True)
+    p.stderr_file = err
     line = p.stdout.readline()
-    if check:
-        assert line.startswith("listening on"), (line, p.stderr.read() if p.poll() is not None else "")
+    if check and not line.startswith("listening on"):
+        p.wait(30)
+        err.seek(0)
+        raise AssertionError(f"server did not start: {line!r}\n{err.read()[-3000:]}")
     return p, (line.split()[2] if line.startswith("listening on") else ""), line
 
 

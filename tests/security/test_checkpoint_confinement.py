@@ -244,6 +244,16 @@ def test_shard_bits_beyond_the_server_limit_are_refused(server):
         RpcClient(host, int(port)).call(CREATE, json.dumps(body).encode())
 
 
+def test_the_hash_shards_of_all_tables_of_a_shard_are_bounded(server):
+    addr, _ = server
+    ps = sc.connect([addr], timeout=20)
+    for i in range(256):  # 256 tables x 2^8 hash shards: the budget of a server shard
+        ps.create_table(f"t{i}", sc.TableConfig(dim=2, shard_bits=8), seed=1)
+    with pytest.raises(ValueError, match="hash shards"):
+        ps.create_table("one-more", sc.TableConfig(dim=2, shard_bits=0), seed=1)
+    assert ps.pull("t0", IDS[:3]).shape == (3, 2)
+
+
 def test_saving_empty_tables_is_cheap(server):
     addr, snaps = server
     ps = sc.connect([addr], timeout=20)

@@ -9,6 +9,7 @@ import random
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -84,19 +85,25 @@ def test_trainer_checkpoints_survive_sigkill_at_random_instants(tmp_path):
     rng = random.Random(os.environ.get("SPARSECORE_TEST_SEED"))
     acked = 0
     for round_ in range(ROUNDS):
+        err_file = tempfile.TemporaryFile("w+")  # a file, not a pipe the child could fill
         child = subprocess.Popen([sys.executable, "-c", TRAINER_CHILD, str(ckpt), str(refs)], env=child_env(),
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                 stdout=subprocess.PIPE, stderr=err_file, text=True)
         try:
             line = child.stdout.readline()
-            assert line.startswith("saved"), child.stderr.read()[-3000:] if child.poll() is not None else line
+            if not line.startswith("saved"):
+                child.wait(30)
+                err_file.seek(0)
+                pytest.fail(f"trainer child failed: {line!r}\n{err_file.read()[-3000:]}")
             acked = max(acked, int(line.split()[1]))
             time.sleep(rng.uniform(0, 0.4))
             child.send_signal(signal.SIGKILL)
-            out, err = child.communicate(timeout=30)
+            out, _ = child.communicate(timeout=30)
         finally:
             if child.poll() is None:
                 child.kill()
                 child.wait()
+        err_file.seek(0)
+        err = err_file.read()
         for line in out.splitlines():
             acked = max(acked, int(line.split()[1]))
         if round_ > 0:

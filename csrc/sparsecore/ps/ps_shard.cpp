@@ -38,10 +38,21 @@ const PsShard::Table& PsShard::table(const std::string& name) const {
   return const_cast<PsShard*>(this)->table(name);
 }
 
+template <typename Exception>
+void PsShard::check_room(const std::map<std::string, Table>& tables, const TableConfig& config) {
+  SC_CHECK(config.shard_bits <= kMaxServerShardBits, Exception, "table '", config.name, "': shard_bits must be <= ",
+           kMaxServerShardBits, " on a parameter server, got ", config.shard_bits);
+  SC_CHECK(tables.size() < kMaxTablesPerShard, Exception, "a parameter server shard holds at most ",
+           kMaxTablesPerShard, " tables");
+  int64_t shards = int64_t{1} << config.shard_bits;
+  for (const auto& [name, t] : tables) shards += t.rows->table(0).hash_table().num_shards();
+  SC_CHECK(shards <= kMaxHashShards, Exception, "table '", config.name, "' would bring this shard's tables to ", shards,
+           " hash shards, at most ", kMaxHashShards, " are allowed (use fewer tables or smaller shard_bits)");
+}
+
 void PsShard::create_table(const TableConfig& config, uint64_t seed) {
   config.validate();
-  SC_CHECK_ARG(config.shard_bits <= kMaxServerShardBits, "table '", config.name, "': shard_bits must be <= ",
-               kMaxServerShardBits, " on a parameter server, got ", config.shard_bits);
+
   auto it = tables_.find(config.name);
   if (it != tables_.end()) {
     const TableConfig& have = it->second.rows->table(0).config();
@@ -49,8 +60,7 @@ void PsShard::create_table(const TableConfig& config, uint64_t seed) {
                  "' exists with another configuration");
     return;
   }
-  SC_CHECK_ARG(tables_.size() < kMaxTablesPerShard, "a parameter server shard holds at most ", kMaxTablesPerShard,
-               " tables");
+  check_room<InvalidArgument>(tables_, config);
   Table t;
   t.rows = std::make_unique<EmbeddingCollection>(std::vector<TableConfig>{config}, seed);
   t.seed = seed;
@@ -214,12 +224,9 @@ int64_t PsShard::restore(const std::string& dir) {
       SC_CHECK(loaded->num_tables() == 1 && loaded->table(0).name() == name, CorruptData, "snapshot '", dir, "': '",
                table_dir, "' does not hold exactly table '", name, "'");
       const EmbeddingTable& src = loaded->table(0);
-      SC_CHECK(src.config().shard_bits <= kMaxServerShardBits, CorruptData, "snapshot '", dir, "': table '", name,
-               "' has shard_bits ", src.config().shard_bits, ", a server allows ", kMaxServerShardBits);
       auto it = tables.find(name);
       if (it == tables.end()) {
-        SC_CHECK(tables.size() < kMaxTablesPerShard, CorruptData, "snapshot '", dir, "' lists more than ",
-                 kMaxTablesPerShard, " tables");
+        check_room<CorruptData>(tables, src.config());
         Table t;
         t.rows = std::make_unique<EmbeddingCollection>(std::vector<TableConfig>{src.config()}, seed);
         t.seed = seed;

@@ -22,10 +22,11 @@
 namespace sparsecore::ps {
 
 // Limits of what one request can make a shard hold: a table's hash shards only matter for
-// lock granularity inside a server shard that one thread drives, and each costs memory
-// before it holds a row.
+// lock granularity inside a server shard that one thread drives, and each costs about half
+// a KiB before it holds a row (kMaxHashShards of them: 32 MiB).
 inline constexpr int kMaxServerShardBits = 8;
 inline constexpr size_t kMaxTablesPerShard = 1024;
+inline constexpr int64_t kMaxHashShards = 1 << 16;  // over all tables of a server shard
 
 struct ShardLayout {
   int global_index = 0;
@@ -47,7 +48,8 @@ class PsShard {
   explicit PsShard(ShardLayout layout) : layout_(layout) {}
 
   // Creating a table that exists with the same config is a no-op; another config throws.
-  // shard_bits is bounded by kMaxServerShardBits and the table count by kMaxTablesPerShard.
+  // shard_bits is bounded by kMaxServerShardBits, the table count by kMaxTablesPerShard and
+  // the tables' hash shards together by kMaxHashShards.
   void create_table(const TableConfig& config, uint64_t seed);
   int dim(const std::string& table) const;
   // out (n, dim) float32. train: unknown ids are inserted; otherwise they read as zeros.
@@ -99,6 +101,9 @@ class PsShard {
   };
   Table& table(const std::string& name);
   const Table& table(const std::string& name) const;
+  // Throws (`Exception`) unless a table of `config` fits beside `tables` (the limits above).
+  template <typename Exception>
+  static void check_room(const std::map<std::string, Table>& tables, const TableConfig& config);
   static void apply(Table& t, const int64_t* ids, int64_t n, const float* grads);
 
   ShardLayout layout_;
