@@ -25,8 +25,6 @@ bool ranges_overlap(int g1, int t1, int g2, int t2) {
 
 std::string join(const std::string& a, const std::string& b) { return (fs::path(a) / b).string(); }
 
-std::string shard_dir_name(int g, int total) { return "shard-" + std::to_string(g) + "-of-" + std::to_string(total); }
-
 }  // namespace
 
 PsShard::Table& PsShard::table(const std::string& name) {
@@ -52,7 +50,6 @@ void PsShard::check_room(const std::map<std::string, Table>& tables, const Table
 
 void PsShard::create_table(const TableConfig& config, uint64_t seed) {
   config.validate();
-
   auto it = tables_.find(config.name);
   if (it != tables_.end()) {
     const TableConfig& have = it->second.rows->table(0).config();
@@ -146,7 +143,7 @@ const Json* PsShard::kv_get(const std::string& key) const {
 
 SnapshotPart PsShard::encode_snapshot(int64_t step, const std::string& save_id) const {
   SnapshotPart part;
-  part.shard_dir = shard_dir_name(layout_.global_index, layout_.total_shards);
+  part.shard_dir = shard_directory_name(layout_.global_index, layout_.total_shards);
   part.marker_name = shard_marker_name(layout_.global_index, layout_.total_shards);
   Json m = Json::object();
   m["format"] = 1;
@@ -212,7 +209,7 @@ int64_t PsShard::restore(const std::string& dir) {
       }
     }
     bool overlaps = ranges_overlap(g, old_total, layout_.global_index, layout_.total_shards);
-    const std::string shard_dir = join(dir, shard_dir_name(g, old_total));
+    const std::string shard_dir = join(dir, shard_directory_name(g, old_total));
     for (const Json& e : m.at("tables").as_array("tables")) {
       const std::string& name = e.at("name").as_string("table name");
       uint64_t seed = static_cast<uint64_t>(e.at("seed").as_int("seed"));

@@ -102,9 +102,11 @@ std::string optional_save_id(const Json& m) {
 
 }  // namespace
 
-std::string shard_marker_name(int g, int total) {
-  return "shard-" + std::to_string(g) + "-of-" + std::to_string(total) + ".json";
+std::string shard_directory_name(int g, int total) {
+  return "shard-" + std::to_string(g) + "-of-" + std::to_string(total);
 }
+
+std::string shard_marker_name(int g, int total) { return shard_directory_name(g, total) + ".json"; }
 
 void check_snapshot_name(const std::string& name) {
   SC_CHECK_ARG(is_plain_name(name) && name[0] != '.' && name.size() <= 200, "snapshot name '", name.substr(0, 64),

@@ -22,7 +22,8 @@
 
 namespace sparsecore::ps {
 
-// The marker name of global shard g of T.
+// The directory (shard-<g>-of-<T>) and the marker (its name + ".json") of global shard g of T.
+std::string shard_directory_name(int g, int total);
 std::string shard_marker_name(int g, int total);
 // Throws InvalidArgument unless `name` is a plain name that does not start with '.'.
 void check_snapshot_name(const std::string& name);
