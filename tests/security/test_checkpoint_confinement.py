@@ -313,3 +313,36 @@ def test_a_save_in_progress_leaves_the_server_accepting_and_serving(tmp_path):
         assert sorted(s for s in os.listdir(snaps) if not s.startswith(".")) == [f"big-{a}" for a in range(attempt + 1)]
     finally:
         stop(p)
+
+
+def test_a_fifo_in_a_snapshot_does_not_block_the_server(server):
+    addr, snaps = server
+    ps = trained(addr)
+    ps.save(step=1)
+    victim = row_files(snaps / "step-1" / "shard-0-of-2" / "table-0")[0]
+    victim.unlink()
+    os.mkfifo(victim)
+    with pytest.raises(sc.CorruptDataError, match="not a regular file"):
+        ps.restore("step-1")
+    other = sc.connect([addr], timeout=20)  # reactor 0 still accepts and serves
+    other.create_table("t", CFG, seed=1)
+    assert other.pull("t", IDS[:3], train=False).shape == (3, DIM)
+
+
+def test_a_server_starting_on_a_forged_snapshot_exits_with_an_error(tmp_path):
+    snaps = tmp_path / "snaps"
+    p, addr, _ = start_server("--snapshot-dir", snaps)
+    try:
+        trained(addr).save(step=1)
+    finally:
+        stop(p)
+    table = snaps / "step-1" / "shard-0-of-1" / "table-0"
+    data = bytearray(row_files(table)[0].read_bytes())
+    fields = list(HEADER.unpack_from(data))
+    fields[5] = 1 << 40
+    HEADER.pack_into(data, 0, *fields)
+    forge(table, 0, bytes(data), rows=1 << 40)
+    p, _, line = start_server("--snapshot-dir", snaps, check=False)
+    assert p.wait(60) == 1 and line == ""  # an error exit, not a signal
+    p.stderr_file.seek(0)
+    assert "CorruptDataError" in p.stderr_file.read()
