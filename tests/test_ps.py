@@ -134,7 +134,7 @@ def test_two_servers_two_shards_two_workers_sync_equals_embedded():
 
 def test_snapshot_written_by_three_shards_restores_onto_two(tmp_path):
     rng = np.random.default_rng()
-    src = sc.Server(port=0, shards=3)
+    src = sc.Server(port=0, shards=3, snapshot_dir=str(tmp_path))
     try:
         c = src.client()
         c.create_table("t", CFG, seed=2)
@@ -142,10 +142,11 @@ def test_snapshot_written_by_three_shards_restores_onto_two(tmp_path):
         c.push("t", ids, rng.standard_normal((500, DIM)).astype(np.float32))
         c.kv_put("reader", {"offset": 1234})
         want = c.pull("t", ids, train=False)
-        snap = c.save(tmp_path, step=7)
+        snap = c.save(step=7)
     finally:
         src.stop()
-    assert sc.server.latest_snapshot(tmp_path) == snap
+    assert snap == "step-7"
+    assert sc.server.latest_snapshot(tmp_path) == str(tmp_path / snap)
     dst = sc.Server(port=0, shards=2, snapshot_dir=str(tmp_path))
     try:
         assert dst.restored_step == 7
@@ -175,7 +176,7 @@ def test_server_killed_and_restarted_resumes_from_snapshot(tmp_path):
             position += 1
             if step == 3:
                 ps.kv_put("reader", {"batches": position})
-                ps.save(tmp_path, step=step)
+                ps.save(step=step)
                 at_snapshot = ps.pull("t", np.arange(-50, 400, dtype=np.int64), train=False)
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)

@@ -1,9 +1,11 @@
-// Core bindings: exception mapping, the compute pool, build facts.
+// Core bindings: exception mapping, the compute pool, build facts, the directory switch of
+// checkpoints (commit_directory) for the Python writers of checkpoints.
 #include <pybind11/stl.h>
 
 #include "binding_registry.h"
 #include "sparsecore/core/cpu_features.h"
 #include "sparsecore/core/error.h"
+#include "sparsecore/core/file.h"
 #include "sparsecore/core/thread_pool.h"
 
 namespace py = pybind11;
@@ -28,6 +30,13 @@ SPARSECORE_BINDING(core, 0) {
     }
   });
 
+  m.def("commit_directory", [](const std::string& staging, const std::string& target, bool files_synced) {
+        py::gil_scoped_release r;
+        commit_directory(staging, target, files_synced);
+      }, py::arg("staging"), py::arg("target"), py::arg("files_synced") = false,
+      "Makes the finished directory `staging` replace `target` in one atomic, durable step.");
+  m.def("committed_directory", &committed_directory, py::arg("target"),
+        "`target`, or the directory an interrupted commit left beside it, or '' when neither exists.");
   m.def("num_threads", [] { return ThreadPool::global().num_threads(); },
         "Number of threads in the process-wide compute pool.");
   m.def("set_num_threads", [](int n) {

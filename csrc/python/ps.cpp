@@ -8,6 +8,7 @@
 #include "sparsecore/ps/ps_client.h"
 #include "sparsecore/ps/ps_server.h"
 #include "sparsecore/ps/ps_shard.h"
+#include "sparsecore/ps/ps_snapshot.h"
 
 namespace py = pybind11;
 using namespace sparsecore;
@@ -18,8 +19,9 @@ SPARSECORE_BINDING(ps, 70) {
   py::class_<PsServer>(m, "PsServer", "Parameter server: shards over reactors; embedded until started.")
       .def(py::init([](const std::string& address, int port, int shards, const std::string& token, int server_index,
                        int num_servers, uint64_t max_frame_bytes, int poll_us, int idle_timeout_ms,
-                       int handshake_timeout_ms, uint64_t memory_budget_bytes) {
+                       int handshake_timeout_ms, uint64_t memory_budget_bytes, const std::string& snapshot_dir) {
              PsServerOptions o;
+             o.snapshot_dir = snapshot_dir;
              o.rpc.poll_us = poll_us;
              o.rpc.idle_timeout_ms = idle_timeout_ms;
              o.rpc.handshake_timeout_ms = handshake_timeout_ms;
@@ -37,22 +39,21 @@ SPARSECORE_BINDING(ps, 70) {
            py::arg("server_index") = 0, py::arg("num_servers") = 1, py::arg("max_frame_bytes") = 256ull << 20,
            py::arg("poll_us") = 0, py::arg("idle_timeout_ms") = rpc::ServerOptions{}.idle_timeout_ms,
            py::arg("handshake_timeout_ms") = rpc::ServerOptions{}.handshake_timeout_ms,
-           py::arg("memory_budget_bytes") = rpc::ServerOptions{}.memory_budget_bytes)
+           py::arg("memory_budget_bytes") = rpc::ServerOptions{}.memory_budget_bytes, py::arg("snapshot_dir") = "")
       .def("start", [](PsServer& s) { s.start(); })
       .def("stop", [](PsServer& s) {
         py::gil_scoped_release r;
         s.stop();
       })
-      .def("restore", [](PsServer& s, const std::string& dir) {
+      .def("restore", [](PsServer& s, const std::string& name) {
         py::gil_scoped_release r;
-        return s.restore(dir);
-      })
+        return s.restore(name);
+      }, py::arg("name"), "Restores snapshot `name` of the snapshot directory into every shard (before start).")
       .def_property_readonly("port", &PsServer::port)
       .def_property_readonly("num_shards", &PsServer::num_shards);
 
   m.def("latest_snapshot", &latest_snapshot, py::arg("root"),
         "Newest complete step-<k> snapshot directory under root, or '' when none.");
-
   py::class_<PsClient>(m, "PsClient")
       .def(py::init([](const std::vector<std::string>& addresses, const std::string& token, int timeout_ms,
                        uint32_t worker, uint32_t num_workers, int heartbeat_ms, int poll_us) {
@@ -94,10 +95,10 @@ SPARSECORE_BINDING(ps, 70) {
         py::gil_scoped_release r;
         c.push(table, p, n, g, step);
       }, py::arg("table"), py::arg("ids"), py::arg("grads"), py::arg("step") = 0)
-      .def("save", [](PsClient& c, const std::string& root, int64_t step, bool overwrite) {
+      .def("save", [](PsClient& c, const std::string& name, int64_t step, bool overwrite) {
         py::gil_scoped_release r;
-        return c.save(root, step, overwrite);
-      })
+        return c.save(name, step, overwrite);
+      }, py::arg("name"), py::arg("step"), py::arg("overwrite") = false)
       .def("restore", [](PsClient& c, const std::string& dir) {
         py::gil_scoped_release r;
         return c.restore(dir);

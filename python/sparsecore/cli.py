@@ -400,9 +400,8 @@ def run_train(settings: dict[str, dict[str, Any]]) -> dict[str, float]:
         settings["train"]["log_every"] = min(int(t["log_every"]), max(1, total // 30))
     trainer, evaluation, synthetic = build_trainer(settings)
     ckpt = t["checkpoint_dir"]
-    if ckpt and os.path.exists(os.path.join(ckpt, "trainer.json")):
-        trainer.load(ckpt)
-        log.info("resumed from %s at step %d", ckpt, trainer.step)
+    if ckpt:
+        trainer.resume(ckpt)
     remaining = None if total is None else max(total - trainer.step, 0)
     eval_every = int(t["eval_every"])
     if t["plot"] and not eval_every and evaluation is not None:

@@ -236,12 +236,19 @@ class EmbeddingCollection:
 
     # ----------------------------------------------------------------------------- checkpoints
     def save(self, path: Union[str, os.PathLike], *, overwrite: bool = False) -> None:
-        """Writes a checkpoint directory (rows, optimizer state and metadata; manifest last)."""
+        """Writes a checkpoint directory (rows, optimizer state and metadata, a manifest).
+
+        The files go to a fresh directory beside ``path`` that then replaces it in one atomic
+        rename, so a crash at any instant leaves the previous checkpoint at ``path``. Refuses
+        to replace a finished checkpoint unless ``overwrite``, and never replaces a directory
+        holding anything else. One save at a time per ``path``."""
         self._c.save(os.fspath(path), overwrite)
 
     @classmethod
     def load(cls, path: Union[str, os.PathLike]) -> "EmbeddingCollection":
-        """Reads a checkpoint written by :meth:`save`; any thread count, any shard layout."""
+        """Reads a checkpoint written by :meth:`save`; any thread count, any shard layout.
+        Damaged or forged files (sizes, dims or counts that disagree with the manifest,
+        symlinks, anything but regular files) raise :class:`CorruptDataError`."""
         return cls({}, _core_obj=_core.EmbeddingCollection.load(os.fspath(path)))
 
     def restore(self, path: Union[str, os.PathLike]) -> None:

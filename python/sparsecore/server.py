@@ -41,10 +41,23 @@ __all__ = ["Cluster", "ClusterCollection", "Server", "connect", "latest_snapshot
 log = logging.getLogger("sparsecore.server")
 
 
-def latest_snapshot(root: str) -> Optional[str]:
-    """Newest complete snapshot directory under ``root`` (``root/step-<k>``), or None."""
+def latest_snapshot(root: str | os.PathLike) -> Optional[str]:
+    """Newest complete snapshot directory under a snapshot directory ``root``
+    (``root/step-<k>``), or None. Its name (``os.path.basename``) is what
+    :meth:`Cluster.restore` takes."""
     path = _core.latest_snapshot(os.fspath(root))
     return path or None
+
+
+def _snapshot_name(name: str | int | None, step: int) -> str:
+    if name is None:
+        return f"step-{int(step)}"
+    if isinstance(name, (int, np.integer)) and not isinstance(name, bool):
+        return f"step-{int(name)}"
+    if not isinstance(name, str):
+        raise TypeError(f"a snapshot name must be a str or a step (int), got {type(name).__name__} "
+                        "(snapshots are named, not placed: the servers keep them under their --snapshot-dir)")
+    return name
 
 
 class Cluster:
@@ -77,13 +90,22 @@ class Cluster:
         """Applies ``grads`` (float32[n, dim]) to the rows of ``ids``; duplicates are summed."""
         self._c.push(name, as_int64(ids, f"ids of table '{name}'"), as_float32(grads, f"grads of table '{name}'"), step)
 
-    def save(self, root: str, step: int, *, overwrite: bool = False) -> str:
-        """Snapshot of every shard at ``root/step-<step>``; returns that directory."""
-        return self._c.save(os.fspath(root), int(step), overwrite)
+    def save(self, name: str | int | None = None, *, step: int = 0, overwrite: bool = False) -> str:
+        """Snapshot of every shard, kept by the servers under their ``--snapshot-dir``
+        (``Server(snapshot_dir=...)``) as ``name``: a plain name, or a step (``save(7)`` is
+        ``"step-7"``, as is ``save(step=7)``); ``step`` is recorded in it. Every shard writes
+        its part, then the snapshot appears whole in one switch: an interrupted save leaves
+        the previous one. Refuses to replace a snapshot unless ``overwrite``, and refuses
+        everything on servers without a snapshot directory. Returns the name."""
+        if isinstance(name, (int, np.integer)) and not isinstance(name, bool) and step == 0:
+            step = int(name)
+        return self._c.save(_snapshot_name(name, step), int(step), overwrite)
 
-    def restore(self, snapshot_dir: str) -> int:
-        """Every shard takes the rows of the snapshot that it owns now; returns its step."""
-        return self._c.restore(os.fspath(snapshot_dir))
+    def restore(self, name: str | int | None = None) -> int:
+        """Every shard takes the rows it owns now from snapshot ``name`` (None: the newest
+        complete ``step-<k>``); every shard is read and checked before any changes, so a
+        damaged snapshot changes nothing. Returns the snapshot's step."""
+        return self._c.restore("" if name is None else _snapshot_name(name, 0))
 
     def kv_put(self, key: str, value: Any) -> None:
         """Stores a small JSON value (e.g. a reader position); saved with snapshots."""
@@ -283,14 +305,14 @@ class ClusterCollection:
         self._step += 1
         return self._step
 
-    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> str:
-        """A snapshot of every shard at ``path/step-<step>`` (see :meth:`Cluster.save`)."""
-        return self.cluster.save(path, self._step, overwrite=overwrite)
+    def save(self, name: str | None = None, *, overwrite: bool = False) -> str:
+        """A snapshot of every shard named ``name`` (default ``step-<step>``) in the servers'
+        snapshot directory (see :meth:`Cluster.save`); returns the name."""
+        return self.cluster.save(name, step=self._step, overwrite=overwrite)
 
-    def restore(self, path: str | os.PathLike) -> None:
-        """Restores the newest complete snapshot under ``path`` (or ``path`` itself)."""
-        snap = latest_snapshot(path) or os.fspath(path)
-        self._step = self.cluster.restore(snap)
+    def restore(self, name: str | None = None) -> None:
+        """Restores snapshot ``name`` (None: the newest complete one), see :meth:`Cluster.restore`."""
+        self._step = self.cluster.restore(name)
 
     def __repr__(self) -> str:
         return f"ClusterCollection({list(self._configs)}, servers={self.cluster._addresses or 'embedded'}, step={self._step})"
@@ -328,24 +350,33 @@ class Server:
     a worker that may pause longer needs :meth:`Cluster.reconnect`). ``memory_budget``
     (bytes) bounds the request payloads being received over all connections at once; a
     request that does not fit is refused with :class:`RpcError` ("busy") and the connection
-    goes on. Until a connection authenticates it may send only the handshake's small frame."""
+    goes on. Until a connection authenticates it may send only the handshake's small frame.
+
+    ``snapshot_dir``: where this server keeps snapshots (created if missing). Clients save
+    and restore snapshots by name only, confined to this directory; without it they are
+    refused. At start the newest complete snapshot found there is restored (every shard, or
+    none on error), and directories of saves that never finished are removed."""
 
     def __init__(self, port: Optional[int] = None, *, shards: int = 1, address: str = "127.0.0.1",
                  token: str = "", server_index: int = 0, num_servers: int = 1,
                  snapshot_dir: Optional[str] = None, poll: float = 0.0, idle_timeout: float = 0.0,
                  handshake_timeout: float = 10.0, memory_budget: int = 1 << 30):
+        self.snapshot_dir = os.fspath(snapshot_dir) if snapshot_dir else None
         self._core = _core.PsServer(address, port or 0, shards, token, server_index, num_servers,
                                     poll_us=_poll_us(poll), idle_timeout_ms=_timeout_ms(idle_timeout, "idle_timeout"),
                                     handshake_timeout_ms=_timeout_ms(handshake_timeout, "handshake_timeout"),
-                                    memory_budget_bytes=int(memory_budget))
+                                    memory_budget_bytes=int(memory_budget), snapshot_dir=self.snapshot_dir or "")
         self.address = address
-        self.snapshot_dir = snapshot_dir
         self.restored_step: Optional[int] = None
-        if snapshot_dir:
-            snap = latest_snapshot(snapshot_dir)
+        self.restored_snapshot: Optional[str] = None
+        if self.snapshot_dir:
+            snap = latest_snapshot(self.snapshot_dir)
             if snap:
-                self.restored_step = self._core.restore(snap)
-                log.info("restored %s (step %d)", snap, self.restored_step)
+                self.restored_snapshot = os.path.basename(snap)
+                self.restored_step = self._core.restore(self.restored_snapshot)
+                log.info("restored snapshot %s (step %d)", snap, self.restored_step)
+            else:
+                log.info("no complete snapshot in %s; starting empty", self.snapshot_dir)
         self.embedded = port is None
         if not self.embedded:
             self._core.start()
@@ -455,8 +486,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--shards", type=int, default=1, metavar="N",
                    help="shards = reactor threads of this server, one per core it should use (default: 1)")
     p.add_argument("--snapshot-dir", default=None, metavar="DIR",
-                   help="directory of snapshots: created when missing, must be writable; the newest complete "
-                        "snapshot found there is restored at start")
+                   help="directory of snapshots: created when missing, must be writable; clients save and "
+                        "restore snapshots by name, confined to it (without it they are refused); the newest "
+                        "complete snapshot found there is restored at start")
     p.add_argument("--server-index", type=int, default=0, metavar="I",
                    help="this server's place in the cluster, 0 .. --num-servers - 1 (default: 0)")
     p.add_argument("--num-servers", type=int, default=1, metavar="N",

@@ -17,6 +17,8 @@ import logging
 import math
 import os
 import queue
+import secrets
+import shutil
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -27,10 +29,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import _core
 from .config import TableConfig
 from .data import auc, gauc, logloss
 from .data.memory import as_source, is_source
 from .embedding import EmbeddingCollection
+from .server import ClusterCollection
 from .threads import ThreadsSpec, apply_default_split
 from .torch import EmbeddingBagCollection
 
@@ -39,6 +43,24 @@ __all__ = ["Trainer", "TrainResult", "describe_metrics"]
 log = logging.getLogger("sparsecore.trainer")
 
 _END = object()
+_MARKER = "trainer.json"
+# What a trainer checkpoint directory holds; an existing directory with anything else is not
+# replaced by a save.
+_CHECKPOINT_ENTRIES = {_MARKER, "dense.pt", "embedding", _MARKER + ".tmp", "dense.pt.tmp"}
+
+
+def _check_replaceable(path: str, overwrite: bool) -> None:
+    if not os.path.lexists(path):
+        return
+    if os.path.islink(path) or not os.path.isdir(path):
+        raise ValueError(f"'{path}' exists and is not a directory")
+    entries = set(os.listdir(path))
+    if _MARKER in entries and not overwrite:
+        raise ValueError(f"a finished trainer checkpoint already exists at '{path}'")
+    foreign = sorted(entries - _CHECKPOINT_ENTRIES)
+    if foreign:
+        raise ValueError(f"'{path}' holds {foreign[:3]}, which are not part of a trainer checkpoint; "
+                         "refusing to replace it")
 
 
 @dataclass
@@ -351,48 +373,92 @@ class Trainer:
 
     # ------------------------------------------------------------------------------ checkpoints
     def save(self, path: Union[str, os.PathLike], *, overwrite: bool = True) -> None:
-        """Tables, dense model, dense optimizer, step, reader position and RNG state.
-        ``trainer.json`` is written last: a directory without it is not a checkpoint."""
-        path = os.fspath(path)
-        os.makedirs(path, exist_ok=True)
-        marker = os.path.join(path, "trainer.json")
-        if os.path.exists(marker):
-            if not overwrite:
-                raise ValueError(f"a finished trainer checkpoint already exists at '{path}'")
-            os.unlink(marker)
-        self.embedding.collection.save(os.path.join(path, "embedding"), overwrite=True)
-        dense = {"model": self.model.state_dict(), "optimizer": self.dense_optimizer.state_dict(),
-                 "torch_rng": torch.get_rng_state()}
-        tmp = os.path.join(path, "dense.pt.tmp")
-        torch.save(dense, tmp)
-        os.replace(tmp, os.path.join(path, "dense.pt"))
-        meta = {"format": "sparsecore.trainer", "format_version": 1, "step": self.step, "samples": self.samples,
-                "reader": self._reader_state, "history": self.history}
-        with open(marker + ".tmp", "w") as f:
-            json.dump(meta, f, default=_json_default)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(marker + ".tmp", marker)
+        """Tables, dense model, dense optimizer, step, reader position and RNG state, as the
+        directory ``path`` (``trainer.json``, ``dense.pt``, ``embedding/``).
+
+        Everything is written to a fresh directory beside ``path`` that then replaces it in one
+        atomic step, so a crash at any instant leaves the previous checkpoint loadable. With a
+        cluster (``Trainer(server=...)``) the tables go to a server snapshot named
+        ``step-<step>`` (the servers need a ``--snapshot-dir``) that ``trainer.json`` names.
+        Refuses to replace a finished checkpoint unless ``overwrite``, and never replaces a
+        directory that holds anything else. One save at a time per ``path``."""
+        path = os.path.normpath(os.fspath(path))
+        parent, base = os.path.split(os.path.abspath(path))
+        _check_replaceable(path, overwrite)
+        os.makedirs(parent, exist_ok=True)
+        for stale in os.listdir(parent):  # saves that died before their switch
+            if stale.startswith(f".{base}.saving-"):
+                shutil.rmtree(os.path.join(parent, stale), ignore_errors=True)
+        staging = os.path.join(parent, f".{base}.saving-{secrets.token_hex(8)}")
+        os.mkdir(staging)
+        try:
+            meta = {"format": "sparsecore.trainer", "format_version": 1, "step": self.step, "samples": self.samples,
+                    "reader": self._reader_state, "history": self.history}
+            collection = self.embedding.collection
+            if isinstance(collection, ClusterCollection):
+                meta["server_snapshot"] = collection.save(f"step-{self.step}", overwrite=True)
+            else:
+                collection.save(os.path.join(staging, "embedding"))
+            dense = {"model": self.model.state_dict(), "optimizer": self.dense_optimizer.state_dict(),
+                     "torch_rng": torch.get_rng_state()}
+            with open(os.path.join(staging, "dense.pt"), "wb") as f:
+                torch.save(dense, f)
+                f.flush()
+                os.fsync(f.fileno())
+            with open(os.path.join(staging, _MARKER), "w") as f:
+                json.dump(meta, f, default=_json_default)
+                f.flush()
+                os.fsync(f.fileno())
+            # Every file is synced (the tables by their own save): the switch syncs the
+            # directories, then renames once.
+            _core.commit_directory(staging, path, files_synced=True)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        log.info("saved checkpoint %s at step %d", path, self.step)
 
     def load(self, path: Union[str, os.PathLike]) -> None:
         """Restores everything :meth:`save` wrote; the next :meth:`fit` continues exactly."""
         path = os.fspath(path)
-        marker = os.path.join(path, "trainer.json")
-        if not os.path.exists(marker):
+        where = _core.committed_directory(path)
+        marker = os.path.join(where, _MARKER) if where else ""
+        if not marker or not os.path.isfile(marker):
             raise FileNotFoundError(f"no finished trainer checkpoint at '{path}'")
-        with open(marker) as f:
-            meta = json.load(f)
-        dense = torch.load(os.path.join(path, "dense.pt"), weights_only=False)
-        self.embedding.collection.restore(os.path.join(path, "embedding"))
+        try:
+            with open(marker) as f:
+                meta = json.load(f)
+            if not isinstance(meta, dict) or meta.get("format") != "sparsecore.trainer":
+                raise ValueError("not a trainer checkpoint")
+            step, samples = int(meta["step"]), int(meta["samples"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise _core.CorruptDataError(f"trainer checkpoint '{marker}' is damaged: {e}") from None
+        dense = torch.load(os.path.join(where, "dense.pt"), weights_only=False)
+        if "server_snapshot" in meta:
+            self.embedding.collection.restore(str(meta["server_snapshot"]))
+        else:
+            self.embedding.collection.restore(os.path.join(where, "embedding"))
         self.model.load_state_dict(dense["model"])
         self.dense_optimizer.load_state_dict(dense["optimizer"])
         torch.set_rng_state(dense["torch_rng"])
-        self.step = int(meta["step"])
-        self.samples = int(meta["samples"])
+        self.step = step
+        self.samples = samples
         self.history = list(meta.get("history", []))
         self._reader_state = meta.get("reader")
         if self._reader_state is not None:
             self.source.load_state_dict(self._reader_state)
+
+    def resume(self, path: Union[str, os.PathLike]) -> bool:
+        """Loads the checkpoint at ``path`` when there is a finished one (logging which, and at
+        what step) and returns True; otherwise warns that training starts from step 0 and
+        returns False. A damaged checkpoint raises instead of being skipped."""
+        path = os.fspath(path)
+        where = _core.committed_directory(path)
+        if not where or not os.path.isfile(os.path.join(where, _MARKER)):
+            log.warning("no finished checkpoint at %s; training starts from step 0", path)
+            return False
+        self.load(path)
+        log.info("resumed from checkpoint %s at step %d (%d samples)", where, self.step, self.samples)
+        return True
 
     # ------------------------------------------------------------------------------ plots
     def plot(self, path: Union[str, os.PathLike], eval_points: Sequence[tuple[int, float]] = (),

@@ -1,8 +1,9 @@
 // Checkpoint save/load of an EmbeddingCollection (DESIGN.md "Checkpoint").
 //
 // Directory layout:
-//   manifest.json              written last (temp file, fsync, rename, fsync dir)
-//   t<table>-b<lo>-<hi>.rows   one file per table shard = one bucket range [lo, hi)
+//   manifest.json              every table's config, seed and file list (sizes, checksums)
+//   t<table>-b<lo>-<hi>.rows   the rows of a run of table shards = one bucket range [lo, hi);
+//                              at most kMaxFilesPerTable per table, none for an empty range
 // Row file, little-endian:
 //   header (64 bytes): magic "SCROWS01", format version u32, dim u32, row_floats u32,
 //     meta_bytes u32, rows u64, bucket_lo u32, bucket_hi u32, table seed u64, zero padding
@@ -11,10 +12,18 @@
 // Weights are float32 in the file whatever the table's storage (manifest: "storage"): fp16
 // weights widen exactly and round back to the same bits, so an fp16 table round-trips exactly.
 // Files are addressed by bucket range, so a checkpoint loads into any shard count.
+//
+// save() writes a fresh sibling directory and switches it in with commit_directory, so a
+// crash at any instant leaves the previous checkpoint (or none) at `dir`, never a mix.
+// load() trusts nothing it reads: every field is checked (CorruptData otherwise), every size
+// is checked against the manifest and the file before anything is read or allocated, and
+// files are opened without following symlinks and only when regular.
+#include <algorithm>
 #include <bit>
 #include <cstring>
 #include <filesystem>
 #include <mutex>
+#include <set>
 #include <shared_mutex>
 
 #include "sparsecore/core/checksum.h"
@@ -46,6 +55,14 @@ struct FileHeader {
 };
 static_assert(sizeof(FileHeader) == 64);
 
+constexpr int kMaxFilesPerTable = 64;
+constexpr uint64_t kMaxManifestBytes = 64ull << 20;
+constexpr size_t kMaxTables = 1 << 16;
+// Hash-table shards a load may create beyond one per row of its files: each costs a few
+// hundred bytes before it holds a row, so a short manifest naming many tables with many
+// shards could otherwise ask for gigabytes.
+constexpr uint64_t kFreeShards = 1 << 18;
+
 std::string join(const std::string& dir, const std::string& name) {
   return (std::filesystem::path(dir) / name).string();
 }
@@ -56,42 +73,75 @@ std::string hex64(uint64_t v) {
   return buf;
 }
 
+// Exactly 16 hex digits (what hex64 writes); anything else is a damaged manifest.
+uint64_t parse_hex64(const std::string& text) {
+  SC_CHECK(text.size() == 16, CorruptData, "checksum '", text.substr(0, 32), "' is not 16 hex digits");
+  uint64_t v = 0;
+  for (char c : text) {
+    int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+    SC_CHECK(d >= 0, CorruptData, "checksum '", text, "' is not 16 hex digits");
+    v = (v << 4) | static_cast<uint64_t>(d);
+  }
+  return v;
+}
+
+// A manifest integer in [lo, hi], CorruptData naming `what` otherwise.
+int64_t bounded_int(const Json& j, const char* what, int64_t lo, int64_t hi) {
+  int64_t v = j.as_int(what);
+  SC_CHECK(v >= lo && v <= hi, CorruptData, what, " ", v, " is outside [", lo, ", ", hi, "]");
+  return v;
+}
+
 struct FileEntry {
   std::string path;
   uint32_t bucket_lo = 0, bucket_hi = 0;
   uint64_t rows = 0, bytes = 0, checksum = 0;
 };
 
-// Writes shard `s` of `table` (bucket range [lo, hi)) and returns its manifest entry.
-FileEntry write_shard_file(const std::string& dir, int table_index, const EmbeddingTable& table, int s) {
+// Bytes of a row file of `rows` records of `row_floats` floats, or 0 when that overflows.
+uint64_t row_file_bytes(uint64_t rows, uint64_t row_floats) {
+  const uint64_t record = sizeof(int64_t) + row_floats * sizeof(float) + sizeof(RowMeta);
+  if (rows > (UINT64_MAX - sizeof(FileHeader)) / record) return 0;
+  return sizeof(FileHeader) + rows * record;
+}
+
+// Encodes hash shards [s_lo, s_hi) of `table` (one bucket range) as the bytes of one row file
+// and its manifest entry; no bytes and rows == 0 when they are empty (no file is written).
+std::pair<FileEntry, std::vector<uint8_t>> encode_range_file(int table_index, const EmbeddingTable& table, int s_lo,
+                                                             int s_hi) {
   const HashTable& ht = table.hash_table();
   const uint32_t per_shard = kNumBuckets >> ht.shard_bits();
   FileEntry e;
-  e.bucket_lo = static_cast<uint32_t>(s) * per_shard;
-  e.bucket_hi = e.bucket_lo + per_shard;
+  e.bucket_lo = static_cast<uint32_t>(s_lo) * per_shard;
+  e.bucket_hi = static_cast<uint32_t>(s_hi) * per_shard;
   char name[64];
   std::snprintf(name, sizeof(name), "t%03d-b%05u-%05u.rows", table_index, e.bucket_lo, e.bucket_hi);
   e.path = name;
 
-  const auto& shard = ht.shard(s);
-  std::shared_lock lock(shard.mutex);
+  size_t rows = 0;
+  for (int s = s_lo; s < s_hi; ++s) rows += ht.shard(s).size();  // a bound; exact below
   const size_t floats_bytes = static_cast<size_t>(table.row_floats()) * sizeof(float);
+  const size_t record = floats_bytes + sizeof(RowMeta);
   std::vector<int64_t> keys;
-  std::vector<uint8_t> rows;
-  keys.reserve(shard.size());
-  rows.reserve(shard.size() * (floats_bytes + sizeof(RowMeta)));
+  std::vector<uint8_t> records;
+  keys.reserve(rows);
+  records.reserve(rows * record);
   std::vector<float> floats(table.row_floats());
-  shard.for_each([&](int64_t key, std::byte* row) {
-    keys.push_back(key);
-    table.read_row(row, floats.data());
-    const uint8_t* src = reinterpret_cast<const uint8_t*>(floats.data());
-    rows.insert(rows.end(), src, src + floats_bytes);
-    // Files keep the 16-byte RowMeta whatever the in-memory packing.
-    const RowMeta meta = table.meta(row)->unpack();
-    const uint8_t* m = reinterpret_cast<const uint8_t*>(&meta);
-    rows.insert(rows.end(), m, m + sizeof(RowMeta));
-  });
-  lock.unlock();
+  for (int s = s_lo; s < s_hi; ++s) {
+    const auto& shard = ht.shard(s);
+    std::shared_lock lock(shard.mutex);
+    shard.for_each([&](int64_t key, std::byte* row) {
+      keys.push_back(key);
+      table.read_row(row, floats.data());
+      const uint8_t* src = reinterpret_cast<const uint8_t*>(floats.data());
+      records.insert(records.end(), src, src + floats_bytes);
+      // Files keep the 16-byte RowMeta whatever the in-memory packing.
+      const RowMeta meta = table.meta(row)->unpack();
+      const uint8_t* m = reinterpret_cast<const uint8_t*>(&meta);
+      records.insert(records.end(), m, m + sizeof(RowMeta));
+    });
+  }
+  if (keys.empty()) return {e, {}};
 
   FileHeader h{};
   std::memcpy(h.magic, kMagic, 8);
@@ -103,28 +153,29 @@ FileEntry write_shard_file(const std::string& dir, int table_index, const Embedd
   h.bucket_lo = e.bucket_lo;
   h.bucket_hi = e.bucket_hi;
   h.table_seed = table.seed();
-
-  Checksum64 sum;
-  sum.update(&h, sizeof(h));
-  sum.update(keys.data(), keys.size() * sizeof(int64_t));
-  sum.update(rows.data(), rows.size());
-  File f = File::create(join(dir, e.path));
-  f.write_all(&h, sizeof(h));
-  f.write_all(keys.data(), keys.size() * sizeof(int64_t));
-  f.write_all(rows.data(), rows.size());
-  f.sync();
-  f.close();
+  std::vector<uint8_t> bytes(sizeof(h) + keys.size() * sizeof(int64_t) + records.size());
+  std::memcpy(bytes.data(), &h, sizeof(h));
+  std::memcpy(bytes.data() + sizeof(h), keys.data(), keys.size() * sizeof(int64_t));
+  std::memcpy(bytes.data() + sizeof(h) + keys.size() * sizeof(int64_t), records.data(), records.size());
   e.rows = keys.size();
-  e.bytes = sizeof(h) + keys.size() * sizeof(int64_t) + rows.size();
-  e.checksum = sum.digest();
-  return e;
+  e.bytes = bytes.size();
+  e.checksum = checksum64(bytes.data(), bytes.size());
+  return {e, std::move(bytes)};
 }
 
-// Reads one row file, verifies it against its manifest entry and the table, and inserts its
-// rows into `table` (a fresh table not yet visible to anyone).
-void read_shard_file(const std::string& dir, const FileEntry& e, EmbeddingTable& table) {
+void write_whole_file(const std::string& path, const std::vector<uint8_t>& bytes) {
+  File f = File::create(path);
+  f.write_all(bytes.data(), bytes.size());
+  f.sync();
+  f.close();
+}
+
+// Reads one row file, verifies it against its manifest entry (whose sizes were checked
+// against the table already) and inserts its rows into `table` (a fresh table not yet
+// visible to anyone).
+void read_range_file(const std::string& dir, const FileEntry& e, EmbeddingTable& table) {
   const std::string path = join(dir, e.path);
-  std::vector<uint8_t> data = read_file(path);
+  std::vector<uint8_t> data = read_regular_file(path, e.bytes);
   SC_CHECK(data.size() == e.bytes, CorruptData, "checkpoint file '", path, "' has ", data.size(),
            " bytes, the manifest says ", e.bytes, " (truncated or replaced)");
   SC_CHECK(checksum64(data.data(), data.size()) == e.checksum, CorruptData, "checkpoint file '", path,
@@ -136,19 +187,23 @@ void read_shard_file(const std::string& dir, const FileEntry& e, EmbeddingTable&
            h.version, ", this build reads ", kFormatVersion);
   SC_CHECK(h.dim == static_cast<uint32_t>(table.dim()) && h.row_floats == static_cast<uint32_t>(table.row_floats()) &&
                h.meta_bytes == sizeof(RowMeta) && h.rows == e.rows && h.bucket_lo == e.bucket_lo &&
-               h.bucket_hi == e.bucket_hi,
-           CorruptData, "checkpoint file '", path, "' does not match its manifest entry (dim, rows or buckets)");
+               h.bucket_hi == e.bucket_hi && h.table_seed == table.seed(),
+           CorruptData, "checkpoint file '", path,
+           "' does not match its manifest entry (dim, row size, rows, buckets or seed)");
+  SC_CHECK(row_file_bytes(h.rows, h.row_floats) == data.size(), CorruptData, "checkpoint file '", path,
+           "' holds ", data.size(), " bytes, its header's ", h.rows, " rows need ",
+           row_file_bytes(h.rows, h.row_floats));
   const size_t floats_bytes = static_cast<size_t>(h.row_floats) * sizeof(float);
   const size_t record = floats_bytes + sizeof(RowMeta);
-  const int64_t* keys = reinterpret_cast<const int64_t*>(data.data() + sizeof(h));
-  const uint8_t* records = data.data() + sizeof(h) + h.rows * sizeof(int64_t);
+  const uint8_t* keys = data.data() + sizeof(h);
+  const uint8_t* records = keys + h.rows * sizeof(int64_t);
 
   HashTable& ht = table.hash_table();
   std::vector<std::byte> row(table.row_bytes(), std::byte{0});
   std::vector<float> floats(h.row_floats);
   for (uint64_t i = 0; i < h.rows; ++i) {
     int64_t key;
-    std::memcpy(&key, keys + i, sizeof(key));
+    std::memcpy(&key, keys + i * sizeof(int64_t), sizeof(key));
     uint32_t bucket = key_bucket(key);
     SC_CHECK(bucket >= h.bucket_lo && bucket < h.bucket_hi, CorruptData, "checkpoint file '", path, "': key ",
              key, " lies outside the file's bucket range");
@@ -164,46 +219,67 @@ void read_shard_file(const std::string& dir, const FileEntry& e, EmbeddingTable&
   }
 }
 
-}  // namespace
+// `dir` without trailing separators, split into (parent, last component).
+std::pair<std::string, std::string> split_target(const std::string& dir) {
+  std::filesystem::path p = std::filesystem::path(dir).lexically_normal();
+  if (p.filename().empty()) p = p.parent_path();
+  SC_CHECK_ARG(is_plain_name(p.filename().string()), "checkpoint path '", dir, "' must end in a directory name");
+  std::string parent = p.parent_path().string();
+  return {parent.empty() ? "." : parent, p.filename().string()};
+}
 
-void EmbeddingCollection::save(const std::string& dir, bool overwrite) const {
-  std::shared_lock swap_lock(swap_mutex_);
-  const std::string manifest_path = join(dir, kManifest);
-  if (path_exists(manifest_path)) {
+// Whether the existing directory `dir` may be replaced by a checkpoint: it is one, or it is
+// empty, or it holds nothing but what a checkpoint save writes (an older save cut short).
+void check_replaceable(const std::string& dir, bool overwrite) {
+  SC_CHECK_ARG(std::filesystem::is_directory(dir), "'", dir, "' exists and is not a directory");
+  if (path_exists(join(dir, kManifest))) {
     SC_CHECK_ARG(overwrite, "a finished checkpoint already exists at '", dir, "' (pass overwrite=true to replace it)");
-    // From here until the new manifest lands, the directory is not a finished checkpoint.
-    remove_file(manifest_path);
-    sync_directory(dir);
+    return;
   }
-  make_directories(dir);
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
+    const std::string name = entry.path().filename().string();
+    const bool ours = (name.size() > 5 && name.ends_with(".rows")) || name == std::string(kManifest) + ".tmp";
+    SC_CHECK_ARG(ours, "'", dir, "' exists and holds '", name, "', which is not part of a checkpoint; "
+                 "refusing to replace it");
+  }
+  if (ec) throw IoError("cannot list '" + dir + "': " + ec.message());
+}
 
-  struct Task {
-    int table, shard;
-  };
-  std::vector<Task> tasks;
-  for (int t = 0; t < num_tables(); ++t)
-    for (int s = 0; s < tables_[t]->hash_table().num_shards(); ++s) tasks.push_back({t, s});
-  std::vector<FileEntry> entries(tasks.size());
-  parallel_for(static_cast<int64_t>(tasks.size()), 1, [&](int64_t a, int64_t b) {
-    for (int64_t i = a; i < b; ++i) entries[i] = write_shard_file(dir, tasks[i].table, *tables_[tasks[i].table], tasks[i].shard);
-  });
+// The runs of table shards that become one file each: (table, first shard, end shard).
+struct RangeTask {
+  int table, shard_lo, shard_hi;
+};
 
+std::vector<RangeTask> range_tasks(const std::vector<std::unique_ptr<EmbeddingTable>>& tables) {
+  std::vector<RangeTask> tasks;
+  for (int t = 0; t < static_cast<int>(tables.size()); ++t) {
+    const int shards = tables[t]->hash_table().num_shards();
+    const int per_file = std::max(1, shards / kMaxFilesPerTable);
+    for (int s = 0; s < shards; s += per_file) tasks.push_back({t, s, std::min(shards, s + per_file)});
+  }
+  return tasks;
+}
+
+std::string manifest_text(const std::vector<std::unique_ptr<EmbeddingTable>>& tables, uint64_t seed, int64_t step,
+                          const std::vector<RangeTask>& tasks, const std::vector<FileEntry>& entries) {
   Json manifest = Json::object();
   manifest["format"] = "sparsecore.embedding_collection";
   manifest["format_version"] = static_cast<int64_t>(kFormatVersion);
-  manifest["seed"] = seed_;
-  manifest["step"] = step();
+  manifest["seed"] = seed;
+  manifest["step"] = step;
   manifest["num_buckets"] = static_cast<int64_t>(kNumBuckets);
-  Json tables = Json::array();
+  Json jtables = Json::array();
   size_t next = 0;
-  for (int t = 0; t < num_tables(); ++t) {
+  for (int t = 0; t < static_cast<int>(tables.size()); ++t) {
     Json jt = Json::object();
-    jt["config"] = tables_[t]->config().to_json();
-    jt["seed"] = tables_[t]->seed();
+    jt["config"] = tables[t]->config().to_json();
+    jt["seed"] = tables[t]->seed();
     Json files = Json::array();
     int64_t rows = 0;
-    for (int s = 0; s < tables_[t]->hash_table().num_shards(); ++s, ++next) {
+    for (; next < tasks.size() && tasks[next].table == t; ++next) {
       const FileEntry& e = entries[next];
+      if (e.rows == 0) continue;
       Json jf = Json::object();
       jf["path"] = e.path;
       jf["bucket_lo"] = static_cast<int64_t>(e.bucket_lo);
@@ -216,65 +292,171 @@ void EmbeddingCollection::save(const std::string& dir, bool overwrite) const {
     }
     jt["rows"] = rows;
     jt["files"] = std::move(files);
-    tables.push_back(std::move(jt));
+    jtables.push_back(std::move(jt));
   }
-  manifest["tables"] = std::move(tables);
-  std::string text = manifest.dump(1);
-  write_file_atomic(manifest_path, text.data(), text.size());
+  manifest["tables"] = std::move(jtables);
+  return manifest.dump(1);
 }
 
-std::unique_ptr<EmbeddingCollection> EmbeddingCollection::load(const std::string& dir) {
-  const std::string manifest_path = join(dir, kManifest);
-  SC_CHECK(path_exists(manifest_path), NotFound, "no finished checkpoint at '", dir, "' (", kManifest, " missing)");
-  std::vector<uint8_t> text = read_file(manifest_path);
+}  // namespace
+
+void EmbeddingCollection::write_checkpoint(const std::string& dir) const {
+  // One range in memory per worker at a time: the file is written as soon as it is encoded.
+  const std::vector<RangeTask> tasks = range_tasks(tables_);
+  std::vector<FileEntry> entries(tasks.size());
+  parallel_for(static_cast<int64_t>(tasks.size()), 1, [&](int64_t a, int64_t b) {
+    for (int64_t i = a; i < b; ++i) {
+      auto [entry, bytes] = encode_range_file(tasks[i].table, *tables_[tasks[i].table], tasks[i].shard_lo,
+                                              tasks[i].shard_hi);
+      if (entry.rows > 0) write_whole_file(join(dir, entry.path), bytes);
+      entries[i] = std::move(entry);
+    }
+  });
+  const std::string text = manifest_text(tables_, seed_, step(), tasks, entries);
+  write_whole_file(join(dir, kManifest), std::vector<uint8_t>(text.begin(), text.end()));
+}
+
+EncodedCheckpoint EmbeddingCollection::encode_checkpoint() const {
+  const std::vector<RangeTask> tasks = range_tasks(tables_);
+  std::vector<FileEntry> entries(tasks.size());
+  std::vector<std::vector<uint8_t>> bytes(tasks.size());
+  parallel_for(static_cast<int64_t>(tasks.size()), 1, [&](int64_t a, int64_t b) {
+    for (int64_t i = a; i < b; ++i)
+      std::tie(entries[i], bytes[i]) =
+          encode_range_file(tasks[i].table, *tables_[tasks[i].table], tasks[i].shard_lo, tasks[i].shard_hi);
+  });
+  EncodedCheckpoint out;
+  for (size_t i = 0; i < tasks.size(); ++i)
+    if (entries[i].rows > 0) out.files.emplace_back(entries[i].path, std::move(bytes[i]));
+  const std::string text = manifest_text(tables_, seed_, step(), tasks, entries);
+  out.files.emplace_back(kManifest, std::vector<uint8_t>(text.begin(), text.end()));
+  return out;
+}
+
+void EncodedCheckpoint::write(const std::string& dir) const {
+  for (const auto& [name, bytes] : files) write_whole_file(join(dir, name), bytes);
+}
+
+void EmbeddingCollection::save(const std::string& dir, bool overwrite) const {
+  const auto [parent, base] = split_target(dir);
+  const std::string target = join(parent, base);
+  if (path_exists(target)) check_replaceable(target, overwrite);
+  make_directories(parent);
+  // Directories of saves that died before their switch; one save at a time per directory.
+  std::error_code ec;
+  const std::string stale_prefix = "." + base + ".saving-";
+  for (const auto& entry : std::filesystem::directory_iterator(parent, ec))
+    if (entry.path().filename().string().starts_with(stale_prefix)) remove_tree(entry.path().string());
+  const std::string staging = join(parent, stale_prefix + random_suffix());
+  make_directory(staging);
+  try {
+    {
+      std::shared_lock swap_lock(swap_mutex_);
+      write_checkpoint(staging);
+    }
+    commit_directory(staging, target, /*files_synced=*/true);  // write_checkpoint fsyncs each file
+  } catch (...) {
+    std::filesystem::remove_all(staging, ec);
+    throw;
+  }
+}
+
+std::unique_ptr<EmbeddingCollection> EmbeddingCollection::load(const std::string& requested) {
+  const std::string dir = committed_directory(requested);
+  const std::string manifest_path = join(dir.empty() ? requested : dir, kManifest);
+  SC_CHECK(!dir.empty() && path_exists(manifest_path), NotFound, "no finished checkpoint at '", requested, "' (",
+           kManifest, " missing)");
+  std::vector<uint8_t> text = read_regular_file(manifest_path, kMaxManifestBytes);
   Json manifest = Json::parse(std::string_view(reinterpret_cast<const char*>(text.data()), text.size()));
   try {
-    SC_CHECK(manifest.at("format").as_string() == "sparsecore.embedding_collection", CorruptData,
+    SC_CHECK(manifest.at("format").as_string("format") == "sparsecore.embedding_collection", CorruptData,
              "'", manifest_path, "' is not an embedding collection checkpoint");
-    int64_t version = manifest.at("format_version").as_int();
+    int64_t version = manifest.at("format_version").as_int("format_version");
     SC_CHECK(version == kFormatVersion, CorruptData, "checkpoint format version ", version, " (this build reads ",
              kFormatVersion, ")");
-    uint64_t seed = static_cast<uint64_t>(manifest.at("seed").as_int());
-    int64_t step = manifest.at("step").as_int();
+    uint64_t seed = static_cast<uint64_t>(manifest.at("seed").as_int("seed"));
+    int64_t step = bounded_int(manifest.at("step"), "step", 0, INT64_MAX);
+    if (const Json* nb = manifest.get("num_buckets"))
+      SC_CHECK(nb->as_int("num_buckets") == kNumBuckets, CorruptData, "checkpoint has ", nb->as_int(),
+               " buckets, this build routes by ", kNumBuckets);
+
+    // Everything is parsed and checked against everything else before a table is created.
+    struct TableEntry {
+      TableConfig config;
+      uint64_t seed = 0;
+      uint64_t rows = 0;
+      std::vector<FileEntry> files;
+    };
+    std::vector<TableEntry> entries;
+    const Json::Array& jtables = manifest.at("tables").as_array("tables");
+    SC_CHECK(jtables.size() <= kMaxTables, CorruptData, "checkpoint lists ", jtables.size(), " tables, at most ",
+             kMaxTables, " are allowed");
+    std::set<std::string> names, paths;
+    uint64_t total_rows = 0, total_shards = 0;
+    for (const Json& jt : jtables) {
+      TableEntry te;
+      te.config = TableConfig::from_json(jt.at("config"));
+      te.seed = static_cast<uint64_t>(jt.at("seed").as_int("table seed"));
+      SC_CHECK(names.insert(te.config.name).second, CorruptData, "checkpoint lists table '", te.config.name, "' twice");
+      const uint64_t row_floats =
+          static_cast<uint64_t>(te.config.dim) + static_cast<uint64_t>(te.config.optimizer.state_dim(te.config.dim));
+      const uint64_t table_rows = static_cast<uint64_t>(bounded_int(jt.at("rows"), "table rows", 0, INT64_MAX));
+      uint64_t file_rows = 0;
+      for (const Json& jf : jt.at("files").as_array("files")) {
+        FileEntry e;
+        e.path = jf.at("path").as_string("file path");
+        SC_CHECK(is_plain_name(e.path), CorruptData, "manifest names a file outside the checkpoint: '", e.path, "'");
+        SC_CHECK(paths.insert(e.path).second, CorruptData, "manifest names file '", e.path, "' twice");
+        e.bucket_lo = static_cast<uint32_t>(bounded_int(jf.at("bucket_lo"), "bucket_lo", 0, kNumBuckets - 1));
+        e.bucket_hi = static_cast<uint32_t>(bounded_int(jf.at("bucket_hi"), "bucket_hi", e.bucket_lo + 1, kNumBuckets));
+        e.rows = static_cast<uint64_t>(bounded_int(jf.at("rows"), "file rows", 0, INT64_MAX));
+        e.bytes = static_cast<uint64_t>(bounded_int(jf.at("bytes"), "file bytes", 0, INT64_MAX));
+        e.checksum = parse_hex64(jf.at("checksum").as_string("checksum"));
+        const uint64_t need = row_file_bytes(e.rows, row_floats);
+        SC_CHECK(need != 0 && need == e.bytes, CorruptData, "manifest entry '", e.path, "' of table '",
+                 te.config.name, "' lists ", e.rows, " rows in ", e.bytes, " bytes (dim and optimizer need ", need, ")");
+        file_rows += e.rows;
+        te.files.push_back(std::move(e));
+      }
+      SC_CHECK(file_rows == table_rows, CorruptData, "table '", te.config.name, "' lists ", table_rows,
+               " rows, its files ", file_rows);
+      std::sort(te.files.begin(), te.files.end(),
+                [](const FileEntry& a, const FileEntry& b) { return a.bucket_lo < b.bucket_lo; });
+      for (size_t i = 1; i < te.files.size(); ++i)
+        SC_CHECK(te.files[i].bucket_lo >= te.files[i - 1].bucket_hi, CorruptData, "files of table '", te.config.name,
+                 "' overlap in buckets (", te.files[i - 1].path, ", ", te.files[i].path, ")");
+      te.rows = table_rows;
+      total_rows += table_rows;
+      total_shards += uint64_t{1} << te.config.shard_bits;
+      entries.push_back(std::move(te));
+    }
+    SC_CHECK(total_shards <= kFreeShards + total_rows, CorruptData, "checkpoint asks for ", total_shards,
+             " table shards for ", total_rows, " rows (at most ", kFreeShards, " beyond one per row)");
 
     std::vector<std::unique_ptr<EmbeddingTable>> tables;
     struct Job {
       int table;
-      FileEntry entry;
+      const FileEntry* entry;
     };
     std::vector<Job> jobs;
-    std::vector<int64_t> expected_rows;
-    for (const Json& jt : manifest.at("tables").as_array()) {
-      TableConfig config = TableConfig::from_json(jt.at("config"));
-      uint64_t ts = static_cast<uint64_t>(jt.at("seed").as_int());
-      tables.push_back(std::make_unique<EmbeddingTable>(std::move(config), ts));
-      expected_rows.push_back(jt.at("rows").as_int());
-      for (const Json& jf : jt.at("files").as_array()) {
-        FileEntry e;
-        e.path = jf.at("path").as_string();
-        SC_CHECK(e.path.find('/') == std::string::npos && e.path != "..", CorruptData, "manifest names a file outside the checkpoint: '", e.path, "'");
-        e.bucket_lo = static_cast<uint32_t>(jf.at("bucket_lo").as_int());
-        e.bucket_hi = static_cast<uint32_t>(jf.at("bucket_hi").as_int());
-        e.rows = static_cast<uint64_t>(jf.at("rows").as_int());
-        e.bytes = static_cast<uint64_t>(jf.at("bytes").as_int());
-        e.checksum = std::stoull(jf.at("checksum").as_string(), nullptr, 16);
-        jobs.push_back({static_cast<int>(tables.size()) - 1, e});
-      }
+    for (const TableEntry& te : entries) {
+      tables.push_back(std::make_unique<EmbeddingTable>(te.config, te.seed));
+      for (const FileEntry& e : te.files) jobs.push_back({static_cast<int>(tables.size()) - 1, &e});
     }
     parallel_for(static_cast<int64_t>(jobs.size()), 1, [&](int64_t a, int64_t b) {
-      for (int64_t i = a; i < b; ++i) read_shard_file(dir, jobs[i].entry, *tables[jobs[i].table]);
+      for (int64_t i = a; i < b; ++i) read_range_file(dir, *jobs[i].entry, *tables[jobs[i].table]);
     });
     for (size_t t = 0; t < tables.size(); ++t)
-      SC_CHECK(static_cast<int64_t>(tables[t]->size()) == expected_rows[t], CorruptData, "table '",
-               tables[t]->name(), "' holds ", tables[t]->size(), " rows after loading, the manifest says ",
-               expected_rows[t], " (duplicate keys in the files)");
+      SC_CHECK(tables[t]->size() == entries[t].rows, CorruptData, "table '", tables[t]->name(), "' holds ",
+               tables[t]->size(), " rows after loading, its files list ", entries[t].rows,
+               " (duplicate keys in the files)");
     return std::unique_ptr<EmbeddingCollection>(new EmbeddingCollection(std::move(tables), seed, step));
   } catch (const NotFound& e) {
     throw CorruptData(std::string("checkpoint manifest '") + manifest_path + "' is incomplete: " + e.what());
   } catch (const InvalidArgument& e) {
     throw CorruptData(std::string("checkpoint manifest '") + manifest_path + "' is invalid: " + e.what());
-  } catch (const std::invalid_argument& e) {
-    throw CorruptData(std::string("checkpoint manifest '") + manifest_path + "' has a bad checksum field");
+  } catch (const TypeMismatch& e) {
+    throw CorruptData(std::string("checkpoint manifest '") + manifest_path + "' is invalid: " + e.what());
   }
 }
 

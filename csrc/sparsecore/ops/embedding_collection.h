@@ -26,6 +26,7 @@
 #include <mutex>
 #include <shared_mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "sparsecore/core/pod_vector.h"
@@ -88,6 +89,15 @@ struct PreparedBatch {
 void validate_group_inputs(const std::vector<GroupInput>& inputs, int num_tables,
                            const std::function<const std::string&(int)>& table_name);
 
+// A checkpoint's files encoded in memory (EmbeddingCollection::encode_checkpoint), so that a
+// caller can take a consistent copy where the rows are owned and write it elsewhere (a
+// parameter server encodes on the shard's thread and writes on another).
+struct EncodedCheckpoint {
+  std::vector<std::pair<std::string, std::vector<uint8_t>>> files;  // name -> bytes, manifest last
+  // Writes and fsyncs every file into the existing empty directory `dir`.
+  void write(const std::string& dir) const;
+};
+
 class EmbeddingCollection {
  public:
   // Table names must be unique. seed: the collection seed (table seed = hash(seed, name)).
@@ -123,12 +133,23 @@ class EmbeddingCollection {
   // update once per unique row. Returns the new step.
   int64_t backward(const PreparedBatch& batch, const std::vector<const float*>& grads);
 
-  // Checkpoint (DESIGN.md "Checkpoint"): a directory with one file per table shard (a bucket
-  // range) and manifest.json written last. Refuses to overwrite a finished checkpoint unless
-  // `overwrite`. Do not run backward concurrently with save (rows would be caught mid-update).
+  // Checkpoint (DESIGN.md "Checkpoint"): a directory with one file per non-empty run of
+  // table shards (a bucket range) and manifest.json. The files are written to a fresh sibling
+  // directory that then replaces `dir` in one atomic step (commit_directory), so a crash at
+  // any instant leaves the previous checkpoint loadable. Refuses to replace a finished
+  // checkpoint unless `overwrite`, and never replaces a directory holding anything else.
+  // One save at a time per `dir`. Do not run backward concurrently with save (rows would be
+  // caught mid-update).
   void save(const std::string& dir, bool overwrite = false) const;
+  // The files of a checkpoint written straight into the existing empty directory `dir`, with
+  // no switch: for containers that switch a directory above it (server snapshots, trainers).
+  void write_checkpoint(const std::string& dir) const;
+  // The same files in memory (a copy of every row): for writers on another thread.
+  EncodedCheckpoint encode_checkpoint() const;
   // Reads and verifies every file before anything is swapped in; throws CorruptData on a
-  // truncated or altered file, NotFound if `dir` holds no finished checkpoint.
+  // truncated, altered or forged file (sizes, dims, counts and names are checked against the
+  // manifest and the files before anything is read or allocated; symlinks and non-regular
+  // files are refused), NotFound if `dir` holds no finished checkpoint.
   static std::unique_ptr<EmbeddingCollection> load(const std::string& dir);
   // Replaces this collection's tables and step with the checkpoint's (table names and dims
   // must match). On error this collection is unchanged.

@@ -3,11 +3,14 @@
 #include <cmath>
 #include <cstring>
 #include <exception>
+#include <filesystem>
 #include <new>
 #include <utility>
 
 #include "sparsecore/core/error.h"
+#include "sparsecore/core/file.h"
 #include "sparsecore/ps/ps_protocol.h"
+#include "sparsecore/ps/ps_snapshot.h"
 #include "sparsecore/rpc/rpc_error.h"
 
 namespace sparsecore::ps {
@@ -337,44 +340,112 @@ std::vector<Json> PsClient::call_json(uint16_t method, const Json& body, int onl
     iovec seg{text.data(), text.size()};
     futures.push_back(conns_[static_cast<size_t>(g)]->call_async(method, {&seg, 1}));
   }
+  // Every reply is awaited before the first error is rethrown: a phased call (save,
+  // restore) must know that no shard is still working before its next phase.
+  std::exception_ptr first_error;
   for (auto& f : futures) {
-    rpc::Response r = f.get();
-    out.push_back(r.bytes ? parse_reply(r) : Json());
+    try {
+      rpc::Response r = f.get();
+      out.push_back(r.bytes ? parse_reply(r) : Json());
+    } catch (...) {
+      if (!first_error) first_error = std::current_exception();
+      out.push_back(Json());
+    }
   }
+  if (first_error) std::rethrow_exception(first_error);
   return out;
 }
 
-std::string PsClient::save(const std::string& root, int64_t step, bool overwrite) {
-  std::string dir = root + "/step-" + std::to_string(step);
+std::string PsClient::save(const std::string& name, int64_t step, bool overwrite) {
+  check_snapshot_name(name);
+  const std::string save_id = random_suffix();
   if (embedded_) {
     std::lock_guard<std::mutex> lock(embedded_mutex_);
-    for (int g = 0; g < total_shards_; ++g) embedded_->shard(g).save(dir, step, overwrite);
-    return dir;
+    const std::string& root = embedded_->options().snapshot_dir;
+    try {
+      const std::string staging = begin_snapshot_write(root, name, save_id, overwrite);
+      for (int g = 0; g < total_shards_; ++g) embedded_->shard(g).write_snapshot(staging, step, save_id);
+      commit_snapshot(root, name, save_id, total_shards_, overwrite);
+    } catch (...) {
+      if (!root.empty()) {
+        try {
+          abort_snapshot(root, name, save_id);
+        } catch (const Error&) {
+        }
+      }
+      throw;
+    }
+    return name;
   }
   Json j = Json::object();
-  j["dir"] = dir;
+  j["phase"] = "write";
+  j["name"] = name;
+  j["save_id"] = save_id;
   j["step"] = step;
   j["overwrite"] = overwrite;
-  call_json(kSave, j);
-  return dir;
+  try {
+    call_json(kSave, j);
+  } catch (...) {
+    j["phase"] = "abort";
+    try {
+      call_json(kSave, j, 0);
+    } catch (const std::exception&) {  // the write's error is the one to report
+    }
+    throw;
+  }
+  j["phase"] = "commit";
+  call_json(kSave, j, 0);
+  return name;
 }
 
-int64_t PsClient::restore(const std::string& snapshot_dir) {
+int64_t PsClient::restore(const std::string& requested) {
+  std::string name = requested;
   if (embedded_) {
     std::lock_guard<std::mutex> lock(embedded_mutex_);
-    // Read everything first: a failure leaves every shard as it was.
-    std::vector<std::unique_ptr<PsShard>> fresh;
-    int64_t step = 0;
-    for (int g = 0; g < total_shards_; ++g) {
-      fresh.push_back(std::make_unique<PsShard>(embedded_->shard(g).layout()));
-      step = fresh.back()->restore(snapshot_dir);
+    const std::string& root = embedded_->options().snapshot_dir;
+    if (name.empty()) {
+      snapshot_path(root, "latest");  // refuses a server without a snapshot directory
+      const std::string latest = latest_snapshot(root);
+      SC_CHECK(!latest.empty(), NotFound, "no complete snapshot in the snapshot directory");
+      name = std::filesystem::path(latest).filename().string();
     }
-    for (int g = 0; g < total_shards_; ++g) embedded_->shard(g) = std::move(*fresh[static_cast<size_t>(g)]);
+    const std::string dir = snapshot_path(root, name);
+    const std::string restore_id = random_suffix();
+    int64_t step = 0;
+    try {
+      for (int g = 0; g < total_shards_; ++g) step = embedded_->shard(g).prepare_restore(dir, restore_id);
+    } catch (...) {
+      for (int g = 0; g < total_shards_; ++g) embedded_->shard(g).abort_restore(restore_id);
+      throw;
+    }
+    for (int g = 0; g < total_shards_; ++g) embedded_->shard(g).commit_restore(restore_id);
     return step;
   }
   Json j = Json::object();
-  j["dir"] = snapshot_dir;
-  return call_json(kRestore, j)[0].at("step").as_int();
+  if (name.empty()) {
+    j["phase"] = "latest";
+    name = call_json(kRestore, j, 0)[0].at("name").as_string();
+    SC_CHECK(!name.empty(), NotFound, "no complete snapshot in the servers' snapshot directory");
+  }
+  check_snapshot_name(name);
+  j["phase"] = "prepare";
+  j["name"] = name;
+  j["restore_id"] = random_suffix();
+  std::vector<Json> prepared;
+  try {
+    prepared = call_json(kRestore, j);
+  } catch (...) {
+    j["phase"] = "abort";
+    try {
+      call_json(kRestore, j);
+    } catch (const std::exception&) {  // the prepare's error is the one to report
+    }
+    throw;
+  }
+  const int64_t step = prepared[0].at("step").as_int();
+  j["phase"] = "commit";
+  call_json(kRestore, j);
+  return step;
 }
 
 void PsClient::kv_put(const std::string& key, const Json& value) {

@@ -93,9 +93,14 @@ class PsClient {
   PendingPull pull_async(const std::string& table, const int64_t* ids, int64_t n, bool train, float* out);
   // ids (n) with grads (n, dim); duplicate ids have their gradients summed in position order.
   void push(const std::string& table, const int64_t* ids, int64_t n, const float* grads, int64_t step);
-  // Writes <root>/step-<step> on every shard; returns that directory.
-  std::string save(const std::string& root, int64_t step, bool overwrite);
-  int64_t restore(const std::string& snapshot_dir);
+  // Snapshot `name` (a plain name, e.g. "step-7") of every shard, under the servers'
+  // snapshot directory: every shard writes its part, then one commit switches the whole in,
+  // so a failed or interrupted save leaves the previous snapshot of that name. Refuses to
+  // replace one unless `overwrite`. Returns `name`.
+  std::string save(const std::string& name, int64_t step, bool overwrite);
+  // Every shard takes the rows of snapshot `name` ("": the newest complete step-<k>) that it
+  // owns now; all shards are read and checked before any is replaced. Returns its step.
+  int64_t restore(const std::string& name);
   void kv_put(const std::string& key, const Json& value);
   Json kv_get(const std::string& key);
   void barrier(const std::string& name, int count);

@@ -17,8 +17,8 @@ enum Method : uint16_t {
   kCreateTable = 11,  // json {table: TableConfig json, seed}
   kPull = 12,         // TableHeader + name + ids int64[n] -> float32[n, dim]
   kPush = 13,         // TableHeader + name + ids int64[n] + grads float32[n, dim]
-  kSave = 14,         // json {dir, step, overwrite}
-  kRestore = 15,      // json {dir}  (a complete snapshot directory)
+  kSave = 14,         // json {phase: write|commit|abort, name, save_id, step, overwrite}
+  kRestore = 15,      // json {phase: latest|prepare|commit|abort, name, restore_id} -> json {name | step}
   kStats = 16,        // -> json
   kKvPut = 17,        // json {key, value}
   kKvGet = 18,        // json {key} -> json {value} (null when absent)

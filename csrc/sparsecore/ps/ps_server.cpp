@@ -1,11 +1,15 @@
 #include "sparsecore/ps/ps_server.h"
 
 #include <cstring>
+#include <filesystem>
 
 #include "sparsecore/core/error.h"
+#include "sparsecore/core/file.h"
 #include "sparsecore/core/pod_vector.h"
 #include "sparsecore/ps/ps_protocol.h"
+#include "sparsecore/ps/ps_snapshot.h"
 #include "sparsecore/rpc/reactor.h"
+#include "sparsecore/rpc/rpc_error.h"
 
 namespace sparsecore::ps {
 namespace {
@@ -63,14 +67,20 @@ PsServer::PsServer(PsServerOptions options) : options_(std::move(options)) {
   for (int i = 0; i < shards; ++i)
     shards_.push_back(std::make_unique<PsShard>(ShardLayout{options_.server_index * shards + i, total}));
   reactor_state_.resize(static_cast<size_t>(shards));
+  if (!options_.snapshot_dir.empty()) {
+    make_directories(options_.snapshot_dir);
+    remove_unfinished_snapshots(options_.snapshot_dir);
+  }
 }
 
 PsServer::~PsServer() { stop(); }
 
-int64_t PsServer::restore(const std::string& dir) {
+int64_t PsServer::restore(const std::string& name) {
   SC_CHECK_ARG(!rpc_, "restore a running server through a client (PsClient::restore)");
+  const std::string dir = snapshot_path(options_.snapshot_dir, name);
   int64_t step = 0;
-  for (auto& s : shards_) step = s->restore(dir);
+  for (auto& s : shards_) step = s->prepare_restore(dir, "startup");
+  for (auto& s : shards_) s->commit_restore("startup");
   return step;
 }
 
@@ -78,12 +88,71 @@ void PsServer::start() {
   SC_CHECK_ARG(!rpc_, "server already started");
   rpc_ = std::make_unique<rpc::RpcServer>(options_.rpc);
   register_methods();
+  snapshot_stop_ = false;
+  snapshot_thread_ = std::thread([this] { snapshot_loop(); });
   rpc_->start();
 }
 
 void PsServer::stop() {
+  if (snapshot_thread_.joinable()) {  // queued saves finish; their replies go to stopped reactors
+    {
+      std::lock_guard<std::mutex> lock(snapshot_mutex_);
+      snapshot_stop_ = true;
+    }
+    snapshot_cv_.notify_all();
+    snapshot_thread_.join();
+  }
   if (rpc_) rpc_->stop();
   rpc_.reset();
+}
+
+void PsServer::snapshot_loop() {
+  for (;;) {
+    std::function<void()> job;
+    {
+      std::unique_lock<std::mutex> lock(snapshot_mutex_);
+      snapshot_cv_.wait(lock, [this] { return snapshot_stop_ || !snapshot_jobs_.empty(); });
+      if (snapshot_jobs_.empty()) return;
+      job = std::move(snapshot_jobs_.front());
+      snapshot_jobs_.pop_front();
+    }
+    job();
+  }
+}
+
+void PsServer::off_reactor(const rpc::Request& request, rpc::Reply& reply, std::function<void(rpc::Reply&)> work,
+                           std::function<void()> then) {
+  const rpc::DeferredReply token = reply.defer();
+  const int reactor = request.reactor;
+  auto job = [this, token, reactor, work = std::move(work), then = std::move(then)] {
+    auto out = std::make_shared<rpc::Reply>();
+    bool ok = true;
+    try {
+      work(*out);
+    } catch (...) {
+      std::string message;
+      const rpc::Status status = rpc::status_of_current_exception(&message);
+      out->fail(status, message);
+      ok = false;
+    }
+    rpc_->reactor(reactor).post([this, token, reactor, out, ok, then] {
+      if (ok && then) {
+        try {
+          then();
+        } catch (...) {
+          std::string message;
+          const rpc::Status status = rpc::status_of_current_exception(&message);
+          out->fail(status, message);
+        }
+      }
+      rpc_->reactor(reactor).send_deferred(token, std::move(*out));
+    });
+  };
+  {
+    std::lock_guard<std::mutex> lock(snapshot_mutex_);
+    snapshot_jobs_.push_back(std::move(job));
+  }
+  snapshot_cv_.notify_one();
 }
 
 void PsServer::register_methods() {
@@ -138,15 +207,66 @@ void PsServer::register_methods() {
     for (const auto& token : st.waiting_push) reactor.send_deferred(token, rpc::Reply());
     st.waiting_push.clear();
   });
-  srv.register_method(kSave, [this](const rpc::Request& r, rpc::Reply&) {
+  // Saves and restores run in phases driven by the client (ps_client.cpp), so that a save
+  // becomes visible and a restore takes effect on every shard or on none.
+  srv.register_method(kSave, [this](const rpc::Request& r, rpc::Reply& reply) {
     Json j = parse_json(r);
-    shard(r.reactor).save(j.at("dir").as_string("dir"), j.at("step").as_int("step"),
-                          j.get("overwrite") && j.at("overwrite").as_bool("overwrite"));
+    const std::string& root = options_.snapshot_dir;
+    const std::string phase = j.at("phase").as_string("phase");
+    const std::string name = j.at("name").as_string("name");
+    const std::string save_id = j.at("save_id").as_string("save_id");
+    const bool overwrite = j.get("overwrite") && j.at("overwrite").as_bool("overwrite");
+    if (phase == "write") {
+      // The shard is copied here, between two requests (a consistent cut); the copy is
+      // written on the snapshot thread.
+      snapshot_path(root, name);
+      auto part = std::make_shared<SnapshotPart>(shard(r.reactor).encode_snapshot(j.at("step").as_int("step"), save_id));
+      const std::string staging = begin_snapshot_write(root, name, save_id, overwrite);
+      off_reactor(r, reply, [staging, part](rpc::Reply&) { part->write(staging); });
+    } else if (phase == "commit") {
+      snapshot_path(root, name);
+      const int total = shard(r.reactor).layout().total_shards;
+      off_reactor(r, reply, [root, name, save_id, total, overwrite](rpc::Reply&) {
+        commit_snapshot(root, name, save_id, total, overwrite);
+      });
+    } else if (phase == "abort") {
+      snapshot_path(root, name);
+      off_reactor(r, reply, [root, name, save_id](rpc::Reply&) { abort_snapshot(root, name, save_id); });
+    } else {
+      throw InvalidArgument("unknown save phase '" + phase + "'");
+    }
   });
   srv.register_method(kRestore, [this](const rpc::Request& r, rpc::Reply& reply) {
     Json j = parse_json(r);
+    const std::string phase = j.at("phase").as_string("phase");
+    PsShard& s = shard(r.reactor);
     Json out = Json::object();
-    out["step"] = shard(r.reactor).restore(j.at("dir").as_string("dir"));
+    if (phase == "latest") {
+      SC_CHECK_ARG(!options_.snapshot_dir.empty(), "this server has no snapshot directory (start it with "
+                   "--snapshot-dir); save and restore are refused");
+      const std::string dir = latest_snapshot(options_.snapshot_dir);
+      out["name"] = dir.empty() ? std::string() : std::filesystem::path(dir).filename().string();
+    } else if (phase == "prepare") {
+      // Read and checked on the snapshot thread into a fresh shard; kept on this reactor.
+      const std::string dir = snapshot_path(options_.snapshot_dir, j.at("name").as_string("name"));
+      const std::string restore_id = j.at("restore_id").as_string("restore_id");
+      auto loaded = std::make_shared<std::unique_ptr<PsShard>>(std::make_unique<PsShard>(s.layout()));
+      off_reactor(
+          r, reply,
+          [dir, loaded](rpc::Reply& done) {
+            Json step = Json::object();
+            step["step"] = (*loaded)->restore(dir);
+            reply_json(done, step);
+          },
+          [&s, loaded, restore_id] { s.stage_restore(std::move(*loaded), restore_id); });
+      return;
+    } else if (phase == "commit") {
+      s.commit_restore(j.at("restore_id").as_string("restore_id"));
+    } else if (phase == "abort") {
+      s.abort_restore(j.at("restore_id").as_string("restore_id"));
+    } else {
+      throw InvalidArgument("unknown restore phase '" + phase + "'");
+    }
     reply_json(reply, out);
   });
   srv.register_method(kStats, [this](const rpc::Request& r, rpc::Reply& reply) { reply_json(reply, shard(r.reactor).stats()); });

@@ -25,50 +25,7 @@ bool ranges_overlap(int g1, int t1, int g2, int t2) {
 
 std::string join(const std::string& a, const std::string& b) { return (fs::path(a) / b).string(); }
 
-Json read_json(const std::string& path) {
-  std::vector<uint8_t> bytes = read_file(path);
-  return Json::parse(std::string_view(reinterpret_cast<const char*>(bytes.data()), bytes.size()));
-}
-
-// Total shards of the snapshot in `dir` from its marker names, or 0.
-int snapshot_total_shards(const std::string& dir) {
-  std::error_code ec;
-  for (const auto& e : fs::directory_iterator(dir, ec)) {
-    int g, t;
-    std::string name = e.path().filename().string();
-    if (std::sscanf(name.c_str(), "shard-%d-of-%d.json", &g, &t) == 2 && t > 0) return t;
-  }
-  return 0;
-}
-
 }  // namespace
-
-std::string shard_marker_name(int g, int total) {
-  return "shard-" + std::to_string(g) + "-of-" + std::to_string(total) + ".json";
-}
-
-bool snapshot_complete(const std::string& dir) {
-  int total = snapshot_total_shards(dir);
-  if (total == 0) return false;
-  for (int g = 0; g < total; ++g)
-    if (!path_exists(join(dir, shard_marker_name(g, total)))) return false;
-  return true;
-}
-
-std::string latest_snapshot(const std::string& root) {
-  std::error_code ec;
-  int64_t best = -1;
-  std::string best_dir;
-  for (const auto& e : fs::directory_iterator(root, ec)) {
-    long long k;
-    std::string name = e.path().filename().string();
-    if (std::sscanf(name.c_str(), "step-%lld", &k) == 1 && k > best && snapshot_complete(e.path().string())) {
-      best = k;
-      best_dir = e.path().string();
-    }
-  }
-  return best_dir;
-}
 
 PsShard::Table& PsShard::table(const std::string& name) {
   auto it = tables_.find(name);
@@ -77,6 +34,18 @@ PsShard::Table& PsShard::table(const std::string& name) {
 }
 const PsShard::Table& PsShard::table(const std::string& name) const {
   return const_cast<PsShard*>(this)->table(name);
+}
+
+template <typename Exception>
+void PsShard::check_room(const std::map<std::string, Table>& tables, const TableConfig& config) {
+  SC_CHECK(config.shard_bits <= kMaxServerShardBits, Exception, "table '", config.name, "': shard_bits must be <= ",
+           kMaxServerShardBits, " on a parameter server, got ", config.shard_bits);
+  SC_CHECK(tables.size() < kMaxTablesPerShard, Exception, "a parameter server shard holds at most ",
+           kMaxTablesPerShard, " tables");
+  int64_t shards = int64_t{1} << config.shard_bits;
+  for (const auto& [name, t] : tables) shards += t.rows->table(0).hash_table().num_shards();
+  SC_CHECK(shards <= kMaxHashShards, Exception, "table '", config.name, "' would bring this shard's tables to ", shards,
+           " hash shards, at most ", kMaxHashShards, " are allowed (use fewer tables or smaller shard_bits)");
 }
 
 void PsShard::create_table(const TableConfig& config, uint64_t seed) {
@@ -88,6 +57,7 @@ void PsShard::create_table(const TableConfig& config, uint64_t seed) {
                  "' exists with another configuration");
     return;
   }
+  check_room<InvalidArgument>(tables_, config);
   Table t;
   t.rows = std::make_unique<EmbeddingCollection>(std::vector<TableConfig>{config}, seed);
   t.seed = seed;
@@ -171,22 +141,21 @@ const Json* PsShard::kv_get(const std::string& key) const {
   return it == kv_.end() ? nullptr : &it->second;
 }
 
-void PsShard::save(const std::string& dir, int64_t step, bool overwrite) const {
-  std::string marker = join(dir, shard_marker_name(layout_.global_index, layout_.total_shards));
-  SC_CHECK_ARG(overwrite || !path_exists(marker), "snapshot shard '", marker, "' exists (pass overwrite)");
-  std::string shard_dir = join(dir, "shard-" + std::to_string(layout_.global_index) + "-of-" +
-                                        std::to_string(layout_.total_shards));
-  make_directories(shard_dir);
+SnapshotPart PsShard::encode_snapshot(int64_t step, const std::string& save_id) const {
+  SnapshotPart part;
+  part.shard_dir = shard_directory_name(layout_.global_index, layout_.total_shards);
+  part.marker_name = shard_marker_name(layout_.global_index, layout_.total_shards);
   Json m = Json::object();
   m["format"] = 1;
   m["step"] = step;
+  m["save_id"] = save_id;
   m["global_index"] = layout_.global_index;
   m["total_shards"] = layout_.total_shards;
   Json tables = Json::array();
   int i = 0;
   for (const auto& [name, t] : tables_) {
     std::string sub = "table-" + std::to_string(i++);
-    t.rows->save(join(shard_dir, sub), /*overwrite=*/true);
+    part.tables.emplace_back(sub, t.rows->encode_checkpoint());
     Json e = Json::object();
     e["name"] = name;
     e["seed"] = t.seed;
@@ -204,22 +173,33 @@ void PsShard::save(const std::string& dir, int64_t step, bool overwrite) const {
     dense[k] = std::move(a);
   }
   m["dense"] = std::move(dense);
-  std::string text = m.dump(1);
-  write_file_atomic(marker, text.data(), text.size());  // last: the shard is complete
+  part.marker = m.dump(1);
+  return part;
+}
+
+void SnapshotPart::write(const std::string& staging) const {
+  const std::string dir = join(staging, shard_dir);
+  make_directory(dir);  // a fresh save: refuses a directory someone else put there
+  for (const auto& [sub, files] : tables) {
+    make_directory(join(dir, sub));
+    files.write(join(dir, sub));
+  }
+  // Last: the shard's part is complete. Every file is synced here; the commit syncs the
+  // directories.
+  File f = File::create(join(staging, marker_name));
+  f.write_all(marker.data(), marker.size());
+  f.sync();
+  f.close();
 }
 
 int64_t PsShard::restore(const std::string& dir) {
-  if (!snapshot_complete(dir)) throw NotFound("no complete snapshot in '" + dir + "'");
-  int old_total = snapshot_total_shards(dir);
+  SnapshotMarkers snapshot = read_snapshot_markers(dir);
+  const int old_total = snapshot.total_shards;
   std::map<std::string, Table> tables;
   std::map<std::string, std::vector<float>> dense;
   std::map<std::string, Json> kv;
-  int64_t step = -1;
   for (int g = 0; g < old_total; ++g) {
-    Json m = read_json(join(dir, shard_marker_name(g, old_total)));
-    int64_t s = m.at("step").as_int("step");
-    SC_CHECK(step < 0 || s == step, CorruptData, "snapshot '", dir, "' mixes steps ", step, " and ", s);
-    step = s;
+    const Json& m = snapshot.markers[static_cast<size_t>(g)];
     if (g == 0) {
       for (const auto& [k, v] : m.at("kv").as_object("kv")) kv[k] = v;
       for (const auto& [k, v] : m.at("dense").as_object("dense")) {
@@ -229,21 +209,31 @@ int64_t PsShard::restore(const std::string& dir) {
       }
     }
     bool overlaps = ranges_overlap(g, old_total, layout_.global_index, layout_.total_shards);
-    std::string shard_dir = join(dir, "shard-" + std::to_string(g) + "-of-" + std::to_string(old_total));
+    const std::string shard_dir = join(dir, shard_directory_name(g, old_total));
     for (const Json& e : m.at("tables").as_array("tables")) {
       const std::string& name = e.at("name").as_string("table name");
       uint64_t seed = static_cast<uint64_t>(e.at("seed").as_int("seed"));
-      auto loaded = overlaps || !tables.count(name)
-                        ? EmbeddingCollection::load(join(shard_dir, e.at("dir").as_string("dir")))
-                        : nullptr;
-      if (!loaded) continue;
+      if (!overlaps && tables.count(name)) continue;
+      const std::string table_dir = join(shard_dir, e.at("dir").as_string("dir"));
+      SC_CHECK(is_real_directory(shard_dir) && is_real_directory(table_dir), CorruptData, "snapshot '", dir,
+               "': table directory '", table_dir, "' is missing or a symlink");
+      auto loaded = EmbeddingCollection::load(table_dir);
+      SC_CHECK(loaded->num_tables() == 1 && loaded->table(0).name() == name, CorruptData, "snapshot '", dir, "': '",
+               table_dir, "' does not hold exactly table '", name, "'");
       const EmbeddingTable& src = loaded->table(0);
       auto it = tables.find(name);
       if (it == tables.end()) {
+        check_room<CorruptData>(tables, src.config());
         Table t;
         t.rows = std::make_unique<EmbeddingCollection>(std::vector<TableConfig>{src.config()}, seed);
         t.seed = seed;
         it = tables.emplace(name, std::move(t)).first;
+      } else {
+        // Every shard's part of a table must agree with the first one seen: rows of another
+        // dim or optimizer would be read past their end.
+        SC_CHECK(it->second.rows->table(0).config().to_json().dump() == src.config().to_json().dump() &&
+                     it->second.seed == seed,
+                 CorruptData, "snapshot '", dir, "': the shards disagree on the config of table '", name, "'");
       }
       it->second.rows->set_step(std::max(it->second.rows->step(), loaded->step()));
       if (!overlaps) continue;
@@ -276,7 +266,38 @@ int64_t PsShard::restore(const std::string& dir) {
     dense_.clear();
     kv_.clear();
   }
+  return snapshot.step;
+}
+
+int64_t PsShard::prepare_restore(const std::string& dir, const std::string& restore_id) {
+  staged_.reset();
+  staged_id_.clear();
+  auto fresh = std::make_unique<PsShard>(layout_);
+  const int64_t step = fresh->restore(dir);
+  stage_restore(std::move(fresh), restore_id);
   return step;
+}
+
+void PsShard::stage_restore(std::unique_ptr<PsShard> loaded, const std::string& restore_id) {
+  staged_ = std::move(loaded);
+  staged_id_ = restore_id;
+}
+
+void PsShard::commit_restore(const std::string& restore_id) {
+  SC_CHECK_ARG(staged_ && staged_id_ == restore_id, "no prepared restore '", restore_id, "' on shard ",
+               layout_.global_index);
+  std::unique_ptr<PsShard> staged = std::move(staged_);
+  staged_id_.clear();
+  tables_ = std::move(staged->tables_);
+  dense_ = std::move(staged->dense_);
+  kv_ = std::move(staged->kv_);
+}
+
+void PsShard::abort_restore(const std::string& restore_id) {
+  if (staged_id_ == restore_id) {
+    staged_.reset();
+    staged_id_.clear();
+  }
 }
 
 Json PsShard::stats() const {

@@ -17,12 +17,30 @@
 
 #include "sparsecore/core/json.h"
 #include "sparsecore/ops/embedding_collection.h"
+#include "sparsecore/ps/ps_snapshot.h"
 
 namespace sparsecore::ps {
+
+// Limits of what one request can make a shard hold: a table's hash shards only matter for
+// lock granularity inside a server shard that one thread drives, and each costs about half
+// a KiB before it holds a row (kMaxHashShards of them: 32 MiB).
+inline constexpr int kMaxServerShardBits = 8;
+inline constexpr size_t kMaxTablesPerShard = 1024;
+inline constexpr int64_t kMaxHashShards = 1 << 16;  // over all tables of a server shard
 
 struct ShardLayout {
   int global_index = 0;
   int total_shards = 1;
+};
+
+// A shard's part of a save, encoded in memory on the shard's thread (PsShard::encode_snapshot)
+// and written into the save's staging directory later, on any thread.
+struct SnapshotPart {
+  std::string shard_dir;    // shard-<g>-of-<T>
+  std::string marker_name;  // shard-<g>-of-<T>.json
+  std::vector<std::pair<std::string, EncodedCheckpoint>> tables;  // table-<i> -> its files
+  std::string marker;       // JSON text, written last
+  void write(const std::string& staging) const;
 };
 
 class PsShard {
@@ -30,6 +48,8 @@ class PsShard {
   explicit PsShard(ShardLayout layout) : layout_(layout) {}
 
   // Creating a table that exists with the same config is a no-op; another config throws.
+  // shard_bits is bounded by kMaxServerShardBits, the table count by kMaxTablesPerShard and
+  // the tables' hash shards together by kMaxHashShards.
   void create_table(const TableConfig& config, uint64_t seed);
   int dim(const std::string& table) const;
   // out (n, dim) float32. train: unknown ids are inserted; otherwise they read as zeros.
@@ -46,13 +66,27 @@ class PsShard {
   void kv_put(const std::string& key, Json value) { kv_[key] = std::move(value); }
   const Json* kv_get(const std::string& key) const;
 
-  // Snapshot files of this shard under `dir` (a step directory): one checkpoint per table
-  // in shard-<g>-of-<T>/<table>/, then the marker shard-<g>-of-<T>.json written last.
-  void save(const std::string& dir, int64_t step, bool overwrite) const;
-  // Replaces everything with the rows of the snapshot in `dir` whose buckets this shard owns
-  // now (the snapshot may come from another number of shards). All files are read and
-  // checked before anything is replaced. Returns the snapshot's step.
+  // Writes this shard's part of a save into `staging` (ps_snapshot.h): one collection
+  // checkpoint per table in shard-<g>-of-<T>/table-<i>/, then the marker
+  // shard-<g>-of-<T>.json (step, save id, tables, kv, dense).
+  void write_snapshot(const std::string& staging, int64_t step, const std::string& save_id) const {
+    encode_snapshot(step, save_id).write(staging);
+  }
+  // The same part in memory (a copy of every row), for a writer on another thread.
+  SnapshotPart encode_snapshot(int64_t step, const std::string& save_id) const;
+  // Replaces everything with the rows of the complete snapshot in `dir` whose buckets this
+  // shard owns now (the snapshot may come from another number of shards). All files are read
+  // and checked before anything is replaced. Returns the snapshot's step.
   int64_t restore(const std::string& dir);
+  // Restore across shards, all or nothing: prepare_restore reads and checks the snapshot into
+  // a staged copy (this shard unchanged); commit_restore swaps it in; abort_restore drops it.
+  // `restore_id` pairs the phases of one restore (a later prepare replaces an earlier one).
+  int64_t prepare_restore(const std::string& dir, const std::string& restore_id);
+  // prepare_restore in two halves: `loaded` is a fresh shard of this layout that restored the
+  // snapshot (on any thread); stage_restore keeps it as the prepared restore.
+  void stage_restore(std::unique_ptr<PsShard> loaded, const std::string& restore_id);
+  void commit_restore(const std::string& restore_id);
+  void abort_restore(const std::string& restore_id);
 
   Json stats() const;
   const ShardLayout& layout() const { return layout_; }
@@ -67,18 +101,17 @@ class PsShard {
   };
   Table& table(const std::string& name);
   const Table& table(const std::string& name) const;
+  // Throws (`Exception`) unless a table of `config` fits beside `tables` (the limits above).
+  template <typename Exception>
+  static void check_room(const std::map<std::string, Table>& tables, const TableConfig& config);
   static void apply(Table& t, const int64_t* ids, int64_t n, const float* grads);
 
   ShardLayout layout_;
   std::map<std::string, Table> tables_;
   std::map<std::string, std::vector<float>> dense_;
   std::map<std::string, Json> kv_;
+  std::unique_ptr<PsShard> staged_;  // a prepared restore
+  std::string staged_id_;
 };
-
-// The marker name of global shard g of T, and whether every marker of a snapshot exists.
-std::string shard_marker_name(int g, int total);
-bool snapshot_complete(const std::string& dir);
-// Newest complete step-<k> directory under `root`, or "" when there is none.
-std::string latest_snapshot(const std::string& root);
 
 }  // namespace sparsecore::ps

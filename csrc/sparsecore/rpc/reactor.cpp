@@ -73,6 +73,28 @@ void Reactor::wake() {
   (void)r;
 }
 
+void Reactor::post(std::function<void()> task) {
+  {
+    std::lock_guard<std::mutex> lock(posted_mutex_);
+    posted_.push_back(std::move(task));
+  }
+  wake();
+}
+
+void Reactor::run_posted() {
+  std::vector<std::function<void()>> tasks;
+  {
+    std::lock_guard<std::mutex> lock(posted_mutex_);
+    tasks.swap(posted_);
+  }
+  for (auto& task : tasks) {
+    try {
+      task();
+    } catch (const std::exception&) {  // a task's failure must not stop the reactor
+    }
+  }
+}
+
 void Reactor::request_stop() {
   stop_.store(true, std::memory_order_release);
   wake();
@@ -130,6 +152,7 @@ void Reactor::run() {
         while (::read(wake_fd_.fd(), &v, sizeof(v)) > 0) {
         }
         while (auto c = handoff_.try_pop()) adopt(*c);
+        run_posted();
       } else {
         auto it = connections_.find(tag);
         if (it == connections_.end()) continue;  // closed earlier in this batch

@@ -6,6 +6,8 @@
 #include <atomic>
 #include <cstdint>
 #include <deque>
+#include <functional>
+#include <mutex>
 #include <memory>
 #include <unordered_map>
 #include <vector>
@@ -26,6 +28,10 @@ class Reactor {
   // Reactor thread only: sends a reply that a handler deferred. Dropped silently when the
   // connection has closed meanwhile (its client already saw the failure).
   void send_deferred(const DeferredReply& token, Reply&& reply);
+  // Any thread: runs `task` on this reactor's thread soon (e.g. to send a deferred reply once
+  // work handed to another thread is done). Tasks still queued when the reactor stops are
+  // dropped.
+  void post(std::function<void()> task);
 
   uint64_t accepted() const { return accepted_.load(std::memory_order_relaxed); }
   uint64_t open() const { return open_.load(std::memory_order_relaxed); }
@@ -91,6 +97,7 @@ class Reactor {
   void hand_off(Connection& c);
   void close_expired(Clock::time_point now);
   void register_fd(Connection& c);
+  void run_posted();  // the tasks of post(), on the reactor thread
   // Reply bodies whose frames have been written are kept for later replies: a fresh body per
   // reply (72 KiB for a pull of 1000 rows of dim 18) would have its pages faulted in, and
   // handed back to the system, on every request.
@@ -118,6 +125,8 @@ class Reactor {
   Clock::time_point accept_resume_at_;  // while !listener_watched_
   std::vector<std::unique_ptr<Connection>> closed_;  // freed after the event batch
   std::vector<PodVector<std::byte>> spare_bodies_;
+  std::mutex posted_mutex_;
+  std::vector<std::function<void()>> posted_;
 };
 
 }  // namespace sparsecore::rpc
