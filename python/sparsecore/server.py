@@ -532,6 +532,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         server_index=args.server_index, num_servers=args.num_servers,
                         snapshot_dir=args.snapshot_dir, poll=args.poll_us / 1e6,
                         idle_timeout=args.idle_timeout, handshake_timeout=args.handshake_timeout)
+    except _core.CorruptDataError as e:  # a damaged snapshot is not an argument error
+        return fail(f"cannot restore from --snapshot-dir: CorruptDataError: {e}", 1)
     except ValueError as e:
         return fail(str(e))
     except (OSError, RuntimeError) as e:
