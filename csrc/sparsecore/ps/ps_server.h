@@ -2,6 +2,14 @@
 // per shard; reactor i owns shard i, so requests for a shard are served on its thread without
 // locks. Constructed but not started, it is the embedded server: PsClient drives its shards
 // with plain calls and no socket.
+//
+// Synchronous training: a push waits (its reply deferred) until every worker pushed the same
+// step of the same table, and is released with that table's step alone. A connection that
+// sent a synchronous push or a barrier with its worker rank is a member. When a member's
+// connection closes, or a push or restore breaks the incomplete step of a table (see
+// PsShard::push), the shard's incomplete steps (and, when a member left, its barriers) are
+// abandoned and every waiting caller gets RpcStepAborted (Status::kStepAborted) at once,
+// instead of waiting for a worker that will not come: workers then roll back together.
 #pragma once
 
 #include <map>
@@ -38,10 +46,27 @@ class PsServer {
 
  private:
   void register_methods();
-  struct ReactorState {  // owned by one reactor thread
-    std::vector<rpc::DeferredReply> waiting_push;
-    std::map<std::string, std::vector<rpc::DeferredReply>> barriers;
+  struct Waiter {
+    rpc::DeferredReply reply;
+    int64_t worker = -1;  // rank of a synchronous worker, -1 when unknown
   };
+  struct Barrier {
+    int64_t count = 0;
+    std::vector<Waiter> waiting;
+  };
+  struct ReactorState {  // owned by one reactor thread
+    std::map<std::string, std::vector<rpc::DeferredReply>> waiting_push;  // by table
+    std::map<std::string, Barrier> barriers;                                // by name
+    std::map<uint64_t, uint32_t> members;  // connection -> worker rank (synchronous workers)
+  };
+  // Reactor thread only. Fails every deferred push of `table` (all tables when empty) with
+  // kStepAborted, saying `why`.
+  void fail_pushes(int reactor, const std::string& table, const std::string& why);
+  void fail_barriers(int reactor, const std::string& why);
+  // Abandons the shard's incomplete steps and tells their waiting workers.
+  void abort_steps(int reactor, const std::string& why);
+  void connection_closed(int reactor, uint64_t connection);
+  void barrier(const rpc::Request& r, rpc::Reply& reply);
 
   PsServerOptions options_;
   std::vector<std::unique_ptr<PsShard>> shards_;

@@ -457,6 +457,7 @@ void Reactor::close_connection(Connection& c) {
     closed_.push_back(std::move(it->second));  // callers may still hold `c` this event batch
     connections_.erase(it);
     open_.fetch_sub(1, std::memory_order_relaxed);
+    if (c.authed && server_.close_hook_) server_.close_hook_(index_, c.id);
   }
 }
 
@@ -480,6 +481,11 @@ RpcServer::RpcServer(ServerOptions options) : options_(std::move(options)) {
 }
 
 RpcServer::~RpcServer() { stop(); }
+
+void RpcServer::on_connection_closed(std::function<void(int, uint64_t)> hook) {
+  SC_CHECK_ARG(!running_.load(), "on_connection_closed must be called before start()");
+  close_hook_ = std::move(hook);
+}
 
 void RpcServer::register_method(uint16_t method, Handler handler) {
   SC_CHECK_ARG(method < kFirstReservedMethod, "method ids from ", kFirstReservedMethod, " up are reserved, got ", method);
