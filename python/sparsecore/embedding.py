@@ -135,7 +135,9 @@ class EmbeddingCollection:
         return to_torch(out) if torch_out else out
 
     def erase(self, name: str, ids: Any) -> int:
-        """Removes ``ids`` from table ``name``; returns how many were present."""
+        """Removes ``ids`` from table ``name``; returns how many were present. Safe while other
+        threads train: it waits for their running calls, and batches prepared before it look
+        their rows up again (an erased id that a later backward trains starts afresh)."""
         return self._c.erase(self._table(name), as_int64(ids, f"ids of table '{name}'"))
 
     def export(self, name: str) -> dict[str, np.ndarray]:

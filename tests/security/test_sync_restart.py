@@ -223,3 +223,28 @@ def test_connect_refuses_a_bad_timeout(timeout):
 def test_connect_has_a_finite_default_deadline():
     import inspect
     assert inspect.signature(sc.connect).parameters["timeout"].default == 300.0
+
+
+def test_a_sync_step_whose_update_overflows_fails_for_every_worker(server):
+    w0 = sc.connect([server], worker=0, num_workers=2, timeout=60)
+    w1 = sc.connect([server], worker=1, num_workers=2, timeout=60)
+    for ps in (w0, w1):
+        ps.create_table("o", sc.TableConfig(dim=2, optimizer=sc.Adagrad(lr=0.1)), seed=1)
+    ids = np.arange(8, dtype=np.int64)
+    before = w0.pull("o", ids, train=False)
+    errors = []
+
+    def push_fine():
+        try:
+            w0.push("o", ids, np.ones((8, 2), np.float32), step=0)
+        except Exception as e:  # noqa: BLE001 - the test inspects it
+            errors.append(e)
+    waiting = threading.Thread(target=push_fine)
+    waiting.start()
+    waiting.join(1.0)  # lets worker 0's push reach the server first
+    with pytest.raises(ValueError, match="non-finite"):
+        w1.push("o", ids, np.full((8, 2), 1e20, np.float32), step=0)
+    waiting.join(60)
+    assert not waiting.is_alive(), "the other worker of the failed step still waits"
+    assert len(errors) == 1 and isinstance(errors[0], ValueError) and "non-finite" in str(errors[0]), errors
+    np.testing.assert_array_equal(w0.pull("o", ids, train=False), before)

@@ -10,6 +10,10 @@
 #include <cstring>
 #include <limits>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 #include "sparsecore/core/cpu_features.h"
 #include "sparsecore/core/half.h"
 #include "sparsecore/optim/update_rules.h"
@@ -244,10 +248,48 @@ void pool_bags(const PreparedGroup& g, RowStorage storage, const std::byte* cons
 // Unique rows this far ahead are prefetched for writing (a whole record: weights, state, meta).
 constexpr int64_t kUpdateAhead = 8;
 
+namespace {
+
+// 1 when any of the n floats is Inf or NaN (exponent bits all ones). An OR of per-element
+// flags vectorises where a float reduction would not.
+__attribute__((always_inline)) inline uint32_t any_nonfinite(const float* x, int64_t n) {
+  uint32_t bad = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    uint32_t bits;
+    std::memcpy(&bits, x + i, sizeof(bits));
+    bad |= static_cast<uint32_t>((bits & 0x7f800000u) == 0x7f800000u);
+  }
+  return bad;
+}
+
+// Copies a record (bytes: a multiple of 8) into the undo log with non-temporal stores: the log
+// is written once and read only when a call is undone, so it should neither be read in first
+// (write-allocate) nor push rows out of the cache.
+__attribute__((always_inline)) inline void save_record(std::byte* __restrict__ dst, const std::byte* __restrict__ src,
+                                                       size_t bytes) {
+#if defined(__x86_64__)
+  for (size_t i = 0; i < bytes; i += 8) {
+    long long v;
+    std::memcpy(&v, src + i, sizeof(v));
+    _mm_stream_si64(reinterpret_cast<long long*>(dst + i), v);
+  }
+#else
+  std::memcpy(dst, src, bytes);
+#endif
+}
+
+__attribute__((always_inline)) inline uint32_t any_nonfinite_half(const uint16_t* x, int n) {
+  uint32_t bad = 0;
+  for (int i = 0; i < n; ++i) bad |= static_cast<uint32_t>((x[i] & 0x7c00u) == 0x7c00u);
+  return bad;
+}
+
+}  // namespace
+
 SC_DISPATCH
-void backward_update(const PreparedGroup& g, const EmbeddingTable& table, std::byte* const* rows,
+bool backward_update(const PreparedGroup& g, const EmbeddingTable& table, std::byte* const* rows,
                      const float* grad, const float* bag_scale, int64_t u_begin, int64_t u_end, int64_t step,
-                     float* scratch) {
+                     float* scratch, std::byte* undo) {
   const int dim = g.dim;
   const OptimizerConfig& opt = table.config().optimizer;
   const float* weights = g.weights.empty() ? nullptr : g.weights.data();
@@ -256,6 +298,9 @@ void backward_update(const PreparedGroup& g, const EmbeddingTable& table, std::b
   const int32_t* bag_of = g.bag_of_position.data();
   const bool sequence = g.pooling == Pooling::kNone;
   const bool half = table.storage() == RowStorage::kFloat16;
+  const size_t row_bytes = table.row_bytes();
+  const int state_dim = table.state_dim();
+  uint32_t bad = 0;
   for (int64_t u = u_begin; u < u_end; ++u) {
     if (u + kUpdateAhead < u_end) prefetch_bytes(rows[u + kUpdateAhead], table.row_bytes(), 1);
     for (int d = 0; d < dim; ++d) scratch[d] = 0.0f;
@@ -268,34 +313,48 @@ void backward_update(const PreparedGroup& g, const EmbeddingTable& table, std::b
       axpy(scratch, src, s, dim);
     }
     std::byte* row = rows[u];
+    std::byte* saved = undo + static_cast<size_t>(u - u_begin) * row_bytes;
+    save_record(saved, row, row_bytes);  // the record as it was, in case the call is undone
     PackedRowMeta* meta = table.meta(row);
     meta->count_update();
     int64_t t = opt.use_global_step ? step : static_cast<int64_t>(meta->update_count);
+    uint32_t row_bad;
     if (half) {
       // fp32 math on a widened copy, rounded back once.
       float* w = scratch + dim;
       halves_to_floats(EmbeddingTable::weights_fp16(row), w, dim);
       rules::apply(opt, w, table.state(row), scratch, dim, t);
       floats_to_halves(w, EmbeddingTable::weights_fp16(row), dim);
+      row_bad = any_nonfinite_half(EmbeddingTable::weights_fp16(row), dim);
     } else {
       float* w = EmbeddingTable::weights(row);
       rules::apply(opt, w, table.state(row), scratch, dim, t);
+      row_bad = any_nonfinite(w, dim);
     }
+    row_bad |= any_nonfinite(table.state(row), state_dim);
     meta->set_last_step(step);
+    if (__builtin_expect(row_bad != 0, 0)) {  // never left non-finite
+#if defined(__x86_64__)
+      _mm_sfence();
+#endif
+      std::memcpy(row, saved, row_bytes);
+    }
+    bad |= row_bad;
   }
+#if defined(__x86_64__)
+  _mm_sfence();  // the log's non-temporal stores are visible to whichever thread undoes the call
+#endif
+  return bad == 0;
+}
+
+void undo_rows(std::byte* const* rows, int64_t u_begin, int64_t u_end, size_t row_bytes, const std::byte* undo) {
+  for (int64_t u = u_begin; u < u_end; ++u)
+    std::memcpy(rows[u], undo + static_cast<size_t>(u - u_begin) * row_bytes, row_bytes);
 }
 
 SC_DISPATCH
 bool all_finite(const float* x, int64_t n) {
-  // Inf and NaN are exactly the floats whose exponent bits are all ones; an OR of per-element
-  // flags vectorises where a float reduction would not.
-  uint32_t bad = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    uint32_t bits;
-    std::memcpy(&bits, x + i, sizeof(bits));
-    bad |= static_cast<uint32_t>((bits & 0x7f800000u) == 0x7f800000u);
-  }
-  return bad == 0;
+  return any_nonfinite(x, n) == 0;
 }
 
 }  // namespace sparsecore::kernels

@@ -8,6 +8,7 @@
 #include "sparsecore/core/pod_vector.h"
 #include "sparsecore/ps/ps_protocol.h"
 #include "sparsecore/rpc/reactor.h"
+#include "sparsecore/rpc/rpc_error.h"
 
 namespace sparsecore::ps {
 namespace {
@@ -88,7 +89,7 @@ void PsServer::stop() {
   rpc_.reset();
 }
 
-void PsServer::fail_pushes(int reactor, const std::string& table, const std::string& why) {
+void PsServer::fail_pushes(int reactor, const std::string& table, const std::string& why, rpc::Status status) {
   ReactorState& st = reactor_state_[static_cast<size_t>(reactor)];
   std::vector<rpc::DeferredReply> failed;
   for (auto it = st.waiting_push.begin(); it != st.waiting_push.end();) {
@@ -102,7 +103,7 @@ void PsServer::fail_pushes(int reactor, const std::string& table, const std::str
   rpc::Reactor& r = rpc_->reactor(reactor);
   for (const auto& token : failed) {  // state first: a send may close a connection (and re-enter)
     rpc::Reply reply;
-    reply.fail(rpc::Status::kStepAborted, why + " [shard " + std::to_string(shard(reactor).layout().global_index) + "]");
+    reply.fail(status, why + " [shard " + std::to_string(shard(reactor).layout().global_index) + "]");
     r.send_deferred(token, std::move(reply));
   }
 }
@@ -221,8 +222,17 @@ void PsServer::register_methods() {
     PodVector<float> grad_copy;
     const int64_t* ids = aligned_view<int64_t>(t.arrays, n, id_copy);
     const float* grads = aligned_view<float>(t.arrays + n * sizeof(int64_t), n * dim, grad_copy);
-    PsShard::PushOutcome out =
-        s.push(t.name, ids, static_cast<int64_t>(n), grads, t.h.step, t.h.worker, t.h.num_workers);
+    PsShard::PushOutcome out;
+    try {
+      out = s.push(t.name, ids, static_cast<int64_t>(n), grads, t.h.step, t.h.worker, t.h.num_workers);
+    } catch (...) {
+      // A step that failed as it completed (its summed update made rows non-finite; nothing
+      // was applied) fails for every worker that waits on it, not only for the last one.
+      std::string message;
+      rpc::Status status = rpc::status_of_current_exception(&message);
+      if (t.h.num_workers > 0 && !s.step_pending(t.name)) fail_pushes(r.reactor, t.name, message, status);
+      throw;
+    }
     ReactorState& st = reactor_state_[static_cast<size_t>(r.reactor)];
     if (t.h.num_workers > 0) st.members[r.connection] = t.h.worker;
     if (out.aborted_step >= 0)

@@ -60,8 +60,9 @@ class PsServer {
     std::map<uint64_t, uint32_t> members;  // connection -> worker rank (synchronous workers)
   };
   // Reactor thread only. Fails every deferred push of `table` (all tables when empty) with
-  // kStepAborted, saying `why`.
-  void fail_pushes(int reactor, const std::string& table, const std::string& why);
+  // `status` (kStepAborted unless said), saying `why`.
+  void fail_pushes(int reactor, const std::string& table, const std::string& why,
+                   rpc::Status status = rpc::Status::kStepAborted);
   void fail_barriers(int reactor, const std::string& why);
   // Abandons the shard's incomplete steps and tells their waiting workers.
   void abort_steps(int reactor, const std::string& why);

@@ -14,6 +14,8 @@ namespace fs = std::filesystem;
 
 namespace {
 
+constexpr int64_t kMaxDenseSize = int64_t{1} << 28;  // floats (1 GiB): one reply carries it
+
 // First bucket of global shard g of T, i.e. the least b with (b * T) >> 16 == g.
 uint64_t first_bucket(int g, int total) {
   return (static_cast<uint64_t>(g) * kNumBuckets + static_cast<uint64_t>(total) - 1) / static_cast<uint64_t>(total);
@@ -164,7 +166,9 @@ std::vector<std::pair<std::string, int64_t>> PsShard::abort_steps() {
 std::vector<float>& PsShard::dense(const std::string& name, int64_t size, float init) {
   auto it = dense_.find(name);
   if (it == dense_.end()) {
-    SC_CHECK_ARG(size > 0, "dense variable '", name, "' needs a size > 0 to be created");
+    SC_CHECK_ARG(size > 0 && size <= kMaxDenseSize, "dense variable '", name, "' needs a size in [1, 2^28] to be created, got ",
+                 size);
+    SC_CHECK_ARG(std::isfinite(init), "dense variable '", name, "': init must be finite, got ", init);
     it = dense_.emplace(name, std::vector<float>(static_cast<size_t>(size), init)).first;
   }
   SC_CHECK_ARG(size <= 0 || static_cast<int64_t>(it->second.size()) == size, "dense variable '", name, "' has size ",

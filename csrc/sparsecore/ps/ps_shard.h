@@ -48,6 +48,11 @@ class PsShard {
   // Abandons the incomplete synchronous step of every table (nothing of them is applied);
   // returns (table, step) of each one abandoned.
   std::vector<std::pair<std::string, int64_t>> abort_steps();
+  // Whether a synchronous step of `table` waits for more pushes.
+  bool step_pending(const std::string& table) const {
+    auto it = tables_.find(table);
+    return it != tables_.end() && !it->second.pending.empty();
+  }
 
   std::vector<float>& dense(const std::string& name, int64_t size, float init);
   // w -= lr * grads; lr must be finite and >= 0 and grads finite, else nothing changes.
