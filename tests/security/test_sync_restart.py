@@ -231,7 +231,7 @@ def test_a_sync_step_whose_update_overflows_fails_for_every_worker(server):
     for ps in (w0, w1):
         ps.create_table("o", sc.TableConfig(dim=2, optimizer=sc.Adagrad(lr=0.1)), seed=1)
     ids = np.arange(8, dtype=np.int64)
-    before = w0.pull("o", ids, train=False)
+    before = w0.pull("o", ids)  # inserts the rows
     errors = []
 
     def push_fine():
