@@ -117,7 +117,7 @@ def test_a_worker_killed_mid_step_aborts_the_step_for_the_others(server):
             p.wait()
 
 
-def test_a_restarted_worker_pushing_an_older_step_aborts_the_step_and_goes_on(server):
+def test_a_restarted_worker_aborts_the_incomplete_step_and_goes_on(server):
     a = sc.connect([server], worker=0, num_workers=2, timeout=60)
     a.create_table("t", CFG, seed=3)
     b = _worker(server, 1, 0, 6)
@@ -142,7 +142,7 @@ def test_a_restarted_worker_pushing_an_older_step_aborts_the_step_and_goes_on(se
         waiting.join(60)
         assert not waiting.is_alive(), "the waiting worker was never told that its step was aborted"
         assert len(errors) == 1 and isinstance(errors[0], sc.RpcStepAborted), errors
-        assert "step 6" in str(errors[0]) and "pushed step 3" in str(errors[0])
+        assert "step 6" in str(errors[0]) and "worker 1 joined again" in str(errors[0])
         # The restarted worker's push opened step 3; rank 0 rolls back too and completes it.
         a.push("t", np.arange(10, dtype=np.int64), ones, step=3)
         assert _read_until(restarted, "done")
@@ -152,6 +152,93 @@ def test_a_restarted_worker_pushing_an_older_step_aborts_the_step_and_goes_on(se
                 if p.poll() is None:
                     p.kill()
                 p.wait()
+
+
+# A worker that rolls back with the others on RpcStepAborted (the README's recipe): meet at
+# "recover", rank 0 restores the newest snapshot, meet at "restored", go on from its step.
+RECOVERING_WORKER = textwrap.dedent("""
+    import os, sys, numpy as np, sparsecore as sc
+    addr, rank, steps, snaps, restarted = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5] == "1"
+    ps = sc.connect([addr], worker=rank, num_workers=2, timeout=60)
+    ps.create_table("t", sc.TableConfig(dim=4, optimizer=sc.Adagrad(lr=0.1)), seed=5)
+
+    def grads(step, rank):
+        rng = np.random.default_rng(1000 * step + rank)
+        ids = np.unique(rng.integers(0, 200, 50)).astype(np.int64)
+        return ids, rng.standard_normal((ids.size, 4)).astype(np.float32)
+
+    def meet(name):
+        while True:
+            try:
+                return ps.barrier(name, 2)
+            except sc.RpcStepAborted:
+                continue
+
+    def recover():
+        meet("recover")
+        if rank == 0:
+            ps.restore(sc.server.latest_snapshot(snaps))
+        meet("restored")
+        return int(os.path.basename(sc.server.latest_snapshot(snaps)).split("-")[1])
+
+    step = recover() if restarted else 0
+    if rank == 0 and not restarted:
+        ps.save(snaps, 0, overwrite=True)
+    while step < steps:
+        ids, g = grads(step, rank)
+        try:
+            ps.push("t", ids, g, step=step)
+        except sc.RpcStepAborted:
+            print("aborted", step, flush=True)
+            step = recover()
+            continue
+        step += 1
+        print("step", step, flush=True)
+        if rank == 0 and step % 4 == 0:
+            ps.save(snaps, step, overwrite=True)
+    print("done", flush=True)
+""")
+
+
+def test_workers_roll_back_together_after_a_restart_and_match_an_uninterrupted_run(server, tmp_path):
+    steps = 16
+    snaps = str(tmp_path / "snaps")
+
+    def start(rank, restarted):
+        return subprocess.Popen([sys.executable, "-c", RECOVERING_WORKER, server, str(rank), str(steps), snaps,
+                                 "1" if restarted else "0"], stdout=subprocess.PIPE, env=_env(), text=True)
+    a, b = start(0, False), start(1, False)
+    b2 = None
+    try:
+        assert _read_until(b, "step 9")
+        b.kill()
+        b.wait()
+        b2 = start(1, True)
+        outputs = []
+        for p in (a, b2):
+            out, _ = p.communicate(timeout=120)
+            assert p.returncode == 0 and out.strip().endswith("done"), out
+            outputs.append(out)
+        assert "aborted" in outputs[0]  # the survivor was told, rolled back, and went on
+    finally:
+        for p in (a, b, b2):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
+    ref = sc.Server().client()
+    ref.create_table("t", sc.TableConfig(dim=4, optimizer=sc.Adagrad(lr=0.1)), seed=5)
+    for step in range(steps):
+        parts = []
+        for rank in range(2):
+            rng = np.random.default_rng(1000 * step + rank)
+            ids = np.unique(rng.integers(0, 200, 50)).astype(np.int64)
+            parts.append((ids, rng.standard_normal((ids.size, 4)).astype(np.float32)))
+        ref.push("t", np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+    remote = sc.connect([server], timeout=60)
+    remote.create_table("t", sc.TableConfig(dim=4, optimizer=sc.Adagrad(lr=0.1)), seed=5)
+    all_ids = np.arange(200, dtype=np.int64)
+    np.testing.assert_allclose(remote.pull("t", all_ids, train=False), ref.pull("t", all_ids, train=False),
+                               rtol=1e-6, atol=1e-7)
 
 
 def test_a_barrier_is_aborted_when_a_member_leaves(server):
@@ -173,6 +260,31 @@ def test_a_barrier_is_aborted_when_a_member_leaves(server):
     assert not t.is_alive(), "the barrier still waits for a worker that left"
     assert len(errors) == 1 and isinstance(errors[0], sc.RpcStepAborted), errors
     assert "worker 1 left" in str(errors[0])
+
+
+def test_a_push_after_a_member_left_is_refused_until_it_joins_again(server):
+    w0 = sc.connect([server], worker=0, num_workers=2, timeout=5)  # a retry below waits this long at most
+    w0.create_table("t", CFG, seed=1)
+    w1 = sc.connect([server], worker=1, num_workers=2, timeout=60)
+    del w1  # worker 1 leaves with nothing pending
+    ids, ones = np.arange(4, dtype=np.int64), np.ones((4, DIM), np.float32)
+    refused = None
+    for _ in range(20):  # until the server has seen the connection close
+        try:
+            w0.push("t", ids, ones, step=0)
+        except sc.RpcStepAborted as e:
+            refused = e
+            break
+        except sc.RpcTimeout:
+            continue
+    assert refused is not None and "worker 1 left" in str(refused)
+    w1 = sc.connect([server], worker=1, num_workers=2, timeout=60)  # back: pushes wait again
+    w1.create_table("t", CFG, seed=1)
+    done = threading.Thread(target=w1.push, args=("t", ids, ones), kwargs={"step": 0})
+    done.start()
+    w0.push("t", ids, ones, step=0)
+    done.join(60)
+    assert not done.is_alive()
 
 
 def test_sync_reply_is_released_by_its_own_tables_step(server):

@@ -182,6 +182,13 @@ PsClient::PsClient(const std::vector<std::string>& addresses, PsClientOptions op
     }
     total_shards_ += shards;
   }
+  if (options_.num_workers > 0) {  // tell every shard which rank these connections are
+    SC_CHECK_ARG(options_.worker < options_.num_workers, "worker ", options_.worker, " out of range for ",
+                 options_.num_workers, " workers");
+    Json j = Json::object();
+    j["worker"] = static_cast<int64_t>(options_.worker);
+    call_json(kJoin, j);
+  }
 }
 
 PsClient::PsClient(PsServer& embedded, PsClientOptions options)

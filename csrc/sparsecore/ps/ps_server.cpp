@@ -136,11 +136,26 @@ void PsServer::connection_closed(int reactor, uint64_t connection) {
   }
   auto member = st.members.find(connection);
   if (member == st.members.end()) return;
-  std::string why = "worker " + std::to_string(member->second) +
-                    " left (its connection closed); nothing of the step was applied";
+  const uint32_t worker = member->second;
   st.members.erase(member);
+  for (const auto& [c, w] : st.members)
+    if (w == worker) return;  // the rank is still here through another connection
+  st.left.insert(worker);
+  std::string why = "worker " + std::to_string(worker) + " left (its connection closed); nothing of the step was applied";
   abort_steps(reactor, why);
   fail_barriers(reactor, why);
+}
+
+void PsServer::join(int reactor, uint64_t connection, uint32_t worker) {
+  ReactorState& st = reactor_state_[static_cast<size_t>(reactor)];
+  auto known = st.members.find(connection);
+  if (known != st.members.end() && known->second == worker) return;
+  bool back = st.left.erase(worker) > 0;
+  for (const auto& [c, w] : st.members) back = back || (w == worker && c != connection);
+  st.members[connection] = worker;
+  if (back)
+    abort_steps(reactor, "worker " + std::to_string(worker) +
+                             " joined again (restarted) while the step was incomplete; nothing of it was applied");
 }
 
 void PsServer::barrier(const rpc::Request& r, rpc::Reply& reply) {
@@ -151,7 +166,7 @@ void PsServer::barrier(const rpc::Request& r, rpc::Reply& reply) {
   int64_t worker = j.get("worker") ? j.at("worker").as_int("worker") : -1;
   SC_CHECK_ARG(worker >= -1 && worker <= int64_t{UINT32_MAX}, "barrier worker ", worker, " out of range");
   ReactorState& st = reactor_state_[static_cast<size_t>(r.reactor)];
-  if (worker >= 0) st.members[r.connection] = static_cast<uint32_t>(worker);
+  if (worker >= 0) join(r.reactor, r.connection, static_cast<uint32_t>(worker));
   auto found = st.barriers.find(name);
   if (found != st.barriers.end()) {
     SC_CHECK_ARG(found->second.count == count, "barrier '", name, "' has count ", found->second.count, ", not ", count);
@@ -222,6 +237,13 @@ void PsServer::register_methods() {
     PodVector<float> grad_copy;
     const int64_t* ids = aligned_view<int64_t>(t.arrays, n, id_copy);
     const float* grads = aligned_view<float>(t.arrays + n * sizeof(int64_t), n * dim, grad_copy);
+    ReactorState& st = reactor_state_[static_cast<size_t>(r.reactor)];
+    if (t.h.num_workers > 0) {
+      join(r.reactor, r.connection, t.h.worker);
+      if (!st.left.empty())
+        throw RpcStepAborted("step " + std::to_string(t.h.step) + " of table '" + t.name + "' cannot complete: worker " +
+                             std::to_string(*st.left.begin()) + " left (its connection closed) and has not joined again");
+    }
     PsShard::PushOutcome out;
     try {
       out = s.push(t.name, ids, static_cast<int64_t>(n), grads, t.h.step, t.h.worker, t.h.num_workers);
@@ -233,8 +255,6 @@ void PsServer::register_methods() {
       if (t.h.num_workers > 0 && !s.step_pending(t.name)) fail_pushes(r.reactor, t.name, message, status);
       throw;
     }
-    ReactorState& st = reactor_state_[static_cast<size_t>(r.reactor)];
-    if (t.h.num_workers > 0) st.members[r.connection] = t.h.worker;
     if (out.aborted_step >= 0)
       fail_pushes(r.reactor, t.name,
                   "step " + std::to_string(out.aborted_step) + " of table '" + t.name + "' was aborted: worker " +
@@ -276,6 +296,12 @@ void PsServer::register_methods() {
     reply_json(reply, out);
   });
   srv.register_method(kBarrier, [this](const rpc::Request& r, rpc::Reply& reply) { barrier(r, reply); });
+  srv.register_method(kJoin, [this](const rpc::Request& r, rpc::Reply&) {
+    Json j = parse_json(r);
+    int64_t worker = j.at("worker").as_int("worker");
+    SC_CHECK_ARG(worker >= 0 && worker <= int64_t{UINT32_MAX}, "worker ", worker, " out of range");
+    join(r.reactor, r.connection, static_cast<uint32_t>(worker));
+  });
   srv.register_method(kDensePull, [this](const rpc::Request& r, rpc::Reply& reply) {
     Json j = parse_json(r);
     std::vector<float>& v = shard(r.reactor).dense(j.at("name").as_string("name"), j.at("size").as_int("size"),

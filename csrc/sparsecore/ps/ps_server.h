@@ -5,16 +5,22 @@
 //
 // Synchronous training: a push waits (its reply deferred) until every worker pushed the same
 // step of the same table, and is released with that table's step alone. A connection that
-// sent a synchronous push or a barrier with its worker rank is a member. When a member's
-// connection closes, or a push or restore breaks the incomplete step of a table (see
-// PsShard::push), the shard's incomplete steps (and, when a member left, its barriers) are
-// abandoned and every waiting caller gets RpcStepAborted (Status::kStepAborted) at once,
-// instead of waiting for a worker that will not come: workers then roll back together.
+// joined (kJoin, sent by a synchronous client to every shard when it connects) or sent a
+// synchronous push or a barrier with its rank is a member. The shard's incomplete steps are
+// abandoned - nothing of them applied, every waiting caller told with RpcStepAborted
+// (Status::kStepAborted) at once instead of waiting for a worker that will not come - when
+//  - a member leaves: its last connection to the shard closes (its barriers are aborted too,
+//    and later pushes are refused the same way until that rank joins again);
+//  - a rank joins again (a restarted worker) or pushes a step that cannot belong to the
+//    incomplete one (PsShard::push);
+//  - the shard is restored from a snapshot.
+// Workers then roll back to the last snapshot together.
 #pragma once
 
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -58,6 +64,7 @@ class PsServer {
     std::map<std::string, std::vector<rpc::DeferredReply>> waiting_push;  // by table
     std::map<std::string, Barrier> barriers;                                // by name
     std::map<uint64_t, uint32_t> members;  // connection -> worker rank (synchronous workers)
+    std::set<uint32_t> left;               // ranks whose last connection closed, not back yet
   };
   // Reactor thread only. Fails every deferred push of `table` (all tables when empty) with
   // `status` (kStepAborted unless said), saying `why`.
@@ -67,6 +74,9 @@ class PsServer {
   // Abandons the shard's incomplete steps and tells their waiting workers.
   void abort_steps(int reactor, const std::string& why);
   void connection_closed(int reactor, uint64_t connection);
+  // Records `connection` as rank `worker`'s; a rank that left or has another connection here
+  // has come back (restarted): the incomplete steps are abandoned.
+  void join(int reactor, uint64_t connection, uint32_t worker);
   void barrier(const rpc::Request& r, rpc::Reply& reply);
 
   PsServerOptions options_;
