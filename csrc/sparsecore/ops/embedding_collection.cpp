@@ -455,10 +455,10 @@ int64_t EmbeddingCollection::backward(const PreparedBatch& batch, const std::vec
   size_t undo_bytes = 0;
   for (int gi = 0; gi < num_groups; ++gi) {
     const int64_t u = batch.groups[gi].num_unique();
-    const size_t row_bytes = tables_[batch.groups[gi].table]->row_bytes();
+    const size_t stride = kernels::undo_stride(tables_[batch.groups[gi].table]->row_bytes());
     for (int64_t b = 0; b < u; b += kRowsPerTask)
-      tasks.push_back({gi, b, std::min(u, b + kRowsPerTask), undo_bytes + static_cast<size_t>(b) * row_bytes});
-    undo_bytes += static_cast<size_t>(u) * row_bytes;
+      tasks.push_back({gi, b, std::min(u, b + kRowsPerTask), undo_bytes + static_cast<size_t>(b) * stride});
+    undo_bytes += static_cast<size_t>(u) * stride;
   }
   PodVector<std::byte> undo = take_undo(undo_bytes);
   auto rows_of = [&](int gi) -> std::byte* const* {

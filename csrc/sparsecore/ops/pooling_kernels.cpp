@@ -262,13 +262,16 @@ __attribute__((always_inline)) inline uint32_t any_nonfinite(const float* x, int
   return bad;
 }
 
-// Copies a record (bytes: a multiple of 8) into the undo log with non-temporal stores: the log
-// is written once and read only when a call is undone, so it should neither be read in first
-// (write-allocate) nor push rows out of the cache.
+// Copies a record into its undo slot (16-byte aligned, undo_stride(bytes) long) with
+// non-temporal stores: the log is written once and read only when a call is undone, so it
+// should neither be read in first (write-allocate) nor push rows out of the cache.
 __attribute__((always_inline)) inline void save_record(std::byte* __restrict__ dst, const std::byte* __restrict__ src,
                                                        size_t bytes) {
 #if defined(__x86_64__)
-  for (size_t i = 0; i < bytes; i += 8) {
+  size_t i = 0;
+  for (; i + 16 <= bytes; i += 16)
+    _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i), _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i)));
+  for (; i < bytes; i += 8) {  // records are a multiple of 8 bytes
     long long v;
     std::memcpy(&v, src + i, sizeof(v));
     _mm_stream_si64(reinterpret_cast<long long*>(dst + i), v);
@@ -313,7 +316,7 @@ bool backward_update(const PreparedGroup& g, const EmbeddingTable& table, std::b
       axpy(scratch, src, s, dim);
     }
     std::byte* row = rows[u];
-    std::byte* saved = undo + static_cast<size_t>(u - u_begin) * row_bytes;
+    std::byte* saved = undo + static_cast<size_t>(u - u_begin) * undo_stride(row_bytes);
     save_record(saved, row, row_bytes);  // the record as it was, in case the call is undone
     PackedRowMeta* meta = table.meta(row);
     meta->count_update();
@@ -349,7 +352,7 @@ bool backward_update(const PreparedGroup& g, const EmbeddingTable& table, std::b
 
 void undo_rows(std::byte* const* rows, int64_t u_begin, int64_t u_end, size_t row_bytes, const std::byte* undo) {
   for (int64_t u = u_begin; u < u_end; ++u)
-    std::memcpy(rows[u], undo + static_cast<size_t>(u - u_begin) * row_bytes, row_bytes);
+    std::memcpy(rows[u], undo + static_cast<size_t>(u - u_begin) * undo_stride(row_bytes), row_bytes);
 }
 
 SC_DISPATCH

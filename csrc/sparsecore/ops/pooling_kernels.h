@@ -35,10 +35,12 @@ void pool_bags_from_ids(const HashTable& table, int dim, Pooling pooling, RowSto
 //              1/sum(weights) for mean (0 for an empty bag)
 //   rows       (num_unique) row pointers, all non-null
 //   scratch    (2 * dim) floats
-//   undo       (u_end - u_begin, table.row_bytes()) host bytes
+//   undo       (u_end - u_begin, undo_stride(table.row_bytes())) host bytes, 16-byte aligned
 bool backward_update(const PreparedGroup& g, const EmbeddingTable& table, std::byte* const* rows,
                      const float* grad, const float* bag_scale, int64_t u_begin, int64_t u_end, int64_t step,
                      float* scratch, std::byte* undo);
+// Bytes of one record's slot in the undo log (row_bytes rounded up to 16).
+constexpr size_t undo_stride(size_t row_bytes) { return (row_bytes + 15) & ~size_t{15}; }
 // Copies the records saved by backward_update back into rows [u_begin, u_end).
 void undo_rows(std::byte* const* rows, int64_t u_begin, int64_t u_end, size_t row_bytes, const std::byte* undo);
 
