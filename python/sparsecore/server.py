@@ -14,6 +14,8 @@ host, then in every worker ``ps = sc.connect(["h1:7000", "h2:7000"], worker=rank
 num_workers=world)``; the rest of the code is the same. With ``num_workers`` set, pushes are
 synchronous: the gradients of all workers for a step are summed per row in worker order and
 applied once before any push of that step returns. Without it, each push applies at once.
+A synchronous step that a worker leaves or rejoins is abandoned (nothing of it applied) and
+every waiting push raises :class:`RpcStepAborted`; see :func:`connect`.
 """
 
 from __future__ import annotations
@@ -93,7 +95,9 @@ class Cluster:
         return json.loads(self._c.kv_get(key))
 
     def barrier(self, name: str, count: int) -> None:
-        """Returns once ``count`` callers have entered barrier ``name``."""
+        """Returns once ``count`` callers have entered barrier ``name``. For a synchronous
+        worker it raises :class:`RpcStepAborted` when another worker leaves meanwhile, and
+        :class:`RpcTimeout` past the client's ``timeout``."""
         self._c.barrier(name, count)
 
     def dense_pull(self, name: str, size: int, init: float = 0.0) -> np.ndarray:

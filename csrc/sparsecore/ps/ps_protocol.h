@@ -40,6 +40,7 @@ struct TableHeader {
 };
 static_assert(sizeof(TableHeader) == 32);
 inline constexpr uint32_t kPullTrain = 1;
+inline constexpr uint32_t kMaxWorkers = 1u << 16;  // synchronous workers of one cluster
 
 inline constexpr uint64_t padded8(uint64_t n) { return (n + 7) & ~uint64_t{7}; }
 

@@ -147,6 +147,7 @@ void PsServer::connection_closed(int reactor, uint64_t connection) {
 }
 
 void PsServer::join(int reactor, uint64_t connection, uint32_t worker) {
+  SC_CHECK_ARG(worker < kMaxWorkers, "worker ", worker, " out of range (at most ", kMaxWorkers, " workers)");
   ReactorState& st = reactor_state_[static_cast<size_t>(reactor)];
   auto known = st.members.find(connection);
   if (known != st.members.end() && known->second == worker) return;

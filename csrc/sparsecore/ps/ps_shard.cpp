@@ -131,6 +131,7 @@ PsShard::PushOutcome PsShard::push(const std::string& name, const int64_t* ids, 
     out.complete = true;
     return out;
   }
+  SC_CHECK_ARG(num_workers <= kMaxWorkers, "num_workers must be at most ", kMaxWorkers, ", got ", num_workers);
   SC_CHECK_ARG(worker < num_workers, "worker ", worker, " out of range for ", num_workers, " workers");
   if (!t.pending.empty() && (step != t.sync_step || t.pending.count(worker))) {
     // The workers are no longer in step (one restarted, or rolled back): the incomplete
