@@ -461,6 +461,8 @@ int64_t EmbeddingCollection::backward(const PreparedBatch& batch, const std::vec
     undo_bytes += static_cast<size_t>(u) * stride;
   }
   PodVector<std::byte> undo = take_undo(undo_bytes);
+  // Past a few MiB the log no longer stays in the cache: stream it to memory instead.
+  const bool stream_undo = undo_bytes > (size_t{4} << 20);
   auto rows_of = [&](int gi) -> std::byte* const* {
     return refreshed[gi].empty() ? batch.groups[gi].unique_rows.data() : refreshed[gi].data();
   };
@@ -471,9 +473,11 @@ int64_t EmbeddingCollection::backward(const PreparedBatch& batch, const std::vec
       const int gi = tasks[t].group;
       const PreparedGroup& g = batch.groups[gi];
       const EmbeddingTable& table = *tables_[g.table];
-      if (scratch.size() < 2 * static_cast<size_t>(g.dim)) scratch.resize(2 * static_cast<size_t>(g.dim));
+      const size_t floats = kernels::backward_scratch_floats(g.dim, table.state_dim());
+      if (scratch.size() < floats) scratch.resize(floats);
       finite_rows[t] = kernels::backward_update(g, table, rows_of(gi), grads[gi], bag_scale[gi].data(), tasks[t].begin,
-                                                tasks[t].end, step, scratch.data(), undo.data() + tasks[t].undo_offset);
+                                                tasks[t].end, step, scratch.data(), undo.data() + tasks[t].undo_offset,
+                                                stream_undo);
     }
   });
   std::string overflowed;

@@ -262,20 +262,33 @@ __attribute__((always_inline)) inline uint32_t any_nonfinite(const float* x, int
   return bad;
 }
 
-// Copies a record into its undo slot (16-byte aligned, undo_stride(bytes) long) with
-// non-temporal stores: the log is written once and read only when a call is undone, so it
-// should neither be read in first (write-allocate) nor push rows out of the cache.
+template <typename T>
+__attribute__((always_inline)) inline void copy_values(T* __restrict__ dst, const T* __restrict__ src, int n) {
+  for (int i = 0; i < n; ++i) dst[i] = src[i];
+}
+
+// Copies a record into its undo slot (16-byte aligned, undo_stride(bytes) long). A log larger
+// than the caches is written with non-temporal stores: it is written once and read only when
+// a call is undone, so it should neither be read in first (write-allocate) nor push rows out
+// of the cache; a small one stays in the cache, where plain stores are cheaper.
+template <bool kStream>
 __attribute__((always_inline)) inline void save_record(std::byte* __restrict__ dst, const std::byte* __restrict__ src,
                                                        size_t bytes) {
 #if defined(__x86_64__)
-  size_t i = 0;
-  for (; i + 16 <= bytes; i += 16)
-    _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i), _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i)));
-  for (; i < bytes; i += 8) {  // records are a multiple of 8 bytes
-    long long v;
-    std::memcpy(&v, src + i, sizeof(v));
-    _mm_stream_si64(reinterpret_cast<long long*>(dst + i), v);
+  if constexpr (kStream) {
+    size_t i = 0;
+    for (; i + 16 <= bytes; i += 16)
+      _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i), _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i)));
+    for (; i < bytes; i += 8) {  // records are a multiple of 8 bytes
+      long long v;
+      std::memcpy(&v, src + i, sizeof(v));
+      _mm_stream_si64(reinterpret_cast<long long*>(dst + i), v);
+    }
+    return;
   }
+  for (size_t i = 0; i + 16 <= bytes; i += 16)  // inline: a libc call per row costs more than the copy
+    _mm_store_si128(reinterpret_cast<__m128i*>(dst + i), _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i)));
+  if (bytes % 16) std::memcpy(dst + bytes - 8, src + bytes - 8, 8);
 #else
   std::memcpy(dst, src, bytes);
 #endif
@@ -287,12 +300,12 @@ __attribute__((always_inline)) inline uint32_t any_nonfinite_half(const uint16_t
   return bad;
 }
 
-}  // namespace
 
-SC_DISPATCH
-bool backward_update(const PreparedGroup& g, const EmbeddingTable& table, std::byte* const* rows,
-                     const float* grad, const float* bag_scale, int64_t u_begin, int64_t u_end, int64_t step,
-                     float* scratch, std::byte* undo) {
+template <bool kStream>
+__attribute__((always_inline)) inline bool backward_update_as(const PreparedGroup& g, const EmbeddingTable& table,
+                                                              std::byte* const* rows, const float* grad,
+                                                              const float* bag_scale, int64_t u_begin, int64_t u_end,
+                                                              int64_t step, float* scratch, std::byte* undo) {
   const int dim = g.dim;
   const OptimizerConfig& opt = table.config().optimizer;
   const float* weights = g.weights.empty() ? nullptr : g.weights.data();
@@ -303,6 +316,9 @@ bool backward_update(const PreparedGroup& g, const EmbeddingTable& table, std::b
   const bool half = table.storage() == RowStorage::kFloat16;
   const size_t row_bytes = table.row_bytes();
   const int state_dim = table.state_dim();
+  float* fresh = scratch + dim;                // (dim) the new weights
+  float* fresh_state = scratch + 2 * dim;      // (state_dim) the new state
+  uint16_t* fresh_halves = reinterpret_cast<uint16_t*>(fresh_state + state_dim);  // (dim) fp16 weights
   uint32_t bad = 0;
   for (int64_t u = u_begin; u < u_end; ++u) {
     if (u + kUpdateAhead < u_end) prefetch_bytes(rows[u + kUpdateAhead], table.row_bytes(), 1);
@@ -316,38 +332,50 @@ bool backward_update(const PreparedGroup& g, const EmbeddingTable& table, std::b
       axpy(scratch, src, s, dim);
     }
     std::byte* row = rows[u];
-    std::byte* saved = undo + static_cast<size_t>(u - u_begin) * undo_stride(row_bytes);
-    save_record(saved, row, row_bytes);  // the record as it was, in case the call is undone
+    save_record<kStream>(undo + static_cast<size_t>(u - u_begin) * undo_stride(row_bytes), row, row_bytes);
+    // The new weights and state are computed in `fresh` (L1) and checked there, then written:
+    // a row never holds a non-finite value, and the check never waits on the row's stores.
     PackedRowMeta* meta = table.meta(row);
-    meta->count_update();
-    int64_t t = opt.use_global_step ? step : static_cast<int64_t>(meta->update_count);
+    const uint32_t count = meta->update_count == PackedRowMeta::kMax ? PackedRowMeta::kMax : meta->update_count + 1;
+    const int64_t t = opt.use_global_step ? step : static_cast<int64_t>(count);
+    float* state = table.state(row);
+    copy_values(fresh_state, state, state_dim);
     uint32_t row_bad;
     if (half) {
       // fp32 math on a widened copy, rounded back once.
-      float* w = scratch + dim;
-      halves_to_floats(EmbeddingTable::weights_fp16(row), w, dim);
-      rules::apply(opt, w, table.state(row), scratch, dim, t);
-      floats_to_halves(w, EmbeddingTable::weights_fp16(row), dim);
-      row_bad = any_nonfinite_half(EmbeddingTable::weights_fp16(row), dim);
+      halves_to_floats(EmbeddingTable::weights_fp16(row), fresh, dim);
+      rules::apply(opt, fresh, fresh_state, scratch, dim, t);
+      floats_to_halves(fresh, fresh_halves, dim);
+      row_bad = any_nonfinite_half(fresh_halves, dim) | any_nonfinite(fresh_state, state_dim);
+      if (__builtin_expect(row_bad == 0, 1)) copy_values(EmbeddingTable::weights_fp16(row), fresh_halves, dim);
     } else {
       float* w = EmbeddingTable::weights(row);
-      rules::apply(opt, w, table.state(row), scratch, dim, t);
-      row_bad = any_nonfinite(w, dim);
+      copy_values(fresh, w, dim);
+      rules::apply(opt, fresh, fresh_state, scratch, dim, t);
+      row_bad = any_nonfinite(fresh, dim) | any_nonfinite(fresh_state, state_dim);
+      if (__builtin_expect(row_bad == 0, 1)) copy_values(w, fresh, dim);
     }
-    row_bad |= any_nonfinite(table.state(row), state_dim);
-    meta->set_last_step(step);
-    if (__builtin_expect(row_bad != 0, 0)) {  // never left non-finite
-#if defined(__x86_64__)
-      _mm_sfence();
-#endif
-      std::memcpy(row, saved, row_bytes);
+    if (__builtin_expect(row_bad == 0, 1)) {
+      copy_values(state, fresh_state, state_dim);
+      meta->update_count = count;
+      meta->set_last_step(step);
     }
     bad |= row_bad;
   }
 #if defined(__x86_64__)
-  _mm_sfence();  // the log's non-temporal stores are visible to whichever thread undoes the call
+  if constexpr (kStream) _mm_sfence();  // the log is then visible to whichever thread undoes the call
 #endif
   return bad == 0;
+}
+
+}  // namespace
+
+SC_DISPATCH
+bool backward_update(const PreparedGroup& g, const EmbeddingTable& table, std::byte* const* rows,
+                     const float* grad, const float* bag_scale, int64_t u_begin, int64_t u_end, int64_t step,
+                     float* scratch, std::byte* undo, bool stream_undo) {
+  return stream_undo ? backward_update_as<true>(g, table, rows, grad, bag_scale, u_begin, u_end, step, scratch, undo)
+                     : backward_update_as<false>(g, table, rows, grad, bag_scale, u_begin, u_end, step, scratch, undo);
 }
 
 void undo_rows(std::byte* const* rows, int64_t u_begin, int64_t u_end, size_t row_bytes, const std::byte* undo) {
