@@ -262,11 +262,6 @@ __attribute__((always_inline)) inline uint32_t any_nonfinite(const float* x, int
   return bad;
 }
 
-template <typename T>
-__attribute__((always_inline)) inline void copy_values(T* __restrict__ dst, const T* __restrict__ src, int n) {
-  for (int i = 0; i < n; ++i) dst[i] = src[i];
-}
-
 // Copies a record into its undo slot (16-byte aligned, undo_stride(bytes) long). A log larger
 // than the caches is written with non-temporal stores: it is written once and read only when
 // a call is undone, so it should neither be read in first (write-allocate) nor push rows out
@@ -316,9 +311,6 @@ __attribute__((always_inline)) inline bool backward_update_as(const PreparedGrou
   const bool half = table.storage() == RowStorage::kFloat16;
   const size_t row_bytes = table.row_bytes();
   const int state_dim = table.state_dim();
-  float* fresh = scratch + dim;                // (dim) the new weights
-  float* fresh_state = scratch + 2 * dim;      // (state_dim) the new state
-  uint16_t* fresh_halves = reinterpret_cast<uint16_t*>(fresh_state + state_dim);  // (dim) fp16 weights
   uint32_t bad = 0;
   for (int64_t u = u_begin; u < u_end; ++u) {
     if (u + kUpdateAhead < u_end) prefetch_bytes(rows[u + kUpdateAhead], table.row_bytes(), 1);
@@ -332,33 +324,32 @@ __attribute__((always_inline)) inline bool backward_update_as(const PreparedGrou
       axpy(scratch, src, s, dim);
     }
     std::byte* row = rows[u];
-    save_record<kStream>(undo + static_cast<size_t>(u - u_begin) * undo_stride(row_bytes), row, row_bytes);
-    // The new weights and state are computed in `fresh` (L1) and checked there, then written:
-    // a row never holds a non-finite value, and the check never waits on the row's stores.
+    std::byte* saved = undo + static_cast<size_t>(u - u_begin) * undo_stride(row_bytes);
+    save_record<kStream>(saved, row, row_bytes);  // the record as it was, in case the call is undone
     PackedRowMeta* meta = table.meta(row);
-    const uint32_t count = meta->update_count == PackedRowMeta::kMax ? PackedRowMeta::kMax : meta->update_count + 1;
-    const int64_t t = opt.use_global_step ? step : static_cast<int64_t>(count);
+    meta->count_update();
+    const int64_t t = opt.use_global_step ? step : static_cast<int64_t>(meta->update_count);
     float* state = table.state(row);
-    copy_values(fresh_state, state, state_dim);
     uint32_t row_bad;
     if (half) {
       // fp32 math on a widened copy, rounded back once.
-      halves_to_floats(EmbeddingTable::weights_fp16(row), fresh, dim);
-      rules::apply(opt, fresh, fresh_state, scratch, dim, t);
-      floats_to_halves(fresh, fresh_halves, dim);
-      row_bad = any_nonfinite_half(fresh_halves, dim) | any_nonfinite(fresh_state, state_dim);
-      if (__builtin_expect(row_bad == 0, 1)) copy_values(EmbeddingTable::weights_fp16(row), fresh_halves, dim);
+      float* w = scratch + dim;
+      halves_to_floats(EmbeddingTable::weights_fp16(row), w, dim);
+      rules::apply(opt, w, state, scratch, dim, t);
+      floats_to_halves(w, EmbeddingTable::weights_fp16(row), dim);
+      row_bad = any_nonfinite_half(EmbeddingTable::weights_fp16(row), dim);
     } else {
       float* w = EmbeddingTable::weights(row);
-      copy_values(fresh, w, dim);
-      rules::apply(opt, fresh, fresh_state, scratch, dim, t);
-      row_bad = any_nonfinite(fresh, dim) | any_nonfinite(fresh_state, state_dim);
-      if (__builtin_expect(row_bad == 0, 1)) copy_values(w, fresh, dim);
+      rules::apply(opt, w, state, scratch, dim, t);
+      row_bad = any_nonfinite(w, dim);
     }
-    if (__builtin_expect(row_bad == 0, 1)) {
-      copy_values(state, fresh_state, state_dim);
-      meta->update_count = count;
-      meta->set_last_step(step);
+    row_bad |= any_nonfinite(state, state_dim);
+    meta->set_last_step(step);
+    if (__builtin_expect(row_bad != 0, 0)) {  // put back at once: never left non-finite
+#if defined(__x86_64__)
+      if constexpr (kStream) _mm_sfence();
+#endif
+      std::memcpy(row, saved, row_bytes);
     }
     bad |= row_bad;
   }

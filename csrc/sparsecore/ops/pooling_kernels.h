@@ -27,9 +27,9 @@ void pool_bags_from_ids(const HashTable& table, int dim, Pooling pooling, RowSto
 
 // For unique rows [u_begin, u_end) of `g`: sums the gradient of each row over its occurrences
 // (ascending position order), then applies the table's update rule once. Each record is
-// copied to `undo` first; a row whose new weights or state would not be finite (a finite but
-// huge gradient overflowed) is left as it was. Returns false when any row was: the caller
-// then puts every row of the call back with undo_rows.
+// copied to `undo` first; a row whose new weights or state are not finite (a finite but huge
+// gradient overflowed) is put back at once. Returns false when any row was: the caller then
+// puts every row of the call back with undo_rows.
 //   grad       host, the group's pooled-output gradient (same shape as the forward output)
 //   bag_scale  (batch_size) the factor of a bag's gradient: 1 for sum/none, 1/len or
 //              1/sum(weights) for mean (0 for an empty bag)
