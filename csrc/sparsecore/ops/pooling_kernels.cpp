@@ -311,7 +311,6 @@ __attribute__((always_inline)) inline bool backward_update_as(const PreparedGrou
   const bool half = table.storage() == RowStorage::kFloat16;
   const size_t row_bytes = table.row_bytes();
   const int state_dim = table.state_dim();
-  uint32_t bad = 0;
   for (int64_t u = u_begin; u < u_end; ++u) {
     if (u + kUpdateAhead < u_end) prefetch_bytes(rows[u + kUpdateAhead], table.row_bytes(), 1);
     for (int d = 0; d < dim; ++d) scratch[d] = 0.0f;
@@ -324,32 +323,35 @@ __attribute__((always_inline)) inline bool backward_update_as(const PreparedGrou
       axpy(scratch, src, s, dim);
     }
     std::byte* row = rows[u];
-    std::byte* saved = undo + static_cast<size_t>(u - u_begin) * undo_stride(row_bytes);
-    save_record<kStream>(saved, row, row_bytes);  // the record as it was, in case the call is undone
+    save_record<kStream>(undo + static_cast<size_t>(u - u_begin) * undo_stride(row_bytes), row, row_bytes);  // the record as it was, in case the call is undone
     PackedRowMeta* meta = table.meta(row);
     meta->count_update();
     const int64_t t = opt.use_global_step ? step : static_cast<int64_t>(meta->update_count);
     float* state = table.state(row);
-    uint32_t row_bad;
     if (half) {
       // fp32 math on a widened copy, rounded back once.
       float* w = scratch + dim;
       halves_to_floats(EmbeddingTable::weights_fp16(row), w, dim);
       rules::apply(opt, w, state, scratch, dim, t);
       floats_to_halves(w, EmbeddingTable::weights_fp16(row), dim);
-      row_bad = any_nonfinite_half(EmbeddingTable::weights_fp16(row), dim);
     } else {
-      float* w = EmbeddingTable::weights(row);
-      rules::apply(opt, w, state, scratch, dim, t);
-      row_bad = any_nonfinite(w, dim);
+      rules::apply(opt, EmbeddingTable::weights(row), state, scratch, dim, t);
     }
-    row_bad |= any_nonfinite(state, state_dim);
     meta->set_last_step(step);
-    if (__builtin_expect(row_bad != 0, 0)) {  // put back at once: never left non-finite
+  }
+  // Checked once the range is written (its rows are still in the cache): a check right after
+  // each row's update would wait for that row's stores.
+  uint32_t bad = 0;
+  for (int64_t u = u_begin; u < u_end; ++u) {
+    std::byte* row = rows[u];
+    uint32_t row_bad = half ? any_nonfinite_half(EmbeddingTable::weights_fp16(row), dim)
+                            : any_nonfinite(EmbeddingTable::weights(row), dim);
+    row_bad |= any_nonfinite(table.state(row), state_dim);
+    if (__builtin_expect(row_bad != 0, 0)) {  // put back at once
 #if defined(__x86_64__)
       if constexpr (kStream) _mm_sfence();
 #endif
-      std::memcpy(row, saved, row_bytes);
+      std::memcpy(row, undo + static_cast<size_t>(u - u_begin) * undo_stride(row_bytes), row_bytes);
     }
     bad |= row_bad;
   }
