@@ -208,7 +208,8 @@ class EmbeddingCollection:
     def backward(self, batch: Union[Mapping[str, GroupInput], PreparedBatch], grads: Mapping[str, Any]) -> int:
         """Applies the fused optimizer update once per unique row, given the gradients of the
         forward outputs (same shapes). Gradients with NaN/Inf raise ValueError and change
-        nothing. Returns the new step."""
+        nothing; so does an update that would leave a row non-finite (a finite gradient too
+        large for the optimizer): every row of the call stays as it was. Returns the new step."""
         prepared = batch if isinstance(batch, PreparedBatch) else self.prepare(batch, train=True)
         arrays = [as_float32(g, f"gradient of group '{n}'") for n, g in zip(prepared.names, _grads_in_order(prepared, grads))]
         return self._c.backward(prepared._core, arrays)
