@@ -97,16 +97,24 @@ def test_update_matches_reference_rounded_to_fp16_each_step(rng, opt_name, dim):
 def test_update_rounds_once_to_nearest_even():
     # SGD lr = 1 from zeros: the new weight is fp16(0 - g) with g exact in fp32, so each value
     # below sits exactly between two fp16 values (or just off it) and must land on the even one.
-    g = np.array([[1 + 2**-11, 1 + 3 * 2**-11, 2048 + 1, 2048 + 3, 1 + 2**-11 + 2**-20, 2**-25, 3 * 2**-26, 70000.0]],
+    g = np.array([[1 + 2**-11, 1 + 3 * 2**-11, 2048 + 1, 2048 + 3, 1 + 2**-11 + 2**-20, 2**-25, 3 * 2**-26, 65519.0]],
                  np.float32)
     emb = sc.EmbeddingCollection({"t": table(g.shape[1], optimizer=sc.SGD(lr=1.0), init=sc.Zeros())})
     batch = {"t": (np.array([5], np.int64), np.array([0, 1], np.int64))}
     emb.forward(batch)
     emb.backward(batch, {"t": g})
     got = emb.lookup("t", np.array([5], np.int64))
-    with np.errstate(over="ignore"):
-        np.testing.assert_array_equal(got, (-g).astype(np.float16).astype(np.float32))
-    assert np.isneginf(got[0, -1])  # beyond the fp16 range: -inf, as the CUDA backend stores it
+    np.testing.assert_array_equal(got, (-g).astype(np.float16).astype(np.float32))
+
+
+def test_update_beyond_the_fp16_range_raises_and_changes_nothing():
+    emb = sc.EmbeddingCollection({"t": table(2, optimizer=sc.SGD(lr=1.0), init=sc.Zeros())})
+    batch = {"t": (np.array([5], np.int64), np.array([0, 1], np.int64))}
+    emb.forward(batch)
+    with pytest.raises(ValueError, match="non-finite"):
+        emb.backward(batch, {"t": np.array([[1.0, 70000.0]], np.float32)})  # -70000 is -inf in fp16
+    np.testing.assert_array_equal(emb.lookup("t", np.array([5], np.int64)), np.zeros((1, 2), np.float32))
+    assert emb.export("t")["update_count"][0] == 0
 
 
 def test_state_stays_fp32():

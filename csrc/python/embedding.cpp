@@ -163,7 +163,7 @@ SPARSECORE_BINDING(embedding, 30) {
              const int64_t* k = checked_array<int64_t>(ids, "ids", {-1});
              int64_t n = ids.shape(0);
              py::gil_scoped_release release;
-             return c.table(t).erase(k, n);
+             return c.erase(t, k, n);
            },
            py::arg("table"), py::arg("ids"))
       .def("export",

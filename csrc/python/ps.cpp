@@ -61,7 +61,7 @@ SPARSECORE_BINDING(ps, 70) {
              py::gil_scoped_release r;
              return std::make_unique<PsClient>(addresses, o);
            }),
-           py::arg("addresses"), py::arg("token") = "", py::arg("timeout_ms") = 0, py::arg("worker") = 0,
+           py::arg("addresses"), py::arg("token") = "", py::arg("timeout_ms") = 300000, py::arg("worker") = 0,
            py::arg("num_workers") = 0, py::arg("heartbeat_ms") = 0, py::arg("poll_us") = 0)
       .def(py::init([](PsServer& server) { return std::make_unique<PsClient>(server, PsClientOptions{}); }),
            py::arg("server"), py::keep_alive<1, 2>())

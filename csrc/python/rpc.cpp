@@ -60,6 +60,10 @@ SPARSECORE_BINDING(rpc, 60) {
                                                     "A frame was malformed or over the size limit.");
   static py::object auth_error = make_exception(m, "RpcAuthError", rpc_error, PyExc_PermissionError,
                                                 "The shared token did not match.");
+  static py::object step_aborted = make_exception(
+      m, "RpcStepAborted", rpc_error, py::handle(),
+      "A synchronous step or barrier was abandoned because a worker left or rejoined; nothing of "
+      "it was applied. Every worker gets it: roll back to the last snapshot together.");
   py::register_exception_translator([](std::exception_ptr p) {
     try {
       if (p) std::rethrow_exception(p);
@@ -73,6 +77,8 @@ SPARSECORE_BINDING(rpc, 60) {
       PyErr_SetString(protocol_error.ptr(), e.what());
     } catch (const RpcAuthError& e) {
       PyErr_SetString(auth_error.ptr(), e.what());
+    } catch (const RpcStepAborted& e) {
+      PyErr_SetString(step_aborted.ptr(), e.what());
     } catch (const RpcError& e) {
       PyErr_SetString(rpc_error.ptr(), e.what());
     }

@@ -24,7 +24,7 @@ from .config import (
 )
 from .embedding import EmbeddingCollection, PreparedBatch
 from . import data
-from ._core import (RpcAuthError, RpcConnectionError, RpcError, RpcProtocolError, RpcTimeout,
+from ._core import (RpcAuthError, RpcConnectionError, RpcError, RpcProtocolError, RpcStepAborted, RpcTimeout,
                     RpcUnknownMethod)
 from . import rpc
 from .server import Cluster, Server, connect

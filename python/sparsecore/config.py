@@ -180,6 +180,9 @@ _INITS = {"zeros": Zeros, "constant": Constant, "uniform": Uniform, "normal": No
           "truncated_normal": TruncatedNormal}
 
 
+MAX_DIM = 1 << 20  # the engine's limit on floats per row
+
+
 @dataclass(frozen=True)
 class TableConfig:
     """One embedding table: ``dim`` floats per row, its optimizer and initializer, and how a
@@ -200,6 +203,10 @@ class TableConfig:
     def to_dict(self, name: str) -> dict[str, Any]:
         if isinstance(self.dim, bool) or not isinstance(self.dim, int):
             raise TypeError(f"table '{name}': dim must be an int, got {type(self.dim).__name__}")
+        if self.dim < 1:
+            raise ValueError(f"table '{name}': dim must be >= 1, got {self.dim}")
+        if self.dim > MAX_DIM:
+            raise ValueError(f"table '{name}': dim must be <= 2^20, got {self.dim}")
         out = {"name": name, "dim": self.dim, "optimizer": self.optimizer.to_dict(),
                "init": self.init.to_dict(), "pooling": self.pooling, "shard_bits": self.shard_bits,
                "storage": self.storage}

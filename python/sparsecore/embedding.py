@@ -148,7 +148,9 @@ class EmbeddingCollection:
         return to_torch(out) if torch_out else out
 
     def erase(self, name: str, ids: Any) -> int:
-        """Removes ``ids`` from table ``name``; returns how many were present."""
+        """Removes ``ids`` from table ``name``; returns how many were present. Safe while other
+        threads train: it waits for their running calls, and batches prepared before it look
+        their rows up again (an erased id that a later backward trains starts afresh)."""
         return self._c.erase(self._table(name), as_int64(ids, f"ids of table '{name}'"))
 
     def export(self, name: str) -> dict[str, np.ndarray]:
@@ -228,7 +230,8 @@ class EmbeddingCollection:
                  include_last_offset: Optional[bool] = None) -> int:
         """Applies the fused optimizer update once per unique row, given the gradients of the
         forward outputs (same shapes). Gradients with NaN/Inf raise ValueError and change
-        nothing. Returns the new step."""
+        nothing; so does an update that would leave a row non-finite (a finite gradient too
+        large for the optimizer): every row of the call stays as it was. Returns the new step."""
         prepared = batch if isinstance(batch, PreparedBatch) else self.prepare(
             batch, train=True, include_last_offset=include_last_offset)
         arrays = [as_float32(g, f"gradient of group '{n}'") for n, g in zip(prepared.names, _grads_in_order(prepared, grads))]

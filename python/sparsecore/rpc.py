@@ -12,7 +12,8 @@ classes are the raw transport, useful for custom services and for measuring it::
 
 Errors: :class:`RpcConnectionError` (peer gone; also a ``ConnectionError``),
 :class:`RpcTimeout` (also a ``TimeoutError``), :class:`RpcUnknownMethod`,
-:class:`RpcProtocolError`, :class:`RpcAuthError`, all :class:`RpcError`. A server method that
+:class:`RpcProtocolError`, :class:`RpcAuthError`, :class:`RpcStepAborted` (a synchronous step
+or barrier abandoned because a worker left or rejoined), all :class:`RpcError`. A server method that
 raises ``ValueError``/``TypeError``/``KeyError`` raises the same type at the caller.
 """
 
@@ -25,11 +26,12 @@ from ._core import (
     RpcError,
     RpcProtocolError,
     RpcServer,
+    RpcStepAborted,
     RpcTimeout,
     RpcUnknownMethod,
 )
 
 __all__ = [
     "RpcAuthError", "RpcClient", "RpcConnectionError", "RpcError", "RpcProtocolError", "RpcServer",
-    "RpcTimeout", "RpcUnknownMethod",
+    "RpcStepAborted", "RpcTimeout", "RpcUnknownMethod",
 ]

@@ -14,6 +14,8 @@ host, then in every worker ``ps = sc.connect(["h1:7000", "h2:7000"], worker=rank
 num_workers=world)``; the rest of the code is the same. With ``num_workers`` set, pushes are
 synchronous: the gradients of all workers for a step are summed per row in worker order and
 applied once before any push of that step returns. Without it, each push applies at once.
+A synchronous step that a worker leaves or rejoins is abandoned (nothing of it applied) and
+every waiting push raises :class:`RpcStepAborted`; see :func:`connect`.
 """
 
 from __future__ import annotations
@@ -115,13 +117,17 @@ class Cluster:
         return json.loads(self._c.kv_get(key))
 
     def barrier(self, name: str, count: int) -> None:
-        """Returns once ``count`` callers have entered barrier ``name``."""
+        """Returns once ``count`` callers have entered barrier ``name``. For a synchronous
+        worker it raises :class:`RpcStepAborted` when another worker leaves meanwhile, and
+        :class:`RpcTimeout` past the client's ``timeout``."""
         self._c.barrier(name, count)
 
     def dense_pull(self, name: str, size: int, init: float = 0.0) -> np.ndarray:
         return self._c.dense_pull(name, size, init)
 
     def dense_push(self, name: str, grads: Any, lr: float) -> None:
+        """w -= lr * grads on the server. ``lr`` must be finite and >= 0 and ``grads`` finite
+        (ValueError otherwise; the variable is unchanged)."""
         self._c.dense_push(name, as_float32(grads, "grads"), lr)
 
     def stats(self) -> list[dict]:
@@ -430,13 +436,20 @@ def sync_dense(model: Any, group: Any = None) -> list:
     return [p.register_post_accumulate_grad_hook(average) for p in model.parameters() if p.requires_grad]
 
 
-def connect(addresses: Sequence[str] | str, *, token: str = "", timeout: Optional[float] = None,
+def connect(addresses: Sequence[str] | str, *, token: str = "", timeout: Optional[float] = 300.0,
             worker: int = 0, num_workers: int = 0, heartbeat: Optional[float] = 30.0,
             poll: float = 0.0) -> Cluster:
     """Connects to every server ("host:port", in server-index order). ``num_workers`` > 0
     makes pushes synchronous across that many workers (``worker`` = this one's rank).
 
-    ``timeout`` bounds every call (seconds, None: no bound). ``heartbeat``: a call waiting on a
+    ``timeout`` (seconds, default 300) is the deadline of every call, the blocking ones
+    included: a pull, a synchronous push waiting for the other workers, a barrier. A call past
+    it raises :class:`RpcTimeout`; None removes the bound (a worker may then wait for ever on
+    one that never comes). In synchronous mode, a step that a worker leaves (its connection
+    closes) or rejoins (it pushes another step, or the same one again, e.g. after a restart)
+    is abandoned: nothing of it is applied and every waiting call raises
+    :class:`RpcStepAborted`; the workers then roll back to the last snapshot together (see
+    the README, "Faults"). ``heartbeat``: a call waiting on a
     server silent for this long pings it, and when the server stays silent as long again
     (stopped, hung, or cut off without closing) the call raises :class:`RpcConnectionError`
     instead of waiting for ever; it must exceed the longest server-side operation (a save).
@@ -450,9 +463,11 @@ def connect(addresses: Sequence[str] | str, *, token: str = "", timeout: Optiona
         addresses = [addresses]
     addresses = list(addresses)
     poll_us = _poll_us(poll)
+    if timeout is not None and not (isinstance(timeout, (int, float)) and 0 < timeout <= 2**31 / 1000):
+        raise ValueError(f"timeout must be a number of seconds in (0, {2**31 // 1000}] or None, got {timeout!r}")
     args = dict(token=token, timeout=timeout, worker=worker, num_workers=num_workers, heartbeat=heartbeat,
                 poll=poll)
-    core = _core.PsClient(addresses, token, int((timeout or 0) * 1000), worker, num_workers,
+    core = _core.PsClient(addresses, token, max(1, int(timeout * 1000)) if timeout is not None else 0, worker, num_workers,
                           int((heartbeat or 0) * 1000), poll_us)
     return Cluster(core, addresses, **args)
 

@@ -337,6 +337,13 @@ void EmbeddingCollection::forward(const PreparedBatch& batch, const std::vector<
   });
 }
 
+int64_t EmbeddingCollection::erase(int table, const int64_t* keys, int64_t n) {
+  SC_CHECK_ARG(table >= 0 && table < num_tables(), "table index ", table, " out of range for ", num_tables(), " tables");
+  SC_CHECK_ARG(n >= 0, "number of keys must be >= 0, got ", n);
+  std::unique_lock swap_lock(swap_mutex_);  // no batch call holds a row pointer meanwhile
+  return tables_[table]->erase(keys, n);
+}
+
 int64_t EmbeddingCollection::max_bag_length(const GroupInput& in) {
   int64_t longest = 0;
   for (int64_t b = 0; b < in.batch_size; ++b) longest = std::max(longest, in.offsets[b + 1] - in.offsets[b]);
@@ -433,25 +440,76 @@ int64_t EmbeddingCollection::backward(const PreparedBatch& batch, const std::vec
   struct Task {
     int group;
     int64_t begin, end;
+    size_t undo_offset;  // bytes into the undo buffer
   };
   std::vector<Task> tasks;
+  size_t undo_bytes = 0;
   for (int gi = 0; gi < num_groups; ++gi) {
     const int64_t u = batch.groups[gi].num_unique();
-    for (int64_t b = 0; b < u; b += kRowsPerTask) tasks.push_back({gi, b, std::min(u, b + kRowsPerTask)});
+    const size_t stride = kernels::undo_stride(tables_[batch.groups[gi].table]->row_bytes());
+    for (int64_t b = 0; b < u; b += kRowsPerTask)
+      tasks.push_back({gi, b, std::min(u, b + kRowsPerTask), undo_bytes + static_cast<size_t>(b) * stride});
+    undo_bytes += static_cast<size_t>(u) * stride;
   }
+  PodVector<std::byte> undo = take_undo(undo_bytes);
+  // Past a few MiB the log no longer stays in the cache: stream it to memory instead.
+  const bool stream_undo = undo_bytes > (size_t{4} << 20);
+  auto rows_of = [&](int gi) -> std::byte* const* {
+    return refreshed[gi].empty() ? batch.groups[gi].unique_rows.data() : refreshed[gi].data();
+  };
+  std::vector<char> finite_rows(tasks.size(), 1);
   parallel_for(static_cast<int64_t>(tasks.size()), 1, [&](int64_t t0, int64_t t1) {
     thread_local std::vector<float> scratch;
     for (int64_t t = t0; t < t1; ++t) {
       const int gi = tasks[t].group;
       const PreparedGroup& g = batch.groups[gi];
       const EmbeddingTable& table = *tables_[g.table];
-      if (scratch.size() < 2 * static_cast<size_t>(g.dim)) scratch.resize(2 * static_cast<size_t>(g.dim));
-      std::byte* const* rows = refreshed[gi].empty() ? g.unique_rows.data() : refreshed[gi].data();
-      kernels::backward_update(g, table, rows, grads[gi], bag_scale[gi].data(), tasks[t].begin, tasks[t].end,
-                               step, scratch.data());
+      const size_t floats = kernels::backward_scratch_floats(g.dim, table.state_dim());
+      if (scratch.size() < floats) scratch.resize(floats);
+      finite_rows[t] = kernels::backward_update(g, table, rows_of(gi), grads[gi], bag_scale[gi].data(), tasks[t].begin,
+                                                tasks[t].end, step, scratch.data(), undo.data() + tasks[t].undo_offset,
+                                                stream_undo);
     }
   });
+  std::string overflowed;
+  for (size_t t = 0; t < tasks.size(); ++t) {
+    const std::string& name = tables_[batch.groups[tasks[t].group].table]->name();
+    if (!finite_rows[t] && overflowed.find("'" + name + "'") == std::string::npos)
+      overflowed += (overflowed.empty() ? "'" : ", '") + name + "'";
+  }
+  if (!overflowed.empty()) {
+    parallel_for(static_cast<int64_t>(tasks.size()), 1, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t)
+        kernels::undo_rows(rows_of(tasks[t].group), tasks[t].begin, tasks[t].end,
+                           tables_[batch.groups[tasks[t].group].table]->row_bytes(), undo.data() + tasks[t].undo_offset);
+    });
+    int64_t expected = step;
+    step_.compare_exchange_strong(expected, step - 1, std::memory_order_acq_rel);
+    give_back_undo(std::move(undo));
+    throw InvalidArgument("the update of table(s) " + overflowed +
+                          " made rows non-finite (a gradient too large for the optimizer overflowed a weight or "
+                          "its state); no row was updated");
+  }
+  give_back_undo(std::move(undo));
   return step;
+}
+
+PodVector<std::byte> EmbeddingCollection::take_undo(size_t bytes) {
+  PodVector<std::byte> undo;
+  {
+    std::lock_guard<std::mutex> lock(undo_mutex_);
+    if (!undo_free_.empty()) {
+      undo = std::move(undo_free_.back());
+      undo_free_.pop_back();
+    }
+  }
+  undo.resize(bytes);
+  return undo;
+}
+
+void EmbeddingCollection::give_back_undo(PodVector<std::byte>&& undo) {
+  std::lock_guard<std::mutex> lock(undo_mutex_);
+  if (undo_free_.size() < 4) undo_free_.push_back(std::move(undo));
 }
 
 }  // namespace sparsecore

@@ -15,7 +15,8 @@
 //
 // Thread-safety: prepare/forward/backward may run concurrently from several threads
 // (updates of one row from two concurrent backward calls race, Hogwild-style); restore()
-// waits for running calls and swaps the tables atomically.
+// and erase() wait for running calls and hold them off while they release rows, so no call
+// ever writes a row that was freed (and maybe reused by another key).
 #pragma once
 
 #include <atomic>
@@ -130,7 +131,9 @@ class EmbeddingCollection {
 
   // grads[g] (host float32): same shapes as the outputs. Checks all grads are finite first
   // (InvalidArgument naming the group otherwise, nothing changes), then applies the fused
-  // update once per unique row. Returns the new step.
+  // update once per unique row. When an update leaves a row non-finite (a finite but huge
+  // gradient overflowed its weights or state), every row of the call is put back as it was
+  // and InvalidArgument names the tables. Returns the new step.
   int64_t backward(const PreparedBatch& batch, const std::vector<const float*>& grads);
 
   // Checkpoint (DESIGN.md "Checkpoint"): a directory with one file per non-empty run of
@@ -155,6 +158,11 @@ class EmbeddingCollection {
   // must match). On error this collection is unchanged.
   void restore(const std::string& dir);
 
+  // Removes `keys` (n, host) from table `table`; returns how many were present. Waits for
+  // running prepare/forward/backward calls; batches prepared before it look their rows up
+  // again (an erased id that a later backward trains is re-created from its initial values).
+  int64_t erase(int table, const int64_t* keys, int64_t n);
+
   // Sum of table memory (index + rows) in bytes.
   size_t memory_bytes() const;
 
@@ -169,7 +177,14 @@ class EmbeddingCollection {
     std::vector<std::unique_ptr<PreparedBatch>> free;
   };
 
+  // Undo buffers of backward (the records of the rows it updates), kept between calls so
+  // their pages stay faulted in.
+  PodVector<std::byte> take_undo(size_t bytes);
+  void give_back_undo(PodVector<std::byte>&& undo);
+
   uint64_t seed_;
+  std::mutex undo_mutex_;
+  std::vector<PodVector<std::byte>> undo_free_;
   std::shared_ptr<BatchCache> batch_cache_ = std::make_shared<BatchCache>();
   std::vector<std::unique_ptr<EmbeddingTable>> tables_;
   std::atomic<int64_t> step_{0};

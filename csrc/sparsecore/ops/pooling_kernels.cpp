@@ -10,6 +10,10 @@
 #include <cstring>
 #include <limits>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 #include "sparsecore/core/cpu_features.h"
 #include "sparsecore/core/half.h"
 #include "sparsecore/optim/update_rules.h"
@@ -244,10 +248,59 @@ void pool_bags(const PreparedGroup& g, RowStorage storage, const std::byte* cons
 // Unique rows this far ahead are prefetched for writing (a whole record: weights, state, meta).
 constexpr int64_t kUpdateAhead = 8;
 
-SC_DISPATCH
-void backward_update(const PreparedGroup& g, const EmbeddingTable& table, std::byte* const* rows,
-                     const float* grad, const float* bag_scale, int64_t u_begin, int64_t u_end, int64_t step,
-                     float* scratch) {
+namespace {
+
+// 1 when any of the n floats is Inf or NaN (exponent bits all ones). An OR of per-element
+// flags vectorises where a float reduction would not.
+__attribute__((always_inline)) inline uint32_t any_nonfinite(const float* x, int64_t n) {
+  uint32_t bad = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    uint32_t bits;
+    std::memcpy(&bits, x + i, sizeof(bits));
+    bad |= static_cast<uint32_t>((bits & 0x7f800000u) == 0x7f800000u);
+  }
+  return bad;
+}
+
+// Copies a record into its undo slot (16-byte aligned, undo_stride(bytes) long). A log larger
+// than the caches is written with non-temporal stores: it is written once and read only when
+// a call is undone, so it should neither be read in first (write-allocate) nor push rows out
+// of the cache; a small one stays in the cache, where plain stores are cheaper.
+template <bool kStream>
+__attribute__((always_inline)) inline void save_record(std::byte* __restrict__ dst, const std::byte* __restrict__ src,
+                                                       size_t bytes) {
+#if defined(__x86_64__)
+  if constexpr (kStream) {
+    size_t i = 0;
+    for (; i + 16 <= bytes; i += 16)
+      _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i), _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i)));
+    for (; i < bytes; i += 8) {  // records are a multiple of 8 bytes
+      long long v;
+      std::memcpy(&v, src + i, sizeof(v));
+      _mm_stream_si64(reinterpret_cast<long long*>(dst + i), v);
+    }
+    return;
+  }
+  for (size_t i = 0; i + 16 <= bytes; i += 16)  // inline: a libc call per row costs more than the copy
+    _mm_store_si128(reinterpret_cast<__m128i*>(dst + i), _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i)));
+  if (bytes % 16) std::memcpy(dst + bytes - 8, src + bytes - 8, 8);
+#else
+  std::memcpy(dst, src, bytes);
+#endif
+}
+
+__attribute__((always_inline)) inline uint32_t any_nonfinite_half(const uint16_t* x, int n) {
+  uint32_t bad = 0;
+  for (int i = 0; i < n; ++i) bad |= static_cast<uint32_t>((x[i] & 0x7c00u) == 0x7c00u);
+  return bad;
+}
+
+
+template <bool kStream>
+__attribute__((always_inline)) inline bool backward_update_as(const PreparedGroup& g, const EmbeddingTable& table,
+                                                              std::byte* const* rows, const float* grad,
+                                                              const float* bag_scale, int64_t u_begin, int64_t u_end,
+                                                              int64_t step, float* scratch, std::byte* undo) {
   const int dim = g.dim;
   const OptimizerConfig& opt = table.config().optimizer;
   const float* weights = g.weights.empty() ? nullptr : g.weights.data();
@@ -256,6 +309,8 @@ void backward_update(const PreparedGroup& g, const EmbeddingTable& table, std::b
   const int32_t* bag_of = g.bag_of_position.data();
   const bool sequence = g.pooling == Pooling::kNone;
   const bool half = table.storage() == RowStorage::kFloat16;
+  const size_t row_bytes = table.row_bytes();
+  const int state_dim = table.state_dim();
   for (int64_t u = u_begin; u < u_end; ++u) {
     if (u + kUpdateAhead < u_end) prefetch_bytes(rows[u + kUpdateAhead], table.row_bytes(), 1);
     for (int d = 0; d < dim; ++d) scratch[d] = 0.0f;
@@ -268,34 +323,62 @@ void backward_update(const PreparedGroup& g, const EmbeddingTable& table, std::b
       axpy(scratch, src, s, dim);
     }
     std::byte* row = rows[u];
+    save_record<kStream>(undo + static_cast<size_t>(u - u_begin) * undo_stride(row_bytes), row, row_bytes);  // the record as it was, in case the call is undone
     PackedRowMeta* meta = table.meta(row);
     meta->count_update();
-    int64_t t = opt.use_global_step ? step : static_cast<int64_t>(meta->update_count);
+    const int64_t t = opt.use_global_step ? step : static_cast<int64_t>(meta->update_count);
+    float* state = table.state(row);
     if (half) {
       // fp32 math on a widened copy, rounded back once.
       float* w = scratch + dim;
       halves_to_floats(EmbeddingTable::weights_fp16(row), w, dim);
-      rules::apply(opt, w, table.state(row), scratch, dim, t);
+      rules::apply(opt, w, state, scratch, dim, t);
       floats_to_halves(w, EmbeddingTable::weights_fp16(row), dim);
     } else {
-      float* w = EmbeddingTable::weights(row);
-      rules::apply(opt, w, table.state(row), scratch, dim, t);
+      rules::apply(opt, EmbeddingTable::weights(row), state, scratch, dim, t);
     }
     meta->set_last_step(step);
   }
+  // Checked once the range is written (its rows are still in the cache): a check right after
+  // each row's update would wait for that row's stores.
+  uint32_t bad = 0;
+  for (int64_t u = u_begin; u < u_end; ++u) {
+    std::byte* row = rows[u];
+    uint32_t row_bad = half ? any_nonfinite_half(EmbeddingTable::weights_fp16(row), dim)
+                            : any_nonfinite(EmbeddingTable::weights(row), dim);
+    row_bad |= any_nonfinite(table.state(row), state_dim);
+    if (__builtin_expect(row_bad != 0, 0)) {  // put back at once
+#if defined(__x86_64__)
+      if constexpr (kStream) _mm_sfence();
+#endif
+      std::memcpy(row, undo + static_cast<size_t>(u - u_begin) * undo_stride(row_bytes), row_bytes);
+    }
+    bad |= row_bad;
+  }
+#if defined(__x86_64__)
+  if constexpr (kStream) _mm_sfence();  // the log is then visible to whichever thread undoes the call
+#endif
+  return bad == 0;
+}
+
+}  // namespace
+
+SC_DISPATCH
+bool backward_update(const PreparedGroup& g, const EmbeddingTable& table, std::byte* const* rows,
+                     const float* grad, const float* bag_scale, int64_t u_begin, int64_t u_end, int64_t step,
+                     float* scratch, std::byte* undo, bool stream_undo) {
+  return stream_undo ? backward_update_as<true>(g, table, rows, grad, bag_scale, u_begin, u_end, step, scratch, undo)
+                     : backward_update_as<false>(g, table, rows, grad, bag_scale, u_begin, u_end, step, scratch, undo);
+}
+
+void undo_rows(std::byte* const* rows, int64_t u_begin, int64_t u_end, size_t row_bytes, const std::byte* undo) {
+  for (int64_t u = u_begin; u < u_end; ++u)
+    std::memcpy(rows[u], undo + static_cast<size_t>(u - u_begin) * undo_stride(row_bytes), row_bytes);
 }
 
 SC_DISPATCH
 bool all_finite(const float* x, int64_t n) {
-  // Inf and NaN are exactly the floats whose exponent bits are all ones; an OR of per-element
-  // flags vectorises where a float reduction would not.
-  uint32_t bad = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    uint32_t bits;
-    std::memcpy(&bits, x + i, sizeof(bits));
-    bad |= static_cast<uint32_t>((bits & 0x7f800000u) == 0x7f800000u);
-  }
-  return bad == 0;
+  return any_nonfinite(x, n) == 0;
 }
 
 }  // namespace sparsecore::kernels

@@ -185,6 +185,13 @@ PsClient::PsClient(const std::vector<std::string>& addresses, PsClientOptions op
     }
     total_shards_ += shards;
   }
+  if (options_.num_workers > 0) {  // tell every shard which rank these connections are
+    SC_CHECK_ARG(options_.worker < options_.num_workers, "worker ", options_.worker, " out of range for ",
+                 options_.num_workers, " workers");
+    Json j = Json::object();
+    j["worker"] = static_cast<int64_t>(options_.worker);
+    call_json(kJoin, j);
+  }
 }
 
 PsClient::PsClient(PsServer& embedded, PsClientOptions options)
@@ -479,6 +486,7 @@ void PsClient::barrier(const std::string& name, int count) {
   Json j = Json::object();
   j["name"] = name;
   j["count"] = count;
+  if (options_.num_workers > 0) j["worker"] = static_cast<int64_t>(options_.worker);
   call_json(kBarrier, j, 0);
 }
 
@@ -508,7 +516,7 @@ void PsClient::dense_push(const std::string& name, const float* grads, int64_t s
   TableHeader h{};
   h.name_bytes = static_cast<uint32_t>(name.size());
   std::memcpy(&h.flags, &lr, sizeof(lr));
-    iovec segs[4] = {{&h, sizeof(h)},
+  iovec segs[4] = {{&h, sizeof(h)},
                    {const_cast<char*>(name.data()), name.size()},
                    {const_cast<char*>(kZeros), padded8(name.size()) - name.size()},
                    {const_cast<float*>(grads), static_cast<size_t>(size) * sizeof(float)}};

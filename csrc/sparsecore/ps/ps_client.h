@@ -6,6 +6,10 @@
 //
 // Thread-safety: calls may come from several threads; embedded calls are serialised.
 //
+// Synchronous mode (num_workers > 0): push() returns once every worker pushed that step of
+// the table. When a worker leaves or rejoins meanwhile the step is abandoned and push (or
+// barrier) throws RpcStepAborted on every worker: roll back to the last snapshot together.
+//
 // Cost: a pull is one pass of dedup + routing over an open-addressing index kept between
 // calls, one writev per shard and one read into the rows; with one shard and no duplicate
 // ids the ids go out of, and the rows come straight into, the caller's arrays.
@@ -25,7 +29,9 @@ namespace sparsecore::ps {
 
 struct PsClientOptions {
   std::string token;
-  int timeout_ms = 0;      // per call (0: none)
+  // Deadline of every call (ms), the blocking ones included: a pull, a synchronous push that
+  // waits for the other workers, a barrier. Past it the call raises RpcTimeout. 0: none.
+  int timeout_ms = 300000;
   int connect_timeout_ms = 5000;
   uint32_t worker = 0;
   uint32_t num_workers = 0;  // > 0: synchronous training with this many workers
@@ -103,6 +109,8 @@ class PsClient {
   int64_t restore(const std::string& name);
   void kv_put(const std::string& key, const Json& value);
   Json kv_get(const std::string& key);
+  // Returns once `count` callers entered barrier `name` (a synchronous worker's rank goes
+  // with it: the barrier is aborted with RpcStepAborted when a worker leaves or re-enters).
   void barrier(const std::string& name, int count);
   std::vector<float> dense_pull(const std::string& name, int64_t size, float init);
   void dense_push(const std::string& name, const float* grads, int64_t size, float lr);

@@ -25,6 +25,7 @@ enum Method : uint16_t {
   kBarrier = 19,      // json {name, count}: replies once `count` callers arrived
   kDensePull = 20,    // json {name, size, init} -> float32[size]
   kDensePush = 21,    // name + float32 grads -> applies w -= lr * g with the variable's lr
+  kJoin = 22,         // json {worker}: a synchronous worker's connection to a shard says its rank
 };
 
 // Fixed part of pull and push requests; the table name (name_bytes, padded to 8) follows,
@@ -39,6 +40,7 @@ struct TableHeader {
 };
 static_assert(sizeof(TableHeader) == 32);
 inline constexpr uint32_t kPullTrain = 1;
+inline constexpr uint32_t kMaxWorkers = 1u << 16;  // synchronous workers of one cluster
 
 inline constexpr uint64_t padded8(uint64_t n) { return (n + 7) & ~uint64_t{7}; }
 

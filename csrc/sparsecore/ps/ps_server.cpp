@@ -1,7 +1,9 @@
 #include "sparsecore/ps/ps_server.h"
 
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
+#include <iterator>
 
 #include "sparsecore/core/error.h"
 #include "sparsecore/core/file.h"
@@ -155,8 +157,120 @@ void PsServer::off_reactor(const rpc::Request& request, rpc::Reply& reply, std::
   snapshot_cv_.notify_one();
 }
 
+void PsServer::fail_pushes(int reactor, const std::string& table, const std::string& why, rpc::Status status) {
+  ReactorState& st = reactor_state_[static_cast<size_t>(reactor)];
+  std::vector<rpc::DeferredReply> failed;
+  for (auto it = st.waiting_push.begin(); it != st.waiting_push.end();) {
+    if (!table.empty() && it->first != table) {
+      ++it;
+      continue;
+    }
+    failed.insert(failed.end(), it->second.begin(), it->second.end());
+    it = st.waiting_push.erase(it);
+  }
+  rpc::Reactor& r = rpc_->reactor(reactor);
+  for (const auto& token : failed) {  // state first: a send may close a connection (and re-enter)
+    rpc::Reply reply;
+    reply.fail(status, why + " [shard " + std::to_string(shard(reactor).layout().global_index) + "]");
+    r.send_deferred(token, std::move(reply));
+  }
+}
+
+void PsServer::fail_barriers(int reactor, const std::string& why) {
+  std::map<std::string, Barrier> failed = std::move(reactor_state_[static_cast<size_t>(reactor)].barriers);
+  reactor_state_[static_cast<size_t>(reactor)].barriers.clear();
+  rpc::Reactor& r = rpc_->reactor(reactor);
+  for (const auto& [name, b] : failed)
+    for (const Waiter& w : b.waiting) {
+      rpc::Reply reply;
+      reply.fail(rpc::Status::kStepAborted, "barrier '" + name + "' was aborted: " + why);
+      r.send_deferred(w.reply, std::move(reply));
+    }
+}
+
+void PsServer::abort_steps(int reactor, const std::string& why) {
+  for (const auto& [table, step] : shard(reactor).abort_steps())
+    fail_pushes(reactor, table, "step " + std::to_string(step) + " of table '" + table + "' was aborted: " + why);
+  fail_pushes(reactor, "", why);  // none should be left; never leave a caller waiting
+}
+
+void PsServer::connection_closed(int reactor, uint64_t connection) {
+  ReactorState& st = reactor_state_[static_cast<size_t>(reactor)];
+  for (auto it = st.barriers.begin(); it != st.barriers.end();) {  // its own waits go with it
+    auto& w = it->second.waiting;
+    w.erase(std::remove_if(w.begin(), w.end(), [&](const Waiter& x) { return x.reply.connection == connection; }),
+            w.end());
+    it = w.empty() ? st.barriers.erase(it) : std::next(it);
+  }
+  auto member = st.members.find(connection);
+  if (member == st.members.end()) return;
+  const uint32_t worker = member->second;
+  st.members.erase(member);
+  for (const auto& [c, w] : st.members)
+    if (w == worker) return;  // the rank is still here through another connection
+  st.left.insert(worker);
+  std::string why = "worker " + std::to_string(worker) + " left (its connection closed); nothing of the step was applied";
+  abort_steps(reactor, why);
+  fail_barriers(reactor, why);
+}
+
+void PsServer::join(int reactor, uint64_t connection, uint32_t worker) {
+  SC_CHECK_ARG(worker < kMaxWorkers, "worker ", worker, " out of range (at most ", kMaxWorkers, " workers)");
+  ReactorState& st = reactor_state_[static_cast<size_t>(reactor)];
+  auto known = st.members.find(connection);
+  if (known != st.members.end() && known->second == worker) return;
+  bool back = st.left.erase(worker) > 0;
+  for (const auto& [c, w] : st.members) back = back || (w == worker && c != connection);
+  st.members[connection] = worker;
+  if (back)
+    abort_steps(reactor, "worker " + std::to_string(worker) +
+                             " joined again (restarted) while the step was incomplete; nothing of it was applied");
+}
+
+void PsServer::barrier(const rpc::Request& r, rpc::Reply& reply) {
+  Json j = parse_json(r);
+  std::string name = j.at("name").as_string("name");
+  int64_t count = j.at("count").as_int("count");
+  SC_CHECK_ARG(count >= 1 && count <= (int64_t{1} << 20), "barrier count must be in [1, 2^20], got ", count);
+  int64_t worker = j.get("worker") ? j.at("worker").as_int("worker") : -1;
+  SC_CHECK_ARG(worker >= -1 && worker <= int64_t{UINT32_MAX}, "barrier worker ", worker, " out of range");
+  ReactorState& st = reactor_state_[static_cast<size_t>(r.reactor)];
+  if (worker >= 0) join(r.reactor, r.connection, static_cast<uint32_t>(worker));
+  auto found = st.barriers.find(name);
+  if (found != st.barriers.end()) {
+    SC_CHECK_ARG(found->second.count == count, "barrier '", name, "' has count ", found->second.count, ", not ", count);
+    auto& w = found->second.waiting;
+    auto same = std::find_if(w.begin(), w.end(), [&](const Waiter& x) { return worker >= 0 && x.worker == worker; });
+    if (same != w.end()) {  // the worker came back (restarted): its earlier wait is void
+      rpc::DeferredReply old = same->reply;
+      w.erase(same);
+      rpc::Reply fail;
+      fail.fail(rpc::Status::kStepAborted, "barrier '" + name + "': worker " + std::to_string(worker) +
+                                               " entered it again from another call");
+      rpc_->reactor(r.reactor).send_deferred(old, std::move(fail));
+      found = st.barriers.find(name);  // the send may have closed connections (and re-entered)
+    }
+  }
+  if (found == st.barriers.end()) found = st.barriers.emplace(name, Barrier{count, {}}).first;
+  Barrier& b = found->second;
+  if (static_cast<int64_t>(b.waiting.size()) + 1 < count) {
+    b.waiting.push_back({reply.defer(), worker});
+    return;
+  }
+  std::vector<Waiter> done = std::move(b.waiting);
+  st.barriers.erase(found);
+  rpc::Reactor& reactor = rpc_->reactor(r.reactor);
+  for (const Waiter& w : done) reactor.send_deferred(w.reply, rpc::Reply());
+}
+
 void PsServer::register_methods() {
   rpc::RpcServer& srv = *rpc_;
+  srv.on_connection_closed([this](int reactor, uint64_t connection) {
+    try {
+      connection_closed(reactor, connection);
+    } catch (...) {  // a failure to tell waiters must not take the reactor down
+    }
+  });
   const int64_t max_ids = options_.max_ids_per_request;
   srv.register_method(kInfo, [this](const rpc::Request&, rpc::Reply& reply) {
     Json j = Json::object();
@@ -197,15 +311,39 @@ void PsServer::register_methods() {
     PodVector<float> grad_copy;
     const int64_t* ids = aligned_view<int64_t>(t.arrays, n, id_copy);
     const float* grads = aligned_view<float>(t.arrays + n * sizeof(int64_t), n * dim, grad_copy);
-    bool complete = s.push(t.name, ids, static_cast<int64_t>(n), grads, t.h.step, t.h.worker, t.h.num_workers);
     ReactorState& st = reactor_state_[static_cast<size_t>(r.reactor)];
-    if (!complete) {
-      st.waiting_push.push_back(reply.defer());
+    if (t.h.num_workers > 0) {
+      join(r.reactor, r.connection, t.h.worker);
+      if (!st.left.empty())
+        throw RpcStepAborted("step " + std::to_string(t.h.step) + " of table '" + t.name + "' cannot complete: worker " +
+                             std::to_string(*st.left.begin()) + " left (its connection closed) and has not joined again");
+    }
+    PsShard::PushOutcome out;
+    try {
+      out = s.push(t.name, ids, static_cast<int64_t>(n), grads, t.h.step, t.h.worker, t.h.num_workers);
+    } catch (...) {
+      // A step that failed as it completed (its summed update made rows non-finite; nothing
+      // was applied) fails for every worker that waits on it, not only for the last one.
+      std::string message;
+      rpc::Status status = rpc::status_of_current_exception(&message);
+      if (t.h.num_workers > 0 && !s.step_pending(t.name)) fail_pushes(r.reactor, t.name, message, status);
+      throw;
+    }
+    if (out.aborted_step >= 0)
+      fail_pushes(r.reactor, t.name,
+                  "step " + std::to_string(out.aborted_step) + " of table '" + t.name + "' was aborted: worker " +
+                      std::to_string(t.h.worker) + " pushed step " + std::to_string(t.h.step) +
+                      " (a worker restarted or rolled back); nothing of it was applied");
+    if (!out.complete) {
+      st.waiting_push[t.name].push_back(reply.defer());
       return;
     }
+    auto waiting = st.waiting_push.find(t.name);
+    if (waiting == st.waiting_push.end()) return;
+    std::vector<rpc::DeferredReply> done = std::move(waiting->second);
+    st.waiting_push.erase(waiting);
     rpc::Reactor& reactor = rpc_->reactor(r.reactor);
-    for (const auto& token : st.waiting_push) reactor.send_deferred(token, rpc::Reply());
-    st.waiting_push.clear();
+    for (const auto& token : done) reactor.send_deferred(token, rpc::Reply());
   });
   // Saves and restores run in phases driven by the client (ps_client.cpp), so that a save
   // becomes visible and a restore takes effect on every shard or on none.
@@ -262,6 +400,7 @@ void PsServer::register_methods() {
       return;
     } else if (phase == "commit") {
       s.commit_restore(j.at("restore_id").as_string("restore_id"));
+      fail_pushes(r.reactor, "", "the shard was restored from a snapshot while a step was incomplete");
     } else if (phase == "abort") {
       s.abort_restore(j.at("restore_id").as_string("restore_id"));
     } else {
@@ -281,19 +420,12 @@ void PsServer::register_methods() {
     out["value"] = v ? *v : Json();
     reply_json(reply, out);
   });
-  srv.register_method(kBarrier, [this](const rpc::Request& r, rpc::Reply& reply) {
+  srv.register_method(kBarrier, [this](const rpc::Request& r, rpc::Reply& reply) { barrier(r, reply); });
+  srv.register_method(kJoin, [this](const rpc::Request& r, rpc::Reply&) {
     Json j = parse_json(r);
-    std::string name = j.at("name").as_string("name");
-    int64_t count = j.at("count").as_int("count");
-    SC_CHECK_ARG(count >= 1, "barrier count must be >= 1, got ", count);
-    auto& waiting = reactor_state_[static_cast<size_t>(r.reactor)].barriers[name];
-    if (static_cast<int64_t>(waiting.size()) + 1 < count) {
-      waiting.push_back(reply.defer());
-      return;
-    }
-    rpc::Reactor& reactor = rpc_->reactor(r.reactor);
-    for (const auto& token : waiting) reactor.send_deferred(token, rpc::Reply());
-    reactor_state_[static_cast<size_t>(r.reactor)].barriers.erase(name);
+    int64_t worker = j.at("worker").as_int("worker");
+    SC_CHECK_ARG(worker >= 0 && worker <= int64_t{UINT32_MAX}, "worker ", worker, " out of range");
+    join(r.reactor, r.connection, static_cast<uint32_t>(worker));
   });
   srv.register_method(kDensePull, [this](const rpc::Request& r, rpc::Reply& reply) {
     Json j = parse_json(r);

@@ -2,6 +2,19 @@
 // per shard; reactor i owns shard i, so requests for a shard are served on its thread without
 // locks. Constructed but not started, it is the embedded server: PsClient drives its shards
 // with plain calls and no socket.
+//
+// Synchronous training: a push waits (its reply deferred) until every worker pushed the same
+// step of the same table, and is released with that table's step alone. A connection that
+// joined (kJoin, sent by a synchronous client to every shard when it connects) or sent a
+// synchronous push or a barrier with its rank is a member. The shard's incomplete steps are
+// abandoned - nothing of them applied, every waiting caller told with RpcStepAborted
+// (Status::kStepAborted) at once instead of waiting for a worker that will not come - when
+//  - a member leaves: its last connection to the shard closes (its barriers are aborted too,
+//    and later pushes are refused the same way until that rank joins again);
+//  - a rank joins again (a restarted worker) or pushes a step that cannot belong to the
+//    incomplete one (PsShard::push);
+//  - the shard is restored from a snapshot.
+// Workers then roll back to the last snapshot together.
 #pragma once
 
 #include <condition_variable>
@@ -10,6 +23,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -53,10 +67,32 @@ class PsServer {
   void off_reactor(const rpc::Request& request, rpc::Reply& reply, std::function<void(rpc::Reply&)> work,
                    std::function<void()> then = nullptr);
   void snapshot_loop();
-  struct ReactorState {  // owned by one reactor thread
-    std::vector<rpc::DeferredReply> waiting_push;
-    std::map<std::string, std::vector<rpc::DeferredReply>> barriers;
+  struct Waiter {
+    rpc::DeferredReply reply;
+    int64_t worker = -1;  // rank of a synchronous worker, -1 when unknown
   };
+  struct Barrier {
+    int64_t count = 0;
+    std::vector<Waiter> waiting;
+  };
+  struct ReactorState {  // owned by one reactor thread
+    std::map<std::string, std::vector<rpc::DeferredReply>> waiting_push;  // by table
+    std::map<std::string, Barrier> barriers;                                // by name
+    std::map<uint64_t, uint32_t> members;  // connection -> worker rank (synchronous workers)
+    std::set<uint32_t> left;               // ranks whose last connection closed, not back yet
+  };
+  // Reactor thread only. Fails every deferred push of `table` (all tables when empty) with
+  // `status` (kStepAborted unless said), saying `why`.
+  void fail_pushes(int reactor, const std::string& table, const std::string& why,
+                   rpc::Status status = rpc::Status::kStepAborted);
+  void fail_barriers(int reactor, const std::string& why);
+  // Abandons the shard's incomplete steps and tells their waiting workers.
+  void abort_steps(int reactor, const std::string& why);
+  void connection_closed(int reactor, uint64_t connection);
+  // Records `connection` as rank `worker`'s; a rank that left or has another connection here
+  // has come back (restarted): the incomplete steps are abandoned.
+  void join(int reactor, uint64_t connection, uint32_t worker);
+  void barrier(const rpc::Request& r, rpc::Reply& reply);
 
   PsServerOptions options_;
   std::vector<std::unique_ptr<PsShard>> shards_;

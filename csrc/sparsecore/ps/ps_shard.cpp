@@ -14,6 +14,8 @@ namespace fs = std::filesystem;
 
 namespace {
 
+constexpr int64_t kMaxDenseSize = int64_t{1} << 28;  // floats (1 GiB): one reply carries it
+
 // First bucket of global shard g of T, i.e. the least b with (b * T) >> 16 == g.
 uint64_t first_bucket(int g, int total) {
   return (static_cast<uint64_t>(g) * kNumBuckets + static_cast<uint64_t>(total) - 1) / static_cast<uint64_t>(total);
@@ -87,23 +89,29 @@ void PsShard::apply(Table& t, const int64_t* ids, int64_t n, const float* grads)
   t.rows->backward(*batch, {grads});
 }
 
-bool PsShard::push(const std::string& name, const int64_t* ids, int64_t n, const float* grads, int64_t step,
-                   uint32_t worker, uint32_t num_workers) {
+PsShard::PushOutcome PsShard::push(const std::string& name, const int64_t* ids, int64_t n, const float* grads,
+                                   int64_t step, uint32_t worker, uint32_t num_workers) {
   Table& t = table(name);
   int dim = t.rows->table(0).dim();
   for (int64_t i = 0; i < n * dim; ++i)
     SC_CHECK_ARG(std::isfinite(grads[i]), "gradients of table '", name, "' contain NaN or Inf; nothing was applied");
+  PushOutcome out;
   if (num_workers == 0) {
     apply(t, ids, n, grads);
-    return true;
+    out.complete = true;
+    return out;
   }
+  SC_CHECK_ARG(num_workers <= kMaxWorkers, "num_workers must be at most ", kMaxWorkers, ", got ", num_workers);
   SC_CHECK_ARG(worker < num_workers, "worker ", worker, " out of range for ", num_workers, " workers");
+  if (!t.pending.empty() && (step != t.sync_step || t.pending.count(worker))) {
+    // The workers are no longer in step (one restarted, or rolled back): the incomplete
+    // step cannot finish as it began.
+    out.aborted_step = t.sync_step;
+    t.pending.clear();
+  }
   if (t.pending.empty()) t.sync_step = step;
-  SC_CHECK_ARG(step == t.sync_step, "worker ", worker, " pushed step ", step, " of table '", name, "' while step ",
-               t.sync_step, " is incomplete");
-  SC_CHECK_ARG(!t.pending.count(worker), "worker ", worker, " pushed step ", step, " of table '", name, "' twice");
   t.pending[worker] = {std::vector<int64_t>(ids, ids + n), std::vector<float>(grads, grads + n * dim)};
-  if (t.pending.size() < num_workers) return false;
+  if (t.pending.size() < num_workers) return out;
   std::vector<int64_t> all_ids;
   std::vector<float> all_grads;
   for (auto& [w, c] : t.pending) {  // std::map: worker order
@@ -112,13 +120,26 @@ bool PsShard::push(const std::string& name, const int64_t* ids, int64_t n, const
   }
   t.pending.clear();
   apply(t, all_ids.data(), static_cast<int64_t>(all_ids.size()), all_grads.data());
-  return true;
+  out.complete = true;
+  return out;
+}
+
+std::vector<std::pair<std::string, int64_t>> PsShard::abort_steps() {
+  std::vector<std::pair<std::string, int64_t>> aborted;
+  for (auto& [name, t] : tables_) {
+    if (t.pending.empty()) continue;
+    aborted.emplace_back(name, t.sync_step);
+    t.pending.clear();
+  }
+  return aborted;
 }
 
 std::vector<float>& PsShard::dense(const std::string& name, int64_t size, float init) {
   auto it = dense_.find(name);
   if (it == dense_.end()) {
-    SC_CHECK_ARG(size > 0, "dense variable '", name, "' needs a size > 0 to be created");
+    SC_CHECK_ARG(size > 0 && size <= kMaxDenseSize, "dense variable '", name, "' needs a size in [1, 2^28] to be created, got ",
+                 size);
+    SC_CHECK_ARG(std::isfinite(init), "dense variable '", name, "': init must be finite, got ", init);
     it = dense_.emplace(name, std::vector<float>(static_cast<size_t>(size), init)).first;
   }
   SC_CHECK_ARG(size <= 0 || static_cast<int64_t>(it->second.size()) == size, "dense variable '", name, "' has size ",
@@ -131,6 +152,8 @@ void PsShard::dense_push(const std::string& name, const float* grads, int64_t si
   if (it == dense_.end()) throw NotFound("no dense variable '" + name + "'");
   SC_CHECK_ARG(static_cast<int64_t>(it->second.size()) == size, "gradient of dense variable '", name, "' has ", size,
                " values, expected ", it->second.size());
+  SC_CHECK_ARG(std::isfinite(lr) && lr >= 0.0f, "learning rate of dense variable '", name,
+               "' must be finite and >= 0, got ", lr, "; nothing was applied");
   for (int64_t i = 0; i < size; ++i)
     SC_CHECK_ARG(std::isfinite(grads[i]), "gradient of dense variable '", name, "' contains NaN or Inf");
   for (int64_t i = 0; i < size; ++i) it->second[static_cast<size_t>(i)] -= lr * grads[i];

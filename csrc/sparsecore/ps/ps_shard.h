@@ -6,6 +6,9 @@
 // Synchronous pushes: the gradients of every worker for a step are kept until the last
 // worker's push arrives, then concatenated in worker order and applied once (the engine sums
 // a row's gradients in position order, so the result does not depend on arrival order).
+// A step is kept per table; a push that cannot belong to the incomplete step (another step
+// number, or a worker pushing it twice: a worker restarted) abandons that step - nothing of
+// it is applied - and starts its own. The server then fails the abandoned pushes' replies.
 #pragma once
 
 #include <cstdint>
@@ -54,13 +57,25 @@ class PsShard {
   int dim(const std::string& table) const;
   // out (n, dim) float32. train: unknown ids are inserted; otherwise they read as zeros.
   void pull(const std::string& table, const int64_t* ids, int64_t n, bool train, float* out);
+  struct PushOutcome {
+    bool complete = false;      // applied now (every waiting push of the table may be answered)
+    int64_t aborted_step = -1;  // >= 0: this push abandoned that incomplete step of the table
+  };
   // ids (n) unique, grads (n, dim). num_workers == 0: applied now. Otherwise kept until all
-  // num_workers pushes of `step` arrived; returns true when this push completed the step
-  // (then every waiting push may be answered). Validates before anything changes.
-  bool push(const std::string& table, const int64_t* ids, int64_t n, const float* grads, int64_t step,
-            uint32_t worker, uint32_t num_workers);
+  // num_workers pushes of `step` arrived. Validates before anything changes.
+  PushOutcome push(const std::string& table, const int64_t* ids, int64_t n, const float* grads, int64_t step,
+                   uint32_t worker, uint32_t num_workers);
+  // Abandons the incomplete synchronous step of every table (nothing of them is applied);
+  // returns (table, step) of each one abandoned.
+  std::vector<std::pair<std::string, int64_t>> abort_steps();
+  // Whether a synchronous step of `table` waits for more pushes.
+  bool step_pending(const std::string& table) const {
+    auto it = tables_.find(table);
+    return it != tables_.end() && !it->second.pending.empty();
+  }
 
   std::vector<float>& dense(const std::string& name, int64_t size, float init);
+  // w -= lr * grads; lr must be finite and >= 0 and grads finite, else nothing changes.
   void dense_push(const std::string& name, const float* grads, int64_t size, float lr);
 
   void kv_put(const std::string& key, Json value) { kv_[key] = std::move(value); }

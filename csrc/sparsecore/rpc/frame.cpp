@@ -21,6 +21,7 @@ const char* status_name(Status s) {
     case Status::kInternal: return "internal error";
     case Status::kShuttingDown: return "server shutting down";
     case Status::kBusy: return "busy";
+    case Status::kStepAborted: return "step aborted";
   }
   return "unknown status";
 }

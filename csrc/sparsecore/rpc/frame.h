@@ -54,6 +54,7 @@ enum class Status : uint32_t {
   kInternal = 11,         // any other exception in the handler
   kShuttingDown = 12,
   kBusy = 13,             // the request cannot be served now (e.g. a shard is restoring)
+  kStepAborted = 14,      // a synchronous step or barrier was abandoned: its workers changed
 };
 
 const char* status_name(Status s);

@@ -646,6 +646,7 @@ void Reactor::close_connection(Connection& c) {
   std::unique_ptr<Connection> owned = std::move(it->second);
   connections_.erase(it);
   open_.fetch_sub(1, std::memory_order_relaxed);
+  if (c.authed && server_.close_hook_) server_.close_hook_(index_, c.id);
   try {
     closed_.push_back(std::move(owned));  // callers may still hold `c` this event batch
   } catch (const std::bad_alloc&) {

@@ -17,6 +17,7 @@ void throw_status(Status status, const std::string& message) {
     case Status::kBadFrame:
     case Status::kFrameTooLarge: throw RpcProtocolError(message);
     case Status::kShuttingDown: throw RpcConnectionError(message);
+    case Status::kStepAborted: throw RpcStepAborted(message);
     default: throw RpcError(std::string(status_name(status)) + ": " + message);
   }
 }
@@ -39,6 +40,9 @@ Status status_of_current_exception(std::string* message) {
   } catch (const CorruptData& e) {
     *message = e.what();
     return Status::kCorruptData;
+  } catch (const RpcStepAborted& e) {
+    *message = e.what();
+    return Status::kStepAborted;
   } catch (const std::bad_alloc&) {
     *message = "out of memory";
     return Status::kInternal;

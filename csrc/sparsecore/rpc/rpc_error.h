@@ -45,6 +45,14 @@ class RpcAuthError : public RpcError {
   using RpcError::RpcError;
 };
 
+// A synchronous step (or barrier) was abandoned because a worker left or rejoined while it
+// was incomplete: nothing of that step was applied, and every worker waiting on it gets this
+// error so that all of them can roll back to the last snapshot together.
+class RpcStepAborted : public RpcError {
+ public:
+  using RpcError::RpcError;
+};
+
 namespace rpc {
 // Throws the exception that a non-ok `status` with `message` stands for.
 [[noreturn]] void throw_status(Status status, const std::string& message);

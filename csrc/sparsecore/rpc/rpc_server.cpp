@@ -46,6 +46,11 @@ RpcServer::RpcServer(ServerOptions options) : options_(std::move(options)) {
 
 RpcServer::~RpcServer() { stop(); }
 
+void RpcServer::on_connection_closed(std::function<void(int, uint64_t)> hook) {
+  SC_CHECK_ARG(!running_.load(), "on_connection_closed must be called before start()");
+  close_hook_ = std::move(hook);
+}
+
 void RpcServer::register_method(uint16_t method, Handler handler) {
   SC_CHECK_ARG(method < kFirstReservedMethod, "method ids from ", kFirstReservedMethod, " up are reserved, got ", method);
   SC_CHECK_ARG(!running_.load(), "register_method must be called before start()");

@@ -156,6 +156,10 @@ class RpcServer {
   // method < kFirstReservedMethod. Handlers run on reactor threads and may throw: the
   // exception becomes the reply's status (InvalidArgument -> kInvalidArgument, ...).
   void register_method(uint16_t method, Handler handler);
+  // Called on the reactor thread (before start(): set once) whenever an authenticated
+  // connection closes, for whatever reason (peer gone, idle, protocol error); the
+  // application forgets what it kept for that connection (e.g. deferred replies).
+  void on_connection_closed(std::function<void(int reactor, uint64_t connection)> hook);
   // Binds and starts the reactors. Throws IoError when the address cannot be bound.
   void start();
   // Closes every connection and joins the reactors. Idempotent.
@@ -185,6 +189,7 @@ class RpcServer {
   std::atomic<uint64_t> reserved_bytes_{0};
   int port_ = 0;
   std::vector<Handler> handlers_;  // by method
+  std::function<void(int, uint64_t)> close_hook_;
   std::vector<std::unique_ptr<Reactor>> reactors_;
   std::vector<std::thread> threads_;
   std::atomic<bool> running_{false};

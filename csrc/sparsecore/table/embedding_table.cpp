@@ -1,5 +1,6 @@
 #include "sparsecore/table/embedding_table.h"
 
+#include <cstdint>
 #include <cstring>
 #include <mutex>
 #include <shared_mutex>
@@ -64,15 +65,24 @@ Json TableConfig::to_json() const {
   return j;
 }
 
+namespace {
+// An int field of a table config, refused (not truncated) when it does not fit an int.
+int int_field(const Json& value, const char* what) {
+  int64_t v = value.as_int(what);
+  SC_CHECK_ARG(v >= INT32_MIN && v <= INT32_MAX, what, " must fit a 32-bit int, got ", v);
+  return static_cast<int>(v);
+}
+}  // namespace
+
 TableConfig TableConfig::from_json(const Json& j) {
   TableConfig c;
   for (const auto& [key, value] : j.as_object("table config")) {
     if (key == "name") c.name = value.as_string("table 'name'");
-    else if (key == "dim") c.dim = static_cast<int>(value.as_int("table 'dim'"));
+    else if (key == "dim") c.dim = int_field(value, "table 'dim'");
     else if (key == "optimizer") c.optimizer = OptimizerConfig::from_json(value);
     else if (key == "init") c.init = InitializerConfig::from_json(value);
     else if (key == "pooling") c.pooling = pooling_from_name(value.as_string("table 'pooling'"));
-    else if (key == "shard_bits") c.shard_bits = static_cast<int>(value.as_int("table 'shard_bits'"));
+    else if (key == "shard_bits") c.shard_bits = int_field(value, "table 'shard_bits'");
     else if (key == "storage") c.storage = row_storage_from_name(value.as_string("table 'storage'"));
     else throw InvalidArgument("unknown table config field '" + key + "'");
   }
