@@ -155,10 +155,11 @@ def test_a_restarted_worker_aborts_the_incomplete_step_and_goes_on(server):
 
 
 # A worker that rolls back with the others on RpcStepAborted (the README's recipe): meet at
-# "recover", rank 0 restores the newest snapshot, meet at "restored", go on from its step.
+# "recover", rank 0 restores the newest snapshot (kept in the server's --snapshot-dir), meet at
+# "restored", go on from its step.
 RECOVERING_WORKER = textwrap.dedent("""
     import os, sys, numpy as np, sparsecore as sc
-    addr, rank, steps, snaps, restarted = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5] == "1"
+    addr, rank, steps, restarted = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
     ps = sc.connect([addr], worker=rank, num_workers=2, timeout=60)
     ps.create_table("t", sc.TableConfig(dim=4, optimizer=sc.Adagrad(lr=0.1)), seed=5)
 
@@ -177,13 +178,13 @@ RECOVERING_WORKER = textwrap.dedent("""
     def recover():
         meet("recover")
         if rank == 0:
-            ps.restore(sc.server.latest_snapshot(snaps))
+            ps.kv_put("restored_step", ps.restore())  # the newest complete snapshot
         meet("restored")
-        return int(os.path.basename(sc.server.latest_snapshot(snaps)).split("-")[1])
+        return int(ps.kv_get("restored_step"))
 
     step = recover() if restarted else 0
     if rank == 0 and not restarted:
-        ps.save(snaps, 0, overwrite=True)
+        ps.save(0, overwrite=True)
     while step < steps:
         ids, g = grads(step, rank)
         try:
@@ -195,50 +196,53 @@ RECOVERING_WORKER = textwrap.dedent("""
         step += 1
         print("step", step, flush=True)
         if rank == 0 and step % 4 == 0:
-            ps.save(snaps, step, overwrite=True)
+            ps.save(step, overwrite=True)
     print("done", flush=True)
 """)
 
 
-def test_workers_roll_back_together_after_a_restart_and_match_an_uninterrupted_run(server, tmp_path):
+def test_workers_roll_back_together_after_a_restart_and_match_an_uninterrupted_run(tmp_path):
     steps = 16
-    snaps = str(tmp_path / "snaps")
-
-    def start(rank, restarted):
-        return subprocess.Popen([sys.executable, "-c", RECOVERING_WORKER, server, str(rank), str(steps), snaps,
-                                 "1" if restarted else "0"], stdout=subprocess.PIPE, env=_env(), text=True)
-    a, b = start(0, False), start(1, False)
-    b2 = None
+    server_process, server = _server("--shards", 2, "--snapshot-dir", tmp_path / "snaps")
     try:
-        assert _read_until(b, "step 9")
-        b.kill()
-        b.wait()
-        b2 = start(1, True)
-        outputs = []
-        for p in (a, b2):
-            out, _ = p.communicate(timeout=120)
-            assert p.returncode == 0 and out.strip().endswith("done"), out
-            outputs.append(out)
-        assert "aborted" in outputs[0]  # the survivor was told, rolled back, and went on
+
+        def start(rank, restarted):
+            return subprocess.Popen([sys.executable, "-c", RECOVERING_WORKER, server, str(rank), str(steps),
+                                     "1" if restarted else "0"], stdout=subprocess.PIPE, env=_env(), text=True)
+        a, b = start(0, False), start(1, False)
+        b2 = None
+        try:
+            assert _read_until(b, "step 9")
+            b.kill()
+            b.wait()
+            b2 = start(1, True)
+            outputs = []
+            for p in (a, b2):
+                out, _ = p.communicate(timeout=120)
+                assert p.returncode == 0 and out.strip().endswith("done"), out
+                outputs.append(out)
+            assert "aborted" in outputs[0]  # the survivor was told, rolled back, and went on
+        finally:
+            for p in (a, b, b2):
+                if p is not None and p.poll() is None:
+                    p.kill()
+                    p.wait()
+        ref = sc.Server().client()
+        ref.create_table("t", sc.TableConfig(dim=4, optimizer=sc.Adagrad(lr=0.1)), seed=5)
+        for step in range(steps):
+            parts = []
+            for rank in range(2):
+                rng = np.random.default_rng(1000 * step + rank)
+                ids = np.unique(rng.integers(0, 200, 50)).astype(np.int64)
+                parts.append((ids, rng.standard_normal((ids.size, 4)).astype(np.float32)))
+            ref.push("t", np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+        remote = sc.connect([server], timeout=60)
+        remote.create_table("t", sc.TableConfig(dim=4, optimizer=sc.Adagrad(lr=0.1)), seed=5)
+        all_ids = np.arange(200, dtype=np.int64)
+        np.testing.assert_allclose(remote.pull("t", all_ids, train=False), ref.pull("t", all_ids, train=False),
+                                   rtol=1e-6, atol=1e-7)
     finally:
-        for p in (a, b, b2):
-            if p is not None and p.poll() is None:
-                p.kill()
-                p.wait()
-    ref = sc.Server().client()
-    ref.create_table("t", sc.TableConfig(dim=4, optimizer=sc.Adagrad(lr=0.1)), seed=5)
-    for step in range(steps):
-        parts = []
-        for rank in range(2):
-            rng = np.random.default_rng(1000 * step + rank)
-            ids = np.unique(rng.integers(0, 200, 50)).astype(np.int64)
-            parts.append((ids, rng.standard_normal((ids.size, 4)).astype(np.float32)))
-        ref.push("t", np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
-    remote = sc.connect([server], timeout=60)
-    remote.create_table("t", sc.TableConfig(dim=4, optimizer=sc.Adagrad(lr=0.1)), seed=5)
-    all_ids = np.arange(200, dtype=np.int64)
-    np.testing.assert_allclose(remote.pull("t", all_ids, train=False), ref.pull("t", all_ids, train=False),
-                               rtol=1e-6, atol=1e-7)
+        _stop(server_process)
 
 
 def test_a_barrier_is_aborted_when_a_member_leaves(server):
