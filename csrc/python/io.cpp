@@ -6,6 +6,7 @@
 
 #include <cstring>
 
+#include "array_args.h"
 #include "binding_registry.h"
 #include "sparsecore/core/error.h"
 #include "sparsecore/io/criteo_format.h"
@@ -21,20 +22,12 @@
 namespace py = pybind11;
 using namespace sparsecore;
 using namespace sparsecore::io;
+using sparsecore::python::to_numpy;
 
 namespace {
 
 template <typename T>
 using CArray = py::array_t<T, py::array::c_style | py::array::forcecast>;
-
-// A NumPy array that takes ownership of `v`.
-template <typename T>
-py::array to_numpy(std::vector<T>&& v, std::vector<py::ssize_t> shape) {
-  if (v.empty()) return py::array_t<T>(shape);
-  auto* owned = new std::vector<T>(std::move(v));
-  py::capsule owner(owned, [](void* p) { delete static_cast<std::vector<T>*>(p); });
-  return py::array_t<T>(shape, owned->data(), owner);
-}
 
 py::dict batch_to_python(SampleBatch&& b) {
   const auto B = static_cast<py::ssize_t>(b.num_samples);
