@@ -1,9 +1,10 @@
 """Trainer: end-to-end CTR training on the embedded default (XDL's SparseNet + DenseNet).
 
-The step is the data path of docs/architecture.md, pipelined as XDL's is: a producer thread reads and
-parses the next batches and prepares them (validate, dedup, pull = lookup-or-insert) while
-the main thread runs the dense step of the current one. The compiled readers and the
-engine release the GIL, so the stages run in parallel; queues are bounded (``prefetch``).
+The step is the data path of docs/architecture.md, pipelined as XDL's is: the C++ training
+pipeline (``csrc/sparsecore/train``) reads the next batches on its own thread and prepares them
+(validate, dedup, pull = lookup-or-insert) while the main thread runs the dense step of the
+current one. Only the call into the Python source holds the GIL; the compiled readers and the
+engine release it, so the stages run in parallel; the queue is bounded (``prefetch``).
 
 Row values are read at forward time, after the previous batch's update, so prefetching does
 not make training stale. ``stale_sparse=True`` also pulls the values of batch k+1 during the
@@ -208,7 +209,7 @@ class Trainer:
                 return (batch, state, names, offsets, torch_out), groups
             prepared = collection.prepare(batch.sparse, train=True)
             pulled = collection._c.forward(prepared._core) if self.stale_sparse else None
-            return (batch, state, prepared, pulled), []
+            return (batch, prepared, pulled, state), []
 
         return produce
 
