@@ -26,10 +26,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import _core
 from .config import TableConfig
 from .data import auc, gauc, logloss
 from .data.memory import as_source, is_source
-from . import _core
 from .embedding import EmbeddingCollection, PreparedBatch
 from .threads import ThreadsSpec, apply_default_split
 from .torch import EmbeddingBagCollection
@@ -37,6 +37,7 @@ from .torch import EmbeddingBagCollection
 __all__ = ["Trainer", "TrainResult", "describe_metrics"]
 
 log = logging.getLogger("sparsecore.trainer")
+
 
 @dataclass
 class TrainResult:

@@ -5,16 +5,20 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <filesystem>
+#include <fstream>
 #include <map>
 #include <string>
 #include <vector>
 
 #include "sparsecore/core/error.h"
 #include "sparsecore/core/thread_pool.h"
+#include "sparsecore/io/libsvm_format.h"
 #include "sparsecore/io/synthetic_generator.h"
 #include "sparsecore/ops/embedding_collection.h"
 #include "sparsecore/train/step_pipeline.h"
 #include "sparsecore/train/synthetic_source.h"
+#include "sparsecore/train/text_reader_source.h"
 
 using namespace sparsecore;
 using namespace sparsecore::train;
@@ -358,4 +362,40 @@ TEST(StepPipeline, WithoutACollectionStepsCarryTheBatchOnly) {
     ++steps;
   }
   EXPECT_EQ(steps, 3);
+}
+
+TEST(StepPipeline, TrainsFromAFileReaderAndResumesAtTheStepsState) {
+  const std::filesystem::path dir = std::filesystem::temp_directory_path() /
+                                    ("sc_train_pipeline_" + std::to_string(::testing::UnitTest::GetInstance()->random_seed()));
+  std::filesystem::create_directories(dir);
+  const std::string path = (dir / "part-0.libsvm").string();
+  {
+    std::ofstream out(path);
+    for (int i = 0; i < 25; ++i) out << (i % 3 == 0) << " " << i % 7 << ":1 " << 100 + i << ":0.5\n";
+  }
+  TableConfig features = tables()[0];
+  features.name = "features";
+  EmbeddingCollection collection({features}, 2);
+  auto reader = [&] { return std::make_unique<io::TextReader>(std::vector<std::string>{path},
+                                                                std::make_shared<io::LibsvmFormat>()); };
+  auto source = std::make_shared<TextReaderSource>(reader(), 10);
+  StepPipeline pipeline(&collection, source, {});
+  std::vector<int64_t> sizes;
+  std::vector<std::string> states;
+  while (std::optional<PipelineStep> step = pipeline.next()) {
+    sizes.push_back(step->batch.num_samples());
+    states.push_back(step->source_state);
+    const auto pooled = pipeline.forward(*step);
+    std::vector<float> grad(pooled[0].size(), 0.1f);
+    pipeline.backward(*step, {grad.data()});
+  }
+  EXPECT_EQ(sizes, (std::vector<int64_t>{10, 10, 5}));
+  EXPECT_EQ(collection.table(0).size(), 32u);  // ids 0..6 and 100..124
+  TextReaderSource resumed(reader(), 10);
+  resumed.load_state(states[0]);
+  std::optional<SourceBatch> second = resumed.next_batch();
+  ASSERT_TRUE(second.has_value());
+  EXPECT_EQ(second->samples->groups[0].ids.front(), 10 % 7);  // line 11 comes next
+  EXPECT_EQ(resumed.state(), states[1]);
+  std::filesystem::remove_all(dir);
 }

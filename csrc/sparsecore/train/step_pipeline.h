@@ -22,6 +22,7 @@
 // later call. close() (also the destructor) stops and joins the producer whatever it is
 // doing: waiting for room in a full queue, or reading (it finishes the current batch first,
 // so a source that blocks forever blocks close()). Steps already handed out stay valid.
+// A source must not close or destroy its own pipeline (the producer cannot join itself).
 //
 // Thread-safety: next(), forward(), backward() and close() are called by one consumer thread.
 // Ownership: the pipeline shares the source; the collection must outlive the pipeline.
@@ -41,6 +42,7 @@
 
 #include "sparsecore/ops/embedding_collection.h"
 #include "sparsecore/train/batch_source.h"
+#include "sparsecore/train/pipeline_step.h"
 
 namespace sparsecore::train {
 
@@ -49,15 +51,6 @@ struct StepPipelineOptions {
   int64_t max_steps = -1;           // batches read in all; < 0: until the source ends
   std::vector<std::string> groups;  // the feature spec (see above)
   bool pull_rows = false;           // pool rows on the producer (one step stale)
-};
-
-// One step as the consumer receives it.
-struct PipelineStep {
-  int64_t index = 0;                         // 0-based, in source order
-  SourceBatch batch;
-  std::shared_ptr<PreparedBatch> prepared;   // groups in feature-spec order; null without a collection
-  std::vector<std::vector<float>> pulled;    // pull_rows: forward outputs per group (output_size())
-  std::string source_state;                  // the source's state() right after this batch
 };
 
 class StepPipeline {
