@@ -188,3 +188,41 @@ def test_step_pipeline_hands_payload_and_prepared_rows_in_order():
     assert seen == [0, 1, 2, 3]
     assert p.next() is None
     p.close()
+
+
+def test_a_pipeline_dropped_without_close_joins_its_thread():
+    coll = sc.EmbeddingCollection(tables(["a"]), 1)
+    calls = []
+
+    def produce():
+        calls.append(1)
+        return None, [(0, np.array([len(calls)], np.int64), np.array([0, 1], np.int64), None)]
+
+    p = _core.StepPipeline(coll._c, produce, prefetch=1)
+    assert p.next() is not None
+    del p  # the producer waits for room in the full queue; the destructor must not deadlock on the GIL
+    read = len(calls)
+    assert read <= 3
+    assert len(calls) == read  # nothing reads after the pipeline is gone
+
+
+def test_ctrl_c_interrupts_a_wait_for_the_next_step():
+    import _thread
+
+    started, release, released = threading.Event(), threading.Event(), []
+
+    def produce():
+        started.set()
+        released.append(release.wait(timeout=60))  # a source stuck until the interrupt was seen
+        return None
+
+    p = _core.StepPipeline(None, produce)
+    started.wait()
+    timer = threading.Timer(0.1, _thread.interrupt_main)
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        p.next()
+    release.set()
+    timer.join()
+    p.close()
+    assert released == [True]  # next() gave up waiting before the source returned
