@@ -182,7 +182,8 @@ def test_step_pipeline_hands_payload_and_prepared_rows_in_order():
     p = _core.StepPipeline(coll._c, produce, prefetch=2, max_steps=4, pull_rows=True)
     seen = []
     while (step := p.next()) is not None:
-        payload, prepared, pulled = step
+        payload, prepared, pulled, state = step
+        assert state is None
         seen.append(payload["i"])
         assert prepared.num_unique(0) == 2 and pulled[0].shape == (2, DIM)
     assert seen == [0, 1, 2, 3]
@@ -226,3 +227,50 @@ def test_ctrl_c_interrupts_a_wait_for_the_next_step():
     timer.join()
     p.close()
     assert released == [True]  # next() gave up waiting before the source returned
+
+
+def test_the_compiled_synthetic_source_prepares_the_batches_of_the_python_one():
+    import json
+
+    cfg = config()
+    names = cfg.names()
+    data = SyntheticData(cfg, compressed=True)
+    coll = sc.EmbeddingCollection(tables(names), 4)
+    ref = sc.EmbeddingCollection(tables(names), 4)
+    p = _core.StepPipeline.synthetic(coll._c, data._gen, batch_size=64, start=128, num_batches=3, compressed=True)
+    steps = 0
+    while (step := p.next()) is not None:
+        payload, prepared, pulled, state = step
+        batch = sc.data.Batch._from_core(payload)
+        expect = data.generate(128 + 64 * steps, 64, True)
+        np.testing.assert_array_equal(batch.labels, expect.labels)
+        np.testing.assert_array_equal(batch.sample_group, expect.sample_group)
+        ref_prepared = ref.prepare(expect.sparse)
+        for g, name in enumerate(names):
+            np.testing.assert_array_equal(batch.sparse[name][0], expect.sparse[name][0])
+            np.testing.assert_array_equal(prepared.unique_ids(g), ref_prepared.unique_ids(name))
+        assert pulled is None
+        steps += 1
+        assert json.loads(state) == {"position": 128 + 64 * steps, "batches": steps}
+    assert steps == 3 and coll.sizes() == ref.sizes()
+    p.close()
+
+
+def test_the_compiled_file_source_reads_every_line_once_and_surfaces_bad_data(tmp_path):
+    good = tmp_path / "good.libsvm"
+    good.write_text("".join(f"{i % 3 == 0:d} {i % 7}:1 {100 + i}:0.5\n" for i in range(25)))
+    coll = sc.EmbeddingCollection({"features": sc.TableConfig(dim=DIM)}, 1)
+    p = _core.StepPipeline.text_files(coll._c, [str(good)], _core.io.LibsvmFormat(), batch_size=10)
+    sizes = []
+    while (step := p.next()) is not None:
+        sizes.append(step[0]["num_samples"])
+    assert sizes == [10, 10, 5] and coll.table_size("features") == 32
+    p.close()
+    bad = tmp_path / "bad.libsvm"
+    bad.write_text("this is not libsvm\n" * 20)
+    p = _core.StepPipeline.text_files(coll._c, [str(bad)], _core.io.LibsvmFormat(), batch_size=10)
+    with pytest.raises(ValueError, match="bad.libsvm"):
+        p.next()
+    p.close()
+    with pytest.raises(OSError, match="missing"):
+        _core.StepPipeline.text_files(coll._c, [str(tmp_path / "missing")], _core.io.LibsvmFormat(), batch_size=10)

@@ -228,7 +228,7 @@ class Trainer:
         item = pipeline.next()
         if item is None:
             return None
-        payload, core_prepared, pulled = item
+        payload, core_prepared, pulled, _ = item
         if core_prepared is None:
             return payload
         batch, state, names, offsets, torch_out = payload
