@@ -30,6 +30,15 @@ inline const char* dtype_name<uint8_t>() { return "uint8"; }
 template <>
 inline const char* dtype_name<int16_t>() { return "int16"; }
 
+// A NumPy array that takes ownership of `v` (no copy).
+template <typename T>
+py::array to_numpy(std::vector<T>&& v, std::vector<py::ssize_t> shape) {
+  if (v.empty()) return py::array_t<T>(shape);
+  auto* owned = new std::vector<T>(std::move(v));
+  py::capsule owner(owned, [](void* p) { delete static_cast<std::vector<T>*>(p); });
+  return py::array_t<T>(shape, owned->data(), owner);
+}
+
 // `arr` must be a C-contiguous array of T; `shape` entries < 0 are free. Returns its data.
 template <typename T>
 const T* checked_array(const py::array& arr, const std::string& what, std::vector<py::ssize_t> shape) {

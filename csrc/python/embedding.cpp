@@ -6,17 +6,15 @@
 
 #include "array_args.h"
 #include "binding_registry.h"
+#include "prepared_batch.h"
 #include "sparsecore/ops/embedding_collection.h"
 
 namespace py = pybind11;
 using namespace sparsecore;
 using sparsecore::python::checked_array;
+using sparsecore::python::PyPrepared;
 
 namespace {
-
-struct PyPrepared {
-  std::shared_ptr<PreparedBatch> batch;
-};
 
 std::vector<TableConfig> configs_from_json(const std::string& text) {
   Json j = Json::parse(text);

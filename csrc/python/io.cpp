@@ -6,7 +6,9 @@
 
 #include <cstring>
 
+#include "array_args.h"
 #include "binding_registry.h"
+#include "sample_batch_dict.h"
 #include "sparsecore/core/error.h"
 #include "sparsecore/io/criteo_format.h"
 #include "sparsecore/io/csv_format.h"
@@ -21,42 +23,13 @@
 namespace py = pybind11;
 using namespace sparsecore;
 using namespace sparsecore::io;
+using sparsecore::python::batch_to_python;
+using sparsecore::python::to_numpy;
 
 namespace {
 
 template <typename T>
 using CArray = py::array_t<T, py::array::c_style | py::array::forcecast>;
-
-// A NumPy array that takes ownership of `v`.
-template <typename T>
-py::array to_numpy(std::vector<T>&& v, std::vector<py::ssize_t> shape) {
-  if (v.empty()) return py::array_t<T>(shape);
-  auto* owned = new std::vector<T>(std::move(v));
-  py::capsule owner(owned, [](void* p) { delete static_cast<std::vector<T>*>(p); });
-  return py::array_t<T>(shape, owned->data(), owner);
-}
-
-py::dict batch_to_python(SampleBatch&& b) {
-  const auto B = static_cast<py::ssize_t>(b.num_samples);
-  py::dict d;
-  d["num_samples"] = b.num_samples;
-  d["labels"] = b.has_labels ? py::object(to_numpy(std::move(b.labels), {B})) : py::none();
-  d["dense"] = b.dense_dim > 0 ? py::object(to_numpy(std::move(b.dense), {B, static_cast<py::ssize_t>(b.dense_dim)}))
-                               : py::none();
-  py::list groups;
-  for (auto& g : b.groups) {
-    const auto n = static_cast<py::ssize_t>(g.ids.size());
-    const auto bags = static_cast<py::ssize_t>(g.offsets.size());
-    groups.append(py::make_tuple(g.name, to_numpy(std::move(g.ids), {n}), to_numpy(std::move(g.offsets), {bags}),
-                                 g.weighted ? py::object(to_numpy(std::move(g.weights), {n})) : py::none(),
-                                 g.shared));
-  }
-  d["groups"] = groups;
-  d["sample_group"] = b.compressed() ? py::object(to_numpy(std::move(b.sample_group), {B})) : py::none();
-  d["probabilities"] = b.probabilities.empty() ? py::none() : py::object(to_numpy(std::move(b.probabilities), {B}));
-  d["users"] = b.users.empty() ? py::none() : py::object(to_numpy(std::move(b.users), {B}));
-  return d;
-}
 
 template <typename T>
 std::vector<T> to_vector(const py::handle& h, const char* what) {

@@ -1,9 +1,10 @@
 """Trainer: end-to-end CTR training on the embedded default (XDL's SparseNet + DenseNet).
 
-The step is the data path of docs/architecture.md, pipelined as XDL's is: a producer thread reads and
-parses the next batches and prepares them (validate, dedup, pull = lookup-or-insert) while
-the main thread runs the dense step of the current one. The compiled readers and the
-engine release the GIL, so the stages run in parallel; queues are bounded (``prefetch``).
+The step is the data path of docs/architecture.md, pipelined as XDL's is: the C++ training
+pipeline (``csrc/sparsecore/train``) reads the next batches on its own thread and prepares them
+(validate, dedup, pull = lookup-or-insert) while the main thread runs the dense step of the
+current one. Only the call into the Python source holds the GIL; the compiled readers and the
+engine release it, so the stages run in parallel; the queue is bounded (``prefetch``).
 
 Row values are read at forward time, after the previous batch's update, so prefetching does
 not make training stale. ``stale_sparse=True`` also pulls the values of batch k+1 during the
@@ -16,10 +17,8 @@ import json
 import logging
 import math
 import os
-import queue
 import secrets
 import shutil
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,7 +32,7 @@ from . import _core
 from .config import TableConfig
 from .data import auc, gauc, logloss
 from .data.memory import as_source, is_source
-from .embedding import EmbeddingCollection
+from .embedding import EmbeddingCollection, PreparedBatch
 from .server import ClusterCollection
 from .threads import ThreadsSpec, apply_default_split
 from .torch import EmbeddingBagCollection
@@ -42,7 +41,6 @@ __all__ = ["Trainer", "TrainResult", "describe_metrics"]
 
 log = logging.getLogger("sparsecore.trainer")
 
-_END = object()
 _MARKER = "trainer.json"
 # What a trainer checkpoint directory holds; an existing directory with anything else is not
 # replaced by a save.
@@ -207,32 +205,56 @@ class Trainer:
                      shared=frozenset(g for g in batch.shared if g in self.tables),
                      probabilities=batch.probabilities, users=batch.users, num_samples=batch.num_samples)
 
-    def _producer(self, q: queue.Queue, stop: threading.Event, max_steps: Optional[int]) -> None:
-        produced = 0
-        try:
-            while not stop.is_set() and (max_steps is None or produced < max_steps):
-                batch = self.source.next_batch()
-                if batch is None:
-                    break
-                state = self.source.state_dict() if hasattr(self.source, "state_dict") else None
-                if not self._checked:  # before the first prepare inserts a row
-                    self._check_spec(batch)
-                self._check_labels(batch)
-                batch = self._select(batch)
-                prepared = self.embedding.collection.prepare(batch.sparse, train=True)
-                pulled = self.embedding.collection._c.forward(prepared._core) if self.stale_sparse else None
-                item = (batch, prepared, pulled, state)
-                while not stop.is_set():
-                    try:
-                        q.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                produced += 1
-        except BaseException as e:  # surfaced in the training thread
-            q.put(e)
-            return
-        q.put(_END)
+    def _native(self) -> Any:
+        """The compiled collection the C++ pipeline prepares on, or None when the collection
+        plans by itself (a cluster or the CUDA twin): then ``produce`` prepares in Python."""
+        collection = self.embedding.collection
+        core = getattr(collection, "_c", None)
+        return core if type(collection) is EmbeddingCollection and type(core) is _core.EmbeddingCollection else None
+
+    def _produce(self, native: Any) -> Callable[[], Any]:
+        """What the pipeline's thread calls for each batch (under the GIL): read, check and
+        select it; return ``(payload, groups)`` with the groups the C++ side prepares, or None
+        at the end of the data."""
+        collection = self.embedding.collection
+
+        def produce() -> Any:
+            batch = self.source.next_batch()
+            if batch is None:
+                return None
+            state = self.source.state_dict() if hasattr(self.source, "state_dict") else None
+            if not self._checked:  # before the first prepare inserts a row
+                self._check_spec(batch)
+            self._check_labels(batch)
+            batch = self._select(batch)
+            if native is not None:
+                groups, names, offsets, torch_out = collection._core_groups(batch.sparse)
+                return (batch, state, names, offsets, torch_out), groups
+            prepared = collection.prepare(batch.sparse, train=True)
+            pulled = collection._c.forward(prepared._core) if self.stale_sparse else None
+            return (batch, prepared, pulled, state), []
+
+        return produce
+
+    def _pipeline(self, max_steps: Optional[int]) -> Any:
+        """The C++ training pipeline (sparsecore.train): a thread reads, checks and prepares
+        up to ``prefetch`` batches ahead of the dense step; with ``stale_sparse`` it also pulls
+        their rows."""
+        native = self._native()
+        return _core.StepPipeline(native, self._produce(native), groups=list(self.tables) if native else [],
+                                  prefetch=self.prefetch, max_steps=-1 if max_steps is None else max_steps,
+                                  pull_rows=bool(self.stale_sparse and native is not None))
+
+    def _next_step(self, pipeline: Any) -> Any:
+        """(batch, prepared, pulled, state) of the next step, or None at the end."""
+        item = pipeline.next()
+        if item is None:
+            return None
+        payload, core_prepared, pulled, _ = item
+        if core_prepared is None:
+            return payload
+        batch, state, names, offsets, torch_out = payload
+        return batch, PreparedBatch(core_prepared, names, offsets, torch_out, True), pulled, state
 
     def _logits(self, batch: Any, prepared: Any = None, pulled: Any = None) -> torch.Tensor:
         # np.require copies only arrays torch cannot share (read-only ones, e.g. from pandas/Arrow).
@@ -254,10 +276,6 @@ class Trainer:
         """
         if every < 0:
             raise ValueError(f"every must be >= 0, got {every}")
-        q: queue.Queue = queue.Queue(maxsize=self.prefetch)
-        stop = threading.Event()
-        producer = threading.Thread(target=self._producer, args=(q, stop, steps), daemon=True,
-                                    name="sparsecore-reader")
         self.model.train()
         self.embedding.train()
         bar = None
@@ -268,14 +286,12 @@ class Trainer:
         start = time.perf_counter()
         window_start, window_samples, window_loss, window_n = start, 0, 0.0, 0
         done_steps = done_samples = 0
-        producer.start()
+        pipeline = self._pipeline(steps)
         try:
             while True:
-                item = q.get()
-                if item is _END:
+                item = self._next_step(pipeline)
+                if item is None:
                     break
-                if isinstance(item, BaseException):
-                    raise item
                 batch, prepared, pulled, state = item
                 logits = self._logits(batch, prepared, pulled)
                 labels = torch.from_numpy(np.require(batch.labels, np.float32, ["C", "W"]))
@@ -308,13 +324,7 @@ class Trainer:
                 if on_interval is not None and every and self.step % every == 0:
                     on_interval(self)
         finally:
-            stop.set()
-            while producer.is_alive():
-                try:
-                    q.get(timeout=0.1)
-                except queue.Empty:
-                    pass
-            producer.join()
+            pipeline.close()
             if bar is not None:
                 if steps is not None and done_steps < steps:
                     bar.total = done_steps  # the source ended first: the bar shows what was trained
