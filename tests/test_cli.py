@@ -504,7 +504,7 @@ def test_progress_bar_total_is_what_was_trained_when_the_data_ends_first(monkeyp
 
 
 def _readme_block(marker):
-    text = open(os.path.join(os.path.dirname(PYTHON_DIR), "README.md")).read()
+    text = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")).read()
     blocks = re.findall(r"```python\n(.*?)```", text, re.S)
     (block,) = [b for b in blocks if marker in b]
     return block

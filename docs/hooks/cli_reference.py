@@ -6,6 +6,7 @@ the reference is always the parser's own text. A command whose help fails stops 
 
 from __future__ import annotations
 
+import glob
 import os
 import re
 import subprocess
@@ -19,7 +20,10 @@ def cli_help(command: str) -> str:
     """The text of ``sparsecore <command> --help``."""
     env = {**os.environ, "COLUMNS": "100", "NO_COLOR": "1"}
     python_dir = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "python")
-    if os.path.isdir(os.path.join(python_dir, "sparsecore")) and "PYTHONPATH" not in os.environ:
+    # The source tree's package when it has a built extension (a developer build), else the
+    # installed one (a source tree without _core cannot import).
+    built = glob.glob(os.path.join(python_dir, "sparsecore", "_core*.so"))
+    if built and "PYTHONPATH" not in os.environ:
         env["PYTHONPATH"] = python_dir
     args = [sys.executable, "-c", _PROGRAM, *command.split(), "--help"]
     done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
