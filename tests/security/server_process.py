@@ -105,7 +105,7 @@ class ServerProcess:
         """serves_a_client, False instead of a connection error (for wait_until)."""
         try:
             return self.serves_a_client()
-        except (sc.RpcConnectionError, sc.RpcTimeout):
+        except (sc.RpcConnectionError, sc.RpcTimeoutError):
             return False
 
     def stop(self) -> None:

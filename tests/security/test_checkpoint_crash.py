@@ -54,7 +54,7 @@ TRAINER_CHILD = textwrap.dedent("""
         tmp = os.path.join(refs, f".{trainer.step}.npz")
         np.savez(tmp, **state)
         os.replace(tmp, os.path.join(refs, f"{trainer.step}.npz"))
-        trainer.save(ckpt)
+        trainer.save(ckpt, overwrite=True)
         print(f"saved {trainer.step}", flush=True)
 """)
 
