@@ -1,6 +1,8 @@
 """The public API's spelling: __all__ is exactly what the package exports, exception classes end
 in Error, and every renamed spelling still works for one release with a DeprecationWarning."""
 
+import ast
+import os
 import types
 import warnings
 
@@ -130,3 +132,17 @@ def test_trainer_save_refuses_to_overwrite_by_default_and_load_is_restore(tmp_pa
     with pytest.warns(DeprecationWarning, match=r"Trainer\.restore"):
         c.load(tmp_path / "ck")
     assert c.step == 2
+
+
+def test_the_stub_of_the_compiled_module_declares_every_public_name():
+    stub = os.path.join(os.path.dirname(sc.__file__), "_core.pyi")
+    with open(stub) as f:
+        tree = ast.parse(f.read())
+    declared = set()
+    for node in tree.body:
+        if isinstance(node, (ast.ClassDef, ast.FunctionDef)):
+            declared.add(node.name)
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            declared.add(node.target.id)
+    missing = {n for n in dir(sc._core) if not n.startswith("_")} - declared
+    assert not missing, f"python/sparsecore/_core.pyi is stale (run scripts/gen-stubs): {sorted(missing)}"

@@ -29,6 +29,10 @@ from ._core import (RpcAuthError, RpcConnectionError, RpcError, RpcProtocolError
 from . import rpc
 from .server import Cluster, Server, connect
 from ._deprecated import module_getattr as _module_getattr
+import typing as _typing
+
+if _typing.TYPE_CHECKING:  # at run time, imported on first use (below): it needs torch
+    from .trainer import Trainer
 
 
 def set_num_threads(n: int) -> None:
