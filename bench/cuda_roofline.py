@@ -77,7 +77,7 @@ def main() -> int:
             prepared = [emb.prepare(b) for b in pooled]
 
             def backward():
-                emb.backward(prepared[state["i"] % 4], grad)
+                emb.backward(prepared[state["i"] % 4], grad)  # noqa: F821 (deleted after its last use)
                 state["i"] += 1
 
             s = timed(find, repeats=10)

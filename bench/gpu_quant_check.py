@@ -88,9 +88,9 @@ def main() -> int:
             x = torch.randn(batch, n, device="cuda")
             xh = x.half()
             cases = {
-                "torch-fp32": lambda i: x @ fp32[i].T,
-                "torch-fp16": lambda i: xh @ fp16[i].T,
-                "sparsecore-shift": lambda i: sc.shift_matmul(x, shift[i]),
+                "torch-fp32": lambda i: x @ fp32[i].T,  # noqa: F821 (deleted after the loop)
+                "torch-fp16": lambda i: xh @ fp16[i].T,  # noqa: F821
+                "sparsecore-shift": lambda i: sc.shift_matmul(x, shift[i]),  # noqa: F821
             }
             times = {name: median_call_seconds(fn, torch, count) for name, fn in cases.items()}
             bytes_read = {"torch-fp32": 4 * n * n, "torch-fp16": 2 * n * n, "sparsecore-shift": n * n // 2 + 4 * n}

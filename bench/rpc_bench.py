@@ -2,7 +2,8 @@
 sparsecore beside redis-server (redis-benchmark and redis-py), pyzmq REQ/REP and
 DEALER/ROUTER (servers that answer a fixed reply: the pyzmq transport), a pyzmq REQ/REP KV
 server (a dict from id to row and NumPy rows: what a Python user would serve behind pyzmq),
-grpcio unary with raw bytes, and a plain TCP exchange of the same bytes (the transport bound). Every server runs in its own process; clients run here (Python) or in the
+grpcio unary with raw bytes, and a plain TCP exchange of the same bytes (the transport bound).
+Every server runs in its own process; clients run here (Python) or in the
 C++ driver ``sparsecore_kv_bench`` (bench/kv_bench.cpp, built with the tests).
 
 sparsecore runs as it does by default (threads sleep while they wait) and in poll mode
@@ -363,7 +364,7 @@ class KvCases:
             ps = sc.connect(self.servers(1, poll_us), poll=poll_us / 1e6)
             ps.create_table("kv", sc.TableConfig(dim=DIM, optimizer=sc.SGD(lr=0.01)), seed=1)
             for b in self.batches:
-                ps.pull("kv", b)
+                ps.lookup("kv", b, insert=True)
             self._ps[poll_us] = ps
         return self._ps[poll_us]
 
@@ -405,7 +406,7 @@ class KvCases:
                 return measure("sparsecore Python push", lambda: ps.push("kv", self.batch(), self.grads), n)
             rows = np.empty((IDS, DIM), np.float32)
             return measure("sparsecore Python pull" + (" (poll mode)" if poll else ""),
-                           lambda: ps.pull("kv", self.batch(), out=rows), n)
+                           lambda: ps.lookup("kv", self.batch(), insert=True, out=rows), n)
         if case == "plain-tcp":
             return self.cpp("tcp", [], 16 if group == "kv-pull-16" else 1)
         if case == "redis-benchmark":
@@ -478,7 +479,7 @@ def all_cases(requests: int, repeats: int = 1, log: Callable[[str], None] = prin
 
 def table(rows: list[tuple[str, dict]]) -> str:
     """One table: per group, each case's keys/s, p50/p99 and sparsecore's keys/s over it."""
-    out = [f"| group | case | in flight | keys/s | p50 us | p99 us | sparsecore / case |",
+    out = ["| group | case | in flight | keys/s | p50 us | p99 us | sparsecore / case |",
            "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     order = ["kv-pull-1", "kv-push-1", "kv-pull-16", "kv-servers"]
     for group in order:

@@ -40,9 +40,12 @@ def main(steps: int, batch_size: int, eval_samples: int) -> None:
 
     embeddings.eval()  # evaluation lookups never insert: unseen ids read as zeros
     held_out = SyntheticData(config, start=1 << 40, num_samples=(1 << 40) + eval_samples, compressed=True)
-    labels, scores, planted = [], [], []
+    labels: list[np.ndarray] = []
+    scores: list[np.ndarray] = []
+    planted: list[np.ndarray] = []
     with torch.no_grad():
         for batch in held_out:
+            assert batch.labels is not None and batch.probabilities is not None  # synthetic data has both
             pooled = embeddings(batch)
             scores.append(model(torch.cat([pooled[n] for n in names], dim=1)).squeeze(1).numpy())
             labels.append(batch.labels)

@@ -156,14 +156,17 @@ def test_bad_offsets_raise_and_insert_nothing(emulate):
 
 
 def test_device_keyword_builds_the_cuda_collection():
+    # The deprecated spelling of sparsecore.cuda.DeviceEmbeddingCollection (warns).
     tables = {"t": sc.TableConfig(dim=2)}
     if sc_cuda.is_available():
-        emb = sc.EmbeddingCollection(tables, 1, device="cuda")
+        with pytest.warns(DeprecationWarning):
+            emb = sc.EmbeddingCollection(tables, 1, device="cuda")
         assert isinstance(emb, sc_cuda.DeviceEmbeddingCollection) and not emb.emulated
     else:
-        with pytest.raises(RuntimeError, match="no CUDA device"):
+        with pytest.raises(RuntimeError, match="no CUDA device"), pytest.warns(DeprecationWarning):
             sc.EmbeddingCollection(tables, 1, device="cuda")
-    emb = sc.EmbeddingCollection(tables, 1, device="cuda", emulate=True)
+    with pytest.warns(DeprecationWarning):
+        emb = sc.EmbeddingCollection(tables, 1, device="cuda", emulate=True)
     assert isinstance(emb, sc.EmbeddingCollection) and emb.emulated
     with pytest.raises(ValueError, match="device"):
         sc.EmbeddingCollection(tables, 1, device="tpu")
@@ -181,7 +184,7 @@ def test_cuda_tensors_come_back_on_the_device():
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("skipped: no device for torch")
-    dev = sc.EmbeddingCollection({"t": sc.TableConfig(dim=3)}, 1, device="cuda")
+    dev = sc_cuda.DeviceEmbeddingCollection({"t": sc.TableConfig(dim=3)}, 1)
     out = dev.forward({"t": (torch.tensor([4, 5, 4], device="cuda"), torch.tensor([0, 1, 3], device="cuda"))})
     assert out["t"].device.type == "cuda"
 

@@ -62,14 +62,14 @@ def test_fp16_rows_pull_and_update_as_the_collection_reads_them(rng, remote):
         ps.create_table("t", cfg, seed=seed)
         coll = sc.EmbeddingCollection({"t": cfg}, seed=seed)
         ids = np.unique(rng.integers(-10**6, 10**6, 300)).astype(np.int64)
-        first = ps.pull("t", ids)
+        first = ps.lookup("t", ids, insert=True)
         np.testing.assert_array_equal(first, coll.lookup("t", ids, insert=True))
         np.testing.assert_array_equal(first, first.astype(np.float16).astype(np.float32))
         grads = rng.standard_normal((ids.size, 18)).astype(np.float32)
         ps.push("t", ids, grads)
         coll.forward({"t": (ids, np.arange(ids.size + 1, dtype=np.int64))})
         coll.backward({"t": (ids, np.arange(ids.size + 1, dtype=np.int64))}, {"t": grads})
-        np.testing.assert_array_equal(ps.pull("t", ids, train=False), coll.lookup("t", ids))
+        np.testing.assert_array_equal(ps.lookup("t", ids), coll.lookup("t", ids))
     finally:
         server.stop()
 
@@ -79,13 +79,13 @@ def test_embedded_pull_matches_collection_init():
     ps = sc.Server().client()
     ps.create_table("user", CFG, seed=7)
     coll = sc.EmbeddingCollection({"user": CFG}, seed=7)
-    np.testing.assert_array_equal(ps.pull("user", ids), coll.lookup("user", ids, insert=True))
+    np.testing.assert_array_equal(ps.lookup("user", ids, insert=True), coll.lookup("user", ids, insert=True))
 
 
 def test_eval_pull_never_inserts():
     ps = sc.Server().client()
     ps.create_table("t", CFG, seed=1)
-    out = ps.pull("t", np.array([1, 2, 3], np.int64), train=False)
+    out = ps.lookup("t", np.array([1, 2, 3], np.int64))
     assert not out.any()
     assert sum(s["tables"]["t"]["rows"] for s in ps.stats()) == 0
 
@@ -99,7 +99,7 @@ WORKER = textwrap.dedent("""
     ps.create_table("t", CFG, seed=5)
     for step in range(steps):
         ids, grads = batch(step, worker)
-        ps.pull("t", ids)
+        ps.lookup("t", ids, insert=True)
         ps.push("t", ids, grads, step=step)
 """)
 
@@ -120,10 +120,10 @@ def test_two_servers_two_shards_two_workers_sync_equals_embedded():
             ids0, g0 = batch(step, 0)
             ids1, g1 = batch(step, 1)
             ids, grads = np.concatenate([ids0, ids1]), np.concatenate([g0, g1])
-            ref.pull("t", ids)
+            ref.lookup("t", ids, insert=True)
             ref.push("t", ids, grads)
         all_ids = np.arange(-50, 400, dtype=np.int64)
-        np.testing.assert_allclose(remote.pull("t", all_ids, train=False), ref.pull("t", all_ids, train=False),
+        np.testing.assert_allclose(remote.lookup("t", all_ids), ref.lookup("t", all_ids),
                                    rtol=1e-6, atol=1e-7)
         assert sum(s["tables"]["t"]["rows"] for s in remote.stats()) == sum(
             s["tables"]["t"]["rows"] for s in ref.stats())
@@ -141,7 +141,7 @@ def test_snapshot_written_by_three_shards_restores_onto_two(tmp_path):
         ids = rng.integers(-2**63, 2**63 - 1, 500, dtype=np.int64)
         c.push("t", ids, rng.standard_normal((500, DIM)).astype(np.float32))
         c.kv_put("reader", {"offset": 1234})
-        want = c.pull("t", ids, train=False)
+        want = c.lookup("t", ids)
         snap = c.save(step=7)
     finally:
         src.stop()
@@ -152,14 +152,14 @@ def test_snapshot_written_by_three_shards_restores_onto_two(tmp_path):
         assert dst.restored_step == 7
         c2 = dst.client()
         c2.create_table("t", CFG, seed=2)
-        np.testing.assert_array_equal(c2.pull("t", ids, train=False), want)
+        np.testing.assert_array_equal(c2.lookup("t", ids), want)
         assert c2.kv_get("reader") == {"offset": 1234}
         assert sum(s["tables"]["t"]["rows"] for s in c2.stats()) == 500
     finally:
         dst.stop()
     emb = sc.Server(snapshot_dir=str(tmp_path)).client()
     emb.create_table("t", CFG, seed=2)
-    np.testing.assert_array_equal(emb.pull("t", ids, train=False), want)
+    np.testing.assert_array_equal(emb.lookup("t", ids), want)
 
 
 def test_server_killed_and_restarted_resumes_from_snapshot(tmp_path):
@@ -171,21 +171,21 @@ def test_server_killed_and_restarted_resumes_from_snapshot(tmp_path):
         position = 0
         for step in range(6):
             ids, grads = batch(step, 0)
-            ps.pull("t", ids)
+            ps.lookup("t", ids, insert=True)
             ps.push("t", ids, grads, step=step)
             position += 1
             if step == 3:
                 ps.kv_put("reader", {"batches": position})
                 ps.save(step=step)
-                at_snapshot = ps.pull("t", np.arange(-50, 400, dtype=np.int64), train=False)
+                at_snapshot = ps.lookup("t", np.arange(-50, 400, dtype=np.int64))
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
         with pytest.raises(sc.RpcConnectionError):
-            ps.pull("t", ids)
+            ps.lookup("t", ids, insert=True)
         proc, addr = start_server_process("--port", port, "--shards", 2, "--snapshot-dir", tmp_path)
         ps = ps.reconnect(timeout=10)
         assert ps.kv_get("reader") == {"batches": 4}
-        np.testing.assert_array_equal(ps.pull("t", np.arange(-50, 400, dtype=np.int64), train=False), at_snapshot)
+        np.testing.assert_array_equal(ps.lookup("t", np.arange(-50, 400, dtype=np.int64)), at_snapshot)
     finally:
         stop(proc)
 
@@ -197,9 +197,9 @@ def test_async_pushes_apply_at_once():
         a.create_table("t", CFG, seed=1)
         b.create_table("t", CFG, seed=1)
         ids = np.arange(10, dtype=np.int64)
-        before = a.pull("t", ids)
+        before = a.lookup("t", ids, insert=True)
         b.push("t", ids, np.ones((10, DIM), np.float32))
-        assert (a.pull("t", ids) < before).all()
+        assert (a.lookup("t", ids, insert=True) < before).all()
     finally:
         s.stop()
 
@@ -210,7 +210,7 @@ def test_bad_input_changes_nothing():
         c = s.client()
         c.create_table("t", CFG, seed=1)
         ids = np.arange(4, dtype=np.int64)
-        before = c.pull("t", ids)
+        before = c.lookup("t", ids, insert=True)
         g = np.ones((4, DIM), np.float32)
         g[2, 1] = np.nan
         with pytest.raises(ValueError, match="NaN"):
@@ -218,12 +218,12 @@ def test_bad_input_changes_nothing():
         with pytest.raises(ValueError, match="shape"):
             c.push("t", ids, np.ones((3, DIM), np.float32))
         with pytest.raises(TypeError):
-            c.pull("t", ids.astype(np.float64))
+            c.lookup("t", ids.astype(np.float64), insert=True)
         with pytest.raises(KeyError):
-            c.pull("nope", ids)
+            c.lookup("nope", ids, insert=True)
         with pytest.raises(ValueError, match="another configuration"):
             c.create_table("t", sc.TableConfig(dim=DIM + 1), seed=1)
-        np.testing.assert_array_equal(c.pull("t", ids), before)
+        np.testing.assert_array_equal(c.lookup("t", ids, insert=True), before)
     finally:
         s.stop()
 
@@ -262,11 +262,11 @@ def test_embedded_and_remote_give_same_rows(shards, poll, dim):
             ids = rng.integers(-span, span, n).astype(np.int64)
             ids = np.concatenate([ids, ids[: n // 4]])  # repeated ids far apart too
             n = ids.size
-            np.testing.assert_array_equal(remote.pull("t", ids), emb.pull("t", ids))
+            np.testing.assert_array_equal(remote.lookup("t", ids, insert=True), emb.lookup("t", ids, insert=True))
             grads = rng.standard_normal((n, dim)).astype(np.float32)
             remote.push("t", ids, grads)
             emb.push("t", ids, grads)
-            np.testing.assert_array_equal(remote.pull("t", ids, train=False), emb.pull("t", ids, train=False))
+            np.testing.assert_array_equal(remote.lookup("t", ids), emb.lookup("t", ids))
     finally:
         server.stop()
 
@@ -288,7 +288,7 @@ def test_pipelined_pushes_with_unaligned_frames_apply_exactly():
         ps = server.client()
         ps.create_table("t", cfg, seed=6)
         ids = [np.arange(101, dtype=np.int64) + 1000 * t for t in range(4)]
-        before = [ps.pull("t", i) for i in ids]
+        before = [ps.lookup("t", i, insert=True) for i in ids]
         grads = np.full((101, 3), 0.25, np.float32)
 
         def pushes(t):
@@ -300,7 +300,7 @@ def test_pipelined_pushes_with_unaligned_frames_apply_exactly():
         for th in threads:
             th.join(60)
         for t in range(4):  # 20 SGD steps of 0.5 * 0.25 on disjoint rows
-            np.testing.assert_allclose(ps.pull("t", ids[t]), before[t] - 20 * 0.125, rtol=1e-6, atol=1e-6)
+            np.testing.assert_allclose(ps.lookup("t", ids[t], insert=True), before[t] - 20 * 0.125, rtol=1e-6, atol=1e-6)
     finally:
         server.stop()
 
@@ -326,7 +326,7 @@ def test_stopped_server_is_detected_by_heartbeat():
         wait_until_stopped(proc.pid)
         t0 = time.monotonic()
         with pytest.raises(sc.RpcConnectionError, match="heartbeat"):
-            ps.pull("t", np.arange(10, dtype=np.int64))
+            ps.lookup("t", np.arange(10, dtype=np.int64), insert=True)
         assert time.monotonic() - t0 < 30
     finally:
         proc.send_signal(signal.SIGCONT)
@@ -339,13 +339,13 @@ def test_pull_into_out_and_strided_ids():
         ps = server.client()
         ps.create_table("t", CFG, seed=8)
         ids = np.arange(40, dtype=np.int64)[::2]  # not contiguous
-        want = ps.pull("t", ids.copy())
+        want = ps.lookup("t", ids.copy(), insert=True)
         out = np.empty((20, DIM), np.float32)
-        assert ps.pull("t", ids, out=out) is out
+        assert ps.lookup("t", ids, out=out, insert=True) is out
         np.testing.assert_array_equal(out, want)
         with pytest.raises(ValueError, match="shape"):
-            ps.pull("t", ids, out=np.empty((19, DIM), np.float32))
+            ps.lookup("t", ids, out=np.empty((19, DIM), np.float32), insert=True)
         with pytest.raises(TypeError, match="float32"):
-            ps.pull("t", ids, out=np.empty((20, DIM), np.float64))
+            ps.lookup("t", ids, out=np.empty((20, DIM), np.float64), insert=True)
     finally:
         server.stop()

@@ -422,7 +422,7 @@ def test_no_line_parsing_is_an_error_naming_the_first_line(tmp_path):
     path = write(tmp_path / "x.tsv", ["", "1\t2\t3\t4", "a,b,c"])
     from sparsecore import CorruptDataError
 
-    with pytest.raises(CorruptDataError, match=rf"no line of the data parses \(2 malformed\); first: .*x\.tsv:2: "
+    with pytest.raises(CorruptDataError, match=r"no line of the data parses \(2 malformed\); first: .*x\.tsv:2: "
                              r"expected 40 fields, found 4 \(tab-separated\)"):
         scd.CriteoReader(path).next_batch()
 

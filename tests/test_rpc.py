@@ -65,18 +65,18 @@ def test_handler_value_error_is_value_error(server):
 
 def test_unknown_method(server):
     c = rpc.RpcClient("127.0.0.1", server.port)
-    with pytest.raises(rpc.RpcUnknownMethod):
+    with pytest.raises(rpc.RpcUnknownMethodError):
         c.call(999, b"")
-    assert issubclass(rpc.RpcUnknownMethod, sc.RpcError)
+    assert issubclass(rpc.RpcUnknownMethodError, sc.RpcError)
 
 
 def test_deadline_exceeded_on_slow_server(server):
     c = rpc.RpcClient("127.0.0.1", server.port)
     t0 = time.monotonic()
-    with pytest.raises(rpc.RpcTimeout):
+    with pytest.raises(rpc.RpcTimeoutError):
         c.call(SLOW, b"", timeout_ms=50)
     assert time.monotonic() - t0 < 5
-    assert issubclass(rpc.RpcTimeout, TimeoutError)
+    assert issubclass(rpc.RpcTimeoutError, TimeoutError)
     assert c.call(ECHO, b"after") == b"after"
 
 

@@ -138,7 +138,7 @@ def test_resume_over_a_file_reader_reads_every_line_once(tmp_path, deterministic
     a.fit(5)
     a.save(tmp_path / "ckpt")
     b = trainer()
-    b.load(tmp_path / "ckpt")
+    b.restore(tmp_path / "ckpt")
     assert b.step == 5 and b.samples == 40
     result = b.fit()  # the rest of the file: 20 samples, none twice
     assert result.samples == 20 and b.samples == 60
@@ -157,9 +157,10 @@ def test_save_refuses_to_overwrite_when_asked(tmp_path):
     trainer.fit(1)
     trainer.save(tmp_path)
     with pytest.raises(ValueError, match="already exists"):
-        trainer.save(tmp_path, overwrite=False)
+        trainer.save(tmp_path)  # overwrite=False is the default
+    trainer.save(tmp_path, overwrite=True)
     with pytest.raises(FileNotFoundError, match="no finished trainer checkpoint"):
-        make_trainer(SyntheticData(small_config(3))).load(tmp_path / "missing")
+        make_trainer(SyntheticData(small_config(3))).restore(tmp_path / "missing")
 
 
 # ---------------------------------------------------------------------------- bad input

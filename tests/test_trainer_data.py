@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import sparsecore as sc
-from sparsecore.data import ArrayData, Batch, BatchList, as_source, feature_id, hash_feature_bags, hash_features
+from sparsecore.data import ArrayData, BatchList, as_source, feature_id, hash_feature_bags, hash_features
 
 
 # ------------------------------------------------------------------------------ hashing

@@ -91,12 +91,6 @@ void copy_in(DeviceBuffer<T>& dst, const T* src, size_t n, MemorySpace space) {
   copy_bytes(dst.data(), src, n * sizeof(T), space == MemorySpace::kHost ? Copy::kHostToDevice : Copy::kDeviceToDevice);
 }
 
-// dst (n, in `space`) <- src (n, device).
-template <typename T>
-void copy_out(T* dst, const T* src, size_t n, MemorySpace space) {
-  copy_bytes(dst, src, n * sizeof(T), space == MemorySpace::kHost ? Copy::kDeviceToHost : Copy::kDeviceToDevice);
-}
-
 int64_t next_pow2(int64_t x) {
   int64_t p = 16;
   while (p < x) p *= 2;

@@ -39,9 +39,6 @@ class DeviceCollectionImpl {
   virtual void set_step(int64_t step) = 0;
 };
 
-using ImplFactory = std::unique_ptr<DeviceCollectionImpl> (*)(const std::vector<TableConfig>&, uint64_t, RowStorage,
-                                                               LaunchLimits);
-
 namespace emulated {
 std::unique_ptr<DeviceCollectionImpl> make_collection(const std::vector<TableConfig>& tables, uint64_t seed,
                                                       RowStorage storage, LaunchLimits limits);

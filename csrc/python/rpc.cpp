@@ -52,16 +52,16 @@ SPARSECORE_BINDING(rpc, 60) {
                                                "A remote call failed (base of the RPC errors).");
   static py::object conn_error = make_exception(m, "RpcConnectionError", rpc_error, PyExc_ConnectionError,
                                                 "The peer is unreachable, died, or closed the connection.");
-  static py::object timeout_error = make_exception(m, "RpcTimeout", rpc_error, PyExc_TimeoutError,
+  static py::object timeout_error = make_exception(m, "RpcTimeoutError", rpc_error, PyExc_TimeoutError,
                                                    "A call did not complete before its deadline.");
-  static py::object unknown_method = make_exception(m, "RpcUnknownMethod", rpc_error, py::handle(),
+  static py::object unknown_method = make_exception(m, "RpcUnknownMethodError", rpc_error, py::handle(),
                                                     "The server has no such method.");
   static py::object protocol_error = make_exception(m, "RpcProtocolError", rpc_error, py::handle(),
                                                     "A frame was malformed or over the size limit.");
   static py::object auth_error = make_exception(m, "RpcAuthError", rpc_error, PyExc_PermissionError,
                                                 "The shared token did not match.");
   static py::object step_aborted = make_exception(
-      m, "RpcStepAborted", rpc_error, py::handle(),
+      m, "RpcStepAbortedError", rpc_error, py::handle(),
       "A synchronous step or barrier was abandoned because a worker left or rejoined; nothing of "
       "it was applied. Every worker gets it: roll back to the last snapshot together.");
   py::register_exception_translator([](std::exception_ptr p) {

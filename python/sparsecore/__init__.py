@@ -24,10 +24,15 @@ from .config import (
 )
 from .embedding import EmbeddingCollection, PreparedBatch
 from . import data
-from ._core import (RpcAuthError, RpcConnectionError, RpcError, RpcProtocolError, RpcStepAborted, RpcTimeout,
-                    RpcUnknownMethod)
+from ._core import (RpcAuthError, RpcConnectionError, RpcError, RpcProtocolError, RpcStepAbortedError,
+                    RpcTimeoutError, RpcUnknownMethodError)
 from . import rpc
 from .server import Cluster, Server, connect
+from ._deprecated import module_getattr as _module_getattr
+import typing as _typing
+
+if _typing.TYPE_CHECKING:  # at run time, imported on first use (below): it needs torch
+    from .trainer import Trainer
 
 
 def set_num_threads(n: int) -> None:
@@ -40,21 +45,35 @@ def set_num_threads(n: int) -> None:
     threads.mark_explicit()
 
 
-def __getattr__(name: str):
+# Renamed (every exception class ends in Error); the old names warn for one more release.
+_RENAMED = {
+    "RpcTimeout": ("sparsecore.RpcTimeoutError", lambda: RpcTimeoutError),
+    "RpcUnknownMethod": ("sparsecore.RpcUnknownMethodError", lambda: RpcUnknownMethodError),
+}
+_renamed_getattr = _module_getattr(__name__, _RENAMED)
+
+
+def __getattr__(name: str) -> object:
     # torch is optional: the Trainer and the torch bridge import it only when asked for.
     if name == "Trainer":
         from .trainer import Trainer
 
         return Trainer
-    raise AttributeError(f"module 'sparsecore' has no attribute {name!r}")
+    return _renamed_getattr(name)
+
 
 __version__ = "0.1.0"
 
+# Exactly the public names of the package (tests/test_api.py checks both directions).
 __all__ = [
-    "FTRL", "SGD", "Adagrad", "Adam", "AdamW", "Constant", "CorruptDataError", "EmbeddingCollection",
-    "GroupLasso", "Momentum", "Normal", "PreparedBatch", "RowwiseAdagrad", "TableConfig",
-    "Trainer", "TruncatedNormal", "Uniform", "Zeros", "available_cores", "configure_threads", "cpu_features",
-    "data", "default_split", "num_threads", "set_num_threads",
+    "FTRL", "SGD", "Adagrad", "Adam", "AdamW", "Cluster", "Constant", "CorruptDataError", "DevicePackedWeights",
+    "EmbeddingCollection", "GroupLasso", "Momentum", "Normal", "PackedWeights", "PreparedBatch",
+    "QuantizedEmbeddingTable", "QuantizedRows", "Quantizer", "RowwiseAdagrad", "RpcAuthError",
+    "RpcConnectionError", "RpcError", "RpcProtocolError", "RpcStepAbortedError", "RpcTimeoutError",
+    "RpcUnknownMethodError", "Server",
+    "TableConfig", "Trainer", "TruncatedNormal", "Uniform", "Zeros", "available_cores", "configure_threads",
+    "connect", "cpu_features", "data", "default_split", "num_threads", "pack_pow2", "quant",
+    "quantize_activations", "quantize_module", "rpc", "set_num_threads", "shift_matmul",
 ]
 
 # Power-of-two quantizer, shift matmul and quantized serving rows.

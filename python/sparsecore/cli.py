@@ -426,7 +426,7 @@ def run_train(settings: dict[str, dict[str, Any]]) -> dict[str, float]:
             result = evaluate()
             log.info("step %d eval AUC %.4f", tr.step, result["auc"])
         if ckpt and t["checkpoint_every"] and tr.step % int(t["checkpoint_every"]) == 0:
-            tr.save(ckpt)
+            tr.save(ckpt, overwrite=True)
 
     every = _gcd_nonzero(eval_every if evaluation is not None else 0, int(t["checkpoint_every"]))
     fit = None
@@ -438,7 +438,7 @@ def run_train(settings: dict[str, dict[str, Any]]) -> dict[str, float]:
         if fit.steps == 0 and trainer.step == 0:
             raise DataError("the training data holds no sample")
     if ckpt:
-        trainer.save(ckpt)
+        trainer.save(ckpt, overwrite=True)
     result = evaluate() if evaluation is not None else {}
     _report(trainer, fit, result, remaining, eval_seconds[0], settings)
     if t["plot"]:

@@ -2,7 +2,8 @@
 
 ``DeviceEmbeddingCollection`` has the API of :class:`sparsecore.EmbeddingCollection` (it is
 one) and the same results up to float rounding: same initial values, same update rules,
-same pooling. ``sparsecore.EmbeddingCollection(tables, seed, device="cuda")`` builds one.
+same pooling. ``DeviceEmbeddingCollection(tables, seed)`` builds one (the older spelling
+``sparsecore.EmbeddingCollection(tables, seed, device="cuda")`` is deprecated).
 
 ``emulate=True`` runs the very same CUDA kernels on the CPU through sparsecore's CUDA
 emulator (slow; meant for tests and for machines without a GPU). Without a device and
@@ -227,9 +228,9 @@ class DeviceEmbeddingCollection(EmbeddingCollection):
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
             raise TypeError(f"seed must be an int, got {type(seed).__name__}")
         if not emulate and not is_available():
-            raise RuntimeError(f"{unavailable_reason()}: device='cuda' needs an NVIDIA GPU and its driver. "
-                               "Use device='cpu' (the same results), or emulate=True to run the CUDA kernels "
-                               "on the CPU (slow; for tests)")
+            raise RuntimeError(f"{unavailable_reason()}: a DeviceEmbeddingCollection needs an NVIDIA "
+                               "GPU and its driver. Use sparsecore.EmbeddingCollection on the CPU (the same "
+                               "results), or emulate=True to run the CUDA kernels on the CPU (slow; for tests)")
         core = _core.DeviceEmbeddingCollection(tables_to_json(dict(tables)), int(seed) & (2**64 - 1), storage,
                                                bool(emulate), *_launch_limits(emulate, block_threads, max_blocks))
         super().__init__({}, _core_obj=core)

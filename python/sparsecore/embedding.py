@@ -30,6 +30,7 @@ import numpy as np
 
 from . import _core
 from ._arrays import as_float32, as_int64, is_torch, to_torch
+from ._deprecated import warn
 from .config import TableConfig, tables_to_json
 
 __all__ = ["EmbeddingCollection", "PreparedBatch"]
@@ -79,12 +80,14 @@ class EmbeddingCollection:
     """
 
     def __new__(cls, *args: Any, device: str = "cpu", **kwargs: Any) -> "EmbeddingCollection":
-        # device="cuda" builds the CUDA twin (sparsecore.cuda), a subclass with the same API.
+        # Deprecated spelling of sparsecore.cuda.DeviceEmbeddingCollection (the CUDA twin, a
+        # subclass with the same API); it keeps working, with a warning, for one more release.
         if device not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
         if device == "cuda" and cls is EmbeddingCollection:
             from .cuda import DeviceEmbeddingCollection
 
+            warn("EmbeddingCollection(..., device='cuda')", "sparsecore.cuda.DeviceEmbeddingCollection(...)")
             return DeviceEmbeddingCollection(*args, **kwargs)
         return super().__new__(cls)
 

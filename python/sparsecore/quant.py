@@ -541,6 +541,12 @@ class QuantizedRows:
         return to_torch(out) if torch_out else out
 
 
+def _refuse_insert(insert: bool) -> None:
+    if insert:
+        raise ValueError("a QuantizedEmbeddingTable is read-only: lookup(..., insert=True) cannot add rows; "
+                         "insert into the EmbeddingCollection and quantize it again (from_collection)")
+
+
 class QuantizedEmbeddingTable:
     """A read-only serving table: int64 keys to quantized rows. Unknown ids read as zeros."""
 
@@ -561,15 +567,21 @@ class QuantizedEmbeddingTable:
         exported = collection.export(name)
         return cls(exported["keys"], np.ascontiguousarray(exported["weights"]), format)
 
-    def indices(self, ids: Any) -> np.ndarray:
-        """Row index of each id, -1 where the id is absent."""
+    def indices(self, ids: Any, *, insert: bool = False) -> np.ndarray:
+        """Row index of each id, -1 where the id is absent. The table is read-only:
+        ``insert`` (the switch of :meth:`EmbeddingCollection.lookup`) must stay False."""
+        _refuse_insert(insert)
         i = as_int64(ids, "ids")
         if len(self.keys) == 0:
             return np.full(i.shape, -1, dtype=np.int64)
         pos = np.minimum(np.searchsorted(self.keys, i), len(self.keys) - 1)
         return np.where(self.keys[pos] == i, pos, -1).astype(np.int64)
 
-    def lookup(self, ids: Any, offsets: Any, weights: Any = None, pooling: str = "sum") -> Any:
+    def lookup(self, ids: Any, offsets: Any, weights: Any = None, pooling: str = "sum", *,
+               insert: bool = False) -> Any:
+        """(B, dim) pooled rows of the bags ``ids``/``offsets``; unknown ids read as zeros (the
+        table is read-only: ``insert`` must stay False). torch in, torch out."""
+        _refuse_insert(insert)
         torch_out = is_torch(ids)
         out = self.rows.pooled_lookup(self.indices(ids), offsets, weights, pooling)
         return to_torch(out) if torch_out else out
@@ -580,6 +592,6 @@ class QuantizedEmbeddingTable:
 
 
 __all__ = [
-    "CODEBOOKS", "PackedWeights", "QuantizedEmbeddingTable", "QuantizedRows", "Quantizer", "pack_pow2",
+    "CODEBOOKS", "DevicePackedWeights", "PackedWeights", "QuantizedEmbeddingTable", "QuantizedRows", "Quantizer", "pack_pow2",
     "quantize_activations", "quantize_module", "shift_matmul",
 ]

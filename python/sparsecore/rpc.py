@@ -11,8 +11,8 @@ classes are the raw transport, useful for custom services and for measuring it::
     client.call(1, b"abc")            # b"cba"
 
 Errors: :class:`RpcConnectionError` (peer gone; also a ``ConnectionError``),
-:class:`RpcTimeout` (also a ``TimeoutError``), :class:`RpcUnknownMethod`,
-:class:`RpcProtocolError`, :class:`RpcAuthError`, :class:`RpcStepAborted` (a synchronous step
+:class:`RpcTimeoutError` (also a ``TimeoutError``), :class:`RpcUnknownMethodError`,
+:class:`RpcProtocolError`, :class:`RpcAuthError`, :class:`RpcStepAbortedError` (a synchronous step
 or barrier abandoned because a worker left or rejoined), all :class:`RpcError`. A server method that
 raises ``ValueError``/``TypeError``/``KeyError`` raises the same type at the caller.
 """
@@ -26,12 +26,19 @@ from ._core import (
     RpcError,
     RpcProtocolError,
     RpcServer,
-    RpcStepAborted,
-    RpcTimeout,
-    RpcUnknownMethod,
+    RpcStepAbortedError,
+    RpcTimeoutError,
+    RpcUnknownMethodError,
 )
+from ._deprecated import module_getattr
 
 __all__ = [
     "RpcAuthError", "RpcClient", "RpcConnectionError", "RpcError", "RpcProtocolError", "RpcServer",
-    "RpcStepAborted", "RpcTimeout", "RpcUnknownMethod",
+    "RpcStepAbortedError", "RpcTimeoutError", "RpcUnknownMethodError",
 ]
+
+# Renamed (every exception class ends in Error); the old names warn for one more release.
+__getattr__ = module_getattr(__name__, {
+    "RpcTimeout": ("sparsecore.rpc.RpcTimeoutError", lambda: RpcTimeoutError),
+    "RpcUnknownMethod": ("sparsecore.rpc.RpcUnknownMethodError", lambda: RpcUnknownMethodError),
+})

@@ -6,7 +6,7 @@ Embedded (no socket)::
     server = sc.Server()                       # in-process shards
     ps = server.client()
     ps.create_table("user", sc.TableConfig(dim=18, optimizer=sc.Adagrad(lr=0.05)), seed=7)
-    rows = ps.pull("user", ids)                # float32[n, 18]; duplicates allowed
+    rows = ps.lookup("user", ids, insert=True) # float32[n, 18]; duplicates allowed
     ps.push("user", ids, grads)                # fused update, once per unique row
 
 Distributed: start ``sparsecore server --port 7000 --shards 2`` (or ``main([...])``) on each
@@ -15,7 +15,7 @@ num_workers=world)``; the rest of the code is the same. With ``num_workers`` set
 synchronous: the gradients of all workers for a step are summed per row in worker order and
 applied once before any push of that step returns. Without it, each push applies at once.
 A synchronous step that a worker leaves or rejoins is abandoned (nothing of it applied) and
-every waiting push raises :class:`RpcStepAborted`; see :func:`connect`.
+every waiting push raises :class:`RpcStepAbortedError`; see :func:`connect`.
 """
 
 from __future__ import annotations
@@ -37,8 +37,9 @@ from . import _core
 from ._arrays import as_float32, as_int64, to_torch
 from .config import TableConfig, tables_to_json
 from .embedding import EmbeddingCollection, PreparedBatch
+from ._deprecated import module_getattr, warn
 
-__all__ = ["Cluster", "ClusterCollection", "Server", "connect", "latest_snapshot", "main", "sync_dense"]
+__all__ = ["Cluster", "ClusterCollection", "Server", "connect", "latest_snapshot", "main"]
 
 log = logging.getLogger("sparsecore.server")
 
@@ -81,12 +82,19 @@ class Cluster:
         self._c.create_table(json.dumps(cfg), int(seed) & (2**64 - 1))
         self._tables[name] = (config, seed)
 
-    def pull(self, name: str, ids: Any, *, train: bool = True, out: Optional[np.ndarray] = None) -> np.ndarray:
-        """Rows of ``ids`` as float32[n, dim]; ``train=False`` never inserts (unknown ids read 0).
-        ``out``: a C-contiguous float32[n, dim] array to read the rows into (returned)."""
+    def lookup(self, name: str, ids: Any, *, insert: bool = False, out: Optional[np.ndarray] = None) -> np.ndarray:
+        """Rows of ``ids`` as float32[n, dim] (duplicates allowed), as
+        :meth:`EmbeddingCollection.lookup`: unknown ids read as zeros unless ``insert`` (then
+        they are created first, with the table's initializer). ``out``: a C-contiguous
+        float32[n, dim] array to read the rows into (returned)."""
         if type(ids) is not np.ndarray or ids.dtype != np.int64 or not ids.flags.c_contiguous:
             ids = as_int64(ids, f"ids of table '{name}'")
-        return self._c.pull(name, ids, train, out)
+        return self._c.pull(name, ids, bool(insert), out)
+
+    def pull(self, name: str, ids: Any, *, train: bool = True, out: Optional[np.ndarray] = None) -> np.ndarray:
+        """Deprecated: ``lookup(name, ids, insert=train, out=out)`` (note the default)."""
+        warn("Cluster.pull(name, ids, train=...)", "Cluster.lookup(name, ids, insert=...)")
+        return self.lookup(name, ids, insert=train, out=out)
 
     def push(self, name: str, ids: Any, grads: Any, *, step: int = 0) -> None:
         """Applies ``grads`` (float32[n, dim]) to the rows of ``ids``; duplicates are summed."""
@@ -118,8 +126,8 @@ class Cluster:
 
     def barrier(self, name: str, count: int) -> None:
         """Returns once ``count`` callers have entered barrier ``name``. For a synchronous
-        worker it raises :class:`RpcStepAborted` when another worker leaves meanwhile, and
-        :class:`RpcTimeout` past the client's ``timeout``."""
+        worker it raises :class:`RpcStepAbortedError` when another worker leaves meanwhile, and
+        :class:`RpcTimeoutError` past the client's ``timeout``."""
         self._c.barrier(name, count)
 
     def dense_pull(self, name: str, size: int, init: float = 0.0) -> np.ndarray:
@@ -145,7 +153,7 @@ class Cluster:
             try:
                 fresh = connect(self._addresses, **self._connect_args)
                 break
-            except (_core.RpcConnectionError, _core.RpcTimeout):
+            except (_core.RpcConnectionError, _core.RpcTimeoutError):
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
@@ -252,7 +260,7 @@ class ClusterCollection:
               train: bool) -> np.ndarray:
         # The engine's own pooling kernel over the pulled rows: the embedded run's outputs
         # bit for bit, on any CPU.
-        rows = self.cluster.pull(name, ids, train=train)
+        rows = self.cluster.lookup(name, ids, insert=train)
         return _core.pool_gathered_rows(rows, offsets, weights, self._configs[name].pooling)
 
     def forward(self, batch: Mapping[str, Any] | PreparedBatch, *, train: bool = True) -> dict[str, Any]:
@@ -411,31 +419,6 @@ class Server:
         self.stop()
 
 
-def sync_dense(model: Any, group: Any = None) -> list:
-    """Synchronous data parallelism of the dense model over a ``torch.distributed`` process
-    group (gloo on CPU), for workers that train the sparse side against a cluster in
-    synchronous mode: rank 0's parameters and buffers are broadcast now, and from then on every
-    parameter's gradient is averaged over the workers (all-reduce) as soon as ``backward`` has
-    accumulated it, before the dense optimizer steps. Returns the hook handles
-    (``handle.remove()`` undoes it). Call ``torch.distributed.init_process_group("gloo")``
-    first (torchrun provides RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT)."""
-    import torch
-    import torch.distributed as dist
-
-    if not dist.is_available() or not dist.is_initialized():
-        raise RuntimeError("sync_dense needs torch.distributed initialised: "
-                           "torch.distributed.init_process_group('gloo') (e.g. under torchrun)")
-    world = dist.get_world_size(group)
-    with torch.no_grad():
-        for t in list(model.parameters()) + list(model.buffers()):
-            dist.broadcast(t.data, src=dist.get_global_rank(group, 0) if group is not None else 0, group=group)
-
-    def average(p: Any) -> None:
-        dist.all_reduce(p.grad, op=dist.ReduceOp.SUM, group=group)
-        p.grad.div_(world)
-    return [p.register_post_accumulate_grad_hook(average) for p in model.parameters() if p.requires_grad]
-
-
 def connect(addresses: Sequence[str] | str, *, token: str = "", timeout: Optional[float] = 300.0,
             worker: int = 0, num_workers: int = 0, heartbeat: Optional[float] = 30.0,
             poll: float = 0.0) -> Cluster:
@@ -444,11 +427,11 @@ def connect(addresses: Sequence[str] | str, *, token: str = "", timeout: Optiona
 
     ``timeout`` (seconds, default 300) is the deadline of every call, the blocking ones
     included: a pull, a synchronous push waiting for the other workers, a barrier. A call past
-    it raises :class:`RpcTimeout`; None removes the bound (a worker may then wait for ever on
+    it raises :class:`RpcTimeoutError`; None removes the bound (a worker may then wait for ever on
     one that never comes). In synchronous mode, a step that a worker leaves (its connection
     closes) or rejoins (it pushes another step, or the same one again, e.g. after a restart)
     is abandoned: nothing of it is applied and every waiting call raises
-    :class:`RpcStepAborted`; the workers then roll back to the last snapshot together (see
+    :class:`RpcStepAbortedError`; the workers then roll back to the last snapshot together (see
     the README, "Faults"). ``heartbeat``: a call waiting on a
     server silent for this long pings it, and when the server stays silent as long again
     (stopped, hung, or cut off without closing) the call raises :class:`RpcConnectionError`
@@ -566,3 +549,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _sync_dense() -> Any:
+    from .torch import sync_dense
+
+    return sync_dense
+
+
+# Renamed; the old spellings work for one more release, with a DeprecationWarning.
+__getattr__ = module_getattr(__name__, {"sync_dense": ("sparsecore.torch.sync_dense", _sync_dense)})

@@ -29,7 +29,7 @@ from .config import TableConfig
 from .embedding import EmbeddingCollection, PreparedBatch
 from .threads import ThreadsSpec, apply_default_split
 
-__all__ = ["EmbeddingBagCollection", "mlp"]
+__all__ = ["EmbeddingBagCollection", "mlp", "sync_dense"]
 
 
 class _FusedSparseUpdate(torch.autograd.Function):
@@ -202,3 +202,27 @@ def mlp(input_width: int, hidden: Iterable[int], output_width: int = 1, *,
         layers += [nn.Linear(a, b), activation()]
     layers.append(nn.Linear(widths[-1], output_width))
     return nn.Sequential(*layers)
+
+
+def sync_dense(model: Any, group: Any = None) -> list:
+    """Synchronous data parallelism of the dense model over a ``torch.distributed`` process
+    group (gloo on CPU), for workers that train the sparse side against a cluster in
+    synchronous mode: rank 0's parameters and buffers are broadcast now, and from then on every
+    parameter's gradient is averaged over the workers (all-reduce) as soon as ``backward`` has
+    accumulated it, before the dense optimizer steps. Returns the hook handles
+    (``handle.remove()`` undoes it). Call ``torch.distributed.init_process_group("gloo")``
+    first (torchrun provides RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT)."""
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_initialized():
+        raise RuntimeError("sync_dense needs torch.distributed initialised: "
+                           "torch.distributed.init_process_group('gloo') (e.g. under torchrun)")
+    world = dist.get_world_size(group)
+    with torch.no_grad():
+        for t in list(model.parameters()) + list(model.buffers()):
+            dist.broadcast(t.data, src=dist.get_global_rank(group, 0) if group is not None else 0, group=group)
+
+    def average(p: Any) -> None:
+        dist.all_reduce(p.grad, op=dist.ReduceOp.SUM, group=group)
+        p.grad.div_(world)
+    return [p.register_post_accumulate_grad_hook(average) for p in model.parameters() if p.requires_grad]

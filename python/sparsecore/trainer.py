@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from . import _core
+from ._deprecated import warn
 from .config import TableConfig
 from .data import auc, gauc, logloss
 from .data.memory import as_source, is_source
@@ -382,7 +383,7 @@ class Trainer:
         return out
 
     # ------------------------------------------------------------------------------ checkpoints
-    def save(self, path: Union[str, os.PathLike], *, overwrite: bool = True) -> None:
+    def save(self, path: Union[str, os.PathLike], *, overwrite: bool = False) -> None:
         """Tables, dense model, dense optimizer, step, reader position and RNG state, as the
         directory ``path`` (``trainer.json``, ``dense.pt``, ``embedding/``).
 
@@ -428,7 +429,13 @@ class Trainer:
         log.info("saved checkpoint %s at step %d", path, self.step)
 
     def load(self, path: Union[str, os.PathLike]) -> None:
-        """Restores everything :meth:`save` wrote; the next :meth:`fit` continues exactly."""
+        """Deprecated: :meth:`restore` (``load`` names constructors across sparsecore)."""
+        warn("Trainer.load(path)", "Trainer.restore(path)")
+        self.restore(path)
+
+    def restore(self, path: Union[str, os.PathLike]) -> None:
+        """Restores, in place, everything :meth:`save` wrote; the next :meth:`fit` continues
+        exactly."""
         path = os.fspath(path)
         where = _core.committed_directory(path)
         marker = os.path.join(where, _MARKER) if where else ""
@@ -466,7 +473,7 @@ class Trainer:
         if not where or not os.path.isfile(os.path.join(where, _MARKER)):
             log.warning("no finished checkpoint at %s; training starts from step 0", path)
             return False
-        self.load(path)
+        self.restore(path)
         log.info("resumed from checkpoint %s at step %d (%d samples)", where, self.step, self.samples)
         return True
 

@@ -6,6 +6,16 @@ execute_process(COMMAND ${CMAKE_COMMAND} --install ${BINARY_DIR} --prefix ${WORK
 if(rc)
   message(FATAL_ERROR "install failed: ${rc}")
 endif()
+# Only public headers are installed: no detail/ folder, no CUDA front, no internal header.
+file(GLOB_RECURSE installed_headers RELATIVE ${WORK_DIR}/prefix ${WORK_DIR}/prefix/*.h)
+foreach(h ${installed_headers})
+  if(h MATCHES "/detail/|/sparsecore/cuda/|/(pooling_kernels|reactor|update_rules|ps_protocol|input_stream)\\.h$")
+    message(FATAL_ERROR "an internal header was installed: ${h}")
+  endif()
+endforeach()
+if(NOT installed_headers MATCHES "sparsecore/ops/embedding_collection\\.h")
+  message(FATAL_ERROR "the public headers were not installed: ${installed_headers}")
+endif()
 # A pip build lays the package out under <prefix>/sparsecore; a plain CMake build under <prefix>.
 execute_process(COMMAND ${CMAKE_COMMAND} -S ${SOURCE_DIR}/tests/consumer -B ${WORK_DIR}/build
   "-DCMAKE_PREFIX_PATH=${WORK_DIR}/prefix;${WORK_DIR}/prefix/sparsecore"

@@ -96,16 +96,16 @@ class ServerProcess:
         ps = sc.connect([self.endpoint], token=token, timeout=30.0)
         ps.create_table("probe", sc.TableConfig(dim=4, optimizer=sc.SGD(lr=0.5)), seed=3)
         ids = np.arange(10, dtype=np.int64)
-        before = ps.pull("probe", ids)
+        before = ps.lookup("probe", ids, insert=True)
         ps.push("probe", ids, np.ones((10, 4), np.float32))
-        after = ps.pull("probe", ids)
+        after = ps.lookup("probe", ids, insert=True)
         return bool(np.allclose(after, before - 0.5))
 
     def serves_a_client_eventually(self) -> bool:
         """serves_a_client, False instead of a connection error (for wait_until)."""
         try:
             return self.serves_a_client()
-        except (sc.RpcConnectionError, sc.RpcTimeout):
+        except (sc.RpcConnectionError, sc.RpcTimeoutError):
             return False
 
     def stop(self) -> None:

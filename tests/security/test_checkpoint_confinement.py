@@ -90,11 +90,11 @@ def test_raw_save_requests_outside_the_contract_are_refused(server, tmp_path, bo
 def test_raw_restore_requests_outside_the_contract_are_refused(server, body):
     addr, _ = server
     ps = trained(addr)
-    before = ps.pull("t", IDS, train=False)
+    before = ps.lookup("t", IDS)
     host, port = addr.split(":")
     with pytest.raises((ValueError, KeyError)):
         RpcClient(host, int(port)).call(RESTORE, json.dumps(body).encode())
-    np.testing.assert_array_equal(ps.pull("t", IDS, train=False), before)
+    np.testing.assert_array_equal(ps.lookup("t", IDS), before)
 
 
 def test_a_server_without_a_snapshot_dir_refuses_save_and_restore(tmp_path):
@@ -107,7 +107,7 @@ def test_a_server_without_a_snapshot_dir_refuses_save_and_restore(tmp_path):
             ps.restore()
         with pytest.raises(ValueError, match="no snapshot directory"):
             ps.restore("step-1")
-        assert ps.pull("t", IDS[:3], train=False).shape == (3, DIM)  # still serving
+        assert ps.lookup("t", IDS[:3]).shape == (3, DIM)  # still serving
     finally:
         stop(p)
     with pytest.raises(ValueError, match="no snapshot directory"):
@@ -168,8 +168,8 @@ def test_shard_markers_that_disagree_on_a_table_dim_are_refused(tmp_path):
     ca, cb = a.client(), b.client()
     ca.create_table("t", sc.TableConfig(dim=1), seed=1)
     cb.create_table("t", sc.TableConfig(dim=64), seed=1)
-    ca.pull("t", IDS)
-    cb.pull("t", IDS)
+    ca.lookup("t", IDS, insert=True)
+    cb.lookup("t", IDS, insert=True)
     ca.save(step=1)
     cb.save(step=1)
     # Shard 0's part from a dim-1 table beside shard 1's part from a dim-64 one.
@@ -181,10 +181,10 @@ def test_shard_markers_that_disagree_on_a_table_dim_are_refused(tmp_path):
     m["tables"] = narrow["tables"]
     os.rename(src / "shard-0-of-1", snap / "shard-0-of-2")
     (snap / "shard-0-of-2.json").write_text(json.dumps(m))
-    before = cb.pull("t", IDS, train=False)
+    before = cb.lookup("t", IDS)
     with pytest.raises(sc.CorruptDataError, match="disagree"):
         cb.restore("step-1")
-    np.testing.assert_array_equal(cb.pull("t", IDS, train=False), before)
+    np.testing.assert_array_equal(cb.lookup("t", IDS), before)
 
 
 def test_restore_is_all_or_nothing_across_shards_and_servers(tmp_path):
@@ -200,7 +200,7 @@ def test_restore_is_all_or_nothing_across_shards_and_servers(tmp_path):
         ps.save(step=1)
         ps.push("t", IDS, rng.standard_normal((IDS.size, DIM)).astype(np.float32))
         ps.kv_put("reader", {"at": 2})
-        live = ps.pull("t", IDS, train=False)
+        live = ps.lookup("t", IDS)
         # One damaged row file in the last shard's part (shard 0 would be restored first).
         table = snaps / "step-1" / "shard-3-of-4" / "table-0"
         data = bytearray(row_files(table)[0].read_bytes())
@@ -210,7 +210,7 @@ def test_restore_is_all_or_nothing_across_shards_and_servers(tmp_path):
         forge(table, 0, bytes(data), rows=1 << 40)
         with pytest.raises(sc.CorruptDataError):
             ps.restore("step-1")
-        np.testing.assert_array_equal(ps.pull("t", IDS, train=False), live)
+        np.testing.assert_array_equal(ps.lookup("t", IDS), live)
         assert ps.kv_get("reader") == {"at": 2}
         assert sum(s["tables"]["t"]["rows"] for s in ps.stats()) == IDS.size
         for p, _, _ in procs:
@@ -224,12 +224,12 @@ def test_restore_then_applies_to_every_shard(server):
     addr, _ = server
     ps = trained(addr)
     ps.kv_put("reader", {"at": 1})
-    saved = ps.pull("t", IDS, train=False)
+    saved = ps.lookup("t", IDS)
     assert ps.save(step=5) == "step-5"
     ps.push("t", IDS, np.ones((IDS.size, DIM), np.float32))
     ps.kv_put("reader", {"at": 2})
     assert ps.restore() == 5
-    np.testing.assert_array_equal(ps.pull("t", IDS, train=False), saved)
+    np.testing.assert_array_equal(ps.lookup("t", IDS), saved)
     assert ps.kv_get("reader") == {"at": 1}
 
 
@@ -251,7 +251,7 @@ def test_the_hash_shards_of_all_tables_of_a_shard_are_bounded(server):
         ps.create_table(f"t{i}", sc.TableConfig(dim=2, shard_bits=8), seed=1)
     with pytest.raises(ValueError, match="hash shards"):
         ps.create_table("one-more", sc.TableConfig(dim=2, shard_bits=0), seed=1)
-    assert ps.pull("t0", IDS[:3]).shape == (3, 2)
+    assert ps.lookup("t0", IDS[:3], insert=True).shape == (3, 2)
 
 
 def test_saving_empty_tables_is_cheap(server):
@@ -292,7 +292,7 @@ def test_a_save_in_progress_leaves_the_server_accepting_and_serving(tmp_path):
             n = 100_000 << attempt
             ids = np.arange(inserted, n, dtype=np.int64)
             for chunk in np.array_split(ids, max(1, ids.size // 50_000)):
-                ps.pull("big", chunk)
+                ps.lookup("big", chunk, insert=True)
             inserted = n
             done = threading.Event()
             saver = threading.Thread(target=lambda a=attempt: (ps.save(f"big-{a}"), done.set()))
@@ -301,7 +301,7 @@ def test_a_save_in_progress_leaves_the_server_accepting_and_serving(tmp_path):
                 time.sleep(0.001)
             other = sc.connect([addr], timeout=120)
             other.create_table("big", big, seed=1)
-            served = other.pull("big", np.arange(10, dtype=np.int64), train=False)
+            served = other.lookup("big", np.arange(10, dtype=np.int64))
             during = not done.is_set()
             saver.join(120)
             assert done.is_set()
@@ -326,7 +326,7 @@ def test_a_fifo_in_a_snapshot_does_not_block_the_server(server):
         ps.restore("step-1")
     other = sc.connect([addr], timeout=20)  # reactor 0 still accepts and serves
     other.create_table("t", CFG, seed=1)
-    assert other.pull("t", IDS[:3], train=False).shape == (3, DIM)
+    assert other.lookup("t", IDS[:3]).shape == (3, DIM)
 
 
 def test_a_server_starting_on_a_forged_snapshot_exits_with_an_error(tmp_path):

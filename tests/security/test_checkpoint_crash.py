@@ -54,7 +54,7 @@ TRAINER_CHILD = textwrap.dedent("""
         tmp = os.path.join(refs, f".{trainer.step}.npz")
         np.savez(tmp, **state)
         os.replace(tmp, os.path.join(refs, f"{trainer.step}.npz"))
-        trainer.save(ckpt)
+        trainer.save(ckpt, overwrite=True)
         print(f"saved {trainer.step}", flush=True)
 """)
 
@@ -143,7 +143,7 @@ def test_server_snapshots_survive_sigkill_at_random_instants(tmp_path):
                         step += 1
                         ps.push("t", ids, grads.standard_normal((ids.size, 5)).astype(np.float32))
                         ps.kv_put("step", step)
-                        refs[step] = ps.pull("t", ids, train=False)
+                        refs[step] = ps.lookup("t", ids)
                         name = f"step-{base}" if overwrite else f"step-{base + step}"
                         ps.save(name, step=step, overwrite=overwrite)
                         acked_in_round.append(step)
@@ -168,7 +168,7 @@ def test_server_snapshots_survive_sigkill_at_random_instants(tmp_path):
             assert restored >= acked, (restored, acked)
             ps = sc.connect([addr], timeout=30)
             ps.create_table("t", cfg, seed=4)
-            np.testing.assert_array_equal(ps.pull("t", ids, train=False), refs[restored],
+            np.testing.assert_array_equal(ps.lookup("t", ids), refs[restored],
                                           err_msg=f"round {round_} step {restored}")
             assert ps.kv_get("step") == restored
             assert not [p for p in os.listdir(snaps) if p.startswith(".")]  # unfinished saves removed

@@ -110,11 +110,11 @@ def test_overwriting_saves_leave_one_directory_and_no_staging(tmp_path):
     trainer = small_trainer()
     for _ in range(3):
         trainer.fit(1)
-        trainer.save(tmp_path / "ck")
+        trainer.save(tmp_path / "ck", overwrite=True)
     assert sorted(os.listdir(tmp_path)) == ["ck"]
     assert sorted(os.listdir(tmp_path / "ck")) == ["dense.pt", "embedding", "trainer.json"]
     again = small_trainer()
-    again.load(tmp_path / "ck")
+    again.restore(tmp_path / "ck")
     assert again.step == 3
 
 
@@ -132,10 +132,10 @@ def test_a_trainer_over_a_cluster_keeps_its_tables_in_a_named_server_snapshot(tm
     a.fit(3)
     a.save(tmp_path / "ck")
     assert os.listdir(tmp_path / "snaps") == ["step-3"]
-    ids = {n: a.embedding.collection.cluster.pull(n, list(range(100)), train=False) for n in tables}
+    ids = {n: a.embedding.collection.cluster.lookup(n, list(range(100))) for n in tables}
     a.fit(2)
     b = trainer()
-    b.load(tmp_path / "ck")
+    b.restore(tmp_path / "ck")
     assert b.step == 3
     for n in tables:
-        assert (b.embedding.collection.cluster.pull(n, list(range(100)), train=False) == ids[n]).all()
+        assert (b.embedding.collection.cluster.lookup(n, list(range(100))) == ids[n]).all()

@@ -123,7 +123,7 @@ def test_pull_whose_reply_exceeds_the_frame_limit_is_refused_before_allocating()
         ps = sc.connect([server.endpoint], timeout=30.0)
         ps.create_table("wide", sc.TableConfig(dim=1 << 20, optimizer=sc.SGD(lr=0.1)))
         with pytest.raises(ValueError, match="frame limit"):
-            ps.pull("wide", np.arange(256, dtype=np.int64))  # 1 GiB of rows
+            ps.lookup("wide", np.arange(256, dtype=np.int64), insert=True)  # 1 GiB of rows
         assert server.rss_bytes() < base + 64 * MiB
         assert sum(s.get("tables", {}).get("wide", {}).get("rows", 0) for s in ps.stats()) == 0
         assert server.serves_a_client()

@@ -1,6 +1,6 @@
 """Synchronous workers against real server processes: a worker that leaves (killed) or
 rejoins (restarted, pushing an older step) aborts the incomplete step, and every waiting
-worker gets RpcStepAborted at once instead of waiting for ever; a sync reply is released by
+worker gets RpcStepAbortedError at once instead of waiting for ever; a sync reply is released by
 its own table's step only; every blocking call has a deadline."""
 
 import os
@@ -57,7 +57,7 @@ WORKER = textwrap.dedent("""
             ids = np.arange(10, dtype=np.int64) + 100 * rank
             ps.push("t", ids, np.ones((10, 4), np.float32), step=step)
             print("step", step, flush=True)
-    except sc.RpcStepAborted as e:
+    except sc.RpcStepAbortedError as e:
         print("aborted", str(e).replace("\\n", " "), flush=True)
         sys.exit(3)
     except Exception as e:
@@ -141,7 +141,7 @@ def test_a_restarted_worker_aborts_the_incomplete_step_and_goes_on(server):
         restarted = _worker(server, 1, 3, 4)
         waiting.join(60)
         assert not waiting.is_alive(), "the waiting worker was never told that its step was aborted"
-        assert len(errors) == 1 and isinstance(errors[0], sc.RpcStepAborted), errors
+        assert len(errors) == 1 and isinstance(errors[0], sc.RpcStepAbortedError), errors
         assert "step 6" in str(errors[0]) and "worker 1 joined again" in str(errors[0])
         # The restarted worker's push opened step 3; rank 0 rolls back too and completes it.
         a.push("t", np.arange(10, dtype=np.int64), ones, step=3)
@@ -154,7 +154,7 @@ def test_a_restarted_worker_aborts_the_incomplete_step_and_goes_on(server):
                 p.wait()
 
 
-# A worker that rolls back with the others on RpcStepAborted (the README's recipe): meet at
+# A worker that rolls back with the others on RpcStepAbortedError (the README's recipe): meet at
 # "recover", rank 0 restores the newest snapshot (kept in the server's --snapshot-dir), meet at
 # "restored", go on from its step.
 RECOVERING_WORKER = textwrap.dedent("""
@@ -172,7 +172,7 @@ RECOVERING_WORKER = textwrap.dedent("""
         while True:
             try:
                 return ps.barrier(name, 2)
-            except sc.RpcStepAborted:
+            except sc.RpcStepAbortedError:
                 continue
 
     def recover():
@@ -189,7 +189,7 @@ RECOVERING_WORKER = textwrap.dedent("""
         ids, g = grads(step, rank)
         try:
             ps.push("t", ids, g, step=step)
-        except sc.RpcStepAborted:
+        except sc.RpcStepAbortedError:
             print("aborted", step, flush=True)
             step = recover()
             continue
@@ -262,7 +262,7 @@ def test_a_barrier_is_aborted_when_a_member_leaves(server):
     del w1  # worker 1 leaves: its connections close
     t.join(60)
     assert not t.is_alive(), "the barrier still waits for a worker that left"
-    assert len(errors) == 1 and isinstance(errors[0], sc.RpcStepAborted), errors
+    assert len(errors) == 1 and isinstance(errors[0], sc.RpcStepAbortedError), errors
     assert "worker 1 left" in str(errors[0])
 
 
@@ -276,10 +276,10 @@ def test_a_push_after_a_member_left_is_refused_until_it_joins_again(server):
     for _ in range(20):  # until the server has seen the connection close
         try:
             w0.push("t", ids, ones, step=0)
-        except sc.RpcStepAborted as e:
+        except sc.RpcStepAbortedError as e:
             refused = e
             break
-        except sc.RpcTimeout:
+        except sc.RpcTimeoutError:
             continue
     assert refused is not None and "worker 1 left" in str(refused)
     w1 = sc.connect([server], worker=1, num_workers=2, timeout=60)  # back: pushes wait again
@@ -324,9 +324,9 @@ def test_a_sync_push_that_nobody_completes_times_out():
     with sc.Server(port=0) as s:
         ps = sc.connect([s.endpoint], worker=0, num_workers=2, timeout=0.5)
         ps.create_table("t", CFG, seed=1)
-        with pytest.raises(sc.RpcTimeout):
+        with pytest.raises(sc.RpcTimeoutError):
             ps.push("t", np.arange(3, dtype=np.int64), np.ones((3, DIM), np.float32), step=0)
-        with pytest.raises(sc.RpcTimeout):
+        with pytest.raises(sc.RpcTimeoutError):
             ps.barrier("never", 2)
 
 

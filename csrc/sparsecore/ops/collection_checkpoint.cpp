@@ -1,4 +1,4 @@
-// Checkpoint save/load of an EmbeddingCollection (DESIGN.md "Checkpoint").
+// Checkpoint save/load of an EmbeddingCollection (format: docs/architecture.md, "Files and frames").
 //
 // Directory layout:
 //   manifest.json              every table's config, seed and file list (sizes, checksums)

@@ -1,4 +1,4 @@
-// The wire format of sparsecore's RPC layer (DESIGN.md "Decisions").
+// The wire format of sparsecore's RPC layer (docs/architecture.md, "Files and frames").
 //
 // Every message is one frame: a fixed 32-byte little-endian header followed by
 // `payload_bytes` of payload. Payloads are raw arrays laid end to end (the method defines

@@ -141,11 +141,6 @@ bool RpcClient::connected() const {
   return !broken_;
 }
 
-size_t RpcClient::in_flight() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  return pending_.size();
-}
-
 RpcFuture RpcClient::call_async(uint16_t method, std::span<const iovec> payload, int timeout_ms,
                                 void* recv_into, size_t recv_capacity) {
   SC_CHECK_ARG(method < kFirstReservedMethod || method == kMethodPing || method == kMethodTransportStats, "method ",

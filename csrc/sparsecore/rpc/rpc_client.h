@@ -113,7 +113,6 @@ class RpcClient {
   int num_reactors() const { return num_reactors_; }
   const std::string& peer() const { return peer_; }
   bool connected() const;
-  size_t in_flight() const;
 
  private:
   friend class RpcFuture;

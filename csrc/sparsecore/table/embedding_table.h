@@ -110,7 +110,6 @@ class EmbeddingTable {
   float* state(std::byte* row) const { return reinterpret_cast<float*>(row + state_offset_); }
   const float* state(const std::byte* row) const { return reinterpret_cast<const float*>(row + state_offset_); }
   PackedRowMeta* meta(std::byte* row) const { return reinterpret_cast<PackedRowMeta*>(row + meta_offset_); }
-  size_t meta_offset() const { return meta_offset_; }
 
   // Fills a new row: initial weights, initial optimizer state, zero metadata.
   void init_row(int64_t key, std::byte* row) const;

@@ -40,7 +40,6 @@ class RowArena {
   uint32_t allocate();
   void release(uint32_t id) { free_ids_.push_back(id); }
   void clear();
-  size_t live_rows() const { return next_id_ - free_ids_.size(); }
   size_t memory_bytes() const {
     return chunks_.size() * pool_->chunk_bytes() + free_ids_.capacity() * sizeof(uint32_t);
   }
