@@ -298,12 +298,12 @@ class StepPipeline:
     The pipelined training step on a C++ thread (sparsecore.Trainer drives it).
     """
     @staticmethod
-    def synthetic(collection: typing.Any, generator: io.SyntheticGenerator, batch_size: typing.SupportsInt | typing.SupportsIndex, start: typing.SupportsInt | typing.SupportsIndex = 0, num_batches: typing.SupportsInt | typing.SupportsIndex = -1, compressed: bool = False, groups: collections.abc.Sequence[str] = [], prefetch: typing.SupportsInt | typing.SupportsIndex = 2, max_steps: typing.SupportsInt | typing.SupportsIndex = -1, pull_rows: bool = False) -> StepPipeline:
+    def synthetic(collection: typing.Any, generator: typing.Any, batch_size: typing.SupportsInt | typing.SupportsIndex, start: typing.SupportsInt | typing.SupportsIndex = 0, num_batches: typing.SupportsInt | typing.SupportsIndex = -1, compressed: bool = False, groups: collections.abc.Sequence[str] = [], prefetch: typing.SupportsInt | typing.SupportsIndex = 2, max_steps: typing.SupportsInt | typing.SupportsIndex = -1, pull_rows: bool = False) -> StepPipeline:
         """
         A pipeline over the synthetic generator, generating and preparing without the GIL.
         """
     @staticmethod
-    def text_files(collection: typing.Any, paths: collections.abc.Sequence[str], format: io.LineFormat, batch_size: typing.SupportsInt | typing.SupportsIndex, num_threads: typing.SupportsInt | typing.SupportsIndex = 1, max_bad_fraction: typing.SupportsFloat | typing.SupportsIndex = 0.01, groups: collections.abc.Sequence[str] = [], prefetch: typing.SupportsInt | typing.SupportsIndex = 2, max_steps: typing.SupportsInt | typing.SupportsIndex = -1, pull_rows: bool = False) -> StepPipeline:
+    def text_files(collection: typing.Any, paths: collections.abc.Sequence[str], format: typing.Any, batch_size: typing.SupportsInt | typing.SupportsIndex, num_threads: typing.SupportsInt | typing.SupportsIndex = 1, max_bad_fraction: typing.SupportsFloat | typing.SupportsIndex = 0.01, groups: collections.abc.Sequence[str] = [], prefetch: typing.SupportsInt | typing.SupportsIndex = 2, max_steps: typing.SupportsInt | typing.SupportsIndex = -1, pull_rows: bool = False) -> StepPipeline:
         """
         A pipeline over sample files (sparsecore._core.io formats), reading and preparing without the GIL.
         """
