@@ -190,8 +190,9 @@ class ClusterCollection:
     :class:`~sparsecore.EmbeddingCollection` that training uses (``prepare``, ``forward``,
     ``backward``, ``sizes``, ``save``/``restore``), so that the torch bridge and the Trainer
     run against a cluster unchanged. Pooling (sum, mean, "none" sequences, per-id weights)
-    happens here; the servers only see ids and per-id gradients, which they sum per row (in
-    position order) and apply with the table's fused optimizer.
+    and the sum of each row's gradient happen here, in the engine's compiled kernels; the
+    servers receive distinct ids with their summed gradients and apply the table's optimizer
+    once per row.
 
     In synchronous mode (``connect(..., num_workers=W)``) each ``backward`` is the worker's push
     of step ``step``: it returns once every worker's gradients of that step were applied.
@@ -274,8 +275,9 @@ class ClusterCollection:
         return self.forward(batch, train=False)
 
     def backward(self, batch: Mapping[str, Any] | PreparedBatch, grads: Mapping[str, Any]) -> int:
-        """Pushes the gradient of every id (its bag's gradient, times its weight, over the
-        bag's length or weight sum for mean pooling); returns the new step."""
+        """Pushes each distinct id's gradient (its bags' gradients, times its weights, over the
+        bag's length or weight sum for mean pooling, summed in position order); returns the
+        new step."""
         prepared = self.prepare(batch, train=True)
         if set(grads) != set(prepared.names):
             raise ValueError(f"grads must have exactly the batch's groups {prepared.names}, got {list(grads)}")
@@ -291,21 +293,11 @@ class ClusterCollection:
                 raise ValueError(f"gradient of group '{name}' has shape {g.shape}, expected {shape}")
             if not np.isfinite(g).all():
                 raise ValueError(f"gradient of group '{name}' contains NaN or Inf; nothing was pushed")
-            if pooling == "none":
-                rows = g[_sequence_positions(offsets, lengths)]
-            else:
-                rows = np.repeat(g, lengths, axis=0)
-            # The engine's arithmetic, rounding for rounding: a bag's scale (1 / its length or
-            # weight sum for mean pooling, from the engine's own function) times the id's
-            # weight, then times the gradient.
-            scale = None
-            if pooling == "mean":
-                scale = np.repeat(_core.bag_gradient_scales(offsets, weights, pooling), lengths)
-            if weights is not None:
-                scale = weights if scale is None else scale * weights
-            if scale is not None:
-                rows = rows * scale[:, None]
-            per_id.append((name, ids, rows))
+            # Each distinct id's gradient summed as the engine's fused backward sums it (its
+            # bags' scales, its weights, position order; the engine's own kernel), so the
+            # servers apply one update per row with no further arithmetic.
+            unique_ids, summed = _core.sum_gradients_by_id(ids, offsets, g, weights, pooling)
+            per_id.append((name, unique_ids, summed))
         for name, ids, rows in per_id:  # every group checked before the first push
             self.cluster.push(name, ids, rows, step=self._step)
         self._step += 1
@@ -322,13 +314,6 @@ class ClusterCollection:
 
     def __repr__(self) -> str:
         return f"ClusterCollection({list(self._configs)}, servers={self.cluster._addresses or 'embedded'}, step={self._step})"
-
-
-def _sequence_positions(offsets: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(bag, slot within the bag) of every id position of a CSR batch: where pooling "none"
-    puts position i in its padded [B, L_max, dim] output."""
-    bags = np.repeat(np.arange(lengths.size), lengths)
-    return bags, np.arange(bags.size) - offsets[:-1][bags]
 
 
 def _poll_us(poll: float) -> int:
