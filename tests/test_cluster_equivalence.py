@@ -51,3 +51,22 @@ def test_cluster_matches_embedded_bit_for_bit(servers, pooling, weighted):
                 got_rows = cluster.cluster.pull(name, ID_POOL, train=False)
                 np.testing.assert_array_equal(got_rows, want_rows, err_msg=f"{name} rows, step {step}")
     assert cluster.sizes() == embedded.sizes()
+
+
+def test_a_pull_and_a_push_of_a_table_are_one_request_per_shard(servers):
+    cluster = sc.connect(servers)
+    cluster.create_table("counted", sc.TableConfig(dim=DIM), seed=1)
+    ids = np.arange(-500, 500, dtype=np.int64)  # rows on every shard
+
+    def counts():
+        return [(s["pull_requests"], s["push_requests"]) for s in cluster.stats()]
+
+    before = counts()
+    assert len(before) == 2 * len(servers)
+    cluster.pull("counted", ids)
+    cluster.push("counted", ids, np.ones((ids.size, DIM), np.float32))
+    after = counts()
+    assert [(p1 - p0, q1 - q0) for (p0, q0), (p1, q1) in zip(before, after)] == [(1, 1)] * len(before)
+    # An empty push still reaches every shard (the table's step advances alike everywhere).
+    cluster.push("counted", ids[:0], np.zeros((0, DIM), np.float32))
+    assert [q for _, q in counts()] == [q + 1 for _, q in after]
