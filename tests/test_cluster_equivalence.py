@@ -31,7 +31,7 @@ def test_cluster_matches_embedded_bit_for_bit(servers, pooling, weighted):
     prefix = f"{len(servers)}-{pooling}-{weighted}-"
     tables = {prefix + name: sc.TableConfig(dim=DIM, optimizer=opt, pooling=pooling) for name, opt in OPTIMIZERS.items()}
     embedded = sc.EmbeddingCollection(tables, seed=11)
-    cluster = sc.connect(servers).collection(tables, seed=11)
+    cluster = sc.EmbeddingCollection(tables, seed=11, server=sc.connect(servers))
     rng = np.random.default_rng(len(servers) * 100 + len(pooling) * 2 + weighted)
     for step in range(STEPS):
         batch, grads = {}, {}
@@ -70,3 +70,34 @@ def test_a_pull_and_a_push_of_a_table_are_one_request_per_shard(servers):
     # An empty push still reaches every shard (the table's step advances alike everywhere).
     cluster.push("counted", ids[:0], np.zeros((0, DIM), np.float32))
     assert [q for _, q in counts()] == [q + 1 for _, q in after]
+
+
+def test_pooled_rows_is_the_public_forward_of_both_collections(servers):
+    tables = {f"pooled-{len(servers)}": sc.TableConfig(dim=DIM, pooling="mean")}
+    embedded = sc.EmbeddingCollection(tables, seed=4)
+    cluster = sc.EmbeddingCollection(tables, seed=4, server=sc.connect(servers))
+    assert not hasattr(cluster, "_c")  # the torch bridge and the Trainer need no private handle
+    ids, offsets, weights = random_batch(np.random.default_rng(5), 12, 5, ID_POOL, weighted=True)
+    batch = {next(iter(tables)): (ids, offsets, weights)}
+    [want] = embedded.pooled_rows(embedded.prepare(batch))
+    [got] = cluster.pooled_rows(cluster.prepare(batch))
+    np.testing.assert_array_equal(got, want)
+
+
+def test_embedding_collection_with_a_server_is_the_cluster_collection(servers):
+    tables = {f"spelled-{len(servers)}": sc.TableConfig(dim=DIM)}
+    cluster = sc.connect(servers)
+    with pytest.warns(DeprecationWarning, match="server=cluster"):
+        old = cluster.collection(tables, seed=2)
+    with pytest.warns(DeprecationWarning, match="server=cluster"):
+        sc.server.ClusterCollection(cluster, tables, seed=2)
+    new = sc.EmbeddingCollection(tables, 2, server=cluster)
+    assert type(new) is type(old) and new.tables == old.tables
+    embedded = sc.Server()
+    try:
+        local = sc.EmbeddingCollection(tables, 2, server=embedded)
+        assert local.sizes() == {name: 0 for name in tables}
+    finally:
+        embedded.stop()
+    with pytest.raises(TypeError, match="server"):
+        sc.EmbeddingCollection(tables, 2, server="localhost:7000")

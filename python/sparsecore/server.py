@@ -28,6 +28,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
@@ -136,9 +137,10 @@ class Cluster:
         return json.loads(self._c.stats())
 
     def collection(self, tables: Mapping[str, TableConfig], seed: int = 0) -> "ClusterCollection":
-        """These servers' tables seen as an embedding collection (what the Trainer and the torch
-        bridge drive): ``sc.Trainer(..., server=sc.connect(...))``."""
-        return ClusterCollection(self, tables, seed)
+        """Deprecated: ``sc.EmbeddingCollection(tables, seed, server=cluster)``."""
+        warnings.warn("Cluster.collection(tables, seed) is deprecated; use "
+                      "sc.EmbeddingCollection(tables, seed, server=cluster)", DeprecationWarning, stacklevel=2)
+        return cluster_collection(self, tables, seed)
 
     def reconnect(self, timeout: float = 30.0) -> "Cluster":
         """Waits (bounded) until every server answers again and returns a fresh client."""
@@ -176,17 +178,6 @@ class _ClusterBatch:
         return int(self.unique_ids(i).size)
 
 
-class _ClusterRows:
-    """The engine half of :class:`ClusterCollection` (``EmbeddingBagCollection`` calls
-    ``collection._c.forward(prepared._core)``)."""
-
-    def __init__(self, owner: "ClusterCollection"):
-        self._owner = owner
-
-    def forward(self, batch: _ClusterBatch) -> list[np.ndarray]:
-        return [self._owner._pool(name, *group, batch.train) for name, group in zip(batch.names, batch.groups)]
-
-
 class ClusterCollection:
     """Embedding tables kept on parameter servers, with the surface of
     :class:`~sparsecore.EmbeddingCollection` that training uses (``prepare``, ``forward``,
@@ -201,6 +192,11 @@ class ClusterCollection:
     """
 
     def __init__(self, cluster: Cluster, tables: Mapping[str, TableConfig], seed: int = 0):
+        warnings.warn("ClusterCollection(cluster, tables, seed) is deprecated; use "
+                      "sc.EmbeddingCollection(tables, seed, server=cluster)", DeprecationWarning, stacklevel=2)
+        self._setup(cluster, tables, seed)
+
+    def _setup(self, cluster: Cluster, tables: Mapping[str, TableConfig], seed: int) -> None:
         if not tables:
             raise ValueError("tables (name -> TableConfig) must name at least one table")
         self.cluster = cluster
@@ -209,7 +205,6 @@ class ClusterCollection:
         self._step = 0
         for name, cfg in self._configs.items():
             cluster.create_table(name, cfg, seed)
-        self._c = _ClusterRows(self)
 
     @property
     def tables(self) -> dict[str, TableConfig]:
@@ -258,11 +253,17 @@ class ClusterCollection:
         rows = self.cluster.pull(name, ids, train=train)
         return _core.pool_gathered_rows(rows, offsets, weights, self._configs[name].pooling)
 
+    def pooled_rows(self, prepared: PreparedBatch) -> list[np.ndarray]:
+        """The pooled rows of a prepared batch, one array per group (see
+        :meth:`EmbeddingCollection.pooled_rows`): the rows are pulled now."""
+        batch = prepared._core
+        return [self._pool(name, *group, batch.train) for name, group in zip(batch.names, batch.groups)]
+
     def forward(self, batch: Mapping[str, Any] | PreparedBatch, *, train: bool = True) -> dict[str, Any]:
         """Pooled rows per group, as :meth:`EmbeddingCollection.forward` gives them (pooling
         "none": a tuple (float32[B, L_max, dim] zero-padded, int64 lengths[B]))."""
         prepared = self.prepare(batch, train=train)
-        outs = self._c.forward(prepared._core)
+        outs = self.pooled_rows(prepared)
         result: dict[str, Any] = {}
         for name, out, offsets in zip(prepared.names, outs, prepared.offsets):
             if self._configs[name].pooling == "none":
@@ -316,6 +317,20 @@ class ClusterCollection:
 
     def __repr__(self) -> str:
         return f"ClusterCollection({list(self._configs)}, servers={self.cluster._addresses or 'embedded'}, step={self._step})"
+
+
+def cluster_collection(server: Any, tables: Mapping[str, TableConfig], seed: int = 0) -> ClusterCollection:
+    """What ``sc.EmbeddingCollection(tables, seed, server=...)`` returns: the tables on the
+    servers of ``server``, a :class:`Cluster` (``sc.connect(...)``) or a :class:`Server` (its
+    :meth:`Server.client`)."""
+    if isinstance(server, Server):
+        server = server.client()
+    if not isinstance(server, Cluster):
+        raise TypeError(f"server must be a sparsecore.Server or a cluster from sparsecore.connect(...), "
+                        f"got {type(server).__name__}")
+    collection = ClusterCollection.__new__(ClusterCollection)
+    collection._setup(server, tables, seed)
+    return collection
 
 
 def _poll_us(poll: float) -> int:

@@ -135,7 +135,8 @@ class Trainer:
         if not self.tables:
             raise ValueError("tables (the feature spec) must name at least one group")
         if embedding is None and server is not None:  # a sparsecore.connect(...) cluster
-            embedding = EmbeddingBagCollection(collection=server.collection(self.tables, seed), threads=None)
+            embedding = EmbeddingBagCollection(collection=EmbeddingCollection(self.tables, seed, server=server),
+                                               threads=None)
         self.embedding = embedding or EmbeddingBagCollection(self.tables, seed, threads=None)
         self.dense_optimizer = dense_optimizer or torch.optim.Adam(model.parameters(), lr=1e-3)
         if loss == "logloss":
@@ -220,7 +221,7 @@ class Trainer:
                 self._check_labels(batch)
                 batch = self._select(batch)
                 prepared = self.embedding.collection.prepare(batch.sparse, train=True)
-                pulled = self.embedding.collection._c.forward(prepared._core) if self.stale_sparse else None
+                pulled = self.embedding.collection.pooled_rows(prepared) if self.stale_sparse else None
                 item = (batch, prepared, pulled, state)
                 while not stop.is_set():
                     try:
