@@ -61,7 +61,7 @@ def test_trainer_against_a_cluster_matches_embedded():
 def test_cluster_collection_rejects_bad_batches_before_pushing():
     server = sc.Server(port=0)
     try:
-        coll = sc.connect([server.endpoint]).collection({"t": sc.TableConfig(dim=2)})
+        coll = sc.EmbeddingCollection({"t": sc.TableConfig(dim=2)}, server=sc.connect([server.endpoint]))
         with pytest.raises(ValueError, match="offsets"):
             coll.prepare({"t": (np.arange(3), np.array([0, 4]))})
         with pytest.raises(KeyError, match="unknown table"):
@@ -140,7 +140,7 @@ def test_cluster_sequence_outputs_and_updates_match_embedded(weighted):
     server = sc.Server(port=0, shards=2)
     try:
         embedded = sc.EmbeddingCollection(tables, seed=3)
-        cluster = sc.connect([server.endpoint]).collection(tables, seed=3)
+        cluster = sc.EmbeddingCollection(tables, seed=3, server=sc.connect([server.endpoint]))
         vocab = np.array([0, 1, -5, 2**62, -2**63, 7, 8, 9, 10, 11], np.int64)
         for _ in range(4):
             lengths = rng.integers(0, 6, size=9)
@@ -201,7 +201,7 @@ def test_two_synchronous_workers_share_dense_weights_over_gloo(tmp_path):
             assert torch.equal(a[name], b[name]), name
         assert any(not torch.equal(a[n], start[n]) for n in a)  # it trained
         cluster = sc.connect(addrs.split(","))
-        coll = cluster.collection(TABLES, seed=9)
+        coll = sc.EmbeddingCollection(TABLES, seed=9, server=cluster)
         assert all(rows > 0 for rows in coll.sizes().values())
     finally:
         for p, _ in servers:

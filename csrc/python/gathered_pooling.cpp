@@ -68,4 +68,43 @@ SPARSECORE_BINDING(gathered_pooling, 31) {
       py::arg("offsets"), py::arg("weights") = py::none(), py::arg("pooling") = "sum",
       "The factor of each bag's gradient in the collection's backward: float32[B] (1 for sum and "
       "none; 1 / length or 1 / weight sum for mean, 0 for an empty bag).");
+  m.def(
+      "sum_gradients_by_id",
+      [](const py::array& ids, const py::array& offsets, const py::array& grad, const std::optional<py::array>& weights,
+         const std::string& pooling) {
+        const int64_t* off = checked_offsets(offsets);
+        const int64_t batch = offsets.shape(0) - 1;
+        const int64_t* id = checked_array<int64_t>(ids, "ids", {-1});
+        const int64_t n = ids.shape(0);
+        if (off[0] != 0 || off[batch] != n)
+          throw InvalidArgument("offsets must start at 0 and end at len(ids) (" + std::to_string(n) + ")");
+        const Pooling p = pooling_from_name(pooling);
+        const float* w = optional_weights(weights, n);
+        const float* g = nullptr;
+        int64_t dim = 0;
+        if (p == Pooling::kNone) {
+          g = checked_array<float>(grad, "grad", {batch, longest_bag(off, batch), -1});
+          dim = grad.shape(2);
+        } else {
+          g = checked_array<float>(grad, "grad", {batch, -1});
+          dim = grad.shape(1);
+        }
+        if (dim < 1 || dim > INT32_MAX) throw InvalidArgument("grad must have 1 to 2^31 - 1 columns");
+        std::vector<int64_t> unique_ids;
+        std::vector<float> unique_grads;
+        {
+          py::gil_scoped_release release;
+          sum_gradients_by_id(id, static_cast<int>(dim), off, batch, w, p, g, unique_ids, unique_grads);
+        }
+        const auto u = static_cast<int64_t>(unique_ids.size());
+        py::array_t<int64_t> out_ids(u);
+        py::array_t<float> out_grads({u, dim});
+        std::copy(unique_ids.begin(), unique_ids.end(), out_ids.mutable_data());
+        std::copy(unique_grads.begin(), unique_grads.end(), out_grads.mutable_data());
+        return py::make_tuple(out_ids, out_grads);
+      },
+      py::arg("ids"), py::arg("offsets"), py::arg("grad"), py::arg("weights") = py::none(), py::arg("pooling") = "sum",
+      "The gradient a worker pushes for a group: (int64[U] distinct ids in first-occurrence order, "
+      "float32[U, dim] each id's gradient summed over its positions exactly as the collection's "
+      "backward sums it). grad: float32[B, dim], or [B, L_max, dim] for pooling 'none'.");
 }

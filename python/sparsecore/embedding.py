@@ -77,9 +77,22 @@ class EmbeddingCollection:
 
     Rows are created on demand (``train=True``) with initial values that depend only on
     (seed, table name, id). Evaluation (``train=False``) never inserts: unknown ids read as zeros.
+
+    ``server=sc.connect([...])`` (or ``server=sc.Server(...)``) keeps the tables on parameter
+    servers instead: the returned collection has the training surface (``prepare``,
+    ``pooled_rows``, ``forward``, ``backward``, ``sizes``, ``save``/``restore``) and gives
+    the embedded results bit for bit.
     """
 
-    def __new__(cls, *args: Any, device: str = "cpu", **kwargs: Any) -> "EmbeddingCollection":
+    def __new__(cls, *args: Any, device: str = "cpu", server: Any = None, **kwargs: Any) -> "EmbeddingCollection":
+        # server=...: the same tables kept on parameter servers (sparsecore.server), with the
+        # surface training uses (prepare, pooled_rows, forward, backward, save, restore).
+        if server is not None:
+            if device != "cpu":
+                raise ValueError("a collection on parameter servers takes no device")
+            from .server import cluster_collection
+
+            return cluster_collection(server, *args, **kwargs)  # type: ignore[return-value]
         # Deprecated spelling of sparsecore.cuda.DeviceEmbeddingCollection (the CUDA twin, a
         # subclass with the same API); it keeps working, with a warning, for one more release.
         if device not in ("cpu", "cuda"):
@@ -92,7 +105,7 @@ class EmbeddingCollection:
         return super().__new__(cls)
 
     def __init__(self, tables: Mapping[str, TableConfig], seed: int = 0, *, device: str = "cpu",
-                 _core_obj: Any = None):
+                 server: Any = None, _core_obj: Any = None):
         if _core_obj is not None:
             self._c = _core_obj
         else:
@@ -198,6 +211,12 @@ class EmbeddingCollection:
             names.append(name)
             offsets.append(offs_np)
         return groups, names, offsets, torch_out
+
+    def pooled_rows(self, prepared: PreparedBatch) -> list[np.ndarray]:
+        """The pooled rows of a prepared batch, one float32 array per group in the batch's
+        order ([B, dim], or [B, L_max, dim] zero-padded for pooling "none"): :meth:`forward`
+        without the per-group dict, for the torch bridge and pipelines that pull rows ahead."""
+        return self._c.forward(prepared._core)
 
     def forward(self, batch: Union[Mapping[str, GroupInput], PreparedBatch], *, train: bool = True,
                 include_last_offset: Optional[bool] = None) -> dict[str, Any]:

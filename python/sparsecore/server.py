@@ -28,6 +28,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
@@ -139,12 +140,15 @@ class Cluster:
         self._c.dense_push(name, as_float32(grads, "grads"), lr)
 
     def stats(self) -> list[dict]:
+        """One dict per shard: its tables (rows, memory_bytes, step) and, on a listening
+        server, the row requests it received (``pull_requests``, ``push_requests``)."""
         return json.loads(self._c.stats())
 
     def collection(self, tables: Mapping[str, TableConfig], seed: int = 0) -> "ClusterCollection":
-        """These servers' tables seen as an embedding collection (what the Trainer and the torch
-        bridge drive): ``sc.Trainer(..., server=sc.connect(...))``."""
-        return ClusterCollection(self, tables, seed)
+        """Deprecated: ``sc.EmbeddingCollection(tables, seed, server=cluster)``."""
+        warnings.warn("Cluster.collection(tables, seed) is deprecated; use "
+                      "sc.EmbeddingCollection(tables, seed, server=cluster)", DeprecationWarning, stacklevel=2)
+        return cluster_collection(self, tables, seed)
 
     def reconnect(self, timeout: float = 30.0) -> "Cluster":
         """Waits (bounded) until every server answers again and returns a fresh client."""
@@ -182,30 +186,25 @@ class _ClusterBatch:
         return int(self.unique_ids(i).size)
 
 
-class _ClusterRows:
-    """The engine half of :class:`ClusterCollection` (``EmbeddingBagCollection`` calls
-    ``collection._c.forward(prepared._core)``)."""
-
-    def __init__(self, owner: "ClusterCollection"):
-        self._owner = owner
-
-    def forward(self, batch: _ClusterBatch) -> list[np.ndarray]:
-        return [self._owner._pool(name, *group, batch.train) for name, group in zip(batch.names, batch.groups)]
-
-
 class ClusterCollection:
     """Embedding tables kept on parameter servers, with the surface of
     :class:`~sparsecore.EmbeddingCollection` that training uses (``prepare``, ``forward``,
     ``backward``, ``sizes``, ``save``/``restore``), so that the torch bridge and the Trainer
     run against a cluster unchanged. Pooling (sum, mean, "none" sequences, per-id weights)
-    happens here; the servers only see ids and per-id gradients, which they sum per row (in
-    position order) and apply with the table's fused optimizer.
+    and the sum of each row's gradient happen here, in the engine's compiled kernels; the
+    servers receive distinct ids with their summed gradients and apply the table's optimizer
+    once per row.
 
     In synchronous mode (``connect(..., num_workers=W)``) each ``backward`` is the worker's push
     of step ``step``: it returns once every worker's gradients of that step were applied.
     """
 
     def __init__(self, cluster: Cluster, tables: Mapping[str, TableConfig], seed: int = 0):
+        warnings.warn("ClusterCollection(cluster, tables, seed) is deprecated; use "
+                      "sc.EmbeddingCollection(tables, seed, server=cluster)", DeprecationWarning, stacklevel=2)
+        self._setup(cluster, tables, seed)
+
+    def _setup(self, cluster: Cluster, tables: Mapping[str, TableConfig], seed: int) -> None:
         if not tables:
             raise ValueError("tables (name -> TableConfig) must name at least one table")
         self.cluster = cluster
@@ -214,7 +213,6 @@ class ClusterCollection:
         self._step = 0
         for name, cfg in self._configs.items():
             cluster.create_table(name, cfg, seed)
-        self._c = _ClusterRows(self)
 
     @property
     def tables(self) -> dict[str, TableConfig]:
@@ -263,11 +261,17 @@ class ClusterCollection:
         rows = self.cluster.lookup(name, ids, insert=train)
         return _core.pool_gathered_rows(rows, offsets, weights, self._configs[name].pooling)
 
+    def pooled_rows(self, prepared: PreparedBatch) -> list[np.ndarray]:
+        """The pooled rows of a prepared batch, one array per group (see
+        :meth:`EmbeddingCollection.pooled_rows`): the rows are pulled now."""
+        batch = prepared._core
+        return [self._pool(name, *group, batch.train) for name, group in zip(batch.names, batch.groups)]
+
     def forward(self, batch: Mapping[str, Any] | PreparedBatch, *, train: bool = True) -> dict[str, Any]:
         """Pooled rows per group, as :meth:`EmbeddingCollection.forward` gives them (pooling
         "none": a tuple (float32[B, L_max, dim] zero-padded, int64 lengths[B]))."""
         prepared = self.prepare(batch, train=train)
-        outs = self._c.forward(prepared._core)
+        outs = self.pooled_rows(prepared)
         result: dict[str, Any] = {}
         for name, out, offsets in zip(prepared.names, outs, prepared.offsets):
             if self._configs[name].pooling == "none":
@@ -282,8 +286,9 @@ class ClusterCollection:
         return self.forward(batch, train=False)
 
     def backward(self, batch: Mapping[str, Any] | PreparedBatch, grads: Mapping[str, Any]) -> int:
-        """Pushes the gradient of every id (its bag's gradient, times its weight, over the
-        bag's length or weight sum for mean pooling); returns the new step."""
+        """Pushes each distinct id's gradient (its bags' gradients, times its weights, over the
+        bag's length or weight sum for mean pooling, summed in position order); returns the
+        new step."""
         prepared = self.prepare(batch, train=True)
         if set(grads) != set(prepared.names):
             raise ValueError(f"grads must have exactly the batch's groups {prepared.names}, got {list(grads)}")
@@ -299,21 +304,11 @@ class ClusterCollection:
                 raise ValueError(f"gradient of group '{name}' has shape {g.shape}, expected {shape}")
             if not np.isfinite(g).all():
                 raise ValueError(f"gradient of group '{name}' contains NaN or Inf; nothing was pushed")
-            if pooling == "none":
-                rows = g[_sequence_positions(offsets, lengths)]
-            else:
-                rows = np.repeat(g, lengths, axis=0)
-            # The engine's arithmetic, rounding for rounding: a bag's scale (1 / its length or
-            # weight sum for mean pooling, from the engine's own function) times the id's
-            # weight, then times the gradient.
-            scale = None
-            if pooling == "mean":
-                scale = np.repeat(_core.bag_gradient_scales(offsets, weights, pooling), lengths)
-            if weights is not None:
-                scale = weights if scale is None else scale * weights
-            if scale is not None:
-                rows = rows * scale[:, None]
-            per_id.append((name, ids, rows))
+            # Each distinct id's gradient summed as the engine's fused backward sums it (its
+            # bags' scales, its weights, position order; the engine's own kernel), so the
+            # servers apply one update per row with no further arithmetic.
+            unique_ids, summed = _core.sum_gradients_by_id(ids, offsets, g, weights, pooling)
+            per_id.append((name, unique_ids, summed))
         for name, ids, rows in per_id:  # every group checked before the first push
             self.cluster.push(name, ids, rows, step=self._step)
         self._step += 1
@@ -332,11 +327,18 @@ class ClusterCollection:
         return f"ClusterCollection({list(self._configs)}, servers={self.cluster._addresses or 'embedded'}, step={self._step})"
 
 
-def _sequence_positions(offsets: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(bag, slot within the bag) of every id position of a CSR batch: where pooling "none"
-    puts position i in its padded [B, L_max, dim] output."""
-    bags = np.repeat(np.arange(lengths.size), lengths)
-    return bags, np.arange(bags.size) - offsets[:-1][bags]
+def cluster_collection(server: Any, tables: Mapping[str, TableConfig], seed: int = 0) -> ClusterCollection:
+    """What ``sc.EmbeddingCollection(tables, seed, server=...)`` returns: the tables on the
+    servers of ``server``, a :class:`Cluster` (``sc.connect(...)``) or a :class:`Server` (its
+    :meth:`Server.client`)."""
+    if isinstance(server, Server):
+        server = server.client()
+    if not isinstance(server, Cluster):
+        raise TypeError(f"server must be a sparsecore.Server or a cluster from sparsecore.connect(...), "
+                        f"got {type(server).__name__}")
+    collection = ClusterCollection.__new__(ClusterCollection)
+    collection._setup(server, tables, seed)
+    return collection
 
 
 def _poll_us(poll: float) -> int:

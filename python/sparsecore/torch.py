@@ -136,7 +136,7 @@ class EmbeddingBagCollection(nn.Module):
             shared = batch.shared if not shared else shared
         if prepared is None:
             prepared = self.prepare(batch)
-        outs = pulled if pulled is not None else self.collection._c.forward(prepared._core)
+        outs = pulled if pulled is not None else self.collection.pooled_rows(prepared)
         pooled = [torch.from_numpy(o) for o in outs]
         if self.training and torch.is_grad_enabled():
             anchor = torch.empty(0, requires_grad=True)
@@ -170,7 +170,7 @@ class EmbeddingBagCollection(nn.Module):
         sequence = [n for n in prepared.names if self.collection.tables[n].pooling == "none"]
         if sequence:
             raise ValueError(f"forward_concat: groups {sequence} use pooling 'none' (sequences); use forward()")
-        outs = pulled if pulled is not None else self.collection._c.forward(prepared._core)
+        outs = pulled if pulled is not None else self.collection.pooled_rows(prepared)
         if sample_group is not None and shared_names:
             index = np.ascontiguousarray(sample_group, dtype=np.int64)
         else:

@@ -134,7 +134,8 @@ class Trainer:
         if not self.tables:
             raise ValueError("tables (the feature spec) must name at least one group")
         if embedding is None and server is not None:  # a sparsecore.connect(...) cluster
-            embedding = EmbeddingBagCollection(collection=server.collection(self.tables, seed), threads=None)
+            embedding = EmbeddingBagCollection(collection=EmbeddingCollection(self.tables, seed, server=server),
+                                               threads=None)
         self.embedding = embedding or EmbeddingBagCollection(self.tables, seed, threads=None)
         self.dense_optimizer = dense_optimizer or torch.optim.Adam(model.parameters(), lr=1e-3)
         if loss == "logloss":
@@ -232,7 +233,7 @@ class Trainer:
                 groups, names, offsets, torch_out = collection._core_groups(batch.sparse)
                 return (batch, state, names, offsets, torch_out), groups
             prepared = collection.prepare(batch.sparse, train=True)
-            pulled = collection._c.forward(prepared._core) if self.stale_sparse else None
+            pulled = collection.pooled_rows(prepared) if self.stale_sparse else None
             return (batch, prepared, pulled, state), []
 
         return produce

@@ -7,6 +7,7 @@
 
 #include "sparsecore/core/error.h"
 #include "sparsecore/core/thread_pool.h"
+#include "sparsecore/ops/dedup_set.h"
 #include "sparsecore/ops/gathered_pooling.h"
 #include "sparsecore/ops/pooling_kernels.h"
 
@@ -18,45 +19,6 @@ constexpr int64_t kBagsPerTask = 256;
 constexpr int64_t kRowsPerTask = 256;
 // Evaluation tasks take every shard lock of their table once, so they are larger.
 constexpr int64_t kEvalBagsPerTask = 1024;
-
-// Open-addressing scratch set for dedup within one shard of one group: key -> local index.
-// Slots whose index is -1 are empty, so every key value is legal. Key and index share a slot
-// (one cache line per probe, not one in each of two arrays).
-struct DedupSet {
-  struct Slot {
-    int64_t key;
-    int32_t index;
-    int32_t unused;
-  };
-  std::vector<Slot> slots;
-  uint64_t mask = 0;
-
-  void reset(int64_t expected) {
-    size_t cap = 16;
-    while (cap < static_cast<size_t>(expected) * 2) cap *= 2;
-    if (slots.size() < cap) slots.resize(cap);
-    mask = cap - 1;
-    for (size_t i = 0; i < cap; ++i) slots[i].index = -1;
-  }
-  // Returns the index of `key`, inserting it with `next` when absent.
-  int32_t find_or_add(int64_t key, uint64_t hash, int32_t next, bool* added) {
-    uint64_t slot = hash & mask;
-    for (;;) {
-      Slot& s = slots[slot];
-      if (s.index < 0) {
-        s.key = key;
-        s.index = next;
-        *added = true;
-        return next;
-      }
-      if (s.key == key) {
-        *added = false;
-        return s.index;
-      }
-      slot = (slot + 1) & mask;
-    }
-  }
-};
 
 // Per-group scratch of prepare(): positions grouped by table shard.
 struct GroupScratch {
@@ -281,9 +243,6 @@ std::shared_ptr<PreparedBatch> EmbeddingCollection::prepare(const std::vector<Gr
   return batch;
 }
 
-namespace {
-
-// What backward needs beyond the forward: each unique id's occurrences and each position's bag.
 void build_occurrences(const PreparedGroup& g) {
   const int64_t u_count = g.num_unique();
   g.occurrence_offsets.assign(u_count + 1, 0);
@@ -298,8 +257,6 @@ void build_occurrences(const PreparedGroup& g) {
     std::fill(g.bag_of_position.begin() + g.offsets[b], g.bag_of_position.begin() + g.offsets[b + 1],
               static_cast<int32_t>(b));
 }
-
-}  // namespace
 
 void EmbeddingCollection::forward(const PreparedBatch& batch, const std::vector<float*>& outputs) const {
   std::shared_lock swap_lock(swap_mutex_);
@@ -436,52 +393,95 @@ int64_t EmbeddingCollection::backward(const PreparedBatch& batch, const std::vec
     }
   }
 
+  std::vector<RowRange> ranges;
+  for (int gi = 0; gi < num_groups; ++gi)
+    ranges.push_back({batch.groups[gi].table, batch.groups[gi].num_unique()});
+  auto rows_of = [&](int gi) -> std::byte* const* {
+    return refreshed[gi].empty() ? batch.groups[gi].unique_rows.data() : refreshed[gi].data();
+  };
+  return update_rows(
+      ranges, [&](int gi) { return rows_of(gi); },
+      [&](int gi, int64_t begin, int64_t end, int64_t step, float* scratch, std::byte* undo, bool stream) {
+        const PreparedGroup& g = batch.groups[gi];
+        return kernels::backward_update(g, *tables_[g.table], rows_of(gi), grads[gi], bag_scale[gi].data(), begin,
+                                        end, step, scratch, undo, stream);
+      });
+}
+
+int64_t EmbeddingCollection::apply_unique(int table_index, const int64_t* ids, int64_t n, const float* grads) {
+  std::shared_lock swap_lock(swap_mutex_);
+  SC_CHECK_ARG(table_index >= 0 && table_index < num_tables(), "apply_unique: no table ", table_index, " in a "
+               "collection of ", num_tables());
+  EmbeddingTable& table = *tables_[table_index];
+  SC_CHECK_ARG(n >= 0 && n <= kMaxIdsPerGroup, "apply_unique: table '", table.name(), "' takes 0 to 2^31 - 1 ids, got ",
+               n);
+  SC_CHECK_ARG(n == 0 || (ids && grads), "apply_unique: null ids or gradients");
+  SC_CHECK_ARG(kernels::all_finite(grads, n * table.dim()), "gradients of table '", table.name(),
+               "' contain NaN or Inf; no row was updated");
+  {
+    // A repeated id would be updated twice and could not be undone: refused, not summed.
+    thread_local DedupSet tls_set;
+    DedupSet& set = tls_set;
+    set.reset(n);
+    for (int64_t i = 0; i < n; ++i) {
+      bool added = false;
+      set.find_or_add(ids[i], key_hash(ids[i]), static_cast<int32_t>(i), &added);
+      SC_CHECK_ARG(added, "apply_unique: id ", ids[i], " appears more than once in the update of table '",
+                   table.name(), "'; no row was updated");
+    }
+  }
+  PodVector<std::byte*> rows(n);
+  if (n > 0) table.hash_table().find_or_insert(ids, n, rows.data(), table.row_init());
+  return update_rows(
+      {{table_index, n}}, [&](int) -> std::byte* const* { return rows.data(); },
+      [&](int, int64_t begin, int64_t end, int64_t step, float* scratch, std::byte* undo, bool stream) {
+        return kernels::apply_row_gradients(table, rows.data(), grads, begin, end, step, scratch, undo, stream);
+      });
+}
+
+int64_t EmbeddingCollection::update_rows(const std::vector<RowRange>& ranges,
+                                         const std::function<std::byte* const*(int)>& rows_of,
+                                         const RangeUpdate& update) {
   const int64_t step = step_.fetch_add(1, std::memory_order_acq_rel) + 1;
   struct Task {
-    int group;
+    int range;
     int64_t begin, end;
     size_t undo_offset;  // bytes into the undo buffer
   };
   std::vector<Task> tasks;
   size_t undo_bytes = 0;
-  for (int gi = 0; gi < num_groups; ++gi) {
-    const int64_t u = batch.groups[gi].num_unique();
-    const size_t stride = kernels::undo_stride(tables_[batch.groups[gi].table]->row_bytes());
+  for (int r = 0; r < static_cast<int>(ranges.size()); ++r) {
+    const int64_t u = ranges[r].rows;
+    const size_t stride = kernels::undo_stride(tables_[ranges[r].table]->row_bytes());
     for (int64_t b = 0; b < u; b += kRowsPerTask)
-      tasks.push_back({gi, b, std::min(u, b + kRowsPerTask), undo_bytes + static_cast<size_t>(b) * stride});
+      tasks.push_back({r, b, std::min(u, b + kRowsPerTask), undo_bytes + static_cast<size_t>(b) * stride});
     undo_bytes += static_cast<size_t>(u) * stride;
   }
   PodVector<std::byte> undo = take_undo(undo_bytes);
   // Past a few MiB the log no longer stays in the cache: stream it to memory instead.
   const bool stream_undo = undo_bytes > (size_t{4} << 20);
-  auto rows_of = [&](int gi) -> std::byte* const* {
-    return refreshed[gi].empty() ? batch.groups[gi].unique_rows.data() : refreshed[gi].data();
-  };
   std::vector<char> finite_rows(tasks.size(), 1);
   parallel_for(static_cast<int64_t>(tasks.size()), 1, [&](int64_t t0, int64_t t1) {
     thread_local std::vector<float> scratch;
     for (int64_t t = t0; t < t1; ++t) {
-      const int gi = tasks[t].group;
-      const PreparedGroup& g = batch.groups[gi];
-      const EmbeddingTable& table = *tables_[g.table];
-      const size_t floats = kernels::backward_scratch_floats(g.dim, table.state_dim());
+      const EmbeddingTable& table = *tables_[ranges[tasks[t].range].table];
+      const size_t floats = kernels::backward_scratch_floats(table.dim(), table.state_dim());
       if (scratch.size() < floats) scratch.resize(floats);
-      finite_rows[t] = kernels::backward_update(g, table, rows_of(gi), grads[gi], bag_scale[gi].data(), tasks[t].begin,
-                                                tasks[t].end, step, scratch.data(), undo.data() + tasks[t].undo_offset,
-                                                stream_undo);
+      finite_rows[t] = update(tasks[t].range, tasks[t].begin, tasks[t].end, step, scratch.data(),
+                              undo.data() + tasks[t].undo_offset, stream_undo);
     }
   });
   std::string overflowed;
   for (size_t t = 0; t < tasks.size(); ++t) {
-    const std::string& name = tables_[batch.groups[tasks[t].group].table]->name();
+    const std::string& name = tables_[ranges[tasks[t].range].table]->name();
     if (!finite_rows[t] && overflowed.find("'" + name + "'") == std::string::npos)
       overflowed += (overflowed.empty() ? "'" : ", '") + name + "'";
   }
   if (!overflowed.empty()) {
     parallel_for(static_cast<int64_t>(tasks.size()), 1, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t)
-        kernels::undo_rows(rows_of(tasks[t].group), tasks[t].begin, tasks[t].end,
-                           tables_[batch.groups[tasks[t].group].table]->row_bytes(), undo.data() + tasks[t].undo_offset);
+        kernels::undo_rows(rows_of(tasks[t].range), tasks[t].begin, tasks[t].end,
+                           tables_[ranges[tasks[t].range].table]->row_bytes(), undo.data() + tasks[t].undo_offset);
     });
     int64_t expected = step;
     step_.compare_exchange_strong(expected, step - 1, std::memory_order_acq_rel);

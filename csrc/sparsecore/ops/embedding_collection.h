@@ -82,6 +82,10 @@ struct PreparedBatch {
   mutable bool occurrences_built = false;
 };
 
+// Builds g's occurrence lists and bag_of_position from its inverse and offsets (what a
+// backward needs beyond the forward).
+void build_occurrences(const PreparedGroup& g);
+
 // Checks the groups of a batch for a collection of `num_tables` tables: table index in
 // range and used by one group only, at most 2^31 - 1 ids, offsets (offsets[0] = 0,
 // non-decreasing, offsets[B] = num_ids), weights finite. Throws InvalidArgument naming the
@@ -135,6 +139,12 @@ class EmbeddingCollection {
   // gradient overflowed its weights or state), every row of the call is put back as it was
   // and InvalidArgument names the tables. Returns the new step.
   int64_t backward(const PreparedBatch& batch, const std::vector<const float*>& grads);
+  // The update of rows whose gradients were already summed (a parameter server's push):
+  // ids (n) distinct, grads (n, dim) host, row i's summed gradient. Unknown ids are inserted;
+  // the table's rule is applied once per row with no further summing. The same checks and
+  // all-or-nothing undo as backward (InvalidArgument for a repeated id, a non-finite gradient,
+  // or an update that overflowed; nothing changes then). Returns the new step.
+  int64_t apply_unique(int table, const int64_t* ids, int64_t n, const float* grads);
 
   // Checkpoint (DESIGN.md "Checkpoint"): a directory with one file per non-empty run of
   // table shards (a bucket range) and manifest.json. The files are written to a fresh sibling
@@ -169,6 +179,17 @@ class EmbeddingCollection {
  private:
   EmbeddingCollection(std::vector<std::unique_ptr<EmbeddingTable>> tables, uint64_t seed, int64_t step);
   void validate_inputs(const std::vector<GroupInput>& inputs) const;
+  // Advances the step and runs `update` over row ranges of kRowsPerTask rows on the pool;
+  // when any range left a row non-finite, every range is put back from the undo log (rows
+  // from rows_of) and InvalidArgument names the tables. Returns the new step.
+  struct RowRange {
+    int table;
+    int64_t rows;
+  };
+  using RangeUpdate = std::function<bool(int range, int64_t begin, int64_t end, int64_t step, float* scratch,
+                                         std::byte* undo, bool stream_undo)>;
+  int64_t update_rows(const std::vector<RowRange>& ranges, const std::function<std::byte* const*(int)>& rows_of,
+                      const RangeUpdate& update);
 
   // Finished batches come back here so the next prepare reuses their buffers instead of
   // faulting in fresh pages every step.

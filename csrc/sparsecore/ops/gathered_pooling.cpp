@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "sparsecore/core/error.h"
+#include "sparsecore/ops/dedup_set.h"
 #include "sparsecore/ops/pooling_kernels.h"
 
 namespace sparsecore {
@@ -65,6 +66,40 @@ void pool_gathered_rows(const float* rows, int dim, const int64_t* offsets, int6
   for (int64_t p = 0; p < n; ++p) row_of[p] = reinterpret_cast<const std::byte*>(rows + p * dim);
   std::vector<float> tmp(dim);
   kernels::pool_bags(g, RowStorage::kFloat32, row_of.data(), 0, batch_size, out, tmp.data());
+}
+
+void sum_gradients_by_id(const int64_t* ids, int dim, const int64_t* offsets, int64_t batch_size,
+                         const float* weights, Pooling pooling, const float* grad, std::vector<int64_t>& unique_ids,
+                         std::vector<float>& unique_grads) {
+  SC_CHECK_ARG(dim >= 1, "dim must be >= 1, got ", dim);
+  check_offsets(offsets, batch_size);
+  const int64_t n = offsets[batch_size];
+  // The collection's prepared group of these ids, as its prepare and backward build it.
+  PreparedGroup g;
+  g.dim = dim;
+  g.pooling = pooling;
+  g.num_ids = n;
+  g.batch_size = batch_size;
+  g.max_len = longest_bag(offsets, batch_size);
+  g.offsets.assign(offsets, offsets + batch_size + 1);
+  if (weights) g.weights.assign(weights, weights + n);
+  g.inverse.resize(n);
+  unique_ids.clear();
+  thread_local DedupSet tls_set;
+  DedupSet& set = tls_set;
+  set.reset(n);
+  for (int64_t p = 0; p < n; ++p) {
+    bool added = false;
+    const int32_t u = set.find_or_add(ids[p], key_hash(ids[p]), static_cast<int32_t>(unique_ids.size()), &added);
+    if (added) unique_ids.push_back(ids[p]);
+    g.inverse[p] = u;
+  }
+  g.unique_keys.assign(unique_ids.begin(), unique_ids.end());
+  build_occurrences(g);
+  std::vector<float> scale(static_cast<size_t>(batch_size));
+  bag_gradient_scales(pooling, offsets, batch_size, weights, scale.data());
+  unique_grads.resize(unique_ids.size() * static_cast<size_t>(dim));
+  kernels::sum_unique_gradients(g, grad, scale.data(), 0, g.num_unique(), unique_grads.data());
 }
 
 }  // namespace sparsecore

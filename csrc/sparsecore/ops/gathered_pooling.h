@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "sparsecore/table/embedding_table.h"
 
@@ -32,5 +33,19 @@ int64_t longest_bag(const int64_t* offsets, int64_t batch_size);
 //   weights  (offsets[batch_size]) or nullptr
 void pool_gathered_rows(const float* rows, int dim, const int64_t* offsets, int64_t batch_size,
                         const float* weights, Pooling pooling, float* out);
+
+// The gradient a worker pushes for a group: its distinct ids (in order of first occurrence)
+// and, for each, the pooled-output gradients of its positions times the bag's scale
+// (bag_gradient_scales) and the id's weight, summed from zero in ascending position order:
+// the sums the collection's fused backward forms before its update, bit for bit (one kernel
+// computes both). Throws InvalidArgument when offsets are not valid CSR offsets of n ids or
+// dim < 1.
+//   ids      (offsets[batch_size])
+//   weights  (offsets[batch_size]) or nullptr
+//   grad     (batch_size, dim), or (batch_size, longest_bag, dim) for pooling none
+//   unique_ids (num_unique), unique_grads (num_unique, dim): replaced
+void sum_gradients_by_id(const int64_t* ids, int dim, const int64_t* offsets, int64_t batch_size,
+                         const float* weights, Pooling pooling, const float* grad, std::vector<int64_t>& unique_ids,
+                         std::vector<float>& unique_grads);
 
 }  // namespace sparsecore

@@ -296,32 +296,44 @@ __attribute__((always_inline)) inline uint32_t any_nonfinite_half(const uint16_t
 }
 
 
-template <bool kStream>
-__attribute__((always_inline)) inline bool backward_update_as(const PreparedGroup& g, const EmbeddingTable& table,
-                                                              std::byte* const* rows, const float* grad,
-                                                              const float* bag_scale, int64_t u_begin, int64_t u_end,
-                                                              int64_t step, float* scratch, std::byte* undo) {
+// The gradient of unique row u of `g`: its occurrences' pooled-output gradients, each times
+// its bag's scale (and its weight), summed from zero in ascending position order. The one
+// definition of that sum, for the fused backward and for callers that push the sums elsewhere.
+__attribute__((always_inline)) inline void sum_row_gradient(const PreparedGroup& g, const float* grad,
+                                                            const float* bag_scale, int64_t u,
+                                                            float* __restrict__ out) {
   const int dim = g.dim;
-  const OptimizerConfig& opt = table.config().optimizer;
   const float* weights = g.weights.empty() ? nullptr : g.weights.data();
   const int32_t* occ_off = g.occurrence_offsets.data();
   const int32_t* occ_pos = g.occurrence_positions.data();
   const int32_t* bag_of = g.bag_of_position.data();
   const bool sequence = g.pooling == Pooling::kNone;
+  for (int d = 0; d < dim; ++d) out[d] = 0.0f;
+  for (int32_t k = occ_off[u]; k < occ_off[u + 1]; ++k) {
+    const int32_t pos = occ_pos[k];
+    const int32_t b = bag_of[pos];
+    float s = bag_scale[b];
+    if (weights) s *= weights[pos];
+    const float* src = sequence ? grad + (b * g.max_len + (pos - g.offsets[b])) * dim : grad + int64_t{b} * dim;
+    axpy(out, src, s, dim);
+  }
+}
+
+// Applies the table's update rule once to each of rows [u_begin, u_end), with the gradient
+// that gradient_of(u, scratch) writes into scratch[0, dim). Each record is saved to `undo`
+// first; a row left non-finite is put back at once and false is returned.
+template <bool kStream, typename GradientOf>
+__attribute__((always_inline)) inline bool update_rows_as(const EmbeddingTable& table, std::byte* const* rows,
+                                                          int64_t u_begin, int64_t u_end, int64_t step,
+                                                          float* scratch, std::byte* undo, GradientOf gradient_of) {
+  const int dim = table.dim();
+  const OptimizerConfig& opt = table.config().optimizer;
   const bool half = table.storage() == RowStorage::kFloat16;
   const size_t row_bytes = table.row_bytes();
   const int state_dim = table.state_dim();
   for (int64_t u = u_begin; u < u_end; ++u) {
     if (u + kUpdateAhead < u_end) prefetch_bytes(rows[u + kUpdateAhead], table.row_bytes(), 1);
-    for (int d = 0; d < dim; ++d) scratch[d] = 0.0f;
-    for (int32_t k = occ_off[u]; k < occ_off[u + 1]; ++k) {
-      const int32_t pos = occ_pos[k];
-      const int32_t b = bag_of[pos];
-      float s = bag_scale[b];
-      if (weights) s *= weights[pos];
-      const float* src = sequence ? grad + (b * g.max_len + (pos - g.offsets[b])) * dim : grad + int64_t{b} * dim;
-      axpy(scratch, src, s, dim);
-    }
+    gradient_of(u, scratch);
     std::byte* row = rows[u];
     save_record<kStream>(undo + static_cast<size_t>(u - u_begin) * undo_stride(row_bytes), row, row_bytes);  // the record as it was, in case the call is undone
     PackedRowMeta* meta = table.meta(row);
@@ -361,6 +373,26 @@ __attribute__((always_inline)) inline bool backward_update_as(const PreparedGrou
   return bad == 0;
 }
 
+template <bool kStream>
+__attribute__((always_inline)) inline bool backward_update_as(const PreparedGroup& g, const EmbeddingTable& table,
+                                                              std::byte* const* rows, const float* grad,
+                                                              const float* bag_scale, int64_t u_begin, int64_t u_end,
+                                                              int64_t step, float* scratch, std::byte* undo) {
+  return update_rows_as<kStream>(table, rows, u_begin, u_end, step, scratch, undo,
+                                 [&](int64_t u, float* out) { sum_row_gradient(g, grad, bag_scale, u, out); });
+}
+
+template <bool kStream>
+__attribute__((always_inline)) inline bool apply_row_gradients_as(const EmbeddingTable& table,
+                                                                  std::byte* const* rows, const float* grads,
+                                                                  int64_t u_begin, int64_t u_end, int64_t step,
+                                                                  float* scratch, std::byte* undo) {
+  const size_t row_floats = static_cast<size_t>(table.dim());
+  return update_rows_as<kStream>(table, rows, u_begin, u_end, step, scratch, undo, [&](int64_t u, float* out) {
+    std::memcpy(out, grads + static_cast<size_t>(u) * row_floats, row_floats * sizeof(float));
+  });
+}
+
 }  // namespace
 
 SC_DISPATCH
@@ -369,6 +401,19 @@ bool backward_update(const PreparedGroup& g, const EmbeddingTable& table, std::b
                      float* scratch, std::byte* undo, bool stream_undo) {
   return stream_undo ? backward_update_as<true>(g, table, rows, grad, bag_scale, u_begin, u_end, step, scratch, undo)
                      : backward_update_as<false>(g, table, rows, grad, bag_scale, u_begin, u_end, step, scratch, undo);
+}
+
+SC_DISPATCH
+bool apply_row_gradients(const EmbeddingTable& table, std::byte* const* rows, const float* grads, int64_t u_begin,
+                         int64_t u_end, int64_t step, float* scratch, std::byte* undo, bool stream_undo) {
+  return stream_undo ? apply_row_gradients_as<true>(table, rows, grads, u_begin, u_end, step, scratch, undo)
+                     : apply_row_gradients_as<false>(table, rows, grads, u_begin, u_end, step, scratch, undo);
+}
+
+SC_DISPATCH
+void sum_unique_gradients(const PreparedGroup& g, const float* grad, const float* bag_scale, int64_t u_begin,
+                          int64_t u_end, float* out) {
+  for (int64_t u = u_begin; u < u_end; ++u) sum_row_gradient(g, grad, bag_scale, u, out + u * g.dim);
 }
 
 void undo_rows(std::byte* const* rows, int64_t u_begin, int64_t u_end, size_t row_bytes, const std::byte* undo) {

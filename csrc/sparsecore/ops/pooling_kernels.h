@@ -40,6 +40,16 @@ void pool_bags_from_ids(const HashTable& table, int dim, Pooling pooling, RowSto
 bool backward_update(const PreparedGroup& g, const EmbeddingTable& table, std::byte* const* rows,
                      const float* grad, const float* bag_scale, int64_t u_begin, int64_t u_end, int64_t step,
                      float* scratch, std::byte* undo, bool stream_undo);
+// backward_update's arithmetic in two halves, for rows whose gradients are summed on one
+// machine and applied on another (parameter servers):
+// sum_unique_gradients writes the summed gradient of each unique row [u_begin, u_end) of `g`
+// (out: (num_unique, dim), rows indexed from 0) exactly as backward_update sums it;
+// apply_row_gradients applies grads (row u at grads + u * dim) to rows [u_begin, u_end) as
+// backward_update does once it has the sums, with the same undo log and return value.
+void sum_unique_gradients(const PreparedGroup& g, const float* grad, const float* bag_scale, int64_t u_begin,
+                          int64_t u_end, float* out);
+bool apply_row_gradients(const EmbeddingTable& table, std::byte* const* rows, const float* grads, int64_t u_begin,
+                         int64_t u_end, int64_t step, float* scratch, std::byte* undo, bool stream_undo);
 constexpr size_t backward_scratch_floats(int dim, int state_dim) {
   return 3 * static_cast<size_t>(dim) + static_cast<size_t>(state_dim) + 1;
 }

@@ -314,8 +314,9 @@ void PsClient::push(const std::string& table, const int64_t* ids, int64_t n, con
   std::vector<rpc::RpcFuture> futures(static_cast<size_t>(total_shards_));
   for (int g = 0; g < total_shards_; ++g) {
     int64_t count = s.ids.shard_size(g);
-    // Synchronous mode pushes to every shard, empty or not: each shard counts the workers.
-    if (count == 0 && options_.num_workers == 0) continue;
+    // Every shard gets the push, empty or not: in synchronous mode each shard counts the
+    // workers, and every push advances the table's step on every shard alike (the step of
+    // global-step optimizers, as one embedded backward advances it).
     s.headers[static_cast<size_t>(g)].num_ids = static_cast<uint64_t>(count);
     iovec segs[5] = {{&s.headers[static_cast<size_t>(g)], sizeof(TableHeader)},
                      {const_cast<char*>(table.data()), table.size()},

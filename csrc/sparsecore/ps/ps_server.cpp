@@ -285,6 +285,7 @@ void PsServer::register_methods() {
                                   static_cast<uint64_t>(j.at("seed").as_int("seed")));
   });
   srv.register_method(kPull, [this, max_ids](const rpc::Request& r, rpc::Reply& reply) {
+    ++reactor_state_[static_cast<size_t>(r.reactor)].pull_requests;
     TableRequest t = parse_table_request(r, max_ids);
     SC_CHECK_ARG(t.array_bytes == t.h.num_ids * sizeof(int64_t), "pull of ", t.h.num_ids, " ids carries ",
                  t.array_bytes, " bytes");
@@ -301,6 +302,7 @@ void PsServer::register_methods() {
     s.pull(t.name, ids, static_cast<int64_t>(t.h.num_ids), t.h.flags & kPullTrain, out);
   });
   srv.register_method(kPush, [this, max_ids](const rpc::Request& r, rpc::Reply& reply) {
+    ++reactor_state_[static_cast<size_t>(r.reactor)].push_requests;
     TableRequest t = parse_table_request(r, max_ids);
     PsShard& s = shard(r.reactor);
     size_t n = t.h.num_ids;
@@ -408,7 +410,13 @@ void PsServer::register_methods() {
     }
     reply_json(reply, out);
   });
-  srv.register_method(kStats, [this](const rpc::Request& r, rpc::Reply& reply) { reply_json(reply, shard(r.reactor).stats()); });
+  srv.register_method(kStats, [this](const rpc::Request& r, rpc::Reply& reply) {
+    Json j = shard(r.reactor).stats();
+    const ReactorState& st = reactor_state_[static_cast<size_t>(r.reactor)];
+    j["pull_requests"] = st.pull_requests;
+    j["push_requests"] = st.push_requests;
+    reply_json(reply, j);
+  });
   srv.register_method(kKvPut, [this](const rpc::Request& r, rpc::Reply&) {
     Json j = parse_json(r);
     shard(r.reactor).kv_put(j.at("key").as_string("key"), j.at("value"));

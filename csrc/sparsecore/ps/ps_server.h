@@ -80,6 +80,10 @@ class PsServer {
     std::map<std::string, Barrier> barriers;                                // by name
     std::map<uint64_t, uint32_t> members;  // connection -> worker rank (synchronous workers)
     std::set<uint32_t> left;               // ranks whose last connection closed, not back yet
+    // Row requests this shard received (stats: "pull_requests", "push_requests"), counted
+    // as they arrive, refused ones included.
+    int64_t pull_requests = 0;
+    int64_t push_requests = 0;
   };
   // Reactor thread only. Fails every deferred push of `table` (all tables when empty) with
   // `status` (kStepAborted unless said), saying `why`.

@@ -4,9 +4,11 @@
 #include <cstring>
 #include <filesystem>
 #include <mutex>
+#include <numeric>
 
 #include "sparsecore/core/error.h"
 #include "sparsecore/core/file.h"
+#include "sparsecore/ops/gathered_pooling.h"
 #include "sparsecore/ps/ps_protocol.h"
 
 namespace sparsecore::ps {
@@ -73,36 +75,22 @@ void PsShard::pull(const std::string& name, const int64_t* ids, int64_t n, bool 
   table(name).rows->table(0).pull_weights(ids, n, train, out);
 }
 
-void PsShard::apply(Table& t, const int64_t* ids, int64_t n, const float* grads) {
-  if (n == 0) return;
-  // One bag per id: the engine's pooled gradient of bag i is then the gradient of row i, and
-  // duplicate ids (from several workers) are summed in position order before one update.
-  std::vector<int64_t> offsets(static_cast<size_t>(n) + 1);
-  for (int64_t i = 0; i <= n; ++i) offsets[static_cast<size_t>(i)] = i;
-  GroupInput g;
-  g.table = 0;
-  g.ids = ids;
-  g.num_ids = n;
-  g.offsets = offsets.data();
-  g.batch_size = n;
-  auto batch = t.rows->prepare({g}, /*train=*/true);
-  t.rows->backward(*batch, {grads});
-}
-
 PsShard::PushOutcome PsShard::push(const std::string& name, const int64_t* ids, int64_t n, const float* grads,
                                    int64_t step, uint32_t worker, uint32_t num_workers) {
   Table& t = table(name);
-  int dim = t.rows->table(0).dim();
-  for (int64_t i = 0; i < n * dim; ++i)
-    SC_CHECK_ARG(std::isfinite(grads[i]), "gradients of table '", name, "' contain NaN or Inf; nothing was applied");
+  const int dim = t.rows->table(0).dim();
   PushOutcome out;
   if (num_workers == 0) {
-    apply(t, ids, n, grads);
+    // The worker summed each row's gradient: one update per row, checked all or nothing.
+    t.rows->apply_unique(0, ids, n, grads);
     out.complete = true;
     return out;
   }
   SC_CHECK_ARG(num_workers <= kMaxWorkers, "num_workers must be at most ", kMaxWorkers, ", got ", num_workers);
   SC_CHECK_ARG(worker < num_workers, "worker ", worker, " out of range for ", num_workers, " workers");
+  // Refused before it is kept: a bad push must not hold back or abort the step of the others.
+  for (int64_t i = 0; i < n * dim; ++i)
+    SC_CHECK_ARG(std::isfinite(grads[i]), "gradients of table '", name, "' contain NaN or Inf; nothing was applied");
   if (!t.pending.empty() && (step != t.sync_step || t.pending.count(worker))) {
     // The workers are no longer in step (one restarted, or rolled back): the incomplete
     // step cannot finish as it began.
@@ -112,14 +100,22 @@ PsShard::PushOutcome PsShard::push(const std::string& name, const int64_t* ids, 
   if (t.pending.empty()) t.sync_step = step;
   t.pending[worker] = {std::vector<int64_t>(ids, ids + n), std::vector<float>(grads, grads + n * dim)};
   if (t.pending.size() < num_workers) return out;
+  // Each row's gradients summed over the workers in worker order (std::map), then one update.
   std::vector<int64_t> all_ids;
   std::vector<float> all_grads;
-  for (auto& [w, c] : t.pending) {  // std::map: worker order
+  for (auto& [w, c] : t.pending) {
     all_ids.insert(all_ids.end(), c.first.begin(), c.first.end());
     all_grads.insert(all_grads.end(), c.second.begin(), c.second.end());
   }
   t.pending.clear();
-  apply(t, all_ids.data(), static_cast<int64_t>(all_ids.size()), all_grads.data());
+  const int64_t total = static_cast<int64_t>(all_ids.size());
+  std::vector<int64_t> one_per_bag(static_cast<size_t>(total) + 1);
+  std::iota(one_per_bag.begin(), one_per_bag.end(), int64_t{0});
+  std::vector<int64_t> unique_ids;
+  std::vector<float> unique_grads;
+  sum_gradients_by_id(all_ids.data(), dim, one_per_bag.data(), total, nullptr, Pooling::kSum, all_grads.data(),
+                      unique_ids, unique_grads);
+  t.rows->apply_unique(0, unique_ids.data(), static_cast<int64_t>(unique_ids.size()), unique_grads.data());
   out.complete = true;
   return out;
 }

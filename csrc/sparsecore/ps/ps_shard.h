@@ -1,11 +1,13 @@
 // PsShard: the tables, dense variables and key-value entries of one global shard. On a
 // server a shard belongs to one reactor and is only touched from its thread (no locks);
 // embedded, one thread at a time drives it. Rows are kept by the existing engine: one
-// single-table EmbeddingCollection per table, whose fused backward applies pushes.
+// single-table EmbeddingCollection per table. A push carries distinct ids with each row's
+// gradient already summed by the worker (sum_gradients_by_id); the table applies its rule
+// once per row (EmbeddingCollection::apply_unique).
 //
 // Synchronous pushes: the gradients of every worker for a step are kept until the last
-// worker's push arrives, then concatenated in worker order and applied once (the engine sums
-// a row's gradients in position order, so the result does not depend on arrival order).
+// worker's push arrives, then each row's gradients are summed in worker order and applied
+// once (the result does not depend on arrival order).
 // A step is kept per table; a push that cannot belong to the incomplete step (another step
 // number, or a worker pushing it twice: a worker restarted) abandons that step - nothing of
 // it is applied - and starts its own. The server then fails the abandoned pushes' replies.
@@ -61,7 +63,8 @@ class PsShard {
     bool complete = false;      // applied now (every waiting push of the table may be answered)
     int64_t aborted_step = -1;  // >= 0: this push abandoned that incomplete step of the table
   };
-  // ids (n) unique, grads (n, dim). num_workers == 0: applied now. Otherwise kept until all
+  // ids (n) distinct (a repeated id is refused), grads (n, dim) each row's summed gradient.
+  // num_workers == 0: applied now. Otherwise kept until all
   // num_workers pushes of `step` arrived. Validates before anything changes.
   PushOutcome push(const std::string& table, const int64_t* ids, int64_t n, const float* grads, int64_t step,
                    uint32_t worker, uint32_t num_workers);
@@ -119,7 +122,6 @@ class PsShard {
   // Throws (`Exception`) unless a table of `config` fits beside `tables` (the limits above).
   template <typename Exception>
   static void check_room(const std::map<std::string, Table>& tables, const TableConfig& config);
-  static void apply(Table& t, const int64_t* ids, int64_t n, const float* grads);
 
   ShardLayout layout_;
   std::map<std::string, Table> tables_;
