@@ -24,7 +24,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TREE = os.path.join(ROOT, "python")
-if "PYTHONPATH" not in os.environ and any(f.startswith("_core") for f in os.listdir(os.path.join(TREE, "sparsecore"))):
+if "PYTHONPATH" not in os.environ and any(f.startswith("_core") and f.endswith(".so") for f in os.listdir(os.path.join(TREE, "sparsecore"))):
     # A developer build (scripts/dev-build): this process and every child use the tree.
     os.environ["PYTHONPATH"] = TREE
     sys.path.insert(0, TREE)

@@ -24,7 +24,7 @@ import typing
 import typing_extensions
 import types as _types
 io: _types.ModuleType
-__all__: list[str] = ['CorruptDataError', 'DeviceEmbeddingCollection', 'DevicePackedWeights', 'DevicePreparedBatch', 'EmbeddingCollection', 'PreparedBatch', 'PsClient', 'PsServer', 'RpcAuthError', 'RpcClient', 'RpcConnectionError', 'RpcError', 'RpcProtocolError', 'RpcServer', 'RpcStepAbortedError', 'RpcTimeoutError', 'RpcUnknownMethodError', 'StepPipeline', 'bag_gradient_scales', 'commit_directory', 'committed_directory', 'cpu_features', 'cuda_device_available', 'cuda_unavailable_reason', 'dequantize_rows', 'fixed_to_float', 'io', 'latest_snapshot', 'num_threads', 'pack_pow2', 'pool_gathered_rows', 'pooled_lookup_quantized', 'project_pow2', 'quantize_rows', 'quantized_row_bytes', 'set_num_threads', 'shift_matmul_float', 'shift_matmul_int16', 'shift_matmul_int8', 'shift_matmul_kernel', 'unpack_pow2']
+__all__: list[str] = ['CorruptDataError', 'DeviceEmbeddingCollection', 'DevicePackedWeights', 'DevicePreparedBatch', 'EmbeddingCollection', 'PreparedBatch', 'PsClient', 'PsServer', 'RpcAuthError', 'RpcClient', 'RpcConnectionError', 'RpcError', 'RpcProtocolError', 'RpcServer', 'RpcStepAbortedError', 'RpcTimeoutError', 'RpcUnknownMethodError', 'StepPipeline', 'bag_gradient_scales', 'commit_directory', 'committed_directory', 'cpu_features', 'cuda_device_available', 'cuda_unavailable_reason', 'dequantize_rows', 'fixed_to_float', 'io', 'latest_snapshot', 'num_threads', 'pack_pow2', 'pool_gathered_rows', 'pooled_lookup_quantized', 'project_pow2', 'quantize_rows', 'quantized_row_bytes', 'set_num_threads', 'shift_matmul_float', 'shift_matmul_int16', 'shift_matmul_int8', 'shift_matmul_kernel', 'sum_gradients_by_id', 'unpack_pow2']
 class CorruptDataError(ValueError):
     pass
 class PreparedBatch:
@@ -401,6 +401,10 @@ def shift_matmul_int8(x: numpy.ndarray, codes: numpy.ndarray, cols: typing.Suppo
 def shift_matmul_kernel() -> str:
     """
     The float shift-matmul kernel picked for this CPU: 'avx512', 'avx2' or 'portable'.
+    """
+def sum_gradients_by_id(ids: numpy.ndarray, offsets: numpy.ndarray, grad: numpy.ndarray, weights: numpy.ndarray | None = None, pooling: str = 'sum') -> tuple[numpy.typing.NDArray[numpy.int64], numpy.typing.NDArray[numpy.float32]]:
+    """
+    The gradient a worker pushes for a group: (int64[U] distinct ids in first-occurrence order, float32[U, dim] each id's gradient summed over its positions exactly as the collection's backward sums it). grad: float32[B, dim], or [B, L_max, dim] for pooling 'none'.
     """
 def unpack_pow2(codes: numpy.ndarray, alpha: numpy.ndarray, cols: typing.SupportsInt | typing.SupportsIndex) -> numpy.typing.NDArray[numpy.float32]:
     ...
