@@ -1,7 +1,7 @@
 // EmbeddingCollection: the tables of one model (its feature groups), driven one call per
 // batch, in the manner of FBGEMM's table-batched embedding but over growable hash tables.
 //
-// The data path of one training step (DESIGN.md):
+// The data path of one training step (docs/architecture.md):
 //   prepare(inputs, train=true)  validate every group, dedup ids per group (unique + inverse),
 //                                pull rows (lookup-or-insert; find-only when train=false)
 //   forward(prepared, outputs)   pool rows per bag: sum, mean, or none (padded sequences)
@@ -146,7 +146,7 @@ class EmbeddingCollection {
   // or an update that overflowed; nothing changes then). Returns the new step.
   int64_t apply_unique(int table, const int64_t* ids, int64_t n, const float* grads);
 
-  // Checkpoint (DESIGN.md "Checkpoint"): a directory with one file per non-empty run of
+  // Checkpoint (docs/architecture.md, "Files and frames"): a directory with one file per non-empty run of
   // table shards (a bucket range) and manifest.json. The files are written to a fresh sibling
   // directory that then replaces `dir` in one atomic step (commit_directory), so a crash at
   // any instant leaves the previous checkpoint loadable. Refuses to replace a finished

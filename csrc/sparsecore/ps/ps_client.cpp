@@ -33,8 +33,8 @@ const char kZeros[8] = {};
 void ShardedIds::build(const int64_t* ids, int64_t n, int total_shards) {
   SC_CHECK_ARG(n >= 0 && n < (int64_t{1} << 31), "number of ids must be in [0, 2^31), got ", n);
   // Load at most 1/8 while the slots fit in L1 (32 KiB), else 1/4: the probe loop's cost is
-  // its mispredicted exits, and halving the load halves the probes that run on (a thousand
-  // ids: 9 us at load 1/2, 3 us at 1/8, on the development machine).
+  // its mispredicted exits, and halving the load halves the probes that run on (the KV
+  // results in bench/results/kv.md were measured with these loads).
   size_t cap = 16;
   const size_t spread = static_cast<size_t>(n) <= 1024 ? 8 : 4;
   while (cap < static_cast<size_t>(n) * spread) cap <<= 1;

@@ -1,5 +1,5 @@
 // What parameter-server clients and servers agree on: method ids, the request layouts, and
-// routing (DESIGN.md: bucket = top 16 bits of fmix64(key); buckets map to servers and shards).
+// routing (docs/architecture.md: bucket = top 16 bits of fmix64(key); buckets map to servers and shards).
 //
 // Global shard g of a cluster of T = num_servers * shards_per_server owns the contiguous
 // bucket range {b : (b * T) >> 16 == g}; it is shard g % shards_per_server of server
