@@ -3,8 +3,6 @@ rejoins (restarted, pushing an older step) aborts the incomplete step, and every
 worker gets RpcStepAbortedError at once instead of waiting for ever; a sync reply is released by
 its own table's step only; every blocking call has a deadline."""
 
-import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -17,32 +15,10 @@ import sparsecore as sc
 
 DIM = 4
 CFG = sc.TableConfig(dim=DIM, optimizer=sc.SGD(lr=0.1))
-PYTHON_DIR = os.path.dirname(os.path.dirname(os.path.abspath(sc.__file__)))
-
-
-def _env():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.path.abspath(PYTHON_DIR) + os.pathsep + env.get("PYTHONPATH", "")
-    env["PYTHONFAULTHANDLER"] = "1"
-    return env
-
-
-def _server(*args):
-    p = subprocess.Popen([sys.executable, "-c", "import sys; from sparsecore.server import main; sys.exit(main(sys.argv[1:]))",
-                          *map(str, args)], stdout=subprocess.PIPE, env=_env(), text=True)
-    line = p.stdout.readline()
-    assert line.startswith("listening on"), line
-    return p, line.split()[2]
-
-
-def _stop(p):
-    if p.poll() is None:
-        p.send_signal(signal.SIGTERM)
-        try:
-            p.wait(10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+# The ps tests' server process and child environment (tests/ is on sys.path).
+from test_ps import _env  # noqa: E402
+from test_ps import start_server_process as _server  # noqa: E402
+from test_ps import stop as _stop  # noqa: E402
 
 
 # A synchronous worker: pushes steps first..last-1 of table "t", prints "step <k>" after each,

@@ -46,12 +46,13 @@ int64_t longest_bag(const int64_t* offsets, int64_t batch_size) {
   return longest;
 }
 
-void pool_gathered_rows(const float* rows, int dim, const int64_t* offsets, int64_t batch_size,
-                        const float* weights, Pooling pooling, float* out) {
-  SC_CHECK_ARG(dim >= 1, "dim must be >= 1, got ", dim);
-  check_offsets(offsets, batch_size);
+namespace {
+
+// A prepared group over validated CSR bags, as the collection's prepare builds one, with the
+// inverse sized (one entry per position) and left for the caller to fill.
+PreparedGroup group_of_bags(int dim, const int64_t* offsets, int64_t batch_size, const float* weights,
+                            Pooling pooling) {
   const int64_t n = offsets[batch_size];
-  // The collection's prepared group, with every position its own "unique" row.
   PreparedGroup g;
   g.dim = dim;
   g.pooling = pooling;
@@ -61,6 +62,18 @@ void pool_gathered_rows(const float* rows, int dim, const int64_t* offsets, int6
   g.offsets.assign(offsets, offsets + batch_size + 1);
   if (weights) g.weights.assign(weights, weights + n);
   g.inverse.resize(n);
+  return g;
+}
+
+}  // namespace
+
+void pool_gathered_rows(const float* rows, int dim, const int64_t* offsets, int64_t batch_size,
+                        const float* weights, Pooling pooling, float* out) {
+  SC_CHECK_ARG(dim >= 1, "dim must be >= 1, got ", dim);
+  check_offsets(offsets, batch_size);
+  const int64_t n = offsets[batch_size];
+  // The collection's prepared group, with every position its own "unique" row.
+  PreparedGroup g = group_of_bags(dim, offsets, batch_size, weights, pooling);
   std::iota(g.inverse.begin(), g.inverse.end(), 0);
   PodVector<const std::byte*> row_of(n);
   for (int64_t p = 0; p < n; ++p) row_of[p] = reinterpret_cast<const std::byte*>(rows + p * dim);
@@ -75,15 +88,7 @@ void sum_gradients_by_id(const int64_t* ids, int dim, const int64_t* offsets, in
   check_offsets(offsets, batch_size);
   const int64_t n = offsets[batch_size];
   // The collection's prepared group of these ids, as its prepare and backward build it.
-  PreparedGroup g;
-  g.dim = dim;
-  g.pooling = pooling;
-  g.num_ids = n;
-  g.batch_size = batch_size;
-  g.max_len = longest_bag(offsets, batch_size);
-  g.offsets.assign(offsets, offsets + batch_size + 1);
-  if (weights) g.weights.assign(weights, weights + n);
-  g.inverse.resize(n);
+  PreparedGroup g = group_of_bags(dim, offsets, batch_size, weights, pooling);
   unique_ids.clear();
   thread_local DedupSet tls_set;
   DedupSet& set = tls_set;
