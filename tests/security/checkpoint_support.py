@@ -5,26 +5,16 @@ attacker who can write the files would)."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import struct
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-import sparsecore as sc
+from test_ps import _env as child_env  # noqa: F401  (tests/ is on sys.path; re-exported)
+from test_ps import stop  # noqa: F401  (re-exported for the checkpoint tests)
 
-# Child processes import the same sparsecore as this one (a source tree or an installed wheel).
-PYTHON_DIR = os.path.dirname(os.path.dirname(os.path.abspath(sc.__file__)))
 HEADER = struct.Struct("<8sIIIIQIIQ16x")  # the 64-byte row file header
-
-
-def child_env() -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = PYTHON_DIR + os.pathsep + env.get("PYTHONPATH", "")
-    env["PYTHONFAULTHANDLER"] = "1"
-    return env
 
 
 def start_server(*args, check: bool = True) -> tuple[subprocess.Popen, str, str]:
@@ -41,16 +31,6 @@ def start_server(*args, check: bool = True) -> tuple[subprocess.Popen, str, str]
         err.seek(0)
         raise AssertionError(f"server did not start: {line!r}\n{err.read()[-3000:]}")
     return p, (line.split()[2] if line.startswith("listening on") else ""), line
-
-
-def stop(p: subprocess.Popen) -> None:
-    if p.poll() is None:
-        p.send_signal(signal.SIGTERM)
-        try:
-            p.wait(10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
 
 
 _M = (1 << 64) - 1
