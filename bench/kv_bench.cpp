@@ -76,11 +76,14 @@ Args parse_args(int argc, char** argv) {
 
 void report(const Args& a, const std::string& name, std::vector<double> latencies_us, double seconds) {
   std::sort(latencies_us.begin(), latencies_us.end());
-  auto pct = [&](double q) { return latencies_us[static_cast<size_t>(q * static_cast<double>(latencies_us.size() - 1))]; };
-  std::printf("{\"case\": \"%s\", \"inflight\": %d, \"requests\": %zu, \"keys_per_s\": %.0f, \"p50_us\": %.1f, "
-              "\"p99_us\": %.1f}\n",
-              name.c_str(), a.inflight, latencies_us.size(),
-              static_cast<double>(latencies_us.size()) * a.ids / seconds, pct(0.5), pct(0.99));
+  auto pct = [&](double q) {
+    return latencies_us[static_cast<size_t>(q * static_cast<double>(latencies_us.size() - 1))];
+  };
+  std::printf(
+      "{\"case\": \"%s\", \"inflight\": %d, \"requests\": %zu, \"keys_per_s\": %.0f, \"p50_us\": %.1f, "
+      "\"p99_us\": %.1f}\n",
+      name.c_str(), a.inflight, latencies_us.size(), static_cast<double>(latencies_us.size()) * a.ids / seconds,
+      pct(0.5), pct(0.99));
 }
 
 double micros(Clock::time_point a, Clock::time_point b) {
@@ -131,9 +134,9 @@ void run_ps(const Args& a) {
       while (sent < a.requests && static_cast<int>(window.size()) < a.inflight) {
         const auto& b = batches[static_cast<size_t>(sent) % batches.size()];
         Clock::time_point t = Clock::now();
-        window.push_back({client.pull_async("kv_cpp", b.data(), a.ids, true,
-                                            out[static_cast<size_t>(sent % a.inflight)].data()),
-                          t});
+        window.push_back(
+            {client.pull_async("kv_cpp", b.data(), a.ids, true, out[static_cast<size_t>(sent % a.inflight)].data()),
+             t});
         ++sent;
       }
       window.front().pull.wait();
@@ -142,8 +145,10 @@ void run_ps(const Args& a) {
     }
   }
   double seconds = std::chrono::duration<double>(Clock::now() - start).count();
-  report(a, "sparsecore C++ " + a.mode + (a.servers.size() > 1 ? " (" + std::to_string(a.servers.size()) + " servers)" : "") +
-                (a.poll_us > 0 ? " (poll mode)" : ""),
+  report(a,
+         "sparsecore C++ " + a.mode +
+             (a.servers.size() > 1 ? " (" + std::to_string(a.servers.size()) + " servers)" : "") +
+             (a.poll_us > 0 ? " (poll mode)" : ""),
          std::move(lat), seconds);
 }
 

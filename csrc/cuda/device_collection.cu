@@ -41,17 +41,17 @@ struct GroupBuffers {
   DeviceGroupInfo info;
   int table = -1;
   uint64_t generation = 0;
-  DeviceBuffer<int64_t> offsets;       // (B + 1)
-  DeviceBuffer<float> weights;         // (n) or empty
+  DeviceBuffer<int64_t> offsets;  // (B + 1)
+  DeviceBuffer<float> weights;    // (n) or empty
   bool has_weights = false;
   DeviceBuffer<int64_t> unique_keys;   // (U)
   DeviceBuffer<int64_t> unique_slots;  // (U)
   DeviceBuffer<int> inverse;           // (n)
   // training only
-  DeviceBuffer<int> occ_offsets;       // (U + 1)
-  DeviceBuffer<int> occ_positions;     // (n)
-  DeviceBuffer<int> bag_of;            // (n)
-  DeviceBuffer<float> bag_scale;       // (B)
+  DeviceBuffer<int> occ_offsets;    // (U + 1)
+  DeviceBuffer<int> occ_positions;  // (n)
+  DeviceBuffer<int> bag_of;         // (n)
+  DeviceBuffer<float> bag_scale;    // (B)
 
   BagsView view(const int64_t* slots) const {
     BagsView v;
@@ -208,9 +208,9 @@ class Collection final : public DeviceCollectionImpl {
       grad_rows.resize(u * g.info.dim);
       const bool vector = g.info.dim % 4 == 0 && aligned(grad_in, 16);
       auto unique_grad = [&](auto kernel, int width) {
-        SC_LAUNCH(grid(u * g.info.dim / width), block(), 0, nullptr, kernel)(
-            g.view(slots), g.occ_offsets.data(), g.occ_positions.data(), g.bag_of.data(), g.bag_scale.data(), grad_in,
-            u, grad_rows.data());
+        SC_LAUNCH(grid(u * g.info.dim / width), block(), 0, nullptr, kernel)
+        (g.view(slots), g.occ_offsets.data(), g.occ_positions.data(), g.bag_of.data(), g.bag_scale.data(), grad_in, u,
+         grad_rows.data());
         SC_CHECK_LAUNCH();
       };
       if (vector)
@@ -218,8 +218,8 @@ class Collection final : public DeviceCollectionImpl {
       else
         unique_grad(unique_grad_kernel<1>, 1);
       if (!std::is_same_v<T, float>) scratch.resize(u * g.info.dim);
-      SC_LAUNCH(grid(u), block(), 0, nullptr, update_rows_kernel<T>)(table.rows(), slots, u, grad_rows.data(),
-                                                                       table.config.optimizer, step, scratch.data());
+      SC_LAUNCH(grid(u), block(), 0, nullptr, update_rows_kernel<T>)
+      (table.rows(), slots, u, grad_rows.data(), table.config.optimizer, step, scratch.data());
       SC_CHECK_LAUNCH();
     }
     synchronize();
@@ -261,7 +261,8 @@ class Collection final : public DeviceCollectionImpl {
     }
     DeviceBuffer<unsigned long long> counters(2);
     counters.fill_zero();
-    SC_LAUNCH(grid(n), block(), 0, nullptr, erase_kernel)(table.view(), device_keys, n, counters.data(), counters.data() + 1);
+    SC_LAUNCH(grid(n), block(), 0, nullptr, erase_kernel)
+    (table.view(), device_keys, n, counters.data(), counters.data() + 1);
     SC_CHECK_LAUNCH();
     unsigned long long c[2];
     counters.download(c, 2);
@@ -357,8 +358,8 @@ class Collection final : public DeviceCollectionImpl {
     DeviceBuffer<uint32_t> count;
     count.upload(counts.data(), n);
     last.upload(e.last_step.data(), n);
-    SC_LAUNCH(grid(n), block(), 0, nullptr, store_rows_kernel<T>)(table.rows(), slots.data(), n, weights.data(),
-                                                                   state.data(), count.data(), last.data());
+    SC_LAUNCH(grid(n), block(), 0, nullptr, store_rows_kernel<T>)
+    (table.rows(), slots.data(), n, weights.data(), state.data(), count.data(), last.data());
     SC_CHECK_LAUNCH();
     synchronize();
   }
@@ -440,7 +441,8 @@ class Collection final : public DeviceCollectionImpl {
   // Grows (or cleans tombstones out of) the table so `extra` more keys fit under the load limit.
   void reserve(DeviceTable<T>& t, int64_t extra) {
     if (static_cast<double>(t.size + t.tombstones + extra) <= max_load_ * static_cast<double>(t.capacity)) return;
-    int64_t capacity = next_pow2(static_cast<int64_t>(static_cast<double>(t.size + extra) / std::min(max_load_, 0.5)) + 1);
+    int64_t capacity =
+        next_pow2(static_cast<int64_t>(static_cast<double>(t.size + extra) / std::min(max_load_, 0.5)) + 1);
     DeviceTable<T> fresh;
     fresh.dim = t.dim;
     fresh.state_dim = t.state_dim;
@@ -449,8 +451,8 @@ class Collection final : public DeviceCollectionImpl {
     DeviceBuffer<int64_t> new_slot_of(old_slots);
     SC_LAUNCH(grid(old_slots), block(), 0, nullptr, rehash_kernel)(t.view(), fresh.view(), new_slot_of.data());
     SC_CHECK_LAUNCH();
-    SC_LAUNCH(grid(old_slots), block(), 0, nullptr, move_rows_kernel<T>)(t.rows(), fresh.rows(), new_slot_of.data(),
-                                                                          old_slots);
+    SC_LAUNCH(grid(old_slots), block(), 0, nullptr, move_rows_kernel<T>)
+    (t.rows(), fresh.rows(), new_slot_of.data(), old_slots);
     SC_CHECK_LAUNCH();
     t.capacity = capacity;
     t.tombstones = 0;
@@ -471,8 +473,8 @@ class Collection final : public DeviceCollectionImpl {
     DeviceBuffer<int> inserted(n);
     DeviceBuffer<unsigned long long> count(1);
     count.fill_zero();
-    SC_LAUNCH(grid(n), block(), 0, nullptr, lookup_kernel)(t.view(), keys, n, slots.data(), inserted.data(), insert,
-                                                           count.data());
+    SC_LAUNCH(grid(n), block(), 0, nullptr, lookup_kernel)
+    (t.view(), keys, n, slots.data(), inserted.data(), insert, count.data());
     SC_CHECK_LAUNCH();
     unsigned long long created = 0;
     count.download(&created, 1);
@@ -480,9 +482,8 @@ class Collection final : public DeviceCollectionImpl {
     t.size += static_cast<int64_t>(created);
     DeviceBuffer<float> scratch;
     if (!std::is_same_v<T, float>) scratch.resize(n * t.dim);
-    SC_LAUNCH(grid(n), block(), 0, nullptr, init_rows_kernel<T>)(t.rows(), keys, slots.data(), inserted.data(), n,
-                                                                  t.config.init, t.config.optimizer, t.seed,
-                                                                  scratch.data());
+    SC_LAUNCH(grid(n), block(), 0, nullptr, init_rows_kernel<T>)
+    (t.rows(), keys, slots.data(), inserted.data(), n, t.config.init, t.config.optimizer, t.seed, scratch.data());
     SC_CHECK_LAUNCH();
   }
 
@@ -494,8 +495,8 @@ class Collection final : public DeviceCollectionImpl {
     const int64_t tile = int64_t{threads} * kScanItemsPerThread;
     const int64_t tiles = (n + tile - 1) / tile;
     DeviceBuffer<int> tile_sums(tiles);
-    SC_LAUNCH(dim3(static_cast<unsigned>(tiles)), block(), 2 * threads * sizeof(int), nullptr, scan_tiles_kernel)(
-        in, out, tile_sums.data(), n);
+    SC_LAUNCH(dim3(static_cast<unsigned>(tiles)), block(), 2 * threads * sizeof(int), nullptr, scan_tiles_kernel)
+    (in, out, tile_sums.data(), n);
     SC_CHECK_LAUNCH();
     if (tiles > 1) {
       DeviceBuffer<int> tile_offsets(tiles);
@@ -524,15 +525,15 @@ class Collection final : public DeviceCollectionImpl {
     const int64_t set_capacity = next_pow2(2 * n);
     DeviceBuffer<int> set_pos(set_capacity), slot_of(n), is_first(n), unique_index(n);
     set_pos.fill_bytes_with(0xff);  // -1
-    SC_LAUNCH(grid(n), block(), 0, nullptr, dedup_insert_kernel)(ids, n, set_pos.data(),
-                                                                 static_cast<uint64_t>(set_capacity - 1), slot_of.data());
+    SC_LAUNCH(grid(n), block(), 0, nullptr, dedup_insert_kernel)
+    (ids, n, set_pos.data(), static_cast<uint64_t>(set_capacity - 1), slot_of.data());
     SC_CHECK_LAUNCH();
     SC_LAUNCH(grid(n), block(), 0, nullptr, mark_first_kernel)(set_pos.data(), slot_of.data(), n, is_first.data());
     SC_CHECK_LAUNCH();
     const int64_t u = exclusive_scan_total(is_first.data(), unique_index.data(), n);
     unique_keys.resize(u);
-    SC_LAUNCH(grid(n), block(), 0, nullptr, dedup_finish_kernel)(ids, set_pos.data(), slot_of.data(),
-                                                                 unique_index.data(), n, unique_keys.data(), inverse.data());
+    SC_LAUNCH(grid(n), block(), 0, nullptr, dedup_finish_kernel)
+    (ids, set_pos.data(), slot_of.data(), unique_index.data(), n, unique_keys.data(), inverse.data());
     SC_CHECK_LAUNCH();
     return u;
   }
@@ -542,7 +543,8 @@ class Collection final : public DeviceCollectionImpl {
     g.bag_of.resize(n);
     g.bag_scale.resize(batch);
     if (batch > 0) {
-      SC_LAUNCH(grid(batch), block(), 0, nullptr, bag_layout_kernel)(g.view(nullptr), g.bag_of.data(), g.bag_scale.data());
+      SC_LAUNCH(grid(batch), block(), 0, nullptr, bag_layout_kernel)
+      (g.view(nullptr), g.bag_of.data(), g.bag_scale.data());
       SC_CHECK_LAUNCH();
     }
     g.occ_offsets.resize(u + 1);
@@ -582,8 +584,8 @@ class Collection final : public DeviceCollectionImpl {
       SC_LAUNCH(grid(chunks), block(), 0, nullptr, radix_histogram_kernel)(keys_in, n, shift, chunks, hist.data());
       SC_CHECK_LAUNCH();
       exclusive_scan(hist.data(), offsets.data(), kRadixBins * chunks);
-      SC_LAUNCH(grid(chunks), block(), 0, nullptr, radix_scatter_kernel)(keys_in, values_in, n, shift, chunks,
-                                                                         offsets.data(), keys_out, values_out);
+      SC_LAUNCH(grid(chunks), block(), 0, nullptr, radix_scatter_kernel)
+      (keys_in, values_in, n, shift, chunks, offsets.data(), keys_out, values_out);
       SC_CHECK_LAUNCH();
       keys_in = keys_out;
       values_in = values_out;

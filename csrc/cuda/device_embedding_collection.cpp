@@ -23,8 +23,8 @@ std::string device_unavailable_reason() {
 
 bool device_available() { return device_unavailable_reason().empty(); }
 
-DeviceEmbeddingCollection::DeviceEmbeddingCollection(std::vector<TableConfig> tables, uint64_t seed,
-                                                     RowStorage storage, Backend backend, LaunchLimits limits)
+DeviceEmbeddingCollection::DeviceEmbeddingCollection(std::vector<TableConfig> tables, uint64_t seed, RowStorage storage,
+                                                     Backend backend, LaunchLimits limits)
     : backend_(backend), storage_(storage), limits_(limits), seed_(seed), configs_(std::move(tables)) {
   SC_CHECK_ARG(!configs_.empty(), "a DeviceEmbeddingCollection needs at least one table");
   SC_CHECK_ARG(limits.block_threads >= 32 && limits.block_threads <= 1024 && limits.block_threads % 32 == 0,
@@ -199,7 +199,8 @@ std::unique_ptr<EmbeddingCollection> DeviceEmbeddingCollection::to_host() const 
     std::vector<std::byte> row(table.row_bytes(), std::byte{0});
     for (size_t i = 0; i < e.keys.size(); ++i) {
       table.write_row(e.weights.data() + i * dim, e.state.data() + i * sd, row.data());
-      *table.meta(row.data()) = PackedRowMeta::pack(RowMeta{static_cast<uint32_t>(e.update_count[i]), 0, e.last_step[i]});
+      *table.meta(row.data()) =
+          PackedRowMeta::pack(RowMeta{static_cast<uint32_t>(e.update_count[i]), 0, e.last_step[i]});
       const uint64_t hash = key_hash(e.keys[i]);
       auto& shard = ht.shard(ht.shard_of_hash(hash));
       std::unique_lock lock(shard.mutex);
@@ -217,7 +218,8 @@ std::unique_ptr<DeviceEmbeddingCollection> DeviceEmbeddingCollection::from_host(
   for (int t = 0; t < host.num_tables(); ++t) {
     const EmbeddingTable& table = host.table(t);
     SC_CHECK_ARG(table.seed() == table_seed(host.seed(), table.name()), "table '", table.name(), "' has seed ",
-                 table.seed(), ", not the one its collection seed gives; a device collection derives table seeds "
+                 table.seed(),
+                 ", not the one its collection seed gives; a device collection derives table seeds "
                  "from the collection seed");
     configs.push_back(table.config());
   }

@@ -24,7 +24,7 @@
 #include <cuda_runtime.h>
 #define SC_BACKEND_NS device
 #define SC_LAUNCH(grid, block, shared, stream, ...) __VA_ARGS__<<<(grid), (block), (shared), (stream)>>>
-#define SC_DYNAMIC_SHARED(T, name)                        \
+#define SC_DYNAMIC_SHARED(T, name)                                    \
   extern __shared__ __align__(16) unsigned char sc_dynamic_shared_[]; \
   T* name = reinterpret_cast<T*>(sc_dynamic_shared_)
 #else
@@ -45,11 +45,11 @@
 #endif
 
 #if defined(__CUDACC__)
-#define SC_CUDA_CHECK(call)                                                                             \
-  do {                                                                                                  \
-    cudaError_t sc_status_ = (call);                                                                    \
-    if (sc_status_ != cudaSuccess)                                                                      \
-      throw ::sparsecore::cuda::CudaError(std::string(#call) + " failed at " + __FILE__ + ":" +         \
+#define SC_CUDA_CHECK(call)                                                                                  \
+  do {                                                                                                       \
+    cudaError_t sc_status_ = (call);                                                                         \
+    if (sc_status_ != cudaSuccess)                                                                           \
+      throw ::sparsecore::cuda::CudaError(std::string(#call) + " failed at " + __FILE__ + ":" +              \
                                           std::to_string(__LINE__) + ": " + cudaGetErrorString(sc_status_)); \
   } while (0)
 #define SC_CHECK_LAUNCH() SC_CUDA_CHECK(cudaGetLastError())

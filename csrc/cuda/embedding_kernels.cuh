@@ -94,9 +94,9 @@ __global__ void store_rows_kernel(RowsView<T> rows, const int64_t* __restrict__ 
 
 // One group of a batch as the row kernels see it (all pointers device memory).
 struct BagsView {
-  const int64_t* offsets = nullptr;     // (batch_size + 1)
-  const float* weights = nullptr;       // (num_ids) or nullptr
-  const int* inverse = nullptr;         // (num_ids) index into the unique ids
+  const int64_t* offsets = nullptr;       // (batch_size + 1)
+  const float* weights = nullptr;         // (num_ids) or nullptr
+  const int* inverse = nullptr;           // (num_ids) index into the unique ids
   const int64_t* unique_slots = nullptr;  // (num_unique) table slot, -1: absent
   int64_t batch_size = 0;
   int64_t max_len = 0;
@@ -232,9 +232,10 @@ __global__ void bag_layout_kernel(BagsView g, int* __restrict__ bag_of, float* _
 // grad 16-byte aligned), occurrences in ascending position order. grad: the output
 // gradient, same shape as forward's.
 template <int W>
-__global__ void unique_grad_kernel(BagsView g, const int* __restrict__ occ_offsets, const int* __restrict__ occ_positions,
-                                   const int* __restrict__ bag_of, const float* __restrict__ bag_scale,
-                                   const float* __restrict__ grad, int64_t num_unique, float* __restrict__ grad_rows) {
+__global__ void unique_grad_kernel(BagsView g, const int* __restrict__ occ_offsets,
+                                   const int* __restrict__ occ_positions, const int* __restrict__ bag_of,
+                                   const float* __restrict__ bag_scale, const float* __restrict__ grad,
+                                   int64_t num_unique, float* __restrict__ grad_rows) {
   const int dim = g.dim;
   const int vectors = dim / W;
   const int64_t total = num_unique * vectors;

@@ -22,9 +22,9 @@ inline constexpr int64_t kErasedKey = INT64_MIN + 1;
 inline constexpr int kReservedSlots = 2;
 
 struct TableView {
-  int64_t* keys = nullptr;   // (capacity) device; kEmptyKey = free, kErasedKey = tombstone
-  int* reserved = nullptr;   // (2) device; 1 when the marker key of that slot is present
-  int64_t capacity = 0;      // a power of two (0: no slots yet)
+  int64_t* keys = nullptr;  // (capacity) device; kEmptyKey = free, kErasedKey = tombstone
+  int* reserved = nullptr;  // (2) device; 1 when the marker key of that slot is present
+  int64_t capacity = 0;     // a power of two (0: no slots yet)
 };
 
 __device__ __forceinline__ int reserved_index(int64_t key) {

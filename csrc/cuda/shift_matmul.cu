@@ -44,8 +44,8 @@ class PackedWeights final : public DevicePackedWeightsImpl {
     if (batch >= kGemmMinBatch) {
       const dim3 grid(static_cast<unsigned>((rows_ + kShiftTile - 1) / kShiftTile),
                       static_cast<unsigned>((batch + kShiftTile - 1) / kShiftTile));
-      SC_LAUNCH(grid, dim3(kShiftGemmThreads), 0, as_stream(stream), shift_gemm_kernel)(x, batch, codes_.data(),
-                                                                                       alpha_.data(), rows_, cols_, y);
+      SC_LAUNCH(grid, dim3(kShiftGemmThreads), 0, as_stream(stream), shift_gemm_kernel)
+      (x, batch, codes_.data(), alpha_.data(), rows_, cols_, y);
       SC_CHECK_LAUNCH();
       return;
     }
@@ -67,11 +67,11 @@ class PackedWeights final : public DevicePackedWeightsImpl {
     blocks = std::min<int64_t>(blocks, int64_t{1} << 30);
     const dim3 grid(static_cast<unsigned>(blocks)), block(static_cast<unsigned>(threads));
     if (words_path(x, cols_)) {
-      SC_LAUNCH(grid, block, 0, as_stream(stream), shift_gemv_kernel<X, Acc, true>)(x, batch, codes_.data(),
-                                                                                    alpha_.data(), rows_, cols_, y);
+      SC_LAUNCH(grid, block, 0, as_stream(stream), shift_gemv_kernel<X, Acc, true>)
+      (x, batch, codes_.data(), alpha_.data(), rows_, cols_, y);
     } else {
-      SC_LAUNCH(grid, block, 0, as_stream(stream), shift_gemv_kernel<X, Acc, false>)(x, batch, codes_.data(),
-                                                                                     alpha_.data(), rows_, cols_, y);
+      SC_LAUNCH(grid, block, 0, as_stream(stream), shift_gemv_kernel<X, Acc, false>)
+      (x, batch, codes_.data(), alpha_.data(), rows_, cols_, y);
     }
     SC_CHECK_LAUNCH();
   }

@@ -84,8 +84,10 @@ __global__ void shift_gemv_kernel(const X* __restrict__ x, int64_t batch, const 
     }
     acc = warp_sum(acc);
     if (lane == 0) {
-      if constexpr (std::is_same_v<Acc, float>) y[b * rows + r] = alpha[r] * acc;
-      else y[b * rows + r] = acc;
+      if constexpr (std::is_same_v<Acc, float>)
+        y[b * rows + r] = alpha[r] * acc;
+      else
+        y[b * rows + r] = acc;
     }
   }
 }

@@ -18,17 +18,29 @@ namespace py = pybind11;
 template <typename T>
 const char* dtype_name();
 template <>
-inline const char* dtype_name<int64_t>() { return "int64"; }
+inline const char* dtype_name<int64_t>() {
+  return "int64";
+}
 template <>
-inline const char* dtype_name<float>() { return "float32"; }
+inline const char* dtype_name<float>() {
+  return "float32";
+}
 template <>
-inline const char* dtype_name<int32_t>() { return "int32"; }
+inline const char* dtype_name<int32_t>() {
+  return "int32";
+}
 template <>
-inline const char* dtype_name<int8_t>() { return "int8"; }
+inline const char* dtype_name<int8_t>() {
+  return "int8";
+}
 template <>
-inline const char* dtype_name<uint8_t>() { return "uint8"; }
+inline const char* dtype_name<uint8_t>() {
+  return "uint8";
+}
 template <>
-inline const char* dtype_name<int16_t>() { return "int16"; }
+inline const char* dtype_name<int16_t>() {
+  return "int16";
+}
 
 // A NumPy array that takes ownership of `v` (no copy).
 template <typename T>
@@ -44,8 +56,7 @@ template <typename T>
 const T* checked_array(const py::array& arr, const std::string& what, std::vector<py::ssize_t> shape) {
   if (!py::dtype::of<T>().is(arr.dtype()) && !(arr.dtype().kind() == py::dtype::of<T>().kind() &&
                                                arr.dtype().itemsize() == static_cast<py::ssize_t>(sizeof(T)))) {
-    throw TypeMismatch(what + " must have dtype " + dtype_name<T>() + ", got " +
-                       std::string(py::str(arr.dtype())));
+    throw TypeMismatch(what + " must have dtype " + dtype_name<T>() + ", got " + std::string(py::str(arr.dtype())));
   }
   if (arr.ndim() != static_cast<py::ssize_t>(shape.size())) {
     throw TypeMismatch(what + " must have " + std::to_string(shape.size()) + " dimension(s), got " +
@@ -67,9 +78,9 @@ const T* checked_array(const py::array& arr, const std::string& what, std::vecto
 }
 
 // A batch's groups as the bindings receive them, each a tuple (table index, ids int64[n],
-// offsets int64[B+1], weights float32[n] or None). The returned pointers stay valid while `keep_alive` holds the arrays (an element that was
-// not an array already is converted into one there). table_name(index) names a group in
-// messages (and throws for an index out of range).
+// offsets int64[B+1], weights float32[n] or None). The returned pointers stay valid while `keep_alive` holds the arrays
+// (an element that was not an array already is converted into one there). table_name(index) names a group in messages
+// (and throws for an index out of range).
 template <typename TableName>
 std::vector<GroupInput> group_inputs(const std::vector<py::tuple>& groups, std::vector<py::array>& keep_alive,
                                      const TableName& table_name) {

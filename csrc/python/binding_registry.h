@@ -34,8 +34,7 @@ struct BindingRegistrar {
 
 }  // namespace sparsecore::python
 
-#define SPARSECORE_BINDING(name, order)                                                         \
-  static void sparsecore_bind_##name(::pybind11::module_& m);                                  \
-  static ::sparsecore::python::BindingRegistrar sparsecore_registrar_##name(order, #name,     \
-                                                                         &sparsecore_bind_##name); \
+#define SPARSECORE_BINDING(name, order)                                                                             \
+  static void sparsecore_bind_##name(::pybind11::module_& m);                                                       \
+  static ::sparsecore::python::BindingRegistrar sparsecore_registrar_##name(order, #name, &sparsecore_bind_##name); \
   static void sparsecore_bind_##name(::pybind11::module_& m)

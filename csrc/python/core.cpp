@@ -30,20 +30,27 @@ SPARSECORE_BINDING(core, 0) {
     }
   });
 
-  m.def("commit_directory", [](const std::string& staging, const std::string& target, bool files_synced) {
+  m.def(
+      "commit_directory",
+      [](const std::string& staging, const std::string& target, bool files_synced) {
         py::gil_scoped_release r;
         commit_directory(staging, target, files_synced);
-      }, py::arg("staging"), py::arg("target"), py::arg("files_synced") = false,
+      },
+      py::arg("staging"), py::arg("target"), py::arg("files_synced") = false,
       "Makes the finished directory `staging` replace `target` in one atomic, durable step.");
   m.def("committed_directory", &committed_directory, py::arg("target"),
         "`target`, or the directory an interrupted commit left beside it, or '' when neither exists.");
-  m.def("num_threads", [] { return ThreadPool::global().num_threads(); },
-        "Number of threads in the process-wide compute pool.");
-  m.def("set_num_threads", [](int n) {
+  m.def(
+      "num_threads", [] { return ThreadPool::global().num_threads(); },
+      "Number of threads in the process-wide compute pool.");
+  m.def(
+      "set_num_threads",
+      [](int n) {
         py::gil_scoped_release release;
         ThreadPool::set_global_num_threads(n);
       },
       py::arg("n"), "Resize the compute pool (n <= 0: one per core). Results do not depend on it.");
-  m.def("cpu_features", [] { return cpu_feature_names(); },
-        "Instruction sets the running CPU offers to the dispatched kernels.");
+  m.def(
+      "cpu_features", [] { return cpu_feature_names(); },
+      "Instruction sets the running CPU offers to the dispatched kernels.");
 }

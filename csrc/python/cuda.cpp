@@ -49,16 +49,18 @@ SPARSECORE_BINDING(cuda, 40) {
              const Json parsed = Json::parse(configs_json);  // outlives the loop over its array
              for (const Json& t : parsed.as_array("tables")) tables.push_back(TableConfig::from_json(t));
              return std::make_unique<DeviceEmbeddingCollection>(
-                 std::move(tables), seed, cuda::row_storage_from_name(storage),
-                 backend_of(emulate), cuda::LaunchLimits{block_threads, max_blocks});
+                 std::move(tables), seed, cuda::row_storage_from_name(storage), backend_of(emulate),
+                 cuda::LaunchLimits{block_threads, max_blocks});
            }),
            py::arg("configs_json"), py::arg("seed"), py::arg("storage") = "fp32", py::arg("emulate") = false,
            py::arg("block_threads") = 128, py::arg("max_blocks") = 0)
       .def_property_readonly("step", &DeviceEmbeddingCollection::step)
       .def_property_readonly("seed", &DeviceEmbeddingCollection::seed)
       .def_property_readonly("num_tables", &DeviceEmbeddingCollection::num_tables)
-      .def_property_readonly("storage", [](const DeviceEmbeddingCollection& c) { return cuda::row_storage_name(c.storage()); })
-      .def_property_readonly("emulated", [](const DeviceEmbeddingCollection& c) { return c.backend() == cuda::Backend::kEmulated; })
+      .def_property_readonly("storage",
+                             [](const DeviceEmbeddingCollection& c) { return cuda::row_storage_name(c.storage()); })
+      .def_property_readonly("emulated",
+                             [](const DeviceEmbeddingCollection& c) { return c.backend() == cuda::Backend::kEmulated; })
       .def("table_name", [](const DeviceEmbeddingCollection& c, int t) { return c.config(t).name; })
       .def("table_config_json", [](const DeviceEmbeddingCollection& c, int t) { return c.config(t).to_json().dump(); })
       .def("table_size", &DeviceEmbeddingCollection::table_size)
@@ -66,166 +68,178 @@ SPARSECORE_BINDING(cuda, 40) {
       .def("table_row_bytes", &DeviceEmbeddingCollection::row_bytes)
       .def("memory_bytes", &DeviceEmbeddingCollection::memory_bytes)
       .def("set_max_load_factor", &DeviceEmbeddingCollection::set_max_load_factor)
-      .def("prepare",
-           [](DeviceEmbeddingCollection& c, const std::vector<py::tuple>& groups, bool train) {
-             std::vector<py::array> keep_alive;
-             std::vector<GroupInput> inputs =
-                 python::group_inputs(groups, keep_alive, [&c](int t) { return c.config(t).name; });
-             py::gil_scoped_release release;  // `keep_alive` holds the arrays
-             return PyDevicePrepared{c.prepare(inputs, train)};
-           },
-           py::arg("groups"), py::arg("train"))
+      .def(
+          "prepare",
+          [](DeviceEmbeddingCollection& c, const std::vector<py::tuple>& groups, bool train) {
+            std::vector<py::array> keep_alive;
+            std::vector<GroupInput> inputs =
+                python::group_inputs(groups, keep_alive, [&c](int t) { return c.config(t).name; });
+            py::gil_scoped_release release;  // `keep_alive` holds the arrays
+            return PyDevicePrepared{c.prepare(inputs, train)};
+          },
+          py::arg("groups"), py::arg("train"))
       // Zero-copy entry points: arrays in device memory, passed as addresses (parsed from
       // __cuda_array_interface__ by sparsecore.cuda, which keeps the arrays alive and checks
       // dtypes and shapes). Each group: (table, ids, num_ids, offsets, batch_size, weights or 0).
-      .def("prepare_device",
-           [](DeviceEmbeddingCollection& c, const std::vector<std::tuple<int, uintptr_t, int64_t, uintptr_t, int64_t,
-                                                                         uintptr_t>>& groups,
-              bool train) {
-             std::vector<GroupInput> inputs;
-             for (const auto& [table, ids, n, offsets, batch_size, weights] : groups) {
-               GroupInput in;
-               in.table = table;
-               in.ids = reinterpret_cast<const int64_t*>(ids);
-               in.num_ids = n;
-               in.offsets = reinterpret_cast<const int64_t*>(offsets);
-               in.batch_size = batch_size;
-               in.weights = reinterpret_cast<const float*>(weights);
-               inputs.push_back(in);
-             }
-             py::gil_scoped_release release;
-             return PyDevicePrepared{c.prepare(inputs, train, cuda::MemorySpace::kDevice)};
-           },
-           py::arg("groups"), py::arg("train"))
+      .def(
+          "prepare_device",
+          [](DeviceEmbeddingCollection& c,
+             const std::vector<std::tuple<int, uintptr_t, int64_t, uintptr_t, int64_t, uintptr_t>>& groups,
+             bool train) {
+            std::vector<GroupInput> inputs;
+            for (const auto& [table, ids, n, offsets, batch_size, weights] : groups) {
+              GroupInput in;
+              in.table = table;
+              in.ids = reinterpret_cast<const int64_t*>(ids);
+              in.num_ids = n;
+              in.offsets = reinterpret_cast<const int64_t*>(offsets);
+              in.batch_size = batch_size;
+              in.weights = reinterpret_cast<const float*>(weights);
+              inputs.push_back(in);
+            }
+            py::gil_scoped_release release;
+            return PyDevicePrepared{c.prepare(inputs, train, cuda::MemorySpace::kDevice)};
+          },
+          py::arg("groups"), py::arg("train"))
       .def("output_shapes",
            [](const DeviceEmbeddingCollection&, const PyDevicePrepared& p) {
              std::vector<std::vector<py::ssize_t>> shapes;
              for (const auto& g : p.batch->groups()) shapes.push_back(output_shape(g));
              return shapes;
            })
-      .def("forward_device",
-           [](DeviceEmbeddingCollection& c, const PyDevicePrepared& p, const std::vector<uintptr_t>& outputs) {
-             std::vector<float*> ptrs;
-             for (uintptr_t o : outputs) ptrs.push_back(reinterpret_cast<float*>(o));
-             py::gil_scoped_release release;
-             c.forward(*p.batch, ptrs, cuda::MemorySpace::kDevice);
-           },
-           py::arg("prepared"), py::arg("outputs"))
-      .def("backward_device",
-           [](DeviceEmbeddingCollection& c, const PyDevicePrepared& p, const std::vector<uintptr_t>& grads) {
-             std::vector<const float*> ptrs;
-             for (uintptr_t g : grads) ptrs.push_back(reinterpret_cast<const float*>(g));
-             py::gil_scoped_release release;
-             return c.backward(*p.batch, ptrs, cuda::MemorySpace::kDevice);
-           },
-           py::arg("prepared"), py::arg("grads"))
-      .def("lookup_device",
-           [](DeviceEmbeddingCollection& c, int t, uintptr_t keys, int64_t n, uintptr_t out, bool insert) {
-             py::gil_scoped_release release;
-             c.lookup(t, reinterpret_cast<const int64_t*>(keys), n, reinterpret_cast<float*>(out), insert,
-                      cuda::MemorySpace::kDevice);
-           },
-           py::arg("table"), py::arg("keys"), py::arg("n"), py::arg("out"), py::arg("insert") = false)
-      .def("erase_device",
-           [](DeviceEmbeddingCollection& c, int t, uintptr_t keys, int64_t n) {
-             py::gil_scoped_release release;
-             return c.erase(t, reinterpret_cast<const int64_t*>(keys), n, cuda::MemorySpace::kDevice);
-           },
-           py::arg("table"), py::arg("keys"), py::arg("n"))
-      .def("forward",
-           [](DeviceEmbeddingCollection& c, const PyDevicePrepared& p) {
-             std::vector<py::array_t<float>> outs;
-             std::vector<float*> ptrs;
-             for (const auto& g : p.batch->groups()) {
-               outs.emplace_back(output_shape(g));
-               ptrs.push_back(outs.back().mutable_data());
-             }
-             py::gil_scoped_release release;
-             c.forward(*p.batch, ptrs);
-             return outs;
-           },
-           py::arg("prepared"))
-      .def("backward",
-           [](DeviceEmbeddingCollection& c, const PyDevicePrepared& p, const std::vector<py::array>& grads) {
-             const auto& groups = p.batch->groups();
-             if (grads.size() != groups.size())
-               throw InvalidArgument("backward: got " + std::to_string(grads.size()) + " gradients for " +
-                                     std::to_string(groups.size()) + " groups");
-             std::vector<const float*> ptrs;
-             for (size_t g = 0; g < grads.size(); ++g)
-               ptrs.push_back(checked_array<float>(grads[g], "gradient of group '" + c.config(groups[g].table).name + "'",
-                                                   output_shape(groups[g])));
-             py::gil_scoped_release release;
-             return c.backward(*p.batch, ptrs);
-           },
-           py::arg("prepared"), py::arg("grads"))
-      .def("lookup",
-           [](DeviceEmbeddingCollection& c, int t, const py::array& ids, bool insert) {
-             const int64_t* k = checked_array<int64_t>(ids, "ids", {-1});
-             const int64_t n = ids.shape(0);
-             py::array_t<float> out({n, static_cast<int64_t>(c.config(t).dim)});
-             float* o = out.mutable_data();
-             py::gil_scoped_release release;
-             c.lookup(t, k, n, o, insert);
-             return out;
-           },
-           py::arg("table"), py::arg("ids"), py::arg("insert") = false)
-      .def("erase",
-           [](DeviceEmbeddingCollection& c, int t, const py::array& ids) {
-             const int64_t* k = checked_array<int64_t>(ids, "ids", {-1});
-             const int64_t n = ids.shape(0);
-             py::gil_scoped_release release;
-             return c.erase(t, k, n);
-           },
-           py::arg("table"), py::arg("ids"))
-      .def("save",
-           [](const DeviceEmbeddingCollection& c, const std::string& dir, bool overwrite) {
-             py::gil_scoped_release release;
-             c.save(dir, overwrite);
-           },
-           py::arg("dir"), py::arg("overwrite") = false)
-      .def_static("load",
-                  [](const std::string& dir, const std::string& storage, bool emulate, int block_threads,
-                     int max_blocks) {
-                    py::gil_scoped_release release;
-                    return DeviceEmbeddingCollection::load(dir, cuda::row_storage_from_name(storage), backend_of(emulate),
-                                                           cuda::LaunchLimits{block_threads, max_blocks});
-                  },
-                  py::arg("dir"), py::arg("storage"), py::arg("emulate"), py::arg("block_threads"), py::arg("max_blocks"))
-      .def_static("from_host",
-                  [](const EmbeddingCollection& host, const std::string& storage, bool emulate, int block_threads,
-                     int max_blocks) {
-                    py::gil_scoped_release release;
-                    return DeviceEmbeddingCollection::from_host(host, cuda::row_storage_from_name(storage),
-                                                                backend_of(emulate),
-                                                                cuda::LaunchLimits{block_threads, max_blocks});
-                  },
-                  py::arg("host"), py::arg("storage"), py::arg("emulate"), py::arg("block_threads"), py::arg("max_blocks"))
-      .def("restore",
-           [](DeviceEmbeddingCollection& c, const std::string& dir) {
-             py::gil_scoped_release release;
-             c.restore(dir);
-           },
-           py::arg("dir"))
+      .def(
+          "forward_device",
+          [](DeviceEmbeddingCollection& c, const PyDevicePrepared& p, const std::vector<uintptr_t>& outputs) {
+            std::vector<float*> ptrs;
+            for (uintptr_t o : outputs) ptrs.push_back(reinterpret_cast<float*>(o));
+            py::gil_scoped_release release;
+            c.forward(*p.batch, ptrs, cuda::MemorySpace::kDevice);
+          },
+          py::arg("prepared"), py::arg("outputs"))
+      .def(
+          "backward_device",
+          [](DeviceEmbeddingCollection& c, const PyDevicePrepared& p, const std::vector<uintptr_t>& grads) {
+            std::vector<const float*> ptrs;
+            for (uintptr_t g : grads) ptrs.push_back(reinterpret_cast<const float*>(g));
+            py::gil_scoped_release release;
+            return c.backward(*p.batch, ptrs, cuda::MemorySpace::kDevice);
+          },
+          py::arg("prepared"), py::arg("grads"))
+      .def(
+          "lookup_device",
+          [](DeviceEmbeddingCollection& c, int t, uintptr_t keys, int64_t n, uintptr_t out, bool insert) {
+            py::gil_scoped_release release;
+            c.lookup(t, reinterpret_cast<const int64_t*>(keys), n, reinterpret_cast<float*>(out), insert,
+                     cuda::MemorySpace::kDevice);
+          },
+          py::arg("table"), py::arg("keys"), py::arg("n"), py::arg("out"), py::arg("insert") = false)
+      .def(
+          "erase_device",
+          [](DeviceEmbeddingCollection& c, int t, uintptr_t keys, int64_t n) {
+            py::gil_scoped_release release;
+            return c.erase(t, reinterpret_cast<const int64_t*>(keys), n, cuda::MemorySpace::kDevice);
+          },
+          py::arg("table"), py::arg("keys"), py::arg("n"))
+      .def(
+          "forward",
+          [](DeviceEmbeddingCollection& c, const PyDevicePrepared& p) {
+            std::vector<py::array_t<float>> outs;
+            std::vector<float*> ptrs;
+            for (const auto& g : p.batch->groups()) {
+              outs.emplace_back(output_shape(g));
+              ptrs.push_back(outs.back().mutable_data());
+            }
+            py::gil_scoped_release release;
+            c.forward(*p.batch, ptrs);
+            return outs;
+          },
+          py::arg("prepared"))
+      .def(
+          "backward",
+          [](DeviceEmbeddingCollection& c, const PyDevicePrepared& p, const std::vector<py::array>& grads) {
+            const auto& groups = p.batch->groups();
+            if (grads.size() != groups.size())
+              throw InvalidArgument("backward: got " + std::to_string(grads.size()) + " gradients for " +
+                                    std::to_string(groups.size()) + " groups");
+            std::vector<const float*> ptrs;
+            for (size_t g = 0; g < grads.size(); ++g)
+              ptrs.push_back(checked_array<float>(
+                  grads[g], "gradient of group '" + c.config(groups[g].table).name + "'", output_shape(groups[g])));
+            py::gil_scoped_release release;
+            return c.backward(*p.batch, ptrs);
+          },
+          py::arg("prepared"), py::arg("grads"))
+      .def(
+          "lookup",
+          [](DeviceEmbeddingCollection& c, int t, const py::array& ids, bool insert) {
+            const int64_t* k = checked_array<int64_t>(ids, "ids", {-1});
+            const int64_t n = ids.shape(0);
+            py::array_t<float> out({n, static_cast<int64_t>(c.config(t).dim)});
+            float* o = out.mutable_data();
+            py::gil_scoped_release release;
+            c.lookup(t, k, n, o, insert);
+            return out;
+          },
+          py::arg("table"), py::arg("ids"), py::arg("insert") = false)
+      .def(
+          "erase",
+          [](DeviceEmbeddingCollection& c, int t, const py::array& ids) {
+            const int64_t* k = checked_array<int64_t>(ids, "ids", {-1});
+            const int64_t n = ids.shape(0);
+            py::gil_scoped_release release;
+            return c.erase(t, k, n);
+          },
+          py::arg("table"), py::arg("ids"))
+      .def(
+          "save",
+          [](const DeviceEmbeddingCollection& c, const std::string& dir, bool overwrite) {
+            py::gil_scoped_release release;
+            c.save(dir, overwrite);
+          },
+          py::arg("dir"), py::arg("overwrite") = false)
+      .def_static(
+          "load",
+          [](const std::string& dir, const std::string& storage, bool emulate, int block_threads, int max_blocks) {
+            py::gil_scoped_release release;
+            return DeviceEmbeddingCollection::load(dir, cuda::row_storage_from_name(storage), backend_of(emulate),
+                                                   cuda::LaunchLimits{block_threads, max_blocks});
+          },
+          py::arg("dir"), py::arg("storage"), py::arg("emulate"), py::arg("block_threads"), py::arg("max_blocks"))
+      .def_static(
+          "from_host",
+          [](const EmbeddingCollection& host, const std::string& storage, bool emulate, int block_threads,
+             int max_blocks) {
+            py::gil_scoped_release release;
+            return DeviceEmbeddingCollection::from_host(host, cuda::row_storage_from_name(storage), backend_of(emulate),
+                                                        cuda::LaunchLimits{block_threads, max_blocks});
+          },
+          py::arg("host"), py::arg("storage"), py::arg("emulate"), py::arg("block_threads"), py::arg("max_blocks"))
+      .def(
+          "restore",
+          [](DeviceEmbeddingCollection& c, const std::string& dir) {
+            py::gil_scoped_release release;
+            c.restore(dir);
+          },
+          py::arg("dir"))
       .def("to_host",
            [](const DeviceEmbeddingCollection& c) {
              py::gil_scoped_release release;
              return c.to_host();
            })
-      .def("export",
-           [](const DeviceEmbeddingCollection& c, int t) {
-             DeviceEmbeddingCollection::Export e;
-             {
-               py::gil_scoped_release release;
-               e = c.export_rows(t);
-             }
-             const auto n = static_cast<py::ssize_t>(e.keys.size());
-             const py::ssize_t dim = c.config(t).dim, sd = c.config(t).optimizer.state_dim(c.config(t).dim);
-             return py::make_tuple(py::array_t<int64_t>(n, e.keys.data()),
-                                   py::array_t<float>({n, dim}, e.weights.data()),
-                                   py::array_t<float>({n, sd}, e.state.data()),
-                                   py::array_t<int64_t>(n, e.update_count.data()),
-                                   py::array_t<int64_t>(n, e.last_step.data()));
-           },
-           py::arg("table"));
+      .def(
+          "export",
+          [](const DeviceEmbeddingCollection& c, int t) {
+            DeviceEmbeddingCollection::Export e;
+            {
+              py::gil_scoped_release release;
+              e = c.export_rows(t);
+            }
+            const auto n = static_cast<py::ssize_t>(e.keys.size());
+            const py::ssize_t dim = c.config(t).dim, sd = c.config(t).optimizer.state_dim(c.config(t).dim);
+            return py::make_tuple(
+                py::array_t<int64_t>(n, e.keys.data()), py::array_t<float>({n, dim}, e.weights.data()),
+                py::array_t<float>({n, sd}, e.state.data()), py::array_t<int64_t>(n, e.update_count.data()),
+                py::array_t<int64_t>(n, e.last_step.data()));
+          },
+          py::arg("table"));
 }

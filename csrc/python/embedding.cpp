@@ -40,14 +40,16 @@ SPARSECORE_BINDING(embedding, 30) {
       .def_property_readonly("train", [](const PyPrepared& p) { return p.batch->train; })
       .def_property_readonly("num_groups", [](const PyPrepared& p) { return p.batch->groups.size(); })
       .def("num_unique", [](const PyPrepared& p, size_t g) { return p.batch->groups.at(g).num_unique(); })
-      .def("unique_ids", [](const PyPrepared& p, size_t g) {
-        const auto& keys = p.batch->groups.at(g).unique_keys;
-        return py::array_t<int64_t>(static_cast<py::ssize_t>(keys.size()), keys.data());
-      })
-      .def("inverse", [](const PyPrepared& p, size_t g) {
-        const auto& inv = p.batch->groups.at(g).inverse;
-        return py::array_t<int32_t>(static_cast<py::ssize_t>(inv.size()), inv.data());
-      })
+      .def("unique_ids",
+           [](const PyPrepared& p, size_t g) {
+             const auto& keys = p.batch->groups.at(g).unique_keys;
+             return py::array_t<int64_t>(static_cast<py::ssize_t>(keys.size()), keys.data());
+           })
+      .def("inverse",
+           [](const PyPrepared& p, size_t g) {
+             const auto& inv = p.batch->groups.at(g).inverse;
+             return py::array_t<int32_t>(static_cast<py::ssize_t>(inv.size()), inv.data());
+           })
       .def("max_length", [](const PyPrepared& p, size_t g) { return p.batch->groups.at(g).max_len; })
       .def("batch_size", [](const PyPrepared& p, size_t g) { return p.batch->groups.at(g).batch_size; });
 
@@ -56,132 +58,151 @@ SPARSECORE_BINDING(embedding, 30) {
              return std::make_unique<EmbeddingCollection>(configs_from_json(configs_json), seed);
            }),
            py::arg("configs_json"), py::arg("seed"))
-      .def_static("load", [](const std::string& dir) {
+      .def_static(
+          "load",
+          [](const std::string& dir) {
             py::gil_scoped_release release;
             return EmbeddingCollection::load(dir);
-          }, py::arg("path"))
-      .def("restore", [](EmbeddingCollection& c, const std::string& dir) {
+          },
+          py::arg("path"))
+      .def(
+          "restore",
+          [](EmbeddingCollection& c, const std::string& dir) {
             py::gil_scoped_release release;
             c.restore(dir);
-          }, py::arg("path"))
-      .def("save", [](const EmbeddingCollection& c, const std::string& dir, bool overwrite) {
+          },
+          py::arg("path"))
+      .def(
+          "save",
+          [](const EmbeddingCollection& c, const std::string& dir, bool overwrite) {
             py::gil_scoped_release release;
             c.save(dir, overwrite);
-          }, py::arg("path"), py::arg("overwrite") = false)
+          },
+          py::arg("path"), py::arg("overwrite") = false)
       .def_property_readonly("seed", &EmbeddingCollection::seed)
       .def_property("step", &EmbeddingCollection::step, &EmbeddingCollection::set_step)
       .def_property_readonly("num_tables", &EmbeddingCollection::num_tables)
       .def("table_index", &EmbeddingCollection::table_index, py::arg("name"))
       .def("table_name", [](const EmbeddingCollection& c, int t) { return c.table(t).name(); })
-      .def("table_config_json", [](const EmbeddingCollection& c, int t) { return c.table(t).config().to_json().dump(); })
+      .def("table_config_json",
+           [](const EmbeddingCollection& c, int t) { return c.table(t).config().to_json().dump(); })
       .def("table_size", [](const EmbeddingCollection& c, int t) { return c.table(t).size(); })
       .def("table_row_floats", [](const EmbeddingCollection& c, int t) { return c.table(t).row_floats(); })
       .def("table_row_bytes", [](const EmbeddingCollection& c, int t) { return c.table(t).row_bytes(); })
       .def("memory_bytes", &EmbeddingCollection::memory_bytes)
-      .def("prepare",
-           [](EmbeddingCollection& c, const std::vector<py::tuple>& groups, bool train) {
-             std::vector<py::array> keep_alive;
-             std::vector<GroupInput> inputs = group_inputs(c, groups, keep_alive);
-             py::gil_scoped_release release;  // the arrays stay alive: `groups` holds them
-             return PyPrepared{c.prepare(inputs, train)};
-           },
-           py::arg("groups"), py::arg("train"))
-      .def("forward",
-           [](const EmbeddingCollection& c, const PyPrepared& p) {
-             std::vector<py::array_t<float>> outs;
-             std::vector<float*> ptrs;
-             for (const auto& g : p.batch->groups) {
-               outs.push_back(output_array(g));
-               ptrs.push_back(outs.back().mutable_data());
-             }
-             {
-               py::gil_scoped_release release;
-               c.forward(*p.batch, ptrs);
-             }
-             return outs;
-           },
-           py::arg("prepared"))
-      .def("evaluate",
-           [](const EmbeddingCollection& c, const std::vector<py::tuple>& groups) {
-             std::vector<py::array> keep_alive;
-             std::vector<GroupInput> inputs = group_inputs(c, groups, keep_alive);
-             std::vector<py::array_t<float>> outs;
-             std::vector<float*> ptrs;
-             for (const GroupInput& in : inputs) {
-               const int64_t dim = c.table(in.table).dim();
-               if (c.table(in.table).config().pooling == Pooling::kNone) {
-                 // Bad offsets are reported by evaluate(); size the output only when sane.
-                 bool sane = in.offsets[0] == 0 && in.offsets[in.batch_size] == in.num_ids;
-                 for (int64_t b = 0; sane && b < in.batch_size; ++b) sane = in.offsets[b + 1] >= in.offsets[b];
-                 const int64_t len = sane ? EmbeddingCollection::max_bag_length(in) : 0;
-                 outs.push_back(py::array_t<float>({in.batch_size, len, dim}));
-               } else {
-                 outs.push_back(py::array_t<float>({in.batch_size, dim}));
-               }
-               ptrs.push_back(outs.back().mutable_data());
-             }
-             py::gil_scoped_release release;
-             c.evaluate(inputs, ptrs);
-             return outs;
-           },
-           py::arg("groups"))
-      .def("backward",
-           [](EmbeddingCollection& c, const PyPrepared& p, const std::vector<py::array>& grads) {
-             if (grads.size() != p.batch->groups.size())
-               throw InvalidArgument("backward: got " + std::to_string(grads.size()) + " gradients for " +
-                                     std::to_string(p.batch->groups.size()) + " groups");
-             std::vector<const float*> ptrs;
-             for (size_t g = 0; g < grads.size(); ++g) {
-               const PreparedGroup& pg = p.batch->groups[g];
-               std::string name = "gradient of group '" + c.table(pg.table).name() + "'";
-               std::vector<py::ssize_t> shape = {pg.batch_size};
-               if (pg.pooling == Pooling::kNone) shape.push_back(pg.max_len);
-               shape.push_back(pg.dim);
-               ptrs.push_back(checked_array<float>(grads[g], name, shape));
-             }
-             py::gil_scoped_release release;
-             return c.backward(*p.batch, ptrs);
-           },
-           py::arg("prepared"), py::arg("grads"))
-      .def("lookup",
-           [](EmbeddingCollection& c, int t, const py::array& ids, bool insert) {
-             EmbeddingTable& table = c.table(t);
-             const int64_t* k = checked_array<int64_t>(ids, "ids", {-1});
-             int64_t n = ids.shape(0);
-             py::array_t<float> out({n, static_cast<int64_t>(table.dim())});
-             float* o = out.mutable_data();
-             py::gil_scoped_release release;
-             if (insert) table.lookup_or_insert_weights(k, n, o);
-             else table.find_weights(k, n, o);
-             return out;
-           },
-           py::arg("table"), py::arg("ids"), py::arg("insert") = false)
-      .def("erase",
-           [](EmbeddingCollection& c, int t, const py::array& ids) {
-             const int64_t* k = checked_array<int64_t>(ids, "ids", {-1});
-             int64_t n = ids.shape(0);
-             py::gil_scoped_release release;
-             return c.erase(t, k, n);
-           },
-           py::arg("table"), py::arg("ids"))
-      .def("export",
-           [](const EmbeddingCollection& c, int t) {
-             const EmbeddingTable& table = c.table(t);
-             int64_t n = static_cast<int64_t>(table.size());
-             py::array_t<int64_t> keys(n);
-             py::array_t<float> rows({n, static_cast<int64_t>(table.row_floats())});
-             std::vector<RowMeta> meta(n);
-             int64_t got;
-             {
-               py::gil_scoped_release release;
-               got = table.export_rows(keys.mutable_data(), rows.mutable_data(), meta.data(), n);
-             }
-             py::array_t<int64_t> count(got), last(got);
-             for (int64_t i = 0; i < got; ++i) {
-               count.mutable_data()[i] = meta[i].update_count;
-               last.mutable_data()[i] = meta[i].last_step;
-             }
-             return py::make_tuple(keys, rows, count, last);
-           },
-           py::arg("table"));
+      .def(
+          "prepare",
+          [](EmbeddingCollection& c, const std::vector<py::tuple>& groups, bool train) {
+            std::vector<py::array> keep_alive;
+            std::vector<GroupInput> inputs = group_inputs(c, groups, keep_alive);
+            py::gil_scoped_release release;  // the arrays stay alive: `groups` holds them
+            return PyPrepared{c.prepare(inputs, train)};
+          },
+          py::arg("groups"), py::arg("train"))
+      .def(
+          "forward",
+          [](const EmbeddingCollection& c, const PyPrepared& p) {
+            std::vector<py::array_t<float>> outs;
+            std::vector<float*> ptrs;
+            for (const auto& g : p.batch->groups) {
+              outs.push_back(output_array(g));
+              ptrs.push_back(outs.back().mutable_data());
+            }
+            {
+              py::gil_scoped_release release;
+              c.forward(*p.batch, ptrs);
+            }
+            return outs;
+          },
+          py::arg("prepared"))
+      .def(
+          "evaluate",
+          [](const EmbeddingCollection& c, const std::vector<py::tuple>& groups) {
+            std::vector<py::array> keep_alive;
+            std::vector<GroupInput> inputs = group_inputs(c, groups, keep_alive);
+            std::vector<py::array_t<float>> outs;
+            std::vector<float*> ptrs;
+            for (const GroupInput& in : inputs) {
+              const int64_t dim = c.table(in.table).dim();
+              if (c.table(in.table).config().pooling == Pooling::kNone) {
+                // Bad offsets are reported by evaluate(); size the output only when sane.
+                bool sane = in.offsets[0] == 0 && in.offsets[in.batch_size] == in.num_ids;
+                for (int64_t b = 0; sane && b < in.batch_size; ++b) sane = in.offsets[b + 1] >= in.offsets[b];
+                const int64_t len = sane ? EmbeddingCollection::max_bag_length(in) : 0;
+                outs.push_back(py::array_t<float>({in.batch_size, len, dim}));
+              } else {
+                outs.push_back(py::array_t<float>({in.batch_size, dim}));
+              }
+              ptrs.push_back(outs.back().mutable_data());
+            }
+            py::gil_scoped_release release;
+            c.evaluate(inputs, ptrs);
+            return outs;
+          },
+          py::arg("groups"))
+      .def(
+          "backward",
+          [](EmbeddingCollection& c, const PyPrepared& p, const std::vector<py::array>& grads) {
+            if (grads.size() != p.batch->groups.size())
+              throw InvalidArgument("backward: got " + std::to_string(grads.size()) + " gradients for " +
+                                    std::to_string(p.batch->groups.size()) + " groups");
+            std::vector<const float*> ptrs;
+            for (size_t g = 0; g < grads.size(); ++g) {
+              const PreparedGroup& pg = p.batch->groups[g];
+              std::string name = "gradient of group '" + c.table(pg.table).name() + "'";
+              std::vector<py::ssize_t> shape = {pg.batch_size};
+              if (pg.pooling == Pooling::kNone) shape.push_back(pg.max_len);
+              shape.push_back(pg.dim);
+              ptrs.push_back(checked_array<float>(grads[g], name, shape));
+            }
+            py::gil_scoped_release release;
+            return c.backward(*p.batch, ptrs);
+          },
+          py::arg("prepared"), py::arg("grads"))
+      .def(
+          "lookup",
+          [](EmbeddingCollection& c, int t, const py::array& ids, bool insert) {
+            EmbeddingTable& table = c.table(t);
+            const int64_t* k = checked_array<int64_t>(ids, "ids", {-1});
+            int64_t n = ids.shape(0);
+            py::array_t<float> out({n, static_cast<int64_t>(table.dim())});
+            float* o = out.mutable_data();
+            py::gil_scoped_release release;
+            if (insert)
+              table.lookup_or_insert_weights(k, n, o);
+            else
+              table.find_weights(k, n, o);
+            return out;
+          },
+          py::arg("table"), py::arg("ids"), py::arg("insert") = false)
+      .def(
+          "erase",
+          [](EmbeddingCollection& c, int t, const py::array& ids) {
+            const int64_t* k = checked_array<int64_t>(ids, "ids", {-1});
+            int64_t n = ids.shape(0);
+            py::gil_scoped_release release;
+            return c.erase(t, k, n);
+          },
+          py::arg("table"), py::arg("ids"))
+      .def(
+          "export",
+          [](const EmbeddingCollection& c, int t) {
+            const EmbeddingTable& table = c.table(t);
+            int64_t n = static_cast<int64_t>(table.size());
+            py::array_t<int64_t> keys(n);
+            py::array_t<float> rows({n, static_cast<int64_t>(table.row_floats())});
+            std::vector<RowMeta> meta(n);
+            int64_t got;
+            {
+              py::gil_scoped_release release;
+              got = table.export_rows(keys.mutable_data(), rows.mutable_data(), meta.data(), n);
+            }
+            py::array_t<int64_t> count(got), last(got);
+            for (int64_t i = 0; i < got; ++i) {
+              count.mutable_data()[i] = meta[i].update_count;
+              last.mutable_data()[i] = meta[i].last_step;
+            }
+            return py::make_tuple(keys, rows, count, last);
+          },
+          py::arg("table"));
 }

@@ -41,9 +41,8 @@ SPARSECORE_BINDING(gathered_pooling, 31) {
         if (dim < 1 || dim > INT32_MAX) throw InvalidArgument("rows must have 1 to 2^31 - 1 columns");
         const float* w = optional_weights(weights, n);
         const Pooling p = pooling_from_name(pooling);
-        py::array_t<float> out = p == Pooling::kNone
-                                     ? py::array_t<float>({batch, longest_bag(off, batch), dim})
-                                     : py::array_t<float>({batch, dim});
+        py::array_t<float> out = p == Pooling::kNone ? py::array_t<float>({batch, longest_bag(off, batch), dim})
+                                                     : py::array_t<float>({batch, dim});
         float* o = out.mutable_data();
         {
           py::gil_scoped_release release;

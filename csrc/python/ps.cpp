@@ -41,14 +41,18 @@ SPARSECORE_BINDING(ps, 70) {
            py::arg("handshake_timeout_ms") = rpc::ServerOptions{}.handshake_timeout_ms,
            py::arg("memory_budget_bytes") = rpc::ServerOptions{}.memory_budget_bytes, py::arg("snapshot_dir") = "")
       .def("start", [](PsServer& s) { s.start(); })
-      .def("stop", [](PsServer& s) {
-        py::gil_scoped_release r;
-        s.stop();
-      })
-      .def("restore", [](PsServer& s, const std::string& name) {
-        py::gil_scoped_release r;
-        return s.restore(name);
-      }, py::arg("name"), "Restores snapshot `name` of the snapshot directory into every shard (before start).")
+      .def("stop",
+           [](PsServer& s) {
+             py::gil_scoped_release r;
+             s.stop();
+           })
+      .def(
+          "restore",
+          [](PsServer& s, const std::string& name) {
+            py::gil_scoped_release r;
+            return s.restore(name);
+          },
+          py::arg("name"), "Restores snapshot `name` of the snapshot directory into every shard (before start).")
       .def_property_readonly("port", &PsServer::port)
       .def_property_readonly("num_shards", &PsServer::num_shards);
 
@@ -66,76 +70,94 @@ SPARSECORE_BINDING(ps, 70) {
       .def(py::init([](PsServer& server) { return std::make_unique<PsClient>(server, PsClientOptions{}); }),
            py::arg("server"), py::keep_alive<1, 2>())
       .def_property_readonly("total_shards", &PsClient::total_shards)
-      .def("create_table", [](PsClient& c, const std::string& config_json, uint64_t seed) {
-        TableConfig cfg = TableConfig::from_json(Json::parse(config_json));
-        py::gil_scoped_release r;
-        c.create_table(cfg, seed);
-      })
+      .def("create_table",
+           [](PsClient& c, const std::string& config_json, uint64_t seed) {
+             TableConfig cfg = TableConfig::from_json(Json::parse(config_json));
+             py::gil_scoped_release r;
+             c.create_table(cfg, seed);
+           })
       .def("dim", &PsClient::dim)
-      .def("pull", [](PsClient& c, const std::string& table, const py::array& ids, bool train, py::object out_arg) {
-        const int64_t* p = checked_array<int64_t>(ids, "ids", {-1});
-        int64_t n = ids.shape(0);
-        int d = c.dim(table);
-        // `out` (optional): a float32[n, dim] array the rows are read into (no allocation).
-        py::array out = out_arg.is_none() ? py::array(py::array_t<float>({static_cast<py::ssize_t>(n), static_cast<py::ssize_t>(d)}))
-                                          : py::array(out_arg);
-        checked_array<float>(out, "out", {n, d});
-        if (!out.writeable()) throw InvalidArgument("out must be writeable");
-        float* o = static_cast<float*>(out.mutable_data());
-        {
-          py::gil_scoped_release r;
-          c.pull(table, p, n, train, o);
-        }
-        return out;
-      }, py::arg("table"), py::arg("ids"), py::arg("train") = true, py::arg("out") = py::none())
-      .def("push", [](PsClient& c, const std::string& table, const py::array& ids, const py::array& grads, int64_t step) {
-        const int64_t* p = checked_array<int64_t>(ids, "ids", {-1});
-        int64_t n = ids.shape(0);
-        const float* g = checked_array<float>(grads, "grads", {n, c.dim(table)});
-        py::gil_scoped_release r;
-        c.push(table, p, n, g, step);
-      }, py::arg("table"), py::arg("ids"), py::arg("grads"), py::arg("step") = 0)
-      .def("save", [](PsClient& c, const std::string& name, int64_t step, bool overwrite) {
-        py::gil_scoped_release r;
-        return c.save(name, step, overwrite);
-      }, py::arg("name"), py::arg("step"), py::arg("overwrite") = false)
-      .def("restore", [](PsClient& c, const std::string& dir) {
-        py::gil_scoped_release r;
-        return c.restore(dir);
-      })
-      .def("kv_put", [](PsClient& c, const std::string& key, const std::string& value_json) {
-        Json v = Json::parse(value_json);
-        py::gil_scoped_release r;
-        c.kv_put(key, v);
-      })
-      .def("kv_get", [](PsClient& c, const std::string& key) {
-        Json v;
-        {
-          py::gil_scoped_release r;
-          v = c.kv_get(key);
-        }
-        return v.dump();
-      })
-      .def("barrier", [](PsClient& c, const std::string& name, int count) {
-        py::gil_scoped_release r;
-        c.barrier(name, count);
-      })
-      .def("dense_pull", [](PsClient& c, const std::string& name, int64_t size, float init) {
-        std::vector<float> v;
-        {
-          py::gil_scoped_release r;
-          v = c.dense_pull(name, size, init);
-        }
-        py::array_t<float> out(static_cast<py::ssize_t>(v.size()));
-        std::copy(v.begin(), v.end(), out.mutable_data());
-        return out;
-      })
-      .def("dense_push", [](PsClient& c, const std::string& name, const py::array& grads, float lr) {
-        const float* g = checked_array<float>(grads, "grads", {-1});
-        int64_t n = grads.shape(0);
-        py::gil_scoped_release r;
-        c.dense_push(name, g, n, lr);
-      })
+      .def(
+          "pull",
+          [](PsClient& c, const std::string& table, const py::array& ids, bool train, py::object out_arg) {
+            const int64_t* p = checked_array<int64_t>(ids, "ids", {-1});
+            int64_t n = ids.shape(0);
+            int d = c.dim(table);
+            // `out` (optional): a float32[n, dim] array the rows are read into (no allocation).
+            py::array out =
+                out_arg.is_none()
+                    ? py::array(py::array_t<float>({static_cast<py::ssize_t>(n), static_cast<py::ssize_t>(d)}))
+                    : py::array(out_arg);
+            checked_array<float>(out, "out", {n, d});
+            if (!out.writeable()) throw InvalidArgument("out must be writeable");
+            float* o = static_cast<float*>(out.mutable_data());
+            {
+              py::gil_scoped_release r;
+              c.pull(table, p, n, train, o);
+            }
+            return out;
+          },
+          py::arg("table"), py::arg("ids"), py::arg("train") = true, py::arg("out") = py::none())
+      .def(
+          "push",
+          [](PsClient& c, const std::string& table, const py::array& ids, const py::array& grads, int64_t step) {
+            const int64_t* p = checked_array<int64_t>(ids, "ids", {-1});
+            int64_t n = ids.shape(0);
+            const float* g = checked_array<float>(grads, "grads", {n, c.dim(table)});
+            py::gil_scoped_release r;
+            c.push(table, p, n, g, step);
+          },
+          py::arg("table"), py::arg("ids"), py::arg("grads"), py::arg("step") = 0)
+      .def(
+          "save",
+          [](PsClient& c, const std::string& name, int64_t step, bool overwrite) {
+            py::gil_scoped_release r;
+            return c.save(name, step, overwrite);
+          },
+          py::arg("name"), py::arg("step"), py::arg("overwrite") = false)
+      .def("restore",
+           [](PsClient& c, const std::string& dir) {
+             py::gil_scoped_release r;
+             return c.restore(dir);
+           })
+      .def("kv_put",
+           [](PsClient& c, const std::string& key, const std::string& value_json) {
+             Json v = Json::parse(value_json);
+             py::gil_scoped_release r;
+             c.kv_put(key, v);
+           })
+      .def("kv_get",
+           [](PsClient& c, const std::string& key) {
+             Json v;
+             {
+               py::gil_scoped_release r;
+               v = c.kv_get(key);
+             }
+             return v.dump();
+           })
+      .def("barrier",
+           [](PsClient& c, const std::string& name, int count) {
+             py::gil_scoped_release r;
+             c.barrier(name, count);
+           })
+      .def("dense_pull",
+           [](PsClient& c, const std::string& name, int64_t size, float init) {
+             std::vector<float> v;
+             {
+               py::gil_scoped_release r;
+               v = c.dense_pull(name, size, init);
+             }
+             py::array_t<float> out(static_cast<py::ssize_t>(v.size()));
+             std::copy(v.begin(), v.end(), out.mutable_data());
+             return out;
+           })
+      .def("dense_push",
+           [](PsClient& c, const std::string& name, const py::array& grads, float lr) {
+             const float* g = checked_array<float>(grads, "grads", {-1});
+             int64_t n = grads.shape(0);
+             py::gil_scoped_release r;
+             c.dense_push(name, g, n, lr);
+           })
       .def("stats", [](PsClient& c) {
         Json s;
         {

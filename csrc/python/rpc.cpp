@@ -48,22 +48,22 @@ py::object make_exception(py::module_& m, const char* name, py::handle base, py:
 }  // namespace
 
 SPARSECORE_BINDING(rpc, 60) {
-  static py::object rpc_error = make_exception(m, "RpcError", PyExc_RuntimeError, py::handle(),
-                                               "A remote call failed (base of the RPC errors).");
+  static py::object rpc_error =
+      make_exception(m, "RpcError", PyExc_RuntimeError, py::handle(), "A remote call failed (base of the RPC errors).");
   static py::object conn_error = make_exception(m, "RpcConnectionError", rpc_error, PyExc_ConnectionError,
                                                 "The peer is unreachable, died, or closed the connection.");
   static py::object timeout_error = make_exception(m, "RpcTimeoutError", rpc_error, PyExc_TimeoutError,
                                                    "A call did not complete before its deadline.");
-  static py::object unknown_method = make_exception(m, "RpcUnknownMethodError", rpc_error, py::handle(),
-                                                    "The server has no such method.");
-  static py::object protocol_error = make_exception(m, "RpcProtocolError", rpc_error, py::handle(),
-                                                    "A frame was malformed or over the size limit.");
-  static py::object auth_error = make_exception(m, "RpcAuthError", rpc_error, PyExc_PermissionError,
-                                                "The shared token did not match.");
-  static py::object step_aborted = make_exception(
-      m, "RpcStepAbortedError", rpc_error, py::handle(),
-      "A synchronous step or barrier was abandoned because a worker left or rejoined; nothing of "
-      "it was applied. Every worker gets it: roll back to the last snapshot together.");
+  static py::object unknown_method =
+      make_exception(m, "RpcUnknownMethodError", rpc_error, py::handle(), "The server has no such method.");
+  static py::object protocol_error =
+      make_exception(m, "RpcProtocolError", rpc_error, py::handle(), "A frame was malformed or over the size limit.");
+  static py::object auth_error =
+      make_exception(m, "RpcAuthError", rpc_error, PyExc_PermissionError, "The shared token did not match.");
+  static py::object step_aborted =
+      make_exception(m, "RpcStepAbortedError", rpc_error, py::handle(),
+                     "A synchronous step or barrier was abandoned because a worker left or rejoined; nothing of "
+                     "it was applied. Every worker gets it: roll back to the last snapshot together.");
   py::register_exception_translator([](std::exception_ptr p) {
     try {
       if (p) std::rethrow_exception(p);
@@ -85,8 +85,8 @@ SPARSECORE_BINDING(rpc, 60) {
   });
 
   py::class_<RpcClient>(m, "RpcClient", "One connection to one reactor of an RPC server.")
-      .def(py::init([](const std::string& host, int port, const std::string& token, int reactor,
-                       int connect_timeout_ms, int timeout_ms, int heartbeat_ms) {
+      .def(py::init([](const std::string& host, int port, const std::string& token, int reactor, int connect_timeout_ms,
+                       int timeout_ms, int heartbeat_ms) {
              ClientOptions o;
              o.token = token;
              o.reactor = reactor;
@@ -98,78 +98,87 @@ SPARSECORE_BINDING(rpc, 60) {
            }),
            py::arg("host"), py::arg("port"), py::arg("token") = "", py::arg("reactor") = 0,
            py::arg("connect_timeout_ms") = 5000, py::arg("timeout_ms") = 0, py::arg("heartbeat_ms") = 0)
-      .def("call",
-           [](RpcClient& c, int method, const py::object& payload, int timeout_ms) {
-             SC_CHECK_ARG(method >= 0 && method < kFirstReservedMethod, "method must be in [0, ", kFirstReservedMethod,
-                          "), got ", method);
-             BufferView in(payload, "payload");
-             iovec seg = in.iov();
-             Response r;
-             {
-               py::gil_scoped_release release;
-               r = c.call(static_cast<uint16_t>(method), {&seg, 1}, timeout_ms);
-             }
-             return py::bytes(reinterpret_cast<const char*>(r.data.data()), r.bytes);
-           },
-           py::arg("method"), py::arg("payload") = py::bytes(), py::arg("timeout_ms") = -1,
-           "Sends payload (bytes-like) and returns the reply as bytes.")
-      .def("call_into",
-           [](RpcClient& c, int method, const py::object& payload, const py::buffer& out, int timeout_ms) {
-             SC_CHECK_ARG(method >= 0 && method < kFirstReservedMethod, "method out of range: ", method);
-             BufferView in(payload, "payload");
-             py::buffer_info o = out.request(true);
-             iovec seg = in.iov();
-             size_t cap = static_cast<size_t>(o.size * o.itemsize);
-             Response r;
-             {
-               py::gil_scoped_release release;
-               r = c.call(static_cast<uint16_t>(method), {&seg, 1}, timeout_ms, o.ptr, cap);
-             }
-             if (!r.in_caller_buffer)
-               throw InvalidArgument("reply of " + std::to_string(r.bytes) + " bytes does not fit in out (" +
-                                     std::to_string(cap) + " bytes)");
-             return r.bytes;
-           },
-           py::arg("method"), py::arg("payload"), py::arg("out"), py::arg("timeout_ms") = -1,
-           "Like call, but the reply is read straight into the writable buffer `out`; returns its size.")
-      .def("call_many",
-           [](RpcClient& c, int method, const std::vector<py::object>& payloads, int timeout_ms) {
-             SC_CHECK_ARG(method >= 0 && method < kFirstReservedMethod, "method out of range: ", method);
-             std::vector<BufferView> views;
-             views.reserve(payloads.size());
-             for (auto& p : payloads) views.emplace_back(p, "payload");
-             std::vector<Response> replies(views.size());
-             {
-               py::gil_scoped_release release;
-               std::vector<RpcFuture> futures;
-               futures.reserve(views.size());
-               for (auto& v : views) {
-                 iovec seg = v.iov();
-                 futures.push_back(c.call_async(static_cast<uint16_t>(method), {&seg, 1}, timeout_ms));
-               }
-               for (size_t i = 0; i < futures.size(); ++i) replies[i] = futures[i].get();
-             }
-             py::list out;
-             for (auto& r : replies) out.append(py::bytes(reinterpret_cast<const char*>(r.data.data()), r.bytes));
-             return out;
-           },
-           py::arg("method"), py::arg("payloads"), py::arg("timeout_ms") = -1,
-           "Sends every payload before waiting (pipelined); returns the replies in order.")
-      .def("ping", [](RpcClient& c, int timeout_ms) {
-             py::gil_scoped_release release;
-             c.ping(timeout_ms);
-           }, py::arg("timeout_ms") = -1)
-      .def("transport_stats", [](RpcClient& c, int timeout_ms) {
-             std::string json;
-             {
-               py::gil_scoped_release release;
-               json = c.transport_stats(timeout_ms);
-             }
-             return py::module_::import("json").attr("loads")(json);
-           }, py::arg("timeout_ms") = -1,
-           "The server's transport counters as a dict: connections_accepted, open_connections, "
-           "frames_rejected, accept_backoffs, handshake_timeouts, idle_timeouts, memory_refusals, "
-           "out_of_memory, memory_reserved_bytes, memory_budget_bytes.")
+      .def(
+          "call",
+          [](RpcClient& c, int method, const py::object& payload, int timeout_ms) {
+            SC_CHECK_ARG(method >= 0 && method < kFirstReservedMethod, "method must be in [0, ", kFirstReservedMethod,
+                         "), got ", method);
+            BufferView in(payload, "payload");
+            iovec seg = in.iov();
+            Response r;
+            {
+              py::gil_scoped_release release;
+              r = c.call(static_cast<uint16_t>(method), {&seg, 1}, timeout_ms);
+            }
+            return py::bytes(reinterpret_cast<const char*>(r.data.data()), r.bytes);
+          },
+          py::arg("method"), py::arg("payload") = py::bytes(), py::arg("timeout_ms") = -1,
+          "Sends payload (bytes-like) and returns the reply as bytes.")
+      .def(
+          "call_into",
+          [](RpcClient& c, int method, const py::object& payload, const py::buffer& out, int timeout_ms) {
+            SC_CHECK_ARG(method >= 0 && method < kFirstReservedMethod, "method out of range: ", method);
+            BufferView in(payload, "payload");
+            py::buffer_info o = out.request(true);
+            iovec seg = in.iov();
+            size_t cap = static_cast<size_t>(o.size * o.itemsize);
+            Response r;
+            {
+              py::gil_scoped_release release;
+              r = c.call(static_cast<uint16_t>(method), {&seg, 1}, timeout_ms, o.ptr, cap);
+            }
+            if (!r.in_caller_buffer)
+              throw InvalidArgument("reply of " + std::to_string(r.bytes) + " bytes does not fit in out (" +
+                                    std::to_string(cap) + " bytes)");
+            return r.bytes;
+          },
+          py::arg("method"), py::arg("payload"), py::arg("out"), py::arg("timeout_ms") = -1,
+          "Like call, but the reply is read straight into the writable buffer `out`; returns its size.")
+      .def(
+          "call_many",
+          [](RpcClient& c, int method, const std::vector<py::object>& payloads, int timeout_ms) {
+            SC_CHECK_ARG(method >= 0 && method < kFirstReservedMethod, "method out of range: ", method);
+            std::vector<BufferView> views;
+            views.reserve(payloads.size());
+            for (auto& p : payloads) views.emplace_back(p, "payload");
+            std::vector<Response> replies(views.size());
+            {
+              py::gil_scoped_release release;
+              std::vector<RpcFuture> futures;
+              futures.reserve(views.size());
+              for (auto& v : views) {
+                iovec seg = v.iov();
+                futures.push_back(c.call_async(static_cast<uint16_t>(method), {&seg, 1}, timeout_ms));
+              }
+              for (size_t i = 0; i < futures.size(); ++i) replies[i] = futures[i].get();
+            }
+            py::list out;
+            for (auto& r : replies) out.append(py::bytes(reinterpret_cast<const char*>(r.data.data()), r.bytes));
+            return out;
+          },
+          py::arg("method"), py::arg("payloads"), py::arg("timeout_ms") = -1,
+          "Sends every payload before waiting (pipelined); returns the replies in order.")
+      .def(
+          "ping",
+          [](RpcClient& c, int timeout_ms) {
+            py::gil_scoped_release release;
+            c.ping(timeout_ms);
+          },
+          py::arg("timeout_ms") = -1)
+      .def(
+          "transport_stats",
+          [](RpcClient& c, int timeout_ms) {
+            std::string json;
+            {
+              py::gil_scoped_release release;
+              json = c.transport_stats(timeout_ms);
+            }
+            return py::module_::import("json").attr("loads")(json);
+          },
+          py::arg("timeout_ms") = -1,
+          "The server's transport counters as a dict: connections_accepted, open_connections, "
+          "frames_rejected, accept_backoffs, handshake_timeouts, idle_timeouts, memory_refusals, "
+          "out_of_memory, memory_reserved_bytes, memory_budget_bytes.")
       .def_property_readonly("num_reactors", &RpcClient::num_reactors)
       .def_property_readonly("connected", &RpcClient::connected)
       .def_property_readonly("peer", &RpcClient::peer);
@@ -191,47 +200,50 @@ SPARSECORE_BINDING(rpc, 60) {
              o.handshake_timeout_ms = handshake_timeout_ms;
              return std::make_unique<RpcServer>(o);
            }),
-           py::arg("address") = "127.0.0.1", py::arg("port") = 0, py::arg("num_reactors") = 1,
-           py::arg("token") = "", py::arg("max_frame_bytes") = 64ull << 20,
-           py::arg("connection_memory_bytes") = 256ull << 20, py::arg("idle_timeout_ms") = 0,
-           py::arg("pin_threads") = false, py::arg("memory_budget_bytes") = ServerOptions{}.memory_budget_bytes,
+           py::arg("address") = "127.0.0.1", py::arg("port") = 0, py::arg("num_reactors") = 1, py::arg("token") = "",
+           py::arg("max_frame_bytes") = 64ull << 20, py::arg("connection_memory_bytes") = 256ull << 20,
+           py::arg("idle_timeout_ms") = 0, py::arg("pin_threads") = false,
+           py::arg("memory_budget_bytes") = ServerOptions{}.memory_budget_bytes,
            py::arg("handshake_timeout_ms") = ServerOptions{}.handshake_timeout_ms)
-      .def("register",
-           [](RpcServer& s, int method, py::function fn) {
-             SC_CHECK_ARG(method >= 0 && method < kFirstReservedMethod, "method must be in [0, ", kFirstReservedMethod,
-                          "), got ", method);
-             auto holder = std::make_shared<py::function>(std::move(fn));
-             s.register_method(static_cast<uint16_t>(method), [holder](const Request& req, Reply& reply) {
-               py::gil_scoped_acquire gil;
-               try {
-                 py::object result = (*holder)(py::bytes(reinterpret_cast<const char*>(req.payload.data()),
-                                                         req.payload.size()));
-                 if (!result.is_none()) {
-                   BufferView out(result, "handler result");
-                   reply.append(out.info.ptr, out.bytes());
-                 }
-               } catch (py::error_already_set& e) {
-                 std::string message = py::str(e.value());
-                 if (e.matches(PyExc_ValueError)) throw InvalidArgument(message);
-                 if (e.matches(PyExc_TypeError)) throw TypeMismatch(message);
-                 if (e.matches(PyExc_KeyError)) throw NotFound(message);
-                 throw Error(message);
-               }
-             });
-           },
-           py::arg("method"), py::arg("fn"),
-           "Serves `method` with fn(payload: bytes) -> bytes-like | None, run with the GIL on a reactor thread.")
+      .def(
+          "register",
+          [](RpcServer& s, int method, py::function fn) {
+            SC_CHECK_ARG(method >= 0 && method < kFirstReservedMethod, "method must be in [0, ", kFirstReservedMethod,
+                         "), got ", method);
+            auto holder = std::make_shared<py::function>(std::move(fn));
+            s.register_method(static_cast<uint16_t>(method), [holder](const Request& req, Reply& reply) {
+              py::gil_scoped_acquire gil;
+              try {
+                py::object result =
+                    (*holder)(py::bytes(reinterpret_cast<const char*>(req.payload.data()), req.payload.size()));
+                if (!result.is_none()) {
+                  BufferView out(result, "handler result");
+                  reply.append(out.info.ptr, out.bytes());
+                }
+              } catch (py::error_already_set& e) {
+                std::string message = py::str(e.value());
+                if (e.matches(PyExc_ValueError)) throw InvalidArgument(message);
+                if (e.matches(PyExc_TypeError)) throw TypeMismatch(message);
+                if (e.matches(PyExc_KeyError)) throw NotFound(message);
+                throw Error(message);
+              }
+            });
+          },
+          py::arg("method"), py::arg("fn"),
+          "Serves `method` with fn(payload: bytes) -> bytes-like | None, run with the GIL on a reactor thread.")
       .def("start", [](RpcServer& s) { s.start(); })
-      .def("stop", [](RpcServer& s) {
-        py::gil_scoped_release release;
-        s.stop();
-      })
+      .def("stop",
+           [](RpcServer& s) {
+             py::gil_scoped_release release;
+             s.stop();
+           })
       .def_property_readonly("port", &RpcServer::port)
       .def_property_readonly("num_reactors", &RpcServer::num_reactors)
       .def_property_readonly("connections_accepted", &RpcServer::connections_accepted)
       .def_property_readonly("connections_open", &RpcServer::connections_open)
       .def_property_readonly("frames_rejected", &RpcServer::frames_rejected)
-      .def("transport_stats", [](RpcServer& s) {
-        return py::module_::import("json").attr("loads")(s.transport_stats().to_json());
-      }, "The transport counters (see RpcClient.transport_stats).");
+      .def(
+          "transport_stats",
+          [](RpcServer& s) { return py::module_::import("json").attr("loads")(s.transport_stats().to_json()); },
+          "The transport counters (see RpcClient.transport_stats).");
 }

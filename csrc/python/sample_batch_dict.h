@@ -23,8 +23,7 @@ inline py::dict batch_to_python(io::SampleBatch&& b) {
     const auto n = static_cast<py::ssize_t>(g.ids.size());
     const auto bags = static_cast<py::ssize_t>(g.offsets.size());
     groups.append(py::make_tuple(g.name, to_numpy(std::move(g.ids), {n}), to_numpy(std::move(g.offsets), {bags}),
-                                 g.weighted ? py::object(to_numpy(std::move(g.weights), {n})) : py::none(),
-                                 g.shared));
+                                 g.weighted ? py::object(to_numpy(std::move(g.weights), {n})) : py::none(), g.shared));
   }
   d["groups"] = groups;
   d["sample_group"] = b.compressed() ? py::object(to_numpy(std::move(b.sample_group), {B})) : py::none();

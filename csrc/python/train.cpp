@@ -157,46 +157,48 @@ SPARSECORE_BINDING(train, 80) {
           py::arg("max_bad_fraction") = 0.01, py::arg("groups") = std::vector<std::string>{}, py::arg("prefetch") = 2,
           py::arg("max_steps") = -1, py::arg("pull_rows") = false,
           "A pipeline over sample files (sparsecore._core.io formats), reading and preparing without the GIL.")
-      .def("next",
-           [](PyStepPipeline& p) -> py::object {
-             SC_CHECK_ARG(p.pipeline != nullptr, "the pipeline is closed");
-             // Wait in slices so that Ctrl-C (a signal handled on this thread) is not held up.
-             std::optional<PipelineStep> step;
-             std::optional<io::SampleBatch> samples;
-             for (;;) {
-               bool ready;
-               {
-                 py::gil_scoped_release release;
-                 ready = p.pipeline->wait_ready(std::chrono::milliseconds(100));
-                 if (ready) {
-                   step = p.pipeline->next();  // ready: does not block
-                   if (step && step->batch.samples) samples = *step->batch.samples;  // the step keeps its own
-                 }
-               }
-               if (ready) break;
-               if (PyErr_CheckSignals() != 0) throw py::error_already_set();
-             }
-             if (!step) return py::none();
-             py::object payload;
-             if (samples) {
-               payload = python::batch_to_python(std::move(*samples));
-             } else {
-               // The Python adapter's attachment: (produce()'s result, arrays).
-               const auto attachment = held(step->batch.attachment).cast<py::tuple>();
-               payload = attachment[0].cast<py::tuple>()[0];
-             }
-             py::object prepared = step->prepared ? py::cast(python::PyPrepared{step->prepared}) : py::none();
-             py::object state = step->source_state.empty() ? py::none() : py::object(py::str(step->source_state));
-             return py::make_tuple(payload, prepared, pulled_arrays(*step), state);
-           },
-           "(payload, prepared or None, pulled rows or None, source state (JSON) or None), or None at the end "
-           "of the data; the payload is produce()'s, or a compiled source's batch as a dict of arrays. "
-           "Raises the source's (or prepare's) error after the steps produced before it.")
-      .def("close",
-           [](PyStepPipeline& p) {
-             if (!p.pipeline) return;
-             py::gil_scoped_release release;
-             p.pipeline->close();
-           },
-           "Stops and joins the producer thread; idempotent.");
+      .def(
+          "next",
+          [](PyStepPipeline& p) -> py::object {
+            SC_CHECK_ARG(p.pipeline != nullptr, "the pipeline is closed");
+            // Wait in slices so that Ctrl-C (a signal handled on this thread) is not held up.
+            std::optional<PipelineStep> step;
+            std::optional<io::SampleBatch> samples;
+            for (;;) {
+              bool ready;
+              {
+                py::gil_scoped_release release;
+                ready = p.pipeline->wait_ready(std::chrono::milliseconds(100));
+                if (ready) {
+                  step = p.pipeline->next();                                        // ready: does not block
+                  if (step && step->batch.samples) samples = *step->batch.samples;  // the step keeps its own
+                }
+              }
+              if (ready) break;
+              if (PyErr_CheckSignals() != 0) throw py::error_already_set();
+            }
+            if (!step) return py::none();
+            py::object payload;
+            if (samples) {
+              payload = python::batch_to_python(std::move(*samples));
+            } else {
+              // The Python adapter's attachment: (produce()'s result, arrays).
+              const auto attachment = held(step->batch.attachment).cast<py::tuple>();
+              payload = attachment[0].cast<py::tuple>()[0];
+            }
+            py::object prepared = step->prepared ? py::cast(python::PyPrepared{step->prepared}) : py::none();
+            py::object state = step->source_state.empty() ? py::none() : py::object(py::str(step->source_state));
+            return py::make_tuple(payload, prepared, pulled_arrays(*step), state);
+          },
+          "(payload, prepared or None, pulled rows or None, source state (JSON) or None), or None at the end "
+          "of the data; the payload is produce()'s, or a compiled source's batch as a dict of arrays. "
+          "Raises the source's (or prepare's) error after the steps produced before it.")
+      .def(
+          "close",
+          [](PyStepPipeline& p) {
+            if (!p.pipeline) return;
+            py::gil_scoped_release release;
+            p.pipeline->close();
+          },
+          "Stops and joins the producer thread; idempotent.");
 }

@@ -44,8 +44,9 @@ void answer(sparsecore::EmbeddingCollection& model, const std::vector<Bag>& bags
       ids.insert(ids.end(), bags[i].ids.begin(), bags[i].ids.end());
       offsets.push_back(static_cast<int64_t>(ids.size()));
     }
-    sparsecore::GroupInput input{table, ids.data(), static_cast<int64_t>(ids.size()),
-                                 offsets.data(), static_cast<int64_t>(members.size()), nullptr};
+    sparsecore::GroupInput input{
+        table,  ids.data(), static_cast<int64_t>(ids.size()), offsets.data(), static_cast<int64_t>(members.size()),
+        nullptr};
     auto prepared = model.prepare({input}, /*train=*/false);
     std::vector<float> out(prepared->groups[0].output_size());
     model.forward(*prepared, {out.data()});
@@ -66,8 +67,8 @@ void answer(sparsecore::EmbeddingCollection& model, const std::vector<Bag>& bags
 }
 
 // Parses one request line; a line that cannot be served comes back with its error set.
-Bag parse_request(const sparsecore::EmbeddingCollection& model, const std::string& name,
-                  std::istringstream& fields, int64_t line_no) {
+Bag parse_request(const sparsecore::EmbeddingCollection& model, const std::string& name, std::istringstream& fields,
+                  int64_t line_no) {
   Bag bag;
   const std::string where = "error line " + std::to_string(line_no) + ": ";
   try {

@@ -20,9 +20,11 @@ TEST(ThreadPool, CoversEveryIndexExactlyOnce) {
 
 TEST(ThreadPool, RethrowsTaskException) {
   ThreadPool pool(2);
-  EXPECT_THROW(pool.parallel_for(1000, 1, [](int64_t b, int64_t) {
-    if (b == 0) throw InvalidArgument("boom");
-  }), InvalidArgument);
+  EXPECT_THROW(pool.parallel_for(1000, 1,
+                                 [](int64_t b, int64_t) {
+                                   if (b == 0) throw InvalidArgument("boom");
+                                 }),
+               InvalidArgument);
   // the pool still works afterwards
   std::atomic<int64_t> sum{0};
   pool.parallel_for(100, 1, [&](int64_t b, int64_t e) { sum += e - b; });

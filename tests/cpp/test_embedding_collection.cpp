@@ -28,11 +28,12 @@ TEST(EmbeddingCollection, SumAndMeanPoolingThenFusedSgd) {
   EmbeddingCollection emb({sgd_table("sum", 3, Pooling::kSum), sgd_table("mean", 2, Pooling::kMean)}, 7);
   std::vector<int64_t> ids = {1, 2, 2, std::numeric_limits<int64_t>::min()};
   std::vector<int64_t> offsets = {0, 3, 3, 4};
-  auto batch = emb.prepare({{0, ids.data(), 4, offsets.data(), 3, nullptr}, {1, ids.data(), 4, offsets.data(), 3, nullptr}}, true);
+  auto batch = emb.prepare(
+      {{0, ids.data(), 4, offsets.data(), 3, nullptr}, {1, ids.data(), 4, offsets.data(), 3, nullptr}}, true);
   std::vector<float> sum(9), mean(6);
   emb.forward(*batch, {sum.data(), mean.data()});
-  EXPECT_FLOAT_EQ(sum[0], 1.5f);   // three rows of 0.5
-  EXPECT_FLOAT_EQ(sum[3], 0.0f);   // empty bag
+  EXPECT_FLOAT_EQ(sum[0], 1.5f);  // three rows of 0.5
+  EXPECT_FLOAT_EQ(sum[3], 0.0f);  // empty bag
   EXPECT_FLOAT_EQ(sum[6], 0.5f);
   EXPECT_FLOAT_EQ(mean[0], 0.5f);
   EXPECT_EQ(emb.table(0).size(), 3u);

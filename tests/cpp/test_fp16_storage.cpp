@@ -51,12 +51,12 @@ TEST(HalfConversion, EveryHalfWidensAndNarrowsBackUnchanged) {
 }
 
 TEST(HalfConversion, RoundsToNearestEven) {
-  EXPECT_EQ(float_to_half(1.0f + 1.0f / 2048), 0x3c00);            // tie -> even (1.0)
-  EXPECT_EQ(float_to_half(1.0f + 3.0f / 2048), 0x3c02);            // tie -> even (1 + 2^-9)
-  EXPECT_EQ(float_to_half(std::ldexp(1.0f, -25)), 0x0000);         // tie between 0 and 2^-24
-  EXPECT_EQ(float_to_half(std::ldexp(3.0f, -26)), 0x0001);         // nearer the smallest subnormal
-  EXPECT_EQ(float_to_half(65519.0f), 0x7bff);                      // largest finite half
-  EXPECT_EQ(float_to_half(65520.0f), 0x7c00);                      // rounds to infinity
+  EXPECT_EQ(float_to_half(1.0f + 1.0f / 2048), 0x3c00);     // tie -> even (1.0)
+  EXPECT_EQ(float_to_half(1.0f + 3.0f / 2048), 0x3c02);     // tie -> even (1 + 2^-9)
+  EXPECT_EQ(float_to_half(std::ldexp(1.0f, -25)), 0x0000);  // tie between 0 and 2^-24
+  EXPECT_EQ(float_to_half(std::ldexp(3.0f, -26)), 0x0001);  // nearer the smallest subnormal
+  EXPECT_EQ(float_to_half(65519.0f), 0x7bff);               // largest finite half
+  EXPECT_EQ(float_to_half(65520.0f), 0x7c00);               // rounds to infinity
   EXPECT_EQ(float_to_half(-INFINITY), 0xfc00);
   EXPECT_EQ(float_to_half(-0.0f), 0x8000);
 }

@@ -46,8 +46,8 @@ TEST(HardenedUpdates, OverflowingUpdatePutsEveryRowOfTheCallBack) {
   EmbeddingCollection emb({table("a", 3, OptimizerKind::kAdagrad), table("b", 2, OptimizerKind::kSGD)}, 1);
   std::vector<int64_t> ids = {1, 2, 3, 4};
   std::vector<int64_t> offsets = {0, 1, 2, 3, 4};
-  auto batch = emb.prepare({{0, ids.data(), 4, offsets.data(), 4, nullptr}, {1, ids.data(), 4, offsets.data(), 4, nullptr}},
-                           true);
+  auto batch = emb.prepare(
+      {{0, ids.data(), 4, offsets.data(), 4, nullptr}, {1, ids.data(), 4, offsets.data(), 4, nullptr}}, true);
   std::vector<float> ga(12, 1.0f), gb(8, 1.0f);
   emb.backward(*batch, {ga.data(), gb.data()});
   std::vector<float> before_a = rows_of(emb.table(0), ids), before_b = rows_of(emb.table(1), ids);

@@ -131,7 +131,8 @@ TEST(TextReader, SeekResumesExactlyForAnyThreadsAndBlocks) {
     ReaderPosition p = r->position();
     malformed += r->malformed_count();
     // a fresh reader, other blocks and threads, resumes from the saved position
-    r = std::make_unique<TextReader>(paths, fmt, TextReaderOptions{static_cast<int64_t>(200 + rng() % 5000), 2, 2, 10, 1.0});
+    r = std::make_unique<TextReader>(paths, fmt,
+                                     TextReaderOptions{static_cast<int64_t>(200 + rng() % 5000), 2, 2, 10, 1.0});
     r->seek(p);
   }
   malformed += r->malformed_count();

@@ -67,7 +67,8 @@ TEST(PsClient, PullsInFlightTogetherMatchEmbedded) {
   std::vector<PsClient::PendingPull> pending;
   for (size_t b = 0; b < batches.size(); ++b) {
     got[b].resize(batches[b].size() * dim);
-    pending.push_back(remote.pull_async("t", batches[b].data(), static_cast<int64_t>(batches[b].size()), true, got[b].data()));
+    pending.push_back(
+        remote.pull_async("t", batches[b].data(), static_cast<int64_t>(batches[b].size()), true, got[b].data()));
   }
   for (auto& p : pending) p.wait();
   for (size_t b = 0; b < batches.size(); ++b) {

@@ -36,7 +36,8 @@ constexpr uint16_t kReplyOfSize = 7;  // payload: uint64 size of the reply
 std::unique_ptr<RpcServer> start_server(ServerOptions o = {}) {
   auto s = std::make_unique<RpcServer>(o);
   s->register_method(kEcho, [](const Request& r, Reply& reply) { reply.append(r.payload.data(), r.payload.size()); });
-  s->register_method(kSlow, [](const Request&, Reply&) { std::this_thread::sleep_for(std::chrono::milliseconds(300)); });
+  s->register_method(kSlow,
+                     [](const Request&, Reply&) { std::this_thread::sleep_for(std::chrono::milliseconds(300)); });
   s->register_method(kThrows, [](const Request&, Reply&) { SC_CHECK_ARG(false, "argument 'x' is bad"); });
   s->register_method(kReactorOf, [](const Request& r, Reply& reply) {
     int32_t i = r.reactor;
@@ -314,8 +315,9 @@ TEST(Rpc, IdleConnectionsAreClosed) {
 TEST(Rpc, HmacSha256KnownAnswer) {
   // RFC 4231 test case 2.
   Digest256 d = hmac_sha256("Jefe", {"what do ya want ", "for nothing?"});
-  const uint8_t want[32] = {0x5b, 0xdc, 0xc1, 0x46, 0xbf, 0x60, 0x75, 0x4e, 0x6a, 0x04, 0x24, 0x26, 0x08, 0x95, 0x75, 0xc7,
-                            0x5a, 0x00, 0x3f, 0x08, 0x9d, 0x27, 0x39, 0x83, 0x9d, 0xec, 0x58, 0xb9, 0x64, 0xec, 0x38, 0x43};
+  const uint8_t want[32] = {0x5b, 0xdc, 0xc1, 0x46, 0xbf, 0x60, 0x75, 0x4e, 0x6a, 0x04, 0x24,
+                            0x26, 0x08, 0x95, 0x75, 0xc7, 0x5a, 0x00, 0x3f, 0x08, 0x9d, 0x27,
+                            0x39, 0x83, 0x9d, 0xec, 0x58, 0xb9, 0x64, 0xec, 0x38, 0x43};
   EXPECT_EQ(std::memcmp(d.data(), want, 32), 0);
   Digest256 e = sha256("abc", 3);
   EXPECT_EQ(e[0], 0xba);

@@ -107,7 +107,8 @@ Rows snapshot(const EmbeddingCollection& c) {
     std::vector<RowMeta> meta(n);
     table.export_rows(keys.data(), rows.data(), meta.data(), n);
     for (int64_t i = 0; i < n; ++i)
-      out[t][keys[i]] = std::vector<float>(rows.begin() + i * table.row_floats(), rows.begin() + (i + 1) * table.row_floats());
+      out[t][keys[i]] =
+          std::vector<float>(rows.begin() + i * table.row_floats(), rows.begin() + (i + 1) * table.row_floats());
   }
   return out;
 }
@@ -365,8 +366,9 @@ TEST(StepPipeline, WithoutACollectionStepsCarryTheBatchOnly) {
 }
 
 TEST(StepPipeline, TrainsFromAFileReaderAndResumesAtTheStepsState) {
-  const std::filesystem::path dir = std::filesystem::temp_directory_path() /
-                                    ("sc_train_pipeline_" + std::to_string(::testing::UnitTest::GetInstance()->random_seed()));
+  const std::filesystem::path dir =
+      std::filesystem::temp_directory_path() /
+      ("sc_train_pipeline_" + std::to_string(::testing::UnitTest::GetInstance()->random_seed()));
   std::filesystem::create_directories(dir);
   const std::string path = (dir / "part-0.libsvm").string();
   {
@@ -376,8 +378,9 @@ TEST(StepPipeline, TrainsFromAFileReaderAndResumesAtTheStepsState) {
   TableConfig features = tables()[0];
   features.name = "features";
   EmbeddingCollection collection({features}, 2);
-  auto reader = [&] { return std::make_unique<io::TextReader>(std::vector<std::string>{path},
-                                                                std::make_shared<io::LibsvmFormat>()); };
+  auto reader = [&] {
+    return std::make_unique<io::TextReader>(std::vector<std::string>{path}, std::make_shared<io::LibsvmFormat>());
+  };
   auto source = std::make_shared<TextReaderSource>(reader(), 10);
   StepPipeline pipeline(&collection, source, {});
   std::vector<int64_t> sizes;

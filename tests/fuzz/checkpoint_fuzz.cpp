@@ -104,18 +104,30 @@ void leaves(Json& j, std::vector<Json*>& out) {
 
 Json hostile_value(std::mt19937_64& rng) {
   switch (rng() % 12) {
-    case 0: return Json(int64_t{-1});
-    case 1: return Json(INT64_MAX);
-    case 2: return Json(int64_t{1} << 40);
-    case 3: return Json(int64_t{4096});
-    case 4: return Json(1e300);
-    case 5: return Json(std::string(5000, 'f'));
-    case 6: return Json("../../escape");
-    case 7: return Json("/etc/passwd");
-    case 8: return Json("");
-    case 9: return Json::array();
-    case 10: return Json(static_cast<int64_t>(rng() % 70000));
-    default: return Json(nullptr);
+    case 0:
+      return Json(int64_t{-1});
+    case 1:
+      return Json(INT64_MAX);
+    case 2:
+      return Json(int64_t{1} << 40);
+    case 3:
+      return Json(int64_t{4096});
+    case 4:
+      return Json(1e300);
+    case 5:
+      return Json(std::string(5000, 'f'));
+    case 6:
+      return Json("../../escape");
+    case 7:
+      return Json("/etc/passwd");
+    case 8:
+      return Json("");
+    case 9:
+      return Json::array();
+    case 10:
+      return Json(static_cast<int64_t>(rng() % 70000));
+    default:
+      return Json(nullptr);
   }
 }
 
@@ -146,7 +158,8 @@ void forge_header(std::mt19937_64& rng, Files& files, const std::string& path) {
       for (Json& f : t["files"].as_array()) {
         if (f.at("path").as_string() != fs::path(path).filename().string()) continue;
         char hex[17];
-        std::snprintf(hex, sizeof(hex), "%016llx", static_cast<unsigned long long>(checksum64(data.data(), data.size())));
+        std::snprintf(hex, sizeof(hex), "%016llx",
+                      static_cast<unsigned long long>(checksum64(data.data(), data.size())));
         f["checksum"] = std::string(hex);
         f["bytes"] = static_cast<int64_t>(data.size());
         if (at == 24 && rng() % 2) f["rows"] = static_cast<int64_t>(v);
@@ -165,7 +178,8 @@ void mutate(std::mt19937_64& rng, Files& files) {
   std::vector<uint8_t>& data = it->second;
   switch (rng() % 7) {
     case 0:  // bit flips
-      for (int i = 0; i < 1 + static_cast<int>(rng() % 8) && !data.empty(); ++i) data[rng() % data.size()] ^= 1u << (rng() % 8);
+      for (int i = 0; i < 1 + static_cast<int>(rng() % 8) && !data.empty(); ++i)
+        data[rng() % data.size()] ^= 1u << (rng() % 8);
       break;
     case 1:  // truncate
       data.resize(data.empty() ? 0 : rng() % data.size());
@@ -248,8 +262,10 @@ int main(int argc, char** argv) {
   for (int which = 0; which < 2; ++which) {  // unmutated: both load
     write_tree(work, pristine[which]);
     try {
-      if (which) ps::PsShard(ps::ShardLayout{0, 1}).restore((work / "s").string());
-      else EmbeddingCollection::load(work.string());
+      if (which)
+        ps::PsShard(ps::ShardLayout{0, 1}).restore((work / "s").string());
+      else
+        EmbeddingCollection::load(work.string());
     } catch (const std::exception& e) {
       std::fprintf(stderr, "pristine checkpoint %d does not load: %s\n", which, e.what());
       return 1;

@@ -49,7 +49,8 @@ void mutate(std::mt19937_64& rng, std::vector<std::byte>& s) {
   if (s.empty()) kind = 2;
   switch (kind) {
     case 0:  // bit flips
-      for (int i = 0; i < 1 + static_cast<int>(rng() % 8); ++i) s[rng() % s.size()] ^= static_cast<std::byte>(1u << (rng() % 8));
+      for (int i = 0; i < 1 + static_cast<int>(rng() % 8); ++i)
+        s[rng() % s.size()] ^= static_cast<std::byte>(1u << (rng() % 8));
       break;
     case 1:  // truncate
       s.resize(rng() % s.size());
@@ -95,7 +96,7 @@ bool run_one(std::mt19937_64& rng, bool mutated, bool handshake) {
     auto next = reader.peek(&h, &available, &err);
     if (next == FrameReader::Next::kFrame) {
       if (handshake && !allowed_before_auth(h)) return true;  // the server closes here
-      if (!handshake && h.request_id % 8 == 0) {  // refused: skipped, the stream goes on
+      if (!handshake && h.request_id % 8 == 0) {              // refused: skipped, the stream goes on
         reader.discard(kFrameHeaderBytes + h.payload_bytes);
         continue;
       }
@@ -120,7 +121,8 @@ bool run_one(std::mt19937_64& rng, bool mutated, bool handshake) {
     reader.commit(chunk);
     pos += chunk;
     if (reader.buffered() > kLimit + sizeof(FrameHeader) + 9000) return false;
-    if (handshake && reader.capacity() > kHandshakeChunk + sizeof(FrameHeader) + kMaxHandshakePayloadBytes) return false;
+    if (handshake && reader.capacity() > kHandshakeChunk + sizeof(FrameHeader) + kMaxHandshakePayloadBytes)
+      return false;
   }
   if (!mutated && !handshake && (failed || got != expected)) return false;
   return true;

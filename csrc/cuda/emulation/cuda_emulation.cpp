@@ -34,8 +34,13 @@ struct BarrierCheck {
 // Everything one launch shares between the threads of its team.
 struct LaunchState {
   LaunchState(dim3 grid, dim3 block, size_t shared_bytes, const std::function<void()>& body)
-      : grid(grid), block(block), threads(static_cast<int>(block.x * block.y * block.z)),
-        block_barrier(threads, BarrierCheck{this}), shared(shared_bytes + 16), body(body), arrived_from(threads, 0) {
+      : grid(grid),
+        block(block),
+        threads(static_cast<int>(block.x * block.y * block.z)),
+        block_barrier(threads, BarrierCheck{this}),
+        shared(shared_bytes + 16),
+        body(body),
+        arrived_from(threads, 0) {
     for (int first = 0; first < threads; first += kWarpSize)
       warps.push_back(std::make_unique<WarpState>(std::min(kWarpSize, threads - first)));
   }
@@ -64,9 +69,9 @@ void BarrierCheck::operator()() noexcept {
   for (int t = 1; t < launch->threads; ++t) {
     if (from[t] != from[0]) {
       const uint3 b = launch->current_block;
-      launch->fail(std::make_exception_ptr(EmulationError(
-          "__syncthreads() was reached by only some threads of block (" + std::to_string(b.x) + ", " +
-          std::to_string(b.y) + ", " + std::to_string(b.z) + ")")));
+      launch->fail(std::make_exception_ptr(
+          EmulationError("__syncthreads() was reached by only some threads of block (" + std::to_string(b.x) + ", " +
+                         std::to_string(b.y) + ", " + std::to_string(b.z) + ")")));
       launch->diverged.store(true);
       return;
     }
@@ -97,7 +102,8 @@ void run_thread(LaunchState& launch, int tid) {
   ts.block_dim = launch.block;
   ts.grid_dim = launch.grid;
   ts.linear_tid = tid;
-  ts.thread_idx = {static_cast<unsigned>(tid) % launch.block.x, (static_cast<unsigned>(tid) / launch.block.x) % launch.block.y,
+  ts.thread_idx = {static_cast<unsigned>(tid) % launch.block.x,
+                   (static_cast<unsigned>(tid) / launch.block.x) % launch.block.y,
                    static_cast<unsigned>(tid) / (launch.block.x * launch.block.y)};
   ts.shared_memory = launch.shared.data();
   WarpState& warp = *launch.warps[tid / kWarpSize];
@@ -237,7 +243,8 @@ void run_grid(dim3 grid, dim3 block, size_t shared_bytes, const std::function<vo
     throw EmulationError("invalid launch: " + std::to_string(threads) + " threads per block (1..1024)");
   if (blocks == 0) throw EmulationError("invalid launch: empty grid");
   if (shared_bytes > 227 * 1024)
-    throw EmulationError("invalid launch: " + std::to_string(shared_bytes) + " bytes of shared memory (at most 227 KiB)");
+    throw EmulationError("invalid launch: " + std::to_string(shared_bytes) +
+                         " bytes of shared memory (at most 227 KiB)");
   std::lock_guard<std::mutex> lock(launch_mutex());
   LaunchState launch(grid, block, shared_bytes, body);
   std::function<void(int)> job = [&launch](int tid) { run_thread(launch, tid); };

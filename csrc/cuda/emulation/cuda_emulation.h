@@ -143,7 +143,8 @@ template <typename T>
 T __shfl_sync(unsigned mask, T value, int src, int width = 32) {
   namespace emu = ::sparsecore::cuda_emulation;
   int lane = emu::lane_id();
-  return emu::from_bits<T>(emu::warp_exchange(mask, emu::to_bits(value), emu::segment_lane(lane, src, width), "__shfl_sync"));
+  return emu::from_bits<T>(
+      emu::warp_exchange(mask, emu::to_bits(value), emu::segment_lane(lane, src, width), "__shfl_sync"));
 }
 template <typename T>
 T __shfl_down_sync(unsigned mask, T value, unsigned delta, int width = 32) {
@@ -157,8 +158,8 @@ template <typename T>
 T __shfl_xor_sync(unsigned mask, T value, int lane_mask, int width = 32) {
   namespace emu = ::sparsecore::cuda_emulation;
   int lane = emu::lane_id();
-  return emu::from_bits<T>(
-      emu::warp_exchange(mask, emu::to_bits(value), emu::segment_lane(lane, lane ^ lane_mask, width), "__shfl_xor_sync"));
+  return emu::from_bits<T>(emu::warp_exchange(mask, emu::to_bits(value),
+                                              emu::segment_lane(lane, lane ^ lane_mask, width), "__shfl_xor_sync"));
 }
 inline unsigned __ballot_sync(unsigned mask, int predicate) {
   return ::sparsecore::cuda_emulation::warp_ballot(mask, predicate != 0);

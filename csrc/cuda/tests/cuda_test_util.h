@@ -17,13 +17,11 @@ inline std::string backend_name(const ::testing::TestParamInfo<Backend>& info) {
 }
 
 // Small blocks and few of them: the emulator runs every thread as a real thread.
-inline LaunchLimits test_limits(Backend b) {
-  return b == Backend::kEmulated ? LaunchLimits{64, 4} : LaunchLimits{};
-}
+inline LaunchLimits test_limits(Backend b) { return b == Backend::kEmulated ? LaunchLimits{64, 4} : LaunchLimits{}; }
 
-#define SC_SKIP_WITHOUT_DEVICE(backend)                                                   \
-  do {                                                                                    \
-    if ((backend) == ::sparsecore::cuda::Backend::kDevice && !::sparsecore::cuda::device_available()) \
+#define SC_SKIP_WITHOUT_DEVICE(backend)                                                                 \
+  do {                                                                                                  \
+    if ((backend) == ::sparsecore::cuda::Backend::kDevice && !::sparsecore::cuda::device_available())   \
       GTEST_SKIP() << "skipped: no device (" << ::sparsecore::cuda::device_unavailable_reason() << ")"; \
   } while (0)
 
@@ -38,8 +36,10 @@ inline std::vector<int64_t> random_ids(int64_t n, int64_t vocabulary) {
   const int64_t special[] = {INT64_MIN, INT64_MIN + 1, INT64_MAX, -1, 0};
   for (auto& id : ids) {
     uint64_t r = rng()();
-    if (r % 17 == 0) id = special[(r >> 8) % 5];
-    else id = static_cast<int64_t>((r >> 8) % vocabulary) * 2654435761LL - vocabulary;
+    if (r % 17 == 0)
+      id = special[(r >> 8) % 5];
+    else
+      id = static_cast<int64_t>((r >> 8) % vocabulary) * 2654435761LL - vocabulary;
   }
   return ids;
 }
@@ -52,7 +52,8 @@ struct Bags {
 inline Bags random_bags(int64_t batch, int max_len, int64_t vocabulary, bool weighted) {
   Bags b;
   b.offsets.push_back(0);
-  for (int64_t i = 0; i < batch; ++i) b.offsets.push_back(b.offsets.back() + static_cast<int64_t>(rng()() % (max_len + 1)));
+  for (int64_t i = 0; i < batch; ++i)
+    b.offsets.push_back(b.offsets.back() + static_cast<int64_t>(rng()() % (max_len + 1)));
   b.ids = random_ids(b.offsets.back(), vocabulary);
   if (weighted) {
     std::uniform_real_distribution<float> w(0.1f, 2.0f);

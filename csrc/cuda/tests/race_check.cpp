@@ -35,7 +35,8 @@ int main(int argc, char** argv) {
           return 1;
         }
   } else {
-    SC_LAUNCH(dim3(blocks), dim3(threads), threads * sizeof(int), nullptr, reverse_kernel<false>)(in.data(), out.data());
+    SC_LAUNCH(dim3(blocks), dim3(threads), threads * sizeof(int), nullptr, reverse_kernel<false>)
+    (in.data(), out.data());
   }
   std::printf("race-check done\n");
   return 0;

@@ -1,9 +1,9 @@
 // cuda::DeviceEmbeddingCollection against the CPU EmbeddingCollection on random batches:
 // forward for every pooling, backward + fused update for every optimizer, fp16 storage,
 // evaluation without inserts, and validation that changes nothing on bad input.
+#include <unistd.h>
 #include <cmath>
 #include <filesystem>
-#include <unistd.h>
 
 #include "cuda_test_util.h"
 #include "emulation/cuda_emulation.h"  // __half conversions for the expected fp16 values
@@ -95,16 +95,16 @@ TEST_P(CudaOptimizers, TrainingMatchesTheCpuEngine) {
                    3, 2e-5f);
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Backends, CudaOptimizers,
-    ::testing::Combine(::testing::Values(Backend::kEmulated, Backend::kDevice),
-                       ::testing::Values(OptimizerKind::kSGD, OptimizerKind::kMomentum, OptimizerKind::kAdagrad,
-                                         OptimizerKind::kRowwiseAdagrad, OptimizerKind::kAdam, OptimizerKind::kFtrl,
-                                         OptimizerKind::kGroupLasso)),
-    [](const auto& info) {
-      return std::string(std::get<0>(info.param) == Backend::kEmulated ? "emulated_" : "device_") +
-             optimizer_name(std::get<1>(info.param));
-    });
+INSTANTIATE_TEST_SUITE_P(Backends, CudaOptimizers,
+                         ::testing::Combine(::testing::Values(Backend::kEmulated, Backend::kDevice),
+                                            ::testing::Values(OptimizerKind::kSGD, OptimizerKind::kMomentum,
+                                                              OptimizerKind::kAdagrad, OptimizerKind::kRowwiseAdagrad,
+                                                              OptimizerKind::kAdam, OptimizerKind::kFtrl,
+                                                              OptimizerKind::kGroupLasso)),
+                         [](const auto& info) {
+                           return std::string(std::get<0>(info.param) == Backend::kEmulated ? "emulated_" : "device_") +
+                                  optimizer_name(std::get<1>(info.param));
+                         });
 
 TEST_P(CudaCollection, EveryPoolingAndOddDimsMatchTheCpuEngine) {
   SC_SKIP_WITHOUT_DEVICE(GetParam());
@@ -254,7 +254,8 @@ TEST(CudaDevice, MissingDeviceIsAClearError) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Backends, CudaCollection, ::testing::Values(Backend::kEmulated, Backend::kDevice), backend_name);
+INSTANTIATE_TEST_SUITE_P(Backends, CudaCollection, ::testing::Values(Backend::kEmulated, Backend::kDevice),
+                         backend_name);
 
 }  // namespace
 }  // namespace sparsecore::cuda::testing

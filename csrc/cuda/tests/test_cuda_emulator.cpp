@@ -155,7 +155,7 @@ TEST(Emulator, HalfConversionRoundsToNearestEven) {
     up.bits = static_cast<uint16_t>(up.bits + 1);
     EXPECT_LE(std::fabs(f - r), std::fabs(__half2float(up) - r) + 1e-30f) << f;
   }
-  EXPECT_EQ(__half2float(__float2half(1.0f + 1.0f / 2048)), 1.0f);  // ties to even
+  EXPECT_EQ(__half2float(__float2half(1.0f + 1.0f / 2048)), 1.0f);        // ties to even
   EXPECT_EQ(__half2float(__float2half(5.9604645e-08f)), 5.9604645e-08f);  // smallest subnormal
 }
 

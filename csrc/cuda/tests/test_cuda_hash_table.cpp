@@ -94,7 +94,8 @@ TEST_P(CudaHashTable, GrowsAndKeepsEveryRow) {
   EXPECT_EQ(again, first);
 }
 
-INSTANTIATE_TEST_SUITE_P(Backends, CudaHashTable, ::testing::Values(Backend::kEmulated, Backend::kDevice), backend_name);
+INSTANTIATE_TEST_SUITE_P(Backends, CudaHashTable, ::testing::Values(Backend::kEmulated, Backend::kDevice),
+                         backend_name);
 
 }  // namespace
 }  // namespace sparsecore::cuda::testing

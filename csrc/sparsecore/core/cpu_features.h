@@ -14,7 +14,8 @@ std::vector<std::string> cpu_feature_names();
 
 }  // namespace sparsecore
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(__CUDACC__) && !defined(SPARSECORE_NO_DISPATCH)
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(__CUDACC__) && \
+    !defined(SPARSECORE_NO_DISPATCH)
 #define SC_DISPATCH __attribute__((target_clones("default", "arch=x86-64-v3", "arch=x86-64-v4")))
 #else
 #define SC_DISPATCH

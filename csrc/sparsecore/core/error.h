@@ -59,8 +59,8 @@ std::string concat(Parts&&... parts) {
 }  // namespace detail
 
 // Throw `Exception` with the streamed message parts unless `cond` holds.
-#define SC_CHECK(cond, Exception, ...)                                 \
-  do {                                                                 \
+#define SC_CHECK(cond, Exception, ...)                                       \
+  do {                                                                       \
     if (!(cond)) throw Exception(::sparsecore::detail::concat(__VA_ARGS__)); \
   } while (0)
 

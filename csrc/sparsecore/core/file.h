@@ -75,11 +75,11 @@ void sync_tree(const std::string& path, bool files = true);
 std::string random_suffix();
 
 // Makes the finished directory `staging` appear at `target` in one atomic step, durably:
-// syncs `staging`'s tree (its files too unless the writer synced them: `files_synced`), then renames it to `target` when nothing is there, or exchanges the
-// two (renameat2 RENAME_EXCHANGE) and removes the old tree. A crash at any instant leaves
-// either the old or the new directory at `target`. Where the file system cannot exchange,
-// the old directory is first renamed to `target` + ".previous" (see previous_directory).
-// `staging` and `target` must be in the same directory.
+// syncs `staging`'s tree (its files too unless the writer synced them: `files_synced`), then renames it to `target`
+// when nothing is there, or exchanges the two (renameat2 RENAME_EXCHANGE) and removes the old tree. A crash at any
+// instant leaves either the old or the new directory at `target`. Where the file system cannot exchange, the old
+// directory is first renamed to `target` + ".previous" (see previous_directory). `staging` and `target` must be in the
+// same directory.
 void commit_directory(const std::string& staging, const std::string& target, bool files_synced = false);
 // `target` when it is a real directory, else `target` + ".previous" when a commit on a file
 // system without exchange was interrupted between its two renames, else "".

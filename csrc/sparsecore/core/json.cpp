@@ -22,11 +22,21 @@ void escape_to(std::string& out, const std::string& s) {
   out.push_back('"');
   for (char c : s) {
     switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
       default:
         if (static_cast<unsigned char>(c) < 0x20) {
           char buf[8];
@@ -56,8 +66,7 @@ class Parser {
     throw CorruptData(detail::concat("malformed JSON at byte ", pos_, ": ", what));
   }
   void skip_ws() {
-    while (pos_ < s_.size() && (s_[pos_] == ' ' || s_[pos_] == '\n' || s_[pos_] == '\t' || s_[pos_] == '\r'))
-      ++pos_;
+    while (pos_ < s_.size() && (s_[pos_] == ' ' || s_[pos_] == '\n' || s_[pos_] == '\t' || s_[pos_] == '\r')) ++pos_;
   }
   bool consume(char c) {
     skip_ws();
@@ -126,14 +135,30 @@ class Parser {
       if (pos_ >= s_.size()) fail("unterminated escape");
       char e = s_[pos_++];
       switch (e) {
-        case '"': out.push_back('"'); break;
-        case '\\': out.push_back('\\'); break;
-        case '/': out.push_back('/'); break;
-        case 'n': out.push_back('\n'); break;
-        case 'r': out.push_back('\r'); break;
-        case 't': out.push_back('\t'); break;
-        case 'b': out.push_back('\b'); break;
-        case 'f': out.push_back('\f'); break;
+        case '"':
+          out.push_back('"');
+          break;
+        case '\\':
+          out.push_back('\\');
+          break;
+        case '/':
+          out.push_back('/');
+          break;
+        case 'n':
+          out.push_back('\n');
+          break;
+        case 'r':
+          out.push_back('\r');
+          break;
+        case 't':
+          out.push_back('\t');
+          break;
+        case 'b':
+          out.push_back('\b');
+          break;
+        case 'f':
+          out.push_back('\f');
+          break;
         case 'u': {
           if (pos_ + 4 > s_.size()) fail("short \\u escape");
           unsigned code = 0;
@@ -152,7 +177,8 @@ class Parser {
           }
           break;
         }
-        default: fail("unknown escape");
+        default:
+          fail("unknown escape");
       }
     }
     if (pos_ >= s_.size()) fail("unterminated string");
@@ -211,8 +237,7 @@ int64_t Json::as_int(std::string_view what) const {
 }
 double Json::as_double(std::string_view what) const {
   if (auto* i = std::get_if<int64_t>(&value_)) return static_cast<double>(*i);
-  SC_CHECK(std::holds_alternative<double>(value_), InvalidArgument, what, " must be a number, got ",
-           type_name(*this));
+  SC_CHECK(std::holds_alternative<double>(value_), InvalidArgument, what, " must be a number, got ", type_name(*this));
   return std::get<double>(value_);
 }
 const std::string& Json::as_string(std::string_view what) const {

@@ -122,11 +122,11 @@ class DeviceEmbeddingCollection {
   int64_t erase(int table, const int64_t* keys, int64_t n, MemorySpace space = MemorySpace::kHost);
 
   struct Export {
-    std::vector<int64_t> keys;           // (n)
-    std::vector<float> weights;          // (n, dim), as fp32
-    std::vector<float> state;            // (n, state_dim)
-    std::vector<int64_t> update_count;   // (n)
-    std::vector<int64_t> last_step;      // (n)
+    std::vector<int64_t> keys;          // (n)
+    std::vector<float> weights;         // (n, dim), as fp32
+    std::vector<float> state;           // (n, state_dim)
+    std::vector<int64_t> update_count;  // (n)
+    std::vector<int64_t> last_step;     // (n)
   };
   // Every row of table t, sorted by key.
   Export export_rows(int table) const;

@@ -125,14 +125,14 @@ std::unique_ptr<InputStream> InputStream::open(const std::string& path, int64_t 
     std::vector<char> skip(1 << 16);
     for (int64_t left = offset; left > 0;) {
       const size_t got = stream->read(skip.data(), static_cast<size_t>(std::min<int64_t>(left, skip.size())));
-      SC_CHECK_ARG(got > 0, "input: offset ", offset, " lies beyond the end of '", path, "' (",
-                   stream->offset(), " bytes decompressed)");
+      SC_CHECK_ARG(got > 0, "input: offset ", offset, " lies beyond the end of '", path, "' (", stream->offset(),
+                   " bytes decompressed)");
       left -= static_cast<int64_t>(got);
     }
     return stream;
 #else
-    throw IoError(detail::concat("'", path, "' is gzip-compressed and this build has no zlib; ",
-                                 "decompress it first (gunzip)"));
+    throw IoError(
+        detail::concat("'", path, "' is gzip-compressed and this build has no zlib; ", "decompress it first (gunzip)"));
 #endif
   }
   const auto size = static_cast<int64_t>(f.size());

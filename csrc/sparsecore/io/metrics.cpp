@@ -52,9 +52,8 @@ double gauc(const double* labels, const double* scores, const int64_t* users, in
   check_binary_labels(labels, scores, n, "gauc");
   std::vector<int64_t> order(n);
   std::iota(order.begin(), order.end(), int64_t{0});
-  std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
-    return users[a] != users[b] ? users[a] < users[b] : scores[a] < scores[b];
-  });
+  std::sort(order.begin(), order.end(),
+            [&](int64_t a, int64_t b) { return users[a] != users[b] ? users[a] < users[b] : scores[a] < scores[b]; });
   double weighted = 0.0, weight = 0.0;
   for (int64_t i = 0; i < n;) {
     int64_t j = i;

@@ -46,8 +46,8 @@ void SampleBatch::append_samples(const SampleBatch& src, int64_t begin, int64_t 
   SC_CHECK_ARG(!src.compressed() && !compressed(), "append_samples: batches must be uncompressed");
   SC_CHECK_ARG(src.groups.size() == groups.size() && src.dense_dim == dense_dim,
                "append_samples: batch layouts differ");
-  SC_CHECK_ARG(0 <= begin && begin <= end && end <= src.num_samples, "append_samples: range [", begin,
-               ", ", end, ") outside [0, ", src.num_samples, ")");
+  SC_CHECK_ARG(0 <= begin && begin <= end && end <= src.num_samples, "append_samples: range [", begin, ", ", end,
+               ") outside [0, ", src.num_samples, ")");
   if (has_labels) labels.insert(labels.end(), src.labels.begin() + begin, src.labels.begin() + end);
   dense.insert(dense.end(), src.dense.begin() + begin * dense_dim, src.dense.begin() + end * dense_dim);
   if (!src.probabilities.empty())
@@ -68,14 +68,14 @@ void SampleBatch::append_samples(const SampleBatch& src, int64_t begin, int64_t 
 
 void SampleBatch::validate() const {
   const auto B = static_cast<size_t>(num_samples);
-  SC_CHECK(!has_labels || labels.size() == B, CorruptData, "batch: labels has ", labels.size(),
-           " values for ", B, " samples");
-  SC_CHECK(dense.size() == B * static_cast<size_t>(dense_dim), CorruptData, "batch: dense has ",
-           dense.size(), " values, expected ", B, " x ", dense_dim);
+  SC_CHECK(!has_labels || labels.size() == B, CorruptData, "batch: labels has ", labels.size(), " values for ", B,
+           " samples");
+  SC_CHECK(dense.size() == B * static_cast<size_t>(dense_dim), CorruptData, "batch: dense has ", dense.size(),
+           " values, expected ", B, " x ", dense_dim);
   int64_t views = 0;
   if (compressed()) {
-    SC_CHECK(sample_group.size() == B, CorruptData, "batch: sample_group has ", sample_group.size(),
-             " entries for ", B, " samples");
+    SC_CHECK(sample_group.size() == B, CorruptData, "batch: sample_group has ", sample_group.size(), " entries for ", B,
+             " samples");
     for (int64_t v : sample_group) {
       SC_CHECK(v >= 0, CorruptData, "batch: negative sample_group entry ", v);
       views = std::max(views, v + 1);
@@ -83,15 +83,14 @@ void SampleBatch::validate() const {
   }
   for (const auto& g : groups) {
     const int64_t bags = (compressed() && g.shared) ? views : num_samples;
-    SC_CHECK(g.num_bags() == bags, CorruptData, "batch: group '", g.name, "' has ", g.num_bags(),
-             " bags, expected ", bags);
-    SC_CHECK(g.offsets.front() == 0 && g.offsets.back() == static_cast<int64_t>(g.ids.size()),
-             CorruptData, "batch: group '", g.name, "' offsets do not span its ids");
+    SC_CHECK(g.num_bags() == bags, CorruptData, "batch: group '", g.name, "' has ", g.num_bags(), " bags, expected ",
+             bags);
+    SC_CHECK(g.offsets.front() == 0 && g.offsets.back() == static_cast<int64_t>(g.ids.size()), CorruptData,
+             "batch: group '", g.name, "' offsets do not span its ids");
     for (size_t i = 1; i < g.offsets.size(); ++i)
-      SC_CHECK(g.offsets[i - 1] <= g.offsets[i], CorruptData, "batch: group '", g.name,
-               "' offsets decrease at ", i);
-    SC_CHECK(!g.weighted || g.weights.size() == g.ids.size(), CorruptData, "batch: group '", g.name,
-             "' has ", g.weights.size(), " weights for ", g.ids.size(), " ids");
+      SC_CHECK(g.offsets[i - 1] <= g.offsets[i], CorruptData, "batch: group '", g.name, "' offsets decrease at ", i);
+    SC_CHECK(!g.weighted || g.weights.size() == g.ids.size(), CorruptData, "batch: group '", g.name, "' has ",
+             g.weights.size(), " weights for ", g.ids.size(), " ids");
   }
 }
 

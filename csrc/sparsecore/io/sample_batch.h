@@ -35,9 +35,9 @@ struct SampleBatch {
   int64_t dense_dim = 0;
   std::vector<float> dense;  // (B, dense_dim), row-major
   std::vector<FeatureGroupBatch> groups;
-  std::vector<int64_t> sample_group;    // (B,) page view of each sample; empty: uncompressed
-  std::vector<double> probabilities;    // (B,) synthetic data: the planted click probability
-  std::vector<int64_t> users;           // (B,) synthetic data: user of each sample (GAUC)
+  std::vector<int64_t> sample_group;  // (B,) page view of each sample; empty: uncompressed
+  std::vector<double> probabilities;  // (B,) synthetic data: the planted click probability
+  std::vector<int64_t> users;         // (B,) synthetic data: user of each sample (GAUC)
 
   bool compressed() const { return !sample_group.empty(); }
 

@@ -29,8 +29,8 @@ void SyntheticConfig::validate() const {
     SC_CHECK_ARG(seen.insert(n).second, "synthetic: group name '", n, "' repeats");
   }
   SC_CHECK_ARG(vocab_size >= 1, "synthetic: vocab_size must be >= 1, got ", vocab_size);
-  SC_CHECK_ARG(min_bag >= 0 && max_bag >= min_bag, "synthetic: need 0 <= min_bag <= max_bag, got ", min_bag,
-               ", ", max_bag);
+  SC_CHECK_ARG(min_bag >= 0 && max_bag >= min_bag, "synthetic: need 0 <= min_bag <= max_bag, got ", min_bag, ", ",
+               max_bag);
   SC_CHECK_ARG(std::isfinite(zipf_exponent) && zipf_exponent > 0, "synthetic: zipf_exponent must be > 0, got ",
                zipf_exponent);
   SC_CHECK_ARG(std::isfinite(weight_std) && weight_std >= 0, "synthetic: weight_std must be >= 0, got ", weight_std);

@@ -35,9 +35,9 @@ struct SyntheticConfig {
   int64_t max_bag = 20;
   double zipf_exponent = 1.1;
   uint64_t permutation_seed = 1234;
-  uint64_t seed = 0;         // planted weights and the sample stream
-  double weight_std = 0.1;   // of the planted per-id weights
-  double bias = -1.0;        // planted logit bias
+  uint64_t seed = 0;        // planted weights and the sample stream
+  double weight_std = 0.1;  // of the planted per-id weights
+  double bias = -1.0;       // planted logit bias
   int64_t num_user_groups = 0;
   int64_t samples_per_view = 1;
 
@@ -75,7 +75,7 @@ class SyntheticGenerator {
   ZipfSampler zipf_;
   std::vector<uint64_t> group_seeds_;  // planted weights per group
   uint64_t perm_round_keys_[4];
-  int perm_half_bits_ = 1;             // the permutation is a Feistel network on 2 * this many bits
+  int perm_half_bits_ = 1;  // the permutation is a Feistel network on 2 * this many bits
   int64_t position_ = 0;
 };
 

@@ -6,8 +6,8 @@
 
 #include "sparsecore/core/error.h"
 #include "sparsecore/core/file.h"
-#include "sparsecore/io/input_stream.h"
 #include "sparsecore/core/thread_pool.h"
+#include "sparsecore/io/input_stream.h"
 
 namespace sparsecore::io {
 
@@ -56,8 +56,7 @@ TextReader::TextReader(std::vector<std::string> paths, std::shared_ptr<const Lin
   SC_CHECK_ARG(format_ != nullptr, "reader: format is null");
   SC_CHECK_ARG(options_.block_bytes >= 1, "reader: block_bytes must be >= 1, got ", options_.block_bytes);
   SC_CHECK_ARG(options_.num_threads >= 1, "reader: num_threads must be >= 1, got ", options_.num_threads);
-  SC_CHECK_ARG(options_.prefetch_blocks >= 1, "reader: prefetch_blocks must be >= 1, got ",
-               options_.prefetch_blocks);
+  SC_CHECK_ARG(options_.prefetch_blocks >= 1, "reader: prefetch_blocks must be >= 1, got ", options_.prefetch_blocks);
   SC_CHECK_ARG(options_.max_reported_errors >= 0, "reader: max_reported_errors must be >= 0");
   SC_CHECK_ARG(options_.max_bad_fraction >= 0.0 && options_.max_bad_fraction <= 1.0,
                "reader: max_bad_fraction must be in [0, 1], got ", options_.max_bad_fraction);
@@ -247,8 +246,8 @@ void TextReader::check_malformed(int64_t samples, bool at_end) const {
 
 void TextReader::seek(const ReaderPosition& p) {
   const auto num_files = static_cast<int64_t>(paths_.size());
-  SC_CHECK_ARG(p.file_index >= 0 && p.file_index <= num_files, "seek: file_index ", p.file_index,
-               " outside [0, ", num_files, "]");
+  SC_CHECK_ARG(p.file_index >= 0 && p.file_index <= num_files, "seek: file_index ", p.file_index, " outside [0, ",
+               num_files, "]");
   SC_CHECK_ARG(p.byte_offset >= 0 && p.line_number >= 0, "seek: negative byte_offset or line_number");
   if (p.file_index == num_files) {
     SC_CHECK_ARG(p.byte_offset == 0 && p.line_number == 0, "seek: the end position has offset 0, line 0");

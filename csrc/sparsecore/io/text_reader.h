@@ -69,8 +69,7 @@ class TextReader {
  public:
   // Opens every file up front: an unreadable one throws IoError naming it before any data
   // is read. Throws InvalidArgument for an empty list or bad options.
-  TextReader(std::vector<std::string> paths, std::shared_ptr<const LineFormat> format,
-             TextReaderOptions options = {});
+  TextReader(std::vector<std::string> paths, std::shared_ptr<const LineFormat> format, TextReaderOptions options = {});
   ~TextReader();
   TextReader(const TextReader&) = delete;
   TextReader& operator=(const TextReader&) = delete;
@@ -95,10 +94,10 @@ class TextReader {
   struct Piece {
     int64_t file_index = 0;
     SampleBatch samples;
-    std::vector<int64_t> end_offset;   // per sample: file offset just past its line
-    std::vector<int64_t> line_number;  // per sample: its 1-based line number
-    std::vector<MalformedLine> errors; // ascending line numbers
-    ReaderPosition end;                // the position once the whole piece is consumed
+    std::vector<int64_t> end_offset;    // per sample: file offset just past its line
+    std::vector<int64_t> line_number;   // per sample: its 1-based line number
+    std::vector<MalformedLine> errors;  // ascending line numbers
+    ReaderPosition end;                 // the position once the whole piece is consumed
   };
 
  private:

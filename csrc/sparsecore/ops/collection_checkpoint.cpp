@@ -78,7 +78,10 @@ uint64_t parse_hex64(const std::string& text) {
   SC_CHECK(text.size() == 16, CorruptData, "checksum '", text.substr(0, 32), "' is not 16 hex digits");
   uint64_t v = 0;
   for (char c : text) {
-    int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+    int d = c >= '0' && c <= '9'   ? c - '0'
+            : c >= 'a' && c <= 'f' ? c - 'a' + 10
+            : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                   : -1;
     SC_CHECK(d >= 0, CorruptData, "checksum '", text, "' is not 16 hex digits");
     v = (v << 4) | static_cast<uint64_t>(d);
   }
@@ -183,16 +186,15 @@ void read_range_file(const std::string& dir, const FileEntry& e, EmbeddingTable&
   FileHeader h;
   std::memcpy(&h, data.data(), sizeof(h));
   SC_CHECK(std::memcmp(h.magic, kMagic, 8) == 0, CorruptData, "checkpoint file '", path, "' has a bad magic");
-  SC_CHECK(h.version == kFormatVersion, CorruptData, "checkpoint file '", path, "' has format version ",
-           h.version, ", this build reads ", kFormatVersion);
+  SC_CHECK(h.version == kFormatVersion, CorruptData, "checkpoint file '", path, "' has format version ", h.version,
+           ", this build reads ", kFormatVersion);
   SC_CHECK(h.dim == static_cast<uint32_t>(table.dim()) && h.row_floats == static_cast<uint32_t>(table.row_floats()) &&
                h.meta_bytes == sizeof(RowMeta) && h.rows == e.rows && h.bucket_lo == e.bucket_lo &&
                h.bucket_hi == e.bucket_hi && h.table_seed == table.seed(),
            CorruptData, "checkpoint file '", path,
            "' does not match its manifest entry (dim, row size, rows, buckets or seed)");
-  SC_CHECK(row_file_bytes(h.rows, h.row_floats) == data.size(), CorruptData, "checkpoint file '", path,
-           "' holds ", data.size(), " bytes, its header's ", h.rows, " rows need ",
-           row_file_bytes(h.rows, h.row_floats));
+  SC_CHECK(row_file_bytes(h.rows, h.row_floats) == data.size(), CorruptData, "checkpoint file '", path, "' holds ",
+           data.size(), " bytes, its header's ", h.rows, " rows need ", row_file_bytes(h.rows, h.row_floats));
   const size_t floats_bytes = static_cast<size_t>(h.row_floats) * sizeof(float);
   const size_t record = floats_bytes + sizeof(RowMeta);
   const uint8_t* keys = data.data() + sizeof(h);
@@ -205,8 +207,8 @@ void read_range_file(const std::string& dir, const FileEntry& e, EmbeddingTable&
     int64_t key;
     std::memcpy(&key, keys + i * sizeof(int64_t), sizeof(key));
     uint32_t bucket = key_bucket(key);
-    SC_CHECK(bucket >= h.bucket_lo && bucket < h.bucket_hi, CorruptData, "checkpoint file '", path, "': key ",
-             key, " lies outside the file's bucket range");
+    SC_CHECK(bucket >= h.bucket_lo && bucket < h.bucket_hi, CorruptData, "checkpoint file '", path, "': key ", key,
+             " lies outside the file's bucket range");
     std::memcpy(floats.data(), records + i * record, floats_bytes);
     table.write_row(floats.data(), floats.data() + table.dim(), row.data());
     RowMeta meta;
@@ -240,7 +242,8 @@ void check_replaceable(const std::string& dir, bool overwrite) {
   for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
     const std::string name = entry.path().filename().string();
     const bool ours = (name.size() > 5 && name.ends_with(".rows")) || name == std::string(kManifest) + ".tmp";
-    SC_CHECK_ARG(ours, "'", dir, "' exists and holds '", name, "', which is not part of a checkpoint; "
+    SC_CHECK_ARG(ours, "'", dir, "' exists and holds '", name,
+                 "', which is not part of a checkpoint; "
                  "refusing to replace it");
   }
   if (ec) throw IoError("cannot list '" + dir + "': " + ec.message());
@@ -306,8 +309,8 @@ void EmbeddingCollection::write_checkpoint(const std::string& dir) const {
   std::vector<FileEntry> entries(tasks.size());
   parallel_for(static_cast<int64_t>(tasks.size()), 1, [&](int64_t a, int64_t b) {
     for (int64_t i = a; i < b; ++i) {
-      auto [entry, bytes] = encode_range_file(tasks[i].table, *tables_[tasks[i].table], tasks[i].shard_lo,
-                                              tasks[i].shard_hi);
+      auto [entry, bytes] =
+          encode_range_file(tasks[i].table, *tables_[tasks[i].table], tasks[i].shard_lo, tasks[i].shard_hi);
       if (entry.rows > 0) write_whole_file(join(dir, entry.path), bytes);
       entries[i] = std::move(entry);
     }
@@ -369,8 +372,8 @@ std::unique_ptr<EmbeddingCollection> EmbeddingCollection::load(const std::string
   std::vector<uint8_t> text = read_regular_file(manifest_path, kMaxManifestBytes);
   Json manifest = Json::parse(std::string_view(reinterpret_cast<const char*>(text.data()), text.size()));
   try {
-    SC_CHECK(manifest.at("format").as_string("format") == "sparsecore.embedding_collection", CorruptData,
-             "'", manifest_path, "' is not an embedding collection checkpoint");
+    SC_CHECK(manifest.at("format").as_string("format") == "sparsecore.embedding_collection", CorruptData, "'",
+             manifest_path, "' is not an embedding collection checkpoint");
     int64_t version = manifest.at("format_version").as_int("format_version");
     SC_CHECK(version == kFormatVersion, CorruptData, "checkpoint format version ", version, " (this build reads ",
              kFormatVersion, ")");
@@ -413,8 +416,8 @@ std::unique_ptr<EmbeddingCollection> EmbeddingCollection::load(const std::string
         e.bytes = static_cast<uint64_t>(bounded_int(jf.at("bytes"), "file bytes", 0, INT64_MAX));
         e.checksum = parse_hex64(jf.at("checksum").as_string("checksum"));
         const uint64_t need = row_file_bytes(e.rows, row_floats);
-        SC_CHECK(need != 0 && need == e.bytes, CorruptData, "manifest entry '", e.path, "' of table '",
-                 te.config.name, "' lists ", e.rows, " rows in ", e.bytes, " bytes (dim and optimizer need ", need, ")");
+        SC_CHECK(need != 0 && need == e.bytes, CorruptData, "manifest entry '", e.path, "' of table '", te.config.name,
+                 "' lists ", e.rows, " rows in ", e.bytes, " bytes (dim and optimizer need ", need, ")");
         file_rows += e.rows;
         te.files.push_back(std::move(e));
       }

@@ -22,11 +22,11 @@ constexpr int64_t kEvalBagsPerTask = 1024;
 
 // Per-group scratch of prepare(): positions grouped by table shard.
 struct GroupScratch {
-  PodVector<uint64_t> hashes;      // (n)
-  PodVector<int32_t> perm;         // (n) positions, grouped by shard, ascending within
-  std::vector<int64_t> shard_start;  // (shards + 1)
-  PodVector<int32_t> local_index;  // (n) index of a position's id within its shard
-  std::vector<int64_t> shard_unique; // (shards) unique ids per shard
+  PodVector<uint64_t> hashes;         // (n)
+  PodVector<int32_t> perm;            // (n) positions, grouped by shard, ascending within
+  std::vector<int64_t> shard_start;   // (shards + 1)
+  PodVector<int32_t> local_index;     // (n) index of a position's id within its shard
+  std::vector<int64_t> shard_unique;  // (shards) unique ids per shard
 };
 
 constexpr size_t kCachedBatches = 4;
@@ -70,8 +70,8 @@ void validate_group_inputs(const std::vector<GroupInput>& inputs, int num_tables
   std::vector<char> seen(static_cast<size_t>(std::max(num_tables, 0)), 0);
   for (size_t g = 0; g < inputs.size(); ++g) {
     const GroupInput& in = inputs[g];
-    SC_CHECK_ARG(in.table >= 0 && in.table < num_tables, "group ", g, ": table index ", in.table,
-                 " out of range [0, ", num_tables, ")");
+    SC_CHECK_ARG(in.table >= 0 && in.table < num_tables, "group ", g, ": table index ", in.table, " out of range [0, ",
+                 num_tables, ")");
     const std::string& name = table_name(in.table);
     SC_CHECK_ARG(!seen[in.table], "table '", name, "' appears in more than one group of the batch");
     seen[in.table] = 1;
@@ -86,11 +86,10 @@ void validate_group_inputs(const std::vector<GroupInput>& inputs, int num_tables
       SC_CHECK_ARG(off[b + 1] >= off[b], "group '", name, "': offsets must be non-decreasing, but offsets[", b,
                    "] = ", off[b], " > offsets[", b + 1, "] = ", off[b + 1]);
     }
-    SC_CHECK_ARG(off[in.batch_size] == in.num_ids, "group '", name, "': offsets[", in.batch_size, "] = ",
-                 off[in.batch_size], " must equal the number of ids (", in.num_ids, ")");
+    SC_CHECK_ARG(off[in.batch_size] == in.num_ids, "group '", name, "': offsets[", in.batch_size,
+                 "] = ", off[in.batch_size], " must equal the number of ids (", in.num_ids, ")");
     if (in.weights) {
-      SC_CHECK_ARG(kernels::all_finite(in.weights, in.num_ids), "group '", name,
-                   "': weights contain NaN or Inf");
+      SC_CHECK_ARG(kernels::all_finite(in.weights, in.num_ids), "group '", name, "': weights contain NaN or Inf");
     }
   }
 }
@@ -142,8 +141,10 @@ std::shared_ptr<PreparedBatch> EmbeddingCollection::prepare(const std::vector<Gr
       g.table_generation = table.generation();
       g.max_len = 0;
       g.offsets.assign(in.offsets, in.offsets + in.batch_size + 1);
-      if (in.weights) g.weights.assign(in.weights, in.weights + in.num_ids);
-      else g.weights.clear();
+      if (in.weights)
+        g.weights.assign(in.weights, in.weights + in.num_ids);
+      else
+        g.weights.clear();
       for (int64_t b = 0; b < in.batch_size; ++b) g.max_len = std::max(g.max_len, g.offsets[b + 1] - g.offsets[b]);
 
       const HashTable& ht = table.hash_table();
@@ -295,7 +296,8 @@ void EmbeddingCollection::forward(const PreparedBatch& batch, const std::vector<
 }
 
 int64_t EmbeddingCollection::erase(int table, const int64_t* keys, int64_t n) {
-  SC_CHECK_ARG(table >= 0 && table < num_tables(), "table index ", table, " out of range for ", num_tables(), " tables");
+  SC_CHECK_ARG(table >= 0 && table < num_tables(), "table index ", table, " out of range for ", num_tables(),
+               " tables");
   SC_CHECK_ARG(n >= 0, "number of keys must be >= 0, got ", n);
   std::unique_lock swap_lock(swap_mutex_);  // no batch call holds a row pointer meanwhile
   return tables_[table]->erase(keys, n);
@@ -310,8 +312,8 @@ int64_t EmbeddingCollection::max_bag_length(const GroupInput& in) {
 void EmbeddingCollection::evaluate(const std::vector<GroupInput>& inputs, const std::vector<float*>& outputs) const {
   std::shared_lock swap_lock(swap_mutex_);
   validate_inputs(inputs);
-  SC_CHECK_ARG(outputs.size() == inputs.size(), "evaluate: ", outputs.size(), " output buffers for ",
-               inputs.size(), " groups");
+  SC_CHECK_ARG(outputs.size() == inputs.size(), "evaluate: ", outputs.size(), " output buffers for ", inputs.size(),
+               " groups");
   struct Task {
     int group;
     int64_t begin, end;
@@ -348,8 +350,8 @@ void EmbeddingCollection::evaluate(const std::vector<GroupInput>& inputs, const 
 int64_t EmbeddingCollection::backward(const PreparedBatch& batch, const std::vector<const float*>& grads) {
   std::shared_lock swap_lock(swap_mutex_);
   SC_CHECK_ARG(batch.train, "backward needs a batch prepared with train=true (this one was prepared for evaluation)");
-  SC_CHECK_ARG(grads.size() == batch.groups.size(), "backward: ", grads.size(), " gradients for ",
-               batch.groups.size(), " groups");
+  SC_CHECK_ARG(grads.size() == batch.groups.size(), "backward: ", grads.size(), " gradients for ", batch.groups.size(),
+               " groups");
   const int num_groups = static_cast<int>(batch.groups.size());
   for (int gi = 0; gi < num_groups; ++gi) {
     const PreparedGroup& g = batch.groups[gi];
@@ -360,8 +362,7 @@ int64_t EmbeddingCollection::backward(const PreparedBatch& batch, const std::vec
   // Validate every gradient before any row changes.
   std::vector<char> finite(num_groups, 1);
   parallel_for(num_groups, 1, [&](int64_t g0, int64_t g1) {
-    for (int64_t gi = g0; gi < g1; ++gi)
-      finite[gi] = kernels::all_finite(grads[gi], batch.groups[gi].output_size());
+    for (int64_t gi = g0; gi < g1; ++gi) finite[gi] = kernels::all_finite(grads[gi], batch.groups[gi].output_size());
   });
   for (int gi = 0; gi < num_groups; ++gi)
     SC_CHECK_ARG(finite[gi], "gradient of group '", tables_[batch.groups[gi].table]->name(),
@@ -375,8 +376,7 @@ int64_t EmbeddingCollection::backward(const PreparedBatch& batch, const std::vec
     EmbeddingTable& table = *tables_[g.table];
     if (table.generation() != g.table_generation) {
       refreshed[gi].resize(g.unique_keys.size());
-      table.hash_table().find_or_insert(g.unique_keys.data(), g.num_unique(), refreshed[gi].data(),
-                                        table.row_init());
+      table.hash_table().find_or_insert(g.unique_keys.data(), g.num_unique(), refreshed[gi].data(), table.row_init());
     }
     bag_scale[gi].resize(g.batch_size);
     bag_gradient_scales(g.pooling, g.offsets.data(), g.batch_size, g.weights.empty() ? nullptr : g.weights.data(),
@@ -394,8 +394,7 @@ int64_t EmbeddingCollection::backward(const PreparedBatch& batch, const std::vec
   }
 
   std::vector<RowRange> ranges;
-  for (int gi = 0; gi < num_groups; ++gi)
-    ranges.push_back({batch.groups[gi].table, batch.groups[gi].num_unique()});
+  for (int gi = 0; gi < num_groups; ++gi) ranges.push_back({batch.groups[gi].table, batch.groups[gi].num_unique()});
   auto rows_of = [&](int gi) -> std::byte* const* {
     return refreshed[gi].empty() ? batch.groups[gi].unique_rows.data() : refreshed[gi].data();
   };
@@ -403,15 +402,17 @@ int64_t EmbeddingCollection::backward(const PreparedBatch& batch, const std::vec
       ranges, [&](int gi) { return rows_of(gi); },
       [&](int gi, int64_t begin, int64_t end, int64_t step, float* scratch, std::byte* undo, bool stream) {
         const PreparedGroup& g = batch.groups[gi];
-        return kernels::backward_update(g, *tables_[g.table], rows_of(gi), grads[gi], bag_scale[gi].data(), begin,
-                                        end, step, scratch, undo, stream);
+        return kernels::backward_update(g, *tables_[g.table], rows_of(gi), grads[gi], bag_scale[gi].data(), begin, end,
+                                        step, scratch, undo, stream);
       });
 }
 
 int64_t EmbeddingCollection::apply_unique(int table_index, const int64_t* ids, int64_t n, const float* grads) {
   std::shared_lock swap_lock(swap_mutex_);
-  SC_CHECK_ARG(table_index >= 0 && table_index < num_tables(), "apply_unique: no table ", table_index, " in a "
-               "collection of ", num_tables());
+  SC_CHECK_ARG(table_index >= 0 && table_index < num_tables(), "apply_unique: no table ", table_index,
+               " in a "
+               "collection of ",
+               num_tables());
   EmbeddingTable& table = *tables_[table_index];
   SC_CHECK_ARG(n >= 0 && n <= kMaxIdsPerGroup, "apply_unique: table '", table.name(), "' takes 0 to 2^31 - 1 ids, got ",
                n);
@@ -426,8 +427,8 @@ int64_t EmbeddingCollection::apply_unique(int table_index, const int64_t* ids, i
     for (int64_t i = 0; i < n; ++i) {
       bool added = false;
       set.find_or_add(ids[i], key_hash(ids[i]), static_cast<int32_t>(i), &added);
-      SC_CHECK_ARG(added, "apply_unique: id ", ids[i], " appears more than once in the update of table '",
-                   table.name(), "'; no row was updated");
+      SC_CHECK_ARG(added, "apply_unique: id ", ids[i], " appears more than once in the update of table '", table.name(),
+                   "'; no row was updated");
     }
   }
   PodVector<std::byte*> rows(n);

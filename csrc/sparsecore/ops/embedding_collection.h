@@ -38,12 +38,12 @@ namespace sparsecore {
 // One feature group of a batch (CSR bags). All pointers are host memory owned by the caller
 // and only read during prepare().
 struct GroupInput {
-  int table = -1;                  // index of the table in the collection
-  const int64_t* ids = nullptr;      // (num_ids)
+  int table = -1;                // index of the table in the collection
+  const int64_t* ids = nullptr;  // (num_ids)
   int64_t num_ids = 0;
   const int64_t* offsets = nullptr;  // (batch_size + 1): offsets[0] = 0, non-decreasing, offsets[B] = num_ids
   int64_t batch_size = 0;
-  const float* weights = nullptr;    // (num_ids) per-id weights, or nullptr
+  const float* weights = nullptr;  // (num_ids) per-id weights, or nullptr
 };
 
 // A group after prepare(): its bags, its unique ids and their rows. Owned data only (the
@@ -54,24 +54,22 @@ struct PreparedGroup {
   Pooling pooling = Pooling::kSum;
   int64_t num_ids = 0;
   int64_t batch_size = 0;
-  int64_t max_len = 0;                    // longest bag (the padded length of pooling "none")
-  PodVector<int64_t> offsets;           // (batch_size + 1)
-  PodVector<float> weights;             // (num_ids) or empty
-  PodVector<int64_t> unique_keys;       // (num_unique), grouped by table shard
-  PodVector<std::byte*> unique_rows;    // (num_unique); nullptr: absent (evaluation only)
-  PodVector<int32_t> inverse;           // (num_ids) index into unique_keys
+  int64_t max_len = 0;                // longest bag (the padded length of pooling "none")
+  PodVector<int64_t> offsets;         // (batch_size + 1)
+  PodVector<float> weights;           // (num_ids) or empty
+  PodVector<int64_t> unique_keys;     // (num_unique), grouped by table shard
+  PodVector<std::byte*> unique_rows;  // (num_unique); nullptr: absent (evaluation only)
+  PodVector<int32_t> inverse;         // (num_ids) index into unique_keys
   // Built by the first backward of the batch (a forward never needs them): occurrences of
   // each unique id in ascending position order (CSR), and the bag of each position.
   mutable PodVector<int32_t> occurrence_offsets;    // (num_unique + 1)
   mutable PodVector<int32_t> occurrence_positions;  // (num_ids)
   mutable PodVector<int32_t> bag_of_position;       // (num_ids)
-  uint64_t table_generation = 0;          // rows are re-resolved if the table changed since
+  uint64_t table_generation = 0;                    // rows are re-resolved if the table changed since
 
   int64_t num_unique() const { return static_cast<int64_t>(unique_keys.size()); }
   // Elements of the forward output / expected gradient of this group.
-  int64_t output_size() const {
-    return (pooling == Pooling::kNone ? batch_size * max_len : batch_size) * dim;
-  }
+  int64_t output_size() const { return (pooling == Pooling::kNone ? batch_size * max_len : batch_size) * dim; }
 };
 
 struct PreparedBatch {

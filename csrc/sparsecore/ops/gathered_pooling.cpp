@@ -67,8 +67,8 @@ PreparedGroup group_of_bags(int dim, const int64_t* offsets, int64_t batch_size,
 
 }  // namespace
 
-void pool_gathered_rows(const float* rows, int dim, const int64_t* offsets, int64_t batch_size,
-                        const float* weights, Pooling pooling, float* out) {
+void pool_gathered_rows(const float* rows, int dim, const int64_t* offsets, int64_t batch_size, const float* weights,
+                        Pooling pooling, float* out) {
   SC_CHECK_ARG(dim >= 1, "dim must be >= 1, got ", dim);
   check_offsets(offsets, batch_size);
   const int64_t n = offsets[batch_size];
@@ -81,8 +81,8 @@ void pool_gathered_rows(const float* rows, int dim, const int64_t* offsets, int6
   kernels::pool_bags(g, RowStorage::kFloat32, row_of.data(), 0, batch_size, out, tmp.data());
 }
 
-void sum_gradients_by_id(const int64_t* ids, int dim, const int64_t* offsets, int64_t batch_size,
-                         const float* weights, Pooling pooling, const float* grad, std::vector<int64_t>& unique_ids,
+void sum_gradients_by_id(const int64_t* ids, int dim, const int64_t* offsets, int64_t batch_size, const float* weights,
+                         Pooling pooling, const float* grad, std::vector<int64_t>& unique_ids,
                          std::vector<float>& unique_grads) {
   SC_CHECK_ARG(dim >= 1, "dim must be >= 1, got ", dim);
   check_offsets(offsets, batch_size);

@@ -19,8 +19,7 @@ namespace sparsecore {
 //   offsets  (batch_size + 1), validated CSR offsets
 //   weights  (offsets[batch_size]) or nullptr
 //   out      (batch_size)
-void bag_gradient_scales(Pooling pooling, const int64_t* offsets, int64_t batch_size, const float* weights,
-                         float* out);
+void bag_gradient_scales(Pooling pooling, const int64_t* offsets, int64_t batch_size, const float* weights, float* out);
 
 // The longest bag of CSR `offsets` (the padded length of pooling "none").
 int64_t longest_bag(const int64_t* offsets, int64_t batch_size);
@@ -31,8 +30,8 @@ int64_t longest_bag(const int64_t* offsets, int64_t batch_size);
 //   rows     (offsets[batch_size], dim)
 //   offsets  (batch_size + 1)
 //   weights  (offsets[batch_size]) or nullptr
-void pool_gathered_rows(const float* rows, int dim, const int64_t* offsets, int64_t batch_size,
-                        const float* weights, Pooling pooling, float* out);
+void pool_gathered_rows(const float* rows, int dim, const int64_t* offsets, int64_t batch_size, const float* weights,
+                        Pooling pooling, float* out);
 
 // The gradient a worker pushes for a group: its distinct ids (in order of first occurrence)
 // and, for each, the pooled-output gradients of its positions times the bag's scale
@@ -44,8 +43,8 @@ void pool_gathered_rows(const float* rows, int dim, const int64_t* offsets, int6
 //   weights  (offsets[batch_size]) or nullptr
 //   grad     (batch_size, dim), or (batch_size, longest_bag, dim) for pooling none
 //   unique_ids (num_unique), unique_grads (num_unique, dim): replaced
-void sum_gradients_by_id(const int64_t* ids, int dim, const int64_t* offsets, int64_t batch_size,
-                         const float* weights, Pooling pooling, const float* grad, std::vector<int64_t>& unique_ids,
+void sum_gradients_by_id(const int64_t* ids, int dim, const int64_t* offsets, int64_t batch_size, const float* weights,
+                         Pooling pooling, const float* grad, std::vector<int64_t>& unique_ids,
                          std::vector<float>& unique_grads);
 
 }  // namespace sparsecore

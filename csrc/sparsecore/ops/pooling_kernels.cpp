@@ -21,8 +21,7 @@
 namespace sparsecore::kernels {
 namespace {
 
-__attribute__((always_inline)) inline void axpy(float* __restrict__ y, const float* __restrict__ x, float a,
-                                                int dim) {
+__attribute__((always_inline)) inline void axpy(float* __restrict__ y, const float* __restrict__ x, float a, int dim) {
   for (int d = 0; d < dim; ++d) y[d] += a * x[d];
 }
 
@@ -30,18 +29,19 @@ __attribute__((always_inline)) inline void axpy(float* __restrict__ y, const flo
 __attribute__((always_inline)) inline void prefetch_bytes(const void* p, size_t bytes, int rw = 0) {
   const char* c = static_cast<const char*>(p);
   const char* end = c + bytes;
-  for (const char* line = reinterpret_cast<const char*>(reinterpret_cast<uintptr_t>(c) & ~uintptr_t{63});
-       line < end; line += 64) {
-    if (rw) __builtin_prefetch(line, 1);
-    else __builtin_prefetch(line, 0);
+  for (const char* line = reinterpret_cast<const char*>(reinterpret_cast<uintptr_t>(c) & ~uintptr_t{63}); line < end;
+       line += 64) {
+    if (rw)
+      __builtin_prefetch(line, 1);
+    else
+      __builtin_prefetch(line, 0);
   }
 }
 
 // A row's weights as fp32: the row itself (fp32 storage) or `tmp` (dim floats) filled by an
 // exact widening (fp16 storage; F16C in the x86-64-v3/v4 clones).
 template <bool kHalf>
-__attribute__((always_inline)) inline const float* row_weights(const std::byte* row, float* __restrict__ tmp,
-                                                               int dim) {
+__attribute__((always_inline)) inline const float* row_weights(const std::byte* row, float* __restrict__ tmp, int dim) {
   if constexpr (kHalf) {
     halves_to_floats(reinterpret_cast<const uint16_t*>(row), tmp, dim);
     return tmp;
@@ -58,9 +58,8 @@ constexpr size_t kWeightBytes = kHalf ? sizeof(uint16_t) : sizeof(float);
 constexpr int64_t kPoolAhead = 16;
 
 template <int kDim, bool kHalf>
-__attribute__((always_inline)) inline void pool_range(const PreparedGroup& g, const std::byte* const* rows,
-                                                      int64_t b0, int64_t b1, float* __restrict__ out,
-                                                      float* __restrict__ tmp) {
+__attribute__((always_inline)) inline void pool_range(const PreparedGroup& g, const std::byte* const* rows, int64_t b0,
+                                                      int64_t b1, float* __restrict__ out, float* __restrict__ tmp) {
   const int dim = kDim > 0 ? kDim : g.dim;
   const float* weights = g.weights.empty() ? nullptr : g.weights.data();
   const int32_t* inv = g.inverse.data();
@@ -100,11 +99,9 @@ constexpr int64_t kRowAhead = 16;
 
 template <int kDim, bool kHalf>
 __attribute__((always_inline)) inline void pool_from_ids(const HashTable& table, int dim_runtime, Pooling pooling,
-                                                         const GroupInput& in, int64_t max_len, int64_t b0,
-                                                         int64_t b1, float* __restrict__ out,
-                                                         uint64_t* __restrict__ hashes,
-                                                         const std::byte** __restrict__ rows,
-                                                         float* __restrict__ tmp) {
+                                                         const GroupInput& in, int64_t max_len, int64_t b0, int64_t b1,
+                                                         float* __restrict__ out, uint64_t* __restrict__ hashes,
+                                                         const std::byte** __restrict__ rows, float* __restrict__ tmp) {
   const int dim = kDim > 0 ? kDim : dim_runtime;
   const int64_t* off = in.offsets;
   const int64_t p0 = off[b0], n = off[b1] - p0;
@@ -175,24 +172,34 @@ __attribute__((always_inline)) inline void pool_from_ids(const HashTable& table,
 
 template <bool kHalf>
 __attribute__((always_inline)) inline void pool_bags_from_ids_as(const HashTable& table, int dim, Pooling pooling,
-                                                                 const GroupInput& in, int64_t max_len,
-                                                                 int64_t b0, int64_t b1, float* out,
-                                                                 uint64_t* hashes, const std::byte** rows,
-                                                                 float* tmp) {
+                                                                 const GroupInput& in, int64_t max_len, int64_t b0,
+                                                                 int64_t b1, float* out, uint64_t* hashes,
+                                                                 const std::byte** rows, float* tmp) {
   switch (pooling == Pooling::kNone ? 0 : dim) {
-    case 4: pool_from_ids<4, kHalf>(table, dim, pooling, in, max_len, b0, b1, out, hashes, rows, tmp); break;
-    case 8: pool_from_ids<8, kHalf>(table, dim, pooling, in, max_len, b0, b1, out, hashes, rows, tmp); break;
-    case 16: pool_from_ids<16, kHalf>(table, dim, pooling, in, max_len, b0, b1, out, hashes, rows, tmp); break;
-    case 32: pool_from_ids<32, kHalf>(table, dim, pooling, in, max_len, b0, b1, out, hashes, rows, tmp); break;
-    case 64: pool_from_ids<64, kHalf>(table, dim, pooling, in, max_len, b0, b1, out, hashes, rows, tmp); break;
-    default: pool_from_ids<0, kHalf>(table, dim, pooling, in, max_len, b0, b1, out, hashes, rows, tmp); break;
+    case 4:
+      pool_from_ids<4, kHalf>(table, dim, pooling, in, max_len, b0, b1, out, hashes, rows, tmp);
+      break;
+    case 8:
+      pool_from_ids<8, kHalf>(table, dim, pooling, in, max_len, b0, b1, out, hashes, rows, tmp);
+      break;
+    case 16:
+      pool_from_ids<16, kHalf>(table, dim, pooling, in, max_len, b0, b1, out, hashes, rows, tmp);
+      break;
+    case 32:
+      pool_from_ids<32, kHalf>(table, dim, pooling, in, max_len, b0, b1, out, hashes, rows, tmp);
+      break;
+    case 64:
+      pool_from_ids<64, kHalf>(table, dim, pooling, in, max_len, b0, b1, out, hashes, rows, tmp);
+      break;
+    default:
+      pool_from_ids<0, kHalf>(table, dim, pooling, in, max_len, b0, b1, out, hashes, rows, tmp);
+      break;
   }
 }
 
 template <bool kHalf>
 __attribute__((always_inline)) inline void pool_bags_as(const PreparedGroup& g, const std::byte* const* rows,
-                                                        int64_t bag_begin, int64_t bag_end, float* out,
-                                                        float* tmp) {
+                                                        int64_t bag_begin, int64_t bag_end, float* out, float* tmp) {
   const int dim = g.dim;
   if (g.pooling == Pooling::kNone) {
     const int64_t out_row_bytes = static_cast<int64_t>(dim) * sizeof(float);
@@ -216,13 +223,27 @@ __attribute__((always_inline)) inline void pool_bags_as(const PreparedGroup& g, 
   }
   // Fixed-size copies of the common widths let the compiler keep a bag's sum in registers.
   switch (dim) {
-    case 4: pool_range<4, kHalf>(g, rows, bag_begin, bag_end, out, tmp); break;
-    case 8: pool_range<8, kHalf>(g, rows, bag_begin, bag_end, out, tmp); break;
-    case 16: pool_range<16, kHalf>(g, rows, bag_begin, bag_end, out, tmp); break;
-    case 32: pool_range<32, kHalf>(g, rows, bag_begin, bag_end, out, tmp); break;
-    case 64: pool_range<64, kHalf>(g, rows, bag_begin, bag_end, out, tmp); break;
-    case 128: pool_range<128, kHalf>(g, rows, bag_begin, bag_end, out, tmp); break;
-    default: pool_range<0, kHalf>(g, rows, bag_begin, bag_end, out, tmp); break;
+    case 4:
+      pool_range<4, kHalf>(g, rows, bag_begin, bag_end, out, tmp);
+      break;
+    case 8:
+      pool_range<8, kHalf>(g, rows, bag_begin, bag_end, out, tmp);
+      break;
+    case 16:
+      pool_range<16, kHalf>(g, rows, bag_begin, bag_end, out, tmp);
+      break;
+    case 32:
+      pool_range<32, kHalf>(g, rows, bag_begin, bag_end, out, tmp);
+      break;
+    case 64:
+      pool_range<64, kHalf>(g, rows, bag_begin, bag_end, out, tmp);
+      break;
+    case 128:
+      pool_range<128, kHalf>(g, rows, bag_begin, bag_end, out, tmp);
+      break;
+    default:
+      pool_range<0, kHalf>(g, rows, bag_begin, bag_end, out, tmp);
+      break;
   }
 }
 
@@ -241,8 +262,10 @@ void pool_bags_from_ids(const HashTable& table, int dim, Pooling pooling, RowSto
 SC_DISPATCH
 void pool_bags(const PreparedGroup& g, RowStorage storage, const std::byte* const* rows, int64_t bag_begin,
                int64_t bag_end, float* out, float* tmp) {
-  if (storage == RowStorage::kFloat16) pool_bags_as<true>(g, rows, bag_begin, bag_end, out, tmp);
-  else pool_bags_as<false>(g, rows, bag_begin, bag_end, out, tmp);
+  if (storage == RowStorage::kFloat16)
+    pool_bags_as<true>(g, rows, bag_begin, bag_end, out, tmp);
+  else
+    pool_bags_as<false>(g, rows, bag_begin, bag_end, out, tmp);
 }
 
 // Unique rows this far ahead are prefetched for writing (a whole record: weights, state, meta).
@@ -295,7 +318,6 @@ __attribute__((always_inline)) inline uint32_t any_nonfinite_half(const uint16_t
   return bad;
 }
 
-
 // The gradient of unique row u of `g`: its occurrences' pooled-output gradients, each times
 // its bag's scale (and its weight), summed from zero in ascending position order. The one
 // definition of that sum, for the fused backward and for callers that push the sums elsewhere.
@@ -324,8 +346,8 @@ __attribute__((always_inline)) inline void sum_row_gradient(const PreparedGroup&
 // first; a row left non-finite is put back at once and false is returned.
 template <bool kStream, typename GradientOf>
 __attribute__((always_inline)) inline bool update_rows_as(const EmbeddingTable& table, std::byte* const* rows,
-                                                          int64_t u_begin, int64_t u_end, int64_t step,
-                                                          float* scratch, std::byte* undo, GradientOf gradient_of) {
+                                                          int64_t u_begin, int64_t u_end, int64_t step, float* scratch,
+                                                          std::byte* undo, GradientOf gradient_of) {
   const int dim = table.dim();
   const OptimizerConfig& opt = table.config().optimizer;
   const bool half = table.storage() == RowStorage::kFloat16;
@@ -335,7 +357,8 @@ __attribute__((always_inline)) inline bool update_rows_as(const EmbeddingTable& 
     if (u + kUpdateAhead < u_end) prefetch_bytes(rows[u + kUpdateAhead], table.row_bytes(), 1);
     gradient_of(u, scratch);
     std::byte* row = rows[u];
-    save_record<kStream>(undo + static_cast<size_t>(u - u_begin) * undo_stride(row_bytes), row, row_bytes);  // the record as it was, in case the call is undone
+    save_record<kStream>(undo + static_cast<size_t>(u - u_begin) * undo_stride(row_bytes), row,
+                         row_bytes);  // the record as it was, in case the call is undone
     PackedRowMeta* meta = table.meta(row);
     meta->count_update();
     const int64_t t = opt.use_global_step ? step : static_cast<int64_t>(meta->update_count);
@@ -383,10 +406,9 @@ __attribute__((always_inline)) inline bool backward_update_as(const PreparedGrou
 }
 
 template <bool kStream>
-__attribute__((always_inline)) inline bool apply_row_gradients_as(const EmbeddingTable& table,
-                                                                  std::byte* const* rows, const float* grads,
-                                                                  int64_t u_begin, int64_t u_end, int64_t step,
-                                                                  float* scratch, std::byte* undo) {
+__attribute__((always_inline)) inline bool apply_row_gradients_as(const EmbeddingTable& table, std::byte* const* rows,
+                                                                  const float* grads, int64_t u_begin, int64_t u_end,
+                                                                  int64_t step, float* scratch, std::byte* undo) {
   const size_t row_floats = static_cast<size_t>(table.dim());
   return update_rows_as<kStream>(table, rows, u_begin, u_end, step, scratch, undo, [&](int64_t u, float* out) {
     std::memcpy(out, grads + static_cast<size_t>(u) * row_floats, row_floats * sizeof(float));
@@ -396,9 +418,9 @@ __attribute__((always_inline)) inline bool apply_row_gradients_as(const Embeddin
 }  // namespace
 
 SC_DISPATCH
-bool backward_update(const PreparedGroup& g, const EmbeddingTable& table, std::byte* const* rows,
-                     const float* grad, const float* bag_scale, int64_t u_begin, int64_t u_end, int64_t step,
-                     float* scratch, std::byte* undo, bool stream_undo) {
+bool backward_update(const PreparedGroup& g, const EmbeddingTable& table, std::byte* const* rows, const float* grad,
+                     const float* bag_scale, int64_t u_begin, int64_t u_end, int64_t step, float* scratch,
+                     std::byte* undo, bool stream_undo) {
   return stream_undo ? backward_update_as<true>(g, table, rows, grad, bag_scale, u_begin, u_end, step, scratch, undo)
                      : backward_update_as<false>(g, table, rows, grad, bag_scale, u_begin, u_end, step, scratch, undo);
 }
@@ -422,8 +444,6 @@ void undo_rows(std::byte* const* rows, int64_t u_begin, int64_t u_end, size_t ro
 }
 
 SC_DISPATCH
-bool all_finite(const float* x, int64_t n) {
-  return any_nonfinite(x, n) == 0;
-}
+bool all_finite(const float* x, int64_t n) { return any_nonfinite(x, n) == 0; }
 
 }  // namespace sparsecore::kernels

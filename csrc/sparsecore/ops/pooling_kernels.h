@@ -37,9 +37,9 @@ void pool_bags_from_ids(const HashTable& table, int dim, Pooling pooling, RowSto
 //   scratch    backward_scratch_floats(dim, table.state_dim()) floats
 //   undo       (u_end - u_begin, undo_stride(table.row_bytes())) host bytes, 16-byte aligned
 //   stream_undo  write the log with non-temporal stores (for a log larger than the caches)
-bool backward_update(const PreparedGroup& g, const EmbeddingTable& table, std::byte* const* rows,
-                     const float* grad, const float* bag_scale, int64_t u_begin, int64_t u_end, int64_t step,
-                     float* scratch, std::byte* undo, bool stream_undo);
+bool backward_update(const PreparedGroup& g, const EmbeddingTable& table, std::byte* const* rows, const float* grad,
+                     const float* bag_scale, int64_t u_begin, int64_t u_end, int64_t step, float* scratch,
+                     std::byte* undo, bool stream_undo);
 // backward_update's arithmetic in two halves, for rows whose gradients are summed on one
 // machine and applied on another (parameter servers):
 // sum_unique_gradients writes the summed gradient of each unique row [u_begin, u_end) of `g`

@@ -12,9 +12,12 @@ constexpr struct {
   OptimizerKind kind;
   const char* name;
 } kNames[] = {
-    {OptimizerKind::kSGD, "sgd"},         {OptimizerKind::kMomentum, "momentum"},
-    {OptimizerKind::kAdagrad, "adagrad"}, {OptimizerKind::kRowwiseAdagrad, "rowwise_adagrad"},
-    {OptimizerKind::kAdam, "adam"},       {OptimizerKind::kFtrl, "ftrl"},
+    {OptimizerKind::kSGD, "sgd"},
+    {OptimizerKind::kMomentum, "momentum"},
+    {OptimizerKind::kAdagrad, "adagrad"},
+    {OptimizerKind::kRowwiseAdagrad, "rowwise_adagrad"},
+    {OptimizerKind::kAdam, "adam"},
+    {OptimizerKind::kFtrl, "ftrl"},
     {OptimizerKind::kGroupLasso, "group_lasso"},
 };
 
@@ -39,11 +42,18 @@ OptimizerKind optimizer_kind_from_name(const std::string& name) {
 }
 
 void OptimizerConfig::validate() const {
-  const std::pair<float, const char*> fields[] = {
-      {lr, "lr"},     {weight_decay, "weight_decay"}, {momentum, "momentum"}, {eps, "eps"},
-      {initial_accumulator, "initial_accumulator"},   {beta1, "beta1"},       {beta2, "beta2"},
-      {ftrl_beta, "beta"}, {l1, "l1"},                {l2, "l2"},             {lr_power, "lr_power"},
-      {group_lambda, "group_lambda"}};
+  const std::pair<float, const char*> fields[] = {{lr, "lr"},
+                                                  {weight_decay, "weight_decay"},
+                                                  {momentum, "momentum"},
+                                                  {eps, "eps"},
+                                                  {initial_accumulator, "initial_accumulator"},
+                                                  {beta1, "beta1"},
+                                                  {beta2, "beta2"},
+                                                  {ftrl_beta, "beta"},
+                                                  {l1, "l1"},
+                                                  {l2, "l2"},
+                                                  {lr_power, "lr_power"},
+                                                  {group_lambda, "group_lambda"}};
   for (const auto& [v, name] : fields) check_finite(v, name);
   SC_CHECK_ARG(lr >= 0.0f, "optimizer 'lr' must be >= 0, got ", lr);
   SC_CHECK_ARG(weight_decay >= 0.0f, "optimizer 'weight_decay' must be >= 0, got ", weight_decay);
@@ -51,8 +61,7 @@ void OptimizerConfig::validate() const {
   SC_CHECK_ARG(!nesterov || kind != OptimizerKind::kMomentum || momentum > 0.0f,
                "optimizer 'nesterov' needs momentum > 0");
   SC_CHECK_ARG(eps > 0.0f, "optimizer 'eps' must be > 0, got ", eps);
-  SC_CHECK_ARG(initial_accumulator >= 0.0f, "optimizer 'initial_accumulator' must be >= 0, got ",
-               initial_accumulator);
+  SC_CHECK_ARG(initial_accumulator >= 0.0f, "optimizer 'initial_accumulator' must be >= 0, got ", initial_accumulator);
   SC_CHECK_ARG(beta1 >= 0.0f && beta1 < 1.0f, "optimizer 'beta1' must be in [0, 1), got ", beta1);
   SC_CHECK_ARG(beta2 >= 0.0f && beta2 < 1.0f, "optimizer 'beta2' must be in [0, 1), got ", beta2);
   SC_CHECK_ARG(ftrl_beta >= 0.0f, "optimizer 'beta' (FTRL) must be >= 0, got ", ftrl_beta);
@@ -98,7 +107,8 @@ Json OptimizerConfig::to_json() const {
       j["lr_power"] = static_cast<double>(lr_power);
       j["initial_accumulator"] = static_cast<double>(initial_accumulator);
       break;
-    case OptimizerKind::kSGD: break;
+    case OptimizerKind::kSGD:
+      break;
   }
   return j;
 }
@@ -111,26 +121,42 @@ OptimizerConfig OptimizerConfig::from_json(const Json& j) {
   if (c.kind == OptimizerKind::kRowwiseAdagrad) c.eps = 1e-8f;
   if (c.kind == OptimizerKind::kFtrl) c.initial_accumulator = 0.1f;
   static const std::set<std::string> kKnown = {
-      "name", "lr", "weight_decay", "momentum", "nesterov", "eps", "initial_accumulator", "beta1", "beta2",
-      "decoupled_weight_decay", "use_global_step", "beta", "l1", "l2", "lr_power", "group_lambda"};
+      "name",     "lr",          "weight_decay",           "momentum",        "nesterov", "eps", "initial_accumulator",
+      "beta1",    "beta2",       "decoupled_weight_decay", "use_global_step", "beta",     "l1",  "l2",
+      "lr_power", "group_lambda"};
   for (const auto& [key, value] : j.as_object("optimizer")) {
     SC_CHECK_ARG(kKnown.count(key), "unknown optimizer field '", key, "'");
     auto num = [&](const char* what) { return static_cast<float>(value.as_double(what)); };
-    if (key == "lr") c.lr = num("optimizer 'lr'");
-    else if (key == "weight_decay") c.weight_decay = num("optimizer 'weight_decay'");
-    else if (key == "momentum") c.momentum = num("optimizer 'momentum'");
-    else if (key == "nesterov") c.nesterov = value.as_bool("optimizer 'nesterov'");
-    else if (key == "eps") c.eps = num("optimizer 'eps'");
-    else if (key == "initial_accumulator") c.initial_accumulator = num("optimizer 'initial_accumulator'");
-    else if (key == "beta1") c.beta1 = num("optimizer 'beta1'");
-    else if (key == "beta2") c.beta2 = num("optimizer 'beta2'");
-    else if (key == "decoupled_weight_decay") c.decoupled_weight_decay = value.as_bool("optimizer 'decoupled_weight_decay'");
-    else if (key == "use_global_step") c.use_global_step = value.as_bool("optimizer 'use_global_step'");
-    else if (key == "beta") c.ftrl_beta = num("optimizer 'beta'");
-    else if (key == "l1") c.l1 = num("optimizer 'l1'");
-    else if (key == "l2") c.l2 = num("optimizer 'l2'");
-    else if (key == "lr_power") c.lr_power = num("optimizer 'lr_power'");
-    else if (key == "group_lambda") c.group_lambda = num("optimizer 'group_lambda'");
+    if (key == "lr")
+      c.lr = num("optimizer 'lr'");
+    else if (key == "weight_decay")
+      c.weight_decay = num("optimizer 'weight_decay'");
+    else if (key == "momentum")
+      c.momentum = num("optimizer 'momentum'");
+    else if (key == "nesterov")
+      c.nesterov = value.as_bool("optimizer 'nesterov'");
+    else if (key == "eps")
+      c.eps = num("optimizer 'eps'");
+    else if (key == "initial_accumulator")
+      c.initial_accumulator = num("optimizer 'initial_accumulator'");
+    else if (key == "beta1")
+      c.beta1 = num("optimizer 'beta1'");
+    else if (key == "beta2")
+      c.beta2 = num("optimizer 'beta2'");
+    else if (key == "decoupled_weight_decay")
+      c.decoupled_weight_decay = value.as_bool("optimizer 'decoupled_weight_decay'");
+    else if (key == "use_global_step")
+      c.use_global_step = value.as_bool("optimizer 'use_global_step'");
+    else if (key == "beta")
+      c.ftrl_beta = num("optimizer 'beta'");
+    else if (key == "l1")
+      c.l1 = num("optimizer 'l1'");
+    else if (key == "l2")
+      c.l2 = num("optimizer 'l2'");
+    else if (key == "lr_power")
+      c.lr_power = num("optimizer 'lr_power'");
+    else if (key == "group_lambda")
+      c.group_lambda = num("optimizer 'group_lambda'");
   }
   c.validate();
   return c;

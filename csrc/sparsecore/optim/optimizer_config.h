@@ -52,11 +52,15 @@ struct OptimizerConfig {
   // Number of float32 state values stored in each row after its `dim` weights.
   SC_HOST_DEVICE int state_dim(int dim) const {
     switch (kind) {
-      case OptimizerKind::kSGD: return 0;
-      case OptimizerKind::kRowwiseAdagrad: return 1;
+      case OptimizerKind::kSGD:
+        return 0;
+      case OptimizerKind::kRowwiseAdagrad:
+        return 1;
       case OptimizerKind::kAdam:
-      case OptimizerKind::kFtrl: return 2 * dim;
-      default: return dim;  // Momentum m, Adagrad s, Group Lasso s
+      case OptimizerKind::kFtrl:
+        return 2 * dim;
+      default:
+        return dim;  // Momentum m, Adagrad s, Group Lasso s
     }
   }
 

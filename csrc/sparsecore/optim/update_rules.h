@@ -35,8 +35,8 @@ SC_RULE void sgd(float* __restrict__ w, const float* __restrict__ g, int dim, fl
 }
 
 // Momentum: m <- mu*m + g; w <- w - lr*m  (Nesterov: w <- w - lr*(g + mu*m))
-SC_RULE void momentum(float* __restrict__ w, float* __restrict__ m, const float* __restrict__ g,
-                             int dim, float lr, float mu, bool nesterov, float wd) {
+SC_RULE void momentum(float* __restrict__ w, float* __restrict__ m, const float* __restrict__ g, int dim, float lr,
+                      float mu, bool nesterov, float wd) {
   for (int i = 0; i < dim; ++i) {
     float gi = l2_decay(g[i], w[i], wd);
     float mi = mu * m[i] + gi;
@@ -46,8 +46,8 @@ SC_RULE void momentum(float* __restrict__ w, float* __restrict__ m, const float*
 }
 
 // Adagrad: s <- s + g^2; w <- w - lr * g / (sqrt(s) + eps)
-SC_RULE void adagrad(float* __restrict__ w, float* __restrict__ s, const float* __restrict__ g,
-                            int dim, float lr, float eps, float wd) {
+SC_RULE void adagrad(float* __restrict__ w, float* __restrict__ s, const float* __restrict__ g, int dim, float lr,
+                     float eps, float wd) {
   for (int i = 0; i < dim; ++i) {
     float gi = l2_decay(g[i], w[i], wd);
     float si = s[i] + gi * gi;
@@ -57,8 +57,8 @@ SC_RULE void adagrad(float* __restrict__ w, float* __restrict__ s, const float* 
 }
 
 // Rowwise Adagrad: one scalar s per row; s <- s + mean(g^2); w <- w - lr * g / (sqrt(s) + eps)
-SC_RULE void rowwise_adagrad(float* __restrict__ w, float* __restrict__ s, const float* __restrict__ g,
-                                    int dim, float lr, float eps, float wd) {
+SC_RULE void rowwise_adagrad(float* __restrict__ w, float* __restrict__ s, const float* __restrict__ g, int dim,
+                             float lr, float eps, float wd) {
   float sum_sq = 0.0f;
   for (int i = 0; i < dim; ++i) {
     float gi = l2_decay(g[i], w[i], wd);
@@ -74,9 +74,8 @@ SC_RULE void rowwise_adagrad(float* __restrict__ w, float* __restrict__ s, const
 //   decoupled: w <- w * (1 - lr*wd); otherwise g <- g + wd*w
 //   m <- b1 m + (1-b1) g;  v <- b2 v + (1-b2) g^2
 //   w <- w - (lr / (1-b1^t)) * m / (sqrt(v) / sqrt(1-b2^t) + eps)
-SC_RULE void adam(float* __restrict__ w, float* __restrict__ m, float* __restrict__ v,
-                         const float* __restrict__ g, int dim, float lr, float b1, float b2, float eps,
-                         float wd, bool decoupled, int64_t t) {
+SC_RULE void adam(float* __restrict__ w, float* __restrict__ m, float* __restrict__ v, const float* __restrict__ g,
+                  int dim, float lr, float b1, float b2, float eps, float wd, bool decoupled, int64_t t) {
   float bc1 = 1.0f - static_cast<float>(std::pow(static_cast<double>(b1), static_cast<double>(t)));
   float bc2 = 1.0f - static_cast<float>(std::pow(static_cast<double>(b2), static_cast<double>(t)));
   float step = lr / bc1;
@@ -102,9 +101,8 @@ SC_RULE float ftrl_pow(float n, float lr_power) {
   return lr_power == -0.5f ? std::sqrt(n) : static_cast<float>(std::pow(n, -lr_power));
 }
 
-SC_RULE void ftrl(float* __restrict__ w, float* __restrict__ z, float* __restrict__ n,
-                         const float* __restrict__ g, int dim, float alpha, float beta, float l1, float l2,
-                         float lr_power, float wd) {
+SC_RULE void ftrl(float* __restrict__ w, float* __restrict__ z, float* __restrict__ n, const float* __restrict__ g,
+                  int dim, float alpha, float beta, float l1, float l2, float lr_power, float wd) {
   for (int i = 0; i < dim; ++i) {
     float gi = l2_decay(g[i], w[i], wd);
     float n_old = n[i];
@@ -114,15 +112,14 @@ SC_RULE void ftrl(float* __restrict__ w, float* __restrict__ z, float* __restric
     z[i] = zi;
     n[i] = n_new;
     float az = std::fabs(zi);
-    w[i] = az <= l1 ? 0.0f
-                    : -(zi - (zi > 0.0f ? l1 : -l1)) / ((beta + ftrl_pow(n_new, lr_power)) / alpha + l2);
+    w[i] = az <= l1 ? 0.0f : -(zi - (zi > 0.0f ? l1 : -l1)) / ((beta + ftrl_pow(n_new, lr_power)) / alpha + l2);
   }
 }
 
 // Group Lasso: the Adagrad step, then the group soft-threshold over the whole row:
 //   w <- w * max(0, 1 - lr * lambda * sqrt(dim) / ||w||)   (a zero row stays zero)
-SC_RULE void group_lasso(float* __restrict__ w, float* __restrict__ s, const float* __restrict__ g,
-                                int dim, float lr, float eps, float wd, float lambda) {
+SC_RULE void group_lasso(float* __restrict__ w, float* __restrict__ s, const float* __restrict__ g, int dim, float lr,
+                         float eps, float wd, float lambda) {
   adagrad(w, s, g, dim, lr, eps, wd);
   if (lambda == 0.0f) return;
   float sq = 0.0f;
@@ -135,19 +132,29 @@ SC_RULE void group_lasso(float* __restrict__ w, float* __restrict__ s, const flo
 
 // Dispatch on the table's rule. `t` is only read by Adam.
 SC_RULE void apply(const OptimizerConfig& c, float* __restrict__ w, float* __restrict__ state,
-                          const float* __restrict__ g, int dim, int64_t t) {
+                   const float* __restrict__ g, int dim, int64_t t) {
   switch (c.kind) {
-    case OptimizerKind::kSGD: sgd(w, g, dim, c.lr, c.weight_decay); break;
-    case OptimizerKind::kMomentum: momentum(w, state, g, dim, c.lr, c.momentum, c.nesterov, c.weight_decay); break;
-    case OptimizerKind::kAdagrad: adagrad(w, state, g, dim, c.lr, c.eps, c.weight_decay); break;
-    case OptimizerKind::kRowwiseAdagrad: rowwise_adagrad(w, state, g, dim, c.lr, c.eps, c.weight_decay); break;
+    case OptimizerKind::kSGD:
+      sgd(w, g, dim, c.lr, c.weight_decay);
+      break;
+    case OptimizerKind::kMomentum:
+      momentum(w, state, g, dim, c.lr, c.momentum, c.nesterov, c.weight_decay);
+      break;
+    case OptimizerKind::kAdagrad:
+      adagrad(w, state, g, dim, c.lr, c.eps, c.weight_decay);
+      break;
+    case OptimizerKind::kRowwiseAdagrad:
+      rowwise_adagrad(w, state, g, dim, c.lr, c.eps, c.weight_decay);
+      break;
     case OptimizerKind::kAdam:
       adam(w, state, state + dim, g, dim, c.lr, c.beta1, c.beta2, c.eps, c.weight_decay, c.decoupled_weight_decay, t);
       break;
     case OptimizerKind::kFtrl:
       ftrl(w, state, state + dim, g, dim, c.lr, c.ftrl_beta, c.l1, c.l2, c.lr_power, c.weight_decay);
       break;
-    case OptimizerKind::kGroupLasso: group_lasso(w, state, g, dim, c.lr, c.eps, c.weight_decay, c.group_lambda); break;
+    case OptimizerKind::kGroupLasso:
+      group_lasso(w, state, g, dim, c.lr, c.eps, c.weight_decay, c.group_lambda);
+      break;
   }
 }
 
@@ -161,11 +168,14 @@ SC_RULE void init_state(const OptimizerConfig& c, float* state, int dim) {
     case OptimizerKind::kGroupLasso:
       for (int i = 0; i < dim; ++i) state[i] = c.initial_accumulator;
       break;
-    case OptimizerKind::kRowwiseAdagrad: state[0] = c.initial_accumulator; break;
+    case OptimizerKind::kRowwiseAdagrad:
+      state[0] = c.initial_accumulator;
+      break;
     case OptimizerKind::kFtrl:
       for (int i = 0; i < dim; ++i) state[dim + i] = c.initial_accumulator;
       break;
-    default: break;
+    default:
+      break;
   }
 }
 

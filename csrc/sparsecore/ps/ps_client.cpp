@@ -57,7 +57,8 @@ void ShardedIds::build(const int64_t* ids, int64_t n, int total_shards) {
       u = num_unique++;
       slots[slot] = u;
       uniq[u] = key;
-      int g = total_shards == 1 ? 0 : global_shard_of_bucket(static_cast<uint32_t>(h >> (64 - kBucketBits)), total_shards);
+      int g =
+          total_shards == 1 ? 0 : global_shard_of_bucket(static_cast<uint32_t>(h >> (64 - kBucketBits)), total_shards);
       shard_of_[static_cast<size_t>(u)] = static_cast<uint16_t>(g);
       ++starts[static_cast<size_t>(g) + 1];
     }
@@ -157,7 +158,6 @@ void PsClient::PendingPull::wait() {
   client->give_back(std::move(scratch));
   if (error) std::rethrow_exception(error);
 }
-
 
 PsClient::PsClient(const std::vector<std::string>& addresses, PsClientOptions options) : options_(options) {
   SC_CHECK_ARG(!addresses.empty(), "at least one server address is needed");

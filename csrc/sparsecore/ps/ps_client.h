@@ -55,7 +55,7 @@ struct ShardedIds {
   int32_t row_of(int32_t u) const { return grouped.empty() ? u : position[u]; }
 
  private:
-  PodVector<int32_t> slots_;     // index into unique, -1 empty (power-of-two size >= 2n)
+  PodVector<int32_t> slots_;      // index into unique, -1 empty (power-of-two size >= 2n)
   PodVector<uint16_t> shard_of_;  // (num_unique)
 };
 

@@ -32,7 +32,7 @@ enum Method : uint16_t {
 // then the arrays.
 struct TableHeader {
   uint32_t name_bytes;
-  uint32_t flags;        // pull: kPullTrain; push: unused
+  uint32_t flags;  // pull: kPullTrain; push: unused
   uint64_t num_ids;
   int64_t step;          // push: the worker's step (synchronous mode)
   uint32_t worker;       // push: worker rank

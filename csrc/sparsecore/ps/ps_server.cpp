@@ -35,7 +35,8 @@ struct TableRequest {
 
 TableRequest parse_table_request(const rpc::Request& r, int64_t max_ids) {
   TableRequest t;
-  SC_CHECK_ARG(r.payload.size() >= sizeof(TableHeader), "request of ", r.payload.size(), " bytes is shorter than its header");
+  SC_CHECK_ARG(r.payload.size() >= sizeof(TableHeader), "request of ", r.payload.size(),
+               " bytes is shorter than its header");
   std::memcpy(&t.h, r.payload.data(), sizeof(TableHeader));
   size_t name_end = sizeof(TableHeader) + padded8(t.h.name_bytes);
   SC_CHECK_ARG(t.h.name_bytes <= 4096 && name_end <= r.payload.size(), "bad table name length ", t.h.name_bytes);
@@ -209,7 +210,8 @@ void PsServer::connection_closed(int reactor, uint64_t connection) {
   for (const auto& [c, w] : st.members)
     if (w == worker) return;  // the rank is still here through another connection
   st.left.insert(worker);
-  std::string why = "worker " + std::to_string(worker) + " left (its connection closed); nothing of the step was applied";
+  std::string why =
+      "worker " + std::to_string(worker) + " left (its connection closed); nothing of the step was applied";
   abort_steps(reactor, why);
   fail_barriers(reactor, why);
 }
@@ -245,8 +247,8 @@ void PsServer::barrier(const rpc::Request& r, rpc::Reply& reply) {
       rpc::DeferredReply old = same->reply;
       w.erase(same);
       rpc::Reply fail;
-      fail.fail(rpc::Status::kStepAborted, "barrier '" + name + "': worker " + std::to_string(worker) +
-                                               " entered it again from another call");
+      fail.fail(rpc::Status::kStepAborted,
+                "barrier '" + name + "': worker " + std::to_string(worker) + " entered it again from another call");
       rpc_->reactor(r.reactor).send_deferred(old, std::move(fail));
       found = st.barriers.find(name);  // the send may have closed connections (and re-entered)
     }
@@ -317,8 +319,9 @@ void PsServer::register_methods() {
     if (t.h.num_workers > 0) {
       join(r.reactor, r.connection, t.h.worker);
       if (!st.left.empty())
-        throw RpcStepAborted("step " + std::to_string(t.h.step) + " of table '" + t.name + "' cannot complete: worker " +
-                             std::to_string(*st.left.begin()) + " left (its connection closed) and has not joined again");
+        throw RpcStepAborted("step " + std::to_string(t.h.step) + " of table '" + t.name +
+                             "' cannot complete: worker " + std::to_string(*st.left.begin()) +
+                             " left (its connection closed) and has not joined again");
     }
     PsShard::PushOutcome out;
     try {
@@ -360,7 +363,8 @@ void PsServer::register_methods() {
       // The shard is copied here, between two requests (a consistent cut); the copy is
       // written on the snapshot thread.
       snapshot_path(root, name);
-      auto part = std::make_shared<SnapshotPart>(shard(r.reactor).encode_snapshot(j.at("step").as_int("step"), save_id));
+      auto part =
+          std::make_shared<SnapshotPart>(shard(r.reactor).encode_snapshot(j.at("step").as_int("step"), save_id));
       const std::string staging = begin_snapshot_write(root, name, save_id, overwrite);
       off_reactor(r, reply, [staging, part](rpc::Reply&) { part->write(staging); });
     } else if (phase == "commit") {
@@ -382,7 +386,8 @@ void PsServer::register_methods() {
     PsShard& s = shard(r.reactor);
     Json out = Json::object();
     if (phase == "latest") {
-      SC_CHECK_ARG(!options_.snapshot_dir.empty(), "this server has no snapshot directory (start it with "
+      SC_CHECK_ARG(!options_.snapshot_dir.empty(),
+                   "this server has no snapshot directory (start it with "
                    "--snapshot-dir); save and restore are refused");
       const std::string dir = latest_snapshot(options_.snapshot_dir);
       out["name"] = dir.empty() ? std::string() : std::filesystem::path(dir).filename().string();

@@ -75,9 +75,9 @@ class PsServer {
     int64_t count = 0;
     std::vector<Waiter> waiting;
   };
-  struct ReactorState {  // owned by one reactor thread
+  struct ReactorState {                                                   // owned by one reactor thread
     std::map<std::string, std::vector<rpc::DeferredReply>> waiting_push;  // by table
-    std::map<std::string, Barrier> barriers;                                // by name
+    std::map<std::string, Barrier> barriers;                              // by name
     std::map<uint64_t, uint32_t> members;  // connection -> worker rank (synchronous workers)
     std::set<uint32_t> left;               // ranks whose last connection closed, not back yet
     // Row requests this shard received (stats: "pull_requests", "push_requests"), counted

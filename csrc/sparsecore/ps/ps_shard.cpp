@@ -36,16 +36,14 @@ PsShard::Table& PsShard::table(const std::string& name) {
   if (it == tables_.end()) throw NotFound("no table '" + name + "' on shard " + std::to_string(layout_.global_index));
   return it->second;
 }
-const PsShard::Table& PsShard::table(const std::string& name) const {
-  return const_cast<PsShard*>(this)->table(name);
-}
+const PsShard::Table& PsShard::table(const std::string& name) const { return const_cast<PsShard*>(this)->table(name); }
 
 template <typename Exception>
 void PsShard::check_room(const std::map<std::string, Table>& tables, const TableConfig& config) {
-  SC_CHECK(config.shard_bits <= kMaxServerShardBits, Exception, "table '", config.name, "': shard_bits must be <= ",
-           kMaxServerShardBits, " on a parameter server, got ", config.shard_bits);
-  SC_CHECK(tables.size() < kMaxTablesPerShard, Exception, "a parameter server shard holds at most ",
-           kMaxTablesPerShard, " tables");
+  SC_CHECK(config.shard_bits <= kMaxServerShardBits, Exception, "table '", config.name,
+           "': shard_bits must be <= ", kMaxServerShardBits, " on a parameter server, got ", config.shard_bits);
+  SC_CHECK(tables.size() < kMaxTablesPerShard, Exception, "a parameter server shard holds at most ", kMaxTablesPerShard,
+           " tables");
   int64_t shards = int64_t{1} << config.shard_bits;
   for (const auto& [name, t] : tables) shards += t.rows->table(0).hash_table().num_shards();
   SC_CHECK(shards <= kMaxHashShards, Exception, "table '", config.name, "' would bring this shard's tables to ", shards,
@@ -133,8 +131,8 @@ std::vector<std::pair<std::string, int64_t>> PsShard::abort_steps() {
 std::vector<float>& PsShard::dense(const std::string& name, int64_t size, float init) {
   auto it = dense_.find(name);
   if (it == dense_.end()) {
-    SC_CHECK_ARG(size > 0 && size <= kMaxDenseSize, "dense variable '", name, "' needs a size in [1, 2^28] to be created, got ",
-                 size);
+    SC_CHECK_ARG(size > 0 && size <= kMaxDenseSize, "dense variable '", name,
+                 "' needs a size in [1, 2^28] to be created, got ", size);
     SC_CHECK_ARG(std::isfinite(init), "dense variable '", name, "': init must be finite, got ", init);
     it = dense_.emplace(name, std::vector<float>(static_cast<size_t>(size), init)).first;
   }

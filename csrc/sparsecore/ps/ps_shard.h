@@ -41,10 +41,10 @@ struct ShardLayout {
 // A shard's part of a save, encoded in memory on the shard's thread (PsShard::encode_snapshot)
 // and written into the save's staging directory later, on any thread.
 struct SnapshotPart {
-  std::string shard_dir;    // shard-<g>-of-<T>
-  std::string marker_name;  // shard-<g>-of-<T>.json
+  std::string shard_dir;                                          // shard-<g>-of-<T>
+  std::string marker_name;                                        // shard-<g>-of-<T>.json
   std::vector<std::pair<std::string, EncodedCheckpoint>> tables;  // table-<i> -> its files
-  std::string marker;       // JSON text, written last
+  std::string marker;                                             // JSON text, written last
   void write(const std::string& staging) const;
 };
 

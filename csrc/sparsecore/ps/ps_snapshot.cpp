@@ -114,7 +114,8 @@ void check_snapshot_name(const std::string& name) {
 }
 
 std::string snapshot_path(const std::string& root, const std::string& name) {
-  SC_CHECK_ARG(!root.empty(), "this server has no snapshot directory (start it with --snapshot-dir); "
+  SC_CHECK_ARG(!root.empty(),
+               "this server has no snapshot directory (start it with --snapshot-dir); "
                "save and restore are refused");
   check_snapshot_name(name);
   return join(root, name);
@@ -170,8 +171,8 @@ SnapshotMarkers read_snapshot_markers(const std::string& dir) {
   SC_CHECK(is_real_directory(dir), NotFound, "no snapshot directory '", dir, "' (or it is a symlink)");
   SnapshotMarkers out;
   out.total_shards = marker_layout(dir);
-  SC_CHECK(out.total_shards > 0 && all_markers_exist(dir, out.total_shards), NotFound, "no complete snapshot in '",
-           dir, "'");
+  SC_CHECK(out.total_shards > 0 && all_markers_exist(dir, out.total_shards), NotFound, "no complete snapshot in '", dir,
+           "'");
   std::string save_id;
   for (int g = 0; g < out.total_shards; ++g) {
     const std::string path = join(dir, shard_marker_name(g, out.total_shards));

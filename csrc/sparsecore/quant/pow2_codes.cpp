@@ -11,8 +11,7 @@ namespace sparsecore::quant {
 
 void check_alpha(const float* alpha, int64_t rows) {
   for (int64_t r = 0; r < rows; ++r) {
-    SC_CHECK_ARG(std::isfinite(alpha[r]) && alpha[r] > 0.0f, "alpha[", r, "] = ", alpha[r],
-                 " must be finite and > 0");
+    SC_CHECK_ARG(std::isfinite(alpha[r]) && alpha[r] > 0.0f, "alpha[", r, "] = ", alpha[r], " must be finite and > 0");
   }
 }
 
@@ -46,8 +45,8 @@ void pack_pow2(const float* w, const float* alpha, int64_t rows, int64_t cols, u
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t c = 0; c < cols; ++c) {
       float v = w[r * cols + c];
-      SC_CHECK_ARG(encode(v / alpha[r]) != 0xFF, "weight [", r, ", ", c, "] = ", v, " is not alpha[", r, "] = ",
-                   alpha[r], " times 0 or ±2^k with 0 <= k <= ", kMaxExponent,
+      SC_CHECK_ARG(encode(v / alpha[r]) != 0xFF, "weight [", r, ", ", c, "] = ", v, " is not alpha[", r,
+                   "] = ", alpha[r], " times 0 or ±2^k with 0 <= k <= ", kMaxExponent,
                    " (codes are 4 bits: sign + 3-bit exponent)");
     }
   }

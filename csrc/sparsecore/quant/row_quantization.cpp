@@ -23,17 +23,23 @@ RowFormat parse_row_format(const std::string& name) {
 
 const char* row_format_name(RowFormat format) {
   switch (format) {
-    case RowFormat::kFp16: return "fp16";
-    case RowFormat::kInt8: return "int8";
-    default: return "int4";
+    case RowFormat::kFp16:
+      return "fp16";
+    case RowFormat::kInt8:
+      return "int8";
+    default:
+      return "int4";
   }
 }
 
 int64_t quantized_row_bytes(RowFormat format, int64_t dim) {
   switch (format) {
-    case RowFormat::kFp16: return 2 * dim;
-    case RowFormat::kInt8: return dim + 8;
-    default: return (dim + 1) / 2 + 8;
+    case RowFormat::kFp16:
+      return 2 * dim;
+    case RowFormat::kInt8:
+      return dim + 8;
+    default:
+      return (dim + 1) / 2 + 8;
   }
 }
 
@@ -126,8 +132,11 @@ void quantize_rows(const float* x, int64_t n, int64_t dim, RowFormat format, uin
             std::memcpy(o + 2 * d, &h, 2);
           }
           break;
-        case RowFormat::kInt8: quantize_row_affine<8>(xr, dim, o); break;
-        default: quantize_row_affine<4>(xr, dim, o);
+        case RowFormat::kInt8:
+          quantize_row_affine<8>(xr, dim, o);
+          break;
+        default:
+          quantize_row_affine<4>(xr, dim, o);
       }
     }
   });
@@ -151,8 +160,8 @@ void pooled_lookup(const uint8_t* table, int64_t num_rows, int64_t dim, RowForma
     SC_CHECK_ARG(offsets[b] <= offsets[b + 1], "offsets must be non-decreasing (offsets[", b, "] = ", offsets[b],
                  " > offsets[", b + 1, "] = ", offsets[b + 1], ")");
   for (int64_t i = 0; i < num; ++i)
-    SC_CHECK_ARG(indices[i] >= -1 && indices[i] < num_rows, "indices[", i, "] = ", indices[i],
-                 " is out of range [-1, ", num_rows, ")");
+    SC_CHECK_ARG(indices[i] >= -1 && indices[i] < num_rows, "indices[", i, "] = ", indices[i], " is out of range [-1, ",
+                 num_rows, ")");
   if (weights) {
     for (int64_t i = 0; i < num; ++i)
       SC_CHECK_ARG(std::isfinite(weights[i]), "weights[", i, "] = ", weights[i], " is not finite");

@@ -82,8 +82,8 @@ void gemv_portable(const float* x, const uint8_t* codes, const float* alpha, int
 constexpr int kGemvRows = 4;  // rows decoded together: independent FMA chains, x loaded once
 
 __attribute__((target("avx2,fma"))) void gemv_avx2(const float* x, const float* xp, const uint8_t* codes,
-                                                   const float* alpha, int64_t pc, int64_t cols, int64_t r0,
-                                                   int64_t r1, float* y) {
+                                                   const float* alpha, int64_t pc, int64_t cols, int64_t r0, int64_t r1,
+                                                   float* y) {
   // 16 columns (8 bytes) per step: the bytes widen to 8 int32 lanes; vpermps looks up the
   // magnitude by the low 3 bits, the sign bit is moved to bit 31 and xor-ed in.
   const __m256 lut = _mm256_load_ps(tables().value);  // entries 0..7: 0, 1, 2, ..., 64
@@ -177,9 +177,14 @@ void gemv(const float* x, const uint8_t* codes, const float* alpha, int64_t rows
   if (which != Isa::kPortable) permute_even_odd(x, cols, block, xp.data());
   parallel_for(rows, 64, [&](int64_t r0, int64_t r1) {
     switch (which) {
-      case Isa::kAvx512: gemv_avx512(x, xp.data(), codes, alpha, pc, cols, r0, r1, y); break;
-      case Isa::kAvx2: gemv_avx2(x, xp.data(), codes, alpha, pc, cols, r0, r1, y); break;
-      default: gemv_portable(x, codes, alpha, pc, cols, r0, r1, y);
+      case Isa::kAvx512:
+        gemv_avx512(x, xp.data(), codes, alpha, pc, cols, r0, r1, y);
+        break;
+      case Isa::kAvx2:
+        gemv_avx2(x, xp.data(), codes, alpha, pc, cols, r0, r1, y);
+        break;
+      default:
+        gemv_portable(x, codes, alpha, pc, cols, r0, r1, y);
     }
   });
 }
@@ -232,8 +237,8 @@ __attribute__((always_inline)) inline void gemm_block(const float* xt, int64_t b
 }
 
 template <typename V>
-__attribute__((always_inline)) inline void gemm_rows(const float* xt, int64_t batch, const uint8_t* codes,
-                                                     int64_t pc, int64_t cols, int64_t r0, int64_t r1, float* yt) {
+__attribute__((always_inline)) inline void gemm_rows(const float* xt, int64_t batch, const uint8_t* codes, int64_t pc,
+                                                     int64_t cols, int64_t r0, int64_t r1, float* yt) {
   const Tables& t = tables();
   alignas(64) float wd[kGemmRows * kGemmCols];
   for (int64_t r = r0; r < r1; r += kGemmRows) {
@@ -259,13 +264,11 @@ void gemm_rows_portable(const float* xt, int64_t batch, const uint8_t* codes, in
   gemm_rows<v4sf>(xt, batch, codes, pc, cols, r0, r1, yt);
 }
 __attribute__((target("avx2,fma"))) void gemm_rows_avx2(const float* xt, int64_t batch, const uint8_t* codes,
-                                                        int64_t pc, int64_t cols, int64_t r0, int64_t r1,
-                                                        float* yt) {
+                                                        int64_t pc, int64_t cols, int64_t r0, int64_t r1, float* yt) {
   gemm_rows<v8sf>(xt, batch, codes, pc, cols, r0, r1, yt);
 }
 __attribute__((target("avx512f"))) void gemm_rows_avx512(const float* xt, int64_t batch, const uint8_t* codes,
-                                                         int64_t pc, int64_t cols, int64_t r0, int64_t r1,
-                                                         float* yt) {
+                                                         int64_t pc, int64_t cols, int64_t r0, int64_t r1, float* yt) {
   gemm_rows<v16sf>(xt, batch, codes, pc, cols, r0, r1, yt);
 }
 
@@ -282,9 +285,14 @@ void gemm(const float* x, int64_t batch, const uint8_t* codes, const float* alph
   parallel_for(blocks, 1, [&](int64_t b0, int64_t b1) {
     int64_t r0 = b0 * kGemmRows, r1 = std::min(rows, b1 * kGemmRows);
     switch (which) {
-      case Isa::kAvx512: gemm_rows_avx512(xt.data(), batch, codes, pc, cols, r0, r1, yt.data()); break;
-      case Isa::kAvx2: gemm_rows_avx2(xt.data(), batch, codes, pc, cols, r0, r1, yt.data()); break;
-      default: gemm_rows_portable(xt.data(), batch, codes, pc, cols, r0, r1, yt.data());
+      case Isa::kAvx512:
+        gemm_rows_avx512(xt.data(), batch, codes, pc, cols, r0, r1, yt.data());
+        break;
+      case Isa::kAvx2:
+        gemm_rows_avx2(xt.data(), batch, codes, pc, cols, r0, r1, yt.data());
+        break;
+      default:
+        gemm_rows_portable(xt.data(), batch, codes, pc, cols, r0, r1, yt.data());
     }
   });
   for (int64_t b = 0; b < batch; ++b)
@@ -334,7 +342,8 @@ void check_fixed_range_of(const T* x, int64_t batch, int64_t cols) {
 }
 
 template <typename T, typename Fn>
-void fixed_matmul(const T* x, int64_t batch, const uint8_t* codes, int64_t rows, int64_t cols, int32_t* acc, Fn rows_fn) {
+void fixed_matmul(const T* x, int64_t batch, const uint8_t* codes, int64_t rows, int64_t cols, int32_t* acc,
+                  Fn rows_fn) {
   check_shapes(batch, rows, cols);
   check_fixed_range_of(x, batch, cols);
   const int64_t pc = packed_cols(cols);
@@ -346,8 +355,8 @@ void fixed_matmul(const T* x, int64_t batch, const uint8_t* codes, int64_t rows,
 void check_fixed_range(const int8_t* x, int64_t batch, int64_t cols) { check_fixed_range_of(x, batch, cols); }
 void check_fixed_range(const int16_t* x, int64_t batch, int64_t cols) { check_fixed_range_of(x, batch, cols); }
 
-void shift_matmul(const float* x, int64_t batch, const uint8_t* codes, const float* alpha, int64_t rows,
-                  int64_t cols, float* y) {
+void shift_matmul(const float* x, int64_t batch, const uint8_t* codes, const float* alpha, int64_t rows, int64_t cols,
+                  float* y) {
   check_shapes(batch, rows, cols);
   check_alpha(alpha, rows);
   // Up to a few batch rows, streaming the codes once per row beats transposing x.
@@ -380,9 +389,12 @@ void fixed_to_float(const int32_t* acc, int64_t batch, const float* alpha, int64
 
 const char* shift_matmul_kernel() {
   switch (isa()) {
-    case Isa::kAvx512: return "avx512";
-    case Isa::kAvx2: return "avx2";
-    default: return "portable";
+    case Isa::kAvx512:
+      return "avx512";
+    case Isa::kAvx2:
+      return "avx2";
+    default:
+      return "portable";
   }
 }
 

@@ -25,12 +25,11 @@
 namespace sparsecore::quant {
 
 // x (batch, cols) float32; codes (rows, packed_cols(cols)); alpha (rows); y (batch, rows).
-void shift_matmul(const float* x, int64_t batch, const uint8_t* codes, const float* alpha, int64_t rows,
-                  int64_t cols, float* y);
+void shift_matmul(const float* x, int64_t batch, const uint8_t* codes, const float* alpha, int64_t rows, int64_t cols,
+                  float* y);
 
 // x (batch, cols) int8 or int16; codes (rows, packed_cols(cols)); acc (batch, rows) int32.
-void shift_matmul_fixed(const int8_t* x, int64_t batch, const uint8_t* codes, int64_t rows, int64_t cols,
-                        int32_t* acc);
+void shift_matmul_fixed(const int8_t* x, int64_t batch, const uint8_t* codes, int64_t rows, int64_t cols, int32_t* acc);
 void shift_matmul_fixed(const int16_t* x, int64_t batch, const uint8_t* codes, int64_t rows, int64_t cols,
                         int32_t* acc);
 

@@ -7,21 +7,36 @@ namespace sparsecore::rpc {
 
 const char* status_name(Status s) {
   switch (s) {
-    case Status::kOk: return "ok";
-    case Status::kBadFrame: return "bad frame";
-    case Status::kFrameTooLarge: return "frame too large";
-    case Status::kUnknownMethod: return "unknown method";
-    case Status::kDeadlineExceeded: return "deadline exceeded";
-    case Status::kAuthFailed: return "authentication failed";
-    case Status::kInvalidArgument: return "invalid argument";
-    case Status::kTypeMismatch: return "type mismatch";
-    case Status::kNotFound: return "not found";
-    case Status::kIoError: return "I/O error";
-    case Status::kCorruptData: return "corrupt data";
-    case Status::kInternal: return "internal error";
-    case Status::kShuttingDown: return "server shutting down";
-    case Status::kBusy: return "busy";
-    case Status::kStepAborted: return "step aborted";
+    case Status::kOk:
+      return "ok";
+    case Status::kBadFrame:
+      return "bad frame";
+    case Status::kFrameTooLarge:
+      return "frame too large";
+    case Status::kUnknownMethod:
+      return "unknown method";
+    case Status::kDeadlineExceeded:
+      return "deadline exceeded";
+    case Status::kAuthFailed:
+      return "authentication failed";
+    case Status::kInvalidArgument:
+      return "invalid argument";
+    case Status::kTypeMismatch:
+      return "type mismatch";
+    case Status::kNotFound:
+      return "not found";
+    case Status::kIoError:
+      return "I/O error";
+    case Status::kCorruptData:
+      return "corrupt data";
+    case Status::kInternal:
+      return "internal error";
+    case Status::kShuttingDown:
+      return "server shutting down";
+    case Status::kBusy:
+      return "busy";
+    case Status::kStepAborted:
+      return "step aborted";
   }
   return "unknown status";
 }
@@ -40,11 +55,16 @@ bool allowed_before_auth(const FrameHeader& h) {
 
 const char* header_check_message(HeaderCheck c) {
   switch (c) {
-    case HeaderCheck::kOk: return "ok";
-    case HeaderCheck::kBadMagic: return "bad frame magic (not a sparsecore RPC peer?)";
-    case HeaderCheck::kBadVersion: return "unsupported frame version";
-    case HeaderCheck::kBadFlags: return "unknown frame flags";
-    case HeaderCheck::kTooLarge: return "frame payload exceeds the size limit";
+    case HeaderCheck::kOk:
+      return "ok";
+    case HeaderCheck::kBadMagic:
+      return "bad frame magic (not a sparsecore RPC peer?)";
+    case HeaderCheck::kBadVersion:
+      return "unsupported frame version";
+    case HeaderCheck::kBadFlags:
+      return "unknown frame flags";
+    case HeaderCheck::kTooLarge:
+      return "frame payload exceeds the size limit";
   }
   return "?";
 }

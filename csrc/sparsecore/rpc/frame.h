@@ -29,9 +29,9 @@ enum FrameFlags : uint8_t {
 
 // Methods at and above kFirstReservedMethod belong to the transport itself.
 inline constexpr uint16_t kFirstReservedMethod = 0xFF00;
-inline constexpr uint16_t kMethodHello = 0xFF00;  // server -> client on accept: challenge
-inline constexpr uint16_t kMethodAuth = 0xFF01;   // client -> server: answer, chosen reactor
-inline constexpr uint16_t kMethodPing = 0xFF02;   // heartbeat; empty reply
+inline constexpr uint16_t kMethodHello = 0xFF00;           // server -> client on accept: challenge
+inline constexpr uint16_t kMethodAuth = 0xFF01;            // client -> server: answer, chosen reactor
+inline constexpr uint16_t kMethodPing = 0xFF02;            // heartbeat; empty reply
 inline constexpr uint16_t kMethodTransportStats = 0xFF03;  // the server's transport counters (JSON)
 
 // Until a connection has authenticated, its only legal frame is one kMethodAuth request whose
@@ -41,20 +41,20 @@ inline constexpr uint64_t kMaxHandshakePayloadBytes = 1024;
 // Status of a response. Errors carry their message as the payload.
 enum class Status : uint32_t {
   kOk = 0,
-  kBadFrame = 1,          // bad magic, version or flags; the connection is closed after the reply
-  kFrameTooLarge = 2,     // payload_bytes above the server's limit; connection closed
+  kBadFrame = 1,       // bad magic, version or flags; the connection is closed after the reply
+  kFrameTooLarge = 2,  // payload_bytes above the server's limit; connection closed
   kUnknownMethod = 3,
   kDeadlineExceeded = 4,  // the request waited past its timeout before it could run
   kAuthFailed = 5,
-  kInvalidArgument = 6,   // handler threw InvalidArgument (ValueError in Python)
+  kInvalidArgument = 6,  // handler threw InvalidArgument (ValueError in Python)
   kTypeMismatch = 7,
   kNotFound = 8,
   kIoError = 9,
   kCorruptData = 10,
-  kInternal = 11,         // any other exception in the handler
+  kInternal = 11,  // any other exception in the handler
   kShuttingDown = 12,
-  kBusy = 13,             // the request cannot be served now (e.g. a shard is restoring)
-  kStepAborted = 14,      // a synchronous step or barrier was abandoned: its workers changed
+  kBusy = 13,         // the request cannot be served now (e.g. a shard is restoring)
+  kStepAborted = 14,  // a synchronous step or barrier was abandoned: its workers changed
 };
 
 const char* status_name(Status s);

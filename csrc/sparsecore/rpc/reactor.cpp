@@ -41,9 +41,7 @@ std::atomic<uint64_t> g_next_connection_id{1};
 
 std::string_view bytes_view(const uint8_t* p, size_t n) { return {reinterpret_cast<const char*>(p), n}; }
 
-bool out_of_descriptors_or_memory(int err) {
-  return err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM;
-}
+bool out_of_descriptors_or_memory(int err) { return err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM; }
 
 }  // namespace
 
@@ -500,8 +498,8 @@ void Reactor::handle_auth(Connection& c, const FrameHeader& h, std::span<const s
   std::memcpy(&auth, payload.data(), sizeof(auth));
   AuthReplyPayload answer{};
   if (!token.empty()) {
-    Digest256 expect = hmac_sha256(token, {kClientMacLabel, bytes_view(c.server_nonce.data(), 16),
-                                           bytes_view(auth.client_nonce, 16)});
+    Digest256 expect =
+        hmac_sha256(token, {kClientMacLabel, bytes_view(c.server_nonce.data(), 16), bytes_view(auth.client_nonce, 16)});
     Digest256 got;
     std::memcpy(got.data(), auth.client_mac, 32);
     if (!digests_equal(expect, got)) {
@@ -510,8 +508,8 @@ void Reactor::handle_auth(Connection& c, const FrameHeader& h, std::span<const s
       c.closing = true;
       return;
     }
-    Digest256 mine = hmac_sha256(token, {kServerMacLabel, bytes_view(auth.client_nonce, 16),
-                                         bytes_view(c.server_nonce.data(), 16)});
+    Digest256 mine =
+        hmac_sha256(token, {kServerMacLabel, bytes_view(auth.client_nonce, 16), bytes_view(c.server_nonce.data(), 16)});
     std::memcpy(answer.server_mac, mine.data(), 32);
   }
   c.authed = true;
@@ -543,7 +541,8 @@ void Reactor::queue_reply(Connection& c, uint16_t method, uint64_t id, Reply&& r
     // The client would refuse it, and the server should not queue it either.
     size_t bytes = reply.body.size();
     reply = Reply();
-    reply.fail(Status::kFrameTooLarge, "reply of " + std::to_string(bytes) + " bytes exceeds the server's frame limit of " +
+    reply.fail(Status::kFrameTooLarge, "reply of " + std::to_string(bytes) +
+                                           " bytes exceeds the server's frame limit of " +
                                            std::to_string(server_.options_.max_frame_bytes) + " bytes");
   }
   OutFrame f;

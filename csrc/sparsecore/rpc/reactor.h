@@ -7,8 +7,8 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
-#include <mutex>
 #include <memory>
+#include <mutex>
 #include <unordered_map>
 #include <vector>
 
@@ -58,8 +58,8 @@ class Reactor {
     bool moved = false;        // to be handed to reactor `handoff_to` after this dispatch
     bool peer_shut = false;    // the peer closed its side (EPOLLRDHUP): read on to EOF
     int handoff_to = -1;
-    uint64_t reserved = 0;     // bytes of the server's memory budget held by `reader`
-    uint32_t deferred = 0;     // replies a handler deferred and has not sent yet
+    uint64_t reserved = 0;  // bytes of the server's memory budget held by `reader`
+    uint32_t deferred = 0;  // replies a handler deferred and has not sent yet
     std::array<uint8_t, 16> server_nonce{};
     Clock::time_point accepted_at;
     Clock::time_point last_activity;
@@ -122,7 +122,7 @@ class Reactor {
   std::atomic<uint64_t> memory_refusals_{0};
   std::atomic<uint64_t> out_of_memory_{0};
   bool listener_watched_ = false;
-  Clock::time_point accept_resume_at_;  // while !listener_watched_
+  Clock::time_point accept_resume_at_;               // while !listener_watched_
   std::vector<std::unique_ptr<Connection>> closed_;  // freed after the event batch
   std::vector<PodVector<std::byte>> spare_bodies_;
   std::mutex posted_mutex_;

@@ -4,8 +4,8 @@
 #include <sys/socket.h>
 #include <sys/uio.h>
 
-#include <cerrno>
 #include <algorithm>
+#include <cerrno>
 #include <climits>
 #include <cstring>
 #include <vector>
@@ -106,8 +106,8 @@ void RpcClient::handshake(const ClientOptions& options) {
   auto nonce = random_nonce();
   std::memcpy(auth.client_nonce, nonce.data(), 16);
   if (!options.token.empty()) {
-    Digest256 mac = hmac_sha256(options.token, {kClientMacLabel, bytes_view(hello.server_nonce, 16),
-                                                bytes_view(auth.client_nonce, 16)});
+    Digest256 mac = hmac_sha256(
+        options.token, {kClientMacLabel, bytes_view(hello.server_nonce, 16), bytes_view(auth.client_nonce, 16)});
     std::memcpy(auth.client_mac, mac.data(), 32);
   }
   FrameHeader out;
@@ -123,8 +123,8 @@ void RpcClient::handshake(const ClientOptions& options) {
   if (h.method != kMethodAuth || payload.size() != sizeof(AuthReplyPayload))
     throw RpcProtocolError("expected an authentication reply from " + peer_);
   if (!options.token.empty()) {
-    Digest256 expect = hmac_sha256(options.token, {kServerMacLabel, bytes_view(auth.client_nonce, 16),
-                                                   bytes_view(hello.server_nonce, 16)});
+    Digest256 expect = hmac_sha256(
+        options.token, {kServerMacLabel, bytes_view(auth.client_nonce, 16), bytes_view(hello.server_nonce, 16)});
     Digest256 got;
     std::memcpy(got.data(), payload.data(), 32);
     if (!digests_equal(expect, got)) throw RpcAuthError("server " + peer_ + " does not know the token");
@@ -141,8 +141,8 @@ bool RpcClient::connected() const {
   return !broken_;
 }
 
-RpcFuture RpcClient::call_async(uint16_t method, std::span<const iovec> payload, int timeout_ms,
-                                void* recv_into, size_t recv_capacity) {
+RpcFuture RpcClient::call_async(uint16_t method, std::span<const iovec> payload, int timeout_ms, void* recv_into,
+                                size_t recv_capacity) {
   SC_CHECK_ARG(method < kFirstReservedMethod || method == kMethodPing || method == kMethodTransportStats, "method ",
                method, " is reserved");
   auto state = std::make_shared<detail::CallState>();
@@ -294,10 +294,10 @@ Clock::time_point RpcClient::heartbeat(Clock::time_point deadline) {
   const auto period = std::chrono::milliseconds(heartbeat_ms_);
   Clock::time_point now = Clock::now();
   if (ping_sent_ != Clock::time_point{} && now - ping_sent_ >= period) {
-    std::string reason = "no reply from " + peer_ + " to a heartbeat within " + std::to_string(heartbeat_ms_) +
-                         " ms (silent for " +
-                         std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(now - last_received_).count()) +
-                         " ms): the server is not responding";
+    std::string reason =
+        "no reply from " + peer_ + " to a heartbeat within " + std::to_string(heartbeat_ms_) + " ms (silent for " +
+        std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(now - last_received_).count()) +
+        " ms): the server is not responding";
     std::lock_guard<std::mutex> lock(mu_);
     fail_all(reason);
     throw RpcConnectionError(reason);
@@ -461,8 +461,7 @@ void RpcClient::read_round(Clock::time_point deadline) {
       {
         std::lock_guard<std::mutex> lock(mu_);
         auto it = pending_.find(h.request_id);
-        if (it != pending_.end() && h.status == 0 && it->second->recv_into &&
-            payload <= it->second->recv_capacity) {
+        if (it != pending_.end() && h.status == 0 && it->second->recv_into && payload <= it->second->recv_capacity) {
           target = it->second;
           target->claimed = true;
         }

@@ -34,9 +34,9 @@ namespace sparsecore::rpc {
 
 struct ClientOptions {
   std::string token;
-  int reactor = 0;                 // which server reactor serves this connection
+  int reactor = 0;  // which server reactor serves this connection
   int connect_timeout_ms = 5000;
-  int call_timeout_ms = 0;         // default deadline of a call (0: none)
+  int call_timeout_ms = 0;  // default deadline of a call (0: none)
   // > 0: a waiting caller pings a server silent this long and gives the connection up
   // (RpcConnectionError) when the server stays silent as long again. It must exceed the
   // longest handler (a reactor busy in one answers no ping). 0: off.
@@ -100,10 +100,10 @@ class RpcClient {
   // Sends `payload` (segments written back to back with one writev, not copied) and returns
   // at once. timeout_ms: -1 = the client default, 0 = none. recv_into/recv_capacity: where
   // the reply payload goes when it fits (host memory the caller keeps alive until get()).
-  RpcFuture call_async(uint16_t method, std::span<const iovec> payload, int timeout_ms = -1,
-                       void* recv_into = nullptr, size_t recv_capacity = 0);
-  Response call(uint16_t method, std::span<const iovec> payload, int timeout_ms = -1,
-                void* recv_into = nullptr, size_t recv_capacity = 0) {
+  RpcFuture call_async(uint16_t method, std::span<const iovec> payload, int timeout_ms = -1, void* recv_into = nullptr,
+                       size_t recv_capacity = 0);
+  Response call(uint16_t method, std::span<const iovec> payload, int timeout_ms = -1, void* recv_into = nullptr,
+                size_t recv_capacity = 0) {
     return call_async(method, payload, timeout_ms, recv_into, recv_capacity).get();
   }
   void ping(int timeout_ms = -1) { call(kMethodPing, {}, timeout_ms); }

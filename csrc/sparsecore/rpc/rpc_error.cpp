@@ -6,19 +6,31 @@ namespace sparsecore::rpc {
 
 void throw_status(Status status, const std::string& message) {
   switch (status) {
-    case Status::kInvalidArgument: throw InvalidArgument(message);
-    case Status::kTypeMismatch: throw TypeMismatch(message);
-    case Status::kNotFound: throw NotFound(message);
-    case Status::kIoError: throw IoError(message);
-    case Status::kCorruptData: throw CorruptData(message);
-    case Status::kUnknownMethod: throw RpcUnknownMethod(message);
-    case Status::kDeadlineExceeded: throw RpcTimeout(message);
-    case Status::kAuthFailed: throw RpcAuthError(message);
+    case Status::kInvalidArgument:
+      throw InvalidArgument(message);
+    case Status::kTypeMismatch:
+      throw TypeMismatch(message);
+    case Status::kNotFound:
+      throw NotFound(message);
+    case Status::kIoError:
+      throw IoError(message);
+    case Status::kCorruptData:
+      throw CorruptData(message);
+    case Status::kUnknownMethod:
+      throw RpcUnknownMethod(message);
+    case Status::kDeadlineExceeded:
+      throw RpcTimeout(message);
+    case Status::kAuthFailed:
+      throw RpcAuthError(message);
     case Status::kBadFrame:
-    case Status::kFrameTooLarge: throw RpcProtocolError(message);
-    case Status::kShuttingDown: throw RpcConnectionError(message);
-    case Status::kStepAborted: throw RpcStepAborted(message);
-    default: throw RpcError(std::string(status_name(status)) + ": " + message);
+    case Status::kFrameTooLarge:
+      throw RpcProtocolError(message);
+    case Status::kShuttingDown:
+      throw RpcConnectionError(message);
+    case Status::kStepAborted:
+      throw RpcStepAborted(message);
+    default:
+      throw RpcError(std::string(status_name(status)) + ": " + message);
   }
 }
 

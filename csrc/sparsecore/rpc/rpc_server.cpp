@@ -31,8 +31,8 @@ DeferredReply Reply::defer() {
 
 // --------------------------------------------------------------------------------- RpcServer
 RpcServer::RpcServer(ServerOptions options) : options_(std::move(options)) {
-  SC_CHECK_ARG(options_.num_reactors >= 1 && options_.num_reactors <= 1024,
-               "num_reactors must be in [1, 1024], got ", options_.num_reactors);
+  SC_CHECK_ARG(options_.num_reactors >= 1 && options_.num_reactors <= 1024, "num_reactors must be in [1, 1024], got ",
+               options_.num_reactors);
   SC_CHECK_ARG(options_.max_frame_bytes >= 1024, "max_frame_bytes must be at least 1024, got ",
                options_.max_frame_bytes);
   SC_CHECK_ARG(options_.idle_timeout_ms >= 0, "idle_timeout_ms must be >= 0, got ", options_.idle_timeout_ms);
@@ -52,7 +52,8 @@ void RpcServer::on_connection_closed(std::function<void(int, uint64_t)> hook) {
 }
 
 void RpcServer::register_method(uint16_t method, Handler handler) {
-  SC_CHECK_ARG(method < kFirstReservedMethod, "method ids from ", kFirstReservedMethod, " up are reserved, got ", method);
+  SC_CHECK_ARG(method < kFirstReservedMethod, "method ids from ", kFirstReservedMethod, " up are reserved, got ",
+               method);
   SC_CHECK_ARG(!running_.load(), "register_method must be called before start()");
   if (handlers_.size() <= method) handlers_.resize(method + 1);
   handlers_[method] = std::move(handler);

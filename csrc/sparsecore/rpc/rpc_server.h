@@ -57,11 +57,11 @@ namespace sparsecore::rpc {
 
 struct ServerOptions {
   std::string address = "127.0.0.1";  // loopback unless told otherwise
-  int port = 0;                        // 0: any free port (see RpcServer::port())
+  int port = 0;                       // 0: any free port (see RpcServer::port())
   int num_reactors = 1;
-  bool pin_threads = false;            // pin reactor i to CPU i (mod cores)
-  std::string token;                   // non-empty: clients must prove they know it (HMAC)
-  uint64_t max_frame_bytes = 64ull << 20;          // largest payload accepted
+  bool pin_threads = false;                         // pin reactor i to CPU i (mod cores)
+  std::string token;                                // non-empty: clients must prove they know it (HMAC)
+  uint64_t max_frame_bytes = 64ull << 20;           // largest payload accepted
   uint64_t connection_memory_bytes = 256ull << 20;  // queued replies before reads pause
   // Request payloads being received, over every connection of the server (see above). A
   // frame above it is always refused, so keep it >= max_frame_bytes.
@@ -131,13 +131,13 @@ class Reply {
 struct TransportStats {
   uint64_t connections_accepted = 0;
   uint64_t open_connections = 0;
-  uint64_t frames_rejected = 0;      // bad frames, oversize frames, failed handshakes, unknown methods
-  uint64_t accept_backoffs = 0;      // accept() failed for lack of descriptors/memory; listener paused
-  uint64_t handshake_timeouts = 0;   // closed unauthenticated past handshake_timeout_ms
-  uint64_t idle_timeouts = 0;        // closed silent past idle_timeout_ms
-  uint64_t memory_refusals = 0;      // frames refused (kBusy) for lack of budget
-  uint64_t out_of_memory = 0;        // std::bad_alloc (or a failed system call) outside handlers:
-                                     // that connection closed
+  uint64_t frames_rejected = 0;     // bad frames, oversize frames, failed handshakes, unknown methods
+  uint64_t accept_backoffs = 0;     // accept() failed for lack of descriptors/memory; listener paused
+  uint64_t handshake_timeouts = 0;  // closed unauthenticated past handshake_timeout_ms
+  uint64_t idle_timeouts = 0;       // closed silent past idle_timeout_ms
+  uint64_t memory_refusals = 0;     // frames refused (kBusy) for lack of budget
+  uint64_t out_of_memory = 0;       // std::bad_alloc (or a failed system call) outside handlers:
+                                    // that connection closed
   uint64_t memory_reserved_bytes = 0;
   uint64_t memory_budget_bytes = 0;
   std::string to_json() const;

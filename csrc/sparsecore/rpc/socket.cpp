@@ -55,8 +55,7 @@ sockaddr_in resolve_ipv4(const std::string& host, int port) {
   hints.ai_socktype = SOCK_STREAM;
   addrinfo* res = nullptr;
   int rc = ::getaddrinfo(h.c_str(), nullptr, &hints, &res);
-  if (rc != 0 || res == nullptr)
-    throw RpcConnectionError("cannot resolve host '" + host + "': " + ::gai_strerror(rc));
+  if (rc != 0 || res == nullptr) throw RpcConnectionError("cannot resolve host '" + host + "': " + ::gai_strerror(rc));
   addr.sin_addr = reinterpret_cast<sockaddr_in*>(res->ai_addr)->sin_addr;
   ::freeaddrinfo(res);
   return addr;

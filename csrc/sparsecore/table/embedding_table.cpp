@@ -17,9 +17,12 @@ namespace sparsecore {
 
 const char* pooling_name(Pooling p) {
   switch (p) {
-    case Pooling::kSum: return "sum";
-    case Pooling::kMean: return "mean";
-    case Pooling::kNone: return "none";
+    case Pooling::kSum:
+      return "sum";
+    case Pooling::kMean:
+      return "mean";
+    case Pooling::kNone:
+      return "none";
   }
   return "unknown";
 }
@@ -77,14 +80,22 @@ int int_field(const Json& value, const char* what) {
 TableConfig TableConfig::from_json(const Json& j) {
   TableConfig c;
   for (const auto& [key, value] : j.as_object("table config")) {
-    if (key == "name") c.name = value.as_string("table 'name'");
-    else if (key == "dim") c.dim = int_field(value, "table 'dim'");
-    else if (key == "optimizer") c.optimizer = OptimizerConfig::from_json(value);
-    else if (key == "init") c.init = InitializerConfig::from_json(value);
-    else if (key == "pooling") c.pooling = pooling_from_name(value.as_string("table 'pooling'"));
-    else if (key == "shard_bits") c.shard_bits = int_field(value, "table 'shard_bits'");
-    else if (key == "storage") c.storage = row_storage_from_name(value.as_string("table 'storage'"));
-    else throw InvalidArgument("unknown table config field '" + key + "'");
+    if (key == "name")
+      c.name = value.as_string("table 'name'");
+    else if (key == "dim")
+      c.dim = int_field(value, "table 'dim'");
+    else if (key == "optimizer")
+      c.optimizer = OptimizerConfig::from_json(value);
+    else if (key == "init")
+      c.init = InitializerConfig::from_json(value);
+    else if (key == "pooling")
+      c.pooling = pooling_from_name(value.as_string("table 'pooling'"));
+    else if (key == "shard_bits")
+      c.shard_bits = int_field(value, "table 'shard_bits'");
+    else if (key == "storage")
+      c.storage = row_storage_from_name(value.as_string("table 'storage'"));
+    else
+      throw InvalidArgument("unknown table config field '" + key + "'");
   }
   SC_CHECK_ARG(j.contains("dim"), "table '", c.name, "': 'dim' is required");
   c.validate();
@@ -105,7 +116,8 @@ EmbeddingTable::EmbeddingTable(TableConfig config, uint64_t seed)
       seed_(seed),
       state_dim_(config_.optimizer.state_dim(config_.dim)),
       state_offset_((static_cast<size_t>(config_.dim) *
-                         (config_.storage == RowStorage::kFloat16 ? sizeof(uint16_t) : sizeof(float)) + 3) &
+                         (config_.storage == RowStorage::kFloat16 ? sizeof(uint16_t) : sizeof(float)) +
+                     3) &
                     ~size_t{3}),
       meta_offset_((state_offset_ + static_cast<size_t>(state_dim_) * sizeof(float) + 7) & ~size_t{7}),
       row_bytes_(meta_offset_ + sizeof(PackedRowMeta)),
@@ -132,8 +144,8 @@ void EmbeddingTable::init_row(int64_t key, std::byte* row) const {
 // Padding after the weights and after the state is zeroed so checkpoints and exports are
 // byte-stable.
 void EmbeddingTable::zero_padding(std::byte* row) const {
-  const size_t weights_end = static_cast<size_t>(config_.dim) *
-                             (config_.storage == RowStorage::kFloat16 ? sizeof(uint16_t) : sizeof(float));
+  const size_t weights_end =
+      static_cast<size_t>(config_.dim) * (config_.storage == RowStorage::kFloat16 ? sizeof(uint16_t) : sizeof(float));
   if (state_offset_ > weights_end) std::memset(row + weights_end, 0, state_offset_ - weights_end);
   const size_t state_end = state_offset_ + static_cast<size_t>(state_dim_) * sizeof(float);
   if (meta_offset_ > state_end) std::memset(row + state_end, 0, meta_offset_ - state_end);
@@ -188,8 +200,10 @@ void EmbeddingTable::find_weights(const int64_t* keys, int64_t n, float* out) co
   parallel_for(n, 1024, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
       float* dst = out + i * config_.dim;
-      if (rows[i]) read_weights(rows[i], dst);
-      else std::memset(dst, 0, static_cast<size_t>(config_.dim) * sizeof(float));
+      if (rows[i])
+        read_weights(rows[i], dst);
+      else
+        std::memset(dst, 0, static_cast<size_t>(config_.dim) * sizeof(float));
     }
   });
 }
@@ -213,8 +227,10 @@ void EmbeddingTable::pull_weights(const int64_t* keys, int64_t n, bool insert, f
   table_.lookup_batch(keys, n, rows.data(), insert ? &row_init_ : nullptr, weight_bytes);
   for (int64_t i = 0; i < n; ++i) {
     float* dst = out + static_cast<size_t>(i) * dim;
-    if (rows[i]) read_weights(rows[i], dst);
-    else std::memset(dst, 0, dim * sizeof(float));
+    if (rows[i])
+      read_weights(rows[i], dst);
+    else
+      std::memset(dst, 0, dim * sizeof(float));
   }
 }
 
@@ -235,8 +251,8 @@ int64_t EmbeddingTable::export_rows(int64_t* keys, float* rows, RowMeta* meta_ou
   for (int s = 0; s < table_.num_shards(); ++s) {
     const auto& sh = table_.shard(s);
     std::shared_lock lock(sh.mutex);
-    SC_CHECK_ARG(count + static_cast<int64_t>(sh.size()) <= capacity,
-                 "export capacity ", capacity, " is smaller than the table (it grew during export?)");
+    SC_CHECK_ARG(count + static_cast<int64_t>(sh.size()) <= capacity, "export capacity ", capacity,
+                 " is smaller than the table (it grew during export?)");
     sh.for_each([&](int64_t key, std::byte* row) {
       keys[count] = key;
       if (rows) read_row(row, rows + count * floats);

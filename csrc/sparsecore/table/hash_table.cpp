@@ -130,7 +130,8 @@ void HashTable::Shard::insert_absent(const int64_t* keys, int64_t count, std::by
 
 void HashTable::Shard::upsert_copy(int64_t key, uint64_t hash, const std::byte* row) {
   bool inserted = false;
-  std::byte* dst = find_or_insert(key, hash, [](int64_t, std::byte*) {}, &inserted);
+  std::byte* dst = find_or_insert(
+      key, hash, [](int64_t, std::byte*) {}, &inserted);
   std::memcpy(dst, row, arena_.row_bytes());
 }
 
@@ -180,21 +181,19 @@ void HashTable::Shard::clear() {
   arena_.clear();
 }
 
-size_t HashTable::Shard::memory_bytes() const {
-  return slots_.capacity() * sizeof(Slot) + arena_.memory_bytes();
-}
+size_t HashTable::Shard::memory_bytes() const { return slots_.capacity() * sizeof(Slot) + arena_.memory_bytes(); }
 
 HashTable::HashTable(size_t row_bytes, int shard_bits) : row_bytes_(row_bytes), shard_bits_(shard_bits) {
-  SC_CHECK_ARG(shard_bits >= 0 && shard_bits <= kMaxShardBits, "shard_bits must be in [0, ", kMaxShardBits,
-               "], got ", shard_bits);
+  SC_CHECK_ARG(shard_bits >= 0 && shard_bits <= kMaxShardBits, "shard_bits must be in [0, ", kMaxShardBits, "], got ",
+               shard_bits);
   SC_CHECK_ARG(row_bytes > 0, "row size must be positive");
   pool_ = std::make_shared<ChunkPool>(RowArena::kChunkRows * row_bytes);
   shards_.reserve(size_t{1} << shard_bits);
   for (int s = 0; s < (1 << shard_bits); ++s) shards_.push_back(std::make_unique<Shard>(row_bytes, pool_));
 }
 
-void HashTable::group_by_shard(const int64_t* keys, int64_t n, std::vector<int64_t>& perm,
-                               std::vector<int64_t>& starts, std::vector<uint64_t>& hashes) const {
+void HashTable::group_by_shard(const int64_t* keys, int64_t n, std::vector<int64_t>& perm, std::vector<int64_t>& starts,
+                               std::vector<uint64_t>& hashes) const {
   int shards = num_shards();
   hashes.resize(n);
   starts.assign(shards + 1, 0);
@@ -258,8 +257,10 @@ void HashTable::lookup_batch(const int64_t* keys, int64_t n, std::byte** rows, c
         [&](int64_t i, uint64_t hash) {
           std::byte* row = shards_[shard_of_hash(hash)]->find(keys[i], hash);
           rows[i] = row;
-          if (row == nullptr) ++absent;
-          else if (prefetch_bytes) prefetch_lines(row, prefetch_bytes);
+          if (row == nullptr)
+            ++absent;
+          else if (prefetch_bytes)
+            prefetch_lines(row, prefetch_bytes);
         });
   }
   if (!init || absent == 0) return;

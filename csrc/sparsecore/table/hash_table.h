@@ -112,7 +112,7 @@ class HashTable {
     };
     // Past 2 MiB the index lives on huge pages too (its probes are as random as the rows').
     std::vector<Slot, HugePageAllocator<Slot>> slots_;
-    size_t size_ = 0;  // including the out-of-band key
+    size_t size_ = 0;        // including the out-of-band key
     uint64_t capacity_ = 0;  // slots_.size(), < 2^32
     uint32_t special_row_ = kNoRow;
     RowArena arena_;
@@ -141,9 +141,7 @@ class HashTable {
   size_t row_bytes() const { return row_bytes_; }
   int shard_bits() const { return shard_bits_; }
   int num_shards() const { return 1 << shard_bits_; }
-  int shard_of_hash(uint64_t hash) const {
-    return shard_bits_ == 0 ? 0 : static_cast<int>(hash >> (64 - shard_bits_));
-  }
+  int shard_of_hash(uint64_t hash) const { return shard_bits_ == 0 ? 0 : static_cast<int>(hash >> (64 - shard_bits_)); }
   Shard& shard(int s) { return *shards_[s]; }
   const Shard& shard(int s) const { return *shards_[s]; }
 
@@ -159,8 +157,7 @@ class HashTable {
   // hand-off costs more than the probes. `prefetch_bytes` > 0: the first prefetch_bytes of
   // each found row are prefetched as soon as its slot is read, for a caller that reads them
   // next.
-  void lookup_batch(const int64_t* keys, int64_t n, std::byte** rows, const RowInit* init,
-                    size_t prefetch_bytes = 0);
+  void lookup_batch(const int64_t* keys, int64_t n, std::byte** rows, const RowInit* init, size_t prefetch_bytes = 0);
   // Returns the number of keys that were present.
   int64_t erase(const int64_t* keys, int64_t n);
 
@@ -170,8 +167,8 @@ class HashTable {
 
  private:
   // Positions of `keys` grouped by shard (counting sort, stable): perm (n), starts (shards+1).
-  void group_by_shard(const int64_t* keys, int64_t n, std::vector<int64_t>& perm,
-                      std::vector<int64_t>& starts, std::vector<uint64_t>& hashes) const;
+  void group_by_shard(const int64_t* keys, int64_t n, std::vector<int64_t>& perm, std::vector<int64_t>& starts,
+                      std::vector<uint64_t>& hashes) const;
 
   size_t row_bytes_;
   int shard_bits_;

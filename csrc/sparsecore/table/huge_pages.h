@@ -33,7 +33,9 @@ struct HugePageAllocator {
   }
   void deallocate(T* p, size_t n) noexcept { free_huge(reinterpret_cast<std::byte*>(p), n * sizeof(T)); }
   template <typename U>
-  bool operator==(const HugePageAllocator<U>&) const noexcept { return true; }
+  bool operator==(const HugePageAllocator<U>&) const noexcept {
+    return true;
+  }
 };
 
 }  // namespace sparsecore

@@ -20,8 +20,11 @@ Json InitializerConfig::to_json() const {
   Json j = Json::object();
   j["name"] = kInitNames[static_cast<int>(kind)];
   switch (kind) {
-    case InitKind::kZeros: break;
-    case InitKind::kConstant: j["value"] = static_cast<double>(a); break;
+    case InitKind::kZeros:
+      break;
+    case InitKind::kConstant:
+      j["value"] = static_cast<double>(a);
+      break;
     case InitKind::kUniform:
       j["low"] = static_cast<double>(a);
       j["high"] = static_cast<double>(b);
@@ -51,18 +54,36 @@ InitializerConfig InitializerConfig::from_json(const Json& j) {
   for (const auto& [key, value] : j.as_object("initializer")) {
     bool ok = key == "name";
     switch (c.kind) {
-      case InitKind::kZeros: break;
-      case InitKind::kConstant: ok |= key == "value"; break;
-      case InitKind::kUniform: ok |= key == "low" || key == "high"; break;
-      default: ok |= key == "mean" || key == "std"; break;
+      case InitKind::kZeros:
+        break;
+      case InitKind::kConstant:
+        ok |= key == "value";
+        break;
+      case InitKind::kUniform:
+        ok |= key == "low" || key == "high";
+        break;
+      default:
+        ok |= key == "mean" || key == "std";
+        break;
     }
     SC_CHECK_ARG(ok, "unknown field '", key, "' for initializer '", name, "'");
   }
   switch (c.kind) {
-    case InitKind::kZeros: c.a = c.b = 0.0f; break;
-    case InitKind::kConstant: c.a = field("value", 0.0f); c.b = 0.0f; break;
-    case InitKind::kUniform: c.a = field("low", -0.01f); c.b = field("high", 0.01f); break;
-    default: c.a = field("mean", 0.0f); c.b = field("std", 0.01f); break;
+    case InitKind::kZeros:
+      c.a = c.b = 0.0f;
+      break;
+    case InitKind::kConstant:
+      c.a = field("value", 0.0f);
+      c.b = 0.0f;
+      break;
+    case InitKind::kUniform:
+      c.a = field("low", -0.01f);
+      c.b = field("high", 0.01f);
+      break;
+    default:
+      c.a = field("mean", 0.0f);
+      c.b = field("std", 0.01f);
+      break;
   }
   c.validate();
   return c;

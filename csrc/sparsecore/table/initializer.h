@@ -32,7 +32,9 @@ namespace init_detail {
 // Uniform in [0, 1) from the top 24 bits: exactly representable in float32.
 SC_HOST_DEVICE float unit_uniform(uint64_t bits) { return static_cast<float>(bits >> 40) * (1.0f / 16777216.0f); }
 
-SC_HOST_DEVICE uint64_t draw(uint64_t row_seed, uint64_t counter) { return splitmix64(row_seed + counter * 0x9e3779b97f4a7c15ULL); }
+SC_HOST_DEVICE uint64_t draw(uint64_t row_seed, uint64_t counter) {
+  return splitmix64(row_seed + counter * 0x9e3779b97f4a7c15ULL);
+}
 
 // Standard normal by Box-Muller on two counter draws; u1 in (0, 1] so log is finite.
 SC_HOST_DEVICE float standard_normal(uint64_t row_seed, uint64_t counter) {
@@ -56,10 +58,18 @@ SC_HOST_DEVICE void initialize_row(const InitializerConfig& c, uint64_t table_se
   for (int i = 0; i < dim; ++i) {
     float v = 0.0f;
     switch (c.kind) {
-      case InitKind::kZeros: v = 0.0f; break;
-      case InitKind::kConstant: v = c.a; break;
-      case InitKind::kUniform: v = c.a + (c.b - c.a) * unit_uniform(draw(rs, static_cast<uint64_t>(i))); break;
-      case InitKind::kNormal: v = c.a + c.b * standard_normal(rs, static_cast<uint64_t>(i)); break;
+      case InitKind::kZeros:
+        v = 0.0f;
+        break;
+      case InitKind::kConstant:
+        v = c.a;
+        break;
+      case InitKind::kUniform:
+        v = c.a + (c.b - c.a) * unit_uniform(draw(rs, static_cast<uint64_t>(i)));
+        break;
+      case InitKind::kNormal:
+        v = c.a + c.b * standard_normal(rs, static_cast<uint64_t>(i));
+        break;
       case InitKind::kTruncatedNormal: {
         // Counter (i, attempt) -> i + attempt * 2^32; the 64th attempt falls back to the mean
         // (probability 0.046^64: never in practice, but the loop must be bounded on a GPU).

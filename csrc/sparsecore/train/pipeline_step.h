@@ -19,11 +19,11 @@
 namespace sparsecore::train {
 
 struct PipelineStep {
-  int64_t index = 0;                         // 0-based, in source order
+  int64_t index = 0;  // 0-based, in source order
   SourceBatch batch;
-  std::shared_ptr<PreparedBatch> prepared;   // groups in feature-spec order; null without a collection
-  std::vector<std::vector<float>> pulled;    // pull_rows: forward outputs per group (output_size())
-  std::string source_state;                  // the source's state() right after this batch
+  std::shared_ptr<PreparedBatch> prepared;  // groups in feature-spec order; null without a collection
+  std::vector<std::vector<float>> pulled;   // pull_rows: forward outputs per group (output_size())
+  std::string source_state;                 // the source's state() right after this batch
 };
 
 }  // namespace sparsecore::train

@@ -21,11 +21,11 @@ namespace sparsecore::train {
 // One feature group of a SourceBatch. Pointers are host memory owned by the batch.
 struct GroupView {
   std::string name;
-  const int64_t* ids = nullptr;      // (num_ids)
+  const int64_t* ids = nullptr;  // (num_ids)
   int64_t num_ids = 0;
   const int64_t* offsets = nullptr;  // (num_bags + 1), CSR
   int64_t num_bags = 0;
-  const float* weights = nullptr;    // (num_ids) or nullptr
+  const float* weights = nullptr;  // (num_ids) or nullptr
 };
 
 struct SourceBatch {
