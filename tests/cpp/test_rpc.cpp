@@ -63,20 +63,20 @@ Response echo(RpcClient& c, const std::string& s, int timeout_ms = -1) {
 
 // A raw socket past the hello frame, for sending hand-made frames.
 struct RawPeer {
-  Socket sock;
+  UniqueFd sock;
   explicit RawPeer(int port) : sock(connect_tcp("127.0.0.1", port, 2000)) {
     FrameHeader h;
     read_exact(&h, sizeof(h));
     std::vector<char> hello(h.payload_bytes);
     read_exact(hello.data(), hello.size());
   }
-  void send_bytes(const void* p, size_t n) { ASSERT_EQ(::send(sock.fd(), p, n, MSG_NOSIGNAL), (ssize_t)n); }
+  void send_bytes(const void* p, size_t n) { ASSERT_EQ(::send(sock.get(), p, n, MSG_NOSIGNAL), (ssize_t)n); }
   bool read_exact(void* dst, size_t n) {
     auto* p = static_cast<char*>(dst);
     while (n > 0) {
-      pollfd pfd{sock.fd(), POLLIN, 0};
+      pollfd pfd{sock.get(), POLLIN, 0};
       if (::poll(&pfd, 1, 5000) <= 0) return false;
-      ssize_t r = ::recv(sock.fd(), p, n, 0);
+      ssize_t r = ::recv(sock.get(), p, n, 0);
       if (r <= 0) return false;
       p += r;
       n -= r;
@@ -456,7 +456,7 @@ TEST(RpcLimits, BytesThenShutdownInOneSegmentCloseTheConnection) {
   for (int i = 0; i < 20; ++i) {
     RawPeer raw(s->port());
     int one = 1;
-    ::setsockopt(raw.sock.fd(), IPPROTO_TCP, TCP_CORK, &one, sizeof(one));
+    ::setsockopt(raw.sock.get(), IPPROTO_TCP, TCP_CORK, &one, sizeof(one));
     raw.send_bytes("SCRP", 4);
   }  // closed: the FIN leaves with the corked bytes
   EXPECT_TRUE(eventually([&] { return s->connections_open() == 0; }));

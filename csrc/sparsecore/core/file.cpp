@@ -22,55 +22,37 @@ void check_syscall(bool ok, const char* what, const std::string& path) {
 
 File File::create(const std::string& path) {
   // O_NONBLOCK: a FIFO put where a file is written fails (ENXIO) instead of waiting for a reader.
-  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0644);
-  check_syscall(fd >= 0, "cannot create", path);
-  File f(fd, path);
+  UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0644));
+  check_syscall(fd.valid(), "cannot create", path);
   struct stat st;
-  check_syscall(::fstat(fd, &st) == 0, "cannot stat", path);
+  check_syscall(::fstat(fd.get(), &st) == 0, "cannot stat", path);
   SC_CHECK(S_ISREG(st.st_mode), IoError, "cannot create '", path, "': something other than a regular file is there");
-  check_syscall(::fcntl(fd, F_SETFL, 0) == 0, "cannot set flags of", path);
-  return f;
+  check_syscall(::fcntl(fd.get(), F_SETFL, 0) == 0, "cannot set flags of", path);
+  return File(std::move(fd), path);
 }
 
 File File::open_regular(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
-  if (fd < 0 && errno == ELOOP) throw CorruptData("'" + path + "' is a symlink, not a regular file");
-  check_syscall(fd >= 0, "cannot open", path);
-  File f(fd, path);
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK));
+  if (!fd.valid() && errno == ELOOP) throw CorruptData("'" + path + "' is a symlink, not a regular file");
+  check_syscall(fd.valid(), "cannot open", path);
   struct stat st;
-  check_syscall(::fstat(fd, &st) == 0, "cannot stat", path);
+  check_syscall(::fstat(fd.get(), &st) == 0, "cannot stat", path);
   SC_CHECK(S_ISREG(st.st_mode), CorruptData, "'", path, "' is not a regular file");
   // Regular files never block; clearing O_NONBLOCK keeps reads plain.
-  check_syscall(::fcntl(fd, F_SETFL, 0) == 0, "cannot set flags of", path);
-  return f;
+  check_syscall(::fcntl(fd.get(), F_SETFL, 0) == 0, "cannot set flags of", path);
+  return File(std::move(fd), path);
 }
 
 File File::open_read(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  check_syscall(fd >= 0, "cannot open", path);
-  return File(fd, path);
-}
-
-File::File(File&& other) noexcept : fd_(other.fd_), path_(std::move(other.path_)) { other.fd_ = -1; }
-
-File& File::operator=(File&& other) noexcept {
-  if (this != &other) {
-    if (fd_ >= 0) ::close(fd_);
-    fd_ = other.fd_;
-    path_ = std::move(other.path_);
-    other.fd_ = -1;
-  }
-  return *this;
-}
-
-File::~File() {
-  if (fd_ >= 0) ::close(fd_);
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  check_syscall(fd.valid(), "cannot open", path);
+  return File(std::move(fd), path);
 }
 
 void File::write_all(const void* data, size_t bytes) {
   const char* p = static_cast<const char*>(data);
   while (bytes > 0) {
-    ssize_t w = ::write(fd_, p, bytes);
+    ssize_t w = ::write(fd_.get(), p, bytes);
     if (w < 0 && errno == EINTR) continue;
     check_syscall(w > 0, "cannot write", path_);
     p += w;
@@ -81,7 +63,7 @@ void File::write_all(const void* data, size_t bytes) {
 void File::read_exact(void* data, size_t bytes) {
   char* p = static_cast<char*>(data);
   while (bytes > 0) {
-    ssize_t r = ::read(fd_, p, bytes);
+    ssize_t r = ::read(fd_.get(), p, bytes);
     if (r < 0 && errno == EINTR) continue;
     check_syscall(r >= 0, "cannot read", path_);
     SC_CHECK(r > 0, CorruptData, "file '", path_, "' is truncated");
@@ -94,7 +76,7 @@ size_t File::read_at(void* data, size_t bytes, uint64_t offset) const {
   char* p = static_cast<char*>(data);
   size_t done = 0;
   while (done < bytes) {
-    ssize_t r = ::pread(fd_, p + done, bytes - done, static_cast<off_t>(offset + done));
+    ssize_t r = ::pread(fd_.get(), p + done, bytes - done, static_cast<off_t>(offset + done));
     if (r < 0 && errno == EINTR) continue;
     check_syscall(r >= 0, "cannot read", path_);
     if (r == 0) break;
@@ -105,17 +87,13 @@ size_t File::read_at(void* data, size_t bytes, uint64_t offset) const {
 
 uint64_t File::size() const {
   struct stat st;
-  check_syscall(::fstat(fd_, &st) == 0, "cannot stat", path_);
+  check_syscall(::fstat(fd_.get(), &st) == 0, "cannot stat", path_);
   return static_cast<uint64_t>(st.st_size);
 }
 
-void File::sync() { check_syscall(::fsync(fd_) == 0, "cannot fsync", path_); }
+void File::sync() { check_syscall(::fsync(fd_.get()) == 0, "cannot fsync", path_); }
 
-void File::close() {
-  int fd = fd_;
-  fd_ = -1;
-  check_syscall(::close(fd) == 0, "cannot close", path_);
-}
+void File::close() { check_syscall(fd_.close(), "cannot close", path_); }
 
 std::vector<uint8_t> read_file(const std::string& path) {
   File f = File::open_read(path);
@@ -135,11 +113,9 @@ std::vector<uint8_t> read_regular_file(const std::string& path, uint64_t max_byt
 }
 
 void sync_directory(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  check_syscall(fd >= 0, "cannot open directory", path);
-  int rc = ::fsync(fd);
-  ::close(fd);
-  check_syscall(rc == 0, "cannot fsync directory", path);
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  check_syscall(fd.valid(), "cannot open directory", path);
+  check_syscall(::fsync(fd.get()) == 0, "cannot fsync directory", path);
 }
 
 void write_file_atomic(const std::string& path, const void* data, size_t bytes) {
@@ -202,11 +178,9 @@ void sync_tree(const std::string& path, bool files) {
     if (S_ISDIR(st.st_mode)) {
       sync_directory(p);
     } else if (files && S_ISREG(st.st_mode)) {
-      int fd = ::open(p.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-      check_syscall(fd >= 0, "cannot open", p);
-      int rc = ::fsync(fd);
-      ::close(fd);
-      check_syscall(rc == 0, "cannot fsync", p);
+      UniqueFd fd(::open(p.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
+      check_syscall(fd.valid(), "cannot open", p);
+      check_syscall(::fsync(fd.get()) == 0, "cannot fsync", p);
     }
   }
   if (ec) throw IoError("cannot list '" + path + "': " + ec.message());

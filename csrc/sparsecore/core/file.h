@@ -13,6 +13,8 @@
 #include <string_view>
 #include <vector>
 
+#include "sparsecore/core/unique_fd.h"
+
 namespace sparsecore {
 
 // Throws IoError "<what> '<path>': <strerror(errno)>" when `ok` is false.
@@ -26,11 +28,7 @@ class File {
   // Opens an existing regular file for reading without following a symlink at `path` and
   // without blocking on a FIFO: anything but a regular file throws CorruptData naming it.
   static File open_regular(const std::string& path);
-  File(File&& other) noexcept;
-  File& operator=(File&& other) noexcept;
-  File(const File&) = delete;
-  File& operator=(const File&) = delete;
-  ~File();
+  // Move-only; the destructor closes the descriptor unchecked (UniqueFd).
 
   void write_all(const void* data, size_t bytes);
   // Reads exactly `bytes` or throws CorruptData("truncated").
@@ -40,12 +38,12 @@ class File {
   size_t read_at(void* data, size_t bytes, uint64_t offset) const;
   uint64_t size() const;
   void sync();
-  void close();  // checked close; the destructor closes unchecked
+  void close();  // checked close (IoError); the destructor closes unchecked
   const std::string& path() const { return path_; }
 
  private:
-  File(int fd, std::string path) : fd_(fd), path_(std::move(path)) {}
-  int fd_ = -1;
+  File(UniqueFd fd, std::string path) : fd_(std::move(fd)), path_(std::move(path)) {}
+  UniqueFd fd_;
   std::string path_;
 };
 

@@ -48,14 +48,14 @@ bool out_of_descriptors_or_memory(int err) { return err == EMFILE || err == ENFI
 int RpcServer::current_reactor() { return t_current_reactor; }
 
 Reactor::Reactor(RpcServer& server, int index) : server_(server), index_(index) {
-  epoll_ = Socket(::epoll_create1(EPOLL_CLOEXEC));
+  epoll_.reset(::epoll_create1(EPOLL_CLOEXEC));
   check_syscall(epoll_.valid(), "epoll_create1", "reactor");
-  wake_fd_ = Socket(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
+  wake_fd_.reset(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
   check_syscall(wake_fd_.valid(), "eventfd", "reactor");
   epoll_event ev{};
   ev.events = EPOLLIN;
   ev.data.u64 = kWakeTag;
-  check_syscall(::epoll_ctl(epoll_.fd(), EPOLL_CTL_ADD, wake_fd_.fd(), &ev) == 0, "epoll_ctl", "eventfd");
+  check_syscall(::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, wake_fd_.get(), &ev) == 0, "epoll_ctl", "eventfd");
 }
 
 Reactor::~Reactor() {
@@ -67,7 +67,7 @@ Reactor::~Reactor() {
 
 void Reactor::wake() {
   uint64_t one = 1;
-  ssize_t r = ::write(wake_fd_.fd(), &one, sizeof(one));
+  ssize_t r = ::write(wake_fd_.get(), &one, sizeof(one));
   (void)r;
 }
 
@@ -114,7 +114,7 @@ void Reactor::register_fd(Connection& c) {
   epoll_event ev{};
   ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
   ev.data.u64 = c.id;
-  check_syscall(::epoll_ctl(epoll_.fd(), EPOLL_CTL_ADD, c.socket.fd(), &ev) == 0, "epoll_ctl", "connection");
+  check_syscall(::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, c.socket.get(), &ev) == 0, "epoll_ctl", "connection");
 }
 
 void Reactor::run() {
@@ -125,7 +125,7 @@ void Reactor::run() {
     epoll_event ev{};
     ev.events = EPOLLIN;
     ev.data.u64 = kListenTag;
-    check_syscall(::epoll_ctl(epoll_.fd(), EPOLL_CTL_ADD, listener_.fd(), &ev) == 0, "epoll_ctl", "listener");
+    check_syscall(::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, listener_.get(), &ev) == 0, "epoll_ctl", "listener");
     listener_watched_ = true;
   }
   const ServerOptions& o = server_.options_;
@@ -138,7 +138,7 @@ void Reactor::run() {
   while (!stop_.load(std::memory_order_acquire)) {
     const bool polling = poll_window.count() > 0 && Clock::now() - last_work < poll_window;
     const bool ticking = timers || !listener_watched_;
-    int n = ::epoll_wait(epoll_.fd(), events, 256, polling ? 0 : ticking ? kTimerTickMs : 500);
+    int n = ::epoll_wait(epoll_.get(), events, 256, polling ? 0 : ticking ? kTimerTickMs : 500);
     if (n < 0 && errno != EINTR) break;
     if (n > 0 && poll_window.count() > 0) last_work = Clock::now();
     for (int i = 0; i < n; ++i) {
@@ -147,7 +147,7 @@ void Reactor::run() {
         accept_all();
       } else if (tag == kWakeTag) {
         uint64_t v;
-        while (::read(wake_fd_.fd(), &v, sizeof(v)) > 0) {
+        while (::read(wake_fd_.get(), &v, sizeof(v)) > 0) {
         }
         while (auto c = handoff_.try_pop()) adopt(*c);
         run_posted();
@@ -181,7 +181,7 @@ void Reactor::run() {
   }
   // Shutdown: drop every connection (clients see the close as RpcConnectionError).
   for (auto& [id, c] : connections_) {
-    ::epoll_ctl(epoll_.fd(), EPOLL_CTL_DEL, c->socket.fd(), nullptr);
+    ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, c->socket.get(), nullptr);
     server_.release(c->reserved);
   }
   open_.fetch_sub(connections_.size(), std::memory_order_relaxed);
@@ -192,9 +192,9 @@ void Reactor::run() {
 // ------------------------------------------------------------------------------- accepting
 void Reactor::accept_all() {
   for (;;) {
-    int fd = ::accept4(listener_.fd(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
-    if (fd >= 0) {
-      accept_one(fd);
+    UniqueFd socket(::accept4(listener_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
+    if (socket.valid()) {
+      accept_one(std::move(socket));
       continue;
     }
     if (errno == EINTR || errno == ECONNABORTED) continue;
@@ -214,12 +214,11 @@ void Reactor::accept_all() {
   }
 }
 
-void Reactor::accept_one(int fd) {
-  Socket socket(fd);  // closes the descriptor if anything below throws
+void Reactor::accept_one(UniqueFd socket) {  // closes the descriptor if anything below throws
   std::unique_ptr<Connection> owned;
   Connection* c = nullptr;
   try {
-    set_nodelay(fd);
+    set_nodelay(socket.get());
     owned = std::make_unique<Connection>(server_.options_.max_frame_bytes);
     owned->id = g_next_connection_id.fetch_add(1);
     owned->socket = std::move(socket);
@@ -254,7 +253,7 @@ void Reactor::pause_accepting(Clock::time_point now) {
   accept_backoffs_.fetch_add(1, std::memory_order_relaxed);
   accept_resume_at_ = now + kAcceptBackoff;
   if (!listener_watched_) return;
-  ::epoll_ctl(epoll_.fd(), EPOLL_CTL_DEL, listener_.fd(), nullptr);
+  ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, listener_.get(), nullptr);
   listener_watched_ = false;
 }
 
@@ -263,7 +262,7 @@ void Reactor::resume_accepting(Clock::time_point now) {
   epoll_event ev{};
   ev.events = EPOLLIN;  // level-triggered: connections that queued meanwhile are reported now
   ev.data.u64 = kListenTag;
-  if (::epoll_ctl(epoll_.fd(), EPOLL_CTL_ADD, listener_.fd(), &ev) == 0)
+  if (::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, listener_.get(), &ev) == 0)
     listener_watched_ = true;
   else
     accept_resume_at_ = now + kAcceptBackoff;
@@ -314,7 +313,7 @@ void Reactor::service(Connection& c) {
     }
     bool was_paused = c.read_paused;
     flush(c);
-    if (c.socket.fd() < 0) return;  // closed
+    if (!c.socket.valid()) return;  // closed
     if (!(was_paused && !c.read_paused)) return;
   }
 }
@@ -326,7 +325,7 @@ void Reactor::read_and_dispatch(Connection& c) {
   while (!c.read_paused && !c.closing && !c.moved) {
     std::byte* p = c.reader.write_ptr(c.authed ? kReadChunk : kHandshakeReadChunk);
     size_t room = c.reader.write_room();
-    ssize_t n = ::recv(c.socket.fd(), p, room, 0);
+    ssize_t n = ::recv(c.socket.get(), p, room, 0);
     if (n > 0) {
       c.reader.commit(static_cast<size_t>(n));
       Clock::time_point now = Clock::now();
@@ -376,7 +375,7 @@ void Reactor::dispatch_frames(Connection& c, Clock::time_point arrival) {
     // gathered into one writev after the batch.
     if (c.out_bytes >= kEagerFlushBytes) {
       flush(c);
-      if (c.socket.fd() < 0) return;
+      if (!c.socket.valid()) return;
     }
   }
 }
@@ -525,7 +524,7 @@ void Reactor::handle_auth(Connection& c, const FrameHeader& h, std::span<const s
 }
 
 void Reactor::hand_off(Connection& c) {
-  ::epoll_ctl(epoll_.fd(), EPOLL_CTL_DEL, c.socket.fd(), nullptr);
+  ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, c.socket.get(), nullptr);
   auto it = connections_.find(c.id);
   Connection* raw = it->second.release();
   connections_.erase(it);
@@ -592,7 +591,7 @@ void Reactor::flush(Connection& c) {
     msghdr msg{};
     msg.msg_iov = iov;
     msg.msg_iovlen = static_cast<size_t>(count);
-    ssize_t n = ::sendmsg(c.socket.fd(), &msg, MSG_NOSIGNAL);
+    ssize_t n = ::sendmsg(c.socket.get(), &msg, MSG_NOSIGNAL);
     if (n < 0) {
       if (errno == EINTR) continue;
       if (errno == EAGAIN || errno == EWOULDBLOCK) return;  // EPOLLOUT edge resumes us
@@ -635,9 +634,9 @@ void Reactor::recycle(PodVector<std::byte>&& body) {
 
 // ---------------------------------------------------------------------------------- closing
 void Reactor::close_connection(Connection& c) {
-  if (c.socket.fd() < 0) return;
-  ::epoll_ctl(epoll_.fd(), EPOLL_CTL_DEL, c.socket.fd(), nullptr);
-  c.socket.close();
+  if (!c.socket.valid()) return;
+  ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, c.socket.get(), nullptr);
+  c.socket.reset();
   server_.release(c.reserved);
   c.reserved = 0;
   auto it = connections_.find(c.id);

@@ -47,7 +47,7 @@ class Reactor {
   };
   struct Connection {
     uint64_t id = 0;
-    Socket socket;
+    UniqueFd socket;
     FrameReader reader;
     std::deque<OutFrame> out;
     size_t front_sent = 0;  // bytes of out.front() (header + body) already written
@@ -66,12 +66,12 @@ class Reactor {
     explicit Connection(uint64_t max_frame) : reader(max_frame) {}
   };
 
-  void set_listener(Socket listener) { listener_ = std::move(listener); }
+  void set_listener(UniqueFd listener) { listener_ = std::move(listener); }
   void run();
   void request_stop();
   void wake();
   void accept_all();
-  void accept_one(int fd);
+  void accept_one(UniqueFd socket);
   void pause_accepting(Clock::time_point now);
   void resume_accepting(Clock::time_point now);
   void adopt(Connection* c);  // a connection handed over by reactor 0
@@ -106,9 +106,9 @@ class Reactor {
 
   RpcServer& server_;
   int index_;
-  Socket epoll_;
-  Socket wake_fd_;
-  Socket listener_;
+  UniqueFd epoll_;
+  UniqueFd wake_fd_;
+  UniqueFd listener_;
   std::atomic<bool> stop_{false};
   std::unordered_map<uint64_t, std::unique_ptr<Connection>> connections_;
   // Connections handed over by reactor 0 (the only producer). Owning raw pointers.

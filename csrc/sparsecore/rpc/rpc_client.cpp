@@ -74,12 +74,12 @@ void RpcClient::read_frame_blocking(FrameHeader* h, PodVector<std::byte>* payloa
     }
     if (next == FrameReader::Next::kError)
       throw RpcProtocolError("bad handshake frame from " + peer_ + ": " + header_check_message(err));
-    pollfd pfd{socket_.fd(), POLLIN, 0};
+    pollfd pfd{socket_.get(), POLLIN, 0};
     int n = ::poll(&pfd, 1, ms_until(deadline));
     if (n == 0) throw RpcTimeout("handshake with " + peer_ + " timed out");
     if (n < 0 && errno == EINTR) continue;
     std::byte* dst = reader_.write_ptr(kReadChunk);
-    ssize_t r = ::recv(socket_.fd(), dst, reader_.write_room(), 0);
+    ssize_t r = ::recv(socket_.get(), dst, reader_.write_room(), 0);
     if (r == 0) throw RpcConnectionError("connection closed by " + peer_ + " during the handshake");
     if (r < 0) {
       if (errno == EAGAIN || errno == EINTR) continue;
@@ -185,13 +185,13 @@ void RpcClient::send_frame(const FrameHeader& h, std::span<const iovec> payload)
     msghdr msg{};
     msg.msg_iov = iov.data() + first;
     msg.msg_iovlen = std::min<size_t>(iov.size() - first, IOV_MAX);
-    ssize_t n = ::sendmsg(socket_.fd(), &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+    ssize_t n = ::sendmsg(socket_.get(), &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
     if (n < 0) {
       if (errno == EINTR) continue;
       if (errno == EAGAIN || errno == EWOULDBLOCK) {
         // The server may be waiting for us to read its replies (backpressure): read while
         // we wait for room, if no one else is reading.
-        pollfd pfd{socket_.fd(), POLLOUT | POLLIN, 0};
+        pollfd pfd{socket_.get(), POLLOUT | POLLIN, 0};
         ::poll(&pfd, 1, 100);
         if (pfd.revents & POLLIN) {
           std::unique_lock<std::mutex> lock(mu_);
@@ -234,7 +234,7 @@ void RpcClient::fail_all(const std::string& reason) {
   if (!broken_) {
     broken_ = true;
     broken_reason_ = reason;
-    socket_.close();
+    socket_.reset();
   }
   for (auto& [id, s] : pending_) {
     s->done = true;
@@ -315,7 +315,7 @@ Clock::time_point RpcClient::heartbeat(Clock::time_point deadline) {
 
 void RpcClient::recv_exact(std::byte* dst, size_t bytes) {
   while (bytes > 0) {
-    ssize_t r = ::recv(socket_.fd(), dst, bytes, 0);
+    ssize_t r = ::recv(socket_.get(), dst, bytes, 0);
     if (r > 0) {
       dst += r;
       bytes -= static_cast<size_t>(r);
@@ -334,7 +334,7 @@ void RpcClient::recv_exact(std::byte* dst, size_t bytes) {
 }
 
 int RpcClient::wait_readable(Clock::time_point deadline) {
-  pollfd pfd{socket_.fd(), POLLIN, 0};
+  pollfd pfd{socket_.get(), POLLIN, 0};
   if (poll_us_ > 0) {
     const Clock::time_point until = std::min(deadline, Clock::now() + std::chrono::microseconds(poll_us_));
     do {
@@ -387,7 +387,7 @@ RpcClient::DirectRead RpcClient::read_direct() {
   };
   FrameHeader h;
   iovec iov[2] = {{&h, kFrameHeaderBytes}, {target->recv_into, target->recv_capacity}};
-  ssize_t r = ::readv(socket_.fd(), iov, 2);
+  ssize_t r = ::readv(socket_.get(), iov, 2);
   if (r <= 0) {
     release();
     if (r == 0) throw RpcConnectionError("connection closed by the server");
@@ -433,7 +433,7 @@ void RpcClient::read_round(Clock::time_point deadline) {
     if (direct == DirectRead::kDone) return;
     if (direct == DirectRead::kNotApplicable) {
       std::byte* dst = reader_.write_ptr(kReadChunk);
-      ssize_t r = ::recv(socket_.fd(), dst, reader_.write_room(), 0);
+      ssize_t r = ::recv(socket_.get(), dst, reader_.write_room(), 0);
       if (r == 0) throw RpcConnectionError("connection closed by the server");
       if (r < 0) {
         if (errno == EAGAIN || errno == EINTR) return;

@@ -137,7 +137,7 @@ class RpcClient {
   void read_frame_blocking(FrameHeader* h, PodVector<std::byte>* payload, int timeout_ms);
 
   std::string peer_;
-  Socket socket_;
+  UniqueFd socket_;
   FrameReader reader_;
   int num_reactors_ = 1;
   int default_timeout_ms_ = 0;

@@ -62,8 +62,8 @@ void RpcServer::register_method(uint16_t method, Handler handler) {
 void RpcServer::start() {
   std::lock_guard<std::mutex> lock(lifecycle_mutex_);
   SC_CHECK_ARG(!running_.load(), "server already started");
-  Socket listener = listen_tcp(options_.address, options_.port);
-  port_ = local_port(listener);
+  UniqueFd listener = listen_tcp(options_.address, options_.port);
+  port_ = local_port(listener.get());
   for (int i = 0; i < options_.num_reactors; ++i) reactors_.push_back(std::make_unique<Reactor>(*this, i));
   reactors_[0]->set_listener(std::move(listener));
   running_ = true;

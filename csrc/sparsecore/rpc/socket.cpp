@@ -17,20 +17,6 @@
 
 namespace sparsecore::rpc {
 
-Socket& Socket::operator=(Socket&& o) noexcept {
-  if (this != &o) {
-    close();
-    fd_ = o.fd_;
-    o.fd_ = -1;
-  }
-  return *this;
-}
-
-void Socket::close() {
-  if (fd_ >= 0) ::close(fd_);
-  fd_ = -1;
-}
-
 void set_nonblocking(int fd) {
   int flags = ::fcntl(fd, F_GETFL, 0);
   check_syscall(flags >= 0 && ::fcntl(fd, F_SETFL, flags | O_NONBLOCK) == 0, "fcntl(O_NONBLOCK)", "socket");
@@ -63,46 +49,46 @@ sockaddr_in resolve_ipv4(const std::string& host, int port) {
 
 }  // namespace
 
-Socket listen_tcp(const std::string& address, int port, int backlog) {
+UniqueFd listen_tcp(const std::string& address, int port, int backlog) {
   sockaddr_in addr = resolve_ipv4(address, port);
-  Socket s(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  UniqueFd s(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
   check_syscall(s.valid(), "socket", address);
   int one = 1;
-  ::setsockopt(s.fd(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  ::setsockopt(s.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
   std::string where = address + ":" + std::to_string(port);
-  check_syscall(::bind(s.fd(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0, "cannot bind", where);
-  check_syscall(::listen(s.fd(), backlog) == 0, "cannot listen on", where);
+  check_syscall(::bind(s.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0, "cannot bind", where);
+  check_syscall(::listen(s.get(), backlog) == 0, "cannot listen on", where);
   return s;
 }
 
-int local_port(const Socket& s) {
+int local_port(int fd) {
   sockaddr_in addr{};
   socklen_t len = sizeof(addr);
-  check_syscall(::getsockname(s.fd(), reinterpret_cast<sockaddr*>(&addr), &len) == 0, "getsockname", "socket");
+  check_syscall(::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0, "getsockname", "socket");
   return ntohs(addr.sin_port);
 }
 
-Socket connect_tcp(const std::string& host, int port, int timeout_ms) {
+UniqueFd connect_tcp(const std::string& host, int port, int timeout_ms) {
   sockaddr_in addr = resolve_ipv4(host, port);
   std::string where = host + ":" + std::to_string(port);
-  Socket s(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  UniqueFd s(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
   check_syscall(s.valid(), "socket", where);
-  int rc = ::connect(s.fd(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+  int rc = ::connect(s.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
   if (rc != 0 && errno != EINPROGRESS)
     throw RpcConnectionError("cannot connect to " + where + ": " + std::strerror(errno));
   if (rc != 0) {
-    pollfd p{s.fd(), POLLOUT, 0};
+    pollfd p{s.get(), POLLOUT, 0};
     int n;
     do n = ::poll(&p, 1, timeout_ms < 0 ? -1 : timeout_ms);
     while (n < 0 && errno == EINTR);
     if (n == 0) throw RpcTimeout("connecting to " + where + " timed out after " + std::to_string(timeout_ms) + " ms");
     int err = 0;
     socklen_t len = sizeof(err);
-    ::getsockopt(s.fd(), SOL_SOCKET, SO_ERROR, &err, &len);
+    ::getsockopt(s.get(), SOL_SOCKET, SO_ERROR, &err, &len);
     if (n < 0 || err != 0)
       throw RpcConnectionError("cannot connect to " + where + ": " + std::strerror(n < 0 ? errno : err));
   }
-  set_nodelay(s.fd());
+  set_nodelay(s.get());
   return s;
 }
 
