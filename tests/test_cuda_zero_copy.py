@@ -108,6 +108,23 @@ def test_one_memory_space_per_batch():
     assert dev.step == 0
 
 
+def test_offsets_switch_reads_host_batches_and_refuses_start_offsets_on_the_device():
+    dev, ref = emulated(TABLES, 4), sc.EmbeddingCollection(TABLES, 4)
+    ids, starts = np.array([5, 6, 7], np.int64), np.array([0, 1, 3], np.int64)  # the last bag is empty
+    want = ref.forward({"sum": (ids, starts)}, include_last_offset=False)["sum"]
+    got = dev.forward({"sum": (ids, starts)}, include_last_offset=False)["sum"]
+    assert got.shape == (3, 7)
+    np.testing.assert_array_equal(got, want)
+    assert dev.backward({"sum": (ids, starts)}, {"sum": np.ones((3, 7), np.float32)}, include_last_offset=False) == 1
+    with pytest.raises(ValueError, match="include_last_offset=False"):
+        dev.forward({"sum": fake((ids, starts))}, include_last_offset=False)
+    with pytest.raises(TypeError, match="include_last_offset"):
+        dev.prepare({"sum": fake((ids, starts))}, include_last_offset=1)
+    prepared = dev.prepare({"sum": fake((ids, np.array([0, 1, 3], np.int64)))}, include_last_offset=True)
+    assert prepared.space == "device"
+    assert dev.step == 1
+
+
 def test_device_inputs_are_validated_before_anything_changes():
     dev = emulated(TABLES, 1)
     ids = np.array([1, 2, 3], np.int64)

@@ -16,7 +16,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Optional
 
 __all__ = ["main", "DEFAULTS", "load_settings"]
@@ -167,7 +167,7 @@ def load_settings(config: Optional[str] = None, overrides: Optional[dict[tuple[s
 def _sparse_optimizer(spec: dict[str, Any]) -> Any:
     from . import FTRL, SGD, Adagrad, Adam, AdamW, GroupLasso, Momentum, RowwiseAdagrad
 
-    kinds = {"sgd": SGD, "momentum": Momentum, "adagrad": Adagrad, "rowwise_adagrad": RowwiseAdagrad, "adam": Adam,
+    kinds: dict[str, Callable[..., Any]] = {"sgd": SGD, "momentum": Momentum, "adagrad": Adagrad, "rowwise_adagrad": RowwiseAdagrad, "adam": Adam,
              "adamw": AdamW, "ftrl": FTRL, "group_lasso": GroupLasso}
     args = dict(spec)
     name = str(args.pop("name")).lower()
@@ -266,13 +266,15 @@ def build_sources(settings: dict[str, dict[str, Any]]) -> tuple[Any, Any, list[s
                                          weight_std=float(syn["weight_std"]), bias=float(syn["bias"]),
                                          seed=int(syn["seed"]), samples_per_view=r, batch_size=batch)
             compressed = bool(syn["compressed"]) and r > 1
-            train = scd.SyntheticData(cfg, num_samples=_steps(settings) * batch, compressed=compressed)
+            # Synthetic data always has a step count (_steps gives _SYNTHETIC_STEPS for 0).
+            steps = _steps(settings) or _SYNTHETIC_STEPS
+            train_stream = scd.SyntheticData(cfg, num_samples=steps * batch, compressed=compressed)
             start = _eval_start(r)
-            evaluation = scd.SyntheticData(cfg, start=start, num_samples=start + int(syn["eval_samples"]),
-                                           compressed=compressed)
+            eval_stream = scd.SyntheticData(cfg, start=start, num_samples=start + int(syn["eval_samples"]),
+                                            compressed=compressed)
         except ValueError as e:
             raise ConfigError(f"synthetic: {e}") from None
-        return train, evaluation, cfg.names(), 0, cfg
+        return train_stream, eval_stream, cfg.names(), 0, cfg
     if not d["train"]:
         raise ConfigError(f"data.format '{fmt}' needs training files (--train-data)")
     train_paths = _check_files(d["train"], "training")

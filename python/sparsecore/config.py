@@ -207,14 +207,13 @@ class TableConfig:
             raise ValueError(f"table '{name}': dim must be >= 1, got {self.dim}")
         if self.dim > MAX_DIM:
             raise ValueError(f"table '{name}': dim must be <= 2^20, got {self.dim}")
-        out = {"name": name, "dim": self.dim, "optimizer": self.optimizer.to_dict(),
-               "init": self.init.to_dict(), "pooling": self.pooling, "shard_bits": self.shard_bits,
-               "storage": self.storage}
-        for part in ("optimizer", "init"):
-            for key, value in out[part].items():
+        parts = {"optimizer": self.optimizer.to_dict(), "init": self.init.to_dict()}
+        for part, fields in parts.items():
+            for key, value in fields.items():
                 if isinstance(value, float) and not math.isfinite(value):
                     raise ValueError(f"table '{name}': {part} field '{key}' must be finite, got {value}")
-        return out
+        return {"name": name, "dim": self.dim, **parts, "pooling": self.pooling, "shard_bits": self.shard_bits,
+                "storage": self.storage}
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "TableConfig":

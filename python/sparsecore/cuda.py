@@ -95,7 +95,7 @@ class _DeviceArray(NamedTuple):
     owner: Any
 
 
-def _cuda_interface(x: Any) -> Optional[tuple[dict, Any]]:
+def _cuda_interface(x: Any) -> Optional[tuple[Mapping[str, Any], Any]]:
     """(``__cuda_array_interface__``, owner) of a CUDA array, also of a producer that only
     speaks DLPack (through torch or CuPy); None for anything else."""
     torch = sys.modules.get("torch")
@@ -276,8 +276,8 @@ class DeviceEmbeddingCollection(EmbeddingCollection):
         and its address."""
         kind = _device_kind(template)
         if kind is None and self.emulated:
-            out = np.empty(shape, np.float32)  # emulated device memory
-            return out, out.ctypes.data
+            host = np.empty(shape, np.float32)  # emulated device memory
+            return host, host.ctypes.data
         if kind is None:
             kind = "cupy" if "cupy" in sys.modules else "torch" if "torch" in sys.modules else None
         if kind == "torch":
@@ -312,10 +312,18 @@ class DeviceEmbeddingCollection(EmbeddingCollection):
         return None
 
     # ----------------------------------------------------------------------------- batches
-    def prepare(self, batch: Mapping[str, Any], *, train: bool = True) -> PreparedBatch:
+    def prepare(self, batch: Union[Mapping[str, Any], PreparedBatch], *, train: bool = True,
+                include_last_offset: Optional[bool] = None) -> PreparedBatch:
+        """As :meth:`EmbeddingCollection.prepare`. A batch of CUDA arrays is read in place and
+        its offsets must be CSR (B+1 entries): ``include_last_offset=False`` raises ValueError."""
         if isinstance(batch, PreparedBatch):
             return batch
         if isinstance(batch, Mapping) and self._space(self._first_ids(batch)) == "device":
+            if include_last_offset is not None and not isinstance(include_last_offset, bool):
+                raise TypeError(f"include_last_offset must be True, False or None, got {include_last_offset!r}")
+            if include_last_offset is False:
+                raise ValueError("offsets of CUDA arrays must be CSR (B+1 entries ending at len(ids)); "
+                                 "include_last_offset=False (torch's start offsets) is read from host arrays only")
             return self._prepare_device(batch, train)
         host = batch
         template = None
@@ -331,12 +339,13 @@ class DeviceEmbeddingCollection(EmbeddingCollection):
                     host[name] = tuple(_to_host(v) for v in group)
                 else:
                     host[name] = group
-        p = super().prepare(host, train=train)
+        p = super().prepare(host, train=train, include_last_offset=include_last_offset)
         return _DevicePreparedBatch(p._core, p.names, p.offsets, p.torch, p.train, template,
                                     "copy" if template is not None else "host")
 
     def _prepare_device(self, batch: Mapping[str, Any], train: bool) -> PreparedBatch:
-        groups, names, offsets, keep = [], [], [], []
+        groups, names, offsets = [], [], []
+        keep: list[Any] = []  # owners of the arrays read by the call below
         template = None
         for name, group in batch.items():
             t = self._table(name)
@@ -360,10 +369,11 @@ class DeviceEmbeddingCollection(EmbeddingCollection):
         del keep  # the call is synchronous: the arrays were read (or copied) before it returned
         return _DevicePreparedBatch(core, names, [], False, bool(train), template, "device", offsets)
 
-    def forward(self, batch: Union[Mapping[str, Any], PreparedBatch], *, train: bool = True) -> dict[str, Any]:
-        prepared = self.prepare(batch, train=train)
-        space = getattr(prepared, "space", "host")
-        if space == "device":
+    def forward(self, batch: Union[Mapping[str, Any], PreparedBatch], *, train: bool = True,
+                include_last_offset: Optional[bool] = None) -> dict[str, Any]:
+        prepared = self.prepare(batch, train=train, include_last_offset=include_last_offset)
+        space = prepared.space if isinstance(prepared, _DevicePreparedBatch) else "host"
+        if isinstance(prepared, _DevicePreparedBatch) and space == "device":
             shapes = self._c.output_shapes(prepared._core)
             outs = [self._allocate(prepared.device_template, tuple(s)) for s in shapes]
             self._c.forward_device(prepared._core, [ptr for _, ptr in outs])
@@ -372,15 +382,16 @@ class DeviceEmbeddingCollection(EmbeddingCollection):
                 result[name] = (out, self._lengths(offs, parsed)) if self._configs[name].pooling == "none" else out
             return result
         out = super().forward(prepared, train=train)
-        if space != "copy":
+        if not isinstance(prepared, _DevicePreparedBatch) or space != "copy":
             return out
         template = prepared.device_template
         return {n: tuple(_like(template, np.asarray(v)) for v in o) if isinstance(o, tuple) else _like(template, np.asarray(o))
                 for n, o in out.items()}
 
-    def backward(self, batch: Union[Mapping[str, Any], PreparedBatch], grads: Mapping[str, Any]) -> int:
-        prepared = self.prepare(batch, train=True)
-        if getattr(prepared, "space", "host") != "device":
+    def backward(self, batch: Union[Mapping[str, Any], PreparedBatch], grads: Mapping[str, Any], *,
+                 include_last_offset: Optional[bool] = None) -> int:
+        prepared = self.prepare(batch, train=True, include_last_offset=include_last_offset)
+        if not isinstance(prepared, _DevicePreparedBatch) or prepared.space != "device":
             if isinstance(grads, Mapping):
                 grads = {n: _to_host(g) for n, g in grads.items()}
             return super().backward(prepared, grads)

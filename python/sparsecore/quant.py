@@ -45,7 +45,7 @@ def _resolve_codebook(codebook: Codebook) -> np.ndarray:
     if isinstance(codebook, str):
         if codebook not in CODEBOOKS:
             raise ValueError(f"codebook must be one of {sorted(CODEBOOKS)} or a list of values, got '{codebook}'")
-        values = CODEBOOKS[codebook]
+        values: Sequence[float] = CODEBOOKS[codebook]
     else:
         values = codebook
     cb = np.asarray(values, dtype=np.float64)
@@ -173,18 +173,18 @@ class DevicePackedWeights:
 
 def _shift_matmul_2d(x2: np.ndarray, weights: Union[PackedWeights, DevicePackedWeights],
                      x_scale: Optional[float]) -> np.ndarray:
-    on_device = isinstance(weights, DevicePackedWeights)
-    packed = weights.packed if on_device else weights
+    device = weights._c if isinstance(weights, DevicePackedWeights) else None
+    packed = weights.packed if isinstance(weights, DevicePackedWeights) else weights
     if x2.dtype == np.float32:
         if x_scale is not None:
             raise ValueError("x_scale applies to int8/int16 activations only")
-        if on_device:
-            return weights._c.matmul(x2)
+        if device is not None:
+            return device.matmul(x2)
         return _core.shift_matmul_float(x2, packed.codes, packed.alpha, packed.cols)
     if x2.dtype == np.int8:
-        acc = weights._c.matmul_int8(x2) if on_device else _core.shift_matmul_int8(x2, packed.codes, packed.cols)
+        acc = device.matmul_int8(x2) if device is not None else _core.shift_matmul_int8(x2, packed.codes, packed.cols)
     elif x2.dtype == np.int16:
-        acc = weights._c.matmul_int16(x2) if on_device else _core.shift_matmul_int16(x2, packed.codes, packed.cols)
+        acc = device.matmul_int16(x2) if device is not None else _core.shift_matmul_int16(x2, packed.codes, packed.cols)
     else:
         raise TypeError(f"x must have dtype float32, int8 or int16, got {x2.dtype}")
     if x_scale is None:

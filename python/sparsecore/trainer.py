@@ -138,6 +138,7 @@ class Trainer:
                                                threads=None)
         self.embedding = embedding or EmbeddingBagCollection(self.tables, seed, threads=None)
         self.dense_optimizer = dense_optimizer or torch.optim.Adam(model.parameters(), lr=1e-3)
+        self._loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
         if loss == "logloss":
             self._loss = nn.BCEWithLogitsLoss()
             self._binary = True

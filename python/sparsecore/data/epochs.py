@@ -59,7 +59,7 @@ class Epochs:
             int(seed)
         self._epoch = 0
         self._reader = open_files(self.file_order(0))
-        self.batch_size = int(batch_size or getattr(self._reader, "batch_size", 4096))
+        self.batch_size = int(batch_size) if batch_size else int(getattr(self._reader, "batch_size", 4096))
         if self.batch_size < 1:
             raise ValueError(f"Epochs: batch_size must be >= 1, got {self.batch_size}")
         # The current shuffle window: its number in the epoch, the reader's state before it,

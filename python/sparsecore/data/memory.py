@@ -14,7 +14,7 @@ from typing import Any, Optional
 import numpy as np
 
 from .._arrays import as_int64
-from .batch import Batch
+from .batch import Bag, Batch
 from .hashing import hash_feature_bags
 
 __all__ = ["ArrayData", "BatchList", "as_source"]
@@ -157,7 +157,7 @@ class ArrayData:
             return None
         rows = self._order[self.position:self.position + self.batch_size]
         self.position += len(rows)
-        sparse = {g: _take_bags(ids, offsets, rows) for g, (ids, offsets) in self._groups.items()}
+        sparse: dict[str, Bag] = {g: _take_bags(ids, offsets, rows) for g, (ids, offsets) in self._groups.items()}
         return Batch(sparse=sparse, labels=None if self._labels is None else self._labels[rows],
                      dense=None if self._dense is None else self._dense[rows], num_samples=len(rows))
 

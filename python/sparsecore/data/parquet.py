@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from .._core import io as _io
-from .batch import Batch
+from .batch import Bag, Batch
 from .readers import MalformedLine, PathsLike, _paths, check_state
 from .schema import ColumnsLike, normalize_columns
 
@@ -76,13 +76,14 @@ class ParquetReader:
         self._file_index = 0
         self._row = 0
         self._iter: Iterator[Any] | None = None
-        self._pending = None  # an arrow RecordBatch of rows read but not yet returned
+        # A pyarrow.RecordBatch of rows read but not yet returned (pyarrow is imported lazily).
+        self._pending: Any = None
         self.samples_read = 0
         self.malformed_count = 0
         self.malformed_lines: list[MalformedLine] = []
 
     # -- reading ---------------------------------------------------------------------------
-    def _open_iter(self) -> None:
+    def _open_iter(self) -> Iterator[Any]:
         f = self._files[self._file_index]
         meta = f.metadata
         first_rg, before = 0, 0
@@ -94,16 +95,16 @@ class ParquetReader:
         self._iter = iter(f.iter_batches(batch_size=self.batch_size, row_groups=row_groups, columns=names)
                           if row_groups else ())
         self._skip = self._row - before  # rows of the first batch already consumed
+        return self._iter
 
     def _take_rows(self, n: int):
         """Up to n rows of the current file as a RecordBatch (None at the end of the file)."""
         if self._pending is None or len(self._pending) == 0:
-            if self._iter is None:
-                self._open_iter()
-            rb = next(self._iter, None)
+            batches = self._iter if self._iter is not None else self._open_iter()
+            rb = next(batches, None)
             while rb is not None and self._skip >= len(rb):
                 self._skip -= len(rb)
-                rb = next(self._iter, None)
+                rb = next(batches, None)
             if rb is None:
                 return None
             self._pending, self._skip = rb.slice(self._skip), 0
@@ -177,7 +178,7 @@ class ParquetReader:
                 continue
             value_offsets, data = _string_buffers(values)
             per_group[c.group or c.name].append(_io.hash_string_bags(c.name, value_offsets, data, bag_offsets))
-        sparse = {g: _merge_bags(bags, n) for g, bags in per_group.items()}
+        sparse: dict[str, Bag] = {g: _merge_bags(bags, n) for g, bags in per_group.items()}
         return Batch(sparse=sparse, labels=labels, dense=dense, num_samples=n)
 
     # -- position --------------------------------------------------------------------------
