@@ -102,6 +102,13 @@ def test_device_keyword_is_deprecated_for_the_cuda_class():
     with pytest.warns(DeprecationWarning, match="DeviceEmbeddingCollection"):
         emb = sc.EmbeddingCollection(tables, 1, device="cuda", emulate=True)
     assert isinstance(emb, cuda.DeviceEmbeddingCollection) and emb.emulated
+    if cuda.is_available():
+        with pytest.warns(DeprecationWarning, match="DeviceEmbeddingCollection"):
+            emb = sc.EmbeddingCollection(tables, 1, device="cuda")
+        assert isinstance(emb, cuda.DeviceEmbeddingCollection) and not emb.emulated
+    else:
+        with pytest.raises(RuntimeError, match="no CUDA device"), pytest.warns(DeprecationWarning):
+            sc.EmbeddingCollection(tables, 1, device="cuda")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert type(sc.EmbeddingCollection(tables, 1, device="cpu")) is sc.EmbeddingCollection

@@ -48,7 +48,7 @@ def test_cluster_matches_embedded_bit_for_bit(servers, pooling, weighted):
         if step % 10 == 9 or step == STEPS - 1:
             for name in tables:
                 want_rows = embedded.lookup(name, ID_POOL)
-                got_rows = cluster.cluster.pull(name, ID_POOL, train=False)
+                got_rows = cluster.cluster.lookup(name, ID_POOL)
                 np.testing.assert_array_equal(got_rows, want_rows, err_msg=f"{name} rows, step {step}")
     assert cluster.sizes() == embedded.sizes()
 
@@ -63,7 +63,7 @@ def test_a_pull_and_a_push_of_a_table_are_one_request_per_shard(servers):
 
     before = counts()
     assert len(before) == 2 * len(servers)
-    cluster.pull("counted", ids)
+    cluster.lookup("counted", ids, insert=True)
     cluster.push("counted", ids, np.ones((ids.size, DIM), np.float32))
     after = counts()
     assert [(p1 - p0, q1 - q0) for (p0, q0), (p1, q1) in zip(before, after)] == [(1, 1)] * len(before)

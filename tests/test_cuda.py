@@ -155,21 +155,10 @@ def test_bad_offsets_raise_and_insert_nothing(emulate):
     assert dev.table_size("t") == 0
 
 
-def test_device_keyword_builds_the_cuda_collection():
-    # The deprecated spelling of sparsecore.cuda.DeviceEmbeddingCollection (warns).
-    tables = {"t": sc.TableConfig(dim=2)}
-    if sc_cuda.is_available():
-        with pytest.warns(DeprecationWarning):
-            emb = sc.EmbeddingCollection(tables, 1, device="cuda")
-        assert isinstance(emb, sc_cuda.DeviceEmbeddingCollection) and not emb.emulated
-    else:
-        with pytest.raises(RuntimeError, match="no CUDA device"), pytest.warns(DeprecationWarning):
-            sc.EmbeddingCollection(tables, 1, device="cuda")
-    with pytest.warns(DeprecationWarning):
-        emb = sc.EmbeddingCollection(tables, 1, device="cuda", emulate=True)
-    assert isinstance(emb, sc.EmbeddingCollection) and emb.emulated
+def test_unknown_device_is_a_value_error():
+    # device="cuda" is the deprecated spelling of DeviceEmbeddingCollection (tests/test_api.py).
     with pytest.raises(ValueError, match="device"):
-        sc.EmbeddingCollection(tables, 1, device="tpu")
+        sc.EmbeddingCollection({"t": sc.TableConfig(dim=2)}, 1, device="tpu")
 
 
 def test_torch_inputs_give_torch_outputs():

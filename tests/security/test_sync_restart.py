@@ -215,7 +215,7 @@ def test_workers_roll_back_together_after_a_restart_and_match_an_uninterrupted_r
         remote = sc.connect([server], timeout=60)
         remote.create_table("t", sc.TableConfig(dim=4, optimizer=sc.Adagrad(lr=0.1)), seed=5)
         all_ids = np.arange(200, dtype=np.int64)
-        np.testing.assert_allclose(remote.pull("t", all_ids, train=False), ref.pull("t", all_ids, train=False),
+        np.testing.assert_allclose(remote.lookup("t", all_ids), ref.lookup("t", all_ids),
                                    rtol=1e-6, atol=1e-7)
     finally:
         _stop(server_process)
@@ -274,7 +274,7 @@ def test_sync_reply_is_released_by_its_own_tables_step(server):
         for name in ("a", "b"):
             ps.create_table(name, CFG, seed=1)
     ids = np.arange(20, dtype=np.int64)
-    before = w0.pull("b", ids, train=False)
+    before = w0.lookup("b", ids)
     done = {}
 
     def push(ps, table, key):
@@ -289,11 +289,11 @@ def test_sync_reply_is_released_by_its_own_tables_step(server):
     assert done.get("a1")
     waiting_b.join(1.0)  # table b's step is still incomplete: its push must still be waiting
     assert waiting_b.is_alive() and "b0" not in done
-    np.testing.assert_array_equal(w0.pull("b", ids, train=False), before)
+    np.testing.assert_array_equal(w0.lookup("b", ids), before)
     push(w1, "b", "b1")
     waiting_b.join(60)
     assert done.get("b0")
-    assert not np.array_equal(w0.pull("b", ids, train=False), before)
+    assert not np.array_equal(w0.lookup("b", ids), before)
 
 
 def test_a_sync_push_that_nobody_completes_times_out():
@@ -323,7 +323,7 @@ def test_a_sync_step_whose_update_overflows_fails_for_every_worker(server):
     for ps in (w0, w1):
         ps.create_table("o", sc.TableConfig(dim=2, optimizer=sc.Adagrad(lr=0.1)), seed=1)
     ids = np.arange(8, dtype=np.int64)
-    before = w0.pull("o", ids)  # inserts the rows
+    before = w0.lookup("o", ids, insert=True)  # inserts the rows
     errors = []
 
     def push_fine():
@@ -339,4 +339,4 @@ def test_a_sync_step_whose_update_overflows_fails_for_every_worker(server):
     waiting.join(60)
     assert not waiting.is_alive(), "the other worker of the failed step still waits"
     assert len(errors) == 1 and isinstance(errors[0], ValueError) and "non-finite" in str(errors[0]), errors
-    np.testing.assert_array_equal(w0.pull("o", ids, train=False), before)
+    np.testing.assert_array_equal(w0.lookup("o", ids), before)
