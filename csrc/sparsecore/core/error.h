@@ -3,7 +3,8 @@
 // Each carries a message that names what was wrong and, where there is one, the argument
 // at fault. The Python bindings translate them one to one: InvalidArgument -> ValueError,
 // TypeMismatch -> TypeError, NotFound -> KeyError, IoError -> OSError, CorruptData ->
-// sparsecore.CorruptCheckpointError (a ValueError), everything else -> RuntimeError.
+// sparsecore.CorruptDataError (a ValueError), the rpc layer's errors (rpc/rpc_error.h) -> the
+// sparsecore.RpcError family, everything else -> RuntimeError.
 #pragma once
 
 #include <sstream>

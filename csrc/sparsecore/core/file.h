@@ -76,7 +76,7 @@ std::string random_suffix();
 // syncs `staging`'s tree (its files too unless the writer synced them: `files_synced`), then renames it to `target`
 // when nothing is there, or exchanges the two (renameat2 RENAME_EXCHANGE) and removes the old tree. A crash at any
 // instant leaves either the old or the new directory at `target`. Where the file system cannot exchange, the old
-// directory is first renamed to `target` + ".previous" (see previous_directory). `staging` and `target` must be in the
+// directory is first renamed to `target` + ".previous" (see committed_directory). `staging` and `target` must be in the
 // same directory.
 void commit_directory(const std::string& staging, const std::string& target, bool files_synced = false);
 // `target` when it is a real directory, else `target` + ".previous" when a commit on a file
