@@ -92,13 +92,23 @@ class Process:
 POLL_US = 200  # poll mode's window (server --poll-us, client poll=), as Seastar's idle poll
 
 
-def sparsecore_servers(stack: ExitStack, count: int, shards: int = 1, poll_us: int = 0) -> list[str]:
+def sparsecore_servers(stack: ExitStack, count: int, shards: int = 1, poll_us: int = 0,
+                       threads: Optional[int] = None) -> list[str]:
+    """Starts ``count`` servers of one cluster on free loopback ports; ``stack`` stops them
+    (each one started is registered before the next starts, so a failed start stops the
+    others). ``threads``: each server's compute pool (SPARSECORE_NUM_THREADS), and its
+    OpenMP threads; None leaves the inherited environment."""
     code = "import sys; from sparsecore.server import main; sys.exit(main(sys.argv[1:]))"
-    procs = [Process([sys.executable, "-c", code, "--port", "0", "--shards", str(shards), "--server-index", str(i),
-                      "--num-servers", str(count), "--poll-us", str(poll_us)]) for i in range(count)]
-    for p in procs:
+    env = python_env()
+    if threads is not None:
+        env.update(SPARSECORE_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
+    endpoints = []
+    for i in range(count):
+        p = Process([sys.executable, "-c", code, "--port", "0", "--shards", str(shards), "--server-index", str(i),
+                     "--num-servers", str(count), "--poll-us", str(poll_us)], env=env)
         stack.callback(p.stop)
-    return [p.endpoint for p in procs]
+        endpoints.append(p.endpoint)
+    return endpoints
 
 
 def peer_server(stack: ExitStack, kind: str) -> Process:
