@@ -92,8 +92,8 @@ class Process:
 POLL_US = 200  # poll mode's window (server --poll-us, client poll=), as Seastar's idle poll
 
 
-def sparsecore_servers(stack: ExitStack, count: int, shards: int = 1, poll_us: int = 0,
-                       threads: Optional[int] = None) -> list[str]:
+def sparsecore_server_processes(stack: ExitStack, count: int, shards: int = 1, poll_us: int = 0,
+                                threads: Optional[int] = None) -> list[Process]:
     """Starts ``count`` servers of one cluster on free loopback ports; ``stack`` stops them
     (each one started is registered before the next starts, so a failed start stops the
     others). ``threads``: each server's compute pool (SPARSECORE_NUM_THREADS), and its
@@ -102,13 +102,19 @@ def sparsecore_servers(stack: ExitStack, count: int, shards: int = 1, poll_us: i
     env = python_env()
     if threads is not None:
         env.update(SPARSECORE_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
-    endpoints = []
+    procs = []
     for i in range(count):
         p = Process([sys.executable, "-c", code, "--port", "0", "--shards", str(shards), "--server-index", str(i),
                      "--num-servers", str(count), "--poll-us", str(poll_us)], env=env)
         stack.callback(p.stop)
-        endpoints.append(p.endpoint)
-    return endpoints
+        procs.append(p)
+    return procs
+
+
+def sparsecore_servers(stack: ExitStack, count: int, shards: int = 1, poll_us: int = 0,
+                       threads: Optional[int] = None) -> list[str]:
+    """The endpoints of :func:`sparsecore_server_processes`."""
+    return [p.endpoint for p in sparsecore_server_processes(stack, count, shards, poll_us, threads)]
 
 
 def peer_server(stack: ExitStack, kind: str) -> Process:
