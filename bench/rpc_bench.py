@@ -92,19 +92,28 @@ class Process:
 POLL_US = 200  # poll mode's window (server --poll-us, client poll=), as Seastar's idle poll
 
 
+# A server process that is sent SIGTERM when the process that started it dies (Linux's
+# PR_SET_PDEATHSIG), so that a benchmark killed outright leaves no server behind.
+SERVER_CODE = """import sys
+if sys.platform.startswith("linux"):
+    import ctypes, signal
+    ctypes.CDLL(None).prctl(1, int(signal.SIGTERM))
+from sparsecore.server import main
+sys.exit(main(sys.argv[1:]))"""
+
+
 def sparsecore_server_processes(stack: ExitStack, count: int, shards: int = 1, poll_us: int = 0,
                                 threads: Optional[int] = None) -> list[Process]:
     """Starts ``count`` servers of one cluster on free loopback ports; ``stack`` stops them
     (each one started is registered before the next starts, so a failed start stops the
     others). ``threads``: each server's compute pool (SPARSECORE_NUM_THREADS), and its
     OpenMP threads; None leaves the inherited environment."""
-    code = "import sys; from sparsecore.server import main; sys.exit(main(sys.argv[1:]))"
     env = python_env()
     if threads is not None:
         env.update(SPARSECORE_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
     procs = []
     for i in range(count):
-        p = Process([sys.executable, "-c", code, "--port", "0", "--shards", str(shards), "--server-index", str(i),
+        p = Process([sys.executable, "-c", SERVER_CODE, "--port", "0", "--shards", str(shards), "--server-index", str(i),
                      "--num-servers", str(count), "--poll-us", str(poll_us)], env=env)
         stack.callback(p.stop)
         procs.append(p)
