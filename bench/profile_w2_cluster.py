@@ -46,15 +46,6 @@ import rpc_bench  # noqa: E402
 import sparsecore as sc  # noqa: E402
 import test_w2  # noqa: E402
 
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` (all its threads)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
-
-
 def self_cpu_s() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
@@ -130,7 +121,7 @@ def profile(servers: int, optimizer: str, steps: int, warmup: int, server_thread
                     start["pulls"] = sum(s["pull_requests"] for s in stats)
                     start["pushes"] = sum(s["push_requests"] for s in stats)
                 start["sent"], start["received"] = socket_bytes([p.port for p in procs])
-                start["servers_cpu"] = sum(process_cpu_s(p.proc.pid) for p in procs)
+                start["servers_cpu"] = sum(p.cpu_seconds() for p in procs)
                 start["cpu"], start["wall"] = self_cpu_s(), time.perf_counter()
             t0 = time.perf_counter()
             prepared = collection.prepare(batch.sparse, train=True)
@@ -170,7 +161,7 @@ def profile(servers: int, optimizer: str, steps: int, warmup: int, server_thread
                 push_ms_per_step=1e3 * cluster.push.seconds / steps,
                 sent_bytes_per_step=(sent - start["sent"]) / steps,
                 received_bytes_per_step=(received - start["received"]) / steps,
-                servers_cpu_s_per_step=(sum(process_cpu_s(p.proc.pid) for p in procs) - start["servers_cpu"]) / steps)
+                servers_cpu_s_per_step=(sum(p.cpu_seconds() for p in procs) - start["servers_cpu"]) / steps)
         return result
 
 

@@ -81,8 +81,8 @@ def _w2_table(group: str, rows: list[dict]) -> list[str]:
     embedded = {r["extra_info"].get("dim"): r for r in rows if r["extra_info"].get("peer") == OURS}
     out = [f"### {group}", "",
            "| case | dim | servers | samples/s (median) | / embedded | AUC | AUC - embedded | "
-           "pull req/step | push req/step | rounds | load avg |",
-           "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+           "pull req/step | push req/step | CPU ms/step (worker + servers) | rounds | load avg |",
+           "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
         info = r["extra_info"]
         base = embedded.get(info.get("dim"))
@@ -93,8 +93,17 @@ def _w2_table(group: str, rows: list[dict]) -> list[str]:
         out.append(f"| {info.get('peer', r['name'])} | {info.get('dim', '-')} | {info.get('servers', '-')} | "
                    f"{rate(r):,.0f} | {ratio} | {info.get('auc', '-')} | {delta} | "
                    f"{info.get('pull_requests_per_step', '-')} | {info.get('push_requests_per_step', '-')} | "
-                   f"{r['stats']['rounds']} | {info.get('load_average', '-')} |")
+                   f"{_cpu(info)} | {r['stats']['rounds']} | {info.get('load_average', '-')} |")
     return out
+
+
+def _cpu(info: dict) -> str:
+    if "cpu_ms_per_step" not in info:
+        return "-"
+    if "servers_cpu_ms_per_step" not in info:
+        return f"{info['cpu_ms_per_step']:.0f}"
+    worker, servers = info["cpu_ms_per_step"], info["servers_cpu_ms_per_step"]
+    return f"{worker + servers:.0f} ({worker:.0f} + {servers:.0f})"
 
 
 def _cpu_model() -> str:
@@ -124,7 +133,9 @@ def render_w2(data: dict, command: str | None = None) -> str:
               f"{first.get('planted_auc', '?')}.", "",
               "samples/s = samples per round / median round; / embedded = that over the embedded sparsecore "
               "case of the same group and dim, from the same session; requests per step are counted by the "
-              "servers over every training step of the case (all servers together).", ""]
+              "servers over every training step of the case (all servers together); CPU per step is the "
+              "worker process's (all threads) plus the server processes', over the same steps: on a busy "
+              "machine it is steadier than samples/s.", ""]
     for group in sorted(groups):
         rows = sorted(groups[group], key=lambda b: (not b["extra_info"].get("peer", "").startswith(OURS),
                                                    b["extra_info"].get("dim", 0), b["extra_info"].get("peer", "")))

@@ -79,6 +79,15 @@ class Process:
     def port(self) -> int:
         return int(self.endpoint.rsplit(":", 1)[1])
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU seconds the process has used so far (all its threads; Linux's
+        /proc, 0.0 elsewhere or once it has exited)."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()

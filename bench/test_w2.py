@@ -31,6 +31,7 @@ count (default 2). Peers that are not installed are skipped.
 from __future__ import annotations
 
 import os
+import resource
 from collections.abc import Iterator
 from contextlib import ExitStack
 from typing import Any
@@ -142,9 +143,9 @@ class ClusterPeer(SparsecorePeer):
         self.servers = servers
         self._stack = ExitStack()
         try:
-            addresses = rpc_bench.sparsecore_servers(self._stack, servers, shards=SERVER_THREADS,
-                                                     threads=SERVER_THREADS)
-            self.cluster = sc.connect(addresses, timeout=120)
+            self.processes = rpc_bench.sparsecore_server_processes(self._stack, servers, shards=SERVER_THREADS,
+                                                                   threads=SERVER_THREADS)
+            self.cluster = sc.connect([p.endpoint for p in self.processes], timeout=120)
             super().__init__(names, dim, optimizer, server=self.cluster)
         except BaseException:
             self._stack.close()
@@ -154,6 +155,9 @@ class ClusterPeer(SparsecorePeer):
         """(pull, push) row requests the servers have received so far, over all shards."""
         stats = self.cluster.stats()
         return sum(s["pull_requests"] for s in stats), sum(s["push_requests"] for s in stats)
+
+    def servers_cpu_seconds(self) -> float:
+        return sum(p.cpu_seconds() for p in self.processes)
 
     def close(self) -> None:
         self._stack.close()
@@ -243,6 +247,11 @@ class TorchRecPeer(_TorchLoop):
         return self.ebc(features).values()
 
 
+def self_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 PEERS = {"sparsecore": SparsecorePeer, "pytorch": PyTorchPeer, "torchrec": TorchRecPeer,
          "sparsecore-cluster-1": lambda *a: ClusterPeer(*a, servers=1),
          "sparsecore-cluster-2": lambda *a: ClusterPeer(*a, servers=2)}
@@ -260,16 +269,21 @@ def run_w2(benchmark: Any, peer: str, dim: int, optimizer: str, ratio: int = 1) 
     load_average = os.getloadavg()[0]  # the machine is shared: say how busy it was
     trainer = PEERS[peer](names, dim, optimizer)
     try:
-        requests_before = trainer.requests() if isinstance(trainer, ClusterPeer) else None
+        cluster = trainer if isinstance(trainer, ClusterPeer) else None
+        requests_before = cluster.requests() if cluster else (0, 0)
+        cpu_before = (self_cpu_seconds(), cluster.servers_cpu_seconds() if cluster else 0.0)
         chunks: Iterator[list[Batch]] = (train[i:i + STEPS] for i in range(0, len(train), STEPS))
         benchmark.pedantic(trainer.train, setup=lambda: ((next(chunks),), {}), rounds=ROUNDS,
                            warmup_rounds=WARMUP, iterations=1)
         for rest in chunks:  # with --benchmark-disable only one round ran: train on the rest untimed
             trainer.train(rest)
-        info: dict[str, Any] = {}
-        if requests_before is not None:
-            pulls, pushes = (after - before for after, before in zip(trainer.requests(), requests_before))
-            info.update(servers=trainer.servers, server_threads=SERVER_THREADS,
+        # CPU per step of this process (every thread) and of the servers: steadier than wall
+        # time on a shared machine, and it shows what the wall time of a busy machine hides.
+        info: dict[str, Any] = {"cpu_ms_per_step": round(1e3 * (self_cpu_seconds() - cpu_before[0]) / len(train), 1)}
+        if cluster is not None:
+            info["servers_cpu_ms_per_step"] = round(1e3 * (cluster.servers_cpu_seconds() - cpu_before[1]) / len(train), 1)
+            pulls, pushes = (after - before for after, before in zip(cluster.requests(), requests_before))
+            info.update(servers=cluster.servers, server_threads=SERVER_THREADS,
                         pull_requests_per_step=round(pulls / len(train), 2),
                         push_requests_per_step=round(pushes / len(train), 2))
         metrics = trainer.evaluate(held_out)
