@@ -186,7 +186,7 @@ def print_table(results: list[dict[str, Any]]) -> None:
         f"{r['received_bytes_per_step'] / 1024:,.0f}" if "sent_bytes_per_step" in r else "-")
     row("worker CPU ms", lambda r: f"{1e3 * r['worker_cpu_s_per_step']:.0f}")
     row("servers' CPU ms", lambda r: f"{1e3 * r['servers_cpu_s_per_step']:.0f}" if "servers_cpu_s_per_step" in r else "-")
-    row("unique ids (all groups)", lambda r: f"{r['unique_ids_per_step']:,}")
+    row("unique ids (all groups, last batch)", lambda r: f"{r['unique_ids_per_step']:,}")
 
 
 def main(argv: list[str] | None = None) -> int:
