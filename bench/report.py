@@ -5,7 +5,13 @@ of sparsecore's throughput to each peer's (>1: sparsecore is faster). Memory gro
 per row and the transient peak per row, with each peer's figure over sparsecore's
 (<1: sparsecore uses more).
 
+W2 groups (``w2-*``, bench/test_w2.py) get one row per case: samples/s from the median round,
+the ratio to the embedded sparsecore case of the same optimizer and dim, the held-out AUC (and
+its difference from embedded), the servers' pull and push requests per step, and the load
+average when the case started.
+
 Usage: python bench/report.py bench/results/w1.json [--command "the command that ran it"]
+       python bench/report.py w2 [--json bench/results/w2.json]   # runs the W2 cases, prints the table
 """
 
 from __future__ import annotations
@@ -13,11 +19,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
+import subprocess
 import sys
+import tempfile
 from collections import defaultdict
 from pathlib import Path
 
 OURS = "sparsecore"
+HERE = Path(__file__).resolve().parent
+# The W2 cases `report.py w2` runs: embedded, 1 and 2 servers and the peers, Adam and Adagrad.
+W2_CASES = "test_w2_adam or test_w2_adagrad"
 
 
 def _fmt_rate(x: float) -> str:
@@ -62,6 +74,84 @@ def _memory_table(group: str, rows: list[dict]) -> list[str]:
     return out
 
 
+def _w2_table(group: str, rows: list[dict]) -> list[str]:
+    def rate(r: dict) -> float:
+        return r["extra_info"]["samples_per_round"] / r["stats"]["median"]
+
+    embedded = {r["extra_info"].get("dim"): r for r in rows if r["extra_info"].get("peer") == OURS}
+    out = [f"### {group}", "",
+           "| case | dim | servers | samples/s (median) | / embedded | AUC | AUC - embedded | "
+           "pull req/step | push req/step | CPU ms/step (worker + servers) | rounds | load avg |",
+           "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        info = r["extra_info"]
+        base = embedded.get(info.get("dim"))
+        ratio = f"{rate(r) / rate(base):.2f}x" if base else "n/a"
+        exact = info.get("auc_minus_embedded")  # from unrounded AUCs, where the case recorded it
+        delta = (f"{exact:+.1e}" if exact else "0" if exact == 0.0 else
+                 f"{info['auc'] - base['extra_info']['auc']:+.4f}" if base and "auc" in info else "-")
+        out.append(f"| {info.get('peer', r['name'])} | {info.get('dim', '-')} | {info.get('servers', '-')} | "
+                   f"{rate(r):,.0f} | {ratio} | {info.get('auc', '-')} | {delta} | "
+                   f"{info.get('pull_requests_per_step', '-')} | {info.get('push_requests_per_step', '-')} | "
+                   f"{_cpu(info)} | {r['stats']['rounds']} | {info.get('load_average', '-')} |")
+    return out
+
+
+def _cpu(info: dict) -> str:
+    if "cpu_ms_per_step" not in info:
+        return "-"
+    if "servers_cpu_ms_per_step" not in info:
+        return f"{info['cpu_ms_per_step']:.0f}"
+    worker, servers = info["cpu_ms_per_step"], info["servers_cpu_ms_per_step"]
+    return f"{worker + servers:.0f} ({worker:.0f} + {servers:.0f})"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "?"
+
+
+def render_w2(data: dict, command: str | None = None) -> str:
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for b in data.get("benchmarks", []):
+        if (b.get("group") or "").startswith("w2-"):
+            groups[b["group"]].append(b)
+    lines = ["## W2 end to end: embedded, 1 and 2 local servers, peers", ""]
+    if command:
+        lines += ["Command:", "", "```", command, "```", ""]
+    infos = [b["extra_info"] for bs in groups.values() for b in bs]
+    first = infos[0] if infos else {}
+    server_threads = next((i["server_threads"] for i in infos if "server_threads" in i), "-")
+    lines += [f"{data.get('datetime', '')}; {os.cpu_count()} cores ({_cpu_model()}); worker threads "
+              f"{first.get('threads', '?')}; server threads {server_threads} each; "
+              f"{first.get('samples_per_round', '?')} samples per round; planted-optimum AUC "
+              f"{first.get('planted_auc', '?')}.", "",
+              "samples/s = samples per round / median round; / embedded = that over the embedded sparsecore "
+              "case of the same group and dim, from the same session; requests per step are counted by the "
+              "servers over every training step of the case (all servers together); CPU per step is the "
+              "worker process's (all threads) plus the server processes', over the same steps: on a busy "
+              "machine it is steadier than samples/s.", ""]
+    for group in sorted(groups):
+        rows = sorted(groups[group], key=lambda b: (not b["extra_info"].get("peer", "").startswith(OURS),
+                                                   b["extra_info"].get("dim", 0), b["extra_info"].get("peer", "")))
+        lines += _w2_table(group, rows) + [""]
+    return "\n".join(lines)
+
+
+def run_w2(json_path: Path) -> str:
+    """Runs the W2 cases in one pytest session (scale from SPARSECORE_BENCH_SCALE) into
+    ``json_path``; returns the command, for the report."""
+    cmd = [sys.executable, "-m", "pytest", str(HERE / "test_w2.py"), "-q", "-p", "no:cacheprovider", "-k", W2_CASES,
+           f"--benchmark-json={json_path}"]
+    subprocess.run(cmd, check=True, stdout=sys.stderr)
+    return f"python3 -m pytest bench/test_w2.py -k '{W2_CASES}' --benchmark-json=..."
+
+
 def render(data: dict, command: str | None = None) -> str:
     groups: dict[str, list[dict]] = defaultdict(list)
     for b in data.get("benchmarks", []):
@@ -90,11 +180,21 @@ def render(data: dict, command: str | None = None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("json_file", type=Path)
+    parser.add_argument("json_file", help="a pytest-benchmark JSON file, or 'w2' to run the W2 cases first")
     parser.add_argument("--command", help="the command that produced the JSON (quoted in the report)")
     parser.add_argument("--output", type=Path, help="write the markdown here instead of stdout")
+    parser.add_argument("--json", type=Path, help="with 'w2': keep the run's JSON here")
     args = parser.parse_args(argv)
-    text = render(json.loads(args.json_file.read_text()), args.command)
+    if args.json_file == "w2":
+        with tempfile.TemporaryDirectory() as tmp:
+            path = args.json or Path(tmp) / "w2.json"
+            command = args.command or (f"PYTHONPATH=python python3 bench/report.py w2"
+                                       f"{f' --json {args.json}' if args.json else ''}\n# runs: {run_w2(path)}")
+            text = render_w2(json.loads(path.read_text()), command)
+    else:
+        data = json.loads(Path(args.json_file).read_text())
+        w2_only = all((b.get("group") or "").startswith("w2-") for b in data.get("benchmarks", []))
+        text = (render_w2 if data.get("benchmarks") and w2_only else render)(data, args.command)
     if args.output:
         args.output.write_text(text + "\n")
     else:

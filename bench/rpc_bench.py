@@ -79,6 +79,15 @@ class Process:
     def port(self) -> int:
         return int(self.endpoint.rsplit(":", 1)[1])
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU seconds the process has used so far (all its threads; Linux's
+        /proc, 0.0 elsewhere or once it has exited)."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
@@ -92,13 +101,38 @@ class Process:
 POLL_US = 200  # poll mode's window (server --poll-us, client poll=), as Seastar's idle poll
 
 
-def sparsecore_servers(stack: ExitStack, count: int, shards: int = 1, poll_us: int = 0) -> list[str]:
-    code = "import sys; from sparsecore.server import main; sys.exit(main(sys.argv[1:]))"
-    procs = [Process([sys.executable, "-c", code, "--port", "0", "--shards", str(shards), "--server-index", str(i),
-                      "--num-servers", str(count), "--poll-us", str(poll_us)]) for i in range(count)]
-    for p in procs:
+# A server process that is sent SIGTERM when the process that started it dies (Linux's
+# PR_SET_PDEATHSIG), so that a benchmark killed outright leaves no server behind.
+SERVER_CODE = """import sys
+if sys.platform.startswith("linux"):
+    import ctypes, signal
+    ctypes.CDLL(None).prctl(1, int(signal.SIGTERM))
+from sparsecore.server import main
+sys.exit(main(sys.argv[1:]))"""
+
+
+def sparsecore_server_processes(stack: ExitStack, count: int, shards: int = 1, poll_us: int = 0,
+                                threads: Optional[int] = None) -> list[Process]:
+    """Starts ``count`` servers of one cluster on free loopback ports; ``stack`` stops them
+    (each one started is registered before the next starts, so a failed start stops the
+    others). ``threads``: each server's compute pool (SPARSECORE_NUM_THREADS), and its
+    OpenMP threads; None leaves the inherited environment."""
+    env = python_env()
+    if threads is not None:
+        env.update(SPARSECORE_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
+    procs = []
+    for i in range(count):
+        p = Process([sys.executable, "-c", SERVER_CODE, "--port", "0", "--shards", str(shards), "--server-index", str(i),
+                     "--num-servers", str(count), "--poll-us", str(poll_us)], env=env)
         stack.callback(p.stop)
-    return [p.endpoint for p in procs]
+        procs.append(p)
+    return procs
+
+
+def sparsecore_servers(stack: ExitStack, count: int, shards: int = 1, poll_us: int = 0,
+                       threads: Optional[int] = None) -> list[str]:
+    """The endpoints of :func:`sparsecore_server_processes`."""
+    return [p.endpoint for p in sparsecore_server_processes(stack, count, shards, poll_us, threads)]
 
 
 def peer_server(stack: ExitStack, kind: str) -> Process:
