@@ -1,6 +1,7 @@
 #include "sparsecore/ps/ps_client.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <exception>
 #include <new>
@@ -294,6 +295,12 @@ void PsClient::push_slices(const std::vector<TableSlice>& slices, int64_t step, 
         SC_CHECK_ARG(ids.inverse[static_cast<size_t>(i)] == i, "push of table '", slice.table, "' names id ",
                      slice.ids[i], " more than once; sum its gradients into one row first");
     }
+    // Refused here as well as by each shard: a NaN that one shard refuses must not leave the
+    // other shards' parts applied.
+    const int64_t floats_of_slice = slice.n * s.dims[t];
+    for (int64_t i = 0; i < floats_of_slice; ++i)
+      SC_CHECK_ARG(std::isfinite(slice.grads[i]), "gradients of table '", slice.table,
+                   "' contain NaN or Inf; nothing was pushed");
     direct[t] = T == 1 && ids.num_unique() == slice.n;  // the caller's ids and gradients go as they are
     s.base[t] = floats;
     if (!direct[t]) floats += static_cast<size_t>(ids.num_unique()) * static_cast<size_t>(s.dims[t]);
