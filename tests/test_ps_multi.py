@@ -151,3 +151,44 @@ def test_bad_multi_table_calls_are_refused_and_change_nothing(remote, shards):
             np.testing.assert_array_equal(ps.lookup(name, ids), before[name])
     finally:
         server.stop()
+
+
+def test_a_synchronous_multi_table_push_waits_for_every_table_and_fails_with_any():
+    procs, addrs = start_cluster(1, 1)
+    try:
+        w0, w1 = (connect(addrs, worker=w, num_workers=2) for w in range(2))
+        ids = np.arange(6, dtype=np.int64)
+        grads = {name: np.ones((6, cfg.dim), np.float32) for name, cfg in TABLES.items()}
+        outcome = {}
+
+        def push_two(step):
+            try:
+                w0._c.push_tables([("a", ids, grads["a"]), ("b", ids, grads["b"])], step)
+                outcome[step] = "done"
+            except Exception as e:  # noqa: BLE001 - the test inspects it
+                outcome[step] = e
+        # Answered once both of its tables completed the step, not before.
+        waiting = threading.Thread(target=push_two, args=(0,))
+        waiting.start()
+        w1.push("a", ids, grads["a"], step=0)
+        waiting.join(1.0)
+        assert waiting.is_alive() and 0 not in outcome
+        w1.push("b", ids, grads["b"], step=0)
+        waiting.join(60)
+        assert outcome.get(0) == "done"
+        # Failed as soon as one of its tables' step is aborted (worker 1 pushes another step
+        # of table b: it restarted or rolled back), even though table a completes.
+        waiting = threading.Thread(target=push_two, args=(1,))
+        waiting.start()
+        w1.push("a", ids, grads["a"], step=1)
+        failing = threading.Thread(target=lambda: w1.push("b", ids, grads["b"], step=7))
+        failing.start()
+        waiting.join(60)
+        assert isinstance(outcome.get(1), sc.RpcStepAbortedError), outcome
+        assert "'b'" in str(outcome[1])
+        w0.push("b", ids, grads["b"], step=7)  # completes worker 1's step 7 of table b
+        failing.join(60)
+        assert not failing.is_alive()
+    finally:
+        for p, _ in procs:
+            stop(p)
