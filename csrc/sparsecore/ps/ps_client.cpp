@@ -39,10 +39,21 @@ struct PsClient::CallScratch {
   std::vector<size_t> base;                      // (shard, slice): first float of its rows in `rows`
   std::vector<PodVector<int64_t>> source;        // pull: per slice, float offset in `rows` of grouped row j
   PodVector<float> rows;                         // pull: replies shard after shard; push: grads per slice, grouped
-  std::vector<iovec> segs;                       // every shard's request, shard after shard
-  std::vector<size_t> seg_starts;                // (shards + 1)
-  bool direct = false;                           // pull: the reply lands in the one slice's rows
+  std::vector<char> in_order;                    // per slice: its ids distinct and already grouped by shard
 };
+
+namespace {
+
+// Whether the ids of `ids` (built from n ids) are distinct and already in grouped order: then
+// shard g's part is ids[starts[g], starts[g + 1]) of the caller's own arrays.
+bool in_shard_order(const ShardedIds& ids, int64_t n) {
+  if (ids.num_unique() != n) return false;
+  for (size_t j = 0; j < ids.position.size(); ++j)
+    if (ids.position[j] != static_cast<int32_t>(j)) return false;
+  return true;
+}
+
+}  // namespace
 
 std::unique_ptr<PsClient::CallScratch> PsClient::take_scratch() {
   {
@@ -100,9 +111,11 @@ void PsClient::PendingPull::wait() {
     }
   }
   calls_.clear();
-  if (!error && !scratch->direct) {
-    // Scatter: the row of id i of slice t is the reply row of its unique id.
+  if (!error) {
+    // Scatter the slices whose rows did not land in place: the row of id i of slice t is the
+    // reply row of its unique id.
     for (size_t t = 0; t < scratch->outs.size(); ++t) {
+      if (scratch->in_order[t]) continue;
       const auto [out, n] = scratch->outs[t];
       const ShardedIds& ids = scratch->ids[t];
       const size_t dim = static_cast<size_t>(scratch->dims[t]);
@@ -202,41 +215,39 @@ PsClient::PendingPull PsClient::pull_tables(const std::vector<TableSlice>& slice
   s.source.resize(std::max(s.source.size(), K));
   s.dims.assign(K, 0);
   s.outs.assign(K, {nullptr, 0});
+  s.in_order.assign(K, 0);
   s.names.clear();
   s.base.assign(T * K, 0);
   s.reply_bytes.assign(T, 0);
-  bool unique = true;
   for (size_t t = 0; t < K; ++t) {
     s.dims[t] = dim(slices[t].table);
     s.outs[t] = {slices[t].rows, slices[t].n};
     s.ids[t].build(slices[t].ids, slices[t].n, total_shards_);
-    unique = unique && s.ids[t].num_unique() == slices[t].n;
+    s.in_order[t] = in_shard_order(s.ids[t], slices[t].n);
     s.names.append(slices[t].table).append(padded8(slices[t].table.size()) - slices[t].table.size(), '\0');
   }
-  // Rows of shard g arrive in one reply, table after table: its region of `rows`.
+  // Shard g replies its rows of every slice, slice after slice: straight into the slice's
+  // rows where its ids are in shard order, else into a region of `rows` and scattered by wait().
   size_t floats = 0;
   for (size_t g = 0; g < T; ++g)
     for (size_t t = 0; t < K; ++t) {
-      s.base[g * K + t] = floats;
       const size_t part =
           static_cast<size_t>(s.ids[t].shard_size(static_cast<int>(g))) * static_cast<size_t>(s.dims[t]);
-      floats += part;
       s.reply_bytes[g] += part * sizeof(float);
+      if (s.in_order[t]) continue;
+      s.base[g * K + t] = floats;
+      floats += part;
     }
-  s.direct = T == 1 && K == 1 && unique;
-  float* rows = s.direct ? slices[0].rows : nullptr;
-  if (!s.direct) {
-    s.rows.resize(floats);
-    rows = s.rows.data();
-    for (size_t t = 0; t < K; ++t) {
-      const ShardedIds& ids = s.ids[t];
-      PodVector<int64_t>& source = s.source[t];
-      source.resize(static_cast<size_t>(ids.num_unique()));
-      for (size_t g = 0; g < T; ++g) {
-        const int64_t first = ids.starts[g];
-        for (int64_t j = first; j < ids.starts[g + 1]; ++j)
-          source[static_cast<size_t>(j)] = static_cast<int64_t>(s.base[g * K + t]) + (j - first) * s.dims[t];
-      }
+  s.rows.resize(floats);
+  for (size_t t = 0; t < K; ++t) {
+    if (s.in_order[t]) continue;
+    const ShardedIds& ids = s.ids[t];
+    PodVector<int64_t>& source = s.source[t];
+    source.resize(static_cast<size_t>(ids.num_unique()));
+    for (size_t g = 0; g < T; ++g) {
+      const int64_t first = ids.starts[g];
+      for (int64_t j = first; j < ids.starts[g + 1]; ++j)
+        source[static_cast<size_t>(j)] = static_cast<int64_t>(s.base[g * K + t]) + (j - first) * s.dims[t];
     }
   }
   TablesHeader h{};
@@ -245,23 +256,24 @@ PsClient::PendingPull PsClient::pull_tables(const std::vector<TableSlice>& slice
   s.headers.assign(T, h);
   s.entries.assign(T * K, TableEntry{});
   p.calls_.resize(T);
-  std::vector<iovec> segs;
+  std::vector<iovec> segs, into;
   for (size_t g = 0; g < T; ++g) {
-    if (s.reply_bytes[g] == 0) {
-      bool any = false;
-      for (size_t t = 0; t < K; ++t) any = any || s.ids[t].shard_size(static_cast<int>(g)) > 0;
-      if (!any) continue;  // a shard that owns none of the ids gets no request
-    }
+    if (s.reply_bytes[g] == 0) continue;  // a shard that owns none of the ids gets no request
     segs.assign({{&s.headers[g], sizeof(TablesHeader)},
                  {&s.entries[g * K], K * sizeof(TableEntry)},
                  {s.names.data(), s.names.size()}});
+    into.clear();
     for (size_t t = 0; t < K; ++t) {
-      const int64_t count = s.ids[t].shard_size(static_cast<int>(g));
+      const ShardedIds& ids = s.ids[t];
+      const int64_t first = ids.starts[g], count = ids.shard_size(static_cast<int>(g));
+      const size_t d = static_cast<size_t>(s.dims[t]);
       s.entries[g * K + t] = {static_cast<uint32_t>(slices[t].table.size()), 0, static_cast<uint64_t>(count)};
-      const int64_t* shard_ids = unique && T == 1 ? slices[t].ids : s.ids[t].shard_ids(static_cast<int>(g));
+      const int64_t* shard_ids = s.in_order[t] ? slices[t].ids + first : ids.shard_ids(static_cast<int>(g));
       segs.push_back({const_cast<int64_t*>(shard_ids), static_cast<size_t>(count) * sizeof(int64_t)});
+      float* rows = s.in_order[t] ? slices[t].rows + static_cast<size_t>(first) * d : s.rows.data() + s.base[g * K + t];
+      into.push_back({rows, static_cast<size_t>(count) * d * sizeof(float)});
     }
-    p.calls_[g] = transport_->call(static_cast<int>(g), kPullTables, segs, rows + s.base[g * K], s.reply_bytes[g]);
+    p.calls_[g] = transport_->call(static_cast<int>(g), kPullTables, segs, into);
   }
   return p;
 }
@@ -301,7 +313,7 @@ void PsClient::push_slices(const std::vector<TableSlice>& slices, int64_t step, 
     for (int64_t i = 0; i < floats_of_slice; ++i)
       SC_CHECK_ARG(std::isfinite(slice.grads[i]), "gradients of table '", slice.table,
                    "' contain NaN or Inf; nothing was pushed");
-    direct[t] = T == 1 && ids.num_unique() == slice.n;  // the caller's ids and gradients go as they are
+    direct[t] = in_shard_order(ids, slice.n);  // the caller's ids and gradients go as they are
     s.base[t] = floats;
     if (!direct[t]) floats += static_cast<size_t>(ids.num_unique()) * static_cast<size_t>(s.dims[t]);
     s.names.append(slice.table).append(padded8(slice.table.size()) - slice.table.size(), '\0');
@@ -344,14 +356,14 @@ void PsClient::push_slices(const std::vector<TableSlice>& slices, int64_t step, 
     for (size_t t = 0; t < K; ++t) {
       const int64_t count = s.ids[t].shard_size(static_cast<int>(g));
       s.entries[g * K + t] = {static_cast<uint32_t>(slices[t].table.size()), 0, static_cast<uint64_t>(count)};
-      const int64_t* ids = direct[t] ? slices[t].ids : s.ids[t].shard_ids(static_cast<int>(g));
+      const int64_t* ids = direct[t] ? slices[t].ids + s.ids[t].starts[g] : s.ids[t].shard_ids(static_cast<int>(g));
       segs.push_back({const_cast<int64_t*>(ids), static_cast<size_t>(count) * sizeof(int64_t)});
     }
     for (size_t t = 0; t < K; ++t) {
       const int64_t count = s.ids[t].shard_size(static_cast<int>(g));
       const size_t d = static_cast<size_t>(s.dims[t]);
       const float* grads =
-          direct[t] ? slices[t].grads : s.rows.data() + s.base[t] + static_cast<size_t>(s.ids[t].starts[g]) * d;
+          (direct[t] ? slices[t].grads : s.rows.data() + s.base[t]) + static_cast<size_t>(s.ids[t].starts[g]) * d;
       segs.push_back({const_cast<float*>(grads), static_cast<size_t>(count) * d * sizeof(float)});
     }
     calls[g] = transport_->call(static_cast<int>(g), kPushTables, segs);

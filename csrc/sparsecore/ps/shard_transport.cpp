@@ -1,5 +1,6 @@
 #include "sparsecore/ps/shard_transport.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "sparsecore/core/error.h"
@@ -66,9 +67,9 @@ RpcShardTransport::RpcShardTransport(const std::vector<std::string>& addresses, 
   }
 }
 
-ShardCall RpcShardTransport::call(int shard, uint16_t method, std::span<const iovec> payload, void* recv_into,
-                                  size_t recv_capacity) {
-  return ShardCall(conns_.at(static_cast<size_t>(shard))->call_async(method, payload, -1, recv_into, recv_capacity));
+ShardCall RpcShardTransport::call(int shard, uint16_t method, std::span<const iovec> payload,
+                                  std::span<const iovec> recv_into) {
+  return ShardCall(conns_.at(static_cast<size_t>(shard))->call_async(method, payload, -1, recv_into));
 }
 
 LocalShardTransport::LocalShardTransport(PsServer& server) : server_(server) {
@@ -77,8 +78,8 @@ LocalShardTransport::LocalShardTransport(PsServer& server) : server_(server) {
 
 int LocalShardTransport::num_shards() const { return server_.num_shards(); }
 
-ShardCall LocalShardTransport::call(int shard, uint16_t method, std::span<const iovec> payload, void* recv_into,
-                                    size_t recv_capacity) {
+ShardCall LocalShardTransport::call(int shard, uint16_t method, std::span<const iovec> payload,
+                                    std::span<const iovec> recv_into) {
   std::lock_guard<std::mutex> lock(mutex_);
   try {
     size_t bytes = 0;
@@ -103,8 +104,15 @@ ShardCall LocalShardTransport::call(int shard, uint16_t method, std::span<const 
                         std::string(reinterpret_cast<const char*>(reply.body.data()), reply.body.size()));
     rpc::Response response;
     response.bytes = reply.body.size();
-    if (recv_into && response.bytes <= recv_capacity) {
-      if (response.bytes) std::memcpy(recv_into, reply.body.data(), response.bytes);
+    size_t capacity = 0;
+    for (const iovec& v : recv_into) capacity += v.iov_len;
+    if (capacity > 0 && response.bytes <= capacity) {
+      size_t at = 0;
+      for (const iovec& v : recv_into) {
+        const size_t n = std::min(v.iov_len, response.bytes - at);
+        if (n) std::memcpy(v.iov_base, reply.body.data() + at, n);
+        at += n;
+      }
       response.in_caller_buffer = true;
     } else {
       response.data = std::move(reply.body);

@@ -51,10 +51,10 @@ class ShardTransport {
   virtual ~ShardTransport() = default;
   virtual int num_shards() const = 0;
   // Sends `method` with `payload` (segments, read before call returns) to global shard
-  // `shard`. recv_into (recv_capacity bytes, host memory kept alive until get()): where the
-  // reply's payload goes when it fits (Response::in_caller_buffer).
-  virtual ShardCall call(int shard, uint16_t method, std::span<const iovec> payload, void* recv_into = nullptr,
-                         size_t recv_capacity = 0) = 0;
+  // `shard`. recv_into (host memory kept alive until get()): where the reply's payload goes,
+  // segment after segment, when it fits in their total length (Response::in_caller_buffer).
+  virtual ShardCall call(int shard, uint16_t method, std::span<const iovec> payload,
+                         std::span<const iovec> recv_into = {}) = 0;
 };
 
 class RpcShardTransport final : public ShardTransport {
@@ -63,8 +63,7 @@ class RpcShardTransport final : public ShardTransport {
   // shards it has (every server must have as many) and one connection opens per shard.
   RpcShardTransport(const std::vector<std::string>& addresses, rpc::ClientOptions options);
   int num_shards() const override { return static_cast<int>(conns_.size()); }
-  ShardCall call(int shard, uint16_t method, std::span<const iovec> payload, void* recv_into,
-                 size_t recv_capacity) override;
+  ShardCall call(int shard, uint16_t method, std::span<const iovec> payload, std::span<const iovec> recv_into) override;
 
  private:
   std::vector<std::unique_ptr<rpc::RpcClient>> conns_;  // by global shard
@@ -74,8 +73,7 @@ class LocalShardTransport final : public ShardTransport {
  public:
   explicit LocalShardTransport(PsServer& server);
   int num_shards() const override;
-  ShardCall call(int shard, uint16_t method, std::span<const iovec> payload, void* recv_into,
-                 size_t recv_capacity) override;
+  ShardCall call(int shard, uint16_t method, std::span<const iovec> payload, std::span<const iovec> recv_into) override;
 
  private:
   PsServer& server_;
