@@ -16,6 +16,7 @@
 #include "sparsecore/core/error.h"
 #include "sparsecore/ps/ps_client.h"
 #include "sparsecore/ps/ps_protocol.h"
+#include "sparsecore/ps/ps_request.h"
 #include "sparsecore/ps/ps_server.h"
 #include "sparsecore/rpc/rpc_client.h"
 
@@ -374,4 +375,70 @@ TEST(PsMultiTransport, HostileRequestsAreRefusedAndChangeNothing) {
   EXPECT_EQ(pull_one(client, "a", ids, false), before);
   EXPECT_EQ(serve(kPushTables, request(1, {{"a", 2}}, 2, 4)), rpc::Status::kOk);  // a good one applies
   EXPECT_NE(pull_one(client, "a", ids, false), before);
+}
+
+// Valid multi-table requests mutated at random (bit flips, truncation, appended bytes, lying
+// counts): the parser either refuses with a typed error or returns views that lie inside the
+// payload and sum to its exact length.
+TEST(PsMultiTransport, MutatedRequestsNeverReachPastThePayload) {
+  std::mt19937_64 rng(std::random_device{}());
+  auto dim_of = [](std::string_view name) -> int {
+    if (name == "a") return 3;
+    if (name == "bb") return 1;
+    throw NotFound("no table '" + std::string(name) + "'");
+  };
+  for (int round = 0; round < 20000; ++round) {
+    const bool push = rng() % 2;
+    std::vector<std::pair<std::string, uint64_t>> tables;
+    for (uint64_t k = 1 + rng() % 3; k > 0; --k) tables.push_back({rng() % 2 ? "a" : "bb", rng() % 5});
+    std::vector<std::byte> p(sizeof(TablesHeader));
+    TablesHeader h{static_cast<uint32_t>(tables.size()), 0, 0, 0, 0};
+    std::memcpy(p.data(), &h, sizeof(h));
+    uint64_t ids = 0, floats = 0;
+    for (const auto& [name, n] : tables) {
+      TableEntry e{static_cast<uint32_t>(name.size()), 0, n};
+      p.insert(p.end(), reinterpret_cast<const std::byte*>(&e), reinterpret_cast<const std::byte*>(&e) + sizeof(e));
+      ids += n;
+      floats += n * static_cast<uint64_t>(dim_of(name));
+    }
+    for (const auto& [name, n] : tables) {
+      p.insert(p.end(), reinterpret_cast<const std::byte*>(name.data()),
+               reinterpret_cast<const std::byte*>(name.data()) + name.size());
+      p.resize(p.size() + padded8(name.size()) - name.size());
+    }
+    p.resize(p.size() + ids * 8 + (push ? floats * 4 : 0));
+    switch (rng() % 4) {
+      case 0:
+        for (int i = 0; i < 4; ++i) p[rng() % p.size()] ^= static_cast<std::byte>(1u << (rng() % 8));
+        break;
+      case 1:
+        p.resize(rng() % p.size());
+        break;
+      case 2:
+        p.resize(p.size() + rng() % 24);
+        break;
+      default: {  // a count or length field set to an extreme
+        const size_t at = sizeof(TablesHeader) + (rng() % tables.size()) * sizeof(TableEntry) + (rng() % 2 ? 8 : 0);
+        const uint64_t v = rng() % 2 ? ~uint64_t{0} - rng() % 8 : uint64_t{1} << (rng() % 64);
+        std::memcpy(p.data() + at, &v, rng() % 2 ? 8 : 4);
+      }
+    }
+    try {
+      TablesRequest t = parse_tables_request({p.data(), p.size()}, push, 1 << 20, 1 << 20, dim_of);
+      const std::byte* end = p.data() + p.size();
+      ASSERT_GE(t.ids, p.data());
+      ASSERT_EQ(t.ids + t.total_ids * 8 + (push ? t.total_floats * 4 : 0), end);
+      uint64_t sum = 0, fsum = 0;
+      for (size_t i = 0; i < t.names.size(); ++i) {
+        sum += static_cast<uint64_t>(t.counts[i]);
+        fsum += static_cast<uint64_t>(t.counts[i]) * static_cast<uint64_t>(t.dims[i]);
+        ASSERT_GE(reinterpret_cast<const std::byte*>(t.names[i].data()), p.data());
+        ASSERT_LE(reinterpret_cast<const std::byte*>(t.names[i].data() + t.names[i].size()), t.ids);
+      }
+      ASSERT_EQ(sum, t.total_ids);
+      ASSERT_EQ(fsum, t.total_floats);
+    } catch (const InvalidArgument&) {
+    } catch (const NotFound&) {
+    }
+  }
 }
