@@ -189,7 +189,8 @@ void check_slices(const std::vector<TableSlice>& slices, bool push) {
   SC_CHECK_ARG(slices.size() <= kMaxTablesPerShard, "a request carries at most ", kMaxTablesPerShard, " tables, got ",
                slices.size());
   for (const TableSlice& s : slices) {
-    SC_CHECK_ARG(s.n >= 0, "table '", s.table, "': n must be >= 0, got ", s.n);
+    SC_CHECK_ARG(s.n >= 0 && s.n < (int64_t{1} << 31), "table '", s.table,
+                 "': number of ids must be in [0, 2^31), got ", s.n);
     SC_CHECK_ARG(s.n == 0 || (s.ids && (push ? s.grads != nullptr : s.rows != nullptr)), "table '", s.table,
                  "': null ids or ", push ? "gradients" : "rows");
   }
@@ -207,9 +208,10 @@ PsClient::PendingPull PsClient::pull_tables(const std::vector<TableSlice>& slice
   check_slices(slices, false);
   const size_t K = slices.size();
   const size_t T = static_cast<size_t>(total_shards_);
+  // The pull is armed (client_ set, so that wait() scatters) only once every request is out;
+  // until then a failure waits for the requests already sent, whose replies land in `s`.
   PendingPull p;
   p.scratch_ = take_scratch();
-  p.client_ = this;
   CallScratch& s = *p.scratch_;
   s.ids.resize(std::max(s.ids.size(), K));
   s.source.resize(std::max(s.source.size(), K));
@@ -273,8 +275,19 @@ PsClient::PendingPull PsClient::pull_tables(const std::vector<TableSlice>& slice
       float* rows = s.in_order[t] ? slices[t].rows + static_cast<size_t>(first) * d : s.rows.data() + s.base[g * K + t];
       into.push_back({rows, static_cast<size_t>(count) * d * sizeof(float)});
     }
-    p.calls_[g] = transport_->call(static_cast<int>(g), kPullTables, segs, into);
+    try {
+      p.calls_[g] = transport_->call(static_cast<int>(g), kPullTables, segs, into);
+    } catch (...) {
+      for (ShardCall& c : p.calls_) {
+        try {
+          if (c.valid()) c.get();
+        } catch (...) {  // the send's error is the one to report
+        }
+      }
+      throw;
+    }
   }
+  p.client_ = this;
   return p;
 }
 

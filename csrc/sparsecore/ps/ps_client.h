@@ -13,8 +13,10 @@
 // barrier) throws RpcStepAborted on every worker: roll back to the last snapshot together.
 //
 // Cost: a pull is one pass of dedup + routing per table over an open-addressing index kept
-// between calls, one writev per shard and one read of the rows; with one shard, one table and
-// no duplicate ids the ids go out of, and the rows come straight into, the caller's arrays.
+// between calls, one writev per shard and one read of the rows. A table whose ids are distinct
+// and already grouped by shard (always so with one shard and distinct ids) has its ids sent
+// from, and its rows read straight into, the caller's arrays; the others' rows are read into
+// one buffer and copied out.
 #pragma once
 
 #include <map>
