@@ -109,6 +109,43 @@ SPARSECORE_BINDING(ps, 70) {
           },
           py::arg("table"), py::arg("ids"), py::arg("grads"), py::arg("step") = 0)
       .def(
+          "pull_tables",
+          [](PsClient& c, const std::vector<std::pair<std::string, py::array>>& tables, bool train) {
+            // One request per server shard for every table: [(table, ids int64[n])] ->
+            // [float32[n, dim]] in the same order.
+            std::vector<TableSlice> slices;
+            py::list out;
+            for (const auto& [table, ids] : tables) {
+              const int64_t* p = checked_array<int64_t>(ids, "ids of table '" + table + "'", {-1});
+              const int64_t n = ids.shape(0);
+              py::array_t<float> rows({static_cast<py::ssize_t>(n), static_cast<py::ssize_t>(c.dim(table))});
+              slices.push_back({table, p, n, rows.mutable_data(), nullptr});
+              out.append(rows);
+            }
+            {
+              py::gil_scoped_release r;
+              c.pull_tables(slices, train).wait();
+            }
+            return out;
+          },
+          py::arg("tables"), py::arg("train") = true)
+      .def(
+          "push_tables",
+          [](PsClient& c, const std::vector<std::tuple<std::string, py::array, py::array>>& tables, int64_t step) {
+            // One request per server shard for every table: [(table, ids int64[n] distinct,
+            // grads float32[n, dim])].
+            std::vector<TableSlice> slices;
+            for (const auto& [table, ids, grads] : tables) {
+              const int64_t* p = checked_array<int64_t>(ids, "ids of table '" + table + "'", {-1});
+              const int64_t n = ids.shape(0);
+              const float* g = checked_array<float>(grads, "grads of table '" + table + "'", {n, c.dim(table)});
+              slices.push_back({table, p, n, nullptr, g});
+            }
+            py::gil_scoped_release r;
+            c.push_tables(slices, step);
+          },
+          py::arg("tables"), py::arg("step") = 0)
+      .def(
           "save",
           [](PsClient& c, const std::string& name, int64_t step, bool overwrite) {
             py::gil_scoped_release r;

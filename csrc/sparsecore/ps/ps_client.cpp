@@ -1,26 +1,22 @@
 #include "sparsecore/ps/ps_client.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <exception>
-#include <filesystem>
 #include <new>
+#include <set>
 #include <utility>
 
 #include "sparsecore/core/error.h"
 #include "sparsecore/core/file.h"
 #include "sparsecore/ps/ps_protocol.h"
+#include "sparsecore/ps/ps_shard.h"
 #include "sparsecore/ps/ps_snapshot.h"
 #include "sparsecore/rpc/rpc_error.h"
 
 namespace sparsecore::ps {
 namespace {
-
-std::pair<std::string, int> split_address(const std::string& a) {
-  auto colon = a.rfind(':');
-  SC_CHECK_ARG(colon != std::string::npos && colon + 1 < a.size(), "address '", a, "' is not host:port");
-  return {a.substr(0, colon), std::stoi(a.substr(colon + 1))};
-}
 
 Json parse_reply(const rpc::Response& r) {
   return Json::parse(std::string_view(reinterpret_cast<const char*>(r.data.data()), r.bytes));
@@ -30,61 +26,34 @@ const char kZeros[8] = {};
 
 }  // namespace
 
-void ShardedIds::build(const int64_t* ids, int64_t n, int total_shards) {
-  SC_CHECK_ARG(n >= 0 && n < (int64_t{1} << 31), "number of ids must be in [0, 2^31), got ", n);
-  // Load at most 1/8 while the slots fit in L1 (32 KiB), else 1/4: the probe loop's cost is
-  // its mispredicted exits, and halving the load halves the probes that run on (the KV
-  // results in bench/results/kv.md were measured with these loads).
-  size_t cap = 16;
-  const size_t spread = static_cast<size_t>(n) <= 1024 ? 8 : 4;
-  while (cap < static_cast<size_t>(n) * spread) cap <<= 1;
-  const uint64_t mask = cap - 1;
-  slots_.assign(cap, -1);
-  unique.resize(static_cast<size_t>(n));
-  shard_of_.resize(static_cast<size_t>(n));
-  inverse.resize(static_cast<size_t>(n));
-  starts.assign(static_cast<size_t>(total_shards) + 1, 0);
-  int32_t* slots = slots_.data();
-  int64_t* uniq = unique.data();
-  int32_t num_unique = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t key = ids[i];
-    const uint64_t h = key_hash(key);
-    uint64_t slot = h & mask;
-    int32_t u;
-    while ((u = slots[slot]) >= 0 && uniq[u] != key) slot = (slot + 1) & mask;
-    if (u < 0) {  // first sighting
-      u = num_unique++;
-      slots[slot] = u;
-      uniq[u] = key;
-      int g =
-          total_shards == 1 ? 0 : global_shard_of_bucket(static_cast<uint32_t>(h >> (64 - kBucketBits)), total_shards);
-      shard_of_[static_cast<size_t>(u)] = static_cast<uint16_t>(g);
-      ++starts[static_cast<size_t>(g) + 1];
-    }
-    inverse[static_cast<size_t>(i)] = u;
-  }
-  unique.resize(static_cast<size_t>(num_unique));
-  for (int g = 0; g < total_shards; ++g) starts[static_cast<size_t>(g) + 1] += starts[static_cast<size_t>(g)];
-  grouped.clear();
-  position.clear();
-  if (total_shards == 1) return;  // one shard: unique order is the grouped order
-  grouped.resize(unique.size());
-  position.resize(unique.size());
-  std::vector<int64_t> cursor(starts.begin(), starts.end() - 1);
-  for (size_t u = 0; u < unique.size(); ++u) {
-    int64_t at = cursor[shard_of_[u]]++;
-    grouped[static_cast<size_t>(at)] = unique[u];
-    position[u] = static_cast<int32_t>(at);
-  }
+// Buffers of one pull or push, reused between calls (PsClient keeps a free list). Shard g's
+// part of slice t is entry g * K + t (K slices).
+struct PsClient::CallScratch {
+  std::vector<ShardedIds> ids;                   // per slice: its ids deduplicated, grouped by shard
+  std::vector<int64_t> dims;                     // per slice
+  std::vector<std::pair<float*, int64_t>> outs;  // pull: per slice, its rows and number of ids
+  std::string names;                             // every slice's table name, padded to 8, in order
+  std::vector<TablesHeader> headers;             // per shard
+  std::vector<TableEntry> entries;               // (shard, slice)
+  std::vector<uint64_t> reply_bytes;             // pull: per shard
+  std::vector<size_t> base;                      // (shard, slice): first float of its rows in `rows`
+  std::vector<PodVector<int64_t>> source;        // pull: per slice, float offset in `rows` of grouped row j
+  PodVector<float> rows;                         // pull: replies shard after shard; push: grads per slice, grouped
+  std::vector<char> in_order;                    // per slice: its ids distinct and already grouped by shard
+};
+
+namespace {
+
+// Whether the ids of `ids` (built from n ids) are distinct and already in grouped order: then
+// shard g's part is ids[starts[g], starts[g + 1]) of the caller's own arrays.
+bool in_shard_order(const ShardedIds& ids, int64_t n) {
+  if (ids.num_unique() != n) return false;
+  for (size_t j = 0; j < ids.position.size(); ++j)
+    if (ids.position[j] != static_cast<int32_t>(j)) return false;
+  return true;
 }
 
-// Buffers of one pull or push, reused between calls (PsClient keeps a free list).
-struct PsClient::CallScratch {
-  ShardedIds ids;
-  PodVector<float> rows;  // (num_unique, dim) in grouped order
-  std::vector<TableHeader> headers;
-};
+}  // namespace
 
 std::unique_ptr<PsClient::CallScratch> PsClient::take_scratch() {
   {
@@ -106,11 +75,7 @@ void PsClient::give_back(std::unique_ptr<CallScratch> scratch) {
 PsClient::PendingPull::PendingPull(PendingPull&& other) noexcept
     : client_(std::exchange(other.client_, nullptr)),
       scratch_(std::move(other.scratch_)),
-      futures_(std::move(other.futures_)),
-      out_(other.out_),
-      n_(other.n_),
-      dim_(other.dim_),
-      direct_(other.direct_) {}
+      calls_(std::move(other.calls_)) {}
 
 PsClient::PendingPull& PsClient::PendingPull::operator=(PendingPull&& other) noexcept {
   if (this != &other) {
@@ -134,57 +99,46 @@ void PsClient::PendingPull::wait() {
   client_ = nullptr;
   std::unique_ptr<CallScratch> scratch = std::move(scratch_);
   std::exception_ptr error;
-  for (size_t g = 0; g < futures_.size(); ++g) {
-    if (!futures_[g].valid()) continue;
+  for (size_t g = 0; g < calls_.size(); ++g) {
+    if (!calls_[g].valid()) continue;
     try {
-      rpc::Response r = futures_[g].get();
-      size_t expect = static_cast<size_t>(scratch->ids.shard_size(static_cast<int>(g))) * dim_ * sizeof(float);
+      rpc::Response r = calls_[g].get();
+      const uint64_t expect = scratch->reply_bytes[g];
       SC_CHECK(r.in_caller_buffer && r.bytes == expect, RpcProtocolError, "pull reply of ", r.bytes,
                " bytes from shard ", g, ", expected ", expect);
     } catch (...) {
       if (!error) error = std::current_exception();  // keep reading the other shards' replies
     }
   }
-  futures_.clear();
-  if (!error && !direct_) {
-    // Scatter: the row of id i is the grouped row of its unique id.
-    const ShardedIds& ids = scratch->ids;
-    const size_t bytes = dim_ * sizeof(float);
-    for (int64_t i = 0; i < n_; ++i)
-      std::memcpy(out_ + static_cast<size_t>(i) * dim_,
-                  scratch->rows.data() + static_cast<size_t>(ids.row_of(ids.inverse[static_cast<size_t>(i)])) * dim_,
-                  bytes);
+  calls_.clear();
+  if (!error) {
+    // Scatter the slices whose rows did not land in place: the row of id i of slice t is the
+    // reply row of its unique id.
+    for (size_t t = 0; t < scratch->outs.size(); ++t) {
+      if (scratch->in_order[t]) continue;
+      const auto [out, n] = scratch->outs[t];
+      const ShardedIds& ids = scratch->ids[t];
+      const size_t dim = static_cast<size_t>(scratch->dims[t]);
+      const int64_t* source = scratch->source[t].data();
+      for (int64_t i = 0; i < n; ++i)
+        std::memcpy(out + static_cast<size_t>(i) * dim,
+                    scratch->rows.data() + source[ids.row_of(ids.inverse[static_cast<size_t>(i)])],
+                    dim * sizeof(float));
+    }
   }
-  client->give_back(std::move(scratch));
+  if (client) client->give_back(std::move(scratch));
   if (error) std::rethrow_exception(error);
 }
 
 PsClient::PsClient(const std::vector<std::string>& addresses, PsClientOptions options) : options_(options) {
-  SC_CHECK_ARG(!addresses.empty(), "at least one server address is needed");
-  for (size_t s = 0; s < addresses.size(); ++s) {
-    auto [host, port] = split_address(addresses[s]);
-    rpc::ClientOptions co;
-    co.token = options_.token;
-    co.call_timeout_ms = options_.timeout_ms;
-    co.connect_timeout_ms = options_.connect_timeout_ms;
-    co.heartbeat_ms = options_.heartbeat_ms;
-    co.poll_us = options_.poll_us;
-    auto first = std::make_unique<rpc::RpcClient>(host, port, co);
-    Json info = parse_reply(first->call(kInfo, {}));
-    int shards = static_cast<int>(info.at("shards").as_int());
-    SC_CHECK_ARG(info.at("server_index").as_int() == static_cast<int64_t>(s) &&
-                     info.at("num_servers").as_int() == static_cast<int64_t>(addresses.size()),
-                 "server ", addresses[s], " says it is server ", info.at("server_index").as_int(), " of ",
-                 info.at("num_servers").as_int(), ", but is listed as ", s, " of ", addresses.size());
-    SC_CHECK_ARG(s == 0 || shards * static_cast<int>(s) == total_shards_, "server ", addresses[s], " has ", shards,
-                 " shards; every server must have as many as the first");
-    conns_.push_back(std::move(first));
-    for (int r = 1; r < shards; ++r) {
-      co.reactor = r;
-      conns_.push_back(std::make_unique<rpc::RpcClient>(host, port, co));
-    }
-    total_shards_ += shards;
-  }
+  rpc::ClientOptions co;
+  co.token = options_.token;
+  co.call_timeout_ms = options_.timeout_ms;
+  co.connect_timeout_ms = options_.connect_timeout_ms;
+  co.heartbeat_ms = options_.heartbeat_ms;
+  co.poll_us = options_.poll_us;
+  transport_ = std::make_unique<RpcShardTransport>(addresses, co);
+  total_shards_ = transport_->num_shards();
   if (options_.num_workers > 0) {  // tell every shard which rank these connections are
     SC_CHECK_ARG(options_.worker < options_.num_workers, "worker ", options_.worker, " out of range for ",
                  options_.num_workers, " workers");
@@ -194,24 +148,20 @@ PsClient::PsClient(const std::vector<std::string>& addresses, PsClientOptions op
   }
 }
 
-PsClient::PsClient(PsServer& embedded, PsClientOptions options)
-    : options_(options), total_shards_(embedded.num_shards()), embedded_(&embedded) {
-  SC_CHECK_ARG(embedded.options().num_servers == 1, "an embedded server must be the only server");
+PsClient::PsClient(PsServer& embedded, PsClientOptions options) : options_(options) {
+  SC_CHECK_ARG(options_.num_workers == 0, "an embedded server serves one asynchronous worker; num_workers must be 0");
+  transport_ = std::make_unique<LocalShardTransport>(embedded);
+  total_shards_ = transport_->num_shards();
 }
 
 PsClient::~PsClient() = default;
 
 void PsClient::create_table(const TableConfig& config, uint64_t seed) {
   config.validate();
-  if (embedded_) {
-    std::lock_guard<std::mutex> lock(embedded_mutex_);
-    for (int g = 0; g < total_shards_; ++g) embedded_->shard(g).create_table(config, seed);
-  } else {
-    Json j = Json::object();
-    j["table"] = config.to_json();
-    j["seed"] = seed;
-    call_json(kCreateTable, j);
-  }
+  Json j = Json::object();
+  j["table"] = config.to_json();
+  j["seed"] = seed;
+  call_json(kCreateTable, j);
   std::lock_guard<std::mutex> lock(dims_mutex_);
   dims_[config.name] = config.dim;
 }
@@ -229,107 +179,212 @@ void PsClient::pull(const std::string& table, const int64_t* ids, int64_t n, boo
 
 PsClient::PendingPull PsClient::pull_async(const std::string& table, const int64_t* ids, int64_t n, bool train,
                                            float* out) {
-  SC_CHECK_ARG(n >= 0, "n must be >= 0");
+  return pull_tables({TableSlice{table, ids, n, out, nullptr}}, train);
+}
+
+namespace {
+
+// Checks what every slice of a pull or push must satisfy; returns each slice's dim.
+void check_slices(const std::vector<TableSlice>& slices, bool push) {
+  SC_CHECK_ARG(slices.size() <= kMaxTablesPerShard, "a request carries at most ", kMaxTablesPerShard, " tables, got ",
+               slices.size());
+  for (const TableSlice& s : slices) {
+    SC_CHECK_ARG(s.n >= 0 && s.n < (int64_t{1} << 31), "table '", s.table,
+                 "': number of ids must be in [0, 2^31), got ", s.n);
+    SC_CHECK_ARG(s.n == 0 || (s.ids && (push ? s.grads != nullptr : s.rows != nullptr)), "table '", s.table,
+                 "': null ids or ", push ? "gradients" : "rows");
+  }
+  if (push) {
+    std::set<std::string_view> seen;
+    for (const TableSlice& s : slices)
+      SC_CHECK_ARG(seen.insert(s.table).second, "table '", s.table,
+                   "' appears in more than one slice of a push; pass its ids in one slice");
+  }
+}
+
+}  // namespace
+
+PsClient::PendingPull PsClient::pull_tables(const std::vector<TableSlice>& slices, bool train) {
+  check_slices(slices, false);
+  const size_t K = slices.size();
+  const size_t T = static_cast<size_t>(total_shards_);
+  // The pull is armed (client_ set, so that wait() scatters) only once every request is out;
+  // until then a failure waits for the requests already sent, whose replies land in `s`.
   PendingPull p;
-  p.dim_ = static_cast<size_t>(dim(table));
-  p.out_ = out;
-  p.n_ = n;
   p.scratch_ = take_scratch();
-  p.client_ = this;
   CallScratch& s = *p.scratch_;
-  s.ids.build(ids, n, total_shards_);
-  const int64_t num_unique = s.ids.num_unique();
-  // One shard and no duplicates: the unique ids are the caller's ids, in order.
-  p.direct_ = total_shards_ == 1 && num_unique == n;
-  float* rows = out;
-  if (!p.direct_) {
-    s.rows.resize(static_cast<size_t>(num_unique) * p.dim_);
-    rows = s.rows.data();
+  s.ids.resize(std::max(s.ids.size(), K));
+  s.source.resize(std::max(s.source.size(), K));
+  s.dims.assign(K, 0);
+  s.outs.assign(K, {nullptr, 0});
+  s.in_order.assign(K, 0);
+  s.names.clear();
+  s.base.assign(T * K, 0);
+  s.reply_bytes.assign(T, 0);
+  for (size_t t = 0; t < K; ++t) {
+    s.dims[t] = dim(slices[t].table);
+    s.outs[t] = {slices[t].rows, slices[t].n};
+    s.ids[t].build(slices[t].ids, slices[t].n, total_shards_);
+    s.in_order[t] = in_shard_order(s.ids[t], slices[t].n);
+    s.names.append(slices[t].table).append(padded8(slices[t].table.size()) - slices[t].table.size(), '\0');
   }
-  if (embedded_) {
-    std::lock_guard<std::mutex> lock(embedded_mutex_);
-    for (int g = 0; g < total_shards_; ++g)
-      if (s.ids.shard_size(g))
-        embedded_->shard(g).pull(table, s.ids.shard_ids(g), s.ids.shard_size(g), train,
-                                 rows + static_cast<size_t>(s.ids.starts[static_cast<size_t>(g)]) * p.dim_);
-    return p;
+  // Shard g replies its rows of every slice, slice after slice: straight into the slice's
+  // rows where its ids are in shard order, else into a region of `rows` and scattered by wait().
+  size_t floats = 0;
+  for (size_t g = 0; g < T; ++g)
+    for (size_t t = 0; t < K; ++t) {
+      const size_t part =
+          static_cast<size_t>(s.ids[t].shard_size(static_cast<int>(g))) * static_cast<size_t>(s.dims[t]);
+      s.reply_bytes[g] += part * sizeof(float);
+      if (s.in_order[t]) continue;
+      s.base[g * K + t] = floats;
+      floats += part;
+    }
+  s.rows.resize(floats);
+  for (size_t t = 0; t < K; ++t) {
+    if (s.in_order[t]) continue;
+    const ShardedIds& ids = s.ids[t];
+    PodVector<int64_t>& source = s.source[t];
+    source.resize(static_cast<size_t>(ids.num_unique()));
+    for (size_t g = 0; g < T; ++g) {
+      const int64_t first = ids.starts[g];
+      for (int64_t j = first; j < ids.starts[g + 1]; ++j)
+        source[static_cast<size_t>(j)] = static_cast<int64_t>(s.base[g * K + t]) + (j - first) * s.dims[t];
+    }
   }
-  TableHeader h{};
-  h.name_bytes = static_cast<uint32_t>(table.size());
+  TablesHeader h{};
+  h.num_tables = static_cast<uint32_t>(K);
   h.flags = train ? kPullTrain : 0;
-  s.headers.assign(static_cast<size_t>(total_shards_), h);
-  p.futures_.resize(static_cast<size_t>(total_shards_));
-  for (int g = 0; g < total_shards_; ++g) {
-    int64_t count = s.ids.shard_size(g);
-    if (count == 0) continue;
-    s.headers[static_cast<size_t>(g)].num_ids = static_cast<uint64_t>(count);
-    const int64_t* shard_ids = p.direct_ ? ids : s.ids.shard_ids(g);
-    iovec segs[4] = {{&s.headers[static_cast<size_t>(g)], sizeof(TableHeader)},
-                     {const_cast<char*>(table.data()), table.size()},
-                     {const_cast<char*>(kZeros), padded8(table.size()) - table.size()},
-                     {const_cast<int64_t*>(shard_ids), static_cast<size_t>(count) * sizeof(int64_t)}};
-    size_t bytes = static_cast<size_t>(count) * p.dim_ * sizeof(float);
-    p.futures_[static_cast<size_t>(g)] = conns_[static_cast<size_t>(g)]->call_async(
-        kPull, segs, -1, rows + static_cast<size_t>(s.ids.starts[static_cast<size_t>(g)]) * p.dim_, bytes);
+  s.headers.assign(T, h);
+  s.entries.assign(T * K, TableEntry{});
+  p.calls_.resize(T);
+  std::vector<iovec> segs, into;
+  for (size_t g = 0; g < T; ++g) {
+    if (s.reply_bytes[g] == 0) continue;  // a shard that owns none of the ids gets no request
+    segs.assign({{&s.headers[g], sizeof(TablesHeader)},
+                 {&s.entries[g * K], K * sizeof(TableEntry)},
+                 {s.names.data(), s.names.size()}});
+    into.clear();
+    for (size_t t = 0; t < K; ++t) {
+      const ShardedIds& ids = s.ids[t];
+      const int64_t first = ids.starts[g], count = ids.shard_size(static_cast<int>(g));
+      const size_t d = static_cast<size_t>(s.dims[t]);
+      s.entries[g * K + t] = {static_cast<uint32_t>(slices[t].table.size()), 0, static_cast<uint64_t>(count)};
+      const int64_t* shard_ids = s.in_order[t] ? slices[t].ids + first : ids.shard_ids(static_cast<int>(g));
+      segs.push_back({const_cast<int64_t*>(shard_ids), static_cast<size_t>(count) * sizeof(int64_t)});
+      float* rows = s.in_order[t] ? slices[t].rows + static_cast<size_t>(first) * d : s.rows.data() + s.base[g * K + t];
+      into.push_back({rows, static_cast<size_t>(count) * d * sizeof(float)});
+    }
+    try {
+      p.calls_[g] = transport_->call(static_cast<int>(g), kPullTables, segs, into);
+    } catch (...) {
+      for (ShardCall& c : p.calls_) {
+        try {
+          if (c.valid()) c.get();
+        } catch (...) {  // the send's error is the one to report
+        }
+      }
+      throw;
+    }
   }
+  p.client_ = this;
   return p;
 }
 
 void PsClient::push(const std::string& table, const int64_t* ids, int64_t n, const float* grads, int64_t step) {
-  SC_CHECK_ARG(n >= 0, "n must be >= 0");
-  const size_t d = static_cast<size_t>(dim(table));
-  for (int64_t i = 0; i < n * static_cast<int64_t>(d); ++i)
-    SC_CHECK_ARG(std::isfinite(grads[i]), "gradients of table '", table, "' contain NaN or Inf; nothing was pushed");
+  push_slices({TableSlice{table, ids, n, nullptr, grads}}, step, true);
+}
+
+void PsClient::push_tables(const std::vector<TableSlice>& slices, int64_t step) { push_slices(slices, step, false); }
+
+void PsClient::push_slices(const std::vector<TableSlice>& slices, int64_t step, bool sum_duplicates) {
+  check_slices(slices, true);
+  if (slices.empty()) return;
+  const size_t K = slices.size();
+  const size_t T = static_cast<size_t>(total_shards_);
   std::unique_ptr<CallScratch> scratch = take_scratch();
   CallScratch& s = *scratch;
-  s.ids.build(ids, n, total_shards_);
-  const int64_t num_unique = s.ids.num_unique();
-  const bool direct = total_shards_ == 1 && num_unique == n;
-  const float* summed = grads;
-  if (!direct) {
-    // Gradients of duplicate ids summed in position order (a fixed order), in grouped rows.
-    s.rows.assign(static_cast<size_t>(num_unique) * d, 0.f);
-    for (int64_t i = 0; i < n; ++i) {
-      float* dst = s.rows.data() + static_cast<size_t>(s.ids.row_of(s.ids.inverse[static_cast<size_t>(i)])) * d;
-      const float* src = grads + static_cast<size_t>(i) * d;
-      for (size_t k = 0; k < d; ++k) dst[k] += src[k];
+  s.ids.resize(std::max(s.ids.size(), K));
+  s.dims.assign(K, 0);
+  s.names.clear();
+  s.base.assign(K, 0);
+  std::vector<char> direct(K, 0);
+  size_t floats = 0;
+  for (size_t t = 0; t < K; ++t) {
+    const TableSlice& slice = slices[t];
+    s.dims[t] = dim(slice.table);
+    ShardedIds& ids = s.ids[t];
+    ids.build(slice.ids, slice.n, total_shards_);
+    if (ids.num_unique() != slice.n && !sum_duplicates) {
+      for (int64_t i = 0; i < slice.n; ++i)
+        SC_CHECK_ARG(ids.inverse[static_cast<size_t>(i)] == i, "push of table '", slice.table, "' names id ",
+                     slice.ids[i], " more than once; sum its gradients into one row first");
     }
-    summed = s.rows.data();
+    // Refused here as well as by each shard: a NaN that one shard refuses must not leave the
+    // other shards' parts applied.
+    const int64_t floats_of_slice = slice.n * s.dims[t];
+    for (int64_t i = 0; i < floats_of_slice; ++i)
+      SC_CHECK_ARG(std::isfinite(slice.grads[i]), "gradients of table '", slice.table,
+                   "' contain NaN or Inf; nothing was pushed");
+    direct[t] = in_shard_order(ids, slice.n);  // the caller's ids and gradients go as they are
+    s.base[t] = floats;
+    if (!direct[t]) floats += static_cast<size_t>(ids.num_unique()) * static_cast<size_t>(s.dims[t]);
+    s.names.append(slice.table).append(padded8(slice.table.size()) - slice.table.size(), '\0');
   }
-  auto shard_ids = [&](int g) { return direct ? ids : s.ids.shard_ids(g); };
-  auto shard_grads = [&](int g) { return summed + static_cast<size_t>(s.ids.starts[static_cast<size_t>(g)]) * d; };
-  if (embedded_) {
-    std::lock_guard<std::mutex> lock(embedded_mutex_);
-    for (int g = 0; g < total_shards_; ++g)
-      embedded_->shard(g).push(table, shard_ids(g), s.ids.shard_size(g), shard_grads(g), step, 0, 0);
-    give_back(std::move(scratch));
-    return;
+  s.rows.resize(floats);
+  for (size_t t = 0; t < K; ++t) {
+    if (direct[t]) continue;
+    // Each id's gradient in its grouped row; a repeated id's gradients summed in position
+    // order (a fixed order).
+    const ShardedIds& ids = s.ids[t];
+    const size_t d = static_cast<size_t>(s.dims[t]);
+    float* grouped = s.rows.data() + s.base[t];
+    const bool repeated = ids.num_unique() != slices[t].n;
+    if (repeated) std::fill(grouped, grouped + static_cast<size_t>(ids.num_unique()) * d, 0.f);
+    for (int64_t i = 0; i < slices[t].n; ++i) {
+      float* dst = grouped + static_cast<size_t>(ids.row_of(ids.inverse[static_cast<size_t>(i)])) * d;
+      const float* src = slices[t].grads + static_cast<size_t>(i) * d;
+      if (repeated)
+        for (size_t k = 0; k < d; ++k) dst[k] += src[k];
+      else
+        std::memcpy(dst, src, d * sizeof(float));
+    }
   }
-  TableHeader h{};
-  h.name_bytes = static_cast<uint32_t>(table.size());
+  TablesHeader h{};
+  h.num_tables = static_cast<uint32_t>(K);
   h.step = step;
   h.worker = options_.worker;
   h.num_workers = options_.num_workers;
-  s.headers.assign(static_cast<size_t>(total_shards_), h);
-  std::vector<rpc::RpcFuture> futures(static_cast<size_t>(total_shards_));
-  for (int g = 0; g < total_shards_; ++g) {
-    int64_t count = s.ids.shard_size(g);
-    // Every shard gets the push, empty or not: in synchronous mode each shard counts the
-    // workers, and every push advances the table's step on every shard alike (the step of
-    // global-step optimizers, as one embedded backward advances it).
-    s.headers[static_cast<size_t>(g)].num_ids = static_cast<uint64_t>(count);
-    iovec segs[5] = {{&s.headers[static_cast<size_t>(g)], sizeof(TableHeader)},
-                     {const_cast<char*>(table.data()), table.size()},
-                     {const_cast<char*>(kZeros), padded8(table.size()) - table.size()},
-                     {const_cast<int64_t*>(shard_ids(g)), static_cast<size_t>(count) * sizeof(int64_t)},
-                     {const_cast<float*>(shard_grads(g)), static_cast<size_t>(count) * d * sizeof(float)}};
-    futures[static_cast<size_t>(g)] = conns_[static_cast<size_t>(g)]->call_async(kPush, segs);
+  s.headers.assign(T, h);
+  s.entries.assign(T * K, TableEntry{});
+  std::vector<ShardCall> calls(T);
+  std::vector<iovec> segs;
+  // Every shard gets the push, with every table, empty or not: in synchronous mode each
+  // shard counts the workers, and every push advances each table's step on every shard
+  // alike (the step of global-step optimizers, as one embedded backward advances it).
+  for (size_t g = 0; g < T; ++g) {
+    segs.assign({{&s.headers[g], sizeof(TablesHeader)},
+                 {&s.entries[g * K], K * sizeof(TableEntry)},
+                 {s.names.data(), s.names.size()}});
+    for (size_t t = 0; t < K; ++t) {
+      const int64_t count = s.ids[t].shard_size(static_cast<int>(g));
+      s.entries[g * K + t] = {static_cast<uint32_t>(slices[t].table.size()), 0, static_cast<uint64_t>(count)};
+      const int64_t* ids = direct[t] ? slices[t].ids + s.ids[t].starts[g] : s.ids[t].shard_ids(static_cast<int>(g));
+      segs.push_back({const_cast<int64_t*>(ids), static_cast<size_t>(count) * sizeof(int64_t)});
+    }
+    for (size_t t = 0; t < K; ++t) {
+      const int64_t count = s.ids[t].shard_size(static_cast<int>(g));
+      const size_t d = static_cast<size_t>(s.dims[t]);
+      const float* grads =
+          (direct[t] ? slices[t].grads : s.rows.data() + s.base[t]) + static_cast<size_t>(s.ids[t].starts[g]) * d;
+      segs.push_back({const_cast<float*>(grads), static_cast<size_t>(count) * d * sizeof(float)});
+    }
+    calls[g] = transport_->call(static_cast<int>(g), kPushTables, segs);
   }
   std::exception_ptr error;
-  for (auto& f : futures) {
-    if (!f.valid()) continue;
+  for (auto& c : calls) {
     try {
-      f.get();
+      c.get();
     } catch (...) {
       if (!error) error = std::current_exception();
     }
@@ -341,19 +396,18 @@ void PsClient::push(const std::string& table, const int64_t* ids, int64_t n, con
 std::vector<Json> PsClient::call_json(uint16_t method, const Json& body, int only) {
   std::string text = body.dump();
   std::vector<Json> out;
-  if (embedded_) throw InvalidArgument("internal: call_json on an embedded client");
-  std::vector<rpc::RpcFuture> futures;
+  std::vector<ShardCall> calls;
   for (int g = 0; g < total_shards_; ++g) {
     if (only >= 0 && g != only) continue;
     iovec seg{text.data(), text.size()};
-    futures.push_back(conns_[static_cast<size_t>(g)]->call_async(method, {&seg, 1}));
+    calls.push_back(transport_->call(g, method, {&seg, 1}));
   }
   // Every reply is awaited before the first error is rethrown: a phased call (save,
   // restore) must know that no shard is still working before its next phase.
   std::exception_ptr first_error;
-  for (auto& f : futures) {
+  for (auto& c : calls) {
     try {
-      rpc::Response r = f.get();
+      rpc::Response r = c.get();
       out.push_back(r.bytes ? parse_reply(r) : Json());
     } catch (...) {
       if (!first_error) first_error = std::current_exception();
@@ -366,29 +420,10 @@ std::vector<Json> PsClient::call_json(uint16_t method, const Json& body, int onl
 
 std::string PsClient::save(const std::string& name, int64_t step, bool overwrite) {
   check_snapshot_name(name);
-  const std::string save_id = random_suffix();
-  if (embedded_) {
-    std::lock_guard<std::mutex> lock(embedded_mutex_);
-    const std::string& root = embedded_->options().snapshot_dir;
-    try {
-      const std::string staging = begin_snapshot_write(root, name, save_id, overwrite);
-      for (int g = 0; g < total_shards_; ++g) embedded_->shard(g).write_snapshot(staging, step, save_id);
-      commit_snapshot(root, name, save_id, total_shards_, overwrite);
-    } catch (...) {
-      if (!root.empty()) {
-        try {
-          abort_snapshot(root, name, save_id);
-        } catch (const Error&) {
-        }
-      }
-      throw;
-    }
-    return name;
-  }
   Json j = Json::object();
   j["phase"] = "write";
   j["name"] = name;
-  j["save_id"] = save_id;
+  j["save_id"] = random_suffix();
   j["step"] = step;
   j["overwrite"] = overwrite;
   try {
@@ -408,27 +443,6 @@ std::string PsClient::save(const std::string& name, int64_t step, bool overwrite
 
 int64_t PsClient::restore(const std::string& requested) {
   std::string name = requested;
-  if (embedded_) {
-    std::lock_guard<std::mutex> lock(embedded_mutex_);
-    const std::string& root = embedded_->options().snapshot_dir;
-    if (name.empty()) {
-      snapshot_path(root, "latest");  // refuses a server without a snapshot directory
-      const std::string latest = latest_snapshot(root);
-      SC_CHECK(!latest.empty(), NotFound, "no complete snapshot in the snapshot directory");
-      name = std::filesystem::path(latest).filename().string();
-    }
-    const std::string dir = snapshot_path(root, name);
-    const std::string restore_id = random_suffix();
-    int64_t step = 0;
-    try {
-      for (int g = 0; g < total_shards_; ++g) step = embedded_->shard(g).prepare_restore(dir, restore_id);
-    } catch (...) {
-      for (int g = 0; g < total_shards_; ++g) embedded_->shard(g).abort_restore(restore_id);
-      throw;
-    }
-    for (int g = 0; g < total_shards_; ++g) embedded_->shard(g).commit_restore(restore_id);
-    return step;
-  }
   Json j = Json::object();
   if (name.empty()) {
     j["phase"] = "latest";
@@ -457,11 +471,6 @@ int64_t PsClient::restore(const std::string& requested) {
 }
 
 void PsClient::kv_put(const std::string& key, const Json& value) {
-  if (embedded_) {
-    std::lock_guard<std::mutex> lock(embedded_mutex_);
-    embedded_->shard(0).kv_put(key, value);
-    return;
-  }
   Json j = Json::object();
   j["key"] = key;
   j["value"] = value;
@@ -469,21 +478,12 @@ void PsClient::kv_put(const std::string& key, const Json& value) {
 }
 
 Json PsClient::kv_get(const std::string& key) {
-  if (embedded_) {
-    std::lock_guard<std::mutex> lock(embedded_mutex_);
-    const Json* v = embedded_->shard(0).kv_get(key);
-    return v ? *v : Json();
-  }
   Json j = Json::object();
   j["key"] = key;
   return call_json(kKvGet, j, 0)[0].at("value");
 }
 
 void PsClient::barrier(const std::string& name, int count) {
-  if (embedded_) {
-    SC_CHECK_ARG(count == 1, "an embedded server has one worker; barrier count must be 1, got ", count);
-    return;
-  }
   Json j = Json::object();
   j["name"] = name;
   j["count"] = count;
@@ -492,45 +492,33 @@ void PsClient::barrier(const std::string& name, int count) {
 }
 
 std::vector<float> PsClient::dense_pull(const std::string& name, int64_t size, float init) {
-  if (embedded_) {
-    std::lock_guard<std::mutex> lock(embedded_mutex_);
-    return embedded_->shard(0).dense(name, size, init);
-  }
   Json j = Json::object();
   j["name"] = name;
   j["size"] = size;
   j["init"] = static_cast<double>(init);
   std::string text = j.dump();
   iovec seg{text.data(), text.size()};
-  rpc::Response r = conns_[0]->call(kDensePull, {&seg, 1});
+  rpc::Response r = transport_->call(0, kDensePull, {&seg, 1}).get();
   std::vector<float> v(r.bytes / sizeof(float));
   std::memcpy(v.data(), r.data.data(), v.size() * sizeof(float));
   return v;
 }
 
 void PsClient::dense_push(const std::string& name, const float* grads, int64_t size, float lr) {
-  if (embedded_) {
-    std::lock_guard<std::mutex> lock(embedded_mutex_);
-    embedded_->shard(0).dense_push(name, grads, size, lr);
-    return;
-  }
-  TableHeader h{};
+  SC_CHECK_ARG(size >= 0, "dense push of '", name, "': size must be >= 0, got ", size);
+  DenseHeader h{};
   h.name_bytes = static_cast<uint32_t>(name.size());
-  std::memcpy(&h.flags, &lr, sizeof(lr));
+  h.lr = lr;
+  h.size = static_cast<uint64_t>(size);
   iovec segs[4] = {{&h, sizeof(h)},
                    {const_cast<char*>(name.data()), name.size()},
                    {const_cast<char*>(kZeros), padded8(name.size()) - name.size()},
                    {const_cast<float*>(grads), static_cast<size_t>(size) * sizeof(float)}};
-  conns_[0]->call(kDensePush, segs);
+  transport_->call(0, kDensePush, segs).get();
 }
 
 Json PsClient::stats() {
   Json out = Json::array();
-  if (embedded_) {
-    std::lock_guard<std::mutex> lock(embedded_mutex_);
-    for (int g = 0; g < total_shards_; ++g) out.push_back(embedded_->shard(g).stats());
-    return out;
-  }
   for (Json& j : call_json(kStats, Json::object())) out.push_back(std::move(j));
   return out;
 }

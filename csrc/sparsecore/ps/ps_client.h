@@ -1,8 +1,10 @@
-// PsClient: a worker's view of the parameter servers. Ids are deduplicated before they leave
-// the worker and split by owning shard (ps_protocol.h); the requests to all shards go out
-// together and the replies are read straight into per-shard buffers. The same client drives
-// an embedded PsServer's shards with plain calls (no socket), so training code does not
-// change between the two.
+// PsClient: a worker's view of the parameter servers. A step's rows of several tables travel
+// in one request per server shard (pull_tables, push_tables): ids are split by owning shard
+// (ps_protocol.h), the requests to all shards go out together and the replies are read into
+// one buffer per call. The client reaches the shards through a ShardTransport
+// (shard_transport.h): remote servers over RPC, or the shards of an embedded PsServer in
+// this process with the same requests and the same handlers, so training code and results do
+// not change between the two.
 //
 // Thread-safety: calls may come from several threads; embedded calls are serialised.
 //
@@ -10,11 +12,14 @@
 // the table. When a worker leaves or rejoins meanwhile the step is abandoned and push (or
 // barrier) throws RpcStepAborted on every worker: roll back to the last snapshot together.
 //
-// Cost: a pull is one pass of dedup + routing over an open-addressing index kept between
-// calls, one writev per shard and one read into the rows; with one shard and no duplicate
-// ids the ids go out of, and the rows come straight into, the caller's arrays.
+// Cost: a pull is one pass of dedup + routing per table over an open-addressing index kept
+// between calls, one writev per shard and one read of the rows. A table whose ids are distinct
+// and already grouped by shard (always so with one shard and distinct ids) has its ids sent
+// from, and its rows read straight into, the caller's arrays; the others' rows are read into
+// one buffer and copied out.
 #pragma once
 
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -23,7 +28,8 @@
 #include "sparsecore/core/json.h"
 #include "sparsecore/core/pod_vector.h"
 #include "sparsecore/ps/ps_server.h"
-#include "sparsecore/rpc/rpc_client.h"
+#include "sparsecore/ps/shard_transport.h"
+#include "sparsecore/ps/sharded_ids.h"
 
 namespace sparsecore::ps {
 
@@ -39,30 +45,20 @@ struct PsClientOptions {
   int poll_us = 0;           // see rpc::ClientOptions::poll_us (0: sleep at once)
 };
 
-// Ids of one call deduplicated (first-seen order) and grouped by owning shard (stable).
-struct ShardedIds {
-  PodVector<int64_t> unique;    // (num_unique)
-  PodVector<int32_t> inverse;   // (n) index into unique
-  PodVector<int64_t> grouped;   // (num_unique) unique ids ordered by shard; empty with one shard
-  PodVector<int32_t> position;  // (num_unique) index of unique[u] in grouped
-  std::vector<int64_t> starts;  // (total_shards + 1) shard g owns grouped[starts[g], starts[g+1])
-
-  void build(const int64_t* ids, int64_t n, int total_shards);
-  int64_t num_unique() const { return static_cast<int64_t>(unique.size()); }
-  const int64_t* shard_ids(int g) const { return (grouped.empty() ? unique.data() : grouped.data()) + starts[g]; }
-  int64_t shard_size(int g) const { return starts[g + 1] - starts[g]; }
-  // Index of unique id u among the grouped rows.
-  int32_t row_of(int32_t u) const { return grouped.empty() ? u : position[u]; }
-
- private:
-  PodVector<int32_t> slots_;      // index into unique, -1 empty (power-of-two size >= 2n)
-  PodVector<uint16_t> shard_of_;  // (num_unique)
+// One table's part of pull_tables / push_tables. Host memory, the caller's.
+struct TableSlice {
+  std::string table;
+  const int64_t* ids = nullptr;  // (n) distinct (the caller dedups)
+  int64_t n = 0;
+  float* rows = nullptr;         // pull: (n, dim) filled in id order
+  const float* grads = nullptr;  // push: (n, dim) each id's summed gradient
 };
 
 class PsClient {
  public:
   struct CallScratch;
-  // A pull in flight (pull_async): wait() fills `out` or throws. Destroying it waits too.
+  // A pull in flight (pull_async, pull_tables): wait() fills the rows or throws. Destroying
+  // it waits too.
   class PendingPull {
    public:
     PendingPull() = default;
@@ -76,22 +72,30 @@ class PsClient {
     friend class PsClient;
     PsClient* client_ = nullptr;
     std::unique_ptr<CallScratch> scratch_;
-    std::vector<rpc::RpcFuture> futures_;
-    float* out_ = nullptr;
-    int64_t n_ = 0;
-    size_t dim_ = 0;
-    bool direct_ = false;  // rows arrive in `out` itself
+    std::vector<ShardCall> calls_;  // by global shard
   };
 
   // Remote: "host:port" of every server, in server-index order.
   PsClient(const std::vector<std::string>& addresses, PsClientOptions options);
-  // Embedded: the shards of a PsServer that is not listening.
+  // Embedded: the shards of a PsServer that is not listening (one asynchronous worker).
   PsClient(PsServer& embedded, PsClientOptions options);
   ~PsClient();
 
   int total_shards() const { return total_shards_; }
   void create_table(const TableConfig& config, uint64_t seed);
   int dim(const std::string& table) const;
+  // Rows of several tables: one request per server shard that owns any id (none when every
+  // slice is empty), all in flight at once; returns once the requests are sent (the ids may
+  // be reused at once, the rows must stay alive until wait()). wait() fills every slice's
+  // rows (n, dim), in the slice's id order. train: unknown ids are inserted; otherwise they
+  // read as zeros. A table may appear in several slices.
+  PendingPull pull_tables(const std::vector<TableSlice>& slices, bool train);
+  // Summed gradients of several tables' distinct ids: one request per server shard (every
+  // shard, so that each table's step advances, and in synchronous mode completes,
+  // everywhere), all in flight; returns once applied (synchronous: once every worker's step
+  // applied). A table appears in at most one slice; a repeated id is refused
+  // (InvalidArgument naming the table). A shard applies its tables all or none.
+  void push_tables(const std::vector<TableSlice>& slices, int64_t step);
   // ids (n) any values, duplicates allowed; out (n, dim).
   void pull(const std::string& table, const int64_t* ids, int64_t n, bool train, float* out);
   // The same, returning once the requests are sent: `ids` may be reused at once, `out` must
@@ -119,16 +123,16 @@ class PsClient {
  private:
   // Sends `method` with a JSON payload to every shard (or shard `only`) and returns replies.
   std::vector<Json> call_json(uint16_t method, const Json& body, int only = -1);
+  // push_tables; sum_duplicates: a repeated id's gradients are summed (push) instead of refused.
+  void push_slices(const std::vector<TableSlice>& slices, int64_t step, bool sum_duplicates);
   std::unique_ptr<CallScratch> take_scratch();
   void give_back(std::unique_ptr<CallScratch> scratch);
 
   PsClientOptions options_;
+  std::unique_ptr<ShardTransport> transport_;
   std::mutex scratch_mutex_;
   std::vector<std::unique_ptr<CallScratch>> free_scratch_;  // reused between calls
   int total_shards_ = 0;
-  std::vector<std::unique_ptr<rpc::RpcClient>> conns_;  // by global shard (remote)
-  PsServer* embedded_ = nullptr;
-  std::mutex embedded_mutex_;
   std::map<std::string, int> dims_;
   std::mutex dims_mutex_;
 };

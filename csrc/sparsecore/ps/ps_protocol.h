@@ -24,8 +24,10 @@ enum Method : uint16_t {
   kKvGet = 18,        // json {key} -> json {value} (null when absent)
   kBarrier = 19,      // json {name, count}: replies once `count` callers arrived
   kDensePull = 20,    // json {name, size, init} -> float32[size]
-  kDensePush = 21,    // name + float32 grads -> applies w -= lr * g with the variable's lr
+  kDensePush = 21,    // DenseHeader + name + float32 grads[size] -> applies w -= lr * g
   kJoin = 22,         // json {worker}: a synchronous worker's connection to a shard says its rank
+  kPullTables = 23,   // TablesHeader + TableEntry[k] + names + ids -> float32 rows of every table, in order
+  kPushTables = 24,   // TablesHeader + TableEntry[k] + names + ids + grads (per table (n, dim), in order)
 };
 
 // Fixed part of pull and push requests; the table name (name_bytes, padded to 8) follows,
@@ -40,6 +42,35 @@ struct TableHeader {
 };
 static_assert(sizeof(TableHeader) == 32);
 inline constexpr uint32_t kPullTrain = 1;
+
+// Several tables in one request (kPullTables, kPushTables): this header, then one TableEntry
+// per table, then every table's name (each padded to 8 bytes), then every table's ids
+// (int64[num_ids], table after table), then for a push every table's summed gradients
+// (float32[num_ids, dim], table after table). A pull replies every table's rows, table after
+// table. The payload is exactly that long; 1 <= num_tables <= kMaxTablesPerShard.
+struct TablesHeader {
+  uint32_t num_tables;
+  uint32_t flags;        // pull: kPullTrain; push: 0
+  int64_t step;          // push: the worker's step (synchronous mode)
+  uint32_t worker;       // push: worker rank
+  uint32_t num_workers;  // push: >0 synchronous (apply when all have pushed), 0 asynchronous
+};
+static_assert(sizeof(TablesHeader) == 24);
+struct TableEntry {
+  uint32_t name_bytes;
+  uint32_t reserved;  // 0
+  uint64_t num_ids;
+};
+static_assert(sizeof(TableEntry) == 16);
+inline constexpr uint32_t kMaxTableNameBytes = 4096;
+
+// kDensePush: this header, the name (padded to 8), then float32 grads[size].
+struct DenseHeader {
+  uint32_t name_bytes;
+  float lr;  // finite and >= 0
+  uint64_t size;
+};
+static_assert(sizeof(DenseHeader) == 16);
 inline constexpr uint32_t kMaxWorkers = 1u << 16;  // synchronous workers of one cluster
 
 inline constexpr uint64_t padded8(uint64_t n) { return (n + 7) & ~uint64_t{7}; }

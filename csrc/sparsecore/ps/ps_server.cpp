@@ -9,6 +9,7 @@
 #include "sparsecore/core/file.h"
 #include "sparsecore/core/pod_vector.h"
 #include "sparsecore/ps/ps_protocol.h"
+#include "sparsecore/ps/ps_request.h"
 #include "sparsecore/ps/ps_snapshot.h"
 #include "sparsecore/rpc/reactor.h"
 #include "sparsecore/rpc/rpc_error.h"
@@ -25,39 +26,6 @@ void reply_json(rpc::Reply& reply, const Json& j) {
   reply.append(s.data(), s.size());
 }
 
-// A checked view of a pull/push request: header, name, then the arrays.
-struct TableRequest {
-  TableHeader h;
-  std::string name;
-  const std::byte* arrays = nullptr;
-  size_t array_bytes = 0;
-};
-
-TableRequest parse_table_request(const rpc::Request& r, int64_t max_ids) {
-  TableRequest t;
-  SC_CHECK_ARG(r.payload.size() >= sizeof(TableHeader), "request of ", r.payload.size(),
-               " bytes is shorter than its header");
-  std::memcpy(&t.h, r.payload.data(), sizeof(TableHeader));
-  size_t name_end = sizeof(TableHeader) + padded8(t.h.name_bytes);
-  SC_CHECK_ARG(t.h.name_bytes <= 4096 && name_end <= r.payload.size(), "bad table name length ", t.h.name_bytes);
-  SC_CHECK_ARG(t.h.num_ids <= static_cast<uint64_t>(max_ids), "request has ", t.h.num_ids, " ids, limit is ", max_ids);
-  t.name.assign(reinterpret_cast<const char*>(r.payload.data()) + sizeof(TableHeader), t.h.name_bytes);
-  t.arrays = r.payload.data() + name_end;
-  t.array_bytes = r.payload.size() - name_end;
-  return t;
-}
-
-// `count` values of T at `bytes`: in place when suitably aligned, else copied into `copy`.
-// Frames lie back to back in the connection's read buffer, so a payload after one whose
-// length is not a multiple of 8 starts misaligned; reading it through a T* would be UB.
-template <typename T>
-const T* aligned_view(const std::byte* bytes, size_t count, PodVector<T>& copy) {
-  if (reinterpret_cast<uintptr_t>(bytes) % alignof(T) == 0) return reinterpret_cast<const T*>(bytes);
-  copy.resize(count);
-  std::memcpy(copy.data(), bytes, count * sizeof(T));
-  return copy.data();
-}
-
 }  // namespace
 
 PsServer::PsServer(PsServerOptions options) : options_(std::move(options)) {
@@ -70,6 +38,7 @@ PsServer::PsServer(PsServerOptions options) : options_(std::move(options)) {
   for (int i = 0; i < shards; ++i)
     shards_.push_back(std::make_unique<PsShard>(ShardLayout{options_.server_index * shards + i, total}));
   reactor_state_.resize(static_cast<size_t>(shards));
+  add_methods();
   if (!options_.snapshot_dir.empty()) {
     make_directories(options_.snapshot_dir);
     remove_unfinished_snapshots(options_.snapshot_dir);
@@ -125,6 +94,11 @@ void PsServer::snapshot_loop() {
 
 void PsServer::off_reactor(const rpc::Request& request, rpc::Reply& reply, std::function<void(rpc::Reply&)> work,
                            std::function<void()> then) {
+  if (!rpc_) {  // serve(): the caller's thread is the reactor
+    work(reply);
+    if (then) then();
+    return;
+  }
   const rpc::DeferredReply token = reply.defer();
   const int reactor = request.reactor;
   auto job = [this, token, reactor, work = std::move(work), then = std::move(then)] {
@@ -166,9 +140,14 @@ void PsServer::fail_pushes(int reactor, const std::string& table, const std::str
       ++it;
       continue;
     }
-    failed.insert(failed.end(), it->second.begin(), it->second.end());
+    for (const auto& w : it->second)
+      if (!w->answered) {  // a push waiting on several tables fails once, with the first
+        w->answered = true;
+        failed.push_back(w->reply);
+      }
     it = st.waiting_push.erase(it);
   }
+  if (failed.empty()) return;
   rpc::Reactor& r = rpc_->reactor(reactor);
   for (const auto& token : failed) {  // state first: a send may close a connection (and re-enter)
     rpc::Reply reply;
@@ -180,6 +159,7 @@ void PsServer::fail_pushes(int reactor, const std::string& table, const std::str
 void PsServer::fail_barriers(int reactor, const std::string& why) {
   std::map<std::string, Barrier> failed = std::move(reactor_state_[static_cast<size_t>(reactor)].barriers);
   reactor_state_[static_cast<size_t>(reactor)].barriers.clear();
+  if (failed.empty()) return;
   rpc::Reactor& r = rpc_->reactor(reactor);
   for (const auto& [name, b] : failed)
     for (const Waiter& w : b.waiting) {
@@ -234,6 +214,7 @@ void PsServer::barrier(const rpc::Request& r, rpc::Reply& reply) {
   std::string name = j.at("name").as_string("name");
   int64_t count = j.at("count").as_int("count");
   SC_CHECK_ARG(count >= 1 && count <= (int64_t{1} << 20), "barrier count must be in [1, 2^20], got ", count);
+  SC_CHECK_ARG(rpc_ || count == 1, "an embedded server has one worker; barrier count must be 1, got ", count);
   int64_t worker = j.get("worker") ? j.at("worker").as_int("worker") : -1;
   SC_CHECK_ARG(worker >= -1 && worker <= int64_t{UINT32_MAX}, "barrier worker ", worker, " out of range");
   ReactorState& st = reactor_state_[static_cast<size_t>(r.reactor)];
@@ -265,30 +246,118 @@ void PsServer::barrier(const rpc::Request& r, rpc::Reply& reply) {
   for (const Waiter& w : done) reactor.send_deferred(w.reply, rpc::Reply());
 }
 
+namespace {
+
+std::string table_list(const std::vector<PsShard::TableUpdate>& updates) {
+  std::string out;
+  for (const auto& u : updates) out += (out.empty() ? "'" : ", '") + std::string(u.table) + "'";
+  return out;
+}
+
+}  // namespace
+
+void PsServer::push(const rpc::Request& r, rpc::Reply& reply, const std::vector<PsShard::TableUpdate>& updates,
+                    int64_t step, uint32_t worker, uint32_t num_workers) {
+  ReactorState& st = reactor_state_[static_cast<size_t>(r.reactor)];
+  PsShard& s = shard(r.reactor);
+  if (num_workers > 0) {
+    SC_CHECK_ARG(rpc_ || num_workers == 1, "an embedded server has one worker; num_workers must be 0 or 1, got ",
+                 num_workers);
+    join(r.reactor, r.connection, worker);
+    if (!st.left.empty())
+      throw RpcStepAborted("step " + std::to_string(step) + " of table(s) " + table_list(updates) +
+                           " cannot complete: worker " + std::to_string(*st.left.begin()) +
+                           " left (its connection closed) and has not joined again");
+  }
+  std::vector<PsShard::PushOutcome> out;
+  try {
+    out = s.push_tables(updates, step, worker, num_workers);
+  } catch (...) {
+    // A step that failed as it completed (its summed update made rows non-finite; nothing
+    // was applied) fails for every worker that waits on it, not only for the last one.
+    std::string message;
+    rpc::Status status = rpc::status_of_current_exception(&message);
+    if (num_workers > 0)
+      for (const auto& u : updates) {
+        const std::string name(u.table);
+        if (!s.step_pending(name)) fail_pushes(r.reactor, name, message, status);
+      }
+    throw;
+  }
+  std::vector<std::string> incomplete;
+  for (size_t i = 0; i < updates.size(); ++i) {
+    const std::string name(updates[i].table);
+    if (out[i].aborted_step >= 0)
+      fail_pushes(r.reactor, name,
+                  "step " + std::to_string(out[i].aborted_step) + " of table '" + name + "' was aborted: worker " +
+                      std::to_string(worker) + " pushed step " + std::to_string(step) +
+                      " (a worker restarted or rolled back); nothing of it was applied");
+    if (!out[i].complete) incomplete.push_back(name);
+  }
+  // The pushes that waited on the tables completed now and on nothing else are answered.
+  std::vector<rpc::DeferredReply> done;
+  for (size_t i = 0; i < updates.size(); ++i) {
+    if (!out[i].complete) continue;
+    auto waiting = st.waiting_push.find(updates[i].table);
+    if (waiting == st.waiting_push.end()) continue;
+    for (const auto& w : waiting->second)
+      if (!w->answered && --w->outstanding == 0) {
+        w->answered = true;
+        done.push_back(w->reply);
+      }
+    st.waiting_push.erase(waiting);
+  }
+  if (!incomplete.empty()) {
+    auto w = std::make_shared<WaitingPush>();
+    w->reply = reply.defer();
+    w->outstanding = incomplete.size();
+    for (const auto& name : incomplete) st.waiting_push[name].push_back(w);
+  }
+  if (done.empty()) return;
+  rpc::Reactor& reactor = rpc_->reactor(r.reactor);  // state first: a send may re-enter
+  for (const auto& token : done) reactor.send_deferred(token, rpc::Reply());
+}
+
 void PsServer::register_methods() {
-  rpc::RpcServer& srv = *rpc_;
-  srv.on_connection_closed([this](int reactor, uint64_t connection) {
+  rpc_->on_connection_closed([this](int reactor, uint64_t connection) {
     try {
       connection_closed(reactor, connection);
     } catch (...) {  // a failure to tell waiters must not take the reactor down
     }
   });
+  for (const auto& [method, handler] : methods_) rpc_->register_method(method, handler);
+}
+
+void PsServer::serve(int shard_index, uint16_t method, std::span<const std::byte> payload, rpc::Reply& reply) {
+  SC_CHECK_ARG(!rpc_, "serve() is for a server that is not started");
+  SC_CHECK_ARG(shard_index >= 0 && shard_index < num_shards(), "no shard ", shard_index);
+  auto it = methods_.find(method);
+  if (it == methods_.end()) throw RpcUnknownMethod("unknown method " + std::to_string(method));
+  rpc::Request r;
+  r.method = method;
+  r.reactor = shard_index;
+  r.payload = payload;
+  it->second(r, reply);
+}
+
+void PsServer::add_methods() {
+  auto add = [this](uint16_t method, rpc::Handler h) { methods_[method] = std::move(h); };
   const int64_t max_ids = options_.max_ids_per_request;
-  srv.register_method(kInfo, [this](const rpc::Request&, rpc::Reply& reply) {
+  add(kInfo, [this](const rpc::Request&, rpc::Reply& reply) {
     Json j = Json::object();
     j["server_index"] = options_.server_index;
     j["num_servers"] = options_.num_servers;
     j["shards"] = num_shards();
     reply_json(reply, j);
   });
-  srv.register_method(kCreateTable, [this](const rpc::Request& r, rpc::Reply&) {
+  add(kCreateTable, [this](const rpc::Request& r, rpc::Reply&) {
     Json j = parse_json(r);
     shard(r.reactor).create_table(TableConfig::from_json(j.at("table")),
                                   static_cast<uint64_t>(j.at("seed").as_int("seed")));
   });
-  srv.register_method(kPull, [this, max_ids](const rpc::Request& r, rpc::Reply& reply) {
+  add(kPull, [this, max_ids](const rpc::Request& r, rpc::Reply& reply) {
     ++reactor_state_[static_cast<size_t>(r.reactor)].pull_requests;
-    TableRequest t = parse_table_request(r, max_ids);
+    TableRequest t = parse_table_request(r.payload, max_ids);
     SC_CHECK_ARG(t.array_bytes == t.h.num_ids * sizeof(int64_t), "pull of ", t.h.num_ids, " ids carries ",
                  t.array_bytes, " bytes");
     PsShard& s = shard(r.reactor);
@@ -303,56 +372,55 @@ void PsServer::register_methods() {
     const int64_t* ids = aligned_view<int64_t>(t.arrays, t.h.num_ids, copy);
     s.pull(t.name, ids, static_cast<int64_t>(t.h.num_ids), t.h.flags & kPullTrain, out);
   });
-  srv.register_method(kPush, [this, max_ids](const rpc::Request& r, rpc::Reply& reply) {
+  add(kPush, [this, max_ids](const rpc::Request& r, rpc::Reply& reply) {
     ++reactor_state_[static_cast<size_t>(r.reactor)].push_requests;
-    TableRequest t = parse_table_request(r, max_ids);
-    PsShard& s = shard(r.reactor);
+    TableRequest t = parse_table_request(r.payload, max_ids);
     size_t n = t.h.num_ids;
-    size_t dim = static_cast<size_t>(s.dim(t.name));
+    size_t dim = static_cast<size_t>(shard(r.reactor).dim(t.name));
     SC_CHECK_ARG(t.array_bytes == n * (sizeof(int64_t) + dim * sizeof(float)), "push of ", n, " ids of dim ", dim,
                  " carries ", t.array_bytes, " bytes");
     PodVector<int64_t> id_copy;
     PodVector<float> grad_copy;
     const int64_t* ids = aligned_view<int64_t>(t.arrays, n, id_copy);
     const float* grads = aligned_view<float>(t.arrays + n * sizeof(int64_t), n * dim, grad_copy);
-    ReactorState& st = reactor_state_[static_cast<size_t>(r.reactor)];
-    if (t.h.num_workers > 0) {
-      join(r.reactor, r.connection, t.h.worker);
-      if (!st.left.empty())
-        throw RpcStepAborted("step " + std::to_string(t.h.step) + " of table '" + t.name +
-                             "' cannot complete: worker " + std::to_string(*st.left.begin()) +
-                             " left (its connection closed) and has not joined again");
+    push(r, reply, {{t.name, ids, static_cast<int64_t>(n), grads}}, t.h.step, t.h.worker, t.h.num_workers);
+  });
+  // Several tables in one request: validated whole (ps_request.h) before any table is read
+  // or changed.
+  auto dim_of = [this](int reactor) {
+    return [this, reactor](std::string_view name) { return shard(reactor).dim(std::string(name)); };
+  };
+  add(kPullTables, [this, max_ids, dim_of](const rpc::Request& r, rpc::Reply& reply) {
+    ++reactor_state_[static_cast<size_t>(r.reactor)].pull_requests;
+    TablesRequest t = parse_tables_request(r.payload, false, max_ids, options_.rpc.max_frame_bytes, dim_of(r.reactor));
+    float* out = reply.resize_as<float>(t.total_floats);
+    PodVector<int64_t> copy;
+    const int64_t* ids = aligned_view<int64_t>(t.ids, t.total_ids, copy);
+    PsShard& s = shard(r.reactor);
+    for (size_t i = 0; i < t.names.size(); ++i) {
+      s.pull(std::string(t.names[i]), ids, t.counts[i], t.h.flags & kPullTrain, out);
+      ids += t.counts[i];
+      out += static_cast<size_t>(t.counts[i]) * static_cast<size_t>(t.dims[i]);
     }
-    PsShard::PushOutcome out;
-    try {
-      out = s.push(t.name, ids, static_cast<int64_t>(n), grads, t.h.step, t.h.worker, t.h.num_workers);
-    } catch (...) {
-      // A step that failed as it completed (its summed update made rows non-finite; nothing
-      // was applied) fails for every worker that waits on it, not only for the last one.
-      std::string message;
-      rpc::Status status = rpc::status_of_current_exception(&message);
-      if (t.h.num_workers > 0 && !s.step_pending(t.name)) fail_pushes(r.reactor, t.name, message, status);
-      throw;
+  });
+  add(kPushTables, [this, max_ids, dim_of](const rpc::Request& r, rpc::Reply& reply) {
+    ++reactor_state_[static_cast<size_t>(r.reactor)].push_requests;
+    TablesRequest t = parse_tables_request(r.payload, true, max_ids, options_.rpc.max_frame_bytes, dim_of(r.reactor));
+    PodVector<int64_t> id_copy;
+    PodVector<float> grad_copy;
+    const int64_t* ids = aligned_view<int64_t>(t.ids, t.total_ids, id_copy);
+    const float* grads = aligned_view<float>(t.grads, t.total_floats, grad_copy);
+    std::vector<PsShard::TableUpdate> updates;
+    for (size_t i = 0; i < t.names.size(); ++i) {
+      updates.push_back({t.names[i], ids, t.counts[i], grads});
+      ids += t.counts[i];
+      grads += static_cast<size_t>(t.counts[i]) * static_cast<size_t>(t.dims[i]);
     }
-    if (out.aborted_step >= 0)
-      fail_pushes(r.reactor, t.name,
-                  "step " + std::to_string(out.aborted_step) + " of table '" + t.name + "' was aborted: worker " +
-                      std::to_string(t.h.worker) + " pushed step " + std::to_string(t.h.step) +
-                      " (a worker restarted or rolled back); nothing of it was applied");
-    if (!out.complete) {
-      st.waiting_push[t.name].push_back(reply.defer());
-      return;
-    }
-    auto waiting = st.waiting_push.find(t.name);
-    if (waiting == st.waiting_push.end()) return;
-    std::vector<rpc::DeferredReply> done = std::move(waiting->second);
-    st.waiting_push.erase(waiting);
-    rpc::Reactor& reactor = rpc_->reactor(r.reactor);
-    for (const auto& token : done) reactor.send_deferred(token, rpc::Reply());
+    push(r, reply, updates, t.h.step, t.h.worker, t.h.num_workers);
   });
   // Saves and restores run in phases driven by the client (ps_client.cpp), so that a save
   // becomes visible and a restore takes effect on every shard or on none.
-  srv.register_method(kSave, [this](const rpc::Request& r, rpc::Reply& reply) {
+  add(kSave, [this](const rpc::Request& r, rpc::Reply& reply) {
     Json j = parse_json(r);
     const std::string& root = options_.snapshot_dir;
     const std::string phase = j.at("phase").as_string("phase");
@@ -380,7 +448,7 @@ void PsServer::register_methods() {
       throw InvalidArgument("unknown save phase '" + phase + "'");
     }
   });
-  srv.register_method(kRestore, [this](const rpc::Request& r, rpc::Reply& reply) {
+  add(kRestore, [this](const rpc::Request& r, rpc::Reply& reply) {
     Json j = parse_json(r);
     const std::string phase = j.at("phase").as_string("phase");
     PsShard& s = shard(r.reactor);
@@ -415,45 +483,42 @@ void PsServer::register_methods() {
     }
     reply_json(reply, out);
   });
-  srv.register_method(kStats, [this](const rpc::Request& r, rpc::Reply& reply) {
+  add(kStats, [this](const rpc::Request& r, rpc::Reply& reply) {
     Json j = shard(r.reactor).stats();
     const ReactorState& st = reactor_state_[static_cast<size_t>(r.reactor)];
     j["pull_requests"] = st.pull_requests;
     j["push_requests"] = st.push_requests;
     reply_json(reply, j);
   });
-  srv.register_method(kKvPut, [this](const rpc::Request& r, rpc::Reply&) {
+  add(kKvPut, [this](const rpc::Request& r, rpc::Reply&) {
     Json j = parse_json(r);
     shard(r.reactor).kv_put(j.at("key").as_string("key"), j.at("value"));
   });
-  srv.register_method(kKvGet, [this](const rpc::Request& r, rpc::Reply& reply) {
+  add(kKvGet, [this](const rpc::Request& r, rpc::Reply& reply) {
     Json j = parse_json(r);
     const Json* v = shard(r.reactor).kv_get(j.at("key").as_string("key"));
     Json out = Json::object();
     out["value"] = v ? *v : Json();
     reply_json(reply, out);
   });
-  srv.register_method(kBarrier, [this](const rpc::Request& r, rpc::Reply& reply) { barrier(r, reply); });
-  srv.register_method(kJoin, [this](const rpc::Request& r, rpc::Reply&) {
+  add(kBarrier, [this](const rpc::Request& r, rpc::Reply& reply) { barrier(r, reply); });
+  add(kJoin, [this](const rpc::Request& r, rpc::Reply&) {
     Json j = parse_json(r);
     int64_t worker = j.at("worker").as_int("worker");
     SC_CHECK_ARG(worker >= 0 && worker <= int64_t{UINT32_MAX}, "worker ", worker, " out of range");
     join(r.reactor, r.connection, static_cast<uint32_t>(worker));
   });
-  srv.register_method(kDensePull, [this](const rpc::Request& r, rpc::Reply& reply) {
+  add(kDensePull, [this](const rpc::Request& r, rpc::Reply& reply) {
     Json j = parse_json(r);
     std::vector<float>& v = shard(r.reactor).dense(j.at("name").as_string("name"), j.at("size").as_int("size"),
                                                    static_cast<float>(j.at("init").as_double("init")));
     reply.append(v.data(), v.size() * sizeof(float));
   });
-  srv.register_method(kDensePush, [this](const rpc::Request& r, rpc::Reply&) {
-    TableRequest t = parse_table_request(r, options_.max_ids_per_request);
-    float lr;
-    std::memcpy(&lr, &t.h.flags, sizeof(lr));
-    SC_CHECK_ARG(t.array_bytes % sizeof(float) == 0, "dense gradient bytes not a multiple of 4");
+  add(kDensePush, [this](const rpc::Request& r, rpc::Reply&) {
+    DensePushRequest d = parse_dense_push(r.payload);
     PodVector<float> copy;
-    const size_t count = t.array_bytes / sizeof(float);
-    shard(r.reactor).dense_push(t.name, aligned_view<float>(t.arrays, count, copy), static_cast<int64_t>(count), lr);
+    shard(r.reactor).dense_push(d.name, aligned_view<float>(d.grads, d.h.size, copy), static_cast<int64_t>(d.h.size),
+                                d.h.lr);
   });
 }
 

@@ -3,8 +3,11 @@
 // locks. Constructed but not started, it is the embedded server: PsClient drives its shards
 // with plain calls and no socket.
 //
+// Unstarted, the same methods serve in-process calls (serve(), used by the embedded transport
+// of shard_transport.h): one caller at a time, and nothing that would wait for another worker.
+//
 // Synchronous training: a push waits (its reply deferred) until every worker pushed the same
-// step of the same table, and is released with that table's step alone. A connection that
+// step of every table it carries, and is released once each of its tables' steps completed. A connection that
 // joined (kJoin, sent by a synchronous client to every shard when it connects) or sent a
 // synchronous push or a barrier with its rank is a member. The shard's incomplete steps are
 // abandoned - nothing of them applied, every waiting caller told with RpcStepAborted
@@ -24,6 +27,7 @@
 #include <memory>
 #include <mutex>
 #include <set>
+#include <span>
 #include <string>
 #include <thread>
 #include <vector>
@@ -57,9 +61,18 @@ class PsServer {
   // Restores every shard of this server from snapshot `name` under options().snapshot_dir
   // (before start()): every shard is read and checked before any is replaced.
   int64_t restore(const std::string& name);
+  // Serves one request for shard `shard` on the calling thread as its reactor would, for a
+  // server that is not started: the reply (or its error status) is left in `reply`; a handler
+  // may also throw. Calls must not overlap.
+  void serve(int shard, uint16_t method, std::span<const std::byte> payload, rpc::Reply& reply);
 
  private:
-  void register_methods();
+  void add_methods();       // fills methods_
+  void register_methods();  // hands methods_ to the RpcServer
+  // A push of `updates` on the request's shard: applied, or deferred until every worker's
+  // push completed the step of each of its tables (PsShard::push_tables).
+  void push(const rpc::Request& r, rpc::Reply& reply, const std::vector<PsShard::TableUpdate>& updates, int64_t step,
+            uint32_t worker, uint32_t num_workers);
   // Runs `work` on the snapshot thread and sends what it put in a reply (or the error it
   // threw) as the deferred reply of `request`, from the request's reactor; `then` runs on
   // that reactor first when `work` succeeded. Saves and restores go through here, so that
@@ -75,11 +88,19 @@ class PsServer {
     int64_t count = 0;
     std::vector<Waiter> waiting;
   };
-  struct ReactorState {                                                   // owned by one reactor thread
-    std::map<std::string, std::vector<rpc::DeferredReply>> waiting_push;  // by table
-    std::map<std::string, Barrier> barriers;                              // by name
-    std::map<uint64_t, uint32_t> members;  // connection -> worker rank (synchronous workers)
-    std::set<uint32_t> left;               // ranks whose last connection closed, not back yet
+  // A deferred push reply, sent once every table it waits on completed its step (or failed
+  // as soon as one of them is aborted).
+  struct WaitingPush {
+    rpc::DeferredReply reply;
+    size_t outstanding = 0;  // tables whose step has not completed yet
+    bool answered = false;
+  };
+  struct ReactorState {  // owned by one reactor thread
+    // Pushes waiting on each table; one that waits on several tables is listed under each.
+    std::map<std::string, std::vector<std::shared_ptr<WaitingPush>>, std::less<>> waiting_push;
+    std::map<std::string, Barrier> barriers;  // by name
+    std::map<uint64_t, uint32_t> members;     // connection -> worker rank (synchronous workers)
+    std::set<uint32_t> left;                  // ranks whose last connection closed, not back yet
     // Row requests this shard received (stats: "pull_requests", "push_requests"), counted
     // as they arrive, refused ones included.
     int64_t pull_requests = 0;
@@ -99,6 +120,7 @@ class PsServer {
   void barrier(const rpc::Request& r, rpc::Reply& reply);
 
   PsServerOptions options_;
+  std::map<uint16_t, rpc::Handler> methods_;
   std::vector<std::unique_ptr<PsShard>> shards_;
   std::vector<ReactorState> reactor_state_;
   std::unique_ptr<rpc::RpcServer> rpc_;

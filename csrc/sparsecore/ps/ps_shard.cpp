@@ -10,6 +10,7 @@
 #include "sparsecore/core/file.h"
 #include "sparsecore/ops/gathered_pooling.h"
 #include "sparsecore/ps/ps_protocol.h"
+#include "sparsecore/ps/sharded_ids.h"
 
 namespace sparsecore::ps {
 namespace fs = std::filesystem;
@@ -31,15 +32,16 @@ std::string join(const std::string& a, const std::string& b) { return (fs::path(
 
 }  // namespace
 
-PsShard::Table& PsShard::table(const std::string& name) {
+PsShard::Table& PsShard::table(std::string_view name) {
   auto it = tables_.find(name);
-  if (it == tables_.end()) throw NotFound("no table '" + name + "' on shard " + std::to_string(layout_.global_index));
+  if (it == tables_.end())
+    throw NotFound("no table '" + std::string(name) + "' on shard " + std::to_string(layout_.global_index));
   return it->second;
 }
-const PsShard::Table& PsShard::table(const std::string& name) const { return const_cast<PsShard*>(this)->table(name); }
+const PsShard::Table& PsShard::table(std::string_view name) const { return const_cast<PsShard*>(this)->table(name); }
 
 template <typename Exception>
-void PsShard::check_room(const std::map<std::string, Table>& tables, const TableConfig& config) {
+void PsShard::check_room(const std::map<std::string, Table, std::less<>>& tables, const TableConfig& config) {
   SC_CHECK(config.shard_bits <= kMaxServerShardBits, Exception, "table '", config.name,
            "': shard_bits must be <= ", kMaxServerShardBits, " on a parameter server, got ", config.shard_bits);
   SC_CHECK(tables.size() < kMaxTablesPerShard, Exception, "a parameter server shard holds at most ", kMaxTablesPerShard,
@@ -75,46 +77,117 @@ void PsShard::pull(const std::string& name, const int64_t* ids, int64_t n, bool 
 
 PsShard::PushOutcome PsShard::push(const std::string& name, const int64_t* ids, int64_t n, const float* grads,
                                    int64_t step, uint32_t worker, uint32_t num_workers) {
-  Table& t = table(name);
-  const int dim = t.rows->table(0).dim();
-  PushOutcome out;
+  const TableUpdate update{name, ids, n, grads};
+  return push_tables({&update, 1}, step, worker, num_workers)[0];
+}
+
+void PsShard::apply_all_or_nothing(const std::vector<std::pair<Table*, TableUpdate>>& updates) {
+  // apply_unique undoes its own table when it fails; the tables applied before it are put
+  // back from a copy of their rows (and step) taken just before each was applied.
+  struct Saved {
+    EmbeddingCollection* rows;
+    int64_t step;
+    size_t row_bytes;
+    PodVector<std::byte*> at;      // (n) the rows in the table
+    PodVector<std::byte> records;  // (n, row_bytes) their bytes before the update
+  };
+  std::vector<Saved> saved;
+  for (size_t i = 0; i < updates.size(); ++i) {
+    const auto& [t, u] = updates[i];
+    if (i + 1 < updates.size()) {
+      EmbeddingTable& et = t->rows->table(0);
+      Saved s{t->rows.get(), t->rows->step(), et.row_bytes(), {}, {}};
+      s.at.resize(static_cast<size_t>(u.n));
+      if (u.n > 0) et.hash_table().find_or_insert(u.ids, u.n, s.at.data(), et.row_init());
+      s.records.resize(static_cast<size_t>(u.n) * s.row_bytes);
+      for (int64_t k = 0; k < u.n; ++k)
+        std::memcpy(s.records.data() + static_cast<size_t>(k) * s.row_bytes, s.at[static_cast<size_t>(k)], s.row_bytes);
+      saved.push_back(std::move(s));
+    }
+    try {
+      t->rows->apply_unique(0, u.ids, u.n, u.grads);
+    } catch (...) {
+      for (size_t j = std::min(i, saved.size()); j-- > 0;) {
+        Saved& s = saved[j];
+        for (size_t k = 0; k < s.at.size(); ++k) std::memcpy(s.at[k], s.records.data() + k * s.row_bytes, s.row_bytes);
+        s.rows->set_step(s.step);
+      }
+      throw;
+    }
+  }
+}
+
+std::vector<PsShard::PushOutcome> PsShard::push_tables(std::span<const TableUpdate> updates, int64_t step,
+                                                       uint32_t worker, uint32_t num_workers) {
+  SC_CHECK_ARG(updates.size() <= kMaxTablesPerShard, "a push carries at most ", kMaxTablesPerShard, " tables, got ",
+               updates.size());
+  if (num_workers > 0) {
+    SC_CHECK_ARG(num_workers <= kMaxWorkers, "num_workers must be at most ", kMaxWorkers, ", got ", num_workers);
+    SC_CHECK_ARG(worker < num_workers, "worker ", worker, " out of range for ", num_workers, " workers");
+  }
+  // Everything is checked before anything changes: a bad table must neither be applied in
+  // part nor hold back or abort the step of the other workers.
+  std::vector<std::pair<Table*, TableUpdate>> checked;
+  thread_local ShardedIds distinct;
+  for (const TableUpdate& u : updates) {
+    Table& t = table(u.table);
+    for (const auto& [other, _] : checked)
+      SC_CHECK_ARG(other != &t, "table '", u.table, "' appears more than once in one push; nothing was applied");
+    const int dim = t.rows->table(0).dim();
+    SC_CHECK_ARG(u.n >= 0 && u.n < (int64_t{1} << 31), "push of table '", u.table,
+                 "': number of ids must be in [0, 2^31), got ", u.n);
+    SC_CHECK_ARG(u.n == 0 || (u.ids && u.grads), "push of table '", u.table, "': null ids or gradients");
+    for (int64_t i = 0; i < u.n * dim; ++i)
+      SC_CHECK_ARG(std::isfinite(u.grads[i]), "gradients of table '", u.table,
+                   "' contain NaN or Inf; nothing was applied");
+    distinct.build(u.ids, u.n, 1);
+    SC_CHECK_ARG(distinct.num_unique() == u.n, "push of table '", u.table,
+                 "' names an id more than once (the worker sums each id's gradients); nothing was applied");
+    checked.emplace_back(&t, u);
+  }
+  std::vector<PushOutcome> out(updates.size());
   if (num_workers == 0) {
-    // The worker summed each row's gradient: one update per row, checked all or nothing.
-    t.rows->apply_unique(0, ids, n, grads);
-    out.complete = true;
+    // The worker summed each row's gradient: one update per row.
+    apply_all_or_nothing(checked);
+    for (PushOutcome& o : out) o.complete = true;
     return out;
   }
-  SC_CHECK_ARG(num_workers <= kMaxWorkers, "num_workers must be at most ", kMaxWorkers, ", got ", num_workers);
-  SC_CHECK_ARG(worker < num_workers, "worker ", worker, " out of range for ", num_workers, " workers");
-  // Refused before it is kept: a bad push must not hold back or abort the step of the others.
-  for (int64_t i = 0; i < n * dim; ++i)
-    SC_CHECK_ARG(std::isfinite(grads[i]), "gradients of table '", name, "' contain NaN or Inf; nothing was applied");
-  if (!t.pending.empty() && (step != t.sync_step || t.pending.count(worker))) {
-    // The workers are no longer in step (one restarted, or rolled back): the incomplete
-    // step cannot finish as it began.
-    out.aborted_step = t.sync_step;
-    t.pending.clear();
+  // Synchronous: each table keeps the step in progress; the tables this push completes are
+  // applied together.
+  std::vector<std::pair<Table*, TableUpdate>> completing;
+  std::vector<std::pair<std::vector<int64_t>, std::vector<float>>> summed;
+  summed.reserve(checked.size());
+  for (size_t i = 0; i < checked.size(); ++i) {
+    auto& [t, u] = checked[i];
+    const int dim = t->rows->table(0).dim();
+    if (!t->pending.empty() && (step != t->sync_step || t->pending.count(worker))) {
+      // The workers are no longer in step (one restarted, or rolled back): the incomplete
+      // step cannot finish as it began.
+      out[i].aborted_step = t->sync_step;
+      t->pending.clear();
+    }
+    if (t->pending.empty()) t->sync_step = step;
+    t->pending[worker] = {std::vector<int64_t>(u.ids, u.ids + u.n), std::vector<float>(u.grads, u.grads + u.n * dim)};
+    if (t->pending.size() < num_workers) continue;
+    // Each row's gradients summed over the workers in worker order (std::map), then one update.
+    std::vector<int64_t> all_ids;
+    std::vector<float> all_grads;
+    for (auto& [w, c] : t->pending) {
+      all_ids.insert(all_ids.end(), c.first.begin(), c.first.end());
+      all_grads.insert(all_grads.end(), c.second.begin(), c.second.end());
+    }
+    t->pending.clear();
+    const int64_t total = static_cast<int64_t>(all_ids.size());
+    std::vector<int64_t> one_per_bag(static_cast<size_t>(total) + 1);
+    std::iota(one_per_bag.begin(), one_per_bag.end(), int64_t{0});
+    auto& [unique_ids, unique_grads] = summed.emplace_back();
+    sum_gradients_by_id(all_ids.data(), dim, one_per_bag.data(), total, nullptr, Pooling::kSum, all_grads.data(),
+                        unique_ids, unique_grads);
+    completing.emplace_back(
+        t, TableUpdate{u.table, unique_ids.data(), static_cast<int64_t>(unique_ids.size()), unique_grads.data()});
+    out[i].complete = true;
   }
-  if (t.pending.empty()) t.sync_step = step;
-  t.pending[worker] = {std::vector<int64_t>(ids, ids + n), std::vector<float>(grads, grads + n * dim)};
-  if (t.pending.size() < num_workers) return out;
-  // Each row's gradients summed over the workers in worker order (std::map), then one update.
-  std::vector<int64_t> all_ids;
-  std::vector<float> all_grads;
-  for (auto& [w, c] : t.pending) {
-    all_ids.insert(all_ids.end(), c.first.begin(), c.first.end());
-    all_grads.insert(all_grads.end(), c.second.begin(), c.second.end());
-  }
-  t.pending.clear();
-  const int64_t total = static_cast<int64_t>(all_ids.size());
-  std::vector<int64_t> one_per_bag(static_cast<size_t>(total) + 1);
-  std::iota(one_per_bag.begin(), one_per_bag.end(), int64_t{0});
-  std::vector<int64_t> unique_ids;
-  std::vector<float> unique_grads;
-  sum_gradients_by_id(all_ids.data(), dim, one_per_bag.data(), total, nullptr, Pooling::kSum, all_grads.data(),
-                      unique_ids, unique_grads);
-  t.rows->apply_unique(0, unique_ids.data(), static_cast<int64_t>(unique_ids.size()), unique_grads.data());
-  out.complete = true;
+  apply_all_or_nothing(completing);
   return out;
 }
 
@@ -212,7 +285,7 @@ void SnapshotPart::write(const std::string& staging) const {
 int64_t PsShard::restore(const std::string& dir) {
   SnapshotMarkers snapshot = read_snapshot_markers(dir);
   const int old_total = snapshot.total_shards;
-  std::map<std::string, Table> tables;
+  std::map<std::string, Table, std::less<>> tables;
   std::map<std::string, std::vector<float>> dense;
   std::map<std::string, Json> kv;
   for (int g = 0; g < old_total; ++g) {

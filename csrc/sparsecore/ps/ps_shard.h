@@ -5,6 +5,10 @@
 // gradient already summed by the worker (sum_gradients_by_id); the table applies its rule
 // once per row (EmbeddingCollection::apply_unique).
 //
+// A push may carry several tables (push_tables); it is checked whole before anything changes
+// and applied all or nothing: when one table's update fails (it would make a row non-finite),
+// the tables applied before it are put back as they were.
+//
 // Synchronous pushes: the gradients of every worker for a step are kept until the last
 // worker's push arrives, then each row's gradients are summed in worker order and applied
 // once (the result does not depend on arrival order).
@@ -17,7 +21,9 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "sparsecore/core/json.h"
@@ -68,6 +74,20 @@ class PsShard {
   // num_workers pushes of `step` arrived. Validates before anything changes.
   PushOutcome push(const std::string& table, const int64_t* ids, int64_t n, const float* grads, int64_t step,
                    uint32_t worker, uint32_t num_workers);
+  // One table's part of push_tables; the pointers are the caller's until the call returns.
+  struct TableUpdate {
+    std::string_view table;
+    const int64_t* ids = nullptr;  // (n) distinct
+    int64_t n = 0;
+    const float* grads = nullptr;  // (n, dim)
+  };
+  // push() of several distinct tables at once, one outcome per table. Every table is checked
+  // (exists, named once, ids distinct, gradients finite, worker in range) before anything
+  // changes. Asynchronous: all applied, or none (InvalidArgument naming the tables whose
+  // update overflowed). Synchronous: each table keeps its step as push() does; the tables
+  // this push completes are applied together, all or none.
+  std::vector<PushOutcome> push_tables(std::span<const TableUpdate> updates, int64_t step, uint32_t worker,
+                                       uint32_t num_workers);
   // Abandons the incomplete synchronous step of every table (nothing of them is applied);
   // returns (table, step) of each one abandoned.
   std::vector<std::pair<std::string, int64_t>> abort_steps();
@@ -117,14 +137,16 @@ class PsShard {
     int64_t sync_step = -1;
     std::map<uint32_t, std::pair<std::vector<int64_t>, std::vector<float>>> pending;
   };
-  Table& table(const std::string& name);
-  const Table& table(const std::string& name) const;
+  Table& table(std::string_view name);
+  const Table& table(std::string_view name) const;
+  // Applies each (table, ids, grads) with apply_unique, all or none (see push_tables).
+  static void apply_all_or_nothing(const std::vector<std::pair<Table*, TableUpdate>>& updates);
   // Throws (`Exception`) unless a table of `config` fits beside `tables` (the limits above).
   template <typename Exception>
-  static void check_room(const std::map<std::string, Table>& tables, const TableConfig& config);
+  static void check_room(const std::map<std::string, Table, std::less<>>& tables, const TableConfig& config);
 
   ShardLayout layout_;
-  std::map<std::string, Table> tables_;
+  std::map<std::string, Table, std::less<>> tables_;
   std::map<std::string, std::vector<float>> dense_;
   std::map<std::string, Json> kv_;
   std::unique_ptr<PsShard> staged_;  // a prepared restore

@@ -16,6 +16,33 @@
 namespace sparsecore::rpc {
 namespace {
 
+// Copies `bytes` from `src` into the segments, starting `offset` bytes into them.
+void copy_into(const std::vector<iovec>& segs, size_t offset, const std::byte* src, size_t bytes) {
+  for (const iovec& v : segs) {
+    if (bytes == 0) break;
+    if (offset >= v.iov_len) {
+      offset -= v.iov_len;
+      continue;
+    }
+    const size_t n = std::min(bytes, v.iov_len - offset);
+    std::memcpy(static_cast<std::byte*>(v.iov_base) + offset, src, n);
+    src += n;
+    bytes -= n;
+    offset = 0;
+  }
+}
+
+// Copies the first `bytes` of the segments to `dst`.
+void copy_from(const std::vector<iovec>& segs, std::byte* dst, size_t bytes) {
+  for (const iovec& v : segs) {
+    if (bytes == 0) break;
+    const size_t n = std::min(bytes, v.iov_len);
+    std::memcpy(dst, v.iov_base, n);
+    dst += n;
+    bytes -= n;
+  }
+}
+
 constexpr size_t kReadChunk = 64 * 1024;
 
 int ms_until(Clock::time_point deadline) {
@@ -143,13 +170,23 @@ bool RpcClient::connected() const {
 
 RpcFuture RpcClient::call_async(uint16_t method, std::span<const iovec> payload, int timeout_ms, void* recv_into,
                                 size_t recv_capacity) {
+  if (!recv_into || recv_capacity == 0) return call_async(method, payload, timeout_ms, std::span<const iovec>{});
+  const iovec into{recv_into, recv_capacity};
+  return call_async(method, payload, timeout_ms, {&into, 1});
+}
+
+RpcFuture RpcClient::call_async(uint16_t method, std::span<const iovec> payload, int timeout_ms,
+                                std::span<const iovec> recv_into) {
   SC_CHECK_ARG(method < kFirstReservedMethod || method == kMethodPing || method == kMethodTransportStats, "method ",
                method, " is reserved");
   auto state = std::make_shared<detail::CallState>();
   state->id = next_id_.fetch_add(1, std::memory_order_relaxed);
   state->method = method;
-  state->recv_into = static_cast<std::byte*>(recv_into);
-  state->recv_capacity = recv_into ? recv_capacity : 0;
+  for (const iovec& v : recv_into)
+    if (v.iov_len) {
+      state->recv_into.push_back(v);
+      state->recv_capacity += v.iov_len;
+    }
   int t = timeout_ms < 0 ? default_timeout_ms_ : timeout_ms;
   state->timeout_ms = static_cast<uint32_t>(t);
   if (t > 0) state->deadline = Clock::now() + std::chrono::milliseconds(t);
@@ -313,6 +350,20 @@ Clock::time_point RpcClient::heartbeat(Clock::time_point deadline) {
   return std::min(deadline, check);
 }
 
+void RpcClient::recv_exact(const std::vector<iovec>& segs, size_t offset, size_t bytes) {
+  for (const iovec& v : segs) {
+    if (bytes == 0) break;
+    if (offset >= v.iov_len) {
+      offset -= v.iov_len;
+      continue;
+    }
+    const size_t n = std::min(bytes, v.iov_len - offset);
+    recv_exact(static_cast<std::byte*>(v.iov_base) + offset, n);
+    bytes -= n;
+    offset = 0;
+  }
+}
+
 void RpcClient::recv_exact(std::byte* dst, size_t bytes) {
   while (bytes > 0) {
     ssize_t r = ::recv(socket_.get(), dst, bytes, 0);
@@ -355,8 +406,8 @@ void RpcClient::deliver(const FrameHeader& h, const std::byte* payload) {
     s.error.assign(reinterpret_cast<const char*>(payload), h.payload_bytes);
   } else if (!s.claimed) {
     s.response.bytes = h.payload_bytes;
-    if (s.recv_into && h.payload_bytes <= s.recv_capacity) {
-      std::memcpy(s.recv_into, payload, h.payload_bytes);
+    if (!s.recv_into.empty() && h.payload_bytes <= s.recv_capacity) {
+      copy_into(s.recv_into, 0, payload, h.payload_bytes);
       s.response.in_caller_buffer = true;
     } else {
       s.response.data.assign(payload, payload + h.payload_bytes);
@@ -377,7 +428,7 @@ RpcClient::DirectRead RpcClient::read_direct() {
     std::lock_guard<std::mutex> lock(mu_);
     if (pending_.size() != 1) return DirectRead::kNotApplicable;
     const auto& s = pending_.begin()->second;
-    if (!s->recv_into || s->recv_capacity == 0 || s->claimed) return DirectRead::kNotApplicable;
+    if (s->recv_into.empty() || s->claimed) return DirectRead::kNotApplicable;
     target = s;
     target->claimed = true;
   }
@@ -386,8 +437,10 @@ RpcClient::DirectRead RpcClient::read_direct() {
     target->claimed = false;
   };
   FrameHeader h;
-  iovec iov[2] = {{&h, kFrameHeaderBytes}, {target->recv_into, target->recv_capacity}};
-  ssize_t r = ::readv(socket_.get(), iov, 2);
+  std::vector<iovec> iov{{&h, kFrameHeaderBytes}};
+  iov.insert(iov.end(), target->recv_into.begin(),
+             target->recv_into.begin() + static_cast<std::ptrdiff_t>(std::min<size_t>(target->recv_into.size(), 63)));
+  ssize_t r = ::readv(socket_.get(), iov.data(), static_cast<int>(iov.size()));
   if (r <= 0) {
     release();
     if (r == 0) throw RpcConnectionError("connection closed by the server");
@@ -401,7 +454,7 @@ RpcClient::DirectRead RpcClient::read_direct() {
     if (check_header(h, max_frame_bytes_) == HeaderCheck::kOk && h.request_id == target->id && h.status == 0 &&
         h.payload_bytes <= target->recv_capacity && in_place <= h.payload_bytes) {
       try {
-        recv_exact(target->recv_into + in_place, static_cast<size_t>(h.payload_bytes) - in_place);
+        recv_exact(target->recv_into, in_place, static_cast<size_t>(h.payload_bytes) - in_place);
       } catch (...) {
         release();
         throw;
@@ -419,7 +472,7 @@ RpcClient::DirectRead RpcClient::read_direct() {
   }
   std::byte* dst = reader_.write_ptr(got);
   std::memcpy(dst, &h, std::min(got, kFrameHeaderBytes));
-  if (got > kFrameHeaderBytes) std::memcpy(dst + kFrameHeaderBytes, target->recv_into, got - kFrameHeaderBytes);
+  if (got > kFrameHeaderBytes) copy_from(target->recv_into, dst + kFrameHeaderBytes, got - kFrameHeaderBytes);
   reader_.commit(got);
   release();
   return DirectRead::kBuffered;
@@ -461,7 +514,8 @@ void RpcClient::read_round(Clock::time_point deadline) {
       {
         std::lock_guard<std::mutex> lock(mu_);
         auto it = pending_.find(h.request_id);
-        if (it != pending_.end() && h.status == 0 && it->second->recv_into && payload <= it->second->recv_capacity) {
+        if (it != pending_.end() && h.status == 0 && !it->second->recv_into.empty() &&
+            payload <= it->second->recv_capacity) {
           target = it->second;
           target->claimed = true;
         }
@@ -470,9 +524,9 @@ void RpcClient::read_round(Clock::time_point deadline) {
         reader_.write_ptr(kFrameHeaderBytes + payload - reader_.buffered());
         return;
       }
-      std::memcpy(target->recv_into, reader_.front() + kFrameHeaderBytes, available);
+      copy_into(target->recv_into, 0, reader_.front() + kFrameHeaderBytes, available);
       reader_.consume(kFrameHeaderBytes + available);
-      recv_exact(target->recv_into + available, payload - available);
+      recv_exact(target->recv_into, available, payload - available);
       std::lock_guard<std::mutex> lock(mu_);
       target->claimed = false;
       target->response.bytes = payload;

@@ -4,7 +4,8 @@
 // There is no background thread: a caller waiting for its reply reads the socket for every
 // caller (one at a time) and hands out the replies it finds, so a lone blocking call costs
 // one wake-up, and pipelined calls from one thread need no thread at all. A reply may be read
-// straight into memory the caller supplied (recv_into), e.g. the rows of a pull.
+// straight into memory the caller supplied (recv_into), e.g. the rows of a pull, scattered over
+// several buffers when the caller gives several (the rows of several tables).
 //
 // Failures: RpcConnectionError once the peer is gone (every pending and later call fails with
 // it), RpcTimeout after the call's deadline, and the server's typed errors (InvalidArgument,
@@ -24,6 +25,7 @@
 #include <span>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include "sparsecore/core/pod_vector.h"
 #include "sparsecore/rpc/frame.h"
@@ -61,8 +63,8 @@ namespace detail {
 struct CallState {
   uint64_t id = 0;
   uint16_t method = 0;
-  std::byte* recv_into = nullptr;
-  size_t recv_capacity = 0;
+  std::vector<iovec> recv_into;  // where an ok reply's payload goes when it fits, in order
+  size_t recv_capacity = 0;      // their total length
   Clock::time_point deadline = Clock::time_point::max();
   uint32_t timeout_ms = 0;
   bool done = false;
@@ -102,6 +104,10 @@ class RpcClient {
   // the reply payload goes when it fits (host memory the caller keeps alive until get()).
   RpcFuture call_async(uint16_t method, std::span<const iovec> payload, int timeout_ms = -1, void* recv_into = nullptr,
                        size_t recv_capacity = 0);
+  // The same, with the reply's payload scattered over `recv_into` (segments filled in order)
+  // when it fits in their total length.
+  RpcFuture call_async(uint16_t method, std::span<const iovec> payload, int timeout_ms,
+                       std::span<const iovec> recv_into);
   Response call(uint16_t method, std::span<const iovec> payload, int timeout_ms = -1, void* recv_into = nullptr,
                 size_t recv_capacity = 0) {
     return call_async(method, payload, timeout_ms, recv_into, recv_capacity).get();
@@ -129,6 +135,8 @@ class RpcClient {
   enum class DirectRead { kNotApplicable, kDone, kBuffered };
   DirectRead read_direct();
   void recv_exact(std::byte* dst, size_t bytes);
+  // recv_exact of `bytes` into `segs`, starting `offset` bytes into them.
+  void recv_exact(const std::vector<iovec>& segs, size_t offset, size_t bytes);
   // Waits until the socket is readable or `deadline`, polling without sleeping for up to
   // poll_us_ first. Returns poll()'s result.
   int wait_readable(Clock::time_point deadline);

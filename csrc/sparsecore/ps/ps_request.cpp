@@ -1,0 +1,107 @@
+#include "sparsecore/ps/ps_request.h"
+
+#include <cstring>
+
+#include "sparsecore/core/error.h"
+#include "sparsecore/ps/ps_shard.h"
+
+namespace sparsecore::ps {
+namespace {
+
+// a * b + c, refused when it overflows 64 bits (hostile counts times dims).
+uint64_t checked_mul_add(uint64_t a, uint64_t b, uint64_t c, const char* what) {
+  uint64_t product = 0, sum = 0;
+  SC_CHECK_ARG(!__builtin_mul_overflow(a, b, &product) && !__builtin_add_overflow(product, c, &sum), what,
+               " overflows 64 bits");
+  return sum;
+}
+
+}  // namespace
+
+TableRequest parse_table_request(std::span<const std::byte> payload, int64_t max_ids) {
+  TableRequest t;
+  SC_CHECK_ARG(payload.size() >= sizeof(TableHeader), "request of ", payload.size(),
+               " bytes is shorter than its header");
+  std::memcpy(&t.h, payload.data(), sizeof(TableHeader));
+  size_t name_end = sizeof(TableHeader) + padded8(t.h.name_bytes);
+  SC_CHECK_ARG(t.h.name_bytes <= kMaxTableNameBytes && name_end <= payload.size(), "bad table name length ",
+               t.h.name_bytes);
+  SC_CHECK_ARG(t.h.num_ids <= static_cast<uint64_t>(max_ids), "request has ", t.h.num_ids, " ids, limit is ", max_ids);
+  t.name.assign(reinterpret_cast<const char*>(payload.data()) + sizeof(TableHeader), t.h.name_bytes);
+  t.arrays = payload.data() + name_end;
+  t.array_bytes = payload.size() - name_end;
+  return t;
+}
+
+DensePushRequest parse_dense_push(std::span<const std::byte> payload) {
+  DensePushRequest d;
+  SC_CHECK_ARG(payload.size() >= sizeof(DenseHeader), "dense push of ", payload.size(),
+               " bytes is shorter than its header");
+  std::memcpy(&d.h, payload.data(), sizeof(DenseHeader));
+  const size_t name_end = sizeof(DenseHeader) + padded8(d.h.name_bytes);
+  SC_CHECK_ARG(d.h.name_bytes <= kMaxTableNameBytes && name_end <= payload.size(), "bad dense variable name length ",
+               d.h.name_bytes);
+  SC_CHECK_ARG(
+      d.h.size <= (payload.size() - name_end) / sizeof(float) && payload.size() - name_end == d.h.size * sizeof(float),
+      "dense push of ", d.h.size, " values carries ", payload.size() - name_end, " bytes of gradients");
+  d.name.assign(reinterpret_cast<const char*>(payload.data()) + sizeof(DenseHeader), d.h.name_bytes);
+  d.grads = payload.data() + name_end;
+  return d;
+}
+
+TablesRequest parse_tables_request(std::span<const std::byte> payload, bool push, int64_t max_ids,
+                                   uint64_t max_reply_bytes, const std::function<int(std::string_view)>& dim_of) {
+  TablesRequest t;
+  const char* what = push ? "push" : "pull";
+  SC_CHECK_ARG(payload.size() >= sizeof(TablesHeader), what, " of ", payload.size(),
+               " bytes is shorter than its header");
+  std::memcpy(&t.h, payload.data(), sizeof(TablesHeader));
+  const uint32_t k = t.h.num_tables;
+  SC_CHECK_ARG(k >= 1 && k <= kMaxTablesPerShard, what, " names ", k, " tables; 1 to ", kMaxTablesPerShard,
+               " are allowed");
+  const size_t entries_end = sizeof(TablesHeader) + size_t{k} * sizeof(TableEntry);
+  SC_CHECK_ARG(entries_end <= payload.size(), what, " of ", payload.size(), " bytes is too short for ", k,
+               " table entries");
+  std::vector<TableEntry> entries(k);
+  std::memcpy(entries.data(), payload.data() + sizeof(TablesHeader), size_t{k} * sizeof(TableEntry));
+  size_t names_end = entries_end;
+  for (uint32_t i = 0; i < k; ++i) {
+    const TableEntry& e = entries[i];
+    SC_CHECK_ARG(e.name_bytes >= 1 && e.name_bytes <= kMaxTableNameBytes && e.reserved == 0, what, ": table entry ", i,
+                 " has a bad name length ", e.name_bytes);
+    SC_CHECK_ARG(e.num_ids <= static_cast<uint64_t>(max_ids) - t.total_ids, what, " has more than ", max_ids,
+                 " ids in all, the server's limit");
+    t.total_ids += e.num_ids;
+    names_end += padded8(e.name_bytes);  // at most 1024 * 4096 bytes in all
+  }
+  SC_CHECK_ARG(names_end <= payload.size(), what, " of ", payload.size(), " bytes is too short for its table names");
+  size_t at = entries_end;
+  uint64_t floats = 0;
+  for (uint32_t i = 0; i < k; ++i) {
+    t.names.emplace_back(reinterpret_cast<const char*>(payload.data()) + at, entries[i].name_bytes);
+    at += padded8(entries[i].name_bytes);
+    t.counts.push_back(static_cast<int64_t>(entries[i].num_ids));
+    const int dim = dim_of(t.names.back());
+    t.dims.push_back(dim);
+    floats = checked_mul_add(entries[i].num_ids, static_cast<uint64_t>(dim), floats, "rows of the request");
+  }
+  t.total_floats = floats;
+  const uint64_t id_bytes = t.total_ids * sizeof(int64_t);
+  const uint64_t grad_bytes = push ? checked_mul_add(floats, sizeof(float), 0, "gradients of the request") : 0;
+  uint64_t expected = 0;
+  SC_CHECK_ARG(!__builtin_add_overflow(names_end, id_bytes, &expected) &&
+                   !__builtin_add_overflow(expected, grad_bytes, &expected) && expected == payload.size(),
+               what, " of ", t.total_ids, " ids in ", k, " tables carries ", payload.size(), " bytes, its layout says ",
+               expected);
+  if (!push) {
+    const uint64_t reply_bytes = checked_mul_add(floats, sizeof(float), 0, "reply of the request");
+    SC_CHECK_ARG(reply_bytes <= max_reply_bytes, "pull of ", t.total_ids, " ids in ", k, " tables would reply ",
+                 reply_bytes, " bytes, above the server's frame limit of ", max_reply_bytes,
+                 " bytes; pull fewer ids per request");
+  }
+  t.ids = payload.data() + names_end;
+  t.grads = push ? t.ids + id_bytes : nullptr;
+  return t;
+}
+
+}  // namespace sparsecore::ps
