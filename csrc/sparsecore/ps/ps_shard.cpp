@@ -8,8 +8,8 @@
 
 #include "sparsecore/core/error.h"
 #include "sparsecore/core/file.h"
-#include "sparsecore/ops/gathered_pooling.h"
 #include "sparsecore/ps/ps_protocol.h"
+#include "sparsecore/table/sharded_dedup.h"
 
 namespace sparsecore::ps {
 namespace fs = std::filesystem;
@@ -107,12 +107,14 @@ PsShard::PushOutcome PsShard::push(const std::string& name, const int64_t* ids, 
   }
   t.pending.clear();
   const int64_t total = static_cast<int64_t>(all_ids.size());
-  std::vector<int64_t> one_per_bag(static_cast<size_t>(total) + 1);
-  std::iota(one_per_bag.begin(), one_per_bag.end(), int64_t{0});
-  std::vector<int64_t> unique_ids;
-  std::vector<float> unique_grads;
-  sum_gradients_by_id(all_ids.data(), dim, one_per_bag.data(), total, nullptr, Pooling::kSum, all_grads.data(),
-                      unique_ids, unique_grads);
+  std::vector<int64_t> unique_ids, inverse;
+  dedup_ids(all_ids.data(), total, unique_ids, inverse);
+  std::vector<float> unique_grads(unique_ids.size() * static_cast<size_t>(dim), 0.0f);
+  for (int64_t p = 0; p < total; ++p) {  // position (= worker) order, from zero
+    float* sum = unique_grads.data() + inverse[p] * dim;
+    const float* g = all_grads.data() + p * dim;
+    for (int d = 0; d < dim; ++d) sum[d] += g[d];
+  }
   t.rows->apply_unique(0, unique_ids.data(), static_cast<int64_t>(unique_ids.size()), unique_grads.data());
   out.complete = true;
   return out;
