@@ -132,7 +132,7 @@ std::pair<FileEntry, std::vector<uint8_t>> encode_range_file(int table_index, co
   std::vector<float> floats(table.row_floats());
   for (int s = s_lo; s < s_hi; ++s) {
     const auto& shard = ht.shard(s);
-    std::shared_lock lock(shard.mutex);
+    auto lock = shard.read_lock();
     shard.for_each([&](int64_t key, std::byte* row) {
       keys.push_back(key);
       table.read_row(row, floats.data());
@@ -216,7 +216,7 @@ void read_range_file(const std::string& dir, const FileEntry& e, EmbeddingTable&
     *table.meta(row.data()) = PackedRowMeta::pack(meta);
     uint64_t hash = key_hash(key);
     auto& shard = ht.shard(ht.shard_of_hash(hash));
-    std::unique_lock lock(shard.mutex);
+    auto lock = shard.write_lock();
     shard.upsert_copy(key, hash, row.data());
   }
 }

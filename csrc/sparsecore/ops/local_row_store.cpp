@@ -6,7 +6,7 @@
 #include "sparsecore/core/error.h"
 #include "sparsecore/core/thread_pool.h"
 #include "sparsecore/ops/embedding_collection.h"
-#include "sparsecore/ops/pooling_kernels.h"
+#include "sparsecore/ops/fused_update.h"
 
 namespace sparsecore {
 namespace {
@@ -21,11 +21,11 @@ void LocalRowStore::resolve_shard(int table_index, int shard_index, const int64_
   HashTable::Shard& shard = table.hash_table().shard(shard_index);
   int64_t missing = 0;
   {
-    std::shared_lock lock(shard.mutex);
+    auto lock = shard.read_lock();
     missing = shard.find_batch(keys, count, rows);
   }
   if (train && missing > 0) {
-    std::unique_lock lock(shard.mutex);
+    auto lock = shard.write_lock();
     shard.insert_absent(keys, count, rows, table.row_init());
   }
 }

@@ -272,7 +272,7 @@ int64_t PsShard::restore(const std::string& dir) {
         *dst.meta(record.data()) = PackedRowMeta::pack(meta[static_cast<size_t>(i)]);
         uint64_t h = key_hash(key);
         HashTable::Shard& sh = ht.shard(ht.shard_of_hash(h));
-        std::unique_lock<std::shared_mutex> lock(sh.mutex);
+        auto lock = sh.write_lock();
         sh.upsert_copy(key, h, record.data());
       }
     }

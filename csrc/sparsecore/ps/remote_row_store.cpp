@@ -5,7 +5,7 @@
 #include "sparsecore/core/error.h"
 #include "sparsecore/core/hash.h"
 #include "sparsecore/core/thread_pool.h"
-#include "sparsecore/ops/pooling_kernels.h"
+#include "sparsecore/ops/fused_update.h"
 
 namespace sparsecore::ps {
 namespace {
