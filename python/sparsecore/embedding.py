@@ -39,7 +39,8 @@ GroupInput = Union[tuple, Mapping]
 
 
 class PreparedBatch:
-    """A validated, deduplicated batch whose rows have been pulled.
+    """A validated, deduplicated batch; its rows are pulled (embedded: at prepare; on
+    parameter servers: by its first forward or :meth:`EmbeddingCollection.pooled_rows`).
 
     Produced by :meth:`EmbeddingCollection.prepare`; pass it to ``forward`` and ``backward``
     in place of the raw batch to dedup once. It holds everything backward needs, so several
