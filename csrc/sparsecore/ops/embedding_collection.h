@@ -23,7 +23,8 @@
 // Thread-safety: prepare/forward/backward may run concurrently from several threads
 // (updates of one row from two concurrent backward calls race, Hogwild-style); restore()
 // and erase() wait for running calls and hold them off while they release rows, so no call
-// ever writes a row that was freed (and maybe reused by another key).
+// ever writes a row that was freed (and maybe reused by another key). With a remote store,
+// concurrent forwards of one batch pull its rows once (PreparedBatch::rows_mutex).
 #pragma once
 
 #include <atomic>
