@@ -76,7 +76,7 @@ def test_pooled_rows_is_the_public_forward_of_both_collections(servers):
     tables = {f"pooled-{len(servers)}": sc.TableConfig(dim=DIM, pooling="mean")}
     embedded = sc.EmbeddingCollection(tables, seed=4)
     cluster = sc.EmbeddingCollection(tables, seed=4, server=sc.connect(servers))
-    assert not hasattr(cluster, "_c")  # the torch bridge and the Trainer need no private handle
+    assert type(cluster) is type(embedded)  # one compiled collection, its rows on the servers
     ids, offsets, weights = random_batch(np.random.default_rng(5), 12, 5, ID_POOL, weighted=True)
     batch = {next(iter(tables)): (ids, offsets, weights)}
     [want] = embedded.pooled_rows(embedded.prepare(batch))
@@ -101,3 +101,65 @@ def test_embedding_collection_with_a_server_is_the_cluster_collection(servers):
         embedded.stop()
     with pytest.raises(TypeError, match="server"):
         sc.EmbeddingCollection(tables, 2, server="localhost:7000")
+
+
+def _concat_groups(parts):
+    """One batch holding the bags of every part, in order (ids, offsets, weights or None)."""
+    ids = np.concatenate([p[0] for p in parts])
+    offsets, base = [np.zeros(1, np.int64)], 0
+    for p in parts:
+        offsets.append(p[1][1:] + base)
+        base += p[1][-1]
+    weights = None if parts[0][2] is None else np.concatenate([p[2] for p in parts])
+    return ids, np.concatenate(offsets), weights
+
+
+@pytest.mark.parametrize("pooling", ["sum", "mean", "none"])
+def test_two_synchronous_workers_match_one_embedded_collection(servers, pooling):
+    """Two workers in synchronous mode (``num_workers=2``), each training its own bags with
+    ids the other never sees, give the rows of one embedded collection trained on both
+    workers' bags together: the pooled outputs, the step and every row, bit for bit."""
+    import threading
+
+    prefix = f"sync-{len(servers)}-{pooling}-"
+    opts = {k: OPTIMIZERS[k] for k in ("sgd", "adagrad", "adam_global_step", "ftrl")}
+    tables = {prefix + name: sc.TableConfig(dim=DIM, optimizer=opt, pooling=pooling) for name, opt in opts.items()}
+    embedded = sc.EmbeddingCollection(tables, seed=5)
+    workers = [sc.EmbeddingCollection(tables, seed=5, server=sc.connect(servers, worker=w, num_workers=2, timeout=60))
+               for w in range(2)]
+    pools = [ID_POOL[ID_POOL >= 0], ID_POOL[ID_POOL < 0]]  # disjoint: no row is summed across workers
+    rng = np.random.default_rng(17 + len(servers))
+    for step in range(8):
+        parts = {name: [random_batch(rng, 6, 5, pools[w], weighted=True) for w in range(2)] for name in tables}
+        outs = [workers[w].forward({n: parts[n][w] for n in tables}) for w in range(2)]
+        want = embedded.forward({n: _concat_groups(parts[n]) for n in tables})
+        grads = [{}, {}]
+        full = {}
+        for name in tables:
+            pieces = []
+            for w in range(2):
+                out = outs[w][name][0] if pooling == "none" else outs[w][name]
+                grads[w][name] = rng.standard_normal(out.shape).astype(np.float32)
+                piece = grads[w][name]
+                if pooling == "none":  # the embedded batch pads to the longest bag of both
+                    width = (want[name][0].shape[1])
+                    piece = np.pad(piece, ((0, 0), (0, width - piece.shape[1]), (0, 0)))
+                    np.testing.assert_array_equal(out, want[name][0][w * 6:(w + 1) * 6, :out.shape[1]])
+                else:
+                    np.testing.assert_array_equal(out, want[name][w * 6:(w + 1) * 6])
+                pieces.append(piece)
+            full[name] = np.concatenate(pieces)
+        results = [None, None]
+
+        def push(w):
+            results[w] = workers[w].backward({n: parts[n][w] for n in tables}, grads[w])
+
+        threads = [threading.Thread(target=push, args=(w,)) for w in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert results == [step + 1, step + 1]
+        embedded.backward({n: _concat_groups(parts[n]) for n in tables}, full)
+    for name in tables:
+        np.testing.assert_array_equal(workers[0].lookup(name, ID_POOL), embedded.lookup(name, ID_POOL), err_msg=name)

@@ -203,7 +203,7 @@ std::unique_ptr<EmbeddingCollection> DeviceEmbeddingCollection::to_host() const 
           PackedRowMeta::pack(RowMeta{static_cast<uint32_t>(e.update_count[i]), 0, e.last_step[i]});
       const uint64_t hash = key_hash(e.keys[i]);
       auto& shard = ht.shard(ht.shard_of_hash(hash));
-      std::unique_lock lock(shard.mutex);
+      auto lock = shard.write_lock();
       shard.upsert_copy(e.keys[i], hash, row.data());
     }
   }

@@ -30,7 +30,7 @@ py::array_t<float> output_array(const PreparedGroup& g) {
 
 std::vector<GroupInput> group_inputs(const EmbeddingCollection& c, const std::vector<py::tuple>& groups,
                                      std::vector<py::array>& keep_alive) {
-  return python::group_inputs(groups, keep_alive, [&c](int t) { return c.table(t).name(); });
+  return python::group_inputs(groups, keep_alive, [&c](int t) { return c.table_name(t); });
 }
 
 }  // namespace
@@ -83,9 +83,9 @@ SPARSECORE_BINDING(embedding, 30) {
       .def_property("step", &EmbeddingCollection::step, &EmbeddingCollection::set_step)
       .def_property_readonly("num_tables", &EmbeddingCollection::num_tables)
       .def("table_index", &EmbeddingCollection::table_index, py::arg("name"))
-      .def("table_name", [](const EmbeddingCollection& c, int t) { return c.table(t).name(); })
-      .def("table_config_json",
-           [](const EmbeddingCollection& c, int t) { return c.table(t).config().to_json().dump(); })
+      .def_property_readonly("has_local_tables", &EmbeddingCollection::has_local_tables)
+      .def("table_name", [](const EmbeddingCollection& c, int t) { return c.table_name(t); })
+      .def("table_config_json", [](const EmbeddingCollection& c, int t) { return c.config(t).to_json().dump(); })
       .def("table_size", [](const EmbeddingCollection& c, int t) { return c.table(t).size(); })
       .def("table_row_floats", [](const EmbeddingCollection& c, int t) { return c.table(t).row_floats(); })
       .def("table_row_bytes", [](const EmbeddingCollection& c, int t) { return c.table(t).row_bytes(); })
@@ -123,8 +123,8 @@ SPARSECORE_BINDING(embedding, 30) {
             std::vector<py::array_t<float>> outs;
             std::vector<float*> ptrs;
             for (const GroupInput& in : inputs) {
-              const int64_t dim = c.table(in.table).dim();
-              if (c.table(in.table).config().pooling == Pooling::kNone) {
+              const int64_t dim = c.config(in.table).dim;
+              if (c.config(in.table).pooling == Pooling::kNone) {
                 // Bad offsets are reported by evaluate(); size the output only when sane.
                 bool sane = in.offsets[0] == 0 && in.offsets[in.batch_size] == in.num_ids;
                 for (int64_t b = 0; sane && b < in.batch_size; ++b) sane = in.offsets[b + 1] >= in.offsets[b];
@@ -149,7 +149,7 @@ SPARSECORE_BINDING(embedding, 30) {
             std::vector<const float*> ptrs;
             for (size_t g = 0; g < grads.size(); ++g) {
               const PreparedGroup& pg = p.batch->groups[g];
-              std::string name = "gradient of group '" + c.table(pg.table).name() + "'";
+              std::string name = "gradient of group '" + c.table_name(pg.table) + "'";
               std::vector<py::ssize_t> shape = {pg.batch_size};
               if (pg.pooling == Pooling::kNone) shape.push_back(pg.max_len);
               shape.push_back(pg.dim);

@@ -13,12 +13,12 @@
 #include "sparsecore/io/criteo_format.h"
 #include "sparsecore/io/csv_format.h"
 #include "sparsecore/io/feature_hash.h"
-#include "sparsecore/io/id_dedup.h"
 #include "sparsecore/io/libffm_format.h"
 #include "sparsecore/io/libsvm_format.h"
 #include "sparsecore/io/metrics.h"
 #include "sparsecore/io/synthetic_generator.h"
 #include "sparsecore/io/text_reader.h"
+#include "sparsecore/table/sharded_dedup.h"
 
 namespace py = pybind11;
 using namespace sparsecore;

@@ -9,6 +9,7 @@
 #include "sparsecore/ps/ps_server.h"
 #include "sparsecore/ps/ps_shard.h"
 #include "sparsecore/ps/ps_snapshot.h"
+#include "sparsecore/ps/remote_row_store.h"
 
 namespace py = pybind11;
 using namespace sparsecore;
@@ -203,4 +204,16 @@ SPARSECORE_BINDING(ps, 70) {
         }
         return s.dump();
       });
+
+  m.def(
+      "remote_collection",
+      [](const std::string& configs_json, uint64_t seed, PsClient& client) {
+        const Json configs = Json::parse(configs_json);
+        std::vector<TableConfig> tables;
+        for (const Json& t : configs.as_array("tables")) tables.push_back(TableConfig::from_json(t));
+        py::gil_scoped_release r;
+        return remote_collection(std::move(tables), seed, client);
+      },
+      py::arg("configs_json"), py::arg("seed"), py::arg("client"), py::keep_alive<0, 3>(),
+      "An EmbeddingCollection whose rows live on the servers of `client` (created there when missing).");
 }

@@ -52,7 +52,7 @@ class PythonBatchSource : public BatchSource {
     if (!groups.empty()) {
       SC_CHECK_ARG(collection_ != nullptr, "produce() returned groups for a pipeline without a collection");
       std::vector<py::array> keep_alive;  // the arrays are also held by `result`
-      const auto name = [this](int t) -> const std::string& { return collection_->table(t).name(); };
+      const auto name = [this](int t) -> const std::string& { return collection_->table_name(t); };
       for (const GroupInput& in : python::group_inputs(groups, keep_alive, name)) {
         out.groups.push_back({name(in.table), in.ids, in.num_ids, in.offsets, in.batch_size, in.weights});
       }

@@ -39,7 +39,8 @@ GroupInput = Union[tuple, Mapping]
 
 
 class PreparedBatch:
-    """A validated, deduplicated batch whose rows have been pulled.
+    """A validated, deduplicated batch; its rows are pulled (embedded: at prepare; on
+    parameter servers: by its first forward or :meth:`EmbeddingCollection.pooled_rows`).
 
     Produced by :meth:`EmbeddingCollection.prepare`; pass it to ``forward`` and ``backward``
     in place of the raw batch to dedup once. It holds everything backward needs, so several
@@ -78,21 +79,20 @@ class EmbeddingCollection:
     Rows are created on demand (``train=True``) with initial values that depend only on
     (seed, table name, id). Evaluation (``train=False``) never inserts: unknown ids read as zeros.
 
-    ``server=sc.connect([...])`` (or ``server=sc.Server(...)``) keeps the tables on parameter
-    servers instead: the returned collection has the training surface (``prepare``,
-    ``pooled_rows``, ``forward``, ``backward``, ``sizes``, ``save``/``restore``) and gives
-    the embedded results bit for bit.
+    ``server=sc.connect([...])`` (or ``server=sc.Server(...)``) keeps the rows on parameter
+    servers instead, behind the same compiled collection: batches are planned here, the
+    unique rows of every group are pulled when a batch is first pooled (all servers at once)
+    and each row's summed gradient is pushed by ``backward``, so the results equal the
+    embedded ones bit for bit. ``prepare``, ``pooled_rows``, ``forward``, ``evaluate``,
+    ``backward``, ``lookup``, ``step`` and ``sizes`` work alike; ``save``/``restore`` name a
+    snapshot kept by the servers (see :meth:`Cluster.save`); the calls that need rows in
+    this process (``erase``, ``export``, ``memory_bytes``, ``bytes_per_row``) raise
+    ``ValueError`` naming the call.
     """
 
     def __new__(cls, *args: Any, device: str = "cpu", server: Any = None, **kwargs: Any) -> "EmbeddingCollection":
-        # server=...: the same tables kept on parameter servers (sparsecore.server), with the
-        # surface training uses (prepare, pooled_rows, forward, backward, save, restore).
-        if server is not None:
-            if device != "cpu":
-                raise ValueError("a collection on parameter servers takes no device")
-            from .server import cluster_collection
-
-            return cluster_collection(server, *args, **kwargs)  # type: ignore[return-value]
+        if server is not None and device != "cpu":
+            raise ValueError("a collection on parameter servers takes no device")
         # Deprecated spelling of sparsecore.cuda.DeviceEmbeddingCollection (the CUDA twin, a
         # subclass with the same API); it keeps working, with a warning, for one more release.
         if device not in ("cpu", "cuda"):
@@ -106,12 +106,24 @@ class EmbeddingCollection:
 
     def __init__(self, tables: Mapping[str, TableConfig], seed: int = 0, *, device: str = "cpu",
                  server: Any = None, _core_obj: Any = None):
+        self._server: Any = None
         if _core_obj is not None:
             self._c = _core_obj
         else:
             if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
                 raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-            self._c = _core.EmbeddingCollection(tables_to_json(dict(tables)), int(seed) & (2**64 - 1))
+            if server is None:
+                self._c = _core.EmbeddingCollection(tables_to_json(dict(tables)), int(seed) & (2**64 - 1))
+            else:
+                from .server import cluster_of
+
+                self._server = cluster_of(server)
+                if not tables:
+                    raise ValueError("tables (name -> TableConfig) must name at least one table")
+                self._c = _core.remote_collection(tables_to_json(dict(tables)), int(seed) & (2**64 - 1),
+                                                  self._server._c)
+                for name, cfg in dict(tables).items():  # a reconnect creates them again
+                    self._server._tables[name] = (cfg, seed)
         self._names = [self._c.table_name(i) for i in range(self._c.num_tables)]
         self._index = {n: i for i, n in enumerate(self._names)}
         self._configs = {n: TableConfig.from_dict(json.loads(self._c.table_config_json(i)))
@@ -121,6 +133,23 @@ class EmbeddingCollection:
     @property
     def tables(self) -> dict[str, TableConfig]:
         return dict(self._configs)
+
+    @property
+    def server(self) -> Any:
+        """The :class:`~sparsecore.server.Cluster` whose servers hold the rows, or None when
+        they live in this process."""
+        return self._server
+
+    @property
+    def cluster(self) -> Any:
+        """Deprecated: :attr:`server`."""
+        warn("EmbeddingCollection.cluster", "EmbeddingCollection.server")
+        return self._server
+
+    def _local_only(self, method: str) -> None:
+        if self._server is not None:
+            raise ValueError(f"EmbeddingCollection.{method}: the tables of this collection live on parameter "
+                             f"servers (server=...), not in this process")
 
     @property
     def names(self) -> list[str]:
@@ -142,36 +171,55 @@ class EmbeddingCollection:
             raise KeyError(f"unknown table '{name}' (tables: {', '.join(self._names)})") from None
 
     def table_size(self, name: str) -> int:
-        """Rows currently held by table ``name``."""
+        """Rows currently held by table ``name`` (on parameter servers: summed over them)."""
+        if self._server is not None:
+            return self.sizes()[self._names[self._table(name)]]
         return self._c.table_size(self._table(name))
 
     def sizes(self) -> dict[str, int]:
+        """Rows per table (on parameter servers: summed over every shard of every server)."""
+        if self._server is not None:
+            totals = dict.fromkeys(self._names, 0)
+            for shard in self._server.stats():
+                for name, t in shard.get("tables", {}).items():
+                    if name in totals:
+                        totals[name] += int(t["rows"])
+            return totals
         return {n: self._c.table_size(i) for i, n in enumerate(self._names)}
 
     def memory_bytes(self) -> int:
         """Bytes held by all tables (index and rows)."""
+        self._local_only("memory_bytes")
         return self._c.memory_bytes()
 
     def bytes_per_row(self, name: str) -> int:
         """Bytes of one row record (weights, optimizer state, metadata) of table ``name``."""
+        self._local_only("bytes_per_row")
         return self._c.table_row_bytes(self._table(name))
 
     def lookup(self, name: str, ids: Any, *, insert: bool = False) -> Any:
         """Rows of ``ids`` in table ``name`` as float32[n, dim]; unknown ids read as zeros
         unless ``insert`` (then they are created first)."""
         torch_out = is_torch(ids)
-        out = self._c.lookup(self._table(name), as_int64(ids, f"ids of table '{name}'"), insert)
+        t = self._table(name)
+        ids_np = as_int64(ids, f"ids of table '{name}'")
+        if self._server is not None:
+            out = self._server.lookup(name, ids_np, insert=insert)
+        else:
+            out = self._c.lookup(t, ids_np, insert)
         return to_torch(out) if torch_out else out
 
     def erase(self, name: str, ids: Any) -> int:
         """Removes ``ids`` from table ``name``; returns how many were present. Safe while other
         threads train: it waits for their running calls, and batches prepared before it look
         their rows up again (an erased id that a later backward trains starts afresh)."""
+        self._local_only("erase")
         return self._c.erase(self._table(name), as_int64(ids, f"ids of table '{name}'"))
 
     def export(self, name: str) -> dict[str, np.ndarray]:
         """Every row of table ``name``: ``keys`` int64[n], ``weights`` float32[n, dim], ``state``
         float32[n, state_dim], ``update_count`` and ``last_step`` int64[n]."""
+        self._local_only("export")
         t = self._table(name)
         keys, rows, count, last = self._c.export(t)
         dim = self._configs[name].dim
@@ -182,7 +230,9 @@ class EmbeddingCollection:
     def prepare(self, batch: Mapping[str, GroupInput], *, train: bool = True,
                 include_last_offset: Optional[bool] = None) -> PreparedBatch:
         """Validates ``batch``, dedups each group's ids and pulls their rows (inserting
-        unknown ids when ``train``). Nothing changes if any group is invalid.
+        unknown ids when ``train``). Nothing changes if any group is invalid. On parameter
+        servers nothing is sent yet: the rows are pulled when the batch is first pooled, so a
+        batch prepared ahead still sees the updates trained before it.
         ``include_last_offset``: None reads CSR (B+1) or torch's start offsets (B) by the rule
         in the module docstring; True requires B+1, False means start offsets."""
         if isinstance(batch, PreparedBatch):
@@ -260,14 +310,23 @@ class EmbeddingCollection:
         return self._c.backward(prepared._core, arrays)
 
     # ----------------------------------------------------------------------------- checkpoints
-    def save(self, path: Union[str, os.PathLike], *, overwrite: bool = False) -> None:
+    def save(self, path: Union[str, os.PathLike, None] = None, *, overwrite: bool = False) -> Optional[str]:
         """Writes a checkpoint directory (rows, optimizer state and metadata, a manifest).
 
         The files go to a fresh directory beside ``path`` that then replaces it in one atomic
         rename, so a crash at any instant leaves the previous checkpoint at ``path``. Refuses
         to replace a finished checkpoint unless ``overwrite``, and never replaces a directory
-        holding anything else. One save at a time per ``path``."""
+        holding anything else. One save at a time per ``path``.
+
+        On parameter servers ``path`` is the name of a snapshot that the servers keep in their
+        snapshot directory (default ``step-<step>``, see :meth:`Cluster.save`); returns it."""
+        if self._server is not None:
+            name = path if path is None or isinstance(path, (int, np.integer)) else os.fspath(path)
+            return self._server.save(name, step=self.step, overwrite=overwrite)
+        if path is None:
+            raise TypeError("EmbeddingCollection.save() needs a path")
         self._c.save(os.fspath(path), overwrite)
+        return None
 
     @classmethod
     def load(cls, path: Union[str, os.PathLike]) -> "EmbeddingCollection":
@@ -276,14 +335,25 @@ class EmbeddingCollection:
         symlinks, anything but regular files) raise :class:`CorruptDataError`."""
         return cls({}, _core_obj=_core.EmbeddingCollection.load(os.fspath(path)))
 
-    def restore(self, path: Union[str, os.PathLike]) -> None:
-        """Replaces this collection's rows and step with a checkpoint's; unchanged on error."""
+    def restore(self, path: Union[str, os.PathLike, None] = None) -> None:
+        """Replaces this collection's rows and step with a checkpoint's; unchanged on error.
+        On parameter servers ``path`` names a snapshot of the servers (None: the newest
+        complete one, see :meth:`Cluster.restore`)."""
+        if self._server is not None:
+            name = path if path is None or isinstance(path, (int, np.integer)) else os.fspath(path)
+            self._c.step = self._server.restore(name)
+            return
+        if path is None:
+            raise TypeError("EmbeddingCollection.restore() needs a path")
         self._c.restore(os.fspath(path))
         # The checkpoint's configs (optimizer, storage) replace this collection's.
         self._configs = {n: TableConfig.from_dict(json.loads(self._c.table_config_json(i)))
                          for i, n in enumerate(self._names)}
 
     def __repr__(self) -> str:
+        if self._server is not None:
+            servers = self._server._addresses or "embedded"
+            return f"EmbeddingCollection({self._names}, servers={servers}, step={self.step})"
         tables = ", ".join(f"{n}(dim={c.dim}, {type(c.optimizer).__name__}, "
                            f"{'fp16, ' if c.storage == 'fp16' else ''}rows={self._c.table_size(i)})"
                            for i, (n, c) in enumerate(self._configs.items()))

@@ -35,9 +35,9 @@ from typing import Any, Optional
 import numpy as np
 
 from . import _core
-from ._arrays import as_float32, as_int64, to_torch
+from ._arrays import as_float32, as_int64
 from .config import TableConfig, tables_to_json
-from .embedding import EmbeddingCollection, PreparedBatch
+from .embedding import EmbeddingCollection
 from ._deprecated import module_getattr, warn
 
 __all__ = ["Cluster", "ClusterCollection", "Server", "connect", "latest_snapshot", "main"]
@@ -144,11 +144,11 @@ class Cluster:
         server, the row requests it received (``pull_requests``, ``push_requests``)."""
         return json.loads(self._c.stats())
 
-    def collection(self, tables: Mapping[str, TableConfig], seed: int = 0) -> "ClusterCollection":
+    def collection(self, tables: Mapping[str, TableConfig], seed: int = 0) -> EmbeddingCollection:
         """Deprecated: ``sc.EmbeddingCollection(tables, seed, server=cluster)``."""
         warnings.warn("Cluster.collection(tables, seed) is deprecated; use "
                       "sc.EmbeddingCollection(tables, seed, server=cluster)", DeprecationWarning, stacklevel=2)
-        return cluster_collection(self, tables, seed)
+        return EmbeddingCollection(tables, seed, server=self)
 
     def reconnect(self, timeout: float = 30.0) -> "Cluster":
         """Waits (bounded) until every server answers again and returns a fresh client."""
@@ -166,179 +166,25 @@ class Cluster:
         return fresh
 
 
-class _ClusterBatch:
-    """A validated batch waiting for its forward: per group (ids, offsets, weights or None).
-    Rows are pulled at forward time, so a batch prepared ahead still sees the updates of the
-    batches trained before it (as the embedded engine reads rows at forward time)."""
-
-    __slots__ = ("groups", "names", "train")
-
-    def __init__(self, groups: list[tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]], names: list[str],
-                 train: bool):
-        self.groups = groups
-        self.names = names
-        self.train = train
-
-    def unique_ids(self, i: int) -> np.ndarray:
-        return np.unique(self.groups[i][0])
-
-    def num_unique(self, i: int) -> int:
-        return int(self.unique_ids(i).size)
-
-
 class ClusterCollection:
-    """Embedding tables kept on parameter servers, with the surface of
-    :class:`~sparsecore.EmbeddingCollection` that training uses (``prepare``, ``forward``,
-    ``backward``, ``sizes``, ``save``/``restore``), so that the torch bridge and the Trainer
-    run against a cluster unchanged. Pooling (sum, mean, "none" sequences, per-id weights)
-    and the sum of each row's gradient happen here, in the engine's compiled kernels; the
-    servers receive distinct ids with their summed gradients and apply the table's optimizer
-    once per row.
+    """Deprecated: ``sc.EmbeddingCollection(tables, seed, server=cluster)``, which this returns
+    (the collection whose rows live on the servers of ``cluster``)."""
 
-    In synchronous mode (``connect(..., num_workers=W)``) each ``backward`` is the worker's push
-    of step ``step``: it returns once every worker's gradients of that step were applied.
-    """
-
-    def __init__(self, cluster: Cluster, tables: Mapping[str, TableConfig], seed: int = 0):
+    def __new__(cls, cluster: Cluster, tables: Mapping[str, TableConfig], seed: int = 0) -> Any:  # type: ignore[misc]
         warnings.warn("ClusterCollection(cluster, tables, seed) is deprecated; use "
                       "sc.EmbeddingCollection(tables, seed, server=cluster)", DeprecationWarning, stacklevel=2)
-        self._setup(cluster, tables, seed)
-
-    def _setup(self, cluster: Cluster, tables: Mapping[str, TableConfig], seed: int) -> None:
-        if not tables:
-            raise ValueError("tables (name -> TableConfig) must name at least one table")
-        self.cluster = cluster
-        self._configs = dict(tables)
-        self._seed = int(seed)
-        self._step = 0
-        for name, cfg in self._configs.items():
-            cluster.create_table(name, cfg, seed)
-
-    @property
-    def tables(self) -> dict[str, TableConfig]:
-        return dict(self._configs)
-
-    @property
-    def step(self) -> int:
-        """Pushes (backward calls) made through this collection, or the restored snapshot's step."""
-        return self._step
-
-    def sizes(self) -> dict[str, int]:
-        """Rows per table, summed over every shard of every server."""
-        totals = dict.fromkeys(self._configs, 0)
-        for shard in self.cluster.stats():
-            for name, t in shard.get("tables", {}).items():
-                if name in totals:
-                    totals[name] += int(t["rows"])
-        return totals
-
-    def _table(self, name: str) -> str:
-        if name not in self._configs:
-            raise KeyError(f"unknown table '{name}' (tables: {', '.join(self._configs)})")
-        return name
-
-    def prepare(self, batch: Mapping[str, Any], *, train: bool = True) -> PreparedBatch:
-        """Validates every group (nothing is sent when one is wrong); rows are pulled by forward."""
-        if isinstance(batch, PreparedBatch):
-            return batch
-        # The embedded collection's unpacking and dtype checks (it asks self._table(name)).
-        core_groups, names, offsets, torch_out = EmbeddingCollection._core_groups(self, batch)
-        groups = []
-        for name, (_, ids, offs, weights) in zip(names, core_groups):
-            if ids.ndim != 1 or offs.ndim != 1 or offs.size < 1 or offs[0] != 0 or offs[-1] != ids.size \
-                    or (np.diff(offs) < 0).any():
-                raise ValueError(f"group '{name}': offsets must be int64[B+1] with offsets[0] == 0, non-decreasing, "
-                                 f"offsets[B] == len(ids) ({ids.size})")
-            if weights is not None and weights.shape != ids.shape:
-                raise ValueError(f"group '{name}': weights has shape {weights.shape}, ids {ids.shape}")
-            groups.append((ids, offs, weights))
-        return PreparedBatch(_ClusterBatch(groups, names, bool(train)), names, offsets, torch_out, bool(train))
-
-    def _pool(self, name: str, ids: np.ndarray, offsets: np.ndarray, weights: Optional[np.ndarray],
-              train: bool) -> np.ndarray:
-        # The engine's own pooling kernel over the pulled rows: the embedded run's outputs
-        # bit for bit, on any CPU.
-        rows = self.cluster.lookup(name, ids, insert=train)
-        return _core.pool_gathered_rows(rows, offsets, weights, self._configs[name].pooling)
-
-    def pooled_rows(self, prepared: PreparedBatch) -> list[np.ndarray]:
-        """The pooled rows of a prepared batch, one array per group (see
-        :meth:`EmbeddingCollection.pooled_rows`): the rows are pulled now."""
-        batch = prepared._core
-        return [self._pool(name, *group, batch.train) for name, group in zip(batch.names, batch.groups)]
-
-    def forward(self, batch: Mapping[str, Any] | PreparedBatch, *, train: bool = True) -> dict[str, Any]:
-        """Pooled rows per group, as :meth:`EmbeddingCollection.forward` gives them (pooling
-        "none": a tuple (float32[B, L_max, dim] zero-padded, int64 lengths[B]))."""
-        prepared = self.prepare(batch, train=train)
-        outs = self.pooled_rows(prepared)
-        result: dict[str, Any] = {}
-        for name, out, offsets in zip(prepared.names, outs, prepared.offsets):
-            if self._configs[name].pooling == "none":
-                out = (out, np.diff(offsets))
-                result[name] = tuple(to_torch(o) for o in out) if prepared.torch else out
-            else:
-                result[name] = to_torch(out) if prepared.torch else out
-        return result
-
-    def evaluate(self, batch: Mapping[str, Any]) -> dict[str, Any]:
-        """forward(batch, train=False): never inserts; unknown ids read as zeros."""
-        return self.forward(batch, train=False)
-
-    def backward(self, batch: Mapping[str, Any] | PreparedBatch, grads: Mapping[str, Any]) -> int:
-        """Pushes each distinct id's gradient (its bags' gradients, times its weights, over the
-        bag's length or weight sum for mean pooling, summed in position order); returns the
-        new step."""
-        prepared = self.prepare(batch, train=True)
-        if set(grads) != set(prepared.names):
-            raise ValueError(f"grads must have exactly the batch's groups {prepared.names}, got {list(grads)}")
-        per_id = []
-        for name, (ids, offsets, weights) in zip(prepared.names, prepared._core.groups):
-            g = as_float32(grads[name], f"gradient of group '{name}'")
-            lengths = np.diff(offsets)
-            pooling = self._configs[name].pooling
-            shape = (lengths.size, self._configs[name].dim)
-            if pooling == "none":  # one gradient per position, like the forward output
-                shape = (lengths.size, int(lengths.max(initial=0)), self._configs[name].dim)
-            if g.shape != shape:
-                raise ValueError(f"gradient of group '{name}' has shape {g.shape}, expected {shape}")
-            if not np.isfinite(g).all():
-                raise ValueError(f"gradient of group '{name}' contains NaN or Inf; nothing was pushed")
-            # Each distinct id's gradient summed as the engine's fused backward sums it (its
-            # bags' scales, its weights, position order; the engine's own kernel), so the
-            # servers apply one update per row with no further arithmetic.
-            unique_ids, summed = _core.sum_gradients_by_id(ids, offsets, g, weights, pooling)
-            per_id.append((name, unique_ids, summed))
-        for name, ids, rows in per_id:  # every group checked before the first push
-            self.cluster.push(name, ids, rows, step=self._step)
-        self._step += 1
-        return self._step
-
-    def save(self, name: str | None = None, *, overwrite: bool = False) -> str:
-        """A snapshot of every shard named ``name`` (default ``step-<step>``) in the servers'
-        snapshot directory (see :meth:`Cluster.save`); returns the name."""
-        return self.cluster.save(name, step=self._step, overwrite=overwrite)
-
-    def restore(self, name: str | None = None) -> None:
-        """Restores snapshot ``name`` (None: the newest complete one), see :meth:`Cluster.restore`."""
-        self._step = self.cluster.restore(name)
-
-    def __repr__(self) -> str:
-        return f"ClusterCollection({list(self._configs)}, servers={self.cluster._addresses or 'embedded'}, step={self._step})"
+        return EmbeddingCollection(tables, seed, server=cluster)
 
 
-def cluster_collection(server: Any, tables: Mapping[str, TableConfig], seed: int = 0) -> ClusterCollection:
-    """What ``sc.EmbeddingCollection(tables, seed, server=...)`` returns: the tables on the
-    servers of ``server``, a :class:`Cluster` (``sc.connect(...)``) or a :class:`Server` (its
-    :meth:`Server.client`)."""
+def cluster_of(server: Any) -> Cluster:
+    """The :class:`Cluster` that ``EmbeddingCollection(..., server=...)`` keeps its rows on: a
+    cluster (``sc.connect(...)``) as is, or a :class:`Server`'s :meth:`Server.client`."""
     if isinstance(server, Server):
         server = server.client()
     if not isinstance(server, Cluster):
         raise TypeError(f"server must be a sparsecore.Server or a cluster from sparsecore.connect(...), "
                         f"got {type(server).__name__}")
-    collection = ClusterCollection.__new__(ClusterCollection)
-    collection._setup(server, tables, seed)
-    return collection
+    return server
 
 
 def _poll_us(poll: float) -> int:

@@ -34,7 +34,6 @@ from .config import TableConfig
 from .data import auc, gauc, logloss
 from .data.memory import as_source, is_source
 from .embedding import EmbeddingCollection, PreparedBatch
-from .server import ClusterCollection
 from .threads import ThreadsSpec, apply_default_split
 from .torch import EmbeddingBagCollection
 
@@ -210,7 +209,8 @@ class Trainer:
 
     def _native(self) -> Any:
         """The compiled collection the C++ pipeline prepares on, or None when the collection
-        plans by itself (a cluster or the CUDA twin): then ``produce`` prepares in Python."""
+        plans by itself (the CUDA twin): then ``produce`` prepares in Python. A collection on
+        parameter servers is compiled too: its pipeline plans on the C++ thread."""
         collection = self.embedding.collection
         core = getattr(collection, "_c", None)
         return core if type(collection) is EmbeddingCollection and type(core) is _core.EmbeddingCollection else None
@@ -408,7 +408,7 @@ class Trainer:
             meta = {"format": "sparsecore.trainer", "format_version": 1, "step": self.step, "samples": self.samples,
                     "reader": self._reader_state, "history": self.history}
             collection = self.embedding.collection
-            if isinstance(collection, ClusterCollection):
+            if getattr(collection, "server", None) is not None:
                 meta["server_snapshot"] = collection.save(f"step-{self.step}", overwrite=True)
             else:
                 collection.save(os.path.join(staging, "embedding"))

@@ -1,6 +1,7 @@
-// EmbeddingCollection::apply_unique (a server's push of summed gradients) and
-// sum_gradients_by_id (the worker's sums): together they update rows exactly as the fused
-// backward does, and a bad push changes nothing.
+// EmbeddingCollection::apply_unique (a server's push of summed gradients): a bad push changes
+// nothing, and synchronous workers' gradients are summed per row in worker order. That a
+// worker's sums and the server's update equal the fused backward is tested end to end in
+// test_remote_row_store.cpp.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -10,7 +11,6 @@
 
 #include "sparsecore/core/error.h"
 #include "sparsecore/ops/embedding_collection.h"
-#include "sparsecore/ops/gathered_pooling.h"
 #include "sparsecore/ps/ps_shard.h"
 
 using namespace sparsecore;
@@ -39,28 +39,6 @@ std::vector<float> rows_of(const EmbeddingTable& t, const std::vector<int64_t>& 
 }
 
 }  // namespace
-
-TEST(ApplyUnique, WorkerSumsThenServerUpdateEqualTheFusedBackwardBitForBit) {
-  for (Pooling pooling : {Pooling::kSum, Pooling::kMean, Pooling::kNone}) {
-    EmbeddingCollection fused({adam_table(pooling)}, 3), split({adam_table(pooling)}, 3);
-    std::vector<int64_t> ids = {7, -1, 7, 9, -1, 7};
-    std::vector<int64_t> offsets = {0, 2, 2, 6};
-    std::vector<float> weights = {0.5f, 1.25f, 2.0f, 0.3f, 0.7f, 1.1f};
-    const int64_t rows = pooling == Pooling::kNone ? 3 * 4 : 3;
-    std::vector<float> grad(static_cast<size_t>(rows) * 3);
-    for (size_t i = 0; i < grad.size(); ++i) grad[i] = 0.1f * static_cast<float>(i) - 0.77f;
-    for (int step = 0; step < 3; ++step) {
-      auto batch = fused.prepare({{0, ids.data(), 6, offsets.data(), 3, weights.data()}}, true);
-      fused.backward(*batch, {grad.data()});
-      std::vector<int64_t> unique_ids;
-      std::vector<float> sums;
-      sum_gradients_by_id(ids.data(), 3, offsets.data(), 3, weights.data(), pooling, grad.data(), unique_ids, sums);
-      ASSERT_EQ(unique_ids, (std::vector<int64_t>{7, -1, 9}));
-      EXPECT_EQ(split.apply_unique(0, unique_ids.data(), 3, sums.data()), step + 1);
-    }
-    EXPECT_EQ(rows_of(split.table(0), {7, -1, 9}), rows_of(fused.table(0), {7, -1, 9}));
-  }
-}
 
 TEST(ApplyUnique, RepeatedIdsAndNonFiniteGradientsChangeNothing) {
   EmbeddingCollection emb({adam_table(Pooling::kSum)}, 3);

@@ -16,7 +16,6 @@
 #include "sparsecore/io/criteo_format.h"
 #include "sparsecore/io/csv_format.h"
 #include "sparsecore/io/feature_hash.h"
-#include "sparsecore/io/id_dedup.h"
 #include "sparsecore/io/libsvm_format.h"
 #include "sparsecore/io/metrics.h"
 #include "sparsecore/io/synthetic_generator.h"
@@ -261,13 +260,4 @@ TEST(Metrics, AucGaucLogloss) {
   std::vector<double> bad{0, 2};
   EXPECT_THROW(auc(bad.data(), s.data(), 2), InvalidArgument);
   EXPECT_TRUE(std::isnan(auc(y.data(), s.data(), 2)));
-}
-
-TEST(DedupIds, FirstOccurrenceOrderAndEveryKeyLegal) {
-  const int64_t lo = std::numeric_limits<int64_t>::min();
-  std::vector<int64_t> ids{5, lo, -1, 5, 0, lo, -1};
-  std::vector<int64_t> unique, inverse;
-  dedup_ids(ids.data(), static_cast<int64_t>(ids.size()), unique, inverse);
-  EXPECT_EQ(unique, (std::vector<int64_t>{5, lo, -1, 0}));
-  EXPECT_EQ(inverse, (std::vector<int64_t>{0, 1, 2, 0, 3, 1, 2}));
 }

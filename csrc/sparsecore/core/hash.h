@@ -43,6 +43,14 @@ SC_HOST_DEVICE constexpr uint32_t key_bucket(int64_t key) {
   return static_cast<uint32_t>(key_hash(key) >> (64 - kBucketBits));
 }
 
+// The shard of a key's hash when `shards` (1 .. 2^16) split the buckets into contiguous
+// ranges: shard g holds buckets {b : (b * shards) >> 16 == g}. For shards = 2^k this is the
+// top k bits of the hash (a hash table's shard); for any count it is the parameter servers'
+// global shard of the key. One rule, so a plan grouped by shard fits either.
+SC_HOST_DEVICE constexpr int shard_of_hash(uint64_t hash, int shards) {
+  return static_cast<int>(((hash >> (64 - kBucketBits)) * static_cast<uint64_t>(shards)) >> kBucketBits);
+}
+
 // 64-bit FNV-1a over bytes, for table names (seed derivation); not for bulk data.
 constexpr uint64_t fnv1a64(std::string_view s) {
   uint64_t h = 0xcbf29ce484222325ULL;

@@ -132,7 +132,7 @@ std::pair<FileEntry, std::vector<uint8_t>> encode_range_file(int table_index, co
   std::vector<float> floats(table.row_floats());
   for (int s = s_lo; s < s_hi; ++s) {
     const auto& shard = ht.shard(s);
-    std::shared_lock lock(shard.mutex);
+    auto lock = shard.read_lock();
     shard.for_each([&](int64_t key, std::byte* row) {
       keys.push_back(key);
       table.read_row(row, floats.data());
@@ -216,7 +216,7 @@ void read_range_file(const std::string& dir, const FileEntry& e, EmbeddingTable&
     *table.meta(row.data()) = PackedRowMeta::pack(meta);
     uint64_t hash = key_hash(key);
     auto& shard = ht.shard(ht.shard_of_hash(hash));
-    std::unique_lock lock(shard.mutex);
+    auto lock = shard.write_lock();
     shard.upsert_copy(key, hash, row.data());
   }
 }
@@ -304,6 +304,7 @@ std::string manifest_text(const std::vector<std::unique_ptr<EmbeddingTable>>& ta
 }  // namespace
 
 void EmbeddingCollection::write_checkpoint(const std::string& dir) const {
+  require_local("write_checkpoint");
   // One range in memory per worker at a time: the file is written as soon as it is encoded.
   const std::vector<RangeTask> tasks = range_tasks(tables_);
   std::vector<FileEntry> entries(tasks.size());
@@ -320,6 +321,7 @@ void EmbeddingCollection::write_checkpoint(const std::string& dir) const {
 }
 
 EncodedCheckpoint EmbeddingCollection::encode_checkpoint() const {
+  require_local("encode_checkpoint");
   const std::vector<RangeTask> tasks = range_tasks(tables_);
   std::vector<FileEntry> entries(tasks.size());
   std::vector<std::vector<uint8_t>> bytes(tasks.size());
@@ -341,6 +343,7 @@ void EncodedCheckpoint::write(const std::string& dir) const {
 }
 
 void EmbeddingCollection::save(const std::string& dir, bool overwrite) const {
+  require_local("save");
   const auto [parent, base] = split_target(dir);
   const std::string target = join(parent, base);
   if (path_exists(target)) check_replaceable(target, overwrite);
@@ -464,6 +467,7 @@ std::unique_ptr<EmbeddingCollection> EmbeddingCollection::load(const std::string
 }
 
 void EmbeddingCollection::restore(const std::string& dir) {
+  require_local("restore");
   std::unique_ptr<EmbeddingCollection> loaded = load(dir);
   std::unique_lock swap_lock(swap_mutex_);
   SC_CHECK_ARG(loaded->num_tables() == num_tables(), "checkpoint at '", dir, "' has ", loaded->num_tables(),

@@ -1,12 +1,19 @@
 // EmbeddingCollection: the tables of one model (its feature groups), driven one call per
 // batch, in the manner of FBGEMM's table-batched embedding but over growable hash tables.
+// Its rows live in a RowStore (row_store.h): its own tables (the default, "embedded") or
+// parameter servers (ps/remote_row_store.h, "distributed"). Planning, pooling and the
+// gradient sums are this class's, the same compiled code for both, so the two give the same
+// results bit for bit.
 //
 // The data path of one training step (docs/architecture.md):
-//   prepare(inputs, train=true)  validate every group, dedup ids per group (unique + inverse),
-//                                pull rows (lookup-or-insert; find-only when train=false)
-//   forward(prepared, outputs)   pool rows per bag: sum, mean, or none (padded sequences)
+//   prepare(inputs, train=true)  validate every group, plan it (batch_planner.h: dedup ids
+//                                by shard, unique + inverse); local rows are resolved here
+//                                (lookup-or-insert; find-only when train=false)
+//   forward(prepared, outputs)   pool rows per bag: sum, mean, or none (padded sequences);
+//                                remote rows are pulled by the first forward of the batch
 //   backward(prepared, grads)    pooled grads -> one gradient row per unique id (segment sum
 //                                in a fixed order) -> the fused update applied once per row
+//                                (local), or the sums pushed to the servers (remote)
 // `prepare` returns everything backward needs; backward never relies on "the last forward",
 // so pipelines may prepare batch k+1 while batch k is in its dense step.
 //
@@ -16,7 +23,8 @@
 // Thread-safety: prepare/forward/backward may run concurrently from several threads
 // (updates of one row from two concurrent backward calls race, Hogwild-style); restore()
 // and erase() wait for running calls and hold them off while they release rows, so no call
-// ever writes a row that was freed (and maybe reused by another key).
+// ever writes a row that was freed (and maybe reused by another key). With a remote store,
+// concurrent forwards of one batch pull its rows once (PreparedBatch::rows_mutex).
 #pragma once
 
 #include <atomic>
@@ -31,6 +39,7 @@
 #include <vector>
 
 #include "sparsecore/core/pod_vector.h"
+#include "sparsecore/ops/row_store.h"
 #include "sparsecore/table/embedding_table.h"
 
 namespace sparsecore {
@@ -54,12 +63,14 @@ struct PreparedGroup {
   Pooling pooling = Pooling::kSum;
   int64_t num_ids = 0;
   int64_t batch_size = 0;
-  int64_t max_len = 0;                // longest bag (the padded length of pooling "none")
-  PodVector<int64_t> offsets;         // (batch_size + 1)
-  PodVector<float> weights;           // (num_ids) or empty
-  PodVector<int64_t> unique_keys;     // (num_unique), grouped by table shard
-  PodVector<std::byte*> unique_rows;  // (num_unique); nullptr: absent (evaluation only)
-  PodVector<int32_t> inverse;         // (num_ids) index into unique_keys
+  int64_t max_len = 0;             // longest bag (the padded length of pooling "none")
+  PodVector<int64_t> offsets;      // (batch_size + 1)
+  PodVector<float> weights;        // (num_ids) or empty
+  PodVector<int64_t> unique_keys;  // (num_unique), grouped by the store's shards
+  // (num_unique); nullptr: absent (evaluation only). Resolved by prepare (local store) or
+  // by the first forward, pointing into PreparedBatch::fetched_rows (remote store).
+  mutable PodVector<std::byte*> unique_rows;
+  PodVector<int32_t> inverse;  // (num_ids) index into unique_keys
   // Built by the first backward of the batch (a forward never needs them): occurrences of
   // each unique id in ascending position order (CSR), and the bag of each position.
   mutable PodVector<int32_t> occurrence_offsets;    // (num_unique + 1)
@@ -78,11 +89,22 @@ struct PreparedBatch {
   // Guards the lazy build of the groups' occurrence lists (two backward calls may share a batch).
   mutable std::mutex occurrences_mutex;
   mutable bool occurrences_built = false;
+  // Rows a store fetched for this batch (remote: pulled by its first forward, every group's
+  // unique rows as fp32, one after another), guarded by rows_mutex.
+  mutable std::mutex rows_mutex;
+  mutable bool rows_fetched = false;
+  mutable PodVector<float> fetched_rows;
 };
 
 // Builds g's occurrence lists and bag_of_position from its inverse and offsets (what a
 // backward needs beyond the forward).
 void build_occurrences(const PreparedGroup& g);
+
+// The factor of each bag's gradient in the backward: 1 for sum and none pooling; for mean,
+// 1 / length (1 / sum of the bag's weights, summed in position order when weighted), and 0
+// for an empty bag or a zero weight sum. offsets (batch_size + 1) valid, weights
+// (offsets[batch_size]) or nullptr, out (batch_size).
+void bag_gradient_scales(Pooling pooling, const int64_t* offsets, int64_t batch_size, const float* weights, float* out);
 
 // Checks the groups of a batch for a collection of `num_tables` tables: table index in
 // range and used by one group only, at most 2^31 - 1 ids, offsets (offsets[0] = 0,
@@ -101,14 +123,27 @@ struct EncodedCheckpoint {
   void write(const std::string& dir) const;
 };
 
+class LocalRowStore;
+
 class EmbeddingCollection {
  public:
   // Table names must be unique. seed: the collection seed (table seed = hash(seed, name)).
+  // The rows live in the collection's own tables (a local store).
   EmbeddingCollection(std::vector<TableConfig> tables, uint64_t seed);
+  // The same tables with their rows in `store` (e.g. ps::RemoteRowStore): the collection
+  // holds no rows, so the calls that need local rows (table, erase, memory_bytes,
+  // apply_unique, the checkpoint calls) throw InvalidArgument naming the call.
+  EmbeddingCollection(std::vector<TableConfig> tables, uint64_t seed, std::unique_ptr<RowStore> store);
+  ~EmbeddingCollection();
 
-  int num_tables() const { return static_cast<int>(tables_.size()); }
-  EmbeddingTable& table(int index) { return *tables_.at(index); }
-  const EmbeddingTable& table(int index) const { return *tables_.at(index); }
+  int num_tables() const { return static_cast<int>(local_ ? tables_.size() : configs_.size()); }
+  // Whether the rows live in this process (the collection's own tables).
+  bool has_local_tables() const { return local_ != nullptr; }
+  const TableConfig& config(int index) const;
+  const std::string& table_name(int index) const { return config(index).name; }
+  // The local tables (InvalidArgument when the rows live elsewhere).
+  EmbeddingTable& table(int index);
+  const EmbeddingTable& table(int index) const;
   // Throws NotFound naming the table and listing the known ones.
   int table_index(const std::string& name) const;
   uint64_t seed() const { return seed_; }
@@ -126,7 +161,8 @@ class EmbeddingCollection {
   // Evaluation forward straight from the ids, the fast path for inference: validates every
   // group, then pools each bag by finding its ids one by one (no dedup, nothing kept for a
   // backward), never inserting (unknown ids read as zeros). outputs[g] (host float32) as
-  // for forward(), with max_len = max_bag_length(inputs[g]) for pooling "none".
+  // for forward(), with max_len = max_bag_length(inputs[g]) for pooling "none". Without
+  // local rows it is prepare(train=false) and forward.
   void evaluate(const std::vector<GroupInput>& inputs, const std::vector<float*>& outputs) const;
   // Longest bag of a group (0 for an empty batch); offsets must be valid.
   static int64_t max_bag_length(const GroupInput& in);
@@ -177,17 +213,11 @@ class EmbeddingCollection {
  private:
   EmbeddingCollection(std::vector<std::unique_ptr<EmbeddingTable>> tables, uint64_t seed, int64_t step);
   void validate_inputs(const std::vector<GroupInput>& inputs) const;
-  // Advances the step and runs `update` over row ranges of kRowsPerTask rows on the pool;
-  // when any range left a row non-finite, every range is put back from the undo log (rows
-  // from rows_of) and InvalidArgument names the tables. Returns the new step.
-  struct RowRange {
-    int table;
-    int64_t rows;
-  };
-  using RangeUpdate = std::function<bool(int range, int64_t begin, int64_t end, int64_t step, float* scratch,
-                                         std::byte* undo, bool stream_undo)>;
-  int64_t update_rows(const std::vector<RowRange>& ranges, const std::function<std::byte* const*(int)>& rows_of,
-                      const RangeUpdate& update);
+  // Throws InvalidArgument naming `call` when the rows are not local.
+  void require_local(const char* call) const;
+  // prepare() without the swap lock (the caller holds it).
+  std::shared_ptr<PreparedBatch> plan(const std::vector<GroupInput>& inputs, bool train) const;
+  void pool(const PreparedBatch& batch, const std::vector<float*>& outputs) const;
 
   // Finished batches come back here so the next prepare reuses their buffers instead of
   // faulting in fresh pages every step.
@@ -196,16 +226,12 @@ class EmbeddingCollection {
     std::vector<std::unique_ptr<PreparedBatch>> free;
   };
 
-  // Undo buffers of backward (the records of the rows it updates), kept between calls so
-  // their pages stay faulted in.
-  PodVector<std::byte> take_undo(size_t bytes);
-  void give_back_undo(PodVector<std::byte>&& undo);
-
   uint64_t seed_;
-  std::mutex undo_mutex_;
-  std::vector<PodVector<std::byte>> undo_free_;
   std::shared_ptr<BatchCache> batch_cache_ = std::make_shared<BatchCache>();
-  std::vector<std::unique_ptr<EmbeddingTable>> tables_;
+  std::vector<std::unique_ptr<EmbeddingTable>> tables_;  // local store only
+  std::vector<TableConfig> configs_;                     // other stores only
+  std::unique_ptr<RowStore> store_;
+  LocalRowStore* local_ = nullptr;  // store_, when it is the local one
   std::atomic<int64_t> step_{0};
   mutable std::shared_mutex swap_mutex_;  // shared: batch calls; unique: restore
 };

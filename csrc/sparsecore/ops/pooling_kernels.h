@@ -1,5 +1,5 @@
-// The CPU inner loops of forward pooling and the fused backward, compiled once per ISA
-// (SC_DISPATCH) and picked at load time. Internal to the ops layer.
+// The CPU inner loops of forward pooling, compiled once per ISA (SC_DISPATCH) and picked at
+// load time (the fused backward's are in fused_update.h). Internal to the ops layer.
 #pragma once
 
 #include <cstdint>
@@ -24,39 +24,6 @@ void pool_bags(const PreparedGroup& g, RowStorage storage, const std::byte* cons
 void pool_bags_from_ids(const HashTable& table, int dim, Pooling pooling, RowStorage storage, const GroupInput& in,
                         int64_t max_len, int64_t bag_begin, int64_t bag_end, float* out, uint64_t* hashes,
                         const std::byte** rows, float* tmp);
-
-// For unique rows [u_begin, u_end) of `g`: sums the gradient of each row over its occurrences
-// (ascending position order), then applies the table's update rule once. Each record is
-// copied to `undo` first; a row whose new weights or state are not finite (a finite but huge
-// gradient overflowed) is put back at once. Returns false when any row was: the caller then
-// puts every row of the call back with undo_rows.
-//   grad       host, the group's pooled-output gradient (same shape as the forward output)
-//   bag_scale  (batch_size) the factor of a bag's gradient: 1 for sum/none, 1/len or
-//              1/sum(weights) for mean (0 for an empty bag)
-//   rows       (num_unique) row pointers, all non-null
-//   scratch    backward_scratch_floats(dim, table.state_dim()) floats
-//   undo       (u_end - u_begin, undo_stride(table.row_bytes())) host bytes, 16-byte aligned
-//   stream_undo  write the log with non-temporal stores (for a log larger than the caches)
-bool backward_update(const PreparedGroup& g, const EmbeddingTable& table, std::byte* const* rows, const float* grad,
-                     const float* bag_scale, int64_t u_begin, int64_t u_end, int64_t step, float* scratch,
-                     std::byte* undo, bool stream_undo);
-// backward_update's arithmetic in two halves, for rows whose gradients are summed on one
-// machine and applied on another (parameter servers):
-// sum_unique_gradients writes the summed gradient of each unique row [u_begin, u_end) of `g`
-// (out: (num_unique, dim), rows indexed from 0) exactly as backward_update sums it;
-// apply_row_gradients applies grads (row u at grads + u * dim) to rows [u_begin, u_end) as
-// backward_update does once it has the sums, with the same undo log and return value.
-void sum_unique_gradients(const PreparedGroup& g, const float* grad, const float* bag_scale, int64_t u_begin,
-                          int64_t u_end, float* out);
-bool apply_row_gradients(const EmbeddingTable& table, std::byte* const* rows, const float* grads, int64_t u_begin,
-                         int64_t u_end, int64_t step, float* scratch, std::byte* undo, bool stream_undo);
-constexpr size_t backward_scratch_floats(int dim, int state_dim) {
-  return 3 * static_cast<size_t>(dim) + static_cast<size_t>(state_dim) + 1;
-}
-// Bytes of one record's slot in the undo log (row_bytes rounded up to 16).
-constexpr size_t undo_stride(size_t row_bytes) { return (row_bytes + 15) & ~size_t{15}; }
-// Copies the records saved by backward_update back into rows [u_begin, u_end).
-void undo_rows(std::byte* const* rows, int64_t u_begin, int64_t u_end, size_t row_bytes, const std::byte* undo);
 
 // True when all n values are finite.
 bool all_finite(const float* x, int64_t n);

@@ -4,13 +4,11 @@
 #include <cstring>
 #include <filesystem>
 #include <mutex>
-#include <numeric>
 
 #include "sparsecore/core/error.h"
 #include "sparsecore/core/file.h"
-#include "sparsecore/ops/gathered_pooling.h"
 #include "sparsecore/ps/ps_protocol.h"
-#include "sparsecore/ps/sharded_ids.h"
+#include "sparsecore/table/sharded_dedup.h"
 
 namespace sparsecore::ps {
 namespace fs = std::filesystem;
@@ -128,7 +126,9 @@ std::vector<PsShard::PushOutcome> PsShard::push_tables(std::span<const TableUpda
   // Everything is checked before anything changes: a bad table must neither be applied in
   // part nor hold back or abort the step of the other workers.
   std::vector<std::pair<Table*, TableUpdate>> checked;
-  thread_local ShardedIds distinct;
+  thread_local ShardedDedup distinct;
+  thread_local PodVector<int64_t> distinct_ids;
+  thread_local PodVector<int32_t> distinct_inverse;
   for (const TableUpdate& u : updates) {
     Table& t = table(u.table);
     for (const auto& [other, _] : checked)
@@ -140,8 +140,9 @@ std::vector<PsShard::PushOutcome> PsShard::push_tables(std::span<const TableUpda
     for (int64_t i = 0; i < u.n * dim; ++i)
       SC_CHECK_ARG(std::isfinite(u.grads[i]), "gradients of table '", u.table,
                    "' contain NaN or Inf; nothing was applied");
-    distinct.build(u.ids, u.n, 1);
-    SC_CHECK_ARG(distinct.num_unique() == u.n, "push of table '", u.table,
+    distinct_ids.resize(static_cast<size_t>(u.n));
+    distinct_inverse.resize(static_cast<size_t>(u.n));
+    SC_CHECK_ARG(distinct.run(u.ids, u.n, 1, distinct_ids.data(), distinct_inverse.data()) == u.n, "push of table '", u.table,
                  "' names an id more than once (the worker sums each id's gradients); nothing was applied");
     checked.emplace_back(&t, u);
   }
@@ -178,11 +179,15 @@ std::vector<PsShard::PushOutcome> PsShard::push_tables(std::span<const TableUpda
     }
     t->pending.clear();
     const int64_t total = static_cast<int64_t>(all_ids.size());
-    std::vector<int64_t> one_per_bag(static_cast<size_t>(total) + 1);
-    std::iota(one_per_bag.begin(), one_per_bag.end(), int64_t{0});
     auto& [unique_ids, unique_grads] = summed.emplace_back();
-    sum_gradients_by_id(all_ids.data(), dim, one_per_bag.data(), total, nullptr, Pooling::kSum, all_grads.data(),
-                        unique_ids, unique_grads);
+    std::vector<int64_t> inverse;
+    dedup_ids(all_ids.data(), total, unique_ids, inverse);
+    unique_grads.assign(unique_ids.size() * static_cast<size_t>(dim), 0.0f);
+    for (int64_t p = 0; p < total; ++p) {  // position (= worker) order, from zero
+      float* sum = unique_grads.data() + inverse[p] * dim;
+      const float* g = all_grads.data() + p * dim;
+      for (int d = 0; d < dim; ++d) sum[d] += g[d];
+    }
     completing.emplace_back(
         t, TableUpdate{u.table, unique_ids.data(), static_cast<int64_t>(unique_ids.size()), unique_grads.data()});
     out[i].complete = true;
@@ -343,7 +348,7 @@ int64_t PsShard::restore(const std::string& dir) {
         *dst.meta(record.data()) = PackedRowMeta::pack(meta[static_cast<size_t>(i)]);
         uint64_t h = key_hash(key);
         HashTable::Shard& sh = ht.shard(ht.shard_of_hash(h));
-        std::unique_lock<std::shared_mutex> lock(sh.mutex);
+        auto lock = sh.write_lock();
         sh.upsert_copy(key, h, record.data());
       }
     }

@@ -2,7 +2,7 @@
 // server a shard belongs to one reactor and is only touched from its thread (no locks);
 // embedded, one thread at a time drives it. Rows are kept by the existing engine: one
 // single-table EmbeddingCollection per table. A push carries distinct ids with each row's
-// gradient already summed by the worker (sum_gradients_by_id); the table applies its rule
+// gradient already summed by the worker (its collection's backward); the table applies its rule
 // once per row (EmbeddingCollection::apply_unique).
 //
 // A push may carry several tables (push_tables); it is checked whole before anything changes

@@ -250,7 +250,7 @@ int64_t EmbeddingTable::export_rows(int64_t* keys, float* rows, RowMeta* meta_ou
   int floats = row_floats();
   for (int s = 0; s < table_.num_shards(); ++s) {
     const auto& sh = table_.shard(s);
-    std::shared_lock lock(sh.mutex);
+    auto lock = sh.read_lock();
     SC_CHECK_ARG(count + static_cast<int64_t>(sh.size()) <= capacity, "export capacity ", capacity,
                  " is smaller than the table (it grew during export?)");
     sh.for_each([&](int64_t key, std::byte* row) {

@@ -8,6 +8,7 @@
 #include "sparsecore/core/error.h"
 #include "sparsecore/core/pod_vector.h"
 #include "sparsecore/core/thread_pool.h"
+#include "sparsecore/table/sharded_dedup.h"
 
 namespace sparsecore {
 namespace {
@@ -192,31 +193,17 @@ HashTable::HashTable(size_t row_bytes, int shard_bits) : row_bytes_(row_bytes), 
   for (int s = 0; s < (1 << shard_bits); ++s) shards_.push_back(std::make_unique<Shard>(row_bytes, pool_));
 }
 
-void HashTable::group_by_shard(const int64_t* keys, int64_t n, std::vector<int64_t>& perm, std::vector<int64_t>& starts,
-                               std::vector<uint64_t>& hashes) const {
-  int shards = num_shards();
-  hashes.resize(n);
-  starts.assign(shards + 1, 0);
-  for (int64_t i = 0; i < n; ++i) {
-    hashes[i] = key_hash(keys[i]);
-    ++starts[shard_of_hash(hashes[i]) + 1];
-  }
-  for (int s = 0; s < shards; ++s) starts[s + 1] += starts[s];
-  std::vector<int64_t> cursor(starts.begin(), starts.end() - 1);
-  perm.resize(n);
-  for (int64_t i = 0; i < n; ++i) perm[cursor[shard_of_hash(hashes[i])]++] = i;
-}
-
 void HashTable::find(const int64_t* keys, int64_t n, std::byte** rows) const {
-  std::vector<int64_t> perm, starts;
-  std::vector<uint64_t> hashes;
-  group_by_shard(keys, n, perm, starts, hashes);
+  ShardedDedup grouped;  // its first phase only: each key hashed once, positions grouped by shard
+  grouped.group(keys, n, num_shards());
+  const int32_t* perm = grouped.perm();
+  const uint64_t* hashes = grouped.hashes();
   parallel_for(num_shards(), 1, [&](int64_t s0, int64_t s1) {
     for (int64_t s = s0; s < s1; ++s) {
-      if (starts[s] == starts[s + 1]) continue;
+      if (grouped.shard_begin(s) == grouped.shard_end(s)) continue;
       const Shard& sh = *shards_[s];
-      std::shared_lock lock(sh.mutex);
-      for (int64_t p = starts[s]; p < starts[s + 1]; ++p) {
+      auto lock = sh.read_lock();
+      for (int64_t p = grouped.shard_begin(s); p < grouped.shard_end(s); ++p) {
         int64_t i = perm[p];
         rows[i] = sh.find(keys[i], hashes[i]);
       }
@@ -226,15 +213,16 @@ void HashTable::find(const int64_t* keys, int64_t n, std::byte** rows) const {
 
 void HashTable::find_or_insert(const int64_t* keys, int64_t n, std::byte** rows, const RowInit& init,
                                uint8_t* inserted) {
-  std::vector<int64_t> perm, starts;
-  std::vector<uint64_t> hashes;
-  group_by_shard(keys, n, perm, starts, hashes);
+  ShardedDedup grouped;  // its first phase only: each key hashed once, positions grouped by shard
+  grouped.group(keys, n, num_shards());
+  const int32_t* perm = grouped.perm();
+  const uint64_t* hashes = grouped.hashes();
   parallel_for(num_shards(), 1, [&](int64_t s0, int64_t s1) {
     for (int64_t s = s0; s < s1; ++s) {
-      if (starts[s] == starts[s + 1]) continue;
+      if (grouped.shard_begin(s) == grouped.shard_end(s)) continue;
       Shard& sh = *shards_[s];
-      std::unique_lock lock(sh.mutex);
-      for (int64_t p = starts[s]; p < starts[s + 1]; ++p) {
+      auto lock = sh.write_lock();
+      for (int64_t p = grouped.shard_begin(s); p < grouped.shard_end(s); ++p) {
         int64_t i = perm[p];
         bool ins = false;
         rows[i] = sh.find_or_insert(keys[i], hashes[i], init, &ins);
@@ -266,7 +254,7 @@ void HashTable::lookup_batch(const int64_t* keys, int64_t n, std::byte** rows, c
   if (!init || absent == 0) return;
   // Absent keys, inserted in the caller's order (duplicates get one row) under every
   // shard's unique lock, taken in shard order like SharedLockAll's.
-  for (const auto& sh : shards_) sh->mutex.lock();
+  for (const auto& sh : shards_) sh->mutex_.lock();
   try {
     for (int64_t i = 0; i < n; ++i) {
       if (rows[i]) continue;
@@ -275,23 +263,24 @@ void HashTable::lookup_batch(const int64_t* keys, int64_t n, std::byte** rows, c
       rows[i] = shards_[shard_of_hash(hash)]->find_or_insert(keys[i], hash, *init, &inserted);
     }
   } catch (...) {
-    for (const auto& sh : shards_) sh->mutex.unlock();
+    for (const auto& sh : shards_) sh->mutex_.unlock();
     throw;
   }
-  for (const auto& sh : shards_) sh->mutex.unlock();
+  for (const auto& sh : shards_) sh->mutex_.unlock();
 }
 
 int64_t HashTable::erase(const int64_t* keys, int64_t n) {
-  std::vector<int64_t> perm, starts;
-  std::vector<uint64_t> hashes;
-  group_by_shard(keys, n, perm, starts, hashes);
+  ShardedDedup grouped;  // its first phase only: each key hashed once, positions grouped by shard
+  grouped.group(keys, n, num_shards());
+  const int32_t* perm = grouped.perm();
+  const uint64_t* hashes = grouped.hashes();
   std::vector<int64_t> erased(num_shards(), 0);
   parallel_for(num_shards(), 1, [&](int64_t s0, int64_t s1) {
     for (int64_t s = s0; s < s1; ++s) {
-      if (starts[s] == starts[s + 1]) continue;
+      if (grouped.shard_begin(s) == grouped.shard_end(s)) continue;
       Shard& sh = *shards_[s];
-      std::unique_lock lock(sh.mutex);
-      for (int64_t p = starts[s]; p < starts[s + 1]; ++p) {
+      auto lock = sh.write_lock();
+      for (int64_t p = grouped.shard_begin(s); p < grouped.shard_end(s); ++p) {
         int64_t i = perm[p];
         erased[s] += sh.erase(keys[i], hashes[i]) ? 1 : 0;
       }
@@ -305,7 +294,7 @@ int64_t HashTable::erase(const int64_t* keys, int64_t n) {
 size_t HashTable::size() const {
   size_t total = 0;
   for (const auto& sh : shards_) {
-    std::shared_lock lock(sh->mutex);
+    auto lock = sh->read_lock();
     total += sh->size();
   }
   return total;
@@ -314,7 +303,7 @@ size_t HashTable::size() const {
 size_t HashTable::memory_bytes() const {
   size_t total = 0;
   for (const auto& sh : shards_) {
-    std::shared_lock lock(sh->mutex);
+    auto lock = sh->read_lock();
     total += sh->memory_bytes();
   }
   return total;
@@ -322,7 +311,7 @@ size_t HashTable::memory_bytes() const {
 
 void HashTable::clear() {
   for (auto& sh : shards_) {
-    std::unique_lock lock(sh->mutex);
+    auto lock = sh->write_lock();
     sh->clear();
   }
 }

@@ -48,7 +48,8 @@ class HashTable {
     // pool: row chunks, shared by the shards of one table.
     Shard(size_t row_bytes, std::shared_ptr<ChunkPool> pool);
 
-    // All of these require the caller to hold `mutex` (shared for find, unique otherwise).
+    // All of these require the caller to hold the shard's lock (read_lock for find, write_lock
+    // otherwise).
     // Inline: the hot loops of evaluation pooling probe one key at a time.
     std::byte* find(int64_t key, uint64_t hash) const {
       if (key == kEmptyKey) return special_row_ == kNoRow ? nullptr : arena_.row(special_row_);
@@ -64,11 +65,11 @@ class HashTable {
     std::byte* find_or_insert(int64_t key, uint64_t hash, const RowInit& init, bool* inserted);
     // Batched probes of `count` keys of this shard: rows (count) receives each key's row
     // (nullptr: absent). A key's home slot is prefetched kProbeAhead keys before its probe,
-    // so the cache misses of an index far larger than L2 overlap. Caller holds `mutex`
-    // shared. Returns how many keys are absent.
+    // so the cache misses of an index far larger than L2 overlap. Caller holds read_lock().
+    // Returns how many keys are absent.
     int64_t find_batch(const int64_t* keys, int64_t count, std::byte** rows) const;
     // Inserts the keys whose entry of `rows` is null (after find_batch) and fills those
-    // entries; duplicates get one row. Caller holds `mutex` unique.
+    // entries; duplicates get one row. Caller holds write_lock().
     void insert_absent(const int64_t* keys, int64_t count, std::byte** rows, const RowInit& init);
     static constexpr int64_t kProbeAhead = 16;
     // Inserts or overwrites `key` with a copy of `row` (checkpoint restore).
@@ -94,9 +95,15 @@ class HashTable {
         if (s.key != kEmptyKey) fn(s.key, arena_.row(s.row));
     }
 
-    mutable std::shared_mutex mutex;
+    // The shard's reader-writer lock: read_lock() (shared) for find and find_batch,
+    // write_lock() (exclusive) for everything that changes the shard.
+    [[nodiscard]] std::shared_lock<std::shared_mutex> read_lock() const { return std::shared_lock(mutex_); }
+    [[nodiscard]] std::unique_lock<std::shared_mutex> write_lock() const { return std::unique_lock(mutex_); }
 
    private:
+    friend class HashTable;  // SharedLockAll and the table-wide calls take every shard's lock
+    mutable std::shared_mutex mutex_;
+
     uint64_t home(uint64_t hash) const {
       return static_cast<uint64_t>((static_cast<unsigned __int128>(static_cast<uint32_t>(hash)) * capacity_) >> 32);
     }
@@ -123,10 +130,10 @@ class HashTable {
   class SharedLockAll {
    public:
     explicit SharedLockAll(const HashTable& t) : table_(t) {
-      for (const auto& sh : t.shards_) sh->mutex.lock_shared();
+      for (const auto& sh : t.shards_) sh->mutex_.lock_shared();
     }
     ~SharedLockAll() {
-      for (const auto& sh : table_.shards_) sh->mutex.unlock_shared();
+      for (const auto& sh : table_.shards_) sh->mutex_.unlock_shared();
     }
     SharedLockAll(const SharedLockAll&) = delete;
     SharedLockAll& operator=(const SharedLockAll&) = delete;
@@ -145,8 +152,8 @@ class HashTable {
   Shard& shard(int s) { return *shards_[s]; }
   const Shard& shard(int s) const { return *shards_[s]; }
 
-  // Batch calls: keys (n) host; rows (n) host, receives row pointers (nullptr: absent).
-  // Duplicate keys within a batch map to one row. Parallel over shards.
+  // Batch calls: keys (n < 2^31) host; rows (n) host, receives row pointers (nullptr:
+  // absent). Duplicate keys within a batch map to one row. Parallel over shards.
   void find(const int64_t* keys, int64_t n, std::byte** rows) const;
   // `inserted` (n, optional) receives 1 where the key was inserted by this call.
   void find_or_insert(const int64_t* keys, int64_t n, std::byte** rows, const RowInit& init,
@@ -166,10 +173,6 @@ class HashTable {
   void clear();
 
  private:
-  // Positions of `keys` grouped by shard (counting sort, stable): perm (n), starts (shards+1).
-  void group_by_shard(const int64_t* keys, int64_t n, std::vector<int64_t>& perm, std::vector<int64_t>& starts,
-                      std::vector<uint64_t>& hashes) const;
-
   size_t row_bytes_;
   int shard_bits_;
   std::shared_ptr<ChunkPool> pool_;

@@ -13,7 +13,7 @@ StepPipeline::StepPipeline(EmbeddingCollection* collection, std::shared_ptr<Batc
   if (collection_ != nullptr) {
     groups_ = options_.groups;
     if (groups_.empty())
-      for (int t = 0; t < collection_->num_tables(); ++t) groups_.push_back(collection_->table(t).name());
+      for (int t = 0; t < collection_->num_tables(); ++t) groups_.push_back(collection_->table_name(t));
     for (const std::string& name : groups_) tables_.push_back(collection_->table_index(name));
   }
   thread_ = std::thread([this] { produce(); });

@@ -1,0 +1,187 @@
+#include "sparsecore/ops/fused_update.h"
+
+// No fused multiply-add contraction (see pooling_kernels.cpp): every ISA clone rounds each
+// product and sum alike, so the gradient sums and updates do not depend on the CPU.
+#pragma GCC optimize("fp-contract=off")
+
+#include <cstring>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+#include "sparsecore/core/cpu_features.h"
+#include "sparsecore/core/half.h"
+#include "sparsecore/ops/kernel_support.h"
+#include "sparsecore/optim/update_rules.h"
+
+namespace sparsecore::kernels {
+
+using support::any_nonfinite;
+using support::axpy;
+using support::prefetch_bytes;
+
+// Unique rows this far ahead are prefetched for writing (a whole record: weights, state, meta).
+constexpr int64_t kUpdateAhead = 8;
+
+namespace {
+
+// Copies a record into its undo slot (16-byte aligned, undo_stride(bytes) long). A log larger
+// than the caches is written with non-temporal stores: it is written once and read only when
+// a call is undone, so it should neither be read in first (write-allocate) nor push rows out
+// of the cache; a small one stays in the cache, where plain stores are cheaper.
+template <bool kStream>
+__attribute__((always_inline)) inline void save_record(std::byte* __restrict__ dst, const std::byte* __restrict__ src,
+                                                       size_t bytes) {
+#if defined(__x86_64__)
+  if constexpr (kStream) {
+    size_t i = 0;
+    for (; i + 16 <= bytes; i += 16)
+      _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i), _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i)));
+    for (; i < bytes; i += 8) {  // records are a multiple of 8 bytes
+      long long v;
+      std::memcpy(&v, src + i, sizeof(v));
+      _mm_stream_si64(reinterpret_cast<long long*>(dst + i), v);
+    }
+    return;
+  }
+  for (size_t i = 0; i + 16 <= bytes; i += 16)  // inline: a libc call per row costs more than the copy
+    _mm_store_si128(reinterpret_cast<__m128i*>(dst + i), _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i)));
+  if (bytes % 16) std::memcpy(dst + bytes - 8, src + bytes - 8, 8);
+#else
+  std::memcpy(dst, src, bytes);
+#endif
+}
+
+__attribute__((always_inline)) inline uint32_t any_nonfinite_half(const uint16_t* x, int n) {
+  uint32_t bad = 0;
+  for (int i = 0; i < n; ++i) bad |= static_cast<uint32_t>((x[i] & 0x7c00u) == 0x7c00u);
+  return bad;
+}
+
+// The gradient of unique row u of `g`: its occurrences' pooled-output gradients, each times
+// its bag's scale (and its weight), summed from zero in ascending position order. The one
+// definition of that sum, for the fused backward and for callers that push the sums elsewhere.
+__attribute__((always_inline)) inline void sum_row_gradient(const PreparedGroup& g, const float* grad,
+                                                            const float* bag_scale, int64_t u,
+                                                            float* __restrict__ out) {
+  const int dim = g.dim;
+  const float* weights = g.weights.empty() ? nullptr : g.weights.data();
+  const int32_t* occ_off = g.occurrence_offsets.data();
+  const int32_t* occ_pos = g.occurrence_positions.data();
+  const int32_t* bag_of = g.bag_of_position.data();
+  const bool sequence = g.pooling == Pooling::kNone;
+  for (int d = 0; d < dim; ++d) out[d] = 0.0f;
+  for (int32_t k = occ_off[u]; k < occ_off[u + 1]; ++k) {
+    const int32_t pos = occ_pos[k];
+    const int32_t b = bag_of[pos];
+    float s = bag_scale[b];
+    if (weights) s *= weights[pos];
+    const float* src = sequence ? grad + (b * g.max_len + (pos - g.offsets[b])) * dim : grad + int64_t{b} * dim;
+    axpy(out, src, s, dim);
+  }
+}
+
+// Applies the table's update rule once to each of rows [u_begin, u_end), with the gradient
+// that gradient_of(u, scratch) writes into scratch[0, dim). Each record is saved to `undo`
+// first; a row left non-finite is put back at once and false is returned.
+template <bool kStream, typename GradientOf>
+__attribute__((always_inline)) inline bool update_rows_as(const EmbeddingTable& table, std::byte* const* rows,
+                                                          int64_t u_begin, int64_t u_end, int64_t step, float* scratch,
+                                                          std::byte* undo, GradientOf gradient_of) {
+  const int dim = table.dim();
+  const OptimizerConfig& opt = table.config().optimizer;
+  const bool half = table.storage() == RowStorage::kFloat16;
+  const size_t row_bytes = table.row_bytes();
+  const int state_dim = table.state_dim();
+  for (int64_t u = u_begin; u < u_end; ++u) {
+    if (u + kUpdateAhead < u_end) prefetch_bytes(rows[u + kUpdateAhead], table.row_bytes(), 1);
+    gradient_of(u, scratch);
+    std::byte* row = rows[u];
+    save_record<kStream>(undo + static_cast<size_t>(u - u_begin) * undo_stride(row_bytes), row,
+                         row_bytes);  // the record as it was, in case the call is undone
+    PackedRowMeta* meta = table.meta(row);
+    meta->count_update();
+    const int64_t t = opt.use_global_step ? step : static_cast<int64_t>(meta->update_count);
+    float* state = table.state(row);
+    if (half) {
+      // fp32 math on a widened copy, rounded back once.
+      float* w = scratch + dim;
+      halves_to_floats(EmbeddingTable::weights_fp16(row), w, dim);
+      rules::apply(opt, w, state, scratch, dim, t);
+      floats_to_halves(w, EmbeddingTable::weights_fp16(row), dim);
+    } else {
+      rules::apply(opt, EmbeddingTable::weights(row), state, scratch, dim, t);
+    }
+    meta->set_last_step(step);
+  }
+  // Checked once the range is written (its rows are still in the cache): a check right after
+  // each row's update would wait for that row's stores.
+  uint32_t bad = 0;
+  for (int64_t u = u_begin; u < u_end; ++u) {
+    std::byte* row = rows[u];
+    uint32_t row_bad = half ? any_nonfinite_half(EmbeddingTable::weights_fp16(row), dim)
+                            : any_nonfinite(EmbeddingTable::weights(row), dim);
+    row_bad |= any_nonfinite(table.state(row), state_dim);
+    if (__builtin_expect(row_bad != 0, 0)) {  // put back at once
+#if defined(__x86_64__)
+      if constexpr (kStream) _mm_sfence();
+#endif
+      std::memcpy(row, undo + static_cast<size_t>(u - u_begin) * undo_stride(row_bytes), row_bytes);
+    }
+    bad |= row_bad;
+  }
+#if defined(__x86_64__)
+  if constexpr (kStream) _mm_sfence();  // the log is then visible to whichever thread undoes the call
+#endif
+  return bad == 0;
+}
+
+template <bool kStream>
+__attribute__((always_inline)) inline bool backward_update_as(const PreparedGroup& g, const EmbeddingTable& table,
+                                                              std::byte* const* rows, const float* grad,
+                                                              const float* bag_scale, int64_t u_begin, int64_t u_end,
+                                                              int64_t step, float* scratch, std::byte* undo) {
+  return update_rows_as<kStream>(table, rows, u_begin, u_end, step, scratch, undo,
+                                 [&](int64_t u, float* out) { sum_row_gradient(g, grad, bag_scale, u, out); });
+}
+
+template <bool kStream>
+__attribute__((always_inline)) inline bool apply_row_gradients_as(const EmbeddingTable& table, std::byte* const* rows,
+                                                                  const float* grads, int64_t u_begin, int64_t u_end,
+                                                                  int64_t step, float* scratch, std::byte* undo) {
+  const size_t row_floats = static_cast<size_t>(table.dim());
+  return update_rows_as<kStream>(table, rows, u_begin, u_end, step, scratch, undo, [&](int64_t u, float* out) {
+    std::memcpy(out, grads + static_cast<size_t>(u) * row_floats, row_floats * sizeof(float));
+  });
+}
+
+}  // namespace
+
+SC_DISPATCH
+bool backward_update(const PreparedGroup& g, const EmbeddingTable& table, std::byte* const* rows, const float* grad,
+                     const float* bag_scale, int64_t u_begin, int64_t u_end, int64_t step, float* scratch,
+                     std::byte* undo, bool stream_undo) {
+  return stream_undo ? backward_update_as<true>(g, table, rows, grad, bag_scale, u_begin, u_end, step, scratch, undo)
+                     : backward_update_as<false>(g, table, rows, grad, bag_scale, u_begin, u_end, step, scratch, undo);
+}
+
+SC_DISPATCH
+bool apply_row_gradients(const EmbeddingTable& table, std::byte* const* rows, const float* grads, int64_t u_begin,
+                         int64_t u_end, int64_t step, float* scratch, std::byte* undo, bool stream_undo) {
+  return stream_undo ? apply_row_gradients_as<true>(table, rows, grads, u_begin, u_end, step, scratch, undo)
+                     : apply_row_gradients_as<false>(table, rows, grads, u_begin, u_end, step, scratch, undo);
+}
+
+SC_DISPATCH
+void sum_unique_gradients(const PreparedGroup& g, const float* grad, const float* bag_scale, int64_t u_begin,
+                          int64_t u_end, float* out) {
+  for (int64_t u = u_begin; u < u_end; ++u) sum_row_gradient(g, grad, bag_scale, u, out + u * g.dim);
+}
+
+void undo_rows(std::byte* const* rows, int64_t u_begin, int64_t u_end, size_t row_bytes, const std::byte* undo) {
+  for (int64_t u = u_begin; u < u_end; ++u)
+    std::memcpy(rows[u], undo + static_cast<size_t>(u - u_begin) * undo_stride(row_bytes), row_bytes);
+}
+
+}  // namespace sparsecore::kernels

@@ -1,0 +1,40 @@
+// Inline helpers of the ops layer's CPU kernels (pooling_kernels.cpp, fused_update.cpp),
+// inlined into each ISA clone of their callers. Internal to the ops layer.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+namespace sparsecore::kernels::support {
+
+__attribute__((always_inline)) inline void axpy(float* __restrict__ y, const float* __restrict__ x, float a, int dim) {
+  for (int d = 0; d < dim; ++d) y[d] += a * x[d];
+}
+
+// Rows are not cache-line aligned (any dim, one record with the state): touch every line.
+__attribute__((always_inline)) inline void prefetch_bytes(const void* p, size_t bytes, int rw = 0) {
+  const char* c = static_cast<const char*>(p);
+  const char* end = c + bytes;
+  for (const char* line = reinterpret_cast<const char*>(reinterpret_cast<uintptr_t>(c) & ~uintptr_t{63}); line < end;
+       line += 64) {
+    if (rw)
+      __builtin_prefetch(line, 1);
+    else
+      __builtin_prefetch(line, 0);
+  }
+}
+
+// 1 when any of the n floats is Inf or NaN (exponent bits all ones). An OR of per-element
+// flags vectorises where a float reduction would not.
+__attribute__((always_inline)) inline uint32_t any_nonfinite(const float* x, int64_t n) {
+  uint32_t bad = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    uint32_t bits;
+    std::memcpy(&bits, x + i, sizeof(bits));
+    bad |= static_cast<uint32_t>((bits & 0x7f800000u) == 0x7f800000u);
+  }
+  return bad;
+}
+
+}  // namespace sparsecore::kernels::support

@@ -1,0 +1,82 @@
+#include "sparsecore/table/sharded_dedup.h"
+
+#include <algorithm>
+
+#include "sparsecore/core/error.h"
+#include "sparsecore/core/hash.h"
+
+namespace sparsecore {
+
+void ShardedDedup::group(const int64_t* ids, int64_t n, int shards) {
+  SC_CHECK_ARG(n >= 0 && n <= INT32_MAX, "dedup: 0 to 2^31 - 1 ids, got ", n);
+  SC_CHECK_ARG(shards >= 1 && shards <= static_cast<int>(kNumBuckets), "dedup: shards must be in [1, 65536], got ",
+               shards);
+  SC_CHECK_ARG(n == 0 || ids != nullptr, "dedup: ids is null");
+  hashes_.resize(n);
+  shard_start_.assign(shards + 1, 0);
+  for (int64_t i = 0; i < n; ++i) {
+    const uint64_t h = key_hash(ids[i]);
+    hashes_[i] = h;
+    ++shard_start_[shard_of_hash(h, shards) + 1];
+  }
+  for (int s = 0; s < shards; ++s) shard_start_[s + 1] += shard_start_[s];
+  std::vector<int64_t> cursor(shard_start_.begin(), shard_start_.end() - 1);
+  perm_.resize(n);
+  for (int64_t i = 0; i < n; ++i) perm_[cursor[shard_of_hash(hashes_[i], shards)]++] = static_cast<int32_t>(i);
+  local_index_.resize(n);
+  shard_unique_.assign(shards, 0);
+}
+
+int64_t ShardedDedup::dedup_shard(const int64_t* ids, int s, DedupSet& set, int64_t* unique) {
+  const int64_t begin = shard_start_[s], end = shard_start_[s + 1];
+  set.reset(end - begin);
+  int32_t count = 0;
+  int64_t* out = unique + begin;
+  for (int64_t p = begin; p < end; ++p) {
+    const int32_t pos = perm_[p];
+    bool added = false;
+    const int32_t idx = set.find_or_add(ids[pos], hashes_[pos], count, &added);
+    if (added) out[count++] = ids[pos];
+    local_index_[pos] = idx;
+  }
+  shard_unique_[s] = count;
+  return count;
+}
+
+int64_t ShardedDedup::compact(int64_t* unique, std::byte** rows, int32_t* inverse) {
+  int64_t base = 0;
+  for (int s = 0; s < num_shards(); ++s) {
+    const int64_t begin = shard_start_[s], count = shard_unique_[s];
+    if (base != begin && count > 0) {  // base <= begin: moving down never overwrites unread data
+      std::copy(unique + begin, unique + begin + count, unique + base);
+      if (rows) std::copy(rows + begin, rows + begin + count, rows + base);
+    }
+    for (int64_t p = begin; p < shard_start_[s + 1]; ++p) {
+      const int32_t pos = perm_[p];
+      inverse[pos] = static_cast<int32_t>(base + local_index_[pos]);
+    }
+    base += count;
+  }
+  return base;
+}
+
+int64_t ShardedDedup::run(const int64_t* ids, int64_t n, int shards, int64_t* unique, int32_t* inverse) {
+  group(ids, n, shards);
+  thread_local DedupSet tls_set;
+  DedupSet& set = tls_set;
+  for (int s = 0; s < shards; ++s) dedup_shard(ids, s, set, unique);
+  return compact(unique, nullptr, inverse);
+}
+
+void dedup_ids(const int64_t* ids, int64_t n, std::vector<int64_t>& unique, std::vector<int64_t>& inverse) {
+  SC_CHECK_ARG(n >= 0, "dedup_ids: negative length");
+  thread_local ShardedDedup tls_dedup;
+  thread_local PodVector<int32_t> tls_inverse;
+  unique.resize(n);
+  tls_inverse.resize(n);
+  const int64_t u = tls_dedup.run(ids, n, 1, unique.data(), tls_inverse.data());
+  unique.resize(u);
+  inverse.assign(tls_inverse.begin(), tls_inverse.end());
+}
+
+}  // namespace sparsecore
