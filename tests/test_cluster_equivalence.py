@@ -48,7 +48,7 @@ def test_cluster_matches_embedded_bit_for_bit(servers, pooling, weighted):
         if step % 10 == 9 or step == STEPS - 1:
             for name in tables:
                 want_rows = embedded.lookup(name, ID_POOL)
-                got_rows = cluster.cluster.lookup(name, ID_POOL)
+                got_rows = cluster.lookup(name, ID_POOL)
                 np.testing.assert_array_equal(got_rows, want_rows, err_msg=f"{name} rows, step {step}")
     assert cluster.sizes() == embedded.sizes()
 
@@ -70,6 +70,28 @@ def test_a_pull_and_a_push_of_a_table_are_one_request_per_shard(servers):
     # An empty push still reaches every shard (the table's step advances alike everywhere).
     cluster.push("counted", ids[:0], np.zeros((0, DIM), np.float32))
     assert [q for _, q in counts()] == [q + 1 for _, q in after]
+
+
+def test_a_training_step_of_every_table_is_one_pull_and_one_push_per_shard(servers):
+    """However many tables a collection has, a step sends each server shard one pull (its forward)
+    and one push (its backward): all tables ride in the same request."""
+    tables = {f"{len(servers)}-step-{name}": sc.TableConfig(dim=DIM, optimizer=opt) for name, opt in OPTIMIZERS.items()}
+    cluster = sc.connect(servers)
+    coll = sc.EmbeddingCollection(tables, seed=5, server=cluster)
+    rng = np.random.default_rng(7)
+
+    def counts():
+        return [(s["pull_requests"], s["push_requests"]) for s in cluster.stats()]
+
+    steps = 4
+    before = counts()
+    for _ in range(steps):
+        batch = {name: random_batch(rng, 64, 6, np.arange(-1000, 1000, dtype=np.int64))[:2] for name in tables}
+        out = coll.forward(batch)
+        coll.backward(batch, {name: np.ones_like(o) for name, o in out.items()})
+    after = counts()
+    assert len(tables) > 1 and len(after) == 2 * len(servers)
+    assert [(p1 - p0, q1 - q0) for (p0, q0), (p1, q1) in zip(before, after)] == [(steps, steps)] * len(after)
 
 
 def test_pooled_rows_is_the_public_forward_of_both_collections(servers):

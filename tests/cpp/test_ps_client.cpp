@@ -1,6 +1,7 @@
 // The parameter-server client from C++: pulls in flight together, remote against embedded.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <random>
 #include <vector>
 
@@ -43,8 +44,19 @@ TEST(PsClient, ShardedIdsGroupUniqueIdsByShard) {
       total += s.shard_size(g);
     }
     ASSERT_EQ(total, s.num_unique());
-    for (int32_t u = 0; u < s.num_unique(); ++u)
-      ASSERT_EQ(s.shard_ids(0)[s.row_of(u)], s.unique[static_cast<size_t>(u)]);
+    std::vector<int64_t> sorted(ids), distinct(s.unique.begin(), s.unique.end());
+    std::sort(sorted.begin(), sorted.end());
+    sorted.erase(std::unique(sorted.begin(), sorted.end()), sorted.end());
+    std::sort(distinct.begin(), distinct.end());
+    ASSERT_EQ(distinct, sorted);  // each id once
+    // Distinct ids given in shard order come back as they are; ids the caller grouped are adopted.
+    ShardedIds again;
+    again.build(s.unique.data(), s.num_unique(), shards);
+    ASSERT_TRUE(again.in_given_order(s.num_unique()));
+    ASSERT_EQ(again.starts, s.starts);
+    ASSERT_FALSE(s.in_given_order(static_cast<int64_t>(ids.size())));  // 500 draws of 300 values repeat
+    again.adopt(s.starts.data(), shards);
+    ASSERT_EQ(again.starts, s.starts);
   }
 }
 

@@ -70,6 +70,9 @@ void plan_batch(const std::vector<GroupInput>& inputs, const std::vector<int>& s
       const int64_t u = dedup[gi].compact(g.unique_keys.data(), g.unique_rows.data(), g.inverse.data());
       g.unique_keys.resize(u);
       g.unique_rows.resize(u);
+      const int shards = dedup[gi].num_shards();
+      g.shard_starts.assign(static_cast<size_t>(shards) + 1, 0);
+      for (int s = 0; s < shards; ++s) g.shard_starts[s + 1] = g.shard_starts[s] + dedup[gi].shard_unique(s);
     }
   });
 }

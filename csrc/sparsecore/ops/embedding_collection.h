@@ -63,10 +63,11 @@ struct PreparedGroup {
   Pooling pooling = Pooling::kSum;
   int64_t num_ids = 0;
   int64_t batch_size = 0;
-  int64_t max_len = 0;             // longest bag (the padded length of pooling "none")
-  PodVector<int64_t> offsets;      // (batch_size + 1)
-  PodVector<float> weights;        // (num_ids) or empty
-  PodVector<int64_t> unique_keys;  // (num_unique), grouped by the store's shards
+  int64_t max_len = 0;                // longest bag (the padded length of pooling "none")
+  PodVector<int64_t> offsets;         // (batch_size + 1)
+  PodVector<float> weights;           // (num_ids) or empty
+  PodVector<int64_t> unique_keys;     // (num_unique), grouped by the store's shards
+  std::vector<int64_t> shard_starts;  // (shards + 1) shard s's distinct ids: unique_keys[starts[s], starts[s + 1])
   // (num_unique); nullptr: absent (evaluation only). Resolved by prepare (local store) or
   // by the first forward, pointing into PreparedBatch::fetched_rows (remote store).
   mutable PodVector<std::byte*> unique_rows;

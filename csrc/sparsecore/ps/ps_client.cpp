@@ -42,19 +42,6 @@ struct PsClient::CallScratch {
   std::vector<char> in_order;                    // per slice: its ids distinct and already grouped by shard
 };
 
-namespace {
-
-// Whether the ids of `ids` (built from n ids) are distinct and already in grouped order: then
-// shard g's part is ids[starts[g], starts[g + 1]) of the caller's own arrays.
-bool in_shard_order(const ShardedIds& ids, int64_t n) {
-  if (ids.num_unique() != n) return false;
-  for (size_t j = 0; j < ids.position.size(); ++j)
-    if (ids.position[j] != static_cast<int32_t>(j)) return false;
-  return true;
-}
-
-}  // namespace
-
 std::unique_ptr<PsClient::CallScratch> PsClient::take_scratch() {
   {
     std::lock_guard<std::mutex> lock(scratch_mutex_);
@@ -122,8 +109,7 @@ void PsClient::PendingPull::wait() {
       const int64_t* source = scratch->source[t].data();
       for (int64_t i = 0; i < n; ++i)
         std::memcpy(out + static_cast<size_t>(i) * dim,
-                    scratch->rows.data() + source[ids.row_of(ids.inverse[static_cast<size_t>(i)])],
-                    dim * sizeof(float));
+                    scratch->rows.data() + source[ids.inverse[static_cast<size_t>(i)]], dim * sizeof(float));
     }
   }
   if (client) client->give_back(std::move(scratch));
@@ -185,7 +171,7 @@ PsClient::PendingPull PsClient::pull_async(const std::string& table, const int64
 namespace {
 
 // Checks what every slice of a pull or push must satisfy; returns each slice's dim.
-void check_slices(const std::vector<TableSlice>& slices, bool push) {
+void check_slices(const std::vector<TableSlice>& slices, bool push, int total_shards) {
   SC_CHECK_ARG(slices.size() <= kMaxTablesPerShard, "a request carries at most ", kMaxTablesPerShard, " tables, got ",
                slices.size());
   for (const TableSlice& s : slices) {
@@ -193,6 +179,12 @@ void check_slices(const std::vector<TableSlice>& slices, bool push) {
                  "': number of ids must be in [0, 2^31), got ", s.n);
     SC_CHECK_ARG(s.n == 0 || (s.ids && (push ? s.grads != nullptr : s.rows != nullptr)), "table '", s.table,
                  "': null ids or ", push ? "gradients" : "rows");
+    if (s.shard_starts) {
+      bool ok = s.shard_starts[0] == 0 && s.shard_starts[total_shards] == s.n;
+      for (int g = 0; ok && g < total_shards; ++g) ok = s.shard_starts[g] <= s.shard_starts[g + 1];
+      SC_CHECK_ARG(ok, "table '", s.table, "': shard_starts must rise from 0 to the number of ids (", s.n, ") over ",
+                   total_shards, " shards");
+    }
   }
   if (push) {
     std::set<std::string_view> seen;
@@ -205,7 +197,7 @@ void check_slices(const std::vector<TableSlice>& slices, bool push) {
 }  // namespace
 
 PsClient::PendingPull PsClient::pull_tables(const std::vector<TableSlice>& slices, bool train) {
-  check_slices(slices, false);
+  check_slices(slices, false, total_shards_);
   const size_t K = slices.size();
   const size_t T = static_cast<size_t>(total_shards_);
   // The pull is armed (client_ set, so that wait() scatters) only once every request is out;
@@ -224,8 +216,13 @@ PsClient::PendingPull PsClient::pull_tables(const std::vector<TableSlice>& slice
   for (size_t t = 0; t < K; ++t) {
     s.dims[t] = dim(slices[t].table);
     s.outs[t] = {slices[t].rows, slices[t].n};
-    s.ids[t].build(slices[t].ids, slices[t].n, total_shards_);
-    s.in_order[t] = in_shard_order(s.ids[t], slices[t].n);
+    if (slices[t].shard_starts) {
+      s.ids[t].adopt(slices[t].shard_starts, total_shards_);
+      s.in_order[t] = 1;
+    } else {
+      s.ids[t].build(slices[t].ids, slices[t].n, total_shards_);
+      s.in_order[t] = s.ids[t].in_given_order(slices[t].n);
+    }
     s.names.append(slices[t].table).append(padded8(slices[t].table.size()) - slices[t].table.size(), '\0');
   }
   // Shard g replies its rows of every slice, slice after slice: straight into the slice's
@@ -298,7 +295,7 @@ void PsClient::push(const std::string& table, const int64_t* ids, int64_t n, con
 void PsClient::push_tables(const std::vector<TableSlice>& slices, int64_t step) { push_slices(slices, step, false); }
 
 void PsClient::push_slices(const std::vector<TableSlice>& slices, int64_t step, bool sum_duplicates) {
-  check_slices(slices, true);
+  check_slices(slices, true, total_shards_);
   if (slices.empty()) return;
   const size_t K = slices.size();
   const size_t T = static_cast<size_t>(total_shards_);
@@ -314,8 +311,11 @@ void PsClient::push_slices(const std::vector<TableSlice>& slices, int64_t step, 
     const TableSlice& slice = slices[t];
     s.dims[t] = dim(slice.table);
     ShardedIds& ids = s.ids[t];
-    ids.build(slice.ids, slice.n, total_shards_);
-    if (ids.num_unique() != slice.n && !sum_duplicates) {
+    if (slice.shard_starts)
+      ids.adopt(slice.shard_starts, total_shards_);
+    else
+      ids.build(slice.ids, slice.n, total_shards_);
+    if (!slice.shard_starts && ids.num_unique() != slice.n && !sum_duplicates) {
       for (int64_t i = 0; i < slice.n; ++i)
         SC_CHECK_ARG(ids.inverse[static_cast<size_t>(i)] == i, "push of table '", slice.table, "' names id ",
                      slice.ids[i], " more than once; sum its gradients into one row first");
@@ -326,7 +326,8 @@ void PsClient::push_slices(const std::vector<TableSlice>& slices, int64_t step, 
     for (int64_t i = 0; i < floats_of_slice; ++i)
       SC_CHECK_ARG(std::isfinite(slice.grads[i]), "gradients of table '", slice.table,
                    "' contain NaN or Inf; nothing was pushed");
-    direct[t] = in_shard_order(ids, slice.n);  // the caller's ids and gradients go as they are
+    direct[t] =
+        slice.shard_starts != nullptr || ids.in_given_order(slice.n);  // the caller's ids and gradients go as they are
     s.base[t] = floats;
     if (!direct[t]) floats += static_cast<size_t>(ids.num_unique()) * static_cast<size_t>(s.dims[t]);
     s.names.append(slice.table).append(padded8(slice.table.size()) - slice.table.size(), '\0');
@@ -342,7 +343,7 @@ void PsClient::push_slices(const std::vector<TableSlice>& slices, int64_t step, 
     const bool repeated = ids.num_unique() != slices[t].n;
     if (repeated) std::fill(grouped, grouped + static_cast<size_t>(ids.num_unique()) * d, 0.f);
     for (int64_t i = 0; i < slices[t].n; ++i) {
-      float* dst = grouped + static_cast<size_t>(ids.row_of(ids.inverse[static_cast<size_t>(i)])) * d;
+      float* dst = grouped + static_cast<size_t>(ids.inverse[static_cast<size_t>(i)]) * d;
       const float* src = slices[t].grads + static_cast<size_t>(i) * d;
       if (repeated)
         for (size_t k = 0; k < d; ++k) dst[k] += src[k];

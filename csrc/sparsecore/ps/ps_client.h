@@ -52,6 +52,10 @@ struct TableSlice {
   int64_t n = 0;
   float* rows = nullptr;         // pull: (n, dim) filled in id order
   const float* grads = nullptr;  // push: (n, dim) each id's summed gradient
+  // Optional (total_shards() + 1): the ids are already grouped by owning shard (a batch plan
+  // with the client's shard count), shard g's at [shard_starts[g], shard_starts[g + 1]); the
+  // client then neither hashes nor copies them.
+  const int64_t* shard_starts = nullptr;
 };
 
 class PsClient {

@@ -142,8 +142,8 @@ std::vector<PsShard::PushOutcome> PsShard::push_tables(std::span<const TableUpda
                    "' contain NaN or Inf; nothing was applied");
     distinct_ids.resize(static_cast<size_t>(u.n));
     distinct_inverse.resize(static_cast<size_t>(u.n));
-    SC_CHECK_ARG(distinct.run(u.ids, u.n, 1, distinct_ids.data(), distinct_inverse.data()) == u.n, "push of table '", u.table,
-                 "' names an id more than once (the worker sums each id's gradients); nothing was applied");
+    SC_CHECK_ARG(distinct.run(u.ids, u.n, 1, distinct_ids.data(), distinct_inverse.data()) == u.n, "push of table '",
+                 u.table, "' names an id more than once (the worker sums each id's gradients); nothing was applied");
     checked.emplace_back(&t, u);
   }
   std::vector<PushOutcome> out(updates.size());

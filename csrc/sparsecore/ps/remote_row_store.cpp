@@ -19,19 +19,22 @@ RemoteRowStore::RemoteRowStore(PsClient& client, const std::vector<TableConfig>&
   plan_shards_ = std::clamp(client.total_shards(), 1, static_cast<int>(kNumBuckets));
 }
 
-void RemoteRowStore::pull(const std::vector<Slice>& slices, bool train) {
-  // Every request goes out before the first reply is awaited: all servers work at once.
-  std::vector<PsClient::PendingPull> pending;
-  pending.reserve(slices.size());
-  for (const Slice& s : slices)
-    if (s.n > 0) pending.push_back(client_.pull_async(*s.table, s.ids, s.n, train, s.rows));
-  for (PsClient::PendingPull& p : pending) p.wait();
+const int64_t* RemoteRowStore::grouped_by_shard(const PreparedGroup& g) const {
+  // The plan split the group by the servers' shards: the client sends each run as it is.
+  return g.shard_starts.size() == static_cast<size_t>(client_.total_shards()) + 1 ? g.shard_starts.data() : nullptr;
 }
 
-void RemoteRowStore::push(const std::vector<Slice>& slices, int64_t step) {
-  // Every group is pushed, an empty one too: a synchronous step of a table completes once
-  // every worker pushed it.
-  for (const Slice& s : slices) client_.push(*s.table, s.ids, s.n, s.grads, step);
+void RemoteRowStore::pull(const std::vector<TableSlice>& slices, bool train) {
+  // Every table of the step in one request per server shard, all sent before the first
+  // reply is awaited. The plan grouped each table's ids by shard, so the rows are read
+  // straight into the slices.
+  client_.pull_tables(slices, train).wait();
+}
+
+void RemoteRowStore::push(const std::vector<TableSlice>& slices, int64_t step) {
+  // Every group goes, an empty one too: a synchronous step of a table completes once every
+  // worker pushed it.
+  client_.push_tables(slices, step);
 }
 
 void RemoteRowStore::rows_for_pooling(const PreparedBatch& batch, std::vector<const std::byte* const*>& rows,
@@ -46,11 +49,11 @@ void RemoteRowStore::rows_for_pooling(const PreparedBatch& batch, std::vector<co
         start[gi + 1] = start[gi] + static_cast<size_t>(g.num_unique()) * static_cast<size_t>(g.dim);
       }
       batch.fetched_rows.resize(start[num_groups]);
-      std::vector<Slice> slices;
+      std::vector<TableSlice> slices;
       for (size_t gi = 0; gi < num_groups; ++gi) {
         const PreparedGroup& g = batch.groups[gi];
-        slices.push_back({&names_.at(g.table), g.unique_keys.data(), g.num_unique(),
-                          batch.fetched_rows.data() + start[gi], nullptr});
+        slices.push_back({names_.at(g.table), g.unique_keys.data(), g.num_unique(),
+                          batch.fetched_rows.data() + start[gi], nullptr, grouped_by_shard(g)});
       }
       pull(slices, batch.train);
       for (size_t gi = 0; gi < num_groups; ++gi) {
@@ -91,10 +94,11 @@ int64_t RemoteRowStore::apply_gradients(const PreparedBatch& batch, const std::v
                                     sums[task.group].data());
     }
   });
-  std::vector<Slice> slices;
+  std::vector<TableSlice> slices;
   for (int gi = 0; gi < num_groups; ++gi) {
     const PreparedGroup& g = batch.groups[gi];
-    slices.push_back({&names_.at(g.table), g.unique_keys.data(), g.num_unique(), nullptr, sums[gi].data()});
+    slices.push_back(
+        {names_.at(g.table), g.unique_keys.data(), g.num_unique(), nullptr, sums[gi].data(), grouped_by_shard(g)});
   }
   // The step a push carries is the collection's step before it (synchronous workers agree on
   // it); the step advances once the push returned.

@@ -34,17 +34,11 @@ class RemoteRowStore final : public RowStore {
                           const std::vector<std::vector<float>>& bag_scale, std::atomic<int64_t>& step) override;
 
  private:
-  // One table's part of a step's pull or push: distinct ids, rows (n, dim) to fill, or
-  // grads (n, dim) to push.
-  struct Slice {
-    const std::string* table;
-    const int64_t* ids;
-    int64_t n;
-    float* rows;
-    const float* grads;
-  };
-  void pull(const std::vector<Slice>& slices, bool train);
-  void push(const std::vector<Slice>& slices, int64_t step);
+  // A step's pull and push of every table (PsClient::pull_tables / push_tables).
+  void pull(const std::vector<TableSlice>& slices, bool train);
+  void push(const std::vector<TableSlice>& slices, int64_t step);
+  // g's shard starts when its plan used the servers' shard count (else null: the client groups).
+  const int64_t* grouped_by_shard(const PreparedGroup& g) const;
 
   PsClient& client_;
   std::vector<std::string> names_;

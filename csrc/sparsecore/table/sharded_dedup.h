@@ -81,6 +81,8 @@ class ShardedDedup {
   // position of the shard) and returns how many. `ids` is the array given to group().
   int64_t dedup_shard(const int64_t* ids, int s, DedupSet& set, int64_t* unique);
 
+  // Distinct ids of shard s, after dedup_shard(s); after compact they are the s-th run.
+  int64_t shard_unique(int s) const { return shard_unique_[s]; }
   // Phase 3, after dedup_shard of every shard: moves each shard's distinct ids (and the
   // entries of `rows` beside them, when not null) down to follow the previous shard's, and
   // writes inverse (n). Returns the number of distinct ids.
