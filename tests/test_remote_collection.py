@@ -28,6 +28,8 @@ def test_it_is_the_compiled_collection_and_names_its_server(server):
     assert coll.server is not None and sc.EmbeddingCollection(TABLES, seed=3).server is None
     assert coll.names == ["a", "b"] and {n: c.dim for n, c in coll.tables.items()} == {"a": 3, "b": 2}
     assert "servers=embedded" in repr(coll)
+    with pytest.warns(DeprecationWarning, match="EmbeddingCollection.server"):
+        assert coll.cluster is coll.server  # the old name of the property
 
 
 def test_sizes_count_the_servers_rows_and_evaluation_inserts_none(server):

@@ -436,9 +436,11 @@ class DeviceEmbeddingCollection(EmbeddingCollection):
         return self._c.table_row_bytes(self._table(name))
 
     # ----------------------------------------------------------------------------- checkpoints
-    def save(self, path: Union[str, os.PathLike], *, overwrite: bool = False) -> None:
+    def save(self, path: Union[str, os.PathLike, None] = None, *, overwrite: bool = False) -> None:
         """Writes a checkpoint in the CPU engine's format (the rows go through host memory):
         :meth:`sparsecore.EmbeddingCollection.load` reads it, and so does :meth:`load`."""
+        if path is None:
+            raise TypeError("DeviceEmbeddingCollection.save() needs a path")
         self._c.save(os.fspath(path), bool(overwrite))
 
     @classmethod
@@ -448,9 +450,11 @@ class DeviceEmbeddingCollection(EmbeddingCollection):
         return cls._wrap(_core.DeviceEmbeddingCollection.load(os.fspath(path), storage, bool(emulate),
                                                               *_launch_limits(emulate, block_threads, max_blocks)))
 
-    def restore(self, path: Union[str, os.PathLike]) -> None:
+    def restore(self, path: Union[str, os.PathLike, None] = None) -> None:
         """Replaces the rows and step with a checkpoint's (same table names and dims);
         unchanged on error. Batches prepared before are refused afterwards."""
+        if path is None:
+            raise TypeError("DeviceEmbeddingCollection.restore() needs a path")
         self._c.restore(os.fspath(path))
         EmbeddingCollection.__init__(self, {}, _core_obj=self._c)
 

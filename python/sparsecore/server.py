@@ -28,7 +28,6 @@ import signal
 import sys
 import threading
 import time
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
@@ -146,8 +145,7 @@ class Cluster:
 
     def collection(self, tables: Mapping[str, TableConfig], seed: int = 0) -> EmbeddingCollection:
         """Deprecated: ``sc.EmbeddingCollection(tables, seed, server=cluster)``."""
-        warnings.warn("Cluster.collection(tables, seed) is deprecated; use "
-                      "sc.EmbeddingCollection(tables, seed, server=cluster)", DeprecationWarning, stacklevel=2)
+        warn("Cluster.collection(tables, seed)", "sc.EmbeddingCollection(tables, seed, server=cluster)")
         return EmbeddingCollection(tables, seed, server=self)
 
     def reconnect(self, timeout: float = 30.0) -> "Cluster":
@@ -171,8 +169,7 @@ class ClusterCollection:
     (the collection whose rows live on the servers of ``cluster``)."""
 
     def __new__(cls, cluster: Cluster, tables: Mapping[str, TableConfig], seed: int = 0) -> Any:  # type: ignore[misc]
-        warnings.warn("ClusterCollection(cluster, tables, seed) is deprecated; use "
-                      "sc.EmbeddingCollection(tables, seed, server=cluster)", DeprecationWarning, stacklevel=2)
+        warn("ClusterCollection(cluster, tables, seed)", "sc.EmbeddingCollection(tables, seed, server=cluster)")
         return EmbeddingCollection(tables, seed, server=cluster)
 
 

@@ -132,10 +132,10 @@ def test_a_trainer_over_a_cluster_keeps_its_tables_in_a_named_server_snapshot(tm
     a.fit(3)
     a.save(tmp_path / "ck")
     assert os.listdir(tmp_path / "snaps") == ["step-3"]
-    ids = {n: a.embedding.collection.cluster.lookup(n, list(range(100))) for n in tables}
+    ids = {n: a.embedding.collection.lookup(n, list(range(100))) for n in tables}
     a.fit(2)
     b = trainer()
     b.restore(tmp_path / "ck")
     assert b.step == 3
     for n in tables:
-        assert (b.embedding.collection.cluster.lookup(n, list(range(100))) == ids[n]).all()
+        assert (b.embedding.collection.lookup(n, list(range(100))) == ids[n]).all()
