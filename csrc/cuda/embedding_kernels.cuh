@@ -7,6 +7,7 @@
 
 #include <type_traits>
 
+#include "device_float_ops.cuh"
 #include "device_runtime.cuh"
 #include "sparsecore/optim/update_rules.h"
 #include "sparsecore/table/embedding_table.h"
@@ -36,10 +37,10 @@ __global__ void init_rows_kernel(RowsView<T> rows, const int64_t* __restrict__ k
     if (!inserted[i] || slots[i] < 0) continue;
     const int64_t s = slots[i];
     if constexpr (std::is_same_v<T, float>) {
-      initialize_row(init, table_seed, keys[i], rows.weights + s * dim, dim);
+      initialize_row<DeviceFloatOps>(init, table_seed, keys[i], rows.weights + s * dim, dim);
     } else {
       float* w = scratch + i * dim;
-      initialize_row(init, table_seed, keys[i], w, dim);
+      initialize_row<DeviceFloatOps>(init, table_seed, keys[i], w, dim);
       for (int d = 0; d < dim; ++d) rows.weights[s * dim + d] = from_float<T>(w[d]);
     }
     if (rows.state_dim) rules::init_state(opt, rows.state + s * rows.state_dim, dim);

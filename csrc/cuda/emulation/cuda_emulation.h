@@ -169,6 +169,15 @@ inline int __all_sync(unsigned mask, int predicate) { return __ballot_sync(mask,
 inline int __popc(unsigned x) { return __builtin_popcount(x); }
 inline int __ffs(unsigned x) { return __builtin_ffs(static_cast<int>(x)); }
 
+// Correctly rounded float arithmetic (IEEE round to nearest even, one rounding each): the
+// host's SSE float operations. The build uses ISO C++ without -ffp-contract=fast and no FMA
+// target, so these are never fused either.
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fsub_rn(float a, float b) { return a - b; }
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fdiv_rn(float a, float b) { return a / b; }
+inline float __fsqrt_rn(float a) { return std::sqrt(a); }
+
 template <typename T>
 T __ldg(const T* p) {
   return *p;
