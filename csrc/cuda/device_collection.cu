@@ -15,6 +15,8 @@
 namespace sparsecore::cuda::SC_BACKEND_NS {
 namespace {
 
+static_assert(kMaxDedupIds == DeviceEmbeddingCollection::kMaxGroupIds, "the front refuses what dedup cannot index");
+
 template <typename T>
 struct DeviceTable {
   TableConfig config;
@@ -422,7 +424,6 @@ class Collection final : public DeviceCollectionImpl {
     const int64_t slots = capacity + kReservedSlots;
     t.capacity = capacity;
     t.keys.resize(capacity);
-    t.keys.fill_bytes_with(0x00);
     if (capacity) fill_empty(t.keys);
     t.reserved.resize(kReservedSlots);
     t.reserved.fill_zero();
@@ -432,15 +433,21 @@ class Collection final : public DeviceCollectionImpl {
     t.last_step.resize(slots);
   }
 
-  static void fill_empty(DeviceBuffer<int64_t>& keys) {
-    // kEmptyKey is 0x8000...0: not a byte pattern, so it is written from the host once.
-    std::vector<int64_t> host(keys.size(), kEmptyKey);
-    copy_bytes(keys.data(), host.data(), host.size() * sizeof(int64_t), Copy::kHostToDevice);
+  // kEmptyKey is 0x8000...0, not a byte pattern: a kernel writes it (no host staging).
+  void fill_empty(DeviceBuffer<int64_t>& keys) {
+    const auto n = static_cast<int64_t>(keys.size());
+    SC_LAUNCH(grid(n), block(), 0, nullptr, fill_keys_kernel)(keys.data(), n, kEmptyKey);
+    SC_CHECK_LAUNCH();
+  }
+
+  // True when `extra` more keys fit under the load limit as the table is.
+  bool fits(const DeviceTable<T>& t, int64_t extra) const {
+    return static_cast<double>(t.size + t.tombstones + extra) <= max_load_ * static_cast<double>(t.capacity);
   }
 
   // Grows (or cleans tombstones out of) the table so `extra` more keys fit under the load limit.
   void reserve(DeviceTable<T>& t, int64_t extra) {
-    if (static_cast<double>(t.size + t.tombstones + extra) <= max_load_ * static_cast<double>(t.capacity)) return;
+    if (fits(t, extra)) return;
     int64_t capacity =
         next_pow2(static_cast<int64_t>(static_cast<double>(t.size + extra) / std::min(max_load_, 0.5)) + 1);
     DeviceTable<T> fresh;
@@ -466,16 +473,28 @@ class Collection final : public DeviceCollectionImpl {
   }
 
   // slots (n) <- slots of keys (n, device); inserting and initialising unknown keys when `insert`.
+  // Growth is sized by the keys that are missing, not by n: when n more keys would not fit,
+  // a find pass counts the misses first (and is the whole answer when there are none).
   void resolve(DeviceTable<T>& t, const int64_t* keys, int64_t n, DeviceBuffer<int64_t>& slots, bool insert) {
     slots.resize(n);
     if (n == 0) return;
-    if (insert) reserve(t, n);
-    DeviceBuffer<int> inserted(n);
     DeviceBuffer<unsigned long long> count(1);
+    if (insert && !fits(t, n)) {
+      count.fill_zero();
+      SC_LAUNCH(grid(n), block(), 0, nullptr, lookup_kernel)
+      (t.view(), keys, n, slots.data(), nullptr, false, count.data());
+      SC_CHECK_LAUNCH();
+      unsigned long long missing = 0;
+      count.download(&missing, 1);
+      if (missing == 0) return;
+      reserve(t, static_cast<int64_t>(missing));
+    }
+    DeviceBuffer<int> inserted(n);
     count.fill_zero();
     SC_LAUNCH(grid(n), block(), 0, nullptr, lookup_kernel)
     (t.view(), keys, n, slots.data(), inserted.data(), insert, count.data());
     SC_CHECK_LAUNCH();
+    if (!insert) return;
     unsigned long long created = 0;
     count.download(&created, 1);
     if (created == 0) return;
@@ -522,9 +541,10 @@ class Collection final : public DeviceCollectionImpl {
       unique_keys.resize(0);
       return 0;
     }
-    const int64_t set_capacity = next_pow2(2 * n);
-    DeviceBuffer<int> set_pos(set_capacity), slot_of(n), is_first(n), unique_index(n);
-    set_pos.fill_bytes_with(0xff);  // -1
+    const int64_t set_capacity = dedup_set_capacity(n);
+    DeviceBuffer<int> set_pos(set_capacity), is_first(n), unique_index(n);
+    DeviceBuffer<int64_t> slot_of(n);
+    set_pos.fill_zero();
     SC_LAUNCH(grid(n), block(), 0, nullptr, dedup_insert_kernel)
     (ids, n, set_pos.data(), static_cast<uint64_t>(set_capacity - 1), slot_of.data());
     SC_CHECK_LAUNCH();

@@ -27,9 +27,7 @@ DeviceEmbeddingCollection::DeviceEmbeddingCollection(std::vector<TableConfig> ta
                                                      Backend backend, LaunchLimits limits)
     : backend_(backend), storage_(storage), limits_(limits), seed_(seed), configs_(std::move(tables)) {
   SC_CHECK_ARG(!configs_.empty(), "a DeviceEmbeddingCollection needs at least one table");
-  SC_CHECK_ARG(limits.block_threads >= 32 && limits.block_threads <= 1024 && limits.block_threads % 32 == 0,
-               "block_threads must be a multiple of 32 in [32, 1024], got ", limits.block_threads);
-  SC_CHECK_ARG(limits.max_blocks >= 0, "max_blocks must be >= 0, got ", limits.max_blocks);
+  limits.validate();
   std::set<std::string> names;
   for (const auto& c : configs_) {
     c.validate();
@@ -95,6 +93,9 @@ void DeviceEmbeddingCollection::set_max_load_factor(double f) {
 std::vector<std::vector<int64_t>> DeviceEmbeddingCollection::validate_inputs(const std::vector<GroupInput>& inputs,
                                                                              MemorySpace space) const {
   auto table_name = [this](int t) -> const std::string& { return configs_[t].name; };
+  for (size_t g = 0; g < inputs.size(); ++g)
+    SC_CHECK_ARG(inputs[g].num_ids <= kMaxGroupIds, "group ", g, " has ", inputs[g].num_ids,
+                 " ids; the device backend takes at most ", kMaxGroupIds, " per group and batch");
   std::vector<std::vector<int64_t>> host_offsets(inputs.size());
   if (space == MemorySpace::kHost) {
     validate_group_inputs(inputs, num_tables(), table_name);

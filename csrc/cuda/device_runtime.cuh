@@ -18,6 +18,7 @@
 
 #include "sparsecore/core/error.h"
 #include "sparsecore/cuda/cuda_error.h"
+#include "sparsecore/cuda/launch_limits.h"
 
 #if defined(__CUDACC__)
 #include <cuda_fp16.h>
@@ -32,10 +33,12 @@
 #include "emulation/device_memory.h"
 #define SC_BACKEND_NS emulated
 #define SC_LAUNCH(grid, block, shared, stream, ...) \
-  ::sparsecore::cuda_emulation::make_launcher(__VA_ARGS__, (grid), (block), (shared))
+  ::sparsecore::cuda_emulation::make_launcher(__VA_ARGS__, (grid), (block), (shared), #__VA_ARGS__)
 #define SC_DYNAMIC_SHARED(T, name) \
   T* name = reinterpret_cast<T*>(::sparsecore::cuda_emulation::this_thread().shared_memory)
 #endif
+
+#define SC_LAUNCH_BOUNDS __launch_bounds__(kMaxBlockThreads, kMinBlocksPerSm)
 
 // Full unrolling of loops with constant trip counts (register arrays stay in registers).
 #if defined(__CUDACC__)
@@ -58,6 +61,13 @@
 #endif
 
 namespace sparsecore::cuda::SC_BACKEND_NS {
+
+// Every kernel declares SC_LAUNCH_BOUNDS: blocks of at most kMaxBlockThreads (launches never
+// use larger ones: LaunchLimits::validate) and at least kMinBlocksPerSm of them resident per
+// SM, a budget of 64 registers per thread that keeps half of an SM's thread slots filled.
+// (Given the block size alone, nvcc 13 budgets 32 registers and the pooling kernels spill.)
+inline constexpr int kMaxBlockThreads = LaunchLimits::kMaxBlockThreads;
+inline constexpr int kMinBlocksPerSm = 4;
 
 // Allocation straight from the driver (or the emulator's guarded pages).
 inline void* raw_device_malloc(size_t bytes) {
@@ -189,7 +199,11 @@ inline void copy_bytes(void* dst, const void* src, size_t bytes, Copy kind) {
                                                    : cudaMemcpyDeviceToDevice;
   SC_CUDA_CHECK(cudaMemcpy(dst, src, bytes, k));
 #else
-  (void)kind;
+  namespace emu = ::sparsecore::cuda_emulation;
+  emu::count_copy(kind == Copy::kHostToDevice   ? emu::CopyDirection::kHostToDevice
+                  : kind == Copy::kDeviceToHost ? emu::CopyDirection::kDeviceToHost
+                                                : emu::CopyDirection::kDeviceToDevice,
+                  bytes);
   std::memcpy(dst, src, bytes);
 #endif
 }
@@ -199,6 +213,7 @@ inline void fill_bytes(void* dst, int value, size_t bytes) {
 #if defined(__CUDACC__)
   SC_CUDA_CHECK(cudaMemset(dst, value, bytes));
 #else
+  ::sparsecore::cuda_emulation::count_memset(bytes);
   std::memset(dst, value, bytes);
 #endif
 }
@@ -206,6 +221,8 @@ inline void fill_bytes(void* dst, int value, size_t bytes) {
 inline void synchronize() {
 #if defined(__CUDACC__)
   SC_CUDA_CHECK(cudaDeviceSynchronize());
+#else
+  ::sparsecore::cuda_emulation::count_sync();
 #endif
 }
 

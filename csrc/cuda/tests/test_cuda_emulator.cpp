@@ -109,6 +109,10 @@ TEST(Emulator, RejectsInvalidLaunchConfigurations) {
   std::vector<int> out(2048);
   EXPECT_THROW(SC_LAUNCH(dim3(1), dim3(2048), 0, nullptr, write_index_kernel)(out.data(), 0), emu::EmulationError);
   EXPECT_THROW(SC_LAUNCH(dim3(0), dim3(32), 0, nullptr, write_index_kernel)(out.data(), 0), emu::EmulationError);
+  // Past CUDA's grid limits (y and z at most 65535), as a device refuses them.
+  EXPECT_THROW(SC_LAUNCH(dim3(1, 65536), dim3(32), 0, nullptr, write_index_kernel)(out.data(), 0), emu::EmulationError);
+  EXPECT_THROW(SC_LAUNCH(dim3(1, 1, 65536), dim3(32), 0, nullptr, write_index_kernel)(out.data(), 0),
+               emu::EmulationError);
 }
 
 TEST(Emulator, AtomicsAreExactUnderContention) {

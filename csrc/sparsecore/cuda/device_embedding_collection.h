@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "sparsecore/cuda/cuda_error.h"
+#include "sparsecore/cuda/launch_limits.h"
 #include "sparsecore/ops/embedding_collection.h"
 
 namespace sparsecore::cuda {
@@ -72,11 +73,6 @@ class DevicePreparedBatch {
 // The kernels' side of the collection; one implementation per backend.
 class DeviceCollectionImpl;
 
-struct LaunchLimits {
-  int block_threads = 128;  // threads per block (a multiple of 32)
-  int max_blocks = 0;       // 0: as many as the work needs; kernels are grid-stride loops
-};
-
 class DeviceEmbeddingCollection {
  public:
   DeviceEmbeddingCollection(std::vector<TableConfig> tables, uint64_t seed, RowStorage storage = RowStorage::kFloat32,
@@ -97,6 +93,8 @@ class DeviceEmbeddingCollection {
   // max_load_factor, default 0.75).
   int64_t table_size(int table) const;
   int64_t table_capacity(int table) const;
+  // Ids per group in one batch (positions within a group are int32 on the device).
+  static constexpr int64_t kMaxGroupIds = int64_t{INT32_MAX} - 1;
   void set_max_load_factor(double f);  // in (0, 0.95]
   // Device bytes of one row of table t (weights in the row storage, optimizer state, update
   // count, last step, key slot), and of all tables (their slot arrays at full capacity).
