@@ -209,16 +209,16 @@ class Collection final : public DeviceCollectionImpl {
       }
       grad_rows.resize(u * g.info.dim);
       const bool vector = g.info.dim % 4 == 0 && aligned(grad_in, 16);
-      auto unique_grad = [&](auto kernel, int width) {
-        SC_LAUNCH(grid(u * g.info.dim / width), block(), 0, nullptr, kernel)
+      auto unique_grad = [&](auto kernel, const char* name, int width) {
+        SC_LAUNCH_NAMED(name, grid(u * g.info.dim / width), block(), 0, nullptr, kernel)
         (g.view(slots), g.occ_offsets.data(), g.occ_positions.data(), g.bag_of.data(), g.bag_scale.data(), grad_in, u,
          grad_rows.data());
         SC_CHECK_LAUNCH();
       };
       if (vector)
-        unique_grad(unique_grad_kernel<4>, 4);
+        unique_grad(SC_NAMED_KERNEL(unique_grad_kernel<4>), 4);
       else
-        unique_grad(unique_grad_kernel<1>, 1);
+        unique_grad(SC_NAMED_KERNEL(unique_grad_kernel<1>), 1);
       if (!std::is_same_v<T, float>) scratch.resize(u * g.info.dim);
       SC_LAUNCH(grid(u), block(), 0, nullptr, update_rows_kernel<T>)
       (table.rows(), slots, u, grad_rows.data(), table.config.optimizer, step, scratch.data());
@@ -396,14 +396,14 @@ class Collection final : public DeviceCollectionImpl {
     const int lanes_wanted = (view.dim / width + kPoolElementsPerLane / width - 1) / (kPoolElementsPerLane / width);
     int lanes = 1;
     while (lanes < lanes_wanted && lanes < 32) lanes *= 2;
-    auto launch = [&](auto kernel) {
-      SC_LAUNCH(grid(bags * lanes), block(), 0, nullptr, kernel)(view, rows, out, lanes);
+    auto launch = [&](auto kernel, const char* name) {
+      SC_LAUNCH_NAMED(name, grid(bags * lanes), block(), 0, nullptr, kernel)(view, rows, out, lanes);
       SC_CHECK_LAUNCH();
     };
     if (vector)
-      launch(pool_kernel<T, kVectorWidth>);
+      launch(SC_NAMED_KERNEL(pool_kernel<T, kVectorWidth>));
     else
-      launch(pool_kernel<T, 1>);
+      launch(SC_NAMED_KERNEL(pool_kernel<T, 1>));
   }
 
   dim3 block() const { return dim3(static_cast<unsigned>(limits_.block_threads)); }

@@ -1,6 +1,8 @@
 // What every kernel source includes: the CUDA runtime under nvcc, the emulation layer
 // otherwise, and the few portable pieces both builds share:
 //   SC_LAUNCH(grid, block, shared, stream, kernel)(args...)   replaces <<<...>>>
+//   SC_NAMED_KERNEL(kernel) + SC_LAUNCH_NAMED(name, ...)       a kernel passed as a value keeps
+//                                                              its name in the emulator's counters
 //   SC_CUDA_CHECK(call)                                        CUDA calls, typed exception with file:line
 //   SC_DYNAMIC_SHARED(T, name)                                 the block's dynamic shared memory
 //   DeviceBuffer<T>                                            RAII device allocation
@@ -25,6 +27,7 @@
 #include <cuda_runtime.h>
 #define SC_BACKEND_NS device
 #define SC_LAUNCH(grid, block, shared, stream, ...) __VA_ARGS__<<<(grid), (block), (shared), (stream)>>>
+#define SC_LAUNCH_NAMED(name, grid, block, shared, stream, ...) __VA_ARGS__<<<(grid), (block), (shared), (stream)>>>
 #define SC_DYNAMIC_SHARED(T, name)                                    \
   extern __shared__ __align__(16) unsigned char sc_dynamic_shared_[]; \
   T* name = reinterpret_cast<T*>(sc_dynamic_shared_)
@@ -34,9 +37,13 @@
 #define SC_BACKEND_NS emulated
 #define SC_LAUNCH(grid, block, shared, stream, ...) \
   ::sparsecore::cuda_emulation::make_launcher(__VA_ARGS__, (grid), (block), (shared), #__VA_ARGS__)
+#define SC_LAUNCH_NAMED(name, grid, block, shared, stream, ...) \
+  ::sparsecore::cuda_emulation::make_launcher(__VA_ARGS__, (grid), (block), (shared), (name))
 #define SC_DYNAMIC_SHARED(T, name) \
   T* name = reinterpret_cast<T*>(::sparsecore::cuda_emulation::this_thread().shared_memory)
 #endif
+
+#define SC_NAMED_KERNEL(...) __VA_ARGS__, #__VA_ARGS__
 
 #define SC_LAUNCH_BOUNDS __launch_bounds__(kMaxBlockThreads, kMinBlocksPerSm)
 

@@ -7,6 +7,7 @@
 #include "array_args.h"
 #include "binding_registry.h"
 #include "sparsecore/cuda/device_embedding_collection.h"
+#include "sparsecore/cuda/emulator_counters.h"
 
 namespace py = pybind11;
 using namespace sparsecore;
@@ -33,6 +34,32 @@ SPARSECORE_BINDING(cuda, 40) {
   m.def("cuda_device_available", &cuda::device_available,
         "True when this build has CUDA kernels and a CUDA device with a driver is present.");
   m.def("cuda_unavailable_reason", &cuda::device_unavailable_reason);
+  m.def("cuda_emulator_counters", [] {
+    const cuda::EmulatorCounters c = cuda::emulator_counters();
+    py::dict kernels;
+    for (const auto& [name, k] : c.kernels) {
+      py::dict one;
+      one["launches"] = k.launches;
+      one["blocks"] = k.blocks;
+      kernels[py::str(name)] = one;
+    }
+    py::dict d;
+    d["launches"] = c.launches;
+    d["host_syncs"] = c.host_syncs;
+    d["h2d_copies"] = c.h2d_copies;
+    d["h2d_bytes"] = c.h2d_bytes;
+    d["d2h_copies"] = c.d2h_copies;
+    d["d2h_bytes"] = c.d2h_bytes;
+    d["d2d_copies"] = c.d2d_copies;
+    d["d2d_bytes"] = c.d2d_bytes;
+    d["memsets"] = c.memsets;
+    d["memset_bytes"] = c.memset_bytes;
+    d["kernels"] = kernels;
+    return d;
+  });
+  m.def("cuda_emulator_reset_counters", &cuda::reset_emulator_counters);
+  m.def("cuda_emulator_block_seed", &cuda::emulator_block_seed);
+  m.def("cuda_set_emulator_block_seed", &cuda::set_emulator_block_seed, py::arg("seed"));
 
   py::class_<PyDevicePrepared>(m, "DevicePreparedBatch")
       .def_property_readonly("train", [](const PyDevicePrepared& p) { return p.batch->train(); })

@@ -24,7 +24,7 @@ import typing
 import typing_extensions
 import types as _types
 io: _types.ModuleType
-__all__: list[str] = ['CorruptDataError', 'DeviceEmbeddingCollection', 'DevicePackedWeights', 'DevicePreparedBatch', 'EmbeddingCollection', 'PreparedBatch', 'PsClient', 'PsServer', 'RpcAuthError', 'RpcClient', 'RpcConnectionError', 'RpcError', 'RpcProtocolError', 'RpcServer', 'RpcStepAbortedError', 'RpcTimeoutError', 'RpcUnknownMethodError', 'StepPipeline', 'bag_gradient_scales', 'commit_directory', 'committed_directory', 'cpu_features', 'cuda_device_available', 'cuda_unavailable_reason', 'dequantize_rows', 'fixed_to_float', 'io', 'latest_snapshot', 'num_threads', 'pack_pow2', 'pool_gathered_rows', 'pooled_lookup_quantized', 'project_pow2', 'quantize_rows', 'quantized_row_bytes', 'set_num_threads', 'shift_matmul_float', 'shift_matmul_int16', 'shift_matmul_int8', 'shift_matmul_kernel', 'sum_gradients_by_id', 'unpack_pow2']
+__all__: list[str] = ['CorruptDataError', 'DeviceEmbeddingCollection', 'DevicePackedWeights', 'DevicePreparedBatch', 'EmbeddingCollection', 'PreparedBatch', 'PsClient', 'PsServer', 'RpcAuthError', 'RpcClient', 'RpcConnectionError', 'RpcError', 'RpcProtocolError', 'RpcServer', 'RpcStepAbortedError', 'RpcTimeoutError', 'RpcUnknownMethodError', 'StepPipeline', 'bag_gradient_scales', 'commit_directory', 'committed_directory', 'cpu_features', 'cuda_device_available', 'cuda_emulator_block_seed', 'cuda_emulator_counters', 'cuda_emulator_reset_counters', 'cuda_set_emulator_block_seed', 'cuda_unavailable_reason', 'dequantize_rows', 'fixed_to_float', 'io', 'latest_snapshot', 'num_threads', 'pack_pow2', 'pool_gathered_rows', 'pooled_lookup_quantized', 'project_pow2', 'quantize_rows', 'quantized_row_bytes', 'set_num_threads', 'shift_matmul_float', 'shift_matmul_int16', 'shift_matmul_int8', 'shift_matmul_kernel', 'sum_gradients_by_id', 'unpack_pow2']
 class CorruptDataError(ValueError):
     pass
 class PreparedBatch:
@@ -360,6 +360,14 @@ def cuda_device_available() -> bool:
     """
     True when this build has CUDA kernels and a CUDA device with a driver is present.
     """
+def cuda_emulator_block_seed() -> int | None:
+    ...
+def cuda_emulator_counters() -> dict:
+    ...
+def cuda_emulator_reset_counters() -> None:
+    ...
+def cuda_set_emulator_block_seed(seed: typing.SupportsInt | typing.SupportsIndex | None) -> None:
+    ...
 def cuda_unavailable_reason() -> str:
     ...
 def dequantize_rows(quantized: numpy.ndarray, dim: typing.SupportsInt | typing.SupportsIndex, format: str) -> numpy.typing.NDArray[numpy.float32]:

@@ -36,7 +36,8 @@ from . import _core
 from .config import TableConfig, tables_to_json
 from .embedding import EmbeddingCollection, PreparedBatch, _grads_in_order, _unpack_group
 
-__all__ = ["DeviceEmbeddingCollection", "is_available", "unavailable_reason"]
+__all__ = ["DeviceEmbeddingCollection", "emulator_block_seed", "emulator_counters", "is_available",
+           "reset_emulator_counters", "set_emulator_block_seed", "unavailable_reason"]
 
 
 def is_available() -> bool:
@@ -47,6 +48,33 @@ def is_available() -> bool:
 def unavailable_reason() -> str:
     """Why the device backend cannot run here ("" when it can)."""
     return _core.cuda_unavailable_reason()
+
+
+def emulator_counters() -> dict[str, Any]:
+    """What the emulated kernels asked of a device since the last reset, counted as a device
+    would see it (every emulated collection in the process together): ``launches``,
+    ``host_syncs`` (synchronisations and blocking device-to-host copies), ``h2d_copies`` /
+    ``h2d_bytes``, ``d2h_copies`` / ``d2h_bytes``, ``d2d_copies`` / ``d2d_bytes``, ``memsets`` /
+    ``memset_bytes``, and ``kernels``: per kernel, its ``launches`` and ``blocks``. The
+    emulator's times say nothing about a GPU; these counts do (launch and round-trip budgets)."""
+    return dict(_core.cuda_emulator_counters())
+
+
+def reset_emulator_counters() -> None:
+    """Zeroes :func:`emulator_counters`."""
+    _core.cuda_emulator_reset_counters()
+
+
+def emulator_block_seed() -> Optional[int]:
+    """Seed of the order in which the emulator runs the blocks of a launch (``None``: grid order)."""
+    return _core.cuda_emulator_block_seed()
+
+
+def set_emulator_block_seed(seed: Optional[int]) -> None:
+    """Runs the blocks of each later emulated launch in a random order drawn from ``seed`` (a
+    fresh permutation per launch), or in grid order with ``None``. The default seed is 1 (or
+    ``SPARSECORE_EMULATOR_BLOCK_SEED``): no kernel may depend on the order of its blocks."""
+    _core.cuda_set_emulator_block_seed(None if seed is None else int(seed) & (2**64 - 1))
 
 
 def _device_kind(x: Any) -> Optional[str]:

@@ -307,6 +307,19 @@ void count_sync() {
   ++witness().counters.host_syncs;
 }
 
+}  // namespace sparsecore::cuda_emulation
+
+namespace sparsecore::cuda {
+
+EmulatorCounters emulator_counters() { return cuda_emulation::counters(); }
+void reset_emulator_counters() { cuda_emulation::reset_counters(); }
+void set_emulator_block_seed(std::optional<uint64_t> seed) { cuda_emulation::set_block_order_seed(seed); }
+std::optional<uint64_t> emulator_block_seed() { return cuda_emulation::block_order_seed(); }
+
+}  // namespace sparsecore::cuda
+
+namespace sparsecore::cuda_emulation {
+
 ThreadState& this_thread() { return tls_thread; }
 
 void sync_block() {

@@ -35,6 +35,7 @@
 
 #include "sparsecore/core/error.h"
 #include "sparsecore/core/half.h"
+#include "sparsecore/cuda/emulator_counters.h"
 
 // ----------------------------------------------------------------------------- qualifiers
 #define __global__ inline  // kernels in headers: one definition across the TUs that include them
@@ -93,22 +94,10 @@ void run_grid(dim3 grid, dim3 block, size_t shared_bytes, const std::function<vo
 void set_block_order_seed(std::optional<uint64_t> seed);
 std::optional<uint64_t> block_order_seed();
 
-// The performance witness: what the emulated kernels asked of a device, counted the way a
-// device would see it (process-wide, all emulated collections together), so tests can hold
-// a data path to a budget of launches, host round trips and bytes over the bus.
-struct KernelCount {
-  uint64_t launches = 0;
-  uint64_t blocks = 0;
-};
-struct Counters {
-  uint64_t launches = 0;
-  uint64_t host_syncs = 0;  // device-wide or stream synchronisations, and blocking device-to-host copies
-  uint64_t h2d_copies = 0, h2d_bytes = 0;
-  uint64_t d2h_copies = 0, d2h_bytes = 0;
-  uint64_t d2d_copies = 0, d2d_bytes = 0;
-  uint64_t memsets = 0, memset_bytes = 0;
-  std::map<std::string, KernelCount> kernels;  // by kernel, as written at the launch
-};
+// The performance witness (sparsecore/cuda/emulator_counters.h): what the emulated kernels
+// asked of a device, counted the way a device would see it.
+using Counters = cuda::EmulatorCounters;
+using KernelCount = cuda::EmulatorKernelCount;
 enum class CopyDirection { kHostToDevice, kDeviceToHost, kDeviceToDevice };
 Counters counters();
 void reset_counters();
