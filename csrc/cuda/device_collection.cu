@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <mutex>
 #include <numeric>
+#include <optional>
 
 #include "dedup_kernels.cuh"
 #include "device_collection_impl.h"
@@ -102,7 +103,9 @@ int64_t next_pow2(int64_t x) {
 template <typename T>
 class Collection final : public DeviceCollectionImpl {
  public:
-  Collection(const std::vector<TableConfig>& tables, uint64_t seed, LaunchLimits limits) : limits_(limits) {
+  Collection(const std::vector<TableConfig>& tables, uint64_t seed, LaunchLimits limits, int device)
+      : limits_(limits), device_(device) {
+    DeviceGuard on(device_);
     for (const TableConfig& c : tables) {
       auto t = std::make_unique<DeviceTable<T>>();
       t->config = c;
@@ -115,6 +118,7 @@ class Collection final : public DeviceCollectionImpl {
   }
 
   int64_t step() const override { return step_; }
+  int device() const override { return device_; }
   int64_t table_size(int t) const override { return tables_.at(t)->size; }
   int64_t table_capacity(int t) const override { return tables_.at(t)->capacity; }
   void set_max_load_factor(double f) override { max_load_ = f; }
@@ -123,6 +127,7 @@ class Collection final : public DeviceCollectionImpl {
                                                const std::vector<std::vector<int64_t>>& host_offsets, bool train,
                                                MemorySpace space) override {
     std::lock_guard<std::mutex> lock(mutex_);
+    DeviceGuard on(device_);
     auto batch = std::make_shared<PreparedBatchImpl>();
     batch->train_ = train;
     batch->owner_ = this;
@@ -162,6 +167,7 @@ class Collection final : public DeviceCollectionImpl {
 
   void forward(const DevicePreparedBatch& b, const std::vector<float*>& outputs, MemorySpace space) override {
     std::lock_guard<std::mutex> lock(mutex_);
+    DeviceGuard on(device_);
     const PreparedBatchImpl& batch = own(b);
     DeviceBuffer<float> out;
     for (size_t gi = 0; gi < batch.buffers_.size(); ++gi) {
@@ -188,6 +194,7 @@ class Collection final : public DeviceCollectionImpl {
 
   int64_t backward(const DevicePreparedBatch& b, const std::vector<const float*>& grads, MemorySpace space) override {
     std::lock_guard<std::mutex> lock(mutex_);
+    DeviceGuard on(device_);
     const PreparedBatchImpl& batch = own(b);
     const int64_t step = ++step_;
     DeviceBuffer<float> grad, grad_rows, scratch;
@@ -230,6 +237,7 @@ class Collection final : public DeviceCollectionImpl {
 
   void lookup(int t, const int64_t* keys, int64_t n, float* out, bool insert, MemorySpace space) override {
     std::lock_guard<std::mutex> lock(mutex_);
+    DeviceGuard on(device_);
     DeviceTable<T>& table = *tables_.at(t);
     if (n == 0) return;
     DeviceBuffer<int64_t> k, slots;
@@ -253,6 +261,7 @@ class Collection final : public DeviceCollectionImpl {
 
   int64_t erase(int t, const int64_t* keys, int64_t n, MemorySpace space) override {
     std::lock_guard<std::mutex> lock(mutex_);
+    DeviceGuard on(device_);
     DeviceTable<T>& table = *tables_.at(t);
     if (n == 0) return 0;
     DeviceBuffer<int64_t> k;
@@ -276,6 +285,7 @@ class Collection final : public DeviceCollectionImpl {
 
   int64_t count_non_finite(const float* values, int64_t n) override {
     if (n == 0) return 0;
+    DeviceGuard on(device_);
     DeviceBuffer<unsigned long long> count(1);
     count.fill_zero();
     SC_LAUNCH(grid(n), block(), 0, nullptr, count_non_finite_kernel)(values, n, count.data());
@@ -286,6 +296,7 @@ class Collection final : public DeviceCollectionImpl {
   }
 
   void copy_to_host(void* dst, const void* device_src, size_t bytes) override {
+    DeviceGuard on(device_);
     copy_bytes(dst, device_src, bytes, Copy::kDeviceToHost);
   }
 
@@ -298,14 +309,19 @@ class Collection final : public DeviceCollectionImpl {
     }
     SC_CHECK_ARG(attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged, what,
                  " is not CUDA device memory (pass host arrays as NumPy arrays, device arrays as CuPy or torch CUDA)");
+    const std::optional<int> on = attr.type == cudaMemoryTypeDevice ? std::optional<int>(attr.device) : std::nullopt;
 #else
-    (void)p;
-    (void)what;
+    // Host memory posing as device memory is accepted; emulated device memory has a device.
+    const std::optional<int> on = ::sparsecore::cuda_emulation::device_of(p);
 #endif
+    SC_CHECK_ARG(!on || *on == device_, what, " is on cuda:", on.value_or(-1),
+                 ", but this collection lives on cuda:", device_, " (move the array to cuda:", device_,
+                 ", or build the collection with device=", on.value_or(-1), ")");
   }
 
   DeviceEmbeddingCollection::Export export_rows(int t) const override {
     std::lock_guard<std::mutex> lock(mutex_);
+    DeviceGuard on(device_);
     DeviceTable<T>& table = *tables_.at(t);
     DeviceEmbeddingCollection::Export e;
     const int64_t total = table.capacity + kReservedSlots;
@@ -347,6 +363,7 @@ class Collection final : public DeviceCollectionImpl {
 
   void import_rows(int t, const DeviceEmbeddingCollection::Export& e) override {
     std::lock_guard<std::mutex> lock(mutex_);
+    DeviceGuard on(device_);
     DeviceTable<T>& table = *tables_.at(t);
     const int64_t n = static_cast<int64_t>(e.keys.size());
     if (n == 0) return;
@@ -613,6 +630,7 @@ class Collection final : public DeviceCollectionImpl {
   }
 
   LaunchLimits limits_;
+  const int device_;
   double max_load_ = 0.75;
   int64_t step_ = 0;
   mutable std::mutex mutex_;
@@ -621,15 +639,39 @@ class Collection final : public DeviceCollectionImpl {
 
 }  // namespace
 
+namespace {
+
+// `device`, or the current device for -1; InvalidArgument naming the device count otherwise.
+int checked_device(int device) {
+  if (device == -1) return current_device();
+  const int count = device_count();
+  SC_CHECK_ARG(device >= 0 && device < count, "device ", device, " out of range: ", count,
+               " CUDA device(s) (ordinals 0..", count - 1, ")");
+  return device;
+}
+
+}  // namespace
+
 std::unique_ptr<DeviceCollectionImpl> make_collection(const std::vector<TableConfig>& tables, uint64_t seed,
-                                                      RowStorage storage, LaunchLimits limits) {
+                                                      RowStorage storage, LaunchLimits limits, int device) {
 #if defined(__CUDACC__)
   std::string reason = unavailable_reason();
   if (!reason.empty()) throw CudaError(reason);
 #endif
-  if (storage == RowStorage::kFloat16) return std::make_unique<Collection<__half>>(tables, seed, limits);
-  return std::make_unique<Collection<float>>(tables, seed, limits);
+  device = checked_device(device);
+  if (storage == RowStorage::kFloat16) return std::make_unique<Collection<__half>>(tables, seed, limits, device);
+  return std::make_unique<Collection<float>>(tables, seed, limits, device);
 }
+
+MemoryCacheStats memory_cache_stats(int device) {
+  return DeviceMemoryCache::for_device(checked_device(device)).stats();
+}
+
+void set_memory_cache_limit(int device, int64_t bytes) {
+  DeviceMemoryCache::for_device(checked_device(device)).set_limit(bytes);
+}
+
+void empty_memory_cache(int device) { DeviceMemoryCache::for_device(checked_device(device)).trim(); }
 
 #if defined(__CUDACC__)
 std::string unavailable_reason() {

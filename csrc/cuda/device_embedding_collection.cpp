@@ -23,8 +23,35 @@ std::string device_unavailable_reason() {
 
 bool device_available() { return device_unavailable_reason().empty(); }
 
+MemoryCacheStats memory_cache_stats(Backend backend, int device) {
+  if (backend == Backend::kEmulated) return emulated::memory_cache_stats(device);
+#if defined(SPARSECORE_HAS_CUDA_KERNELS)
+  return device::memory_cache_stats(device);
+#else
+  throw CudaError(device_unavailable_reason());
+#endif
+}
+
+void set_memory_cache_limit(Backend backend, int device, int64_t bytes) {
+  if (backend == Backend::kEmulated) return emulated::set_memory_cache_limit(device, bytes);
+#if defined(SPARSECORE_HAS_CUDA_KERNELS)
+  device::set_memory_cache_limit(device, bytes);
+#else
+  throw CudaError(device_unavailable_reason());
+#endif
+}
+
+void empty_memory_cache(Backend backend, int device) {
+  if (backend == Backend::kEmulated) return emulated::empty_memory_cache(device);
+#if defined(SPARSECORE_HAS_CUDA_KERNELS)
+  device::empty_memory_cache(device);
+#else
+  throw CudaError(device_unavailable_reason());
+#endif
+}
+
 DeviceEmbeddingCollection::DeviceEmbeddingCollection(std::vector<TableConfig> tables, uint64_t seed, RowStorage storage,
-                                                     Backend backend, LaunchLimits limits)
+                                                     Backend backend, LaunchLimits limits, int device)
     : backend_(backend), storage_(storage), limits_(limits), seed_(seed), configs_(std::move(tables)) {
   SC_CHECK_ARG(!configs_.empty(), "a DeviceEmbeddingCollection needs at least one table");
   limits.validate();
@@ -34,14 +61,15 @@ DeviceEmbeddingCollection::DeviceEmbeddingCollection(std::vector<TableConfig> ta
     SC_CHECK_ARG(names.insert(c.name).second, "duplicate table name '", c.name, "'");
   }
   if (backend == Backend::kEmulated) {
-    impl_ = emulated::make_collection(configs_, seed, storage, limits);
+    impl_ = emulated::make_collection(configs_, seed, storage, limits, device);
   } else {
 #if defined(SPARSECORE_HAS_CUDA_KERNELS)
-    impl_ = device::make_collection(configs_, seed, storage, limits);
+    impl_ = device::make_collection(configs_, seed, storage, limits, device);
 #else
     throw CudaError(device_unavailable_reason());
 #endif
   }
+  device_ = impl_->device();
 }
 
 DeviceEmbeddingCollection::~DeviceEmbeddingCollection() = default;
@@ -214,7 +242,8 @@ std::unique_ptr<EmbeddingCollection> DeviceEmbeddingCollection::to_host() const 
 
 std::unique_ptr<DeviceEmbeddingCollection> DeviceEmbeddingCollection::from_host(const EmbeddingCollection& host,
                                                                                 RowStorage storage, Backend backend,
-                                                                                LaunchLimits limits) {
+                                                                                LaunchLimits limits,
+                                                                                int device_ordinal) {
   std::vector<TableConfig> configs;
   for (int t = 0; t < host.num_tables(); ++t) {
     const EmbeddingTable& table = host.table(t);
@@ -224,7 +253,8 @@ std::unique_ptr<DeviceEmbeddingCollection> DeviceEmbeddingCollection::from_host(
                  "from the collection seed");
     configs.push_back(table.config());
   }
-  auto device = std::make_unique<DeviceEmbeddingCollection>(std::move(configs), host.seed(), storage, backend, limits);
+  auto device = std::make_unique<DeviceEmbeddingCollection>(std::move(configs), host.seed(), storage, backend, limits,
+                                                            device_ordinal);
   for (int t = 0; t < host.num_tables(); ++t) {
     const EmbeddingTable& table = host.table(t);
     const auto n = static_cast<int64_t>(table.size());
@@ -251,12 +281,13 @@ std::unique_ptr<DeviceEmbeddingCollection> DeviceEmbeddingCollection::from_host(
 void DeviceEmbeddingCollection::save(const std::string& dir, bool overwrite) const { to_host()->save(dir, overwrite); }
 
 std::unique_ptr<DeviceEmbeddingCollection> DeviceEmbeddingCollection::load(const std::string& dir, RowStorage storage,
-                                                                           Backend backend, LaunchLimits limits) {
-  return from_host(*EmbeddingCollection::load(dir), storage, backend, limits);
+                                                                           Backend backend, LaunchLimits limits,
+                                                                           int device) {
+  return from_host(*EmbeddingCollection::load(dir), storage, backend, limits, device);
 }
 
 void DeviceEmbeddingCollection::restore(const std::string& dir) {
-  std::unique_ptr<DeviceEmbeddingCollection> loaded = load(dir, storage_, backend_, limits_);
+  std::unique_ptr<DeviceEmbeddingCollection> loaded = load(dir, storage_, backend_, limits_, device_);
   SC_CHECK_ARG(loaded->num_tables() == num_tables(), "checkpoint at '", dir, "' has ", loaded->num_tables(),
                " tables, this collection ", num_tables());
   for (int t = 0; t < num_tables(); ++t) {

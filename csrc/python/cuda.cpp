@@ -58,6 +58,28 @@ SPARSECORE_BINDING(cuda, 40) {
     return d;
   });
   m.def("cuda_emulator_reset_counters", &cuda::reset_emulator_counters);
+  m.def(
+      "cuda_memory_cache_stats",
+      [](bool emulate, int device) {
+        const cuda::MemoryCacheStats s = cuda::memory_cache_stats(backend_of(emulate), device);
+        py::dict d;
+        d["limit_bytes"] = s.limit_bytes;
+        d["cached_bytes"] = s.cached_bytes;
+        d["in_use_bytes"] = s.in_use_bytes;
+        d["hits"] = s.hits;
+        d["misses"] = s.misses;
+        d["released_over_limit"] = s.released_over_limit;
+        return d;
+      },
+      py::arg("emulate"), py::arg("device"));
+  m.def(
+      "cuda_set_memory_cache_limit",
+      [](bool emulate, int device, int64_t bytes) { cuda::set_memory_cache_limit(backend_of(emulate), device, bytes); },
+      py::arg("emulate"), py::arg("device"), py::arg("bytes"));
+  m.def(
+      "cuda_empty_memory_cache",
+      [](bool emulate, int device) { cuda::empty_memory_cache(backend_of(emulate), device); }, py::arg("emulate"),
+      py::arg("device"));
   m.def("cuda_emulator_block_seed", &cuda::emulator_block_seed);
   m.def("cuda_set_emulator_block_seed", &cuda::set_emulator_block_seed, py::arg("seed"));
 
@@ -71,16 +93,17 @@ SPARSECORE_BINDING(cuda, 40) {
 
   py::class_<DeviceEmbeddingCollection>(m, "DeviceEmbeddingCollection")
       .def(py::init([](const std::string& configs_json, uint64_t seed, const std::string& storage, bool emulate,
-                       int block_threads, int max_blocks) {
+                       int block_threads, int max_blocks, int device) {
              std::vector<TableConfig> tables;
              const Json parsed = Json::parse(configs_json);  // outlives the loop over its array
              for (const Json& t : parsed.as_array("tables")) tables.push_back(TableConfig::from_json(t));
              return std::make_unique<DeviceEmbeddingCollection>(
                  std::move(tables), seed, cuda::row_storage_from_name(storage), backend_of(emulate),
-                 cuda::LaunchLimits{block_threads, max_blocks});
+                 cuda::LaunchLimits{block_threads, max_blocks}, device);
            }),
            py::arg("configs_json"), py::arg("seed"), py::arg("storage") = "fp32", py::arg("emulate") = false,
-           py::arg("block_threads") = 128, py::arg("max_blocks") = 0)
+           py::arg("block_threads") = 128, py::arg("max_blocks") = 0, py::arg("device") = -1)
+      .def_property_readonly("device", &DeviceEmbeddingCollection::device)
       .def_property_readonly("step", &DeviceEmbeddingCollection::step)
       .def_property_readonly("seed", &DeviceEmbeddingCollection::seed)
       .def_property_readonly("num_tables", &DeviceEmbeddingCollection::num_tables)
@@ -226,21 +249,24 @@ SPARSECORE_BINDING(cuda, 40) {
           py::arg("dir"), py::arg("overwrite") = false)
       .def_static(
           "load",
-          [](const std::string& dir, const std::string& storage, bool emulate, int block_threads, int max_blocks) {
+          [](const std::string& dir, const std::string& storage, bool emulate, int block_threads, int max_blocks,
+             int device) {
             py::gil_scoped_release release;
             return DeviceEmbeddingCollection::load(dir, cuda::row_storage_from_name(storage), backend_of(emulate),
-                                                   cuda::LaunchLimits{block_threads, max_blocks});
+                                                   cuda::LaunchLimits{block_threads, max_blocks}, device);
           },
-          py::arg("dir"), py::arg("storage"), py::arg("emulate"), py::arg("block_threads"), py::arg("max_blocks"))
+          py::arg("dir"), py::arg("storage"), py::arg("emulate"), py::arg("block_threads"), py::arg("max_blocks"),
+          py::arg("device") = -1)
       .def_static(
           "from_host",
           [](const EmbeddingCollection& host, const std::string& storage, bool emulate, int block_threads,
-             int max_blocks) {
+             int max_blocks, int device) {
             py::gil_scoped_release release;
             return DeviceEmbeddingCollection::from_host(host, cuda::row_storage_from_name(storage), backend_of(emulate),
-                                                        cuda::LaunchLimits{block_threads, max_blocks});
+                                                        cuda::LaunchLimits{block_threads, max_blocks}, device);
           },
-          py::arg("host"), py::arg("storage"), py::arg("emulate"), py::arg("block_threads"), py::arg("max_blocks"))
+          py::arg("host"), py::arg("storage"), py::arg("emulate"), py::arg("block_threads"), py::arg("max_blocks"),
+          py::arg("device") = -1)
       .def(
           "restore",
           [](DeviceEmbeddingCollection& c, const std::string& dir) {

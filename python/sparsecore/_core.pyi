@@ -24,7 +24,7 @@ import typing
 import typing_extensions
 import types as _types
 io: _types.ModuleType
-__all__: list[str] = ['CorruptDataError', 'DeviceEmbeddingCollection', 'DevicePackedWeights', 'DevicePreparedBatch', 'EmbeddingCollection', 'PreparedBatch', 'PsClient', 'PsServer', 'RpcAuthError', 'RpcClient', 'RpcConnectionError', 'RpcError', 'RpcProtocolError', 'RpcServer', 'RpcStepAbortedError', 'RpcTimeoutError', 'RpcUnknownMethodError', 'StepPipeline', 'bag_gradient_scales', 'commit_directory', 'committed_directory', 'cpu_features', 'cuda_device_available', 'cuda_emulator_block_seed', 'cuda_emulator_counters', 'cuda_emulator_reset_counters', 'cuda_set_emulator_block_seed', 'cuda_unavailable_reason', 'dequantize_rows', 'fixed_to_float', 'io', 'latest_snapshot', 'num_threads', 'pack_pow2', 'pool_gathered_rows', 'pooled_lookup_quantized', 'project_pow2', 'quantize_rows', 'quantized_row_bytes', 'set_num_threads', 'shift_matmul_float', 'shift_matmul_int16', 'shift_matmul_int8', 'shift_matmul_kernel', 'sum_gradients_by_id', 'unpack_pow2']
+__all__: list[str] = ['CorruptDataError', 'DeviceEmbeddingCollection', 'DevicePackedWeights', 'DevicePreparedBatch', 'EmbeddingCollection', 'PreparedBatch', 'PsClient', 'PsServer', 'RpcAuthError', 'RpcClient', 'RpcConnectionError', 'RpcError', 'RpcProtocolError', 'RpcServer', 'RpcStepAbortedError', 'RpcTimeoutError', 'RpcUnknownMethodError', 'StepPipeline', 'bag_gradient_scales', 'commit_directory', 'committed_directory', 'cpu_features', 'cuda_device_available', 'cuda_empty_memory_cache', 'cuda_emulator_block_seed', 'cuda_emulator_counters', 'cuda_emulator_reset_counters', 'cuda_memory_cache_stats', 'cuda_set_emulator_block_seed', 'cuda_set_memory_cache_limit', 'cuda_unavailable_reason', 'dequantize_rows', 'fixed_to_float', 'io', 'latest_snapshot', 'num_threads', 'pack_pow2', 'pool_gathered_rows', 'pooled_lookup_quantized', 'project_pow2', 'quantize_rows', 'quantized_row_bytes', 'set_num_threads', 'shift_matmul_float', 'shift_matmul_int16', 'shift_matmul_int8', 'shift_matmul_kernel', 'sum_gradients_by_id', 'unpack_pow2']
 class CorruptDataError(ValueError):
     pass
 class PreparedBatch:
@@ -107,12 +107,12 @@ class DevicePreparedBatch:
         ...
 class DeviceEmbeddingCollection:
     @staticmethod
-    def from_host(host: EmbeddingCollection, storage: str, emulate: bool, block_threads: typing.SupportsInt | typing.SupportsIndex, max_blocks: typing.SupportsInt | typing.SupportsIndex) -> DeviceEmbeddingCollection:
+    def from_host(host: EmbeddingCollection, storage: str, emulate: bool, block_threads: typing.SupportsInt | typing.SupportsIndex, max_blocks: typing.SupportsInt | typing.SupportsIndex, device: typing.SupportsInt | typing.SupportsIndex = -1) -> DeviceEmbeddingCollection:
         ...
     @staticmethod
-    def load(dir: str, storage: str, emulate: bool, block_threads: typing.SupportsInt | typing.SupportsIndex, max_blocks: typing.SupportsInt | typing.SupportsIndex) -> DeviceEmbeddingCollection:
+    def load(dir: str, storage: str, emulate: bool, block_threads: typing.SupportsInt | typing.SupportsIndex, max_blocks: typing.SupportsInt | typing.SupportsIndex, device: typing.SupportsInt | typing.SupportsIndex = -1) -> DeviceEmbeddingCollection:
         ...
-    def __init__(self, configs_json: str, seed: typing.SupportsInt | typing.SupportsIndex, storage: str = 'fp32', emulate: bool = False, block_threads: typing.SupportsInt | typing.SupportsIndex = 128, max_blocks: typing.SupportsInt | typing.SupportsIndex = 0) -> None:
+    def __init__(self, configs_json: str, seed: typing.SupportsInt | typing.SupportsIndex, storage: str = 'fp32', emulate: bool = False, block_threads: typing.SupportsInt | typing.SupportsIndex = 128, max_blocks: typing.SupportsInt | typing.SupportsIndex = 0, device: typing.SupportsInt | typing.SupportsIndex = -1) -> None:
         ...
     def backward(self, prepared: DevicePreparedBatch, grads: collections.abc.Sequence[numpy.ndarray]) -> int:
         ...
@@ -157,6 +157,9 @@ class DeviceEmbeddingCollection:
     def table_size(self, arg0: typing.SupportsInt | typing.SupportsIndex) -> int:
         ...
     def to_host(self) -> EmbeddingCollection:
+        ...
+    @property
+    def device(self) -> int:
         ...
     @property
     def emulated(self) -> bool:
@@ -360,13 +363,19 @@ def cuda_device_available() -> bool:
     """
     True when this build has CUDA kernels and a CUDA device with a driver is present.
     """
+def cuda_empty_memory_cache(emulate: bool, device: typing.SupportsInt | typing.SupportsIndex) -> None:
+    ...
 def cuda_emulator_block_seed() -> int | None:
     ...
 def cuda_emulator_counters() -> dict:
     ...
 def cuda_emulator_reset_counters() -> None:
     ...
+def cuda_memory_cache_stats(emulate: bool, device: typing.SupportsInt | typing.SupportsIndex) -> dict:
+    ...
 def cuda_set_emulator_block_seed(seed: typing.SupportsInt | typing.SupportsIndex | None) -> None:
+    ...
+def cuda_set_memory_cache_limit(emulate: bool, device: typing.SupportsInt | typing.SupportsIndex, bytes: typing.SupportsInt | typing.SupportsIndex) -> None:
     ...
 def cuda_unavailable_reason() -> str:
     ...

@@ -239,14 +239,14 @@ TEST(DeviceMemoryCache, ReusesFreedBlocksOfTheSameClassAndTrims) {
     DeviceBuffer<float> a(1000);
     first = a.data();
   }
-  EXPECT_EQ(cache.cached_bytes(), DeviceMemoryCache::size_class(4000));
+  EXPECT_EQ(cache.cached_bytes(), static_cast<int64_t>(DeviceMemoryCache::size_class(4000)));
   DeviceBuffer<float> same(1000);
   EXPECT_EQ(same.data(), first);  // reused, not a fresh allocation
-  EXPECT_EQ(cache.cached_bytes(), 0u);
+  EXPECT_EQ(cache.cached_bytes(), 0);
   DeviceBuffer<float> other(5000);
   EXPECT_NE(other.data(), first);
   cache.trim();
-  EXPECT_EQ(cache.cached_bytes(), 0u);
+  EXPECT_EQ(cache.cached_bytes(), 0);
 }
 
 TEST(EmulatorDeathTest, OutOfBoundsIndexIsCaughtInAReusedBlock) {
