@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <mutex>
 #include <numeric>
+#include <optional>
 
 #include "dedup_kernels.cuh"
 #include "device_collection_impl.h"
@@ -14,6 +15,8 @@
 
 namespace sparsecore::cuda::SC_BACKEND_NS {
 namespace {
+
+static_assert(kMaxDedupIds == DeviceEmbeddingCollection::kMaxGroupIds, "the front refuses what dedup cannot index");
 
 template <typename T>
 struct DeviceTable {
@@ -100,7 +103,9 @@ int64_t next_pow2(int64_t x) {
 template <typename T>
 class Collection final : public DeviceCollectionImpl {
  public:
-  Collection(const std::vector<TableConfig>& tables, uint64_t seed, LaunchLimits limits) : limits_(limits) {
+  Collection(const std::vector<TableConfig>& tables, uint64_t seed, LaunchLimits limits, int device)
+      : limits_(limits), device_(device) {
+    DeviceGuard on(device_);
     for (const TableConfig& c : tables) {
       auto t = std::make_unique<DeviceTable<T>>();
       t->config = c;
@@ -113,6 +118,7 @@ class Collection final : public DeviceCollectionImpl {
   }
 
   int64_t step() const override { return step_; }
+  int device() const override { return device_; }
   int64_t table_size(int t) const override { return tables_.at(t)->size; }
   int64_t table_capacity(int t) const override { return tables_.at(t)->capacity; }
   void set_max_load_factor(double f) override { max_load_ = f; }
@@ -121,6 +127,7 @@ class Collection final : public DeviceCollectionImpl {
                                                const std::vector<std::vector<int64_t>>& host_offsets, bool train,
                                                MemorySpace space) override {
     std::lock_guard<std::mutex> lock(mutex_);
+    DeviceGuard on(device_);
     auto batch = std::make_shared<PreparedBatchImpl>();
     batch->train_ = train;
     batch->owner_ = this;
@@ -160,6 +167,7 @@ class Collection final : public DeviceCollectionImpl {
 
   void forward(const DevicePreparedBatch& b, const std::vector<float*>& outputs, MemorySpace space) override {
     std::lock_guard<std::mutex> lock(mutex_);
+    DeviceGuard on(device_);
     const PreparedBatchImpl& batch = own(b);
     DeviceBuffer<float> out;
     for (size_t gi = 0; gi < batch.buffers_.size(); ++gi) {
@@ -186,6 +194,7 @@ class Collection final : public DeviceCollectionImpl {
 
   int64_t backward(const DevicePreparedBatch& b, const std::vector<const float*>& grads, MemorySpace space) override {
     std::lock_guard<std::mutex> lock(mutex_);
+    DeviceGuard on(device_);
     const PreparedBatchImpl& batch = own(b);
     const int64_t step = ++step_;
     DeviceBuffer<float> grad, grad_rows, scratch;
@@ -207,16 +216,16 @@ class Collection final : public DeviceCollectionImpl {
       }
       grad_rows.resize(u * g.info.dim);
       const bool vector = g.info.dim % 4 == 0 && aligned(grad_in, 16);
-      auto unique_grad = [&](auto kernel, int width) {
-        SC_LAUNCH(grid(u * g.info.dim / width), block(), 0, nullptr, kernel)
+      auto unique_grad = [&](auto kernel, const char* name, int width) {
+        SC_LAUNCH_NAMED(name, grid(u * g.info.dim / width), block(), 0, nullptr, kernel)
         (g.view(slots), g.occ_offsets.data(), g.occ_positions.data(), g.bag_of.data(), g.bag_scale.data(), grad_in, u,
          grad_rows.data());
         SC_CHECK_LAUNCH();
       };
       if (vector)
-        unique_grad(unique_grad_kernel<4>, 4);
+        unique_grad(SC_NAMED_KERNEL(unique_grad_kernel<4>), 4);
       else
-        unique_grad(unique_grad_kernel<1>, 1);
+        unique_grad(SC_NAMED_KERNEL(unique_grad_kernel<1>), 1);
       if (!std::is_same_v<T, float>) scratch.resize(u * g.info.dim);
       SC_LAUNCH(grid(u), block(), 0, nullptr, update_rows_kernel<T>)
       (table.rows(), slots, u, grad_rows.data(), table.config.optimizer, step, scratch.data());
@@ -228,6 +237,7 @@ class Collection final : public DeviceCollectionImpl {
 
   void lookup(int t, const int64_t* keys, int64_t n, float* out, bool insert, MemorySpace space) override {
     std::lock_guard<std::mutex> lock(mutex_);
+    DeviceGuard on(device_);
     DeviceTable<T>& table = *tables_.at(t);
     if (n == 0) return;
     DeviceBuffer<int64_t> k, slots;
@@ -251,6 +261,7 @@ class Collection final : public DeviceCollectionImpl {
 
   int64_t erase(int t, const int64_t* keys, int64_t n, MemorySpace space) override {
     std::lock_guard<std::mutex> lock(mutex_);
+    DeviceGuard on(device_);
     DeviceTable<T>& table = *tables_.at(t);
     if (n == 0) return 0;
     DeviceBuffer<int64_t> k;
@@ -274,6 +285,7 @@ class Collection final : public DeviceCollectionImpl {
 
   int64_t count_non_finite(const float* values, int64_t n) override {
     if (n == 0) return 0;
+    DeviceGuard on(device_);
     DeviceBuffer<unsigned long long> count(1);
     count.fill_zero();
     SC_LAUNCH(grid(n), block(), 0, nullptr, count_non_finite_kernel)(values, n, count.data());
@@ -284,6 +296,7 @@ class Collection final : public DeviceCollectionImpl {
   }
 
   void copy_to_host(void* dst, const void* device_src, size_t bytes) override {
+    DeviceGuard on(device_);
     copy_bytes(dst, device_src, bytes, Copy::kDeviceToHost);
   }
 
@@ -296,14 +309,19 @@ class Collection final : public DeviceCollectionImpl {
     }
     SC_CHECK_ARG(attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged, what,
                  " is not CUDA device memory (pass host arrays as NumPy arrays, device arrays as CuPy or torch CUDA)");
+    const std::optional<int> on = attr.type == cudaMemoryTypeDevice ? std::optional<int>(attr.device) : std::nullopt;
 #else
-    (void)p;
-    (void)what;
+    // Host memory posing as device memory is accepted; emulated device memory has a device.
+    const std::optional<int> on = ::sparsecore::cuda_emulation::device_of(p);
 #endif
+    SC_CHECK_ARG(!on || *on == device_, what, " is on cuda:", on.value_or(-1),
+                 ", but this collection lives on cuda:", device_, " (move the array to cuda:", device_,
+                 ", or build the collection with device=", on.value_or(-1), ")");
   }
 
   DeviceEmbeddingCollection::Export export_rows(int t) const override {
     std::lock_guard<std::mutex> lock(mutex_);
+    DeviceGuard on(device_);
     DeviceTable<T>& table = *tables_.at(t);
     DeviceEmbeddingCollection::Export e;
     const int64_t total = table.capacity + kReservedSlots;
@@ -345,6 +363,7 @@ class Collection final : public DeviceCollectionImpl {
 
   void import_rows(int t, const DeviceEmbeddingCollection::Export& e) override {
     std::lock_guard<std::mutex> lock(mutex_);
+    DeviceGuard on(device_);
     DeviceTable<T>& table = *tables_.at(t);
     const int64_t n = static_cast<int64_t>(e.keys.size());
     if (n == 0) return;
@@ -394,14 +413,14 @@ class Collection final : public DeviceCollectionImpl {
     const int lanes_wanted = (view.dim / width + kPoolElementsPerLane / width - 1) / (kPoolElementsPerLane / width);
     int lanes = 1;
     while (lanes < lanes_wanted && lanes < 32) lanes *= 2;
-    auto launch = [&](auto kernel) {
-      SC_LAUNCH(grid(bags * lanes), block(), 0, nullptr, kernel)(view, rows, out, lanes);
+    auto launch = [&](auto kernel, const char* name) {
+      SC_LAUNCH_NAMED(name, grid(bags * lanes), block(), 0, nullptr, kernel)(view, rows, out, lanes);
       SC_CHECK_LAUNCH();
     };
     if (vector)
-      launch(pool_kernel<T, kVectorWidth>);
+      launch(SC_NAMED_KERNEL(pool_kernel<T, kVectorWidth>));
     else
-      launch(pool_kernel<T, 1>);
+      launch(SC_NAMED_KERNEL(pool_kernel<T, 1>));
   }
 
   dim3 block() const { return dim3(static_cast<unsigned>(limits_.block_threads)); }
@@ -422,7 +441,6 @@ class Collection final : public DeviceCollectionImpl {
     const int64_t slots = capacity + kReservedSlots;
     t.capacity = capacity;
     t.keys.resize(capacity);
-    t.keys.fill_bytes_with(0x00);
     if (capacity) fill_empty(t.keys);
     t.reserved.resize(kReservedSlots);
     t.reserved.fill_zero();
@@ -432,15 +450,21 @@ class Collection final : public DeviceCollectionImpl {
     t.last_step.resize(slots);
   }
 
-  static void fill_empty(DeviceBuffer<int64_t>& keys) {
-    // kEmptyKey is 0x8000...0: not a byte pattern, so it is written from the host once.
-    std::vector<int64_t> host(keys.size(), kEmptyKey);
-    copy_bytes(keys.data(), host.data(), host.size() * sizeof(int64_t), Copy::kHostToDevice);
+  // kEmptyKey is 0x8000...0, not a byte pattern: a kernel writes it (no host staging).
+  void fill_empty(DeviceBuffer<int64_t>& keys) {
+    const auto n = static_cast<int64_t>(keys.size());
+    SC_LAUNCH(grid(n), block(), 0, nullptr, fill_keys_kernel)(keys.data(), n, kEmptyKey);
+    SC_CHECK_LAUNCH();
+  }
+
+  // True when `extra` more keys fit under the load limit as the table is.
+  bool fits(const DeviceTable<T>& t, int64_t extra) const {
+    return static_cast<double>(t.size + t.tombstones + extra) <= max_load_ * static_cast<double>(t.capacity);
   }
 
   // Grows (or cleans tombstones out of) the table so `extra` more keys fit under the load limit.
   void reserve(DeviceTable<T>& t, int64_t extra) {
-    if (static_cast<double>(t.size + t.tombstones + extra) <= max_load_ * static_cast<double>(t.capacity)) return;
+    if (fits(t, extra)) return;
     int64_t capacity =
         next_pow2(static_cast<int64_t>(static_cast<double>(t.size + extra) / std::min(max_load_, 0.5)) + 1);
     DeviceTable<T> fresh;
@@ -466,16 +490,28 @@ class Collection final : public DeviceCollectionImpl {
   }
 
   // slots (n) <- slots of keys (n, device); inserting and initialising unknown keys when `insert`.
+  // Growth is sized by the keys that are missing, not by n: when n more keys would not fit,
+  // a find pass counts the misses first (and is the whole answer when there are none).
   void resolve(DeviceTable<T>& t, const int64_t* keys, int64_t n, DeviceBuffer<int64_t>& slots, bool insert) {
     slots.resize(n);
     if (n == 0) return;
-    if (insert) reserve(t, n);
-    DeviceBuffer<int> inserted(n);
     DeviceBuffer<unsigned long long> count(1);
+    if (insert && !fits(t, n)) {
+      count.fill_zero();
+      SC_LAUNCH(grid(n), block(), 0, nullptr, lookup_kernel)
+      (t.view(), keys, n, slots.data(), nullptr, false, count.data());
+      SC_CHECK_LAUNCH();
+      unsigned long long missing = 0;
+      count.download(&missing, 1);
+      if (missing == 0) return;
+      reserve(t, static_cast<int64_t>(missing));
+    }
+    DeviceBuffer<int> inserted(n);
     count.fill_zero();
     SC_LAUNCH(grid(n), block(), 0, nullptr, lookup_kernel)
     (t.view(), keys, n, slots.data(), inserted.data(), insert, count.data());
     SC_CHECK_LAUNCH();
+    if (!insert) return;
     unsigned long long created = 0;
     count.download(&created, 1);
     if (created == 0) return;
@@ -522,9 +558,10 @@ class Collection final : public DeviceCollectionImpl {
       unique_keys.resize(0);
       return 0;
     }
-    const int64_t set_capacity = next_pow2(2 * n);
-    DeviceBuffer<int> set_pos(set_capacity), slot_of(n), is_first(n), unique_index(n);
-    set_pos.fill_bytes_with(0xff);  // -1
+    const int64_t set_capacity = dedup_set_capacity(n);
+    DeviceBuffer<int> set_pos(set_capacity), is_first(n), unique_index(n);
+    DeviceBuffer<int64_t> slot_of(n);
+    set_pos.fill_zero();
     SC_LAUNCH(grid(n), block(), 0, nullptr, dedup_insert_kernel)
     (ids, n, set_pos.data(), static_cast<uint64_t>(set_capacity - 1), slot_of.data());
     SC_CHECK_LAUNCH();
@@ -593,6 +630,7 @@ class Collection final : public DeviceCollectionImpl {
   }
 
   LaunchLimits limits_;
+  const int device_;
   double max_load_ = 0.75;
   int64_t step_ = 0;
   mutable std::mutex mutex_;
@@ -601,15 +639,39 @@ class Collection final : public DeviceCollectionImpl {
 
 }  // namespace
 
+namespace {
+
+// `device`, or the current device for -1; InvalidArgument naming the device count otherwise.
+int checked_device(int device) {
+  if (device == -1) return current_device();
+  const int count = device_count();
+  SC_CHECK_ARG(device >= 0 && device < count, "device ", device, " out of range: ", count,
+               " CUDA device(s) (ordinals 0..", count - 1, ")");
+  return device;
+}
+
+}  // namespace
+
 std::unique_ptr<DeviceCollectionImpl> make_collection(const std::vector<TableConfig>& tables, uint64_t seed,
-                                                      RowStorage storage, LaunchLimits limits) {
+                                                      RowStorage storage, LaunchLimits limits, int device) {
 #if defined(__CUDACC__)
   std::string reason = unavailable_reason();
   if (!reason.empty()) throw CudaError(reason);
 #endif
-  if (storage == RowStorage::kFloat16) return std::make_unique<Collection<__half>>(tables, seed, limits);
-  return std::make_unique<Collection<float>>(tables, seed, limits);
+  device = checked_device(device);
+  if (storage == RowStorage::kFloat16) return std::make_unique<Collection<__half>>(tables, seed, limits, device);
+  return std::make_unique<Collection<float>>(tables, seed, limits, device);
 }
+
+MemoryCacheStats memory_cache_stats(int device) {
+  return DeviceMemoryCache::for_device(checked_device(device)).stats();
+}
+
+void set_memory_cache_limit(int device, int64_t bytes) {
+  DeviceMemoryCache::for_device(checked_device(device)).set_limit(bytes);
+}
+
+void empty_memory_cache(int device) { DeviceMemoryCache::for_device(checked_device(device)).trim(); }
 
 #if defined(__CUDACC__)
 std::string unavailable_reason() {

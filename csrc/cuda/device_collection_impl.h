@@ -37,16 +37,26 @@ class DeviceCollectionImpl {
   // Inserts or overwrites rows (keys unique): weights, state and metadata as given.
   virtual void import_rows(int table, const DeviceEmbeddingCollection::Export& rows) = 0;
   virtual void set_step(int64_t step) = 0;
+  // The device the collection's rows live on (every call runs there).
+  virtual int device() const = 0;
 };
 
+// Per backend: the collection on `device` (-1: the current device; InvalidArgument naming
+// the device count when out of range), and the memory cache of a device.
 namespace emulated {
 std::unique_ptr<DeviceCollectionImpl> make_collection(const std::vector<TableConfig>& tables, uint64_t seed,
-                                                      RowStorage storage, LaunchLimits limits);
+                                                      RowStorage storage, LaunchLimits limits, int device);
+MemoryCacheStats memory_cache_stats(int device);
+void set_memory_cache_limit(int device, int64_t bytes);
+void empty_memory_cache(int device);
 }  // namespace emulated
 
 namespace device {
 std::unique_ptr<DeviceCollectionImpl> make_collection(const std::vector<TableConfig>& tables, uint64_t seed,
-                                                      RowStorage storage, LaunchLimits limits);
+                                                      RowStorage storage, LaunchLimits limits, int device);
+MemoryCacheStats memory_cache_stats(int device);
+void set_memory_cache_limit(int device, int64_t bytes);
+void empty_memory_cache(int device);
 // "" when a device is usable, otherwise why not.
 std::string unavailable_reason();
 }  // namespace device

@@ -23,27 +23,53 @@ std::string device_unavailable_reason() {
 
 bool device_available() { return device_unavailable_reason().empty(); }
 
+MemoryCacheStats memory_cache_stats(Backend backend, int device) {
+  if (backend == Backend::kEmulated) return emulated::memory_cache_stats(device);
+#if defined(SPARSECORE_HAS_CUDA_KERNELS)
+  return device::memory_cache_stats(device);
+#else
+  throw CudaError(device_unavailable_reason());
+#endif
+}
+
+void set_memory_cache_limit(Backend backend, int device, int64_t bytes) {
+  if (backend == Backend::kEmulated) return emulated::set_memory_cache_limit(device, bytes);
+#if defined(SPARSECORE_HAS_CUDA_KERNELS)
+  device::set_memory_cache_limit(device, bytes);
+#else
+  throw CudaError(device_unavailable_reason());
+#endif
+}
+
+void empty_memory_cache(Backend backend, int device) {
+  if (backend == Backend::kEmulated) return emulated::empty_memory_cache(device);
+#if defined(SPARSECORE_HAS_CUDA_KERNELS)
+  device::empty_memory_cache(device);
+#else
+  throw CudaError(device_unavailable_reason());
+#endif
+}
+
 DeviceEmbeddingCollection::DeviceEmbeddingCollection(std::vector<TableConfig> tables, uint64_t seed, RowStorage storage,
-                                                     Backend backend, LaunchLimits limits)
+                                                     Backend backend, LaunchLimits limits, int device)
     : backend_(backend), storage_(storage), limits_(limits), seed_(seed), configs_(std::move(tables)) {
   SC_CHECK_ARG(!configs_.empty(), "a DeviceEmbeddingCollection needs at least one table");
-  SC_CHECK_ARG(limits.block_threads >= 32 && limits.block_threads <= 1024 && limits.block_threads % 32 == 0,
-               "block_threads must be a multiple of 32 in [32, 1024], got ", limits.block_threads);
-  SC_CHECK_ARG(limits.max_blocks >= 0, "max_blocks must be >= 0, got ", limits.max_blocks);
+  limits.validate();
   std::set<std::string> names;
   for (const auto& c : configs_) {
     c.validate();
     SC_CHECK_ARG(names.insert(c.name).second, "duplicate table name '", c.name, "'");
   }
   if (backend == Backend::kEmulated) {
-    impl_ = emulated::make_collection(configs_, seed, storage, limits);
+    impl_ = emulated::make_collection(configs_, seed, storage, limits, device);
   } else {
 #if defined(SPARSECORE_HAS_CUDA_KERNELS)
-    impl_ = device::make_collection(configs_, seed, storage, limits);
+    impl_ = device::make_collection(configs_, seed, storage, limits, device);
 #else
     throw CudaError(device_unavailable_reason());
 #endif
   }
+  device_ = impl_->device();
 }
 
 DeviceEmbeddingCollection::~DeviceEmbeddingCollection() = default;
@@ -95,6 +121,9 @@ void DeviceEmbeddingCollection::set_max_load_factor(double f) {
 std::vector<std::vector<int64_t>> DeviceEmbeddingCollection::validate_inputs(const std::vector<GroupInput>& inputs,
                                                                              MemorySpace space) const {
   auto table_name = [this](int t) -> const std::string& { return configs_[t].name; };
+  for (size_t g = 0; g < inputs.size(); ++g)
+    SC_CHECK_ARG(inputs[g].num_ids <= kMaxGroupIds, "group ", g, " has ", inputs[g].num_ids,
+                 " ids; the device backend takes at most ", kMaxGroupIds, " per group and batch");
   std::vector<std::vector<int64_t>> host_offsets(inputs.size());
   if (space == MemorySpace::kHost) {
     validate_group_inputs(inputs, num_tables(), table_name);
@@ -213,7 +242,8 @@ std::unique_ptr<EmbeddingCollection> DeviceEmbeddingCollection::to_host() const 
 
 std::unique_ptr<DeviceEmbeddingCollection> DeviceEmbeddingCollection::from_host(const EmbeddingCollection& host,
                                                                                 RowStorage storage, Backend backend,
-                                                                                LaunchLimits limits) {
+                                                                                LaunchLimits limits,
+                                                                                int device_ordinal) {
   std::vector<TableConfig> configs;
   for (int t = 0; t < host.num_tables(); ++t) {
     const EmbeddingTable& table = host.table(t);
@@ -223,7 +253,8 @@ std::unique_ptr<DeviceEmbeddingCollection> DeviceEmbeddingCollection::from_host(
                  "from the collection seed");
     configs.push_back(table.config());
   }
-  auto device = std::make_unique<DeviceEmbeddingCollection>(std::move(configs), host.seed(), storage, backend, limits);
+  auto device = std::make_unique<DeviceEmbeddingCollection>(std::move(configs), host.seed(), storage, backend, limits,
+                                                            device_ordinal);
   for (int t = 0; t < host.num_tables(); ++t) {
     const EmbeddingTable& table = host.table(t);
     const auto n = static_cast<int64_t>(table.size());
@@ -250,12 +281,13 @@ std::unique_ptr<DeviceEmbeddingCollection> DeviceEmbeddingCollection::from_host(
 void DeviceEmbeddingCollection::save(const std::string& dir, bool overwrite) const { to_host()->save(dir, overwrite); }
 
 std::unique_ptr<DeviceEmbeddingCollection> DeviceEmbeddingCollection::load(const std::string& dir, RowStorage storage,
-                                                                           Backend backend, LaunchLimits limits) {
-  return from_host(*EmbeddingCollection::load(dir), storage, backend, limits);
+                                                                           Backend backend, LaunchLimits limits,
+                                                                           int device) {
+  return from_host(*EmbeddingCollection::load(dir), storage, backend, limits, device);
 }
 
 void DeviceEmbeddingCollection::restore(const std::string& dir) {
-  std::unique_ptr<DeviceEmbeddingCollection> loaded = load(dir, storage_, backend_, limits_);
+  std::unique_ptr<DeviceEmbeddingCollection> loaded = load(dir, storage_, backend_, limits_, device_);
   SC_CHECK_ARG(loaded->num_tables() == num_tables(), "checkpoint at '", dir, "' has ", loaded->num_tables(),
                " tables, this collection ", num_tables());
   for (int t = 0; t < num_tables(); ++t) {

@@ -13,9 +13,7 @@ DevicePackedWeights::DevicePackedWeights(const uint8_t* codes, const float* alph
                                          Backend backend, LaunchLimits limits)
     : rows_(rows), cols_(cols), backend_(backend) {
   SC_CHECK_ARG(rows >= 0 && cols >= 0, "packed weights shape must be non-negative: rows ", rows, ", cols ", cols);
-  SC_CHECK_ARG(limits.block_threads >= 32 && limits.block_threads <= 1024 && limits.block_threads % 32 == 0,
-               "block_threads must be a multiple of 32 in [32, 1024], got ", limits.block_threads);
-  SC_CHECK_ARG(limits.max_blocks >= 0, "max_blocks must be >= 0, got ", limits.max_blocks);
+  limits.validate();
   quant::check_alpha(alpha, rows);
   if (backend == Backend::kEmulated) {
     impl_ = emulated::make_packed_weights(codes, alpha, rows, cols, limits);

@@ -1,6 +1,8 @@
 // What every kernel source includes: the CUDA runtime under nvcc, the emulation layer
 // otherwise, and the few portable pieces both builds share:
 //   SC_LAUNCH(grid, block, shared, stream, kernel)(args...)   replaces <<<...>>>
+//   SC_NAMED_KERNEL(kernel) + SC_LAUNCH_NAMED(name, ...)       a kernel passed as a value keeps
+//                                                              its name in the emulator's counters
 //   SC_CUDA_CHECK(call)                                        CUDA calls, typed exception with file:line
 //   SC_DYNAMIC_SHARED(T, name)                                 the block's dynamic shared memory
 //   DeviceBuffer<T>                                            RAII device allocation
@@ -10,6 +12,8 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <iterator>
+#include <map>
 #include <mutex>
 #include <string>
 #include <unordered_map>
@@ -18,12 +22,15 @@
 
 #include "sparsecore/core/error.h"
 #include "sparsecore/cuda/cuda_error.h"
+#include "sparsecore/cuda/launch_limits.h"
+#include "sparsecore/cuda/memory_cache_stats.h"
 
 #if defined(__CUDACC__)
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #define SC_BACKEND_NS device
 #define SC_LAUNCH(grid, block, shared, stream, ...) __VA_ARGS__<<<(grid), (block), (shared), (stream)>>>
+#define SC_LAUNCH_NAMED(name, grid, block, shared, stream, ...) __VA_ARGS__<<<(grid), (block), (shared), (stream)>>>
 #define SC_DYNAMIC_SHARED(T, name)                                    \
   extern __shared__ __align__(16) unsigned char sc_dynamic_shared_[]; \
   T* name = reinterpret_cast<T*>(sc_dynamic_shared_)
@@ -32,10 +39,16 @@
 #include "emulation/device_memory.h"
 #define SC_BACKEND_NS emulated
 #define SC_LAUNCH(grid, block, shared, stream, ...) \
-  ::sparsecore::cuda_emulation::make_launcher(__VA_ARGS__, (grid), (block), (shared))
+  ::sparsecore::cuda_emulation::make_launcher(__VA_ARGS__, (grid), (block), (shared), #__VA_ARGS__)
+#define SC_LAUNCH_NAMED(name, grid, block, shared, stream, ...) \
+  ::sparsecore::cuda_emulation::make_launcher(__VA_ARGS__, (grid), (block), (shared), (name))
 #define SC_DYNAMIC_SHARED(T, name) \
   T* name = reinterpret_cast<T*>(::sparsecore::cuda_emulation::this_thread().shared_memory)
 #endif
+
+#define SC_NAMED_KERNEL(...) __VA_ARGS__, #__VA_ARGS__
+
+#define SC_LAUNCH_BOUNDS __launch_bounds__(kMaxBlockThreads, kMinBlocksPerSm)
 
 // Full unrolling of loops with constant trip counts (register arrays stay in registers).
 #if defined(__CUDACC__)
@@ -59,7 +72,70 @@
 
 namespace sparsecore::cuda::SC_BACKEND_NS {
 
-// Allocation straight from the driver (or the emulator's guarded pages).
+// Every kernel declares SC_LAUNCH_BOUNDS: blocks of at most kMaxBlockThreads (launches never
+// use larger ones: LaunchLimits::validate) and at least kMinBlocksPerSm of them resident per
+// SM, a budget of 64 registers per thread that keeps half of an SM's thread slots filled.
+// (Given the block size alone, nvcc 13 budgets 32 registers and the pooling kernels spill.)
+inline constexpr int kMaxBlockThreads = LaunchLimits::kMaxBlockThreads;
+inline constexpr int kMinBlocksPerSm = 4;
+
+// The current device of this host thread (cudaGetDevice / the emulator's), and a scope that
+// makes `device` current and restores the previous one.
+inline int current_device() {
+#if defined(__CUDACC__)
+  int d = 0;
+  SC_CUDA_CHECK(cudaGetDevice(&d));
+  return d;
+#else
+  return ::sparsecore::cuda_emulation::current_device();
+#endif
+}
+
+inline void set_current_device(int device) {
+#if defined(__CUDACC__)
+  SC_CUDA_CHECK(cudaSetDevice(device));
+#else
+  ::sparsecore::cuda_emulation::set_current_device(device);
+#endif
+}
+
+inline int device_count() {
+#if defined(__CUDACC__)
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return n;
+#else
+  return ::sparsecore::cuda_emulation::kEmulatedDevices;
+#endif
+}
+
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int device) : previous_(current_device()) {
+    if (device != previous_) set_current_device(device);
+    changed_ = device != previous_;
+  }
+  ~DeviceGuard() {
+    if (changed_) {
+#if defined(__CUDACC__)
+      cudaSetDevice(previous_);
+#else
+      ::sparsecore::cuda_emulation::set_current_device(previous_);
+#endif
+    }
+  }
+  DeviceGuard(const DeviceGuard&) = delete;
+  DeviceGuard& operator=(const DeviceGuard&) = delete;
+
+ private:
+  int previous_;
+  bool changed_ = false;
+};
+
+// Allocation straight from the driver (or the emulator's guarded pages), on the current device.
 inline void* raw_device_malloc(size_t bytes) {
 #if defined(__CUDACC__)
   void* p = nullptr;
@@ -78,21 +154,30 @@ inline void raw_device_free(void* p) noexcept {
 #endif
 }
 
-// Freed device blocks kept by size class for the next allocation: every batch allocates its
-// scratch anew, and cudaMalloc / cudaFree cost far more than the kernels (cudaFree also
-// synchronises the device). Reuse is safe because all work runs in order on one stream.
-// Size classes: on a device, 4 per power of two (at most 25% slack); under the emulator the
-// size rounded to 256 bytes, so a reused block still ends on its guard page exactly as a
-// fresh one would. Blocks above kMaxCachedBytes (tables) go straight to the driver. When
-// the driver runs out of memory the cache is emptied and the allocation retried.
+// Freed device blocks kept by size class for the next allocation, one cache per device:
+// every batch allocates its scratch anew, and cudaMalloc / cudaFree cost far more than the
+// kernels (cudaFree also synchronises the device). Reuse is safe because all work runs in
+// order on one stream. Size classes: on a device, 4 per power of two (at most 25% slack);
+// under the emulator the size rounded to 256 bytes, so a reused block still ends on its
+// guard page exactly as a fresh one would. The cache is bounded: a freed block that would
+// take the cached bytes past the limit (default kDefaultLimitBytes) goes back to the driver,
+// and lowering the limit frees cached blocks down to it. When the driver runs out of memory
+// the cache is emptied and the allocation retried.
 class DeviceMemoryCache {
  public:
-  static constexpr size_t kMaxCachedBytes = size_t{256} << 20;
+  static constexpr int64_t kDefaultLimitBytes = int64_t{1} << 30;
+  static constexpr int kMaxDevices = 64;
 
-  static DeviceMemoryCache& instance() {
-    static DeviceMemoryCache* cache = new DeviceMemoryCache;  // never destroyed: no driver calls at exit
-    return *cache;
+  // The cache of `device` (made on first use, never destroyed: no driver calls at exit).
+  static DeviceMemoryCache& for_device(int device) {
+    SC_CHECK_ARG(device >= 0 && device < kMaxDevices, "device ordinal ", device, " out of range");
+    static std::mutex mutex;
+    static DeviceMemoryCache* caches[kMaxDevices] = {};
+    std::lock_guard<std::mutex> lock(mutex);
+    if (!caches[device]) caches[device] = new DeviceMemoryCache(device);
+    return *caches[device];
   }
+  static DeviceMemoryCache& instance() { return for_device(current_device()); }
 
   static size_t size_class(size_t bytes) {
     size_t rounded = (bytes + 255) / 256 * 256;
@@ -105,9 +190,11 @@ class DeviceMemoryCache {
     return rounded;
   }
 
+  int device() const { return device_; }
+
+  // A block of at least `bytes` on this cache's device.
   void* allocate(size_t bytes) {
     if (bytes == 0) return nullptr;
-    if (bytes > kMaxCachedBytes) return allocate_fresh(bytes, bytes);
     const size_t cls = size_class(bytes);
     {
       std::lock_guard<std::mutex> lock(mutex_);
@@ -116,19 +203,28 @@ class DeviceMemoryCache {
         void* p = it->second.back();
         it->second.pop_back();
         cached_bytes_ -= cls;
+        in_use_bytes_ += cls;
+        ++hits_;
         return p;
       }
+      ++misses_;
     }
-    return allocate_fresh(cls, cls);
+    return allocate_fresh(cls);
   }
 
   void release(void* p) noexcept {
     if (!p) return;
     std::lock_guard<std::mutex> lock(mutex_);
     auto it = size_of_.find(p);
-    if (it == size_of_.end() || it->second > kMaxCachedBytes) {
-      if (it != size_of_.end()) size_of_.erase(it);
+    if (it == size_of_.end()) {
       raw_device_free(p);
+      return;
+    }
+    in_use_bytes_ -= it->second;
+    if (cached_bytes_ + static_cast<int64_t>(it->second) > limit_bytes_) {
+      size_of_.erase(it);
+      ++released_over_limit_;
+      free_on_device(p);
       return;
     }
     free_[it->second].push_back(p);
@@ -138,23 +234,32 @@ class DeviceMemoryCache {
   // Returns every cached block to the driver.
   void trim() noexcept {
     std::lock_guard<std::mutex> lock(mutex_);
-    for (auto& [cls, blocks] : free_) {
-      for (void* p : blocks) {
-        size_of_.erase(p);
-        raw_device_free(p);
-      }
-    }
-    free_.clear();
-    cached_bytes_ = 0;
+    trim_to(0);
   }
 
-  size_t cached_bytes() const {
+  // Caps the cached bytes (>= 0); cached blocks past the new limit are freed now.
+  void set_limit(int64_t bytes) {
+    SC_CHECK_ARG(bytes >= 0, "memory cache limit must be >= 0 bytes, got ", bytes);
+    std::lock_guard<std::mutex> lock(mutex_);
+    limit_bytes_ = bytes;
+    trim_to(bytes);
+  }
+
+  MemoryCacheStats stats() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return {limit_bytes_, cached_bytes_, in_use_bytes_, hits_, misses_, released_over_limit_};
+  }
+
+  int64_t cached_bytes() const {
     std::lock_guard<std::mutex> lock(mutex_);
     return cached_bytes_;
   }
 
  private:
-  void* allocate_fresh(size_t bytes, size_t recorded) {
+  explicit DeviceMemoryCache(int device) : device_(device) {}
+
+  void* allocate_fresh(size_t bytes) {
+    DeviceGuard on(device_);
     void* p = nullptr;
     try {
       p = raw_device_malloc(bytes);
@@ -166,18 +271,47 @@ class DeviceMemoryCache {
       p = raw_device_malloc(bytes);
     }
     std::lock_guard<std::mutex> lock(mutex_);
-    size_of_[p] = recorded;
+    size_of_[p] = bytes;
+    in_use_bytes_ += static_cast<int64_t>(bytes);
     return p;
   }
 
+  void free_on_device(void* p) noexcept {
+    try {
+      DeviceGuard on(device_);
+      raw_device_free(p);
+    } catch (...) {
+      raw_device_free(p);
+    }
+  }
+
+  // Frees cached blocks (largest classes first) until at most `bytes` stay cached. Locked.
+  void trim_to(int64_t bytes) noexcept {
+    while (cached_bytes_ > bytes && !free_.empty()) {
+      auto largest = std::prev(free_.end());
+      for (void* p : largest->second) {
+        size_of_.erase(p);
+        free_on_device(p);
+        cached_bytes_ -= static_cast<int64_t>(largest->first);
+      }
+      free_.erase(largest);
+    }
+  }
+
+  const int device_;
   mutable std::mutex mutex_;
-  std::unordered_map<size_t, std::vector<void*>> free_;
+  std::map<size_t, std::vector<void*>> free_;  // by size class
   std::unordered_map<void*, size_t> size_of_;
-  size_t cached_bytes_ = 0;
+  int64_t limit_bytes_ = kDefaultLimitBytes;
+  int64_t cached_bytes_ = 0, in_use_bytes_ = 0;
+  int64_t hits_ = 0, misses_ = 0, released_over_limit_ = 0;
 };
 
+// A block on the current device, and its return to the cache of the device it came from.
 inline void* device_malloc(size_t bytes) { return DeviceMemoryCache::instance().allocate(bytes); }
-inline void device_free(void* p) noexcept { DeviceMemoryCache::instance().release(p); }
+inline void device_free(void* p, int device) noexcept {
+  if (p) DeviceMemoryCache::for_device(device).release(p);
+}
 
 enum class Copy { kHostToDevice, kDeviceToHost, kDeviceToDevice };
 
@@ -189,7 +323,11 @@ inline void copy_bytes(void* dst, const void* src, size_t bytes, Copy kind) {
                                                    : cudaMemcpyDeviceToDevice;
   SC_CUDA_CHECK(cudaMemcpy(dst, src, bytes, k));
 #else
-  (void)kind;
+  namespace emu = ::sparsecore::cuda_emulation;
+  emu::count_copy(kind == Copy::kHostToDevice   ? emu::CopyDirection::kHostToDevice
+                  : kind == Copy::kDeviceToHost ? emu::CopyDirection::kDeviceToHost
+                                                : emu::CopyDirection::kDeviceToDevice,
+                  bytes);
   std::memcpy(dst, src, bytes);
 #endif
 }
@@ -199,6 +337,7 @@ inline void fill_bytes(void* dst, int value, size_t bytes) {
 #if defined(__CUDACC__)
   SC_CUDA_CHECK(cudaMemset(dst, value, bytes));
 #else
+  ::sparsecore::cuda_emulation::count_memset(bytes);
   std::memset(dst, value, bytes);
 #endif
 }
@@ -206,10 +345,13 @@ inline void fill_bytes(void* dst, int value, size_t bytes) {
 inline void synchronize() {
 #if defined(__CUDACC__)
   SC_CUDA_CHECK(cudaDeviceSynchronize());
+#else
+  ::sparsecore::cuda_emulation::count_sync();
 #endif
 }
 
-// An owned device array of T (uninitialised). Moves, never copies.
+// An owned device array of T (uninitialised), on the device that was current when it was
+// (re)sized; it goes back to that device's cache. Moves, never copies.
 template <typename T>
 class DeviceBuffer {
  public:
@@ -217,23 +359,26 @@ class DeviceBuffer {
   explicit DeviceBuffer(size_t n) { resize(n); }
   DeviceBuffer(const DeviceBuffer&) = delete;
   DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  DeviceBuffer(DeviceBuffer&& o) noexcept : data_(std::exchange(o.data_, nullptr)), size_(std::exchange(o.size_, 0)) {}
+  DeviceBuffer(DeviceBuffer&& o) noexcept
+      : data_(std::exchange(o.data_, nullptr)), size_(std::exchange(o.size_, 0)), device_(o.device_) {}
   DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
     if (this != &o) {
-      device_free(data_);
+      device_free(data_, device_);
       data_ = std::exchange(o.data_, nullptr);
       size_ = std::exchange(o.size_, 0);
+      device_ = o.device_;
     }
     return *this;
   }
-  ~DeviceBuffer() { device_free(data_); }
+  ~DeviceBuffer() { device_free(data_, device_); }
 
   // Discards the contents when the size changes.
   void resize(size_t n) {
     if (n == size_) return;
-    device_free(data_);
+    device_free(data_, device_);
     data_ = nullptr;
     size_ = 0;
+    device_ = current_device();
     data_ = static_cast<T*>(device_malloc(n * sizeof(T)));
     size_ = n;
   }
@@ -248,10 +393,12 @@ class DeviceBuffer {
   T* data() { return data_; }
   const T* data() const { return data_; }
   size_t size() const { return size_; }
+  int device() const { return device_; }
 
  private:
   T* data_ = nullptr;
   size_t size_ = 0;
+  int device_ = 0;
 };
 
 // Relaxed atomic read of memory other threads CAS (a plain read would be a data race).

@@ -7,6 +7,7 @@
 
 #include <type_traits>
 
+#include "device_float_ops.cuh"
 #include "device_runtime.cuh"
 #include "sparsecore/optim/update_rules.h"
 #include "sparsecore/table/embedding_table.h"
@@ -28,18 +29,19 @@ struct RowsView {
 // Fills the rows of newly inserted keys. keys, slots, inserted (n): device. scratch
 // (n, dim) fp32 device: used only with fp16 storage (the row is built in fp32, rounded once).
 template <typename T>
-__global__ void init_rows_kernel(RowsView<T> rows, const int64_t* __restrict__ keys, const int64_t* __restrict__ slots,
-                                 const int* __restrict__ inserted, int64_t n, InitializerConfig init,
-                                 OptimizerConfig opt, uint64_t table_seed, float* __restrict__ scratch) {
+__global__ void SC_LAUNCH_BOUNDS init_rows_kernel(RowsView<T> rows, const int64_t* __restrict__ keys,
+                                                  const int64_t* __restrict__ slots, const int* __restrict__ inserted,
+                                                  int64_t n, InitializerConfig init, OptimizerConfig opt,
+                                                  uint64_t table_seed, float* __restrict__ scratch) {
   const int dim = rows.dim;
   for (int64_t i = global_thread(); i < n; i += grid_threads()) {
     if (!inserted[i] || slots[i] < 0) continue;
     const int64_t s = slots[i];
     if constexpr (std::is_same_v<T, float>) {
-      initialize_row(init, table_seed, keys[i], rows.weights + s * dim, dim);
+      initialize_row<DeviceFloatOps>(init, table_seed, keys[i], rows.weights + s * dim, dim);
     } else {
       float* w = scratch + i * dim;
-      initialize_row(init, table_seed, keys[i], w, dim);
+      initialize_row<DeviceFloatOps>(init, table_seed, keys[i], w, dim);
       for (int d = 0; d < dim; ++d) rows.weights[s * dim + d] = from_float<T>(w[d]);
     }
     if (rows.state_dim) rules::init_state(opt, rows.state + s * rows.state_dim, dim);
@@ -50,8 +52,8 @@ __global__ void init_rows_kernel(RowsView<T> rows, const int64_t* __restrict__ k
 
 // out (n, dim) fp32: the row of slots[i], zeros where slots[i] < 0.
 template <typename T>
-__global__ void gather_rows_kernel(RowsView<T> rows, const int64_t* __restrict__ slots, int64_t n,
-                                   float* __restrict__ out) {
+__global__ void SC_LAUNCH_BOUNDS gather_rows_kernel(RowsView<T> rows, const int64_t* __restrict__ slots, int64_t n,
+                                                    float* __restrict__ out) {
   const int dim = rows.dim;
   const int64_t total = n * dim;
   for (int64_t e = global_thread(); e < total; e += grid_threads()) {
@@ -63,8 +65,8 @@ __global__ void gather_rows_kernel(RowsView<T> rows, const int64_t* __restrict__
 
 // Copies rows of old slots to their new slots (after rehash_kernel). old_slots = capacity + 2.
 template <typename T>
-__global__ void move_rows_kernel(RowsView<T> from, RowsView<T> to, const int64_t* __restrict__ new_slot_of,
-                                 int64_t old_slots) {
+__global__ void SC_LAUNCH_BOUNDS move_rows_kernel(RowsView<T> from, RowsView<T> to,
+                                                  const int64_t* __restrict__ new_slot_of, int64_t old_slots) {
   const int dim = from.dim, sd = from.state_dim;
   for (int64_t s = global_thread(); s < old_slots; s += grid_threads()) {
     const int64_t t = new_slot_of[s];
@@ -79,9 +81,10 @@ __global__ void move_rows_kernel(RowsView<T> from, RowsView<T> to, const int64_t
 // Writes whole rows (checkpoint import): weights (n, dim) fp32, rounded once to T; state
 // (n, state_dim); update_count, last_step (n). slots (n): the rows' slots. All device.
 template <typename T>
-__global__ void store_rows_kernel(RowsView<T> rows, const int64_t* __restrict__ slots, int64_t n,
-                                  const float* __restrict__ weights, const float* __restrict__ state,
-                                  const uint32_t* __restrict__ update_count, const int64_t* __restrict__ last_step) {
+__global__ void SC_LAUNCH_BOUNDS store_rows_kernel(RowsView<T> rows, const int64_t* __restrict__ slots, int64_t n,
+                                                   const float* __restrict__ weights, const float* __restrict__ state,
+                                                   const uint32_t* __restrict__ update_count,
+                                                   const int64_t* __restrict__ last_step) {
   const int dim = rows.dim, sd = rows.state_dim;
   for (int64_t i = global_thread(); i < n; i += grid_threads()) {
     const int64_t s = slots[i];
@@ -146,7 +149,7 @@ inline constexpr int kPoolElementsPerLane = 4;
 // power of two <= 32, sized to the dim) per bag, each lane loading W consecutive elements
 // of a row at a time (coalesced; vector loads when W > 1), sums in position order.
 template <typename T, int W>
-__global__ void pool_kernel(BagsView g, RowsView<T> rows, float* __restrict__ out, int group_lanes) {
+__global__ void SC_LAUNCH_BOUNDS pool_kernel(BagsView g, RowsView<T> rows, float* __restrict__ out, int group_lanes) {
   constexpr int kVectors = kPoolElementsPerLane / W;
   const int lane = static_cast<int>(threadIdx.x) & (group_lanes - 1);
   const int64_t groups = grid_threads() / group_lanes;
@@ -197,7 +200,7 @@ __global__ void pool_kernel(BagsView g, RowsView<T> rows, float* __restrict__ ou
 
 // Forward, pooling "none": out (batch_size, max_len, dim) zero-padded, one warp per bag.
 template <typename T>
-__global__ void pool_sequence_kernel(BagsView g, RowsView<T> rows, float* __restrict__ out) {
+__global__ void SC_LAUNCH_BOUNDS pool_sequence_kernel(BagsView g, RowsView<T> rows, float* __restrict__ out) {
   const int lane = static_cast<int>(threadIdx.x) & 31;
   const int64_t warps = grid_threads() / 32;
   const int dim = g.dim;
@@ -214,7 +217,8 @@ __global__ void pool_sequence_kernel(BagsView g, RowsView<T> rows, float* __rest
 
 // bag_of (num_ids): the bag of each position; bag_scale (batch_size): 1/denominator for
 // mean pooling (0 for an empty bag), 1 otherwise.
-__global__ void bag_layout_kernel(BagsView g, int* __restrict__ bag_of, float* __restrict__ bag_scale) {
+__global__ void SC_LAUNCH_BOUNDS bag_layout_kernel(BagsView g, int* __restrict__ bag_of,
+                                                   float* __restrict__ bag_scale) {
   for (int64_t b = global_thread(); b < g.batch_size; b += grid_threads()) {
     const int64_t start = g.offsets[b], end = g.offsets[b + 1];
     float denom = 0.0f;
@@ -232,10 +236,11 @@ __global__ void bag_layout_kernel(BagsView g, int* __restrict__ bag_of, float* _
 // grad 16-byte aligned), occurrences in ascending position order. grad: the output
 // gradient, same shape as forward's.
 template <int W>
-__global__ void unique_grad_kernel(BagsView g, const int* __restrict__ occ_offsets,
-                                   const int* __restrict__ occ_positions, const int* __restrict__ bag_of,
-                                   const float* __restrict__ bag_scale, const float* __restrict__ grad,
-                                   int64_t num_unique, float* __restrict__ grad_rows) {
+__global__ void SC_LAUNCH_BOUNDS unique_grad_kernel(BagsView g, const int* __restrict__ occ_offsets,
+                                                    const int* __restrict__ occ_positions,
+                                                    const int* __restrict__ bag_of, const float* __restrict__ bag_scale,
+                                                    const float* __restrict__ grad, int64_t num_unique,
+                                                    float* __restrict__ grad_rows) {
   const int dim = g.dim;
   const int vectors = dim / W;
   const int64_t total = num_unique * vectors;
@@ -264,9 +269,9 @@ __global__ void unique_grad_kernel(BagsView g, const int* __restrict__ occ_offse
 // place (fp32 storage) or on an fp32 copy rounded back once (fp16). scratch (num_unique, dim)
 // fp32 device, fp16 only.
 template <typename T>
-__global__ void update_rows_kernel(RowsView<T> rows, const int64_t* __restrict__ unique_slots, int64_t num_unique,
-                                   const float* __restrict__ grad_rows, OptimizerConfig opt, int64_t step,
-                                   float* __restrict__ scratch) {
+__global__ void SC_LAUNCH_BOUNDS update_rows_kernel(RowsView<T> rows, const int64_t* __restrict__ unique_slots,
+                                                    int64_t num_unique, const float* __restrict__ grad_rows,
+                                                    OptimizerConfig opt, int64_t step, float* __restrict__ scratch) {
   const int dim = rows.dim;
   for (int64_t u = global_thread(); u < num_unique; u += grid_threads()) {
     const int64_t s = unique_slots[u];
@@ -289,7 +294,8 @@ __global__ void update_rows_kernel(RowsView<T> rows, const int64_t* __restrict__
 }
 
 // *count += elements of values (n) that are NaN or Inf (validation of device inputs).
-__global__ void count_non_finite_kernel(const float* __restrict__ values, int64_t n, unsigned long long* count) {
+__global__ void SC_LAUNCH_BOUNDS count_non_finite_kernel(const float* __restrict__ values, int64_t n,
+                                                         unsigned long long* count) {
   unsigned long long local = 0;
   for (int64_t i = global_thread(); i < n; i += grid_threads()) local += !(fabsf(values[i]) <= 3.402823466e38f);
   if (local) atomicAdd(count, local);

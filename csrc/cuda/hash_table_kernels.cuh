@@ -61,21 +61,29 @@ __device__ __forceinline__ int64_t probe_slot(const TableView& t, int64_t key, b
   return -1;
 }
 
-// slots[i] = slot of keys[i] (inserting when `insert`); inserted[i] = 1 for the one thread
-// that created the key; *num_inserted counts them. keys (n), slots (n), inserted (n): device.
-__global__ void lookup_kernel(TableView t, const int64_t* __restrict__ keys, int64_t n, int64_t* __restrict__ slots,
-                              int* __restrict__ inserted, bool insert, unsigned long long* num_inserted) {
+// slots[i] = slot of keys[i] (inserting when `insert`). Inserting: inserted[i] = 1 for the
+// one thread that created the key and *count counts them. Finding: *count counts the keys
+// not found (-1). keys (n), slots (n), inserted (n or nullptr): device.
+__global__ void SC_LAUNCH_BOUNDS lookup_kernel(TableView t, const int64_t* __restrict__ keys, int64_t n,
+                                               int64_t* __restrict__ slots, int* __restrict__ inserted, bool insert,
+                                               unsigned long long* count) {
   for (int64_t i = global_thread(); i < n; i += grid_threads()) {
     int created = 0;
-    slots[i] = probe_slot(t, keys[i], insert, &created);
+    const int64_t s = probe_slot(t, keys[i], insert, &created);
+    slots[i] = s;
     if (inserted) inserted[i] = created;
-    if (created) atomicAdd(num_inserted, 1ULL);
+    if (insert ? created != 0 : s < 0) atomicAdd(count, 1ULL);
   }
 }
 
+// keys[0..n) = value (a table's empty marker, which no byte pattern gives).
+__global__ void SC_LAUNCH_BOUNDS fill_keys_kernel(int64_t* __restrict__ keys, int64_t n, int64_t value) {
+  for (int64_t i = global_thread(); i < n; i += grid_threads()) keys[i] = value;
+}
+
 // Removes keys (n, device); *num_erased counts the keys that were present.
-__global__ void erase_kernel(TableView t, const int64_t* __restrict__ keys, int64_t n, unsigned long long* num_erased,
-                             unsigned long long* num_tombstones) {
+__global__ void SC_LAUNCH_BOUNDS erase_kernel(TableView t, const int64_t* __restrict__ keys, int64_t n,
+                                              unsigned long long* num_erased, unsigned long long* num_tombstones) {
   for (int64_t i = global_thread(); i < n; i += grid_threads()) {
     const int64_t key = keys[i];
     const int r = reserved_index(key);
@@ -105,7 +113,8 @@ __device__ __forceinline__ bool slot_live(const TableView& t, int64_t s, int64_t
 }
 
 // Appends the live slots of t (all capacity + 2 of them) to out_slots; *count is the cursor.
-__global__ void collect_live_kernel(TableView t, int64_t* __restrict__ out_slots, unsigned long long* count) {
+__global__ void SC_LAUNCH_BOUNDS collect_live_kernel(TableView t, int64_t* __restrict__ out_slots,
+                                                     unsigned long long* count) {
   const int64_t total = t.capacity + kReservedSlots;
   for (int64_t s = global_thread(); s < total; s += grid_threads()) {
     int64_t key;
@@ -115,7 +124,7 @@ __global__ void collect_live_kernel(TableView t, int64_t* __restrict__ out_slots
 
 // Re-inserts every live key of `from` into the empty table `to`; new_slot_of[s] is the new
 // slot of old slot s (-1: not live). Rows are moved by the caller with these slots.
-__global__ void rehash_kernel(TableView from, TableView to, int64_t* __restrict__ new_slot_of) {
+__global__ void SC_LAUNCH_BOUNDS rehash_kernel(TableView from, TableView to, int64_t* __restrict__ new_slot_of) {
   const int64_t total = from.capacity + kReservedSlots;
   for (int64_t s = global_thread(); s < total; s += grid_threads()) {
     int64_t key;

@@ -35,8 +35,8 @@ struct DigitCounters {
 __device__ __forceinline__ int radix_digit(int key, int shift) { return (key >> shift) & (kRadixBins - 1); }
 
 // hist (kRadixBins * chunks): hist[digit * chunks + chunk] = keys of `chunk` with that digit.
-__global__ void radix_histogram_kernel(const int* __restrict__ keys, int64_t n, int shift, int64_t chunks,
-                                       int* __restrict__ hist) {
+__global__ void SC_LAUNCH_BOUNDS radix_histogram_kernel(const int* __restrict__ keys, int64_t n, int shift,
+                                                        int64_t chunks, int* __restrict__ hist) {
   for (int64_t c = global_thread(); c < chunks; c += grid_threads()) {
     DigitCounters counts;
     const int64_t begin = c * kRadixChunk, end = begin + kRadixChunk < n ? begin + kRadixChunk : n;
@@ -49,9 +49,10 @@ __global__ void radix_histogram_kernel(const int* __restrict__ keys, int64_t n, 
 // One stable pass: keys_out / values_out[position] for every item, positions from
 // hist_offsets (the exclusive scan of radix_histogram_kernel's counts). values_in nullptr:
 // the value of item i is i. keys_out nullptr: keys are not written (the last pass).
-__global__ void radix_scatter_kernel(const int* __restrict__ keys_in, const int* __restrict__ values_in, int64_t n,
-                                     int shift, int64_t chunks, const int* __restrict__ hist_offsets,
-                                     int* __restrict__ keys_out, int* __restrict__ values_out) {
+__global__ void SC_LAUNCH_BOUNDS radix_scatter_kernel(const int* __restrict__ keys_in,
+                                                      const int* __restrict__ values_in, int64_t n, int shift,
+                                                      int64_t chunks, const int* __restrict__ hist_offsets,
+                                                      int* __restrict__ keys_out, int* __restrict__ values_out) {
   for (int64_t c = global_thread(); c < chunks; c += grid_threads()) {
     DigitCounters seen;
     const int64_t begin = c * kRadixChunk, end = begin + kRadixChunk < n ? begin + kRadixChunk : n;

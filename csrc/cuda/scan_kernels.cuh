@@ -11,8 +11,8 @@ inline constexpr int kScanItemsPerThread = 4;
 // out[i] = sum of in[0..i) within each tile of blockDim.x * 4 elements; tile_sums[tile] =
 // the tile's total. in, out (n), tile_sums (tiles): device. Dynamic shared memory:
 // 2 * blockDim.x ints. One block per tile (the grid is not capped).
-__global__ void scan_tiles_kernel(const int* __restrict__ in, int* __restrict__ out, int* __restrict__ tile_sums,
-                                  int64_t n) {
+__global__ void SC_LAUNCH_BOUNDS scan_tiles_kernel(const int* __restrict__ in, int* __restrict__ out,
+                                                   int* __restrict__ tile_sums, int64_t n) {
   SC_DYNAMIC_SHARED(int, buffer);
   const int tid = static_cast<int>(threadIdx.x);
   const int threads = static_cast<int>(blockDim.x);
@@ -43,8 +43,8 @@ __global__ void scan_tiles_kernel(const int* __restrict__ in, int* __restrict__ 
 }
 
 // out[i] += tile_offsets[i / tile].
-__global__ void add_tile_offsets_kernel(int* __restrict__ out, const int* __restrict__ tile_offsets, int64_t n,
-                                        int64_t tile) {
+__global__ void SC_LAUNCH_BOUNDS add_tile_offsets_kernel(int* __restrict__ out, const int* __restrict__ tile_offsets,
+                                                         int64_t n, int64_t tile) {
   for (int64_t i = global_thread(); i < n; i += grid_threads()) out[i] += tile_offsets[i / tile];
 }
 

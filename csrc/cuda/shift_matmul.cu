@@ -42,8 +42,7 @@ class PackedWeights final : public DevicePackedWeightsImpl {
   void matmul_device(const float* x, int64_t batch, float* y, void* stream) const override {
     if (batch == 0 || rows_ == 0) return;
     if (batch >= kGemmMinBatch) {
-      const dim3 grid(static_cast<unsigned>((rows_ + kShiftTile - 1) / kShiftTile),
-                      static_cast<unsigned>((batch + kShiftTile - 1) / kShiftTile));
+      const dim3 grid = shift_gemm_grid(rows_, batch, limits_.max_blocks);
       SC_LAUNCH(grid, dim3(kShiftGemmThreads), 0, as_stream(stream), shift_gemm_kernel)
       (x, batch, codes_.data(), alpha_.data(), rows_, cols_, y);
       SC_CHECK_LAUNCH();

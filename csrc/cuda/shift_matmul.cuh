@@ -20,6 +20,21 @@ inline constexpr int kShiftTile = 64;
 inline constexpr int kShiftTileK = 32;
 inline constexpr int kShiftGemmThreads = 256;
 inline constexpr int kShiftTilePad = kShiftTile + 1;  // breaks bank conflicts of transposed stores
+static_assert(kShiftGemmThreads <= kMaxBlockThreads, "the GEMM block must fit the kernels' launch bounds");
+
+// CUDA's limit on gridDim.y (gridDim.x allows 2^31 - 1).
+inline constexpr int64_t kMaxGridY = 65535;
+
+// Launch shape of shift_gemm_kernel: x over row tiles, y over batch tiles, at most
+// min(kMaxGridY, max_blocks when > 0) of them; the kernel strides over the remaining batch
+// tiles, so any batch is covered (65535 tiles of 64 end at batch 4,194,240).
+inline dim3 shift_gemm_grid(int64_t rows, int64_t batch, int64_t max_blocks = 0) {
+  const int64_t row_tiles = (rows + kShiftTile - 1) / kShiftTile;
+  int64_t batch_tiles = (batch + kShiftTile - 1) / kShiftTile;
+  batch_tiles = batch_tiles < kMaxGridY ? batch_tiles : kMaxGridY;
+  if (max_blocks > 0 && batch_tiles > max_blocks) batch_tiles = max_blocks;
+  return dim3(static_cast<unsigned>(row_tiles), static_cast<unsigned>(batch_tiles < 1 ? 1 : batch_tiles));
+}
 
 // Eight consecutive activations as one aligned load (LDG.64 / LDG.128 on a device).
 template <typename X>
@@ -50,8 +65,9 @@ __device__ __forceinline__ Acc warp_sum(Acc v) {
 // one 4-byte word (8 codes) per step and the warp reads 128 contiguous bytes; otherwise each
 // lane reads one byte (2 codes) per step.
 template <typename X, typename Acc, bool kWords>
-__global__ void shift_gemv_kernel(const X* __restrict__ x, int64_t batch, const uint8_t* __restrict__ codes,
-                                  const float* __restrict__ alpha, int64_t rows, int64_t cols, Acc* __restrict__ y) {
+__global__ void SC_LAUNCH_BOUNDS shift_gemv_kernel(const X* __restrict__ x, int64_t batch,
+                                                   const uint8_t* __restrict__ codes, const float* __restrict__ alpha,
+                                                   int64_t rows, int64_t cols, Acc* __restrict__ y) {
   const int lane = static_cast<int>(threadIdx.x) & 31;
   const int64_t pc = (cols + 1) / 2;
   const int64_t items = batch * rows;
@@ -92,20 +108,15 @@ __global__ void shift_gemv_kernel(const X* __restrict__ x, int64_t batch, const 
   }
 }
 
-// Tiled GEMM for float activations. Grid: (ceil(rows / 64), ceil(batch / 64)); block: 256
-// threads. Per 32-column step the block stages x (64 batch rows, transposed) and the 64 rows
-// of codes decoded to float in shared memory, so each code is decoded once per 64 batch rows;
-// each thread then accumulates its 4 × 4 outputs over the 32 columns in order.
-//   x (batch, cols) float32; codes (rows, pc) uint8; alpha (rows); y (batch, rows) float32.
-__global__ void __launch_bounds__(kShiftGemmThreads)
-    shift_gemm_kernel(const float* __restrict__ x, int64_t batch, const uint8_t* __restrict__ codes,
-                      const float* __restrict__ alpha, int64_t rows, int64_t cols, float* __restrict__ y) {
-  __shared__ float xs[kShiftTileK][kShiftTilePad];  // [column][batch row in tile]
-  __shared__ float ws[kShiftTileK][kShiftTilePad];  // [column][row in tile]
-  const int t = static_cast<int>(threadIdx.x);
-  const int tx = t % 16, ty = t / 16;  // tx: rows (so y stores are contiguous), ty: batch rows
-  const int64_t r0 = int64_t{blockIdx.x} * kShiftTile, b0 = int64_t{blockIdx.y} * kShiftTile;
-  const int64_t pc = (cols + 1) / 2;
+// One 64 × 64 tile of y (rows r0.., batch rows b0..) of the tiled GEMM. Per 32-column step
+// the block stages x (64 batch rows, transposed) in xs and the 64 rows of codes decoded to
+// float in ws (shared memory), so each code is decoded once per 64 batch rows; each thread
+// then accumulates its 4 × 4 outputs over the 32 columns in order.
+__device__ __forceinline__ void shift_gemm_tile(const float* __restrict__ x, int64_t batch,
+                                                const uint8_t* __restrict__ codes, const float* __restrict__ alpha,
+                                                int64_t rows, int64_t cols, int64_t pc, int64_t r0, int64_t b0,
+                                                float* __restrict__ y, float (*xs)[kShiftTilePad],
+                                                float (*ws)[kShiftTilePad], int t, int tx, int ty) {
   float acc[4][4];
   for (int i = 0; i < 4; ++i)
     for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
@@ -143,6 +154,22 @@ __global__ void __launch_bounds__(kShiftGemmThreads)
       if (r < rows) y[b * rows + r] = alpha[r] * acc[i][j];
     }
   }
+}
+
+// Tiled GEMM for float activations. Grid: shift_gemm_grid (row tiles × at most 65535 batch
+// tiles; a block strides over batch tiles by gridDim.y, so any batch fits); block: 256 threads.
+//   x (batch, cols) float32; codes (rows, pc) uint8; alpha (rows); y (batch, rows) float32.
+__global__ void SC_LAUNCH_BOUNDS shift_gemm_kernel(const float* __restrict__ x, int64_t batch,
+                                                   const uint8_t* __restrict__ codes, const float* __restrict__ alpha,
+                                                   int64_t rows, int64_t cols, float* __restrict__ y) {
+  __shared__ float xs[kShiftTileK][kShiftTilePad];  // [column][batch row in tile]
+  __shared__ float ws[kShiftTileK][kShiftTilePad];  // [column][row in tile]
+  const int t = static_cast<int>(threadIdx.x);
+  const int tx = t % 16, ty = t / 16;  // tx: rows (so y stores are contiguous), ty: batch rows
+  const int64_t r0 = int64_t{blockIdx.x} * kShiftTile;
+  const int64_t pc = (cols + 1) / 2;
+  for (int64_t b0 = int64_t{blockIdx.y} * kShiftTile; b0 < batch; b0 += int64_t{gridDim.y} * kShiftTile)
+    shift_gemm_tile(x, batch, codes, alpha, rows, cols, pc, r0, b0, y, xs, ws, t, tx, ty);
 }
 
 }  // namespace sparsecore::cuda::SC_BACKEND_NS

@@ -7,6 +7,7 @@
 #include "array_args.h"
 #include "binding_registry.h"
 #include "sparsecore/cuda/device_embedding_collection.h"
+#include "sparsecore/cuda/emulator_counters.h"
 
 namespace py = pybind11;
 using namespace sparsecore;
@@ -33,6 +34,54 @@ SPARSECORE_BINDING(cuda, 40) {
   m.def("cuda_device_available", &cuda::device_available,
         "True when this build has CUDA kernels and a CUDA device with a driver is present.");
   m.def("cuda_unavailable_reason", &cuda::device_unavailable_reason);
+  m.def("cuda_emulator_counters", [] {
+    const cuda::EmulatorCounters c = cuda::emulator_counters();
+    py::dict kernels;
+    for (const auto& [name, k] : c.kernels) {
+      py::dict one;
+      one["launches"] = k.launches;
+      one["blocks"] = k.blocks;
+      kernels[py::str(name)] = one;
+    }
+    py::dict d;
+    d["launches"] = c.launches;
+    d["host_syncs"] = c.host_syncs;
+    d["h2d_copies"] = c.h2d_copies;
+    d["h2d_bytes"] = c.h2d_bytes;
+    d["d2h_copies"] = c.d2h_copies;
+    d["d2h_bytes"] = c.d2h_bytes;
+    d["d2d_copies"] = c.d2d_copies;
+    d["d2d_bytes"] = c.d2d_bytes;
+    d["memsets"] = c.memsets;
+    d["memset_bytes"] = c.memset_bytes;
+    d["kernels"] = kernels;
+    return d;
+  });
+  m.def("cuda_emulator_reset_counters", &cuda::reset_emulator_counters);
+  m.def(
+      "cuda_memory_cache_stats",
+      [](bool emulate, int device) {
+        const cuda::MemoryCacheStats s = cuda::memory_cache_stats(backend_of(emulate), device);
+        py::dict d;
+        d["limit_bytes"] = s.limit_bytes;
+        d["cached_bytes"] = s.cached_bytes;
+        d["in_use_bytes"] = s.in_use_bytes;
+        d["hits"] = s.hits;
+        d["misses"] = s.misses;
+        d["released_over_limit"] = s.released_over_limit;
+        return d;
+      },
+      py::arg("emulate"), py::arg("device"));
+  m.def(
+      "cuda_set_memory_cache_limit",
+      [](bool emulate, int device, int64_t bytes) { cuda::set_memory_cache_limit(backend_of(emulate), device, bytes); },
+      py::arg("emulate"), py::arg("device"), py::arg("bytes"));
+  m.def(
+      "cuda_empty_memory_cache",
+      [](bool emulate, int device) { cuda::empty_memory_cache(backend_of(emulate), device); }, py::arg("emulate"),
+      py::arg("device"));
+  m.def("cuda_emulator_block_seed", &cuda::emulator_block_seed);
+  m.def("cuda_set_emulator_block_seed", &cuda::set_emulator_block_seed, py::arg("seed"));
 
   py::class_<PyDevicePrepared>(m, "DevicePreparedBatch")
       .def_property_readonly("train", [](const PyDevicePrepared& p) { return p.batch->train(); })
@@ -44,16 +93,17 @@ SPARSECORE_BINDING(cuda, 40) {
 
   py::class_<DeviceEmbeddingCollection>(m, "DeviceEmbeddingCollection")
       .def(py::init([](const std::string& configs_json, uint64_t seed, const std::string& storage, bool emulate,
-                       int block_threads, int max_blocks) {
+                       int block_threads, int max_blocks, int device) {
              std::vector<TableConfig> tables;
              const Json parsed = Json::parse(configs_json);  // outlives the loop over its array
              for (const Json& t : parsed.as_array("tables")) tables.push_back(TableConfig::from_json(t));
              return std::make_unique<DeviceEmbeddingCollection>(
                  std::move(tables), seed, cuda::row_storage_from_name(storage), backend_of(emulate),
-                 cuda::LaunchLimits{block_threads, max_blocks});
+                 cuda::LaunchLimits{block_threads, max_blocks}, device);
            }),
            py::arg("configs_json"), py::arg("seed"), py::arg("storage") = "fp32", py::arg("emulate") = false,
-           py::arg("block_threads") = 128, py::arg("max_blocks") = 0)
+           py::arg("block_threads") = 128, py::arg("max_blocks") = 0, py::arg("device") = -1)
+      .def_property_readonly("device", &DeviceEmbeddingCollection::device)
       .def_property_readonly("step", &DeviceEmbeddingCollection::step)
       .def_property_readonly("seed", &DeviceEmbeddingCollection::seed)
       .def_property_readonly("num_tables", &DeviceEmbeddingCollection::num_tables)
@@ -199,21 +249,24 @@ SPARSECORE_BINDING(cuda, 40) {
           py::arg("dir"), py::arg("overwrite") = false)
       .def_static(
           "load",
-          [](const std::string& dir, const std::string& storage, bool emulate, int block_threads, int max_blocks) {
+          [](const std::string& dir, const std::string& storage, bool emulate, int block_threads, int max_blocks,
+             int device) {
             py::gil_scoped_release release;
             return DeviceEmbeddingCollection::load(dir, cuda::row_storage_from_name(storage), backend_of(emulate),
-                                                   cuda::LaunchLimits{block_threads, max_blocks});
+                                                   cuda::LaunchLimits{block_threads, max_blocks}, device);
           },
-          py::arg("dir"), py::arg("storage"), py::arg("emulate"), py::arg("block_threads"), py::arg("max_blocks"))
+          py::arg("dir"), py::arg("storage"), py::arg("emulate"), py::arg("block_threads"), py::arg("max_blocks"),
+          py::arg("device") = -1)
       .def_static(
           "from_host",
           [](const EmbeddingCollection& host, const std::string& storage, bool emulate, int block_threads,
-             int max_blocks) {
+             int max_blocks, int device) {
             py::gil_scoped_release release;
             return DeviceEmbeddingCollection::from_host(host, cuda::row_storage_from_name(storage), backend_of(emulate),
-                                                        cuda::LaunchLimits{block_threads, max_blocks});
+                                                        cuda::LaunchLimits{block_threads, max_blocks}, device);
           },
-          py::arg("host"), py::arg("storage"), py::arg("emulate"), py::arg("block_threads"), py::arg("max_blocks"))
+          py::arg("host"), py::arg("storage"), py::arg("emulate"), py::arg("block_threads"), py::arg("max_blocks"),
+          py::arg("device") = -1)
       .def(
           "restore",
           [](DeviceEmbeddingCollection& c, const std::string& dir) {

@@ -36,7 +36,9 @@ from . import _core
 from .config import TableConfig, tables_to_json
 from .embedding import EmbeddingCollection, PreparedBatch, _grads_in_order, _unpack_group
 
-__all__ = ["DeviceEmbeddingCollection", "is_available", "unavailable_reason"]
+__all__ = ["DeviceEmbeddingCollection", "empty_memory_cache", "emulator_block_seed", "emulator_counters",
+           "is_available", "memory_cache_stats", "reset_emulator_counters", "set_emulator_block_seed",
+           "set_memory_cache_limit", "unavailable_reason"]
 
 
 def is_available() -> bool:
@@ -47,6 +49,74 @@ def is_available() -> bool:
 def unavailable_reason() -> str:
     """Why the device backend cannot run here ("" when it can)."""
     return _core.cuda_unavailable_reason()
+
+
+def _device_ordinal(device: Any) -> int:
+    """The CUDA device ordinal of ``device``: ``"cuda"`` (-1: the current device), ``"cuda:N"``,
+    an int N or a ``torch.device``."""
+    if isinstance(device, bool):
+        raise TypeError("device must be 'cuda', 'cuda:N', an int or a torch.device, got a bool")
+    if isinstance(device, (int, np.integer)):
+        if device < 0:
+            raise ValueError(f"device ordinal must be >= 0, got {device}")
+        return int(device)
+    if getattr(device, "type", None) is not None and not isinstance(device, str):  # torch.device
+        if device.type != "cuda":
+            raise ValueError(f"a DeviceEmbeddingCollection lives on a CUDA device, got {device}")
+        return -1 if device.index is None else int(device.index)
+    if isinstance(device, str):
+        if device == "cuda":
+            return -1
+        kind, _, index = device.partition(":")
+        if kind == "cuda" and index.isdigit():
+            return int(index)
+        raise ValueError(f"device must be 'cuda' or 'cuda:N', got {device!r}")
+    raise TypeError(f"device must be 'cuda', 'cuda:N', an int or a torch.device, got {type(device).__name__}")
+
+
+def memory_cache_stats(device: Any = 0, *, emulate: bool = False) -> dict[str, int]:
+    """The memory cache of a CUDA device (or of an emulated one): ``limit_bytes``,
+    ``cached_bytes`` (freed blocks kept for reuse), ``in_use_bytes``, ``hits``, ``misses`` and
+    ``released_over_limit`` (freed blocks handed back to the driver because the cache was full)."""
+    return dict(_core.cuda_memory_cache_stats(bool(emulate), _device_ordinal(device)))
+
+
+def set_memory_cache_limit(limit_bytes: int, device: Any = 0, *, emulate: bool = False) -> None:
+    """Caps the bytes a device's memory cache keeps (default 1 GiB); cached blocks past a lower
+    cap are freed at once, and later frees past it go back to the driver."""
+    _core.cuda_set_memory_cache_limit(bool(emulate), _device_ordinal(device), int(limit_bytes))
+
+
+def empty_memory_cache(device: Any = 0, *, emulate: bool = False) -> None:
+    """Returns every cached block of a device's memory cache to the driver."""
+    _core.cuda_empty_memory_cache(bool(emulate), _device_ordinal(device))
+
+
+def emulator_counters() -> dict[str, Any]:
+    """What the emulated kernels asked of a device since the last reset, counted as a device
+    would see it (every emulated collection in the process together): ``launches``,
+    ``host_syncs`` (synchronisations and blocking device-to-host copies), ``h2d_copies`` /
+    ``h2d_bytes``, ``d2h_copies`` / ``d2h_bytes``, ``d2d_copies`` / ``d2d_bytes``, ``memsets`` /
+    ``memset_bytes``, and ``kernels``: per kernel, its ``launches`` and ``blocks``. The
+    emulator's times say nothing about a GPU; these counts do (launch and round-trip budgets)."""
+    return dict(_core.cuda_emulator_counters())
+
+
+def reset_emulator_counters() -> None:
+    """Zeroes :func:`emulator_counters`."""
+    _core.cuda_emulator_reset_counters()
+
+
+def emulator_block_seed() -> Optional[int]:
+    """Seed of the order in which the emulator runs the blocks of a launch (``None``: grid order)."""
+    return _core.cuda_emulator_block_seed()
+
+
+def set_emulator_block_seed(seed: Optional[int]) -> None:
+    """Runs the blocks of each later emulated launch in a random order drawn from ``seed`` (a
+    fresh permutation per launch), or in grid order with ``None``. The default seed is 1 (or
+    ``SPARSECORE_EMULATOR_BLOCK_SEED``): no kernel may depend on the order of its blocks."""
+    _core.cuda_set_emulator_block_seed(None if seed is None else int(seed) & (2**64 - 1))
 
 
 def _device_kind(x: Any) -> Optional[str]:
@@ -208,15 +278,23 @@ class DeviceEmbeddingCollection(EmbeddingCollection):
     storage: ``"fp32"`` or ``"fp16"`` row weights (fp16 keeps fp32 accumulation and fp32
     optimizer state; the update rounds each row once). By default it is the tables' own
     ``TableConfig.storage``, which must then be the same for every table.
+
+    device: where the rows live: ``"cuda"`` (the current device), ``"cuda:N"``, N or a
+    ``torch.device``. The collection remembers it (:attr:`device`); every call runs there, and
+    CUDA arrays on another device are refused with a ``ValueError`` naming both devices.
     """
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> "DeviceEmbeddingCollection":
+        # EmbeddingCollection.__new__ dispatches on device="cpu" / "cuda"; this class takes
+        # every CUDA device spelling itself (__init__).
+        return object.__new__(cls)
+
     def __init__(self, tables: Mapping[str, TableConfig], seed: int = 0, *, storage: Optional[str] = None,
-                 emulate: bool = False, device: str = "cuda", block_threads: Optional[int] = None,
+                 emulate: bool = False, device: Any = "cuda", block_threads: Optional[int] = None,
                  max_blocks: Optional[int] = None, _core_obj: Any = None):
         if getattr(self, "_c", None) is not None:
             return  # already built by EmbeddingCollection.__new__(device="cuda")
-        if device != "cuda":
-            raise ValueError(f"a DeviceEmbeddingCollection lives on device 'cuda', got {device!r}")
+        ordinal = _device_ordinal(device)
         if storage is None:
             kinds = {getattr(cfg, "storage", "fp32") for cfg in dict(tables).values()} or {"fp32"}
             if len(kinds) > 1:
@@ -232,7 +310,8 @@ class DeviceEmbeddingCollection(EmbeddingCollection):
                                "GPU and its driver. Use sparsecore.EmbeddingCollection on the CPU (the same "
                                "results), or emulate=True to run the CUDA kernels on the CPU (slow; for tests)")
         core = _core.DeviceEmbeddingCollection(tables_to_json(dict(tables)), int(seed) & (2**64 - 1), storage,
-                                               bool(emulate), *_launch_limits(emulate, block_threads, max_blocks))
+                                               bool(emulate), *_launch_limits(emulate, block_threads, max_blocks),
+                                               ordinal)
         super().__init__({}, _core_obj=core)
 
     @classmethod
@@ -248,6 +327,11 @@ class DeviceEmbeddingCollection(EmbeddingCollection):
     @property
     def emulated(self) -> bool:
         return self._c.emulated
+
+    @property
+    def device(self) -> str:
+        """The device the rows live on, ``"cuda:N"``."""
+        return f"cuda:{self._c.device}"
 
     def table_capacity(self, name: str) -> int:
         """Slots of table ``name``'s device hash table (grows past the max load factor)."""
@@ -283,7 +367,7 @@ class DeviceEmbeddingCollection(EmbeddingCollection):
         if kind == "torch":
             import torch
 
-            device = template.device if _device_kind(template) == "torch" else torch.device("cuda")
+            device = template.device if _device_kind(template) == "torch" else torch.device(self.device)
             out = torch.empty(shape, dtype=torch.float32, device=device)
             return out, out.data_ptr()
         if kind == "cupy":
@@ -445,10 +529,12 @@ class DeviceEmbeddingCollection(EmbeddingCollection):
 
     @classmethod
     def load(cls, path: Union[str, os.PathLike], *, storage: str = "fp32", emulate: bool = False,
-             block_threads: Optional[int] = None, max_blocks: Optional[int] = None) -> "DeviceEmbeddingCollection":
+             block_threads: Optional[int] = None, max_blocks: Optional[int] = None,
+             device: Any = "cuda") -> "DeviceEmbeddingCollection":
         """Reads a checkpoint written by either engine onto the device (or the emulator)."""
         return cls._wrap(_core.DeviceEmbeddingCollection.load(os.fspath(path), storage, bool(emulate),
-                                                              *_launch_limits(emulate, block_threads, max_blocks)))
+                                                              *_launch_limits(emulate, block_threads, max_blocks),
+                                                              _device_ordinal(device)))
 
     def restore(self, path: Union[str, os.PathLike, None] = None) -> None:
         """Replaces the rows and step with a checkpoint's (same table names and dims);
@@ -464,15 +550,17 @@ class DeviceEmbeddingCollection(EmbeddingCollection):
 
     @classmethod
     def from_host(cls, host: EmbeddingCollection, *, storage: str = "fp32", emulate: bool = False,
-                  block_threads: Optional[int] = None, max_blocks: Optional[int] = None) -> "DeviceEmbeddingCollection":
+                  block_threads: Optional[int] = None, max_blocks: Optional[int] = None,
+                  device: Any = "cuda") -> "DeviceEmbeddingCollection":
         """A device collection with the rows, state and step of a CPU collection."""
         if isinstance(host, DeviceEmbeddingCollection) or not isinstance(host, EmbeddingCollection):
             raise TypeError(f"from_host needs a CPU sparsecore.EmbeddingCollection, got {type(host).__name__}")
         return cls._wrap(_core.DeviceEmbeddingCollection.from_host(host._c, storage, bool(emulate),
-                                                                   *_launch_limits(emulate, block_threads, max_blocks)))
+                                                                   *_launch_limits(emulate, block_threads, max_blocks),
+                                                                   _device_ordinal(device)))
 
     def __repr__(self) -> str:
-        where = "emulated" if self.emulated else "cuda"
+        where = f"{self.device} (emulated)" if self.emulated else self.device
         tables = ", ".join(f"{n}(dim={c.dim}, rows={self._c.table_size(i)})"
                            for i, (n, c) in enumerate(self._configs.items()))
         return f"DeviceEmbeddingCollection([{tables}], device={where}, storage={self.storage}, step={self.step})"

@@ -1,14 +1,18 @@
 // The emulator's runtime: the thread team, barriers, warp exchange and launches.
 #include "cuda_emulation.h"
 
+#include <algorithm>
 #include <barrier>
 #include <condition_variable>
+#include <cstdlib>
 #include <exception>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
+
+#include "sparsecore/core/hash.h"
 
 namespace sparsecore::cuda_emulation {
 namespace {
@@ -51,6 +55,7 @@ struct LaunchState {
   std::vector<unsigned char> shared;
   const std::function<void()>& body;
   std::vector<unsigned char> arrived_from;  // per thread: 1 = __syncthreads, 0 = end of block
+  std::vector<uint64_t> order;              // linear block indices in run order (empty: grid order)
   uint3 current_block{};
   std::atomic<bool> failed{false};
   std::atomic<bool> diverged{false};
@@ -107,30 +112,32 @@ void run_thread(LaunchState& launch, int tid) {
                    static_cast<unsigned>(tid) / (launch.block.x * launch.block.y)};
   ts.shared_memory = launch.shared.data();
   WarpState& warp = *launch.warps[tid / kWarpSize];
-  for (unsigned z = 0; z < launch.grid.z; ++z)
-    for (unsigned y = 0; y < launch.grid.y; ++y)
-      for (unsigned x = 0; x < launch.grid.x; ++x) {
-        ts.block_idx = {x, y, z};
-        if (tid == 0) launch.current_block = ts.block_idx;
-        try {
-          launch.body();
-        } catch (const Diverged&) {
-          tls_launch = nullptr;  // every thread left the same barrier phase: none waits on us
-          return;
-        } catch (...) {
-          launch.fail(std::current_exception());
-          warp.barrier.arrive_and_drop();
-          launch.block_barrier.arrive_and_drop();
-          tls_launch = nullptr;
-          return;
-        }
-        launch.arrived_from[tid] = 0;
-        launch.block_barrier.arrive_and_wait();
-        if (launch.failed.load()) {
-          tls_launch = nullptr;
-          return;
-        }
-      }
+  const uint64_t gx = launch.grid.x, gy = launch.grid.y;
+  const uint64_t blocks = gx * gy * launch.grid.z;
+  for (uint64_t k = 0; k < blocks; ++k) {
+    const uint64_t b = launch.order.empty() ? k : launch.order[k];
+    ts.block_idx = {static_cast<unsigned>(b % gx), static_cast<unsigned>(b / gx % gy),
+                    static_cast<unsigned>(b / (gx * gy))};
+    if (tid == 0) launch.current_block = ts.block_idx;
+    try {
+      launch.body();
+    } catch (const Diverged&) {
+      tls_launch = nullptr;  // every thread left the same barrier phase: none waits on us
+      return;
+    } catch (...) {
+      launch.fail(std::current_exception());
+      warp.barrier.arrive_and_drop();
+      launch.block_barrier.arrive_and_drop();
+      tls_launch = nullptr;
+      return;
+    }
+    launch.arrived_from[tid] = 0;
+    launch.block_barrier.arrive_and_wait();
+    if (launch.failed.load()) {
+      tls_launch = nullptr;
+      return;
+    }
+  }
   tls_launch = nullptr;
 }
 
@@ -200,7 +207,118 @@ Team& team() {
   return t;
 }
 
+// Block order and counters share one lock: launches are serialised anyway, and copies are
+// counted from whichever thread issues them.
+struct Witness {
+  std::mutex mutex;
+  std::optional<uint64_t> seed;
+  uint64_t launches_ordered = 0;  // launches shuffled so far: each gets its own permutation
+  Counters counters;
+
+  Witness() {
+    const char* env = std::getenv("SPARSECORE_EMULATOR_BLOCK_SEED");
+    seed = env && *env ? std::strtoull(env, nullptr, 0) : 1;
+  }
+};
+
+Witness& witness() {
+  static Witness* w = new Witness;  // never destroyed: counted from static destructors too
+  return *w;
+}
+
+// A permutation of [0, blocks) from (seed, launch number): Fisher-Yates over splitmix64.
+std::vector<uint64_t> block_order(uint64_t blocks) {
+  Witness& w = witness();
+  uint64_t state;
+  {
+    std::lock_guard<std::mutex> lock(w.mutex);
+    if (!w.seed || blocks < 2) return {};
+    state = hash_combine(*w.seed, w.launches_ordered++);
+  }
+  std::vector<uint64_t> order(blocks);
+  for (uint64_t i = 0; i < blocks; ++i) order[i] = i;
+  for (uint64_t i = blocks - 1; i > 0; --i) {
+    state = splitmix64(state);
+    std::swap(order[i], order[state % (i + 1)]);
+  }
+  return order;
+}
+
 }  // namespace
+
+void set_block_order_seed(std::optional<uint64_t> seed) {
+  std::lock_guard<std::mutex> lock(witness().mutex);
+  witness().seed = seed;
+  witness().launches_ordered = 0;
+}
+
+std::optional<uint64_t> block_order_seed() {
+  std::lock_guard<std::mutex> lock(witness().mutex);
+  return witness().seed;
+}
+
+Counters counters() {
+  std::lock_guard<std::mutex> lock(witness().mutex);
+  return witness().counters;
+}
+
+void reset_counters() {
+  std::lock_guard<std::mutex> lock(witness().mutex);
+  witness().counters = Counters{};
+}
+
+void count_launch(const char* kernel, dim3 grid) {
+  std::lock_guard<std::mutex> lock(witness().mutex);
+  Counters& c = witness().counters;
+  ++c.launches;
+  KernelCount& k = c.kernels[kernel];
+  ++k.launches;
+  k.blocks += uint64_t{grid.x} * grid.y * grid.z;
+}
+
+void count_copy(CopyDirection direction, size_t bytes) {
+  std::lock_guard<std::mutex> lock(witness().mutex);
+  Counters& c = witness().counters;
+  switch (direction) {
+    case CopyDirection::kHostToDevice:
+      ++c.h2d_copies;
+      c.h2d_bytes += bytes;
+      break;
+    case CopyDirection::kDeviceToHost:
+      ++c.d2h_copies;
+      c.d2h_bytes += bytes;
+      ++c.host_syncs;  // the host waits for the device to reach the copy
+      break;
+    case CopyDirection::kDeviceToDevice:
+      ++c.d2d_copies;
+      c.d2d_bytes += bytes;
+      break;
+  }
+}
+
+void count_memset(size_t bytes) {
+  std::lock_guard<std::mutex> lock(witness().mutex);
+  ++witness().counters.memsets;
+  witness().counters.memset_bytes += bytes;
+}
+
+void count_sync() {
+  std::lock_guard<std::mutex> lock(witness().mutex);
+  ++witness().counters.host_syncs;
+}
+
+}  // namespace sparsecore::cuda_emulation
+
+namespace sparsecore::cuda {
+
+EmulatorCounters emulator_counters() { return cuda_emulation::counters(); }
+void reset_emulator_counters() { cuda_emulation::reset_counters(); }
+void set_emulator_block_seed(std::optional<uint64_t> seed) { cuda_emulation::set_block_order_seed(seed); }
+std::optional<uint64_t> emulator_block_seed() { return cuda_emulation::block_order_seed(); }
+
+}  // namespace sparsecore::cuda
+
+namespace sparsecore::cuda_emulation {
 
 ThreadState& this_thread() { return tls_thread; }
 
@@ -242,11 +360,15 @@ void run_grid(dim3 grid, dim3 block, size_t shared_bytes, const std::function<vo
   if (threads == 0 || threads > kMaxBlockThreads)
     throw EmulationError("invalid launch: " + std::to_string(threads) + " threads per block (1..1024)");
   if (blocks == 0) throw EmulationError("invalid launch: empty grid");
+  if (grid.x > 0x7fffffffu || grid.y > 65535u || grid.z > 65535u)
+    throw EmulationError("invalid launch: grid (" + std::to_string(grid.x) + ", " + std::to_string(grid.y) + ", " +
+                         std::to_string(grid.z) + ") past CUDA's limits (2^31 - 1, 65535, 65535)");
   if (shared_bytes > 227 * 1024)
     throw EmulationError("invalid launch: " + std::to_string(shared_bytes) +
                          " bytes of shared memory (at most 227 KiB)");
   std::lock_guard<std::mutex> lock(launch_mutex());
   LaunchState launch(grid, block, shared_bytes, body);
+  launch.order = block_order(blocks);
   std::function<void(int)> job = [&launch](int tid) { run_thread(launch, tid); };
   team().run(static_cast<int>(threads), job);
   if (launch.error) std::rethrow_exception(launch.error);

@@ -2,7 +2,9 @@
 // compile with a plain C++20 compiler and run on the CPU (docs/architecture.md).
 //
 // Execution model of one launch:
-//   - blocks run one after another (grid order: x fastest), so __shared__ data is per block;
+//   - blocks run one after another, so __shared__ data is per block, in a seeded random
+//     order (a fresh permutation per launch) unless set_block_order_seed(nullopt) asks for
+//     grid order: no kernel may depend on the order of its blocks, as none may on a device;
 //   - the threads of a block run concurrently on a thread team (real threads, reused across
 //     blocks and launches) with a real barrier behind __syncthreads();
 //   - warps are 32 consecutive threads; shuffles, ballots and __syncwarp meet at a per-warp
@@ -25,14 +27,18 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <map>
+#include <optional>
+#include <string>
 #include <tuple>
 #include <type_traits>
 
 #include "sparsecore/core/error.h"
 #include "sparsecore/core/half.h"
+#include "sparsecore/cuda/emulator_counters.h"
 
 // ----------------------------------------------------------------------------- qualifiers
-#define __global__
+#define __global__ inline  // kernels in headers: one definition across the TUs that include them
 #define __device__
 #define __host__
 #define __forceinline__ inline
@@ -78,20 +84,39 @@ uint64_t warp_exchange(unsigned mask, uint64_t value, int src_lane, const char* 
 unsigned warp_ballot(unsigned mask, bool predicate);
 void sync_warp(unsigned mask);
 
-// Runs `body` once per thread of every block: grid.x*y*z blocks in order, each with
-// block.x*y*z concurrent threads and `shared_bytes` of zeroed dynamic shared memory.
+// Runs `body` once per thread of every block: grid.x*y*z blocks one at a time (in the block
+// order above), each with block.x*y*z concurrent threads and `shared_bytes` of zeroed
+// dynamic shared memory. Grids past CUDA's limits (x < 2^31, y and z <= 65535) are refused.
 void run_grid(dim3 grid, dim3 block, size_t shared_bytes, const std::function<void()>& body);
+
+// Block order of the following launches: a seed gives a seeded random permutation per launch
+// (the default: SPARSECORE_EMULATOR_BLOCK_SEED, else 1); nullopt gives grid order (x fastest).
+void set_block_order_seed(std::optional<uint64_t> seed);
+std::optional<uint64_t> block_order_seed();
+
+// The performance witness (sparsecore/cuda/emulator_counters.h): what the emulated kernels
+// asked of a device, counted the way a device would see it.
+using Counters = cuda::EmulatorCounters;
+using KernelCount = cuda::EmulatorKernelCount;
+enum class CopyDirection { kHostToDevice, kDeviceToHost, kDeviceToDevice };
+Counters counters();
+void reset_counters();
+void count_launch(const char* kernel, dim3 grid);
+void count_copy(CopyDirection direction, size_t bytes);  // a device-to-host copy is also a host sync
+void count_memset(size_t bytes);
+void count_sync();
 
 // The `<<<grid, block, shared, stream>>>` replacement: SC_LAUNCH(...)(args...).
 template <typename Kernel>
 class Launcher {
  public:
-  Launcher(Kernel kernel, dim3 grid, dim3 block, size_t shared_bytes)
-      : kernel_(kernel), grid_(grid), block_(block), shared_(shared_bytes) {}
+  Launcher(Kernel kernel, dim3 grid, dim3 block, size_t shared_bytes, const char* name)
+      : kernel_(kernel), grid_(grid), block_(block), shared_(shared_bytes), name_(name) {}
   template <typename... Args>
   void operator()(Args&&... args) const {
     auto params = std::make_tuple(args...);  // by value, as a launch copies its parameters
     Kernel k = kernel_;
+    count_launch(name_, grid_);
     run_grid(grid_, block_, shared_, [&params, k] { std::apply(k, params); });
   }
 
@@ -99,11 +124,12 @@ class Launcher {
   Kernel kernel_;
   dim3 grid_, block_;
   size_t shared_;
+  const char* name_;
 };
 
 template <typename Kernel>
-Launcher<Kernel> make_launcher(Kernel kernel, dim3 grid, dim3 block, size_t shared_bytes) {
-  return Launcher<Kernel>(kernel, grid, block, shared_bytes);
+Launcher<Kernel> make_launcher(Kernel kernel, dim3 grid, dim3 block, size_t shared_bytes, const char* name) {
+  return Launcher<Kernel>(kernel, grid, block, shared_bytes, name);
 }
 
 template <typename T>
@@ -168,6 +194,15 @@ inline int __any_sync(unsigned mask, int predicate) { return __ballot_sync(mask,
 inline int __all_sync(unsigned mask, int predicate) { return __ballot_sync(mask, !predicate) == 0; }
 inline int __popc(unsigned x) { return __builtin_popcount(x); }
 inline int __ffs(unsigned x) { return __builtin_ffs(static_cast<int>(x)); }
+
+// Correctly rounded float arithmetic (IEEE round to nearest even, one rounding each): the
+// host's SSE float operations. The build uses ISO C++ without -ffp-contract=fast and no FMA
+// target, so these are never fused either.
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fsub_rn(float a, float b) { return a - b; }
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fdiv_rn(float a, float b) { return a / b; }
+inline float __fsqrt_rn(float a) { return std::sqrt(a); }
 
 template <typename T>
 T __ldg(const T* p) {

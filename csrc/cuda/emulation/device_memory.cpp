@@ -8,9 +8,12 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <map>
 #include <mutex>
 #include <new>
-#include <unordered_map>
+#include <string>
+
+#include "cuda_emulation.h"
 
 namespace sparsecore::cuda_emulation {
 namespace {
@@ -18,8 +21,13 @@ namespace {
 // Guard pages are recorded in a fixed table the fault handler can scan without locks.
 constexpr int kMaxTracked = 1 << 14;
 std::atomic<uintptr_t> g_tracked_guards[kMaxTracked];  // guard page addresses; 0: free entry
+struct Allocation {
+  size_t bytes;
+  int device;
+};
 std::mutex g_sizes_mutex;
-std::unordered_map<void*, size_t> g_sizes;  // live allocations (for free; not used by the handler)
+std::map<uintptr_t, Allocation> g_sizes;  // live allocations by start (not used by the handler)
+thread_local int g_current_device = 0;
 struct sigaction g_previous;
 std::once_flag g_install_once;
 
@@ -87,6 +95,25 @@ void install_handler() {
 
 }  // namespace
 
+int current_device() { return g_current_device; }
+
+void set_current_device(int device) {
+  if (device < 0 || device >= kEmulatedDevices)
+    throw EmulationError("invalid device ordinal " + std::to_string(device) + " (the emulator has devices 0.." +
+                         std::to_string(kEmulatedDevices - 1) + ")");
+  g_current_device = device;
+}
+
+std::optional<int> device_of(const void* p) {
+  const auto address = reinterpret_cast<uintptr_t>(p);
+  std::lock_guard<std::mutex> lock(g_sizes_mutex);
+  auto it = g_sizes.upper_bound(address);
+  if (it == g_sizes.begin()) return std::nullopt;
+  --it;
+  if (address >= it->first + it->second.bytes) return std::nullopt;
+  return it->second.device;
+}
+
 void* device_allocate(size_t bytes) {
   if (bytes == 0) return nullptr;
   std::call_once(g_install_once, install_handler);
@@ -109,7 +136,7 @@ void* device_allocate(size_t bytes) {
   size_t offset = (data_pages - bytes) & ~size_t{255};
   void* p = static_cast<char*>(base) + offset;
   std::lock_guard<std::mutex> lock(g_sizes_mutex);
-  g_sizes[p] = bytes;
+  g_sizes[reinterpret_cast<uintptr_t>(p)] = {bytes, g_current_device};
   return p;
 }
 
@@ -118,9 +145,9 @@ void device_free(void* p) {
   size_t bytes = 0;
   {
     std::lock_guard<std::mutex> lock(g_sizes_mutex);
-    auto it = g_sizes.find(p);
+    auto it = g_sizes.find(reinterpret_cast<uintptr_t>(p));
     if (it == g_sizes.end()) return;
-    bytes = it->second;
+    bytes = it->second.bytes;
     g_sizes.erase(it);
   }
   const size_t page = page_size();

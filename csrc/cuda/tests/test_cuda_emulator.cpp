@@ -2,6 +2,7 @@
 // and what it rejects (partial warp masks, divergent barriers, out-of-bounds accesses).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <numeric>
 #include <random>
@@ -61,7 +62,66 @@ __global__ void atomics_kernel(unsigned long long* counter, int* minimum, float*
 
 __global__ void write_index_kernel(int* out, int64_t index) { out[index] = 7; }
 
+__global__ void record_block_kernel(unsigned* order, unsigned* cursor) {
+  if (threadIdx.x == 0) order[atomicAdd(cursor, 1u)] = blockIdx.x + 100 * blockIdx.y;
+}
+
+// The blocks of one launch of a (8, 8) grid, in the order they ran (x + 100 y).
+std::vector<unsigned> block_run_order() {
+  std::vector<unsigned> order(64), cursor(1, 0);
+  SC_LAUNCH(dim3(8, 8), dim3(32), 0, nullptr, record_block_kernel)(order.data(), cursor.data());
+  return order;
+}
+
+std::vector<unsigned> grid_order() {
+  std::vector<unsigned> order;
+  for (unsigned y = 0; y < 8; ++y)
+    for (unsigned x = 0; x < 8; ++x) order.push_back(x + 100 * y);
+  return order;
+}
+
 }  // namespace
+
+TEST(Emulator, BlocksRunInASeededRandomOrderFreshForEachLaunch) {
+  const auto saved = emu::block_order_seed();
+  emu::set_block_order_seed(42);
+  const auto first = block_run_order(), second = block_run_order();
+  emu::set_block_order_seed(42);
+  EXPECT_EQ(block_run_order(), first);  // the seed reproduces the orders
+  EXPECT_NE(first, second);             // each launch draws its own permutation
+  EXPECT_NE(first, grid_order());
+  auto sorted = first;
+  std::sort(sorted.begin(), sorted.end());
+  EXPECT_EQ(sorted, grid_order());  // every block exactly once
+  emu::set_block_order_seed(std::nullopt);
+  EXPECT_EQ(block_run_order(), grid_order());
+  emu::set_block_order_seed(saved);
+}
+
+TEST(Emulator, CountsLaunchesHostSyncsAndBytesByDirection) {
+  DeviceBuffer<int> buf(64);
+  std::vector<int> host(64, 1);
+  emu::reset_counters();
+  buf.upload(host.data(), 64);
+  SC_LAUNCH(dim3(3), dim3(32), 0, nullptr, write_index_kernel)(buf.data(), 5);
+  SC_LAUNCH(dim3(2), dim3(32), 0, nullptr, write_index_kernel)(buf.data(), 6);
+  buf.download(host.data(), 64);
+  synchronize();
+  buf.fill_zero();
+  const emu::Counters c = emu::counters();
+  EXPECT_EQ(c.launches, 2u);
+  EXPECT_EQ(c.kernels.at("write_index_kernel").launches, 2u);
+  EXPECT_EQ(c.kernels.at("write_index_kernel").blocks, 5u);
+  EXPECT_EQ(c.h2d_copies, 1u);
+  EXPECT_EQ(c.h2d_bytes, 256u);
+  EXPECT_EQ(c.d2h_copies, 1u);
+  EXPECT_EQ(c.d2h_bytes, 256u);
+  EXPECT_EQ(c.host_syncs, 2u);  // the blocking download and the synchronize
+  EXPECT_EQ(c.memsets, 1u);
+  EXPECT_EQ(c.memset_bytes, 256u);
+  emu::reset_counters();
+  EXPECT_EQ(emu::counters().launches, 0u);
+}
 
 TEST(Emulator, BarrierAndDynamicSharedMemoryReduceEachBlock) {
   const int threads = 64, blocks = 5;
@@ -109,6 +169,10 @@ TEST(Emulator, RejectsInvalidLaunchConfigurations) {
   std::vector<int> out(2048);
   EXPECT_THROW(SC_LAUNCH(dim3(1), dim3(2048), 0, nullptr, write_index_kernel)(out.data(), 0), emu::EmulationError);
   EXPECT_THROW(SC_LAUNCH(dim3(0), dim3(32), 0, nullptr, write_index_kernel)(out.data(), 0), emu::EmulationError);
+  // Past CUDA's grid limits (y and z at most 65535), as a device refuses them.
+  EXPECT_THROW(SC_LAUNCH(dim3(1, 65536), dim3(32), 0, nullptr, write_index_kernel)(out.data(), 0), emu::EmulationError);
+  EXPECT_THROW(SC_LAUNCH(dim3(1, 1, 65536), dim3(32), 0, nullptr, write_index_kernel)(out.data(), 0),
+               emu::EmulationError);
 }
 
 TEST(Emulator, AtomicsAreExactUnderContention) {
@@ -175,14 +239,14 @@ TEST(DeviceMemoryCache, ReusesFreedBlocksOfTheSameClassAndTrims) {
     DeviceBuffer<float> a(1000);
     first = a.data();
   }
-  EXPECT_EQ(cache.cached_bytes(), DeviceMemoryCache::size_class(4000));
+  EXPECT_EQ(cache.cached_bytes(), static_cast<int64_t>(DeviceMemoryCache::size_class(4000)));
   DeviceBuffer<float> same(1000);
   EXPECT_EQ(same.data(), first);  // reused, not a fresh allocation
-  EXPECT_EQ(cache.cached_bytes(), 0u);
+  EXPECT_EQ(cache.cached_bytes(), 0);
   DeviceBuffer<float> other(5000);
   EXPECT_NE(other.data(), first);
   cache.trim();
-  EXPECT_EQ(cache.cached_bytes(), 0u);
+  EXPECT_EQ(cache.cached_bytes(), 0);
 }
 
 TEST(EmulatorDeathTest, OutOfBoundsIndexIsCaughtInAReusedBlock) {

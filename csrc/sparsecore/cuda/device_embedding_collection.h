@@ -29,6 +29,8 @@
 #include <vector>
 
 #include "sparsecore/cuda/cuda_error.h"
+#include "sparsecore/cuda/launch_limits.h"
+#include "sparsecore/cuda/memory_cache_stats.h"
 #include "sparsecore/ops/embedding_collection.h"
 
 namespace sparsecore::cuda {
@@ -46,6 +48,13 @@ using sparsecore::row_storage_name;
 bool device_available();
 // Why the device backend is unavailable ("" when it is available).
 std::string device_unavailable_reason();
+
+// The memory cache of one device of a backend (devices 0..7 under the emulator): its
+// statistics, its limit in bytes (default 1 GiB; cached blocks past a lower limit are freed
+// at once), and emptying it. InvalidArgument for a device out of range.
+MemoryCacheStats memory_cache_stats(Backend backend, int device = 0);
+void set_memory_cache_limit(Backend backend, int device, int64_t bytes);
+void empty_memory_cache(Backend backend, int device = 0);
 
 // Shapes of one prepared group (what forward returns and backward expects).
 struct DeviceGroupInfo {
@@ -72,15 +81,13 @@ class DevicePreparedBatch {
 // The kernels' side of the collection; one implementation per backend.
 class DeviceCollectionImpl;
 
-struct LaunchLimits {
-  int block_threads = 128;  // threads per block (a multiple of 32)
-  int max_blocks = 0;       // 0: as many as the work needs; kernels are grid-stride loops
-};
-
 class DeviceEmbeddingCollection {
  public:
+  // device: the ordinal the rows live on (-1: the current device when constructed). The
+  // collection remembers it: every call runs there, and device arrays of another device are
+  // refused with InvalidArgument naming both.
   DeviceEmbeddingCollection(std::vector<TableConfig> tables, uint64_t seed, RowStorage storage = RowStorage::kFloat32,
-                            Backend backend = Backend::kDevice, LaunchLimits limits = {});
+                            Backend backend = Backend::kDevice, LaunchLimits limits = {}, int device = -1);
   ~DeviceEmbeddingCollection();
   DeviceEmbeddingCollection(const DeviceEmbeddingCollection&) = delete;
   DeviceEmbeddingCollection& operator=(const DeviceEmbeddingCollection&) = delete;
@@ -88,6 +95,7 @@ class DeviceEmbeddingCollection {
   Backend backend() const { return backend_; }
   RowStorage storage() const { return storage_; }
   uint64_t seed() const { return seed_; }
+  int device() const { return device_; }
   int num_tables() const { return static_cast<int>(configs_.size()); }
   const TableConfig& config(int table) const { return configs_.at(table); }
   int table_index(const std::string& name) const;  // NotFound naming the known tables
@@ -97,6 +105,8 @@ class DeviceEmbeddingCollection {
   // max_load_factor, default 0.75).
   int64_t table_size(int table) const;
   int64_t table_capacity(int table) const;
+  // Ids per group in one batch (positions within a group are int32 on the device).
+  static constexpr int64_t kMaxGroupIds = int64_t{INT32_MAX} - 1;
   void set_max_load_factor(double f);  // in (0, 0.95]
   // Device bytes of one row of table t (weights in the row storage, optimizer state, update
   // count, last step, key slot), and of all tables (their slot arrays at full capacity).
@@ -139,7 +149,7 @@ class DeviceEmbeddingCollection {
   static std::unique_ptr<DeviceEmbeddingCollection> from_host(const EmbeddingCollection& host,
                                                               RowStorage storage = RowStorage::kFloat32,
                                                               Backend backend = Backend::kDevice,
-                                                              LaunchLimits limits = {});
+                                                              LaunchLimits limits = {}, int device = -1);
 
   // Checkpoints in the CPU engine's format, through the CPU writer and reader (to_host /
   // from_host around EmbeddingCollection::save / load): a model trained on either engine
@@ -147,7 +157,8 @@ class DeviceEmbeddingCollection {
   void save(const std::string& dir, bool overwrite = false) const;
   static std::unique_ptr<DeviceEmbeddingCollection> load(const std::string& dir,
                                                          RowStorage storage = RowStorage::kFloat32,
-                                                         Backend backend = Backend::kDevice, LaunchLimits limits = {});
+                                                         Backend backend = Backend::kDevice, LaunchLimits limits = {},
+                                                         int device = -1);
   // Replaces the tables and step with the checkpoint's (same table names and dims), after
   // every file was read and checked; unchanged on error. Batches prepared before a restore
   // are refused afterwards (prepare them again). Not concurrently with other calls.
@@ -163,6 +174,7 @@ class DeviceEmbeddingCollection {
   RowStorage storage_;
   LaunchLimits limits_;
   uint64_t seed_;
+  int device_ = 0;
   std::vector<TableConfig> configs_;
   std::unique_ptr<DeviceCollectionImpl> impl_;
 };

@@ -1,0 +1,21 @@
+// cuda::MemoryCacheStats: what a device's memory cache holds and how it served allocations.
+#pragma once
+
+#include <cstdint>
+
+namespace sparsecore::cuda {
+
+// One device's cache of freed device blocks (csrc/cuda/device_runtime.cuh): every batch
+// allocates its scratch anew, and the cache serves those from blocks freed before instead of
+// cudaMalloc / cudaFree. Bounded: a freed block that would take cached_bytes past
+// limit_bytes goes back to the driver (released_over_limit counts them).
+struct MemoryCacheStats {
+  int64_t limit_bytes = 0;
+  int64_t cached_bytes = 0;  // freed blocks kept for reuse
+  int64_t in_use_bytes = 0;  // blocks handed out through the cache and not yet freed
+  int64_t hits = 0;          // allocations served from the cache
+  int64_t misses = 0;        // allocations that went to the driver
+  int64_t released_over_limit = 0;
+};
+
+}  // namespace sparsecore::cuda

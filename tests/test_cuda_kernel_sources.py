@@ -1,0 +1,30 @@
+"""Every CUDA kernel declares its launch bounds (SC_LAUNCH_BOUNDS: the block size launches are
+held to and the register budget that keeps the hot kernels out of local memory)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+KERNEL_DIR = Path(__file__).resolve().parents[1] / "csrc" / "cuda"
+KERNEL = re.compile(r"__global__\s+void\s+(\w+)(?:\s*\(|\s+(\w+)\s*\()")
+
+
+def kernels() -> list[tuple[str, str, str]]:
+    """(file, first word after `void`, kernel name) of every kernel definition."""
+    found = []
+    for path in sorted(KERNEL_DIR.glob("*.cu*")):
+        for m in KERNEL.finditer(path.read_text()):
+            first, name = m.group(1), m.group(2) or m.group(1)
+            found.append((path.name, first, name))
+    return found
+
+
+def test_kernels_are_found():
+    names = {name for _, _, name in kernels()}
+    assert {"lookup_kernel", "pool_kernel", "update_rows_kernel", "shift_gemm_kernel"} <= names
+
+
+def test_every_kernel_declares_its_launch_bounds():
+    missing = [f"{file}: {name}" for file, first, name in kernels() if first != "SC_LAUNCH_BOUNDS"]
+    assert not missing, f"kernels without SC_LAUNCH_BOUNDS: {missing}"
