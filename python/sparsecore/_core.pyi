@@ -24,7 +24,7 @@ import typing
 import typing_extensions
 import types as _types
 io: _types.ModuleType
-__all__: list[str] = ['CorruptDataError', 'DeviceEmbeddingCollection', 'DevicePackedWeights', 'DevicePreparedBatch', 'EmbeddingCollection', 'PreparedBatch', 'PsClient', 'PsServer', 'RpcAuthError', 'RpcClient', 'RpcConnectionError', 'RpcError', 'RpcProtocolError', 'RpcServer', 'RpcStepAbortedError', 'RpcTimeoutError', 'RpcUnknownMethodError', 'StepPipeline', 'bag_gradient_scales', 'commit_directory', 'committed_directory', 'cpu_features', 'cuda_device_available', 'cuda_empty_memory_cache', 'cuda_emulator_block_seed', 'cuda_emulator_counters', 'cuda_emulator_reset_counters', 'cuda_memory_cache_stats', 'cuda_set_emulator_block_seed', 'cuda_set_memory_cache_limit', 'cuda_unavailable_reason', 'dequantize_rows', 'fixed_to_float', 'io', 'latest_snapshot', 'num_threads', 'pack_pow2', 'pool_gathered_rows', 'pooled_lookup_quantized', 'project_pow2', 'quantize_rows', 'quantized_row_bytes', 'set_num_threads', 'shift_matmul_float', 'shift_matmul_int16', 'shift_matmul_int8', 'shift_matmul_kernel', 'sum_gradients_by_id', 'unpack_pow2']
+__all__: list[str] = ['CorruptDataError', 'DeviceEmbeddingCollection', 'DevicePackedWeights', 'DevicePreparedBatch', 'EmbeddingCollection', 'PreparedBatch', 'PsClient', 'PsServer', 'RpcAuthError', 'RpcClient', 'RpcConnectionError', 'RpcError', 'RpcProtocolError', 'RpcServer', 'RpcStepAbortedError', 'RpcTimeoutError', 'RpcUnknownMethodError', 'StepPipeline', 'commit_directory', 'committed_directory', 'cpu_features', 'cuda_device_available', 'cuda_empty_memory_cache', 'cuda_emulator_block_seed', 'cuda_emulator_counters', 'cuda_emulator_reset_counters', 'cuda_memory_cache_stats', 'cuda_set_emulator_block_seed', 'cuda_set_memory_cache_limit', 'cuda_unavailable_reason', 'dequantize_rows', 'fixed_to_float', 'io', 'latest_snapshot', 'num_threads', 'pack_pow2', 'pooled_lookup_quantized', 'project_pow2', 'quantize_rows', 'quantized_row_bytes', 'remote_collection', 'set_num_threads', 'shift_matmul_float', 'shift_matmul_int16', 'shift_matmul_int8', 'shift_matmul_kernel', 'unpack_pow2']
 class CorruptDataError(ValueError):
     pass
 class PreparedBatch:
@@ -84,6 +84,9 @@ class EmbeddingCollection:
     def table_row_floats(self, arg0: typing.SupportsInt | typing.SupportsIndex) -> int:
         ...
     def table_size(self, arg0: typing.SupportsInt | typing.SupportsIndex) -> int:
+        ...
+    @property
+    def has_local_tables(self) -> bool:
         ...
     @property
     def num_tables(self) -> int:
@@ -285,7 +288,11 @@ class PsClient:
         ...
     def pull(self, table: str, ids: numpy.ndarray, train: bool = True, out: typing.Any = None) -> numpy.ndarray:
         ...
+    def pull_tables(self, tables: collections.abc.Sequence[tuple[str, numpy.ndarray]], train: bool = True) -> list:
+        ...
     def push(self, table: str, ids: numpy.ndarray, grads: numpy.ndarray, step: typing.SupportsInt | typing.SupportsIndex = 0) -> None:
+        ...
+    def push_tables(self, tables: collections.abc.Sequence[tuple[str, numpy.ndarray, numpy.ndarray]], step: typing.SupportsInt | typing.SupportsIndex = 0) -> None:
         ...
     def restore(self, arg0: str) -> int:
         ...
@@ -343,10 +350,6 @@ class DevicePackedWeights:
     @property
     def rows(self) -> int:
         ...
-def bag_gradient_scales(offsets: numpy.ndarray, weights: numpy.ndarray | None = None, pooling: str = 'sum') -> numpy.typing.NDArray[numpy.float32]:
-    """
-    The factor of each bag's gradient in the collection's backward: float32[B] (1 for sum and none; 1 / length or 1 / weight sum for mean, 0 for an empty bag).
-    """
 def commit_directory(staging: str, target: str, files_synced: bool = False) -> None:
     """
     Makes the finished directory `staging` replace `target` in one atomic, durable step.
@@ -393,10 +396,6 @@ def num_threads() -> int:
     """
 def pack_pow2(weight: numpy.ndarray, alpha: numpy.ndarray) -> numpy.typing.NDArray[numpy.uint8]:
     ...
-def pool_gathered_rows(rows: numpy.ndarray, offsets: numpy.ndarray, weights: numpy.ndarray | None = None, pooling: str = 'sum') -> numpy.typing.NDArray[numpy.float32]:
-    """
-    Pools rows (float32[n, dim], one per id position) over CSR offsets as the collection's forward does: float32[B, dim], or [B, L_max, dim] zero-padded for pooling 'none'.
-    """
 def pooled_lookup_quantized(table: numpy.ndarray, dim: typing.SupportsInt | typing.SupportsIndex, format: str, indices: numpy.ndarray, offsets: numpy.ndarray, weights: typing.Any, mean: bool) -> numpy.typing.NDArray[numpy.float32]:
     ...
 def project_pow2(weight: numpy.ndarray, codebook: collections.abc.Sequence[typing.SupportsFloat | typing.SupportsIndex], per_channel: bool, max_iter: typing.SupportsInt | typing.SupportsIndex = 100) -> tuple[numpy.typing.NDArray[numpy.float32], numpy.typing.NDArray[numpy.float32], int]:
@@ -405,6 +404,10 @@ def quantize_rows(rows: numpy.ndarray, format: str) -> numpy.typing.NDArray[nump
     ...
 def quantized_row_bytes(format: str, dim: typing.SupportsInt | typing.SupportsIndex) -> int:
     ...
+def remote_collection(configs_json: str, seed: typing.SupportsInt | typing.SupportsIndex, client: PsClient) -> EmbeddingCollection:
+    """
+    An EmbeddingCollection whose rows live on the servers of `client` (created there when missing).
+    """
 def set_num_threads(n: typing.SupportsInt | typing.SupportsIndex) -> None:
     """
     Resize the compute pool (n <= 0: one per core). Results do not depend on it.
@@ -418,10 +421,6 @@ def shift_matmul_int8(x: numpy.ndarray, codes: numpy.ndarray, cols: typing.Suppo
 def shift_matmul_kernel() -> str:
     """
     The float shift-matmul kernel picked for this CPU: 'avx512', 'avx2' or 'portable'.
-    """
-def sum_gradients_by_id(ids: numpy.ndarray, offsets: numpy.ndarray, grad: numpy.ndarray, weights: numpy.ndarray | None = None, pooling: str = 'sum') -> tuple[numpy.typing.NDArray[numpy.int64], numpy.typing.NDArray[numpy.float32]]:
-    """
-    The gradient a worker pushes for a group: (int64[U] distinct ids in first-occurrence order, float32[U, dim] each id's gradient summed over its positions exactly as the collection's backward sums it). grad: float32[B, dim], or [B, L_max, dim] for pooling 'none'.
     """
 def unpack_pow2(codes: numpy.ndarray, alpha: numpy.ndarray, cols: typing.SupportsInt | typing.SupportsIndex) -> numpy.typing.NDArray[numpy.float32]:
     ...
