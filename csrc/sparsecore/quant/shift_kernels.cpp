@@ -1,0 +1,269 @@
+// Float shift-matmul kernels: GEMV (one row of x against every packed row) and the GEMM
+// micro-kernel, each in the summation order of detail/shift_kernels.h, which every ISA keeps.
+#include <immintrin.h>
+
+#include <cstdint>
+#include <cstring>
+
+#include "sparsecore/quant/detail/shift_kernels.h"
+#include "sparsecore/quant/pow2_codes.h"
+
+namespace sparsecore::quant::detail {
+
+namespace {
+
+struct ValueTable {
+  alignas(64) float value[16];     // nibble -> ±2^k or 0
+  alignas(64) float pair[256][2];  // byte -> (low nibble value, high nibble value)
+  ValueTable() {
+    for (uint32_t n = 0; n < 16; ++n) value[n] = code_value(n);
+    for (int b = 0; b < 256; ++b) {
+      pair[b][0] = value[b & 15];
+      pair[b][1] = value[b >> 4];
+    }
+  }
+};
+
+const ValueTable& table() {
+  static const ValueTable t;
+  return t;
+}
+
+const float* values() { return table().value; }
+
+inline uint32_t nibble(const uint8_t* row, int64_t c) {
+  const uint8_t byte = row[c >> 1];
+  return (c & 1) ? (byte >> 4) : (byte & 15u);
+}
+
+// Σ x[c]·w[c] over [c0, cols) in order, from +0.
+inline float tail_sum(const uint8_t* row, const float* x, int64_t c0, int64_t cols) {
+  const float* v = values();
+  float u = 0.0f;
+  for (int64_t c = c0; c < cols; ++c) u += x[c] * v[nibble(row, c)];
+  return u;
+}
+
+constexpr int kRowsPerStep = 4;   // rows decoded together: independent chains, x loaded once
+constexpr int kPrefetchRows = 8;  // how far ahead (in rows) the codes are prefetched
+
+}  // namespace
+
+bool exact_products(const float* x, int64_t n) {
+  // |x| < 2^121 <=> the magnitude bits are below those of 2^121; Inf and NaN are above.
+  constexpr uint32_t kLimit = (121u + 127u) << 23;
+  uint32_t worst = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    uint32_t bits;
+    std::memcpy(&bits, x + i, sizeof(bits));
+    bits &= 0x7fffffffu;
+    worst = bits > worst ? bits : worst;
+  }
+  return worst < kLimit;
+}
+
+void permute_x(const float* x, int64_t cols, float* xp) {
+  const int64_t whole = cols / kGemvBlock * kGemvBlock;
+  for (int64_t b0 = 0; b0 < whole; b0 += kGemvBlock) {
+    for (int64_t i = 0; i < kGemvBlock / 2; ++i) {
+      xp[b0 + i] = x[b0 + 2 * i];
+      xp[b0 + kGemvBlock / 2 + i] = x[b0 + 2 * i + 1];
+    }
+  }
+}
+
+// Not inlined into the ISA kernels: built for baseline x86-64 it can use no FMA, so for
+// inputs outside exact_products it is the one definition every CPU runs.
+__attribute__((noinline)) void gemv_portable(const float* x, const uint8_t* codes, const float* alpha, int64_t pc,
+                                             int64_t cols, int64_t r0, int64_t r1, float* y) {
+  const float* v = values();
+  const int64_t blocks = cols / kGemvBlock;
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint8_t* row = codes + r * pc;
+    float p[kGemvBlock] = {};
+    for (int64_t s = 0; s < blocks; ++s) {
+      const int64_t c0 = s * kGemvBlock;
+      for (int j = 0; j < kGemvBlock; ++j) p[j] += x[c0 + j] * v[nibble(row, c0 + j)];
+    }
+    float q[kGemvBlock / 2];
+    for (int i = 0; i < kGemvBlock / 2; ++i) q[i] = p[2 * i] + p[2 * i + 1];
+    y[r] = alpha[r] * (reduce_lanes(q) + tail_sum(row, x, blocks * kGemvBlock, cols));
+  }
+}
+
+// 8 bytes -> the values of their low nibbles (wl) and high nibbles (wh), 8 lanes each.
+__attribute__((target("avx2,fma"), always_inline)) inline void decode_avx2(const uint8_t* bytes, __m256 lut, __m256& wl,
+                                                                           __m256& wh) {
+  const __m256i sign = _mm256_set1_epi32(static_cast<int>(0x80000000u));
+  __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(bytes)));
+  wl = _mm256_permutevar8x32_ps(lut, v);
+  wh = _mm256_permutevar8x32_ps(lut, _mm256_srli_epi32(v, 4));
+  wl = _mm256_xor_ps(wl, _mm256_castsi256_ps(_mm256_and_si256(_mm256_slli_epi32(v, 28), sign)));
+  wh = _mm256_xor_ps(wh, _mm256_castsi256_ps(_mm256_and_si256(_mm256_slli_epi32(v, 24), sign)));
+}
+
+__attribute__((target("avx2,fma"))) void gemv_avx2(const float* x, const float* xp, const uint8_t* codes,
+                                                   const float* alpha, int64_t pc, int64_t rows, int64_t cols,
+                                                   int64_t r0, int64_t r1, float* y) {
+  // A 32-column block is two 8-byte halves; each half widens to 8 int32 lanes, vpermps looks
+  // the magnitude up by the low 3 bits and the sign bit is xor-ed in. Lanes 0..7 of the
+  // AVX-512 order live in the *_lo accumulators, lanes 8..15 in *_hi.
+  const __m256 lut = _mm256_load_ps(values());  // entries 0..7: 0, 1, 2, ..., 64
+  const int64_t blocks = cols / kGemvBlock;
+  int64_t r = r0;
+  for (; r + kRowsPerStep <= r1; r += kRowsPerStep) {
+    __m256 el[kRowsPerStep], eh[kRowsPerStep], ol[kRowsPerStep], oh[kRowsPerStep];
+    for (int i = 0; i < kRowsPerStep; ++i) el[i] = eh[i] = ol[i] = oh[i] = _mm256_setzero_ps();
+    const uint8_t* row0 = codes + r * pc;
+    for (int64_t s = 0; s < blocks; ++s) {
+      const float* xs = xp + kGemvBlock * s;
+      __m256 xel = _mm256_loadu_ps(xs), xeh = _mm256_loadu_ps(xs + 8);
+      __m256 xol = _mm256_loadu_ps(xs + 16), xoh = _mm256_loadu_ps(xs + 24);
+      for (int i = 0; i < kRowsPerStep; ++i) {
+        const uint8_t* bytes = row0 + i * pc + 16 * s;
+        __m256 wl, wh;
+        decode_avx2(bytes, lut, wl, wh);
+        el[i] = _mm256_fmadd_ps(wl, xel, el[i]);
+        ol[i] = _mm256_fmadd_ps(wh, xol, ol[i]);
+        decode_avx2(bytes + 8, lut, wl, wh);
+        eh[i] = _mm256_fmadd_ps(wl, xeh, eh[i]);
+        oh[i] = _mm256_fmadd_ps(wh, xoh, oh[i]);
+      }
+    }
+    for (int i = 0; i < kRowsPerStep; ++i) {
+      alignas(32) float q[16];
+      _mm256_store_ps(q, _mm256_add_ps(el[i], ol[i]));
+      _mm256_store_ps(q + 8, _mm256_add_ps(eh[i], oh[i]));
+      y[r + i] = alpha[r + i] * (reduce_lanes(q) + tail_sum(row0 + i * pc, x, blocks * kGemvBlock, cols));
+    }
+  }
+  (void)rows;
+  if (r < r1) gemv_portable(x, codes, alpha, pc, cols, r, r1, y);
+}
+
+__attribute__((target("avx512f"))) void gemv_avx512(const float* x, const float* xp, const uint8_t* codes,
+                                                    const float* alpha, int64_t pc, int64_t rows, int64_t cols,
+                                                    int64_t r0, int64_t r1, float* y) {
+  // 32 columns (16 bytes) per step: the bytes widen to 16 int32 lanes and vpermps looks up
+  // the 16-entry table by the low 4 bits (low nibbles) and after a shift (high nibbles).
+  // The codes of the rows kPrefetchRows ahead are prefetched a cache line at a time, so the
+  // next rows stream in while these are decoded.
+  const __m512 lut = _mm512_load_ps(values());
+  const int64_t blocks = cols / kGemvBlock;
+  int64_t r = r0;
+  for (; r + kRowsPerStep <= r1; r += kRowsPerStep) {
+    __m512 even[kRowsPerStep], odd[kRowsPerStep];
+    for (int i = 0; i < kRowsPerStep; ++i) even[i] = odd[i] = _mm512_setzero_ps();
+    const uint8_t* row0 = codes + r * pc;
+    const int64_t ahead = r + kPrefetchRows + kRowsPerStep <= rows ? kPrefetchRows : 0;
+    for (int64_t s = 0; s < blocks; ++s) {
+      if (ahead && (s & 3) == 0) {
+        for (int i = 0; i < kRowsPerStep; ++i)
+          _mm_prefetch(reinterpret_cast<const char*>(row0 + (ahead + i) * pc + 16 * s), _MM_HINT_T0);
+      }
+      __m512 xe = _mm512_loadu_ps(xp + kGemvBlock * s), xo = _mm512_loadu_ps(xp + kGemvBlock * s + 16);
+      for (int i = 0; i < kRowsPerStep; ++i) {
+        __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row0 + i * pc + 16 * s)));
+        __m512 wl = _mm512_permutexvar_ps(v, lut);
+        __m512 wh = _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), lut);
+        even[i] = _mm512_fmadd_ps(wl, xe, even[i]);
+        odd[i] = _mm512_fmadd_ps(wh, xo, odd[i]);
+      }
+    }
+    for (int i = 0; i < kRowsPerStep; ++i) {
+      alignas(64) float q[16];
+      _mm512_store_ps(q, _mm512_add_ps(even[i], odd[i]));
+      y[r + i] = alpha[r + i] * (reduce_lanes(q) + tail_sum(row0 + i * pc, x, blocks * kGemvBlock, cols));
+    }
+  }
+  if (r < r1) gemv_portable(x, codes, alpha, pc, cols, r, r1, y);
+}
+
+// ---------------------------------------------------------------------------------------
+// GEMM micro-kernel. A tile of kTileRows packed rows is decoded to float once per block of
+// kDepth columns and multiplied against x transposed: kTileRows rows by kTileVecs vectors of
+// batch entries per register tile (an outer product of broadcast weights and x vectors), each
+// output accumulated over the columns in order, so every vector width gives the same bits.
+
+namespace {
+
+constexpr int kTileRows = 6;
+constexpr int64_t kDepth = 256;
+
+template <typename V, int kTileVecs>
+__attribute__((always_inline)) inline void gemm_tile(const float* xt, int64_t batch, const float* wd, int64_t kn,
+                                                     int64_t nrows, float* yt) {
+  // yt (nrows, batch) += wd (nrows, kn; rows kDepth apart) · xt (kn, batch)
+  constexpr int64_t L = sizeof(V) / sizeof(float);
+  constexpr int64_t W = L * kTileVecs;
+  int64_t b = 0;
+  for (; b + W <= batch; b += W) {
+    V acc[kTileRows][kTileVecs];
+    for (int i = 0; i < kTileRows; ++i)
+      for (int j = 0; j < kTileVecs; ++j) {
+        if (i < nrows)
+          std::memcpy(&acc[i][j], yt + i * batch + b + j * L, sizeof(V));
+        else
+          acc[i][j] = V{};
+      }
+    const float* xk = xt + b;
+    for (int64_t k = 0; k < kn; ++k, xk += batch) {
+      V xv[kTileVecs];
+      for (int j = 0; j < kTileVecs; ++j) std::memcpy(&xv[j], xk + j * L, sizeof(V));
+      for (int i = 0; i < kTileRows; ++i) {
+        const float w = wd[i * kDepth + k];
+        for (int j = 0; j < kTileVecs; ++j) acc[i][j] += xv[j] * w;
+      }
+    }
+    for (int i = 0; i < nrows; ++i)
+      for (int j = 0; j < kTileVecs; ++j) std::memcpy(yt + i * batch + b + j * L, &acc[i][j], sizeof(V));
+  }
+  for (; b < batch; ++b) {
+    for (int i = 0; i < nrows; ++i) {
+      float s = yt[i * batch + b];
+      for (int64_t k = 0; k < kn; ++k) s += xt[k * batch + b] * wd[i * kDepth + k];
+      yt[i * batch + b] = s;
+    }
+  }
+}
+
+template <typename V, int kTileVecs>
+__attribute__((always_inline)) inline void gemm_rows(const float* xt, int64_t batch, const uint8_t* codes, int64_t pc,
+                                                     int64_t cols, int64_t r0, int64_t r1, float* yt) {
+  const ValueTable& t = table();
+  alignas(64) float wd[kTileRows * kDepth];
+  for (int64_t r = r0; r < r1; r += kTileRows) {
+    const int64_t nrows = r1 - r < kTileRows ? r1 - r : kTileRows;
+    for (int64_t i = 0; i < nrows * batch; ++i) yt[r * batch + i] = 0.0f;
+    for (int64_t c0 = 0; c0 < cols; c0 += kDepth) {
+      const int64_t kn = cols - c0 < kDepth ? cols - c0 : kDepth;
+      for (int64_t i = 0; i < nrows; ++i) {
+        const uint8_t* row = codes + (r + i) * pc + c0 / 2;
+        float* out = wd + i * kDepth;
+        for (int64_t j = 0; j < (kn + 1) / 2; ++j) std::memcpy(out + 2 * j, t.pair[row[j]], 2 * sizeof(float));
+      }
+      gemm_tile<V, kTileVecs>(xt + c0 * batch, batch, wd, kn, nrows, yt + r * batch);
+    }
+  }
+}
+
+typedef float v4sf __attribute__((vector_size(16)));
+typedef float v8sf __attribute__((vector_size(32)));
+typedef float v16sf __attribute__((vector_size(64)));
+
+}  // namespace
+
+__attribute__((noinline)) void gemm_rows_portable(const float* xt, int64_t batch, const uint8_t* codes, int64_t pc,
+                                                  int64_t cols, int64_t r0, int64_t r1, float* yt) {
+  gemm_rows<v4sf, 2>(xt, batch, codes, pc, cols, r0, r1, yt);
+}
+__attribute__((target("avx2,fma"))) void gemm_rows_avx2(const float* xt, int64_t batch, const uint8_t* codes,
+                                                        int64_t pc, int64_t cols, int64_t r0, int64_t r1, float* yt) {
+  gemm_rows<v8sf, 2>(xt, batch, codes, pc, cols, r0, r1, yt);
+}
+__attribute__((target("avx512f"))) void gemm_rows_avx512(const float* xt, int64_t batch, const uint8_t* codes,
+                                                         int64_t pc, int64_t cols, int64_t r0, int64_t r1, float* yt) {
+  gemm_rows<v16sf, 2>(xt, batch, codes, pc, cols, r0, r1, yt);
+}
+
+}  // namespace sparsecore::quant::detail
