@@ -10,7 +10,7 @@ import pytest
 
 import sparsecore as sc
 
-BLOCK = 32  # columns per lane block of the GEMV order
+BLOCK = 128  # columns per block of the GEMV order; lane j takes columns 8j..8j+7 of each block
 GEMM_MIN_BATCH = 4
 NIBBLE_VALUES = np.array([0, 1, 2, 4, 8, 16, 32, 64, 0, -1, -2, -4, -8, -16, -32, -64], np.float32)
 
@@ -40,11 +40,12 @@ def reference(x, codes, alpha, cols):
             s += x[:, c, None] * w[None, :, c]
         return alpha * s
     blocks = cols // BLOCK
-    p = np.zeros((batch, rows, BLOCK), np.float32)
+    p = np.zeros((2, batch, rows, 16), np.float32)  # [nibble parity, ..., lane]
     for b in range(blocks):
-        cs = slice(b * BLOCK, (b + 1) * BLOCK)
-        p += x[:, None, cs] * w[None, :, cs]
-    q = p[..., 0::2] + p[..., 1::2]
+        for i in range(8):
+            cs = slice(b * BLOCK + i, (b + 1) * BLOCK, 8)  # column 8j + i of each lane j
+            p[i & 1] += x[:, None, cs] * w[None, :, cs]
+    q = p[0] + p[1]
     q = q[..., :8] + q[..., 8:]
     q = q[..., :4] + q[..., 4:]
     tree = (q[..., 0] + q[..., 2]) + (q[..., 1] + q[..., 3])
@@ -58,8 +59,8 @@ def packed(codes, alpha, cols):
     return sc.PackedWeights(codes, alpha, (codes.shape[0], cols), "channel")
 
 
-SHAPES = [(1, 1, 1), (1, 7, 31), (1, 9, 32), (1, 13, 97), (3, 5, 64), (3, 11, 200), (64, 7, 33), (64, 13, 256),
-          (257, 5, 70), (4, 17, 300), (1, 64, 1025)]
+SHAPES = [(1, 1, 1), (1, 7, 31), (1, 9, 128), (1, 13, 97), (3, 5, 256), (3, 11, 300), (2, 6, 1025), (64, 7, 33),
+          (64, 13, 256), (257, 5, 70), (4, 17, 300), (1, 64, 1025)]
 
 
 @pytest.mark.parametrize("batch,rows,cols", SHAPES)

@@ -62,14 +62,14 @@ bool exact_products(const float* x, int64_t n) {
   return worst < kLimit;
 }
 
+// A 128-column block is 16 dwords of codes per row: dword j holds columns 8j..8j+7, one per
+// nibble. The kernels take nibble i of all 16 dwords at once, so x is stored as 8 vectors:
+// xp[128s + 16i + j] = x[128s + 8j + i].
 void permute_x(const float* x, int64_t cols, float* xp) {
   const int64_t whole = cols / kGemvBlock * kGemvBlock;
-  for (int64_t b0 = 0; b0 < whole; b0 += kGemvBlock) {
-    for (int64_t i = 0; i < kGemvBlock / 2; ++i) {
-      xp[b0 + i] = x[b0 + 2 * i];
-      xp[b0 + kGemvBlock / 2 + i] = x[b0 + 2 * i + 1];
-    }
-  }
+  for (int64_t b0 = 0; b0 < whole; b0 += kGemvBlock)
+    for (int i = 0; i < 8; ++i)
+      for (int j = 0; j < kGemvLanes; ++j) xp[b0 + kGemvLanes * i + j] = x[b0 + 8 * j + i];
 }
 
 // Not inlined into the ISA kernels: built for baseline x86-64 it can use no FMA, so for
@@ -80,60 +80,55 @@ __attribute__((noinline)) void gemv_portable(const float* x, const uint8_t* code
   const int64_t blocks = cols / kGemvBlock;
   for (int64_t r = r0; r < r1; ++r) {
     const uint8_t* row = codes + r * pc;
-    float p[kGemvBlock] = {};
+    float p[2][kGemvLanes] = {};  // [nibble parity][lane]
     for (int64_t s = 0; s < blocks; ++s) {
       const int64_t c0 = s * kGemvBlock;
-      for (int j = 0; j < kGemvBlock; ++j) p[j] += x[c0 + j] * v[nibble(row, c0 + j)];
+      for (int j = 0; j < kGemvLanes; ++j)
+        for (int i = 0; i < 8; ++i) p[i & 1][j] += x[c0 + 8 * j + i] * v[nibble(row, c0 + 8 * j + i)];
     }
-    float q[kGemvBlock / 2];
-    for (int i = 0; i < kGemvBlock / 2; ++i) q[i] = p[2 * i] + p[2 * i + 1];
+    float q[kGemvLanes];
+    for (int j = 0; j < kGemvLanes; ++j) q[j] = p[0][j] + p[1][j];
     y[r] = alpha[r] * (reduce_lanes(q) + tail_sum(row, x, blocks * kGemvBlock, cols));
   }
 }
 
-// 8 bytes -> the values of their low nibbles (wl) and high nibbles (wh), 8 lanes each.
-__attribute__((target("avx2,fma"), always_inline)) inline void decode_avx2(const uint8_t* bytes, __m256 lut, __m256& wl,
-                                                                           __m256& wh) {
+// The values of nibble i (bits 4i..4i+3) of each of 8 dwords: the magnitude is looked up by
+// the low 3 bits after a shift, the sign bit is moved to bit 31 and xor-ed in.
+__attribute__((target("avx2,fma"), always_inline)) inline __m256 decode_avx2(__m256i d, int i, __m256 lut) {
   const __m256i sign = _mm256_set1_epi32(static_cast<int>(0x80000000u));
-  __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(bytes)));
-  wl = _mm256_permutevar8x32_ps(lut, v);
-  wh = _mm256_permutevar8x32_ps(lut, _mm256_srli_epi32(v, 4));
-  wl = _mm256_xor_ps(wl, _mm256_castsi256_ps(_mm256_and_si256(_mm256_slli_epi32(v, 28), sign)));
-  wh = _mm256_xor_ps(wh, _mm256_castsi256_ps(_mm256_and_si256(_mm256_slli_epi32(v, 24), sign)));
+  const __m256i n = _mm256_srli_epi32(d, 4 * i);
+  const __m256 w = _mm256_permutevar8x32_ps(lut, n);
+  return _mm256_xor_ps(w, _mm256_castsi256_ps(_mm256_and_si256(_mm256_slli_epi32(n, 28), sign)));
 }
 
 __attribute__((target("avx2,fma"))) void gemv_avx2(const float* x, const float* xp, const uint8_t* codes,
                                                    const float* alpha, int64_t pc, int64_t rows, int64_t cols,
                                                    int64_t r0, int64_t r1, float* y) {
-  // A 32-column block is two 8-byte halves; each half widens to 8 int32 lanes, vpermps looks
-  // the magnitude up by the low 3 bits and the sign bit is xor-ed in. Lanes 0..7 of the
-  // AVX-512 order live in the *_lo accumulators, lanes 8..15 in *_hi.
+  // Lanes 0..7 of the order come from the first 32 bytes of a block (the *[0] halves), lanes
+  // 8..15 from the next 32 (the *[1] halves).
   const __m256 lut = _mm256_load_ps(values());  // entries 0..7: 0, 1, 2, ..., 64
   const int64_t blocks = cols / kGemvBlock;
   int64_t r = r0;
   for (; r + kRowsPerStep <= r1; r += kRowsPerStep) {
-    __m256 el[kRowsPerStep], eh[kRowsPerStep], ol[kRowsPerStep], oh[kRowsPerStep];
-    for (int i = 0; i < kRowsPerStep; ++i) el[i] = eh[i] = ol[i] = oh[i] = _mm256_setzero_ps();
+    __m256 acc[kRowsPerStep][2][2];  // [row][nibble parity][half]
+    for (auto& a : acc)
+      for (auto& b : a) b[0] = b[1] = _mm256_setzero_ps();
     const uint8_t* row0 = codes + r * pc;
     for (int64_t s = 0; s < blocks; ++s) {
       const float* xs = xp + kGemvBlock * s;
-      __m256 xel = _mm256_loadu_ps(xs), xeh = _mm256_loadu_ps(xs + 8);
-      __m256 xol = _mm256_loadu_ps(xs + 16), xoh = _mm256_loadu_ps(xs + 24);
       for (int i = 0; i < kRowsPerStep; ++i) {
-        const uint8_t* bytes = row0 + i * pc + 16 * s;
-        __m256 wl, wh;
-        decode_avx2(bytes, lut, wl, wh);
-        el[i] = _mm256_fmadd_ps(wl, xel, el[i]);
-        ol[i] = _mm256_fmadd_ps(wh, xol, ol[i]);
-        decode_avx2(bytes + 8, lut, wl, wh);
-        eh[i] = _mm256_fmadd_ps(wl, xeh, eh[i]);
-        oh[i] = _mm256_fmadd_ps(wh, xoh, oh[i]);
+        for (int h = 0; h < 2; ++h) {
+          const __m256i d = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row0 + i * pc + 64 * s + 32 * h));
+          for (int k = 0; k < 8; ++k)
+            acc[i][k & 1][h] =
+                _mm256_fmadd_ps(decode_avx2(d, k, lut), _mm256_loadu_ps(xs + kGemvLanes * k + 8 * h), acc[i][k & 1][h]);
+        }
       }
     }
     for (int i = 0; i < kRowsPerStep; ++i) {
-      alignas(32) float q[16];
-      _mm256_store_ps(q, _mm256_add_ps(el[i], ol[i]));
-      _mm256_store_ps(q + 8, _mm256_add_ps(eh[i], oh[i]));
+      alignas(32) float q[kGemvLanes];
+      _mm256_store_ps(q, _mm256_add_ps(acc[i][0][0], acc[i][1][0]));
+      _mm256_store_ps(q + 8, _mm256_add_ps(acc[i][0][1], acc[i][1][1]));
       y[r + i] = alpha[r + i] * (reduce_lanes(q) + tail_sum(row0 + i * pc, x, blocks * kGemvBlock, cols));
     }
   }
@@ -144,35 +139,34 @@ __attribute__((target("avx2,fma"))) void gemv_avx2(const float* x, const float* 
 __attribute__((target("avx512f"))) void gemv_avx512(const float* x, const float* xp, const uint8_t* codes,
                                                     const float* alpha, int64_t pc, int64_t rows, int64_t cols,
                                                     int64_t r0, int64_t r1, float* y) {
-  // 32 columns (16 bytes) per step: the bytes widen to 16 int32 lanes and vpermps looks up
-  // the 16-entry table by the low 4 bits (low nibbles) and after a shift (high nibbles).
-  // The codes of the rows kPrefetchRows ahead are prefetched a cache line at a time, so the
-  // next rows stream in while these are decoded.
+  // One 64-byte load per row and block, no widening: vpermps looks the 16-entry table up by
+  // the low 4 bits of each dword, so nibble i only needs a shift by 4i. The codes
+  // kPrefetchRows rows ahead are prefetched, so the next rows stream in meanwhile.
   const __m512 lut = _mm512_load_ps(values());
   const int64_t blocks = cols / kGemvBlock;
   int64_t r = r0;
   for (; r + kRowsPerStep <= r1; r += kRowsPerStep) {
-    __m512 even[kRowsPerStep], odd[kRowsPerStep];
-    for (int i = 0; i < kRowsPerStep; ++i) even[i] = odd[i] = _mm512_setzero_ps();
+    __m512 acc[kRowsPerStep][2];  // [row][nibble parity]
+    for (auto& a : acc) a[0] = a[1] = _mm512_setzero_ps();
     const uint8_t* row0 = codes + r * pc;
-    const int64_t ahead = r + kPrefetchRows + kRowsPerStep <= rows ? kPrefetchRows : 0;
+    const bool ahead = r + kPrefetchRows + kRowsPerStep <= rows;
     for (int64_t s = 0; s < blocks; ++s) {
-      if (ahead && (s & 3) == 0) {
-        for (int i = 0; i < kRowsPerStep; ++i)
-          _mm_prefetch(reinterpret_cast<const char*>(row0 + (ahead + i) * pc + 16 * s), _MM_HINT_T0);
-      }
-      __m512 xe = _mm512_loadu_ps(xp + kGemvBlock * s), xo = _mm512_loadu_ps(xp + kGemvBlock * s + 16);
+      const float* xs = xp + kGemvBlock * s;
+      __m512 xv[8];
+      for (int k = 0; k < 8; ++k) xv[k] = _mm512_loadu_ps(xs + kGemvLanes * k);
       for (int i = 0; i < kRowsPerStep; ++i) {
-        __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row0 + i * pc + 16 * s)));
-        __m512 wl = _mm512_permutexvar_ps(v, lut);
-        __m512 wh = _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), lut);
-        even[i] = _mm512_fmadd_ps(wl, xe, even[i]);
-        odd[i] = _mm512_fmadd_ps(wh, xo, odd[i]);
+        const uint8_t* at = row0 + i * pc + 64 * s;
+        if (ahead) _mm_prefetch(reinterpret_cast<const char*>(at + kPrefetchRows * pc), _MM_HINT_T0);
+        const __m512i d = _mm512_loadu_si512(at);
+        acc[i][0] = _mm512_fmadd_ps(_mm512_permutexvar_ps(d, lut), xv[0], acc[i][0]);
+        for (int k = 1; k < 8; ++k)
+          acc[i][k & 1] =
+              _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(d, 4 * k), lut), xv[k], acc[i][k & 1]);
       }
     }
     for (int i = 0; i < kRowsPerStep; ++i) {
-      alignas(64) float q[16];
-      _mm512_store_ps(q, _mm512_add_ps(even[i], odd[i]));
+      alignas(64) float q[kGemvLanes];
+      _mm512_store_ps(q, _mm512_add_ps(acc[i][0], acc[i][1]));
       y[r + i] = alpha[r + i] * (reduce_lanes(q) + tail_sum(row0 + i * pc, x, blocks * kGemvBlock, cols));
     }
   }

@@ -8,10 +8,11 @@
 // with |x| < 2^121), and for any other x shift_matmul runs the portable kernels on every CPU.
 //
 // Summation orders (the contract each kernel keeps, per output element y[b, r]):
-//   GEMV (batch < kGemmMinBatch): 32 lane sums p_j = Σ_s x[32s+j]·w[32s+j] over the whole
-//     32-column blocks, in order of s, each from +0; q_i = p_2i + p_2i+1 (i < 16); then the
-//     fixed tree of reduce_lanes() over q; plus the tail u = Σ over the last cols % 32
-//     columns in order from +0: y = alpha · (tree(q) + u).
+//   GEMV (batch < kGemmMinBatch): over the whole 128-column blocks s in order, lane j < 16
+//     takes columns c = 128s + 8j + i for i = 0..7 in order, even i into the sum e_j and odd i
+//     into o_j (each from +0); q_j = e_j + o_j; then the fixed tree of reduce_lanes() over q;
+//     plus the tail u = Σ over the last cols % 128 columns in order from +0:
+//     y = alpha · (tree(q) + u).
 //   GEMM (batch >= kGemmMinBatch): one running sum from +0 over the columns in order:
 //     y = alpha · (((x0·w0 + x1·w1) + x2·w2) + ...).
 // The two orders differ, so a row of a GEMM result may differ from the GEMV of that row by
@@ -25,12 +26,13 @@ namespace sparsecore::quant::detail {
 enum class Isa { kPortable, kAvx2, kAvx512 };
 
 inline constexpr int64_t kGemmMinBatch = 4;  // below this, one GEMV per row of x
-inline constexpr int kGemvBlock = 32;        // columns per lane block of the GEMV order
+inline constexpr int kGemvLanes = 16;        // lane sums of the GEMV order
+inline constexpr int kGemvBlock = 128;       // columns per block of the GEMV order
 
 // True when every |x[i]| < 2^121 and finite (no product can overflow or be NaN).
 bool exact_products(const float* x, int64_t n);
 
-// The fixed reduction of the 16 GEMV lane pairs: halves added pairwise, 8 then 4, 2, 1.
+// The fixed reduction of the 16 GEMV lanes: halves added pairwise, 8 then 4, 2, 1.
 inline float reduce_lanes(const float* q) {
   float t8[8], t4[4];
   for (int i = 0; i < 8; ++i) t8[i] = q[i] + q[i + 8];
@@ -39,14 +41,14 @@ inline float reduce_lanes(const float* q) {
 }
 
 // y[r] = alpha[r] · (GEMV order) for rows [r0, r1) of codes (rows, pc); x (cols);
-// xp: x with each whole 32-column block permuted even columns first, then odd (permute_x).
+// xp: x with each whole 128-column block permuted by permute_x.
 void gemv_portable(const float* x, const uint8_t* codes, const float* alpha, int64_t pc, int64_t cols, int64_t r0,
                    int64_t r1, float* y);
 void gemv_avx2(const float* x, const float* xp, const uint8_t* codes, const float* alpha, int64_t pc, int64_t rows,
                int64_t cols, int64_t r0, int64_t r1, float* y);
 void gemv_avx512(const float* x, const float* xp, const uint8_t* codes, const float* alpha, int64_t pc, int64_t rows,
                  int64_t cols, int64_t r0, int64_t r1, float* y);
-// xp (cols / 32 · 32) written.
+// xp (cols / 128 · 128) written.
 void permute_x(const float* x, int64_t cols, float* xp);
 
 // yt (rows, batch) = (GEMM order) sums without alpha for rows [r0, r1); xt (cols, batch) is x
