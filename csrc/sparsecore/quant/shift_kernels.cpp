@@ -184,34 +184,41 @@ namespace {
 constexpr int kTileRows = 6;
 constexpr int64_t kDepth = 256;
 
-template <typename V, int kTileVecs>
+// yt (nrows, batch) += wd (nrows, kn; rows kDepth apart) · xt (kn, batch) for the batch
+// entries [b, b + kVecs · lanes of V).
+template <typename V, int kVecs>
 __attribute__((always_inline)) inline void gemm_tile(const float* xt, int64_t batch, const float* wd, int64_t kn,
-                                                     int64_t nrows, float* yt) {
-  // yt (nrows, batch) += wd (nrows, kn; rows kDepth apart) · xt (kn, batch)
+                                                     int64_t nrows, int64_t b, float* yt) {
   constexpr int64_t L = sizeof(V) / sizeof(float);
-  constexpr int64_t W = L * kTileVecs;
-  int64_t b = 0;
-  for (; b + W <= batch; b += W) {
-    V acc[kTileRows][kTileVecs];
-    for (int i = 0; i < kTileRows; ++i)
-      for (int j = 0; j < kTileVecs; ++j) {
-        if (i < nrows)
-          std::memcpy(&acc[i][j], yt + i * batch + b + j * L, sizeof(V));
-        else
-          acc[i][j] = V{};
-      }
-    const float* xk = xt + b;
-    for (int64_t k = 0; k < kn; ++k, xk += batch) {
-      V xv[kTileVecs];
-      for (int j = 0; j < kTileVecs; ++j) std::memcpy(&xv[j], xk + j * L, sizeof(V));
-      for (int i = 0; i < kTileRows; ++i) {
-        const float w = wd[i * kDepth + k];
-        for (int j = 0; j < kTileVecs; ++j) acc[i][j] += xv[j] * w;
-      }
+  V acc[kTileRows][kVecs];
+  for (int i = 0; i < kTileRows; ++i)
+    for (int j = 0; j < kVecs; ++j) {
+      if (i < nrows)
+        std::memcpy(&acc[i][j], yt + i * batch + b + j * L, sizeof(V));
+      else
+        acc[i][j] = V{};
     }
-    for (int i = 0; i < nrows; ++i)
-      for (int j = 0; j < kTileVecs; ++j) std::memcpy(yt + i * batch + b + j * L, &acc[i][j], sizeof(V));
+  const float* xk = xt + b;
+  for (int64_t k = 0; k < kn; ++k, xk += batch) {
+    V xv[kVecs];
+    for (int j = 0; j < kVecs; ++j) std::memcpy(&xv[j], xk + j * L, sizeof(V));
+    for (int i = 0; i < kTileRows; ++i) {
+      const float w = wd[i * kDepth + k];
+      for (int j = 0; j < kVecs; ++j) acc[i][j] += xv[j] * w;
+    }
   }
+  for (int i = 0; i < nrows; ++i)
+    for (int j = 0; j < kVecs; ++j) std::memcpy(yt + i * batch + b + j * L, &acc[i][j], sizeof(V));
+}
+
+template <typename V, int kTileVecs>
+__attribute__((always_inline)) inline void gemm_block(const float* xt, int64_t batch, const float* wd, int64_t kn,
+                                                      int64_t nrows, float* yt) {
+  // Wide tiles first, then single vectors, then single batch entries.
+  constexpr int64_t L = sizeof(V) / sizeof(float);
+  int64_t b = 0;
+  for (; b + kTileVecs * L <= batch; b += kTileVecs * L) gemm_tile<V, kTileVecs>(xt, batch, wd, kn, nrows, b, yt);
+  for (; b + L <= batch; b += L) gemm_tile<V, 1>(xt, batch, wd, kn, nrows, b, yt);
   for (; b < batch; ++b) {
     for (int i = 0; i < nrows; ++i) {
       float s = yt[i * batch + b];
@@ -236,7 +243,7 @@ __attribute__((always_inline)) inline void gemm_rows(const float* xt, int64_t ba
         float* out = wd + i * kDepth;
         for (int64_t j = 0; j < (kn + 1) / 2; ++j) std::memcpy(out + 2 * j, t.pair[row[j]], 2 * sizeof(float));
       }
-      gemm_tile<V, kTileVecs>(xt + c0 * batch, batch, wd, kn, nrows, yt + r * batch);
+      gemm_block<V, kTileVecs>(xt + c0 * batch, batch, wd, kn, nrows, yt + r * batch);
     }
   }
 }
@@ -257,7 +264,7 @@ __attribute__((target("avx2,fma"))) void gemm_rows_avx2(const float* xt, int64_t
 }
 __attribute__((target("avx512f"))) void gemm_rows_avx512(const float* xt, int64_t batch, const uint8_t* codes,
                                                          int64_t pc, int64_t cols, int64_t r0, int64_t r1, float* yt) {
-  gemm_rows<v16sf, 2>(xt, batch, codes, pc, cols, r0, r1, yt);
+  gemm_rows<v16sf, 4>(xt, batch, codes, pc, cols, r0, r1, yt);
 }
 
 }  // namespace sparsecore::quant::detail
