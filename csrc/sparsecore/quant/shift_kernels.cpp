@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "sparsecore/core/cpu_features.h"
 #include "sparsecore/quant/detail/shift_kernels.h"
 #include "sparsecore/quant/pow2_codes.h"
 
@@ -49,7 +50,7 @@ constexpr int kPrefetchRows = 8;  // how far ahead (in rows) the codes are prefe
 
 }  // namespace
 
-bool exact_products(const float* x, int64_t n) {
+SC_DISPATCH bool exact_products(const float* x, int64_t n) {
   // |x| < 2^121 <=> the magnitude bits are below those of 2^121; Inf and NaN are above.
   constexpr uint32_t kLimit = (121u + 127u) << 23;
   uint32_t worst = 0;
