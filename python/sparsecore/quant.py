@@ -225,6 +225,9 @@ def shift_matmul(x: Any, packed: Union[PackedWeights, DevicePackedWeights], *, x
     ``x`` (..., cols): float32, or int8/int16 fixed point. Fixed-point inputs are summed exactly
     in int32 (true shifts); without ``x_scale`` the int32 sums are returned, with it
     ``float32(acc) * alpha * x_scale``. torch input gives torch output, numpy gives numpy.
+    Float32 results agree with ``x @ W.T`` to float32 rounding and are the same bits on every
+    x86-64 (AVX-512, AVX2 or neither); x with fewer than 4 rows is summed in another order than
+    larger batches, so a row may differ in its last bits between the two.
 
     On CUDA: ``packed`` a :class:`DevicePackedWeights` (weights uploaded once), or
     ``device="cuda"``, or ``x`` a CUDA array (torch or CuPy) with host ``PackedWeights`` (uploaded

@@ -4,8 +4,13 @@
 // Float activations. Each nibble is looked up in a 16-entry table of ±2^k (the weight's
 // exponent applied to the activation in an FMA), rows are summed in float32 and scaled by
 // alpha at the end: y[b, r] = alpha[r] · Σ_c x[b, c] · code[r, c]. Summation order differs
-// from NumPy's, so results agree to float32 rounding, not bit for bit. AVX-512 and AVX2
-// kernels are picked at run time; any x86-64 gets a portable loop.
+// from NumPy's, so results agree with it to float32 rounding. AVX-512 and AVX2 kernels are
+// picked at run time (SPARSECORE_QUANT_KERNEL=portable|avx2 forces one, for tests); any
+// x86-64 gets a portable loop, and all of them give the same bits for the same call: every
+// product is exact, and each kernel adds them in one documented order
+// (detail/shift_kernels.h). With fewer than 4 rows of x each row is a GEMV (16 lane sums over
+// 128-column blocks, then a fixed tree), from 4 rows on a GEMM (one running sum per output
+// over the columns in order), so a row's result may differ in the last bits between the two.
 //
 // Fixed-point activations (int8 or int16). Each product is a true shift, x << k, negated by the
 // sign bit, summed exactly in int32: acc[b, r] = Σ_c s·(x[b, c] << k). The call refuses

@@ -1,0 +1,271 @@
+// Float shift-matmul kernels: GEMV (one row of x against every packed row) and the GEMM
+// micro-kernel, each in the summation order of detail/shift_kernels.h, which every ISA keeps.
+#include <immintrin.h>
+
+#include <cstdint>
+#include <cstring>
+
+#include "sparsecore/core/cpu_features.h"
+#include "sparsecore/quant/detail/shift_kernels.h"
+#include "sparsecore/quant/pow2_codes.h"
+
+namespace sparsecore::quant::detail {
+
+namespace {
+
+struct ValueTable {
+  alignas(64) float value[16];     // nibble -> ±2^k or 0
+  alignas(64) float pair[256][2];  // byte -> (low nibble value, high nibble value)
+  ValueTable() {
+    for (uint32_t n = 0; n < 16; ++n) value[n] = code_value(n);
+    for (int b = 0; b < 256; ++b) {
+      pair[b][0] = value[b & 15];
+      pair[b][1] = value[b >> 4];
+    }
+  }
+};
+
+const ValueTable& table() {
+  static const ValueTable t;
+  return t;
+}
+
+const float* values() { return table().value; }
+
+inline uint32_t nibble(const uint8_t* row, int64_t c) {
+  const uint8_t byte = row[c >> 1];
+  return (c & 1) ? (byte >> 4) : (byte & 15u);
+}
+
+// Σ x[c]·w[c] over [c0, cols) in order, from +0.
+inline float tail_sum(const uint8_t* row, const float* x, int64_t c0, int64_t cols) {
+  const float* v = values();
+  float u = 0.0f;
+  for (int64_t c = c0; c < cols; ++c) u += x[c] * v[nibble(row, c)];
+  return u;
+}
+
+constexpr int kRowsPerStep = 4;   // rows decoded together: independent chains, x loaded once
+constexpr int kPrefetchRows = 8;  // how far ahead (in rows) the codes are prefetched
+
+}  // namespace
+
+SC_DISPATCH bool exact_products(const float* x, int64_t n) {
+  // |x| < 2^121 <=> the magnitude bits are below those of 2^121; Inf and NaN are above.
+  constexpr uint32_t kLimit = (121u + 127u) << 23;
+  uint32_t worst = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    uint32_t bits;
+    std::memcpy(&bits, x + i, sizeof(bits));
+    bits &= 0x7fffffffu;
+    worst = bits > worst ? bits : worst;
+  }
+  return worst < kLimit;
+}
+
+// A 128-column block is 16 dwords of codes per row: dword j holds columns 8j..8j+7, one per
+// nibble. The kernels take nibble i of all 16 dwords at once, so x is stored as 8 vectors:
+// xp[128s + 16i + j] = x[128s + 8j + i].
+void permute_x(const float* x, int64_t cols, float* xp) {
+  const int64_t whole = cols / kGemvBlock * kGemvBlock;
+  for (int64_t b0 = 0; b0 < whole; b0 += kGemvBlock)
+    for (int i = 0; i < 8; ++i)
+      for (int j = 0; j < kGemvLanes; ++j) xp[b0 + kGemvLanes * i + j] = x[b0 + 8 * j + i];
+}
+
+// Not inlined into the ISA kernels: built for baseline x86-64 it can use no FMA, so for
+// inputs outside exact_products it is the one definition every CPU runs.
+__attribute__((noinline)) void gemv_portable(const float* x, const uint8_t* codes, const float* alpha, int64_t pc,
+                                             int64_t cols, int64_t r0, int64_t r1, float* y) {
+  const float* v = values();
+  const int64_t blocks = cols / kGemvBlock;
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint8_t* row = codes + r * pc;
+    float p[2][kGemvLanes] = {};  // [nibble parity][lane]
+    for (int64_t s = 0; s < blocks; ++s) {
+      const int64_t c0 = s * kGemvBlock;
+      for (int j = 0; j < kGemvLanes; ++j)
+        for (int i = 0; i < 8; ++i) p[i & 1][j] += x[c0 + 8 * j + i] * v[nibble(row, c0 + 8 * j + i)];
+    }
+    float q[kGemvLanes];
+    for (int j = 0; j < kGemvLanes; ++j) q[j] = p[0][j] + p[1][j];
+    y[r] = alpha[r] * (reduce_lanes(q) + tail_sum(row, x, blocks * kGemvBlock, cols));
+  }
+}
+
+// The values of nibble i (bits 4i..4i+3) of each of 8 dwords: the magnitude is looked up by
+// the low 3 bits after a shift, the sign bit is moved to bit 31 and xor-ed in.
+__attribute__((target("avx2,fma"), always_inline)) inline __m256 decode_avx2(__m256i d, int i, __m256 lut) {
+  const __m256i sign = _mm256_set1_epi32(static_cast<int>(0x80000000u));
+  const __m256i n = _mm256_srli_epi32(d, 4 * i);
+  const __m256 w = _mm256_permutevar8x32_ps(lut, n);
+  return _mm256_xor_ps(w, _mm256_castsi256_ps(_mm256_and_si256(_mm256_slli_epi32(n, 28), sign)));
+}
+
+__attribute__((target("avx2,fma"))) void gemv_avx2(const float* x, const float* xp, const uint8_t* codes,
+                                                   const float* alpha, int64_t pc, int64_t rows, int64_t cols,
+                                                   int64_t r0, int64_t r1, float* y) {
+  // Lanes 0..7 of the order come from the first 32 bytes of a block (the *[0] halves), lanes
+  // 8..15 from the next 32 (the *[1] halves).
+  const __m256 lut = _mm256_load_ps(values());  // entries 0..7: 0, 1, 2, ..., 64
+  const int64_t blocks = cols / kGemvBlock;
+  int64_t r = r0;
+  for (; r + kRowsPerStep <= r1; r += kRowsPerStep) {
+    __m256 acc[kRowsPerStep][2][2];  // [row][nibble parity][half]
+    for (auto& a : acc)
+      for (auto& b : a) b[0] = b[1] = _mm256_setzero_ps();
+    const uint8_t* row0 = codes + r * pc;
+    for (int64_t s = 0; s < blocks; ++s) {
+      const float* xs = xp + kGemvBlock * s;
+      for (int i = 0; i < kRowsPerStep; ++i) {
+        for (int h = 0; h < 2; ++h) {
+          const __m256i d = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row0 + i * pc + 64 * s + 32 * h));
+          for (int k = 0; k < 8; ++k)
+            acc[i][k & 1][h] =
+                _mm256_fmadd_ps(decode_avx2(d, k, lut), _mm256_loadu_ps(xs + kGemvLanes * k + 8 * h), acc[i][k & 1][h]);
+        }
+      }
+    }
+    for (int i = 0; i < kRowsPerStep; ++i) {
+      alignas(32) float q[kGemvLanes];
+      _mm256_store_ps(q, _mm256_add_ps(acc[i][0][0], acc[i][1][0]));
+      _mm256_store_ps(q + 8, _mm256_add_ps(acc[i][0][1], acc[i][1][1]));
+      y[r + i] = alpha[r + i] * (reduce_lanes(q) + tail_sum(row0 + i * pc, x, blocks * kGemvBlock, cols));
+    }
+  }
+  (void)rows;
+  if (r < r1) gemv_portable(x, codes, alpha, pc, cols, r, r1, y);
+}
+
+__attribute__((target("avx512f"))) void gemv_avx512(const float* x, const float* xp, const uint8_t* codes,
+                                                    const float* alpha, int64_t pc, int64_t rows, int64_t cols,
+                                                    int64_t r0, int64_t r1, float* y) {
+  // One 64-byte load per row and block, no widening: vpermps looks the 16-entry table up by
+  // the low 4 bits of each dword, so nibble i only needs a shift by 4i. The codes
+  // kPrefetchRows rows ahead are prefetched, so the next rows stream in meanwhile.
+  const __m512 lut = _mm512_load_ps(values());
+  const int64_t blocks = cols / kGemvBlock;
+  int64_t r = r0;
+  for (; r + kRowsPerStep <= r1; r += kRowsPerStep) {
+    __m512 acc[kRowsPerStep][2];  // [row][nibble parity]
+    for (auto& a : acc) a[0] = a[1] = _mm512_setzero_ps();
+    const uint8_t* row0 = codes + r * pc;
+    const bool ahead = r + kPrefetchRows + kRowsPerStep <= rows;
+    for (int64_t s = 0; s < blocks; ++s) {
+      const float* xs = xp + kGemvBlock * s;
+      __m512 xv[8];
+      for (int k = 0; k < 8; ++k) xv[k] = _mm512_loadu_ps(xs + kGemvLanes * k);
+      for (int i = 0; i < kRowsPerStep; ++i) {
+        const uint8_t* at = row0 + i * pc + 64 * s;
+        if (ahead) _mm_prefetch(reinterpret_cast<const char*>(at + kPrefetchRows * pc), _MM_HINT_T0);
+        const __m512i d = _mm512_loadu_si512(at);
+        acc[i][0] = _mm512_fmadd_ps(_mm512_permutexvar_ps(d, lut), xv[0], acc[i][0]);
+        for (int k = 1; k < 8; ++k)
+          acc[i][k & 1] =
+              _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(d, 4 * k), lut), xv[k], acc[i][k & 1]);
+      }
+    }
+    for (int i = 0; i < kRowsPerStep; ++i) {
+      alignas(64) float q[kGemvLanes];
+      _mm512_store_ps(q, _mm512_add_ps(acc[i][0], acc[i][1]));
+      y[r + i] = alpha[r + i] * (reduce_lanes(q) + tail_sum(row0 + i * pc, x, blocks * kGemvBlock, cols));
+    }
+  }
+  if (r < r1) gemv_portable(x, codes, alpha, pc, cols, r, r1, y);
+}
+
+// ---------------------------------------------------------------------------------------
+// GEMM micro-kernel. A tile of kTileRows packed rows is decoded to float once per block of
+// kDepth columns and multiplied against x transposed: kTileRows rows by kTileVecs vectors of
+// batch entries per register tile (an outer product of broadcast weights and x vectors), each
+// output accumulated over the columns in order, so every vector width gives the same bits.
+
+namespace {
+
+constexpr int kTileRows = 6;
+constexpr int64_t kDepth = 256;
+
+// yt (nrows, batch) += wd (nrows, kn; rows kDepth apart) · xt (kn, batch) for the batch
+// entries [b, b + kVecs · lanes of V).
+template <typename V, int kVecs>
+__attribute__((always_inline)) inline void gemm_tile(const float* xt, int64_t batch, const float* wd, int64_t kn,
+                                                     int64_t nrows, int64_t b, float* yt) {
+  constexpr int64_t L = sizeof(V) / sizeof(float);
+  V acc[kTileRows][kVecs];
+  for (int i = 0; i < kTileRows; ++i)
+    for (int j = 0; j < kVecs; ++j) {
+      if (i < nrows)
+        std::memcpy(&acc[i][j], yt + i * batch + b + j * L, sizeof(V));
+      else
+        acc[i][j] = V{};
+    }
+  const float* xk = xt + b;
+  for (int64_t k = 0; k < kn; ++k, xk += batch) {
+    V xv[kVecs];
+    for (int j = 0; j < kVecs; ++j) std::memcpy(&xv[j], xk + j * L, sizeof(V));
+    for (int i = 0; i < kTileRows; ++i) {
+      const float w = wd[i * kDepth + k];
+      for (int j = 0; j < kVecs; ++j) acc[i][j] += xv[j] * w;
+    }
+  }
+  for (int i = 0; i < nrows; ++i)
+    for (int j = 0; j < kVecs; ++j) std::memcpy(yt + i * batch + b + j * L, &acc[i][j], sizeof(V));
+}
+
+template <typename V, int kTileVecs>
+__attribute__((always_inline)) inline void gemm_block(const float* xt, int64_t batch, const float* wd, int64_t kn,
+                                                      int64_t nrows, float* yt) {
+  // Wide tiles first, then single vectors, then single batch entries.
+  constexpr int64_t L = sizeof(V) / sizeof(float);
+  int64_t b = 0;
+  for (; b + kTileVecs * L <= batch; b += kTileVecs * L) gemm_tile<V, kTileVecs>(xt, batch, wd, kn, nrows, b, yt);
+  for (; b + L <= batch; b += L) gemm_tile<V, 1>(xt, batch, wd, kn, nrows, b, yt);
+  for (; b < batch; ++b) {
+    for (int i = 0; i < nrows; ++i) {
+      float s = yt[i * batch + b];
+      for (int64_t k = 0; k < kn; ++k) s += xt[k * batch + b] * wd[i * kDepth + k];
+      yt[i * batch + b] = s;
+    }
+  }
+}
+
+template <typename V, int kTileVecs>
+__attribute__((always_inline)) inline void gemm_rows(const float* xt, int64_t batch, const uint8_t* codes, int64_t pc,
+                                                     int64_t cols, int64_t r0, int64_t r1, float* yt) {
+  const ValueTable& t = table();
+  alignas(64) float wd[kTileRows * kDepth];
+  for (int64_t r = r0; r < r1; r += kTileRows) {
+    const int64_t nrows = r1 - r < kTileRows ? r1 - r : kTileRows;
+    for (int64_t i = 0; i < nrows * batch; ++i) yt[r * batch + i] = 0.0f;
+    for (int64_t c0 = 0; c0 < cols; c0 += kDepth) {
+      const int64_t kn = cols - c0 < kDepth ? cols - c0 : kDepth;
+      for (int64_t i = 0; i < nrows; ++i) {
+        const uint8_t* row = codes + (r + i) * pc + c0 / 2;
+        float* out = wd + i * kDepth;
+        for (int64_t j = 0; j < (kn + 1) / 2; ++j) std::memcpy(out + 2 * j, t.pair[row[j]], 2 * sizeof(float));
+      }
+      gemm_block<V, kTileVecs>(xt + c0 * batch, batch, wd, kn, nrows, yt + r * batch);
+    }
+  }
+}
+
+typedef float v4sf __attribute__((vector_size(16)));
+typedef float v8sf __attribute__((vector_size(32)));
+typedef float v16sf __attribute__((vector_size(64)));
+
+}  // namespace
+
+__attribute__((noinline)) void gemm_rows_portable(const float* xt, int64_t batch, const uint8_t* codes, int64_t pc,
+                                                  int64_t cols, int64_t r0, int64_t r1, float* yt) {
+  gemm_rows<v4sf, 2>(xt, batch, codes, pc, cols, r0, r1, yt);
+}
+__attribute__((target("avx2,fma"))) void gemm_rows_avx2(const float* xt, int64_t batch, const uint8_t* codes,
+                                                        int64_t pc, int64_t cols, int64_t r0, int64_t r1, float* yt) {
+  gemm_rows<v8sf, 2>(xt, batch, codes, pc, cols, r0, r1, yt);
+}
+__attribute__((target("avx512f"))) void gemm_rows_avx512(const float* xt, int64_t batch, const uint8_t* codes,
+                                                         int64_t pc, int64_t cols, int64_t r0, int64_t r1, float* yt) {
+  gemm_rows<v16sf, 4>(xt, batch, codes, pc, cols, r0, r1, yt);
+}
+
+}  // namespace sparsecore::quant::detail

@@ -1,0 +1,153 @@
+"""Float shift-matmul kernels: bit for bit against a NumPy model of their summation orders
+(csrc/sparsecore/quant/detail/shift_kernels.h), and bit for bit across the ISA paths."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import sparsecore as sc
+
+BLOCK = 128  # columns per block of the GEMV order; lane j takes columns 8j..8j+7 of each block
+GEMM_MIN_BATCH = 4
+NIBBLE_VALUES = np.array([0, 1, 2, 4, 8, 16, 32, 64, 0, -1, -2, -4, -8, -16, -32, -64], np.float32)
+
+
+def random_codes(rng, rows, cols):
+    """Any bytes: zero codes, negative codes and the unused 'negative zero' nibble 8 included."""
+    codes = rng.integers(0, 256, (rows, (cols + 1) // 2), dtype=np.uint8)
+    if cols % 2:
+        codes[:, -1] &= 0x0F  # an odd last column leaves the high nibble 0
+    return codes
+
+
+def code_matrix(codes, cols):
+    nib = np.empty((codes.shape[0], 2 * codes.shape[1]), np.int64)
+    nib[:, 0::2] = codes & 15
+    nib[:, 1::2] = codes >> 4
+    return NIBBLE_VALUES[nib[:, :cols]]
+
+
+def reference(x, codes, alpha, cols):
+    """float32 model of the kernels' summation orders: y (batch, rows)."""
+    w = code_matrix(codes, cols)
+    batch, rows = x.shape[0], w.shape[0]
+    if batch >= GEMM_MIN_BATCH:  # one running sum over the columns in order
+        s = np.zeros((batch, rows), np.float32)
+        for c in range(cols):
+            s += x[:, c, None] * w[None, :, c]
+        return alpha * s
+    blocks = cols // BLOCK
+    p = np.zeros((2, batch, rows, 16), np.float32)  # [nibble parity, ..., lane]
+    for b in range(blocks):
+        for i in range(8):
+            cs = slice(b * BLOCK + i, (b + 1) * BLOCK, 8)  # column 8j + i of each lane j
+            p[i & 1] += x[:, None, cs] * w[None, :, cs]
+    q = p[0] + p[1]
+    q = q[..., :8] + q[..., 8:]
+    q = q[..., :4] + q[..., 4:]
+    tree = (q[..., 0] + q[..., 2]) + (q[..., 1] + q[..., 3])
+    u = np.zeros((batch, rows), np.float32)
+    for c in range(blocks * BLOCK, cols):
+        u += x[:, c, None] * w[None, :, c]
+    return alpha * (tree + u)
+
+
+def packed(codes, alpha, cols):
+    return sc.PackedWeights(codes, alpha, (codes.shape[0], cols), "channel")
+
+
+SHAPES = [(1, 1, 1), (1, 7, 31), (1, 9, 128), (1, 13, 97), (3, 5, 256), (3, 11, 300), (2, 6, 1025), (64, 7, 33),
+          (64, 13, 256), (257, 5, 70), (4, 17, 300), (1, 64, 1025)]
+
+
+@pytest.mark.parametrize("batch,rows,cols", SHAPES)
+def test_float_kernel_is_bitwise_its_summation_order(rng, batch, rows, cols):
+    codes = random_codes(rng, rows, cols)
+    alpha = rng.uniform(0.01, 2.0, rows).astype(np.float32)
+    x = rng.standard_normal((batch, cols)).astype(np.float32)
+    y = sc.shift_matmul(x, packed(codes, alpha, cols))
+    ref = reference(x, codes, alpha, cols)
+    np.testing.assert_array_equal(y.view(np.uint32), ref.view(np.uint32))
+    exact = x.astype(np.float64) @ (alpha[:, None] * code_matrix(codes, cols)).T.astype(np.float64)
+    bound = 1e-5 * (np.abs(x).astype(np.float64) @ np.abs(code_matrix(codes, cols)).T * alpha) + 1e-30
+    assert np.all(np.abs(y - exact) <= bound)
+
+
+def test_gemm_and_gemv_of_a_row_agree_to_rounding(rng):
+    codes = random_codes(rng, 19, 300)
+    alpha = rng.uniform(0.5, 1.0, 19).astype(np.float32)
+    x = rng.standard_normal((GEMM_MIN_BATCH, 300)).astype(np.float32)
+    p = packed(codes, alpha, 300)
+    whole, row = sc.shift_matmul(x, p), sc.shift_matmul(x[:1], p)
+    w = code_matrix(codes, 300)
+    bound = 300 * 2.0**-24 * (np.abs(x[:1]) @ np.abs(w).T) * alpha
+    assert np.all(np.abs(whole[:1] - row) <= bound)
+
+
+def inputs_for_every_path(rng):
+    """Cases: (x, codes, alpha, cols), covering both kernels' tails and x where the CPU
+    kernels hand over to the portable one (huge, Inf, NaN)."""
+    cases = []
+    for batch, rows, cols in SHAPES:
+        codes = random_codes(rng, rows, cols)
+        alpha = rng.uniform(0.01, 2.0, rows).astype(np.float32)
+        x = (rng.standard_normal((batch, cols)) * rng.uniform(0.1, 1e3)).astype(np.float32)
+        cases.append((x, codes, alpha, cols))
+    for batch in (1, 5):
+        codes = random_codes(rng, 9, 70)
+        alpha = np.ones(9, np.float32)
+        huge = (rng.standard_normal((batch, 70)) * 2.0**124).astype(np.float32)  # products overflow
+        cases.append((huge, codes, alpha, 70))
+        special = rng.standard_normal((batch, 70)).astype(np.float32)
+        special[0, 3], special[-1, 40] = np.inf, np.nan
+        cases.append((special, codes, alpha, 70))
+    return cases
+
+
+RUN_KERNEL = """
+import sys, numpy as np, sparsecore as sc
+data = np.load(sys.argv[1])
+out = {"kernel": np.array(sc._core.shift_matmul_kernel())}
+for i in range(int(data["n"])):
+    x, codes, alpha, cols = data[f"x{i}"], data[f"c{i}"], data[f"a{i}"], int(data[f"k{i}"])
+    p = sc.PackedWeights(codes, alpha, (codes.shape[0], cols), "channel")
+    out[f"y{i}"] = sc.shift_matmul(x, p)
+np.savez(sys.argv[2], **out)
+"""
+
+
+def run_with_kernel(kernel, inputs, tmp_path):
+    env = dict(os.environ)
+    env.pop("SPARSECORE_QUANT_KERNEL", None)
+    if kernel != "best":
+        env["SPARSECORE_QUANT_KERNEL"] = kernel
+    out = tmp_path / f"{kernel}.npz"
+    subprocess.run([sys.executable, "-c", RUN_KERNEL, str(inputs), str(out)], env=env, check=True, timeout=120)
+    return np.load(out)
+
+
+def test_every_isa_path_gives_the_same_bits(rng, tmp_path):
+    cases = inputs_for_every_path(rng)
+    arrays = {"n": np.array(len(cases))}
+    for i, (x, codes, alpha, cols) in enumerate(cases):
+        arrays.update({f"x{i}": x, f"c{i}": codes, f"a{i}": alpha, f"k{i}": np.array(cols)})
+    inputs = tmp_path / "inputs.npz"
+    np.savez(inputs, **arrays)
+    kernels = ["portable"] + (["avx2"] if "avx2" in sc.cpu_features() and "fma" in sc.cpu_features() else [])
+    results = {k: run_with_kernel(k, inputs, tmp_path) for k in kernels + ["best"]}
+    for k in kernels:
+        assert str(results[k]["kernel"]) == k
+    for i in range(len(cases)):
+        base = results["portable"][f"y{i}"]
+        for k, r in results.items():
+            np.testing.assert_array_equal(r[f"y{i}"].view(np.uint32), base.view(np.uint32), err_msg=f"{k}, case {i}")
+    # the huge and special x still give the model's answer (products overflow to Inf, NaN spreads)
+    for i, (x, codes, alpha, cols) in enumerate(cases):
+        with np.errstate(over="ignore", invalid="ignore"):
+            ref = reference(x, codes, alpha, cols)
+        np.testing.assert_array_equal(np.isnan(results["best"][f"y{i}"]), np.isnan(ref))
+        finite = ~np.isnan(ref)
+        np.testing.assert_array_equal(results["best"][f"y{i}"][finite], ref[finite])
