@@ -96,7 +96,7 @@ void PsShard::apply_all_or_nothing(const std::vector<std::pair<Table*, TableUpda
       EmbeddingTable& et = t->rows->table(0);
       Saved s{t->rows.get(), t->rows->step(), et.row_bytes(), {}, {}};
       s.at.resize(static_cast<size_t>(u.n));
-      if (u.n > 0) et.hash_table().find_or_insert(u.ids, u.n, s.at.data(), et.row_init());
+      if (u.n > 0) et.find_or_insert_rows(u.ids, u.n, s.at.data());
       s.records.resize(static_cast<size_t>(u.n) * s.row_bytes);
       for (int64_t k = 0; k < u.n; ++k)
         std::memcpy(s.records.data() + static_cast<size_t>(k) * s.row_bytes, s.at[static_cast<size_t>(k)], s.row_bytes);
@@ -339,17 +339,13 @@ int64_t PsShard::restore(const std::string& dir) {
       std::vector<RowMeta> meta(static_cast<size_t>(n));
       n = src.export_rows(keys.data(), rows.data(), meta.data(), n);
       std::vector<std::byte> record(dst.row_bytes());
-      HashTable& ht = dst.hash_table();
       for (int64_t i = 0; i < n; ++i) {
         int64_t key = keys[static_cast<size_t>(i)];
         if (global_shard_of_key(key, layout_.total_shards) != layout_.global_index) continue;
         const float* floats = rows.data() + i * src.row_floats();
         dst.write_row(floats, floats + dst.dim(), record.data());
         *dst.meta(record.data()) = PackedRowMeta::pack(meta[static_cast<size_t>(i)]);
-        uint64_t h = key_hash(key);
-        HashTable::Shard& sh = ht.shard(ht.shard_of_hash(h));
-        auto lock = sh.write_lock();
-        sh.upsert_copy(key, h, record.data());
+        dst.upsert_copy(key, record.data());
       }
     }
   }
