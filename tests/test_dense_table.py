@@ -206,3 +206,49 @@ def test_forged_key_outside_the_range_is_refused(tmp_path):
     with pytest.raises(Exception, match="num_embeddings"):
         sc.EmbeddingCollection.load(str(path))
     assert os.path.isdir(path)
+
+
+@pytest.fixture(scope="module")
+def server():
+    from test_ps import start_server_process, stop
+    p, address = start_server_process("--shards", 2)
+    yield address
+    stop(p)
+
+
+@pytest.mark.parametrize("out_of_range", ["error", "hash"])
+def test_one_server_process_matches_the_embedded_run_bit_for_bit(server, out_of_range):
+    tables = {f"dense-{out_of_range}-{name}": sc.TableConfig(dim=5, optimizer=opt, num_embeddings=N,
+                                                             out_of_range=out_of_range)
+              for name, opt in OPTIMIZERS.items()}
+    embedded = sc.EmbeddingCollection(tables, seed=11)
+    cluster = sc.EmbeddingCollection(tables, seed=11, server=sc.connect([server]))
+    rng = np.random.default_rng()
+    hi = 3 * N if out_of_range == "hash" else N
+    for step in range(8):
+        batch, grads = {}, {}
+        for name in tables:
+            ids, offsets, _ = random_batch(rng, 16, 6, np.arange(-N if out_of_range == "hash" else 0, hi))
+            batch[name] = (ids, offsets)
+        np.testing.assert_array_equal(cluster.evaluate(batch)[name], embedded.evaluate(batch)[name])
+        want = embedded.forward(batch)
+        got = cluster.forward(batch)
+        for name in tables:
+            np.testing.assert_array_equal(got[name], want[name], err_msg=f"{name} output, step {step}")
+            grads[name] = rng.standard_normal(want[name].shape).astype(np.float32)
+        assert embedded.backward(batch, grads) == cluster.backward(batch, grads) == step + 1
+    keys = np.arange(N, dtype=np.int64)
+    for name in tables:
+        np.testing.assert_array_equal(cluster.lookup(name, keys), embedded.lookup(name, keys), err_msg=name)
+    assert cluster.sizes() == embedded.sizes()
+
+
+def test_server_refuses_out_of_range_ids_and_changes_nothing(server):
+    client = sc.connect([server])
+    client.create_table("dense-refuse", sc.TableConfig(dim=3, num_embeddings=10, optimizer=sc.SGD(lr=1.0)), seed=2)
+    before = client.lookup("dense-refuse", np.arange(10, dtype=np.int64), insert=True)
+    with pytest.raises(ValueError, match=r"id 10 is outside \[0, 10\)"):
+        client.push("dense-refuse", np.array([10], np.int64), np.ones((1, 3), np.float32))
+    with pytest.raises(ValueError, match=r"id -3 is outside \[0, 10\)"):
+        client.lookup("dense-refuse", np.array([2, -3], np.int64), insert=True)
+    np.testing.assert_array_equal(client.lookup("dense-refuse", np.arange(10, dtype=np.int64)), before)

@@ -73,6 +73,18 @@ void PsShard::pull(const std::string& name, const int64_t* ids, int64_t n, bool 
   table(name).rows->table(0).pull_weights(ids, n, train, out);
 }
 
+void PsShard::check_ids(std::string_view name, const int64_t* ids, int64_t n, bool push) const {
+  const EmbeddingTable& et = table(name).rows->table(0);
+  const TableConfig& c = et.config();
+  if (!c.dense()) return;
+  for (int64_t i = 0; i < n; ++i) {
+    if (ids[i] >= 0 && ids[i] < c.num_embeddings) continue;
+    SC_CHECK_ARG(!push, "push of table '", name, "': id ", ids[i], " is outside [0, ", c.num_embeddings,
+                 ") (num_embeddings); nothing was applied");
+    et.dense_id(ids[i]);  // throws unless out_of_range maps it
+  }
+}
+
 PsShard::PushOutcome PsShard::push(const std::string& name, const int64_t* ids, int64_t n, const float* grads,
                                    int64_t step, uint32_t worker, uint32_t num_workers) {
   const TableUpdate update{name, ids, n, grads};
@@ -137,6 +149,7 @@ std::vector<PsShard::PushOutcome> PsShard::push_tables(std::span<const TableUpda
     SC_CHECK_ARG(u.n >= 0 && u.n < (int64_t{1} << 31), "push of table '", u.table,
                  "': number of ids must be in [0, 2^31), got ", u.n);
     SC_CHECK_ARG(u.n == 0 || (u.ids && u.grads), "push of table '", u.table, "': null ids or gradients");
+    check_ids(u.table, u.ids, u.n, /*push=*/true);
     for (int64_t i = 0; i < u.n * dim; ++i)
       SC_CHECK_ARG(std::isfinite(u.grads[i]), "gradients of table '", u.table,
                    "' contain NaN or Inf; nothing was applied");
