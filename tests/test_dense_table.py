@@ -252,3 +252,61 @@ def test_server_refuses_out_of_range_ids_and_changes_nothing(server):
     with pytest.raises(ValueError, match=r"id -3 is outside \[0, 10\)"):
         client.lookup("dense-refuse", np.array([2, -3], np.int64), insert=True)
     np.testing.assert_array_equal(client.lookup("dense-refuse", np.arange(10, dtype=np.int64)), before)
+
+
+CLI_SMALL = ["train", "--vocab-size", "300", "--batch-size", "200", "--steps", "3", "--eval-samples", "400",
+             "--hidden", "8", "--dim", "3", "--no-progress", "--threads", "2", "-q"]
+
+
+def test_cli_trains_known_size_tables_and_resumes_their_checkpoint(capsys, tmp_path):
+    pytest.importorskip("torch")
+    from sparsecore import cli
+    ck = ["--checkpoint-dir", str(tmp_path / "job")]
+    assert cli.main(CLI_SMALL + ["--num-embeddings", "300"] + ck) == 0
+    assert "trained 3 steps" in capsys.readouterr().out
+    manifest = json.loads((tmp_path / "job" / "embedding" / "manifest.json").read_text())
+    assert {t["config"]["num_embeddings"] for t in manifest["tables"]} == {300}
+    assert cli.main(CLI_SMALL[:-3] + ["--steps", "5", "--num-embeddings", "300"] + ck) == 0
+    # The same job with another size is refused rather than resumed.
+    assert cli.main(CLI_SMALL[:-3] + ["--steps", "7", "--num-embeddings", "301"] + ck) != 0
+    assert "num_embeddings" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, match", [(["--num-embeddings", "-2"], "num_embeddings"),
+                                          (["--num-embeddings", "300", "--out-of-range", "clip"], "out_of_range"),
+                                          (["--num-embeddings", str(2**41)], "num_embeddings")])
+def test_cli_refuses_bad_known_size_settings(capsys, flags, match):
+    pytest.importorskip("torch")
+    from sparsecore import cli
+    assert cli.main(CLI_SMALL + flags) == 2
+    assert match in capsys.readouterr().err
+
+
+def test_cli_names_an_id_beyond_num_embeddings(capsys):
+    pytest.importorskip("torch")
+    from sparsecore import cli
+    assert cli.main(CLI_SMALL + ["--num-embeddings", "5"]) == 1  # a data error, not a usage error
+    assert "is outside [0, 5)" in capsys.readouterr().err
+    assert cli.main(CLI_SMALL + ["--num-embeddings", "5", "--out-of-range", "hash"]) == 0
+
+
+def test_torch_bridge_trains_a_known_size_table_like_a_hash_table():
+    torch = pytest.importorskip("torch")
+    from sparsecore.torch import EmbeddingBagCollection
+    rng = np.random.default_rng()
+    mods = [EmbeddingBagCollection({"t": sc.TableConfig(dim=4, optimizer=sc.Adagrad(lr=0.1), **kw)}, seed=9,
+                                   threads=None) for kw in ({}, {"num_embeddings": N})]
+    for _ in range(3):
+        ids, offsets, _ = random_batch(rng, 11, 5, np.arange(N, dtype=np.int64))
+        batch = {"t": (torch.from_numpy(ids), torch.from_numpy(offsets))}
+        outs = []
+        for m in mods:
+            out = m(batch)["t"]
+            (out * out).sum().backward()
+            outs.append(out.detach().numpy())
+        np.testing.assert_array_equal(outs[1], outs[0])
+    for m in mods:
+        m.eval()
+    ids = np.arange(N, dtype=np.int64)
+    batch = {"t": (torch.from_numpy(ids), torch.arange(N + 1))}
+    np.testing.assert_array_equal(mods[1](batch)["t"].numpy(), mods[0](batch)["t"].numpy())
