@@ -83,6 +83,8 @@ __attribute__((always_inline)) inline void pool_range(const PreparedGroup& g, co
 // their accumulation: two dependent misses per id overlap with the work on earlier ids.
 constexpr int64_t kSlotAhead = 32;
 constexpr int64_t kRowAhead = 16;
+// Rows by index have no slot phase: the misses the hash path spends on slots go to rows further ahead.
+constexpr int64_t kDenseRowAhead = 32;
 
 // Where pool_from_ids finds rows. A hash table: the slot of id i is hashed and prefetched
 // (ahead), then probed (find). Rows by index: nothing to do ahead, find reads the presence bit.
@@ -90,6 +92,7 @@ struct HashedIds {
   const HashTable& table;
   const int64_t* ids;
   uint64_t* __restrict__ hashes;
+  static constexpr int64_t kRowsAhead = kRowAhead;
   void ahead(int64_t i) const {
     const uint64_t h = key_hash(ids[i]);
     hashes[i] = h;
@@ -106,6 +109,7 @@ struct DenseIds {
   const int64_t* ids;
   void ahead(int64_t) const {}
   const std::byte* find(int64_t i) const { return rows.find(ids[i]); }
+  static constexpr int64_t kRowsAhead = kDenseRowAhead;
 };
 
 template <int kDim, bool kHalf, typename Ids>
@@ -125,11 +129,11 @@ __attribute__((always_inline)) inline void pool_from_ids(const Ids& lookup, int 
     rows[i] = r;
     if (r) prefetch_bytes(r, row_bytes);
   };
-  for (int64_t i = 0; i < std::min(n, kSlotAhead + kRowAhead); ++i) hash_ahead(i);
-  for (int64_t i = 0; i < std::min(n, kRowAhead); ++i) probe_ahead(i);
+  for (int64_t i = 0; i < std::min(n, kSlotAhead + Ids::kRowsAhead); ++i) hash_ahead(i);
+  for (int64_t i = 0; i < std::min(n, Ids::kRowsAhead); ++i) probe_ahead(i);
   auto advance = [&](int64_t i) {
-    if (i + kRowAhead < n) probe_ahead(i + kRowAhead);
-    if (i + kSlotAhead + kRowAhead < n) hash_ahead(i + kSlotAhead + kRowAhead);
+    if (i + Ids::kRowsAhead < n) probe_ahead(i + Ids::kRowsAhead);
+    if (i + kSlotAhead + Ids::kRowsAhead < n) hash_ahead(i + kSlotAhead + Ids::kRowsAhead);
   };
 
   if (pooling == Pooling::kNone) {
