@@ -310,3 +310,24 @@ def test_torch_bridge_trains_a_known_size_table_like_a_hash_table():
     ids = np.arange(N, dtype=np.int64)
     batch = {"t": (torch.from_numpy(ids), torch.arange(N + 1))}
     np.testing.assert_array_equal(mods[1](batch)["t"].numpy(), mods[0](batch)["t"].numpy())
+
+
+def test_server_snapshot_round_trip_of_a_known_size_table(tmp_path):
+    from test_ps import start_server_process, stop
+    p, address = start_server_process("--shards", 2, "--snapshot-dir", tmp_path)
+    try:
+        client = sc.connect([address])
+        client.create_table("snap", sc.TableConfig(dim=3, num_embeddings=N, optimizer=sc.Adagrad(lr=0.1)), seed=4)
+        rng = np.random.default_rng()
+        ids = np.unique(rng.integers(0, N, size=30)).astype(np.int64)
+        client.lookup("snap", ids, insert=True)
+        client.push("snap", ids, rng.standard_normal((ids.size, 3)).astype(np.float32))
+        keys = np.arange(N, dtype=np.int64)
+        saved = client.lookup("snap", keys)
+        client.save("one")
+        client.push("snap", ids, rng.standard_normal((ids.size, 3)).astype(np.float32))
+        assert not np.array_equal(client.lookup("snap", keys), saved)
+        client.restore("one")
+        np.testing.assert_array_equal(client.lookup("snap", keys), saved)
+    finally:
+        stop(p)
