@@ -343,7 +343,13 @@ int64_t EmbeddingTable::erase(const int64_t* keys, int64_t n) {
 
 void EmbeddingTable::clear() {
   table_.clear();
-  if (dense_) dense_->clear();
+  if (dense_) {
+    // Every shard's lock, taken in shard order as SharedLockAll does: no row is initialised
+    // while the pages are given back.
+    std::vector<std::unique_lock<std::shared_mutex>> locks;
+    for (int s = 0; s < table_.num_shards(); ++s) locks.push_back(table_.shard(s).write_lock());
+    dense_->clear();
+  }
   bump_generation();
 }
 
