@@ -108,6 +108,9 @@ class Peer:
 class SparsecorePeer(Peer):
     name = "sparsecore"
 
+    # Tables with a known size (ids dense in [0, vocab), rows by index): the "sparsecore-dense" peer.
+    known_size = False
+
     def __init__(self, batches: Batches, optimizer: str, vocab: int):
         import sparsecore as sc
 
@@ -116,8 +119,9 @@ class SparsecorePeer(Peer):
                "rowwise_adagrad": sc.RowwiseAdagrad(lr=ADAGRAD_LR, eps=ADAGRAD_EPS),
                "sgd": sc.SGD(lr=SGD_LR),
                "adam": sc.Adam(lr=ADAM_LR, eps=ADAM_EPS)}[optimizer]
-        tables = {n: sc.TableConfig(dim=DIM, optimizer=opt, init=sc.Uniform(-0.01, 0.01), shard_bits=SHARD_BITS)
-                  for n in batches.names}
+        size = {"num_embeddings": vocab} if self.known_size else {}
+        tables = {n: sc.TableConfig(dim=DIM, optimizer=opt, init=sc.Uniform(-0.01, 0.01), shard_bits=SHARD_BITS,
+                                    **size) for n in batches.names}
         self.emb = sc.EmbeddingCollection(tables, seed=1)
         self.batches = batches
         self.vocab = vocab
@@ -140,6 +144,12 @@ class SparsecorePeer(Peer):
 
     def rows(self) -> int:
         return sum(self.emb.sizes().values())
+
+
+class DenseSparsecorePeer(SparsecorePeer):
+    """sparsecore with TableConfig(num_embeddings=vocab): W1's ids are already in [0, vocab)."""
+    name = "sparsecore-dense"
+    known_size = True
 
 
 def _torch():
@@ -248,7 +258,8 @@ class FbgemmPeer(Peer):
             return self.tbe(*self.inputs[i])
 
 
-PEERS: dict[str, type[Peer]] = {"sparsecore": SparsecorePeer, "torch": TorchPeer, "fbgemm": FbgemmPeer}
+PEERS: dict[str, type[Peer]] = {"sparsecore": SparsecorePeer, "sparsecore-dense": DenseSparsecorePeer,
+                                "torch": TorchPeer, "fbgemm": FbgemmPeer}
 
 
 def peer_available(peer: str) -> str | None:

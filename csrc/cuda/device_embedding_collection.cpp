@@ -59,6 +59,8 @@ DeviceEmbeddingCollection::DeviceEmbeddingCollection(std::vector<TableConfig> ta
   for (const auto& c : configs_) {
     c.validate();
     SC_CHECK_ARG(names.insert(c.name).second, "duplicate table name '", c.name, "'");
+    SC_CHECK_ARG(!c.dense(), "table '", c.name,
+                 "': the device backend keeps hash tables only; num_embeddings is supported on the CPU");
   }
   if (backend == Backend::kEmulated) {
     impl_ = emulated::make_collection(configs_, seed, storage, limits, device);
@@ -223,17 +225,13 @@ std::unique_ptr<EmbeddingCollection> DeviceEmbeddingCollection::to_host() const 
   for (int t = 0; t < num_tables(); ++t) {
     const Export e = export_rows(t);
     EmbeddingTable& table = host->table(t);
-    HashTable& ht = table.hash_table();
     const int dim = table.dim(), sd = table.state_dim();
     std::vector<std::byte> row(table.row_bytes(), std::byte{0});
     for (size_t i = 0; i < e.keys.size(); ++i) {
       table.write_row(e.weights.data() + i * dim, e.state.data() + i * sd, row.data());
       *table.meta(row.data()) =
           PackedRowMeta::pack(RowMeta{static_cast<uint32_t>(e.update_count[i]), 0, e.last_step[i]});
-      const uint64_t hash = key_hash(e.keys[i]);
-      auto& shard = ht.shard(ht.shard_of_hash(hash));
-      auto lock = shard.write_lock();
-      shard.upsert_copy(e.keys[i], hash, row.data());
+      table.upsert_copy(e.keys[i], row.data());
     }
   }
   host->set_step(step());

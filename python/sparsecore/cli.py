@@ -30,7 +30,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
              "max_bad_fraction": 0.01, "epochs": 1, "shuffle": False, "shuffle_buffer": 100_000},
     "synthetic": {"vocab_size": 20_000, "zipf_exponent": 1.5, "min_bag": 1, "max_bag": 10, "weight_std": 0.1,
                   "bias": -1.0, "seed": 0, "samples_per_view": 4, "compressed": True, "eval_samples": 100_000},
-    "model": {"dim": 18, "hidden": [200, 80], "pooling": "sum", "groups": []},
+    "model": {"dim": 18, "hidden": [200, 80], "pooling": "sum", "groups": [], "num_embeddings": 0,
+              "out_of_range": "error"},
     "sparse_optimizer": {"name": "adagrad", "lr": 0.05},
     "dense_optimizer": {"name": "adam", "lr": 1e-3},
     "train": {"steps": 0, "seed": 0, "threads": 0, "checkpoint_dir": "", "checkpoint_every": 0, "eval_every": 0,
@@ -73,6 +74,10 @@ _FLAGS: list[tuple[str, str, str, Any, str, str]] = [
     ("--dim", "model", "dim", int, "N", "embedding dim of every group"),
     ("--hidden", "model", "hidden", "ints", "N,N", "hidden widths of the MLP, e.g. 200,80"),
     ("--pooling", "model", "pooling", str, "MODE", "sum or mean"),
+    ("--num-embeddings", "model", "num_embeddings", int, "N",
+     "ids of every group are dense in [0, N): tables found by index, no hash (0: hash tables for any id)"),
+    ("--out-of-range", "model", "out_of_range", str, "MODE",
+     "with --num-embeddings, an id outside [0, N): 'error' (stop naming it) or 'hash' (map it into the range)"),
     ("--sparse-optimizer", "sparse_optimizer", "name", str, "NAME",
      "sgd, momentum, adagrad, rowwise_adagrad, adam, adamw, ftrl, group_lasso"),
     ("--sparse-lr", "sparse_optimizer", "lr", float, "LR", "learning rate of the embedding tables"),
@@ -374,7 +379,18 @@ def build_trainer(settings: dict[str, dict[str, Any]]) -> tuple[Any, Any, Any]:
     if m["pooling"] not in ("sum", "mean"):
         raise ConfigError(f"model.pooling must be 'sum' or 'mean' for the MLP, got {m['pooling']!r}")
     dim = int(m["dim"])
-    tables = {g: TableConfig(dim=dim, optimizer=optimizer, pooling=m["pooling"]) for g in groups}
+    num_embeddings = int(m["num_embeddings"])
+    if num_embeddings < 0:
+        raise ConfigError(f"model.num_embeddings must be >= 1 (or 0 for hash tables), got {num_embeddings}")
+    if m["out_of_range"] not in ("error", "hash"):
+        raise ConfigError(f"model.out_of_range must be 'error' or 'hash', got {m['out_of_range']!r}")
+    known_size = {"num_embeddings": num_embeddings, "out_of_range": m["out_of_range"]} if num_embeddings else {}
+    try:
+        tables = {g: TableConfig(dim=dim, optimizer=optimizer, pooling=m["pooling"], **known_size) for g in groups}
+        for name, table in tables.items():
+            table.to_dict(name)  # the table's own checks, reported as a setting
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"model: {e}") from None
     torch.manual_seed(int(t["seed"]))
     try:
         model = mlp(dim * len(groups) + dense_width, list(m["hidden"]))

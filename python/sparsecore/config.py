@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal, Union
+from typing import Any, Literal, Optional, Union
 
 __all__ = [
     "SGD", "Momentum", "Adagrad", "RowwiseAdagrad", "Adam", "AdamW", "FTRL", "GroupLasso",
@@ -181,6 +181,9 @@ _INITS = {"zeros": Zeros, "constant": Constant, "uniform": Uniform, "normal": No
 
 
 MAX_DIM = 1 << 20  # the engine's limit on floats per row
+# The engine's limit on num_embeddings: rows are reserved as address space, and 2^40 rows of
+# even 64 bytes pass what x86-64 user space can map.
+MAX_NUM_EMBEDDINGS = 1 << 40
 
 
 @dataclass(frozen=True)
@@ -192,6 +195,17 @@ class TableConfig:
     optimizer state stays float32, pooling accumulates in float32, and each update computes
     in float32 and rounds the new weights once (to nearest even), as are initial values.
     Lookups, exports and checkpoints give the weights as float32 (exactly the stored values).
+
+    ``num_embeddings=N`` makes a table for ids that are already dense, as torch's
+    ``nn.EmbeddingBag(N, dim)``: ids lie in ``[0, N)`` and a row is found by direct index
+    (no hash probe). Rows keep the layout, initial values, optimizers, checkpoints and server
+    support of hash tables (switching a table to a known size changes nothing but speed):
+    the N rows are reserved as address space and a row is initialised on first use in
+    training, so ``sizes()`` counts the ids seen and memory grows with the pages touched (at
+    most N x row bytes); in evaluation an id never trained reads as zeros. An id outside
+    ``[0, N)`` raises ``ValueError`` naming the table and the id (``out_of_range="error"``)
+    or is mapped into the range by a hash seeded with the table seed (``"hash"``).
+    ``N`` must lie in ``[1, 2^40]``; ``None`` (the default) is a hash table for any int64 id.
     """
     dim: int
     optimizer: Optimizer = field(default_factory=Adagrad)
@@ -199,6 +213,8 @@ class TableConfig:
     pooling: Literal["sum", "mean", "none"] = "sum"
     shard_bits: int = 6
     storage: Literal["fp32", "fp16"] = "fp32"
+    num_embeddings: Optional[int] = None
+    out_of_range: Literal["error", "hash"] = "error"
 
     def to_dict(self, name: str) -> dict[str, Any]:
         if isinstance(self.dim, bool) or not isinstance(self.dim, int):
@@ -212,8 +228,21 @@ class TableConfig:
             for key, value in fields.items():
                 if isinstance(value, float) and not math.isfinite(value):
                     raise ValueError(f"table '{name}': {part} field '{key}' must be finite, got {value}")
-        return {"name": name, "dim": self.dim, **parts, "pooling": self.pooling, "shard_bits": self.shard_bits,
-                "storage": self.storage}
+        out = {"name": name, "dim": self.dim, **parts, "pooling": self.pooling, "shard_bits": self.shard_bits,
+               "storage": self.storage}
+        if self.out_of_range not in ("error", "hash"):
+            raise ValueError(f"table '{name}': out_of_range must be 'error' or 'hash', got {self.out_of_range!r}")
+        if self.num_embeddings is not None:
+            n = self.num_embeddings
+            if isinstance(n, bool) or not isinstance(n, int):
+                raise TypeError(f"table '{name}': num_embeddings must be an int or None, got {type(n).__name__}")
+            if n < 1 or n > MAX_NUM_EMBEDDINGS:
+                raise ValueError(f"table '{name}': num_embeddings must be in [1, 2^40], got {n}")
+            out["num_embeddings"] = n
+            out["out_of_range"] = self.out_of_range
+        elif self.out_of_range != "error":
+            raise ValueError(f"table '{name}': out_of_range applies only to a table with num_embeddings")
+        return out
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "TableConfig":
@@ -230,7 +259,8 @@ class TableConfig:
         init_cls = _INITS[init.pop("name")]
         return TableConfig(dim=d["dim"], optimizer=optimizer, init=init_cls(**init),
                            pooling=d["pooling"], shard_bits=d.get("shard_bits", 6),
-                           storage=d.get("storage", "fp32"))
+                           storage=d.get("storage", "fp32"), num_embeddings=d.get("num_embeddings"),
+                           out_of_range=d.get("out_of_range", "error"))
 
 
 def tables_to_json(tables: dict[str, TableConfig]) -> str:

@@ -122,7 +122,8 @@ std::pair<FileEntry, std::vector<uint8_t>> encode_range_file(int table_index, co
   e.path = name;
 
   size_t rows = 0;
-  for (int s = s_lo; s < s_hi; ++s) rows += ht.shard(s).size();  // a bound; exact below
+  if (!table.dense())
+    for (int s = s_lo; s < s_hi; ++s) rows += ht.shard(s).size();  // a bound; exact below
   const size_t floats_bytes = static_cast<size_t>(table.row_floats()) * sizeof(float);
   const size_t record = floats_bytes + sizeof(RowMeta);
   std::vector<int64_t> keys;
@@ -130,10 +131,8 @@ std::pair<FileEntry, std::vector<uint8_t>> encode_range_file(int table_index, co
   keys.reserve(rows);
   records.reserve(rows * record);
   std::vector<float> floats(table.row_floats());
-  for (int s = s_lo; s < s_hi; ++s) {
-    const auto& shard = ht.shard(s);
-    auto lock = shard.read_lock();
-    shard.for_each([&](int64_t key, std::byte* row) {
+  {
+    table.for_each_in_shards(s_lo, s_hi, [&](int64_t key, std::byte* row) {
       keys.push_back(key);
       table.read_row(row, floats.data());
       const uint8_t* src = reinterpret_cast<const uint8_t*>(floats.data());
@@ -200,8 +199,8 @@ void read_range_file(const std::string& dir, const FileEntry& e, EmbeddingTable&
   const uint8_t* keys = data.data() + sizeof(h);
   const uint8_t* records = keys + h.rows * sizeof(int64_t);
 
-  HashTable& ht = table.hash_table();
   std::vector<std::byte> row(table.row_bytes(), std::byte{0});
+  const int64_t num_embeddings = table.config().num_embeddings;
   std::vector<float> floats(h.row_floats);
   for (uint64_t i = 0; i < h.rows; ++i) {
     int64_t key;
@@ -209,15 +208,14 @@ void read_range_file(const std::string& dir, const FileEntry& e, EmbeddingTable&
     uint32_t bucket = key_bucket(key);
     SC_CHECK(bucket >= h.bucket_lo && bucket < h.bucket_hi, CorruptData, "checkpoint file '", path, "': key ", key,
              " lies outside the file's bucket range");
+    SC_CHECK(num_embeddings == 0 || (key >= 0 && key < num_embeddings), CorruptData, "checkpoint file '", path,
+             "': key ", key, " lies outside [0, ", num_embeddings, ") of table '", table.name(), "'");
     std::memcpy(floats.data(), records + i * record, floats_bytes);
     table.write_row(floats.data(), floats.data() + table.dim(), row.data());
     RowMeta meta;
     std::memcpy(&meta, records + i * record + floats_bytes, sizeof(RowMeta));
     *table.meta(row.data()) = PackedRowMeta::pack(meta);
-    uint64_t hash = key_hash(key);
-    auto& shard = ht.shard(ht.shard_of_hash(hash));
-    auto lock = shard.write_lock();
-    shard.upsert_copy(key, hash, row.data());
+    table.upsert_copy(key, row.data());
   }
 }
 
@@ -476,6 +474,12 @@ void EmbeddingCollection::restore(const std::string& dir) {
     SC_CHECK_ARG(loaded->tables_[t]->name() == tables_[t]->name() && loaded->tables_[t]->dim() == tables_[t]->dim(),
                  "checkpoint table ", t, " is '", loaded->tables_[t]->name(), "' (dim ", loaded->tables_[t]->dim(),
                  "), this collection has '", tables_[t]->name(), "' (dim ", tables_[t]->dim(), ")");
+    const TableConfig& have = tables_[t]->config();
+    const TableConfig& got = loaded->tables_[t]->config();
+    SC_CHECK_ARG(got.num_embeddings == have.num_embeddings && got.out_of_range == have.out_of_range,
+                 "checkpoint table '", got.name, "' has num_embeddings ", got.num_embeddings, " (out_of_range '",
+                 out_of_range_name(got.out_of_range), "'), this collection's has ", have.num_embeddings,
+                 " (out_of_range '", out_of_range_name(have.out_of_range), "'); 0 means a hash table");
   }
   for (auto& t : loaded->tables_) t->bump_generation();
   tables_.swap(loaded->tables_);

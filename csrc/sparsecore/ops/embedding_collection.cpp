@@ -132,13 +132,42 @@ void EmbeddingCollection::validate_inputs(const std::vector<GroupInput>& inputs)
   validate_group_inputs(inputs, num_tables(), [this](int t) -> const std::string& { return table_name(t); });
 }
 
+std::vector<GroupInput> EmbeddingCollection::in_range_inputs(const std::vector<GroupInput>& inputs,
+                                                             std::vector<PodVector<int64_t>>& mapped) const {
+  std::vector<GroupInput> out = inputs;
+  mapped.resize(inputs.size());
+  for (size_t gi = 0; gi < inputs.size(); ++gi) {
+    const GroupInput& in = inputs[gi];
+    const TableConfig& c = config(in.table);
+    if (!c.dense()) continue;
+    const int64_t n = c.num_embeddings;
+    int64_t first_out = -1;
+    for (int64_t i = 0; i < in.num_ids; ++i) {
+      if (static_cast<uint64_t>(in.ids[i]) >= static_cast<uint64_t>(n)) {
+        first_out = i;
+        break;
+      }
+    }
+    if (first_out < 0) continue;
+    const uint64_t seed = local_ ? tables_[in.table]->seed() : table_seed(seed_, c.name);
+    dense_id(c, seed, in.ids[first_out]);  // throws for out_of_range "error", naming the table and the id
+    PodVector<int64_t>& ids = mapped[gi];
+    ids.resize(static_cast<size_t>(in.num_ids));
+    for (int64_t i = 0; i < in.num_ids; ++i) ids[i] = dense_id(c, seed, in.ids[i]);
+    out[gi].ids = ids.data();
+  }
+  return out;
+}
+
 std::shared_ptr<PreparedBatch> EmbeddingCollection::prepare(const std::vector<GroupInput>& inputs, bool train) {
   std::shared_lock swap_lock(swap_mutex_);
   return plan(inputs, train);
 }
 
-std::shared_ptr<PreparedBatch> EmbeddingCollection::plan(const std::vector<GroupInput>& inputs, bool train) const {
-  validate_inputs(inputs);
+std::shared_ptr<PreparedBatch> EmbeddingCollection::plan(const std::vector<GroupInput>& raw_inputs, bool train) const {
+  validate_inputs(raw_inputs);
+  std::vector<PodVector<int64_t>> mapped;
+  const std::vector<GroupInput> inputs = in_range_inputs(raw_inputs, mapped);
   const int num_groups = static_cast<int>(inputs.size());
   std::unique_ptr<PreparedBatch> recycled;
   {
@@ -226,15 +255,18 @@ int64_t EmbeddingCollection::max_bag_length(const GroupInput& in) {
   return longest;
 }
 
-void EmbeddingCollection::evaluate(const std::vector<GroupInput>& inputs, const std::vector<float*>& outputs) const {
+void EmbeddingCollection::evaluate(const std::vector<GroupInput>& raw_inputs,
+                                   const std::vector<float*>& outputs) const {
   std::shared_lock swap_lock(swap_mutex_);
-  validate_inputs(inputs);
-  SC_CHECK_ARG(outputs.size() == inputs.size(), "evaluate: ", outputs.size(), " output buffers for ", inputs.size(),
-               " groups");
+  validate_inputs(raw_inputs);
+  SC_CHECK_ARG(outputs.size() == raw_inputs.size(), "evaluate: ", outputs.size(), " output buffers for ",
+               raw_inputs.size(), " groups");
   if (!local_) {  // rows elsewhere: one plan, one fetch of the unique rows
-    pool(*plan(inputs, /*train=*/false), outputs);
+    pool(*plan(raw_inputs, /*train=*/false), outputs);
     return;
   }
+  std::vector<PodVector<int64_t>> mapped;
+  const std::vector<GroupInput> inputs = in_range_inputs(raw_inputs, mapped);
   struct Task {
     int group;
     int64_t begin, end;
@@ -261,6 +293,12 @@ void EmbeddingCollection::evaluate(const std::vector<GroupInput>& inputs, const 
       rows.resize(n);
       tmp.resize(table.dim());
       HashTable::SharedLockAll lock(table.hash_table());
+      if (const DenseRows* dense = table.dense()) {
+        kernels::pool_bags_from_dense_ids(*dense, table.dim(), table.config().pooling, table.storage(), in,
+                                          max_len[task.group], task.begin, task.end, outputs[task.group], rows.data(),
+                                          tmp.data());
+        continue;
+      }
       kernels::pool_bags_from_ids(table.hash_table(), table.dim(), table.config().pooling, table.storage(), in,
                                   max_len[task.group], task.begin, task.end, outputs[task.group], hashes.data(),
                                   rows.data(), tmp.data());
@@ -338,6 +376,14 @@ int64_t EmbeddingCollection::apply_unique(int table_index, const int64_t* ids, i
   SC_CHECK_ARG(n == 0 || (ids && grads), "apply_unique: null ids or gradients");
   SC_CHECK_ARG(kernels::all_finite(grads, n * table.dim()), "gradients of table '", table.name(),
                "' contain NaN or Inf; no row was updated");
+  if (table.config().dense()) {
+    // Ids arrive here already in range (a collection maps them at prepare), so any other id is
+    // refused whatever out_of_range says: two ids hashed to one row would be updated twice.
+    const int64_t rows = table.config().num_embeddings;
+    for (int64_t i = 0; i < n; ++i)
+      SC_CHECK_ARG(ids[i] >= 0 && ids[i] < rows, "apply_unique: id ", ids[i], " of table '", table.name(),
+                   "' is outside [0, ", rows, ") (num_embeddings); no row was updated");
+  }
   {
     // A repeated id would be updated twice and could not be undone: refused, not summed.
     thread_local DedupSet tls_set;

@@ -152,7 +152,9 @@ class EmbeddingCollection {
   void set_step(int64_t step) { step_.store(step, std::memory_order_release); }
 
   // Validates all groups, then dedups and pulls. train=true inserts unknown ids and builds
-  // what backward needs; train=false never inserts (unknown ids read as zeros).
+  // what backward needs; train=false never inserts (unknown ids read as zeros). Ids of a
+  // table with num_embeddings are checked or mapped into range first (in_range_inputs), so
+  // the batch's unique_keys are row indices.
   std::shared_ptr<PreparedBatch> prepare(const std::vector<GroupInput>& inputs, bool train);
 
   // outputs[g] (host float32): (batch_size, dim), or (batch_size, max_len, dim) zero-padded
@@ -214,6 +216,12 @@ class EmbeddingCollection {
  private:
   EmbeddingCollection(std::vector<std::unique_ptr<EmbeddingTable>> tables, uint64_t seed, int64_t step);
   void validate_inputs(const std::vector<GroupInput>& inputs) const;
+  // The groups of dense tables with every id in [0, num_embeddings): an id outside throws
+  // InvalidArgument naming the table and the id (out_of_range "error"), or the group's ids
+  // are copied into mapped[g] with those ids hashed into the range ("hash"). Other groups
+  // are returned as they are. The result points into `mapped`, which must outlive its use.
+  std::vector<GroupInput> in_range_inputs(const std::vector<GroupInput>& inputs,
+                                          std::vector<PodVector<int64_t>>& mapped) const;
   // Throws InvalidArgument naming `call` when the rows are not local.
   void require_local(const char* call) const;
   // prepare() without the swap lock (the caller holds it).

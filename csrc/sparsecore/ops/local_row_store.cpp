@@ -19,6 +19,27 @@ void LocalRowStore::resolve_shard(int table_index, int shard_index, const int64_
                                   std::byte** rows, bool train) {
   EmbeddingTable& table = *tables_[table_index];
   HashTable::Shard& shard = table.hash_table().shard(shard_index);
+  if (DenseRows* dense = table.dense()) {
+    // The planner checked (or mapped) every id into [0, num_embeddings).
+    int64_t missing = 0;
+    for (int64_t i = 0; i < count; ++i) {
+      rows[i] = dense->find(keys[i]);
+      missing += rows[i] == nullptr;
+    }
+    if (train && missing > 0) {
+      auto lock = shard.write_lock();
+      for (int64_t i = 0; i < count; ++i) {
+        if (rows[i]) continue;
+        std::byte* row = dense->row(keys[i]);
+        if (!dense->present(keys[i])) {
+          table.init_row(keys[i], row);
+          dense->mark(keys[i]);
+        }
+        rows[i] = row;
+      }
+    }
+    return;
+  }
   int64_t missing = 0;
   {
     auto lock = shard.read_lock();
@@ -43,7 +64,7 @@ void LocalRowStore::rows_for_pooling(const PreparedBatch& batch, std::vector<con
     // If a table changed since prepare (erase, restore), rows are looked up again by key.
     if (table.generation() != g.table_generation) {
       refreshed[gi].resize(g.unique_keys.size());
-      table.hash_table().find(g.unique_keys.data(), g.num_unique(), refreshed[gi].data());
+      table.find_rows(g.unique_keys.data(), g.num_unique(), refreshed[gi].data());
       rows[gi] = refreshed[gi].data();
     } else {
       rows[gi] = g.unique_rows.data();
@@ -61,7 +82,7 @@ int64_t LocalRowStore::apply_gradients(const PreparedBatch& batch, const std::ve
     EmbeddingTable& table = *tables_[g.table];
     if (table.generation() != g.table_generation) {
       refreshed[gi].resize(g.unique_keys.size());
-      table.hash_table().find_or_insert(g.unique_keys.data(), g.num_unique(), refreshed[gi].data(), table.row_init());
+      table.find_or_insert_rows(g.unique_keys.data(), g.num_unique(), refreshed[gi].data());
     }
   }
   std::vector<RowRange> ranges;
@@ -83,7 +104,7 @@ int64_t LocalRowStore::apply_unique(int table_index, const int64_t* ids, int64_t
                                     std::atomic<int64_t>& step) {
   EmbeddingTable& table = *tables_[table_index];
   PodVector<std::byte*> rows(n);
-  if (n > 0) table.hash_table().find_or_insert(ids, n, rows.data(), table.row_init());
+  if (n > 0) table.find_or_insert_rows(ids, n, rows.data());
   return update_rows(
       {{table_index, n}}, [&](int) -> std::byte* const* { return rows.data(); },
       [&](int, int64_t begin, int64_t end, int64_t now, float* scratch, std::byte* undo, bool stream) {

@@ -83,35 +83,57 @@ __attribute__((always_inline)) inline void pool_range(const PreparedGroup& g, co
 // their accumulation: two dependent misses per id overlap with the work on earlier ids.
 constexpr int64_t kSlotAhead = 32;
 constexpr int64_t kRowAhead = 16;
+// Rows by index have no slot phase: the misses the hash path spends on slots go to rows further ahead.
+constexpr int64_t kDenseRowAhead = 32;
 
-template <int kDim, bool kHalf>
-__attribute__((always_inline)) inline void pool_from_ids(const HashTable& table, int dim_runtime, Pooling pooling,
-                                                         const GroupInput& in, int64_t max_len, int64_t b0, int64_t b1,
-                                                         float* __restrict__ out, uint64_t* __restrict__ hashes,
-                                                         const std::byte** __restrict__ rows, float* __restrict__ tmp) {
-  const int dim = kDim > 0 ? kDim : dim_runtime;
-  const int64_t* off = in.offsets;
-  const int64_t p0 = off[b0], n = off[b1] - p0;
-  const int64_t* ids = in.ids + p0;
-  const float* weights = in.weights ? in.weights + p0 : nullptr;
-  const size_t row_bytes = static_cast<size_t>(dim) * kWeightBytes<kHalf>;
-  const size_t out_row_bytes = static_cast<size_t>(dim) * sizeof(float);
-  auto hash_ahead = [&](int64_t i) {
+// Where pool_from_ids finds rows. A hash table: the slot of id i is hashed and prefetched
+// (ahead), then probed (find). Rows by index: nothing to do ahead, find reads the presence bit.
+struct HashedIds {
+  const HashTable& table;
+  const int64_t* ids;
+  uint64_t* __restrict__ hashes;
+  static constexpr int64_t kRowsAhead = kRowAhead;
+  void ahead(int64_t i) const {
     const uint64_t h = key_hash(ids[i]);
     hashes[i] = h;
     table.shard(table.shard_of_hash(h)).prefetch(h);
-  };
-  auto probe_ahead = [&](int64_t i) {
+  }
+  const std::byte* find(int64_t i) const {
     const uint64_t h = hashes[i];
-    const std::byte* r = table.shard(table.shard_of_hash(h)).find(ids[i], h);
+    return table.shard(table.shard_of_hash(h)).find(ids[i], h);
+  }
+};
+
+struct DenseIds {
+  const DenseRows& rows;
+  const int64_t* ids;
+  void ahead(int64_t) const {}
+  const std::byte* find(int64_t i) const { return rows.find(ids[i]); }
+  static constexpr int64_t kRowsAhead = kDenseRowAhead;
+};
+
+template <int kDim, bool kHalf, typename Ids>
+__attribute__((always_inline)) inline void pool_from_ids(const Ids& lookup, int dim_runtime, Pooling pooling,
+                                                         const GroupInput& in, int64_t max_len, int64_t b0, int64_t b1,
+                                                         float* __restrict__ out, const std::byte** __restrict__ rows,
+                                                         float* __restrict__ tmp) {
+  const int dim = kDim > 0 ? kDim : dim_runtime;
+  const int64_t* off = in.offsets;
+  const int64_t p0 = off[b0], n = off[b1] - p0;
+  const float* weights = in.weights ? in.weights + p0 : nullptr;
+  const size_t row_bytes = static_cast<size_t>(dim) * kWeightBytes<kHalf>;
+  const size_t out_row_bytes = static_cast<size_t>(dim) * sizeof(float);
+  auto hash_ahead = [&](int64_t i) { lookup.ahead(i); };
+  auto probe_ahead = [&](int64_t i) {
+    const std::byte* r = lookup.find(i);
     rows[i] = r;
     if (r) prefetch_bytes(r, row_bytes);
   };
-  for (int64_t i = 0; i < std::min(n, kSlotAhead + kRowAhead); ++i) hash_ahead(i);
-  for (int64_t i = 0; i < std::min(n, kRowAhead); ++i) probe_ahead(i);
+  for (int64_t i = 0; i < std::min(n, kSlotAhead + Ids::kRowsAhead); ++i) hash_ahead(i);
+  for (int64_t i = 0; i < std::min(n, Ids::kRowsAhead); ++i) probe_ahead(i);
   auto advance = [&](int64_t i) {
-    if (i + kRowAhead < n) probe_ahead(i + kRowAhead);
-    if (i + kSlotAhead + kRowAhead < n) hash_ahead(i + kSlotAhead + kRowAhead);
+    if (i + Ids::kRowsAhead < n) probe_ahead(i + Ids::kRowsAhead);
+    if (i + kSlotAhead + Ids::kRowsAhead < n) hash_ahead(i + kSlotAhead + Ids::kRowsAhead);
   };
 
   if (pooling == Pooling::kNone) {
@@ -157,29 +179,29 @@ __attribute__((always_inline)) inline void pool_from_ids(const HashTable& table,
   }
 }
 
-template <bool kHalf>
-__attribute__((always_inline)) inline void pool_bags_from_ids_as(const HashTable& table, int dim, Pooling pooling,
+template <bool kHalf, typename Ids>
+__attribute__((always_inline)) inline void pool_bags_from_ids_as(const Ids& lookup, int dim, Pooling pooling,
                                                                  const GroupInput& in, int64_t max_len, int64_t b0,
-                                                                 int64_t b1, float* out, uint64_t* hashes,
-                                                                 const std::byte** rows, float* tmp) {
+                                                                 int64_t b1, float* out, const std::byte** rows,
+                                                                 float* tmp) {
   switch (pooling == Pooling::kNone ? 0 : dim) {
     case 4:
-      pool_from_ids<4, kHalf>(table, dim, pooling, in, max_len, b0, b1, out, hashes, rows, tmp);
+      pool_from_ids<4, kHalf>(lookup, dim, pooling, in, max_len, b0, b1, out, rows, tmp);
       break;
     case 8:
-      pool_from_ids<8, kHalf>(table, dim, pooling, in, max_len, b0, b1, out, hashes, rows, tmp);
+      pool_from_ids<8, kHalf>(lookup, dim, pooling, in, max_len, b0, b1, out, rows, tmp);
       break;
     case 16:
-      pool_from_ids<16, kHalf>(table, dim, pooling, in, max_len, b0, b1, out, hashes, rows, tmp);
+      pool_from_ids<16, kHalf>(lookup, dim, pooling, in, max_len, b0, b1, out, rows, tmp);
       break;
     case 32:
-      pool_from_ids<32, kHalf>(table, dim, pooling, in, max_len, b0, b1, out, hashes, rows, tmp);
+      pool_from_ids<32, kHalf>(lookup, dim, pooling, in, max_len, b0, b1, out, rows, tmp);
       break;
     case 64:
-      pool_from_ids<64, kHalf>(table, dim, pooling, in, max_len, b0, b1, out, hashes, rows, tmp);
+      pool_from_ids<64, kHalf>(lookup, dim, pooling, in, max_len, b0, b1, out, rows, tmp);
       break;
     default:
-      pool_from_ids<0, kHalf>(table, dim, pooling, in, max_len, b0, b1, out, hashes, rows, tmp);
+      pool_from_ids<0, kHalf>(lookup, dim, pooling, in, max_len, b0, b1, out, rows, tmp);
       break;
   }
 }
@@ -240,10 +262,23 @@ SC_DISPATCH
 void pool_bags_from_ids(const HashTable& table, int dim, Pooling pooling, RowStorage storage, const GroupInput& in,
                         int64_t max_len, int64_t bag_begin, int64_t bag_end, float* out, uint64_t* hashes,
                         const std::byte** rows, float* tmp) {
+  const int64_t p0 = in.offsets[bag_begin];
+  const HashedIds lookup{table, in.ids + p0, hashes};
   if (storage == RowStorage::kFloat16)
-    pool_bags_from_ids_as<true>(table, dim, pooling, in, max_len, bag_begin, bag_end, out, hashes, rows, tmp);
+    pool_bags_from_ids_as<true>(lookup, dim, pooling, in, max_len, bag_begin, bag_end, out, rows, tmp);
   else
-    pool_bags_from_ids_as<false>(table, dim, pooling, in, max_len, bag_begin, bag_end, out, hashes, rows, tmp);
+    pool_bags_from_ids_as<false>(lookup, dim, pooling, in, max_len, bag_begin, bag_end, out, rows, tmp);
+}
+
+SC_DISPATCH
+void pool_bags_from_dense_ids(const DenseRows& dense, int dim, Pooling pooling, RowStorage storage,
+                              const GroupInput& in, int64_t max_len, int64_t bag_begin, int64_t bag_end, float* out,
+                              const std::byte** rows, float* tmp) {
+  const DenseIds lookup{dense, in.ids + in.offsets[bag_begin]};
+  if (storage == RowStorage::kFloat16)
+    pool_bags_from_ids_as<true>(lookup, dim, pooling, in, max_len, bag_begin, bag_end, out, rows, tmp);
+  else
+    pool_bags_from_ids_as<false>(lookup, dim, pooling, in, max_len, bag_begin, bag_end, out, rows, tmp);
 }
 
 SC_DISPATCH

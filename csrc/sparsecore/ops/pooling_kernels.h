@@ -25,6 +25,13 @@ void pool_bags_from_ids(const HashTable& table, int dim, Pooling pooling, RowSto
                         int64_t max_len, int64_t bag_begin, int64_t bag_end, float* out, uint64_t* hashes,
                         const std::byte** rows, float* tmp);
 
+// The same for a table with num_embeddings: every id of `in` lies in [0, rows.num_rows())
+// (checked by the caller); each row is read by index, absent rows as zeros. rows_scratch as
+// `rows` above.
+void pool_bags_from_dense_ids(const DenseRows& rows, int dim, Pooling pooling, RowStorage storage, const GroupInput& in,
+                              int64_t max_len, int64_t bag_begin, int64_t bag_end, float* out,
+                              const std::byte** rows_scratch, float* tmp);
+
 // True when all n values are finite.
 bool all_finite(const float* x, int64_t n);
 

@@ -397,6 +397,8 @@ void PsServer::add_methods() {
     PodVector<int64_t> copy;
     const int64_t* ids = aligned_view<int64_t>(t.ids, t.total_ids, copy);
     PsShard& s = shard(r.reactor);
+    for (size_t i = 0, at = 0; i < t.names.size(); at += static_cast<size_t>(t.counts[i]), ++i)
+      s.check_ids(t.names[i], ids + at, t.counts[i], /*push=*/false);
     for (size_t i = 0; i < t.names.size(); ++i) {
       s.pull(std::string(t.names[i]), ids, t.counts[i], t.h.flags & kPullTrain, out);
       ids += t.counts[i];

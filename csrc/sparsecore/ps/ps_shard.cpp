@@ -73,6 +73,18 @@ void PsShard::pull(const std::string& name, const int64_t* ids, int64_t n, bool 
   table(name).rows->table(0).pull_weights(ids, n, train, out);
 }
 
+void PsShard::check_ids(std::string_view name, const int64_t* ids, int64_t n, bool push) const {
+  const EmbeddingTable& et = table(name).rows->table(0);
+  const TableConfig& c = et.config();
+  if (!c.dense()) return;
+  for (int64_t i = 0; i < n; ++i) {
+    if (ids[i] >= 0 && ids[i] < c.num_embeddings) continue;
+    SC_CHECK_ARG(!push, "push of table '", name, "': id ", ids[i], " is outside [0, ", c.num_embeddings,
+                 ") (num_embeddings); nothing was applied");
+    et.dense_id(ids[i]);  // throws unless out_of_range maps it
+  }
+}
+
 PsShard::PushOutcome PsShard::push(const std::string& name, const int64_t* ids, int64_t n, const float* grads,
                                    int64_t step, uint32_t worker, uint32_t num_workers) {
   const TableUpdate update{name, ids, n, grads};
@@ -96,7 +108,7 @@ void PsShard::apply_all_or_nothing(const std::vector<std::pair<Table*, TableUpda
       EmbeddingTable& et = t->rows->table(0);
       Saved s{t->rows.get(), t->rows->step(), et.row_bytes(), {}, {}};
       s.at.resize(static_cast<size_t>(u.n));
-      if (u.n > 0) et.hash_table().find_or_insert(u.ids, u.n, s.at.data(), et.row_init());
+      if (u.n > 0) et.find_or_insert_rows(u.ids, u.n, s.at.data());
       s.records.resize(static_cast<size_t>(u.n) * s.row_bytes);
       for (int64_t k = 0; k < u.n; ++k)
         std::memcpy(s.records.data() + static_cast<size_t>(k) * s.row_bytes, s.at[static_cast<size_t>(k)], s.row_bytes);
@@ -137,6 +149,7 @@ std::vector<PsShard::PushOutcome> PsShard::push_tables(std::span<const TableUpda
     SC_CHECK_ARG(u.n >= 0 && u.n < (int64_t{1} << 31), "push of table '", u.table,
                  "': number of ids must be in [0, 2^31), got ", u.n);
     SC_CHECK_ARG(u.n == 0 || (u.ids && u.grads), "push of table '", u.table, "': null ids or gradients");
+    check_ids(u.table, u.ids, u.n, /*push=*/true);
     for (int64_t i = 0; i < u.n * dim; ++i)
       SC_CHECK_ARG(std::isfinite(u.grads[i]), "gradients of table '", u.table,
                    "' contain NaN or Inf; nothing was applied");
@@ -339,17 +352,13 @@ int64_t PsShard::restore(const std::string& dir) {
       std::vector<RowMeta> meta(static_cast<size_t>(n));
       n = src.export_rows(keys.data(), rows.data(), meta.data(), n);
       std::vector<std::byte> record(dst.row_bytes());
-      HashTable& ht = dst.hash_table();
       for (int64_t i = 0; i < n; ++i) {
         int64_t key = keys[static_cast<size_t>(i)];
         if (global_shard_of_key(key, layout_.total_shards) != layout_.global_index) continue;
         const float* floats = rows.data() + i * src.row_floats();
         dst.write_row(floats, floats + dst.dim(), record.data());
         *dst.meta(record.data()) = PackedRowMeta::pack(meta[static_cast<size_t>(i)]);
-        uint64_t h = key_hash(key);
-        HashTable::Shard& sh = ht.shard(ht.shard_of_hash(h));
-        auto lock = sh.write_lock();
-        sh.upsert_copy(key, h, record.data());
+        dst.upsert_copy(key, record.data());
       }
     }
   }

@@ -42,12 +42,38 @@ RowStorage row_storage_from_name(const std::string& name) {
   throw InvalidArgument("unknown row storage '" + name + "' (known: fp32, fp16)");
 }
 
+const char* out_of_range_name(OutOfRange o) { return o == OutOfRange::kHash ? "hash" : "error"; }
+
+OutOfRange out_of_range_from_name(const std::string& name) {
+  if (name == "error") return OutOfRange::kError;
+  if (name == "hash") return OutOfRange::kHash;
+  throw InvalidArgument("unknown out_of_range '" + name + "' (known: error, hash)");
+}
+
+int64_t hash_into_range(int64_t key, int64_t n, uint64_t table_seed) {
+  return static_cast<int64_t>(hash_combine(table_seed, static_cast<uint64_t>(key)) % static_cast<uint64_t>(n));
+}
+
+int64_t dense_id(const TableConfig& config, uint64_t table_seed, int64_t key) {
+  const int64_t n = config.num_embeddings;
+  SC_CHECK_ARG(n > 0, "table '", config.name, "' has no num_embeddings (it is a hash table)");
+  if (key >= 0 && key < n) return key;
+  SC_CHECK_ARG(config.out_of_range == OutOfRange::kHash, "table '", config.name, "': id ", key, " is outside [0, ", n,
+               ") (num_embeddings = ", n,
+               ", out_of_range = 'error'; use out_of_range = 'hash' to map such ids into the range)");
+  return hash_into_range(key, n, table_seed);
+}
+
 void TableConfig::validate() const {
   SC_CHECK_ARG(!name.empty(), "table name must not be empty");
   SC_CHECK_ARG(dim >= 1, "table '", name, "': dim must be >= 1, got ", dim);
   SC_CHECK_ARG(dim <= (1 << 20), "table '", name, "': dim must be <= 2^20, got ", dim);
   SC_CHECK_ARG(shard_bits >= 0 && shard_bits <= HashTable::kMaxShardBits, "table '", name,
                "': shard_bits must be in [0, 16], got ", shard_bits);
+  SC_CHECK_ARG(num_embeddings >= 0 && num_embeddings <= kMaxNumEmbeddings, "table '", name,
+               "': num_embeddings must be in [1, 2^40] (or 0 for a hash table), got ", num_embeddings);
+  SC_CHECK_ARG(out_of_range == OutOfRange::kError || out_of_range == OutOfRange::kHash, "table '", name,
+               "': out_of_range must be 'error' or 'hash'");
   try {
     optimizer.validate();
     init.validate();
@@ -65,6 +91,11 @@ Json TableConfig::to_json() const {
   j["pooling"] = pooling_name(pooling);
   j["shard_bits"] = shard_bits;
   j["storage"] = row_storage_name(storage);
+  // Only on dense tables, so the configs (and checkpoint manifests) of hash tables stay as they were.
+  if (num_embeddings > 0) {
+    j["num_embeddings"] = num_embeddings;
+    j["out_of_range"] = out_of_range_name(out_of_range);
+  }
   return j;
 }
 
@@ -94,6 +125,11 @@ TableConfig TableConfig::from_json(const Json& j) {
       c.shard_bits = int_field(value, "table 'shard_bits'");
     else if (key == "storage")
       c.storage = row_storage_from_name(value.as_string("table 'storage'"));
+    else if (key == "num_embeddings") {
+      c.num_embeddings = value.as_int("table 'num_embeddings'");
+      SC_CHECK_ARG(c.num_embeddings >= 1, "table 'num_embeddings' must be >= 1, got ", c.num_embeddings);
+    } else if (key == "out_of_range")
+      c.out_of_range = out_of_range_from_name(value.as_string("table 'out_of_range'"));
     else
       throw InvalidArgument("unknown table config field '" + key + "'");
   }
@@ -122,6 +158,7 @@ EmbeddingTable::EmbeddingTable(TableConfig config, uint64_t seed)
       meta_offset_((state_offset_ + static_cast<size_t>(state_dim_) * sizeof(float) + 7) & ~size_t{7}),
       row_bytes_(meta_offset_ + sizeof(PackedRowMeta)),
       table_(row_bytes_, config_.shard_bits),
+      dense_(config_.num_embeddings > 0 ? std::make_unique<DenseRows>(row_bytes_, config_.num_embeddings) : nullptr),
       row_init_([this](int64_t key, std::byte* row) { init_row(key, row); }) {}
 
 void EmbeddingTable::init_row(int64_t key, std::byte* row) const {
@@ -194,9 +231,55 @@ void EmbeddingTable::write_row(const float* w, const float* s, std::byte* row) c
   zero_padding(row);
 }
 
+void EmbeddingTable::find_rows(const int64_t* keys, int64_t n, std::byte** rows) const {
+  if (!dense_) {
+    table_.find(keys, n, rows);
+    return;
+  }
+  for (int64_t i = 0; i < n; ++i) rows[i] = dense_->find(dense_id(keys[i]));
+}
+
+void EmbeddingTable::find_or_insert_rows(const int64_t* keys, int64_t n, std::byte** rows) {
+  if (!dense_) {
+    table_.find_or_insert(keys, n, rows, row_init_);
+    return;
+  }
+  // Every id checked (or mapped) before any row is created.
+  PodVector<int64_t> ids(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) ids[i] = dense_id(keys[i]);
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t id = ids[i];
+    std::byte* row = dense_->find(id);
+    if (!row) {
+      auto& shard = table_.shard(table_.shard_of_hash(key_hash(id)));
+      auto lock = shard.write_lock();
+      row = dense_->row(id);
+      if (!dense_->present(id)) {
+        init_row(id, row);
+        dense_->mark(id);
+      }
+    }
+    rows[i] = row;
+  }
+}
+
+void EmbeddingTable::upsert_copy(int64_t key, const std::byte* row) {
+  const uint64_t hash = key_hash(key);
+  auto& shard = table_.shard(table_.shard_of_hash(hash));
+  auto lock = shard.write_lock();
+  if (!dense_) {
+    shard.upsert_copy(key, hash, row);
+    return;
+  }
+  SC_CHECK_ARG(key >= 0 && key < dense_->num_rows(), "table '", config_.name, "': id ", key, " is outside [0, ",
+               dense_->num_rows(), ")");
+  std::memcpy(dense_->row(key), row, row_bytes_);
+  dense_->mark(key);
+}
+
 void EmbeddingTable::find_weights(const int64_t* keys, int64_t n, float* out) const {
   std::vector<std::byte*> rows(n);
-  table_.find(keys, n, rows.data());
+  find_rows(keys, n, rows.data());
   parallel_for(n, 1024, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
       float* dst = out + i * config_.dim;
@@ -210,7 +293,7 @@ void EmbeddingTable::find_weights(const int64_t* keys, int64_t n, float* out) co
 
 void EmbeddingTable::lookup_or_insert_weights(const int64_t* keys, int64_t n, float* out) {
   std::vector<std::byte*> rows(n);
-  table_.find_or_insert(keys, n, rows.data(), row_init_);
+  find_or_insert_rows(keys, n, rows.data());
   parallel_for(n, 1024, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) read_weights(rows[i], out + i * config_.dim);
   });
@@ -224,7 +307,14 @@ void EmbeddingTable::pull_weights(const int64_t* keys, int64_t n, bool insert, f
   // (80 KB for a thousand rows of dim 18) are on their way to L2.
   const size_t dim = static_cast<size_t>(config_.dim);
   const size_t weight_bytes = dim * (config_.storage == RowStorage::kFloat16 ? sizeof(uint16_t) : sizeof(float));
-  table_.lookup_batch(keys, n, rows.data(), insert ? &row_init_ : nullptr, weight_bytes);
+  if (dense_) {
+    if (insert)
+      find_or_insert_rows(keys, n, rows.data());
+    else
+      find_rows(keys, n, rows.data());
+  } else {
+    table_.lookup_batch(keys, n, rows.data(), insert ? &row_init_ : nullptr, weight_bytes);
+  }
   for (int64_t i = 0; i < n; ++i) {
     float* dst = out + static_cast<size_t>(i) * dim;
     if (rows[i])
@@ -235,19 +325,49 @@ void EmbeddingTable::pull_weights(const int64_t* keys, int64_t n, bool insert, f
 }
 
 int64_t EmbeddingTable::erase(const int64_t* keys, int64_t n) {
-  int64_t erased = table_.erase(keys, n);
+  int64_t erased = 0;
+  if (dense_) {
+    PodVector<int64_t> ids(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) ids[i] = dense_id(keys[i]);
+    for (int64_t i = 0; i < n; ++i) {
+      auto& shard = table_.shard(table_.shard_of_hash(key_hash(ids[i])));
+      auto lock = shard.write_lock();
+      erased += dense_->unmark(ids[i]) ? 1 : 0;
+    }
+  } else {
+    erased = table_.erase(keys, n);
+  }
   if (erased) bump_generation();
   return erased;
 }
 
 void EmbeddingTable::clear() {
   table_.clear();
+  if (dense_) {
+    // Every shard's lock, taken in shard order as SharedLockAll does: no row is initialised
+    // while the pages are given back.
+    std::vector<std::unique_lock<std::shared_mutex>> locks;
+    for (int s = 0; s < table_.num_shards(); ++s) locks.push_back(table_.shard(s).write_lock());
+    dense_->clear();
+  }
   bump_generation();
 }
 
 int64_t EmbeddingTable::export_rows(int64_t* keys, float* rows, RowMeta* meta_out, int64_t capacity) const {
   int64_t count = 0;
   int floats = row_floats();
+  if (dense_) {
+    HashTable::SharedLockAll lock(table_);
+    dense_->for_each([&](int64_t key, std::byte* row) {
+      SC_CHECK_ARG(count < capacity, "export capacity ", capacity,
+                   " is smaller than the table (it grew during export?)");
+      keys[count] = key;
+      if (rows) read_row(row, rows + count * floats);
+      if (meta_out) meta_out[count] = meta(row)->unpack();
+      ++count;
+    });
+    return count;
+  }
   for (int s = 0; s < table_.num_shards(); ++s) {
     const auto& sh = table_.shard(s);
     auto lock = sh.read_lock();

@@ -12,17 +12,24 @@
 //
 // Rows are created on demand with initial values that depend only on (table seed, key).
 // The optimizer is fixed at creation. The table is a HashTable underneath; see there for
-// concurrency. `generation()` changes whenever rows may have been released (erase, clear,
-// restore), which tells holders of row pointers to look rows up again.
+// concurrency. A table with a known number of ids (TableConfig::num_embeddings = N > 0)
+// keeps its rows in a DenseRows instead (row i at a fixed address, no probe) and guards them
+// with the locks of the same hash-table shards, so both kinds plan, lock, checkpoint and
+// shard alike; only where a row lives differs. Ids outside [0, N) are refused or hashed into
+// the range (out_of_range) by dense_id() before they reach the rows.
+// `generation()` changes whenever rows may have been released (erase, clear, restore),
+// which tells holders of row pointers to look rows up again.
 #pragma once
 
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 
 #include "sparsecore/core/json.h"
 #include "sparsecore/optim/optimizer_config.h"
+#include "sparsecore/table/dense_rows.h"
 #include "sparsecore/table/hash_table.h"
 #include "sparsecore/table/initializer.h"
 
@@ -70,6 +77,17 @@ struct PackedRowMeta {
 };
 static_assert(sizeof(PackedRowMeta) == 8);
 
+// What a table with num_embeddings = N does with an id outside [0, N).
+enum class OutOfRange : uint8_t { kError = 0, kHash = 1 };
+
+const char* out_of_range_name(OutOfRange o);
+OutOfRange out_of_range_from_name(const std::string& name);  // "error" | "hash"
+
+// The largest num_embeddings: 2^40 ids (the rows are reserved as address space, 2^40 rows of
+// even 64 bytes already pass what x86-64 user space can map, and the reservation itself is
+// checked when the table is made).
+inline constexpr int64_t kMaxNumEmbeddings = int64_t{1} << 40;
+
 struct TableConfig {
   std::string name;
   int dim = 0;
@@ -78,11 +96,22 @@ struct TableConfig {
   Pooling pooling = Pooling::kSum;
   int shard_bits = 6;  // 64 shards: parallelism and lock granularity, not visible in results
   RowStorage storage = RowStorage::kFloat32;
+  // 0: a hash table (any int64 id). N > 0: ids are dense in [0, N), rows found by index.
+  int64_t num_embeddings = 0;
+  OutOfRange out_of_range = OutOfRange::kError;
 
+  bool dense() const { return num_embeddings > 0; }
   void validate() const;  // throws InvalidArgument naming the field
   Json to_json() const;
   static TableConfig from_json(const Json& j);
 };
+
+// The row index of `key` in a table with num_embeddings = n > 0: the key itself in [0, n);
+// outside it, InvalidArgument naming the table and the id (kError), or a seeded hash of the
+// key into [0, n) (kHash; the same for every process given the table seed).
+int64_t dense_id(const TableConfig& config, uint64_t table_seed, int64_t key);
+// The seeded hash of kHash alone.
+int64_t hash_into_range(int64_t key, int64_t n, uint64_t table_seed);
 
 class EmbeddingTable {
  public:
@@ -97,8 +126,12 @@ class EmbeddingTable {
   size_t row_bytes() const { return row_bytes_; }
   RowStorage storage() const { return config_.storage; }
   uint64_t seed() const { return seed_; }
-  size_t size() const { return table_.size(); }
-  size_t memory_bytes() const { return table_.memory_bytes(); }
+  size_t size() const { return dense_ ? dense_->size() : table_.size(); }
+  size_t memory_bytes() const { return dense_ ? dense_->memory_bytes() : table_.memory_bytes(); }
+  // The rows of a table with num_embeddings (nullptr for a hash table).
+  DenseRows* dense() const { return dense_.get(); }
+  // dense_id() for this table (InvalidArgument on a hashed table).
+  int64_t dense_id(int64_t key) const { return sparsecore::dense_id(config_, seed_, key); }
   uint64_t generation() const { return generation_.load(std::memory_order_acquire); }
 
   HashTable& hash_table() { return table_; }
@@ -122,6 +155,35 @@ class EmbeddingTable {
   // The weights alone, widened to fp32: out (dim).
   void read_weights(const std::byte* row, float* out) const;
   const HashTable::RowInit& row_init() const { return row_init_; }
+
+  // Row pointers for keys (n) host, either kind of table: rows (n) receives each row
+  // (find_rows: nullptr when absent; find_or_insert_rows: absent keys are initialised
+  // first). Ids of a dense table go through dense_id() first, every one checked before any
+  // row is created.
+  void find_rows(const int64_t* keys, int64_t n, std::byte** rows) const;
+  void find_or_insert_rows(const int64_t* keys, int64_t n, std::byte** rows);
+  // Inserts or overwrites `key` with a copy of `row` (row_bytes; checkpoint restore), under
+  // the key's shard lock. A dense table's key must lie in [0, num_embeddings).
+  void upsert_copy(int64_t key, const std::byte* row);
+  // Visits the rows of hash shards [shard_lo, shard_hi) under their read locks:
+  // fn(int64_t key, std::byte* row). A dense table visits its present rows whose key hashes
+  // into those shards, in ascending id order.
+  template <typename Fn>
+  void for_each_in_shards(int shard_lo, int shard_hi, Fn&& fn) const {
+    if (!dense_) {
+      for (int s = shard_lo; s < shard_hi; ++s) {
+        const auto& sh = table_.shard(s);
+        auto lock = sh.read_lock();
+        sh.for_each(fn);
+      }
+      return;
+    }
+    HashTable::SharedLockAll lock(table_);
+    dense_->for_each([&](int64_t id, std::byte* row) {
+      const int s = table_.shard_of_hash(key_hash(id));
+      if (s >= shard_lo && s < shard_hi) fn(id, row);
+    });
+  }
 
   // Batch lookups. keys (n) host; out (n, dim) host float32.
   // find_weights: unknown keys read as zeros and are not inserted.
@@ -154,7 +216,8 @@ class EmbeddingTable {
   size_t state_offset_;
   size_t meta_offset_;
   size_t row_bytes_;
-  HashTable table_;
+  HashTable table_;  // a dense table keeps it empty and uses its shard locks
+  std::unique_ptr<DenseRows> dense_;
   HashTable::RowInit row_init_;
   std::atomic<uint64_t> generation_{next_generation()};
 };
