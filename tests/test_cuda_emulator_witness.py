@@ -101,7 +101,8 @@ def test_training_is_bit_identical_under_any_block_order(rng, block_seed):
 
 
 def test_w1_counts_script_reports_a_step():
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "python"))
+    # The package this test imported (the source tree with a built extension, or the installed one).
+    env = dict(os.environ, PYTHONPATH=str(Path(sc.__file__).resolve().parent.parent))
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "cuda_emulated_counts.py"), "--batch", "8",
                            "--tables", "2"], env=env, capture_output=True, text=True, timeout=300, check=True)
     r = json.loads(proc.stdout)
