@@ -221,6 +221,8 @@ class Admission:
             v = getattr(self, key)
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise TypeError(f"table '{name}': admission {key} must be a float, got {type(v).__name__}")
+            if not math.isfinite(v):
+                raise ValueError(f"table '{name}': admission {key} must be finite, got {v}")
         # The ranges are checked once, by the core (TableConfig validation names the field).
         return {"count_threshold": self.count_threshold, "probability": float(self.probability),
                 "bloom_capacity": self.bloom_capacity, "bloom_fp_rate": float(self.bloom_fp_rate),
