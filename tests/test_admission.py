@@ -197,3 +197,68 @@ def test_admission_config_round_trips_through_json():
     cfg = sc.TableConfig(dim=3, admission=sc.Admission(count_threshold=4, probability=0.25, bloom_capacity=1000,
                                                        bloom_fp_rate=0.02, bloom_counter_bits=4))
     assert sc.TableConfig.from_dict(cfg.to_dict("t")) == cfg
+
+
+def _train(colls, rng, pool, steps):
+    for _ in range(steps):
+        ids, offsets, _ = random_batch(rng, 10, 5, pool)
+        outs = [c.forward({"t": (ids, offsets)})["t"] for c in colls]
+        for o in outs[1:]:
+            np.testing.assert_array_equal(o, outs[0])
+        grad = rng.standard_normal(outs[0].shape).astype(np.float32)
+        for c in colls:
+            c.backward({"t": (ids, offsets)}, {"t": grad})
+
+
+@pytest.mark.parametrize("bloom", [0, 200], ids=["exact", "bloom"])
+def test_admission_state_survives_a_checkpoint(tmp_path, bloom):
+    rng = np.random.default_rng()
+    pool = rng.choice(2**40, size=60, replace=False).astype(np.int64)
+    admission = sc.Admission(count_threshold=4, probability=0.7, bloom_capacity=bloom, bloom_counter_bits=4)
+    coll = _collection(admission)
+    _train([coll], rng, pool, 5)
+    assert coll.admission_stats()["t"]["pending"] > 0
+    coll.save(str(tmp_path / "ck"))
+    loaded = sc.EmbeddingCollection.load(str(tmp_path / "ck"))
+    restored = _collection(admission)
+    restored.restore(str(tmp_path / "ck"))
+    assert loaded.admission_stats() == restored.admission_stats() == coll.admission_stats()
+    # The pending counts carry on: every id is admitted at the same step in all three.
+    _train([coll, loaded, restored], rng, pool, 8)
+    np.testing.assert_array_equal(loaded.lookup("t", pool), coll.lookup("t", pool))
+    np.testing.assert_array_equal(restored.lookup("t", pool), coll.lookup("t", pool))
+    assert loaded.admission_stats() == restored.admission_stats() == coll.admission_stats()
+
+
+def test_a_damaged_admission_file_is_refused(tmp_path):
+    import json
+    import os
+    coll = _collection(sc.Admission(count_threshold=5))
+    _train([coll], np.random.default_rng(), np.arange(1, 40, dtype=np.int64), 3)
+    ck = tmp_path / "ck"
+    coll.save(str(ck))
+    path = ck / "t000.admission"
+    good = path.read_bytes()
+    path.write_bytes(good[:-16])  # one entry short
+    with pytest.raises(sc.CorruptDataError, match="bytes, the manifest says"):
+        sc.EmbeddingCollection.load(str(ck))
+    forged = bytearray(good)
+    forged[-4] ^= 1
+    path.write_bytes(bytes(forged))
+    with pytest.raises(sc.CorruptDataError, match="checksum"):
+        sc.EmbeddingCollection.load(str(ck))
+    path.write_bytes(good)
+    manifest = json.loads((ck / "manifest.json").read_text())
+    manifest["tables"][0]["admission"]["bytes"] = len(good) + 8  # not a whole number of entries
+    (ck / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(sc.CorruptDataError, match="admission state"):
+        sc.EmbeddingCollection.load(str(ck))
+    manifest["tables"][0]["admission"]["path"] = "../x.admission"
+    (ck / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(sc.CorruptDataError, match="outside the checkpoint"):
+        sc.EmbeddingCollection.load(str(ck))
+    del manifest["tables"][0]["admission"]
+    (ck / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(sc.CorruptDataError, match="no admission file"):
+        sc.EmbeddingCollection.load(str(ck))
+    assert os.path.exists(path)

@@ -22,13 +22,13 @@ struct Header {
   int64_t admitted, bloom_pending, rejected, dropped;
   uint64_t n;  // exact: entries; Bloom: counter bytes
 };
-static_assert(sizeof(Header) == 56);
+static_assert(sizeof(Header) == Admission::kHeaderBytes);
 
 struct Entry {
   int64_t key;
   uint32_t count, reserved;
 };
-static_assert(sizeof(Entry) == 16);
+static_assert(sizeof(Entry) == Admission::kEntryBytes);
 
 double counters_for(int64_t capacity, double fp_rate) {
   const double ln2 = std::log(2.0);
@@ -182,12 +182,12 @@ AdmissionStats Admission::stats() const {
                         dropped_.load(std::memory_order_relaxed)};
 }
 
-std::vector<std::byte> Admission::serialize() const {
+std::vector<uint8_t> Admission::serialize() const {
   std::lock_guard<std::mutex> lock(mutex_);
   Header h{kMagic,    kVersion,       bloom_ ? 1u : 0u, 0,
            admitted_, bloom_pending_, rejected_,        dropped_.load(std::memory_order_relaxed),
            0};
-  std::vector<std::byte> out;
+  std::vector<uint8_t> out;
   if (bloom_) {
     h.n = bloom_->bytes().size();
     out.resize(sizeof(Header) + h.n);
@@ -205,7 +205,7 @@ std::vector<std::byte> Admission::serialize() const {
   return out;
 }
 
-void Admission::deserialize(const std::byte* data, size_t size) {
+void Admission::deserialize(const uint8_t* data, size_t size) {
   SC_CHECK_ARG(size >= sizeof(Header), "admission state: ", size, " bytes, less than its header");
   Header h;
   std::memcpy(&h, data, sizeof(Header));
@@ -220,7 +220,7 @@ void Admission::deserialize(const std::byte* data, size_t size) {
     SC_CHECK_ARG(h.n == bloom_->bytes().size() && body == h.n, "admission state: ", body,
                  " bytes of Bloom counters, the table's filter has ", bloom_->bytes().size());
     if (bloom_->bits_ == 4 && (bloom_->m_ & 1))
-      SC_CHECK_ARG((std::to_integer<uint8_t>(data[size - 1]) >> 4) == 0, "admission state: padding nibble is not zero");
+      SC_CHECK_ARG((data[size - 1] >> 4) == 0, "admission state: padding nibble is not zero");
   } else {
     SC_CHECK_ARG(h.n <= body / sizeof(Entry) && body == h.n * sizeof(Entry), "admission state: ", body,
                  " bytes of entries do not match its count ", h.n);

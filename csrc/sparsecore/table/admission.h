@@ -96,8 +96,11 @@ class Admission {
   // The whole state (counts or Bloom counters and the statistics) as bytes, and back; the
   // bytes are refused (InvalidArgument) unless they are exactly what serialize() writes for
   // this config.
-  std::vector<std::byte> serialize() const;
-  void deserialize(const std::byte* data, size_t size);
+  std::vector<uint8_t> serialize() const;
+  void deserialize(const uint8_t* data, size_t size);
+  // The size of the header serialize() writes, and of each exact-count entry after it.
+  static constexpr size_t kHeaderBytes = 56;
+  static constexpr size_t kEntryBytes = 16;
 
  private:
   AdmissionConfig config_;
