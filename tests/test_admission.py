@@ -262,3 +262,35 @@ def test_a_damaged_admission_file_is_refused(tmp_path):
     with pytest.raises(sc.CorruptDataError, match="no admission file"):
         sc.EmbeddingCollection.load(str(ck))
     assert os.path.exists(path)
+
+
+@pytest.mark.parametrize("shards_after", [2, 3])
+def test_admission_state_survives_a_server_snapshot(tmp_path, shards_after):
+    """A server restarted from its snapshot keeps the pending counts: training on goes on
+    exactly as in an embedded collection restored from its checkpoint (also onto another
+    number of shards, where the exact counts follow their ids)."""
+    rng = np.random.default_rng()
+    pool = rng.choice(2**40, size=60, replace=False).astype(np.int64)
+    tables = {"t": sc.TableConfig(dim=DIM, optimizer=sc.SGD(lr=LR), admission=sc.Admission(count_threshold=4))}
+    embedded = sc.EmbeddingCollection(tables, seed=11)
+    src = sc.Server(port=0, shards=2, snapshot_dir=str(tmp_path / "snap"))
+    try:
+        cluster = sc.EmbeddingCollection(tables, seed=11, server=sc.connect([src.endpoint]))
+        _train([embedded, cluster], rng, pool, 5)
+        assert cluster.save() == "step-5"
+        embedded.save(str(tmp_path / "ck"))
+    finally:
+        src.stop()
+    dst = sc.Server(port=0, shards=shards_after, snapshot_dir=str(tmp_path / "snap"))
+    try:
+        assert dst.restored_step == 5
+        cluster = sc.EmbeddingCollection(tables, seed=11, server=sc.connect([dst.endpoint]))
+        restored = sc.EmbeddingCollection.load(str(tmp_path / "ck"))
+        assert cluster.admission_stats()["t"]["pending"] == restored.admission_stats()["t"]["pending"] > 0
+        _train([restored, cluster], rng, pool, 6)
+        np.testing.assert_array_equal(cluster.lookup("t", pool), restored.lookup("t", pool))
+        assert cluster.sizes() == restored.sizes()
+        if shards_after == 2:
+            assert cluster.admission_stats() == restored.admission_stats()
+    finally:
+        dst.stop()

@@ -239,8 +239,8 @@ void check_replaceable(const std::string& dir, bool overwrite) {
   std::error_code ec;
   for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
     const std::string name = entry.path().filename().string();
-    const bool ours = (name.size() > 5 && name.ends_with(".rows")) || (name.size() > 10 && name.ends_with(".admission")) ||
-                      name == std::string(kManifest) + ".tmp";
+    const bool ours = (name.size() > 5 && name.ends_with(".rows")) ||
+                      (name.size() > 10 && name.ends_with(".admission")) || name == std::string(kManifest) + ".tmp";
     SC_CHECK_ARG(ours, "'", dir, "' exists and holds '", name,
                  "', which is not part of a checkpoint; "
                  "refusing to replace it");
@@ -470,15 +470,16 @@ std::unique_ptr<EmbeddingCollection> EmbeddingCollection::load(const std::string
         e.path = ja->at("path").as_string("admission path");
         SC_CHECK(is_plain_name(e.path), CorruptData, "manifest names a file outside the checkpoint: '", e.path, "'");
         SC_CHECK(paths.insert(e.path).second, CorruptData, "manifest names file '", e.path, "' twice");
-        e.bytes = static_cast<uint64_t>(bounded_int(ja->at("bytes"), "admission bytes", Admission::kHeaderBytes,
-                                                    int64_t{1} << 40));
+        e.bytes = static_cast<uint64_t>(
+            bounded_int(ja->at("bytes"), "admission bytes", Admission::kHeaderBytes, int64_t{1} << 40));
         e.checksum = parse_hex64(ja->at("checksum").as_string("checksum"));
         // The size is fixed by the config for a Bloom filter, a whole number of entries otherwise.
         const Admission probe(te.config.admission, te.seed);
         const uint64_t want = probe.bloom() ? Admission::kHeaderBytes + probe.bloom()->bytes().size() : e.bytes;
-        SC_CHECK(e.bytes == want && (e.bytes - Admission::kHeaderBytes) % (probe.bloom() ? 1 : Admission::kEntryBytes) == 0,
-                 CorruptData, "manifest entry '", e.path, "' of table '", te.config.name, "' lists ", e.bytes,
-                 " bytes of admission state, its config does not allow that size");
+        SC_CHECK(
+            e.bytes == want && (e.bytes - Admission::kHeaderBytes) % (probe.bloom() ? 1 : Admission::kEntryBytes) == 0,
+            CorruptData, "manifest entry '", e.path, "' of table '", te.config.name, "' lists ", e.bytes,
+            " bytes of admission state, its config does not allow that size");
       } else {
         SC_CHECK(!te.config.admission.enabled(), CorruptData, "table '", te.config.name,
                  "' has admission configured but no admission file");

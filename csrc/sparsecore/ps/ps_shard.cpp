@@ -353,6 +353,13 @@ int64_t PsShard::restore(const std::string& dir) {
       it->second.rows->set_step(std::max(it->second.rows->step(), loaded->step()));
       if (!overlaps) continue;
       EmbeddingTable& dst = it->second.rows->table(0);
+      if (const Admission* from = src.admission(); from && dst.admission()) {
+        // Pending counts of the ids this shard owns now; the statistics of this shard's own part.
+        const bool same_part = old_total == layout_.total_shards && g == layout_.global_index;
+        dst.admission()->merge_from(
+            *from, [&](int64_t key) { return global_shard_of_key(key, layout_.total_shards) == layout_.global_index; },
+            same_part);
+      }
       int64_t n = static_cast<int64_t>(src.size());
       std::vector<int64_t> keys(static_cast<size_t>(n));
       std::vector<float> rows(static_cast<size_t>(n) * src.row_floats());

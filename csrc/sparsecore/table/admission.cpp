@@ -182,6 +182,27 @@ AdmissionStats Admission::stats() const {
                         dropped_.load(std::memory_order_relaxed)};
 }
 
+void Admission::merge_from(const Admission& other, const std::function<bool(int64_t)>& keep, bool with_stats) {
+  if (&other == this) return;
+  std::scoped_lock lock(mutex_, other.mutex_);
+  SC_CHECK_ARG(!bloom_ == !other.bloom_ && (!bloom_ || bloom_->bytes().size() == other.bloom_->bytes().size()),
+               "admission state of another configuration cannot be merged");
+  if (bloom_) {
+    for (int64_t i = 0; i < bloom_->m_; ++i)
+      bloom_->set(static_cast<uint64_t>(i), std::min(bloom_->max_, bloom_->get(static_cast<uint64_t>(i)) +
+                                                                       other.bloom_->get(static_cast<uint64_t>(i))));
+  } else {
+    for (const auto& [key, count] : other.counts_)
+      if (keep(key)) counts_[key] = std::max(counts_[key], count);
+  }
+  if (with_stats) {
+    admitted_ += other.admitted_;
+    bloom_pending_ += other.bloom_pending_;
+    rejected_ += other.rejected_;
+    dropped_.fetch_add(other.dropped_.load(std::memory_order_relaxed), std::memory_order_relaxed);
+  }
+}
+
 std::vector<uint8_t> Admission::serialize() const {
   std::lock_guard<std::mutex> lock(mutex_);
   Header h{kMagic,    kVersion,       bloom_ ? 1u : 0u, 0,

@@ -20,6 +20,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -96,6 +97,11 @@ class Admission {
   // The whole state (counts or Bloom counters and the statistics) as bytes, and back; the
   // bytes are refused (InvalidArgument) unless they are exactly what serialize() writes for
   // this config.
+  // Folds in the state of another table part with the same config (a server restoring a
+  // snapshot written by another number of shards): exact counts of the ids `keep` accepts
+  // (the larger count wins), or Bloom counters added cell by cell (saturating, so the estimate
+  // still never under-counts). with_stats: also add its statistics (the same shard's part).
+  void merge_from(const Admission& other, const std::function<bool(int64_t)>& keep, bool with_stats);
   std::vector<uint8_t> serialize() const;
   void deserialize(const uint8_t* data, size_t size);
   // The size of the header serialize() writes, and of each exact-count entry after it.
