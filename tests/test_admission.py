@@ -140,6 +140,8 @@ def test_bloom_counts_never_admit_late(bits):
 
 
 def test_embedded_and_one_server_agree_bit_for_bit_with_admission():
+    # Each server shard keeps its own Bloom filter: results agree while no false positive
+    # occurs, which a capacity far above the ids used makes (practically) certain.
     proc, address = start_server_process("--shards", 2)
     try:
         rng = np.random.default_rng()
@@ -149,7 +151,8 @@ def test_embedded_and_one_server_agree_bit_for_bit_with_admission():
             "prob": sc.TableConfig(dim=DIM, optimizer=sc.SGD(lr=0.1),
                                    admission=sc.Admission(count_threshold=2, probability=0.5)),
             "bloom": sc.TableConfig(dim=DIM, optimizer=sc.SGD(lr=0.1), pooling="mean",
-                                    admission=sc.Admission(count_threshold=2, bloom_capacity=64, bloom_counter_bits=4)),
+                                    admission=sc.Admission(count_threshold=2, bloom_capacity=100_000,
+                                                           bloom_counter_bits=4)),
         }
         embedded = sc.EmbeddingCollection(tables, seed=11)
         cluster = sc.EmbeddingCollection(tables, seed=11, server=sc.connect([address]))

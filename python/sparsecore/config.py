@@ -200,7 +200,9 @@ class Admission:
       ``bloom_counter_bits`` (4 or 8) bits and ``k = round(m / C ln 2)`` hashes (1 to 16) for
       the false-positive rate ``f = bloom_fp_rate``. The estimate never under-counts; an id
       never sighted reads as sighted with probability about ``f`` once ``C`` distinct ids were
-      sighted; counters saturate at ``2^bits - 1`` (``n`` may not exceed it).
+      sighted; counters saturate at ``2^bits - 1`` (``n`` may not exceed it). Each parameter
+      server shard keeps its own filter of this size, so a cluster sees fewer false positives
+      than one embedded table (exact counts and the probability give the same bits both ways).
 
     Until admitted, an id's training lookups read zeros and its gradients are dropped and
     counted; evaluation is unchanged. ``EmbeddingCollection.admission_stats()`` reports
