@@ -61,6 +61,8 @@ DeviceEmbeddingCollection::DeviceEmbeddingCollection(std::vector<TableConfig> ta
     SC_CHECK_ARG(names.insert(c.name).second, "duplicate table name '", c.name, "'");
     SC_CHECK_ARG(!c.dense(), "table '", c.name,
                  "': the device backend keeps hash tables only; num_embeddings is supported on the CPU");
+    SC_CHECK_ARG(!c.admission.enabled(), "table '", c.name,
+                 "': feature admission is supported on the CPU and parameter servers, not the device backend");
   }
   if (backend == Backend::kEmulated) {
     impl_ = emulated::make_collection(configs_, seed, storage, limits, device);

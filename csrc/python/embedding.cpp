@@ -87,18 +87,30 @@ SPARSECORE_BINDING(embedding, 30) {
       .def("table_name", [](const EmbeddingCollection& c, int t) { return c.table_name(t); })
       .def("table_config_json", [](const EmbeddingCollection& c, int t) { return c.config(t).to_json().dump(); })
       .def("table_size", [](const EmbeddingCollection& c, int t) { return c.table(t).size(); })
+      .def("table_admission_stats",
+           [](const EmbeddingCollection& c, int t) -> py::object {
+             const Admission* a = c.table(t).admission();
+             if (!a) return py::none();
+             const AdmissionStats s = a->stats();
+             py::dict d;
+             d["admitted"] = s.admitted;
+             d["pending"] = s.pending;
+             d["rejected"] = s.rejected;
+             d["dropped_gradients"] = s.dropped_gradients;
+             return d;
+           })
       .def("table_row_floats", [](const EmbeddingCollection& c, int t) { return c.table(t).row_floats(); })
       .def("table_row_bytes", [](const EmbeddingCollection& c, int t) { return c.table(t).row_bytes(); })
       .def("memory_bytes", &EmbeddingCollection::memory_bytes)
       .def(
           "prepare",
-          [](EmbeddingCollection& c, const std::vector<py::tuple>& groups, bool train) {
+          [](EmbeddingCollection& c, const std::vector<py::tuple>& groups, bool train, bool sight) {
             std::vector<py::array> keep_alive;
             std::vector<GroupInput> inputs = group_inputs(c, groups, keep_alive);
             py::gil_scoped_release release;  // the arrays stay alive: `groups` holds them
-            return PyPrepared{c.prepare(inputs, train)};
+            return PyPrepared{c.prepare(inputs, train, sight)};
           },
-          py::arg("groups"), py::arg("train"))
+          py::arg("groups"), py::arg("train"), py::arg("sight") = true)
       .def(
           "forward",
           [](const EmbeddingCollection& c, const PyPrepared& p) {

@@ -13,7 +13,7 @@ from typing import Any, Literal, Optional, Union
 
 __all__ = [
     "SGD", "Momentum", "Adagrad", "RowwiseAdagrad", "Adam", "AdamW", "FTRL", "GroupLasso",
-    "Zeros", "Constant", "Uniform", "Normal", "TruncatedNormal", "TableConfig",
+    "Zeros", "Constant", "Uniform", "Normal", "TruncatedNormal", "Admission", "TableConfig",
     "Optimizer", "Initializer",
 ]
 
@@ -187,6 +187,51 @@ MAX_NUM_EMBEDDINGS = 1 << 40
 
 
 @dataclass(frozen=True)
+class Admission:
+    """Which ids a training lookup may turn into rows of a table, a conjunction of filters
+    checked at each *sighting* (a training lookup that finds no row for the id; each distinct
+    id counts once per lookup):
+
+    - ``count_threshold=n``: the id has been sighted at least ``n`` times;
+    - ``probability=p`` in ``(0, 1]``: a hash of (table seed, id, sighting count) falls below
+      ``p``, so the decision is the same in every process, thread count and run;
+    - ``bloom_capacity=C > 0`` keeps the counts in a counting Bloom filter of fixed memory
+      instead of one exact entry per pending id: ``m = ceil(-C ln f / ln(2)^2)`` counters of
+      ``bloom_counter_bits`` (4 or 8) bits and ``k = round(m / C ln 2)`` hashes (1 to 16) for
+      the false-positive rate ``f = bloom_fp_rate``. The estimate never under-counts; an id
+      never sighted reads as sighted with probability about ``f`` once ``C`` distinct ids were
+      sighted; counters saturate at ``2^bits - 1`` (``n`` may not exceed it). Each parameter
+      server shard keeps its own filter of this size, so a cluster sees fewer false positives
+      than one embedded table (exact counts and the probability give the same bits both ways).
+
+    Until admitted, an id's training lookups read zeros and its gradients are dropped and
+    counted; evaluation is unchanged. ``EmbeddingCollection.admission_stats()`` reports
+    admitted, pending, rejected and dropped-gradient counts; the state is saved in checkpoints.
+    """
+    count_threshold: int = 1
+    probability: float = 1.0
+    bloom_capacity: int = 0
+    bloom_fp_rate: float = 0.01
+    bloom_counter_bits: int = 8
+
+    def to_dict(self, name: str) -> dict[str, Any]:
+        for key in ("count_threshold", "bloom_capacity", "bloom_counter_bits"):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise TypeError(f"table '{name}': admission {key} must be an int, got {type(v).__name__}")
+        for key in ("probability", "bloom_fp_rate"):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise TypeError(f"table '{name}': admission {key} must be a float, got {type(v).__name__}")
+            if not math.isfinite(v):
+                raise ValueError(f"table '{name}': admission {key} must be finite, got {v}")
+        # The ranges are checked once, by the core (TableConfig validation names the field).
+        return {"count_threshold": self.count_threshold, "probability": float(self.probability),
+                "bloom_capacity": self.bloom_capacity, "bloom_fp_rate": float(self.bloom_fp_rate),
+                "bloom_counter_bits": self.bloom_counter_bits}
+
+
+@dataclass(frozen=True)
 class TableConfig:
     """One embedding table: ``dim`` floats per row, its optimizer and initializer, and how a
     bag of its ids pools: ``"sum"``, ``"mean"`` or ``"none"`` (padded sequences).
@@ -206,6 +251,11 @@ class TableConfig:
     ``[0, N)`` raises ``ValueError`` naming the table and the id (``out_of_range="error"``)
     or is mapped into the range by a hash seeded with the table seed (``"hash"``).
     ``N`` must lie in ``[1, 2^40]``; ``None`` (the default) is a hash table for any int64 id.
+
+    ``admission=Admission(...)`` lets an id become a row only after it passes feature
+    admission (a count threshold, a probability, counts in a counting Bloom filter; see
+    ``Admission``); until then its training lookups read zeros and its gradients are dropped
+    and counted. ``None`` (the default) admits every id at its first training lookup.
     """
     dim: int
     optimizer: Optimizer = field(default_factory=Adagrad)
@@ -215,6 +265,7 @@ class TableConfig:
     storage: Literal["fp32", "fp16"] = "fp32"
     num_embeddings: Optional[int] = None
     out_of_range: Literal["error", "hash"] = "error"
+    admission: Optional[Admission] = None
 
     def to_dict(self, name: str) -> dict[str, Any]:
         if isinstance(self.dim, bool) or not isinstance(self.dim, int):
@@ -242,6 +293,11 @@ class TableConfig:
             out["out_of_range"] = self.out_of_range
         elif self.out_of_range != "error":
             raise ValueError(f"table '{name}': out_of_range applies only to a table with num_embeddings")
+        if self.admission is not None:
+            if not isinstance(self.admission, Admission):
+                raise TypeError(f"table '{name}': admission must be an Admission or None, "
+                                f"got {type(self.admission).__name__}")
+            out["admission"] = self.admission.to_dict(name)
         return out
 
     @staticmethod
@@ -260,7 +316,8 @@ class TableConfig:
         return TableConfig(dim=d["dim"], optimizer=optimizer, init=init_cls(**init),
                            pooling=d["pooling"], shard_bits=d.get("shard_bits", 6),
                            storage=d.get("storage", "fp32"), num_embeddings=d.get("num_embeddings"),
-                           out_of_range=d.get("out_of_range", "error"))
+                           out_of_range=d.get("out_of_range", "error"),
+                           admission=Admission(**d["admission"]) if "admission" in d else None)
 
 
 def tables_to_json(tables: dict[str, TableConfig]) -> str:

@@ -187,6 +187,28 @@ class EmbeddingCollection:
             return totals
         return {n: self._c.table_size(i) for i, n in enumerate(self._names)}
 
+    def admission_stats(self) -> dict[str, dict[str, int]]:
+        """Feature admission counts of each table with ``TableConfig(admission=...)``:
+        ``admitted`` (ids that became rows), ``pending`` (ids sighted, not yet admitted; with a
+        Bloom filter an estimate), ``rejected`` (sightings that did not admit their id) and
+        ``dropped_gradients`` (gradients of ids without a row, one per id and update). On
+        parameter servers the counts are summed over every shard."""
+        if self._server is not None:
+            totals: dict[str, dict[str, int]] = {}
+            for shard in self._server.stats():
+                for name, t in shard.get("tables", {}).items():
+                    if name in self._index and "admission" in t:
+                        acc = totals.setdefault(name, dict.fromkeys(t["admission"], 0))
+                        for key, value in t["admission"].items():
+                            acc[key] += int(value)
+            return totals
+        out = {}
+        for i, n in enumerate(self._names):
+            s = self._c.table_admission_stats(i)
+            if s is not None:
+                out[n] = dict(s)
+        return out
+
     def memory_bytes(self) -> int:
         """Bytes held by all tables (index and rows)."""
         self._local_only("memory_bytes")
@@ -304,8 +326,13 @@ class EmbeddingCollection:
         forward outputs (same shapes). Gradients with NaN/Inf raise ValueError and change
         nothing; so does an update that would leave a row non-finite (a finite gradient too
         large for the optimizer): every row of the call stays as it was. Returns the new step."""
-        prepared = batch if isinstance(batch, PreparedBatch) else self.prepare(
-            batch, train=True, include_last_offset=include_last_offset)
+        if isinstance(batch, PreparedBatch):
+            prepared = batch
+        else:
+            # The forward of this batch already counted its ids for feature admission: this
+            # lookup is not a second sighting (ids without a row get their gradients dropped).
+            groups, names, offsets, torch_out = self._core_groups(batch, include_last_offset)
+            prepared = PreparedBatch(self._c.prepare(groups, True, False), names, offsets, torch_out, True)
         arrays = [as_float32(g, f"gradient of group '{n}'") for n, g in zip(prepared.names, _grads_in_order(prepared, grads))]
         return self._c.backward(prepared._core, arrays)
 

@@ -239,7 +239,8 @@ void check_replaceable(const std::string& dir, bool overwrite) {
   std::error_code ec;
   for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
     const std::string name = entry.path().filename().string();
-    const bool ours = (name.size() > 5 && name.ends_with(".rows")) || name == std::string(kManifest) + ".tmp";
+    const bool ours = (name.size() > 5 && name.ends_with(".rows")) ||
+                      (name.size() > 10 && name.ends_with(".admission")) || name == std::string(kManifest) + ".tmp";
     SC_CHECK_ARG(ours, "'", dir, "' exists and holds '", name,
                  "', which is not part of a checkpoint; "
                  "refusing to replace it");
@@ -262,8 +263,27 @@ std::vector<RangeTask> range_tasks(const std::vector<std::unique_ptr<EmbeddingTa
   return tasks;
 }
 
+// The admission state of each table with admission (empty bytes and path for the others).
+std::vector<std::pair<FileEntry, std::vector<uint8_t>>> encode_admission(
+    const std::vector<std::unique_ptr<EmbeddingTable>>& tables) {
+  std::vector<std::pair<FileEntry, std::vector<uint8_t>>> out(tables.size());
+  for (size_t t = 0; t < tables.size(); ++t) {
+    const Admission* a = tables[t]->admission();
+    if (!a) continue;
+    char name[32];
+    std::snprintf(name, sizeof(name), "t%03d.admission", static_cast<int>(t));
+    auto& [e, bytes] = out[t];
+    bytes = a->serialize();
+    e.path = name;
+    e.bytes = bytes.size();
+    e.checksum = checksum64(bytes.data(), bytes.size());
+  }
+  return out;
+}
+
 std::string manifest_text(const std::vector<std::unique_ptr<EmbeddingTable>>& tables, uint64_t seed, int64_t step,
-                          const std::vector<RangeTask>& tasks, const std::vector<FileEntry>& entries) {
+                          const std::vector<RangeTask>& tasks, const std::vector<FileEntry>& entries,
+                          const std::vector<std::pair<FileEntry, std::vector<uint8_t>>>& admission) {
   Json manifest = Json::object();
   manifest["format"] = "sparsecore.embedding_collection";
   manifest["format_version"] = static_cast<int64_t>(kFormatVersion);
@@ -293,6 +313,13 @@ std::string manifest_text(const std::vector<std::unique_ptr<EmbeddingTable>>& ta
     }
     jt["rows"] = rows;
     jt["files"] = std::move(files);
+    if (const FileEntry& a = admission[t].first; !a.path.empty()) {
+      Json ja = Json::object();
+      ja["path"] = a.path;
+      ja["bytes"] = a.bytes;
+      ja["checksum"] = hex64(a.checksum);
+      jt["admission"] = std::move(ja);
+    }
     jtables.push_back(std::move(jt));
   }
   manifest["tables"] = std::move(jtables);
@@ -314,7 +341,10 @@ void EmbeddingCollection::write_checkpoint(const std::string& dir) const {
       entries[i] = std::move(entry);
     }
   });
-  const std::string text = manifest_text(tables_, seed_, step(), tasks, entries);
+  const auto admission = encode_admission(tables_);
+  for (const auto& [e, bytes] : admission)
+    if (!e.path.empty()) write_whole_file(join(dir, e.path), bytes);
+  const std::string text = manifest_text(tables_, seed_, step(), tasks, entries, admission);
   write_whole_file(join(dir, kManifest), std::vector<uint8_t>(text.begin(), text.end()));
 }
 
@@ -331,7 +361,10 @@ EncodedCheckpoint EmbeddingCollection::encode_checkpoint() const {
   EncodedCheckpoint out;
   for (size_t i = 0; i < tasks.size(); ++i)
     if (entries[i].rows > 0) out.files.emplace_back(entries[i].path, std::move(bytes[i]));
-  const std::string text = manifest_text(tables_, seed_, step(), tasks, entries);
+  auto admission = encode_admission(tables_);
+  const std::string text = manifest_text(tables_, seed_, step(), tasks, entries, admission);
+  for (auto& [e, bytes] : admission)
+    if (!e.path.empty()) out.files.emplace_back(e.path, std::move(bytes));
   out.files.emplace_back(kManifest, std::vector<uint8_t>(text.begin(), text.end()));
   return out;
 }
@@ -390,6 +423,7 @@ std::unique_ptr<EmbeddingCollection> EmbeddingCollection::load(const std::string
       uint64_t seed = 0;
       uint64_t rows = 0;
       std::vector<FileEntry> files;
+      FileEntry admission;  // path empty: none saved
     };
     std::vector<TableEntry> entries;
     const Json::Array& jtables = manifest.at("tables").as_array("tables");
@@ -429,6 +463,27 @@ std::unique_ptr<EmbeddingCollection> EmbeddingCollection::load(const std::string
       for (size_t i = 1; i < te.files.size(); ++i)
         SC_CHECK(te.files[i].bucket_lo >= te.files[i - 1].bucket_hi, CorruptData, "files of table '", te.config.name,
                  "' overlap in buckets (", te.files[i - 1].path, ", ", te.files[i].path, ")");
+      if (const Json* ja = jt.get("admission")) {
+        SC_CHECK(te.config.admission.enabled(), CorruptData, "table '", te.config.name,
+                 "' lists an admission file but has no admission configured");
+        FileEntry& e = te.admission;
+        e.path = ja->at("path").as_string("admission path");
+        SC_CHECK(is_plain_name(e.path), CorruptData, "manifest names a file outside the checkpoint: '", e.path, "'");
+        SC_CHECK(paths.insert(e.path).second, CorruptData, "manifest names file '", e.path, "' twice");
+        e.bytes = static_cast<uint64_t>(
+            bounded_int(ja->at("bytes"), "admission bytes", Admission::kHeaderBytes, int64_t{1} << 40));
+        e.checksum = parse_hex64(ja->at("checksum").as_string("checksum"));
+        // The size is fixed by the config for a Bloom filter, a whole number of entries otherwise.
+        const Admission probe(te.config.admission, te.seed);
+        const uint64_t want = probe.bloom() ? Admission::kHeaderBytes + probe.bloom()->bytes().size() : e.bytes;
+        SC_CHECK(
+            e.bytes == want && (e.bytes - Admission::kHeaderBytes) % (probe.bloom() ? 1 : Admission::kEntryBytes) == 0,
+            CorruptData, "manifest entry '", e.path, "' of table '", te.config.name, "' lists ", e.bytes,
+            " bytes of admission state, its config does not allow that size");
+      } else {
+        SC_CHECK(!te.config.admission.enabled(), CorruptData, "table '", te.config.name,
+                 "' has admission configured but no admission file");
+      }
       te.rows = table_rows;
       total_rows += table_rows;
       total_shards += uint64_t{1} << te.config.shard_bits;
@@ -450,6 +505,21 @@ std::unique_ptr<EmbeddingCollection> EmbeddingCollection::load(const std::string
     parallel_for(static_cast<int64_t>(jobs.size()), 1, [&](int64_t a, int64_t b) {
       for (int64_t i = a; i < b; ++i) read_range_file(dir, *jobs[i].entry, *tables[jobs[i].table]);
     });
+    for (size_t t = 0; t < tables.size(); ++t) {
+      const FileEntry& e = entries[t].admission;
+      if (e.path.empty()) continue;
+      const std::string path = join(dir, e.path);
+      const std::vector<uint8_t> data = read_regular_file(path, e.bytes);
+      SC_CHECK(data.size() == e.bytes, CorruptData, "checkpoint file '", path, "' has ", data.size(),
+               " bytes, the manifest says ", e.bytes, " (truncated or replaced)");
+      SC_CHECK(checksum64(data.data(), data.size()) == e.checksum, CorruptData, "checkpoint file '", path,
+               "' does not match its checksum");
+      try {
+        tables[t]->admission()->deserialize(data.data(), data.size());
+      } catch (const InvalidArgument& ex) {
+        throw CorruptData("checkpoint file '" + path + "': " + ex.what());
+      }
+    }
     for (size_t t = 0; t < tables.size(); ++t)
       SC_CHECK(tables[t]->size() == entries[t].rows, CorruptData, "table '", tables[t]->name(), "' holds ",
                tables[t]->size(), " rows after loading, its files list ", entries[t].rows,

@@ -159,12 +159,14 @@ std::vector<GroupInput> EmbeddingCollection::in_range_inputs(const std::vector<G
   return out;
 }
 
-std::shared_ptr<PreparedBatch> EmbeddingCollection::prepare(const std::vector<GroupInput>& inputs, bool train) {
+std::shared_ptr<PreparedBatch> EmbeddingCollection::prepare(const std::vector<GroupInput>& inputs, bool train,
+                                                            bool sight) {
   std::shared_lock swap_lock(swap_mutex_);
-  return plan(inputs, train);
+  return plan(inputs, train, sight);
 }
 
-std::shared_ptr<PreparedBatch> EmbeddingCollection::plan(const std::vector<GroupInput>& raw_inputs, bool train) const {
+std::shared_ptr<PreparedBatch> EmbeddingCollection::plan(const std::vector<GroupInput>& raw_inputs, bool train,
+                                                         bool sight) const {
   validate_inputs(raw_inputs);
   std::vector<PodVector<int64_t>> mapped;
   const std::vector<GroupInput> inputs = in_range_inputs(raw_inputs, mapped);
@@ -199,7 +201,8 @@ std::shared_ptr<PreparedBatch> EmbeddingCollection::plan(const std::vector<Group
   }
   RowStore& store = *store_;
   plan_batch(inputs, shards, *batch, [&](int gi, int shard, const int64_t* keys, int64_t count, std::byte** rows) {
-    store.resolve_shard(inputs[gi].table, shard, keys, count, rows, train);
+    const int t = inputs[gi].table;
+    store.resolve_shard(t, shard, keys, count, rows, train && (sight || !config(t).admission.enabled()));
   });
   return batch;
 }

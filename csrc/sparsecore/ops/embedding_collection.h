@@ -155,7 +155,10 @@ class EmbeddingCollection {
   // what backward needs; train=false never inserts (unknown ids read as zeros). Ids of a
   // table with num_embeddings are checked or mapped into range first (in_range_inputs), so
   // the batch's unique_keys are row indices.
-  std::shared_ptr<PreparedBatch> prepare(const std::vector<GroupInput>& inputs, bool train);
+  // sight=false (training only): the lookups are not sightings for feature admission, and a
+  // table with admission creates no rows (the backward of a batch whose forward was already
+  // prepared: the ids it admitted have rows, the others' gradients are dropped).
+  std::shared_ptr<PreparedBatch> prepare(const std::vector<GroupInput>& inputs, bool train, bool sight = true);
 
   // outputs[g] (host float32): (batch_size, dim), or (batch_size, max_len, dim) zero-padded
   // for pooling "none". Sizes are PreparedGroup::output_size().
@@ -225,7 +228,7 @@ class EmbeddingCollection {
   // Throws InvalidArgument naming `call` when the rows are not local.
   void require_local(const char* call) const;
   // prepare() without the swap lock (the caller holds it).
-  std::shared_ptr<PreparedBatch> plan(const std::vector<GroupInput>& inputs, bool train) const;
+  std::shared_ptr<PreparedBatch> plan(const std::vector<GroupInput>& inputs, bool train, bool sight = true) const;
   void pool(const PreparedBatch& batch, const std::vector<float*>& outputs) const;
 
   // Finished batches come back here so the next prepare reuses their buffers instead of

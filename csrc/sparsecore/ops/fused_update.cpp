@@ -95,9 +95,11 @@ __attribute__((always_inline)) inline bool update_rows_as(const EmbeddingTable& 
   const size_t row_bytes = table.row_bytes();
   const int state_dim = table.state_dim();
   for (int64_t u = u_begin; u < u_end; ++u) {
-    if (u + kUpdateAhead < u_end) prefetch_bytes(rows[u + kUpdateAhead], table.row_bytes(), 1);
-    gradient_of(u, scratch);
+    if (u + kUpdateAhead < u_end && rows[u + kUpdateAhead])
+      prefetch_bytes(rows[u + kUpdateAhead], table.row_bytes(), 1);
     std::byte* row = rows[u];
+    if (!row) continue;  // an id not admitted: its gradient is dropped (counted by the store)
+    gradient_of(u, scratch);
     save_record<kStream>(undo + static_cast<size_t>(u - u_begin) * undo_stride(row_bytes), row,
                          row_bytes);  // the record as it was, in case the call is undone
     PackedRowMeta* meta = table.meta(row);
@@ -120,6 +122,7 @@ __attribute__((always_inline)) inline bool update_rows_as(const EmbeddingTable& 
   uint32_t bad = 0;
   for (int64_t u = u_begin; u < u_end; ++u) {
     std::byte* row = rows[u];
+    if (!row) continue;
     uint32_t row_bad = half ? any_nonfinite_half(EmbeddingTable::weights_fp16(row), dim)
                             : any_nonfinite(EmbeddingTable::weights(row), dim);
     row_bad |= any_nonfinite(table.state(row), state_dim);
@@ -181,7 +184,7 @@ void sum_unique_gradients(const PreparedGroup& g, const float* grad, const float
 
 void undo_rows(std::byte* const* rows, int64_t u_begin, int64_t u_end, size_t row_bytes, const std::byte* undo) {
   for (int64_t u = u_begin; u < u_end; ++u)
-    std::memcpy(rows[u], undo + static_cast<size_t>(u - u_begin) * undo_stride(row_bytes), row_bytes);
+    if (rows[u]) std::memcpy(rows[u], undo + static_cast<size_t>(u - u_begin) * undo_stride(row_bytes), row_bytes);
 }
 
 }  // namespace sparsecore::kernels

@@ -27,11 +27,13 @@ void LocalRowStore::resolve_shard(int table_index, int shard_index, const int64_
       missing += rows[i] == nullptr;
     }
     if (train && missing > 0) {
+      Admission* admission = table.admission();
       auto lock = shard.write_lock();
       for (int64_t i = 0; i < count; ++i) {
         if (rows[i]) continue;
         std::byte* row = dense->row(keys[i]);
         if (!dense->present(keys[i])) {
+          if (admission && !admission->sight(keys[i])) continue;
           table.init_row(keys[i], row);
           dense->mark(keys[i]);
         }
@@ -47,7 +49,25 @@ void LocalRowStore::resolve_shard(int table_index, int shard_index, const int64_
   }
   if (train && missing > 0) {
     auto lock = shard.write_lock();
-    shard.insert_absent(keys, count, rows, table.row_init());
+    Admission* admission = table.admission();
+    if (!admission) {
+      shard.insert_absent(keys, count, rows, table.row_init());
+      return;
+    }
+    // Rows only for the ids admitted at this sighting; the others stay null (read as zeros,
+    // their gradients dropped at backward).
+    std::vector<int64_t> admitted;
+    std::vector<int64_t> at;
+    for (int64_t i = 0; i < count; ++i) {
+      if (rows[i] || !admission->sight(keys[i])) continue;
+      admitted.push_back(keys[i]);
+      at.push_back(i);
+    }
+    if (admitted.empty()) return;
+    PodVector<std::byte*> made(admitted.size());
+    for (auto& r : made) r = nullptr;
+    shard.insert_absent(admitted.data(), static_cast<int64_t>(admitted.size()), made.data(), table.row_init());
+    for (size_t j = 0; j < admitted.size(); ++j) rows[at[j]] = made[j];
   }
 }
 
@@ -82,7 +102,10 @@ int64_t LocalRowStore::apply_gradients(const PreparedBatch& batch, const std::ve
     EmbeddingTable& table = *tables_[g.table];
     if (table.generation() != g.table_generation) {
       refreshed[gi].resize(g.unique_keys.size());
-      table.find_or_insert_rows(g.unique_keys.data(), g.num_unique(), refreshed[gi].data());
+      if (table.admission())
+        table.find_rows(g.unique_keys.data(), g.num_unique(), refreshed[gi].data());
+      else
+        table.find_or_insert_rows(g.unique_keys.data(), g.num_unique(), refreshed[gi].data());
     }
   }
   std::vector<RowRange> ranges;
@@ -90,6 +113,15 @@ int64_t LocalRowStore::apply_gradients(const PreparedBatch& batch, const std::ve
   auto rows_of = [&](int gi) -> std::byte* const* {
     return refreshed[gi].empty() ? batch.groups[gi].unique_rows.data() : refreshed[gi].data();
   };
+  // Ids not admitted have no row: their gradients are dropped (the update skips null rows).
+  for (int gi = 0; gi < num_groups; ++gi) {
+    Admission* admission = tables_[batch.groups[gi].table]->admission();
+    if (!admission) continue;
+    std::byte* const* r = rows_of(gi);
+    int64_t dropped = 0;
+    for (int64_t u = 0; u < batch.groups[gi].num_unique(); ++u) dropped += r[u] == nullptr;
+    if (dropped) admission->count_dropped(dropped);
+  }
   return update_rows(
       ranges, [&](int gi) { return rows_of(gi); },
       [&](int gi, int64_t begin, int64_t end, int64_t now, float* scratch, std::byte* undo, bool stream) {
@@ -104,7 +136,17 @@ int64_t LocalRowStore::apply_unique(int table_index, const int64_t* ids, int64_t
                                     std::atomic<int64_t>& step) {
   EmbeddingTable& table = *tables_[table_index];
   PodVector<std::byte*> rows(n);
-  if (n > 0) table.find_or_insert_rows(ids, n, rows.data());
+  if (n > 0) {
+    if (Admission* admission = table.admission()) {
+      // Only admitted ids have rows; the gradients of the others are dropped and counted.
+      table.find_rows(ids, n, rows.data());
+      int64_t dropped = 0;
+      for (int64_t i = 0; i < n; ++i) dropped += rows[i] == nullptr;
+      if (dropped) admission->count_dropped(dropped);
+    } else {
+      table.find_or_insert_rows(ids, n, rows.data());
+    }
+  }
   return update_rows(
       {{table_index, n}}, [&](int) -> std::byte* const* { return rows.data(); },
       [&](int, int64_t begin, int64_t end, int64_t now, float* scratch, std::byte* undo, bool stream) {

@@ -108,10 +108,16 @@ void PsShard::apply_all_or_nothing(const std::vector<std::pair<Table*, TableUpda
       EmbeddingTable& et = t->rows->table(0);
       Saved s{t->rows.get(), t->rows->step(), et.row_bytes(), {}, {}};
       s.at.resize(static_cast<size_t>(u.n));
-      if (u.n > 0) et.find_or_insert_rows(u.ids, u.n, s.at.data());
+      // With admission only admitted ids have rows (the others' gradients are dropped).
+      if (u.n > 0 && et.admission())
+        et.find_rows(u.ids, u.n, s.at.data());
+      else if (u.n > 0)
+        et.find_or_insert_rows(u.ids, u.n, s.at.data());
       s.records.resize(static_cast<size_t>(u.n) * s.row_bytes);
       for (int64_t k = 0; k < u.n; ++k)
-        std::memcpy(s.records.data() + static_cast<size_t>(k) * s.row_bytes, s.at[static_cast<size_t>(k)], s.row_bytes);
+        if (s.at[static_cast<size_t>(k)])
+          std::memcpy(s.records.data() + static_cast<size_t>(k) * s.row_bytes, s.at[static_cast<size_t>(k)],
+                      s.row_bytes);
       saved.push_back(std::move(s));
     }
     try {
@@ -119,7 +125,8 @@ void PsShard::apply_all_or_nothing(const std::vector<std::pair<Table*, TableUpda
     } catch (...) {
       for (size_t j = std::min(i, saved.size()); j-- > 0;) {
         Saved& s = saved[j];
-        for (size_t k = 0; k < s.at.size(); ++k) std::memcpy(s.at[k], s.records.data() + k * s.row_bytes, s.row_bytes);
+        for (size_t k = 0; k < s.at.size(); ++k)
+          if (s.at[k]) std::memcpy(s.at[k], s.records.data() + k * s.row_bytes, s.row_bytes);
         s.rows->set_step(s.step);
       }
       throw;
@@ -346,6 +353,13 @@ int64_t PsShard::restore(const std::string& dir) {
       it->second.rows->set_step(std::max(it->second.rows->step(), loaded->step()));
       if (!overlaps) continue;
       EmbeddingTable& dst = it->second.rows->table(0);
+      if (const Admission* from = src.admission(); from && dst.admission()) {
+        // Pending counts of the ids this shard owns now; the statistics of this shard's own part.
+        const bool same_part = old_total == layout_.total_shards && g == layout_.global_index;
+        dst.admission()->merge_from(
+            *from, [&](int64_t key) { return global_shard_of_key(key, layout_.total_shards) == layout_.global_index; },
+            same_part);
+      }
       int64_t n = static_cast<int64_t>(src.size());
       std::vector<int64_t> keys(static_cast<size_t>(n));
       std::vector<float> rows(static_cast<size_t>(n) * src.row_floats());
@@ -414,6 +428,15 @@ Json PsShard::stats() const {
     e["rows"] = static_cast<int64_t>(table.rows->table(0).size());
     e["memory_bytes"] = static_cast<int64_t>(table.rows->memory_bytes());
     e["step"] = table.rows->step();
+    if (const Admission* a = table.rows->table(0).admission()) {
+      const AdmissionStats st = a->stats();
+      Json j = Json::object();
+      j["admitted"] = st.admitted;
+      j["pending"] = st.pending;
+      j["rejected"] = st.rejected;
+      j["dropped_gradients"] = st.dropped_gradients;
+      e["admission"] = std::move(j);
+    }
     t[name] = std::move(e);
   }
   s["tables"] = std::move(t);

@@ -74,6 +74,7 @@ void TableConfig::validate() const {
                "': num_embeddings must be in [1, 2^40] (or 0 for a hash table), got ", num_embeddings);
   SC_CHECK_ARG(out_of_range == OutOfRange::kError || out_of_range == OutOfRange::kHash, "table '", name,
                "': out_of_range must be 'error' or 'hash'");
+  admission.validate(name);
   try {
     optimizer.validate();
     init.validate();
@@ -96,6 +97,7 @@ Json TableConfig::to_json() const {
     j["num_embeddings"] = num_embeddings;
     j["out_of_range"] = out_of_range_name(out_of_range);
   }
+  if (admission.enabled() || admission.bloom_capacity > 0) j["admission"] = admission.to_json();
   return j;
 }
 
@@ -130,6 +132,8 @@ TableConfig TableConfig::from_json(const Json& j) {
       SC_CHECK_ARG(c.num_embeddings >= 1, "table 'num_embeddings' must be >= 1, got ", c.num_embeddings);
     } else if (key == "out_of_range")
       c.out_of_range = out_of_range_from_name(value.as_string("table 'out_of_range'"));
+    else if (key == "admission")
+      c.admission = AdmissionConfig::from_json(value);
     else
       throw InvalidArgument("unknown table config field '" + key + "'");
   }
@@ -159,7 +163,8 @@ EmbeddingTable::EmbeddingTable(TableConfig config, uint64_t seed)
       row_bytes_(meta_offset_ + sizeof(PackedRowMeta)),
       table_(row_bytes_, config_.shard_bits),
       dense_(config_.num_embeddings > 0 ? std::make_unique<DenseRows>(row_bytes_, config_.num_embeddings) : nullptr),
-      row_init_([this](int64_t key, std::byte* row) { init_row(key, row); }) {}
+      row_init_([this](int64_t key, std::byte* row) { init_row(key, row); }),
+      admission_(config_.admission.enabled() ? std::make_unique<Admission>(config_.admission, seed_) : nullptr) {}
 
 void EmbeddingTable::init_row(int64_t key, std::byte* row) const {
   if (config_.storage == RowStorage::kFloat32) {
@@ -299,6 +304,21 @@ void EmbeddingTable::lookup_or_insert_weights(const int64_t* keys, int64_t n, fl
   });
 }
 
+void EmbeddingTable::admit_missing(const int64_t* keys, int64_t n, std::byte** rows) {
+  // A dense table counts sightings by row id, as its planner hands them to the embedded store.
+  std::vector<int64_t> admitted;
+  std::vector<int64_t> at;
+  for (int64_t i = 0; i < n; ++i) {
+    if (rows[i] || (admission_ && !admission_->sight(dense_ ? dense_id(keys[i]) : keys[i]))) continue;
+    admitted.push_back(keys[i]);
+    at.push_back(i);
+  }
+  if (admitted.empty()) return;
+  PodVector<std::byte*> made(admitted.size());
+  find_or_insert_rows(admitted.data(), static_cast<int64_t>(admitted.size()), made.data());
+  for (size_t j = 0; j < admitted.size(); ++j) rows[at[j]] = made[j];
+}
+
 void EmbeddingTable::pull_weights(const int64_t* keys, int64_t n, bool insert, float* out) {
   thread_local PodVector<std::byte*> tls_rows;
   PodVector<std::byte*>& rows = tls_rows;
@@ -307,7 +327,11 @@ void EmbeddingTable::pull_weights(const int64_t* keys, int64_t n, bool insert, f
   // (80 KB for a thousand rows of dim 18) are on their way to L2.
   const size_t dim = static_cast<size_t>(config_.dim);
   const size_t weight_bytes = dim * (config_.storage == RowStorage::kFloat16 ? sizeof(uint16_t) : sizeof(float));
-  if (dense_) {
+  if (insert && admission_) {
+    // Sightings first, then rows for the ids admitted (the embedded store does the same).
+    find_rows(keys, n, rows.data());
+    admit_missing(keys, n, rows.data());
+  } else if (dense_) {
     if (insert)
       find_or_insert_rows(keys, n, rows.data());
     else

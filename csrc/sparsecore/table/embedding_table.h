@@ -29,6 +29,7 @@
 
 #include "sparsecore/core/json.h"
 #include "sparsecore/optim/optimizer_config.h"
+#include "sparsecore/table/admission.h"
 #include "sparsecore/table/dense_rows.h"
 #include "sparsecore/table/hash_table.h"
 #include "sparsecore/table/initializer.h"
@@ -99,6 +100,8 @@ struct TableConfig {
   // 0: a hash table (any int64 id). N > 0: ids are dense in [0, N), rows found by index.
   int64_t num_embeddings = 0;
   OutOfRange out_of_range = OutOfRange::kError;
+  // Which ids a training lookup may turn into rows (table/admission.h); the default admits all.
+  AdmissionConfig admission;
 
   bool dense() const { return num_embeddings > 0; }
   void validate() const;  // throws InvalidArgument naming the field
@@ -155,6 +158,12 @@ class EmbeddingTable {
   // The weights alone, widened to fp32: out (dim).
   void read_weights(const std::byte* row, float* out) const;
   const HashTable::RowInit& row_init() const { return row_init_; }
+  // The table's admission filter, or nullptr when every id is admitted at once.
+  Admission* admission() const { return admission_.get(); }
+  // Training lookups that found no row for keys[i] (rows[i] null, n keys distinct): each is
+  // one sighting; rows of the ids admitted now are created and filled in, the others stay
+  // null. Without admission every missing row is created. For dense tables keys are row ids.
+  void admit_missing(const int64_t* keys, int64_t n, std::byte** rows);
 
   // Row pointers for keys (n) host, either kind of table: rows (n) receives each row
   // (find_rows: nullptr when absent; find_or_insert_rows: absent keys are initialised
@@ -220,6 +229,7 @@ class EmbeddingTable {
   std::unique_ptr<DenseRows> dense_;
   HashTable::RowInit row_init_;
   std::atomic<uint64_t> generation_{next_generation()};
+  std::unique_ptr<Admission> admission_;
 };
 
 // Seed of table `name` in a collection seeded with `collection_seed`.
