@@ -98,3 +98,36 @@ def test_hostile_multi_table_requests_are_refused_and_change_nothing(shards):
             np.testing.assert_array_equal(ps.lookup("u", [7, 8]), want[3:] - 0.5)
         peer.close()
         assert server.serves_a_client()
+
+
+def test_ids_that_another_shard_owns_are_refused_and_create_no_row():
+    """A server that is shard 0 of a 2-server cluster refuses pulls and pushes naming ids that
+    shard 1 owns (a client with another view of the cluster, or a forged request): such a row
+    would never be found again by a lookup routed by the cluster's layout."""
+    import json
+
+    from sparsecore.config import tables_to_json
+
+    with ServerProcess("--server-index", 0, "--num-servers", 2) as server:
+        peer = RawPeer(server.host, server.port)
+        peer.authenticate()
+        table = json.loads(tables_to_json({"t": CFG}))[0]
+        status, message = ask(peer, 11, json.dumps({"table": table, "seed": 3}).encode(), 1)
+        assert status == 0, message
+        status, message = ask(peer, PULL_TABLES, request([("t", list(range(64)))], grads=False), 2)
+        assert status != 0 and b"belongs to shard 1 of 2" in message
+        status, message = ask(peer, PUSH_TABLES, request([("t", list(range(64)))]), 3)
+        assert status != 0 and b"belongs to shard 1 of 2" in message
+        owned, foreign = [], []
+        for k in range(64):  # one id at a time: each is owned by exactly one of the two shards
+            status, _ = ask(peer, PULL_TABLES, request([("t", [k])], grads=False), 10 + k)
+            (owned if status == 0 else foreign).append(k)
+            single = struct.pack("<IIQqII", 1, 1, 1, 0, 0, 0) + b"t" + bytes(7) + struct.pack("<q", k)
+            status, _ = ask(peer, 12, single, 100 + k)  # the single-table pull checks the same
+            assert (status == 0) == (k in owned), k
+        assert owned and foreign
+        status, stats = ask(peer, 16, b"{}", 999)
+        assert status == 0
+        assert json.loads(stats)["tables"]["t"]["rows"] == len(owned)
+        peer.close()
+        assert server.alive()

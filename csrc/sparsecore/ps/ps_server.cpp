@@ -370,6 +370,7 @@ void PsServer::add_methods() {
     float* out = reply.resize_as<float>(t.h.num_ids * static_cast<size_t>(dim));
     PodVector<int64_t> copy;
     const int64_t* ids = aligned_view<int64_t>(t.arrays, t.h.num_ids, copy);
+    s.check_ids(t.name, ids, static_cast<int64_t>(t.h.num_ids), /*push=*/false);
     s.pull(t.name, ids, static_cast<int64_t>(t.h.num_ids), t.h.flags & kPullTrain, out);
   });
   add(kPush, [this, max_ids](const rpc::Request& r, rpc::Reply& reply) {

@@ -75,6 +75,15 @@ void PsShard::pull(const std::string& name, const int64_t* ids, int64_t n, bool 
 
 void PsShard::check_ids(std::string_view name, const int64_t* ids, int64_t n, bool push) const {
   const EmbeddingTable& et = table(name).rows->table(0);
+  if (layout_.total_shards > 1) {
+    // A client with another view of the cluster (or a hostile one) must not create rows here
+    // that no lookup routed by the cluster's layout would ever find again.
+    for (int64_t i = 0; i < n; ++i)
+      SC_CHECK_ARG(global_shard_of_key(ids[i], layout_.total_shards) == layout_.global_index, push ? "push" : "pull",
+                   " of table '", name, "': id ", ids[i], " belongs to shard ",
+                   global_shard_of_key(ids[i], layout_.total_shards), " of ", layout_.total_shards,
+                   ", not to this shard (", layout_.global_index, "); nothing was read or changed");
+  }
   const TableConfig& c = et.config();
   if (!c.dense()) return;
   for (int64_t i = 0; i < n; ++i) {

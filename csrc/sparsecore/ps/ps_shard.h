@@ -65,10 +65,11 @@ class PsShard {
   int dim(const std::string& table) const;
   // out (n, dim) float32. train: unknown ids are inserted; otherwise they read as zeros.
   void pull(const std::string& table, const int64_t* ids, int64_t n, bool train, float* out);
-  // Checks the ids of a request for a table with num_embeddings (nothing for a hash table):
-  // a pull's ids must be row indices or ids its out_of_range maps into the range, a push's
-  // row indices (a worker maps ids before it sends them). InvalidArgument names the table
-  // and the id. Called for every table of a request before any is read or changed.
+  // Checks the ids of a request: every id must belong to this shard (the cluster's routing,
+  // ps_protocol.h); for a table with num_embeddings, a pull's ids must also be row indices or
+  // ids its out_of_range maps into the range, a push's row indices (a worker maps ids before
+  // it sends them). InvalidArgument names the table and the id. Called for every table of a
+  // request before any is read or changed.
   void check_ids(std::string_view table, const int64_t* ids, int64_t n, bool push) const;
   struct PushOutcome {
     bool complete = false;      // applied now (every waiting push of the table may be answered)
