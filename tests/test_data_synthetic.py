@@ -3,6 +3,8 @@ compression."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
@@ -112,6 +114,51 @@ def test_w1_and_w2_presets():
     assert b.num_samples == 5000 and len(b.sparse) == 23
 
 
+def test_drift_replaces_each_rank_id_once_per_period():
+    period, vocab = int(np.random.default_rng().integers(2, 60)), 300
+    gen = scd.SyntheticData(small_config(vocab_size=vocab, drift_period=period))._gen
+    s0 = int(np.random.default_rng().integers(1 << 30))
+    table = np.array([[gen.id_at(k, s) for k in range(1, vocab + 1)] for s in range(s0, s0 + 2 * period + 1)])
+    assert (table >= 0).all()
+    for row in table:
+        assert len(set(row.tolist())) == vocab  # the ids in use at one sample are distinct
+    changes = (table[1:] != table[:-1])
+    # every slot changes exactly once per period, to an id never used before
+    assert (changes[:period].sum(axis=0) == 1).all() and (changes[period:2 * period].sum(axis=0) == 1).all()
+    assert len(set(table.ravel().tolist())) == 3 * vocab
+    # the changes are staggered over the period, not all at once
+    assert changes.sum(axis=1).max() < vocab
+
+
+def test_a_drifting_stream_draws_each_batch_from_the_ids_in_use():
+    period, vocab = 400, 50
+    cfg = small_config(vocab_size=vocab, drift_period=period, batch_size=1, num_user_groups=2, samples_per_view=4)
+    data = scd.SyntheticData(cfg, num_samples=period * 3)
+    seen: set[int] = set()
+    for s, batch in enumerate(data):
+        allowed = {data._gen.id_at(k, s - s % 4) for k in range(1, vocab + 1)} | \
+            {data._gen.id_at(k, s) for k in range(1, vocab + 1)}
+        ids = set(np.concatenate([batch.sparse[n][0] for n in data.group_names]).tolist())
+        assert ids <= allowed
+        seen |= ids
+    assert len(seen) > 2 * vocab  # new ids keep appearing
+    # compressed and plain batches still carry the same samples
+    cfg = dataclasses.replace(cfg, batch_size=period)
+    comp = scd.SyntheticData(cfg, compressed=True, num_samples=period * 3)
+    for c, p in zip(comp, scd.SyntheticData(cfg, num_samples=period * 3)):
+        assert_same_sparse(c.expand(), p)
+        np.testing.assert_array_equal(c.labels, p.labels)
+
+
+def test_no_drift_is_the_stationary_stream():
+    cfg = small_config()
+    a = scd.SyntheticData(cfg).next_batch()
+    b = scd.SyntheticData(dataclasses.replace(cfg, drift_period=0)).next_batch()
+    assert_same_sparse(a, b)
+    gen = scd.SyntheticData(cfg)._gen
+    assert all(gen.id_at(k, 10**9) == gen.rank_to_id(k) for k in range(1, 50))
+
+
 @pytest.mark.parametrize("ratio", [2, 4, 57])
 def test_compressed_batches_expand_to_the_uncompressed_stream(ratio):
     cfg = small_config(num_user_groups=2, samples_per_view=ratio)
@@ -160,6 +207,7 @@ def test_state_dict_resumes_the_stream():
     (dict(weight_std=-1.0), "weight_std"),
     (dict(num_user_groups=9), "num_user_groups"),
     (dict(samples_per_view=0), "samples_per_view"),
+    (dict(drift_period=-1), "drift_period"),
 ])
 def test_bad_config_raises_value_error(kw, match):
     with pytest.raises(ValueError, match=match):

@@ -131,15 +131,15 @@ SPARSECORE_BINDING(io, 40) {
   py::class_<SyntheticGenerator>(io, "SyntheticGenerator")
       .def(py::init([](std::vector<std::string> group_names, int64_t vocab_size, int64_t min_bag, int64_t max_bag,
                        double zipf_exponent, uint64_t permutation_seed, uint64_t seed, double weight_std, double bias,
-                       int64_t num_user_groups, int64_t samples_per_view) {
-             SyntheticConfig c{std::move(group_names), vocab_size, min_bag,    max_bag, zipf_exponent,
-                               permutation_seed,       seed,       weight_std, bias,    num_user_groups,
-                               samples_per_view};
+                       int64_t num_user_groups, int64_t samples_per_view, int64_t drift_period) {
+             SyntheticConfig c{std::move(group_names), vocab_size,  min_bag,    max_bag, zipf_exponent,
+                               permutation_seed,       seed,        weight_std, bias,    num_user_groups,
+                               samples_per_view,       drift_period};
              return std::make_unique<SyntheticGenerator>(std::move(c));
            }),
            py::arg("group_names"), py::arg("vocab_size"), py::arg("min_bag"), py::arg("max_bag"),
            py::arg("zipf_exponent"), py::arg("permutation_seed"), py::arg("seed"), py::arg("weight_std"),
-           py::arg("bias"), py::arg("num_user_groups"), py::arg("samples_per_view"))
+           py::arg("bias"), py::arg("num_user_groups"), py::arg("samples_per_view"), py::arg("drift_period") = 0)
       .def(
           "generate",
           [](const SyntheticGenerator& g, int64_t first, int64_t count, bool compressed) {
@@ -164,7 +164,8 @@ SPARSECORE_BINDING(io, 40) {
           },
           py::arg("num_samples"), py::arg("groups"), py::arg("sample_group"))
       .def("planted_weight", &SyntheticGenerator::planted_weight, py::arg("group"), py::arg("id"))
-      .def("rank_to_id", &SyntheticGenerator::rank_to_id, py::arg("rank"));
+      .def("rank_to_id", &SyntheticGenerator::rank_to_id, py::arg("rank"))
+      .def("id_at", &SyntheticGenerator::id_at, py::arg("rank"), py::arg("sample"));
 
   io.def(
       "auc",

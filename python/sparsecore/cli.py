@@ -29,7 +29,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
              "delimiter": "", "header": False, "multi_separator": "|", "reader_threads": 1, "has_labels": True,
              "max_bad_fraction": 0.01, "epochs": 1, "shuffle": False, "shuffle_buffer": 100_000},
     "synthetic": {"vocab_size": 20_000, "zipf_exponent": 1.5, "min_bag": 1, "max_bag": 10, "weight_std": 0.1,
-                  "bias": -1.0, "seed": 0, "samples_per_view": 4, "compressed": True, "eval_samples": 100_000},
+                  "bias": -1.0, "seed": 0, "samples_per_view": 4, "compressed": True, "eval_samples": 100_000,
+                  "drift_period": 0},
     "model": {"dim": 18, "hidden": [200, 80], "pooling": "sum", "groups": [], "num_embeddings": 0,
               "out_of_range": "error"},
     "sparse_optimizer": {"name": "adagrad", "lr": 0.05},
@@ -71,6 +72,9 @@ _FLAGS: list[tuple[str, str, str, Any, str, str]] = [
     ("--compression", "synthetic", "samples_per_view", int, "N",
      "synthetic: samples per page view (the sample-compression ratio; 1 = none)"),
     ("--eval-samples", "synthetic", "eval_samples", int, "N", "synthetic: held-out samples to evaluate on"),
+    ("--drift", "synthetic", "drift_period", int, "N",
+     "synthetic: ids live N samples each: every id of the vocabulary is replaced by a new one once per N "
+     "samples, staggered (0: a stationary stream)"),
     ("--dim", "model", "dim", int, "N", "embedding dim of every group"),
     ("--hidden", "model", "hidden", "ints", "N,N", "hidden widths of the MLP, e.g. 200,80"),
     ("--pooling", "model", "pooling", str, "MODE", "sum or mean"),
@@ -269,12 +273,15 @@ def build_sources(settings: dict[str, dict[str, Any]]) -> tuple[Any, Any, list[s
             cfg = scd.SyntheticConfig.w2(vocab_size=int(syn["vocab_size"]), zipf_exponent=float(syn["zipf_exponent"]),
                                          min_bag=int(syn["min_bag"]), max_bag=int(syn["max_bag"]),
                                          weight_std=float(syn["weight_std"]), bias=float(syn["bias"]),
-                                         seed=int(syn["seed"]), samples_per_view=r, batch_size=batch)
+                                         seed=int(syn["seed"]), samples_per_view=r, batch_size=batch,
+                                         drift_period=int(syn["drift_period"]))
             compressed = bool(syn["compressed"]) and r > 1
             # Synthetic data always has a step count (_steps gives _SYNTHETIC_STEPS for 0).
             steps = _steps(settings) or _SYNTHETIC_STEPS
             train_stream = scd.SyntheticData(cfg, num_samples=steps * batch, compressed=compressed)
-            start = _eval_start(r)
+            # A drifting stream is evaluated on the samples right after training (far past it,
+            # every id would be one training never saw).
+            start = -(-steps * batch // r) * r if cfg.drift_period else _eval_start(r)
             eval_stream = scd.SyntheticData(cfg, start=start, num_samples=start + int(syn["eval_samples"]),
                                             compressed=compressed)
         except ValueError as e:

@@ -38,6 +38,7 @@ void SyntheticConfig::validate() const {
   SC_CHECK_ARG(num_user_groups >= 0 && num_user_groups <= static_cast<int64_t>(group_names.size()),
                "synthetic: num_user_groups must be in [0, ", group_names.size(), "], got ", num_user_groups);
   SC_CHECK_ARG(samples_per_view >= 1, "synthetic: samples_per_view must be >= 1, got ", samples_per_view);
+  SC_CHECK_ARG(drift_period >= 0, "synthetic: drift_period must be >= 0, got ", drift_period);
 }
 
 SyntheticGenerator::SyntheticGenerator(SyntheticConfig config)
@@ -65,6 +66,26 @@ int64_t SyntheticGenerator::rank_to_id(int64_t rank) const {
     x = (left << h) | right;
   } while (x >= static_cast<uint64_t>(config_.vocab_size));
   return static_cast<int64_t>(x);
+}
+
+int64_t SyntheticGenerator::id_at(int64_t rank, int64_t sample) const {
+  if (config_.drift_period == 0) return rank_to_id(rank);
+  // A 4-round Feistel network on two 31-bit halves: a bijection of [0, 2^62), so positions
+  // never collide and ids stay non-negative.
+  constexpr int h = 31;
+  constexpr uint64_t mask = (uint64_t{1} << h) - 1;
+  const auto period = static_cast<uint64_t>(config_.drift_period);
+  const uint64_t phase = splitmix64(perm_round_keys_[0] ^ static_cast<uint64_t>(rank)) % period;
+  const uint64_t generation = (static_cast<uint64_t>(sample) + phase) / period;
+  const uint64_t q = generation * static_cast<uint64_t>(config_.vocab_size) + static_cast<uint64_t>(rank - 1);
+  uint64_t left = (q >> h) & mask, right = q & mask;
+  for (uint64_t round = 0; round < 4; ++round) {
+    const uint64_t f = splitmix64(right ^ perm_round_keys_[round]) & mask;
+    const uint64_t next_right = left ^ f;
+    left = right;
+    right = next_right;
+  }
+  return static_cast<int64_t>((left << h) | right);
 }
 
 double SyntheticGenerator::planted_weight(int64_t group, int64_t id) const {
@@ -125,9 +146,10 @@ SampleBatch SyntheticGenerator::generate(int64_t first, int64_t count, bool comp
       for (int64_t b = lo; b < hi; ++b) {
         auto rng = stream(b);
         rng.next();  // the bag length
+        const int64_t at = grp.shared ? (first_view + b) * r : (per_view ? (first + b) / r * r : first + b);
         double sum = 0.0;
         for (int64_t k = grp.offsets[b]; k < grp.offsets[b + 1]; ++k) {
-          grp.ids[k] = rank_to_id(zipf_.sample(rng));
+          grp.ids[k] = id_at(zipf_.sample(rng), at);
           sum += planted_weight(g, grp.ids[k]);
         }
         logit[b] = sum;

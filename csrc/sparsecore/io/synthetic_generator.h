@@ -15,6 +15,14 @@
 // batch boundary appears in both batches) with sample_group mapping samples to views; an
 // uncompressed batch repeats them per sample. users[i] = v (GAUC groups by page view).
 //
+// Drift (drift_period = D > 0): ids come and go as they do in an online log. Each Zipf rank k
+// is a slot that a sequence of ids occupies in turn, each for D samples: at sample s the slot
+// holds its generation n = (s + phase_k) / D, phase_k a hash of k in [0, D), and the id is
+// perm62(n * vocab_size + k - 1) (a fixed bijection of [0, 2^62), keyed by permutation_seed).
+// Every D samples each slot gets a new id (staggered, so about vocab_size / D slots change per
+// sample) and its old id is never drawn again, at every popularity. Page-view bags use the
+// view's first sample. D = 0 is the stationary stream above.
+//
 // Everything is a pure function of (config, sample index): deterministic for any batch size
 // and thread count. Generation runs on the compute pool.
 #pragma once
@@ -40,6 +48,7 @@ struct SyntheticConfig {
   double bias = -1.0;       // planted logit bias
   int64_t num_user_groups = 0;
   int64_t samples_per_view = 1;
+  int64_t drift_period = 0;  // samples per popularity shift (0: no drift)
 
   // Throws InvalidArgument naming the field at fault.
   void validate() const;
@@ -67,8 +76,11 @@ class SyntheticGenerator {
   // generator's groups, compressed or not): sigmoid(bias + sum of planted weights).
   std::vector<double> true_probabilities(const SampleBatch& batch) const;
 
-  // The id of Zipf rank k (1-based) after the permutation.
+  // The id of Zipf rank k (1-based) after the permutation (the stationary stream).
   int64_t rank_to_id(int64_t rank) const;
+  // The id of Zipf rank k at sample `sample`: rank_to_id(k) without drift, else the id that
+  // holds slot k then (the header comment).
+  int64_t id_at(int64_t rank, int64_t sample) const;
 
  private:
   SyntheticConfig config_;

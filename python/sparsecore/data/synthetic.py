@@ -11,6 +11,12 @@ Sample compression (XDL): with ``samples_per_view = r``, samples [v r, (v + 1) r
 of page view v and the first ``num_user_groups`` groups (its user) are shared by them. A
 ``compressed`` source yields batches that carry those groups once per page view plus
 ``sample_group``; ``Batch.expand()`` gives the uncompressed equivalent.
+
+Drift (``drift_period = D > 0``) models an online log: each popularity rank is a slot that a
+sequence of ids holds in turn for D samples each (the changes staggered over ranks), so new ids
+keep appearing at every popularity and the ids they replace never come back. The number of
+distinct ids grows by about ``vocab_size`` per group every D samples, while the ids in use at
+any moment stay ``vocab_size`` per group.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ class SyntheticConfig:
     bias: float = -1.0
     num_user_groups: int = 0
     samples_per_view: int = 1
+    drift_period: int = 0  # samples per popularity shift (0: a stationary stream)
     batch_size: int = 5000
     group_names: tuple[str, ...] | None = None  # default "f0", "f1", ...
 
@@ -90,7 +97,7 @@ class SyntheticData:
             group_names=c.names(), vocab_size=c.vocab_size, min_bag=c.min_bag, max_bag=c.max_bag,
             zipf_exponent=c.zipf_exponent, permutation_seed=c.permutation_seed, seed=c.seed,
             weight_std=c.weight_std, bias=c.bias, num_user_groups=c.num_user_groups,
-            samples_per_view=c.samples_per_view)
+            samples_per_view=c.samples_per_view, drift_period=c.drift_period)
         self.num_samples = num_samples
         self.compressed = compressed
         self.position = start
