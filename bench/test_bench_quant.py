@@ -1,6 +1,8 @@
 """Shift matmul beside float32 matmul (NumPy/OpenBLAS, torch) on the same machine.
 
-Groups: GEMV (batch 1) at 1024^2 and 4096^2, GEMM at batch 64 and 256 (1024^2). Every case
+Groups: GEMV (batch 1) at 1024^2 and 4096^2, GEMM at batch 64 and 256 (1024^2). The
+sparsecore peers: float32 activations (the float kernels) and int8 activations (quantized per
+call, then the fixed-point kernels: AVX-512 VNNI dot products where the CPU has them). Every case
 rotates over the same number of weight matrices, enough that the fp32 set (640 MB at full
 scale) is twice this machine's L3, so weights stream from memory; the packed set is 8x
 smaller, which is the point. Model bytes fp32 vs packed go into extra_info. Run with one
@@ -20,7 +22,7 @@ import sparsecore as sc
 TINY = os.environ.get("SPARSECORE_BENCH_SCALE") == "tiny"
 ROTATION_BYTES = (8 << 20) if TINY else (640 << 20)  # fp32 bytes of the rotated matrices
 SIZES = [64, 256] if TINY else [1024, 4096]
-PEERS = ["numpy-fp32", "torch-fp32", "sparsecore-shift", "sparsecore-shift-cuda"]
+PEERS = ["numpy-fp32", "torch-fp32", "sparsecore-shift", "sparsecore-shift-int8", "sparsecore-shift-cuda"]
 
 
 class Weights:
@@ -81,6 +83,15 @@ def make_case(peer, w, x):
             y = sc.shift_matmul(xd, mats[state["i"]])
             torch.cuda.synchronize()
             return y
+    elif peer == "sparsecore-shift-int8":
+        # The fixed-point serving path end to end: float32 x quantized to int8 (one scale per
+        # call), exact int32 sums of true shifts, scaled back to float32.
+        mats = w.packed
+
+        def run():
+            state["i"] = (state["i"] + 1) % w.count
+            q, scale = sc.quantize_activations(x)
+            return sc.shift_matmul(q, mats[state["i"]], x_scale=scale)
     else:
         mats = w.packed
 
@@ -95,6 +106,7 @@ def record(benchmark, w, batch):
         "fp32_bytes": 4 * w.n * w.n, "packed_bytes": w.packed[0].nbytes,
         "bytes_ratio": 4 * w.n * w.n / w.packed[0].nbytes, "matrices_rotated": w.count, "batch": batch,
         "threads": sc.num_threads(), "kernel": sc._core.shift_matmul_kernel(),
+        "fixed_kernel": sc._core.shift_matmul_fixed_kernel(),
     })
 
 

@@ -163,12 +163,14 @@ def test_shift_matmul_vector_and_torch_inputs(rng):
 
 
 @pytest.mark.parametrize("dtype", [np.int8, np.int16])
-@pytest.mark.parametrize("batch,rows,cols", [(1, 1, 1), (3, 7, 33), (5, 16, 200)])
+@pytest.mark.parametrize("batch,rows,cols", [(1, 1, 1), (3, 7, 33), (5, 16, 200), (9, 33, 7), (17, 50, 129),
+                                             (64, 97, 301)])
 def test_shift_matmul_fixed_point_is_exact(rng, dtype, batch, rows, cols):
     w, alpha = random_pow2_weight(rng, rows, cols)
     packed = sc.pack_pow2(w, alpha)
-    hi = 127 if dtype == np.int8 else 2000
-    x = rng.integers(-hi, hi + 1, (batch, cols)).astype(dtype)
+    lo, hi = (-128, 127) if dtype == np.int8 else (-2000, 2000)
+    x = rng.integers(lo, hi + 1, (batch, cols)).astype(dtype)
+    x[0, 0] = lo  # the extreme of the range (int8: -128, which the VNNI kernel offsets to 0)
     acc = sc.shift_matmul(x, packed)
     ref = x.astype(np.int64) @ (w / alpha[:, None]).astype(np.int64).T
     assert acc.dtype == np.int32
@@ -176,6 +178,45 @@ def test_shift_matmul_fixed_point_is_exact(rng, dtype, batch, rows, cols):
     scale = 0.0123
     y = sc.shift_matmul(x, packed, x_scale=scale)
     np.testing.assert_array_equal(y, ref.astype(np.float32) * alpha * np.float32(scale))
+
+
+def test_fixed_point_kernels_give_the_same_sums(rng, tmp_path):
+    """The VNNI dot-product kernel (where the CPU has it) and the portable shift loop agree bit for
+    bit, including sums that wrap near the int32 limit."""
+    cases = []
+    for dtype, top in [(np.int8, 127), (np.int16, 32767)]:
+        cols = 70
+        w, alpha = random_pow2_weight(rng, 37, cols)
+        x = rng.integers(-top, top + 1, (11, cols)).astype(dtype)
+        if dtype == np.int16:  # as large as the range check allows: sum |x| * 64 <= 2^31 - 1
+            x = (x.astype(np.int64) * ((2**31 - 1) // 64 // cols) // top).astype(dtype)
+        cases.append((x, w, alpha))
+    arrays = {}
+    for i, (x, w, alpha) in enumerate(cases):
+        arrays.update({f"x{i}": x, f"w{i}": w, f"a{i}": alpha})
+    inputs = tmp_path / "in.npz"
+    np.savez(inputs, **arrays)
+    script = (
+        "import sys, numpy as np, sparsecore as sc\n"
+        "d = np.load(sys.argv[1])\n"
+        "out = {'kernel': np.array(sc._core.shift_matmul_fixed_kernel())}\n"
+        "for i in range(2):\n"
+        "    out[f'y{i}'] = sc.shift_matmul(d[f'x{i}'], sc.pack_pow2(d[f'w{i}'], d[f'a{i}']))\n"
+        "np.savez(sys.argv[2], **out)\n")
+    results = {}
+    for kernel in ["portable", "best"]:
+        env = dict(os.environ)
+        env.pop("SPARSECORE_QUANT_KERNEL", None)
+        if kernel != "best":
+            env["SPARSECORE_QUANT_KERNEL"] = kernel
+        out = tmp_path / f"{kernel}.npz"
+        subprocess.run([sys.executable, "-c", script, str(inputs), str(out)], env=env, check=True, timeout=120)
+        results[kernel] = np.load(out)
+    assert str(results["portable"]["kernel"]) == "portable"
+    for i, (x, w, alpha) in enumerate(cases):
+        ref = x.astype(np.int64) @ (w / alpha[:, None]).astype(np.int64).T
+        for kernel in results:
+            np.testing.assert_array_equal(results[kernel][f"y{i}"], ref)
 
 
 def test_quantized_activations_round_half_even():

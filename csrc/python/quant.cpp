@@ -148,6 +148,8 @@ SPARSECORE_BINDING(quant, 90) {
       py::arg("acc"), py::arg("alpha"), py::arg("x_scale"));
   m.def("shift_matmul_kernel", &shift_matmul_kernel,
         "The float shift-matmul kernel picked for this CPU: 'avx512', 'avx2' or 'portable'.");
+  m.def("shift_matmul_fixed_kernel", &shift_matmul_fixed_kernel,
+        "The fixed-point (int8/int16) shift-matmul kernel picked for this CPU: 'avx512vnni' or 'portable'.");
 
   m.def(
       "quantized_row_bytes",

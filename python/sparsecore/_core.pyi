@@ -24,7 +24,7 @@ import typing
 import typing_extensions
 import types as _types
 io: _types.ModuleType
-__all__: list[str] = ['CorruptDataError', 'DeviceEmbeddingCollection', 'DevicePackedWeights', 'DevicePreparedBatch', 'EmbeddingCollection', 'PreparedBatch', 'PsClient', 'PsServer', 'RpcAuthError', 'RpcClient', 'RpcConnectionError', 'RpcError', 'RpcProtocolError', 'RpcServer', 'RpcStepAbortedError', 'RpcTimeoutError', 'RpcUnknownMethodError', 'StepPipeline', 'commit_directory', 'committed_directory', 'cpu_features', 'cuda_device_available', 'cuda_empty_memory_cache', 'cuda_emulator_block_seed', 'cuda_emulator_counters', 'cuda_emulator_reset_counters', 'cuda_memory_cache_stats', 'cuda_set_emulator_block_seed', 'cuda_set_memory_cache_limit', 'cuda_unavailable_reason', 'dequantize_rows', 'fixed_to_float', 'io', 'latest_snapshot', 'num_threads', 'pack_pow2', 'pooled_lookup_quantized', 'project_pow2', 'quantize_rows', 'quantized_row_bytes', 'remote_collection', 'set_num_threads', 'shift_matmul_float', 'shift_matmul_int16', 'shift_matmul_int8', 'shift_matmul_kernel', 'unpack_pow2']
+__all__: list[str] = ['CorruptDataError', 'DeviceEmbeddingCollection', 'DevicePackedWeights', 'DevicePreparedBatch', 'EmbeddingCollection', 'PreparedBatch', 'PsClient', 'PsServer', 'RpcAuthError', 'RpcClient', 'RpcConnectionError', 'RpcError', 'RpcProtocolError', 'RpcServer', 'RpcStepAbortedError', 'RpcTimeoutError', 'RpcUnknownMethodError', 'StepPipeline', 'commit_directory', 'committed_directory', 'cpu_features', 'cuda_device_available', 'cuda_empty_memory_cache', 'cuda_emulator_block_seed', 'cuda_emulator_counters', 'cuda_emulator_reset_counters', 'cuda_memory_cache_stats', 'cuda_set_emulator_block_seed', 'cuda_set_memory_cache_limit', 'cuda_unavailable_reason', 'dequantize_rows', 'fixed_to_float', 'io', 'latest_snapshot', 'num_threads', 'pack_pow2', 'pooled_lookup_quantized', 'project_pow2', 'quantize_rows', 'quantized_row_bytes', 'remote_collection', 'set_num_threads', 'shift_matmul_fixed_kernel', 'shift_matmul_float', 'shift_matmul_int16', 'shift_matmul_int8', 'shift_matmul_kernel', 'unpack_pow2']
 class CorruptDataError(ValueError):
     pass
 class PreparedBatch:
@@ -413,6 +413,10 @@ def remote_collection(configs_json: str, seed: typing.SupportsInt | typing.Suppo
 def set_num_threads(n: typing.SupportsInt | typing.SupportsIndex) -> None:
     """
     Resize the compute pool (n <= 0: one per core). Results do not depend on it.
+    """
+def shift_matmul_fixed_kernel() -> str:
+    """
+    The fixed-point (int8/int16) shift-matmul kernel picked for this CPU: 'avx512vnni' or 'portable'.
     """
 def shift_matmul_float(x: numpy.ndarray, codes: numpy.ndarray, alpha: numpy.ndarray, cols: typing.SupportsInt | typing.SupportsIndex) -> numpy.typing.NDArray[numpy.float32]:
     ...

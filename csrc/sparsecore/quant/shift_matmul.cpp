@@ -136,11 +136,18 @@ void check_fixed_range_of(const T* x, int64_t batch, int64_t cols) {
   }
 }
 
+// The VNNI dot-product kernels where the CPU has them and no other kernel is forced.
+bool use_vnni() {
+  static const bool yes = isa() == Isa::kAvx512 && detail::fixed_vnni_supported();
+  return yes;
+}
+
 template <typename T, typename Fn>
 void fixed_matmul(const T* x, int64_t batch, const uint8_t* codes, int64_t rows, int64_t cols, int32_t* acc,
                   Fn rows_fn) {
   check_shapes(batch, rows, cols);
   check_fixed_range_of(x, batch, cols);
+  if (use_vnni()) return detail::fixed_gemm_vnni(x, batch, codes, rows, cols, acc);
   const int64_t pc = packed_cols(cols);
   parallel_for(rows, 16, [&](int64_t r0, int64_t r1) { rows_fn(x, batch, codes, pc, cols, r0, r1, acc, rows); });
 }
@@ -181,6 +188,8 @@ void fixed_to_float(const int32_t* acc, int64_t batch, const float* alpha, int64
       y[b * rows + r] = v * x_scale;
     }
 }
+
+const char* shift_matmul_fixed_kernel() { return use_vnni() ? "avx512vnni" : "portable"; }
 
 const char* shift_matmul_kernel() {
   switch (isa()) {

@@ -13,7 +13,9 @@
 // over the columns in order), so a row's result may differ in the last bits between the two.
 //
 // Fixed-point activations (int8 or int16). Each product is a true shift, x << k, negated by the
-// sign bit, summed exactly in int32: acc[b, r] = Σ_c s·(x[b, c] << k). The call refuses
+// sign bit, summed exactly in int32: acc[b, r] = Σ_c s·(x[b, c] << k). Where the CPU has
+// AVX-512 VNNI the same sums come from dot-product instructions on the decoded weights (64
+// int8 or 32 int16 products per instruction; detail/shift_kernels.h), bit for bit. The call refuses
 // inputs whose worst case could overflow int32 (max|x| · 64 · cols > 2^31 − 1). The float
 // result is fixed_to_float: y = float32(acc) · alpha[r] · x_scale, rounded after each of the
 // conversion and the two products (round to nearest even).
@@ -45,6 +47,10 @@ void fixed_to_float(const int32_t* acc, int64_t batch, const float* alpha, int64
 // row of fixed-point x whose Σ|x| · 2^kMaxExponent exceeds the int32 range.
 void check_fixed_range(const int8_t* x, int64_t batch, int64_t cols);
 void check_fixed_range(const int16_t* x, int64_t batch, int64_t cols);
+
+// Which fixed-point kernel shift_matmul_fixed uses: "avx512vnni" (dot-product instructions,
+// the same int32 sums) or "portable" (SPARSECORE_QUANT_KERNEL=portable|avx2 forces it).
+const char* shift_matmul_fixed_kernel();
 
 // Which float kernel shift_matmul uses on this CPU: "avx512", "avx2" or "portable".
 const char* shift_matmul_kernel();

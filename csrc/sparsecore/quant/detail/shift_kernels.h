@@ -60,4 +60,11 @@ void gemm_rows_avx2(const float* xt, int64_t batch, const uint8_t* codes, int64_
 void gemm_rows_avx512(const float* xt, int64_t batch, const uint8_t* codes, int64_t pc, int64_t cols, int64_t r0,
                       int64_t r1, float* yt);
 
+// Fixed-point GEMM on AVX-512 VNNI dot products (fixed_kernels.cpp): the same int32 sums as
+// the portable loop, bit for bit. Only where fixed_vnni_supported(); shapes as
+// shift_matmul_fixed, the range of x already checked.
+bool fixed_vnni_supported();
+void fixed_gemm_vnni(const int8_t* x, int64_t batch, const uint8_t* codes, int64_t rows, int64_t cols, int32_t* acc);
+void fixed_gemm_vnni(const int16_t* x, int64_t batch, const uint8_t* codes, int64_t rows, int64_t cols, int32_t* acc);
+
 }  // namespace sparsecore::quant::detail
