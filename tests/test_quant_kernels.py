@@ -119,13 +119,13 @@ np.savez(sys.argv[2], **out)
 """
 
 
-def run_with_kernel(kernel, inputs, tmp_path):
+def run_with_kernel(kernel, inputs, tmp_path, script=RUN_KERNEL):
     env = dict(os.environ)
     env.pop("SPARSECORE_QUANT_KERNEL", None)
     if kernel != "best":
         env["SPARSECORE_QUANT_KERNEL"] = kernel
     out = tmp_path / f"{kernel}.npz"
-    subprocess.run([sys.executable, "-c", RUN_KERNEL, str(inputs), str(out)], env=env, check=True, timeout=120)
+    subprocess.run([sys.executable, "-c", script, str(inputs), str(out)], env=env, check=True, timeout=120)
     return np.load(out)
 
 
@@ -151,3 +151,30 @@ def test_every_isa_path_gives_the_same_bits(rng, tmp_path):
         np.testing.assert_array_equal(np.isnan(results["best"][f"y{i}"]), np.isnan(ref))
         finite = ~np.isnan(ref)
         np.testing.assert_array_equal(results["best"][f"y{i}"][finite], ref[finite])
+
+
+def test_fixed_point_kernels_give_the_same_sums(rng, tmp_path):
+    """The VNNI dot-product kernel (where the CPU has it) and the portable shift loop give the
+    exact sums, including the extremes of int8 and int16 sums as large as the range check allows."""
+    cols, arrays = 71, {}
+    for i, (dtype, top) in enumerate([(np.int8, 127), (np.int16, 32767)]):
+        x = rng.integers(-top - 1, top + 1, (11, cols))
+        if dtype == np.int16:  # sum |x| * 64 <= 2^31 - 1
+            x = x * ((2**31 - 1) // 64 // cols) // (top + 1)
+        arrays.update({f"x{i}": x.astype(dtype), f"c{i}": random_codes(rng, 37, cols)})
+    inputs = tmp_path / "in.npz"
+    np.savez(inputs, **arrays)
+    script = (
+        "import sys, numpy as np, sparsecore as sc\n"
+        "d = np.load(sys.argv[1])\n"
+        "out = {'kernel': np.array(sc._core.shift_matmul_fixed_kernel())}\n"
+        "for i in range(2):\n"
+        "    p = sc.PackedWeights(d[f'c{i}'], np.ones(37, np.float32), (37, %d), 'channel')\n"
+        "    out[f'y{i}'] = sc.shift_matmul(d[f'x{i}'], p)\n"
+        "np.savez(sys.argv[2], **out)\n") % cols
+    results = {k: run_with_kernel(k, inputs, tmp_path, script) for k in ["portable", "best"]}
+    assert str(results["portable"]["kernel"]) == "portable"
+    for i in range(2):
+        ref = arrays[f"x{i}"].astype(np.int64) @ code_matrix(arrays[f"c{i}"], cols).astype(np.int64).T
+        for kernel in results:
+            np.testing.assert_array_equal(results[kernel][f"y{i}"], ref)
