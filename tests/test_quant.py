@@ -164,7 +164,7 @@ def test_shift_matmul_vector_and_torch_inputs(rng):
 
 @pytest.mark.parametrize("dtype", [np.int8, np.int16])
 @pytest.mark.parametrize("batch,rows,cols", [(1, 1, 1), (3, 7, 33), (5, 16, 200), (9, 33, 7), (17, 50, 129),
-                                             (64, 97, 301)])
+                                             (64, 97, 301), (2, 9, 193), (1, 40, 1024)])
 def test_shift_matmul_fixed_point_is_exact(rng, dtype, batch, rows, cols):
     w, alpha = random_pow2_weight(rng, rows, cols)
     packed = sc.pack_pow2(w, alpha)

@@ -156,7 +156,7 @@ def test_every_isa_path_gives_the_same_bits(rng, tmp_path):
 def test_fixed_point_kernels_give_the_same_sums(rng, tmp_path):
     """The VNNI dot-product kernel (where the CPU has it) and the portable shift loop give the
     exact sums, including the extremes of int8 and int16 sums as large as the range check allows."""
-    cols, arrays = 71, {}
+    cols, arrays = 201, {}
     for i, (dtype, top) in enumerate([(np.int8, 127), (np.int16, 32767)]):
         x = rng.integers(-top - 1, top + 1, (11, cols))
         if dtype == np.int16:  # sum |x| * 64 <= 2^31 - 1
@@ -171,6 +171,7 @@ def test_fixed_point_kernels_give_the_same_sums(rng, tmp_path):
         "for i in range(2):\n"
         "    p = sc.PackedWeights(d[f'c{i}'], np.ones(37, np.float32), (37, %d), 'channel')\n"
         "    out[f'y{i}'] = sc.shift_matmul(d[f'x{i}'], p)\n"
+        "    out[f'v{i}'] = sc.shift_matmul(d[f'x{i}'][:3], p)  # one row of x at a time\n"
         "np.savez(sys.argv[2], **out)\n") % cols
     results = {k: run_with_kernel(k, inputs, tmp_path, script) for k in ["portable", "best"]}
     assert str(results["portable"]["kernel"]) == "portable"
@@ -178,3 +179,4 @@ def test_fixed_point_kernels_give_the_same_sums(rng, tmp_path):
         ref = arrays[f"x{i}"].astype(np.int64) @ code_matrix(arrays[f"c{i}"], cols).astype(np.int64).T
         for kernel in results:
             np.testing.assert_array_equal(results[kernel][f"y{i}"], ref)
+            np.testing.assert_array_equal(results[kernel][f"v{i}"], ref[:3])

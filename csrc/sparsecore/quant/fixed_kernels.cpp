@@ -12,7 +12,14 @@
 // true sum fits int32 (check_fixed_range), so the results equal the portable loop's bit for bit
 // on every CPU.
 //
-// Layout. Weights are decoded once per call into panels of 16 rows: panel p, dword group g holds
+// GEMV (int8, fewer than 8 rows of x): no decoded copy of the weights. Each 64-column block of
+// a row is 32 code bytes; its nibbles become the bytes w + 64 (in [0, 128]) by one in-register
+// table lookup (VPSHUFB), low nibbles (even columns) in the first half and high nibbles (odd
+// columns) in the second, and VPDPBUSD multiplies them by x (signed) permuted the same way once
+// per call; the excess 64 · Σ_c x[c] is one scalar per row of x. Columns past the last whole
+// block are summed by the portable rule.
+//
+// GEMM layout. Weights are decoded once per call into panels of 16 rows: panel p, dword group g holds
 // for each of its rows (one int32 lane each) the K = 4 / sizeof(T) weights of columns
 // [K g, K g + K) as T. x is copied into rows of whole groups (zero padded; x ^ 0x80 for int8),
 // batch padded to a multiple of the tile. A micro-tile is 2 panels (32 rows) by 8 batch rows:
@@ -166,6 +173,65 @@ void fixed_gemm(const T* x, int64_t batch, const uint8_t* codes, int64_t rows, i
   });
 }
 
+constexpr int kGemvBlock8 = 64;  // columns per VPDPBUSD of the GEMV
+constexpr int kGemvRows = 4;     // rows per pass over x
+
+// xp: each whole 64-column block of x as its even columns, then its odd ones.
+void permute_x8(const int8_t* x, int64_t cols, int8_t* xp) {
+  for (int64_t b0 = 0; b0 + kGemvBlock8 <= cols; b0 += kGemvBlock8)
+    for (int j = 0; j < kGemvBlock8 / 2; ++j) {
+      xp[b0 + j] = x[b0 + 2 * j];
+      xp[b0 + kGemvBlock8 / 2 + j] = x[b0 + 2 * j + 1];
+    }
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) void gemv8_rows(const int8_t* x, const int8_t* xp,
+                                                                       const uint8_t* codes, int64_t pc, int64_t cols,
+                                                                       int64_t r0, int64_t r1, uint32_t excess,
+                                                                       int32_t* acc) {
+  // w + 64 for each nibble, repeated in each 128-bit lane for VPSHUFB.
+  alignas(64) uint8_t lut[64];
+  for (int i = 0; i < 64; ++i) lut[i] = static_cast<uint8_t>(64 + code_shift(1, static_cast<uint32_t>(i & 15)));
+  const __m512i table = _mm512_load_si512(lut);
+  const __m256i low4 = _mm256_set1_epi8(0x0f);
+  const int64_t blocks = cols / kGemvBlock8;
+  for (int64_t r = r0; r < r1; r += kGemvRows) {
+    const int n = static_cast<int>(std::min<int64_t>(kGemvRows, r1 - r));
+    __m512i a[kGemvRows];
+    for (int i = 0; i < kGemvRows; ++i) a[i] = _mm512_setzero_si512();
+    for (int64_t k = 0; k < blocks; ++k) {
+      const __m512i xv = _mm512_loadu_si512(xp + k * kGemvBlock8);
+      for (int i = 0; i < n; ++i) {
+        const __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + (r + i) * pc + k * 32));
+        const __m256i lo = _mm256_and_si256(c, low4);
+        const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(c, 4), low4);
+        const __m512i nib = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+        a[i] = _mm512_dpbusd_epi32(a[i], _mm512_shuffle_epi8(table, nib), xv);
+      }
+    }
+    for (int i = 0; i < n; ++i) {
+      uint32_t sum = static_cast<uint32_t>(_mm512_reduce_add_epi32(a[i])) - excess;
+      const uint8_t* row = codes + (r + i) * pc;
+      for (int64_t c = blocks * kGemvBlock8; c < cols; ++c)
+        sum += static_cast<uint32_t>(code_shift(x[c], (c & 1) ? (row[c >> 1] >> 4) : (row[c >> 1] & 15u)));
+      acc[r + i] = static_cast<int32_t>(sum);
+    }
+  }
+}
+
+// acc (rows) for one row of x.
+void gemv8(const int8_t* x, const uint8_t* codes, int64_t rows, int64_t cols, int32_t* acc) {
+  const int64_t blocks = cols / kGemvBlock8;
+  PodVector<int8_t> xp(static_cast<size_t>(std::max<int64_t>(blocks * kGemvBlock8, 1)));
+  permute_x8(x, cols, xp.data());
+  uint32_t excess = 0;  // 64 · Σ x over the whole blocks, modulo 2^32
+  for (int64_t c = 0; c < blocks * kGemvBlock8; ++c) excess += static_cast<uint32_t>(64 * int32_t{x[c]});
+  const int64_t pc = packed_cols(cols);
+  parallel_for((rows + kGemvRows - 1) / kGemvRows, 16, [&](int64_t b0, int64_t b1) {
+    gemv8_rows(x, xp.data(), codes, pc, cols, b0 * kGemvRows, std::min(rows, b1 * kGemvRows), excess, acc);
+  });
+}
+
 }  // namespace
 
 bool fixed_vnni_supported() {
@@ -175,6 +241,10 @@ bool fixed_vnni_supported() {
 }
 
 void fixed_gemm_vnni(const int8_t* x, int64_t batch, const uint8_t* codes, int64_t rows, int64_t cols, int32_t* acc) {
+  if (batch < kBatchTile) {
+    for (int64_t b = 0; b < batch; ++b) gemv8(x + b * cols, codes, rows, cols, acc + b * rows);
+    return;
+  }
   fixed_gemm(x, batch, codes, rows, cols, acc);
 }
 
