@@ -16,30 +16,16 @@ from torch import nn
 
 import sparsecore as sc
 from sparsecore.data import SyntheticConfig, SyntheticData
-from sparsecore.torch import mlp
+from sparsecore.torch import DinAttention, mlp
 from sparsecore.trainer import describe_metrics
 
 GROUPS = ("history", "user", "context", "ad", "ad_category")  # history and user describe the user
 
 
-class AttentionPooling(nn.Module):
-    def __init__(self, dim: int):
-        super().__init__()
-        self.score = mlp(4 * dim, [36])
-
-    def forward(self, history: torch.Tensor, lengths: torch.Tensor, ad: torch.Tensor) -> torch.Tensor:
-        # history [B, L, dim], lengths [B], ad [B, dim] -> [B, dim]
-        a = ad.unsqueeze(1).expand_as(history)
-        scores = self.score(torch.cat([history, a, history - a, history * a], dim=2)).squeeze(2)
-        mask = torch.arange(history.shape[1]).unsqueeze(0) < lengths.unsqueeze(1)
-        weights = scores.sigmoid() * mask  # DIN keeps the weights unnormalised
-        return (weights.unsqueeze(2) * history).sum(1)
-
-
 class DIN(nn.Module):
     def __init__(self, dim: int):
         super().__init__()
-        self.attention = AttentionPooling(dim)
+        self.attention = DinAttention(dim)
         self.top = mlp(5 * dim, [80, 40])
 
     def forward(self, pooled: dict, dense=None) -> torch.Tensor:

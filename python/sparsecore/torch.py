@@ -29,7 +29,7 @@ from .config import TableConfig
 from .embedding import EmbeddingCollection, PreparedBatch
 from .threads import ThreadsSpec, apply_default_split
 
-__all__ = ["EmbeddingBagCollection", "mlp", "sync_dense"]
+__all__ = ["DinAttention", "Dice", "EmbeddingBagCollection", "mlp", "sync_dense"]
 
 
 class _FusedSparseUpdate(torch.autograd.Function):
@@ -202,6 +202,44 @@ def mlp(input_width: int, hidden: Iterable[int], output_width: int = 1, *,
         layers += [nn.Linear(a, b), activation()]
     layers.append(nn.Linear(widths[-1], output_width))
     return nn.Sequential(*layers)
+
+
+class Dice(nn.Module):
+    """DIN's data-adaptive activation: ``y = p * x + (1 - p) * alpha * x`` with
+    ``p = sigmoid((x - mean) / sqrt(var + eps))``, mean and var of the batch in training and the
+    running estimates in evaluation (a BatchNorm1d without affine parameters), ``alpha`` learned
+    per channel. Input [B, width]."""
+
+    def __init__(self, width: int, eps: float = 1e-8, momentum: float = 0.1):
+        super().__init__()
+        self.norm = nn.BatchNorm1d(width, eps=eps, momentum=momentum, affine=False)
+        self.alpha = nn.Parameter(torch.zeros(width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = torch.sigmoid(self.norm(x))
+        return p * x + (1 - p) * self.alpha * x
+
+
+class DinAttention(nn.Module):
+    """DIN's attention unit over a behaviour sequence (a ``pooling="none"`` group).
+
+    ``forward(history [B, L, dim], lengths [B], query [B, dim]) -> [B, dim]``: each valid step t
+    gets the score of ``score`` (an MLP, 4 dim -> 1) over ``[h_t, a, h_t - a, h_t * a]``, and the
+    result is the sum of the steps weighted by ``sigmoid(score)`` (unnormalised, as DIN keeps
+    it; padding steps weigh 0). The serving export runs it as one unit.
+    """
+
+    def __init__(self, dim: int, hidden: Iterable[int] = (36,), *, activation: type[nn.Module] = nn.ReLU):
+        super().__init__()
+        self.dim = int(dim)
+        self.score = mlp(4 * self.dim, hidden, activation=activation)
+
+    def forward(self, history: torch.Tensor, lengths: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+        a = query.unsqueeze(1).expand_as(history)
+        scores = self.score(torch.cat([history, a, history - a, history * a], dim=2)).squeeze(2)
+        mask = torch.arange(history.shape[1], device=history.device).unsqueeze(0) < lengths.unsqueeze(1)
+        weights = scores.sigmoid() * mask
+        return (weights.unsqueeze(2) * history).sum(1)
 
 
 def sync_dense(model: Any, group: Any = None) -> list:
