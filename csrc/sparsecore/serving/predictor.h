@@ -1,0 +1,109 @@
+// Predictor: a whole model served without Python: embedding rows from a RowSource, pooled per
+// feature, then the dense network (DenseGraph) to logits.
+//
+// A request is one batch of B samples: per feature (in the graph's input order, the dense
+// input excepted) a CSR bag per sample, ids (n) int64 and offsets (B + 1) int64 with
+// offsets[0] = 0, non-decreasing, offsets[B] = n, and optional per-id weights (n) float32; plus
+// the dense features (B, width) float32 when the graph has a dense input. Pooling is the
+// training engine's: "sum", "mean" (an empty bag gives zeros; with weights, divided by the sum
+// of the weights) or "none" (the bag as a sequence, zero padded to the longest bag, for
+// din_attention). Ids the source does not hold read as its default row (zeros).
+//
+// Consistency: all rows of one request are read by one RowSource::read call, which a source
+// that changes while serving (the Subscriber applying deltas) answers from one state, so a
+// prediction never mixes two versions of the model.
+//
+// Thread-safety: predict() may run on many threads at once, each with its own
+// PredictorWorkspace; steady-state calls allocate nothing once the workspace has grown.
+// Malformed requests throw InvalidArgument naming the feature and what is wrong; nothing is
+// read before the whole request has been checked.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "sparsecore/serving/dense_graph.h"
+
+namespace sparsecore::serving {
+
+// One table read of a request: ids (n) host; out (n, dim of the table) host float32.
+struct RowRead {
+  int table = 0;  // index into RowSource::tables()
+  const int64_t* ids = nullptr;
+  int64_t n = 0;
+  float* out = nullptr;
+};
+
+// Where a Predictor reads embedding rows.
+class RowSource {
+ public:
+  virtual ~RowSource() = default;
+  // The tables it serves and the floats per row of each.
+  virtual std::vector<std::string> table_names() const = 0;
+  virtual int dim(int table) const = 0;
+  // Fills every read from one consistent state (unknown ids: the default row, zeros).
+  virtual void read(const RowRead* reads, size_t count) const = 0;
+};
+
+enum class ServingPooling : uint8_t { kSum, kMean, kNone };
+
+// How graph input `input` is made: from table `table` pooled by `pooling`.
+struct FeatureSpec {
+  std::string input;
+  std::string table;
+  ServingPooling pooling = ServingPooling::kSum;
+};
+
+struct FeatureBatch {
+  const int64_t* ids = nullptr;
+  const int64_t* offsets = nullptr;  // (batch + 1)
+  const float* weights = nullptr;    // (n) or null
+  int64_t num_ids = 0;
+};
+
+class PredictorWorkspace {
+ public:
+  DenseWorkspace graph;
+  std::vector<float> rows;    // rows read for every feature
+  std::vector<float> pooled;  // pooled inputs, one block per feature
+  std::vector<int64_t> lengths;
+  std::vector<RowRead> reads;
+  std::vector<DenseInputView> views;
+  std::vector<size_t> row_at, pooled_at, length_at;  // per feature: where its blocks start
+  std::vector<int64_t> max_len;
+};
+
+class Predictor {
+ public:
+  // Every graph input but a "dense" one must be named by exactly one feature, whose table the
+  // source serves with the input's width (sequence inputs need pooling none, pooled inputs sum
+  // or mean). InvalidArgument naming the mismatch otherwise.
+  Predictor(std::vector<FeatureSpec> features, DenseGraph graph, std::shared_ptr<const RowSource> source);
+
+  const DenseGraph& graph() const { return graph_; }
+  // features() in graph input order (the dense input, if any, is not a feature).
+  const std::vector<FeatureSpec>& features() const { return features_; }
+  bool has_dense_input() const { return dense_input_ >= 0; }
+  int64_t dense_width() const;
+  int64_t output_width() const { return graph_.output_width(); }
+
+  // features: one per features() entry; dense (batch, dense_width()) or null without a dense
+  // input; out (batch, output_width()) float32 logits.
+  void predict(const FeatureBatch* features, const float* dense, int64_t batch, float* out,
+               PredictorWorkspace& ws) const;
+
+ private:
+  void check(const FeatureBatch* features, const float* dense, int64_t batch) const;
+
+  std::vector<FeatureSpec> features_;
+  std::vector<int> feature_input_;  // graph input index of each feature
+  std::vector<int> feature_table_;  // source table index of each feature
+  std::vector<int> input_feature_;  // feature of each graph input (-1: the dense input)
+  int dense_input_ = -1;
+  DenseGraph graph_;
+  std::shared_ptr<const RowSource> source_;
+};
+
+}  // namespace sparsecore::serving
