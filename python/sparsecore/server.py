@@ -139,8 +139,11 @@ class Cluster:
         self._c.dense_push(name, as_float32(grads, "grads"), lr)
 
     def stats(self) -> list[dict]:
-        """One dict per shard: its tables (rows, memory_bytes, step) and, on a listening
-        server, the row requests it received (``pull_requests``, ``push_requests``)."""
+        """One dict per shard: its tables (each with the table statistics of
+        :meth:`EmbeddingCollection.table_stats` - ``rows``, ``bytes``, ``admitted``,
+        ``rejected``, ``pending``, ``dropped_gradients`` - and ``memory_bytes``, ``step``) and,
+        on a listening server, the row requests it received (``pull_requests``,
+        ``push_requests``)."""
         return json.loads(self._c.stats())
 
     def collection(self, tables: Mapping[str, TableConfig], seed: int = 0) -> EmbeddingCollection:
