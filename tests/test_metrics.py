@@ -243,3 +243,26 @@ def test_metrics_flags_are_checked():
                             "sys.exit(main(sys.argv[1:]))", *args], capture_output=True, text=True, env=_env(),
                            timeout=60)
         assert p.returncode == 2 and message in p.stderr, p.stderr
+
+
+def test_a_request_sent_before_a_half_close_is_answered(server):
+    _, _, port = server
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        s.shutdown(socket.SHUT_WR)  # as `curl --http1.1 -N` or a shell script may do
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+    head, _, body = out.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK")
+    length = int(re.search(rb"Content-Length: (\d+)", head).group(1))
+    assert len(body) == length and b"process_resident_memory_bytes" in body
+
+
+def test_a_metrics_port_in_use_is_an_error_naming_it(server):
+    _, endpoint, _ = server
+    busy = endpoint.rsplit(":", 1)[1]  # the first server's RPC port
+    p = subprocess.run([sys.executable, "-c", "import sys; from sparsecore.server import main; "
+                        "sys.exit(main(sys.argv[1:]))", "--metrics-port", busy], capture_output=True, text=True,
+                       env=_env(), timeout=60)
+    assert p.returncode == 1 and busy in p.stderr, p.stderr
