@@ -138,7 +138,8 @@ void HttpServer::run() {
             drive(*it->second);
           }
         } catch (const std::exception&) {  // std::bad_alloc: drop this connection, serve the others
-          close(*it->second);
+          auto again = connections_.find(tag);  // drive() may have closed it before it threw
+          if (again != connections_.end()) close(*again->second);
         }
       }
     }
