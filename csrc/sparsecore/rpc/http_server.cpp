@@ -137,7 +137,7 @@ void HttpServer::run() {
           } else {
             drive(*it->second);
           }
-        } catch (const std::exception&) {  // std::bad_alloc: drop this connection, serve the others
+        } catch (const std::exception&) {       // std::bad_alloc: drop this connection, serve the others
           auto again = connections_.find(tag);  // drive() may have closed it before it threw
           if (again != connections_.end()) close(*again->second);
         }
