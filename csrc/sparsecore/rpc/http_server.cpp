@@ -137,8 +137,10 @@ void HttpServer::run() {
           } else {
             drive(*it->second);
           }
-        } catch (const std::exception&) {       // std::bad_alloc: drop this connection, serve the others
-          auto again = connections_.find(tag);  // drive() may have closed it before it threw
+        } catch (const std::exception&) {
+          // std::bad_alloc: drop this connection and serve the others; drive() may have
+          // closed it already before it threw.
+          auto again = connections_.find(tag);
           if (again != connections_.end()) close(*again->second);
         }
       }
