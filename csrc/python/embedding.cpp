@@ -8,6 +8,7 @@
 #include "binding_registry.h"
 #include "prepared_batch.h"
 #include "sparsecore/ops/embedding_collection.h"
+#include "sparsecore/table/table_stats.h"
 
 namespace py = pybind11;
 using namespace sparsecore;
@@ -52,6 +53,11 @@ SPARSECORE_BINDING(embedding, 30) {
            })
       .def("max_length", [](const PyPrepared& p, size_t g) { return p.batch->groups.at(g).max_len; })
       .def("batch_size", [](const PyPrepared& p, size_t g) { return p.batch->groups.at(g).batch_size; });
+
+  // The names of TableStats' fields, in order (Python sums server shards' statistics by them).
+  py::list stat_fields;
+  TableStats{}.for_each([&](const char* name, const char*, const char*, int64_t) { stat_fields.append(name); });
+  m.attr("TABLE_STATS_FIELDS") = py::tuple(stat_fields);
 
   py::class_<EmbeddingCollection>(m, "EmbeddingCollection")
       .def(py::init([](const std::string& configs_json, uint64_t seed) {
@@ -99,6 +105,16 @@ SPARSECORE_BINDING(embedding, 30) {
              d["dropped_gradients"] = s.dropped_gradients;
              return d;
            })
+      .def(
+          "table_stats",
+          [](const EmbeddingCollection& c, int t) {
+            py::dict d;
+            table_stats(c.table(t)).for_each([&](const char* name, const char*, const char*, int64_t v) {
+              d[name] = v;
+            });
+            return d;
+          },
+          py::arg("table"), "The table's statistics (TableStats) as a dict of ints.")
       .def("table_row_floats", [](const EmbeddingCollection& c, int t) { return c.table(t).row_floats(); })
       .def("table_row_bytes", [](const EmbeddingCollection& c, int t) { return c.table(t).row_bytes(); })
       .def("memory_bytes", &EmbeddingCollection::memory_bytes)

@@ -6,6 +6,7 @@
 #include "array_args.h"
 #include "binding_registry.h"
 #include "sparsecore/ps/ps_client.h"
+#include "sparsecore/ps/ps_metrics.h"
 #include "sparsecore/ps/ps_server.h"
 #include "sparsecore/ps/ps_shard.h"
 #include "sparsecore/ps/ps_snapshot.h"
@@ -56,6 +57,38 @@ SPARSECORE_BINDING(ps, 70) {
           py::arg("name"), "Restores snapshot `name` of the snapshot directory into every shard (before start).")
       .def_property_readonly("port", &PsServer::port)
       .def_property_readonly("num_shards", &PsServer::num_shards);
+
+  py::class_<PsMetricsServer>(m, "PsMetricsServer",
+                              "Prometheus text of a PsServer's statistics at GET /metrics (HTTP/1.1).")
+      .def(py::init([](PsServer& server, const std::string& address, int port, int timeout_ms, int max_connections,
+                       size_t max_header_bytes) {
+             rpc::HttpServerOptions o;
+             o.address = address;
+             o.port = port;
+             o.timeout_ms = timeout_ms;
+             o.max_connections = max_connections;
+             o.limits.max_header_bytes = max_header_bytes;
+             o.limits.max_body_bytes = 0;  // GET only: no request has a body
+             return std::make_unique<PsMetricsServer>(server, o);
+           }),
+           py::arg("server"), py::arg("address") = "127.0.0.1", py::arg("port") = 0,
+           py::arg("timeout_ms") = rpc::HttpServerOptions{}.timeout_ms,
+           py::arg("max_connections") = rpc::HttpServerOptions{}.max_connections,
+           py::arg("max_header_bytes") = rpc::HttpLimits{}.max_header_bytes, py::keep_alive<1, 2>())
+      .def("start", [](PsMetricsServer& s) { s.start(); })
+      .def("stop",
+           [](PsMetricsServer& s) {
+             py::gil_scoped_release r;
+             s.stop();
+           })
+      .def_property_readonly("port", &PsMetricsServer::port);
+  m.def(
+      "render_metrics",
+      [](PsServer& server) {
+        py::gil_scoped_release r;
+        return render_metrics(server, nullptr, 5000);
+      },
+      py::arg("server"), "The Prometheus text of `server` (what GET /metrics answers).");
 
   m.def("latest_snapshot", &latest_snapshot, py::arg("root"),
         "Newest complete step-<k> snapshot directory under root, or '' when none.");

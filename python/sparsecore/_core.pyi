@@ -24,7 +24,7 @@ import typing
 import typing_extensions
 import types as _types
 io: _types.ModuleType
-__all__: list[str] = ['CorruptDataError', 'DenseGraph', 'DeviceEmbeddingCollection', 'DevicePackedWeights', 'DevicePreparedBatch', 'EmbeddingCollection', 'PreparedBatch', 'PsClient', 'PsServer', 'RpcAuthError', 'RpcClient', 'RpcConnectionError', 'RpcError', 'RpcProtocolError', 'RpcServer', 'RpcStepAbortedError', 'RpcTimeoutError', 'RpcUnknownMethodError', 'StepPipeline', 'commit_directory', 'committed_directory', 'cpu_features', 'cuda_device_available', 'cuda_empty_memory_cache', 'cuda_emulator_block_seed', 'cuda_emulator_counters', 'cuda_emulator_reset_counters', 'cuda_memory_cache_stats', 'cuda_set_emulator_block_seed', 'cuda_set_memory_cache_limit', 'cuda_unavailable_reason', 'dequantize_rows', 'fixed_to_float', 'io', 'latest_snapshot', 'num_threads', 'pack_pow2', 'pooled_lookup_quantized', 'project_pow2', 'quantize_rows', 'quantized_row_bytes', 'remote_collection', 'set_num_threads', 'shift_matmul_fixed_kernel', 'shift_matmul_float', 'shift_matmul_int16', 'shift_matmul_int8', 'shift_matmul_kernel', 'unpack_pow2']
+__all__: list[str] = ['CorruptDataError', 'DenseGraph', 'DeviceEmbeddingCollection', 'DevicePackedWeights', 'DevicePreparedBatch', 'EmbeddingCollection', 'PreparedBatch', 'PsClient', 'PsMetricsServer', 'PsServer', 'RpcAuthError', 'RpcClient', 'RpcConnectionError', 'RpcError', 'RpcProtocolError', 'RpcServer', 'RpcStepAbortedError', 'RpcTimeoutError', 'RpcUnknownMethodError', 'StepPipeline', 'TABLE_STATS_FIELDS', 'commit_directory', 'committed_directory', 'cpu_features', 'cuda_device_available', 'cuda_empty_memory_cache', 'cuda_emulator_block_seed', 'cuda_emulator_counters', 'cuda_emulator_reset_counters', 'cuda_memory_cache_stats', 'cuda_set_emulator_block_seed', 'cuda_set_memory_cache_limit', 'cuda_unavailable_reason', 'dequantize_rows', 'fixed_to_float', 'io', 'latest_snapshot', 'num_threads', 'pack_pow2', 'pooled_lookup_quantized', 'project_pow2', 'quantize_rows', 'quantized_row_bytes', 'remote_collection', 'render_metrics', 'set_num_threads', 'shift_matmul_fixed_kernel', 'shift_matmul_float', 'shift_matmul_int16', 'shift_matmul_int8', 'shift_matmul_kernel', 'unpack_pow2']
 class CorruptDataError(ValueError):
     pass
 class PreparedBatch:
@@ -87,6 +87,10 @@ class EmbeddingCollection:
         ...
     def table_size(self, arg0: typing.SupportsInt | typing.SupportsIndex) -> int:
         ...
+    def table_stats(self, table: typing.SupportsInt | typing.SupportsIndex) -> dict:
+        """
+        The table's statistics (TableStats) as a dict of ints.
+        """
     @property
     def has_local_tables(self) -> bool:
         ...
@@ -267,6 +271,19 @@ class PsServer:
     @property
     def port(self) -> int:
         ...
+class PsMetricsServer:
+    """
+    Prometheus text of a PsServer's statistics at GET /metrics (HTTP/1.1).
+    """
+    def __init__(self, server: PsServer, address: str = '127.0.0.1', port: typing.SupportsInt | typing.SupportsIndex = 0, timeout_ms: typing.SupportsInt | typing.SupportsIndex = 10000, max_connections: typing.SupportsInt | typing.SupportsIndex = 64, max_header_bytes: typing.SupportsInt | typing.SupportsIndex = 8192) -> None:
+        ...
+    def start(self) -> None:
+        ...
+    def stop(self) -> None:
+        ...
+    @property
+    def port(self) -> int:
+        ...
 class PsClient:
     @typing.overload
     def __init__(self, addresses: collections.abc.Sequence[str], token: str = '', timeout_ms: typing.SupportsInt | typing.SupportsIndex = 300000, worker: typing.SupportsInt | typing.SupportsIndex = 0, num_workers: typing.SupportsInt | typing.SupportsIndex = 0, heartbeat_ms: typing.SupportsInt | typing.SupportsIndex = 0, poll_us: typing.SupportsInt | typing.SupportsIndex = 0) -> None:
@@ -432,6 +449,10 @@ def remote_collection(configs_json: str, seed: typing.SupportsInt | typing.Suppo
     """
     An EmbeddingCollection whose rows live on the servers of `client` (created there when missing).
     """
+def render_metrics(server: PsServer) -> str:
+    """
+    The Prometheus text of `server` (what GET /metrics answers).
+    """
 def set_num_threads(n: typing.SupportsInt | typing.SupportsIndex) -> None:
     """
     Resize the compute pool (n <= 0: one per core). Results do not depend on it.
@@ -452,3 +473,4 @@ def shift_matmul_kernel() -> str:
     """
 def unpack_pow2(codes: numpy.ndarray, alpha: numpy.ndarray, cols: typing.SupportsInt | typing.SupportsIndex) -> numpy.typing.NDArray[numpy.float32]:
     ...
+TABLE_STATS_FIELDS: tuple = ('rows', 'bytes', 'admitted', 'rejected', 'pending', 'dropped_gradients')

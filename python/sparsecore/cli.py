@@ -27,7 +27,8 @@ log = logging.getLogger("sparsecore.cli")
 DEFAULTS: dict[str, dict[str, Any]] = {
     "data": {"format": "synthetic", "train": [], "eval": [], "batch_size": 2000, "columns": {}, "fields": 0,
              "delimiter": "", "header": False, "multi_separator": "|", "reader_threads": 1, "has_labels": True,
-             "max_bad_fraction": 0.01, "epochs": 1, "shuffle": False, "shuffle_buffer": 100_000},
+             "max_bad_fraction": 0.01, "epochs": 1, "shuffle": False, "shuffle_buffer": 100_000,
+             "follow": "", "follow_marker": "_SUCCESS", "follow_timeout": 600.0, "progressive": True},
     "synthetic": {"vocab_size": 20_000, "zipf_exponent": 1.5, "min_bag": 1, "max_bag": 10, "weight_std": 0.1,
                   "bias": -1.0, "seed": 0, "samples_per_view": 4, "compressed": True, "eval_samples": 100_000,
                   "drift_period": 0},
@@ -55,6 +56,14 @@ _FLAGS: list[tuple[str, str, str, Any, str, str]] = [
     ("--train-data", "data", "train", "paths", "PATH",
      "training files (any format but synthetic; gzip-compressed files are read as they are)"),
     ("--eval-data", "data", "eval", "paths", "PATH", "evaluation files"),
+    ("--follow", "data", "follow", str, "DIR",
+     "instead of --train-data, follow a directory of time partitions (subdirectories in name order, each complete "
+     "once it holds --follow-marker) as they appear; each partition is evaluated before it is trained on "
+     "(progressive validation: AUC and logloss per partition in the log) unless --no-progressive"),
+    ("--follow-marker", "data", "follow_marker", str, "NAME",
+     "with --follow: the file that marks a partition complete ('': complete once the next partition appears)"),
+    ("--follow-timeout", "data", "follow_timeout", float, "S",
+     "with --follow: end the run when no new partition completes within S seconds"),
     ("--columns", "data", "columns", str, "SPEC",
      "csv/tsv/parquet schema: name:type[:group],... with type label, dense, categorical, multi_categorical or "
      "ignore, e.g. 'clicked:label,user:categorical,genres:multi_categorical'; with --header, only the columns "
@@ -118,6 +127,8 @@ examples:
   sparsecore train --data-format csv --header --train-data ratings.csv \\
                    --columns 'clicked:label,user:categorical,genres:multi_categorical'
   sparsecore train --servers a:7000,b:7000 --token-file ~/.sparsecore-token --data-format criteo ...
+  sparsecore train --data-format criteo --follow logs/ --follow-timeout 3600 --checkpoint-dir ckpt/ \
+                   --checkpoint-every 1000      # hourly partitions logs/<hour>/ with a _SUCCESS marker
   sparsecore server --help
 
 Malformed lines are skipped and counted; a run stops with an error naming the first one when
@@ -287,9 +298,20 @@ def build_sources(settings: dict[str, dict[str, Any]]) -> tuple[Any, Any, list[s
         except ValueError as e:
             raise ConfigError(f"synthetic: {e}") from None
         return train_stream, eval_stream, cfg.names(), 0, cfg
-    if not d["train"]:
-        raise ConfigError(f"data.format '{fmt}' needs training files (--train-data)")
-    train_paths = _check_files(d["train"], "training")
+    follow = str(d["follow"] or "")
+    if follow:
+        if d["train"]:
+            raise ConfigError("--follow and --train-data both name the training data; give one")
+        if int(d["epochs"]) != 1 or d["shuffle"]:
+            raise ConfigError("--epochs and --shuffle are for --train-data; a followed directory is read once, "
+                              "in partition order")
+        if not os.path.isdir(follow):
+            raise ConfigError(f"--follow: '{follow}' is not a directory")
+        if not float(d["follow_timeout"]) >= 0:
+            raise ConfigError(f"data.follow_timeout must be >= 0 seconds, got {d['follow_timeout']}")
+    elif not d["train"]:
+        raise ConfigError(f"data.format '{fmt}' needs training files (--train-data or --follow)")
+    train_paths = _check_files(d["train"], "training") if not follow else []
     eval_paths = _check_files(d["eval"], "evaluation") if d["eval"] else []
     options: dict[str, Any] = {"batch_size": batch}
     if fmt != "parquet":
@@ -316,8 +338,12 @@ def build_sources(settings: dict[str, dict[str, Any]]) -> tuple[Any, Any, list[s
         return scd.ParquetReader(paths, columns, **options)
 
     try:
-        train = scd.Epochs(make, train_paths, epochs=int(d["epochs"]), shuffle=bool(d["shuffle"]),
-                           shuffle_buffer=int(d["shuffle_buffer"]), seed=int(settings["train"]["seed"]))
+        if follow:
+            train = scd.FollowDirectory(follow, make, marker=str(d["follow_marker"]) or None,
+                                        timeout=float(d["follow_timeout"]))
+        else:
+            train = scd.Epochs(make, train_paths, epochs=int(d["epochs"]), shuffle=bool(d["shuffle"]),
+                               shuffle_buffer=int(d["shuffle_buffer"]), seed=int(settings["train"]["seed"]))
         evaluation = make(eval_paths) if eval_paths else None
     except (OSError, ValueError, TypeError) as e:
         raise ConfigError(f"data: {e}") from None
@@ -407,7 +433,8 @@ def build_trainer(settings: dict[str, dict[str, Any]]) -> tuple[Any, Any, Any]:
     trainer = Trainer(train, model, tables, dense_optimizer=dense_optimizer, use_dense=dense_width > 0,
                       seed=int(t["seed"]), prefetch=int(t["prefetch"]), stale_sparse=bool(t["stale_sparse"]),
                       deterministic=bool(t["deterministic"]), log_every=int(t["log_every"]),
-                      progress=bool(t["progress"]), server=_connect(settings))
+                      progress=bool(t["progress"]), server=_connect(settings),
+                      progressive=bool(settings["data"]["follow"]) and bool(settings["data"]["progressive"]))
     return trainer, evaluation, synthetic
 
 
@@ -461,6 +488,10 @@ def run_train(settings: dict[str, dict[str, Any]]) -> dict[str, float]:
         with logging_redirect_tqdm():
             fit = trainer.fit(remaining, every=every, on_interval=on_interval)
         if fit.steps == 0 and trainer.step == 0:
+            d = settings["data"]
+            if d["follow"]:
+                raise DataError(f"no complete partition with a sample appeared in '{d['follow']}' within "
+                                f"--follow-timeout {d['follow_timeout']} s")
             raise DataError("the training data holds no sample")
     if ckpt:
         trainer.save(ckpt, overwrite=True)
@@ -495,10 +526,15 @@ def _report(trainer: Any, fit: Any, result: dict[str, float], wanted: Optional[i
     if wanted is not None and steps < wanted:
         print(f"the training data ran out after {steps:,} of the {wanted:,} steps asked for "
               f"(--steps {settings['train']['steps']})")
-    if not result:
-        return
     from .trainer import describe_metrics
 
+    progressive = [h for h in trainer.history if "partition" in h]
+    if progressive:
+        last = progressive[-1]
+        print(f"progressive validation over {len(progressive)} partitions; the last, {last['partition']}: "
+              f"{describe_metrics(last)}")
+    if not result:
+        return
     print(f"eval {describe_metrics(result)}")
 
 
@@ -533,6 +569,8 @@ def _parser() -> argparse.ArgumentParser:
         ("--shuffle", "data.shuffle", True,
          "shuffle the training files: a new file order every epoch and samples mixed within "
          "--shuffle-buffer (seeded by --seed)"),
+        ("--no-progressive", "data.progressive", False,
+         "with --follow: train on each partition without evaluating it first"),
         ("--no-compression", "synthetic.compressed", False,
          "synthetic: feed page views uncompressed (same samples, user groups repeated)"),
         ("--deterministic", "train.deterministic", True, "bit-reproducible run (resumed or not)"),

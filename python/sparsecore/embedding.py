@@ -209,6 +209,22 @@ class EmbeddingCollection:
                 out[n] = dict(s)
         return out
 
+    def table_stats(self) -> dict[str, dict[str, int]]:
+        """Statistics of every table, one dict of ints each: ``rows``, ``bytes`` (index and
+        row records) and the feature admission counts of :meth:`admission_stats` (zero for a
+        table without admission); every table has the same keys, in a fixed order. On
+        parameter servers each is summed over every shard of every server."""
+        fields = _core.TABLE_STATS_FIELDS
+        if self._server is not None:
+            totals = {n: dict.fromkeys(fields, 0) for n in self._names}
+            for shard in self._server.stats():
+                for name, t in shard.get("tables", {}).items():
+                    if name in totals:
+                        for key in fields:
+                            totals[name][key] += int(t.get(key, 0))
+            return totals
+        return {n: dict(self._c.table_stats(i)) for i, n in enumerate(self._names)}
+
     def memory_bytes(self) -> int:
         """Bytes held by all tables (index and rows)."""
         self._local_only("memory_bytes")

@@ -139,8 +139,11 @@ class Cluster:
         self._c.dense_push(name, as_float32(grads, "grads"), lr)
 
     def stats(self) -> list[dict]:
-        """One dict per shard: its tables (rows, memory_bytes, step) and, on a listening
-        server, the row requests it received (``pull_requests``, ``push_requests``)."""
+        """One dict per shard: its tables (each with the table statistics of
+        :meth:`EmbeddingCollection.table_stats` - ``rows``, ``bytes``, ``admitted``,
+        ``rejected``, ``pending``, ``dropped_gradients`` - and ``memory_bytes``, ``step``) and,
+        on a listening server, the row requests it received (``pull_requests``,
+        ``push_requests``)."""
         return json.loads(self._c.stats())
 
     def collection(self, tables: Mapping[str, TableConfig], seed: int = 0) -> EmbeddingCollection:
@@ -214,12 +217,21 @@ class Server:
     ``snapshot_dir``: where this server keeps snapshots (created if missing). Clients save
     and restore snapshots by name only, confined to this directory; without it they are
     refused. At start the newest complete snapshot found there is restored (every shard, or
-    none on error), and directories of saves that never finished are removed."""
+    none on error), and directories of saves that never finished are removed.
+
+    ``metrics_port`` (listening servers only; 0 picks a free one, see :attr:`metrics_port`):
+    also serve Prometheus text at ``http://metrics_address:metrics_port/metrics`` (HTTP/1.1,
+    GET only): per table and shard the rows, bytes and admission counts, RPC counters
+    (requests, errors, bytes, connections) and process memory. ``metrics_address`` defaults to
+    loopback, as ``address`` does. A metrics connection must send its request (and read the
+    answer) within ``metrics_timeout`` seconds; at most 64 are open at once."""
 
     def __init__(self, port: Optional[int] = None, *, shards: int = 1, address: str = "127.0.0.1",
                  token: str = "", server_index: int = 0, num_servers: int = 1,
                  snapshot_dir: Optional[str] = None, poll: float = 0.0, idle_timeout: float = 0.0,
-                 handshake_timeout: float = 10.0, memory_budget: int = 1 << 30):
+                 handshake_timeout: float = 10.0, memory_budget: int = 1 << 30,
+                 metrics_port: Optional[int] = None, metrics_address: str = "127.0.0.1",
+                 metrics_timeout: float = 10.0):
         self.snapshot_dir = os.fspath(snapshot_dir) if snapshot_dir else None
         self._core = _core.PsServer(address, port or 0, shards, token, server_index, num_servers,
                                     poll_us=_poll_us(poll), idle_timeout_ms=_timeout_ms(idle_timeout, "idle_timeout"),
@@ -237,8 +249,25 @@ class Server:
             else:
                 log.info("no complete snapshot in %s; starting empty", self.snapshot_dir)
         self.embedded = port is None
+        self._metrics = None
+        if metrics_port is not None:
+            if self.embedded:
+                raise ValueError("metrics_port needs a listening server (port=...)")
+            if not 0 <= int(metrics_port) < 65536:
+                raise ValueError(f"metrics_port must be in [0, 65535], got {metrics_port}")
+            timeout_ms = _timeout_ms(metrics_timeout, "metrics_timeout")
+            if timeout_ms < 1:
+                raise ValueError(f"metrics_timeout must be > 0 seconds, got {metrics_timeout}")
+            self._metrics = _core.PsMetricsServer(self._core, metrics_address, int(metrics_port), timeout_ms)
+        self.metrics_address = metrics_address
         if not self.embedded:
             self._core.start()
+            if self._metrics is not None:
+                try:
+                    self._metrics.start()
+                except BaseException:
+                    self._core.stop()
+                    raise
 
     @property
     def port(self) -> Optional[int]:
@@ -248,6 +277,15 @@ class Server:
     def endpoint(self) -> str:
         return f"{self.address}:{self.port}"
 
+    @property
+    def metrics_port(self) -> Optional[int]:
+        """Port of the metrics endpoint (None without ``metrics_port``)."""
+        return None if self._metrics is None else self._metrics.port
+
+    def metrics(self) -> str:
+        """The Prometheus text that ``GET /metrics`` answers (also for an embedded server)."""
+        return _core.render_metrics(self._core)
+
     def client(self) -> Cluster:
         """A client of this server: direct calls when embedded, loopback RPC otherwise."""
         if self.embedded:
@@ -255,6 +293,8 @@ class Server:
         return connect([self.endpoint])
 
     def stop(self) -> None:
+        if self._metrics is not None:  # it reads the shards: it stops first
+            self._metrics.stop()
         self._core.stop()
 
     def __enter__(self) -> "Server":
@@ -348,6 +388,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--handshake-timeout", type=float, default=10.0, metavar="S",
                    help="close connections that have not authenticated S seconds after connecting "
                         "(default 10; 0: never)")
+    p.add_argument("--metrics-port", type=int, default=None, metavar="N",
+                   help="also serve Prometheus text at http://HOST:N/metrics (per-table rows, bytes and admission "
+                        "counts, RPC counters, process memory); 0: any free port, printed as 'metrics on "
+                        "http://HOST:PORT/metrics' (default: off)")
+    p.add_argument("--metrics-address", default="127.0.0.1", metavar="HOST",
+                   help="bind address of the metrics endpoint (default: 127.0.0.1, loopback only)")
+    p.add_argument("--metrics-timeout", type=float, default=10.0, metavar="S",
+                   help="a metrics connection must send its request, and read the answer, within S seconds "
+                        "(default 10)")
     args = p.parse_args(argv)
 
     def fail(message: str, code: int = 2) -> int:
@@ -362,6 +411,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return fail(f"--server-index must be in [0, --num-servers), got {args.server_index} of {args.num_servers}")
     if args.poll_us < 0:
         return fail(f"--poll-us must be >= 0, got {args.poll_us}")
+    if args.metrics_port is not None and not 0 <= args.metrics_port < 65536:
+        return fail(f"--metrics-port must be in [0, 65535], got {args.metrics_port}")
+    if not 0 < args.metrics_timeout <= 7 * 24 * 3600:
+        return fail(f"--metrics-timeout must be in (0, 604800] seconds, got {args.metrics_timeout}")
     try:
         token = resolve_token(args.token_file, args.token)
     except ValueError as e:
@@ -374,7 +427,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         server = Server(args.port, shards=args.shards, address=args.address, token=token,
                         server_index=args.server_index, num_servers=args.num_servers,
                         snapshot_dir=args.snapshot_dir, poll=args.poll_us / 1e6,
-                        idle_timeout=args.idle_timeout, handshake_timeout=args.handshake_timeout)
+                        idle_timeout=args.idle_timeout, handshake_timeout=args.handshake_timeout,
+                        metrics_port=args.metrics_port, metrics_address=args.metrics_address,
+                        metrics_timeout=args.metrics_timeout)
     except _core.CorruptDataError as e:  # a damaged snapshot is not an argument error
         return fail(f"cannot restore from --snapshot-dir: CorruptDataError: {e}", 1)
     except ValueError as e:
@@ -386,6 +441,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         signal.signal(sig, lambda *_: done.set())
     print(f"listening on {server.endpoint}" + (f" restored step {server.restored_step}"
                                                 if server.restored_step is not None else ""), flush=True)
+    if server.metrics_port is not None:
+        print(f"metrics on http://{server.metrics_address}:{server.metrics_port}/metrics", flush=True)
     while not done.wait(0.5):
         pass
     server.stop()

@@ -37,7 +37,7 @@ from .embedding import EmbeddingCollection, PreparedBatch
 from .threads import ThreadsSpec, apply_default_split
 from .torch import EmbeddingBagCollection
 
-__all__ = ["Trainer", "TrainResult", "describe_metrics"]
+__all__ = ["Trainer", "TrainResult", "describe_metrics", "describe_tables"]
 
 log = logging.getLogger("sparsecore.trainer")
 
@@ -104,6 +104,13 @@ class Trainer:
             (default: half each, unless a count was already chosen; see
             :mod:`sparsecore.threads`), ``(torch_threads, sparse_threads)``, or None to leave
             both as they are.
+        progressive: progressive validation over a :class:`sparsecore.data.FollowDirectory`
+            source: :meth:`fit` evaluates each new partition with the model trained on every
+            partition before it, then trains on it; AUC and logloss per partition go to the log
+            and to :attr:`history` (entries with ``partition``).
+
+    Every ``log_every`` steps the log and :attr:`history` get the loss, the throughput and
+    each table's statistics (``rows``, and ``tables``: :meth:`table_stats`).
     """
 
     def __init__(self, source: Any, model: nn.Module, tables: Mapping[str, TableConfig], *,
@@ -114,11 +121,14 @@ class Trainer:
                  log_every: int = 100, progress: bool = True,
                  embedding: Optional[EmbeddingBagCollection] = None, server: Any = None,
                  batch_size: Optional[int] = None, epochs: int = 1, shuffle: bool = False, label: str = "label",
-                 threads: ThreadsSpec = "auto"):
+                 threads: ThreadsSpec = "auto", progressive: bool = False):
         if model_input not in ("concat", "dict"):
             raise ValueError(f"model_input must be 'concat' or 'dict', got {model_input!r}")
         if prefetch < 1:
             raise ValueError(f"prefetch must be >= 1, got {prefetch}")
+        if progressive and not hasattr(source, "advance"):
+            raise ValueError("progressive=True needs a source that follows partitions "
+                             f"(sparsecore.data.FollowDirectory), got {type(source).__name__}")
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         source = as_source(source, batch_size=batch_size, epochs=epochs, shuffle=shuffle, seed=seed, label=label)
@@ -150,6 +160,9 @@ class Trainer:
         self.use_dense = use_dense
         self.prefetch = prefetch
         self.stale_sparse = stale_sparse
+        self.progressive = bool(progressive)
+        if self.progressive:
+            source.stop_at_partition_end = True
         self.log_every = log_every
         self.progress = progress
         self.step = 0
@@ -276,9 +289,49 @@ class Trainer:
 
         ``on_interval(trainer)`` runs on the training thread after every ``every``-th global
         step (evaluation, checkpoints); the reader keeps preparing batches meanwhile.
+
+        With ``progressive=True`` each partition of the followed directory is first evaluated
+        (:meth:`validate_partition`), then trained on; batches are not read ahead across a
+        partition's end, so the evaluation sees the model of every earlier partition only.
         """
         if every < 0:
             raise ValueError(f"every must be >= 0, got {every}")
+        if not self.progressive:
+            return self._fit_steps(steps, every, on_interval)
+        start = time.perf_counter()
+        done_steps = done_samples = 0
+        # A resumed (or second) fit goes on with the partition it is in; else the next one.
+        need_next = self.source.partition is None
+        while steps is None or done_steps < steps:
+            if need_next and self.source.advance() is None:
+                break  # no new partition within the source's timeout
+            if not self.source.evaluated:
+                self.validate_partition()
+            part = self._fit_steps(None if steps is None else steps - done_steps, every, on_interval)
+            done_steps += part.steps
+            done_samples += part.samples
+            need_next = True  # the partition ended (or the steps did, which ends the loop)
+        return TrainResult(done_steps, done_samples, time.perf_counter() - start, list(self.history))
+
+    def validate_partition(self) -> Optional[dict[str, Any]]:
+        """Progressive validation of the source's current partition: AUC, logloss (and GAUC
+        when the data names users) of the model as it is, on the partition's samples, before
+        any training on them. Recorded in :attr:`history` as ``{"partition", "step", "auc",
+        "logloss", "samples", ...}`` and logged; returns that entry (None for a partition
+        without samples)."""
+        reader = self.source.partition_reader()
+        metrics = self._evaluate(reader) if reader is not None else None
+        entry = None
+        if metrics is not None:
+            entry = {"partition": self.source.partition, "step": self.step, **metrics}
+            self.history.append(entry)
+            log.info("partition %s progressive %s", self.source.partition, describe_metrics(metrics))
+        self.source.evaluated = True
+        self._reader_state = self.source.state_dict()
+        return entry
+
+    def _fit_steps(self, steps: Optional[int], every: int,
+                   on_interval: Optional[Callable[["Trainer"], None]]) -> TrainResult:
         self.model.train()
         self.embedding.train()
         bar = None
@@ -317,12 +370,14 @@ class Trainer:
                     bar.set_postfix(loss=f"{loss.item():.4f}")
                 if self.log_every and self.step % self.log_every == 0:
                     now = time.perf_counter()
+                    tables = self.table_stats()
                     entry = {"step": self.step, "loss": window_loss / max(window_n, 1),
                              "samples_per_s": window_samples / max(now - window_start, 1e-9),
-                             "rows": self.embedding.collection.sizes()}
+                             "rows": {name: t["rows"] for name, t in tables.items()}, "tables": tables}
                     self.history.append(entry)
                     log.info("step %d loss %.4f %.0f samples/s rows %d", self.step, entry["loss"],
                              entry["samples_per_s"], sum(entry["rows"].values()))
+                    log.info("step %d tables: %s", self.step, describe_tables(tables))
                     window_start, window_samples, window_loss, window_n = now, 0, 0.0, 0
                 if on_interval is not None and every and self.step % every == 0:
                     on_interval(self)
@@ -338,6 +393,14 @@ class Trainer:
                 self.source.load_state_dict(self._reader_state)
         return TrainResult(done_steps, done_samples, time.perf_counter() - start, list(self.history))
 
+    def table_stats(self) -> dict[str, dict[str, int]]:
+        """Statistics of every table now (:meth:`EmbeddingCollection.table_stats`: rows, bytes
+        and the admission counts); a collection without them (the CUDA twin) gives rows only."""
+        collection = self.embedding.collection
+        if hasattr(collection, "table_stats"):
+            return collection.table_stats()
+        return {name: {"rows": int(rows)} for name, rows in collection.sizes().items()}
+
     # ------------------------------------------------------------------------------ evaluation
     def evaluate(self, source: Any, max_batches: Optional[int] = None) -> dict[str, float]:
         """AUC, GAUC (when the data names users) and logloss of the model on ``source``.
@@ -348,6 +411,13 @@ class Trainer:
         in-memory data, as for the constructor (read once, in order)."""
         if not is_source(source):
             source = as_source(source, batch_size=self._batch_size, label=self._label)
+        out = self._evaluate(source, max_batches)
+        if out is None:
+            raise ValueError("the evaluation source yielded no batch")
+        return out
+
+    def _evaluate(self, source: Any, max_batches: Optional[int] = None) -> Optional[dict[str, float]]:
+        """:meth:`evaluate` of a source; None when it yields no batch."""
         self.model.eval()
         self.embedding.eval()
         labels, scores, users, planted = [], [], [], []
@@ -371,7 +441,7 @@ class Trainer:
             self.model.train()
             self.embedding.train()
         if not labels:
-            raise ValueError("the evaluation source yielded no batch")
+            return None
         y, p = np.concatenate(labels), np.concatenate(scores)
         out = {"auc": auc(y, p), "logloss": logloss(y, p), "samples": float(len(y))}
         u = np.concatenate(users) if len(users) == len(labels) else None
@@ -499,6 +569,21 @@ def describe_metrics(m: Mapping[str, float]) -> str:
         if "planted_gauc" in m:
             line += f" (planted {m['planted_gauc']:.4f})"
     return line + f"  logloss {m['logloss']:.4f}  on {int(m['samples']):,} samples"
+
+
+def describe_tables(tables: Mapping[str, Mapping[str, int]]) -> str:
+    """One log line of per-table statistics: rows and bytes of each table, and the counters
+    that are not zero (admission: admitted, rejected, pending, dropped gradients)."""
+    parts = []
+    for name, t in tables.items():
+        text = f"{name} rows {t.get('rows', 0):,}"
+        if "bytes" in t:
+            text += f" ({t['bytes'] / 2**20:.1f} MiB)"
+        extra = [f"{key} {value:,}" for key, value in t.items() if key not in ("rows", "bytes") and value]
+        if extra:
+            text += " " + " ".join(extra)
+        parts.append(text)
+    return "; ".join(parts)
 
 
 def _json_default(x: Any) -> Any:

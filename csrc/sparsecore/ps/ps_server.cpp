@@ -486,13 +486,7 @@ void PsServer::add_methods() {
     }
     reply_json(reply, out);
   });
-  add(kStats, [this](const rpc::Request& r, rpc::Reply& reply) {
-    Json j = shard(r.reactor).stats();
-    const ReactorState& st = reactor_state_[static_cast<size_t>(r.reactor)];
-    j["pull_requests"] = st.pull_requests;
-    j["push_requests"] = st.push_requests;
-    reply_json(reply, j);
-  });
+  add(kStats, [this](const rpc::Request& r, rpc::Reply& reply) { reply_json(reply, stats_of(r.reactor)); });
   add(kKvPut, [this](const rpc::Request& r, rpc::Reply&) {
     Json j = parse_json(r);
     shard(r.reactor).kv_put(j.at("key").as_string("key"), j.at("value"));
@@ -524,5 +518,49 @@ void PsServer::add_methods() {
                                 d.h.lr);
   });
 }
+
+Json PsServer::stats_of(int i) const {
+  Json j = shards_.at(static_cast<size_t>(i))->stats();
+  const ReactorState& st = reactor_state_[static_cast<size_t>(i)];
+  j["pull_requests"] = st.pull_requests;
+  j["push_requests"] = st.push_requests;
+  return j;
+}
+
+std::vector<Json> PsServer::shard_stats(int timeout_ms) {
+  const size_t n = shards_.size();
+  if (!rpc_) {
+    std::vector<Json> out;
+    for (size_t i = 0; i < n; ++i) out.push_back(stats_of(static_cast<int>(i)));
+    return out;
+  }
+  // Shared with the posted tasks, which may run after this call gave up on them.
+  struct Gather {
+    std::mutex mutex;
+    std::condition_variable cv;
+    std::vector<Json> out;
+    size_t done = 0;
+  };
+  auto g = std::make_shared<Gather>();
+  g->out.resize(n);
+  for (size_t i = 0; i < n; ++i) {
+    rpc_->reactor(static_cast<int>(i)).post([this, g, i] {
+      Json j;
+      try {
+        j = stats_of(static_cast<int>(i));
+      } catch (const std::exception&) {  // out of memory: that shard reads as missing
+      }
+      std::lock_guard<std::mutex> lock(g->mutex);
+      g->out[i] = std::move(j);
+      ++g->done;
+      g->cv.notify_all();
+    });
+  }
+  std::unique_lock<std::mutex> lock(g->mutex);
+  g->cv.wait_for(lock, std::chrono::milliseconds(timeout_ms), [&] { return g->done == n; });
+  return g->out;  // a copy: a late task may still write into g
+}
+
+rpc::TransportStats PsServer::transport_stats() const { return rpc_ ? rpc_->transport_stats() : rpc::TransportStats{}; }
 
 }  // namespace sparsecore::ps

@@ -65,10 +65,18 @@ class PsServer {
   // server that is not started: the reply (or its error status) is left in `reply`; a handler
   // may also throw. Calls must not overlap.
   void serve(int shard, uint16_t method, std::span<const std::byte> payload, rpc::Reply& reply);
+  // What a kStats request answers, for every shard in order, from any thread (the metrics
+  // endpoint): read on each shard's reactor when the server runs, so a shard busy for longer
+  // than timeout_ms (a long save) gives a null entry instead of a wait. Not started: read
+  // directly (no call may overlap, as for serve()). Must not overlap stop().
+  std::vector<Json> shard_stats(int timeout_ms);
+  // The transport's counters (zeros when not started); any thread, not overlapping stop().
+  rpc::TransportStats transport_stats() const;
 
  private:
-  void add_methods();       // fills methods_
-  void register_methods();  // hands methods_ to the RpcServer
+  Json stats_of(int shard) const;  // the kStats reply of one shard (its reactor's thread)
+  void add_methods();              // fills methods_
+  void register_methods();         // hands methods_ to the RpcServer
   // A push of `updates` on the request's shard: applied, or deferred until every worker's
   // push completed the step of each of its tables (PsShard::push_tables).
   void push(const rpc::Request& r, rpc::Reply& reply, const std::vector<PsShard::TableUpdate>& updates, int64_t step,

@@ -9,6 +9,7 @@
 #include "sparsecore/core/file.h"
 #include "sparsecore/ps/ps_protocol.h"
 #include "sparsecore/table/sharded_dedup.h"
+#include "sparsecore/table/table_stats.h"
 
 namespace sparsecore::ps {
 namespace fs = std::filesystem;
@@ -433,8 +434,8 @@ Json PsShard::stats() const {
   s["total_shards"] = layout_.total_shards;
   Json t = Json::object();
   for (const auto& [name, table] : tables_) {
-    Json e = Json::object();
-    e["rows"] = static_cast<int64_t>(table.rows->table(0).size());
+    // The table's statistics (table_stats.h) at the top level, beside the shard's own keys.
+    Json e = table_stats(table.rows->table(0)).to_json();
     e["memory_bytes"] = static_cast<int64_t>(table.rows->memory_bytes());
     e["step"] = table.rows->step();
     if (const Admission* a = table.rows->table(0).admission()) {

@@ -108,6 +108,10 @@ void Reactor::add_stats(TransportStats& into) const {
   into.idle_timeouts += get(idle_timeouts_);
   into.memory_refusals += get(memory_refusals_);
   into.out_of_memory += get(out_of_memory_);
+  into.requests += get(requests_);
+  into.error_replies += get(error_replies_);
+  into.bytes_received += get(bytes_received_);
+  into.bytes_sent += get(bytes_sent_);
 }
 
 void Reactor::register_fd(Connection& c) {
@@ -327,6 +331,7 @@ void Reactor::read_and_dispatch(Connection& c) {
     size_t room = c.reader.write_room();
     ssize_t n = ::recv(c.socket.get(), p, room, 0);
     if (n > 0) {
+      bytes_received_.fetch_add(static_cast<uint64_t>(n), std::memory_order_relaxed);
       c.reader.commit(static_cast<size_t>(n));
       Clock::time_point now = Clock::now();
       c.last_activity = now;
@@ -432,6 +437,7 @@ void Reactor::settle_reservation(Connection& c) {
 // ------------------------------------------------------------------------------ dispatching
 void Reactor::dispatch(Connection& c, const FrameHeader& h, std::span<const std::byte> payload,
                        Clock::time_point arrival) {
+  requests_.fetch_add(1, std::memory_order_relaxed);
   if (!c.authed) {  // admit_frame let only an auth request through
     handle_auth(c, h, payload);
     return;
@@ -544,6 +550,7 @@ void Reactor::queue_reply(Connection& c, uint16_t method, uint64_t id, Reply&& r
                                            " bytes exceeds the server's frame limit of " +
                                            std::to_string(server_.options_.max_frame_bytes) + " bytes");
   }
+  if (reply.status() != Status::kOk) error_replies_.fetch_add(1, std::memory_order_relaxed);
   OutFrame f;
   f.header.flags = kFlagResponse;
   f.header.method = method;
@@ -599,6 +606,7 @@ void Reactor::flush(Connection& c) {
       return;
     }
     size_t written = static_cast<size_t>(n);
+    bytes_sent_.fetch_add(written, std::memory_order_relaxed);
     c.out_bytes -= written;
     while (written > 0) {
       OutFrame& f = c.out.front();

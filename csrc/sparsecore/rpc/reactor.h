@@ -121,6 +121,10 @@ class Reactor {
   std::atomic<uint64_t> idle_timeouts_{0};
   std::atomic<uint64_t> memory_refusals_{0};
   std::atomic<uint64_t> out_of_memory_{0};
+  std::atomic<uint64_t> requests_{0};
+  std::atomic<uint64_t> error_replies_{0};
+  std::atomic<uint64_t> bytes_received_{0};
+  std::atomic<uint64_t> bytes_sent_{0};
   bool listener_watched_ = false;
   Clock::time_point accept_resume_at_;               // while !listener_watched_
   std::vector<std::unique_ptr<Connection>> closed_;  // freed after the event batch

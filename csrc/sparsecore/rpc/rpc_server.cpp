@@ -118,6 +118,10 @@ std::string TransportStats::to_json() const {
   put("out_of_memory", out_of_memory);
   put("memory_reserved_bytes", memory_reserved_bytes);
   put("memory_budget_bytes", memory_budget_bytes);
+  put("requests", requests);
+  put("error_replies", error_replies);
+  put("bytes_received", bytes_received);
+  put("bytes_sent", bytes_sent);
   return j.dump();
 }
 

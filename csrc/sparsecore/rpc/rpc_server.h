@@ -140,6 +140,10 @@ struct TransportStats {
                                     // that connection closed
   uint64_t memory_reserved_bytes = 0;
   uint64_t memory_budget_bytes = 0;
+  uint64_t requests = 0;        // request frames handled (handshakes and pings included)
+  uint64_t error_replies = 0;   // replies with a non-ok status
+  uint64_t bytes_received = 0;  // from every connection, frame headers included
+  uint64_t bytes_sent = 0;
   std::string to_json() const;
 };
 

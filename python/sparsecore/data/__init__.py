@@ -7,6 +7,7 @@ and implements ``next_batch()``, iteration, ``state_dict()`` / ``load_state_dict
 
 from .batch import Batch, concat_batches, dedup_ids, rebatch
 from .epochs import Epochs
+from .follow import FollowDirectory
 from .hashing import hash_feature_bags, hash_features
 from .memory import ArrayData, BatchList, as_source
 from .metrics import auc, gauc, logloss
@@ -24,6 +25,7 @@ __all__ = [
     "CriteoReader",
     "CsvReader",
     "Epochs",
+    "FollowDirectory",
     "LibffmReader",
     "LibsvmReader",
     "MalformedLine",
