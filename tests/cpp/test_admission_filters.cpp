@@ -42,6 +42,24 @@ TEST(AdmissionLists, DenyRefusesAllowAdmitsAtOnceOthersAreCounted) {
   EXPECT_THROW(c.validate("t"), InvalidArgument);  // 7 on both lists
 }
 
+// A state saved before an id was listed: its pending entry goes once the list decides it.
+TEST(AdmissionLists, ListedIdsDropTheirRestoredCounts) {
+  AdmissionConfig before;
+  before.count_threshold = 5;
+  Admission a(before, 3);
+  for (int64_t key : {10, 10, 20, 20, 30}) a.sight(key);
+  ASSERT_EQ(a.stats().pending, 3);
+  const std::vector<uint8_t> bytes = a.serialize();
+  AdmissionConfig after = before;
+  after.allow = make_id_list({10});
+  after.deny = make_id_list({20});
+  Admission b(after, 3);
+  b.deserialize(bytes.data(), bytes.size());
+  EXPECT_TRUE(b.sight(10));
+  EXPECT_FALSE(b.sight(20));
+  EXPECT_EQ(b.stats().pending, 1);  // 30 alone
+}
+
 TEST(AdmissionLists, RoundTripThroughJson) {
   AdmissionConfig c;
   c.allow = make_id_list({INT64_MIN, 0, INT64_MAX});

@@ -235,14 +235,18 @@ bool Admission::frequency_admits(int64_t key, int64_t count, int64_t elapsed) co
 int64_t Admission::tick() { return clock_.fetch_add(1, std::memory_order_relaxed) + 1; }
 
 bool Admission::sight(int64_t key) {
+  // Listed ids are never counted (an entry restored from a state saved before the id was
+  // listed is dropped).
   if (list_contains(config_.deny, key)) {
     std::lock_guard<std::mutex> lock(mutex_);
     ++rejected_;
+    if (!bloom_) counts_.erase(key);
     return false;
   }
   if (list_contains(config_.allow, key)) {
     std::lock_guard<std::mutex> lock(mutex_);
     ++admitted_;
+    if (!bloom_) counts_.erase(key);
     return true;
   }
   std::lock_guard<std::mutex> lock(mutex_);
