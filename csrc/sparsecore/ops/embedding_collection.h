@@ -152,7 +152,7 @@ class EmbeddingCollection {
   void set_step(int64_t step) { step_.store(step, std::memory_order_release); }
 
   // Validates all groups, then dedups and pulls. train=true inserts unknown ids and builds
-  // what backward needs; train=false never inserts (unknown ids read as zeros). Ids of a
+  // what backward needs; train=false never inserts (unknown ids read the default row). Ids of a
   // table with num_embeddings are checked or mapped into range first (in_range_inputs), so
   // the batch's unique_keys are row indices.
   // sight=false (training only): the lookups are not sightings for feature admission, and a
@@ -166,7 +166,7 @@ class EmbeddingCollection {
 
   // Evaluation forward straight from the ids, the fast path for inference: validates every
   // group, then pools each bag by finding its ids one by one (no dedup, nothing kept for a
-  // backward), never inserting (unknown ids read as zeros). outputs[g] (host float32) as
+  // backward), never inserting (unknown ids read the default row). outputs[g] (host float32) as
   // for forward(), with max_len = max_bag_length(inputs[g]) for pooling "none". Without
   // local rows it is prepare(train=false) and forward.
   void evaluate(const std::vector<GroupInput>& inputs, const std::vector<float*>& outputs) const;

@@ -208,7 +208,7 @@ class EmbeddingTable {
   }
 
   // Batch lookups. keys (n) host; out (n, dim) host float32.
-  // find_weights: unknown keys read as zeros and are not inserted.
+  // find_weights: unknown keys read the default row (default_row()) and are not inserted.
   void find_weights(const int64_t* keys, int64_t n, float* out) const;
   // lookup_or_insert_weights: unknown keys are inserted first.
   void lookup_or_insert_weights(const int64_t* keys, int64_t n, float* out);
