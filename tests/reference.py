@@ -51,6 +51,14 @@ def unpool(ids: np.ndarray, offsets: np.ndarray, weights: np.ndarray | None, mod
     return out
 
 
+def frequency_scaled_l1(strength: float, n0: float, count: int) -> float:
+    """The L1 strength of a row updated `count` times (this update included):
+    strength * min(1, sqrt(n0 / count)), or strength itself when n0 is 0."""
+    if n0 <= 0 or strength == 0 or count <= n0:
+        return strength
+    return strength * np.sqrt(n0 / count)
+
+
 class RowState:
     """Reference state of one row: weights, optimizer state, update count."""
 
@@ -89,8 +97,9 @@ class RowState:
             self.s = self.s + g * g
             self.w = w - opt.lr * g / (np.sqrt(self.s) + opt.eps)
             if isinstance(opt, sc.GroupLasso) and opt.group_lambda:
+                lam = frequency_scaled_l1(opt.group_lambda, opt.l1_reference_count, self.count)
                 norm = np.linalg.norm(self.w)
-                scale = max(0.0, 1 - opt.lr * opt.group_lambda * np.sqrt(len(w)) / norm) if norm > 0 else 0.0
+                scale = max(0.0, 1 - opt.lr * lam * np.sqrt(len(w)) / norm) if norm > 0 else 0.0
                 self.w = self.w * scale
         elif isinstance(opt, sc.RowwiseAdagrad):
             g = g + wd * w
@@ -115,7 +124,8 @@ class RowState:
             self.z = self.z + g - sigma * w
             self.n = n_new
             denom = (opt.beta + self.n**p) / opt.lr + opt.l2
-            self.w = np.where(np.abs(self.z) <= opt.l1, 0.0, -(self.z - np.sign(self.z) * opt.l1) / denom)
+            l1 = frequency_scaled_l1(opt.l1, opt.l1_reference_count, self.count)
+            self.w = np.where(np.abs(self.z) <= l1, 0.0, -(self.z - np.sign(self.z) * l1) / denom)
         else:
             raise TypeError(opt)
 
@@ -145,6 +155,9 @@ OPTIMIZERS = {
     "ftrl": sc.FTRL(lr=0.1, beta=1.0, l1=0.01, l2=0.01),
     "ftrl_power": sc.FTRL(lr=0.1, beta=0.5, l1=0.0, l2=0.1, lr_power=-0.7),
     "group_lasso": sc.GroupLasso(lr=0.1, group_lambda=0.05),
+    # L1 strength scaled by each row's update count (full up to 1.5 updates, then sqrt(1.5 / c)).
+    "ftrl_frequency_l1": sc.FTRL(lr=0.1, beta=1.0, l1=0.05, l2=0.01, l1_reference_count=1.5),
+    "group_lasso_frequency_l1": sc.GroupLasso(lr=0.1, group_lambda=0.05, l1_reference_count=1.5),
 }
 
 

@@ -24,6 +24,8 @@ OPTIMIZERS = [
     sc.AdamW(lr=0.01, weight_decay=0.1),
     sc.FTRL(lr=0.1, l1=0.001),
     sc.GroupLasso(lr=0.1, group_lambda=0.01),
+    sc.FTRL(lr=0.1, l1=0.05, l1_reference_count=1.5),
+    sc.GroupLasso(lr=0.1, group_lambda=0.05, l1_reference_count=1.5),
 ]
 
 EXTREME = np.array([np.iinfo(np.int64).min, np.iinfo(np.int64).min + 1, np.iinfo(np.int64).max, -1, 0], np.int64)

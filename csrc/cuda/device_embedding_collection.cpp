@@ -63,6 +63,9 @@ DeviceEmbeddingCollection::DeviceEmbeddingCollection(std::vector<TableConfig> ta
                  "': the device backend keeps hash tables only; num_embeddings is supported on the CPU");
     SC_CHECK_ARG(!c.admission.enabled(), "table '", c.name,
                  "': feature admission is supported on the CPU and parameter servers, not the device backend");
+    SC_CHECK_ARG(c.default_value == 0.0f, "table '", c.name,
+                 "': a non-zero default_value is supported on the CPU and parameter servers, not the device backend "
+                 "(its absent rows read zeros)");
   }
   if (backend == Backend::kEmulated) {
     impl_ = emulated::make_collection(configs_, seed, storage, limits, device);

@@ -279,14 +279,13 @@ __global__ void SC_LAUNCH_BOUNDS update_rows_kernel(RowsView<T> rows, const int6
     uint32_t count = rows.update_count[s];
     if (count != 0xffffffffu) ++count;
     rows.update_count[s] = count;
-    const int64_t t = opt.use_global_step ? step : static_cast<int64_t>(count);
     float* state = rows.state + s * rows.state_dim;
     if constexpr (std::is_same_v<T, float>) {
-      rules::apply(opt, rows.weights + s * dim, state, grad_rows + u * dim, dim, t);
+      rules::apply(opt, rows.weights + s * dim, state, grad_rows + u * dim, dim, step, count);
     } else {
       float* w = scratch + u * dim;
       for (int d = 0; d < dim; ++d) w[d] = to_float(rows.weights[s * dim + d]);
-      rules::apply(opt, w, state, grad_rows + u * dim, dim, t);
+      rules::apply(opt, w, state, grad_rows + u * dim, dim, step, count);
       for (int d = 0; d < dim; ++d) rows.weights[s * dim + d] = from_float<T>(w[d]);
     }
     rows.last_step[s] = step;

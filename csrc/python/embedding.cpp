@@ -212,6 +212,11 @@ SPARSECORE_BINDING(embedding, 30) {
             return c.erase(t, k, n);
           },
           py::arg("table"), py::arg("ids"))
+      .def("prune",
+           [](EmbeddingCollection& c) {
+             py::gil_scoped_release release;
+             return c.prune();
+           })
       .def(
           "export",
           [](const EmbeddingCollection& c, int t) {

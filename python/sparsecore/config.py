@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Union
 
+import numpy as np
+
 __all__ = [
     "SGD", "Momentum", "Adagrad", "RowwiseAdagrad", "Adam", "AdamW", "FTRL", "GroupLasso",
     "Zeros", "Constant", "Uniform", "Normal", "TruncatedNormal", "Admission", "TableConfig",
@@ -97,7 +99,12 @@ def AdamW(lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: floa
 
 @dataclass(frozen=True)
 class FTRL:
-    """FTRL-Proximal (McMahan et al. 2013); ``lr`` is alpha."""
+    """FTRL-Proximal (McMahan et al. 2013); ``lr`` is alpha.
+
+    ``l1_reference_count=n0 > 0`` scales ``l1`` by the row's update count ``c`` (this update
+    included): ``l1 * min(1, sqrt(n0 / c))``, so rows seen at most ``n0`` times get the full
+    strength and more frequent rows (more evidence) less. ``0`` keeps ``l1`` for every row.
+    """
     lr: float = 0.05
     beta: float = 1.0
     l1: float = 0.0
@@ -105,26 +112,39 @@ class FTRL:
     lr_power: float = -0.5
     initial_accumulator: float = 0.1
     weight_decay: float = 0.0
+    l1_reference_count: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": "ftrl", "lr": self.lr, "beta": self.beta, "l1": self.l1, "l2": self.l2,
-                "lr_power": self.lr_power, "initial_accumulator": self.initial_accumulator,
-                "weight_decay": self.weight_decay}
+        d = {"name": "ftrl", "lr": self.lr, "beta": self.beta, "l1": self.l1, "l2": self.l2,
+             "lr_power": self.lr_power, "initial_accumulator": self.initial_accumulator,
+             "weight_decay": self.weight_decay}
+        if self.l1_reference_count != 0:
+            d["l1_reference_count"] = self.l1_reference_count
+        return d
 
 
 @dataclass(frozen=True)
 class GroupLasso:
-    """The Adagrad step, then w <- w * max(0, 1 - lr * group_lambda * sqrt(dim) / ||w||)."""
+    """The Adagrad step, then w <- w * max(0, 1 - lr * lambda * sqrt(dim) / ||w||) with
+    lambda = ``group_lambda``, or with ``l1_reference_count=n0 > 0``
+    ``group_lambda * min(1, sqrt(n0 / c))`` for a row updated ``c`` times (this update
+    included): rare rows are pushed to zero harder than frequent ones. Rows that reach
+    exactly zero can be removed (``EmbeddingCollection.prune``, ``TableConfig(prune_every=)``).
+    """
     lr: float = 0.01
     group_lambda: float = 0.0
     eps: float = 1e-10
     initial_accumulator: float = 0.0
     weight_decay: float = 0.0
+    l1_reference_count: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": "group_lasso", "lr": self.lr, "group_lambda": self.group_lambda,
-                "eps": self.eps, "initial_accumulator": self.initial_accumulator,
-                "weight_decay": self.weight_decay}
+        d = {"name": "group_lasso", "lr": self.lr, "group_lambda": self.group_lambda,
+             "eps": self.eps, "initial_accumulator": self.initial_accumulator,
+             "weight_decay": self.weight_decay}
+        if self.l1_reference_count != 0:
+            d["l1_reference_count"] = self.l1_reference_count
+        return d
 
 
 Optimizer = Union[SGD, Momentum, Adagrad, RowwiseAdagrad, Adam, FTRL, GroupLasso]
@@ -186,15 +206,49 @@ MAX_DIM = 1 << 20  # the engine's limit on floats per row
 MAX_NUM_EMBEDDINGS = 1 << 40
 
 
-@dataclass(frozen=True)
-class Admission:
-    """Which ids a training lookup may turn into rows of a table, a conjunction of filters
-    checked at each *sighting* (a training lookup that finds no row for the id; each distinct
-    id counts once per lookup):
+def _id_list(ids: Any, which: str) -> Optional[np.ndarray]:
+    """An allow or deny list as a sorted, distinct, read-only int64 array (None when empty)."""
+    if ids is None:
+        return None
+    arr = np.asarray(ids)
+    if arr.dtype == object or arr.dtype == np.bool_ or not (arr.size == 0 or np.issubdtype(arr.dtype, np.integer)):
+        raise TypeError(f"admission {which} must be an array of int64 ids, got {arr.dtype}")
+    if arr.ndim != 1:
+        raise ValueError(f"admission {which} must be one-dimensional, got shape {arr.shape}")
+    if arr.size and np.issubdtype(arr.dtype, np.unsignedinteger) and int(arr.max()) >= 2**63:
+        raise ValueError(f"admission {which} holds an id outside int64")
+    out = np.unique(arr.astype(np.int64))
+    if out.size == 0:
+        return None
+    out.setflags(write=False)
+    return out
 
+
+@dataclass(frozen=True, eq=False)
+class Admission:
+    """Which ids a training lookup may turn into rows of a table. Filters are checked at each
+    *sighting* (a training lookup that finds no row for the id; each distinct id counts once
+    per lookup), and an id is admitted when
+
+        not denied and (allowed or (count and probability and frequency))
+
+    - ``deny=ids``: never admitted (each sighting is rejected, nothing is counted);
+    - ``allow=ids``: admitted at the first sighting, whatever the other filters say (the two
+      lists may not share an id). Lists are int64 arrays (kept sorted, distinct; millions
+      of ids are fine) and are saved with the table's config;
     - ``count_threshold=n``: the id has been sighted at least ``n`` times;
     - ``probability=p`` in ``(0, 1]``: a hash of (table seed, id, sighting count) falls below
       ``p``, so the decision is the same in every process, thread count and run;
+    - ``frequency_horizon=H > 0``, the streaming frequency filter: an id's arrivals are taken
+      as a Poisson process. Its first sighting (clock tick ``t0``) starts the observation; its
+      ``c - 1`` later sightings up to now (tick ``t``) estimate the rate
+      ``lambda = (c - 1) / max(t - t0, 1)``, and the probability that it appears again within
+      ``H`` ticks is ``P = 1 - exp(-lambda * H)`` (0 at the first sighting). The id passes
+      when ``P >= frequency_threshold`` or, with ``frequency_sample=True``, when a hash of
+      (table seed, id, c) read as a uniform number in ``[0, 1)`` falls below ``P``. The clock
+      ticks once per training lookup call that sights ids of the table (each training
+      ``forward`` or ``prepare``; on a parameter server, each training pull a shard answers),
+      so ticks count batches. Needs exact counts (no Bloom filter);
     - ``bloom_capacity=C > 0`` keeps the counts in a counting Bloom filter of fixed memory
       instead of one exact entry per pending id: ``m = ceil(-C ln f / ln(2)^2)`` counters of
       ``bloom_counter_bits`` (4 or 8) bits and ``k = round(m / C ln 2)`` hashes (1 to 16) for
@@ -204,31 +258,68 @@ class Admission:
       server shard keeps its own filter of this size, so a cluster sees fewer false positives
       than one embedded table (exact counts and the probability give the same bits both ways).
 
-    Until admitted, an id's training lookups read zeros and its gradients are dropped and
-    counted; evaluation is unchanged. ``EmbeddingCollection.admission_stats()`` reports
-    admitted, pending, rejected and dropped-gradient counts; the state is saved in checkpoints.
+    Until admitted, an id's training lookups read the table's default row (zeros unless
+    ``TableConfig(default_value=...)``) and its gradients are dropped and counted; evaluation
+    is unchanged. ``EmbeddingCollection.admission_stats()`` reports admitted, pending,
+    rejected and dropped-gradient counts; the state (counts, first sightings, the clock) is
+    saved in checkpoints and server snapshots.
     """
     count_threshold: int = 1
     probability: float = 1.0
     bloom_capacity: int = 0
     bloom_fp_rate: float = 0.01
     bloom_counter_bits: int = 8
+    allow: Any = None
+    deny: Any = None
+    frequency_horizon: float = 0.0
+    frequency_threshold: float = 0.5
+    frequency_sample: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "allow", _id_list(self.allow, "allow"))
+        object.__setattr__(self, "deny", _id_list(self.deny, "deny"))
+
+    def _key(self) -> tuple:
+        return (self.count_threshold, self.probability, self.bloom_capacity, self.bloom_fp_rate,
+                self.bloom_counter_bits, self.frequency_horizon, self.frequency_threshold, self.frequency_sample)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Admission):
+            return NotImplemented
+        same = lambda a, b: (a is None and b is None) or (a is not None and b is not None  # noqa: E731
+                                                         and np.array_equal(a, b))
+        return self._key() == other._key() and same(self.allow, other.allow) and same(self.deny, other.deny)
+
+    def __hash__(self) -> int:
+        return hash(self._key())
 
     def to_dict(self, name: str) -> dict[str, Any]:
         for key in ("count_threshold", "bloom_capacity", "bloom_counter_bits"):
             v = getattr(self, key)
             if isinstance(v, bool) or not isinstance(v, int):
                 raise TypeError(f"table '{name}': admission {key} must be an int, got {type(v).__name__}")
-        for key in ("probability", "bloom_fp_rate"):
+        for key in ("probability", "bloom_fp_rate", "frequency_horizon", "frequency_threshold"):
             v = getattr(self, key)
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise TypeError(f"table '{name}': admission {key} must be a float, got {type(v).__name__}")
             if not math.isfinite(v):
                 raise ValueError(f"table '{name}': admission {key} must be finite, got {v}")
+        if not isinstance(self.frequency_sample, bool):
+            raise TypeError(f"table '{name}': admission frequency_sample must be a bool, "
+                            f"got {type(self.frequency_sample).__name__}")
         # The ranges are checked once, by the core (TableConfig validation names the field).
-        return {"count_threshold": self.count_threshold, "probability": float(self.probability),
-                "bloom_capacity": self.bloom_capacity, "bloom_fp_rate": float(self.bloom_fp_rate),
-                "bloom_counter_bits": self.bloom_counter_bits}
+        out: dict[str, Any] = {
+            "count_threshold": self.count_threshold, "probability": float(self.probability),
+            "bloom_capacity": self.bloom_capacity, "bloom_fp_rate": float(self.bloom_fp_rate),
+            "bloom_counter_bits": self.bloom_counter_bits}
+        if self.frequency_horizon != 0:
+            out.update(frequency_horizon=float(self.frequency_horizon),
+                       frequency_threshold=float(self.frequency_threshold), frequency_sample=self.frequency_sample)
+        if self.allow is not None:
+            out["allow"] = self.allow.tolist()
+        if self.deny is not None:
+            out["deny"] = self.deny.tolist()
+        return out
 
 
 @dataclass(frozen=True)
@@ -253,9 +344,18 @@ class TableConfig:
     ``N`` must lie in ``[1, 2^40]``; ``None`` (the default) is a hash table for any int64 id.
 
     ``admission=Admission(...)`` lets an id become a row only after it passes feature
-    admission (a count threshold, a probability, counts in a counting Bloom filter; see
-    ``Admission``); until then its training lookups read zeros and its gradients are dropped
-    and counted. ``None`` (the default) admits every id at its first training lookup.
+    admission (allow and deny lists, a count threshold, a probability, a streaming frequency
+    filter, counts in a counting Bloom filter; see ``Admission``); until then its training
+    lookups read the default row and its gradients are dropped and counted. ``None`` (the
+    default) admits every id at its first training lookup.
+
+    ``default_value`` is every weight of the *default row*: what an id without a row reads,
+    in training (not yet admitted) and in evaluation (unknown or pruned), in ``sum``,
+    ``mean`` and ``none`` pooling and in ``lookup``, embedded and on parameter servers alike
+    (fp16 tables read it rounded to half precision; the device backend supports only 0).
+
+    ``prune_every=N`` (Group Lasso tables only) removes the rows whose weights reached exactly
+    zero every ``N`` steps (see ``EmbeddingCollection.prune``); ``0`` prunes on demand only.
     """
     dim: int
     optimizer: Optimizer = field(default_factory=Adagrad)
@@ -266,6 +366,8 @@ class TableConfig:
     num_embeddings: Optional[int] = None
     out_of_range: Literal["error", "hash"] = "error"
     admission: Optional[Admission] = None
+    default_value: float = 0.0
+    prune_every: int = 0
 
     def to_dict(self, name: str) -> dict[str, Any]:
         if isinstance(self.dim, bool) or not isinstance(self.dim, int):
@@ -298,6 +400,18 @@ class TableConfig:
                 raise TypeError(f"table '{name}': admission must be an Admission or None, "
                                 f"got {type(self.admission).__name__}")
             out["admission"] = self.admission.to_dict(name)
+        dv = self.default_value
+        if isinstance(dv, bool) or not isinstance(dv, (int, float)):
+            raise TypeError(f"table '{name}': default_value must be a float, got {type(dv).__name__}")
+        if not math.isfinite(dv):
+            raise ValueError(f"table '{name}': default_value must be finite, got {dv}")
+        if dv != 0:
+            out["default_value"] = float(dv)
+        pe = self.prune_every
+        if isinstance(pe, bool) or not isinstance(pe, int):
+            raise TypeError(f"table '{name}': prune_every must be an int, got {type(pe).__name__}")
+        if pe != 0:
+            out["prune_every"] = pe
         return out
 
     @staticmethod
@@ -317,7 +431,8 @@ class TableConfig:
                            pooling=d["pooling"], shard_bits=d.get("shard_bits", 6),
                            storage=d.get("storage", "fp32"), num_embeddings=d.get("num_embeddings"),
                            out_of_range=d.get("out_of_range", "error"),
-                           admission=Admission(**d["admission"]) if "admission" in d else None)
+                           admission=Admission(**d["admission"]) if "admission" in d else None,
+                           default_value=d.get("default_value", 0.0), prune_every=d.get("prune_every", 0))
 
 
 def tables_to_json(tables: dict[str, TableConfig]) -> str:

@@ -236,8 +236,9 @@ class EmbeddingCollection:
         return self._c.table_row_bytes(self._table(name))
 
     def lookup(self, name: str, ids: Any, *, insert: bool = False) -> Any:
-        """Rows of ``ids`` in table ``name`` as float32[n, dim]; unknown ids read as zeros
-        unless ``insert`` (then they are created first)."""
+        """Rows of ``ids`` in table ``name`` as float32[n, dim]; unknown ids read the table's
+        default row (zeros unless ``TableConfig(default_value=...)``) unless ``insert`` (then
+        they are created first)."""
         torch_out = is_torch(ids)
         t = self._table(name)
         ids_np = as_int64(ids, f"ids of table '{name}'")
@@ -253,6 +254,18 @@ class EmbeddingCollection:
         their rows up again (an erased id that a later backward trains starts afresh)."""
         self._local_only("erase")
         return self._c.erase(self._table(name), as_int64(ids, f"ids of table '{name}'"))
+
+    def prune(self) -> dict[str, int]:
+        """Removes the rows of every Group Lasso table whose weights are all exactly zero (the
+        group soft-threshold zeroes a whole row at once) and returns how many rows each table
+        lost (0 for tables of other optimizers). The rows leave the table, so checkpoints and
+        exports no longer hold them; a pruned id reads the table's default row (zeros unless
+        ``TableConfig(default_value=...)``, so outputs do not change) and starts afresh from
+        its initial values if training sees it again. ``TableConfig(prune_every=N)`` prunes
+        automatically every N steps (on parameter servers too, where this method is refused).
+        Safe while other threads train, as ``erase``."""
+        self._local_only("prune")
+        return dict(zip(self._names, (int(n) for n in self._c.prune())))
 
     def export(self, name: str) -> dict[str, np.ndarray]:
         """Every row of table ``name``: ``keys`` int64[n], ``weights`` float32[n, dim], ``state``
@@ -331,7 +344,8 @@ class EmbeddingCollection:
         return result
 
     def evaluate(self, batch: Mapping[str, GroupInput], *, include_last_offset: Optional[bool] = None) -> dict[str, Any]:
-        """forward(batch, train=False): never inserts; unknown ids read as zeros."""
+        """forward(batch, train=False): never inserts; unknown ids read the table's default row
+        (zeros unless ``TableConfig(default_value=...)``)."""
         if include_last_offset is None:  # the CUDA twin's forward reads offsets by the default rule only
             return self.forward(batch, train=False)
         return self.forward(batch, train=False, include_last_offset=include_last_offset)

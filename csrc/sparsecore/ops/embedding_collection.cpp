@@ -199,6 +199,18 @@ std::shared_ptr<PreparedBatch> EmbeddingCollection::plan(const std::vector<Group
     g.table_generation = local_ ? tables_[g.table]->generation() : 0;
     shards[gi] = store_->plan_shards(g.table);
   }
+  if (train && sight && local_) {
+    // One tick of each admission clock per training lookup call that sights ids of its table
+    // (table/admission.h), before the sightings, as a server shard ticks per pull.
+    std::vector<char> ticked(tables_.size(), 0);
+    for (const GroupInput& in : inputs) {
+      Admission* a = tables_[in.table]->admission();
+      if (a && in.num_ids > 0 && !ticked[in.table]) {
+        ticked[in.table] = 1;
+        a->tick();
+      }
+    }
+  }
   RowStore& store = *store_;
   plan_batch(inputs, shards, *batch, [&](int gi, int shard, const int64_t* keys, int64_t count, std::byte** rows) {
     const int t = inputs[gi].table;
@@ -299,12 +311,12 @@ void EmbeddingCollection::evaluate(const std::vector<GroupInput>& raw_inputs,
       if (const DenseRows* dense = table.dense()) {
         kernels::pool_bags_from_dense_ids(*dense, table.dim(), table.config().pooling, table.storage(), in,
                                           max_len[task.group], task.begin, task.end, outputs[task.group], rows.data(),
-                                          tmp.data());
+                                          tmp.data(), table.default_row());
         continue;
       }
       kernels::pool_bags_from_ids(table.hash_table(), table.dim(), table.config().pooling, table.storage(), in,
                                   max_len[task.group], task.begin, task.end, outputs[task.group], hashes.data(),
-                                  rows.data(), tmp.data());
+                                  rows.data(), tmp.data(), table.default_row());
     }
   });
 }
@@ -346,7 +358,10 @@ int64_t EmbeddingCollection::backward(const PreparedBatch& batch, const std::vec
       batch.occurrences_built = true;
     }
   }
-  return store_->apply_gradients(batch, grads, bag_scale, step_);
+  const int64_t step = store_->apply_gradients(batch, grads, bag_scale, step_);
+  swap_lock.unlock();
+  prune_if_due(step);
+  return step;
 }
 
 void bag_gradient_scales(Pooling pooling, const int64_t* offsets, int64_t batch_size, const float* weights,
@@ -399,7 +414,10 @@ int64_t EmbeddingCollection::apply_unique(int table_index, const int64_t* ids, i
                    "'; no row was updated");
     }
   }
-  return local_->apply_unique(table_index, ids, n, grads, step_);
+  const int64_t step = local_->apply_unique(table_index, ids, n, grads, step_);
+  swap_lock.unlock();
+  prune_if_due(step);
+  return step;
 }
 
 }  // namespace sparsecore

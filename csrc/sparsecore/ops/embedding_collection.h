@@ -152,7 +152,7 @@ class EmbeddingCollection {
   void set_step(int64_t step) { step_.store(step, std::memory_order_release); }
 
   // Validates all groups, then dedups and pulls. train=true inserts unknown ids and builds
-  // what backward needs; train=false never inserts (unknown ids read as zeros). Ids of a
+  // what backward needs; train=false never inserts (unknown ids read the default row). Ids of a
   // table with num_embeddings are checked or mapped into range first (in_range_inputs), so
   // the batch's unique_keys are row indices.
   // sight=false (training only): the lookups are not sightings for feature admission, and a
@@ -166,7 +166,7 @@ class EmbeddingCollection {
 
   // Evaluation forward straight from the ids, the fast path for inference: validates every
   // group, then pools each bag by finding its ids one by one (no dedup, nothing kept for a
-  // backward), never inserting (unknown ids read as zeros). outputs[g] (host float32) as
+  // backward), never inserting (unknown ids read the default row). outputs[g] (host float32) as
   // for forward(), with max_len = max_bag_length(inputs[g]) for pooling "none". Without
   // local rows it is prepare(train=false) and forward.
   void evaluate(const std::vector<GroupInput>& inputs, const std::vector<float*>& outputs) const;
@@ -213,6 +213,16 @@ class EmbeddingCollection {
   // again (an erased id that a later backward trains is re-created from its initial values).
   int64_t erase(int table, const int64_t* keys, int64_t n);
 
+  // Pruning: removes the rows of every Group Lasso table whose weights are all exactly zero
+  // (+0 or -0; the group soft-threshold sets a whole row to zero at once), through
+  // EmbeddingTable::erase, so they leave checkpoints and exports too. An id pruned reads the
+  // default row (TableConfig::default_value: the same output as its zero row when that is 0)
+  // and starts afresh from its initial values if training sees it again. Waits for running
+  // batch calls, as erase() does. Returns the rows removed per table (0 for other tables).
+  // Tables with TableConfig::prune_every = N are also pruned after every backward or
+  // apply_unique that brings the step to a multiple of N.
+  std::vector<int64_t> prune();
+
   // Sum of table memory (index + rows) in bytes.
   size_t memory_bytes() const;
 
@@ -230,6 +240,10 @@ class EmbeddingCollection {
   // prepare() without the swap lock (the caller holds it).
   std::shared_ptr<PreparedBatch> plan(const std::vector<GroupInput>& inputs, bool train, bool sight = true) const;
   void pool(const PreparedBatch& batch, const std::vector<float*>& outputs) const;
+  // Prunes the tables with prune_every dividing `step` (the caller holds no swap lock).
+  void prune_if_due(int64_t step);
+  // prune() of one table; the caller holds the swap lock exclusively.
+  int64_t prune_table(EmbeddingTable& table);
 
   // Finished batches come back here so the next prepare reuses their buffers instead of
   // faulting in fresh pages every step.

@@ -104,16 +104,16 @@ __attribute__((always_inline)) inline bool update_rows_as(const EmbeddingTable& 
                          row_bytes);  // the record as it was, in case the call is undone
     PackedRowMeta* meta = table.meta(row);
     meta->count_update();
-    const int64_t t = opt.use_global_step ? step : static_cast<int64_t>(meta->update_count);
+    const uint32_t count = meta->update_count;
     float* state = table.state(row);
     if (half) {
       // fp32 math on a widened copy, rounded back once.
       float* w = scratch + dim;
       halves_to_floats(EmbeddingTable::weights_fp16(row), w, dim);
-      rules::apply(opt, w, state, scratch, dim, t);
+      rules::apply(opt, w, state, scratch, dim, step, count);
       floats_to_halves(w, EmbeddingTable::weights_fp16(row), dim);
     } else {
-      rules::apply(opt, EmbeddingTable::weights(row), state, scratch, dim, t);
+      rules::apply(opt, EmbeddingTable::weights(row), state, scratch, dim, step, count);
     }
     meta->set_last_step(step);
   }

@@ -89,6 +89,22 @@ void LocalRowStore::rows_for_pooling(const PreparedBatch& batch, std::vector<con
     } else {
       rows[gi] = g.unique_rows.data();
     }
+    // Absent rows (ids not admitted, unknown ids in evaluation) read the table's default row.
+    if (const std::byte* fallback = table.default_row()) {
+      const std::byte* const* r = rows[gi];
+      const int64_t u = g.num_unique();
+      int64_t first_absent = 0;
+      while (first_absent < u && r[first_absent]) ++first_absent;
+      if (first_absent == u) continue;
+      PodVector<std::byte*>& out = refreshed[gi];
+      if (out.data() != r) {
+        out.resize(u);
+        for (int64_t i = 0; i < u; ++i) out[i] = const_cast<std::byte*>(r[i]);
+      }
+      for (int64_t i = first_absent; i < u; ++i)
+        if (!out[i]) out[i] = const_cast<std::byte*>(fallback);
+      rows[gi] = out.data();
+    }
   }
 }
 

@@ -116,7 +116,7 @@ template <int kDim, bool kHalf, typename Ids>
 __attribute__((always_inline)) inline void pool_from_ids(const Ids& lookup, int dim_runtime, Pooling pooling,
                                                          const GroupInput& in, int64_t max_len, int64_t b0, int64_t b1,
                                                          float* __restrict__ out, const std::byte** __restrict__ rows,
-                                                         float* __restrict__ tmp) {
+                                                         float* __restrict__ tmp, const std::byte* default_row) {
   const int dim = kDim > 0 ? kDim : dim_runtime;
   const int64_t* off = in.offsets;
   const int64_t p0 = off[b0], n = off[b1] - p0;
@@ -126,7 +126,7 @@ __attribute__((always_inline)) inline void pool_from_ids(const Ids& lookup, int 
   auto hash_ahead = [&](int64_t i) { lookup.ahead(i); };
   auto probe_ahead = [&](int64_t i) {
     const std::byte* r = lookup.find(i);
-    rows[i] = r;
+    rows[i] = r ? r : default_row;
     if (r) prefetch_bytes(r, row_bytes);
   };
   for (int64_t i = 0; i < std::min(n, kSlotAhead + Ids::kRowsAhead); ++i) hash_ahead(i);
@@ -183,25 +183,25 @@ template <bool kHalf, typename Ids>
 __attribute__((always_inline)) inline void pool_bags_from_ids_as(const Ids& lookup, int dim, Pooling pooling,
                                                                  const GroupInput& in, int64_t max_len, int64_t b0,
                                                                  int64_t b1, float* out, const std::byte** rows,
-                                                                 float* tmp) {
+                                                                 float* tmp, const std::byte* default_row) {
   switch (pooling == Pooling::kNone ? 0 : dim) {
     case 4:
-      pool_from_ids<4, kHalf>(lookup, dim, pooling, in, max_len, b0, b1, out, rows, tmp);
+      pool_from_ids<4, kHalf>(lookup, dim, pooling, in, max_len, b0, b1, out, rows, tmp, default_row);
       break;
     case 8:
-      pool_from_ids<8, kHalf>(lookup, dim, pooling, in, max_len, b0, b1, out, rows, tmp);
+      pool_from_ids<8, kHalf>(lookup, dim, pooling, in, max_len, b0, b1, out, rows, tmp, default_row);
       break;
     case 16:
-      pool_from_ids<16, kHalf>(lookup, dim, pooling, in, max_len, b0, b1, out, rows, tmp);
+      pool_from_ids<16, kHalf>(lookup, dim, pooling, in, max_len, b0, b1, out, rows, tmp, default_row);
       break;
     case 32:
-      pool_from_ids<32, kHalf>(lookup, dim, pooling, in, max_len, b0, b1, out, rows, tmp);
+      pool_from_ids<32, kHalf>(lookup, dim, pooling, in, max_len, b0, b1, out, rows, tmp, default_row);
       break;
     case 64:
-      pool_from_ids<64, kHalf>(lookup, dim, pooling, in, max_len, b0, b1, out, rows, tmp);
+      pool_from_ids<64, kHalf>(lookup, dim, pooling, in, max_len, b0, b1, out, rows, tmp, default_row);
       break;
     default:
-      pool_from_ids<0, kHalf>(lookup, dim, pooling, in, max_len, b0, b1, out, rows, tmp);
+      pool_from_ids<0, kHalf>(lookup, dim, pooling, in, max_len, b0, b1, out, rows, tmp, default_row);
       break;
   }
 }
@@ -261,24 +261,24 @@ __attribute__((always_inline)) inline void pool_bags_as(const PreparedGroup& g, 
 SC_DISPATCH
 void pool_bags_from_ids(const HashTable& table, int dim, Pooling pooling, RowStorage storage, const GroupInput& in,
                         int64_t max_len, int64_t bag_begin, int64_t bag_end, float* out, uint64_t* hashes,
-                        const std::byte** rows, float* tmp) {
+                        const std::byte** rows, float* tmp, const std::byte* default_row) {
   const int64_t p0 = in.offsets[bag_begin];
   const HashedIds lookup{table, in.ids + p0, hashes};
   if (storage == RowStorage::kFloat16)
-    pool_bags_from_ids_as<true>(lookup, dim, pooling, in, max_len, bag_begin, bag_end, out, rows, tmp);
+    pool_bags_from_ids_as<true>(lookup, dim, pooling, in, max_len, bag_begin, bag_end, out, rows, tmp, default_row);
   else
-    pool_bags_from_ids_as<false>(lookup, dim, pooling, in, max_len, bag_begin, bag_end, out, rows, tmp);
+    pool_bags_from_ids_as<false>(lookup, dim, pooling, in, max_len, bag_begin, bag_end, out, rows, tmp, default_row);
 }
 
 SC_DISPATCH
 void pool_bags_from_dense_ids(const DenseRows& dense, int dim, Pooling pooling, RowStorage storage,
                               const GroupInput& in, int64_t max_len, int64_t bag_begin, int64_t bag_end, float* out,
-                              const std::byte** rows, float* tmp) {
+                              const std::byte** rows, float* tmp, const std::byte* default_row) {
   const DenseIds lookup{dense, in.ids + in.offsets[bag_begin]};
   if (storage == RowStorage::kFloat16)
-    pool_bags_from_ids_as<true>(lookup, dim, pooling, in, max_len, bag_begin, bag_end, out, rows, tmp);
+    pool_bags_from_ids_as<true>(lookup, dim, pooling, in, max_len, bag_begin, bag_end, out, rows, tmp, default_row);
   else
-    pool_bags_from_ids_as<false>(lookup, dim, pooling, in, max_len, bag_begin, bag_end, out, rows, tmp);
+    pool_bags_from_ids_as<false>(lookup, dim, pooling, in, max_len, bag_begin, bag_end, out, rows, tmp, default_row);
 }
 
 SC_DISPATCH

@@ -14,7 +14,8 @@ void pool_bags(const PreparedGroup& g, RowStorage storage, const std::byte* cons
                int64_t bag_end, float* out, float* tmp);
 
 // Evaluation pooling straight from the ids, without dedup: finds every id of bags
-// [bag_begin, bag_end) of `in` in `table` (unknown ids read as zeros; nothing is inserted),
+// [bag_begin, bag_end) of `in` in `table` (unknown ids read `default_row`, the table's
+// EmbeddingTable::default_row(), or zeros when it is null; nothing is inserted),
 // hashing and prefetching index slots and rows a few ids ahead of the accumulation.
 // The caller holds the table's shard locks (HashTable::SharedLockAll).
 //   out      host, the group's output: (batch_size, dim), or (batch_size, max_len, dim) for
@@ -23,14 +24,14 @@ void pool_bags(const PreparedGroup& g, RowStorage storage, const std::byte* cons
 //   tmp      scratch of dim floats
 void pool_bags_from_ids(const HashTable& table, int dim, Pooling pooling, RowStorage storage, const GroupInput& in,
                         int64_t max_len, int64_t bag_begin, int64_t bag_end, float* out, uint64_t* hashes,
-                        const std::byte** rows, float* tmp);
+                        const std::byte** rows, float* tmp, const std::byte* default_row);
 
 // The same for a table with num_embeddings: every id of `in` lies in [0, rows.num_rows())
-// (checked by the caller); each row is read by index, absent rows as zeros. rows_scratch as
-// `rows` above.
+// (checked by the caller); each row is read by index, absent rows as `default_row` (zeros when
+// null). rows_scratch as `rows` above.
 void pool_bags_from_dense_ids(const DenseRows& rows, int dim, Pooling pooling, RowStorage storage, const GroupInput& in,
                               int64_t max_len, int64_t bag_begin, int64_t bag_end, float* out,
-                              const std::byte** rows_scratch, float* tmp);
+                              const std::byte** rows_scratch, float* tmp, const std::byte* default_row);
 
 // True when all n values are finite.
 bool all_finite(const float* x, int64_t n);

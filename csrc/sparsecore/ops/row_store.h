@@ -37,8 +37,9 @@ class RowStore {
 
   // Prepare, once per (group, shard) with distinct ids, possibly on several threads at once
   // for distinct (table, shard): keys (count) host, all of shard `shard`; rows (count)
-  // receives each key's row, or nullptr when absent and !train (an unknown id then reads as
-  // zeros). A store that reads rows only when they are pooled leaves rows untouched.
+  // receives each key's row, or nullptr when absent and !train or not admitted (such an id then
+  // reads the table's default row when pooled). A store that reads rows only when they are
+  // pooled leaves rows untouched.
   virtual void resolve_shard(int table, int shard, const int64_t* keys, int64_t count, std::byte** rows,
                              bool train) = 0;
 

@@ -53,7 +53,8 @@ void OptimizerConfig::validate() const {
                                                   {l1, "l1"},
                                                   {l2, "l2"},
                                                   {lr_power, "lr_power"},
-                                                  {group_lambda, "group_lambda"}};
+                                                  {group_lambda, "group_lambda"},
+                                                  {l1_reference_count, "l1_reference_count"}};
   for (const auto& [v, name] : fields) check_finite(v, name);
   SC_CHECK_ARG(lr >= 0.0f, "optimizer 'lr' must be >= 0, got ", lr);
   SC_CHECK_ARG(weight_decay >= 0.0f, "optimizer 'weight_decay' must be >= 0, got ", weight_decay);
@@ -69,6 +70,9 @@ void OptimizerConfig::validate() const {
   SC_CHECK_ARG(l2 >= 0.0f, "optimizer 'l2' must be >= 0, got ", l2);
   SC_CHECK_ARG(lr_power <= 0.0f, "optimizer 'lr_power' must be <= 0, got ", lr_power);
   SC_CHECK_ARG(group_lambda >= 0.0f, "optimizer 'group_lambda' must be >= 0, got ", group_lambda);
+  SC_CHECK_ARG(l1_reference_count >= 0.0f, "optimizer 'l1_reference_count' must be >= 0, got ", l1_reference_count);
+  SC_CHECK_ARG(l1_reference_count == 0.0f || kind == OptimizerKind::kFtrl || kind == OptimizerKind::kGroupLasso,
+               "optimizer 'l1_reference_count' applies to FTRL and Group Lasso only");
   if (kind == OptimizerKind::kFtrl) {
     SC_CHECK_ARG(lr > 0.0f, "FTRL needs lr (alpha) > 0, got ", lr);
     SC_CHECK_ARG(ftrl_beta > 0.0f || initial_accumulator > 0.0f || l2 > 0.0f,
@@ -92,6 +96,8 @@ Json OptimizerConfig::to_json() const {
       j["eps"] = static_cast<double>(eps);
       j["initial_accumulator"] = static_cast<double>(initial_accumulator);
       if (kind == OptimizerKind::kGroupLasso) j["group_lambda"] = static_cast<double>(group_lambda);
+      if (kind == OptimizerKind::kGroupLasso && l1_reference_count != 0.0f)
+        j["l1_reference_count"] = static_cast<double>(l1_reference_count);
       break;
     case OptimizerKind::kAdam:
       j["eps"] = static_cast<double>(eps);
@@ -106,6 +112,7 @@ Json OptimizerConfig::to_json() const {
       j["l2"] = static_cast<double>(l2);
       j["lr_power"] = static_cast<double>(lr_power);
       j["initial_accumulator"] = static_cast<double>(initial_accumulator);
+      if (l1_reference_count != 0.0f) j["l1_reference_count"] = static_cast<double>(l1_reference_count);
       break;
     case OptimizerKind::kSGD:
       break;
@@ -121,9 +128,9 @@ OptimizerConfig OptimizerConfig::from_json(const Json& j) {
   if (c.kind == OptimizerKind::kRowwiseAdagrad) c.eps = 1e-8f;
   if (c.kind == OptimizerKind::kFtrl) c.initial_accumulator = 0.1f;
   static const std::set<std::string> kKnown = {
-      "name",     "lr",          "weight_decay",           "momentum",        "nesterov", "eps", "initial_accumulator",
-      "beta1",    "beta2",       "decoupled_weight_decay", "use_global_step", "beta",     "l1",  "l2",
-      "lr_power", "group_lambda"};
+      "name",     "lr",           "weight_decay",           "momentum",        "nesterov", "eps", "initial_accumulator",
+      "beta1",    "beta2",        "decoupled_weight_decay", "use_global_step", "beta",     "l1",  "l2",
+      "lr_power", "group_lambda", "l1_reference_count"};
   for (const auto& [key, value] : j.as_object("optimizer")) {
     SC_CHECK_ARG(kKnown.count(key), "unknown optimizer field '", key, "'");
     auto num = [&](const char* what) { return static_cast<float>(value.as_double(what)); };
@@ -157,6 +164,8 @@ OptimizerConfig OptimizerConfig::from_json(const Json& j) {
       c.lr_power = num("optimizer 'lr_power'");
     else if (key == "group_lambda")
       c.group_lambda = num("optimizer 'group_lambda'");
+    else if (key == "l1_reference_count")
+      c.l1_reference_count = num("optimizer 'l1_reference_count'");
   }
   c.validate();
   return c;

@@ -48,6 +48,9 @@ struct OptimizerConfig {
   float lr_power = -0.5f;
   // Group Lasso: the group soft-threshold strength
   float group_lambda = 0.0f;
+  // FTRL and Group Lasso: n0 of the frequency-scaled L1 strength (optim/update_rules.h
+  // frequency_scaled_l1: lambda * min(1, sqrt(n0 / update count))); 0: the same for every row.
+  float l1_reference_count = 0.0f;
 
   // Number of float32 state values stored in each row after its `dim` weights.
   SC_HOST_DEVICE int state_dim(int dim) const {

@@ -6,6 +6,7 @@
 //   state  (state_dim(dim)) the row's optimizer state, laid out right after w
 //   g      (dim)            the row's summed gradient for this step (read only)
 //   t      the bias-correction step (row update count, already incremented, or global step)
+//   count  the row's update count, this update included (apply() derives t from it or the step)
 // The loops are simple element-wise passes so the compiler vectorises them per ISA (the CPU
 // engine compiles its caller once per instruction set and dispatches at run time).
 #pragma once
@@ -116,6 +117,16 @@ SC_RULE void ftrl(float* __restrict__ w, float* __restrict__ z, float* __restric
   }
 }
 
+// Frequency-scaled L1 strength: with a reference count n0 > 0, a row updated `count` times
+// (this update included) is regularised with lambda * f(count), f(c) = min(1, sqrt(n0 / c)):
+// rows seen at most n0 times get the full strength, rows seen more often (more evidence)
+// proportionally less. n0 = 0 keeps lambda for every row. FTRL scales l1, Group Lasso lambda.
+SC_RULE float frequency_scaled_l1(float lambda, float n0, uint32_t count) {
+  if (n0 <= 0.0f || lambda == 0.0f) return lambda;
+  const float c = count > 0u ? static_cast<float>(count) : 1.0f;
+  return c <= n0 ? lambda : lambda * std::sqrt(n0 / c);
+}
+
 // Group Lasso: the Adagrad step, then the group soft-threshold over the whole row:
 //   w <- w * max(0, 1 - lr * lambda * sqrt(dim) / ||w||)   (a zero row stays zero)
 SC_RULE void group_lasso(float* __restrict__ w, float* __restrict__ s, const float* __restrict__ g, int dim, float lr,
@@ -130,9 +141,11 @@ SC_RULE void group_lasso(float* __restrict__ w, float* __restrict__ s, const flo
   for (int i = 0; i < dim; ++i) w[i] *= scale;
 }
 
-// Dispatch on the table's rule. `t` is only read by Adam.
+// Dispatch on the table's rule. `step` is the collection's step (Adam with use_global_step),
+// `count` the row's update count with this update (Adam's lazy step, the frequency-scaled L1).
 SC_RULE void apply(const OptimizerConfig& c, float* __restrict__ w, float* __restrict__ state,
-                   const float* __restrict__ g, int dim, int64_t t) {
+                   const float* __restrict__ g, int dim, int64_t step, uint32_t count) {
+  const int64_t t = c.use_global_step ? step : static_cast<int64_t>(count);
   switch (c.kind) {
     case OptimizerKind::kSGD:
       sgd(w, g, dim, c.lr, c.weight_decay);
@@ -150,10 +163,12 @@ SC_RULE void apply(const OptimizerConfig& c, float* __restrict__ w, float* __res
       adam(w, state, state + dim, g, dim, c.lr, c.beta1, c.beta2, c.eps, c.weight_decay, c.decoupled_weight_decay, t);
       break;
     case OptimizerKind::kFtrl:
-      ftrl(w, state, state + dim, g, dim, c.lr, c.ftrl_beta, c.l1, c.l2, c.lr_power, c.weight_decay);
+      ftrl(w, state, state + dim, g, dim, c.lr, c.ftrl_beta, frequency_scaled_l1(c.l1, c.l1_reference_count, count),
+           c.l2, c.lr_power, c.weight_decay);
       break;
     case OptimizerKind::kGroupLasso:
-      group_lasso(w, state, g, dim, c.lr, c.eps, c.weight_decay, c.group_lambda);
+      group_lasso(w, state, g, dim, c.lr, c.eps, c.weight_decay,
+                  frequency_scaled_l1(c.group_lambda, c.l1_reference_count, count));
       break;
   }
 }

@@ -92,7 +92,7 @@ class PsClient {
   // slice is empty), all in flight at once; returns once the requests are sent (the ids may
   // be reused at once, the rows must stay alive until wait()). wait() fills every slice's
   // rows (n, dim), in the slice's id order. train: unknown ids are inserted; otherwise they
-  // read as zeros. A table may appear in several slices.
+  // read the table's default row. A table may appear in several slices.
   PendingPull pull_tables(const std::vector<TableSlice>& slices, bool train);
   // Summed gradients of several tables' distinct ids: one request per server shard (every
   // shard, so that each table's step advances, and in synchronous mode completes,

@@ -63,7 +63,7 @@ class PsShard {
   // the tables' hash shards together by kMaxHashShards.
   void create_table(const TableConfig& config, uint64_t seed);
   int dim(const std::string& table) const;
-  // out (n, dim) float32. train: unknown ids are inserted; otherwise they read as zeros.
+  // out (n, dim) float32. train: unknown ids are inserted; otherwise they read the table's default row.
   void pull(const std::string& table, const int64_t* ids, int64_t n, bool train, float* out);
   // Checks the ids of a request: every id must belong to this shard (the cluster's routing,
   // ps_protocol.h); for a table with num_embeddings, a pull's ids must also be row indices or

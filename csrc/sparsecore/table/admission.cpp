@@ -12,13 +12,15 @@ namespace {
 
 constexpr uint64_t kProbabilitySalt = 0x61646d6974700000ULL;  // decorrelates from row init
 constexpr uint64_t kBloomSalt = 0x626c6f6f6d000000ULL;
+constexpr uint64_t kFrequencySalt = 0x6672657175000000ULL;
 constexpr uint32_t kMagic = 0x44414353;  // "SCAD"
 constexpr uint32_t kVersion = 1;
 // Bloom filters up to 2^34 counters (8 GiB at 4 bits): more is a configuration error.
 constexpr int64_t kMaxCounters = int64_t{1} << 34;
 
 struct Header {
-  uint32_t magic, version, mode, reserved;
+  uint32_t magic, version, mode;
+  uint32_t clock;  // the frequency filter's clock (saturating; 0 in files of tables without it)
   int64_t admitted, bloom_pending, rejected, dropped;
   uint64_t n;  // exact: entries; Bloom: counter bytes
 };
@@ -26,7 +28,8 @@ static_assert(sizeof(Header) == Admission::kHeaderBytes);
 
 struct Entry {
   int64_t key;
-  uint32_t count, reserved;
+  uint32_t count;
+  uint32_t first;  // tick of the first sighting
 };
 static_assert(sizeof(Entry) == Admission::kEntryBytes);
 
@@ -35,7 +38,39 @@ double counters_for(int64_t capacity, double fp_rate) {
   return std::ceil(-static_cast<double>(capacity) * std::log(fp_rate) / (ln2 * ln2));
 }
 
+uint32_t saturate32(int64_t v) {
+  return v <= 0 ? 0u : (v >= int64_t{0xffffffff} ? 0xffffffffu : static_cast<uint32_t>(v));
+}
+
+// A uniform double in [0, 1) from (seed, salt, key, count): the same bits in every process.
+double seeded_uniform(uint64_t seed, uint64_t salt, int64_t key, int64_t count) {
+  const uint64_t h = hash_combine(hash_combine(seed ^ salt, key_hash(key)), fmix64(static_cast<uint64_t>(count)));
+  return static_cast<double>(h >> 11) * 0x1.0p-53;
+}
+
+Json list_to_json(const IdList& list) {
+  Json::Array a;
+  a.reserve(list->size());
+  for (int64_t id : *list) a.emplace_back(id);
+  return Json(std::move(a));
+}
+
+IdList list_from_json(const Json& value, const char* what) {
+  const Json::Array& a = value.as_array(what);
+  std::vector<int64_t> ids;
+  ids.reserve(a.size());
+  for (const Json& v : a) ids.push_back(v.as_int(what));
+  return make_id_list(std::move(ids));
+}
+
 }  // namespace
+
+IdList make_id_list(std::vector<int64_t> ids) {
+  if (ids.empty()) return nullptr;
+  std::sort(ids.begin(), ids.end());
+  ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+  return std::make_shared<const std::vector<int64_t>>(std::move(ids));
+}
 
 void AdmissionConfig::validate(const std::string& table) const {
   const std::string t = "table '" + table + "': admission ";
@@ -55,6 +90,23 @@ void AdmissionConfig::validate(const std::string& table) const {
                  "a Bloom filter for capacity ", bloom_capacity, " at fp rate ", bloom_fp_rate,
                  " needs more than 2^34 counters");
   }
+  SC_CHECK_ARG(std::isfinite(frequency_horizon) && frequency_horizon >= 0.0, t,
+               "frequency_horizon must be finite and >= 0 (0: no frequency filter), got ", frequency_horizon);
+  SC_CHECK_ARG(std::isfinite(frequency_threshold) && frequency_threshold > 0.0 && frequency_threshold <= 1.0, t,
+               "frequency_threshold must lie in (0, 1], got ", frequency_threshold);
+  SC_CHECK_ARG(frequency_horizon == 0.0 || bloom_capacity == 0, t,
+               "the frequency filter needs exact counts (a Bloom filter keeps no first sighting per id)");
+  if (allow && deny) {
+    // Both sorted: one merge finds a shared id.
+    auto a = allow->begin(), d = deny->begin();
+    while (a != allow->end() && d != deny->end()) {
+      SC_CHECK_ARG(*a != *d, t, "id ", *a, " is on both the allow and the deny list");
+      if (*a < *d)
+        ++a;
+      else
+        ++d;
+    }
+  }
 }
 
 Json AdmissionConfig::to_json() const {
@@ -66,6 +118,13 @@ Json AdmissionConfig::to_json() const {
     j["bloom_fp_rate"] = bloom_fp_rate;
     j["bloom_counter_bits"] = bloom_counter_bits;
   }
+  if (frequency_horizon > 0.0) {
+    j["frequency_horizon"] = frequency_horizon;
+    j["frequency_threshold"] = frequency_threshold;
+    j["frequency_sample"] = frequency_sample;
+  }
+  if (allow) j["allow"] = list_to_json(allow);
+  if (deny) j["deny"] = list_to_json(deny);
   return j;
 }
 
@@ -84,7 +143,17 @@ AdmissionConfig AdmissionConfig::from_json(const Json& j) {
       const int64_t b = value.as_int("admission 'bloom_counter_bits'");
       c.bloom_counter_bits = b == 4 || b == 8 ? static_cast<int>(b) : 0;
       SC_CHECK_ARG(b == 4 || b == 8, "admission bloom_counter_bits must be 4 or 8, got ", b);
-    } else
+    } else if (key == "frequency_horizon")
+      c.frequency_horizon = value.as_double("admission 'frequency_horizon'");
+    else if (key == "frequency_threshold")
+      c.frequency_threshold = value.as_double("admission 'frequency_threshold'");
+    else if (key == "frequency_sample")
+      c.frequency_sample = value.as_bool("admission 'frequency_sample'");
+    else if (key == "allow")
+      c.allow = list_from_json(value, "admission 'allow'");
+    else if (key == "deny")
+      c.deny = list_from_json(value, "admission 'deny'");
+    else
       throw InvalidArgument("unknown admission config field '" + key + "'");
   }
   return c;
@@ -148,22 +217,53 @@ Admission::Admission(AdmissionConfig config, uint64_t table_seed) : config_(conf
 
 bool Admission::probability_admits(double p, uint64_t table_seed, int64_t key, int64_t count) {
   if (p >= 1.0) return true;
-  const uint64_t h =
-      hash_combine(hash_combine(table_seed ^ kProbabilitySalt, key_hash(key)), fmix64(static_cast<uint64_t>(count)));
-  return static_cast<double>(h >> 11) * 0x1.0p-53 < p;
+  return seeded_uniform(table_seed, kProbabilitySalt, key, count) < p;
 }
 
+double Admission::reappearance_probability(int64_t count, int64_t elapsed, double horizon) {
+  const double rate = static_cast<double>(count - 1) / static_cast<double>(std::max<int64_t>(elapsed, 1));
+  return -std::expm1(-rate * horizon);
+}
+
+bool Admission::frequency_admits(int64_t key, int64_t count, int64_t elapsed) const {
+  if (config_.frequency_horizon <= 0.0) return true;
+  const double p = reappearance_probability(count, elapsed, config_.frequency_horizon);
+  if (config_.frequency_sample) return seeded_uniform(seed_, kFrequencySalt, key, count) < p;
+  return p >= config_.frequency_threshold;
+}
+
+int64_t Admission::tick() { return clock_.fetch_add(1, std::memory_order_relaxed) + 1; }
+
 bool Admission::sight(int64_t key) {
+  // Listed ids are never counted (an entry restored from a state saved before the id was
+  // listed is dropped).
+  if (list_contains(config_.deny, key)) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    ++rejected_;
+    if (!bloom_) counts_.erase(key);
+    return false;
+  }
+  if (list_contains(config_.allow, key)) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    ++admitted_;
+    if (!bloom_) counts_.erase(key);
+    return true;
+  }
   std::lock_guard<std::mutex> lock(mutex_);
   int64_t count;
+  int64_t elapsed = 0;
   if (bloom_) {
     const bool first = bloom_->estimate(key) == 0;
     count = bloom_->add(key);
     bloom_pending_ += first;
   } else {
-    count = ++counts_[key];
+    const uint32_t now = saturate32(clock());
+    auto [it, inserted] = counts_.try_emplace(key, Pending{0, now});
+    count = ++it->second.count;
+    elapsed = static_cast<int64_t>(now) - static_cast<int64_t>(it->second.first);
   }
-  const bool admit = count >= config_.count_threshold && probability_admits(config_.probability, seed_, key, count);
+  const bool admit = count >= config_.count_threshold && probability_admits(config_.probability, seed_, key, count) &&
+                     frequency_admits(key, count, elapsed);
   if (!admit) {
     ++rejected_;
     return false;
@@ -192,9 +292,13 @@ void Admission::merge_from(const Admission& other, const std::function<bool(int6
       bloom_->set(static_cast<uint64_t>(i), std::min(bloom_->max_, bloom_->get(static_cast<uint64_t>(i)) +
                                                                        other.bloom_->get(static_cast<uint64_t>(i))));
   } else {
-    for (const auto& [key, count] : other.counts_)
-      if (keep(key)) counts_[key] = std::max(counts_[key], count);
+    for (const auto& [key, p] : other.counts_) {
+      if (!keep(key)) continue;
+      auto [it, inserted] = counts_.try_emplace(key, p);
+      if (!inserted) it->second = Pending{std::max(it->second.count, p.count), std::min(it->second.first, p.first)};
+    }
   }
+  clock_.store(std::max(clock(), other.clock()), std::memory_order_relaxed);
   if (with_stats) {
     admitted_ += other.admitted_;
     bloom_pending_ += other.bloom_pending_;
@@ -205,7 +309,7 @@ void Admission::merge_from(const Admission& other, const std::function<bool(int6
 
 std::vector<uint8_t> Admission::serialize() const {
   std::lock_guard<std::mutex> lock(mutex_);
-  Header h{kMagic,    kVersion,       bloom_ ? 1u : 0u, 0,
+  Header h{kMagic,    kVersion,       bloom_ ? 1u : 0u, saturate32(clock()),
            admitted_, bloom_pending_, rejected_,        dropped_.load(std::memory_order_relaxed),
            0};
   std::vector<uint8_t> out;
@@ -216,7 +320,7 @@ std::vector<uint8_t> Admission::serialize() const {
   } else {
     std::vector<Entry> entries;
     entries.reserve(counts_.size());
-    for (const auto& [key, count] : counts_) entries.push_back({key, count, 0});
+    for (const auto& [key, p] : counts_) entries.push_back({key, p.count, p.first});
     std::sort(entries.begin(), entries.end(), [](const Entry& a, const Entry& b) { return a.key < b.key; });
     h.n = entries.size();
     out.resize(sizeof(Header) + entries.size() * sizeof(Entry));
@@ -236,7 +340,7 @@ void Admission::deserialize(const uint8_t* data, size_t size) {
   SC_CHECK_ARG(h.admitted >= 0 && h.bloom_pending >= 0 && h.rejected >= 0 && h.dropped >= 0,
                "admission state: negative statistics");
   const size_t body = size - sizeof(Header);
-  std::unordered_map<int64_t, uint32_t> counts;
+  std::unordered_map<int64_t, Pending> counts;
   if (bloom_) {
     SC_CHECK_ARG(h.n == bloom_->bytes().size() && body == h.n, "admission state: ", body,
                  " bytes of Bloom counters, the table's filter has ", bloom_->bytes().size());
@@ -251,11 +355,12 @@ void Admission::deserialize(const uint8_t* data, size_t size) {
       Entry e;
       std::memcpy(&e, data + sizeof(Header) + i * sizeof(Entry), sizeof(Entry));
       SC_CHECK_ARG(i == 0 || e.key > previous, "admission state: ids are not sorted and distinct");
-      SC_CHECK_ARG(
-          e.count >= 1 && static_cast<int64_t>(e.count) < config_.count_threshold + (1 << 30) && e.reserved == 0,
-          "admission state: bad count ", e.count, " for id ", e.key);
+      SC_CHECK_ARG(e.count >= 1 && static_cast<int64_t>(e.count) < config_.count_threshold + (1 << 30),
+                   "admission state: bad count ", e.count, " for id ", e.key);
+      SC_CHECK_ARG(e.first <= h.clock, "admission state: id ", e.key, " first sighted at tick ", e.first,
+                   ", after the clock (", h.clock, ")");
       previous = e.key;
-      counts.emplace(e.key, e.count);
+      counts.emplace(e.key, Pending{e.count, e.first});
     }
   }
   std::lock_guard<std::mutex> lock(mutex_);
@@ -265,6 +370,7 @@ void Admission::deserialize(const uint8_t* data, size_t size) {
   bloom_pending_ = h.bloom_pending;
   rejected_ = h.rejected;
   dropped_.store(h.dropped, std::memory_order_relaxed);
+  clock_.store(h.clock, std::memory_order_relaxed);
 }
 
 }  // namespace sparsecore

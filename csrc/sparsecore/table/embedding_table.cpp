@@ -1,5 +1,6 @@
 #include "sparsecore/table/embedding_table.h"
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <mutex>
@@ -75,6 +76,11 @@ void TableConfig::validate() const {
   SC_CHECK_ARG(out_of_range == OutOfRange::kError || out_of_range == OutOfRange::kHash, "table '", name,
                "': out_of_range must be 'error' or 'hash'");
   admission.validate(name);
+  SC_CHECK_ARG(std::isfinite(default_value), "table '", name, "': default_value must be finite, got ", default_value);
+  SC_CHECK_ARG(prune_every >= 0, "table '", name, "': prune_every must be >= 0 (0: prune on demand only), got ",
+               prune_every);
+  SC_CHECK_ARG(prune_every == 0 || optimizer.kind == OptimizerKind::kGroupLasso, "table '", name,
+               "': prune_every needs the Group Lasso optimizer (its rows reach exactly zero)");
   try {
     optimizer.validate();
     init.validate();
@@ -98,6 +104,8 @@ Json TableConfig::to_json() const {
     j["out_of_range"] = out_of_range_name(out_of_range);
   }
   if (admission.enabled() || admission.bloom_capacity > 0) j["admission"] = admission.to_json();
+  if (default_value != 0.0f) j["default_value"] = static_cast<double>(default_value);
+  if (prune_every > 0) j["prune_every"] = prune_every;
   return j;
 }
 
@@ -134,6 +142,10 @@ TableConfig TableConfig::from_json(const Json& j) {
       c.out_of_range = out_of_range_from_name(value.as_string("table 'out_of_range'"));
     else if (key == "admission")
       c.admission = AdmissionConfig::from_json(value);
+    else if (key == "prune_every")
+      c.prune_every = value.as_int("table 'prune_every'");
+    else if (key == "default_value")
+      c.default_value = static_cast<float>(value.as_double("table 'default_value'"));
     else
       throw InvalidArgument("unknown table config field '" + key + "'");
   }
@@ -164,7 +176,24 @@ EmbeddingTable::EmbeddingTable(TableConfig config, uint64_t seed)
       table_(row_bytes_, config_.shard_bits),
       dense_(config_.num_embeddings > 0 ? std::make_unique<DenseRows>(row_bytes_, config_.num_embeddings) : nullptr),
       row_init_([this](int64_t key, std::byte* row) { init_row(key, row); }),
-      admission_(config_.admission.enabled() ? std::make_unique<Admission>(config_.admission, seed_) : nullptr) {}
+      admission_(config_.admission.enabled() ? std::make_unique<Admission>(config_.admission, seed_) : nullptr) {
+  if (config_.default_value != 0.0f) {
+    default_row_.assign(row_bytes_, std::byte{0});
+    std::vector<float> w(static_cast<size_t>(config_.dim), config_.default_value);
+    std::vector<float> s(static_cast<size_t>(state_dim_), 0.0f);
+    write_row(w.data(), s.data(), default_row_.data());
+  }
+}
+
+void EmbeddingTable::fill_default(float* out, int64_t n) const {
+  const size_t floats = static_cast<size_t>(n) * static_cast<size_t>(config_.dim);
+  if (default_row_.empty()) {
+    std::memset(out, 0, floats * sizeof(float));
+    return;
+  }
+  read_weights(default_row_.data(), out);
+  for (size_t i = config_.dim; i < floats; ++i) out[i] = out[i - config_.dim];
+}
 
 void EmbeddingTable::init_row(int64_t key, std::byte* row) const {
   if (config_.storage == RowStorage::kFloat32) {
@@ -291,7 +320,7 @@ void EmbeddingTable::find_weights(const int64_t* keys, int64_t n, float* out) co
       if (rows[i])
         read_weights(rows[i], dst);
       else
-        std::memset(dst, 0, static_cast<size_t>(config_.dim) * sizeof(float));
+        fill_default(dst, 1);
     }
   });
 }
@@ -328,7 +357,9 @@ void EmbeddingTable::pull_weights(const int64_t* keys, int64_t n, bool insert, f
   const size_t dim = static_cast<size_t>(config_.dim);
   const size_t weight_bytes = dim * (config_.storage == RowStorage::kFloat16 ? sizeof(uint16_t) : sizeof(float));
   if (insert && admission_) {
-    // Sightings first, then rows for the ids admitted (the embedded store does the same).
+    // One clock tick per training pull, then the sightings, then rows for the ids admitted
+    // (the embedded store does the same per training lookup call).
+    if (n > 0) admission_->tick();
     find_rows(keys, n, rows.data());
     admit_missing(keys, n, rows.data());
   } else if (dense_) {
@@ -344,7 +375,7 @@ void EmbeddingTable::pull_weights(const int64_t* keys, int64_t n, bool insert, f
     if (rows[i])
       read_weights(rows[i], dst);
     else
-      std::memset(dst, 0, dim * sizeof(float));
+      fill_default(dst, 1);
   }
 }
 

@@ -26,6 +26,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "sparsecore/core/json.h"
 #include "sparsecore/optim/optimizer_config.h"
@@ -102,6 +103,12 @@ struct TableConfig {
   OutOfRange out_of_range = OutOfRange::kError;
   // Which ids a training lookup may turn into rows (table/admission.h); the default admits all.
   AdmissionConfig admission;
+  // Every weight of the default row: what an id without a row reads (training lookups of
+  // ids not yet admitted, evaluation lookups of unknown ids), in pooling and lookups alike.
+  float default_value = 0.0f;
+  // Group Lasso tables: remove the rows whose weights are all exactly zero every prune_every
+  // steps of the collection (EmbeddingCollection::prune); 0: only on demand.
+  int64_t prune_every = 0;
 
   bool dense() const { return num_embeddings > 0; }
   void validate() const;  // throws InvalidArgument naming the field
@@ -158,6 +165,12 @@ class EmbeddingTable {
   // The weights alone, widened to fp32: out (dim).
   void read_weights(const std::byte* row, float* out) const;
   const HashTable::RowInit& row_init() const { return row_init_; }
+  // A row record whose weights are all default_value, stored as the table's rows are (fp16
+  // tables read it rounded to half precision); nullptr when default_value is 0, so readers
+  // keep their zero fill. Pooling reads it in place of an absent row.
+  const std::byte* default_row() const { return default_row_.empty() ? nullptr : default_row_.data(); }
+  // Fills out (n, dim) with the default row's weights as fp32.
+  void fill_default(float* out, int64_t n) const;
   // The table's admission filter, or nullptr when every id is admitted at once.
   Admission* admission() const { return admission_.get(); }
   // Training lookups that found no row for keys[i] (rows[i] null, n keys distinct): each is
@@ -195,7 +208,7 @@ class EmbeddingTable {
   }
 
   // Batch lookups. keys (n) host; out (n, dim) host float32.
-  // find_weights: unknown keys read as zeros and are not inserted.
+  // find_weights: unknown keys read the default row (default_row()) and are not inserted.
   void find_weights(const int64_t* keys, int64_t n, float* out) const;
   // lookup_or_insert_weights: unknown keys are inserted first.
   void lookup_or_insert_weights(const int64_t* keys, int64_t n, float* out);
@@ -230,6 +243,7 @@ class EmbeddingTable {
   HashTable::RowInit row_init_;
   std::atomic<uint64_t> generation_{next_generation()};
   std::unique_ptr<Admission> admission_;
+  std::vector<std::byte> default_row_;
 };
 
 // Seed of table `name` in a collection seeded with `collection_seed`.
