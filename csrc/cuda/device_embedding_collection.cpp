@@ -63,6 +63,8 @@ DeviceEmbeddingCollection::DeviceEmbeddingCollection(std::vector<TableConfig> ta
                  "': the device backend keeps hash tables only; num_embeddings is supported on the CPU");
     SC_CHECK_ARG(!c.admission.enabled(), "table '", c.name,
                  "': feature admission is supported on the CPU and parameter servers, not the device backend");
+    SC_CHECK_ARG(!c.expiry.enabled(), "table '", c.name,
+                 "': expiry and capacity are supported on the CPU and parameter servers, not the device backend");
   }
   if (backend == Backend::kEmulated) {
     impl_ = emulated::make_collection(configs_, seed, storage, limits, device);

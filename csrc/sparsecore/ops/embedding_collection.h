@@ -149,7 +149,8 @@ class EmbeddingCollection {
   int table_index(const std::string& name) const;
   uint64_t seed() const { return seed_; }
   int64_t step() const { return step_.load(std::memory_order_acquire); }
-  void set_step(int64_t step) { step_.store(step, std::memory_order_release); }
+  // Sets the step (the tables keep the largest step they saw, EmbeddingTable::set_step).
+  void set_step(int64_t step);
 
   // Validates all groups, then dedups and pulls. train=true inserts unknown ids and builds
   // what backward needs; train=false never inserts (unknown ids read as zeros). Ids of a
@@ -212,6 +213,15 @@ class EmbeddingCollection {
   // running prepare/forward/backward calls; batches prepared before it look their rows up
   // again (an erased id that a later backward trains is re-created from its initial values).
   int64_t erase(int table, const int64_t* keys, int64_t n);
+
+  // Removes the rows of table `table` that its expiry rules name now (table/expiry.h), one
+  // pass over the table; returns how many. Waits for running batch calls, as erase does.
+  int64_t expire(int table);
+  // Returns the rows that eviction and incremental expiry retired to their tables for reuse
+  // (they wait until no batch call holds row pointers): at once when no call runs, else
+  // later (wait=false, unless many are waiting) or after the running calls (wait=true).
+  // prepare and apply_unique call it first.
+  void release_retired_rows(bool wait);
 
   // Sum of table memory (index + rows) in bytes.
   size_t memory_bytes() const;

@@ -1,5 +1,6 @@
 #include "sparsecore/table/embedding_table.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <mutex>
@@ -12,6 +13,7 @@
 #include "sparsecore/core/pod_vector.h"
 #include "sparsecore/core/thread_pool.h"
 #include "sparsecore/optim/update_rules.h"
+#include "sparsecore/table/sharded_dedup.h"
 
 namespace sparsecore {
 
@@ -75,6 +77,7 @@ void TableConfig::validate() const {
   SC_CHECK_ARG(out_of_range == OutOfRange::kError || out_of_range == OutOfRange::kHash, "table '", name,
                "': out_of_range must be 'error' or 'hash'");
   admission.validate(name);
+  expiry.validate(name, 1 << shard_bits, num_embeddings > 0);
   try {
     optimizer.validate();
     init.validate();
@@ -98,6 +101,7 @@ Json TableConfig::to_json() const {
     j["out_of_range"] = out_of_range_name(out_of_range);
   }
   if (admission.enabled() || admission.bloom_capacity > 0) j["admission"] = admission.to_json();
+  if (expiry.enabled()) j["expiry"] = expiry.to_json();
   return j;
 }
 
@@ -134,6 +138,8 @@ TableConfig TableConfig::from_json(const Json& j) {
       c.out_of_range = out_of_range_from_name(value.as_string("table 'out_of_range'"));
     else if (key == "admission")
       c.admission = AdmissionConfig::from_json(value);
+    else if (key == "expiry")
+      c.expiry = ExpiryConfig::from_json(value);
     else
       throw InvalidArgument("unknown table config field '" + key + "'");
   }
@@ -164,7 +170,8 @@ EmbeddingTable::EmbeddingTable(TableConfig config, uint64_t seed)
       table_(row_bytes_, config_.shard_bits),
       dense_(config_.num_embeddings > 0 ? std::make_unique<DenseRows>(row_bytes_, config_.num_embeddings) : nullptr),
       row_init_([this](int64_t key, std::byte* row) { init_row(key, row); }),
-      admission_(config_.admission.enabled() ? std::make_unique<Admission>(config_.admission, seed_) : nullptr) {}
+      admission_(config_.admission.enabled() ? std::make_unique<Admission>(config_.admission, seed_) : nullptr),
+      expiry_(config_.expiry.enabled() ? std::make_unique<Expiry>(config_.expiry) : nullptr) {}
 
 void EmbeddingTable::init_row(int64_t key, std::byte* row) const {
   if (config_.storage == RowStorage::kFloat32) {
@@ -181,6 +188,8 @@ void EmbeddingTable::init_row(int64_t key, std::byte* row) const {
     zero_padding(row);
   }
   *meta(row) = PackedRowMeta{0, 0};
+  // With expiry a row's age counts from its creation (see table/expiry.h).
+  if (expiry_) meta(row)->set_last_step(step());
 }
 
 // Padding after the weights and after the state is zeroed so checkpoints and exports are
@@ -245,6 +254,36 @@ void EmbeddingTable::find_rows(const int64_t* keys, int64_t n, std::byte** rows)
 }
 
 void EmbeddingTable::find_or_insert_rows(const int64_t* keys, int64_t n, std::byte** rows) {
+  if (!dense_ && expiry_ && expiry_->capacity() > 0) {
+    // Shard by shard under its lock, so the bound holds: rows refused stay null.
+    ShardedDedup grouped;
+    grouped.group(keys, n, table_.num_shards());
+    parallel_for(table_.num_shards(), 1, [&](int64_t s0, int64_t s1) {
+      std::vector<int64_t> shard_keys;
+      std::vector<std::byte*> shard_rows;
+      for (int64_t s = s0; s < s1; ++s) {
+        const int64_t b = grouped.shard_begin(static_cast<int>(s)), e = grouped.shard_end(static_cast<int>(s));
+        if (b == e) continue;
+        shard_keys.clear();
+        for (int64_t p = b; p < e; ++p) shard_keys.push_back(keys[grouped.perm()[p]]);
+        std::sort(shard_keys.begin(), shard_keys.end());
+        shard_keys.erase(std::unique(shard_keys.begin(), shard_keys.end()), shard_keys.end());
+        shard_rows.assign(shard_keys.size(), nullptr);
+        HashTable::Shard& sh = table_.shard(static_cast<int>(s));
+        auto lock = sh.write_lock();
+        sh.find_batch(shard_keys.data(), static_cast<int64_t>(shard_keys.size()), shard_rows.data());
+        insert_missing_locked(static_cast<int>(s), shard_keys.data(), static_cast<int64_t>(shard_keys.size()),
+                              shard_rows.data(), /*sight=*/false);
+        for (int64_t p = b; p < e; ++p) {
+          const int64_t i = grouped.perm()[p];
+          const size_t at =
+              static_cast<size_t>(std::lower_bound(shard_keys.begin(), shard_keys.end(), keys[i]) - shard_keys.begin());
+          rows[i] = shard_rows[at];
+        }
+      }
+    });
+    return;
+  }
   if (!dense_) {
     table_.find_or_insert(keys, n, rows, row_init_);
     return;
@@ -300,7 +339,13 @@ void EmbeddingTable::lookup_or_insert_weights(const int64_t* keys, int64_t n, fl
   std::vector<std::byte*> rows(n);
   find_or_insert_rows(keys, n, rows.data());
   parallel_for(n, 1024, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) read_weights(rows[i], out + i * config_.dim);
+    for (int64_t i = b; i < e; ++i) {
+      // Null: refused by a full table (counted); it reads as the default row.
+      if (rows[i])
+        read_weights(rows[i], out + i * config_.dim);
+      else
+        std::memset(out + i * config_.dim, 0, static_cast<size_t>(config_.dim) * sizeof(float));
+    }
   });
 }
 
@@ -327,8 +372,9 @@ void EmbeddingTable::pull_weights(const int64_t* keys, int64_t n, bool insert, f
   // (80 KB for a thousand rows of dim 18) are on their way to L2.
   const size_t dim = static_cast<size_t>(config_.dim);
   const size_t weight_bytes = dim * (config_.storage == RowStorage::kFloat16 ? sizeof(uint16_t) : sizeof(float));
-  if (insert && admission_) {
-    // Sightings first, then rows for the ids admitted (the embedded store does the same).
+  if (insert && may_refuse_rows()) {
+    // Sightings first, then rows for the ids admitted and room found for (the embedded store
+    // does the same).
     find_rows(keys, n, rows.data());
     admit_missing(keys, n, rows.data());
   } else if (dense_) {
@@ -349,18 +395,8 @@ void EmbeddingTable::pull_weights(const int64_t* keys, int64_t n, bool insert, f
 }
 
 int64_t EmbeddingTable::erase(const int64_t* keys, int64_t n) {
-  int64_t erased = 0;
-  if (dense_) {
-    PodVector<int64_t> ids(static_cast<size_t>(n));
-    for (int64_t i = 0; i < n; ++i) ids[i] = dense_id(keys[i]);
-    for (int64_t i = 0; i < n; ++i) {
-      auto& shard = table_.shard(table_.shard_of_hash(key_hash(ids[i])));
-      auto lock = shard.write_lock();
-      erased += dense_->unmark(ids[i]) ? 1 : 0;
-    }
-  } else {
-    erased = table_.erase(keys, n);
-  }
+  const int64_t erased = remove_rows(keys, n, Removal::kErased);
+  release_retired();
   if (erased) bump_generation();
   return erased;
 }
