@@ -23,7 +23,10 @@
 // Thread-safety: prepare/forward/backward may run concurrently from several threads
 // (updates of one row from two concurrent backward calls race, Hogwild-style); restore()
 // and erase() wait for running calls and hold them off while they release rows, so no call
-// ever writes a row that was freed (and maybe reused by another key). With a remote store,
+// ever writes a row that was freed (and maybe reused by another key). Rows that eviction or
+// incremental expiry (table/expiry.h) remove during batch calls are retired instead: a call
+// that took their pointers may still use them, and they are reused only once no call runs
+// (release_retired_rows). With a remote store,
 // concurrent forwards of one batch pull its rows once (PreparedBatch::rows_mutex).
 #pragma once
 

@@ -53,6 +53,8 @@ void PsShard::check_room(const std::map<std::string, Table, std::less<>>& tables
 
 void PsShard::create_table(const TableConfig& config, uint64_t seed) {
   config.validate();
+  SC_CHECK_ARG(!config.expiry.predicate, "table '", config.name,
+               "': an expiry predicate runs in an embedded collection only, not on parameter servers");
   auto it = tables_.find(config.name);
   if (it != tables_.end()) {
     const TableConfig& have = it->second.rows->table(0).config();
@@ -109,14 +111,8 @@ void PsShard::share_capacity(EmbeddingTable& table) const {
 
 int64_t PsShard::erase(const std::string& name, const int64_t* ids, int64_t n) {
   check_ids(name, ids, n, /*push=*/false);
-  Table& t = table(name);
-  if (t.rows->table(0).config().dense()) {
-    // Ids a pull maps into the range name the rows the pull would read.
-    PodVector<int64_t> mapped(static_cast<size_t>(n));
-    for (int64_t i = 0; i < n; ++i) mapped[i] = t.rows->table(0).dense_id(ids[i]);
-    return t.rows->erase(0, mapped.data(), n);
-  }
-  return t.rows->erase(0, ids, n);
+  // A dense table maps ids into its range as a pull does (EmbeddingTable::remove_rows).
+  return table(name).rows->erase(0, ids, n);
 }
 
 int64_t PsShard::expire(const std::string& name) { return table(name).rows->expire(0); }

@@ -17,8 +17,10 @@
 // with the locks of the same hash-table shards, so both kinds plan, lock, checkpoint and
 // shard alike; only where a row lives differs. Ids outside [0, N) are refused or hashed into
 // the range (out_of_range) by dense_id() before they reach the rows.
-// `generation()` changes whenever rows may have been released (erase, clear, restore),
-// which tells holders of row pointers to look rows up again.
+// `generation()` changes whenever rows may have been released (erase, clear, restore, the
+// release of retired rows), which tells holders of row pointers to look rows up again.
+// Rows leave a table by erase or by its expiry and capacity (TableConfig::expiry,
+// table/expiry.h), all through remove_rows_locked.
 #pragma once
 
 #include <atomic>
