@@ -5,6 +5,7 @@ that concurrent training never passes; refusals that read zeros and drop (and co
 gradients; state in checkpoints and server snapshots; erase and expiry on ``sparsecore
 server`` processes."""
 
+import json
 import threading
 
 import numpy as np
@@ -304,6 +305,26 @@ def test_state_and_config_survive_a_checkpoint(tmp_path, rng):
     assert loaded.expiry_stats() == coll.expiry_stats()
 
 
+def test_a_damaged_expiry_state_is_refused(tmp_path):
+    coll = sc.EmbeddingCollection({"t": _table(sc.Expiry(ttl_seconds=5.0))}, seed=5)
+    _train(coll, "t", [1, 2])
+    _train(coll, "t", [3])
+    coll.save(str(tmp_path / "ck"))
+    path = tmp_path / "ck" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    state = manifest["tables"][0]["expiry_state"]
+    assert len(state["step_times"]) >= 2
+    state["step_times"] = state["step_times"][::-1]  # no longer growing
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(sc.CorruptDataError, match="expiry step times must grow"):
+        sc.EmbeddingCollection.load(str(tmp_path / "ck"))
+    del manifest["tables"][0]["config"]["expiry"]
+    state["step_times"] = state["step_times"][::-1]
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(sc.CorruptDataError, match="lists an expiry state but has no expiry"):
+        sc.EmbeddingCollection.load(str(tmp_path / "ck"))
+
+
 @pytest.mark.parametrize("expiry, match", [
     (sc.Expiry(ttl_steps=-1), "ttl_steps must be >= 0"),
     (sc.Expiry(ttl_seconds=-1.0), "ttl_seconds must be finite and >= 0"),
@@ -360,6 +381,10 @@ def test_embedded_and_a_server_process_expire_the_same_rows(rng):
         assert cluster.erase("t", np.concatenate([erase, erase])) == embedded.erase("t", erase)
         assert cluster.sizes() == embedded.sizes()
         assert np.all(cluster.lookup("t", erase) == 0)
+        with pytest.raises(KeyError, match="no table 'nope'"):
+            cluster.server.erase("nope", erase)
+        with pytest.raises(KeyError, match="no table 'nope'"):
+            cluster.server.expire("nope")
     finally:
         stop(proc)
 
