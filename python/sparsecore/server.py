@@ -150,7 +150,8 @@ class Cluster:
         self._c.dense_push(name, as_float32(grads, "grads"), lr)
 
     def stats(self) -> list[dict]:
-        """One dict per shard: its tables (rows, memory_bytes, step) and, on a listening
+        """One dict per shard: its tables (rows, memory_bytes, step, and the ``admission`` and
+        ``expiry`` counts of tables that have them, with the shard's ``capacity``) and, on a listening
         server, the row requests it received (``pull_requests``, ``push_requests``)."""
         return json.loads(self._c.stats())
 

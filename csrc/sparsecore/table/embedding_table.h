@@ -211,7 +211,8 @@ class EmbeddingTable {
   int64_t expire();
   // The incremental pass: examines about `slots` index slots from the table's cursor (each
   // window extended to the end of its probe run, so every row present at the start of a
-  // round is examined once per round) and removes the expired rows; returns how many.
+  // round is examined once per round) and removes the expired rows; returns how many. A call
+  // made while another one runs returns 0 at once.
   int64_t expire_some(int64_t slots);
   // Evicts rows from every shard over its bound (a table restored with another share).
   int64_t enforce_capacity();

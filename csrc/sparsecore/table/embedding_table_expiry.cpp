@@ -162,7 +162,9 @@ int64_t EmbeddingTable::expire() {
 
 int64_t EmbeddingTable::expire_some(int64_t slots) {
   if (!expiry_ || dense_ || slots <= 0 || !config_.expiry.has_rules()) return 0;
-  std::lock_guard<std::mutex> guard(cursor_mutex_);
+  // One pass at a time; a training thread that finds another one running goes on.
+  std::unique_lock<std::mutex> guard(cursor_mutex_, std::try_to_lock);
+  if (!guard.owns_lock()) return 0;
   const Expiry::Cutoffs cut = expiry_->cutoffs(step());
   int64_t left = slots;
   int64_t removed = 0;
