@@ -41,10 +41,10 @@ def test_sizes_count_the_servers_rows_and_evaluation_inserts_none(server):
     assert coll.table_size("a") == 3
 
 
-@pytest.mark.parametrize("call", ["erase", "export", "memory_bytes", "bytes_per_row"])
+@pytest.mark.parametrize("call", ["export", "memory_bytes", "bytes_per_row"])
 def test_calls_that_need_local_rows_say_the_tables_live_on_servers(server, call):
     coll = sc.EmbeddingCollection(TABLES, seed=3, server=server)
-    args = {"erase": ("a", np.array([1], np.int64)), "export": ("a",), "memory_bytes": (), "bytes_per_row": ("a",)}
+    args = {"export": ("a",), "memory_bytes": (), "bytes_per_row": ("a",)}
     with pytest.raises(ValueError, match=rf"EmbeddingCollection\.{call}: .*parameter servers"):
         getattr(coll, call)(*args[call])
 

@@ -66,6 +66,8 @@ DeviceEmbeddingCollection::DeviceEmbeddingCollection(std::vector<TableConfig> ta
     SC_CHECK_ARG(c.default_value == 0.0f, "table '", c.name,
                  "': a non-zero default_value is supported on the CPU and parameter servers, not the device backend "
                  "(its absent rows read zeros)");
+    SC_CHECK_ARG(!c.expiry.enabled(), "table '", c.name,
+                 "': expiry and capacity are supported on the CPU and parameter servers, not the device backend");
   }
   if (backend == Backend::kEmulated) {
     impl_ = emulated::make_collection(configs_, seed, storage, limits, device);

@@ -34,6 +34,21 @@ std::vector<GroupInput> group_inputs(const EmbeddingCollection& c, const std::ve
   return python::group_inputs(groups, keep_alive, [&c](int t) { return c.table_name(t); });
 }
 
+// A Python callable kept by C++ code that may copy or drop it without the GIL: the last
+// owner takes the GIL to release it.
+std::shared_ptr<py::function> held_callable(const py::function& fn) {
+  return std::shared_ptr<py::function>(new py::function(fn), [](py::function* f) {
+    py::gil_scoped_acquire gil;
+    delete f;
+  });
+}
+
+Expiry& table_expiry(EmbeddingCollection& c, int t) {
+  Expiry* e = c.table(t).expiry();
+  SC_CHECK_ARG(e, "table '", c.table_name(t), "' has no expiry (TableConfig(expiry=...))");
+  return *e;
+}
+
 }  // namespace
 
 SPARSECORE_BINDING(embedding, 30) {
@@ -115,6 +130,68 @@ SPARSECORE_BINDING(embedding, 30) {
             return d;
           },
           py::arg("table"), "The table's statistics (TableStats) as a dict of ints.")
+      .def("table_expiry_stats",
+           [](const EmbeddingCollection& c, int t) -> py::object {
+             const Expiry* e = c.table(t).expiry();
+             if (!e) return py::none();
+             const ExpiryStats s = e->stats();
+             py::dict d;
+             d["expired"] = s.expired;
+             d["evicted"] = s.evicted;
+             d["refused"] = s.refused;
+             d["dropped_gradients"] = s.dropped_gradients;
+             return d;
+           })
+      .def(
+          "set_expiry_predicate",
+          [](EmbeddingCollection& c, int t, const py::object& fn) {
+            Expiry& e = table_expiry(c, t);
+            SC_CHECK_ARG(e.config().predicate, "table '", c.table_name(t),
+                         "' was not configured for a predicate (Expiry(predicate=...))");
+            if (fn.is_none()) {
+              e.set_predicate(nullptr);
+              return;
+            }
+            // Called from the thread of a training or expire call, which runs without the GIL.
+            e.set_predicate([held = held_callable(fn)](int64_t key, const RowMeta& m) -> bool {
+              py::gil_scoped_acquire gil;
+              try {
+                return (*held)(key, m.update_count, m.last_step).cast<bool>();
+              } catch (py::error_already_set& err) {
+                throw InvalidArgument(std::string("the expiry predicate raised: ") + err.what());
+              } catch (const py::cast_error&) {
+                throw InvalidArgument("the expiry predicate must return a bool");
+              }
+            });
+          },
+          py::arg("table"), py::arg("predicate"))
+      .def(
+          "set_expiry_clock",
+          [](EmbeddingCollection& c, int t, const py::object& fn) {
+            Expiry& e = table_expiry(c, t);
+            if (fn.is_none()) {
+              e.set_clock(nullptr);
+              return;
+            }
+            e.set_clock([held = held_callable(fn)]() -> double {
+              py::gil_scoped_acquire gil;
+              try {
+                return (*held)().cast<double>();
+              } catch (py::error_already_set& err) {
+                throw InvalidArgument(std::string("the expiry clock raised: ") + err.what());
+              } catch (const py::cast_error&) {
+                throw InvalidArgument("the expiry clock must return seconds as a float");
+              }
+            });
+          },
+          py::arg("table"), py::arg("clock"))
+      .def(
+          "expire",
+          [](EmbeddingCollection& c, int t) {
+            py::gil_scoped_release release;
+            return c.expire(t);
+          },
+          py::arg("table"))
       .def("table_row_floats", [](const EmbeddingCollection& c, int t) { return c.table(t).row_floats(); })
       .def("table_row_bytes", [](const EmbeddingCollection& c, int t) { return c.table(t).row_bytes(); })
       .def("memory_bytes", &EmbeddingCollection::memory_bytes)

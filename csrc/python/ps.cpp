@@ -229,6 +229,22 @@ SPARSECORE_BINDING(ps, 70) {
              py::gil_scoped_release r;
              c.dense_push(name, g, n, lr);
            })
+      .def(
+          "erase",
+          [](PsClient& c, const std::string& name, const py::array& ids) {
+            const int64_t* k = checked_array<int64_t>(ids, "ids", {-1});
+            const int64_t n = ids.shape(0);
+            py::gil_scoped_release r;
+            return c.erase(name, k, n);
+          },
+          py::arg("table"), py::arg("ids"))
+      .def(
+          "expire",
+          [](PsClient& c, const std::string& name) {
+            py::gil_scoped_release r;
+            return c.expire(name);
+          },
+          py::arg("table"))
       .def("stats", [](PsClient& c) {
         Json s;
         {

@@ -14,6 +14,7 @@ from .config import (
     Admission,
     AdamW,
     Constant,
+    Expiry,
     GroupLasso,
     Momentum,
     Normal,
@@ -67,7 +68,7 @@ __version__ = "0.1.0"
 
 # Exactly the public names of the package (tests/test_api.py checks both directions).
 __all__ = [
-    "FTRL", "SGD", "Adagrad", "Adam", "AdamW", "Admission", "Cluster", "Constant", "CorruptDataError", "DevicePackedWeights",
+    "FTRL", "SGD", "Adagrad", "Adam", "AdamW", "Admission", "Cluster", "Expiry", "Constant", "CorruptDataError", "DevicePackedWeights",
     "EmbeddingCollection", "GroupLasso", "Momentum", "Normal", "PackedWeights", "PreparedBatch",
     "QuantizedEmbeddingTable", "QuantizedRows", "Quantizer", "RowwiseAdagrad", "RpcAuthError",
     "RpcConnectionError", "RpcError", "RpcProtocolError", "RpcStepAbortedError", "RpcTimeoutError",

@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional, Union
+from typing import Any, Callable, Literal, Optional, Union
 
 import numpy as np
 
 __all__ = [
     "SGD", "Momentum", "Adagrad", "RowwiseAdagrad", "Adam", "AdamW", "FTRL", "GroupLasso",
-    "Zeros", "Constant", "Uniform", "Normal", "TruncatedNormal", "Admission", "TableConfig",
+    "Zeros", "Constant", "Uniform", "Normal", "TruncatedNormal", "Admission", "Expiry", "TableConfig",
     "Optimizer", "Initializer",
 ]
 
@@ -323,6 +323,80 @@ class Admission:
 
 
 @dataclass(frozen=True)
+class Expiry:
+    """Which rows leave a table, and its hard row capacity. A row is *expired* when any rule
+    enabled here names it (0 turns a rule off):
+
+    - ``ttl_steps=N``: not updated in the last N steps (``last_step < step - N``);
+    - ``ttl_seconds=S``: not updated in the last S seconds of wall time. Rows carry no time:
+      the table keeps a small monotone map of step -> wall time and expires the rows whose
+      last step is at or before the newest step seen at least S seconds ago (a rule that
+      never expires a row updated within S seconds);
+    - ``min_l2_norm=x``: the L2 norm of the row's weights is below ``x``;
+    - ``predicate=f``: ``f(id, update_count, last_step) -> bool`` (True: expired), a Python
+      callable of an embedded table, called with the GIL from the thread of the training or
+      ``expire`` call, under a lock of the table (it must not call into the collection); an
+      exception it raises surfaces as ``ValueError``. The callable is not saved: the config
+      only records that the table has one, so set it again after ``EmbeddingCollection.load``
+      (``set_expiry_predicate``). Parameter servers refuse it.
+
+    A new row's ``last_step`` starts at the step it was created, so it is not expired (or
+    evicted) before it was trained. Expiry runs on demand (``EmbeddingCollection.expire()``)
+    and incrementally: each training step examines the next ``scan_per_step`` slots of the
+    table's hash index (a cursor over shards and slots; 0: on demand only).
+
+    ``capacity=C > 0`` bounds the rows of the table, hard, also under concurrent training:
+    it is split over the table's ``2**shard_bits`` hash shards (and over the shards of a
+    parameter-server cluster). When a training lookup finds its shard full, ``on_full``
+    decides: ``"evict"`` removes the lowest-scored rows of the shard in one pass (``policy``
+    ``"lru"`` scores by last step, then update count; ``"lfu"`` by update count, then last
+    step; ties by id), room for the lookup plus ``eviction_headroom`` x the shard's capacity
+    so the pass is amortised (rows of the lookup itself are never evicted); ``"refuse"``
+    leaves the id without a row. A refused id (or one that does not fit even after eviction)
+    reads zeros and its gradient is dropped, both counted, as for an id feature admission has
+    not admitted. ``EmbeddingCollection.expiry_stats()`` reports expired, evicted and refused
+    rows and dropped gradients; they are saved in checkpoints and snapshots.
+    """
+    ttl_steps: int = 0
+    ttl_seconds: float = 0.0
+    min_l2_norm: float = 0.0
+    predicate: Optional[Callable[[int, int, int], bool]] = field(default=None, compare=False)
+    capacity: int = 0
+    policy: Literal["lru", "lfu"] = "lru"
+    on_full: Literal["evict", "refuse"] = "evict"
+    eviction_headroom: float = 1.0 / 16
+    scan_per_step: int = 0
+
+    def to_dict(self, name: str) -> dict[str, Any]:
+        for key in ("ttl_steps", "capacity", "scan_per_step"):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise TypeError(f"table '{name}': expiry {key} must be an int, got {type(v).__name__}")
+        for key in ("ttl_seconds", "min_l2_norm", "eviction_headroom"):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise TypeError(f"table '{name}': expiry {key} must be a float, got {type(v).__name__}")
+            if not math.isfinite(v):
+                raise ValueError(f"table '{name}': expiry {key} must be finite, got {v}")
+        for key in ("policy", "on_full"):
+            if not isinstance(getattr(self, key), str):
+                raise TypeError(f"table '{name}': expiry {key} must be a str, got {type(getattr(self, key)).__name__}")
+        if self.predicate is not None and not callable(self.predicate):
+            raise TypeError(f"table '{name}': expiry predicate must be callable or None, "
+                            f"got {type(self.predicate).__name__}")
+        # The ranges are checked once, by the core (TableConfig validation names the field).
+        return {"ttl_steps": self.ttl_steps, "ttl_seconds": float(self.ttl_seconds),
+                "min_l2_norm": float(self.min_l2_norm), "predicate": self.predicate is not None,
+                "capacity": self.capacity, "policy": self.policy, "on_full": self.on_full,
+                "eviction_headroom": float(self.eviction_headroom), "scan_per_step": self.scan_per_step}
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> "Expiry":
+        # A saved config records that a predicate was set, not the callable.
+        return Expiry(**{k: v for k, v in d.items() if k != "predicate"})
+
+
+@dataclass(frozen=True)
 class TableConfig:
     """One embedding table: ``dim`` floats per row, its optimizer and initializer, and how a
     bag of its ids pools: ``"sum"``, ``"mean"`` or ``"none"`` (padded sequences).
@@ -356,6 +430,10 @@ class TableConfig:
 
     ``prune_every=N`` (Group Lasso tables only) removes the rows whose weights reached exactly
     zero every ``N`` steps (see ``EmbeddingCollection.prune``); ``0`` prunes on demand only.
+
+    ``expiry=Expiry(...)`` removes rows by age (steps or seconds), weight norm or a predicate,
+    and bounds the table's rows with a hard capacity (evicting LRU or LFU rows, or refusing
+    new ids); see ``Expiry``. ``None`` (the default) keeps every row. Hash tables only.
     """
     dim: int
     optimizer: Optimizer = field(default_factory=Adagrad)
@@ -368,6 +446,7 @@ class TableConfig:
     admission: Optional[Admission] = None
     default_value: float = 0.0
     prune_every: int = 0
+    expiry: Optional[Expiry] = None
 
     def to_dict(self, name: str) -> dict[str, Any]:
         if isinstance(self.dim, bool) or not isinstance(self.dim, int):
@@ -412,6 +491,10 @@ class TableConfig:
             raise TypeError(f"table '{name}': prune_every must be an int, got {type(pe).__name__}")
         if pe != 0:
             out["prune_every"] = pe
+        if self.expiry is not None:
+            if not isinstance(self.expiry, Expiry):
+                raise TypeError(f"table '{name}': expiry must be an Expiry or None, got {type(self.expiry).__name__}")
+            out["expiry"] = self.expiry.to_dict(name)
         return out
 
     @staticmethod
@@ -432,7 +515,8 @@ class TableConfig:
                            storage=d.get("storage", "fp32"), num_embeddings=d.get("num_embeddings"),
                            out_of_range=d.get("out_of_range", "error"),
                            admission=Admission(**d["admission"]) if "admission" in d else None,
-                           default_value=d.get("default_value", 0.0), prune_every=d.get("prune_every", 0))
+                           default_value=d.get("default_value", 0.0), prune_every=d.get("prune_every", 0),
+                           expiry=Expiry.from_dict(d["expiry"]) if "expiry" in d else None)
 
 
 def tables_to_json(tables: dict[str, TableConfig]) -> str:

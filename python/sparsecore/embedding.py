@@ -86,7 +86,7 @@ class EmbeddingCollection:
     embedded ones bit for bit. ``prepare``, ``pooled_rows``, ``forward``, ``evaluate``,
     ``backward``, ``lookup``, ``step`` and ``sizes`` work alike; ``save``/``restore`` name a
     snapshot kept by the servers (see :meth:`Cluster.save`); the calls that need rows in
-    this process (``erase``, ``export``, ``memory_bytes``, ``bytes_per_row``) raise
+    this process (``export``, ``memory_bytes``, ``bytes_per_row``) raise
     ``ValueError`` naming the call.
     """
 
@@ -128,6 +128,12 @@ class EmbeddingCollection:
         self._index = {n: i for i, n in enumerate(self._names)}
         self._configs = {n: TableConfig.from_dict(json.loads(self._c.table_config_json(i)))
                          for i, n in enumerate(self._names)}
+        for name, cfg in dict(tables).items():
+            if cfg.expiry is not None and cfg.expiry.predicate is not None:
+                if self._server is not None:
+                    raise ValueError(f"table '{name}': an expiry predicate (a Python callable) runs in an embedded "
+                                     f"collection only, not on parameter servers")
+                self.set_expiry_predicate(name, cfg.expiry.predicate)
 
     # ----------------------------------------------------------------------------- tables
     @property
@@ -224,6 +230,59 @@ class EmbeddingCollection:
                             totals[name][key] += int(t.get(key, 0))
             return totals
         return {n: dict(self._c.table_stats(i)) for i, n in enumerate(self._names)}
+    def expiry_stats(self) -> dict[str, dict[str, int]]:
+        """Expiry and capacity counts of each table with ``TableConfig(expiry=...)``:
+        ``expired`` (rows removed by a rule), ``evicted`` (rows removed to make room),
+        ``refused`` (new ids left without a row because the table was full) and
+        ``dropped_gradients`` (gradients of refused ids, for tables without admission, which
+        counts them otherwise). On parameter servers the counts are summed over every shard."""
+        keys = ("expired", "evicted", "refused", "dropped_gradients")
+        if self._server is not None:
+            totals: dict[str, dict[str, int]] = {}
+            for shard in self._server.stats():
+                for name, t in shard.get("tables", {}).items():
+                    if name in self._index and "expiry" in t:
+                        acc = totals.setdefault(name, dict.fromkeys(keys, 0))
+                        for key in keys:
+                            acc[key] += int(t["expiry"][key])
+            return totals
+        out = {}
+        for i, n in enumerate(self._names):
+            s = self._c.table_expiry_stats(i)
+            if s is not None:
+                out[n] = dict(s)
+        return out
+
+    def expire(self, name: Optional[str] = None) -> int:
+        """Removes now the rows that the expiry rules of table ``name`` (None: every table with
+        expiry) name, in one pass; returns how many. Safe while other threads train, as
+        :meth:`erase`. On parameter servers every shard expires its own rows."""
+        names = [name] if name is not None else [n for n, c in self._configs.items() if c.expiry is not None]
+        removed = 0
+        for n in names:
+            t = self._table(n)
+            removed += self._server.expire(n) if self._server is not None else self._c.expire(t)
+        return removed
+
+    def set_expiry_predicate(self, name: str, predicate: Any) -> None:
+        """Sets (or, with None, clears) the predicate of table ``name``, whose config must say
+        it has one (``Expiry(predicate=...)``): ``predicate(id, update_count, last_step)``
+        returns True for a row to expire. Needed again after :meth:`load`, which cannot
+        restore a callable (:meth:`restore` keeps the one set)."""
+        self._local_only("set_expiry_predicate")
+        if predicate is not None and not callable(predicate):
+            raise TypeError(f"table '{name}': expiry predicate must be callable or None, "
+                            f"got {type(predicate).__name__}")
+        self._c.set_expiry_predicate(self._table(name), predicate)
+
+    def set_expiry_clock(self, name: str, clock: Any) -> None:
+        """Replaces the wall clock of table ``name``'s ``ttl_seconds`` rule by ``clock()``
+        (seconds as a float; None: the system clock), e.g. to test or replay a stream. The
+        step times recorded so far are dropped (times of two clocks do not compare)."""
+        self._local_only("set_expiry_clock")
+        if clock is not None and not callable(clock):
+            raise TypeError(f"table '{name}': expiry clock must be callable or None, got {type(clock).__name__}")
+        self._c.set_expiry_clock(self._table(name), clock)
 
     def memory_bytes(self) -> int:
         """Bytes held by all tables (index and rows)."""
@@ -251,9 +310,13 @@ class EmbeddingCollection:
     def erase(self, name: str, ids: Any) -> int:
         """Removes ``ids`` from table ``name``; returns how many were present. Safe while other
         threads train: it waits for their running calls, and batches prepared before it look
-        their rows up again (an erased id that a later backward trains starts afresh)."""
-        self._local_only("erase")
-        return self._c.erase(self._table(name), as_int64(ids, f"ids of table '{name}'"))
+        their rows up again (an erased id that a later backward trains starts afresh). On
+        parameter servers each server erases the ids it owns."""
+        t = self._table(name)
+        ids_np = as_int64(ids, f"ids of table '{name}'")
+        if self._server is not None:
+            return self._server.erase(name, ids_np)
+        return self._c.erase(t, ids_np)
 
     def prune(self) -> dict[str, int]:
         """Removes the rows of every Group Lasso table whose weights are all exactly zero (the

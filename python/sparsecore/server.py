@@ -100,6 +100,17 @@ class Cluster:
         """Applies ``grads`` (float32[n, dim]) to the rows of ``ids``; duplicates are summed."""
         self._c.push(name, as_int64(ids, f"ids of table '{name}'"), as_float32(grads, f"grads of table '{name}'"), step)
 
+    def erase(self, name: str, ids: Any) -> int:
+        """Removes ``ids`` (duplicates allowed) from table ``name`` on the shards that own them;
+        returns how many were present."""
+        return self._c.erase(name, as_int64(ids, f"ids of table '{name}'"))
+
+    def expire(self, name: str) -> int:
+        """Every shard removes the rows of table ``name`` that its expiry rules name now (each
+        also expires incrementally at its push steps, ``Expiry(scan_per_step=...)``); returns
+        how many."""
+        return self._c.expire(name)
+
     def save(self, name: str | int | None = None, *, step: int = 0, overwrite: bool = False) -> str:
         """Snapshot of every shard, kept by the servers under their ``--snapshot-dir``
         (``Server(snapshot_dir=...)``) as ``name``: a plain name, or a step (``save(7)`` is
@@ -141,9 +152,10 @@ class Cluster:
     def stats(self) -> list[dict]:
         """One dict per shard: its tables (each with the table statistics of
         :meth:`EmbeddingCollection.table_stats` - ``rows``, ``bytes``, ``admitted``,
-        ``rejected``, ``pending``, ``dropped_gradients`` - and ``memory_bytes``, ``step``) and,
-        on a listening server, the row requests it received (``pull_requests``,
-        ``push_requests``)."""
+        ``rejected``, ``pending``, ``dropped_gradients`` - ``memory_bytes``, ``step``, and the
+        ``admission`` and ``expiry`` counts of tables that have them, with the shard's
+        ``capacity``) and, on a listening server, the row requests it received
+        (``pull_requests``, ``push_requests``)."""
         return json.loads(self._c.stats())
 
     def collection(self, tables: Mapping[str, TableConfig], seed: int = 0) -> EmbeddingCollection:

@@ -320,6 +320,7 @@ std::string manifest_text(const std::vector<std::unique_ptr<EmbeddingTable>>& ta
       ja["checksum"] = hex64(a.checksum);
       jt["admission"] = std::move(ja);
     }
+    if (const Expiry* e = tables[t]->expiry()) jt["expiry_state"] = e->state_json();
     jtables.push_back(std::move(jt));
   }
   manifest["tables"] = std::move(jtables);
@@ -424,6 +425,7 @@ std::unique_ptr<EmbeddingCollection> EmbeddingCollection::load(const std::string
       uint64_t rows = 0;
       std::vector<FileEntry> files;
       FileEntry admission;  // path empty: none saved
+      const Json* expiry_state = nullptr;
     };
     std::vector<TableEntry> entries;
     const Json::Array& jtables = manifest.at("tables").as_array("tables");
@@ -484,6 +486,9 @@ std::unique_ptr<EmbeddingCollection> EmbeddingCollection::load(const std::string
         SC_CHECK(!te.config.admission.enabled(), CorruptData, "table '", te.config.name,
                  "' has admission configured but no admission file");
       }
+      te.expiry_state = jt.get("expiry_state");
+      SC_CHECK(!te.expiry_state || te.config.expiry.enabled(), CorruptData, "table '", te.config.name,
+               "' lists an expiry state but has no expiry configured");
       te.rows = table_rows;
       total_rows += table_rows;
       total_shards += uint64_t{1} << te.config.shard_bits;
@@ -521,6 +526,8 @@ std::unique_ptr<EmbeddingCollection> EmbeddingCollection::load(const std::string
       }
     }
     for (size_t t = 0; t < tables.size(); ++t)
+      if (entries[t].expiry_state) tables[t]->expiry()->load_state(*entries[t].expiry_state);
+    for (size_t t = 0; t < tables.size(); ++t)
       SC_CHECK(tables[t]->size() == entries[t].rows, CorruptData, "table '", tables[t]->name(), "' holds ",
                tables[t]->size(), " rows after loading, its files list ", entries[t].rows,
                " (duplicate keys in the files)");
@@ -552,6 +559,10 @@ void EmbeddingCollection::restore(const std::string& dir) {
                  " (out_of_range '", out_of_range_name(have.out_of_range), "'); 0 means a hash table");
   }
   for (auto& t : loaded->tables_) t->bump_generation();
+  // The run-time parts of expiry (predicate, clock) stay with the collection.
+  for (int t = 0; t < num_tables(); ++t)
+    if (Expiry* now = tables_[t]->expiry(); now && loaded->tables_[t]->expiry())
+      loaded->tables_[t]->expiry()->copy_callables(*now);
   tables_.swap(loaded->tables_);
   step_.store(loaded->step(), std::memory_order_release);
 }

@@ -34,6 +34,7 @@ EmbeddingCollection::EmbeddingCollection(std::vector<TableConfig> tables, uint64
   for (auto& c : tables) {
     uint64_t ts = table_seed(seed, c.name);
     tables_.push_back(std::make_unique<EmbeddingTable>(std::move(c), ts));
+    tables_.back()->set_step(0);  // a new table's rows were created now (wall-clock expiry)
   }
   auto local = std::make_unique<LocalRowStore>(tables_);
   local_ = local.get();
@@ -55,6 +56,7 @@ EmbeddingCollection::EmbeddingCollection(std::vector<TableConfig> tables, uint64
 EmbeddingCollection::EmbeddingCollection(std::vector<std::unique_ptr<EmbeddingTable>> tables, uint64_t seed,
                                          int64_t step)
     : seed_(seed), tables_(std::move(tables)), step_(step) {
+  for (auto& t : tables_) t->set_step(step);
   auto local = std::make_unique<LocalRowStore>(tables_);
   local_ = local.get();
   store_ = std::move(local);
@@ -161,6 +163,7 @@ std::vector<GroupInput> EmbeddingCollection::in_range_inputs(const std::vector<G
 
 std::shared_ptr<PreparedBatch> EmbeddingCollection::prepare(const std::vector<GroupInput>& inputs, bool train,
                                                             bool sight) {
+  if (local_) release_retired_rows(/*wait=*/false);
   std::shared_lock swap_lock(swap_mutex_);
   return plan(inputs, train, sight);
 }
@@ -262,6 +265,36 @@ int64_t EmbeddingCollection::erase(int table, const int64_t* keys, int64_t n) {
   require_local("erase");
   std::unique_lock swap_lock(swap_mutex_);  // no batch call holds a row pointer meanwhile
   return tables_[table]->erase(keys, n);
+}
+
+int64_t EmbeddingCollection::expire(int table) {
+  SC_CHECK_ARG(table >= 0 && table < num_tables(), "table index ", table, " out of range for ", num_tables(),
+               " tables");
+  require_local("expire");
+  std::unique_lock swap_lock(swap_mutex_);
+  const int64_t removed = tables_[table]->expire();
+  tables_[table]->release_retired();
+  return removed;
+}
+
+void EmbeddingCollection::set_step(int64_t step) {
+  step_.store(step, std::memory_order_release);
+  for (auto& t : tables_) t->set_step(step);
+}
+
+void EmbeddingCollection::release_retired_rows(bool wait) {
+  size_t retired = 0;
+  for (const auto& t : tables_) retired += t->retired_rows();
+  if (retired == 0) return;
+  // Retired rows may still be in use by the calls running now; they are released once none
+  // runs. Past kMaxRetiredRows the caller waits for that moment instead of trying again later.
+  constexpr size_t kMaxRetiredRows = size_t{1} << 16;
+  std::unique_lock swap_lock(swap_mutex_, std::defer_lock);
+  if (wait || retired > kMaxRetiredRows)
+    swap_lock.lock();
+  else if (!swap_lock.try_lock())
+    return;
+  for (auto& t : tables_) t->release_retired();
 }
 
 int64_t EmbeddingCollection::max_bag_length(const GroupInput& in) {
@@ -383,6 +416,7 @@ void bag_gradient_scales(Pooling pooling, const int64_t* offsets, int64_t batch_
 
 int64_t EmbeddingCollection::apply_unique(int table_index, const int64_t* ids, int64_t n, const float* grads) {
   require_local("apply_unique");
+  release_retired_rows(/*wait=*/false);
   std::shared_lock swap_lock(swap_mutex_);
   SC_CHECK_ARG(table_index >= 0 && table_index < num_tables(), "apply_unique: no table ", table_index,
                " in a "

@@ -23,7 +23,10 @@
 // Thread-safety: prepare/forward/backward may run concurrently from several threads
 // (updates of one row from two concurrent backward calls race, Hogwild-style); restore()
 // and erase() wait for running calls and hold them off while they release rows, so no call
-// ever writes a row that was freed (and maybe reused by another key). With a remote store,
+// ever writes a row that was freed (and maybe reused by another key). Rows that eviction or
+// incremental expiry (table/expiry.h) remove during batch calls are retired instead: a call
+// that took their pointers may still use them, and they are reused only once no call runs
+// (release_retired_rows). With a remote store,
 // concurrent forwards of one batch pull its rows once (PreparedBatch::rows_mutex).
 #pragma once
 
@@ -149,7 +152,8 @@ class EmbeddingCollection {
   int table_index(const std::string& name) const;
   uint64_t seed() const { return seed_; }
   int64_t step() const { return step_.load(std::memory_order_acquire); }
-  void set_step(int64_t step) { step_.store(step, std::memory_order_release); }
+  // Sets the step (the tables keep the largest step they saw, EmbeddingTable::set_step).
+  void set_step(int64_t step);
 
   // Validates all groups, then dedups and pulls. train=true inserts unknown ids and builds
   // what backward needs; train=false never inserts (unknown ids read the default row). Ids of a
@@ -222,6 +226,14 @@ class EmbeddingCollection {
   // Tables with TableConfig::prune_every = N are also pruned after every backward or
   // apply_unique that brings the step to a multiple of N.
   std::vector<int64_t> prune();
+  // Removes the rows of table `table` that its expiry rules name now (table/expiry.h), one
+  // pass over the table; returns how many. Waits for running batch calls, as erase does.
+  int64_t expire(int table);
+  // Returns the rows that eviction and incremental expiry retired to their tables for reuse
+  // (they wait until no batch call holds row pointers): at once when no call runs, else
+  // later (wait=false, unless many are waiting) or after the running calls (wait=true).
+  // prepare and apply_unique call it first.
+  void release_retired_rows(bool wait);
 
   // Sum of table memory (index + rows) in bytes.
   size_t memory_bytes() const;

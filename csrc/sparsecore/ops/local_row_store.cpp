@@ -49,25 +49,13 @@ void LocalRowStore::resolve_shard(int table_index, int shard_index, const int64_
   }
   if (train && missing > 0) {
     auto lock = shard.write_lock();
-    Admission* admission = table.admission();
-    if (!admission) {
+    if (!table.may_refuse_rows()) {
       shard.insert_absent(keys, count, rows, table.row_init());
       return;
     }
-    // Rows only for the ids admitted at this sighting; the others stay null (read as zeros,
-    // their gradients dropped at backward).
-    std::vector<int64_t> admitted;
-    std::vector<int64_t> at;
-    for (int64_t i = 0; i < count; ++i) {
-      if (rows[i] || !admission->sight(keys[i])) continue;
-      admitted.push_back(keys[i]);
-      at.push_back(i);
-    }
-    if (admitted.empty()) return;
-    PodVector<std::byte*> made(admitted.size());
-    for (auto& r : made) r = nullptr;
-    shard.insert_absent(admitted.data(), static_cast<int64_t>(admitted.size()), made.data(), table.row_init());
-    for (size_t j = 0; j < admitted.size(); ++j) rows[at[j]] = made[j];
+    // Rows only for the ids admitted at this sighting that the shard has room for; the others
+    // stay null (read as zeros, their gradients dropped at backward).
+    table.insert_missing_locked(shard_index, keys, count, rows, /*sight=*/true);
   }
 }
 
@@ -118,7 +106,7 @@ int64_t LocalRowStore::apply_gradients(const PreparedBatch& batch, const std::ve
     EmbeddingTable& table = *tables_[g.table];
     if (table.generation() != g.table_generation) {
       refreshed[gi].resize(g.unique_keys.size());
-      if (table.admission())
+      if (table.may_refuse_rows())
         table.find_rows(g.unique_keys.data(), g.num_unique(), refreshed[gi].data());
       else
         table.find_or_insert_rows(g.unique_keys.data(), g.num_unique(), refreshed[gi].data());
@@ -129,14 +117,15 @@ int64_t LocalRowStore::apply_gradients(const PreparedBatch& batch, const std::ve
   auto rows_of = [&](int gi) -> std::byte* const* {
     return refreshed[gi].empty() ? batch.groups[gi].unique_rows.data() : refreshed[gi].data();
   };
-  // Ids not admitted have no row: their gradients are dropped (the update skips null rows).
+  // Ids not admitted (or refused for want of room) have no row: their gradients are dropped
+  // (the update skips null rows) and counted.
   for (int gi = 0; gi < num_groups; ++gi) {
-    Admission* admission = tables_[batch.groups[gi].table]->admission();
-    if (!admission) continue;
+    EmbeddingTable& table = *tables_[batch.groups[gi].table];
+    if (!table.may_refuse_rows()) continue;
     std::byte* const* r = rows_of(gi);
     int64_t dropped = 0;
     for (int64_t u = 0; u < batch.groups[gi].num_unique(); ++u) dropped += r[u] == nullptr;
-    if (dropped) admission->count_dropped(dropped);
+    table.count_dropped(dropped);
   }
   return update_rows(
       ranges, [&](int gi) { return rows_of(gi); },
@@ -153,12 +142,18 @@ int64_t LocalRowStore::apply_unique(int table_index, const int64_t* ids, int64_t
   EmbeddingTable& table = *tables_[table_index];
   PodVector<std::byte*> rows(n);
   if (n > 0) {
-    if (Admission* admission = table.admission()) {
+    if (table.admission()) {
       // Only admitted ids have rows; the gradients of the others are dropped and counted.
       table.find_rows(ids, n, rows.data());
       int64_t dropped = 0;
       for (int64_t i = 0; i < n; ++i) dropped += rows[i] == nullptr;
-      if (dropped) admission->count_dropped(dropped);
+      table.count_dropped(dropped);
+    } else if (table.may_refuse_rows()) {
+      // Rows for the ids the table has room for; the gradients of the others are dropped.
+      table.find_or_insert_rows(ids, n, rows.data());
+      int64_t dropped = 0;
+      for (int64_t i = 0; i < n; ++i) dropped += rows[i] == nullptr;
+      table.count_dropped(dropped);
     } else {
       table.find_or_insert_rows(ids, n, rows.data());
     }
@@ -223,6 +218,12 @@ int64_t LocalRowStore::update_rows(const std::vector<RowRange>& ranges,
                           "its state); no row was updated");
   }
   give_back_undo(std::move(undo));
+  // Every table ages with the collection's step, whether or not this update touched it; the
+  // incremental expiry examines its next window of rows.
+  for (auto& table : tables_) {
+    table->set_step(step);
+    if (const Expiry* expiry = table->expiry()) table->expire_some(expiry->config().scan_per_step);
+  }
   return step;
 }
 

@@ -518,6 +518,49 @@ void PsClient::dense_push(const std::string& name, const float* grads, int64_t s
   transport_->call(0, kDensePush, segs).get();
 }
 
+int64_t PsClient::erase(const std::string& table, const int64_t* ids, int64_t n) {
+  SC_CHECK_ARG(n >= 0 && n < (int64_t{1} << 31), "erase of table '", table,
+               "': number of ids must be in [0, 2^31), got ", n);
+  SC_CHECK_ARG(n == 0 || ids, "erase of table '", table, "': null ids");
+  SC_CHECK_ARG(table.size() <= kMaxTableNameBytes, "table name of ", table.size(), " bytes (at most ",
+               kMaxTableNameBytes, ")");
+  ShardedIds grouped;
+  grouped.build(ids, n, total_shards_);
+  std::vector<TableHeader> headers(static_cast<size_t>(total_shards_));
+  std::vector<ShardCall> calls;
+  for (int g = 0; g < total_shards_; ++g) {
+    if (grouped.shard_size(g) == 0) continue;
+    TableHeader& h = headers[static_cast<size_t>(g)];
+    h = TableHeader{};
+    h.name_bytes = static_cast<uint32_t>(table.size());
+    h.num_ids = static_cast<uint64_t>(grouped.shard_size(g));
+    iovec segs[4] = {{&h, sizeof(h)},
+                     {const_cast<char*>(table.data()), table.size()},
+                     {const_cast<char*>(kZeros), padded8(table.size()) - table.size()},
+                     {const_cast<int64_t*>(grouped.shard_ids(g)), h.num_ids * sizeof(int64_t)}};
+    calls.push_back(transport_->call(g, kErase, segs));
+  }
+  int64_t erased = 0;
+  std::exception_ptr first_error;
+  for (auto& c : calls) {
+    try {
+      erased += parse_reply(c.get()).at("erased").as_int("erased");
+    } catch (...) {
+      if (!first_error) first_error = std::current_exception();
+    }
+  }
+  if (first_error) std::rethrow_exception(first_error);
+  return erased;
+}
+
+int64_t PsClient::expire(const std::string& table) {
+  Json j = Json::object();
+  j["table"] = table;
+  int64_t expired = 0;
+  for (const Json& r : call_json(kExpire, j)) expired += r.at("expired").as_int("expired");
+  return expired;
+}
+
 Json PsClient::stats() {
   Json out = Json::array();
   for (Json& j : call_json(kStats, Json::object())) out.push_back(std::move(j));

@@ -123,6 +123,11 @@ class PsClient {
   std::vector<float> dense_pull(const std::string& name, int64_t size, float init);
   void dense_push(const std::string& name, const float* grads, int64_t size, float lr);
   Json stats();
+  // Removes ids (n, any values, duplicates allowed) from table `table` on the shards that own
+  // them; returns how many were present.
+  int64_t erase(const std::string& table, const int64_t* ids, int64_t n);
+  // Every shard removes the rows of `table` that its expiry rules name now; returns how many.
+  int64_t expire(const std::string& table);
 
  private:
   // Sends `method` with a JSON payload to every shard (or shard `only`) and returns replies.

@@ -28,6 +28,8 @@ enum Method : uint16_t {
   kJoin = 22,         // json {worker}: a synchronous worker's connection to a shard says its rank
   kPullTables = 23,   // TablesHeader + TableEntry[k] + names + ids -> float32 rows of every table, in order
   kPushTables = 24,   // TablesHeader + TableEntry[k] + names + ids + grads (per table (n, dim), in order)
+  kExpire = 25,       // json {table} -> json {expired}: the shard removes the rows its expiry rules name
+  kErase = 26,        // TableHeader + name + ids int64[n] (ids of this shard) -> json {erased}
 };
 
 // Fixed part of pull and push requests; the table name (name_bytes, padded to 8) follows,

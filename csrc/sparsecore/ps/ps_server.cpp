@@ -487,6 +487,22 @@ void PsServer::add_methods() {
     reply_json(reply, out);
   });
   add(kStats, [this](const rpc::Request& r, rpc::Reply& reply) { reply_json(reply, stats_of(r.reactor)); });
+  add(kExpire, [this](const rpc::Request& r, rpc::Reply& reply) {
+    Json j = parse_json(r);
+    Json out = Json::object();
+    out["expired"] = shard(r.reactor).expire(j.at("table").as_string("table"));
+    reply_json(reply, out);
+  });
+  add(kErase, [this, max_ids](const rpc::Request& r, rpc::Reply& reply) {
+    TableRequest t = parse_table_request(r.payload, max_ids);
+    SC_CHECK_ARG(t.array_bytes == t.h.num_ids * sizeof(int64_t), "erase of ", t.h.num_ids, " ids carries ",
+                 t.array_bytes, " bytes");
+    PodVector<int64_t> copy;
+    const int64_t* ids = aligned_view<int64_t>(t.arrays, t.h.num_ids, copy);
+    Json out = Json::object();
+    out["erased"] = shard(r.reactor).erase(t.name, ids, static_cast<int64_t>(t.h.num_ids));
+    reply_json(reply, out);
+  });
   add(kKvPut, [this](const rpc::Request& r, rpc::Reply&) {
     Json j = parse_json(r);
     shard(r.reactor).kv_put(j.at("key").as_string("key"), j.at("value"));

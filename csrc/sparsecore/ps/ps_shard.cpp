@@ -1,5 +1,6 @@
 #include "sparsecore/ps/ps_shard.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -53,6 +54,8 @@ void PsShard::check_room(const std::map<std::string, Table, std::less<>>& tables
 
 void PsShard::create_table(const TableConfig& config, uint64_t seed) {
   config.validate();
+  SC_CHECK_ARG(!config.expiry.predicate, "table '", config.name,
+               "': an expiry predicate runs in an embedded collection only, not on parameter servers");
   auto it = tables_.find(config.name);
   if (it != tables_.end()) {
     const TableConfig& have = it->second.rows->table(0).config();
@@ -64,14 +67,65 @@ void PsShard::create_table(const TableConfig& config, uint64_t seed) {
   Table t;
   t.rows = std::make_unique<EmbeddingCollection>(std::vector<TableConfig>{config}, seed);
   t.seed = seed;
+  share_capacity<InvalidArgument>(t.rows->table(0));
   tables_.emplace(config.name, std::move(t));
 }
+
+template <typename Exception>
+void PsShard::share_capacity(EmbeddingTable& table) const {
+  Expiry* expiry = table.expiry();
+  if (!expiry || expiry->config().capacity <= 0) return;
+  const int64_t capacity = expiry->config().capacity;
+  const int64_t total = layout_.total_shards;
+  const int64_t share = capacity / total + (layout_.global_index < capacity % total ? 1 : 0);
+  // Bucket b lies in hash shard b >> (kBucketBits - shard_bits) (both take the top bits of one hash).
+  const int hash_shards = table.hash_table().num_shards();
+  const int shift = kBucketBits - table.hash_table().shard_bits();
+  const int64_t lo = static_cast<int64_t>(first_bucket(layout_.global_index, layout_.total_shards));
+  const int64_t hi = static_cast<int64_t>(first_bucket(layout_.global_index + 1, layout_.total_shards));
+  std::vector<int64_t> overlap(static_cast<size_t>(hash_shards), 0), caps(static_cast<size_t>(hash_shards), 0);
+  int covering = 0;
+  for (int s = 0; s < hash_shards; ++s) {
+    const int64_t b0 = std::max(lo, int64_t{s} << shift), b1 = std::min(hi, int64_t{s + 1} << shift);
+    overlap[static_cast<size_t>(s)] = std::max<int64_t>(0, b1 - b0);
+    covering += overlap[static_cast<size_t>(s)] > 0;
+  }
+  SC_CHECK(share >= covering, Exception, "table '", table.name(), "': expiry capacity ", capacity, " over ", total,
+           " server shards leaves shard ", layout_.global_index, " ", share, " rows, below the ", covering,
+           " hash shards its keys fall in (lower shard_bits or raise capacity)");
+  // One row for each covering hash shard, the rest in proportion to its buckets, the
+  // rounding remainder one row each from the first covering shard on.
+  int64_t given = 0;
+  for (int s = 0; s < hash_shards; ++s) {
+    const int64_t o = overlap[static_cast<size_t>(s)];
+    if (o == 0) continue;
+    caps[static_cast<size_t>(s)] = 1 + (share - covering) * o / (hi - lo);
+    given += caps[static_cast<size_t>(s)];
+  }
+  for (int s = 0; given < share; s = (s + 1) % hash_shards) {
+    if (overlap[static_cast<size_t>(s)] == 0) continue;
+    ++caps[static_cast<size_t>(s)];
+    ++given;
+  }
+  expiry->set_shard_capacities(std::move(caps));
+}
+
+int64_t PsShard::erase(const std::string& name, const int64_t* ids, int64_t n) {
+  check_ids(name, ids, n, /*push=*/false);
+  // A dense table maps ids into its range as a pull does (EmbeddingTable::remove_rows).
+  return table(name).rows->erase(0, ids, n);
+}
+
+int64_t PsShard::expire(const std::string& name) { return table(name).rows->expire(0); }
 
 int PsShard::dim(const std::string& name) const { return table(name).rows->table(0).dim(); }
 
 void PsShard::pull(const std::string& name, const int64_t* ids, int64_t n, bool train, float* out) {
   // On this reactor's thread: a pool hand-off costs more than a thousand probes.
-  table(name).rows->table(0).pull_weights(ids, n, train, out);
+  Table& t = table(name);
+  t.rows->table(0).pull_weights(ids, n, train, out);
+  // Rows evicted to make room are reused at once: nothing else holds their pointers.
+  t.rows->release_retired_rows(/*wait=*/true);
 }
 
 void PsShard::check_ids(std::string_view name, const int64_t* ids, int64_t n, bool push) const {
@@ -352,6 +406,9 @@ int64_t PsShard::restore(const std::string& dir) {
         Table t;
         t.rows = std::make_unique<EmbeddingCollection>(std::vector<TableConfig>{src.config()}, seed);
         t.seed = seed;
+        share_capacity<CorruptData>(t.rows->table(0));
+        // The step times come from the snapshot's parts (merged below), not from now.
+        if (Expiry* e = t.rows->table(0).expiry()) e->clear_step_times();
         it = tables.emplace(name, std::move(t)).first;
       } else {
         // Every shard's part of a table must agree with the first one seen: rows of another
@@ -370,6 +427,8 @@ int64_t PsShard::restore(const std::string& dir) {
             *from, [&](int64_t key) { return global_shard_of_key(key, layout_.total_shards) == layout_.global_index; },
             same_part);
       }
+      if (const Expiry* from = src.expiry(); from && dst.expiry())
+        dst.expiry()->merge_state(*from, old_total == layout_.total_shards && g == layout_.global_index);
       int64_t n = static_cast<int64_t>(src.size());
       std::vector<int64_t> keys(static_cast<size_t>(n));
       std::vector<float> rows(static_cast<size_t>(n) * src.row_floats());
@@ -385,6 +444,11 @@ int64_t PsShard::restore(const std::string& dir) {
         dst.upsert_copy(key, record.data());
       }
     }
+  }
+  // A share smaller than the snapshot's (another layout) keeps the best-scored rows.
+  for (auto& [name, t] : tables) {
+    t.rows->table(0).enforce_capacity();
+    t.rows->release_retired_rows(/*wait=*/true);
   }
   tables_ = std::move(tables);
   if (layout_.global_index == 0) {
@@ -446,6 +510,16 @@ Json PsShard::stats() const {
       j["rejected"] = st.rejected;
       j["dropped_gradients"] = st.dropped_gradients;
       e["admission"] = std::move(j);
+    }
+    if (const Expiry* x = table.rows->table(0).expiry()) {
+      const ExpiryStats st = x->stats();
+      Json j = Json::object();
+      j["expired"] = st.expired;
+      j["evicted"] = st.evicted;
+      j["refused"] = st.refused;
+      j["dropped_gradients"] = st.dropped_gradients;
+      j["capacity"] = x->capacity();
+      e["expiry"] = std::move(j);
     }
     t[name] = std::move(e);
   }

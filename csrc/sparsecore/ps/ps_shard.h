@@ -103,6 +103,12 @@ class PsShard {
     return it != tables_.end() && !it->second.pending.empty();
   }
 
+  // Removes ids (n, all of this shard; checked as a pull's) from `table`; returns how many
+  // were present.
+  int64_t erase(const std::string& table, const int64_t* ids, int64_t n);
+  // Removes the rows of `table` that its expiry rules name now; returns how many.
+  int64_t expire(const std::string& table);
+
   std::vector<float>& dense(const std::string& name, int64_t size, float init);
   // w -= lr * grads; lr must be finite and >= 0 and grads finite, else nothing changes.
   void dense_push(const std::string& name, const float* grads, int64_t size, float lr);
@@ -147,6 +153,13 @@ class PsShard {
   const Table& table(std::string_view name) const;
   // Applies each (table, ids, grads) with apply_unique, all or none (see push_tables).
   static void apply_all_or_nothing(const std::vector<std::pair<Table*, TableUpdate>>& updates);
+  // Gives a table with a capacity this shard's part of it: capacity / total_shards rows (the
+  // first capacity % total_shards shards one more), so a cluster never holds more than the
+  // capacity, split over the table's hash shards in proportion to the buckets of this
+  // shard's range each covers (the only keys it ever holds). Throws `Exception` when that
+  // leaves a covering hash shard no row.
+  template <typename Exception>
+  void share_capacity(EmbeddingTable& table) const;
   // Throws (`Exception`) unless a table of `config` fits beside `tables` (the limits above).
   template <typename Exception>
   static void check_room(const std::map<std::string, Table, std::less<>>& tables, const TableConfig& config);

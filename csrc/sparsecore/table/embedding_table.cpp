@@ -1,6 +1,7 @@
 #include "sparsecore/table/embedding_table.h"
 
 #include <cmath>
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <mutex>
@@ -13,6 +14,7 @@
 #include "sparsecore/core/pod_vector.h"
 #include "sparsecore/core/thread_pool.h"
 #include "sparsecore/optim/update_rules.h"
+#include "sparsecore/table/sharded_dedup.h"
 
 namespace sparsecore {
 
@@ -81,6 +83,7 @@ void TableConfig::validate() const {
                prune_every);
   SC_CHECK_ARG(prune_every == 0 || optimizer.kind == OptimizerKind::kGroupLasso, "table '", name,
                "': prune_every needs the Group Lasso optimizer (its rows reach exactly zero)");
+  expiry.validate(name, 1 << shard_bits, num_embeddings > 0);
   try {
     optimizer.validate();
     init.validate();
@@ -106,6 +109,7 @@ Json TableConfig::to_json() const {
   if (admission.enabled() || admission.bloom_capacity > 0) j["admission"] = admission.to_json();
   if (default_value != 0.0f) j["default_value"] = static_cast<double>(default_value);
   if (prune_every > 0) j["prune_every"] = prune_every;
+  if (expiry.enabled()) j["expiry"] = expiry.to_json();
   return j;
 }
 
@@ -146,6 +150,8 @@ TableConfig TableConfig::from_json(const Json& j) {
       c.prune_every = value.as_int("table 'prune_every'");
     else if (key == "default_value")
       c.default_value = static_cast<float>(value.as_double("table 'default_value'"));
+    else if (key == "expiry")
+      c.expiry = ExpiryConfig::from_json(value);
     else
       throw InvalidArgument("unknown table config field '" + key + "'");
   }
@@ -176,7 +182,8 @@ EmbeddingTable::EmbeddingTable(TableConfig config, uint64_t seed)
       table_(row_bytes_, config_.shard_bits),
       dense_(config_.num_embeddings > 0 ? std::make_unique<DenseRows>(row_bytes_, config_.num_embeddings) : nullptr),
       row_init_([this](int64_t key, std::byte* row) { init_row(key, row); }),
-      admission_(config_.admission.enabled() ? std::make_unique<Admission>(config_.admission, seed_) : nullptr) {
+      admission_(config_.admission.enabled() ? std::make_unique<Admission>(config_.admission, seed_) : nullptr),
+      expiry_(config_.expiry.enabled() ? std::make_unique<Expiry>(config_.expiry) : nullptr) {
   if (config_.default_value != 0.0f) {
     default_row_.assign(row_bytes_, std::byte{0});
     std::vector<float> w(static_cast<size_t>(config_.dim), config_.default_value);
@@ -210,6 +217,8 @@ void EmbeddingTable::init_row(int64_t key, std::byte* row) const {
     zero_padding(row);
   }
   *meta(row) = PackedRowMeta{0, 0};
+  // With expiry a row's age counts from its creation (see table/expiry.h).
+  if (expiry_) meta(row)->set_last_step(step());
 }
 
 // Padding after the weights and after the state is zeroed so checkpoints and exports are
@@ -274,6 +283,36 @@ void EmbeddingTable::find_rows(const int64_t* keys, int64_t n, std::byte** rows)
 }
 
 void EmbeddingTable::find_or_insert_rows(const int64_t* keys, int64_t n, std::byte** rows) {
+  if (!dense_ && expiry_ && expiry_->capacity() > 0) {
+    // Shard by shard under its lock, so the bound holds: rows refused stay null.
+    ShardedDedup grouped;
+    grouped.group(keys, n, table_.num_shards());
+    parallel_for(table_.num_shards(), 1, [&](int64_t s0, int64_t s1) {
+      std::vector<int64_t> shard_keys;
+      std::vector<std::byte*> shard_rows;
+      for (int64_t s = s0; s < s1; ++s) {
+        const int64_t b = grouped.shard_begin(static_cast<int>(s)), e = grouped.shard_end(static_cast<int>(s));
+        if (b == e) continue;
+        shard_keys.clear();
+        for (int64_t p = b; p < e; ++p) shard_keys.push_back(keys[grouped.perm()[p]]);
+        std::sort(shard_keys.begin(), shard_keys.end());
+        shard_keys.erase(std::unique(shard_keys.begin(), shard_keys.end()), shard_keys.end());
+        shard_rows.assign(shard_keys.size(), nullptr);
+        HashTable::Shard& sh = table_.shard(static_cast<int>(s));
+        auto lock = sh.write_lock();
+        sh.find_batch(shard_keys.data(), static_cast<int64_t>(shard_keys.size()), shard_rows.data());
+        insert_missing_locked(static_cast<int>(s), shard_keys.data(), static_cast<int64_t>(shard_keys.size()),
+                              shard_rows.data(), /*sight=*/false);
+        for (int64_t p = b; p < e; ++p) {
+          const int64_t i = grouped.perm()[p];
+          const size_t at =
+              static_cast<size_t>(std::lower_bound(shard_keys.begin(), shard_keys.end(), keys[i]) - shard_keys.begin());
+          rows[i] = shard_rows[at];
+        }
+      }
+    });
+    return;
+  }
   if (!dense_) {
     table_.find_or_insert(keys, n, rows, row_init_);
     return;
@@ -329,7 +368,13 @@ void EmbeddingTable::lookup_or_insert_weights(const int64_t* keys, int64_t n, fl
   std::vector<std::byte*> rows(n);
   find_or_insert_rows(keys, n, rows.data());
   parallel_for(n, 1024, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) read_weights(rows[i], out + i * config_.dim);
+    for (int64_t i = b; i < e; ++i) {
+      // Null: refused by a full table (counted); it reads as the default row.
+      if (rows[i])
+        read_weights(rows[i], out + i * config_.dim);
+      else
+        std::memset(out + i * config_.dim, 0, static_cast<size_t>(config_.dim) * sizeof(float));
+    }
   });
 }
 
@@ -356,10 +401,10 @@ void EmbeddingTable::pull_weights(const int64_t* keys, int64_t n, bool insert, f
   // (80 KB for a thousand rows of dim 18) are on their way to L2.
   const size_t dim = static_cast<size_t>(config_.dim);
   const size_t weight_bytes = dim * (config_.storage == RowStorage::kFloat16 ? sizeof(uint16_t) : sizeof(float));
-  if (insert && admission_) {
-    // One clock tick per training pull, then the sightings, then rows for the ids admitted
-    // (the embedded store does the same per training lookup call).
-    if (n > 0) admission_->tick();
+  if (insert && may_refuse_rows()) {
+    // One admission clock tick per training pull, then the sightings, then rows for the ids
+    // admitted and room found for (the embedded store does the same per training lookup call).
+    if (n > 0 && admission_) admission_->tick();
     find_rows(keys, n, rows.data());
     admit_missing(keys, n, rows.data());
   } else if (dense_) {
@@ -380,18 +425,8 @@ void EmbeddingTable::pull_weights(const int64_t* keys, int64_t n, bool insert, f
 }
 
 int64_t EmbeddingTable::erase(const int64_t* keys, int64_t n) {
-  int64_t erased = 0;
-  if (dense_) {
-    PodVector<int64_t> ids(static_cast<size_t>(n));
-    for (int64_t i = 0; i < n; ++i) ids[i] = dense_id(keys[i]);
-    for (int64_t i = 0; i < n; ++i) {
-      auto& shard = table_.shard(table_.shard_of_hash(key_hash(ids[i])));
-      auto lock = shard.write_lock();
-      erased += dense_->unmark(ids[i]) ? 1 : 0;
-    }
-  } else {
-    erased = table_.erase(keys, n);
-  }
+  const int64_t erased = remove_rows(keys, n, Removal::kErased);
+  release_retired();
   if (erased) bump_generation();
   return erased;
 }

@@ -17,14 +17,17 @@
 // with the locks of the same hash-table shards, so both kinds plan, lock, checkpoint and
 // shard alike; only where a row lives differs. Ids outside [0, N) are refused or hashed into
 // the range (out_of_range) by dense_id() before they reach the rows.
-// `generation()` changes whenever rows may have been released (erase, clear, restore),
-// which tells holders of row pointers to look rows up again.
+// `generation()` changes whenever rows may have been released (erase, clear, restore, the
+// release of retired rows), which tells holders of row pointers to look rows up again.
+// Rows leave a table by erase or by its expiry and capacity (TableConfig::expiry,
+// table/expiry.h), all through remove_rows_locked.
 #pragma once
 
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -32,6 +35,7 @@
 #include "sparsecore/optim/optimizer_config.h"
 #include "sparsecore/table/admission.h"
 #include "sparsecore/table/dense_rows.h"
+#include "sparsecore/table/expiry.h"
 #include "sparsecore/table/hash_table.h"
 #include "sparsecore/table/initializer.h"
 
@@ -109,6 +113,8 @@ struct TableConfig {
   // Group Lasso tables: remove the rows whose weights are all exactly zero every prune_every
   // steps of the collection (EmbeddingCollection::prune); 0: only on demand.
   int64_t prune_every = 0;
+  // Which rows leave the table, and its row capacity (table/expiry.h); the default keeps all.
+  ExpiryConfig expiry;
 
   bool dense() const { return num_embeddings > 0; }
   void validate() const;  // throws InvalidArgument naming the field
@@ -178,6 +184,51 @@ class EmbeddingTable {
   // null. Without admission every missing row is created. For dense tables keys are row ids.
   void admit_missing(const int64_t* keys, int64_t n, std::byte** rows);
 
+  // The table's expiry and capacity, or nullptr when it has none.
+  Expiry* expiry() const { return expiry_.get(); }
+  // Whether a training lookup may leave an id without a row (admission, or a capacity).
+  bool may_refuse_rows() const { return admission_ || (expiry_ && expiry_->capacity() > 0); }
+  // Gradients of ids without a row, dropped: counted by admission when the table has it,
+  // else by expiry.
+  void count_dropped(int64_t n);
+  // The newest step the table has seen (rows stamp last_step with the steps of their
+  // updates): set_step keeps the largest step it is given. The local row store sets it at
+  // each update, so a parameter-server shard's table follows its push steps.
+  void set_step(int64_t step);
+  int64_t step() const { return step_.load(std::memory_order_acquire); }
+
+  // Creates rows in hash shard `shard` (the caller holds its write lock) for the keys whose
+  // rows[i] is null: keys (count) distinct, all of that shard; rows (count) host. sight:
+  // each is a sighting for feature admission, and only admitted ids get rows. With a
+  // capacity the shard's bound holds: rows are evicted (never those of `keys`) or refused,
+  // refused entries stay null (counted). Hash tables only.
+  void insert_missing_locked(int shard, const int64_t* keys, int64_t count, std::byte** rows, bool sight);
+
+  // Why rows leave the table (which statistic counts them).
+  enum class Removal : uint8_t { kErased = 0, kExpired = 1, kEvicted = 2 };
+  // Removes keys (n) host; returns how many were present. Every removal of rows (erase,
+  // expiry, eviction) goes through remove_rows_locked, under the shard's write lock. Rows of a
+  // hash table are retired, not reused, until release_retired(): a training call that took
+  // their pointers before may still read or write them.
+  int64_t remove_rows(const int64_t* keys, int64_t n, Removal why);
+  // Returns retired rows to their shards for reuse and, when there were any, bumps
+  // generation(). Only when no caller holds row pointers (EmbeddingCollection runs it under
+  // its exclusive lock). Returns how many rows were released.
+  size_t release_retired();
+  size_t retired_rows() const { return retired_.load(std::memory_order_relaxed); }
+  // Whether a row is expired by the rules (Expiry::cutoffs taken at the start of a pass).
+  bool expired(int64_t key, const std::byte* row, const Expiry::Cutoffs& cut) const;
+  // Removes every row the rules name now (one pass over the table, then the removals; the
+  // caller holds off writers for an exact result); returns how many.
+  int64_t expire();
+  // The incremental pass: examines about `slots` index slots from the table's cursor (each
+  // window extended to the end of its probe run, so every row present at the start of a
+  // round is examined once per round) and removes the expired rows; returns how many. A call
+  // made while another one runs returns 0 at once.
+  int64_t expire_some(int64_t slots);
+  // Evicts rows from every shard over its bound (a table restored with another share).
+  int64_t enforce_capacity();
+
   // Row pointers for keys (n) host, either kind of table: rows (n) receives each row
   // (find_rows: nullptr when absent; find_or_insert_rows: absent keys are initialised
   // first). Ids of a dense table go through dense_id() first, every one checked before any
@@ -216,7 +267,8 @@ class EmbeddingTable {
   // the calling thread alone (HashTable::lookup_batch), each row prefetched as soon as its
   // slot is read. For a parameter-server shard answering its own requests.
   void pull_weights(const int64_t* keys, int64_t n, bool insert, float* out);
-  // Returns how many keys were present.
+  // Removes keys and releases their rows at once (the caller holds off every training call,
+  // or is the only thread using the table). Returns how many keys were present.
   int64_t erase(const int64_t* keys, int64_t n);
   void clear();
 
@@ -231,6 +283,15 @@ class EmbeddingTable {
 
  private:
   void zero_padding(std::byte* row) const;
+  // The one place rows leave the table: keys (count) of hash shard `shard`, whose write lock
+  // the caller holds. Returns how many were present.
+  int64_t remove_rows_locked(int shard, const int64_t* keys, int64_t count, Removal why);
+  // Removes the `count` lowest-scored rows of hash shard `shard` (write lock held) whose keys
+  // are not in `keep` (sorted); returns how many.
+  int64_t evict_locked(int shard, int64_t count, const std::vector<int64_t>& keep);
+  // Keys of the expired rows of hash shard `shard` in slots [begin, end) (the lock held).
+  void collect_expired(int shard, uint64_t begin, uint64_t end, bool with_special, const Expiry::Cutoffs& cut,
+                       std::vector<int64_t>& out) const;
 
   TableConfig config_;
   uint64_t seed_;
@@ -244,6 +305,10 @@ class EmbeddingTable {
   std::atomic<uint64_t> generation_{next_generation()};
   std::unique_ptr<Admission> admission_;
   std::vector<std::byte> default_row_;
+  std::unique_ptr<Expiry> expiry_;
+  std::atomic<int64_t> step_{0};
+  std::atomic<size_t> retired_{0};
+  std::mutex cursor_mutex_;  // one incremental pass at a time
 };
 
 // Seed of table `name` in a collection seeded with `collection_seed`.

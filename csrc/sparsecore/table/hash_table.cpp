@@ -136,10 +136,23 @@ void HashTable::Shard::upsert_copy(int64_t key, uint64_t hash, const std::byte* 
   std::memcpy(dst, row, arena_.row_bytes());
 }
 
-bool HashTable::Shard::erase(int64_t key, uint64_t hash) {
+size_t HashTable::Shard::release_retired() {
+  const size_t n = retired_.size();
+  for (uint32_t id : retired_) arena_.release(id);
+  retired_.clear();
+  return n;
+}
+
+bool HashTable::Shard::erase(int64_t key, uint64_t hash, bool retire) {
+  auto release = [&](uint32_t id) {
+    if (retire)
+      retired_.push_back(id);
+    else
+      arena_.release(id);
+  };
   if (key == kEmptyKey) {
     if (special_row_ == kNoRow) return false;
-    arena_.release(special_row_);
+    release(special_row_);
     special_row_ = kNoRow;
     --size_;
     return true;
@@ -151,7 +164,7 @@ bool HashTable::Shard::erase(int64_t key, uint64_t hash) {
     if (k == key) break;
     slot = next(slot);
   }
-  arena_.release(slots_[slot].row);
+  release(slots_[slot].row);
   --size_;
   // Backward-shift deletion: pull later members of the probe run into the hole while their
   // home slot does not lie cyclically in (hole, j].
@@ -179,6 +192,7 @@ void HashTable::Shard::clear() {
   capacity_ = kMinCapacity;
   special_row_ = kNoRow;
   size_ = 0;
+  retired_.clear();
   arena_.clear();
 }
 

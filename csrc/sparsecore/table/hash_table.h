@@ -74,7 +74,12 @@ class HashTable {
     static constexpr int64_t kProbeAhead = 16;
     // Inserts or overwrites `key` with a copy of `row` (checkpoint restore).
     void upsert_copy(int64_t key, uint64_t hash, const std::byte* row);
-    bool erase(int64_t key, uint64_t hash);
+    // retire: the row's record is kept (not reused) until release_retired(), so a caller
+    // that still holds its pointer reads and writes memory no other key owns.
+    bool erase(int64_t key, uint64_t hash, bool retire = false);
+    // Returns the records of retired rows to the arena; returns how many there were.
+    size_t release_retired();
+    size_t retired() const { return retired_.size(); }
     void clear();
     void reserve(size_t rows);
     size_t size() const { return size_; }
@@ -93,6 +98,18 @@ class HashTable {
       if (special_row_ != kNoRow) fn(kEmptyKey, arena_.row(special_row_));
       for (const Slot& s : slots_)
         if (s.key != kEmptyKey) fn(s.key, arena_.row(s.row));
+    }
+
+    // Slots of the index (entries move only when the shard grows or a key is erased).
+    uint64_t slot_count() const { return capacity_; }
+    bool slot_used(uint64_t slot) const { return slots_[slot].key != kEmptyKey; }
+    // Visits the (key, row) of slots [begin, end) of the index, and the out-of-band key
+    // first when with_special.
+    template <typename Fn>
+    void for_each_in_slots(uint64_t begin, uint64_t end, bool with_special, Fn&& fn) const {
+      if (with_special && special_row_ != kNoRow) fn(kEmptyKey, arena_.row(special_row_));
+      for (uint64_t i = begin; i < end && i < capacity_; ++i)
+        if (slots_[i].key != kEmptyKey) fn(slots_[i].key, arena_.row(slots_[i].row));
     }
 
     // The shard's reader-writer lock: read_lock() (shared) for find and find_batch,
@@ -123,6 +140,7 @@ class HashTable {
     uint64_t capacity_ = 0;  // slots_.size(), < 2^32
     uint32_t special_row_ = kNoRow;
     RowArena arena_;
+    std::vector<uint32_t> retired_;  // erased with retire, not yet back in the arena
   };
 
   // Holds every shard's lock shared (taken in shard order; writers hold one shard at a time,

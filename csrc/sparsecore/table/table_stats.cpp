@@ -2,6 +2,7 @@
 
 #include "sparsecore/core/error.h"
 #include "sparsecore/table/embedding_table.h"
+#include "sparsecore/table/expiry.h"
 
 namespace sparsecore {
 
@@ -38,6 +39,13 @@ TableStats table_stats(const EmbeddingTable& table) {
     s.rejected = st.rejected;
     s.pending = st.pending;
     s.dropped_gradients = st.dropped_gradients;
+  }
+  if (const Expiry* e = table.expiry()) {
+    const ExpiryStats st = e->stats();
+    s.expired = st.expired;
+    s.evicted = st.evicted;
+    s.refused = st.refused;
+    s.dropped_gradients += st.dropped_gradients;  // refused ids of a table without admission
   }
   return s;
 }

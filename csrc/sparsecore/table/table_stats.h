@@ -18,13 +18,16 @@ class EmbeddingTable;
 
 // X(name, kind, help): kind is gauge (a level that goes up and down) or counter (monotonic
 // since the table was created or restored with its admission state).
-#define SPARSECORE_TABLE_STATS_FIELDS(X)                                                  \
-  X(rows, gauge, "rows held by the table")                                                \
-  X(bytes, gauge, "bytes held by the table (index and row records)")                      \
-  X(admitted, counter, "ids admitted by feature admission (rows it created)")             \
-  X(rejected, counter, "sightings that feature admission did not admit")                  \
-  X(pending, gauge, "ids sighted but not admitted yet (an estimate with a Bloom filter)") \
-  X(dropped_gradients, counter, "gradients of ids without a row, dropped (one per id and update)")
+#define SPARSECORE_TABLE_STATS_FIELDS(X)                                                           \
+  X(rows, gauge, "rows held by the table")                                                         \
+  X(bytes, gauge, "bytes held by the table (index and row records)")                               \
+  X(admitted, counter, "ids admitted by feature admission (rows it created)")                      \
+  X(rejected, counter, "sightings that feature admission did not admit")                           \
+  X(pending, gauge, "ids sighted but not admitted yet (an estimate with a Bloom filter)")          \
+  X(dropped_gradients, counter, "gradients of ids without a row, dropped (one per id and update)") \
+  X(expired, counter, "rows removed by an expiry rule (TTL, weight norm, predicate)")              \
+  X(evicted, counter, "rows removed to make room under the table's capacity")                      \
+  X(refused, counter, "inserts refused because the table (or its shard) was full")
 
 struct TableStats {
 #define SPARSECORE_TABLE_STATS_MEMBER(name, kind, help) int64_t name = 0;
