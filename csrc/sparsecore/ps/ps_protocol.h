@@ -28,6 +28,7 @@ enum Method : uint16_t {
   kJoin = 22,         // json {worker}: a synchronous worker's connection to a shard says its rank
   kPullTables = 23,   // TablesHeader + TableEntry[k] + names + ids -> float32 rows of every table, in order
   kPushTables = 24,   // TablesHeader + TableEntry[k] + names + ids + grads (per table (n, dim), in order)
+  kExport = 25,       // json {stream, kind: full|delta, since, version, dtype} -> json {rows, deleted}
 };
 
 // Fixed part of pull and push requests; the table name (name_bytes, padded to 8) follows,

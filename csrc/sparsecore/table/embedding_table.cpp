@@ -1,7 +1,9 @@
 #include "sparsecore/table/embedding_table.h"
+#include "sparsecore/table/export_table.h"
 
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <mutex>
 #include <shared_mutex>
 #include <vector>
@@ -180,7 +182,10 @@ void EmbeddingTable::init_row(int64_t key, std::byte* row) const {
     floats_to_halves(w.data(), weights_fp16(row), config_.dim);
     zero_padding(row);
   }
-  *meta(row) = PackedRowMeta{0, 0};
+  PackedRowMeta m{0, 0};
+  m.set_last_step(step() + 1);
+  *meta(row) = m;
+  deleted_.forget(key);
 }
 
 // Padding after the weights and after the state is zeroed so checkpoints and exports are
@@ -350,16 +355,20 @@ void EmbeddingTable::pull_weights(const int64_t* keys, int64_t n, bool insert, f
 
 int64_t EmbeddingTable::erase(const int64_t* keys, int64_t n) {
   int64_t erased = 0;
+  const int64_t stamp = step() + 1;
   if (dense_) {
     PodVector<int64_t> ids(static_cast<size_t>(n));
     for (int64_t i = 0; i < n; ++i) ids[i] = dense_id(keys[i]);
     for (int64_t i = 0; i < n; ++i) {
       auto& shard = table_.shard(table_.shard_of_hash(key_hash(ids[i])));
       auto lock = shard.write_lock();
-      erased += dense_->unmark(ids[i]) ? 1 : 0;
+      if (!dense_->unmark(ids[i])) continue;
+      ++erased;
+      deleted_.record(ids[i], stamp);
     }
   } else {
-    erased = table_.erase(keys, n);
+    const std::function<void(int64_t)> record = [&](int64_t key) { deleted_.record(key, stamp); };
+    erased = table_.erase(keys, n, &record);
   }
   if (erased) bump_generation();
   return erased;
@@ -374,7 +383,33 @@ void EmbeddingTable::clear() {
     for (int s = 0; s < table_.num_shards(); ++s) locks.push_back(table_.shard(s).write_lock());
     dense_->clear();
   }
+  deleted_.reset(step() + 1);
   bump_generation();
+}
+
+void EmbeddingTable::collect_changed(int64_t since, std::vector<int64_t>& keys, std::vector<float>& weights) const {
+  keys.clear();
+  weights.clear();
+  const size_t dim = static_cast<size_t>(config_.dim);
+  auto take = [&](int64_t key, const std::byte* row) {
+    if (since >= 0 &&
+        static_cast<int64_t>(reinterpret_cast<const PackedRowMeta*>(row + meta_offset_)->last_step) <= since)
+      return;
+    keys.push_back(key);
+    const size_t at = weights.size();
+    weights.resize(at + dim);
+    read_weights(row, weights.data() + at);
+  };
+  if (dense_) {
+    HashTable::SharedLockAll lock(table_);
+    dense_->for_each(take);
+    return;
+  }
+  for (int s = 0; s < table_.num_shards(); ++s) {
+    const auto& sh = table_.shard(s);
+    auto lock = sh.read_lock();
+    sh.for_each(take);
+  }
 }
 
 int64_t EmbeddingTable::export_rows(int64_t* keys, float* rows, RowMeta* meta_out, int64_t capacity) const {
@@ -405,6 +440,16 @@ int64_t EmbeddingTable::export_rows(int64_t* keys, float* rows, RowMeta* meta_ou
     });
   }
   return count;
+}
+
+ExportTable collect_export_table(EmbeddingTable& table, int64_t since, int64_t version) {
+  table.set_step(version);
+  ExportTable t;
+  t.config = table.config();
+  t.seed = table.seed();
+  if (since >= 0) t.deleted = table.deleted_keys().deleted_since(since, table.name());
+  table.collect_changed(since, t.keys, t.weights);
+  return t;
 }
 
 }  // namespace sparsecore

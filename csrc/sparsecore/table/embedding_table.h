@@ -30,6 +30,7 @@
 #include "sparsecore/core/json.h"
 #include "sparsecore/optim/optimizer_config.h"
 #include "sparsecore/table/admission.h"
+#include "sparsecore/table/deleted_keys_log.h"
 #include "sparsecore/table/dense_rows.h"
 #include "sparsecore/table/hash_table.h"
 #include "sparsecore/table/initializer.h"
@@ -51,7 +52,7 @@ RowStorage row_storage_from_name(const std::string& name);  // "fp32" | "fp16"
 struct RowMeta {
   uint32_t update_count;  // fused updates applied to this row (saturates at 2^32 - 1)
   uint32_t flags;         // reserved, zero
-  int64_t last_step;      // collection step of the last update (0: never updated)
+  int64_t last_step;      // collection step of the last change: an update, or the insert (below)
 };
 static_assert(sizeof(RowMeta) == 16);
 
@@ -147,8 +148,22 @@ class EmbeddingTable {
   const float* state(const std::byte* row) const { return reinterpret_cast<const float*>(row + state_offset_); }
   PackedRowMeta* meta(std::byte* row) const { return reinterpret_cast<PackedRowMeta*>(row + meta_offset_); }
 
-  // Fills a new row: initial weights, initial optimizer state, zero metadata.
+  // Fills a new row: initial weights, initial optimizer state, update count 0 and last_step
+  // step() + 1 (the first step the row can be part of), so that an incremental export since
+  // any version taken before the insert carries the row even when no update follows; and the
+  // key leaves the deleted-keys log. Called by every insert, under the key's shard lock.
   void init_row(int64_t key, std::byte* row) const;
+
+  // The step this table has reached: the collection step of its last update (set by the row
+  // store and the server shard with each push step, and by exports), a monotone maximum.
+  void set_step(int64_t step) {
+    int64_t s = step_.load(std::memory_order_relaxed);
+    while (s < step && !step_.compare_exchange_weak(s, step, std::memory_order_acq_rel)) {
+    }
+  }
+  int64_t step() const { return step_.load(std::memory_order_acquire); }
+  // Keys removed by erase() with the stamp step() + 1 of each removal (table/deleted_keys_log.h).
+  DeletedKeysLog& deleted_keys() const { return deleted_; }
 
   // A row's weights and state as fp32, whatever the storage (fp16 widens exactly):
   // read_row fills floats (row_floats()); write_row stores weights (dim) rounded to the
@@ -203,9 +218,17 @@ class EmbeddingTable {
   // the calling thread alone (HashTable::lookup_batch), each row prefetched as soon as its
   // slot is read. For a parameter-server shard answering its own requests.
   void pull_weights(const int64_t* keys, int64_t n, bool insert, float* out);
-  // Returns how many keys were present.
+  // The one removal path of rows (erase, expiry, eviction, pruning): returns how many keys
+  // were present, and records each removed key in deleted_keys() under its shard lock.
   int64_t erase(const int64_t* keys, int64_t n);
+  // Removes every row; deltas since a version before now are refused (the removals are not
+  // logged one by one): deleted_keys() restarts with floor step() + 1.
   void clear();
+
+  // The rows whose last_step > since (since < 0: every row), as an incremental export reads
+  // them: keys (rows) and weights (rows, dim) widened to fp32, host memory, shard by shard
+  // under each shard's read lock. Run it while no update runs (rows would be caught mid-update).
+  void collect_changed(int64_t since, std::vector<int64_t>& keys, std::vector<float>& weights) const;
 
   // Copies every row out, shard by shard: keys (size()), rows (size(), row_floats()) as fp32
   // (read_row), meta (size()). Sizes must come from a size() taken while no writer runs.
@@ -230,6 +253,8 @@ class EmbeddingTable {
   HashTable::RowInit row_init_;
   std::atomic<uint64_t> generation_{next_generation()};
   std::unique_ptr<Admission> admission_;
+  std::atomic<int64_t> step_{0};
+  mutable DeletedKeysLog deleted_;
 };
 
 // Seed of table `name` in a collection seeded with `collection_seed`.

@@ -269,7 +269,7 @@ void HashTable::lookup_batch(const int64_t* keys, int64_t n, std::byte** rows, c
   for (const auto& sh : shards_) sh->mutex_.unlock();
 }
 
-int64_t HashTable::erase(const int64_t* keys, int64_t n) {
+int64_t HashTable::erase(const int64_t* keys, int64_t n, const std::function<void(int64_t)>* on_erased) {
   ShardedDedup grouped;  // its first phase only: each key hashed once, positions grouped by shard
   grouped.group(keys, n, num_shards());
   const int32_t* perm = grouped.perm();
@@ -282,7 +282,9 @@ int64_t HashTable::erase(const int64_t* keys, int64_t n) {
       auto lock = sh.write_lock();
       for (int64_t p = grouped.shard_begin(s); p < grouped.shard_end(s); ++p) {
         int64_t i = perm[p];
-        erased[s] += sh.erase(keys[i], hashes[i]) ? 1 : 0;
+        if (!sh.erase(keys[i], hashes[i])) continue;
+        ++erased[s];
+        if (on_erased) (*on_erased)(keys[i]);
       }
     }
   });

@@ -166,7 +166,8 @@ class HashTable {
   // next.
   void lookup_batch(const int64_t* keys, int64_t n, std::byte** rows, const RowInit* init, size_t prefetch_bytes = 0);
   // Returns the number of keys that were present.
-  int64_t erase(const int64_t* keys, int64_t n);
+  // on_erased (optional) is called with each key removed, under its shard's write lock.
+  int64_t erase(const int64_t* keys, int64_t n, const std::function<void(int64_t)>* on_erased = nullptr);
 
   size_t size() const;
   size_t memory_bytes() const;
