@@ -74,7 +74,7 @@ __all__ = [
     "RpcUnknownMethodError", "Server", "Subscriber",
     "TableConfig", "Trainer", "TruncatedNormal", "Uniform", "Zeros", "available_cores", "configure_threads",
     "connect", "cpu_features", "data", "default_split", "num_threads", "pack_pow2", "quant",
-    "quantize_activations", "quantize_module", "read_export", "rpc", "serving", "set_num_threads", "shift_matmul",
+    "quantize_activations", "quantize_module", "read_export", "rpc", "set_num_threads", "shift_matmul",
 ]
 
 # Power-of-two quantizer, shift matmul and quantized serving rows.

@@ -18,6 +18,8 @@ import numpy as np
 from . import _core
 from ._arrays import as_int64, is_torch, to_torch
 
+__all__ = ["Subscriber", "read_export"]
+
 PathLike = Union[str, os.PathLike]
 
 
