@@ -42,6 +42,26 @@ def run(rows: int, dim: int, repeats: int, root: Path, dtype: str) -> tuple[floa
     return statistics.median(times), size
 
 
+def disk_ceiling(root: Path, size: int, repeats: int) -> float:
+    """Median seconds to write `size` bytes to one file and fsync it: what the disk allows."""
+    data = np.random.default_rng(0).integers(0, 255, size, dtype=np.uint8).tobytes()
+    times = []
+    for r in range(repeats):
+        path = root / f"ceiling-{r}"
+        t0 = time.perf_counter()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        times.append(time.perf_counter() - t0)
+        path.unlink()
+    return statistics.median(times)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, default=1_000_000)
@@ -58,6 +78,11 @@ def main() -> None:
         t, size = run(args.rows, args.dim, args.repeats, root, dtype)
         lines.append(f"| {dtype} | {args.rows:,} | {size:,} | {t:.3f} | {size / t / 1e9:.2f} |")
         print(lines[-1], flush=True)
+    ceiling_bytes = args.rows * (8 + 4 * args.dim)
+    ceiling = disk_ceiling(root, ceiling_bytes, args.repeats)
+    lines.append(f"| raw write + fsync of one file (the disk's ceiling) | - | {ceiling_bytes:,} | {ceiling:.3f} | "
+                 f"{ceiling_bytes / ceiling / 1e9:.2f} |")
+    print(lines[-1], flush=True)
     load_after = os.getloadavg()
     if not args.dir:
         shutil.rmtree(root, ignore_errors=True)

@@ -391,25 +391,58 @@ void EmbeddingTable::collect_changed(int64_t since, std::vector<int64_t>& keys, 
   keys.clear();
   weights.clear();
   const size_t dim = static_cast<size_t>(config_.dim);
-  auto take = [&](int64_t key, const std::byte* row) {
-    if (since >= 0 &&
-        static_cast<int64_t>(reinterpret_cast<const PackedRowMeta*>(row + meta_offset_)->last_step) <= since)
-      return;
-    keys.push_back(key);
-    const size_t at = weights.size();
-    weights.resize(at + dim);
-    read_weights(row, weights.data() + at);
+  auto changed = [&](const std::byte* row) {
+    return since < 0 ||
+           static_cast<int64_t>(reinterpret_cast<const PackedRowMeta*>(row + meta_offset_)->last_step) > since;
   };
   if (dense_) {
     HashTable::SharedLockAll lock(table_);
-    dense_->for_each(take);
+    dense_->for_each([&](int64_t key, std::byte* row) {
+      if (!changed(row)) return;
+      keys.push_back(key);
+      const size_t at = weights.size();
+      weights.resize(at + dim);
+      read_weights(row, weights.data() + at);
+    });
     return;
   }
-  for (int s = 0; s < table_.num_shards(); ++s) {
-    const auto& sh = table_.shard(s);
-    auto lock = sh.read_lock();
-    sh.for_each(take);
-  }
+  // Shard by shard on the pool, each under its read lock into its own buffers (counted
+  // first, so nothing grows or is zeroed twice), then copied into place.
+  const int shards = table_.num_shards();
+  std::vector<PodVector<int64_t>> shard_keys(static_cast<size_t>(shards));
+  std::vector<PodVector<float>> shard_weights(static_cast<size_t>(shards));
+  parallel_for(shards, 1, [&](int64_t s0, int64_t s1) {
+    for (int64_t s = s0; s < s1; ++s) {
+      const auto& sh = table_.shard(static_cast<int>(s));
+      auto lock = sh.read_lock();
+      size_t count = 0;
+      sh.for_each([&](int64_t, const std::byte* row) { count += changed(row); });
+      PodVector<int64_t>& k = shard_keys[static_cast<size_t>(s)];
+      PodVector<float>& w = shard_weights[static_cast<size_t>(s)];
+      k.resize(count);
+      w.resize(count * dim);
+      size_t at = 0;
+      sh.for_each([&](int64_t key, const std::byte* row) {
+        if (!changed(row)) return;
+        k[at] = key;
+        read_weights(row, w.data() + at * dim);
+        ++at;
+      });
+    }
+  });
+  std::vector<size_t> offset(static_cast<size_t>(shards) + 1, 0);
+  for (int s = 0; s < shards; ++s) offset[s + 1] = offset[s] + shard_keys[static_cast<size_t>(s)].size();
+  keys.resize(offset.back());
+  weights.resize(offset.back() * dim);
+  parallel_for(shards, 1, [&](int64_t s0, int64_t s1) {
+    for (int64_t s = s0; s < s1; ++s) {
+      const auto& k = shard_keys[static_cast<size_t>(s)];
+      if (k.empty()) continue;
+      std::memcpy(keys.data() + offset[s], k.data(), k.size() * sizeof(int64_t));
+      std::memcpy(weights.data() + offset[s] * dim, shard_weights[static_cast<size_t>(s)].data(),
+                  k.size() * dim * sizeof(float));
+    }
+  });
 }
 
 int64_t EmbeddingTable::export_rows(int64_t* keys, float* rows, RowMeta* meta_out, int64_t capacity) const {
