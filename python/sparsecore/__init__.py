@@ -86,4 +86,3 @@ from . import quant  # noqa: E402
 
 # Incremental export: the serving side.
 from .serving import Subscriber, read_export  # noqa: E402
-from . import serving  # noqa: E402

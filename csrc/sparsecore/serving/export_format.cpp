@@ -37,13 +37,29 @@ struct FileRecord {
   uint64_t checksum = 0;
 };
 
-FileRecord write_checked(const std::string& dir, const std::string& name, const void* data, uint64_t bytes) {
-  File f = File::create(join(dir, name));
-  f.write_all(data, bytes);
-  f.sync();
-  f.close();
-  return {name, bytes, checksum64(data, bytes)};
-}
+// Files of a part being written: each is written at once and synced together at the end,
+// so the disk takes the data of every file while the next is encoded (the part is not
+// visible before its directory is switched in, so the order of the syncs does not matter).
+struct PartFiles {
+  static constexpr size_t kMaxOpen = 64;
+  std::string dir;
+  std::vector<File> open;
+
+  FileRecord write(const std::string& name, const void* data, uint64_t bytes) {
+    if (open.size() >= kMaxOpen) sync_all();  // bounded descriptors, whatever the table count
+    File f = File::create(join(dir, name));
+    f.write_all(data, bytes);
+    open.push_back(std::move(f));
+    return {name, bytes, checksum64(data, bytes)};
+  }
+  void sync_all() {
+    for (File& f : open) {
+      f.sync();
+      f.close();
+    }
+    open.clear();
+  }
+};
 
 Json file_json(const FileRecord& r) {
   Json j = Json::object();
@@ -194,6 +210,7 @@ std::string write_export_part(const ExportPart& part, const std::string& stream_
   const std::string staging = join(export_dir, "." + target_name + "." + random_suffix());
   make_directory(staging);
   try {
+    PartFiles files_out{staging, {}};
     Json tables = Json::array();
     for (size_t i = 0; i < part.tables.size(); ++i) {
       const ExportTable& t = part.tables[i];
@@ -203,20 +220,20 @@ std::string write_export_part(const ExportPart& part, const std::string& stream_
                    t.weights.size(), " weights (dim ", dim, ")");
       const std::string prefix = "table-" + std::to_string(i);
       Json files = Json::object();
-      files["keys"] = file_json(write_checked(staging, prefix + ".keys", t.keys.data(), rows * sizeof(int64_t)));
+      files["keys"] = file_json(files_out.write(prefix + ".keys", t.keys.data(), rows * sizeof(int64_t)));
       const uint64_t row_bytes = export_row_bytes(part.dtype, dim);
       if (part.dtype == ExportDtype::kFloat32) {
-        files["rows"] = file_json(write_checked(staging, prefix + ".rows", t.weights.data(), rows * row_bytes));
+        files["rows"] = file_json(files_out.write(prefix + ".rows", t.weights.data(), rows * row_bytes));
       } else {
         std::vector<uint8_t> coded(rows * row_bytes);
         quant::quantize_rows(t.weights.data(), static_cast<int64_t>(rows), static_cast<int64_t>(dim),
                              part.dtype == ExportDtype::kInt8 ? quant::RowFormat::kInt8 : quant::RowFormat::kFp16,
                              coded.data());
-        files["rows"] = file_json(write_checked(staging, prefix + ".rows", coded.data(), coded.size()));
+        files["rows"] = file_json(files_out.write(prefix + ".rows", coded.data(), coded.size()));
       }
       if (!t.deleted.empty())
-        files["deleted"] = file_json(
-            write_checked(staging, prefix + ".deleted", t.deleted.data(), t.deleted.size() * sizeof(int64_t)));
+        files["deleted"] =
+            file_json(files_out.write(prefix + ".deleted", t.deleted.data(), t.deleted.size() * sizeof(int64_t)));
       Json jt = Json::object();
       jt["name"] = t.config.name;
       jt["config"] = t.config.to_json();
@@ -237,7 +254,8 @@ std::string write_export_part(const ExportPart& part, const std::string& stream_
     m["dtype"] = export_dtype_name(part.dtype);
     m["tables"] = std::move(tables);
     const std::string text = m.dump(1);
-    write_checked(staging, kManifest, text.data(), text.size());
+    files_out.write(kManifest, text.data(), text.size());
+    files_out.sync_all();
     commit_directory(staging, join(export_dir, target_name), /*files_synced=*/true);
   } catch (...) {
     remove_tree(staging);

@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cstring>
 #include <filesystem>
-#include <numeric>
 
 #include "sparsecore/core/error.h"
 #include "sparsecore/core/file.h"
