@@ -237,3 +237,50 @@ def test_unfinished_writes_are_invisible(tmp_path):
     assert sorted(os.listdir(tmp_path)) == sorted(
         [f"full-{v:020d}", f"full-{v + 5:020d}", f"delta-{v:020d}-{v + 9:020d}"])
     assert os.listdir(export_path(tmp_path, "full", v)) == ["part-0-of-1"]
+
+
+def test_exports_racing_inserts_and_erasures_lose_nothing(tmp_path):
+    """Lookups that insert and erasures on other threads while deltas are taken: every row
+    lands in the delta being written or in the next one, and nothing waits for ever."""
+    import threading
+
+    emb = sc.EmbeddingCollection(TABLES, seed=3)
+    rng = np.random.default_rng(8)
+    _train(emb, rng, "a", np.arange(50))
+    version = emb.export_full(tmp_path)
+    sub = sc.Subscriber(tmp_path)
+    sub.poll()
+    stop = threading.Event()
+    errors = []
+
+    def churn(seed):
+        r = np.random.default_rng(seed)
+        try:
+            while not stop.is_set():
+                emb.lookup("a", r.integers(0, 5000, 64), insert=True)
+                emb.erase("a", r.integers(0, 5000, 16))
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=churn, args=(s,)) for s in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        for _ in range(10):
+            _train(emb, rng, "b", rng.integers(0, 250, 5))
+            version = emb.export_delta(tmp_path, since=version)
+            sub.poll()
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    assert not any(t.is_alive() for t in threads) and not errors, errors
+    _train(emb, rng, "b", np.array([1]))
+    version = emb.export_delta(tmp_path, since=version)
+    assert sub.poll() == 1
+    fresh = sc.read_export(export_path(tmp_path / "fresh", "full", emb.export_full(tmp_path / "fresh")))
+    for name in TABLES:
+        keys, weights = sub.rows(name)
+        order = np.argsort(fresh["tables"][name]["keys"])
+        np.testing.assert_array_equal(keys, fresh["tables"][name]["keys"][order])
+        assert weights.tobytes() == fresh["tables"][name]["weights"][order].tobytes()

@@ -406,31 +406,43 @@ void EmbeddingTable::collect_changed(int64_t since, std::vector<int64_t>& keys, 
     });
     return;
   }
-  // Every shard's read lock for the whole collection (inserts wait, lookups do not), so the
-  // rows counted in the first pass are the rows copied in the second: each shard's part is
-  // written straight into place, shards in parallel on the pool.
-  HashTable::SharedLockAll lock(table_);
+  // Shard by shard on the pool, each under its read lock (taken inside the task, never held
+  // across a parallel region: another region's tasks may wait for a shard's write lock) into
+  // its own buffers (counted first, so nothing grows or is zeroed twice), then copied into
+  // place.
   const int shards = table_.num_shards();
-  std::vector<size_t> offset(static_cast<size_t>(shards) + 1, 0);
+  std::vector<PodVector<int64_t>> shard_keys(static_cast<size_t>(shards));
+  std::vector<PodVector<float>> shard_weights(static_cast<size_t>(shards));
   parallel_for(shards, 1, [&](int64_t s0, int64_t s1) {
     for (int64_t s = s0; s < s1; ++s) {
+      const auto& sh = table_.shard(static_cast<int>(s));
+      auto lock = sh.read_lock();
       size_t count = 0;
-      table_.shard(static_cast<int>(s)).for_each([&](int64_t, const std::byte* row) { count += changed(row); });
-      offset[static_cast<size_t>(s) + 1] = count;
+      sh.for_each([&](int64_t, const std::byte* row) { count += changed(row); });
+      PodVector<int64_t>& k = shard_keys[static_cast<size_t>(s)];
+      PodVector<float>& w = shard_weights[static_cast<size_t>(s)];
+      k.resize(count);
+      w.resize(count * dim);
+      size_t at = 0;
+      sh.for_each([&](int64_t key, const std::byte* row) {
+        if (!changed(row)) return;
+        k[at] = key;
+        read_weights(row, w.data() + at * dim);
+        ++at;
+      });
     }
   });
-  for (size_t s = 0; s < static_cast<size_t>(shards); ++s) offset[s + 1] += offset[s];
+  std::vector<size_t> offset(static_cast<size_t>(shards) + 1, 0);
+  for (int s = 0; s < shards; ++s) offset[s + 1] = offset[s] + shard_keys[static_cast<size_t>(s)].size();
   keys.resize(offset.back());
   weights.resize(offset.back() * dim);
   parallel_for(shards, 1, [&](int64_t s0, int64_t s1) {
     for (int64_t s = s0; s < s1; ++s) {
-      size_t at = offset[static_cast<size_t>(s)];
-      table_.shard(static_cast<int>(s)).for_each([&](int64_t key, const std::byte* row) {
-        if (!changed(row)) return;
-        keys[at] = key;
-        read_weights(row, weights.data() + at * dim);
-        ++at;
-      });
+      const auto& k = shard_keys[static_cast<size_t>(s)];
+      if (k.empty()) continue;
+      std::memcpy(keys.data() + offset[s], k.data(), k.size() * sizeof(int64_t));
+      std::memcpy(weights.data() + offset[s] * dim, shard_weights[static_cast<size_t>(s)].data(),
+                  k.size() * dim * sizeof(float));
     }
   });
 }

@@ -226,9 +226,8 @@ class EmbeddingTable {
   void clear();
 
   // The rows whose last_step > since (since < 0: every row), as an incremental export reads
-  // them: keys (rows) and weights (rows, dim) widened to fp32, host memory, under every
-  // shard's read lock (inserts wait for it). Run it while no update runs (rows would be
-  // caught mid-update).
+  // them: keys (rows) and weights (rows, dim) widened to fp32, host memory, shard by shard
+  // under each shard's read lock. Run it while no update runs (rows would be caught mid-update).
   void collect_changed(int64_t since, std::vector<int64_t>& keys, std::vector<float>& weights) const;
 
   // Copies every row out, shard by shard: keys (size()), rows (size(), row_floats()) as fp32
