@@ -1,6 +1,7 @@
 #include "sparsecore/table/embedding_table.h"
 #include "sparsecore/table/export_table.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <functional>
@@ -406,45 +407,72 @@ void EmbeddingTable::collect_changed(int64_t since, std::vector<int64_t>& keys, 
     });
     return;
   }
-  // Shard by shard on the pool, each under its read lock (taken inside the task, never held
-  // across a parallel region: another region's tasks may wait for a shard's write lock) into
-  // its own buffers (counted first, so nothing grows or is zeroed twice), then copied into
-  // place.
+  // Two passes over the shards on the pool: count, then copy each shard's rows straight into
+  // place. Each task takes its shard's read lock itself (a lock is never held across a
+  // parallel region: another region's tasks may wait for a shard's write lock), so a shard
+  // may change between the passes (a lookup inserting, an erase); such a shard is collected
+  // again into a side buffer and the output compacted, which keeps every row exactly once.
   const int shards = table_.num_shards();
-  std::vector<PodVector<int64_t>> shard_keys(static_cast<size_t>(shards));
-  std::vector<PodVector<float>> shard_weights(static_cast<size_t>(shards));
+  std::vector<size_t> offset(static_cast<size_t>(shards) + 1, 0);
   parallel_for(shards, 1, [&](int64_t s0, int64_t s1) {
     for (int64_t s = s0; s < s1; ++s) {
       const auto& sh = table_.shard(static_cast<int>(s));
       auto lock = sh.read_lock();
       size_t count = 0;
       sh.for_each([&](int64_t, const std::byte* row) { count += changed(row); });
-      PodVector<int64_t>& k = shard_keys[static_cast<size_t>(s)];
-      PodVector<float>& w = shard_weights[static_cast<size_t>(s)];
-      k.resize(count);
-      w.resize(count * dim);
-      size_t at = 0;
+      offset[static_cast<size_t>(s) + 1] = count;
+    }
+  });
+  for (size_t s = 0; s < static_cast<size_t>(shards); ++s) offset[s + 1] += offset[s];
+  keys.resize(offset.back());
+  weights.resize(offset.back() * dim);
+  std::vector<std::vector<int64_t>> moved_keys(static_cast<size_t>(shards));
+  std::vector<std::vector<float>> moved_weights(static_cast<size_t>(shards));
+  std::vector<char> moved(static_cast<size_t>(shards), 0);
+  parallel_for(shards, 1, [&](int64_t s0, int64_t s1) {
+    for (int64_t s = s0; s < s1; ++s) {
+      const auto& sh = table_.shard(static_cast<int>(s));
+      auto lock = sh.read_lock();
+      const size_t begin = offset[static_cast<size_t>(s)], end = offset[static_cast<size_t>(s) + 1];
+      size_t count = 0;
+      sh.for_each([&](int64_t, const std::byte* row) { count += changed(row); });
+      const bool in_place = count == end - begin;
+      moved[static_cast<size_t>(s)] = !in_place;
+      size_t at = begin;
       sh.for_each([&](int64_t key, const std::byte* row) {
         if (!changed(row)) return;
-        k[at] = key;
-        read_weights(row, w.data() + at * dim);
-        ++at;
+        if (in_place) {
+          keys[at] = key;
+          read_weights(row, weights.data() + at * dim);
+          ++at;
+          return;
+        }
+        moved_keys[static_cast<size_t>(s)].push_back(key);
+        auto& w = moved_weights[static_cast<size_t>(s)];
+        w.resize(w.size() + dim);
+        read_weights(row, w.data() + w.size() - dim);
       });
     }
   });
-  std::vector<size_t> offset(static_cast<size_t>(shards) + 1, 0);
-  for (int s = 0; s < shards; ++s) offset[s + 1] = offset[s] + shard_keys[static_cast<size_t>(s)].size();
-  keys.resize(offset.back());
-  weights.resize(offset.back() * dim);
-  parallel_for(shards, 1, [&](int64_t s0, int64_t s1) {
-    for (int64_t s = s0; s < s1; ++s) {
-      const auto& k = shard_keys[static_cast<size_t>(s)];
-      if (k.empty()) continue;
-      std::memcpy(keys.data() + offset[s], k.data(), k.size() * sizeof(int64_t));
-      std::memcpy(weights.data() + offset[s] * dim, shard_weights[static_cast<size_t>(s)].data(),
-                  k.size() * dim * sizeof(float));
+  if (std::find(moved.begin(), moved.end(), 1) == moved.end()) return;
+  // Rare: a shard changed between the passes. Keep the shards collected in place (moved
+  // down over the holes of the others), then append the others.
+  size_t out = 0;
+  for (size_t s = 0; s < static_cast<size_t>(shards); ++s) {
+    if (moved[s]) continue;
+    const size_t begin = offset[s], n = offset[s + 1] - offset[s];
+    if (out != begin) {
+      std::memmove(keys.data() + out, keys.data() + begin, n * sizeof(int64_t));
+      std::memmove(weights.data() + out * dim, weights.data() + begin * dim, n * dim * sizeof(float));
     }
-  });
+    out += n;
+  }
+  keys.resize(out);
+  weights.resize(out * dim);
+  for (size_t s = 0; s < static_cast<size_t>(shards); ++s) {
+    keys.insert(keys.end(), moved_keys[s].begin(), moved_keys[s].end());
+    weights.insert(weights.end(), moved_weights[s].begin(), moved_weights[s].end());
+  }
 }
 
 int64_t EmbeddingTable::export_rows(int64_t* keys, float* rows, RowMeta* meta_out, int64_t capacity) const {
