@@ -66,7 +66,10 @@ def assert_same_training(cpu, dev, rng, steps, rtol, atol):
         np.testing.assert_array_equal(e["keys"], c["keys"][order])
         np.testing.assert_allclose(e["weights"], c["weights"][order], rtol=rtol, atol=atol)
         np.testing.assert_array_equal(e["update_count"], c["update_count"][order])
-        np.testing.assert_array_equal(e["last_step"], c["last_step"][order])
+        # The CPU table also stamps a row when it is inserted (for incremental export), the
+        # device table only when it is updated: rows never updated differ by design.
+        updated = e["update_count"] > 0
+        np.testing.assert_array_equal(e["last_step"][updated], c["last_step"][order][updated])
 
 
 @pytest.mark.parametrize("emulate", BACKENDS)

@@ -11,6 +11,7 @@
 #include "sparsecore/ps/ps_shard.h"
 #include "sparsecore/ps/ps_snapshot.h"
 #include "sparsecore/ps/remote_row_store.h"
+#include "sparsecore/serving/export.h"
 
 namespace py = pybind11;
 using namespace sparsecore;
@@ -21,9 +22,12 @@ SPARSECORE_BINDING(ps, 70) {
   py::class_<PsServer>(m, "PsServer", "Parameter server: shards over reactors; embedded until started.")
       .def(py::init([](const std::string& address, int port, int shards, const std::string& token, int server_index,
                        int num_servers, uint64_t max_frame_bytes, int poll_us, int idle_timeout_ms,
-                       int handshake_timeout_ms, uint64_t memory_budget_bytes, const std::string& snapshot_dir) {
+                       int handshake_timeout_ms, uint64_t memory_budget_bytes, const std::string& snapshot_dir,
+                       const std::string& export_dir) {
              PsServerOptions o;
              o.snapshot_dir = snapshot_dir;
+             o.export_dir = export_dir;
+             o.export_writer = serving::ps_export_writer();
              o.rpc.poll_us = poll_us;
              o.rpc.idle_timeout_ms = idle_timeout_ms;
              o.rpc.handshake_timeout_ms = handshake_timeout_ms;
@@ -41,7 +45,8 @@ SPARSECORE_BINDING(ps, 70) {
            py::arg("server_index") = 0, py::arg("num_servers") = 1, py::arg("max_frame_bytes") = 256ull << 20,
            py::arg("poll_us") = 0, py::arg("idle_timeout_ms") = rpc::ServerOptions{}.idle_timeout_ms,
            py::arg("handshake_timeout_ms") = rpc::ServerOptions{}.handshake_timeout_ms,
-           py::arg("memory_budget_bytes") = rpc::ServerOptions{}.memory_budget_bytes, py::arg("snapshot_dir") = "")
+           py::arg("memory_budget_bytes") = rpc::ServerOptions{}.memory_budget_bytes, py::arg("snapshot_dir") = "",
+           py::arg("export_dir") = "")
       .def("start", [](PsServer& s) { s.start(); })
       .def("stop",
            [](PsServer& s) {
@@ -190,6 +195,16 @@ SPARSECORE_BINDING(ps, 70) {
            [](PsClient& c, const std::string& dir) {
              py::gil_scoped_release r;
              return c.restore(dir);
+           })
+      .def("export_rows",
+           [](PsClient& c, const std::string& stream, bool delta, int64_t since, int64_t version,
+              const std::string& dtype) {
+             Json out;
+             {
+               py::gil_scoped_release r;
+               out = c.export_rows(stream, delta, since, version, dtype);
+             }
+             return out.dump();
            })
       .def("kv_put",
            [](PsClient& c, const std::string& key, const std::string& value_json) {

@@ -72,10 +72,10 @@ __all__ = [
     "EmbeddingCollection", "GroupLasso", "Momentum", "Normal", "PackedWeights", "PreparedBatch",
     "QuantizedEmbeddingTable", "QuantizedRows", "Quantizer", "RowwiseAdagrad", "RpcAuthError",
     "RpcConnectionError", "RpcError", "RpcProtocolError", "RpcStepAbortedError", "RpcTimeoutError",
-    "RpcUnknownMethodError", "Server",
+    "RpcUnknownMethodError", "Server", "Subscriber",
     "TableConfig", "Trainer", "TruncatedNormal", "Uniform", "Zeros", "available_cores", "configure_threads",
     "connect", "cpu_features", "data", "default_split", "num_threads", "pack_pow2", "quant",
-    "quantize_activations", "quantize_module", "rpc", "set_num_threads", "shift_matmul",
+    "quantize_activations", "quantize_module", "read_export", "rpc", "set_num_threads", "shift_matmul",
 ]
 
 # Power-of-two quantizer, shift matmul and quantized serving rows.
@@ -84,3 +84,6 @@ from .quant import (  # noqa: E402
     quantize_activations, quantize_module, shift_matmul,
 )
 from . import quant  # noqa: E402
+
+# Incremental export: the serving side.
+from .serving import Subscriber, read_export  # noqa: E402

@@ -24,7 +24,7 @@ import typing
 import typing_extensions
 import types as _types
 io: _types.ModuleType
-__all__: list[str] = ['CorruptDataError', 'DenseGraph', 'DeviceEmbeddingCollection', 'DevicePackedWeights', 'DevicePreparedBatch', 'EmbeddingCollection', 'PreparedBatch', 'PsClient', 'PsMetricsServer', 'PsServer', 'RpcAuthError', 'RpcClient', 'RpcConnectionError', 'RpcError', 'RpcProtocolError', 'RpcServer', 'RpcStepAbortedError', 'RpcTimeoutError', 'RpcUnknownMethodError', 'StepPipeline', 'TABLE_STATS_FIELDS', 'commit_directory', 'committed_directory', 'cpu_features', 'cuda_device_available', 'cuda_empty_memory_cache', 'cuda_emulator_block_seed', 'cuda_emulator_counters', 'cuda_emulator_reset_counters', 'cuda_memory_cache_stats', 'cuda_set_emulator_block_seed', 'cuda_set_memory_cache_limit', 'cuda_unavailable_reason', 'dequantize_rows', 'fixed_to_float', 'io', 'latest_snapshot', 'num_threads', 'pack_pow2', 'pooled_lookup_quantized', 'project_pow2', 'quantize_rows', 'quantized_row_bytes', 'remote_collection', 'render_metrics', 'set_num_threads', 'shift_matmul_fixed_kernel', 'shift_matmul_float', 'shift_matmul_int16', 'shift_matmul_int8', 'shift_matmul_kernel', 'unpack_pow2']
+__all__: list[str] = ['CorruptDataError', 'DenseGraph', 'DeviceEmbeddingCollection', 'DevicePackedWeights', 'DevicePreparedBatch', 'EmbeddingCollection', 'PreparedBatch', 'PsClient', 'PsMetricsServer', 'PsServer', 'RpcAuthError', 'RpcClient', 'RpcConnectionError', 'RpcError', 'RpcProtocolError', 'RpcServer', 'RpcStepAbortedError', 'RpcTimeoutError', 'RpcUnknownMethodError', 'StepPipeline', 'Subscriber', 'TABLE_STATS_FIELDS', 'commit_directory', 'committed_directory', 'complete_export_parts', 'cpu_features', 'cuda_device_available', 'cuda_empty_memory_cache', 'cuda_emulator_block_seed', 'cuda_emulator_counters', 'cuda_emulator_reset_counters', 'cuda_memory_cache_stats', 'cuda_set_emulator_block_seed', 'cuda_set_memory_cache_limit', 'cuda_unavailable_reason', 'dequantize_rows', 'export_delta', 'export_full', 'fixed_to_float', 'io', 'latest_snapshot', 'num_threads', 'pack_pow2', 'pooled_lookup_quantized', 'project_pow2', 'quantize_rows', 'quantized_row_bytes', 'read_export_part', 'remote_collection', 'render_metrics', 'set_deleted_keys_capacity', 'set_num_threads', 'shift_matmul_fixed_kernel', 'shift_matmul_float', 'shift_matmul_int16', 'shift_matmul_int8', 'shift_matmul_kernel', 'unpack_pow2']
 class CorruptDataError(ValueError):
     pass
 class PreparedBatch:
@@ -265,7 +265,7 @@ class PsServer:
     """
     Parameter server: shards over reactors; embedded until started.
     """
-    def __init__(self, address: str = '127.0.0.1', port: typing.SupportsInt | typing.SupportsIndex = 0, shards: typing.SupportsInt | typing.SupportsIndex = 1, token: str = '', server_index: typing.SupportsInt | typing.SupportsIndex = 0, num_servers: typing.SupportsInt | typing.SupportsIndex = 1, max_frame_bytes: typing.SupportsInt | typing.SupportsIndex = 268435456, poll_us: typing.SupportsInt | typing.SupportsIndex = 0, idle_timeout_ms: typing.SupportsInt | typing.SupportsIndex = 0, handshake_timeout_ms: typing.SupportsInt | typing.SupportsIndex = 10000, memory_budget_bytes: typing.SupportsInt | typing.SupportsIndex = 1073741824, snapshot_dir: str = '') -> None:
+    def __init__(self, address: str = '127.0.0.1', port: typing.SupportsInt | typing.SupportsIndex = 0, shards: typing.SupportsInt | typing.SupportsIndex = 1, token: str = '', server_index: typing.SupportsInt | typing.SupportsIndex = 0, num_servers: typing.SupportsInt | typing.SupportsIndex = 1, max_frame_bytes: typing.SupportsInt | typing.SupportsIndex = 268435456, poll_us: typing.SupportsInt | typing.SupportsIndex = 0, idle_timeout_ms: typing.SupportsInt | typing.SupportsIndex = 0, handshake_timeout_ms: typing.SupportsInt | typing.SupportsIndex = 10000, memory_budget_bytes: typing.SupportsInt | typing.SupportsIndex = 1073741824, snapshot_dir: str = '', export_dir: str = '') -> None:
         ...
     def restore(self, name: str) -> int:
         """
@@ -314,6 +314,8 @@ class PsClient:
     def erase(self, table: str, ids: numpy.ndarray) -> int:
         ...
     def expire(self, table: str) -> int:
+        ...
+    def export_rows(self, arg0: str, arg1: bool, arg2: typing.SupportsInt | typing.SupportsIndex, arg3: typing.SupportsInt | typing.SupportsIndex, arg4: str) -> str:
         ...
     def kv_get(self, arg0: str) -> str:
         ...
@@ -382,6 +384,40 @@ class DenseGraph:
     @property
     def output_width(self) -> int:
         ...
+class Subscriber:
+    def __init__(self, stream_dir: str) -> None:
+        ...
+    def apply(self, export_dir: str) -> int:
+        ...
+    def dim(self, table: str) -> int:
+        ...
+    def lookup(self, table: str, ids: numpy.ndarray) -> numpy.typing.NDArray[numpy.float32]:
+        ...
+    def poll(self) -> int:
+        ...
+    def rows(self, table: str) -> tuple[numpy.ndarray, numpy.ndarray]:
+        ...
+    def size(self, table: str) -> int:
+        ...
+    def start(self, interval: typing.SupportsFloat | typing.SupportsIndex) -> None:
+        ...
+    def stop(self) -> None:
+        ...
+    @property
+    def last_error(self) -> str:
+        ...
+    @property
+    def running(self) -> bool:
+        ...
+    @property
+    def stream_dir(self) -> str:
+        ...
+    @property
+    def tables(self) -> list[str]:
+        ...
+    @property
+    def version(self) -> int:
+        ...
 class DevicePackedWeights:
     def __init__(self, codes: numpy.ndarray, alpha: numpy.ndarray, cols: typing.SupportsInt | typing.SupportsIndex, emulate: bool = False, block_threads: typing.SupportsInt | typing.SupportsIndex = 128, max_blocks: typing.SupportsInt | typing.SupportsIndex = 0) -> None:
         ...
@@ -413,6 +449,8 @@ def committed_directory(target: str) -> str:
     """
     `target`, or the directory an interrupted commit left beside it, or '' when neither exists.
     """
+def complete_export_parts(export_dir: str) -> list[str]:
+    ...
 def cpu_features() -> list[str]:
     """
     Instruction sets the running CPU offers to the dispatched kernels.
@@ -439,6 +477,10 @@ def cuda_unavailable_reason() -> str:
     ...
 def dequantize_rows(quantized: numpy.ndarray, dim: typing.SupportsInt | typing.SupportsIndex, format: str) -> numpy.typing.NDArray[numpy.float32]:
     ...
+def export_delta(collection: EmbeddingCollection, dir: str, since: typing.SupportsInt | typing.SupportsIndex, dtype: str = 'fp32') -> int:
+    ...
+def export_full(collection: EmbeddingCollection, dir: str, dtype: str = 'fp32') -> int:
+    ...
 def fixed_to_float(acc: numpy.ndarray, alpha: numpy.ndarray, x_scale: typing.SupportsFloat | typing.SupportsIndex) -> numpy.typing.NDArray[numpy.float32]:
     ...
 def latest_snapshot(root: str) -> str:
@@ -459,6 +501,8 @@ def quantize_rows(rows: numpy.ndarray, format: str) -> numpy.typing.NDArray[nump
     ...
 def quantized_row_bytes(format: str, dim: typing.SupportsInt | typing.SupportsIndex) -> int:
     ...
+def read_export_part(dir: str) -> dict:
+    ...
 def remote_collection(configs_json: str, seed: typing.SupportsInt | typing.SupportsIndex, client: PsClient) -> EmbeddingCollection:
     """
     An EmbeddingCollection whose rows live on the servers of `client` (created there when missing).
@@ -467,6 +511,8 @@ def render_metrics(server: PsServer) -> str:
     """
     The Prometheus text of `server` (what GET /metrics answers).
     """
+def set_deleted_keys_capacity(collection: EmbeddingCollection, table: typing.SupportsInt | typing.SupportsIndex, capacity: typing.SupportsInt | typing.SupportsIndex) -> None:
+    ...
 def set_num_threads(n: typing.SupportsInt | typing.SupportsIndex) -> None:
     """
     Resize the compute pool (n <= 0: one per core). Results do not depend on it.

@@ -340,6 +340,43 @@ class EmbeddingCollection:
         return {"keys": keys, "weights": rows[:, :dim], "state": rows[:, dim:],
                 "update_count": count, "last_step": last}
 
+    # ------------------------------------------------------------------ incremental export
+    def export_full(self, path: Union[str, os.PathLike], *, dtype: str = "fp32") -> int:
+        """Writes every row's weights into the stream directory ``path`` as the export
+        ``full-<version>`` and returns its version, the collection's :attr:`step`. ``dtype``:
+        "fp32", "fp16" or "int8" (rowwise, as :class:`QuantizedRows`). Crash-safe: the export
+        appears whole or not at all. Run it between training steps (not during a backward).
+        A :class:`sparsecore.Subscriber` follows the directory.
+
+        With rows on parameter servers (``server=``), ``path`` is the name of a stream under
+        the servers' export directory and every shard writes its part at this step
+        (:meth:`Cluster.export_full`)."""
+        if self._server is not None:
+            self._server.export_full(os.fspath(path), version=self.step, dtype=dtype)
+            return self.step
+        return _core.export_full(self._c, os.fspath(path), dtype)
+
+    def export_delta(self, path: Union[str, os.PathLike], *, since: int, dtype: str = "fp32") -> int:
+        """Writes ``delta-<since>-<version>`` into the stream directory ``path``: the rows
+        changed after version ``since`` (updated, or inserted, also by ``lookup(insert=True)``)
+        and the keys removed after it; returns the version (the current :attr:`step`).
+        Applied after the export at ``since``, it gives exactly what ``export_full`` would
+        write now. Raises ValueError when the removals after ``since`` are no longer retained
+        (see :meth:`set_deleted_keys_capacity`) or ``since`` is newer than the step: take a
+        full export then. With rows on parameter servers, as :meth:`export_full`."""
+        if self._server is not None:
+            self._server.export_delta(os.fspath(path), since=int(since), version=self.step, dtype=dtype)
+            return self.step
+        return _core.export_delta(self._c, os.fspath(path), int(since), dtype)
+
+    def set_deleted_keys_capacity(self, capacity: int, table: Optional[str] = None) -> None:
+        """How many removed keys each table remembers for :meth:`export_delta` (default 2**20;
+        ``table`` None: every table). Past it the oldest half is forgotten, and a delta since
+        a version before them raises ValueError asking for a full export."""
+        self._local_only("set_deleted_keys_capacity")
+        for name in [table] if table is not None else self.names:
+            _core.set_deleted_keys_capacity(self._c, self._table(name), int(capacity))
+
     # ----------------------------------------------------------------------------- batches
     def prepare(self, batch: Mapping[str, GroupInput], *, train: bool = True,
                 include_last_offset: Optional[bool] = None) -> PreparedBatch:

@@ -128,6 +128,21 @@ class Cluster:
         damaged snapshot changes nothing. Returns the snapshot's step."""
         return self._c.restore("" if name is None else _snapshot_name(name, 0))
 
+    def export_full(self, stream: str, *, version: int, dtype: str = "fp32") -> dict[str, int]:
+        """A full export of every shard at ``version`` (the workers' step): each shard writes
+        its part of ``full-<version>`` into ``<export_dir>/<stream>`` of its server
+        (``Server(export_dir=...)``, ``sparsecore server --export-dir``); the parts together
+        are one export that a :class:`sparsecore.Subscriber` of that directory applies. Call
+        it between training steps (after a barrier when several workers train). ``dtype``:
+        "fp32", "fp16" or "int8". Returns the rows and deleted keys written, summed over the
+        shards."""
+        return json.loads(self._c.export_rows(stream, False, 0, int(version), dtype))
+
+    def export_delta(self, stream: str, *, since: int, version: int, dtype: str = "fp32") -> dict[str, int]:
+        """As :meth:`export_full`, the rows changed after version ``since`` and the keys
+        removed after it: ``delta-<since>-<version>``."""
+        return json.loads(self._c.export_rows(stream, True, int(since), int(version), dtype))
+
     def kv_put(self, key: str, value: Any) -> None:
         """Stores a small JSON value (e.g. a reader position); saved with snapshots."""
         self._c.kv_put(key, json.dumps(value))
@@ -236,19 +251,25 @@ class Server:
     GET only): per table and shard the rows, bytes and admission counts, RPC counters
     (requests, errors, bytes, connections) and process memory. ``metrics_address`` defaults to
     loopback, as ``address`` does. A metrics connection must send its request (and read the
-    answer) within ``metrics_timeout`` seconds; at most 64 are open at once."""
+    answer) within ``metrics_timeout`` seconds; at most 64 are open at once.
+
+    ``export_dir``: where this server writes its parts of exports
+    (:meth:`Cluster.export_full`, :meth:`Cluster.export_delta`), one stream directory per
+    name a client gives; without it exports are refused."""
 
     def __init__(self, port: Optional[int] = None, *, shards: int = 1, address: str = "127.0.0.1",
                  token: str = "", server_index: int = 0, num_servers: int = 1,
                  snapshot_dir: Optional[str] = None, poll: float = 0.0, idle_timeout: float = 0.0,
                  handshake_timeout: float = 10.0, memory_budget: int = 1 << 30,
                  metrics_port: Optional[int] = None, metrics_address: str = "127.0.0.1",
-                 metrics_timeout: float = 10.0):
+                 metrics_timeout: float = 10.0, export_dir: Optional[str] = None):
         self.snapshot_dir = os.fspath(snapshot_dir) if snapshot_dir else None
+        self.export_dir = os.fspath(export_dir) if export_dir else None
         self._core = _core.PsServer(address, port or 0, shards, token, server_index, num_servers,
                                     poll_us=_poll_us(poll), idle_timeout_ms=_timeout_ms(idle_timeout, "idle_timeout"),
                                     handshake_timeout_ms=_timeout_ms(handshake_timeout, "handshake_timeout"),
-                                    memory_budget_bytes=int(memory_budget), snapshot_dir=self.snapshot_dir or "")
+                                    memory_budget_bytes=int(memory_budget), snapshot_dir=self.snapshot_dir or "",
+                                    export_dir=self.export_dir or "")
         self.address = address
         self.restored_step: Optional[int] = None
         self.restored_snapshot: Optional[str] = None
@@ -384,6 +405,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    help="directory of snapshots: created when missing, must be writable; clients save and "
                         "restore snapshots by name, confined to it (without it they are refused); the newest "
                         "complete snapshot found there is restored at start")
+    p.add_argument("--export-dir", default=None, metavar="DIR",
+                   help="directory of incremental exports: clients name a stream, this server writes its "
+                        "parts under DIR/<stream> (without it exports are refused)")
     p.add_argument("--server-index", type=int, default=0, metavar="I",
                    help="this server's place in the cluster, 0 .. --num-servers - 1 (default: 0)")
     p.add_argument("--num-servers", type=int, default=1, metavar="N",
@@ -438,7 +462,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         server = Server(args.port, shards=args.shards, address=args.address, token=token,
                         server_index=args.server_index, num_servers=args.num_servers,
-                        snapshot_dir=args.snapshot_dir, poll=args.poll_us / 1e6,
+                        snapshot_dir=args.snapshot_dir, export_dir=args.export_dir, poll=args.poll_us / 1e6,
                         idle_timeout=args.idle_timeout, handshake_timeout=args.handshake_timeout,
                         metrics_port=args.metrics_port, metrics_address=args.metrics_address,
                         metrics_timeout=args.metrics_timeout)

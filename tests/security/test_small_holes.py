@@ -154,4 +154,5 @@ def test_erase_racing_backward_never_writes_a_freed_row():
     never_trained = e["keys"] >= 10**9
     assert never_trained.any()
     assert (e["update_count"][never_trained] == 0).all(), int((e["update_count"][never_trained] > 0).sum())
-    np.testing.assert_array_equal(e["last_step"][never_trained], 0)
+    # Stamped when inserted (the step after the one in progress), never by an update.
+    assert (e["last_step"][never_trained] <= coll.step + 1).all()

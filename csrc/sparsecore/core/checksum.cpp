@@ -1,5 +1,9 @@
 #include "sparsecore/core/checksum.h"
 
+#include <cstdio>
+
+#include "sparsecore/core/error.h"
+
 namespace sparsecore {
 namespace {
 
@@ -44,6 +48,26 @@ uint64_t Checksum64::digest() const {
   for (int l = 0; l < 4; ++l) h = fmix64(h ^ rotl(lanes_[l], 7 * l + 1));
   for (size_t i = 0; i < pending_bytes_; ++i) h = fmix64(h ^ (uint64_t{pending_[i]} << (8 * (i % 8))) ^ i);
   return h;
+}
+
+std::string checksum_hex(uint64_t v) {
+  char buf[17];
+  std::snprintf(buf, sizeof(buf), "%016llx", static_cast<unsigned long long>(v));
+  return buf;
+}
+
+uint64_t parse_checksum_hex(const std::string& text) {
+  SC_CHECK(text.size() == 16, CorruptData, "checksum '", text.substr(0, 32), "' is not 16 hex digits");
+  uint64_t v = 0;
+  for (char c : text) {
+    int d = c >= '0' && c <= '9'   ? c - '0'
+            : c >= 'a' && c <= 'f' ? c - 'a' + 10
+            : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                   : -1;
+    SC_CHECK(d >= 0, CorruptData, "checksum '", text, "' is not 16 hex digits");
+    v = (v << 4) | static_cast<uint64_t>(d);
+  }
+  return v;
 }
 
 }  // namespace sparsecore

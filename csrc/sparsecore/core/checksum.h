@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <string>
 
 #include "sparsecore/core/hash.h"
 
@@ -29,5 +30,10 @@ inline uint64_t checksum64(const void* data, size_t bytes) {
   c.update(data, bytes);
   return c.digest();
 }
+
+// A checksum as manifests store it: exactly 16 lowercase hex digits. parse_checksum_hex
+// refuses anything else with CorruptData (a damaged manifest).
+std::string checksum_hex(uint64_t v);
+uint64_t parse_checksum_hex(const std::string& text);
 
 }  // namespace sparsecore

@@ -67,27 +67,6 @@ std::string join(const std::string& dir, const std::string& name) {
   return (std::filesystem::path(dir) / name).string();
 }
 
-std::string hex64(uint64_t v) {
-  char buf[17];
-  std::snprintf(buf, sizeof(buf), "%016llx", static_cast<unsigned long long>(v));
-  return buf;
-}
-
-// Exactly 16 hex digits (what hex64 writes); anything else is a damaged manifest.
-uint64_t parse_hex64(const std::string& text) {
-  SC_CHECK(text.size() == 16, CorruptData, "checksum '", text.substr(0, 32), "' is not 16 hex digits");
-  uint64_t v = 0;
-  for (char c : text) {
-    int d = c >= '0' && c <= '9'   ? c - '0'
-            : c >= 'a' && c <= 'f' ? c - 'a' + 10
-            : c >= 'A' && c <= 'F' ? c - 'A' + 10
-                                   : -1;
-    SC_CHECK(d >= 0, CorruptData, "checksum '", text, "' is not 16 hex digits");
-    v = (v << 4) | static_cast<uint64_t>(d);
-  }
-  return v;
-}
-
 // A manifest integer in [lo, hi], CorruptData naming `what` otherwise.
 int64_t bounded_int(const Json& j, const char* what, int64_t lo, int64_t hi) {
   int64_t v = j.as_int(what);
@@ -307,7 +286,7 @@ std::string manifest_text(const std::vector<std::unique_ptr<EmbeddingTable>>& ta
       jf["bucket_hi"] = static_cast<int64_t>(e.bucket_hi);
       jf["rows"] = e.rows;
       jf["bytes"] = e.bytes;
-      jf["checksum"] = hex64(e.checksum);
+      jf["checksum"] = checksum_hex(e.checksum);
       files.push_back(std::move(jf));
       rows += static_cast<int64_t>(e.rows);
     }
@@ -317,7 +296,7 @@ std::string manifest_text(const std::vector<std::unique_ptr<EmbeddingTable>>& ta
       Json ja = Json::object();
       ja["path"] = a.path;
       ja["bytes"] = a.bytes;
-      ja["checksum"] = hex64(a.checksum);
+      ja["checksum"] = checksum_hex(a.checksum);
       jt["admission"] = std::move(ja);
     }
     if (const Expiry* e = tables[t]->expiry()) jt["expiry_state"] = e->state_json();
@@ -451,7 +430,7 @@ std::unique_ptr<EmbeddingCollection> EmbeddingCollection::load(const std::string
         e.bucket_hi = static_cast<uint32_t>(bounded_int(jf.at("bucket_hi"), "bucket_hi", e.bucket_lo + 1, kNumBuckets));
         e.rows = static_cast<uint64_t>(bounded_int(jf.at("rows"), "file rows", 0, INT64_MAX));
         e.bytes = static_cast<uint64_t>(bounded_int(jf.at("bytes"), "file bytes", 0, INT64_MAX));
-        e.checksum = parse_hex64(jf.at("checksum").as_string("checksum"));
+        e.checksum = parse_checksum_hex(jf.at("checksum").as_string("checksum"));
         const uint64_t need = row_file_bytes(e.rows, row_floats);
         SC_CHECK(need != 0 && need == e.bytes, CorruptData, "manifest entry '", e.path, "' of table '", te.config.name,
                  "' lists ", e.rows, " rows in ", e.bytes, " bytes (dim and optimizer need ", need, ")");
@@ -474,7 +453,7 @@ std::unique_ptr<EmbeddingCollection> EmbeddingCollection::load(const std::string
         SC_CHECK(paths.insert(e.path).second, CorruptData, "manifest names file '", e.path, "' twice");
         e.bytes = static_cast<uint64_t>(
             bounded_int(ja->at("bytes"), "admission bytes", Admission::kHeaderBytes, int64_t{1} << 40));
-        e.checksum = parse_hex64(ja->at("checksum").as_string("checksum"));
+        e.checksum = parse_checksum_hex(ja->at("checksum").as_string("checksum"));
         // The size is fixed by the config for a Bloom filter, a whole number of entries otherwise.
         const Admission probe(te.config.admission, te.seed);
         const uint64_t want = probe.bloom() ? Admission::kHeaderBytes + probe.bloom()->bytes().size() : e.bytes;

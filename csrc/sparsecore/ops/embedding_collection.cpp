@@ -56,7 +56,12 @@ EmbeddingCollection::EmbeddingCollection(std::vector<TableConfig> tables, uint64
 EmbeddingCollection::EmbeddingCollection(std::vector<std::unique_ptr<EmbeddingTable>> tables, uint64_t seed,
                                          int64_t step)
     : seed_(seed), tables_(std::move(tables)), step_(step) {
-  for (auto& t : tables_) t->set_step(step);
+  // Restored rows carry their own stamps; removals before the checkpoint are not known here,
+  // so deltas start at its step.
+  for (auto& t : tables_) {
+    t->set_step(step);
+    t->deleted_keys().reset(step);
+  }
   auto local = std::make_unique<LocalRowStore>(tables_);
   local_ = local.get();
   store_ = std::move(local);

@@ -170,6 +170,9 @@ int64_t LocalRowStore::update_rows(const std::vector<RowRange>& ranges,
                                    const std::function<std::byte* const*(int)>& rows_of, const RangeUpdate& update,
                                    std::atomic<int64_t>& step_counter) {
   const int64_t step = step_counter.fetch_add(1, std::memory_order_acq_rel) + 1;
+  // Every table reaches the step, not only those updated: rows inserted from now on are
+  // stamped after it (EmbeddingTable::init_row).
+  for (auto& t : tables_) t->set_step(step);
   struct Task {
     int range;
     int64_t begin, end;

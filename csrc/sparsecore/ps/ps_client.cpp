@@ -419,6 +419,29 @@ std::vector<Json> PsClient::call_json(uint16_t method, const Json& body, int onl
   return out;
 }
 
+Json PsClient::export_rows(const std::string& stream, bool delta, int64_t since, int64_t version,
+                           const std::string& dtype) {
+  SC_CHECK_ARG(is_plain_name(stream), "export stream '", stream, "' must be a plain name (no '/', not '.' or '..')");
+  SC_CHECK_ARG(version >= 0, "export version must be >= 0, got ", version);
+  SC_CHECK_ARG(!delta || (since >= 0 && since <= version), "export_delta: since must be in [0, version ", version,
+               "], got ", since);
+  Json j = Json::object();
+  j["stream"] = stream;
+  j["kind"] = delta ? "delta" : "full";
+  j["since"] = since;
+  j["version"] = version;
+  j["dtype"] = dtype;
+  int64_t rows = 0, deleted = 0;
+  for (const Json& part : call_json(kExport, j)) {
+    rows += part.at("rows").as_int("rows");
+    deleted += part.at("deleted").as_int("deleted");
+  }
+  Json out = Json::object();
+  out["rows"] = rows;
+  out["deleted"] = deleted;
+  return out;
+}
+
 std::string PsClient::save(const std::string& name, int64_t step, bool overwrite) {
   check_snapshot_name(name);
   Json j = Json::object();

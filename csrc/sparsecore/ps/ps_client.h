@@ -115,6 +115,12 @@ class PsClient {
   // Every shard takes the rows of snapshot `name` ("": the newest complete step-<k>) that it
   // owns now; all shards are read and checked before any is replaced. Returns its step.
   int64_t restore(const std::string& name);
+  // An export of every shard at `version` (the workers' step; call it between steps, after
+  // a barrier when several workers train): each shard writes its part of
+  // <export dir>/<stream>/full-<version> (delta: delta-<since>-<version>) under the servers'
+  // export directory (serving/export_format.h), and the parts together are one export.
+  // dtype "fp32" | "fp16" | "int8". Returns {"rows", "deleted"} summed over the shards.
+  Json export_rows(const std::string& stream, bool delta, int64_t since, int64_t version, const std::string& dtype);
   void kv_put(const std::string& key, const Json& value);
   Json kv_get(const std::string& key);
   // Returns once `count` callers entered barrier `name` (a synchronous worker's rank goes

@@ -30,6 +30,7 @@ enum Method : uint16_t {
   kPushTables = 24,   // TablesHeader + TableEntry[k] + names + ids + grads (per table (n, dim), in order)
   kExpire = 25,       // json {table} -> json {expired}: the shard removes the rows its expiry rules name
   kErase = 26,        // TableHeader + name + ids int64[n] (ids of this shard) -> json {erased}
+  kExport = 27,       // json {stream, kind: full|delta, since, version, dtype} -> json {rows, deleted}
 };
 
 // Fixed part of pull and push requests; the table name (name_bytes, padded to 8) follows,

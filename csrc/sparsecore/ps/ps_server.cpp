@@ -503,6 +503,46 @@ void PsServer::add_methods() {
     out["erased"] = shard(r.reactor).erase(t.name, ids, static_cast<int64_t>(t.h.num_ids));
     reply_json(reply, out);
   });
+  // One part of an export per shard, all at the client's step (a consistent cut between two
+  // requests of this shard); written on the snapshot thread.
+  add(kExport, [this](const rpc::Request& r, rpc::Reply& reply) {
+    SC_CHECK_ARG(!options_.export_dir.empty() && options_.export_writer,
+                 "this server has no export directory (start it with --export-dir); exports are refused");
+    Json j = parse_json(r);
+    const std::string stream = j.at("stream").as_string("stream");
+    SC_CHECK_ARG(is_plain_name(stream), "export stream '", stream,
+                 "' must be a plain name (no '/', not '.' or '..'); exports are kept under the server's export "
+                 "directory");
+    const std::string kind = j.at("kind").as_string("kind");
+    SC_CHECK_ARG(kind == "full" || kind == "delta", "export kind must be 'full' or 'delta', got '", kind, "'");
+    ExportPartRequest req;
+    req.delta = kind == "delta";
+    req.version = j.at("version").as_int("version");
+    SC_CHECK_ARG(req.version >= 0, "export version must be >= 0, got ", req.version);
+    if (req.delta) {
+      req.since = j.at("since").as_int("since");
+      SC_CHECK_ARG(req.since >= 0 && req.since <= req.version, "export_delta: since must be in [0, version ",
+                   req.version, "], got ", req.since);
+    }
+    req.dtype = j.at("dtype").as_string("dtype");
+    PsShard& s = shard(r.reactor);
+    req.part = s.layout().global_index;
+    req.num_parts = s.layout().total_shards;
+    auto tables = std::make_shared<std::vector<ExportTable>>(s.collect_export(req.delta ? req.since : -1, req.version));
+    Json counts = Json::object();
+    int64_t rows = 0, deleted = 0;
+    for (const auto& t : *tables) {
+      rows += t.rows();
+      deleted += static_cast<int64_t>(t.deleted.size());
+    }
+    counts["rows"] = rows;
+    counts["deleted"] = deleted;
+    const std::string dir = (std::filesystem::path(options_.export_dir) / stream).string();
+    off_reactor(r, reply, [writer = options_.export_writer, dir, req, tables, counts](rpc::Reply& done) {
+      writer(dir, req, *tables);
+      reply_json(done, counts);
+    });
+  });
   add(kKvPut, [this](const rpc::Request& r, rpc::Reply&) {
     Json j = parse_json(r);
     shard(r.reactor).kv_put(j.at("key").as_string("key"), j.at("value"));

@@ -37,6 +37,20 @@
 
 namespace sparsecore::ps {
 
+// One shard's part of an export (serving/export_format.h): where, what, and which part.
+struct ExportPartRequest {
+  bool delta = false;
+  int64_t since = 0;
+  int64_t version = 0;
+  std::string dtype;  // "fp32" | "fp16" | "int8"
+  int part = 0;       // the shard's global index
+  int num_parts = 1;  // the cluster's shards
+};
+// Writes a part into the stream directory (crash-safe); the format belongs to the serving
+// layer, which provides the writer (serving::ps_export_writer), so this layer stays below it.
+using ExportPartWriter = std::function<void(const std::string& stream_dir, const ExportPartRequest& request,
+                                            std::vector<ExportTable>& tables)>;
+
 struct PsServerOptions {
   rpc::ServerOptions rpc;  // rpc.num_reactors = shards of this server
   int server_index = 0;
@@ -45,6 +59,10 @@ struct PsServerOptions {
   // Where snapshots live (ps_snapshot.h). Clients name snapshots, never paths; empty: save
   // and restore are refused.
   std::string snapshot_dir;
+  // Where exports live: a client names a stream, its parts go to export_dir/<stream>. Empty
+  // (or no writer): exports are refused.
+  std::string export_dir;
+  ExportPartWriter export_writer;
 };
 
 class PsServer {

@@ -230,6 +230,8 @@ std::vector<PsShard::PushOutcome> PsShard::push_tables(std::span<const TableUpda
                  u.table, "' names an id more than once (the worker sums each id's gradients); nothing was applied");
     checked.emplace_back(&t, u);
   }
+  // The tables reach the push's step: rows inserted from now on are stamped after it.
+  for (auto& [t, u] : checked) t->rows->table(0).set_step(step);
   std::vector<PushOutcome> out(updates.size());
   if (num_workers == 0) {
     // The worker summed each row's gradient: one update per row.
@@ -490,6 +492,17 @@ void PsShard::abort_restore(const std::string& restore_id) {
     staged_.reset();
     staged_id_.clear();
   }
+}
+
+std::vector<ExportTable> PsShard::collect_export(int64_t since, int64_t version) {
+  std::vector<ExportTable> out;
+  for (auto& [name, t] : tables_) {
+    // Updates after the export must be stamped after `version` too: a table's update step
+    // is its own collection's.
+    if (t.rows->step() < version) t.rows->set_step(version);
+    out.push_back(collect_export_table(t.rows->table(0), since, version));
+  }
+  return out;
 }
 
 Json PsShard::stats() const {

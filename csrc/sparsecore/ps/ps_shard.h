@@ -29,6 +29,7 @@
 #include "sparsecore/core/json.h"
 #include "sparsecore/ops/embedding_collection.h"
 #include "sparsecore/ps/ps_snapshot.h"
+#include "sparsecore/table/export_table.h"
 
 namespace sparsecore::ps {
 
@@ -137,6 +138,11 @@ class PsShard {
   void stage_restore(std::unique_ptr<PsShard> loaded, const std::string& restore_id);
   void commit_restore(const std::string& restore_id);
   void abort_restore(const std::string& restore_id);
+
+  // Every table's rows changed after `since` (< 0: every row) and the keys removed after it,
+  // for an export at `version` (table/export_table.h), in table-name order. Raises each
+  // table's step to `version` first, so what changes later is stamped after it.
+  std::vector<ExportTable> collect_export(int64_t since, int64_t version);
 
   Json stats() const;
   const ShardLayout& layout() const { return layout_; }

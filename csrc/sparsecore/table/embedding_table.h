@@ -34,6 +34,7 @@
 #include "sparsecore/core/json.h"
 #include "sparsecore/optim/optimizer_config.h"
 #include "sparsecore/table/admission.h"
+#include "sparsecore/table/deleted_keys_log.h"
 #include "sparsecore/table/dense_rows.h"
 #include "sparsecore/table/expiry.h"
 #include "sparsecore/table/hash_table.h"
@@ -56,7 +57,7 @@ RowStorage row_storage_from_name(const std::string& name);  // "fp32" | "fp16"
 struct RowMeta {
   uint32_t update_count;  // fused updates applied to this row (saturates at 2^32 - 1)
   uint32_t flags;         // reserved, zero
-  int64_t last_step;      // collection step of the last update (0: never updated)
+  int64_t last_step;      // collection step of the last change: an update, or the insert (below)
 };
 static_assert(sizeof(RowMeta) == 16);
 
@@ -160,8 +161,15 @@ class EmbeddingTable {
   const float* state(const std::byte* row) const { return reinterpret_cast<const float*>(row + state_offset_); }
   PackedRowMeta* meta(std::byte* row) const { return reinterpret_cast<PackedRowMeta*>(row + meta_offset_); }
 
-  // Fills a new row: initial weights, initial optimizer state, zero metadata.
+  // Fills a new row: initial weights, initial optimizer state, update count 0 and last_step
+  // step() + 1 (the first step the row can be part of), so that an incremental export since
+  // any version taken before the insert carries the row even when no update follows; and the
+  // key leaves the deleted-keys log. Called by every insert, under the key's shard lock.
   void init_row(int64_t key, std::byte* row) const;
+
+  // Keys removed (erase, expiry, eviction, pruning) with the stamp step() + 1 of each removal
+  // (table/deleted_keys_log.h).
+  DeletedKeysLog& deleted_keys() const { return deleted_; }
 
   // A row's weights and state as fp32, whatever the storage (fp16 widens exactly):
   // read_row fills floats (row_floats()); write_row stores weights (dim) rounded to the
@@ -193,7 +201,8 @@ class EmbeddingTable {
   void count_dropped(int64_t n);
   // The newest step the table has seen (rows stamp last_step with the steps of their
   // updates): set_step keeps the largest step it is given. The local row store sets it at
-  // each update, so a parameter-server shard's table follows its push steps.
+  // each update, so a parameter-server shard's table follows its push steps; exports set it
+  // too. With ttl_seconds it also records the step's wall time.
   void set_step(int64_t step);
   int64_t step() const { return step_.load(std::memory_order_acquire); }
 
@@ -268,9 +277,18 @@ class EmbeddingTable {
   // slot is read. For a parameter-server shard answering its own requests.
   void pull_weights(const int64_t* keys, int64_t n, bool insert, float* out);
   // Removes keys and releases their rows at once (the caller holds off every training call,
-  // or is the only thread using the table). Returns how many keys were present.
+  // or is the only thread using the table). Returns how many keys were present. Like every
+  // removal (expiry, eviction, pruning) it ends in remove_rows_locked, which records each
+  // removed key in deleted_keys() under its shard lock.
   int64_t erase(const int64_t* keys, int64_t n);
+  // Removes every row; deltas since a version before now are refused (the removals are not
+  // logged one by one): deleted_keys() restarts with floor step() + 1.
   void clear();
+
+  // The rows whose last_step > since (since < 0: every row), as an incremental export reads
+  // them: keys (rows) and weights (rows, dim) widened to fp32, host memory, shard by shard
+  // under each shard's read lock. Run it while no update runs (rows would be caught mid-update).
+  void collect_changed(int64_t since, std::vector<int64_t>& keys, std::vector<float>& weights) const;
 
   // Copies every row out, shard by shard: keys (size()), rows (size(), row_floats()) as fp32
   // (read_row), meta (size()). Sizes must come from a size() taken while no writer runs.
@@ -309,6 +327,7 @@ class EmbeddingTable {
   std::atomic<int64_t> step_{0};
   std::atomic<size_t> retired_{0};
   std::mutex cursor_mutex_;  // one incremental pass at a time
+  mutable DeletedKeysLog deleted_;
 };
 
 // Seed of table `name` in a collection seeded with `collection_seed`.

@@ -67,12 +67,23 @@ void EmbeddingTable::insert_missing_locked(int shard, const int64_t* keys, int64
 }
 
 int64_t EmbeddingTable::remove_rows_locked(int shard, const int64_t* keys, int64_t count, Removal why) {
+  // Each removed key goes into the deleted-keys log at the step after the current one (the
+  // version a delta written later carries), under the shard lock held here.
   int64_t removed = 0;
+  const int64_t stamp = step() + 1;
   if (dense_) {
-    for (int64_t i = 0; i < count; ++i) removed += dense_->unmark(keys[i]) ? 1 : 0;
+    for (int64_t i = 0; i < count; ++i)
+      if (dense_->unmark(keys[i])) {
+        ++removed;
+        deleted_.record(keys[i], stamp);
+      }
   } else {
     HashTable::Shard& sh = table_.shard(shard);
-    for (int64_t i = 0; i < count; ++i) removed += sh.erase(keys[i], key_hash(keys[i]), /*retire=*/true) ? 1 : 0;
+    for (int64_t i = 0; i < count; ++i)
+      if (sh.erase(keys[i], key_hash(keys[i]), /*retire=*/true)) {
+        ++removed;
+        deleted_.record(keys[i], stamp);
+      }
     retired_.fetch_add(static_cast<size_t>(removed), std::memory_order_relaxed);
   }
   if (expiry_ && why == Removal::kExpired) expiry_->count_expired(removed);

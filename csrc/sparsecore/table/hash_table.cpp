@@ -296,7 +296,7 @@ int64_t HashTable::erase(const int64_t* keys, int64_t n) {
       auto lock = sh.write_lock();
       for (int64_t p = grouped.shard_begin(s); p < grouped.shard_end(s); ++p) {
         int64_t i = perm[p];
-        erased[s] += sh.erase(keys[i], hashes[i]) ? 1 : 0;
+        if (sh.erase(keys[i], hashes[i])) ++erased[s];
       }
     }
   });

@@ -1,0 +1,126 @@
+"""Incremental export for serving: the :class:`Subscriber` that follows an export directory,
+and :func:`read_export` to look inside one export.
+
+A training process writes exports into a stream directory (``EmbeddingCollection.export_full``
+and ``export_delta``, or ``Cluster.export_full`` / ``export_delta`` on parameter servers); a
+serving process follows it with a :class:`Subscriber`. The format is described in the README
+("Incremental export") and ``csrc/sparsecore/serving/export_format.h``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+
+from . import _core
+from ._arrays import as_int64, is_torch, to_torch
+
+__all__ = ["Subscriber", "read_export"]
+
+PathLike = Union[str, os.PathLike]
+
+
+def read_export(path: PathLike) -> dict[str, Any]:
+    """The contents of one complete export directory (``full-<v>`` or ``delta-<s>-<v>``), all
+    parts together: ``kind``, ``version``, ``since`` (None for a full export), ``dtype`` and
+    ``tables``: per table ``keys`` int64[n], ``weights`` float32[n, dim] (dequantized) and
+    ``deleted`` int64[m]. Every file is checked (sizes, checksums); a damaged export raises
+    :class:`sparsecore.CorruptDataError`, an incomplete one :class:`KeyError`."""
+    parts = _core.complete_export_parts(str(path))
+    if not parts:
+        raise KeyError(f"export '{path}' is not complete (or is not an export)")
+    out: dict[str, Any] = {}
+    tables: dict[str, dict[str, list[np.ndarray]]] = {}
+    for p in parts:
+        part = _core.read_export_part(p)
+        for key in ("kind", "version", "since", "dtype"):
+            out[key] = part[key]
+        for name, t in part["tables"].items():
+            acc = tables.setdefault(name, {"keys": [], "weights": [], "deleted": []})
+            for field in acc:
+                acc[field].append(t[field])
+    out["tables"] = {name: {field: np.concatenate(v) for field, v in t.items()} for name, t in tables.items()}
+    return out
+
+
+class Subscriber:
+    """Follows the stream directory ``path`` of a training process's exports and serves the
+    rows they hold: the newest full export first, then the deltas that continue it, in version
+    order. Each export is read and checked whole, then applied at once: concurrent
+    :meth:`lookup` calls see the state before an export or after it, never a mix.
+
+    ``poll()`` applies what is ready now and returns how many exports it applied;
+    ``start(interval)`` polls on a background thread until ``stop()`` (or ``close()``, or the
+    end of a ``with`` block). :attr:`version` is the version of the last export applied (-1
+    before any). Unknown ids read as zeros."""
+
+    def __init__(self, path: PathLike):
+        self._c = _core.Subscriber(str(Path(path)))
+
+    @property
+    def path(self) -> str:
+        return self._c.stream_dir
+
+    @property
+    def version(self) -> int:
+        return self._c.version
+
+    @property
+    def tables(self) -> list[str]:
+        return list(self._c.tables)
+
+    def poll(self) -> int:
+        return self._c.poll()
+
+    def apply(self, export_path: PathLike) -> int:
+        """Applies one complete export directory whatever the current version (a full export
+        replaces everything; a delta applies over the current state). Returns its version."""
+        return self._c.apply(str(export_path))
+
+    def start(self, interval: float = 1.0) -> "Subscriber":
+        """Polls every ``interval`` seconds on a background thread. A failed poll (a damaged
+        export) is kept in :attr:`last_error` and the thread keeps polling."""
+        self._c.start(float(interval))
+        return self
+
+    def stop(self) -> None:
+        self._c.stop()
+
+    close = stop
+
+    @property
+    def running(self) -> bool:
+        return self._c.running
+
+    @property
+    def last_error(self) -> str:
+        return self._c.last_error
+
+    def dim(self, table: str) -> int:
+        return self._c.dim(table)
+
+    def size(self, table: str) -> int:
+        return self._c.size(table)
+
+    def lookup(self, table: str, ids: Any) -> Any:
+        """The rows of ``ids`` in ``table`` as float32[n, dim]; unknown ids read as zeros.
+        torch input gives torch output."""
+        torch_out = is_torch(ids)
+        out = self._c.lookup(table, as_int64(ids, f"ids of table '{table}'"))
+        return to_torch(out) if torch_out else out
+
+    def rows(self, table: str) -> tuple[np.ndarray, np.ndarray]:
+        """Every row of ``table``, ascending by key: (keys int64[n], weights float32[n, dim])."""
+        return self._c.rows(table)
+
+    def __enter__(self) -> "Subscriber":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"Subscriber({self.path!r}, version={self.version})"
