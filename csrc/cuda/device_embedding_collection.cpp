@@ -2,6 +2,7 @@
 // the host before any device work, so a bad batch changes nothing) and backend selection.
 #include "sparsecore/cuda/device_embedding_collection.h"
 
+#include <algorithm>
 #include <cstring>
 #include <mutex>
 #include <set>
@@ -125,9 +126,14 @@ void DeviceEmbeddingCollection::set_max_load_factor(double f) {
 std::vector<std::vector<int64_t>> DeviceEmbeddingCollection::validate_inputs(const std::vector<GroupInput>& inputs,
                                                                              MemorySpace space) const {
   auto table_name = [this](int t) -> const std::string& { return configs_[t].name; };
-  for (size_t g = 0; g < inputs.size(); ++g)
+  int64_t total = 0;
+  for (size_t g = 0; g < inputs.size(); ++g) {
     SC_CHECK_ARG(inputs[g].num_ids <= kMaxGroupIds, "group ", g, " has ", inputs[g].num_ids,
                  " ids; the device backend takes at most ", kMaxGroupIds, " per group and batch");
+    total += std::max<int64_t>(inputs[g].num_ids, 0);
+    SC_CHECK_ARG(total <= kMaxBatchIds, "the batch has more than ", kMaxBatchIds,
+                 " ids (all groups together); the device backend takes at most ", kMaxBatchIds, " per batch: split it");
+  }
   std::vector<std::vector<int64_t>> host_offsets(inputs.size());
   if (space == MemorySpace::kHost) {
     validate_group_inputs(inputs, num_tables(), table_name);

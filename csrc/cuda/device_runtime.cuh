@@ -332,6 +332,86 @@ inline void copy_bytes(void* dst, const void* src, size_t bytes, Copy kind) {
 #endif
 }
 
+// Device-to-host copy that does not wait: dst must be pinned host memory (PinnedBuffer), and
+// is read only after an event recorded behind the copy has completed (DeviceEvent).
+inline void copy_to_host_async(void* dst, const void* src, size_t bytes) {
+  if (bytes == 0) return;
+#if defined(__CUDACC__)
+  SC_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, nullptr));
+#else
+  namespace emu = ::sparsecore::cuda_emulation;
+  emu::count_copy(emu::CopyDirection::kDeviceToHost, bytes, /*blocking=*/false);
+  std::memcpy(dst, src, bytes);
+#endif
+}
+
+// Page-locked host memory (plain host memory under the emulator): the target of asynchronous
+// device-to-host copies.
+template <typename T>
+class PinnedBuffer {
+ public:
+  explicit PinnedBuffer(size_t n) : size_(n) {
+#if defined(__CUDACC__)
+    if (n) SC_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&data_), n * sizeof(T)));
+#else
+    data_ = n ? new T[n]() : nullptr;
+#endif
+  }
+  ~PinnedBuffer() {
+#if defined(__CUDACC__)
+    if (data_) cudaFreeHost(data_);
+#else
+    delete[] data_;
+#endif
+  }
+  PinnedBuffer(const PinnedBuffer&) = delete;
+  PinnedBuffer& operator=(const PinnedBuffer&) = delete;
+  T* data() { return data_; }
+  const T* data() const { return data_; }
+  size_t size() const { return size_; }
+
+ private:
+  T* data_ = nullptr;
+  size_t size_ = 0;
+};
+
+// A point in the device's work: recorded behind queued work, asked without blocking whether
+// the device got there. Under the emulator work is done when it is queued.
+class DeviceEvent {
+ public:
+  DeviceEvent() {
+#if defined(__CUDACC__)
+    SC_CUDA_CHECK(cudaEventCreateWithFlags(&event_, cudaEventDisableTiming));
+#endif
+  }
+  ~DeviceEvent() {
+#if defined(__CUDACC__)
+    if (event_) cudaEventDestroy(event_);
+#endif
+  }
+  DeviceEvent(const DeviceEvent&) = delete;
+  DeviceEvent& operator=(const DeviceEvent&) = delete;
+  void record() {
+#if defined(__CUDACC__)
+    SC_CUDA_CHECK(cudaEventRecord(event_, nullptr));
+#endif
+  }
+  // True when the device has passed the recorded point (never blocks).
+  bool done() const {
+#if defined(__CUDACC__)
+    const cudaError_t status = cudaEventQuery(event_);
+    if (status == cudaErrorNotReady) return false;
+    SC_CUDA_CHECK(status);
+#endif
+    return true;
+  }
+
+ private:
+#if defined(__CUDACC__)
+  cudaEvent_t event_ = nullptr;
+#endif
+};
+
 inline void fill_bytes(void* dst, int value, size_t bytes) {
   if (bytes == 0) return;
 #if defined(__CUDACC__)

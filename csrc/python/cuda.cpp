@@ -85,7 +85,7 @@ SPARSECORE_BINDING(cuda, 40) {
 
   py::class_<PyDevicePrepared>(m, "DevicePreparedBatch")
       .def_property_readonly("train", [](const PyDevicePrepared& p) { return p.batch->train(); })
-      .def("num_unique", [](const PyDevicePrepared& p, size_t g) { return p.batch->groups().at(g).num_unique; })
+      .def("num_unique", [](const PyDevicePrepared& p, int g) { return p.batch->num_unique(g); })
       .def("unique_ids", [](const PyDevicePrepared& p, int g) {
         auto ids = p.batch->unique_ids(g);
         return py::array_t<int64_t>(static_cast<py::ssize_t>(ids.size()), ids.data());

@@ -276,7 +276,7 @@ void count_launch(const char* kernel, dim3 grid) {
   k.blocks += uint64_t{grid.x} * grid.y * grid.z;
 }
 
-void count_copy(CopyDirection direction, size_t bytes) {
+void count_copy(CopyDirection direction, size_t bytes, bool blocking) {
   std::lock_guard<std::mutex> lock(witness().mutex);
   Counters& c = witness().counters;
   switch (direction) {
@@ -287,7 +287,7 @@ void count_copy(CopyDirection direction, size_t bytes) {
     case CopyDirection::kDeviceToHost:
       ++c.d2h_copies;
       c.d2h_bytes += bytes;
-      ++c.host_syncs;  // the host waits for the device to reach the copy
+      if (blocking) ++c.host_syncs;  // the host waits for the device to reach the copy
       break;
     case CopyDirection::kDeviceToDevice:
       ++c.d2d_copies;

@@ -102,7 +102,9 @@ enum class CopyDirection { kHostToDevice, kDeviceToHost, kDeviceToDevice };
 Counters counters();
 void reset_counters();
 void count_launch(const char* kernel, dim3 grid);
-void count_copy(CopyDirection direction, size_t bytes);  // a device-to-host copy is also a host sync
+// A blocking device-to-host copy is also a host sync (the host waits for the device to reach
+// it); an asynchronous one (into pinned memory, read after an event says it landed) is not.
+void count_copy(CopyDirection direction, size_t bytes, bool blocking = true);
 void count_memset(size_t bytes);
 void count_sync();
 

@@ -10,7 +10,10 @@
 //
 // Data path per batch, as the CPU collection: prepare (validate on the host, copy ids over,
 // dedup on the device, lookup-or-insert / find), forward (gather + pool per bag), backward
-// (per-unique gradient rows, fused update once per unique row). The arrays of a call are
+// (per-unique gradient rows, fused update once per unique row). Every step of it is one
+// kernel launch for all groups of the batch (table-batched), and counts that depend on the
+// data (unique ids, created rows) stay on the device: buffers and grids are sized by the
+// input, so a training step with host arrays reads from the device once (forward's outputs). The arrays of a call are
 // host memory (copied over and back) or device memory (used in place, zero-copy: CuPy or
 // torch CUDA arrays); each call says which with a MemorySpace. Under the emulated backend
 // device memory is host memory, so there MemorySpace::kDevice takes host pointers and
@@ -64,7 +67,6 @@ struct DeviceGroupInfo {
   int64_t batch_size = 0;
   int64_t max_len = 0;
   int64_t num_ids = 0;
-  int64_t num_unique = 0;
   int64_t output_size() const { return (pooling == Pooling::kNone ? batch_size * max_len : batch_size) * dim; }
 };
 
@@ -74,7 +76,10 @@ class DevicePreparedBatch {
   virtual ~DevicePreparedBatch() = default;
   virtual bool train() const = 0;
   virtual const std::vector<DeviceGroupInfo>& groups() const = 0;
-  // Unique ids of group g, in order of first occurrence (host copy).
+  // The unique ids of a batch stay on the device (counted there, never read back to size
+  // anything); these read them back, the first call with one host sync. Unique ids of group
+  // g, in order of first occurrence, and their count. std::out_of_range for a bad g.
+  virtual int64_t num_unique(int g) const = 0;
   virtual std::vector<int64_t> unique_ids(int g) const = 0;
 };
 
@@ -105,8 +110,9 @@ class DeviceEmbeddingCollection {
   // max_load_factor, default 0.75).
   int64_t table_size(int table) const;
   int64_t table_capacity(int table) const;
-  // Ids per group in one batch (positions within a group are int32 on the device).
+  // Ids per group, and per batch (all groups together: positions are int32 on the device).
   static constexpr int64_t kMaxGroupIds = int64_t{INT32_MAX} - 1;
+  static constexpr int64_t kMaxBatchIds = kMaxGroupIds;
   void set_max_load_factor(double f);  // in (0, 0.95]
   // Device bytes of one row of table t (weights in the row storage, optimizer state, update
   // count, last step, key slot), and of all tables (their slot arrays at full capacity).
