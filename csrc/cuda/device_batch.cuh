@@ -20,6 +20,8 @@ inline int64_t round_up(int64_t x, int64_t to) { return (x + to - 1) / to * to; 
 
 class PreparedBatchImpl final : public DevicePreparedBatch {
  public:
+  // Buffers go back to the memory cache tagged with the stream of the batch's last call.
+  ~PreparedBatchImpl() override { release_.activate(last_stream); }
   bool train() const override { return train_; }
   const std::vector<DeviceGroupInfo>& groups() const override { return infos_; }
 
@@ -33,6 +35,8 @@ class PreparedBatchImpl final : public DevicePreparedBatch {
     check_group(g);
     const std::vector<int64_t>& begin = unique_begin_on_host();
     std::vector<int64_t> out(begin[g + 1] - begin[g]);
+    DeviceGuard on(device);
+    StreamScope stream(last_stream);
     copy_bytes(out.data(), unique_keys.data() + begin[g], out.size() * sizeof(int64_t), Copy::kDeviceToHost);
     return out;
   }
@@ -159,8 +163,11 @@ class PreparedBatchImpl final : public DevicePreparedBatch {
     view.inverse = inverse.data();
   }
 
+  ReleaseScope release_;  // first member: last destroyed
   bool train_ = false;
   const void* owner_ = nullptr;
+  int device = 0;
+  cudaStream_t last_stream = nullptr;  // of the last call that used the batch
   std::vector<DeviceGroupInfo> infos_;
   std::vector<uint64_t> generations;  // per group: its table's generation when its slots were found
   std::vector<int64_t> id_begin;      // (G + 1) host copy
@@ -186,6 +193,8 @@ class PreparedBatchImpl final : public DevicePreparedBatch {
     std::lock_guard<std::mutex> lock(mutex_);
     if (unique_begin_host_.empty()) {
       unique_begin_host_.resize(infos_.size() + 1);
+      DeviceGuard on(device);
+      StreamScope stream(last_stream);
       unique_begin.download(unique_begin_host_.data(), unique_begin_host_.size());
     }
     return unique_begin_host_;

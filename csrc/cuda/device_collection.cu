@@ -10,6 +10,7 @@
 #include "batch_row_kernels.cuh"
 #include "device_batch.cuh"
 #include "device_collection_impl.h"
+#include "device_table.cuh"
 
 namespace sparsecore::cuda::SC_BACKEND_NS {
 namespace {
@@ -17,49 +18,15 @@ namespace {
 static_assert(kMaxDedupIds == DeviceEmbeddingCollection::kMaxBatchIds, "the front refuses what dedup cannot index");
 
 template <typename T>
-struct DeviceTable {
-  TableConfig config;
-  uint64_t seed = 0;
-  int dim = 0;
-  int state_dim = 0;
-  int64_t capacity = 0;  // probed slots (a power of two); rows have capacity + 2 slots
-  // Live rows and tombstones as last read from the device (the device counts them), and an
-  // upper bound of the rows inserted since: growth decisions need no read while
-  // size + pending + what a batch could add stays under the load limit.
-  int64_t size = 0;
-  int64_t tombstones = 0;
-  int64_t pending = 0;
-  uint64_t generation = 1;  // changes whenever slots move or rows are released
-  DeviceBuffer<int64_t> keys;
-  DeviceBuffer<int> reserved;
-  DeviceBuffer<T> weights;
-  DeviceBuffer<float> state;
-  DeviceBuffer<uint32_t> update_count;
-  DeviceBuffer<int64_t> last_step;
-
-  TableView view() { return {keys.data(), reserved.data(), capacity}; }
-  RowsView<T> rows() { return {weights.data(), state.data(), update_count.data(), last_step.data(), dim, state_dim}; }
-};
-
-// dst (n) <- src (n) in `space` (host: an upload; device: a copy on the device).
-template <typename T>
-void copy_in(DeviceBuffer<T>& dst, const T* src, size_t n, MemorySpace space) {
-  dst.resize(n);
-  copy_bytes(dst.data(), src, n * sizeof(T), space == MemorySpace::kHost ? Copy::kHostToDevice : Copy::kDeviceToDevice);
-}
-
-int64_t next_pow2(int64_t x) {
-  int64_t p = 16;
-  while (p < x) p *= 2;
-  return p;
-}
-
-template <typename T>
 class Collection final : public DeviceCollectionImpl {
  public:
   Collection(const std::vector<TableConfig>& tables, uint64_t seed, LaunchLimits limits, int device)
       : limits_(limits), device_(device), stats_host_(2 * tables.size()) {
     DeviceGuard on(device_);
+    own_stream_ = std::make_unique<OwnedStream>();
+    last_event_ = std::make_unique<DeviceEvent>();
+    snapshot_event_ = std::make_unique<DeviceEvent>();
+    StreamScope stream(own_stream_->get());
     stats_.resize(2 * tables.size());
     stats_.fill_zero();
     for (const TableConfig& c : tables) {
@@ -72,6 +39,51 @@ class Collection final : public DeviceCollectionImpl {
       tables_.push_back(std::move(t));
     }
     snapshot_pending_.assign(tables_.size(), 0);
+    last_stream_ = own_stream_->get();
+    last_event_->record();
+  }
+
+  // The work of every call is done before the streams and buffers go (never on the data path).
+  ~Collection() override {
+    try {
+      DeviceGuard on(device_);
+      StreamScope stream(last_stream_);
+      synchronize();
+    } catch (...) {
+    }
+  }
+
+  void begin_call(const StreamArgs& streams) override {
+    call_mutex_.lock();
+    saved_device_ = current_device();
+    try {
+      if (saved_device_ != device_) set_current_device(device_);
+      const cudaStream_t stream = streams.stream ? stream_from_handle(*streams.stream) : own_stream_->get();
+      saved_stream_ = std::exchange(current_stream_slot(), stream);
+      if (last_stream_ != stream) last_event_->wait();  // after the previous call, wherever it ran
+      for (uintptr_t producer : streams.wait_for) wait_for_stream(stream_from_handle(producer));
+    } catch (...) {
+      current_stream_slot() = saved_stream_;
+      if (saved_device_ != device_) set_current_device(saved_device_);
+      call_mutex_.unlock();
+      throw;
+    }
+  }
+
+  void end_call() noexcept override {
+    try {
+      last_event_->record();
+      last_stream_ = current_stream();
+    } catch (...) {
+    }
+    current_stream_slot() = saved_stream_;
+    if (saved_device_ != device_) {
+      try {
+        set_current_device(saved_device_);
+      } catch (...) {
+      }
+    }
+    call_mutex_.unlock();
   }
 
   int64_t step() const override { return step_; }
@@ -93,6 +105,8 @@ class Collection final : public DeviceCollectionImpl {
     auto batch = std::make_shared<PreparedBatchImpl>();
     batch->train_ = train;
     batch->owner_ = this;
+    batch->device = device_;
+    batch->last_stream = current_stream();
     std::vector<int> dims;
     std::vector<Pooling> pooling;
     for (const GroupInput& in : inputs) {
@@ -112,6 +126,7 @@ class Collection final : public DeviceCollectionImpl {
     std::lock_guard<std::mutex> lock(mutex_);
     DeviceGuard on(device_);
     PreparedBatchImpl& batch = own(b);
+    batch.last_stream = current_stream();
     if (batch.view.num_bags == 0 || batch.out_total == 0) return;
     DeviceBuffer<int64_t> refreshed;
     const int64_t* slots = current_slots(batch, refreshed, false);
@@ -142,6 +157,7 @@ class Collection final : public DeviceCollectionImpl {
     std::lock_guard<std::mutex> lock(mutex_);
     DeviceGuard on(device_);
     PreparedBatchImpl& batch = own(b);
+    batch.last_stream = current_stream();
     const int64_t step = ++step_;
     if (batch.num_ids == 0) return step;
     // Released rows are re-created, as the CPU engine does.
@@ -219,21 +235,35 @@ class Collection final : public DeviceCollectionImpl {
     return static_cast<int64_t>(c);
   }
 
-  int64_t count_non_finite(const float* values, int64_t n) override {
-    if (n == 0) return 0;
+  std::vector<int64_t> read_back(const std::vector<HostCopy>& copies, const std::vector<Floats>& finite) override {
     DeviceGuard on(device_);
-    DeviceBuffer<unsigned long long> count(1);
-    count.fill_zero();
-    SC_LAUNCH(grid(n), block(), 0, nullptr, count_non_finite_kernel)(values, n, count.data());
-    SC_CHECK_LAUNCH();
-    unsigned long long c = 0;
-    count.download(&c, 1);
-    return static_cast<int64_t>(c);
-  }
-
-  void copy_to_host(void* dst, const void* device_src, size_t bytes) override {
-    DeviceGuard on(device_);
-    copy_bytes(dst, device_src, bytes, Copy::kDeviceToHost);
+    size_t total = finite.size() * sizeof(unsigned long long);
+    for (const HostCopy& c : copies) total += c.bytes;
+    if (total == 0) return {};
+    DeviceBuffer<unsigned long long> counts(finite.size());
+    counts.fill_zero();
+    for (size_t i = 0; i < finite.size(); ++i) {
+      if (finite[i].n == 0) continue;
+      SC_LAUNCH(grid(finite[i].n), block(), 0, nullptr, count_non_finite_kernel)
+      (finite[i].values, finite[i].n, counts.data() + i);
+      SC_CHECK_LAUNCH();
+    }
+    PinnedBuffer<unsigned char> staging(total);
+    copy_to_host_async(staging.data(), counts.data(), finite.size() * sizeof(unsigned long long));
+    size_t at = finite.size() * sizeof(unsigned long long);
+    for (const HostCopy& c : copies) {
+      copy_to_host_async(staging.data() + at, c.src, c.bytes);
+      at += c.bytes;
+    }
+    synchronize();
+    std::vector<unsigned long long> bad(finite.size());
+    if (!bad.empty()) std::memcpy(bad.data(), staging.data(), bad.size() * sizeof(unsigned long long));
+    at = finite.size() * sizeof(unsigned long long);
+    for (const HostCopy& c : copies) {
+      if (c.bytes) std::memcpy(c.dst, staging.data() + at, c.bytes);
+      at += c.bytes;
+    }
+    return {bad.begin(), bad.end()};
   }
 
   void check_device_pointer(const void* p, const std::string& what) const override {
@@ -406,12 +436,12 @@ class Collection final : public DeviceCollectionImpl {
   }
   void queue_stats_snapshot() {
     copy_to_host_async(stats_host_.data(), stats_.data(), sizeof(unsigned long long) * stats_host_.size());
-    snapshot_event_.record();
+    snapshot_event_->record();
     for (size_t t = 0; t < tables_.size(); ++t) snapshot_pending_[t] = tables_[t]->pending;
     snapshot_queued_ = true;
   }
   void adopt_stats_snapshot() {
-    if (!snapshot_queued_ || !snapshot_event_.done()) return;
+    if (!snapshot_queued_ || !snapshot_event_->done()) return;
     for (size_t t = 0; t < tables_.size(); ++t) {
       tables_[t]->size = static_cast<int64_t>(stats_host_.data()[2 * t]);
       tables_[t]->tombstones = static_cast<int64_t>(stats_host_.data()[2 * t + 1]);
@@ -566,6 +596,13 @@ class Collection final : public DeviceCollectionImpl {
   LaunchLimits limits_;
   LaunchShape shape_{limits_};
   const int device_;
+  // Calls: one at a time, each on its stream, ordered after the previous one by last_event_.
+  std::mutex call_mutex_;
+  std::unique_ptr<OwnedStream> own_stream_;
+  std::unique_ptr<DeviceEvent> last_event_;
+  cudaStream_t last_stream_ = nullptr;
+  cudaStream_t saved_stream_ = nullptr;
+  int saved_device_ = 0;
   double max_load_ = 0.75;
   int64_t step_ = 0;
   mutable std::mutex mutex_;
@@ -576,7 +613,7 @@ class Collection final : public DeviceCollectionImpl {
   // pinned memory behind the inserts (queue_stats_snapshot) or on demand (read_stats).
   DeviceBuffer<unsigned long long> stats_;
   PinnedBuffer<unsigned long long> stats_host_;
-  DeviceEvent snapshot_event_;
+  std::unique_ptr<DeviceEvent> snapshot_event_;
   bool snapshot_queued_ = false;
   std::vector<int64_t> snapshot_pending_;
 };
