@@ -425,14 +425,19 @@ class Collection final : public DeviceCollectionImpl {
 
   // The device's counts of live rows and tombstones: read now (a host sync), or adopted from
   // the copy queued after the last insert once the device has made it (no wait).
-  void read_stats() {
-    stats_.download(stats_host_.data(), stats_host_.size());
+  // `extra` (n values, device) is read back in the same wait.
+  std::vector<unsigned long long> read_stats(const unsigned long long* extra = nullptr, size_t n = 0) {
+    PinnedBuffer<unsigned long long> more(n);
+    copy_to_host_async(more.data(), extra, n * sizeof(unsigned long long));
+    copy_to_host_async(stats_host_.data(), stats_.data(), sizeof(unsigned long long) * stats_host_.size());
+    synchronize();
     for (size_t t = 0; t < tables_.size(); ++t) {
       tables_[t]->size = static_cast<int64_t>(stats_host_.data()[2 * t]);
       tables_[t]->tombstones = static_cast<int64_t>(stats_host_.data()[2 * t + 1]);
       tables_[t]->pending = 0;
     }
     snapshot_queued_ = false;
+    return {more.data(), more.data() + n};
   }
   void queue_stats_snapshot() {
     copy_to_host_async(stats_host_.data(), stats_.data(), sizeof(unsigned long long) * stats_host_.size());
@@ -480,13 +485,13 @@ class Collection final : public DeviceCollectionImpl {
 
   // Grows (or cleans tombstones out of) table `ti` so `missing` more keys fit under the load
   // limit (sizes exact: read_stats first). The new capacity also leaves room for `headroom`
-  // more keys (at most the table's rows again), so the next batches of this size are
-  // inserted without reading counts back.
+  // more keys (the batch's id count, at most 4 x the table's rows), so the next batches of
+  // this size are inserted without reading counts back.
   void reserve(int ti, int64_t missing, int64_t headroom) {
     DeviceTable<T>& t = *tables_[ti];
     if (fits(t, missing)) return;
     const int64_t rows = t.size + missing;
-    const int64_t wanted = rows + std::min(headroom, rows);
+    const int64_t wanted = rows + std::min(headroom, 4 * rows);
     int64_t capacity = next_pow2(static_cast<int64_t>(static_cast<double>(wanted) / std::min(max_load_, 0.5)) + 1);
     DeviceTable<T> fresh;
     fresh.dim = t.dim;
@@ -522,15 +527,14 @@ class Collection final : public DeviceCollectionImpl {
     unsigned long long* created = stats_.data() + 2 * ti;
     if (insert) {
       adopt_stats_snapshot();
-      if (!fits(t, n)) read_stats();
       if (!fits(t, n)) {
+        // One pass counts the missing keys, read back with the exact counts in one wait.
         DeviceBuffer<unsigned long long> count(1);
         count.fill_zero();
         SC_LAUNCH(grid(n), block(), 0, nullptr, lookup_kernel)
         (t.view(), keys, n, slots.data(), nullptr, false, count.data());
         SC_CHECK_LAUNCH();
-        unsigned long long missing = 0;
-        count.download(&missing, 1);
+        const unsigned long long missing = read_stats(count.data(), 1)[0];
         if (missing == 0) return;
         reserve(ti, static_cast<int64_t>(missing), n);
       }
@@ -565,15 +569,14 @@ class Collection final : public DeviceCollectionImpl {
         for (const DeviceGroupInfo& g : groups) any = any || !fits(*tables_[g.table], g.num_ids);
         return any;
       };
-      if (tight()) read_stats();
       if (tight()) {
+        // One pass counts each table's missing keys, read back with the exact counts.
         DeviceBuffer<unsigned long long> misses(tables_.size());
         misses.fill_zero();
         SC_LAUNCH(grid(batch.num_ids), block(), 0, nullptr, batch_lookup_kernel<TableDesc<T>>)
         (descs_.data(), batch.view, false, slots.data(), nullptr, misses.data());
         SC_CHECK_LAUNCH();
-        std::vector<unsigned long long> host(tables_.size());
-        misses.download(host.data(), host.size());
+        const std::vector<unsigned long long> host = read_stats(misses.data(), tables_.size());
         for (const DeviceGroupInfo& g : groups)
           if (host[g.table]) reserve(g.table, static_cast<int64_t>(host[g.table]), g.num_ids);
         refresh_descs();
