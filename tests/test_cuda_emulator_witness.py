@@ -110,3 +110,26 @@ def test_w1_counts_script_reports_a_step():
     assert r["tables"] == 2 and r["batch_size"] == 8 and r["ids"] > 0
     assert r["step"]["launches"] == sum(p["launches"] for p in r["phases"].values()) > 0
     assert set(r["phases"]) == {"prepare", "forward", "backward"}
+
+
+# What a W1-shaped training step (26 tables, prepare + forward + backward, NumPy in and out)
+# may ask of a device: one launch per op for all tables together (three radix passes while
+# the largest group has at most 4096 ids, four up to 65536), and one host sync (forward's
+# outputs read back). Counts, never timings.
+W1_STEP_LAUNCHES = 24
+W1_STEP_HOST_SYNCS = 1
+
+
+def test_w1_step_stays_within_the_launch_and_sync_budget():
+    env = dict(os.environ, PYTHONPATH=str(Path(sc.__file__).resolve().parent.parent))
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "cuda_emulated_counts.py"), "--batch", "32",
+                           "--tables", "26"], env=env, capture_output=True, text=True, timeout=300, check=True)
+    r = json.loads(proc.stdout)
+    assert r["tables"] == 26 and r["ids"] > 26 * 32
+    assert r["step"]["launches"] <= W1_STEP_LAUNCHES, r["kernel_launches"]
+    assert r["step"]["host_syncs"] <= W1_STEP_HOST_SYNCS, r["phases"]
+    assert r["phases"]["backward"]["host_syncs"] == 0 and r["phases"]["prepare"]["host_syncs"] == 0
+    # Every launch is one for all 26 groups: no kernel runs once per group.
+    assert max(r["kernel_launches"].values()) < 26
+    assert r["bytes"]["unmodelled_kernels"] == []
+    assert r["bytes"]["bytes_per_key"] >= r["bytes"]["floor_bytes_per_key"]
