@@ -133,3 +133,18 @@ def test_w1_step_stays_within_the_launch_and_sync_budget():
     assert max(r["kernel_launches"].values()) < 26
     assert r["bytes"]["unmodelled_kernels"] == []
     assert r["bytes"]["bytes_per_key"] >= r["bytes"]["floor_bytes_per_key"]
+
+
+@pytest.mark.parametrize("dim, storage", [(8, "fp32"), (5, "fp32"), (6, "fp16")])
+def test_a_find_is_one_launch_that_probes_and_copies(rng, dim, storage):
+    dev = sc_cuda.DeviceEmbeddingCollection({"t": sc.TableConfig(dim=dim)}, 3, storage=storage, emulate=True,
+                                            block_threads=32, max_blocks=3)
+    keys = rng.integers(-1000, 1000, size=300).astype(np.int64)
+    want = dev.lookup("t", keys, insert=True)
+    probe = np.concatenate([keys[::-1], [5000, -5000]])  # two absent keys read zeros
+    sc_cuda.reset_emulator_counters()
+    got = dev.lookup("t", probe)
+    c = sc_cuda.emulator_counters()
+    assert c["launches"] == 1 and list(c["kernels"]) == ["find_rows_kernel<T>"]
+    np.testing.assert_array_equal(got[:-2], want[::-1])
+    np.testing.assert_array_equal(got[-2:], np.zeros((2, dim), np.float32))

@@ -200,14 +200,20 @@ class Collection final : public DeviceCollectionImpl {
       k.upload(keys, n);
       device_keys = k.data();
     }
-    resolve(t, device_keys, n, slots, insert);
     DeviceBuffer<float> rows;
     float* dst = out;
     if (space == MemorySpace::kHost) {
       rows.resize(n * table.dim);
       dst = rows.data();
     }
-    SC_LAUNCH(grid(n * table.dim), block(), 0, nullptr, gather_rows_kernel<T>)(table.rows(), slots.data(), n, dst);
+    if (insert) {
+      resolve(t, device_keys, n, slots, true);
+      SC_LAUNCH(grid(n * table.dim), block(), 0, nullptr, gather_rows_kernel<T>)(table.rows(), slots.data(), n, dst);
+    } else {  // probe and copy in one launch
+      const int lanes = row_lanes(table.dim);
+      SC_LAUNCH(grid(n * lanes), block(), 0, nullptr, find_rows_kernel<T>)
+      (table.view(), table.rows(), device_keys, n, dst, lanes);
+    }
     SC_CHECK_LAUNCH();
     if (space == MemorySpace::kHost) rows.download(out, n * table.dim);
   }
@@ -375,6 +381,14 @@ class Collection final : public DeviceCollectionImpl {
     return at;
   }
 
+  // Lanes per row of the team-per-row kernels: a power of two <= 32, about one lane per four
+  // elements.
+  static int row_lanes(int elements) {
+    int lanes = 1;
+    while (lanes < 32 && lanes * 4 < elements) lanes *= 2;
+    return lanes;
+  }
+
   // Lanes per bag of the pooling kernel: enough for the widest group (a power of two <= 32).
   int pool_lanes(const PreparedBatchImpl& batch) const {
     constexpr int kWidth = std::is_same_v<T, float> ? 4 : 2;
@@ -501,8 +515,9 @@ class Collection final : public DeviceCollectionImpl {
     DeviceBuffer<int64_t> new_slot_of(old_slots);
     SC_LAUNCH(grid(old_slots), block(), 0, nullptr, rehash_kernel)(t.view(), fresh.view(), new_slot_of.data());
     SC_CHECK_LAUNCH();
-    SC_LAUNCH(grid(old_slots), block(), 0, nullptr, move_rows_kernel<T>)
-    (t.rows(), fresh.rows(), new_slot_of.data(), old_slots);
+    const int lanes = row_lanes(std::max(t.dim, t.state_dim));
+    SC_LAUNCH(grid(old_slots * lanes), block(), 0, nullptr, move_rows_kernel<T>)
+    (t.rows(), fresh.rows(), new_slot_of.data(), old_slots, lanes);
     SC_CHECK_LAUNCH();
     t.capacity = capacity;
     t.tombstones = 0;

@@ -7,6 +7,7 @@
 
 #include "device_float_ops.cuh"
 #include "device_runtime.cuh"
+#include "hash_table_kernels.cuh"
 #include "sparsecore/optim/update_rules.h"
 #include "sparsecore/table/embedding_table.h"
 #include "sparsecore/table/initializer.h"
@@ -68,17 +69,24 @@ __global__ void SC_LAUNCH_BOUNDS gather_rows_kernel(RowsView<T> rows, const int6
 }
 
 // Copies rows of old slots to their new slots (after rehash_kernel). old_slots = capacity + 2.
+// A team of `lanes` lanes (a power of two <= 32) per row, each lane moving every lanes-th
+// element of the weights and the state: consecutive lanes touch consecutive addresses.
 template <typename T>
 __global__ void SC_LAUNCH_BOUNDS move_rows_kernel(RowsView<T> from, RowsView<T> to,
-                                                  const int64_t* __restrict__ new_slot_of, int64_t old_slots) {
+                                                  const int64_t* __restrict__ new_slot_of, int64_t old_slots,
+                                                  int lanes) {
   const int dim = from.dim, sd = from.state_dim;
-  for (int64_t s = global_thread(); s < old_slots; s += grid_threads()) {
+  const int lane = static_cast<int>(threadIdx.x) & (lanes - 1);
+  const int64_t teams = grid_threads() / lanes;
+  for (int64_t s = global_thread() / lanes; s < old_slots; s += teams) {
     const int64_t t = new_slot_of[s];
     if (t < 0) continue;
-    for (int d = 0; d < dim; ++d) to.weights[t * dim + d] = from.weights[s * dim + d];
-    for (int d = 0; d < sd; ++d) to.state[t * sd + d] = from.state[s * sd + d];
-    to.update_count[t] = from.update_count[s];
-    to.last_step[t] = from.last_step[s];
+    for (int d = lane; d < dim; d += lanes) to.weights[t * dim + d] = from.weights[s * dim + d];
+    for (int d = lane; d < sd; d += lanes) to.state[t * sd + d] = from.state[s * sd + d];
+    if (lane == 0) {
+      to.update_count[t] = from.update_count[s];
+      to.last_step[t] = from.last_step[s];
+    }
   }
 }
 
@@ -130,6 +138,45 @@ __device__ __forceinline__ void store_vector(float* p, const float (&x)[W]) {
   } else {
     SC_UNROLL
     for (int k = 0; k < W; ++k) p[k] = x[k];
+  }
+}
+
+// One row out as fp32, W elements per load by a team's lanes (zeros for an absent row).
+template <typename T, int W>
+__device__ __forceinline__ void copy_row_out(const RowsView<T>& rows, int64_t s, float* out, int lane, int lanes) {
+  const int vectors = rows.dim / W;
+  for (int v = lane; v < vectors; v += lanes) {
+    float x[W];
+    if (s >= 0) {
+      load_vector<W>(rows.weights + s * rows.dim + v * W, x);
+    } else {
+      SC_UNROLL
+      for (int k = 0; k < W; ++k) x[k] = 0.0f;
+    }
+    store_vector<W>(out + v * W, x);
+  }
+}
+
+// Fused find: each key's slot and its row copied out in one launch, no slot array between
+// them. A team of `lanes` lanes per key: every lane probes (the same addresses, so one
+// memory transaction per probe for the team) and then copies its share of the row with
+// vector loads (float4 for fp32 rows, __half2 for fp16) where the dim and out allow.
+// keys (n), out (n, dim) fp32: device; zeros for keys that are absent.
+template <typename T>
+__global__ void SC_LAUNCH_BOUNDS find_rows_kernel(TableView t, RowsView<T> rows, const int64_t* __restrict__ keys,
+                                                  int64_t n, float* __restrict__ out, int lanes) {
+  constexpr int kWidth = std::is_same_v<T, float> ? 4 : 2;
+  const int lane = static_cast<int>(threadIdx.x) & (lanes - 1);
+  const int64_t teams = grid_threads() / lanes;
+  const bool vector = rows.dim % kWidth == 0 && reinterpret_cast<uintptr_t>(out) % (sizeof(float) * kWidth) == 0;
+  for (int64_t i = global_thread() / lanes; i < n; i += teams) {
+    int created = 0;
+    const int64_t s = probe_slot(t, keys[i], false, &created);
+    float* o = out + i * rows.dim;
+    if (vector)
+      copy_row_out<T, kWidth>(rows, s, o, lane, lanes);
+    else
+      copy_row_out<T, 1>(rows, s, o, lane, lanes);
   }
 }
 
