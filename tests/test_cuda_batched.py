@@ -91,3 +91,23 @@ def test_radix_pass_counts_follow_the_largest_group(rng, ids_per_group):
         e, c = dev.export(name), cpu.export(name)
         order = np.argsort(c["keys"])
         np.testing.assert_allclose(e["weights"], c["weights"][order], rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("block_threads, max_blocks", [(32, 1), (64, 3), (256, 0)])
+def test_rows_created_are_counted_per_table_by_whole_warps(rng, block_threads, max_blocks):
+    # Inserts are counted with one atomic per table per warp; lanes of one warp belong to
+    # several groups where groups meet, and lanes past the end count nothing.
+    tables = {f"t{i}": sc.TableConfig(dim=2) for i in range(4)}
+    dev = sc_cuda.DeviceEmbeddingCollection(tables, 1, emulate=True, block_threads=block_threads,
+                                            max_blocks=max_blocks)
+    want = {name: set() for name in tables}
+    for _ in range(3):
+        batch = {}
+        for i, name in enumerate(tables):
+            n = int(rng.integers(0, 90))
+            ids = rng.integers(0, 40 * (i + 1), size=n).astype(np.int64)
+            want[name].update(int(k) for k in ids)
+            batch[name] = (ids, np.array([0, n], np.int64))
+        dev.prepare(batch)
+        for name in tables:
+            assert dev.table_size(name) == len(want[name]), name

@@ -128,14 +128,20 @@ __global__ void SC_LAUNCH_BOUNDS batch_lookup_kernel(const Table* __restrict__ t
                                                      int64_t* __restrict__ slots, int* __restrict__ inserted,
                                                      unsigned long long* misses) {
   const int64_t total = b.unique_begin[b.num_groups];
-  for (int64_t u = global_thread(); u < total; u += grid_threads()) {
-    const int t = b.groups[find_group(b.unique_begin, b.num_groups, u)].table;
-    int created = 0;
-    const int64_t s = probe_slot(tables[t].view, b.unique_keys[u], insert, &created);
-    slots[u] = s;
-    if (inserted) inserted[u] = created;
-    if (created) atomicAdd(&tables[t].stats[0], 1ULL);
-    if (!insert && s < 0 && misses) atomicAdd(&misses[t], 1ULL);
+  for (int64_t base = warp_base(); base < total; base += grid_threads()) {  // whole warps (warp_increment)
+    const int64_t u = base + lane_index();
+    unsigned long long* counter = nullptr;
+    bool counted = false;
+    if (u < total) {
+      const int t = b.groups[find_group(b.unique_begin, b.num_groups, u)].table;
+      int created = 0;
+      const int64_t s = probe_slot(tables[t].view, b.unique_keys[u], insert, &created);
+      slots[u] = s;
+      if (inserted) inserted[u] = created;
+      counter = insert ? tables[t].stats : (misses ? misses + t : nullptr);
+      counted = counter && (insert ? created != 0 : s < 0);
+    }
+    warp_increment(counter, counted);  // one atomic per table per warp
   }
 }
 

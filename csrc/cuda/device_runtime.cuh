@@ -620,4 +620,27 @@ __device__ __forceinline__ __half from_float<__half>(float x) {
 __device__ __forceinline__ int64_t global_thread() { return int64_t{blockIdx.x} * blockDim.x + threadIdx.x; }
 __device__ __forceinline__ int64_t grid_threads() { return int64_t{gridDim.x} * blockDim.x; }
 
+// Warps: blocks are one-dimensional multiples of 32 threads (LaunchLimits), so a warp is 32
+// consecutive threads and grid_threads() is a multiple of 32. A grid-stride loop over
+// warp_base() steps keeps every lane of a warp in the loop together (lanes past the end run
+// with nothing to do), which warp votes and shuffles need.
+inline constexpr unsigned kFullWarp = 0xffffffffu;
+__device__ __forceinline__ int lane_index() { return static_cast<int>(threadIdx.x) & 31; }
+__device__ __forceinline__ int64_t warp_base() { return global_thread() - lane_index(); }
+
+// Warp-aggregated increment: each lane with `flag` adds 1 to *counter (lanes may name
+// different counters); one atomic per distinct counter of the warp, from its first lane,
+// instead of one per lane. Every lane of the warp must call it together.
+__device__ __forceinline__ void warp_increment(unsigned long long* counter, bool flag) {
+  unsigned todo = __ballot_sync(kFullWarp, flag);
+  while (todo) {  // warp-uniform: every lane sees the same votes
+    const int leader = __ffs(todo) - 1;
+    const auto target = __shfl_sync(kFullWarp, reinterpret_cast<unsigned long long>(counter), leader);
+    const unsigned same = __ballot_sync(kFullWarp, flag && reinterpret_cast<unsigned long long>(counter) == target);
+    if (lane_index() == leader)
+      atomicAdd(reinterpret_cast<unsigned long long*>(target), static_cast<unsigned long long>(__popc(same)));
+    todo &= ~same;
+  }
+}
+
 }  // namespace sparsecore::cuda::SC_BACKEND_NS

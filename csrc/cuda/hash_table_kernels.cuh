@@ -68,12 +68,17 @@ __device__ __forceinline__ int64_t probe_slot(const TableView& t, int64_t key, b
 __global__ void SC_LAUNCH_BOUNDS lookup_kernel(TableView t, const int64_t* __restrict__ keys, int64_t n,
                                                int64_t* __restrict__ slots, int* __restrict__ inserted, bool insert,
                                                unsigned long long* count) {
-  for (int64_t i = global_thread(); i < n; i += grid_threads()) {
-    int created = 0;
-    const int64_t s = probe_slot(t, keys[i], insert, &created);
-    slots[i] = s;
-    if (inserted) inserted[i] = created;
-    if (insert ? created != 0 : s < 0) atomicAdd(count, 1ULL);
+  for (int64_t base = warp_base(); base < n; base += grid_threads()) {  // whole warps (warp_increment)
+    const int64_t i = base + lane_index();
+    bool counted = false;
+    if (i < n) {
+      int created = 0;
+      const int64_t s = probe_slot(t, keys[i], insert, &created);
+      slots[i] = s;
+      if (inserted) inserted[i] = created;
+      counted = insert ? created != 0 : s < 0;
+    }
+    warp_increment(count, counted);
   }
 }
 
