@@ -254,19 +254,19 @@ class Collection final : public DeviceCollectionImpl {
       (finite[i].values, finite[i].n, counts.data() + i);
       SC_CHECK_LAUNCH();
     }
-    PinnedBuffer<unsigned char> staging(total);
-    copy_to_host_async(staging.data(), counts.data(), finite.size() * sizeof(unsigned long long));
+    unsigned char* staging = pinned_staging(total);
+    copy_to_host_async(staging, counts.data(), finite.size() * sizeof(unsigned long long));
     size_t at = finite.size() * sizeof(unsigned long long);
     for (const HostCopy& c : copies) {
-      copy_to_host_async(staging.data() + at, c.src, c.bytes);
+      copy_to_host_async(staging + at, c.src, c.bytes);
       at += c.bytes;
     }
     synchronize();
     std::vector<unsigned long long> bad(finite.size());
-    if (!bad.empty()) std::memcpy(bad.data(), staging.data(), bad.size() * sizeof(unsigned long long));
+    if (!bad.empty()) std::memcpy(bad.data(), staging, bad.size() * sizeof(unsigned long long));
     at = finite.size() * sizeof(unsigned long long);
     for (const HostCopy& c : copies) {
-      if (c.bytes) std::memcpy(c.dst, staging.data() + at, c.bytes);
+      if (c.bytes) std::memcpy(c.dst, staging + at, c.bytes);
       at += c.bytes;
     }
     return {bad.begin(), bad.end()};
@@ -381,6 +381,14 @@ class Collection final : public DeviceCollectionImpl {
     return at;
   }
 
+  // Pinned host memory for reads back, kept between calls (allocating and freeing pinned
+  // memory is slow and freeing it waits for the device). Valid until the next call to it.
+  unsigned char* pinned_staging(size_t bytes) {
+    if (!staging_ || staging_->size() < bytes)
+      staging_ = std::make_unique<PinnedBuffer<unsigned char>>(std::max<size_t>(bytes, 4096));
+    return staging_->data();
+  }
+
   // Lanes per row of the team-per-row kernels: a power of two <= 32, about one lane per four
   // elements.
   static int row_lanes(int elements) {
@@ -441,8 +449,8 @@ class Collection final : public DeviceCollectionImpl {
   // the copy queued after the last insert once the device has made it (no wait).
   // `extra` (n values, device) is read back in the same wait.
   std::vector<unsigned long long> read_stats(const unsigned long long* extra = nullptr, size_t n = 0) {
-    PinnedBuffer<unsigned long long> more(n);
-    copy_to_host_async(more.data(), extra, n * sizeof(unsigned long long));
+    auto* more = reinterpret_cast<unsigned long long*>(pinned_staging(n * sizeof(unsigned long long)));
+    copy_to_host_async(more, extra, n * sizeof(unsigned long long));
     copy_to_host_async(stats_host_.data(), stats_.data(), sizeof(unsigned long long) * stats_host_.size());
     synchronize();
     for (size_t t = 0; t < tables_.size(); ++t) {
@@ -451,7 +459,7 @@ class Collection final : public DeviceCollectionImpl {
       tables_[t]->pending = 0;
     }
     snapshot_queued_ = false;
-    return {more.data(), more.data() + n};
+    return {more, more + n};
   }
   void queue_stats_snapshot() {
     copy_to_host_async(stats_host_.data(), stats_.data(), sizeof(unsigned long long) * stats_host_.size());
@@ -631,6 +639,7 @@ class Collection final : public DeviceCollectionImpl {
   // pinned memory behind the inserts (queue_stats_snapshot) or on demand (read_stats).
   DeviceBuffer<unsigned long long> stats_;
   PinnedBuffer<unsigned long long> stats_host_;
+  std::unique_ptr<PinnedBuffer<unsigned char>> staging_;
   std::unique_ptr<DeviceEvent> snapshot_event_;
   bool snapshot_queued_ = false;
   std::vector<int64_t> snapshot_pending_;

@@ -22,7 +22,8 @@ CUDA arrays runs on the collection's own stream after the ``stream`` their
 ``__cuda_array_interface__`` (v3) names, and one with host arrays on the collection's own
 stream. Successive calls of a collection are ordered through events, whatever streams they
 run on; nothing synchronises the device, and the host waits only where it reads results back
-(host outputs, counts). Arrays read in place are kept alive by the prepared batch.
+(host outputs, counts). Arrays read in place (ids, weights, gradients) are kept alive by the
+prepared batch, since the work reading them may still be queued when a call returns.
 
 Under emulation device memory is host memory: an emulated collection takes objects whose
 ``__cuda_array_interface__`` points at host memory as its "device" arrays (zero-copy, outputs
@@ -524,6 +525,7 @@ class DeviceEmbeddingCollection(EmbeddingCollection):
             if self._space(grad) != "device":
                 raise TypeError(f"gradient of group '{name}' must be a CUDA array like the batch it belongs to")
             parsed.append(parse_cuda_array(grad, f"gradient of group '{name}'", "float32", tuple(shape)))
+        prepared.owners.extend(a.owner for a in parsed)  # read by work still queued when the call returns
         return self._c.backward_device(prepared._core, [a.ptr for a in parsed],
                                        **self._streams(prepared.device_template, parsed))
 
