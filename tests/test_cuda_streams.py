@@ -95,3 +95,35 @@ def test_no_kernel_source_synchronises_the_whole_device():
     offenders = [p.name for p in KERNEL_DIR.rglob("*") if p.suffix in (".cu", ".cuh", ".cpp", ".h")
                  and "cudaDeviceSynchronize" in p.read_text()]
     assert not offenders
+
+
+def test_forward_of_a_prepared_batch_into_device_outputs_is_launches_only(rng):
+    # What CUDA-graph capture of a forward needs: no copy, memset, wait or allocation, only
+    # the launch (output pointers travel in the launch's parameters).
+    dev = sc_cuda.DeviceEmbeddingCollection(TABLES, 3, emulate=True)
+    batch = {n: random_batch(rng, 6, 4, 20, weighted=i == 1) for i, n in enumerate(TABLES)}
+    want = dev.forward(batch)
+    prepared = dev.prepare({n: tuple(FakeCudaArray(a) for a in g) for n, g in batch.items()})
+    cache = sc_cuda.memory_cache_stats(emulate=True)
+    sc_cuda.reset_emulator_counters()
+    got = dev.forward(prepared)
+    c = sc_cuda.emulator_counters()
+    assert c["launches"] == 1 and list(c["kernels"]) == ["pool_kernel<T>"]
+    assert c["host_syncs"] == c["h2d_copies"] == c["d2h_copies"] == c["d2d_copies"] == c["memsets"] == 0
+    after = sc_cuda.memory_cache_stats(emulate=True)
+    assert (after["hits"], after["misses"]) == (cache["hits"], cache["misses"])
+    for n in TABLES:
+        np.testing.assert_array_equal(got[n], want[n])
+
+
+def test_batches_of_more_groups_than_travel_inline_pass_the_rest_in_device_memory(rng):
+    tables = {f"t{i}": sc.TableConfig(dim=2 + i % 3, optimizer=sc.SGD(lr=0.1)) for i in range(40)}
+    host, dev = (sc_cuda.DeviceEmbeddingCollection(tables, 9, emulate=True) for _ in range(2))
+    batch = {n: random_batch(rng, 3, 3, 10, weighted=False) for n in tables}
+    prepared = dev.prepare({n: tuple(FakeCudaArray(a) for a in g) for n, g in batch.items()})
+    want, got = host.forward(batch), dev.forward(prepared)
+    grads = {n: rng.standard_normal(want[n].shape).astype(np.float32) for n in tables}
+    assert dev.backward(prepared, {n: FakeCudaArray(g) for n, g in grads.items()}) == host.backward(batch, grads)
+    for n in tables:
+        np.testing.assert_array_equal(got[n], want[n])
+        np.testing.assert_array_equal(dev.export(n)["weights"], host.export(n)["weights"])

@@ -48,6 +48,23 @@ struct BatchView {
   int* inverse = nullptr;           // (N) batch-wide unique index of each position
 };
 
+// Per-group array pointers of a call (outputs, gradients) passed with the launch itself, so a
+// call with device arrays copies nothing to the device first (and can be captured in a CUDA
+// graph): the first kInline inline in the kernel's parameters, those of further groups in a
+// device array. With `base` set, group g's array is base + GroupDesc::out_begin instead (the
+// concatenated arrays of host inputs).
+template <typename P>
+struct GroupPointers {
+  static constexpr int kInline = 32;
+  P inline_ptrs[kInline] = {};
+  const P* more = nullptr;
+  P base = nullptr;
+  __device__ __forceinline__ P get(int g, int64_t out_begin) const {
+    if (base) return base + out_begin;
+    return g < kInline ? inline_ptrs[g] : more[g - kInline];
+  }
+};
+
 // The last g in [0, groups) with begin[g] <= i (empty groups are skipped: their begin
 // equals the next one's).
 __device__ __forceinline__ int find_group(const int64_t* __restrict__ begin, int groups, int64_t i) {

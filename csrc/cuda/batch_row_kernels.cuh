@@ -117,13 +117,12 @@ __device__ __forceinline__ void pool_sequence_bag(const BatchView& b, int g, con
   }
 }
 
-// Forward of every bag of the batch: a team of `lanes` lanes (a power of two <= 32) per bag.
-// outputs[g] (device array of G pointers), or out_base + GroupDesc::out_begin when outputs is
-// nullptr. Vector loads (float4 for fp32 rows, __half2 for fp16) where the dim allows and the
-// group's output is aligned for them.
+// Forward of every bag of the batch: a team of `lanes` lanes (a power of two <= 32) per bag,
+// into each group's output (GroupPointers). Vector loads (float4 for fp32 rows, __half2 for fp16) where the dim allows
+// and the group's output is aligned for them.
 template <typename T>
 __global__ void SC_LAUNCH_BOUNDS pool_kernel(const TableDesc<T>* __restrict__ tables, BatchView b,
-                                             const int64_t* __restrict__ slots, float* const* outputs, float* out_base,
+                                             const int64_t* __restrict__ slots, GroupPointers<float*> outputs,
                                              int lanes) {
   constexpr int kWidth = std::is_same_v<T, float> ? 4 : 2;
   const int lane = static_cast<int>(threadIdx.x) & (lanes - 1);
@@ -132,7 +131,7 @@ __global__ void SC_LAUNCH_BOUNDS pool_kernel(const TableDesc<T>* __restrict__ ta
     const int g = find_group(b.bag_begin, b.num_groups, bag);
     const GroupDesc& gd = b.groups[g];
     const int64_t local = bag - b.bag_begin[g];
-    float* out = outputs ? outputs[g] : out_base + gd.out_begin;
+    float* out = outputs.get(g, gd.out_begin);
     const T* weights = tables[gd.table].rows.weights;
     if (gd.pooling == Pooling::kNone)
       pool_sequence_bag<T>(b, g, gd, bag, slots, weights, out + local * gd.max_len * gd.dim, lane, lanes);
@@ -145,13 +144,12 @@ __global__ void SC_LAUNCH_BOUNDS pool_kernel(const TableDesc<T>* __restrict__ ta
 
 // grad_rows (per-id rows, GroupDesc::row_begin): the summed gradient of each unique id, one
 // thread per kGradWidth consecutive elements, occurrences in ascending position order.
-// grads[g] (device array of G pointers) or grad_base + GroupDesc::out_begin: the output
-// gradients, forward's shapes. num_items: BatchView::vec_begin[G].
+// grads (GroupPointers): the output gradients, forward's shapes. num_items: BatchView::vec_begin[G].
 __global__ void SC_LAUNCH_BOUNDS unique_grad_kernel(BatchView b, const int* __restrict__ occ_offsets,
                                                     const int* __restrict__ occ_positions,
                                                     const int* __restrict__ bag_of, const float* __restrict__ bag_scale,
-                                                    const float* const* grads, const float* grad_base,
-                                                    int64_t num_items, float* __restrict__ grad_rows) {
+                                                    GroupPointers<const float*> grads, int64_t num_items,
+                                                    float* __restrict__ grad_rows) {
   for (int64_t e = global_thread(); e < num_items; e += grid_threads()) {
     const int g = find_group(b.vec_begin, b.num_groups, e);
     const GroupDesc& gd = b.groups[g];
@@ -162,7 +160,7 @@ __global__ void SC_LAUNCH_BOUNDS unique_grad_kernel(BatchView b, const int* __re
     if (ul >= b.unique_begin[g + 1] - ubase) continue;  // past the group's unique ids
     const int d = static_cast<int>(local % per_row) * kGradWidth;
     const int width = dim - d < kGradWidth ? dim - d : kGradWidth;
-    const float* grad = grads ? grads[g] : grad_base + gd.out_begin;
+    const float* grad = grads.get(g, gd.out_begin);
     const bool vector = dim % kGradWidth == 0 && aligned_to(grad, sizeof(float) * kGradWidth);
     const bool sequence = gd.pooling == Pooling::kNone;
     const float* bag_weights = b.weights[g];

@@ -69,6 +69,7 @@ class PreparedBatchImpl final : public DevicePreparedBatch {
       d.max_len = info.max_len;
       // Four-element alignment keeps float4 access aligned inside the concatenated arrays.
       d.out_begin = out_total;
+      out_begin.push_back(out_total);
       out_total = round_up(out_total + info.output_size(), 4);
       d.row_begin = rows_total;
       rows_total = round_up(rows_total + in.num_ids * info.dim, 4);
@@ -173,6 +174,7 @@ class PreparedBatchImpl final : public DevicePreparedBatch {
   std::vector<int64_t> id_begin;      // (G + 1) host copy
   int64_t num_ids = 0, num_chunks = 0, num_grad_items = 0, max_group_ids = 0;
   int64_t out_total = 0, rows_total = 0;  // elements of the concatenated outputs / per-id rows
+  std::vector<int64_t> out_begin;         // per group: its first element in the concatenated outputs
 
   DeviceBuffer<unsigned char> blob;
   DeviceBuffer<float> weights;  // device inputs with weights: the batch's copy
@@ -203,6 +205,19 @@ class PreparedBatchImpl final : public DevicePreparedBatch {
   mutable std::mutex mutex_;
   mutable std::vector<int64_t> unique_begin_host_;
 };
+
+// GroupPointers of a call's arrays; those past the inline ones go up through `more`.
+template <typename P>
+GroupPointers<P> group_pointers(const std::vector<P>& ptrs, DeviceBuffer<P>& more) {
+  GroupPointers<P> gp;
+  const size_t inline_count = std::min<size_t>(ptrs.size(), GroupPointers<P>::kInline);
+  for (size_t g = 0; g < inline_count; ++g) gp.inline_ptrs[g] = ptrs[g];
+  if (ptrs.size() > inline_count) {
+    more.upload(ptrs.data() + inline_count, ptrs.size() - inline_count);
+    gp.more = more.data();
+  }
+  return gp;
+}
 
 // The launch shape of a collection's kernels: its block size, and grids capped by max_blocks
 // (kernels are grid-stride loops).

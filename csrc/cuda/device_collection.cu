@@ -131,16 +131,16 @@ class Collection final : public DeviceCollectionImpl {
     DeviceBuffer<int64_t> refreshed;
     const int64_t* slots = current_slots(batch, refreshed, false);
     DeviceBuffer<float> out;
-    DeviceBuffer<float*> pointers;
-    float* base = nullptr;
+    DeviceBuffer<float*> more;
+    GroupPointers<float*> pointers;
     if (space == MemorySpace::kHost) {
       out.resize(batch.out_total);
-      base = out.data();
+      pointers.base = out.data();
     } else {
-      pointers.upload(outputs.data(), outputs.size());
+      pointers = group_pointers(outputs, more);
     }
     SC_LAUNCH(grid(batch.view.num_bags * pool_lanes(batch)), block(), 0, nullptr, pool_kernel<T>)
-    (descs_.data(), batch.view, slots, pointers.data(), base, pool_lanes(batch));
+    (descs_.data(), batch.view, slots, pointers, pool_lanes(batch));
     SC_CHECK_LAUNCH();
     if (space == MemorySpace::kDevice) return;
     // One download of every group's output, split on the host.
@@ -149,7 +149,7 @@ class Collection final : public DeviceCollectionImpl {
     const auto& groups = batch.groups();
     for (size_t g = 0; g < groups.size(); ++g) {
       const int64_t size = groups[g].output_size();
-      if (size) std::memcpy(outputs[g], host.data() + group_out_begin(batch, g), sizeof(float) * size);
+      if (size) std::memcpy(outputs[g], host.data() + batch.out_begin[g], sizeof(float) * size);
     }
   }
 
@@ -164,24 +164,26 @@ class Collection final : public DeviceCollectionImpl {
     DeviceBuffer<int64_t> refreshed;
     const int64_t* slots = current_slots(batch, refreshed, true);
     DeviceBuffer<float> grad;
-    DeviceBuffer<const float*> pointers;
+    DeviceBuffer<const float*> more;
+    GroupPointers<const float*> pointers;
     if (space == MemorySpace::kHost) {
       // One upload of every group's gradient.
       std::vector<float> host(batch.out_total);
       const auto& groups = batch.groups();
       for (size_t g = 0; g < groups.size(); ++g) {
         const int64_t size = groups[g].output_size();
-        if (size) std::memcpy(host.data() + group_out_begin(batch, g), grads[g], sizeof(float) * size);
+        if (size) std::memcpy(host.data() + batch.out_begin[g], grads[g], sizeof(float) * size);
       }
       grad.upload(host.data(), host.size());
+      pointers.base = grad.data();
     } else {
-      pointers.upload(grads.data(), grads.size());
+      pointers = group_pointers(grads, more);
     }
     DeviceBuffer<float> grad_rows(batch.rows_total), scratch;
     if (!std::is_same_v<T, float>) scratch.resize(batch.rows_total);
     SC_LAUNCH(grid(batch.num_grad_items), block(), 0, nullptr, unique_grad_kernel)
     (batch.view, batch.occ_offsets.data(), batch.occ_positions.data(), batch.bag_of.data(), batch.bag_scale.data(),
-     pointers.data(), grad.data(), batch.num_grad_items, grad_rows.data());
+     pointers, batch.num_grad_items, grad_rows.data());
     SC_CHECK_LAUNCH();
     SC_LAUNCH(grid(batch.num_ids), block(), 0, nullptr, update_rows_kernel<T>)
     (descs_.data(), batch.view, slots, grad_rows.data(), step, scratch.data());
@@ -373,12 +375,6 @@ class Collection final : public DeviceCollectionImpl {
     auto* p = dynamic_cast<const PreparedBatchImpl*>(&b);
     SC_CHECK_ARG(p && p->owner_ == this, "the prepared batch does not belong to this collection");
     return const_cast<PreparedBatchImpl&>(*p);
-  }
-
-  static int64_t group_out_begin(const PreparedBatchImpl& batch, size_t g) {
-    int64_t at = 0;
-    for (size_t h = 0; h < g; ++h) at = round_up(at + batch.groups()[h].output_size(), 4);
-    return at;
   }
 
   // Pinned host memory for reads back, kept between calls (allocating and freeing pinned
