@@ -61,7 +61,7 @@ def main() -> int:
             # Growth halves the load, so fill in small chunks until rows / slots reaches the
             # target (0.95 is the growth limit: the last chunks land between the two).
             keys = rng.integers(-(1 << 62), 1 << 62, size=1 << 23)
-            rows, chunk = 0, 1 << 15
+            rows, chunk = 0, 1 << 17
             while rows < keys.size and (rows < (1 << 21) or rows / emb.table_capacity("t") < load):
                 want = chunk if rows < (1 << 21) else int(load * emb.table_capacity("t")) - rows
                 take = max(1, min(chunk, want, keys.size - rows))
