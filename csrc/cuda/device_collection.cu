@@ -1,111 +1,34 @@
 // Host orchestration of the device collection: table storage and growth, the prepare /
-// forward / backward pipelines as sequences of kernel launches. Compiled by nvcc (namespace
+// forward / backward pipelines as sequences of kernel launches, each launch covering every
+// group of a batch. Compiled by nvcc (namespace
 // device) and by g++ through the emulation layer (namespace emulated).
 #include <algorithm>
 #include <mutex>
 #include <numeric>
 #include <optional>
 
-#include "dedup_kernels.cuh"
+#include "batch_row_kernels.cuh"
+#include "device_batch.cuh"
 #include "device_collection_impl.h"
-#include "embedding_kernels.cuh"
-#include "hash_table_kernels.cuh"
-#include "radix_sort_kernels.cuh"
-#include "scan_kernels.cuh"
+#include "device_table.cuh"
 
 namespace sparsecore::cuda::SC_BACKEND_NS {
 namespace {
 
-static_assert(kMaxDedupIds == DeviceEmbeddingCollection::kMaxGroupIds, "the front refuses what dedup cannot index");
-
-template <typename T>
-struct DeviceTable {
-  TableConfig config;
-  uint64_t seed = 0;
-  int dim = 0;
-  int state_dim = 0;
-  int64_t capacity = 0;  // probed slots (a power of two); rows have capacity + 2 slots
-  int64_t size = 0;
-  int64_t tombstones = 0;
-  uint64_t generation = 1;  // changes whenever slots move or rows are released
-  DeviceBuffer<int64_t> keys;
-  DeviceBuffer<int> reserved;
-  DeviceBuffer<T> weights;
-  DeviceBuffer<float> state;
-  DeviceBuffer<uint32_t> update_count;
-  DeviceBuffer<int64_t> last_step;
-
-  TableView view() { return {keys.data(), reserved.data(), capacity}; }
-  RowsView<T> rows() { return {weights.data(), state.data(), update_count.data(), last_step.data(), dim, state_dim}; }
-};
-
-// Device buffers of one prepared group.
-struct GroupBuffers {
-  DeviceGroupInfo info;
-  int table = -1;
-  uint64_t generation = 0;
-  DeviceBuffer<int64_t> offsets;  // (B + 1)
-  DeviceBuffer<float> weights;    // (n) or empty
-  bool has_weights = false;
-  DeviceBuffer<int64_t> unique_keys;   // (U)
-  DeviceBuffer<int64_t> unique_slots;  // (U)
-  DeviceBuffer<int> inverse;           // (n)
-  // training only
-  DeviceBuffer<int> occ_offsets;    // (U + 1)
-  DeviceBuffer<int> occ_positions;  // (n)
-  DeviceBuffer<int> bag_of;         // (n)
-  DeviceBuffer<float> bag_scale;    // (B)
-
-  BagsView view(const int64_t* slots) const {
-    BagsView v;
-    v.offsets = offsets.data();
-    v.weights = has_weights ? weights.data() : nullptr;
-    v.inverse = inverse.data();
-    v.unique_slots = slots;
-    v.batch_size = info.batch_size;
-    v.max_len = info.max_len;
-    v.dim = info.dim;
-    v.pooling = info.pooling;
-    return v;
-  }
-};
-
-class PreparedBatchImpl final : public DevicePreparedBatch {
- public:
-  bool train() const override { return train_; }
-  const std::vector<DeviceGroupInfo>& groups() const override { return infos_; }
-  std::vector<int64_t> unique_ids(int g) const override {
-    const GroupBuffers& b = *buffers_.at(g);
-    std::vector<int64_t> out(b.info.num_unique);
-    b.unique_keys.download(out.data(), out.size());
-    return out;
-  }
-
-  bool train_ = false;
-  const void* owner_ = nullptr;
-  std::vector<DeviceGroupInfo> infos_;
-  std::vector<std::unique_ptr<GroupBuffers>> buffers_;
-};
-
-// dst (n) <- src (n) in `space` (host: an upload; device: a copy on the device).
-template <typename T>
-void copy_in(DeviceBuffer<T>& dst, const T* src, size_t n, MemorySpace space) {
-  dst.resize(n);
-  copy_bytes(dst.data(), src, n * sizeof(T), space == MemorySpace::kHost ? Copy::kHostToDevice : Copy::kDeviceToDevice);
-}
-
-int64_t next_pow2(int64_t x) {
-  int64_t p = 16;
-  while (p < x) p *= 2;
-  return p;
-}
+static_assert(kMaxDedupIds == DeviceEmbeddingCollection::kMaxBatchIds, "the front refuses what dedup cannot index");
 
 template <typename T>
 class Collection final : public DeviceCollectionImpl {
  public:
   Collection(const std::vector<TableConfig>& tables, uint64_t seed, LaunchLimits limits, int device)
-      : limits_(limits), device_(device) {
+      : limits_(limits), device_(device), stats_host_(2 * tables.size()) {
     DeviceGuard on(device_);
+    own_stream_ = std::make_unique<OwnedStream>();
+    last_event_ = std::make_unique<DeviceEvent>();
+    snapshot_event_ = std::make_unique<DeviceEvent>();
+    StreamScope stream(own_stream_->get());
+    stats_.resize(2 * tables.size());
+    stats_.fill_zero();
     for (const TableConfig& c : tables) {
       auto t = std::make_unique<DeviceTable<T>>();
       t->config = c;
@@ -115,11 +38,62 @@ class Collection final : public DeviceCollectionImpl {
       allocate(*t, 0);
       tables_.push_back(std::move(t));
     }
+    snapshot_pending_.assign(tables_.size(), 0);
+    last_stream_ = own_stream_->get();
+    last_event_->record();
+  }
+
+  // The work of every call is done before the streams and buffers go (never on the data path).
+  ~Collection() override {
+    try {
+      DeviceGuard on(device_);
+      StreamScope stream(last_stream_);
+      synchronize();
+    } catch (...) {
+    }
+  }
+
+  void begin_call(const StreamArgs& streams) override {
+    call_mutex_.lock();
+    saved_device_ = current_device();
+    try {
+      if (saved_device_ != device_) set_current_device(device_);
+      const cudaStream_t stream = streams.stream ? stream_from_handle(*streams.stream) : own_stream_->get();
+      saved_stream_ = std::exchange(current_stream_slot(), stream);
+      if (last_stream_ != stream) last_event_->wait();  // after the previous call, wherever it ran
+      for (uintptr_t producer : streams.wait_for) wait_for_stream(stream_from_handle(producer));
+    } catch (...) {
+      current_stream_slot() = saved_stream_;
+      if (saved_device_ != device_) set_current_device(saved_device_);
+      call_mutex_.unlock();
+      throw;
+    }
+  }
+
+  void end_call() noexcept override {
+    try {
+      last_event_->record();
+      last_stream_ = current_stream();
+    } catch (...) {
+    }
+    current_stream_slot() = saved_stream_;
+    if (saved_device_ != device_) {
+      try {
+        set_current_device(saved_device_);
+      } catch (...) {
+      }
+    }
+    call_mutex_.unlock();
   }
 
   int64_t step() const override { return step_; }
   int device() const override { return device_; }
-  int64_t table_size(int t) const override { return tables_.at(t)->size; }
+  int64_t table_size(int t) const override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    DeviceGuard on(device_);
+    const_cast<Collection*>(this)->read_stats();
+    return tables_.at(t)->size;
+  }
   int64_t table_capacity(int t) const override { return tables_.at(t)->capacity; }
   void set_max_load_factor(double f) override { max_load_ = f; }
 
@@ -131,107 +105,89 @@ class Collection final : public DeviceCollectionImpl {
     auto batch = std::make_shared<PreparedBatchImpl>();
     batch->train_ = train;
     batch->owner_ = this;
-    for (size_t gi = 0; gi < inputs.size(); ++gi) {
-      const GroupInput& in = inputs[gi];
-      const int64_t* offsets = host_offsets[gi].data();
-      DeviceTable<T>& table = *tables_[in.table];
-      auto g = std::make_unique<GroupBuffers>();
-      DeviceGroupInfo& info = g->info;
-      info.table = in.table;
-      info.dim = table.dim;
-      info.pooling = table.config.pooling;
-      info.batch_size = in.batch_size;
-      info.num_ids = in.num_ids;
-      for (int64_t b = 0; b < in.batch_size; ++b) info.max_len = std::max(info.max_len, offsets[b + 1] - offsets[b]);
-      g->table = in.table;
-      g->offsets.upload(offsets, in.batch_size + 1);
-      g->has_weights = in.weights != nullptr;
-      if (in.weights) copy_in(g->weights, in.weights, in.num_ids, space);
-
-      // Device ids are read in place (dedup keeps what later steps need).
-      DeviceBuffer<int64_t> ids;
-      const int64_t* device_ids = in.ids;
-      if (space == MemorySpace::kHost) {
-        ids.upload(in.ids, in.num_ids);
-        device_ids = ids.data();
-      }
-      info.num_unique = dedup(device_ids, in.num_ids, g->unique_keys, g->inverse);
-      resolve(table, g->unique_keys.data(), info.num_unique, g->unique_slots, train);
-      g->generation = table.generation;
-      if (train) build_occurrences(*g);
-      batch->infos_.push_back(info);
-      batch->buffers_.push_back(std::move(g));
+    batch->device = device_;
+    batch->last_stream = current_stream();
+    std::vector<int> dims;
+    std::vector<Pooling> pooling;
+    for (const GroupInput& in : inputs) {
+      dims.push_back(tables_[in.table]->dim);
+      pooling.push_back(tables_[in.table]->config.pooling);
     }
+    batch->lay_out(inputs, host_offsets, dims, pooling, space);
+    if (inputs.empty()) return batch;
+    dedup(shape_, *batch);
+    resolve_batch(*batch, batch->slots, train);
+    for (const GroupInput& in : inputs) batch->generations.push_back(tables_[in.table]->generation);
+    if (train) build_occurrences(shape_, *batch);
     return batch;
   }
 
   void forward(const DevicePreparedBatch& b, const std::vector<float*>& outputs, MemorySpace space) override {
     std::lock_guard<std::mutex> lock(mutex_);
     DeviceGuard on(device_);
-    const PreparedBatchImpl& batch = own(b);
+    PreparedBatchImpl& batch = own(b);
+    batch.last_stream = current_stream();
+    if (batch.view.num_bags == 0 || batch.out_total == 0) return;
+    DeviceBuffer<int64_t> refreshed;
+    const int64_t* slots = current_slots(batch, refreshed, false);
     DeviceBuffer<float> out;
-    for (size_t gi = 0; gi < batch.buffers_.size(); ++gi) {
-      const GroupBuffers& g = *batch.buffers_[gi];
-      DeviceTable<T>& table = *tables_[g.table];
-      const int64_t size = g.info.output_size();
-      if (size == 0) continue;
-      DeviceBuffer<int64_t> refreshed;
-      const int64_t* slots = g.unique_slots.data();
-      if (table.generation != g.generation) {  // rows moved or were erased since prepare
-        resolve(table, g.unique_keys.data(), g.info.num_unique, refreshed, false);
-        slots = refreshed.data();
-      }
-      float* dst = outputs[gi];
-      if (space == MemorySpace::kHost) {
-        out.resize(size);
-        dst = out.data();
-      }
-      launch_pool(g.view(slots), table.rows(), dst);
-      if (space == MemorySpace::kHost) out.download(outputs[gi], size);
+    DeviceBuffer<float*> more;
+    GroupPointers<float*> pointers;
+    if (space == MemorySpace::kHost) {
+      out.resize(batch.out_total);
+      pointers.base = out.data();
+    } else {
+      pointers = group_pointers(outputs, more);
     }
-    synchronize();
+    SC_LAUNCH(grid(batch.view.num_bags * pool_lanes(batch)), block(), 0, nullptr, pool_kernel<T>)
+    (descs_.data(), batch.view, slots, pointers, pool_lanes(batch));
+    SC_CHECK_LAUNCH();
+    if (space == MemorySpace::kDevice) return;
+    // One download of every group's output, split on the host.
+    std::vector<float> host(batch.out_total);
+    out.download(host.data(), host.size());
+    const auto& groups = batch.groups();
+    for (size_t g = 0; g < groups.size(); ++g) {
+      const int64_t size = groups[g].output_size();
+      if (size) std::memcpy(outputs[g], host.data() + batch.out_begin[g], sizeof(float) * size);
+    }
   }
 
   int64_t backward(const DevicePreparedBatch& b, const std::vector<const float*>& grads, MemorySpace space) override {
     std::lock_guard<std::mutex> lock(mutex_);
     DeviceGuard on(device_);
-    const PreparedBatchImpl& batch = own(b);
+    PreparedBatchImpl& batch = own(b);
+    batch.last_stream = current_stream();
     const int64_t step = ++step_;
-    DeviceBuffer<float> grad, grad_rows, scratch;
-    for (size_t gi = 0; gi < batch.buffers_.size(); ++gi) {
-      const GroupBuffers& g = *batch.buffers_[gi];
-      DeviceTable<T>& table = *tables_[g.table];
-      const int64_t u = g.info.num_unique;
-      if (u == 0) continue;
-      DeviceBuffer<int64_t> refreshed;
-      const int64_t* slots = g.unique_slots.data();
-      if (table.generation != g.generation) {  // released rows are re-created, as the CPU engine does
-        resolve(table, g.unique_keys.data(), u, refreshed, true);
-        slots = refreshed.data();
+    if (batch.num_ids == 0) return step;
+    // Released rows are re-created, as the CPU engine does.
+    DeviceBuffer<int64_t> refreshed;
+    const int64_t* slots = current_slots(batch, refreshed, true);
+    DeviceBuffer<float> grad;
+    DeviceBuffer<const float*> more;
+    GroupPointers<const float*> pointers;
+    if (space == MemorySpace::kHost) {
+      // One upload of every group's gradient.
+      std::vector<float> host(batch.out_total);
+      const auto& groups = batch.groups();
+      for (size_t g = 0; g < groups.size(); ++g) {
+        const int64_t size = groups[g].output_size();
+        if (size) std::memcpy(host.data() + batch.out_begin[g], grads[g], sizeof(float) * size);
       }
-      const float* grad_in = grads[gi];
-      if (space == MemorySpace::kHost) {
-        grad.upload(grads[gi], g.info.output_size());
-        grad_in = grad.data();
-      }
-      grad_rows.resize(u * g.info.dim);
-      const bool vector = g.info.dim % 4 == 0 && aligned(grad_in, 16);
-      auto unique_grad = [&](auto kernel, const char* name, int width) {
-        SC_LAUNCH_NAMED(name, grid(u * g.info.dim / width), block(), 0, nullptr, kernel)
-        (g.view(slots), g.occ_offsets.data(), g.occ_positions.data(), g.bag_of.data(), g.bag_scale.data(), grad_in, u,
-         grad_rows.data());
-        SC_CHECK_LAUNCH();
-      };
-      if (vector)
-        unique_grad(SC_NAMED_KERNEL(unique_grad_kernel<4>), 4);
-      else
-        unique_grad(SC_NAMED_KERNEL(unique_grad_kernel<1>), 1);
-      if (!std::is_same_v<T, float>) scratch.resize(u * g.info.dim);
-      SC_LAUNCH(grid(u), block(), 0, nullptr, update_rows_kernel<T>)
-      (table.rows(), slots, u, grad_rows.data(), table.config.optimizer, step, scratch.data());
-      SC_CHECK_LAUNCH();
+      grad.upload(host.data(), host.size());
+      pointers.base = grad.data();
+    } else {
+      pointers = group_pointers(grads, more);
     }
-    synchronize();
+    DeviceBuffer<float> grad_rows(batch.rows_total), scratch;
+    if (!std::is_same_v<T, float>) scratch.resize(batch.rows_total);
+    SC_LAUNCH(grid(batch.num_grad_items), block(), 0, nullptr, unique_grad_kernel)
+    (batch.view, batch.occ_offsets.data(), batch.occ_positions.data(), batch.bag_of.data(), batch.bag_scale.data(),
+     pointers, batch.num_grad_items, grad_rows.data());
+    SC_CHECK_LAUNCH();
+    SC_LAUNCH(grid(batch.num_ids), block(), 0, nullptr, update_rows_kernel<T>)
+    (descs_.data(), batch.view, slots, grad_rows.data(), step, scratch.data());
+    SC_CHECK_LAUNCH();
     return step;
   }
 
@@ -246,17 +202,22 @@ class Collection final : public DeviceCollectionImpl {
       k.upload(keys, n);
       device_keys = k.data();
     }
-    resolve(table, device_keys, n, slots, insert);
     DeviceBuffer<float> rows;
     float* dst = out;
     if (space == MemorySpace::kHost) {
       rows.resize(n * table.dim);
       dst = rows.data();
     }
-    SC_LAUNCH(grid(n * table.dim), block(), 0, nullptr, gather_rows_kernel<T>)(table.rows(), slots.data(), n, dst);
+    if (insert) {
+      resolve(t, device_keys, n, slots, true);
+      SC_LAUNCH(grid(n * table.dim), block(), 0, nullptr, gather_rows_kernel<T>)(table.rows(), slots.data(), n, dst);
+    } else {  // probe and copy in one launch
+      const int lanes = row_lanes(table.dim);
+      SC_LAUNCH(grid(n * lanes), block(), 0, nullptr, find_rows_kernel<T>)
+      (table.view(), table.rows(), device_keys, n, dst, lanes);
+    }
     SC_CHECK_LAUNCH();
     if (space == MemorySpace::kHost) rows.download(out, n * table.dim);
-    synchronize();
   }
 
   int64_t erase(int t, const int64_t* keys, int64_t n, MemorySpace space) override {
@@ -270,34 +231,47 @@ class Collection final : public DeviceCollectionImpl {
       k.upload(keys, n);
       device_keys = k.data();
     }
-    DeviceBuffer<unsigned long long> counters(2);
-    counters.fill_zero();
+    DeviceBuffer<unsigned long long> erased(1);
+    erased.fill_zero();
     SC_LAUNCH(grid(n), block(), 0, nullptr, erase_kernel)
-    (table.view(), device_keys, n, counters.data(), counters.data() + 1);
-    SC_CHECK_LAUNCH();
-    unsigned long long c[2];
-    counters.download(c, 2);
-    table.size -= static_cast<int64_t>(c[0]);
-    table.tombstones += static_cast<int64_t>(c[1]);
-    if (c[0]) table.generation = next_generation();
-    return static_cast<int64_t>(c[0]);
-  }
-
-  int64_t count_non_finite(const float* values, int64_t n) override {
-    if (n == 0) return 0;
-    DeviceGuard on(device_);
-    DeviceBuffer<unsigned long long> count(1);
-    count.fill_zero();
-    SC_LAUNCH(grid(n), block(), 0, nullptr, count_non_finite_kernel)(values, n, count.data());
+    (table.view(), device_keys, n, erased.data(), stats_.data() + 2 * t);
     SC_CHECK_LAUNCH();
     unsigned long long c = 0;
-    count.download(&c, 1);
+    erased.download(&c, 1);
+    read_stats();
+    if (c) table.generation = next_generation();
     return static_cast<int64_t>(c);
   }
 
-  void copy_to_host(void* dst, const void* device_src, size_t bytes) override {
+  std::vector<int64_t> read_back(const std::vector<HostCopy>& copies, const std::vector<Floats>& finite) override {
     DeviceGuard on(device_);
-    copy_bytes(dst, device_src, bytes, Copy::kDeviceToHost);
+    size_t total = finite.size() * sizeof(unsigned long long);
+    for (const HostCopy& c : copies) total += c.bytes;
+    if (total == 0) return {};
+    DeviceBuffer<unsigned long long> counts(finite.size());
+    counts.fill_zero();
+    for (size_t i = 0; i < finite.size(); ++i) {
+      if (finite[i].n == 0) continue;
+      SC_LAUNCH(grid(finite[i].n), block(), 0, nullptr, count_non_finite_kernel)
+      (finite[i].values, finite[i].n, counts.data() + i);
+      SC_CHECK_LAUNCH();
+    }
+    unsigned char* staging = pinned_staging(total);
+    copy_to_host_async(staging, counts.data(), finite.size() * sizeof(unsigned long long));
+    size_t at = finite.size() * sizeof(unsigned long long);
+    for (const HostCopy& c : copies) {
+      copy_to_host_async(staging + at, c.src, c.bytes);
+      at += c.bytes;
+    }
+    synchronize();
+    std::vector<unsigned long long> bad(finite.size());
+    if (!bad.empty()) std::memcpy(bad.data(), staging, bad.size() * sizeof(unsigned long long));
+    at = finite.size() * sizeof(unsigned long long);
+    for (const HostCopy& c : copies) {
+      if (c.bytes) std::memcpy(c.dst, staging + at, c.bytes);
+      at += c.bytes;
+    }
+    return {bad.begin(), bad.end()};
   }
 
   void check_device_pointer(const void* p, const std::string& what) const override {
@@ -369,7 +343,7 @@ class Collection final : public DeviceCollectionImpl {
     if (n == 0) return;
     DeviceBuffer<int64_t> keys, slots, last;
     keys.upload(e.keys.data(), n);
-    resolve(table, keys.data(), n, slots, true);
+    resolve(t, keys.data(), n, slots, true);
     DeviceBuffer<float> weights, state;
     weights.upload(e.weights.data(), e.weights.size());
     state.upload(e.state.data(), e.state.size());
@@ -380,7 +354,6 @@ class Collection final : public DeviceCollectionImpl {
     SC_LAUNCH(grid(n), block(), 0, nullptr, store_rows_kernel<T>)
     (table.rows(), slots.data(), n, weights.data(), state.data(), count.data(), last.data());
     SC_CHECK_LAUNCH();
-    synchronize();
   }
 
   void set_step(int64_t step) override {
@@ -395,45 +368,109 @@ class Collection final : public DeviceCollectionImpl {
     return counter.fetch_add(1);
   }
 
-  static bool aligned(const void* p, size_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
+  dim3 block() const { return shape_.block(); }
+  dim3 grid(int64_t threads) const { return shape_.grid(threads); }
 
-  // Forward of one group into out (device). Sum / mean: vector loads (float4 for fp32 rows,
-  // __half2 for fp16) when the dim allows and out is aligned for them, scalar otherwise; a
-  // group of lanes per bag sized to the dim.
-  void launch_pool(const BagsView& view, RowsView<T> rows, float* out) {
-    const int64_t bags = std::max<int64_t>(view.batch_size, 1);
-    if (view.pooling == Pooling::kNone) {
-      SC_LAUNCH(grid(bags * 32), block(), 0, nullptr, pool_sequence_kernel<T>)(view, rows, out);
-      SC_CHECK_LAUNCH();
-      return;
-    }
-    constexpr int kVectorWidth = std::is_same_v<T, float> ? 4 : 2;
-    const bool vector = view.dim % kVectorWidth == 0 && aligned(out, sizeof(float) * kVectorWidth);
-    const int width = vector ? kVectorWidth : 1;
-    const int lanes_wanted = (view.dim / width + kPoolElementsPerLane / width - 1) / (kPoolElementsPerLane / width);
-    int lanes = 1;
-    while (lanes < lanes_wanted && lanes < 32) lanes *= 2;
-    auto launch = [&](auto kernel, const char* name) {
-      SC_LAUNCH_NAMED(name, grid(bags * lanes), block(), 0, nullptr, kernel)(view, rows, out, lanes);
-      SC_CHECK_LAUNCH();
-    };
-    if (vector)
-      launch(SC_NAMED_KERNEL(pool_kernel<T, kVectorWidth>));
-    else
-      launch(SC_NAMED_KERNEL(pool_kernel<T, 1>));
-  }
-
-  dim3 block() const { return dim3(static_cast<unsigned>(limits_.block_threads)); }
-  dim3 grid(int64_t threads) const {
-    int64_t blocks = (std::max<int64_t>(threads, 1) + limits_.block_threads - 1) / limits_.block_threads;
-    if (limits_.max_blocks > 0) blocks = std::min<int64_t>(blocks, limits_.max_blocks);
-    return dim3(static_cast<unsigned>(std::min<int64_t>(blocks, 1 << 30)));
-  }
-
-  const PreparedBatchImpl& own(const DevicePreparedBatch& b) const {
+  PreparedBatchImpl& own(const DevicePreparedBatch& b) const {
     auto* p = dynamic_cast<const PreparedBatchImpl*>(&b);
     SC_CHECK_ARG(p && p->owner_ == this, "the prepared batch does not belong to this collection");
-    return *p;
+    return const_cast<PreparedBatchImpl&>(*p);
+  }
+
+  // Pinned host memory for reads back, kept between calls (allocating and freeing pinned
+  // memory is slow and freeing it waits for the device). Valid until the next call to it.
+  unsigned char* pinned_staging(size_t bytes) {
+    if (!staging_ || staging_->size() < bytes)
+      staging_ = std::make_unique<PinnedBuffer<unsigned char>>(std::max<size_t>(bytes, 4096));
+    return staging_->data();
+  }
+
+  // Lanes per row of the team-per-row kernels: a power of two <= 32, about one lane per four
+  // elements.
+  static int row_lanes(int elements) {
+    int lanes = 1;
+    while (lanes < 32 && lanes * 4 < elements) lanes *= 2;
+    return lanes;
+  }
+
+  // Lanes per bag of the pooling kernel: enough for the widest group (a power of two <= 32).
+  int pool_lanes(const PreparedBatchImpl& batch) const {
+    constexpr int kWidth = std::is_same_v<T, float> ? 4 : 2;
+    int wanted = 1;
+    for (const DeviceGroupInfo& g : batch.groups()) {
+      if (g.pooling == Pooling::kNone) {
+        wanted = std::max(wanted, g.dim);
+        continue;
+      }
+      const int width = g.dim % kWidth == 0 ? kWidth : 1;
+      const int per_lane = kPoolElementsPerLane / width;
+      wanted = std::max(wanted, (g.dim / width + per_lane - 1) / per_lane);
+    }
+    int lanes = 1;
+    while (lanes < wanted && lanes < 32) lanes *= 2;
+    return lanes;
+  }
+
+  // The slots of the batch's unique ids now: found at prepare, or found again (inserting
+  // when `insert`) when a table's rows moved or were released since.
+  const int64_t* current_slots(PreparedBatchImpl& batch, DeviceBuffer<int64_t>& refreshed, bool insert) {
+    bool stale = false;
+    for (size_t g = 0; g < batch.generations.size(); ++g)
+      stale = stale || tables_[batch.groups()[g].table]->generation != batch.generations[g];
+    refresh_descs();
+    if (!stale) return batch.slots.data();
+    refreshed.resize(batch.slots.size());
+    resolve_batch(batch, refreshed, insert);
+    return refreshed.data();
+  }
+
+  // The tables' descriptors on the device, uploaded again after a table changed shape.
+  void refresh_descs() {
+    if (!descs_dirty_) return;
+    std::vector<TableDesc<T>> host(tables_.size());
+    for (size_t t = 0; t < tables_.size(); ++t) {
+      DeviceTable<T>& table = *tables_[t];
+      host[t].view = table.view();
+      host[t].rows = table.rows();
+      host[t].init = table.config.init;
+      host[t].opt = table.config.optimizer;
+      host[t].seed = table.seed;
+      host[t].stats = stats_.data() + 2 * t;
+    }
+    descs_.upload(host.data(), host.size());
+    descs_dirty_ = false;
+  }
+
+  // The device's counts of live rows and tombstones: read now (a host sync), or adopted from
+  // the copy queued after the last insert once the device has made it (no wait).
+  // `extra` (n values, device) is read back in the same wait.
+  std::vector<unsigned long long> read_stats(const unsigned long long* extra = nullptr, size_t n = 0) {
+    auto* more = reinterpret_cast<unsigned long long*>(pinned_staging(n * sizeof(unsigned long long)));
+    copy_to_host_async(more, extra, n * sizeof(unsigned long long));
+    copy_to_host_async(stats_host_.data(), stats_.data(), sizeof(unsigned long long) * stats_host_.size());
+    synchronize();
+    for (size_t t = 0; t < tables_.size(); ++t) {
+      tables_[t]->size = static_cast<int64_t>(stats_host_.data()[2 * t]);
+      tables_[t]->tombstones = static_cast<int64_t>(stats_host_.data()[2 * t + 1]);
+      tables_[t]->pending = 0;
+    }
+    snapshot_queued_ = false;
+    return {more, more + n};
+  }
+  void queue_stats_snapshot() {
+    copy_to_host_async(stats_host_.data(), stats_.data(), sizeof(unsigned long long) * stats_host_.size());
+    snapshot_event_->record();
+    for (size_t t = 0; t < tables_.size(); ++t) snapshot_pending_[t] = tables_[t]->pending;
+    snapshot_queued_ = true;
+  }
+  void adopt_stats_snapshot() {
+    if (!snapshot_queued_ || !snapshot_event_->done()) return;
+    for (size_t t = 0; t < tables_.size(); ++t) {
+      tables_[t]->size = static_cast<int64_t>(stats_host_.data()[2 * t]);
+      tables_[t]->tombstones = static_cast<int64_t>(stats_host_.data()[2 * t + 1]);
+      tables_[t]->pending -= snapshot_pending_[t];
+    }
+    snapshot_queued_ = false;
   }
 
   // Fresh, empty slot arrays of `capacity` probed slots (rows uninitialised).
@@ -448,6 +485,7 @@ class Collection final : public DeviceCollectionImpl {
     t.state.resize(slots * t.state_dim);
     t.update_count.resize(slots);
     t.last_step.resize(slots);
+    descs_dirty_ = true;
   }
 
   // kEmptyKey is 0x8000...0, not a byte pattern: a kernel writes it (no host staging).
@@ -457,16 +495,22 @@ class Collection final : public DeviceCollectionImpl {
     SC_CHECK_LAUNCH();
   }
 
-  // True when `extra` more keys fit under the load limit as the table is.
+  // True when `extra` more keys surely fit under the load limit as the table is.
   bool fits(const DeviceTable<T>& t, int64_t extra) const {
-    return static_cast<double>(t.size + t.tombstones + extra) <= max_load_ * static_cast<double>(t.capacity);
+    return static_cast<double>(t.size + t.pending + t.tombstones + extra) <=
+           max_load_ * static_cast<double>(t.capacity);
   }
 
-  // Grows (or cleans tombstones out of) the table so `extra` more keys fit under the load limit.
-  void reserve(DeviceTable<T>& t, int64_t extra) {
-    if (fits(t, extra)) return;
-    int64_t capacity =
-        next_pow2(static_cast<int64_t>(static_cast<double>(t.size + extra) / std::min(max_load_, 0.5)) + 1);
+  // Grows (or cleans tombstones out of) table `ti` so `missing` more keys fit under the load
+  // limit (sizes exact: read_stats first). The new capacity also leaves room for `headroom`
+  // more keys (the batch's id count, at most 4 x the table's rows), so the next batches of
+  // this size are inserted without reading counts back.
+  void reserve(int ti, int64_t missing, int64_t headroom) {
+    DeviceTable<T>& t = *tables_[ti];
+    if (fits(t, missing)) return;
+    const int64_t rows = t.size + missing;
+    const int64_t wanted = rows + std::min(headroom, 4 * rows);
+    int64_t capacity = next_pow2(static_cast<int64_t>(static_cast<double>(wanted) / std::min(max_load_, 0.5)) + 1);
     DeviceTable<T> fresh;
     fresh.dim = t.dim;
     fresh.state_dim = t.state_dim;
@@ -475,11 +519,13 @@ class Collection final : public DeviceCollectionImpl {
     DeviceBuffer<int64_t> new_slot_of(old_slots);
     SC_LAUNCH(grid(old_slots), block(), 0, nullptr, rehash_kernel)(t.view(), fresh.view(), new_slot_of.data());
     SC_CHECK_LAUNCH();
-    SC_LAUNCH(grid(old_slots), block(), 0, nullptr, move_rows_kernel<T>)
-    (t.rows(), fresh.rows(), new_slot_of.data(), old_slots);
+    const int lanes = row_lanes(std::max(t.dim, t.state_dim));
+    SC_LAUNCH(grid(old_slots * lanes), block(), 0, nullptr, move_rows_kernel<T>)
+    (t.rows(), fresh.rows(), new_slot_of.data(), old_slots, lanes);
     SC_CHECK_LAUNCH();
     t.capacity = capacity;
     t.tombstones = 0;
+    fill_bytes(stats_.data() + 2 * ti + 1, 0, sizeof(unsigned long long));
     t.keys = std::move(fresh.keys);
     t.reserved = std::move(fresh.reserved);
     t.weights = std::move(fresh.weights);
@@ -487,154 +533,112 @@ class Collection final : public DeviceCollectionImpl {
     t.update_count = std::move(fresh.update_count);
     t.last_step = std::move(fresh.last_step);
     t.generation = next_generation();
+    descs_dirty_ = true;
   }
 
-  // slots (n) <- slots of keys (n, device); inserting and initialising unknown keys when `insert`.
-  // Growth is sized by the keys that are missing, not by n: when n more keys would not fit,
-  // a find pass counts the misses first (and is the whole answer when there are none).
-  void resolve(DeviceTable<T>& t, const int64_t* keys, int64_t n, DeviceBuffer<int64_t>& slots, bool insert) {
+  // slots (n) <- slots of keys (n, device) of table ti; inserting and initialising unknown
+  // keys when `insert`. Growth is sized by the keys that are missing, not by n: when n more
+  // keys might not fit, the counts are read and a find pass counts the misses.
+  void resolve(int ti, const int64_t* keys, int64_t n, DeviceBuffer<int64_t>& slots, bool insert) {
+    DeviceTable<T>& t = *tables_[ti];
     slots.resize(n);
     if (n == 0) return;
-    DeviceBuffer<unsigned long long> count(1);
-    if (insert && !fits(t, n)) {
-      count.fill_zero();
-      SC_LAUNCH(grid(n), block(), 0, nullptr, lookup_kernel)
-      (t.view(), keys, n, slots.data(), nullptr, false, count.data());
-      SC_CHECK_LAUNCH();
-      unsigned long long missing = 0;
-      count.download(&missing, 1);
-      if (missing == 0) return;
-      reserve(t, static_cast<int64_t>(missing));
+    unsigned long long* created = stats_.data() + 2 * ti;
+    if (insert) {
+      adopt_stats_snapshot();
+      if (!fits(t, n)) {
+        // One pass counts the missing keys, read back with the exact counts in one wait.
+        DeviceBuffer<unsigned long long> count(1);
+        count.fill_zero();
+        SC_LAUNCH(grid(n), block(), 0, nullptr, lookup_kernel)
+        (t.view(), keys, n, slots.data(), nullptr, false, count.data());
+        SC_CHECK_LAUNCH();
+        const unsigned long long missing = read_stats(count.data(), 1)[0];
+        if (missing == 0) return;
+        reserve(ti, static_cast<int64_t>(missing), n);
+      }
     }
-    DeviceBuffer<int> inserted(n);
-    count.fill_zero();
+    DeviceBuffer<int> inserted(insert ? n : 0);
+    DeviceBuffer<unsigned long long> misses(insert ? 0 : 1);
+    if (!insert) misses.fill_zero();
     SC_LAUNCH(grid(n), block(), 0, nullptr, lookup_kernel)
-    (t.view(), keys, n, slots.data(), inserted.data(), insert, count.data());
+    (t.view(), keys, n, slots.data(), inserted.data(), insert, insert ? created : misses.data());
     SC_CHECK_LAUNCH();
     if (!insert) return;
-    unsigned long long created = 0;
-    count.download(&created, 1);
-    if (created == 0) return;
-    t.size += static_cast<int64_t>(created);
+    t.pending += n;
     DeviceBuffer<float> scratch;
     if (!std::is_same_v<T, float>) scratch.resize(n * t.dim);
     SC_LAUNCH(grid(n), block(), 0, nullptr, init_rows_kernel<T>)
     (t.rows(), keys, slots.data(), inserted.data(), n, t.config.init, t.config.optimizer, t.seed, scratch.data());
     SC_CHECK_LAUNCH();
+    queue_stats_snapshot();
   }
 
-  // Exclusive scan of in (n, device) into out (n, device). Stays on the device (no
-  // synchronisation); exclusive_scan_total also reads the total back.
-  void exclusive_scan(const int* in, int* out, int64_t n) {
-    if (n == 0) return;
-    const int threads = limits_.block_threads;
-    const int64_t tile = int64_t{threads} * kScanItemsPerThread;
-    const int64_t tiles = (n + tile - 1) / tile;
-    DeviceBuffer<int> tile_sums(tiles);
-    SC_LAUNCH(dim3(static_cast<unsigned>(tiles)), block(), 2 * threads * sizeof(int), nullptr, scan_tiles_kernel)
-    (in, out, tile_sums.data(), n);
+  // slots (bound N) <- slots of every unique id of the batch, one launch for all groups
+  // (inserting and initialising unknown ids when `insert`). Growth as in resolve, for the
+  // tables whose groups might not fit.
+  void resolve_batch(PreparedBatchImpl& batch, DeviceBuffer<int64_t>& slots, bool insert) {
+    const auto& groups = batch.groups();
+    refresh_descs();
+    if (batch.num_ids == 0) return;
+    if (insert) {
+      adopt_stats_snapshot();
+      auto tight = [&] {
+        bool any = false;
+        for (const DeviceGroupInfo& g : groups) any = any || !fits(*tables_[g.table], g.num_ids);
+        return any;
+      };
+      if (tight()) {
+        // One pass counts each table's missing keys, read back with the exact counts.
+        DeviceBuffer<unsigned long long> misses(tables_.size());
+        misses.fill_zero();
+        SC_LAUNCH(grid(batch.num_ids), block(), 0, nullptr, batch_lookup_kernel<TableDesc<T>>)
+        (descs_.data(), batch.view, false, slots.data(), nullptr, misses.data());
+        SC_CHECK_LAUNCH();
+        const std::vector<unsigned long long> host = read_stats(misses.data(), tables_.size());
+        for (const DeviceGroupInfo& g : groups)
+          if (host[g.table]) reserve(g.table, static_cast<int64_t>(host[g.table]), g.num_ids);
+        refresh_descs();
+      }
+    }
+    DeviceBuffer<int> inserted(insert ? batch.num_ids : 0);
+    SC_LAUNCH(grid(batch.num_ids), block(), 0, nullptr, batch_lookup_kernel<TableDesc<T>>)
+    (descs_.data(), batch.view, insert, slots.data(), inserted.data(), nullptr);
     SC_CHECK_LAUNCH();
-    if (tiles > 1) {
-      DeviceBuffer<int> tile_offsets(tiles);
-      exclusive_scan(tile_sums.data(), tile_offsets.data(), tiles);
-      SC_LAUNCH(grid(n), block(), 0, nullptr, add_tile_offsets_kernel)(out, tile_offsets.data(), n, tile);
-      SC_CHECK_LAUNCH();
-    }
-  }
-
-  int64_t exclusive_scan_total(const int* in, int* out, int64_t n) {
-    if (n == 0) return 0;
-    exclusive_scan(in, out, n);
-    int last_in = 0, last_out = 0;
-    copy_bytes(&last_in, in + n - 1, sizeof(int), Copy::kDeviceToHost);
-    copy_bytes(&last_out, out + n - 1, sizeof(int), Copy::kDeviceToHost);
-    return int64_t{last_in} + last_out;
-  }
-
-  // unique_keys (U) and inverse (n) of ids (n, device); returns U.
-  int64_t dedup(const int64_t* ids, int64_t n, DeviceBuffer<int64_t>& unique_keys, DeviceBuffer<int>& inverse) {
-    inverse.resize(n);
-    if (n == 0) {
-      unique_keys.resize(0);
-      return 0;
-    }
-    const int64_t set_capacity = dedup_set_capacity(n);
-    DeviceBuffer<int> set_pos(set_capacity), is_first(n), unique_index(n);
-    DeviceBuffer<int64_t> slot_of(n);
-    set_pos.fill_zero();
-    SC_LAUNCH(grid(n), block(), 0, nullptr, dedup_insert_kernel)
-    (ids, n, set_pos.data(), static_cast<uint64_t>(set_capacity - 1), slot_of.data());
+    if (!insert) return;
+    for (const DeviceGroupInfo& g : groups) tables_[g.table]->pending += g.num_ids;
+    DeviceBuffer<float> scratch;
+    if (!std::is_same_v<T, float>) scratch.resize(batch.rows_total);
+    SC_LAUNCH(grid(batch.num_ids), block(), 0, nullptr, batch_init_rows_kernel<T>)
+    (descs_.data(), batch.view, slots.data(), inserted.data(), scratch.data());
     SC_CHECK_LAUNCH();
-    SC_LAUNCH(grid(n), block(), 0, nullptr, mark_first_kernel)(set_pos.data(), slot_of.data(), n, is_first.data());
-    SC_CHECK_LAUNCH();
-    const int64_t u = exclusive_scan_total(is_first.data(), unique_index.data(), n);
-    unique_keys.resize(u);
-    SC_LAUNCH(grid(n), block(), 0, nullptr, dedup_finish_kernel)
-    (ids, set_pos.data(), slot_of.data(), unique_index.data(), n, unique_keys.data(), inverse.data());
-    SC_CHECK_LAUNCH();
-    return u;
-  }
-
-  void build_occurrences(GroupBuffers& g) {
-    const int64_t n = g.info.num_ids, u = g.info.num_unique, batch = g.info.batch_size;
-    g.bag_of.resize(n);
-    g.bag_scale.resize(batch);
-    if (batch > 0) {
-      SC_LAUNCH(grid(batch), block(), 0, nullptr, bag_layout_kernel)
-      (g.view(nullptr), g.bag_of.data(), g.bag_scale.data());
-      SC_CHECK_LAUNCH();
-    }
-    g.occ_offsets.resize(u + 1);
-    g.occ_positions.resize(n);
-    if (u == 0) {
-      g.occ_offsets.fill_zero();
-      return;
-    }
-    DeviceBuffer<int> counts(u);
-    counts.fill_zero();
-    SC_LAUNCH(grid(n), block(), 0, nullptr, count_occurrences_kernel)(g.inverse.data(), n, counts.data());
-    SC_CHECK_LAUNCH();
-    exclusive_scan(counts.data(), g.occ_offsets.data(), u);
-    const int total = static_cast<int>(n);
-    copy_bytes(g.occ_offsets.data() + u, &total, sizeof(int), Copy::kHostToDevice);
-    stable_sort_positions(g.inverse.data(), n, u, g.occ_positions.data());
-  }
-
-  // positions (n, device) <- 0..n-1 stably sorted by keys (n, device, values in [0, num_keys)).
-  void stable_sort_positions(const int* keys, int64_t n, int64_t num_keys, int* positions) {
-    int bits = 0;
-    while (bits < 31 && (int64_t{1} << bits) < num_keys) ++bits;
-    const int passes = std::max(1, (bits + kRadixBits - 1) / kRadixBits);
-    const int64_t chunks = (n + kRadixChunk - 1) / kRadixChunk;
-    DeviceBuffer<int> hist(kRadixBins * chunks), offsets(kRadixBins * chunks);
-    DeviceBuffer<int> keys_a, keys_b, values_a, values_b;
-    if (passes > 1) {
-      for (DeviceBuffer<int>* b : {&keys_a, &keys_b, &values_a, &values_b}) b->resize(n);
-    }
-    const int* keys_in = keys;
-    const int* values_in = nullptr;
-    for (int pass = 0; pass < passes; ++pass) {
-      const int shift = pass * kRadixBits;
-      const bool last = pass == passes - 1;
-      int* keys_out = last ? nullptr : (pass % 2 ? keys_b.data() : keys_a.data());
-      int* values_out = last ? positions : (pass % 2 ? values_b.data() : values_a.data());
-      SC_LAUNCH(grid(chunks), block(), 0, nullptr, radix_histogram_kernel)(keys_in, n, shift, chunks, hist.data());
-      SC_CHECK_LAUNCH();
-      exclusive_scan(hist.data(), offsets.data(), kRadixBins * chunks);
-      SC_LAUNCH(grid(chunks), block(), 0, nullptr, radix_scatter_kernel)
-      (keys_in, values_in, n, shift, chunks, offsets.data(), keys_out, values_out);
-      SC_CHECK_LAUNCH();
-      keys_in = keys_out;
-      values_in = values_out;
-    }
+    queue_stats_snapshot();
   }
 
   LaunchLimits limits_;
+  LaunchShape shape_{limits_};
   const int device_;
+  // Calls: one at a time, each on its stream, ordered after the previous one by last_event_.
+  std::mutex call_mutex_;
+  std::unique_ptr<OwnedStream> own_stream_;
+  std::unique_ptr<DeviceEvent> last_event_;
+  cudaStream_t last_stream_ = nullptr;
+  cudaStream_t saved_stream_ = nullptr;
+  int saved_device_ = 0;
   double max_load_ = 0.75;
   int64_t step_ = 0;
   mutable std::mutex mutex_;
   std::vector<std::unique_ptr<DeviceTable<T>>> tables_;
+  DeviceBuffer<TableDesc<T>> descs_;
+  bool descs_dirty_ = true;
+  // Per table (live rows, tombstones), counted by the kernels; the host's copy lands in
+  // pinned memory behind the inserts (queue_stats_snapshot) or on demand (read_stats).
+  DeviceBuffer<unsigned long long> stats_;
+  PinnedBuffer<unsigned long long> stats_host_;
+  std::unique_ptr<PinnedBuffer<unsigned char>> staging_;
+  std::unique_ptr<DeviceEvent> snapshot_event_;
+  bool snapshot_queued_ = false;
+  std::vector<int64_t> snapshot_pending_;
 };
 
 }  // namespace

@@ -14,6 +14,11 @@ namespace sparsecore::cuda {
 class DeviceCollectionImpl {
  public:
   virtual ~DeviceCollectionImpl() = default;
+  // Every call runs between these (DeviceCall): the collection's device made current, the
+  // call's stream made current and ordered after the collection's previous call and the
+  // given producer streams; end_call records where the call ended. One call at a time.
+  virtual void begin_call(const StreamArgs& streams) = 0;
+  virtual void end_call() noexcept = 0;
   virtual int64_t step() const = 0;
   virtual int64_t table_size(int table) const = 0;
   virtual int64_t table_capacity(int table) const = 0;
@@ -27,9 +32,18 @@ class DeviceCollectionImpl {
                            MemorySpace space) = 0;
   virtual void lookup(int table, const int64_t* keys, int64_t n, float* out, bool insert, MemorySpace space) = 0;
   virtual int64_t erase(int table, const int64_t* keys, int64_t n, MemorySpace space) = 0;
-  // Elements of values (n, device memory) that are NaN or Inf.
-  virtual int64_t count_non_finite(const float* values, int64_t n) = 0;
-  virtual void copy_to_host(void* dst, const void* device_src, size_t bytes) = 0;
+  // What the host checks of device inputs, read back with one wait: copies (host dst <-
+  // device src) and, per array of `finite`, its elements that are NaN or Inf (returned).
+  struct HostCopy {
+    void* dst;
+    const void* src;
+    size_t bytes;
+  };
+  struct Floats {
+    const float* values;
+    int64_t n;
+  };
+  virtual std::vector<int64_t> read_back(const std::vector<HostCopy>& copies, const std::vector<Floats>& finite) = 0;
   // InvalidArgument naming `what` unless p is device memory this backend can read (the
   // emulator's device memory is host memory: every pointer passes).
   virtual void check_device_pointer(const void* p, const std::string& what) const = 0;
@@ -39,6 +53,18 @@ class DeviceCollectionImpl {
   virtual void set_step(int64_t step) = 0;
   // The device the collection's rows live on (every call runs there).
   virtual int device() const = 0;
+};
+
+// The scope of one call of the front (begin_call / end_call).
+class DeviceCall {
+ public:
+  DeviceCall(DeviceCollectionImpl& impl, const StreamArgs& streams) : impl_(impl) { impl_.begin_call(streams); }
+  ~DeviceCall() { impl_.end_call(); }
+  DeviceCall(const DeviceCall&) = delete;
+  DeviceCall& operator=(const DeviceCall&) = delete;
+
+ private:
+  DeviceCollectionImpl& impl_;
 };
 
 // Per backend: the collection on `device` (-1: the current device; InvalidArgument naming

@@ -2,6 +2,7 @@
 // the host before any device work, so a bad batch changes nothing) and backend selection.
 #include "sparsecore/cuda/device_embedding_collection.h"
 
+#include <algorithm>
 #include <cstring>
 #include <mutex>
 #include <set>
@@ -100,6 +101,7 @@ int64_t DeviceEmbeddingCollection::step() const { return impl_->step(); }
 
 int64_t DeviceEmbeddingCollection::table_size(int table) const {
   check_table(table);
+  DeviceCall call(*impl_, {});
   return impl_->table_size(table);
 }
 
@@ -130,9 +132,14 @@ void DeviceEmbeddingCollection::set_max_load_factor(double f) {
 std::vector<std::vector<int64_t>> DeviceEmbeddingCollection::validate_inputs(const std::vector<GroupInput>& inputs,
                                                                              MemorySpace space) const {
   auto table_name = [this](int t) -> const std::string& { return configs_[t].name; };
-  for (size_t g = 0; g < inputs.size(); ++g)
+  int64_t total = 0;
+  for (size_t g = 0; g < inputs.size(); ++g) {
     SC_CHECK_ARG(inputs[g].num_ids <= kMaxGroupIds, "group ", g, " has ", inputs[g].num_ids,
                  " ids; the device backend takes at most ", kMaxGroupIds, " per group and batch");
+    total += std::max<int64_t>(inputs[g].num_ids, 0);
+    SC_CHECK_ARG(total <= kMaxBatchIds, "the batch has more than ", kMaxBatchIds,
+                 " ids (all groups together); the device backend takes at most ", kMaxBatchIds, " per batch: split it");
+  }
   std::vector<std::vector<int64_t>> host_offsets(inputs.size());
   if (space == MemorySpace::kHost) {
     validate_group_inputs(inputs, num_tables(), table_name);
@@ -141,8 +148,10 @@ std::vector<std::vector<int64_t>> DeviceEmbeddingCollection::validate_inputs(con
     return host_offsets;
   }
   // Device inputs: the same checks on host copies of the offsets (the bag layout is small),
-  // the weights' finiteness on the device.
+  // the weights' finiteness counted on the device; both read back with one wait.
   std::vector<GroupInput> on_host = inputs;
+  std::vector<DeviceCollectionImpl::HostCopy> copies;
+  std::vector<DeviceCollectionImpl::Floats> weights;
   for (size_t g = 0; g < inputs.size(); ++g) {
     const GroupInput& in = inputs[g];
     on_host[g].weights = nullptr;
@@ -150,27 +159,33 @@ std::vector<std::vector<int64_t>> DeviceEmbeddingCollection::validate_inputs(con
     impl_->check_device_pointer(in.offsets, "group '" + configs_[in.table].name + "' offsets");
     if (in.num_ids > 0) impl_->check_device_pointer(in.ids, "group '" + configs_[in.table].name + "' ids");
     host_offsets[g].resize(static_cast<size_t>(in.batch_size) + 1);
-    impl_->copy_to_host(host_offsets[g].data(), in.offsets, host_offsets[g].size() * sizeof(int64_t));
+    copies.push_back({host_offsets[g].data(), in.offsets, host_offsets[g].size() * sizeof(int64_t)});
     on_host[g].offsets = host_offsets[g].data();
-  }
-  validate_group_inputs(on_host, num_tables(), table_name);
-  for (const GroupInput& in : inputs) {
     if (!in.weights) continue;
     impl_->check_device_pointer(in.weights, "group '" + configs_[in.table].name + "' weights");
-    SC_CHECK_ARG(impl_->count_non_finite(in.weights, in.num_ids) == 0, "group '", configs_[in.table].name,
-                 "': weights contain NaN or Inf");
+    weights.push_back({in.weights, std::max<int64_t>(in.num_ids, 0)});
+  }
+  const std::vector<int64_t> bad = impl_->read_back(copies, weights);
+  validate_group_inputs(on_host, num_tables(), table_name);
+  for (size_t g = 0, w = 0; g < inputs.size(); ++g) {
+    const GroupInput& in = inputs[g];
+    if (in.batch_size < 0 || in.offsets == nullptr || in.table < 0 || in.table >= num_tables() || !in.weights) continue;
+    SC_CHECK_ARG(bad[w++] == 0, "group '", configs_[in.table].name, "': weights contain NaN or Inf");
   }
   return host_offsets;
 }
 
 std::shared_ptr<DevicePreparedBatch> DeviceEmbeddingCollection::prepare(const std::vector<GroupInput>& inputs,
-                                                                        bool train, MemorySpace space) {
+                                                                        bool train, MemorySpace space,
+                                                                        const StreamArgs& streams) {
+  DeviceCall call(*impl_, streams);  // validation reads device inputs in the call's stream order
   std::vector<std::vector<int64_t>> host_offsets = validate_inputs(inputs, space);
   return impl_->prepare(inputs, host_offsets, train, space);
 }
 
 void DeviceEmbeddingCollection::forward(const DevicePreparedBatch& batch, const std::vector<float*>& outputs,
-                                        MemorySpace space) {
+                                        MemorySpace space, const StreamArgs& streams) {
+  DeviceCall call(*impl_, streams);
   const auto& groups = batch.groups();
   SC_CHECK_ARG(outputs.size() == groups.size(), "forward: ", outputs.size(), " output buffers for ", groups.size(),
                " groups");
@@ -183,29 +198,36 @@ void DeviceEmbeddingCollection::forward(const DevicePreparedBatch& batch, const 
 }
 
 int64_t DeviceEmbeddingCollection::backward(const DevicePreparedBatch& batch, const std::vector<const float*>& grads,
-                                            MemorySpace space) {
+                                            MemorySpace space, const StreamArgs& streams) {
+  DeviceCall call(*impl_, streams);
   SC_CHECK_ARG(batch.train(), "backward needs a batch prepared with train=true (this one was prepared for evaluation)");
   const auto& groups = batch.groups();
   SC_CHECK_ARG(grads.size() == groups.size(), "backward: ", grads.size(), " gradients for ", groups.size(), " groups");
+  std::vector<DeviceCollectionImpl::Floats> device_grads;
+  std::vector<size_t> device_group;
   for (size_t g = 0; g < groups.size(); ++g) {
     const int64_t size = groups[g].output_size();
     if (size == 0) continue;
     const std::string what = "gradient of group '" + configs_[groups[g].table].name + "'";
     SC_CHECK_ARG(grads[g] != nullptr, "backward: ", what, " is null");
-    bool finite;
     if (space == MemorySpace::kDevice) {
       impl_->check_device_pointer(grads[g], what);
-      finite = impl_->count_non_finite(grads[g], size) == 0;
+      device_grads.push_back({grads[g], size});
+      device_group.push_back(g);
     } else {
-      finite = kernels::all_finite(grads[g], size);
+      SC_CHECK_ARG(kernels::all_finite(grads[g], size), what, " contains NaN or Inf; no row was updated");
     }
-    SC_CHECK_ARG(finite, what, " contains NaN or Inf; no row was updated");
   }
+  const std::vector<int64_t> bad = impl_->read_back({}, device_grads);
+  for (size_t i = 0; i < bad.size(); ++i)
+    SC_CHECK_ARG(bad[i] == 0, "gradient of group '", configs_[groups[device_group[i]].table].name,
+                 "' contains NaN or Inf; no row was updated");
   return impl_->backward(batch, grads, space);
 }
 
 void DeviceEmbeddingCollection::lookup(int table, const int64_t* keys, int64_t n, float* out, bool insert,
-                                       MemorySpace space) {
+                                       MemorySpace space, const StreamArgs& streams) {
+  DeviceCall call(*impl_, streams);
   check_table(table);
   SC_CHECK_ARG(n >= 0 && (n == 0 || (keys && out)), "lookup: null keys or output for ", n, " keys");
   if (space == MemorySpace::kDevice && n > 0) {
@@ -215,7 +237,9 @@ void DeviceEmbeddingCollection::lookup(int table, const int64_t* keys, int64_t n
   impl_->lookup(table, keys, n, out, insert, space);
 }
 
-int64_t DeviceEmbeddingCollection::erase(int table, const int64_t* keys, int64_t n, MemorySpace space) {
+int64_t DeviceEmbeddingCollection::erase(int table, const int64_t* keys, int64_t n, MemorySpace space,
+                                         const StreamArgs& streams) {
+  DeviceCall call(*impl_, streams);
   check_table(table);
   SC_CHECK_ARG(n >= 0 && (n == 0 || keys), "erase: null keys for ", n, " keys");
   if (space == MemorySpace::kDevice && n > 0) impl_->check_device_pointer(keys, "erase keys");
@@ -224,6 +248,7 @@ int64_t DeviceEmbeddingCollection::erase(int table, const int64_t* keys, int64_t
 
 DeviceEmbeddingCollection::Export DeviceEmbeddingCollection::export_rows(int table) const {
   check_table(table);
+  DeviceCall call(*impl_, {});
   return impl_->export_rows(table);
 }
 
@@ -277,6 +302,7 @@ std::unique_ptr<DeviceEmbeddingCollection> DeviceEmbeddingCollection::from_host(
       e.update_count.push_back(meta[i].update_count);
       e.last_step.push_back(meta[i].last_step);
     }
+    DeviceCall call(*device->impl_, {});
     device->impl_->import_rows(t, e);
   }
   device->impl_->set_step(host.step());

@@ -1,6 +1,7 @@
 // What every kernel source includes: the CUDA runtime under nvcc, the emulation layer
 // otherwise, and the few portable pieces both builds share:
-//   SC_LAUNCH(grid, block, shared, stream, kernel)(args...)   replaces <<<...>>>
+//   SC_LAUNCH(grid, block, shared, stream, kernel)(args...)   replaces <<<...>>> (stream nullptr:
+//                                                              the thread's current stream)
 //   SC_NAMED_KERNEL(kernel) + SC_LAUNCH_NAMED(name, ...)       a kernel passed as a value keeps
 //                                                              its name in the emulator's counters
 //   SC_CUDA_CHECK(call)                                        CUDA calls, typed exception with file:line
@@ -29,8 +30,10 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #define SC_BACKEND_NS device
-#define SC_LAUNCH(grid, block, shared, stream, ...) __VA_ARGS__<<<(grid), (block), (shared), (stream)>>>
-#define SC_LAUNCH_NAMED(name, grid, block, shared, stream, ...) __VA_ARGS__<<<(grid), (block), (shared), (stream)>>>
+#define SC_LAUNCH(grid, block, shared, stream, ...) \
+  __VA_ARGS__<<<(grid), (block), (shared), ::sparsecore::cuda::device::launch_stream(stream)>>>
+#define SC_LAUNCH_NAMED(name, grid, block, shared, stream, ...) \
+  __VA_ARGS__<<<(grid), (block), (shared), ::sparsecore::cuda::device::launch_stream(stream)>>>
 #define SC_DYNAMIC_SHARED(T, name)                                    \
   extern __shared__ __align__(16) unsigned char sc_dynamic_shared_[]; \
   T* name = reinterpret_cast<T*>(sc_dynamic_shared_)
@@ -78,6 +81,50 @@ namespace sparsecore::cuda::SC_BACKEND_NS {
 // (Given the block size alone, nvcc 13 budgets 32 registers and the pooling kernels spill.)
 inline constexpr int kMaxBlockThreads = LaunchLimits::kMaxBlockThreads;
 inline constexpr int kMinBlocksPerSm = 4;
+
+// The stream that device work of this host thread goes to: launches, copies, memsets and
+// events (nullptr, the legacy default stream, until a StreamScope says otherwise). Nothing
+// on the data path synchronises the whole device; a host read waits for this stream only.
+inline cudaStream_t& current_stream_slot() {
+  thread_local cudaStream_t stream = nullptr;
+  return stream;
+}
+inline cudaStream_t current_stream() { return current_stream_slot(); }
+inline cudaStream_t launch_stream(cudaStream_t given) { return given ? given : current_stream(); }
+
+class StreamScope {
+ public:
+  explicit StreamScope(cudaStream_t stream) : previous_(std::exchange(current_stream_slot(), stream)) {}
+  ~StreamScope() { current_stream_slot() = previous_; }
+  StreamScope(const StreamScope&) = delete;
+  StreamScope& operator=(const StreamScope&) = delete;
+
+ private:
+  cudaStream_t previous_;
+};
+
+// Makes `stream` current from activate() until its own destruction. Declared before an
+// object's buffers, it tags their release, which runs after the destructor's body.
+class ReleaseScope {
+ public:
+  ReleaseScope() = default;
+  ReleaseScope(const ReleaseScope&) = delete;
+  ReleaseScope& operator=(const ReleaseScope&) = delete;
+  void activate(cudaStream_t stream) {
+    previous_ = std::exchange(current_stream_slot(), stream);
+    active_ = true;
+  }
+  ~ReleaseScope() {
+    if (active_) current_stream_slot() = previous_;
+  }
+
+ private:
+  cudaStream_t previous_ = nullptr;
+  bool active_ = false;
+};
+
+inline uintptr_t stream_handle(cudaStream_t s) { return reinterpret_cast<uintptr_t>(s); }
+inline cudaStream_t stream_from_handle(uintptr_t h) { return reinterpret_cast<cudaStream_t>(h); }
 
 // The current device of this host thread (cudaGetDevice / the emulator's), and a scope that
 // makes `device` current and restores the previous one.
@@ -156,8 +203,10 @@ inline void raw_device_free(void* p) noexcept {
 
 // Freed device blocks kept by size class for the next allocation, one cache per device:
 // every batch allocates its scratch anew, and cudaMalloc / cudaFree cost far more than the
-// kernels (cudaFree also synchronises the device). Reuse is safe because all work runs in
-// order on one stream. Size classes: on a device, 4 per power of two (at most 25% slack);
+// kernels (cudaFree also synchronises the device). Reuse is stream-ordered: a block goes back
+// to the cache tagged with the stream current at its release (the stream of the call that
+// freed it, which is ordered after the block's earlier uses) and is reused only for work on
+// that stream. Size classes: on a device, 4 per power of two (at most 25% slack);
 // under the emulator the size rounded to 256 bytes, so a reused block still ends on its
 // guard page exactly as a fresh one would. The cache is bounded: a freed block that would
 // take the cached bytes past the limit (default kDefaultLimitBytes) goes back to the driver,
@@ -199,13 +248,18 @@ class DeviceMemoryCache {
     {
       std::lock_guard<std::mutex> lock(mutex_);
       auto it = free_.find(cls);
-      if (it != free_.end() && !it->second.empty()) {
-        void* p = it->second.back();
-        it->second.pop_back();
-        cached_bytes_ -= cls;
-        in_use_bytes_ += cls;
-        ++hits_;
-        return p;
+      const cudaStream_t stream = current_stream();
+      if (it != free_.end()) {
+        auto& blocks = it->second;
+        for (size_t i = blocks.size(); i-- > 0;) {
+          if (blocks[i].second != stream) continue;
+          void* p = blocks[i].first;
+          blocks.erase(blocks.begin() + static_cast<std::ptrdiff_t>(i));
+          cached_bytes_ -= cls;
+          in_use_bytes_ += cls;
+          ++hits_;
+          return p;
+        }
       }
       ++misses_;
     }
@@ -227,7 +281,7 @@ class DeviceMemoryCache {
       free_on_device(p);
       return;
     }
-    free_[it->second].push_back(p);
+    free_[it->second].emplace_back(p, current_stream());
     cached_bytes_ += it->second;
   }
 
@@ -289,9 +343,9 @@ class DeviceMemoryCache {
   void trim_to(int64_t bytes) noexcept {
     while (cached_bytes_ > bytes && !free_.empty()) {
       auto largest = std::prev(free_.end());
-      for (void* p : largest->second) {
-        size_of_.erase(p);
-        free_on_device(p);
+      for (const auto& block : largest->second) {
+        size_of_.erase(block.first);
+        free_on_device(block.first);
         cached_bytes_ -= static_cast<int64_t>(largest->first);
       }
       free_.erase(largest);
@@ -300,7 +354,9 @@ class DeviceMemoryCache {
 
   const int device_;
   mutable std::mutex mutex_;
-  std::map<size_t, std::vector<void*>> free_;  // by size class
+  // By size class: (block, the stream it was released on). A block is handed out again only
+  // on that stream, whose later work is ordered after every earlier use of the block.
+  std::map<size_t, std::vector<std::pair<void*, cudaStream_t>>> free_;
   std::unordered_map<void*, size_t> size_of_;
   int64_t limit_bytes_ = kDefaultLimitBytes;
   int64_t cached_bytes_ = 0, in_use_bytes_ = 0;
@@ -315,13 +371,15 @@ inline void device_free(void* p, int device) noexcept {
 
 enum class Copy { kHostToDevice, kDeviceToHost, kDeviceToDevice };
 
+// A copy on the current stream; a device-to-host copy waits for it (the host reads dst next).
 inline void copy_bytes(void* dst, const void* src, size_t bytes, Copy kind) {
   if (bytes == 0) return;
 #if defined(__CUDACC__)
   cudaMemcpyKind k = kind == Copy::kHostToDevice   ? cudaMemcpyHostToDevice
                      : kind == Copy::kDeviceToHost ? cudaMemcpyDeviceToHost
                                                    : cudaMemcpyDeviceToDevice;
-  SC_CUDA_CHECK(cudaMemcpy(dst, src, bytes, k));
+  SC_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, k, current_stream()));
+  if (kind == Copy::kDeviceToHost) SC_CUDA_CHECK(cudaStreamSynchronize(current_stream()));
 #else
   namespace emu = ::sparsecore::cuda_emulation;
   emu::count_copy(kind == Copy::kHostToDevice   ? emu::CopyDirection::kHostToDevice
@@ -332,19 +390,152 @@ inline void copy_bytes(void* dst, const void* src, size_t bytes, Copy kind) {
 #endif
 }
 
+// Device-to-host copy that does not wait: dst must be pinned host memory (PinnedBuffer), and
+// is read only after an event recorded behind the copy has completed (DeviceEvent).
+inline void copy_to_host_async(void* dst, const void* src, size_t bytes) {
+  if (bytes == 0) return;
+#if defined(__CUDACC__)
+  SC_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, current_stream()));
+#else
+  namespace emu = ::sparsecore::cuda_emulation;
+  emu::count_copy(emu::CopyDirection::kDeviceToHost, bytes, /*blocking=*/false);
+  std::memcpy(dst, src, bytes);
+#endif
+}
+
+// Page-locked host memory (plain host memory under the emulator): the target of asynchronous
+// device-to-host copies.
+template <typename T>
+class PinnedBuffer {
+ public:
+  explicit PinnedBuffer(size_t n) : size_(n) {
+#if defined(__CUDACC__)
+    if (n) SC_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&data_), n * sizeof(T)));
+#else
+    data_ = n ? new T[n]() : nullptr;
+#endif
+  }
+  ~PinnedBuffer() {
+#if defined(__CUDACC__)
+    if (data_) cudaFreeHost(data_);
+#else
+    delete[] data_;
+#endif
+  }
+  PinnedBuffer(const PinnedBuffer&) = delete;
+  PinnedBuffer& operator=(const PinnedBuffer&) = delete;
+  T* data() { return data_; }
+  const T* data() const { return data_; }
+  size_t size() const { return size_; }
+
+ private:
+  T* data_ = nullptr;
+  size_t size_ = 0;
+};
+
+// A point in a stream's work: recorded behind the work queued on the current stream, waited
+// for by another stream without the host (wait), or asked without blocking (done).
+class DeviceEvent {
+ public:
+  DeviceEvent() {
+#if defined(__CUDACC__)
+    SC_CUDA_CHECK(cudaEventCreateWithFlags(&event_, cudaEventDisableTiming));
+#endif
+  }
+  ~DeviceEvent() {
+#if defined(__CUDACC__)
+    if (event_) cudaEventDestroy(event_);
+#endif
+  }
+  DeviceEvent(const DeviceEvent&) = delete;
+  DeviceEvent& operator=(const DeviceEvent&) = delete;
+  void record() {
+#if defined(__CUDACC__)
+    SC_CUDA_CHECK(cudaEventRecord(event_, current_stream()));
+#else
+    stream_ = stream_handle(current_stream());
+    position_ = ::sparsecore::cuda_emulation::record_event(stream_);
+#endif
+  }
+  // The current stream's later work runs after the recorded point.
+  void wait() const {
+#if defined(__CUDACC__)
+    SC_CUDA_CHECK(cudaStreamWaitEvent(current_stream(), event_, 0));
+#else
+    ::sparsecore::cuda_emulation::wait_event(stream_, position_);
+#endif
+  }
+  // True when the device has passed the recorded point (never blocks).
+  bool done() const {
+#if defined(__CUDACC__)
+    const cudaError_t status = cudaEventQuery(event_);
+    if (status == cudaErrorNotReady) return false;
+    SC_CUDA_CHECK(status);
+    return true;
+#else
+    return ::sparsecore::cuda_emulation::event_done(stream_, position_);
+#endif
+  }
+
+ private:
+#if defined(__CUDACC__)
+  cudaEvent_t event_ = nullptr;
+#else
+  uintptr_t stream_ = 0;
+  uint64_t position_ = 0;
+#endif
+};
+
+// The current stream waits for the work queued so far on `producer` (an event between them).
+inline void wait_for_stream(cudaStream_t producer) {
+  if (producer == current_stream()) return;
+  DeviceEvent e;
+  {
+    StreamScope on(producer);
+    e.record();
+  }
+  e.wait();
+}
+
+// A non-blocking stream of the current device, owned (a collection's own stream).
+class OwnedStream {
+ public:
+  OwnedStream() {
+#if defined(__CUDACC__)
+    SC_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+#else
+    stream_ = stream_from_handle(::sparsecore::cuda_emulation::create_stream(false));
+#endif
+  }
+  ~OwnedStream() {
+#if defined(__CUDACC__)
+    if (stream_) cudaStreamDestroy(stream_);
+#else
+    ::sparsecore::cuda_emulation::destroy_stream(stream_handle(stream_));
+#endif
+  }
+  OwnedStream(const OwnedStream&) = delete;
+  OwnedStream& operator=(const OwnedStream&) = delete;
+  cudaStream_t get() const { return stream_; }
+
+ private:
+  cudaStream_t stream_ = nullptr;
+};
+
 inline void fill_bytes(void* dst, int value, size_t bytes) {
   if (bytes == 0) return;
 #if defined(__CUDACC__)
-  SC_CUDA_CHECK(cudaMemset(dst, value, bytes));
+  SC_CUDA_CHECK(cudaMemsetAsync(dst, value, bytes, current_stream()));
 #else
   ::sparsecore::cuda_emulation::count_memset(bytes);
   std::memset(dst, value, bytes);
 #endif
 }
 
+// Waits for the current stream (never for the whole device).
 inline void synchronize() {
 #if defined(__CUDACC__)
-  SC_CUDA_CHECK(cudaDeviceSynchronize());
+  SC_CUDA_CHECK(cudaStreamSynchronize(current_stream()));
 #else
   ::sparsecore::cuda_emulation::count_sync();
 #endif
@@ -428,5 +619,28 @@ __device__ __forceinline__ __half from_float<__half>(float x) {
 // Grid-stride loop bounds: kernels accept any grid, so launches can cap their block count.
 __device__ __forceinline__ int64_t global_thread() { return int64_t{blockIdx.x} * blockDim.x + threadIdx.x; }
 __device__ __forceinline__ int64_t grid_threads() { return int64_t{gridDim.x} * blockDim.x; }
+
+// Warps: blocks are one-dimensional multiples of 32 threads (LaunchLimits), so a warp is 32
+// consecutive threads and grid_threads() is a multiple of 32. A grid-stride loop over
+// warp_base() steps keeps every lane of a warp in the loop together (lanes past the end run
+// with nothing to do), which warp votes and shuffles need.
+inline constexpr unsigned kFullWarp = 0xffffffffu;
+__device__ __forceinline__ int lane_index() { return static_cast<int>(threadIdx.x) & 31; }
+__device__ __forceinline__ int64_t warp_base() { return global_thread() - lane_index(); }
+
+// Warp-aggregated increment: each lane with `flag` adds 1 to *counter (lanes may name
+// different counters); one atomic per distinct counter of the warp, from its first lane,
+// instead of one per lane. Every lane of the warp must call it together.
+__device__ __forceinline__ void warp_increment(unsigned long long* counter, bool flag) {
+  unsigned todo = __ballot_sync(kFullWarp, flag);
+  while (todo) {  // warp-uniform: every lane sees the same votes
+    const int leader = __ffs(todo) - 1;
+    const auto target = __shfl_sync(kFullWarp, reinterpret_cast<unsigned long long>(counter), leader);
+    const unsigned same = __ballot_sync(kFullWarp, flag && reinterpret_cast<unsigned long long>(counter) == target);
+    if (lane_index() == leader)
+      atomicAdd(reinterpret_cast<unsigned long long*>(target), static_cast<unsigned long long>(__popc(same)));
+    todo &= ~same;
+  }
+}
 
 }  // namespace sparsecore::cuda::SC_BACKEND_NS

@@ -62,17 +62,23 @@ __device__ __forceinline__ int64_t probe_slot(const TableView& t, int64_t key, b
 }
 
 // slots[i] = slot of keys[i] (inserting when `insert`). Inserting: inserted[i] = 1 for the
-// one thread that created the key and *count counts them. Finding: *count counts the keys
-// not found (-1). keys (n), slots (n), inserted (n or nullptr): device.
+// one thread that created the key and *count (the table's live-row count) counts them.
+// Finding: *count counts the keys not found (-1). keys (n), slots (n), inserted (n or
+// nullptr): device.
 __global__ void SC_LAUNCH_BOUNDS lookup_kernel(TableView t, const int64_t* __restrict__ keys, int64_t n,
                                                int64_t* __restrict__ slots, int* __restrict__ inserted, bool insert,
                                                unsigned long long* count) {
-  for (int64_t i = global_thread(); i < n; i += grid_threads()) {
-    int created = 0;
-    const int64_t s = probe_slot(t, keys[i], insert, &created);
-    slots[i] = s;
-    if (inserted) inserted[i] = created;
-    if (insert ? created != 0 : s < 0) atomicAdd(count, 1ULL);
+  for (int64_t base = warp_base(); base < n; base += grid_threads()) {  // whole warps (warp_increment)
+    const int64_t i = base + lane_index();
+    bool counted = false;
+    if (i < n) {
+      int created = 0;
+      const int64_t s = probe_slot(t, keys[i], insert, &created);
+      slots[i] = s;
+      if (inserted) inserted[i] = created;
+      counted = insert ? created != 0 : s < 0;
+    }
+    warp_increment(count, counted);
   }
 }
 
@@ -81,14 +87,19 @@ __global__ void SC_LAUNCH_BOUNDS fill_keys_kernel(int64_t* __restrict__ keys, in
   for (int64_t i = global_thread(); i < n; i += grid_threads()) keys[i] = value;
 }
 
-// Removes keys (n, device); *num_erased counts the keys that were present.
+// Removes keys (n, device); *num_erased counts the keys that were present, and the table's
+// stats (live rows, tombstones; device) follow.
 __global__ void SC_LAUNCH_BOUNDS erase_kernel(TableView t, const int64_t* __restrict__ keys, int64_t n,
-                                              unsigned long long* num_erased, unsigned long long* num_tombstones) {
+                                              unsigned long long* num_erased, unsigned long long* stats) {
+  constexpr unsigned long long kMinusOne = ~0ULL;  // atomicAdd of -1 (no 64-bit atomicSub)
   for (int64_t i = global_thread(); i < n; i += grid_threads()) {
     const int64_t key = keys[i];
     const int r = reserved_index(key);
     if (r >= 0) {
-      if (atomicCAS(&t.reserved[r], 1, 0) == 1) atomicAdd(num_erased, 1ULL);
+      if (atomicCAS(&t.reserved[r], 1, 0) == 1) {
+        atomicAdd(num_erased, 1ULL);
+        atomicAdd(&stats[0], kMinusOne);
+      }
       continue;
     }
     int created = 0;
@@ -98,7 +109,8 @@ __global__ void SC_LAUNCH_BOUNDS erase_kernel(TableView t, const int64_t* __rest
     if (atomicCAS(word, static_cast<unsigned long long>(key), static_cast<unsigned long long>(kErasedKey)) ==
         static_cast<unsigned long long>(key)) {
       atomicAdd(num_erased, 1ULL);
-      atomicAdd(num_tombstones, 1ULL);
+      atomicAdd(&stats[0], kMinusOne);
+      atomicAdd(&stats[1], 1ULL);
     }
   }
 }

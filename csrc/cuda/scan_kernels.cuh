@@ -1,5 +1,6 @@
 // Exclusive prefix sums of int32 arrays without CUB: each block scans a tile in shared
-// memory (Hillis-Steele between barriers), tile totals are scanned recursively, then added.
+// memory (Hillis-Steele between barriers), then one block scans the tile totals; consumers
+// add a tile's offset when they read (two launches per scan, whatever its length).
 #pragma once
 
 #include "device_runtime.cuh"
@@ -42,10 +43,44 @@ __global__ void SC_LAUNCH_BOUNDS scan_tiles_kernel(const int* __restrict__ in, i
   if (tid == threads - 1) tile_sums[blockIdx.x] = src[tid];
 }
 
-// out[i] += tile_offsets[i / tile].
-__global__ void SC_LAUNCH_BOUNDS add_tile_offsets_kernel(int* __restrict__ out, const int* __restrict__ tile_offsets,
-                                                         int64_t n, int64_t tile) {
-  for (int64_t i = global_thread(); i < n; i += grid_threads()) out[i] += tile_offsets[i / tile];
+// tile_offsets (tiles) <- exclusive scan of tile_sums (tiles), by one block walking the
+// tiles in chunks of blockDim.x * 4 with a running carry. Consumers add tile_offsets[i / tile]
+// to scan_tiles_kernel's output themselves (ScanView), so a scan of any length is two launches.
+// Dynamic shared memory: 2 * blockDim.x ints. Launch with one block.
+__global__ void SC_LAUNCH_BOUNDS scan_tile_sums_kernel(const int* __restrict__ tile_sums,
+                                                       int* __restrict__ tile_offsets, int64_t tiles) {
+  SC_DYNAMIC_SHARED(int, buffer);
+  const int tid = static_cast<int>(threadIdx.x);
+  const int threads = static_cast<int>(blockDim.x);
+  const int64_t chunk = int64_t{threads} * kScanItemsPerThread;
+  int carry = 0;
+  for (int64_t start = 0; start < tiles; start += chunk) {  // the same trip count in every thread
+    const int64_t base = start + int64_t{tid} * kScanItemsPerThread;
+    int items[kScanItemsPerThread];
+    int local = 0;
+    for (int j = 0; j < kScanItemsPerThread; ++j) {
+      items[j] = base + j < tiles ? tile_sums[base + j] : 0;
+      local += items[j];
+    }
+    int* src = buffer;
+    int* dst = buffer + threads;
+    src[tid] = local;
+    __syncthreads();
+    for (int offset = 1; offset < threads; offset <<= 1) {
+      dst[tid] = tid >= offset ? src[tid] + src[tid - offset] : src[tid];
+      __syncthreads();
+      int* t = src;
+      src = dst;
+      dst = t;
+    }
+    int running = carry + src[tid] - local;
+    for (int j = 0; j < kScanItemsPerThread; ++j) {
+      if (base + j < tiles) tile_offsets[base + j] = running;
+      running += items[j];
+    }
+    carry += src[threads - 1];
+    __syncthreads();  // every thread has read the buffer before the next chunk writes it
+  }
 }
 
 }  // namespace sparsecore::cuda::SC_BACKEND_NS

@@ -1,6 +1,8 @@
 // Bindings of the CUDA backend: cuda::DeviceEmbeddingCollection (device or emulated) and
 // device discovery. Importing never touches a driver; only constructing a device-backed
 // collection does (RuntimeError "no CUDA device ..." when there is none).
+#include <optional>
+
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>
 
@@ -58,6 +60,15 @@ SPARSECORE_BINDING(cuda, 40) {
     return d;
   });
   m.def("cuda_emulator_reset_counters", &cuda::reset_emulator_counters);
+  m.def("cuda_emulator_side_stream", &cuda::emulator_side_stream);
+  m.def(
+      "cuda_emulator_enqueue_copy",
+      [](uintptr_t stream, uintptr_t dst, uintptr_t src, size_t bytes) {
+        cuda::emulator_enqueue_copy(stream, reinterpret_cast<void*>(dst), reinterpret_cast<const void*>(src), bytes);
+      },
+      py::arg("stream"), py::arg("dst"), py::arg("src"), py::arg("bytes"));
+  m.def("cuda_emulator_pending_work", &cuda::emulator_pending_work, py::arg("stream"));
+  m.def("cuda_emulator_release_stream", &cuda::emulator_release_stream, py::arg("stream"));
   m.def(
       "cuda_memory_cache_stats",
       [](bool emulate, int device) {
@@ -85,7 +96,7 @@ SPARSECORE_BINDING(cuda, 40) {
 
   py::class_<PyDevicePrepared>(m, "DevicePreparedBatch")
       .def_property_readonly("train", [](const PyDevicePrepared& p) { return p.batch->train(); })
-      .def("num_unique", [](const PyDevicePrepared& p, size_t g) { return p.batch->groups().at(g).num_unique; })
+      .def("num_unique", [](const PyDevicePrepared& p, int g) { return p.batch->num_unique(g); })
       .def("unique_ids", [](const PyDevicePrepared& p, int g) {
         auto ids = p.batch->unique_ids(g);
         return py::array_t<int64_t>(static_cast<py::ssize_t>(ids.size()), ids.data());
@@ -120,22 +131,23 @@ SPARSECORE_BINDING(cuda, 40) {
       .def("set_max_load_factor", &DeviceEmbeddingCollection::set_max_load_factor)
       .def(
           "prepare",
-          [](DeviceEmbeddingCollection& c, const std::vector<py::tuple>& groups, bool train) {
+          [](DeviceEmbeddingCollection& c, const std::vector<py::tuple>& groups, bool train,
+             std::optional<uintptr_t> stream) {
             std::vector<py::array> keep_alive;
             std::vector<GroupInput> inputs =
                 python::group_inputs(groups, keep_alive, [&c](int t) { return c.config(t).name; });
             py::gil_scoped_release release;  // `keep_alive` holds the arrays
-            return PyDevicePrepared{c.prepare(inputs, train)};
+            return PyDevicePrepared{c.prepare(inputs, train, cuda::MemorySpace::kHost, {stream, {}})};
           },
-          py::arg("groups"), py::arg("train"))
+          py::arg("groups"), py::arg("train"), py::arg("stream") = std::nullopt)
       // Zero-copy entry points: arrays in device memory, passed as addresses (parsed from
       // __cuda_array_interface__ by sparsecore.cuda, which keeps the arrays alive and checks
       // dtypes and shapes). Each group: (table, ids, num_ids, offsets, batch_size, weights or 0).
       .def(
           "prepare_device",
           [](DeviceEmbeddingCollection& c,
-             const std::vector<std::tuple<int, uintptr_t, int64_t, uintptr_t, int64_t, uintptr_t>>& groups,
-             bool train) {
+             const std::vector<std::tuple<int, uintptr_t, int64_t, uintptr_t, int64_t, uintptr_t>>& groups, bool train,
+             std::optional<uintptr_t> stream, const std::vector<uintptr_t>& wait_for) {
             std::vector<GroupInput> inputs;
             for (const auto& [table, ids, n, offsets, batch_size, weights] : groups) {
               GroupInput in;
@@ -148,9 +160,10 @@ SPARSECORE_BINDING(cuda, 40) {
               inputs.push_back(in);
             }
             py::gil_scoped_release release;
-            return PyDevicePrepared{c.prepare(inputs, train, cuda::MemorySpace::kDevice)};
+            return PyDevicePrepared{c.prepare(inputs, train, cuda::MemorySpace::kDevice, {stream, wait_for})};
           },
-          py::arg("groups"), py::arg("train"))
+          py::arg("groups"), py::arg("train"), py::arg("stream") = std::nullopt,
+          py::arg("wait_for") = std::vector<uintptr_t>{})
       .def("output_shapes",
            [](const DeviceEmbeddingCollection&, const PyDevicePrepared& p) {
              std::vector<std::vector<py::ssize_t>> shapes;
@@ -159,40 +172,49 @@ SPARSECORE_BINDING(cuda, 40) {
            })
       .def(
           "forward_device",
-          [](DeviceEmbeddingCollection& c, const PyDevicePrepared& p, const std::vector<uintptr_t>& outputs) {
+          [](DeviceEmbeddingCollection& c, const PyDevicePrepared& p, const std::vector<uintptr_t>& outputs,
+             std::optional<uintptr_t> stream, const std::vector<uintptr_t>& wait_for) {
             std::vector<float*> ptrs;
             for (uintptr_t o : outputs) ptrs.push_back(reinterpret_cast<float*>(o));
             py::gil_scoped_release release;
-            c.forward(*p.batch, ptrs, cuda::MemorySpace::kDevice);
+            c.forward(*p.batch, ptrs, cuda::MemorySpace::kDevice, {stream, wait_for});
           },
-          py::arg("prepared"), py::arg("outputs"))
+          py::arg("prepared"), py::arg("outputs"), py::arg("stream") = std::nullopt,
+          py::arg("wait_for") = std::vector<uintptr_t>{})
       .def(
           "backward_device",
-          [](DeviceEmbeddingCollection& c, const PyDevicePrepared& p, const std::vector<uintptr_t>& grads) {
+          [](DeviceEmbeddingCollection& c, const PyDevicePrepared& p, const std::vector<uintptr_t>& grads,
+             std::optional<uintptr_t> stream, const std::vector<uintptr_t>& wait_for) {
             std::vector<const float*> ptrs;
             for (uintptr_t g : grads) ptrs.push_back(reinterpret_cast<const float*>(g));
             py::gil_scoped_release release;
-            return c.backward(*p.batch, ptrs, cuda::MemorySpace::kDevice);
+            return c.backward(*p.batch, ptrs, cuda::MemorySpace::kDevice, {stream, wait_for});
           },
-          py::arg("prepared"), py::arg("grads"))
+          py::arg("prepared"), py::arg("grads"), py::arg("stream") = std::nullopt,
+          py::arg("wait_for") = std::vector<uintptr_t>{})
       .def(
           "lookup_device",
-          [](DeviceEmbeddingCollection& c, int t, uintptr_t keys, int64_t n, uintptr_t out, bool insert) {
+          [](DeviceEmbeddingCollection& c, int t, uintptr_t keys, int64_t n, uintptr_t out, bool insert,
+             std::optional<uintptr_t> stream, const std::vector<uintptr_t>& wait_for) {
             py::gil_scoped_release release;
             c.lookup(t, reinterpret_cast<const int64_t*>(keys), n, reinterpret_cast<float*>(out), insert,
-                     cuda::MemorySpace::kDevice);
+                     cuda::MemorySpace::kDevice, {stream, wait_for});
           },
-          py::arg("table"), py::arg("keys"), py::arg("n"), py::arg("out"), py::arg("insert") = false)
+          py::arg("table"), py::arg("keys"), py::arg("n"), py::arg("out"), py::arg("insert") = false,
+          py::arg("stream") = std::nullopt, py::arg("wait_for") = std::vector<uintptr_t>{})
       .def(
           "erase_device",
-          [](DeviceEmbeddingCollection& c, int t, uintptr_t keys, int64_t n) {
+          [](DeviceEmbeddingCollection& c, int t, uintptr_t keys, int64_t n, std::optional<uintptr_t> stream,
+             const std::vector<uintptr_t>& wait_for) {
             py::gil_scoped_release release;
-            return c.erase(t, reinterpret_cast<const int64_t*>(keys), n, cuda::MemorySpace::kDevice);
+            return c.erase(t, reinterpret_cast<const int64_t*>(keys), n, cuda::MemorySpace::kDevice,
+                           {stream, wait_for});
           },
-          py::arg("table"), py::arg("keys"), py::arg("n"))
+          py::arg("table"), py::arg("keys"), py::arg("n"), py::arg("stream") = std::nullopt,
+          py::arg("wait_for") = std::vector<uintptr_t>{})
       .def(
           "forward",
-          [](DeviceEmbeddingCollection& c, const PyDevicePrepared& p) {
+          [](DeviceEmbeddingCollection& c, const PyDevicePrepared& p, std::optional<uintptr_t> stream) {
             std::vector<py::array_t<float>> outs;
             std::vector<float*> ptrs;
             for (const auto& g : p.batch->groups()) {
@@ -200,13 +222,14 @@ SPARSECORE_BINDING(cuda, 40) {
               ptrs.push_back(outs.back().mutable_data());
             }
             py::gil_scoped_release release;
-            c.forward(*p.batch, ptrs);
+            c.forward(*p.batch, ptrs, cuda::MemorySpace::kHost, {stream, {}});
             return outs;
           },
-          py::arg("prepared"))
+          py::arg("prepared"), py::arg("stream") = std::nullopt)
       .def(
           "backward",
-          [](DeviceEmbeddingCollection& c, const PyDevicePrepared& p, const std::vector<py::array>& grads) {
+          [](DeviceEmbeddingCollection& c, const PyDevicePrepared& p, const std::vector<py::array>& grads,
+             std::optional<uintptr_t> stream) {
             const auto& groups = p.batch->groups();
             if (grads.size() != groups.size())
               throw InvalidArgument("backward: got " + std::to_string(grads.size()) + " gradients for " +
@@ -216,30 +239,30 @@ SPARSECORE_BINDING(cuda, 40) {
               ptrs.push_back(checked_array<float>(
                   grads[g], "gradient of group '" + c.config(groups[g].table).name + "'", output_shape(groups[g])));
             py::gil_scoped_release release;
-            return c.backward(*p.batch, ptrs);
+            return c.backward(*p.batch, ptrs, cuda::MemorySpace::kHost, {stream, {}});
           },
-          py::arg("prepared"), py::arg("grads"))
+          py::arg("prepared"), py::arg("grads"), py::arg("stream") = std::nullopt)
       .def(
           "lookup",
-          [](DeviceEmbeddingCollection& c, int t, const py::array& ids, bool insert) {
+          [](DeviceEmbeddingCollection& c, int t, const py::array& ids, bool insert, std::optional<uintptr_t> stream) {
             const int64_t* k = checked_array<int64_t>(ids, "ids", {-1});
             const int64_t n = ids.shape(0);
             py::array_t<float> out({n, static_cast<int64_t>(c.config(t).dim)});
             float* o = out.mutable_data();
             py::gil_scoped_release release;
-            c.lookup(t, k, n, o, insert);
+            c.lookup(t, k, n, o, insert, cuda::MemorySpace::kHost, {stream, {}});
             return out;
           },
-          py::arg("table"), py::arg("ids"), py::arg("insert") = false)
+          py::arg("table"), py::arg("ids"), py::arg("insert") = false, py::arg("stream") = std::nullopt)
       .def(
           "erase",
-          [](DeviceEmbeddingCollection& c, int t, const py::array& ids) {
+          [](DeviceEmbeddingCollection& c, int t, const py::array& ids, std::optional<uintptr_t> stream) {
             const int64_t* k = checked_array<int64_t>(ids, "ids", {-1});
             const int64_t n = ids.shape(0);
             py::gil_scoped_release release;
-            return c.erase(t, k, n);
+            return c.erase(t, k, n, cuda::MemorySpace::kHost, {stream, {}});
           },
-          py::arg("table"), py::arg("ids"))
+          py::arg("table"), py::arg("ids"), py::arg("stream") = std::nullopt)
       .def(
           "save",
           [](const DeviceEmbeddingCollection& c, const std::string& dir, bool overwrite) {

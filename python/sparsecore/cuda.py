@@ -14,8 +14,16 @@ Inputs may be NumPy arrays and CPU tensors (copied over and back), or CUDA array
 CUDA tensors, CuPy arrays, anything with ``__cuda_array_interface__`` or a CUDA DLPack
 producer. CUDA arrays go to the kernels in place (zero-copy) and outputs are allocated on
 the device by the same framework (torch in, torch out; CuPy in, CuPy out). All arrays of one
-batch live in one space. Kernels run on the legacy default stream, which orders them after
-work queued on torch's and CuPy's default streams.
+batch live in one space.
+
+Streams: a call with torch (or CuPy) CUDA arrays runs on that framework's current stream, in
+order with the work queued there (outputs come back on it, as torch ops do); a call with other
+CUDA arrays runs on the collection's own stream after the ``stream`` their
+``__cuda_array_interface__`` (v3) names, and one with host arrays on the collection's own
+stream. Successive calls of a collection are ordered through events, whatever streams they
+run on; nothing synchronises the device, and the host waits only where it reads results back
+(host outputs, counts). Arrays read in place (ids, weights, gradients) are kept alive by the
+prepared batch, since the work reading them may still be queued when a call returns.
 
 Under emulation device memory is host memory: an emulated collection takes objects whose
 ``__cuda_array_interface__`` points at host memory as its "device" arrays (zero-copy, outputs
@@ -158,11 +166,14 @@ _ITEMSIZE = {"int64": 8, "float32": 4}
 
 
 class _DeviceArray(NamedTuple):
-    """A C-contiguous array in device memory: its address, shape and an object keeping it alive."""
+    """A C-contiguous array in device memory: its address, shape, an object keeping it alive
+    and the stream its data is ready on (``__cuda_array_interface__`` v3; None: no ordering
+    needed)."""
 
     ptr: int
     shape: tuple[int, ...]
     owner: Any
+    stream: Optional[int] = None
 
 
 def _cuda_interface(x: Any) -> Optional[tuple[Mapping[str, Any], Any]]:
@@ -245,7 +256,13 @@ def parse_cuda_array(x: Any, what: str, dtype: str, shape: tuple[int, ...]) -> _
     ptr = int(data[0])
     if ptr == 0 and int(np.prod(got)) != 0:
         raise ValueError(f"{what} has a null device pointer")
-    return _DeviceArray(ptr, got, owner)
+    stream = iface.get("stream")
+    if stream is not None:
+        if isinstance(stream, bool) or not isinstance(stream, (int, np.integer)) or int(stream) <= 0:
+            raise ValueError(f"{what}: __cuda_array_interface__ 'stream' must be None or a positive stream handle "
+                             f"(1: legacy default, 2: per-thread default), got {stream!r}")
+        stream = int(stream)
+    return _DeviceArray(ptr, got, owner, stream)
 
 
 def _launch_limits(emulate: bool, block_threads: Optional[int], max_blocks: Optional[int]) -> tuple[int, int]:
@@ -261,14 +278,16 @@ class _DevicePreparedBatch(PreparedBatch):
     space: "host" (NumPy / CPU torch), "copy" (CUDA arrays brought over to an emulated
     collection) or "device" (CUDA arrays used in place)."""
 
-    __slots__ = ("device_template", "space", "device_offsets")
+    __slots__ = ("device_template", "space", "device_offsets", "owners")
 
     def __init__(self, core: Any, names: list[str], offsets: list[Any], torch_out: bool, train: bool,
-                 device_template: Any, space: str = "host", device_offsets: Optional[list[Any]] = None):
+                 device_template: Any, space: str = "host", device_offsets: Optional[list[Any]] = None,
+                 owners: Optional[list[Any]] = None):
         super().__init__(core, names, offsets, torch_out, train)
         self.device_template = device_template
         self.space = space
         self.device_offsets = device_offsets or []
+        self.owners = owners or []  # device inputs read in place by queued work
 
 
 class DeviceEmbeddingCollection(EmbeddingCollection):
@@ -377,6 +396,25 @@ class DeviceEmbeddingCollection(EmbeddingCollection):
             return out, out.data.ptr
         raise RuntimeError("outputs for CUDA arrays of a third library are allocated with torch or cupy; import one")
 
+    def _streams(self, template: Any, arrays: list[_DeviceArray]) -> dict[str, Any]:
+        """The stream a call with CUDA arrays runs on (the current stream of the framework its
+        outputs come from; None: the collection's own) and the producer streams it waits for."""
+        kind = _device_kind(template)
+        if kind is None and not self.emulated:
+            kind = "cupy" if "cupy" in sys.modules else "torch" if "torch" in sys.modules else None
+        work: Optional[int] = None
+        if kind == "torch":
+            import torch
+
+            device = template.device if _device_kind(template) == "torch" else torch.device(self.device)
+            work = int(torch.cuda.current_stream(device).cuda_stream)
+        elif kind == "cupy":
+            import cupy
+
+            work = int(cupy.cuda.get_current_stream().ptr)
+        waits = sorted({a.stream for a in arrays if a is not None and a.stream is not None and a.stream != work})
+        return {"stream": work, "wait_for": waits}
+
     def _lengths(self, offsets: Any, parsed: _DeviceArray) -> Any:
         """Bag lengths (int64[B]) from device offsets, in the offsets' framework."""
         if _device_kind(offsets) is not None:
@@ -429,7 +467,8 @@ class DeviceEmbeddingCollection(EmbeddingCollection):
 
     def _prepare_device(self, batch: Mapping[str, Any], train: bool) -> PreparedBatch:
         groups, names, offsets = [], [], []
-        keep: list[Any] = []  # owners of the arrays read by the call below
+        keep: list[Any] = []  # owners of the arrays read in place by the queued work
+        parsed: list[_DeviceArray] = []
         template = None
         for name, group in batch.items():
             t = self._table(name)
@@ -446,12 +485,12 @@ class DeviceEmbeddingCollection(EmbeddingCollection):
             w_a = None if weights is None else parse_cuda_array(weights, f"weights of group '{name}'", "float32",
                                                                 (ids_a.shape[0],))
             keep.extend(a.owner for a in (ids_a, offs_a, w_a) if a is not None)
+            parsed.extend(a for a in (ids_a, offs_a, w_a) if a is not None)
             groups.append((t, ids_a.ptr, ids_a.shape[0], offs_a.ptr, offs_a.shape[0] - 1, w_a.ptr if w_a else 0))
             names.append(name)
             offsets.append((offs_a.owner, offs_a))
-        core = self._c.prepare_device(groups, bool(train))
-        del keep  # the call is synchronous: the arrays were read (or copied) before it returned
-        return _DevicePreparedBatch(core, names, [], False, bool(train), template, "device", offsets)
+        core = self._c.prepare_device(groups, bool(train), **self._streams(template, parsed))
+        return _DevicePreparedBatch(core, names, [], False, bool(train), template, "device", offsets, keep)
 
     def forward(self, batch: Union[Mapping[str, Any], PreparedBatch], *, train: bool = True,
                 include_last_offset: Optional[bool] = None) -> dict[str, Any]:
@@ -460,7 +499,8 @@ class DeviceEmbeddingCollection(EmbeddingCollection):
         if isinstance(prepared, _DevicePreparedBatch) and space == "device":
             shapes = self._c.output_shapes(prepared._core)
             outs = [self._allocate(prepared.device_template, tuple(s)) for s in shapes]
-            self._c.forward_device(prepared._core, [ptr for _, ptr in outs])
+            self._c.forward_device(prepared._core, [ptr for _, ptr in outs],
+                                   **self._streams(prepared.device_template, []))
             result: dict[str, Any] = {}
             for name, (out, _), (offs, parsed) in zip(prepared.names, outs, prepared.device_offsets):
                 result[name] = (out, self._lengths(offs, parsed)) if self._configs[name].pooling == "none" else out
@@ -485,14 +525,16 @@ class DeviceEmbeddingCollection(EmbeddingCollection):
             if self._space(grad) != "device":
                 raise TypeError(f"gradient of group '{name}' must be a CUDA array like the batch it belongs to")
             parsed.append(parse_cuda_array(grad, f"gradient of group '{name}'", "float32", tuple(shape)))
-        return self._c.backward_device(prepared._core, [a.ptr for a in parsed])
+        prepared.owners.extend(a.owner for a in parsed)  # read by work still queued when the call returns
+        return self._c.backward_device(prepared._core, [a.ptr for a in parsed],
+                                       **self._streams(prepared.device_template, parsed))
 
     def lookup(self, name: str, ids: Any, *, insert: bool = False) -> Any:
         if self._space(ids) == "device":
             t = self._table(name)
             keys = parse_cuda_array(ids, f"ids of table '{name}'", "int64", (-1,))
             out, ptr = self._allocate(ids, (keys.shape[0], self._configs[name].dim))
-            self._c.lookup_device(t, keys.ptr, keys.shape[0], ptr, bool(insert))
+            self._c.lookup_device(t, keys.ptr, keys.shape[0], ptr, bool(insert), **self._streams(ids, [keys]))
             return out
         out = super().lookup(name, _to_host(ids), insert=insert)
         return _like(ids, np.asarray(out)) if _device_kind(ids) else out
@@ -500,7 +542,7 @@ class DeviceEmbeddingCollection(EmbeddingCollection):
     def erase(self, name: str, ids: Any) -> int:
         if self._space(ids) == "device":
             keys = parse_cuda_array(ids, f"ids of table '{name}'", "int64", (-1,))
-            return self._c.erase_device(self._table(name), keys.ptr, keys.shape[0])
+            return self._c.erase_device(self._table(name), keys.ptr, keys.shape[0], **self._streams(ids, [keys]))
         return super().erase(name, _to_host(ids))
 
     def export(self, name: str) -> dict[str, np.ndarray]:

@@ -276,7 +276,7 @@ void count_launch(const char* kernel, dim3 grid) {
   k.blocks += uint64_t{grid.x} * grid.y * grid.z;
 }
 
-void count_copy(CopyDirection direction, size_t bytes) {
+void count_copy(CopyDirection direction, size_t bytes, bool blocking) {
   std::lock_guard<std::mutex> lock(witness().mutex);
   Counters& c = witness().counters;
   switch (direction) {
@@ -287,7 +287,7 @@ void count_copy(CopyDirection direction, size_t bytes) {
     case CopyDirection::kDeviceToHost:
       ++c.d2h_copies;
       c.d2h_bytes += bytes;
-      ++c.host_syncs;  // the host waits for the device to reach the copy
+      if (blocking) ++c.host_syncs;  // the host waits for the device to reach the copy
       break;
     case CopyDirection::kDeviceToDevice:
       ++c.d2d_copies;
@@ -307,6 +307,97 @@ void count_sync() {
   ++witness().counters.host_syncs;
 }
 
+namespace {
+
+struct StreamState {
+  bool deferred = false;
+  std::vector<std::function<void()>> queue;  // deferred: work issued and not yet run
+  uint64_t issued = 0, completed = 0;
+};
+
+struct Streams {
+  std::mutex mutex;
+  std::map<uintptr_t, StreamState> by_handle;
+  uintptr_t next = 0x5C0000;  // away from the default streams' handles (0, 1, 2)
+};
+
+Streams& streams() {
+  static Streams* s = new Streams;  // never destroyed: streams may be released at exit
+  return *s;
+}
+
+// Runs the deferred queue of `stream` up to `position` (outside the lock: work may launch).
+void run_until(uintptr_t stream, uint64_t position) {
+  for (;;) {
+    std::function<void()> work;
+    {
+      std::lock_guard<std::mutex> lock(streams().mutex);
+      auto it = streams().by_handle.find(stream);
+      if (it == streams().by_handle.end() || it->second.completed >= position || it->second.queue.empty()) return;
+      work = std::move(it->second.queue.front());
+      it->second.queue.erase(it->second.queue.begin());
+      ++it->second.completed;
+    }
+    work();
+  }
+}
+
+}  // namespace
+
+uintptr_t create_stream(bool deferred) {
+  std::lock_guard<std::mutex> lock(streams().mutex);
+  const uintptr_t handle = streams().next++;
+  streams().by_handle[handle].deferred = deferred;
+  return handle;
+}
+
+void destroy_stream(uintptr_t stream) {
+  synchronize_stream(stream);
+  std::lock_guard<std::mutex> lock(streams().mutex);
+  streams().by_handle.erase(stream);
+}
+
+void enqueue(uintptr_t stream, std::function<void()> work) {
+  {
+    std::lock_guard<std::mutex> lock(streams().mutex);
+    auto it = streams().by_handle.find(stream);
+    if (it != streams().by_handle.end()) {
+      ++it->second.issued;
+      if (it->second.deferred) {
+        it->second.queue.push_back(std::move(work));
+        return;
+      }
+      ++it->second.completed;
+    }
+  }
+  work();
+}
+
+uint64_t record_event(uintptr_t stream) {
+  std::lock_guard<std::mutex> lock(streams().mutex);
+  auto it = streams().by_handle.find(stream);
+  return it == streams().by_handle.end() ? 0 : it->second.issued;
+}
+
+void wait_event(uintptr_t stream, uint64_t position) { run_until(stream, position); }
+
+bool event_done(uintptr_t stream, uint64_t position) {
+  std::lock_guard<std::mutex> lock(streams().mutex);
+  auto it = streams().by_handle.find(stream);
+  return it == streams().by_handle.end() || it->second.completed >= position;
+}
+
+uint64_t pending_work(uintptr_t stream) {
+  std::lock_guard<std::mutex> lock(streams().mutex);
+  auto it = streams().by_handle.find(stream);
+  return it == streams().by_handle.end() ? 0 : it->second.queue.size();
+}
+
+void synchronize_stream(uintptr_t stream) {
+  count_sync();
+  run_until(stream, UINT64_MAX);
+}
+
 }  // namespace sparsecore::cuda_emulation
 
 namespace sparsecore::cuda {
@@ -315,6 +406,13 @@ EmulatorCounters emulator_counters() { return cuda_emulation::counters(); }
 void reset_emulator_counters() { cuda_emulation::reset_counters(); }
 void set_emulator_block_seed(std::optional<uint64_t> seed) { cuda_emulation::set_block_order_seed(seed); }
 std::optional<uint64_t> emulator_block_seed() { return cuda_emulation::block_order_seed(); }
+
+uintptr_t emulator_side_stream() { return cuda_emulation::create_stream(true); }
+void emulator_enqueue_copy(uintptr_t stream, void* dst, const void* src, size_t bytes) {
+  cuda_emulation::enqueue(stream, [dst, src, bytes] { std::memcpy(dst, src, bytes); });
+}
+uint64_t emulator_pending_work(uintptr_t stream) { return cuda_emulation::pending_work(stream); }
+void emulator_release_stream(uintptr_t stream) { cuda_emulation::destroy_stream(stream); }
 
 }  // namespace sparsecore::cuda
 

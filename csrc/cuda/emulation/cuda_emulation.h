@@ -102,9 +102,29 @@ enum class CopyDirection { kHostToDevice, kDeviceToHost, kDeviceToDevice };
 Counters counters();
 void reset_counters();
 void count_launch(const char* kernel, dim3 grid);
-void count_copy(CopyDirection direction, size_t bytes);  // a device-to-host copy is also a host sync
+// A blocking device-to-host copy is also a host sync (the host waits for the device to reach
+// it); an asynchronous one (into pinned memory, read after an event says it landed) is not.
+void count_copy(CopyDirection direction, size_t bytes, bool blocking = true);
 void count_memset(size_t bytes);
 void count_sync();
+
+// Streams. The emulator runs device work when it is issued, so its streams (the default
+// ones, 0/1/2, and those of create_stream) are already in order. A deferred stream (for
+// tests) queues host work instead, until something waits for it: an event wait runs its
+// queue up to the event, a synchronisation runs all of it. That is how a test plays a
+// producer on a side stream whose writes land only once a consumer orders itself after them.
+uintptr_t create_stream(bool deferred);
+void destroy_stream(uintptr_t stream);
+// Runs `work` now (eager streams) or queues it (deferred streams).
+void enqueue(uintptr_t stream, std::function<void()> work);
+// An event on `stream`: the count of work items issued to it so far.
+uint64_t record_event(uintptr_t stream);
+// Orders the caller after the event: a deferred stream runs its queue up to the event.
+void wait_event(uintptr_t stream, uint64_t position);
+bool event_done(uintptr_t stream, uint64_t position);
+// Work items queued and not yet run on a deferred stream (0 for eager streams).
+uint64_t pending_work(uintptr_t stream);
+void synchronize_stream(uintptr_t stream);  // runs the queue; counted as a host sync
 
 // The `<<<grid, block, shared, stream>>>` replacement: SC_LAUNCH(...)(args...).
 template <typename Kernel>

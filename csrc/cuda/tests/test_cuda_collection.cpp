@@ -59,7 +59,7 @@ void compare_training(const std::vector<TableConfig>& tables, Backend backend, R
     std::vector<const float*> gptr;
     for (size_t t = 0; t < tables.size(); ++t) {
       ASSERT_EQ(dp->groups()[t].output_size(), cp->groups[t].output_size());
-      ASSERT_EQ(dp->groups()[t].num_unique, cp->groups[t].num_unique());
+      ASSERT_EQ(dp->num_unique(static_cast<int>(t)), cp->groups[t].num_unique());
       dout[t].resize(cp->groups[t].output_size());
       cout[t].resize(cp->groups[t].output_size());
       grads[t].resize(cp->groups[t].output_size());

@@ -77,7 +77,7 @@ TEST_P(CudaHashTable, GrowsAndKeepsEveryRow) {
   std::vector<float> first;
   int64_t capacity = 0;
   int growths = 0;
-  for (int round = 0; round < 6; ++round) {
+  for (int round = 0; round < 8; ++round) {
     std::vector<int64_t> keys(200);
     for (auto& k : keys) k = static_cast<int64_t>(rng()());
     std::vector<float> out(keys.size() * 4);

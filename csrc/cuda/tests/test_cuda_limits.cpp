@@ -8,8 +8,8 @@
 #include <algorithm>
 #include <set>
 
+#include "batch_kernels.cuh"
 #include "cuda_test_util.h"
-#include "dedup_kernels.cuh"
 #include "shift_matmul.cuh"
 
 namespace sparsecore::cuda::testing {
@@ -40,10 +40,11 @@ TEST_P(CudaGrowth, LookupsOfKnownKeysNeverGrowTheTable) {
   dev.lookup(0, keys.data(), 180, first.data(), true);
   dev.lookup(0, keys.data() + 180, 200, first.data() + 180 * 3, true);
   const int64_t capacity = dev.table_capacity(0);
-  ASSERT_EQ(capacity, 512);  // 380 keys under the 0.75 load limit of 512 slots
-  // Every key four times in one lookup: 1520 ids, none of them new.
+  ASSERT_EQ(dev.table_size(0), 380);
+  // Every key four times in one lookup: 1520 ids, none of them new, more than the table holds.
   std::vector<int64_t> repeated;
   for (int r = 0; r < 4; ++r) repeated.insert(repeated.end(), keys.begin(), keys.end());
+  ASSERT_GT(static_cast<double>(repeated.size()), 0.75 * static_cast<double>(capacity));
   std::vector<float> again(repeated.size() * 3);
   dev.lookup(0, repeated.data(), static_cast<int64_t>(repeated.size()), again.data(), true);
   EXPECT_EQ(dev.table_capacity(0), capacity);
@@ -54,19 +55,20 @@ TEST_P(CudaGrowth, LookupsOfKnownKeysNeverGrowTheTable) {
 TEST_P(CudaGrowth, GrowthCountsOnlyTheMissingKeys) {
   SC_SKIP_WITHOUT_DEVICE(GetParam());
   DeviceEmbeddingCollection dev({small_table()}, 4, RowStorage::kFloat32, GetParam(), test_limits(GetParam()));
-  std::vector<int64_t> keys = distinct_keys(385);
-  std::vector<float> out(385 * 3 * 2);
+  std::vector<int64_t> keys = distinct_keys(4000);
+  std::vector<float> out(keys.size() * 3);
   dev.lookup(0, keys.data(), 180, out.data(), true);
-  dev.lookup(0, keys.data(), 380, out.data(), true);
-  ASSERT_EQ(dev.table_capacity(0), 512);
-  // The 380 known keys and 4 new ones: 384 rows fill the 0.75 limit exactly, no growth.
-  dev.lookup(0, keys.data(), 384, out.data(), true);
-  EXPECT_EQ(dev.table_capacity(0), 512);
-  EXPECT_EQ(dev.table_size(0), 384);
+  const int64_t capacity = dev.table_capacity(0);
+  const auto limit = static_cast<int64_t>(0.75 * static_cast<double>(capacity));
+  ASSERT_LT(limit + 1, static_cast<int64_t>(keys.size()));
+  // The known keys and enough new ones to fill the 0.75 limit exactly: no growth.
+  dev.lookup(0, keys.data(), limit, out.data(), true);
+  EXPECT_EQ(dev.table_capacity(0), capacity);
+  EXPECT_EQ(dev.table_size(0), limit);
   // One more new key passes the limit.
-  dev.lookup(0, keys.data(), 385, out.data(), true);
-  EXPECT_GT(dev.table_capacity(0), 512);
-  EXPECT_EQ(dev.table_size(0), 385);
+  dev.lookup(0, keys.data(), limit + 1, out.data(), true);
+  EXPECT_GT(dev.table_capacity(0), capacity);
+  EXPECT_EQ(dev.table_size(0), limit + 1);
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, CudaGrowth, ::testing::Values(Backend::kEmulated, Backend::kDevice), backend_name);
@@ -95,19 +97,26 @@ TEST(CudaDedup, SetSlotsPast2To31KeepTheirValue) {
   if (mem == MAP_FAILED) GTEST_SKIP() << "cannot reserve 16 GiB of address space here";
   int* set = static_cast<int*>(mem);
   const uint64_t mask = slots - 1;
-  // Two keys whose home slots lie past 2^31, one of them twice.
+  // Two keys whose home slots lie past 2^31, one of them twice (one group: its home slot is
+  // the key's hash mixed with the group's).
+  auto home = [mask](int64_t k) { return (key_hash(k) ^ splitmix64(0)) & mask; };
   std::vector<int64_t> high;
   for (int64_t k = 0; high.size() < 2; ++k)
-    if ((key_hash(k) & mask) > (uint64_t{1} << 31) + 1000 &&
-        (high.empty() || (key_hash(k) & mask) != (key_hash(high[0]) & mask)))
-      high.push_back(k);
+    if (home(k) > (uint64_t{1} << 31) + 1000 && (high.empty() || home(k) != home(high[0]))) high.push_back(k);
   const std::vector<int64_t> ids = {high[0], high[1], high[0]};
   std::vector<int64_t> slot_of(3, -1);
   std::vector<int> is_first(3, -1);
-  SC_LAUNCH(dim3(1), dim3(32), 0, nullptr, emulated::dedup_insert_kernel)(ids.data(), 3, set, mask, slot_of.data());
+  const int64_t id_begin[] = {0, 3};
+  const int64_t* id_ptrs[] = {ids.data()};
+  emulated::BatchView view;
+  view.num_groups = 1;
+  view.num_ids = 3;
+  view.id_begin = id_begin;
+  view.ids = id_ptrs;
+  SC_LAUNCH(dim3(1), dim3(32), 0, nullptr, emulated::batch_dedup_insert_kernel)(view, set, mask, slot_of.data());
   SC_LAUNCH(dim3(1), dim3(32), 0, nullptr, emulated::mark_first_kernel)(set, slot_of.data(), 3, is_first.data());
-  EXPECT_EQ(static_cast<uint64_t>(slot_of[0]), key_hash(high[0]) & mask);
-  EXPECT_EQ(static_cast<uint64_t>(slot_of[1]), key_hash(high[1]) & mask);
+  EXPECT_EQ(static_cast<uint64_t>(slot_of[0]), home(high[0]));
+  EXPECT_EQ(static_cast<uint64_t>(slot_of[1]), home(high[1]));
   EXPECT_EQ(slot_of[2], slot_of[0]);
   EXPECT_EQ(is_first, (std::vector<int>{1, 1, 0}));
   EXPECT_EQ(set[slot_of[0]], 1);  // 1 + the first position of the key

@@ -10,7 +10,10 @@
 //
 // Data path per batch, as the CPU collection: prepare (validate on the host, copy ids over,
 // dedup on the device, lookup-or-insert / find), forward (gather + pool per bag), backward
-// (per-unique gradient rows, fused update once per unique row). The arrays of a call are
+// (per-unique gradient rows, fused update once per unique row). Every step of it is one
+// kernel launch for all groups of the batch (table-batched), and counts that depend on the
+// data (unique ids, created rows) stay on the device: buffers and grids are sized by the
+// input, so a training step with host arrays reads from the device once (forward's outputs). The arrays of a call are
 // host memory (copied over and back) or device memory (used in place, zero-copy: CuPy or
 // torch CUDA arrays); each call says which with a MemorySpace. Under the emulated backend
 // device memory is host memory, so there MemorySpace::kDevice takes host pointers and
@@ -20,11 +23,16 @@
 // optimizer state (fp32), update count and last step. With fp16 storage the update reads
 // the row into fp32, applies the rule and rounds back once.
 //
+// Streams: every call runs on a stream (StreamArgs: the caller's, or the collection's own)
+// and orders itself after the collection's previous call and after the producer streams it
+// is given, through events; the host waits only where it reads results.
+//
 // Thread-safety: one call at a time (calls take an internal mutex).
 #pragma once
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -40,6 +48,21 @@ enum class Backend : uint8_t { kDevice = 0, kEmulated = 1 };
 using sparsecore::RowStorage;
 // Where the arrays passed to a call live.
 enum class MemorySpace : uint8_t { kHost = 0, kDevice = 1 };
+
+// The stream a call's device work goes to, and the streams whose queued work it follows.
+// Nothing synchronises the device: a call waits for the streams it follows through events,
+// and successive calls of one collection follow each other the same way, whatever streams
+// they run on. A call reads results back to the host (host outputs, counts) by waiting for
+// its own stream only.
+struct StreamArgs {
+  // A cudaStream_t as an integer: 0 (the default stream), 1 (cudaStreamLegacy), 2
+  // (cudaStreamPerThread) or a stream handle, e.g. torch.cuda.current_stream().cuda_stream;
+  // none: the collection's own stream.
+  std::optional<uintptr_t> stream;
+  // Producer streams the call must come after, e.g. the `stream` entry of a
+  // __cuda_array_interface__ v3 array (its data is ready in that stream's order).
+  std::vector<uintptr_t> wait_for;
+};
 
 using sparsecore::row_storage_from_name;  // "fp32" | "fp16"
 using sparsecore::row_storage_name;
@@ -64,7 +87,6 @@ struct DeviceGroupInfo {
   int64_t batch_size = 0;
   int64_t max_len = 0;
   int64_t num_ids = 0;
-  int64_t num_unique = 0;
   int64_t output_size() const { return (pooling == Pooling::kNone ? batch_size * max_len : batch_size) * dim; }
 };
 
@@ -74,7 +96,10 @@ class DevicePreparedBatch {
   virtual ~DevicePreparedBatch() = default;
   virtual bool train() const = 0;
   virtual const std::vector<DeviceGroupInfo>& groups() const = 0;
-  // Unique ids of group g, in order of first occurrence (host copy).
+  // The unique ids of a batch stay on the device (counted there, never read back to size
+  // anything); these read them back, the first call with one host sync. Unique ids of group
+  // g, in order of first occurrence, and their count. std::out_of_range for a bad g.
+  virtual int64_t num_unique(int g) const = 0;
   virtual std::vector<int64_t> unique_ids(int g) const = 0;
 };
 
@@ -105,8 +130,9 @@ class DeviceEmbeddingCollection {
   // max_load_factor, default 0.75).
   int64_t table_size(int table) const;
   int64_t table_capacity(int table) const;
-  // Ids per group in one batch (positions within a group are int32 on the device).
+  // Ids per group, and per batch (all groups together: positions are int32 on the device).
   static constexpr int64_t kMaxGroupIds = int64_t{INT32_MAX} - 1;
+  static constexpr int64_t kMaxBatchIds = kMaxGroupIds;
   void set_max_load_factor(double f);  // in (0, 0.95]
   // Device bytes of one row of table t (weights in the row storage, optimizer state, update
   // count, last step, key slot), and of all tables (their slot arrays at full capacity).
@@ -117,19 +143,20 @@ class DeviceEmbeddingCollection {
   // changes; with device inputs the offsets are copied to the host for that (B + 1 values)
   // and weights are checked for NaN/Inf on the device.
   std::shared_ptr<DevicePreparedBatch> prepare(const std::vector<GroupInput>& inputs, bool train,
-                                               MemorySpace space = MemorySpace::kHost);
+                                               MemorySpace space = MemorySpace::kHost, const StreamArgs& streams = {});
   // outputs[g]: float32 in `space`, DeviceGroupInfo::output_size() elements each.
   void forward(const DevicePreparedBatch& batch, const std::vector<float*>& outputs,
-               MemorySpace space = MemorySpace::kHost);
+               MemorySpace space = MemorySpace::kHost, const StreamArgs& streams = {});
   // grads[g]: float32 in `space`, the output shapes. NaN/Inf anywhere: InvalidArgument,
   // nothing changes.
   int64_t backward(const DevicePreparedBatch& batch, const std::vector<const float*>& grads,
-                   MemorySpace space = MemorySpace::kHost);
+                   MemorySpace space = MemorySpace::kHost, const StreamArgs& streams = {});
 
   // keys (n) and out (n, dim) float32 in `space`. find-only unless `insert` (unknown: zeros).
   void lookup(int table, const int64_t* keys, int64_t n, float* out, bool insert,
-              MemorySpace space = MemorySpace::kHost);
-  int64_t erase(int table, const int64_t* keys, int64_t n, MemorySpace space = MemorySpace::kHost);
+              MemorySpace space = MemorySpace::kHost, const StreamArgs& streams = {});
+  int64_t erase(int table, const int64_t* keys, int64_t n, MemorySpace space = MemorySpace::kHost,
+                const StreamArgs& streams = {});
 
   struct Export {
     std::vector<int64_t> keys;          // (n)

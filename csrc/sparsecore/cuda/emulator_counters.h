@@ -10,6 +10,7 @@
 // (default 1), and no seed means grid order.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <map>
 #include <optional>
@@ -37,5 +38,14 @@ void reset_emulator_counters();
 // Block order of later launches: a seeded random permutation per launch, or grid order (nullopt).
 void set_emulator_block_seed(std::optional<uint64_t> seed);
 std::optional<uint64_t> emulator_block_seed();
+
+// Deferred side streams, to test stream ordering without a device: work queued on one (a
+// copy) runs only when a consumer orders itself after it (an event wait) or the stream is
+// synchronised, as a producer's writes land on a real side stream. Handles are cudaStream_t
+// values as integers.
+uintptr_t emulator_side_stream();
+void emulator_enqueue_copy(uintptr_t stream, void* dst, const void* src, size_t bytes);
+uint64_t emulator_pending_work(uintptr_t stream);
+void emulator_release_stream(uintptr_t stream);
 
 }  // namespace sparsecore::cuda

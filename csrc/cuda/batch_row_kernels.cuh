@@ -1,0 +1,230 @@
+// Table-batched row kernels of a step: initialisation of new rows, pooling (forward), the
+// per-unique gradient sum and the fused update (backward), each one launch for every group
+// of a batch (batch_kernels.cuh describes the layout). The update rules and initial values
+// are the CPU engine's own SC_HOST_DEVICE functions, and float sums run in the CPU engine's
+// order (positions ascending within a bag or a unique id's occurrence list), so results are
+// bit-identical to the CPU engine whatever the grid or the block order.
+#pragma once
+
+#include <type_traits>
+
+#include "batch_kernels.cuh"
+#include "embedding_kernels.cuh"
+
+namespace sparsecore::cuda::SC_BACKEND_NS {
+
+// A table as the batched kernels see it; the collection keeps one per table on the device.
+template <typename T>
+struct TableDesc {
+  TableView view;
+  RowsView<T> rows;
+  InitializerConfig init;
+  OptimizerConfig opt;
+  uint64_t seed = 0;
+  unsigned long long* stats = nullptr;  // (2) device: live rows, tombstones
+};
+
+__device__ __forceinline__ bool aligned_to(const void* p, size_t bytes) {
+  return reinterpret_cast<uintptr_t>(p) % bytes == 0;
+}
+
+// The rows of newly inserted unique ids (inserted[u] = 1). scratch: per-id fp32 rows
+// (GroupDesc::row_begin), fp16 storage only.
+template <typename T>
+__global__ void SC_LAUNCH_BOUNDS batch_init_rows_kernel(const TableDesc<T>* __restrict__ tables, BatchView b,
+                                                        const int64_t* __restrict__ slots,
+                                                        const int* __restrict__ inserted, float* __restrict__ scratch) {
+  const int64_t total = b.unique_begin[b.num_groups];
+  for (int64_t u = global_thread(); u < total; u += grid_threads()) {
+    if (!inserted[u] || slots[u] < 0) continue;
+    const int g = find_group(b.unique_begin, b.num_groups, u);
+    const GroupDesc& gd = b.groups[g];
+    const TableDesc<T>& t = tables[gd.table];
+    float* row_scratch = scratch ? scratch + gd.row_begin + (u - b.unique_begin[g]) * gd.dim : nullptr;
+    init_row(t.rows, slots[u], b.unique_keys[u], t.init, t.opt, t.seed, row_scratch);
+  }
+}
+
+// Accumulators per lane of the pooling kernel (vectors of W elements = 4 / W of them), so a
+// team of L lanes covers 4 * L dims per pass over the bag.
+inline constexpr int kPoolElementsPerLane = 4;
+
+// Sum / mean pooling of one bag into out (dim): W consecutive elements per load (coalesced;
+// vector loads when W > 1), sums in position order.
+template <typename T, int W>
+__device__ __forceinline__ void pool_bag(const BatchView& b, int g, const GroupDesc& gd, int64_t bag,
+                                         const int64_t* __restrict__ slots, const T* __restrict__ weights, float* out,
+                                         int lane, int lanes) {
+  constexpr int kVectors = kPoolElementsPerLane / W;
+  const int dim = gd.dim;
+  const int vectors = dim / W;
+  const float* bag_weights = b.weights[g];
+  const int64_t lo = b.id_begin[g];
+  const int64_t start = b.offsets[bag], end = b.offsets[bag + 1];
+  for (int v0 = 0; v0 < vectors; v0 += lanes * kVectors) {
+    float acc[kVectors][W];
+    SC_UNROLL
+    for (int c = 0; c < kVectors; ++c) {
+      SC_UNROLL
+      for (int k = 0; k < W; ++k) acc[c][k] = 0.0f;
+    }
+    float weight_sum = 0.0f;
+    for (int64_t p = start; p < end; ++p) {
+      const float w = bag_weights ? bag_weights[p - lo] : 1.0f;
+      weight_sum += w;
+      const int64_t s = slots[b.inverse[p]];
+      if (s < 0) continue;
+      const T* row = weights + s * dim;
+      SC_UNROLL
+      for (int c = 0; c < kVectors; ++c) {
+        const int v = v0 + lane + lanes * c;
+        if (v >= vectors) break;
+        float x[W];
+        load_vector<W>(row + v * W, x);
+        SC_UNROLL
+        for (int k = 0; k < W; ++k) acc[c][k] += w * x[k];
+      }
+    }
+    float scale = 1.0f;
+    if (gd.pooling == Pooling::kMean) {
+      const float denom = bag_weights ? weight_sum : static_cast<float>(end - start);
+      scale = denom != 0.0f ? 1.0f / denom : 0.0f;
+    }
+    SC_UNROLL
+    for (int c = 0; c < kVectors; ++c) {
+      const int v = v0 + lane + lanes * c;
+      if (v >= vectors) break;
+      SC_UNROLL
+      for (int k = 0; k < W; ++k) acc[c][k] *= scale;
+      store_vector<W>(out + v * W, acc[c]);
+    }
+  }
+}
+
+// Pooling "none" of one bag into out (max_len, dim), zero-padded.
+template <typename T>
+__device__ __forceinline__ void pool_sequence_bag(const BatchView& b, int g, const GroupDesc& gd, int64_t bag,
+                                                  const int64_t* __restrict__ slots, const T* __restrict__ weights,
+                                                  float* out, int lane, int lanes) {
+  const int dim = gd.dim;
+  const float* bag_weights = b.weights[g];
+  const int64_t lo = b.id_begin[g];
+  const int64_t start = b.offsets[bag], end = b.offsets[bag + 1];
+  for (int64_t j = 0; j < gd.max_len; ++j) {
+    const int64_t s = start + j < end ? slots[b.inverse[start + j]] : -1;
+    const float w = start + j < end && bag_weights ? bag_weights[start + j - lo] : 1.0f;
+    for (int d = lane; d < dim; d += lanes) out[j * dim + d] = s >= 0 ? w * to_float(weights[s * dim + d]) : 0.0f;
+  }
+}
+
+// Forward of every bag of the batch: a team of `lanes` lanes (a power of two <= 32) per bag,
+// into each group's output (GroupPointers). Vector loads (float4 for fp32 rows, __half2 for fp16) where the dim allows
+// and the group's output is aligned for them.
+template <typename T>
+__global__ void SC_LAUNCH_BOUNDS pool_kernel(const TableDesc<T>* __restrict__ tables, BatchView b,
+                                             const int64_t* __restrict__ slots, GroupPointers<float*> outputs,
+                                             int lanes) {
+  constexpr int kWidth = std::is_same_v<T, float> ? 4 : 2;
+  const int lane = static_cast<int>(threadIdx.x) & (lanes - 1);
+  const int64_t teams = grid_threads() / lanes;
+  for (int64_t bag = global_thread() / lanes; bag < b.num_bags; bag += teams) {
+    const int g = find_group(b.bag_begin, b.num_groups, bag);
+    const GroupDesc& gd = b.groups[g];
+    const int64_t local = bag - b.bag_begin[g];
+    float* out = outputs.get(g, gd.out_begin);
+    const T* weights = tables[gd.table].rows.weights;
+    if (gd.pooling == Pooling::kNone)
+      pool_sequence_bag<T>(b, g, gd, bag, slots, weights, out + local * gd.max_len * gd.dim, lane, lanes);
+    else if (gd.dim % kWidth == 0 && aligned_to(out, sizeof(float) * kWidth))
+      pool_bag<T, kWidth>(b, g, gd, bag, slots, weights, out + local * gd.dim, lane, lanes);
+    else
+      pool_bag<T, 1>(b, g, gd, bag, slots, weights, out + local * gd.dim, lane, lanes);
+  }
+}
+
+// grad_rows (per-id rows, GroupDesc::row_begin): the summed gradient of each unique id, one
+// thread per kGradWidth consecutive elements, occurrences in ascending position order.
+// grads (GroupPointers): the output gradients, forward's shapes. num_items: BatchView::vec_begin[G].
+__global__ void SC_LAUNCH_BOUNDS unique_grad_kernel(BatchView b, const int* __restrict__ occ_offsets,
+                                                    const int* __restrict__ occ_positions,
+                                                    const int* __restrict__ bag_of, const float* __restrict__ bag_scale,
+                                                    GroupPointers<const float*> grads, int64_t num_items,
+                                                    float* __restrict__ grad_rows) {
+  for (int64_t e = global_thread(); e < num_items; e += grid_threads()) {
+    const int g = find_group(b.vec_begin, b.num_groups, e);
+    const GroupDesc& gd = b.groups[g];
+    const int dim = gd.dim;
+    const int per_row = (dim + kGradWidth - 1) / kGradWidth;
+    const int64_t local = e - b.vec_begin[g];
+    const int64_t ul = local / per_row, ubase = b.unique_begin[g];
+    if (ul >= b.unique_begin[g + 1] - ubase) continue;  // past the group's unique ids
+    const int d = static_cast<int>(local % per_row) * kGradWidth;
+    const int width = dim - d < kGradWidth ? dim - d : kGradWidth;
+    const float* grad = grads.get(g, gd.out_begin);
+    const bool vector = dim % kGradWidth == 0 && aligned_to(grad, sizeof(float) * kGradWidth);
+    const bool sequence = gd.pooling == Pooling::kNone;
+    const float* bag_weights = b.weights[g];
+    const int64_t lo = b.id_begin[g], first_bag = b.bag_begin[g];
+    const int64_t u = ubase + ul;
+    float acc[kGradWidth];
+    SC_UNROLL
+    for (int k = 0; k < kGradWidth; ++k) acc[k] = 0.0f;
+    for (int i = occ_offsets[u]; i < occ_offsets[u + 1]; ++i) {
+      const int pos = occ_positions[i];
+      const int bag = bag_of[pos];
+      float s = bag_scale[bag];
+      if (bag_weights) s *= bag_weights[pos - lo];
+      const int64_t lb = bag - first_bag;
+      const int64_t at = sequence ? (lb * gd.max_len + (pos - b.offsets[bag])) * dim + d : lb * dim + d;
+      if (vector) {
+        float x[kGradWidth];
+        load_vector<kGradWidth>(grad + at, x);
+        SC_UNROLL
+        for (int k = 0; k < kGradWidth; ++k) acc[k] += s * x[k];
+      } else {
+        for (int k = 0; k < width; ++k) acc[k] += s * grad[at + k];
+      }
+    }
+    float* out = grad_rows + gd.row_begin + ul * dim + d;
+    if (vector)
+      store_vector<kGradWidth>(out, acc);
+    else
+      for (int k = 0; k < width; ++k) out[k] = acc[k];
+  }
+}
+
+// The fused update, once per unique row: the CPU engine's rule (rules::apply) on the row in
+// place (fp32 storage) or on an fp32 copy rounded back once (fp16; scratch laid out as
+// grad_rows).
+template <typename T>
+__global__ void SC_LAUNCH_BOUNDS update_rows_kernel(const TableDesc<T>* __restrict__ tables, BatchView b,
+                                                    const int64_t* __restrict__ slots,
+                                                    const float* __restrict__ grad_rows, int64_t step,
+                                                    float* __restrict__ scratch) {
+  const int64_t total = b.unique_begin[b.num_groups];
+  for (int64_t u = global_thread(); u < total; u += grid_threads()) {
+    const int64_t s = slots[u];
+    if (s < 0) continue;
+    const int g = find_group(b.unique_begin, b.num_groups, u);
+    const GroupDesc& gd = b.groups[g];
+    const TableDesc<T>& t = tables[gd.table];
+    const RowsView<T> rows = t.rows;
+    const int dim = rows.dim;
+    const int64_t row = gd.row_begin + (u - b.unique_begin[g]) * dim;
+    uint32_t count = rows.update_count[s];
+    if (count != 0xffffffffu) ++count;
+    rows.update_count[s] = count;
+    float* state = rows.state + s * rows.state_dim;
+    if constexpr (std::is_same_v<T, float>) {
+      rules::apply(t.opt, rows.weights + s * dim, state, grad_rows + row, dim, step, count);
+    } else {
+      float* w = scratch + row;
+      for (int d = 0; d < dim; ++d) w[d] = to_float(rows.weights[s * dim + d]);
+      rules::apply(t.opt, w, state, grad_rows + row, dim, step, count);
+      for (int d = 0; d < dim; ++d) rows.weights[s * dim + d] = from_float<T>(w[d]);
+    }
+    rows.last_step[s] = step;
+  }
+}
+
+}  // namespace sparsecore::cuda::SC_BACKEND_NS
