@@ -23,15 +23,19 @@ class MapSource : public RowSource {
   std::vector<int> dims{3, 2};
   std::vector<std::map<int64_t, std::vector<float>>> rows{{}, {}};
 
-  std::vector<std::string> table_names() const override { return names; }
-  int dim(int table) const override { return dims[table]; }
+  int index(const std::string& table) const {
+    for (size_t t = 0; t < names.size(); ++t)
+      if (names[t] == table) return static_cast<int>(t);
+    throw NotFound("table '" + table + "'");
+  }
+  int dim(const std::string& table) const override { return dims[index(table)]; }
   void read(const RowRead* reads, size_t count) const override {
     for (size_t r = 0; r < count; ++r) {
       const RowRead& rr = reads[r];
-      const int d = dims[rr.table];
+      const int t = index(*rr.table), d = dims[t];
       for (int64_t i = 0; i < rr.n; ++i) {
-        const auto it = rows[rr.table].find(rr.ids[i]);
-        for (int c = 0; c < d; ++c) rr.out[i * d + c] = it == rows[rr.table].end() ? 0.0f : it->second[c];
+        const auto it = rows[t].find(rr.ids[i]);
+        for (int c = 0; c < d; ++c) rr.out[i * d + c] = it == rows[t].end() ? 0.0f : it->second[c];
       }
     }
   }

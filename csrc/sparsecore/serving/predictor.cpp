@@ -5,13 +5,15 @@
 #include <cstring>
 
 #include "sparsecore/core/error.h"
+#include "sparsecore/core/file.h"
+#include "sparsecore/core/json.h"
+#include "sparsecore/serving/subscriber.h"
 
 namespace sparsecore::serving {
 
 Predictor::Predictor(std::vector<FeatureSpec> features, DenseGraph graph, std::shared_ptr<const RowSource> source)
     : features_(std::move(features)), graph_(std::move(graph)), source_(std::move(source)) {
   SC_CHECK_ARG(source_ != nullptr, "predictor: no row source");
-  const auto tables = source_->table_names();
   const auto& inputs = graph_.inputs();
   input_feature_.assign(inputs.size(), -1);
   std::vector<FeatureSpec> ordered;
@@ -31,19 +33,21 @@ Predictor::Predictor(std::vector<FeatureSpec> features, DenseGraph graph, std::s
     }
     SC_CHECK_ARG(found >= 0, "predictor: no feature feeds graph input '", in.name, "'");
     const FeatureSpec& spec = features_[found];
-    const auto t = std::find(tables.begin(), tables.end(), spec.table);
-    SC_CHECK_ARG(t != tables.end(), "predictor: feature '", spec.input, "' reads table '", spec.table,
-                 "', which the row source does not serve");
-    const int table = static_cast<int>(t - tables.begin());
-    SC_CHECK_ARG(source_->dim(table) == in.width, "predictor: table '", spec.table, "' has dim ", source_->dim(table),
-                 ", graph input '", in.name, "' width ", in.width);
+    int dim = 0;
+    try {
+      dim = source_->dim(spec.table);
+    } catch (const NotFound&) {
+      throw InvalidArgument("predictor: feature '" + spec.input + "' reads table '" + spec.table +
+                            "', which the row source does not serve");
+    }
+    SC_CHECK_ARG(dim == in.width, "predictor: table '", spec.table, "' has dim ", dim, ", graph input '", in.name,
+                 "' width ", in.width);
     const bool sequence = in.kind == "sequence";
     SC_CHECK_ARG(sequence == (spec.pooling == ServingPooling::kNone), "predictor: feature '", spec.input, "' ",
                  sequence ? "feeds a sequence input and needs pooling none"
                           : "feeds a pooled input and needs pooling sum or mean");
     input_feature_[k] = static_cast<int>(ordered.size());
     feature_input_.push_back(static_cast<int>(k));
-    feature_table_.push_back(table);
     ordered.push_back(spec);
   }
   SC_CHECK_ARG(ordered.size() == features_.size(), "predictor: ", features_.size() - ordered.size(),
@@ -110,7 +114,7 @@ void Predictor::predict(const FeatureBatch* features, const float* dense, int64_
   if (ws.lengths.size() < lengths) ws.lengths.resize(lengths);
   ws.reads.clear();
   for (size_t f = 0; f < features_.size(); ++f)
-    ws.reads.push_back({feature_table_[f], features[f].ids, features[f].num_ids, ws.rows.data() + row_at[f]});
+    ws.reads.push_back({&features_[f].table, features[f].ids, features[f].num_ids, ws.rows.data() + row_at[f]});
   source_->read(ws.reads.data(), ws.reads.size());
 
   ws.views.assign(inputs.size(), DenseInputView{});
@@ -153,6 +157,46 @@ void Predictor::predict(const FeatureBatch* features, const float* dense, int64_
   }
   if (dense_input_ >= 0) ws.views[dense_input_].values = dense;
   graph_.run(ws.views.data(), batch, out, ws.graph);
+}
+
+namespace {
+
+ServingPooling pooling_of(const std::string& name, const std::string& feature) {
+  if (name == "sum") return ServingPooling::kSum;
+  if (name == "mean") return ServingPooling::kMean;
+  if (name == "none") return ServingPooling::kNone;
+  throw CorruptData("model.json: feature '" + feature + "' has pooling '" + name + "'");
+}
+
+}  // namespace
+
+LoadedModel load_model(const std::string& dir) {
+  const auto text = read_regular_file(dir + "/model.json", uint64_t{16} << 20);
+  const Json j = Json::parse(std::string_view(reinterpret_cast<const char*>(text.data()), text.size()));
+  const std::string format = j.at("format").as_string("format");
+  if (format != "sparsecore-model") throw CorruptData("model.json: format is '" + format + "'");
+  const int64_t version = j.at("version").as_int("version");
+  if (version != 1) throw CorruptData("model.json: version " + std::to_string(version) + " is not supported (1)");
+  std::vector<FeatureSpec> features;
+  for (const Json& f : j.at("features").as_array("features")) {
+    FeatureSpec spec;
+    spec.input = f.at("input").as_string("input");
+    spec.table = f.at("table").as_string("table");
+    spec.pooling = pooling_of(f.at("pooling").as_string("pooling"), spec.input);
+    features.push_back(std::move(spec));
+  }
+  const std::string stream = j.at("stream").as_string("stream");
+  if (!is_plain_name(stream)) throw CorruptData("model.json: stream '" + stream + "' is not a plain name");
+  LoadedModel m;
+  m.subscriber = std::make_shared<Subscriber>(dir + "/" + stream);
+  m.subscriber->poll();
+  if (m.subscriber->version() < 0) throw NotFound("model '" + dir + "': its export stream holds no complete export");
+  try {
+    m.predictor = std::make_unique<Predictor>(std::move(features), DenseGraph::load(dir + "/dense"), m.subscriber);
+  } catch (const InvalidArgument& e) {
+    throw CorruptData(std::string("model '") + dir + "': " + e.what());
+  }
+  return m;
 }
 
 }  // namespace sparsecore::serving

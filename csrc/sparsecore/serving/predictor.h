@@ -30,7 +30,7 @@ namespace sparsecore::serving {
 
 // One table read of a request: ids (n) host; out (n, dim of the table) host float32.
 struct RowRead {
-  int table = 0;  // index into RowSource::tables()
+  const std::string* table = nullptr;
   const int64_t* ids = nullptr;
   int64_t n = 0;
   float* out = nullptr;
@@ -40,10 +40,10 @@ struct RowRead {
 class RowSource {
  public:
   virtual ~RowSource() = default;
-  // The tables it serves and the floats per row of each.
-  virtual std::vector<std::string> table_names() const = 0;
-  virtual int dim(int table) const = 0;
-  // Fills every read from one consistent state (unknown ids: the default row, zeros).
+  // Floats per row of `table`; NotFound naming it when the source does not serve it.
+  virtual int dim(const std::string& table) const = 0;
+  // Fills every read from one consistent state (unknown ids: the table's default row).
+  // NotFound when a table is not (or no longer) served.
   virtual void read(const RowRead* reads, size_t count) const = 0;
 };
 
@@ -99,11 +99,24 @@ class Predictor {
 
   std::vector<FeatureSpec> features_;
   std::vector<int> feature_input_;  // graph input index of each feature
-  std::vector<int> feature_table_;  // source table index of each feature
   std::vector<int> input_feature_;  // feature of each graph input (-1: the dense input)
   int dense_input_ = -1;
   DenseGraph graph_;
   std::shared_ptr<const RowSource> source_;
 };
+
+class Subscriber;
+
+// A model directory served: its Subscriber (the rows, following the export stream) and the
+// Predictor over it. The directory holds model.json (format "sparsecore-model", version 1:
+// "features" [{input, table, pooling}], "stream": the plain name of the export stream
+// directory inside it), dense/ (DenseGraph::load) and the stream. load_model applies the
+// stream's exports that are ready (at least one: NotFound otherwise); call
+// subscriber->poll() or start() to follow newer ones while serving.
+struct LoadedModel {
+  std::shared_ptr<Subscriber> subscriber;
+  std::unique_ptr<Predictor> predictor;
+};
+LoadedModel load_model(const std::string& dir);
 
 }  // namespace sparsecore::serving

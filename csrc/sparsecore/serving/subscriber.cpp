@@ -196,8 +196,18 @@ int64_t Subscriber::size(const std::string& name) const {
 void Subscriber::lookup(const std::string& name, const int64_t* ids, int64_t n, float* out) const {
   SC_CHECK_ARG(n >= 0, "lookup: n must be >= 0, got ", n);
   std::shared_lock<std::shared_mutex> lock(state_mutex_);
-  const Table& t = table(name);
+  lookup_locked(table(name), ids, n, out);
+}
+
+void Subscriber::read(const RowRead* reads, size_t count) const {
+  for (size_t r = 0; r < count; ++r) SC_CHECK_ARG(reads[r].n >= 0, "read: n must be >= 0, got ", reads[r].n);
+  std::shared_lock<std::shared_mutex> lock(state_mutex_);
+  for (size_t r = 0; r < count; ++r) lookup_locked(table(*reads[r].table), reads[r].ids, reads[r].n, reads[r].out);
+}
+
+void Subscriber::lookup_locked(const Table& t, const int64_t* ids, int64_t n, float* out) {
   const size_t dim = static_cast<size_t>(t.config.dim);
+  const float fill = t.config.default_value;
   for (int64_t i = 0; i < n; ++i) {
     int64_t key = ids[i];
     bool known = true;
@@ -210,7 +220,7 @@ void Subscriber::lookup(const std::string& name, const int64_t* ids, int64_t n, 
     auto it = known ? t.slot.find(key) : t.slot.end();
     float* dst = out + static_cast<size_t>(i) * dim;
     if (it == t.slot.end())
-      std::memset(dst, 0, dim * sizeof(float));
+      std::fill(dst, dst + dim, fill);
     else
       std::memcpy(dst, t.weights.data() + it->second * dim, dim * sizeof(float));
   }

@@ -35,14 +35,17 @@
 #include <vector>
 
 #include "sparsecore/serving/export_format.h"
+#include "sparsecore/serving/predictor.h"
 
 namespace sparsecore::serving {
 
-class Subscriber {
+// A Subscriber is the RowSource of a served model (predictor.h): read() answers every table of
+// a request under one shared lock, so a prediction sees one version.
+class Subscriber : public RowSource {
  public:
   // Nothing is read until the first poll. The directory need not exist yet.
   explicit Subscriber(std::string stream_dir);
-  ~Subscriber();  // stops the background thread
+  ~Subscriber() override;  // stops the background thread
   Subscriber(const Subscriber&) = delete;
   Subscriber& operator=(const Subscriber&) = delete;
 
@@ -69,9 +72,12 @@ class Subscriber {
   // Names of the tables held, sorted.
   std::vector<std::string> tables() const;
   // NotFound naming the table when unknown.
-  int dim(const std::string& table) const;
+  int dim(const std::string& table) const override;
+  // RowSource: each read as lookup(), all under one lock.
+  void read(const RowRead* reads, size_t count) const override;
   int64_t size(const std::string& table) const;
-  // ids (n) host; out (n, dim(table)) host float32: each id's weights, zeros for an unknown id.
+  // ids (n) host; out (n, dim(table)) host float32: each id's weights; an unknown id reads the
+  // table's default row (TableConfig::default_value, zeros unless configured).
   void lookup(const std::string& table, const int64_t* ids, int64_t n, float* out) const;
   // Every row of a table, ascending by key: keys (rows), weights (rows, dim).
   void rows(const std::string& table, std::vector<int64_t>& keys, std::vector<float>& weights) const;
@@ -93,6 +99,7 @@ class Subscriber {
   // The exclusive lock held: applies a loaded export.
   void apply_locked(Loaded& loaded);
   const Table& table(const std::string& name) const;  // shared lock held
+  static void lookup_locked(const Table& t, const int64_t* ids, int64_t n, float* out);
   void follow(std::chrono::milliseconds interval);
 
   std::string stream_dir_;
