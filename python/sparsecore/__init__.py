@@ -72,9 +72,9 @@ __all__ = [
     "EmbeddingCollection", "GroupLasso", "Momentum", "Normal", "PackedWeights", "PreparedBatch",
     "QuantizedEmbeddingTable", "QuantizedRows", "Quantizer", "RowwiseAdagrad", "RpcAuthError",
     "RpcConnectionError", "RpcError", "RpcProtocolError", "RpcStepAbortedError", "RpcTimeoutError",
-    "RpcUnknownMethodError", "Server", "Subscriber",
+    "RpcUnknownMethodError", "Predictor", "Server", "Subscriber",
     "TableConfig", "Trainer", "TruncatedNormal", "Uniform", "Zeros", "available_cores", "configure_threads",
-    "connect", "cpu_features", "data", "default_split", "num_threads", "pack_pow2", "quant",
+    "connect", "cpu_features", "data", "default_split", "export_dense", "export_model", "num_threads", "pack_pow2", "quant",
     "quantize_activations", "quantize_module", "read_export", "rpc", "set_num_threads", "shift_matmul",
 ]
 
@@ -86,4 +86,5 @@ from .quant import (  # noqa: E402
 from . import quant  # noqa: E402
 
 # Incremental export: the serving side.
-from .serving import Subscriber, read_export  # noqa: E402
+from .serving import Predictor, Subscriber, read_export  # noqa: E402
+from .export import export_dense, export_model  # noqa: E402

@@ -24,7 +24,7 @@ import typing
 import typing_extensions
 import types as _types
 io: _types.ModuleType
-__all__: list[str] = ['CorruptDataError', 'DenseGraph', 'DeviceEmbeddingCollection', 'DevicePackedWeights', 'DevicePreparedBatch', 'EmbeddingCollection', 'PreparedBatch', 'PsClient', 'PsMetricsServer', 'PsServer', 'RpcAuthError', 'RpcClient', 'RpcConnectionError', 'RpcError', 'RpcProtocolError', 'RpcServer', 'RpcStepAbortedError', 'RpcTimeoutError', 'RpcUnknownMethodError', 'StepPipeline', 'Subscriber', 'TABLE_STATS_FIELDS', 'commit_directory', 'committed_directory', 'complete_export_parts', 'cpu_features', 'cuda_device_available', 'cuda_empty_memory_cache', 'cuda_emulator_block_seed', 'cuda_emulator_counters', 'cuda_emulator_enqueue_copy', 'cuda_emulator_pending_work', 'cuda_emulator_release_stream', 'cuda_emulator_reset_counters', 'cuda_emulator_side_stream', 'cuda_memory_cache_stats', 'cuda_set_emulator_block_seed', 'cuda_set_memory_cache_limit', 'cuda_unavailable_reason', 'dequantize_rows', 'export_delta', 'export_full', 'fixed_to_float', 'io', 'latest_snapshot', 'num_threads', 'pack_pow2', 'pooled_lookup_quantized', 'project_pow2', 'quantize_rows', 'quantized_row_bytes', 'read_export_part', 'remote_collection', 'render_metrics', 'set_deleted_keys_capacity', 'set_num_threads', 'shift_matmul_fixed_kernel', 'shift_matmul_float', 'shift_matmul_int16', 'shift_matmul_int8', 'shift_matmul_kernel', 'unpack_pow2']
+__all__: list[str] = ['CorruptDataError', 'DenseGraph', 'DeviceEmbeddingCollection', 'DevicePackedWeights', 'DevicePreparedBatch', 'EmbeddingCollection', 'PreparedBatch', 'PsClient', 'PsMetricsServer', 'PsServer', 'RpcAuthError', 'RpcClient', 'RpcConnectionError', 'RpcError', 'RpcProtocolError', 'RpcServer', 'RpcStepAbortedError', 'RpcTimeoutError', 'RpcUnknownMethodError', 'ServedModel', 'StepPipeline', 'Subscriber', 'TABLE_STATS_FIELDS', 'commit_directory', 'committed_directory', 'complete_export_parts', 'cpu_features', 'cuda_device_available', 'cuda_empty_memory_cache', 'cuda_emulator_block_seed', 'cuda_emulator_counters', 'cuda_emulator_enqueue_copy', 'cuda_emulator_pending_work', 'cuda_emulator_release_stream', 'cuda_emulator_reset_counters', 'cuda_emulator_side_stream', 'cuda_memory_cache_stats', 'cuda_set_emulator_block_seed', 'cuda_set_memory_cache_limit', 'cuda_unavailable_reason', 'dequantize_rows', 'export_delta', 'export_full', 'fixed_to_float', 'io', 'latest_snapshot', 'num_threads', 'pack_pow2', 'pooled_lookup_quantized', 'project_pow2', 'quantize_rows', 'quantized_row_bytes', 'read_export_part', 'remote_collection', 'render_metrics', 'set_deleted_keys_capacity', 'set_num_threads', 'shift_matmul_fixed_kernel', 'shift_matmul_float', 'shift_matmul_int16', 'shift_matmul_int8', 'shift_matmul_kernel', 'unpack_pow2']
 class CorruptDataError(ValueError):
     pass
 class PreparedBatch:
@@ -362,28 +362,6 @@ class StepPipeline:
         """
         (payload, prepared or None, pulled rows or None, source state (JSON) or None), or None at the end of the data; the payload is produce()'s, or a compiled source's batch as a dict of arrays. Raises the source's (or prepare's) error after the steps produced before it.
         """
-class DenseGraph:
-    """
-    The dense network of an exported model (serving/dense_graph.h), run without Python.
-    """
-    @staticmethod
-    def load(dir: str) -> DenseGraph:
-        """
-        Reads dir/dense.json and dir/dense.bin.
-        """
-    def __init__(self, graph_json: str, tensors: bytes) -> None:
-        ...
-    def run(self, values: dict, lengths: dict = {}) -> numpy.typing.NDArray[numpy.float32]:
-        ...
-    @property
-    def inputs(self) -> list:
-        ...
-    @property
-    def num_nodes(self) -> int:
-        ...
-    @property
-    def output_width(self) -> int:
-        ...
 class Subscriber:
     def __init__(self, stream_dir: str) -> None:
         ...
@@ -440,6 +418,54 @@ class DevicePackedWeights:
         ...
     @property
     def rows(self) -> int:
+        ...
+class DenseGraph:
+    """
+    The dense network of an exported model (serving/dense_graph.h), run without Python.
+    """
+    @staticmethod
+    def load(dir: str) -> DenseGraph:
+        """
+        Reads dir/dense.json and dir/dense.bin.
+        """
+    def __init__(self, graph_json: str, tensors: bytes) -> None:
+        ...
+    def run(self, values: dict, lengths: dict = {}) -> numpy.typing.NDArray[numpy.float32]:
+        ...
+    @property
+    def inputs(self) -> list:
+        ...
+    @property
+    def num_nodes(self) -> int:
+        ...
+    @property
+    def output_width(self) -> int:
+        ...
+class ServedModel:
+    """
+    A model directory served: load_model (serving/predictor.h).
+    """
+    def __init__(self, dir: str) -> None:
+        ...
+    def poll(self) -> int:
+        ...
+    def predict(self, features: list, dense: typing.Any = None) -> numpy.typing.NDArray[numpy.float32]:
+        ...
+    def start(self, interval: typing.SupportsFloat | typing.SupportsIndex) -> None:
+        ...
+    def stop(self) -> None:
+        ...
+    @property
+    def dense_width(self) -> int:
+        ...
+    @property
+    def features(self) -> list:
+        ...
+    @property
+    def output_width(self) -> int:
+        ...
+    @property
+    def version(self) -> int:
         ...
 def commit_directory(staging: str, target: str, files_synced: bool = False) -> None:
     """

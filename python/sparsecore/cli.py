@@ -337,6 +337,7 @@ def build_sources(settings: dict[str, dict[str, Any]]) -> tuple[Any, Any, list[s
                                  header=bool(d["header"]), **options)
         return scd.ParquetReader(paths, columns, **options)
 
+    train: Any
     try:
         if follow:
             train = scd.FollowDirectory(follow, make, marker=str(d["follow_marker"]) or None,

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["export_dense", "dense_graph"]
+__all__ = ["export_dense", "export_model", "dense_graph"]
 
 _ALIGN = 64
 
@@ -308,3 +308,42 @@ def export_dense(path: str | os.PathLike, model: Any, inputs: Sequence[tuple[str
             os.fsync(f.fileno())
         os.replace(tmp, os.path.join(path, name))
     return path
+
+
+def export_model(path: str | os.PathLike, collection: Any, model: Any, *, model_input: str = "concat",
+                 dense_width: int = 0, dtype: str = "fp32") -> int:
+    """Writes a model directory that :class:`sparsecore.Predictor` (C++: ``serving::load_model``)
+    serves: ``dense/`` (:func:`export_dense` of ``model``), ``stream/`` (a full export of the
+    collection's rows, ``collection.export_full``, rows as ``dtype``) and ``model.json`` (the
+    features: one per table, named as the table, with its pooling). The model sees the tables
+    in the collection's order as the Trainer feeds them (``model_input``), plus ``dense_width``
+    dense features last. Later ``collection.export_delta(path / "stream", since=version)``
+    calls update the rows a running Predictor serves. Returns the export's version.
+
+    A collection (or a :class:`sparsecore.Trainer`, whose collection and model input are
+    used) with embedded tables; rows on parameter servers export through the servers
+    (``Cluster.export_full``) into the stream directory of the model."""
+    if hasattr(collection, "embedding") and hasattr(collection, "model_input"):
+        model_input = collection.model_input
+        collection = collection.embedding.collection
+    path = os.fspath(path)
+    os.makedirs(path, exist_ok=True)
+    inputs = []
+    features = []
+    for name in collection.names:
+        cfg = collection.tables[name]
+        kind = "sequence" if cfg.pooling == "none" else "pooled"
+        inputs.append((name, kind, cfg.dim))
+        features.append({"input": name, "table": name, "pooling": cfg.pooling})
+    if dense_width:
+        inputs.append(("dense", "dense", int(dense_width)))
+    export_dense(os.path.join(path, "dense"), model, inputs, model_input=model_input)
+    version = collection.export_full(os.path.join(path, "stream"), dtype=dtype)
+    doc = {"format": "sparsecore-model", "version": 1, "features": features, "stream": "stream"}
+    tmp = os.path.join(path, "model.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(doc, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, os.path.join(path, "model.json"))
+    return int(version)

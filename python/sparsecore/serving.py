@@ -18,7 +18,7 @@ import numpy as np
 from . import _core
 from ._arrays import as_int64, is_torch, to_torch
 
-__all__ = ["Subscriber", "read_export"]
+__all__ = ["Predictor", "Subscriber", "read_export"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -55,7 +55,7 @@ class Subscriber:
     ``poll()`` applies what is ready now and returns how many exports it applied;
     ``start(interval)`` polls on a background thread until ``stop()`` (or ``close()``, or the
     end of a ``with`` block). :attr:`version` is the version of the last export applied (-1
-    before any). Unknown ids read as zeros."""
+    before any). Unknown ids read the table's default row (zeros unless ``default_value``)."""
 
     def __init__(self, path: PathLike):
         self._c = _core.Subscriber(str(Path(path)))
@@ -124,3 +124,71 @@ class Subscriber:
 
     def __repr__(self) -> str:
         return f"Subscriber({self.path!r}, version={self.version})"
+
+
+class Predictor:
+    """A model directory written by :func:`sparsecore.export.export_model`, served by C++
+    (``serving::Predictor``): the rows come from a :class:`Subscriber` on the model's export
+    stream (the newest exports applied when it opens; :meth:`poll` or :meth:`start` follow new
+    ones while serving), pooled as in training, then the exported dense network.
+
+    ``predict(batch, dense=None)``: ``batch`` maps each feature to ``(ids, offsets)`` or
+    ``(ids, offsets, weights)`` (offsets of length B + 1), or is a :class:`sparsecore.data.Batch`
+    (sample-compressed batches are expanded; its dense features are used when the model has a
+    dense input). Returns the logits, float32[B] (or [B, outputs]). Thread-safe: predictions
+    from many threads run at once, each reading one version of the rows.
+    """
+
+    def __init__(self, path: PathLike):
+        self._c = _core.ServedModel(str(Path(path)))
+
+    @property
+    def features(self) -> list[str]:
+        return [name for name, _ in self._c.features]
+
+    @property
+    def version(self) -> int:
+        """The version (training step) of the rows served."""
+        return self._c.version
+
+    def poll(self) -> int:
+        """Applies the exports that are ready now; returns how many."""
+        return self._c.poll()
+
+    def start(self, interval: float = 1.0) -> "Predictor":
+        self._c.start(float(interval))
+        return self
+
+    def stop(self) -> None:
+        self._c.stop()
+
+    close = stop
+
+    def __enter__(self) -> "Predictor":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def predict(self, batch: Any, dense: Any = None) -> np.ndarray:
+        if hasattr(batch, "sparse"):
+            if getattr(batch, "compressed", False):
+                batch = batch.expand()
+            if dense is None and self._c.dense_width:
+                dense = batch.dense
+            batch = batch.sparse
+        missing = [f for f in self.features if f not in batch]
+        if missing:
+            raise ValueError(f"predict: features {missing} are missing (the model reads {self.features})")
+        parts = []
+        for name in self.features:
+            item = batch[name]
+            if not isinstance(item, (tuple, list)) or len(item) not in (2, 3):
+                raise ValueError(f"predict: feature '{name}' needs (ids, offsets) or (ids, offsets, weights)")
+            ids = as_int64(item[0], f"ids of feature '{name}'")
+            offsets = as_int64(item[1], f"offsets of feature '{name}'")
+            weights = None if len(item) == 2 or item[2] is None else np.ascontiguousarray(item[2], np.float32)
+            parts.append((ids, offsets, weights))
+        d = None if dense is None else np.ascontiguousarray(dense, np.float32)
+        out = self._c.predict(parts, d)
+        return out[:, 0] if out.shape[1] == 1 else out
