@@ -225,6 +225,17 @@ def test_a_full_table_refuses_new_ids_reads_zeros_and_counts_dropped_gradients()
     assert coll.expiry_stats()["t"]["refused"] == 3
 
 
+def test_table_statistics_carry_the_expiry_counters(rng):
+    coll = sc.EmbeddingCollection({"t": _table(sc.Expiry(capacity=8, eviction_headroom=0.0), shard_bits=0)}, seed=5)
+    for _ in range(6):
+        _train(coll, "t", rng.choice(100, size=5, replace=False).tolist(), rng)
+    coll.expire()
+    stats, expiry = coll.table_stats()["t"], coll.expiry_stats()["t"]
+    assert stats["evicted"] == expiry["evicted"] > 0
+    assert stats["expired"] == expiry["expired"] and stats["refused"] == expiry["refused"]
+    assert stats["rows"] == coll.table_size("t") <= 8
+
+
 def test_refusals_are_counted_by_admission_when_the_table_has_it():
     coll = sc.EmbeddingCollection({"t": _table(sc.Expiry(capacity=2, on_full="refuse"), shard_bits=0,
                                                admission=sc.Admission(count_threshold=1, probability=0.999999))},
