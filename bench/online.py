@@ -44,7 +44,8 @@ def run(args: argparse.Namespace, label: str, capacity: int) -> dict[str, Any]:
                              batch_size=args.batch, samples_per_view=1, num_user_groups=0)
     chunk = args.chunk * args.batch
     total = args.chunks * chunk
-    admission = sc.Admission(count_threshold=args.admit) if capacity and args.admit > 1 else None
+    admission = sc.Admission(count_threshold=args.admit, bloom_capacity=args.bloom) if capacity and args.admit > 1 \
+        else None
     expiry = sc.Expiry(capacity=capacity, policy="lru", ttl_steps=args.ttl_steps, scan_per_step=args.scan,
                        eviction_headroom=args.headroom) if capacity else None
     tables = {g: sc.TableConfig(dim=args.dim, optimizer=sc.Adagrad(lr=0.05), admission=admission, expiry=expiry)
@@ -80,7 +81,8 @@ def markdown(args: argparse.Namespace, runs: list[dict[str, Any]], load: tuple[s
     base, bounded = runs
     lines = [f"Stream: W2 synthetic, vocab {args.vocab}/group, Zipf {args.zipf}, drift {args.drift} samples per "
              f"id, batch {args.batch}, {args.chunks} chunks of {args.chunk} batches; threads {args.threads}; "
-             f"admission count >= {args.admit}, LRU capacity {args.capacity_fraction:g} of the unbounded rows, "
+             f"admission count >= {args.admit} ({f'Bloom filter for {args.bloom} ids' if args.bloom else 'exact counts'}), "
+             f"LRU capacity {args.capacity_fraction:g} of the unbounded rows, "
              f"eviction headroom {args.headroom:g}.",
              f"Load average before / after: {load[0]} / {load[1]}.", "",
              "| run | capacity / table | final rows | max rows of a table | progressive AUC (2nd half) | "
@@ -133,6 +135,8 @@ def main() -> None:
     p.add_argument("--chunks", type=int, default=40)
     p.add_argument("--dim", type=int, default=18)
     p.add_argument("--admit", type=int, default=2, help="count threshold of the bounded run")
+    p.add_argument("--bloom", type=int, default=0,
+                   help="admission counts in a counting Bloom filter sized for this many ids per table (0: exact)")
     p.add_argument("--capacity-fraction", type=float, default=0.25)
     p.add_argument("--ttl-steps", type=int, default=0)
     p.add_argument("--headroom", type=float, default=1.0 / 16,
