@@ -7,6 +7,7 @@
 // (never std::out_of_range, std::bad_alloc or another stray exception).
 // Usage: sparsecore_fuzz_checkpoint [--seconds S] [--seed N]
 #include <unistd.h>
+#include "fuzz_args.h"
 
 #include <chrono>
 #include <cstdio>
@@ -247,12 +248,9 @@ bool load_one(const fs::path& dir, bool snapshot, uint64_t* loaded) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  double seconds = 5;
-  uint64_t seed = std::random_device{}();
-  for (int i = 1; i + 1 < argc; i += 2) {
-    if (std::strcmp(argv[i], "--seconds") == 0) seconds = std::atof(argv[i + 1]);
-    if (std::strcmp(argv[i], "--seed") == 0) seed = std::strtoull(argv[i + 1], nullptr, 10);
-  }
+  const FuzzArgs args = parse_fuzz_args(argc, argv);
+  const double seconds = args.seconds;
+  uint64_t seed = args.seed;
   const fs::path base = fs::temp_directory_path() / ("sparsecore-fuzz-ckpt-" + std::to_string(::getpid()));
   fs::remove_all(base);
   make_collection_checkpoint(base / "collection");

@@ -16,6 +16,7 @@
 #include <random>
 #include <string>
 #include <vector>
+#include "fuzz_args.h"
 
 #include "sparsecore/rpc/frame.h"
 
@@ -131,12 +132,9 @@ bool run_one(std::mt19937_64& rng, bool mutated, bool handshake) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  double seconds = 5;
-  uint64_t seed = std::random_device{}();
-  for (int i = 1; i + 1 < argc; i += 2) {
-    if (std::strcmp(argv[i], "--seconds") == 0) seconds = std::atof(argv[i + 1]);
-    if (std::strcmp(argv[i], "--seed") == 0) seed = std::strtoull(argv[i + 1], nullptr, 10);
-  }
+  const FuzzArgs args = parse_fuzz_args(argc, argv);
+  const double seconds = args.seconds;
+  uint64_t seed = args.seed;
   std::mt19937_64 rng(seed);
   auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
   uint64_t cases = 0;

@@ -15,6 +15,7 @@
 #include <random>
 #include <string>
 #include <vector>
+#include "fuzz_args.h"
 
 #include "sparsecore/rpc/http_request.h"
 
@@ -122,12 +123,9 @@ std::vector<HttpRequest> consume(std::mt19937_64& rng, const std::string& s, con
 }  // namespace
 
 int main(int argc, char** argv) {
-  double seconds = 5;
-  uint64_t seed = std::random_device{}();
-  for (int i = 1; i + 1 < argc; i += 2) {
-    if (std::strcmp(argv[i], "--seconds") == 0) seconds = std::atof(argv[i + 1]);
-    if (std::strcmp(argv[i], "--seed") == 0) seed = std::strtoull(argv[i + 1], nullptr, 10);
-  }
+  const FuzzArgs args = parse_fuzz_args(argc, argv);
+  const double seconds = args.seconds;
+  uint64_t seed = args.seed;
   HttpLimits limits;
   limits.max_header_bytes = 4096;
   limits.max_body_bytes = 150;
