@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -412,6 +413,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    help="this server's place in the cluster, 0 .. --num-servers - 1 (default: 0)")
     p.add_argument("--num-servers", type=int, default=1, metavar="N",
                    help="servers in the cluster; keys route to servers by this count (default: 1)")
+    p.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                   help="register with this job coordinator ('sparsecore coordinator') and send it heartbeats; "
+                        "needs --snapshot-dir (the coordinator saves and restores every server together)")
+    p.add_argument("--advertise-address", default=None, metavar="HOST",
+                   help="with --coordinator: the host workers reach this server at (default: --address, or this "
+                        "machine's host name when --address is 0.0.0.0)")
     p.add_argument("--token-file", default=None, metavar="PATH",
                    help=f"file holding the shared token clients must prove they know (default: ${ENV_VAR})")
     p.add_argument("--token", default=None, metavar="TEXT",
@@ -472,6 +479,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return fail(str(e))
     except (OSError, RuntimeError) as e:
         return fail(str(e), 1)
+    member = None
+    if args.coordinator:
+        from .cluster import ServerMember
+
+        host = args.advertise_address or (args.address if args.address not in ("0.0.0.0", "::") else socket.getfqdn())
+        try:
+            member = ServerMember(args.coordinator, server_index=args.server_index, num_servers=args.num_servers,
+                                  address=f"{host}:{server.port}", snapshots=bool(args.snapshot_dir), token=token).start()
+        except (ValueError, TypeError, _core.RpcError) as e:
+            server.stop()
+            return fail(f"the coordinator refused this server: {e}")
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
@@ -481,6 +499,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"metrics on http://{server.metrics_address}:{server.metrics_port}/metrics", flush=True)
     while not done.wait(0.5):
         pass
+    if member is not None:
+        member.stop()
     server.stop()
     return 0
 
