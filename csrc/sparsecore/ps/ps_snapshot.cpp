@@ -163,7 +163,14 @@ void remove_unfinished_snapshots(const std::string& root) {
   std::error_code ec;
   for (const auto& e : fs::directory_iterator(root, ec)) {
     const std::string name = e.path().filename().string();
-    if (name.size() > 1 && name[0] == '.' && name.find(".saving-") != std::string::npos) remove_tree(e.path().string());
+    if (name.size() <= 1 || name[0] != '.' || name.find(".saving-") == std::string::npos) continue;
+    // Servers of one cluster share the snapshot directory: a peer may be writing into this
+    // save right now, and a directory it is filling cannot always be removed. That save then
+    // fails to commit (its markers are gone) and is retried; starting never fails on it.
+    try {
+      remove_tree(e.path().string());
+    } catch (const IoError&) {
+    }
   }
 }
 

@@ -43,6 +43,10 @@ from .snapshots import SnapshotStore, snapshot_name
 
 log = logging.getLogger("sparsecore.cluster")
 
+# Snapshots that fail in a row (each rolls the cluster back) before the job is declared failed
+# instead of retried for ever: a save that keeps failing is not a member that will come back.
+MAX_SAVE_FAILURES = 3
+
 
 @dataclasses.dataclass
 class _Member:
@@ -116,6 +120,7 @@ class Coordinator:
         self._pending: Optional[_Pending] = None
         self._last_snapshot_time = time.monotonic()
         self._snapshots_this_gen = 0
+        self._save_failures = 0  # consecutive; MAX_SAVE_FAILURES of them end the job
         self._done_at = time.monotonic()
         self._persist()
         self._rpc = _core.RpcServer(address, port, 1, token, max_frame_bytes=int(max_state_bytes) + P.MAX_HEADER_BYTES,
@@ -146,12 +151,12 @@ class Coordinator:
         return self
 
     def wait(self, timeout: Optional[float] = None) -> bool:
-        """True once the job is done and every worker was told (or one member timeout after
-        the final snapshot), False at ``timeout``."""
+        """True once the job is over - done, or failed (:attr:`failed` says why) - and every
+        worker was told (or one member timeout after that), False at ``timeout``."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self._stopped.is_set():
             with self._lock:
-                if self._phase == "done" and (all(w.told_done for w in self._workers.values())
+                if self._phase in ("done", "failed") and (all(w.told_done for w in self._workers.values())
                                               and len(self._workers) == self.num_workers
                                               or time.monotonic() - self._done_at > self.member_timeout):
                     return True
@@ -166,6 +171,12 @@ class Coordinator:
         if self._thread is not None:
             self._thread.join()
         self._rpc.stop()
+
+    @property
+    def failed(self) -> Optional[str]:
+        """Why the job failed (snapshots that cannot be written), or None."""
+        with self._lock:
+            return self._why if self._phase == "failed" else None
 
     def status(self) -> dict[str, Any]:
         """The cluster's state: generation, phase ("waiting", "restoring", "ready", "done"),
@@ -190,7 +201,7 @@ class Coordinator:
                                  "mode": self.mode})
 
     def _new_generation(self, why: str) -> None:
-        if self._phase == "done":
+        if self._phase in ("done", "failed"):
             return
         self._gen += 1
         self._phase = "waiting"
@@ -292,9 +303,9 @@ class Coordinator:
         with self._lock:
             member = self._member(m, "worker")
             member.step = step
-            if self._phase == "done":
+            if self._phase in ("done", "failed"):
                 member.told_done = True
-                return P.encode({"action": "done", "generation": self._gen})
+                return P.encode({"action": self._phase, "generation": self._gen, "why": self._why})
             if gen != self._gen or self._phase != "ready":
                 return P.encode({"action": "recover", "generation": self._gen})
             decision = self._decisions.get(step)
@@ -362,7 +373,7 @@ class Coordinator:
             job = None
             with self._lock:
                 now = time.monotonic()
-                if self._phase != "done":
+                if self._phase not in ("done", "failed"):
                     for role, members in (("server", self._servers), ("worker", self._workers)):
                         for rank, member in list(members.items()):
                             if now - member.last_seen > self.member_timeout:
@@ -390,12 +401,18 @@ class Coordinator:
             except Exception as e:  # a server gone meanwhile: roll back and try again
                 log.warning("%s failed in generation %d: %s: %s", kind, gen, type(e).__name__, e)
                 with self._lock:
-                    if self._gen == gen and self._phase != "done":
+                    retry_at = time.monotonic() + min(1.0, self.heartbeat)
+                    if self._gen == gen and self._phase not in ("done", "failed"):
                         if kind == "restore":
                             self._phase, self._why = "waiting", f"restore failed: {e}"
-                            retry_at = time.monotonic() + min(1.0, self.heartbeat)
                         else:
+                            if not isinstance(e, P.UNREACHABLE):  # not a server gone: a save that cannot work
+                                self._save_failures += 1
                             self._new_generation(f"snapshot at step {what.step} failed: {e}")
+                            if self._save_failures >= MAX_SAVE_FAILURES:
+                                self._phase, self._why = "failed", f"{self._save_failures} snapshots failed in a row: {e}"
+                                self._done_at = time.monotonic()
+                                log.error("job failed: %s", self._why)
 
     def _missing_locked(self) -> str:
         servers = [i for i in range(self.num_servers) if i not in self._servers]
@@ -443,6 +460,7 @@ class Coordinator:
                                             "num_workers": self.num_workers}, pending.states)
         with self._lock:
             self._latest = manifest
+            self._save_failures = 0
             self._snapshots_this_gen += 1
             self._last_snapshot_time = time.monotonic()
             if self._pending is pending:
@@ -526,6 +544,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     while not stop.is_set() and not done:
         done = coordinator.wait(0.5)
     coordinator.stop()
+    if done and coordinator.failed:
+        print(f"job failed: {coordinator.failed}", flush=True)
+        return 1
     if done:
         print("job done", flush=True)
     return 0

@@ -231,6 +231,8 @@ class Worker:
                               f"worker {self.rank} waiting at the snapshot barrier of step {step}", self.recovery_timeout)
             elif action == "done":
                 return "done"
+            elif action == "failed":
+                raise RuntimeError(f"the job failed: {reply.get('why', '')}")
             else:
                 raise _Recover(f"generation {reply['generation']} began")
 
@@ -250,6 +252,8 @@ class Worker:
             reply = self._ask(P.HEARTBEAT, {"paused": paused}, deadline, what)
             if reply["phase"] == "done":
                 return reply
+            if reply["phase"] == "failed":
+                raise RuntimeError(f"the job failed: {reply.get('why', '')}")
             if reply["phase"] == "ready" and reply["generation"] != self.generation:
                 return reply
             paused = reply["generation"]
