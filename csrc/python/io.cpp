@@ -93,13 +93,16 @@ SPARSECORE_BINDING(io, 40) {
 
   py::class_<TextReader>(io, "TextReader")
       .def(py::init([](std::vector<std::string> paths, std::shared_ptr<LineFormat> format, int64_t block_bytes,
-                       int num_threads, int prefetch_blocks, int64_t max_reported_errors, double max_bad_fraction) {
+                       int num_threads, int prefetch_blocks, int64_t max_reported_errors, double max_bad_fraction,
+                       std::vector<int64_t> end_offsets) {
              py::gil_scoped_release release;
-             TextReaderOptions o{block_bytes, num_threads, prefetch_blocks, max_reported_errors, max_bad_fraction};
+             TextReaderOptions o{block_bytes,         num_threads,      prefetch_blocks,
+                                 max_reported_errors, max_bad_fraction, std::move(end_offsets)};
              return std::make_unique<TextReader>(std::move(paths), std::move(format), o);
            }),
            py::arg("paths"), py::arg("format"), py::arg("block_bytes") = int64_t{4} << 20, py::arg("num_threads") = 1,
-           py::arg("prefetch_blocks") = 2, py::arg("max_reported_errors") = 100, py::arg("max_bad_fraction") = 0.01)
+           py::arg("prefetch_blocks") = 2, py::arg("max_reported_errors") = 100, py::arg("max_bad_fraction") = 0.01,
+           py::arg("end_offsets") = std::vector<int64_t>{})
       .def(
           "next_batch",
           [](TextReader& r, int64_t batch_size) {

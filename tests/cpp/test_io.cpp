@@ -261,3 +261,35 @@ TEST(Metrics, AucGaucLogloss) {
   EXPECT_THROW(auc(bad.data(), s.data(), 2), InvalidArgument);
   EXPECT_TRUE(std::isnan(auc(y.data(), s.data(), 2)));
 }
+
+TEST(TextReader, EndOffsetsCutEachFileIntoLineRangesThatTogetherAreTheWholeData) {
+  TempDir dir;
+  std::mt19937_64 rng(11);
+  std::string text;
+  std::vector<int64_t> line_starts;
+  for (int i = 0; i < 200; ++i) {
+    line_starts.push_back(static_cast<int64_t>(text.size()));
+    text += criteo_line(rng) + "\n";
+  }
+  auto path = dir.write("whole.tsv", text);
+  auto fmt = std::make_shared<CriteoFormat>();
+  TextReader whole({path}, fmt);
+  SampleBatch expected = read_everything(whole, 64);
+  // Three ranges of lines [0, 70), [70, 71), [71, 200), each read by a reader of its own
+  // with small blocks: together the whole file, in order, none twice.
+  const std::vector<int64_t> cuts = {0, 70, 71, 200};
+  SampleBatch got = whole.empty_batch();
+  for (size_t r = 0; r + 1 < cuts.size(); ++r) {
+    TextReaderOptions o{/*block_bytes=*/300, /*num_threads=*/2, /*prefetch_blocks=*/1, 10, 0.01};
+    o.end_offsets = {cuts[r + 1] < 200 ? line_starts[cuts[r + 1]] : -1};
+    TextReader part({path}, fmt, o);
+    part.seek({0, line_starts[cuts[r]], cuts[r]});
+    SampleBatch b = read_everything(part, 16);
+    EXPECT_EQ(b.num_samples, cuts[r + 1] - cuts[r]);
+    got.append_samples(b, 0, b.num_samples);
+  }
+  expect_same(expected, got);
+  TextReaderOptions wrong;
+  wrong.end_offsets = {10, 20};
+  EXPECT_THROW(TextReader({path}, fmt, wrong), InvalidArgument);
+}

@@ -63,6 +63,9 @@ TextReader::TextReader(std::vector<std::string> paths, std::shared_ptr<const Lin
   // Fail early, naming the file: opening reads its first bytes, which also rejects a
   // directory (EISDIR) and a compression this build cannot read.
   for (const auto& p : paths_) InputStream::open(p);
+  SC_CHECK_ARG(options_.end_offsets.empty() || options_.end_offsets.size() == paths_.size(), "reader: end_offsets has ",
+               options_.end_offsets.size(), " entries for ", paths_.size(), " files");
+  for (int64_t e : options_.end_offsets) SC_CHECK_ARG(e >= -1, "reader: an end offset must be >= -1, got ", e);
   queue_limit_ = static_cast<size_t>(options_.prefetch_blocks) * options_.num_threads * 2;
 }
 
@@ -105,6 +108,10 @@ void TextReader::produce(ReaderPosition pos) {
     };
     for (; pos.file_index < num_files; pos = {pos.file_index + 1, 0, 0}) {
       auto stream = InputStream::open(paths_[pos.file_index], pos.byte_offset);
+      const int64_t end = options_.end_offsets.empty() || options_.end_offsets[pos.file_index] < 0
+                              ? std::numeric_limits<int64_t>::max()
+                              : options_.end_offsets[pos.file_index];
+      int64_t read_to = pos.byte_offset;  // the stream's offset: what was read, carried lines included
       // The last block's pieces wait until the next read says whether the file goes on, so
       // that the final one can carry the position past the file.
       std::vector<std::unique_ptr<Piece>> pending;
@@ -113,9 +120,11 @@ void TextReader::produce(ReaderPosition pos) {
       bool eof = false;
       while (!eof) {
         if (buf.size() < capacity) buf.resize(capacity);
-        const size_t want = capacity - carry;
-        const size_t got = stream->read(buf.data() + carry, want);
-        eof = got < want;
+        const size_t want = static_cast<size_t>(
+            std::min<int64_t>(static_cast<int64_t>(capacity - carry), std::max<int64_t>(0, end - read_to)));
+        const size_t got = want ? stream->read(buf.data() + carry, want) : 0;
+        read_to += static_cast<int64_t>(got);
+        eof = got < want || read_to >= end;
         const size_t have = carry + got;
         if (have == 0) break;
         size_t region = have;  // at the end of the file the rest is the last line

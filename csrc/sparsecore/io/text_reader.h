@@ -21,6 +21,8 @@
 // max_bad_fraction = 1 turns both checks off.
 //
 // Files may be gzip-compressed (input_stream.h); offsets are then in the decompressed text.
+// With options.end_offsets a file's data ends there: the lines of [seek position, end) are
+// one worker's shard of it.
 //
 // Thread-safety: one consumer thread at a time calls the public methods.
 #pragma once
@@ -60,6 +62,10 @@ struct TextReaderOptions {
   int prefetch_blocks = 2;  // parsed blocks queued ahead of the consumer
   int64_t max_reported_errors = 100;
   double max_bad_fraction = 0.01;
+  // Per file (empty: none), where its data ends: a byte offset (of the decompressed text)
+  // that is the start of a line, or -1 for the end of the file. A shard of one file is the
+  // lines between a seek() to its first line and this end (python/sparsecore/data/shard.py).
+  std::vector<int64_t> end_offsets;
 };
 
 // Lines read before a mid-stream fraction of malformed lines is judged.

@@ -15,8 +15,14 @@ the same files and given ``load_state_dict()`` resumes there: no sample twice, n
 
 Options every reader takes: ``batch_size`` (4096), ``num_threads`` (parsing threads, 1),
 ``block_bytes`` (4 MiB), ``prefetch_blocks`` (2), ``max_reported_errors`` (100),
-``max_bad_fraction`` (0.01). To read files for several epochs or shuffled, wrap a reader
-factory in :class:`sparsecore.data.Epochs`.
+``max_bad_fraction`` (0.01), ``shard`` (None). To read files for several epochs or shuffled,
+wrap a reader factory in :class:`sparsecore.data.Epochs`.
+
+``shard=(index, count)``: this reader is worker ``index`` of ``count`` and reads only its part
+of the files - whole files when there are at least ``count`` of them (``paths[index::count]``),
+else a range of whole lines of one file (:mod:`sparsecore.data.shard`); the parts of the
+``count`` workers are disjoint and together are all the data. ``state_dict()`` records the
+shard, and ``load_state_dict()`` refuses a state of another shard.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from typing import Any, NamedTuple, Union
 from .._core import io as _io
 from .batch import Batch
 from .schema import Column, ColumnsLike, normalize_columns
+from .shard import shard_parts
 
 __all__ = ["CriteoReader", "CsvReader", "LibffmReader", "LibsvmReader", "MalformedLine", "ReaderPosition", "read_header"]
 
@@ -62,14 +69,24 @@ class _TextReader:
     kind = "text"
 
     def __init__(self, paths: PathsLike, fmt: Any, *, batch_size: int, num_threads: int, block_bytes: int,
-                 prefetch_blocks: int, max_reported_errors: int, max_bad_fraction: float) -> None:
+                 prefetch_blocks: int, max_reported_errors: int, max_bad_fraction: float,
+                 shard: Any = None) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.paths = _paths(paths)
+        parts = shard_parts(_paths(paths), shard)
+        self.shard = None if shard is None else (int(shard[0]), int(shard[1]))
+        self._parts = [list(p[1:]) for p in parts]
+        self.paths = [p.path for p in parts]  # the files this reader reads (its shard's)
         self.batch_size = batch_size
         self._reader = _io.TextReader(self.paths, fmt, block_bytes=block_bytes, num_threads=num_threads,
                                       prefetch_blocks=prefetch_blocks, max_reported_errors=max_reported_errors,
-                                      max_bad_fraction=max_bad_fraction)
+                                      max_bad_fraction=max_bad_fraction,
+                                      end_offsets=[] if shard is None else [p.end for p in parts])
+        self._start = (0, parts[0].begin, parts[0].line)
+        if parts[0].end != -1 and parts[0].begin >= parts[0].end:  # an empty range of lines
+            self._start = (1, 0, 0)
+        if self._start != (0, 0, 0):
+            self.seek(self._start)
         self._warned = 0
 
     def next_batch(self, batch_size: int | None = None) -> Batch | None:
@@ -107,11 +124,22 @@ class _TextReader:
         return [MalformedLine(self.paths[f], line, reason) for f, line, reason in self._reader.malformed_lines]
 
     def state_dict(self) -> dict[str, Any]:
-        """JSON-serialisable position, for checkpoints."""
-        return {"kind": self.kind, "paths": list(self.paths), "position": list(self.position)}
+        """JSON-serialisable position (and shard: index, count and each part's [begin, first
+        line, end]), for checkpoints."""
+        state = {"kind": self.kind, "paths": list(self.paths), "position": list(self.position)}
+        if self.shard is not None:
+            state["shard"] = {"index": self.shard[0], "count": self.shard[1], "parts": self._parts}
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         check_state(state, self.kind, self.paths)
+        saved = state.get("shard")
+        mine = None if self.shard is None else {"index": self.shard[0], "count": self.shard[1], "parts": self._parts}
+        if saved != mine:
+            def describe(s: Any) -> str:
+                return "all the data" if s is None else f"shard {s.get('index')} of {s.get('count')} {s.get('parts')}"
+
+            raise ValueError(f"state was saved by a reader of {describe(saved)}, this one reads {describe(mine)}")
         self.seek(state["position"])
 
 
@@ -126,7 +154,7 @@ def check_state(state: dict[str, Any], kind: str, paths: list[str]) -> None:
 
 
 _OPTION_DEFAULTS = {"batch_size": 4096, "num_threads": 1, "block_bytes": 4 << 20, "prefetch_blocks": 2,
-                    "max_reported_errors": 100, "max_bad_fraction": 0.01}
+                    "max_reported_errors": 100, "max_bad_fraction": 0.01, "shard": None}
 
 
 def _reader_options(options: dict[str, Any]) -> dict[str, Any]:
