@@ -186,7 +186,8 @@ class Coordinator:
 
     # --- state changes (lock held) -----------------------------------------------------------
     def _status_locked(self) -> dict[str, Any]:
-        return {"generation": self._gen, "phase": self._phase, "why": self._why, "mode": self.mode,
+        why = (self._missing_locked() or self._why) if self._phase == "waiting" else self._why
+        return {"generation": self._gen, "phase": self._phase, "why": why, "mode": self.mode,
                 "num_servers": self.num_servers, "num_workers": self.num_workers,
                 "servers": {str(i): m.address for i, m in sorted(self._servers.items())},
                 "workers": {str(r): m.step for r, m in sorted(self._workers.items())},
