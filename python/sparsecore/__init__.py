@@ -30,6 +30,7 @@ from ._core import (RpcAuthError, RpcConnectionError, RpcError, RpcProtocolError
                     RpcTimeoutError, RpcUnknownMethodError)
 from . import rpc
 from .server import Cluster, Server, connect
+from . import cluster
 from ._deprecated import module_getattr as _module_getattr
 import typing as _typing
 
@@ -73,7 +74,7 @@ __all__ = [
     "QuantizedEmbeddingTable", "QuantizedRows", "Quantizer", "RowwiseAdagrad", "RpcAuthError",
     "RpcConnectionError", "RpcError", "RpcProtocolError", "RpcStepAbortedError", "RpcTimeoutError",
     "RpcUnknownMethodError", "Predictor", "Server", "Subscriber",
-    "TableConfig", "Trainer", "TruncatedNormal", "Uniform", "Zeros", "available_cores", "configure_threads",
+    "TableConfig", "Trainer", "TruncatedNormal", "Uniform", "Zeros", "available_cores", "cluster", "configure_threads",
     "connect", "cpu_features", "data", "default_split", "export_dense", "export_model", "num_threads", "pack_pow2", "quant",
     "quantize_activations", "quantize_module", "read_export", "rpc", "set_num_threads", "shift_matmul",
 ]
