@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -162,29 +163,44 @@ class CountingJob:
         self.steps = state["steps"]
 
 
-def run_in_process(tmp_path, steps, **coordinator_args):
-    """A coordinator, one server and two worker threads in this process; the coordinator's
-    final status and each worker's state in the final snapshot."""
-    coord = Coordinator(num_servers=1, num_workers=2, snapshot_dir=str(tmp_path / "coord"), heartbeat=0.1,
+class SlowJob(CountingJob):
+    def step(self, step):
+        time.sleep(0.01)
+        super().step(step)
+
+
+class FailingJob(CountingJob):
+    def step(self, step):
+        if step == 2:
+            raise ZeroDivisionError("a bug in the training code")
+        super().step(step)
+
+
+def run_in_process(tmp_path, steps, job=CountingJob, workers=2, errors=None, **coordinator_args):
+    """A coordinator, one server and worker threads in this process; the coordinator's final
+    status. Errors of the workers go to ``errors`` when given, else fail the test."""
+    coord = Coordinator(num_servers=1, num_workers=workers, snapshot_dir=str(tmp_path / "coord"), heartbeat=0.1,
                         member_timeout=5.0, **coordinator_args).start()
     server = sc.Server(port=0, snapshot_dir=str(tmp_path / "servers"))
     member = ServerMember(coord.endpoint, server_index=0, num_servers=1, address=server.endpoint).start()
-    errors = []
+    failed = [] if errors is None else errors
 
     def work(rank):
         try:
-            Worker(coord.endpoint, rank, recovery_timeout=30).run(lambda c: CountingJob(c, rank), steps=steps)
+            Worker(coord.endpoint, rank, recovery_timeout=30).run(lambda c: job(c, rank), steps=steps)
         except Exception as e:  # reported below
-            errors.append(e)
+            failed.append(e)
 
-    threads = [threading.Thread(target=work, args=(r,)) for r in range(2)]
+    threads = [threading.Thread(target=work, args=(r,)) for r in range(workers)]
     try:
         for t in threads:
             t.start()
         for t in threads:
             t.join(60)
-        assert not errors and not any(t.is_alive() for t in threads)
-        assert coord.wait(10)
+        assert not any(t.is_alive() for t in threads)
+        if errors is None:
+            assert not failed
+            assert coord.wait(10)
         return coord.status()
     finally:
         member.stop()
@@ -229,3 +245,28 @@ def test_a_coordinator_refuses_bad_arguments(tmp_path):
         args = {"num_servers": 1, "num_workers": 1, "snapshot_dir": str(tmp_path / "c"), **kwargs}
         with pytest.raises(ValueError, match=match):
             Coordinator(**args)
+
+
+def test_asynchronous_workers_meet_at_the_same_barrier_steps(tmp_path):
+    run_in_process(tmp_path, 6, mode="async", snapshot_every_steps=2, keep=10)
+    found = manifests(str(tmp_path / "coord"))
+    assert [m["step"] for m in found] == [0, 2, 4, 6] and {m["mode"] for m in found} == {"async"}
+    for m in found:
+        for w in m["workers"]:
+            assert json.load(open(tmp_path / "coord" / m["name"] / w["file"])) == {"steps": m["step"]}
+
+
+def test_snapshots_by_time_stop_every_worker_at_the_same_step(tmp_path):
+    # 30 steps of at least 10 ms each: a snapshot falls due at least once before the end
+    run_in_process(tmp_path, 30, job=SlowJob, snapshot_every_seconds=0.05, keep=100)
+    found = manifests(str(tmp_path / "coord"))
+    assert found[0]["step"] == 0 and found[-1]["step"] == 30 and len(found) >= 3
+    for m in found:
+        for w in m["workers"]:
+            assert json.load(open(tmp_path / "coord" / m["name"] / w["file"])) == {"steps": m["step"]}
+
+
+def test_an_error_of_the_training_code_propagates_instead_of_rolling_back(tmp_path):
+    errors = []
+    run_in_process(tmp_path, 5, job=FailingJob, workers=1, errors=errors)
+    assert [type(e) for e in errors] == [ZeroDivisionError]

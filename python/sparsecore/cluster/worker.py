@@ -176,20 +176,22 @@ class Worker:
         servers = [ready["servers"][str(i)] for i in range(ready["num_servers"])]
         sync = ready["mode"] == "sync"
         step = 0
-        try:
+        try:  # a server gone meanwhile; errors of the job's own code propagate
             cluster = connect(servers, token=self._token, timeout=self.timeout,
                               worker=self.rank if sync else 0, num_workers=ready["num_workers"] if sync else 0)
             job = make_job(cluster)
-            resume = ready.get("resume")
-            if resume is not None:
+        except _core.RpcError as e:
+            raise _Recover(f"joining generation {self.generation}: {type(e).__name__}: {e}") from None
+        resume = ready.get("resume")
+        if resume is not None:
+            try:  # the coordinator gone, or the generation already over
                 reply = self._link.call(P.FETCH_STATE, P.encode(dict(self._hello(), name=resume["name"])))
                 header, data = P.unpack_with_state(reply, "snapshot state")
-                job.load_state_dict(_decode_state(data, header["encoding"]))
-                step = int(header["step"])
-            log.info("worker %d: generation %d from step %d", self.rank, self.generation, step)
-        except (_core.RpcError, KeyError, ValueError) as e:
-            # a server or the coordinator gone meanwhile, or the generation already over
-            raise _Recover(f"joining generation {self.generation}: {type(e).__name__}: {e}") from None
+            except (_core.RpcError, KeyError, ValueError) as e:
+                raise _Recover(f"fetching the state of {resume['name']}: {type(e).__name__}: {e}") from None
+            job.load_state_dict(_decode_state(data, header["encoding"]))
+            step = int(header["step"])
+        log.info("worker %d: generation %d from step %d", self.rank, self.generation, step)
         return self._train(job, step, steps)
 
     def _train(self, job: TrainingJob, step: int, steps: int) -> str:
