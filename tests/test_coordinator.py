@@ -83,6 +83,9 @@ def test_an_unknown_member_is_refused(coordinator):
      "snapshot-dir"),
     (b'{"role": "server", "rank": 0, "incarnation": "x", "num_servers": 1, "snapshots": true, "address": "nope"}',
      "host:port"),
+    (b'{"role": "server", "rank": 0, "incarnation": "x", "num_servers": 1, "snapshots": true, "address": "'
+     + b"h" * 5000 + b':1"}', "host:port"),
+    (b'{"role": "worker", "rank": 0, "incarnation": "' + b"x" * 65 + b'"}', "incarnation"),
 ])
 def test_a_malformed_registration_is_refused_with_what_was_wrong(coordinator, payload, match):
     with pytest.raises(ValueError, match=match):

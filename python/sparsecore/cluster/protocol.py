@@ -43,6 +43,8 @@ def parse_address(address: str, what: str = "coordinator") -> tuple[str, int]:
     """``"host:port"`` -> (host, port); ValueError naming ``what`` otherwise."""
     if not isinstance(address, str):
         raise TypeError(f"{what} must be a 'host:port' string, got {type(address).__name__}")
+    if len(address) > 300:
+        raise ValueError(f"{what} must be 'host:port', got {len(address)} characters")
     host, sep, port = address.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"{what} must be 'host:port' with a port in [1, 65535], got {address!r}")
