@@ -16,6 +16,7 @@ from cluster_worker import CONFIG  # noqa: E402
 # Rounds of the seeded kill loop (each kills one process at a random step and restarts it):
 # 20 with every kind of process, fewer for one kind alone (SPARSECORE_CLUSTER_ROUNDS caps both).
 ROUNDS = int(os.environ.get("SPARSECORE_CLUSTER_ROUNDS", "20"))
+SEED = int(os.environ.get("SPARSECORE_CLUSTER_SEED", "0"))  # added to every loop's seed
 STEPS = 40
 IDS = np.arange(CONFIG.vocab_size, dtype=np.int64)
 
@@ -37,7 +38,7 @@ def uninterrupted(tmp_path_factory):
 
 
 def kill_loop(seed, roles, rounds):
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed + SEED)
 
     def kills(job):
         done = 0

@@ -273,3 +273,14 @@ def test_an_error_of_the_training_code_propagates_instead_of_rolling_back(tmp_pa
     errors = []
     run_in_process(tmp_path, 5, job=FailingJob, workers=1, errors=errors)
     assert [type(e) for e in errors] == [ZeroDivisionError]
+
+
+class HugeStateJob(CountingJob):
+    def state_dict(self):
+        return b"x" * (1 << 17)
+
+
+def test_a_state_over_the_coordinators_limit_is_refused_naming_the_limit(tmp_path):
+    errors = []
+    run_in_process(tmp_path, 2, job=HugeStateJob, workers=1, errors=errors, max_state_bytes=1 << 16)
+    assert [type(e) for e in errors] == [ValueError] and "--max-state-bytes 65536" in str(errors[0])

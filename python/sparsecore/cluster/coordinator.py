@@ -101,6 +101,7 @@ class Coordinator:
         self.every_steps, self.every_seconds = int(snapshot_every_steps), float(snapshot_every_seconds)
         self.heartbeat, self.member_timeout, self.restore_timeout = heartbeat, member_timeout, restore_timeout
         self.keep = keep
+        self.max_state_bytes = int(max_state_bytes)
         self._token = token
         self._store = SnapshotStore(snapshot_dir)
         record = self._store.load_record()
@@ -194,7 +195,7 @@ class Coordinator:
                 "snapshot": self._latest["name"] if self._latest else None,
                 "snapshot_step": self._latest["step"] if self._latest else None,
                 "snapshots_taken": self._snapshots_this_gen, "heartbeat": self.heartbeat,
-                "member_timeout": self.member_timeout}
+                "member_timeout": self.member_timeout, "max_state_bytes": self.max_state_bytes}
 
     def _persist(self) -> None:
         self._store.save_record({"generation": self._gen, "next_seq": self._next_seq, "done": self._done,

@@ -221,6 +221,10 @@ class Worker:
                                    "every worker of a job must run the same number of steps")
             elif action == "snapshot":
                 data, encoding = _encode_state(job.state_dict())
+                limit = int(self._job_info.get("max_state_bytes", P.DEFAULT_MAX_STATE_BYTES))
+                if len(data) > limit:
+                    raise ValueError(f"job.state_dict() is {len(data)} bytes, more than the coordinator takes "
+                                     f"(--max-state-bytes {limit})")
                 header = dict(self._hello(), generation=self.generation, step=step, encoding=encoding)
                 try:
                     self._link.call(P.SNAPSHOT_STATE, P.pack_with_state(header, data))
