@@ -284,3 +284,25 @@ def test_a_state_over_the_coordinators_limit_is_refused_naming_the_limit(tmp_pat
     errors = []
     run_in_process(tmp_path, 2, job=HugeStateJob, workers=1, errors=errors, max_state_bytes=1 << 16)
     assert [type(e) for e in errors] == [ValueError] and "--max-state-bytes 65536" in str(errors[0])
+
+
+def test_a_server_that_heartbeats_but_does_not_answer_on_its_port_is_dead(tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    coord = Coordinator(num_servers=1, num_workers=1, snapshot_dir=str(tmp_path / "c"), heartbeat=0.05,
+                        member_timeout=0.5).start()
+    try:
+        c = link(coord.endpoint, "")
+        server = hello(0, "s1", "server")
+        c.request(P.REGISTER, dict(server, address=f"127.0.0.1:{port}", num_servers=1, snapshots=True))
+        deadline = time.monotonic() + 30
+        with pytest.raises(KeyError, match="unknown member"):
+            while time.monotonic() < deadline:  # its heartbeats keep coming; its port never answers
+                c.request(P.HEARTBEAT, server)
+                time.sleep(0.02)
+        assert coord.status()["servers"] == {}
+    finally:
+        coord.stop()

@@ -56,6 +56,7 @@ class _Member:
     paused: int = -1  # the generation this worker said it paused in
     step: int = 0
     told_done: bool = False
+    answered: float = 0.0  # a server: when it last answered the coordinator's ping
 
 
 @dataclasses.dataclass
@@ -133,6 +134,7 @@ class Coordinator:
             self._rpc.register(method, handler)
         self.address = address
         self._thread: Optional[threading.Thread] = None
+        self._prober: Optional[threading.Thread] = None
 
     # --- lifecycle ------------------------------------------------------------------------
     @property
@@ -147,6 +149,8 @@ class Coordinator:
         self._rpc.start()
         self._thread = threading.Thread(target=self._control_loop, name="sparsecore-coordinator", daemon=True)
         self._thread.start()
+        self._prober = threading.Thread(target=self._probe_loop, name="sparsecore-coordinator-probe", daemon=True)
+        self._prober.start()
         log.info("coordinator on %s, generation %d, newest snapshot %s", self.endpoint, self._gen,
                  self._latest["name"] if self._latest else "none")
         return self
@@ -169,8 +173,9 @@ class Coordinator:
     def stop(self) -> None:
         self._stopped.set()
         self._wake.set()
-        if self._thread is not None:
-            self._thread.join()
+        for thread in (self._thread, self._prober):
+            if thread is not None:
+                thread.join()
         self._rpc.stop()
 
     @property
@@ -259,7 +264,7 @@ class Coordinator:
             if old is None or old.incarnation != incarnation:
                 if old is not None or self._phase in ("ready", "restoring"):
                     self._new_generation(f"{role} {rank} joined" + (" again (restarted or replaced)" if old else ""))
-                members[rank] = _Member(incarnation, time.monotonic(), address)
+                members[rank] = _Member(incarnation, time.monotonic(), address, answered=time.monotonic())
                 log.info("%s %d registered%s", role, rank, f" at {address}" if address else "")
             member = members[rank]
             member.last_seen = time.monotonic()
@@ -381,6 +386,10 @@ class Coordinator:
                             if now - member.last_seen > self.member_timeout:
                                 del members[rank]
                                 self._new_generation(f"{role} {rank} silent for {self.member_timeout:g} s")
+                            elif role == "server" and now - member.answered > self.member_timeout:
+                                del members[rank]
+                                self._new_generation(f"server {rank} at {member.address} has not answered a ping "
+                                                     f"for {self.member_timeout:g} s")
                 if self._phase == "waiting" and now >= retry_at:
                     missing = self._missing_locked()
                     if missing:
@@ -415,6 +424,36 @@ class Coordinator:
                                 self._phase, self._why = "failed", f"{self._save_failures} snapshots failed in a row: {e}"
                                 self._done_at = time.monotonic()
                                 log.error("job failed: %s", self._why)
+
+    def _probe_loop(self) -> None:
+        """The coordinator's side of the servers' heartbeats: every heartbeat it pings each
+        registered server on its RPC port (the port workers use), so that a server process whose
+        registration thread still runs but whose shards do not answer is found dead too."""
+        clients: dict[tuple[int, str], Any] = {}
+        while not self._stopped.wait(self.heartbeat):
+            with self._lock:
+                servers = [(i, m.incarnation, m.address) for i, m in self._servers.items()]
+            for key in [k for k in clients if k not in {(i, inc) for i, inc, _ in servers}]:
+                del clients[key]
+            for index, incarnation, address in servers:
+                try:
+                    client = clients.get((index, incarnation))
+                    if client is None:
+                        host, port = P.parse_address(address, "server address")
+                        client = clients[(index, incarnation)] = _core.RpcClient(
+                            host, port, token=self._token, connect_timeout_ms=int(self.member_timeout * 500),
+                            timeout_ms=int(self.member_timeout * 500))
+                    client.ping(int(self.member_timeout * 500))
+                except _core.RpcAuthError as e:
+                    log.error("server %d at %s refuses the coordinator's token: %s", index, address, e)
+                    continue
+                except _core.RpcError:
+                    clients.pop((index, incarnation), None)
+                    continue
+                with self._lock:
+                    member = self._servers.get(index)
+                    if member is not None and member.incarnation == incarnation:
+                        member.answered = time.monotonic()
 
     def _missing_locked(self) -> str:
         servers = [i for i in range(self.num_servers) if i not in self._servers]
