@@ -99,13 +99,13 @@ SPARSECORE_BINDING(ps, 70) {
         "Newest complete step-<k> snapshot directory under root, or '' when none.");
   py::class_<PsClient>(m, "PsClient")
       .def(py::init([](const std::vector<std::string>& addresses, const std::string& token, int timeout_ms,
-                       uint32_t worker, uint32_t num_workers, int heartbeat_ms, int poll_us) {
-             PsClientOptions o{token, timeout_ms, 5000, worker, num_workers, heartbeat_ms, poll_us};
+                       uint32_t worker, uint32_t num_workers, int heartbeat_ms, int poll_us, int64_t staleness) {
+             PsClientOptions o{token, timeout_ms, 5000, worker, num_workers, heartbeat_ms, poll_us, staleness};
              py::gil_scoped_release r;
              return std::make_unique<PsClient>(addresses, o);
            }),
            py::arg("addresses"), py::arg("token") = "", py::arg("timeout_ms") = 300000, py::arg("worker") = 0,
-           py::arg("num_workers") = 0, py::arg("heartbeat_ms") = 0, py::arg("poll_us") = 0)
+           py::arg("num_workers") = 0, py::arg("heartbeat_ms") = 0, py::arg("poll_us") = 0, py::arg("staleness") = -1)
       .def(py::init([](PsServer& server) { return std::make_unique<PsClient>(server, PsClientOptions{}); }),
            py::arg("server"), py::keep_alive<1, 2>())
       .def_property_readonly("total_shards", &PsClient::total_shards)

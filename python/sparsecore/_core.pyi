@@ -296,7 +296,7 @@ class PsMetricsServer:
         ...
 class PsClient:
     @typing.overload
-    def __init__(self, addresses: collections.abc.Sequence[str], token: str = '', timeout_ms: typing.SupportsInt | typing.SupportsIndex = 300000, worker: typing.SupportsInt | typing.SupportsIndex = 0, num_workers: typing.SupportsInt | typing.SupportsIndex = 0, heartbeat_ms: typing.SupportsInt | typing.SupportsIndex = 0, poll_us: typing.SupportsInt | typing.SupportsIndex = 0) -> None:
+    def __init__(self, addresses: collections.abc.Sequence[str], token: str = '', timeout_ms: typing.SupportsInt | typing.SupportsIndex = 300000, worker: typing.SupportsInt | typing.SupportsIndex = 0, num_workers: typing.SupportsInt | typing.SupportsIndex = 0, heartbeat_ms: typing.SupportsInt | typing.SupportsIndex = 0, poll_us: typing.SupportsInt | typing.SupportsIndex = 0, staleness: typing.SupportsInt | typing.SupportsIndex = -1) -> None:
         ...
     @typing.overload
     def __init__(self, server: PsServer) -> None:

@@ -339,9 +339,20 @@ class Server:
 
 def connect(addresses: Sequence[str] | str, *, token: str = "", timeout: Optional[float] = 300.0,
             worker: int = 0, num_workers: int = 0, heartbeat: Optional[float] = 30.0,
-            poll: float = 0.0) -> Cluster:
+            poll: float = 0.0, mode: Optional[str] = None, staleness: int = 0) -> Cluster:
     """Connects to every server ("host:port", in server-index order). ``num_workers`` > 0
     makes pushes synchronous across that many workers (``worker`` = this one's rank).
+
+    ``mode`` picks how the ``num_workers`` workers of a job step together (every worker of
+    the job must pass the same): ``"sync"`` (the default when ``num_workers`` > 0) sums the
+    gradients of all workers per step; ``"async"`` (the default otherwise) applies each push
+    at once and never waits; ``"ssp"`` (bounded staleness) applies each push at once, but a
+    worker may run at most ``staleness`` steps ahead of the slowest worker: each server
+    counts every worker's pushed steps and holds a pull or push of a worker further ahead
+    until the slowest catches up (within ``timeout``; ``Cluster.stats()[i]["staleness"]``
+    shows the clocks and the largest lead admitted). ``staleness=0`` is ``"sync"``. A worker
+    whose connections close stops counting, so it never blocks the others; one that
+    connects again resumes at the slowest worker's step.
 
     ``timeout`` (seconds, default 300) is the deadline of every call, the blocking ones
     included: a pull, a synchronous push waiting for the other workers, a barrier. A call past
@@ -366,10 +377,21 @@ def connect(addresses: Sequence[str] | str, *, token: str = "", timeout: Optiona
     poll_us = _poll_us(poll)
     if timeout is not None and not (isinstance(timeout, (int, float)) and 0 < timeout <= 2**31 / 1000):
         raise ValueError(f"timeout must be a number of seconds in (0, {2**31 // 1000}] or None, got {timeout!r}")
+    if mode is None:
+        mode = "sync" if num_workers > 0 else "async"
+    if mode not in ("sync", "async", "ssp"):
+        raise ValueError(f"mode must be 'sync', 'async' or 'ssp', got {mode!r}")
+    if isinstance(staleness, bool) or not isinstance(staleness, (int, np.integer)) or staleness < 0:
+        raise ValueError(f"staleness must be an int >= 0 (steps a worker may run ahead), got {staleness!r}")
+    if mode != "async" and num_workers < 1:
+        raise ValueError(f"mode {mode!r} needs num_workers >= 1 (the workers of the job), got {num_workers}")
+    if mode == "ssp" and staleness == 0:
+        mode = "sync"
     args = dict(token=token, timeout=timeout, worker=worker, num_workers=num_workers, heartbeat=heartbeat,
-                poll=poll)
-    core = _core.PsClient(addresses, token, max(1, int(timeout * 1000)) if timeout is not None else 0, worker, num_workers,
-                          int((heartbeat or 0) * 1000), poll_us)
+                poll=poll, mode=mode, staleness=staleness)
+    core = _core.PsClient(addresses, token, max(1, int(timeout * 1000)) if timeout is not None else 0, worker,
+                          num_workers if mode != "async" else 0, int((heartbeat or 0) * 1000), poll_us,
+                          int(staleness) if mode == "ssp" else -1)
     return Cluster(core, addresses, **args)
 
 

@@ -130,6 +130,10 @@ PsClient::PsClient(const std::vector<std::string>& addresses, PsClientOptions op
                  options_.num_workers, " workers");
     Json j = Json::object();
     j["worker"] = static_cast<int64_t>(options_.worker);
+    if (options_.staleness >= 0) {
+      j["num_workers"] = static_cast<int64_t>(options_.num_workers);
+      j["staleness"] = options_.staleness;
+    }
     call_json(kJoin, j);
   }
 }
@@ -355,7 +359,7 @@ void PsClient::push_slices(const std::vector<TableSlice>& slices, int64_t step, 
   h.num_tables = static_cast<uint32_t>(K);
   h.step = step;
   h.worker = options_.worker;
-  h.num_workers = options_.num_workers;
+  h.num_workers = options_.staleness >= 0 ? 0 : options_.num_workers;  // bounded staleness: applied at once
   s.headers.assign(T, h);
   s.entries.assign(T * K, TableEntry{});
   std::vector<ShardCall> calls(T);

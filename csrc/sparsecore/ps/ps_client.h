@@ -8,7 +8,10 @@
 //
 // Thread-safety: calls may come from several threads; embedded calls are serialised.
 //
-// Synchronous mode (num_workers > 0): push() returns once every worker pushed that step of
+// Bounded staleness (num_workers > 0, staleness >= 0): pushes apply at once; a pull or push
+// of a worker too far ahead waits on the server, up to the call's deadline.
+//
+// Synchronous mode (num_workers > 0, no staleness): push() returns once every worker pushed that step of
 // the table. When a worker leaves or rejoins meanwhile the step is abandoned and push (or
 // barrier) throws RpcStepAborted on every worker: roll back to the last snapshot together.
 //
@@ -43,6 +46,10 @@ struct PsClientOptions {
   uint32_t num_workers = 0;  // > 0: synchronous training with this many workers
   int heartbeat_ms = 0;      // see rpc::ClientOptions::heartbeat_ms (0: off)
   int poll_us = 0;           // see rpc::ClientOptions::poll_us (0: sleep at once)
+  // >= 0 with num_workers > 0: bounded staleness instead of synchronous steps. Pushes apply
+  // at once, and a server holds this worker's pulls and pushes while it is more than
+  // `staleness` steps ahead of the slowest worker (ps_server.h). < 0: off.
+  int64_t staleness = -1;
 };
 
 // One table's part of pull_tables / push_tables. Host memory, the caller's.

@@ -51,6 +51,9 @@ inline constexpr uint32_t kPullTrain = 1;
 // (int64[num_ids], table after table), then for a push every table's summed gradients
 // (float32[num_ids, dim], table after table). A pull replies every table's rows, table after
 // table. The payload is exactly that long; 1 <= num_tables <= kMaxTablesPerShard.
+// A table's entry may name float16 for its values on the wire (kWireFloat16): its pushed
+// gradients and its pulled rows are then IEEE binary16 (round to nearest even, core/half.h)
+// instead of float32, and the server converts to and from its float32 rows.
 struct TablesHeader {
   uint32_t num_tables;
   uint32_t flags;        // pull: kPullTrain; push: 0
@@ -61,10 +64,12 @@ struct TablesHeader {
 static_assert(sizeof(TablesHeader) == 24);
 struct TableEntry {
   uint32_t name_bytes;
-  uint32_t reserved;  // 0
+  uint32_t wire_dtype;  // kWireFloat32 or kWireFloat16: the dtype of this table's values
   uint64_t num_ids;
 };
 static_assert(sizeof(TableEntry) == 16);
+inline constexpr uint32_t kWireFloat32 = 0;
+inline constexpr uint32_t kWireFloat16 = 1;
 inline constexpr uint32_t kMaxTableNameBytes = 4096;
 
 // kDensePush: this header, the name (padded to 8), then float32 grads[size].
