@@ -109,6 +109,9 @@ SPARSECORE_BINDING(ps, 70) {
       .def(py::init([](PsServer& server) { return std::make_unique<PsClient>(server, PsClientOptions{}); }),
            py::arg("server"), py::keep_alive<1, 2>())
       .def_property_readonly("total_shards", &PsClient::total_shards)
+      .def("set_wire_dtype", &PsClient::set_wire_dtype, py::arg("table"), py::arg("dtype"),
+           "The dtype of `table`'s values on the wire ('': the default of every table): 'float32' or 'float16'.")
+      .def("wire_dtype", &PsClient::wire_dtype, py::arg("table"))
       .def("create_table",
            [](PsClient& c, const std::string& config_json, uint64_t seed) {
              TableConfig cfg = TableConfig::from_json(Json::parse(config_json));

@@ -333,7 +333,13 @@ class PsClient:
         ...
     def save(self, name: str, step: typing.SupportsInt | typing.SupportsIndex, overwrite: bool = False) -> str:
         ...
+    def set_wire_dtype(self, table: str, dtype: str) -> None:
+        """
+        The dtype of `table`'s values on the wire ('': the default of every table): 'float32' or 'float16'.
+        """
     def stats(self) -> str:
+        ...
+    def wire_dtype(self, table: str) -> str:
         ...
     @property
     def total_shards(self) -> int:

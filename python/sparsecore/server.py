@@ -339,7 +339,8 @@ class Server:
 
 def connect(addresses: Sequence[str] | str, *, token: str = "", timeout: Optional[float] = 300.0,
             worker: int = 0, num_workers: int = 0, heartbeat: Optional[float] = 30.0,
-            poll: float = 0.0, mode: Optional[str] = None, staleness: int = 0) -> Cluster:
+            poll: float = 0.0, mode: Optional[str] = None, staleness: int = 0,
+            wire_dtype: str | Mapping[str, str] = "float32") -> Cluster:
     """Connects to every server ("host:port", in server-index order). ``num_workers`` > 0
     makes pushes synchronous across that many workers (``worker`` = this one's rank).
 
@@ -353,6 +354,13 @@ def connect(addresses: Sequence[str] | str, *, token: str = "", timeout: Optiona
     shows the clocks and the largest lead admitted). ``staleness=0`` is ``"sync"``. A worker
     whose connections close stops counting, so it never blocks the others; one that
     connects again resumes at the slowest worker's step.
+
+    ``wire_dtype``: the dtype of rows and gradients on the wire, ``"float32"`` (the default)
+    or ``"float16"`` (half the bytes), for every table or per table as a dict (table name ->
+    dtype; tables not named stay float32). The servers keep float32 rows either way: with
+    float16 a pull returns each row rounded to float16 (to nearest even) and a push applies
+    each summed gradient rounded so. A row value beyond the float16 range (+-65504) reads as
+    +-inf, and a push whose gradient would round to +-inf raises ValueError (nothing applied).
 
     ``timeout`` (seconds, default 300) is the deadline of every call, the blocking ones
     included: a pull, a synchronous push waiting for the other workers, a barrier. A call past
@@ -387,11 +395,18 @@ def connect(addresses: Sequence[str] | str, *, token: str = "", timeout: Optiona
         raise ValueError(f"mode {mode!r} needs num_workers >= 1 (the workers of the job), got {num_workers}")
     if mode == "ssp" and staleness == 0:
         mode = "sync"
+    wire = {"": wire_dtype} if isinstance(wire_dtype, str) else dict(wire_dtype)
+    for table, dtype in wire.items():
+        if dtype not in ("float32", "float16"):
+            where = "the tables" if table == "" else f"table {table!r}"
+            raise ValueError(f"wire_dtype of {where} must be 'float32' or 'float16', got {dtype!r}")
     args = dict(token=token, timeout=timeout, worker=worker, num_workers=num_workers, heartbeat=heartbeat,
-                poll=poll, mode=mode, staleness=staleness)
+                poll=poll, mode=mode, staleness=staleness, wire_dtype=wire_dtype)
     core = _core.PsClient(addresses, token, max(1, int(timeout * 1000)) if timeout is not None else 0, worker,
                           num_workers if mode != "async" else 0, int((heartbeat or 0) * 1000), poll_us,
                           int(staleness) if mode == "ssp" else -1)
+    for table, dtype in wire.items():
+        core.set_wire_dtype(table, dtype)
     return Cluster(core, addresses, **args)
 
 

@@ -93,6 +93,13 @@ class PsClient {
   ~PsClient();
 
   int total_shards() const { return total_shards_; }
+  // The dtype of `table`'s values on the wire ("" : every table without its own): "float32"
+  // (the default) or "float16" - half the bytes of every pull and push of that table. Rows
+  // stay float32 on the servers; what a pull returns is each row rounded to float16 (to
+  // nearest even; a value beyond +-65504 reads as +-inf) and what a push applies is each
+  // summed gradient rounded so (a push whose gradient would round to +-inf is refused).
+  void set_wire_dtype(const std::string& table, const std::string& dtype);
+  std::string wire_dtype(const std::string& table) const;
   void create_table(const TableConfig& config, uint64_t seed);
   int dim(const std::string& table) const;
   // Rows of several tables: one request per server shard that owns any id (none when every
@@ -155,7 +162,9 @@ class PsClient {
   std::mutex scratch_mutex_;
   std::vector<std::unique_ptr<CallScratch>> free_scratch_;  // reused between calls
   int total_shards_ = 0;
+  bool wire_half(const std::string& table) const;
   std::map<std::string, int> dims_;
+  std::map<std::string, bool> wire_half_;  // by table; "" for the others
   std::mutex dims_mutex_;
 };
 
