@@ -229,17 +229,19 @@ SPARSECORE_BINDING(ps, 70) {
              py::gil_scoped_release r;
              c.barrier(name, count);
            })
-      .def("dense_pull",
-           [](PsClient& c, const std::string& name, int64_t size, float init) {
-             std::vector<float> v;
-             {
-               py::gil_scoped_release r;
-               v = c.dense_pull(name, size, init);
-             }
-             py::array_t<float> out(static_cast<py::ssize_t>(v.size()));
-             std::copy(v.begin(), v.end(), out.mutable_data());
-             return out;
-           })
+      .def(
+          "dense_pull",
+          [](PsClient& c, const std::string& name, int64_t size, float init, int shard) {
+            std::vector<float> v;
+            {
+              py::gil_scoped_release r;
+              v = c.dense_pull(name, size, init, shard);
+            }
+            py::array_t<float> out(static_cast<py::ssize_t>(v.size()));
+            std::copy(v.begin(), v.end(), out.mutable_data());
+            return out;
+          },
+          py::arg("name"), py::arg("size"), py::arg("init"), py::arg("shard") = 0)
       .def("dense_push",
            [](PsClient& c, const std::string& name, const py::array& grads, float lr) {
              const float* g = checked_array<float>(grads, "grads", {-1});
@@ -247,6 +249,31 @@ SPARSECORE_BINDING(ps, 70) {
              py::gil_scoped_release r;
              c.dense_push(name, g, n, lr);
            })
+      .def(
+          "dense_create",
+          [](PsClient& c, int shard, const std::string& name, const py::array& values, const std::string& optimizer) {
+            const float* v = checked_array<float>(values, "values", {-1});
+            int64_t n = values.shape(0);
+            py::gil_scoped_release r;
+            c.dense_create(shard, name, v, n, optimizer);
+          },
+          py::arg("shard"), py::arg("name"), py::arg("values"), py::arg("optimizer"),
+          "Creates dense variable `name` on global shard `shard` with a server-side optimizer (its JSON).")
+      .def(
+          "dense_step",
+          [](PsClient& c, int shard, const std::string& name, const py::array& grads, int64_t step) {
+            const float* g = checked_array<float>(grads, "grads", {-1});
+            int64_t n = grads.shape(0);
+            py::array_t<float> out(static_cast<py::ssize_t>(n));
+            float* o = out.mutable_data();
+            {
+              py::gil_scoped_release r;
+              c.dense_step(shard, name, g, n, step, o);
+            }
+            return out;
+          },
+          py::arg("shard"), py::arg("name"), py::arg("grads"), py::arg("step"),
+          "Pushes the gradients of dense variable `name` and returns its values after the update.")
       .def(
           "erase",
           [](PsClient& c, const std::string& name, const py::array& ids) {

@@ -156,8 +156,29 @@ class Cluster:
         :class:`RpcTimeoutError` past the client's ``timeout``."""
         self._c.barrier(name, count)
 
-    def dense_pull(self, name: str, size: int, init: float = 0.0) -> np.ndarray:
-        return self._c.dense_pull(name, size, init)
+    def dense_pull(self, name: str, size: int, init: float = 0.0, *, shard: int = 0) -> np.ndarray:
+        """Values of dense variable ``name`` (float32[size]) kept by global shard ``shard``;
+        created there filled with ``init`` when absent (``size`` 0: it must exist)."""
+        return self._c.dense_pull(name, size, init, shard)
+
+    def dense_create(self, name: str, values: Any, optimizer: Any, *, shard: int = 0) -> None:
+        """Creates dense variable ``name`` on global shard ``shard`` from ``values`` (float32,
+        flattened) with a server-side ``optimizer`` (sc.SGD, sc.Momentum, sc.Adagrad, sc.Adam,
+        ...: the update rules of the tables, the whole variable updated as one row). A no-op
+        when it exists with the same size and optimizer; ValueError otherwise."""
+        if not hasattr(optimizer, "to_dict"):
+            raise TypeError(f"optimizer must be a sparsecore optimizer (sc.SGD, sc.Adam, ...), "
+                            f"got {type(optimizer).__name__}")
+        values = as_float32(np.ravel(values), f"values of dense variable '{name}'")
+        self._c.dense_create(int(shard), name, values, json.dumps(optimizer.to_dict()))
+
+    def dense_step(self, name: str, grads: Any, *, step: int = 0, shard: int = 0) -> np.ndarray:
+        """Pushes the gradients (float32, flattened) of dense variable ``name`` (made by
+        :meth:`dense_create`) and returns its values after the server's optimizer applied them:
+        at once for an asynchronous (or bounded-staleness) worker; for synchronous workers once
+        every worker pushed ``step``, to the sum of their gradients in worker order."""
+        grads = as_float32(np.ravel(grads), f"gradients of dense variable '{name}'")
+        return self._c.dense_step(int(shard), name, grads, int(step))
 
     def dense_push(self, name: str, grads: Any, lr: float) -> None:
         """w -= lr * grads on the server. ``lr`` must be finite and >= 0 and ``grads`` finite

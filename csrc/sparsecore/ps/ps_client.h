@@ -140,8 +140,17 @@ class PsClient {
   // Returns once `count` callers entered barrier `name` (a synchronous worker's rank goes
   // with it: the barrier is aborted with RpcStepAborted when a worker leaves or re-enters).
   void barrier(const std::string& name, int count);
-  std::vector<float> dense_pull(const std::string& name, int64_t size, float init);
+  // A dense variable's values from global shard `shard` (created there with `init` when
+  // absent and size > 0).
+  std::vector<float> dense_pull(const std::string& name, int64_t size, float init, int shard = 0);
   void dense_push(const std::string& name, const float* grads, int64_t size, float lr);
+  // A dense variable with a server-side optimizer on global shard `shard`: created from
+  // `values` (size) unless it exists alike (optimizer_json: an OptimizerConfig's JSON).
+  void dense_create(int shard, const std::string& name, const float* values, int64_t size,
+                    const std::string& optimizer_json);
+  // Pushes its gradients (size) for `step` and fills `out` (size) with its values after the
+  // update (synchronous: after every worker's gradients of the step were summed and applied).
+  void dense_step(int shard, const std::string& name, const float* grads, int64_t size, int64_t step, float* out);
   Json stats();
   // Removes ids (n, any values, duplicates allowed) from table `table` on the shards that own
   // them; returns how many were present.

@@ -50,6 +50,44 @@ DensePushRequest parse_dense_push(std::span<const std::byte> payload) {
   return d;
 }
 
+DenseCreateRequest parse_dense_create(std::span<const std::byte> payload) {
+  DenseCreateRequest d;
+  SC_CHECK_ARG(payload.size() >= sizeof(DenseCreateHeader), "dense create of ", payload.size(),
+               " bytes is shorter than its header");
+  std::memcpy(&d.h, payload.data(), sizeof(DenseCreateHeader));
+  SC_CHECK_ARG(d.h.name_bytes >= 1 && d.h.name_bytes <= kMaxTableNameBytes, "bad dense variable name length ",
+               d.h.name_bytes);
+  SC_CHECK_ARG(d.h.config_bytes <= (1u << 16), "dense create: optimizer JSON of ", d.h.config_bytes,
+               " bytes (at most 65536)");
+  const size_t name_end = sizeof(DenseCreateHeader) + padded8(d.h.name_bytes);
+  const size_t config_end = name_end + padded8(d.h.config_bytes);
+  SC_CHECK_ARG(config_end <= payload.size() && d.h.size <= (payload.size() - config_end) / sizeof(float) &&
+                   payload.size() - config_end == d.h.size * sizeof(float),
+               "dense create of ", d.h.size, " values carries ", payload.size(), " bytes");
+  d.name.assign(reinterpret_cast<const char*>(payload.data()) + sizeof(DenseCreateHeader), d.h.name_bytes);
+  d.config = std::string_view(reinterpret_cast<const char*>(payload.data()) + name_end, d.h.config_bytes);
+  d.values = payload.data() + config_end;
+  return d;
+}
+
+DenseStepRequest parse_dense_step(std::span<const std::byte> payload) {
+  DenseStepRequest d;
+  SC_CHECK_ARG(payload.size() >= sizeof(DenseStepHeader), "dense step of ", payload.size(),
+               " bytes is shorter than its header");
+  std::memcpy(&d.h, payload.data(), sizeof(DenseStepHeader));
+  SC_CHECK_ARG(d.h.name_bytes >= 1 && d.h.name_bytes <= kMaxTableNameBytes && d.h.reserved == 0,
+               "bad dense variable name length ", d.h.name_bytes);
+  const size_t name_end = sizeof(DenseStepHeader) + padded8(d.h.name_bytes);
+  SC_CHECK_ARG(name_end <= payload.size() && d.h.size <= (payload.size() - name_end) / sizeof(float) &&
+                   payload.size() - name_end == d.h.size * sizeof(float),
+               "dense step of ", d.h.size, " values carries ", payload.size(), " bytes");
+  SC_CHECK_ARG(d.h.num_workers <= kMaxWorkers && (d.h.num_workers == 0 || d.h.worker < d.h.num_workers),
+               "dense step: worker ", d.h.worker, " out of range for ", d.h.num_workers, " workers");
+  d.name.assign(reinterpret_cast<const char*>(payload.data()) + sizeof(DenseStepHeader), d.h.name_bytes);
+  d.grads = payload.data() + name_end;
+  return d;
+}
+
 TablesRequest parse_tables_request(std::span<const std::byte> payload, bool push, int64_t max_ids,
                                    uint64_t max_reply_bytes, const std::function<int(std::string_view)>& dim_of) {
   TablesRequest t;

@@ -34,6 +34,23 @@ struct DensePushRequest {
 };
 DensePushRequest parse_dense_push(std::span<const std::byte> payload);
 
+// kDenseCreate: header, name, optimizer JSON text, initial values.
+struct DenseCreateRequest {
+  DenseCreateHeader h;
+  std::string name;
+  std::string_view config;            // into the payload
+  const std::byte* values = nullptr;  // float32[h.size], maybe unaligned
+};
+DenseCreateRequest parse_dense_create(std::span<const std::byte> payload);
+
+// kDenseStep: header, name, grads.
+struct DenseStepRequest {
+  DenseStepHeader h;
+  std::string name;
+  const std::byte* grads = nullptr;  // float32[h.size], maybe unaligned
+};
+DenseStepRequest parse_dense_step(std::span<const std::byte> payload);
+
 // kPullTables / kPushTables, sized from each table's dim (`dim_of` throws NotFound for a
 // table that does not exist). Exactly as long as the layout says, at most `max_ids` ids in
 // all, and for a pull a reply of at most `max_reply_bytes`.

@@ -173,6 +173,7 @@ void PsServer::abort_steps(int reactor, const std::string& why) {
   for (const auto& [table, step] : shard(reactor).abort_steps())
     fail_pushes(reactor, table, "step " + std::to_string(step) + " of table '" + table + "' was aborted: " + why);
   fail_pushes(reactor, "", why);  // none should be left; never leave a caller waiting
+  fail_dense_steps(reactor, why);
 }
 
 void PsServer::connection_closed(int reactor, uint64_t connection) {
@@ -492,6 +493,7 @@ void PsServer::add_methods() {
     } else if (phase == "commit") {
       s.commit_restore(j.at("restore_id").as_string("restore_id"));
       fail_pushes(r.reactor, "", "the shard was restored from a snapshot while a step was incomplete");
+      fail_dense_steps(r.reactor, "the shard was restored from a snapshot while a step was incomplete");
     } else if (phase == "abort") {
       s.abort_restore(j.at("restore_id").as_string("restore_id"));
     } else {
@@ -594,6 +596,7 @@ void PsServer::add_methods() {
     shard(r.reactor).dense_push(d.name, aligned_view<float>(d.grads, d.h.size, copy), static_cast<int64_t>(d.h.size),
                                 d.h.lr);
   });
+  add_dense_methods();
   // Row requests pass the staleness gate (ps_server_staleness.cpp); a push advances its clock.
   for (const uint16_t method : {kPull, kPullTables, kPush, kPushTables})
     methods_[method] = gated(std::move(methods_[method]), method == kPush || method == kPushTables);

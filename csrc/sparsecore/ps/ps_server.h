@@ -148,6 +148,8 @@ class PsServer {
     int64_t pull_requests = 0;
     int64_t push_requests = 0;
     StalenessGate gate;
+    // Synchronous dense steps waiting for the other workers, by variable.
+    std::map<std::string, std::vector<rpc::DeferredReply>, std::less<>> dense_waiting;
     std::vector<HeldRequest> held;  // in arrival order
     bool releasing = false;         // release_held is running (a send may re-enter it)
     bool release_again = false;
@@ -158,6 +160,9 @@ class PsServer {
   // Reactor thread only: runs the held requests the gate admits now, answers the expired
   // ones, drops those of closed connections.
   void release_held(int reactor);
+  void add_dense_methods();  // kDenseCreate, kDenseStep (ps_server_dense.cpp)
+  // Reactor thread only: abandons the shard's incomplete dense steps and fails their waiters.
+  void fail_dense_steps(int reactor, const std::string& why);
   // Reactor thread only. Fails every deferred push of `table` (all tables when empty) with
   // `status` (kStepAborted unless said), saying `why`.
   void fail_pushes(int reactor, const std::string& table, const std::string& why,

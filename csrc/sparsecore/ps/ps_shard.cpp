@@ -308,6 +308,8 @@ std::vector<float>& PsShard::dense(const std::string& name, int64_t size, float 
 void PsShard::dense_push(const std::string& name, const float* grads, int64_t size, float lr) {
   auto it = dense_.find(name);
   if (it == dense_.end()) throw NotFound("no dense variable '" + name + "'");
+  SC_CHECK_ARG(!dense_rules_.count(name), "dense variable '", name,
+               "' has an optimizer on the server; step it with its gradients (kDenseStep), not a plain push");
   SC_CHECK_ARG(static_cast<int64_t>(it->second.size()) == size, "gradient of dense variable '", name, "' has ", size,
                " values, expected ", it->second.size());
   SC_CHECK_ARG(std::isfinite(lr) && lr >= 0.0f, "learning rate of dense variable '", name,
@@ -484,6 +486,7 @@ void PsShard::commit_restore(const std::string& restore_id) {
   staged_id_.clear();
   tables_ = std::move(staged->tables_);
   dense_ = std::move(staged->dense_);
+  dense_rules_ = std::move(staged->dense_rules_);  // none: snapshots keep dense values only
   kv_ = std::move(staged->kv_);
 }
 
