@@ -145,3 +145,16 @@ def test_staleness_zero_is_sync(cluster):
     ps.create_table("t", CFG, seed=3)
     train_step(ps, 0, 0)  # one synchronous worker: applied at once
     assert all("staleness" not in s for s in ps.stats())
+
+
+def test_a_synchronous_push_of_a_worker_ahead_is_refused_not_held(cluster):
+    fast = worker(cluster, 0, 2)
+    idle = worker(cluster, 1, 2)  # joined, never steps
+    for step in range(3):
+        train_step(fast, step, 0)
+    mixed = sc.connect(cluster, worker=0, num_workers=2, timeout=60)  # rank 0 again, in sync mode
+    mixed.create_table("t", CFG, seed=3)
+    ids = np.arange(4, dtype=np.int64)
+    with pytest.raises(ValueError, match="same mode"):
+        mixed.push("t", ids, np.zeros((4, 4), np.float32), step=3)
+    assert all(g["clocks"] == [3, 0] for g in gate_stats(idle))

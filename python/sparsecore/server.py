@@ -191,7 +191,9 @@ class Cluster:
         ``rejected``, ``pending``, ``dropped_gradients`` - ``memory_bytes``, ``step``, and the
         ``admission`` and ``expiry`` counts of tables that have them, with the shard's
         ``capacity``) and, on a listening server, the row requests it received
-        (``pull_requests``, ``push_requests``)."""
+        (``pull_requests``, ``push_requests``) and, in a bounded-staleness job, its gate
+        (``staleness``: ``clocks`` per worker, ``departed`` workers, requests ``held``, and
+        ``max_lead``, the largest lead of a request it admitted)."""
         return json.loads(self._c.stats())
 
     def collection(self, tables: Mapping[str, TableConfig], seed: int = 0) -> EmbeddingCollection:

@@ -1,6 +1,8 @@
 // PsServer's bounded-staleness gate (ps_server.h): holding and releasing the pulls and
 // pushes of workers too far ahead.
 #include <algorithm>
+#include <cstddef>
+#include <cstring>
 #include <string>
 
 #include "sparsecore/core/error.h"
@@ -16,6 +18,16 @@ namespace {
 // only bounds what a misbehaving member can make the shard keep.
 constexpr size_t kMaxHeldRequests = 4096;
 
+// Whether a push request (kPush or kPushTables) names num_workers > 0; false when too short
+// to say (its handler refuses it).
+bool synchronous_push(const rpc::Request& r) {
+  const size_t at = r.method == kPush ? offsetof(TableHeader, num_workers) : offsetof(TablesHeader, num_workers);
+  uint32_t num_workers = 0;
+  if (r.payload.size() >= at + sizeof(num_workers))
+    std::memcpy(&num_workers, r.payload.data() + at, sizeof(num_workers));
+  return num_workers > 0;
+}
+
 }  // namespace
 
 rpc::Handler PsServer::gated(rpc::Handler handler, bool push) {
@@ -28,6 +40,11 @@ rpc::Handler PsServer::gated(rpc::Handler handler, bool push) {
     }
     const uint32_t worker = member->second;
     if (!st.gate.admits(worker)) {
+      // A synchronous push waits for the other workers itself; held as well it could never be
+      // answered, so a bounded-staleness job refuses it.
+      SC_CHECK_ARG(!push || !synchronous_push(r), "worker ", worker,
+                   " sent a synchronous push to a server whose job trains with bounded staleness; "
+                   "connect every worker with the same mode");
       if (st.held.size() >= kMaxHeldRequests)
         throw RpcError("shard holds " + std::to_string(st.held.size()) +
                        " requests of workers ahead of the staleness bound; refused");
