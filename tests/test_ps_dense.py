@@ -161,3 +161,28 @@ def test_two_synchronous_workers_match_the_gloo_path(cluster, tmp_path):
     torch.manual_seed(0)
     start = sc.torch.mlp(6, [8, 4]).state_dict()
     assert any(not torch.equal(a["server"][n], start[n]) for n in start)  # it trained
+
+
+def test_dense_variables_on_every_shard_survive_a_snapshot(tmp_path, rng):
+    procs = [start_server_process("--shards", 2, "--server-index", i, "--num-servers", 2,
+                                  "--snapshot-dir", tmp_path / "snap") for i in range(2)]
+    try:
+        ps = sc.connect([a for _, a in procs], timeout=60)
+        opt = sc.SGD(lr=0.5)
+        for shard in range(4):
+            ps.dense_create(f"w{shard}", rng.standard_normal(5).astype(np.float32), opt, shard=shard)
+            ps.dense_step(f"w{shard}", np.ones(5, np.float32), shard=shard)
+        saved = [ps.dense_pull(f"w{shard}", 0, shard=shard) for shard in range(4)]
+        ps.save(1)
+        for shard in range(4):
+            ps.dense_step(f"w{shard}", np.ones(5, np.float32), shard=shard)
+        ps.restore(1)
+        for shard in range(4):
+            np.testing.assert_array_equal(ps.dense_pull(f"w{shard}", 0, shard=shard), saved[shard])
+            # The restored values take the optimizer again (a fresh state) and keep training.
+            ps.dense_create(f"w{shard}", np.zeros(5, np.float32), opt, shard=shard)
+            np.testing.assert_array_equal(ps.dense_step(f"w{shard}", np.ones(5, np.float32), shard=shard),
+                                          saved[shard] - np.float32(0.5))
+    finally:
+        for p, _ in procs:
+            stop(p)

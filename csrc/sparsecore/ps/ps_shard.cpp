@@ -381,10 +381,14 @@ int64_t PsShard::restore(const std::string& dir) {
   std::map<std::string, Table, std::less<>> tables;
   std::map<std::string, std::vector<float>> dense;
   std::map<std::string, Json> kv;
+  // Dense variables stay on the shard that saved them when the layout is the same (they are
+  // spread over the shards by size); onto another layout they all go to shard 0.
+  const bool same_layout = old_total == layout_.total_shards;
   for (int g = 0; g < old_total; ++g) {
     const Json& m = snapshot.markers[static_cast<size_t>(g)];
-    if (g == 0) {
+    if (g == 0)
       for (const auto& [k, v] : m.at("kv").as_object("kv")) kv[k] = v;
+    if (same_layout ? g == layout_.global_index : layout_.global_index == 0) {
       for (const auto& [k, v] : m.at("dense").as_object("dense")) {
         std::vector<float> values;
         for (const Json& x : v.as_array("dense values")) values.push_back(static_cast<float>(x.as_double()));
@@ -455,13 +459,11 @@ int64_t PsShard::restore(const std::string& dir) {
     t.rows->release_retired_rows(/*wait=*/true);
   }
   tables_ = std::move(tables);
-  if (layout_.global_index == 0) {
-    dense_ = std::move(dense);
+  dense_ = std::move(dense);
+  if (layout_.global_index == 0)
     kv_ = std::move(kv);
-  } else {
-    dense_.clear();
+  else
     kv_.clear();
-  }
   return snapshot.step;
 }
 
