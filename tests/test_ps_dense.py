@@ -186,3 +186,45 @@ def test_dense_variables_on_every_shard_survive_a_snapshot(tmp_path, rng):
     finally:
         for p, _ in procs:
             stop(p)
+
+
+def test_hostile_dense_frames_are_refused_and_change_nothing():
+    import struct
+
+    from sparsecore import rpc
+    proc, addr = start_server_process("--shards", 1)
+    try:
+        ps = sc.connect([addr], timeout=60)
+        ps.dense_create("w", np.ones(4, np.float32), sc.SGD(lr=0.1))
+        host, port = addr.rsplit(":", 1)
+        raw = rpc.RpcClient(host, int(port))
+        create, step = 28, 29
+
+        def step_frame(size, grads, name=b"w", reserved=0, worker=0, num_workers=0):
+            head = struct.pack("<IIQqII", len(name), reserved, size, 0, worker, num_workers)
+            return head + name.ljust(8, b"\0") + grads
+
+        good = np.full(4, 2.0, np.float32).tobytes()
+        for frame in (step_frame(4, good[:-4]),                   # a value short
+                      step_frame(5, good),                        # lying size
+                      step_frame(2**62, good),                    # huge size
+                      step_frame(4, good, reserved=1),            # reserved field set
+                      step_frame(4, good, worker=3, num_workers=2),  # worker out of range
+                      step_frame(4, good)[:20]):                  # truncated header
+            with pytest.raises(ValueError):
+                raw.call(step, frame)
+        opt = b'{"name": "sgd", "lr": 0.1, "weight_decay": 0.0}'
+        for frame in (struct.pack("<IIQ", 1, len(opt), 2) + b"v".ljust(8, b"\0") + opt.ljust(48, b"\0") + b"\0" * 4,
+                      struct.pack("<IIQ", 1, 1 << 20, 1) + b"v".ljust(8, b"\0"),
+                      struct.pack("<IIQ", 0, len(opt), 1) + opt.ljust(48, b"\0") + b"\0" * 4):
+            with pytest.raises(ValueError):
+                raw.call(create, frame)
+        with pytest.raises(ValueError):  # an unknown optimizer field
+            bad = b'{"name": "sgd", "lr": 0.1, "bogus": 1}'
+            raw.call(create, struct.pack("<IIQ", 1, len(bad), 1) + b"v".ljust(8, b"\0") + bad.ljust(40, b"\0")
+                     + b"\0" * 4)
+        np.testing.assert_array_equal(ps.dense_pull("w", 0), np.ones(4, np.float32))
+        np.testing.assert_array_equal(np.frombuffer(raw.call(step, step_frame(4, good)), np.float32),
+                                      np.full(4, 0.8, np.float32))
+    finally:
+        stop(proc)
