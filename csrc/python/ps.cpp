@@ -99,16 +99,19 @@ SPARSECORE_BINDING(ps, 70) {
         "Newest complete step-<k> snapshot directory under root, or '' when none.");
   py::class_<PsClient>(m, "PsClient")
       .def(py::init([](const std::vector<std::string>& addresses, const std::string& token, int timeout_ms,
-                       uint32_t worker, uint32_t num_workers, int heartbeat_ms, int poll_us) {
-             PsClientOptions o{token, timeout_ms, 5000, worker, num_workers, heartbeat_ms, poll_us};
+                       uint32_t worker, uint32_t num_workers, int heartbeat_ms, int poll_us, int64_t staleness) {
+             PsClientOptions o{token, timeout_ms, 5000, worker, num_workers, heartbeat_ms, poll_us, staleness};
              py::gil_scoped_release r;
              return std::make_unique<PsClient>(addresses, o);
            }),
            py::arg("addresses"), py::arg("token") = "", py::arg("timeout_ms") = 300000, py::arg("worker") = 0,
-           py::arg("num_workers") = 0, py::arg("heartbeat_ms") = 0, py::arg("poll_us") = 0)
+           py::arg("num_workers") = 0, py::arg("heartbeat_ms") = 0, py::arg("poll_us") = 0, py::arg("staleness") = -1)
       .def(py::init([](PsServer& server) { return std::make_unique<PsClient>(server, PsClientOptions{}); }),
            py::arg("server"), py::keep_alive<1, 2>())
       .def_property_readonly("total_shards", &PsClient::total_shards)
+      .def("set_wire_dtype", &PsClient::set_wire_dtype, py::arg("table"), py::arg("dtype"),
+           "The dtype of `table`'s values on the wire ('': the default of every table): 'float32' or 'float16'.")
+      .def("wire_dtype", &PsClient::wire_dtype, py::arg("table"))
       .def("create_table",
            [](PsClient& c, const std::string& config_json, uint64_t seed) {
              TableConfig cfg = TableConfig::from_json(Json::parse(config_json));
@@ -226,17 +229,19 @@ SPARSECORE_BINDING(ps, 70) {
              py::gil_scoped_release r;
              c.barrier(name, count);
            })
-      .def("dense_pull",
-           [](PsClient& c, const std::string& name, int64_t size, float init) {
-             std::vector<float> v;
-             {
-               py::gil_scoped_release r;
-               v = c.dense_pull(name, size, init);
-             }
-             py::array_t<float> out(static_cast<py::ssize_t>(v.size()));
-             std::copy(v.begin(), v.end(), out.mutable_data());
-             return out;
-           })
+      .def(
+          "dense_pull",
+          [](PsClient& c, const std::string& name, int64_t size, float init, int shard) {
+            std::vector<float> v;
+            {
+              py::gil_scoped_release r;
+              v = c.dense_pull(name, size, init, shard);
+            }
+            py::array_t<float> out(static_cast<py::ssize_t>(v.size()));
+            std::copy(v.begin(), v.end(), out.mutable_data());
+            return out;
+          },
+          py::arg("name"), py::arg("size"), py::arg("init"), py::arg("shard") = 0)
       .def("dense_push",
            [](PsClient& c, const std::string& name, const py::array& grads, float lr) {
              const float* g = checked_array<float>(grads, "grads", {-1});
@@ -244,6 +249,31 @@ SPARSECORE_BINDING(ps, 70) {
              py::gil_scoped_release r;
              c.dense_push(name, g, n, lr);
            })
+      .def(
+          "dense_create",
+          [](PsClient& c, int shard, const std::string& name, const py::array& values, const std::string& optimizer) {
+            const float* v = checked_array<float>(values, "values", {-1});
+            int64_t n = values.shape(0);
+            py::gil_scoped_release r;
+            c.dense_create(shard, name, v, n, optimizer);
+          },
+          py::arg("shard"), py::arg("name"), py::arg("values"), py::arg("optimizer"),
+          "Creates dense variable `name` on global shard `shard` with a server-side optimizer (its JSON).")
+      .def(
+          "dense_step",
+          [](PsClient& c, int shard, const std::string& name, const py::array& grads, int64_t step) {
+            const float* g = checked_array<float>(grads, "grads", {-1});
+            int64_t n = grads.shape(0);
+            py::array_t<float> out(static_cast<py::ssize_t>(n));
+            float* o = out.mutable_data();
+            {
+              py::gil_scoped_release r;
+              c.dense_step(shard, name, g, n, step, o);
+            }
+            return out;
+          },
+          py::arg("shard"), py::arg("name"), py::arg("grads"), py::arg("step"),
+          "Pushes the gradients of dense variable `name` and returns its values after the update.")
       .def(
           "erase",
           [](PsClient& c, const std::string& name, const py::array& ids) {

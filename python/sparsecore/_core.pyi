@@ -296,7 +296,7 @@ class PsMetricsServer:
         ...
 class PsClient:
     @typing.overload
-    def __init__(self, addresses: collections.abc.Sequence[str], token: str = '', timeout_ms: typing.SupportsInt | typing.SupportsIndex = 300000, worker: typing.SupportsInt | typing.SupportsIndex = 0, num_workers: typing.SupportsInt | typing.SupportsIndex = 0, heartbeat_ms: typing.SupportsInt | typing.SupportsIndex = 0, poll_us: typing.SupportsInt | typing.SupportsIndex = 0) -> None:
+    def __init__(self, addresses: collections.abc.Sequence[str], token: str = '', timeout_ms: typing.SupportsInt | typing.SupportsIndex = 300000, worker: typing.SupportsInt | typing.SupportsIndex = 0, num_workers: typing.SupportsInt | typing.SupportsIndex = 0, heartbeat_ms: typing.SupportsInt | typing.SupportsIndex = 0, poll_us: typing.SupportsInt | typing.SupportsIndex = 0, staleness: typing.SupportsInt | typing.SupportsIndex = -1) -> None:
         ...
     @typing.overload
     def __init__(self, server: PsServer) -> None:
@@ -305,10 +305,18 @@ class PsClient:
         ...
     def create_table(self, arg0: str, arg1: typing.SupportsInt | typing.SupportsIndex) -> None:
         ...
-    def dense_pull(self, arg0: str, arg1: typing.SupportsInt | typing.SupportsIndex, arg2: typing.SupportsFloat | typing.SupportsIndex) -> numpy.typing.NDArray[numpy.float32]:
+    def dense_create(self, shard: typing.SupportsInt | typing.SupportsIndex, name: str, values: numpy.ndarray, optimizer: str) -> None:
+        """
+        Creates dense variable `name` on global shard `shard` with a server-side optimizer (its JSON).
+        """
+    def dense_pull(self, name: str, size: typing.SupportsInt | typing.SupportsIndex, init: typing.SupportsFloat | typing.SupportsIndex, shard: typing.SupportsInt | typing.SupportsIndex = 0) -> numpy.typing.NDArray[numpy.float32]:
         ...
     def dense_push(self, arg0: str, arg1: numpy.ndarray, arg2: typing.SupportsFloat | typing.SupportsIndex) -> None:
         ...
+    def dense_step(self, shard: typing.SupportsInt | typing.SupportsIndex, name: str, grads: numpy.ndarray, step: typing.SupportsInt | typing.SupportsIndex) -> numpy.typing.NDArray[numpy.float32]:
+        """
+        Pushes the gradients of dense variable `name` and returns its values after the update.
+        """
     def dim(self, arg0: str) -> int:
         ...
     def erase(self, table: str, ids: numpy.ndarray) -> int:
@@ -333,7 +341,13 @@ class PsClient:
         ...
     def save(self, name: str, step: typing.SupportsInt | typing.SupportsIndex, overwrite: bool = False) -> str:
         ...
+    def set_wire_dtype(self, table: str, dtype: str) -> None:
+        """
+        The dtype of `table`'s values on the wire ('': the default of every table): 'float32' or 'float16'.
+        """
     def stats(self) -> str:
+        ...
+    def wire_dtype(self, table: str) -> str:
         ...
     @property
     def total_shards(self) -> int:

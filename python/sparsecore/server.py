@@ -157,8 +157,29 @@ class Cluster:
         :class:`RpcTimeoutError` past the client's ``timeout``."""
         self._c.barrier(name, count)
 
-    def dense_pull(self, name: str, size: int, init: float = 0.0) -> np.ndarray:
-        return self._c.dense_pull(name, size, init)
+    def dense_pull(self, name: str, size: int, init: float = 0.0, *, shard: int = 0) -> np.ndarray:
+        """Values of dense variable ``name`` (float32[size]) kept by global shard ``shard``;
+        created there filled with ``init`` when absent (``size`` 0: it must exist)."""
+        return self._c.dense_pull(name, size, init, shard)
+
+    def dense_create(self, name: str, values: Any, optimizer: Any, *, shard: int = 0) -> None:
+        """Creates dense variable ``name`` on global shard ``shard`` from ``values`` (float32,
+        flattened) with a server-side ``optimizer`` (sc.SGD, sc.Momentum, sc.Adagrad, sc.Adam,
+        ...: the update rules of the tables, the whole variable updated as one row). A no-op
+        when it exists with the same size and optimizer; ValueError otherwise."""
+        if not hasattr(optimizer, "to_dict"):
+            raise TypeError(f"optimizer must be a sparsecore optimizer (sc.SGD, sc.Adam, ...), "
+                            f"got {type(optimizer).__name__}")
+        values = as_float32(np.ravel(values), f"values of dense variable '{name}'")
+        self._c.dense_create(int(shard), name, values, json.dumps(optimizer.to_dict()))
+
+    def dense_step(self, name: str, grads: Any, *, step: int = 0, shard: int = 0) -> np.ndarray:
+        """Pushes the gradients (float32, flattened) of dense variable ``name`` (made by
+        :meth:`dense_create`) and returns its values after the server's optimizer applied them:
+        at once for an asynchronous (or bounded-staleness) worker; for synchronous workers once
+        every worker pushed ``step``, to the sum of their gradients in worker order."""
+        grads = as_float32(np.ravel(grads), f"gradients of dense variable '{name}'")
+        return self._c.dense_step(int(shard), name, grads, int(step))
 
     def dense_push(self, name: str, grads: Any, lr: float) -> None:
         """w -= lr * grads on the server. ``lr`` must be finite and >= 0 and ``grads`` finite
@@ -171,7 +192,9 @@ class Cluster:
         ``rejected``, ``pending``, ``dropped_gradients`` - ``memory_bytes``, ``step``, and the
         ``admission`` and ``expiry`` counts of tables that have them, with the shard's
         ``capacity``) and, on a listening server, the row requests it received
-        (``pull_requests``, ``push_requests``)."""
+        (``pull_requests``, ``push_requests``) and, in a bounded-staleness job, its gate
+        (``staleness``: ``clocks`` per worker, ``departed`` workers, requests ``held``, and
+        ``max_lead``, the largest lead of a request it admitted)."""
         return json.loads(self._c.stats())
 
     def collection(self, tables: Mapping[str, TableConfig], seed: int = 0) -> EmbeddingCollection:
@@ -340,9 +363,28 @@ class Server:
 
 def connect(addresses: Sequence[str] | str, *, token: str = "", timeout: Optional[float] = 300.0,
             worker: int = 0, num_workers: int = 0, heartbeat: Optional[float] = 30.0,
-            poll: float = 0.0) -> Cluster:
+            poll: float = 0.0, mode: Optional[str] = None, staleness: int = 0,
+            wire_dtype: str | Mapping[str, str] = "float32") -> Cluster:
     """Connects to every server ("host:port", in server-index order). ``num_workers`` > 0
     makes pushes synchronous across that many workers (``worker`` = this one's rank).
+
+    ``mode`` picks how the ``num_workers`` workers of a job step together (every worker of
+    the job must pass the same): ``"sync"`` (the default when ``num_workers`` > 0) sums the
+    gradients of all workers per step; ``"async"`` (the default otherwise) applies each push
+    at once and never waits; ``"ssp"`` (bounded staleness) applies each push at once, but a
+    worker may run at most ``staleness`` steps ahead of the slowest worker: each server
+    counts every worker's pushed steps and holds a pull or push of a worker further ahead
+    until the slowest catches up (within ``timeout``; ``Cluster.stats()[i]["staleness"]``
+    shows the clocks and the largest lead admitted). ``staleness=0`` is ``"sync"``. A worker
+    whose connections close stops counting, so it never blocks the others; one that
+    connects again resumes at the slowest worker's step.
+
+    ``wire_dtype``: the dtype of rows and gradients on the wire, ``"float32"`` (the default)
+    or ``"float16"`` (half the bytes), for every table or per table as a dict (table name ->
+    dtype; tables not named stay float32). The servers keep float32 rows either way: with
+    float16 a pull returns each row rounded to float16 (to nearest even) and a push applies
+    each summed gradient rounded so. A row value beyond the float16 range (+-65504) reads as
+    +-inf, and a push whose gradient would round to +-inf raises ValueError (nothing applied).
 
     ``timeout`` (seconds, default 300) is the deadline of every call, the blocking ones
     included: a pull, a synchronous push waiting for the other workers, a barrier. A call past
@@ -367,10 +409,28 @@ def connect(addresses: Sequence[str] | str, *, token: str = "", timeout: Optiona
     poll_us = _poll_us(poll)
     if timeout is not None and not (isinstance(timeout, (int, float)) and 0 < timeout <= 2**31 / 1000):
         raise ValueError(f"timeout must be a number of seconds in (0, {2**31 // 1000}] or None, got {timeout!r}")
+    if mode is None:
+        mode = "sync" if num_workers > 0 else "async"
+    if mode not in ("sync", "async", "ssp"):
+        raise ValueError(f"mode must be 'sync', 'async' or 'ssp', got {mode!r}")
+    if isinstance(staleness, bool) or not isinstance(staleness, (int, np.integer)) or staleness < 0:
+        raise ValueError(f"staleness must be an int >= 0 (steps a worker may run ahead), got {staleness!r}")
+    if mode != "async" and num_workers < 1:
+        raise ValueError(f"mode {mode!r} needs num_workers >= 1 (the workers of the job), got {num_workers}")
+    if mode == "ssp" and staleness == 0:
+        mode = "sync"
+    wire = {"": wire_dtype} if isinstance(wire_dtype, str) else dict(wire_dtype)
+    for table, dtype in wire.items():
+        if dtype not in ("float32", "float16"):
+            where = "the tables" if table == "" else f"table {table!r}"
+            raise ValueError(f"wire_dtype of {where} must be 'float32' or 'float16', got {dtype!r}")
     args = dict(token=token, timeout=timeout, worker=worker, num_workers=num_workers, heartbeat=heartbeat,
-                poll=poll)
-    core = _core.PsClient(addresses, token, max(1, int(timeout * 1000)) if timeout is not None else 0, worker, num_workers,
-                          int((heartbeat or 0) * 1000), poll_us)
+                poll=poll, mode=mode, staleness=staleness, wire_dtype=wire_dtype)
+    core = _core.PsClient(addresses, token, max(1, int(timeout * 1000)) if timeout is not None else 0, worker,
+                          num_workers if mode != "async" else 0, int((heartbeat or 0) * 1000), poll_us,
+                          int(staleness) if mode == "ssp" else -1)
+    for table, dtype in wire.items():
+        core.set_wire_dtype(table, dtype)
     return Cluster(core, addresses, **args)
 
 

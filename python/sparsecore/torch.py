@@ -29,7 +29,8 @@ from .config import TableConfig
 from .embedding import EmbeddingCollection, PreparedBatch
 from .threads import ThreadsSpec, apply_default_split
 
-__all__ = ["DinAttention", "Dice", "EmbeddingBagCollection", "mlp", "sync_dense"]
+__all__ = ["DinAttention", "Dice", "EmbeddingBagCollection", "ServerDenseOptimizer", "mlp", "place_by_size",
+           "sync_dense"]
 
 
 class _FusedSparseUpdate(torch.autograd.Function):
@@ -264,3 +265,76 @@ def sync_dense(model: Any, group: Any = None) -> list:
         dist.all_reduce(p.grad, op=dist.ReduceOp.SUM, group=group)
         p.grad.div_(world)
     return [p.register_post_accumulate_grad_hook(average) for p in model.parameters() if p.requires_grad]
+
+
+def place_by_size(sizes: Iterable[int], num_shards: int) -> list[int]:
+    """The shard of each of ``sizes`` (numbers of values): largest first, each to the shard
+    holding the fewest values so far (the lowest index on a tie), so every worker that
+    places the same sizes gets the same answer."""
+    sizes = [int(n) for n in sizes]
+    if num_shards < 1:
+        raise ValueError(f"num_shards must be >= 1, got {num_shards}")
+    load = [0] * num_shards
+    shard = [0] * len(sizes)
+    for i in sorted(range(len(sizes)), key=lambda i: (-sizes[i], i)):
+        shard[i] = min(range(num_shards), key=lambda g: (load[g], g))
+        load[shard[i]] += sizes[i]
+    return shard
+
+
+class ServerDenseOptimizer:
+    """Dense parameters kept and updated by the parameter servers, an alternative to the gloo
+    all-reduce of :func:`sync_dense`: each parameter is a dense variable on one server shard
+    (spread by size, :func:`place_by_size`) with a server-side ``optimizer`` - sc.SGD,
+    sc.Momentum, sc.Adagrad, sc.Adam (the update rules of the tables). :meth:`step` pushes
+    every parameter's gradient and copies back the values the server returns.
+
+    ``cluster``: from :func:`sparsecore.connect`. With synchronous workers
+    (``num_workers``), worker 0's initial values are the ones every worker starts from, and a
+    step applies the sum of the workers' gradients (in worker order) once, divided by the
+    number of workers when ``average`` (the mean, as :func:`sync_dense` takes); asynchronous
+    and bounded-staleness workers apply their own gradients at once. ``name`` prefixes the
+    variables' names (one optimizer per model). Gradients that are None count as zeros."""
+
+    def __init__(self, params: Iterable[Any], cluster: Any, optimizer: Any, *, name: str = "dense",
+                 average: bool = True):
+        self.params = [p for p in params if p.requires_grad]
+        if not self.params:
+            raise ValueError("ServerDenseOptimizer got no parameters that require grad")
+        self.cluster = cluster
+        args = getattr(cluster, "_connect_args", {})
+        sync = args.get("mode") == "sync"
+        self.num_workers = int(args.get("num_workers", 0)) if sync else 0
+        rank = int(args.get("worker", 0))
+        self.scale = 1.0 / self.num_workers if average and self.num_workers > 1 else 1.0
+        self.names = [f"{name}/{i}" for i in range(len(self.params))]
+        self.shards = place_by_size([p.numel() for p in self.params], cluster.total_shards)
+        self.step_count = 0
+        if rank == 0 or self.num_workers == 0:
+            for p, var, shard in zip(self.params, self.names, self.shards):
+                cluster.dense_create(var, p.detach().cpu().numpy().astype(np.float32), optimizer, shard=shard)
+        if self.num_workers > 1:
+            cluster.barrier(f"{name}/created", self.num_workers)
+        with torch.no_grad():
+            for p, var, shard in zip(self.params, self.names, self.shards):
+                p.copy_(torch.from_numpy(cluster.dense_pull(var, 0, 0.0, shard=shard)).view_as(p))
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.params:
+            if set_to_none:
+                p.grad = None
+            elif p.grad is not None:
+                p.grad.zero_()
+
+    def step(self) -> None:
+        with torch.no_grad():
+            for p, var, shard in zip(self.params, self.names, self.shards):
+                if p.grad is None:
+                    grad = np.zeros(p.numel(), np.float32)
+                else:
+                    grad = p.grad.detach().cpu().reshape(-1).numpy().astype(np.float32, copy=True)
+                    if self.scale != 1.0:
+                        grad *= np.float32(self.scale)
+                values = self.cluster.dense_step(var, grad, step=self.step_count, shard=shard)
+                p.copy_(torch.from_numpy(values).view_as(p))
+        self.step_count += 1

@@ -427,7 +427,8 @@ TEST(PsMultiTransport, MutatedRequestsNeverReachPastThePayload) {
       TablesRequest t = parse_tables_request({p.data(), p.size()}, push, 1 << 20, 1 << 20, dim_of);
       const std::byte* end = p.data() + p.size();
       ASSERT_GE(t.ids, p.data());
-      ASSERT_EQ(t.ids + t.total_ids * 8 + (push ? t.total_floats * 4 : 0), end);
+      ASSERT_EQ(t.ids + t.total_ids * 8 + (push ? t.total_value_bytes : 0), end);
+      ASSERT_LE(t.total_value_bytes, t.total_floats * 4);  // float16 tables: 2 bytes a value
       uint64_t sum = 0, fsum = 0;
       for (size_t i = 0; i < t.names.size(); ++i) {
         sum += static_cast<uint64_t>(t.counts[i]);
@@ -439,6 +440,67 @@ TEST(PsMultiTransport, MutatedRequestsNeverReachPastThePayload) {
       ASSERT_EQ(fsum, t.total_floats);
     } catch (const InvalidArgument&) {
     } catch (const NotFound&) {
+    }
+  }
+}
+
+// Dense create and step requests mutated at random: the parsers either refuse with a typed
+// error or return views that lie inside the payload and end exactly at its end.
+TEST(PsMultiTransport, MutatedDenseRequestsNeverReachPastThePayload) {
+  std::mt19937_64 rng(std::random_device{}());
+  for (int round = 0; round < 20000; ++round) {
+    const bool create = rng() % 2;
+    const std::string name = rng() % 2 ? "w" : "dense/0";
+    const std::string config = R"({"name": "sgd", "lr": 0.1, "weight_decay": 0.0})";
+    const uint64_t size = rng() % 6;
+    std::vector<std::byte> p;
+    auto put = [&](const void* data, size_t bytes) {
+      const auto* b = static_cast<const std::byte*>(data);
+      p.insert(p.end(), b, b + bytes);
+      p.resize(padded8(p.size()));
+    };
+    if (create) {
+      DenseCreateHeader h{static_cast<uint32_t>(name.size()), static_cast<uint32_t>(config.size()), size};
+      put(&h, sizeof(h));
+      put(name.data(), name.size());
+      put(config.data(), config.size());
+    } else {
+      DenseStepHeader h{static_cast<uint32_t>(name.size()), 0, size, 3, 1, 2};
+      put(&h, sizeof(h));
+      put(name.data(), name.size());
+    }
+    p.resize(p.size() + size * sizeof(float));
+    switch (rng() % 4) {
+      case 0:
+        for (int i = 0; i < 4; ++i) p[rng() % p.size()] ^= static_cast<std::byte>(1u << (rng() % 8));
+        break;
+      case 1:
+        p.resize(rng() % p.size());
+        break;
+      case 2:
+        p.resize(p.size() + rng() % 24);
+        break;
+      default: {  // a length or size field set to an extreme
+        const size_t at = rng() % 2 ? 8 : (rng() % 2 ? 0 : 4);
+        const uint64_t v = rng() % 2 ? ~uint64_t{0} - rng() % 8 : uint64_t{1} << (rng() % 64);
+        std::memcpy(p.data() + at, &v, at == 8 ? 8 : 4);
+      }
+    }
+    const std::byte* end = p.data() + p.size();
+    try {
+      if (create) {
+        DenseCreateRequest d = parse_dense_create({p.data(), p.size()});
+        ASSERT_EQ(d.values + d.h.size * sizeof(float), end);
+        ASSERT_GE(reinterpret_cast<const std::byte*>(d.config.data()), p.data());
+        ASSERT_LE(reinterpret_cast<const std::byte*>(d.config.data() + d.config.size()), d.values);
+        ASSERT_EQ(d.name.size(), d.h.name_bytes);
+      } else {
+        DenseStepRequest d = parse_dense_step({p.data(), p.size()});
+        ASSERT_EQ(d.grads + d.h.size * sizeof(float), end);
+        ASSERT_EQ(d.name.size(), d.h.name_bytes);
+        ASSERT_TRUE(d.h.num_workers == 0 || d.h.worker < d.h.num_workers);
+      }
+    } catch (const InvalidArgument&) {
     }
   }
 }

@@ -6,10 +6,12 @@
 #include <exception>
 #include <new>
 #include <set>
+#include <tuple>
 #include <utility>
 
 #include "sparsecore/core/error.h"
 #include "sparsecore/core/file.h"
+#include "sparsecore/core/half.h"
 #include "sparsecore/ps/ps_protocol.h"
 #include "sparsecore/ps/ps_shard.h"
 #include "sparsecore/ps/ps_snapshot.h"
@@ -40,6 +42,10 @@ struct PsClient::CallScratch {
   std::vector<PodVector<int64_t>> source;        // pull: per slice, float offset in `rows` of grouped row j
   PodVector<float> rows;                         // pull: replies shard after shard; push: grads per slice, grouped
   std::vector<char> in_order;                    // per slice: its ids distinct and already grouped by shard
+  std::vector<char> half;                        // per slice: float16 values on the wire
+  PodVector<uint16_t> halves;                    // the float16 values of the call, (shard, slice) after another
+  // pull: where each float16 part of the reply goes, as (offset in halves, floats, count)
+  std::vector<std::tuple<size_t, float*, size_t>> widen;
 };
 
 std::unique_ptr<PsClient::CallScratch> PsClient::take_scratch() {
@@ -98,6 +104,9 @@ void PsClient::PendingPull::wait() {
     }
   }
   calls_.clear();
+  if (!error)
+    for (const auto& [at, out, count] : scratch->widen)
+      halves_to_floats(scratch->halves.data() + at, out, static_cast<int64_t>(count));
   if (!error) {
     // Scatter the slices whose rows did not land in place: the row of id i of slice t is the
     // reply row of its unique id.
@@ -130,6 +139,10 @@ PsClient::PsClient(const std::vector<std::string>& addresses, PsClientOptions op
                  options_.num_workers, " workers");
     Json j = Json::object();
     j["worker"] = static_cast<int64_t>(options_.worker);
+    if (options_.staleness >= 0) {
+      j["num_workers"] = static_cast<int64_t>(options_.num_workers);
+      j["staleness"] = options_.staleness;
+    }
     call_json(kJoin, j);
   }
 }
@@ -150,6 +163,23 @@ void PsClient::create_table(const TableConfig& config, uint64_t seed) {
   call_json(kCreateTable, j);
   std::lock_guard<std::mutex> lock(dims_mutex_);
   dims_[config.name] = config.dim;
+}
+
+void PsClient::set_wire_dtype(const std::string& table, const std::string& dtype) {
+  SC_CHECK_ARG(dtype == "float32" || dtype == "float16", "wire dtype of ",
+               table.empty() ? std::string("the tables") : "table '" + table + "'",
+               " must be 'float32' or 'float16', got '", dtype, "'");
+  std::lock_guard<std::mutex> lock(dims_mutex_);
+  wire_half_[table] = dtype == "float16";
+}
+
+std::string PsClient::wire_dtype(const std::string& table) const { return wire_half(table) ? "float16" : "float32"; }
+
+bool PsClient::wire_half(const std::string& table) const {
+  std::lock_guard<std::mutex> lock(const_cast<std::mutex&>(dims_mutex_));
+  auto it = wire_half_.find(table);
+  if (it == wire_half_.end()) it = wire_half_.find(std::string());
+  return it != wire_half_.end() && it->second;
 }
 
 int PsClient::dim(const std::string& table) const {
@@ -210,11 +240,14 @@ PsClient::PendingPull PsClient::pull_tables(const std::vector<TableSlice>& slice
   s.dims.assign(K, 0);
   s.outs.assign(K, {nullptr, 0});
   s.in_order.assign(K, 0);
+  s.half.assign(K, 0);
+  s.widen.clear();
   s.names.clear();
   s.base.assign(T * K, 0);
   s.reply_bytes.assign(T, 0);
   for (size_t t = 0; t < K; ++t) {
     s.dims[t] = dim(slices[t].table);
+    s.half[t] = wire_half(slices[t].table);
     s.outs[t] = {slices[t].rows, slices[t].n};
     if (slices[t].shard_starts) {
       s.ids[t].adopt(slices[t].shard_starts, total_shards_);
@@ -227,17 +260,23 @@ PsClient::PendingPull PsClient::pull_tables(const std::vector<TableSlice>& slice
   }
   // Shard g replies its rows of every slice, slice after slice: straight into the slice's
   // rows where its ids are in shard order, else into a region of `rows` and scattered by wait().
-  size_t floats = 0;
+  // A float16 part lands in `halves` and is widened by wait() into its place.
+  size_t floats = 0, halves = 0;
   for (size_t g = 0; g < T; ++g)
     for (size_t t = 0; t < K; ++t) {
       const size_t part =
           static_cast<size_t>(s.ids[t].shard_size(static_cast<int>(g))) * static_cast<size_t>(s.dims[t]);
-      s.reply_bytes[g] += part * sizeof(float);
+      s.reply_bytes[g] += part * (s.half[t] ? sizeof(uint16_t) : sizeof(float));
+      if (s.half[t]) {
+        s.widen.emplace_back(halves, nullptr, part);
+        halves += part;
+      }
       if (s.in_order[t]) continue;
       s.base[g * K + t] = floats;
       floats += part;
     }
   s.rows.resize(floats);
+  s.halves.resize(halves);
   for (size_t t = 0; t < K; ++t) {
     if (s.in_order[t]) continue;
     const ShardedIds& ids = s.ids[t];
@@ -256,8 +295,12 @@ PsClient::PendingPull PsClient::pull_tables(const std::vector<TableSlice>& slice
   s.entries.assign(T * K, TableEntry{});
   p.calls_.resize(T);
   std::vector<iovec> segs, into;
+  size_t next_widen = 0;
   for (size_t g = 0; g < T; ++g) {
-    if (s.reply_bytes[g] == 0) continue;  // a shard that owns none of the ids gets no request
+    if (s.reply_bytes[g] == 0) {  // a shard that owns none of the ids gets no request
+      for (size_t t = 0; t < K; ++t) next_widen += s.half[t];
+      continue;
+    }
     segs.assign({{&s.headers[g], sizeof(TablesHeader)},
                  {&s.entries[g * K], K * sizeof(TableEntry)},
                  {s.names.data(), s.names.size()}});
@@ -266,11 +309,18 @@ PsClient::PendingPull PsClient::pull_tables(const std::vector<TableSlice>& slice
       const ShardedIds& ids = s.ids[t];
       const int64_t first = ids.starts[g], count = ids.shard_size(static_cast<int>(g));
       const size_t d = static_cast<size_t>(s.dims[t]);
-      s.entries[g * K + t] = {static_cast<uint32_t>(slices[t].table.size()), 0, static_cast<uint64_t>(count)};
+      s.entries[g * K + t] = {static_cast<uint32_t>(slices[t].table.size()), s.half[t] ? kWireFloat16 : kWireFloat32,
+                              static_cast<uint64_t>(count)};
       const int64_t* shard_ids = s.in_order[t] ? slices[t].ids + first : ids.shard_ids(static_cast<int>(g));
       segs.push_back({const_cast<int64_t*>(shard_ids), static_cast<size_t>(count) * sizeof(int64_t)});
       float* rows = s.in_order[t] ? slices[t].rows + static_cast<size_t>(first) * d : s.rows.data() + s.base[g * K + t];
-      into.push_back({rows, static_cast<size_t>(count) * d * sizeof(float)});
+      if (s.half[t]) {
+        auto& [at, out, values] = s.widen[next_widen++];
+        out = rows;
+        into.push_back({s.halves.data() + at, values * sizeof(uint16_t)});
+      } else {
+        into.push_back({rows, static_cast<size_t>(count) * d * sizeof(float)});
+      }
     }
     try {
       p.calls_[g] = transport_->call(static_cast<int>(g), kPullTables, segs, into);
@@ -351,11 +401,31 @@ void PsClient::push_slices(const std::vector<TableSlice>& slices, int64_t step, 
         std::memcpy(dst, src, d * sizeof(float));
     }
   }
+  // float16 tables: every grouped gradient rounded once, refused when it would not fit.
+  s.half.assign(K, 0);
+  std::vector<size_t> half_base(K, 0);
+  size_t halves = 0;
+  for (size_t t = 0; t < K; ++t) {
+    s.half[t] = wire_half(slices[t].table);
+    half_base[t] = halves;
+    if (s.half[t]) halves += static_cast<size_t>(s.ids[t].starts[T]) * static_cast<size_t>(s.dims[t]);
+  }
+  s.halves.resize(halves);
+  for (size_t t = 0; t < K; ++t) {
+    if (!s.half[t]) continue;
+    const size_t count = static_cast<size_t>(s.ids[t].starts[T]) * static_cast<size_t>(s.dims[t]);
+    const float* grads = direct[t] ? slices[t].grads : s.rows.data() + s.base[t];
+    uint16_t* out = s.halves.data() + half_base[t];
+    floats_to_halves(grads, out, static_cast<int64_t>(count));
+    for (size_t i = 0; i < count; ++i)
+      SC_CHECK_ARG((out[i] & 0x7fff) != 0x7c00, "gradients of table '", slices[t].table, "' hold ", grads[i],
+                   ", beyond the range of float16 (+-65504), its wire dtype; nothing was pushed");
+  }
   TablesHeader h{};
   h.num_tables = static_cast<uint32_t>(K);
   h.step = step;
   h.worker = options_.worker;
-  h.num_workers = options_.num_workers;
+  h.num_workers = options_.staleness >= 0 ? 0 : options_.num_workers;  // bounded staleness: applied at once
   s.headers.assign(T, h);
   s.entries.assign(T * K, TableEntry{});
   std::vector<ShardCall> calls(T);
@@ -369,15 +439,20 @@ void PsClient::push_slices(const std::vector<TableSlice>& slices, int64_t step, 
                  {s.names.data(), s.names.size()}});
     for (size_t t = 0; t < K; ++t) {
       const int64_t count = s.ids[t].shard_size(static_cast<int>(g));
-      s.entries[g * K + t] = {static_cast<uint32_t>(slices[t].table.size()), 0, static_cast<uint64_t>(count)};
+      s.entries[g * K + t] = {static_cast<uint32_t>(slices[t].table.size()), s.half[t] ? kWireFloat16 : kWireFloat32,
+                              static_cast<uint64_t>(count)};
       const int64_t* ids = direct[t] ? slices[t].ids + s.ids[t].starts[g] : s.ids[t].shard_ids(static_cast<int>(g));
       segs.push_back({const_cast<int64_t*>(ids), static_cast<size_t>(count) * sizeof(int64_t)});
     }
     for (size_t t = 0; t < K; ++t) {
       const int64_t count = s.ids[t].shard_size(static_cast<int>(g));
       const size_t d = static_cast<size_t>(s.dims[t]);
-      const float* grads =
-          (direct[t] ? slices[t].grads : s.rows.data() + s.base[t]) + static_cast<size_t>(s.ids[t].starts[g]) * d;
+      const size_t first = static_cast<size_t>(s.ids[t].starts[g]) * d;
+      if (s.half[t]) {
+        segs.push_back({s.halves.data() + half_base[t] + first, static_cast<size_t>(count) * d * sizeof(uint16_t)});
+        continue;
+      }
+      const float* grads = (direct[t] ? slices[t].grads : s.rows.data() + s.base[t]) + first;
       segs.push_back({const_cast<float*>(grads), static_cast<size_t>(count) * d * sizeof(float)});
     }
     calls[g] = transport_->call(static_cast<int>(g), kPushTables, segs);
@@ -513,32 +588,6 @@ void PsClient::barrier(const std::string& name, int count) {
   j["count"] = count;
   if (options_.num_workers > 0) j["worker"] = static_cast<int64_t>(options_.worker);
   call_json(kBarrier, j, 0);
-}
-
-std::vector<float> PsClient::dense_pull(const std::string& name, int64_t size, float init) {
-  Json j = Json::object();
-  j["name"] = name;
-  j["size"] = size;
-  j["init"] = static_cast<double>(init);
-  std::string text = j.dump();
-  iovec seg{text.data(), text.size()};
-  rpc::Response r = transport_->call(0, kDensePull, {&seg, 1}).get();
-  std::vector<float> v(r.bytes / sizeof(float));
-  std::memcpy(v.data(), r.data.data(), v.size() * sizeof(float));
-  return v;
-}
-
-void PsClient::dense_push(const std::string& name, const float* grads, int64_t size, float lr) {
-  SC_CHECK_ARG(size >= 0, "dense push of '", name, "': size must be >= 0, got ", size);
-  DenseHeader h{};
-  h.name_bytes = static_cast<uint32_t>(name.size());
-  h.lr = lr;
-  h.size = static_cast<uint64_t>(size);
-  iovec segs[4] = {{&h, sizeof(h)},
-                   {const_cast<char*>(name.data()), name.size()},
-                   {const_cast<char*>(kZeros), padded8(name.size()) - name.size()},
-                   {const_cast<float*>(grads), static_cast<size_t>(size) * sizeof(float)}};
-  transport_->call(0, kDensePush, segs).get();
 }
 
 int64_t PsClient::erase(const std::string& table, const int64_t* ids, int64_t n) {

@@ -8,7 +8,10 @@
 //
 // Thread-safety: calls may come from several threads; embedded calls are serialised.
 //
-// Synchronous mode (num_workers > 0): push() returns once every worker pushed that step of
+// Bounded staleness (num_workers > 0, staleness >= 0): pushes apply at once; a pull or push
+// of a worker too far ahead waits on the server, up to the call's deadline.
+//
+// Synchronous mode (num_workers > 0, no staleness): push() returns once every worker pushed that step of
 // the table. When a worker leaves or rejoins meanwhile the step is abandoned and push (or
 // barrier) throws RpcStepAborted on every worker: roll back to the last snapshot together.
 //
@@ -43,6 +46,10 @@ struct PsClientOptions {
   uint32_t num_workers = 0;  // > 0: synchronous training with this many workers
   int heartbeat_ms = 0;      // see rpc::ClientOptions::heartbeat_ms (0: off)
   int poll_us = 0;           // see rpc::ClientOptions::poll_us (0: sleep at once)
+  // >= 0 with num_workers > 0: bounded staleness instead of synchronous steps. Pushes apply
+  // at once, and a server holds this worker's pulls and pushes while it is more than
+  // `staleness` steps ahead of the slowest worker (ps_server.h). < 0: off.
+  int64_t staleness = -1;
 };
 
 // One table's part of pull_tables / push_tables. Host memory, the caller's.
@@ -86,6 +93,13 @@ class PsClient {
   ~PsClient();
 
   int total_shards() const { return total_shards_; }
+  // The dtype of `table`'s values on the wire ("" : every table without its own): "float32"
+  // (the default) or "float16" - half the bytes of every pull and push of that table. Rows
+  // stay float32 on the servers; what a pull returns is each row rounded to float16 (to
+  // nearest even; a value beyond +-65504 reads as +-inf) and what a push applies is each
+  // summed gradient rounded so (a push whose gradient would round to +-inf is refused).
+  void set_wire_dtype(const std::string& table, const std::string& dtype);
+  std::string wire_dtype(const std::string& table) const;
   void create_table(const TableConfig& config, uint64_t seed);
   int dim(const std::string& table) const;
   // Rows of several tables: one request per server shard that owns any id (none when every
@@ -126,8 +140,17 @@ class PsClient {
   // Returns once `count` callers entered barrier `name` (a synchronous worker's rank goes
   // with it: the barrier is aborted with RpcStepAborted when a worker leaves or re-enters).
   void barrier(const std::string& name, int count);
-  std::vector<float> dense_pull(const std::string& name, int64_t size, float init);
+  // A dense variable's values from global shard `shard` (created there with `init` when
+  // absent and size > 0).
+  std::vector<float> dense_pull(const std::string& name, int64_t size, float init, int shard = 0);
   void dense_push(const std::string& name, const float* grads, int64_t size, float lr);
+  // A dense variable with a server-side optimizer on global shard `shard`: created from
+  // `values` (size) unless it exists alike (optimizer_json: an OptimizerConfig's JSON).
+  void dense_create(int shard, const std::string& name, const float* values, int64_t size,
+                    const std::string& optimizer_json);
+  // Pushes its gradients (size) for `step` and fills `out` (size) with its values after the
+  // update (synchronous: after every worker's gradients of the step were summed and applied).
+  void dense_step(int shard, const std::string& name, const float* grads, int64_t size, int64_t step, float* out);
   Json stats();
   // Removes ids (n, any values, duplicates allowed) from table `table` on the shards that own
   // them; returns how many were present.
@@ -148,7 +171,9 @@ class PsClient {
   std::mutex scratch_mutex_;
   std::vector<std::unique_ptr<CallScratch>> free_scratch_;  // reused between calls
   int total_shards_ = 0;
+  bool wire_half(const std::string& table) const;
   std::map<std::string, int> dims_;
+  std::map<std::string, bool> wire_half_;  // by table; "" for the others
   std::mutex dims_mutex_;
 };
 

@@ -31,6 +31,8 @@ enum Method : uint16_t {
   kExpire = 25,       // json {table} -> json {expired}: the shard removes the rows its expiry rules name
   kErase = 26,        // TableHeader + name + ids int64[n] (ids of this shard) -> json {erased}
   kExport = 27,       // json {stream, kind: full|delta, since, version, dtype} -> json {rows, deleted}
+  kDenseCreate = 28,  // DenseCreateHeader + name + optimizer json + float32 values[size]
+  kDenseStep = 29,    // DenseStepHeader + name + float32 grads[size] -> float32 values[size] once applied
 };
 
 // Fixed part of pull and push requests; the table name (name_bytes, padded to 8) follows,
@@ -51,6 +53,9 @@ inline constexpr uint32_t kPullTrain = 1;
 // (int64[num_ids], table after table), then for a push every table's summed gradients
 // (float32[num_ids, dim], table after table). A pull replies every table's rows, table after
 // table. The payload is exactly that long; 1 <= num_tables <= kMaxTablesPerShard.
+// A table's entry may name float16 for its values on the wire (kWireFloat16): its pushed
+// gradients and its pulled rows are then IEEE binary16 (round to nearest even, core/half.h)
+// instead of float32, and the server converts to and from its float32 rows.
 struct TablesHeader {
   uint32_t num_tables;
   uint32_t flags;        // pull: kPullTrain; push: 0
@@ -61,10 +66,12 @@ struct TablesHeader {
 static_assert(sizeof(TablesHeader) == 24);
 struct TableEntry {
   uint32_t name_bytes;
-  uint32_t reserved;  // 0
+  uint32_t wire_dtype;  // kWireFloat32 or kWireFloat16: the dtype of this table's values
   uint64_t num_ids;
 };
 static_assert(sizeof(TableEntry) == 16);
+inline constexpr uint32_t kWireFloat32 = 0;
+inline constexpr uint32_t kWireFloat16 = 1;
 inline constexpr uint32_t kMaxTableNameBytes = 4096;
 
 // kDensePush: this header, the name (padded to 8), then float32 grads[size].
@@ -74,6 +81,29 @@ struct DenseHeader {
   uint64_t size;
 };
 static_assert(sizeof(DenseHeader) == 16);
+// kDenseCreate: this header, the name (padded to 8), the optimizer's JSON (padded to 8), then
+// the initial float32 values[size]. A variable that exists with the same size and optimizer
+// is left as it is.
+struct DenseCreateHeader {
+  uint32_t name_bytes;
+  uint32_t config_bytes;
+  uint64_t size;
+};
+static_assert(sizeof(DenseCreateHeader) == 16);
+
+// kDenseStep: this header, the name (padded to 8), then float32 grads[size]; the variable's
+// optimizer applies them (synchronous: the sum of every worker's, in worker order, once all
+// num_workers pushed `step`) and the reply carries the variable's values after that update.
+struct DenseStepHeader {
+  uint32_t name_bytes;
+  uint32_t reserved;  // 0
+  uint64_t size;
+  int64_t step;
+  uint32_t worker;
+  uint32_t num_workers;  // > 0 synchronous, 0 applied at once
+};
+static_assert(sizeof(DenseStepHeader) == 32);
+
 inline constexpr uint32_t kMaxWorkers = 1u << 16;  // synchronous workers of one cluster
 
 inline constexpr uint64_t padded8(uint64_t n) { return (n + 7) & ~uint64_t{7}; }

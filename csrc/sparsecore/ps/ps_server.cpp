@@ -173,6 +173,7 @@ void PsServer::abort_steps(int reactor, const std::string& why) {
   for (const auto& [table, step] : shard(reactor).abort_steps())
     fail_pushes(reactor, table, "step " + std::to_string(step) + " of table '" + table + "' was aborted: " + why);
   fail_pushes(reactor, "", why);  // none should be left; never leave a caller waiting
+  fail_dense_steps(reactor, why);
 }
 
 void PsServer::connection_closed(int reactor, uint64_t connection) {
@@ -183,6 +184,7 @@ void PsServer::connection_closed(int reactor, uint64_t connection) {
             w.end());
     it = w.empty() ? st.barriers.erase(it) : std::next(it);
   }
+  std::erase_if(st.held, [&](const HeldRequest& h) { return h.connection == connection; });
   auto member = st.members.find(connection);
   if (member == st.members.end()) return;
   const uint32_t worker = member->second;
@@ -190,6 +192,8 @@ void PsServer::connection_closed(int reactor, uint64_t connection) {
   for (const auto& [c, w] : st.members)
     if (w == worker) return;  // the rank is still here through another connection
   st.left.insert(worker);
+  st.gate.departed(worker);  // the others no longer wait for it
+  release_held(reactor);
   std::string why =
       "worker " + std::to_string(worker) + " left (its connection closed); nothing of the step was applied";
   abort_steps(reactor, why);
@@ -204,6 +208,7 @@ void PsServer::join(int reactor, uint64_t connection, uint32_t worker) {
   bool back = st.left.erase(worker) > 0;
   for (const auto& [c, w] : st.members) back = back || (w == worker && c != connection);
   st.members[connection] = worker;
+  st.gate.joined(worker);
   if (back)
     abort_steps(reactor, "worker " + std::to_string(worker) +
                              " joined again (restarted) while the step was incomplete; nothing of it was applied");
@@ -394,30 +399,39 @@ void PsServer::add_methods() {
   add(kPullTables, [this, max_ids, dim_of](const rpc::Request& r, rpc::Reply& reply) {
     ++reactor_state_[static_cast<size_t>(r.reactor)].pull_requests;
     TablesRequest t = parse_tables_request(r.payload, false, max_ids, options_.rpc.max_frame_bytes, dim_of(r.reactor));
-    float* out = reply.resize_as<float>(t.total_floats);
     PodVector<int64_t> copy;
     const int64_t* ids = aligned_view<int64_t>(t.ids, t.total_ids, copy);
     PsShard& s = shard(r.reactor);
     for (size_t i = 0, at = 0; i < t.names.size(); at += static_cast<size_t>(t.counts[i]), ++i)
       s.check_ids(t.names[i], ids + at, t.counts[i], /*push=*/false);
+    // float32 rows go straight into the reply; with a float16 table each table's rows are
+    // read first and converted (or copied: a float32 table may follow at any even offset).
+    float* out = t.any_half ? nullptr : reply.resize_as<float>(t.total_floats);
+    std::byte* wire = t.any_half ? reply.resize_as<std::byte>(t.total_value_bytes) : nullptr;
+    PodVector<float> rows;
     for (size_t i = 0; i < t.names.size(); ++i) {
-      s.pull(std::string(t.names[i]), ids, t.counts[i], t.h.flags & kPullTrain, out);
+      const size_t values = static_cast<size_t>(t.counts[i]) * static_cast<size_t>(t.dims[i]);
+      if (wire) rows.resize(values);
+      s.pull(std::string(t.names[i]), ids, t.counts[i], t.h.flags & kPullTrain, wire ? rows.data() : out);
+      if (wire)
+        floats_to_wire_values(rows.data(), values, t.half[i], wire + t.value_offsets[i]);
+      else
+        out += values;
       ids += t.counts[i];
-      out += static_cast<size_t>(t.counts[i]) * static_cast<size_t>(t.dims[i]);
     }
   });
   add(kPushTables, [this, max_ids, dim_of](const rpc::Request& r, rpc::Reply& reply) {
     ++reactor_state_[static_cast<size_t>(r.reactor)].push_requests;
     TablesRequest t = parse_tables_request(r.payload, true, max_ids, options_.rpc.max_frame_bytes, dim_of(r.reactor));
     PodVector<int64_t> id_copy;
-    PodVector<float> grad_copy;
     const int64_t* ids = aligned_view<int64_t>(t.ids, t.total_ids, id_copy);
-    const float* grads = aligned_view<float>(t.grads, t.total_floats, grad_copy);
+    std::vector<PodVector<float>> grad_copies(t.names.size());  // float16 ones converted
     std::vector<PsShard::TableUpdate> updates;
     for (size_t i = 0; i < t.names.size(); ++i) {
-      updates.push_back({t.names[i], ids, t.counts[i], grads});
+      const size_t values = static_cast<size_t>(t.counts[i]) * static_cast<size_t>(t.dims[i]);
+      updates.push_back({t.names[i], ids, t.counts[i],
+                         wire_values_to_floats(t.grads + t.value_offsets[i], values, t.half[i], grad_copies[i])});
       ids += t.counts[i];
-      grads += static_cast<size_t>(t.counts[i]) * static_cast<size_t>(t.dims[i]);
     }
     push(r, reply, updates, t.h.step, t.h.worker, t.h.num_workers);
   });
@@ -479,6 +493,7 @@ void PsServer::add_methods() {
     } else if (phase == "commit") {
       s.commit_restore(j.at("restore_id").as_string("restore_id"));
       fail_pushes(r.reactor, "", "the shard was restored from a snapshot while a step was incomplete");
+      fail_dense_steps(r.reactor, "the shard was restored from a snapshot while a step was incomplete");
     } else if (phase == "abort") {
       s.abort_restore(j.at("restore_id").as_string("restore_id"));
     } else {
@@ -559,6 +574,14 @@ void PsServer::add_methods() {
     Json j = parse_json(r);
     int64_t worker = j.at("worker").as_int("worker");
     SC_CHECK_ARG(worker >= 0 && worker <= int64_t{UINT32_MAX}, "worker ", worker, " out of range");
+    if (j.get("staleness")) {  // a bounded-staleness worker
+      SC_CHECK_ARG(rpc_, "an embedded server has one worker; it has no staleness bound");
+      const int64_t workers = j.at("num_workers").as_int("num_workers");
+      SC_CHECK_ARG(workers >= 1 && workers <= kMaxWorkers && worker < workers, "worker ", worker, " out of range for ",
+                   workers, " workers");
+      reactor_state_[static_cast<size_t>(r.reactor)].gate.configure(static_cast<uint32_t>(workers),
+                                                                    j.at("staleness").as_int("staleness"));
+    }
     join(r.reactor, r.connection, static_cast<uint32_t>(worker));
   });
   add(kDensePull, [this](const rpc::Request& r, rpc::Reply& reply) {
@@ -573,6 +596,10 @@ void PsServer::add_methods() {
     shard(r.reactor).dense_push(d.name, aligned_view<float>(d.grads, d.h.size, copy), static_cast<int64_t>(d.h.size),
                                 d.h.lr);
   });
+  add_dense_methods();
+  // Row requests pass the staleness gate (ps_server_staleness.cpp); a push advances its clock.
+  for (const uint16_t method : {kPull, kPullTables, kPush, kPushTables})
+    methods_[method] = gated(std::move(methods_[method]), method == kPush || method == kPushTables);
 }
 
 Json PsServer::stats_of(int i) const {
@@ -580,6 +607,7 @@ Json PsServer::stats_of(int i) const {
   const ReactorState& st = reactor_state_[static_cast<size_t>(i)];
   j["pull_requests"] = st.pull_requests;
   j["push_requests"] = st.push_requests;
+  if (st.gate.active()) j["staleness"] = st.gate.stats();
   return j;
 }
 

@@ -18,6 +18,12 @@
 //    incomplete one (PsShard::push);
 //  - the shard is restored from a snapshot.
 // Workers then roll back to the last snapshot together.
+//
+// Bounded staleness (SSP): workers that join with a staleness bound (kJoin {worker,
+// num_workers, staleness}) push asynchronously, and each shard holds a pull or push of a
+// worker that is more than `staleness` steps ahead of the slowest worker present
+// (staleness_gate.h) until that one catches up; a held request whose deadline passes is
+// answered kDeadlineExceeded, one whose connection closes is dropped.
 #pragma once
 
 #include <condition_variable>
@@ -33,6 +39,7 @@
 #include <vector>
 
 #include "sparsecore/ps/ps_shard.h"
+#include "sparsecore/ps/staleness_gate.h"
 #include "sparsecore/rpc/rpc_server.h"
 
 namespace sparsecore::ps {
@@ -121,6 +128,15 @@ class PsServer {
     size_t outstanding = 0;  // tables whose step has not completed yet
     bool answered = false;
   };
+  // A pull or push held by the staleness gate: its payload copied, its reply deferred.
+  struct HeldRequest {
+    uint16_t method = 0;
+    rpc::DeferredReply reply;
+    uint64_t connection = 0;
+    uint32_t worker = 0;
+    rpc::Clock::time_point deadline;
+    std::vector<std::byte> payload;
+  };
   struct ReactorState {  // owned by one reactor thread
     // Pushes waiting on each table; one that waits on several tables is listed under each.
     std::map<std::string, std::vector<std::shared_ptr<WaitingPush>>, std::less<>> waiting_push;
@@ -131,7 +147,22 @@ class PsServer {
     // as they arrive, refused ones included.
     int64_t pull_requests = 0;
     int64_t push_requests = 0;
+    StalenessGate gate;
+    // Synchronous dense steps waiting for the other workers, by variable.
+    std::map<std::string, std::vector<rpc::DeferredReply>, std::less<>> dense_waiting;
+    std::vector<HeldRequest> held;  // in arrival order
+    bool releasing = false;         // release_held is running (a send may re-enter it)
+    bool release_again = false;
   };
+  // The handler of a pull or push (`push`: it advances the worker's clock) behind the
+  // staleness gate: a member worker too far ahead has its request held.
+  rpc::Handler gated(rpc::Handler handler, bool push);
+  // Reactor thread only: runs the held requests the gate admits now, answers the expired
+  // ones, drops those of closed connections.
+  void release_held(int reactor);
+  void add_dense_methods();  // kDenseCreate, kDenseStep (ps_server_dense.cpp)
+  // Reactor thread only: abandons the shard's incomplete dense steps and fails their waiters.
+  void fail_dense_steps(int reactor, const std::string& why);
   // Reactor thread only. Fails every deferred push of `table` (all tables when empty) with
   // `status` (kStepAborted unless said), saying `why`.
   void fail_pushes(int reactor, const std::string& table, const std::string& why,

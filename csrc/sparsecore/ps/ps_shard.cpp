@@ -308,6 +308,8 @@ std::vector<float>& PsShard::dense(const std::string& name, int64_t size, float 
 void PsShard::dense_push(const std::string& name, const float* grads, int64_t size, float lr) {
   auto it = dense_.find(name);
   if (it == dense_.end()) throw NotFound("no dense variable '" + name + "'");
+  SC_CHECK_ARG(!dense_rules_.count(name), "dense variable '", name,
+               "' has an optimizer on the server; step it with its gradients (kDenseStep), not a plain push");
   SC_CHECK_ARG(static_cast<int64_t>(it->second.size()) == size, "gradient of dense variable '", name, "' has ", size,
                " values, expected ", it->second.size());
   SC_CHECK_ARG(std::isfinite(lr) && lr >= 0.0f, "learning rate of dense variable '", name,
@@ -379,10 +381,14 @@ int64_t PsShard::restore(const std::string& dir) {
   std::map<std::string, Table, std::less<>> tables;
   std::map<std::string, std::vector<float>> dense;
   std::map<std::string, Json> kv;
+  // Dense variables stay on the shard that saved them when the layout is the same (they are
+  // spread over the shards by size); onto another layout they all go to shard 0.
+  const bool same_layout = old_total == layout_.total_shards;
   for (int g = 0; g < old_total; ++g) {
     const Json& m = snapshot.markers[static_cast<size_t>(g)];
-    if (g == 0) {
+    if (g == 0)
       for (const auto& [k, v] : m.at("kv").as_object("kv")) kv[k] = v;
+    if (same_layout ? g == layout_.global_index : layout_.global_index == 0) {
       for (const auto& [k, v] : m.at("dense").as_object("dense")) {
         std::vector<float> values;
         for (const Json& x : v.as_array("dense values")) values.push_back(static_cast<float>(x.as_double()));
@@ -453,13 +459,11 @@ int64_t PsShard::restore(const std::string& dir) {
     t.rows->release_retired_rows(/*wait=*/true);
   }
   tables_ = std::move(tables);
-  if (layout_.global_index == 0) {
-    dense_ = std::move(dense);
+  dense_ = std::move(dense);
+  if (layout_.global_index == 0)
     kv_ = std::move(kv);
-  } else {
-    dense_.clear();
+  else
     kv_.clear();
-  }
   return snapshot.step;
 }
 
@@ -484,6 +488,7 @@ void PsShard::commit_restore(const std::string& restore_id) {
   staged_id_.clear();
   tables_ = std::move(staged->tables_);
   dense_ = std::move(staged->dense_);
+  dense_rules_ = std::move(staged->dense_rules_);  // none: snapshots keep dense values only
   kv_ = std::move(staged->kv_);
 }
 

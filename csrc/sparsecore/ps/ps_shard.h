@@ -114,6 +114,20 @@ class PsShard {
   // w -= lr * grads; lr must be finite and >= 0 and grads finite, else nothing changes.
   void dense_push(const std::string& name, const float* grads, int64_t size, float lr);
 
+  // Dense variables with an optimizer (ps_shard_dense.cpp): created from initial values
+  // (size in [1, 2^28], finite) with one of the update rules of optim/update_rules.h, the
+  // whole variable updated as one row. Creating one that exists with the same size and
+  // optimizer is a no-op; another size or optimizer, or a plain variable of dense(), throws.
+  void dense_create(const std::string& name, const float* values, int64_t size, const OptimizerConfig& config);
+  // The variable's rule applied to grads (size, finite): at once when num_workers == 0,
+  // else once all num_workers pushed `step`, to their sum in worker order (a push that cannot
+  // belong to the incomplete step abandons it, as push() does). Applied all or nothing (an
+  // update that would make a value non-finite throws and changes nothing).
+  PushOutcome dense_step(const std::string& name, const float* grads, int64_t size, int64_t step, uint32_t worker,
+                         uint32_t num_workers);
+  // Abandons every incomplete synchronous dense step; returns (variable, step) of each.
+  std::vector<std::pair<std::string, int64_t>> abort_dense_steps();
+
   void kv_put(const std::string& key, Json value) { kv_[key] = std::move(value); }
   const Json* kv_get(const std::string& key) const;
 
@@ -173,6 +187,14 @@ class PsShard {
   ShardLayout layout_;
   std::map<std::string, Table, std::less<>> tables_;
   std::map<std::string, std::vector<float>> dense_;
+  struct DenseRule {  // the optimizer of a dense variable made by dense_create
+    OptimizerConfig config;
+    std::vector<float> state;  // config.state_dim(size)
+    uint32_t count = 0;        // updates applied (Adam's bias-correction step)
+    int64_t sync_step = -1;
+    std::map<uint32_t, std::vector<float>> pending;  // synchronous: gradients of the step, by worker
+  };
+  std::map<std::string, DenseRule> dense_rules_;
   std::map<std::string, Json> kv_;
   std::unique_ptr<PsShard> staged_;  // a prepared restore
   std::string staged_id_;
