@@ -1,0 +1,131 @@
+"""torchrun: ``python -m sparsecore.launch`` under ``torchrun --standalone --nproc-per-node 2``
+trains a small job against two ``sparsecore server`` processes to the end; with a worker killed
+(SIGKILL) mid-run, torchrun restarts the group (--max-restarts), every worker rolls back to the
+newest snapshot, and the job ends with the tables and dense model of the uninterrupted run,
+bit for bit."""
+
+import base64
+import io
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+import sparsecore as sc
+
+torch = pytest.importorskip("torch")
+
+from test_ps import _env, start_server_process, stop  # noqa: E402
+
+STEPS = 120
+JOB = ["--steps", STEPS, "--snapshot-every", 20, "--batch-size", 32, "--vocab-size", 300, "--dim", 4,
+       "--hidden", 8, "--eval-samples", 500, "--log-every", 10, "--timeout", 60, "--connect-wait", 60]
+GROUPS = [f"f{i}" for i in range(23)]  # the synthetic W2 job's groups
+
+
+def start_servers(snapshots):
+    return [start_server_process("--shards", 2, "--server-index", i, "--num-servers", 2, "--snapshot-dir", snapshots)
+            for i in range(2)]
+
+
+def torchrun(addresses, *extra):
+    env = _env()
+    env["SPARSECORE_SERVERS"] = ",".join(addresses)
+    env["OMP_NUM_THREADS"] = "1"
+    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+            "--max-restarts", "1", "-m", "sparsecore.launch", *map(str, JOB), *extra]
+    return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def run_job(addresses, on_line=None, timeout=300):
+    """Runs the job under torchrun to its end (killed past ``timeout`` seconds); (exit status,
+    output). ``on_line(line)`` sees each line of output as it comes."""
+    proc = torchrun(addresses)
+    lines = []
+
+    def read():
+        for line in proc.stdout:
+            lines.append(line)
+            if on_line is not None:
+                on_line(line)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        lines.append(f"(killed after {timeout} s)\n")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        reader.join(30)
+    return proc.returncode, "".join(lines)
+
+
+def final_state(addresses):
+    """Rows of every table for ids over the vocabulary and the dense state of the last snapshot."""
+    cluster = sc.connect(addresses, timeout=30)
+    rows = {}
+    ids = np.arange(-5, 400, dtype=np.int64)
+    for name in GROUPS:
+        cluster.create_table(name, sc.TableConfig(dim=4, optimizer=sc.Adagrad(lr=0.05)), seed=0)
+        rows[name] = cluster.lookup(name, ids)
+    blob = cluster.kv_get("sparsecore.launch/dense")["torch"]
+    dense = torch.load(io.BytesIO(base64.b64decode(blob)), weights_only=True)
+    return rows, dense
+
+
+def assert_same_state(a, b):
+    (rows_a, dense_a), (rows_b, dense_b) = a, b
+    for name in GROUPS:
+        np.testing.assert_array_equal(rows_a[name], rows_b[name], err_msg=name)
+    assert dense_a["step"] == dense_b["step"] == STEPS
+    for key, value in dense_a["model"].items():
+        assert torch.equal(value, dense_b["model"][key]), key
+    for group_a, group_b in zip(dense_a["optimizer"]["state"].values(), dense_b["optimizer"]["state"].values()):
+        for key in group_a:
+            assert torch.equal(torch.as_tensor(group_a[key]), torch.as_tensor(group_b[key])), key
+
+
+def evaluations(text):
+    return [line for line in text.splitlines() if line.startswith("eval AUC")]
+
+
+def test_torchrun_job_survives_a_killed_worker(tmp_path):
+    reference_servers = start_servers(tmp_path / "reference")
+    servers = start_servers(tmp_path / "snapshots")
+    try:
+        rc, reference = run_job([a for _, a in reference_servers])
+        assert rc == 0 and f"{STEPS} steps in all" in reference, reference
+        assert len(evaluations(reference)) == 1, reference
+
+        rank1, killed = [], []
+
+        def kill_rank1_mid_run(line):
+            found = re.search(r"rank 1 sparsecore.launch INFO worker 1 of 2 \(pid (\d+), attempt 0\)", line)
+            if found:
+                rank1.append(int(found.group(1)))
+            if rank1 and not killed and "rank 1 sparsecore.trainer INFO step 50 " in line:
+                os.kill(rank1[0], signal.SIGKILL)  # between the snapshots at steps 40 and 60, or just after
+                killed.append(True)
+
+        rc, text = run_job([a for _, a in servers], kill_rank1_mid_run)
+        assert rc == 0 and killed, text
+        resumed = [int(k) for k in re.findall(r"rank 1 sparsecore.launch INFO resumed from snapshot step-(\d+)", text)]
+        assert len(resumed) == 2 and resumed[0] == 0 and 40 <= resumed[1] < STEPS, text  # attempts 0 and 1
+        assert "attempt 1)" in text
+        assert evaluations(text) == evaluations(reference), text
+        assert_same_state(final_state([a for _, a in servers]), final_state([a for _, a in reference_servers]))
+
+        # The job is done: a rerun resumes from its last snapshot and trains nothing.
+        rc, again = run_job([a for _, a in servers])
+        assert rc == 0 and "trained 0 steps" in again and evaluations(again) == evaluations(reference), again
+    finally:
+        for p, _ in reference_servers + servers:
+            stop(p)
