@@ -31,6 +31,7 @@ import io
 import json
 import logging
 import os
+import secrets
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -224,6 +225,8 @@ def run_worker(settings: dict[str, dict[str, Any]], env: WorkerEnv, *, servers: 
     cluster = _connect(servers, token, env, timeout, connect_wait)
     trainer, evaluation, _ = cli.build_trainer(settings, server=cluster, shard=(env.rank, env.world_size))
     recovery = SnapshotRecovery(cluster, env)
+    if env.rank == 0:
+        cluster.kv_put(_KV + "group", secrets.token_hex(8))
     # Every worker of this group is connected (and so joined on every server shard) before the
     # gloo group forms, which then holds this group's workers only.
     recovery._barrier("connected")
@@ -233,8 +236,13 @@ def run_worker(settings: dict[str, dict[str, Any]], env: WorkerEnv, *, servers: 
 
         from .torch import sync_dense
 
-        dist.init_process_group("gloo", init_method=init_method, rank=env.rank, world_size=env.world_size,
-                                timeout=timedelta(seconds=timeout))
+        wait = timedelta(seconds=timeout)
+        store, _, _ = next(dist.rendezvous(init_method, rank=env.rank, world_size=env.world_size, timeout=wait))
+        # The store may outlive a group (torchrun's agent keeps one across restarts): the keys of
+        # this group live under a name of its own, drawn by rank 0, so that none of an earlier
+        # group's addresses is read.
+        store = dist.PrefixStore(f"sparsecore.launch/{cluster.kv_get(_KV + 'group')}", store)
+        dist.init_process_group("gloo", store=store, rank=env.rank, world_size=env.world_size, timeout=wait)
         group = True
         sync_dense(trainer.model)
     try:
