@@ -74,9 +74,9 @@ def run_job(addresses, config, on_line=None, timeout=300):
     return proc.returncode, "".join(lines)
 
 
-def final_state(addresses):
+def final_state(addresses, token=""):
     """Rows of every table for ids over the vocabulary and the dense state of the last snapshot."""
-    cluster = sc.connect(addresses, timeout=30)
+    cluster = sc.connect(addresses, timeout=30, token=token)
     rows = {}
     ids = np.arange(-5, 400, dtype=np.int64)
     for name in GROUPS:

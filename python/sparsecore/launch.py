@@ -37,7 +37,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
 
-__all__ = ["ENV_SERVERS", "SnapshotRecovery", "WorkerEnv", "main", "run_worker", "worker_env"]
+__all__ = ["ENV_SERVERS", "SnapshotRecovery", "WorkerEnv", "configure_logging", "job_settings", "main", "run_worker",
+           "worker_env"]
 
 log = logging.getLogger("sparsecore.launch")
 
@@ -270,6 +271,27 @@ def run_worker(settings: dict[str, dict[str, Any]], env: WorkerEnv, *, servers: 
             dist.destroy_process_group()
 
 
+def configure_logging(env: WorkerEnv, quiet: bool = False) -> None:
+    """A worker's log lines name its rank; sparsecore's INFO lines (steps, snapshots) unless
+    ``quiet``."""
+    logging.basicConfig(level=logging.WARNING, datefmt="%H:%M:%S",
+                        format=f"%(asctime)s rank {env.rank} %(name)s %(levelname)s %(message)s")
+    logging.getLogger("sparsecore").setLevel(logging.WARNING if quiet else logging.INFO)
+
+
+def job_settings(argv: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """The settings of the flags of ``sparsecore train`` (``--config`` included)."""
+    from . import cli
+
+    try:
+        args = cli._subcommand(cli._parser(), "train").parse_args([str(a) for a in argv])
+    except SystemExit:  # argparse has printed what it could not read
+        raise cli.ConfigError(f"cannot read the job's flags {list(argv)}") from None
+    overrides = cli.flag_overrides(args)
+    overrides[("train", "progress")] = False
+    return cli.load_settings(args.config, overrides)
+
+
 def _parser() -> argparse.ArgumentParser:
     from . import cli
 
@@ -306,9 +328,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ValueError as e:
         print(f"sparsecore.launch: error: {e}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.WARNING, datefmt="%H:%M:%S",
-                        format=f"%(asctime)s rank {env.rank} %(name)s %(levelname)s %(message)s")
-    logging.getLogger("sparsecore").setLevel(logging.WARNING if args.quiet else logging.INFO)
+    configure_logging(env, quiet=args.quiet)
     overrides = cli.flag_overrides(args)
     overrides[("train", "progress")] = False
     if overrides.get(("train", "servers")) is None and os.environ.get(ENV_SERVERS):
