@@ -75,6 +75,13 @@ def test_launch_help_names_the_engine_variables():
         assert text in done.stdout, text
 
 
+def test_sparsecore_ray_without_ray_says_how_to_install_it():
+    code = "import sys; sys.modules['ray'] = None; import sparsecore.ray"
+    done = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "ImportError: sparsecore.ray needs Ray: pip install 'sparsecore[ray]'" in \
+        done.stderr, done.stderr
+
+
 # ------------------------------------------------------------------- one worker, in process
 torch = pytest.importorskip("torch")
 
@@ -157,3 +164,23 @@ def test_file_data_needs_steps_and_a_file_per_worker(tmp_path):
     with pytest.raises(cli.ConfigError, match="1 training file\\(s\\) for 2 workers"):
         cli.build_sources(cli.load_settings(None, {("data", "format"): "criteo", ("data", "train"): [str(data)]}),
                           (1, 2))
+
+
+def test_the_recovery_is_what_run_worker_is_given(tmp_path):
+    from sparsecore.launch import SnapshotRecovery
+
+    calls = []
+
+    class Recording(SnapshotRecovery):
+        def resume(self, trainer):
+            calls.append("resume")
+            return super().resume(trainer)
+
+        def snapshot(self, trainer):
+            calls.append(trainer.step)
+            super().snapshot(trainer)
+
+    with sc.Server(port=0, snapshot_dir=str(tmp_path)) as server:
+        run_worker(settings(5), WorkerEnv(), servers=[server.endpoint], snapshot_every=2, timeout=30,
+                   recovery=Recording)
+    assert calls == ["resume", 2, 4, 5]

@@ -33,7 +33,7 @@ import logging
 import os
 import secrets
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -204,12 +204,15 @@ def _connect(servers: Sequence[str], token: str, env: WorkerEnv, timeout: float,
 
 def run_worker(settings: dict[str, dict[str, Any]], env: WorkerEnv, *, servers: Sequence[str], token: str = "",
                snapshot_every: int = 100, timeout: float = 300.0, connect_wait: float = 300.0,
-               init_method: str = "env://") -> dict[str, Any]:
+               init_method: str = "env://", recovery: Optional[Callable[[Any, WorkerEnv], Any]] = None
+               ) -> dict[str, Any]:
     """Runs this worker's part of the job of ``settings`` (those of ``sparsecore train``; see
     :func:`sparsecore.cli.load_settings`) against ``servers``, from the newest snapshot to the
     job's last step, with a snapshot every ``snapshot_every`` steps and at the end.
     ``timeout``: the deadline of every call to the servers and of the gloo group;
-    ``init_method``: where the gloo group meets (torchrun's environment by default). Returns
+    ``init_method``: where the gloo group meets (torchrun's environment by default).
+    ``recovery(cluster, env)``: what takes the snapshots and rolls back (default
+    :class:`SnapshotRecovery`; anything with its ``resume`` and ``snapshot``). Returns
     ``{"rank", "step", "resumed_from", "steps", "samples"}`` and, on rank 0, the final
     evaluation as ``"eval"``."""
     from datetime import timedelta
@@ -225,12 +228,12 @@ def run_worker(settings: dict[str, dict[str, Any]], env: WorkerEnv, *, servers: 
              ",".join(servers))
     cluster = _connect(servers, token, env, timeout, connect_wait)
     trainer, evaluation, _ = cli.build_trainer(settings, server=cluster, shard=(env.rank, env.world_size))
-    recovery = SnapshotRecovery(cluster, env)
+    steps = (recovery or SnapshotRecovery)(cluster, env)
     if env.rank == 0:
         cluster.kv_put(_KV + "group", secrets.token_hex(8))
     # Every worker of this group is connected (and so joined on every server shard) before the
     # gloo group forms, which then holds this group's workers only.
-    recovery._barrier("connected")
+    cluster.barrier(_KV + "connected", env.world_size)
     group = False
     if env.world_size > 1:
         import torch.distributed as dist
@@ -247,12 +250,12 @@ def run_worker(settings: dict[str, dict[str, Any]], env: WorkerEnv, *, servers: 
         group = True
         sync_dense(trainer.model)
     try:
-        start = recovery.resume(trainer)
+        start = steps.resume(trainer)
         fit = None
         if total > start:
-            fit = trainer.fit(total - start, every=snapshot_every, on_interval=recovery.snapshot)
+            fit = trainer.fit(total - start, every=snapshot_every, on_interval=steps.snapshot)
             if trainer.step % snapshot_every:
-                recovery.snapshot(trainer)
+                steps.snapshot(trainer)
         result: dict[str, Any] = {"rank": env.rank, "step": trainer.step, "resumed_from": start,
                                   "steps": fit.steps if fit else 0, "samples": trainer.samples}
         if env.rank == 0:
