@@ -132,3 +132,27 @@ def test_torchrun_job_survives_a_killed_worker(tmp_path):
     finally:
         for p, _ in reference_servers + servers:
             stop(p)
+
+
+def docs_block(path, heading, language="python"):
+    """The first ``language`` block under ``heading`` in ``path``."""
+    with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), path)) as f:
+        text = f.read()
+    section = text[text.index(heading):]
+    start = section.index(f"```{language}\n") + len(language) + 4
+    return section[start:section.index("```", start)]
+
+
+def test_the_docs_own_training_loop_runs_under_torchrun_as_written(tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text(docs_block("docs/launch.md", "## Your own training loop"))
+    servers = [start_server_process("--shards", 2, "--server-index", i, "--num-servers", 2) for i in range(2)]
+    try:
+        env = {**_env(), "SPARSECORE_SERVERS": ",".join(a for _, a in servers), "OMP_NUM_THREADS": "1"}
+        done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                               str(script)], env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        assert sum(shard["push_requests"] for shard in sc.connect([a for _, a in servers]).stats()) > 0
+    finally:
+        for p, _ in servers:
+            stop(p)
