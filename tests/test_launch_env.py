@@ -164,6 +164,23 @@ def test_file_data_needs_steps_and_a_file_per_worker(tmp_path):
     with pytest.raises(cli.ConfigError, match="1 training file\\(s\\) for 2 workers"):
         cli.build_sources(cli.load_settings(None, {("data", "format"): "criteo", ("data", "train"): [str(data)]}),
                           (1, 2))
+    with pytest.raises(cli.ConfigError, match="--follow reads one directory in one worker"):
+        cli.build_sources(cli.load_settings(None, {("data", "format"): "criteo", ("data", "follow"): str(tmp_path)}),
+                          (0, 2))
+
+
+def test_synthetic_workers_read_disjoint_stretches_of_one_stream():
+    job = settings(3)
+    whole = cli.build_sources(cli.load_settings(None, {**{(s, k): v for s in job for k, v in job[s].items()},
+                                                       ("train", "steps"): 6}))[0]
+    parts = [cli.build_sources(job, (rank, 2))[0] for rank in range(2)]
+    want = [whole.next_batch() for _ in range(6)]
+    got = [parts[0].next_batch() for _ in range(3)] + [parts[1].next_batch() for _ in range(3)]
+    assert all(part.next_batch() is None for part in parts)
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a.labels, b.labels)
+        for name in a.sparse:
+            np.testing.assert_array_equal(a.sparse[name][0], b.sparse[name][0])
 
 
 def test_the_recovery_is_what_run_worker_is_given(tmp_path):
