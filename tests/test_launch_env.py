@@ -201,3 +201,12 @@ def test_the_recovery_is_what_run_worker_is_given(tmp_path):
         run_worker(settings(5), WorkerEnv(), servers=[server.endpoint], snapshot_every=2, timeout=30,
                    recovery=Recording)
     assert calls == ["resume", 2, 4, 5]
+
+
+def test_a_snapshot_of_another_model_is_refused_with_what_does_not_fit(tmp_path):
+    with sc.Server(port=0, snapshot_dir=str(tmp_path)) as server:
+        run_worker(settings(2), WorkerEnv(), servers=[server.endpoint], snapshot_every=5, timeout=30)
+        wider = settings(4)
+        wider["model"]["hidden"] = [6]
+        with pytest.raises(RuntimeError, match="does not fit this job's model"):
+            run_worker(wider, WorkerEnv(), servers=[server.endpoint], snapshot_every=5, timeout=30)

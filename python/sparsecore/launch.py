@@ -187,8 +187,12 @@ def _load_dense_state(trainer: Any, text: str) -> int:
         step = int(state["step"])
     except (ValueError, TypeError, KeyError, RuntimeError) as e:
         raise RuntimeError(f"the dense state of the newest snapshot is damaged: {e}") from None
-    trainer.model.load_state_dict(state["model"])
-    trainer.dense_optimizer.load_state_dict(state["optimizer"])
+    try:
+        trainer.model.load_state_dict(state["model"])
+        trainer.dense_optimizer.load_state_dict(state["optimizer"])
+    except (ValueError, KeyError, RuntimeError) as e:
+        raise RuntimeError(f"the dense state of the newest snapshot does not fit this job's model (a snapshot of "
+                           f"another job?): {e}") from None
     return step
 
 
