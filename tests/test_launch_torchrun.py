@@ -1,8 +1,9 @@
 """torchrun: ``python -m sparsecore.launch`` under ``torchrun --standalone --nproc-per-node 2``
 trains a small job against two ``sparsecore server`` processes to the end; with a worker killed
-(SIGKILL) mid-run, torchrun restarts the group (--max-restarts), every worker rolls back to the
-newest snapshot, and the job ends with the tables and dense model of the uninterrupted run,
-bit for bit."""
+(SIGKILL) mid-run, and later a server killed and started again, torchrun restarts the group
+(--max-restarts) each time, every worker rolls back to the newest snapshot, and the job ends
+with the tables and dense model of the uninterrupted run, bit for bit. The training loop of
+docs/launch.md runs under torchrun as written."""
 
 import base64
 import io
@@ -44,7 +45,7 @@ def torchrun(addresses, *extra):
     env["SPARSECORE_SERVERS"] = ",".join(addresses)
     env["OMP_NUM_THREADS"] = "1"
     args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-            "--max-restarts", "1", "-m", "sparsecore.launch", *map(str, JOB), *extra]
+            "--max-restarts", "2", "-m", "sparsecore.launch", *map(str, JOB), *extra]
     return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -103,7 +104,7 @@ def evaluations(text):
     return [line for line in text.splitlines() if line.startswith("eval AUC")]
 
 
-def test_torchrun_job_survives_a_killed_worker(tmp_path):
+def test_torchrun_job_survives_a_killed_worker_and_a_killed_server(tmp_path):
     reference_servers = start_servers(tmp_path / "reference")
     servers = start_servers(tmp_path / "snapshots")
     config = job_config(tmp_path)
@@ -114,19 +115,28 @@ def test_torchrun_job_survives_a_killed_worker(tmp_path):
 
         rank1, killed = [], []
 
-        def kill_rank1_mid_run(line):
+        def inject_failures(line):
             found = re.search(r"rank 1 sparsecore.launch INFO worker 1 of 2 \(pid (\d+), attempt 0\)", line)
             if found:
                 rank1.append(int(found.group(1)))
             if rank1 and not killed and "rank 1 sparsecore.trainer INFO step 50 " in line:
                 os.kill(rank1[0], signal.SIGKILL)  # between the snapshots at steps 40 and 60, or just after
-                killed.append(True)
+                killed.append("worker")
+            elif killed == ["worker"] and "rank 0 sparsecore.trainer INFO step 90 " in line:  # in attempt 1
+                process, address = servers[1]
+                process.send_signal(signal.SIGKILL)
+                process.wait(30)
+                killed.append("server")
+                # Its supervisor (a StatefulSet, systemd) starts it again with the same command.
+                servers[1] = start_server_process("--port", address.rsplit(":", 1)[1], "--shards", 2,
+                                                  "--server-index", 1, "--num-servers", 2,
+                                                  "--snapshot-dir", tmp_path / "snapshots")
 
-        rc, text = run_job([a for _, a in servers], config, kill_rank1_mid_run)
-        assert rc == 0 and killed, text
+        rc, text = run_job([a for _, a in servers], config, inject_failures)
+        assert rc == 0 and killed == ["worker", "server"], text
         resumed = [int(k) for k in re.findall(r"rank 1 sparsecore.launch INFO resumed from snapshot step-(\d+)", text)]
-        assert len(resumed) == 2 and resumed[0] == 0 and 40 <= resumed[1] < STEPS, text  # attempts 0 and 1
-        assert "attempt 1)" in text
+        assert len(resumed) == 3 and resumed[0] == 0 and 40 <= resumed[1] and 80 <= resumed[2] < STEPS, text
+        assert "attempt 2)" in text
         assert evaluations(text) == evaluations(reference), text
         assert_same_state(final_state([a for _, a in servers]), final_state([a for _, a in reference_servers]))
     finally:
