@@ -504,7 +504,9 @@ def test_progress_bar_total_is_what_was_trained_when_the_data_ends_first(monkeyp
 
 
 def _readme_block(marker):
-    text = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")).read()
+    """The Python block holding ``marker`` in the README or docs/launch.md (its training loop)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    text = "".join(open(os.path.join(root, path)).read() for path in ("README.md", os.path.join("docs", "launch.md")))
     blocks = re.findall(r"```python\n(.*?)```", text, re.S)
     (block,) = [b for b in blocks if marker in b]
     return block

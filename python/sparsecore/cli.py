@@ -261,10 +261,14 @@ def _steps(settings: dict[str, dict[str, Any]]) -> Optional[int]:
     return steps
 
 
-def build_sources(settings: dict[str, dict[str, Any]]) -> tuple[Any, Any, list[str], int, Any]:
-    """(train source, eval source or None, group names, dense feature width, synthetic config)."""
+def build_sources(settings: dict[str, dict[str, Any]], shard: tuple[int, int] = (0, 1)
+                  ) -> tuple[Any, Any, list[str], int, Any]:
+    """(train source, eval source or None, group names, dense feature width, synthetic config).
+    ``shard`` = (rank, workers): worker ``rank``'s part of the training data, disjoint from the
+    others': its own stretch of a synthetic stream, or every workers-th file from the rank-th."""
     from . import data as scd
 
+    rank, workers = shard
     d, syn = settings["data"], settings["synthetic"]
     fmt, batch = d["format"], int(d["batch_size"])
     if fmt not in _FORMATS:
@@ -290,10 +294,13 @@ def build_sources(settings: dict[str, dict[str, Any]]) -> tuple[Any, Any, list[s
             compressed = bool(syn["compressed"]) and r > 1
             # Synthetic data always has a step count (_steps gives _SYNTHETIC_STEPS for 0).
             steps = _steps(settings) or _SYNTHETIC_STEPS
-            train_stream = scd.SyntheticData(cfg, num_samples=steps * batch, compressed=compressed)
+            span = -(-steps * batch // r) * r  # one worker's samples, to a page-view boundary
+            first = rank * span
+            train_stream = scd.SyntheticData(cfg, start=first, num_samples=first + steps * batch,
+                                             compressed=compressed)
             # A drifting stream is evaluated on the samples right after training (far past it,
             # every id would be one training never saw).
-            start = -(-steps * batch // r) * r if cfg.drift_period else _eval_start(r)
+            start = workers * span if cfg.drift_period else _eval_start(r)
             eval_stream = scd.SyntheticData(cfg, start=start, num_samples=start + int(syn["eval_samples"]),
                                             compressed=compressed)
         except ValueError as e:
@@ -312,7 +319,14 @@ def build_sources(settings: dict[str, dict[str, Any]]) -> tuple[Any, Any, list[s
             raise ConfigError(f"data.follow_timeout must be >= 0 seconds, got {d['follow_timeout']}")
     elif not d["train"]:
         raise ConfigError(f"data.format '{fmt}' needs training files (--train-data or --follow)")
+    if follow and workers > 1:
+        raise ConfigError("--follow reads one directory in one worker; with several workers give --train-data")
     train_paths = _check_files(d["train"], "training") if not follow else []
+    if workers > 1:
+        if len(train_paths) < workers:
+            raise ConfigError(f"{len(train_paths)} training file(s) for {workers} workers: each worker reads "
+                              "whole files, at least one")
+        train_paths = train_paths[rank::workers]
     eval_paths = _check_files(d["eval"], "evaluation") if d["eval"] else []
     options: dict[str, Any] = {"batch_size": batch}
     if fmt != "parquet":
@@ -364,38 +378,56 @@ def build_sources(settings: dict[str, dict[str, Any]]) -> tuple[Any, Any, list[s
     return train, evaluation, groups, dense, None
 
 
-def _connect(settings: dict[str, dict[str, Any]]) -> Any:
-    """The cluster of --servers (None without), authenticated by --token-file or $SPARSECORE_TOKEN."""
+def server_addresses(settings: dict[str, dict[str, Any]]) -> list[str]:
+    """``train.servers`` (--servers) as a list of "host:port", checked; [] without."""
     t = settings["train"]
     servers = t["servers"]
     if isinstance(servers, str):
-        servers = [x for x in servers.split(",") if x.strip()]
+        servers = servers.split(",")
+    servers = [str(s).strip() for s in servers if str(s).strip()]
     if not servers:
         if t["token_file"]:
             raise ConfigError("--token-file is for --servers")
-        return None
+        return []
     for s in servers:
-        host, _, port = s.strip().rpartition(":")
+        host, _, port = s.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ConfigError(f"train.servers: {s!r} is not host:port")
     if t["checkpoint_dir"]:
         raise ConfigError("--checkpoint-dir is for the embedded tables; with --servers the servers keep the "
                           "tables (start them with --snapshot-dir)")
-    from . import RpcError, connect
+    return servers
+
+
+def server_token(settings: dict[str, dict[str, Any]]) -> str:
+    """The servers' shared token: the file of --token-file, else $SPARSECORE_TOKEN, else ""."""
     from ._token import resolve_token
 
     try:
-        token = resolve_token(t["token_file"] or None)
+        return resolve_token(settings["train"]["token_file"] or None)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+
+
+def _connect(settings: dict[str, dict[str, Any]]) -> Any:
+    """The cluster of --servers (None without), authenticated by --token-file or $SPARSECORE_TOKEN."""
+    servers = server_addresses(settings)
+    if not servers:
+        return None
+    from . import RpcError, connect
+
+    token = server_token(settings)
     try:
-        return connect([s.strip() for s in servers], token=token)
+        return connect(servers, token=token)
     except (RpcError, OSError, ValueError) as e:
         raise ConfigError(f"cannot reach the servers {', '.join(servers)}: {e}") from None
 
 
-def build_trainer(settings: dict[str, dict[str, Any]]) -> tuple[Any, Any, Any]:
-    """(Trainer, eval source or None, synthetic config or None) for ``settings``."""
+def build_trainer(settings: dict[str, dict[str, Any]], *, server: Any = None,
+                  shard: tuple[int, int] = (0, 1)) -> tuple[Any, Any, Any]:
+    """(Trainer, eval source or None, synthetic config or None) for ``settings``; its tables on
+    ``server`` (a cluster) when given, else on the --servers, else embedded. ``shard``: the
+    part of the data this worker reads (:func:`build_sources`)."""
     import torch
 
     from . import TableConfig, set_num_threads
@@ -407,7 +439,7 @@ def build_trainer(settings: dict[str, dict[str, Any]]) -> tuple[Any, Any, Any]:
     if int(t["threads"]) > 0:
         set_num_threads(int(t["threads"]))
         torch.set_num_threads(int(t["threads"]))
-    train, evaluation, groups, dense_width, synthetic = build_sources(settings)
+    train, evaluation, groups, dense_width, synthetic = build_sources(settings, shard)
     if m["groups"]:
         groups = list(m["groups"])  # an unknown one fails with the data's names before training
     optimizer = _sparse_optimizer(settings["sparse_optimizer"])
@@ -435,7 +467,7 @@ def build_trainer(settings: dict[str, dict[str, Any]]) -> tuple[Any, Any, Any]:
     trainer = Trainer(train, model, tables, dense_optimizer=dense_optimizer, use_dense=dense_width > 0,
                       seed=int(t["seed"]), prefetch=int(t["prefetch"]), stale_sparse=bool(t["stale_sparse"]),
                       deterministic=bool(t["deterministic"]), log_every=int(t["log_every"]),
-                      progress=bool(t["progress"]), server=_connect(settings),
+                      progress=bool(t["progress"]), server=server if server is not None else _connect(settings),
                       progressive=bool(settings["data"]["follow"]) and bool(settings["data"]["progressive"]))
     return trainer, evaluation, synthetic
 
@@ -591,6 +623,12 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def flag_overrides(args: argparse.Namespace) -> dict[tuple[str, str], Any]:
+    """The settings that the flags of ``sparsecore train`` set: (section, key) -> value."""
+    pairs = [(name.split(".", 1), value) for name, value in vars(args).items() if "." in name and value is not None]
+    return {(section, key): value for (section, key), value in pairs}
+
+
 def _subcommand(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
     """The parser of subcommand ``name`` (for its usage in error messages)."""
     for action in parser._actions:
@@ -632,11 +670,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s",
                         datefmt="%H:%M:%S")
     logging.getLogger("sparsecore").setLevel(logging.WARNING if args.quiet else logging.INFO)
-    overrides = {}
-    for name, value in vars(args).items():
-        if "." in name and value is not None:
-            section, key = name.split(".", 1)
-            overrides[(section, key)] = value
+    overrides = flag_overrides(args)
     if args.quiet or not sys.stderr.isatty():
         overrides[("train", "progress")] = False
     try:
