@@ -62,14 +62,12 @@ DeviceEmbeddingCollection::DeviceEmbeddingCollection(std::vector<TableConfig> ta
     SC_CHECK_ARG(names.insert(c.name).second, "duplicate table name '", c.name, "'");
     SC_CHECK_ARG(!c.dense(), "table '", c.name,
                  "': the device backend keeps hash tables only; num_embeddings is supported on the CPU");
-    SC_CHECK_ARG(!c.admission.enabled(), "table '", c.name,
-                 "': feature admission is supported on the CPU and parameter servers, not the device backend");
-    SC_CHECK_ARG(c.default_value == 0.0f, "table '", c.name,
-                 "': a non-zero default_value is supported on the CPU and parameter servers, not the device backend "
-                 "(its absent rows read zeros)");
     SC_CHECK_ARG(!c.expiry.enabled(), "table '", c.name,
                  "': expiry and capacity are supported on the CPU and parameter servers, not the device backend");
   }
+  for (const auto& c : configs_)
+    admissions_.push_back(c.admission.enabled() ? std::make_unique<Admission>(c.admission, table_seed(seed, c.name))
+                                                : nullptr);
   if (backend == Backend::kEmulated) {
     impl_ = emulated::make_collection(configs_, seed, storage, limits, device);
   } else {
@@ -98,6 +96,11 @@ void DeviceEmbeddingCollection::check_table(int table) const {
 }
 
 int64_t DeviceEmbeddingCollection::step() const { return impl_->step(); }
+
+const Admission* DeviceEmbeddingCollection::admission(int table) const {
+  check_table(table);
+  return admissions_[table].get();
+}
 
 int64_t DeviceEmbeddingCollection::table_size(int table) const {
   check_table(table);
@@ -180,7 +183,23 @@ std::shared_ptr<DevicePreparedBatch> DeviceEmbeddingCollection::prepare(const st
                                                                         const StreamArgs& streams) {
   DeviceCall call(*impl_, streams);  // validation reads device inputs in the call's stream order
   std::vector<std::vector<int64_t>> host_offsets = validate_inputs(inputs, space);
-  return impl_->prepare(inputs, host_offsets, train, space);
+  DeviceCollectionImpl::AdmitHook admit;
+  if (train) {
+    // One tick of each admission clock per training prepare that sights ids of its table,
+    // before the sightings (the CPU collection's order).
+    std::vector<char> ticked(admissions_.size(), 0);
+    for (const GroupInput& in : inputs) {
+      Admission* a = admissions_[in.table].get();
+      if (!a || in.num_ids <= 0 || ticked[in.table]) continue;
+      ticked[in.table] = 1;
+      a->tick();
+      admit = [this](int, int table, const int64_t* keys, int64_t n, unsigned char* verdict) {
+        Admission& filter = *admissions_[table];
+        for (int64_t i = 0; i < n; ++i) verdict[i] = filter.sight(keys[i]) ? 1 : 0;
+      };
+    }
+  }
+  return impl_->prepare(inputs, host_offsets, train, space, admit);
 }
 
 void DeviceEmbeddingCollection::forward(const DevicePreparedBatch& batch, const std::vector<float*>& outputs,
@@ -222,7 +241,11 @@ int64_t DeviceEmbeddingCollection::backward(const DevicePreparedBatch& batch, co
   for (size_t i = 0; i < bad.size(); ++i)
     SC_CHECK_ARG(bad[i] == 0, "gradient of group '", configs_[groups[device_group[i]].table].name,
                  "' contains NaN or Inf; no row was updated");
-  return impl_->backward(batch, grads, space);
+  std::vector<int64_t> dropped;
+  const int64_t step = impl_->backward(batch, grads, space, dropped);
+  for (size_t g = 0; g < dropped.size(); ++g)
+    if (dropped[g] && admissions_[groups[g].table]) admissions_[groups[g].table]->count_dropped(dropped[g]);
+  return step;
 }
 
 void DeviceEmbeddingCollection::lookup(int table, const int64_t* keys, int64_t n, float* out, bool insert,
@@ -265,6 +288,10 @@ std::unique_ptr<EmbeddingCollection> DeviceEmbeddingCollection::to_host() const 
           PackedRowMeta::pack(RowMeta{static_cast<uint32_t>(e.update_count[i]), 0, e.last_step[i]});
       table.upsert_copy(e.keys[i], row.data());
     }
+    if (admissions_[t]) {
+      const std::vector<uint8_t> state = admissions_[t]->serialize();
+      table.admission()->deserialize(state.data(), state.size());
+    }
   }
   host->set_step(step());
   return host;
@@ -304,6 +331,10 @@ std::unique_ptr<DeviceEmbeddingCollection> DeviceEmbeddingCollection::from_host(
     }
     DeviceCall call(*device->impl_, {});
     device->impl_->import_rows(t, e);
+    if (const Admission* a = table.admission()) {
+      const std::vector<uint8_t> state = a->serialize();
+      device->admissions_[t]->deserialize(state.data(), state.size());
+    }
   }
   device->impl_->set_step(host.step());
   return device;
@@ -329,6 +360,7 @@ void DeviceEmbeddingCollection::restore(const std::string& dir) {
   }
   impl_.swap(loaded->impl_);
   configs_.swap(loaded->configs_);
+  admissions_.swap(loaded->admissions_);
   seed_ = loaded->seed_;
 }
 

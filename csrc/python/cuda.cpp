@@ -6,6 +6,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>
 
+#include "admission_stats_dict.h"
 #include "array_args.h"
 #include "binding_registry.h"
 #include "sparsecore/cuda/device_embedding_collection.h"
@@ -129,6 +130,8 @@ SPARSECORE_BINDING(cuda, 40) {
       .def("table_row_bytes", &DeviceEmbeddingCollection::row_bytes)
       .def("memory_bytes", &DeviceEmbeddingCollection::memory_bytes)
       .def("set_max_load_factor", &DeviceEmbeddingCollection::set_max_load_factor)
+      .def("table_admission_stats",
+           [](const DeviceEmbeddingCollection& c, int t) { return python::admission_stats_dict(c.admission(t)); })
       .def(
           "prepare",
           [](DeviceEmbeddingCollection& c, const std::vector<py::tuple>& groups, bool train,

@@ -4,6 +4,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>
 
+#include "admission_stats_dict.h"
 #include "array_args.h"
 #include "binding_registry.h"
 #include "prepared_batch.h"
@@ -109,17 +110,7 @@ SPARSECORE_BINDING(embedding, 30) {
       .def("table_config_json", [](const EmbeddingCollection& c, int t) { return c.config(t).to_json().dump(); })
       .def("table_size", [](const EmbeddingCollection& c, int t) { return c.table(t).size(); })
       .def("table_admission_stats",
-           [](const EmbeddingCollection& c, int t) -> py::object {
-             const Admission* a = c.table(t).admission();
-             if (!a) return py::none();
-             const AdmissionStats s = a->stats();
-             py::dict d;
-             d["admitted"] = s.admitted;
-             d["pending"] = s.pending;
-             d["rejected"] = s.rejected;
-             d["dropped_gradients"] = s.dropped_gradients;
-             return d;
-           })
+           [](const EmbeddingCollection& c, int t) { return python::admission_stats_dict(c.table(t).admission()); })
       .def(
           "table_stats",
           [](const EmbeddingCollection& c, int t) {

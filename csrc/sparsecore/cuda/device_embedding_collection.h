@@ -138,6 +138,12 @@ class DeviceEmbeddingCollection {
   // count, last step, key slot), and of all tables (their slot arrays at full capacity).
   int64_t row_bytes(int table) const;
   int64_t memory_bytes() const;
+  // Table t's feature admission (TableConfig::admission, table/admission.h), or nullptr when
+  // it admits every id. The device store takes the CPU engine's decisions: one clock tick
+  // per training prepare that sights ids of the table, then a sighting per distinct id the
+  // table has no row for; ids not admitted read the default row and their gradients are
+  // dropped and counted. Its state travels with to_host / from_host and checkpoints.
+  const Admission* admission(int table) const;
 
   // inputs: ids, offsets and weights of each group in `space`. Validated before anything
   // changes; with device inputs the offsets are copied to the host for that (B + 1 values)
@@ -203,6 +209,7 @@ class DeviceEmbeddingCollection {
   uint64_t seed_;
   int device_ = 0;
   std::vector<TableConfig> configs_;
+  std::vector<std::unique_ptr<Admission>> admissions_;  // per table, nullptr: admits every id
   std::unique_ptr<DeviceCollectionImpl> impl_;
 };
 
