@@ -155,3 +155,85 @@ def test_admission_state_survives_a_checkpoint_of_the_device_store(emulate, tmp_
     _train_both(cpu, again, rng, steps=3, evaluate=False)
     assert again.admission_stats() == cpu.admission_stats()
     _same_rows(cpu, again)
+
+
+EXPIRIES = {
+    "ttl_steps": dict(ttl_steps=2),
+    "ttl_seconds": dict(ttl_seconds=2.5),
+    "min_l2_norm": dict(min_l2_norm=0.15),
+    "predicate": dict(predicate=lambda key, count, last: (key % 3 == 0) != (count > 1)),
+}
+
+
+def _expiring_tables(expiry):
+    return {"a": sc.TableConfig(dim=5, optimizer=sc.Adagrad(lr=0.1), init=sc.Normal(0.05), expiry=sc.Expiry(**expiry)),
+            "b": sc.TableConfig(dim=3, optimizer=sc.SGD(lr=0.1), pooling="mean")}
+
+
+@pytest.mark.parametrize("emulate", DEVICES)
+@pytest.mark.parametrize("rule", sorted(EXPIRIES))
+def test_expiry_on_the_device_removes_the_rows_the_cpu_store_removes(emulate, rule):
+    rng = np.random.default_rng(7)
+    cpu, dev = _pair(_expiring_tables(EXPIRIES[rule]), emulate)
+    now = [0.0]
+    for coll in (cpu, dev):
+        if rule == "ttl_seconds":
+            coll.set_expiry_clock("a", lambda: now[0])
+    removed = []
+    for step in range(6):
+        _train_both(cpu, dev, rng, steps=1, evaluate=False)
+        now[0] += 1.0
+        if step % 2 == 1:
+            want = cpu.expire("a")
+            assert dev.expire("a") == want
+            removed.append(want)
+            _same_rows(cpu, dev)
+    assert sum(removed) > 0
+    assert dev.expiry_stats() == cpu.expiry_stats()
+
+
+@pytest.mark.parametrize("emulate", DEVICES)
+def test_a_predicate_that_raises_removes_nothing_on_the_device(emulate):
+    _, dev = _pair(_expiring_tables(dict(predicate=lambda key, count, last: False)), emulate)
+    dev.lookup("a", np.arange(5, dtype=np.int64), insert=True)
+
+    def boom(key, count, last):
+        raise RuntimeError("no")
+
+    dev.set_expiry_predicate("a", boom)
+    with pytest.raises(ValueError, match="the expiry predicate raised"):
+        dev.expire("a")
+    assert dev.table_size("a") == 5
+
+
+def _export_files(path):
+    return {p.relative_to(path).as_posix(): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("emulate", DEVICES)
+@pytest.mark.parametrize("dtype", ["fp32", "int8"])
+def test_full_and_delta_exports_of_the_device_store_equal_the_cpu_stores(emulate, dtype, tmp_path):
+    rng = np.random.default_rng(3)
+    cpu, dev = _pair(_expiring_tables(dict(ttl_steps=2)), emulate)
+    _train_both(cpu, dev, rng, steps=2, evaluate=False)
+    since = cpu.export_full(tmp_path / "cpu", dtype=dtype)
+    assert dev.export_full(tmp_path / "dev", dtype=dtype) == since
+    _train_both(cpu, dev, rng, steps=3, evaluate=False)
+    gone = np.array([1, 2, 3, 999], np.int64)
+    assert dev.erase("b", gone) == cpu.erase("b", gone)
+    assert dev.expire("a") == cpu.expire("a") > 0
+    cpu.lookup("b", np.array([2], np.int64), insert=True)  # removed, then a row again
+    dev.lookup("b", np.array([2], np.int64), insert=True)
+    version = cpu.export_delta(tmp_path / "cpu", since=since, dtype=dtype)
+    assert dev.export_delta(tmp_path / "dev", since=since, dtype=dtype) == version
+    assert _export_files(tmp_path / "dev") == _export_files(tmp_path / "cpu")
+
+
+@pytest.mark.parametrize("emulate", DEVICES)
+def test_a_delta_since_forgotten_removals_is_refused_on_the_device(emulate, tmp_path):
+    _, dev = _pair(_expiring_tables(dict(ttl_steps=2)), emulate)
+    dev.lookup("b", np.arange(10, dtype=np.int64), insert=True)
+    dev.set_deleted_keys_capacity(1, "b")
+    dev.erase("b", np.arange(10, dtype=np.int64))  # past the capacity: the oldest removals are forgotten
+    with pytest.raises(ValueError, match="full export"):
+        dev.export_delta(tmp_path / "x", since=0)

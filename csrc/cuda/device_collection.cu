@@ -243,7 +243,8 @@ class Collection final : public DeviceCollectionImpl {
     if (space == MemorySpace::kHost) rows.download(out, n * table.dim);
   }
 
-  int64_t erase(int t, const int64_t* keys, int64_t n, MemorySpace space) override {
+  int64_t erase(int t, const int64_t* keys, int64_t n, MemorySpace space,
+                std::vector<unsigned char>& removed) override {
     std::lock_guard<std::mutex> lock(mutex_);
     DeviceGuard on(device_);
     DeviceTable<T>& table = *tables_.at(t);
@@ -256,14 +257,16 @@ class Collection final : public DeviceCollectionImpl {
     }
     DeviceBuffer<unsigned long long> erased(1);
     erased.fill_zero();
+    DeviceBuffer<unsigned char> flags(n);
     SC_LAUNCH(grid(n), block(), 0, nullptr, erase_kernel)
-    (table.view(), device_keys, n, erased.data(), stats_.data() + 2 * t);
+    (table.view(), device_keys, n, erased.data(), stats_.data() + 2 * t, flags.data());
     SC_CHECK_LAUNCH();
-    unsigned long long c = 0;
-    erased.download(&c, 1);
+    removed.resize(n);
+    flags.download(removed.data(), n);
     read_stats();
+    const auto c = static_cast<int64_t>(std::count(removed.begin(), removed.end(), 1));
     if (c) table.generation = next_generation();
-    return static_cast<int64_t>(c);
+    return c;
   }
 
   std::vector<int64_t> read_back(const std::vector<HostCopy>& copies, const std::vector<Floats>& finite) override {

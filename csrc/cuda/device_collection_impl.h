@@ -39,7 +39,10 @@ class DeviceCollectionImpl {
   virtual int64_t backward(const DevicePreparedBatch& batch, const std::vector<const float*>& grads, MemorySpace space,
                            std::vector<int64_t>& dropped) = 0;
   virtual void lookup(int table, const int64_t* keys, int64_t n, float* out, bool insert, MemorySpace space) = 0;
-  virtual int64_t erase(int table, const int64_t* keys, int64_t n, MemorySpace space) = 0;
+  // removed (n, host): 1 where the key was present and is now gone (a key given twice is
+  // marked once).
+  virtual int64_t erase(int table, const int64_t* keys, int64_t n, MemorySpace space,
+                        std::vector<unsigned char>& removed) = 0;
   // What the host checks of device inputs, read back with one wait: copies (host dst <-
   // device src) and, per array of `finite`, its elements that are NaN or Inf (returned).
   struct HostCopy {
