@@ -237,3 +237,45 @@ def test_a_delta_since_forgotten_removals_is_refused_on_the_device(emulate, tmp_
     dev.erase("b", np.arange(10, dtype=np.int64))  # past the capacity: the oldest removals are forgotten
     with pytest.raises(ValueError, match="full export"):
         dev.export_delta(tmp_path / "x", since=0)
+
+
+def test_device_arrays_go_through_admission_and_erase_logging_as_host_arrays_do(tmp_path):
+    from test_cuda_zero_copy import FakeCudaArray
+
+    rng = np.random.default_rng(9)
+    tables = {"a": sc.TableConfig(dim=4, optimizer=sc.SGD(lr=0.1), admission=sc.Admission(count_threshold=2),
+                                  default_value=0.5)}
+    host = sc_cuda.DeviceEmbeddingCollection(tables, 3, emulate=True)
+    dev = sc_cuda.DeviceEmbeddingCollection(tables, 3, emulate=True)
+    for _ in range(4):
+        ids = rng.integers(0, 12, size=9).astype(np.int64)
+        offsets = np.array([0, 4, 9], np.int64)
+        want = host.forward({"a": (ids, offsets)})["a"]
+        got = dev.forward({"a": (FakeCudaArray(ids), FakeCudaArray(offsets))})["a"]
+        np.testing.assert_array_equal(np.asarray(got), want)
+    assert dev.admission_stats() == host.admission_stats()
+    gone = np.arange(0, 12, 2, dtype=np.int64)
+    assert dev.erase("a", FakeCudaArray(gone)) == host.erase("a", gone) > 0
+    host.export_full(tmp_path / "host")
+    dev.export_full(tmp_path / "dev")
+    assert _export_files(tmp_path / "dev") == _export_files(tmp_path / "host")
+
+
+@pytest.mark.parametrize("emulate", DEVICES)
+def test_fp16_rows_with_admission_match_the_cpu_store(emulate):
+    rng = np.random.default_rng(6)
+    tables = {n: sc.TableConfig(dim=d, optimizer=sc.Adagrad(lr=0.1), storage="fp16", default_value=0.25,
+                                admission=sc.Admission(count_threshold=2)) for n, d in (("a", 5), ("b", 3))}
+    cpu, dev = _pair(tables, emulate)
+    _train_both(cpu, dev, rng, steps=5)
+    assert dev.admission_stats() == cpu.admission_stats()
+    _same_rows(cpu, dev)
+
+
+@pytest.mark.parametrize("emulate", DEVICES)
+def test_an_explicit_insert_bypasses_admission_on_both_stores(emulate):
+    cpu, dev = _pair(_tables(dict(count_threshold=5)), emulate)
+    ids = np.array([4, 8, 15], np.int64)
+    np.testing.assert_array_equal(dev.lookup("a", ids, insert=True), cpu.lookup("a", ids, insert=True))
+    assert dev.table_size("a") == cpu.table_size("a") == 3
+    assert dev.admission_stats() == cpu.admission_stats()
