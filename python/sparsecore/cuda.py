@@ -301,6 +301,12 @@ class DeviceEmbeddingCollection(EmbeddingCollection):
     device: where the rows live: ``"cuda"`` (the current device), ``"cuda:N"``, N or a
     ``torch.device``. The collection remembers it (:attr:`device`); every call runs there, and
     CUDA arrays on another device are refused with a ``ValueError`` naming both devices.
+
+    Row policies behave as on the CPU store, bit for bit: feature admission
+    (``TableConfig(admission=...)``, decided by the same filter code on the host, which reads
+    the absent ids of each training batch back once), the default row of absent ids, expiry
+    rules on demand (:meth:`expire`, with predicate and clock), and :meth:`export_full` /
+    :meth:`export_delta`. A row capacity and ``scan_per_step`` are refused here.
     """
 
     def __new__(cls, *args: Any, **kwargs: Any) -> "DeviceEmbeddingCollection":
