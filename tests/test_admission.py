@@ -297,10 +297,3 @@ def test_admission_state_survives_a_server_snapshot(tmp_path, shards_after):
             assert cluster.admission_stats() == restored.admission_stats()
     finally:
         dst.stop()
-
-
-def test_the_device_backend_refuses_admission_instead_of_ignoring_it():
-    from sparsecore import cuda as sc_cuda
-    with pytest.raises(ValueError, match="feature admission is supported on the CPU"):
-        sc_cuda.DeviceEmbeddingCollection({"t": sc.TableConfig(dim=DIM, admission=sc.Admission(count_threshold=2))},
-                                          1, emulate=True)

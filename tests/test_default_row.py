@@ -114,9 +114,3 @@ def test_a_server_process_reads_the_same_default(pooling):
         np.testing.assert_array_equal(cluster.lookup("t", pool), embedded.lookup("t", pool))
     finally:
         stop(proc)
-
-
-def test_the_device_backend_refuses_a_non_zero_default():
-    from sparsecore import cuda as sc_cuda
-    with pytest.raises(ValueError, match="non-zero default_value is supported on the CPU"):
-        sc_cuda.DeviceEmbeddingCollection({"t": sc.TableConfig(dim=DIM, default_value=1.0)}, 1, emulate=True)

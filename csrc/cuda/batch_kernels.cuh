@@ -139,11 +139,13 @@ __global__ void SC_LAUNCH_BOUNDS batch_dedup_finish_kernel(BatchView b, const in
 
 // slots[u] of every unique id (inserting when `insert`; inserted[u] = 1 for the thread that
 // created the key, counted into its table's size). Finding: misses[table] counts absent keys
-// (nullptr: not counted).
+// (nullptr: not counted). admit (N, or nullptr: every id): inserting, only ids with
+// admit[u] != 0 are inserted, the others are only found (slot -1 when absent).
 template <typename Table>
 __global__ void SC_LAUNCH_BOUNDS batch_lookup_kernel(const Table* __restrict__ tables, BatchView b, bool insert,
                                                      int64_t* __restrict__ slots, int* __restrict__ inserted,
-                                                     unsigned long long* misses) {
+                                                     unsigned long long* misses,
+                                                     const unsigned char* __restrict__ admit) {
   const int64_t total = b.unique_begin[b.num_groups];
   for (int64_t base = warp_base(); base < total; base += grid_threads()) {  // whole warps (warp_increment)
     const int64_t u = base + lane_index();
@@ -152,7 +154,8 @@ __global__ void SC_LAUNCH_BOUNDS batch_lookup_kernel(const Table* __restrict__ t
     if (u < total) {
       const int t = b.groups[find_group(b.unique_begin, b.num_groups, u)].table;
       int created = 0;
-      const int64_t s = probe_slot(tables[t].view, b.unique_keys[u], insert, &created);
+      const bool may_insert = insert && (!admit || admit[u]);
+      const int64_t s = probe_slot(tables[t].view, b.unique_keys[u], may_insert, &created);
       slots[u] = s;
       if (inserted) inserted[u] = created;
       counter = insert ? tables[t].stats : (misses ? misses + t : nullptr);

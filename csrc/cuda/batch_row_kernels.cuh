@@ -6,10 +6,13 @@
 // bit-identical to the CPU engine whatever the grid or the block order.
 #pragma once
 
+#include <algorithm>
 #include <type_traits>
+#include <vector>
 
 #include "batch_kernels.cuh"
 #include "embedding_kernels.cuh"
+#include "sparsecore/cuda/device_embedding_collection.h"
 
 namespace sparsecore::cuda::SC_BACKEND_NS {
 
@@ -22,6 +25,9 @@ struct TableDesc {
   OptimizerConfig opt;
   uint64_t seed = 0;
   unsigned long long* stats = nullptr;  // (2) device: live rows, tombstones
+  // What an absent row reads in every weight: TableConfig::default_value as the rows store
+  // it (rounded to half precision with fp16 storage), as the CPU engine's default row.
+  float absent = 0.0f;
 };
 
 __device__ __forceinline__ bool aligned_to(const void* p, size_t bytes) {
@@ -33,7 +39,8 @@ __device__ __forceinline__ bool aligned_to(const void* p, size_t bytes) {
 template <typename T>
 __global__ void SC_LAUNCH_BOUNDS batch_init_rows_kernel(const TableDesc<T>* __restrict__ tables, BatchView b,
                                                         const int64_t* __restrict__ slots,
-                                                        const int* __restrict__ inserted, float* __restrict__ scratch) {
+                                                        const int* __restrict__ inserted, float* __restrict__ scratch,
+                                                        int64_t stamp) {
   const int64_t total = b.unique_begin[b.num_groups];
   for (int64_t u = global_thread(); u < total; u += grid_threads()) {
     if (!inserted[u] || slots[u] < 0) continue;
@@ -41,7 +48,7 @@ __global__ void SC_LAUNCH_BOUNDS batch_init_rows_kernel(const TableDesc<T>* __re
     const GroupDesc& gd = b.groups[g];
     const TableDesc<T>& t = tables[gd.table];
     float* row_scratch = scratch ? scratch + gd.row_begin + (u - b.unique_begin[g]) * gd.dim : nullptr;
-    init_row(t.rows, slots[u], b.unique_keys[u], t.init, t.opt, t.seed, row_scratch);
+    init_row(t.rows, slots[u], b.unique_keys[u], t.init, t.opt, t.seed, row_scratch, stamp);
   }
 }
 
@@ -53,8 +60,8 @@ inline constexpr int kPoolElementsPerLane = 4;
 // vector loads when W > 1), sums in position order.
 template <typename T, int W>
 __device__ __forceinline__ void pool_bag(const BatchView& b, int g, const GroupDesc& gd, int64_t bag,
-                                         const int64_t* __restrict__ slots, const T* __restrict__ weights, float* out,
-                                         int lane, int lanes) {
+                                         const int64_t* __restrict__ slots, const T* __restrict__ weights, float absent,
+                                         float* out, int lane, int lanes) {
   constexpr int kVectors = kPoolElementsPerLane / W;
   const int dim = gd.dim;
   const int vectors = dim / W;
@@ -73,14 +80,20 @@ __device__ __forceinline__ void pool_bag(const BatchView& b, int g, const GroupD
       const float w = bag_weights ? bag_weights[p - lo] : 1.0f;
       weight_sum += w;
       const int64_t s = slots[b.inverse[p]];
-      if (s < 0) continue;
-      const T* row = weights + s * dim;
+      // An absent row adds nothing when the default row is zeros (the CPU engine skips it).
+      if (s < 0 && absent == 0.0f) continue;
+      const T* row = weights + (s >= 0 ? s : 0) * dim;
       SC_UNROLL
       for (int c = 0; c < kVectors; ++c) {
         const int v = v0 + lane + lanes * c;
         if (v >= vectors) break;
         float x[W];
-        load_vector<W>(row + v * W, x);
+        if (s >= 0) {
+          load_vector<W>(row + v * W, x);
+        } else {
+          SC_UNROLL
+          for (int k = 0; k < W; ++k) x[k] = absent;
+        }
         SC_UNROLL
         for (int k = 0; k < W; ++k) acc[c][k] += w * x[k];
       }
@@ -105,7 +118,7 @@ __device__ __forceinline__ void pool_bag(const BatchView& b, int g, const GroupD
 template <typename T>
 __device__ __forceinline__ void pool_sequence_bag(const BatchView& b, int g, const GroupDesc& gd, int64_t bag,
                                                   const int64_t* __restrict__ slots, const T* __restrict__ weights,
-                                                  float* out, int lane, int lanes) {
+                                                  float absent, float* out, int lane, int lanes) {
   const int dim = gd.dim;
   const float* bag_weights = b.weights[g];
   const int64_t lo = b.id_begin[g];
@@ -113,8 +126,29 @@ __device__ __forceinline__ void pool_sequence_bag(const BatchView& b, int g, con
   for (int64_t j = 0; j < gd.max_len; ++j) {
     const int64_t s = start + j < end ? slots[b.inverse[start + j]] : -1;
     const float w = start + j < end && bag_weights ? bag_weights[start + j - lo] : 1.0f;
-    for (int d = lane; d < dim; d += lanes) out[j * dim + d] = s >= 0 ? w * to_float(weights[s * dim + d]) : 0.0f;
+    const bool in_bag = start + j < end;
+    for (int d = lane; d < dim; d += lanes)
+      out[j * dim + d] = s >= 0 ? w * to_float(weights[s * dim + d]) : in_bag && absent != 0.0f ? w * absent : 0.0f;
   }
+}
+
+// Lanes per bag of pool_kernel: enough for the widest group (a power of two <= 32).
+template <typename T>
+int pool_lanes(const std::vector<DeviceGroupInfo>& groups) {
+  constexpr int kWidth = std::is_same_v<T, float> ? 4 : 2;
+  int wanted = 1;
+  for (const DeviceGroupInfo& g : groups) {
+    if (g.pooling == Pooling::kNone) {
+      wanted = std::max(wanted, g.dim);
+      continue;
+    }
+    const int width = g.dim % kWidth == 0 ? kWidth : 1;
+    const int per_lane = kPoolElementsPerLane / width;
+    wanted = std::max(wanted, (g.dim / width + per_lane - 1) / per_lane);
+  }
+  int lanes = 1;
+  while (lanes < wanted && lanes < 32) lanes *= 2;
+  return lanes;
 }
 
 // Forward of every bag of the batch: a team of `lanes` lanes (a power of two <= 32) per bag,
@@ -133,12 +167,13 @@ __global__ void SC_LAUNCH_BOUNDS pool_kernel(const TableDesc<T>* __restrict__ ta
     const int64_t local = bag - b.bag_begin[g];
     float* out = outputs.get(g, gd.out_begin);
     const T* weights = tables[gd.table].rows.weights;
+    const float absent = tables[gd.table].absent;
     if (gd.pooling == Pooling::kNone)
-      pool_sequence_bag<T>(b, g, gd, bag, slots, weights, out + local * gd.max_len * gd.dim, lane, lanes);
+      pool_sequence_bag<T>(b, g, gd, bag, slots, weights, absent, out + local * gd.max_len * gd.dim, lane, lanes);
     else if (gd.dim % kWidth == 0 && aligned_to(out, sizeof(float) * kWidth))
-      pool_bag<T, kWidth>(b, g, gd, bag, slots, weights, out + local * gd.dim, lane, lanes);
+      pool_bag<T, kWidth>(b, g, gd, bag, slots, weights, absent, out + local * gd.dim, lane, lanes);
     else
-      pool_bag<T, 1>(b, g, gd, bag, slots, weights, out + local * gd.dim, lane, lanes);
+      pool_bag<T, 1>(b, g, gd, bag, slots, weights, absent, out + local * gd.dim, lane, lanes);
   }
 }
 

@@ -171,6 +171,7 @@ class PreparedBatchImpl final : public DevicePreparedBatch {
   cudaStream_t last_stream = nullptr;  // of the last call that used the batch
   std::vector<DeviceGroupInfo> infos_;
   std::vector<uint64_t> generations;  // per group: its table's generation when its slots were found
+  std::vector<int64_t> absent_rows;   // per group: unique ids left without a row at prepare (admission)
   std::vector<int64_t> id_begin;      // (G + 1) host copy
   int64_t num_ids = 0, num_chunks = 0, num_grad_items = 0, max_group_ids = 0;
   int64_t out_total = 0, rows_total = 0;  // elements of the concatenated outputs / per-id rows
@@ -185,12 +186,7 @@ class PreparedBatchImpl final : public DevicePreparedBatch {
   DeviceBuffer<float> bag_scale;
   BatchView view;
 
- private:
-  void check_group(int g) const {
-    if (g < 0 || g >= static_cast<int>(infos_.size()))
-      throw std::out_of_range("group " + std::to_string(g) + " out of range [0, " + std::to_string(infos_.size()) +
-                              ")");
-  }
+  // The per-group unique bounds (G + 1), read back once (a host sync) and kept.
   const std::vector<int64_t>& unique_begin_on_host() const {
     std::lock_guard<std::mutex> lock(mutex_);
     if (unique_begin_host_.empty()) {
@@ -200,6 +196,13 @@ class PreparedBatchImpl final : public DevicePreparedBatch {
       unique_begin.download(unique_begin_host_.data(), unique_begin_host_.size());
     }
     return unique_begin_host_;
+  }
+
+ private:
+  void check_group(int g) const {
+    if (g < 0 || g >= static_cast<int>(infos_.size()))
+      throw std::out_of_range("group " + std::to_string(g) + " out of range [0, " + std::to_string(infos_.size()) +
+                              ")");
   }
 
   mutable std::mutex mutex_;

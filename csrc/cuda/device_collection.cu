@@ -8,9 +8,11 @@
 #include <optional>
 
 #include "batch_row_kernels.cuh"
+#include "device_admission.h"
 #include "device_batch.cuh"
 #include "device_collection_impl.h"
 #include "device_table.cuh"
+#include "sparsecore/core/half.h"
 
 namespace sparsecore::cuda::SC_BACKEND_NS {
 namespace {
@@ -35,7 +37,10 @@ class Collection final : public DeviceCollectionImpl {
       t->seed = table_seed(seed, c.name);
       t->dim = c.dim;
       t->state_dim = c.optimizer.state_dim(c.dim);
+      t->absent = std::is_same_v<T, float> ? c.default_value
+                                           : ::sparsecore::half_to_float(::sparsecore::float_to_half(c.default_value));
       allocate(*t, 0);
+      refusing_.push_back(c.admission.enabled() ? 1 : 0);
       tables_.push_back(std::move(t));
     }
     snapshot_pending_.assign(tables_.size(), 0);
@@ -99,7 +104,7 @@ class Collection final : public DeviceCollectionImpl {
 
   std::shared_ptr<DevicePreparedBatch> prepare(const std::vector<GroupInput>& inputs,
                                                const std::vector<std::vector<int64_t>>& host_offsets, bool train,
-                                               MemorySpace space) override {
+                                               MemorySpace space, const AdmitHook& admit) override {
     std::lock_guard<std::mutex> lock(mutex_);
     DeviceGuard on(device_);
     auto batch = std::make_shared<PreparedBatchImpl>();
@@ -116,7 +121,11 @@ class Collection final : public DeviceCollectionImpl {
     batch->lay_out(inputs, host_offsets, dims, pooling, space);
     if (inputs.empty()) return batch;
     dedup(shape_, *batch);
-    resolve_batch(*batch, batch->slots, train);
+    batch->absent_rows.assign(inputs.size(), 0);
+    if (train && admit && refusing(*batch))
+      resolve_admitted(*batch, admit);
+    else
+      resolve_batch(*batch, batch->slots, train);
     for (const GroupInput& in : inputs) batch->generations.push_back(tables_[in.table]->generation);
     if (train) build_occurrences(shape_, *batch);
     return batch;
@@ -139,8 +148,8 @@ class Collection final : public DeviceCollectionImpl {
     } else {
       pointers = group_pointers(outputs, more);
     }
-    SC_LAUNCH(grid(batch.view.num_bags * pool_lanes(batch)), block(), 0, nullptr, pool_kernel<T>)
-    (descs_.data(), batch.view, slots, pointers, pool_lanes(batch));
+    SC_LAUNCH(grid(batch.view.num_bags * pool_lanes<T>(batch.groups())), block(), 0, nullptr, pool_kernel<T>)
+    (descs_.data(), batch.view, slots, pointers, pool_lanes<T>(batch.groups()));
     SC_CHECK_LAUNCH();
     if (space == MemorySpace::kDevice) return;
     // One download of every group's output, split on the host.
@@ -153,16 +162,29 @@ class Collection final : public DeviceCollectionImpl {
     }
   }
 
-  int64_t backward(const DevicePreparedBatch& b, const std::vector<const float*>& grads, MemorySpace space) override {
+  int64_t backward(const DevicePreparedBatch& b, const std::vector<const float*>& grads, MemorySpace space,
+                   std::vector<int64_t>& dropped) override {
     std::lock_guard<std::mutex> lock(mutex_);
     DeviceGuard on(device_);
     PreparedBatchImpl& batch = own(b);
     batch.last_stream = current_stream();
     const int64_t step = ++step_;
+    dropped.assign(batch.groups().size(), 0);
     if (batch.num_ids == 0) return step;
-    // Released rows are re-created, as the CPU engine does.
+    // Released rows are re-created, as the CPU engine does (but not those of tables with
+    // admission: an id gets a row only when admitted).
     DeviceBuffer<int64_t> refreshed;
     const int64_t* slots = current_slots(batch, refreshed, true);
+    if (refusing(batch)) {
+      dropped = batch.absent_rows;
+      if (slots != batch.slots.data()) {  // found again: count what is absent now
+        std::vector<int> group_table;
+        const AdmissionLayout layout = admission_layout(batch, group_table);
+        std::vector<int64_t> host(layout.begin.back());
+        copy_bytes(host.data(), slots, host.size() * sizeof(int64_t), Copy::kDeviceToHost);
+        dropped = layout.count_absent(host);
+      }
+    }
     DeviceBuffer<float> grad;
     DeviceBuffer<const float*> more;
     GroupPointers<const float*> pointers;
@@ -210,17 +232,19 @@ class Collection final : public DeviceCollectionImpl {
     }
     if (insert) {
       resolve(t, device_keys, n, slots, true);
-      SC_LAUNCH(grid(n * table.dim), block(), 0, nullptr, gather_rows_kernel<T>)(table.rows(), slots.data(), n, dst);
+      SC_LAUNCH(grid(n * table.dim), block(), 0, nullptr, gather_rows_kernel<T>)
+      (table.rows(), slots.data(), n, dst, 0.0f);
     } else {  // probe and copy in one launch
       const int lanes = row_lanes(table.dim);
       SC_LAUNCH(grid(n * lanes), block(), 0, nullptr, find_rows_kernel<T>)
-      (table.view(), table.rows(), device_keys, n, dst, lanes);
+      (table.view(), table.rows(), device_keys, n, dst, lanes, table.absent);
     }
     SC_CHECK_LAUNCH();
     if (space == MemorySpace::kHost) rows.download(out, n * table.dim);
   }
 
-  int64_t erase(int t, const int64_t* keys, int64_t n, MemorySpace space) override {
+  int64_t erase(int t, const int64_t* keys, int64_t n, MemorySpace space,
+                std::vector<unsigned char>& removed) override {
     std::lock_guard<std::mutex> lock(mutex_);
     DeviceGuard on(device_);
     DeviceTable<T>& table = *tables_.at(t);
@@ -233,14 +257,16 @@ class Collection final : public DeviceCollectionImpl {
     }
     DeviceBuffer<unsigned long long> erased(1);
     erased.fill_zero();
+    DeviceBuffer<unsigned char> flags(n);
     SC_LAUNCH(grid(n), block(), 0, nullptr, erase_kernel)
-    (table.view(), device_keys, n, erased.data(), stats_.data() + 2 * t);
+    (table.view(), device_keys, n, erased.data(), stats_.data() + 2 * t, flags.data());
     SC_CHECK_LAUNCH();
-    unsigned long long c = 0;
-    erased.download(&c, 1);
+    removed.resize(n);
+    flags.download(removed.data(), n);
     read_stats();
+    const auto c = static_cast<int64_t>(std::count(removed.begin(), removed.end(), 1));
     if (c) table.generation = next_generation();
-    return static_cast<int64_t>(c);
+    return c;
   }
 
   std::vector<int64_t> read_back(const std::vector<HostCopy>& copies, const std::vector<Floats>& finite) override {
@@ -275,22 +301,7 @@ class Collection final : public DeviceCollectionImpl {
   }
 
   void check_device_pointer(const void* p, const std::string& what) const override {
-#if defined(__CUDACC__)
-    cudaPointerAttributes attr{};
-    if (cudaPointerGetAttributes(&attr, p) != cudaSuccess) {
-      cudaGetLastError();  // clear the error of an unknown pointer
-      attr.type = cudaMemoryTypeUnregistered;
-    }
-    SC_CHECK_ARG(attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged, what,
-                 " is not CUDA device memory (pass host arrays as NumPy arrays, device arrays as CuPy or torch CUDA)");
-    const std::optional<int> on = attr.type == cudaMemoryTypeDevice ? std::optional<int>(attr.device) : std::nullopt;
-#else
-    // Host memory posing as device memory is accepted; emulated device memory has a device.
-    const std::optional<int> on = ::sparsecore::cuda_emulation::device_of(p);
-#endif
-    SC_CHECK_ARG(!on || *on == device_, what, " is on cuda:", on.value_or(-1),
-                 ", but this collection lives on cuda:", device_, " (move the array to cuda:", device_,
-                 ", or build the collection with device=", on.value_or(-1), ")");
+    check_device_memory(p, device_, what);
   }
 
   DeviceEmbeddingCollection::Export export_rows(int t) const override {
@@ -308,30 +319,7 @@ class Collection final : public DeviceCollectionImpl {
     count.download(&n, 1);
     std::vector<int64_t> host_slots(n);
     slots.download(host_slots.data(), n);
-    std::sort(host_slots.begin(), host_slots.end());
-    // Rows come back whole (the table's arrays), then are picked out on the host: export is
-    // a checkpoint-style operation, not a hot path.
-    std::vector<int64_t> keys(table.capacity);
-    table.keys.download(keys.data(), table.capacity);
-    std::vector<T> w(static_cast<size_t>(total) * table.dim);
-    table.weights.download(w.data(), w.size());
-    std::vector<float> st(static_cast<size_t>(total) * table.state_dim);
-    table.state.download(st.data(), st.size());
-    std::vector<uint32_t> cnt(total);
-    table.update_count.download(cnt.data(), total);
-    std::vector<int64_t> last(total);
-    table.last_step.download(last.data(), total);
-    std::vector<std::pair<int64_t, int64_t>> order;  // (key, slot)
-    for (int64_t s : host_slots)
-      order.emplace_back(s < table.capacity ? keys[s] : (s == table.capacity ? kEmptyKey : kErasedKey), s);
-    std::sort(order.begin(), order.end());
-    for (auto [key, s] : order) {
-      e.keys.push_back(key);
-      for (int d = 0; d < table.dim; ++d) e.weights.push_back(host_float(w[s * table.dim + d]));
-      for (int d = 0; d < table.state_dim; ++d) e.state.push_back(st[s * table.state_dim + d]);
-      e.update_count.push_back(cnt[s]);
-      e.last_step.push_back(last[s]);
-    }
+    table.export_slots(host_slots, e);
     return e;
   }
 
@@ -362,7 +350,6 @@ class Collection final : public DeviceCollectionImpl {
   }
 
  private:
-  static float host_float(T v) { return to_float(v); }
   static uint64_t next_generation() {
     static std::atomic<uint64_t> counter{2};
     return counter.fetch_add(1);
@@ -385,32 +372,6 @@ class Collection final : public DeviceCollectionImpl {
     return staging_->data();
   }
 
-  // Lanes per row of the team-per-row kernels: a power of two <= 32, about one lane per four
-  // elements.
-  static int row_lanes(int elements) {
-    int lanes = 1;
-    while (lanes < 32 && lanes * 4 < elements) lanes *= 2;
-    return lanes;
-  }
-
-  // Lanes per bag of the pooling kernel: enough for the widest group (a power of two <= 32).
-  int pool_lanes(const PreparedBatchImpl& batch) const {
-    constexpr int kWidth = std::is_same_v<T, float> ? 4 : 2;
-    int wanted = 1;
-    for (const DeviceGroupInfo& g : batch.groups()) {
-      if (g.pooling == Pooling::kNone) {
-        wanted = std::max(wanted, g.dim);
-        continue;
-      }
-      const int width = g.dim % kWidth == 0 ? kWidth : 1;
-      const int per_lane = kPoolElementsPerLane / width;
-      wanted = std::max(wanted, (g.dim / width + per_lane - 1) / per_lane);
-    }
-    int lanes = 1;
-    while (lanes < wanted && lanes < 32) lanes *= 2;
-    return lanes;
-  }
-
   // The slots of the batch's unique ids now: found at prepare, or found again (inserting
   // when `insert`) when a table's rows moved or were released since.
   const int64_t* current_slots(PreparedBatchImpl& batch, DeviceBuffer<int64_t>& refreshed, bool insert) {
@@ -420,8 +381,44 @@ class Collection final : public DeviceCollectionImpl {
     refresh_descs();
     if (!stale) return batch.slots.data();
     refreshed.resize(batch.slots.size());
-    resolve_batch(batch, refreshed, insert);
+    if (insert && refusing(batch)) {
+      // Tables with admission only find their rows again (the CPU engine's rule).
+      std::vector<int> group_table;
+      const std::vector<unsigned char> admit = admission_layout(batch, group_table).mask([](int64_t) { return false; });
+      DeviceBuffer<unsigned char> mask;
+      mask.upload(admit.data(), admit.size());
+      resolve_batch(batch, refreshed, true, mask.data());
+    } else {
+      resolve_batch(batch, refreshed, insert);
+    }
     return refreshed.data();
+  }
+
+  // The batch's groups as admission sees them (valid while `batch` lives).
+  AdmissionLayout admission_layout(const PreparedBatchImpl& batch, std::vector<int>& group_table) const {
+    group_table.clear();
+    for (const DeviceGroupInfo& g : batch.groups()) group_table.push_back(g.table);
+    return {refusing_, group_table, batch.unique_begin_on_host()};
+  }
+  bool refusing(const PreparedBatchImpl& batch) const {
+    return std::any_of(batch.groups().begin(), batch.groups().end(), [&](auto& g) { return refusing_[g.table] != 0; });
+  }
+
+  // A training prepare with admission: find every unique id, let the front sight the absent
+  // ids of tables with admission (one read back), then insert the ids admitted and those of
+  // the other tables.
+  void resolve_admitted(PreparedBatchImpl& batch, const AdmitHook& hook) {
+    resolve_batch(batch, batch.slots, false);
+    std::vector<int> group_table;
+    const AdmissionLayout layout = admission_layout(batch, group_table);
+    const int64_t total = layout.begin.back();
+    std::vector<int64_t> keys(total), found(total);
+    batch.unique_keys.download(keys.data(), total);
+    batch.slots.download(found.data(), total);
+    const std::vector<unsigned char> admit = layout.admit(keys, found, hook, batch.absent_rows);
+    DeviceBuffer<unsigned char> mask;
+    mask.upload(admit.data(), admit.size());
+    resolve_batch(batch, batch.slots, true, mask.data());
   }
 
   // The tables' descriptors on the device, uploaded again after a table changed shape.
@@ -436,6 +433,7 @@ class Collection final : public DeviceCollectionImpl {
       host[t].opt = table.config.optimizer;
       host[t].seed = table.seed;
       host[t].stats = stats_.data() + 2 * t;
+      host[t].absent = table.absent;
     }
     descs_.upload(host.data(), host.size());
     descs_dirty_ = false;
@@ -569,7 +567,8 @@ class Collection final : public DeviceCollectionImpl {
     DeviceBuffer<float> scratch;
     if (!std::is_same_v<T, float>) scratch.resize(n * t.dim);
     SC_LAUNCH(grid(n), block(), 0, nullptr, init_rows_kernel<T>)
-    (t.rows(), keys, slots.data(), inserted.data(), n, t.config.init, t.config.optimizer, t.seed, scratch.data());
+    (t.rows(), keys, slots.data(), inserted.data(), n, t.config.init, t.config.optimizer, t.seed, scratch.data(),
+     step_ + 1);
     SC_CHECK_LAUNCH();
     queue_stats_snapshot();
   }
@@ -577,7 +576,9 @@ class Collection final : public DeviceCollectionImpl {
   // slots (bound N) <- slots of every unique id of the batch, one launch for all groups
   // (inserting and initialising unknown ids when `insert`). Growth as in resolve, for the
   // tables whose groups might not fit.
-  void resolve_batch(PreparedBatchImpl& batch, DeviceBuffer<int64_t>& slots, bool insert) {
+  // admit (N, device, or nullptr: every id): which unique ids may be inserted.
+  void resolve_batch(PreparedBatchImpl& batch, DeviceBuffer<int64_t>& slots, bool insert,
+                     const unsigned char* admit = nullptr) {
     const auto& groups = batch.groups();
     refresh_descs();
     if (batch.num_ids == 0) return;
@@ -593,7 +594,7 @@ class Collection final : public DeviceCollectionImpl {
         DeviceBuffer<unsigned long long> misses(tables_.size());
         misses.fill_zero();
         SC_LAUNCH(grid(batch.num_ids), block(), 0, nullptr, batch_lookup_kernel<TableDesc<T>>)
-        (descs_.data(), batch.view, false, slots.data(), nullptr, misses.data());
+        (descs_.data(), batch.view, false, slots.data(), nullptr, misses.data(), nullptr);
         SC_CHECK_LAUNCH();
         const std::vector<unsigned long long> host = read_stats(misses.data(), tables_.size());
         for (const DeviceGroupInfo& g : groups)
@@ -603,14 +604,14 @@ class Collection final : public DeviceCollectionImpl {
     }
     DeviceBuffer<int> inserted(insert ? batch.num_ids : 0);
     SC_LAUNCH(grid(batch.num_ids), block(), 0, nullptr, batch_lookup_kernel<TableDesc<T>>)
-    (descs_.data(), batch.view, insert, slots.data(), inserted.data(), nullptr);
+    (descs_.data(), batch.view, insert, slots.data(), inserted.data(), nullptr, admit);
     SC_CHECK_LAUNCH();
     if (!insert) return;
     for (const DeviceGroupInfo& g : groups) tables_[g.table]->pending += g.num_ids;
     DeviceBuffer<float> scratch;
     if (!std::is_same_v<T, float>) scratch.resize(batch.rows_total);
     SC_LAUNCH(grid(batch.num_ids), block(), 0, nullptr, batch_init_rows_kernel<T>)
-    (descs_.data(), batch.view, slots.data(), inserted.data(), scratch.data());
+    (descs_.data(), batch.view, slots.data(), inserted.data(), scratch.data(), step_ + 1);
     SC_CHECK_LAUNCH();
     queue_stats_snapshot();
   }
@@ -629,6 +630,7 @@ class Collection final : public DeviceCollectionImpl {
   int64_t step_ = 0;
   mutable std::mutex mutex_;
   std::vector<std::unique_ptr<DeviceTable<T>>> tables_;
+  std::vector<char> refusing_;  // per table: it has admission (ids get rows only when admitted)
   DeviceBuffer<TableDesc<T>> descs_;
   bool descs_dirty_ = true;
   // Per table (live rows, tombstones), counted by the kernels; the host's copy lands in

@@ -3,6 +3,7 @@
 // sparsecore::cuda::emulated (g++ through the emulation layer). Inputs arrive validated.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -23,15 +24,25 @@ class DeviceCollectionImpl {
   virtual int64_t table_size(int table) const = 0;
   virtual int64_t table_capacity(int table) const = 0;
   virtual void set_max_load_factor(double f) = 0;
+  // The front's feature admission (table/admission.h) for the unique ids of group `group`
+  // (of table `table`) that have no row at a training prepare: admit[i] = 1 when keys[i]
+  // may become a row now. Called on the host, groups in order, only for tables whose
+  // config has admission.
+  using AdmitHook = std::function<void(int group, int table, const int64_t* keys, int64_t n, unsigned char* admit)>;
   // inputs validated; host_offsets[g]: a host copy of group g's offsets.
   virtual std::shared_ptr<DevicePreparedBatch> prepare(const std::vector<GroupInput>& inputs,
                                                        const std::vector<std::vector<int64_t>>& host_offsets,
-                                                       bool train, MemorySpace space) = 0;
+                                                       bool train, MemorySpace space, const AdmitHook& admit) = 0;
   virtual void forward(const DevicePreparedBatch& batch, const std::vector<float*>& outputs, MemorySpace space) = 0;
-  virtual int64_t backward(const DevicePreparedBatch& batch, const std::vector<const float*>& grads,
-                           MemorySpace space) = 0;
+  // dropped (per group): for groups of tables with admission, their unique ids without a
+  // row, whose gradients were not applied; 0 for the others.
+  virtual int64_t backward(const DevicePreparedBatch& batch, const std::vector<const float*>& grads, MemorySpace space,
+                           std::vector<int64_t>& dropped) = 0;
   virtual void lookup(int table, const int64_t* keys, int64_t n, float* out, bool insert, MemorySpace space) = 0;
-  virtual int64_t erase(int table, const int64_t* keys, int64_t n, MemorySpace space) = 0;
+  // removed (n, host): 1 where the key was present and is now gone (a key given twice is
+  // marked once).
+  virtual int64_t erase(int table, const int64_t* keys, int64_t n, MemorySpace space,
+                        std::vector<unsigned char>& removed) = 0;
   // What the host checks of device inputs, read back with one wait: copies (host dst <-
   // device src) and, per array of `finite`, its elements that are NaN or Inf (returned).
   struct HostCopy {

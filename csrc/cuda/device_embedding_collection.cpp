@@ -51,6 +51,25 @@ void empty_memory_cache(Backend backend, int device) {
 #endif
 }
 
+namespace {
+
+// `to` takes the removals of `from` (its floor and each key's stamp), except keys `to_table`
+// holds a row of (removed, then inserted again: they travel as rows).
+void copy_deleted_keys(const DeletedKeysLog& from, DeletedKeysLog& to, const EmbeddingTable* to_table) {
+  to.reset(from.floor());
+  to.set_capacity(from.capacity());
+  for (const auto& [key, stamp] : from.entries()) {
+    std::byte* row = nullptr;
+    if (to_table) to_table->find_rows(&key, 1, &row);
+    if (!row) to.record(key, stamp);
+  }
+}
+void copy_deleted_keys(const DeletedKeysLog& from, EmbeddingTable& to) {
+  copy_deleted_keys(from, to.deleted_keys(), &to);
+}
+
+}  // namespace
+
 DeviceEmbeddingCollection::DeviceEmbeddingCollection(std::vector<TableConfig> tables, uint64_t seed, RowStorage storage,
                                                      Backend backend, LaunchLimits limits, int device)
     : backend_(backend), storage_(storage), limits_(limits), seed_(seed), configs_(std::move(tables)) {
@@ -62,13 +81,16 @@ DeviceEmbeddingCollection::DeviceEmbeddingCollection(std::vector<TableConfig> ta
     SC_CHECK_ARG(names.insert(c.name).second, "duplicate table name '", c.name, "'");
     SC_CHECK_ARG(!c.dense(), "table '", c.name,
                  "': the device backend keeps hash tables only; num_embeddings is supported on the CPU");
-    SC_CHECK_ARG(!c.admission.enabled(), "table '", c.name,
-                 "': feature admission is supported on the CPU and parameter servers, not the device backend");
-    SC_CHECK_ARG(c.default_value == 0.0f, "table '", c.name,
-                 "': a non-zero default_value is supported on the CPU and parameter servers, not the device backend "
-                 "(its absent rows read zeros)");
-    SC_CHECK_ARG(!c.expiry.enabled(), "table '", c.name,
-                 "': expiry and capacity are supported on the CPU and parameter servers, not the device backend");
+    SC_CHECK_ARG(c.expiry.capacity == 0 && c.expiry.scan_per_step == 0, "table '", c.name,
+                 "': a row capacity and incremental expiry (scan_per_step) are supported on the CPU and parameter "
+                 "servers; the device backend expires rows on demand (expire())");
+  }
+  for (const auto& c : configs_) {
+    admissions_.push_back(c.admission.enabled() ? std::make_unique<Admission>(c.admission, table_seed(seed, c.name))
+                                                : nullptr);
+    expiries_.push_back(c.expiry.enabled() ? std::make_unique<Expiry>(c.expiry) : nullptr);
+    if (expiries_.back()) expiries_.back()->note_step(0);  // rows created now (wall-clock TTL)
+    deleted_.push_back(std::make_unique<DeletedKeysLog>());
   }
   if (backend == Backend::kEmulated) {
     impl_ = emulated::make_collection(configs_, seed, storage, limits, device);
@@ -98,6 +120,41 @@ void DeviceEmbeddingCollection::check_table(int table) const {
 }
 
 int64_t DeviceEmbeddingCollection::step() const { return impl_->step(); }
+
+const Admission* DeviceEmbeddingCollection::admission(int table) const {
+  check_table(table);
+  return admissions_[table].get();
+}
+
+Expiry* DeviceEmbeddingCollection::expiry(int table) const {
+  check_table(table);
+  return expiries_[table].get();
+}
+
+DeletedKeysLog& DeviceEmbeddingCollection::deleted_keys(int table) const {
+  check_table(table);
+  return *deleted_[table];
+}
+
+int64_t DeviceEmbeddingCollection::expire(int table) {
+  check_table(table);
+  Expiry* e = expiries_[table].get();
+  if (!e || !configs_[table].expiry.has_rules()) return 0;
+  // The rows come over to the host and the CPU engine's rule names the expired ones; every
+  // row is examined before any goes, so a predicate that throws removes nothing.
+  const Export rows = export_rows(table);
+  const Expiry::Cutoffs cut = e->cutoffs(step());
+  const int dim = configs_[table].dim;
+  std::vector<int64_t> gone;
+  for (size_t i = 0; i < rows.keys.size(); ++i) {
+    const RowMeta m =
+        PackedRowMeta::pack(RowMeta{static_cast<uint32_t>(rows.update_count[i]), 0, rows.last_step[i]}).unpack();
+    if (e->expired(rows.keys[i], m, rows.weights.data() + i * dim, dim, cut)) gone.push_back(rows.keys[i]);
+  }
+  const int64_t removed = remove(table, gone.data(), static_cast<int64_t>(gone.size()), MemorySpace::kHost, {});
+  e->count_expired(removed);
+  return removed;
+}
 
 int64_t DeviceEmbeddingCollection::table_size(int table) const {
   check_table(table);
@@ -180,7 +237,23 @@ std::shared_ptr<DevicePreparedBatch> DeviceEmbeddingCollection::prepare(const st
                                                                         const StreamArgs& streams) {
   DeviceCall call(*impl_, streams);  // validation reads device inputs in the call's stream order
   std::vector<std::vector<int64_t>> host_offsets = validate_inputs(inputs, space);
-  return impl_->prepare(inputs, host_offsets, train, space);
+  DeviceCollectionImpl::AdmitHook admit;
+  if (train) {
+    // One tick of each admission clock per training prepare that sights ids of its table,
+    // before the sightings (the CPU collection's order).
+    std::vector<char> ticked(admissions_.size(), 0);
+    for (const GroupInput& in : inputs) {
+      Admission* a = admissions_[in.table].get();
+      if (!a || in.num_ids <= 0 || ticked[in.table]) continue;
+      ticked[in.table] = 1;
+      a->tick();
+      admit = [this](int, int table, const int64_t* keys, int64_t n, unsigned char* verdict) {
+        Admission& filter = *admissions_[table];
+        for (int64_t i = 0; i < n; ++i) verdict[i] = filter.sight(keys[i]) ? 1 : 0;
+      };
+    }
+  }
+  return impl_->prepare(inputs, host_offsets, train, space, admit);
 }
 
 void DeviceEmbeddingCollection::forward(const DevicePreparedBatch& batch, const std::vector<float*>& outputs,
@@ -222,7 +295,13 @@ int64_t DeviceEmbeddingCollection::backward(const DevicePreparedBatch& batch, co
   for (size_t i = 0; i < bad.size(); ++i)
     SC_CHECK_ARG(bad[i] == 0, "gradient of group '", configs_[groups[device_group[i]].table].name,
                  "' contains NaN or Inf; no row was updated");
-  return impl_->backward(batch, grads, space);
+  std::vector<int64_t> dropped;
+  const int64_t step = impl_->backward(batch, grads, space, dropped);
+  for (size_t g = 0; g < dropped.size(); ++g)
+    if (dropped[g] && admissions_[groups[g].table]) admissions_[groups[g].table]->count_dropped(dropped[g]);
+  for (auto& e : expiries_)
+    if (e) e->note_step(step);
+  return step;
 }
 
 void DeviceEmbeddingCollection::lookup(int table, const int64_t* keys, int64_t n, float* out, bool insert,
@@ -239,11 +318,28 @@ void DeviceEmbeddingCollection::lookup(int table, const int64_t* keys, int64_t n
 
 int64_t DeviceEmbeddingCollection::erase(int table, const int64_t* keys, int64_t n, MemorySpace space,
                                          const StreamArgs& streams) {
-  DeviceCall call(*impl_, streams);
   check_table(table);
   SC_CHECK_ARG(n >= 0 && (n == 0 || keys), "erase: null keys for ", n, " keys");
+  return remove(table, keys, n, space, streams);
+}
+
+int64_t DeviceEmbeddingCollection::remove(int table, const int64_t* keys, int64_t n, MemorySpace space,
+                                          const StreamArgs& streams) {
+  DeviceCall call(*impl_, streams);
   if (space == MemorySpace::kDevice && n > 0) impl_->check_device_pointer(keys, "erase keys");
-  return impl_->erase(table, keys, n, space);
+  std::vector<unsigned char> removed;
+  const int64_t count = impl_->erase(table, keys, n, space, removed);
+  std::vector<int64_t> host_keys;
+  if (count && space == MemorySpace::kDevice) {
+    host_keys.resize(n);
+    impl_->read_back({{host_keys.data(), keys, static_cast<size_t>(n) * sizeof(int64_t)}}, {});
+    keys = host_keys.data();
+  }
+  // Each removal is logged with the version a delta written later carries (the CPU stamp).
+  const int64_t stamp = step() + 1;
+  for (int64_t i = 0; i < n && count; ++i)
+    if (removed[i]) deleted_[table]->record(keys[i], stamp);
+  return count;
 }
 
 DeviceEmbeddingCollection::Export DeviceEmbeddingCollection::export_rows(int table) const {
@@ -265,6 +361,15 @@ std::unique_ptr<EmbeddingCollection> DeviceEmbeddingCollection::to_host() const 
           PackedRowMeta::pack(RowMeta{static_cast<uint32_t>(e.update_count[i]), 0, e.last_step[i]});
       table.upsert_copy(e.keys[i], row.data());
     }
+    if (admissions_[t]) {
+      const std::vector<uint8_t> state = admissions_[t]->serialize();
+      table.admission()->deserialize(state.data(), state.size());
+    }
+    if (expiries_[t]) {
+      table.expiry()->load_state(expiries_[t]->state_json());
+      table.expiry()->copy_callables(*expiries_[t]);
+    }
+    copy_deleted_keys(*deleted_[t], table);
   }
   host->set_step(step());
   return host;
@@ -304,6 +409,15 @@ std::unique_ptr<DeviceEmbeddingCollection> DeviceEmbeddingCollection::from_host(
     }
     DeviceCall call(*device->impl_, {});
     device->impl_->import_rows(t, e);
+    if (const Admission* a = table.admission()) {
+      const std::vector<uint8_t> state = a->serialize();
+      device->admissions_[t]->deserialize(state.data(), state.size());
+    }
+    if (const Expiry* x = table.expiry()) {
+      device->expiries_[t]->load_state(x->state_json());
+      device->expiries_[t]->copy_callables(*x);
+    }
+    copy_deleted_keys(table.deleted_keys(), *device->deleted_[t], nullptr);
   }
   device->impl_->set_step(host.step());
   return device;
@@ -329,6 +443,12 @@ void DeviceEmbeddingCollection::restore(const std::string& dir) {
   }
   impl_.swap(loaded->impl_);
   configs_.swap(loaded->configs_);
+  admissions_.swap(loaded->admissions_);
+  // The predicate and clock are set at run time, not saved: the restored tables keep them.
+  for (size_t t = 0; t < expiries_.size(); ++t)
+    if (loaded->expiries_[t] && expiries_[t]) loaded->expiries_[t]->copy_callables(*expiries_[t]);
+  expiries_.swap(loaded->expiries_);
+  deleted_.swap(loaded->deleted_);
   seed_ = loaded->seed_;
 }
 

@@ -16,6 +16,7 @@
 #include <iterator>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <utility>
@@ -641,6 +642,26 @@ __device__ __forceinline__ void warp_increment(unsigned long long* counter, bool
       atomicAdd(reinterpret_cast<unsigned long long*>(target), static_cast<unsigned long long>(__popc(same)));
     todo &= ~same;
   }
+}
+
+// InvalidArgument naming `what` unless p is device memory of `device` (the emulator's device
+// memory is host memory: host pointers pass, emulated device memory must be on `device`).
+inline void check_device_memory(const void* p, int device, const std::string& what) {
+#if defined(__CUDACC__)
+  cudaPointerAttributes attr{};
+  if (cudaPointerGetAttributes(&attr, p) != cudaSuccess) {
+    cudaGetLastError();  // clear the error of an unknown pointer
+    attr.type = cudaMemoryTypeUnregistered;
+  }
+  SC_CHECK_ARG(attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged, what,
+               " is not CUDA device memory (pass host arrays as NumPy arrays, device arrays as CuPy or torch CUDA)");
+  const std::optional<int> on = attr.type == cudaMemoryTypeDevice ? std::optional<int>(attr.device) : std::nullopt;
+#else
+  const std::optional<int> on = ::sparsecore::cuda_emulation::device_of(p);
+#endif
+  SC_CHECK_ARG(!on || *on == device, what, " is on cuda:", on.value_or(-1),
+               ", but this collection lives on cuda:", device, " (move the array to cuda:", device,
+               ", or build the collection with device=", on.value_or(-1), ")");
 }
 
 }  // namespace sparsecore::cuda::SC_BACKEND_NS

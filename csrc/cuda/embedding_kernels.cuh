@@ -26,10 +26,13 @@ struct RowsView {
 };
 
 // Initial row of `key` in slot s: weights from the table's initializer (built in fp32 in
-// `scratch` (dim) and rounded once with fp16 storage), optimizer state, zero metadata.
+// `scratch` (dim) and rounded once with fp16 storage), optimizer state, no update yet and
+// last_step = `stamp` (the CPU engine's stamp: the collection step + 1, the first step the
+// row can take part in, so expiry and incremental export see the insert).
 template <typename T>
 __device__ __forceinline__ void init_row(const RowsView<T>& rows, int64_t s, int64_t key, const InitializerConfig& init,
-                                         const OptimizerConfig& opt, uint64_t table_seed, float* scratch) {
+                                         const OptimizerConfig& opt, uint64_t table_seed, float* scratch,
+                                         int64_t stamp) {
   const int dim = rows.dim;
   if constexpr (std::is_same_v<T, float>) {
     initialize_row<DeviceFloatOps>(init, table_seed, key, rows.weights + s * dim, dim);
@@ -39,7 +42,7 @@ __device__ __forceinline__ void init_row(const RowsView<T>& rows, int64_t s, int
   }
   if (rows.state_dim) rules::init_state(opt, rows.state + s * rows.state_dim, dim);
   rows.update_count[s] = 0;
-  rows.last_step[s] = 0;
+  rows.last_step[s] = stamp;
 }
 
 // Fills the rows of newly inserted keys. keys, slots, inserted (n): device. scratch
@@ -48,23 +51,23 @@ template <typename T>
 __global__ void SC_LAUNCH_BOUNDS init_rows_kernel(RowsView<T> rows, const int64_t* __restrict__ keys,
                                                   const int64_t* __restrict__ slots, const int* __restrict__ inserted,
                                                   int64_t n, InitializerConfig init, OptimizerConfig opt,
-                                                  uint64_t table_seed, float* __restrict__ scratch) {
+                                                  uint64_t table_seed, float* __restrict__ scratch, int64_t stamp) {
   for (int64_t i = global_thread(); i < n; i += grid_threads()) {
     if (!inserted[i] || slots[i] < 0) continue;
-    init_row(rows, slots[i], keys[i], init, opt, table_seed, scratch ? scratch + i * rows.dim : nullptr);
+    init_row(rows, slots[i], keys[i], init, opt, table_seed, scratch ? scratch + i * rows.dim : nullptr, stamp);
   }
 }
 
-// out (n, dim) fp32: the row of slots[i], zeros where slots[i] < 0.
+// out (n, dim) fp32: the row of slots[i], `absent` where slots[i] < 0.
 template <typename T>
 __global__ void SC_LAUNCH_BOUNDS gather_rows_kernel(RowsView<T> rows, const int64_t* __restrict__ slots, int64_t n,
-                                                    float* __restrict__ out) {
+                                                    float* __restrict__ out, float absent) {
   const int dim = rows.dim;
   const int64_t total = n * dim;
   for (int64_t e = global_thread(); e < total; e += grid_threads()) {
     const int64_t i = e / dim, d = e % dim;
     const int64_t s = slots[i];
-    out[e] = s >= 0 ? to_float(rows.weights[s * dim + d]) : 0.0f;
+    out[e] = s >= 0 ? to_float(rows.weights[s * dim + d]) : absent;
   }
 }
 
@@ -141,9 +144,11 @@ __device__ __forceinline__ void store_vector(float* p, const float (&x)[W]) {
   }
 }
 
-// One row out as fp32, W elements per load by a team's lanes (zeros for an absent row).
+// One row out as fp32, W elements per load by a team's lanes (`absent` in every element of
+// an absent row: the table's default row).
 template <typename T, int W>
-__device__ __forceinline__ void copy_row_out(const RowsView<T>& rows, int64_t s, float* out, int lane, int lanes) {
+__device__ __forceinline__ void copy_row_out(const RowsView<T>& rows, int64_t s, float* out, int lane, int lanes,
+                                             float absent) {
   const int vectors = rows.dim / W;
   for (int v = lane; v < vectors; v += lanes) {
     float x[W];
@@ -151,7 +156,7 @@ __device__ __forceinline__ void copy_row_out(const RowsView<T>& rows, int64_t s,
       load_vector<W>(rows.weights + s * rows.dim + v * W, x);
     } else {
       SC_UNROLL
-      for (int k = 0; k < W; ++k) x[k] = 0.0f;
+      for (int k = 0; k < W; ++k) x[k] = absent;
     }
     store_vector<W>(out + v * W, x);
   }
@@ -161,10 +166,10 @@ __device__ __forceinline__ void copy_row_out(const RowsView<T>& rows, int64_t s,
 // them. A team of `lanes` lanes per key: every lane probes (the same addresses, so one
 // memory transaction per probe for the team) and then copies its share of the row with
 // vector loads (float4 for fp32 rows, __half2 for fp16) where the dim and out allow.
-// keys (n), out (n, dim) fp32: device; zeros for keys that are absent.
+// keys (n), out (n, dim) fp32: device; keys that are absent read `absent` (the default row).
 template <typename T>
 __global__ void SC_LAUNCH_BOUNDS find_rows_kernel(TableView t, RowsView<T> rows, const int64_t* __restrict__ keys,
-                                                  int64_t n, float* __restrict__ out, int lanes) {
+                                                  int64_t n, float* __restrict__ out, int lanes, float absent) {
   constexpr int kWidth = std::is_same_v<T, float> ? 4 : 2;
   const int lane = static_cast<int>(threadIdx.x) & (lanes - 1);
   const int64_t teams = grid_threads() / lanes;
@@ -174,9 +179,9 @@ __global__ void SC_LAUNCH_BOUNDS find_rows_kernel(TableView t, RowsView<T> rows,
     const int64_t s = probe_slot(t, keys[i], false, &created);
     float* o = out + i * rows.dim;
     if (vector)
-      copy_row_out<T, kWidth>(rows, s, o, lane, lanes);
+      copy_row_out<T, kWidth>(rows, s, o, lane, lanes, absent);
     else
-      copy_row_out<T, 1>(rows, s, o, lane, lanes);
+      copy_row_out<T, 1>(rows, s, o, lane, lanes, absent);
   }
 }
 

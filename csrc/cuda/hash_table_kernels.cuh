@@ -88,17 +88,21 @@ __global__ void SC_LAUNCH_BOUNDS fill_keys_kernel(int64_t* __restrict__ keys, in
 }
 
 // Removes keys (n, device); *num_erased counts the keys that were present, and the table's
-// stats (live rows, tombstones; device) follow.
+// stats (live rows, tombstones; device) follow. removed (n, device, or nullptr): 1 where the
+// thread removed its key (a key given twice is removed by one of them).
 __global__ void SC_LAUNCH_BOUNDS erase_kernel(TableView t, const int64_t* __restrict__ keys, int64_t n,
-                                              unsigned long long* num_erased, unsigned long long* stats) {
+                                              unsigned long long* num_erased, unsigned long long* stats,
+                                              unsigned char* __restrict__ removed) {
   constexpr unsigned long long kMinusOne = ~0ULL;  // atomicAdd of -1 (no 64-bit atomicSub)
   for (int64_t i = global_thread(); i < n; i += grid_threads()) {
     const int64_t key = keys[i];
     const int r = reserved_index(key);
+    if (removed) removed[i] = 0;
     if (r >= 0) {
       if (atomicCAS(&t.reserved[r], 1, 0) == 1) {
         atomicAdd(num_erased, 1ULL);
         atomicAdd(&stats[0], kMinusOne);
+        if (removed) removed[i] = 1;
       }
       continue;
     }
@@ -111,6 +115,7 @@ __global__ void SC_LAUNCH_BOUNDS erase_kernel(TableView t, const int64_t* __rest
       atomicAdd(num_erased, 1ULL);
       atomicAdd(&stats[0], kMinusOne);
       atomicAdd(&stats[1], 1ULL);
+      if (removed) removed[i] = 1;
     }
   }
 }

@@ -10,6 +10,7 @@
 #include "binding_registry.h"
 #include "sparsecore/cuda/device_embedding_collection.h"
 #include "sparsecore/cuda/emulator_counters.h"
+#include "table_policy_binding.h"
 
 namespace py = pybind11;
 using namespace sparsecore;
@@ -129,6 +130,34 @@ SPARSECORE_BINDING(cuda, 40) {
       .def("table_row_bytes", &DeviceEmbeddingCollection::row_bytes)
       .def("memory_bytes", &DeviceEmbeddingCollection::memory_bytes)
       .def("set_max_load_factor", &DeviceEmbeddingCollection::set_max_load_factor)
+      .def("table_admission_stats",
+           [](const DeviceEmbeddingCollection& c, int t) { return python::admission_stats_dict(c.admission(t)); })
+      .def("table_expiry_stats",
+           [](const DeviceEmbeddingCollection& c, int t) { return python::expiry_stats_dict(c.expiry(t)); })
+      .def(
+          "set_expiry_predicate",
+          [](DeviceEmbeddingCollection& c, int t, const py::object& fn) {
+            python::set_expiry_predicate(python::expiry_of(c.expiry(t), c.config(t).name), c.config(t).name, fn);
+          },
+          py::arg("table"), py::arg("predicate"))
+      .def(
+          "set_expiry_clock",
+          [](DeviceEmbeddingCollection& c, int t, const py::object& fn) {
+            python::set_expiry_clock(python::expiry_of(c.expiry(t), c.config(t).name), fn);
+          },
+          py::arg("table"), py::arg("clock"))
+      .def(
+          "expire",
+          [](DeviceEmbeddingCollection& c, int t) {
+            py::gil_scoped_release release;
+            return c.expire(t);
+          },
+          py::arg("table"))
+      .def("set_deleted_keys_capacity",
+           [](DeviceEmbeddingCollection& c, int t, int64_t capacity) {
+             SC_CHECK_ARG(capacity >= 1, "deleted keys capacity must be >= 1, got ", capacity);
+             c.deleted_keys(t).set_capacity(static_cast<size_t>(capacity));
+           })
       .def(
           "prepare",
           [](DeviceEmbeddingCollection& c, const std::vector<py::tuple>& groups, bool train,

@@ -9,6 +9,7 @@
 #include "prepared_batch.h"
 #include "sparsecore/ops/embedding_collection.h"
 #include "sparsecore/table/table_stats.h"
+#include "table_policy_binding.h"
 
 namespace py = pybind11;
 using namespace sparsecore;
@@ -34,20 +35,7 @@ std::vector<GroupInput> group_inputs(const EmbeddingCollection& c, const std::ve
   return python::group_inputs(groups, keep_alive, [&c](int t) { return c.table_name(t); });
 }
 
-// A Python callable kept by C++ code that may copy or drop it without the GIL: the last
-// owner takes the GIL to release it.
-std::shared_ptr<py::function> held_callable(const py::function& fn) {
-  return std::shared_ptr<py::function>(new py::function(fn), [](py::function* f) {
-    py::gil_scoped_acquire gil;
-    delete f;
-  });
-}
-
-Expiry& table_expiry(EmbeddingCollection& c, int t) {
-  Expiry* e = c.table(t).expiry();
-  SC_CHECK_ARG(e, "table '", c.table_name(t), "' has no expiry (TableConfig(expiry=...))");
-  return *e;
-}
+Expiry& table_expiry(EmbeddingCollection& c, int t) { return python::expiry_of(c.table(t).expiry(), c.table_name(t)); }
 
 }  // namespace
 
@@ -109,17 +97,7 @@ SPARSECORE_BINDING(embedding, 30) {
       .def("table_config_json", [](const EmbeddingCollection& c, int t) { return c.config(t).to_json().dump(); })
       .def("table_size", [](const EmbeddingCollection& c, int t) { return c.table(t).size(); })
       .def("table_admission_stats",
-           [](const EmbeddingCollection& c, int t) -> py::object {
-             const Admission* a = c.table(t).admission();
-             if (!a) return py::none();
-             const AdmissionStats s = a->stats();
-             py::dict d;
-             d["admitted"] = s.admitted;
-             d["pending"] = s.pending;
-             d["rejected"] = s.rejected;
-             d["dropped_gradients"] = s.dropped_gradients;
-             return d;
-           })
+           [](const EmbeddingCollection& c, int t) { return python::admission_stats_dict(c.table(t).admission()); })
       .def(
           "table_stats",
           [](const EmbeddingCollection& c, int t) {
@@ -131,59 +109,16 @@ SPARSECORE_BINDING(embedding, 30) {
           },
           py::arg("table"), "The table's statistics (TableStats) as a dict of ints.")
       .def("table_expiry_stats",
-           [](const EmbeddingCollection& c, int t) -> py::object {
-             const Expiry* e = c.table(t).expiry();
-             if (!e) return py::none();
-             const ExpiryStats s = e->stats();
-             py::dict d;
-             d["expired"] = s.expired;
-             d["evicted"] = s.evicted;
-             d["refused"] = s.refused;
-             d["dropped_gradients"] = s.dropped_gradients;
-             return d;
-           })
+           [](const EmbeddingCollection& c, int t) { return python::expiry_stats_dict(c.table(t).expiry()); })
       .def(
           "set_expiry_predicate",
           [](EmbeddingCollection& c, int t, const py::object& fn) {
-            Expiry& e = table_expiry(c, t);
-            SC_CHECK_ARG(e.config().predicate, "table '", c.table_name(t),
-                         "' was not configured for a predicate (Expiry(predicate=...))");
-            if (fn.is_none()) {
-              e.set_predicate(nullptr);
-              return;
-            }
-            // Called from the thread of a training or expire call, which runs without the GIL.
-            e.set_predicate([held = held_callable(fn)](int64_t key, const RowMeta& m) -> bool {
-              py::gil_scoped_acquire gil;
-              try {
-                return (*held)(key, m.update_count, m.last_step).cast<bool>();
-              } catch (py::error_already_set& err) {
-                throw InvalidArgument(std::string("the expiry predicate raised: ") + err.what());
-              } catch (const py::cast_error&) {
-                throw InvalidArgument("the expiry predicate must return a bool");
-              }
-            });
+            python::set_expiry_predicate(table_expiry(c, t), c.table_name(t), fn);
           },
           py::arg("table"), py::arg("predicate"))
       .def(
           "set_expiry_clock",
-          [](EmbeddingCollection& c, int t, const py::object& fn) {
-            Expiry& e = table_expiry(c, t);
-            if (fn.is_none()) {
-              e.set_clock(nullptr);
-              return;
-            }
-            e.set_clock([held = held_callable(fn)]() -> double {
-              py::gil_scoped_acquire gil;
-              try {
-                return (*held)().cast<double>();
-              } catch (py::error_already_set& err) {
-                throw InvalidArgument(std::string("the expiry clock raised: ") + err.what());
-              } catch (const py::cast_error&) {
-                throw InvalidArgument("the expiry clock must return seconds as a float");
-              }
-            });
-          },
+          [](EmbeddingCollection& c, int t, const py::object& fn) { python::set_expiry_clock(table_expiry(c, t), fn); },
           py::arg("table"), py::arg("clock"))
       .def(
           "expire",

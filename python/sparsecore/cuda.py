@@ -301,6 +301,12 @@ class DeviceEmbeddingCollection(EmbeddingCollection):
     device: where the rows live: ``"cuda"`` (the current device), ``"cuda:N"``, N or a
     ``torch.device``. The collection remembers it (:attr:`device`); every call runs there, and
     CUDA arrays on another device are refused with a ``ValueError`` naming both devices.
+
+    Row policies behave as on the CPU store, bit for bit: feature admission
+    (``TableConfig(admission=...)``, decided by the same filter code on the host, which reads
+    the absent ids of each training batch back once), the default row of absent ids, expiry
+    rules on demand (:meth:`expire`, with predicate and clock), and :meth:`export_full` /
+    :meth:`export_delta`. A row capacity and ``scan_per_step`` are refused here.
     """
 
     def __new__(cls, *args: Any, **kwargs: Any) -> "DeviceEmbeddingCollection":
@@ -332,6 +338,7 @@ class DeviceEmbeddingCollection(EmbeddingCollection):
                                                bool(emulate), *_launch_limits(emulate, block_threads, max_blocks),
                                                ordinal)
         super().__init__({}, _core_obj=core)
+        self._set_predicates(tables)
 
     @classmethod
     def _wrap(cls, core: Any) -> "DeviceEmbeddingCollection":
@@ -550,6 +557,23 @@ class DeviceEmbeddingCollection(EmbeddingCollection):
         ``state``, ``update_count`` and ``last_step``."""
         keys, weights, state, count, last = self._c.export(self._table(name))
         return {"keys": keys, "weights": weights, "state": state, "update_count": count, "last_step": last}
+
+    # ----------------------------------------------------------------------------- exports
+    def export_full(self, path: Union[str, os.PathLike], *, dtype: str = "fp32") -> int:
+        """As :meth:`sparsecore.EmbeddingCollection.export_full`: the rows come to host
+        memory (:meth:`to_host`) and are written in the same format, so an export of a device
+        collection equals the CPU collection's export of the same rows."""
+        return _core.export_full(self._c.to_host(), os.fspath(path), dtype)
+
+    def export_delta(self, path: Union[str, os.PathLike], *, since: int, dtype: str = "fp32") -> int:
+        """As :meth:`sparsecore.EmbeddingCollection.export_delta`: the rows changed after
+        ``since`` (their ``last_step``) and the keys removed after it (erase, expire), through
+        host memory in the same format."""
+        return _core.export_delta(self._c.to_host(), os.fspath(path), int(since), dtype)
+
+    def set_deleted_keys_capacity(self, capacity: int, table: Optional[str] = None) -> None:
+        for name in [table] if table is not None else self.names:
+            self._c.set_deleted_keys_capacity(self._table(name), int(capacity))
 
     def memory_bytes(self) -> int:
         """Device bytes of every table's slot arrays (keys, rows, state, metadata) at their

@@ -128,6 +128,10 @@ class EmbeddingCollection:
         self._index = {n: i for i, n in enumerate(self._names)}
         self._configs = {n: TableConfig.from_dict(json.loads(self._c.table_config_json(i)))
                          for i, n in enumerate(self._names)}
+        self._set_predicates(tables)
+
+    def _set_predicates(self, tables: Mapping[str, TableConfig]) -> None:
+        """Installs the expiry predicates (Python callables) the configs name."""
         for name, cfg in dict(tables).items():
             if cfg.expiry is not None and cfg.expiry.predicate is not None:
                 if self._server is not None:

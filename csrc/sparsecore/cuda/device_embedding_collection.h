@@ -138,6 +138,22 @@ class DeviceEmbeddingCollection {
   // count, last step, key slot), and of all tables (their slot arrays at full capacity).
   int64_t row_bytes(int table) const;
   int64_t memory_bytes() const;
+  // Table t's feature admission (TableConfig::admission, table/admission.h), or nullptr when
+  // it admits every id. The device store takes the CPU engine's decisions: one clock tick
+  // per training prepare that sights ids of the table, then a sighting per distinct id the
+  // table has no row for; ids not admitted read the default row and their gradients are
+  // dropped and counted. Its state travels with to_host / from_host and checkpoints.
+  const Admission* admission(int table) const;
+  // Table t's expiry (TableConfig::expiry, table/expiry.h), or nullptr. The device store
+  // applies its rules (step and wall-clock TTL, min L2 norm, predicate) on demand, through
+  // the CPU engine's rule, and logs the removals as erase does; a row capacity and
+  // incremental scans (scan_per_step) are refused at construction.
+  Expiry* expiry(int table) const;
+  // Removes now the rows of table t that its expiry rules name; returns how many.
+  int64_t expire(int table);
+  // Keys removed from table t (erase, expire) with the stamp step() + 1 of each removal, for
+  // incremental exports of the CPU twin (to_host carries it).
+  DeletedKeysLog& deleted_keys(int table) const;
 
   // inputs: ids, offsets and weights of each group in `space`. Validated before anything
   // changes; with device inputs the offsets are copied to the host for that (B + 1 values)
@@ -193,6 +209,8 @@ class DeviceEmbeddingCollection {
 
  private:
   void check_table(int table) const;
+  // Removes keys (checked) from table t and logs each key removed; returns how many.
+  int64_t remove(int table, const int64_t* keys, int64_t n, MemorySpace space, const StreamArgs& streams);
   // Host copies of the offsets of device inputs (host inputs: their own offsets), after
   // validating every group.
   std::vector<std::vector<int64_t>> validate_inputs(const std::vector<GroupInput>& inputs, MemorySpace space) const;
@@ -203,6 +221,9 @@ class DeviceEmbeddingCollection {
   uint64_t seed_;
   int device_ = 0;
   std::vector<TableConfig> configs_;
+  std::vector<std::unique_ptr<Admission>> admissions_;  // per table, nullptr: admits every id
+  std::vector<std::unique_ptr<Expiry>> expiries_;       // per table, nullptr: no expiry
+  std::vector<std::unique_ptr<DeletedKeysLog>> deleted_;
   std::unique_ptr<DeviceCollectionImpl> impl_;
 };
 

@@ -27,6 +27,16 @@ void DeletedKeysLog::record(int64_t key, int64_t stamp) {
   if (s.stamps.size() > per_stripe) compact(s);
 }
 
+std::vector<std::pair<int64_t, int64_t>> DeletedKeysLog::entries() const {
+  std::vector<std::pair<int64_t, int64_t>> out;
+  for (int i = 0; i < kStripes; ++i) {
+    std::lock_guard<std::mutex> lock(stripes_[i].mutex);
+    out.insert(out.end(), stripes_[i].stamps.begin(), stripes_[i].stamps.end());
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
 void DeletedKeysLog::forget_slow(int64_t key) {
   Stripe& s = stripe_of(key);
   std::lock_guard<std::mutex> lock(s.mutex);

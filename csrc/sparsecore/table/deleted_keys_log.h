@@ -23,6 +23,7 @@
 #include <mutex>
 #include <string>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 namespace sparsecore {
@@ -39,6 +40,9 @@ class DeletedKeysLog {
   }
   // Keys removed with a stamp > since, ascending. `table` names the table in the error.
   std::vector<int64_t> deleted_since(int64_t since, const std::string& table) const;
+  // Every (key, stamp) held, ascending by key: a copy of the log for another table that
+  // takes this one's rows (the device store's CPU twin).
+  std::vector<std::pair<int64_t, int64_t>> entries() const;
   // Removals stamped <= floor() may have been dropped.
   int64_t floor() const { return floor_.load(std::memory_order_acquire); }
   void reset(int64_t floor);

@@ -128,19 +128,13 @@ size_t EmbeddingTable::release_retired() {
 }
 
 bool EmbeddingTable::expired(int64_t key, const std::byte* row, const Expiry::Cutoffs& cut) const {
-  const PackedRowMeta m = *meta(const_cast<std::byte*>(row));
-  const int64_t last = static_cast<int64_t>(m.last_step);
-  if (last < cut.below_step || last <= cut.at_most_step) return true;
+  const RowMeta m = meta(const_cast<std::byte*>(row))->unpack();
+  thread_local std::vector<float> w;
   if (cut.min_norm_sq > 0) {
-    thread_local std::vector<float> w;
     w.resize(static_cast<size_t>(config_.dim));
     read_weights(row, w.data());
-    double sq = 0;
-    for (float x : w) sq += static_cast<double>(x) * x;
-    if (sq < cut.min_norm_sq) return true;
   }
-  const Expiry::Predicate& p = expiry_->predicate();
-  return p && p(key, m.unpack());
+  return expiry_->expired(key, m, w.data(), config_.dim, cut);
 }
 
 void EmbeddingTable::collect_expired(int shard, uint64_t begin, uint64_t end, bool with_special,

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "sparsecore/core/error.h"
+#include "sparsecore/table/embedding_table.h"
 
 namespace sparsecore {
 namespace {
@@ -60,7 +61,10 @@ void ExpiryConfig::validate(const std::string& table, int shards, bool dense) co
                "eviction_headroom must lie in [0, 0.5], got ", eviction_headroom);
   SC_CHECK_ARG(scan_per_step >= 0, t, "scan_per_step must be >= 0 (0: on demand only), got ", scan_per_step);
   SC_CHECK_ARG(!dense || !enabled(), t,
-               "applies to hash tables; a table with num_embeddings has a fixed size (erase rows instead)");
+               "applies to hash tables: a table with num_embeddings = N keeps one row per id in [0, N) with its "
+               "memory reserved up front, so removing rows would reset trained ids and free nothing (fixed-size tables "
+               "never evict, as in TorchRec and HugeCTR); erase rows to reset them, or leave out num_embeddings for a "
+               "hash table with expiry");
 }
 
 Json ExpiryConfig::to_json() const {
@@ -167,6 +171,16 @@ Expiry::Cutoffs Expiry::cutoffs(int64_t step) const {
   }
   c.min_norm_sq = config_.min_l2_norm * config_.min_l2_norm;
   return c;
+}
+
+bool Expiry::expired(int64_t key, const RowMeta& meta, const float* weights, int dim, const Cutoffs& cut) const {
+  if (meta.last_step < cut.below_step || meta.last_step <= cut.at_most_step) return true;
+  if (cut.min_norm_sq > 0) {
+    double sq = 0;
+    for (int d = 0; d < dim; ++d) sq += static_cast<double>(weights[d]) * weights[d];
+    if (sq < cut.min_norm_sq) return true;
+  }
+  return predicate_ && predicate_(key, meta);
 }
 
 ExpiryStats Expiry::stats() const {

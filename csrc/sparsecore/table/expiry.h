@@ -125,6 +125,10 @@ class Expiry {
     double min_norm_sq = 0.0;
   };
   Cutoffs cutoffs(int64_t step) const;
+  // The rule itself, for every row store: whether the row of `key` with metadata `meta` and
+  // fp32 weights (dim; read only when a min_l2_norm applies, else may be null) is expired
+  // under `cut`: a TTL, the norm (summed in double, element order) or the predicate.
+  bool expired(int64_t key, const RowMeta& meta, const float* weights, int dim, const Cutoffs& cut) const;
   // Eviction score of a row: lower leaves first.
   uint64_t score(uint32_t update_count, uint32_t last_step) const {
     return config_.policy == EvictionPolicy::kLru ? (uint64_t{last_step} << 32) | update_count
