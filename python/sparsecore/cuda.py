@@ -41,6 +41,7 @@ from typing import Any, NamedTuple, Optional, Union
 import numpy as np
 
 from . import _core
+from ._compressed import expand_tables
 from .config import TableConfig, tables_to_json
 from .embedding import EmbeddingCollection, PreparedBatch, _grads_in_order, _unpack_group
 
@@ -328,7 +329,8 @@ class DeviceEmbeddingCollection(EmbeddingCollection):
             raise RuntimeError(f"{unavailable_reason()}: a DeviceEmbeddingCollection needs an NVIDIA "
                                "GPU and its driver. Use sparsecore.EmbeddingCollection on the CPU (the same "
                                "results), or emulate=True to run the CUDA kernels on the CPU (slow; for tests)")
-        core = _core.DeviceEmbeddingCollection(tables_to_json(dict(tables)), int(seed) & (2**64 - 1), storage,
+        core = _core.DeviceEmbeddingCollection(tables_to_json(expand_tables(dict(tables))), int(seed) & (2**64 - 1),
+                                               storage,
                                                bool(emulate), *_launch_limits(emulate, block_threads, max_blocks),
                                                ordinal)
         super().__init__({}, _core_obj=core)
@@ -462,8 +464,10 @@ class DeviceEmbeddingCollection(EmbeddingCollection):
                 else:
                     host[name] = group
         p = super().prepare(host, train=train, include_last_offset=include_last_offset)
-        return _DevicePreparedBatch(p._core, p.names, p.offsets, p.torch, p.train, template,
-                                    "copy" if template is not None else "host")
+        out = _DevicePreparedBatch(p._core, p.names, p.offsets, p.torch, p.train, template,
+                                   "copy" if template is not None else "host")
+        out.expansion = p.expansion
+        return out
 
     def _prepare_device(self, batch: Mapping[str, Any], train: bool) -> PreparedBatch:
         groups, names, offsets = [], [], []
