@@ -50,9 +50,10 @@ def parse_component_name(name: str) -> Optional[tuple[str, Compression, str, int
         return None
 
 
-def component_configs(name: str, cfg: TableConfig) -> dict[str, TableConfig]:
+def component_configs(name: str, cfg: TableConfig, dense: bool = True) -> dict[str, TableConfig]:
     """The component tables of compressed table ``name`` (validated; ValueError naming what
-    is wrong)."""
+    is wrong): ``num_embeddings`` tables, or with ``dense=False`` (a store that keeps hash
+    tables only) hash tables, which the keys in [0, rows) bound to the same rows."""
     kind = cfg.compression
     if not hasattr(kind, "component_keys"):
         raise TypeError(f"table '{name}': compression must be MultiHash, QuotientRemainder, BinaryCodeHash or "
@@ -78,16 +79,16 @@ def component_configs(name: str, cfg: TableConfig) -> dict[str, TableConfig]:
     for part, rows in enumerate(kind.component_rows()):
         init = cfg.init if not mul or part == 0 else Constant(1.0)
         out[component_name(name, kind, cfg.pooling, part)] = dataclasses.replace(
-            cfg, dim=dim, init=init, pooling=pooling, num_embeddings=rows, compression=None)
+            cfg, dim=dim, init=init, pooling=pooling, num_embeddings=rows if dense else None, compression=None)
     return out
 
 
-def expand_tables(tables: dict[str, TableConfig]) -> dict[str, TableConfig]:
+def expand_tables(tables: dict[str, TableConfig], dense: bool = True) -> dict[str, TableConfig]:
     """``tables`` with every compressed table replaced by its component tables."""
     out: dict[str, TableConfig] = {}
     for name, cfg in tables.items():
         if isinstance(cfg, TableConfig) and cfg.compression is not None:
-            out.update(component_configs(name, cfg))
+            out.update(component_configs(name, cfg, dense))
         else:
             if isinstance(name, str) and parse_component_name(name) is not None:
                 raise ValueError(f"table '{name}': this name is reserved for the component tables of compressed "

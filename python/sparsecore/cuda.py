@@ -299,6 +299,10 @@ class DeviceEmbeddingCollection(EmbeddingCollection):
     optimizer state; the update rounds each row once). By default it is the tables' own
     ``TableConfig.storage``, which must then be the same for every table.
 
+    Compressed tables (``TableConfig(compression=...)``) keep their component tables as hash
+    tables here (the device store holds no ``num_embeddings`` tables); their keys lie in
+    ``[0, rows)``, so each holds at most its configured rows.
+
     device: where the rows live: ``"cuda"`` (the current device), ``"cuda:N"``, N or a
     ``torch.device``. The collection remembers it (:attr:`device`); every call runs there, and
     CUDA arrays on another device are refused with a ``ValueError`` naming both devices.
@@ -329,7 +333,7 @@ class DeviceEmbeddingCollection(EmbeddingCollection):
             raise RuntimeError(f"{unavailable_reason()}: a DeviceEmbeddingCollection needs an NVIDIA "
                                "GPU and its driver. Use sparsecore.EmbeddingCollection on the CPU (the same "
                                "results), or emulate=True to run the CUDA kernels on the CPU (slow; for tests)")
-        core = _core.DeviceEmbeddingCollection(tables_to_json(expand_tables(dict(tables))), int(seed) & (2**64 - 1),
+        core = _core.DeviceEmbeddingCollection(tables_to_json(expand_tables(dict(tables), dense=False)), int(seed) & (2**64 - 1),
                                                storage,
                                                bool(emulate), *_launch_limits(emulate, block_threads, max_blocks),
                                                ordinal)
