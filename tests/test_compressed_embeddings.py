@@ -307,7 +307,7 @@ def test_bad_compression_raises_value_error_naming_the_argument(make, word):
 @pytest.mark.parametrize("cfg, word", [
     (sc.TableConfig(dim=5, compression=sc.MultiHash(k=2, combine="concat")), "dim"),
     (sc.TableConfig(dim=4, num_embeddings=10, compression=sc.MultiHash()), "num_embeddings"),
-    (sc.TableConfig(dim=4, admission=sc.Admission(count_threshold=2), compression=sc.MultiHash()), "admission"),
+    (sc.TableConfig(dim=4, prune_every=3, optimizer=sc.GroupLasso(), compression=sc.MultiHash()), "prune_every"),
     (sc.TableConfig(dim=0, compression=sc.MultiHash()), "dim"),
 ])
 def test_table_settings_that_do_not_fit_a_compressed_table_are_refused(cfg, word):
@@ -367,3 +367,42 @@ def test_backward_without_forward_of_a_mul_table_computes_its_rows():
     prepared = b.prepare(batch)
     b.backward(prepared, grad)
     np.testing.assert_array_equal(a.evaluate(batch)["t"], b.evaluate(batch)["t"])
+
+
+def test_mixed_table_adds_an_exact_row_for_admitted_ids():
+    kind, opt = sc.MultiHash(k=2, rows=16), sc.SGD(lr=0.5)
+    mixed = sc.EmbeddingCollection({"t": sc.TableConfig(dim=3, compression=kind, optimizer=opt,
+                                                        admission=sc.Admission(count_threshold=2))}, seed=1)
+    plain = sc.EmbeddingCollection({"t": sc.TableConfig(dim=3, compression=kind, optimizer=opt)}, seed=1)
+    exact = next(n for n in mixed.sizes() if n.endswith("#exact"))
+    grad = {"t": np.array([[1.0, -2.0, 0.5]], np.float32)}
+    for ids in ([1, 2], [1, 3]):  # id 1 is admitted at its second sighting
+        batch = {"t": (np.array(ids, np.int64), np.array([0, 2]))}
+        np.testing.assert_array_equal(mixed.forward(batch)["t"], plain.forward(batch)["t"])
+        mixed.backward(batch, grad)
+        plain.backward(batch, grad)
+    assert mixed.sizes()[exact] == 1 and mixed.tables["t"].admission == sc.Admission(count_threshold=2)
+    np.testing.assert_allclose(mixed.lookup(exact, np.array([1])), -0.5 * grad["t"])  # from zero, one update
+    for i in (1, 2, 3):
+        one = {"t": (np.array([i], np.int64), np.array([0, 1]))}
+        want = plain.evaluate(one)["t"] + (mixed.lookup(exact, np.array([i])) if i == 1 else 0)
+        np.testing.assert_allclose(mixed.evaluate(one)["t"], want, rtol=1e-6)
+
+
+def test_mixed_table_keeps_the_most_frequent_ids_within_its_capacity(tmp_path):
+    cfg = sc.TableConfig(dim=4, shard_bits=0, compression=sc.QuotientRemainder(rows=8),
+                         expiry=sc.Expiry(capacity=5, policy="lfu", eviction_headroom=0.0))
+    emb = sc.EmbeddingCollection({"t": cfg}, seed=2)
+    exact = next(n for n in emb.sizes() if n.endswith("#exact"))
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        ids = np.concatenate([np.array([7, 7, 8, 9]), rng.integers(100, 10_000, size=4)])
+        emb.backward({"t": (ids, np.arange(9))}, {"t": np.ones((8, 4), np.float32)})
+    assert emb.sizes()[exact] <= 5
+    kept = emb.export(exact)["keys"]
+    assert {7, 8, 9} <= set(kept.tolist())
+    emb.save(tmp_path / "ck")
+    loaded = sc.EmbeddingCollection.load(tmp_path / "ck")
+    assert loaded.tables["t"].expiry == cfg.expiry and loaded.names == ["t"]
+    probe = {"t": (np.array([7, 8, 12345], np.int64), np.array([0, 3]))}
+    np.testing.assert_array_equal(loaded.evaluate(probe)["t"], emb.evaluate(probe)["t"])

@@ -26,26 +26,29 @@ from typing import Any, Optional
 import numpy as np
 
 from .compression import _KINDS, Compression, base_seed, parse_compression
-from .config import Constant, TableConfig
+from .config import Constant, TableConfig, Zeros
 
 _POOLINGS = ("sum", "mean", "none")
 
 
+EXACT = -1  # the component number of a mixed table's exact rows (named "#exact")
+
+
 def component_name(table: str, kind: Compression, pooling: str, part: int) -> str:
-    return f"{table}@{kind.spec()},pooling={pooling}#{part}"
+    return f"{table}@{kind.spec()},pooling={pooling}#{'exact' if part == EXACT else part}"
 
 
 def parse_component_name(name: str) -> Optional[tuple[str, Compression, str, int]]:
     """(table, compression, pooling, component) of a component table's name, or None."""
     head, sep, part = name.rpartition("#")
-    if not sep or not part.isdigit():
+    if not sep or not (part.isdigit() or part == "exact"):
         return None
     table, sep, spec = head.rpartition("@")
     spec, sep2, pooling = spec.rpartition(",pooling=")
     if not sep or not sep2 or pooling not in _POOLINGS or spec.partition(":")[0] not in _KINDS:
         return None
     try:
-        return table, parse_compression(spec), pooling, int(part)
+        return table, parse_compression(spec), pooling, EXACT if part == "exact" else int(part)
     except (ValueError, TypeError):
         return None
 
@@ -61,8 +64,8 @@ def component_configs(name: str, cfg: TableConfig, dense: bool = True) -> dict[s
     kind.validate()
     if cfg.pooling not in _POOLINGS:
         raise ValueError(f"table '{name}': pooling must be 'sum', 'mean' or 'none', got {cfg.pooling!r}")
-    for field, default in (("num_embeddings", None), ("out_of_range", "error"), ("admission", None),
-                           ("expiry", None), ("prune_every", 0), ("default_value", 0.0)):
+    for field, default in (("num_embeddings", None), ("out_of_range", "error"), ("prune_every", 0),
+                           ("default_value", 0.0)):
         if getattr(cfg, field) != default:
             raise ValueError(f"table '{name}': {field} does not apply to a compressed table "
                              f"(its component tables have a fixed number of rows)")
@@ -79,7 +82,13 @@ def component_configs(name: str, cfg: TableConfig, dense: bool = True) -> dict[s
     for part, rows in enumerate(kind.component_rows()):
         init = cfg.init if not mul or part == 0 else Constant(1.0)
         out[component_name(name, kind, cfg.pooling, part)] = dataclasses.replace(
-            cfg, dim=dim, init=init, pooling=pooling, num_embeddings=rows if dense else None, compression=None)
+            cfg, dim=dim, init=init, pooling=pooling, num_embeddings=rows if dense else None, compression=None,
+            admission=None, expiry=None)
+    if cfg.admission is not None or cfg.expiry is not None:
+        # A mixed table: the ids that admission lets in (or the most frequent, kept by an LFU
+        # capacity) also own an exact row, added to their compressed row; it starts at zero.
+        out[component_name(name, kind, cfg.pooling, EXACT)] = dataclasses.replace(
+            cfg, init=Zeros(), compression=None)
     return out
 
 
@@ -105,6 +114,7 @@ class CompressedTable:
     components: list[int]  # core table indices, in component order
     component_dim: int
     seed: int  # base seed of the mapping
+    exact: Optional[int] = None  # core index of a mixed table's exact rows
 
     @property
     def kind(self) -> Compression:
@@ -126,6 +136,14 @@ def compressed_tables(core_names: list[str], core_configs: dict[str, TableConfig
             configs[core_name] = cfg
             continue
         table, kind, pooling, part = parsed
+        if part == EXACT:
+            if table not in compressed or compressed[table].exact is not None:
+                raise ValueError(f"table '{core_name}': exact rows without their compressed table")
+            compressed[table].exact = index
+            user = compressed[table].config
+            configs[table] = compressed[table].config = dataclasses.replace(user, admission=cfg.admission,
+                                                                            expiry=cfg.expiry)
+            continue
         if table not in compressed:
             dim = cfg.dim * len(kind.component_rows()) if kind.combine_mode == "concat" else cfg.dim
             user = dataclasses.replace(cfg, dim=dim, pooling=pooling, num_embeddings=None, compression=kind)
@@ -209,11 +227,23 @@ def expand_group(table: CompressedTable, ids: np.ndarray, offsets: np.ndarray, w
         core_offsets = offsets * m if m > 1 else offsets
         groups.append((table.components[part], np.ascontiguousarray(keys.ravel()), core_offsets,
                        None if w is None else np.ascontiguousarray(w, dtype=np.float32)))
+    if table.exact is not None:
+        groups.append((table.exact, ids, offsets, weights))
     return groups, GroupPlan(table, first, batch_size, max_len, m)
 
 
 def compose(plan: GroupPlan, outs: list[np.ndarray]) -> np.ndarray:
     """The table's output from its component groups' outputs (in component order)."""
+    if plan.table.exact is not None:
+        composed = _compose_components(plan, outs[:-1])
+        if composed is outs[0]:
+            composed = composed.copy()
+        composed += outs[-1]
+        return composed
+    return _compose_components(plan, outs)
+
+
+def _compose_components(plan: GroupPlan, outs: list[np.ndarray]) -> np.ndarray:
     table = plan.table
     combine = table.kind.combine_mode
     pooled = table.config.pooling != "none"
@@ -236,6 +266,11 @@ def compose(plan: GroupPlan, outs: list[np.ndarray]) -> np.ndarray:
 
 def component_grads(plan: GroupPlan, grad: np.ndarray) -> list[np.ndarray]:
     """Each component group's gradient given the gradient of the table's output."""
+    parts = _component_grads(plan, grad)
+    return parts + [grad] if plan.table.exact is not None else parts
+
+
+def _component_grads(plan: GroupPlan, grad: np.ndarray) -> list[np.ndarray]:
     table = plan.table
     combine = table.kind.combine_mode
     count = len(table.components)
@@ -272,4 +307,4 @@ def describe(table: CompressedTable) -> dict[str, Any]:
     """Facts of a compressed table (for stats and the CLI)."""
     kind = table.kind
     return {"compression": kind.spec(), "rows": kind.num_rows(), "component_rows": kind.component_rows(),
-            "component_dim": table.component_dim}
+            "component_dim": table.component_dim, "exact_rows": table.exact is not None}

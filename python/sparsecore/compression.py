@@ -23,6 +23,11 @@ initial product is a row of the first). Pooling (``sum``, ``mean``, ``none``) ap
 composed rows, exactly as for a table of full rows, and gradients reach each component row
 through the composition; every optimizer rule updates each component row once per step.
 
+Mixed tables: with ``TableConfig(admission=...)`` or ``expiry=...`` a compressed table also
+keeps exact rows (a hash table, starting at zero) for the ids admission lets in, or for the
+most frequent ids with ``Expiry(capacity=k, policy="lfu")``; such an id's embedding is its
+exact row plus its compressed row.
+
 The component tables are ordinary tables of the collection (named
 ``<table>@<spec>#<component>``), so checkpoints, parameter servers, the CUDA backend and
 exports hold and shard them like any table, and :meth:`EmbeddingCollection.load` recovers the

@@ -165,7 +165,8 @@ class EmbeddingCollection:
 
     def compression_info(self) -> dict[str, dict[str, Any]]:
         """Per compressed table: its ``compression`` spec string, ``rows`` (all component
-        tables together: the fixed size), ``component_rows`` and ``component_dim``."""
+        tables together: the fixed size), ``component_rows``, ``component_dim`` and
+        ``exact_rows`` (a mixed table: frequent ids also own an exact row)."""
         return {n: _compressed.describe(t) for n, t in self._compressed.items()}
 
     @property
