@@ -4,6 +4,8 @@ device where there is one), the torch bridge, the Trainer, serving exports and t
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -152,3 +154,32 @@ def test_cli_refuses_a_bad_compression_spec(capsys):
 
     assert cli.main(CLI_SMALL + ["--embedding-compression", "multihash:k=0"]) == 2
     assert "k must be in" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("compression", [sc.MultiHash(k=2, rows=64, combine="concat"),
+                                         sc.QuotientRemainder(rows=16, combine="mul"),
+                                         sc.RandomCoding(buckets=40, k=3)], ids=lambda c: c.name)
+def test_predictor_composes_compressed_rows_like_the_training_forward(tmp_path, compression):
+    torch = pytest.importorskip("torch")
+    from sparsecore.data import SyntheticConfig, SyntheticData
+    from sparsecore.torch import mlp
+
+    cfg = SyntheticConfig.w2(num_groups=3, vocab_size=300, zipf_exponent=1.2, batch_size=128, seed=2,
+                             num_user_groups=0, samples_per_view=1)
+    admission = sc.Admission(count_threshold=3) if compression.name == "qr" else None  # one mixed table
+    tables = {g: sc.TableConfig(dim=6, optimizer=sc.Adagrad(lr=0.05), pooling="mean" if i else "sum",
+                                compression=compression, admission=admission if i == 2 else None)
+              for i, g in enumerate(cfg.names())}
+    trainer = sc.Trainer(SyntheticData(cfg, num_samples=128 * 20), mlp(18, [7]), tables, progress=False)
+    trainer.fit()
+    sc.export_model(tmp_path / "model", trainer, trainer.model)
+    doc = json.loads((tmp_path / "model" / "model.json").read_text())
+    assert set(doc["compressed_tables"]) == set(cfg.names())
+    held = SyntheticData(cfg, start=1 << 30, num_samples=(1 << 30) + 200).next_batch(200)
+    with sc.Predictor(tmp_path / "model") as p:
+        got = p.predict(held)
+    trainer.model.eval()
+    trainer.embedding.eval()
+    with torch.no_grad():
+        ref = trainer._logits(held).numpy()
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5 * (1 + np.abs(ref).max()))

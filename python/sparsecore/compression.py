@@ -38,6 +38,7 @@ count. :func:`parse_compression` reads the spec strings of the CLI's ``--compres
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, fields
 from typing import Any, Optional, Union
 
@@ -99,8 +100,14 @@ class _Kind:
 
     def component_keys(self, ids: np.ndarray, base_seed: int) -> list[tuple[np.ndarray, Optional[np.ndarray]]]:
         """Per component: keys int64[n, keys_per_id] in [0, rows) and signs float32[n, keys_per_id]
-        or None (all +1)."""
-        raise NotImplementedError
+        or None (all +1), by the core's mapping (table/compressed_ids.h)."""
+        return [tuple(part) for part in _core.compressed_component_keys(self.to_json(), ids, int(base_seed) & (2**64 - 1))]
+
+    def to_json(self) -> str:
+        """The spec as the core reads it (model.json and the mapping binding)."""
+        doc = {"kind": self.name, **{f.name: getattr(self, f.name) for f in fields(self)  # type: ignore[arg-type]
+                                     if f.name != "seed" and getattr(self, f.name) is not None}}
+        return json.dumps(doc)
 
     def component_dim(self, dim: int, table: str) -> int:
         count = len(self.component_rows())
@@ -121,15 +128,6 @@ class _Kind:
                          if getattr(self, f.name) is not None)
         return f"{self.name}:{parts}"
 
-    def _seeds(self, base_seed: int, count: int) -> list[int]:
-        return [int(s) for s in _hash(np.arange(count, dtype=np.int64), base_seed)]
-
-    def _into_range(self, ids: np.ndarray, size: int, seed: int) -> np.ndarray:
-        """uint64[n]: ids in [0, size) as they are, the others hashed into it."""
-        inside = (ids >= 0) & (ids < size)
-        hashed = _hash(ids, seed) % np.uint64(size)
-        return np.where(inside, ids.astype(np.uint64), hashed)
-
 
 @dataclass(frozen=True)
 class MultiHash(_Kind):
@@ -149,10 +147,6 @@ class MultiHash(_Kind):
     def component_rows(self) -> list[int]:
         return [self.rows] * self.k
 
-    def component_keys(self, ids, base_seed):
-        rows = np.uint64(self.rows)
-        return [((_hash(ids, s) % rows).astype(np.int64)[:, None], None)
-                for s in self._seeds(base_seed, self.k)]
 
 
 @dataclass(frozen=True)
@@ -182,10 +176,6 @@ class QuotientRemainder(_Kind):
     def component_rows(self) -> list[int]:
         return [self.rows, self._quotient_rows()]
 
-    def component_keys(self, ids, base_seed):
-        x = self._into_range(ids, self.rows * self._quotient_rows(), self._seeds(base_seed, 1)[0])
-        rows = np.uint64(self.rows)
-        return [((x % rows).astype(np.int64)[:, None], None), ((x // rows).astype(np.int64)[:, None], None)]
 
 
 @dataclass(frozen=True)
@@ -209,12 +199,6 @@ class BinaryCodeHash(_Kind):
     def component_rows(self) -> list[int]:
         return [2**self.block] * (self.bits // self.block)
 
-    def component_keys(self, ids, base_seed):
-        seed = self._seeds(base_seed, 1)[0]
-        code = _hash(ids, seed) if self.bits >= 63 else self._into_range(ids, 2**self.bits, seed)
-        mask = np.uint64(2**self.block - 1)
-        return [(((code >> np.uint64(j * self.block)) & mask).astype(np.int64)[:, None], None)
-                for j in range(self.bits // self.block)]
 
 
 @dataclass(frozen=True)
@@ -240,14 +224,6 @@ class RandomCoding(_Kind):
     def keys_per_id(self) -> int:
         return self.k
 
-    def component_keys(self, ids, base_seed):
-        hashes = [_hash(ids, s) for s in self._seeds(base_seed, self.k)]
-        keys = np.stack([(h % np.uint64(self.buckets)).astype(np.int64) for h in hashes], axis=1)
-        signs = None
-        if self.signed:
-            signs = np.stack([np.where((h >> np.uint64(63)).astype(bool), -1.0, 1.0) for h in hashes], axis=1)
-            signs = signs.astype(np.float32)
-        return [(keys.reshape(len(ids), self.k), signs)]
 
 
 Compression = Union[MultiHash, QuotientRemainder, BinaryCodeHash, RandomCoding]
