@@ -39,7 +39,7 @@ from sparsecore.data import SyntheticConfig, SyntheticData  # noqa: E402
 from sparsecore.torch import mlp  # noqa: E402
 
 FRACTIONS = (4, 16, 64)
-KINDS = ("multihash", "qr", "binary", "random")
+KINDS = ("multihash", "qr", "binary", "random", "mixed")
 
 
 def compression_for(kind: str, vocab: int, fraction: int) -> Any:
@@ -51,6 +51,8 @@ def compression_for(kind: str, vocab: int, fraction: int) -> Any:
         return sc.QuotientRemainder(rows=budget // 2, quotient_rows=budget - budget // 2, combine="mul")
     if kind == "random":
         return sc.RandomCoding(buckets=budget, k=2)
+    if kind == "mixed":  # half the rows exact for the most frequent ids (table_config adds them)
+        return sc.RandomCoding(buckets=budget - budget // 2, k=2)
     # Binary code: the widest blocks whose tables fit the budget, enough bits for the vocabulary.
     need = max(1, math.ceil(math.log2(vocab)))
     best = None
@@ -60,6 +62,13 @@ def compression_for(kind: str, vocab: int, fraction: int) -> Any:
         if rows <= budget and bits <= 64:
             best = sc.BinaryCodeHash(bits=bits, block=block, combine="sum")
     return best
+
+
+def table_config(args: argparse.Namespace, kind: str, compression: Any, vocab: int, fraction: Optional[int]) -> Any:
+    expiry = None
+    if kind == "mixed" and fraction is not None:
+        expiry = sc.Expiry(capacity=max(4, vocab // fraction) // 2, policy="lfu")
+    return sc.TableConfig(dim=args.dim, optimizer=sc.Adagrad(lr=0.05), compression=compression, expiry=expiry)
 
 
 def stream(name: str, args: argparse.Namespace) -> SyntheticConfig:
@@ -72,8 +81,7 @@ def stream(name: str, args: argparse.Namespace) -> SyntheticConfig:
 def run(args: argparse.Namespace, data: str, kind: str, fraction: Optional[int]) -> dict[str, Any]:
     cfg = stream(data, args)
     compression = None if fraction is None else compression_for(kind, cfg.vocab_size, fraction)
-    tables = {g: sc.TableConfig(dim=args.dim, optimizer=sc.Adagrad(lr=0.05), compression=compression)
-              for g in cfg.names()}
+    tables = {g: table_config(args, kind, compression, cfg.vocab_size, fraction) for g in cfg.names()}
     torch.manual_seed(0)
     model = mlp(args.dim * len(tables), [200, 80])
     trainer = sc.Trainer(SyntheticData(cfg, num_samples=args.steps * args.batch), model, tables,
@@ -89,6 +97,8 @@ def run(args: argparse.Namespace, data: str, kind: str, fraction: Optional[int])
         rows = max(collection.sizes().values())
     else:
         rows = next(iter(collection.compression_info().values()))["rows"]
+        if kind == "mixed":
+            rows += max(4, cfg.vocab_size // fraction) // 2  # the exact rows' capacity
     result = {"data": data, "kind": "full" if compression is None else kind, "fraction": fraction,
               "spec": "" if compression is None else compression.spec(), "rows": int(rows),
               "memory": rows / cfg.vocab_size, "auc": held["auc"], "planted_auc": held["planted_auc"],
@@ -98,12 +108,45 @@ def run(args: argparse.Namespace, data: str, kind: str, fraction: Optional[int])
     return result
 
 
+def throughput(args: argparse.Namespace, data: str) -> list[dict[str, Any]]:
+    """Sparse step time (forward + backward + update of every table, the dense network aside)
+    of full rows and of each kind at 1/16, measured interleaved over ``--repeats`` rounds of
+    the same batches, after a warm-up pass that inserts every id of them."""
+    cfg = stream(data, args)
+    batches = list(SyntheticData(cfg, num_samples=args.timing_batches * args.batch))
+    configs = [("full", None)] + [(k, 16) for k in KINDS]
+    collections = {}
+    for kind, fraction in configs:
+        compression = None if fraction is None else compression_for(kind, cfg.vocab_size, fraction)
+        collections[kind] = sc.EmbeddingCollection(
+            {g: table_config(args, kind, compression, cfg.vocab_size, fraction) for g in cfg.names()}, seed=1)
+    grads = [{g: torch.ones(b.sparse[g][1].shape[0] - 1, args.dim).numpy() for g in cfg.names()} for b in batches]
+    times: dict[str, list[float]] = {k: [] for k, _ in configs}
+    for rep in range(args.repeats + 1):
+        for kind, _ in configs:
+            emb = collections[kind]
+            began = time.perf_counter()
+            for b, g in zip(batches, grads):
+                p = emb.prepare(b.sparse)
+                emb.pooled_rows(p)
+                emb.backward(p, g)
+            if rep:  # the first round inserts the rows
+                times[kind].append((time.perf_counter() - began) / len(batches))
+    full = statistics.median(times["full"])
+    out = []
+    for kind, _ in configs:
+        med = statistics.median(times[kind])
+        out.append({"data": data, "kind": kind, "step_ms": med * 1e3, "vs_full": full / med})
+        print(json.dumps(out[-1]), flush=True)
+    return out
+
+
 def markdown(args: argparse.Namespace, runs: list[dict[str, Any]], load: tuple[str, str]) -> str:
     lines = [f"Load average before / after: {load[0]} / {load[1]} (2 cores, shared). "
              f"{args.steps} steps of {args.batch} samples, dim {args.dim}, Adagrad(0.05) + Adam(1e-3), "
              f"{args.threads} threads; AUC on {args.eval_samples:,} held-out samples.", ""]
     for data in ("w2", "zipf"):
-        mine = [r for r in runs if r["data"] == data]
+        mine = [r for r in runs if r["data"] == data and "auc" in r]
         if not mine:
             continue
         full = next(r for r in mine if r["kind"] == "full")
@@ -117,6 +160,13 @@ def markdown(args: argparse.Namespace, runs: list[dict[str, Any]], load: tuple[s
                          f"{r['auc'] - full['auc']:+.4f} | {r['samples_per_s']:,.0f} | "
                          f"{r['samples_per_s'] / full['samples_per_s']:.2f} |")
         lines.append("")
+    timing = [r for r in runs if "step_ms" in r]
+    if timing:
+        lines += [f"### Sparse step time at 1/16 (median of {args.repeats} interleaved rounds of "
+                  f"{args.timing_batches} batches; forward + backward + update, dense network aside)", "",
+                  "| stream | table | step (ms) | throughput vs full rows |", "| --- | --- | --- | --- |"]
+        lines += [f"| {r['data']} | {r['kind']} | {r['step_ms']:.1f} | {r['vs_full']:.2f} |" for r in timing]
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -126,6 +176,7 @@ def plot(path: str, runs: list[dict[str, Any]]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    runs = [r for r in runs if "auc" in r]
     datasets = sorted({r["data"] for r in runs})
     fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4.5), squeeze=False)
     for ax, data in zip(axes[0], datasets):
@@ -160,13 +211,18 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--kinds", default=",".join(KINDS))
     p.add_argument("--fractions", default=",".join(map(str, FRACTIONS)))
+    p.add_argument("--timing", action="store_true", help="measure the sparse step time only (interleaved)")
+    p.add_argument("--timing-batches", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--json", help="also write the runs here")
     p.add_argument("--markdown", action="store_true")
     p.add_argument("--plot")
     args = p.parse_args()
     load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
     runs = []
-    for data in args.data.split(","):
+    for data in args.data.split(",") if args.timing else ():
+        runs += throughput(args, data)
+    for data in args.data.split(",") if not args.timing else ():
         runs.append(run(args, data, "full", None))
         for kind in args.kinds.split(","):
             for fraction in (int(f) for f in args.fractions.split(",")):

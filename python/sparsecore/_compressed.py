@@ -249,8 +249,8 @@ def _compose_components(plan: GroupPlan, outs: list[np.ndarray]) -> np.ndarray:
     pooled = table.config.pooling != "none"
     if combine == "mul":
         plan.rows = outs
-        product = outs[0].copy()
-        for o in outs[1:]:
+        product = outs[0] * outs[1] if len(outs) > 1 else outs[0].copy()
+        for o in outs[2:]:
             product *= o
         return product.sum(axis=1, dtype=np.float32) if pooled else product
     m = plan.keys_per_id
@@ -278,13 +278,16 @@ def _component_grads(plan: GroupPlan, grad: np.ndarray) -> list[np.ndarray]:
     if combine == "mul":
         rows = plan.rows
         assert rows is not None
-        g = np.broadcast_to(grad[:, None, :], rows[0].shape) if pooled else grad
+        g = grad[:, None, :] if pooled else grad
         out = []
         for c in range(count):
-            gc = np.array(g, dtype=np.float32, order="C", copy=True)
-            for other in range(count):
-                if other != c:
-                    gc *= rows[other]
+            others = [rows[o] for o in range(count) if o != c]
+            if not others:
+                out.append(np.ascontiguousarray(np.broadcast_to(g, rows[0].shape), dtype=np.float32))
+                continue
+            gc = np.multiply(g, others[0], dtype=np.float32)
+            for o in others[1:]:
+                gc *= o
             out.append(gc)
         return out
     dc = table.component_dim
