@@ -183,3 +183,22 @@ def test_predictor_composes_compressed_rows_like_the_training_forward(tmp_path, 
     with torch.no_grad():
         ref = trainer._logits(held).numpy()
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5 * (1 + np.abs(ref).max()))
+
+
+def test_a_model_with_a_damaged_compressed_table_is_refused(tmp_path):
+    torch = pytest.importorskip("torch")
+    from sparsecore.torch import mlp
+
+    emb = sc.EmbeddingCollection({"t": sc.TableConfig(dim=4, compression=sc.MultiHash(k=2, rows=8))}, seed=1)
+    emb.forward({"t": (np.arange(10), np.arange(11))})
+    torch.manual_seed(0)
+    sc.export_model(tmp_path / "model", emb, mlp(4, [3]))
+    path = tmp_path / "model" / "model.json"
+    good = json.loads(path.read_text())
+    for damage in ({"components": good["compressed_tables"]["t"]["components"][:1]},
+                   {"spec": {"kind": "multihash", "k": 0, "rows": 8}}, {"dim": 5}):
+        doc = json.loads(json.dumps(good))
+        doc["compressed_tables"]["t"].update(damage)
+        path.write_text(json.dumps(doc))
+        with pytest.raises(ValueError, match="t"):
+            sc.Predictor(tmp_path / "model")
