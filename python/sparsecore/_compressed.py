@@ -235,9 +235,7 @@ def expand_group(table: CompressedTable, ids: np.ndarray, offsets: np.ndarray, w
 def compose(plan: GroupPlan, outs: list[np.ndarray]) -> np.ndarray:
     """The table's output from its component groups' outputs (in component order)."""
     if plan.table.exact is not None:
-        composed = _compose_components(plan, outs[:-1])
-        if composed is outs[0]:
-            composed = composed.copy()
+        composed = _compose_components(plan, outs[:-1])  # a fresh array (never a kept mul row)
         composed += outs[-1]
         return composed
     return _compose_components(plan, outs)
@@ -258,7 +256,7 @@ def _compose_components(plan: GroupPlan, outs: list[np.ndarray]) -> np.ndarray:
         outs = [o.reshape(plan.batch_size, plan.max_len, m, o.shape[-1]).sum(axis=2) for o in outs]
     if combine == "concat":
         return np.ascontiguousarray(np.concatenate(outs, axis=-1), dtype=np.float32)
-    total = outs[0].copy() if len(outs) > 1 else outs[0]
+    total = outs[0]  # a fresh array of the engine's forward, added to in place
     for o in outs[1:]:
         total += o
     return total
