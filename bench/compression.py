@@ -163,9 +163,9 @@ def throughput(args: argparse.Namespace, data: str) -> list[dict[str, Any]]:
     return out
 
 
-def markdown(args: argparse.Namespace, runs: list[dict[str, Any]], load: tuple[str, str]) -> str:
-    lines = [f"Load average before / after: {load[0]} / {load[1]} (2 cores, shared). "
-             f"{args.steps} steps of {args.batch} samples, dim {args.dim}, Adagrad(0.05) + Adam(1e-3), "
+def markdown(args: argparse.Namespace, runs: list[dict[str, Any]], load: Optional[tuple[str, str]]) -> str:
+    measured = f"Load average before / after: {load[0]} / {load[1]} (2 cores, shared). " if load else ""
+    lines = [f"{measured}{args.steps} steps of {args.batch} samples, dim {args.dim}, Adagrad(0.05) + Adam(1e-3), "
              f"{args.threads} threads; AUC on {args.eval_samples:,} held-out samples.", ""]
     for data in ("w2", "zipf"):
         mine = [r for r in runs if r["data"] == data and "auc" in r]
@@ -239,14 +239,26 @@ def main() -> None:
     p.add_argument("--timing-batches", type=int, default=5)
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--json", help="also write the runs here")
+    p.add_argument("--load", help="render --markdown / --plot from these saved --json files (comma-separated) "
+                                  "instead of running; a configuration run twice keeps its first run")
     p.add_argument("--markdown", action="store_true")
     p.add_argument("--plot")
     args = p.parse_args()
     load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    runs = []
-    for data in args.data.split(",") if args.timing else ():
+    runs: list[dict[str, Any]] = []
+    if args.load:
+        seen = set()
+        for path in args.load.split(","):
+            with open(path) as f:
+                for r in json.load(f):
+                    key = (r["data"], r["kind"], r.get("fraction"), "train_ms" in r)
+                    if key not in seen:
+                        seen.add(key)
+                        runs.append(r)
+        args.data = ""
+    for data in args.data.split(",") if args.timing and args.data else ():
         runs += throughput(args, data)
-    for data in args.data.split(",") if not args.timing else ():
+    for data in args.data.split(",") if not args.timing and args.data else ():
         runs.append(run(args, data, "full", None))
         for kind in args.kinds.split(","):
             for fraction in (int(f) for f in args.fractions.split(",")):
@@ -256,7 +268,7 @@ def main() -> None:
         with open(args.json, "w") as f:
             json.dump(runs, f, indent=1)
     if args.markdown:
-        print(markdown(args, runs, (load_before, load_after)))
+        print(markdown(args, runs, None if args.load else (load_before, load_after)))
     if args.plot:
         plot(args.plot, runs)
 
