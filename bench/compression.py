@@ -42,6 +42,13 @@ FRACTIONS = (4, 16, 64)
 KINDS = ("multihash", "qr", "binary", "random", "mixed")
 
 
+EXACT_SHARE = [0.5]  # of a mixed table's rows: exact rows for the frequent ids (--exact-share)
+
+
+def exact_rows(vocab: int, fraction: int) -> int:
+    return int(max(4, vocab // fraction) * EXACT_SHARE[0])
+
+
 def compression_for(kind: str, vocab: int, fraction: int) -> Any:
     """The compression of ``kind`` with at most vocab / fraction rows in all."""
     budget = max(4, vocab // fraction)
@@ -51,8 +58,8 @@ def compression_for(kind: str, vocab: int, fraction: int) -> Any:
         return sc.QuotientRemainder(rows=budget // 2, quotient_rows=budget - budget // 2, combine="mul")
     if kind == "random":
         return sc.RandomCoding(buckets=budget, k=2)
-    if kind == "mixed":  # half the rows exact for the most frequent ids (table_config adds them)
-        return sc.RandomCoding(buckets=budget - budget // 2, k=2)
+    if kind == "mixed":  # exact rows for the most frequent ids (table_config adds them), the rest coded
+        return sc.RandomCoding(buckets=budget - exact_rows(vocab, fraction), k=2)
     # Binary code: the widest blocks whose tables fit the budget, enough bits for the vocabulary.
     need = max(1, math.ceil(math.log2(vocab)))
     best = None
@@ -67,7 +74,7 @@ def compression_for(kind: str, vocab: int, fraction: int) -> Any:
 def table_config(args: argparse.Namespace, kind: str, compression: Any, vocab: int, fraction: Optional[int]) -> Any:
     expiry = None
     if kind == "mixed" and fraction is not None:
-        expiry = sc.Expiry(capacity=max(4, vocab // fraction) // 2, policy="lfu")
+        expiry = sc.Expiry(capacity=exact_rows(vocab, fraction), policy="lfu")
     return sc.TableConfig(dim=args.dim, optimizer=sc.Adagrad(lr=0.05), compression=compression, expiry=expiry)
 
 
@@ -98,7 +105,9 @@ def run(args: argparse.Namespace, data: str, kind: str, fraction: Optional[int])
     else:
         rows = next(iter(collection.compression_info().values()))["rows"]
         if kind == "mixed":
-            rows += max(4, cfg.vocab_size // fraction) // 2  # the exact rows' capacity
+            rows += exact_rows(cfg.vocab_size, fraction)  # the exact rows' capacity
+    if kind == "mixed" and EXACT_SHARE[0] != 0.5:
+        kind = f"mixed{EXACT_SHARE[0]:g}"
     result = {"data": data, "kind": "full" if compression is None else kind, "fraction": fraction,
               "spec": "" if compression is None else compression.spec(), "rows": int(rows),
               "memory": rows / cfg.vocab_size, "auc": held["auc"], "planted_auc": held["planted_auc"],
@@ -208,7 +217,7 @@ def plot(path: str, runs: list[dict[str, Any]]) -> None:
         full = next(r for r in mine if r["kind"] == "full")
         ax.axhline(full["auc"], color="black", lw=1, label=f"full rows ({full['auc']:.4f})")
         ax.axhline(full["planted_auc"], color="gray", lw=1, ls=":", label="planted optimum")
-        for kind in KINDS:
+        for kind in dict.fromkeys(r["kind"] for r in mine if r["kind"] != "full"):
             points = sorted((r["memory"], r["auc"]) for r in mine if r["kind"] == kind)
             if points:
                 ax.plot(*zip(*points), marker="o", label=kind)
@@ -235,6 +244,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--kinds", default=",".join(KINDS))
     p.add_argument("--fractions", default=",".join(map(str, FRACTIONS)))
+    p.add_argument("--exact-share", type=float, default=0.5, help="mixed: share of the rows that are exact")
     p.add_argument("--timing", action="store_true", help="measure the sparse step time only (interleaved)")
     p.add_argument("--timing-batches", type=int, default=5)
     p.add_argument("--repeats", type=int, default=7)
@@ -244,6 +254,7 @@ def main() -> None:
     p.add_argument("--markdown", action="store_true")
     p.add_argument("--plot")
     args = p.parse_args()
+    EXACT_SHARE[0] = args.exact_share
     load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
     runs: list[dict[str, Any]] = []
     if args.load:
