@@ -10,12 +10,13 @@ into the table's output, and the composed gradient is mapped onto each component
   bag's weight sum, the same quotient the engine's mean takes), and the composed output is the
   sum or the concatenation of the components' pooled outputs; its gradient is the same
   gradient (sum) or the matching slice (concat) for each component;
-- mul: each component group keeps one row per position (pooling "none"); the first carries
-  the position's pooling factor as its weight, so the element-wise product of the components
-  is the weighted row of the position and the pooled output is its sum over the bag. The
-  gradient of component c at a position is the bag's gradient times the product of the
-  other components' rows there, which the forward keeps in its plan (no "last forward"
-  state: a plan belongs to its prepared batch).
+- mul: the product is not linear, so it is formed once per distinct id: each component group
+  reads one row per distinct id of the group (bags of one, pooling "none"), their element-wise
+  product is the id's row, and the bags are pooled here (weights, mean) from it. The gradient
+  of an id's row is the sum over its positions of the bag's gradient times the position's
+  factor, and component c's gradient is that times the product of the other components'
+  rows, which the forward keeps in its plan (no "last forward" state: a plan belongs to its
+  prepared batch).
 """
 
 from __future__ import annotations
@@ -163,7 +164,7 @@ def compressed_tables(core_names: list[str], core_configs: dict[str, TableConfig
 class GroupPlan:
     """How one compressed group of a batch maps onto its component groups."""
 
-    __slots__ = ("table", "first", "batch_size", "max_len", "keys_per_id", "rows")
+    __slots__ = ("table", "first", "batch_size", "max_len", "keys_per_id", "rows", "positions")
 
     def __init__(self, table: CompressedTable, first: int, batch_size: int, max_len: int, keys_per_id: int):
         self.table = table
@@ -172,6 +173,33 @@ class GroupPlan:
         self.max_len = max_len
         self.keys_per_id = keys_per_id
         self.rows: Optional[list[np.ndarray]] = None  # mul: the components' rows of the last forward
+        self.positions: Optional[_Positions] = None  # mul: where each distinct id is used
+
+
+class _Positions:
+    """A mul group's positions: the distinct id (inverse), bag and place in the bag of each,
+    and its pooling factor (weight, times 1 / the bag's weight sum for mean; None: all 1)."""
+
+    __slots__ = ("unique", "inverse", "order", "starts", "bag", "place", "scale", "offsets", "lengths")
+
+    def __init__(self, ids: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, scale: Optional[np.ndarray],
+                 sequence: bool):
+        # One stable sort gives the distinct ids, each position's, and the positions grouped
+        # by id in position order (the backward's segment sum).
+        self.order = np.argsort(ids, kind="stable")
+        ordered = ids[self.order]
+        first = np.ones(len(ids), dtype=bool)
+        first[1:] = ordered[1:] != ordered[:-1]
+        self.starts = np.flatnonzero(first)
+        self.unique = len(self.starts)
+        self.inverse = np.empty(len(ids), dtype=np.int64)
+        self.inverse[self.order] = np.cumsum(first) - 1
+        self.offsets, self.lengths, self.scale = offsets, lengths, scale
+        self.bag = np.repeat(np.arange(len(lengths)), lengths)
+        self.place = np.arange(len(ids)) - offsets[self.bag] if sequence else None
+
+    def distinct_ids(self, ids: np.ndarray) -> np.ndarray:
+        return ids[self.order[self.starts]]
 
 
 class Expansion:
@@ -212,15 +240,25 @@ def expand_group(table: CompressedTable, ids: np.ndarray, offsets: np.ndarray, w
         denom = (prefix[offsets[1:]] - prefix[offsets[:-1]]).astype(np.float32)
         inv = np.divide(np.float32(1), denom, out=np.zeros_like(denom), where=denom != 0)
         scale = (base * np.repeat(inv, lengths)).astype(np.float32)
-    components = table.kind.component_keys(ids, table.seed)
     mul = table.kind.combine_mode == "mul"
+    positions = None
+    if mul:
+        positions = _Positions(ids, offsets, lengths, scale, pooling == "none")
+        unique = positions.distinct_ids(ids)
+        ones = np.arange(len(unique) + 1, dtype=np.int64)
+        groups = [(table.components[part], np.ascontiguousarray(keys.ravel()), ones, None)
+                  for part, (keys, _) in enumerate(table.kind.component_keys(unique, table.seed))]
+        if table.exact is not None:
+            groups.append((table.exact, ids, offsets, weights))
+        plan = GroupPlan(table, first, batch_size, max_len, 1)
+        plan.positions = positions
+        return groups, plan
+    components = table.kind.component_keys(ids, table.seed)
     groups = []
     m = table.kind.keys_per_id()
     for part, (keys, signs) in enumerate(components):
         w = scale
-        if mul and part > 0:
-            w = None
-        elif m > 1 or signs is not None:
+        if m > 1 or signs is not None:
             w = np.repeat(np.ones(n, np.float32) if scale is None else scale, m)
             if signs is not None:
                 w = (w * signs.ravel()).astype(np.float32)
@@ -246,11 +284,26 @@ def _compose_components(plan: GroupPlan, outs: list[np.ndarray]) -> np.ndarray:
     combine = table.kind.combine_mode
     pooled = table.config.pooling != "none"
     if combine == "mul":
-        plan.rows = outs
-        product = outs[0] * outs[1] if len(outs) > 1 else outs[0].copy()
-        for o in outs[2:]:
+        pos = plan.positions
+        assert pos is not None
+        rows = [o.reshape(pos.unique, o.shape[-1]) for o in outs]
+        plan.rows = rows
+        product = rows[0] * rows[1] if len(rows) > 1 else rows[0].copy()
+        for o in rows[2:]:
             product *= o
-        return product.sum(axis=1, dtype=np.float32) if pooled else product
+        at = product[pos.inverse]  # (n, dim): the row of every position
+        if pos.scale is not None:
+            at *= pos.scale[:, None]
+        dim = product.shape[1]
+        if not pooled:
+            out = np.zeros((plan.batch_size, plan.max_len, dim), np.float32)
+            out[pos.bag, pos.place] = at
+            return out
+        out = np.zeros((plan.batch_size, dim), np.float32)
+        full = pos.lengths > 0
+        if at.shape[0]:
+            out[full] = np.add.reduceat(at, pos.offsets[:-1][full], axis=0)
+        return out
     m = plan.keys_per_id
     if not pooled and m > 1:
         outs = [o.reshape(plan.batch_size, plan.max_len, m, o.shape[-1]).sum(axis=2) for o in outs]
@@ -274,19 +327,24 @@ def _component_grads(plan: GroupPlan, grad: np.ndarray) -> list[np.ndarray]:
     count = len(table.components)
     pooled = table.config.pooling != "none"
     if combine == "mul":
-        rows = plan.rows
-        assert rows is not None
-        g = grad[:, None, :] if pooled else grad
+        rows, pos = plan.rows, plan.positions
+        assert rows is not None and pos is not None
+        at = grad[pos.bag] if pooled else grad[pos.bag, pos.place]  # (n, dim) per position
+        if pos.scale is not None:
+            at = at * pos.scale[:, None]
+        dim = grad.shape[-1]
+        if pos.unique:  # summed per distinct id, in position order
+            d_row = np.add.reduceat(at[pos.order], pos.starts, axis=0)
+        else:
+            d_row = np.zeros((0, dim), np.float32)
         out = []
         for c in range(count):
-            others = [rows[o] for o in range(count) if o != c]
-            if not others:
-                out.append(np.ascontiguousarray(np.broadcast_to(g, rows[0].shape), dtype=np.float32))
-                continue
-            gc = np.multiply(g, others[0], dtype=np.float32)
-            for o in others[1:]:
-                gc *= o
-            out.append(gc)
+            gc = d_row.astype(np.float32, copy=True)
+            for o in range(count):
+                if o != c:
+                    gc *= rows[o]
+            out.append(gc.reshape(pos.unique, 1 if pos.unique else 0, dim) if pos.unique else
+                       np.zeros((0, 0, dim), np.float32))
         return out
     dc = table.component_dim
     parts = [np.ascontiguousarray(grad[..., c * dc:(c + 1) * dc]) for c in range(count)] if combine == "concat" \
