@@ -187,6 +187,8 @@ def markdown(args: argparse.Namespace, runs: list[dict[str, Any]], load: Optiona
                   "| --- | --- | --- | --- | --- | --- |"]
         for r in mine:
             label = "full rows" if r["kind"] == "full" else f"{r['kind']} 1/{r['fraction']} (`{r['spec']}`)"
+            if r["kind"].startswith("mixed"):
+                label += " + exact rows for the most frequent ids (LFU capacity)"
             lines.append(f"| {label} | {r['memory']:.4f} ({r['rows']:,}) | {r['auc']:.4f} | "
                          f"{r['auc'] - full['auc']:+.4f} | {r['samples_per_s']:,.0f} | "
                          f"{r['samples_per_s'] / full['samples_per_s']:.2f} |")
