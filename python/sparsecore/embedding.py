@@ -329,7 +329,8 @@ class EmbeddingCollection:
     def lookup(self, name: str, ids: Any, *, insert: bool = False) -> Any:
         """Rows of ``ids`` in table ``name`` as float32[n, dim]; unknown ids read the table's
         default row (zeros unless ``TableConfig(default_value=...)``) unless ``insert`` (then
-        they are created first)."""
+        they are created first). Of a compressed table: each id's composed row (its component
+        rows never trained read zeros)."""
         torch_out = is_torch(ids)
         if name in self._compressed:  # the composed rows: bags of one id each
             ids_np = as_int64(ids, f"ids of table '{name}'")
