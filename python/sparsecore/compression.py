@@ -38,6 +38,7 @@ count. :func:`parse_compression` reads the spec strings of the CLI's ``--compres
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, fields
 from typing import Any, Optional, Union
@@ -101,7 +102,11 @@ class _Kind:
     def component_keys(self, ids: np.ndarray, base_seed: int) -> list[tuple[np.ndarray, Optional[np.ndarray]]]:
         """Per component: keys int64[n, keys_per_id] in [0, rows) and signs float32[n, keys_per_id]
         or None (all +1), by the core's mapping (table/compressed_ids.h)."""
-        return [tuple(part) for part in _core.compressed_component_keys(self.to_json(), ids, int(base_seed) & (2**64 - 1))]
+        return [tuple(part) for part in _core.compressed_component_keys(self._json, ids, int(base_seed) & (2**64 - 1))]
+
+    @functools.cached_property
+    def _json(self) -> str:
+        return self.to_json()
 
     def to_json(self) -> str:
         """The spec as the core reads it (model.json and the mapping binding)."""

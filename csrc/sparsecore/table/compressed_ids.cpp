@@ -2,6 +2,7 @@
 
 #include "sparsecore/core/error.h"
 #include "sparsecore/core/hash.h"
+#include "sparsecore/core/thread_pool.h"
 
 namespace sparsecore {
 namespace {
@@ -117,10 +118,10 @@ CompressionSpec CompressionSpec::from_json(const Json& j) {
   return s;
 }
 
-void compressed_component_keys(const CompressionSpec& spec, int component, uint64_t base_seed, const int64_t* ids,
-                               int64_t n, int64_t* keys, float* signs) {
-  SC_CHECK_ARG(component >= 0 && component < spec.num_components(), "compression component ", component,
-               " out of range [0, ", spec.num_components(), ")");
+namespace {
+
+void keys_of_range(const CompressionSpec& spec, int component, uint64_t base_seed, const int64_t* ids, int64_t n,
+                   int64_t* keys, float* signs) {
   switch (spec.kind) {
     case CompressionKind::kMultiHash: {
       const uint64_t seed = function_seed(base_seed, component), rows = static_cast<uint64_t>(spec.rows);
@@ -161,6 +162,20 @@ void compressed_component_keys(const CompressionSpec& spec, int component, uint6
       return;
     }
   }
+}
+
+}  // namespace
+
+void compressed_component_keys(const CompressionSpec& spec, int component, uint64_t base_seed, const int64_t* ids,
+                               int64_t n, int64_t* keys, float* signs) {
+  SC_CHECK_ARG(component >= 0 && component < spec.num_components(), "compression component ", component,
+               " out of range [0, ", spec.num_components(), ")");
+  // Each id's keys depend on the id alone, so chunks map independently on the compute pool.
+  const int m = spec.keys_per_id();
+  parallel_for(n, 8192, [&](int64_t begin, int64_t end) {
+    keys_of_range(spec, component, base_seed, ids + begin, end - begin, keys + begin * m,
+                  signs ? signs + begin * m : nullptr);
+  });
 }
 
 }  // namespace sparsecore
