@@ -446,7 +446,9 @@ class DeviceEmbeddingCollection(EmbeddingCollection):
         its offsets must be CSR (B+1 entries): ``include_last_offset=False`` raises ValueError."""
         if isinstance(batch, PreparedBatch):
             return batch
-        if isinstance(batch, Mapping) and self._space(self._first_ids(batch)) == "device":
+        # Compressed tables map and compose their ids on the host: their batches take the copy path.
+        if (isinstance(batch, Mapping) and self._space(self._first_ids(batch)) == "device"
+                and not any(name in self._compressed for name in batch)):
             if include_last_offset is not None and not isinstance(include_last_offset, bool):
                 raise TypeError(f"include_last_offset must be True, False or None, got {include_last_offset!r}")
             if include_last_offset is False:
