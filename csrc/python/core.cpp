@@ -1,11 +1,14 @@
 // Core bindings: exception mapping, the compute pool, build facts, the directory switch of
-// checkpoints (commit_directory) for the Python writers of checkpoints.
+// checkpoints (commit_directory) for the Python writers of checkpoints, and the seeded id hash
+// that compressed tables map ids with.
+#include <pybind11/numpy.h>
 #include <pybind11/stl.h>
 
 #include "binding_registry.h"
 #include "sparsecore/core/cpu_features.h"
 #include "sparsecore/core/error.h"
 #include "sparsecore/core/file.h"
+#include "sparsecore/core/hash.h"
 #include "sparsecore/core/thread_pool.h"
 
 namespace py = pybind11;
@@ -53,4 +56,20 @@ SPARSECORE_BINDING(core, 0) {
   m.def(
       "cpu_features", [] { return cpu_feature_names(); },
       "Instruction sets the running CPU offers to the dispatched kernels.");
+  m.def(
+      "seeded_hash",
+      [](py::array_t<int64_t, py::array::c_style | py::array::forcecast> ids, uint64_t seed) {
+        const py::ssize_t n = ids.size();
+        py::array_t<uint64_t> out(n);
+        const int64_t* in = ids.data();
+        uint64_t* dst = out.mutable_data();
+        {
+          py::gil_scoped_release release;
+          for (py::ssize_t i = 0; i < n; ++i) dst[i] = hash_combine(seed, key_hash(in[i]));
+        }
+        return out;
+      },
+      py::arg("ids"), py::arg("seed"),
+      "hash_combine(seed, fmix64(id)) of every id (core/hash.h) as uint64[n]: the stateless, "
+      "seeded hash of compressed tables, the same in every process.");
 }

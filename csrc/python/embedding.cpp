@@ -8,6 +8,7 @@
 #include "binding_registry.h"
 #include "prepared_batch.h"
 #include "sparsecore/ops/embedding_collection.h"
+#include "sparsecore/table/compressed_ids.h"
 #include "sparsecore/table/table_stats.h"
 #include "table_policy_binding.h"
 
@@ -250,4 +251,35 @@ SPARSECORE_BINDING(embedding, 30) {
             return py::make_tuple(keys, rows, count, last);
           },
           py::arg("table"));
+
+  m.def(
+      "compressed_component_keys",
+      [](const std::string& spec_json, py::array_t<int64_t, py::array::c_style | py::array::forcecast> ids,
+         uint64_t base_seed) {
+        const CompressionSpec spec = CompressionSpec::from_json(Json::parse(spec_json));
+        const py::ssize_t n = ids.size(), m = spec.keys_per_id();
+        const bool with_signs = spec.kind == CompressionKind::kRandomCoding && spec.is_signed;
+        py::list out;
+        for (int c = 0; c < spec.num_components(); ++c) {
+          py::array_t<int64_t> keys({n, m});
+          py::object signs = py::none();
+          float* sign_data = nullptr;
+          if (with_signs) {
+            py::array_t<float> s({n, m});
+            sign_data = s.mutable_data();
+            signs = s;
+          }
+          int64_t* key_data = keys.mutable_data();
+          const int64_t* id_data = ids.data();
+          {
+            py::gil_scoped_release release;
+            compressed_component_keys(spec, c, base_seed, id_data, n, key_data, sign_data);
+          }
+          out.append(py::make_tuple(keys, signs));
+        }
+        return out;
+      },
+      py::arg("spec_json"), py::arg("ids"), py::arg("base_seed"),
+      "Per component of a compressed table: (keys int64[n, keys_per_id], signs float32[n, keys_per_id] or "
+      "None) of `ids` (table/compressed_ids.h).");
 }

@@ -24,6 +24,7 @@ from .config import (
     Uniform,
     Zeros,
 )
+from .compression import BinaryCodeHash, MultiHash, QuotientRemainder, RandomCoding, parse_compression
 from .embedding import EmbeddingCollection, PreparedBatch
 from . import data
 from ._core import (RpcAuthError, RpcConnectionError, RpcError, RpcProtocolError, RpcStepAbortedError,
@@ -69,13 +70,14 @@ __version__ = "0.1.0"
 
 # Exactly the public names of the package (tests/test_api.py checks both directions).
 __all__ = [
-    "FTRL", "SGD", "Adagrad", "Adam", "AdamW", "Admission", "Cluster", "Expiry", "Constant", "CorruptDataError", "DevicePackedWeights",
-    "EmbeddingCollection", "GroupLasso", "Momentum", "Normal", "PackedWeights", "PreparedBatch",
-    "QuantizedEmbeddingTable", "QuantizedRows", "Quantizer", "RowwiseAdagrad", "RpcAuthError",
+    "FTRL", "SGD", "Adagrad", "Adam", "AdamW", "Admission", "BinaryCodeHash", "Cluster", "Expiry", "Constant", "CorruptDataError", "DevicePackedWeights",
+    "EmbeddingCollection", "GroupLasso", "Momentum", "MultiHash", "Normal", "PackedWeights", "PreparedBatch",
+    "QuantizedEmbeddingTable", "QuantizedRows", "Quantizer", "QuotientRemainder", "RandomCoding", "RowwiseAdagrad", "RpcAuthError",
     "RpcConnectionError", "RpcError", "RpcProtocolError", "RpcStepAbortedError", "RpcTimeoutError",
     "RpcUnknownMethodError", "Predictor", "Server", "Subscriber",
     "TableConfig", "Trainer", "TruncatedNormal", "Uniform", "Zeros", "available_cores", "cluster", "configure_threads",
-    "connect", "cpu_features", "data", "default_split", "export_dense", "export_model", "num_threads", "pack_pow2", "quant",
+    "connect", "cpu_features", "data", "default_split", "export_dense", "export_model", "num_threads", "pack_pow2",
+    "parse_compression", "quant",
     "quantize_activations", "quantize_module", "read_export", "rpc", "set_num_threads", "shift_matmul",
 ]
 

@@ -34,7 +34,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
                   "bias": -1.0, "seed": 0, "samples_per_view": 4, "compressed": True, "eval_samples": 100_000,
                   "drift_period": 0},
     "model": {"dim": 18, "hidden": [200, 80], "pooling": "sum", "groups": [], "num_embeddings": 0,
-              "out_of_range": "error"},
+              "out_of_range": "error", "embedding_compression": ""},
     "sparse_optimizer": {"name": "adagrad", "lr": 0.05},
     "dense_optimizer": {"name": "adam", "lr": 1e-3},
     "train": {"steps": 0, "seed": 0, "threads": 0, "checkpoint_dir": "", "checkpoint_every": 0, "eval_every": 0,
@@ -92,6 +92,10 @@ _FLAGS: list[tuple[str, str, str, Any, str, str]] = [
      "ids of every group are dense in [0, N): tables found by index, no hash (0: hash tables for any id)"),
     ("--out-of-range", "model", "out_of_range", str, "MODE",
      "with --num-embeddings, an id outside [0, N): 'error' (stop naming it) or 'hash' (map it into the range)"),
+    ("--embedding-compression", "model", "embedding_compression", str, "SPEC",
+     "compressed tables: ids share the rows of fixed-size component tables, e.g. 'multihash:k=2,rows=65536', "
+     "'qr:rows=4096', 'binary:bits=32,block=8', 'random:buckets=65536,k=2' (sparsecore.parse_compression; "
+     "'': a row per id)"),
     ("--sparse-optimizer", "sparse_optimizer", "name", str, "NAME",
      "sgd, momentum, adagrad, rowwise_adagrad, adam, adamw, ftrl, group_lasso"),
     ("--sparse-lr", "sparse_optimizer", "lr", float, "LR", "learning rate of the embedding tables"),
@@ -430,7 +434,8 @@ def build_trainer(settings: dict[str, dict[str, Any]], *, server: Any = None,
     part of the data this worker reads (:func:`build_sources`)."""
     import torch
 
-    from . import TableConfig, set_num_threads
+    from . import TableConfig, parse_compression, set_num_threads
+    from ._compressed import expand_tables
     from .torch import mlp
     from .trainer import Trainer
 
@@ -453,9 +458,11 @@ def build_trainer(settings: dict[str, dict[str, Any]], *, server: Any = None,
         raise ConfigError(f"model.out_of_range must be 'error' or 'hash', got {m['out_of_range']!r}")
     known_size = {"num_embeddings": num_embeddings, "out_of_range": m["out_of_range"]} if num_embeddings else {}
     try:
+        if m["embedding_compression"]:
+            known_size["compression"] = parse_compression(str(m["embedding_compression"]))
         tables = {g: TableConfig(dim=dim, optimizer=optimizer, pooling=m["pooling"], **known_size) for g in groups}
-        for name, table in tables.items():
-            table.to_dict(name)  # the table's own checks, reported as a setting
+        for table in expand_tables(tables).items():
+            table[1].to_dict(table[0])  # the table's own checks, reported as a setting
     except (TypeError, ValueError) as e:
         raise ConfigError(f"model: {e}") from None
     torch.manual_seed(int(t["seed"]))
@@ -557,6 +564,10 @@ def _report(trainer: Any, fit: Any, result: dict[str, float], wanted: Optional[i
     rate = f"{samples / seconds:,.0f} samples/s" if steps else "nothing to do"
     print(f"trained {steps:,} steps, {samples:,} samples in {seconds:.1f} s ({rate}); {trainer.step:,} steps "
           f"in all; {sum(rows.values()):,} rows in {len(rows)} tables")
+    compressed = trainer.embedding.collection.compression_info()
+    if compressed:
+        first = next(iter(compressed.values()))
+        print(f"{len(compressed)} compressed tables ({first['compression']}), {first['rows']:,} rows each at most")
     if wanted is not None and steps < wanted:
         print(f"the training data ran out after {steps:,} of the {wanted:,} steps asked for "
               f"(--steps {settings['train']['steps']})")

@@ -434,6 +434,11 @@ class TableConfig:
     ``expiry=Expiry(...)`` removes rows by age (steps or seconds), weight norm or a predicate,
     and bounds the table's rows with a hard capacity (evicting LRU or LFU rows, or refusing
     new ids); see ``Expiry``. ``None`` (the default) keeps every row. Hash tables only.
+
+    ``compression=MultiHash(...)`` (or ``QuotientRemainder``, ``BinaryCodeHash``,
+    ``RandomCoding``; see :mod:`sparsecore.compression`) keeps no row per id: ids share the
+    rows of a few fixed-size component tables, so the table's memory is fixed and known up
+    front. ``None`` (the default) gives every id its own row.
     """
     dim: int
     optimizer: Optimizer = field(default_factory=Adagrad)
@@ -447,8 +452,12 @@ class TableConfig:
     default_value: float = 0.0
     prune_every: int = 0
     expiry: Optional[Expiry] = None
+    compression: Optional[Any] = None
 
     def to_dict(self, name: str) -> dict[str, Any]:
+        if self.compression is not None:
+            raise ValueError(f"table '{name}': a compressed table is held as its component tables; "
+                             f"pass it to an EmbeddingCollection (or expand it with component_configs)")
         if isinstance(self.dim, bool) or not isinstance(self.dim, int):
             raise TypeError(f"table '{name}': dim must be an int, got {type(self.dim).__name__}")
         if self.dim < 1:

@@ -41,6 +41,7 @@ from typing import Any, NamedTuple, Optional, Union
 import numpy as np
 
 from . import _core
+from ._compressed import expand_tables
 from .config import TableConfig, tables_to_json
 from .embedding import EmbeddingCollection, PreparedBatch, _grads_in_order, _unpack_group
 
@@ -298,6 +299,10 @@ class DeviceEmbeddingCollection(EmbeddingCollection):
     optimizer state; the update rounds each row once). By default it is the tables' own
     ``TableConfig.storage``, which must then be the same for every table.
 
+    Compressed tables (``TableConfig(compression=...)``) keep their component tables as hash
+    tables here (the device store holds no ``num_embeddings`` tables); their keys lie in
+    ``[0, rows)``, so each holds at most its configured rows.
+
     device: where the rows live: ``"cuda"`` (the current device), ``"cuda:N"``, N or a
     ``torch.device``. The collection remembers it (:attr:`device`); every call runs there, and
     CUDA arrays on another device are refused with a ``ValueError`` naming both devices.
@@ -334,7 +339,8 @@ class DeviceEmbeddingCollection(EmbeddingCollection):
             raise RuntimeError(f"{unavailable_reason()}: a DeviceEmbeddingCollection needs an NVIDIA "
                                "GPU and its driver. Use sparsecore.EmbeddingCollection on the CPU (the same "
                                "results), or emulate=True to run the CUDA kernels on the CPU (slow; for tests)")
-        core = _core.DeviceEmbeddingCollection(tables_to_json(dict(tables)), int(seed) & (2**64 - 1), storage,
+        core = _core.DeviceEmbeddingCollection(tables_to_json(expand_tables(dict(tables), dense=False)), int(seed) & (2**64 - 1),
+                                               storage,
                                                bool(emulate), *_launch_limits(emulate, block_threads, max_blocks),
                                                ordinal)
         super().__init__({}, _core_obj=core)
@@ -447,7 +453,9 @@ class DeviceEmbeddingCollection(EmbeddingCollection):
         its offsets must be CSR (B+1 entries): ``include_last_offset=False`` raises ValueError."""
         if isinstance(batch, PreparedBatch):
             return batch
-        if isinstance(batch, Mapping) and self._space(self._first_ids(batch)) == "device":
+        # Compressed tables map and compose their ids on the host: their batches take the copy path.
+        if (isinstance(batch, Mapping) and self._space(self._first_ids(batch)) == "device"
+                and not any(name in self._compressed for name in batch)):
             if include_last_offset is not None and not isinstance(include_last_offset, bool):
                 raise TypeError(f"include_last_offset must be True, False or None, got {include_last_offset!r}")
             if include_last_offset is False:
@@ -469,8 +477,10 @@ class DeviceEmbeddingCollection(EmbeddingCollection):
                 else:
                     host[name] = group
         p = super().prepare(host, train=train, include_last_offset=include_last_offset)
-        return _DevicePreparedBatch(p._core, p.names, p.offsets, p.torch, p.train, template,
-                                    "copy" if template is not None else "host")
+        out = _DevicePreparedBatch(p._core, p.names, p.offsets, p.torch, p.train, template,
+                                   "copy" if template is not None else "host")
+        out.expansion = p.expansion
+        return out
 
     def _prepare_device(self, batch: Mapping[str, Any], train: bool) -> PreparedBatch:
         groups, names, offsets = [], [], []

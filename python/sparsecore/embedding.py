@@ -31,6 +31,7 @@ import numpy as np
 from . import _core
 from ._arrays import as_float32, as_int64, is_torch, to_torch
 from ._deprecated import warn
+from . import _compressed
 from .config import TableConfig, tables_to_json
 
 __all__ = ["EmbeddingCollection", "PreparedBatch"]
@@ -47,21 +48,34 @@ class PreparedBatch:
     prepared batches may be in flight at once (pipelining).
     """
 
-    __slots__ = ("_core", "names", "offsets", "torch", "train")
+    __slots__ = ("_core", "names", "offsets", "torch", "train", "expansion")
 
-    def __init__(self, core: Any, names: list[str], offsets: list[np.ndarray], torch_out: bool, train: bool):
+    def __init__(self, core: Any, names: list[str], offsets: list[np.ndarray], torch_out: bool, train: bool,
+                 expansion: Optional[_compressed.Expansion] = None):
         self._core = core
         self.names = names
         self.offsets = offsets
         self.torch = torch_out
         self.train = train
+        # How the groups of compressed tables map onto their component groups (None: none).
+        self.expansion = expansion
+
+    def _core_span(self, name: str) -> range:
+        i = self.names.index(name)
+        if self.expansion is None:
+            return range(i, i + 1)
+        first, count = self.expansion.spans[i]
+        return range(first, first + count)
 
     def num_unique(self, name: str) -> int:
-        """Distinct ids of group ``name`` in this batch."""
-        return self._core.num_unique(self.names.index(name))
+        """Distinct ids of group ``name`` in this batch (of a compressed table: distinct
+        component rows, summed over its components)."""
+        return sum(self._core.num_unique(i) for i in self._core_span(name))
 
     def unique_ids(self, name: str) -> np.ndarray:
-        return self._core.unique_ids(self.names.index(name))
+        """The distinct ids of group ``name`` (of a compressed table: its components' distinct
+        keys, one component after another)."""
+        return np.concatenate([self._core.unique_ids(i) for i in self._core_span(name)])
 
     def __repr__(self) -> str:
         return f"PreparedBatch(groups={self.names}, train={self.train})"
@@ -112,6 +126,7 @@ class EmbeddingCollection:
         else:
             if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
                 raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+            tables = _compressed.expand_tables(dict(tables))
             if server is None:
                 self._c = _core.EmbeddingCollection(tables_to_json(dict(tables)), int(seed) & (2**64 - 1))
             else:
@@ -128,6 +143,7 @@ class EmbeddingCollection:
         self._index = {n: i for i, n in enumerate(self._names)}
         self._configs = {n: TableConfig.from_dict(json.loads(self._c.table_config_json(i)))
                          for i, n in enumerate(self._names)}
+        self._setup_compression()
         self._set_predicates(tables)
 
     def _set_predicates(self, tables: Mapping[str, TableConfig]) -> None:
@@ -139,10 +155,23 @@ class EmbeddingCollection:
                                      f"collection only, not on parameter servers")
                 self.set_expiry_predicate(name, cfg.expiry.predicate)
 
+    def _setup_compression(self) -> None:
+        """The user-facing tables: compressed tables stand for their component tables."""
+        self._user_names, self._user_configs, self._compressed = _compressed.compressed_tables(
+            self._names, self._configs, self._c.seed)
+
     # ----------------------------------------------------------------------------- tables
     @property
     def tables(self) -> dict[str, TableConfig]:
-        return dict(self._configs)
+        """The tables of the collection by name (a compressed table once, with its
+        ``compression``; :meth:`sizes` and the statistics list its component tables)."""
+        return dict(self._user_configs)
+
+    def compression_info(self) -> dict[str, dict[str, Any]]:
+        """Per compressed table: its ``compression`` spec string, ``rows`` (all component
+        tables together: the fixed size), ``component_rows``, ``component_dim`` and
+        ``exact_rows`` (a mixed table: frequent ids also own an exact row)."""
+        return {n: _compressed.describe(t) for n, t in self._compressed.items()}
 
     @property
     def server(self) -> Any:
@@ -163,7 +192,7 @@ class EmbeddingCollection:
 
     @property
     def names(self) -> list[str]:
-        return list(self._names)
+        return list(self._user_names)
 
     @property
     def step(self) -> int:
@@ -178,7 +207,10 @@ class EmbeddingCollection:
         try:
             return self._index[name]
         except KeyError:
-            raise KeyError(f"unknown table '{name}' (tables: {', '.join(self._names)})") from None
+            if name in self._compressed:
+                raise ValueError(f"table '{name}' is compressed: this call takes one of its component tables "
+                                 f"({', '.join(self._names[i] for i in self._compressed[name].components)})") from None
+            raise KeyError(f"unknown table '{name}' (tables: {', '.join(self._user_names)})") from None
 
     def table_size(self, name: str) -> int:
         """Rows currently held by table ``name`` (on parameter servers: summed over them)."""
@@ -301,8 +333,18 @@ class EmbeddingCollection:
     def lookup(self, name: str, ids: Any, *, insert: bool = False) -> Any:
         """Rows of ``ids`` in table ``name`` as float32[n, dim]; unknown ids read the table's
         default row (zeros unless ``TableConfig(default_value=...)``) unless ``insert`` (then
-        they are created first)."""
+        they are created first). Of a compressed table: each id's composed row (its component
+        rows never trained read zeros)."""
         torch_out = is_torch(ids)
+        if name in self._compressed:  # the composed rows: bags of one id each
+            ids_np = as_int64(ids, f"ids of table '{name}'")
+            bags = {name: (ids_np, np.arange(len(ids_np) + 1, dtype=np.int64))}
+            got = self.forward(bags, train=True) if insert else self.evaluate(bags)
+            out = got[name]
+            if isinstance(out, tuple):
+                out = out[0].reshape(len(ids_np), -1)
+            out = np.asarray(out, dtype=np.float32)
+            return to_torch(out) if torch_out else out
         t = self._table(name)
         ids_np = as_int64(ids, f"ids of table '{name}'")
         if self._server is not None:
@@ -392,36 +434,84 @@ class EmbeddingCollection:
         in the module docstring; True requires B+1, False means start offsets."""
         if isinstance(batch, PreparedBatch):
             return batch
-        groups, names, offsets, torch_out = self._core_groups(batch, include_last_offset)
+        groups, names, offsets, torch_out, expansion = self._plan_groups(batch, include_last_offset)
         core = self._c.prepare(groups, bool(train))
-        return PreparedBatch(core, names, offsets, torch_out, bool(train))
+        return PreparedBatch(core, names, offsets, torch_out, bool(train), expansion)
 
     def _core_groups(self, batch: Mapping[str, GroupInput],
                      include_last_offset: Optional[bool] = None) -> tuple[list[tuple], list[str], list[np.ndarray], bool]:
-        """The core's form of a batch: (table index, ids, offsets, weights or None) per group."""
+        """The core's form of a batch: (table index, ids, offsets, weights or None) per group
+        (a compressed table's group becomes its component groups)."""
+        groups, names, offsets, torch_out, _ = self._plan_groups(batch, include_last_offset)
+        return groups, names, offsets, torch_out
+
+    def _plan_groups(self, batch: Mapping[str, GroupInput], include_last_offset: Optional[bool] = None
+                     ) -> tuple[list[tuple], list[str], list[np.ndarray], bool, Optional[_compressed.Expansion]]:
+        """_core_groups and the expansion of its compressed groups (None when it has none)."""
         if not isinstance(batch, Mapping):
             raise TypeError(f"batch must be a mapping of table name -> (ids, offsets[, weights]), "
                             f"got {type(batch).__name__}")
         groups, names, offsets = [], [], []
         torch_out = False
+        expansion = _compressed.Expansion() if self._compressed else None
         for name, group in batch.items():
-            t = self._table(name)
+            t = self._table(name) if name not in self._compressed else -1
             ids, offs, weights = _unpack_group(name, group)
             torch_out = torch_out or is_torch(ids)
             ids_np = as_int64(ids, f"ids of group '{name}'")
             offs_np = _csr_offsets(name, as_int64(offs, f"offsets of group '{name}'"), len(ids_np),
                                    include_last_offset)
             w_np = None if weights is None else as_float32(weights, f"weights of group '{name}'")
-            groups.append((t, ids_np, offs_np, w_np))
+            if expansion is not None:
+                first = len(groups)
+                plan = None
+                if t < 0:
+                    parts, plan = _compressed.expand_group(self._compressed[name], ids_np, offs_np, w_np, first)
+                    groups.extend(parts)
+                else:
+                    groups.append((t, ids_np, offs_np, w_np))
+                expansion.spans.append((first, len(groups) - first))
+                expansion.plans.append(plan)
+            else:
+                groups.append((t, ids_np, offs_np, w_np))
             names.append(name)
             offsets.append(offs_np)
-        return groups, names, offsets, torch_out
+        return groups, names, offsets, torch_out, expansion
+
+    def _composed(self, outs: list[np.ndarray], expansion: Optional[_compressed.Expansion]) -> list[np.ndarray]:
+        """The outputs of a batch's groups from the outputs of its core groups."""
+        if expansion is None:
+            return outs
+        result = []
+        for (first, count), plan in zip(expansion.spans, expansion.plans):
+            result.append(outs[first] if plan is None else _compressed.compose(plan, outs[first:first + count]))
+        return result
+
+    def _component_grads(self, prepared: PreparedBatch, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        """The gradients of a batch's core groups from the gradients of its groups."""
+        expansion = prepared.expansion
+        if expansion is None:
+            return arrays
+        out: list[np.ndarray] = []
+        for name, grad, plan in zip(prepared.names, arrays, expansion.plans):
+            if plan is None:
+                out.append(grad)
+                continue
+            shape = _compressed.expected_shape(plan)
+            if tuple(grad.shape) != shape:
+                raise ValueError(f"gradient of group '{name}' must have shape {shape}, got {tuple(grad.shape)}")
+            if not np.all(np.isfinite(grad)):
+                raise ValueError(f"gradient of group '{name}' contains NaN or Inf; no row was updated")
+            if plan.rows is None and plan.table.kind.combine_mode == "mul":
+                self._composed(self._c.forward(prepared._core), expansion)  # the rows its gradient needs
+            out.extend(_compressed.component_grads(plan, grad))
+        return out
 
     def pooled_rows(self, prepared: PreparedBatch) -> list[np.ndarray]:
         """The pooled rows of a prepared batch, one float32 array per group in the batch's
         order ([B, dim], or [B, L_max, dim] zero-padded for pooling "none"): :meth:`forward`
         without the per-group dict, for the torch bridge and pipelines that pull rows ahead."""
-        return self._c.forward(prepared._core)
+        return self._composed(self._c.forward(prepared._core), prepared.expansion)
 
     def forward(self, batch: Union[Mapping[str, GroupInput], PreparedBatch], *, train: bool = True,
                 include_last_offset: Optional[bool] = None) -> dict[str, Any]:
@@ -429,18 +519,18 @@ class EmbeddingCollection:
         "none" a tuple (float32[B, L_max, dim] zero-padded, int64 lengths[B])."""
         if isinstance(batch, PreparedBatch):
             names, offsets, torch_out = batch.names, batch.offsets, batch.torch
-            outs = self._c.forward(batch._core)
+            outs = self._composed(self._c.forward(batch._core), batch.expansion)
         elif train:
             prepared = self.prepare(batch, train=True, include_last_offset=include_last_offset)
             names, offsets, torch_out = prepared.names, prepared.offsets, prepared.torch
-            outs = self._c.forward(prepared._core)
+            outs = self._composed(self._c.forward(prepared._core), prepared.expansion)
         else:
             # Evaluation pools straight from the ids: no dedup, nothing kept for a backward.
-            groups, names, offsets, torch_out = self._core_groups(batch, include_last_offset)
-            outs = self._c.evaluate(groups)
+            groups, names, offsets, torch_out, expansion = self._plan_groups(batch, include_last_offset)
+            outs = self._composed(self._c.evaluate(groups), expansion)
         result: dict[str, Any] = {}
         for name, out, offs in zip(names, outs, offsets):
-            if self._configs[name].pooling == "none":
+            if self._user_configs[name].pooling == "none":
                 lengths = np.diff(offs)
                 result[name] = (to_torch(out), to_torch(lengths)) if torch_out else (out, lengths)
             else:
@@ -465,10 +555,10 @@ class EmbeddingCollection:
         else:
             # The forward of this batch already counted its ids for feature admission: this
             # lookup is not a second sighting (ids without a row get their gradients dropped).
-            groups, names, offsets, torch_out = self._core_groups(batch, include_last_offset)
-            prepared = PreparedBatch(self._c.prepare(groups, True, False), names, offsets, torch_out, True)
+            groups, names, offsets, torch_out, expansion = self._plan_groups(batch, include_last_offset)
+            prepared = PreparedBatch(self._c.prepare(groups, True, False), names, offsets, torch_out, True, expansion)
         arrays = [as_float32(g, f"gradient of group '{n}'") for n, g in zip(prepared.names, _grads_in_order(prepared, grads))]
-        return self._c.backward(prepared._core, arrays)
+        return self._c.backward(prepared._core, self._component_grads(prepared, arrays))
 
     # ----------------------------------------------------------------------------- checkpoints
     def save(self, path: Union[str, os.PathLike, None] = None, *, overwrite: bool = False) -> Optional[str]:
@@ -510,6 +600,7 @@ class EmbeddingCollection:
         # The checkpoint's configs (optimizer, storage) replace this collection's.
         self._configs = {n: TableConfig.from_dict(json.loads(self._c.table_config_json(i)))
                          for i, n in enumerate(self._names)}
+        self._setup_compression()
 
     def __repr__(self) -> str:
         if self._server is not None:

@@ -310,12 +310,22 @@ def export_dense(path: str | os.PathLike, model: Any, inputs: Sequence[tuple[str
     return path
 
 
+def _compressed_table_doc(collection: Any, table: Any) -> dict[str, Any]:
+    seed = table.seed - 2**64 if table.seed >= 2**63 else table.seed  # JSON ints are int64 in the core
+    doc = {"spec": json.loads(table.kind.to_json()), "seed": seed, "dim": table.config.dim,
+           "components": [collection._names[i] for i in table.components]}
+    if table.exact is not None:
+        doc["exact"] = collection._names[table.exact]
+    return doc
+
+
 def export_model(path: str | os.PathLike, collection: Any, model: Any, *, model_input: str = "concat",
                  dense_width: int = 0, dtype: str = "fp32") -> int:
     """Writes a model directory that :class:`sparsecore.Predictor` (C++: ``serving::load_model``)
     serves: ``dense/`` (:func:`export_dense` of ``model``), ``stream/`` (a full export of the
     collection's rows, ``collection.export_full``, rows as ``dtype``) and ``model.json`` (the
-    features: one per table, named as the table, with its pooling). The model sees the tables
+    features: one per table, named as the table, with its pooling; for compressed tables the
+    mapping that composes their rows from the component tables the stream holds). The model sees the tables
     in the collection's order as the Trainer feeds them (``model_input``), plus ``dense_width``
     dense features last. Later ``collection.export_delta(path / "stream", since=version)``
     calls update the rows a running Predictor serves. Returns the export's version.
@@ -340,6 +350,11 @@ def export_model(path: str | os.PathLike, collection: Any, model: Any, *, model_
     export_dense(os.path.join(path, "dense"), model, inputs, model_input=model_input)
     version = collection.export_full(os.path.join(path, "stream"), dtype=dtype)
     doc = {"format": "sparsecore-model", "version": 1, "features": features, "stream": "stream"}
+    compressed = getattr(collection, "_compressed", {})
+    if compressed:
+        # The stream holds the component tables only; the Predictor composes the rows of
+        # these tables from them with the same mapping.
+        doc["compressed_tables"] = {name: _compressed_table_doc(collection, t) for name, t in compressed.items()}
     tmp = os.path.join(path, "model.json.tmp")
     with open(tmp, "w") as f:
         json.dump(doc, f, indent=1)

@@ -223,9 +223,12 @@ class Trainer:
     def _native(self) -> Any:
         """The compiled collection the C++ pipeline prepares on, or None when the collection
         plans by itself (the CUDA twin): then ``produce`` prepares in Python. A collection on
-        parameter servers is compiled too: its pipeline plans on the C++ thread."""
+        parameter servers is compiled too: its pipeline plans on the C++ thread. A collection
+        with compressed tables prepares in Python too."""
         collection = self.embedding.collection
         core = getattr(collection, "_c", None)
+        if getattr(collection, "_compressed", None):
+            return None  # compressed tables compose their component groups in Python (prepare)
         return core if type(collection) is EmbeddingCollection and type(core) is _core.EmbeddingCollection else None
 
     def _produce(self, native: Any) -> Callable[[], Any]:

@@ -7,6 +7,7 @@
 #include "sparsecore/core/error.h"
 #include "sparsecore/core/file.h"
 #include "sparsecore/core/json.h"
+#include "sparsecore/serving/composed_row_source.h"
 #include "sparsecore/serving/subscriber.h"
 
 namespace sparsecore::serving {
@@ -185,6 +186,10 @@ LoadedModel load_model(const std::string& dir) {
     spec.pooling = pooling_of(f.at("pooling").as_string("pooling"), spec.input);
     features.push_back(std::move(spec));
   }
+  std::vector<CompressedTableSpec> compressed;
+  if (const Json* tables = j.get("compressed_tables"))
+    for (const auto& [name, spec] : tables->as_object("compressed_tables"))
+      compressed.push_back(CompressedTableSpec::from_json(name, spec));
   const std::string stream = j.at("stream").as_string("stream");
   if (!is_plain_name(stream)) throw CorruptData("model.json: stream '" + stream + "' is not a plain name");
   LoadedModel m;
@@ -192,7 +197,9 @@ LoadedModel load_model(const std::string& dir) {
   m.subscriber->poll();
   if (m.subscriber->version() < 0) throw NotFound("model '" + dir + "': its export stream holds no complete export");
   try {
-    m.predictor = std::make_unique<Predictor>(std::move(features), DenseGraph::load(dir + "/dense"), m.subscriber);
+    std::shared_ptr<const RowSource> rows = m.subscriber;
+    if (!compressed.empty()) rows = std::make_shared<ComposedRowSource>(m.subscriber, std::move(compressed));
+    m.predictor = std::make_unique<Predictor>(std::move(features), DenseGraph::load(dir + "/dense"), std::move(rows));
   } catch (const InvalidArgument& e) {
     throw CorruptData(std::string("model '") + dir + "': " + e.what());
   }

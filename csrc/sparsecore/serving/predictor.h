@@ -110,7 +110,9 @@ class Subscriber;
 // A model directory served: its Subscriber (the rows, following the export stream) and the
 // Predictor over it. The directory holds model.json (format "sparsecore-model", version 1:
 // "features" [{input, table, pooling}], "stream": the plain name of the export stream
-// directory inside it), dense/ (DenseGraph::load) and the stream. load_model applies the
+// directory inside it, and "compressed_tables" {name: CompressedTableSpec} when tables are
+// compressed: their features read composed rows, composed_row_source.h), dense/
+// (DenseGraph::load) and the stream. load_model applies the
 // stream's exports that are ready (at least one: NotFound otherwise); call
 // subscriber->poll() or start() to follow newer ones while serving.
 struct LoadedModel {
