@@ -24,7 +24,7 @@ import typing
 import typing_extensions
 import types as _types
 io: _types.ModuleType
-__all__: list[str] = ['CorruptDataError', 'DenseGraph', 'DeviceEmbeddingCollection', 'DevicePackedWeights', 'DevicePreparedBatch', 'EmbeddingCollection', 'PreparedBatch', 'PsClient', 'PsMetricsServer', 'PsServer', 'RpcAuthError', 'RpcClient', 'RpcConnectionError', 'RpcError', 'RpcProtocolError', 'RpcServer', 'RpcStepAbortedError', 'RpcTimeoutError', 'RpcUnknownMethodError', 'ServedModel', 'StepPipeline', 'Subscriber', 'TABLE_STATS_FIELDS', 'commit_directory', 'committed_directory', 'complete_export_parts', 'cpu_features', 'cuda_device_available', 'cuda_empty_memory_cache', 'cuda_emulator_block_seed', 'cuda_emulator_counters', 'cuda_emulator_enqueue_copy', 'cuda_emulator_pending_work', 'cuda_emulator_release_stream', 'cuda_emulator_reset_counters', 'cuda_emulator_side_stream', 'cuda_memory_cache_stats', 'cuda_set_emulator_block_seed', 'cuda_set_memory_cache_limit', 'cuda_unavailable_reason', 'dequantize_rows', 'export_delta', 'export_full', 'fixed_to_float', 'io', 'latest_snapshot', 'num_threads', 'pack_pow2', 'pooled_lookup_quantized', 'project_pow2', 'quantize_rows', 'quantized_row_bytes', 'read_export_part', 'remote_collection', 'render_metrics', 'set_deleted_keys_capacity', 'set_num_threads', 'shift_matmul_fixed_kernel', 'shift_matmul_float', 'shift_matmul_int16', 'shift_matmul_int8', 'shift_matmul_kernel', 'unpack_pow2']
+__all__: list[str] = ['CorruptDataError', 'DenseGraph', 'DeviceEmbeddingCollection', 'DevicePackedWeights', 'DevicePreparedBatch', 'EmbeddingCollection', 'PredictClient', 'PredictServer', 'PreparedBatch', 'PsClient', 'PsMetricsServer', 'PsServer', 'RpcAuthError', 'RpcClient', 'RpcConnectionError', 'RpcError', 'RpcProtocolError', 'RpcServer', 'RpcStepAbortedError', 'RpcTimeoutError', 'RpcUnknownMethodError', 'ServedModel', 'StepPipeline', 'Subscriber', 'TABLE_STATS_FIELDS', 'commit_directory', 'committed_directory', 'complete_export_parts', 'cpu_features', 'cuda_device_available', 'cuda_empty_memory_cache', 'cuda_emulator_block_seed', 'cuda_emulator_counters', 'cuda_emulator_enqueue_copy', 'cuda_emulator_pending_work', 'cuda_emulator_release_stream', 'cuda_emulator_reset_counters', 'cuda_emulator_side_stream', 'cuda_memory_cache_stats', 'cuda_set_emulator_block_seed', 'cuda_set_memory_cache_limit', 'cuda_unavailable_reason', 'dequantize_rows', 'export_delta', 'export_full', 'fixed_to_float', 'io', 'latest_snapshot', 'num_threads', 'pack_pow2', 'pooled_lookup_quantized', 'project_pow2', 'quantize_rows', 'quantized_row_bytes', 'read_export_part', 'remote_collection', 'render_metrics', 'set_deleted_keys_capacity', 'set_num_threads', 'shift_matmul_fixed_kernel', 'shift_matmul_float', 'shift_matmul_int16', 'shift_matmul_int8', 'shift_matmul_kernel', 'unpack_pow2']
 class CorruptDataError(ValueError):
     pass
 class PreparedBatch:
@@ -466,6 +466,48 @@ class ServedModel:
         ...
     @property
     def version(self) -> int:
+        ...
+class PredictServer:
+    """
+    A model directory served over RPC and HTTP with batching (serving/predict_server.h).
+    """
+    def __init__(self, dir: str, address: str, port: typing.SupportsInt | typing.SupportsIndex, http_port: typing.SupportsInt | typing.SupportsIndex, token: str, reactors: typing.SupportsInt | typing.SupportsIndex, max_batch: typing.SupportsInt | typing.SupportsIndex, max_wait_us: typing.SupportsInt | typing.SupportsIndex, threads: typing.SupportsInt | typing.SupportsIndex, max_queued: typing.SupportsInt | typing.SupportsIndex, default_timeout_ms: typing.SupportsInt | typing.SupportsIndex, http_timeout_ms: typing.SupportsInt | typing.SupportsIndex, max_body_bytes: typing.SupportsInt | typing.SupportsIndex, max_http_connections: typing.SupportsInt | typing.SupportsIndex, poll_interval_ms: typing.SupportsInt | typing.SupportsIndex) -> None:
+        ...
+    def metrics(self) -> str:
+        ...
+    def start(self) -> None:
+        ...
+    def stats(self) -> dict:
+        ...
+    def stop(self) -> None:
+        ...
+    @property
+    def http_port(self) -> int:
+        ...
+    @property
+    def port(self) -> int:
+        ...
+    @property
+    def version(self) -> int:
+        ...
+class PredictClient:
+    """
+    The RPC client of a PredictServer (serving/predict_client.h).
+    """
+    def __init__(self, host: str, port: typing.SupportsInt | typing.SupportsIndex, token: str, timeout_ms: typing.SupportsInt | typing.SupportsIndex, connect_timeout_ms: typing.SupportsInt | typing.SupportsIndex) -> None:
+        ...
+    def predict(self, features: list, dense: typing.Any = None, timeout_ms: typing.SupportsInt | typing.SupportsIndex = -1) -> tuple[numpy.typing.NDArray[numpy.float32], int]:
+        ...
+    def refresh(self) -> int:
+        ...
+    @property
+    def dense_width(self) -> int:
+        ...
+    @property
+    def features(self) -> list[str]:
+        ...
+    @property
+    def output_width(self) -> int:
         ...
 def commit_directory(staging: str, target: str, files_synced: bool = False) -> None:
     """

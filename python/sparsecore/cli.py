@@ -5,7 +5,8 @@ feature groups x dim 18 -> MLP 414-200-80-1) on built-in synthetic data with a p
 ground truth, on the embedded default, and prints the final AUC next to the planted optimum.
 Flags or a TOML file (``--config``) choose data files, model, optimizers, batch size, steps
 and checkpoints; flags win over the file. ``--servers`` trains against parameter servers
-instead of the embedded tables. ``sparsecore server`` starts a parameter server.
+instead of the embedded tables. ``sparsecore server`` starts a parameter server;
+``sparsecore serve`` serves an exported model (:mod:`sparsecore.serve`).
 """
 
 from __future__ import annotations
@@ -546,7 +547,7 @@ def _list(text: str) -> list[str]:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sparsecore", description="sparsecore: sparse deep learning, XDL style.")
-    sub = parser.add_subparsers(dest="command", metavar="{train,server}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,server,serve}")
     train = sub.add_parser(
         "train", help="train a CTR model (default: W2 on built-in synthetic data)",
         description="Train an embedding + MLP click-through-rate model on the embedded default. With no "
@@ -585,6 +586,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("-q", "--quiet", action="store_true", help="only warnings and the final result")
     sub.add_parser("server", help="run a parameter server (arguments go to it; see 'server --help')",
                    add_help=False)
+    sub.add_parser("serve", help="serve an exported model over RPC and HTTP (arguments go to it; see 'serve --help')",
+                   add_help=False)
     return parser
 
 
@@ -602,6 +605,12 @@ def _server(argv: list[str]) -> int:
     return int(server_main(argv) or 0)
 
 
+def _serve(argv: list[str]) -> int:
+    from .serve import main as serve_main
+
+    return int(serve_main(argv) or 0)
+
+
 _TORCH_HINT = ("sparsecore train needs PyTorch: pip install torch==2.13.0 (on a machine without a GPU, the CPU "
                "wheel avoids a multi-GB CUDA download: pip install torch==2.13.0 --index-url "
                "https://download.pytorch.org/whl/cpu)")
@@ -611,6 +620,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["server"]:  # every argument after it belongs to the server's own parser
         return _server(argv[1:])
+    if argv[:1] == ["serve"]:  # likewise for the prediction server
+        return _serve(argv[1:])
     parser = _parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # reported with the usage of the command they were given to

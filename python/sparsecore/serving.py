@@ -1,5 +1,6 @@
-"""Incremental export for serving: the :class:`Subscriber` that follows an export directory,
-and :func:`read_export` to look inside one export.
+"""Serving: the :class:`Subscriber` that follows an export directory, :func:`read_export` to
+look inside one export, the :class:`Predictor` of a model directory, and the
+:class:`PredictClient` of a prediction server (``sparsecore serve``).
 
 A training process writes exports into a stream directory (``EmbeddingCollection.export_full``
 and ``export_delta``, or ``Cluster.export_full`` / ``export_delta`` on parameter servers); a
@@ -11,14 +12,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 
 from . import _core
 from ._arrays import as_int64, is_torch, to_torch
 
-__all__ = ["Predictor", "Subscriber", "read_export"]
+__all__ = ["PredictClient", "Predictor", "Subscriber", "read_export"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -171,24 +172,77 @@ class Predictor:
         self.stop()
 
     def predict(self, batch: Any, dense: Any = None) -> np.ndarray:
-        if hasattr(batch, "sparse"):
-            if getattr(batch, "compressed", False):
-                batch = batch.expand()
-            if dense is None and self._c.dense_width:
-                dense = batch.dense
-            batch = batch.sparse
-        missing = [f for f in self.features if f not in batch]
-        if missing:
-            raise ValueError(f"predict: features {missing} are missing (the model reads {self.features})")
-        parts = []
-        for name in self.features:
-            item = batch[name]
-            if not isinstance(item, (tuple, list)) or len(item) not in (2, 3):
-                raise ValueError(f"predict: feature '{name}' needs (ids, offsets) or (ids, offsets, weights)")
-            ids = as_int64(item[0], f"ids of feature '{name}'")
-            offsets = as_int64(item[1], f"offsets of feature '{name}'")
-            weights = None if len(item) == 2 or item[2] is None else np.ascontiguousarray(item[2], np.float32)
-            parts.append((ids, offsets, weights))
-        d = None if dense is None else np.ascontiguousarray(dense, np.float32)
+        parts, d = _predict_inputs(self.features, bool(self._c.dense_width), batch, dense)
         out = self._c.predict(parts, d)
         return out[:, 0] if out.shape[1] == 1 else out
+
+
+def _predict_inputs(features: list[str], has_dense: bool, batch: Any, dense: Any) -> tuple[list[Any], Any]:
+    """The arrays of a prediction request, one (ids, offsets, weights) per feature in the
+    model's order, and the dense rows (or None); shared by Predictor and PredictClient."""
+    if hasattr(batch, "sparse"):
+        if getattr(batch, "compressed", False):
+            batch = batch.expand()
+        if dense is None and has_dense:
+            dense = batch.dense
+        batch = batch.sparse
+    missing = [f for f in features if f not in batch]
+    if missing:
+        raise ValueError(f"predict: features {missing} are missing (the model reads {features})")
+    parts = []
+    for name in features:
+        item = batch[name]
+        if not isinstance(item, (tuple, list)) or len(item) not in (2, 3):
+            raise ValueError(f"predict: feature '{name}' needs (ids, offsets) or (ids, offsets, weights)")
+        ids = as_int64(item[0], f"ids of feature '{name}'")
+        offsets = as_int64(item[1], f"offsets of feature '{name}'")
+        weights = None if len(item) == 2 or item[2] is None else np.ascontiguousarray(item[2], np.float32)
+        parts.append((ids, offsets, weights))
+    d = None if dense is None else np.ascontiguousarray(dense, np.float32)
+    return parts, d
+
+
+class PredictClient:
+    """A client of ``sparsecore serve`` (or of a :class:`sparsecore.serve.PredictServer`) over
+    its RPC port: ``PredictClient("127.0.0.1:7000", token=...)``. :meth:`predict` takes what
+    :meth:`Predictor.predict` takes and returns the same logits, computed by the server (and
+    batched there with other clients' requests). Calls from many threads share the connection.
+
+    ``timeout``: the default deadline of a call in seconds (None: none); a call past it raises
+    :class:`sparsecore.RpcTimeoutError`. A wrong token raises :class:`sparsecore.RpcAuthError`
+    when connecting; a malformed request ValueError naming what is wrong."""
+
+    def __init__(self, address: str, token: str = "", timeout: Optional[float] = None,
+                 connect_timeout: float = 5.0):
+        host, sep, port = str(address).rpartition(":")
+        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"address must be 'host:port', got '{address}'")
+        if timeout is not None and not 0 < timeout <= 86400:
+            raise ValueError(f"timeout must be in (0, 86400] seconds or None, got {timeout}")
+        self.address = str(address)
+        self._c = _core.PredictClient(host, int(port), token, 0 if timeout is None else _ms(timeout),
+                                      _ms(connect_timeout))
+
+    @property
+    def features(self) -> list[str]:
+        return list(self._c.features)
+
+    @property
+    def version(self) -> int:
+        """The version of the rows the server serves now (asks it)."""
+        return self._c.refresh()
+
+    def predict(self, batch: Any, dense: Any = None, timeout: Optional[float] = None) -> np.ndarray:
+        """Logits float32[B] (or [B, outputs]); ``timeout`` overrides the client's deadline."""
+        parts, d = _predict_inputs(self.features, bool(self._c.dense_width), batch, dense)
+        out, _ = self._c.predict(parts, d, -1 if timeout is None else _ms(timeout))
+        return out[:, 0] if out.shape[1] == 1 else out
+
+    def __repr__(self) -> str:
+        return f"PredictClient({self.address!r})"
+
+
+def _ms(seconds: float) -> int:
+    if not 0 < seconds <= 86400:
+        raise ValueError(f"a timeout must be in (0, 86400] seconds, got {seconds}")
+    return max(1, int(round(seconds * 1000)))
