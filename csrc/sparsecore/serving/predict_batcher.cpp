@@ -123,8 +123,10 @@ void PredictBatcher::run(Worker& w) {
     cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
     if (stopping_) return;
     // Wait for companions: until max_batch samples are queued or the oldest has waited long
-    // enough (another worker may take the queue meanwhile).
-    const auto until = queue_.front()->arrival + std::chrono::microseconds(options_.max_wait_us);
+    // enough (another worker may take the queue meanwhile). A queued request whose deadline
+    // comes first closes the batch then, so that it is answered at its deadline.
+    auto until = queue_.front()->arrival + std::chrono::microseconds(options_.max_wait_us);
+    for (const auto& r : queue_) until = std::min(until, r->deadline);
     while (!stopping_ && !queue_.empty() && queued_samples_ < options_.max_batch && Clock::now() < until)
       cv_.wait_until(lock, until);
     if (stopping_) return;

@@ -2,9 +2,10 @@
 // and run by a few worker threads over one Predictor.
 //
 // A worker takes the oldest queued request and waits until the queued samples reach
-// max_batch or that request has waited max_wait_us, then takes requests in arrival order while
-// their samples fit in max_batch (a request larger than max_batch runs alone), concatenates
-// them into one batch, predicts it once and hands each request its rows of the logits.
+// max_batch or that request has waited max_wait_us (or a queued request's deadline comes),
+// then takes requests in arrival order while their samples fit in max_batch (a request larger
+// than max_batch runs alone), concatenates them into one batch, predicts it once and hands
+// each request its rows of the logits.
 // Requests whose deadline has passed when their batch is formed are answered
 // kDeadlineExceeded without running. Each request is checked on its own (check_request) before
 // it is queued, so a malformed one is refused at submit and never spoils a batch; should a
