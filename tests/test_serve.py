@@ -289,12 +289,16 @@ def test_requests_of_different_connections_share_a_batch(model):
             t.join(120)
         for i, b in enumerate(batches):
             np.testing.assert_array_equal(results[i], reference.predict(b))
-        status, data = http_call(s.http_port, "GET", "/metrics", token=None)
-        metrics = dict(line.split() for line in data.decode().splitlines() if not line.startswith("#"))
-        assert metrics["sparsecore_serve_batches_total"] == "1"
-        assert metrics["sparsecore_serve_samples_total"] == "10"
+        assert metric(s, "sparsecore_serve_batches_total") == 1
+        assert metric(s, "sparsecore_serve_samples_total") == 10
     finally:
         assert s.stop() == 0
+
+
+def metric(s, name):
+    status, data = http_call(s.http_port, "GET", "/metrics", token=None)
+    assert status == 200
+    return int(dict(line.split() for line in data.decode().splitlines() if not line.startswith("#"))[name])
 
 
 def test_a_request_past_its_deadline_is_answered_without_running(model):
@@ -304,9 +308,18 @@ def test_a_request_past_its_deadline_is_answered_without_running(model):
         batch = held_batch(model, 2)
         with pytest.raises(sc.RpcTimeoutError):
             sc.PredictClient(s.endpoint).predict(batch, timeout=0.2)
+        # a deadline closes the batch it waits in, companions included: let the server drop the
+        # RPC request first, so that the next one waits alone again
+        for _ in range(600):
+            if metric(s, "sparsecore_serve_deadline_exceeded_total") == 1:
+                break
+            time.sleep(0.05)
+        assert metric(s, "sparsecore_serve_deadline_exceeded_total") == 1
         body = dict(json_body(batch, model["cfg"].names()), timeout_ms=200)
         status, data = http_call(s.http_port, "POST", "/v1/predict", body, token=None, timeout=60)
         assert status == 504 and "deadline" in json.loads(data)["error"]
+        assert metric(s, "sparsecore_serve_deadline_exceeded_total") == 2
+        assert metric(s, "sparsecore_serve_batches_total") == 0
     finally:
         assert s.stop() == 0
 
@@ -346,3 +359,60 @@ def test_cli_help_and_bad_arguments(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert cli.main(["serve", "--model", str(tmp_path / "empty")]) != 0
     assert "sparsecore serve: error" in capsys.readouterr().err
+
+
+def test_raw_values_are_hashed_as_the_readers_hash_them(model, server, tmp_path):
+    from sparsecore.data import hash_features
+
+    names = model["cfg"].names()
+    path = tmp_path / "model"
+    trainer = model["trainer"]
+    # f0 is hashed from two columns, the others from one column of their own name
+    sc.export_model(path, trainer, trainer.model, features={names[0]: ["user", "user_city"]})
+    p = sc.Predictor(path)
+    assert p.columns == {names[0]: ["user", "user_city"], names[1]: [names[1]], names[2]: [names[2]]}
+    raw = {"user": [["u1", "u2"], "u3", None, []], "user_city": [["berlin"], [], ["", "paris"], [7]],
+           names[1]: [[5, "x"], ["y"], [], [12345678901234]], names[2]: ["a", "b", "c", "d"]}
+
+    def ids_of(columns, b):
+        out = []
+        for c in columns:
+            entry = raw[c][b]
+            values = [v for v in (entry if isinstance(entry, list) else [entry]) if v is not None and v != ""]
+            out.extend(hash_features(c, np.array(values, dtype=object)) if values else [])
+        return out
+
+    expected_batch = {}
+    for f, columns in p.columns.items():
+        bags = [ids_of(columns, b) for b in range(4)]
+        expected_batch[f] = (np.array([i for bag in bags for i in bag], np.int64),
+                             np.cumsum([0] + [len(bag) for bag in bags]).astype(np.int64))
+    expected = p.predict(expected_batch)
+    np.testing.assert_array_equal(p.predict(raw=raw), expected)
+    # mixed: one feature as ids, the others raw
+    mixed = {k: v for k, v in raw.items() if k != names[2]}
+    np.testing.assert_array_equal(p.predict({names[2]: expected_batch[names[2]]}, raw=mixed), expected)
+    with pytest.raises(ValueError, match="only"):
+        p.predict(raw={"user": raw["user"], names[1]: raw[names[1]], names[2]: raw[names[2]]})
+    with pytest.raises(ValueError, match="no raw columns"):
+        p.predict(raw={**raw, "nope": [1, 2, 3, 4]})
+    with pytest.raises(TypeError):
+        p.predict(raw={**raw, names[2]: [1.5, 2.0, 3.0, 4.0]})
+    # the server hashes raw JSON values the same way; the client hashes before sending
+    s = ServeProcess(path)
+    try:
+        client = sc.PredictClient(s.endpoint, timeout=10)
+        assert client.columns == p.columns
+        np.testing.assert_array_equal(client.predict(raw=raw), expected)
+        status, data = http_call(s.http_port, "POST", "/v1/predict", {"raw": raw}, token=None)
+        assert status == 200, data
+        np.testing.assert_array_equal(np.asarray(json.loads(data)["logits"], np.float32), expected)
+        for body, match in [({"raw": {**raw, names[2]: [1.5, 2, 3, 4]}}, "strings or integers"),
+                            ({"raw": {"user": raw["user"]}}, "missing"),
+                            ({"raw": raw, "features": {names[2]: [[1]] * 4}}, "both"),
+                            ({"raw": {**raw, "nope": [1, 2, 3, 4]}}, "no raw column 'nope'"),
+                            ({"raw": {**raw, "user": [["u"]] * 3}}, "samples")]:
+            status, data = http_call(s.http_port, "POST", "/v1/predict", body, token=None)
+            assert status == 400 and match in json.loads(data)["error"], data
+    finally:
+        assert s.stop() == 0

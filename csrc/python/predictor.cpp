@@ -150,6 +150,12 @@ SPARSECORE_BINDING(predictor, 95) {
                                  out.append(py::make_tuple(f.input, f.table));
                                return out;
                              })
+      .def_property_readonly("columns",
+                             [](const LoadedModel& lm) {
+                               std::vector<std::vector<std::string>> out;
+                               for (const auto& f : lm.predictor->features()) out.push_back(f.columns);
+                               return out;
+                             })
       .def_property_readonly("dense_width", [](const LoadedModel& lm) { return lm.predictor->dense_width(); })
       .def_property_readonly("output_width", [](const LoadedModel& lm) { return lm.predictor->output_width(); })
       .def_property_readonly("version", [](const LoadedModel& lm) { return lm.subscriber->version(); })
@@ -254,6 +260,7 @@ SPARSECORE_BINDING(predictor, 95) {
                }),
            py::arg("host"), py::arg("port"), py::arg("token"), py::arg("timeout_ms"), py::arg("connect_timeout_ms"))
       .def_property_readonly("features", [](const PredictClient& c) { return c.info().features; })
+      .def_property_readonly("columns", [](const PredictClient& c) { return c.info().columns; })
       .def_property_readonly("dense_width", [](const PredictClient& c) { return c.info().dense_width; })
       .def_property_readonly("output_width", [](const PredictClient& c) { return c.info().output_width; })
       .def("refresh",

@@ -456,6 +456,9 @@ class ServedModel:
     def stop(self) -> None:
         ...
     @property
+    def columns(self) -> list[list[str]]:
+        ...
+    @property
     def dense_width(self) -> int:
         ...
     @property
@@ -499,6 +502,9 @@ class PredictClient:
     def predict(self, features: list, dense: typing.Any = None, timeout_ms: typing.SupportsInt | typing.SupportsIndex = -1) -> tuple[numpy.typing.NDArray[numpy.float32], int]:
         ...
     def refresh(self) -> int:
+        ...
+    @property
+    def columns(self) -> list[list[str]]:
         ...
     @property
     def dense_width(self) -> int:

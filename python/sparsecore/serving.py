@@ -133,10 +133,14 @@ class Predictor:
     stream (the newest exports applied when it opens; :meth:`poll` or :meth:`start` follow new
     ones while serving), pooled as in training, then the exported dense network.
 
-    ``predict(batch, dense=None)``: ``batch`` maps each feature to ``(ids, offsets)`` or
-    ``(ids, offsets, weights)`` (offsets of length B + 1), or is a :class:`sparsecore.data.Batch`
-    (sample-compressed batches are expanded; its dense features are used when the model has a
-    dense input). Returns the logits, float32[B] (or [B, outputs]). Thread-safe: predictions
+    ``predict(batch, dense=None, raw=None)``: ``batch`` maps each feature to ``(ids, offsets)``
+    or ``(ids, offsets, weights)`` (offsets of length B + 1), or is a
+    :class:`sparsecore.data.Batch` (sample-compressed batches are expanded; its dense features
+    are used when the model has a dense input). ``raw`` gives features by their raw values
+    instead: it maps each raw column of :attr:`columns` to one entry per sample (a list of
+    values, one value, or None; values str, bytes or int), hashed as the readers hash them
+    (:func:`sparsecore.data.hash_features`), a feature's bag holding its columns' ids column
+    after column; empty values are missing. Returns the logits, float32[B] (or [B, outputs]). Thread-safe: predictions
     from many threads run at once, each reading one version of the rows.
     """
 
@@ -171,15 +175,80 @@ class Predictor:
     def __exit__(self, *exc: Any) -> None:
         self.stop()
 
-    def predict(self, batch: Any, dense: Any = None) -> np.ndarray:
-        parts, d = _predict_inputs(self.features, bool(self._c.dense_width), batch, dense)
+    @property
+    def columns(self) -> dict[str, list[str]]:
+        """Per feature, the raw columns hashed into its ids (``predict(raw=...)``)."""
+        return dict(zip(self.features, (list(c) for c in self._c.columns)))
+
+    def predict(self, batch: Any = None, dense: Any = None, raw: Any = None) -> np.ndarray:
+        parts, d = _predict_inputs(self.features, list(self._c.columns), bool(self._c.dense_width), batch, dense, raw)
         out = self._c.predict(parts, d)
         return out[:, 0] if out.shape[1] == 1 else out
 
 
-def _predict_inputs(features: list[str], has_dense: bool, batch: Any, dense: Any) -> tuple[list[Any], Any]:
+def _raw_bags(columns: dict[str, list[str]], raw: Any) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(ids, offsets) of every feature whose raw columns ``raw`` gives (column -> one entry per
+    sample: a list of values, one value, or None), hashed as the readers hash them
+    (:mod:`sparsecore.data.hashing`); a sample's bag holds its columns' ids column after column."""
+    from .data.hashing import _as_bytes, _hash_bytes
+
+    owner = {c: f for f, cs in columns.items() for c in cs}
+    unknown = [c for c in raw if c not in owner]
+    if unknown:
+        raise ValueError(f"predict: the model has no raw columns {unknown} (it hashes {sorted(owner)})")
+    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    batch = None
+    for feature, cs in columns.items():
+        given = [c for c in cs if c in raw]
+        if not given:
+            continue
+        if len(given) != len(cs):
+            raise ValueError(f"predict: feature '{feature}' is hashed from columns {cs}; raw gives only {given}")
+        per_column = []
+        for c in cs:
+            values: list[Any] = []
+            offsets = [0]
+            for entry in raw[c]:
+                if isinstance(entry, (list, tuple, np.ndarray)):
+                    values.extend(v for v in entry if v is not None)
+                elif entry is not None:
+                    values.append(entry)
+                offsets.append(len(values))
+            if batch is not None and len(offsets) - 1 != batch:
+                raise ValueError(f"predict: raw column '{c}' has {len(offsets) - 1} samples, another {batch}")
+            batch = len(offsets) - 1
+            data = _as_bytes(np.array(values, dtype=object) if values else np.zeros(0, dtype="S1"),
+                             f"values of raw column '{c}'")
+            per_column.append(_hash_bytes(c, data, np.asarray(offsets, np.int64)))
+        lengths = sum(np.diff(o) for _, o in per_column)
+        bag_offsets = np.zeros(batch + 1, np.int64)
+        np.cumsum(lengths, out=bag_offsets[1:])
+        ids = np.empty(int(bag_offsets[-1]), np.int64)
+        before = np.zeros(batch, np.int64)  # ids of earlier columns in each sample's bag
+        for col_ids, col_offsets in per_column:
+            col_lengths = np.diff(col_offsets)
+            dest = np.repeat(bag_offsets[:-1] + before - col_offsets[:-1], col_lengths) + np.arange(len(col_ids))
+            ids[dest] = col_ids
+            before += col_lengths
+        out[feature] = (ids, bag_offsets)
+    return out
+
+
+def _predict_inputs(features: list[str], columns: list[list[str]], has_dense: bool, batch: Any, dense: Any,
+                    raw: Any = None) -> tuple[list[Any], Any]:
     """The arrays of a prediction request, one (ids, offsets, weights) per feature in the
     model's order, and the dense rows (or None); shared by Predictor and PredictClient."""
+    if batch is None:
+        batch = {}
+    if raw:
+        hashed = _raw_bags(dict(zip(features, columns)), raw)
+        sparse = batch.sparse if hasattr(batch, "sparse") else batch
+        both = [f for f in hashed if f in sparse]
+        if both:
+            raise ValueError(f"predict: features {both} are given both as ids and as raw columns")
+        if hasattr(batch, "sparse"):
+            raise ValueError("predict: raw values go with a dict of ids, not a Batch")
+        batch = {**batch, **hashed}
     if hasattr(batch, "sparse"):
         if getattr(batch, "compressed", False):
             batch = batch.expand()
@@ -232,9 +301,16 @@ class PredictClient:
         """The version of the rows the server serves now (asks it)."""
         return self._c.refresh()
 
-    def predict(self, batch: Any, dense: Any = None, timeout: Optional[float] = None) -> np.ndarray:
-        """Logits float32[B] (or [B, outputs]); ``timeout`` overrides the client's deadline."""
-        parts, d = _predict_inputs(self.features, bool(self._c.dense_width), batch, dense)
+    @property
+    def columns(self) -> dict[str, list[str]]:
+        """Per feature, the raw columns hashed into its ids (``predict(raw=...)``)."""
+        return dict(zip(self.features, (list(c) for c in self._c.columns)))
+
+    def predict(self, batch: Any = None, dense: Any = None, raw: Any = None,
+                timeout: Optional[float] = None) -> np.ndarray:
+        """Logits float32[B] (or [B, outputs]); ``raw`` as :meth:`Predictor.predict` takes it
+        (hashed here, sent as ids); ``timeout`` overrides the client's deadline."""
+        parts, d = _predict_inputs(self.features, list(self._c.columns), bool(self._c.dense_width), batch, dense, raw)
         out, _ = self._c.predict(parts, d, -1 if timeout is None else _ms(timeout))
         return out[:, 0] if out.shape[1] == 1 else out
 

@@ -17,7 +17,12 @@ RemoteModelInfo PredictClient::refresh(int timeout_ms) {
   rpc::Response r = client_.call(kMethodModelInfo, {}, timeout_ms);
   const Json j = Json::parse(std::string_view(reinterpret_cast<const char*>(r.data.data()), r.bytes));
   RemoteModelInfo info;
-  for (const Json& name : j.at("features").as_array("features")) info.features.push_back(name.as_string("feature"));
+  for (const Json& name : j.at("features").as_array("features")) {
+    info.features.push_back(name.as_string("feature"));
+    info.columns.emplace_back();
+    if (const Json* cs = j.at("columns").get(info.features.back()))
+      for (const Json& c : cs->as_array("columns")) info.columns.back().push_back(c.as_string("column"));
+  }
   info.dense_width = j.at("dense_width").as_int("dense_width");
   info.output_width = j.at("output_width").as_int("output_width");
   info.version = j.at("version").as_int("version");

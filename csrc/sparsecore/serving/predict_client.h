@@ -18,8 +18,9 @@
 namespace sparsecore::serving {
 
 struct RemoteModelInfo {
-  std::vector<std::string> features;  // in the order predict() takes them
-  int64_t dense_width = 0;            // 0: no dense input
+  std::vector<std::string> features;              // in the order predict() takes them
+  std::vector<std::vector<std::string>> columns;  // per feature: its raw columns (raw_features.h)
+  int64_t dense_width = 0;                        // 0: no dense input
   int64_t output_width = 1;
   int64_t version = -1;  // when info() was asked
 };

@@ -4,9 +4,11 @@
 #include <cstdio>
 #include <cstring>
 #include <limits>
+#include <map>
 
 #include "sparsecore/core/error.h"
 #include "sparsecore/core/json.h"
+#include "sparsecore/serving/raw_features.h"
 
 namespace sparsecore::serving {
 
@@ -132,6 +134,36 @@ void encode_predict_request(const FeatureBatch* features, size_t num_features, c
   if (dense) add(dense, static_cast<size_t>(batch * dense_width) * 4);
 }
 
+namespace {
+
+// One raw column of the JSON request: per sample a list of values, one value, or null; a
+// value is a string or an integer (its decimal text).
+RawColumn parse_raw_column(const std::string& name, const Json& samples) {
+  SC_CHECK_ARG(samples.is_array(), "predict request: raw column '", name, "' must be a list with one entry per sample");
+  RawColumn col;
+  auto add = [&](const Json& v) {
+    if (v.is_string()) {
+      col.values.push_back(v.as_string());
+    } else if (v.is_int()) {
+      col.values.push_back(std::to_string(v.as_int()));
+    } else if (!v.is_null()) {
+      throw InvalidArgument("predict request: values of raw column '" + name +
+                            "' must be strings or integers (convert other numbers to the text you mean)");
+    }
+  };
+  for (const Json& sample : samples.as_array()) {
+    if (sample.is_array()) {
+      for (const Json& v : sample.as_array()) add(v);
+    } else {
+      add(sample);
+    }
+    col.offsets.push_back(static_cast<int64_t>(col.values.size()));
+  }
+  return col;
+}
+
+}  // namespace
+
 void parse_json_request(const Predictor& p, std::string_view body, OwnedPredictRequest& out, int64_t* timeout_ms) {
   Json doc;
   try {
@@ -141,16 +173,21 @@ void parse_json_request(const Predictor& p, std::string_view body, OwnedPredictR
   }
   SC_CHECK_ARG(doc.is_object(), "predict request: the body must be a JSON object");
   for (const auto& [key, v] : doc.as_object())
-    SC_CHECK_ARG(key == "features" || key == "weights" || key == "dense" || key == "timeout_ms",
-                 "predict request: unknown field '", key, "' (expected features, weights, dense, timeout_ms)");
+    SC_CHECK_ARG(key == "features" || key == "raw" || key == "weights" || key == "dense" || key == "timeout_ms",
+                 "predict request: unknown field '", key, "' (expected features, raw, weights, dense, timeout_ms)");
   *timeout_ms = 0;
   if (const Json* t = doc.get("timeout_ms")) {
     SC_CHECK_ARG(t->is_int() && t->as_int() >= 0 && t->as_int() <= 86'400'000,
                  "predict request: timeout_ms must be an integer in [0, 86400000]");
     *timeout_ms = t->as_int();
   }
+  static const Json kNone = Json::object();
   const Json* features = doc.get("features");
-  SC_CHECK_ARG(features && features->is_object(), "predict request: 'features' must be an object of feature -> bags");
+  SC_CHECK_ARG(!features || features->is_object(), "predict request: 'features' must be an object of feature -> bags");
+  if (!features) features = &kNone;
+  const Json* raw = doc.get("raw");
+  SC_CHECK_ARG(!raw || raw->is_object(), "predict request: 'raw' must be an object of column -> values");
+  if (!raw) raw = &kNone;
   const Json* weights = doc.get("weights");
   SC_CHECK_ARG(!weights || weights->is_object(), "predict request: 'weights' must be an object of feature -> bags");
   const size_t nf = p.features().size();
@@ -158,6 +195,14 @@ void parse_json_request(const Predictor& p, std::string_view body, OwnedPredictR
     bool known = false;
     for (const auto& f : p.features()) known = known || f.input == key;
     SC_CHECK_ARG(known, "predict request: the model has no feature '", key, "'");
+  }
+  std::map<std::string, RawColumn> columns;
+  for (const auto& [key, v] : raw->as_object()) {
+    bool known = false;
+    for (const auto& f : p.features())
+      for (const auto& c : f.columns) known = known || c == key;
+    SC_CHECK_ARG(known, "predict request: the model has no raw column '", key, "'");
+    columns.emplace(key, parse_raw_column(key, v));
   }
   out.ids.assign(nf, {});
   out.offsets.assign(nf, {});
@@ -168,10 +213,24 @@ void parse_json_request(const Predictor& p, std::string_view body, OwnedPredictR
                  " samples, another field ", batch);
     batch = static_cast<int64_t>(n);
   };
+  for (const auto& [name, col] : columns) note_batch(col.offsets.size() - 1, "raw column '" + name + "'");
   for (size_t f = 0; f < nf; ++f) {
-    const std::string& name = p.features()[f].input;
+    const FeatureSpec& spec = p.features()[f];
+    const std::string& name = spec.input;
     const Json* bags = features->get(name);
-    SC_CHECK_ARG(bags != nullptr, "predict request: feature '", name, "' is missing");
+    std::vector<const RawColumn*> given;
+    for (const auto& c : spec.columns)
+      if (auto it = columns.find(c); it != columns.end()) given.push_back(&it->second);
+    if (bags == nullptr) {
+      SC_CHECK_ARG(!spec.columns.empty() && given.size() == spec.columns.size(), "predict request: feature '", name,
+                   "' is missing (its ids under 'features'",
+                   spec.columns.empty() ? std::string() : ", or its raw columns under 'raw'", ")");
+      raw_to_ids(spec, given, std::max<int64_t>(batch, 0), out.ids[f], out.offsets[f]);
+      SC_CHECK_ARG(!weights || !weights->get(name), "predict request: weights of '", name,
+                   "' need its ids under 'features'");
+      continue;
+    }
+    SC_CHECK_ARG(given.empty(), "predict request: feature '", name, "' is given both as ids and as raw columns");
     SC_CHECK_ARG(bags->is_array(), "predict request: feature '", name, "' must be a list of id lists");
     note_batch(bags->as_array().size(), "feature '" + name + "'");
     out.offsets[f].push_back(0);
@@ -200,7 +259,7 @@ void parse_json_request(const Predictor& p, std::string_view body, OwnedPredictR
   }
   if (weights)
     for (const auto& [key, v] : weights->as_object())
-      SC_CHECK_ARG(features->get(key) != nullptr, "predict request: weights name no feature '", key, "'");
+      SC_CHECK_ARG(features->get(key) != nullptr, "predict request: weights name no feature '", key, "' given as ids");
   out.dense.clear();
   if (const Json* d = doc.get("dense")) {
     SC_CHECK_ARG(p.has_dense_input(), "predict request: the model has no dense input");
@@ -250,8 +309,15 @@ std::string format_json_outcome(const PredictOutcome& outcome, int64_t batch) {
 std::string model_info_json(const Predictor& p, int64_t version) {
   Json::Array names;
   for (const auto& f : p.features()) names.emplace_back(f.input);
+  Json columns = Json::object();
+  for (const auto& f : p.features()) {
+    Json::Array cs;
+    for (const auto& c : f.columns) cs.emplace_back(c);
+    columns[f.input] = Json(std::move(cs));
+  }
   Json info = Json::object();
   info["features"] = Json(std::move(names));
+  info["columns"] = std::move(columns);
   info["dense_width"] = Json(p.has_dense_input() ? p.dense_width() : int64_t{0});
   info["output_width"] = Json(p.output_width());
   info["version"] = Json(version);

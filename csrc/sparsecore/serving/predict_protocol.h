@@ -9,14 +9,17 @@
 //   dense f32[batch * dense_width] (when has_dense)
 // Features come in the model's order (kMethodModelInfo names them). The reply is
 // {output_width i64, version i64} then logits f32[batch * output_width].
-// kMethodModelInfo: empty request; the reply is JSON {"features": [names], "dense_width",
-// "output_width", "version"}.
+// kMethodModelInfo: empty request; the reply is JSON {"features": [names], "columns":
+// {name: [raw columns]}, "dense_width", "output_width", "version"}.
 //
 // JSON (POST /v1/predict): {"features": {"<name>": [[id, ...], ...], ...} one list of ids per
-// sample for every feature, "weights": {"<name>": [[w, ...], ...]} (optional, per feature, the
-// same shape as its ids), "dense": [[x, ...], ...] (one row per sample, when the model has a
-// dense input), "timeout_ms": N (optional)}. The answer: {"logits": [...] (one number per
-// sample, or one list per sample when the model has several outputs), "version": V}.
+// sample, "raw": {"<column>": [[value, ...], ...], ...} raw values (strings or integers; per
+// sample a list, one value, or null) of the columns a feature is hashed from
+// (raw_features.h), "weights": {"<name>": [[w, ...], ...]} (optional, for features given as
+// ids, the same shape as the ids), "dense": [[x, ...], ...] (one row per sample, when the
+// model has a dense input), "timeout_ms": N (optional)}. Every feature comes either as ids or
+// as all of its raw columns. The answer: {"logits": [...] (one number per sample, or one list
+// per sample when the model has several outputs), "version": V}.
 //
 // Every decoder checks every size against what arrived (no read past the payload, no
 // overflow) and the request against the model (feature count, batch agreement, offsets
