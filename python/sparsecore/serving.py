@@ -197,7 +197,7 @@ def _raw_bags(columns: dict[str, list[str]], raw: Any) -> dict[str, tuple[np.nda
     if unknown:
         raise ValueError(f"predict: the model has no raw columns {unknown} (it hashes {sorted(owner)})")
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    batch = None
+    batch: Optional[int] = None
     for feature, cs in columns.items():
         given = [c for c in cs if c in raw]
         if not given:
@@ -220,11 +220,12 @@ def _raw_bags(columns: dict[str, list[str]], raw: Any) -> dict[str, tuple[np.nda
             data = _as_bytes(np.array(values, dtype=object) if values else np.zeros(0, dtype="S1"),
                              f"values of raw column '{c}'")
             per_column.append(_hash_bytes(c, data, np.asarray(offsets, np.int64)))
+        n = len(per_column[0][1]) - 1  # samples (every column has as many)
         lengths = sum(np.diff(o) for _, o in per_column)
-        bag_offsets = np.zeros(batch + 1, np.int64)
+        bag_offsets = np.zeros(n + 1, np.int64)
         np.cumsum(lengths, out=bag_offsets[1:])
         ids = np.empty(int(bag_offsets[-1]), np.int64)
-        before = np.zeros(batch, np.int64)  # ids of earlier columns in each sample's bag
+        before = np.zeros(n, np.int64)  # ids of earlier columns in each sample's bag
         for col_ids, col_offsets in per_column:
             col_lengths = np.diff(col_offsets)
             dest = np.repeat(bag_offsets[:-1] + before - col_offsets[:-1], col_lengths) + np.arange(len(col_ids))
