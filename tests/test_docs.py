@@ -40,7 +40,7 @@ def cli_help(*command):
     return done.stdout
 
 
-@pytest.mark.parametrize("command", [(), ("train",), ("server",), ("coordinator",)])
+@pytest.mark.parametrize("command", [(), ("train",), ("server",), ("coordinator",), ("serve",)])
 def test_cli_reference_is_every_subcommands_help(site, command):
     html = page(site, "cli")
     text = re.sub(r"<[^>]+>", "", html).replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&") \

@@ -63,7 +63,7 @@ def as_sorted(rows):
     return keys, np.array([rows[k] for k in keys.tolist()], np.float32)
 
 
-@pytest.mark.parametrize("dtype", ["fp32", "fp16", "int8"])
+@pytest.mark.parametrize("dtype", ["fp32", "fp16", "int8", "int4"])
 def test_full_plus_deltas_equal_a_fresh_full_export(tmp_path, dtype):
     rng = np.random.default_rng(7)
     emb = sc.EmbeddingCollection(TABLES, seed=3)

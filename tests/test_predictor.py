@@ -143,3 +143,34 @@ def test_bad_requests_and_damaged_models_are_errors(rng, tmp_path):
     os.remove(tmp_path / "model" / "model.json")
     with pytest.raises(OSError):
         sc.Predictor(tmp_path / "model")
+
+
+@pytest.mark.parametrize("dtype, levels", [("int8", 255), ("int4", 15)])
+def test_quantized_rows_keep_their_documented_tolerance(rng, tmp_path, dtype, levels):
+    # export_format.h: each value within (max - min) / (2 * levels) of its row's trained value;
+    # the Predictor serves exactly the dequantized rows.
+    trainer, cfg = make_trainer(rng)
+    trainer.fit(10)
+    sc.export_model(tmp_path / "fp32", trainer, trainer.model)
+    sc.export_model(tmp_path / "q", trainer, trainer.model, dtype=dtype)
+    exact = sc.read_export(tmp_path / "fp32" / "stream" / os.listdir(tmp_path / "fp32" / "stream")[0])
+    coded = sc.read_export(tmp_path / "q" / "stream" / os.listdir(tmp_path / "q" / "stream")[0])
+    assert coded["dtype"] == dtype
+    for name, t in exact["tables"].items():
+        q = coded["tables"][name]
+        assert np.array_equal(q["keys"], t["keys"])
+        w = t["weights"]
+        bound = (w.max(axis=1) - w.min(axis=1))[:, None] / (2 * levels)
+        err = np.abs(q["weights"] - w)
+        assert np.all(err <= bound * (1 + 1e-5) + 1e-7), f"{name}: {float((err - bound).max())} over the bound"
+    held = SyntheticData(cfg, start=1 << 30, num_samples=(1 << 30) + 100).next_batch(100)
+    p = sc.Predictor(tmp_path / "q")
+    rows = sc.Subscriber(tmp_path / "q" / "stream")
+    rows.poll()
+    x = np.concatenate([np.add.reduceat(rows.lookup(n, held.sparse[n][0]), held.sparse[n][1][:-1], axis=0)
+                        for n in cfg.names()], axis=1)  # bags are never empty (min_bag 1)
+    with torch.no_grad():
+        ref = trainer.model.eval()(torch.from_numpy(x)).numpy()[:, 0]
+    np.testing.assert_allclose(p.predict(held), ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(rows.lookup(cfg.names()[0], coded["tables"][cfg.names()[0]]["keys"]),
+                                  coded["tables"][cfg.names()[0]]["weights"])

@@ -74,7 +74,7 @@ __all__ = [
     "EmbeddingCollection", "GroupLasso", "Momentum", "MultiHash", "Normal", "PackedWeights", "PreparedBatch",
     "QuantizedEmbeddingTable", "QuantizedRows", "Quantizer", "QuotientRemainder", "RandomCoding", "RowwiseAdagrad", "RpcAuthError",
     "RpcConnectionError", "RpcError", "RpcProtocolError", "RpcStepAbortedError", "RpcTimeoutError",
-    "RpcUnknownMethodError", "Predictor", "Server", "Subscriber",
+    "RpcUnknownMethodError", "PredictClient", "PredictServer", "Predictor", "Server", "Subscriber",
     "TableConfig", "Trainer", "TruncatedNormal", "Uniform", "Zeros", "available_cores", "cluster", "configure_threads",
     "connect", "cpu_features", "data", "default_split", "export_dense", "export_model", "num_threads", "pack_pow2",
     "parse_compression", "quant",
@@ -89,5 +89,6 @@ from .quant import (  # noqa: E402
 from . import quant  # noqa: E402
 
 # Incremental export: the serving side.
-from .serving import Predictor, Subscriber, read_export  # noqa: E402
+from .serving import PredictClient, Predictor, Subscriber, read_export  # noqa: E402
+from .serve import PredictServer  # noqa: E402
 from .export import export_dense, export_model  # noqa: E402

@@ -6,7 +6,8 @@ ground truth, on the embedded default, and prints the final AUC next to the plan
 Flags or a TOML file (``--config``) choose data files, model, optimizers, batch size, steps
 and checkpoints; flags win over the file. ``--servers`` trains against parameter servers
 instead of the embedded tables. ``sparsecore server`` starts a parameter server,
-``sparsecore coordinator`` the coordinator of a job (:mod:`sparsecore.cluster`).
+``sparsecore coordinator`` the coordinator of a job (:mod:`sparsecore.cluster`);
+``sparsecore serve`` serves an exported model (:mod:`sparsecore.serve`).
 """
 
 from __future__ import annotations
@@ -590,7 +591,7 @@ def _list(text: str) -> list[str]:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sparsecore", description="sparsecore: sparse deep learning, XDL style.")
-    sub = parser.add_subparsers(dest="command", metavar="{train,server,coordinator}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,server,coordinator,serve}")
     train = sub.add_parser(
         "train", help="train a CTR model (default: W2 on built-in synthetic data)",
         description="Train an embedding + MLP click-through-rate model on the embedded default. With no "
@@ -631,6 +632,8 @@ def _parser() -> argparse.ArgumentParser:
                    add_help=False)
     sub.add_parser("coordinator", help="coordinate a job of servers and workers: membership, barrier snapshots, "
                    "rollback on failures (arguments go to it; see 'coordinator --help')", add_help=False)
+    sub.add_parser("serve", help="serve an exported model over RPC and HTTP (arguments go to it; see 'serve --help')",
+                   add_help=False)
     return parser
 
 
@@ -654,6 +657,12 @@ def _server(argv: list[str]) -> int:
     return int(server_main(argv) or 0)
 
 
+def _serve(argv: list[str]) -> int:
+    from .serve import main as serve_main
+
+    return int(serve_main(argv) or 0)
+
+
 _TORCH_HINT = ("sparsecore train needs PyTorch: pip install torch==2.13.0 (on a machine without a GPU, the CPU "
                "wheel avoids a multi-GB CUDA download: pip install torch==2.13.0 --index-url "
                "https://download.pytorch.org/whl/cpu)")
@@ -669,6 +678,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
                             datefmt="%H:%M:%S")
         return int(coordinator_main(argv[1:]) or 0)
+    if argv[:1] == ["serve"]:  # likewise for the prediction server
+        return _serve(argv[1:])
     parser = _parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # reported with the usage of the command they were given to

@@ -390,8 +390,9 @@ class EmbeddingCollection:
     def export_full(self, path: Union[str, os.PathLike], *, dtype: str = "fp32") -> int:
         """Writes every row's weights into the stream directory ``path`` as the export
         ``full-<version>`` and returns its version, the collection's :attr:`step`. ``dtype``:
-        "fp32", "fp16" or "int8" (rowwise, as :class:`QuantizedRows`). Crash-safe: the export
-        appears whole or not at all. Run it between training steps (not during a backward).
+        "fp32", "fp16", "int8" or "int4" (rowwise, as :class:`QuantizedRows`; tolerances in
+        ``serving/export_format.h``). Crash-safe: the export appears whole or not at all. Run
+        it between training steps (not during a backward).
         A :class:`sparsecore.Subscriber` follows the directory.
 
         With rows on parameter servers (``server=``), ``path`` is the name of a stream under

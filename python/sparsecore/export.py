@@ -25,8 +25,8 @@ from __future__ import annotations
 import json
 import operator
 import os
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, Optional
 
 import numpy as np
 
@@ -320,7 +320,8 @@ def _compressed_table_doc(collection: Any, table: Any) -> dict[str, Any]:
 
 
 def export_model(path: str | os.PathLike, collection: Any, model: Any, *, model_input: str = "concat",
-                 dense_width: int = 0, dtype: str = "fp32") -> int:
+                 dense_width: int = 0, dtype: str = "fp32",
+                 features: Optional[Mapping[str, Sequence[str]]] = None) -> int:
     """Writes a model directory that :class:`sparsecore.Predictor` (C++: ``serving::load_model``)
     serves: ``dense/`` (:func:`export_dense` of ``model``), ``stream/`` (a full export of the
     collection's rows, ``collection.export_full``, rows as ``dtype``) and ``model.json`` (the
@@ -329,6 +330,12 @@ def export_model(path: str | os.PathLike, collection: Any, model: Any, *, model_
     in the collection's order as the Trainer feeds them (``model_input``), plus ``dense_width``
     dense features last. Later ``collection.export_delta(path / "stream", since=version)``
     calls update the rows a running Predictor serves. Returns the export's version.
+
+    ``features`` is the feature spec, how raw values become each feature's ids: per feature
+    (table) the raw columns hashed into it, as the readers hash a categorical column of that
+    name (:mod:`sparsecore.data.hashing`), e.g. ``{"ad": ["ad_id", "ad_category"]}``. A
+    feature left out is hashed from one column named as the feature (the readers' default,
+    where a column feeds the group of its own name).
 
     A collection (or a :class:`sparsecore.Trainer`, whose collection and model input are
     used) with embedded tables; rows on parameter servers export through the servers
@@ -339,17 +346,30 @@ def export_model(path: str | os.PathLike, collection: Any, model: Any, *, model_
     path = os.fspath(path)
     os.makedirs(path, exist_ok=True)
     inputs = []
-    features = []
+    spec = {} if features is None else dict(features)
+    unknown = sorted(set(spec) - set(collection.names))
+    if unknown:
+        raise ValueError(f"export_model: features names {unknown}, which are not tables ({list(collection.names)})")
+    entries = []
+    seen: set[str] = set()
     for name in collection.names:
         cfg = collection.tables[name]
         kind = "sequence" if cfg.pooling == "none" else "pooled"
         inputs.append((name, kind, cfg.dim))
-        features.append({"input": name, "table": name, "pooling": cfg.pooling})
+        columns = spec.get(name, [name])
+        if isinstance(columns, str) or not all(isinstance(c, str) and c for c in columns) or not columns:
+            raise ValueError(f"export_model: the columns of feature '{name}' must be a list of non-empty names, "
+                             f"got {columns!r}")
+        twice = [c for c in columns if c in seen]
+        if twice:
+            raise ValueError(f"export_model: columns {twice} feed two features")
+        seen.update(columns)
+        entries.append({"input": name, "table": name, "pooling": cfg.pooling, "columns": list(columns)})
     if dense_width:
         inputs.append(("dense", "dense", int(dense_width)))
     export_dense(os.path.join(path, "dense"), model, inputs, model_input=model_input)
     version = collection.export_full(os.path.join(path, "stream"), dtype=dtype)
-    doc = {"format": "sparsecore-model", "version": 1, "features": features, "stream": "stream"}
+    doc = {"format": "sparsecore-model", "version": 1, "features": entries, "stream": "stream"}
     compressed = getattr(collection, "_compressed", {})
     if compressed:
         # The stream holds the component tables only; the Predictor composes the rows of

@@ -135,7 +135,7 @@ class Cluster:
         (``Server(export_dir=...)``, ``sparsecore server --export-dir``); the parts together
         are one export that a :class:`sparsecore.Subscriber` of that directory applies. Call
         it between training steps (after a barrier when several workers train). ``dtype``:
-        "fp32", "fp16" or "int8". Returns the rows and deleted keys written, summed over the
+        "fp32", "fp16", "int8" or "int4". Returns the rows and deleted keys written, summed over the
         shards."""
         return json.loads(self._c.export_rows(stream, False, 0, int(version), dtype))
 

@@ -27,7 +27,7 @@ execute_process(COMMAND ${CMAKE_COMMAND} --build ${WORK_DIR}/build RESULT_VARIAB
 if(rc)
   message(FATAL_ERROR "building the consumer failed: ${rc}")
 endif()
-execute_process(COMMAND ${WORK_DIR}/build/sparsecore_consumer ${WORK_DIR}/ckpt
+execute_process(COMMAND ${WORK_DIR}/build/sparsecore_consumer ${WORK_DIR}/ckpt ${WORK_DIR}/model
   RESULT_VARIABLE rc OUTPUT_VARIABLE out)
 message(STATUS "${out}")
 if(rc)
@@ -72,4 +72,26 @@ execute_process(COMMAND ${WORK_DIR}/serving/serve_embeddings --bogus ${WORK_DIR}
   RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
 if(NOT rc EQUAL 2 OR NOT err MATCHES "unknown option '--bogus'")
   message(FATAL_ERROR "serve_embeddings --bogus: rc ${rc}, err '${err}'")
+endif()
+
+# predict_model serves the consumer's model directory: its logits are those the library's
+# Predictor gave in the consumer (expected.txt); a bad line is answered in place.
+file(READ ${WORK_DIR}/model/expected.txt expected)
+file(WRITE ${WORK_DIR}/samples.txt "user:1,2\nuser:99\n\nuser:\n")
+execute_process(COMMAND ${WORK_DIR}/serving/predict_model ${WORK_DIR}/model --batch 2
+  INPUT_FILE ${WORK_DIR}/samples.txt RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+message(STATUS "${out}${err}")
+if(rc OR NOT out STREQUAL expected)
+  message(FATAL_ERROR "predict_model gave '${out}' (rc ${rc}), the Predictor '${expected}'")
+endif()
+file(WRITE ${WORK_DIR}/bad_samples.txt "user:1,2\nad:3\nuser:x\nuser:99\n")
+execute_process(COMMAND ${WORK_DIR}/serving/predict_model ${WORK_DIR}/model
+  INPUT_FILE ${WORK_DIR}/bad_samples.txt RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+message(STATUS "${out}${err}")
+if(NOT rc EQUAL 1 OR NOT out MATCHES "^[^\n]+\nerror line 2: unknown feature 'ad'\nerror line 3: [^\n]*'x'[^\n]*\n[^\n]+\n$")
+  message(FATAL_ERROR "predict_model did not answer around bad lines (rc ${rc})")
+endif()
+execute_process(COMMAND ${WORK_DIR}/serving/predict_model ${WORK_DIR}/nothing RESULT_VARIABLE rc ERROR_VARIABLE err)
+if(NOT rc EQUAL 2 OR NOT err MATCHES "cannot load")
+  message(FATAL_ERROR "predict_model on a missing model: rc ${rc}, err '${err}'")
 endif()

@@ -7,8 +7,10 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <mutex>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "sparsecore/rpc/http_request.h"
 #include "sparsecore/rpc/http_server.h"
@@ -144,6 +146,10 @@ class HttpServerTest : public ::testing::Test {
       return HttpResponse{200, "text/plain", "hi " + r.query, {}};
     });
     server_->route("GET", "/boom", [](const HttpRequest&) -> HttpResponse { throw std::runtime_error("no"); });
+    server_->route_async("GET", "/later", [this](const HttpRequest&, HttpResponder respond) {
+      std::lock_guard<std::mutex> lock(mu_);
+      waiting_.push_back(std::move(respond));
+    });
     server_->start();
   }
   void TearDown() override { server_->stop(); }
@@ -153,7 +159,20 @@ class HttpServerTest : public ::testing::Test {
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     return server_->stats().connections_open == 0;
   }
+  // Waits (bounded) until `n` asynchronous requests are waiting for their answer.
+  bool waiting(size_t n) {
+    for (int i = 0; i < 500; ++i) {
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (waiting_.size() >= n) return true;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return false;
+  }
   std::unique_ptr<HttpServer> server_;
+  std::mutex mu_;
+  std::vector<HttpResponder> waiting_;
 };
 
 TEST_F(HttpServerTest, RoutesPipelinedRequestsAndClosesWhenAsked) {
@@ -199,6 +218,40 @@ TEST_F(HttpServerTest, AMalformedRequestIsAnsweredAndClosed) {
   EXPECT_EQ(all.rfind("HTTP/1.1 400 Bad Request", 0), 0u) << all;
   EXPECT_NE(all.find("Connection: close"), std::string::npos);
   EXPECT_EQ(server_->stats().bad_requests, 1u);
+}
+
+TEST_F(HttpServerTest, AnAsynchronousRouteAnswersFromAnotherThreadWhileOthersAreServed) {
+  UniqueFd a(connect_to(server_->port()));
+  // pipelined behind the asynchronous request: answered after it, in order
+  send_all(a.get(),
+           "GET /later HTTP/1.1\r\nHost: h\r\n\r\nGET /hello?next HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n");
+  ASSERT_TRUE(waiting(1));
+  UniqueFd b(connect_to(server_->port()));
+  send_all(b.get(), "GET /hello?b HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n");
+  EXPECT_NE(read_until_close(b.get()).find("hi b"), std::string::npos);  // not held up by a
+  std::thread([this] { waiting_[0](HttpResponse{202, "text/plain", "done later", {}}); }).join();
+  std::string all = read_until_close(a.get());
+  const size_t first = all.find("HTTP/1.1 202"), second = all.find("hi next");
+  ASSERT_NE(first, std::string::npos) << all;
+  ASSERT_NE(second, std::string::npos) << all;
+  EXPECT_LT(first, second);
+  EXPECT_NE(all.find("done later"), std::string::npos);
+  EXPECT_TRUE(drained());
+}
+
+TEST_F(HttpServerTest, AnAnswerAfterTheDeadlineOrAfterStopIsDropped) {
+  UniqueFd a(connect_to(server_->port()));
+  send_all(a.get(), "GET /later HTTP/1.1\r\nHost: h\r\n\r\n");
+  ASSERT_TRUE(waiting(1));
+  EXPECT_EQ(read_until_close(a.get()), "");  // closed at the deadline, unanswered
+  EXPECT_GE(server_->stats().timeouts, 1u);
+  waiting_[0](HttpResponse{200, "text/plain", "too late", {}});  // nobody to answer: dropped
+  UniqueFd c(connect_to(server_->port()));
+  send_all(c.get(), "GET /later HTTP/1.1\r\nHost: h\r\n\r\n");
+  ASSERT_TRUE(waiting(2));
+  server_->stop();
+  waiting_[1](HttpResponse{200, "text/plain", "after stop", {}});
+  EXPECT_TRUE(drained());
 }
 
 }  // namespace

@@ -8,6 +8,7 @@
 #include <thread>
 #include <vector>
 
+#include "map_row_source.h"
 #include "small_dense_graph.h"
 #include "sparsecore/core/error.h"
 #include "sparsecore/core/json.h"
@@ -15,31 +16,6 @@
 
 namespace sparsecore::serving {
 namespace {
-
-// Tables held in maps; unknown ids read zeros.
-class MapSource : public RowSource {
- public:
-  std::vector<std::string> names{"ta", "tb"};
-  std::vector<int> dims{3, 2};
-  std::vector<std::map<int64_t, std::vector<float>>> rows{{}, {}};
-
-  int index(const std::string& table) const {
-    for (size_t t = 0; t < names.size(); ++t)
-      if (names[t] == table) return static_cast<int>(t);
-    throw NotFound("table '" + table + "'");
-  }
-  int dim(const std::string& table) const override { return dims[index(table)]; }
-  void read(const RowRead* reads, size_t count) const override {
-    for (size_t r = 0; r < count; ++r) {
-      const RowRead& rr = reads[r];
-      const int t = index(*rr.table), d = dims[t];
-      for (int64_t i = 0; i < rr.n; ++i) {
-        const auto it = rows[t].find(rr.ids[i]);
-        for (int c = 0; c < d; ++c) rr.out[i * d + c] = it == rows[t].end() ? 0.0f : it->second[c];
-      }
-    }
-  }
-};
 
 struct Request {
   std::vector<int64_t> ids[2], offsets[2];

@@ -133,7 +133,7 @@ class PsClient {
   // a barrier when several workers train): each shard writes its part of
   // <export dir>/<stream>/full-<version> (delta: delta-<since>-<version>) under the servers'
   // export directory (serving/export_format.h), and the parts together are one export.
-  // dtype "fp32" | "fp16" | "int8". Returns {"rows", "deleted"} summed over the shards.
+  // dtype "fp32" | "fp16" | "int8" | "int4". Returns {"rows", "deleted"} summed over the shards.
   Json export_rows(const std::string& stream, bool delta, int64_t since, int64_t version, const std::string& dtype);
   void kv_put(const std::string& key, const Json& value);
   Json kv_get(const std::string& key);

@@ -49,7 +49,7 @@ struct ExportPartRequest {
   bool delta = false;
   int64_t since = 0;
   int64_t version = 0;
-  std::string dtype;  // "fp32" | "fp16" | "int8"
+  std::string dtype;  // "fp32" | "fp16" | "int8" | "int4"
   int part = 0;       // the shard's global index
   int num_parts = 1;  // the cluster's shards
 };

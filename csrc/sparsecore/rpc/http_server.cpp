@@ -36,7 +36,10 @@ struct HttpServer::Connection {
   bool close_after_write = false;
   bool peer_closed = false;  // EOF seen: answer what is buffered, then close
   bool draining = false;     // answered and shut for writing: discarding input until EOF
-  uint32_t watched = 0;      // epoll events registered
+  bool awaiting = false;     // an asynchronous route has the request: nothing is read meanwhile
+  bool await_keep_alive = false;
+  bool await_head = false;
+  uint32_t watched = 0;  // epoll events registered
   Clock::time_point deadline;
 };
 
@@ -56,7 +59,15 @@ void HttpServer::route(const std::string& method, const std::string& path, HttpH
   SC_CHECK_ARG(!path.empty() && path.front() == '/', "a route's path must start with '/', got '", path, "'");
   SC_CHECK_ARG(!method.empty(), "a route needs a method");
   SC_CHECK_ARG(handler != nullptr, "a route needs a handler");
-  routes_[path][method] = std::move(handler);
+  routes_[path][method] = Route{std::move(handler), nullptr};
+}
+
+void HttpServer::route_async(const std::string& method, const std::string& path, HttpAsyncHandler handler) {
+  SC_CHECK_ARG(!started_, "HttpServer::route_async must be called before start()");
+  SC_CHECK_ARG(!path.empty() && path.front() == '/', "a route's path must start with '/', got '", path, "'");
+  SC_CHECK_ARG(!method.empty(), "a route needs a method");
+  SC_CHECK_ARG(handler != nullptr, "a route needs a handler");
+  routes_[path][method] = Route{nullptr, std::move(handler)};
 }
 
 void HttpServer::start() {
@@ -74,6 +85,7 @@ void HttpServer::start() {
   check_syscall(::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, wake_fd_.get(), &ev) == 0, "epoll_ctl", "eventfd");
   ev.data.u64 = kListenTag;
   check_syscall(::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, listener_.get(), &ev) == 0, "epoll_ctl", "listener");
+  completions_->wake_fd = wake_fd_.get();
   started_ = true;
   thread_ = std::thread([this] { run(); });
 }
@@ -86,6 +98,9 @@ void HttpServer::stop() {
   [[maybe_unused]] ssize_t n = ::write(wake_fd_.get(), &one, sizeof(one));
   thread_.join();
   listener_.reset();
+  std::lock_guard<std::mutex> done_lock(completions_->mutex);
+  completions_->open = false;  // responders called from now on do nothing
+  completions_->done.clear();
 }
 
 HttpServerStats HttpServer::stats() const {
@@ -119,6 +134,7 @@ void HttpServer::run() {
         uint64_t v;
         while (::read(wake_fd_.get(), &v, sizeof(v)) > 0) {
         }
+        complete_async();
       } else if (tag == kListenTag) {
         try {
           accept_all();
@@ -132,7 +148,9 @@ void HttpServer::run() {
         auto it = connections_.find(tag);
         if (it == connections_.end()) continue;  // closed earlier in this batch
         try {
-          if (events[i].events & EPOLLERR) {
+          // A connection waiting for an asynchronous response watches no events, but a hang-up
+          // is reported anyway (and again and again): the peer is gone, nobody reads the answer.
+          if ((events[i].events & EPOLLERR) || (it->second->awaiting && (events[i].events & EPOLLHUP))) {
             close(*it->second);
           } else {
             drive(*it->second);
@@ -256,6 +274,10 @@ void HttpServer::drive(Connection& c) {
       close(c);  // EOF or reset: done
       return;
     }
+    if (c.awaiting) {  // until the response comes (complete_async), nothing is read
+      watch(c, 0);
+      return;
+    }
     if (process(c)) continue;  // a request buffered whole (pipelined, or sent before an EOF)
     if (c.peer_closed) {
       close(c);
@@ -285,7 +307,7 @@ void HttpServer::drive(Connection& c) {
 }
 
 bool HttpServer::process(Connection& c) {
-  if (c.close_after_write || c.in.empty()) return false;
+  if (c.close_after_write || c.awaiting || c.in.empty()) return false;
   HttpRequest request;
   HttpParse p = parse_http_request(c.in, options_.limits, request);
   if (p.state == HttpParse::State::kIncomplete) return false;
@@ -297,24 +319,69 @@ bool HttpServer::process(Connection& c) {
   }
   requests_.fetch_add(1, std::memory_order_relaxed);
   c.in.erase(0, p.consumed);
-  HttpResponse response = route_request(request);
-  respond(c, response, request.keep_alive && !c.peer_closed, request.method == "HEAD");
+  HttpResponse response;
+  if (route_request(c, request, response))
+    respond(c, response, request.keep_alive && !c.peer_closed, request.method == "HEAD");
   return true;
 }
 
-HttpResponse HttpServer::route_request(const HttpRequest& request) const {
+bool HttpServer::route_request(Connection& c, const HttpRequest& request, HttpResponse& response) {
   auto by_path = routes_.find(request.path);
-  if (by_path == routes_.end()) return HttpResponse{404, "text/plain; charset=utf-8", "not found\n", {}};
-  auto handler = by_path->second.find(request.method);
-  if (handler == by_path->second.end()) {
+  if (by_path == routes_.end()) {
+    response = HttpResponse{404, "text/plain; charset=utf-8", "not found\n", {}};
+    return true;
+  }
+  auto route = by_path->second.find(request.method);
+  if (route == by_path->second.end()) {
     std::string allow;
     for (const auto& [method, h] : by_path->second) allow += (allow.empty() ? "" : ", ") + method;
-    return HttpResponse{405, "text/plain; charset=utf-8", "method not allowed\n", {{"Allow", allow}}};
+    response = HttpResponse{405, "text/plain; charset=utf-8", "method not allowed\n", {{"Allow", allow}}};
+    return true;
   }
   try {
-    return handler->second(request);
+    if (route->second.handler) {
+      response = route->second.handler(request);
+      return true;
+    }
+    c.awaiting = true;
+    c.await_keep_alive = request.keep_alive;
+    c.await_head = request.method == "HEAD";
+    c.deadline = Clock::now() + std::chrono::milliseconds(options_.timeout_ms);
+    std::shared_ptr<Completions> completions = completions_;
+    const uint64_t id = c.id;
+    route->second.async_handler(request, [completions, id](HttpResponse r) {
+      std::lock_guard<std::mutex> lock(completions->mutex);
+      if (!completions->open) return;
+      completions->done.emplace_back(id, std::move(r));
+      uint64_t one = 1;
+      [[maybe_unused]] ssize_t n = ::write(completions->wake_fd, &one, sizeof(one));
+    });
+    return false;
   } catch (const std::exception& e) {
-    return HttpResponse{500, "text/plain; charset=utf-8", std::string("internal error: ") + e.what() + "\n", {}};
+    c.awaiting = false;
+    response = HttpResponse{500, "text/plain; charset=utf-8", std::string("internal error: ") + e.what() + "\n", {}};
+    return true;
+  }
+}
+
+void HttpServer::complete_async() {
+  std::vector<std::pair<uint64_t, HttpResponse>> done;
+  {
+    std::lock_guard<std::mutex> lock(completions_->mutex);
+    done.swap(completions_->done);
+  }
+  for (auto& [id, response] : done) {
+    auto it = connections_.find(id);
+    if (it == connections_.end() || !it->second->awaiting) continue;  // closed meanwhile
+    Connection& c = *it->second;
+    c.awaiting = false;
+    respond(c, response, c.await_keep_alive && !c.peer_closed, c.await_head);
+    try {
+      drive(c);
+    } catch (const std::exception&) {
+      auto again = connections_.find(id);
+      if (again != connections_.end()) close(*again->second);
+    }
   }
 }
 

@@ -18,9 +18,15 @@
 //
 // Handlers run on the server's thread, one at a time: they must return promptly (a slow one
 // delays every other connection, not the deadlines' enforcement after it returns). An
-// exception from a handler is answered 500.
+// exception from a handler is answered 500. Work that takes longer (a prediction waiting to
+// be batched with others) goes through route_async: its handler hands the request on and
+// returns; the response comes later, from any thread, through the HttpResponder it was
+// given. Meanwhile that connection reads nothing more, and its deadline (timeout_ms from the
+// request's arrival) still holds: a response that comes after the connection closed is
+// dropped.
 //
-// Thread-safety: route() before start(); stop() and stats() from any thread.
+// Thread-safety: route() and route_async() before start(); stop() and stats() from any
+// thread; an HttpResponder from any thread, also after stop() (then it does nothing).
 #pragma once
 
 #include <atomic>
@@ -56,6 +62,9 @@ struct HttpServerStats {
 };
 
 using HttpHandler = std::function<HttpResponse(const HttpRequest&)>;
+// Answers one request of an asynchronous route; call it once.
+using HttpResponder = std::function<void(HttpResponse)>;
+using HttpAsyncHandler = std::function<void(const HttpRequest&, HttpResponder)>;
 
 class HttpServer {
  public:
@@ -66,6 +75,8 @@ class HttpServer {
 
   // Serves `method` on `path` (exact match, query ignored) with `handler`. Before start().
   void route(const std::string& method, const std::string& path, HttpHandler handler);
+  // The same, for a handler that answers later through its HttpResponder (see above).
+  void route_async(const std::string& method, const std::string& path, HttpAsyncHandler handler);
   // Binds (IoError when the address cannot be bound) and starts the thread.
   void start();
   // Closes every connection and joins the thread. Idempotent.
@@ -76,6 +87,18 @@ class HttpServer {
 
  private:
   struct Connection;
+  struct Route {
+    HttpHandler handler;
+    HttpAsyncHandler async_handler;
+  };
+  // Responses of asynchronous routes, handed from any thread to the server's thread. Shared
+  // with the responders, which may outlive the server.
+  struct Completions {
+    std::mutex mutex;
+    std::vector<std::pair<uint64_t, HttpResponse>> done;  // (connection, response)
+    int wake_fd = -1;
+    bool open = true;
+  };
   void run();
   void accept_all();
   // Writes the pending response, answers requests buffered whole and reads, until the socket
@@ -87,11 +110,15 @@ class HttpServer {
   void respond(Connection& c, const HttpResponse& response, bool keep_alive, bool head_request);
   void watch(Connection& c, uint32_t events);
   void close(Connection& c);
-  HttpResponse route_request(const HttpRequest& request) const;
+  // Fills `response` and returns true, or returns false when an asynchronous route took the
+  // request (its response comes through complete_async).
+  bool route_request(Connection& c, const HttpRequest& request, HttpResponse& response);
+  void complete_async();  // writes the responses that asynchronous routes have sent
 
   HttpServerOptions options_;
   int port_ = 0;
-  std::map<std::string, std::map<std::string, HttpHandler>> routes_;  // path -> method -> handler
+  std::map<std::string, std::map<std::string, Route>> routes_;  // path -> method -> route
+  std::shared_ptr<Completions> completions_ = std::make_shared<Completions>();
   UniqueFd listener_;
   UniqueFd epoll_;
   UniqueFd wake_fd_;

@@ -58,6 +58,43 @@ float dot(const float* x, const float* w, int64_t n) {
   return ((lane[0] + lane[4]) + (lane[2] + lane[6])) + ((lane[1] + lane[5]) + (lane[3] + lane[7]));
 }
 
+// y (batch, out) = x (batch, in) · wᵀ (w: (out, in)) + bias, every element summed exactly as
+// dot() sums it (lane j gets the products of i ≡ j mod 8, in order of i; the same tree), so a
+// row's result does not depend on the batch around it. Blocks of kRows rows × kOuts outputs
+// share their loads: each weight element read serves kRows rows, each input element kOuts
+// outputs, with kRows · kOuts · 8 accumulators in registers.
+void linear_rows(const float* x, int64_t batch, const float* w, const float* bias, int64_t in, int64_t out, float* y) {
+  constexpr int kRows = 4, kOuts = 2;
+  auto finish = [](const float* lane) {
+    return ((lane[0] + lane[4]) + (lane[2] + lane[6])) + ((lane[1] + lane[5]) + (lane[3] + lane[7]));
+  };
+  int64_t b = 0;
+  for (; b + kRows <= batch; b += kRows) {
+    int64_t o = 0;
+    for (; o + kOuts <= out; o += kOuts) {
+      float acc[kRows][kOuts][8] = {};
+      int64_t i = 0;
+      for (; i + 8 <= in; i += 8)
+        for (int r = 0; r < kRows; ++r)
+          for (int k = 0; k < kOuts; ++k) {
+            const float* xr = x + (b + r) * in + i;
+            const float* wk = w + (o + k) * in + i;
+            for (int j = 0; j < 8; ++j) acc[r][k][j] += xr[j] * wk[j];
+          }
+      for (int j = 0; i + j < in; ++j)
+        for (int r = 0; r < kRows; ++r)
+          for (int k = 0; k < kOuts; ++k) acc[r][k][j] += x[(b + r) * in + i + j] * w[(o + k) * in + i + j];
+      for (int r = 0; r < kRows; ++r)
+        for (int k = 0; k < kOuts; ++k) y[(b + r) * out + o + k] = finish(acc[r][k]) + (bias ? bias[o + k] : 0.0f);
+    }
+    for (; o < out; ++o)
+      for (int r = 0; r < kRows; ++r)
+        y[(b + r) * out + o] = dot(x + (b + r) * in, w + o * in, in) + (bias ? bias[o] : 0.0f);
+  }
+  for (; b < batch; ++b)
+    for (int64_t o = 0; o < out; ++o) y[b * out + o] = dot(x + b * in, w + o * in, in) + (bias ? bias[o] : 0.0f);
+}
+
 }  // namespace
 
 const char* dense_op_name(DenseOp op) {
@@ -177,8 +214,7 @@ void run_chain_op(const DenseGraph::Node& n, const float* x, int64_t batch, floa
   const int64_t in = n.in_width, w = n.width;
   switch (n.op) {
     case DenseOp::kLinear:
-      for (int64_t b = 0; b < batch; ++b)
-        for (int64_t o = 0; o < w; ++o) y[b * w + o] = dot(x + b * in, n.w + o * in, in) + (n.b ? n.b[o] : 0.0f);
+      linear_rows(x, batch, n.w, n.b, in, w, y);
       return;
     case DenseOp::kShiftLinear:
       quant::shift_matmul(x, batch, n.codes, n.alpha, w, in, y);

@@ -122,6 +122,8 @@ const char* export_dtype_name(ExportDtype dtype) {
       return "fp16";
     case ExportDtype::kInt8:
       return "int8";
+    case ExportDtype::kInt4:
+      return "int4";
   }
   return "unknown";
 }
@@ -130,8 +132,28 @@ ExportDtype export_dtype_from_name(const std::string& name) {
   if (name == "fp32") return ExportDtype::kFloat32;
   if (name == "fp16") return ExportDtype::kFloat16;
   if (name == "int8") return ExportDtype::kInt8;
-  throw InvalidArgument("unknown export dtype '" + name + "' (known: fp32, fp16, int8)");
+  if (name == "int4") return ExportDtype::kInt4;
+  throw InvalidArgument("unknown export dtype '" + name + "' (known: fp32, fp16, int8, int4)");
 }
+
+namespace {
+
+// The row quantization of a coded dtype (every one but fp32).
+quant::RowFormat row_format(ExportDtype dtype) {
+  switch (dtype) {
+    case ExportDtype::kFloat16:
+      return quant::RowFormat::kFp16;
+    case ExportDtype::kInt8:
+      return quant::RowFormat::kInt8;
+    case ExportDtype::kInt4:
+      return quant::RowFormat::kInt4;
+    case ExportDtype::kFloat32:
+      break;
+  }
+  throw InvalidArgument(std::string("export dtype ") + export_dtype_name(dtype) + " is not a row quantization");
+}
+
+}  // namespace
 
 uint64_t export_row_bytes(ExportDtype dtype, uint64_t dim) {
   switch (dtype) {
@@ -140,7 +162,8 @@ uint64_t export_row_bytes(ExportDtype dtype, uint64_t dim) {
     case ExportDtype::kFloat16:
       return dim * sizeof(uint16_t);
     case ExportDtype::kInt8:
-      return static_cast<uint64_t>(quant::quantized_row_bytes(quant::RowFormat::kInt8, static_cast<int64_t>(dim)));
+    case ExportDtype::kInt4:
+      return static_cast<uint64_t>(quant::quantized_row_bytes(row_format(dtype), static_cast<int64_t>(dim)));
   }
   return 0;
 }
@@ -227,8 +250,7 @@ std::string write_export_part(const ExportPart& part, const std::string& stream_
       } else {
         std::vector<uint8_t> coded(rows * row_bytes);
         quant::quantize_rows(t.weights.data(), static_cast<int64_t>(rows), static_cast<int64_t>(dim),
-                             part.dtype == ExportDtype::kInt8 ? quant::RowFormat::kInt8 : quant::RowFormat::kFp16,
-                             coded.data());
+                             row_format(part.dtype), coded.data());
         files["rows"] = file_json(files_out.write(prefix + ".rows", coded.data(), coded.size()));
       }
       if (!t.deleted.empty())
@@ -323,8 +345,7 @@ ExportPart read_export_part(const std::string& part_dir) {
       if (rows) std::memcpy(t.weights.data(), coded.data(), coded.size());
     } else {
       quant::dequantize_rows(coded.data(), static_cast<int64_t>(rows), static_cast<int64_t>(dim),
-                             part.dtype == ExportDtype::kInt8 ? quant::RowFormat::kInt8 : quant::RowFormat::kFp16,
-                             t.weights.data());
+                             row_format(part.dtype), t.weights.data());
     }
     if (deleted) {
       std::vector<uint8_t> d = read_checked(part_dir, field(files, "deleted", tw), prefix + ".deleted", deleted * 8);

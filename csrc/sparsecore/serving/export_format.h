@@ -13,6 +13,9 @@
 //                                                   fp16: IEEE half[rows, dim]
 //                                                   int8: per row uint8 q[dim], float32 scale,
 //                                                         float32 bias (quant/row_quantization.h)
+//                                                   int4: per row uint8 q[ceil(dim/2)] (two
+//                                                         values a byte, low nibble first),
+//                                                         float32 scale, float32 bias
 //   table-<i>.deleted  int64[deleted] ascending     deltas only (absent when empty)
 // manifest.json (written last): format "sparsecore-export", format_version 1, kind
 // ("full" | "delta"), version, since (deltas), part, num_parts, dtype, and per table its name,
@@ -38,10 +41,15 @@
 
 namespace sparsecore::serving {
 
-enum class ExportDtype : uint8_t { kFloat32 = 0, kFloat16 = 1, kInt8 = 2 };
+enum class ExportDtype : uint8_t { kFloat32 = 0, kFloat16 = 1, kInt8 = 2, kInt4 = 3 };
+
+// Tolerances of the stored rows (exports are applied as fp32): fp16 rounds each value to 11
+// significant bits; int8 and int4 store per row q * scale + bias with scale = (max - min) /
+// 255 (int8) or / 15 (int4), so each value is within scale / 2 of the trained one (plus fp32
+// rounding): |x - x'| <= (max - min) / 510 for int8, (max - min) / 30 for int4.
 
 const char* export_dtype_name(ExportDtype dtype);
-ExportDtype export_dtype_from_name(const std::string& name);  // "fp32" | "fp16" | "int8"
+ExportDtype export_dtype_from_name(const std::string& name);  // "fp32" | "fp16" | "int8" | "int4"
 // Bytes of one stored row of `dim` values.
 uint64_t export_row_bytes(ExportDtype dtype, uint64_t dim);
 

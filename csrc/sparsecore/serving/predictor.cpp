@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <set>
 
 #include "sparsecore/core/error.h"
 #include "sparsecore/core/file.h"
@@ -184,12 +185,23 @@ LoadedModel load_model(const std::string& dir) {
     spec.input = f.at("input").as_string("input");
     spec.table = f.at("table").as_string("table");
     spec.pooling = pooling_of(f.at("pooling").as_string("pooling"), spec.input);
+    if (const Json* columns = f.get("columns")) {
+      for (const Json& c : columns->as_array("columns")) {
+        spec.columns.push_back(c.as_string("column"));
+        if (spec.columns.back().empty())
+          throw CorruptData("model.json: feature '" + spec.input + "' has an empty column name");
+      }
+    }
     features.push_back(std::move(spec));
   }
   std::vector<CompressedTableSpec> compressed;
   if (const Json* tables = j.get("compressed_tables"))
     for (const auto& [name, spec] : tables->as_object("compressed_tables"))
       compressed.push_back(CompressedTableSpec::from_json(name, spec));
+  std::set<std::string> columns;
+  for (const auto& spec : features)
+    for (const auto& c : spec.columns)
+      if (!columns.insert(c).second) throw CorruptData("model.json: column '" + c + "' feeds two features");
   const std::string stream = j.at("stream").as_string("stream");
   if (!is_plain_name(stream)) throw CorruptData("model.json: stream '" + stream + "' is not a plain name");
   LoadedModel m;

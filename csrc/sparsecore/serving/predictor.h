@@ -49,11 +49,15 @@ class RowSource {
 
 enum class ServingPooling : uint8_t { kSum, kMean, kNone };
 
-// How graph input `input` is made: from table `table` pooled by `pooling`.
+// How graph input `input` is made: from table `table` pooled by `pooling`. Raw values become
+// its ids as the readers make them (raw_features.h): the values of each of `columns` hashed
+// under that column's name, a sample's bag holding them column after column; no columns: the
+// feature takes ids only.
 struct FeatureSpec {
   std::string input;
   std::string table;
   ServingPooling pooling = ServingPooling::kSum;
+  std::vector<std::string> columns;
 };
 
 struct FeatureBatch {
@@ -110,9 +114,9 @@ class Subscriber;
 // A model directory served: its Subscriber (the rows, following the export stream) and the
 // Predictor over it. The directory holds model.json (format "sparsecore-model", version 1:
 // "features" [{input, table, pooling}], "stream": the plain name of the export stream
-// directory inside it, and "compressed_tables" {name: CompressedTableSpec} when tables are
-// compressed: their features read composed rows, composed_row_source.h), dense/
-// (DenseGraph::load) and the stream. load_model applies the
+// directory inside it; a feature may list "columns", the raw value columns hashed into its ids;
+// "compressed_tables" {name: CompressedTableSpec} when tables are compressed: their features
+// read composed rows, composed_row_source.h), dense/ (DenseGraph::load) and the stream. load_model applies the
 // stream's exports that are ready (at least one: NotFound otherwise); call
 // subscriber->poll() or start() to follow newer ones while serving.
 struct LoadedModel {
