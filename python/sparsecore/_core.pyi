@@ -24,7 +24,7 @@ import typing
 import typing_extensions
 import types as _types
 io: _types.ModuleType
-__all__: list[str] = ['CorruptDataError', 'DenseGraph', 'DeviceEmbeddingCollection', 'DevicePackedWeights', 'DevicePreparedBatch', 'EmbeddingCollection', 'PredictClient', 'PredictServer', 'PreparedBatch', 'PsClient', 'PsMetricsServer', 'PsServer', 'RpcAuthError', 'RpcClient', 'RpcConnectionError', 'RpcError', 'RpcProtocolError', 'RpcServer', 'RpcStepAbortedError', 'RpcTimeoutError', 'RpcUnknownMethodError', 'ServedModel', 'StepPipeline', 'Subscriber', 'TABLE_STATS_FIELDS', 'commit_directory', 'committed_directory', 'complete_export_parts', 'cpu_features', 'cuda_device_available', 'cuda_empty_memory_cache', 'cuda_emulator_block_seed', 'cuda_emulator_counters', 'cuda_emulator_enqueue_copy', 'cuda_emulator_pending_work', 'cuda_emulator_release_stream', 'cuda_emulator_reset_counters', 'cuda_emulator_side_stream', 'cuda_memory_cache_stats', 'cuda_set_emulator_block_seed', 'cuda_set_memory_cache_limit', 'cuda_unavailable_reason', 'dequantize_rows', 'export_delta', 'export_full', 'fixed_to_float', 'io', 'latest_snapshot', 'num_threads', 'pack_pow2', 'pooled_lookup_quantized', 'project_pow2', 'quantize_rows', 'quantized_row_bytes', 'read_export_part', 'remote_collection', 'render_metrics', 'set_deleted_keys_capacity', 'set_num_threads', 'shift_matmul_fixed_kernel', 'shift_matmul_float', 'shift_matmul_int16', 'shift_matmul_int8', 'shift_matmul_kernel', 'unpack_pow2']
+__all__: list[str] = ['CorruptDataError', 'DenseGraph', 'DeviceEmbeddingCollection', 'DevicePackedWeights', 'DevicePreparedBatch', 'EmbeddingCollection', 'PredictClient', 'PredictServer', 'PreparedBatch', 'PsClient', 'PsMetricsServer', 'PsServer', 'RpcAuthError', 'RpcClient', 'RpcConnectionError', 'RpcError', 'RpcProtocolError', 'RpcServer', 'RpcStepAbortedError', 'RpcTimeoutError', 'RpcUnknownMethodError', 'ServedModel', 'StepPipeline', 'Subscriber', 'TABLE_STATS_FIELDS', 'commit_directory', 'committed_directory', 'complete_export_parts', 'compressed_component_keys', 'cpu_features', 'cuda_device_available', 'cuda_empty_memory_cache', 'cuda_emulator_block_seed', 'cuda_emulator_counters', 'cuda_emulator_enqueue_copy', 'cuda_emulator_pending_work', 'cuda_emulator_release_stream', 'cuda_emulator_reset_counters', 'cuda_emulator_side_stream', 'cuda_memory_cache_stats', 'cuda_set_emulator_block_seed', 'cuda_set_memory_cache_limit', 'cuda_unavailable_reason', 'dequantize_rows', 'export_delta', 'export_full', 'fixed_to_float', 'io', 'latest_snapshot', 'num_threads', 'pack_pow2', 'pooled_lookup_quantized', 'project_pow2', 'quantize_rows', 'quantized_row_bytes', 'read_export_part', 'remote_collection', 'render_metrics', 'seeded_hash', 'set_deleted_keys_capacity', 'set_num_threads', 'shift_matmul_fixed_kernel', 'shift_matmul_float', 'shift_matmul_int16', 'shift_matmul_int8', 'shift_matmul_kernel', 'unpack_pow2']
 class CorruptDataError(ValueError):
     pass
 class PreparedBatch:
@@ -141,6 +141,8 @@ class DeviceEmbeddingCollection:
         ...
     def erase_device(self, table: typing.SupportsInt | typing.SupportsIndex, keys: typing.SupportsInt | typing.SupportsIndex, n: typing.SupportsInt | typing.SupportsIndex, stream: typing.SupportsInt | typing.SupportsIndex | None = None, wait_for: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex] = []) -> int:
         ...
+    def expire(self, table: typing.SupportsInt | typing.SupportsIndex) -> int:
+        ...
     def export(self, table: typing.SupportsInt | typing.SupportsIndex) -> tuple[numpy.typing.NDArray[numpy.int64], numpy.typing.NDArray[numpy.float32], numpy.typing.NDArray[numpy.float32], numpy.typing.NDArray[numpy.int64], numpy.typing.NDArray[numpy.int64]]:
         ...
     def forward(self, prepared: DevicePreparedBatch, stream: typing.SupportsInt | typing.SupportsIndex | None = None) -> list[numpy.typing.NDArray[numpy.float32]]:
@@ -163,11 +165,21 @@ class DeviceEmbeddingCollection:
         ...
     def save(self, dir: str, overwrite: bool = False) -> None:
         ...
+    def set_deleted_keys_capacity(self, arg0: typing.SupportsInt | typing.SupportsIndex, arg1: typing.SupportsInt | typing.SupportsIndex) -> None:
+        ...
+    def set_expiry_clock(self, table: typing.SupportsInt | typing.SupportsIndex, clock: typing.Any) -> None:
+        ...
+    def set_expiry_predicate(self, table: typing.SupportsInt | typing.SupportsIndex, predicate: typing.Any) -> None:
+        ...
     def set_max_load_factor(self, arg0: typing.SupportsFloat | typing.SupportsIndex) -> None:
+        ...
+    def table_admission_stats(self, arg0: typing.SupportsInt | typing.SupportsIndex) -> typing.Any:
         ...
     def table_capacity(self, arg0: typing.SupportsInt | typing.SupportsIndex) -> int:
         ...
     def table_config_json(self, arg0: typing.SupportsInt | typing.SupportsIndex) -> str:
+        ...
+    def table_expiry_stats(self, arg0: typing.SupportsInt | typing.SupportsIndex) -> typing.Any:
         ...
     def table_name(self, arg0: typing.SupportsInt | typing.SupportsIndex) -> str:
         ...
@@ -296,7 +308,7 @@ class PsMetricsServer:
         ...
 class PsClient:
     @typing.overload
-    def __init__(self, addresses: collections.abc.Sequence[str], token: str = '', timeout_ms: typing.SupportsInt | typing.SupportsIndex = 300000, worker: typing.SupportsInt | typing.SupportsIndex = 0, num_workers: typing.SupportsInt | typing.SupportsIndex = 0, heartbeat_ms: typing.SupportsInt | typing.SupportsIndex = 0, poll_us: typing.SupportsInt | typing.SupportsIndex = 0) -> None:
+    def __init__(self, addresses: collections.abc.Sequence[str], token: str = '', timeout_ms: typing.SupportsInt | typing.SupportsIndex = 300000, worker: typing.SupportsInt | typing.SupportsIndex = 0, num_workers: typing.SupportsInt | typing.SupportsIndex = 0, heartbeat_ms: typing.SupportsInt | typing.SupportsIndex = 0, poll_us: typing.SupportsInt | typing.SupportsIndex = 0, staleness: typing.SupportsInt | typing.SupportsIndex = -1) -> None:
         ...
     @typing.overload
     def __init__(self, server: PsServer) -> None:
@@ -305,10 +317,18 @@ class PsClient:
         ...
     def create_table(self, arg0: str, arg1: typing.SupportsInt | typing.SupportsIndex) -> None:
         ...
-    def dense_pull(self, arg0: str, arg1: typing.SupportsInt | typing.SupportsIndex, arg2: typing.SupportsFloat | typing.SupportsIndex) -> numpy.typing.NDArray[numpy.float32]:
+    def dense_create(self, shard: typing.SupportsInt | typing.SupportsIndex, name: str, values: numpy.ndarray, optimizer: str) -> None:
+        """
+        Creates dense variable `name` on global shard `shard` with a server-side optimizer (its JSON).
+        """
+    def dense_pull(self, name: str, size: typing.SupportsInt | typing.SupportsIndex, init: typing.SupportsFloat | typing.SupportsIndex, shard: typing.SupportsInt | typing.SupportsIndex = 0) -> numpy.typing.NDArray[numpy.float32]:
         ...
     def dense_push(self, arg0: str, arg1: numpy.ndarray, arg2: typing.SupportsFloat | typing.SupportsIndex) -> None:
         ...
+    def dense_step(self, shard: typing.SupportsInt | typing.SupportsIndex, name: str, grads: numpy.ndarray, step: typing.SupportsInt | typing.SupportsIndex) -> numpy.typing.NDArray[numpy.float32]:
+        """
+        Pushes the gradients of dense variable `name` and returns its values after the update.
+        """
     def dim(self, arg0: str) -> int:
         ...
     def erase(self, table: str, ids: numpy.ndarray) -> int:
@@ -333,7 +353,13 @@ class PsClient:
         ...
     def save(self, name: str, step: typing.SupportsInt | typing.SupportsIndex, overwrite: bool = False) -> str:
         ...
+    def set_wire_dtype(self, table: str, dtype: str) -> None:
+        """
+        The dtype of `table`'s values on the wire ('': the default of every table): 'float32' or 'float16'.
+        """
     def stats(self) -> str:
+        ...
+    def wire_dtype(self, table: str) -> str:
         ...
     @property
     def total_shards(self) -> int:
@@ -525,6 +551,10 @@ def committed_directory(target: str) -> str:
     """
 def complete_export_parts(export_dir: str) -> list[str]:
     ...
+def compressed_component_keys(spec_json: str, ids: typing.Annotated[numpy.typing.ArrayLike, numpy.int64], base_seed: typing.SupportsInt | typing.SupportsIndex) -> list:
+    """
+    Per component of a compressed table: (keys int64[n, keys_per_id], signs float32[n, keys_per_id] or None) of `ids` (table/compressed_ids.h).
+    """
 def cpu_features() -> list[str]:
     """
     Instruction sets the running CPU offers to the dispatched kernels.
@@ -592,6 +622,10 @@ def remote_collection(configs_json: str, seed: typing.SupportsInt | typing.Suppo
 def render_metrics(server: PsServer) -> str:
     """
     The Prometheus text of `server` (what GET /metrics answers).
+    """
+def seeded_hash(ids: typing.Annotated[numpy.typing.ArrayLike, numpy.int64], seed: typing.SupportsInt | typing.SupportsIndex) -> numpy.typing.NDArray[numpy.uint64]:
+    """
+    hash_combine(seed, fmix64(id)) of every id (core/hash.h) as uint64[n]: the stateless, seeded hash of compressed tables, the same in every process.
     """
 def set_deleted_keys_capacity(collection: EmbeddingCollection, table: typing.SupportsInt | typing.SupportsIndex, capacity: typing.SupportsInt | typing.SupportsIndex) -> None:
     ...
