@@ -326,7 +326,7 @@ def run_coordinated(settings: dict[str, dict[str, Any]], env: Optional[WorkerEnv
     takes the snapshots and rolls back. ``timeout``: the deadline of every call to the servers;
     ``wait``: the longest wait for the cluster to be ready. What ``run_trainer`` returns."""
     from . import cli
-    from .cluster.trainer_job import run_trainer
+    from .cluster.trainer_job import run_trainer, server_optimizer
 
     mode, staleness = _mode(settings)
     coordinator = settings["train"]["coordinator"]
@@ -335,6 +335,7 @@ def run_coordinated(settings: dict[str, dict[str, Any]], env: Optional[WorkerEnv
                               "python -m sparsecore.launch --servers ...)")
     if cli.server_addresses(dict(settings, train=dict(settings["train"], token_file=""))):
         raise cli.ConfigError("--servers with --coordinator: the coordinator names the servers registered with it")
+    server_optimizer(settings["dense_optimizer"])  # refused before anything waits for the cluster
     env = env or worker_env()
     token = cli.server_token(settings)
     settings = dict(settings, train=dict(settings["train"], servers=[], token_file=""))
@@ -406,7 +407,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     overrides = cli.flag_overrides(args)
     overrides[("train", "progress")] = False
     coordinator = os.environ.get(ENV_COORDINATOR, "") if overrides.get(("train", "coordinator")) is None else ""
-    if overrides.get(("train", "servers")) is None and os.environ.get(ENV_SERVERS) and not coordinator:
+    if overrides.get(("train", "servers")) is None and os.environ.get(ENV_SERVERS):  # refused beside a coordinator
         overrides[("train", "servers")] = os.environ[ENV_SERVERS]
     try:
         settings = cli.load_settings(args.config, overrides)

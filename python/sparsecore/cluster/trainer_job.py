@@ -36,9 +36,11 @@ def server_optimizer(spec: dict[str, Any]) -> Any:
 
     args = dict(spec)
     name = str(args.pop("name", "adam")).lower()
-    lr = float(args.pop("lr", 1e-3))
-    decay = float(args.pop("weight_decay", 0.0))
+    if name not in ("adam", "adamw", "adagrad", "sgd"):
+        raise ConfigError(f"dense_optimizer '{name}' has no server-side twin; a coordinated job keeps the dense "
+                          "model on the servers: use adam, adamw, adagrad or sgd")
     try:
+        lr, decay = float(args.pop("lr", 1e-3)), float(args.pop("weight_decay", 0.0))
         if name in ("adam", "adamw"):
             betas = tuple(float(b) for b in args.pop("betas", (0.9, 0.999)))
             eps = float(args.pop("eps", 1e-8))
@@ -48,14 +50,11 @@ def server_optimizer(spec: dict[str, Any]) -> Any:
         elif name == "adagrad":
             opt = C.Adagrad(lr=lr, eps=float(args.pop("eps", 1e-10)), weight_decay=decay,
                             initial_accumulator=float(args.pop("initial_accumulator_value", 0.0)))
-        elif name == "sgd":
+        else:
             momentum = float(args.pop("momentum", 0.0))
             nesterov = bool(args.pop("nesterov", False))
             opt = (C.Momentum(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=decay) if momentum
                    else C.SGD(lr=lr, weight_decay=decay))
-        else:
-            raise ConfigError(f"dense_optimizer '{name}' has no server-side twin; a coordinated job keeps the dense "
-                              "model on the servers: use adam, adamw, adagrad or sgd")
     except (TypeError, ValueError) as e:
         raise ConfigError(f"dense_optimizer '{name}': {e}") from None
     if args:
@@ -136,6 +135,7 @@ def run_trainer(settings: dict[str, dict[str, Any]], coordinator: str, rank: int
     total = cli._steps(settings)
     if total is None:
         raise cli.ConfigError("a coordinated job needs --steps: every worker runs the same number of steps")
+    server_optimizer(settings["dense_optimizer"])  # refused before anything waits for the cluster
     worker = (make_worker or Worker)(coordinator, rank, token=token, timeout=timeout,
                                      recovery_timeout=recovery_timeout, mode=mode, staleness=staleness)
     jobs: list[TrainerJob] = []
