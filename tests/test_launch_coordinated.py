@@ -60,3 +60,16 @@ def test_a_worker_of_another_mode_than_its_coordinator_is_refused(coordinated, m
 def test_mode_without_a_coordinator_is_refused(capsys):
     assert cli.main(["train", "--mode", "ssp", "--staleness", "2", *JOB]) == 2
     assert "give --coordinator" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("mode", [["--mode", "ssp", "--staleness", "2"], ["--mode", "async"]], ids=["ssp", "async"])
+def test_the_coordinators_mode_reaches_the_workers_connection(coordinated, monkeypatch, capsys, mode):
+    options = {"mode": mode[1], "staleness": int(mode[3]) if len(mode) > 2 else 0}
+    coordinator, server = coordinated(**options)
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert cli.main(["train", "--coordinator", coordinator.endpoint, *mode, *JOB]) == 0
+    assert coordinator.status()["phase"] == "done"
+    stats = sc.connect([server.endpoint]).stats()
+    if mode[1] == "ssp":  # the server's gate counted this worker's clock
+        assert any(shard.get("staleness") for shard in stats)
