@@ -2,8 +2,11 @@
 trains a small job against two ``sparsecore server`` processes to the end; with a worker killed
 (SIGKILL) mid-run, and later a server killed and started again, torchrun restarts the group
 (--max-restarts) each time, every worker rolls back to the newest snapshot, and the job ends
-with the tables and dense model of the uninterrupted run, bit for bit. The training loop of
-docs/launch.md runs under torchrun as written."""
+with the tables and dense model of the uninterrupted run, bit for bit. The same job with a
+coordinator ($SPARSECORE_COORDINATOR, servers registered with it) survives a killed worker: the
+coordinator rolls the restarted group back to its newest snapshot and the job ends with the
+uninterrupted coordinated run's tables and server-side dense model, bit for bit. The training
+loop of docs/launch.md runs under torchrun as written."""
 
 import base64
 import io
