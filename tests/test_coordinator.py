@@ -137,7 +137,9 @@ def test_a_server_without_a_snapshot_dir_is_refused_by_the_coordinator(coordinat
 
 @pytest.mark.parametrize("args, message", [
     (["--servers", "0", "--workers", "1"], "num_servers"),
-    (["--servers", "1", "--workers", "1", "--mode", "ssp"], "invalid choice"),
+    (["--servers", "1", "--workers", "1", "--mode", "bounded"], "invalid choice"),
+    (["--servers", "1", "--workers", "1", "--mode", "async", "--staleness", "2"], "only with mode 'ssp'"),
+    (["--servers", "1", "--workers", "1", "--mode", "ssp", "--staleness", "-1"], "staleness must be"),
     (["--servers", "1", "--workers", "1", "--heartbeat", "5", "--member-timeout", "2"], "heartbeat"),
     (["--servers", "1", "--workers", "1", "--port", "70000"], "--port"),
 ])
@@ -243,7 +245,8 @@ def test_a_restarted_coordinator_continues_the_generation_count_and_knows_the_jo
 
 
 def test_a_coordinator_refuses_bad_arguments(tmp_path):
-    for kwargs, match in [({"num_servers": 0}, "num_servers"), ({"mode": "ssp"}, "mode"),
+    for kwargs, match in [({"num_servers": 0}, "num_servers"), ({"mode": "bounded"}, "mode"),
+                          ({"mode": "async", "staleness": 2}, "only with mode 'ssp'"),
                           ({"heartbeat": 3.0, "member_timeout": 1.0}, "heartbeat"), ({"keep": 0}, "keep")]:
         args = {"num_servers": 1, "num_workers": 1, "snapshot_dir": str(tmp_path / "c"), **kwargs}
         with pytest.raises(ValueError, match=match):
@@ -306,3 +309,21 @@ def test_a_server_that_heartbeats_but_does_not_answer_on_its_port_is_dead(tmp_pa
         assert coord.status()["servers"] == {}
     finally:
         coord.stop()
+
+
+def test_a_worker_of_another_mode_is_refused_and_the_coordinators_mode_is_what_workers_read(tmp_path):
+    coordinator = Coordinator(num_servers=1, num_workers=1, snapshot_dir=str(tmp_path / "c"), mode="ssp",
+                              staleness=2, heartbeat=0.1, member_timeout=0.5).start()
+    try:
+        status = coordinator.status()
+        assert (status["mode"], status["staleness"]) == ("ssp", 2)
+        for mode, staleness in [("sync", None), ("async", None), ("ssp", 3)]:
+            worker = Worker(coordinator.endpoint, 0, mode=mode, staleness=staleness, recovery_timeout=5, timeout=2)
+            with pytest.raises(ValueError, match=r"mode .* the coordinator .* runs mode 'ssp' \(staleness 2\)"):
+                worker.run(lambda cluster: None, steps=1)
+        # ssp with no step ahead is sync, on both sides.
+        plain = Coordinator(num_servers=1, num_workers=1, snapshot_dir=str(tmp_path / "d"), mode="ssp")
+        assert plain.mode == "sync"
+        plain.stop()
+    finally:
+        coordinator.stop()

@@ -60,6 +60,12 @@ def launch(*args, **env):
     (("--servers", "a:1"), {"RANK": "0"}, r"$RANK is set but not $WORLD_SIZE"),
     (("--servers", "a:1", "--token-file", "/nonexistent/token"), {}, "cannot read token file '/nonexistent/token'"),
     (("--servers", "a:1", "--checkpoint-dir", "ckpt"), {}, "--checkpoint-dir is for the embedded tables"),
+    (("--servers", "a:1", "--mode", "bounded"), {}, "--mode must be one of sync, async, ssp"),
+    (("--servers", "a:1", "--mode", "async", "--staleness", "2"), {}, "only with --mode ssp"),
+    (("--coordinator", "c:1", "--servers", "a:1"), {}, "--servers with --coordinator"),
+    (("--steps", "5"), {"SPARSECORE_COORDINATOR": "c:1", "SPARSECORE_SERVERS": "a:1"},
+     "--servers with --coordinator"),
+    (("--coordinator", "c:1", "--steps", "5", "--dense-optimizer", "rmsprop"), {}, "has no server-side twin"),
 ])
 def test_launch_refuses_settings_that_cannot_work(args, env, message):
     done = launch(*args, **{"SPARSECORE_SERVERS": "", **env})

@@ -1,8 +1,9 @@
-"""The Kubernetes manifests of deploy/kubernetes, read as the cluster would: the servers'
-arguments parse with ``sparsecore server``'s own parser and the workers' with
-``python -m sparsecore.launch``'s; ports, replica counts, the server list of the workers, the
-rank and worker count variables, the gloo address, the token Secret and the snapshot volume
-agree with each other and with what the code reads."""
+"""The Kubernetes manifests of deploy/kubernetes, read as the cluster would: the coordinator's
+arguments parse with ``sparsecore coordinator``'s own parser, the servers' with ``sparsecore
+server``'s and the workers' with ``python -m sparsecore.launch``'s; ports, replica counts, the
+coordinator's address on servers and workers, the servers' advertised names, the rank and
+worker count variables, the token Secret and the snapshot volume agree with each other and
+with what the code reads."""
 
 import argparse
 import os
@@ -13,6 +14,7 @@ import pytest
 yaml = pytest.importorskip("yaml", reason="pyyaml is not installed (it comes with the test extra)")
 
 from sparsecore import launch, server  # noqa: E402
+from sparsecore.cluster import coordinator  # noqa: E402
 from sparsecore._token import ENV_VAR as TOKEN_VAR  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,7 +35,9 @@ DOCS = documents()
 STATEFULSET = DOCS[("StatefulSet", "sparsecore-server")]
 JOB = DOCS[("Job", "sparsecore-worker")]
 SERVER_SERVICE = DOCS[("Service", STATEFULSET["spec"]["serviceName"])]
-WORKER_SERVICE = DOCS[("Service", JOB["spec"]["template"]["spec"]["subdomain"])]
+COORDINATOR_SET = DOCS[("StatefulSet", "sparsecore-coordinator")]
+COORDINATOR_SERVICE = DOCS[("Service", COORDINATOR_SET["spec"]["serviceName"])]
+COORDINATOR = COORDINATOR_SET["spec"]["template"]["spec"]["containers"][0]
 SERVER = STATEFULSET["spec"]["template"]["spec"]["containers"][0]
 WORKER = JOB["spec"]["template"]["spec"]["containers"][0]
 
@@ -58,8 +62,9 @@ class _Parsed(Exception):
 _PARSE_ARGS = argparse.ArgumentParser.parse_args
 
 
-def parse_server_args(argv, monkeypatch):
-    """``sparsecore server``'s own parser on ``argv`` (nothing is started)."""
+def parse_server_args(argv, monkeypatch, main=server.main):
+    """The own parser of ``main`` (``sparsecore server``'s by default) on ``argv`` (nothing is
+    started)."""
     seen = {}
 
     def capture(self, args=None, namespace=None):
@@ -67,8 +72,15 @@ def parse_server_args(argv, monkeypatch):
         raise _Parsed
     monkeypatch.setattr(argparse.ArgumentParser, "parse_args", capture)
     with pytest.raises(_Parsed):
-        server.main(argv)
+        main(argv)
+    monkeypatch.undo()
     return seen["args"]
+
+
+def coordinator_address():
+    """The coordinator's address as the other pods reach it: its Service's name and port."""
+    port = next(p["containerPort"] for p in COORDINATOR["ports"] if p["name"] == "rpc")
+    return f"{COORDINATOR_SERVICE['metadata']['name']}:{port}"
 
 
 def env_of(container):
@@ -102,9 +114,13 @@ def test_servers_parse_and_agree_with_their_statefulset(monkeypatch):
     pod_spec = STATEFULSET["spec"]["template"]["spec"]
     index_source = env_of(SERVER)["SERVER_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"]
     assert index_source == "metadata.labels['apps.kubernetes.io/pod-index']"  # the pod's ordinal
+    sts, service = STATEFULSET["metadata"]["name"], SERVER_SERVICE["metadata"]["name"]
     for ordinal in range(replicas):
         args = parse_server_args(expand(SERVER["args"], SERVER, {"SERVER_INDEX": str(ordinal)}), monkeypatch)
         assert args.server_index == ordinal and args.num_servers == replicas
+        # Registered under the pod's stable DNS name, which the coordinator hands to the workers.
+        assert args.advertise_address == f"{sts}-{ordinal}.{service}"
+        assert args.coordinator == coordinator_address()
     assert args.address == "0.0.0.0" and args.metrics_address == "0.0.0.0"
     ports = {p["name"]: p["containerPort"] for p in SERVER["ports"]}
     assert ports == {"rpc": args.port, "metrics": args.metrics_port}
@@ -135,17 +151,28 @@ def test_workers_parse_and_agree_with_the_servers_and_their_job():
     for index in range(world):
         assert launch.worker_env({**env, "JOB_COMPLETION_INDEX": str(index)}) == \
             launch.WorkerEnv(rank=index, world_size=world)
-    # The server list: every server pod's stable name, in server-index order, on its port.
-    sts, service = STATEFULSET["metadata"]["name"], SERVER_SERVICE["metadata"]["name"]
-    port = next(p["containerPort"] for p in SERVER["ports"] if p["name"] == "rpc")
-    want = [f"{sts}-{i}.{service}:{port}" for i in range(STATEFULSET["spec"]["replicas"])]
-    assert env[launch.ENV_SERVERS].split(",") == want
-    # The gloo group meets at rank 0's pod: <job>-0.<subdomain>, through a headless Service.
-    assert env["MASTER_ADDR"] == f"{JOB['metadata']['name']}-0.{pod_spec['subdomain']}"
-    assert WORKER_SERVICE["spec"]["clusterIP"] == "None"
-    assert WORKER_SERVICE["spec"]["selector"] == {"job-name": JOB["metadata"]["name"]}
-    assert int(env["MASTER_PORT"]) == next(p["containerPort"] for p in WORKER["ports"] if p["name"] == "gloo")
-    assert [p["port"] for p in WORKER_SERVICE["spec"]["ports"]] == [int(env["MASTER_PORT"])]
+    # No server list and no gloo group: the coordinator names the servers; the dense model is on them.
+    assert env[launch.ENV_COORDINATOR] == coordinator_address()
+    assert launch.ENV_SERVERS not in env and "MASTER_ADDR" not in env
+    assert getattr(args, "train.coordinator") is None and getattr(args, "train.mode") is None
+
+
+def test_the_coordinator_parses_and_agrees_with_the_servers_and_workers(monkeypatch):
+    assert COORDINATOR_SET["spec"]["replicas"] == 1 and COORDINATOR["command"] == ["sparsecore", "coordinator"]
+    args = parse_server_args(COORDINATOR["args"], monkeypatch, coordinator.main)
+    assert args.address == "0.0.0.0" and args.servers == STATEFULSET["spec"]["replicas"]
+    assert args.workers == JOB["spec"]["completions"] and args.snapshot_every_steps >= 1
+    assert {p["name"]: p["port"] for p in COORDINATOR_SERVICE["spec"]["ports"]} == {"rpc": args.port}
+    assert COORDINATOR_SERVICE["spec"]["selector"].items() <= COORDINATOR_SET["spec"]["template"]["metadata"][
+        "labels"].items()
+    pod_spec = COORDINATOR_SET["spec"]["template"]["spec"]
+    # Its record lies on the snapshot volume (a restarted coordinator continues from it), in a
+    # folder of its own beside the servers' step-<k> snapshots.
+    _, volume = next((m, v) for m, v in mounts(pod_spec, COORDINATOR).items()
+                         if args.snapshot_dir.startswith(m + "/"))
+    assert volume["persistentVolumeClaim"]["claimName"] == "sparsecore-snapshots"
+    assert not os.path.basename(args.snapshot_dir).startswith("step-")
+    assert_token_from_the_secret(args.token_file, pod_spec, COORDINATOR)
 
 
 def test_the_docs_show_how_to_create_the_secret_and_apply_the_manifests():

@@ -2,8 +2,11 @@
 trains a small job against two ``sparsecore server`` processes to the end; with a worker killed
 (SIGKILL) mid-run, and later a server killed and started again, torchrun restarts the group
 (--max-restarts) each time, every worker rolls back to the newest snapshot, and the job ends
-with the tables and dense model of the uninterrupted run, bit for bit. The training loop of
-docs/launch.md runs under torchrun as written."""
+with the tables and dense model of the uninterrupted run, bit for bit. The same job with a
+coordinator ($SPARSECORE_COORDINATOR, servers registered with it) survives a killed worker: the
+coordinator rolls the restarted group back to its newest snapshot and the job ends with the
+uninterrupted coordinated run's tables and server-side dense model, bit for bit. The training
+loop of docs/launch.md runs under torchrun as written."""
 
 import base64
 import io
@@ -166,3 +169,98 @@ def test_the_docs_own_training_loop_runs_under_torchrun_as_written(tmp_path):
     finally:
         for p, _ in servers:
             stop(p)
+
+
+# --- with a coordinator ---------------------------------------------------------------------------
+COORDINATED_STEPS = 40
+COORDINATED_JOB = ["--steps", COORDINATED_STEPS, "--batch-size", 32, "--vocab-size", 300, "--dim", 4, "--hidden", 8,
+                   "--eval-samples", 500, "--log-every", 5, "--timeout", 60, "--connect-wait", 120]
+
+
+def coordinated_cluster(root):
+    from cluster_harness import ClusterProcesses
+
+    procs = ClusterProcesses(root, servers=2, workers=2, steps=COORDINATED_STEPS, every_steps=10, member_timeout=5.0)
+    procs.start_coordinator()
+    for i in range(2):
+        procs.start_server(i)
+    return procs
+
+
+def run_coordinated(procs, config, on_line=None):
+    """The coordinated job under torchrun (the coordinator's address in $SPARSECORE_COORDINATOR);
+    (exit status, output)."""
+    from cluster_harness import env as cluster_env
+
+    environment = cluster_env()
+    environment["SPARSECORE_COORDINATOR"] = procs.coordinator
+    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+            "--max-restarts", "1", "-m", "sparsecore.launch", *map(str, COORDINATED_JOB), "--config", config]
+    proc = subprocess.Popen(args, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in proc.stdout:  # ends when every process of the run has exited (bounded by wait below)
+        lines.append(line)
+        if on_line is not None:
+            on_line(line)
+    try:
+        proc.wait(240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, "".join(lines)
+
+
+def coordinated_state(addresses, token):
+    """Rows of every table and the dense variables on the servers at a coordinated job's end."""
+    from sparsecore.cluster.trainer_job import DENSE_NAME
+    from sparsecore.torch import place_by_size
+
+    cluster = sc.connect(addresses, timeout=30, token=token)
+    ids = np.arange(-5, 400, dtype=np.int64)
+    state = {}
+    for name in GROUPS:
+        cluster.create_table(name, sc.TableConfig(dim=4, optimizer=sc.Adagrad(lr=0.05)), seed=0)
+        state[name] = cluster.lookup(name, ids)
+    sizes = [8 * 4 * len(GROUPS), 8, 8, 1]  # the MLP 12 -> 8 -> 1: weights and biases
+    for i, shard in enumerate(place_by_size(sizes, cluster.total_shards)):
+        state[f"dense/{i}"] = cluster.dense_pull(f"{DENSE_NAME}/{i}", 0, shard=shard)
+    return state
+
+
+def assert_same_coordinated_state(got, expected):
+    assert got.keys() == expected.keys()
+    for name in expected:
+        np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
+
+
+def test_torchrun_job_with_a_coordinator_survives_a_killed_worker(tmp_path):
+    from cluster_harness import TOKEN
+
+    config = job_config(tmp_path)
+    reference = coordinated_cluster(tmp_path / "reference")
+    procs = coordinated_cluster(tmp_path / "run")
+    try:
+        rc, want = run_coordinated(reference, config)
+        assert rc == 0 and len(evaluations(want)) == 1, want + reference.logs()
+        rank1, killed = [], []
+
+        def kill_rank1(line):
+            found = re.search(r"rank 1 sparsecore.launch INFO worker 1 of 2 \(pid (\d+), attempt 0\)", line)
+            if found:
+                rank1.append(int(found.group(1)))
+            if rank1 and not killed and "rank 1 sparsecore.trainer INFO step 25 " in line:
+                os.kill(rank1[0], signal.SIGKILL)  # after the coordinator's snapshot at step 20
+                killed.append(rank1[0])
+
+        rc, text = run_coordinated(procs, config, kill_rank1)
+        assert rc == 0 and killed, text + procs.logs()
+        resumed = [int(s) for s in re.findall(r"rank 1 sparsecore.cluster INFO worker 1: generation \d+ from step (\d+)",
+                                              text)]
+        assert len(resumed) == 2 and resumed[0] == 0 and 20 <= resumed[1] < COORDINATED_STEPS, text
+        assert evaluations(text) == evaluations(want), text
+        assert_same_coordinated_state(coordinated_state([procs.addresses[i] for i in range(2)], TOKEN),
+                                      coordinated_state([reference.addresses[i] for i in range(2)], TOKEN))
+    finally:
+        reference.close()
+        procs.close()

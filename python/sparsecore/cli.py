@@ -21,6 +21,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Optional
 
+from .launch import COORDINATED_DEFAULTS, COORDINATED_FLAGS, run_coordinated
+
 __all__ = ["main", "DEFAULTS", "load_settings"]
 
 log = logging.getLogger("sparsecore.cli")
@@ -40,7 +42,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "dense_optimizer": {"name": "adam", "lr": 1e-3},
     "train": {"steps": 0, "seed": 0, "threads": 0, "checkpoint_dir": "", "checkpoint_every": 0, "eval_every": 0,
               "log_every": 50, "plot": "", "deterministic": False, "progress": True, "stale_sparse": False,
-              "prefetch": 2, "servers": [], "token_file": ""},
+              "prefetch": 2, "servers": [], "token_file": "", **COORDINATED_DEFAULTS},
 }
 
 # Sections whose extra keys are passed on as optimizer arguments.
@@ -391,7 +393,7 @@ def server_addresses(settings: dict[str, dict[str, Any]]) -> list[str]:
         servers = servers.split(",")
     servers = [str(s).strip() for s in servers if str(s).strip()]
     if not servers:
-        if t["token_file"]:
+        if t["token_file"] and not t["coordinator"]:
             raise ConfigError("--token-file is for --servers")
         return []
     for s in servers:
@@ -488,6 +490,8 @@ def run_train(settings: dict[str, dict[str, Any]]) -> dict[str, float]:
             import matplotlib  # noqa: F401
         except ImportError:
             raise ConfigError("--plot needs matplotlib: pip install matplotlib") from None
+    if t["coordinator"] or t["mode"]:  # a worker of a coordinated job
+        return run_coordinated(settings).get("eval", {})
     total = _steps(settings)
     if t["plot"] and total is not None and int(t["log_every"]) > 0:
         # Enough points for curves: about 30 log entries over the run.
@@ -599,7 +603,7 @@ def _parser() -> argparse.ArgumentParser:
                     "with a planted model; prints the final AUC next to the planted optimum.",
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     train.add_argument("--config", metavar="TOML", help="settings file; flags override it")
-    for flag, section, key, kind, placeholder, text in _FLAGS:
+    for flag, section, key, kind, placeholder, text in _FLAGS + COORDINATED_FLAGS:
         default = DEFAULTS[section][key]
         help_text = f"{text} (default: {default!r})" if default not in ("", [], {}) else text
         dest = f"{section}.{key}"

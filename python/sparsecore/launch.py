@@ -21,6 +21,14 @@ applied), and every worker of the new group rolls back to the newest complete sn
 its first step. In sync mode the run then equals an uninterrupted run from that snapshot, bit
 for bit. A killed server comes back with the same command; it restores the newest snapshot
 itself, and the workers restore every server to it.
+
+With a coordinator (``--coordinator HOST:PORT`` or ``$SPARSECORE_COORDINATOR``; see
+docs/cluster.md) the coordinator takes the snapshots and decides every roll-back instead
+(:func:`sparsecore.cluster.trainer_job.run_trainer`): the servers are the ones registered with
+it, the dense model lives on them (:class:`sparsecore.torch.ServerDenseOptimizer`, no gloo
+group), and a worker restarted alone, or a replacement, rejoins the running workers, which
+roll back with it in their processes. ``--mode sync|async|ssp`` and ``--staleness K`` choose
+how the workers step together (:func:`sparsecore.connect`); with a coordinator, its mode.
 """
 
 from __future__ import annotations
@@ -37,15 +45,30 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
 
-__all__ = ["ENV_SERVERS", "SnapshotRecovery", "WorkerEnv", "configure_logging", "job_settings", "main", "run_worker",
+__all__ = ["COORDINATED_FLAGS", "ENV_COORDINATOR", "ENV_SERVERS", "SnapshotRecovery", "WorkerEnv", "configure_logging", "job_settings", "main", "run_worker",
            "worker_env"]
 
 log = logging.getLogger("sparsecore.launch")
 
 ENV_SERVERS = "SPARSECORE_SERVERS"
+ENV_COORDINATOR = "SPARSECORE_COORDINATOR"
 _MAX_WORKERS = 1 << 16  # the servers' bound on synchronous workers
 # Keys of the servers' key-value store (saved with every snapshot) and names of barriers.
 _KV = "sparsecore.launch/"
+_MODES = ("sync", "async", "ssp")
+
+# The settings and flags of a worker's place in a coordinated job; flags of 'sparsecore train'
+# too (its [train] section), so that this parser, which takes those, has them as well.
+COORDINATED_DEFAULTS: dict[str, Any] = {"coordinator": "", "mode": "", "staleness": 0}
+COORDINATED_FLAGS: list[tuple[str, str, str, Any, str, str]] = [
+    ("--coordinator", "train", "coordinator", str, "HOST:PORT",
+     "train as a worker of the job coordinated there ('sparsecore coordinator', which names the servers, takes the "
+     "snapshots and rolls back; docs/cluster.md); rank and worker count from $RANK and $WORLD_SIZE"),
+    ("--mode", "train", "mode", str, "MODE",
+     "how the workers' pushes step together: sync, async or ssp (at most --staleness steps ahead of the slowest); "
+     "default: sync, or the coordinator's"),
+    ("--staleness", "train", "staleness", int, "K", "with --mode ssp: steps a worker may run ahead of the slowest"),
+]
 
 
 @dataclass(frozen=True)
@@ -196,27 +219,30 @@ def _load_dense_state(trainer: Any, text: str) -> int:
     return step
 
 
-def _connect(servers: Sequence[str], token: str, env: WorkerEnv, timeout: float, wait: float) -> Any:
-    """A synchronous worker's cluster, waiting up to ``wait`` seconds for servers that are
+def _connect(servers: Sequence[str], token: str, env: WorkerEnv, timeout: float, wait: float,
+             mode: str = "sync", staleness: int = 0) -> Any:
+    """A worker's cluster in ``mode``, waiting up to ``wait`` seconds for servers that are
     (re)starting."""
     from .server import Cluster
 
     pending = Cluster(None, list(servers), token=token, timeout=timeout, worker=env.rank,
-                      num_workers=env.world_size)
+                      num_workers=env.world_size, mode=mode, staleness=staleness)
     return pending.reconnect(timeout=wait)
 
 
 def run_worker(settings: dict[str, dict[str, Any]], env: WorkerEnv, *, servers: Sequence[str], token: str = "",
                snapshot_every: int = 100, timeout: float = 300.0, connect_wait: float = 300.0,
-               init_method: str = "env://", recovery: Optional[Callable[[Any, WorkerEnv], Any]] = None
-               ) -> dict[str, Any]:
+               init_method: str = "env://", recovery: Optional[Callable[[Any, WorkerEnv], Any]] = None,
+               mode: str = "sync", staleness: int = 0) -> dict[str, Any]:
     """Runs this worker's part of the job of ``settings`` (those of ``sparsecore train``; see
     :func:`sparsecore.cli.load_settings`) against ``servers``, from the newest snapshot to the
     job's last step, with a snapshot every ``snapshot_every`` steps and at the end.
     ``timeout``: the deadline of every call to the servers and of the gloo group;
     ``init_method``: where the gloo group meets (torchrun's environment by default).
     ``recovery(cluster, env)``: what takes the snapshots and rolls back (default
-    :class:`SnapshotRecovery`; anything with its ``resume`` and ``snapshot``). Returns
+    :class:`SnapshotRecovery`; anything with its ``resume`` and ``snapshot``). ``mode``,
+    ``staleness``: how the workers' pushes step together (:func:`sparsecore.connect`; the
+    dense gradients are averaged over gloo every step in any mode). Returns
     ``{"rank", "step", "resumed_from", "steps", "samples"}`` and, on rank 0, the final
     evaluation as ``"eval"``."""
     from datetime import timedelta
@@ -230,7 +256,7 @@ def run_worker(settings: dict[str, dict[str, Any]], env: WorkerEnv, *, servers: 
         raise cli.ConfigError("a launched job needs --steps: every worker runs the same number of steps")
     log.info("worker %d of %d (pid %d, attempt %d): servers %s", env.rank, env.world_size, os.getpid(), env.attempt,
              ",".join(servers))
-    cluster = _connect(servers, token, env, timeout, connect_wait)
+    cluster = _connect(servers, token, env, timeout, connect_wait, mode, staleness)
     trainer, evaluation, _ = cli.build_trainer(settings, server=cluster, shard=(env.rank, env.world_size))
     steps = (recovery or SnapshotRecovery)(cluster, env)
     if env.rank == 0:
@@ -278,6 +304,47 @@ def run_worker(settings: dict[str, dict[str, Any]], env: WorkerEnv, *, servers: 
             dist.destroy_process_group()
 
 
+def _mode(settings: dict[str, dict[str, Any]]) -> tuple[Optional[str], int]:
+    """(mode or None when not given, staleness) of the settings, checked."""
+    from .cli import ConfigError
+
+    t = settings["train"]
+    mode, staleness = t["mode"] or None, t["staleness"]
+    if mode is not None and mode not in _MODES:
+        raise ConfigError(f"--mode must be one of {', '.join(_MODES)}, got {mode!r}")
+    if isinstance(staleness, bool) or not isinstance(staleness, int) or staleness < 0 or (staleness and mode != "ssp"):
+        raise ConfigError(f"--staleness must be an integer >= 0, and only with --mode ssp; got {staleness!r} with "
+                          f"--mode {mode}")
+    return mode, staleness
+
+
+def run_coordinated(settings: dict[str, dict[str, Any]], env: Optional[WorkerEnv] = None, *, timeout: float = 300.0,
+                    wait: float = 300.0) -> dict[str, Any]:
+    """Worker ``env.rank`` (default: :func:`worker_env`) of the job of ``settings`` coordinated
+    at ``settings["train"]["coordinator"]``, through :class:`sparsecore.cluster.Worker`
+    (:func:`sparsecore.cluster.trainer_job.run_trainer`): the coordinator names the servers,
+    takes the snapshots and rolls back. ``timeout``: the deadline of every call to the servers;
+    ``wait``: the longest wait for the cluster to be ready. What ``run_trainer`` returns."""
+    from . import cli
+    from .cluster.trainer_job import run_trainer, server_optimizer
+
+    mode, staleness = _mode(settings)
+    coordinator = settings["train"]["coordinator"]
+    if not coordinator:
+        raise cli.ConfigError("--mode and --staleness are for a worker of a job: give --coordinator (or run it with "
+                              "python -m sparsecore.launch --servers ...)")
+    if cli.server_addresses(dict(settings, train=dict(settings["train"], token_file=""))):
+        raise cli.ConfigError("--servers with --coordinator: the coordinator names the servers registered with it")
+    server_optimizer(settings["dense_optimizer"])  # refused before anything waits for the cluster
+    env = env or worker_env()
+    token = cli.server_token(settings)
+    settings = dict(settings, train=dict(settings["train"], servers=[], token_file=""))
+    log.info("worker %d of %d (pid %d, attempt %d): coordinator %s", env.rank, env.world_size, os.getpid(),
+             env.attempt, coordinator)
+    return run_trainer(settings, coordinator, env.rank, env.world_size, token=token, timeout=timeout,
+                       recovery_timeout=wait, mode=mode, staleness=staleness if mode == "ssp" else None)
+
+
 def configure_logging(env: WorkerEnv, quiet: bool = False) -> None:
     """A worker's log lines name its rank; sparsecore's INFO lines (steps, snapshots) unless
     ``quiet``."""
@@ -320,7 +387,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=300.0, metavar="S",
                    help="deadline of every call to the servers and of the gloo group, in seconds (default: 300)")
     p.add_argument("--connect-wait", type=float, default=300.0, metavar="S",
-                   help="how long to wait for servers that are not answering yet, in seconds (default: 300)")
+                   help="how long to wait for servers that are not answering yet (with a coordinator: for the "
+                        "cluster to be ready), in seconds (default: 300)")
     return p
 
 
@@ -338,23 +406,30 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     configure_logging(env, quiet=args.quiet)
     overrides = cli.flag_overrides(args)
     overrides[("train", "progress")] = False
-    if overrides.get(("train", "servers")) is None and os.environ.get(ENV_SERVERS):
+    coordinator = os.environ.get(ENV_COORDINATOR, "") if overrides.get(("train", "coordinator")) is None else ""
+    if overrides.get(("train", "servers")) is None and os.environ.get(ENV_SERVERS):  # refused beside a coordinator
         overrides[("train", "servers")] = os.environ[ENV_SERVERS]
     try:
         settings = cli.load_settings(args.config, overrides)
-        servers = cli.server_addresses(settings)
-        if not servers:
-            raise cli.ConfigError(f"no parameter servers: give --servers or ${ENV_SERVERS} (host:port,...)")
-        if args.snapshot_every < 1:
-            raise cli.ConfigError(f"--snapshot-every must be >= 1, got {args.snapshot_every}")
+        settings["train"]["coordinator"] = settings["train"]["coordinator"] or coordinator
         if not 0 < args.timeout <= 2**31 / 1000 or not 0 <= args.connect_wait <= 7 * 24 * 3600:
             raise cli.ConfigError(f"--timeout must be in (0, {2**31 // 1000}] and --connect-wait in [0, 604800] "
                                   f"seconds, got {args.timeout} and {args.connect_wait}")
+        if settings["train"]["coordinator"]:
+            run_coordinated(settings, env, timeout=args.timeout, wait=args.connect_wait)
+            return 0
+        mode, staleness = _mode(settings)
+        servers = cli.server_addresses(settings)
+        if not servers:
+            raise cli.ConfigError(f"no parameter servers: give --servers or ${ENV_SERVERS} (host:port,...), or a "
+                                  f"coordinator (--coordinator or ${ENV_COORDINATOR})")
+        if args.snapshot_every < 1:
+            raise cli.ConfigError(f"--snapshot-every must be >= 1, got {args.snapshot_every}")
         token = cli.server_token(settings)
         settings["train"]["servers"] = []  # this worker connects itself (synchronously)
         settings["train"]["token_file"] = ""
         run_worker(settings, env, servers=servers, token=token, snapshot_every=args.snapshot_every,
-                   timeout=args.timeout, connect_wait=args.connect_wait)
+                   timeout=args.timeout, connect_wait=args.connect_wait, mode=mode or "sync", staleness=staleness)
     except cli.ConfigError as e:
         print(f"sparsecore.launch: error: {e}", file=sys.stderr)
         return 2

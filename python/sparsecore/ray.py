@@ -1,5 +1,5 @@
-"""A sparsecore job on a Ray cluster: parameter servers as actors that Ray restarts, workers as
-a group of plain actors that the driver restarts together.
+"""A sparsecore job on a Ray cluster: a coordinator actor, parameter servers as actors that Ray
+restarts, and workers as plain actors, each replaced alone when it fails.
 
 ::
 
@@ -14,15 +14,22 @@ or from a shell on a node of the cluster:
 ``python -m sparsecore.ray --address auto --num-servers 2 --num-workers 4
 --snapshot-dir /shared/snapshots --steps 1000``.
 
-Each server actor runs a :class:`sparsecore.Server` listening on its node's address (any
-free port) with ``snapshot_dir``, which every server must see (a shared file system on a
-cluster of several nodes). Each worker actor runs :func:`sparsecore.launch.run_worker`, the
-job of ``sparsecore train`` as one synchronous worker, with a cluster-wide snapshot every
-``snapshot_every`` steps. When a worker or a server fails, the driver ends the worker group;
-Ray restarts a failed server actor (``server_restarts``), which restores the newest
-snapshot as it starts; the driver then starts a new worker group on the servers' current
-addresses, which rolls every server back to the newest complete snapshot and trains to the
-end. At most ``max_failures`` such restarts.
+The coordinator actor runs a :class:`sparsecore.cluster.Coordinator` (its record under
+``snapshot_dir/coordinator``), which takes a cluster-wide snapshot every ``snapshot_every``
+steps and decides every roll-back (docs/cluster.md). Each server actor runs a
+:class:`sparsecore.Server` listening on its node's address (any free port) with
+``snapshot_dir``, which every server must see (a shared file system on a cluster of several
+nodes), and registers with the coordinator. Each worker actor runs the job of ``sparsecore
+train`` through :class:`sparsecore.cluster.Worker`
+(:func:`sparsecore.cluster.trainer_job.run_trainer`), its dense model kept on the servers.
+
+When a server actor dies, Ray restarts it (``server_restarts``) and it registers again; when
+a worker actor dies, the driver starts a replacement of that rank only (at most
+``max_failures`` times). Either way the coordinator rolls every member back to the newest
+complete snapshot - the surviving workers in their processes - and the job goes on; in sync
+mode it ends with the tables and dense model of the uninterrupted run, bit for bit. The
+coordinator actor itself is not restarted: its failure ends the run (a new run of the same
+``snapshot_dir`` continues from its record).
 
 The token that the servers and workers share is drawn by the driver (or given) and passed to
 the actors by Ray: whoever can reach the Ray cluster can read it.
@@ -34,7 +41,6 @@ import argparse
 import logging
 import os
 import secrets
-import socket
 import sys
 import time
 from collections.abc import Sequence
@@ -45,7 +51,7 @@ try:
 except ImportError as e:  # the optional dependency
     raise ImportError("sparsecore.ray needs Ray: pip install 'sparsecore[ray]' (or pip install ray)") from e
 
-from .launch import WorkerEnv, configure_logging, job_settings, run_worker
+from .launch import WorkerEnv, configure_logging, job_settings
 
 __all__ = ["Job", "main", "run"]
 
@@ -56,16 +62,39 @@ def _node_address(address: Optional[str]) -> str:
     return address or ray.util.get_node_ip_address()
 
 
+class _CoordinatorActor:
+    """The job's coordinator, on this node's address (any free port)."""
+
+    def __init__(self, options: dict[str, Any], address: Optional[str]):
+        from .cluster import Coordinator
+
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        self._coordinator = Coordinator(address=_node_address(address), **options).start()
+
+    def endpoint(self) -> str:
+        return self._coordinator.endpoint
+
+    def status(self) -> dict[str, Any]:
+        return self._coordinator.status()
+
+    def wait(self, timeout: float) -> bool:
+        return self._coordinator.wait(timeout)
+
+
 class _ServerActor:
-    """One parameter server (``server_index`` of ``num_servers``); a restarted actor restores
-    the newest snapshot of ``snapshot_dir`` as it starts, on a new port."""
+    """One parameter server (``server_index`` of ``num_servers``) registered with the
+    coordinator; a restarted actor registers again, on a new port, and the coordinator rolls
+    the cluster back."""
 
     def __init__(self, index: int, num_servers: int, shards: int, snapshot_dir: str, token: str,
-                 address: Optional[str]):
+                 address: Optional[str], coordinator: str):
+        from .cluster import ServerMember
         from .server import Server
 
         self._server = Server(port=0, shards=shards, address=_node_address(address), token=token, server_index=index,
                               num_servers=num_servers, snapshot_dir=snapshot_dir)
+        self._member = ServerMember(coordinator, server_index=index, num_servers=num_servers,
+                                    address=self._server.endpoint, token=token).start()
 
     def endpoint(self) -> str:
         return self._server.endpoint
@@ -82,21 +111,15 @@ class _WorkerActor:
         self.address = address
         configure_logging(env, quiet=quiet)
 
-    def group_address(self) -> str:
-        """Where the group's gloo store meets: this node, a port free now (rank 0 serves it)."""
-        host = _node_address(self.address)
-        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-            s.bind((host, 0))
-            port = s.getsockname()[1]
-        return f"tcp://{'[' + host + ']' if ':' in host else host}:{port}"
-
     def pid(self) -> int:
         return os.getpid()
 
-    def train(self, settings: dict[str, dict[str, Any]], servers: list[str], token: str, init_method: str,
-              snapshot_every: int, timeout: float) -> dict[str, Any]:
-        return run_worker(settings, self.env, servers=servers, token=token, snapshot_every=snapshot_every,
-                          timeout=timeout, connect_wait=timeout, init_method=init_method)
+    def train(self, settings: dict[str, dict[str, Any]], coordinator: str, token: str, timeout: float
+              ) -> dict[str, Any]:
+        from .cluster.trainer_job import run_trainer
+
+        return run_trainer(settings, coordinator, self.env.rank, self.env.world_size, token=token, timeout=timeout,
+                           recovery_timeout=timeout)
 
 
 class Job:
@@ -107,23 +130,29 @@ class Job:
             included) or settings from :func:`sparsecore.launch.job_settings`. ``--steps``
             is required: every worker runs the same number of steps.
         num_servers, num_workers: actors of each kind.
-        snapshot_dir: the servers' snapshot directory, seen by every server actor.
+        snapshot_dir: the servers' snapshot directory, seen by every server actor (the
+            coordinator's record goes in its ``coordinator`` folder).
         shards: reactor threads of each server (the CPUs its actor asks Ray for).
         snapshot_every: steps between cluster-wide snapshots.
-        max_failures: restarts of the worker group before :meth:`run` gives up.
+        max_failures: worker actors replaced before :meth:`run` gives up.
         server_restarts: how often Ray restarts each server actor (-1: without limit).
-        token: the servers' shared token (default: a random one).
-        address: the address servers and the gloo group bind to (default: each node's).
+        token: the shared token of the coordinator and servers (default: a random one).
+        address: the address the coordinator and servers bind to (default: each node's).
         worker_cpus: CPUs each worker actor asks Ray for.
-        timeout: seconds: the deadline of every call to the servers, of the gloo group and of
-            waiting for (restarting) servers.
+        timeout: seconds: the deadline of every call to the servers and of waiting for the
+            cluster to be ready again.
         quiet: workers log warnings only (not every ``--log-every`` steps and snapshot).
+        mode, staleness: how the workers step together: "sync", "async" or "ssp" with at most
+            ``staleness`` steps ahead of the slowest (:func:`sparsecore.connect`).
+        member_timeout: seconds of silence after which the coordinator counts a member dead.
     """
 
     def __init__(self, job: Union[Sequence[str], dict[str, dict[str, Any]]], *, num_servers: int = 1,
                  num_workers: int = 1, snapshot_dir: str, shards: int = 1, snapshot_every: int = 100,
                  max_failures: int = 3, server_restarts: int = -1, token: Optional[str] = None,
-                 address: Optional[str] = None, worker_cpus: float = 1, timeout: float = 300.0, quiet: bool = False):
+                 address: Optional[str] = None, worker_cpus: float = 1, timeout: float = 300.0, quiet: bool = False,
+                 mode: str = "sync", staleness: int = 0, member_timeout: float = 10.0):
+        from .cluster.trainer_job import server_optimizer
         from . import cli
 
         self.settings = job_settings(job) if not isinstance(job, dict) else job
@@ -144,11 +173,21 @@ class Job:
             raise ValueError(f"timeout must be in (0, {2**31 // 1000}] seconds, got {timeout}")
         if not snapshot_dir:
             raise ValueError("snapshot_dir is required: recovery rolls back to the servers' newest snapshot")
+        server_optimizer(self.settings["dense_optimizer"])  # one the servers have: refused here, not in the actors
+        self.coordinator_options = {
+            "num_servers": num_servers, "num_workers": num_workers, "mode": mode, "staleness": staleness,
+            "snapshot_dir": os.path.join(os.fspath(snapshot_dir), "coordinator"), "token": "",
+            "snapshot_every_steps": snapshot_every, "heartbeat": min(1.0, member_timeout / 4),
+            "member_timeout": member_timeout, "restore_timeout": timeout}
+        from .cluster import Coordinator
+
+        Coordinator.check_options(**self.coordinator_options)
         self.num_servers, self.num_workers, self.shards = num_servers, num_workers, shards
         self.snapshot_dir = os.fspath(snapshot_dir)
         self.snapshot_every, self.max_failures, self.server_restarts = snapshot_every, max_failures, server_restarts
         self.token = secrets.token_hex(32) if token is None else token
         self.address, self.worker_cpus, self.timeout, self.quiet = address, worker_cpus, timeout, quiet
+        self.coordinator: Any = None
         self.servers: list[Any] = []
         self.workers: list[Any] = []
         self.failures = 0
@@ -157,12 +196,21 @@ class Job:
         return (f"Job(num_servers={self.num_servers}, num_workers={self.num_workers}, "
                 f"snapshot_dir={self.snapshot_dir!r}, failures={self.failures})")
 
+    def coordinator_endpoint(self) -> str:
+        """Starts the coordinator actor (once); its "host:port"."""
+        if self.coordinator is None:
+            options = dict(self.coordinator_options, token=self.token)
+            self.coordinator = ray.remote(max_restarts=0, num_cpus=0)(_CoordinatorActor).remote(options, self.address)
+        return ray.get(self.coordinator.endpoint.remote(), timeout=self.timeout)
+
     def start_servers(self) -> list[Any]:
-        """Starts the server actors (once); their handles, in server-index order."""
+        """Starts the coordinator and the server actors (once); the servers' handles, in
+        server-index order."""
         if not self.servers:
+            coordinator = self.coordinator_endpoint()
             actor = ray.remote(max_restarts=self.server_restarts, num_cpus=self.shards)(_ServerActor)
-            self.servers = [actor.remote(i, self.num_servers, self.shards, self.snapshot_dir, self.token, self.address)
-                            for i in range(self.num_servers)]
+            self.servers = [actor.remote(i, self.num_servers, self.shards, self.snapshot_dir, self.token, self.address,
+                                         coordinator) for i in range(self.num_servers)]
         return self.servers
 
     def endpoints(self) -> list[str]:
@@ -179,50 +227,54 @@ class Job:
                     raise
                 time.sleep(0.1)
 
+    def _start_worker(self, rank: int, coordinator: str) -> tuple[Any, Any]:
+        actor = ray.remote(max_restarts=0, num_cpus=self.worker_cpus)(_WorkerActor)
+        worker = actor.remote(WorkerEnv(rank, self.num_workers, 0, self.failures), self.address, self.quiet)
+        return worker, worker.train.remote(self.settings, coordinator, self.token, self.timeout)
+
     def run(self) -> list[dict[str, Any]]:
-        """Trains the job to its end; each worker's result (:func:`sparsecore.launch.run_worker`),
-        in rank order. A failed worker group is replaced; past ``max_failures`` replacements,
-        or on a setting that cannot work, the last error is raised."""
+        """Trains the job to its end; each worker's result
+        (:func:`sparsecore.cluster.trainer_job.run_trainer`), in rank order. A worker actor
+        that fails is replaced alone (the coordinator rolls the others back in their
+        processes); past ``max_failures`` replacements, or on a setting that cannot work, the
+        error is raised."""
         from . import cli
 
-        actor = ray.remote(max_restarts=0, num_cpus=self.worker_cpus)(_WorkerActor)
-        while True:
-            servers = self.endpoints()
-            self.workers = [actor.remote(WorkerEnv(rank, self.num_workers, 0, self.failures), self.address, self.quiet)
-                            for rank in range(self.num_workers)]
-            try:
-                init = ray.get(self.workers[0].group_address.remote(), timeout=self.timeout)
-                refs = [w.train.remote(self.settings, servers, self.token, init, self.snapshot_every, self.timeout)
-                        for w in self.workers]
-                return _all_or_first_error(refs)
-            except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as e:
-                cause = getattr(e, "cause", None)
-                if isinstance(cause, cli.ConfigError) or self.failures >= self.max_failures:
-                    raise
-                self.failures += 1
-                log.warning("worker group %d failed (%s: %s); starting group %d from the newest snapshot",
-                            self.failures - 1, type(e).__name__, str(e).splitlines()[0] if str(e) else "",
-                            self.failures)
-            finally:
-                for w in self.workers:
-                    ray.kill(w, no_restart=True)
-                self.workers = []
+        self.start_servers()
+        coordinator = self.coordinator_endpoint()
+        self.workers, refs = [], []
+        for rank in range(self.num_workers):
+            worker, ref = self._start_worker(rank, coordinator)
+            self.workers.append(worker)
+            refs.append(ref)
+        results: dict[int, Any] = {}
+        try:
+            while len(results) < self.num_workers:
+                pending = [ref for rank, ref in enumerate(refs) if rank not in results]
+                ready, _ = ray.wait(pending, num_returns=1)
+                rank = refs.index(ready[0])
+                try:
+                    results[rank] = ray.get(ready[0])
+                except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as e:
+                    cause = getattr(e, "cause", None)
+                    if isinstance(cause, (cli.ConfigError, ValueError)) or self.failures >= self.max_failures:
+                        raise
+                    self.failures += 1
+                    log.warning("worker %d failed (%s: %s); a replacement rejoins the job (failure %d)", rank,
+                                type(e).__name__, str(e).splitlines()[0] if str(e) else "", self.failures)
+                    ray.kill(self.workers[rank], no_restart=True)
+                    self.workers[rank], refs[rank] = self._start_worker(rank, coordinator)
+            return [results[rank] for rank in range(self.num_workers)]
+        finally:
+            for w in self.workers:
+                ray.kill(w, no_restart=True)
+            self.workers = []
 
     def shutdown(self) -> None:
         """Ends every actor of the job (the snapshots stay)."""
-        for a in self.workers + self.servers:
+        for a in self.workers + self.servers + ([self.coordinator] if self.coordinator is not None else []):
             ray.kill(a, no_restart=True)
-        self.workers, self.servers = [], []
-
-
-def _all_or_first_error(refs: list[Any]) -> list[Any]:
-    """Every result, in order; the first failure as soon as it comes (the others may be
-    waiting on the failed one)."""
-    pending = list(refs)
-    while pending:
-        ready, pending = ray.wait(pending, num_returns=1)
-        ray.get(ready[0])  # raises the task's error
-    return ray.get(refs)
+        self.workers, self.servers, self.coordinator = [], [], None
 
 
 def run(job: Union[Sequence[str], dict[str, dict[str, Any]]], **options: Any) -> list[dict[str, Any]]:
@@ -243,9 +295,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     p = argparse.ArgumentParser(
         prog="python -m sparsecore.ray", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Run a sparsecore job on a Ray cluster: parameter servers as actors Ray restarts, workers as "
-                    "an actor group restarted from the newest snapshot. Other flags are those of "
-                    "'sparsecore train' (--steps is required).",
+        description="Run a sparsecore job on a Ray cluster: a coordinator actor, parameter servers as actors Ray "
+                    "restarts, workers as actors replaced alone when they fail; the coordinator rolls the cluster "
+                    "back to the newest snapshot. Other flags are those of 'sparsecore train' (--steps is "
+                    "required).",
         epilog="example:\n  python -m sparsecore.ray --address auto --num-servers 2 --num-workers 4 \\\n"
                "      --snapshot-dir /shared/snapshots --steps 10000 --batch-size 2000")
     p.add_argument("--address", default=None, help="the Ray cluster (default: RAY_ADDRESS, or a local one)")
@@ -257,16 +310,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--snapshot-every", type=int, default=100, metavar="N",
                    help="steps between cluster-wide snapshots (default: 100)")
     p.add_argument("--max-failures", type=int, default=3, metavar="N",
-                   help="restarts of the worker group before giving up (default: 3)")
+                   help="worker actors replaced before giving up (default: 3)")
     p.add_argument("--timeout", type=float, default=300.0, metavar="S",
-                   help="deadline of calls to the servers and of the gloo group, in seconds (default: 300)")
+                   help="deadline of calls to the servers and of waiting for the cluster, in seconds (default: 300)")
+    p.add_argument("--mode", choices=("sync", "async", "ssp"), default="sync",
+                   help="how the workers step together (default: sync)")
+    p.add_argument("--staleness", type=int, default=0, metavar="K",
+                   help="with --mode ssp: steps a worker may run ahead of the slowest (default: 0)")
     args, job = p.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
                         datefmt="%H:%M:%S")
     try:
         runner = Job(job, num_servers=args.num_servers, num_workers=args.num_workers, snapshot_dir=args.snapshot_dir,
                      shards=args.shards, snapshot_every=args.snapshot_every, max_failures=args.max_failures,
-                     timeout=args.timeout)
+                     timeout=args.timeout, mode=args.mode, staleness=args.staleness)
     except ValueError as e:
         print(f"sparsecore.ray: error: {e}", file=sys.stderr)
         return 2
@@ -281,7 +338,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     finally:
         runner.shutdown()
     print(f"done: {results[0]['step']} steps on {args.num_workers} workers in {time.monotonic() - began:.1f} s, "
-          f"{runner.failures} worker group restart(s)")
+          f"{runner.failures} worker replacement(s)")
     return 0
 
 

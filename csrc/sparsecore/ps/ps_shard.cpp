@@ -356,6 +356,19 @@ SnapshotPart PsShard::encode_snapshot(int64_t step, const std::string& save_id) 
     dense[k] = std::move(a);
   }
   m["dense"] = std::move(dense);
+  // Each variable's optimizer with its state and update count, so that a restored variable
+  // goes on as if never interrupted (an incomplete synchronous step is not saved).
+  Json rules = Json::object();
+  for (const auto& [k, r] : dense_rules_) {
+    Json e = Json::object();
+    e["optimizer"] = r.config.to_json();
+    Json state = Json::array();
+    for (float x : r.state) state.push_back(Json(static_cast<double>(x)));
+    e["state"] = std::move(state);
+    e["count"] = Json(static_cast<int64_t>(r.count));
+    rules[k] = std::move(e);
+  }
+  m["dense_rules"] = std::move(rules);
   part.marker = m.dump(1);
   return part;
 }
@@ -380,6 +393,7 @@ int64_t PsShard::restore(const std::string& dir) {
   const int old_total = snapshot.total_shards;
   std::map<std::string, Table, std::less<>> tables;
   std::map<std::string, std::vector<float>> dense;
+  std::map<std::string, DenseRule> dense_rules;
   std::map<std::string, Json> kv;
   // Dense variables stay on the shard that saved them when the layout is the same (they are
   // spread over the shards by size); onto another layout they all go to shard 0.
@@ -394,6 +408,25 @@ int64_t PsShard::restore(const std::string& dir) {
         for (const Json& x : v.as_array("dense values")) values.push_back(static_cast<float>(x.as_double()));
         dense[k] = std::move(values);
       }
+      // Snapshots of an older format keep values only: dense_create gives those a fresh state.
+      if (m.contains("dense_rules"))
+        for (const auto& [k, e] : m.at("dense_rules").as_object("dense_rules")) {
+          auto values = dense.find(k);
+          SC_CHECK(values != dense.end(), CorruptData, "snapshot '", dir, "': optimizer of dense variable '", k,
+                   "' without its values");
+          DenseRule r;
+          r.config = OptimizerConfig::from_json(e.at("optimizer"));
+          for (const Json& x : e.at("state").as_array("dense optimizer state"))
+            r.state.push_back(static_cast<float>(x.as_double("dense optimizer state")));
+          SC_CHECK(static_cast<int64_t>(r.state.size()) == r.config.state_dim(static_cast<int>(values->second.size())),
+                   CorruptData, "snapshot '", dir, "': the optimizer state of dense variable '", k, "' has ",
+                   r.state.size(), " values, not ", r.config.state_dim(static_cast<int>(values->second.size())));
+          const int64_t count = e.at("count").as_int("dense update count");
+          SC_CHECK(count >= 0 && count <= int64_t{0xFFFFFFFF}, CorruptData, "snapshot '", dir, "': dense update count ",
+                   count, " out of range");
+          r.count = static_cast<uint32_t>(count);
+          dense_rules[k] = std::move(r);
+        }
     }
     bool overlaps = ranges_overlap(g, old_total, layout_.global_index, layout_.total_shards);
     const std::string shard_dir = join(dir, shard_directory_name(g, old_total));
@@ -460,6 +493,7 @@ int64_t PsShard::restore(const std::string& dir) {
   }
   tables_ = std::move(tables);
   dense_ = std::move(dense);
+  dense_rules_ = std::move(dense_rules);
   if (layout_.global_index == 0)
     kv_ = std::move(kv);
   else
@@ -488,7 +522,7 @@ void PsShard::commit_restore(const std::string& restore_id) {
   staged_id_.clear();
   tables_ = std::move(staged->tables_);
   dense_ = std::move(staged->dense_);
-  dense_rules_ = std::move(staged->dense_rules_);  // none: snapshots keep dense values only
+  dense_rules_ = std::move(staged->dense_rules_);
   kv_ = std::move(staged->kv_);
 }
 

@@ -34,8 +34,8 @@ void PsShard::dense_create(const std::string& name, const float* values, int64_t
                  config.to_json().dump());
     return;
   }
-  // A variable without a rule (restored from a snapshot, which keeps values only) keeps its
-  // values and takes the rule with a fresh state.
+  // A variable without a rule (restored from a snapshot of a format that kept values only)
+  // keeps its values and takes the rule with a fresh state.
   if (existing != dense_.end())
     SC_CHECK_ARG(static_cast<int64_t>(existing->second.size()) == size, "dense variable '", name, "' has size ",
                  existing->second.size(), ", not ", size);

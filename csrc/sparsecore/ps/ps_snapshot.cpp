@@ -86,6 +86,7 @@ void check_marker(const Json& m, const std::string& path, int g, int total) {
     m.at("kv").as_object("kv");
     for (const auto& [k, v] : m.at("dense").as_object("dense"))
       for (const Json& x : v.as_array("dense values")) x.as_double("dense value");
+    if (m.contains("dense_rules")) m.at("dense_rules").as_object("dense_rules");
   } catch (const NotFound& e) {
     throw CorruptData("snapshot marker '" + path + "' is incomplete: " + e.what());
   } catch (const InvalidArgument& e) {

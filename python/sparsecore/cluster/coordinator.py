@@ -73,7 +73,9 @@ class Coordinator:
 
     ``num_servers``/``num_workers``: the members the job needs. ``snapshot_dir``: this
     coordinator's record of the job (a restarted coordinator continues from it; one directory
-    per job). ``mode``: "sync" (workers' pushes synchronous) or "async". ``heartbeat``:
+    per job). ``mode``: "sync" (workers' pushes synchronous), "async", or "ssp" (bounded
+    staleness: a worker at most ``staleness`` steps ahead of the slowest; 0 is "sync"), what
+    every worker connects with (:func:`sparsecore.connect`). ``heartbeat``:
     seconds between members' heartbeats; ``member_timeout``: silence after which a member is
     dead. ``restore_timeout``: deadline of each call to the servers (save, restore).
     ``keep``: complete snapshots kept in ``snapshot_dir`` (the servers keep theirs; see
@@ -81,24 +83,15 @@ class Coordinator:
     are refused by the transport)."""
 
     def __init__(self, *, num_servers: int, num_workers: int, snapshot_dir: str, port: int = 0,
-                 address: str = "127.0.0.1", token: str = "", mode: str = "sync",
+                 address: str = "127.0.0.1", token: str = "", mode: str = "sync", staleness: int = 0,
                  snapshot_every_steps: int = 0, snapshot_every_seconds: float = 0.0,
                  heartbeat: float = 1.0, member_timeout: float = 10.0, restore_timeout: float = 120.0,
                  keep: int = 3, max_state_bytes: int = P.DEFAULT_MAX_STATE_BYTES):
-        for name, value in (("num_servers", num_servers), ("num_workers", num_workers)):
-            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _core_max_workers():
-                raise ValueError(f"{name} must be an integer in [1, {_core_max_workers()}], got {value!r}")
-        if mode not in P.MODES:
-            raise ValueError(f"mode must be one of {P.MODES}, got {mode!r}")
-        if snapshot_every_steps < 0 or snapshot_every_seconds < 0:
-            raise ValueError("snapshot_every_steps and snapshot_every_seconds must be >= 0")
-        if not 0 < heartbeat < member_timeout:
-            raise ValueError(f"need 0 < heartbeat < member_timeout, got {heartbeat} and {member_timeout}")
-        if keep < 1:
-            raise ValueError(f"keep must be >= 1, got {keep}")
-        if not 1 << 10 <= max_state_bytes <= 1 << 31:
-            raise ValueError(f"max_state_bytes must be in [1 KiB, 2 GiB], got {max_state_bytes}")
-        self.num_servers, self.num_workers, self.mode = num_servers, num_workers, mode
+        mode = self.check_options(num_servers=num_servers, num_workers=num_workers, mode=mode, staleness=staleness,
+                                  snapshot_every_steps=snapshot_every_steps,
+                                  snapshot_every_seconds=snapshot_every_seconds, heartbeat=heartbeat,
+                                  member_timeout=member_timeout, keep=keep, max_state_bytes=max_state_bytes)
+        self.num_servers, self.num_workers, self.mode, self.staleness = num_servers, num_workers, mode, staleness
         self.every_steps, self.every_seconds = int(snapshot_every_steps), float(snapshot_every_seconds)
         self.heartbeat, self.member_timeout, self.restore_timeout = heartbeat, member_timeout, restore_timeout
         self.keep = keep
@@ -135,6 +128,33 @@ class Coordinator:
         self.address = address
         self._thread: Optional[threading.Thread] = None
         self._prober: Optional[threading.Thread] = None
+
+    @staticmethod
+    def check_options(*, num_servers: int, num_workers: int, mode: str = "sync", staleness: int = 0,
+                      snapshot_every_steps: int = 0, snapshot_every_seconds: float = 0.0, heartbeat: float = 1.0,
+                      member_timeout: float = 10.0, keep: int = 3, max_state_bytes: int = P.DEFAULT_MAX_STATE_BYTES,
+                      **_: Any) -> str:
+        """ValueError for options a coordinator refuses (so a launcher can refuse them before
+        it starts anything); the mode it runs ("ssp" with staleness 0 is "sync")."""
+        for name, value in (("num_servers", num_servers), ("num_workers", num_workers)):
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _core_max_workers():
+                raise ValueError(f"{name} must be an integer in [1, {_core_max_workers()}], got {value!r}")
+        if mode not in P.MODES:
+            raise ValueError(f"mode must be one of {P.MODES}, got {mode!r}")
+        if isinstance(staleness, bool) or not isinstance(staleness, int) or staleness < 0 or (
+                staleness and mode != "ssp"):
+            raise ValueError(f"staleness must be an integer >= 0, and only with mode 'ssp'; got {staleness!r} "
+                             f"with mode {mode!r}")
+        if snapshot_every_steps < 0 or snapshot_every_seconds < 0:
+            raise ValueError("snapshot_every_steps and snapshot_every_seconds must be >= 0")
+        if not 0 < heartbeat < member_timeout:
+            raise ValueError(f"need 0 < heartbeat < member_timeout, got {heartbeat} and {member_timeout}")
+        if keep < 1:
+            raise ValueError(f"keep must be >= 1, got {keep}")
+        if not 1 << 10 <= max_state_bytes <= 1 << 31:
+            raise ValueError(f"max_state_bytes must be in [1 KiB, 2 GiB], got {max_state_bytes}")
+        # No step ahead is the synchronous mode, as sparsecore.connect takes it.
+        return "sync" if mode == "ssp" and staleness == 0 else mode
 
     # --- lifecycle ------------------------------------------------------------------------
     @property
@@ -194,6 +214,7 @@ class Coordinator:
     def _status_locked(self) -> dict[str, Any]:
         why = (self._missing_locked() or self._why) if self._phase == "waiting" else self._why
         return {"generation": self._gen, "phase": self._phase, "why": why, "mode": self.mode,
+                "staleness": self.staleness,
                 "num_servers": self.num_servers, "num_workers": self.num_workers,
                 "servers": {str(i): m.address for i, m in sorted(self._servers.items())},
                 "workers": {str(r): m.step for r, m in sorted(self._workers.items())},
@@ -540,7 +561,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--snapshot-dir", required=True, metavar="DIR",
                    help="the coordinator's record of the job: generation and cluster snapshots (workers' states "
                         "and manifests); a restarted coordinator continues from it. One directory per job")
-    p.add_argument("--mode", choices=P.MODES, default="sync", help="synchronous or asynchronous pushes (default: sync)")
+    p.add_argument("--mode", choices=P.MODES, default="sync",
+                   help="how workers' pushes step together: sync (default), async, or ssp (bounded staleness)")
+    p.add_argument("--staleness", type=int, default=0, metavar="K",
+                   help="with --mode ssp: steps a worker may run ahead of the slowest (default 0: sync)")
     p.add_argument("--snapshot-every-steps", type=int, default=0, metavar="K",
                    help="snapshot at every step that is a multiple of K (default 0: off)")
     p.add_argument("--snapshot-every-seconds", type=float, default=0.0, metavar="S",
@@ -567,7 +591,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         token = resolve_token(args.token_file, None)
         coordinator = Coordinator(num_servers=args.servers, num_workers=args.workers, snapshot_dir=args.snapshot_dir,
-                                  port=args.port, address=args.address, token=token, mode=args.mode,
+                                  port=args.port, address=args.address, token=token, mode=args.mode, staleness=args.staleness,
                                   snapshot_every_steps=args.snapshot_every_steps,
                                   snapshot_every_seconds=args.snapshot_every_seconds, heartbeat=args.heartbeat,
                                   member_timeout=args.member_timeout, restore_timeout=args.server_timeout,

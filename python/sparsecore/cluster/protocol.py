@@ -27,7 +27,7 @@ FAILED = 6         # {rank, incarnation, generation, why} -> {generation}
 STATUS = 7         # {} -> cluster state (for launchers and tests)
 
 ROLES = ("server", "worker")
-MODES = ("sync", "async")
+MODES = ("sync", "async", "ssp")  # ssp: bounded staleness (sparsecore.connect)
 # Worker states travel in one frame; the coordinator's frame limit is set from this.
 DEFAULT_MAX_STATE_BYTES = 256 << 20
 _HEADER = struct.Struct("<I")

@@ -65,17 +65,25 @@ class Worker:
     ``recovery_timeout``: the longest this worker waits for the cluster - to become ready, for
     the others at a snapshot barrier, for a coordinator that went away - before it raises
     :class:`sparsecore.RpcTimeoutError`; no wait is unbounded. ``poll``: seconds between
-    the worker's questions while it waits."""
+    the worker's questions while it waits. ``mode``/``staleness``: what this worker expects
+    of the job (None: whatever the coordinator was started with); a coordinator of another
+    mode is refused with ValueError. The worker connects with the coordinator's mode."""
 
     def __init__(self, coordinator: str, rank: int, *, token: str = "", timeout: float = 60.0,
-                 recovery_timeout: float = 600.0, poll: float = 0.02):
+                 recovery_timeout: float = 600.0, poll: float = 0.02, mode: Optional[str] = None,
+                 staleness: Optional[int] = None):
         P.parse_address(coordinator)
         if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
             raise ValueError(f"rank must be an integer >= 0, got {rank!r}")
         for name, value in (("timeout", timeout), ("recovery_timeout", recovery_timeout), ("poll", poll)):
             if not 0 < value <= 7 * 24 * 3600:
                 raise ValueError(f"{name} must be in (0, 604800] seconds, got {value}")
+        if mode is not None and mode not in P.MODES:
+            raise ValueError(f"mode must be one of {P.MODES}, got {mode!r}")
+        if staleness is not None and (isinstance(staleness, bool) or not isinstance(staleness, int) or staleness < 0):
+            raise ValueError(f"staleness must be an integer >= 0, got {staleness!r}")
         self.coordinator, self.rank = coordinator, rank
+        self.mode, self.staleness = mode, staleness
         self.timeout, self.recovery_timeout, self.poll = timeout, recovery_timeout, poll
         self._token = token
         self.incarnation = P.new_incarnation()
@@ -93,6 +101,12 @@ class Worker:
     # --- talking to the coordinator -----------------------------------------------------------
     def _register(self) -> dict[str, Any]:
         reply = self._link.request(P.REGISTER, self._hello())
+        mode, staleness = reply.get("mode"), int(reply.get("staleness", 0))
+        wanted_mode = "sync" if self.mode == "ssp" and self.staleness == 0 else self.mode
+        if (wanted_mode is not None and wanted_mode != mode) or (self.staleness is not None
+                                                                 and mode == "ssp" and self.staleness != staleness):
+            raise ValueError(f"worker {self.rank} was started for mode {self.mode!r} (staleness {self.staleness}); "
+                             f"the coordinator {self.coordinator} runs mode {mode!r} (staleness {staleness})")
         self._registered = True
         self._job_info = reply
         return reply
@@ -174,11 +188,14 @@ class Worker:
 
         self.generation = ready["generation"]
         servers = [ready["servers"][str(i)] for i in range(ready["num_servers"])]
-        sync = ready["mode"] == "sync"
+        mode = ready["mode"]
+        stepping = mode != "async"  # sync and ssp name every worker; async pushes alone
         step = 0
         try:  # a server gone meanwhile; errors of the job's own code propagate
-            cluster = connect(servers, token=self._token, timeout=self.timeout,
-                              worker=self.rank if sync else 0, num_workers=ready["num_workers"] if sync else 0)
+            cluster = connect(servers, token=self._token, timeout=self.timeout, mode=mode,
+                              staleness=int(ready.get("staleness", 0)) if mode == "ssp" else 0,
+                              worker=self.rank if stepping else 0,
+                              num_workers=ready["num_workers"] if stepping else 0)
             job = make_job(cluster)
         except _core.RpcError as e:
             raise _Recover(f"joining generation {self.generation}: {type(e).__name__}: {e}") from None
