@@ -58,7 +58,7 @@ def component_configs(name: str, cfg: TableConfig, dense: bool = True) -> dict[s
     """The component tables of compressed table ``name`` (validated; ValueError naming what
     is wrong): ``num_embeddings`` tables, or with ``dense=False`` (a store that keeps hash
     tables only) hash tables, which the keys in [0, rows) bound to the same rows."""
-    kind = cfg.compression
+    kind: Any = cfg.compression
     if not hasattr(kind, "component_keys"):
         raise TypeError(f"table '{name}': compression must be MultiHash, QuotientRemainder, BinaryCodeHash or "
                         f"RandomCoding, got {type(kind).__name__}")
@@ -78,7 +78,7 @@ def component_configs(name: str, cfg: TableConfig, dense: bool = True) -> dict[s
         raise ValueError(f"table '{name}': dim must be >= 1, got {cfg.dim}")
     dim = kind.component_dim(cfg.dim, name)
     mul = kind.combine_mode == "mul"
-    pooling = "none" if mul or cfg.pooling == "none" else "sum"
+    pooling: Any = "none" if mul or cfg.pooling == "none" else "sum"
     out = {}
     for part, rows in enumerate(kind.component_rows()):
         init = cfg.init if not mul or part == 0 else Constant(1.0)
@@ -136,7 +136,8 @@ def compressed_tables(core_names: list[str], core_configs: dict[str, TableConfig
             names.append(core_name)
             configs[core_name] = cfg
             continue
-        table, kind, pooling, part = parsed
+        table, kind, pooling_name, part = parsed
+        pooling: Any = pooling_name
         if part == EXACT:
             if table not in compressed or compressed[table].exact is not None:
                 raise ValueError(f"table '{core_name}': exact rows without their compressed table")
@@ -246,7 +247,8 @@ def expand_group(table: CompressedTable, ids: np.ndarray, offsets: np.ndarray, w
         positions = _Positions(ids, offsets, lengths, scale, pooling == "none")
         unique = positions.distinct_ids(ids)
         ones = np.arange(len(unique) + 1, dtype=np.int64)
-        groups = [(table.components[part], np.ascontiguousarray(keys.ravel()), ones, None)
+        groups: list[tuple[int, np.ndarray, np.ndarray, Optional[np.ndarray]]] = [
+            (table.components[part], np.ascontiguousarray(keys.ravel()), ones, None)
                   for part, (keys, _) in enumerate(table.kind.component_keys(unique, table.seed))]
         if table.exact is not None:
             groups.append((table.exact, ids, offsets, weights))

@@ -452,7 +452,9 @@ class EmbeddingCollection:
         if not isinstance(batch, Mapping):
             raise TypeError(f"batch must be a mapping of table name -> (ids, offsets[, weights]), "
                             f"got {type(batch).__name__}")
-        groups, names, offsets = [], [], []
+        groups: list[tuple] = []
+        names: list[str] = []
+        offsets: list[np.ndarray] = []
         torch_out = False
         expansion = _compressed.Expansion() if self._compressed else None
         for name, group in batch.items():

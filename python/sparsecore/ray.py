@@ -174,7 +174,7 @@ class Job:
         if not snapshot_dir:
             raise ValueError("snapshot_dir is required: recovery rolls back to the servers' newest snapshot")
         server_optimizer(self.settings["dense_optimizer"])  # one the servers have: refused here, not in the actors
-        self.coordinator_options = {
+        self.coordinator_options: dict[str, Any] = {
             "num_servers": num_servers, "num_workers": num_workers, "mode": mode, "staleness": staleness,
             "snapshot_dir": os.path.join(os.fspath(snapshot_dir), "coordinator"), "token": "",
             "snapshot_every_steps": snapshot_every, "heartbeat": min(1.0, member_timeout / 4),
@@ -228,7 +228,7 @@ class Job:
                 time.sleep(0.1)
 
     def _start_worker(self, rank: int, coordinator: str) -> tuple[Any, Any]:
-        actor = ray.remote(max_restarts=0, num_cpus=self.worker_cpus)(_WorkerActor)
+        actor: Any = ray.remote(max_restarts=0, num_cpus=self.worker_cpus)(_WorkerActor)
         worker = actor.remote(WorkerEnv(rank, self.num_workers, 0, self.failures), self.address, self.quiet)
         return worker, worker.train.remote(self.settings, coordinator, self.token, self.timeout)
 

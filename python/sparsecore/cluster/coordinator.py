@@ -398,7 +398,7 @@ class Coordinator:
         while not self._stopped.is_set():
             self._wake.wait(min(0.05, self.heartbeat / 4))
             self._wake.clear()
-            job = None
+            job: Optional[tuple[str, int, Any, list[str]]] = None
             with self._lock:
                 now = time.monotonic()
                 if self._phase not in ("done", "failed"):

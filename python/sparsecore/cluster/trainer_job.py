@@ -42,7 +42,8 @@ def server_optimizer(spec: dict[str, Any]) -> Any:
     try:
         lr, decay = float(args.pop("lr", 1e-3)), float(args.pop("weight_decay", 0.0))
         if name in ("adam", "adamw"):
-            betas = tuple(float(b) for b in args.pop("betas", (0.9, 0.999)))
+            b1, b2 = (float(b) for b in args.pop("betas", (0.9, 0.999)))
+            betas = (b1, b2)
             eps = float(args.pop("eps", 1e-8))
             opt: Any = (C.AdamW(lr=lr, betas=betas, eps=eps, weight_decay=float(decay if "weight_decay" in spec
                                                                                   else 1e-2))

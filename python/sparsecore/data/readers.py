@@ -126,7 +126,7 @@ class _TextReader:
     def state_dict(self) -> dict[str, Any]:
         """JSON-serialisable position (and shard: index, count and each part's [begin, first
         line, end]), for checkpoints."""
-        state = {"kind": self.kind, "paths": list(self.paths), "position": list(self.position)}
+        state: dict[str, Any] = {"kind": self.kind, "paths": list(self.paths), "position": list(self.position)}
         if self.shard is not None:
             state["shard"] = {"index": self.shard[0], "count": self.shard[1], "parts": self._parts}
         return state
