@@ -95,6 +95,9 @@ SPARSECORE_BINDING(ps, 70) {
       },
       py::arg("server"), "The Prometheus text of `server` (what GET /metrics answers).");
 
+  m.def("place_by_size", &place_by_size, py::arg("sizes"), py::arg("num_shards"),
+        "Global shard of each of `sizes` (numbers of values): largest first, each to the shard holding the fewest "
+        "values so far (the lowest index on a tie).");
   m.def("latest_snapshot", &latest_snapshot, py::arg("root"),
         "Newest complete step-<k> snapshot directory under root, or '' when none.");
   py::class_<PsClient>(m, "PsClient")

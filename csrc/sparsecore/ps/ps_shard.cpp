@@ -329,7 +329,7 @@ SnapshotPart PsShard::encode_snapshot(int64_t step, const std::string& save_id) 
   part.shard_dir = shard_directory_name(layout_.global_index, layout_.total_shards);
   part.marker_name = shard_marker_name(layout_.global_index, layout_.total_shards);
   Json m = Json::object();
-  m["format"] = 1;
+  m["format"] = 2;
   m["step"] = step;
   m["save_id"] = save_id;
   m["global_index"] = layout_.global_index;
@@ -349,13 +349,7 @@ SnapshotPart PsShard::encode_snapshot(int64_t step, const std::string& save_id) 
   Json kv = Json::object();
   for (const auto& [k, v] : kv_) kv[k] = v;
   m["kv"] = std::move(kv);
-  Json dense = Json::object();
-  for (const auto& [k, v] : dense_) {
-    Json a = Json::array();
-    for (float x : v) a.push_back(Json(static_cast<double>(x)));
-    dense[k] = std::move(a);
-  }
-  m["dense"] = std::move(dense);
+  m["dense"] = encode_dense(part.dense);
   part.marker = m.dump(1);
   return part;
 }
@@ -367,6 +361,10 @@ void SnapshotPart::write(const std::string& staging) const {
     make_directory(join(dir, sub));
     files.write(join(dir, sub));
   }
+  File d = File::create(join(dir, kDenseFileName));
+  d.write_all(dense.data(), dense.size() * sizeof(float));
+  d.sync();
+  d.close();
   // Last: the shard's part is complete. Every file is synced here; the commit syncs the
   // directories.
   File f = File::create(join(staging, marker_name));
@@ -380,20 +378,44 @@ int64_t PsShard::restore(const std::string& dir) {
   const int old_total = snapshot.total_shards;
   std::map<std::string, Table, std::less<>> tables;
   std::map<std::string, std::vector<float>> dense;
+  std::map<std::string, DenseRule> dense_rules;
   std::map<std::string, Json> kv;
   // Dense variables stay on the shard that saved them when the layout is the same (they are
-  // spread over the shards by size); onto another layout they all go to shard 0.
+  // spread over the shards by size); onto another layout they go where place_restored_dense
+  // says (format 1 markers, values only: all to shard 0).
   const bool same_layout = old_total == layout_.total_shards;
+  std::vector<std::vector<DenseEntry>> dense_entries(static_cast<size_t>(old_total));
+  std::vector<int64_t> dense_floats(static_cast<size_t>(old_total), 0);
+  for (int g = 0; g < old_total; ++g) {
+    const Json& m = snapshot.markers[static_cast<size_t>(g)];
+    if (m.at("format").as_int() >= 2)
+      dense_entries[static_cast<size_t>(g)] = parse_dense_entries(m, &dense_floats[static_cast<size_t>(g)]);
+  }
+  std::map<std::string, std::pair<int, const DenseEntry*>> placed;
+  if (!same_layout) placed = place_restored_dense(dense_entries, layout_.total_shards);
   for (int g = 0; g < old_total; ++g) {
     const Json& m = snapshot.markers[static_cast<size_t>(g)];
     if (g == 0)
       for (const auto& [k, v] : m.at("kv").as_object("kv")) kv[k] = v;
-    if (same_layout ? g == layout_.global_index : layout_.global_index == 0) {
-      for (const auto& [k, v] : m.at("dense").as_object("dense")) {
-        std::vector<float> values;
-        for (const Json& x : v.as_array("dense values")) values.push_back(static_cast<float>(x.as_double()));
-        dense[k] = std::move(values);
+    if (m.at("format").as_int() == 1) {
+      if (same_layout ? g == layout_.global_index : layout_.global_index == 0) {
+        for (const auto& [k, v] : m.at("dense").as_object("dense")) {
+          std::vector<float> values;
+          for (const Json& x : v.as_array("dense values")) values.push_back(static_cast<float>(x.as_double()));
+          dense[k] = std::move(values);
+        }
       }
+    } else {
+      std::vector<const DenseEntry*> wanted;
+      for (const DenseEntry& e : dense_entries[static_cast<size_t>(g)]) {
+        const bool mine = same_layout ? g == layout_.global_index : [&] {
+          const auto& [shard, chosen] = placed.at(e.name);
+          return shard == layout_.global_index && chosen == &e;
+        }();
+        if (mine) wanted.push_back(&e);
+      }
+      read_dense(join(dir, shard_directory_name(g, old_total)), dense_floats[static_cast<size_t>(g)], wanted, dense,
+                 dense_rules);
     }
     bool overlaps = ranges_overlap(g, old_total, layout_.global_index, layout_.total_shards);
     const std::string shard_dir = join(dir, shard_directory_name(g, old_total));
@@ -460,6 +482,7 @@ int64_t PsShard::restore(const std::string& dir) {
   }
   tables_ = std::move(tables);
   dense_ = std::move(dense);
+  dense_rules_ = std::move(dense_rules);
   if (layout_.global_index == 0)
     kv_ = std::move(kv);
   else
@@ -488,7 +511,7 @@ void PsShard::commit_restore(const std::string& restore_id) {
   staged_id_.clear();
   tables_ = std::move(staged->tables_);
   dense_ = std::move(staged->dense_);
-  dense_rules_ = std::move(staged->dense_rules_);  // none: snapshots keep dense values only
+  dense_rules_ = std::move(staged->dense_rules_);
   kv_ = std::move(staged->kv_);
 }
 

@@ -2,11 +2,14 @@
 
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <charconv>
 #include <cstdio>
 #include <filesystem>
 #include <set>
 
+#include "sparsecore/core/checksum.h"
 #include "sparsecore/core/error.h"
 #include "sparsecore/core/file.h"
 #include "sparsecore/core/hash.h"
@@ -69,7 +72,9 @@ Json read_marker(const std::string& path) {
 // Checks one marker's fields (CorruptData naming the field otherwise).
 void check_marker(const Json& m, const std::string& path, int g, int total) {
   try {
-    SC_CHECK(m.at("format").as_int("format") == 1, CorruptData, "unknown marker format");
+    const int64_t format = m.at("format").as_int("format");
+    SC_CHECK(format == 1 || format == 2, CorruptData, "unknown marker format ", format,
+             " (this version reads formats 1 and 2)");
     SC_CHECK(m.at("global_index").as_int("global_index") == g && m.at("total_shards").as_int("total_shards") == total,
              CorruptData, "marker names another shard than its file name");
     SC_CHECK(m.at("step").as_int("step") >= 0, CorruptData, "negative step");
@@ -84,8 +89,13 @@ void check_marker(const Json& m, const std::string& path, int g, int total) {
                "' is not a plain name or is listed twice");
     }
     m.at("kv").as_object("kv");
-    for (const auto& [k, v] : m.at("dense").as_object("dense"))
-      for (const Json& x : v.as_array("dense values")) x.as_double("dense value");
+    if (format == 1) {  // values as JSON numbers, no optimizer state
+      for (const auto& [k, v] : m.at("dense").as_object("dense"))
+        for (const Json& x : v.as_array("dense values")) x.as_double("dense value");
+    } else {
+      int64_t total = 0;
+      parse_dense_entries(m, &total);
+    }
   } catch (const NotFound& e) {
     throw CorruptData("snapshot marker '" + path + "' is incomplete: " + e.what());
   } catch (const InvalidArgument& e) {
@@ -100,7 +110,99 @@ std::string optional_save_id(const Json& m) {
   return id ? id->as_string() : std::string();
 }
 
+// i when `name` is "<prefix>/<i>" with i written as Python's str(i) writes it (no sign, no
+// leading zero); -1 otherwise.
+int64_t name_index(const std::string& name, std::string* prefix) {
+  const size_t slash = name.rfind('/');
+  if (slash == std::string::npos || slash + 1 == name.size()) return -1;
+  const std::string_view digits(name.data() + slash + 1, name.size() - slash - 1);
+  if (digits.size() > 1 && digits[0] == '0') return -1;
+  int64_t i = -1;
+  auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), i);
+  if (ec != std::errc() || end != digits.data() + digits.size() || i < 0) return -1;
+  *prefix = name.substr(0, slash);
+  return i;
+}
+
 }  // namespace
+
+std::vector<DenseEntry> parse_dense_entries(const Json& marker, int64_t* total_floats) {
+  std::vector<DenseEntry> out;
+  std::set<std::string> names;
+  int64_t offset = 0;
+  try {
+    for (const Json& e : marker.at("dense").as_array("dense")) {
+      DenseEntry d;
+      d.name = e.at("name").as_string("dense variable name");
+      SC_CHECK(!d.name.empty() && names.insert(d.name).second, CorruptData, "dense variable '", d.name,
+               "' listed twice or unnamed");
+      d.size = e.at("size").as_int("dense variable size");
+      SC_CHECK(d.size >= 1 && d.size <= kMaxDenseValues, CorruptData, "dense variable '", d.name, "' has size ", d.size,
+               ", outside [1, 2^28]");
+      const Json& opt = e.at("optimizer");
+      if (!opt.is_null()) {
+        d.has_optimizer = true;
+        d.optimizer = OptimizerConfig::from_json(opt);
+        d.optimizer.validate();
+        d.state_size = d.optimizer.state_dim(static_cast<int>(d.size));
+      }
+      SC_CHECK(e.at("state_size").as_int("state size") == d.state_size, CorruptData, "dense variable '", d.name,
+               "' lists ", e.at("state_size").as_int(), " state values, its optimizer keeps ", d.state_size);
+      const int64_t count = e.at("count").as_int("update count");
+      SC_CHECK(count >= 0 && count <= int64_t{UINT32_MAX}, CorruptData, "dense variable '", d.name,
+               "' has update count ", count);
+      SC_CHECK(d.has_optimizer || count == 0, CorruptData, "dense variable '", d.name,
+               "' has no optimizer but an update count");
+      d.count = static_cast<uint32_t>(count);
+      d.checksum = parse_checksum_hex(e.at("checksum").as_string("checksum"));
+      d.offset = offset;
+      offset += d.size + d.state_size;  // no overflow: the marker's size bounds the entries
+      out.push_back(std::move(d));
+    }
+  } catch (const NotFound& e) {
+    throw CorruptData(std::string("dense variables: ") + e.what());
+  } catch (const InvalidArgument& e) {
+    throw CorruptData(std::string("dense variables: ") + e.what());
+  }
+  *total_floats = offset;
+  return out;
+}
+
+std::vector<int> place_by_size(const std::vector<int64_t>& sizes, int num_shards) {
+  SC_CHECK_ARG(num_shards >= 1, "num_shards must be >= 1, got ", num_shards);
+  std::vector<size_t> order(sizes.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return sizes[a] > sizes[b]; });
+  std::vector<int64_t> load(static_cast<size_t>(num_shards), 0);
+  std::vector<int> shard(sizes.size(), 0);
+  for (size_t i : order) {
+    const int g = static_cast<int>(std::min_element(load.begin(), load.end()) - load.begin());  // first minimum
+    shard[i] = g;
+    load[static_cast<size_t>(g)] += sizes[i];
+  }
+  return shard;
+}
+
+std::map<std::string, std::pair<int, const DenseEntry*>> place_restored_dense(
+    const std::vector<std::vector<DenseEntry>>& by_old_shard, int num_shards) {
+  std::map<std::string, std::pair<int, const DenseEntry*>> out;
+  std::map<std::string, std::map<int64_t, const DenseEntry*>> groups;  // prefix -> index -> entry
+  for (const auto& entries : by_old_shard)
+    for (const DenseEntry& e : entries) {
+      if (!out.emplace(e.name, std::make_pair(0, &e)).second) continue;  // the lowest old shard's
+      std::string prefix;
+      const int64_t i = e.has_optimizer ? name_index(e.name, &prefix) : -1;
+      if (i >= 0) groups[prefix][i] = &e;
+    }
+  for (const auto& [prefix, members] : groups) {
+    std::vector<int64_t> sizes;
+    for (const auto& [i, e] : members) sizes.push_back(e->size);
+    const std::vector<int> shards = place_by_size(sizes, num_shards);
+    size_t k = 0;
+    for (const auto& [i, e] : members) out[e->name].first = shards[k++];
+  }
+  return out;
+}
 
 std::string shard_directory_name(int g, int total) {
   return "shard-" + std::to_string(g) + "-of-" + std::to_string(total);

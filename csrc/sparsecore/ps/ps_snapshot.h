@@ -5,6 +5,9 @@
 //     shard-<g>-of-<T>.json          marker of global shard g of T: step, save id, tables
 //                                    (name, seed, directory), kv entries, dense variables
 //     shard-<g>-of-<T>/table-<i>/    one collection checkpoint per table
+//     shard-<g>-of-<T>/dense.bin     the shard's dense variables (marker format 2): each
+//                                    variable's values then its optimizer state, float32
+//                                    little-endian, in the order the marker lists them
 //   .<name>.saving-<save id>/        a save in progress, written by every shard
 //
 // A save is two-phase: every shard writes its part into the save's staging directory, then
@@ -15,10 +18,12 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
 #include "sparsecore/core/json.h"
+#include "sparsecore/optim/optimizer_config.h"
 
 namespace sparsecore::ps {
 
@@ -54,6 +59,39 @@ struct SnapshotMarkers {
   std::vector<Json> markers;  // by global shard
 };
 SnapshotMarkers read_snapshot_markers(const std::string& dir);
+
+// A dense variable of a marker of format 2 (the marker's "dense" array): `size` values, then
+// the `state_size` floats of its optimizer's state, `offset` floats into the shard's
+// dense.bin; `count` updates applied so far (Adam's bias correction). A variable without an
+// optimizer (dense_pull / dense_push) has no state.
+inline constexpr const char* kDenseFileName = "dense.bin";
+inline constexpr int64_t kMaxDenseValues = int64_t{1} << 28;  // floats of one variable
+struct DenseEntry {
+  std::string name;
+  int64_t size = 0;
+  bool has_optimizer = false;
+  OptimizerConfig optimizer;
+  int64_t state_size = 0;
+  uint32_t count = 0;
+  uint64_t checksum = 0;  // checksum64 of the values and state bytes
+  int64_t offset = 0;
+};
+// The checked dense entries of a format-2 marker, offsets assigned in order; `total_floats`
+// receives what dense.bin must hold. CorruptData names what is wrong (a name listed twice, a
+// size outside [1, 2^28], an invalid optimizer, a state size that is not its optimizer's).
+std::vector<DenseEntry> parse_dense_entries(const Json& marker, int64_t* total_floats);
+// Global shard of each variable of `sizes` on `num_shards` shards: largest first, each to the
+// shard holding the fewest values so far (the lowest index on a tie). The placement of
+// sparsecore.torch.ServerDenseOptimizer, and of a restore onto another layout.
+std::vector<int> place_by_size(const std::vector<int64_t>& sizes, int num_shards);
+// Where the dense variables of a snapshot go on a layout of `num_shards` other than the
+// snapshot's: variables with an optimizer named <prefix>/<i> (i = 0, 1, ..., as
+// ServerDenseOptimizer names them) are placed per prefix with place_by_size over their sizes
+// in index order, so the optimizer finds them where it looks; every other variable goes to
+// shard 0 (where dense_pull and dense_push look by default). A name that several shards of
+// the snapshot hold is taken from the lowest one. Returns name -> (shard, the entry).
+std::map<std::string, std::pair<int, const DenseEntry*>> place_restored_dense(
+    const std::vector<std::vector<DenseEntry>>& by_old_shard, int num_shards);
 
 // Whether every marker of one layout exists in `dir` (a real directory).
 bool snapshot_complete(const std::string& dir);
