@@ -24,8 +24,51 @@ constexpr uint64_t kMaxMarkerBytes = 1ull << 30;
 
 std::string join(const std::string& a, const std::string& b) { return (fs::path(a) / b).string(); }
 
-std::string staging_name(const std::string& name, const std::string& save_id) {
+std::string owner_suffix(int server) { return ".server-" + std::to_string(server); }
+
+// The staging directories of a save share this head; server i's adds owner_suffix(i).
+std::string staging_head(const std::string& name, const std::string& save_id) {
   return "." + name + ".saving-" + save_id;
+}
+
+std::string staging_name(const std::string& name, const std::string& save_id, int server) {
+  return staging_head(name, save_id) + owner_suffix(server);
+}
+
+// Whether `text` is a non-empty run of decimal digits fitting uint64 (its value in *v).
+bool parse_decimal(std::string_view text, uint64_t* v) {
+  if (text.empty()) return false;
+  for (char c : text)
+    if (c < '0' || c > '9') return false;
+  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), *v);
+  return ec == std::errc() && end == text.data() + text.size();
+}
+
+// Every server's staging directory of one save: server index -> path (real directories only).
+std::map<int, std::string> save_stagings(const std::string& root, const std::string& name, const std::string& save_id) {
+  const std::string head = staging_head(name, save_id) + ".server-";
+  std::map<int, std::string> out;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(root, ec)) {
+    const std::string entry = e.path().filename().string();
+    uint64_t server;
+    if (entry.compare(0, head.size(), head) != 0 ||
+        !parse_decimal(std::string_view(entry).substr(head.size()), &server) || server > (1u << 20) ||
+        entry != head + std::to_string(server))
+      continue;
+    if (is_real_directory(e.path().string())) out[static_cast<int>(server)] = e.path().string();
+  }
+  return out;
+}
+
+// n when `entry` is <prefix><n> or <prefix><n>-step-<k>.
+bool series_number(const std::string& entry, const std::string& prefix, uint64_t* n) {
+  if (entry.size() <= prefix.size() || entry.compare(0, prefix.size(), prefix) != 0) return false;
+  std::string_view rest = std::string_view(entry).substr(prefix.size());
+  const size_t dash = rest.find("-step-");
+  uint64_t k;
+  if (dash != std::string_view::npos && !parse_decimal(rest.substr(dash + 6), &k)) return false;
+  return parse_decimal(rest.substr(0, dash), n);
 }
 
 void check_save_id(const std::string& id) {
@@ -224,13 +267,13 @@ std::string snapshot_path(const std::string& root, const std::string& name) {
 }
 
 std::string begin_snapshot_write(const std::string& root, const std::string& name, const std::string& save_id,
-                                 bool overwrite) {
+                                 bool overwrite, int server) {
   const std::string target = snapshot_path(root, name);
   check_save_id(save_id);
   SC_CHECK_ARG(overwrite || !path_exists(target), "snapshot '", name, "' exists (pass overwrite)");
   SC_CHECK_ARG(!path_exists(target) || is_real_directory(target), "'", name,
                "' in the snapshot directory is not a directory; refusing to replace it");
-  const std::string staging = join(root, staging_name(name, save_id));
+  const std::string staging = join(root, staging_name(name, save_id, server));
   make_directories(root);
   if (::mkdir(staging.c_str(), 0755) != 0 && errno != EEXIST) check_syscall(false, "cannot create directory", staging);
   SC_CHECK(is_real_directory(staging), IoError, "staging path '", staging, "' is not a directory");
@@ -238,11 +281,26 @@ std::string begin_snapshot_write(const std::string& root, const std::string& nam
 }
 
 void commit_snapshot(const std::string& root, const std::string& name, const std::string& save_id, int total_shards,
-                     bool overwrite) {
+                     bool overwrite, int server) {
   const std::string target = snapshot_path(root, name);
   check_save_id(save_id);
-  const std::string staging = join(root, staging_name(name, save_id));
-  SC_CHECK(is_real_directory(staging), NotFound, "save ", save_id, " of snapshot '", name, "' was not written");
+  const std::string staging = join(root, staging_name(name, save_id, server));
+  const std::map<int, std::string> parts = save_stagings(root, name, save_id);
+  SC_CHECK(parts.count(server), NotFound, "save ", save_id, " of snapshot '", name, "' was not written");
+  // The other servers' parts join this one (renames within the root: no copy).
+  for (const auto& [other, dir] : parts) {
+    if (other == server) continue;
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator(dir, ec)) {
+      const std::string entry = e.path().filename().string();
+      const std::string to = join(staging, entry);
+      SC_CHECK(!path_exists(to), CorruptData, "save ", save_id, " of '", name, "': '", entry,
+               "' was written by two servers");
+      check_syscall(::rename(e.path().c_str(), to.c_str()) == 0, "cannot move a part of the save into", to);
+    }
+    SC_CHECK(!ec, IoError, "cannot list '", dir, "': ", ec.message());
+    ::rmdir(dir.c_str());  // emptied; one left behind is removed when its server starts
+  }
   SnapshotMarkers m = read_snapshot_markers(staging);
   SC_CHECK(m.total_shards == total_shards, CorruptData, "save ", save_id, " of '", name, "' has ", m.total_shards,
            " shards, the cluster ", total_shards);
@@ -258,22 +316,67 @@ void commit_snapshot(const std::string& root, const std::string& name, const std
 void abort_snapshot(const std::string& root, const std::string& name, const std::string& save_id) {
   snapshot_path(root, name);
   check_save_id(save_id);
-  remove_tree(join(root, staging_name(name, save_id)));
+  for (const auto& [server, dir] : save_stagings(root, name, save_id)) remove_tree(dir);
 }
 
-void remove_unfinished_snapshots(const std::string& root) {
+void remove_unfinished_snapshots(const std::string& root, int server) {
+  const std::string suffix = owner_suffix(server);
   std::error_code ec;
   for (const auto& e : fs::directory_iterator(root, ec)) {
     const std::string name = e.path().filename().string();
-    if (name.size() <= 1 || name[0] != '.' || name.find(".saving-") == std::string::npos) continue;
-    // Servers of one cluster share the snapshot directory: a peer may be writing into this
-    // save right now, and a directory it is filling cannot always be removed. That save then
-    // fails to commit (its markers are gone) and is retried; starting never fails on it.
+    if (name.size() <= suffix.size() + 1 || name[0] != '.' ||
+        name.compare(name.size() - suffix.size(), suffix.size(), suffix) != 0 ||
+        (name.find(".saving-") == std::string::npos && name.find(".pruning-") == std::string::npos))
+      continue;
+    // Only this server's entries: they died with its previous run. Starting never fails on
+    // one that cannot be removed.
     try {
       remove_tree(e.path().string());
     } catch (const IoError&) {
     }
   }
+}
+
+void check_prune_request(const std::string& root, const std::string& prefix, int64_t keep,
+                         const std::vector<std::string>& protect) {
+  SC_CHECK_ARG(!root.empty(),
+               "this server has no snapshot directory (start it with --snapshot-dir); there is nothing to prune");
+  SC_CHECK_ARG(keep >= 1, "keep must be >= 1 (the newest complete snapshot is never removed), got ", keep);
+  SC_CHECK_ARG(prefix.size() <= 64 && is_plain_name(prefix) && prefix[0] != '.', "snapshot series prefix '",
+               prefix.substr(0, 64), "' must be a plain name (no '/', not starting with '.', at most 64 bytes)");
+  SC_CHECK_ARG(protect.size() <= 4096, "at most 4096 protected snapshot names, got ", protect.size());
+  for (const std::string& name : protect) check_snapshot_name(name);
+}
+
+std::vector<std::string> prune_snapshots(const std::string& root, const std::string& prefix, int64_t keep,
+                                         const std::vector<std::string>& protect, int server) {
+  check_prune_request(root, prefix, keep, protect);
+  const std::set<std::string> kept(protect.begin(), protect.end());
+  std::vector<std::pair<uint64_t, std::string>> complete;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(root, ec)) {
+    const std::string entry = e.path().filename().string();
+    uint64_t n;
+    // snapshot_complete refuses a symlink: only real directories of the root are candidates.
+    if (series_number(entry, prefix, &n) && snapshot_complete(e.path().string())) complete.emplace_back(n, entry);
+  }
+  SC_CHECK(!ec, IoError, "cannot list the snapshot directory '", root, "': ", ec.message());
+  std::sort(complete.rbegin(), complete.rend());  // newest first
+  std::vector<std::string> removed;
+  for (size_t i = static_cast<size_t>(std::min<int64_t>(keep, static_cast<int64_t>(complete.size())));
+       i < complete.size(); ++i) {
+    const std::string& entry = complete[i].second;
+    if (kept.count(entry)) continue;
+    const std::string hidden = join(root, "." + entry + ".pruning-" + random_suffix() + owner_suffix(server));
+    if (::rename(join(root, entry).c_str(), hidden.c_str()) != 0) {
+      if (errno == ENOENT) continue;  // a peer sharing the root removed it first
+      check_syscall(false, "cannot move away old snapshot", join(root, entry));
+    }
+    removed.push_back(entry);
+    remove_tree(hidden);
+  }
+  if (!removed.empty()) sync_directory(root);
+  return removed;
 }
 
 SnapshotMarkers read_snapshot_markers(const std::string& dir) {

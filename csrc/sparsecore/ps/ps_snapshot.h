@@ -8,12 +8,16 @@
 //     shard-<g>-of-<T>/dense.bin     the shard's dense variables (marker format 2): each
 //                                    variable's values then its optimizer state, float32
 //                                    little-endian, in the order the marker lists them
-//   .<name>.saving-<save id>/        a save in progress, written by every shard
+//   .<name>.saving-<save id>.server-<i>/     server i's part of a save in progress
+//   .<name>.pruning-<random>.server-<i>/     a snapshot server i is removing (prune_snapshots)
 //
-// A save is two-phase: every shard writes its part into the save's staging directory, then
-// one commit checks that every marker of the save is there and switches the staging
-// directory in (commit_directory), so a crash at any instant leaves the previous snapshot of
-// that name (or none) and never a mix of two saves. Only names cross the wire; readers never
+// A save is two-phase: every shard writes its part into its server's staging directory of
+// the save, then one commit (on the server of shard 0) moves the other servers' parts into
+// its own, checks that every marker of the save is there and switches the directory in
+// (commit_directory), so a crash at any instant leaves the previous snapshot of that name
+// (or none) and never a mix of two saves. The servers of a cluster share the root; each
+// hidden entry names the server that owns it, and a server starting removes only its own
+// (a peer's save in progress is left alone). Only names cross the wire; readers never
 // follow a symlink inside the root and check every marker field (CorruptData otherwise).
 #pragma once
 
@@ -36,19 +40,34 @@ void check_snapshot_name(const std::string& name);
 // that is not a snapshot name.
 std::string snapshot_path(const std::string& root, const std::string& name);
 
-// Save, phase 1 (every shard): the staging directory of save `save_id` (16 hex digits) of
-// `name`, created by the first shard that gets there. Refuses (InvalidArgument) when a
-// snapshot `name` exists and !overwrite.
+// Save, phase 1 (every shard): server `server`'s staging directory of save `save_id` (16 hex
+// digits) of `name`, created by the first of its shards that gets there. Refuses
+// (InvalidArgument) when a snapshot `name` exists and !overwrite.
 std::string begin_snapshot_write(const std::string& root, const std::string& name, const std::string& save_id,
-                                 bool overwrite);
-// Save, phase 2 (once): checks that all `total_shards` markers of the save are there, then
-// switches the staging directory in as root/name.
+                                 bool overwrite, int server);
+// Save, phase 2 (once, by server `server`): moves every other server's part of the save into
+// its own staging directory, checks that all `total_shards` markers of the save are there,
+// then switches the directory in as root/name.
 void commit_snapshot(const std::string& root, const std::string& name, const std::string& save_id, int total_shards,
-                     bool overwrite);
-// Removes the staging directory of a save that failed.
+                     bool overwrite, int server);
+// Removes every server's staging directory of a save that failed (its client aborts it).
 void abort_snapshot(const std::string& root, const std::string& name, const std::string& save_id);
-// Removes staging directories left by saves that died (at server start).
-void remove_unfinished_snapshots(const std::string& root);
+// Removes the hidden entries server `server` left (parts of saves and removals that died
+// with it), at its start; other servers' entries are left alone.
+void remove_unfinished_snapshots(const std::string& root, int server);
+// Removes old snapshots of a series from `root`: of the complete snapshots whose names are
+// <prefix><n> or <prefix><n>-step-<k> (n, k decimal; "step-" for saves by step, "c" for the
+// coordinator's c<seq>-step-<k>), all but the `keep` (>= 1) with the largest n and those
+// named in `protect`. Each is renamed to a hidden entry of server `server` first, so it
+// vanishes at once, then removed. Symlinks, incomplete snapshots, saves in progress and
+// other names are never touched. Throws InvalidArgument for keep < 1, a prefix that is not
+// a plain name (no '/', not starting with '.', at most 64 bytes) or a protected name that is
+// not a snapshot name. Returns the names removed, newest first.
+std::vector<std::string> prune_snapshots(const std::string& root, const std::string& prefix, int64_t keep,
+                                         const std::vector<std::string>& protect, int server);
+// The checks of prune_snapshots' arguments alone (a server refuses a bad request at once).
+void check_prune_request(const std::string& root, const std::string& prefix, int64_t keep,
+                         const std::vector<std::string>& protect);
 
 // The checked markers of a complete snapshot: the same layout (T), step and save id in every
 // one, each table once per marker with a plain directory name. Throws NotFound when `dir`
