@@ -361,10 +361,12 @@ void SnapshotPart::write(const std::string& staging) const {
     make_directory(join(dir, sub));
     files.write(join(dir, sub));
   }
-  File d = File::create(join(dir, kDenseFileName));
-  d.write_all(dense.data(), dense.size() * sizeof(float));
-  d.sync();
-  d.close();
+  if (!dense.empty()) {  // a shard without dense variables writes no file for them
+    File d = File::create(join(dir, kDenseFileName));
+    d.write_all(dense.data(), dense.size() * sizeof(float));
+    d.sync();
+    d.close();
+  }
   // Last: the shard's part is complete. Every file is synced here; the commit syncs the
   // directories.
   File f = File::create(join(staging, marker_name));
