@@ -230,7 +230,10 @@ def test_snapshots_are_taken_at_the_first_step_every_k_steps_and_at_the_end(tmp_
 
 def test_only_the_newest_snapshots_are_kept(tmp_path):
     run_in_process(tmp_path, 6, snapshot_every_steps=1, keep=2)
-    assert [m["step"] for m in manifests(str(tmp_path / "coord"))] == [5, 6]
+    kept = manifests(str(tmp_path / "coord"))
+    assert [m["step"] for m in kept] == [5, 6]
+    # The servers keep the same ones, and nothing hidden is left behind.
+    assert sorted(os.listdir(tmp_path / "servers")) == [m["name"] for m in kept]
 
 
 def test_a_restarted_coordinator_continues_the_generation_count_and_knows_the_job_is_done(tmp_path):

@@ -179,7 +179,7 @@ def test_dense_variables_on_every_shard_survive_a_snapshot(tmp_path, rng):
         ps.restore(1)
         for shard in range(4):
             np.testing.assert_array_equal(ps.dense_pull(f"w{shard}", 0, shard=shard), saved[shard])
-            # The optimizer comes back with the values; creating it again is a no-op.
+            # The restored variables keep their optimizer; creating them again is a no-op.
             ps.dense_create(f"w{shard}", np.zeros(5, np.float32), opt, shard=shard)
             np.testing.assert_array_equal(ps.dense_step(f"w{shard}", np.ones(5, np.float32), shard=shard),
                                           saved[shard] - np.float32(0.5))

@@ -23,9 +23,10 @@ SPARSECORE_BINDING(ps, 70) {
       .def(py::init([](const std::string& address, int port, int shards, const std::string& token, int server_index,
                        int num_servers, uint64_t max_frame_bytes, int poll_us, int idle_timeout_ms,
                        int handshake_timeout_ms, uint64_t memory_budget_bytes, const std::string& snapshot_dir,
-                       const std::string& export_dir) {
+                       const std::string& export_dir, int64_t keep_snapshots) {
              PsServerOptions o;
              o.snapshot_dir = snapshot_dir;
+             o.keep_snapshots = keep_snapshots;
              o.export_dir = export_dir;
              o.export_writer = serving::ps_export_writer();
              o.rpc.poll_us = poll_us;
@@ -46,7 +47,7 @@ SPARSECORE_BINDING(ps, 70) {
            py::arg("poll_us") = 0, py::arg("idle_timeout_ms") = rpc::ServerOptions{}.idle_timeout_ms,
            py::arg("handshake_timeout_ms") = rpc::ServerOptions{}.handshake_timeout_ms,
            py::arg("memory_budget_bytes") = rpc::ServerOptions{}.memory_budget_bytes, py::arg("snapshot_dir") = "",
-           py::arg("export_dir") = "")
+           py::arg("export_dir") = "", py::arg("keep_snapshots") = 0)
       .def("start", [](PsServer& s) { s.start(); })
       .def("stop",
            [](PsServer& s) {
@@ -95,6 +96,9 @@ SPARSECORE_BINDING(ps, 70) {
       },
       py::arg("server"), "The Prometheus text of `server` (what GET /metrics answers).");
 
+  m.def("place_by_size", &place_by_size, py::arg("sizes"), py::arg("num_shards"),
+        "Global shard of each of `sizes` (numbers of values): largest first, each to the shard holding the fewest "
+        "values so far (the lowest index on a tie).");
   m.def("latest_snapshot", &latest_snapshot, py::arg("root"),
         "Newest complete step-<k> snapshot directory under root, or '' when none.");
   py::class_<PsClient>(m, "PsClient")
@@ -194,6 +198,13 @@ SPARSECORE_BINDING(ps, 70) {
             return c.save(name, step, overwrite);
           },
           py::arg("name"), py::arg("step"), py::arg("overwrite") = false)
+      .def(
+          "prune_snapshots",
+          [](PsClient& c, const std::string& prefix, int64_t keep, const std::vector<std::string>& protect) {
+            py::gil_scoped_release r;
+            return c.prune_snapshots(prefix, keep, protect);
+          },
+          py::arg("prefix"), py::arg("keep"), py::arg("protect"))
       .def("restore",
            [](PsClient& c, const std::string& dir) {
              py::gil_scoped_release r;

@@ -129,6 +129,19 @@ class Cluster:
         damaged snapshot changes nothing. Returns the snapshot's step."""
         return self._c.restore("" if name is None else _snapshot_name(name, 0))
 
+    def prune_snapshots(self, keep: int, *, prefix: str = "step-", protect: Sequence[str] = ()) -> list[str]:
+        """Removes old snapshots from the servers' ``--snapshot-dir``: of the complete snapshots
+        of the series ``prefix`` (names ``<prefix><n>`` or ``<prefix><n>-step-<k>``, newest =
+        largest ``n``: ``"step-"`` for :meth:`save` by step, ``"c"`` for the coordinator's), all
+        but the newest ``keep`` (>= 1) and those named in ``protect``. Only directories of the
+        snapshot directory itself are removed (never through a symlink); saves in progress,
+        incomplete snapshots and other names are left alone. Returns the names removed."""
+        if isinstance(keep, bool) or not isinstance(keep, (int, np.integer)):
+            raise TypeError(f"keep must be an int, got {type(keep).__name__}")
+        if isinstance(protect, str) or not all(isinstance(n, str) for n in protect):
+            raise TypeError("protect must be a sequence of snapshot names (str)")
+        return list(self._c.prune_snapshots(str(prefix), int(keep), list(protect)))
+
     def export_full(self, stream: str, *, version: int, dtype: str = "fp32") -> dict[str, int]:
         """A full export of every shard at ``version`` (the workers' step): each shard writes
         its part of ``full-<version>`` into ``<export_dir>/<stream>`` of its server
@@ -268,7 +281,11 @@ class Server:
     ``snapshot_dir``: where this server keeps snapshots (created if missing). Clients save
     and restore snapshots by name only, confined to this directory; without it they are
     refused. At start the newest complete snapshot found there is restored (every shard, or
-    none on error), and directories of saves that never finished are removed.
+    none on error), and this server's parts of saves that never finished are removed (servers
+    of one cluster share the directory; a peer's save in progress is left alone).
+    ``keep_snapshots`` (0: keep all): after each save it commits (server 0 commits every save),
+    the server removes all but the newest ``keep_snapshots`` complete ``step-<k>`` snapshots
+    (:meth:`Cluster.prune_snapshots`).
 
     ``metrics_port`` (listening servers only; 0 picks a free one, see :attr:`metrics_port`):
     also serve Prometheus text at ``http://metrics_address:metrics_port/metrics`` (HTTP/1.1,
@@ -286,14 +303,19 @@ class Server:
                  snapshot_dir: Optional[str] = None, poll: float = 0.0, idle_timeout: float = 0.0,
                  handshake_timeout: float = 10.0, memory_budget: int = 1 << 30,
                  metrics_port: Optional[int] = None, metrics_address: str = "127.0.0.1",
-                 metrics_timeout: float = 10.0, export_dir: Optional[str] = None):
+                 metrics_timeout: float = 10.0, export_dir: Optional[str] = None,
+                 keep_snapshots: int = 0):
+        if isinstance(keep_snapshots, bool) or not isinstance(keep_snapshots, int) or keep_snapshots < 0:
+            raise ValueError(f"keep_snapshots must be an int >= 0, got {keep_snapshots!r}")
+        if keep_snapshots and not snapshot_dir:
+            raise ValueError("keep_snapshots needs a snapshot_dir")
         self.snapshot_dir = os.fspath(snapshot_dir) if snapshot_dir else None
         self.export_dir = os.fspath(export_dir) if export_dir else None
         self._core = _core.PsServer(address, port or 0, shards, token, server_index, num_servers,
                                     poll_us=_poll_us(poll), idle_timeout_ms=_timeout_ms(idle_timeout, "idle_timeout"),
                                     handshake_timeout_ms=_timeout_ms(handshake_timeout, "handshake_timeout"),
                                     memory_budget_bytes=int(memory_budget), snapshot_dir=self.snapshot_dir or "",
-                                    export_dir=self.export_dir or "")
+                                    export_dir=self.export_dir or "", keep_snapshots=keep_snapshots)
         self.address = address
         self.restored_step: Optional[int] = None
         self.restored_snapshot: Optional[str] = None
@@ -466,6 +488,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    help="directory of snapshots: created when missing, must be writable; clients save and "
                         "restore snapshots by name, confined to it (without it they are refused); the newest "
                         "complete snapshot found there is restored at start")
+    p.add_argument("--keep-snapshots", type=int, default=0, metavar="N",
+                   help="after each save it commits (server 0 commits every save), remove all but the newest N "
+                        "complete step-<k> snapshots from --snapshot-dir (default 0: keep all; a coordinator "
+                        "prunes by its own --keep)")
     p.add_argument("--export-dir", default=None, metavar="DIR",
                    help="directory of incremental exports: clients name a stream, this server writes its "
                         "parts under DIR/<stream> (without it exports are refused)")
@@ -522,6 +548,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         token = resolve_token(args.token_file, args.token)
     except ValueError as e:
         return fail(str(e))
+    if args.keep_snapshots < 0:
+        return fail(f"--keep-snapshots must be >= 0, got {args.keep_snapshots}")
+    if args.keep_snapshots and not args.snapshot_dir:
+        return fail("--keep-snapshots needs --snapshot-dir")
     if args.snapshot_dir:
         problem = _writable_snapshot_dir(args.snapshot_dir)
         if problem:
@@ -532,7 +562,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         snapshot_dir=args.snapshot_dir, export_dir=args.export_dir, poll=args.poll_us / 1e6,
                         idle_timeout=args.idle_timeout, handshake_timeout=args.handshake_timeout,
                         metrics_port=args.metrics_port, metrics_address=args.metrics_address,
-                        metrics_timeout=args.metrics_timeout)
+                        metrics_timeout=args.metrics_timeout, keep_snapshots=args.keep_snapshots)
     except _core.CorruptDataError as e:  # a damaged snapshot is not an argument error
         return fail(f"cannot restore from --snapshot-dir: CorruptDataError: {e}", 1)
     except ValueError as e:

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import _core
 from .config import TableConfig
 from .embedding import EmbeddingCollection, PreparedBatch
 from .threads import ThreadsSpec, apply_default_split
@@ -270,16 +271,9 @@ def sync_dense(model: Any, group: Any = None) -> list:
 def place_by_size(sizes: Iterable[int], num_shards: int) -> list[int]:
     """The shard of each of ``sizes`` (numbers of values): largest first, each to the shard
     holding the fewest values so far (the lowest index on a tie), so every worker that
-    places the same sizes gets the same answer."""
-    sizes = [int(n) for n in sizes]
-    if num_shards < 1:
-        raise ValueError(f"num_shards must be >= 1, got {num_shards}")
-    load = [0] * num_shards
-    shard = [0] * len(sizes)
-    for i in sorted(range(len(sizes)), key=lambda i: (-sizes[i], i)):
-        shard[i] = min(range(num_shards), key=lambda g: (load[g], g))
-        load[shard[i]] += sizes[i]
-    return shard
+    places the same sizes gets the same answer. A snapshot restored onto another number of
+    shards places the variables of a :class:`ServerDenseOptimizer` by the same rule."""
+    return list(_core.place_by_size([int(n) for n in sizes], int(num_shards)))
 
 
 class ServerDenseOptimizer:
@@ -294,7 +288,9 @@ class ServerDenseOptimizer:
     step applies the sum of the workers' gradients (in worker order) once, divided by the
     number of workers when ``average`` (the mean, as :func:`sync_dense` takes); asynchronous
     and bounded-staleness workers apply their own gradients at once. ``name`` prefixes the
-    variables' names (one optimizer per model). Gradients that are None count as zeros."""
+    variables' names (one optimizer per model). Gradients that are None count as zeros.
+    Snapshots (``Cluster.save``) keep each variable's values with its optimizer state and
+    update count, so a restored run goes on as the uninterrupted one."""
 
     def __init__(self, params: Iterable[Any], cluster: Any, optimizer: Any, *, name: str = "dense",
                  average: bool = True):

@@ -88,8 +88,8 @@ void make_snapshot(const fs::path& root) {
   shard.kv_put("reader", Json::parse(R"({"at": 3})"));
   shard.dense("w", 4, 0.5f);
   const std::string id = "0123456789abcdef";
-  shard.write_snapshot(ps::begin_snapshot_write(root.string(), "s", id, false), 7, id);
-  ps::commit_snapshot(root.string(), "s", id, 1, false);
+  shard.write_snapshot(ps::begin_snapshot_write(root.string(), "s", id, false, /*server=*/0), 7, id);
+  ps::commit_snapshot(root.string(), "s", id, 1, false, /*server=*/0);
 }
 
 // Every number and string of a JSON document (to replace one).

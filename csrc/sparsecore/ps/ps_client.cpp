@@ -569,6 +569,20 @@ int64_t PsClient::restore(const std::string& requested) {
   return step;
 }
 
+std::vector<std::string> PsClient::prune_snapshots(const std::string& prefix, int64_t keep,
+                                                   const std::vector<std::string>& protect) {
+  Json j = Json::object();
+  j["prefix"] = prefix;
+  j["keep"] = keep;
+  Json names = Json::array();
+  for (const std::string& name : protect) names.push_back(name);
+  j["protect"] = std::move(names);
+  const Json reply = call_json(kPruneSnapshots, j, 0)[0];
+  std::vector<std::string> removed;
+  for (const Json& name : reply.at("removed").as_array("removed")) removed.push_back(name.as_string("removed name"));
+  return removed;
+}
+
 void PsClient::kv_put(const std::string& key, const Json& value) {
   Json j = Json::object();
   j["key"] = key;

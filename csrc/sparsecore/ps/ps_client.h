@@ -129,6 +129,10 @@ class PsClient {
   // Every shard takes the rows of snapshot `name` ("": the newest complete step-<k>) that it
   // owns now; all shards are read and checked before any is replaced. Returns its step.
   int64_t restore(const std::string& name);
+  // Asks the server of shard 0 (the servers share their snapshot directory) to remove old
+  // snapshots of the series `prefix` (ps_snapshot.h prune_snapshots); returns their names.
+  std::vector<std::string> prune_snapshots(const std::string& prefix, int64_t keep,
+                                           const std::vector<std::string>& protect);
   // An export of every shard at `version` (the workers' step; call it between steps, after
   // a barrier when several workers train): each shard writes its part of
   // <export dir>/<stream>/full-<version> (delta: delta-<since>-<version>) under the servers'

@@ -13,26 +13,27 @@
 namespace sparsecore::ps {
 
 enum Method : uint16_t {
-  kInfo = 10,         // -> json {server_index, num_servers, shards}
-  kCreateTable = 11,  // json {table: TableConfig json, seed}
-  kPull = 12,         // TableHeader + name + ids int64[n] -> float32[n, dim]
-  kPush = 13,         // TableHeader + name + ids int64[n] + grads float32[n, dim]
-  kSave = 14,         // json {phase: write|commit|abort, name, save_id, step, overwrite}
-  kRestore = 15,      // json {phase: latest|prepare|commit|abort, name, restore_id} -> json {name | step}
-  kStats = 16,        // -> json
-  kKvPut = 17,        // json {key, value}
-  kKvGet = 18,        // json {key} -> json {value} (null when absent)
-  kBarrier = 19,      // json {name, count}: replies once `count` callers arrived
-  kDensePull = 20,    // json {name, size, init} -> float32[size]
-  kDensePush = 21,    // DenseHeader + name + float32 grads[size] -> applies w -= lr * g
-  kJoin = 22,         // json {worker}: a synchronous worker's connection to a shard says its rank
-  kPullTables = 23,   // TablesHeader + TableEntry[k] + names + ids -> float32 rows of every table, in order
-  kPushTables = 24,   // TablesHeader + TableEntry[k] + names + ids + grads (per table (n, dim), in order)
-  kExpire = 25,       // json {table} -> json {expired}: the shard removes the rows its expiry rules name
-  kErase = 26,        // TableHeader + name + ids int64[n] (ids of this shard) -> json {erased}
-  kExport = 27,       // json {stream, kind: full|delta, since, version, dtype} -> json {rows, deleted}
-  kDenseCreate = 28,  // DenseCreateHeader + name + optimizer json + float32 values[size]
-  kDenseStep = 29,    // DenseStepHeader + name + float32 grads[size] -> float32 values[size] once applied
+  kInfo = 10,            // -> json {server_index, num_servers, shards}
+  kCreateTable = 11,     // json {table: TableConfig json, seed}
+  kPull = 12,            // TableHeader + name + ids int64[n] -> float32[n, dim]
+  kPush = 13,            // TableHeader + name + ids int64[n] + grads float32[n, dim]
+  kSave = 14,            // json {phase: write|commit|abort, name, save_id, step, overwrite}
+  kRestore = 15,         // json {phase: latest|prepare|commit|abort, name, restore_id} -> json {name | step}
+  kStats = 16,           // -> json
+  kKvPut = 17,           // json {key, value}
+  kKvGet = 18,           // json {key} -> json {value} (null when absent)
+  kBarrier = 19,         // json {name, count}: replies once `count` callers arrived
+  kDensePull = 20,       // json {name, size, init} -> float32[size]
+  kDensePush = 21,       // DenseHeader + name + float32 grads[size] -> applies w -= lr * g
+  kJoin = 22,            // json {worker}: a synchronous worker's connection to a shard says its rank
+  kPullTables = 23,      // TablesHeader + TableEntry[k] + names + ids -> float32 rows of every table, in order
+  kPushTables = 24,      // TablesHeader + TableEntry[k] + names + ids + grads (per table (n, dim), in order)
+  kExpire = 25,          // json {table} -> json {expired}: the shard removes the rows its expiry rules name
+  kErase = 26,           // TableHeader + name + ids int64[n] (ids of this shard) -> json {erased}
+  kExport = 27,          // json {stream, kind: full|delta, since, version, dtype} -> json {rows, deleted}
+  kDenseCreate = 28,     // DenseCreateHeader + name + optimizer json + float32 values[size]
+  kDenseStep = 29,       // DenseStepHeader + name + float32 grads[size] -> float32 values[size] once applied
+  kPruneSnapshots = 30,  // json {prefix, keep, protect: [names]} -> json {removed: [names]} (ps_snapshot.h)
 };
 
 // Fixed part of pull and push requests; the table name (name_bytes, padded to 8) follows,

@@ -32,6 +32,8 @@ PsServer::PsServer(PsServerOptions options) : options_(std::move(options)) {
   SC_CHECK_ARG(options_.num_servers >= 1, "num_servers must be >= 1, got ", options_.num_servers);
   SC_CHECK_ARG(options_.server_index >= 0 && options_.server_index < options_.num_servers, "server_index ",
                options_.server_index, " out of range for ", options_.num_servers, " servers");
+  SC_CHECK_ARG(options_.keep_snapshots >= 0, "keep_snapshots must be >= 0, got ", options_.keep_snapshots);
+  SC_CHECK_ARG(options_.keep_snapshots == 0 || !options_.snapshot_dir.empty(), "keep_snapshots needs a snapshot_dir");
   int shards = options_.rpc.num_reactors;
   SC_CHECK_ARG(shards >= 1 && shards <= 256, "shards must be in [1, 256], got ", shards);
   int total = shards * options_.num_servers;
@@ -41,7 +43,7 @@ PsServer::PsServer(PsServerOptions options) : options_(std::move(options)) {
   add_methods();
   if (!options_.snapshot_dir.empty()) {
     make_directories(options_.snapshot_dir);
-    remove_unfinished_snapshots(options_.snapshot_dir);
+    remove_unfinished_snapshots(options_.snapshot_dir, options_.server_index);
   }
 }
 
@@ -450,14 +452,22 @@ void PsServer::add_methods() {
       snapshot_path(root, name);
       auto part =
           std::make_shared<SnapshotPart>(shard(r.reactor).encode_snapshot(j.at("step").as_int("step"), save_id));
-      const std::string staging = begin_snapshot_write(root, name, save_id, overwrite);
+      const std::string staging = begin_snapshot_write(root, name, save_id, overwrite, options_.server_index);
       off_reactor(r, reply, [staging, part](rpc::Reply&) { part->write(staging); });
     } else if (phase == "commit") {
       snapshot_path(root, name);
       const int total = shard(r.reactor).layout().total_shards;
-      off_reactor(r, reply, [root, name, save_id, total, overwrite](rpc::Reply&) {
-        commit_snapshot(root, name, save_id, total, overwrite);
-      });
+      off_reactor(r, reply,
+                  [root, name, save_id, total, overwrite, server = options_.server_index,
+                   keep = options_.keep_snapshots](rpc::Reply&) {
+                    commit_snapshot(root, name, save_id, total, overwrite, server);
+                    // The save is complete whatever happens next; a removal that fails
+                    // leaves old snapshots, to be removed after a later save.
+                    if (keep > 0) try {
+                        prune_snapshots(root, "step-", keep, {}, server);
+                      } catch (const std::exception&) {
+                      }
+                  });
     } else if (phase == "abort") {
       snapshot_path(root, name);
       off_reactor(r, reply, [root, name, save_id](rpc::Reply&) { abort_snapshot(root, name, save_id); });
@@ -500,6 +510,25 @@ void PsServer::add_methods() {
       throw InvalidArgument("unknown restore phase '" + phase + "'");
     }
     reply_json(reply, out);
+  });
+  add(kPruneSnapshots, [this](const rpc::Request& r, rpc::Reply& reply) {
+    Json j = parse_json(r);
+    const std::string prefix = j.at("prefix").as_string("prefix");
+    const int64_t keep = j.at("keep").as_int("keep");
+    std::vector<std::string> protect;
+    for (const Json& name : j.at("protect").as_array("protect")) protect.push_back(name.as_string("protected name"));
+    // Checked here, so that a bad request is refused at once; removed on the snapshot thread,
+    // after the saves and restores queued before it.
+    check_prune_request(options_.snapshot_dir, prefix, keep, protect);
+    off_reactor(
+        r, reply,
+        [root = options_.snapshot_dir, prefix, keep, protect, server = options_.server_index](rpc::Reply& done) {
+          Json out = Json::object();
+          Json removed = Json::array();
+          for (const std::string& name : prune_snapshots(root, prefix, keep, protect, server)) removed.push_back(name);
+          out["removed"] = std::move(removed);
+          reply_json(done, out);
+        });
   });
   add(kStats, [this](const rpc::Request& r, rpc::Reply& reply) { reply_json(reply, stats_of(r.reactor)); });
   add(kExpire, [this](const rpc::Request& r, rpc::Reply& reply) {

@@ -66,6 +66,9 @@ struct PsServerOptions {
   // Where snapshots live (ps_snapshot.h). Clients name snapshots, never paths; empty: save
   // and restore are refused.
   std::string snapshot_dir;
+  // > 0: after each save this server commits, all but the newest `keep_snapshots` complete
+  // step-<k> snapshots are removed (prune_snapshots); 0 keeps them all.
+  int64_t keep_snapshots = 0;
   // Where exports live: a client names a stream, its parts go to export_dir/<stream>. Empty
   // (or no writer): exports are refused.
   std::string export_dir;

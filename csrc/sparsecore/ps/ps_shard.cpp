@@ -329,7 +329,7 @@ SnapshotPart PsShard::encode_snapshot(int64_t step, const std::string& save_id) 
   part.shard_dir = shard_directory_name(layout_.global_index, layout_.total_shards);
   part.marker_name = shard_marker_name(layout_.global_index, layout_.total_shards);
   Json m = Json::object();
-  m["format"] = 1;
+  m["format"] = 2;
   m["step"] = step;
   m["save_id"] = save_id;
   m["global_index"] = layout_.global_index;
@@ -349,26 +349,7 @@ SnapshotPart PsShard::encode_snapshot(int64_t step, const std::string& save_id) 
   Json kv = Json::object();
   for (const auto& [k, v] : kv_) kv[k] = v;
   m["kv"] = std::move(kv);
-  Json dense = Json::object();
-  for (const auto& [k, v] : dense_) {
-    Json a = Json::array();
-    for (float x : v) a.push_back(Json(static_cast<double>(x)));
-    dense[k] = std::move(a);
-  }
-  m["dense"] = std::move(dense);
-  // Each variable's optimizer with its state and update count, so that a restored variable
-  // goes on as if never interrupted (an incomplete synchronous step is not saved).
-  Json rules = Json::object();
-  for (const auto& [k, r] : dense_rules_) {
-    Json e = Json::object();
-    e["optimizer"] = r.config.to_json();
-    Json state = Json::array();
-    for (float x : r.state) state.push_back(Json(static_cast<double>(x)));
-    e["state"] = std::move(state);
-    e["count"] = Json(static_cast<int64_t>(r.count));
-    rules[k] = std::move(e);
-  }
-  m["dense_rules"] = std::move(rules);
+  m["dense"] = encode_dense(part.dense);
   part.marker = m.dump(1);
   return part;
 }
@@ -379,6 +360,12 @@ void SnapshotPart::write(const std::string& staging) const {
   for (const auto& [sub, files] : tables) {
     make_directory(join(dir, sub));
     files.write(join(dir, sub));
+  }
+  if (!dense.empty()) {  // a shard without dense variables writes no file for them
+    File d = File::create(join(dir, kDenseFileName));
+    d.write_all(dense.data(), dense.size() * sizeof(float));
+    d.sync();
+    d.close();
   }
   // Last: the shard's part is complete. Every file is synced here; the commit syncs the
   // directories.
@@ -396,37 +383,41 @@ int64_t PsShard::restore(const std::string& dir) {
   std::map<std::string, DenseRule> dense_rules;
   std::map<std::string, Json> kv;
   // Dense variables stay on the shard that saved them when the layout is the same (they are
-  // spread over the shards by size); onto another layout they all go to shard 0.
+  // spread over the shards by size); onto another layout they go where place_restored_dense
+  // says (format 1 markers, values only: all to shard 0).
   const bool same_layout = old_total == layout_.total_shards;
+  std::vector<std::vector<DenseEntry>> dense_entries(static_cast<size_t>(old_total));
+  std::vector<int64_t> dense_floats(static_cast<size_t>(old_total), 0);
+  for (int g = 0; g < old_total; ++g) {
+    const Json& m = snapshot.markers[static_cast<size_t>(g)];
+    if (m.at("format").as_int() >= 2)
+      dense_entries[static_cast<size_t>(g)] = parse_dense_entries(m, &dense_floats[static_cast<size_t>(g)]);
+  }
+  std::map<std::string, std::pair<int, const DenseEntry*>> placed;
+  if (!same_layout) placed = place_restored_dense(dense_entries, layout_.total_shards);
   for (int g = 0; g < old_total; ++g) {
     const Json& m = snapshot.markers[static_cast<size_t>(g)];
     if (g == 0)
       for (const auto& [k, v] : m.at("kv").as_object("kv")) kv[k] = v;
-    if (same_layout ? g == layout_.global_index : layout_.global_index == 0) {
-      for (const auto& [k, v] : m.at("dense").as_object("dense")) {
-        std::vector<float> values;
-        for (const Json& x : v.as_array("dense values")) values.push_back(static_cast<float>(x.as_double()));
-        dense[k] = std::move(values);
-      }
-      // Snapshots of an older format keep values only: dense_create gives those a fresh state.
-      if (m.contains("dense_rules"))
-        for (const auto& [k, e] : m.at("dense_rules").as_object("dense_rules")) {
-          auto values = dense.find(k);
-          SC_CHECK(values != dense.end(), CorruptData, "snapshot '", dir, "': optimizer of dense variable '", k,
-                   "' without its values");
-          DenseRule r;
-          r.config = OptimizerConfig::from_json(e.at("optimizer"));
-          for (const Json& x : e.at("state").as_array("dense optimizer state"))
-            r.state.push_back(static_cast<float>(x.as_double("dense optimizer state")));
-          SC_CHECK(static_cast<int64_t>(r.state.size()) == r.config.state_dim(static_cast<int>(values->second.size())),
-                   CorruptData, "snapshot '", dir, "': the optimizer state of dense variable '", k, "' has ",
-                   r.state.size(), " values, not ", r.config.state_dim(static_cast<int>(values->second.size())));
-          const int64_t count = e.at("count").as_int("dense update count");
-          SC_CHECK(count >= 0 && count <= int64_t{0xFFFFFFFF}, CorruptData, "snapshot '", dir, "': dense update count ",
-                   count, " out of range");
-          r.count = static_cast<uint32_t>(count);
-          dense_rules[k] = std::move(r);
+    if (m.at("format").as_int() == 1) {
+      if (same_layout ? g == layout_.global_index : layout_.global_index == 0) {
+        for (const auto& [k, v] : m.at("dense").as_object("dense")) {
+          std::vector<float> values;
+          for (const Json& x : v.as_array("dense values")) values.push_back(static_cast<float>(x.as_double()));
+          dense[k] = std::move(values);
         }
+      }
+    } else {
+      std::vector<const DenseEntry*> wanted;
+      for (const DenseEntry& e : dense_entries[static_cast<size_t>(g)]) {
+        const bool mine = same_layout ? g == layout_.global_index : [&] {
+          const auto& [shard, chosen] = placed.at(e.name);
+          return shard == layout_.global_index && chosen == &e;
+        }();
+        if (mine) wanted.push_back(&e);
+      }
+      read_dense(join(dir, shard_directory_name(g, old_total)), dense_floats[static_cast<size_t>(g)], wanted, dense,
+                 dense_rules);
     }
     bool overlaps = ranges_overlap(g, old_total, layout_.global_index, layout_.total_shards);
     const std::string shard_dir = join(dir, shard_directory_name(g, old_total));

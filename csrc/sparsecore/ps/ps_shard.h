@@ -51,6 +51,7 @@ struct SnapshotPart {
   std::string shard_dir;                                          // shard-<g>-of-<T>
   std::string marker_name;                                        // shard-<g>-of-<T>.json
   std::vector<std::pair<std::string, EncodedCheckpoint>> tables;  // table-<i> -> its files
+  std::vector<float> dense;                                       // shard_dir/dense.bin
   std::string marker;                                             // JSON text, written last
   void write(const std::string& staging) const;
 };
@@ -133,15 +134,18 @@ class PsShard {
 
   // Writes this shard's part of a save into `staging` (ps_snapshot.h): one collection
   // checkpoint per table in shard-<g>-of-<T>/table-<i>/, then the marker
-  // shard-<g>-of-<T>.json (step, save id, tables, kv, dense).
+  // shard-<g>-of-<T>.json (step, save id, tables, kv, dense variables with their optimizer
+  // state and update count, whose floats are in shard-<g>-of-<T>/dense.bin).
   void write_snapshot(const std::string& staging, int64_t step, const std::string& save_id) const {
     encode_snapshot(step, save_id).write(staging);
   }
   // The same part in memory (a copy of every row), for a writer on another thread.
   SnapshotPart encode_snapshot(int64_t step, const std::string& save_id) const;
   // Replaces everything with the rows of the complete snapshot in `dir` whose buckets this
-  // shard owns now (the snapshot may come from another number of shards). All files are read
-  // and checked before anything is replaced. Returns the snapshot's step.
+  // shard owns now (the snapshot may come from another number of shards), and the dense
+  // variables placed on it: on the same layout the ones it saved, on another the ones
+  // place_restored_dense (ps_snapshot.h) gives it. All files are read and checked before
+  // anything is replaced. Returns the snapshot's step.
   int64_t restore(const std::string& dir);
   // Restore across shards, all or nothing: prepare_restore reads and checks the snapshot into
   // a staged copy (this shard unchanged); commit_restore swaps it in; abort_restore drops it.
@@ -195,6 +199,14 @@ class PsShard {
     std::map<uint32_t, std::vector<float>> pending;  // synchronous: gradients of the step, by worker
   };
   std::map<std::string, DenseRule> dense_rules_;
+  // The dense part of a save (ps_shard_dense.cpp): marker entries and dense.bin's floats.
+  Json encode_dense(std::vector<float>& file) const;
+  // Reads `wanted` (entries of the format-2 marker whose shard directory is `shard_dir`) into
+  // `dense` and `rules`, after checking dense.bin's size against `total_floats` and each
+  // variable's checksum (CorruptData otherwise).
+  static void read_dense(const std::string& shard_dir, int64_t total_floats,
+                         const std::vector<const DenseEntry*>& wanted, std::map<std::string, std::vector<float>>& dense,
+                         std::map<std::string, DenseRule>& rules);
   std::map<std::string, Json> kv_;
   std::unique_ptr<PsShard> staged_;  // a prepared restore
   std::string staged_id_;

@@ -4,7 +4,11 @@
 #include <cmath>
 #include <cstring>
 
+#include <filesystem>
+
+#include "sparsecore/core/checksum.h"
 #include "sparsecore/core/error.h"
+#include "sparsecore/core/file.h"
 #include "sparsecore/optim/update_rules.h"
 #include "sparsecore/ps/ps_shard.h"
 
@@ -34,8 +38,8 @@ void PsShard::dense_create(const std::string& name, const float* values, int64_t
                  config.to_json().dump());
     return;
   }
-  // A variable without a rule (restored from a snapshot of a format that kept values only)
-  // keeps its values and takes the rule with a fresh state.
+  // A variable without a rule (a plain one, or restored from a snapshot of format 1, which
+  // kept values only) keeps its values and takes the rule with a fresh state.
   if (existing != dense_.end())
     SC_CHECK_ARG(static_cast<int64_t>(existing->second.size()) == size, "dense variable '", name, "' has size ",
                  existing->second.size(), ", not ", size);
@@ -97,6 +101,62 @@ std::vector<std::pair<std::string, int64_t>> PsShard::abort_dense_steps() {
       r.pending.clear();
     }
   return aborted;
+}
+
+Json PsShard::encode_dense(std::vector<float>& file) const {
+  Json entries = Json::array();
+  for (const auto& [name, values] : dense_) {
+    const size_t begin = file.size();
+    file.insert(file.end(), values.begin(), values.end());
+    Json e = Json::object();
+    e["name"] = name;
+    e["size"] = static_cast<int64_t>(values.size());
+    auto rule = dense_rules_.find(name);
+    if (rule != dense_rules_.end()) {
+      file.insert(file.end(), rule->second.state.begin(), rule->second.state.end());
+      e["optimizer"] = rule->second.config.to_json();
+      e["state_size"] = static_cast<int64_t>(rule->second.state.size());
+      e["count"] = static_cast<int64_t>(rule->second.count);
+    } else {
+      e["optimizer"] = Json(nullptr);
+      e["state_size"] = 0;
+      e["count"] = 0;
+    }
+    e["checksum"] = checksum_hex(checksum64(file.data() + begin, (file.size() - begin) * sizeof(float)));
+    entries.push_back(std::move(e));
+  }
+  return entries;
+}
+
+void PsShard::read_dense(const std::string& shard_dir, int64_t total_floats,
+                         const std::vector<const DenseEntry*>& wanted, std::map<std::string, std::vector<float>>& dense,
+                         std::map<std::string, DenseRule>& rules) {
+  if (wanted.empty()) return;
+  SC_CHECK(is_real_directory(shard_dir), CorruptData, "shard directory '", shard_dir, "' is missing or a symlink");
+  const std::string path = (std::filesystem::path(shard_dir) / kDenseFileName).string();
+  File f = File::open_regular(path);  // a symlink, FIFO or device: CorruptData
+  const uint64_t bytes = f.size();
+  SC_CHECK(bytes == static_cast<uint64_t>(total_floats) * sizeof(float), CorruptData, "'", path, "' holds ", bytes,
+           " bytes, its marker lists ", total_floats, " floats");
+  for (const DenseEntry* e : wanted) {
+    std::vector<float> floats(static_cast<size_t>(e->size + e->state_size));
+    const size_t n = floats.size() * sizeof(float);
+    SC_CHECK(f.read_at(floats.data(), n, static_cast<uint64_t>(e->offset) * sizeof(float)) == n, CorruptData, "'", path,
+             "' is truncated");
+    SC_CHECK(checksum64(floats.data(), n) == e->checksum, CorruptData, "dense variable '", e->name, "' in '", path,
+             "' does not match its checksum");
+    if (e->has_optimizer) {
+      DenseRule r;
+      r.config = e->optimizer;
+      r.state.assign(floats.begin() + e->size, floats.end());
+      r.count = e->count;
+      rules[e->name] = std::move(r);
+    } else {
+      rules.erase(e->name);
+    }
+    floats.resize(static_cast<size_t>(e->size));
+    dense[e->name] = std::move(floats);
+  }
 }
 
 }  // namespace sparsecore::ps

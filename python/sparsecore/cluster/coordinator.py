@@ -39,7 +39,7 @@ from typing import Any, Optional
 
 from .. import _core
 from . import protocol as P
-from .snapshots import SnapshotStore, snapshot_name
+from .snapshots import SERIES_PREFIX, SnapshotStore, snapshot_name
 
 log = logging.getLogger("sparsecore.cluster")
 
@@ -78,8 +78,9 @@ class Coordinator:
     every worker connects with (:func:`sparsecore.connect`). ``heartbeat``:
     seconds between members' heartbeats; ``member_timeout``: silence after which a member is
     dead. ``restore_timeout``: deadline of each call to the servers (save, restore).
-    ``keep``: complete snapshots kept in ``snapshot_dir`` (the servers keep theirs; see
-    docs/cluster.md). ``max_state_bytes``: largest worker state accepted (frames above it
+    ``keep``: complete snapshots kept in ``snapshot_dir``; after each snapshot the servers
+    remove theirs beyond the same newest ``keep`` (:meth:`Cluster.prune_snapshots`, never one
+    this directory still holds). ``max_state_bytes``: largest worker state accepted (frames above it
     are refused by the transport)."""
 
     def __init__(self, *, num_servers: int, num_workers: int, snapshot_dir: str, port: int = 0,
@@ -516,10 +517,14 @@ class Coordinator:
         name = snapshot_name(seq, pending.step)
         client = self._servers_client(addresses)
         client.save(name, step=pending.step)
-        del client
         manifest = self._store.write(name, {"seq": seq, "step": pending.step, "final": pending.final,
                                             "generation": gen, "mode": self.mode, "num_servers": self.num_servers,
                                             "num_workers": self.num_workers}, pending.states)
+        # Old snapshots go before this one is announced: once the job is done, only the kept
+        # ones remain, here and on the servers.
+        self._store.prune(self.keep)
+        self._prune_servers(client)
+        del client
         with self._lock:
             self._latest = manifest
             self._save_failures = 0
@@ -532,8 +537,20 @@ class Coordinator:
                     self._done, self._phase, self._why = True, "done", "job finished"
                     self._done_at = time.monotonic()
             self._persist()
-        self._store.prune(self.keep)
         log.info("snapshot %s complete (step %d)", name, pending.step)
+
+    def _prune_servers(self, client: Any) -> None:
+        """The servers keep the same cluster snapshots as this directory: their newest ``keep``
+        and every one this directory still holds whole (which may be older, when a newer save
+        reached the servers but not this manifest). A failure only leaves old snapshots."""
+        kept = [doc["name"] for doc in self._store.complete()]
+        try:
+            removed = client.prune_snapshots(self.keep, prefix=SERIES_PREFIX, protect=kept)
+        except (_core.RpcError, ValueError, KeyError, OSError) as e:
+            log.warning("could not prune the servers' snapshots: %s", e)
+            return
+        if removed:
+            log.info("servers removed snapshots %s", ", ".join(removed))
 
 
 def _core_max_workers() -> int:

@@ -27,11 +27,13 @@ from typing import Any, Optional
 log = logging.getLogger("sparsecore.cluster")
 
 FORMAT = "sparsecore-cluster-snapshot"
+# The series of cluster snapshots (Cluster.prune_snapshots(prefix=...)): c<seq>-step-<k>.
+SERIES_PREFIX = "c"
 _NAME = re.compile(r"^c(\d{6,})-step-(\d+)$")
 
 
 def snapshot_name(seq: int, step: int) -> str:
-    return f"c{seq:06d}-step-{step}"
+    return f"{SERIES_PREFIX}{seq:06d}-step-{step}"
 
 
 def _fsync_dir(path: str) -> None:
