@@ -246,11 +246,14 @@ def test_refusals_are_counted_by_admission_when_the_table_has_it():
     assert coll.admission_stats()["t"]["dropped_gradients"] == 1
 
 
-@pytest.mark.parametrize("on_full", ["evict", "refuse"])
-def test_capacity_is_never_exceeded_under_concurrent_training(on_full):
-    capacity = 256
+@pytest.mark.parametrize("on_full,eviction,capacity,vocab",
+                         [("evict", "exact", 256, 5000), ("refuse", "exact", 256, 5000),
+                          ("evict", "sampled", 2048, 50000)])
+def test_capacity_is_never_exceeded_under_concurrent_training(on_full, eviction, capacity, vocab):
+    # Sampled eviction ranks a sample only in shards larger than it: 512 rows a shard here.
     coll = sc.EmbeddingCollection(
-        {"t": _table(sc.Expiry(capacity=capacity, on_full=on_full, ttl_steps=20, scan_per_step=64), shard_bits=2)},
+        {"t": _table(sc.Expiry(capacity=capacity, on_full=on_full, ttl_steps=20, scan_per_step=64,
+                               eviction=eviction), shard_bits=2)},
         seed=5)
     stop_flag = threading.Event()
     errors = []
@@ -260,7 +263,7 @@ def test_capacity_is_never_exceeded_under_concurrent_training(on_full):
         rng = np.random.default_rng(seed)
         try:
             for _ in range(60):
-                ids = rng.integers(0, 5000, 64).astype(np.int64)
+                ids = rng.integers(0, vocab, 64).astype(np.int64)
                 batch = {"t": (ids, np.arange(0, 65, 4, dtype=np.int64))}
                 prepared = coll.prepare(batch)
                 out = coll.forward(prepared)
@@ -288,6 +291,83 @@ def test_capacity_is_never_exceeded_under_concurrent_training(on_full):
     exported = coll.export("t")
     assert np.all(np.isfinite(exported["weights"]))
     assert len(set(exported["keys"].tolist())) == exported["keys"].size
+
+
+def _scores(exported, policy="lru"):
+    """id -> eviction score of an export (lower leaves first)."""
+    return {k: ((s, c) if policy == "lru" else (c, s)) for k, c, s in
+            zip(exported["keys"].tolist(), exported["update_count"].tolist(), exported["last_step"].tolist())}
+
+
+@pytest.mark.parametrize("policy", ["lru", "lfu"])
+def test_sampled_eviction_evicts_among_the_lowest_scored_rows(policy):
+    """Each pass ranks a sample of >= 8 rows per row evicted (64 at least): an evicted row is
+    among the lowest-scored eighth of its sample, so of a 2,000-row shard it stays within the
+    lowest ~30% (the seeds are fixed, so this cannot flake), while it is not always the exact
+    choice."""
+    capacity = 2000
+    coll = sc.EmbeddingCollection(
+        {"t": _table(sc.Expiry(capacity=capacity, policy=policy, eviction_headroom=0.0, eviction="sampled"),
+                     shard_bits=0)}, seed=5)
+    rng = np.random.default_rng(11)
+    hot = np.arange(10_000, 10_400, dtype=np.int64)  # trained often: high counts and recent steps
+    next_id = 0
+    quantiles, differs, passes = [], 0, 0
+    for step in range(1, 160):
+        fresh = np.arange(next_id, next_id + 20, dtype=np.int64)
+        next_id += 20
+        batch = np.unique(np.concatenate([fresh, rng.choice(hot, 30)]))
+        before = _scores(coll.export("t"), policy)
+        _train(coll, "t", batch.tolist(), rng)
+        after = set(coll.export("t")["keys"].tolist())
+        assert len(after) <= capacity
+        evicted = set(before) - after
+        if not evicted:
+            continue
+        passes += 1
+        others = sorted((v, k) for k, v in before.items() if k not in set(batch.tolist()))
+        exact = {k for _, k in others[:len(evicted)]}
+        differs += evicted != exact
+        for k in evicted:
+            lower = sum(1 for v, _ in others if v < before[k])
+            quantiles.append(lower / len(others))
+    assert passes > 50 and differs > 0
+    assert max(quantiles) <= 0.3, max(quantiles)
+    assert float(np.mean(quantiles)) <= 0.15
+    assert coll.expiry_stats()["t"]["evicted"] == len(quantiles)
+
+
+_DETERMINISM = """
+import sys
+import numpy as np
+import sparsecore as sc
+sc.set_num_threads(int(sys.argv[1]))
+cfg = sc.TableConfig(dim=4, optimizer=sc.SGD(lr=0.1), init=sc.Normal(0.1), shard_bits=3,
+                     expiry=sc.Expiry(capacity=4000, eviction=sys.argv[2], policy=sys.argv[3]))
+coll = sc.EmbeddingCollection({"t": cfg}, seed=5)
+rng = np.random.default_rng(3)
+for step in range(40):
+    ids = np.concatenate([rng.integers(0, 20_000, 400), np.arange(step * 150, step * 150 + 150)]).astype(np.int64)
+    batch = {"t": (ids, np.arange(0, ids.size + 1, 5, dtype=np.int64))}
+    out = coll.forward(batch)
+    coll.backward(batch, {"t": rng.standard_normal(out["t"].shape).astype(np.float32)})
+e = coll.export("t")
+order = np.argsort(e["keys"])
+print(coll.expiry_stats()["t"]["evicted"], hash(e["keys"][order].tobytes()), hash(e["weights"][order].tobytes()))
+"""
+
+
+@pytest.mark.parametrize("eviction,policy", [("exact", "lru"), ("sampled", "lru"), ("sampled", "lfu")])
+def test_eviction_is_the_same_for_any_thread_count(eviction, policy):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONHASHSEED="0")
+    outs = [subprocess.run([sys.executable, "-c", _DETERMINISM, str(n), eviction, policy], env=env, check=True,
+                           capture_output=True, text=True, timeout=120).stdout for n in (1, 2, 4)]
+    assert int(outs[0].split()[0]) > 0
+    assert outs[0] == outs[1] == outs[2]
 
 
 def test_state_and_config_survive_a_checkpoint(tmp_path, rng):
@@ -346,6 +426,7 @@ def test_a_damaged_expiry_state_is_refused(tmp_path):
     (sc.Expiry(capacity=100, policy="fifo"), "unknown expiry policy 'fifo'"),
     (sc.Expiry(capacity=100, on_full="drop"), "unknown expiry on_full 'drop'"),
     (sc.Expiry(capacity=100, eviction_headroom=0.9), r"eviction_headroom must lie in \[0, 0.5\]"),
+    (sc.Expiry(capacity=100, eviction="random"), r"unknown expiry eviction 'random' \(known: exact, sampled\)"),
     (sc.Expiry(scan_per_step=-1), "scan_per_step must be >= 0"),
 ])
 def test_bad_expiry_configs_are_refused(expiry, match):

@@ -352,7 +352,12 @@ class Expiry:
     ``"lru"`` scores by last step, then update count; ``"lfu"`` by update count, then last
     step; ties by id), room for the lookup plus ``eviction_headroom`` x the shard's capacity
     so the pass is amortised (rows of the lookup itself are never evicted); ``"refuse"``
-    leaves the id without a row. A refused id (or one that does not fit even after eviction)
+    leaves the id without a row. ``eviction="exact"`` ranks every row of the shard;
+    ``"sampled"`` (approximate LRU/LFU, as Redis does it) ranks a seeded sample of at least
+    8 rows per row evicted (a window of the shard's hash index, whose keys sit there by hash,
+    not by score) and evicts the lowest-scored of the sample: each evicted row is among the
+    lowest eighth of its sample, not necessarily of the shard. Both keep the capacity exact
+    and evict the same ids for any thread count. A refused id (or one that does not fit even after eviction)
     reads zeros and its gradient is dropped, both counted, as for an id feature admission has
     not admitted. ``EmbeddingCollection.expiry_stats()`` reports expired, evicted and refused
     rows and dropped gradients; they are saved in checkpoints and snapshots.
@@ -366,6 +371,7 @@ class Expiry:
     on_full: Literal["evict", "refuse"] = "evict"
     eviction_headroom: float = 1.0 / 16
     scan_per_step: int = 0
+    eviction: Literal["exact", "sampled"] = "exact"
 
     def to_dict(self, name: str) -> dict[str, Any]:
         for key in ("ttl_steps", "capacity", "scan_per_step"):
@@ -378,7 +384,7 @@ class Expiry:
                 raise TypeError(f"table '{name}': expiry {key} must be a float, got {type(v).__name__}")
             if not math.isfinite(v):
                 raise ValueError(f"table '{name}': expiry {key} must be finite, got {v}")
-        for key in ("policy", "on_full"):
+        for key in ("policy", "on_full", "eviction"):
             if not isinstance(getattr(self, key), str):
                 raise TypeError(f"table '{name}': expiry {key} must be a str, got {type(getattr(self, key)).__name__}")
         if self.predicate is not None and not callable(self.predicate):
@@ -388,7 +394,8 @@ class Expiry:
         return {"ttl_steps": self.ttl_steps, "ttl_seconds": float(self.ttl_seconds),
                 "min_l2_norm": float(self.min_l2_norm), "predicate": self.predicate is not None,
                 "capacity": self.capacity, "policy": self.policy, "on_full": self.on_full,
-                "eviction_headroom": float(self.eviction_headroom), "scan_per_step": self.scan_per_step}
+                "eviction_headroom": float(self.eviction_headroom), "scan_per_step": self.scan_per_step,
+                "eviction": self.eviction}
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "Expiry":

@@ -216,11 +216,36 @@ int64_t EmbeddingTable::evict_locked(int shard, int64_t count, const std::vector
   };
   thread_local std::vector<Candidate> candidates;
   candidates.clear();
-  table_.shard(shard).for_each([&](int64_t key, std::byte* row) {
+  const HashTable::Shard& sh = table_.shard(shard);
+  auto consider = [&](int64_t key, const std::byte* row) {
     if (std::binary_search(keep.begin(), keep.end(), key)) return;
-    const PackedRowMeta* m = meta(row);
+    const PackedRowMeta* m = meta(const_cast<std::byte*>(row));
     candidates.push_back({expiry_->score(m->update_count, m->last_step), key});
-  });
+  };
+  const int64_t sample = std::max(Expiry::kMinEvictionSample, count * Expiry::kSamplesPerEviction);
+  const uint64_t slots = sh.slot_count();
+  if (expiry_->config().eviction == EvictionMode::kSampled && static_cast<int64_t>(sh.size()) > sample + count &&
+      slots > 0) {
+    // The window's first slot: a hash of what this pass is (not of the thread running it).
+    uint64_t mix = seed_ ^ (static_cast<uint64_t>(shard) << 40) ^ sh.size();
+    for (int64_t k : keep) mix = fmix64(mix ^ static_cast<uint64_t>(k));
+    uint64_t a = fmix64(mix + 0x9e3779b97f4a7c15ull) % slots;
+    // Back to the start of its probe run (the load stays below 4/5: an empty slot exists), so
+    // the window holds whole runs and its key set does not depend on the insertion order.
+    for (uint64_t back = 0; back < slots && sh.slot_used(a == 0 ? slots - 1 : a - 1); ++back)
+      a = a == 0 ? slots - 1 : a - 1;
+    // Forward until the sample, not counting the lookup's own rows, is reached, then to the end
+    // of the run it is in.
+    uint64_t i = a;
+    for (uint64_t seen = 0; seen < slots; ++seen, i = i + 1 == slots ? 0 : i + 1) {
+      const bool used = sh.slot_used(i);
+      if (!used && static_cast<int64_t>(candidates.size()) >= sample) break;
+      if (used) sh.for_each_in_slots(i, i + 1, false, consider);
+    }
+    sh.for_each_in_slots(0, 0, /*with_special=*/true, consider);
+  } else {
+    sh.for_each(consider);
+  }
   const size_t k = std::min(static_cast<size_t>(count), candidates.size());
   if (k < candidates.size()) std::nth_element(candidates.begin(), candidates.begin() + k, candidates.end());
   std::vector<int64_t> keys(k);

@@ -43,6 +43,14 @@ OnFull on_full_from_name(const std::string& name) {
   throw InvalidArgument("unknown expiry on_full '" + name + "' (known: evict, refuse)");
 }
 
+const char* eviction_mode_name(EvictionMode m) { return m == EvictionMode::kSampled ? "sampled" : "exact"; }
+
+EvictionMode eviction_mode_from_name(const std::string& name) {
+  if (name == "exact") return EvictionMode::kExact;
+  if (name == "sampled") return EvictionMode::kSampled;
+  throw InvalidArgument("unknown expiry eviction '" + name + "' (known: exact, sampled)");
+}
+
 bool ExpiryConfig::enabled() const { return has_rules() || capacity > 0 || scan_per_step > 0; }
 
 void ExpiryConfig::validate(const std::string& table, int shards, bool dense) const {
@@ -57,6 +65,8 @@ void ExpiryConfig::validate(const std::string& table, int shards, bool dense) co
                " hash shards (each shard holds its share; lower shard_bits or raise capacity)");
   SC_CHECK_ARG(policy == EvictionPolicy::kLru || policy == EvictionPolicy::kLfu, t, "policy must be 'lru' or 'lfu'");
   SC_CHECK_ARG(on_full == OnFull::kEvict || on_full == OnFull::kRefuse, t, "on_full must be 'evict' or 'refuse'");
+  SC_CHECK_ARG(eviction == EvictionMode::kExact || eviction == EvictionMode::kSampled, t,
+               "eviction must be 'exact' or 'sampled'");
   SC_CHECK_ARG(std::isfinite(eviction_headroom) && eviction_headroom >= 0 && eviction_headroom <= 0.5, t,
                "eviction_headroom must lie in [0, 0.5], got ", eviction_headroom);
   SC_CHECK_ARG(scan_per_step >= 0, t, "scan_per_step must be >= 0 (0: on demand only), got ", scan_per_step);
@@ -77,6 +87,7 @@ Json ExpiryConfig::to_json() const {
   j["policy"] = eviction_policy_name(policy);
   j["on_full"] = on_full_name(on_full);
   j["eviction_headroom"] = eviction_headroom;
+  j["eviction"] = eviction_mode_name(eviction);
   j["scan_per_step"] = scan_per_step;
   return j;
 }
@@ -100,6 +111,8 @@ ExpiryConfig ExpiryConfig::from_json(const Json& j) {
       c.on_full = on_full_from_name(value.as_string("expiry 'on_full'"));
     else if (key == "eviction_headroom")
       c.eviction_headroom = value.as_double("expiry 'eviction_headroom'");
+    else if (key == "eviction")
+      c.eviction = eviction_mode_from_name(value.as_string("expiry 'eviction'"));
     else if (key == "scan_per_step")
       c.scan_per_step = value.as_int("expiry 'scan_per_step'");
     else

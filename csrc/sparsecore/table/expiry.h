@@ -26,6 +26,20 @@
 // a row: it reads the default row and its gradient is dropped and counted, as for an id that
 // feature admission has not admitted yet. Never a silent zero: every refusal is counted.
 //
+// eviction "exact" (the default) ranks every row of the shard, as above. eviction "sampled"
+// (approximate LRU/LFU, as Redis does it) ranks only a sample: a window of the shard's hash
+// index of at least kSamplesPerEviction x the rows to evict (and kMinEvictionSample) live
+// rows, starting at a slot chosen by a seeded hash of (table seed, shard, shard size, the
+// lookup's keys) and widened to whole probe runs, and evicts the lowest-scored rows of the
+// window. Keys sit in the index by their hash, independent of their scores, so the window is
+// a random sample of the shard: what it guarantees is that every evicted row ranks among the
+// lowest 1 / kSamplesPerEviction of its sample, not of the shard (an evicted row is in the
+// shard's lowest-scored quarter, say, with a probability that grows quickly with the sample).
+// The capacity bound is exact either way, and so is determinism: which slots a key set
+// occupies under linear probing with backward-shift erase does not depend on the order the
+// keys came in, so the same table history evicts the same ids for any thread count. A shard
+// smaller than the sample is ranked whole, as by "exact".
+//
 // Expiry runs on demand (EmbeddingTable::expire) or incrementally: each step examines the
 // next scan_per_step slots of the hash index (a cursor over shards and slots).
 //
@@ -49,11 +63,16 @@ struct RowMeta;
 
 enum class EvictionPolicy : uint8_t { kLru = 0, kLfu = 1 };
 enum class OnFull : uint8_t { kEvict = 0, kRefuse = 1 };
+// How an eviction pass picks its victims: the lowest-scored rows of the whole shard, or of a
+// seeded sample of it (see the header comment).
+enum class EvictionMode : uint8_t { kExact = 0, kSampled = 1 };
 
 const char* eviction_policy_name(EvictionPolicy p);
 EvictionPolicy eviction_policy_from_name(const std::string& name);  // "lru" | "lfu"
 const char* on_full_name(OnFull o);
 OnFull on_full_from_name(const std::string& name);  // "evict" | "refuse"
+const char* eviction_mode_name(EvictionMode m);
+EvictionMode eviction_mode_from_name(const std::string& name);  // "exact" | "sampled"
 
 struct ExpiryConfig {
   int64_t ttl_steps = 0;     // 0: off
@@ -64,7 +83,8 @@ struct ExpiryConfig {
   EvictionPolicy policy = EvictionPolicy::kLru;
   OnFull on_full = OnFull::kEvict;
   double eviction_headroom = 1.0 / 16;  // in [0, 0.5]
-  int64_t scan_per_step = 0;            // slots examined per step (0: on demand only)
+  EvictionMode eviction = EvictionMode::kExact;
+  int64_t scan_per_step = 0;  // slots examined per step (0: on demand only)
 
   // Whether anything is configured (the default config is no expiry at all).
   bool enabled() const;
@@ -91,6 +111,9 @@ class Expiry {
   // thread of any training call, under the shard's lock: it must not call into the table.
   using Predicate = std::function<bool(int64_t key, const RowMeta& meta)>;
   static constexpr size_t kMaxStepTimes = 1024;
+  // Sampled eviction: live rows ranked per row evicted, and at least this many per pass.
+  static constexpr int64_t kSamplesPerEviction = 8;
+  static constexpr int64_t kMinEvictionSample = 64;
 
   explicit Expiry(ExpiryConfig config);
 
