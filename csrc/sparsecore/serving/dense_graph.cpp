@@ -4,9 +4,11 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <optional>
 
 #include "sparsecore/core/error.h"
 #include "sparsecore/core/file.h"
+#include "sparsecore/core/thread_pool.h"
 #include "sparsecore/quant/pow2_codes.h"
 #include "sparsecore/quant/shift_matmul.h"
 #include "sparsecore/serving/dense_linear.h"
@@ -19,6 +21,7 @@ constexpr int64_t kMaxWidth = int64_t{1} << 24;  // floats per row of any value
 constexpr size_t kMaxNodes = 4096;               // nodes of a graph, a sub-network included
 constexpr uint64_t kMaxGraphJson = uint64_t{64} << 20;
 constexpr uint64_t kMaxTensorBytes = uint64_t{16} << 30;
+constexpr int64_t kParallelShiftWork = int64_t{1} << 20;  // multiply-adds, as dense_linear.cpp
 
 struct OpName {
   DenseOp op;
@@ -172,12 +175,16 @@ void run_chain_op(const DenseGraph::Node& n, const float* x, int64_t batch, floa
     case DenseOp::kLinear:
       linear_packed(x, batch, n.packed.data(), n.b, in, w, y);
       return;
-    case DenseOp::kShiftLinear:
+    case DenseOp::kShiftLinear: {
+      // A small layer runs on the calling thread: waking the pool costs more than it saves.
+      std::optional<InlineParallelScope> inline_scope;
+      if (batch * in * w < kParallelShiftWork) inline_scope.emplace();
       quant::shift_matmul(x, batch, n.codes, n.alpha, w, in, y);
       if (n.b)
         for (int64_t b = 0; b < batch; ++b)
           for (int64_t o = 0; o < w; ++o) y[b * w + o] += n.b[o];
       return;
+    }
     case DenseOp::kRelu:
       for (int64_t i = 0; i < batch * w; ++i) y[i] = x[i] > 0.0f ? x[i] : 0.0f;
       return;
