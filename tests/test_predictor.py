@@ -174,3 +174,30 @@ def test_quantized_rows_keep_their_documented_tolerance(rng, tmp_path, dtype, le
     np.testing.assert_allclose(p.predict(held), ref, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(rows.lookup(cfg.names()[0], coded["tables"][cfg.names()[0]]["keys"]),
                                   coded["tables"][cfg.names()[0]]["weights"])
+
+
+def test_a_large_batch_equals_its_rows_predicted_alone_whatever_the_thread_count(rng, tmp_path):
+    # Large enough that the row reads and the dense layers are split over the compute pool.
+    trainer, cfg = make_trainer(rng)
+    trainer.fit(10)
+    sc.export_model(tmp_path / "model", trainer, trainer.model)
+    held = SyntheticData(cfg, start=1 << 30, num_samples=(1 << 30) + 3000).next_batch(3000)
+    assert sum(len(held.sparse[n][0]) for n in cfg.names()) > 4096
+    previous = sc._core.num_threads()
+    try:
+        with sc.Predictor(tmp_path / "model") as p:
+            outs = []
+            for threads in (1, 2, 3):
+                sc._core.set_num_threads(threads)
+                outs.append(p.predict(held))
+            for n in (0, 1, 2999):
+                bag = {g: (held.sparse[g][0][held.sparse[g][1][n]:held.sparse[g][1][n + 1]],
+                           np.array([0, held.sparse[g][1][n + 1] - held.sparse[g][1][n]], np.int64))
+                       for g in cfg.names()}
+                assert p.predict(bag)[0].tobytes() == outs[0][n].tobytes()
+    finally:
+        sc._core.set_num_threads(previous)
+    for out in outs[1:]:
+        assert out.tobytes() == outs[0].tobytes()
+    ref = training_logits(trainer, held)
+    np.testing.assert_allclose(outs[0], ref, rtol=1e-5, atol=1e-6 * (1 + np.abs(ref).max()))

@@ -4,11 +4,14 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <optional>
 
 #include "sparsecore/core/error.h"
 #include "sparsecore/core/file.h"
+#include "sparsecore/core/thread_pool.h"
 #include "sparsecore/quant/pow2_codes.h"
 #include "sparsecore/quant/shift_matmul.h"
+#include "sparsecore/serving/dense_linear.h"
 
 namespace sparsecore::serving {
 
@@ -18,6 +21,7 @@ constexpr int64_t kMaxWidth = int64_t{1} << 24;  // floats per row of any value
 constexpr size_t kMaxNodes = 4096;               // nodes of a graph, a sub-network included
 constexpr uint64_t kMaxGraphJson = uint64_t{64} << 20;
 constexpr uint64_t kMaxTensorBytes = uint64_t{16} << 30;
+constexpr int64_t kParallelShiftWork = int64_t{1} << 20;  // multiply-adds, as dense_linear.cpp
 
 struct OpName {
   DenseOp op;
@@ -48,53 +52,6 @@ bool is_chain_op(DenseOp op) {
 
 float sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
 
-// Σ x[i] · w[i] in 8 lanes (i mod 8), then a fixed tree: the same order on every CPU.
-float dot(const float* x, const float* w, int64_t n) {
-  float lane[8] = {};
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    for (int j = 0; j < 8; ++j) lane[j] += x[i + j] * w[i + j];
-  for (int j = 0; i < n; ++i, ++j) lane[j] += x[i] * w[i];
-  return ((lane[0] + lane[4]) + (lane[2] + lane[6])) + ((lane[1] + lane[5]) + (lane[3] + lane[7]));
-}
-
-// y (batch, out) = x (batch, in) · wᵀ (w: (out, in)) + bias, every element summed exactly as
-// dot() sums it (lane j gets the products of i ≡ j mod 8, in order of i; the same tree), so a
-// row's result does not depend on the batch around it. Blocks of kRows rows × kOuts outputs
-// share their loads: each weight element read serves kRows rows, each input element kOuts
-// outputs, with kRows · kOuts · 8 accumulators in registers.
-void linear_rows(const float* x, int64_t batch, const float* w, const float* bias, int64_t in, int64_t out, float* y) {
-  constexpr int kRows = 4, kOuts = 2;
-  auto finish = [](const float* lane) {
-    return ((lane[0] + lane[4]) + (lane[2] + lane[6])) + ((lane[1] + lane[5]) + (lane[3] + lane[7]));
-  };
-  int64_t b = 0;
-  for (; b + kRows <= batch; b += kRows) {
-    int64_t o = 0;
-    for (; o + kOuts <= out; o += kOuts) {
-      float acc[kRows][kOuts][8] = {};
-      int64_t i = 0;
-      for (; i + 8 <= in; i += 8)
-        for (int r = 0; r < kRows; ++r)
-          for (int k = 0; k < kOuts; ++k) {
-            const float* xr = x + (b + r) * in + i;
-            const float* wk = w + (o + k) * in + i;
-            for (int j = 0; j < 8; ++j) acc[r][k][j] += xr[j] * wk[j];
-          }
-      for (int j = 0; i + j < in; ++j)
-        for (int r = 0; r < kRows; ++r)
-          for (int k = 0; k < kOuts; ++k) acc[r][k][j] += x[(b + r) * in + i + j] * w[(o + k) * in + i + j];
-      for (int r = 0; r < kRows; ++r)
-        for (int k = 0; k < kOuts; ++k) y[(b + r) * out + o + k] = finish(acc[r][k]) + (bias ? bias[o + k] : 0.0f);
-    }
-    for (; o < out; ++o)
-      for (int r = 0; r < kRows; ++r)
-        y[(b + r) * out + o] = dot(x + (b + r) * in, w + o * in, in) + (bias ? bias[o] : 0.0f);
-  }
-  for (; b < batch; ++b)
-    for (int64_t o = 0; o < out; ++o) y[b * out + o] = dot(x + b * in, w + o * in, in) + (bias ? bias[o] : 0.0f);
-}
-
 }  // namespace
 
 const char* dense_op_name(DenseOp op) {
@@ -110,7 +67,8 @@ struct DenseGraph::Node {
   int64_t in_width = 0;
   int input = -1;  // kInput: index into inputs_
   const float* w = nullptr;
-  const float* b = nullptr;  // linear bias, add constant
+  std::vector<float> packed;  // linear: w in panels (dense_linear.h), made at load
+  const float* b = nullptr;   // linear bias, add constant
   const uint8_t* codes = nullptr;
   const float* alpha = nullptr;  // shift_linear alpha, prelu / dice slope
   const float* mean = nullptr;
@@ -172,6 +130,7 @@ class Parser {
         if (n.width < 1 || n.width > kMaxWidth) throw CorruptData(where + ": out must be in [1, 2^24]");
         if (n.op == DenseOp::kLinear) {
           n.w = static_cast<const float*>(tensor(j, "weight", "f32", n.width * in, where));
+          n.packed = pack_linear(n.w, n.width, in);
         } else {
           n.codes = static_cast<const uint8_t*>(tensor(j, "codes", "u8", n.width * quant::packed_cols(in), where));
           n.alpha = static_cast<const float*>(tensor(j, "alpha", "f32", n.width, where));
@@ -214,14 +173,18 @@ void run_chain_op(const DenseGraph::Node& n, const float* x, int64_t batch, floa
   const int64_t in = n.in_width, w = n.width;
   switch (n.op) {
     case DenseOp::kLinear:
-      linear_rows(x, batch, n.w, n.b, in, w, y);
+      linear_packed(x, batch, n.packed.data(), n.b, in, w, y);
       return;
-    case DenseOp::kShiftLinear:
+    case DenseOp::kShiftLinear: {
+      // A small layer runs on the calling thread: waking the pool costs more than it saves.
+      std::optional<InlineParallelScope> inline_scope;
+      if (batch * in * w < kParallelShiftWork) inline_scope.emplace();
       quant::shift_matmul(x, batch, n.codes, n.alpha, w, in, y);
       if (n.b)
         for (int64_t b = 0; b < batch; ++b)
           for (int64_t o = 0; o < w; ++o) y[b * w + o] += n.b[o];
       return;
+    }
     case DenseOp::kRelu:
       for (int64_t i = 0; i < batch * w; ++i) y[i] = x[i] > 0.0f ? x[i] : 0.0f;
       return;

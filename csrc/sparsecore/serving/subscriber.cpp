@@ -6,6 +6,7 @@
 
 #include "sparsecore/core/error.h"
 #include "sparsecore/core/file.h"
+#include "sparsecore/core/thread_pool.h"
 
 namespace sparsecore::serving {
 
@@ -200,29 +201,57 @@ void Subscriber::lookup(const std::string& name, const int64_t* ids, int64_t n, 
 }
 
 void Subscriber::read(const RowRead* reads, size_t count) const {
-  for (size_t r = 0; r < count; ++r) SC_CHECK_ARG(reads[r].n >= 0, "read: n must be >= 0, got ", reads[r].n);
+  int64_t total = 0;
+  for (size_t r = 0; r < count; ++r) {
+    SC_CHECK_ARG(reads[r].n >= 0, "read: n must be >= 0, got ", reads[r].n);
+    total += reads[r].n;
+  }
   std::shared_lock<std::shared_mutex> lock(state_mutex_);
-  for (size_t r = 0; r < count; ++r) lookup_locked(table(*reads[r].table), reads[r].ids, reads[r].n, reads[r].out);
+  for (size_t r = 0; r < count; ++r) table(*reads[r].table);  // every name checked before any row is written
+  // A large read (a batch of requests) is split by ids over the compute pool; each id's row
+  // is written by one task, and the workers read under this call's shared lock.
+  constexpr int64_t kParallelIds = 4096, kGrain = 1024;
+  auto run = [&](int64_t begin, int64_t end) {
+    int64_t first = 0;
+    for (size_t r = 0; r < count && first < end; first += reads[r].n, ++r) {
+      const int64_t lo = std::max(begin, first), hi = std::min(end, first + reads[r].n);
+      if (lo >= hi) continue;
+      const Table& t = table(*reads[r].table);
+      lookup_locked(t, reads[r].ids + (lo - first), hi - lo, reads[r].out + (lo - first) * t.config.dim);
+    }
+  };
+  if (total < kParallelIds) return run(0, total);
+  parallel_for(total, kGrain, run);
 }
 
 void Subscriber::lookup_locked(const Table& t, const int64_t* ids, int64_t n, float* out) {
   const size_t dim = static_cast<size_t>(t.config.dim);
   const float fill = t.config.default_value;
-  for (int64_t i = 0; i < n; ++i) {
-    int64_t key = ids[i];
-    bool known = true;
-    if (t.config.dense()) {
-      if (key < 0 || key >= t.config.num_embeddings) {
-        known = t.config.out_of_range == OutOfRange::kHash;
-        if (known) key = hash_into_range(key, t.config.num_embeddings, t.seed);
+  // Blocks of ids: the slots first, then the rows, so that the row fetches of a block overlap.
+  constexpr int64_t kBlock = 16;
+  const float* rows[kBlock];
+  for (int64_t i0 = 0; i0 < n; i0 += kBlock) {
+    const int64_t m = std::min(kBlock, n - i0);
+    for (int64_t j = 0; j < m; ++j) {
+      int64_t key = ids[i0 + j];
+      bool known = true;
+      if (t.config.dense()) {
+        if (key < 0 || key >= t.config.num_embeddings) {
+          known = t.config.out_of_range == OutOfRange::kHash;
+          if (known) key = hash_into_range(key, t.config.num_embeddings, t.seed);
+        }
       }
+      auto it = known ? t.slot.find(key) : t.slot.end();
+      rows[j] = it == t.slot.end() ? nullptr : t.weights.data() + it->second * dim;
+      if (rows[j] != nullptr) __builtin_prefetch(rows[j]);
     }
-    auto it = known ? t.slot.find(key) : t.slot.end();
-    float* dst = out + static_cast<size_t>(i) * dim;
-    if (it == t.slot.end())
-      std::fill(dst, dst + dim, fill);
-    else
-      std::memcpy(dst, t.weights.data() + it->second * dim, dim * sizeof(float));
+    for (int64_t j = 0; j < m; ++j) {
+      float* dst = out + static_cast<size_t>(i0 + j) * dim;
+      if (rows[j] == nullptr)
+        std::fill(dst, dst + dim, fill);
+      else
+        std::memcpy(dst, rows[j], dim * sizeof(float));
+    }
   }
 }
 
