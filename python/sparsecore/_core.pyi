@@ -277,7 +277,7 @@ class PsServer:
     """
     Parameter server: shards over reactors; embedded until started.
     """
-    def __init__(self, address: str = '127.0.0.1', port: typing.SupportsInt | typing.SupportsIndex = 0, shards: typing.SupportsInt | typing.SupportsIndex = 1, token: str = '', server_index: typing.SupportsInt | typing.SupportsIndex = 0, num_servers: typing.SupportsInt | typing.SupportsIndex = 1, max_frame_bytes: typing.SupportsInt | typing.SupportsIndex = 268435456, poll_us: typing.SupportsInt | typing.SupportsIndex = 0, idle_timeout_ms: typing.SupportsInt | typing.SupportsIndex = 0, handshake_timeout_ms: typing.SupportsInt | typing.SupportsIndex = 10000, memory_budget_bytes: typing.SupportsInt | typing.SupportsIndex = 1073741824, snapshot_dir: str = '', export_dir: str = '') -> None:
+    def __init__(self, address: str = '127.0.0.1', port: typing.SupportsInt | typing.SupportsIndex = 0, shards: typing.SupportsInt | typing.SupportsIndex = 1, token: str = '', server_index: typing.SupportsInt | typing.SupportsIndex = 0, num_servers: typing.SupportsInt | typing.SupportsIndex = 1, max_frame_bytes: typing.SupportsInt | typing.SupportsIndex = 268435456, poll_us: typing.SupportsInt | typing.SupportsIndex = 0, idle_timeout_ms: typing.SupportsInt | typing.SupportsIndex = 0, handshake_timeout_ms: typing.SupportsInt | typing.SupportsIndex = 10000, memory_budget_bytes: typing.SupportsInt | typing.SupportsIndex = 1073741824, snapshot_dir: str = '', export_dir: str = '', device: str = 'cpu', emulate: bool = False, device_index: typing.SupportsInt | typing.SupportsIndex = -1) -> None:
         ...
     def restore(self, name: str) -> int:
         """
