@@ -1,8 +1,9 @@
-"""Row kernels of the device store (initialisation, the fused update, row moves on growth and
-row imports) split each row over the lanes of a warp, with float4 accesses where the dim
-allows and a scalar tail otherwise. Whatever the split, every rule must give the CPU engine's
-bits: each case trains the CPU collection and the device collection (emulated, and a real one
-where a GPU is present) on the same batches and compares rows and state exactly."""
+"""Row kernels of the device store (initialisation, row moves on growth and row imports)
+split each row over a team of lanes, with float4 accesses where the dim allows and a scalar
+tail otherwise. Whatever the split, the rows must carry the CPU engine's bits: each case
+trains the CPU collection and the device collection (emulated, and a real one where a GPU is
+present) on the same batches, every rule and dims 1 to 129, and compares rows and state
+exactly."""
 
 from __future__ import annotations
 

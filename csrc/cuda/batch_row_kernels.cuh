@@ -236,34 +236,16 @@ __global__ void SC_LAUNCH_BOUNDS unique_grad_kernel(BatchView b, const int* __re
   }
 }
 
-// The barrier of the lanes of a warp: the rules that read a whole row meet here
-// (update_rules.h). Host code of a CUDA build never runs it.
-struct WarpSync {
-  SC_HOST_DEVICE void operator()() const {
-#if defined(__CUDA_ARCH__) || !defined(__CUDACC__)
-    __syncwarp();
-#endif
-  }
-};
-
-// Lanes of the update kernel: a warp per row (its barriers are the whole warp's).
-inline constexpr int kUpdateLanes = 32;
-
-// The fused update, once per unique row, one warp per row, lane l updating elements l,
-// l + 32, ...: the CPU engine's rule (rules::apply, split over the lanes the way it defines,
-// so the bits are the single-thread loop's) on the row in place (fp32 storage) or on an fp32
-// copy rounded back once (fp16; scratch laid out as grad_rows).
+// The fused update, once per unique row: the CPU engine's rule (rules::apply) on the row in
+// place (fp32 storage) or on an fp32 copy rounded back once (fp16; scratch laid out as
+// grad_rows).
 template <typename T>
 __global__ void SC_LAUNCH_BOUNDS update_rows_kernel(const TableDesc<T>* __restrict__ tables, BatchView b,
                                                     const int64_t* __restrict__ slots,
                                                     const float* __restrict__ grad_rows, int64_t step,
                                                     float* __restrict__ scratch) {
-  constexpr int lanes = kUpdateLanes;
   const int64_t total = b.unique_begin[b.num_groups];
-  const int lane = static_cast<int>(threadIdx.x) & (lanes - 1);
-  const int64_t teams = grid_threads() / lanes;
-  const WarpSync sync;
-  for (int64_t u = global_thread() / lanes; u < total; u += teams) {
+  for (int64_t u = global_thread(); u < total; u += grid_threads()) {
     const int64_t s = slots[u];
     if (s < 0) continue;
     const int g = find_group(b.unique_begin, b.num_groups, u);
@@ -274,21 +256,17 @@ __global__ void SC_LAUNCH_BOUNDS update_rows_kernel(const TableDesc<T>* __restri
     const int64_t row = gd.row_begin + (u - b.unique_begin[g]) * dim;
     uint32_t count = rows.update_count[s];
     if (count != 0xffffffffu) ++count;
+    rows.update_count[s] = count;
     float* state = rows.state + s * rows.state_dim;
     if constexpr (std::is_same_v<T, float>) {
-      sync();  // every lane read the count before lane 0 writes it
-      rules::apply(t.opt, rows.weights + s * dim, state, grad_rows + row, dim, step, count, lane, lanes, sync);
+      rules::apply(t.opt, rows.weights + s * dim, state, grad_rows + row, dim, step, count);
     } else {
       float* w = scratch + row;
-      for (int d = lane; d < dim; d += lanes) w[d] = to_float(rows.weights[s * dim + d]);
-      sync();  // the whole fp32 row is there, and every lane read the count
-      rules::apply(t.opt, w, state, grad_rows + row, dim, step, count, lane, lanes, sync);
-      for (int d = lane; d < dim; d += lanes) rows.weights[s * dim + d] = from_float<T>(w[d]);
+      for (int d = 0; d < dim; ++d) w[d] = to_float(rows.weights[s * dim + d]);
+      rules::apply(t.opt, w, state, grad_rows + row, dim, step, count);
+      for (int d = 0; d < dim; ++d) rows.weights[s * dim + d] = from_float<T>(w[d]);
     }
-    if (lane == 0) {
-      rows.update_count[s] = count;
-      rows.last_step[s] = step;
-    }
+    rows.last_step[s] = step;
   }
 }
 

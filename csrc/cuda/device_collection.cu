@@ -207,7 +207,7 @@ class Collection final : public DeviceCollectionImpl {
     (batch.view, batch.occ_offsets.data(), batch.occ_positions.data(), batch.bag_of.data(), batch.bag_scale.data(),
      pointers, batch.num_grad_items, grad_rows.data());
     SC_CHECK_LAUNCH();
-    SC_LAUNCH(grid(batch.num_ids * kUpdateLanes), block(), 0, nullptr, update_rows_kernel<T>)
+    SC_LAUNCH(grid(batch.num_ids), block(), 0, nullptr, update_rows_kernel<T>)
     (descs_.data(), batch.view, slots, grad_rows.data(), step, scratch.data());
     SC_CHECK_LAUNCH();
     return step;

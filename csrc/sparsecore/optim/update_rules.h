@@ -9,13 +9,6 @@
 //   count  the row's update count, this update included (apply() derives t from it or the step)
 // The loops are simple element-wise passes so the compiler vectorises them per ISA (the CPU
 // engine compiles its caller once per instruction set and dispatches at run time).
-//
-// A row may be split over the threads of a team (a CUDA kernel's lanes): each rule then runs
-// on every lane with first = the lane and stride = the team size, and touches elements
-// first, first + stride, ... only; the rules that need the whole row (rowwise Adagrad's mean,
-// Group Lasso's norm) compute it in every lane in the one element order, between barriers of
-// the team (`sync`), so any split gives the bits of the single-thread loop. The defaults are
-// the whole row in one thread, with no barrier.
 #pragma once
 
 #include <cmath>
@@ -35,23 +28,17 @@
 
 namespace sparsecore::rules {
 
-// The barrier of a team of one thread.
-struct NoSync {
-  SC_HOST_DEVICE void operator()() const {}
-};
-
 SC_RULE float l2_decay(float g, float w, float wd) { return wd != 0.0f ? g + wd * w : g; }
 
 // SGD with L2 weight decay: w <- w - lr * (g + wd * w)
-SC_RULE void sgd(float* __restrict__ w, const float* __restrict__ g, int dim, float lr, float wd, int first = 0,
-                 int stride = 1) {
-  for (int i = first; i < dim; i += stride) w[i] -= lr * l2_decay(g[i], w[i], wd);
+SC_RULE void sgd(float* __restrict__ w, const float* __restrict__ g, int dim, float lr, float wd) {
+  for (int i = 0; i < dim; ++i) w[i] -= lr * l2_decay(g[i], w[i], wd);
 }
 
 // Momentum: m <- mu*m + g; w <- w - lr*m  (Nesterov: w <- w - lr*(g + mu*m))
 SC_RULE void momentum(float* __restrict__ w, float* __restrict__ m, const float* __restrict__ g, int dim, float lr,
-                      float mu, bool nesterov, float wd, int first = 0, int stride = 1) {
-  for (int i = first; i < dim; i += stride) {
+                      float mu, bool nesterov, float wd) {
+  for (int i = 0; i < dim; ++i) {
     float gi = l2_decay(g[i], w[i], wd);
     float mi = mu * m[i] + gi;
     m[i] = mi;
@@ -61,8 +48,8 @@ SC_RULE void momentum(float* __restrict__ w, float* __restrict__ m, const float*
 
 // Adagrad: s <- s + g^2; w <- w - lr * g / (sqrt(s) + eps)
 SC_RULE void adagrad(float* __restrict__ w, float* __restrict__ s, const float* __restrict__ g, int dim, float lr,
-                     float eps, float wd, int first = 0, int stride = 1) {
-  for (int i = first; i < dim; i += stride) {
+                     float eps, float wd) {
+  for (int i = 0; i < dim; ++i) {
     float gi = l2_decay(g[i], w[i], wd);
     float si = s[i] + gi * gi;
     s[i] = si;
@@ -71,19 +58,17 @@ SC_RULE void adagrad(float* __restrict__ w, float* __restrict__ s, const float* 
 }
 
 // Rowwise Adagrad: one scalar s per row; s <- s + mean(g^2); w <- w - lr * g / (sqrt(s) + eps)
-template <typename Sync = NoSync>
 SC_RULE void rowwise_adagrad(float* __restrict__ w, float* __restrict__ s, const float* __restrict__ g, int dim,
-                             float lr, float eps, float wd, int first = 0, int stride = 1, Sync sync = {}) {
+                             float lr, float eps, float wd) {
   float sum_sq = 0.0f;
   for (int i = 0; i < dim; ++i) {
     float gi = l2_decay(g[i], w[i], wd);
     sum_sq += gi * gi;
   }
   float si = s[0] + sum_sq / static_cast<float>(dim);
-  sync();  // every lane read the row and s before any writes
-  if (first == 0) s[0] = si;
+  s[0] = si;
   float step = lr / (std::sqrt(si) + eps);
-  for (int i = first; i < dim; i += stride) w[i] -= step * l2_decay(g[i], w[i], wd);
+  for (int i = 0; i < dim; ++i) w[i] -= step * l2_decay(g[i], w[i], wd);
 }
 
 // Adam with bias correction at step t (t >= 1); AdamW when `decoupled`:
@@ -91,15 +76,14 @@ SC_RULE void rowwise_adagrad(float* __restrict__ w, float* __restrict__ s, const
 //   m <- b1 m + (1-b1) g;  v <- b2 v + (1-b2) g^2
 //   w <- w - (lr / (1-b1^t)) * m / (sqrt(v) / sqrt(1-b2^t) + eps)
 SC_RULE void adam(float* __restrict__ w, float* __restrict__ m, float* __restrict__ v, const float* __restrict__ g,
-                  int dim, float lr, float b1, float b2, float eps, float wd, bool decoupled, int64_t t, int first = 0,
-                  int stride = 1) {
+                  int dim, float lr, float b1, float b2, float eps, float wd, bool decoupled, int64_t t) {
   float bc1 = 1.0f - static_cast<float>(std::pow(static_cast<double>(b1), static_cast<double>(t)));
   float bc2 = 1.0f - static_cast<float>(std::pow(static_cast<double>(b2), static_cast<double>(t)));
   float step = lr / bc1;
   float inv_sqrt_bc2 = 1.0f / std::sqrt(bc2);
   float decay = decoupled ? 1.0f - lr * wd : 1.0f;
   float l2 = decoupled ? 0.0f : wd;
-  for (int i = first; i < dim; i += stride) {
+  for (int i = 0; i < dim; ++i) {
     float wi = w[i] * decay;
     float gi = l2_decay(g[i], w[i], l2);
     float mi = b1 * m[i] + (1.0f - b1) * gi;
@@ -119,9 +103,8 @@ SC_RULE float ftrl_pow(float n, float lr_power) {
 }
 
 SC_RULE void ftrl(float* __restrict__ w, float* __restrict__ z, float* __restrict__ n, const float* __restrict__ g,
-                  int dim, float alpha, float beta, float l1, float l2, float lr_power, float wd, int first = 0,
-                  int stride = 1) {
-  for (int i = first; i < dim; i += stride) {
+                  int dim, float alpha, float beta, float l1, float l2, float lr_power, float wd) {
+  for (int i = 0; i < dim; ++i) {
     float gi = l2_decay(g[i], w[i], wd);
     float n_old = n[i];
     float n_new = n_old + gi * gi;
@@ -146,53 +129,46 @@ SC_RULE float frequency_scaled_l1(float lambda, float n0, uint32_t count) {
 
 // Group Lasso: the Adagrad step, then the group soft-threshold over the whole row:
 //   w <- w * max(0, 1 - lr * lambda * sqrt(dim) / ||w||)   (a zero row stays zero)
-template <typename Sync = NoSync>
 SC_RULE void group_lasso(float* __restrict__ w, float* __restrict__ s, const float* __restrict__ g, int dim, float lr,
-                         float eps, float wd, float lambda, int first = 0, int stride = 1, Sync sync = {}) {
-  adagrad(w, s, g, dim, lr, eps, wd, first, stride);
+                         float eps, float wd, float lambda) {
+  adagrad(w, s, g, dim, lr, eps, wd);
   if (lambda == 0.0f) return;
-  sync();  // the whole row's Adagrad step is written
   float sq = 0.0f;
   for (int i = 0; i < dim; ++i) sq += w[i] * w[i];
   float norm = std::sqrt(sq);
   float scale = norm > 0.0f ? 1.0f - lr * lambda * std::sqrt(static_cast<float>(dim)) / norm : 0.0f;
   if (scale < 0.0f) scale = 0.0f;
-  sync();  // every lane read the row before any scales it
-  for (int i = first; i < dim; i += stride) w[i] *= scale;
+  for (int i = 0; i < dim; ++i) w[i] *= scale;
 }
 
 // Dispatch on the table's rule. `step` is the collection's step (Adam with use_global_step),
 // `count` the row's update count with this update (Adam's lazy step, the frequency-scaled L1).
-// first, stride, sync: the lanes of a team (see the top of this file).
-template <typename Sync = NoSync>
 SC_RULE void apply(const OptimizerConfig& c, float* __restrict__ w, float* __restrict__ state,
-                   const float* __restrict__ g, int dim, int64_t step, uint32_t count, int first = 0, int stride = 1,
-                   Sync sync = {}) {
+                   const float* __restrict__ g, int dim, int64_t step, uint32_t count) {
   const int64_t t = c.use_global_step ? step : static_cast<int64_t>(count);
   switch (c.kind) {
     case OptimizerKind::kSGD:
-      sgd(w, g, dim, c.lr, c.weight_decay, first, stride);
+      sgd(w, g, dim, c.lr, c.weight_decay);
       break;
     case OptimizerKind::kMomentum:
-      momentum(w, state, g, dim, c.lr, c.momentum, c.nesterov, c.weight_decay, first, stride);
+      momentum(w, state, g, dim, c.lr, c.momentum, c.nesterov, c.weight_decay);
       break;
     case OptimizerKind::kAdagrad:
-      adagrad(w, state, g, dim, c.lr, c.eps, c.weight_decay, first, stride);
+      adagrad(w, state, g, dim, c.lr, c.eps, c.weight_decay);
       break;
     case OptimizerKind::kRowwiseAdagrad:
-      rowwise_adagrad(w, state, g, dim, c.lr, c.eps, c.weight_decay, first, stride, sync);
+      rowwise_adagrad(w, state, g, dim, c.lr, c.eps, c.weight_decay);
       break;
     case OptimizerKind::kAdam:
-      adam(w, state, state + dim, g, dim, c.lr, c.beta1, c.beta2, c.eps, c.weight_decay, c.decoupled_weight_decay, t,
-           first, stride);
+      adam(w, state, state + dim, g, dim, c.lr, c.beta1, c.beta2, c.eps, c.weight_decay, c.decoupled_weight_decay, t);
       break;
     case OptimizerKind::kFtrl:
       ftrl(w, state, state + dim, g, dim, c.lr, c.ftrl_beta, frequency_scaled_l1(c.l1, c.l1_reference_count, count),
-           c.l2, c.lr_power, c.weight_decay, first, stride);
+           c.l2, c.lr_power, c.weight_decay);
       break;
     case OptimizerKind::kGroupLasso:
       group_lasso(w, state, g, dim, c.lr, c.eps, c.weight_decay,
-                  frequency_scaled_l1(c.group_lambda, c.l1_reference_count, count), first, stride, sync);
+                  frequency_scaled_l1(c.group_lambda, c.l1_reference_count, count));
       break;
   }
 }
