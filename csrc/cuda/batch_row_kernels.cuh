@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "batch_kernels.cuh"
+#include "device_table.cuh"
 #include "embedding_kernels.cuh"
 #include "sparsecore/cuda/device_embedding_collection.h"
 
@@ -34,22 +35,29 @@ __device__ __forceinline__ bool aligned_to(const void* p, size_t bytes) {
   return reinterpret_cast<uintptr_t>(p) % bytes == 0;
 }
 
-// The rows of newly inserted unique ids (inserted[u] = 1). scratch: per-id fp32 rows
-// (GroupDesc::row_begin), fp16 storage only.
+// The rows of newly inserted unique ids (inserted[u] = 1), a team of `lanes` lanes (a power
+// of two <= 32, batch_row_lanes) per id.
 template <typename T>
 __global__ void SC_LAUNCH_BOUNDS batch_init_rows_kernel(const TableDesc<T>* __restrict__ tables, BatchView b,
                                                         const int64_t* __restrict__ slots,
-                                                        const int* __restrict__ inserted, float* __restrict__ scratch,
-                                                        int64_t stamp) {
+                                                        const int* __restrict__ inserted, int64_t stamp, int lanes) {
   const int64_t total = b.unique_begin[b.num_groups];
-  for (int64_t u = global_thread(); u < total; u += grid_threads()) {
+  const int lane = static_cast<int>(threadIdx.x) & (lanes - 1);
+  const int64_t teams = grid_threads() / lanes;
+  for (int64_t u = global_thread() / lanes; u < total; u += teams) {
     if (!inserted[u] || slots[u] < 0) continue;
     const int g = find_group(b.unique_begin, b.num_groups, u);
-    const GroupDesc& gd = b.groups[g];
-    const TableDesc<T>& t = tables[gd.table];
-    float* row_scratch = scratch ? scratch + gd.row_begin + (u - b.unique_begin[g]) * gd.dim : nullptr;
-    init_row(t.rows, slots[u], b.unique_keys[u], t.init, t.opt, t.seed, row_scratch, stamp);
+    const TableDesc<T>& t = tables[b.groups[g].table];
+    init_row(t.rows, slots[u], b.unique_keys[u], t.init, t.opt, t.seed, stamp, lane, lanes);
   }
+}
+
+// Lanes per row of the row kernels of a batch: enough for the widest group's row (4 elements
+// a lane, row_lanes).
+inline int batch_row_lanes(const std::vector<DeviceGroupInfo>& groups) {
+  int widest = 1;
+  for (const DeviceGroupInfo& g : groups) widest = std::max(widest, g.dim);
+  return row_lanes(widest);
 }
 
 // Accumulators per lane of the pooling kernel (vectors of W elements = 4 / W of them), so a

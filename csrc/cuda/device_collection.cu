@@ -339,8 +339,9 @@ class Collection final : public DeviceCollectionImpl {
     DeviceBuffer<uint32_t> count;
     count.upload(counts.data(), n);
     last.upload(e.last_step.data(), n);
-    SC_LAUNCH(grid(n), block(), 0, nullptr, store_rows_kernel<T>)
-    (table.rows(), slots.data(), n, weights.data(), state.data(), count.data(), last.data());
+    const int lanes = row_lanes(std::max(table.dim, table.state_dim));
+    SC_LAUNCH(grid(n * lanes), block(), 0, nullptr, store_rows_kernel<T>)
+    (table.rows(), slots.data(), n, weights.data(), state.data(), count.data(), last.data(), lanes);
     SC_CHECK_LAUNCH();
   }
 
@@ -564,11 +565,9 @@ class Collection final : public DeviceCollectionImpl {
     SC_CHECK_LAUNCH();
     if (!insert) return;
     t.pending += n;
-    DeviceBuffer<float> scratch;
-    if (!std::is_same_v<T, float>) scratch.resize(n * t.dim);
-    SC_LAUNCH(grid(n), block(), 0, nullptr, init_rows_kernel<T>)
-    (t.rows(), keys, slots.data(), inserted.data(), n, t.config.init, t.config.optimizer, t.seed, scratch.data(),
-     step_ + 1);
+    SC_LAUNCH(grid(n * row_lanes(t.dim)), block(), 0, nullptr, init_rows_kernel<T>)
+    (t.rows(), keys, slots.data(), inserted.data(), n, t.config.init, t.config.optimizer, t.seed, step_ + 1,
+     row_lanes(t.dim));
     SC_CHECK_LAUNCH();
     queue_stats_snapshot();
   }
@@ -608,10 +607,9 @@ class Collection final : public DeviceCollectionImpl {
     SC_CHECK_LAUNCH();
     if (!insert) return;
     for (const DeviceGroupInfo& g : groups) tables_[g.table]->pending += g.num_ids;
-    DeviceBuffer<float> scratch;
-    if (!std::is_same_v<T, float>) scratch.resize(batch.rows_total);
-    SC_LAUNCH(grid(batch.num_ids), block(), 0, nullptr, batch_init_rows_kernel<T>)
-    (descs_.data(), batch.view, slots.data(), inserted.data(), scratch.data(), step_ + 1);
+    const int lanes = batch_row_lanes(groups);
+    SC_LAUNCH(grid(batch.num_ids * lanes), block(), 0, nullptr, batch_init_rows_kernel<T>)
+    (descs_.data(), batch.view, slots.data(), inserted.data(), step_ + 1, lanes);
     SC_CHECK_LAUNCH();
     queue_stats_snapshot();
   }

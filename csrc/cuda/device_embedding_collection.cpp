@@ -121,6 +121,12 @@ void DeviceEmbeddingCollection::check_table(int table) const {
 
 int64_t DeviceEmbeddingCollection::step() const { return impl_->step(); }
 
+void DeviceEmbeddingCollection::set_step(int64_t step) {
+  SC_CHECK_ARG(step >= 0, "set_step: the step must be >= 0, got ", step);
+  DeviceCall call(*impl_, {});
+  impl_->set_step(step);
+}
+
 const Admission* DeviceEmbeddingCollection::admission(int table) const {
   check_table(table);
   return admissions_[table].get();

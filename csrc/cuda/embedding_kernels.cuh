@@ -25,91 +25,6 @@ struct RowsView {
   int state_dim = 0;
 };
 
-// Initial row of `key` in slot s: weights from the table's initializer (built in fp32 in
-// `scratch` (dim) and rounded once with fp16 storage), optimizer state, no update yet and
-// last_step = `stamp` (the CPU engine's stamp: the collection step + 1, the first step the
-// row can take part in, so expiry and incremental export see the insert).
-template <typename T>
-__device__ __forceinline__ void init_row(const RowsView<T>& rows, int64_t s, int64_t key, const InitializerConfig& init,
-                                         const OptimizerConfig& opt, uint64_t table_seed, float* scratch,
-                                         int64_t stamp) {
-  const int dim = rows.dim;
-  if constexpr (std::is_same_v<T, float>) {
-    initialize_row<DeviceFloatOps>(init, table_seed, key, rows.weights + s * dim, dim);
-  } else {
-    initialize_row<DeviceFloatOps>(init, table_seed, key, scratch, dim);
-    for (int d = 0; d < dim; ++d) rows.weights[s * dim + d] = from_float<T>(scratch[d]);
-  }
-  if (rows.state_dim) rules::init_state(opt, rows.state + s * rows.state_dim, dim);
-  rows.update_count[s] = 0;
-  rows.last_step[s] = stamp;
-}
-
-// Fills the rows of newly inserted keys. keys, slots, inserted (n): device. scratch
-// (n, dim) fp32 device: used only with fp16 storage.
-template <typename T>
-__global__ void SC_LAUNCH_BOUNDS init_rows_kernel(RowsView<T> rows, const int64_t* __restrict__ keys,
-                                                  const int64_t* __restrict__ slots, const int* __restrict__ inserted,
-                                                  int64_t n, InitializerConfig init, OptimizerConfig opt,
-                                                  uint64_t table_seed, float* __restrict__ scratch, int64_t stamp) {
-  for (int64_t i = global_thread(); i < n; i += grid_threads()) {
-    if (!inserted[i] || slots[i] < 0) continue;
-    init_row(rows, slots[i], keys[i], init, opt, table_seed, scratch ? scratch + i * rows.dim : nullptr, stamp);
-  }
-}
-
-// out (n, dim) fp32: the row of slots[i], `absent` where slots[i] < 0.
-template <typename T>
-__global__ void SC_LAUNCH_BOUNDS gather_rows_kernel(RowsView<T> rows, const int64_t* __restrict__ slots, int64_t n,
-                                                    float* __restrict__ out, float absent) {
-  const int dim = rows.dim;
-  const int64_t total = n * dim;
-  for (int64_t e = global_thread(); e < total; e += grid_threads()) {
-    const int64_t i = e / dim, d = e % dim;
-    const int64_t s = slots[i];
-    out[e] = s >= 0 ? to_float(rows.weights[s * dim + d]) : absent;
-  }
-}
-
-// Copies rows of old slots to their new slots (after rehash_kernel). old_slots = capacity + 2.
-// A team of `lanes` lanes (a power of two <= 32) per row, each lane moving every lanes-th
-// element of the weights and the state: consecutive lanes touch consecutive addresses.
-template <typename T>
-__global__ void SC_LAUNCH_BOUNDS move_rows_kernel(RowsView<T> from, RowsView<T> to,
-                                                  const int64_t* __restrict__ new_slot_of, int64_t old_slots,
-                                                  int lanes) {
-  const int dim = from.dim, sd = from.state_dim;
-  const int lane = static_cast<int>(threadIdx.x) & (lanes - 1);
-  const int64_t teams = grid_threads() / lanes;
-  for (int64_t s = global_thread() / lanes; s < old_slots; s += teams) {
-    const int64_t t = new_slot_of[s];
-    if (t < 0) continue;
-    for (int d = lane; d < dim; d += lanes) to.weights[t * dim + d] = from.weights[s * dim + d];
-    for (int d = lane; d < sd; d += lanes) to.state[t * sd + d] = from.state[s * sd + d];
-    if (lane == 0) {
-      to.update_count[t] = from.update_count[s];
-      to.last_step[t] = from.last_step[s];
-    }
-  }
-}
-
-// Writes whole rows (checkpoint import): weights (n, dim) fp32, rounded once to T; state
-// (n, state_dim); update_count, last_step (n). slots (n): the rows' slots. All device.
-template <typename T>
-__global__ void SC_LAUNCH_BOUNDS store_rows_kernel(RowsView<T> rows, const int64_t* __restrict__ slots, int64_t n,
-                                                   const float* __restrict__ weights, const float* __restrict__ state,
-                                                   const uint32_t* __restrict__ update_count,
-                                                   const int64_t* __restrict__ last_step) {
-  const int dim = rows.dim, sd = rows.state_dim;
-  for (int64_t i = global_thread(); i < n; i += grid_threads()) {
-    const int64_t s = slots[i];
-    for (int d = 0; d < dim; ++d) rows.weights[s * dim + d] = from_float<T>(weights[i * dim + d]);
-    for (int d = 0; d < sd; ++d) rows.state[s * sd + d] = state[i * sd + d];
-    rows.update_count[s] = update_count[i];
-    rows.last_step[s] = last_step[i];
-  }
-}
-
 // Vector access of W consecutive row elements as fp32: W = 4 (one float4) for fp32 rows,
 // W = 2 (one __half2) for fp16 rows, W = 1 scalar. The caller guarantees the alignment
 // (dim % W == 0 on rows whose base is 256-byte aligned).
@@ -141,6 +56,135 @@ __device__ __forceinline__ void store_vector(float* p, const float (&x)[W]) {
   } else {
     SC_UNROLL
     for (int k = 0; k < W; ++k) p[k] = x[k];
+  }
+}
+
+// Copies n elements from `from` to `to` by a team's lanes: float4 loads and stores where n
+// and both pointers allow, one element per lane and step otherwise (fp16 rows, odd dims).
+template <typename E>
+__device__ __forceinline__ void copy_elements(const E* from, E* to, int n, int lane, int lanes) {
+  if (std::is_same_v<E, float> && n % 4 == 0 && reinterpret_cast<uintptr_t>(from) % 16 == 0 &&
+      reinterpret_cast<uintptr_t>(to) % 16 == 0) {
+    for (int v = lane; v < n / 4; v += lanes) {
+      float x[4];
+      load_vector<4>(reinterpret_cast<const float*>(from) + 4 * v, x);
+      store_vector<4>(reinterpret_cast<float*>(to) + 4 * v, x);
+    }
+    return;
+  }
+  for (int d = lane; d < n; d += lanes) to[d] = from[d];
+}
+
+// Initial weight d of the row whose seed is rs, in fp32 (the CPU engine's initial_value).
+__device__ __forceinline__ float initialize_element(const InitializerConfig& init, uint64_t rs, int d) {
+  return initial_value<DeviceFloatOps>(init, rs, d);
+}
+
+// Initial row of `key` in slot s, written by a team of `lanes` lanes (lane: this thread's
+// place in it): weights from the table's initializer (each element a function of the key
+// and its index, rounded once with fp16 storage; fp32 rows of a dim divisible by 4 stored
+// as float4, lane l writing elements 4l.., 4(l + lanes).., so consecutive lanes write
+// consecutive addresses), optimizer state, no update yet and last_step = `stamp` (the CPU
+// engine's stamp: the collection step + 1, the first step the row can take part in, so
+// expiry and incremental export see the insert).
+template <typename T>
+__device__ __forceinline__ void init_row(const RowsView<T>& rows, int64_t s, int64_t key, const InitializerConfig& init,
+                                         const OptimizerConfig& opt, uint64_t table_seed, int64_t stamp, int lane,
+                                         int lanes) {
+  const int dim = rows.dim;
+  const uint64_t rs = row_seed(table_seed, key);
+  T* w = rows.weights + s * dim;
+  if (std::is_same_v<T, float> && dim % 4 == 0) {
+    for (int v = lane; v < dim / 4; v += lanes) {
+      float x[4];
+      SC_UNROLL
+      for (int k = 0; k < 4; ++k) x[k] = initialize_element(init, rs, 4 * v + k);
+      store_vector<4>(reinterpret_cast<float*>(w) + 4 * v, x);
+    }
+  } else {
+    for (int d = lane; d < dim; d += lanes) w[d] = from_float<T>(initialize_element(init, rs, d));
+  }
+  if (rows.state_dim) rules::init_state(opt, rows.state + s * rows.state_dim, dim, lane, lanes);
+  if (lane == 0) {
+    rows.update_count[s] = 0;
+    rows.last_step[s] = stamp;
+  }
+}
+
+// Fills the rows of newly inserted keys, a team of `lanes` lanes (a power of two <= 32) per
+// key. keys, slots, inserted (n): device.
+template <typename T>
+__global__ void SC_LAUNCH_BOUNDS init_rows_kernel(RowsView<T> rows, const int64_t* __restrict__ keys,
+                                                  const int64_t* __restrict__ slots, const int* __restrict__ inserted,
+                                                  int64_t n, InitializerConfig init, OptimizerConfig opt,
+                                                  uint64_t table_seed, int64_t stamp, int lanes) {
+  const int lane = static_cast<int>(threadIdx.x) & (lanes - 1);
+  const int64_t teams = grid_threads() / lanes;
+  for (int64_t i = global_thread() / lanes; i < n; i += teams) {
+    if (!inserted[i] || slots[i] < 0) continue;
+    init_row(rows, slots[i], keys[i], init, opt, table_seed, stamp, lane, lanes);
+  }
+}
+
+// out (n, dim) fp32: the row of slots[i], `absent` where slots[i] < 0.
+template <typename T>
+__global__ void SC_LAUNCH_BOUNDS gather_rows_kernel(RowsView<T> rows, const int64_t* __restrict__ slots, int64_t n,
+                                                    float* __restrict__ out, float absent) {
+  const int dim = rows.dim;
+  const int64_t total = n * dim;
+  for (int64_t e = global_thread(); e < total; e += grid_threads()) {
+    const int64_t i = e / dim, d = e % dim;
+    const int64_t s = slots[i];
+    out[e] = s >= 0 ? to_float(rows.weights[s * dim + d]) : absent;
+  }
+}
+
+// Copies rows of old slots to their new slots (after rehash_kernel). old_slots = capacity + 2.
+// A team of `lanes` lanes (a power of two <= 32) per row, each lane moving every lanes-th
+// element (float4 of fp32 weights and of state when the dim allows: row bases are 256-byte
+// aligned): consecutive lanes touch consecutive addresses.
+template <typename T>
+__global__ void SC_LAUNCH_BOUNDS move_rows_kernel(RowsView<T> from, RowsView<T> to,
+                                                  const int64_t* __restrict__ new_slot_of, int64_t old_slots,
+                                                  int lanes) {
+  const int dim = from.dim, sd = from.state_dim;
+  const int lane = static_cast<int>(threadIdx.x) & (lanes - 1);
+  const int64_t teams = grid_threads() / lanes;
+  for (int64_t s = global_thread() / lanes; s < old_slots; s += teams) {
+    const int64_t t = new_slot_of[s];
+    if (t < 0) continue;
+    copy_elements(from.weights + s * dim, to.weights + t * dim, dim, lane, lanes);
+    copy_elements(from.state + s * sd, to.state + t * sd, sd, lane, lanes);
+    if (lane == 0) {
+      to.update_count[t] = from.update_count[s];
+      to.last_step[t] = from.last_step[s];
+    }
+  }
+}
+
+// Writes whole rows (checkpoint import), a team of `lanes` lanes per row: weights (n, dim)
+// fp32, rounded once to T; state (n, state_dim); update_count, last_step (n). slots (n): the
+// rows' slots. All device.
+template <typename T>
+__global__ void SC_LAUNCH_BOUNDS store_rows_kernel(RowsView<T> rows, const int64_t* __restrict__ slots, int64_t n,
+                                                   const float* __restrict__ weights, const float* __restrict__ state,
+                                                   const uint32_t* __restrict__ update_count,
+                                                   const int64_t* __restrict__ last_step, int lanes) {
+  const int dim = rows.dim, sd = rows.state_dim;
+  const int lane = static_cast<int>(threadIdx.x) & (lanes - 1);
+  const int64_t teams = grid_threads() / lanes;
+  for (int64_t i = global_thread() / lanes; i < n; i += teams) {
+    const int64_t s = slots[i];
+    if constexpr (std::is_same_v<T, float>) {
+      copy_elements(weights + i * dim, rows.weights + s * dim, dim, lane, lanes);
+    } else {
+      for (int d = lane; d < dim; d += lanes) rows.weights[s * dim + d] = from_float<T>(weights[i * dim + d]);
+    }
+    copy_elements(state + i * sd, rows.state + s * sd, sd, lane, lanes);
+    if (lane == 0) {
+      rows.update_count[s] = update_count[i];
+      rows.last_step[s] = last_step[i];
+    }
   }
 }
 

@@ -5,6 +5,7 @@
 
 #include "array_args.h"
 #include "binding_registry.h"
+#include "sparsecore/cuda/device_shard_rows.h"
 #include "sparsecore/ps/ps_client.h"
 #include "sparsecore/ps/ps_metrics.h"
 #include "sparsecore/ps/ps_server.h"
@@ -23,8 +24,18 @@ SPARSECORE_BINDING(ps, 70) {
       .def(py::init([](const std::string& address, int port, int shards, const std::string& token, int server_index,
                        int num_servers, uint64_t max_frame_bytes, int poll_us, int idle_timeout_ms,
                        int handshake_timeout_ms, uint64_t memory_budget_bytes, const std::string& snapshot_dir,
-                       const std::string& export_dir, int64_t keep_snapshots) {
+                       const std::string& export_dir, int64_t keep_snapshots, const std::string& device, bool emulate,
+                       int device_index) {
              PsServerOptions o;
+             SC_CHECK_ARG(device == "cpu" || device == "cuda", "device must be 'cpu' or 'cuda', got '", device, "'");
+             SC_CHECK_ARG(!emulate || device == "cuda", "emulate=True needs device='cuda'");
+             if (device == "cuda") {
+               const auto backend = emulate ? cuda::Backend::kEmulated : cuda::Backend::kDevice;
+               SC_CHECK(emulate || cuda::device_available(), cuda::CudaError,
+                        "no CUDA device for a server with device='cuda' (", cuda::device_unavailable_reason(),
+                        "); emulate=True runs the device kernels on the CPU, for tests");
+               o.device_rows = cuda::device_rows_factory(backend, device_index);
+             }
              o.snapshot_dir = snapshot_dir;
              o.keep_snapshots = keep_snapshots;
              o.export_dir = export_dir;
@@ -47,7 +58,8 @@ SPARSECORE_BINDING(ps, 70) {
            py::arg("poll_us") = 0, py::arg("idle_timeout_ms") = rpc::ServerOptions{}.idle_timeout_ms,
            py::arg("handshake_timeout_ms") = rpc::ServerOptions{}.handshake_timeout_ms,
            py::arg("memory_budget_bytes") = rpc::ServerOptions{}.memory_budget_bytes, py::arg("snapshot_dir") = "",
-           py::arg("export_dir") = "", py::arg("keep_snapshots") = 0)
+           py::arg("export_dir") = "", py::arg("keep_snapshots") = 0, py::arg("device") = "cpu",
+           py::arg("emulate") = false, py::arg("device_index") = -1)
       .def("start", [](PsServer& s) { s.start(); })
       .def("stop",
            [](PsServer& s) {

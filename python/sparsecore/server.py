@@ -296,7 +296,16 @@ class Server:
 
     ``export_dir``: where this server writes its parts of exports
     (:meth:`Cluster.export_full`, :meth:`Cluster.export_delta`), one stream directory per
-    name a client gives; without it exports are refused."""
+    name a client gives; without it exports are refused.
+
+    ``device``: where the shards keep their rows: ``"cpu"`` (the default), or ``"cuda"`` /
+    ``"cuda:N"`` (a GPU, behind the same RPC layer: pulls and pushes run on the device row
+    store with the same update rules, so they give the CPU server's results bit for bit;
+    snapshots keep the CPU format and move between CPU and device servers). ``emulate=True``
+    runs those device kernels on the CPU through the CUDA emulator (slow; for tests). Tables
+    the device store cannot hold are refused at creation with :class:`ValueError` (feature
+    admission, a row capacity or incremental expiry scans, ``num_embeddings``), and on a
+    device table an update that overflows a row is refused but not undone."""
 
     def __init__(self, port: Optional[int] = None, *, shards: int = 1, address: str = "127.0.0.1",
                  token: str = "", server_index: int = 0, num_servers: int = 1,
@@ -304,18 +313,26 @@ class Server:
                  handshake_timeout: float = 10.0, memory_budget: int = 1 << 30,
                  metrics_port: Optional[int] = None, metrics_address: str = "127.0.0.1",
                  metrics_timeout: float = 10.0, export_dir: Optional[str] = None,
-                 keep_snapshots: int = 0):
+                 keep_snapshots: int = 0, device: str = "cpu", emulate: bool = False):
         if isinstance(keep_snapshots, bool) or not isinstance(keep_snapshots, int) or keep_snapshots < 0:
             raise ValueError(f"keep_snapshots must be an int >= 0, got {keep_snapshots!r}")
         if keep_snapshots and not snapshot_dir:
             raise ValueError("keep_snapshots needs a snapshot_dir")
+        self.device = str(device)
+        self.emulated = bool(emulate)
+        device_name, _, index = self.device.partition(":")
+        if device_name not in ("cpu", "cuda") or (index and (device_name != "cuda" or not index.isdigit())):
+            raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+        if self.emulated and device_name != "cuda":
+            raise ValueError("emulate=True runs a CUDA device on the CPU: it needs device='cuda'")
         self.snapshot_dir = os.fspath(snapshot_dir) if snapshot_dir else None
         self.export_dir = os.fspath(export_dir) if export_dir else None
         self._core = _core.PsServer(address, port or 0, shards, token, server_index, num_servers,
                                     poll_us=_poll_us(poll), idle_timeout_ms=_timeout_ms(idle_timeout, "idle_timeout"),
                                     handshake_timeout_ms=_timeout_ms(handshake_timeout, "handshake_timeout"),
                                     memory_budget_bytes=int(memory_budget), snapshot_dir=self.snapshot_dir or "",
-                                    export_dir=self.export_dir or "", keep_snapshots=keep_snapshots)
+                                    export_dir=self.export_dir or "", keep_snapshots=keep_snapshots,
+                                    device=device_name, emulate=self.emulated, device_index=int(index) if index else -1)
         self.address = address
         self.restored_step: Optional[int] = None
         self.restored_snapshot: Optional[str] = None
@@ -495,6 +512,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--export-dir", default=None, metavar="DIR",
                    help="directory of incremental exports: clients name a stream, this server writes its "
                         "parts under DIR/<stream> (without it exports are refused)")
+    p.add_argument("--device", default="cpu", metavar="DEV",
+                   help="where the shards keep their rows: cpu (default), cuda or cuda:N (a GPU: pulls and pushes "
+                        "run there with the same update rules and results; snapshots keep the CPU format and move "
+                        "between CPU and GPU servers; tables with feature admission, a row capacity or "
+                        "num_embeddings are refused)")
+    p.add_argument("--emulate", action="store_true",
+                   help="with --device cuda: run the device kernels on the CPU through the CUDA emulator "
+                        "(slow; for tests and machines without a GPU)")
     p.add_argument("--server-index", type=int, default=0, metavar="I",
                    help="this server's place in the cluster, 0 .. --num-servers - 1 (default: 0)")
     p.add_argument("--num-servers", type=int, default=1, metavar="N",
@@ -562,7 +587,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         snapshot_dir=args.snapshot_dir, export_dir=args.export_dir, poll=args.poll_us / 1e6,
                         idle_timeout=args.idle_timeout, handshake_timeout=args.handshake_timeout,
                         metrics_port=args.metrics_port, metrics_address=args.metrics_address,
-                        metrics_timeout=args.metrics_timeout, keep_snapshots=args.keep_snapshots)
+                        metrics_timeout=args.metrics_timeout, keep_snapshots=args.keep_snapshots,
+                        device=args.device, emulate=args.emulate)
     except _core.CorruptDataError as e:  # a damaged snapshot is not an argument error
         return fail(f"cannot restore from --snapshot-dir: CorruptDataError: {e}", 1)
     except ValueError as e:

@@ -125,6 +125,9 @@ class DeviceEmbeddingCollection {
   const TableConfig& config(int table) const { return configs_.at(table); }
   int table_index(const std::string& name) const;  // NotFound naming the known tables
   int64_t step() const;
+  // Sets the step (the count of backward calls that the next one continues, and the stamp of
+  // later inserts and removals, step + 1), as EmbeddingCollection::set_step.
+  void set_step(int64_t step);
 
   // Rows held by table t, and its slot capacity (grows when the load factor would pass
   // max_load_factor, default 0.75).

@@ -175,23 +175,25 @@ SC_RULE void apply(const OptimizerConfig& c, float* __restrict__ w, float* __res
 
 // Initial optimizer state of a new row: zeros, except the accumulators that start at
 // `initial_accumulator` (Adagrad's s, rowwise Adagrad's s, Group Lasso's s, FTRL's n).
-SC_RULE void init_state(const OptimizerConfig& c, float* state, int dim) {
-  int n = c.state_dim(dim);
-  for (int i = 0; i < n; ++i) state[i] = 0.0f;
+// Element i of the state (i < state_dim(dim)).
+SC_RULE float initial_state_value(const OptimizerConfig& c, int i, int dim) {
   switch (c.kind) {
     case OptimizerKind::kAdagrad:
     case OptimizerKind::kGroupLasso:
-      for (int i = 0; i < dim; ++i) state[i] = c.initial_accumulator;
-      break;
+      return i < dim ? c.initial_accumulator : 0.0f;
     case OptimizerKind::kRowwiseAdagrad:
-      state[0] = c.initial_accumulator;
-      break;
+      return i == 0 ? c.initial_accumulator : 0.0f;
     case OptimizerKind::kFtrl:
-      for (int i = 0; i < dim; ++i) state[dim + i] = c.initial_accumulator;
-      break;
+      return i >= dim ? c.initial_accumulator : 0.0f;
     default:
-      break;
+      return 0.0f;
   }
+}
+
+// state[i] for i = first, first + stride, ... < state_dim(dim) (the defaults: all of it).
+SC_RULE void init_state(const OptimizerConfig& c, float* state, int dim, int first = 0, int stride = 1) {
+  const int n = c.state_dim(dim);
+  for (int i = first; i < n; i += stride) state[i] = initial_state_value(c, i, dim);
 }
 
 }  // namespace sparsecore::rules

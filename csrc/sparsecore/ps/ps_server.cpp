@@ -38,7 +38,8 @@ PsServer::PsServer(PsServerOptions options) : options_(std::move(options)) {
   SC_CHECK_ARG(shards >= 1 && shards <= 256, "shards must be in [1, 256], got ", shards);
   int total = shards * options_.num_servers;
   for (int i = 0; i < shards; ++i)
-    shards_.push_back(std::make_unique<PsShard>(ShardLayout{options_.server_index * shards + i, total}));
+    shards_.push_back(
+        std::make_unique<PsShard>(ShardLayout{options_.server_index * shards + i, total}, options_.device_rows));
   reactor_state_.resize(static_cast<size_t>(shards));
   add_methods();
   if (!options_.snapshot_dir.empty()) {
@@ -490,7 +491,7 @@ void PsServer::add_methods() {
       // Read and checked on the snapshot thread into a fresh shard; kept on this reactor.
       const std::string dir = snapshot_path(options_.snapshot_dir, j.at("name").as_string("name"));
       const std::string restore_id = j.at("restore_id").as_string("restore_id");
-      auto loaded = std::make_shared<std::unique_ptr<PsShard>>(std::make_unique<PsShard>(s.layout()));
+      auto loaded = std::make_shared<std::unique_ptr<PsShard>>(std::make_unique<PsShard>(s.layout(), s.device_rows()));
       off_reactor(
           r, reply,
           [dir, loaded](rpc::Reply& done) {

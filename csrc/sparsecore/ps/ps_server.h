@@ -73,6 +73,9 @@ struct PsServerOptions {
   // (or no writer): exports are refused.
   std::string export_dir;
   ExportPartWriter export_writer;
+  // Where tables keep their rows (ps/device_rows.h): empty, the shards' own EmbeddingTables;
+  // e.g. cuda::device_rows_factory, a GPU (sparsecore server --device cuda).
+  DeviceRowsFactory device_rows;
 };
 
 class PsServer {

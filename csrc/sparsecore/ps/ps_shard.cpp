@@ -68,6 +68,7 @@ void PsShard::create_table(const TableConfig& config, uint64_t seed) {
   t.rows = std::make_unique<EmbeddingCollection>(std::vector<TableConfig>{config}, seed);
   t.seed = seed;
   share_capacity<InvalidArgument>(t.rows->table(0));
+  if (device_rows_) t.device = device_rows_(*t.rows);
   tables_.emplace(config.name, std::move(t));
 }
 
@@ -113,16 +114,27 @@ void PsShard::share_capacity(EmbeddingTable& table) const {
 int64_t PsShard::erase(const std::string& name, const int64_t* ids, int64_t n) {
   check_ids(name, ids, n, /*push=*/false);
   // A dense table maps ids into its range as a pull does (EmbeddingTable::remove_rows).
-  return table(name).rows->erase(0, ids, n);
+  Table& t = table(name);
+  return t.device ? t.device->erase(ids, n) : t.rows->erase(0, ids, n);
 }
 
-int64_t PsShard::expire(const std::string& name) { return table(name).rows->expire(0); }
+int64_t PsShard::expire(const std::string& name) {
+  Table& t = table(name);
+  return t.device ? t.device->expire() : t.rows->expire(0);
+}
+
+const EmbeddingCollection& PsShard::host_rows(const Table& t, std::unique_ptr<EmbeddingCollection>& copy) {
+  if (!t.device) return *t.rows;
+  copy = t.device->to_host();
+  return *copy;
+}
 
 int PsShard::dim(const std::string& name) const { return table(name).rows->table(0).dim(); }
 
 void PsShard::pull(const std::string& name, const int64_t* ids, int64_t n, bool train, float* out) {
   // On this reactor's thread: a pool hand-off costs more than a thousand probes.
   Table& t = table(name);
+  if (t.device) return t.device->pull(ids, n, train, out);
   t.rows->table(0).pull_weights(ids, n, train, out);
   // Rows evicted to make room are reused at once: nothing else holds their pointers.
   t.rows->release_retired_rows(/*wait=*/true);
@@ -168,6 +180,10 @@ void PsShard::apply_all_or_nothing(const std::vector<std::pair<Table*, TableUpda
   std::vector<Saved> saved;
   for (size_t i = 0; i < updates.size(); ++i) {
     const auto& [t, u] = updates[i];
+    if (t->device) {  // refused but not undone when it overflows (ps_shard.h)
+      t->device->apply_unique(u.ids, u.n, u.grads);
+      continue;
+    }
     if (i + 1 < updates.size()) {
       EmbeddingTable& et = t->rows->table(0);
       Saved s{t->rows.get(), t->rows->step(), et.row_bytes(), {}, {}};
@@ -338,7 +354,8 @@ SnapshotPart PsShard::encode_snapshot(int64_t step, const std::string& save_id) 
   int i = 0;
   for (const auto& [name, t] : tables_) {
     std::string sub = "table-" + std::to_string(i++);
-    part.tables.emplace_back(sub, t.rows->encode_checkpoint());
+    std::unique_ptr<EmbeddingCollection> copy;
+    part.tables.emplace_back(sub, host_rows(t, copy).encode_checkpoint());
     Json e = Json::object();
     e["name"] = name;
     e["seed"] = t.seed;
@@ -481,6 +498,10 @@ int64_t PsShard::restore(const std::string& dir) {
   for (auto& [name, t] : tables) {
     t.rows->table(0).enforce_capacity();
     t.rows->release_retired_rows(/*wait=*/true);
+    if (device_rows_) {  // the rows move to the device store; the shard keeps the config
+      t.device = device_rows_(*t.rows);
+      t.rows = std::make_unique<EmbeddingCollection>(std::vector<TableConfig>{t.rows->config(0)}, t.seed);
+    }
   }
   tables_ = std::move(tables);
   dense_ = std::move(dense);
@@ -495,7 +516,7 @@ int64_t PsShard::restore(const std::string& dir) {
 int64_t PsShard::prepare_restore(const std::string& dir, const std::string& restore_id) {
   staged_.reset();
   staged_id_.clear();
-  auto fresh = std::make_unique<PsShard>(layout_);
+  auto fresh = std::make_unique<PsShard>(layout_, device_rows_);
   const int64_t step = fresh->restore(dir);
   stage_restore(std::move(fresh), restore_id);
   return step;
@@ -529,6 +550,11 @@ std::vector<ExportTable> PsShard::collect_export(int64_t since, int64_t version)
   for (auto& [name, t] : tables_) {
     // Updates after the export must be stamped after `version` too: a table's update step
     // is its own collection's.
+    if (t.device) {
+      if (t.device->step() < version) t.device->set_step(version);
+      out.push_back(collect_export_table(t.device->to_host()->table(0), since, version));
+      continue;
+    }
     if (t.rows->step() < version) t.rows->set_step(version);
     out.push_back(collect_export_table(t.rows->table(0), since, version));
   }
@@ -540,12 +566,15 @@ Json PsShard::stats() const {
   s["global_index"] = layout_.global_index;
   s["total_shards"] = layout_.total_shards;
   Json t = Json::object();
-  for (const auto& [name, table] : tables_) {
+  for (const auto& [name, entry] : tables_) {
+    std::unique_ptr<EmbeddingCollection> copy;
+    const EmbeddingCollection& table = host_rows(entry, copy);
     // The table's statistics (table_stats.h) at the top level, beside the shard's own keys.
-    Json e = table_stats(table.rows->table(0)).to_json();
-    e["memory_bytes"] = static_cast<int64_t>(table.rows->memory_bytes());
-    e["step"] = table.rows->step();
-    if (const Admission* a = table.rows->table(0).admission()) {
+    Json e = table_stats(table.table(0)).to_json();
+    e["memory_bytes"] = entry.device ? entry.device->memory_bytes() : static_cast<int64_t>(table.memory_bytes());
+    e["step"] = table.step();
+    if (entry.device) e["device"] = true;
+    if (const Admission* a = table.table(0).admission()) {
       const AdmissionStats st = a->stats();
       Json j = Json::object();
       j["admitted"] = st.admitted;
@@ -554,7 +583,7 @@ Json PsShard::stats() const {
       j["dropped_gradients"] = st.dropped_gradients;
       e["admission"] = std::move(j);
     }
-    if (const Expiry* x = table.rows->table(0).expiry()) {
+    if (const Expiry* x = table.table(0).expiry()) {
       const ExpiryStats st = x->stats();
       Json j = Json::object();
       j["expired"] = st.expired;

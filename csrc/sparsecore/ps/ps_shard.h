@@ -9,6 +9,12 @@
 // and applied all or nothing: when one table's update fails (it would make a row non-finite),
 // the tables applied before it are put back as they were.
 //
+// With a DeviceRowsFactory (a server started with --device cuda) every table's rows live in
+// a device row store (device_rows.h): pulls, pushes, erase and expiry run there; snapshots,
+// exports and statistics read a CPU copy of the rows, so they keep the CPU formats. On a
+// device table an update that overflows is refused but not undone (the device store keeps
+// no copy of the rows it updated).
+//
 // Synchronous pushes: the gradients of every worker for a step are kept until the last
 // worker's push arrives, then each row's gradients are summed in worker order and applied
 // once (the result does not depend on arrival order).
@@ -28,6 +34,7 @@
 
 #include "sparsecore/core/json.h"
 #include "sparsecore/ops/embedding_collection.h"
+#include "sparsecore/ps/device_rows.h"
 #include "sparsecore/ps/ps_snapshot.h"
 #include "sparsecore/table/export_table.h"
 
@@ -58,7 +65,9 @@ struct SnapshotPart {
 
 class PsShard {
  public:
-  explicit PsShard(ShardLayout layout) : layout_(layout) {}
+  // device_rows: where tables keep their rows (empty: this shard's own EmbeddingTables).
+  explicit PsShard(ShardLayout layout, DeviceRowsFactory device_rows = {})
+      : layout_(layout), device_rows_(std::move(device_rows)) {}
 
   // Creating a table that exists with the same config is a no-op; another config throws.
   // shard_bits is bounded by kMaxServerShardBits, the table count by kMaxTablesPerShard and
@@ -164,10 +173,13 @@ class PsShard {
 
   Json stats() const;
   const ShardLayout& layout() const { return layout_; }
+  const DeviceRowsFactory& device_rows() const { return device_rows_; }
 
  private:
   struct Table {
+    // The table's config and, without device rows, its rows.
     std::unique_ptr<EmbeddingCollection> rows;
+    std::unique_ptr<DeviceRows> device;  // the rows, when they live in a device store
     uint64_t seed = 0;
     // Synchronous mode: contributions of the step in progress, by worker.
     int64_t sync_step = -1;
@@ -188,7 +200,11 @@ class PsShard {
   template <typename Exception>
   static void check_room(const std::map<std::string, Table, std::less<>>& tables, const TableConfig& config);
 
+  // The rows of `t` as a CPU collection: its own, or a copy of its device rows in `copy`.
+  static const EmbeddingCollection& host_rows(const Table& t, std::unique_ptr<EmbeddingCollection>& copy);
+
   ShardLayout layout_;
+  DeviceRowsFactory device_rows_;
   std::map<std::string, Table, std::less<>> tables_;
   std::map<std::string, std::vector<float>> dense_;
   struct DenseRule {  // the optimizer of a dense variable made by dense_create

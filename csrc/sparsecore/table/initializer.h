@@ -141,44 +141,45 @@ SC_HOST_DEVICE uint64_t row_seed(uint64_t table_seed, int64_t key) {
   return hash_combine(table_seed, static_cast<uint64_t>(key));
 }
 
-// Fills w[0..dim) with the initial weights of `key`. Ops: the float arithmetic (see above);
-// kernels pass the device's.
+// Initial weight i of the row whose seed is rs = init_detail::row_seed(table seed, key): a
+// function of (rs, i) alone, so any split of a row's elements over threads gives the same bits.
+// Ops: the float arithmetic (see above); kernels pass the device's.
 template <typename Ops = init_detail::HostFloatOps>
-SC_HOST_DEVICE void initialize_row(const InitializerConfig& c, uint64_t table_seed, int64_t key, float* w, int dim) {
+SC_HOST_DEVICE float initial_value(const InitializerConfig& c, uint64_t rs, int i) {
   using namespace init_detail;
-  uint64_t rs = row_seed(table_seed, key);
-  for (int i = 0; i < dim; ++i) {
-    float v = 0.0f;
-    switch (c.kind) {
-      case InitKind::kZeros:
-        v = 0.0f;
-        break;
-      case InitKind::kConstant:
-        v = c.a;
-        break;
-      case InitKind::kUniform:
-        v = Ops::add(c.a, Ops::mul(Ops::sub(c.b, c.a), unit_uniform(draw(rs, static_cast<uint64_t>(i)))));
-        break;
-      case InitKind::kNormal:
-        v = Ops::add(c.a, Ops::mul(c.b, standard_normal<Ops>(rs, static_cast<uint64_t>(i))));
-        break;
-      case InitKind::kTruncatedNormal: {
-        // Counter (i, attempt) -> i + attempt * 2^32; the 64th attempt falls back to the mean
-        // (probability 0.046^64: never in practice, but the loop must be bounded on a GPU).
-        float z = 0.0f;
-        for (uint64_t attempt = 0; attempt < 64; ++attempt) {
-          float cand = standard_normal<Ops>(rs, static_cast<uint64_t>(i) + (attempt << 32));
-          if (std::fabs(cand) <= 2.0f) {
-            z = cand;
-            break;
-          }
+  switch (c.kind) {
+    case InitKind::kZeros:
+      return 0.0f;
+    case InitKind::kConstant:
+      return c.a;
+    case InitKind::kUniform:
+      return Ops::add(c.a, Ops::mul(Ops::sub(c.b, c.a), unit_uniform(draw(rs, static_cast<uint64_t>(i)))));
+    case InitKind::kNormal:
+      return Ops::add(c.a, Ops::mul(c.b, standard_normal<Ops>(rs, static_cast<uint64_t>(i))));
+    case InitKind::kTruncatedNormal: {
+      // Counter (i, attempt) -> i + attempt * 2^32; the 64th attempt falls back to the mean
+      // (probability 0.046^64: never in practice, but the loop must be bounded on a GPU).
+      float z = 0.0f;
+      for (uint64_t attempt = 0; attempt < 64; ++attempt) {
+        float cand = standard_normal<Ops>(rs, static_cast<uint64_t>(i) + (attempt << 32));
+        if (std::fabs(cand) <= 2.0f) {
+          z = cand;
+          break;
         }
-        v = Ops::add(c.a, Ops::mul(c.b, z));
-        break;
       }
+      return Ops::add(c.a, Ops::mul(c.b, z));
     }
-    w[i] = v;
   }
+  return 0.0f;
+}
+
+// Fills w[i] for i = first, first + stride, ... < dim with the initial weights of `key` (the
+// defaults: the whole row; a kernel's lanes pass their lane and the team size).
+template <typename Ops = init_detail::HostFloatOps>
+SC_HOST_DEVICE void initialize_row(const InitializerConfig& c, uint64_t table_seed, int64_t key, float* w, int dim,
+                                   int first = 0, int stride = 1) {
+  const uint64_t rs = row_seed(table_seed, key);
+  for (int i = first; i < dim; i += stride) w[i] = initial_value<Ops>(c, rs, i);
 }
 
 }  // namespace sparsecore
