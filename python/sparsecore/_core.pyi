@@ -24,7 +24,7 @@ import typing
 import typing_extensions
 import types as _types
 io: _types.ModuleType
-__all__: list[str] = ['CorruptDataError', 'DenseGraph', 'DeviceEmbeddingCollection', 'DevicePackedWeights', 'DevicePreparedBatch', 'EmbeddingCollection', 'PreparedBatch', 'PsClient', 'PsMetricsServer', 'PsServer', 'RpcAuthError', 'RpcClient', 'RpcConnectionError', 'RpcError', 'RpcProtocolError', 'RpcServer', 'RpcStepAbortedError', 'RpcTimeoutError', 'RpcUnknownMethodError', 'ServedModel', 'StepPipeline', 'Subscriber', 'TABLE_STATS_FIELDS', 'commit_directory', 'committed_directory', 'complete_export_parts', 'cpu_features', 'cuda_device_available', 'cuda_empty_memory_cache', 'cuda_emulator_block_seed', 'cuda_emulator_counters', 'cuda_emulator_enqueue_copy', 'cuda_emulator_pending_work', 'cuda_emulator_release_stream', 'cuda_emulator_reset_counters', 'cuda_emulator_side_stream', 'cuda_memory_cache_stats', 'cuda_set_emulator_block_seed', 'cuda_set_memory_cache_limit', 'cuda_unavailable_reason', 'dequantize_rows', 'export_delta', 'export_full', 'fixed_to_float', 'io', 'latest_snapshot', 'num_threads', 'pack_pow2', 'pooled_lookup_quantized', 'project_pow2', 'quantize_rows', 'quantized_row_bytes', 'read_export_part', 'remote_collection', 'render_metrics', 'set_deleted_keys_capacity', 'set_num_threads', 'shift_matmul_fixed_kernel', 'shift_matmul_float', 'shift_matmul_int16', 'shift_matmul_int8', 'shift_matmul_kernel', 'unpack_pow2']
+__all__: list[str] = ['CorruptDataError', 'DenseGraph', 'DeviceEmbeddingCollection', 'DevicePackedWeights', 'DevicePreparedBatch', 'EmbeddingCollection', 'PredictClient', 'PredictServer', 'PreparedBatch', 'PsClient', 'PsMetricsServer', 'PsServer', 'RpcAuthError', 'RpcClient', 'RpcConnectionError', 'RpcError', 'RpcProtocolError', 'RpcServer', 'RpcStepAbortedError', 'RpcTimeoutError', 'RpcUnknownMethodError', 'ServedModel', 'StepPipeline', 'Subscriber', 'TABLE_STATS_FIELDS', 'commit_directory', 'committed_directory', 'complete_export_parts', 'compressed_component_keys', 'cpu_features', 'cuda_device_available', 'cuda_empty_memory_cache', 'cuda_emulator_block_seed', 'cuda_emulator_counters', 'cuda_emulator_enqueue_copy', 'cuda_emulator_pending_work', 'cuda_emulator_release_stream', 'cuda_emulator_reset_counters', 'cuda_emulator_side_stream', 'cuda_memory_cache_stats', 'cuda_set_emulator_block_seed', 'cuda_set_memory_cache_limit', 'cuda_unavailable_reason', 'dequantize_rows', 'export_delta', 'export_full', 'fixed_to_float', 'io', 'latest_snapshot', 'num_threads', 'pack_pow2', 'place_by_size', 'pooled_lookup_quantized', 'project_pow2', 'quantize_rows', 'quantized_row_bytes', 'read_export_part', 'remote_collection', 'render_metrics', 'seeded_hash', 'set_deleted_keys_capacity', 'set_num_threads', 'shift_matmul_fixed_kernel', 'shift_matmul_float', 'shift_matmul_int16', 'shift_matmul_int8', 'shift_matmul_kernel', 'unpack_pow2']
 class CorruptDataError(ValueError):
     pass
 class PreparedBatch:
@@ -277,7 +277,7 @@ class PsServer:
     """
     Parameter server: shards over reactors; embedded until started.
     """
-    def __init__(self, address: str = '127.0.0.1', port: typing.SupportsInt | typing.SupportsIndex = 0, shards: typing.SupportsInt | typing.SupportsIndex = 1, token: str = '', server_index: typing.SupportsInt | typing.SupportsIndex = 0, num_servers: typing.SupportsInt | typing.SupportsIndex = 1, max_frame_bytes: typing.SupportsInt | typing.SupportsIndex = 268435456, poll_us: typing.SupportsInt | typing.SupportsIndex = 0, idle_timeout_ms: typing.SupportsInt | typing.SupportsIndex = 0, handshake_timeout_ms: typing.SupportsInt | typing.SupportsIndex = 10000, memory_budget_bytes: typing.SupportsInt | typing.SupportsIndex = 1073741824, snapshot_dir: str = '', export_dir: str = '', device: str = 'cpu', emulate: bool = False, device_index: typing.SupportsInt | typing.SupportsIndex = -1) -> None:
+    def __init__(self, address: str = '127.0.0.1', port: typing.SupportsInt | typing.SupportsIndex = 0, shards: typing.SupportsInt | typing.SupportsIndex = 1, token: str = '', server_index: typing.SupportsInt | typing.SupportsIndex = 0, num_servers: typing.SupportsInt | typing.SupportsIndex = 1, max_frame_bytes: typing.SupportsInt | typing.SupportsIndex = 268435456, poll_us: typing.SupportsInt | typing.SupportsIndex = 0, idle_timeout_ms: typing.SupportsInt | typing.SupportsIndex = 0, handshake_timeout_ms: typing.SupportsInt | typing.SupportsIndex = 10000, memory_budget_bytes: typing.SupportsInt | typing.SupportsIndex = 1073741824, snapshot_dir: str = '', export_dir: str = '', keep_snapshots: typing.SupportsInt | typing.SupportsIndex = 0, device: str = 'cpu', emulate: bool = False, device_index: typing.SupportsInt | typing.SupportsIndex = -1) -> None:
         ...
     def restore(self, name: str) -> int:
         """
@@ -340,6 +340,8 @@ class PsClient:
     def kv_get(self, arg0: str) -> str:
         ...
     def kv_put(self, arg0: str, arg1: str) -> None:
+        ...
+    def prune_snapshots(self, prefix: str, keep: typing.SupportsInt | typing.SupportsIndex, protect: collections.abc.Sequence[str]) -> list[str]:
         ...
     def pull(self, table: str, ids: numpy.ndarray, train: bool = True, out: typing.Any = None) -> numpy.ndarray:
         ...
@@ -482,6 +484,9 @@ class ServedModel:
     def stop(self) -> None:
         ...
     @property
+    def columns(self) -> list[list[str]]:
+        ...
+    @property
     def dense_width(self) -> int:
         ...
     @property
@@ -493,6 +498,51 @@ class ServedModel:
     @property
     def version(self) -> int:
         ...
+class PredictServer:
+    """
+    A model directory served over RPC and HTTP with batching (serving/predict_server.h).
+    """
+    def __init__(self, dir: str, address: str, port: typing.SupportsInt | typing.SupportsIndex, http_port: typing.SupportsInt | typing.SupportsIndex, token: str, reactors: typing.SupportsInt | typing.SupportsIndex, max_batch: typing.SupportsInt | typing.SupportsIndex, max_wait_us: typing.SupportsInt | typing.SupportsIndex, threads: typing.SupportsInt | typing.SupportsIndex, max_queued: typing.SupportsInt | typing.SupportsIndex, default_timeout_ms: typing.SupportsInt | typing.SupportsIndex, http_timeout_ms: typing.SupportsInt | typing.SupportsIndex, max_body_bytes: typing.SupportsInt | typing.SupportsIndex, max_http_connections: typing.SupportsInt | typing.SupportsIndex, poll_interval_ms: typing.SupportsInt | typing.SupportsIndex) -> None:
+        ...
+    def metrics(self) -> str:
+        ...
+    def start(self) -> None:
+        ...
+    def stats(self) -> dict:
+        ...
+    def stop(self) -> None:
+        ...
+    @property
+    def http_port(self) -> int:
+        ...
+    @property
+    def port(self) -> int:
+        ...
+    @property
+    def version(self) -> int:
+        ...
+class PredictClient:
+    """
+    The RPC client of a PredictServer (serving/predict_client.h).
+    """
+    def __init__(self, host: str, port: typing.SupportsInt | typing.SupportsIndex, token: str, timeout_ms: typing.SupportsInt | typing.SupportsIndex, connect_timeout_ms: typing.SupportsInt | typing.SupportsIndex) -> None:
+        ...
+    def predict(self, features: list, dense: typing.Any = None, timeout_ms: typing.SupportsInt | typing.SupportsIndex = -1) -> tuple[numpy.typing.NDArray[numpy.float32], int]:
+        ...
+    def refresh(self) -> int:
+        ...
+    @property
+    def columns(self) -> list[list[str]]:
+        ...
+    @property
+    def dense_width(self) -> int:
+        ...
+    @property
+    def features(self) -> list[str]:
+        ...
+    @property
+    def output_width(self) -> int:
+        ...
 def commit_directory(staging: str, target: str, files_synced: bool = False) -> None:
     """
     Makes the finished directory `staging` replace `target` in one atomic, durable step.
@@ -503,6 +553,10 @@ def committed_directory(target: str) -> str:
     """
 def complete_export_parts(export_dir: str) -> list[str]:
     ...
+def compressed_component_keys(spec_json: str, ids: typing.Annotated[numpy.typing.ArrayLike, numpy.int64], base_seed: typing.SupportsInt | typing.SupportsIndex) -> list:
+    """
+    Per component of a compressed table: (keys int64[n, keys_per_id], signs float32[n, keys_per_id] or None) of `ids` (table/compressed_ids.h).
+    """
 def cpu_features() -> list[str]:
     """
     Instruction sets the running CPU offers to the dispatched kernels.
@@ -553,6 +607,10 @@ def num_threads() -> int:
     """
 def pack_pow2(weight: numpy.ndarray, alpha: numpy.ndarray) -> numpy.typing.NDArray[numpy.uint8]:
     ...
+def place_by_size(sizes: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], num_shards: typing.SupportsInt | typing.SupportsIndex) -> list[int]:
+    """
+    Global shard of each of `sizes` (numbers of values): largest first, each to the shard holding the fewest values so far (the lowest index on a tie).
+    """
 def pooled_lookup_quantized(table: numpy.ndarray, dim: typing.SupportsInt | typing.SupportsIndex, format: str, indices: numpy.ndarray, offsets: numpy.ndarray, weights: typing.Any, mean: bool) -> numpy.typing.NDArray[numpy.float32]:
     ...
 def project_pow2(weight: numpy.ndarray, codebook: collections.abc.Sequence[typing.SupportsFloat | typing.SupportsIndex], per_channel: bool, max_iter: typing.SupportsInt | typing.SupportsIndex = 100) -> tuple[numpy.typing.NDArray[numpy.float32], numpy.typing.NDArray[numpy.float32], int]:
@@ -570,6 +628,10 @@ def remote_collection(configs_json: str, seed: typing.SupportsInt | typing.Suppo
 def render_metrics(server: PsServer) -> str:
     """
     The Prometheus text of `server` (what GET /metrics answers).
+    """
+def seeded_hash(ids: typing.Annotated[numpy.typing.ArrayLike, numpy.int64], seed: typing.SupportsInt | typing.SupportsIndex) -> numpy.typing.NDArray[numpy.uint64]:
+    """
+    hash_combine(seed, fmix64(id)) of every id (core/hash.h) as uint64[n]: the stateless, seeded hash of compressed tables, the same in every process.
     """
 def set_deleted_keys_capacity(collection: EmbeddingCollection, table: typing.SupportsInt | typing.SupportsIndex, capacity: typing.SupportsInt | typing.SupportsIndex) -> None:
     ...
