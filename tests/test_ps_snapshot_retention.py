@@ -217,3 +217,21 @@ def test_a_forged_part_that_claims_a_shard_twice_fails_the_commit(tmp_path):
         assert entries(snap) == ["step-1"]
     finally:
         stop(proc)
+
+
+def test_a_failed_commit_removes_the_staged_parts(tmp_path):
+    """Two servers given different snapshot directories (a misconfiguration): the commit on
+    server 0 finds only its own part, the save fails with the reason, and server 0's staged
+    part is removed rather than left beside the snapshots."""
+    dirs = [tmp_path / "snap-a", tmp_path / "snap-b"]
+    procs = [start_server_process("--shards", 1, "--server-index", i, "--num-servers", 2, "--snapshot-dir", dirs[i])
+             for i in range(2)]
+    try:
+        ps = sc.connect([a for _, a in procs], timeout=60)
+        ps.create_table("t", sc.TableConfig(dim=2, optimizer=sc.SGD(lr=1.0)), seed=1)
+        with pytest.raises(KeyError, match="no complete snapshot"):
+            ps.save(1)
+        assert entries(dirs[0]) == []
+    finally:
+        for p, _ in procs:
+            stop(p)

@@ -525,18 +525,21 @@ std::string PsClient::save(const std::string& name, int64_t step, bool overwrite
   j["save_id"] = random_suffix();
   j["step"] = step;
   j["overwrite"] = overwrite;
+  // A failed write or commit (e.g. another save of the same name committed first) removes
+  // every server's staged part of this save; a commit that renamed the staging directory into
+  // place is not undone by the abort, which only removes staging directories.
   try {
     call_json(kSave, j);
+    j["phase"] = "commit";
+    call_json(kSave, j, 0);
   } catch (...) {
     j["phase"] = "abort";
     try {
       call_json(kSave, j, 0);
-    } catch (const std::exception&) {  // the write's error is the one to report
+    } catch (const std::exception&) {  // the write's or commit's error is the one to report
     }
     throw;
   }
-  j["phase"] = "commit";
-  call_json(kSave, j, 0);
   return name;
 }
 
