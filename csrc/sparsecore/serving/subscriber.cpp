@@ -76,6 +76,15 @@ std::vector<std::byte> encode_rows(const std::vector<uint8_t>& coded, ExportDtyp
   return out;
 }
 
+// Room for `rows` in a table's index. An index past half a huge page is given a whole one
+// (its 12-byte slots then live on one 2 MiB page, huge_pages.h): every probe of a served
+// table is a random read, and a page walk per probe cost about a tenth of a batch's time.
+void reserve_index(HashTable::Shard& shard, size_t rows) {
+  constexpr size_t kSlotBytes = 12, kHalfPageRows = kHugePageBytes / 2 / kSlotBytes * 4 / 5;
+  constexpr size_t kPageRows = kHugePageBytes / kSlotBytes * 4 / 5 + 1;
+  shard.reserve(rows >= kHalfPageRows ? std::max(rows, kPageRows) : rows);
+}
+
 }  // namespace
 
 Subscriber::Staged Subscriber::stage(Loaded& loaded) const {
@@ -108,7 +117,7 @@ Subscriber::Staged Subscriber::stage(Loaded& loaded) const {
     } else if (it->second.codec.dtype() != d) {  // turned to fp32, values unchanged
       const Table& old = it->second;
       Table& fp32 = st.replace.try_emplace(name, old.config, old.seed, d).first->second;
-      fp32.shard().reserve(old.shard().size());
+      reserve_index(fp32.shard(), old.shard().size());
       std::vector<std::byte> row(fp32.codec.row_bytes());
       old.shard().for_each([&](int64_t key, const std::byte* stored) {
         old.codec.decode(stored, reinterpret_cast<float*>(row.data()));
@@ -128,7 +137,7 @@ Subscriber::Staged Subscriber::stage(Loaded& loaded) const {
   if (st.full) {
     for (auto& c : st.changes) {
       HashTable::Shard& sh = st.replace.at(c.table).shard();
-      sh.reserve(sh.size() + c.keys->size());
+      reserve_index(sh, sh.size() + c.keys->size());
       const size_t rb = st.replace.at(c.table).codec.row_bytes();
       for (size_t r = 0; r < c.keys->size(); ++r)
         sh.upsert_copy((*c.keys)[r], key_hash((*c.keys)[r]), c.rows.data() + r * rb);
