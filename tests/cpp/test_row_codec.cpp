@@ -2,6 +2,8 @@
 
 #include <cstring>
 #include <random>
+#include <string>
+#include <tuple>
 #include <vector>
 
 #include "sparsecore/core/error.h"
@@ -130,7 +132,11 @@ TEST_P(RowCodecTest, PooledStoredRowsEqualPoolingTheDequantizedRowsInBothKernels
 INSTANTIATE_TEST_SUITE_P(DtypesAndDims, RowCodecTest,
                          ::testing::Combine(::testing::Values(ExportDtype::kFloat32, ExportDtype::kFloat16,
                                                               ExportDtype::kInt8, ExportDtype::kInt4),
-                                            ::testing::Values(1, 3, 8, 18, 31, 33, 40)));
+                                            ::testing::Values(1, 3, 8, 18, 31, 33, 40)),
+                         [](const auto& info) {
+                           return std::string(export_dtype_name(std::get<0>(info.param))) + "_dim" +
+                                  std::to_string(std::get<1>(info.param));
+                         });
 
 TEST(RowCodec, LayoutsPadToWholeVectors) {
   EXPECT_EQ(RowCodec(ExportDtype::kFloat32, 18).row_bytes(), 72u);
