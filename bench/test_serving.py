@@ -23,5 +23,14 @@ def test_serving_benchmark_runs_and_reports(tmp_path, scale):
                           text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     report = out.read_text()
-    for peer in ("sparsecore fp32", "sparsecore pow2-3bit", "PyTorch eager", "TorchScript"):
+    for peer in ("sparsecore fp32", "sparsecore pow2-3bit", "PyTorch eager", "TorchScript", "PyTorch eager (model)",
+                 "TorchScript (model)"):
         assert f"| {peer} |" in report
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return
+    # the ONNX peer is a valid Gather + ReduceSum graph whose logits were checked before timing
+    assert "| ONNX Runtime |" in report and "| ONNX Runtime (model) |" in report
+    assert "ReduceSum" in report and "Loop" not in report

@@ -201,3 +201,24 @@ def test_a_large_batch_equals_its_rows_predicted_alone_whatever_the_thread_count
         assert out.tobytes() == outs[0].tobytes()
     ref = training_logits(trainer, held)
     np.testing.assert_allclose(outs[0], ref, rtol=1e-5, atol=1e-6 * (1 + np.abs(ref).max()))
+
+
+def test_a_full_export_that_changes_a_tables_dim_is_refused_at_predict(rng, tmp_path):
+    # The graph's inputs keep their widths: rows of another width are never pooled into them.
+    trainer, cfg = make_trainer(rng)
+    trainer.fit(3)
+    version = sc.export_model(tmp_path / "model", trainer, trainer.model)
+    p = sc.Predictor(tmp_path / "model")
+    held = SyntheticData(cfg, start=1 << 30, num_samples=(1 << 30) + 20).next_batch(20)
+    before = p.predict(held)
+    wider = sc.EmbeddingCollection({g: sc.TableConfig(dim=9, optimizer=sc.SGD(lr=0.1)) for g in cfg.names()}, seed=2)
+    name = cfg.names()[0]
+    bags = {name: (np.arange(5, dtype=np.int64), np.arange(6, dtype=np.int64))}
+    while wider.step <= version:  # a newer full export than the model's
+        wider.forward(bags)
+        wider.backward(bags, {name: np.ones((5, 9), np.float32)})
+    wider.export_full(tmp_path / "model" / "stream")
+    assert p.poll() == 1
+    with pytest.raises(ValueError, match=f"table '{name}' has dim 9"):
+        p.predict(held)
+    assert before.shape == (20,)

@@ -142,3 +142,42 @@ def test_readers_only_ever_observe_states_that_existed(tmp_path):
     observed = set().union(*seen)
     assert len(observed) > 1
     assert observed <= states
+
+
+def test_a_delta_in_another_dtype_than_its_table_keeps_every_value(tmp_path):
+    # Tables keep the dtype of their full export; a delta in another dtype turns the table to
+    # fp32, so every row reads what the export that brought it holds.
+    emb = sc.EmbeddingCollection(TABLES, seed=1)
+    _train(emb, IDS[:30], 1.0)
+    v0 = emb.export_full(tmp_path, dtype="fp16")
+    _train(emb, IDS[20:40], -0.7)
+    v1 = emb.export_delta(tmp_path, since=v0, dtype="int4")
+    expected = {}
+    for name in (f"full-{v0:020d}", f"delta-{v0:020d}-{v1:020d}"):
+        t = sc.read_export(tmp_path / name)["tables"]["t"]
+        expected.update(zip(t["keys"].tolist(), t["weights"]))
+    sub = sc.Subscriber(tmp_path)
+    assert sub.poll() == 2
+    keys = np.array(sorted(expected), np.int64)
+    np.testing.assert_array_equal(sub.lookup("t", keys), np.stack([expected[k] for k in keys.tolist()]))
+    got_keys, got_rows = sub.rows("t")
+    np.testing.assert_array_equal(got_keys, keys)
+    np.testing.assert_array_equal(got_rows, sub.lookup("t", keys))
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "fp16", "int8", "int4"])
+def test_lookups_of_many_ids_equal_the_export_in_every_dtype(tmp_path, dtype):
+    # Past 4096 ids a lookup is split over the compute pool; each id reads its export's row.
+    emb = sc.EmbeddingCollection({"t": sc.TableConfig(dim=11, optimizer=sc.SGD(lr=0.1), default_value=0.25)},
+                                 seed=3)
+    ids = np.arange(3000, dtype=np.int64) * 7919
+    offsets = np.arange(len(ids) + 1, dtype=np.int64)
+    emb.forward({"t": (ids, offsets)})
+    emb.export_full(tmp_path, dtype=dtype)
+    t = sc.read_export(next(tmp_path.glob("full-*")))["tables"]["t"]
+    expected = dict(zip(t["keys"].tolist(), t["weights"]))
+    sub = sc.Subscriber(tmp_path)
+    sub.poll()
+    ask = np.concatenate([ids, ids[::-1] + 1, ids])  # unknown ids read the default row
+    want = np.stack([expected.get(k, np.full(11, 0.25, np.float32)) for k in ask.tolist()])
+    np.testing.assert_array_equal(sub.lookup("t", ask), want)

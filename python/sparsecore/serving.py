@@ -146,10 +146,14 @@ class Predictor:
 
     def __init__(self, path: PathLike):
         self._c = _core.ServedModel(str(Path(path)))
+        # fixed by the model directory: read once, not on every predict
+        self._features = [name for name, _ in self._c.features]
+        self._columns = [list(c) for c in self._c.columns]
+        self._has_dense = bool(self._c.dense_width)
 
     @property
     def features(self) -> list[str]:
-        return [name for name, _ in self._c.features]
+        return list(self._features)
 
     @property
     def version(self) -> int:
@@ -181,7 +185,7 @@ class Predictor:
         return dict(zip(self.features, (list(c) for c in self._c.columns)))
 
     def predict(self, batch: Any = None, dense: Any = None, raw: Any = None) -> np.ndarray:
-        parts, d = _predict_inputs(self.features, list(self._c.columns), bool(self._c.dense_width), batch, dense, raw)
+        parts, d = _predict_inputs(self._features, self._columns, self._has_dense, batch, dense, raw)
         out = self._c.predict(parts, d)
         return out[:, 0] if out.shape[1] == 1 else out
 
@@ -235,6 +239,14 @@ def _raw_bags(columns: dict[str, list[str]], raw: Any) -> dict[str, tuple[np.nda
     return out
 
 
+_INT64 = np.dtype(np.int64)
+
+
+def _plain_int64(a: Any) -> bool:
+    """A C-contiguous int64 ndarray, which the C++ side reads as it is (the common request)."""
+    return type(a) is np.ndarray and a.dtype is _INT64 and a.flags.c_contiguous
+
+
 def _predict_inputs(features: list[str], columns: list[list[str]], has_dense: bool, batch: Any, dense: Any,
                     raw: Any = None) -> tuple[list[Any], Any]:
     """The arrays of a prediction request, one (ids, offsets, weights) per feature in the
@@ -262,6 +274,9 @@ def _predict_inputs(features: list[str], columns: list[list[str]], has_dense: bo
     parts = []
     for name in features:
         item = batch[name]
+        if type(item) is tuple and len(item) == 2 and _plain_int64(item[0]) and _plain_int64(item[1]):
+            parts.append((item[0], item[1], None))  # already what the C++ side reads
+            continue
         if not isinstance(item, (tuple, list)) or len(item) not in (2, 3):
             raise ValueError(f"predict: feature '{name}' needs (ids, offsets) or (ids, offsets, weights)")
         ids = as_int64(item[0], f"ids of feature '{name}'")

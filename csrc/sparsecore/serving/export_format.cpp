@@ -286,7 +286,7 @@ std::string write_export_part(const ExportPart& part, const std::string& stream_
   return join(export_dir, target_name);
 }
 
-ExportPart read_export_part(const std::string& part_dir) {
+ExportPart read_export_part(const std::string& part_dir, bool keep_coded) {
   SC_CHECK(is_real_directory(part_dir), NotFound, "no export part at '", part_dir, "'");
   const std::vector<uint8_t> bytes = read_regular_file(join(part_dir, kManifest), kMaxManifestBytes);
   Json m;
@@ -340,10 +340,13 @@ ExportPart read_export_part(const std::string& part_dir) {
     std::vector<uint8_t> coded = read_checked(part_dir, field(files, "rows", tw), prefix + ".rows", rows * row_bytes);
     t.keys.resize(rows);
     if (rows) std::memcpy(t.keys.data(), keys.data(), rows * 8);
-    t.weights.resize(rows * dim);
-    if (part.dtype == ExportDtype::kFloat32) {
+    if (keep_coded) {
+      part.coded.push_back(std::move(coded));
+    } else if (part.dtype == ExportDtype::kFloat32) {
+      t.weights.resize(rows * dim);
       if (rows) std::memcpy(t.weights.data(), coded.data(), coded.size());
     } else {
+      t.weights.resize(rows * dim);
       quant::dequantize_rows(coded.data(), static_cast<int64_t>(rows), static_cast<int64_t>(dim),
                              row_format(part.dtype), t.weights.data());
     }

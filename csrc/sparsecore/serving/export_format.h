@@ -61,6 +61,9 @@ struct ExportPart {
   int num_parts = 1;
   ExportDtype dtype = ExportDtype::kFloat32;
   std::vector<ExportTable> tables;
+  // Read with keep_coded only: per table, its rows as the file stores them
+  // (rows x export_row_bytes(dtype, dim) bytes), and the tables' weights are left empty.
+  std::vector<std::vector<uint8_t>> coded;
 };
 
 // The name of an export and its parse; parse_export_name returns false for any other name.
@@ -79,8 +82,9 @@ bool parse_part_name(const std::string& text, int& part, int& num_parts);
 // export taken again at the same step). Returns the part's directory.
 std::string write_export_part(const ExportPart& part, const std::string& stream_dir);
 
-// Reads and checks one part directory.
-ExportPart read_export_part(const std::string& part_dir);
+// Reads and checks one part directory. keep_coded: the rows stay as stored (ExportPart::coded)
+// instead of being dequantized into each table's weights.
+ExportPart read_export_part(const std::string& part_dir, bool keep_coded = false);
 
 // The part directories of the export `export_dir` in part order, when all of its parts are
 // there; empty while it is incomplete. Hidden entries (writes in progress) are ignored.

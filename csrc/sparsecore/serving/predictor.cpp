@@ -9,6 +9,7 @@
 #include "sparsecore/core/file.h"
 #include "sparsecore/core/json.h"
 #include "sparsecore/serving/composed_row_source.h"
+#include "sparsecore/serving/row_codec.h"
 #include "sparsecore/serving/subscriber.h"
 
 namespace sparsecore::serving {
@@ -86,20 +87,16 @@ void Predictor::predict(const FeatureBatch* features, const float* dense, int64_
   check(features, dense, batch);
   if (batch == 0) return;
   const auto& inputs = graph_.inputs();
-  // Rows of every feature, read in one consistent call.
-  size_t row_floats = 0, pooled_floats = 0, lengths = 0;
-  auto& row_at = ws.row_at;
+  // Where each feature's pooled block (and a sequence's lengths) goes.
+  size_t pooled_floats = 0, lengths = 0;
   auto& pooled_at = ws.pooled_at;
   auto& length_at = ws.length_at;
   auto& max_len = ws.max_len;
-  row_at.resize(features_.size());
   pooled_at.resize(features_.size());
   length_at.resize(features_.size());
   max_len.assign(features_.size(), 0);
   for (size_t f = 0; f < features_.size(); ++f) {
     const int64_t width = inputs[feature_input_[f]].width;
-    row_at[f] = row_floats;
-    row_floats += static_cast<size_t>(features[f].num_ids * width);
     pooled_at[f] = pooled_floats;
     if (features_[f].pooling == ServingPooling::kNone) {
       for (int64_t b = 0; b < batch; ++b)
@@ -111,54 +108,57 @@ void Predictor::predict(const FeatureBatch* features, const float* dense, int64_
       pooled_floats += static_cast<size_t>(batch * width);
     }
   }
-  if (ws.rows.size() < row_floats) ws.rows.resize(row_floats);
   if (ws.pooled.size() < pooled_floats) ws.pooled.resize(pooled_floats);
   if (ws.lengths.size() < lengths) ws.lengths.resize(lengths);
+  // Every feature read and pooled in one consistent call.
   ws.reads.clear();
-  for (size_t f = 0; f < features_.size(); ++f)
-    ws.reads.push_back({&features_[f].table, features[f].ids, features[f].num_ids, ws.rows.data() + row_at[f]});
-  source_->read(ws.reads.data(), ws.reads.size());
+  for (size_t f = 0; f < features_.size(); ++f) {
+    const FeatureBatch& fb = features[f];
+    ws.reads.push_back({&features_[f].table, inputs[feature_input_[f]].width, fb.ids, fb.offsets, fb.weights,
+                        fb.num_ids, batch, features_[f].pooling, max_len[f], ws.pooled.data() + pooled_at[f]});
+  }
+  source_->read_pooled(ws.reads.data(), ws.reads.size(), ws.scratch);
 
   ws.views.assign(inputs.size(), DenseInputView{});
   for (size_t f = 0; f < features_.size(); ++f) {
-    const FeatureBatch& fb = features[f];
-    const int64_t w = inputs[feature_input_[f]].width;
-    const float* rows = ws.rows.data() + row_at[f];
-    float* pooled = ws.pooled.data() + pooled_at[f];
     DenseInputView& view = ws.views[feature_input_[f]];
-    view.values = pooled;
-    if (features_[f].pooling == ServingPooling::kNone) {
-      const int64_t L = max_len[f];
-      std::fill(pooled, pooled + batch * L * w, 0.0f);
-      int64_t* len = ws.lengths.data() + length_at[f];
-      for (int64_t b = 0; b < batch; ++b) {
-        len[b] = fb.offsets[b + 1] - fb.offsets[b];
-        for (int64_t t = 0; t < len[b]; ++t) {
-          const int64_t i = fb.offsets[b] + t;
-          const float s = fb.weights ? fb.weights[i] : 1.0f;
-          for (int64_t c = 0; c < w; ++c) pooled[(b * L + t) * w + c] = s * rows[i * w + c];
-        }
-      }
-      view.max_len = L;
-      view.lengths = len;
-      continue;
-    }
-    // Sum in id order, then the mean's division (the training engine's order).
-    for (int64_t b = 0; b < batch; ++b) {
-      float* o = pooled + b * w;
-      std::fill(o, o + w, 0.0f);
-      float total = 0.0f;
-      for (int64_t i = fb.offsets[b]; i < fb.offsets[b + 1]; ++i) {
-        const float s = fb.weights ? fb.weights[i] : 1.0f;
-        total += s;
-        for (int64_t c = 0; c < w; ++c) o[c] += s * rows[i * w + c];
-      }
-      if (features_[f].pooling == ServingPooling::kMean && fb.offsets[b + 1] > fb.offsets[b] && total != 0.0f)
-        for (int64_t c = 0; c < w; ++c) o[c] /= total;
-    }
+    view.values = ws.pooled.data() + pooled_at[f];
+    if (features_[f].pooling != ServingPooling::kNone) continue;
+    int64_t* len = ws.lengths.data() + length_at[f];
+    for (int64_t b = 0; b < batch; ++b) len[b] = features[f].offsets[b + 1] - features[f].offsets[b];
+    view.max_len = max_len[f];
+    view.lengths = len;
   }
   if (dense_input_ >= 0) ws.views[dense_input_].values = dense;
   graph_.run(ws.views.data(), batch, out, ws.graph);
+}
+
+void RowSource::read_pooled(const PooledRead* reads, size_t count, RowScratch& scratch) const {
+  size_t floats = 0, ids = 0;
+  for (size_t r = 0; r < count; ++r) {
+    floats += static_cast<size_t>(reads[r].num_ids * reads[r].dim);
+    ids = std::max(ids, static_cast<size_t>(reads[r].num_ids));
+  }
+  if (scratch.rows.size() < floats) scratch.rows.resize(floats);
+  if (scratch.row_ptrs.size() < ids) scratch.row_ptrs.resize(ids);
+  scratch.reads.clear();
+  floats = 0;
+  for (size_t r = 0; r < count; ++r) {
+    scratch.reads.push_back({reads[r].table, reads[r].ids, reads[r].num_ids, scratch.rows.data() + floats});
+    floats += static_cast<size_t>(reads[r].num_ids * reads[r].dim);
+  }
+  read(scratch.reads.data(), scratch.reads.size());
+  for (size_t r = 0; r < count; ++r) {
+    const PooledRead& p = reads[r];
+    const RowCodec codec(ExportDtype::kFloat32, static_cast<int>(p.dim));
+    float* rows = scratch.reads[r].out;
+    for (int64_t i = 0; i < p.num_ids; ++i) scratch.row_ptrs[i] = reinterpret_cast<std::byte*>(rows + i * p.dim);
+    const BagRows bags{scratch.row_ptrs.data(), p.offsets, p.weights, p.batch};
+    if (p.pooling == ServingPooling::kNone)
+      sequence_bags(codec, bags, 0, p.batch, p.max_len, 0.0f, p.out);
+    else
+      pool_bags(codec, bags, 0, p.batch, 0.0f, p.pooling == ServingPooling::kMean, p.out);
+  }
 }
 
 namespace {

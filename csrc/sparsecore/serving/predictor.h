@@ -9,7 +9,7 @@
 // of the weights) or "none" (the bag as a sequence, zero padded to the longest bag, for
 // din_attention). Ids the source does not hold read as its default row (zeros).
 //
-// Consistency: all rows of one request are read by one RowSource::read call, which a source
+// Consistency: all rows of one request are read by one RowSource::read_pooled call, which a source
 // that changes while serving (the Subscriber applying deltas) answers from one state, so a
 // prediction never mixes two versions of the model.
 //
@@ -19,6 +19,7 @@
 // read before the whole request has been checked.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -28,12 +29,40 @@
 
 namespace sparsecore::serving {
 
+enum class ServingPooling : uint8_t { kSum, kMean, kNone };
+
 // One table read of a request: ids (n) host; out (n, dim of the table) host float32.
 struct RowRead {
   const std::string* table = nullptr;
   const int64_t* ids = nullptr;
   int64_t n = 0;
   float* out = nullptr;
+};
+
+// One feature of a request read and pooled straight into its graph input: the bags (offsets
+// (batch + 1), checked by the caller) of ids (num_ids) with optional weights (num_ids), pooled
+// by `pooling` into out: (batch, dim) for sum and mean, (batch, max_len, dim) for none (each
+// bag as a sequence, zeros past its length; max_len at least its longest bag).
+struct PooledRead {
+  const std::string* table = nullptr;
+  int64_t dim = 0;
+  const int64_t* ids = nullptr;
+  const int64_t* offsets = nullptr;
+  const float* weights = nullptr;
+  int64_t num_ids = 0;
+  int64_t batch = 0;
+  ServingPooling pooling = ServingPooling::kSum;
+  int64_t max_len = 0;
+  float* out = nullptr;
+};
+
+// Memory a RowSource may use while it answers read_pooled, kept by the caller between calls
+// (a PredictorWorkspace), so that steady-state reads allocate nothing.
+struct RowScratch {
+  std::vector<float> rows;
+  std::vector<std::byte*> row_ptrs;
+  std::vector<int64_t> keys;
+  std::vector<RowRead> reads;
 };
 
 // Where a Predictor reads embedding rows.
@@ -45,9 +74,11 @@ class RowSource {
   // Fills every read from one consistent state (unknown ids: the table's default row).
   // NotFound when a table is not (or no longer) served.
   virtual void read(const RowRead* reads, size_t count) const = 0;
+  // Pools every read from one consistent state, summing in id order as the training engine
+  // does (a mean divides the sum by the sum of the weights). The default reads the rows with
+  // read() into scratch, then pools them; a source that holds its rows pools them in place.
+  virtual void read_pooled(const PooledRead* reads, size_t count, RowScratch& scratch) const;
 };
-
-enum class ServingPooling : uint8_t { kSum, kMean, kNone };
 
 // How graph input `input` is made: from table `table` pooled by `pooling`. Raw values become
 // its ids as the readers make them (raw_features.h): the values of each of `columns` hashed
@@ -70,12 +101,12 @@ struct FeatureBatch {
 class PredictorWorkspace {
  public:
   DenseWorkspace graph;
-  std::vector<float> rows;    // rows read for every feature
+  RowScratch scratch;         // the row source's
   std::vector<float> pooled;  // pooled inputs, one block per feature
   std::vector<int64_t> lengths;
-  std::vector<RowRead> reads;
+  std::vector<PooledRead> reads;
   std::vector<DenseInputView> views;
-  std::vector<size_t> row_at, pooled_at, length_at;  // per feature: where its blocks start
+  std::vector<size_t> pooled_at, length_at;  // per feature: where its blocks start
   std::vector<int64_t> max_len;
 };
 

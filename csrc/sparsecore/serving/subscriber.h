@@ -17,9 +17,13 @@
 // mutex; start/stop run a background thread that polls every `interval`. Errors of the
 // background thread are kept (last_error) and it keeps polling.
 //
-// Memory: rows live in host memory as fp32 (fp16 and int8 exports are dequantized once, as
-// they are applied). Ids of a table with num_embeddings are mapped as the training table
-// maps them (dense_id); an id outside the range reads as zeros.
+// Memory: each table's rows stay in the dtype of the export that brought them (fp32, fp16,
+// int8, int4; row_codec.h) and are decoded as they are read; a delta in another dtype than its
+// table's turns the table to fp32 first (values unchanged). A table is an open-addressing
+// index (table/hash_table.h) over row chunks; lookups probe a block of ids with their slots
+// prefetched ahead, then read the rows, prefetched ahead in turn. Ids of a table with
+// num_embeddings are mapped as the training table maps them (dense_id); an id outside the
+// range reads the default row.
 #pragma once
 
 #include <chrono>
@@ -31,11 +35,12 @@
 #include <shared_mutex>
 #include <string>
 #include <thread>
-#include <unordered_map>
 #include <vector>
 
 #include "sparsecore/serving/export_format.h"
 #include "sparsecore/serving/predictor.h"
+#include "sparsecore/serving/row_codec.h"
+#include "sparsecore/table/hash_table.h"
 
 namespace sparsecore::serving {
 
@@ -75,6 +80,10 @@ class Subscriber : public RowSource {
   int dim(const std::string& table) const override;
   // RowSource: each read as lookup(), all under one lock.
   void read(const RowRead* reads, size_t count) const override;
+  // RowSource: the rows pooled where they are stored, all under one lock; a batch of many
+  // ids is split by bags over the compute pool. InvalidArgument when a read's dim is not its
+  // table's (a full export changed it).
+  void read_pooled(const PooledRead* reads, size_t count, RowScratch& scratch) const override;
   int64_t size(const std::string& table) const;
   // ids (n) host; out (n, dim(table)) host float32: each id's weights; an unknown id reads the
   // table's default row (TableConfig::default_value, zeros unless configured).
@@ -84,22 +93,33 @@ class Subscriber : public RowSource {
 
  private:
   struct Table {
+    Table(TableConfig c, uint64_t s, ExportDtype dtype);
     TableConfig config;
     uint64_t seed = 0;
-    std::unordered_map<int64_t, size_t> slot;  // key -> row index into weights
-    std::vector<float> weights;                // (slots, dim)
-    std::vector<size_t> free;                  // slots of removed rows
+    RowCodec codec;
+    // One shard: the subscriber's state lock orders writers against readers, the shard's own
+    // lock is taken as its contract asks (uncontended).
+    std::unique_ptr<HashTable> index;
+    const HashTable::Shard& shard() const { return index->shard(0); }
+    HashTable::Shard& shard() { return index->shard(0); }
   };
   using Tables = std::map<std::string, Table, std::less<>>;
   struct Loaded {
     ExportName name;
-    std::vector<ExportPart> parts;
+    std::vector<ExportPart> parts;  // rows kept as stored (ExportPart::coded)
   };
+  struct Staged;
   static Loaded load(const std::string& export_dir);
-  // The exclusive lock held: applies a loaded export.
-  void apply_locked(Loaded& loaded);
+  // Everything of an export that needs no lock: checks, new and converted tables, the rows
+  // encoded for their tables. Runs under poll_mutex_ (the state cannot change meanwhile).
+  Staged stage(Loaded& loaded) const;
+  // The exclusive lock held: applies a staged export (nothing in it can fail but memory).
+  void commit(Staged& staged);
+  void apply_export(Loaded& loaded);
   const Table& table(const std::string& name) const;  // shared lock held
   static void lookup_locked(const Table& t, const int64_t* ids, int64_t n, float* out);
+  // ids (n) -> rows (n) of table t (null: absent), keys (n) scratch for a dense table's ids.
+  static void find_rows(const Table& t, const int64_t* ids, int64_t n, std::byte** rows, int64_t* keys);
   void follow(std::chrono::milliseconds interval);
 
   std::string stream_dir_;
