@@ -1,5 +1,5 @@
-// Float shift-matmul kernels: GEMV (one row of x against every packed row) and the GEMM
-// micro-kernel, each in the summation order of detail/shift_kernels.h, which every ISA keeps.
+// Float shift-matmul GEMV kernels (one row of x against every packed row), in the summation
+// order of detail/shift_kernels.h, which every ISA keeps. The GEMM is in shift_panels.cpp.
 #include <immintrin.h>
 
 #include <cstdint>
@@ -14,14 +14,9 @@ namespace sparsecore::quant::detail {
 namespace {
 
 struct ValueTable {
-  alignas(64) float value[16];     // nibble -> ±2^k or 0
-  alignas(64) float pair[256][2];  // byte -> (low nibble value, high nibble value)
+  alignas(64) float value[16];  // nibble -> ±2^k or 0
   ValueTable() {
     for (uint32_t n = 0; n < 16; ++n) value[n] = code_value(n);
-    for (int b = 0; b < 256; ++b) {
-      pair[b][0] = value[b & 15];
-      pair[b][1] = value[b >> 4];
-    }
   }
 };
 
@@ -49,6 +44,8 @@ constexpr int kRowsPerStep = 4;   // rows decoded together: independent chains, 
 constexpr int kPrefetchRows = 8;  // how far ahead (in rows) the codes are prefetched
 
 }  // namespace
+
+const float* code_values() { return values(); }
 
 SC_DISPATCH bool exact_products(const float* x, int64_t n) {
   // |x| < 2^121 <=> the magnitude bits are below those of 2^121; Inf and NaN are above.
@@ -172,100 +169,6 @@ __attribute__((target("avx512f"))) void gemv_avx512(const float* x, const float*
     }
   }
   if (r < r1) gemv_portable(x, codes, alpha, pc, cols, r, r1, y);
-}
-
-// ---------------------------------------------------------------------------------------
-// GEMM micro-kernel. A tile of kTileRows packed rows is decoded to float once per block of
-// kDepth columns and multiplied against x transposed: kTileRows rows by kTileVecs vectors of
-// batch entries per register tile (an outer product of broadcast weights and x vectors), each
-// output accumulated over the columns in order, so every vector width gives the same bits.
-
-namespace {
-
-constexpr int kTileRows = 6;
-constexpr int64_t kDepth = 256;
-
-// yt (nrows, batch) += wd (nrows, kn; rows kDepth apart) · xt (kn, batch) for the batch
-// entries [b, b + kVecs · lanes of V).
-template <typename V, int kVecs>
-__attribute__((always_inline)) inline void gemm_tile(const float* xt, int64_t batch, const float* wd, int64_t kn,
-                                                     int64_t nrows, int64_t b, float* yt) {
-  constexpr int64_t L = sizeof(V) / sizeof(float);
-  V acc[kTileRows][kVecs];
-  for (int i = 0; i < kTileRows; ++i)
-    for (int j = 0; j < kVecs; ++j) {
-      if (i < nrows)
-        std::memcpy(&acc[i][j], yt + i * batch + b + j * L, sizeof(V));
-      else
-        acc[i][j] = V{};
-    }
-  const float* xk = xt + b;
-  for (int64_t k = 0; k < kn; ++k, xk += batch) {
-    V xv[kVecs];
-    for (int j = 0; j < kVecs; ++j) std::memcpy(&xv[j], xk + j * L, sizeof(V));
-    for (int i = 0; i < kTileRows; ++i) {
-      const float w = wd[i * kDepth + k];
-      for (int j = 0; j < kVecs; ++j) acc[i][j] += xv[j] * w;
-    }
-  }
-  for (int i = 0; i < nrows; ++i)
-    for (int j = 0; j < kVecs; ++j) std::memcpy(yt + i * batch + b + j * L, &acc[i][j], sizeof(V));
-}
-
-template <typename V, int kTileVecs>
-__attribute__((always_inline)) inline void gemm_block(const float* xt, int64_t batch, const float* wd, int64_t kn,
-                                                      int64_t nrows, float* yt) {
-  // Wide tiles first, then single vectors, then single batch entries.
-  constexpr int64_t L = sizeof(V) / sizeof(float);
-  int64_t b = 0;
-  for (; b + kTileVecs * L <= batch; b += kTileVecs * L) gemm_tile<V, kTileVecs>(xt, batch, wd, kn, nrows, b, yt);
-  for (; b + L <= batch; b += L) gemm_tile<V, 1>(xt, batch, wd, kn, nrows, b, yt);
-  for (; b < batch; ++b) {
-    for (int i = 0; i < nrows; ++i) {
-      float s = yt[i * batch + b];
-      for (int64_t k = 0; k < kn; ++k) s += xt[k * batch + b] * wd[i * kDepth + k];
-      yt[i * batch + b] = s;
-    }
-  }
-}
-
-template <typename V, int kTileVecs>
-__attribute__((always_inline)) inline void gemm_rows(const float* xt, int64_t batch, const uint8_t* codes, int64_t pc,
-                                                     int64_t cols, int64_t r0, int64_t r1, float* yt) {
-  const ValueTable& t = table();
-  alignas(64) float wd[kTileRows * kDepth];
-  for (int64_t r = r0; r < r1; r += kTileRows) {
-    const int64_t nrows = r1 - r < kTileRows ? r1 - r : kTileRows;
-    for (int64_t i = 0; i < nrows * batch; ++i) yt[r * batch + i] = 0.0f;
-    for (int64_t c0 = 0; c0 < cols; c0 += kDepth) {
-      const int64_t kn = cols - c0 < kDepth ? cols - c0 : kDepth;
-      for (int64_t i = 0; i < nrows; ++i) {
-        const uint8_t* row = codes + (r + i) * pc + c0 / 2;
-        float* out = wd + i * kDepth;
-        for (int64_t j = 0; j < (kn + 1) / 2; ++j) std::memcpy(out + 2 * j, t.pair[row[j]], 2 * sizeof(float));
-      }
-      gemm_block<V, kTileVecs>(xt + c0 * batch, batch, wd, kn, nrows, yt + r * batch);
-    }
-  }
-}
-
-typedef float v4sf __attribute__((vector_size(16)));
-typedef float v8sf __attribute__((vector_size(32)));
-typedef float v16sf __attribute__((vector_size(64)));
-
-}  // namespace
-
-__attribute__((noinline)) void gemm_rows_portable(const float* xt, int64_t batch, const uint8_t* codes, int64_t pc,
-                                                  int64_t cols, int64_t r0, int64_t r1, float* yt) {
-  gemm_rows<v4sf, 2>(xt, batch, codes, pc, cols, r0, r1, yt);
-}
-__attribute__((target("avx2,fma"))) void gemm_rows_avx2(const float* xt, int64_t batch, const uint8_t* codes,
-                                                        int64_t pc, int64_t cols, int64_t r0, int64_t r1, float* yt) {
-  gemm_rows<v8sf, 2>(xt, batch, codes, pc, cols, r0, r1, yt);
-}
-__attribute__((target("avx512f"))) void gemm_rows_avx512(const float* xt, int64_t batch, const uint8_t* codes,
-                                                         int64_t pc, int64_t cols, int64_t r0, int64_t r1, float* yt) {
-  gemm_rows<v16sf, 4>(xt, batch, codes, pc, cols, r0, r1, yt);
 }
 
 }  // namespace sparsecore::quant::detail
