@@ -40,6 +40,15 @@ inline float tail_sum(const uint8_t* row, const float* x, int64_t c0, int64_t co
   return u;
 }
 
+// Byte j of each dword of codes holds nibbles 2j and 2j + 1. Loading the block again j bytes
+// further brings byte j to the bottom of every dword, where the table lookup reads its low 4
+// bits: the even nibbles need no shift and the odd ones one shift by 4, instead of a shift per
+// nibble. Those loads read up to 3 bytes past a block: true when that stays inside the codes for
+// the 4 rows from r (only the last row's last block can reach the end).
+inline bool pads_loads(int64_t r, int64_t rows, int64_t pc, int64_t blocks) {
+  return r + 4 < rows || pc - 64 * blocks >= 3;
+}
+
 constexpr int kRowsPerStep = 4;   // rows decoded together: independent chains, x loaded once
 constexpr int kPrefetchRows = 8;  // how far ahead (in rows) the codes are prefetched
 
@@ -112,14 +121,25 @@ __attribute__((target("avx2,fma"))) void gemv_avx2(const float* x, const float* 
     for (auto& a : acc)
       for (auto& b : a) b[0] = b[1] = _mm256_setzero_ps();
     const uint8_t* row0 = codes + r * pc;
+    const bool offset_loads = pads_loads(r, rows, pc, blocks);
     for (int64_t s = 0; s < blocks; ++s) {
       const float* xs = xp + kGemvBlock * s;
       for (int i = 0; i < kRowsPerStep; ++i) {
         for (int h = 0; h < 2; ++h) {
-          const __m256i d = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row0 + i * pc + 64 * s + 32 * h));
-          for (int k = 0; k < 8; ++k)
-            acc[i][k & 1][h] =
-                _mm256_fmadd_ps(decode_avx2(d, k, lut), _mm256_loadu_ps(xs + kGemvLanes * k + 8 * h), acc[i][k & 1][h]);
+          const uint8_t* at = row0 + i * pc + 64 * s + 32 * h;
+          if (offset_loads) {
+            for (int j = 0; j < 4; ++j) {
+              const __m256i d = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(at + j));
+              for (int odd = 0; odd < 2; ++odd)
+                acc[i][odd][h] = _mm256_fmadd_ps(
+                    decode_avx2(d, odd, lut), _mm256_loadu_ps(xs + kGemvLanes * (2 * j + odd) + 8 * h), acc[i][odd][h]);
+            }
+          } else {
+            const __m256i d = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(at));
+            for (int k = 0; k < 8; ++k)
+              acc[i][k & 1][h] = _mm256_fmadd_ps(decode_avx2(d, k, lut), _mm256_loadu_ps(xs + kGemvLanes * k + 8 * h),
+                                                 acc[i][k & 1][h]);
+          }
         }
       }
     }
@@ -130,7 +150,6 @@ __attribute__((target("avx2,fma"))) void gemv_avx2(const float* x, const float* 
       y[r + i] = alpha[r + i] * (reduce_lanes(q) + tail_sum(row0 + i * pc, x, blocks * kGemvBlock, cols));
     }
   }
-  (void)rows;
   if (r < r1) gemv_portable(x, codes, alpha, pc, cols, r, r1, y);
 }
 
@@ -148,6 +167,7 @@ __attribute__((target("avx512f"))) void gemv_avx512(const float* x, const float*
     for (auto& a : acc) a[0] = a[1] = _mm512_setzero_ps();
     const uint8_t* row0 = codes + r * pc;
     const bool ahead = r + kPrefetchRows + kRowsPerStep <= rows;
+    const bool offset_loads = pads_loads(r, rows, pc, blocks);
     for (int64_t s = 0; s < blocks; ++s) {
       const float* xs = xp + kGemvBlock * s;
       __m512 xv[8];
@@ -155,11 +175,19 @@ __attribute__((target("avx512f"))) void gemv_avx512(const float* x, const float*
       for (int i = 0; i < kRowsPerStep; ++i) {
         const uint8_t* at = row0 + i * pc + 64 * s;
         if (ahead) _mm_prefetch(reinterpret_cast<const char*>(at + kPrefetchRows * pc), _MM_HINT_T0);
-        const __m512i d = _mm512_loadu_si512(at);
-        acc[i][0] = _mm512_fmadd_ps(_mm512_permutexvar_ps(d, lut), xv[0], acc[i][0]);
-        for (int k = 1; k < 8; ++k)
-          acc[i][k & 1] =
-              _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(d, 4 * k), lut), xv[k], acc[i][k & 1]);
+        if (offset_loads) {
+          for (int j = 0; j < 4; ++j) {
+            const __m512i d = _mm512_loadu_si512(at + j);
+            acc[i][0] = _mm512_fmadd_ps(_mm512_permutexvar_ps(d, lut), xv[2 * j], acc[i][0]);
+            acc[i][1] = _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(d, 4), lut), xv[2 * j + 1], acc[i][1]);
+          }
+        } else {
+          const __m512i d = _mm512_loadu_si512(at);
+          acc[i][0] = _mm512_fmadd_ps(_mm512_permutexvar_ps(d, lut), xv[0], acc[i][0]);
+          for (int k = 1; k < 8; ++k)
+            acc[i][k & 1] =
+                _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(d, 4 * k), lut), xv[k], acc[i][k & 1]);
+        }
       }
     }
     for (int i = 0; i < kRowsPerStep; ++i) {

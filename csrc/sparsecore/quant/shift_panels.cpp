@@ -17,6 +17,7 @@ int64_t shift_panels_size(int64_t rows, int64_t cols) {
 
 void pack_shift_panels(const uint8_t* codes, int64_t rows, int64_t cols, uint32_t* panels) {
   const int64_t pc = packed_cols(cols), groups = shift_panel_groups(cols);
+  panels[shift_panels_size(rows, cols) - 1] = 0;  // the padding read past the last group
   for (int64_t p = 0; p < shift_panel_count(rows); ++p)
     for (int64_t o = 0; o < kPanelRows; ++o) {
       const int64_t r = p * kPanelRows + o;

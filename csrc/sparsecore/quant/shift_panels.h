@@ -28,7 +28,9 @@ inline constexpr int64_t kGroupCols = 8;   // columns per dword (one nibble each
 inline int64_t shift_panel_count(int64_t rows) { return (rows + kPanelRows - 1) / kPanelRows; }
 inline int64_t shift_panel_groups(int64_t cols) { return (cols + kGroupCols - 1) / kGroupCols; }
 
-// uint32 count of the panels of a (rows, cols) code matrix.
+// uint32 count of the panels of a (rows, cols) code matrix, plus one dword of padding: the
+// kernels load each group again 1, 2 and 3 bytes further on (so that every byte of a dword comes
+// to its bottom without a shift), reading up to 3 bytes past the last group.
 int64_t shift_panels_size(int64_t rows, int64_t cols);
 
 // codes (rows, packed_cols(cols)) uint8 -> panels (shift_panels_size(rows, cols)) uint32.

@@ -22,14 +22,14 @@ struct Avx2 {
   static constexpr int kHalves = 2;
   static constexpr int kRows = 4, kPanels = 1;
   static constexpr int kGemvPanels = 2;
-  static Codes load_codes(const uint32_t* d, int h) {
-    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(d + 8 * h));
+  static Codes load_codes(const uint8_t* d, int h) {
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(d + 32 * h));
   }
-  // vpermps reads 3 index bits: the magnitude comes from the low 3 bits, the sign (bit 3) is
-  // moved to bit 31 and xor-ed in.
-  static Reg decode(Codes d, int k, const float* lut) {
+  // vpermps reads 3 index bits: the magnitude comes from the low 3 bits of the low (or, with
+  // `high`, the second) nibble, its sign bit is moved to bit 31 and xor-ed in.
+  static Reg decode(Codes d, int high, const float* lut) {
     const __m256 t = _mm256_load_ps(lut);
-    const __m256i n = k ? _mm256_srli_epi32(d, 4 * k) : d;
+    const __m256i n = high ? _mm256_srli_epi32(d, 4) : d;
     const __m256i sign = _mm256_and_si256(_mm256_slli_epi32(n, 28), _mm256_set1_epi32(INT32_MIN));
     return _mm256_xor_ps(_mm256_permutevar8x32_ps(t, n), _mm256_castsi256_ps(sign));
   }

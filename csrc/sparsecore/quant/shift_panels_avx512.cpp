@@ -22,12 +22,13 @@ struct Avx512 {
   using Codes = __m512i;
   static constexpr int kHalves = 1;
   static constexpr int kRows = 8, kPanels = 2;  // GEMM tile: 16 accumulators
-  static constexpr int kGemvPanels = 8;         // one row of x: up to 8 independent chains
-  static Codes load_codes(const uint32_t* d, int) { return _mm512_loadu_si512(d); }
-  // The values of nibble k: vpermps reads only the low 4 bits of each index.
-  static Reg decode(Codes d, int k, const float* lut) {
+  static constexpr int kGemvPanels = 4;         // one row of x: 4 independent chains
+  static Codes load_codes(const uint8_t* d, int) { return _mm512_loadu_si512(d); }
+  // The values of the low (or, with `high`, the second) nibble of each dword: vpermps reads
+  // only the low 4 bits of each index.
+  static Reg decode(Codes d, int high, const float* lut) {
     const __m512 t = _mm512_load_ps(lut);
-    return _mm512_permutexvar_ps(k ? _mm512_srli_epi32(d, 4 * k) : d, t);
+    return _mm512_permutexvar_ps(high ? _mm512_srli_epi32(d, 4) : d, t);
   }
   static Reg zero() { return _mm512_setzero_ps(); }
   static Reg fma(float x, Reg w, Reg acc) { return _mm512_fmadd_ps(_mm512_set1_ps(x), w, acc); }
