@@ -3,12 +3,15 @@
 // can run, for every tile edge, zero and negative codes and every shift value; the GEMM form
 // of shift_matmul gives the same bits.
 #include <gtest/gtest.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <cstring>
 #include <random>
 #include <vector>
 
+#include "sparsecore/core/error.h"
 #include "sparsecore/core/thread_pool.h"
 #include "sparsecore/quant/pow2_codes.h"
 #include "sparsecore/quant/shift_matmul.h"
@@ -69,10 +72,11 @@ using Kernel = void (*)(const float*, int64_t, int64_t, const uint32_t*, const f
                         int64_t, float*);
 
 std::vector<std::pair<const char*, Kernel>> kernels() {
-  std::vector<std::pair<const char*, Kernel>> k = {{"portable", detail::panels_portable}};
+  std::vector<std::pair<const char*, Kernel>> k = {{"portable", quant::detail::panels_portable}};
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) k.emplace_back("avx2", detail::panels_avx2);
-  if (__builtin_cpu_supports("avx512f")) k.emplace_back("avx512", detail::panels_avx512);
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    k.emplace_back("avx2", quant::detail::panels_avx2);
+  if (__builtin_cpu_supports("avx512f")) k.emplace_back("avx512", quant::detail::panels_avx512);
   return k;
 }
 
@@ -160,4 +164,63 @@ TEST(ShiftPanels, HugeOrNonFiniteXRunsThePortableOrder) {
       infinite += std::isinf(y[b * c.rows + r]);
     }
   EXPECT_GT(infinite, 0);  // the case does overflow
+}
+
+TEST(ShiftPanels, NegativeShapesAreRefusedAndEmptyOnesDoNothing) {
+  std::vector<uint32_t> panels(static_cast<size_t>(shift_panels_size(3, 5)));
+  std::vector<float> x(10, 1.0f), alpha(3, 1.0f), y(6, -1.0f);
+  EXPECT_THROW(shift_panels_matmul(x.data(), -1, panels.data(), alpha.data(), nullptr, 3, 5, y.data()),
+               InvalidArgument);
+  EXPECT_THROW(shift_panels_matmul(x.data(), 2, panels.data(), alpha.data(), nullptr, 3, -5, y.data()),
+               InvalidArgument);
+  shift_panels_matmul(x.data(), 0, panels.data(), alpha.data(), nullptr, 3, 5, y.data());
+  EXPECT_EQ(y, std::vector<float>(6, -1.0f));
+  // cols = 0: every output is alpha · (+0) (+ bias)
+  std::vector<uint32_t> none(static_cast<size_t>(shift_panels_size(3, 0)));
+  pack_shift_panels(nullptr, 3, 0, none.data());
+  std::vector<float> bias = {0.5f, -2.0f, 0.0f};
+  shift_panels_matmul(x.data(), 2, none.data(), alpha.data(), bias.data(), 3, 0, y.data());
+  EXPECT_EQ(y, (std::vector<float>{0.5f, -2.0f, 0.0f, 0.5f, -2.0f, 0.0f}));
+}
+
+namespace {
+
+// `bytes` of memory that end where an unreadable page starts: a read past them faults.
+struct GuardedBuffer {
+  size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE)), span;
+  uint8_t* base;
+  explicit GuardedBuffer(size_t bytes) : span((bytes + page - 1) / page * page + page) {
+    base = static_cast<uint8_t*>(mmap(nullptr, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+    EXPECT_NE(base, MAP_FAILED);
+    EXPECT_EQ(mprotect(base + span - page, page, PROT_NONE), 0);
+  }
+  ~GuardedBuffer() { munmap(base, span); }
+  uint8_t* end() { return base + span - page; }
+};
+
+}  // namespace
+
+TEST(ShiftPanels, KernelsReadNothingPastThePanelsOrTheCodes) {
+  std::mt19937 gen(3);
+  for (const auto& [batch, rows, cols] :
+       {std::tuple<int64_t, int64_t, int64_t>{1, 16, 8}, {9, 32, 256}, {2, 4, 256}, {1, 8, 512}, {5, 17, 13}}) {
+    const Case c = make_case(gen, batch, rows, cols);
+    // The panels, ending at the guard page.
+    GuardedBuffer pg(c.panels.size() * sizeof(uint32_t));
+    auto* panels = reinterpret_cast<uint32_t*>(pg.end()) - c.panels.size();
+    std::memcpy(panels, c.panels.data(), c.panels.size() * sizeof(uint32_t));
+    for (const auto& [name, kernel] : kernels()) {
+      std::vector<float> y(static_cast<size_t>(batch * rows));
+      kernel(c.x.data(), 0, batch, panels, c.alpha.data(), rows, cols, 0, shift_panel_count(rows), y.data());
+      for (int64_t i = 0; i < batch * rows; ++i) ASSERT_TRUE(same_bits(y[i], model(c, i / rows, i % rows, false)));
+    }
+    // The packed codes of shift_matmul (GEMV below 4 rows of x, GEMM from 4), ending there too.
+    GuardedBuffer cg(c.codes.size());
+    uint8_t* codes = cg.end() - c.codes.size();
+    std::memcpy(codes, c.codes.data(), c.codes.size());
+    std::vector<float> y(static_cast<size_t>(batch * rows));
+    shift_matmul(c.x.data(), batch, codes, c.alpha.data(), rows, cols, y.data());
+    if (batch >= 4)
+      for (int64_t i = 0; i < batch * rows; ++i) ASSERT_TRUE(same_bits(y[i], model(c, i / rows, i % rows, false)));
+  }
 }

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "sparsecore/core/error.h"
 #include "sparsecore/core/thread_pool.h"
 #include "sparsecore/quant/detail/shift_kernels.h"
 #include "sparsecore/quant/pow2_codes.h"
@@ -12,7 +13,7 @@
 namespace sparsecore::quant {
 
 int64_t shift_panels_size(int64_t rows, int64_t cols) {
-  return shift_panel_count(rows) * shift_panel_groups(cols) * kPanelRows;
+  return shift_panel_count(rows) * shift_panel_groups(cols) * kPanelRows + 1;
 }
 
 void pack_shift_panels(const uint8_t* codes, int64_t rows, int64_t cols, uint32_t* panels) {
@@ -88,7 +89,9 @@ void run_block(detail::Isa isa, const float* x, int64_t b0, int64_t b1, const ui
 
 void shift_panels_matmul(const float* x, int64_t batch, const uint32_t* panels, const float* alpha, const float* bias,
                          int64_t rows, int64_t cols, float* y) {
-  if (batch <= 0 || rows <= 0) return;
+  SC_CHECK_ARG(batch >= 0 && rows >= 0 && cols >= 0, "shift_panels_matmul shapes must be non-negative: batch ", batch,
+               ", rows ", rows, ", cols ", cols);
+  if (batch == 0 || rows == 0) return;
   const detail::Isa isa = detail::isa_for(x, batch * cols);
   const int64_t np = shift_panel_count(rows);
   if (batch * rows * cols < kParallelWork) {

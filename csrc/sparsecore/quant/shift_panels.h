@@ -7,8 +7,9 @@
 // column 8g + k in bits 4k .. 4k + 3. That dword is bytes 4g .. 4g + 3 of the packed row read
 // little-endian, so packing is a transpose of dwords; rows past `rows` and columns past `cols`
 // hold code 0. A kernel broadcasts x[b, 8g + k], decodes nibble k of the 16 dwords with one
-// shift and one in-register table lookup, and adds the 16 products into 16 outputs: no
-// horizontal sums, and R rows of x share each decoded vector (the register-blocked tile).
+// in-register table lookup (the group loaded k / 2 bytes further on; odd k one shift by 4
+// more), and adds the 16 products into 16 outputs: no horizontal sums, and R rows of x share
+// each decoded vector (the register-blocked tile).
 //
 // Summation contract, every output: y[b, r] = alpha[r] · s, s = Σ_c x[b, c] · code[r, c] added
 // in order of c from +0 (a running sum; columns past `cols` are never added). This is the GEMM

@@ -22,7 +22,7 @@ struct Avx512 {
   using Codes = __m512i;
   static constexpr int kHalves = 1;
   static constexpr int kRows = 8, kPanels = 2;  // GEMM tile: 16 accumulators
-  static constexpr int kGemvPanels = 8;  // one row of x: 8 independent chains
+  static constexpr int kGemvPanels = 8;         // one row of x: 8 independent chains
   static Codes load_codes(const uint8_t* d, int) { return _mm512_loadu_si512(d); }
   // The values of the low (or, with `high`, the second) nibble of each dword: vpermps reads
   // only the low 4 bits of each index.
