@@ -60,7 +60,9 @@ def packed(codes, alpha, cols):
 
 
 SHAPES = [(1, 1, 1), (1, 7, 31), (1, 9, 128), (1, 13, 97), (3, 5, 256), (3, 11, 300), (2, 6, 1025), (64, 7, 33),
-          (64, 13, 256), (257, 5, 70), (4, 17, 300), (1, 64, 1025)]
+          (64, 13, 256), (257, 5, 70), (4, 17, 300), (1, 64, 1025),
+          # edges of the GEMM's panels (16 rows), column groups (8) and register tile (8 rows of x)
+          (8, 16, 8), (9, 17, 9), (17, 33, 15), (5, 48, 7), (16, 1, 2)]
 
 
 @pytest.mark.parametrize("batch,rows,cols", SHAPES)
@@ -180,3 +182,46 @@ def test_fixed_point_kernels_give_the_same_sums(rng, tmp_path):
         for kernel in results:
             np.testing.assert_array_equal(results[kernel][f"y{i}"], ref)
             np.testing.assert_array_equal(results[kernel][f"v{i}"], ref[:3])
+
+
+SERVE_PANELS = """
+import sys, numpy as np
+from sparsecore import _core
+data = np.load(sys.argv[1])
+g = _core.DenseGraph.load(str(data["dir"]))
+np.savez(sys.argv[2], kernel=np.array(_core.shift_matmul_kernel()),
+         **{f"y{b}": g.run({"a": data[f"x{b}"]}) for b in data["batches"]})
+"""
+
+
+def test_served_shift_layers_are_the_panel_order_on_every_path(rng, tmp_path):
+    """DenseGraph's shift_linear runs the panel kernel at every batch, batch 1 included: y = alpha ·
+    (running sum over the columns in order) + bias, bit for bit, whatever ISA path is forced."""
+    torch = pytest.importorskip("torch")
+    from sparsecore.export import export_dense
+
+    rows, cols = 37, 141  # past one 128-column block: the GEMV order would differ
+    codes = random_codes(rng, rows, cols)
+    alpha = rng.uniform(0.01, 2.0, rows).astype(np.float32)
+    bias = rng.standard_normal(rows).astype(np.float32)
+    model = torch.nn.Sequential(torch.nn.Linear(cols, rows))
+    with torch.no_grad():
+        model[0].bias.copy_(torch.from_numpy(bias))
+    served = sc.quantize_module(model, {"0.weight": packed(codes, alpha, cols)})
+    export_dense(tmp_path / "m", served, [("a", "pooled", cols)])
+    batches = [1, 2, 3, 8, 9, 20]
+    xs = {f"x{b}": rng.standard_normal((b, cols)).astype(np.float32) for b in batches}
+    inputs = tmp_path / "serve.npz"
+    np.savez(inputs, dir=np.array(str(tmp_path / "m")), batches=np.array(batches), **xs)
+    kernels = ["portable"] + (["avx2"] if "avx2" in sc.cpu_features() and "fma" in sc.cpu_features() else [])
+    w = code_matrix(codes, cols)
+    for kernel in kernels + ["best"]:
+        got = run_with_kernel(kernel, inputs, tmp_path, SERVE_PANELS)
+        for b in batches:
+            x = xs[f"x{b}"]
+            s = np.zeros((b, rows), np.float32)
+            for c in range(cols):
+                s += x[:, c, None] * w[None, :, c]
+            ref = alpha * s + bias
+            np.testing.assert_array_equal(got[f"y{b}"].view(np.uint32), ref.view(np.uint32),
+                                          err_msg=f"{kernel}, batch {b}")

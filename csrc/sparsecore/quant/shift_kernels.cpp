@@ -1,5 +1,5 @@
-// Float shift-matmul kernels: GEMV (one row of x against every packed row) and the GEMM
-// micro-kernel, each in the summation order of detail/shift_kernels.h, which every ISA keeps.
+// Float shift-matmul GEMV kernels (one row of x against every packed row), in the summation
+// order of detail/shift_kernels.h, which every ISA keeps. The GEMM is in shift_panels.cpp.
 #include <immintrin.h>
 
 #include <cstdint>
@@ -14,14 +14,9 @@ namespace sparsecore::quant::detail {
 namespace {
 
 struct ValueTable {
-  alignas(64) float value[16];     // nibble -> ±2^k or 0
-  alignas(64) float pair[256][2];  // byte -> (low nibble value, high nibble value)
+  alignas(64) float value[16];  // nibble -> ±2^k or 0
   ValueTable() {
     for (uint32_t n = 0; n < 16; ++n) value[n] = code_value(n);
-    for (int b = 0; b < 256; ++b) {
-      pair[b][0] = value[b & 15];
-      pair[b][1] = value[b >> 4];
-    }
   }
 };
 
@@ -45,10 +40,21 @@ inline float tail_sum(const uint8_t* row, const float* x, int64_t c0, int64_t co
   return u;
 }
 
+// Byte j of each dword of codes holds nibbles 2j and 2j + 1. Loading the block again j bytes
+// further brings byte j to the bottom of every dword, where the table lookup reads its low 4
+// bits: the even nibbles need no shift and the odd ones one shift by 4, instead of a shift per
+// nibble. Those loads read up to 3 bytes past a block: true when that stays inside the codes for
+// the 4 rows from r (only the last row's last block can reach the end).
+inline bool pads_loads(int64_t r, int64_t rows, int64_t pc, int64_t blocks) {
+  return r + 4 < rows || pc - 64 * blocks >= 3;
+}
+
 constexpr int kRowsPerStep = 4;   // rows decoded together: independent chains, x loaded once
 constexpr int kPrefetchRows = 8;  // how far ahead (in rows) the codes are prefetched
 
 }  // namespace
+
+const float* code_values() { return values(); }
 
 SC_DISPATCH bool exact_products(const float* x, int64_t n) {
   // |x| < 2^121 <=> the magnitude bits are below those of 2^121; Inf and NaN are above.
@@ -115,14 +121,25 @@ __attribute__((target("avx2,fma"))) void gemv_avx2(const float* x, const float* 
     for (auto& a : acc)
       for (auto& b : a) b[0] = b[1] = _mm256_setzero_ps();
     const uint8_t* row0 = codes + r * pc;
+    const bool offset_loads = pads_loads(r, rows, pc, blocks);
     for (int64_t s = 0; s < blocks; ++s) {
       const float* xs = xp + kGemvBlock * s;
       for (int i = 0; i < kRowsPerStep; ++i) {
         for (int h = 0; h < 2; ++h) {
-          const __m256i d = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row0 + i * pc + 64 * s + 32 * h));
-          for (int k = 0; k < 8; ++k)
-            acc[i][k & 1][h] =
-                _mm256_fmadd_ps(decode_avx2(d, k, lut), _mm256_loadu_ps(xs + kGemvLanes * k + 8 * h), acc[i][k & 1][h]);
+          const uint8_t* at = row0 + i * pc + 64 * s + 32 * h;
+          if (offset_loads) {
+            for (int j = 0; j < 4; ++j) {
+              const __m256i d = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(at + j));
+              for (int odd = 0; odd < 2; ++odd)
+                acc[i][odd][h] = _mm256_fmadd_ps(
+                    decode_avx2(d, odd, lut), _mm256_loadu_ps(xs + kGemvLanes * (2 * j + odd) + 8 * h), acc[i][odd][h]);
+            }
+          } else {
+            const __m256i d = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(at));
+            for (int k = 0; k < 8; ++k)
+              acc[i][k & 1][h] = _mm256_fmadd_ps(decode_avx2(d, k, lut), _mm256_loadu_ps(xs + kGemvLanes * k + 8 * h),
+                                                 acc[i][k & 1][h]);
+          }
         }
       }
     }
@@ -133,7 +150,6 @@ __attribute__((target("avx2,fma"))) void gemv_avx2(const float* x, const float* 
       y[r + i] = alpha[r + i] * (reduce_lanes(q) + tail_sum(row0 + i * pc, x, blocks * kGemvBlock, cols));
     }
   }
-  (void)rows;
   if (r < r1) gemv_portable(x, codes, alpha, pc, cols, r, r1, y);
 }
 
@@ -151,6 +167,7 @@ __attribute__((target("avx512f"))) void gemv_avx512(const float* x, const float*
     for (auto& a : acc) a[0] = a[1] = _mm512_setzero_ps();
     const uint8_t* row0 = codes + r * pc;
     const bool ahead = r + kPrefetchRows + kRowsPerStep <= rows;
+    const bool offset_loads = pads_loads(r, rows, pc, blocks);
     for (int64_t s = 0; s < blocks; ++s) {
       const float* xs = xp + kGemvBlock * s;
       __m512 xv[8];
@@ -158,11 +175,19 @@ __attribute__((target("avx512f"))) void gemv_avx512(const float* x, const float*
       for (int i = 0; i < kRowsPerStep; ++i) {
         const uint8_t* at = row0 + i * pc + 64 * s;
         if (ahead) _mm_prefetch(reinterpret_cast<const char*>(at + kPrefetchRows * pc), _MM_HINT_T0);
-        const __m512i d = _mm512_loadu_si512(at);
-        acc[i][0] = _mm512_fmadd_ps(_mm512_permutexvar_ps(d, lut), xv[0], acc[i][0]);
-        for (int k = 1; k < 8; ++k)
-          acc[i][k & 1] =
-              _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(d, 4 * k), lut), xv[k], acc[i][k & 1]);
+        if (offset_loads) {
+          for (int j = 0; j < 4; ++j) {
+            const __m512i d = _mm512_loadu_si512(at + j);
+            acc[i][0] = _mm512_fmadd_ps(_mm512_permutexvar_ps(d, lut), xv[2 * j], acc[i][0]);
+            acc[i][1] = _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(d, 4), lut), xv[2 * j + 1], acc[i][1]);
+          }
+        } else {
+          const __m512i d = _mm512_loadu_si512(at);
+          acc[i][0] = _mm512_fmadd_ps(_mm512_permutexvar_ps(d, lut), xv[0], acc[i][0]);
+          for (int k = 1; k < 8; ++k)
+            acc[i][k & 1] =
+                _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(d, 4 * k), lut), xv[k], acc[i][k & 1]);
+        }
       }
     }
     for (int i = 0; i < kRowsPerStep; ++i) {
@@ -172,100 +197,6 @@ __attribute__((target("avx512f"))) void gemv_avx512(const float* x, const float*
     }
   }
   if (r < r1) gemv_portable(x, codes, alpha, pc, cols, r, r1, y);
-}
-
-// ---------------------------------------------------------------------------------------
-// GEMM micro-kernel. A tile of kTileRows packed rows is decoded to float once per block of
-// kDepth columns and multiplied against x transposed: kTileRows rows by kTileVecs vectors of
-// batch entries per register tile (an outer product of broadcast weights and x vectors), each
-// output accumulated over the columns in order, so every vector width gives the same bits.
-
-namespace {
-
-constexpr int kTileRows = 6;
-constexpr int64_t kDepth = 256;
-
-// yt (nrows, batch) += wd (nrows, kn; rows kDepth apart) · xt (kn, batch) for the batch
-// entries [b, b + kVecs · lanes of V).
-template <typename V, int kVecs>
-__attribute__((always_inline)) inline void gemm_tile(const float* xt, int64_t batch, const float* wd, int64_t kn,
-                                                     int64_t nrows, int64_t b, float* yt) {
-  constexpr int64_t L = sizeof(V) / sizeof(float);
-  V acc[kTileRows][kVecs];
-  for (int i = 0; i < kTileRows; ++i)
-    for (int j = 0; j < kVecs; ++j) {
-      if (i < nrows)
-        std::memcpy(&acc[i][j], yt + i * batch + b + j * L, sizeof(V));
-      else
-        acc[i][j] = V{};
-    }
-  const float* xk = xt + b;
-  for (int64_t k = 0; k < kn; ++k, xk += batch) {
-    V xv[kVecs];
-    for (int j = 0; j < kVecs; ++j) std::memcpy(&xv[j], xk + j * L, sizeof(V));
-    for (int i = 0; i < kTileRows; ++i) {
-      const float w = wd[i * kDepth + k];
-      for (int j = 0; j < kVecs; ++j) acc[i][j] += xv[j] * w;
-    }
-  }
-  for (int i = 0; i < nrows; ++i)
-    for (int j = 0; j < kVecs; ++j) std::memcpy(yt + i * batch + b + j * L, &acc[i][j], sizeof(V));
-}
-
-template <typename V, int kTileVecs>
-__attribute__((always_inline)) inline void gemm_block(const float* xt, int64_t batch, const float* wd, int64_t kn,
-                                                      int64_t nrows, float* yt) {
-  // Wide tiles first, then single vectors, then single batch entries.
-  constexpr int64_t L = sizeof(V) / sizeof(float);
-  int64_t b = 0;
-  for (; b + kTileVecs * L <= batch; b += kTileVecs * L) gemm_tile<V, kTileVecs>(xt, batch, wd, kn, nrows, b, yt);
-  for (; b + L <= batch; b += L) gemm_tile<V, 1>(xt, batch, wd, kn, nrows, b, yt);
-  for (; b < batch; ++b) {
-    for (int i = 0; i < nrows; ++i) {
-      float s = yt[i * batch + b];
-      for (int64_t k = 0; k < kn; ++k) s += xt[k * batch + b] * wd[i * kDepth + k];
-      yt[i * batch + b] = s;
-    }
-  }
-}
-
-template <typename V, int kTileVecs>
-__attribute__((always_inline)) inline void gemm_rows(const float* xt, int64_t batch, const uint8_t* codes, int64_t pc,
-                                                     int64_t cols, int64_t r0, int64_t r1, float* yt) {
-  const ValueTable& t = table();
-  alignas(64) float wd[kTileRows * kDepth];
-  for (int64_t r = r0; r < r1; r += kTileRows) {
-    const int64_t nrows = r1 - r < kTileRows ? r1 - r : kTileRows;
-    for (int64_t i = 0; i < nrows * batch; ++i) yt[r * batch + i] = 0.0f;
-    for (int64_t c0 = 0; c0 < cols; c0 += kDepth) {
-      const int64_t kn = cols - c0 < kDepth ? cols - c0 : kDepth;
-      for (int64_t i = 0; i < nrows; ++i) {
-        const uint8_t* row = codes + (r + i) * pc + c0 / 2;
-        float* out = wd + i * kDepth;
-        for (int64_t j = 0; j < (kn + 1) / 2; ++j) std::memcpy(out + 2 * j, t.pair[row[j]], 2 * sizeof(float));
-      }
-      gemm_block<V, kTileVecs>(xt + c0 * batch, batch, wd, kn, nrows, yt + r * batch);
-    }
-  }
-}
-
-typedef float v4sf __attribute__((vector_size(16)));
-typedef float v8sf __attribute__((vector_size(32)));
-typedef float v16sf __attribute__((vector_size(64)));
-
-}  // namespace
-
-__attribute__((noinline)) void gemm_rows_portable(const float* xt, int64_t batch, const uint8_t* codes, int64_t pc,
-                                                  int64_t cols, int64_t r0, int64_t r1, float* yt) {
-  gemm_rows<v4sf, 2>(xt, batch, codes, pc, cols, r0, r1, yt);
-}
-__attribute__((target("avx2,fma"))) void gemm_rows_avx2(const float* xt, int64_t batch, const uint8_t* codes,
-                                                        int64_t pc, int64_t cols, int64_t r0, int64_t r1, float* yt) {
-  gemm_rows<v8sf, 2>(xt, batch, codes, pc, cols, r0, r1, yt);
-}
-__attribute__((target("avx512f"))) void gemm_rows_avx512(const float* xt, int64_t batch, const uint8_t* codes,
-                                                         int64_t pc, int64_t cols, int64_t r0, int64_t r1, float* yt) {
-  gemm_rows<v16sf, 4>(xt, batch, codes, pc, cols, r0, r1, yt);
 }
 
 }  // namespace sparsecore::quant::detail

@@ -12,6 +12,7 @@
 #include "sparsecore/core/thread_pool.h"
 #include "sparsecore/quant/detail/shift_kernels.h"
 #include "sparsecore/quant/pow2_codes.h"
+#include "sparsecore/quant/shift_panels.h"
 
 namespace sparsecore::quant {
 
@@ -23,6 +24,7 @@ void check_shapes(int64_t batch, int64_t rows, int64_t cols) {
 }
 
 using detail::Isa;
+using detail::isa_for;
 
 Isa detect_isa() {
   __builtin_cpu_init();
@@ -35,16 +37,26 @@ Isa detect_isa() {
   return avx2 ? Isa::kAvx2 : Isa::kPortable;
 }
 
-Isa isa() {
+}  // namespace
+
+namespace detail {
+
+Isa float_isa() {
   static const Isa chosen = detect_isa();
   return chosen;
 }
 
-// The kernel for this x: the CPU's, or the portable one where a product could overflow or x
-// holds Inf/NaN (see detail/shift_kernels.h: only then could the ISAs round differently).
+// The CPU's kernel, or the portable one where a product could overflow or x holds Inf/NaN
+// (only then could the ISAs round differently).
 Isa isa_for(const float* x, int64_t n) {
-  return isa() == Isa::kPortable || detail::exact_products(x, n) ? isa() : Isa::kPortable;
+  return float_isa() == Isa::kPortable || exact_products(x, n) ? float_isa() : Isa::kPortable;
 }
+
+}  // namespace detail
+
+namespace {
+
+using detail::float_isa;
 
 void gemv(const float* x, const uint8_t* codes, const float* alpha, int64_t rows, int64_t cols, float* y) {
   const int64_t pc = packed_cols(cols);
@@ -68,30 +80,13 @@ void gemv(const float* x, const uint8_t* codes, const float* alpha, int64_t rows
   });
 }
 
+// The GEMM order through the panel kernel (shift_panels.h): the codes are regrouped into
+// 16-row panels once per call (one pass over them, against batch passes of multiply-adds).
 void gemm(const float* x, int64_t batch, const uint8_t* codes, const float* alpha, int64_t rows, int64_t cols,
           float* y) {
-  const int64_t pc = packed_cols(cols);
-  const Isa which = isa_for(x, batch * cols);
-  PodVector<float> xt(static_cast<size_t>(cols * batch));
-  for (int64_t b = 0; b < batch; ++b)
-    for (int64_t c = 0; c < cols; ++c) xt[c * batch + b] = x[b * cols + c];
-  PodVector<float> yt(static_cast<size_t>(rows * batch));
-  constexpr int64_t kTaskRows = 6;  // the micro-kernel's tile height
-  parallel_for((rows + kTaskRows - 1) / kTaskRows, 1, [&](int64_t b0, int64_t b1) {
-    const int64_t r0 = b0 * kTaskRows, r1 = std::min(rows, b1 * kTaskRows);
-    switch (which) {
-      case Isa::kAvx512:
-        detail::gemm_rows_avx512(xt.data(), batch, codes, pc, cols, r0, r1, yt.data());
-        break;
-      case Isa::kAvx2:
-        detail::gemm_rows_avx2(xt.data(), batch, codes, pc, cols, r0, r1, yt.data());
-        break;
-      default:
-        detail::gemm_rows_portable(xt.data(), batch, codes, pc, cols, r0, r1, yt.data());
-    }
-  });
-  for (int64_t b = 0; b < batch; ++b)
-    for (int64_t r = 0; r < rows; ++r) y[b * rows + r] = alpha[r] * yt[r * batch + b];
+  PodVector<uint32_t> panels(static_cast<size_t>(std::max<int64_t>(shift_panels_size(rows, cols), 1)));
+  pack_shift_panels(codes, rows, cols, panels.data());
+  shift_panels_matmul(x, batch, panels.data(), alpha, nullptr, rows, cols, y);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -138,7 +133,7 @@ void check_fixed_range_of(const T* x, int64_t batch, int64_t cols) {
 
 // The VNNI dot-product kernels where the CPU has them and no other kernel is forced.
 bool use_vnni() {
-  static const bool yes = isa() == Isa::kAvx512 && detail::fixed_vnni_supported();
+  static const bool yes = float_isa() == Isa::kAvx512 && detail::fixed_vnni_supported();
   return yes;
 }
 
@@ -192,7 +187,7 @@ void fixed_to_float(const int32_t* acc, int64_t batch, const float* alpha, int64
 const char* shift_matmul_fixed_kernel() { return use_vnni() ? "avx512vnni" : "portable"; }
 
 const char* shift_matmul_kernel() {
-  switch (isa()) {
+  switch (float_isa()) {
     case Isa::kAvx512:
       return "avx512";
     case Isa::kAvx2:

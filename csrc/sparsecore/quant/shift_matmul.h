@@ -10,7 +10,8 @@
 // product is exact, and each kernel adds them in one documented order
 // (detail/shift_kernels.h). With fewer than 4 rows of x each row is a GEMV (16 lane sums over
 // 128-column blocks, then a fixed tree), from 4 rows on a GEMM (one running sum per output
-// over the columns in order), so a row's result may differ in the last bits between the two.
+// over the columns in order; the panel micro-kernel of shift_panels.h), so a row's result may
+// differ in the last bits between the two.
 //
 // Fixed-point activations (int8 or int16). Each product is a true shift, x << k, negated by the
 // sign bit, summed exactly in int32: acc[b, r] = Σ_c s·(x[b, c] << k). Where the CPU has

@@ -4,13 +4,11 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
-#include <optional>
 
 #include "sparsecore/core/error.h"
 #include "sparsecore/core/file.h"
-#include "sparsecore/core/thread_pool.h"
 #include "sparsecore/quant/pow2_codes.h"
-#include "sparsecore/quant/shift_matmul.h"
+#include "sparsecore/quant/shift_panels.h"
 #include "sparsecore/serving/dense_linear.h"
 
 namespace sparsecore::serving {
@@ -21,7 +19,6 @@ constexpr int64_t kMaxWidth = int64_t{1} << 24;  // floats per row of any value
 constexpr size_t kMaxNodes = 4096;               // nodes of a graph, a sub-network included
 constexpr uint64_t kMaxGraphJson = uint64_t{64} << 20;
 constexpr uint64_t kMaxTensorBytes = uint64_t{16} << 30;
-constexpr int64_t kParallelShiftWork = int64_t{1} << 20;  // multiply-adds, as dense_linear.cpp
 
 struct OpName {
   DenseOp op;
@@ -70,7 +67,8 @@ struct DenseGraph::Node {
   std::vector<float> packed;  // linear: w in panels (dense_linear.h), made at load
   const float* b = nullptr;   // linear bias, add constant
   const uint8_t* codes = nullptr;
-  const float* alpha = nullptr;  // shift_linear alpha, prelu / dice slope
+  std::vector<uint32_t> shift_panels;  // shift_linear: codes in panels (quant/shift_panels.h), made at load
+  const float* alpha = nullptr;        // shift_linear alpha, prelu / dice slope
   const float* mean = nullptr;
   const float* var = nullptr;
   float eps = 0.0f;
@@ -136,6 +134,8 @@ class Parser {
           n.alpha = static_cast<const float*>(tensor(j, "alpha", "f32", n.width, where));
           for (int64_t r = 0; r < n.width; ++r)
             if (!(std::isfinite(n.alpha[r]) && n.alpha[r] > 0.0f)) throw CorruptData(where + ": alpha must be > 0");
+          n.shift_panels.resize(static_cast<size_t>(quant::shift_panels_size(n.width, in)));
+          quant::pack_shift_panels(n.codes, n.width, in, n.shift_panels.data());
         }
         n.b = static_cast<const float*>(tensor(j, "bias", "f32", n.width, where, true));
         break;
@@ -176,13 +176,8 @@ void run_chain_op(const DenseGraph::Node& n, const float* x, int64_t batch, floa
       linear_packed(x, batch, n.packed.data(), n.b, in, w, y);
       return;
     case DenseOp::kShiftLinear: {
-      // A small layer runs on the calling thread: waking the pool costs more than it saves.
-      std::optional<InlineParallelScope> inline_scope;
-      if (batch * in * w < kParallelShiftWork) inline_scope.emplace();
-      quant::shift_matmul(x, batch, n.codes, n.alpha, w, in, y);
-      if (n.b)
-        for (int64_t b = 0; b < batch; ++b)
-          for (int64_t o = 0; o < w; ++o) y[b * w + o] += n.b[o];
+      // Small layers run on the calling thread (shift_panels_matmul's own threshold).
+      quant::shift_panels_matmul(x, batch, n.shift_panels.data(), n.alpha, n.b, w, in, y);
       return;
     }
     case DenseOp::kRelu:

@@ -7,7 +7,9 @@
 //                  features (width given)
 //   linear         y = x · Wᵀ + b; W (out, in), b (out) or none
 //   shift_linear   the same with W in the packed power-of-two format (quant/pow2_codes.h):
-//                  codes (out, (in + 1) / 2), alpha (out); the float shift matmul
+//                  codes (out, (in + 1) / 2), alpha (out); regrouped into panels at load and
+//                  run by the panel shift matmul (quant/shift_panels.h): y = alpha · Σ x·code
+//                  in column order, then + b
 //   relu, sigmoid  elementwise
 //   prelu          y = x if x > 0 else a · x; a (1) or (width)
 //   dice           y = p · x + (1 − p) · a · x, p = sigmoid((x − mean) / sqrt(var + eps)), with

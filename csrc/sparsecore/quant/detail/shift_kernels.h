@@ -14,7 +14,7 @@
 //     plus the tail u = Σ over the last cols % 128 columns in order from +0:
 //     y = alpha · (tree(q) + u).
 //   GEMM (batch >= kGemmMinBatch): one running sum from +0 over the columns in order:
-//     y = alpha · (((x0·w0 + x1·w1) + x2·w2) + ...).
+//     y = alpha · (((x0·w0 + x1·w1) + x2·w2) + ...); the panel kernels of shift_panels.h.
 // The two orders differ, so a row of a GEMM result may differ from the GEMV of that row by
 // float32 rounding of the sum (bounded by cols · 2^-24 · Σ|x·w|).
 #pragma once
@@ -28,6 +28,15 @@ enum class Isa { kPortable, kAvx2, kAvx512 };
 inline constexpr int64_t kGemmMinBatch = 4;  // below this, one GEMV per row of x
 inline constexpr int kGemvLanes = 16;        // lane sums of the GEMV order
 inline constexpr int kGemvBlock = 128;       // columns per block of the GEMV order
+
+// The ISA of the float kernels on this CPU (SPARSECORE_QUANT_KERNEL=portable|avx2 forces a
+// lower one, for tests), and the one for this x: the portable kernels wherever a product could
+// overflow or x holds Inf/NaN (see exact_products). Defined in shift_matmul.cpp.
+Isa float_isa();
+Isa isa_for(const float* x, int64_t n);
+
+// The 16 nibble values for alpha = 1 (code_value), 64-byte aligned.
+const float* code_values();
 
 // True when every |x[i]| < 2^121 and finite (no product can overflow or be NaN).
 bool exact_products(const float* x, int64_t n);
@@ -50,15 +59,6 @@ void gemv_avx512(const float* x, const float* xp, const uint8_t* codes, const fl
                  int64_t cols, int64_t r0, int64_t r1, float* y);
 // xp (cols / 128 · 128) written.
 void permute_x(const float* x, int64_t cols, float* xp);
-
-// yt (rows, batch) = (GEMM order) sums without alpha for rows [r0, r1); xt (cols, batch) is x
-// transposed. Each call owns its rows of yt.
-void gemm_rows_portable(const float* xt, int64_t batch, const uint8_t* codes, int64_t pc, int64_t cols, int64_t r0,
-                        int64_t r1, float* yt);
-void gemm_rows_avx2(const float* xt, int64_t batch, const uint8_t* codes, int64_t pc, int64_t cols, int64_t r0,
-                    int64_t r1, float* yt);
-void gemm_rows_avx512(const float* xt, int64_t batch, const uint8_t* codes, int64_t pc, int64_t cols, int64_t r0,
-                      int64_t r1, float* yt);
 
 // Fixed-point GEMM on AVX-512 VNNI dot products (fixed_kernels.cpp): the same int32 sums as
 // the portable loop, bit for bit. Only where fixed_vnni_supported(); shapes as
