@@ -41,8 +41,9 @@ template <bool kHalf>
 constexpr size_t kWeightBytes = kHalf ? sizeof(uint16_t) : sizeof(float);
 
 // Rows of the positions this far ahead are prefetched, across bag boundaries (bags hold about
-// ten ids, so a distance counted inside one bag would leave most rows unprefetched).
-constexpr int64_t kPoolAhead = 16;
+// ten ids, so a distance counted inside one bag would leave most rows unprefetched). The rows
+// were resolved at prepare, so all the misses in flight are rows': as far ahead as by index.
+constexpr int64_t kPoolAhead = 32;
 
 template <int kDim, bool kHalf>
 __attribute__((always_inline)) inline void pool_range(const PreparedGroup& g, const std::byte* const* rows, int64_t b0,
@@ -93,12 +94,13 @@ struct HashedIds {
   const int64_t* ids;
   uint64_t* __restrict__ hashes;
   static constexpr int64_t kRowsAhead = kRowAhead;
-  void ahead(int64_t i) const {
+  // Inlined into each ISA clone of the loop (left to the compiler, both were calls per id).
+  __attribute__((always_inline)) void ahead(int64_t i) const {
     const uint64_t h = key_hash(ids[i]);
     hashes[i] = h;
     table.shard(table.shard_of_hash(h)).prefetch(h);
   }
-  const std::byte* find(int64_t i) const {
+  __attribute__((always_inline)) const std::byte* find(int64_t i) const {
     const uint64_t h = hashes[i];
     return table.shard(table.shard_of_hash(h)).find(ids[i], h);
   }
@@ -107,8 +109,8 @@ struct HashedIds {
 struct DenseIds {
   const DenseRows& rows;
   const int64_t* ids;
-  void ahead(int64_t) const {}
-  const std::byte* find(int64_t i) const { return rows.find(ids[i]); }
+  __attribute__((always_inline)) void ahead(int64_t) const {}
+  __attribute__((always_inline)) const std::byte* find(int64_t i) const { return rows.find(ids[i]); }
   static constexpr int64_t kRowsAhead = kDenseRowAhead;
 };
 

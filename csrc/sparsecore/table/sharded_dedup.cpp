@@ -6,6 +6,11 @@
 #include "sparsecore/core/hash.h"
 
 namespace sparsecore {
+namespace {
+
+constexpr int64_t kDedupAhead = 8;
+
+}  // namespace
 
 void ShardedDedup::group(const int64_t* ids, int64_t n, int shards) {
   SC_CHECK_ARG(n >= 0 && n <= INT32_MAX, "dedup: 0 to 2^31 - 1 ids, got ", n);
@@ -33,6 +38,9 @@ int64_t ShardedDedup::dedup_shard(const int64_t* ids, int s, DedupSet& set, int6
   int32_t count = 0;
   int64_t* out = unique + begin;
   for (int64_t p = begin; p < end; ++p) {
+    // The set's slot of a later position is fetched while this one is probed: the probes are
+    // a chain of dependent loads (set, then branch on its contents) that otherwise wait in turn.
+    if (p + kDedupAhead < end) set.prefetch(hashes_[perm_[p + kDedupAhead]]);
     const int32_t pos = perm_[p];
     bool added = false;
     const int32_t idx = set.find_or_add(ids[pos], hashes_[pos], count, &added);

@@ -44,6 +44,8 @@ struct DedupSet {
     mask = cap - 1;
     for (size_t i = 0; i < cap; ++i) slots[i].index = -1;
   }
+  // Hint: the slot where find_or_add(key, hash, ...) starts.
+  void prefetch(uint64_t hash) const { __builtin_prefetch(slots.data() + (hash & mask)); }
   // Returns the index of `key`, inserting it with `next` when absent.
   int32_t find_or_add(int64_t key, uint64_t hash, int32_t next, bool* added) {
     uint64_t slot = hash & mask;
