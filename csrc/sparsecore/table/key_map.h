@@ -6,6 +6,8 @@
 // load <= 3/4), erase by backward shift (no tombstones). Every int64 is a legal key: the one
 // equal to the empty marker lives out of band. Iteration order is the slot order, which
 // depends on the history of the map: callers that write what they iterate sort it first.
+// A key's home slot comes from the low bits of key_hash: an owner that splits keys over
+// several maps splits them by other bits (shards and stripes use the top bits).
 //
 // Thread-safety: none (the owner guards it).
 #pragma once
