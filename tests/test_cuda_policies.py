@@ -279,3 +279,80 @@ def test_an_explicit_insert_bypasses_admission_on_both_stores(emulate):
     np.testing.assert_array_equal(dev.lookup("a", ids, insert=True), cpu.lookup("a", ids, insert=True))
     assert dev.table_size("a") == cpu.table_size("a") == 3
     assert dev.admission_stats() == cpu.admission_stats()
+
+
+def _capped_tables(shard_bits, **expiry):
+    return {"a": sc.TableConfig(dim=5, optimizer=sc.Adagrad(lr=0.1), init=sc.Normal(0.05), shard_bits=shard_bits,
+                                expiry=sc.Expiry(**expiry)),
+            "b": sc.TableConfig(dim=3, optimizer=sc.SGD(lr=0.1), pooling="mean")}
+
+
+@pytest.mark.parametrize("emulate", DEVICES)
+@pytest.mark.parametrize("policy", ["lru", "lfu"])
+@pytest.mark.parametrize("shard_bits,headroom", [(0, 0.0), (2, 0.25)])
+def test_capacity_on_the_device_evicts_the_rows_the_cpu_store_evicts(emulate, policy, shard_bits, headroom):
+    rng = np.random.default_rng(11)
+    cpu, dev = _pair(_capped_tables(shard_bits, capacity=16, policy=policy, eviction_headroom=headroom), emulate)
+    for step in range(8):
+        _train_both(cpu, dev, rng, steps=1, evaluate=False)
+        assert dev.table_size("a") == cpu.table_size("a") <= 16, f"step {step}"
+        _same_rows(cpu, dev)
+    assert dev.expiry_stats() == cpu.expiry_stats()
+    assert dev.expiry_stats()["a"]["evicted"] > 0
+
+
+@pytest.mark.parametrize("emulate", DEVICES)
+def test_a_full_device_table_refuses_and_counts_as_the_cpu_store_does(emulate):
+    rng = np.random.default_rng(12)
+    cpu, dev = _pair(_capped_tables(0, capacity=10, on_full="refuse"), emulate)
+    _train_both(cpu, dev, rng, steps=5)
+    _same_rows(cpu, dev)
+    stats = dev.expiry_stats()
+    assert stats == cpu.expiry_stats()
+    assert stats["a"]["refused"] > 0 and stats["a"]["dropped_gradients"] > 0 and stats["a"]["evicted"] == 0
+
+
+@pytest.mark.parametrize("emulate", DEVICES)
+def test_capacity_with_admission_on_the_device_matches_the_cpu_store(emulate):
+    rng = np.random.default_rng(13)
+    tables = _capped_tables(0, capacity=12, policy="lru")
+    tables["a"] = sc.TableConfig(dim=5, optimizer=sc.Adagrad(lr=0.1), shard_bits=0,
+                                 admission=sc.Admission(count_threshold=2), expiry=sc.Expiry(capacity=12))
+    cpu, dev = _pair(tables, emulate)
+    _train_both(cpu, dev, rng, steps=6)
+    _same_rows(cpu, dev)
+    assert dev.admission_stats() == cpu.admission_stats()
+    assert dev.expiry_stats() == cpu.expiry_stats()
+
+
+@pytest.mark.parametrize("emulate", DEVICES)
+def test_incremental_expiry_on_the_device_removes_what_the_cpu_store_removes(emulate):
+    # A window larger than the table: each step examines every row on both stores.
+    rng = np.random.default_rng(14)
+    cpu, dev = _pair(_capped_tables(2, ttl_steps=1, scan_per_step=1 << 12), emulate)
+    for step in range(6):
+        _train_both(cpu, dev, rng, steps=1, evaluate=False)
+        _same_rows(cpu, dev)
+    assert dev.expiry_stats() == cpu.expiry_stats()
+    assert dev.expiry_stats()["a"]["expired"] > 0
+
+
+@pytest.mark.parametrize("emulate", DEVICES)
+def test_incremental_expiry_on_the_device_examines_a_bounded_window_per_step(emulate):
+    _, dev = _pair(_capped_tables(0, ttl_steps=1, scan_per_step=3), emulate)
+    dev.lookup("a", np.arange(10, dtype=np.int64), insert=True)
+    expired = []
+    for _ in range(6):
+        prepared = dev.prepare({"a": (np.array([100], np.int64), np.array([0, 1], np.int64)),
+                                "b": (np.array([1], np.int64), np.array([0, 1], np.int64))})
+        out = dev.forward(prepared)
+        dev.backward(prepared, {n: np.zeros_like(v[0] if isinstance(v, tuple) else v) for n, v in out.items()})
+        expired.append(dev.expiry_stats()["a"]["expired"])
+    steps = np.diff([0] + expired)
+    assert all(0 <= s <= 3 for s in steps)
+    assert expired[-1] >= 9  # every stale row gone within a few rounds of 3
+
+
+def test_sampled_eviction_is_refused_by_the_device_store():
+    with pytest.raises(ValueError, match="sampled"):
+        sc_cuda.DeviceEmbeddingCollection(_capped_tables(0, capacity=8, eviction="sampled"), 5, emulate=True)

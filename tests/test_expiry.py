@@ -447,8 +447,8 @@ def test_expiry_types_and_table_kinds_are_checked():
     with pytest.raises(ValueError, match="not configured for a predicate"):
         coll.set_expiry_predicate("t", lambda k, c, s: True)
     from sparsecore import cuda as sc_cuda
-    with pytest.raises(ValueError, match="a row capacity and incremental expiry"):
-        sc_cuda.DeviceEmbeddingCollection({"t": _table(sc.Expiry(capacity=100))}, 1, emulate=True)
+    with pytest.raises(ValueError, match="eviction 'sampled'"):
+        sc_cuda.DeviceEmbeddingCollection({"t": _table(sc.Expiry(capacity=100, eviction="sampled"))}, 1, emulate=True)
 
 
 def test_embedded_and_a_server_process_expire_the_same_rows(rng):

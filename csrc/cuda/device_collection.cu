@@ -40,7 +40,7 @@ class Collection final : public DeviceCollectionImpl {
       t->absent = std::is_same_v<T, float> ? c.default_value
                                            : ::sparsecore::half_to_float(::sparsecore::float_to_half(c.default_value));
       allocate(*t, 0);
-      refusing_.push_back(c.admission.enabled() ? 1 : 0);
+      refusing_.push_back(c.admission.enabled() || c.expiry.capacity > 0 ? 1 : 0);
       tables_.push_back(std::move(t));
     }
     snapshot_pending_.assign(tables_.size(), 0);
@@ -304,7 +304,10 @@ class Collection final : public DeviceCollectionImpl {
     check_device_memory(p, device_, what);
   }
 
-  DeviceEmbeddingCollection::Export export_rows(int t) const override {
+  DeviceEmbeddingCollection::Export export_rows(int t) const override { return export_live(t, true); }
+  DeviceEmbeddingCollection::Export export_meta(int t) const override { return export_live(t, false); }
+
+  DeviceEmbeddingCollection::Export export_live(int t, bool values) const {
     std::lock_guard<std::mutex> lock(mutex_);
     DeviceGuard on(device_);
     DeviceTable<T>& table = *tables_.at(t);
@@ -319,7 +322,10 @@ class Collection final : public DeviceCollectionImpl {
     count.download(&n, 1);
     std::vector<int64_t> host_slots(n);
     slots.download(host_slots.data(), n);
-    table.export_slots(host_slots, e);
+    if (values)
+      table.export_slots(host_slots, e);
+    else
+      table.export_meta(host_slots, e);
     return e;
   }
 
@@ -628,7 +634,8 @@ class Collection final : public DeviceCollectionImpl {
   int64_t step_ = 0;
   mutable std::mutex mutex_;
   std::vector<std::unique_ptr<DeviceTable<T>>> tables_;
-  std::vector<char> refusing_;  // per table: it has admission (ids get rows only when admitted)
+  // per table: it has admission or a row capacity (ids get rows only when the front says so)
+  std::vector<char> refusing_;
   DeviceBuffer<TableDesc<T>> descs_;
   bool descs_dirty_ = true;
   // Per table (live rows, tombstones), counted by the kernels; the host's copy lands in

@@ -24,10 +24,10 @@ class DeviceCollectionImpl {
   virtual int64_t table_size(int table) const = 0;
   virtual int64_t table_capacity(int table) const = 0;
   virtual void set_max_load_factor(double f) = 0;
-  // The front's feature admission (table/admission.h) for the unique ids of group `group`
-  // (of table `table`) that have no row at a training prepare: admit[i] = 1 when keys[i]
-  // may become a row now. Called on the host, groups in order, only for tables whose
-  // config has admission.
+  // The front's feature admission (table/admission.h) and row capacity (table/expiry.h) for
+  // the unique ids of group `group` (of table `table`) that have no row at a training
+  // prepare: admit[i] = 1 when keys[i] may become a row now. Called on the host, groups in
+  // order, only for tables whose config has admission or a capacity.
   using AdmitHook = std::function<void(int group, int table, const int64_t* keys, int64_t n, unsigned char* admit)>;
   // inputs validated; host_offsets[g]: a host copy of group g's offsets.
   virtual std::shared_ptr<DevicePreparedBatch> prepare(const std::vector<GroupInput>& inputs,
@@ -59,6 +59,8 @@ class DeviceCollectionImpl {
   // emulator's device memory is host memory: every pointer passes).
   virtual void check_device_pointer(const void* p, const std::string& what) const = 0;
   virtual DeviceEmbeddingCollection::Export export_rows(int table) const = 0;
+  // export_rows without weights and state: keys, update counts and last steps, by key.
+  virtual DeviceEmbeddingCollection::Export export_meta(int table) const = 0;
   // Inserts or overwrites rows (keys unique): weights, state and metadata as given.
   virtual void import_rows(int table, const DeviceEmbeddingCollection::Export& rows) = 0;
   virtual void set_step(int64_t step) = 0;

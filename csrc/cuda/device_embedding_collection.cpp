@@ -81,9 +81,9 @@ DeviceEmbeddingCollection::DeviceEmbeddingCollection(std::vector<TableConfig> ta
     SC_CHECK_ARG(names.insert(c.name).second, "duplicate table name '", c.name, "'");
     SC_CHECK_ARG(!c.dense(), "table '", c.name,
                  "': the device backend keeps hash tables only; num_embeddings is supported on the CPU");
-    SC_CHECK_ARG(c.expiry.capacity == 0 && c.expiry.scan_per_step == 0, "table '", c.name,
-                 "': a row capacity and incremental expiry (scan_per_step) are supported on the CPU and parameter "
-                 "servers; the device backend expires rows on demand (expire())");
+    SC_CHECK_ARG(c.expiry.capacity == 0 || c.expiry.eviction == EvictionMode::kExact, "table '", c.name,
+                 "': eviction 'sampled' ranks a sample of the CPU store's hash index; the device backend ranks every "
+                 "row of a shard (eviction 'exact')");
   }
   for (const auto& c : configs_) {
     admissions_.push_back(c.admission.enabled() ? std::make_unique<Admission>(c.admission, table_seed(seed, c.name))
@@ -92,6 +92,8 @@ DeviceEmbeddingCollection::DeviceEmbeddingCollection(std::vector<TableConfig> ta
     if (expiries_.back()) expiries_.back()->note_step(0);  // rows created now (wall-clock TTL)
     deleted_.push_back(std::make_unique<DeletedKeysLog>());
   }
+  cursor_key_.assign(configs_.size(), 0);
+  cursor_set_.assign(configs_.size(), 0);
   if (backend == Backend::kEmulated) {
     impl_ = emulated::make_collection(configs_, seed, storage, limits, device);
   } else {
@@ -248,16 +250,41 @@ std::shared_ptr<DevicePreparedBatch> DeviceEmbeddingCollection::prepare(const st
     // One tick of each admission clock per training prepare that sights ids of its table,
     // before the sightings (the CPU collection's order).
     std::vector<char> ticked(admissions_.size(), 0);
+    bool refusing = false;
     for (const GroupInput& in : inputs) {
       Admission* a = admissions_[in.table].get();
+      refusing = refusing || a || configs_[in.table].expiry.capacity > 0;
       if (!a || in.num_ids <= 0 || ticked[in.table]) continue;
       ticked[in.table] = 1;
       a->tick();
-      admit = [this](int, int table, const int64_t* keys, int64_t n, unsigned char* verdict) {
-        Admission& filter = *admissions_[table];
-        for (int64_t i = 0; i < n; ++i) verdict[i] = filter.sight(keys[i]) ? 1 : 0;
-      };
     }
+    // Room in the tables with a capacity, made before the device inserts (device_capacity.cpp).
+    auto verdicts = std::make_shared<std::vector<std::unordered_map<int64_t, unsigned char>>>(configs_.size());
+    auto decided = std::make_shared<std::vector<char>>(configs_.size(), 0);
+    for (const GroupInput& in : inputs) {
+      if (configs_[in.table].expiry.capacity <= 0 || in.num_ids <= 0) continue;
+      std::vector<int64_t> host_ids;
+      const int64_t* ids = in.ids;
+      if (space == MemorySpace::kDevice) {
+        host_ids.resize(static_cast<size_t>(in.num_ids));
+        impl_->read_back({{host_ids.data(), in.ids, host_ids.size() * sizeof(int64_t)}}, {});
+        ids = host_ids.data();
+      }
+      (*decided)[in.table] = make_room(in.table, ids, in.num_ids, (*verdicts)[in.table]) ? 1 : 0;
+    }
+    if (refusing)
+      admit = [this, verdicts, decided](int, int table, const int64_t* keys, int64_t n, unsigned char* verdict) {
+        if ((*decided)[table]) {
+          const auto& made = (*verdicts)[table];
+          for (int64_t i = 0; i < n; ++i) {
+            auto it = made.find(keys[i]);
+            verdict[i] = it != made.end() ? it->second : 0;
+          }
+          return;
+        }
+        Admission* filter = admissions_[table].get();
+        for (int64_t i = 0; i < n; ++i) verdict[i] = !filter || filter->sight(keys[i]) ? 1 : 0;
+      };
   }
   return impl_->prepare(inputs, host_offsets, train, space, admit);
 }
@@ -303,10 +330,17 @@ int64_t DeviceEmbeddingCollection::backward(const DevicePreparedBatch& batch, co
                  "' contains NaN or Inf; no row was updated");
   std::vector<int64_t> dropped;
   const int64_t step = impl_->backward(batch, grads, space, dropped);
-  for (size_t g = 0; g < dropped.size(); ++g)
-    if (dropped[g] && admissions_[groups[g].table]) admissions_[groups[g].table]->count_dropped(dropped[g]);
+  // Counted by admission when the table has it, else by its expiry (a capacity refused them).
+  for (size_t g = 0; g < dropped.size(); ++g) {
+    if (!dropped[g]) continue;
+    if (Admission* a = admissions_[groups[g].table].get())
+      a->count_dropped(dropped[g]);
+    else if (Expiry* x = expiries_[groups[g].table].get())
+      x->count_dropped(dropped[g]);
+  }
   for (auto& e : expiries_)
     if (e) e->note_step(step);
+  for (int t = 0; t < num_tables(); ++t) expire_some(t);
   return step;
 }
 
@@ -332,6 +366,10 @@ int64_t DeviceEmbeddingCollection::erase(int table, const int64_t* keys, int64_t
 int64_t DeviceEmbeddingCollection::remove(int table, const int64_t* keys, int64_t n, MemorySpace space,
                                           const StreamArgs& streams) {
   DeviceCall call(*impl_, streams);
+  return remove_in_call(table, keys, n, space);
+}
+
+int64_t DeviceEmbeddingCollection::remove_in_call(int table, const int64_t* keys, int64_t n, MemorySpace space) {
   if (space == MemorySpace::kDevice && n > 0) impl_->check_device_pointer(keys, "erase keys");
   std::vector<unsigned char> removed;
   const int64_t count = impl_->erase(table, keys, n, space, removed);

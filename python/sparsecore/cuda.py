@@ -310,8 +310,10 @@ class DeviceEmbeddingCollection(EmbeddingCollection):
     Row policies behave as on the CPU store, bit for bit: feature admission
     (``TableConfig(admission=...)``, decided by the same filter code on the host, which reads
     the absent ids of each training batch back once), the default row of absent ids, expiry
-    rules on demand (:meth:`expire`, with predicate and clock), and :meth:`export_full` /
-    :meth:`export_delta`. A row capacity and ``scan_per_step`` are refused here.
+    rules on demand (:meth:`expire`, with predicate and clock) and incrementally
+    (``scan_per_step`` rows per backward, in key order), a row capacity with LRU / LFU
+    eviction or refusal (the CPU store's shards, scores and victims; ``eviction="sampled"`` is
+    refused here), and :meth:`export_full` / :meth:`export_delta`.
     """
 
     def __new__(cls, *args: Any, **kwargs: Any) -> "DeviceEmbeddingCollection":

@@ -34,6 +34,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "sparsecore/cuda/cuda_error.h"
@@ -148,9 +149,17 @@ class DeviceEmbeddingCollection {
   // dropped and counted. Its state travels with to_host / from_host and checkpoints.
   const Admission* admission(int table) const;
   // Table t's expiry (TableConfig::expiry, table/expiry.h), or nullptr. The device store
-  // applies its rules (step and wall-clock TTL, min L2 norm, predicate) on demand, through
-  // the CPU engine's rule, and logs the removals as erase does; a row capacity and
-  // incremental scans (scan_per_step) are refused at construction.
+  // applies its rules (step and wall-clock TTL, min L2 norm, predicate) through the CPU
+  // engine's rule and logs the removals as erase does: on demand (expire), and with
+  // scan_per_step > 0 after each backward over the next scan_per_step rows in ascending key
+  // order (the CPU store walks index slots instead: a full round removes the same rows).
+  // A row capacity holds as on the CPU: before a training prepare inserts, each hash shard
+  // (shard_bits, the CPU split) over its bound evicts its lowest-scored rows not in the
+  // batch (LRU: last step, then update count; LFU: the reverse; ties by key; the scores are
+  // the device's per-slot metadata) or, with on_full "refuse" or no room left, the ids get
+  // no row (counted; they read the default row and their gradients are dropped and counted).
+  // Eviction "sampled" ranks a sample of the CPU's index slots and is refused here.
+  // lookup(insert=true) bypasses the capacity, as it bypasses admission.
   Expiry* expiry(int table) const;
   // Removes now the rows of table t that its expiry rules name; returns how many.
   int64_t expire(int table);
@@ -214,6 +223,15 @@ class DeviceEmbeddingCollection {
   void check_table(int table) const;
   // Removes keys (checked) from table t and logs each key removed; returns how many.
   int64_t remove(int table, const int64_t* keys, int64_t n, MemorySpace space, const StreamArgs& streams);
+  // remove() inside a call already begun (DeviceCall).
+  int64_t remove_in_call(int table, const int64_t* keys, int64_t n, MemorySpace space);
+  // Table t's capacity before a training prepare of ids (n, host) inserts (device_capacity.cpp):
+  // evicts rows or refuses ids by the CPU rule, and fills verdicts (1: may become a row) for
+  // the batch's absent ids, sighting each once when the table has admission. Returns false,
+  // deciding nothing, when no shard can pass its bound (the admission hook decides alone).
+  bool make_room(int table, const int64_t* ids, int64_t n, std::unordered_map<int64_t, unsigned char>& verdicts);
+  // The incremental expiry of table t after a step (scan_per_step rows); returns the rows removed.
+  int64_t expire_some(int table);
   // Host copies of the offsets of device inputs (host inputs: their own offsets), after
   // validating every group.
   std::vector<std::vector<int64_t>> validate_inputs(const std::vector<GroupInput>& inputs, MemorySpace space) const;
@@ -227,6 +245,8 @@ class DeviceEmbeddingCollection {
   std::vector<std::unique_ptr<Admission>> admissions_;  // per table, nullptr: admits every id
   std::vector<std::unique_ptr<Expiry>> expiries_;       // per table, nullptr: no expiry
   std::vector<std::unique_ptr<DeletedKeysLog>> deleted_;
+  std::vector<int64_t> cursor_key_;  // per table: the last key incremental expiry examined
+  std::vector<char> cursor_set_;
   std::unique_ptr<DeviceCollectionImpl> impl_;
 };
 

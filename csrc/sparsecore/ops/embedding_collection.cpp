@@ -188,11 +188,16 @@ std::shared_ptr<PreparedBatch> EmbeddingCollection::plan(const std::vector<Group
     }
   }
   if (!recycled) recycled = std::make_unique<PreparedBatch>();
-  std::shared_ptr<PreparedBatch> batch(recycled.release(), [cache = batch_cache_](PreparedBatch* b) {
-    std::unique_ptr<PreparedBatch> owned(b);
-    std::lock_guard<std::mutex> lock(cache->mutex);
-    if (cache->free.size() < kCachedBatches) cache->free.push_back(std::move(owned));
-  });
+  // The batch holds row pointers from its first lookup until it is dropped (row_epochs.h).
+  const uint64_t epoch = row_epochs_->enter();
+  std::shared_ptr<PreparedBatch> batch(recycled.release(),
+                                       [cache = batch_cache_, epochs = row_epochs_, epoch](PreparedBatch* b) {
+                                         epochs->leave(epoch);
+                                         std::unique_ptr<PreparedBatch> owned(b);
+                                         std::lock_guard<std::mutex> lock(cache->mutex);
+                                         if (cache->free.size() < kCachedBatches)
+                                           cache->free.push_back(std::move(owned));
+                                       });
   batch->train = train;
   batch->occurrences_built = false;
   batch->rows_fetched = false;
@@ -291,14 +296,21 @@ void EmbeddingCollection::release_retired_rows(bool wait) {
   size_t retired = 0;
   for (const auto& t : tables_) retired += t->retired_rows();
   if (retired == 0) return;
-  // Retired rows may still be in use by the calls running now; they are released once none
-  // runs. Past kMaxRetiredRows the caller waits for that moment instead of trying again later.
-  constexpr size_t kMaxRetiredRows = size_t{1} << 16;
-  std::unique_lock swap_lock(swap_mutex_, std::defer_lock);
-  if (wait || retired > kMaxRetiredRows)
-    swap_lock.lock();
-  else if (!swap_lock.try_lock())
-    return;
+  if (!wait) {
+    // The rows no batch alive and no running call can hold go back to their shards now,
+    // while other calls run (row_epochs.h); the others once their holders are gone.
+    const uint64_t before = row_epochs_->oldest();
+    retired = 0;
+    for (auto& t : tables_) {
+      t->release_retired_before(before);
+      retired += t->retired_rows();
+    }
+    // Past kMaxRetiredRows (batches kept alive for long), the caller waits for the running
+    // calls instead, and batches prepared before look their rows up again.
+    constexpr size_t kMaxRetiredRows = size_t{1} << 18;
+    if (retired <= kMaxRetiredRows) return;
+  }
+  std::unique_lock swap_lock(swap_mutex_);
   for (auto& t : tables_) t->release_retired();
 }
 
@@ -311,6 +323,7 @@ int64_t EmbeddingCollection::max_bag_length(const GroupInput& in) {
 void EmbeddingCollection::evaluate(const std::vector<GroupInput>& raw_inputs,
                                    const std::vector<float*>& outputs) const {
   std::shared_lock swap_lock(swap_mutex_);
+  RowEpochs::Hold hold(*row_epochs_);
   validate_inputs(raw_inputs);
   SC_CHECK_ARG(outputs.size() == raw_inputs.size(), "evaluate: ", outputs.size(), " output buffers for ",
                raw_inputs.size(), " groups");
@@ -423,6 +436,7 @@ int64_t EmbeddingCollection::apply_unique(int table_index, const int64_t* ids, i
   require_local("apply_unique");
   release_retired_rows(/*wait=*/false);
   std::shared_lock swap_lock(swap_mutex_);
+  RowEpochs::Hold hold(*row_epochs_);
   SC_CHECK_ARG(table_index >= 0 && table_index < num_tables(), "apply_unique: no table ", table_index,
                " in a "
                "collection of ",

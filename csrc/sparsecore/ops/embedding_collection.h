@@ -25,8 +25,8 @@
 // and erase() wait for running calls and hold them off while they release rows, so no call
 // ever writes a row that was freed (and maybe reused by another key). Rows that eviction or
 // incremental expiry (table/expiry.h) remove during batch calls are retired instead: a call
-// that took their pointers may still use them, and they are reused only once no call runs
-// (release_retired_rows). With a remote store,
+// that took their pointers may still use them, and they are reused only once no batch alive
+// and no running call can hold them (release_retired_rows, table/row_epochs.h). With a remote store,
 // concurrent forwards of one batch pull its rows once (PreparedBatch::rows_mutex).
 #pragma once
 
@@ -229,10 +229,11 @@ class EmbeddingCollection {
   // Removes the rows of table `table` that its expiry rules name now (table/expiry.h), one
   // pass over the table; returns how many. Waits for running batch calls, as erase does.
   int64_t expire(int table);
-  // Returns the rows that eviction and incremental expiry retired to their tables for reuse
-  // (they wait until no batch call holds row pointers): at once when no call runs, else
-  // later (wait=false, unless many are waiting) or after the running calls (wait=true).
-  // prepare and apply_unique call it first.
+  // Returns the rows that eviction and incremental expiry retired to their tables for reuse.
+  // wait=false: those that no batch alive and no running call can hold (table/row_epochs.h),
+  // shard by shard, without stopping other calls; the others wait for their holders (unless
+  // too many wait: then as wait=true). wait=true: every retired row, after the running calls
+  // (batches prepared before look their rows up again). prepare and apply_unique call it first.
   void release_retired_rows(bool wait);
 
   // Sum of table memory (index + rows) in bytes.
@@ -266,6 +267,9 @@ class EmbeddingCollection {
 
   uint64_t seed_;
   std::shared_ptr<BatchCache> batch_cache_ = std::make_shared<BatchCache>();
+  // Holders of row pointers: prepared batches alive, and the calls that look rows up for
+  // their duration (shared with the batches, which may outlive the collection).
+  std::shared_ptr<RowEpochs> row_epochs_ = std::make_shared<RowEpochs>();
   std::vector<std::unique_ptr<EmbeddingTable>> tables_;  // local store only
   std::vector<TableConfig> configs_;                     // other stores only
   std::unique_ptr<RowStore> store_;

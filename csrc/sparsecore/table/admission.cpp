@@ -235,21 +235,35 @@ bool Admission::frequency_admits(int64_t key, int64_t count, int64_t elapsed) co
 int64_t Admission::tick() { return clock_.fetch_add(1, std::memory_order_relaxed) + 1; }
 
 bool Admission::sight(int64_t key) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return sight_locked(key);
+}
+
+void Admission::sight_all(const int64_t* keys, int64_t n, unsigned char* admit) {
+  // The pending counts are far larger than the caches: each key's entry is prefetched a few
+  // keys ahead of its sighting.
+  constexpr int64_t kAhead = 8;
+  std::lock_guard<std::mutex> lock(mutex_);
+  for (int64_t i = 0; i < std::min(n, kAhead); ++i) counts_.prefetch(keys[i]);
+  for (int64_t i = 0; i < n; ++i) {
+    if (i + kAhead < n) counts_.prefetch(keys[i + kAhead]);
+    admit[i] = sight_locked(keys[i]) ? 1 : 0;
+  }
+}
+
+bool Admission::sight_locked(int64_t key) {
   // Listed ids are never counted (an entry restored from a state saved before the id was
   // listed is dropped).
   if (list_contains(config_.deny, key)) {
-    std::lock_guard<std::mutex> lock(mutex_);
     ++rejected_;
     if (!bloom_) counts_.erase(key);
     return false;
   }
   if (list_contains(config_.allow, key)) {
-    std::lock_guard<std::mutex> lock(mutex_);
     ++admitted_;
     if (!bloom_) counts_.erase(key);
     return true;
   }
-  std::lock_guard<std::mutex> lock(mutex_);
   int64_t count;
   int64_t elapsed = 0;
   if (bloom_) {
@@ -258,9 +272,9 @@ bool Admission::sight(int64_t key) {
     bloom_pending_ += first;
   } else {
     const uint32_t now = saturate32(clock());
-    auto [it, inserted] = counts_.try_emplace(key, Pending{0, now});
-    count = ++it->second.count;
-    elapsed = static_cast<int64_t>(now) - static_cast<int64_t>(it->second.first);
+    Pending* p = counts_.try_emplace(key, Pending{0, now}).first;
+    count = ++p->count;
+    elapsed = static_cast<int64_t>(now) - static_cast<int64_t>(p->first);
   }
   const bool admit = count >= config_.count_threshold && probability_admits(config_.probability, seed_, key, count) &&
                      frequency_admits(key, count, elapsed);
@@ -292,11 +306,11 @@ void Admission::merge_from(const Admission& other, const std::function<bool(int6
       bloom_->set(static_cast<uint64_t>(i), std::min(bloom_->max_, bloom_->get(static_cast<uint64_t>(i)) +
                                                                        other.bloom_->get(static_cast<uint64_t>(i))));
   } else {
-    for (const auto& [key, p] : other.counts_) {
-      if (!keep(key)) continue;
-      auto [it, inserted] = counts_.try_emplace(key, p);
-      if (!inserted) it->second = Pending{std::max(it->second.count, p.count), std::min(it->second.first, p.first)};
-    }
+    other.counts_.for_each([&](int64_t key, const Pending& p) {
+      if (!keep(key)) return;
+      auto [have, inserted] = counts_.try_emplace(key, p);
+      if (!inserted) *have = Pending{std::max(have->count, p.count), std::min(have->first, p.first)};
+    });
   }
   clock_.store(std::max(clock(), other.clock()), std::memory_order_relaxed);
   if (with_stats) {
@@ -320,7 +334,7 @@ std::vector<uint8_t> Admission::serialize() const {
   } else {
     std::vector<Entry> entries;
     entries.reserve(counts_.size());
-    for (const auto& [key, p] : counts_) entries.push_back({key, p.count, p.first});
+    counts_.for_each([&](int64_t key, const Pending& p) { entries.push_back({key, p.count, p.first}); });
     std::sort(entries.begin(), entries.end(), [](const Entry& a, const Entry& b) { return a.key < b.key; });
     h.n = entries.size();
     out.resize(sizeof(Header) + entries.size() * sizeof(Entry));
@@ -340,7 +354,7 @@ void Admission::deserialize(const uint8_t* data, size_t size) {
   SC_CHECK_ARG(h.admitted >= 0 && h.bloom_pending >= 0 && h.rejected >= 0 && h.dropped >= 0,
                "admission state: negative statistics");
   const size_t body = size - sizeof(Header);
-  std::unordered_map<int64_t, Pending> counts;
+  KeyMap<Pending> counts;
   if (bloom_) {
     SC_CHECK_ARG(h.n == bloom_->bytes().size() && body == h.n, "admission state: ", body,
                  " bytes of Bloom counters, the table's filter has ", bloom_->bytes().size());
@@ -360,7 +374,7 @@ void Admission::deserialize(const uint8_t* data, size_t size) {
       SC_CHECK_ARG(e.first <= h.clock, "admission state: id ", e.key, " first sighted at tick ", e.first,
                    ", after the clock (", h.clock, ")");
       previous = e.key;
-      counts.emplace(e.key, Pending{e.count, e.first});
+      counts.try_emplace(e.key, Pending{e.count, e.first});
     }
   }
   std::lock_guard<std::mutex> lock(mutex_);

@@ -42,10 +42,10 @@
 #include <memory>
 #include <mutex>
 #include <string>
-#include <unordered_map>
 #include <vector>
 
 #include "sparsecore/core/json.h"
+#include "sparsecore/table/key_map.h"
 
 namespace sparsecore {
 
@@ -120,6 +120,9 @@ class Admission {
   const AdmissionConfig& config() const { return config_; }
   // One sighting of a key that has no row: true when it is admitted now.
   bool sight(int64_t key);
+  // sight() of keys[0], keys[1], ... in that order under one lock (the same decisions):
+  // admit (n) receives 1 where the key is admitted now. keys, admit: host.
+  void sight_all(const int64_t* keys, int64_t n, unsigned char* admit);
   // Whether the probability filter admits key at its count-th sighting (the seeded hash).
   static bool probability_admits(double p, uint64_t table_seed, int64_t key, int64_t count);
   // The frequency filter's P = 1 - exp(-lambda * horizon), lambda = (count - 1) / max(elapsed, 1).
@@ -158,7 +161,8 @@ class Admission {
     uint32_t count;
     uint32_t first;
   };
-  std::unordered_map<int64_t, Pending> counts_;
+  KeyMap<Pending> counts_;
+  bool sight_locked(int64_t key);  // sight() with mutex_ held
   std::unique_ptr<CountingBloom> bloom_;
   int64_t admitted_ = 0;
   int64_t bloom_pending_ = 0;  // Bloom mode: sightings whose estimate was 0 before, less admitted

@@ -11,15 +11,17 @@ DeletedKeysLog::DeletedKeysLog(size_t capacity)
     : stripes_(std::make_unique<Stripe[]>(kStripes)), capacity_(std::max<size_t>(capacity, 1)) {}
 
 DeletedKeysLog::Stripe& DeletedKeysLog::stripe_of(int64_t key) const {
-  return stripes_[static_cast<size_t>(fmix64(static_cast<uint64_t>(key)) % kStripes)];
+  // The top bits: each stripe's KeyMap places keys by the low bits of the same hash.
+  static_assert(kStripes == 16, "four top bits pick the stripe");
+  return stripes_[static_cast<size_t>(fmix64(static_cast<uint64_t>(key)) >> 60)];
 }
 
 void DeletedKeysLog::record(int64_t key, int64_t stamp) {
   Stripe& s = stripe_of(key);
   std::lock_guard<std::mutex> lock(s.mutex);
-  auto [it, added] = s.stamps.try_emplace(key, stamp);
+  auto [have, added] = s.stamps.try_emplace(key, stamp);
   if (!added) {
-    it->second = std::max(it->second, stamp);
+    *have = std::max(*have, stamp);
     return;
   }
   entries_.fetch_add(1, std::memory_order_relaxed);
@@ -31,7 +33,7 @@ std::vector<std::pair<int64_t, int64_t>> DeletedKeysLog::entries() const {
   std::vector<std::pair<int64_t, int64_t>> out;
   for (int i = 0; i < kStripes; ++i) {
     std::lock_guard<std::mutex> lock(stripes_[i].mutex);
-    out.insert(out.end(), stripes_[i].stamps.begin(), stripes_[i].stamps.end());
+    stripes_[i].stamps.for_each([&](int64_t key, int64_t stamp) { out.emplace_back(key, stamp); });
   }
   std::sort(out.begin(), out.end());
   return out;
@@ -46,20 +48,12 @@ void DeletedKeysLog::forget_slow(int64_t key) {
 void DeletedKeysLog::compact(Stripe& s) {
   std::vector<int64_t> stamps;
   stamps.reserve(s.stamps.size());
-  for (const auto& [key, stamp] : s.stamps) stamps.push_back(stamp);
+  s.stamps.for_each([&](int64_t, int64_t stamp) { stamps.push_back(stamp); });
   // Everything stamped <= cutoff goes: at least half of the stripe (ties included).
   auto mid = stamps.begin() + static_cast<std::ptrdiff_t>((stamps.size() - 1) / 2);
   std::nth_element(stamps.begin(), mid, stamps.end());
   const int64_t cutoff = *mid;
-  size_t dropped = 0;
-  for (auto it = s.stamps.begin(); it != s.stamps.end();) {
-    if (it->second <= cutoff) {
-      it = s.stamps.erase(it);
-      ++dropped;
-    } else {
-      ++it;
-    }
-  }
+  const size_t dropped = s.stamps.erase_if([&](int64_t, int64_t stamp) { return stamp <= cutoff; });
   entries_.fetch_sub(dropped, std::memory_order_relaxed);
   int64_t f = floor_.load(std::memory_order_relaxed);
   while (f < cutoff && !floor_.compare_exchange_weak(f, cutoff, std::memory_order_acq_rel)) {
@@ -76,8 +70,9 @@ std::vector<int64_t> DeletedKeysLog::deleted_since(int64_t since, const std::str
   for (int i = 0; i < kStripes; ++i) {
     Stripe& s = stripes_[static_cast<size_t>(i)];
     std::lock_guard<std::mutex> lock(s.mutex);
-    for (const auto& [key, stamp] : s.stamps)
+    s.stamps.for_each([&](int64_t key, int64_t stamp) {
       if (stamp > since) keys.push_back(key);
+    });
   }
   std::sort(keys.begin(), keys.end());
   return keys;

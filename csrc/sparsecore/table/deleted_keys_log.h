@@ -22,9 +22,10 @@
 #include <memory>
 #include <mutex>
 #include <string>
-#include <unordered_map>
 #include <utility>
 #include <vector>
+
+#include "sparsecore/table/key_map.h"
 
 namespace sparsecore {
 
@@ -55,7 +56,7 @@ class DeletedKeysLog {
   static constexpr int kStripes = 16;
   struct Stripe {
     std::mutex mutex;
-    std::unordered_map<int64_t, int64_t> stamps;  // key -> stamp of its removal
+    KeyMap<int64_t> stamps;  // key -> stamp of its removal
   };
   Stripe& stripe_of(int64_t key) const;
   void forget_slow(int64_t key);

@@ -185,7 +185,8 @@ EmbeddingTable::EmbeddingTable(TableConfig config, uint64_t seed)
       dense_(config_.num_embeddings > 0 ? std::make_unique<DenseRows>(row_bytes_, config_.num_embeddings) : nullptr),
       row_init_([this](int64_t key, std::byte* row) { init_row(key, row); }),
       admission_(config_.admission.enabled() ? std::make_unique<Admission>(config_.admission, seed_) : nullptr),
-      expiry_(config_.expiry.enabled() ? std::make_unique<Expiry>(config_.expiry) : nullptr) {
+      expiry_(config_.expiry.enabled() ? std::make_unique<Expiry>(config_.expiry) : nullptr),
+      shard_retired_(std::make_unique<std::atomic<size_t>[]>(size_t{1} << config_.shard_bits)) {
   if (config_.default_value != 0.0f) {
     default_row_.assign(row_bytes_, std::byte{0});
     std::vector<float> w(static_cast<size_t>(config_.dim), config_.default_value);
@@ -436,6 +437,9 @@ int64_t EmbeddingTable::erase(const int64_t* keys, int64_t n) {
 
 void EmbeddingTable::clear() {
   table_.clear();
+  // The shards dropped their retired rows with everything else.
+  for (int s = 0; s < table_.num_shards(); ++s) shard_retired_[static_cast<size_t>(s)].store(0);
+  retired_.store(0);
   if (dense_) {
     // Every shard's lock, taken in shard order as SharedLockAll does: no row is initialised
     // while the pages are given back.

@@ -39,6 +39,7 @@
 #include "sparsecore/table/expiry.h"
 #include "sparsecore/table/hash_table.h"
 #include "sparsecore/table/initializer.h"
+#include "sparsecore/table/row_epochs.h"
 
 namespace sparsecore {
 
@@ -224,6 +225,10 @@ class EmbeddingTable {
   // generation(). Only when no caller holds row pointers (EmbeddingCollection runs it under
   // its exclusive lock). Returns how many rows were released.
   size_t release_retired();
+  // Returns the rows retired with a stamp < before (table/row_epochs.h: rows no holder of
+  // row pointers can hold), shard by shard under each shard's lock, while training goes on;
+  // the generation stays. Returns how many rows were released.
+  size_t release_retired_before(uint64_t before);
   size_t retired_rows() const { return retired_.load(std::memory_order_relaxed); }
   // Whether a row is expired by the rules (Expiry::cutoffs taken at the start of a pass).
   bool expired(int64_t key, const std::byte* row, const Expiry::Cutoffs& cut) const;
@@ -326,6 +331,8 @@ class EmbeddingTable {
   std::unique_ptr<Expiry> expiry_;
   std::atomic<int64_t> step_{0};
   std::atomic<size_t> retired_{0};
+  // Per hash shard: rows retired and not yet released (so a release locks only those shards).
+  std::unique_ptr<std::atomic<size_t>[]> shard_retired_;
   std::mutex cursor_mutex_;  // one incremental pass at a time
   mutable DeletedKeysLog deleted_;
 };

@@ -1,6 +1,7 @@
 // EmbeddingTable: row removal, expiry and capacity (see table/expiry.h for the rules).
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <vector>
 
 #include "sparsecore/core/error.h"
@@ -34,9 +35,24 @@ void EmbeddingTable::insert_missing_locked(int shard, const int64_t* keys, int64
   want.clear();
   at.clear();
   for (int64_t i = 0; i < count; ++i) {
-    if (rows[i] || (sight && admission_ && !admission_->sight(keys[i]))) continue;
+    if (rows[i]) continue;
     want.push_back(keys[i]);
     at.push_back(i);
+  }
+  if (sight && admission_ && !want.empty()) {
+    // One lock of the filter for the shard's sightings, in key order as one by one.
+    thread_local std::vector<unsigned char> admitted;
+    admitted.resize(want.size());
+    admission_->sight_all(want.data(), static_cast<int64_t>(want.size()), admitted.data());
+    size_t kept = 0;
+    for (size_t j = 0; j < want.size(); ++j) {
+      if (!admitted[j]) continue;
+      want[kept] = want[j];
+      at[kept] = at[j];
+      ++kept;
+    }
+    want.resize(kept);
+    at.resize(kept);
   }
   if (want.empty()) return;
   size_t room = want.size();
@@ -84,7 +100,12 @@ int64_t EmbeddingTable::remove_rows_locked(int shard, const int64_t* keys, int64
         ++removed;
         deleted_.record(keys[i], stamp);
       }
-    retired_.fetch_add(static_cast<size_t>(removed), std::memory_order_relaxed);
+    if (removed) {
+      // Read after the rows left the shard (row_epochs.h).
+      sh.seal_retired(RowEpochs::now());
+      shard_retired_[static_cast<size_t>(shard)].fetch_add(static_cast<size_t>(removed), std::memory_order_relaxed);
+      retired_.fetch_add(static_cast<size_t>(removed), std::memory_order_relaxed);
+    }
   }
   if (expiry_ && why == Removal::kExpired) expiry_->count_expired(removed);
   if (expiry_ && why == Removal::kEvicted) expiry_->count_evicted(removed);
@@ -115,15 +136,24 @@ int64_t EmbeddingTable::remove_rows(const int64_t* keys, int64_t n, Removal why)
 }
 
 size_t EmbeddingTable::release_retired() {
+  const size_t released = release_retired_before(std::numeric_limits<uint64_t>::max());
+  if (released) bump_generation();
+  return released;
+}
+
+size_t EmbeddingTable::release_retired_before(uint64_t before) {
   if (retired_.load(std::memory_order_acquire) == 0) return 0;
   size_t released = 0;
   for (int s = 0; s < table_.num_shards(); ++s) {
+    std::atomic<size_t>& waiting = shard_retired_[static_cast<size_t>(s)];
+    if (waiting.load(std::memory_order_relaxed) == 0) continue;
     HashTable::Shard& sh = table_.shard(s);
     auto lock = sh.write_lock();
-    released += sh.release_retired();
+    const size_t n = sh.release_retired(before);
+    waiting.fetch_sub(n, std::memory_order_relaxed);
+    released += n;
   }
   retired_.fetch_sub(released, std::memory_order_acq_rel);
-  if (released) bump_generation();
   return released;
 }
 

@@ -136,10 +136,29 @@ void HashTable::Shard::upsert_copy(int64_t key, uint64_t hash, const std::byte* 
   std::memcpy(dst, row, arena_.row_bytes());
 }
 
-size_t HashTable::Shard::release_retired() {
-  const size_t n = retired_.size();
-  for (uint32_t id : retired_) arena_.release(id);
-  retired_.clear();
+void HashTable::Shard::seal_retired(uint64_t stamp) {
+  const size_t sealed = retired_stamps_.empty() ? 0 : retired_stamps_.back().first;
+  if (retired_.size() == sealed) return;
+  if (!retired_stamps_.empty() && retired_stamps_.back().second == stamp)
+    retired_stamps_.back().first = retired_.size();
+  else
+    retired_stamps_.emplace_back(retired_.size(), stamp);
+}
+
+size_t HashTable::Shard::release_retired(uint64_t before) {
+  size_t n = retired_.size();
+  size_t groups = retired_stamps_.size();
+  if (before != std::numeric_limits<uint64_t>::max()) {
+    // The stamps ascend: the releasable rows are a prefix.
+    groups = 0;
+    while (groups < retired_stamps_.size() && retired_stamps_[groups].second < before) ++groups;
+    n = groups == 0 ? 0 : retired_stamps_[groups - 1].first;
+  }
+  if (n == 0) return 0;
+  for (size_t i = 0; i < n; ++i) arena_.release(retired_[i]);
+  retired_.erase(retired_.begin(), retired_.begin() + static_cast<std::ptrdiff_t>(n));
+  retired_stamps_.erase(retired_stamps_.begin(), retired_stamps_.begin() + static_cast<std::ptrdiff_t>(groups));
+  for (auto& g : retired_stamps_) g.first -= n;
   return n;
 }
 
@@ -193,6 +212,7 @@ void HashTable::Shard::clear() {
   special_row_ = kNoRow;
   size_ = 0;
   retired_.clear();
+  retired_stamps_.clear();
   arena_.clear();
 }
 

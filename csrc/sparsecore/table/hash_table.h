@@ -26,6 +26,7 @@
 #include <limits>
 #include <memory>
 #include <shared_mutex>
+#include <utility>
 #include <vector>
 
 #include "sparsecore/core/hash.h"
@@ -77,8 +78,11 @@ class HashTable {
     // retire: the row's record is kept (not reused) until release_retired(), so a caller
     // that still holds its pointer reads and writes memory no other key owns.
     bool erase(int64_t key, uint64_t hash, bool retire = false);
-    // Returns the records of retired rows to the arena; returns how many there were.
-    size_t release_retired();
+    // Stamps the rows retired since the last call (table/row_epochs.h); stamps never decrease.
+    void seal_retired(uint64_t stamp);
+    // Returns the records of the retired rows stamped < before (every retired row, stamped or
+    // not, with the default) to the arena; returns how many.
+    size_t release_retired(uint64_t before = std::numeric_limits<uint64_t>::max());
     size_t retired() const { return retired_.size(); }
     void clear();
     void reserve(size_t rows);
@@ -141,6 +145,8 @@ class HashTable {
     uint32_t special_row_ = kNoRow;
     RowArena arena_;
     std::vector<uint32_t> retired_;  // erased with retire, not yet back in the arena
+    // (end in retired_, stamp): retired_[previous end, end) carry `stamp`, ascending.
+    std::vector<std::pair<size_t, uint64_t>> retired_stamps_;
   };
 
   // Holds every shard's lock shared (taken in shard order; writers hold one shard at a time,
