@@ -60,8 +60,12 @@ def model(sizes: dict) -> dict:
         "batch_radix_scatter_kernel": 4 * n + 4 * n + 4 * hist + 8 * n,
         "occurrence_bounds_kernel": 8 * n + 4 * u,
         "pool_kernel<T>": 4 * n + 8 * n + 4 * d * n + 8 * (b + 1) + 4 * d * b,  # inverse, slot, row per id
-        "unique_grad_kernel": 8 * u + 12 * n + 4 * d * n + 4 * d * u,  # occurrences, gradient per id
-        "update_rows_kernel<T>": 8 * u + 4 * d * u + 2 * u * (4 * d + 4 * s + 4) + 8 * u,
+        # per sorted occurrence: its position, unique index and run bounds (is it a chunk start?);
+        # per occurrence of a chunk: bag, scale, gradient row; the sums written per id
+        "unique_grad_kernel": 16 * n + 12 * n + 4 * d * n + 4 * d * u,
+        # slot, run bounds (a long list also reads its further chunk sums: a few ids), gradient, row
+        # read and written, count and last step
+        "update_rows_kernel<T>": 8 * u + 8 * u + 4 * d * u + 2 * u * (4 * d + 4 * s + 4) + 8 * u,
     }
 
 

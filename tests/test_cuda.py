@@ -199,8 +199,9 @@ def test_vector_loads_for_dims_that_allow_them(emulate, storage):
 @pytest.mark.parametrize("emulate", BACKENDS)
 def test_hot_ids_and_many_unique_ids_sum_in_position_order(emulate):
     # One id fills a third of the batch, and more than 256 unique ids take three radix passes
-    # when occurrence lists are sorted. The gradient sums must follow positions: against a
-    # float32 reference in that order they agree bit for bit under emulation (no FMA there).
+    # when occurrence lists are sorted. The gradient sums must follow positions, in chunks of
+    # 128 occurrences whose sums are added in chunk order (sparsecore's gradient chunk):
+    # against a float32 reference in that order they agree bit for bit under emulation.
     rng = np.random.default_rng()
     # SGD with lr = 1 rounds once (w - g), so rows differ only if the gradient sums do.
     dev = sc_cuda.DeviceEmbeddingCollection({"t": sc.TableConfig(dim=4, optimizer=sc.SGD(lr=1.0))},
@@ -217,10 +218,17 @@ def test_hot_ids_and_many_unique_ids_sum_in_position_order(emulate):
     grad = rng.standard_normal((64, 4)).astype(np.float32)
     dev.backward(prepared, {"t": grad})
     bag = np.repeat(np.arange(64), lengths)
+    terms = {}
+    for pos in range(ids.size):  # ascending positions
+        terms.setdefault(int(ids[pos]), []).append(weights[pos] * grad[bag[pos]])
     sums = {}
-    for pos in range(ids.size):  # ascending positions, float32 adds
-        k = int(ids[pos])
-        sums[k] = sums.get(k, np.zeros(4, np.float32)) + weights[pos] * grad[bag[pos]]
+    for k, ts in terms.items():  # float32 adds, chunk by chunk
+        for c in range(0, len(ts), 128):
+            part = np.zeros(4, np.float32)
+            for t in ts[c:c + 128]:
+                part = part + t
+            sums[k] = part if c == 0 else sums[k] + part
+    assert max(len(ts) for ts in terms.values()) > 2 * 128
     want = np.stack([before["weights"][i] - sums[int(k)] for i, k in enumerate(before["keys"])])
     after = dev.export("t")
     np.testing.assert_array_equal(after["keys"], before["keys"])

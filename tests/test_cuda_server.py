@@ -151,3 +151,105 @@ def test_a_bad_device_is_refused():
 def test_a_device_server_without_a_device_says_so():
     with pytest.raises(RuntimeError, match="no CUDA device"):
         sc.Server(device="cuda")
+
+
+def _adagrad_tables():
+    return {"a": sc.TableConfig(dim=3, optimizer=sc.Adagrad(lr=0.1)),
+            "b": sc.TableConfig(dim=4, optimizer=sc.Adam(lr=0.05)),
+            "c": sc.TableConfig(dim=5, optimizer=sc.RowwiseAdagrad(lr=0.2))}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_an_overflowing_push_is_undone_and_training_goes_on_as_on_a_cpu_server(device):
+    # g^2 = 1e40 overflows the Adagrad state while the weights stay finite: the whole push
+    # (rows, update counts and the step) must be taken back, as a CPU shard does.
+    cpu, cpu_addr = _start("--shards", 1)
+    dev, dev_addr = _start("--shards", 1, *device)
+    try:
+        a, b = sc.connect([cpu_addr], timeout=30), sc.connect([dev_addr], timeout=30)
+        ids = np.arange(-5, 20, dtype=np.int64)
+        for c in (a, b):
+            for name, cfg in _adagrad_tables().items():
+                c.create_table(name, cfg, seed=3)
+            c.push("b", ids[:10], np.ones((10, 4), np.float32), step=0)
+        before = b.lookup("a", ids, insert=True)
+        a.lookup("a", ids, insert=True)
+        for c in (a, b):
+            with pytest.raises(ValueError, match="non-finite"):
+                c.push("a", ids, np.full((ids.size, 3), 1e20, np.float32), step=1)
+        np.testing.assert_array_equal(b.lookup("a", ids), before)
+        np.testing.assert_array_equal(a.lookup("a", ids), before)
+        rng = np.random.default_rng(5)
+        for step in range(2, 5):
+            for name, dim in (("a", 3), ("b", 4)):
+                grads = rng.standard_normal((ids.size, dim)).astype(np.float32)
+                a.push(name, ids, grads, step=step)
+                b.push(name, ids, grads, step=step)
+        for name in ("a", "b"):
+            np.testing.assert_array_equal(b.lookup(name, ids), a.lookup(name, ids))
+        assert [s["tables"]["a"]["step"] for s in b.stats()] == [s["tables"]["a"]["step"] for s in a.stats()]
+    finally:
+        _stop(cpu)
+        _stop(dev)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("order", [("c", "b", "a"), ("a", "c", "b")], ids=["last-fails", "first-fails"])
+def test_a_multi_table_push_is_all_or_nothing_on_a_device_server(device, order):
+    cpu, cpu_addr = _start("--shards", 1)
+    dev, dev_addr = _start("--shards", 1, *device)
+    try:
+        a, b = sc.connect([cpu_addr], timeout=30), sc.connect([dev_addr], timeout=30)
+        ids = np.arange(10, dtype=np.int64)
+        tables = _adagrad_tables()
+        for c in (a, b):
+            for name, cfg in tables.items():
+                c.create_table(name, cfg, seed=7)
+        before = {name: b.lookup(name, ids, insert=True) for name in tables}
+        a_before = {name: a.lookup(name, ids, insert=True) for name in tables}
+        grads = {name: np.ones((10, cfg.dim), np.float32) for name, cfg in tables.items()}
+        grads["a"] = np.full((10, 3), 1e20, np.float32)  # overflows table a's Adagrad state
+        for c in (a, b):
+            with pytest.raises(ValueError, match="non-finite"):
+                c._c.push_tables([(name, ids, grads[name]) for name in order], 0)
+        for name in tables:
+            np.testing.assert_array_equal(b.lookup(name, ids), before[name])
+            np.testing.assert_array_equal(a.lookup(name, ids), a_before[name])
+        # The tables go on from where they were: the same results as the CPU server's.
+        grads["a"] = np.ones((10, 3), np.float32)
+        for c in (a, b):
+            c._c.push_tables([(name, ids, grads[name]) for name in order], 1)
+        for name in tables:
+            np.testing.assert_array_equal(b.lookup(name, ids), a.lookup(name, ids))
+    finally:
+        _stop(cpu)
+        _stop(dev)
+
+
+def test_device_stats_and_deltas_read_counts_and_changed_rows_only(tmp_path):
+    # In process (the emulator's copy counters are per process): statistics copy no row to the
+    # host, and a delta only the rows it carries.
+    dim, rows = 16, 3000
+    servers = [sc.Server(export_dir=tmp_path / "cpu"), sc.Server(device="cuda", emulate=True,
+                                                                   export_dir=tmp_path / "dev")]
+    try:
+        cpu, dev = (s.client() for s in servers)
+        ids = np.arange(rows, dtype=np.int64)
+        for c in (cpu, dev):
+            c.create_table("t", sc.TableConfig(dim=dim, optimizer=sc.Adagrad(lr=0.1)), seed=2)
+            c.push("t", ids, np.ones((rows, dim), np.float32), step=0)
+            c.export_full("s", version=1)
+            c.push("t", ids[:7], np.ones((7, dim), np.float32), step=1)
+        table_bytes = rows * dim * 4
+        sc_cuda.reset_emulator_counters()
+        stats = dev.stats()
+        assert sc_cuda.emulator_counters()["d2h_bytes"] < table_bytes // 10
+        assert stats[0]["tables"]["t"]["rows"] == cpu.stats()[0]["tables"]["t"]["rows"] == rows
+        sc_cuda.reset_emulator_counters()
+        written = dev.export_delta("s", since=1, version=2)
+        assert sc_cuda.emulator_counters()["d2h_bytes"] < table_bytes // 10
+        assert written == cpu.export_delta("s", since=1, version=2)
+        assert written["rows"] == 7
+    finally:
+        for s in servers:
+            s.stop()

@@ -27,6 +27,7 @@ struct GroupDesc {
   int64_t max_len = 0;
   int64_t out_begin = 0;  // first element of the group's output in a concatenated output
   int64_t row_begin = 0;  // first element of the group's rows in per-id scratch (sum of n * dim before it)
+  int64_t sum_begin = 0;  // first element of the group's chunk sums (ceil(n / kGradientChunk) rows of dim)
 };
 
 // A batch as the kernels see it (device pointers). Offsets arrays have num_groups + 1 entries.

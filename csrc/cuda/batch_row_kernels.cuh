@@ -1,6 +1,6 @@
-// Table-batched row kernels of a step: initialisation of new rows, pooling (forward), the
-// per-unique gradient sum and the fused update (backward), each one launch for every group
-// of a batch (batch_kernels.cuh describes the layout). The update rules and initial values
+// Table-batched row kernels of a step: initialisation of new rows and pooling (forward),
+// each one launch for every group of a batch (batch_kernels.cuh describes the layout; the
+// backward's kernels are in backward_kernels.cuh). The update rules and initial values
 // are the CPU engine's own SC_HOST_DEVICE functions, and float sums run in the CPU engine's
 // order (positions ascending within a bag or a unique id's occurrence list), so results are
 // bit-identical to the CPU engine whatever the grid or the block order.
@@ -182,91 +182,6 @@ __global__ void SC_LAUNCH_BOUNDS pool_kernel(const TableDesc<T>* __restrict__ ta
       pool_bag<T, kWidth>(b, g, gd, bag, slots, weights, absent, out + local * gd.dim, lane, lanes);
     else
       pool_bag<T, 1>(b, g, gd, bag, slots, weights, absent, out + local * gd.dim, lane, lanes);
-  }
-}
-
-// grad_rows (per-id rows, GroupDesc::row_begin): the summed gradient of each unique id, one
-// thread per kGradWidth consecutive elements, occurrences in ascending position order.
-// grads (GroupPointers): the output gradients, forward's shapes. num_items: BatchView::vec_begin[G].
-__global__ void SC_LAUNCH_BOUNDS unique_grad_kernel(BatchView b, const int* __restrict__ occ_offsets,
-                                                    const int* __restrict__ occ_positions,
-                                                    const int* __restrict__ bag_of, const float* __restrict__ bag_scale,
-                                                    GroupPointers<const float*> grads, int64_t num_items,
-                                                    float* __restrict__ grad_rows) {
-  for (int64_t e = global_thread(); e < num_items; e += grid_threads()) {
-    const int g = find_group(b.vec_begin, b.num_groups, e);
-    const GroupDesc& gd = b.groups[g];
-    const int dim = gd.dim;
-    const int per_row = (dim + kGradWidth - 1) / kGradWidth;
-    const int64_t local = e - b.vec_begin[g];
-    const int64_t ul = local / per_row, ubase = b.unique_begin[g];
-    if (ul >= b.unique_begin[g + 1] - ubase) continue;  // past the group's unique ids
-    const int d = static_cast<int>(local % per_row) * kGradWidth;
-    const int width = dim - d < kGradWidth ? dim - d : kGradWidth;
-    const float* grad = grads.get(g, gd.out_begin);
-    const bool vector = dim % kGradWidth == 0 && aligned_to(grad, sizeof(float) * kGradWidth);
-    const bool sequence = gd.pooling == Pooling::kNone;
-    const float* bag_weights = b.weights[g];
-    const int64_t lo = b.id_begin[g], first_bag = b.bag_begin[g];
-    const int64_t u = ubase + ul;
-    float acc[kGradWidth];
-    SC_UNROLL
-    for (int k = 0; k < kGradWidth; ++k) acc[k] = 0.0f;
-    for (int i = occ_offsets[u]; i < occ_offsets[u + 1]; ++i) {
-      const int pos = occ_positions[i];
-      const int bag = bag_of[pos];
-      float s = bag_scale[bag];
-      if (bag_weights) s *= bag_weights[pos - lo];
-      const int64_t lb = bag - first_bag;
-      const int64_t at = sequence ? (lb * gd.max_len + (pos - b.offsets[bag])) * dim + d : lb * dim + d;
-      if (vector) {
-        float x[kGradWidth];
-        load_vector<kGradWidth>(grad + at, x);
-        SC_UNROLL
-        for (int k = 0; k < kGradWidth; ++k) acc[k] += s * x[k];
-      } else {
-        for (int k = 0; k < width; ++k) acc[k] += s * grad[at + k];
-      }
-    }
-    float* out = grad_rows + gd.row_begin + ul * dim + d;
-    if (vector)
-      store_vector<kGradWidth>(out, acc);
-    else
-      for (int k = 0; k < width; ++k) out[k] = acc[k];
-  }
-}
-
-// The fused update, once per unique row: the CPU engine's rule (rules::apply) on the row in
-// place (fp32 storage) or on an fp32 copy rounded back once (fp16; scratch laid out as
-// grad_rows).
-template <typename T>
-__global__ void SC_LAUNCH_BOUNDS update_rows_kernel(const TableDesc<T>* __restrict__ tables, BatchView b,
-                                                    const int64_t* __restrict__ slots,
-                                                    const float* __restrict__ grad_rows, int64_t step,
-                                                    float* __restrict__ scratch) {
-  const int64_t total = b.unique_begin[b.num_groups];
-  for (int64_t u = global_thread(); u < total; u += grid_threads()) {
-    const int64_t s = slots[u];
-    if (s < 0) continue;
-    const int g = find_group(b.unique_begin, b.num_groups, u);
-    const GroupDesc& gd = b.groups[g];
-    const TableDesc<T>& t = tables[gd.table];
-    const RowsView<T> rows = t.rows;
-    const int dim = rows.dim;
-    const int64_t row = gd.row_begin + (u - b.unique_begin[g]) * dim;
-    uint32_t count = rows.update_count[s];
-    if (count != 0xffffffffu) ++count;
-    rows.update_count[s] = count;
-    float* state = rows.state + s * rows.state_dim;
-    if constexpr (std::is_same_v<T, float>) {
-      rules::apply(t.opt, rows.weights + s * dim, state, grad_rows + row, dim, step, count);
-    } else {
-      float* w = scratch + row;
-      for (int d = 0; d < dim; ++d) w[d] = to_float(rows.weights[s * dim + d]);
-      rules::apply(t.opt, w, state, grad_rows + row, dim, step, count);
-      for (int d = 0; d < dim; ++d) rows.weights[s * dim + d] = from_float<T>(w[d]);
-    }
-    rows.last_step[s] = step;
   }
 }
 

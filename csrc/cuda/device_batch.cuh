@@ -73,6 +73,8 @@ class PreparedBatchImpl final : public DevicePreparedBatch {
       out_total = round_up(out_total + info.output_size(), 4);
       d.row_begin = rows_total;
       rows_total = round_up(rows_total + in.num_ids * info.dim, 4);
+      d.sum_begin = sums_total;
+      sums_total = round_up(sums_total + (in.num_ids + kGradientChunk - 1) / kGradientChunk * info.dim, 4);
       id_begin[g + 1] = id_begin[g] + in.num_ids;
       bag_begin[g + 1] = bag_begin[g] + in.batch_size;
       chunk_begin[g + 1] = chunk_begin[g] + (in.num_ids + kRadixChunk - 1) / kRadixChunk;
@@ -174,8 +176,9 @@ class PreparedBatchImpl final : public DevicePreparedBatch {
   std::vector<int64_t> absent_rows;   // per group: unique ids left without a row at prepare (admission)
   std::vector<int64_t> id_begin;      // (G + 1) host copy
   int64_t num_ids = 0, num_chunks = 0, num_grad_items = 0, max_group_ids = 0;
-  int64_t out_total = 0, rows_total = 0;  // elements of the concatenated outputs / per-id rows
-  std::vector<int64_t> out_begin;         // per group: its first element in the concatenated outputs
+  // elements of the concatenated outputs / per-id rows / chunk sums (backward_kernels.cuh)
+  int64_t out_total = 0, rows_total = 0, sums_total = 0;
+  std::vector<int64_t> out_begin;  // per group: its first element in the concatenated outputs
 
   DeviceBuffer<unsigned char> blob;
   DeviceBuffer<float> weights;  // device inputs with weights: the batch's copy

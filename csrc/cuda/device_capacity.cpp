@@ -92,7 +92,7 @@ int64_t DeviceEmbeddingCollection::expire_some(int table) {
   if (!x || c.scan_per_step <= 0 || !c.has_rules()) return 0;
   // The rows in ascending key order, a window of scan_per_step of them after the cursor's
   // key (wrapping round), so every row is examined once per round whatever its slot.
-  const Export rows = c.min_l2_norm > 0 ? impl_->export_rows(table) : impl_->export_meta(table);
+  const Export rows = c.min_l2_norm > 0 ? impl_->export_rows(table, -1) : impl_->export_meta(table);
   const auto n = static_cast<int64_t>(rows.keys.size());
   if (n == 0) return 0;
   int64_t at = 0;

@@ -7,11 +7,13 @@
 #include <numeric>
 #include <optional>
 
+#include "backward_kernels.cuh"
 #include "batch_row_kernels.cuh"
 #include "device_admission.h"
 #include "device_batch.cuh"
 #include "device_collection_impl.h"
 #include "device_table.cuh"
+#include "device_table_rows.cuh"
 #include "sparsecore/core/half.h"
 
 namespace sparsecore::cuda::SC_BACKEND_NS {
@@ -201,14 +203,15 @@ class Collection final : public DeviceCollectionImpl {
     } else {
       pointers = group_pointers(grads, more);
     }
-    DeviceBuffer<float> grad_rows(batch.rows_total), scratch;
+    DeviceBuffer<float> grad_rows(batch.rows_total), chunk_sums(std::max<int64_t>(batch.sums_total, 1)), scratch;
     if (!std::is_same_v<T, float>) scratch.resize(batch.rows_total);
     SC_LAUNCH(grid(batch.num_grad_items), block(), 0, nullptr, unique_grad_kernel)
     (batch.view, batch.occ_offsets.data(), batch.occ_positions.data(), batch.bag_of.data(), batch.bag_scale.data(),
-     pointers, batch.num_grad_items, grad_rows.data());
+     pointers, batch.num_grad_items, grad_rows.data(), chunk_sums.data());
     SC_CHECK_LAUNCH();
-    SC_LAUNCH(grid(batch.num_ids), block(), 0, nullptr, update_rows_kernel<T>)
-    (descs_.data(), batch.view, slots, grad_rows.data(), step, scratch.data());
+    SC_LAUNCH(grid(batch.num_ids * kUpdateLanes), block(), 0, nullptr, update_rows_kernel<T>)
+    (descs_.data(), batch.view, slots, batch.occ_offsets.data(), grad_rows.data(), chunk_sums.data(), step,
+     scratch.data());
     SC_CHECK_LAUNCH();
     return step;
   }
@@ -274,81 +277,68 @@ class Collection final : public DeviceCollectionImpl {
     size_t total = finite.size() * sizeof(unsigned long long);
     for (const HostCopy& c : copies) total += c.bytes;
     if (total == 0) return {};
-    DeviceBuffer<unsigned long long> counts(finite.size());
-    counts.fill_zero();
-    for (size_t i = 0; i < finite.size(); ++i) {
-      if (finite[i].n == 0) continue;
-      SC_LAUNCH(grid(finite[i].n), block(), 0, nullptr, count_non_finite_kernel)
-      (finite[i].values, finite[i].n, counts.data() + i);
-      SC_CHECK_LAUNCH();
-    }
-    unsigned char* staging = pinned_staging(total);
-    copy_to_host_async(staging, counts.data(), finite.size() * sizeof(unsigned long long));
-    size_t at = finite.size() * sizeof(unsigned long long);
-    for (const HostCopy& c : copies) {
-      copy_to_host_async(staging + at, c.src, c.bytes);
-      at += c.bytes;
-    }
-    synchronize();
-    std::vector<unsigned long long> bad(finite.size());
-    if (!bad.empty()) std::memcpy(bad.data(), staging, bad.size() * sizeof(unsigned long long));
-    at = finite.size() * sizeof(unsigned long long);
-    for (const HostCopy& c : copies) {
-      if (c.bytes) std::memcpy(c.dst, staging + at, c.bytes);
-      at += c.bytes;
-    }
-    return {bad.begin(), bad.end()};
+    return read_back_checked(shape_, copies, finite, pinned_staging(total));
   }
 
   void check_device_pointer(const void* p, const std::string& what) const override {
     check_device_memory(p, device_, what);
   }
 
-  DeviceEmbeddingCollection::Export export_rows(int t) const override { return export_live(t, true); }
-  DeviceEmbeddingCollection::Export export_meta(int t) const override { return export_live(t, false); }
+  DeviceEmbeddingCollection::Export export_meta(int t) const override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    DeviceGuard on(device_);
+    return export_table_rows(shape_, *tables_.at(t), -1, /*values=*/false);
+  }
 
-  DeviceEmbeddingCollection::Export export_live(int t, bool values) const {
+  DeviceEmbeddingCollection::Export export_rows(int t, int64_t since) const override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    DeviceGuard on(device_);
+    return export_table_rows(shape_, *tables_.at(t), since);
+  }
+
+  std::unique_ptr<DeviceSavedRows> save_rows(int t, const int64_t* keys, int64_t n) override {
     std::lock_guard<std::mutex> lock(mutex_);
     DeviceGuard on(device_);
     DeviceTable<T>& table = *tables_.at(t);
-    DeviceEmbeddingCollection::Export e;
-    const int64_t total = table.capacity + kReservedSlots;
-    DeviceBuffer<int64_t> slots(total);
-    DeviceBuffer<unsigned long long> count(1);
-    count.fill_zero();
-    SC_LAUNCH(grid(total), block(), 0, nullptr, collect_live_kernel)(table.view(), slots.data(), count.data());
-    SC_CHECK_LAUNCH();
-    unsigned long long n = 0;
-    count.download(&n, 1);
-    std::vector<int64_t> host_slots(n);
-    slots.download(host_slots.data(), n);
-    if (values)
-      table.export_slots(host_slots, e);
-    else
-      table.export_meta(host_slots, e);
-    return e;
+    auto saved = std::make_unique<SavedTableRows<T>>(t, n, table.dim, table.state_dim, step_);
+    if (n == 0) return saved;
+    DeviceBuffer<int64_t> slots;
+    saved->keys.upload(keys, n);
+    resolve(t, saved->keys.data(), n, slots, true);
+    copy_rows(shape_, table.rows(), slots.data(), saved->rows.view(), nullptr, n);
+    return saved;
+  }
+
+  void restore_rows(const DeviceSavedRows& s) override {
+    auto* saved = const_cast<SavedTableRows<T>*>(dynamic_cast<const SavedTableRows<T>*>(&s));
+    SC_CHECK_ARG(saved != nullptr, "restore_rows: the saved rows do not come from this collection");
+    std::lock_guard<std::mutex> lock(mutex_);
+    DeviceGuard on(device_);
+    DeviceBuffer<int64_t> slots;  // found again: a growth since the save moved the rows
+    resolve(saved->table, saved->keys.data(), saved->rows.n, slots, false);
+    copy_rows(shape_, saved->rows.view(), nullptr, tables_.at(saved->table)->rows(), slots.data(), saved->rows.n);
+    step_ = saved->step;
+  }
+
+  int64_t count_non_finite_rows(int t, const int64_t* keys, int64_t n) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    DeviceGuard on(device_);
+    if (n == 0) return 0;
+    DeviceBuffer<int64_t> k, slots;
+    k.upload(keys, n);
+    resolve(t, k.data(), n, slots, false);
+    return SC_BACKEND_NS::count_non_finite_rows(shape_, tables_.at(t)->rows(), slots.data(), n);
   }
 
   void import_rows(int t, const DeviceEmbeddingCollection::Export& e) override {
     std::lock_guard<std::mutex> lock(mutex_);
     DeviceGuard on(device_);
-    DeviceTable<T>& table = *tables_.at(t);
     const int64_t n = static_cast<int64_t>(e.keys.size());
     if (n == 0) return;
-    DeviceBuffer<int64_t> keys, slots, last;
+    DeviceBuffer<int64_t> keys, slots;
     keys.upload(e.keys.data(), n);
     resolve(t, keys.data(), n, slots, true);
-    DeviceBuffer<float> weights, state;
-    weights.upload(e.weights.data(), e.weights.size());
-    state.upload(e.state.data(), e.state.size());
-    std::vector<uint32_t> counts(e.update_count.begin(), e.update_count.end());
-    DeviceBuffer<uint32_t> count;
-    count.upload(counts.data(), n);
-    last.upload(e.last_step.data(), n);
-    const int lanes = row_lanes(std::max(table.dim, table.state_dim));
-    SC_LAUNCH(grid(n * lanes), block(), 0, nullptr, store_rows_kernel<T>)
-    (table.rows(), slots.data(), n, weights.data(), state.data(), count.data(), last.data(), lanes);
-    SC_CHECK_LAUNCH();
+    store_table_rows(shape_, *tables_.at(t), slots.data(), e);
   }
 
   void set_step(int64_t step) override {
@@ -683,6 +673,10 @@ void set_memory_cache_limit(int device, int64_t bytes) {
 }
 
 void empty_memory_cache(int device) { DeviceMemoryCache::for_device(checked_device(device)).trim(); }
+
+void set_device_allocator(int device, const DeviceAllocator& allocator) {
+  DeviceMemoryCache::for_device(checked_device(device)).set_allocator(allocator);
+}
 
 #if defined(__CUDACC__)
 std::string unavailable_reason() {

@@ -58,7 +58,13 @@ class DeviceCollectionImpl {
   // InvalidArgument naming `what` unless p is device memory this backend can read (the
   // emulator's device memory is host memory: every pointer passes).
   virtual void check_device_pointer(const void* p, const std::string& what) const = 0;
-  virtual DeviceEmbeddingCollection::Export export_rows(int table) const = 0;
+  // The rows of `table` whose last_step > since (since < 0: every row), sorted by key.
+  virtual DeviceEmbeddingCollection::Export export_rows(int table, int64_t since) const = 0;
+  // DeviceEmbeddingCollection::save_rows / restore_rows (keys host, distinct) and the rows
+  // of keys (host) whose weights or state are not finite.
+  virtual std::unique_ptr<DeviceSavedRows> save_rows(int table, const int64_t* keys, int64_t n) = 0;
+  virtual void restore_rows(const DeviceSavedRows& saved) = 0;
+  virtual int64_t count_non_finite_rows(int table, const int64_t* keys, int64_t n) = 0;
   // export_rows without weights and state: keys, update counts and last steps, by key.
   virtual DeviceEmbeddingCollection::Export export_meta(int table) const = 0;
   // Inserts or overwrites rows (keys unique): weights, state and metadata as given.
@@ -88,6 +94,7 @@ std::unique_ptr<DeviceCollectionImpl> make_collection(const std::vector<TableCon
 MemoryCacheStats memory_cache_stats(int device);
 void set_memory_cache_limit(int device, int64_t bytes);
 void empty_memory_cache(int device);
+void set_device_allocator(int device, const DeviceAllocator& allocator);
 }  // namespace emulated
 
 namespace device {
@@ -96,6 +103,7 @@ std::unique_ptr<DeviceCollectionImpl> make_collection(const std::vector<TableCon
 MemoryCacheStats memory_cache_stats(int device);
 void set_memory_cache_limit(int device, int64_t bytes);
 void empty_memory_cache(int device);
+void set_device_allocator(int device, const DeviceAllocator& allocator);
 // "" when a device is usable, otherwise why not.
 std::string unavailable_reason();
 }  // namespace device

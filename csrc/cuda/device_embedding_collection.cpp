@@ -51,6 +51,15 @@ void empty_memory_cache(Backend backend, int device) {
 #endif
 }
 
+void set_device_allocator(Backend backend, int device, const DeviceAllocator& allocator) {
+  if (backend == Backend::kEmulated) return emulated::set_device_allocator(device, allocator);
+#if defined(SPARSECORE_HAS_CUDA_KERNELS)
+  device::set_device_allocator(device, allocator);
+#else
+  throw CudaError(device_unavailable_reason());
+#endif
+}
+
 namespace {
 
 // `to` takes the removals of `from` (its floor and each key's stamp), except keys `to_table`
@@ -386,10 +395,29 @@ int64_t DeviceEmbeddingCollection::remove_in_call(int table, const int64_t* keys
   return count;
 }
 
-DeviceEmbeddingCollection::Export DeviceEmbeddingCollection::export_rows(int table) const {
+DeviceEmbeddingCollection::Export DeviceEmbeddingCollection::export_rows(int table, int64_t since) const {
   check_table(table);
   DeviceCall call(*impl_, {});
-  return impl_->export_rows(table);
+  return impl_->export_rows(table, since);
+}
+
+std::unique_ptr<DeviceSavedRows> DeviceEmbeddingCollection::save_rows(int table, const int64_t* keys, int64_t n) {
+  check_table(table);
+  SC_CHECK_ARG(n >= 0 && (n == 0 || keys), "save_rows: null keys for ", n, " keys");
+  DeviceCall call(*impl_, {});
+  return impl_->save_rows(table, keys, n);
+}
+
+void DeviceEmbeddingCollection::restore_rows(const DeviceSavedRows& saved) {
+  DeviceCall call(*impl_, {});
+  impl_->restore_rows(saved);
+}
+
+int64_t DeviceEmbeddingCollection::count_non_finite_rows(int table, const int64_t* keys, int64_t n) {
+  check_table(table);
+  SC_CHECK_ARG(n >= 0 && (n == 0 || keys), "count_non_finite_rows: null keys for ", n, " keys");
+  DeviceCall call(*impl_, {});
+  return impl_->count_non_finite_rows(table, keys, n);
 }
 
 std::unique_ptr<EmbeddingCollection> DeviceEmbeddingCollection::to_host() const {

@@ -1,6 +1,5 @@
 #include "sparsecore/cuda/device_shard_rows.h"
 
-#include <cmath>
 #include <numeric>
 #include <vector>
 
@@ -9,13 +8,28 @@
 namespace sparsecore::cuda {
 namespace {
 
+// The undo of one push: the rows saved before it and the step then.
+class RowsUndo final : public ps::DeviceRows::Undo {
+ public:
+  RowsUndo(DeviceEmbeddingCollection& rows, std::unique_ptr<DeviceSavedRows> saved)
+      : rows_(rows), saved_(std::move(saved)) {}
+  void apply() override { rows_.restore_rows(*saved_); }
+
+ private:
+  DeviceEmbeddingCollection& rows_;
+  std::unique_ptr<DeviceSavedRows> saved_;
+};
+
 class DeviceShardRows final : public ps::DeviceRows {
  public:
   explicit DeviceShardRows(std::unique_ptr<DeviceEmbeddingCollection> rows) : rows_(std::move(rows)) {}
 
   void pull(const int64_t* ids, int64_t n, bool train, float* out) override { rows_->lookup(0, ids, n, out, train); }
 
-  void apply_unique(const int64_t* ids, int64_t n, const float* grads) override {
+  std::unique_ptr<Undo> apply_unique(const int64_t* ids, int64_t n, const float* grads) override {
+    // The rows as they are (unknown ids inserted first, as the update would) and the step, on
+    // the device, so the update can be taken back.
+    auto undo = std::make_unique<RowsUndo>(*rows_, rows_->save_rows(0, ids, n));
     // One bag per id (none for an empty push, which still counts as an update, as on the CPU): the unique gradient of
     // each id is its bag's gradient times 1.
     offsets_.resize(static_cast<size_t>(n) + 1);
@@ -26,18 +40,22 @@ class DeviceShardRows final : public ps::DeviceRows {
     in.num_ids = n;
     in.offsets = offsets_.data();
     in.batch_size = n;
-    auto batch = rows_->prepare({in}, /*train=*/true);
-    const float none = 0.0f;
-    rows_->backward(*batch, {n ? grads : &none});
-    if (n == 0) return;
-    // An overflowed update shows in the rows' weights (the rules write every weight).
-    const int dim = rows_->config(0).dim;
-    after_.resize(static_cast<size_t>(n) * dim);
-    rows_->lookup(0, ids, n, after_.data(), /*insert=*/false);
-    for (float x : after_)
-      SC_CHECK_ARG(std::isfinite(x), "the update of table '", rows_->config(0).name,
-                   "' made a row non-finite (a finite but huge gradient overflowed it); the device store cannot "
-                   "put the rows back, so this push was applied");
+    try {
+      auto batch = rows_->prepare({in}, /*train=*/true);
+      const float none = 0.0f;
+      rows_->backward(*batch, {n ? grads : &none});
+    } catch (...) {
+      undo->apply();
+      throw;
+    }
+    // An overflowed update shows in the rows' weights or state (the rules write them all).
+    if (rows_->count_non_finite_rows(0, ids, n) != 0) {
+      undo->apply();
+      throw InvalidArgument("the update of table '" + rows_->config(0).name +
+                            "' made rows non-finite (a gradient too large for the optimizer overflowed a weight or its "
+                            "state); no row was updated");
+    }
+    return undo;
   }
 
   int64_t erase(const int64_t* ids, int64_t n) override { return rows_->erase(0, ids, n); }
@@ -45,12 +63,25 @@ class DeviceShardRows final : public ps::DeviceRows {
   int64_t step() const override { return rows_->step(); }
   void set_step(int64_t step) override { rows_->set_step(step); }
   std::unique_ptr<EmbeddingCollection> to_host() const override { return rows_->to_host(); }
+  int64_t size() const override { return rows_->table_size(0); }
+  const Expiry* expiry() const override { return rows_->expiry(0); }
+
+  ExportTable collect_export(int64_t since, int64_t version) override {
+    if (rows_->step() < version) rows_->set_step(version);
+    ExportTable t;
+    t.config = rows_->config(0);
+    t.seed = table_seed(rows_->seed(), t.config.name);
+    if (since >= 0) t.deleted = rows_->deleted_keys(0).deleted_since(since, t.config.name);
+    DeviceEmbeddingCollection::Export e = rows_->export_rows(0, since);
+    t.keys = std::move(e.keys);
+    t.weights = std::move(e.weights);
+    return t;
+  }
   int64_t memory_bytes() const override { return rows_->memory_bytes(); }
 
  private:
   std::unique_ptr<DeviceEmbeddingCollection> rows_;
   std::vector<int64_t> offsets_;
-  std::vector<float> after_;
 };
 
 }  // namespace

@@ -36,53 +36,6 @@ struct DeviceTable {
   DeviceBuffer<int64_t> last_step;
 
   TableView view() { return {keys.data(), reserved.data(), capacity}; }
-  // Appends the rows of `slots` (live slots, host) to e, sorted by key. The arrays come back
-  // whole and the rows are picked out on the host: export is a checkpoint-style operation,
-  // not a hot path.
-  void export_slots(const std::vector<int64_t>& slots, DeviceEmbeddingCollection::Export& e) const {
-    const int64_t total = capacity + kReservedSlots;
-    std::vector<int64_t> host_keys(capacity);
-    keys.download(host_keys.data(), capacity);
-    std::vector<T> w(static_cast<size_t>(total) * dim);
-    weights.download(w.data(), w.size());
-    std::vector<float> st(static_cast<size_t>(total) * state_dim);
-    state.download(st.data(), st.size());
-    std::vector<uint32_t> cnt(total);
-    update_count.download(cnt.data(), total);
-    std::vector<int64_t> last(total);
-    last_step.download(last.data(), total);
-    std::vector<std::pair<int64_t, int64_t>> order;  // (key, slot)
-    for (int64_t s : slots)
-      order.emplace_back(s < capacity ? host_keys[s] : (s == capacity ? kEmptyKey : kErasedKey), s);
-    std::sort(order.begin(), order.end());
-    for (auto [key, s] : order) {
-      e.keys.push_back(key);
-      for (int d = 0; d < dim; ++d) e.weights.push_back(to_float(w[s * dim + d]));
-      for (int d = 0; d < state_dim; ++d) e.state.push_back(st[s * state_dim + d]);
-      e.update_count.push_back(cnt[s]);
-      e.last_step.push_back(last[s]);
-    }
-  }
-  // Keys and metadata alone of `slots` (live slots, host), sorted by key (weights and state
-  // left empty): what capacity and incremental expiry rank and test.
-  void export_meta(const std::vector<int64_t>& slots, DeviceEmbeddingCollection::Export& e) const {
-    const int64_t total = capacity + kReservedSlots;
-    std::vector<int64_t> host_keys(capacity);
-    keys.download(host_keys.data(), capacity);
-    std::vector<uint32_t> cnt(total);
-    update_count.download(cnt.data(), total);
-    std::vector<int64_t> last(total);
-    last_step.download(last.data(), total);
-    std::vector<std::pair<int64_t, int64_t>> order;  // (key, slot)
-    for (int64_t s : slots)
-      order.emplace_back(s < capacity ? host_keys[s] : (s == capacity ? kEmptyKey : kErasedKey), s);
-    std::sort(order.begin(), order.end());
-    for (auto [key, s] : order) {
-      e.keys.push_back(key);
-      e.update_count.push_back(cnt[s]);
-      e.last_step.push_back(last[s]);
-    }
-  }
   RowsView<T> rows() { return {weights.data(), state.data(), update_count.data(), last_step.data(), dim, state_dim}; }
 };
 

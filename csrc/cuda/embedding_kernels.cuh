@@ -188,6 +188,47 @@ __global__ void SC_LAUNCH_BOUNDS store_rows_kernel(RowsView<T> rows, const int64
   }
 }
 
+// Copies whole rows (weights, state, update count, last step) of the same table shape from
+// `from` to `to`, a team of `lanes` lanes per row: row i goes from slot from_slots[i] to slot
+// to_slots[i] (a null slot array: slot i; a negative slot: row i is skipped). Saves rows
+// before a parameter-server push (and puts them back), and gathers the live rows of an export.
+template <typename T>
+__global__ void SC_LAUNCH_BOUNDS copy_rows_kernel(RowsView<T> from, const int64_t* __restrict__ from_slots,
+                                                  RowsView<T> to, const int64_t* __restrict__ to_slots, int64_t n,
+                                                  int lanes) {
+  const int dim = from.dim, sd = from.state_dim;
+  const int lane = static_cast<int>(threadIdx.x) & (lanes - 1);
+  const int64_t teams = grid_threads() / lanes;
+  for (int64_t i = global_thread() / lanes; i < n; i += teams) {
+    const int64_t s = from_slots ? from_slots[i] : i, t = to_slots ? to_slots[i] : i;
+    if (s < 0 || t < 0) continue;
+    copy_elements(from.weights + s * dim, to.weights + t * dim, dim, lane, lanes);
+    copy_elements(from.state + s * sd, to.state + t * sd, sd, lane, lanes);
+    if (lane == 0) {
+      to.update_count[t] = from.update_count[s];
+      to.last_step[t] = from.last_step[s];
+    }
+  }
+}
+
+// *count += rows among slots (n) whose weights or optimizer state hold a NaN or an Inf (an
+// update overflowed them). Negative slots are skipped.
+template <typename T>
+__global__ void SC_LAUNCH_BOUNDS count_non_finite_rows_kernel(RowsView<T> rows, const int64_t* __restrict__ slots,
+                                                              int64_t n, unsigned long long* count) {
+  const int dim = rows.dim, sd = rows.state_dim;
+  unsigned long long local = 0;
+  for (int64_t i = global_thread(); i < n; i += grid_threads()) {
+    const int64_t s = slots[i];
+    if (s < 0) continue;
+    bool bad = false;
+    for (int d = 0; d < dim; ++d) bad = bad || !(fabsf(to_float(rows.weights[s * dim + d])) <= 3.402823466e38f);
+    for (int d = 0; d < sd; ++d) bad = bad || !(fabsf(rows.state[s * sd + d]) <= 3.402823466e38f);
+    local += bad;
+  }
+  if (local) atomicAdd(count, local);
+}
+
 // One row out as fp32, W elements per load by a team's lanes (`absent` in every element of
 // an absent row: the table's default row).
 template <typename T, int W>

@@ -129,13 +129,19 @@ __device__ __forceinline__ bool slot_live(const TableView& t, int64_t s, int64_t
   return *key != kEmptyKey && *key != kErasedKey;
 }
 
-// Appends the live slots of t (all capacity + 2 of them) to out_slots; *count is the cursor.
-__global__ void SC_LAUNCH_BOUNDS collect_live_kernel(TableView t, int64_t* __restrict__ out_slots,
+// Appends the live slots of t (all capacity + 2 of them) to out_slots and their keys to
+// out_keys (slot_live's); *count is the cursor. With
+// last_step, only the rows changed after `since` (last_step[s] > since) are collected.
+__global__ void SC_LAUNCH_BOUNDS collect_live_kernel(TableView t, const int64_t* __restrict__ last_step, int64_t since,
+                                                     int64_t* __restrict__ out_slots, int64_t* __restrict__ out_keys,
                                                      unsigned long long* count) {
   const int64_t total = t.capacity + kReservedSlots;
   for (int64_t s = global_thread(); s < total; s += grid_threads()) {
     int64_t key;
-    if (slot_live(t, s, &key)) out_slots[atomicAdd(count, 1ULL)] = s;
+    if (!slot_live(t, s, &key) || (last_step && last_step[s] <= since)) continue;
+    const unsigned long long at = atomicAdd(count, 1ULL);
+    out_slots[at] = s;
+    out_keys[at] = key;
   }
 }
 

@@ -31,6 +31,40 @@ std::vector<py::ssize_t> output_shape(const cuda::DeviceGroupInfo& g) {
 
 cuda::Backend backend_of(bool emulate) { return emulate ? cuda::Backend::kEmulated : cuda::Backend::kDevice; }
 
+// A Python callable kept by C++ (an external allocator), released under the GIL (and not at
+// all once the interpreter is gone).
+std::shared_ptr<py::object> keep_callable(py::object f) {
+  return std::shared_ptr<py::object>(new py::object(std::move(f)), [](py::object* p) {
+    if (Py_IsInitialized()) {
+      py::gil_scoped_acquire gil;
+      delete p;
+    }
+  });
+}
+
+// cuda::DeviceAllocator over allocate(nbytes, device, stream) -> int and release(int).
+cuda::DeviceAllocator python_allocator(const py::object& allocate, const py::object& release) {
+  if (allocate.is_none() && release.is_none()) return {};
+  if (!PyCallable_Check(allocate.ptr()) || !PyCallable_Check(release.ptr()))
+    throw py::type_error("set_allocator: allocate and free must both be callables (or both None)");
+  auto alloc = keep_callable(allocate), free = keep_callable(release);
+  cuda::DeviceAllocator a;
+  a.allocate = [alloc](size_t bytes, int device, uintptr_t stream) -> void* {
+    py::gil_scoped_acquire gil;
+    return reinterpret_cast<void*>((*alloc)(bytes, device, stream).cast<uintptr_t>());
+  };
+  a.release = [free](void* block) {
+    if (!Py_IsInitialized()) return;
+    py::gil_scoped_acquire gil;
+    try {
+      (*free)(reinterpret_cast<uintptr_t>(block));
+    } catch (py::error_already_set& e) {
+      e.discard_as_unraisable("sparsecore device allocator (free)");
+    }
+  };
+  return a;
+}
+
 }  // namespace
 
 SPARSECORE_BINDING(cuda, 40) {
@@ -92,6 +126,12 @@ SPARSECORE_BINDING(cuda, 40) {
       "cuda_empty_memory_cache",
       [](bool emulate, int device) { cuda::empty_memory_cache(backend_of(emulate), device); }, py::arg("emulate"),
       py::arg("device"));
+  m.def(
+      "cuda_set_device_allocator",
+      [](bool emulate, int device, const py::object& allocate, const py::object& release) {
+        cuda::set_device_allocator(backend_of(emulate), device, python_allocator(allocate, release));
+      },
+      py::arg("emulate"), py::arg("device"), py::arg("allocate"), py::arg("free"));
   m.def("cuda_emulator_block_seed", &cuda::emulator_block_seed);
   m.def("cuda_set_emulator_block_seed", &cuda::set_emulator_block_seed, py::arg("seed"));
 

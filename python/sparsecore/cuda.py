@@ -32,10 +32,11 @@ as NumPy arrays), while torch CUDA tensors and CuPy arrays go through host memor
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple, Optional, Union
 
 import numpy as np
@@ -46,8 +47,8 @@ from .config import TableConfig, tables_to_json
 from .embedding import EmbeddingCollection, PreparedBatch, _grads_in_order, _unpack_group
 
 __all__ = ["DeviceEmbeddingCollection", "empty_memory_cache", "emulator_block_seed", "emulator_counters",
-           "is_available", "memory_cache_stats", "reset_emulator_counters", "set_emulator_block_seed",
-           "set_memory_cache_limit", "unavailable_reason"]
+           "is_available", "memory_cache_stats", "reset_emulator_counters", "set_allocator", "set_emulator_block_seed",
+           "set_memory_cache_limit", "unavailable_reason", "use_torch_allocator"]
 
 
 def is_available() -> bool:
@@ -99,6 +100,35 @@ def set_memory_cache_limit(limit_bytes: int, device: Any = 0, *, emulate: bool =
 def empty_memory_cache(device: Any = 0, *, emulate: bool = False) -> None:
     """Returns every cached block of a device's memory cache to the driver."""
     _core.cuda_empty_memory_cache(bool(emulate), _device_ordinal(device))
+
+
+def set_allocator(allocate: Optional[Callable[[int, int, int], int]], free: Optional[Callable[[int], None]],
+                  device: Any = 0, *, emulate: bool = False) -> None:
+    """Device buffers of ``device`` from an external allocator from now on, instead of the
+    bounded memory cache: ``allocate(nbytes, device, stream)`` returns the address of a block
+    of at least ``nbytes`` usable in the order of ``stream`` (a ``cudaStream_t`` as an int),
+    ``free(address)`` takes it back; both are called with the GIL held, from whichever thread
+    runs a device call. ``None, None`` goes back to the memory cache (blocks allocated before
+    still go back to the allocator that made them). :func:`use_torch_allocator` passes
+    PyTorch's caching allocator."""
+    _core.cuda_set_device_allocator(bool(emulate), _device_ordinal(device), allocate, free)
+    if allocate is not None:
+        # New allocations go back to the cache before the interpreter (and torch) go away.
+        atexit.register(_core.cuda_set_device_allocator, bool(emulate), _device_ordinal(device), None, None)
+
+
+def use_torch_allocator(device: Any = 0) -> None:
+    """Device buffers of ``device`` from PyTorch's CUDA caching allocator
+    (``torch.cuda.caching_allocator_alloc`` / ``caching_allocator_delete``): one pool for
+    sparsecore's buffers and torch's tensors, visible in ``torch.cuda.memory_stats`` and
+    bounded by torch's own settings. RuntimeError without a CUDA device for torch."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise RuntimeError("use_torch_allocator: torch has no CUDA device (torch.cuda.is_available() is False)")
+    ordinal = _device_ordinal(device)
+    set_allocator(lambda nbytes, dev, stream: torch.cuda.caching_allocator_alloc(nbytes, dev, stream),
+                  torch.cuda.caching_allocator_delete, ordinal)
 
 
 def emulator_counters() -> dict[str, Any]:

@@ -79,6 +79,10 @@ std::string device_unavailable_reason();
 MemoryCacheStats memory_cache_stats(Backend backend, int device = 0);
 void set_memory_cache_limit(Backend backend, int device, int64_t bytes);
 void empty_memory_cache(Backend backend, int device = 0);
+// Device buffers of `device` from `allocator` from now on (e.g. PyTorch's caching allocator),
+// instead of the bounded cache above; an allocator without functions goes back to the cache.
+// Blocks allocated before keep going back where they came from.
+void set_device_allocator(Backend backend, int device, const DeviceAllocator& allocator);
 
 // Shapes of one prepared group (what forward returns and backward expects).
 struct DeviceGroupInfo {
@@ -102,6 +106,12 @@ class DevicePreparedBatch {
   // g, in order of first occurrence, and their count. std::out_of_range for a bad g.
   virtual int64_t num_unique(int g) const = 0;
   virtual std::vector<int64_t> unique_ids(int g) const = 0;
+};
+
+// Rows saved by DeviceEmbeddingCollection::save_rows (a device copy). Opaque outside csrc/cuda.
+class DeviceSavedRows {
+ public:
+  virtual ~DeviceSavedRows() = default;
 };
 
 // The kernels' side of the collection; one implementation per backend.
@@ -193,8 +203,19 @@ class DeviceEmbeddingCollection {
     std::vector<int64_t> update_count;  // (n)
     std::vector<int64_t> last_step;     // (n)
   };
-  // Every row of table t, sorted by key.
-  Export export_rows(int table) const;
+  // The rows of table t whose last_step > since (since < 0: every row), sorted by key. The
+  // rows are picked on the device: only they come over to the host.
+  Export export_rows(int table, int64_t since = -1) const;
+
+  // Undo of a parameter server's push (all or nothing, as a CPU shard's): save_rows inserts
+  // the keys of table t that have no row (initial values, as the push would) and keeps a
+  // device copy of every one of their rows and of the step; restore_rows puts those rows and
+  // the step back (rows inserted by the save stay, as on a CPU shard). keys (n) host,
+  // distinct. count_non_finite_rows: how many rows of keys (n, host) hold a NaN or an Inf in
+  // their weights or optimizer state (an update overflowed them); absent keys count as finite.
+  std::unique_ptr<DeviceSavedRows> save_rows(int table, const int64_t* keys, int64_t n);
+  void restore_rows(const DeviceSavedRows& saved);
+  int64_t count_non_finite_rows(int table, const int64_t* keys, int64_t n);
 
   // The CPU twin: an EmbeddingCollection holding this collection's rows (weights as fp32),
   // optimizer state, metadata and step; and the reverse, a device collection holding a CPU

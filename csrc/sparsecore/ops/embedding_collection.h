@@ -58,6 +58,14 @@ struct GroupInput {
   const float* weights = nullptr;  // (num_ids) per-id weights, or nullptr
 };
 
+// The summation order of a unique id's gradient, shared by every backend so that their
+// results are bit-identical: its occurrence list (ascending positions) is cut into chunks of
+// kGradientChunk occurrences, each chunk is summed from zero in list order, and the chunk
+// sums are added in chunk order (the first chunk's sum is the start). A list of at most one
+// chunk is the plain ordered sum; a long list (a Zipf head id seen thousands of times in a
+// batch) is summed chunk by chunk in parallel on a device.
+inline constexpr int kGradientChunk = 128;
+
 // A group after prepare(): its bags, its unique ids and their rows. Owned data only (the
 // caller's input arrays may be freed after prepare returns).
 struct PreparedGroup {

@@ -5,6 +5,7 @@
 #pragma GCC optimize("fp-contract=off")
 
 #include <cstring>
+#include <vector>
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -60,25 +61,35 @@ __attribute__((always_inline)) inline uint32_t any_nonfinite_half(const uint16_t
 }
 
 // The gradient of unique row u of `g`: its occurrences' pooled-output gradients, each times
-// its bag's scale (and its weight), summed from zero in ascending position order. The one
-// definition of that sum, for the fused backward and for callers that push the sums elsewhere.
+// its bag's scale (and its weight), in the order of kGradientChunk (embedding_collection.h):
+// each chunk of the occurrence list summed from zero in ascending position order, the chunk
+// sums added in chunk order. The one definition of that sum, for the fused backward and for
+// callers that push the sums elsewhere. partial: dim floats of scratch (long lists only).
 __attribute__((always_inline)) inline void sum_row_gradient(const PreparedGroup& g, const float* grad,
-                                                            const float* bag_scale, int64_t u,
-                                                            float* __restrict__ out) {
+                                                            const float* bag_scale, int64_t u, float* __restrict__ out,
+                                                            float* __restrict__ partial) {
   const int dim = g.dim;
   const float* weights = g.weights.empty() ? nullptr : g.weights.data();
-  const int32_t* occ_off = g.occurrence_offsets.data();
   const int32_t* occ_pos = g.occurrence_positions.data();
   const int32_t* bag_of = g.bag_of_position.data();
   const bool sequence = g.pooling == Pooling::kNone;
-  for (int d = 0; d < dim; ++d) out[d] = 0.0f;
-  for (int32_t k = occ_off[u]; k < occ_off[u + 1]; ++k) {
-    const int32_t pos = occ_pos[k];
-    const int32_t b = bag_of[pos];
-    float s = bag_scale[b];
-    if (weights) s *= weights[pos];
-    const float* src = sequence ? grad + (b * g.max_len + (pos - g.offsets[b])) * dim : grad + int64_t{b} * dim;
-    axpy(out, src, s, dim);
+  auto sum_chunk = [&](float* __restrict__ acc, int32_t k0, int32_t k1) {
+    for (int d = 0; d < dim; ++d) acc[d] = 0.0f;
+    for (int32_t k = k0; k < k1; ++k) {
+      const int32_t pos = occ_pos[k];
+      const int32_t b = bag_of[pos];
+      float s = bag_scale[b];
+      if (weights) s *= weights[pos];
+      const float* src = sequence ? grad + (b * g.max_len + (pos - g.offsets[b])) * dim : grad + int64_t{b} * dim;
+      axpy(acc, src, s, dim);
+    }
+  };
+  const int32_t begin = g.occurrence_offsets[u], end = g.occurrence_offsets[u + 1];
+  const int32_t first_end = end - begin > kGradientChunk ? begin + kGradientChunk : end;
+  sum_chunk(out, begin, first_end);
+  for (int32_t k = first_end; k < end; k += kGradientChunk) {
+    sum_chunk(partial, k, end - k > kGradientChunk ? k + kGradientChunk : end);
+    for (int d = 0; d < dim; ++d) out[d] += partial[d];
   }
 }
 
@@ -145,8 +156,10 @@ __attribute__((always_inline)) inline bool backward_update_as(const PreparedGrou
                                                               std::byte* const* rows, const float* grad,
                                                               const float* bag_scale, int64_t u_begin, int64_t u_end,
                                                               int64_t step, float* scratch, std::byte* undo) {
-  return update_rows_as<kStream>(table, rows, u_begin, u_end, step, scratch, undo,
-                                 [&](int64_t u, float* out) { sum_row_gradient(g, grad, bag_scale, u, out); });
+  return update_rows_as<kStream>(table, rows, u_begin, u_end, step, scratch, undo, [&](int64_t u, float* out) {
+    // scratch[2 dim, 3 dim) is free (backward_scratch_floats).
+    sum_row_gradient(g, grad, bag_scale, u, out, scratch + 2 * g.dim);
+  });
 }
 
 template <bool kStream>
@@ -179,7 +192,9 @@ bool apply_row_gradients(const EmbeddingTable& table, std::byte* const* rows, co
 SC_DISPATCH
 void sum_unique_gradients(const PreparedGroup& g, const float* grad, const float* bag_scale, int64_t u_begin,
                           int64_t u_end, float* out) {
-  for (int64_t u = u_begin; u < u_end; ++u) sum_row_gradient(g, grad, bag_scale, u, out + u * g.dim);
+  thread_local std::vector<float> partial;
+  if (partial.size() < static_cast<size_t>(g.dim)) partial.resize(static_cast<size_t>(g.dim));
+  for (int64_t u = u_begin; u < u_end; ++u) sum_row_gradient(g, grad, bag_scale, u, out + u * g.dim, partial.data());
 }
 
 void undo_rows(std::byte* const* rows, int64_t u_begin, int64_t u_end, size_t row_bytes, const std::byte* undo) {

@@ -8,7 +8,12 @@
 //   t      the bias-correction step (row update count, already incremented, or global step)
 //   count  the row's update count, this update included (apply() derives t from it or the step)
 // The loops are simple element-wise passes so the compiler vectorises them per ISA (the CPU
-// engine compiles its caller once per instruction set and dispatches at run time).
+// engine compiles its caller once per instruction set and dispatches at run time). Each loop
+// body is an `_element` function of one coordinate (its weight and state in references), so
+// a kernel that splits a row over lanes runs the very same arithmetic on each element it
+// owns, with the state in registers; the whole-row parts (rowwise Adagrad's mean, Group
+// Lasso's norm) are separate functions of the sums, which such a kernel computes in element
+// order as the loops do.
 #pragma once
 
 #include <cmath>
@@ -31,67 +36,83 @@ namespace sparsecore::rules {
 SC_RULE float l2_decay(float g, float w, float wd) { return wd != 0.0f ? g + wd * w : g; }
 
 // SGD with L2 weight decay: w <- w - lr * (g + wd * w)
+SC_RULE void sgd_element(float& w, float g, float lr, float wd) { w -= lr * l2_decay(g, w, wd); }
 SC_RULE void sgd(float* __restrict__ w, const float* __restrict__ g, int dim, float lr, float wd) {
-  for (int i = 0; i < dim; ++i) w[i] -= lr * l2_decay(g[i], w[i], wd);
+  for (int i = 0; i < dim; ++i) sgd_element(w[i], g[i], lr, wd);
 }
 
 // Momentum: m <- mu*m + g; w <- w - lr*m  (Nesterov: w <- w - lr*(g + mu*m))
+SC_RULE void momentum_element(float& w, float& m, float g, float lr, float mu, bool nesterov, float wd) {
+  float gi = l2_decay(g, w, wd);
+  float mi = mu * m + gi;
+  m = mi;
+  w -= lr * (nesterov ? gi + mu * mi : mi);
+}
 SC_RULE void momentum(float* __restrict__ w, float* __restrict__ m, const float* __restrict__ g, int dim, float lr,
                       float mu, bool nesterov, float wd) {
-  for (int i = 0; i < dim; ++i) {
-    float gi = l2_decay(g[i], w[i], wd);
-    float mi = mu * m[i] + gi;
-    m[i] = mi;
-    w[i] -= lr * (nesterov ? gi + mu * mi : mi);
-  }
+  for (int i = 0; i < dim; ++i) momentum_element(w[i], m[i], g[i], lr, mu, nesterov, wd);
 }
 
 // Adagrad: s <- s + g^2; w <- w - lr * g / (sqrt(s) + eps)
+SC_RULE void adagrad_element(float& w, float& s, float g, float lr, float eps, float wd) {
+  float gi = l2_decay(g, w, wd);
+  float si = s + gi * gi;
+  s = si;
+  w -= lr * gi / (std::sqrt(si) + eps);
+}
 SC_RULE void adagrad(float* __restrict__ w, float* __restrict__ s, const float* __restrict__ g, int dim, float lr,
                      float eps, float wd) {
-  for (int i = 0; i < dim; ++i) {
-    float gi = l2_decay(g[i], w[i], wd);
-    float si = s[i] + gi * gi;
-    s[i] = si;
-    w[i] -= lr * gi / (std::sqrt(si) + eps);
-  }
+  for (int i = 0; i < dim; ++i) adagrad_element(w[i], s[i], g[i], lr, eps, wd);
 }
 
 // Rowwise Adagrad: one scalar s per row; s <- s + mean(g^2); w <- w - lr * g / (sqrt(s) + eps)
-SC_RULE void rowwise_adagrad(float* __restrict__ w, float* __restrict__ s, const float* __restrict__ g, int dim,
-                             float lr, float eps, float wd) {
+// The whole-row part: sum of the decayed gradient's squares in element order, the new s and
+// the row's step lr / (sqrt(s) + eps).
+SC_RULE float rowwise_sum_sq(const float* __restrict__ w, const float* __restrict__ g, int dim, float wd) {
   float sum_sq = 0.0f;
   for (int i = 0; i < dim; ++i) {
     float gi = l2_decay(g[i], w[i], wd);
     sum_sq += gi * gi;
   }
-  float si = s[0] + sum_sq / static_cast<float>(dim);
+  return sum_sq;
+}
+SC_RULE float rowwise_state(float s, float sum_sq, int dim) { return s + sum_sq / static_cast<float>(dim); }
+SC_RULE float rowwise_step(float s, float lr, float eps) { return lr / (std::sqrt(s) + eps); }
+SC_RULE void rowwise_element(float& w, float g, float step, float wd) { w -= step * l2_decay(g, w, wd); }
+SC_RULE void rowwise_adagrad(float* __restrict__ w, float* __restrict__ s, const float* __restrict__ g, int dim,
+                             float lr, float eps, float wd) {
+  float si = rowwise_state(s[0], rowwise_sum_sq(w, g, dim, wd), dim);
   s[0] = si;
-  float step = lr / (std::sqrt(si) + eps);
-  for (int i = 0; i < dim; ++i) w[i] -= step * l2_decay(g[i], w[i], wd);
+  float step = rowwise_step(si, lr, eps);
+  for (int i = 0; i < dim; ++i) rowwise_element(w[i], g[i], step, wd);
 }
 
 // Adam with bias correction at step t (t >= 1); AdamW when `decoupled`:
 //   decoupled: w <- w * (1 - lr*wd); otherwise g <- g + wd*w
 //   m <- b1 m + (1-b1) g;  v <- b2 v + (1-b2) g^2
 //   w <- w - (lr / (1-b1^t)) * m / (sqrt(v) / sqrt(1-b2^t) + eps)
-SC_RULE void adam(float* __restrict__ w, float* __restrict__ m, float* __restrict__ v, const float* __restrict__ g,
-                  int dim, float lr, float b1, float b2, float eps, float wd, bool decoupled, int64_t t) {
+// The per-row coefficients of Adam at step t.
+struct AdamStep {
+  float step, inv_sqrt_bc2, decay, l2;
+};
+SC_RULE AdamStep adam_step(float lr, float b1, float b2, float wd, bool decoupled, int64_t t) {
   float bc1 = 1.0f - static_cast<float>(std::pow(static_cast<double>(b1), static_cast<double>(t)));
   float bc2 = 1.0f - static_cast<float>(std::pow(static_cast<double>(b2), static_cast<double>(t)));
-  float step = lr / bc1;
-  float inv_sqrt_bc2 = 1.0f / std::sqrt(bc2);
-  float decay = decoupled ? 1.0f - lr * wd : 1.0f;
-  float l2 = decoupled ? 0.0f : wd;
-  for (int i = 0; i < dim; ++i) {
-    float wi = w[i] * decay;
-    float gi = l2_decay(g[i], w[i], l2);
-    float mi = b1 * m[i] + (1.0f - b1) * gi;
-    float vi = b2 * v[i] + (1.0f - b2) * gi * gi;
-    m[i] = mi;
-    v[i] = vi;
-    w[i] = wi - step * mi / (std::sqrt(vi) * inv_sqrt_bc2 + eps);
-  }
+  return {lr / bc1, 1.0f / std::sqrt(bc2), decoupled ? 1.0f - lr * wd : 1.0f, decoupled ? 0.0f : wd};
+}
+SC_RULE void adam_element(float& w, float& m, float& v, float g, float b1, float b2, float eps, const AdamStep& a) {
+  float wi = w * a.decay;
+  float gi = l2_decay(g, w, a.l2);
+  float mi = b1 * m + (1.0f - b1) * gi;
+  float vi = b2 * v + (1.0f - b2) * gi * gi;
+  m = mi;
+  v = vi;
+  w = wi - a.step * mi / (std::sqrt(vi) * a.inv_sqrt_bc2 + eps);
+}
+SC_RULE void adam(float* __restrict__ w, float* __restrict__ m, float* __restrict__ v, const float* __restrict__ g,
+                  int dim, float lr, float b1, float b2, float eps, float wd, bool decoupled, int64_t t) {
+  const AdamStep a = adam_step(lr, b1, b2, wd, decoupled, t);
+  for (int i = 0; i < dim; ++i) adam_element(w[i], m[i], v[i], g[i], b1, b2, eps, a);
 }
 
 // FTRL-Proximal (McMahan et al., 2013), per coordinate, alpha = lr:
@@ -102,19 +123,21 @@ SC_RULE float ftrl_pow(float n, float lr_power) {
   return lr_power == -0.5f ? std::sqrt(n) : static_cast<float>(std::pow(n, -lr_power));
 }
 
+SC_RULE void ftrl_element(float& w, float& z, float& n, float g, float alpha, float beta, float l1, float l2,
+                          float lr_power, float wd) {
+  float gi = l2_decay(g, w, wd);
+  float n_old = n;
+  float n_new = n_old + gi * gi;
+  float sigma = (ftrl_pow(n_new, lr_power) - ftrl_pow(n_old, lr_power)) / alpha;
+  float zi = z + gi - sigma * w;
+  z = zi;
+  n = n_new;
+  float az = std::fabs(zi);
+  w = az <= l1 ? 0.0f : -(zi - (zi > 0.0f ? l1 : -l1)) / ((beta + ftrl_pow(n_new, lr_power)) / alpha + l2);
+}
 SC_RULE void ftrl(float* __restrict__ w, float* __restrict__ z, float* __restrict__ n, const float* __restrict__ g,
                   int dim, float alpha, float beta, float l1, float l2, float lr_power, float wd) {
-  for (int i = 0; i < dim; ++i) {
-    float gi = l2_decay(g[i], w[i], wd);
-    float n_old = n[i];
-    float n_new = n_old + gi * gi;
-    float sigma = (ftrl_pow(n_new, lr_power) - ftrl_pow(n_old, lr_power)) / alpha;
-    float zi = z[i] + gi - sigma * w[i];
-    z[i] = zi;
-    n[i] = n_new;
-    float az = std::fabs(zi);
-    w[i] = az <= l1 ? 0.0f : -(zi - (zi > 0.0f ? l1 : -l1)) / ((beta + ftrl_pow(n_new, lr_power)) / alpha + l2);
-  }
+  for (int i = 0; i < dim; ++i) ftrl_element(w[i], z[i], n[i], g[i], alpha, beta, l1, l2, lr_power, wd);
 }
 
 // Frequency-scaled L1 strength: with a reference count n0 > 0, a row updated `count` times
@@ -129,15 +152,20 @@ SC_RULE float frequency_scaled_l1(float lambda, float n0, uint32_t count) {
 
 // Group Lasso: the Adagrad step, then the group soft-threshold over the whole row:
 //   w <- w * max(0, 1 - lr * lambda * sqrt(dim) / ||w||)   (a zero row stays zero)
-SC_RULE void group_lasso(float* __restrict__ w, float* __restrict__ s, const float* __restrict__ g, int dim, float lr,
-                         float eps, float wd, float lambda) {
-  adagrad(w, s, g, dim, lr, eps, wd);
-  if (lambda == 0.0f) return;
+// The whole-row part: the factor of the soft-threshold, from the norm of the row after the
+// Adagrad step (summed in element order).
+SC_RULE float group_lasso_scale(const float* __restrict__ w, int dim, float lr, float lambda) {
   float sq = 0.0f;
   for (int i = 0; i < dim; ++i) sq += w[i] * w[i];
   float norm = std::sqrt(sq);
   float scale = norm > 0.0f ? 1.0f - lr * lambda * std::sqrt(static_cast<float>(dim)) / norm : 0.0f;
-  if (scale < 0.0f) scale = 0.0f;
+  return scale < 0.0f ? 0.0f : scale;
+}
+SC_RULE void group_lasso(float* __restrict__ w, float* __restrict__ s, const float* __restrict__ g, int dim, float lr,
+                         float eps, float wd, float lambda) {
+  adagrad(w, s, g, dim, lr, eps, wd);
+  if (lambda == 0.0f) return;
+  const float scale = group_lasso_scale(w, dim, lr, lambda);
   for (int i = 0; i < dim; ++i) w[i] *= scale;
 }
 

@@ -169,7 +169,8 @@ PsShard::PushOutcome PsShard::push(const std::string& name, const int64_t* ids, 
 
 void PsShard::apply_all_or_nothing(const std::vector<std::pair<Table*, TableUpdate>>& updates) {
   // apply_unique undoes its own table when it fails; the tables applied before it are put
-  // back from a copy of their rows (and step) taken just before each was applied.
+  // back: CPU tables from a copy of their rows (and step) taken just before each was
+  // applied, device tables by the undo their update returned.
   struct Saved {
     EmbeddingCollection* rows;
     int64_t step;
@@ -178,13 +179,10 @@ void PsShard::apply_all_or_nothing(const std::vector<std::pair<Table*, TableUpda
     PodVector<std::byte> records;  // (n, row_bytes) their bytes before the update
   };
   std::vector<Saved> saved;
+  std::vector<std::unique_ptr<DeviceRows::Undo>> device_undo;
   for (size_t i = 0; i < updates.size(); ++i) {
     const auto& [t, u] = updates[i];
-    if (t->device) {  // refused but not undone when it overflows (ps_shard.h)
-      t->device->apply_unique(u.ids, u.n, u.grads);
-      continue;
-    }
-    if (i + 1 < updates.size()) {
+    if (!t->device && i + 1 < updates.size()) {
       EmbeddingTable& et = t->rows->table(0);
       Saved s{t->rows.get(), t->rows->step(), et.row_bytes(), {}, {}};
       s.at.resize(static_cast<size_t>(u.n));
@@ -201,14 +199,19 @@ void PsShard::apply_all_or_nothing(const std::vector<std::pair<Table*, TableUpda
       saved.push_back(std::move(s));
     }
     try {
-      t->rows->apply_unique(0, u.ids, u.n, u.grads);
+      if (t->device)
+        device_undo.push_back(t->device->apply_unique(u.ids, u.n, u.grads));
+      else
+        t->rows->apply_unique(0, u.ids, u.n, u.grads);
     } catch (...) {
-      for (size_t j = std::min(i, saved.size()); j-- > 0;) {
+      for (size_t j = saved.size(); j-- > 0;) {
         Saved& s = saved[j];
+        if (s.rows == t->rows.get()) continue;  // the failing table undid itself
         for (size_t k = 0; k < s.at.size(); ++k)
           if (s.at[k]) std::memcpy(s.at[k], s.records.data() + k * s.row_bytes, s.row_bytes);
         s.rows->set_step(s.step);
       }
+      for (size_t j = device_undo.size(); j-- > 0;) device_undo[j]->apply();
       throw;
     }
   }
@@ -551,8 +554,7 @@ std::vector<ExportTable> PsShard::collect_export(int64_t since, int64_t version)
     // Updates after the export must be stamped after `version` too: a table's update step
     // is its own collection's.
     if (t.device) {
-      if (t.device->step() < version) t.device->set_step(version);
-      out.push_back(collect_export_table(t.device->to_host()->table(0), since, version));
+      out.push_back(t.device->collect_export(since, version));
       continue;
     }
     if (t.rows->step() < version) t.rows->set_step(version);
@@ -567,29 +569,44 @@ Json PsShard::stats() const {
   s["total_shards"] = layout_.total_shards;
   Json t = Json::object();
   for (const auto& [name, entry] : tables_) {
-    std::unique_ptr<EmbeddingCollection> copy;
-    const EmbeddingCollection& table = host_rows(entry, copy);
     // The table's statistics (table_stats.h) at the top level, beside the shard's own keys.
-    Json e = table_stats(table.table(0)).to_json();
-    e["memory_bytes"] = entry.device ? entry.device->memory_bytes() : static_cast<int64_t>(table.memory_bytes());
-    e["step"] = table.step();
+    // A device table's are counts read from the device (no row comes over).
+    const EmbeddingTable& table = entry.rows->table(0);
+    TableStats st;
+    const Expiry* x = entry.device ? entry.device->expiry() : table.expiry();
+    if (entry.device) {
+      st.rows = entry.device->size();
+      st.bytes = entry.device->memory_bytes();
+      if (x) {
+        const ExpiryStats es = x->stats();
+        st.expired = es.expired;
+        st.evicted = es.evicted;
+        st.refused = es.refused;
+        st.dropped_gradients = es.dropped_gradients;
+      }
+    } else {
+      st = table_stats(table);
+    }
+    Json e = st.to_json();
+    e["memory_bytes"] = entry.device ? entry.device->memory_bytes() : static_cast<int64_t>(entry.rows->memory_bytes());
+    e["step"] = entry.device ? entry.device->step() : entry.rows->step();
     if (entry.device) e["device"] = true;
-    if (const Admission* a = table.table(0).admission()) {
-      const AdmissionStats st = a->stats();
+    if (const Admission* a = table.admission(); a && !entry.device) {
+      const AdmissionStats as = a->stats();
       Json j = Json::object();
-      j["admitted"] = st.admitted;
-      j["pending"] = st.pending;
-      j["rejected"] = st.rejected;
-      j["dropped_gradients"] = st.dropped_gradients;
+      j["admitted"] = as.admitted;
+      j["pending"] = as.pending;
+      j["rejected"] = as.rejected;
+      j["dropped_gradients"] = as.dropped_gradients;
       e["admission"] = std::move(j);
     }
-    if (const Expiry* x = table.table(0).expiry()) {
-      const ExpiryStats st = x->stats();
+    if (x) {
+      const ExpiryStats es = x->stats();
       Json j = Json::object();
-      j["expired"] = st.expired;
-      j["evicted"] = st.evicted;
-      j["refused"] = st.refused;
-      j["dropped_gradients"] = st.dropped_gradients;
+      j["expired"] = es.expired;
+      j["evicted"] = es.evicted;
+      j["refused"] = es.refused;
+      j["dropped_gradients"] = es.dropped_gradients;
       j["capacity"] = x->capacity();
       e["expiry"] = std::move(j);
     }

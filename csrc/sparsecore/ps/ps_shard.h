@@ -10,10 +10,10 @@
 // the tables applied before it are put back as they were.
 //
 // With a DeviceRowsFactory (a server started with --device cuda) every table's rows live in
-// a device row store (device_rows.h): pulls, pushes, erase and expiry run there; snapshots,
-// exports and statistics read a CPU copy of the rows, so they keep the CPU formats. On a
-// device table an update that overflows is refused but not undone (the device store keeps
-// no copy of the rows it updated).
+// a device row store (device_rows.h): pulls, pushes, erase and expiry run there, pushes all
+// or nothing as on the CPU (the device store keeps a device copy of the rows a push
+// changes until the push is complete); statistics read counts and exports the changed rows
+// only; snapshots read a CPU copy of every row, so they keep the CPU formats.
 //
 // Synchronous pushes: the gradients of every worker for a step are kept until the last
 // worker's push arrives, then each row's gradients are summed in worker order and applied
