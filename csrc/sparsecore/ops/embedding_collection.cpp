@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <mutex>
 #include <set>
 
@@ -273,13 +274,26 @@ void EmbeddingCollection::pool(const PreparedBatch& batch, const std::vector<flo
   std::vector<RowStorage> storage;
   std::vector<PodVector<std::byte*>> refreshed;
   store_->rows_for_pooling(batch, rows, storage, refreshed);
+  // Tasks go a group at a time, so a group's rows stay in cache across its bags. A strided
+  // output (a column block of one wide matrix) is pooled into a small contiguous tile first and
+  // then copied into place: pooling straight into it would read-for-ownership a cache line of
+  // the matrix at every bag, once per group.
   parallel_for(static_cast<int64_t>(tasks.size()), 1, [&](int64_t t0, int64_t t1) {
-    PodVector<float> tmp;
+    PodVector<float> tmp, tile;
     for (int64_t t = t0; t < t1; ++t) {
       const int gi = tasks[t].group;
       const PreparedGroup& g = batch.groups[gi];
+      const int64_t b0 = tasks[t].begin, bags = tasks[t].end - b0;
       tmp.resize(g.dim);
-      kernels::pool_bags(g, storage[gi], rows[gi], tasks[t].begin, tasks[t].end, outputs[gi], strides[gi], tmp.data());
+      if (strides[gi] == g.dim) {
+        const int64_t row = g.pooling == Pooling::kNone ? g.max_len * g.dim : g.dim;
+        kernels::pool_bags(g, storage[gi], rows[gi], b0, tasks[t].end, outputs[gi] + b0 * row, g.dim, tmp.data());
+        continue;
+      }
+      tile.resize(static_cast<size_t>(bags) * g.dim);
+      kernels::pool_bags(g, storage[gi], rows[gi], b0, tasks[t].end, tile.data(), g.dim, tmp.data());
+      for (int64_t b = 0; b < bags; ++b)
+        std::memcpy(outputs[gi] + (b0 + b) * strides[gi], tile.data() + b * g.dim, g.dim * sizeof(float));
     }
   });
 }
@@ -394,17 +408,24 @@ int64_t EmbeddingCollection::backward(const PreparedBatch& batch, const std::vec
     SC_CHECK_ARG(grads[gi] != nullptr || g.output_size() == 0, "backward: gradient ", gi, " is null");
   }
   const std::vector<int64_t> strides = resolved_strides(batch, row_strides, "backward");
+  // A strided gradient (a column block of the dense model's input gradient) is gathered into a
+  // contiguous buffer per group first, a pass over its rows in order: the update reads a
+  // group's gradient rows in the order of its ids' occurrences, which on the wide matrix would
+  // miss on a cache line at almost every occurrence.
+  std::vector<PodVector<float>> gathered(num_groups);
+  std::vector<const float*> contiguous(grads);
   // Validate every gradient before any row changes.
   std::vector<char> finite(num_groups, 1);
   parallel_for(num_groups, 1, [&](int64_t g0, int64_t g1) {
     for (int64_t gi = g0; gi < g1; ++gi) {
       const PreparedGroup& g = batch.groups[gi];
-      if (strides[gi] == g.dim) {
-        finite[gi] = kernels::all_finite(grads[gi], g.output_size());
-        continue;
+      if (strides[gi] != g.dim) {
+        gathered[gi].resize(static_cast<size_t>(g.batch_size) * g.dim);
+        for (int64_t b = 0; b < g.batch_size; ++b)
+          std::memcpy(gathered[gi].data() + b * g.dim, grads[gi] + b * strides[gi], g.dim * sizeof(float));
+        contiguous[gi] = gathered[gi].data();
       }
-      for (int64_t b = 0; b < g.batch_size && finite[gi]; ++b)
-        finite[gi] = kernels::all_finite(grads[gi] + b * strides[gi], g.dim);
+      finite[gi] = kernels::all_finite(contiguous[gi], g.output_size());
     }
   });
   for (int gi = 0; gi < num_groups; ++gi)
@@ -419,7 +440,7 @@ int64_t EmbeddingCollection::backward(const PreparedBatch& batch, const std::vec
                         bag_scale[gi].data());
   }
   plan_backward(batch);
-  const int64_t step = store_->apply_gradients(batch, grads, strides, bag_scale, step_);
+  const int64_t step = store_->apply_gradients(batch, contiguous, bag_scale, step_);
   swap_lock.unlock();
   prune_if_due(step);
   return step;

@@ -62,7 +62,7 @@ __attribute__((always_inline)) inline uint32_t any_nonfinite_half(const uint16_t
 // The gradient of unique row u of `g`: its occurrences' pooled-output gradients, each times
 // its bag's scale (and its weight), summed from zero in ascending position order. The one
 // definition of that sum, for the fused backward and for callers that push the sums elsewhere.
-__attribute__((always_inline)) inline void sum_row_gradient(const PreparedGroup& g, const float* grad, int64_t stride,
+__attribute__((always_inline)) inline void sum_row_gradient(const PreparedGroup& g, const float* grad,
                                                             const float* bag_scale, int64_t u,
                                                             float* __restrict__ out) {
   const int dim = g.dim;
@@ -77,7 +77,7 @@ __attribute__((always_inline)) inline void sum_row_gradient(const PreparedGroup&
     const int32_t b = bag_of[pos];
     float s = bag_scale[b];
     if (weights) s *= weights[pos];
-    const float* src = sequence ? grad + (b * g.max_len + (pos - g.offsets[b])) * dim : grad + int64_t{b} * stride;
+    const float* src = sequence ? grad + (b * g.max_len + (pos - g.offsets[b])) * dim : grad + int64_t{b} * dim;
     axpy(out, src, s, dim);
   }
 }
@@ -143,12 +143,10 @@ __attribute__((always_inline)) inline bool update_rows_as(const EmbeddingTable& 
 template <bool kStream>
 __attribute__((always_inline)) inline bool backward_update_as(const PreparedGroup& g, const EmbeddingTable& table,
                                                               std::byte* const* rows, const float* grad,
-                                                              int64_t grad_stride, const float* bag_scale,
-                                                              int64_t u_begin, int64_t u_end, int64_t step,
-                                                              float* scratch, std::byte* undo) {
-  return update_rows_as<kStream>(table, rows, u_begin, u_end, step, scratch, undo, [&](int64_t u, float* out) {
-    sum_row_gradient(g, grad, grad_stride, bag_scale, u, out);
-  });
+                                                              const float* bag_scale, int64_t u_begin, int64_t u_end,
+                                                              int64_t step, float* scratch, std::byte* undo) {
+  return update_rows_as<kStream>(table, rows, u_begin, u_end, step, scratch, undo,
+                                 [&](int64_t u, float* out) { sum_row_gradient(g, grad, bag_scale, u, out); });
 }
 
 template <bool kStream>
@@ -165,12 +163,10 @@ __attribute__((always_inline)) inline bool apply_row_gradients_as(const Embeddin
 
 SC_DISPATCH
 bool backward_update(const PreparedGroup& g, const EmbeddingTable& table, std::byte* const* rows, const float* grad,
-                     int64_t grad_stride, const float* bag_scale, int64_t u_begin, int64_t u_end, int64_t step,
-                     float* scratch, std::byte* undo, bool stream_undo) {
-  return stream_undo ? backward_update_as<true>(g, table, rows, grad, grad_stride, bag_scale, u_begin, u_end, step,
-                                                scratch, undo)
-                     : backward_update_as<false>(g, table, rows, grad, grad_stride, bag_scale, u_begin, u_end, step,
-                                                 scratch, undo);
+                     const float* bag_scale, int64_t u_begin, int64_t u_end, int64_t step, float* scratch,
+                     std::byte* undo, bool stream_undo) {
+  return stream_undo ? backward_update_as<true>(g, table, rows, grad, bag_scale, u_begin, u_end, step, scratch, undo)
+                     : backward_update_as<false>(g, table, rows, grad, bag_scale, u_begin, u_end, step, scratch, undo);
 }
 
 SC_DISPATCH
@@ -181,9 +177,9 @@ bool apply_row_gradients(const EmbeddingTable& table, std::byte* const* rows, co
 }
 
 SC_DISPATCH
-void sum_unique_gradients(const PreparedGroup& g, const float* grad, int64_t grad_stride, const float* bag_scale,
-                          int64_t u_begin, int64_t u_end, float* out) {
-  for (int64_t u = u_begin; u < u_end; ++u) sum_row_gradient(g, grad, grad_stride, bag_scale, u, out + u * g.dim);
+void sum_unique_gradients(const PreparedGroup& g, const float* grad, const float* bag_scale, int64_t u_begin,
+                          int64_t u_end, float* out) {
+  for (int64_t u = u_begin; u < u_end; ++u) sum_row_gradient(g, grad, bag_scale, u, out + u * g.dim);
 }
 
 void undo_rows(std::byte* const* rows, int64_t u_begin, int64_t u_end, size_t row_bytes, const std::byte* undo) {

@@ -16,9 +16,7 @@ namespace sparsecore::kernels {
 // copied to `undo` first; a row whose new weights or state are not finite (a finite but huge
 // gradient overflowed) is put back at once. Returns false when any row was: the caller then
 // puts every row of the call back with undo_rows.
-//   grad       host, the group's pooled-output gradient (same shape as the forward output);
-//              bag b's row at grad + b * grad_stride floats (grad_stride >= g.dim; pooling
-//              "none": (B, max_len, dim) blocks, grad_stride ignored)
+//   grad       host, the group's pooled-output gradient (same shape as the forward output)
 //   bag_scale  (batch_size) the factor of a bag's gradient: 1 for sum/none, 1/len or
 //              1/sum(weights) for mean (0 for an empty bag)
 //   rows       (num_unique) row pointers, all non-null
@@ -26,16 +24,16 @@ namespace sparsecore::kernels {
 //   undo       (u_end - u_begin, undo_stride(table.row_bytes())) host bytes, 16-byte aligned
 //   stream_undo  write the log with non-temporal stores (for a log larger than the caches)
 bool backward_update(const PreparedGroup& g, const EmbeddingTable& table, std::byte* const* rows, const float* grad,
-                     int64_t grad_stride, const float* bag_scale, int64_t u_begin, int64_t u_end, int64_t step,
-                     float* scratch, std::byte* undo, bool stream_undo);
+                     const float* bag_scale, int64_t u_begin, int64_t u_end, int64_t step, float* scratch,
+                     std::byte* undo, bool stream_undo);
 // backward_update's arithmetic in two halves, for rows whose gradients are summed on one
 // machine and applied on another (parameter servers):
 // sum_unique_gradients writes the summed gradient of each unique row [u_begin, u_end) of `g`
 // (out: (num_unique, dim), rows indexed from 0) exactly as backward_update sums it;
 // apply_row_gradients applies grads (row u at grads + u * dim) to rows [u_begin, u_end) as
 // backward_update does once it has the sums, with the same undo log and return value.
-void sum_unique_gradients(const PreparedGroup& g, const float* grad, int64_t grad_stride, const float* bag_scale,
-                          int64_t u_begin, int64_t u_end, float* out);
+void sum_unique_gradients(const PreparedGroup& g, const float* grad, const float* bag_scale, int64_t u_begin,
+                          int64_t u_end, float* out);
 bool apply_row_gradients(const EmbeddingTable& table, std::byte* const* rows, const float* grads, int64_t u_begin,
                          int64_t u_end, int64_t step, float* scratch, std::byte* undo, bool stream_undo);
 constexpr size_t backward_scratch_floats(int dim, int state_dim) {

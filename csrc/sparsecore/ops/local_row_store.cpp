@@ -97,7 +97,6 @@ void LocalRowStore::rows_for_pooling(const PreparedBatch& batch, std::vector<con
 }
 
 int64_t LocalRowStore::apply_gradients(const PreparedBatch& batch, const std::vector<const float*>& grads,
-                                       const std::vector<int64_t>& grad_strides,
                                        const std::vector<std::vector<float>>& bag_scale, std::atomic<int64_t>& step) {
   const int num_groups = static_cast<int>(batch.groups.size());
   // Rows released since prepare (erase, restore) are looked up again (and re-created).
@@ -132,8 +131,8 @@ int64_t LocalRowStore::apply_gradients(const PreparedBatch& batch, const std::ve
       ranges, [&](int gi) { return rows_of(gi); },
       [&](int gi, int64_t begin, int64_t end, int64_t now, float* scratch, std::byte* undo, bool stream) {
         const PreparedGroup& g = batch.groups[gi];
-        return kernels::backward_update(g, *tables_[g.table], rows_of(gi), grads[gi], grad_strides[gi],
-                                        bag_scale[gi].data(), begin, end, now, scratch, undo, stream);
+        return kernels::backward_update(g, *tables_[g.table], rows_of(gi), grads[gi], bag_scale[gi].data(), begin, end,
+                                        now, scratch, undo, stream);
       },
       step);
 }

@@ -25,8 +25,7 @@ class LocalRowStore final : public RowStore {
   void rows_for_pooling(const PreparedBatch& batch, std::vector<const std::byte* const*>& rows,
                         std::vector<RowStorage>& storage, std::vector<PodVector<std::byte*>>& refreshed) override;
   int64_t apply_gradients(const PreparedBatch& batch, const std::vector<const float*>& grads,
-                          const std::vector<int64_t>& grad_strides, const std::vector<std::vector<float>>& bag_scale,
-                          std::atomic<int64_t>& step) override;
+                          const std::vector<std::vector<float>>& bag_scale, std::atomic<int64_t>& step) override;
 
   // Rows whose gradients were already summed (EmbeddingCollection::apply_unique): ids (n)
   // distinct (checked by the caller), grads (n, dim). Unknown ids are inserted.

@@ -59,7 +59,7 @@ __attribute__((always_inline)) inline void pool_range(const PreparedGroup& g, co
   // A fixed width keeps the bag's sum in vector registers.
   float acc_fixed[kDim > 0 ? kDim : 1];
   for (int64_t b = b0; b < b1; ++b) {
-    float* acc = kDim > 0 ? acc_fixed : out + b * stride;
+    float* acc = kDim > 0 ? acc_fixed : out + (b - b0) * stride;
     for (int d = 0; d < dim; ++d) acc[d] = 0.0f;
     float weight_sum = 0.0f;
     for (int64_t p = off[b], end = off[b + 1]; p < end; ++p) {
@@ -75,7 +75,7 @@ __attribute__((always_inline)) inline void pool_range(const PreparedGroup& g, co
       const float denom = weights ? weight_sum : static_cast<float>(off[b + 1] - off[b]);
       scale = denom != 0.0f ? 1.0f / denom : 0.0f;
     }
-    float* o = out + b * stride;
+    float* o = out + (b - b0) * stride;
     for (int d = 0; d < dim; ++d) o[d] = acc[d] * scale;
   }
 }
@@ -216,7 +216,7 @@ __attribute__((always_inline)) inline void pool_bags_as(const PreparedGroup& g, 
     const int64_t out_row_bytes = static_cast<int64_t>(dim) * sizeof(float);
     for (int64_t b = bag_begin; b < bag_end; ++b) {
       const int64_t start = g.offsets[b], len = g.offsets[b + 1] - start;
-      float* o = out + b * g.max_len * dim;
+      float* o = out + (b - bag_begin) * g.max_len * dim;
       for (int64_t j = 0; j < len; ++j) {
         const std::byte* row = rows[g.inverse[start + j]];
         float w = g.weights.empty() ? 1.0f : g.weights[start + j];

@@ -50,12 +50,10 @@ class RowStore {
                                 std::vector<RowStorage>& storage, std::vector<PodVector<std::byte*>>& refreshed) = 0;
 
   // Backward, once every gradient was checked finite and the batch's occurrence lists are
-  // built: applies the gradients of every group's unique ids (group g's bag b at grads[g] +
-  // b * grad_strides[g] floats; bag_scale[g] has one factor per bag, see
-  // kernels::backward_update) and advances `step`. Returns the new step. All or nothing where
-  // the store can undo (local); InvalidArgument names what was wrong.
+  // built: applies the gradients of every group's unique ids (bag_scale[g] has one factor per
+  // bag, see kernels::backward_update) and advances `step`. Returns the new step. All or
+  // nothing where the store can undo (local); InvalidArgument names what was wrong.
   virtual int64_t apply_gradients(const PreparedBatch& batch, const std::vector<const float*>& grads,
-                                  const std::vector<int64_t>& grad_strides,
                                   const std::vector<std::vector<float>>& bag_scale, std::atomic<int64_t>& step) = 0;
 };
 

@@ -71,7 +71,6 @@ void RemoteRowStore::rows_for_pooling(const PreparedBatch& batch, std::vector<co
 }
 
 int64_t RemoteRowStore::apply_gradients(const PreparedBatch& batch, const std::vector<const float*>& grads,
-                                        const std::vector<int64_t>& grad_strides,
                                         const std::vector<std::vector<float>>& bag_scale, std::atomic<int64_t>& step) {
   const int num_groups = static_cast<int>(batch.groups.size());
   std::vector<PodVector<float>> sums(num_groups);
@@ -91,8 +90,8 @@ int64_t RemoteRowStore::apply_gradients(const PreparedBatch& batch, const std::v
     for (int64_t t = t0; t < t1; ++t) {
       const Task& task = tasks[t];
       const PreparedGroup& g = batch.groups[task.group];
-      kernels::sum_unique_gradients(g, grads[task.group], grad_strides[task.group], bag_scale[task.group].data(),
-                                    task.begin, task.end, sums[task.group].data());
+      kernels::sum_unique_gradients(g, grads[task.group], bag_scale[task.group].data(), task.begin, task.end,
+                                    sums[task.group].data());
     }
   });
   std::vector<TableSlice> slices;
