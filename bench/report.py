@@ -28,8 +28,9 @@ from pathlib import Path
 
 OURS = "sparsecore"
 HERE = Path(__file__).resolve().parent
-# The W2 cases `report.py w2` runs: embedded, 1 and 2 servers and the peers, Adam and Adagrad.
-W2_CASES = "test_w2_adam or test_w2_adagrad"
+# The W2 cases `report.py w2` runs: embedded, 1 and 2 servers and the peers, Adam and Adagrad,
+# and both sides reading the batches from a file.
+W2_CASES = "test_w2_adam or test_w2_adagrad or test_w2_files"
 
 
 def _fmt_rate(x: float) -> str:
@@ -78,7 +79,8 @@ def _w2_table(group: str, rows: list[dict]) -> list[str]:
     def rate(r: dict) -> float:
         return r["extra_info"]["samples_per_round"] / r["stats"]["median"]
 
-    embedded = {r["extra_info"].get("dim"): r for r in rows if r["extra_info"].get("peer") == OURS}
+    # The embedded sparsecore case of the group (the one reading files in w2-files).
+    embedded = {r["extra_info"].get("dim"): r for r in rows if r["extra_info"].get("peer") in (OURS, OURS + "-files")}
     out = [f"### {group}", "",
            "| case | dim | servers | samples/s (median) | / embedded | AUC | AUC - embedded | "
            "pull req/step | push req/step | CPU ms/step (worker + servers) | rounds | load avg |",

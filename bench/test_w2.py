@@ -13,6 +13,10 @@ optimum in ``extra_info`` (so throughput is compared at equal AUC). Groups:
   ``FusedEmbeddingBagCollection`` at dim 20 (fbgemm needs dims that are multiples of 4).
 - ``w2-compression``: sparsecore at sample-compression ratios 1, 4, 16, 57 (XDL figure 6):
   the 12 user groups are sent once per page view.
+- ``w2-files``: the same training batches written once to a libffm file (``field:id:1``
+  tokens, field k = group k), then read by ``sparsecore.data.LibffmReader`` on both sides: the
+  Trainer takes the reader as its source, the PyTorch loop calls ``next_batch()`` itself. The
+  reader's cost (its own parsing thread) is inside every round.
 
 The cluster cases (``sparsecore-cluster-1``, ``sparsecore-cluster-2``) train the same batches
 from the same MLP init with the same hyperparameters and worker threads as the embedded case,
@@ -23,15 +27,18 @@ They record their samples/s over the embedded case's of the same session (``rati
 when the embedded case ran first) and the pull and push requests per training step counted by
 the servers. Results are bit-identical to embedded, so the held-out AUC must be the same (checked).
 
-Batches are generated before timing (the reader is not measured). ``SPARSECORE_BENCH_SCALE=tiny``
+Except in ``w2-files``, batches are generated before timing (no reader is measured). ``SPARSECORE_BENCH_SCALE=tiny``
 shrinks everything for the CI smoke run; ``SPARSECORE_BENCH_THREADS`` sets every peer's thread
 count (default 2). Peers that are not installed are skipped.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import resource
+import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack
 from typing import Any
@@ -42,11 +49,12 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import sparsecore as sc  # noqa: E402
-from sparsecore.data import Batch, SyntheticConfig, SyntheticData, auc  # noqa: E402
+from sparsecore.data import Batch, LibffmReader, SyntheticConfig, SyntheticData, auc  # noqa: E402
 from sparsecore.torch import mlp  # noqa: E402
 from sparsecore.trainer import Trainer  # noqa: E402
 
 import rpc_bench  # noqa: E402
+import workload  # noqa: E402
 
 TINY = os.environ.get("SPARSECORE_BENCH_SCALE", "") == "tiny"
 BATCH = 500 if TINY else 5000
@@ -79,6 +87,24 @@ def w2_data(ratio: int) -> tuple[list[Batch], list[Batch]]:
         held_out = SyntheticData(cfg, start=start, num_samples=start + EVAL_SAMPLES, compressed=ratio > 1)
         _DATA[ratio] = (list(source), list(held_out))
     return _DATA[ratio]
+
+
+_FILES: dict[str, str] = {}
+
+
+def w2_file() -> str:
+    """The training batches of w2_data(1) as one libffm file, written once per session."""
+    if "path" not in _FILES:
+        folder = tempfile.mkdtemp(prefix="sparsecore-w2-")
+        atexit.register(shutil.rmtree, folder, True)
+        path = os.path.join(folder, "w2.ffm")
+        workload.write_libffm(w2_data(1)[0], w2_config(1).names(), path)
+        _FILES["path"] = path
+    return _FILES["path"]
+
+
+def w2_reader(names: list[str]) -> LibffmReader:
+    return LibffmReader(w2_file(), fields=names, batch_size=BATCH)
 
 
 class ListSource:
@@ -116,12 +142,12 @@ def logloss(logits: torch.Tensor, labels: np.ndarray) -> torch.Tensor:
 class SparsecorePeer:
     """The sparsecore Trainer on the embedded collection (``server=None``) or a cluster."""
 
-    def __init__(self, names: list[str], dim: int, optimizer: str, server: Any = None):
+    def __init__(self, names: list[str], dim: int, optimizer: str, server: Any = None, source: Any = None):
         opt = (sc.Adam(lr=SPARSE_LR["adam"], eps=EPS["adam"], use_global_step=True) if optimizer == "adam"
                else sc.Adagrad(lr=SPARSE_LR["adagrad"], eps=EPS["adagrad"]))
         tables = {n: sc.TableConfig(dim=dim, optimizer=opt) for n in names}
         self.model = dense_model(dim * len(names))
-        self.source = ListSource()
+        self.source = ListSource() if source is None else source
         self.trainer = Trainer(self.source, self.model, tables, progress=False, log_every=0, server=server,
                                dense_optimizer=torch.optim.Adam(self.model.parameters(), lr=DENSE_LR))
 
@@ -219,6 +245,27 @@ class PyTorchPeer(_TorchLoop):
         return torch.cat(parts, dim=1)
 
 
+class FileSparsecorePeer(SparsecorePeer):
+    """The sparsecore Trainer reading the W2 file: each round trains the next batches of it."""
+
+    def __init__(self, names: list[str], dim: int, optimizer: str):
+        super().__init__(names, dim, optimizer, source=w2_reader(names))
+
+    def train(self, batches: list[Batch]) -> None:
+        self.trainer.fit(len(batches))
+
+
+class FilePyTorchPeer(PyTorchPeer):
+    """The PyTorch loop reading the W2 file with the same reader, one batch per step."""
+
+    def __init__(self, names: list[str], dim: int, optimizer: str):
+        super().__init__(names, dim, optimizer)
+        self.reader = w2_reader(names)
+
+    def train(self, batches: list[Batch]) -> None:
+        super().train([self.reader.next_batch() for _ in batches])
+
+
 class TorchRecPeer(_TorchLoop):
     """TorchRec FusedEmbeddingBagCollection (fbgemm CPU tables, Adagrad fused into backward)."""
 
@@ -254,7 +301,8 @@ def self_cpu_seconds() -> float:
 
 PEERS = {"sparsecore": SparsecorePeer, "pytorch": PyTorchPeer, "torchrec": TorchRecPeer,
          "sparsecore-cluster-1": lambda *a: ClusterPeer(*a, servers=1),
-         "sparsecore-cluster-2": lambda *a: ClusterPeer(*a, servers=2)}
+         "sparsecore-cluster-2": lambda *a: ClusterPeer(*a, servers=2),
+         "sparsecore-files": FileSparsecorePeer, "pytorch-files": FilePyTorchPeer}
 
 # The embedded case's samples/s and AUC per (optimizer, dim, compression), for the cluster
 # cases of the same session.
@@ -323,6 +371,12 @@ def test_w2_adam(benchmark, peer):
                                       ("sparsecore", 20), ("pytorch", 20), ("torchrec", 20)])
 def test_w2_adagrad(benchmark, peer, dim):
     run_w2(benchmark, peer, dim=dim, optimizer="adagrad")
+
+
+@pytest.mark.benchmark(group="w2-files")
+@pytest.mark.parametrize("peer", ["sparsecore-files", "pytorch-files"])
+def test_w2_files(benchmark, peer):
+    run_w2(benchmark, peer, dim=18, optimizer="adam")
 
 
 @pytest.mark.benchmark(group="w2-compression")

@@ -279,3 +279,28 @@ def make_peer(peer: str, optimizer: str, batches: Batches, vocab: int, *, fill: 
     if fill and isinstance(p, SparsecorePeer):
         p.fill()
     return p
+
+
+# --------------------------------------------------------------------------------- W2 files
+def write_libffm(batches: list, names: list[str], path: str) -> None:
+    """Writes W2 batches (uncompressed ``sparsecore.data.Batch``) as libffm text, one sample a
+    line: ``label field:id:1 ...`` with field k = group ``names[k]``, so ``LibffmReader(path,
+    fields=names)`` reads back the same ids per group (with weights 1.0). Written to a
+    temporary name and renamed, so a half-written file is never read."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        for b in batches:
+            groups = []
+            for k, name in enumerate(names):
+                ids, offsets = b.sparse[name][0], b.sparse[name][1]
+                tokens = np.char.add(np.char.add(f"{k}:", np.asarray(ids, np.int64).astype(str)), ":1")
+                groups.append((tokens.tolist(), np.asarray(offsets, np.int64).tolist()))
+            labels = np.asarray(b.labels).astype(np.int64).tolist()
+            lines = []
+            for i, label in enumerate(labels):
+                parts = [str(label)]
+                for tokens, offsets in groups:
+                    parts += tokens[offsets[i]:offsets[i + 1]]
+                lines.append(" ".join(parts))
+            f.write("\n".join(lines) + "\n")
+    os.replace(tmp, path)

@@ -5,7 +5,9 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "sparsecore/core/error.h"
@@ -75,6 +77,26 @@ const T* checked_array(const py::array& arr, const std::string& what, std::vecto
   }
   if (!(arr.flags() & py::array::c_style)) throw InvalidArgument(what + " must be C-contiguous");
   return static_cast<const T*>(arr.data());
+}
+
+// A (rows, cols) float32 array whose rows may be strided (a column block of a wider matrix:
+// `m[:, c0:c1]`), elements of a row contiguous, aligned to float. Returns (data, row stride in
+// floats); `writable` also requires a writeable array. TypeError / ValueError name `what`.
+inline std::pair<float*, int64_t> row_strided_floats(const py::array& arr, const std::string& what, py::ssize_t rows,
+                                                     py::ssize_t cols, bool writable) {
+  if (!py::dtype::of<float>().is(arr.dtype()))
+    throw TypeMismatch(what + " must have dtype float32, got " + std::string(py::str(arr.dtype())));
+  if (arr.ndim() != 2) throw TypeMismatch(what + " must have 2 dimensions, got " + std::to_string(arr.ndim()));
+  if (arr.shape(0) != rows || arr.shape(1) != cols)
+    throw InvalidArgument(what + " must have shape (" + std::to_string(rows) + ", " + std::to_string(cols) +
+                          "), got (" + std::to_string(arr.shape(0)) + ", " + std::to_string(arr.shape(1)) + ")");
+  const py::ssize_t f = sizeof(float);
+  const py::ssize_t s0 = rows > 1 ? arr.strides(0) : cols * f, s1 = cols > 1 ? arr.strides(1) : f;
+  if (s1 != f || s0 % f != 0 || s0 < cols * f || reinterpret_cast<uintptr_t>(arr.data()) % alignof(float) != 0)
+    throw InvalidArgument(what + " must have contiguous, float-aligned rows that do not overlap (row stride " +
+                          std::to_string(s0) + " bytes, element stride " + std::to_string(s1) + ")");
+  if (writable && !arr.writeable()) throw InvalidArgument(what + " must be writeable");
+  return {static_cast<float*>(const_cast<void*>(arr.data())), s0 / f};
 }
 
 // A batch's groups as the bindings receive them, each a tuple (table index, ids int64[n],

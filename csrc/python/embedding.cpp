@@ -16,6 +16,7 @@ namespace py = pybind11;
 using namespace sparsecore;
 using sparsecore::python::checked_array;
 using sparsecore::python::PyPrepared;
+using sparsecore::python::row_strided_floats;
 
 namespace {
 
@@ -157,6 +158,30 @@ SPARSECORE_BINDING(embedding, 30) {
           },
           py::arg("prepared"))
       .def(
+          "forward_into",
+          [](const EmbeddingCollection& c, const PyPrepared& p, const std::vector<py::array>& outs) {
+            if (outs.size() != p.batch->groups.size())
+              throw InvalidArgument("forward_into: got " + std::to_string(outs.size()) + " outputs for " +
+                                    std::to_string(p.batch->groups.size()) + " groups");
+            std::vector<float*> ptrs;
+            std::vector<int64_t> strides;
+            for (size_t g = 0; g < outs.size(); ++g) {
+              const PreparedGroup& pg = p.batch->groups[g];
+              if (pg.pooling == Pooling::kNone)
+                throw InvalidArgument("forward_into: group '" + c.table_name(pg.table) +
+                                      "' uses pooling 'none' (padded sequences); use forward()");
+              auto [data, stride] = row_strided_floats(outs[g], "output of group '" + c.table_name(pg.table) + "'",
+                                                       pg.batch_size, pg.dim, /*writable=*/true);
+              ptrs.push_back(data);
+              strides.push_back(stride);
+            }
+            py::gil_scoped_release release;  // `outs` holds the arrays
+            c.forward(*p.batch, ptrs, strides);
+          },
+          py::arg("prepared"), py::arg("outputs"),
+          "Pools each group into outputs[g], a float32 (B, dim) array whose rows may be strided "
+          "(e.g. a column block of the dense model's input matrix): no output array is allocated.")
+      .def(
           "evaluate",
           [](const EmbeddingCollection& c, const std::vector<py::tuple>& groups) {
             std::vector<py::array> keep_alive;
@@ -188,16 +213,25 @@ SPARSECORE_BINDING(embedding, 30) {
               throw InvalidArgument("backward: got " + std::to_string(grads.size()) + " gradients for " +
                                     std::to_string(p.batch->groups.size()) + " groups");
             std::vector<const float*> ptrs;
+            std::vector<int64_t> strides;
             for (size_t g = 0; g < grads.size(); ++g) {
               const PreparedGroup& pg = p.batch->groups[g];
               std::string name = "gradient of group '" + c.table_name(pg.table) + "'";
+              if (pg.pooling != Pooling::kNone && grads[g].ndim() == 2 && !(grads[g].flags() & py::array::c_style)) {
+                // A column block of a wider matrix (the dense model's input gradient): read in place.
+                auto [data, stride] = row_strided_floats(grads[g], name, pg.batch_size, pg.dim, /*writable=*/false);
+                ptrs.push_back(data);
+                strides.push_back(stride);
+                continue;
+              }
               std::vector<py::ssize_t> shape = {pg.batch_size};
               if (pg.pooling == Pooling::kNone) shape.push_back(pg.max_len);
               shape.push_back(pg.dim);
               ptrs.push_back(checked_array<float>(grads[g], name, shape));
+              strides.push_back(0);
             }
             py::gil_scoped_release release;
-            return c.backward(*p.batch, ptrs);
+            return c.backward(*p.batch, ptrs, strides);
           },
           py::arg("prepared"), py::arg("grads"))
       .def(

@@ -83,8 +83,9 @@ struct PyStepPipeline {
 
 std::unique_ptr<PyStepPipeline> make_pipeline(py::object collection, std::shared_ptr<BatchSource> source,
                                               std::vector<std::string> groups, int prefetch, int64_t max_steps,
-                                              bool pull_rows) {
+                                              bool pull_rows, bool prepare_on_pool = false) {
   StepPipelineOptions options;
+  options.prepare_on_pool = prepare_on_pool;
   options.prefetch = prefetch;
   options.max_steps = max_steps;
   options.groups = std::move(groups);
@@ -115,14 +116,16 @@ SPARSECORE_BINDING(train, 80) {
   py::class_<PyStepPipeline>(m, "StepPipeline",
                              "The pipelined training step on a C++ thread (sparsecore.Trainer drives it).")
       .def(py::init([](py::object collection, py::object produce, std::vector<std::string> groups, int prefetch,
-                       int64_t max_steps, bool pull_rows) {
+                       int64_t max_steps, bool pull_rows, bool prepare_on_pool) {
              if (!PyCallable_Check(produce.ptr())) throw TypeMismatch("produce must be callable");
              const EmbeddingCollection* c = collection.is_none() ? nullptr : collection.cast<EmbeddingCollection*>();
              auto source = std::make_shared<PythonBatchSource>(std::move(produce), c);
-             return make_pipeline(collection, std::move(source), std::move(groups), prefetch, max_steps, pull_rows);
+             return make_pipeline(collection, std::move(source), std::move(groups), prefetch, max_steps, pull_rows,
+                                  prepare_on_pool);
            }),
            py::arg("collection"), py::arg("produce"), py::arg("groups") = std::vector<std::string>{},
-           py::arg("prefetch") = 2, py::arg("max_steps") = -1, py::arg("pull_rows") = false)
+           py::arg("prefetch") = 2, py::arg("max_steps") = -1, py::arg("pull_rows") = false,
+           py::arg("prepare_on_pool") = false)
       .def_static(
           "synthetic",
           [](py::object collection, const io::SyntheticGenerator& generator, int64_t batch_size, int64_t start,

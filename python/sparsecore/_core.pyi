@@ -65,6 +65,10 @@ class EmbeddingCollection:
         ...
     def forward(self, prepared: PreparedBatch) -> list[numpy.typing.NDArray[numpy.float32]]:
         ...
+    def forward_into(self, prepared: PreparedBatch, outputs: collections.abc.Sequence[numpy.ndarray]) -> None:
+        """
+        Pools each group into outputs[g], a float32 (B, dim) array whose rows may be strided (e.g. a column block of the dense model's input matrix): no output array is allocated.
+        """
     def lookup(self, table: typing.SupportsInt | typing.SupportsIndex, ids: numpy.ndarray, insert: bool = False) -> numpy.typing.NDArray[numpy.float32]:
         ...
     def memory_bytes(self) -> int:
@@ -380,7 +384,7 @@ class StepPipeline:
         """
         A pipeline over sample files (sparsecore._core.io formats), reading and preparing without the GIL.
         """
-    def __init__(self, collection: typing.Any, produce: typing.Any, groups: collections.abc.Sequence[str] = [], prefetch: typing.SupportsInt | typing.SupportsIndex = 2, max_steps: typing.SupportsInt | typing.SupportsIndex = -1, pull_rows: bool = False) -> None:
+    def __init__(self, collection: typing.Any, produce: typing.Any, groups: collections.abc.Sequence[str] = [], prefetch: typing.SupportsInt | typing.SupportsIndex = 2, max_steps: typing.SupportsInt | typing.SupportsIndex = -1, pull_rows: bool = False, prepare_on_pool: bool = False) -> None:
         ...
     def close(self) -> None:
         """

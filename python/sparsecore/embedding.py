@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Optional, Union
 
 import numpy as np
@@ -515,6 +515,27 @@ class EmbeddingCollection:
         order ([B, dim], or [B, L_max, dim] zero-padded for pooling "none"): :meth:`forward`
         without the per-group dict, for the torch bridge and pipelines that pull rows ahead."""
         return self._composed(self._c.forward(prepared._core), prepared.expansion)
+
+    def pool_into(self, prepared: PreparedBatch, outputs: Sequence[np.ndarray]) -> None:
+        """Pools each group of ``prepared`` into ``outputs[g]``, a writeable float32 [B, dim]
+        array whose rows may be strided: a column block ``m[:, c0:c1]`` of one matrix, so the
+        groups land side by side in the dense model's input with no per-group array and no
+        concatenation. Sum and mean pooling only (a sequence group raises ValueError)."""
+        if prepared.expansion is None and hasattr(self._c, "forward_into"):
+            self._c.forward_into(prepared._core, list(outputs))
+            return
+        for name, out, rows in zip(prepared.names, outputs, self.pooled_rows(prepared)):  # composed in Python
+            if rows.ndim != 2:
+                raise ValueError(f"pool_into: group '{name}' uses pooling 'none' (padded sequences); use forward()")
+            out[...] = rows
+
+    def backward_rows(self, prepared: PreparedBatch, grads: Sequence[np.ndarray]) -> int:
+        """:meth:`backward` with each group's gradient a float32 [B, dim] array in ``prepared``'s
+        group order whose rows may be strided (a column block of the dense model's input
+        gradient), read in place. Returns the new step."""
+        if prepared.expansion is None and hasattr(self._c, "forward_into"):
+            return self._c.backward(prepared._core, list(grads))
+        return self.backward(prepared, dict(zip(prepared.names, grads)))
 
     def forward(self, batch: Union[Mapping[str, GroupInput], PreparedBatch], *, train: bool = True,
                 include_last_offset: Optional[bool] = None) -> dict[str, Any]:

@@ -69,29 +69,64 @@ def _segment_sum(rows: np.ndarray, group: np.ndarray, num_groups: int) -> np.nda
     return out
 
 
+class _ConcatLayout:
+    """Where each group of a prepared batch goes in the dense model's input [B, width]: group g
+    in columns [starts[g], starts[g] + dims[g]), dense features (if any) after the last group.
+    A shared group (sample compression: one bag per page view) is pooled per view and
+    expanded to samples by ``index`` (int64[B], the view of each sample)."""
+
+    def __init__(self, collection: Any, prepared: PreparedBatch, index: np.ndarray, shared: tuple[bool, ...],
+                 num_samples: int, dense_width: int):
+        self.collection, self.prepared, self.index, self.shared = collection, prepared, index, shared
+        configs = collection.tables
+        self.dims = [configs[n].dim for n in prepared.names]
+        self.starts = np.concatenate([[0], np.cumsum(self.dims)]).astype(np.int64).tolist()
+        self.views = [len(o) - 1 for o in prepared.offsets]  # bags per group
+        self.num_samples = num_samples
+        self.width = self.starts[-1] + dense_width
+
+    def fill(self, x: np.ndarray, pulled: Optional[list[np.ndarray]], dense: Optional[np.ndarray]) -> None:
+        """Writes the pooled rows (read now, or ``pulled`` ahead) and ``dense`` into ``x``."""
+        blocks = [x[:, c:c + d] for c, d in zip(self.starts, self.dims)]
+        targets = [np.empty((v, d), np.float32) if s else b
+                   for b, v, d, s in zip(blocks, self.views, self.dims, self.shared)]
+        if pulled is not None:
+            for t, rows in zip(targets, pulled):
+                t[...] = rows
+        else:
+            self.collection.pool_into(self.prepared, targets)
+        for b, t, s in zip(blocks, targets, self.shared):
+            if s:
+                np.take(t, self.index, axis=0, out=b)
+        if dense is not None:
+            x[:, self.starts[-1]:] = dense
+
+    def backward(self, grad: np.ndarray) -> None:
+        """Pushes each group's columns of ``grad`` [B, width] into the fused optimizer, read in
+        place (shared groups summed back per page view first)."""
+        grads = [_segment_sum(grad[:, c:c + d], self.index, v) if s else grad[:, c:c + d]
+                 for c, d, v, s in zip(self.starts, self.dims, self.views, self.shared)]
+        self.collection.backward_rows(self.prepared, grads)
+
+
 class _ConcatFusedSparseUpdate(torch.autograd.Function):
-    """The pooled rows of every group side by side, [B, sum of dims], shared groups expanded
-    by ``sample_group``. Built with NumPy copies (one pass, no thread hand-offs); backward
-    slices the gradient per group, sums shared groups back per page view, and pushes it into
-    the collection's fused optimizer."""
+    """The dense model's input [B, width]: every group's pooled rows written straight into its
+    column block of one new tensor (no per-group array, no concatenation), dense features after
+    them. Backward hands each group's column block of the input gradient to the collection's
+    fused optimizer in place (shared groups summed back per page view)."""
 
     @staticmethod
-    def forward(ctx, anchor, collection, prepared, index, shared, *outputs):  # type: ignore[override]
-        ctx.collection, ctx.prepared, ctx.index, ctx.shared = collection, prepared, index, shared
-        ctx.shapes = [o.shape for o in outputs]
-        parts = [np.take(o, index, axis=0) if s else o for o, s in zip(outputs, shared)]
-        return torch.from_numpy(np.concatenate(parts, axis=1))
+    def forward(ctx, anchor, layout, pulled, dense):  # type: ignore[override]
+        ctx.layout = layout
+        x = torch.empty(layout.num_samples, layout.width, dtype=torch.float32)
+        layout.fill(x.numpy(), pulled, dense)
+        return x
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
-        g = grad.detach().to(torch.float32).numpy()
-        arrays, col = {}, 0
-        for name, shape, s in zip(ctx.prepared.names, ctx.shapes, ctx.shared):
-            part = g[:, col:col + shape[1]]
-            col += shape[1]
-            arrays[name] = _segment_sum(part, ctx.index, shape[0]) if s else np.ascontiguousarray(part)
-        ctx.collection.backward(ctx.prepared, arrays)
-        return (None,) * (5 + len(ctx.shapes))
+        g = grad.detach().to(torch.float32)
+        ctx.layout.backward(g.contiguous().numpy())
+        return None, None, None, None
 
 
 class EmbeddingBagCollection(nn.Module):
@@ -161,28 +196,42 @@ class EmbeddingBagCollection(nn.Module):
         return result
 
     def forward_concat(self, batch: Any, *, prepared: Optional[PreparedBatch] = None,
-                       pulled: Optional[list[np.ndarray]] = None) -> torch.Tensor:
-        """The pooled rows of every group concatenated in table order: Tensor[B, sum of dims],
-        the input of an MLP. Same semantics as :meth:`forward` (sample compression included)
-        without a per-group tensor and a ``torch.cat``; sequence groups are not allowed."""
+                       pulled: Optional[list[np.ndarray]] = None, dense: Any = None) -> torch.Tensor:
+        """The pooled rows of every group side by side in the batch's group order:
+        Tensor[B, sum of dims] (then ``dense`` [B, k] float32 features, if given), the input of
+        an MLP. Same semantics as :meth:`forward` (sample compression included), but the
+        collection pools each group straight into its column block of the one returned tensor:
+        no per-group tensor, no ``torch.cat``. In training, backward reads each group's
+        gradient in place from the columns of the input gradient. Sequence groups are not
+        allowed."""
         sample_group = getattr(batch, "sample_group", None)
         shared_names = set(getattr(batch, "shared", ()))
         if prepared is None:
             prepared = self.prepare(batch)
-        sequence = [n for n in prepared.names if self.collection.tables[n].pooling == "none"]
+        configs = self.collection.tables
+        sequence = [n for n in prepared.names if configs[n].pooling == "none"]
         if sequence:
             raise ValueError(f"forward_concat: groups {sequence} use pooling 'none' (sequences); use forward()")
-        outs = pulled if pulled is not None else self.collection.pooled_rows(prepared)
         if sample_group is not None and shared_names:
             index = np.ascontiguousarray(sample_group, dtype=np.int64)
         else:
             index, shared_names = np.zeros(0, np.int64), set()
         shared = tuple(n in shared_names for n in prepared.names)
+        num_samples = len(index) if shared_names else (len(prepared.offsets[0]) - 1 if prepared.offsets else 0)
+        dense_np = None
+        if dense is not None:
+            dense_np = dense.detach().numpy() if isinstance(dense, torch.Tensor) else np.asarray(dense)
+            if dense_np.ndim != 2 or dense_np.shape[0] != num_samples:
+                raise ValueError(f"forward_concat: dense features must have shape ({num_samples}, k), "
+                                 f"got {tuple(dense_np.shape)}")
+        layout = _ConcatLayout(self.collection, prepared, index, shared, num_samples,
+                               0 if dense_np is None else dense_np.shape[1])
         if self.training and torch.is_grad_enabled():
             anchor = torch.empty(0, requires_grad=True)
-            return _ConcatFusedSparseUpdate.apply(anchor, self.collection, prepared, index, shared, *outs)
-        parts = [np.take(o, index, axis=0) if s else o for o, s in zip(outs, shared)]
-        return torch.from_numpy(np.concatenate(parts, axis=1))
+            return _ConcatFusedSparseUpdate.apply(anchor, layout, pulled, dense_np)
+        x = torch.empty(num_samples, layout.width, dtype=torch.float32)
+        layout.fill(x.numpy(), pulled, dense_np)
+        return x
 
     def extra_repr(self) -> str:
         return repr(self.collection)

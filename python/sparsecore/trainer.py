@@ -282,8 +282,8 @@ class Trainer:
         if self.model_input == "dict":
             out = self.model(self.embedding(batch, prepared=prepared, pulled=pulled), dense)
         else:
-            x = self.embedding.forward_concat(batch, prepared=prepared, pulled=pulled)
-            out = self.model(x if dense is None else torch.cat([x, dense], dim=1))
+            # The pooled rows (and dense features) are written straight into the model's input.
+            out = self.model(self.embedding.forward_concat(batch, prepared=prepared, pulled=pulled, dense=dense))
         return out.reshape(-1)
 
     def fit(self, steps: Optional[int] = None, *, every: int = 0,

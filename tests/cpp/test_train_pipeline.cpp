@@ -121,18 +121,20 @@ struct TrainingRun {
 };
 
 // Trains `steps` batches through the pipeline.
-TrainingRun train_pipelined(int64_t steps, int prefetch, bool pull_rows = false) {
+TrainingRun train_pipelined(int64_t steps, int prefetch, bool pull_rows = false, bool prepare_on_pool = false) {
   EmbeddingCollection collection(tables(), 11);
   auto source = std::make_shared<SyntheticSource>(generator(), kBatch);
   StepPipelineOptions options;
   options.prefetch = prefetch;
   options.max_steps = steps;
   options.pull_rows = pull_rows;
+  options.prepare_on_pool = prepare_on_pool;
   StepPipeline pipeline(&collection, source, options);
   LinearDense dense;
   TrainingRun run;
   std::vector<std::vector<float>> grads;
   while (std::optional<PipelineStep> step = pipeline.next()) {
+    EXPECT_TRUE(step->prepared->occurrences_built);  // the producer planned the backward
     const std::vector<std::vector<float>> pooled = pipeline.forward(*step);
     run.losses.push_back(dense.step(pooled, step->batch.samples->labels.data(), step->batch.num_samples(), grads));
     std::vector<const float*> ptrs;
@@ -243,6 +245,17 @@ TEST(StepPipeline, SameRowsAsTheSequentialStepForOneAndTwoThreads) {
   EXPECT_EQ(one.losses, two.losses);
   EXPECT_EQ(one.rows, sequential.rows);
   EXPECT_EQ(one.losses, sequential.losses);
+}
+
+TEST(StepPipeline, ProducerOnItsOwnThreadOrOnThePoolTrainsTheSameRows) {
+  ScopedThreads threads(2);
+  const TrainingRun own = train_pipelined(15, 2, false, /*prepare_on_pool=*/false);
+  const TrainingRun pool = train_pipelined(15, 2, false, /*prepare_on_pool=*/true);
+  const TrainingRun sequential = train_sequential(15);
+  EXPECT_EQ(own.rows, pool.rows);
+  EXPECT_EQ(own.losses, pool.losses);
+  EXPECT_EQ(own.rows, sequential.rows);
+  EXPECT_EQ(own.dense, sequential.dense);
 }
 
 TEST(StepPipeline, PulledRowsAreTheRowsAtPrepareTime) {

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <mutex>
 #include <set>
 
@@ -232,14 +233,35 @@ std::shared_ptr<PreparedBatch> EmbeddingCollection::plan(const std::vector<Group
   return batch;
 }
 
-void EmbeddingCollection::forward(const PreparedBatch& batch, const std::vector<float*>& outputs) const {
+void EmbeddingCollection::forward(const PreparedBatch& batch, const std::vector<float*>& outputs,
+                                  const std::vector<int64_t>& row_strides) const {
   std::shared_lock swap_lock(swap_mutex_);
-  pool(batch, outputs);
+  pool(batch, outputs, row_strides);
 }
 
-void EmbeddingCollection::pool(const PreparedBatch& batch, const std::vector<float*>& outputs) const {
+std::vector<int64_t> EmbeddingCollection::resolved_strides(const PreparedBatch& batch,
+                                                           const std::vector<int64_t>& row_strides,
+                                                           const char* call) const {
+  SC_CHECK_ARG(row_strides.empty() || row_strides.size() == batch.groups.size(), call, ": ", row_strides.size(),
+               " row strides for ", batch.groups.size(), " groups");
+  std::vector<int64_t> out(batch.groups.size());
+  for (size_t gi = 0; gi < batch.groups.size(); ++gi) {
+    const PreparedGroup& g = batch.groups[gi];
+    const int64_t s = row_strides.empty() ? 0 : row_strides[gi];
+    SC_CHECK_ARG(s == 0 || s >= g.dim, call, ": the row stride of group '", table_name(g.table), "' is ", s,
+                 "; it must be 0 (the group's width) or at least its dim ", g.dim);
+    SC_CHECK_ARG(s == 0 || s == g.dim || g.pooling != Pooling::kNone, call, ": group '", table_name(g.table),
+                 "' uses pooling 'none' (padded sequences), whose rows cannot be strided");
+    out[gi] = s == 0 ? g.dim : s;
+  }
+  return out;
+}
+
+void EmbeddingCollection::pool(const PreparedBatch& batch, const std::vector<float*>& outputs,
+                               const std::vector<int64_t>& row_strides) const {
   SC_CHECK_ARG(outputs.size() == batch.groups.size(), "forward: ", outputs.size(), " output buffers for ",
                batch.groups.size(), " groups");
+  const std::vector<int64_t> strides = resolved_strides(batch, row_strides, "forward");
   struct Task {
     int group;
     int64_t begin, end;
@@ -257,13 +279,26 @@ void EmbeddingCollection::pool(const PreparedBatch& batch, const std::vector<flo
   std::vector<RowStorage> storage;
   std::vector<PodVector<std::byte*>> refreshed;
   store_->rows_for_pooling(batch, rows, storage, refreshed);
+  // Tasks go a group at a time, so a group's rows stay in cache across its bags. A strided
+  // output (a column block of one wide matrix) is pooled into a small contiguous tile first and
+  // then copied into place: pooling straight into it would read-for-ownership a cache line of
+  // the matrix at every bag, once per group.
   parallel_for(static_cast<int64_t>(tasks.size()), 1, [&](int64_t t0, int64_t t1) {
-    PodVector<float> tmp;
+    PodVector<float> tmp, tile;
     for (int64_t t = t0; t < t1; ++t) {
       const int gi = tasks[t].group;
       const PreparedGroup& g = batch.groups[gi];
+      const int64_t b0 = tasks[t].begin, bags = tasks[t].end - b0;
       tmp.resize(g.dim);
-      kernels::pool_bags(g, storage[gi], rows[gi], tasks[t].begin, tasks[t].end, outputs[gi], tmp.data());
+      if (strides[gi] == g.dim) {
+        const int64_t row = g.pooling == Pooling::kNone ? g.max_len * g.dim : g.dim;
+        kernels::pool_bags(g, storage[gi], rows[gi], b0, tasks[t].end, outputs[gi] + b0 * row, g.dim, tmp.data());
+        continue;
+      }
+      tile.resize(static_cast<size_t>(bags) * g.dim);
+      kernels::pool_bags(g, storage[gi], rows[gi], b0, tasks[t].end, tile.data(), g.dim, tmp.data());
+      for (int64_t b = 0; b < bags; ++b)
+        std::memcpy(outputs[gi] + (b0 + b) * strides[gi], tile.data() + b * g.dim, g.dim * sizeof(float));
     }
   });
 }
@@ -372,7 +407,8 @@ void EmbeddingCollection::evaluate(const std::vector<GroupInput>& raw_inputs,
   });
 }
 
-int64_t EmbeddingCollection::backward(const PreparedBatch& batch, const std::vector<const float*>& grads) {
+int64_t EmbeddingCollection::backward(const PreparedBatch& batch, const std::vector<const float*>& grads,
+                                      const std::vector<int64_t>& row_strides) {
   std::shared_lock swap_lock(swap_mutex_);
   SC_CHECK_ARG(batch.train, "backward needs a batch prepared with train=true (this one was prepared for evaluation)");
   SC_CHECK_ARG(grads.size() == batch.groups.size(), "backward: ", grads.size(), " gradients for ", batch.groups.size(),
@@ -384,10 +420,26 @@ int64_t EmbeddingCollection::backward(const PreparedBatch& batch, const std::vec
                  "backward: the prepared batch does not belong to this collection");
     SC_CHECK_ARG(grads[gi] != nullptr || g.output_size() == 0, "backward: gradient ", gi, " is null");
   }
+  const std::vector<int64_t> strides = resolved_strides(batch, row_strides, "backward");
+  // A strided gradient (a column block of the dense model's input gradient) is gathered into a
+  // contiguous buffer per group first, a pass over its rows in order: the update reads a
+  // group's gradient rows in the order of its ids' occurrences, which on the wide matrix would
+  // miss on a cache line at almost every occurrence.
+  std::vector<PodVector<float>> gathered(num_groups);
+  std::vector<const float*> contiguous(grads);
   // Validate every gradient before any row changes.
   std::vector<char> finite(num_groups, 1);
   parallel_for(num_groups, 1, [&](int64_t g0, int64_t g1) {
-    for (int64_t gi = g0; gi < g1; ++gi) finite[gi] = kernels::all_finite(grads[gi], batch.groups[gi].output_size());
+    for (int64_t gi = g0; gi < g1; ++gi) {
+      const PreparedGroup& g = batch.groups[gi];
+      if (strides[gi] != g.dim) {
+        gathered[gi].resize(static_cast<size_t>(g.batch_size) * g.dim);
+        for (int64_t b = 0; b < g.batch_size; ++b)
+          std::memcpy(gathered[gi].data() + b * g.dim, grads[gi] + b * strides[gi], g.dim * sizeof(float));
+        contiguous[gi] = gathered[gi].data();
+      }
+      finite[gi] = kernels::all_finite(contiguous[gi], g.output_size());
+    }
   });
   for (int gi = 0; gi < num_groups; ++gi)
     SC_CHECK_ARG(finite[gi], "gradient of group '", table_name(batch.groups[gi].table),
@@ -400,19 +452,21 @@ int64_t EmbeddingCollection::backward(const PreparedBatch& batch, const std::vec
     bag_gradient_scales(g.pooling, g.offsets.data(), g.batch_size, g.weights.empty() ? nullptr : g.weights.data(),
                         bag_scale[gi].data());
   }
-  {
-    std::lock_guard<std::mutex> lock(batch.occurrences_mutex);
-    if (!batch.occurrences_built) {
-      parallel_for(num_groups, 1, [&](int64_t g0, int64_t g1) {
-        for (int64_t gi = g0; gi < g1; ++gi) build_occurrences(batch.groups[gi]);
-      });
-      batch.occurrences_built = true;
-    }
-  }
-  const int64_t step = store_->apply_gradients(batch, grads, bag_scale, step_);
+  plan_backward(batch);
+  const int64_t step = store_->apply_gradients(batch, contiguous, bag_scale, step_);
   swap_lock.unlock();
   prune_if_due(step);
   return step;
+}
+
+void EmbeddingCollection::plan_backward(const PreparedBatch& batch) const {
+  if (!batch.train) return;
+  std::lock_guard<std::mutex> lock(batch.occurrences_mutex);
+  if (batch.occurrences_built) return;
+  parallel_for(static_cast<int64_t>(batch.groups.size()), 1, [&](int64_t g0, int64_t g1) {
+    for (int64_t gi = g0; gi < g1; ++gi) build_occurrences(batch.groups[gi]);
+  });
+  batch.occurrences_built = true;
 }
 
 void bag_gradient_scales(Pooling pooling, const int64_t* offsets, int64_t batch_size, const float* weights,

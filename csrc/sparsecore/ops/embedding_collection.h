@@ -174,7 +174,12 @@ class EmbeddingCollection {
 
   // outputs[g] (host float32): (batch_size, dim), or (batch_size, max_len, dim) zero-padded
   // for pooling "none". Sizes are PreparedGroup::output_size().
-  void forward(const PreparedBatch& batch, const std::vector<float*>& outputs) const;
+  // row_strides (empty, or one per group): bag b of group g is written at outputs[g] + b *
+  // row_strides[g] floats; 0 means the group's own width. A stride other than 0 must be >= dim
+  // and is refused for pooling "none", so the groups of a batch can be written straight into
+  // the column blocks of one (batch_size, sum of dims) matrix, the dense model's input.
+  void forward(const PreparedBatch& batch, const std::vector<float*>& outputs,
+               const std::vector<int64_t>& row_strides = {}) const;
 
   // Evaluation forward straight from the ids, the fast path for inference: validates every
   // group, then pools each bag by finding its ids one by one (no dedup, nothing kept for a
@@ -190,7 +195,13 @@ class EmbeddingCollection {
   // update once per unique row. When an update leaves a row non-finite (a finite but huge
   // gradient overflowed its weights or state), every row of the call is put back as it was
   // and InvalidArgument names the tables. Returns the new step.
-  int64_t backward(const PreparedBatch& batch, const std::vector<const float*>& grads);
+  // row_strides: as for forward (the gradient of a column block of one matrix).
+  int64_t backward(const PreparedBatch& batch, const std::vector<const float*>& grads,
+                   const std::vector<int64_t>& row_strides = {});
+  // Builds what backward needs beyond forward (each group's occurrence lists), once per batch;
+  // backward does it when no one did. A pipeline calls it ahead, on its own thread, to take
+  // that work off the training step. No-op for a batch prepared with train=false.
+  void plan_backward(const PreparedBatch& batch) const;
   // The update of rows whose gradients were already summed (a parameter server's push):
   // ids (n) distinct, grads (n, dim) host, row i's summed gradient. Unknown ids are inserted;
   // the table's rule is applied once per row with no further summing. The same checks and
@@ -260,7 +271,12 @@ class EmbeddingCollection {
   void require_local(const char* call) const;
   // prepare() without the swap lock (the caller holds it).
   std::shared_ptr<PreparedBatch> plan(const std::vector<GroupInput>& inputs, bool train, bool sight = true) const;
-  void pool(const PreparedBatch& batch, const std::vector<float*>& outputs) const;
+  void pool(const PreparedBatch& batch, const std::vector<float*>& outputs,
+            const std::vector<int64_t>& row_strides = {}) const;
+  // Each group's row stride (floats) from forward/backward's row_strides; InvalidArgument when
+  // one is not allowed (see forward).
+  std::vector<int64_t> resolved_strides(const PreparedBatch& batch, const std::vector<int64_t>& row_strides,
+                                        const char* call) const;
   // Prunes the tables with prune_every dividing `step` (the caller holds no swap lock).
   void prune_if_due(int64_t step);
   // prune() of one table; the caller holds the swap lock exclusively.

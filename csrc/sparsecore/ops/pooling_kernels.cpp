@@ -47,7 +47,8 @@ constexpr int64_t kPoolAhead = 32;
 
 template <int kDim, bool kHalf>
 __attribute__((always_inline)) inline void pool_range(const PreparedGroup& g, const std::byte* const* rows, int64_t b0,
-                                                      int64_t b1, float* __restrict__ out, float* __restrict__ tmp) {
+                                                      int64_t b1, float* __restrict__ out, int64_t stride,
+                                                      float* __restrict__ tmp) {
   const int dim = kDim > 0 ? kDim : g.dim;
   const float* weights = g.weights.empty() ? nullptr : g.weights.data();
   const int32_t* inv = g.inverse.data();
@@ -59,7 +60,7 @@ __attribute__((always_inline)) inline void pool_range(const PreparedGroup& g, co
   // A fixed width keeps the bag's sum in vector registers.
   float acc_fixed[kDim > 0 ? kDim : 1];
   for (int64_t b = b0; b < b1; ++b) {
-    float* acc = kDim > 0 ? acc_fixed : out + b * dim;
+    float* acc = kDim > 0 ? acc_fixed : out + (b - b0) * stride;
     for (int d = 0; d < dim; ++d) acc[d] = 0.0f;
     float weight_sum = 0.0f;
     for (int64_t p = off[b], end = off[b + 1]; p < end; ++p) {
@@ -75,7 +76,7 @@ __attribute__((always_inline)) inline void pool_range(const PreparedGroup& g, co
       const float denom = weights ? weight_sum : static_cast<float>(off[b + 1] - off[b]);
       scale = denom != 0.0f ? 1.0f / denom : 0.0f;
     }
-    float* o = out + b * dim;
+    float* o = out + (b - b0) * stride;
     for (int d = 0; d < dim; ++d) o[d] = acc[d] * scale;
   }
 }
@@ -210,13 +211,14 @@ __attribute__((always_inline)) inline void pool_bags_from_ids_as(const Ids& look
 
 template <bool kHalf>
 __attribute__((always_inline)) inline void pool_bags_as(const PreparedGroup& g, const std::byte* const* rows,
-                                                        int64_t bag_begin, int64_t bag_end, float* out, float* tmp) {
+                                                        int64_t bag_begin, int64_t bag_end, float* out, int64_t stride,
+                                                        float* tmp) {
   const int dim = g.dim;
   if (g.pooling == Pooling::kNone) {
     const int64_t out_row_bytes = static_cast<int64_t>(dim) * sizeof(float);
     for (int64_t b = bag_begin; b < bag_end; ++b) {
       const int64_t start = g.offsets[b], len = g.offsets[b + 1] - start;
-      float* o = out + b * g.max_len * dim;
+      float* o = out + (b - bag_begin) * g.max_len * dim;
       for (int64_t j = 0; j < len; ++j) {
         const std::byte* row = rows[g.inverse[start + j]];
         float w = g.weights.empty() ? 1.0f : g.weights[start + j];
@@ -235,25 +237,25 @@ __attribute__((always_inline)) inline void pool_bags_as(const PreparedGroup& g, 
   // Fixed-size copies of the common widths let the compiler keep a bag's sum in registers.
   switch (dim) {
     case 4:
-      pool_range<4, kHalf>(g, rows, bag_begin, bag_end, out, tmp);
+      pool_range<4, kHalf>(g, rows, bag_begin, bag_end, out, stride, tmp);
       break;
     case 8:
-      pool_range<8, kHalf>(g, rows, bag_begin, bag_end, out, tmp);
+      pool_range<8, kHalf>(g, rows, bag_begin, bag_end, out, stride, tmp);
       break;
     case 16:
-      pool_range<16, kHalf>(g, rows, bag_begin, bag_end, out, tmp);
+      pool_range<16, kHalf>(g, rows, bag_begin, bag_end, out, stride, tmp);
       break;
     case 32:
-      pool_range<32, kHalf>(g, rows, bag_begin, bag_end, out, tmp);
+      pool_range<32, kHalf>(g, rows, bag_begin, bag_end, out, stride, tmp);
       break;
     case 64:
-      pool_range<64, kHalf>(g, rows, bag_begin, bag_end, out, tmp);
+      pool_range<64, kHalf>(g, rows, bag_begin, bag_end, out, stride, tmp);
       break;
     case 128:
-      pool_range<128, kHalf>(g, rows, bag_begin, bag_end, out, tmp);
+      pool_range<128, kHalf>(g, rows, bag_begin, bag_end, out, stride, tmp);
       break;
     default:
-      pool_range<0, kHalf>(g, rows, bag_begin, bag_end, out, tmp);
+      pool_range<0, kHalf>(g, rows, bag_begin, bag_end, out, stride, tmp);
       break;
   }
 }
@@ -285,11 +287,11 @@ void pool_bags_from_dense_ids(const DenseRows& dense, int dim, Pooling pooling, 
 
 SC_DISPATCH
 void pool_bags(const PreparedGroup& g, RowStorage storage, const std::byte* const* rows, int64_t bag_begin,
-               int64_t bag_end, float* out, float* tmp) {
+               int64_t bag_end, float* out, int64_t out_stride, float* tmp) {
   if (storage == RowStorage::kFloat16)
-    pool_bags_as<true>(g, rows, bag_begin, bag_end, out, tmp);
+    pool_bags_as<true>(g, rows, bag_begin, bag_end, out, out_stride, tmp);
   else
-    pool_bags_as<false>(g, rows, bag_begin, bag_end, out, tmp);
+    pool_bags_as<false>(g, rows, bag_begin, bag_end, out, out_stride, tmp);
 }
 
 SC_DISPATCH

@@ -8,10 +8,12 @@
 
 namespace sparsecore::kernels {
 
-// Pools bags [bag_begin, bag_end) of `g` into `out` (host; (B, dim) or (B, max_len, dim)),
+// Pools bags [bag_begin, bag_end) of `g` into `out` (host; bag b's row at out + (b - bag_begin) *
+// out_stride floats, out_stride >= g.dim; pooling "none": (max_len, dim) blocks one after
+// another from bag bag_begin's, out_stride ignored),
 // accumulating in fp32 whatever the table's `storage`. tmp: scratch of g.dim floats.
 void pool_bags(const PreparedGroup& g, RowStorage storage, const std::byte* const* rows, int64_t bag_begin,
-               int64_t bag_end, float* out, float* tmp);
+               int64_t bag_end, float* out, int64_t out_stride, float* tmp);
 
 // Evaluation pooling straight from the ids, without dedup: finds every id of bags
 // [bag_begin, bag_end) of `in` in `table` (unknown ids read `default_row`, the table's

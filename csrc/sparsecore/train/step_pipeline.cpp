@@ -1,6 +1,7 @@
 #include "sparsecore/train/step_pipeline.h"
 
 #include "sparsecore/core/error.h"
+#include "sparsecore/core/thread_pool.h"
 
 namespace sparsecore::train {
 
@@ -50,7 +51,15 @@ void StepPipeline::produce() {
       step.index = produced;
       step.source_state = source_->state();
       if (collection_ != nullptr) {
+        bool starved;
+        {
+          std::lock_guard<std::mutex> lock(mutex_);
+          starved = consumer_waiting_;
+        }
+        std::optional<InlineParallelScope> own_thread;
+        if (!options_.prepare_on_pool && !starved) own_thread.emplace();
         step.prepared = collection_->prepare(inputs_of(*batch), /*train=*/true);
+        collection_->plan_backward(*step.prepared);
         if (options_.pull_rows) {
           std::vector<float*> outs;
           for (const PreparedGroup& g : step.prepared->groups) {
@@ -78,7 +87,9 @@ void StepPipeline::produce() {
 
 std::optional<PipelineStep> StepPipeline::next() {
   std::unique_lock<std::mutex> lock(mutex_);
+  consumer_waiting_ = true;
   not_empty_.wait(lock, [this] { return stop_ || finished_ || !queue_.empty(); });
+  consumer_waiting_ = false;
   if (!queue_.empty()) {
     PipelineStep step = std::move(queue_.front());
     queue_.pop_front();
@@ -92,7 +103,10 @@ std::optional<PipelineStep> StepPipeline::next() {
 
 bool StepPipeline::wait_ready(std::chrono::milliseconds timeout) {
   std::unique_lock<std::mutex> lock(mutex_);
-  return not_empty_.wait_for(lock, timeout, [this] { return stop_ || finished_ || !queue_.empty(); });
+  consumer_waiting_ = true;
+  const bool ready = not_empty_.wait_for(lock, timeout, [this] { return stop_ || finished_ || !queue_.empty(); });
+  consumer_waiting_ = false;
+  return ready;
 }
 
 void StepPipeline::check_collection(const char* what) const {

@@ -8,7 +8,17 @@
 //
 // Row values are read when the consumer calls forward(), after the previous step's
 // backward, so prefetching does not make training stale; pull_rows = true pools each step's
-// rows on the producer instead (one step stale, more overlap). Steps are prepared in source
+// rows on the producer instead (one step stale, more overlap). The producer also builds what
+// the step's backward needs (EmbeddingCollection::plan_backward), off the consumer's path.
+//
+// Threads: the consumer's forward and backward run on the compute pool, and the dense step
+// between them on the framework's own threads, one after the other, each with every core.
+// With prepare_on_pool = false (the default) the producer prepares on its own thread only
+// (InlineParallelScope), so while it works on step k+1 the process runs at most one thread
+// more than there are cores, and the consumer's forward and backward never wait for a
+// parallel region of the producer's; only while the consumer is waiting for a step (the
+// producer is behind) does the producer take the pool. The prepared steps are the same
+// either way (every op is deterministic for any thread count). Steps are prepared in source
 // order on one thread and every op is deterministic for any thread count, so a run is
 // reproducible and gives the same rows as any other driver of the same calls in the same order.
 //
@@ -51,6 +61,7 @@ struct StepPipelineOptions {
   int64_t max_steps = -1;           // batches read in all; < 0: until the source ends
   std::vector<std::string> groups;  // the feature spec (see above)
   bool pull_rows = false;           // pool rows on the producer (one step stale)
+  bool prepare_on_pool = false;     // the producer always prepares on the compute pool
 };
 
 class StepPipeline {
@@ -98,6 +109,7 @@ class StepPipeline {
   std::mutex mutex_;
   std::condition_variable not_empty_, not_full_;
   std::deque<PipelineStep> queue_;
+  bool consumer_waiting_ = false;  // next() or wait_ready() is blocked on an empty queue
   bool stop_ = false;
   bool finished_ = false;
   std::exception_ptr error_;
