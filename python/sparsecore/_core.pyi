@@ -24,7 +24,7 @@ import typing
 import typing_extensions
 import types as _types
 io: _types.ModuleType
-__all__: list[str] = ['CorruptDataError', 'DenseGraph', 'DeviceEmbeddingCollection', 'DevicePackedWeights', 'DevicePreparedBatch', 'EmbeddingCollection', 'PredictClient', 'PredictServer', 'PreparedBatch', 'PsClient', 'PsMetricsServer', 'PsServer', 'RpcAuthError', 'RpcClient', 'RpcConnectionError', 'RpcError', 'RpcProtocolError', 'RpcServer', 'RpcStepAbortedError', 'RpcTimeoutError', 'RpcUnknownMethodError', 'ServedModel', 'StepPipeline', 'Subscriber', 'TABLE_STATS_FIELDS', 'commit_directory', 'committed_directory', 'complete_export_parts', 'compressed_component_keys', 'cpu_features', 'cuda_device_available', 'cuda_empty_memory_cache', 'cuda_emulator_block_seed', 'cuda_emulator_counters', 'cuda_emulator_enqueue_copy', 'cuda_emulator_pending_work', 'cuda_emulator_release_stream', 'cuda_emulator_reset_counters', 'cuda_emulator_side_stream', 'cuda_memory_cache_stats', 'cuda_set_emulator_block_seed', 'cuda_set_memory_cache_limit', 'cuda_unavailable_reason', 'dequantize_rows', 'export_delta', 'export_full', 'fixed_to_float', 'io', 'latest_snapshot', 'num_threads', 'pack_pow2', 'place_by_size', 'pooled_lookup_quantized', 'project_pow2', 'quantize_rows', 'quantized_row_bytes', 'read_export_part', 'remote_collection', 'render_metrics', 'seeded_hash', 'set_deleted_keys_capacity', 'set_num_threads', 'shift_matmul_fixed_kernel', 'shift_matmul_float', 'shift_matmul_int16', 'shift_matmul_int8', 'shift_matmul_kernel', 'unpack_pow2']
+__all__: list[str] = ['CompressedBatch', 'CompressedLayouts', 'CorruptDataError', 'DenseGraph', 'DeviceEmbeddingCollection', 'DevicePackedWeights', 'DevicePreparedBatch', 'EmbeddingCollection', 'PredictClient', 'PredictServer', 'PreparedBatch', 'PsClient', 'PsMetricsServer', 'PsServer', 'RpcAuthError', 'RpcClient', 'RpcConnectionError', 'RpcError', 'RpcProtocolError', 'RpcServer', 'RpcStepAbortedError', 'RpcTimeoutError', 'RpcUnknownMethodError', 'ServedModel', 'StepPipeline', 'Subscriber', 'TABLE_STATS_FIELDS', 'commit_directory', 'committed_directory', 'complete_export_parts', 'compressed_component_keys', 'cpu_features', 'cuda_device_available', 'cuda_empty_memory_cache', 'cuda_emulator_block_seed', 'cuda_emulator_counters', 'cuda_emulator_enqueue_copy', 'cuda_emulator_pending_work', 'cuda_emulator_release_stream', 'cuda_emulator_reset_counters', 'cuda_emulator_side_stream', 'cuda_memory_cache_stats', 'cuda_set_emulator_block_seed', 'cuda_set_memory_cache_limit', 'cuda_unavailable_reason', 'dequantize_rows', 'export_delta', 'export_full', 'fixed_to_float', 'io', 'latest_snapshot', 'num_threads', 'pack_pow2', 'place_by_size', 'pooled_lookup_quantized', 'project_pow2', 'quantize_rows', 'quantized_row_bytes', 'read_export_part', 'remote_collection', 'render_metrics', 'seeded_hash', 'set_deleted_keys_capacity', 'set_num_threads', 'shift_matmul_fixed_kernel', 'shift_matmul_float', 'shift_matmul_int16', 'shift_matmul_int8', 'shift_matmul_kernel', 'unpack_pow2']
 class CorruptDataError(ValueError):
     pass
 class PreparedBatch:
@@ -115,6 +115,42 @@ class EmbeddingCollection:
         ...
     @step.setter
     def step(self, arg1: typing.SupportsInt | typing.SupportsIndex) -> None:
+        ...
+class CompressedLayouts:
+    """
+    How a collection's compressed tables map onto its core tables (ops/compressed_batch.h).
+    """
+    def __init__(self, tables: collections.abc.Sequence[tuple[str, str, typing.SupportsInt | typing.SupportsIndex, collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], collections.abc.Sequence[str], typing.SupportsInt | typing.SupportsIndex, str, typing.SupportsInt | typing.SupportsIndex, typing.SupportsInt | typing.SupportsIndex, str]]) -> None:
+        """
+        tables: (name, spec json, base seed, component core tables, their poolings, exact core table or -1, its pooling, dim, component dim, pooling) per compressed table.
+        """
+class CompressedBatch:
+    """
+    The compressed groups of one batch, planned: core groups, composition, gradients.
+    """
+    def __init__(self, layouts: CompressedLayouts, groups: collections.abc.Sequence[tuple]) -> None:
+        """
+        groups: (compressed table, ids, offsets, weights or None) each.
+        """
+    def compose(self, core_outputs: collections.abc.Sequence[collections.abc.Sequence[numpy.ndarray]]) -> list[numpy.typing.NDArray[numpy.float32]]:
+        """
+        Each group's output from its core groups' outputs.
+        """
+    def core_groups(self, group: typing.SupportsInt | typing.SupportsIndex) -> list:
+        """
+        Group g's core groups: (core table, ids, offsets, weights or None) each, views.
+        """
+    def output_shape(self, group: typing.SupportsInt | typing.SupportsIndex) -> tuple:
+        ...
+    def split(self, grads: collections.abc.Sequence[numpy.ndarray]) -> list[list[numpy.typing.NDArray[numpy.float32]]]:
+        """
+        Each group's core gradients from its gradient.
+        """
+    @property
+    def needs_rows(self) -> bool:
+        ...
+    @property
+    def num_groups(self) -> int:
         ...
 class DevicePreparedBatch:
     def num_unique(self, arg0: typing.SupportsInt | typing.SupportsIndex) -> int:

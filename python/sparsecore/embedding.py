@@ -159,6 +159,9 @@ class EmbeddingCollection:
         """The user-facing tables: compressed tables stand for their component tables."""
         self._user_names, self._user_configs, self._compressed = _compressed.compressed_tables(
             self._names, self._configs, self._c.seed)
+        self._layout_index = {name: i for i, name in enumerate(self._compressed)}
+        self._layouts = _compressed.layouts(self._compressed, self._names, self._configs) if self._compressed \
+            else None
 
     # ----------------------------------------------------------------------------- tables
     @property
@@ -457,6 +460,7 @@ class EmbeddingCollection:
         offsets: list[np.ndarray] = []
         torch_out = False
         expansion = _compressed.Expansion() if self._compressed else None
+        compressed: list[tuple] = []  # (layout, ids, offsets, weights) of the compressed groups
         for name, group in batch.items():
             t = self._table(name) if name not in self._compressed else -1
             ids, offs, weights = _unpack_group(name, group)
@@ -466,48 +470,49 @@ class EmbeddingCollection:
                                    include_last_offset)
             w_np = None if weights is None else as_float32(weights, f"weights of group '{name}'")
             if expansion is not None:
-                first = len(groups)
-                plan = None
+                expansion.plans.append(len(compressed) if t < 0 else None)
                 if t < 0:
-                    parts, plan = _compressed.expand_group(self._compressed[name], ids_np, offs_np, w_np, first)
-                    groups.extend(parts)
-                else:
-                    groups.append((t, ids_np, offs_np, w_np))
-                expansion.spans.append((first, len(groups) - first))
-                expansion.plans.append(plan)
-            else:
-                groups.append((t, ids_np, offs_np, w_np))
+                    compressed.append((self._layout_index[name], ids_np, offs_np, w_np))
+            groups.append((t, ids_np, offs_np, w_np))
             names.append(name)
             offsets.append(offs_np)
-        return groups, names, offsets, torch_out, expansion
+        if expansion is None or not compressed:
+            return groups, names, offsets, torch_out, None
+        # One compiled call plans every compressed group (validated first; nothing changes).
+        expansion.batch = _core.CompressedBatch(self._layouts, compressed)
+        core: list[tuple] = []
+        for group, plan in zip(groups, expansion.plans):
+            first = len(core)
+            if plan is None:
+                core.append(group)
+            else:
+                core.extend(expansion.batch.core_groups(plan))
+            expansion.spans.append((first, len(core) - first))
+        return core, names, offsets, torch_out, expansion
 
     def _composed(self, outs: list[np.ndarray], expansion: Optional[_compressed.Expansion]) -> list[np.ndarray]:
         """The outputs of a batch's groups from the outputs of its core groups."""
         if expansion is None:
             return outs
-        result = []
-        for (first, count), plan in zip(expansion.spans, expansion.plans):
-            result.append(outs[first] if plan is None else _compressed.compose(plan, outs[first:first + count]))
-        return result
+        composed = expansion.batch.compose([outs[first:first + count] for (first, count), plan
+                                            in zip(expansion.spans, expansion.plans) if plan is not None])
+        return [outs[first] if plan is None else composed[plan]
+                for (first, _), plan in zip(expansion.spans, expansion.plans)]
 
     def _component_grads(self, prepared: PreparedBatch, arrays: list[np.ndarray]) -> list[np.ndarray]:
         """The gradients of a batch's core groups from the gradients of its groups."""
         expansion = prepared.expansion
         if expansion is None:
             return arrays
+        if expansion.batch.needs_rows:  # a mul table's gradient needs its component rows
+            self._composed(self._c.forward(prepared._core), expansion)
+        parts = expansion.batch.split([grad for grad, plan in zip(arrays, expansion.plans) if plan is not None])
         out: list[np.ndarray] = []
-        for name, grad, plan in zip(prepared.names, arrays, expansion.plans):
+        for grad, plan in zip(arrays, expansion.plans):
             if plan is None:
                 out.append(grad)
-                continue
-            shape = _compressed.expected_shape(plan)
-            if tuple(grad.shape) != shape:
-                raise ValueError(f"gradient of group '{name}' must have shape {shape}, got {tuple(grad.shape)}")
-            if not np.all(np.isfinite(grad)):
-                raise ValueError(f"gradient of group '{name}' contains NaN or Inf; no row was updated")
-            if plan.rows is None and plan.table.kind.combine_mode == "mul":
-                self._composed(self._c.forward(prepared._core), expansion)  # the rows its gradient needs
-            out.extend(_compressed.component_grads(plan, grad))
+            else:
+                out.extend(parts[plan])
         return out
 
     def pooled_rows(self, prepared: PreparedBatch) -> list[np.ndarray]:
