@@ -10,12 +10,14 @@
 
 #include "array_args.h"
 #include "binding_registry.h"
+#include "prepared_batch.h"
 #include "sparsecore/core/thread_pool.h"
 #include "sparsecore/ops/compressed_batch.h"
 
 namespace py = pybind11;
 using namespace sparsecore;
 using sparsecore::python::checked_array;
+using sparsecore::python::PyPrepared;
 
 namespace {
 
@@ -26,7 +28,61 @@ struct CompressedLayouts {
 struct CompressedBatch {
   std::shared_ptr<const CompressedLayouts> layouts;
   std::vector<CompressedGroupPlan> plans;
+  // Per plan, per core group: its output, then its gradient (reused by backward), so the
+  // compiled forward and backward hand no intermediate array to Python.
+  std::vector<std::vector<PodVector<float>>> scratch;
 };
+
+// Per group of a batch: (first core group, core groups, plan index or -1 for a plain table).
+using GroupSpan = std::tuple<int, int, int>;
+
+// The core group pointers of `b`'s scratch (sized here) and of plain groups' arrays: checks
+// that `spans` covers `batch` and that each plan's core groups are the batch's.
+std::vector<float*> scratch_pointers(CompressedBatch& b, const PreparedBatch& batch,
+                                     const std::vector<GroupSpan>& spans) {
+  std::vector<float*> ptrs(batch.groups.size(), nullptr);
+  b.scratch.resize(b.plans.size());
+  size_t next = 0;
+  for (const auto& [first, count, plan] : spans) {
+    SC_CHECK_ARG(first >= 0 && static_cast<size_t>(first) == next && count >= 1 &&
+                     static_cast<size_t>(first + count) <= batch.groups.size(),
+                 "compressed batch: group spans do not cover the prepared batch");
+    next = static_cast<size_t>(first + count);
+    if (plan < 0) {
+      SC_CHECK_ARG(count == 1, "compressed batch: a plain group has one core group");
+      continue;
+    }
+    SC_CHECK_ARG(static_cast<size_t>(plan) < b.plans.size() && b.plans[plan].num_core_groups() == count,
+                 "compressed batch: group spans do not match its plans");
+    const CompressedGroupPlan& p = b.plans[plan];
+    b.scratch[plan].resize(count);
+    for (int i = 0; i < count; ++i) {
+      SC_CHECK_ARG(batch.groups[first + i].output_size() == p.core_output_size(i), "compressed batch: core group of '",
+                   p.layout->name, "' does not match its plan");
+      b.scratch[plan][i].resize(p.core_output_size(i));
+      ptrs[first + i] = b.scratch[plan][i].data();
+    }
+  }
+  SC_CHECK_ARG(next == batch.groups.size(), "compressed batch: group spans do not cover the prepared batch");
+  return ptrs;
+}
+
+std::vector<const float*> scratch_of(CompressedBatch& b, int plan) {
+  std::vector<const float*> out;
+  for (const auto& v : b.scratch[plan]) out.push_back(v.data());
+  return out;
+}
+
+std::vector<float*> mutable_scratch_of(CompressedBatch& b, int plan) {
+  std::vector<float*> out;
+  for (auto& v : b.scratch[plan]) out.push_back(v.data());
+  return out;
+}
+
+std::vector<py::ssize_t> group_shape(const PreparedGroup& g) {
+  if (g.pooling == Pooling::kNone) return {g.batch_size, g.max_len, g.dim};
+  return {g.batch_size, g.dim};
+}
 
 using LayoutTuple = std::tuple<std::string, std::string, uint64_t, std::vector<int>, std::vector<std::string>, int,
                                std::string, int, int, std::string>;
@@ -192,5 +248,85 @@ SPARSECORE_BINDING(compressed, 31) {
             }
             return outs;
           },
-          py::arg("grads"), "Each group's core gradients from its gradient.");
+          py::arg("grads"), "Each group's core gradients from its gradient.")
+      .def(
+          "forward",
+          [](CompressedBatch& b, const EmbeddingCollection& c, const PyPrepared& p,
+             const std::vector<GroupSpan>& spans) {
+            std::vector<float*> ptrs = scratch_pointers(b, *p.batch, spans);
+            std::vector<py::array_t<float>> outs;
+            std::vector<float*> out_ptrs;
+            for (const auto& [first, count, plan] : spans) {
+              const auto shape = plan < 0 ? group_shape(p.batch->groups[first]) : [&] {
+                const auto s = b.plans[plan].output_shape();
+                return std::vector<py::ssize_t>(s.begin(), s.end());
+              }();
+              outs.emplace_back(shape);
+              out_ptrs.push_back(outs.back().mutable_data());
+              if (plan < 0) ptrs[first] = out_ptrs.back();
+            }
+            py::gil_scoped_release release;
+            c.forward(*p.batch, ptrs);
+            parallel_for(static_cast<int64_t>(spans.size()), 1, [&](int64_t begin, int64_t end) {
+              for (int64_t g = begin; g < end; ++g) {
+                const int plan = std::get<2>(spans[g]);
+                if (plan >= 0) compose_compressed_group(b.plans[plan], scratch_of(b, plan), out_ptrs[g]);
+              }
+            });
+            return outs;
+          },
+          py::arg("collection"), py::arg("prepared"), py::arg("spans"),
+          "The collection's forward of the prepared batch, its compressed groups composed: one output per "
+          "group. spans: (first core group, count, plan or -1) per group.")
+      .def(
+          "backward",
+          [](CompressedBatch& b, EmbeddingCollection& c, const PyPrepared& p, const std::vector<GroupSpan>& spans,
+             const std::vector<py::array>& grads) {
+            SC_CHECK_ARG(grads.size() == spans.size(), "backward: got ", grads.size(), " gradients for ", spans.size(),
+                         " groups");
+            std::vector<float*> ptrs = scratch_pointers(b, *p.batch, spans);
+            std::vector<const float*> ins(spans.size());
+            for (size_t g = 0; g < spans.size(); ++g) {
+              const auto [first, count, plan] = spans[g];
+              if (plan < 0) {
+                const PreparedGroup& pg = p.batch->groups[first];
+                ins[g] = checked_array<float>(grads[g], "gradient of group '" + c.table_name(pg.table) + "'",
+                                              group_shape(pg));
+                continue;
+              }
+              const CompressedGroupPlan& cp = b.plans[plan];
+              const auto shape = cp.output_shape();
+              const py::array& grad = grads[g];
+              bool same = grad.ndim() == static_cast<py::ssize_t>(shape.size());
+              for (size_t d = 0; same && d < shape.size(); ++d) same = grad.shape(d) == shape[d];
+              if (!same) {
+                std::vector<int64_t> got(grad.shape(), grad.shape() + grad.ndim());
+                throw InvalidArgument("gradient of group '" + cp.layout->name + "' must have shape " +
+                                      shape_text(shape) + ", got " + shape_text(got));
+              }
+              ins[g] = checked_array<float>(grad, "gradient of group '" + cp.layout->name + "'",
+                                            std::vector<py::ssize_t>(shape.begin(), shape.end()));
+              SC_CHECK_ARG(!cp.needs_rows(), "compressed table '", cp.layout->name,
+                           "': the batch must be composed (forward) before its gradient is split");
+            }
+            py::gil_scoped_release release;
+            for (size_t g = 0; g < spans.size(); ++g) {
+              const int plan = std::get<2>(spans[g]);
+              SC_CHECK_ARG(plan < 0 || compressed_gradient_is_finite(b.plans[plan], ins[g]), "gradient of group '",
+                           b.plans[plan].layout->name, "' contains NaN or Inf; no row was updated");
+            }
+            parallel_for(static_cast<int64_t>(spans.size()), 1, [&](int64_t begin, int64_t end) {
+              for (int64_t g = begin; g < end; ++g) {
+                const int plan = std::get<2>(spans[g]);
+                if (plan >= 0) split_compressed_gradient(b.plans[plan], ins[g], mutable_scratch_of(b, plan));
+              }
+            });
+            std::vector<const float*> core(ptrs.begin(), ptrs.end());
+            for (size_t g = 0; g < spans.size(); ++g)
+              if (std::get<2>(spans[g]) < 0) core[std::get<0>(spans[g])] = ins[g];
+            return c.backward(*p.batch, core);
+          },
+          py::arg("collection"), py::arg("prepared"), py::arg("spans"), py::arg("grads"),
+          "Splits the groups' gradients and runs the collection's backward of the prepared batch; returns the "
+          "step. Gradients of compressed groups with NaN or Inf raise ValueError and change nothing.");
 }

@@ -167,6 +167,10 @@ class Expansion:
         self.plans: list[Optional[int]] = []  # per group: its index in `batch`, None for a plain table
         self.batch: Any = None  # _core.CompressedBatch of the compressed groups
 
+    def layout(self) -> list[tuple[int, int, int]]:
+        """Per group: (first core group, count, plan index or -1), as the compiled calls take it."""
+        return [(first, count, -1 if plan is None else plan) for (first, count), plan in zip(self.spans, self.plans)]
+
 
 def layouts(compressed: dict[str, CompressedTable], core_names: list[str],
             core_configs: dict[str, TableConfig]) -> Any:

@@ -132,6 +132,10 @@ class CompressedBatch:
         """
         groups: (compressed table, ids, offsets, weights or None) each.
         """
+    def backward(self, collection: EmbeddingCollection, prepared: PreparedBatch, spans: collections.abc.Sequence[tuple[typing.SupportsInt | typing.SupportsIndex, typing.SupportsInt | typing.SupportsIndex, typing.SupportsInt | typing.SupportsIndex]], grads: collections.abc.Sequence[numpy.ndarray]) -> int:
+        """
+        Splits the groups' gradients and runs the collection's backward of the prepared batch; returns the step. Gradients of compressed groups with NaN or Inf raise ValueError and change nothing.
+        """
     def compose(self, core_outputs: collections.abc.Sequence[collections.abc.Sequence[numpy.ndarray]]) -> list[numpy.typing.NDArray[numpy.float32]]:
         """
         Each group's output from its core groups' outputs.
@@ -139,6 +143,10 @@ class CompressedBatch:
     def core_groups(self, group: typing.SupportsInt | typing.SupportsIndex) -> list:
         """
         Group g's core groups: (core table, ids, offsets, weights or None) each, views.
+        """
+    def forward(self, collection: EmbeddingCollection, prepared: PreparedBatch, spans: collections.abc.Sequence[tuple[typing.SupportsInt | typing.SupportsIndex, typing.SupportsInt | typing.SupportsIndex, typing.SupportsInt | typing.SupportsIndex]]) -> list[numpy.typing.NDArray[numpy.float32]]:
+        """
+        The collection's forward of the prepared batch, its compressed groups composed: one output per group. spans: (first core group, count, plan or -1) per group.
         """
     def output_shape(self, group: typing.SupportsInt | typing.SupportsIndex) -> tuple:
         ...

@@ -490,6 +490,17 @@ class EmbeddingCollection:
             expansion.spans.append((first, len(core) - first))
         return core, names, offsets, torch_out, expansion
 
+    def _fuses(self, expansion: Optional[_compressed.Expansion]) -> bool:
+        """Whether the compiled collection runs a batch's forward and backward with its
+        compressed groups composed in the same call (the CPU collection, any store)."""
+        return expansion is not None and isinstance(self._c, _core.EmbeddingCollection)
+
+    def _forward_core(self, core: Any, expansion: Optional[_compressed.Expansion]) -> list[np.ndarray]:
+        """The outputs of a prepared batch's groups (compressed groups composed)."""
+        if self._fuses(expansion):
+            return expansion.batch.forward(self._c, core, expansion.layout())  # type: ignore[union-attr]
+        return self._composed(self._c.forward(core), expansion)
+
     def _composed(self, outs: list[np.ndarray], expansion: Optional[_compressed.Expansion]) -> list[np.ndarray]:
         """The outputs of a batch's groups from the outputs of its core groups."""
         if expansion is None:
@@ -505,7 +516,7 @@ class EmbeddingCollection:
         if expansion is None:
             return arrays
         if expansion.batch.needs_rows:  # a mul table's gradient needs its component rows
-            self._composed(self._c.forward(prepared._core), expansion)
+            self._forward_core(prepared._core, expansion)
         parts = expansion.batch.split([grad for grad, plan in zip(arrays, expansion.plans) if plan is not None])
         out: list[np.ndarray] = []
         for grad, plan in zip(arrays, expansion.plans):
@@ -519,7 +530,7 @@ class EmbeddingCollection:
         """The pooled rows of a prepared batch, one float32 array per group in the batch's
         order ([B, dim], or [B, L_max, dim] zero-padded for pooling "none"): :meth:`forward`
         without the per-group dict, for the torch bridge and pipelines that pull rows ahead."""
-        return self._composed(self._c.forward(prepared._core), prepared.expansion)
+        return self._forward_core(prepared._core, prepared.expansion)
 
     def forward(self, batch: Union[Mapping[str, GroupInput], PreparedBatch], *, train: bool = True,
                 include_last_offset: Optional[bool] = None) -> dict[str, Any]:
@@ -527,11 +538,11 @@ class EmbeddingCollection:
         "none" a tuple (float32[B, L_max, dim] zero-padded, int64 lengths[B])."""
         if isinstance(batch, PreparedBatch):
             names, offsets, torch_out = batch.names, batch.offsets, batch.torch
-            outs = self._composed(self._c.forward(batch._core), batch.expansion)
+            outs = self._forward_core(batch._core, batch.expansion)
         elif train:
             prepared = self.prepare(batch, train=True, include_last_offset=include_last_offset)
             names, offsets, torch_out = prepared.names, prepared.offsets, prepared.torch
-            outs = self._composed(self._c.forward(prepared._core), prepared.expansion)
+            outs = self._forward_core(prepared._core, prepared.expansion)
         else:
             # Evaluation pools straight from the ids: no dedup, nothing kept for a backward.
             groups, names, offsets, torch_out, expansion = self._plan_groups(batch, include_last_offset)
@@ -566,6 +577,11 @@ class EmbeddingCollection:
             groups, names, offsets, torch_out, expansion = self._plan_groups(batch, include_last_offset)
             prepared = PreparedBatch(self._c.prepare(groups, True, False), names, offsets, torch_out, True, expansion)
         arrays = [as_float32(g, f"gradient of group '{n}'") for n, g in zip(prepared.names, _grads_in_order(prepared, grads))]
+        expansion = prepared.expansion
+        if self._fuses(expansion):
+            if expansion.batch.needs_rows:  # type: ignore[union-attr]  # a mul table's gradient needs its rows
+                self._forward_core(prepared._core, expansion)
+            return expansion.batch.backward(self._c, prepared._core, expansion.layout(), arrays)  # type: ignore
         return self._c.backward(prepared._core, self._component_grads(prepared, arrays))
 
     # ----------------------------------------------------------------------------- checkpoints
