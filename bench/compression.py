@@ -79,9 +79,13 @@ def compression_for(kind: str, vocab: int, fraction: int) -> Any:
 
 def table_config(args: argparse.Namespace, kind: str, compression: Any, vocab: int, fraction: Optional[int]) -> Any:
     expiry = None
+    admission = None
     if kind.startswith("mixed") and fraction is not None:
         expiry = sc.Expiry(capacity=exact_rows(vocab, fraction), policy="lfu")
-    return sc.TableConfig(dim=args.dim, optimizer=sc.Adagrad(lr=args.lr), compression=compression, expiry=expiry)
+        if args.exact_admission:  # only ids sighted that often compete for the exact rows
+            admission = sc.Admission(count_threshold=args.exact_admission)
+    return sc.TableConfig(dim=args.dim, optimizer=sc.Adagrad(lr=args.lr), compression=compression, expiry=expiry,
+                          admission=admission)
 
 
 def stream(name: str, args: argparse.Namespace) -> SyntheticConfig:
@@ -115,6 +119,8 @@ def run(args: argparse.Namespace, data: str, kind: str, fraction: Optional[int])
             rows += exact_rows(cfg.vocab_size, fraction)  # the exact rows' capacity
     if kind.startswith("mixed") and EXACT_SHARE[0] != 0.5:
         kind = f"{kind}{EXACT_SHARE[0]:g}"
+    if kind.startswith("mixed") and args.exact_admission:
+        kind = f"{kind} admit>={args.exact_admission}"
     if args.lr != 0.05:
         kind = f"{kind} lr={args.lr:g}"
     result = {"data": data, "kind": "full" if compression is None else kind, "fraction": fraction,
@@ -133,7 +139,7 @@ def throughput(args: argparse.Namespace, data: str) -> list[dict[str, Any]]:
     ``--repeats`` rounds of the same batches, after a warm-up pass that inserts every id."""
     cfg = stream(data, args)
     batches = list(SyntheticData(cfg, num_samples=args.timing_batches * args.batch))
-    configs = [("full", None)] + [(k, 16) for k in KINDS]
+    configs = [("full", None)] + [(k, 16) for k in args.kinds.split(",")]
     collections = {}
     for kind, fraction in configs:
         compression = None if fraction is None else compression_for(kind, cfg.vocab_size, fraction)
@@ -257,6 +263,9 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=0.05, help="Adagrad learning rate of every table")
     p.add_argument("--fractions", default=",".join(map(str, FRACTIONS)))
     p.add_argument("--exact-share", type=float, default=0.5, help="mixed: share of the rows that are exact")
+    p.add_argument("--exact-admission", type=int, default=0,
+                   help="mixed: ids must be sighted this many times (in as many batches) before they may take an "
+                        "exact row (0: every id competes for the LFU capacity)")
     p.add_argument("--timing", action="store_true", help="measure the sparse step time only (interleaved)")
     p.add_argument("--timing-batches", type=int, default=5)
     p.add_argument("--repeats", type=int, default=7)
