@@ -228,7 +228,8 @@ def plot(path: str, runs: list[dict[str, Any]]) -> None:
 
     runs = [r for r in runs if "auc" in r]
     datasets = sorted({r["data"] for r in runs})
-    fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4.5), squeeze=False)
+    plt.rcParams["axes.prop_cycle"] = plt.cycler(color=plt.get_cmap("tab20").colors)
+    fig, axes = plt.subplots(1, len(datasets), figsize=(7 * len(datasets), 5.5), squeeze=False)
     for ax, data in zip(axes[0], datasets):
         mine = [r for r in runs if r["data"] == data]
         full = next(r for r in mine if r["kind"].startswith("full"))
@@ -236,13 +237,14 @@ def plot(path: str, runs: list[dict[str, Any]]) -> None:
         ax.axhline(full["planted_auc"], color="gray", lw=1, ls=":", label="planted optimum")
         for kind in dict.fromkeys(r["kind"] for r in mine if r["kind"] != "full"):
             points = sorted((r["memory"], r["auc"]) for r in mine if r["kind"] == kind)
-            if points:
-                ax.plot(*zip(*points), marker="o", label=kind)
+            if points:  # a kind run at one memory only (a variant tried at 1/16) is a lone cross
+                ax.plot(*zip(*points), marker="o" if len(points) > 1 else "X", ls="-" if len(points) > 1 else "none",
+                        label=kind)
         ax.set_xscale("log")
         ax.set_xlabel("memory (rows / vocabulary rows)")
         ax.set_ylabel("held-out AUC")
         ax.set_title(data)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
