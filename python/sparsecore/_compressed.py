@@ -4,13 +4,13 @@ A compressed table is held by the compiled collection as its component tables, o
 ``num_embeddings`` tables (and, for a mixed table, a hash table of exact rows). This module
 names and configures them, recovers the compressed tables from a collection's core tables,
 and builds the compiled layouts that plan its batches (csrc/sparsecore/ops/compressed_batch.h):
-a group of a compressed table has its ids deduplicated once and mapped to component keys
-(one core group per component, one bag per distinct id), each distinct id's row is composed
-from its component rows (sum, concat or element-wise product, plus its exact row) and the
-bags pooled from those rows; the backward sums the pooled gradient per distinct id and maps
-it onto each component (the same rows, the matching slice, or times the product of the other
-components' rows), so each component row gets one summed gradient per step. All of it runs in
-C++, one call per batch; the plan belongs to its prepared batch (no "last forward" state).
+one core group per component (and one for a mixed table's exact rows). For mul the group's ids
+are deduplicated once and each distinct id's row is the product of its component rows, pooled
+into the bags; its gradient is summed per distinct id and times the product of the other
+components' rows. For sum and concat every position maps to its keys and each component pools
+the bags itself; the pooled outputs are added or concatenated and the gradient (or its slice)
+goes to each component. Each component row gets one summed gradient per step. All of it runs
+in C++, one call per batch; the plan belongs to its prepared batch (no "last forward" state).
 """
 
 from __future__ import annotations

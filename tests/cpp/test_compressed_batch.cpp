@@ -84,7 +84,8 @@ TEST(CompressedBatch, MulComposesPerIdThenPoolsAndSplitsByTheOtherRows) {
     }
 }
 
-TEST(CompressedBatch, ConcatWithExactRowsAndMeanPooling) {
+TEST(CompressedBatch, ConcatMapsEveryPositionWithTheMeanWeights) {
+  // A linear combine pools each component over the table's bags: no per-id pass.
   CompressedLayout l =
       layout_of(R"({"kind": "multihash", "k": 2, "rows": 8, "combine": "concat"})", 4, Pooling::kMean, /*exact=*/true);
   const std::vector<int64_t> ids = {3, -7, 3}, offsets = {0, 3};
@@ -94,25 +95,25 @@ TEST(CompressedBatch, ConcatWithExactRowsAndMeanPooling) {
   std::vector<GroupInput> core;
   append_core_inputs(p, core);
   ASSERT_EQ(core.size(), 3u);
-  EXPECT_EQ(core[2].table, 2);
-  EXPECT_EQ(core[2].num_ids, 2);
-  const auto outs = core_outputs(p, core);
+  for (int c = 0; c < 2; ++c) {
+    EXPECT_EQ(core[c].num_ids, 3);
+    EXPECT_EQ(core[c].batch_size, 1);
+    ASSERT_NE(core[c].weights, nullptr);
+    for (int i = 0; i < 3; ++i) EXPECT_FLOAT_EQ(core[c].weights[i], weights[i] / 4.0f);  // mean: over the weight sum
+  }
+  EXPECT_EQ(core[2].table, 2);  // the exact rows pool the table's own bags (mean, raw weights)
+  EXPECT_EQ(core[2].ids, p.ids.data());
+  EXPECT_EQ(core[2].weights[1], 2.0f);
+  const std::vector<float> o0 = {1, 2}, o1 = {3, 4}, exact = {10, 20, 30, 40};
   std::vector<float> out(4);
-  compose_compressed_group(p, {outs[0].data(), outs[1].data(), outs[2].data()}, out.data());
-  auto row = [&](int u, int d) {
-    const float half = outs[d / 2][u * 2 + d % 2];
-    return half + outs[2][u * 4 + d];
-  };
-  for (int d = 0; d < 4; ++d) EXPECT_NEAR(out[d], (2.0f * row(0, d) + 2.0f * row(1, d)) / 4.0f, 1e-6);
+  compose_compressed_group(p, {o0.data(), o1.data(), exact.data()}, out.data());
+  EXPECT_EQ(out, (std::vector<float>{11, 22, 33, 44}));
   const std::vector<float> grad = {1, -1, 0.5f, 2};
-  std::vector<float> g0(2 * 2), g1(2 * 2), ge(2 * 4);
+  std::vector<float> g0(2), g1(2), ge(4);
   split_compressed_gradient(p, grad.data(), {g0.data(), g1.data(), ge.data()});
-  for (int u = 0; u < 2; ++u)
-    for (int d = 0; d < 4; ++d) {
-      const float g = grad[d] * 2.0f / 4.0f;  // both ids weigh 2 of 4 in the bag
-      EXPECT_NEAR(ge[u * 4 + d], g, 1e-6);
-      EXPECT_NEAR((d < 2 ? g0 : g1)[u * 2 + d % 2], g, 1e-6);
-    }
+  EXPECT_EQ(g0, (std::vector<float>{1, -1}));
+  EXPECT_EQ(g1, (std::vector<float>{0.5f, 2}));
+  EXPECT_EQ(ge, grad);
 }
 
 TEST(CompressedBatch, NonFiniteGradientAndBadOffsetsAreRefused) {
@@ -126,7 +127,7 @@ TEST(CompressedBatch, NonFiniteGradientAndBadOffsetsAreRefused) {
   std::vector<GroupInput> core;
   append_core_inputs(p, core);
   ASSERT_EQ(core.size(), 1u);
-  EXPECT_EQ(core[0].num_ids, 4);  // k keys per distinct id, signed
+  EXPECT_EQ(core[0].num_ids, 4);  // k keys per position, signed
   ASSERT_NE(core[0].weights, nullptr);
   const std::vector<float> grad = {1.0f, NAN, 0.0f};
   std::vector<float> g0(2 * 3);

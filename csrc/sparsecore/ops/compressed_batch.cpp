@@ -45,6 +45,14 @@ int64_t CompressedGroupPlan::core_output_size(int i) const {
 }
 
 std::vector<int64_t> CompressedGroupPlan::core_output_shape(int i) const {
+  if (per_position) {
+    const bool none = i < num_components(*this) ? layout->component_pooling[i] == Pooling::kNone
+                                                : layout->exact_pooling == Pooling::kNone;
+    const int64_t m = i < num_components(*this) ? layout->spec.keys_per_id() : 1;
+    const int64_t d = i < num_components(*this) ? layout->component_dim : layout->dim;
+    if (none) return {bags.batch_size, bags.max_len * m, d};
+    return {bags.batch_size, d};
+  }
   const int64_t u = bags.num_unique();
   if (i < num_components(*this)) {
     if (layout->component_pooling[i] == Pooling::kNone) return {u, component_slots(*this, i), layout->component_dim};
@@ -74,16 +82,43 @@ CompressedGroupPlan plan_compressed_group(const CompressedLayout& layout, const 
   if (in.weights) g.weights.assign(in.weights, in.weights + in.num_ids);
   g.max_len = 0;
   for (int64_t b = 0; b < in.batch_size; ++b) g.max_len = std::max(g.max_len, in.offsets[b + 1] - in.offsets[b]);
+  const CompressionSpec& spec = layout.spec;
+  const int64_t m = spec.keys_per_id();
+  const bool signed_keys = spec.kind == CompressionKind::kRandomCoding && spec.is_signed;
+  // A "none" component of a mul table (a checkpoint of an older layout) keeps per-id rows.
+  p.per_position = spec.combine != CompressionCombine::kMul &&
+                   (layout.pooling == Pooling::kNone) == (layout.component_pooling[0] == Pooling::kNone);
+  if (p.per_position) {
+    const int64_t n = in.num_ids;
+    p.ids.assign(in.ids, in.ids + n);
+    p.keys.resize(spec.num_components());
+    if (signed_keys) p.signs.resize(n * m);
+    for (int c = 0; c < spec.num_components(); ++c) {
+      p.keys[c].resize(n * m);
+      compressed_component_keys(spec, c, layout.base_seed, in.ids, n, p.keys[c].data(),
+                                signed_keys ? p.signs.data() : nullptr);
+    }
+    // Each key's weight: the position's weight (over the bag's weight sum for mean) times its sign.
+    if (in.weights || layout.pooling == Pooling::kMean) {
+      std::vector<float> bag_scale(in.batch_size);
+      bag_gradient_scales(layout.pooling, in.offsets, in.batch_size, in.weights, bag_scale.data());
+      if (!signed_keys) p.signs.assign(n * m, 1.0f);
+      for (int64_t b = 0; b < in.batch_size; ++b)
+        for (int64_t i = in.offsets[b]; i < in.offsets[b + 1]; ++i) {
+          const float w = (in.weights ? in.weights[i] : 1.0f) * bag_scale[b];
+          for (int64_t j = 0; j < m; ++j) p.signs[i * m + j] *= w;
+        }
+    }
+    p.key_offsets.resize(in.batch_size + 1);
+    for (int64_t b = 0; b <= in.batch_size; ++b) p.key_offsets[b] = in.offsets[b] * m;
+    return p;
+  }
   g.unique_keys.resize(in.num_ids);
   g.inverse.resize(in.num_ids);
   ShardedDedup dedup;
   const int64_t u = dedup.run(in.ids, in.num_ids, 1, g.unique_keys.data(), g.inverse.data());
   g.unique_keys.resize(u);
   g.shard_starts = {0, u};
-
-  const CompressionSpec& spec = layout.spec;
-  const int64_t m = spec.keys_per_id();
-  const bool signed_keys = spec.kind == CompressionKind::kRandomCoding && spec.is_signed;
   if (signed_keys) p.signs.resize(u * m);
   p.keys.resize(spec.num_components());
   for (int c = 0; c < spec.num_components(); ++c) {
@@ -101,7 +136,7 @@ CompressedGroupPlan plan_compressed_group(const CompressedLayout& layout, const 
 }
 
 void append_core_inputs(const CompressedGroupPlan& p, std::vector<GroupInput>& out) {
-  const int64_t u = p.bags.num_unique();
+  const int64_t u = p.per_position ? p.bags.batch_size : p.bags.num_unique();
   for (int c = 0; c < num_components(p); ++c) {
     GroupInput in;
     in.table = p.layout->components[c];
@@ -112,7 +147,16 @@ void append_core_inputs(const CompressedGroupPlan& p, std::vector<GroupInput>& o
     in.weights = p.signs.empty() ? nullptr : p.signs.data();
     out.push_back(in);
   }
-  if (p.layout->exact >= 0) {
+  if (p.layout->exact >= 0 && p.per_position) {
+    GroupInput in;
+    in.table = p.layout->exact;
+    in.ids = p.ids.data();
+    in.num_ids = p.bags.num_ids;
+    in.offsets = p.bags.offsets.data();
+    in.batch_size = p.bags.batch_size;
+    in.weights = p.bags.weights.empty() ? nullptr : p.bags.weights.data();
+    out.push_back(in);
+  } else if (p.layout->exact >= 0) {
     GroupInput in;
     in.table = p.layout->exact;
     in.ids = p.bags.unique_keys.data();
@@ -123,11 +167,68 @@ void append_core_inputs(const CompressedGroupPlan& p, std::vector<GroupInput>& o
   }
 }
 
+namespace {
+
+// compose and split of a per-position plan: output row r (a bag, or a bag's place for "none")
+// is the sum or concatenation of each component's row r (for "none", of its keys_per_id
+// rows r * m .. r * m + m - 1), plus the exact group's row r.
+void compose_positions(const CompressedGroupPlan& p, const std::vector<const float*>& core_outputs, float* out) {
+  const CompressedLayout& layout = *p.layout;
+  const int dim = layout.dim, dc = layout.component_dim, count = num_components(p);
+  const bool none = layout.pooling == Pooling::kNone, concat = layout.spec.combine == CompressionCombine::kConcat;
+  const int64_t m = none ? layout.spec.keys_per_id() : 1;
+  const int64_t rows = none ? p.bags.batch_size * p.bags.max_len : p.bags.batch_size;
+  parallel_for(rows, kRowsPerTask, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      float* dst = out + r * dim;
+      for (int c = 0; c < count; ++c) {
+        const float* src = core_outputs[c] + r * m * dc;
+        float* at = concat ? dst + c * dc : dst;
+        for (int64_t j = 0; j < m; ++j) {
+          if (j == 0 && (concat || c == 0))
+            std::copy(src, src + dc, at);
+          else
+            for (int d = 0; d < dc; ++d) at[d] += src[j * dc + d];
+        }
+      }
+      if (layout.exact >= 0) {
+        const float* exact = core_outputs[count] + r * dim;
+        for (int d = 0; d < dim; ++d) dst[d] += exact[d];
+      }
+    }
+  });
+}
+
+void split_positions(const CompressedGroupPlan& p, const float* grad, const std::vector<float*>& core_grads) {
+  const CompressedLayout& layout = *p.layout;
+  const int dim = layout.dim, dc = layout.component_dim, count = num_components(p);
+  const bool none = layout.pooling == Pooling::kNone, concat = layout.spec.combine == CompressionCombine::kConcat;
+  const int64_t m = none ? layout.spec.keys_per_id() : 1;
+  const int64_t rows = none ? p.bags.batch_size * p.bags.max_len : p.bags.batch_size;
+  parallel_for(rows, kRowsPerTask, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const float* src = grad + r * dim;
+      for (int c = 0; c < count; ++c) {
+        const float* part = concat ? src + c * dc : src;
+        for (int64_t j = 0; j < m; ++j) std::copy(part, part + dc, core_grads[c] + (r * m + j) * dc);
+      }
+      if (layout.exact >= 0) std::copy(src, src + dim, core_grads[count] + r * dim);
+    }
+  });
+}
+
+}  // namespace
+
 void compose_compressed_group(CompressedGroupPlan& p, const std::vector<const float*>& core_outputs, float* out) {
   const CompressedLayout& layout = *p.layout;
   PreparedGroup& g = p.bags;
   SC_CHECK_ARG(static_cast<int>(core_outputs.size()) == p.num_core_groups(), "compressed table '", layout.name,
                "': ", p.num_core_groups(), " core outputs expected, got ", core_outputs.size());
+  if (p.per_position) {
+    compose_positions(p, core_outputs, out);
+    p.is_composed = true;
+    return;
+  }
   const int64_t u_count = g.num_unique();
   const int dim = layout.dim, dc = layout.component_dim, count = num_components(p);
   const CompressionCombine combine = layout.spec.combine;
@@ -189,6 +290,10 @@ void split_compressed_gradient(const CompressedGroupPlan& p, const float* grad, 
                "' contains NaN or Inf; no row was updated");
   SC_CHECK_ARG(!p.needs_rows(), "compressed table '", layout.name,
                "': the batch must be composed (forward) before its gradient is split");
+  if (p.per_position) {
+    split_positions(p, grad, core_grads);
+    return;
+  }
   const int64_t u_count = g.num_unique();
   if (static_cast<int64_t>(g.occurrence_offsets.size()) != u_count + 1) build_occurrences(g);
   std::vector<float> bag_scale(g.batch_size);

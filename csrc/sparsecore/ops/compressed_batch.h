@@ -14,9 +14,13 @@
 //                           segment sum, in position order), then mapped onto each component:
 //                           the same rows (sum), the matching slice (concat), or times the
 //                           product of the other components' rows (mul)
-// Composing per distinct id is what the math needs for mul (a product is not linear) and lets
-// every mode share one plan; each component row then gets one summed gradient per step from
-// the fused update, whatever store holds it.
+// Composing per distinct id is what the math needs for mul (a product is not linear). The
+// linear combines (sum, concat) take a shorter plan (CompressedGroupPlan::per_position): every
+// position maps to its keys, each component pools the table's bags itself (weights times
+// signs, mean as weights over the bag's weight sum), compose adds or concatenates the pooled
+// outputs and split hands each component the gradient or its slice; a mixed table's exact
+// group is the table's own bags. Either way each component row gets one summed gradient per
+// step from the fused update, whatever store holds it.
 //
 // Thread-safety: a plan belongs to one batch; compose writes its rows (kept for a mul
 // backward), so compose and split of one plan must not run concurrently. Each call uses the
@@ -59,12 +63,18 @@ struct CompressedGroupPlan {
   // `composed` once composed.
   PreparedGroup bags;
   std::vector<PodVector<int64_t>> keys;  // per component: (num_unique * keys_per_id)
-  PodVector<float> signs;                // (num_unique * keys_per_id) signed random coding, else empty
-  PodVector<int64_t> key_offsets;        // (num_unique + 1): u * keys_per_id
+  PodVector<float> signs;                // (units * keys_per_id) key weights (signs; per_position: weights), or empty
+  PodVector<int64_t> key_offsets;        // (units + 1): u * keys_per_id; units: distinct ids, or bags
   PodVector<int64_t> unit_offsets;       // (num_unique + 1): u (the exact group's bags of one)
   PodVector<float> composed;             // (num_unique, dim), by compose
   std::vector<PodVector<float>> rows;    // mul: each component's row per distinct id, by compose
   bool is_composed = false;
+  // sum / concat: every position maps to its keys instead (the composition is linear, so each
+  // component pools the table's bags itself, with the table's weights times the signs; mean
+  // becomes weights / the bag's weight sum). No per-id pass; bags.unique_keys stays empty and
+  // `ids` keeps the group's ids for the exact group.
+  bool per_position = false;
+  PodVector<int64_t> ids;  // per_position: (num_ids)
 
   int num_core_groups() const { return static_cast<int>(keys.size()) + (layout->exact >= 0 ? 1 : 0); }
   // Floats of core group i's output (= of its gradient).
