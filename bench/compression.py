@@ -9,8 +9,10 @@ configuration with the same batches, seeds and threads, then evaluated on held-o
          frequent, as in click logs).
 Configurations: full rows (a row per id) and every compression kind at 1/4, 1/16 and 1/64 of
 the vocabulary's rows (multihash: k=2 sum; qr: quotient-remainder, mul; binary: binary-code
-hash, sum; random: signed random coding, k=2). Memory is rows x dim (every kind's rows have the
-table's dim except concat, not run here), as a fraction of the vocabulary's rows.
+hash, sum; random: signed random coding, k=2; concat: k=2 hashes side by side, each half the
+dim; mixed / mixed-concat: exact rows for the most frequent ids on ``--exact-share`` of the
+memory, the random-coding / concat tail on the rest). Memory is rows x dim in rows of the
+table's dim (a concat row counts half), as a fraction of the vocabulary's rows.
 
 Reported: held-out AUC (and the planted optimum), the gap to full rows, and the training
 throughput (median samples/s over the log intervals, evaluation excluded) as a ratio to full
