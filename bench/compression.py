@@ -9,8 +9,10 @@ configuration with the same batches, seeds and threads, then evaluated on held-o
          frequent, as in click logs).
 Configurations: full rows (a row per id) and every compression kind at 1/4, 1/16 and 1/64 of
 the vocabulary's rows (multihash: k=2 sum; qr: quotient-remainder, mul; binary: binary-code
-hash, sum; random: signed random coding, k=2). Memory is rows x dim (every kind's rows have the
-table's dim except concat, not run here), as a fraction of the vocabulary's rows.
+hash, sum; random: signed random coding, k=2; concat: k=2 hashes side by side, each half the
+dim; mixed / mixed-concat: exact rows for the most frequent ids on ``--exact-share`` of the
+memory, the random-coding / concat tail on the rest). Memory is rows x dim in rows of the
+table's dim (a concat row counts half), as a fraction of the vocabulary's rows.
 
 Reported: held-out AUC (and the planted optimum), the gap to full rows, and the training
 throughput (median samples/s over the log intervals, evaluation excluded) as a ratio to full
@@ -39,7 +41,9 @@ from sparsecore.data import SyntheticConfig, SyntheticData  # noqa: E402
 from sparsecore.torch import mlp  # noqa: E402
 
 FRACTIONS = (4, 16, 64)
-KINDS = ("multihash", "qr", "binary", "random", "mixed")
+# concat: two hashes side by side (each half the dim, so twice the rows for the same memory);
+# mixed-concat: exact rows for the head with that tail.
+KINDS = ("multihash", "qr", "binary", "random", "mixed", "concat", "mixed-concat")
 
 
 EXACT_SHARE = [0.5]  # of a mixed table's rows: exact rows for the frequent ids (--exact-share)
@@ -60,6 +64,10 @@ def compression_for(kind: str, vocab: int, fraction: int) -> Any:
         return sc.RandomCoding(buckets=budget, k=2)
     if kind == "mixed":  # exact rows for the most frequent ids (table_config adds them), the rest coded
         return sc.RandomCoding(buckets=budget - exact_rows(vocab, fraction), k=2)
+    if kind == "concat":  # rows of half the dim: two tables of `budget` rows fill the budget
+        return sc.MultiHash(k=2, rows=budget, combine="concat")
+    if kind == "mixed-concat":
+        return sc.MultiHash(k=2, rows=budget - exact_rows(vocab, fraction), combine="concat")
     # Binary code: the widest blocks whose tables fit the budget, enough bits for the vocabulary.
     need = max(1, math.ceil(math.log2(vocab)))
     best = None
@@ -73,9 +81,13 @@ def compression_for(kind: str, vocab: int, fraction: int) -> Any:
 
 def table_config(args: argparse.Namespace, kind: str, compression: Any, vocab: int, fraction: Optional[int]) -> Any:
     expiry = None
-    if kind == "mixed" and fraction is not None:
+    admission = None
+    if kind.startswith("mixed") and fraction is not None:
         expiry = sc.Expiry(capacity=exact_rows(vocab, fraction), policy="lfu")
-    return sc.TableConfig(dim=args.dim, optimizer=sc.Adagrad(lr=0.05), compression=compression, expiry=expiry)
+        if args.exact_admission:  # only ids sighted that often compete for the exact rows
+            admission = sc.Admission(count_threshold=args.exact_admission)
+    return sc.TableConfig(dim=args.dim, optimizer=sc.Adagrad(lr=args.lr), compression=compression, expiry=expiry,
+                          admission=admission)
 
 
 def stream(name: str, args: argparse.Namespace) -> SyntheticConfig:
@@ -103,15 +115,20 @@ def run(args: argparse.Namespace, data: str, kind: str, fraction: Optional[int])
     if compression is None:
         rows = max(collection.sizes().values())
     else:
-        rows = next(iter(collection.compression_info().values()))["rows"]
-        if kind == "mixed":
+        info = next(iter(collection.compression_info().values()))
+        rows = info["rows"] * info["component_dim"] / args.dim  # in rows of the table's dim
+        if kind.startswith("mixed"):
             rows += exact_rows(cfg.vocab_size, fraction)  # the exact rows' capacity
-    if kind == "mixed" and EXACT_SHARE[0] != 0.5:
-        kind = f"mixed{EXACT_SHARE[0]:g}"
+    if kind.startswith("mixed") and EXACT_SHARE[0] != 0.5:
+        kind = f"{kind}{EXACT_SHARE[0]:g}"
+    if kind.startswith("mixed") and args.exact_admission:
+        kind = f"{kind} admit>={args.exact_admission}"
+    if args.lr != 0.05:
+        kind = f"{kind} lr={args.lr:g}"
     result = {"data": data, "kind": "full" if compression is None else kind, "fraction": fraction,
-              "spec": "" if compression is None else compression.spec(), "rows": int(rows),
+              "spec": "" if compression is None else compression.spec(), "rows": round(rows),
               "memory": rows / cfg.vocab_size, "auc": held["auc"], "planted_auc": held["planted_auc"],
-              "samples_per_s": statistics.median(rates) if rates else args.steps * args.batch / seconds,
+              "lr": args.lr, "samples_per_s": statistics.median(rates) if rates else args.steps * args.batch / seconds,
               "seconds": seconds}
     print(json.dumps(result), flush=True)
     return result
@@ -124,7 +141,7 @@ def throughput(args: argparse.Namespace, data: str) -> list[dict[str, Any]]:
     ``--repeats`` rounds of the same batches, after a warm-up pass that inserts every id."""
     cfg = stream(data, args)
     batches = list(SyntheticData(cfg, num_samples=args.timing_batches * args.batch))
-    configs = [("full", None)] + [(k, 16) for k in KINDS]
+    configs = [("full", None)] + [(k, 16) for k in args.kinds.split(",")]
     collections = {}
     for kind, fraction in configs:
         compression = None if fraction is None else compression_for(kind, cfg.vocab_size, fraction)
@@ -174,19 +191,19 @@ def throughput(args: argparse.Namespace, data: str) -> list[dict[str, Any]]:
 
 def markdown(args: argparse.Namespace, runs: list[dict[str, Any]], load: Optional[tuple[str, str]]) -> str:
     measured = f"Load average before / after: {load[0]} / {load[1]} (2 cores, shared). " if load else ""
-    lines = [f"{measured}{args.steps} steps of {args.batch} samples, dim {args.dim}, Adagrad(0.05) + Adam(1e-3), "
+    lines = [f"{measured}{args.steps} steps of {args.batch} samples, dim {args.dim}, Adagrad({args.lr:g}) + Adam(1e-3), "
              f"{args.threads} threads; AUC on {args.eval_samples:,} held-out samples.", ""]
     for data in ("w2", "zipf"):
         mine = [r for r in runs if r["data"] == data and "auc" in r]
         if not mine:
             continue
-        full = next(r for r in mine if r["kind"] == "full")
+        full = next(r for r in mine if r["kind"].startswith("full"))
         lines += [f"### {data} (planted optimum AUC {full['planted_auc']:.4f}, full rows: {full['rows']:,} rows "
                   f"per table)", "",
                   "| table | memory (rows) | AUC | AUC - full | samples/s (median) | throughput vs full |",
                   "| --- | --- | --- | --- | --- | --- |"]
         for r in mine:
-            label = "full rows" if r["kind"] == "full" else f"{r['kind']} 1/{r['fraction']} (`{r['spec']}`)"
+            label = "full rows" if r["kind"].startswith("full") else f"{r['kind']} 1/{r['fraction']} (`{r['spec']}`)"
             if r["kind"].startswith("mixed"):
                 label += " + exact rows for the most frequent ids (LFU capacity)"
             lines.append(f"| {label} | {r['memory']:.4f} ({r['rows']:,}) | {r['auc']:.4f} | "
@@ -213,21 +230,23 @@ def plot(path: str, runs: list[dict[str, Any]]) -> None:
 
     runs = [r for r in runs if "auc" in r]
     datasets = sorted({r["data"] for r in runs})
-    fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4.5), squeeze=False)
+    plt.rcParams["axes.prop_cycle"] = plt.cycler(color=plt.get_cmap("tab20").colors)
+    fig, axes = plt.subplots(1, len(datasets), figsize=(7 * len(datasets), 5.5), squeeze=False)
     for ax, data in zip(axes[0], datasets):
         mine = [r for r in runs if r["data"] == data]
-        full = next(r for r in mine if r["kind"] == "full")
+        full = next(r for r in mine if r["kind"].startswith("full"))
         ax.axhline(full["auc"], color="black", lw=1, label=f"full rows ({full['auc']:.4f})")
         ax.axhline(full["planted_auc"], color="gray", lw=1, ls=":", label="planted optimum")
         for kind in dict.fromkeys(r["kind"] for r in mine if r["kind"] != "full"):
             points = sorted((r["memory"], r["auc"]) for r in mine if r["kind"] == kind)
-            if points:
-                ax.plot(*zip(*points), marker="o", label=kind)
+            if points:  # a kind run at one memory only (a variant tried at 1/16) is a lone cross
+                ax.plot(*zip(*points), marker="o" if len(points) > 1 else "X", ls="-" if len(points) > 1 else "none",
+                        label=kind)
         ax.set_xscale("log")
         ax.set_xlabel("memory (rows / vocabulary rows)")
         ax.set_ylabel("held-out AUC")
         ax.set_title(data)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -244,9 +263,13 @@ def main() -> None:
     p.add_argument("--eval-samples", type=int, default=50_000)
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--kinds", default=",".join(KINDS))
+    p.add_argument("--kinds", default=",".join(KINDS), help=f"of {', '.join(KINDS)}")
+    p.add_argument("--lr", type=float, default=0.05, help="Adagrad learning rate of every table")
     p.add_argument("--fractions", default=",".join(map(str, FRACTIONS)))
     p.add_argument("--exact-share", type=float, default=0.5, help="mixed: share of the rows that are exact")
+    p.add_argument("--exact-admission", type=int, default=0,
+                   help="mixed: ids must be sighted this many times (in as many batches) before they may take an "
+                        "exact row (0: every id competes for the LFU capacity)")
     p.add_argument("--timing", action="store_true", help="measure the sparse step time only (interleaved)")
     p.add_argument("--timing-batches", type=int, default=5)
     p.add_argument("--repeats", type=int, default=7)

@@ -369,13 +369,14 @@ def test_backward_without_forward_of_a_mul_table_computes_its_rows():
     np.testing.assert_array_equal(a.evaluate(batch)["t"], b.evaluate(batch)["t"])
 
 
-def test_mixed_table_adds_an_exact_row_for_admitted_ids():
-    kind, opt = sc.MultiHash(k=2, rows=16), sc.SGD(lr=0.5)
-    mixed = sc.EmbeddingCollection({"t": sc.TableConfig(dim=3, compression=kind, optimizer=opt,
+@pytest.mark.parametrize("combine", ["sum", "concat", "mul"])
+def test_mixed_table_adds_an_exact_row_for_admitted_ids(combine):
+    kind, opt = sc.MultiHash(k=2, rows=16, combine=combine), sc.SGD(lr=0.5)
+    mixed = sc.EmbeddingCollection({"t": sc.TableConfig(dim=4, compression=kind, optimizer=opt,
                                                         admission=sc.Admission(count_threshold=2))}, seed=1)
-    plain = sc.EmbeddingCollection({"t": sc.TableConfig(dim=3, compression=kind, optimizer=opt)}, seed=1)
+    plain = sc.EmbeddingCollection({"t": sc.TableConfig(dim=4, compression=kind, optimizer=opt)}, seed=1)
     exact = next(n for n in mixed.sizes() if n.endswith("#exact"))
-    grad = {"t": np.array([[1.0, -2.0, 0.5]], np.float32)}
+    grad = {"t": np.array([[1.0, -2.0, 0.5, 0.25]], np.float32)}
     for ids in ([1, 2], [1, 3]):  # id 1 is admitted at its second sighting
         batch = {"t": (np.array(ids, np.int64), np.array([0, 2]))}
         np.testing.assert_array_equal(mixed.forward(batch)["t"], plain.forward(batch)["t"])
@@ -406,3 +407,36 @@ def test_mixed_table_keeps_the_most_frequent_ids_within_its_capacity(tmp_path):
     assert loaded.tables["t"].expiry == cfg.expiry and loaded.names == ["t"]
     probe = {"t": (np.array([7, 8, 12345], np.int64), np.array([0, 3]))}
     np.testing.assert_array_equal(loaded.evaluate(probe)["t"], emb.evaluate(probe)["t"])
+
+
+@pytest.mark.parametrize("pooling", ["sum", "mean", "none"])
+@pytest.mark.parametrize("kind", [sc.QuotientRemainder(rows=8), sc.MultiHash(k=2, rows=16, combine="concat"),
+                                  sc.RandomCoding(buckets=11, k=3)], ids=["qr_mul", "multihash_concat", "random"])
+def test_compiled_step_equals_the_array_path(kind, pooling):
+    """The CPU collection composes and splits inside its forward and backward calls; the
+    array path (a core forward, then compose; split, then a core backward) is what other
+    backends take. Both run the same compiled composition, so they agree bit for bit."""
+    def make():
+        cfg = sc.TableConfig(dim=4, compression=kind, pooling=pooling, optimizer=sc.Adam(lr=0.1),
+                             admission=sc.Admission(count_threshold=2))
+        return sc.EmbeddingCollection({"t": cfg, "plain": sc.TableConfig(dim=2)}, seed=4)
+
+    fused, arrays = make(), make()
+    arrays._fuses = lambda expansion: False
+    rng = np.random.default_rng(3)
+    for _ in range(3):
+        ids, offsets, weights = random_batch(rng, 9, 4, np.concatenate([EXTREME_IDS, np.arange(12)]), weighted=True)
+        batch = {"plain": (ids, offsets), "t": (ids, offsets, weights)}
+        outs = []
+        for emb in (fused, arrays):
+            prepared = emb.prepare(batch)
+            out = emb.forward(prepared)
+            outs.append(out)
+            got = out["t"][0] if pooling == "none" else out["t"]
+            grad = np.linspace(-1, 1, got.size, dtype=np.float32).reshape(got.shape)
+            emb.backward(prepared, {"t": grad, "plain": np.ones((len(offsets) - 1, 2), np.float32)})
+        for name in batch:
+            a, b = (o[name][0] if isinstance(o[name], tuple) else o[name] for o in outs)
+            np.testing.assert_array_equal(a, b)
+    for name in fused.sizes():
+        np.testing.assert_array_equal(fused.export(name)["weights"], arrays.export(name)["weights"])

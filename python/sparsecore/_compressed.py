@@ -1,22 +1,16 @@
-"""The composition layer of compressed tables (see sparsecore.compression).
+"""The tables of compressed tables (see sparsecore.compression) and their compiled layouts.
 
 A compressed table is held by the compiled collection as its component tables, ordinary
-``num_embeddings`` tables. A batch group of a compressed table becomes one group per
-component (its ids mapped to component keys), the components' pooled rows are composed back
-into the table's output, and the composed gradient is mapped onto each component's gradient:
-
-- sum / concat (linear): each component group pools with the table's weights (times the
-  signs of random coding; mean pooling becomes sum pooling with the weights divided by the
-  bag's weight sum, the same quotient the engine's mean takes), and the composed output is the
-  sum or the concatenation of the components' pooled outputs; its gradient is the same
-  gradient (sum) or the matching slice (concat) for each component;
-- mul: the product is not linear, so it is formed once per distinct id: each component group
-  reads one row per distinct id of the group (bags of one, pooling "none"), their element-wise
-  product is the id's row, and the bags are pooled here (weights, mean) from it. The gradient
-  of an id's row is the sum over its positions of the bag's gradient times the position's
-  factor, and component c's gradient is that times the product of the other components'
-  rows, which the forward keeps in its plan (no "last forward" state: a plan belongs to its
-  prepared batch).
+``num_embeddings`` tables (and, for a mixed table, a hash table of exact rows). This module
+names and configures them, recovers the compressed tables from a collection's core tables,
+and builds the compiled layouts that plan its batches (csrc/sparsecore/ops/compressed_batch.h):
+one core group per component (and one for a mixed table's exact rows). For mul the group's ids
+are deduplicated once and each distinct id's row is the product of its component rows, pooled
+into the bags; its gradient is summed per distinct id and times the product of the other
+components' rows. For sum and concat every position maps to its keys and each component pools
+the bags itself; the pooled outputs are added or concatenated and the gradient (or its slice)
+goes to each component. Each component row gets one summed gradient per step. All of it runs
+in C++, one call per batch; the plan belongs to its prepared batch (no "last forward" state).
 """
 
 from __future__ import annotations
@@ -24,8 +18,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Optional
 
-import numpy as np
-
+from . import _core
 from .compression import _KINDS, Compression, base_seed, parse_compression
 from .config import Constant, TableConfig, Zeros
 
@@ -162,206 +155,34 @@ def compressed_tables(core_names: list[str], core_configs: dict[str, TableConfig
     return names, configs, compressed
 
 
-class GroupPlan:
-    """How one compressed group of a batch maps onto its component groups."""
-
-    __slots__ = ("table", "first", "batch_size", "max_len", "keys_per_id", "rows", "positions")
-
-    def __init__(self, table: CompressedTable, first: int, batch_size: int, max_len: int, keys_per_id: int):
-        self.table = table
-        self.first = first  # index of its first component group in the core batch
-        self.batch_size = batch_size
-        self.max_len = max_len
-        self.keys_per_id = keys_per_id
-        self.rows: Optional[list[np.ndarray]] = None  # mul: the components' rows of the last forward
-        self.positions: Optional[_Positions] = None  # mul: where each distinct id is used
-
-
-class _Positions:
-    """A mul group's positions: the distinct id (inverse), bag and place in the bag of each,
-    and its pooling factor (weight, times 1 / the bag's weight sum for mean; None: all 1)."""
-
-    __slots__ = ("unique", "inverse", "order", "starts", "bag", "place", "scale", "offsets", "lengths")
-
-    def __init__(self, ids: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, scale: Optional[np.ndarray],
-                 sequence: bool):
-        # One stable sort gives the distinct ids, each position's, and the positions grouped
-        # by id in position order (the backward's segment sum).
-        self.order = np.argsort(ids, kind="stable")
-        ordered = ids[self.order]
-        first = np.ones(len(ids), dtype=bool)
-        first[1:] = ordered[1:] != ordered[:-1]
-        self.starts = np.flatnonzero(first)
-        self.unique = len(self.starts)
-        self.inverse = np.empty(len(ids), dtype=np.int64)
-        self.inverse[self.order] = np.cumsum(first) - 1
-        self.offsets, self.lengths, self.scale = offsets, lengths, scale
-        self.bag = np.repeat(np.arange(len(lengths)), lengths)
-        self.place = np.arange(len(ids)) - offsets[self.bag] if sequence else None
-
-    def distinct_ids(self, ids: np.ndarray) -> np.ndarray:
-        return ids[self.order[self.starts]]
-
-
 class Expansion:
-    """The component groups of a batch: which core groups make each of its groups."""
+    """The component groups of a batch: which core groups make each of its groups, and the
+    compiled plan of its compressed groups (ops/compressed_batch.h: ids deduplicated and mapped
+    to component keys, outputs composed and gradients split in C++)."""
 
-    __slots__ = ("spans", "plans")
+    __slots__ = ("spans", "plans", "batch")
 
     def __init__(self) -> None:
         self.spans: list[tuple[int, int]] = []  # per group: (first core group, count)
-        self.plans: list[Optional[GroupPlan]] = []
+        self.plans: list[Optional[int]] = []  # per group: its index in `batch`, None for a plain table
+        self.batch: Any = None  # _core.CompressedBatch of the compressed groups
+
+    def layout(self) -> list[tuple[int, int, int]]:
+        """Per group: (first core group, count, plan index or -1), as the compiled calls take it."""
+        return [(first, count, -1 if plan is None else plan) for (first, count), plan in zip(self.spans, self.plans)]
 
 
-def _check_offsets(name: str, offsets: np.ndarray, n: int) -> None:
-    if offsets.ndim != 1 or offsets.size < 1:
-        raise ValueError(f"group '{name}': offsets must be a 1-D array of B + 1 entries")
-    if offsets[0] != 0 or offsets[-1] != n or np.any(np.diff(offsets) < 0):
-        raise ValueError(f"group '{name}': offsets must start at 0, be non-decreasing and end at the number of "
-                         f"ids ({n})")
-
-
-def expand_group(table: CompressedTable, ids: np.ndarray, offsets: np.ndarray, weights: Optional[np.ndarray],
-                 first: int) -> tuple[list[tuple], GroupPlan]:
-    """The core groups (table index, ids, offsets, weights) of one compressed group."""
-    n = len(ids)
-    _check_offsets(table.name, offsets, n)
-    if weights is not None and (weights.ndim != 1 or len(weights) != n):
-        raise ValueError(f"group '{table.name}': weights must be float32[{n}] like its ids")
-    if weights is not None and not np.all(np.isfinite(weights)):
-        raise ValueError(f"group '{table.name}': weights contain NaN or Inf")
-    batch_size = len(offsets) - 1
-    lengths = np.diff(offsets)
-    max_len = int(lengths.max()) if batch_size else 0
-    pooling = table.config.pooling
-    scale = weights
-    if pooling == "mean":
-        base = np.ones(n, dtype=np.float32) if weights is None else weights
-        prefix = np.concatenate([[0.0], np.cumsum(base, dtype=np.float64)])
-        denom = (prefix[offsets[1:]] - prefix[offsets[:-1]]).astype(np.float32)
-        inv = np.divide(np.float32(1), denom, out=np.zeros_like(denom), where=denom != 0)
-        scale = (base * np.repeat(inv, lengths)).astype(np.float32)
-    mul = table.kind.combine_mode == "mul"
-    positions = None
-    if mul:
-        positions = _Positions(ids, offsets, lengths, scale, pooling == "none")
-        unique = positions.distinct_ids(ids)
-        ones = np.arange(len(unique) + 1, dtype=np.int64)
-        groups: list[tuple[int, np.ndarray, np.ndarray, Optional[np.ndarray]]] = [
-            (table.components[part], np.ascontiguousarray(keys.ravel()), ones, None)
-                  for part, (keys, _) in enumerate(table.kind.component_keys(unique, table.seed))]
-        if table.exact is not None:
-            groups.append((table.exact, ids, offsets, weights))
-        plan = GroupPlan(table, first, batch_size, max_len, 1)
-        plan.positions = positions
-        return groups, plan
-    components = table.kind.component_keys(ids, table.seed)
-    groups = []
-    m = table.kind.keys_per_id()
-    for part, (keys, signs) in enumerate(components):
-        w = scale
-        if m > 1 or signs is not None:
-            w = np.repeat(np.ones(n, np.float32) if scale is None else scale, m)
-            if signs is not None:
-                w = (w * signs.ravel()).astype(np.float32)
-        core_offsets = offsets * m if m > 1 else offsets
-        groups.append((table.components[part], np.ascontiguousarray(keys.ravel()), core_offsets,
-                       None if w is None else np.ascontiguousarray(w, dtype=np.float32)))
-    if table.exact is not None:
-        groups.append((table.exact, ids, offsets, weights))
-    return groups, GroupPlan(table, first, batch_size, max_len, m)
-
-
-def compose(plan: GroupPlan, outs: list[np.ndarray]) -> np.ndarray:
-    """The table's output from its component groups' outputs (in component order)."""
-    if plan.table.exact is not None:
-        composed = _compose_components(plan, outs[:-1])  # a fresh array (never a kept mul row)
-        composed += outs[-1]
-        return composed
-    return _compose_components(plan, outs)
-
-
-def _compose_components(plan: GroupPlan, outs: list[np.ndarray]) -> np.ndarray:
-    table = plan.table
-    combine = table.kind.combine_mode
-    pooled = table.config.pooling != "none"
-    if combine == "mul":
-        pos = plan.positions
-        assert pos is not None
-        rows = [o.reshape(pos.unique, o.shape[-1]) for o in outs]
-        plan.rows = rows
-        product = rows[0] * rows[1] if len(rows) > 1 else rows[0].copy()
-        for o in rows[2:]:
-            product *= o
-        at = product[pos.inverse]  # (n, dim): the row of every position
-        if pos.scale is not None:
-            at *= pos.scale[:, None]
-        dim = product.shape[1]
-        if not pooled:
-            out = np.zeros((plan.batch_size, plan.max_len, dim), np.float32)
-            out[pos.bag, pos.place] = at
-            return out
-        out = np.zeros((plan.batch_size, dim), np.float32)
-        full = pos.lengths > 0
-        if at.shape[0]:
-            out[full] = np.add.reduceat(at, pos.offsets[:-1][full], axis=0)
-        return out
-    m = plan.keys_per_id
-    if not pooled and m > 1:
-        outs = [o.reshape(plan.batch_size, plan.max_len, m, o.shape[-1]).sum(axis=2) for o in outs]
-    if combine == "concat":
-        return np.ascontiguousarray(np.concatenate(outs, axis=-1), dtype=np.float32)
-    total = outs[0]  # a fresh array of the engine's forward, added to in place
-    for o in outs[1:]:
-        total += o
-    return total
-
-
-def component_grads(plan: GroupPlan, grad: np.ndarray) -> list[np.ndarray]:
-    """Each component group's gradient given the gradient of the table's output."""
-    parts = _component_grads(plan, grad)
-    return parts + [grad] if plan.table.exact is not None else parts
-
-
-def _component_grads(plan: GroupPlan, grad: np.ndarray) -> list[np.ndarray]:
-    table = plan.table
-    combine = table.kind.combine_mode
-    count = len(table.components)
-    pooled = table.config.pooling != "none"
-    if combine == "mul":
-        rows, pos = plan.rows, plan.positions
-        assert rows is not None and pos is not None
-        at = grad[pos.bag] if pooled else grad[pos.bag, pos.place]  # (n, dim) per position
-        if pos.scale is not None:
-            at = at * pos.scale[:, None]
-        dim = grad.shape[-1]
-        if pos.unique:  # summed per distinct id, in position order
-            d_row = np.add.reduceat(at[pos.order], pos.starts, axis=0)
-        else:
-            d_row = np.zeros((0, dim), np.float32)
-        out = []
-        for c in range(count):
-            gc = d_row.astype(np.float32, copy=True)
-            for o in range(count):
-                if o != c:
-                    gc *= rows[o]
-            out.append(gc.reshape(pos.unique, 1 if pos.unique else 0, dim) if pos.unique else
-                       np.zeros((0, 0, dim), np.float32))
-        return out
-    dc = table.component_dim
-    parts = [np.ascontiguousarray(grad[..., c * dc:(c + 1) * dc]) for c in range(count)] if combine == "concat" \
-        else [grad] * count
-    m = plan.keys_per_id
-    if not pooled and m > 1:
-        parts = [np.ascontiguousarray(np.repeat(p, m, axis=1)) for p in parts]
-    return parts
-
-
-def expected_shape(plan: GroupPlan) -> tuple[int, ...]:
-    dim = plan.table.config.dim
-    if plan.table.config.pooling == "none":
-        return (plan.batch_size, plan.max_len, dim)
-    return (plan.batch_size, dim)
+def layouts(compressed: dict[str, CompressedTable], core_names: list[str],
+            core_configs: dict[str, TableConfig]) -> Any:
+    """The compiled layouts of a collection's compressed tables (in the dict's order)."""
+    rows = []
+    for t in compressed.values():
+        exact = -1 if t.exact is None else t.exact
+        exact_pooling = "sum" if t.exact is None else core_configs[core_names[t.exact]].pooling
+        rows.append((t.name, t.kind.to_json(), int(t.seed) & (2**64 - 1), list(t.components),
+                     [core_configs[core_names[i]].pooling for i in t.components], exact, exact_pooling,
+                     int(t.config.dim), int(t.component_dim), t.config.pooling))
+    return _core.CompressedLayouts(rows)
 
 
 def describe(table: CompressedTable) -> dict[str, Any]:

@@ -24,7 +24,7 @@ import typing
 import typing_extensions
 import types as _types
 io: _types.ModuleType
-__all__: list[str] = ['CorruptDataError', 'DenseGraph', 'DeviceEmbeddingCollection', 'DevicePackedWeights', 'DevicePreparedBatch', 'EmbeddingCollection', 'PredictClient', 'PredictServer', 'PreparedBatch', 'PsClient', 'PsMetricsServer', 'PsServer', 'RpcAuthError', 'RpcClient', 'RpcConnectionError', 'RpcError', 'RpcProtocolError', 'RpcServer', 'RpcStepAbortedError', 'RpcTimeoutError', 'RpcUnknownMethodError', 'ServedModel', 'StepPipeline', 'Subscriber', 'TABLE_STATS_FIELDS', 'commit_directory', 'committed_directory', 'complete_export_parts', 'compressed_component_keys', 'cpu_features', 'cuda_device_available', 'cuda_empty_memory_cache', 'cuda_emulator_block_seed', 'cuda_emulator_counters', 'cuda_emulator_enqueue_copy', 'cuda_emulator_pending_work', 'cuda_emulator_release_stream', 'cuda_emulator_reset_counters', 'cuda_emulator_side_stream', 'cuda_memory_cache_stats', 'cuda_set_device_allocator', 'cuda_set_emulator_block_seed', 'cuda_set_memory_cache_limit', 'cuda_unavailable_reason', 'dequantize_rows', 'export_delta', 'export_full', 'fixed_to_float', 'io', 'latest_snapshot', 'num_threads', 'pack_pow2', 'place_by_size', 'pooled_lookup_quantized', 'project_pow2', 'quantize_rows', 'quantized_row_bytes', 'read_export_part', 'remote_collection', 'render_metrics', 'seeded_hash', 'set_deleted_keys_capacity', 'set_num_threads', 'shift_matmul_fixed_kernel', 'shift_matmul_float', 'shift_matmul_int16', 'shift_matmul_int8', 'shift_matmul_kernel', 'unpack_pow2']
+__all__: list[str] = ['CompressedBatch', 'CompressedLayouts', 'CorruptDataError', 'DenseGraph', 'DeviceEmbeddingCollection', 'DevicePackedWeights', 'DevicePreparedBatch', 'EmbeddingCollection', 'PredictClient', 'PredictServer', 'PreparedBatch', 'PsClient', 'PsMetricsServer', 'PsServer', 'RpcAuthError', 'RpcClient', 'RpcConnectionError', 'RpcError', 'RpcProtocolError', 'RpcServer', 'RpcStepAbortedError', 'RpcTimeoutError', 'RpcUnknownMethodError', 'ServedModel', 'StepPipeline', 'Subscriber', 'TABLE_STATS_FIELDS', 'commit_directory', 'committed_directory', 'complete_export_parts', 'compressed_component_keys', 'cpu_features', 'cuda_device_available', 'cuda_empty_memory_cache', 'cuda_emulator_block_seed', 'cuda_emulator_counters', 'cuda_emulator_enqueue_copy', 'cuda_emulator_pending_work', 'cuda_emulator_release_stream', 'cuda_emulator_reset_counters', 'cuda_emulator_side_stream', 'cuda_memory_cache_stats', 'cuda_set_emulator_block_seed', 'cuda_set_memory_cache_limit', 'cuda_unavailable_reason', 'dequantize_rows', 'export_delta', 'export_full', 'fixed_to_float', 'io', 'latest_snapshot', 'num_threads', 'pack_pow2', 'place_by_size', 'pooled_lookup_quantized', 'project_pow2', 'quantize_rows', 'quantized_row_bytes', 'read_export_part', 'remote_collection', 'render_metrics', 'seeded_hash', 'set_deleted_keys_capacity', 'set_num_threads', 'shift_matmul_fixed_kernel', 'shift_matmul_float', 'shift_matmul_int16', 'shift_matmul_int8', 'shift_matmul_kernel', 'unpack_pow2']
 class CorruptDataError(ValueError):
     pass
 class PreparedBatch:
@@ -65,10 +65,6 @@ class EmbeddingCollection:
         ...
     def forward(self, prepared: PreparedBatch) -> list[numpy.typing.NDArray[numpy.float32]]:
         ...
-    def forward_into(self, prepared: PreparedBatch, outputs: collections.abc.Sequence[numpy.ndarray]) -> None:
-        """
-        Pools each group into outputs[g], a float32 (B, dim) array whose rows may be strided (e.g. a column block of the dense model's input matrix): no output array is allocated.
-        """
     def lookup(self, table: typing.SupportsInt | typing.SupportsIndex, ids: numpy.ndarray, insert: bool = False) -> numpy.typing.NDArray[numpy.float32]:
         ...
     def memory_bytes(self) -> int:
@@ -119,6 +115,50 @@ class EmbeddingCollection:
         ...
     @step.setter
     def step(self, arg1: typing.SupportsInt | typing.SupportsIndex) -> None:
+        ...
+class CompressedLayouts:
+    """
+    How a collection's compressed tables map onto its core tables (ops/compressed_batch.h).
+    """
+    def __init__(self, tables: collections.abc.Sequence[tuple[str, str, typing.SupportsInt | typing.SupportsIndex, collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], collections.abc.Sequence[str], typing.SupportsInt | typing.SupportsIndex, str, typing.SupportsInt | typing.SupportsIndex, typing.SupportsInt | typing.SupportsIndex, str]]) -> None:
+        """
+        tables: (name, spec json, base seed, component core tables, their poolings, exact core table or -1, its pooling, dim, component dim, pooling) per compressed table.
+        """
+class CompressedBatch:
+    """
+    The compressed groups of one batch, planned: core groups, composition, gradients.
+    """
+    def __init__(self, layouts: CompressedLayouts, groups: collections.abc.Sequence[tuple]) -> None:
+        """
+        groups: (compressed table, ids, offsets, weights or None) each.
+        """
+    def backward(self, collection: EmbeddingCollection, prepared: PreparedBatch, spans: collections.abc.Sequence[tuple[typing.SupportsInt | typing.SupportsIndex, typing.SupportsInt | typing.SupportsIndex, typing.SupportsInt | typing.SupportsIndex]], grads: collections.abc.Sequence[numpy.ndarray]) -> int:
+        """
+        Splits the groups' gradients and runs the collection's backward of the prepared batch; returns the step. Gradients of compressed groups with NaN or Inf raise ValueError and change nothing.
+        """
+    def compose(self, core_outputs: collections.abc.Sequence[collections.abc.Sequence[numpy.ndarray]]) -> list[numpy.typing.NDArray[numpy.float32]]:
+        """
+        Each group's output from its core groups' outputs.
+        """
+    def core_groups(self, group: typing.SupportsInt | typing.SupportsIndex) -> list:
+        """
+        Group g's core groups: (core table, ids, offsets, weights or None) each, views.
+        """
+    def forward(self, collection: EmbeddingCollection, prepared: PreparedBatch, spans: collections.abc.Sequence[tuple[typing.SupportsInt | typing.SupportsIndex, typing.SupportsInt | typing.SupportsIndex, typing.SupportsInt | typing.SupportsIndex]]) -> list[numpy.typing.NDArray[numpy.float32]]:
+        """
+        The collection's forward of the prepared batch, its compressed groups composed: one output per group. spans: (first core group, count, plan or -1) per group.
+        """
+    def output_shape(self, group: typing.SupportsInt | typing.SupportsIndex) -> tuple:
+        ...
+    def split(self, grads: collections.abc.Sequence[numpy.ndarray]) -> list[list[numpy.typing.NDArray[numpy.float32]]]:
+        """
+        Each group's core gradients from its gradient.
+        """
+    @property
+    def needs_rows(self) -> bool:
+        ...
+    @property
+    def num_groups(self) -> int:
         ...
 class DevicePreparedBatch:
     def num_unique(self, arg0: typing.SupportsInt | typing.SupportsIndex) -> int:
@@ -384,7 +424,7 @@ class StepPipeline:
         """
         A pipeline over sample files (sparsecore._core.io formats), reading and preparing without the GIL.
         """
-    def __init__(self, collection: typing.Any, produce: typing.Any, groups: collections.abc.Sequence[str] = [], prefetch: typing.SupportsInt | typing.SupportsIndex = 2, max_steps: typing.SupportsInt | typing.SupportsIndex = -1, pull_rows: bool = False, prepare_on_pool: bool = False) -> None:
+    def __init__(self, collection: typing.Any, produce: typing.Any, groups: collections.abc.Sequence[str] = [], prefetch: typing.SupportsInt | typing.SupportsIndex = 2, max_steps: typing.SupportsInt | typing.SupportsIndex = -1, pull_rows: bool = False) -> None:
         ...
     def close(self) -> None:
         """
@@ -586,8 +626,6 @@ def cuda_emulator_reset_counters() -> None:
 def cuda_emulator_side_stream() -> int:
     ...
 def cuda_memory_cache_stats(emulate: bool, device: typing.SupportsInt | typing.SupportsIndex) -> dict:
-    ...
-def cuda_set_device_allocator(emulate: bool, device: typing.SupportsInt | typing.SupportsIndex, allocate: typing.Any, free: typing.Any) -> None:
     ...
 def cuda_set_emulator_block_seed(seed: typing.SupportsInt | typing.SupportsIndex | None) -> None:
     ...

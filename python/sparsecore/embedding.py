@@ -159,6 +159,9 @@ class EmbeddingCollection:
         """The user-facing tables: compressed tables stand for their component tables."""
         self._user_names, self._user_configs, self._compressed = _compressed.compressed_tables(
             self._names, self._configs, self._c.seed)
+        self._layout_index = {name: i for i, name in enumerate(self._compressed)}
+        self._layouts = _compressed.layouts(self._compressed, self._names, self._configs) if self._compressed \
+            else None
 
     # ----------------------------------------------------------------------------- tables
     @property
@@ -457,6 +460,7 @@ class EmbeddingCollection:
         offsets: list[np.ndarray] = []
         torch_out = False
         expansion = _compressed.Expansion() if self._compressed else None
+        compressed: list[tuple] = []  # (layout, ids, offsets, weights) of the compressed groups
         for name, group in batch.items():
             t = self._table(name) if name not in self._compressed else -1
             ids, offs, weights = _unpack_group(name, group)
@@ -466,55 +470,67 @@ class EmbeddingCollection:
                                    include_last_offset)
             w_np = None if weights is None else as_float32(weights, f"weights of group '{name}'")
             if expansion is not None:
-                first = len(groups)
-                plan = None
+                expansion.plans.append(len(compressed) if t < 0 else None)
                 if t < 0:
-                    parts, plan = _compressed.expand_group(self._compressed[name], ids_np, offs_np, w_np, first)
-                    groups.extend(parts)
-                else:
-                    groups.append((t, ids_np, offs_np, w_np))
-                expansion.spans.append((first, len(groups) - first))
-                expansion.plans.append(plan)
-            else:
-                groups.append((t, ids_np, offs_np, w_np))
+                    compressed.append((self._layout_index[name], ids_np, offs_np, w_np))
+            groups.append((t, ids_np, offs_np, w_np))
             names.append(name)
             offsets.append(offs_np)
-        return groups, names, offsets, torch_out, expansion
+        if expansion is None or not compressed:
+            return groups, names, offsets, torch_out, None
+        # One compiled call plans every compressed group (validated first; nothing changes).
+        expansion.batch = _core.CompressedBatch(self._layouts, compressed)
+        core: list[tuple] = []
+        for group, plan in zip(groups, expansion.plans):
+            first = len(core)
+            if plan is None:
+                core.append(group)
+            else:
+                core.extend(expansion.batch.core_groups(plan))
+            expansion.spans.append((first, len(core) - first))
+        return core, names, offsets, torch_out, expansion
+
+    def _fuses(self, expansion: Optional[_compressed.Expansion]) -> bool:
+        """Whether the compiled collection runs a batch's forward and backward with its
+        compressed groups composed in the same call (the CPU collection, any store)."""
+        return expansion is not None and isinstance(self._c, _core.EmbeddingCollection)
+
+    def _forward_core(self, core: Any, expansion: Optional[_compressed.Expansion]) -> list[np.ndarray]:
+        """The outputs of a prepared batch's groups (compressed groups composed)."""
+        if self._fuses(expansion):
+            return expansion.batch.forward(self._c, core, expansion.layout())  # type: ignore[union-attr]
+        return self._composed(self._c.forward(core), expansion)
 
     def _composed(self, outs: list[np.ndarray], expansion: Optional[_compressed.Expansion]) -> list[np.ndarray]:
         """The outputs of a batch's groups from the outputs of its core groups."""
         if expansion is None:
             return outs
-        result = []
-        for (first, count), plan in zip(expansion.spans, expansion.plans):
-            result.append(outs[first] if plan is None else _compressed.compose(plan, outs[first:first + count]))
-        return result
+        composed = expansion.batch.compose([outs[first:first + count] for (first, count), plan
+                                            in zip(expansion.spans, expansion.plans) if plan is not None])
+        return [outs[first] if plan is None else composed[plan]
+                for (first, _), plan in zip(expansion.spans, expansion.plans)]
 
     def _component_grads(self, prepared: PreparedBatch, arrays: list[np.ndarray]) -> list[np.ndarray]:
         """The gradients of a batch's core groups from the gradients of its groups."""
         expansion = prepared.expansion
         if expansion is None:
             return arrays
+        if expansion.batch.needs_rows:  # a mul table's gradient needs its component rows
+            self._forward_core(prepared._core, expansion)
+        parts = expansion.batch.split([grad for grad, plan in zip(arrays, expansion.plans) if plan is not None])
         out: list[np.ndarray] = []
-        for name, grad, plan in zip(prepared.names, arrays, expansion.plans):
+        for grad, plan in zip(arrays, expansion.plans):
             if plan is None:
                 out.append(grad)
-                continue
-            shape = _compressed.expected_shape(plan)
-            if tuple(grad.shape) != shape:
-                raise ValueError(f"gradient of group '{name}' must have shape {shape}, got {tuple(grad.shape)}")
-            if not np.all(np.isfinite(grad)):
-                raise ValueError(f"gradient of group '{name}' contains NaN or Inf; no row was updated")
-            if plan.rows is None and plan.table.kind.combine_mode == "mul":
-                self._composed(self._c.forward(prepared._core), expansion)  # the rows its gradient needs
-            out.extend(_compressed.component_grads(plan, grad))
+            else:
+                out.extend(parts[plan])
         return out
 
     def pooled_rows(self, prepared: PreparedBatch) -> list[np.ndarray]:
         """The pooled rows of a prepared batch, one float32 array per group in the batch's
         order ([B, dim], or [B, L_max, dim] zero-padded for pooling "none"): :meth:`forward`
         without the per-group dict, for the torch bridge and pipelines that pull rows ahead."""
-        return self._composed(self._c.forward(prepared._core), prepared.expansion)
+        return self._forward_core(prepared._core, prepared.expansion)
 
     def pool_into(self, prepared: PreparedBatch, outputs: Sequence[np.ndarray]) -> None:
         """Pools each group of ``prepared`` into ``outputs[g]``, a writeable float32 [B, dim]
@@ -543,11 +559,11 @@ class EmbeddingCollection:
         "none" a tuple (float32[B, L_max, dim] zero-padded, int64 lengths[B])."""
         if isinstance(batch, PreparedBatch):
             names, offsets, torch_out = batch.names, batch.offsets, batch.torch
-            outs = self._composed(self._c.forward(batch._core), batch.expansion)
+            outs = self._forward_core(batch._core, batch.expansion)
         elif train:
             prepared = self.prepare(batch, train=True, include_last_offset=include_last_offset)
             names, offsets, torch_out = prepared.names, prepared.offsets, prepared.torch
-            outs = self._composed(self._c.forward(prepared._core), prepared.expansion)
+            outs = self._forward_core(prepared._core, prepared.expansion)
         else:
             # Evaluation pools straight from the ids: no dedup, nothing kept for a backward.
             groups, names, offsets, torch_out, expansion = self._plan_groups(batch, include_last_offset)
@@ -582,6 +598,11 @@ class EmbeddingCollection:
             groups, names, offsets, torch_out, expansion = self._plan_groups(batch, include_last_offset)
             prepared = PreparedBatch(self._c.prepare(groups, True, False), names, offsets, torch_out, True, expansion)
         arrays = [as_float32(g, f"gradient of group '{n}'") for n, g in zip(prepared.names, _grads_in_order(prepared, grads))]
+        expansion = prepared.expansion
+        if self._fuses(expansion):
+            if expansion.batch.needs_rows:  # type: ignore[union-attr]  # a mul table's gradient needs its rows
+                self._forward_core(prepared._core, expansion)
+            return expansion.batch.backward(self._c, prepared._core, expansion.layout(), arrays)  # type: ignore
         return self._c.backward(prepared._core, self._component_grads(prepared, arrays))
 
     # ----------------------------------------------------------------------------- checkpoints

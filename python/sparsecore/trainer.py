@@ -228,7 +228,7 @@ class Trainer:
         collection = self.embedding.collection
         core = getattr(collection, "_c", None)
         if getattr(collection, "_compressed", None):
-            return None  # compressed tables compose their component groups in Python (prepare)
+            return None  # compressed groups are planned by the collection's prepare (ops/compressed_batch.h)
         return core if type(collection) is EmbeddingCollection and type(core) is _core.EmbeddingCollection else None
 
     def _produce(self, native: Any) -> Callable[[], Any]:
