@@ -24,7 +24,7 @@ import typing
 import typing_extensions
 import types as _types
 io: _types.ModuleType
-__all__: list[str] = ['CompressedBatch', 'CompressedLayouts', 'CorruptDataError', 'DenseGraph', 'DeviceEmbeddingCollection', 'DevicePackedWeights', 'DevicePreparedBatch', 'EmbeddingCollection', 'PredictClient', 'PredictServer', 'PreparedBatch', 'PsClient', 'PsMetricsServer', 'PsServer', 'RpcAuthError', 'RpcClient', 'RpcConnectionError', 'RpcError', 'RpcProtocolError', 'RpcServer', 'RpcStepAbortedError', 'RpcTimeoutError', 'RpcUnknownMethodError', 'ServedModel', 'StepPipeline', 'Subscriber', 'TABLE_STATS_FIELDS', 'commit_directory', 'committed_directory', 'complete_export_parts', 'compressed_component_keys', 'cpu_features', 'cuda_device_available', 'cuda_empty_memory_cache', 'cuda_emulator_block_seed', 'cuda_emulator_counters', 'cuda_emulator_enqueue_copy', 'cuda_emulator_pending_work', 'cuda_emulator_release_stream', 'cuda_emulator_reset_counters', 'cuda_emulator_side_stream', 'cuda_memory_cache_stats', 'cuda_set_emulator_block_seed', 'cuda_set_memory_cache_limit', 'cuda_unavailable_reason', 'dequantize_rows', 'export_delta', 'export_full', 'fixed_to_float', 'io', 'latest_snapshot', 'num_threads', 'pack_pow2', 'place_by_size', 'pooled_lookup_quantized', 'project_pow2', 'quantize_rows', 'quantized_row_bytes', 'read_export_part', 'remote_collection', 'render_metrics', 'seeded_hash', 'set_deleted_keys_capacity', 'set_num_threads', 'shift_matmul_fixed_kernel', 'shift_matmul_float', 'shift_matmul_int16', 'shift_matmul_int8', 'shift_matmul_kernel', 'unpack_pow2']
+__all__: list[str] = ['CompressedBatch', 'CompressedLayouts', 'CorruptDataError', 'DenseGraph', 'DeviceEmbeddingCollection', 'DevicePackedWeights', 'DevicePreparedBatch', 'EmbeddingCollection', 'PredictClient', 'PredictServer', 'PreparedBatch', 'PsClient', 'PsMetricsServer', 'PsServer', 'RpcAuthError', 'RpcClient', 'RpcConnectionError', 'RpcError', 'RpcProtocolError', 'RpcServer', 'RpcStepAbortedError', 'RpcTimeoutError', 'RpcUnknownMethodError', 'ServedModel', 'StepPipeline', 'Subscriber', 'TABLE_STATS_FIELDS', 'commit_directory', 'committed_directory', 'complete_export_parts', 'compressed_component_keys', 'cpu_features', 'cuda_device_available', 'cuda_empty_memory_cache', 'cuda_emulator_block_seed', 'cuda_emulator_counters', 'cuda_emulator_enqueue_copy', 'cuda_emulator_pending_work', 'cuda_emulator_release_stream', 'cuda_emulator_reset_counters', 'cuda_emulator_side_stream', 'cuda_memory_cache_stats', 'cuda_set_device_allocator', 'cuda_set_emulator_block_seed', 'cuda_set_memory_cache_limit', 'cuda_unavailable_reason', 'dequantize_rows', 'export_delta', 'export_full', 'fixed_to_float', 'io', 'latest_snapshot', 'num_threads', 'pack_pow2', 'place_by_size', 'pooled_lookup_quantized', 'project_pow2', 'quantize_rows', 'quantized_row_bytes', 'read_export_part', 'remote_collection', 'render_metrics', 'seeded_hash', 'set_deleted_keys_capacity', 'set_num_threads', 'shift_matmul_fixed_kernel', 'shift_matmul_float', 'shift_matmul_int16', 'shift_matmul_int8', 'shift_matmul_kernel', 'unpack_pow2']
 class CorruptDataError(ValueError):
     pass
 class PreparedBatch:
@@ -65,6 +65,10 @@ class EmbeddingCollection:
         ...
     def forward(self, prepared: PreparedBatch) -> list[numpy.typing.NDArray[numpy.float32]]:
         ...
+    def forward_into(self, prepared: PreparedBatch, outputs: collections.abc.Sequence[numpy.ndarray]) -> None:
+        """
+        Pools each group into outputs[g], a float32 (B, dim) array whose rows may be strided (e.g. a column block of the dense model's input matrix): no output array is allocated.
+        """
     def lookup(self, table: typing.SupportsInt | typing.SupportsIndex, ids: numpy.ndarray, insert: bool = False) -> numpy.typing.NDArray[numpy.float32]:
         ...
     def memory_bytes(self) -> int:
@@ -424,7 +428,7 @@ class StepPipeline:
         """
         A pipeline over sample files (sparsecore._core.io formats), reading and preparing without the GIL.
         """
-    def __init__(self, collection: typing.Any, produce: typing.Any, groups: collections.abc.Sequence[str] = [], prefetch: typing.SupportsInt | typing.SupportsIndex = 2, max_steps: typing.SupportsInt | typing.SupportsIndex = -1, pull_rows: bool = False) -> None:
+    def __init__(self, collection: typing.Any, produce: typing.Any, groups: collections.abc.Sequence[str] = [], prefetch: typing.SupportsInt | typing.SupportsIndex = 2, max_steps: typing.SupportsInt | typing.SupportsIndex = -1, pull_rows: bool = False, prepare_on_pool: bool = False) -> None:
         ...
     def close(self) -> None:
         """
@@ -626,6 +630,8 @@ def cuda_emulator_reset_counters() -> None:
 def cuda_emulator_side_stream() -> int:
     ...
 def cuda_memory_cache_stats(emulate: bool, device: typing.SupportsInt | typing.SupportsIndex) -> dict:
+    ...
+def cuda_set_device_allocator(emulate: bool, device: typing.SupportsInt | typing.SupportsIndex, allocate: typing.Any, free: typing.Any) -> None:
     ...
 def cuda_set_emulator_block_seed(seed: typing.SupportsInt | typing.SupportsIndex | None) -> None:
     ...

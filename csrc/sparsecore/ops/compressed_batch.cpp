@@ -273,7 +273,8 @@ void compose_compressed_group(CompressedGroupPlan& p, const std::vector<const fl
   const std::byte* const* rows = g.unique_rows.data();
   parallel_for(g.batch_size, kRowsPerTask, [&](int64_t begin, int64_t end) {
     std::vector<float> tmp(dim);
-    kernels::pool_bags(g, RowStorage::kFloat32, rows, begin, end, out, tmp.data());
+    const int64_t row = g.pooling == Pooling::kNone ? g.max_len * dim : dim;
+    kernels::pool_bags(g, RowStorage::kFloat32, rows, begin, end, out + begin * row, dim, tmp.data());
   });
 }
 
