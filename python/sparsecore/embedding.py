@@ -479,6 +479,7 @@ class EmbeddingCollection:
         if expansion is None or not compressed:
             return groups, names, offsets, torch_out, None
         # One compiled call plans every compressed group (validated first; nothing changes).
+        assert self._layouts is not None  # set whenever a table is compressed
         expansion.batch = _core.CompressedBatch(self._layouts, compressed)
         core: list[tuple] = []
         for group, plan in zip(groups, expansion.plans):

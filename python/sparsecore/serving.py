@@ -271,7 +271,7 @@ def _predict_inputs(features: list[str], columns: list[list[str]], has_dense: bo
     missing = [f for f in features if f not in batch]
     if missing:
         raise ValueError(f"predict: features {missing} are missing (the model reads {features})")
-    parts = []
+    parts: list[tuple[Any, Any, Any]] = []
     for name in features:
         item = batch[name]
         if type(item) is tuple and len(item) == 2 and _plain_int64(item[0]) and _plain_int64(item[1]):
