@@ -6,6 +6,8 @@ admitted ids, statistics and rows exactly."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -356,3 +358,33 @@ def test_incremental_expiry_on_the_device_examines_a_bounded_window_per_step(emu
 def test_sampled_eviction_is_refused_by_the_device_store():
     with pytest.raises(ValueError, match="sampled"):
         sc_cuda.DeviceEmbeddingCollection(_capped_tables(0, capacity=8, eviction="sampled"), 5, emulate=True)
+
+
+@pytest.mark.parametrize("emulate", DEVICES)
+@pytest.mark.parametrize("on_full", ["evict", "refuse"])
+def test_explicit_inserts_respect_the_capacity_on_both_stores(emulate, on_full):
+    # lookup(insert=True) of more new keys than the capacity: both stores keep at most the
+    # capacity (evicting older rows first, or refusing once full), count every refused key,
+    # and a refused key reads the table's default row. Which keys of one call are refused
+    # follows each store's insertion order, so the stores are compared by counts.
+    tables = _capped_tables(0, capacity=8, on_full=on_full)
+    tables["a"] = dataclasses.replace(tables["a"], default_value=0.25)
+    rng = np.random.default_rng()
+    batches = [rng.choice(1000, size=12, replace=False).astype(np.int64) for _ in range(3)]
+    sizes = []
+    for store in _pair(tables, emulate):
+        refused = 0
+        for keys in batches:
+            got = store.lookup("a", keys, insert=True)
+            assert store.table_size("a") <= 8
+            default = np.all(got == 0.25, axis=1)
+            refused += int(default.sum())
+            present = store.export("a")
+            rows = dict(zip(np.asarray(present["keys"]).tolist(), np.asarray(present["weights"])))
+            for k, row, d in zip(keys.tolist(), got, default):
+                assert (k not in rows) if d else np.array_equal(rows[k], row)
+            if on_full == "evict":  # the older rows make room for as many new keys as fit
+                assert int((~default).sum()) == 8
+        assert store.expiry_stats()["a"]["refused"] == refused > 0
+        sizes.append(store.table_size("a"))
+    assert sizes[0] == sizes[1]

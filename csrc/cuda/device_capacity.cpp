@@ -14,7 +14,7 @@
 namespace sparsecore::cuda {
 
 bool DeviceEmbeddingCollection::make_room(int table, const int64_t* ids, int64_t n,
-                                          std::unordered_map<int64_t, unsigned char>& verdicts) {
+                                          std::unordered_map<int64_t, unsigned char>& verdicts, bool admission) {
   Expiry& x = *expiries_[table];
   const TableConfig& c = configs_[table];
   const int shards = 1 << c.shard_bits;
@@ -51,7 +51,7 @@ bool DeviceEmbeddingCollection::make_room(int table, const int64_t* ids, int64_t
   }
   // The ids that want a row: absent and admitted (one sighting each), per shard in order.
   std::vector<std::vector<int64_t>> want(static_cast<size_t>(shards));
-  Admission* filter = admissions_[table].get();
+  Admission* filter = admission ? admissions_[table].get() : nullptr;
   for (int64_t key : distinct) {
     if (present.count(key)) continue;
     const bool admitted = !filter || filter->sight(key);

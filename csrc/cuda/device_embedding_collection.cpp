@@ -362,6 +362,32 @@ void DeviceEmbeddingCollection::lookup(int table, const int64_t* keys, int64_t n
     impl_->check_device_pointer(keys, "lookup keys");
     impl_->check_device_pointer(out, "lookup output");
   }
+  if (insert && configs_[table].expiry.capacity > 0 && n > 0) {
+    // A table with a capacity never passes it: room is made (or the insert refused and
+    // counted) by the rules of a training prepare, the admitted keys are inserted, and every
+    // key is then read; a refused key reads the default row, as on the CPU store.
+    std::vector<int64_t> host_keys;
+    const int64_t* ids = keys;
+    if (space == MemorySpace::kDevice) {
+      host_keys.resize(static_cast<size_t>(n));
+      impl_->read_back({{host_keys.data(), keys, host_keys.size() * sizeof(int64_t)}}, {});
+      ids = host_keys.data();
+    }
+    std::unordered_map<int64_t, unsigned char> verdicts;
+    if (make_room(table, ids, n, verdicts, /*admission=*/false)) {
+      std::vector<int64_t> admitted;
+      for (const auto& [key, verdict] : verdicts)
+        if (verdict) admitted.push_back(key);
+      std::sort(admitted.begin(), admitted.end());  // a deterministic insertion order
+      if (!admitted.empty()) {
+        std::vector<float> scratch(admitted.size() * static_cast<size_t>(configs_[table].dim));
+        impl_->lookup(table, admitted.data(), static_cast<int64_t>(admitted.size()), scratch.data(), true,
+                      MemorySpace::kHost);
+      }
+      impl_->lookup(table, keys, n, out, false, space);
+      return;
+    }
+  }
   impl_->lookup(table, keys, n, out, insert, space);
 }
 

@@ -248,9 +248,11 @@ class DeviceEmbeddingCollection {
   int64_t remove_in_call(int table, const int64_t* keys, int64_t n, MemorySpace space);
   // Table t's capacity before a training prepare of ids (n, host) inserts (device_capacity.cpp):
   // evicts rows or refuses ids by the CPU rule, and fills verdicts (1: may become a row) for
-  // the batch's absent ids, sighting each once when the table has admission. Returns false,
+  // the batch's absent ids, sighting each once when the table has admission and `admission`
+  // (an explicit lookup with insert bypasses admission, as on the CPU store). Returns false,
   // deciding nothing, when no shard can pass its bound (the admission hook decides alone).
-  bool make_room(int table, const int64_t* ids, int64_t n, std::unordered_map<int64_t, unsigned char>& verdicts);
+  bool make_room(int table, const int64_t* ids, int64_t n, std::unordered_map<int64_t, unsigned char>& verdicts,
+                 bool admission = true);
   // The incremental expiry of table t after a step (scan_per_step rows); returns the rows removed.
   int64_t expire_some(int table);
   // Host copies of the offsets of device inputs (host inputs: their own offsets), after

@@ -377,7 +377,7 @@ void EmbeddingTable::lookup_or_insert_weights(const int64_t* keys, int64_t n, fl
       if (rows[i])
         read_weights(rows[i], out + i * config_.dim);
       else
-        std::memset(out + i * config_.dim, 0, static_cast<size_t>(config_.dim) * sizeof(float));
+        fill_default(out + i * config_.dim, 1);
     }
   });
 }
