@@ -127,7 +127,7 @@ TEST_F(PredictBatcherTest, MalformedRequestsAreRefusedAtSubmitAndSpoilNoBatch) {
   bad.push_back(random_request(3, false));
   bad.back()->offsets[1].back() += 1;  // past the ids
   bad.push_back(random_request(3, true));
-  bad.back()->weights[0].pop_back();
+  bad.back()->weights[0].push_back(1.0f);  // one weight more than ids (never empty, never a match)
   bad.push_back(random_request(3, false));
   bad.back()->dense = {1.0f};  // the model has no dense input
   bad.push_back(random_request(3, false));
