@@ -169,15 +169,30 @@ void append_core_inputs(const CompressedGroupPlan& p, std::vector<GroupInput>& o
 
 namespace {
 
+// The shape compose_positions and split_positions share: output width, component width and
+// count, whether components are concatenated, keys per id of a "none" position, output rows.
+struct PositionShape {
+  explicit PositionShape(const CompressedGroupPlan& p)
+      : dim(p.layout->dim),
+        dc(p.layout->component_dim),
+        count(num_components(p)),
+        concat(p.layout->spec.combine == CompressionCombine::kConcat),
+        m(p.layout->pooling == Pooling::kNone ? p.layout->spec.keys_per_id() : 1),
+        rows(p.layout->pooling == Pooling::kNone ? p.bags.batch_size * p.bags.max_len : p.bags.batch_size) {}
+  int dim, dc, count;
+  bool concat;
+  int64_t m, rows;
+};
+
 // compose and split of a per-position plan: output row r (a bag, or a bag's place for "none")
 // is the sum or concatenation of each component's row r (for "none", of its keys_per_id
 // rows r * m .. r * m + m - 1), plus the exact group's row r.
 void compose_positions(const CompressedGroupPlan& p, const std::vector<const float*>& core_outputs, float* out) {
+  const PositionShape sh(p);
   const CompressedLayout& layout = *p.layout;
-  const int dim = layout.dim, dc = layout.component_dim, count = num_components(p);
-  const bool none = layout.pooling == Pooling::kNone, concat = layout.spec.combine == CompressionCombine::kConcat;
-  const int64_t m = none ? layout.spec.keys_per_id() : 1;
-  const int64_t rows = none ? p.bags.batch_size * p.bags.max_len : p.bags.batch_size;
+  const int dim = sh.dim, dc = sh.dc, count = sh.count;
+  const bool concat = sh.concat;
+  const int64_t m = sh.m, rows = sh.rows;
   parallel_for(rows, kRowsPerTask, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       float* dst = out + r * dim;
@@ -200,11 +215,11 @@ void compose_positions(const CompressedGroupPlan& p, const std::vector<const flo
 }
 
 void split_positions(const CompressedGroupPlan& p, const float* grad, const std::vector<float*>& core_grads) {
+  const PositionShape sh(p);
   const CompressedLayout& layout = *p.layout;
-  const int dim = layout.dim, dc = layout.component_dim, count = num_components(p);
-  const bool none = layout.pooling == Pooling::kNone, concat = layout.spec.combine == CompressionCombine::kConcat;
-  const int64_t m = none ? layout.spec.keys_per_id() : 1;
-  const int64_t rows = none ? p.bags.batch_size * p.bags.max_len : p.bags.batch_size;
+  const int dim = sh.dim, dc = sh.dc, count = sh.count;
+  const bool concat = sh.concat;
+  const int64_t m = sh.m, rows = sh.rows;
   parallel_for(rows, kRowsPerTask, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const float* src = grad + r * dim;
