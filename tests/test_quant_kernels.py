@@ -62,7 +62,10 @@ def packed(codes, alpha, cols):
 SHAPES = [(1, 1, 1), (1, 7, 31), (1, 9, 128), (1, 13, 97), (3, 5, 256), (3, 11, 300), (2, 6, 1025), (64, 7, 33),
           (64, 13, 256), (257, 5, 70), (4, 17, 300), (1, 64, 1025),
           # edges of the GEMM's panels (16 rows), column groups (8) and register tile (8 rows of x)
-          (8, 16, 8), (9, 17, 9), (17, 33, 15), (5, 48, 7), (16, 1, 2)]
+          (8, 16, 8), (9, 17, 9), (17, 33, 15), (5, 48, 7), (16, 1, 2),
+          # GEMV row steps (8, then 4, then single rows), the last step ending at the last row with
+          # 1, 0 or 2 bytes after its last block (no room, or room, to read past it)
+          (1, 24, 258), (1, 28, 256), (2, 20, 260), (1, 45, 1028)]
 
 
 @pytest.mark.parametrize("batch,rows,cols", SHAPES)
