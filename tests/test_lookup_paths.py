@@ -10,7 +10,7 @@ import pytest
 import sparsecore as sc
 from reference import EXTREME_IDS, assert_pooled
 
-EMPTY_MARKER = -(2**63)  # the hash index's old empty-slot key: a legal id like any other
+EMPTY_MARKER = -(2**63)  # the hash index's empty-slot key: held out of band, still a legal id
 MASK = (1 << 64) - 1
 
 
@@ -56,7 +56,7 @@ def test_evaluate_equals_the_planned_forward_bit_for_bit_across_shards(rng, shar
         np.testing.assert_array_equal(direct, planned)
     rows = emb.lookup("t", ids)
     assert not rows[~np.isin(ids, known)].any()  # unknown ids read as zeros
-    assert rows[ids == EMPTY_MARKER].any()  # the old empty marker has its own row
+    assert rows[ids == EMPTY_MARKER].any()  # the out-of-band key has its own row
     assert_pooled(direct, rows, offsets, None, pooling)
 
 

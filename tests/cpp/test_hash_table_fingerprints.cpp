@@ -1,6 +1,6 @@
-// The hash index compares 32-bit fingerprints (the high half of a key's hash) and confirms the
-// key from the row record: keys whose fingerprints collide must stay distinct under every
-// operation, and every int64 (the slot encoding's old empty marker included) is a key.
+// Keys whose hashes share their high 32 bits (a fingerprint an index could compare instead of
+// the key) stay distinct under every operation, in small tables where they share probe runs,
+// and every int64 (the index's empty marker included) is a key.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -67,7 +67,7 @@ void expect_exact(HashTable& table, const std::vector<int64_t>& present, const s
       }
     }
   }
-  // for_each visits each present key once, with its own row, keys read from the records.
+  // for_each visits each present key once, with its own row.
   std::map<int64_t, int> seen;
   table.shard(0).for_each([&](int64_t key, const std::byte* row) {
     ++seen[key];
@@ -174,6 +174,7 @@ TEST(HashTableFingerprints, EveryInt64IsAKeyIncludingTheExtremes) {
     std::byte* row = nullptr;
     table.find(&lowest, 1, &row);
     EXPECT_EQ(row, nullptr);
+    EXPECT_EQ(table.size(), keys.size() - 1);
     table.find(keys.data() + 1, 1, &row);
     ASSERT_NE(row, nullptr);
     EXPECT_EQ(row_key(row), std::numeric_limits<int64_t>::max());

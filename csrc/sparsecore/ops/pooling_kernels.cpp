@@ -81,49 +81,38 @@ __attribute__((always_inline)) inline void pool_range(const PreparedGroup& g, co
   }
 }
 
-// Index slots are prefetched this many ids ahead of the candidate probe, which starts the
-// row's record load this many ids ahead of its accumulation: of a present id's two misses
-// (slot, record) only the record's is dependent, and both overlap with the work on earlier ids.
+// Index slots are prefetched this many ids ahead of the row probe, rows this many ahead of
+// their accumulation: two dependent misses per id overlap with the work on earlier ids.
 constexpr int64_t kSlotAhead = 32;
 constexpr int64_t kRowAhead = 16;
 // Rows by index have no slot phase: the misses the hash path spends on slots go to rows further ahead.
 constexpr int64_t kDenseRowAhead = 32;
 
-// Where pool_from_ids finds rows, in three stages per id: ahead(i) (nothing to read yet),
-// start(i) (what to prefetch: kLeadBytes, then the row), finish(i, started) (the row or
-// nullptr). A hash table: the slots of id i are hashed and prefetched, its candidate record
-// read from them, its key confirmed from the record. Rows by index: the row, its presence bit
-// read at start.
+// Where pool_from_ids finds rows. A hash table: the slot of id i is hashed and prefetched
+// (ahead), then probed (find). Rows by index: nothing to do ahead, find reads the presence bit.
 struct HashedIds {
   const HashTable& table;
   const int64_t* ids;
   uint64_t* __restrict__ hashes;
   static constexpr int64_t kRowsAhead = kRowAhead;
-  static constexpr size_t kLeadBytes = HashTable::kKeyBytes;
   // Inlined into each ISA clone of the loop (left to the compiler, both were calls per id).
   __attribute__((always_inline)) void ahead(int64_t i) const {
     const uint64_t h = key_hash(ids[i]);
     hashes[i] = h;
     table.shard(table.shard_of_hash(h)).prefetch(h);
   }
-  __attribute__((always_inline)) const std::byte* start(int64_t i) const {
+  __attribute__((always_inline)) const std::byte* find(int64_t i) const {
     const uint64_t h = hashes[i];
-    return table.shard(table.shard_of_hash(h)).candidate(h);
-  }
-  __attribute__((always_inline)) const std::byte* finish(int64_t i, const std::byte* record) const {
-    const uint64_t h = hashes[i];
-    return table.shard(table.shard_of_hash(h)).confirm(ids[i], h, record);
+    return table.shard(table.shard_of_hash(h)).find(ids[i], h);
   }
 };
 
 struct DenseIds {
   const DenseRows& rows;
   const int64_t* ids;
-  static constexpr int64_t kRowsAhead = kDenseRowAhead;
-  static constexpr size_t kLeadBytes = 0;
   __attribute__((always_inline)) void ahead(int64_t) const {}
-  __attribute__((always_inline)) const std::byte* start(int64_t i) const { return rows.find(ids[i]); }
-  __attribute__((always_inline)) const std::byte* finish(int64_t, const std::byte* row) const { return row; }
+  __attribute__((always_inline)) const std::byte* find(int64_t i) const { return rows.find(ids[i]); }
+  static constexpr int64_t kRowsAhead = kDenseRowAhead;
 };
 
 template <int kDim, bool kHalf, typename Ids>
@@ -139,14 +128,9 @@ __attribute__((always_inline)) inline void pool_from_ids(const Ids& lookup, int 
   const size_t out_row_bytes = static_cast<size_t>(dim) * sizeof(float);
   auto hash_ahead = [&](int64_t i) { lookup.ahead(i); };
   auto probe_ahead = [&](int64_t i) {
-    const std::byte* r = lookup.start(i);
-    rows[i] = r;
-    if (r) prefetch_bytes(r, Ids::kLeadBytes + row_bytes);
-  };
-  // Id i's row (default_row when absent), after advance(i).
-  auto row_at = [&](int64_t i) {
-    const std::byte* r = lookup.finish(i, rows[i]);
-    return r ? r : default_row;
+    const std::byte* r = lookup.find(i);
+    rows[i] = r ? r : default_row;
+    if (r) prefetch_bytes(r, row_bytes);
   };
   for (int64_t i = 0; i < std::min(n, kSlotAhead + Ids::kRowsAhead); ++i) hash_ahead(i);
   for (int64_t i = 0; i < std::min(n, Ids::kRowsAhead); ++i) probe_ahead(i);
@@ -164,8 +148,8 @@ __attribute__((always_inline)) inline void pool_from_ids(const Ids& lookup, int 
         advance(i);
         float* dst = o + j * dim;
         const float w = weights ? weights[i] : 1.0f;
-        if (const std::byte* row = row_at(i)) {
-          const float* src = row_weights<kHalf>(row, tmp, dim);
+        if (rows[i]) {
+          const float* src = row_weights<kHalf>(rows[i], tmp, dim);
           for (int d = 0; d < dim; ++d) dst[d] = w * src[d];
         } else {
           std::memset(dst, 0, out_row_bytes);
@@ -186,7 +170,7 @@ __attribute__((always_inline)) inline void pool_from_ids(const Ids& lookup, int 
       advance(i);
       const float w = weights ? weights[i] : 1.0f;
       weight_sum += w;
-      if (const std::byte* row = row_at(i)) axpy(acc, row_weights<kHalf>(row, tmp, dim), w, dim);
+      if (rows[i]) axpy(acc, row_weights<kHalf>(rows[i], tmp, dim), w, dim);
     }
     float scale = 1.0f;
     if (pooling == Pooling::kMean) {

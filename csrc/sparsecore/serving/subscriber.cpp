@@ -77,10 +77,10 @@ std::vector<std::byte> encode_rows(const std::vector<uint8_t>& coded, ExportDtyp
 }
 
 // Room for `rows` in a table's index. An index past half a huge page is given a whole one
-// (its slots then live on one 2 MiB page, huge_pages.h): every probe of a served
+// (its 12-byte slots then live on one 2 MiB page, huge_pages.h): every probe of a served
 // table is a random read, and a page walk per probe cost about a tenth of a batch's time.
 void reserve_index(HashTable::Shard& shard, size_t rows) {
-  constexpr size_t kSlotBytes = HashTable::Shard::kSlotBytes, kHalfPageRows = kHugePageBytes / 2 / kSlotBytes * 4 / 5;
+  constexpr size_t kSlotBytes = 12, kHalfPageRows = kHugePageBytes / 2 / kSlotBytes * 4 / 5;
   constexpr size_t kPageRows = kHugePageBytes / kSlotBytes * 4 / 5 + 1;
   shard.reserve(rows >= kHalfPageRows ? std::max(rows, kPageRows) : rows);
 }

@@ -313,7 +313,7 @@ class EmbeddingTable {
   // are not in `keep` (sorted); returns how many.
   int64_t evict_locked(int shard, int64_t count, const std::vector<int64_t>& keep);
   // Keys of the expired rows of hash shard `shard` in slots [begin, end) (the lock held).
-  void collect_expired(int shard, uint64_t begin, uint64_t end, const Expiry::Cutoffs& cut,
+  void collect_expired(int shard, uint64_t begin, uint64_t end, bool with_special, const Expiry::Cutoffs& cut,
                        std::vector<int64_t>& out) const;
 
   TableConfig config_;

@@ -167,9 +167,9 @@ bool EmbeddingTable::expired(int64_t key, const std::byte* row, const Expiry::Cu
   return expiry_->expired(key, m, w.data(), config_.dim, cut);
 }
 
-void EmbeddingTable::collect_expired(int shard, uint64_t begin, uint64_t end, const Expiry::Cutoffs& cut,
-                                     std::vector<int64_t>& out) const {
-  table_.shard(shard).for_each_in_slots(begin, end, [&](int64_t key, const std::byte* row) {
+void EmbeddingTable::collect_expired(int shard, uint64_t begin, uint64_t end, bool with_special,
+                                     const Expiry::Cutoffs& cut, std::vector<int64_t>& out) const {
+  table_.shard(shard).for_each_in_slots(begin, end, with_special, [&](int64_t key, const std::byte* row) {
     if (expired(key, row, cut)) out.push_back(key);
   });
 }
@@ -183,7 +183,7 @@ int64_t EmbeddingTable::expire() {
   for (int s = 0; s < table_.num_shards(); ++s) {
     const HashTable::Shard& sh = table_.shard(s);
     auto lock = sh.read_lock();
-    collect_expired(s, 0, sh.slot_count(), cut, keys[static_cast<size_t>(s)]);
+    collect_expired(s, 0, sh.slot_count(), true, cut, keys[static_cast<size_t>(s)]);
   }
   int64_t removed = 0;
   for (int s = 0; s < table_.num_shards(); ++s) {
@@ -221,8 +221,8 @@ int64_t EmbeddingTable::expire_some(int64_t slots) {
     // into the shard's first slots).
     while (end < a + cap && sh.slot_used(end % cap)) ++end;
     keys.clear();
-    collect_expired(s, a, std::min(end, cap), cut, keys);
-    if (end > cap) collect_expired(s, 0, end - cap, cut, keys);
+    collect_expired(s, a, std::min(end, cap), a == 0, cut, keys);
+    if (end > cap) collect_expired(s, 0, end - cap, false, cut, keys);
     removed += remove_rows_locked(s, keys.data(), static_cast<int64_t>(keys.size()), Removal::kExpired);
     left -= std::max<int64_t>(1, static_cast<int64_t>(end - a));
     if (end >= cap) {
@@ -270,8 +270,9 @@ int64_t EmbeddingTable::evict_locked(int shard, int64_t count, const std::vector
     for (uint64_t seen = 0; seen < slots; ++seen, i = i + 1 == slots ? 0 : i + 1) {
       const bool used = sh.slot_used(i);
       if (!used && static_cast<int64_t>(candidates.size()) >= sample) break;
-      if (used) sh.for_each_in_slots(i, i + 1, consider);
+      if (used) sh.for_each_in_slots(i, i + 1, false, consider);
     }
+    sh.for_each_in_slots(0, 0, /*with_special=*/true, consider);
   } else {
     sh.for_each(consider);
   }

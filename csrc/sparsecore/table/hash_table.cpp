@@ -23,59 +23,42 @@ inline void prefetch_lines(const std::byte* p, size_t bytes) {
     __builtin_prefetch(reinterpret_cast<const void*>(line));
 }
 
-// Probes keys[0, n) in order in three stages, each key's hash computed once: its slots are
-// prefetched 2 * kAhead keys ahead, its candidate record read from them (and its first
-// record_bytes prefetched) kAhead keys ahead, and done(i, row) gets the confirmed row (nullptr:
-// absent). So of a present key's two misses (slot, record) only the record's is dependent,
-// and both overlap with the probes of other keys. shard_of(hash) names the key's shard.
-template <int64_t kAhead, class ShardOf, class Done>
-inline void probe_pipelined(const int64_t* keys, int64_t n, ShardOf&& shard_of, size_t record_bytes, Done&& done) {
-  constexpr int64_t kRing = 2 * kAhead;
-  uint64_t hashes[kRing];
-  std::byte* records[kRing];
-  auto slots_ahead = [&](int64_t i) {
-    const uint64_t h = key_hash(keys[i]);
-    hashes[i % kRing] = h;
-    shard_of(h).prefetch(h);
-  };
-  auto record_ahead = [&](int64_t i) {
-    const uint64_t h = hashes[i % kRing];
-    std::byte* r = shard_of(h).candidate(h);
-    records[i % kRing] = r;
-    if (r) prefetch_lines(r, record_bytes);
-  };
-  for (int64_t i = 0; i < std::min(n, kRing); ++i) slots_ahead(i);
-  for (int64_t i = 0; i < std::min(n, kAhead); ++i) record_ahead(i);
+// Visits keys[0, n) in order, prefetch(hash) running kAhead keys ahead of visit(i, hash).
+// Each key is hashed once: its hash waits in a ring between the two.
+template <int64_t kAhead, class Prefetch, class Visit>
+inline void hashed_ahead(const int64_t* keys, int64_t n, Prefetch&& prefetch, Visit&& visit) {
+  uint64_t ring[kAhead];
+  const int64_t head = std::min(n, kAhead);
+  for (int64_t i = 0; i < head; ++i) {
+    ring[i] = key_hash(keys[i]);
+    prefetch(ring[i]);
+  }
   for (int64_t i = 0; i < n; ++i) {
-    const uint64_t h = hashes[i % kRing];
-    done(i, shard_of(h).confirm(keys[i], h, records[i % kRing]));
-    if (i + kAhead < n) record_ahead(i + kAhead);
-    if (i + kRing < n) slots_ahead(i + kRing);
+    const uint64_t hash = ring[i % kAhead];
+    if (i + kAhead < n) {
+      const uint64_t ahead = key_hash(keys[i + kAhead]);
+      ring[i % kAhead] = ahead;
+      prefetch(ahead);
+    }
+    visit(i, hash);
   }
 }
 
 }  // namespace
 
-HashTable::Shard::Shard(size_t row_bytes, std::shared_ptr<ChunkPool> pool)
-    : arena_(kKeyBytes + row_bytes, std::move(pool)) {
+HashTable::Shard::Shard(size_t row_bytes, std::shared_ptr<ChunkPool> pool) : arena_(row_bytes, std::move(pool)) {
   grow(kMinCapacity);
 }
 
 void HashTable::Shard::grow(size_t new_capacity) {
+  std::vector<Slot, HugePageAllocator<Slot>> old(new_capacity, Slot{kEmptyKey, kNoRow});
   SC_CHECK(new_capacity < (uint64_t{1} << 32), Error, "hash index of one shard is full (2^32 slots)");
-  std::vector<Slot, HugePageAllocator<Slot>> old(new_capacity, Slot{0, kNoRow});
   old.swap(slots_);
   capacity_ = new_capacity;
-  // A slot keeps no bits of its key's home: each entry's key is read from its record, the
-  // records prefetched a few entries ahead.
-  constexpr size_t kAhead = 16;
-  const size_t n = old.size();
-  for (size_t i = 0; i < n; ++i) {
-    if (i + kAhead < n && old[i + kAhead].row != kNoRow) __builtin_prefetch(arena_.row(old[i + kAhead].row));
-    const Slot s = old[i];
-    if (s.row == kNoRow) continue;
-    uint64_t slot = home(key_hash(key_of(s.row)));
-    while (slots_[slot].row != kNoRow) slot = next(slot);
+  for (const Slot& s : old) {
+    if (s.key == kEmptyKey) continue;
+    uint64_t slot = home(key_hash(s.key));
+    while (slots_[slot].key != kEmptyKey) slot = next(slot);
     slots_[slot] = s;
   }
 }
@@ -88,9 +71,8 @@ void HashTable::Shard::reserve(size_t rows) {
 
 uint32_t HashTable::Shard::allocate_row(int64_t key, const RowInit& init) {
   uint32_t id = arena_.allocate();
-  std::memcpy(arena_.row(id), &key, sizeof(key));
   try {
-    init(key, row_of(id));
+    init(key, arena_.row(id));
   } catch (...) {
     arena_.release(id);
     throw;
@@ -100,32 +82,41 @@ uint32_t HashTable::Shard::allocate_row(int64_t key, const RowInit& init) {
 
 std::byte* HashTable::Shard::find_or_insert(int64_t key, uint64_t hash, const RowInit& init, bool* inserted) {
   *inserted = false;
-  const uint32_t tag = fingerprint(hash);
+  if (key == kEmptyKey) {
+    if (special_row_ == kNoRow) {
+      special_row_ = allocate_row(key, init);
+      ++size_;
+      *inserted = true;
+    }
+    return arena_.row(special_row_);
+  }
   uint64_t slot = home(hash);
-  for (;; slot = next(slot)) {
-    const Slot s = slots_[slot];
-    if (s.row == kNoRow) break;
-    if (s.tag == tag && key_of(s.row) == key) return row_of(s.row);
+  for (;;) {
+    int64_t k = slots_[slot].key;
+    if (k == key) return arena_.row(slots_[slot].row);
+    if (k == kEmptyKey) break;
+    slot = next(slot);
   }
   if (over_load(size_ + 1, capacity_)) {
     grow(capacity_ + capacity_ / 2);
     slot = home(hash);
-    while (slots_[slot].row != kNoRow) slot = next(slot);
+    while (slots_[slot].key != kEmptyKey) slot = next(slot);
   }
-  const uint32_t id = allocate_row(key, init);
-  slots_[slot] = Slot{tag, id};
+  uint32_t id = allocate_row(key, init);
+  slots_[slot].key = key;
+  slots_[slot].row = id;
   ++size_;
   *inserted = true;
-  return row_of(id);
+  return arena_.row(id);
 }
 
 int64_t HashTable::Shard::find_batch(const int64_t* keys, int64_t count, std::byte** rows) const {
   int64_t absent = 0;
-  probe_pipelined<kProbeAhead>(
-      keys, count, [this](uint64_t) -> const Shard& { return *this; }, kKeyBytes,
-      [&](int64_t j, std::byte* row) {
-        rows[j] = row;
-        absent += row == nullptr;
+  hashed_ahead<kProbeAhead>(
+      keys, count, [&](uint64_t hash) { prefetch(hash); },
+      [&](int64_t j, uint64_t hash) {
+        rows[j] = find(keys[j], hash);
+        absent += rows[j] == nullptr;
       });
   return absent;
 }
@@ -142,7 +133,7 @@ void HashTable::Shard::upsert_copy(int64_t key, uint64_t hash, const std::byte* 
   bool inserted = false;
   std::byte* dst = find_or_insert(
       key, hash, [](int64_t, std::byte*) {}, &inserted);
-  std::memcpy(dst, row, arena_.row_bytes() - kKeyBytes);
+  std::memcpy(dst, row, arena_.row_bytes());
 }
 
 void HashTable::Shard::seal_retired(uint64_t stamp) {
@@ -172,41 +163,53 @@ size_t HashTable::Shard::release_retired(uint64_t before) {
 }
 
 bool HashTable::Shard::erase(int64_t key, uint64_t hash, bool retire) {
-  const uint32_t tag = fingerprint(hash);
-  uint64_t slot = home(hash);
-  for (;; slot = next(slot)) {
-    const Slot s = slots_[slot];
-    if (s.row == kNoRow) return false;
-    if (s.tag == tag && key_of(s.row) == key) break;
+  auto release = [&](uint32_t id) {
+    if (retire)
+      retired_.push_back(id);
+    else
+      arena_.release(id);
+  };
+  if (key == kEmptyKey) {
+    if (special_row_ == kNoRow) return false;
+    release(special_row_);
+    special_row_ = kNoRow;
+    --size_;
+    return true;
   }
-  if (retire)
-    retired_.push_back(slots_[slot].row);
-  else
-    arena_.release(slots_[slot].row);
+  uint64_t slot = home(hash);
+  for (;;) {
+    int64_t k = slots_[slot].key;
+    if (k == kEmptyKey) return false;
+    if (k == key) break;
+    slot = next(slot);
+  }
+  release(slots_[slot].row);
   --size_;
   // Backward-shift deletion: pull later members of the probe run into the hole while their
-  // home slot does not lie cyclically in (hole, j]. Their homes come from the keys in their
-  // records (released records keep their bytes until reused, and nothing is allocated here).
+  // home slot does not lie cyclically in (hole, j].
   uint64_t hole = slot;
   uint64_t j = slot;
   for (;;) {
     j = next(j);
-    const Slot s = slots_[j];
-    if (s.row == kNoRow) break;
-    const uint64_t h = home(key_hash(key_of(s.row)));
-    const bool stays = hole <= j ? (hole < h && h <= j) : (hole < h || h <= j);
+    int64_t kj = slots_[j].key;
+    if (kj == kEmptyKey) break;
+    uint64_t h = home(key_hash(kj));
+    bool stays = hole <= j ? (hole < h && h <= j) : (hole < h || h <= j);
     if (stays) continue;
-    slots_[hole] = s;
+    slots_[hole].key = kj;
+    slots_[hole].row = slots_[j].row;
     hole = j;
   }
-  slots_[hole] = Slot{0, kNoRow};
+  slots_[hole].key = kEmptyKey;
+  slots_[hole].row = kNoRow;
   return true;
 }
 
 void HashTable::Shard::clear() {
-  slots_.assign(kMinCapacity, Slot{0, kNoRow});
+  slots_.assign(kMinCapacity, Slot{kEmptyKey, kNoRow});
   slots_.shrink_to_fit();
   capacity_ = kMinCapacity;
+  special_row_ = kNoRow;
   size_ = 0;
   retired_.clear();
   retired_stamps_.clear();
@@ -219,7 +222,7 @@ HashTable::HashTable(size_t row_bytes, int shard_bits) : row_bytes_(row_bytes), 
   SC_CHECK_ARG(shard_bits >= 0 && shard_bits <= kMaxShardBits, "shard_bits must be in [0, ", kMaxShardBits, "], got ",
                shard_bits);
   SC_CHECK_ARG(row_bytes > 0, "row size must be positive");
-  pool_ = std::make_shared<ChunkPool>(RowArena::kChunkRows * (kKeyBytes + row_bytes));
+  pool_ = std::make_shared<ChunkPool>(RowArena::kChunkRows * row_bytes);
   shards_.reserve(size_t{1} << shard_bits);
   for (int s = 0; s < (1 << shard_bits); ++s) shards_.push_back(std::make_unique<Shard>(row_bytes, pool_));
 }
@@ -271,12 +274,15 @@ void HashTable::lookup_batch(const int64_t* keys, int64_t n, std::byte** rows, c
   int64_t absent = 0;
   {
     SharedLockAll lock(*this);
-    probe_pipelined<Shard::kProbeAhead>(
-        keys, n, [this](uint64_t hash) -> const Shard& { return *shards_[shard_of_hash(hash)]; },
-        kKeyBytes + prefetch_bytes,
-        [&](int64_t i, std::byte* row) {
+    hashed_ahead<Shard::kProbeAhead>(
+        keys, n, [&](uint64_t hash) { shards_[shard_of_hash(hash)]->prefetch(hash); },
+        [&](int64_t i, uint64_t hash) {
+          std::byte* row = shards_[shard_of_hash(hash)]->find(keys[i], hash);
           rows[i] = row;
-          absent += row == nullptr;
+          if (row == nullptr)
+            ++absent;
+          else if (prefetch_bytes)
+            prefetch_lines(row, prefetch_bytes);
         });
   }
   if (!init || absent == 0) return;

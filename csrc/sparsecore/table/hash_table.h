@@ -2,22 +2,15 @@
 //
 // Layout. The key space is split into 2^shard_bits shards by the top bits of fmix64(key)
 // (the same hash keys route to buckets with, so a shard is a contiguous bucket range).
-// Each shard is an open-addressing index (linear probing over 8-byte slots {fingerprint
-// uint32, row id uint32}) in front of a RowArena whose records never move. A record is the
-// key (int64, owned by the table) followed by the caller's row; callers see only the row.
-// A slot's fingerprint is the high 32 bits of the key's hash, which pick neither the home
-// slot (the low 32 bits: the high half of their product with the capacity) nor, beyond the
-// top shard_bits, the shard. A probe compares fingerprints only and reads the key from the
-// record it finds, the record the caller reads next anyway, so a present key costs one
-// dependent miss once its slot was prefetched: the batched probes (find_batch,
-// lookup_batch, the evaluation kernels) prefetch slots far ahead, start the record load on
-// a fingerprint match (candidate) and compare the key when the record has arrived (confirm).
-// The index has any capacity, not only powers of two; it grows by half when the load would
-// pass 4/5, so the load stays in [0.53, 0.8] and the index costs 10-15 bytes a row. Growth
-// rehashes from the keys in the records (rows never move).
+// Each shard is an open-addressing index (linear probing over packed {key int64, row id
+// uint32} slots, 12 bytes each) in front of a RowArena whose rows never move. The index has
+// any capacity, not only powers of two: a key's home slot is the high half of
+// (low 32 bits of its hash) x capacity. It grows by half when the load would pass 4/5, so
+// the load stays in [0.53, 0.8] and the index costs 15-23 bytes a row (a doubling index
+// at <= 3/4 ranges over 16-32). Growth rehashes only (key, id) pairs.
 //
-// Keys. Every int64 is a legal key: a slot is empty when its row id is kNoRow (no record has
-// that id), whatever its fingerprint.
+// Keys. Every int64 is a legal key. The index marks empty slots with kEmptyKey; the one
+// real key equal to it lives out of band in `Shard::special_row`.
 //
 // Erase uses backward-shift deletion, so the index never holds tombstones.
 //
@@ -29,7 +22,6 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <cstring>
 #include <functional>
 #include <limits>
 #include <memory>
@@ -45,58 +37,37 @@ namespace sparsecore {
 
 class HashTable {
  public:
+  static constexpr int64_t kEmptyKey = std::numeric_limits<int64_t>::min();
   static constexpr uint32_t kNoRow = std::numeric_limits<uint32_t>::max();
   static constexpr int kMaxShardBits = kBucketBits;
-  // Bytes of the key in front of each row in its record.
-  static constexpr size_t kKeyBytes = sizeof(int64_t);
 
   // Called once for each newly inserted row, under the shard's lock: fill `row` (row_bytes).
   using RowInit = std::function<void(int64_t key, std::byte* row)>;
 
   class Shard {
    public:
-    static constexpr size_t kSlotBytes = 8;
-
-    // pool: record chunks (kKeyBytes + row_bytes a record), shared by the shards of one table.
+    // pool: row chunks, shared by the shards of one table.
     Shard(size_t row_bytes, std::shared_ptr<ChunkPool> pool);
 
     // All of these require the caller to hold the shard's lock (read_lock for find, write_lock
     // otherwise).
     // Inline: the hot loops of evaluation pooling probe one key at a time.
     std::byte* find(int64_t key, uint64_t hash) const {
-      const uint32_t tag = fingerprint(hash);
-      for (uint64_t slot = home(hash);; slot = next(slot)) {
-        const Slot s = slots_[slot];
-        if (s.row == kNoRow) return nullptr;
-        if (s.tag == tag && key_of(s.row) == key) return row_of(s.row);
+      if (key == kEmptyKey) return special_row_ == kNoRow ? nullptr : arena_.row(special_row_);
+      uint64_t slot = home(hash);
+      for (;;) {
+        int64_t k = slots_[slot].key;
+        if (k == key) return arena_.row(slots_[slot].row);
+        if (k == kEmptyKey) return nullptr;
+        slot = next(slot);
       }
-    }
-    // find in two stages, for loops that run many probes interleaved. candidate() reads only
-    // the slots (prefetch() them first): the record of the first slot from the home of `hash`
-    // with its fingerprint, or nullptr when an empty slot comes first (the key is absent).
-    // The caller prefetches the record (the key, then the row: kKeyBytes + what it reads) and
-    // later hands it to confirm(), which compares the key in it and returns the row (nullptr:
-    // absent); after a fingerprint collision it probes again from the home slot.
-    std::byte* candidate(uint64_t hash) const {
-      const uint32_t tag = fingerprint(hash);
-      for (uint64_t slot = home(hash);; slot = next(slot)) {
-        const Slot s = slots_[slot];
-        if (s.row == kNoRow) return nullptr;
-        if (s.tag == tag) return arena_.row(s.row);
-      }
-    }
-    std::byte* confirm(int64_t key, uint64_t hash, const std::byte* record) const {
-      if (record == nullptr) return nullptr;
-      if (load_key(record) == key) return const_cast<std::byte*>(record) + kKeyBytes;
-      return find(key, hash);
     }
     // Returns the row and whether it was inserted (then `init` has run on it).
     std::byte* find_or_insert(int64_t key, uint64_t hash, const RowInit& init, bool* inserted);
     // Batched probes of `count` keys of this shard: rows (count) receives each key's row
-    // (nullptr: absent). A key's slots are prefetched 2 * kProbeAhead keys before its
-    // confirm and its record kProbeAhead keys before, so the cache misses of an index and
-    // rows far larger than L2 overlap. Caller holds read_lock(). Returns how many keys are
-    // absent.
+    // (nullptr: absent). A key's home slot is prefetched kProbeAhead keys before its probe,
+    // so the cache misses of an index far larger than L2 overlap. Caller holds read_lock().
+    // Returns how many keys are absent.
     int64_t find_batch(const int64_t* keys, int64_t count, std::byte** rows) const;
     // Inserts the keys whose entry of `rows` is null (after find_batch) and fills those
     // entries; duplicates get one row. Caller holds write_lock().
@@ -117,8 +88,9 @@ class HashTable {
     void reserve(size_t rows);
     size_t size() const { return size_; }
     size_t memory_bytes() const;
-    // Hint: the slots where a probe for `hash` starts (prefetch ahead of find/candidate/
-    // find_or_insert). Both lines when the probe's first three slots cross one.
+    // Hint: the slot where a probe for `hash` starts (prefetch ahead of find/find_or_insert).
+    // Both lines when the probe's first slots cross one (a run of about three 12-byte slots
+    // from the home slot, at load 0.5-0.8).
     void prefetch(uint64_t hash) const {
       const uintptr_t p = reinterpret_cast<uintptr_t>(slots_.data() + home(hash));
       __builtin_prefetch(reinterpret_cast<const void*>(p));
@@ -127,23 +99,21 @@ class HashTable {
     // Visits every (key, row) of the shard in index order.
     template <typename Fn>
     void for_each(Fn&& fn) const {
-      for_each_in_slots(0, capacity_, fn);
+      if (special_row_ != kNoRow) fn(kEmptyKey, arena_.row(special_row_));
+      for (const Slot& s : slots_)
+        if (s.key != kEmptyKey) fn(s.key, arena_.row(s.row));
     }
 
     // Slots of the index (entries move only when the shard grows or a key is erased).
     uint64_t slot_count() const { return capacity_; }
-    bool slot_used(uint64_t slot) const { return slots_[slot].row != kNoRow; }
-    // Visits the (key, row) of slots [begin, end) of the index, in slot order. The keys are
-    // read from the records, kVisitAhead slots ahead of the visit.
+    bool slot_used(uint64_t slot) const { return slots_[slot].key != kEmptyKey; }
+    // Visits the (key, row) of slots [begin, end) of the index, and the out-of-band key
+    // first when with_special.
     template <typename Fn>
-    void for_each_in_slots(uint64_t begin, uint64_t end, Fn&& fn) const {
-      end = end < capacity_ ? end : capacity_;
-      for (uint64_t i = begin; i < end; ++i) {
-        if (i + kVisitAhead < end && slots_[i + kVisitAhead].row != kNoRow)
-          __builtin_prefetch(arena_.row(slots_[i + kVisitAhead].row));
-        const uint32_t id = slots_[i].row;
-        if (id != kNoRow) fn(key_of(id), row_of(id));
-      }
+    void for_each_in_slots(uint64_t begin, uint64_t end, bool with_special, Fn&& fn) const {
+      if (with_special && special_row_ != kNoRow) fn(kEmptyKey, arena_.row(special_row_));
+      for (uint64_t i = begin; i < end && i < capacity_; ++i)
+        if (slots_[i].key != kEmptyKey) fn(slots_[i].key, arena_.row(slots_[i].row));
     }
 
     // The shard's reader-writer lock: read_lock() (shared) for find and find_batch,
@@ -154,34 +124,25 @@ class HashTable {
    private:
     friend class HashTable;  // SharedLockAll and the table-wide calls take every shard's lock
     mutable std::shared_mutex mutex_;
-    static constexpr uint64_t kVisitAhead = 8;
 
     uint64_t home(uint64_t hash) const {
       return static_cast<uint64_t>((static_cast<unsigned __int128>(static_cast<uint32_t>(hash)) * capacity_) >> 32);
     }
-    static uint32_t fingerprint(uint64_t hash) { return static_cast<uint32_t>(hash >> 32); }
     uint64_t next(uint64_t slot) const { return slot + 1 == capacity_ ? 0 : slot + 1; }
     static bool over_load(size_t rows, size_t capacity) { return rows * 5 > capacity * 4; }
-    static int64_t load_key(const std::byte* record) {
-      int64_t key;
-      std::memcpy(&key, record, sizeof(key));
-      return key;
-    }
-    int64_t key_of(uint32_t id) const { return load_key(arena_.row(id)); }
-    std::byte* row_of(uint32_t id) const { return arena_.row(id) + kKeyBytes; }
     void grow(size_t new_capacity);
     uint32_t allocate_row(int64_t key, const RowInit& init);
 
-    // 8 bytes a slot: a probe's first slots share one cache line; empty: row == kNoRow.
-    struct Slot {
-      uint32_t tag;  // fingerprint(hash of the key)
-      uint32_t row;  // the record's id in arena_
+    // 12 bytes a slot, key and row id together: a probe touches one cache line.
+    struct __attribute__((packed)) Slot {
+      int64_t key;
+      uint32_t row;
     };
-    static_assert(sizeof(Slot) == kSlotBytes);
     // Past 2 MiB the index lives on huge pages too (its probes are as random as the rows').
     std::vector<Slot, HugePageAllocator<Slot>> slots_;
-    size_t size_ = 0;
+    size_t size_ = 0;        // including the out-of-band key
     uint64_t capacity_ = 0;  // slots_.size(), < 2^32
+    uint32_t special_row_ = kNoRow;
     RowArena arena_;
     std::vector<uint32_t> retired_;  // erased with retire, not yet back in the arena
     // (end in retired_, stamp): retired_[previous end, end) carry `stamp`, ascending.
@@ -205,7 +166,7 @@ class HashTable {
     const HashTable& table_;
   };
 
-  // row_bytes: size of one row (the caller's part of a record); shard_bits in [0, 16].
+  // row_bytes: size of one row record; shard_bits in [0, 16].
   HashTable(size_t row_bytes, int shard_bits);
 
   size_t row_bytes() const { return row_bytes_; }
@@ -225,8 +186,8 @@ class HashTable {
   // and, once warm, no allocation. For a thread that owns its table's traffic (a
   // parameter-server shard answering batches of about a thousand keys), where a pool
   // hand-off costs more than the probes. `prefetch_bytes` > 0: the first prefetch_bytes of
-  // each found row are prefetched with its key, as soon as its slot is read, for a caller
-  // that reads them next.
+  // each found row are prefetched as soon as its slot is read, for a caller that reads them
+  // next.
   void lookup_batch(const int64_t* keys, int64_t n, std::byte** rows, const RowInit* init, size_t prefetch_bytes = 0);
   // Returns the number of keys that were present.
   int64_t erase(const int64_t* keys, int64_t n);
