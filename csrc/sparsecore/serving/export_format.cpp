@@ -1,6 +1,7 @@
 #include "sparsecore/serving/export_format.h"
 
 #include <algorithm>
+#include <atomic>
 #include <bit>
 #include <cinttypes>
 #include <cstdio>
@@ -12,6 +13,8 @@
 #include "sparsecore/core/error.h"
 #include "sparsecore/core/file.h"
 #include "sparsecore/core/json.h"
+#include "sparsecore/core/pod_vector.h"
+#include "sparsecore/core/thread_pool.h"
 #include "sparsecore/quant/row_quantization.h"
 
 namespace sparsecore::serving {
@@ -20,7 +23,17 @@ namespace {
 static_assert(std::endian::native == std::endian::little, "export files are little-endian");
 
 constexpr const char* kFormat = "sparsecore-export";
-constexpr int64_t kFormatVersion = 1;
+constexpr int64_t kFormatVersion = 2;
+// Format version 1 (one checksum per file) is still read.
+constexpr int64_t kOldestFormatVersion = 1;
+// The checksummed unit of a file, and of each positioned write: large enough that a write
+// is one efficient system call, small enough that a block stays in the core's cache between
+// its encoding, its checksum and its write, and that an 80 MB file splits across many cores.
+constexpr uint64_t kBlockBytes = 1ull << 20;
+// What a reader accepts (a manifest cannot make it checksum in tiny steps or huge ones).
+constexpr uint64_t kMinBlockBytes = 4096, kMaxBlockBytes = 1ull << 30;
+// Files open at once while a part is written (tables are written in groups).
+constexpr size_t kMaxOpenFiles = 60;
 constexpr const char* kManifest = "manifest.json";
 constexpr uint64_t kMaxManifestBytes = 64ull << 20;
 constexpr int64_t kMaxTables = 1 << 16;
@@ -36,38 +49,6 @@ struct FileRecord {
   uint64_t bytes = 0;
   uint64_t checksum = 0;
 };
-
-// Files of a part being written: each is written at once and synced together at the end,
-// so the disk takes the data of every file while the next is encoded (the part is not
-// visible before its directory is switched in, so the order of the syncs does not matter).
-struct PartFiles {
-  static constexpr size_t kMaxOpen = 64;
-  std::string dir;
-  std::vector<File> open;
-
-  FileRecord write(const std::string& name, const void* data, uint64_t bytes) {
-    if (open.size() >= kMaxOpen) sync_all();  // bounded descriptors, whatever the table count
-    File f = File::create(join(dir, name));
-    f.write_all(data, bytes);
-    open.push_back(std::move(f));
-    return {name, bytes, checksum64(data, bytes)};
-  }
-  void sync_all() {
-    for (File& f : open) {
-      f.sync();
-      f.close();
-    }
-    open.clear();
-  }
-};
-
-Json file_json(const FileRecord& r) {
-  Json j = Json::object();
-  j["name"] = r.name;
-  j["bytes"] = static_cast<int64_t>(r.bytes);
-  j["checksum"] = checksum_hex(r.checksum);
-  return j;
-}
 
 // A manifest integer in [lo, hi], CorruptData naming `what` otherwise.
 int64_t bounded(const Json& j, const std::string& what, int64_t lo, int64_t hi) {
@@ -91,24 +72,54 @@ const std::string& text_field(const Json& j, const std::string& key, const std::
 }
 
 // Reads the file a manifest entry names, after checking its size against `expected` (what
-// the table's counts imply) and against the file itself, then its checksum.
+// the table's counts imply) and against the file itself, then its checksums: one per
+// `block_bytes` of the file checked in parallel (format version 2), or one of the whole file
+// (block_bytes 0: format version 1).
 std::vector<uint8_t> read_checked(const std::string& dir, const Json& entry, const std::string& expect_name,
-                                  uint64_t expected) {
+                                  uint64_t expected, uint64_t block_bytes) {
   const std::string& name = text_field(entry, "name", expect_name);
   SC_CHECK(name == expect_name, CorruptData, "export manifest names file '", name, "' where '", expect_name,
            "' belongs");
   const uint64_t bytes = static_cast<uint64_t>(bounded(field(entry, "bytes", name), name + " bytes", 0, INT64_MAX));
   SC_CHECK(bytes == expected, CorruptData, "export file '", name, "': the manifest says ", bytes,
            " bytes, its counts imply ", expected);
-  const uint64_t checksum = parse_checksum_hex(text_field(entry, "checksum", name));
+  std::vector<uint64_t> checksums;
+  if (block_bytes == 0) {
+    checksums.push_back(parse_checksum_hex(text_field(entry, "checksum", name)));
+  } else {
+    const Json& list = field(entry, "checksums", name);
+    const uint64_t blocks = (bytes + block_bytes - 1) / block_bytes;
+    SC_CHECK(list.is_array() && list.as_array().size() == blocks, CorruptData, "export manifest: '", name,
+             "' needs 'checksums', a list of ", blocks, " checksums (one per ", block_bytes, " bytes)");
+    for (const Json& c : list.as_array()) {
+      SC_CHECK(c.is_string(), CorruptData, "export manifest: a checksum of '", name, "' is not a string");
+      checksums.push_back(parse_checksum_hex(c.as_string(name)));
+    }
+  }
   File f = File::open_regular(join(dir, name));
   const uint64_t actual = f.size();
   SC_CHECK(actual == bytes, CorruptData, "export file '", join(dir, name), "' has ", actual, " bytes, expected ", bytes,
            " (truncated or altered)");
   std::vector<uint8_t> data(bytes);
   if (bytes) f.read_exact(data.data(), bytes);
-  SC_CHECK(checksum64(data.data(), data.size()) == checksum, CorruptData, "export file '", join(dir, name),
-           "' fails its checksum (altered or damaged)");
+  if (block_bytes == 0) {
+    SC_CHECK(checksum64(data.data(), data.size()) == checksums[0], CorruptData, "export file '", join(dir, name),
+             "' fails its checksum (altered or damaged)");
+    return data;
+  }
+  std::atomic<uint64_t> first_bad{UINT64_MAX};
+  parallel_for(static_cast<int64_t>(checksums.size()), 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const uint64_t at = static_cast<uint64_t>(b) * block_bytes, n = std::min(block_bytes, bytes - at);
+      if (checksum64(data.data() + at, n) == checksums[static_cast<size_t>(b)]) continue;
+      uint64_t seen = first_bad.load();
+      while (static_cast<uint64_t>(b) < seen && !first_bad.compare_exchange_weak(seen, static_cast<uint64_t>(b))) {
+      }
+    }
+  });
+  const uint64_t bad = first_bad.load();
+  SC_CHECK(bad == UINT64_MAX, CorruptData, "export file '", join(dir, name), "' fails its checksum in block ", bad,
+           " (bytes ", bad * block_bytes, " to ", std::min(bytes, (bad + 1) * block_bytes), "; altered or damaged)");
   return data;
 }
 
@@ -220,12 +231,132 @@ bool parse_part_name(const std::string& text, int& part, int& num_parts) {
   return true;
 }
 
+namespace {
+
+// One file of a part being written: its rows come from spans of `unit_in` bytes each in
+// memory and take `unit_out` bytes each in the file; a coded file (fp16, int8, int4 rows)
+// encodes them, every other one is the spans' bytes as they are.
+struct OutFile {
+  std::string name;
+  std::vector<const uint8_t*> data;  // per span
+  std::vector<uint64_t> first_row;   // per span, ascending
+  uint64_t rows = 0;
+  uint64_t unit_in = 0, unit_out = 0;
+  bool coded = false;
+  ExportDtype dtype = ExportDtype::kFloat32;
+  int64_t dim = 0;
+  uint64_t bytes = 0;
+  std::vector<uint64_t> checksums;  // per block
+  File file;
+
+  OutFile(std::string n, File f) : name(std::move(n)), file(std::move(f)) {}
+  void add(const void* p, uint64_t n) {
+    if (n == 0) return;
+    data.push_back(static_cast<const uint8_t*>(p));
+    first_row.push_back(rows);
+    rows += n;
+  }
+  uint64_t blocks() const { return (bytes + kBlockBytes - 1) / kBlockBytes; }
+  // The span holding row r (< rows).
+  size_t span_of(uint64_t r) const {
+    return static_cast<size_t>(std::upper_bound(first_row.begin(), first_row.end(), r) - first_row.begin()) - 1;
+  }
+
+  // Encodes (coded) or gathers block b, checksums it, writes it at its offset and starts its
+  // writeback. Runs on any thread; each block is written by exactly one task.
+  void write_block(uint64_t b) {
+    const uint64_t b0 = b * kBlockBytes, b1 = std::min(bytes, b0 + kBlockBytes);
+    Checksum64 sum;
+    if (coded) {
+      // The rows the block touches, encoded whole (a row cut by the block's edge is encoded
+      // by both blocks it spans), then the block's bytes of them.
+      const uint64_t r0 = b0 / unit_out, r1 = (b1 + unit_out - 1) / unit_out;
+      thread_local PodVector<uint8_t> scratch;
+      scratch.resize((r1 - r0) * unit_out);
+      for (uint64_t r = r0; r < r1;) {
+        const size_t s = span_of(r);
+        const uint64_t end = std::min(r1, s + 1 < first_row.size() ? first_row[s + 1] : rows);
+        quant::quantize_rows(reinterpret_cast<const float*>(data[s] + (r - first_row[s]) * unit_in),
+                             static_cast<int64_t>(end - r), dim, row_format(dtype),
+                             scratch.data() + (r - r0) * unit_out);
+        r = end;
+      }
+      const uint8_t* p = scratch.data() + (b0 - r0 * unit_out);
+      sum.update(p, b1 - b0);
+      file.write_at(p, b1 - b0, b0);
+    } else {
+      // Straight from the spans: one write per span the block crosses.
+      for (uint64_t at = b0; at < b1;) {
+        const size_t s = span_of(at / unit_out);
+        const uint64_t span_begin = first_row[s] * unit_out;
+        const uint64_t span_end = (s + 1 < first_row.size() ? first_row[s + 1] : rows) * unit_out;
+        const uint64_t end = std::min(b1, span_end);
+        const uint8_t* p = data[s] + (at - span_begin);
+        sum.update(p, end - at);
+        file.write_at(p, end - at, at);
+        at = end;
+      }
+    }
+    checksums[b] = sum.digest();
+    file.start_writeback(b0, b1 - b0);
+  }
+};
+
+Json file_json(const OutFile& f) {
+  Json j = Json::object();
+  j["name"] = f.name;
+  j["bytes"] = static_cast<int64_t>(f.bytes);
+  Json sums = Json::array();
+  for (uint64_t c : f.checksums) sums.push_back(checksum_hex(c));
+  j["checksums"] = std::move(sums);
+  return j;
+}
+
+// Writes and syncs `files` (their sources set): every block of every file on the pool, then
+// every file's fsync, also on the pool (the disk takes the files' data together).
+void write_files(std::vector<OutFile>& files) {
+  std::vector<std::pair<size_t, uint64_t>> blocks;
+  for (size_t f = 0; f < files.size(); ++f) {
+    files[f].checksums.assign(files[f].blocks(), 0);
+    for (uint64_t b = 0; b < files[f].blocks(); ++b) blocks.emplace_back(f, b);
+  }
+  parallel_for(static_cast<int64_t>(blocks.size()), 1, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) files[blocks[i].first].write_block(blocks[i].second);
+  });
+  parallel_for(static_cast<int64_t>(files.size()), 1, [&](int64_t f0, int64_t f1) {
+    for (int64_t f = f0; f < f1; ++f) {
+      files[f].file.sync();
+      files[f].file.close();
+    }
+  });
+}
+
+}  // namespace
+
 std::string write_export_part(const ExportPart& part, const std::string& stream_dir) {
+  std::vector<ExportTableSource> sources;
+  for (const ExportTable& t : part.tables) {
+    const uint64_t dim = static_cast<uint64_t>(t.config.dim);
+    SC_CHECK_ARG(t.weights.size() == t.keys.size() * dim, "export of table '", t.config.name, "': ", t.keys.size(),
+                 " keys but ", t.weights.size(), " weights (dim ", dim, ")");
+    sources.push_back({&t.config, t.seed, {{t.keys.data(), t.weights.data(), t.keys.size()}}, &t.deleted});
+  }
+  return write_export_part(static_cast<const ExportHeader&>(part), sources, stream_dir);
+}
+
+std::string write_export_part(const ExportHeader& part, const std::vector<ExportTableSource>& tables,
+                              const std::string& stream_dir) {
   SC_CHECK_ARG(part.version >= 0, "export version must be >= 0, got ", part.version);
   SC_CHECK_ARG(!part.delta || (part.since >= 0 && part.since <= part.version), "a delta since version ", part.since,
                " cannot lead to version ", part.version);
   SC_CHECK_ARG(part.num_parts >= 1 && part.num_parts <= kMaxParts && part.part >= 0 && part.part < part.num_parts,
                "export part ", part.part, " of ", part.num_parts, " is out of range");
+  for (const ExportTableSource& t : tables) {
+    SC_CHECK_ARG(t.config != nullptr && t.config->dim > 0, "export of a table without a config or with dim <= 0");
+    for (const ExportRowSpan& s : t.spans)
+      SC_CHECK_ARG(s.rows == 0 || (s.keys && s.weights), "export of table '", t.config->name,
+                   "': a span of rows without keys or weights");
+  }
   const std::string export_dir = join(stream_dir, export_name({part.delta, part.since, part.version}));
   make_directories(export_dir);
   sync_directory(stream_dir);
@@ -233,37 +364,56 @@ std::string write_export_part(const ExportPart& part, const std::string& stream_
   const std::string staging = join(export_dir, "." + target_name + "." + random_suffix());
   make_directory(staging);
   try {
-    PartFiles files_out{staging, {}};
-    Json tables = Json::array();
-    for (size_t i = 0; i < part.tables.size(); ++i) {
-      const ExportTable& t = part.tables[i];
-      const uint64_t dim = static_cast<uint64_t>(t.config.dim);
-      const uint64_t rows = t.keys.size();
-      SC_CHECK_ARG(t.weights.size() == rows * dim, "export of table '", t.config.name, "': ", rows, " keys but ",
-                   t.weights.size(), " weights (dim ", dim, ")");
-      const std::string prefix = "table-" + std::to_string(i);
-      Json files = Json::object();
-      files["keys"] = file_json(files_out.write(prefix + ".keys", t.keys.data(), rows * sizeof(int64_t)));
-      const uint64_t row_bytes = export_row_bytes(part.dtype, dim);
-      if (part.dtype == ExportDtype::kFloat32) {
-        files["rows"] = file_json(files_out.write(prefix + ".rows", t.weights.data(), rows * row_bytes));
-      } else {
-        std::vector<uint8_t> coded(rows * row_bytes);
-        quant::quantize_rows(t.weights.data(), static_cast<int64_t>(rows), static_cast<int64_t>(dim),
-                             row_format(part.dtype), coded.data());
-        files["rows"] = file_json(files_out.write(prefix + ".rows", coded.data(), coded.size()));
+    Json jtables = Json::array();
+    // Tables in groups, so that a part of many tables keeps few files open.
+    constexpr size_t kGroup = kMaxOpenFiles / 3;
+    for (size_t g = 0; g < tables.size(); g += kGroup) {
+      std::vector<OutFile> files;
+      files.reserve(3 * kGroup);
+      for (size_t i = g; i < std::min(tables.size(), g + kGroup); ++i) {
+        const ExportTableSource& t = tables[i];
+        const uint64_t dim = static_cast<uint64_t>(t.config->dim);
+        const std::string prefix = "table-" + std::to_string(i);
+        OutFile& keys = files.emplace_back(prefix + ".keys", File::create(join(staging, prefix + ".keys")));
+        keys.unit_in = keys.unit_out = sizeof(int64_t);
+        OutFile& rows = files.emplace_back(prefix + ".rows", File::create(join(staging, prefix + ".rows")));
+        rows.unit_in = dim * sizeof(float);
+        rows.unit_out = export_row_bytes(part.dtype, dim);
+        rows.coded = part.dtype != ExportDtype::kFloat32;
+        rows.dtype = part.dtype;
+        rows.dim = static_cast<int64_t>(dim);
+        for (const ExportRowSpan& s : t.spans) {
+          keys.add(s.keys, s.rows);
+          rows.add(s.weights, s.rows);
+        }
+        keys.bytes = keys.rows * keys.unit_out;
+        rows.bytes = rows.rows * rows.unit_out;
+        if (t.deleted && !t.deleted->empty()) {
+          OutFile& d = files.emplace_back(prefix + ".deleted", File::create(join(staging, prefix + ".deleted")));
+          d.unit_in = d.unit_out = sizeof(int64_t);
+          d.add(t.deleted->data(), t.deleted->size());
+          d.bytes = d.rows * d.unit_out;
+        }
       }
-      if (!t.deleted.empty())
-        files["deleted"] =
-            file_json(files_out.write(prefix + ".deleted", t.deleted.data(), t.deleted.size() * sizeof(int64_t)));
-      Json jt = Json::object();
-      jt["name"] = t.config.name;
-      jt["config"] = t.config.to_json();
-      jt["seed"] = checksum_hex(t.seed);
-      jt["rows"] = static_cast<int64_t>(rows);
-      jt["deleted"] = static_cast<int64_t>(t.deleted.size());
-      jt["files"] = std::move(files);
-      tables.push_back(std::move(jt));
+      write_files(files);
+      size_t at = 0;
+      for (size_t i = g; i < std::min(tables.size(), g + kGroup); ++i) {
+        const ExportTableSource& t = tables[i];
+        Json jfiles = Json::object();
+        jfiles["keys"] = file_json(files[at++]);
+        const uint64_t rows = files[at - 1].rows;
+        jfiles["rows"] = file_json(files[at++]);
+        const uint64_t deleted = t.deleted ? t.deleted->size() : 0;
+        if (deleted) jfiles["deleted"] = file_json(files[at++]);
+        Json jt = Json::object();
+        jt["name"] = t.config->name;
+        jt["config"] = t.config->to_json();
+        jt["seed"] = checksum_hex(t.seed);
+        jt["rows"] = static_cast<int64_t>(rows);
+        jt["deleted"] = static_cast<int64_t>(deleted);
+        jt["files"] = std::move(jfiles);
+        jtables.push_back(std::move(jt));
+      }
     }
     Json m = Json::object();
     m["format"] = kFormat;
@@ -274,10 +424,13 @@ std::string write_export_part(const ExportPart& part, const std::string& stream_
     m["part"] = part.part;
     m["num_parts"] = part.num_parts;
     m["dtype"] = export_dtype_name(part.dtype);
-    m["tables"] = std::move(tables);
+    m["block_bytes"] = static_cast<int64_t>(kBlockBytes);
+    m["tables"] = std::move(jtables);
     const std::string text = m.dump(1);
-    files_out.write(kManifest, text.data(), text.size());
-    files_out.sync_all();
+    File manifest = File::create(join(staging, kManifest));
+    manifest.write_all(text.data(), text.size());
+    manifest.sync();
+    manifest.close();
     commit_directory(staging, join(export_dir, target_name), /*files_synced=*/true);
   } catch (...) {
     remove_tree(staging);
@@ -297,9 +450,15 @@ ExportPart read_export_part(const std::string& part_dir, bool keep_coded) {
   }
   const std::string where = "'" + join(part_dir, kManifest) + "'";
   SC_CHECK(text_field(m, "format", where) == kFormat, CorruptData, where, " is not a sparsecore export manifest");
-  SC_CHECK(bounded(field(m, "format_version", where), "format_version", 1, INT64_MAX) == kFormatVersion, CorruptData,
-           where, ": export format version ", field(m, "format_version", where).as_int(), " is not supported (",
+  const int64_t format_version = bounded(field(m, "format_version", where), "format_version", 1, INT64_MAX);
+  SC_CHECK(format_version >= kOldestFormatVersion && format_version <= kFormatVersion, CorruptData, where,
+           ": export format version ", format_version, " is not supported (", kOldestFormatVersion, " to ",
            kFormatVersion, ")");
+  const uint64_t block_bytes =
+      format_version == 1
+          ? 0
+          : static_cast<uint64_t>(bounded(field(m, "block_bytes", where), "block_bytes",
+                                          static_cast<int64_t>(kMinBlockBytes), static_cast<int64_t>(kMaxBlockBytes)));
   ExportPart part;
   const std::string& kind = text_field(m, "kind", where);
   SC_CHECK(kind == "full" || kind == "delta", CorruptData, where, ": unknown kind '", kind, "'");
@@ -335,9 +494,11 @@ ExportPart read_export_part(const std::string& part_dir, bool keep_coded) {
     const uint64_t dim = static_cast<uint64_t>(t.config.dim);
     const Json& files = field(jt, "files", tw);
     const std::string prefix = "table-" + std::to_string(i);
-    std::vector<uint8_t> keys = read_checked(part_dir, field(files, "keys", tw), prefix + ".keys", rows * 8);
+    std::vector<uint8_t> keys =
+        read_checked(part_dir, field(files, "keys", tw), prefix + ".keys", rows * 8, block_bytes);
     const uint64_t row_bytes = export_row_bytes(part.dtype, dim);
-    std::vector<uint8_t> coded = read_checked(part_dir, field(files, "rows", tw), prefix + ".rows", rows * row_bytes);
+    std::vector<uint8_t> coded =
+        read_checked(part_dir, field(files, "rows", tw), prefix + ".rows", rows * row_bytes, block_bytes);
     t.keys.resize(rows);
     if (rows) std::memcpy(t.keys.data(), keys.data(), rows * 8);
     if (keep_coded) {
@@ -351,7 +512,8 @@ ExportPart read_export_part(const std::string& part_dir, bool keep_coded) {
                              row_format(part.dtype), t.weights.data());
     }
     if (deleted) {
-      std::vector<uint8_t> d = read_checked(part_dir, field(files, "deleted", tw), prefix + ".deleted", deleted * 8);
+      std::vector<uint8_t> d =
+          read_checked(part_dir, field(files, "deleted", tw), prefix + ".deleted", deleted * 8, block_bytes);
       t.deleted.resize(deleted);
       std::memcpy(t.deleted.data(), d.data(), d.size());
     } else {
