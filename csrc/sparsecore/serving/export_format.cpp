@@ -13,42 +13,28 @@
 #include "sparsecore/core/error.h"
 #include "sparsecore/core/file.h"
 #include "sparsecore/core/json.h"
-#include "sparsecore/core/pod_vector.h"
 #include "sparsecore/core/thread_pool.h"
 #include "sparsecore/quant/row_quantization.h"
+#include "sparsecore/serving/export_format_internal.h"
 
 namespace sparsecore::serving {
 namespace {
 
 static_assert(std::endian::native == std::endian::little, "export files are little-endian");
 
-constexpr const char* kFormat = "sparsecore-export";
-constexpr int64_t kFormatVersion = 2;
-// Format version 1 (one checksum per file) is still read.
-constexpr int64_t kOldestFormatVersion = 1;
-// The checksummed unit of a file, and of each positioned write: large enough that a write
-// is one efficient system call, small enough that a block stays in the core's cache between
-// its encoding, its checksum and its write, and that an 80 MB file splits across many cores.
-constexpr uint64_t kBlockBytes = 1ull << 20;
+using detail::kFormat;
+using detail::kFormatVersion;
+using detail::kManifest;
+using detail::kMaxParts;
+using detail::kOldestFormatVersion;
+using detail::row_format;
 // What a reader accepts (a manifest cannot make it checksum in tiny steps or huge ones).
 constexpr uint64_t kMinBlockBytes = 4096, kMaxBlockBytes = 1ull << 30;
-// Files open at once while a part is written (tables are written in groups).
-constexpr size_t kMaxOpenFiles = 60;
-constexpr const char* kManifest = "manifest.json";
 constexpr uint64_t kMaxManifestBytes = 64ull << 20;
 constexpr int64_t kMaxTables = 1 << 16;
-constexpr int64_t kMaxParts = 1 << 20;
 constexpr int64_t kMaxRows = int64_t{1} << 40;
 
-std::string join(const std::string& dir, const std::string& name) {
-  return (std::filesystem::path(dir) / name).string();
-}
-
-struct FileRecord {
-  std::string name;
-  uint64_t bytes = 0;
-  uint64_t checksum = 0;
-};
+std::string join(const std::string& dir, const std::string& name) { return detail::join_path(dir, name); }
 
 // A manifest integer in [lo, hi], CorruptData naming `what` otherwise.
 int64_t bounded(const Json& j, const std::string& what, int64_t lo, int64_t hi) {
@@ -147,9 +133,8 @@ ExportDtype export_dtype_from_name(const std::string& name) {
   throw InvalidArgument("unknown export dtype '" + name + "' (known: fp32, fp16, int8, int4)");
 }
 
-namespace {
+namespace detail {
 
-// The row quantization of a coded dtype (every one but fp32).
 quant::RowFormat row_format(ExportDtype dtype) {
   switch (dtype) {
     case ExportDtype::kFloat16:
@@ -164,7 +149,11 @@ quant::RowFormat row_format(ExportDtype dtype) {
   throw InvalidArgument(std::string("export dtype ") + export_dtype_name(dtype) + " is not a row quantization");
 }
 
-}  // namespace
+std::string join_path(const std::string& dir, const std::string& name) {
+  return (std::filesystem::path(dir) / name).string();
+}
+
+}  // namespace detail
 
 uint64_t export_row_bytes(ExportDtype dtype, uint64_t dim) {
   switch (dtype) {
@@ -229,214 +218,6 @@ bool parse_part_name(const std::string& text, int& part, int& num_parts) {
   part = p;
   num_parts = n;
   return true;
-}
-
-namespace {
-
-// One file of a part being written: its rows come from spans of `unit_in` bytes each in
-// memory and take `unit_out` bytes each in the file; a coded file (fp16, int8, int4 rows)
-// encodes them, every other one is the spans' bytes as they are.
-struct OutFile {
-  std::string name;
-  std::vector<const uint8_t*> data;  // per span
-  std::vector<uint64_t> first_row;   // per span, ascending
-  uint64_t rows = 0;
-  uint64_t unit_in = 0, unit_out = 0;
-  bool coded = false;
-  ExportDtype dtype = ExportDtype::kFloat32;
-  int64_t dim = 0;
-  uint64_t bytes = 0;
-  std::vector<uint64_t> checksums;  // per block
-  File file;
-
-  OutFile(std::string n, File f) : name(std::move(n)), file(std::move(f)) {}
-  void add(const void* p, uint64_t n) {
-    if (n == 0) return;
-    data.push_back(static_cast<const uint8_t*>(p));
-    first_row.push_back(rows);
-    rows += n;
-  }
-  uint64_t blocks() const { return (bytes + kBlockBytes - 1) / kBlockBytes; }
-  // The span holding row r (< rows).
-  size_t span_of(uint64_t r) const {
-    return static_cast<size_t>(std::upper_bound(first_row.begin(), first_row.end(), r) - first_row.begin()) - 1;
-  }
-
-  // Encodes (coded) or gathers block b, checksums it, writes it at its offset and starts its
-  // writeback. Runs on any thread; each block is written by exactly one task.
-  void write_block(uint64_t b) {
-    const uint64_t b0 = b * kBlockBytes, b1 = std::min(bytes, b0 + kBlockBytes);
-    Checksum64 sum;
-    if (coded) {
-      // The rows the block touches, encoded whole (a row cut by the block's edge is encoded
-      // by both blocks it spans), then the block's bytes of them.
-      const uint64_t r0 = b0 / unit_out, r1 = (b1 + unit_out - 1) / unit_out;
-      thread_local PodVector<uint8_t> scratch;
-      scratch.resize((r1 - r0) * unit_out);
-      for (uint64_t r = r0; r < r1;) {
-        const size_t s = span_of(r);
-        const uint64_t end = std::min(r1, s + 1 < first_row.size() ? first_row[s + 1] : rows);
-        quant::quantize_rows(reinterpret_cast<const float*>(data[s] + (r - first_row[s]) * unit_in),
-                             static_cast<int64_t>(end - r), dim, row_format(dtype),
-                             scratch.data() + (r - r0) * unit_out);
-        r = end;
-      }
-      const uint8_t* p = scratch.data() + (b0 - r0 * unit_out);
-      sum.update(p, b1 - b0);
-      file.write_at(p, b1 - b0, b0);
-    } else {
-      // Straight from the spans: one write per span the block crosses.
-      for (uint64_t at = b0; at < b1;) {
-        const size_t s = span_of(at / unit_out);
-        const uint64_t span_begin = first_row[s] * unit_out;
-        const uint64_t span_end = (s + 1 < first_row.size() ? first_row[s + 1] : rows) * unit_out;
-        const uint64_t end = std::min(b1, span_end);
-        const uint8_t* p = data[s] + (at - span_begin);
-        sum.update(p, end - at);
-        file.write_at(p, end - at, at);
-        at = end;
-      }
-    }
-    checksums[b] = sum.digest();
-    file.start_writeback(b0, b1 - b0);
-  }
-};
-
-Json file_json(const OutFile& f) {
-  Json j = Json::object();
-  j["name"] = f.name;
-  j["bytes"] = static_cast<int64_t>(f.bytes);
-  Json sums = Json::array();
-  for (uint64_t c : f.checksums) sums.push_back(checksum_hex(c));
-  j["checksums"] = std::move(sums);
-  return j;
-}
-
-// Writes and syncs `files` (their sources set): every block of every file on the pool, then
-// every file's fsync, also on the pool (the disk takes the files' data together).
-void write_files(std::vector<OutFile>& files) {
-  std::vector<std::pair<size_t, uint64_t>> blocks;
-  for (size_t f = 0; f < files.size(); ++f) {
-    files[f].checksums.assign(files[f].blocks(), 0);
-    for (uint64_t b = 0; b < files[f].blocks(); ++b) blocks.emplace_back(f, b);
-  }
-  parallel_for(static_cast<int64_t>(blocks.size()), 1, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) files[blocks[i].first].write_block(blocks[i].second);
-  });
-  parallel_for(static_cast<int64_t>(files.size()), 1, [&](int64_t f0, int64_t f1) {
-    for (int64_t f = f0; f < f1; ++f) {
-      files[f].file.sync();
-      files[f].file.close();
-    }
-  });
-}
-
-}  // namespace
-
-std::string write_export_part(const ExportPart& part, const std::string& stream_dir) {
-  std::vector<ExportTableSource> sources;
-  for (const ExportTable& t : part.tables) {
-    const uint64_t dim = static_cast<uint64_t>(t.config.dim);
-    SC_CHECK_ARG(t.weights.size() == t.keys.size() * dim, "export of table '", t.config.name, "': ", t.keys.size(),
-                 " keys but ", t.weights.size(), " weights (dim ", dim, ")");
-    sources.push_back({&t.config, t.seed, {{t.keys.data(), t.weights.data(), t.keys.size()}}, &t.deleted});
-  }
-  return write_export_part(static_cast<const ExportHeader&>(part), sources, stream_dir);
-}
-
-std::string write_export_part(const ExportHeader& part, const std::vector<ExportTableSource>& tables,
-                              const std::string& stream_dir) {
-  SC_CHECK_ARG(part.version >= 0, "export version must be >= 0, got ", part.version);
-  SC_CHECK_ARG(!part.delta || (part.since >= 0 && part.since <= part.version), "a delta since version ", part.since,
-               " cannot lead to version ", part.version);
-  SC_CHECK_ARG(part.num_parts >= 1 && part.num_parts <= kMaxParts && part.part >= 0 && part.part < part.num_parts,
-               "export part ", part.part, " of ", part.num_parts, " is out of range");
-  for (const ExportTableSource& t : tables) {
-    SC_CHECK_ARG(t.config != nullptr && t.config->dim > 0, "export of a table without a config or with dim <= 0");
-    for (const ExportRowSpan& s : t.spans)
-      SC_CHECK_ARG(s.rows == 0 || (s.keys && s.weights), "export of table '", t.config->name,
-                   "': a span of rows without keys or weights");
-  }
-  const std::string export_dir = join(stream_dir, export_name({part.delta, part.since, part.version}));
-  make_directories(export_dir);
-  sync_directory(stream_dir);
-  const std::string target_name = part_name(part.part, part.num_parts);
-  const std::string staging = join(export_dir, "." + target_name + "." + random_suffix());
-  make_directory(staging);
-  try {
-    Json jtables = Json::array();
-    // Tables in groups, so that a part of many tables keeps few files open.
-    constexpr size_t kGroup = kMaxOpenFiles / 3;
-    for (size_t g = 0; g < tables.size(); g += kGroup) {
-      std::vector<OutFile> files;
-      files.reserve(3 * kGroup);
-      for (size_t i = g; i < std::min(tables.size(), g + kGroup); ++i) {
-        const ExportTableSource& t = tables[i];
-        const uint64_t dim = static_cast<uint64_t>(t.config->dim);
-        const std::string prefix = "table-" + std::to_string(i);
-        OutFile& keys = files.emplace_back(prefix + ".keys", File::create(join(staging, prefix + ".keys")));
-        keys.unit_in = keys.unit_out = sizeof(int64_t);
-        OutFile& rows = files.emplace_back(prefix + ".rows", File::create(join(staging, prefix + ".rows")));
-        rows.unit_in = dim * sizeof(float);
-        rows.unit_out = export_row_bytes(part.dtype, dim);
-        rows.coded = part.dtype != ExportDtype::kFloat32;
-        rows.dtype = part.dtype;
-        rows.dim = static_cast<int64_t>(dim);
-        for (const ExportRowSpan& s : t.spans) {
-          keys.add(s.keys, s.rows);
-          rows.add(s.weights, s.rows);
-        }
-        keys.bytes = keys.rows * keys.unit_out;
-        rows.bytes = rows.rows * rows.unit_out;
-        if (t.deleted && !t.deleted->empty()) {
-          OutFile& d = files.emplace_back(prefix + ".deleted", File::create(join(staging, prefix + ".deleted")));
-          d.unit_in = d.unit_out = sizeof(int64_t);
-          d.add(t.deleted->data(), t.deleted->size());
-          d.bytes = d.rows * d.unit_out;
-        }
-      }
-      write_files(files);
-      size_t at = 0;
-      for (size_t i = g; i < std::min(tables.size(), g + kGroup); ++i) {
-        const ExportTableSource& t = tables[i];
-        Json jfiles = Json::object();
-        jfiles["keys"] = file_json(files[at++]);
-        const uint64_t rows = files[at - 1].rows;
-        jfiles["rows"] = file_json(files[at++]);
-        const uint64_t deleted = t.deleted ? t.deleted->size() : 0;
-        if (deleted) jfiles["deleted"] = file_json(files[at++]);
-        Json jt = Json::object();
-        jt["name"] = t.config->name;
-        jt["config"] = t.config->to_json();
-        jt["seed"] = checksum_hex(t.seed);
-        jt["rows"] = static_cast<int64_t>(rows);
-        jt["deleted"] = static_cast<int64_t>(deleted);
-        jt["files"] = std::move(jfiles);
-        jtables.push_back(std::move(jt));
-      }
-    }
-    Json m = Json::object();
-    m["format"] = kFormat;
-    m["format_version"] = kFormatVersion;
-    m["kind"] = part.delta ? "delta" : "full";
-    m["version"] = part.version;
-    if (part.delta) m["since"] = part.since;
-    m["part"] = part.part;
-    m["num_parts"] = part.num_parts;
-    m["dtype"] = export_dtype_name(part.dtype);
-    m["block_bytes"] = static_cast<int64_t>(kBlockBytes);
-    m["tables"] = std::move(jtables);
-    const std::string text = m.dump(1);
-    File manifest = File::create(join(staging, kManifest));
-    manifest.write_all(text.data(), text.size());
-    manifest.sync();
-    manifest.close();
-    commit_directory(staging, join(export_dir, target_name), /*files_synced=*/true);
-  } catch (...) {
-    remove_tree(staging);
-    throw;
-  }
-  return join(export_dir, target_name);
 }
 
 ExportPart read_export_part(const std::string& part_dir, bool keep_coded) {

@@ -451,8 +451,13 @@ void EmbeddingTable::clear() {
   bump_generation();
 }
 
-void EmbeddingTable::collect_changed(int64_t since, ChangedRows& out) const {
+void EmbeddingTable::collect_changed(int64_t since, ChangedRows& out, int begin, int end) const {
   const size_t dim = static_cast<size_t>(config_.dim);
+  const int units = collect_units();
+  if (end < 0) end = units;
+  SC_CHECK_ARG(0 <= begin && begin <= end && end <= units, "collect_changed: units [", begin, ", ", end,
+               ") out of [0, ", units, ")");
+  out.segments.resize(static_cast<size_t>(units));
   auto changed = [&](const std::byte* row) {
     return since < 0 ||
            static_cast<int64_t>(reinterpret_cast<const PackedRowMeta*>(row + meta_offset_)->last_step) > since;
@@ -487,17 +492,15 @@ void EmbeddingTable::collect_changed(int64_t since, ChangedRows& out) const {
     seg.weights.resize(n * dim);
   };
   if (dense_) {
-    out.segments.resize(1);
+    if (begin == end) return;
     HashTable::SharedLockAll lock(table_);
     collect(out.segments[0], [&](auto&& fn) { dense_->for_each(fn); });
     return;
   }
   // Each task takes its shard's read lock itself: a lock is never held across a parallel
   // region (another region's tasks may wait for a shard's write lock).
-  const int shards = table_.num_shards();
-  out.segments.resize(static_cast<size_t>(shards));
-  parallel_for(shards, 1, [&](int64_t s0, int64_t s1) {
-    for (int64_t s = s0; s < s1; ++s) {
+  parallel_for(end - begin, 1, [&](int64_t i0, int64_t i1) {
+    for (int64_t s = begin + i0; s < begin + i1; ++s) {
       const auto& sh = table_.shard(static_cast<int>(s));
       auto lock = sh.read_lock();
       collect(out.segments[static_cast<size_t>(s)], [&](auto&& fn) { sh.for_each(fn); });
