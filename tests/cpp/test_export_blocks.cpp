@@ -192,3 +192,32 @@ TEST_F(ExportBlocks, PartsOfFormatVersion1StillLoad) {
   write_text(full + "/table-0.rows", rows);
   EXPECT_THROW(read_export_part(full), CorruptData);
 }
+
+TEST_F(ExportBlocks, APartOfManyTablesHoldsEveryTable) {
+  // More tables than the writer keeps open at once, dense and hashed, some empty.
+  std::vector<TableConfig> configs;
+  for (int i = 0; i < 45; ++i) {
+    TableConfig t;
+    t.name = "t" + std::to_string(i);
+    t.dim = 1 + i % 7;
+    t.shard_bits = i % 3;
+    if (i % 5 == 0) t.num_embeddings = 100;
+    configs.push_back(t);
+  }
+  EmbeddingCollection c(configs, 7);
+  for (int i = 0; i < 45; i += 2) {
+    std::vector<int64_t> ids;
+    for (int64_t k = 0; k < 60 + i; ++k) ids.push_back((k * 37 + i) % 100);
+    std::vector<float> out(ids.size() * static_cast<size_t>(configs[i].dim));
+    c.table(i).lookup_or_insert_weights(ids.data(), static_cast<int64_t>(ids.size()), out.data());
+  }
+  const int64_t v = export_full(c, path("s"), ExportDtype::kInt8);
+  const ExportPart part = read_export_part(only_part(path("s") + "/" + export_name({false, 0, v})));
+  ASSERT_EQ(part.tables.size(), 45u);
+  for (int i = 0; i < 45; ++i) {
+    const ExportTable want = collect_export_table(c.table(i), -1, v);
+    EXPECT_EQ(part.tables[i].config.name, configs[i].name);
+    EXPECT_EQ(part.tables[i].keys, want.keys) << configs[i].name;
+    EXPECT_EQ(part.tables[i].weights.size(), want.weights.size()) << configs[i].name;
+  }
+}

@@ -86,7 +86,7 @@ int64_t write_collection(EmbeddingCollection& c, const std::string& stream_dir, 
   const size_t n = static_cast<size_t>(c.num_tables());
   rows->resize(n);
   std::vector<std::vector<int64_t>> deleted(n);
-  ExportPartWriter writer(header, stream_dir);
+  StagedPartWriter writer(header, stream_dir);
   for (size_t i = 0; i < n; ++i) {
     EmbeddingTable& table = c.table(static_cast<int>(i));
     const int64_t from = delta ? since : -1;

@@ -18,7 +18,7 @@ using detail::kBlockBytes;
 // One file of a part being written: its rows come from spans of `unit_in` bytes each in
 // memory and take `unit_out` bytes each in the file; a coded file (fp16, int8, int4 rows)
 // encodes them, every other one is the spans' bytes as they are.
-struct ExportPartWriter::OutFile {
+struct StagedPartWriter::OutFile {
   std::string name;
   File file;
   std::vector<const uint8_t*> data;  // per span
@@ -93,14 +93,14 @@ struct ExportPartWriter::OutFile {
   }
 };
 
-struct ExportPartWriter::Table {
+struct StagedPartWriter::Table {
   const TableConfig* config = nullptr;
   uint64_t seed = 0;
   size_t keys = 0, rows = 0;  // indices into files_
   bool deleted = false;       // files_[rows + 1] is its deleted file
 };
 
-ExportPartWriter::ExportPartWriter(const ExportHeader& header, const std::string& stream_dir) : header_(header) {
+StagedPartWriter::StagedPartWriter(const ExportHeader& header, const std::string& stream_dir) : header_(header) {
   SC_CHECK_ARG(header.version >= 0, "export version must be >= 0, got ", header.version);
   SC_CHECK_ARG(!header.delta || (header.since >= 0 && header.since <= header.version), "a delta since version ",
                header.since, " cannot lead to version ", header.version);
@@ -115,7 +115,7 @@ ExportPartWriter::ExportPartWriter(const ExportHeader& header, const std::string
   make_directory(staging_);
 }
 
-ExportPartWriter::~ExportPartWriter() {
+StagedPartWriter::~StagedPartWriter() {
   if (committed_) return;
   files_.clear();  // descriptors closed before their directory goes
   try {
@@ -124,7 +124,7 @@ ExportPartWriter::~ExportPartWriter() {
   }
 }
 
-size_t ExportPartWriter::add_table(const TableConfig& config, uint64_t seed, const std::vector<int64_t>* deleted) {
+size_t StagedPartWriter::add_table(const TableConfig& config, uint64_t seed, const std::vector<int64_t>* deleted) {
   SC_CHECK_ARG(config.dim > 0, "export of table '", config.name, "' with dim ", config.dim);
   const size_t index = tables_.size();
   const std::string prefix = "table-" + std::to_string(index);
@@ -156,7 +156,7 @@ size_t ExportPartWriter::add_table(const TableConfig& config, uint64_t seed, con
   return index;
 }
 
-void ExportPartWriter::append(size_t table, const ExportRowSpan& span) {
+void StagedPartWriter::append(size_t table, const ExportRowSpan& span) {
   SC_CHECK_ARG(table < tables_.size() && tables_[table].keys >= open_from_, "export: table ", table,
                " is not open for rows");
   SC_CHECK_ARG(span.rows == 0 || (span.keys && span.weights), "export of table '", tables_[table].config->name,
@@ -165,7 +165,7 @@ void ExportPartWriter::append(size_t table, const ExportRowSpan& span) {
   files_[tables_[table].rows]->add(span.weights, span.rows);
 }
 
-void ExportPartWriter::claim(uint64_t (*available)(const OutFile&)) {
+void StagedPartWriter::claim(uint64_t (*available)(const OutFile&)) {
   claimed_.clear();
   for (size_t f = open_from_; f < files_.size(); ++f) {
     OutFile& file = *files_[f];
@@ -175,14 +175,14 @@ void ExportPartWriter::claim(uint64_t (*available)(const OutFile&)) {
   }
 }
 
-size_t ExportPartWriter::claim_ready() {
+size_t StagedPartWriter::claim_ready() {
   claim([](const OutFile& f) { return f.bytes() / kBlockBytes; });  // whole blocks only
   return claimed_.size();
 }
 
-void ExportPartWriter::write_claimed(size_t i) { claimed_.at(i).first->write_block(claimed_[i].second); }
+void StagedPartWriter::write_claimed(size_t i) { claimed_.at(i).first->write_block(claimed_[i].second); }
 
-void ExportPartWriter::finish_tables() {
+void StagedPartWriter::finish_tables() {
   claim([](const OutFile& f) { return (f.bytes() + kBlockBytes - 1) / kBlockBytes; });
   parallel_for(static_cast<int64_t>(claimed_.size()), 1, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) write_claimed(static_cast<size_t>(i));
@@ -199,7 +199,7 @@ void ExportPartWriter::finish_tables() {
   open_from_ = files_.size();
 }
 
-std::string ExportPartWriter::commit() {
+std::string StagedPartWriter::commit() {
   finish_tables();
   Json jtables = Json::array();
   for (const Table& t : tables_) {
@@ -252,7 +252,7 @@ std::string write_export_part(const ExportPart& part, const std::string& stream_
 std::string write_export_part(const ExportHeader& header, const std::vector<ExportTableSource>& tables,
                               const std::string& stream_dir) {
   for (const ExportTableSource& t : tables) SC_CHECK_ARG(t.config != nullptr, "export of a table without a config");
-  ExportPartWriter writer(header, stream_dir);
+  StagedPartWriter writer(header, stream_dir);
   constexpr size_t kGroup = 20;  // tables whose files are open at once (3 each at most)
   for (size_t i = 0; i < tables.size(); ++i) {
     const size_t t = writer.add_table(*tables[i].config, tables[i].seed, tables[i].deleted);

@@ -1,9 +1,9 @@
-// ExportPartWriter: writes one export part (export_format.h) from rows that arrive in pieces,
+// StagedPartWriter: writes one export part (export_format.h) from rows that arrive in pieces,
 // so that an exporter can have the blocks of the rows it has collected written (encoded,
 // checksummed, written with one positioned write each, writeback started at once) while it
 // collects the next rows: the disk then works during the collection instead of after it.
 //
-//   ExportPartWriter w(header, stream_dir);           // a hidden staging directory
+//   StagedPartWriter w(header, stream_dir);           // a hidden staging directory
 //   size_t t = w.add_table(config, seed, &deleted);   // creates the table's files
 //   w.append(t, span); ...                            // rows, in file order
 //   size_t n = w.claim_ready();                       // whole blocks appended, not yet written
@@ -11,7 +11,8 @@
 //   w.finish_tables();                                // the rest; files synced and closed
 //   w.commit();                                       // manifest, then the part switched in
 //
-// Memory passed to add_table and append must stay unchanged until finish_tables returns.
+// What add_table and append are given (configs, deleted keys, rows) must stay unchanged until
+// commit returns.
 // Thread-safety: write_claimed may run on many threads at once (each i once); every other
 // call from one thread, never while a write_claimed runs, and every claimed block must be
 // written before the next claim_ready, finish_tables or commit. Destroyed uncommitted (an
@@ -27,12 +28,12 @@
 
 namespace sparsecore::serving {
 
-class ExportPartWriter {
+class StagedPartWriter {
  public:
-  ExportPartWriter(const ExportHeader& header, const std::string& stream_dir);
-  ~ExportPartWriter();
-  ExportPartWriter(const ExportPartWriter&) = delete;
-  ExportPartWriter& operator=(const ExportPartWriter&) = delete;
+  StagedPartWriter(const ExportHeader& header, const std::string& stream_dir);
+  ~StagedPartWriter();
+  StagedPartWriter(const StagedPartWriter&) = delete;
+  StagedPartWriter& operator=(const StagedPartWriter&) = delete;
 
   // The next table of the part (its index: the tables added before); `deleted` ascending, or
   // nullptr for none.
