@@ -225,6 +225,25 @@ def test_damaged_exports_raise_typed_errors(tmp_path):
         sc.read_export(tmp_path / "missing")
 
 
+def test_a_damaged_block_of_a_large_file_is_refused_naming_the_file_and_block(tmp_path):
+    emb = sc.EmbeddingCollection({"t": sc.TableConfig(dim=18, optimizer=sc.SGD(lr=0.1))}, seed=3)
+    emb.lookup("t", np.arange(40_000, dtype=np.int64), insert=True)  # a rows file of 3 blocks of 1 MiB
+    v = emb.export_full(tmp_path)
+    part = export_path(tmp_path, "full", v) / "part-0-of-1"
+    before = sc.read_export(part.parent)["tables"]["t"]
+    rows = part / "table-0.rows"
+    data = bytearray(rows.read_bytes())
+    data[(1 << 20) + 5] ^= 0x01
+    rows.write_bytes(bytes(data))
+    with pytest.raises(sc.CorruptDataError, match=r"table-0\.rows.*checksum in block 1"):
+        sc.read_export(part.parent)
+    data[(1 << 20) + 5] ^= 0x01
+    rows.write_bytes(bytes(data))
+    after = sc.read_export(part.parent)["tables"]["t"]
+    np.testing.assert_array_equal(after["keys"], before["keys"])
+    np.testing.assert_array_equal(after["weights"], before["weights"])
+
+
 def test_unfinished_writes_are_invisible(tmp_path):
     emb = sc.EmbeddingCollection(TABLES, seed=3)
     v = emb.export_full(tmp_path)

@@ -60,6 +60,27 @@ void File::write_all(const void* data, size_t bytes) {
   }
 }
 
+void File::write_at(const void* data, size_t bytes, uint64_t offset) const {
+  const char* p = static_cast<const char*>(data);
+  while (bytes > 0) {
+    ssize_t w = ::pwrite(fd_.get(), p, bytes, static_cast<off_t>(offset));
+    if (w < 0 && errno == EINTR) continue;
+    check_syscall(w > 0, "cannot write", path_);
+    p += w;
+    offset += static_cast<uint64_t>(w);
+    bytes -= static_cast<size_t>(w);
+  }
+}
+
+void File::start_writeback(uint64_t offset, uint64_t bytes) const {
+#ifdef __linux__
+  (void)::sync_file_range(fd_.get(), static_cast<off_t>(offset), static_cast<off_t>(bytes), SYNC_FILE_RANGE_WRITE);
+#else
+  (void)offset;
+  (void)bytes;
+#endif
+}
+
 void File::read_exact(void* data, size_t bytes) {
   char* p = static_cast<char*>(data);
   while (bytes > 0) {

@@ -31,6 +31,13 @@ class File {
   // Move-only; the destructor closes the descriptor unchecked (UniqueFd).
 
   void write_all(const void* data, size_t bytes);
+  // Writes all of `bytes` at `offset` without moving the file position. Safe from several
+  // threads at once (each writing its own range).
+  void write_at(const void* data, size_t bytes, uint64_t offset) const;
+  // Asks the kernel to start writing [offset, offset + bytes) to the disk now, without waiting
+  // (Linux sync_file_range; nothing elsewhere), so the disk works while the writer prepares
+  // the next range. A hint: durability still needs sync(), which reports any write error.
+  void start_writeback(uint64_t offset, uint64_t bytes) const;
   // Reads exactly `bytes` or throws CorruptData("truncated").
   void read_exact(void* data, size_t bytes);
   // Reads up to `bytes` at `offset` without moving the file position (fewer only at the end

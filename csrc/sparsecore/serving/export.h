@@ -15,6 +15,12 @@
 // Weights travel as fp32, fp16 or int8 (dtype); only weights are exported (no optimizer
 // state). Thread-safety: like save(), run an export while no backward runs (rows would be
 // caught mid-update); lookups may run (their inserts are stamped after the export's version).
+//
+// Speed: each table's hash shards are collected in stages on the thread pool, and the file
+// blocks of the shards collected so far are written during the next stage (StagedPartWriter,
+// export_writer.h), so the disk works during the collection. The collection buffers are kept
+// between exports (up to 256 MiB in all; larger ones are freed after the export): a periodic
+// exporter writes its rows into memory already paged in.
 #pragma once
 
 #include <cstdint>

@@ -1,6 +1,7 @@
 #include "sparsecore/serving/export_format.h"
 
 #include <algorithm>
+#include <atomic>
 #include <bit>
 #include <cinttypes>
 #include <cstdio>
@@ -12,62 +13,28 @@
 #include "sparsecore/core/error.h"
 #include "sparsecore/core/file.h"
 #include "sparsecore/core/json.h"
+#include "sparsecore/core/thread_pool.h"
 #include "sparsecore/quant/row_quantization.h"
+#include "sparsecore/serving/export_format_internal.h"
 
 namespace sparsecore::serving {
 namespace {
 
 static_assert(std::endian::native == std::endian::little, "export files are little-endian");
 
-constexpr const char* kFormat = "sparsecore-export";
-constexpr int64_t kFormatVersion = 1;
-constexpr const char* kManifest = "manifest.json";
+using detail::kFormat;
+using detail::kFormatVersion;
+using detail::kManifest;
+using detail::kMaxParts;
+using detail::kOldestFormatVersion;
+using detail::row_format;
+// What a reader accepts (a manifest cannot make it checksum in tiny steps or huge ones).
+constexpr uint64_t kMinBlockBytes = 4096, kMaxBlockBytes = 1ull << 30;
 constexpr uint64_t kMaxManifestBytes = 64ull << 20;
 constexpr int64_t kMaxTables = 1 << 16;
-constexpr int64_t kMaxParts = 1 << 20;
 constexpr int64_t kMaxRows = int64_t{1} << 40;
 
-std::string join(const std::string& dir, const std::string& name) {
-  return (std::filesystem::path(dir) / name).string();
-}
-
-struct FileRecord {
-  std::string name;
-  uint64_t bytes = 0;
-  uint64_t checksum = 0;
-};
-
-// Files of a part being written: each is written at once and synced together at the end,
-// so the disk takes the data of every file while the next is encoded (the part is not
-// visible before its directory is switched in, so the order of the syncs does not matter).
-struct PartFiles {
-  static constexpr size_t kMaxOpen = 64;
-  std::string dir;
-  std::vector<File> open;
-
-  FileRecord write(const std::string& name, const void* data, uint64_t bytes) {
-    if (open.size() >= kMaxOpen) sync_all();  // bounded descriptors, whatever the table count
-    File f = File::create(join(dir, name));
-    f.write_all(data, bytes);
-    open.push_back(std::move(f));
-    return {name, bytes, checksum64(data, bytes)};
-  }
-  void sync_all() {
-    for (File& f : open) {
-      f.sync();
-      f.close();
-    }
-    open.clear();
-  }
-};
-
-Json file_json(const FileRecord& r) {
-  Json j = Json::object();
-  j["name"] = r.name;
-  j["bytes"] = static_cast<int64_t>(r.bytes);
-  j["checksum"] = checksum_hex(r.checksum);
-  return j;
-}
+std::string join(const std::string& dir, const std::string& name) { return detail::join_path(dir, name); }
 
 // A manifest integer in [lo, hi], CorruptData naming `what` otherwise.
 int64_t bounded(const Json& j, const std::string& what, int64_t lo, int64_t hi) {
@@ -91,24 +58,54 @@ const std::string& text_field(const Json& j, const std::string& key, const std::
 }
 
 // Reads the file a manifest entry names, after checking its size against `expected` (what
-// the table's counts imply) and against the file itself, then its checksum.
+// the table's counts imply) and against the file itself, then its checksums: one per
+// `block_bytes` of the file checked in parallel (format version 2), or one of the whole file
+// (block_bytes 0: format version 1).
 std::vector<uint8_t> read_checked(const std::string& dir, const Json& entry, const std::string& expect_name,
-                                  uint64_t expected) {
+                                  uint64_t expected, uint64_t block_bytes) {
   const std::string& name = text_field(entry, "name", expect_name);
   SC_CHECK(name == expect_name, CorruptData, "export manifest names file '", name, "' where '", expect_name,
            "' belongs");
   const uint64_t bytes = static_cast<uint64_t>(bounded(field(entry, "bytes", name), name + " bytes", 0, INT64_MAX));
   SC_CHECK(bytes == expected, CorruptData, "export file '", name, "': the manifest says ", bytes,
            " bytes, its counts imply ", expected);
-  const uint64_t checksum = parse_checksum_hex(text_field(entry, "checksum", name));
+  std::vector<uint64_t> checksums;
+  if (block_bytes == 0) {
+    checksums.push_back(parse_checksum_hex(text_field(entry, "checksum", name)));
+  } else {
+    const Json& list = field(entry, "checksums", name);
+    const uint64_t blocks = (bytes + block_bytes - 1) / block_bytes;
+    SC_CHECK(list.is_array() && list.as_array().size() == blocks, CorruptData, "export manifest: '", name,
+             "' needs 'checksums', a list of ", blocks, " checksums (one per ", block_bytes, " bytes)");
+    for (const Json& c : list.as_array()) {
+      SC_CHECK(c.is_string(), CorruptData, "export manifest: a checksum of '", name, "' is not a string");
+      checksums.push_back(parse_checksum_hex(c.as_string(name)));
+    }
+  }
   File f = File::open_regular(join(dir, name));
   const uint64_t actual = f.size();
   SC_CHECK(actual == bytes, CorruptData, "export file '", join(dir, name), "' has ", actual, " bytes, expected ", bytes,
            " (truncated or altered)");
   std::vector<uint8_t> data(bytes);
   if (bytes) f.read_exact(data.data(), bytes);
-  SC_CHECK(checksum64(data.data(), data.size()) == checksum, CorruptData, "export file '", join(dir, name),
-           "' fails its checksum (altered or damaged)");
+  if (block_bytes == 0) {
+    SC_CHECK(checksum64(data.data(), data.size()) == checksums[0], CorruptData, "export file '", join(dir, name),
+             "' fails its checksum (altered or damaged)");
+    return data;
+  }
+  std::atomic<uint64_t> first_bad{UINT64_MAX};
+  parallel_for(static_cast<int64_t>(checksums.size()), 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const uint64_t at = static_cast<uint64_t>(b) * block_bytes, n = std::min(block_bytes, bytes - at);
+      if (checksum64(data.data() + at, n) == checksums[static_cast<size_t>(b)]) continue;
+      uint64_t seen = first_bad.load();
+      while (static_cast<uint64_t>(b) < seen && !first_bad.compare_exchange_weak(seen, static_cast<uint64_t>(b))) {
+      }
+    }
+  });
+  const uint64_t bad = first_bad.load();
+  SC_CHECK(bad == UINT64_MAX, CorruptData, "export file '", join(dir, name), "' fails its checksum in block ", bad,
+           " (bytes ", bad * block_bytes, " to ", std::min(bytes, (bad + 1) * block_bytes), "; altered or damaged)");
   return data;
 }
 
@@ -136,9 +133,8 @@ ExportDtype export_dtype_from_name(const std::string& name) {
   throw InvalidArgument("unknown export dtype '" + name + "' (known: fp32, fp16, int8, int4)");
 }
 
-namespace {
+namespace detail {
 
-// The row quantization of a coded dtype (every one but fp32).
 quant::RowFormat row_format(ExportDtype dtype) {
   switch (dtype) {
     case ExportDtype::kFloat16:
@@ -153,7 +149,11 @@ quant::RowFormat row_format(ExportDtype dtype) {
   throw InvalidArgument(std::string("export dtype ") + export_dtype_name(dtype) + " is not a row quantization");
 }
 
-}  // namespace
+std::string join_path(const std::string& dir, const std::string& name) {
+  return (std::filesystem::path(dir) / name).string();
+}
+
+}  // namespace detail
 
 uint64_t export_row_bytes(ExportDtype dtype, uint64_t dim) {
   switch (dtype) {
@@ -220,72 +220,6 @@ bool parse_part_name(const std::string& text, int& part, int& num_parts) {
   return true;
 }
 
-std::string write_export_part(const ExportPart& part, const std::string& stream_dir) {
-  SC_CHECK_ARG(part.version >= 0, "export version must be >= 0, got ", part.version);
-  SC_CHECK_ARG(!part.delta || (part.since >= 0 && part.since <= part.version), "a delta since version ", part.since,
-               " cannot lead to version ", part.version);
-  SC_CHECK_ARG(part.num_parts >= 1 && part.num_parts <= kMaxParts && part.part >= 0 && part.part < part.num_parts,
-               "export part ", part.part, " of ", part.num_parts, " is out of range");
-  const std::string export_dir = join(stream_dir, export_name({part.delta, part.since, part.version}));
-  make_directories(export_dir);
-  sync_directory(stream_dir);
-  const std::string target_name = part_name(part.part, part.num_parts);
-  const std::string staging = join(export_dir, "." + target_name + "." + random_suffix());
-  make_directory(staging);
-  try {
-    PartFiles files_out{staging, {}};
-    Json tables = Json::array();
-    for (size_t i = 0; i < part.tables.size(); ++i) {
-      const ExportTable& t = part.tables[i];
-      const uint64_t dim = static_cast<uint64_t>(t.config.dim);
-      const uint64_t rows = t.keys.size();
-      SC_CHECK_ARG(t.weights.size() == rows * dim, "export of table '", t.config.name, "': ", rows, " keys but ",
-                   t.weights.size(), " weights (dim ", dim, ")");
-      const std::string prefix = "table-" + std::to_string(i);
-      Json files = Json::object();
-      files["keys"] = file_json(files_out.write(prefix + ".keys", t.keys.data(), rows * sizeof(int64_t)));
-      const uint64_t row_bytes = export_row_bytes(part.dtype, dim);
-      if (part.dtype == ExportDtype::kFloat32) {
-        files["rows"] = file_json(files_out.write(prefix + ".rows", t.weights.data(), rows * row_bytes));
-      } else {
-        std::vector<uint8_t> coded(rows * row_bytes);
-        quant::quantize_rows(t.weights.data(), static_cast<int64_t>(rows), static_cast<int64_t>(dim),
-                             row_format(part.dtype), coded.data());
-        files["rows"] = file_json(files_out.write(prefix + ".rows", coded.data(), coded.size()));
-      }
-      if (!t.deleted.empty())
-        files["deleted"] =
-            file_json(files_out.write(prefix + ".deleted", t.deleted.data(), t.deleted.size() * sizeof(int64_t)));
-      Json jt = Json::object();
-      jt["name"] = t.config.name;
-      jt["config"] = t.config.to_json();
-      jt["seed"] = checksum_hex(t.seed);
-      jt["rows"] = static_cast<int64_t>(rows);
-      jt["deleted"] = static_cast<int64_t>(t.deleted.size());
-      jt["files"] = std::move(files);
-      tables.push_back(std::move(jt));
-    }
-    Json m = Json::object();
-    m["format"] = kFormat;
-    m["format_version"] = kFormatVersion;
-    m["kind"] = part.delta ? "delta" : "full";
-    m["version"] = part.version;
-    if (part.delta) m["since"] = part.since;
-    m["part"] = part.part;
-    m["num_parts"] = part.num_parts;
-    m["dtype"] = export_dtype_name(part.dtype);
-    m["tables"] = std::move(tables);
-    const std::string text = m.dump(1);
-    files_out.write(kManifest, text.data(), text.size());
-    files_out.sync_all();
-    commit_directory(staging, join(export_dir, target_name), /*files_synced=*/true);
-  } catch (...) {
-    remove_tree(staging);
-    throw;
-  }
-  return join(export_dir, target_name);
-}
-
 ExportPart read_export_part(const std::string& part_dir, bool keep_coded) {
   SC_CHECK(is_real_directory(part_dir), NotFound, "no export part at '", part_dir, "'");
   const std::vector<uint8_t> bytes = read_regular_file(join(part_dir, kManifest), kMaxManifestBytes);
@@ -297,9 +231,15 @@ ExportPart read_export_part(const std::string& part_dir, bool keep_coded) {
   }
   const std::string where = "'" + join(part_dir, kManifest) + "'";
   SC_CHECK(text_field(m, "format", where) == kFormat, CorruptData, where, " is not a sparsecore export manifest");
-  SC_CHECK(bounded(field(m, "format_version", where), "format_version", 1, INT64_MAX) == kFormatVersion, CorruptData,
-           where, ": export format version ", field(m, "format_version", where).as_int(), " is not supported (",
+  const int64_t format_version = bounded(field(m, "format_version", where), "format_version", 1, INT64_MAX);
+  SC_CHECK(format_version >= kOldestFormatVersion && format_version <= kFormatVersion, CorruptData, where,
+           ": export format version ", format_version, " is not supported (", kOldestFormatVersion, " to ",
            kFormatVersion, ")");
+  const uint64_t block_bytes =
+      format_version == 1
+          ? 0
+          : static_cast<uint64_t>(bounded(field(m, "block_bytes", where), "block_bytes",
+                                          static_cast<int64_t>(kMinBlockBytes), static_cast<int64_t>(kMaxBlockBytes)));
   ExportPart part;
   const std::string& kind = text_field(m, "kind", where);
   SC_CHECK(kind == "full" || kind == "delta", CorruptData, where, ": unknown kind '", kind, "'");
@@ -335,9 +275,11 @@ ExportPart read_export_part(const std::string& part_dir, bool keep_coded) {
     const uint64_t dim = static_cast<uint64_t>(t.config.dim);
     const Json& files = field(jt, "files", tw);
     const std::string prefix = "table-" + std::to_string(i);
-    std::vector<uint8_t> keys = read_checked(part_dir, field(files, "keys", tw), prefix + ".keys", rows * 8);
+    std::vector<uint8_t> keys =
+        read_checked(part_dir, field(files, "keys", tw), prefix + ".keys", rows * 8, block_bytes);
     const uint64_t row_bytes = export_row_bytes(part.dtype, dim);
-    std::vector<uint8_t> coded = read_checked(part_dir, field(files, "rows", tw), prefix + ".rows", rows * row_bytes);
+    std::vector<uint8_t> coded =
+        read_checked(part_dir, field(files, "rows", tw), prefix + ".rows", rows * row_bytes, block_bytes);
     t.keys.resize(rows);
     if (rows) std::memcpy(t.keys.data(), keys.data(), rows * 8);
     if (keep_coded) {
@@ -351,7 +293,8 @@ ExportPart read_export_part(const std::string& part_dir, bool keep_coded) {
                              row_format(part.dtype), t.weights.data());
     }
     if (deleted) {
-      std::vector<uint8_t> d = read_checked(part_dir, field(files, "deleted", tw), prefix + ".deleted", deleted * 8);
+      std::vector<uint8_t> d =
+          read_checked(part_dir, field(files, "deleted", tw), prefix + ".deleted", deleted * 8, block_bytes);
       t.deleted.resize(deleted);
       std::memcpy(t.deleted.data(), d.data(), d.size());
     } else {

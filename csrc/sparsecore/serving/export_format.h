@@ -17,9 +17,12 @@
 //                                                         values a byte, low nibble first),
 //                                                         float32 scale, float32 bias
 //   table-<i>.deleted  int64[deleted] ascending     deltas only (absent when empty)
-// manifest.json (written last): format "sparsecore-export", format_version 1, kind
-// ("full" | "delta"), version, since (deltas), part, num_parts, dtype, and per table its name,
-// config, seed, rows, deleted and every file's bytes and checksum (core/checksum.h).
+// manifest.json (written last): format "sparsecore-export", format_version 2, kind
+// ("full" | "delta"), version, since (deltas), part, num_parts, dtype, block_bytes, and per
+// table its name, config, seed, rows, deleted and every file's bytes and checksums: one
+// checksum (core/checksum.h) per block_bytes of the file in order, the last block shorter
+// (none for an empty file), so that blocks are checksummed and checked in parallel. Format
+// version 1 (still read) held one checksum of each whole file instead ("checksum").
 //
 // Applying: a full export replaces everything; a delta(since, version) first removes its
 // deleted keys, then upserts its rows. A delta applies to any state at a version c with
@@ -27,7 +30,9 @@
 // twice changes nothing: replay is idempotent.
 //
 // Every part is written to a fresh hidden sibling directory, fsynced, and renamed into place
-// in one step (core/file.h commit_directory), so a crash leaves a part whole or absent.
+// in one step (core/file.h commit_directory), so a crash leaves a part whole or absent. The
+// writer encodes, checksums and writes the blocks of every file in parallel on the thread pool
+// (each block with one positioned write, its writeback started at once), then syncs the files.
 // read_export_part trusts nothing: sizes are checked against the manifest and the files
 // before anything is read, files must be regular (no symlinks, FIFOs or devices), checksums
 // must match; CorruptData names what was wrong, NotFound a missing part.
@@ -53,17 +58,35 @@ ExportDtype export_dtype_from_name(const std::string& name);  // "fp32" | "fp16"
 // Bytes of one stored row of `dim` values.
 uint64_t export_row_bytes(ExportDtype dtype, uint64_t dim);
 
-struct ExportPart {
+// What an export part is, beside its tables.
+struct ExportHeader {
   bool delta = false;
   int64_t version = 0;
   int64_t since = 0;  // deltas only
   int part = 0;
   int num_parts = 1;
   ExportDtype dtype = ExportDtype::kFloat32;
+};
+
+struct ExportPart : ExportHeader {
   std::vector<ExportTable> tables;
   // Read with keep_coded only: per table, its rows as the file stores them
   // (rows x export_row_bytes(dtype, dim) bytes), and the tables' weights are left empty.
   std::vector<std::vector<uint8_t>> coded;
+};
+
+// One table of a part being written, from memory the caller owns and keeps unchanged until
+// write_export_part returns: the rows are the spans' in order.
+struct ExportRowSpan {
+  const int64_t* keys = nullptr;   // (rows)
+  const float* weights = nullptr;  // (rows, config.dim) fp32
+  uint64_t rows = 0;
+};
+struct ExportTableSource {
+  const TableConfig* config = nullptr;
+  uint64_t seed = 0;
+  std::vector<ExportRowSpan> spans;
+  const std::vector<int64_t>* deleted = nullptr;  // ascending, deltas only (nullptr: none)
 };
 
 // The name of an export and its parse; parse_export_name returns false for any other name.
@@ -81,6 +104,9 @@ bool parse_part_name(const std::string& text, int& part, int& num_parts);
 // directories it needs. An existing part of the same name is replaced in one step (the same
 // export taken again at the same step). Returns the part's directory.
 std::string write_export_part(const ExportPart& part, const std::string& stream_dir);
+// The same from tables given as spans (an exporter's collection buffers, no copy).
+std::string write_export_part(const ExportHeader& header, const std::vector<ExportTableSource>& tables,
+                              const std::string& stream_dir);
 
 // Reads and checks one part directory. keep_coded: the rows stay as stored (ExportPart::coded)
 // instead of being dequantized into each table's weights.

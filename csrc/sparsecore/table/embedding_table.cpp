@@ -451,91 +451,61 @@ void EmbeddingTable::clear() {
   bump_generation();
 }
 
-void EmbeddingTable::collect_changed(int64_t since, std::vector<int64_t>& keys, std::vector<float>& weights) const {
-  keys.clear();
-  weights.clear();
+void EmbeddingTable::collect_changed(int64_t since, ChangedRows& out, int begin, int end) const {
   const size_t dim = static_cast<size_t>(config_.dim);
+  const int units = collect_units();
+  if (end < 0) end = units;
+  SC_CHECK_ARG(0 <= begin && begin <= end && end <= units, "collect_changed: units [", begin, ", ", end,
+               ") out of [0, ", units, ")");
+  out.segments.resize(static_cast<size_t>(units));
   auto changed = [&](const std::byte* row) {
     return since < 0 ||
            static_cast<int64_t>(reinterpret_cast<const PackedRowMeta*>(row + meta_offset_)->last_step) > since;
   };
-  if (dense_) {
-    HashTable::SharedLockAll lock(table_);
-    dense_->for_each([&](int64_t key, std::byte* row) {
+  // One pass per segment: the buffers grow geometrically (kept from earlier collections) and
+  // are cut to the rows found at the end. Rows are visited in index order, which is random in
+  // memory: each row is prefetched kAhead rows before it is read, so the misses overlap.
+  auto collect = [&](ChangedRows::Segment& seg, auto&& for_each_row) {
+    constexpr size_t kAhead = 16;
+    std::pair<int64_t, const std::byte*> ahead[kAhead];
+    size_t n = 0, seen = 0;
+    auto take = [&](int64_t key, const std::byte* row) {
       if (!changed(row)) return;
-      keys.push_back(key);
-      const size_t at = weights.size();
-      weights.resize(at + dim);
-      read_weights(row, weights.data() + at);
+      if (n == seg.keys.size()) {
+        seg.keys.resize(std::max<size_t>(2 * n, 1024));
+        seg.weights.resize(seg.keys.size() * dim);
+      }
+      seg.keys[n] = key;
+      read_weights(row, seg.weights.data() + n * dim);
+      ++n;
+    };
+    for_each_row([&](int64_t key, const std::byte* row) {
+      __builtin_prefetch(row);
+      __builtin_prefetch(row + meta_offset_);
+      auto& slot = ahead[seen++ % kAhead];
+      if (seen > kAhead) take(slot.first, slot.second);
+      slot = {key, row};
     });
+    for (size_t i = seen > kAhead ? seen - kAhead : 0; i < seen; ++i)
+      take(ahead[i % kAhead].first, ahead[i % kAhead].second);
+    seg.keys.resize(n);
+    seg.weights.resize(n * dim);
+  };
+  if (dense_) {
+    if (begin == end) return;
+    HashTable::SharedLockAll lock(table_);
+    collect(out.segments[0], [&](auto&& fn) { dense_->for_each(fn); });
     return;
   }
-  // Two passes over the shards on the pool: count, then copy each shard's rows straight into
-  // place. Each task takes its shard's read lock itself (a lock is never held across a
-  // parallel region: another region's tasks may wait for a shard's write lock), so a shard
-  // may change between the passes (a lookup inserting, an erase); such a shard is collected
-  // again into a side buffer and the output compacted, which keeps every row exactly once.
-  const int shards = table_.num_shards();
-  std::vector<size_t> offset(static_cast<size_t>(shards) + 1, 0);
-  parallel_for(shards, 1, [&](int64_t s0, int64_t s1) {
-    for (int64_t s = s0; s < s1; ++s) {
+  // Each task takes its shard's read lock itself: a lock is never held across a parallel
+  // region (another region's tasks may wait for a shard's write lock).
+  parallel_for(end - begin, 1, [&](int64_t i0, int64_t i1) {
+    for (int64_t s = begin + i0; s < begin + i1; ++s) {
       const auto& sh = table_.shard(static_cast<int>(s));
       auto lock = sh.read_lock();
-      size_t count = 0;
-      sh.for_each([&](int64_t, const std::byte* row) { count += changed(row); });
-      offset[static_cast<size_t>(s) + 1] = count;
+      collect(out.segments[static_cast<size_t>(s)], [&](auto&& fn) { sh.for_each(fn); });
     }
   });
-  for (size_t s = 0; s < static_cast<size_t>(shards); ++s) offset[s + 1] += offset[s];
-  keys.resize(offset.back());
-  weights.resize(offset.back() * dim);
-  std::vector<std::vector<int64_t>> moved_keys(static_cast<size_t>(shards));
-  std::vector<std::vector<float>> moved_weights(static_cast<size_t>(shards));
-  std::vector<char> moved(static_cast<size_t>(shards), 0);
-  parallel_for(shards, 1, [&](int64_t s0, int64_t s1) {
-    for (int64_t s = s0; s < s1; ++s) {
-      const auto& sh = table_.shard(static_cast<int>(s));
-      auto lock = sh.read_lock();
-      const size_t begin = offset[static_cast<size_t>(s)], end = offset[static_cast<size_t>(s) + 1];
-      size_t count = 0;
-      sh.for_each([&](int64_t, const std::byte* row) { count += changed(row); });
-      const bool in_place = count == end - begin;
-      moved[static_cast<size_t>(s)] = !in_place;
-      size_t at = begin;
-      sh.for_each([&](int64_t key, const std::byte* row) {
-        if (!changed(row)) return;
-        if (in_place) {
-          keys[at] = key;
-          read_weights(row, weights.data() + at * dim);
-          ++at;
-          return;
-        }
-        moved_keys[static_cast<size_t>(s)].push_back(key);
-        auto& w = moved_weights[static_cast<size_t>(s)];
-        w.resize(w.size() + dim);
-        read_weights(row, w.data() + w.size() - dim);
-      });
-    }
-  });
-  if (std::find(moved.begin(), moved.end(), 1) == moved.end()) return;
-  // Rare: a shard changed between the passes. Keep the shards collected in place (moved
-  // down over the holes of the others), then append the others.
-  size_t out = 0;
-  for (size_t s = 0; s < static_cast<size_t>(shards); ++s) {
-    if (moved[s]) continue;
-    const size_t begin = offset[s], n = offset[s + 1] - offset[s];
-    if (out != begin) {
-      std::memmove(keys.data() + out, keys.data() + begin, n * sizeof(int64_t));
-      std::memmove(weights.data() + out * dim, weights.data() + begin * dim, n * dim * sizeof(float));
-    }
-    out += n;
-  }
-  keys.resize(out);
-  weights.resize(out * dim);
-  for (size_t s = 0; s < static_cast<size_t>(shards); ++s) {
-    keys.insert(keys.end(), moved_keys[s].begin(), moved_keys[s].end());
-    weights.insert(weights.end(), moved_weights[s].begin(), moved_weights[s].end());
-  }
 }
 
 int64_t EmbeddingTable::export_rows(int64_t* keys, float* rows, RowMeta* meta_out, int64_t capacity) const {
@@ -568,13 +538,25 @@ int64_t EmbeddingTable::export_rows(int64_t* keys, float* rows, RowMeta* meta_ou
   return count;
 }
 
-ExportTable collect_export_table(EmbeddingTable& table, int64_t since, int64_t version) {
+std::vector<int64_t> begin_export(EmbeddingTable& table, int64_t since, int64_t version) {
   table.set_step(version);
+  if (since < 0) return {};
+  return table.deleted_keys().deleted_since(since, table.name());
+}
+
+ExportTable collect_export_table(EmbeddingTable& table, int64_t since, int64_t version) {
   ExportTable t;
   t.config = table.config();
   t.seed = table.seed();
-  if (since >= 0) t.deleted = table.deleted_keys().deleted_since(since, table.name());
-  table.collect_changed(since, t.keys, t.weights);
+  t.deleted = begin_export(table, since, version);
+  ChangedRows rows;
+  table.collect_changed(since, rows);
+  t.keys.reserve(rows.rows());
+  t.weights.reserve(rows.rows() * static_cast<uint64_t>(t.config.dim));
+  for (const auto& seg : rows.segments) {
+    t.keys.insert(t.keys.end(), seg.keys.begin(), seg.keys.end());
+    t.weights.insert(t.weights.end(), seg.weights.begin(), seg.weights.end());
+  }
   return t;
 }
 

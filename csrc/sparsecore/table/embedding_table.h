@@ -43,6 +43,8 @@
 
 namespace sparsecore {
 
+struct ChangedRows;  // table/export_table.h
+
 enum class Pooling : uint8_t { kSum = 0, kMean = 1, kNone = 2 };
 
 const char* pooling_name(Pooling p);
@@ -291,9 +293,15 @@ class EmbeddingTable {
   void clear();
 
   // The rows whose last_step > since (since < 0: every row), as an incremental export reads
-  // them: keys (rows) and weights (rows, dim) widened to fp32, host memory, shard by shard
-  // under each shard's read lock. Run it while no update runs (rows would be caught mid-update).
-  void collect_changed(int64_t since, std::vector<int64_t>& keys, std::vector<float>& weights) const;
+  // them: into `out` (table/export_table.h), one segment per collection unit holding its rows'
+  // keys and weights widened to fp32. A unit is a hash shard (read once under its read lock;
+  // units in parallel) or, for a dense table, the whole table. Only units [begin, end) (end
+  // < 0: all) are collected, so that an exporter can write the rows of earlier units while
+  // it collects the next; out.segments is sized to every unit (those outside [begin, end)
+  // keep what they held). Run it while no update runs
+  // (rows would be caught mid-update).
+  void collect_changed(int64_t since, ChangedRows& out, int begin = 0, int end = -1) const;
+  int collect_units() const { return dense_ ? 1 : table_.num_shards(); }
 
   // Copies every row out, shard by shard: keys (size()), rows (size(), row_floats()) as fp32
   // (read_row), meta (size()). Sizes must come from a size() taken while no writer runs.
