@@ -1,9 +1,5 @@
 #include "sparsecore/ops/fused_update.h"
 
-// No fused multiply-add contraction (see pooling_kernels.cpp): every ISA clone rounds each
-// product and sum alike, so the gradient sums and updates do not depend on the CPU.
-#pragma GCC optimize("fp-contract=off")
-
 #include <cstring>
 #include <vector>
 

@@ -1,10 +1,5 @@
 #include "sparsecore/ops/pooling_kernels.h"
 
-// No fused multiply-add contraction in the x86-64-v3/v4 clones: every clone, the default
-// x86-64 build and the CUDA emulation layer then round each product and sum alike, so
-// results do not depend on the CPU's ISA and match the emulated CUDA backend bit for bit.
-#pragma GCC optimize("fp-contract=off")
-
 #include <algorithm>
 #include <cmath>
 #include <cstring>

@@ -1,9 +1,5 @@
 #include "sparsecore/quant/row_quantization.h"
 
-// Products and sums are rounded one at a time in every ISA clone (the documented rounding,
-// which the NumPy reference reproduces): no fused multiply-add.
-#pragma GCC optimize("fp-contract=off")
-
 #include <algorithm>
 #include <cmath>
 #include <cstring>

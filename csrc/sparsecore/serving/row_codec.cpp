@@ -1,9 +1,5 @@
 #include "sparsecore/serving/row_codec.h"
 
-// Products and sums are rounded one at a time in both the vector and the portable loops (the
-// export reader's dequantization and the training engine's pooling): no fused multiply-add.
-#pragma GCC optimize("fp-contract=off")
-
 #include <algorithm>
 #include <atomic>
 #include <cstring>
