@@ -71,14 +71,9 @@ bool series_number(const std::string& entry, const std::string& prefix, uint64_t
   return parse_decimal(rest.substr(0, dash), n);
 }
 
-bool is_save_id(std::string_view id) {
-  bool ok = id.size() == 16;
-  for (char c : id) ok = ok && ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'));
-  return ok;
-}
-
+// Save ids are random_suffix() of the client that saves.
 void check_save_id(const std::string& id) {
-  SC_CHECK_ARG(is_save_id(id), "save id must be 16 lowercase hex digits, got '", id.substr(0, 40), "'");
+  SC_CHECK_ARG(is_random_suffix(id), "save id must be 16 lowercase hex digits, got '", id.substr(0, 40), "'");
 }
 
 // Whether `entry` is the staging directory name of a save by a server that did not yet name
@@ -90,8 +85,8 @@ bool is_unowned_staging(const std::string& entry) {
   if (entry.size() <= kTail + 1 || entry[0] != '.') return false;
   const std::string_view tail = std::string_view(entry).substr(entry.size() - kTail);
   const std::string name = entry.substr(1, entry.size() - kTail - 1);
-  return tail.substr(0, kSaving.size()) == kSaving && is_save_id(tail.substr(kSaving.size())) && is_plain_name(name) &&
-         name[0] != '.' && name.size() <= 200;
+  return tail.substr(0, kSaving.size()) == kSaving && is_random_suffix(tail.substr(kSaving.size())) &&
+         is_plain_name(name) && name[0] != '.' && name.size() <= 200;
 }
 
 // Removes the unowned staging directories of the root (real directories only: a symlink of
