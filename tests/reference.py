@@ -33,11 +33,13 @@ def pool(rows_of_ids: np.ndarray, offsets: np.ndarray, weights: np.ndarray | Non
     return out
 
 
-def unpool(ids: np.ndarray, offsets: np.ndarray, weights: np.ndarray | None, mode: str, grad: np.ndarray):
-    """Gradient of each distinct id: dict id -> float64[dim] (the segment sum)."""
-    n = len(ids)
+def position_grads(offsets: np.ndarray, weights: np.ndarray | None, mode: str, grad: np.ndarray) -> np.ndarray:
+    """Gradient reaching each position of the batch from the pooled gradient: float64[n, dim]
+    (the bag's gradient, scaled by the position's weight and, for mean, 1 / the bag's size
+    or weight sum; zeros for a mean bag whose weights sum to 0)."""
+    n = int(offsets[-1]) if len(offsets) else 0
     w = np.ones(n) if weights is None else weights.astype(np.float64)
-    out: dict[int, np.ndarray] = {}
+    out = np.zeros((n, grad.shape[-1]))
     for b in range(len(offsets) - 1):
         s, e = offsets[b], offsets[b + 1]
         scale = 1.0
@@ -46,8 +48,15 @@ def unpool(ids: np.ndarray, offsets: np.ndarray, weights: np.ndarray | None, mod
             scale = 1.0 / denom if denom != 0 else 0.0
         for p in range(s, e):
             g = grad[b, p - s] if mode == "none" else grad[b]
-            out.setdefault(int(ids[p]), np.zeros(grad.shape[-1]))
-            out[int(ids[p])] = out[int(ids[p])] + scale * w[p] * g.astype(np.float64)
+            out[p] = scale * w[p] * g.astype(np.float64)
+    return out
+
+
+def unpool(ids: np.ndarray, offsets: np.ndarray, weights: np.ndarray | None, mode: str, grad: np.ndarray):
+    """Gradient of each distinct id: dict id -> float64[dim] (the segment sum, in position order)."""
+    out: dict[int, np.ndarray] = {}
+    for i, g in zip(ids.tolist(), position_grads(offsets, weights, mode, grad)):
+        out[i] = out[i] + g if i in out else np.zeros(grad.shape[-1]) + g
     return out
 
 

@@ -76,6 +76,22 @@ def test_save_refuses_to_overwrite_unless_asked(rng, tmp_path):
     assert_same(emb, sc.EmbeddingCollection.load(tmp_path / "ck"))
 
 
+def test_a_save_removes_only_the_staging_directories_of_saves_that_died(rng, tmp_path):
+    emb = trained(rng)
+    died = tmp_path / ".ck.saving-0123456789abcdef"  # how a save names its staging directory
+    os.makedirs(died / "part")
+    (tmp_path / "elsewhere").mkdir()
+    kept = [".ck.saving-notours", ".ck.saving-0123456789ABCDEF", ".ck.saving-0123456789abcdef0", "ck.saving-x"]
+    for name in kept:
+        (tmp_path / name).mkdir()
+    os.symlink(tmp_path / "elsewhere", tmp_path / ".ck.saving-fedcba9876543210")  # not followed, not ours
+    (tmp_path / ".ck.saving-00000000000000aa").write_text("a file")
+    kept += [".ck.saving-fedcba9876543210", ".ck.saving-00000000000000aa", "elsewhere"]
+    emb.save(tmp_path / "ck")
+    assert sorted(os.listdir(tmp_path)) == sorted(kept + ["ck"])
+    assert_same(emb, sc.EmbeddingCollection.load(tmp_path / "ck"))
+
+
 def test_missing_checkpoint(tmp_path):
     with pytest.raises(KeyError, match="no finished checkpoint"):
         sc.EmbeddingCollection.load(tmp_path / "nothing")

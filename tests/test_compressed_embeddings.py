@@ -13,7 +13,7 @@ import pytest
 
 import sparsecore as sc
 from sparsecore.compression import base_seed
-from reference import OPTIMIZERS, EXTREME_IDS, RowState, assert_close_to_scale, pool, random_batch
+from reference import OPTIMIZERS, EXTREME_IDS, RowState, assert_close_to_scale, pool, position_grads, random_batch
 
 KINDS = {
     "multihash_sum": sc.MultiHash(k=2, rows=37, combine="sum", seed=5),
@@ -75,18 +75,7 @@ class Reference:
 
     def step(self, ids, offsets, weights, pooling, grad, step: int) -> None:
         parts = self.rows(ids)
-        w = np.ones(len(ids)) if weights is None else weights.astype(np.float64)
-        d_comp = np.zeros((len(ids), sum(p.shape[1] for p in parts) if self.kind.combine_mode == "concat"
-                           else parts[0].shape[1]))
-        for b in range(len(offsets) - 1):
-            s, e = offsets[b], offsets[b + 1]
-            scale = 1.0
-            if pooling == "mean":
-                denom = w[s:e].sum() if weights is not None else e - s
-                scale = 1.0 / denom if denom != 0 else 0.0
-            for p in range(s, e):
-                g = grad[b, p - s] if pooling == "none" else grad[b]
-                d_comp[p] = scale * w[p] * g.astype(np.float64)
+        d_comp = position_grads(offsets, weights, pooling, grad)  # the composed row's gradient
         sums: dict[tuple[int, int], np.ndarray] = {}
         dc = parts[0].shape[1]
         for c, (keys, signs) in enumerate(self.keys(ids)):

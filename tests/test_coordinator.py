@@ -181,9 +181,10 @@ class FailingJob(CountingJob):
         super().step(step)
 
 
-def run_in_process(tmp_path, steps, job=CountingJob, workers=2, errors=None, **coordinator_args):
+def run_in_process(tmp_path, steps, job=CountingJob, workers=2, errors=None, worker_args=None, **coordinator_args):
     """A coordinator, one server and worker threads in this process; the coordinator's final
-    status. Errors of the workers go to ``errors`` when given, else fail the test."""
+    status. Errors of the workers go to ``errors`` when given, else fail the test.
+    ``worker_args``: more keyword arguments of each Worker."""
     coord = Coordinator(num_servers=1, num_workers=workers, snapshot_dir=str(tmp_path / "coord"), heartbeat=0.1,
                         member_timeout=5.0, **coordinator_args).start()
     server = sc.Server(port=0, snapshot_dir=str(tmp_path / "servers"))
@@ -192,7 +193,8 @@ def run_in_process(tmp_path, steps, job=CountingJob, workers=2, errors=None, **c
 
     def work(rank):
         try:
-            Worker(coord.endpoint, rank, recovery_timeout=30).run(lambda c: job(c, rank), steps=steps)
+            Worker(coord.endpoint, rank, recovery_timeout=30, **(worker_args or {})).run(lambda c: job(c, rank),
+                                                                                       steps=steps)
         except Exception as e:  # reported below
             failed.append(e)
 
@@ -279,6 +281,39 @@ def test_an_error_of_the_training_code_propagates_instead_of_rolling_back(tmp_pa
     errors = []
     run_in_process(tmp_path, 5, job=FailingJob, workers=1, errors=errors)
     assert [type(e) for e in errors] == [ZeroDivisionError]
+
+
+def test_a_worker_rolling_back_ends_its_connections_so_the_others_do_not_wait_out_their_deadline(tmp_path, caplog):
+    # Worker 0 loses a server at step 3 (raised here as a lost connection would be) while worker
+    # 1's synchronous push of step 3 waits for it on the server. Every job is kept alive, as a
+    # trainer job outlives its generation: only the roll-back itself may end worker 0's
+    # connections. Until they end, the server counts worker 0 present and holds worker 1's push.
+    kept, lost, pushing = [], threading.Event(), threading.Event()
+
+    class LinkLostJob(CountingJob):
+        def __init__(self, cluster, rank):
+            super().__init__(cluster, rank)
+            kept.append(self)
+
+        def step(self, step):
+            if step == 3 and not lost.is_set():
+                if self.rank == 1:
+                    pushing.set()
+                else:
+                    assert pushing.wait(30)
+                    time.sleep(0.2)  # worker 1's push reaches the server
+                    lost.set()
+                    raise sc.RpcConnectionError("connection to a server lost")
+            super().step(step)
+
+    caplog.set_level("WARNING", logger="sparsecore.cluster")
+    status = run_in_process(tmp_path, 6, job=LinkLostJob, worker_args={"timeout": 20}, snapshot_every_steps=2)
+    assert status["phase"] == "done" and lost.is_set()
+    rollbacks = [r.getMessage() for r in caplog.records if "rolling back" in r.getMessage()]
+    assert any(m.startswith("worker 0") for m in rollbacks)
+    assert not any("RpcTimeoutError" in m for m in rollbacks), rollbacks
+    with pytest.raises(sc.RpcConnectionError):  # the first generation's connections of worker 0 ended
+        next(j for j in kept if j.rank == 0).cluster.lookup("t", np.array([0], np.int64))
 
 
 class HugeStateJob(CountingJob):

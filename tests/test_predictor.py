@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import threading
 
 import numpy as np
@@ -125,6 +126,14 @@ def test_bad_requests_and_damaged_models_are_errors(rng, tmp_path):
     bad[cfg.names()[0]] = (ids, offsets[:-1])
     with pytest.raises(ValueError, match="bags|offsets"):
         p.predict(bad)
+    # A wrong array is named by its feature and role.
+    name, (ids, offsets) = cfg.names()[0], held.sparse[cfg.names()[0]]
+    bad = dict(held.sparse, **{name: (ids, offsets, np.ones(ids.size + 1, np.float32))})
+    with pytest.raises(ValueError, match=re.escape(f"{name} weights must have shape ({ids.size},), got ({ids.size + 1},)")):
+        p.predict(bad)
+    with pytest.raises(TypeError, match=re.escape(f"{name} offsets must have dtype int64, got float64")):
+        p._c.predict([(ids, offsets.astype(np.float64), None)] + [(*held.sparse[n], None) for n in cfg.names()[1:]],
+                     None)
     doc = json.loads((tmp_path / "model" / "model.json").read_text())
     doc["stream"] = "../elsewhere"
     (tmp_path / "model" / "model.json").write_text(json.dumps(doc))

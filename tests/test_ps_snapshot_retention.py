@@ -3,8 +3,10 @@
 snapshots of a series inside the snapshot directory only (never through a symlink, never an
 incomplete one, a save in progress or another name), hostile requests are refused and change
 nothing, ``--keep-snapshots`` prunes after each save, and a server starting removes only its
-own unfinished entries, never a peer's save in progress."""
+own unfinished entries, never a peer's save in progress; the staging left by servers that did
+not name it after their index is removed by the server that commits saves."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -167,13 +169,24 @@ def test_a_starting_server_removes_only_its_own_unfinished_entries(tmp_path):
         stop(proc)
 
 
-def test_a_save_of_two_servers_gathers_their_parts_and_leaves_no_staging(tmp_path):
-    snap = tmp_path / "snap"
-    procs = [start_server_process("--shards", 2, "--server-index", i, "--num-servers", 2, "--snapshot-dir", snap)
+@contextlib.contextmanager
+def two_servers(snap, shards):
+    """Servers 0 and 1 of a cluster sharing the snapshot directory ``snap`` (processes), and a
+    client of both with table "t"."""
+    procs = [start_server_process("--shards", shards, "--server-index", i, "--num-servers", 2, "--snapshot-dir", snap)
              for i in range(2)]
     try:
         ps = sc.connect([a for _, a in procs], timeout=60)
         ps.create_table("t", sc.TableConfig(dim=2, optimizer=sc.SGD(lr=1.0)), seed=1)
+        yield ps
+    finally:
+        for p, _ in procs:
+            stop(p)
+
+
+def test_a_save_of_two_servers_gathers_their_parts_and_leaves_no_staging(tmp_path):
+    snap = tmp_path / "snap"
+    with two_servers(snap, shards=2) as ps:
         ids = np.arange(-20, 20, dtype=np.int64)
         ps.push("t", ids, np.ones((ids.size, 2), np.float32))
         rows = ps.lookup("t", ids)
@@ -184,9 +197,6 @@ def test_a_save_of_two_servers_gathers_their_parts_and_leaves_no_staging(tmp_pat
         ps.push("t", ids, np.ones((ids.size, 2), np.float32))
         ps.restore(1)
         np.testing.assert_array_equal(ps.lookup("t", ids), rows)
-    finally:
-        for p, _ in procs:
-            stop(p)
 
 
 def test_a_forged_part_that_claims_a_shard_twice_fails_the_commit(tmp_path):
@@ -235,3 +245,47 @@ def test_a_failed_commit_removes_the_staged_parts(tmp_path):
     finally:
         for p, _ in procs:
             stop(p)
+
+
+def _unowned_entries(snap, outside):
+    """Staging left by servers that did not name their staging after their index, and
+    lookalikes that are not that or not a directory of the root; returns (stale, kept)."""
+    stale = snap / f".step-3.saving-{SAVE_ID}"
+    os.makedirs(stale / "shard-0-of-2")
+    (stale / "shard-0-of-2.json").write_text("{}")
+    os.makedirs(outside / "keep")
+    link = snap / ".step-4.saving-fedcba9876543210"  # a symlink of that name is not followed
+    os.symlink(outside, link)
+    kept = [link.name]
+    for name in (".step-3.saving-0123", f".step-3.saving-{SAVE_ID.upper()}", f"..saving-{SAVE_ID}",
+                 f".step-3.saving-{SAVE_ID}.server-2", f"step-3.saving-{SAVE_ID}"):
+        os.makedirs(snap / name)
+        kept.append(name)
+    (snap / f".step-5.saving-{SAVE_ID[::-1]}").write_text("a file, not a staging directory")
+    kept.append(f".step-5.saving-{SAVE_ID[::-1]}")
+    return stale, kept
+
+
+def test_a_save_removes_the_staging_of_servers_without_an_index(tmp_path):
+    snap = tmp_path / "snap"
+    with two_servers(snap, shards=1) as ps:
+        stale, kept = _unowned_entries(snap, tmp_path / "outside")
+        ps.push("t", np.arange(8, dtype=np.int64), np.ones((8, 2), np.float32))
+        ps.save(1)
+        assert entries(snap) == sorted(kept + ["step-1"])
+        assert os.path.isdir(tmp_path / "outside" / "keep")
+
+
+def test_server_0_starting_removes_the_staging_of_servers_without_an_index(tmp_path):
+    snap = tmp_path / "snap"
+    os.makedirs(snap)
+    stale, kept = _unowned_entries(snap, tmp_path / "outside")
+    proc, _ = start_server_process("--shards", 1, "--server-index", 1, "--num-servers", 2, "--snapshot-dir", snap)
+    stop(proc)
+    assert os.path.isdir(stale)  # only the server that commits saves owns them
+    proc, _ = start_server_process("--shards", 1, "--server-index", 0, "--num-servers", 2, "--snapshot-dir", snap)
+    try:
+        assert entries(snap) == sorted(kept)
+        assert os.path.isdir(tmp_path / "outside" / "keep")
+    finally:
+        stop(proc)

@@ -14,6 +14,8 @@ from sparsecore.embedding import EmbeddingCollection  # noqa: E402
 from sparsecore.torch import EmbeddingBagCollection, mlp  # noqa: E402
 from sparsecore.trainer import Trainer  # noqa: E402
 
+from _helpers import assert_same_training  # noqa: E402
+
 DIMS = {"g0": 3, "g1": 18, "g2": 1}
 
 
@@ -71,17 +73,6 @@ def per_group_reference(names, items, seed, dense=0):
     return model, ebc.collection
 
 
-def assert_same(model_a, coll_a, model_b, coll_b):
-    for (k, a), (_, b) in zip(model_a.state_dict().items(), model_b.state_dict().items()):
-        assert torch.equal(a, b), k
-    for name in coll_a.names:
-        ea, eb = coll_a.export(name), coll_b.export(name)
-        order_a, order_b = np.argsort(ea["keys"]), np.argsort(eb["keys"])
-        np.testing.assert_array_equal(ea["keys"][order_a], eb["keys"][order_b])
-        np.testing.assert_array_equal(ea["weights"][order_a], eb["weights"][order_b])
-        np.testing.assert_array_equal(ea["state"][order_a], eb["state"][order_b])
-
-
 def run_trainer(names, items, seed, dense=0, **kwargs):
     model = model_for(sum(DIMS.values()) + dense)
     trainer = Trainer(BatchList(items), model, tables(names), dense_optimizer=torch.optim.Adam(model.parameters(),
@@ -97,7 +88,7 @@ def test_trainer_with_one_input_buffer_trains_the_bits_of_per_group_outputs_and_
     ref_model, ref_coll = per_group_reference(names, items, seed=3, dense=dense)
     trainer = run_trainer(names, items, 3, dense=dense)
     assert trainer.step == 8
-    assert_same(ref_model, ref_coll, trainer.model, trainer.embedding.collection)
+    assert_same_training(ref_model, ref_coll, trainer.model, trainer.embedding.collection)
 
 
 @pytest.mark.parametrize("prefetch", [1, 3])
@@ -105,7 +96,7 @@ def test_overlapped_pipeline_gives_the_bits_of_the_loop_without_overlap(prefetch
     names, items = batches(10)
     ref_model, ref_coll = per_group_reference(names, items, seed=5)
     trainer = run_trainer(names, items, 5, prefetch=prefetch)
-    assert_same(ref_model, ref_coll, trainer.model, trainer.embedding.collection)
+    assert_same_training(ref_model, ref_coll, trainer.model, trainer.embedding.collection)
 
 
 def test_producer_on_the_pool_or_on_its_own_thread_prepares_the_same_steps():

@@ -15,6 +15,8 @@ from sparsecore.data import SyntheticConfig, SyntheticData  # noqa: E402
 from sparsecore.torch import EmbeddingBagCollection, mlp  # noqa: E402
 from sparsecore.trainer import Trainer  # noqa: E402
 
+from _helpers import assert_same_training  # noqa: E402
+
 DIM = 4
 
 
@@ -77,17 +79,6 @@ def trainer_run(source, names, seed, **kwargs):
     return trainer
 
 
-def assert_same(model_a, coll_a, model_b, coll_b):
-    for (k, a), (_, b) in zip(model_a.state_dict().items(), model_b.state_dict().items()):
-        assert torch.equal(a, b), k
-    for name in coll_a.names:
-        ea, eb = coll_a.export(name), coll_b.export(name)
-        order_a, order_b = np.argsort(ea["keys"]), np.argsort(eb["keys"])
-        np.testing.assert_array_equal(ea["keys"][order_a], eb["keys"][order_b])
-        np.testing.assert_array_equal(ea["weights"][order_a], eb["weights"][order_b])
-        np.testing.assert_array_equal(ea["state"][order_a], eb["state"][order_b])
-
-
 @pytest.mark.parametrize("prefetch", [1, 3])
 def test_compiled_and_python_sources_give_the_bits_of_a_sequential_loop(prefetch):
     cfg = config()
@@ -97,8 +88,8 @@ def test_compiled_and_python_sources_give_the_bits_of_a_sequential_loop(prefetch
     compiled = trainer_run(SyntheticData(cfg, num_samples=64 * 12, compressed=True), names[:2], 9, prefetch=prefetch)
     listed = trainer_run(BatchList(batches), names[:2], 9, prefetch=prefetch)
     assert compiled.step == listed.step == 12
-    assert_same(ref_model, ref_coll, compiled.model, compiled.embedding.collection)
-    assert_same(ref_model, ref_coll, listed.model, listed.embedding.collection)
+    assert_same_training(ref_model, ref_coll, compiled.model, compiled.embedding.collection)
+    assert_same_training(ref_model, ref_coll, listed.model, listed.embedding.collection)
 
 
 class SourceBroke(Exception):

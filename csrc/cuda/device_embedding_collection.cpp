@@ -272,13 +272,8 @@ std::shared_ptr<DevicePreparedBatch> DeviceEmbeddingCollection::prepare(const st
     auto decided = std::make_shared<std::vector<char>>(configs_.size(), 0);
     for (const GroupInput& in : inputs) {
       if (configs_[in.table].expiry.capacity <= 0 || in.num_ids <= 0) continue;
-      std::vector<int64_t> host_ids;
-      const int64_t* ids = in.ids;
-      if (space == MemorySpace::kDevice) {
-        host_ids.resize(static_cast<size_t>(in.num_ids));
-        impl_->read_back({{host_ids.data(), in.ids, host_ids.size() * sizeof(int64_t)}}, {});
-        ids = host_ids.data();
-      }
+      std::vector<int64_t> copy;
+      const int64_t* ids = host_keys(in.ids, in.num_ids, space, copy);
       (*decided)[in.table] = make_room(in.table, ids, in.num_ids, (*verdicts)[in.table]) ? 1 : 0;
     }
     if (refusing)
@@ -366,13 +361,8 @@ void DeviceEmbeddingCollection::lookup(int table, const int64_t* keys, int64_t n
     // A table with a capacity never passes it: room is made (or the insert refused and
     // counted) by the rules of a training prepare, the admitted keys are inserted, and every
     // key is then read; a refused key reads the default row, as on the CPU store.
-    std::vector<int64_t> host_keys;
-    const int64_t* ids = keys;
-    if (space == MemorySpace::kDevice) {
-      host_keys.resize(static_cast<size_t>(n));
-      impl_->read_back({{host_keys.data(), keys, host_keys.size() * sizeof(int64_t)}}, {});
-      ids = host_keys.data();
-    }
+    std::vector<int64_t> copy;
+    const int64_t* ids = host_keys(keys, n, space, copy);
     std::unordered_map<int64_t, unsigned char> verdicts;
     if (make_room(table, ids, n, verdicts, /*admission=*/false)) {
       std::vector<int64_t> admitted;
@@ -389,6 +379,14 @@ void DeviceEmbeddingCollection::lookup(int table, const int64_t* keys, int64_t n
     }
   }
   impl_->lookup(table, keys, n, out, insert, space);
+}
+
+const int64_t* DeviceEmbeddingCollection::host_keys(const int64_t* keys, int64_t n, MemorySpace space,
+                                                    std::vector<int64_t>& copy) const {
+  if (space != MemorySpace::kDevice) return keys;
+  copy.resize(static_cast<size_t>(n));
+  impl_->read_back({{copy.data(), keys, copy.size() * sizeof(int64_t)}}, {});
+  return copy.data();
 }
 
 int64_t DeviceEmbeddingCollection::erase(int table, const int64_t* keys, int64_t n, MemorySpace space,
@@ -408,12 +406,8 @@ int64_t DeviceEmbeddingCollection::remove_in_call(int table, const int64_t* keys
   if (space == MemorySpace::kDevice && n > 0) impl_->check_device_pointer(keys, "erase keys");
   std::vector<unsigned char> removed;
   const int64_t count = impl_->erase(table, keys, n, space, removed);
-  std::vector<int64_t> host_keys;
-  if (count && space == MemorySpace::kDevice) {
-    host_keys.resize(n);
-    impl_->read_back({{host_keys.data(), keys, static_cast<size_t>(n) * sizeof(int64_t)}}, {});
-    keys = host_keys.data();
-  }
+  std::vector<int64_t> copy;
+  if (count) keys = host_keys(keys, n, space, copy);
   // Each removal is logged with the version a delta written later carries (the CPU stamp).
   const int64_t stamp = step() + 1;
   for (int64_t i = 0; i < n && count; ++i)

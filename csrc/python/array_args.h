@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -53,15 +54,27 @@ py::array to_numpy(std::vector<T>&& v, std::vector<py::ssize_t> shape) {
   return py::array_t<T>(shape, owned->data(), owner);
 }
 
+// The name of an argument in messages: head then tail (a feature's name, then " ids"),
+// joined only when a message is raised, so that a call whose arguments are right builds no
+// string. Holds views: the strings must outlive it (a temporary lives to the end of the call).
+struct ArgName {
+  ArgName(const std::string& head) : head(head) {}
+  ArgName(const char* head) : head(head) {}
+  ArgName(std::string_view head, std::string_view tail) : head(head), tail(tail) {}
+  std::string str() const { return std::string(head).append(tail); }
+  std::string_view head, tail;
+};
+
 // `arr` must be a C-contiguous array of T; `shape` entries < 0 are free. Returns its data.
 template <typename T>
-const T* checked_array(const py::array& arr, const std::string& what, std::vector<py::ssize_t> shape) {
+const T* checked_array(const py::array& arr, ArgName name, std::vector<py::ssize_t> shape) {
   if (!py::dtype::of<T>().is(arr.dtype()) && !(arr.dtype().kind() == py::dtype::of<T>().kind() &&
                                                arr.dtype().itemsize() == static_cast<py::ssize_t>(sizeof(T)))) {
-    throw TypeMismatch(what + " must have dtype " + dtype_name<T>() + ", got " + std::string(py::str(arr.dtype())));
+    throw TypeMismatch(name.str() + " must have dtype " + dtype_name<T>() + ", got " +
+                       std::string(py::str(arr.dtype())));
   }
   if (arr.ndim() != static_cast<py::ssize_t>(shape.size())) {
-    throw TypeMismatch(what + " must have " + std::to_string(shape.size()) + " dimension(s), got " +
+    throw TypeMismatch(name.str() + " must have " + std::to_string(shape.size()) + " dimension(s), got " +
                        std::to_string(arr.ndim()));
   }
   for (size_t d = 0; d < shape.size(); ++d) {
@@ -71,11 +84,11 @@ const T* checked_array(const py::array& arr, const std::string& what, std::vecto
         want += (k ? ", " : "") + (shape[k] < 0 ? std::string("*") : std::to_string(shape[k]));
         got += (k ? ", " : "") + std::to_string(arr.shape(k));
       }
-      throw InvalidArgument(what + " must have shape " + want + (shape.size() == 1 ? ",)" : ")") + ", got " + got +
-                            (shape.size() == 1 ? ",)" : ")"));
+      throw InvalidArgument(name.str() + " must have shape " + want + (shape.size() == 1 ? ",)" : ")") + ", got " +
+                            got + (shape.size() == 1 ? ",)" : ")"));
     }
   }
-  if (!(arr.flags() & py::array::c_style)) throw InvalidArgument(what + " must be C-contiguous");
+  if (!(arr.flags() & py::array::c_style)) throw InvalidArgument(name.str() + " must be C-contiguous");
   return static_cast<const T*>(arr.data());
 }
 

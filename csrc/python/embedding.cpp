@@ -237,16 +237,13 @@ SPARSECORE_BINDING(embedding, 30) {
       .def(
           "lookup",
           [](EmbeddingCollection& c, int t, const py::array& ids, bool insert) {
-            EmbeddingTable& table = c.table(t);
+            const int dim = c.table(t).dim();
             const int64_t* k = checked_array<int64_t>(ids, "ids", {-1});
             int64_t n = ids.shape(0);
-            py::array_t<float> out({n, static_cast<int64_t>(table.dim())});
+            py::array_t<float> out({n, static_cast<int64_t>(dim)});
             float* o = out.mutable_data();
             py::gil_scoped_release release;
-            if (insert)
-              table.lookup_or_insert_weights(k, n, o);
-            else
-              table.find_weights(k, n, o);
+            c.lookup(t, k, n, insert, o);
             return out;
           },
           py::arg("table"), py::arg("ids"), py::arg("insert") = false)

@@ -20,36 +20,33 @@ using sparsecore::python::checked_array;
 
 namespace {
 
-std::vector<std::string> names_of(const Predictor& p) {
-  std::vector<std::string> names;
-  for (const auto& f : p.features()) names.push_back(f.input);
-  return names;
-}
-
 // A predict call's inputs from Python: one (ids int64[n], offsets int64[B + 1], weights
 // float32[n] or None) per feature, in the model's order; dense (B, dense_width) float32 or
-// None. Keeps the arrays alive while the views are used.
+// None. Keeps the arrays alive while the views are used. name_of(f) (a string that outlives
+// the batch) names feature f in messages, which alone build strings.
 struct PythonBatch {
   std::vector<FeatureBatch> features;
   const float* dense = nullptr;
   int64_t batch = 0;
   std::vector<py::array> keep;
 
-  PythonBatch(const std::vector<std::string>& names, int64_t dense_width, const py::list& parts,
+  template <typename NameOf>
+  PythonBatch(size_t num_features, const NameOf& name_of, int64_t dense_width, const py::list& parts,
               const py::object& dense_rows) {
-    SC_CHECK_ARG(parts.size() == names.size(), "predict: ", names.size(), " features expected, got ", parts.size());
+    SC_CHECK_ARG(parts.size() == num_features, "predict: ", num_features, " features expected, got ", parts.size());
     features.resize(parts.size());
+    keep.reserve(3 * parts.size() + 1);
     int64_t rows_seen = -1;
     for (size_t f = 0; f < features.size(); ++f) {
-      const std::string& name = names[f];
+      const std::string& name = name_of(f);
       py::tuple t = py::reinterpret_borrow<py::tuple>(parts[f]);
       SC_CHECK_ARG(t.size() == 3, "predict: feature '", name, "' needs (ids, offsets, weights)");
       py::array ids = py::array::ensure(t[0]), offsets = py::array::ensure(t[1]);
       keep.push_back(ids);
       keep.push_back(offsets);
-      features[f].ids = checked_array<int64_t>(ids, name + " ids", {-1});
+      features[f].ids = checked_array<int64_t>(ids, {name, " ids"}, {-1});
       features[f].num_ids = ids.shape(0);
-      features[f].offsets = checked_array<int64_t>(offsets, name + " offsets", {-1});
+      features[f].offsets = checked_array<int64_t>(offsets, {name, " offsets"}, {-1});
       const int64_t rows = offsets.shape(0) - 1;
       SC_CHECK_ARG(rows >= 0, "predict: feature '", name, "' offsets are empty");
       SC_CHECK_ARG(rows_seen < 0 || rows == rows_seen, "predict: feature '", name, "' has ", rows,
@@ -58,7 +55,7 @@ struct PythonBatch {
       if (!t[2].is_none()) {
         py::array w = py::array::ensure(t[2]);
         keep.push_back(w);
-        features[f].weights = checked_array<float>(w, name + " weights", {features[f].num_ids});
+        features[f].weights = checked_array<float>(w, {name, " weights"}, {features[f].num_ids});
       }
     }
     if (!dense_rows.is_none()) {
@@ -180,7 +177,10 @@ SPARSECORE_BINDING(predictor, 95) {
           "predict",
           [](const LoadedModel& lm, const py::list& features, const py::object& dense) {
             const Predictor& p = *lm.predictor;
-            PythonBatch in(names_of(p), p.dense_width(), features, dense);
+            const auto& specs = p.features();
+            PythonBatch in(
+                specs.size(), [&specs](size_t f) -> const std::string& { return specs[f].input; }, p.dense_width(),
+                features, dense);
             const int64_t batch = in.batch;
             py::array_t<float> out({batch, p.output_width()});
             float* o = out.mutable_data();
@@ -271,7 +271,10 @@ SPARSECORE_BINDING(predictor, 95) {
       .def(
           "predict",
           [](PredictClient& c, const py::list& features, const py::object& dense, int timeout_ms) {
-            PythonBatch in(c.info().features, c.info().dense_width, features, dense);
+            const std::vector<std::string>& names = c.info().features;
+            PythonBatch in(
+                names.size(), [&names](size_t f) -> const std::string& { return names[f]; }, c.info().dense_width,
+                features, dense);
             py::array_t<float> out({in.batch, c.info().output_width});
             float* o = out.mutable_data();
             int64_t version;

@@ -125,6 +125,13 @@ SPARSECORE_BINDING(ps, 70) {
       .def(py::init([](PsServer& server) { return std::make_unique<PsClient>(server, PsClientOptions{}); }),
            py::arg("server"), py::keep_alive<1, 2>())
       .def_property_readonly("total_shards", &PsClient::total_shards)
+      .def(
+          "close",
+          [](PsClient& c) {
+            py::gil_scoped_release r;
+            c.close();
+          },
+          "Ends the connections to every server now; later calls raise RpcConnectionError.")
       .def("set_wire_dtype", &PsClient::set_wire_dtype, py::arg("table"), py::arg("dtype"),
            "The dtype of `table`'s values on the wire ('': the default of every table): 'float32' or 'float16'.")
       .def("wire_dtype", &PsClient::wire_dtype, py::arg("table"))

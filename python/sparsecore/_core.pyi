@@ -363,6 +363,10 @@ class PsClient:
         ...
     def barrier(self, arg0: str, arg1: typing.SupportsInt | typing.SupportsIndex) -> None:
         ...
+    def close(self) -> None:
+        """
+        Ends the connections to every server now; later calls raise RpcConnectionError.
+        """
     def create_table(self, arg0: str, arg1: typing.SupportsInt | typing.SupportsIndex) -> None:
         ...
     def dense_create(self, shard: typing.SupportsInt | typing.SupportsIndex, name: str, values: numpy.ndarray, optimizer: str) -> None:

@@ -337,7 +337,8 @@ class EmbeddingCollection:
         """Rows of ``ids`` in table ``name`` as float32[n, dim]; unknown ids read the table's
         default row (zeros unless ``TableConfig(default_value=...)``) unless ``insert`` (then
         they are created first). Of a compressed table: each id's composed row (its component
-        rows never trained read zeros)."""
+        rows never trained read zeros). Safe while other threads train, erase or evict: each
+        row read is one the id had during the call."""
         torch_out = is_torch(ids)
         if name in self._compressed:  # the composed rows: bags of one id each
             ids_np = as_int64(ids, f"ids of table '{name}'")

@@ -77,6 +77,14 @@ class Cluster:
     def total_shards(self) -> int:
         return self._c.total_shards
 
+    def close(self) -> None:
+        """Ends the connections to every server now (safe from any thread, and more than
+        once): the servers count this worker gone at once, so in synchronous and bounded
+        staleness modes the others never wait for it (a synchronous step it leaves is
+        abandoned: their waiting calls raise :class:`RpcStepAbortedError`). Calls in flight
+        and later ones raise :class:`RpcConnectionError`."""
+        self._c.close()
+
     def create_table(self, name: str, config: TableConfig, seed: int = 0) -> None:
         """Creates table ``name`` on every shard (a no-op when it exists with this config)."""
         cfg = json.loads(tables_to_json({name: config}))[0]

@@ -78,6 +78,8 @@ void remove_tree(const std::string& path);
 void sync_tree(const std::string& path, bool files = true);
 // 16 random hex digits, for names of directories being written.
 std::string random_suffix();
+// Whether `text` is spelled as random_suffix() spells one (16 lowercase hex digits).
+bool is_random_suffix(std::string_view text);
 
 // Makes the finished directory `staging` appear at `target` in one atomic step, durably:
 // syncs `staging`'s tree (its files too unless the writer synced them: `files_synced`), then renames it to `target`

@@ -255,6 +255,9 @@ class DeviceEmbeddingCollection {
                  bool admission = true);
   // The incremental expiry of table t after a step (scan_per_step rows); returns the rows removed.
   int64_t expire_some(int table);
+  // keys (n) in `space` as host memory: keys themselves when they are host memory, else
+  // `copy` filled from the device (one wait in the call's stream order).
+  const int64_t* host_keys(const int64_t* keys, int64_t n, MemorySpace space, std::vector<int64_t>& copy) const;
   // Host copies of the offsets of device inputs (host inputs: their own offsets), after
   // validating every group.
   std::vector<std::vector<int64_t>> validate_inputs(const std::vector<GroupInput>& inputs, MemorySpace space) const;

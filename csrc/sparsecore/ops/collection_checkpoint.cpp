@@ -360,10 +360,16 @@ void EmbeddingCollection::save(const std::string& dir, bool overwrite) const {
   if (path_exists(target)) check_replaceable(target, overwrite);
   make_directories(parent);
   // Directories of saves that died before their switch; one save at a time per directory.
+  // Only real directories named as this save names its own (.<base>.saving-<random_suffix>):
+  // another entry that merely starts so, or a symlink, is not ours.
   std::error_code ec;
   const std::string stale_prefix = "." + base + ".saving-";
-  for (const auto& entry : std::filesystem::directory_iterator(parent, ec))
-    if (entry.path().filename().string().starts_with(stale_prefix)) remove_tree(entry.path().string());
+  for (const auto& entry : std::filesystem::directory_iterator(parent, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (name.starts_with(stale_prefix) && is_random_suffix(std::string_view(name).substr(stale_prefix.size())) &&
+        is_real_directory(entry.path().string()))
+      remove_tree(entry.path().string());
+  }
   const std::string staging = join(parent, stale_prefix + random_suffix());
   make_directory(staging);
   try {

@@ -407,6 +407,19 @@ void EmbeddingCollection::evaluate(const std::vector<GroupInput>& raw_inputs,
   });
 }
 
+void EmbeddingCollection::lookup(int table, const int64_t* ids, int64_t n, bool insert, float* out) {
+  require_local("lookup");
+  SC_CHECK_ARG(table >= 0 && table < num_tables(), "lookup: no table ", table, " in a collection of ", num_tables());
+  SC_CHECK_ARG(n >= 0 && (n == 0 || (ids && out)), "lookup: null ids or output, or a negative count ", n);
+  if (insert) release_retired_rows(/*wait=*/false);
+  std::shared_lock swap_lock(swap_mutex_);
+  RowEpochs::Hold hold(*row_epochs_);
+  if (insert)
+    tables_[table]->lookup_or_insert_weights(ids, n, out);
+  else
+    tables_[table]->find_weights(ids, n, out);
+}
+
 int64_t EmbeddingCollection::backward(const PreparedBatch& batch, const std::vector<const float*>& grads,
                                       const std::vector<int64_t>& row_strides) {
   std::shared_lock swap_lock(swap_mutex_);

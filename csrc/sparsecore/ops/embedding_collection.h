@@ -189,6 +189,12 @@ class EmbeddingCollection {
   void evaluate(const std::vector<GroupInput>& inputs, const std::vector<float*>& outputs) const;
   // Longest bag of a group (0 for an empty batch); offsets must be valid.
   static int64_t max_bag_length(const GroupInput& in);
+  // The weights of ids (n, host) of local table `table` into out (n, dim) host float32:
+  // unknown ids read the default row, or are inserted first when `insert` (no admission; a
+  // table at its capacity evicts or refuses as for training). Registered as a holder of row
+  // pointers while it copies (row_epochs.h) and under the shared swap lock, so an erase
+  // waits for it and a row evicted meanwhile is not reused before the copy is done.
+  void lookup(int table, const int64_t* ids, int64_t n, bool insert, float* out);
 
   // grads[g] (host float32): same shapes as the outputs. Checks all grads are finite first
   // (InvalidArgument naming the group otherwise, nothing changes), then applies the fused

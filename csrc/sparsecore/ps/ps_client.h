@@ -93,6 +93,11 @@ class PsClient {
   ~PsClient();
 
   int total_shards() const { return total_shards_; }
+  // Ends the connections to every server now, from any thread: the servers count this worker
+  // gone at once (a synchronous step it leaves is abandoned and the other workers' calls
+  // waiting on it raise RpcStepAbortedError instead of waiting out their deadline). Calls in
+  // flight and later ones raise RpcConnectionError. Nothing to end for an embedded server.
+  void close() { transport_->close(); }
   // The dtype of `table`'s values on the wire ("" : every table without its own): "float32"
   // (the default) or "float16" - half the bytes of every pull and push of that table. Rows
   // stay float32 on the servers; what a pull returns is each row rounded to float16 (to

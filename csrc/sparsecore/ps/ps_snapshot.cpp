@@ -71,10 +71,35 @@ bool series_number(const std::string& entry, const std::string& prefix, uint64_t
   return parse_decimal(rest.substr(0, dash), n);
 }
 
+// Save ids are random_suffix() of the client that saves.
 void check_save_id(const std::string& id) {
-  bool ok = id.size() == 16;
-  for (char c : id) ok = ok && ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'));
-  SC_CHECK_ARG(ok, "save id must be 16 lowercase hex digits, got '", id.substr(0, 40), "'");
+  SC_CHECK_ARG(is_random_suffix(id), "save id must be 16 lowercase hex digits, got '", id.substr(0, 40), "'");
+}
+
+// Whether `entry` is the staging directory name of a save by a server that did not yet name
+// its staging after its index (.<name>.saving-<save id>, no owner suffix). No server writes
+// such names now, so one left in the root died with its save.
+bool is_unowned_staging(const std::string& entry) {
+  constexpr std::string_view kSaving = ".saving-";
+  constexpr size_t kTail = kSaving.size() + 16;
+  if (entry.size() <= kTail + 1 || entry[0] != '.') return false;
+  const std::string_view tail = std::string_view(entry).substr(entry.size() - kTail);
+  const std::string name = entry.substr(1, entry.size() - kTail - 1);
+  return tail.substr(0, kSaving.size()) == kSaving && is_random_suffix(tail.substr(kSaving.size())) &&
+         is_plain_name(name) && name[0] != '.' && name.size() <= 200;
+}
+
+// Removes the unowned staging directories of the root (real directories only: a symlink of
+// that name is left alone, and nothing is followed). Never fails on one it cannot remove.
+void remove_unowned_stagings(const std::string& root) {
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(root, ec)) {
+    if (!is_unowned_staging(e.path().filename().string()) || !is_real_directory(e.path().string())) continue;
+    try {
+      remove_tree(e.path().string());
+    } catch (const IoError&) {
+    }
+  }
 }
 
 // (g, T) when `name` is exactly shard_marker_name(g, T) with 0 <= g < T <= kNumBuckets.
@@ -311,6 +336,8 @@ void commit_snapshot(const std::string& root, const std::string& name, const std
   SC_CHECK_ARG(!path_exists(target) || is_real_directory(target), "'", name,
                "' in the snapshot directory is not a directory; refusing to replace it");
   commit_directory(staging, target, /*files_synced=*/true);  // SnapshotPart::write fsyncs each file
+  // The committing server (of shard 0) owns what saves of unnamed servers left behind.
+  remove_unowned_stagings(root);
 }
 
 void abort_snapshot(const std::string& root, const std::string& name, const std::string& save_id) {
@@ -335,6 +362,7 @@ void remove_unfinished_snapshots(const std::string& root, int server) {
     } catch (const IoError&) {
     }
   }
+  if (server == 0) remove_unowned_stagings(root);
 }
 
 void check_prune_request(const std::string& root, const std::string& prefix, int64_t keep,

@@ -17,8 +17,11 @@
 // (commit_directory), so a crash at any instant leaves the previous snapshot of that name
 // (or none) and never a mix of two saves. The servers of a cluster share the root; each
 // hidden entry names the server that owns it, and a server starting removes only its own
-// (a peer's save in progress is left alone). Only names cross the wire; readers never
-// follow a symlink inside the root and check every marker field (CorruptData otherwise).
+// (a peer's save in progress is left alone). Staging directories without an owner suffix
+// (.<name>.saving-<save id>/, written by servers before each named its own) belong to the
+// server that commits saves: it removes them after each commit, and server 0 at its start.
+// Only names cross the wire; readers never follow a symlink inside the root and check every
+// marker field (CorruptData otherwise).
 #pragma once
 
 #include <cstdint>
@@ -53,7 +56,8 @@ void commit_snapshot(const std::string& root, const std::string& name, const std
 // Removes every server's staging directory of a save that failed (its client aborts it).
 void abort_snapshot(const std::string& root, const std::string& name, const std::string& save_id);
 // Removes the hidden entries server `server` left (parts of saves and removals that died
-// with it), at its start; other servers' entries are left alone.
+// with it), at its start; other servers' entries are left alone. Server 0 also removes the
+// staging directories without an owner suffix (above).
 void remove_unfinished_snapshots(const std::string& root, int server);
 // Removes old snapshots of a series from `root`: of the complete snapshots whose names are
 // <prefix><n> or <prefix><n>-step-<k> (n, k decimal; "step-" for saves by step, "c" for the

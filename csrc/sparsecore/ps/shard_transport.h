@@ -55,6 +55,9 @@ class ShardTransport {
   // segment after segment, when it fits in their total length (Response::in_caller_buffer).
   virtual ShardCall call(int shard, uint16_t method, std::span<const iovec> payload,
                          std::span<const iovec> recv_into = {}) = 0;
+  // Ends every connection (rpc::RpcClient::close); later calls fail with RpcConnectionError.
+  // Nothing to end in process.
+  virtual void close() {}
 };
 
 class RpcShardTransport final : public ShardTransport {
@@ -64,6 +67,9 @@ class RpcShardTransport final : public ShardTransport {
   RpcShardTransport(const std::vector<std::string>& addresses, rpc::ClientOptions options);
   int num_shards() const override { return static_cast<int>(conns_.size()); }
   ShardCall call(int shard, uint16_t method, std::span<const iovec> payload, std::span<const iovec> recv_into) override;
+  void close() override {
+    for (auto& c : conns_) c->close();
+  }
 
  private:
   std::vector<std::unique_ptr<rpc::RpcClient>> conns_;  // by global shard

@@ -12,6 +12,7 @@
 
 #include "sparsecore/core/error.h"
 #include "sparsecore/core/file.h"
+#include "sparsecore/core/stat_counter.h"
 #include "sparsecore/rpc/socket.h"
 
 namespace sparsecore::rpc {
@@ -104,14 +105,13 @@ void HttpServer::stop() {
 }
 
 HttpServerStats HttpServer::stats() const {
-  auto get = [](const std::atomic<uint64_t>& a) { return a.load(std::memory_order_relaxed); };
   HttpServerStats s;
-  s.connections_accepted = get(accepted_);
-  s.connections_open = get(open_);
-  s.connections_refused = get(refused_);
-  s.timeouts = get(timeouts_);
-  s.requests = get(requests_);
-  s.bad_requests = get(bad_requests_);
+  s.connections_accepted = stat_value(accepted_);
+  s.connections_open = stat_value(open_);
+  s.connections_refused = stat_value(refused_);
+  s.timeouts = stat_value(timeouts_);
+  s.requests = stat_value(requests_);
+  s.bad_requests = stat_value(bad_requests_);
   return s;
 }
 

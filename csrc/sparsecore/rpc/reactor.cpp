@@ -13,6 +13,7 @@
 #include <new>
 
 #include "sparsecore/core/file.h"
+#include "sparsecore/core/stat_counter.h"
 #include "sparsecore/core/thread_pool.h"
 #include "sparsecore/rpc/hmac_sha256.h"
 #include "sparsecore/rpc/rpc_error.h"
@@ -99,19 +100,18 @@ void Reactor::request_stop() {
 }
 
 void Reactor::add_stats(TransportStats& into) const {
-  auto get = [](const std::atomic<uint64_t>& a) { return a.load(std::memory_order_relaxed); };
-  into.connections_accepted += get(accepted_);
-  into.open_connections += get(open_);
-  into.frames_rejected += get(rejected_);
-  into.accept_backoffs += get(accept_backoffs_);
-  into.handshake_timeouts += get(handshake_timeouts_);
-  into.idle_timeouts += get(idle_timeouts_);
-  into.memory_refusals += get(memory_refusals_);
-  into.out_of_memory += get(out_of_memory_);
-  into.requests += get(requests_);
-  into.error_replies += get(error_replies_);
-  into.bytes_received += get(bytes_received_);
-  into.bytes_sent += get(bytes_sent_);
+  into.connections_accepted += stat_value(accepted_);
+  into.open_connections += stat_value(open_);
+  into.frames_rejected += stat_value(rejected_);
+  into.accept_backoffs += stat_value(accept_backoffs_);
+  into.handshake_timeouts += stat_value(handshake_timeouts_);
+  into.idle_timeouts += stat_value(idle_timeouts_);
+  into.memory_refusals += stat_value(memory_refusals_);
+  into.out_of_memory += stat_value(out_of_memory_);
+  into.requests += stat_value(requests_);
+  into.error_replies += stat_value(error_replies_);
+  into.bytes_received += stat_value(bytes_received_);
+  into.bytes_sent += stat_value(bytes_sent_);
 }
 
 void Reactor::register_fd(Connection& c) {

@@ -163,6 +163,16 @@ std::string RpcClient::transport_stats(int timeout_ms) {
   return std::string(reinterpret_cast<const char*>(r.data.data()), r.bytes);
 }
 
+void RpcClient::close() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!broken_) {
+    ::shutdown(socket_.get(), SHUT_RDWR);
+    broken_ = true;  // fail_all below keeps the descriptor
+    broken_reason_ = "client closed";
+  }
+  fail_all(broken_reason_);
+}
+
 bool RpcClient::connected() const {
   std::lock_guard<std::mutex> lock(mu_);
   return !broken_;

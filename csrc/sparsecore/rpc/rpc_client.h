@@ -119,6 +119,11 @@ class RpcClient {
   int num_reactors() const { return num_reactors_; }
   const std::string& peer() const { return peer_; }
   bool connected() const;
+  // Ends the connection now, from any thread: the server sees it close at once, and calls in
+  // flight and later ones fail with RpcConnectionError ("client closed"). The descriptor is
+  // shut down, not closed, so a thread still reading or sending on it is not handed another
+  // one; it is closed with the client.
+  void close();
 
  private:
   friend class RpcFuture;

@@ -4,6 +4,7 @@
 #include <exception>
 
 #include "sparsecore/core/error.h"
+#include "sparsecore/core/stat_counter.h"
 #include "sparsecore/rpc/rpc_error.h"
 #include "sparsecore/serving/subscriber.h"
 
@@ -70,14 +71,13 @@ void PredictBatcher::stop() {
 }
 
 BatcherStats PredictBatcher::stats() const {
-  auto get = [](const std::atomic<uint64_t>& a) { return a.load(std::memory_order_relaxed); };
   BatcherStats s;
-  s.requests = get(requests_);
-  s.samples = get(samples_);
-  s.batches = get(batches_);
-  s.rejected = get(rejected_);
-  s.deadline_exceeded = get(deadline_exceeded_);
-  s.failed = get(failed_);
+  s.requests = stat_value(requests_);
+  s.samples = stat_value(samples_);
+  s.batches = stat_value(batches_);
+  s.rejected = stat_value(rejected_);
+  s.deadline_exceeded = stat_value(deadline_exceeded_);
+  s.failed = stat_value(failed_);
   std::lock_guard<std::mutex> lock(mutex_);
   s.queued = queue_.size();
   return s;

@@ -190,16 +190,30 @@ class Worker:
         servers = [ready["servers"][str(i)] for i in range(ready["num_servers"])]
         mode = ready["mode"]
         stepping = mode != "async"  # sync and ssp name every worker; async pushes alone
-        step = 0
         try:  # a server gone meanwhile; errors of the job's own code propagate
             cluster = connect(servers, token=self._token, timeout=self.timeout, mode=mode,
                               staleness=int(ready.get("staleness", 0)) if mode == "ssp" else 0,
                               worker=self.rank if stepping else 0,
                               num_workers=ready["num_workers"] if stepping else 0)
+        except _core.RpcError as e:
+            raise _Recover(f"joining generation {self.generation}: {type(e).__name__}: {e}") from None
+        try:
+            return self._run_generation(cluster, make_job, ready.get("resume"), steps)
+        except _Recover:
+            # The job may outlive its generation (a caller keeps it): its connections end
+            # here, so the servers count this worker gone now and the others' calls waiting
+            # for its step abort at once rather than at their deadline, which would hold off
+            # the roll-back (the coordinator restores once every worker paused).
+            cluster.close()
+            raise
+
+    def _run_generation(self, cluster: Any, make_job: Callable[[Any], TrainingJob], resume: Optional[dict[str, Any]],
+                        steps: int) -> str:
+        try:
             job = make_job(cluster)
         except _core.RpcError as e:
             raise _Recover(f"joining generation {self.generation}: {type(e).__name__}: {e}") from None
-        resume = ready.get("resume")
+        step = 0
         if resume is not None:
             try:  # the coordinator gone, or the generation already over
                 reply = self._link.call(P.FETCH_STATE, P.encode(dict(self._hello(), name=resume["name"])))
