@@ -1,7 +1,7 @@
 // The blocks of an export's files (format version 2): files of several blocks, whose rows
 // cross block edges and come from many shards, read back exactly in every dtype; a damaged
 // block is refused naming its file and block; manifests of format version 1 (one checksum
-// per file) still load.
+// per file) still load; a committed part removes the stagings its dead writers left.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -220,4 +220,43 @@ TEST_F(ExportBlocks, APartOfManyTablesHoldsEveryTable) {
     EXPECT_EQ(part.tables[i].keys, want.keys) << configs[i].name;
     EXPECT_EQ(part.tables[i].weights.size(), want.weights.size()) << configs[i].name;
   }
+}
+
+TEST_F(ExportBlocks, ACommittedPartRemovesTheStagingsItsDeadWritersLeft) {
+  ExportPart p;
+  p.version = 3;
+  p.part = 0;
+  p.num_parts = 2;
+  ExportTable t;
+  t.config.name = "t";
+  t.config.dim = 2;
+  t.keys = {5, 9};
+  t.weights = {1, 2, 3, 4};
+  p.tables.push_back(t);
+  const std::string stream = path("s");
+  const std::string export_dir = stream + "/" + export_name({false, 0, 3});
+  fs::create_directories(export_dir);
+  // Writers of part 0 that died before their switch, and entries that are not such stagings.
+  const std::string dead = export_dir + "/.part-0-of-2.0123456789abcdef";
+  fs::create_directories(dead + "/inner");
+  write_text(dead + "/table-0.rows", "half written");
+  fs::create_directories(export_dir + "/.part-0-of-2.fedcba9876543210");
+  fs::create_directories(export_dir + "/.part-0-of-2.not-a-suffix");      // not a staging name
+  fs::create_directories(export_dir + "/.part-1-of-2.0123456789abcdef");  // another part's
+  fs::create_directories(path("elsewhere"));
+  write_text(path("elsewhere") + "/keep", "x");
+  fs::create_symlink(path("elsewhere"), export_dir + "/.part-0-of-2.aaaaaaaaaaaaaaaa");
+
+  const std::string written = write_export_part(p, stream);
+  EXPECT_EQ(written, export_dir + "/part-0-of-2");
+  EXPECT_FALSE(fs::exists(dead));
+  EXPECT_FALSE(fs::exists(export_dir + "/.part-0-of-2.fedcba9876543210"));
+  EXPECT_TRUE(fs::is_directory(export_dir + "/.part-0-of-2.not-a-suffix"));
+  EXPECT_TRUE(fs::is_directory(export_dir + "/.part-1-of-2.0123456789abcdef"));
+  EXPECT_TRUE(fs::is_symlink(export_dir + "/.part-0-of-2.aaaaaaaaaaaaaaaa"));
+  EXPECT_EQ(read_text(path("elsewhere") + "/keep"), "x");  // nothing followed
+  const ExportPart back = read_export_part(written);
+  ASSERT_EQ(back.tables.size(), 1u);
+  EXPECT_EQ(back.tables[0].keys, t.keys);
+  EXPECT_EQ(back.tables[0].weights, t.weights);
 }

@@ -224,6 +224,23 @@ bool is_random_suffix(std::string_view text) {
          std::all_of(text.begin(), text.end(), [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); });
 }
 
+int remove_stale_stagings(const std::string& parent, std::string_view prefix) {
+  int removed = 0;
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(parent, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (!name.starts_with(prefix) || !is_random_suffix(std::string_view(name).substr(prefix.size()))) continue;
+    const std::string path = entry.path().string();
+    if (!is_real_directory(path)) continue;
+    try {
+      remove_tree(path);
+      ++removed;
+    } catch (const IoError&) {  // left for the next write
+    }
+  }
+  return removed;
+}
+
 namespace {
 
 std::string parent_of(const std::string& path) {

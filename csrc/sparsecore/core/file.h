@@ -80,6 +80,11 @@ void sync_tree(const std::string& path, bool files = true);
 std::string random_suffix();
 // Whether `text` is spelled as random_suffix() spells one (16 lowercase hex digits).
 bool is_random_suffix(std::string_view text);
+// Removes the directories of `parent` named `prefix` + random_suffix() (stagings of writes that
+// died before their switch): real directories only, a symlink or another entry of that name is
+// left alone and nothing is followed. Best effort: one it cannot remove is skipped. Returns how
+// many it removed. The caller makes sure no live write of its own uses such a name.
+int remove_stale_stagings(const std::string& parent, std::string_view prefix);
 
 // Makes the finished directory `staging` appear at `target` in one atomic step, durably:
 // syncs `staging`'s tree (its files too unless the writer synced them: `files_synced`), then renames it to `target`

@@ -362,14 +362,8 @@ void EmbeddingCollection::save(const std::string& dir, bool overwrite) const {
   // Directories of saves that died before their switch; one save at a time per directory.
   // Only real directories named as this save names its own (.<base>.saving-<random_suffix>):
   // another entry that merely starts so, or a symlink, is not ours.
-  std::error_code ec;
   const std::string stale_prefix = "." + base + ".saving-";
-  for (const auto& entry : std::filesystem::directory_iterator(parent, ec)) {
-    const std::string name = entry.path().filename().string();
-    if (name.starts_with(stale_prefix) && is_random_suffix(std::string_view(name).substr(stale_prefix.size())) &&
-        is_real_directory(entry.path().string()))
-      remove_tree(entry.path().string());
-  }
+  remove_stale_stagings(parent, stale_prefix);
   const std::string staging = join(parent, stale_prefix + random_suffix());
   make_directory(staging);
   try {
@@ -379,6 +373,7 @@ void EmbeddingCollection::save(const std::string& dir, bool overwrite) const {
     }
     commit_directory(staging, target, /*files_synced=*/true);  // write_checkpoint fsyncs each file
   } catch (...) {
+    std::error_code ec;
     std::filesystem::remove_all(staging, ec);
     throw;
   }

@@ -235,6 +235,9 @@ std::string StagedPartWriter::commit() {
   files_.clear();
   commit_directory(staging_, target_, /*files_synced=*/true);
   committed_ = true;
+  // Stagings of this part left by writers that died before their switch (one writer per part
+  // of a version, so none of them is live once this one has committed).
+  remove_stale_stagings(export_dir_, "." + part_name(header_.part, header_.num_parts) + ".");
   return target_;
 }
 
