@@ -158,3 +158,31 @@ def test_an_overflowing_push_with_a_capacity_is_undone_as_on_a_cpu_server(device
     finally:
         _stop(cpu)
         _stop(dev)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_ids_admitted_together_past_a_full_table_are_refused_as_on_a_cpu_server(device):
+    # Twelve ids admitted by one pull (their second sighting, ids repeated within a pull
+    # included) into a table of eight rows: the same ones get rows, the others are refused and
+    # read the default row, and their gradients are dropped and counted.
+    cfg = sc.TableConfig(dim=3, shard_bits=0, admission=sc.Admission(count_threshold=2),
+                         expiry=sc.Expiry(capacity=8, on_full="refuse"))
+    cpu, cpu_addr = _start("--shards", 1)
+    dev, dev_addr = _start("--shards", 1, *device)
+    try:
+        clients = [sc.connect([cpu_addr], timeout=30), sc.connect([dev_addr], timeout=30)]
+        for c in clients:
+            c.create_table("t", cfg, seed=9)
+        ids = np.asarray([11, 3, 3, 7, 0, 5, 9, 1, 10, 2, 8, 4, 6, 6], np.int64)
+        for step in range(3):
+            np.testing.assert_array_equal(clients[1].lookup("t", ids, insert=True),
+                                          clients[0].lookup("t", ids, insert=True))
+            uniq = np.unique(ids)
+            for c in clients:
+                c.push("t", uniq, np.ones((uniq.size, 3), np.float32), step=step)
+            assert _shard_stats(clients[1]) == _shard_stats(clients[0])
+        stats = _shard_stats(clients[0])[0]
+        assert stats["rows"] == 8 and stats["expiry"]["refused"] > 0 and stats["dropped_gradients"] > 0
+    finally:
+        _stop(cpu)
+        _stop(dev)

@@ -516,8 +516,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--device", default="cpu", metavar="DEV",
                    help="where the shards keep their rows: cpu (default), cuda or cuda:N (a GPU: pulls and pushes "
                         "run there with the same update rules and results; snapshots keep the CPU format and move "
-                        "between CPU and GPU servers; tables with feature admission, a row capacity or "
-                        "num_embeddings are refused)")
+                        "between CPU and GPU servers; feature admission, a row capacity and expiry decide as "
+                        "on a CPU server; tables with num_embeddings or sampled eviction are refused)")
     p.add_argument("--emulate", action="store_true",
                    help="with --device cuda: run the device kernels on the CPU through the CUDA emulator "
                         "(slow; for tests and machines without a GPU)")
