@@ -186,3 +186,26 @@ def test_ids_admitted_together_past_a_full_table_are_refused_as_on_a_cpu_server(
     finally:
         _stop(cpu)
         _stop(dev)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_key_given_a_row_again_leaves_a_device_servers_deleted_keys(device, tmp_path):
+    # Erased, then inserted again by a pull or a push: the delta carries its row, not its
+    # deletion, as a CPU server's does.
+    cpu, cpu_addr = _start("--shards", 2, "--export-dir", tmp_path / "cpu")
+    dev, dev_addr = _start("--shards", 2, "--export-dir", tmp_path / "dev", *device)
+    try:
+        clients = [sc.connect([cpu_addr], timeout=30), sc.connect([dev_addr], timeout=30)]
+        ids = np.arange(40, dtype=np.int64)
+        for c in clients:
+            c.create_table("t", sc.TableConfig(dim=3, optimizer=sc.Adagrad(lr=0.1)), seed=5)
+            c.push("t", ids, np.ones((ids.size, 3), np.float32), step=0)
+            c.export_full("s", version=1)
+            assert c.erase("t", ids[:30]) == 30
+            c.lookup("t", ids[:10], insert=True)
+            c.push("t", ids[10:20], np.ones((10, 3), np.float32), step=1)
+        written = [c.export_delta("s", since=1, version=2) for c in clients]
+        assert written[0] == written[1] == {"deleted": 10, "rows": 20}
+    finally:
+        _stop(cpu)
+        _stop(dev)
