@@ -124,9 +124,8 @@ def test_a_snapshot_moves_from_a_device_server_to_a_cpu_server_and_back(device, 
 
 
 @pytest.mark.parametrize("config,what", [
-    (dict(admission=sc.Admission(count_threshold=2)), "feature admission"),
-    (dict(expiry=sc.Expiry(capacity=100)), "row capacity"),
     (dict(num_embeddings=50), "num_embeddings"),
+    (dict(expiry=sc.Expiry(capacity=100, eviction="sampled")), "sampled"),
 ])
 def test_tables_the_device_store_cannot_hold_are_refused_at_creation(config, what):
     server = sc.Server(port=0, device="cuda", emulate=True)

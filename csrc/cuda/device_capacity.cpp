@@ -14,7 +14,8 @@
 namespace sparsecore::cuda {
 
 bool DeviceEmbeddingCollection::make_room(int table, const int64_t* ids, int64_t n,
-                                          std::unordered_map<int64_t, unsigned char>& verdicts, bool admission) {
+                                          std::unordered_map<int64_t, unsigned char>& verdicts, bool admission,
+                                          bool key_order) {
   Expiry& x = *expiries_[table];
   const TableConfig& c = configs_[table];
   const int shards = 1 << c.shard_bits;
@@ -62,6 +63,7 @@ bool DeviceEmbeddingCollection::make_room(int table, const int64_t* ids, int64_t
   for (int s = 0; s < shards; ++s) {
     std::vector<int64_t>& w = want[static_cast<size_t>(s)];
     if (w.empty()) continue;
+    if (key_order) std::sort(w.begin(), w.end());
     const int64_t cap = x.shard_capacity(s, shards);
     int64_t rows = have[static_cast<size_t>(s)];
     const auto need = static_cast<int64_t>(w.size());

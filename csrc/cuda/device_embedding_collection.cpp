@@ -342,10 +342,14 @@ int64_t DeviceEmbeddingCollection::backward(const DevicePreparedBatch& batch, co
     else if (Expiry* x = expiries_[groups[g].table].get())
       x->count_dropped(dropped[g]);
   }
+  after_step(step);
+  return step;
+}
+
+void DeviceEmbeddingCollection::after_step(int64_t step) {
   for (auto& e : expiries_)
     if (e) e->note_step(step);
   for (int t = 0; t < num_tables(); ++t) expire_some(t);
-  return step;
 }
 
 void DeviceEmbeddingCollection::lookup(int table, const int64_t* keys, int64_t n, float* out, bool insert,

@@ -1,6 +1,6 @@
 #include "sparsecore/cuda/device_shard_rows.h"
 
-#include <numeric>
+#include <algorithm>
 #include <vector>
 
 #include "sparsecore/core/error.h"
@@ -24,32 +24,47 @@ class DeviceShardRows final : public ps::DeviceRows {
  public:
   explicit DeviceShardRows(std::unique_ptr<DeviceEmbeddingCollection> rows) : rows_(std::move(rows)) {}
 
-  void pull(const int64_t* ids, int64_t n, bool train, float* out) override { rows_->lookup(0, ids, n, out, train); }
+  void pull(const int64_t* ids, int64_t n, bool train, float* out) override {
+    if (train && refusing()) {
+      rows_->shard_pull(0, ids, n, out);
+      return;
+    }
+    rows_->lookup(0, ids, n, out, train);
+    if (train) forget_deleted(ids, n);
+  }
 
   std::unique_ptr<Undo> apply_unique(const int64_t* ids, int64_t n, const float* grads) override {
+    // A table with admission or a capacity updates the rows the CPU shard's rules give the
+    // ids (those without one drop their gradients); the others' rows are inserted by the save.
+    if (refusing() && n > 0) {
+      const std::vector<unsigned char> has = rows_->shard_update_rows(0, ids, n);
+      if (std::find(has.begin(), has.end(), 0) != has.end()) {
+        const auto dim = static_cast<size_t>(rows_->config(0).dim);
+        kept_ids_.clear();
+        kept_grads_.clear();
+        for (int64_t i = 0; i < n; ++i) {
+          if (!has[static_cast<size_t>(i)]) continue;
+          kept_ids_.push_back(ids[i]);
+          kept_grads_.insert(kept_grads_.end(), grads + static_cast<size_t>(i) * dim,
+                             grads + static_cast<size_t>(i + 1) * dim);
+        }
+        ids = kept_ids_.data();
+        grads = kept_grads_.data();
+        n = static_cast<int64_t>(kept_ids_.size());
+      }
+    }
     // The rows as they are (unknown ids inserted first, as the update would) and the step, on
     // the device, so the update can be taken back.
     auto undo = std::make_unique<RowsUndo>(*rows_, rows_->save_rows(0, ids, n));
-    // One bag per id (none for an empty push, which still counts as an update, as on the CPU): the unique gradient of
-    // each id is its bag's gradient times 1.
-    offsets_.resize(static_cast<size_t>(n) + 1);
-    std::iota(offsets_.begin(), offsets_.end(), int64_t{0});
-    GroupInput in;
-    in.table = 0;
-    in.ids = ids;
-    in.num_ids = n;
-    in.offsets = offsets_.data();
-    in.batch_size = n;
+    forget_deleted(ids, n);
+    int64_t bad = 0;
     try {
-      auto batch = rows_->prepare({in}, /*train=*/true);
-      const float none = 0.0f;
-      rows_->backward(*batch, {n ? grads : &none});
+      bad = rows_->update_rows(0, ids, n, grads);
     } catch (...) {
       undo->apply();
       throw;
     }
-    // An overflowed update shows in the rows' weights or state (the rules write them all).
-    if (rows_->count_non_finite_rows(0, ids, n) != 0) {
+    if (bad != 0) {
       undo->apply();
       throw InvalidArgument("the update of table '" + rows_->config(0).name +
                             "' made rows non-finite (a gradient too large for the optimizer overflowed a weight or its "
@@ -65,6 +80,7 @@ class DeviceShardRows final : public ps::DeviceRows {
   std::unique_ptr<EmbeddingCollection> to_host() const override { return rows_->to_host(); }
   int64_t size() const override { return rows_->table_size(0); }
   const Expiry* expiry() const override { return rows_->expiry(0); }
+  const Admission* admission() const override { return rows_->admission(0); }
 
   ExportTable collect_export(int64_t since, int64_t version) override {
     if (rows_->step() < version) rows_->set_step(version);
@@ -80,8 +96,17 @@ class DeviceShardRows final : public ps::DeviceRows {
   int64_t memory_bytes() const override { return rows_->memory_bytes(); }
 
  private:
+  // Every key of ids (n) has a row now: one inserted again is no longer deleted, as on the
+  // CPU store (EmbeddingTable::init_row), so a delta never lists a key as both.
+  void forget_deleted(const int64_t* ids, int64_t n) {
+    DeletedKeysLog& log = rows_->deleted_keys(0);
+    for (int64_t i = 0; i < n; ++i) log.forget(ids[i]);
+  }
+  bool refusing() const { return rows_->admission(0) || rows_->config(0).expiry.capacity > 0; }
+
   std::unique_ptr<DeviceEmbeddingCollection> rows_;
-  std::vector<int64_t> offsets_;
+  std::vector<int64_t> kept_ids_;
+  std::vector<float> kept_grads_;
 };
 
 }  // namespace
@@ -91,20 +116,19 @@ ps::DeviceRowsFactory device_rows_factory(Backend backend, int device) {
   const LaunchLimits limits = backend == Backend::kEmulated ? LaunchLimits{64, 4} : LaunchLimits{};
   return [backend, device, limits](const EmbeddingCollection& host) -> std::unique_ptr<ps::DeviceRows> {
     SC_CHECK_ARG(host.num_tables() == 1, "a device shard keeps one table per collection, got ", host.num_tables());
-    for (int t = 0; t < host.num_tables(); ++t) {
-      const TableConfig& c = host.config(t);
-      SC_CHECK_ARG(!c.admission.enabled(), "table '", c.name,
-                   "': feature admission runs on CPU parameter servers only, not on a device server (--device cuda)");
-      SC_CHECK_ARG(!c.dense(), "table '", c.name,
-                   "': num_embeddings runs on CPU parameter servers only; a device server (--device cuda) keeps "
-                   "hash tables");
-      SC_CHECK_ARG(c.expiry.capacity == 0 && c.expiry.scan_per_step == 0, "table '", c.name,
-                   "': a row capacity (eviction) and incremental expiry scans run on CPU parameter servers only, "
-                   "not on a device server (--device cuda)");
+    const TableConfig& c = host.config(0);
+    SC_CHECK_ARG(!c.dense(), "table '", c.name,
+                 "': num_embeddings runs on CPU parameter servers only; a device server (--device cuda) keeps "
+                 "hash tables");
+    auto rows = DeviceEmbeddingCollection::from_host(host, c.storage, backend, limits, device);
+    // This server shard's part of a capacity (PsShard::share_capacity) per hash shard.
+    if (const Expiry* from = host.table(0).expiry(); from && from->capacity() > 0) {
+      const int shards = 1 << c.shard_bits;
+      std::vector<int64_t> caps(static_cast<size_t>(shards));
+      for (int s = 0; s < shards; ++s) caps[static_cast<size_t>(s)] = from->shard_capacity(s, shards);
+      rows->expiry(0)->set_shard_capacities(std::move(caps));
     }
-    return std::make_unique<DeviceShardRows>(
-        DeviceEmbeddingCollection::from_host(host, host.config(0).storage, backend, limits, device));
+    return std::make_unique<DeviceShardRows>(std::move(rows));
   };
 }
-
 }  // namespace sparsecore::cuda

@@ -310,10 +310,11 @@ class Server:
     ``"cuda:N"`` (a GPU, behind the same RPC layer: pulls and pushes run on the device row
     store with the same update rules, so they give the CPU server's results bit for bit;
     snapshots keep the CPU format and move between CPU and device servers). ``emulate=True``
-    runs those device kernels on the CPU through the CUDA emulator (slow; for tests). Tables
-    the device store cannot hold are refused at creation with :class:`ValueError` (feature
-    admission, a row capacity or incremental expiry scans, ``num_embeddings``), and on a
-    device table an update that overflows a row is refused but not undone."""
+    runs those device kernels on the CPU through the CUDA emulator (slow; for tests). Feature
+    admission, a row capacity and incremental expiry decide as on a CPU server (the same ids
+    admitted, kept and evicted); tables the device store cannot hold are refused at creation
+    with :class:`ValueError` (``num_embeddings``, ``Expiry(eviction="sampled")``), and on a
+    device table an update that overflows a row is refused and undone, as on a CPU server."""
 
     def __init__(self, port: Optional[int] = None, *, shards: int = 1, address: str = "127.0.0.1",
                  token: str = "", server_index: int = 0, num_servers: int = 1,
@@ -523,8 +524,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--device", default="cpu", metavar="DEV",
                    help="where the shards keep their rows: cpu (default), cuda or cuda:N (a GPU: pulls and pushes "
                         "run there with the same update rules and results; snapshots keep the CPU format and move "
-                        "between CPU and GPU servers; tables with feature admission, a row capacity or "
-                        "num_embeddings are refused)")
+                        "between CPU and GPU servers; feature admission, a row capacity and expiry decide as "
+                        "on a CPU server; tables with num_embeddings or sampled eviction are refused)")
     p.add_argument("--emulate", action="store_true",
                    help="with --device cuda: run the device kernels on the CPU through the CUDA emulator "
                         "(slow; for tests and machines without a GPU)")

@@ -217,6 +217,25 @@ class DeviceEmbeddingCollection {
   void restore_rows(const DeviceSavedRows& saved);
   int64_t count_non_finite_rows(int table, const int64_t* keys, int64_t n);
 
+  // A parameter-server shard's row store (cuda/device_shard_rows.h, device_shard_policies.cpp)
+  // takes a CPU shard's decisions, which are not a training prepare's. keys (n) host.
+  // shard_pull: EmbeddingTable::pull_weights with insert on table t with admission or a
+  // capacity: one admission tick (n > 0), the rows held read, then a sighting per key
+  // without a row (in order, each occurrence), rows for the keys admitted as the CPU's
+  // find_or_insert_rows gives them (each hash shard's absent keys in ascending key order,
+  // evicting its lowest-scored rows not among them, or refusing); out (n, dim) host.
+  // shard_update_rows: the rows a push of distinct keys updates, as the CPU's apply_unique
+  // picks them: with admission those held, with a capacity those held or inserted where
+  // there is room (evicting as above); 1 per key with a row, the others' gradients counted
+  // as dropped. Both read the table's keys and scores back (O(rows)).
+  void shard_pull(int table, const int64_t* keys, int64_t n, float* out);
+  std::vector<unsigned char> shard_update_rows(int table, const int64_t* keys, int64_t n);
+  // One push: keys (n, distinct, each with a row) updated once each by grads (n, dim, host,
+  // finite), as backward of single-id bags without a training prepare's admission or
+  // capacity. Returns how many rows the update left non-finite; when none, the step's
+  // expiry scan runs as after backward (otherwise the caller puts the rows back).
+  int64_t update_rows(int table, const int64_t* keys, int64_t n, const float* grads);
+
   // The CPU twin: an EmbeddingCollection holding this collection's rows (weights as fp32),
   // optimizer state, metadata and step; and the reverse, a device collection holding a CPU
   // collection's rows (table seeds must derive from the collection seed, as they do in
@@ -251,8 +270,18 @@ class DeviceEmbeddingCollection {
   // the batch's absent ids, sighting each once when the table has admission and `admission`
   // (an explicit lookup with insert bypasses admission, as on the CPU store). Returns false,
   // deciding nothing, when no shard can pass its bound (the admission hook decides alone).
+  // key_order: each shard's absent ids are given room in ascending key order (the CPU's
+  // find_or_insert_rows), not in order of first occurrence (a training prepare).
   bool make_room(int table, const int64_t* ids, int64_t n, std::unordered_map<int64_t, unsigned char>& verdicts,
-                 bool admission = true);
+                 bool admission = true, bool key_order = false);
+  // Inside a call: rows for keys (n, host) of table t by its capacity (make_room in key
+  // order, no admission); returns the verdicts of the absent keys (1: inserted), or an empty
+  // map when every absent key was inserted.
+  std::unordered_map<int64_t, unsigned char> insert_rows_in_call(int table, const int64_t* keys, int64_t n);
+  // Inside a call: 1 per key (n, host) that table t holds now.
+  std::vector<unsigned char> held_in_call(int table, const int64_t* keys, int64_t n) const;
+  // After an update reached `step`: every table's clock and its incremental expiry scan.
+  void after_step(int64_t step);
   // The incremental expiry of table t after a step (scan_per_step rows); returns the rows removed.
   int64_t expire_some(int table);
   // keys (n) in `space` as host memory: keys themselves when they are host memory, else

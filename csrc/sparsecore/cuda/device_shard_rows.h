@@ -6,10 +6,11 @@
 // (each id's summed gradient is its bag's gradient), so the device applies the same fused
 // rule to the same gradient as a CPU shard's apply_unique: the same results bit for bit.
 //
-// Refused at table creation (InvalidArgument naming the table): what the device store
-// cannot do (a row capacity or incremental expiry scans, num_embeddings; see
-// DeviceEmbeddingCollection), and feature admission (a pull would not sight ids the way a
-// CPU shard does).
+// Feature admission, a row capacity and incremental expiry take a CPU shard's decisions (a
+// training pull sights ids and makes room as EmbeddingTable::pull_weights, a push updates the
+// rows apply_unique would: DeviceEmbeddingCollection::shard_pull / shard_update_rows), so the
+// same ids are admitted, kept and evicted. Refused at table creation (InvalidArgument naming
+// the table): what the device store cannot hold (num_embeddings, sampled eviction).
 #pragma once
 
 #include "sparsecore/cuda/device_embedding_collection.h"

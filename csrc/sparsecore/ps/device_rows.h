@@ -24,8 +24,9 @@ namespace sparsecore::ps {
 class DeviceRows {
  public:
   virtual ~DeviceRows() = default;
-  // out (n, dim) host float32. train: unknown ids are inserted with their initial values;
-  // otherwise they read the table's default row.
+  // out (n, dim) host float32. train: unknown ids are inserted with their initial values
+  // (with admission or a capacity: sighted, given room or refused as a CPU shard's pull
+  // does); otherwise they read the table's default row.
   virtual void pull(const int64_t* ids, int64_t n, bool train, float* out) = 0;
   // Puts back what one apply_unique changed: its rows and the step (rows it inserted stay,
   // with their initial values, as on a CPU shard).
@@ -35,7 +36,9 @@ class DeviceRows {
     virtual void apply() = 0;
   };
   // ids (n) distinct and checked, grads (n, dim) host, finite: the table's rule applied once
-  // per row (unknown ids inserted first), as EmbeddingCollection::apply_unique, and all or
+  // per row (unknown ids inserted first; with admission or a capacity only the ids a CPU
+  // shard would give a row, the others' gradients dropped and counted), as
+  // EmbeddingCollection::apply_unique, and all or
   // nothing as it: when the update left a row's weights or state non-finite (a finite but
   // huge gradient overflowed it), the rows and the step are put back and InvalidArgument
   // names the table. Returns the undo of the update, for a push whose later table fails.
@@ -52,8 +55,9 @@ class DeviceRows {
   virtual std::unique_ptr<EmbeddingCollection> to_host() const = 0;
   // Rows held now (a count read from the device, no row copied).
   virtual int64_t size() const = 0;
-  // The table's expiry (its statistics), or nullptr.
+  // The table's expiry and feature admission (their statistics), or nullptr.
   virtual const Expiry* expiry() const = 0;
+  virtual const Admission* admission() const = 0;
   // collect_export_table (table/export_table.h) of the rows: the step raised to `version`
   // first, then the rows changed after `since` (since < 0: every row) and the keys removed
   // after it; only those rows come over from the device.
@@ -63,8 +67,9 @@ class DeviceRows {
 };
 
 // Makes the device rows of a one-table collection from its CPU rows (an empty collection for
-// a new table, a restored one for a snapshot). Throws InvalidArgument naming the table and
-// what the device store cannot do (e.g. a row capacity) before anything is created.
+// a new table, a restored one for a snapshot), with its admission state, expiry statistics
+// and this shard's part of a capacity. Throws InvalidArgument naming the table and what the
+// device store cannot do (num_embeddings, sampled eviction) before anything is created.
 using DeviceRowsFactory = std::function<std::unique_ptr<DeviceRows>(const EmbeddingCollection& host)>;
 
 }  // namespace sparsecore::ps

@@ -572,27 +572,16 @@ Json PsShard::stats() const {
     // The table's statistics (table_stats.h) at the top level, beside the shard's own keys.
     // A device table's are counts read from the device (no row comes over).
     const EmbeddingTable& table = entry.rows->table(0);
-    TableStats st;
     const Expiry* x = entry.device ? entry.device->expiry() : table.expiry();
-    if (entry.device) {
-      st.rows = entry.device->size();
-      st.bytes = entry.device->memory_bytes();
-      if (x) {
-        const ExpiryStats es = x->stats();
-        st.expired = es.expired;
-        st.evicted = es.evicted;
-        st.refused = es.refused;
-        st.dropped_gradients = es.dropped_gradients;
-      }
-    } else {
-      st = table_stats(table);
-    }
+    const Admission* admission = entry.device ? entry.device->admission() : table.admission();
+    const TableStats st = entry.device ? table_stats(entry.device->size(), entry.device->memory_bytes(), admission, x)
+                                       : table_stats(table);
     Json e = st.to_json();
     e["memory_bytes"] = entry.device ? entry.device->memory_bytes() : static_cast<int64_t>(entry.rows->memory_bytes());
     e["step"] = entry.device ? entry.device->step() : entry.rows->step();
     if (entry.device) e["device"] = true;
-    if (const Admission* a = table.admission(); a && !entry.device) {
-      const AdmissionStats as = a->stats();
+    if (admission) {
+      const AdmissionStats as = admission->stats();
       Json j = Json::object();
       j["admitted"] = as.admitted;
       j["pending"] = as.pending;

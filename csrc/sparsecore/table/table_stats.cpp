@@ -30,18 +30,23 @@ TableStats TableStats::from_json(const Json& j) {
 }
 
 TableStats table_stats(const EmbeddingTable& table) {
+  return table_stats(static_cast<int64_t>(table.size()), static_cast<int64_t>(table.memory_bytes()), table.admission(),
+                     table.expiry());
+}
+
+TableStats table_stats(int64_t rows, int64_t bytes, const Admission* admission, const Expiry* expiry) {
   TableStats s;
-  s.rows = static_cast<int64_t>(table.size());
-  s.bytes = static_cast<int64_t>(table.memory_bytes());
-  if (const Admission* a = table.admission()) {
-    const AdmissionStats st = a->stats();
+  s.rows = rows;
+  s.bytes = bytes;
+  if (admission) {
+    const AdmissionStats st = admission->stats();
     s.admitted = st.admitted;
     s.rejected = st.rejected;
     s.pending = st.pending;
     s.dropped_gradients = st.dropped_gradients;
   }
-  if (const Expiry* e = table.expiry()) {
-    const ExpiryStats st = e->stats();
+  if (expiry) {
+    const ExpiryStats st = expiry->stats();
     s.expired = st.expired;
     s.evicted = st.evicted;
     s.refused = st.refused;

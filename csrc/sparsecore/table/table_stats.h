@@ -14,7 +14,9 @@
 
 namespace sparsecore {
 
+class Admission;
 class EmbeddingTable;
+class Expiry;
 
 // X(name, kind, help): kind is gauge (a level that goes up and down) or counter (monotonic
 // since the table was created or restored with its admission state).
@@ -53,5 +55,8 @@ struct TableStats {
 // The statistics of `table` now. Thread-safety: as EmbeddingTable::size() and the admission's
 // stats(): safe beside lookups, approximate while rows are being inserted.
 TableStats table_stats(const EmbeddingTable& table);
+// The same from the parts: rows and bytes held, and the table's admission and expiry (each
+// may be null), for a row store other than an EmbeddingTable (a device store).
+TableStats table_stats(int64_t rows, int64_t bytes, const Admission* admission, const Expiry* expiry);
 
 }  // namespace sparsecore
