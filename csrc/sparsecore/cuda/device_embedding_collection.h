@@ -169,7 +169,8 @@ class DeviceEmbeddingCollection {
   // the device's per-slot metadata) or, with on_full "refuse" or no room left, the ids get
   // no row (counted; they read the default row and their gradients are dropped and counted).
   // Eviction "sampled" ranks a sample of the CPU's index slots and is refused here.
-  // lookup(insert=true) bypasses the capacity, as it bypasses admission.
+  // lookup(insert=true) bypasses admission but not the capacity: it makes room as a training
+  // prepare does, and an id refused room reads the default row, as on the CPU store.
   Expiry* expiry(int table) const;
   // Removes now the rows of table t that its expiry rules name; returns how many.
   int64_t expire(int table);
