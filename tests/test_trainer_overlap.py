@@ -197,3 +197,53 @@ def test_forward_into_checks_its_outputs():
     with pytest.raises(ValueError, match="NaN or Inf"):
         coll.backward_rows(prepared, [bad[:, 0:3], bad[:, 3:21], bad[:, 21:22]])
     assert coll.step == 0
+
+
+def _wide_batch(num_samples):
+    """Three groups (dims 3, 18 and 5: a width pooled in registers between two that are not)
+    over more samples than one block of the backward's gather."""
+    rng = np.random.default_rng(11)
+    sparse = {}
+    for name in ("a", "b", "c"):
+        lengths = rng.integers(0, 6, num_samples)
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        sparse[name] = (rng.integers(0, 400, int(offsets[-1])).astype(np.int64), offsets)
+    return sparse
+
+
+def _wide_tables():
+    return {"a": sc.TableConfig(dim=3, optimizer=sc.Adam(lr=0.05)),
+            "b": sc.TableConfig(dim=18, optimizer=sc.Adagrad(lr=0.1)),
+            "c": sc.TableConfig(dim=5, optimizer=sc.SGD(lr=0.1))}
+
+
+def test_strided_forward_and_backward_match_contiguous_bit_for_bit():
+    sparse = _wide_batch(300)
+    starts, dims = [0, 3, 21], [3, 18, 5]
+    strided, contiguous = EmbeddingCollection(_wide_tables(), 3), EmbeddingCollection(_wide_tables(), 3)
+    for step in range(3):  # the second and later backward reuse a recycled batch's gather buffer
+        p_s, p_c = strided.prepare(sparse, train=True), contiguous.prepare(sparse, train=True)
+        x = np.full((300, 26), np.nan, np.float32)
+        strided.pool_into(p_s, [x[:, c:c + d] for c, d in zip(starts, dims)])
+        np.testing.assert_array_equal(x, np.concatenate(contiguous.pooled_rows(p_c), axis=1))
+        grad = np.random.default_rng(step).standard_normal((300, 26)).astype(np.float32)
+        strided.backward_rows(p_s, [grad[:, c:c + d] for c, d in zip(starts, dims)])
+        contiguous.backward_rows(p_c, [np.ascontiguousarray(grad[:, c:c + d]) for c, d in zip(starts, dims)])
+    probe = strided.prepare(sparse, train=False)
+    for a, b in zip(strided.pooled_rows(probe), contiguous.pooled_rows(contiguous.prepare(sparse, train=False))):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("row", [0, 63, 64, 299])
+def test_a_non_finite_strided_gradient_in_any_block_changes_nothing(row):
+    sparse = _wide_batch(300)
+    coll = EmbeddingCollection(_wide_tables(), 3)
+    prepared = coll.prepare(sparse, train=True)
+    before = coll.pooled_rows(coll.prepare(sparse, train=False))
+    grad = np.zeros((300, 26), np.float32)
+    grad[row, 21 + 4] = np.nan
+    with pytest.raises(ValueError, match="group 'c'.*NaN or Inf"):
+        coll.backward_rows(prepared, [grad[:, 0:3], grad[:, 3:21], grad[:, 21:26]])
+    assert coll.step == 0
+    for a, b in zip(before, coll.pooled_rows(coll.prepare(sparse, train=False))):
+        np.testing.assert_array_equal(a, b)

@@ -1,6 +1,7 @@
 #include "sparsecore/ops/embedding_collection.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <mutex>
@@ -9,6 +10,8 @@
 #include "sparsecore/core/error.h"
 #include "sparsecore/core/thread_pool.h"
 #include "sparsecore/ops/batch_planner.h"
+#include "sparsecore/ops/fused_update.h"
+#include "sparsecore/ops/kernel_support.h"
 #include "sparsecore/ops/local_row_store.h"
 #include "sparsecore/ops/pooling_kernels.h"
 #include "sparsecore/table/sharded_dedup.h"
@@ -22,6 +25,9 @@ constexpr int64_t kBagsPerTask = 256;
 constexpr int64_t kEvalBagsPerTask = 1024;
 
 constexpr size_t kCachedBatches = 4;
+// Samples per task of the backward's gather of strided gradients: a block of the wide input
+// gradient (this many rows of every group) stays in the L2 cache while its groups are copied.
+constexpr int64_t kGatherRowsPerTask = 64;
 
 }  // namespace
 
@@ -280,9 +286,11 @@ void EmbeddingCollection::pool(const PreparedBatch& batch, const std::vector<flo
   std::vector<PodVector<std::byte*>> refreshed;
   store_->rows_for_pooling(batch, rows, storage, refreshed);
   // Tasks go a group at a time, so a group's rows stay in cache across its bags. A strided
-  // output (a column block of one wide matrix) is pooled into a small contiguous tile first and
-  // then copied into place: pooling straight into it would read-for-ownership a cache line of
-  // the matrix at every bag, once per group.
+  // output (a column block of one wide matrix) is written straight into place when the kernel
+  // keeps a bag's sum in registers (kernels::pools_in_registers) and writes each bag once;
+  // otherwise the kernel accumulates in its output, and a strided one would cost a
+  // read-for-ownership of the matrix at every id: it pools into a small contiguous tile that
+  // is then copied into place.
   parallel_for(static_cast<int64_t>(tasks.size()), 1, [&](int64_t t0, int64_t t1) {
     PodVector<float> tmp, tile;
     for (int64_t t = t0; t < t1; ++t) {
@@ -290,15 +298,15 @@ void EmbeddingCollection::pool(const PreparedBatch& batch, const std::vector<flo
       const PreparedGroup& g = batch.groups[gi];
       const int64_t b0 = tasks[t].begin, bags = tasks[t].end - b0;
       tmp.resize(g.dim);
-      if (strides[gi] == g.dim) {
-        const int64_t row = g.pooling == Pooling::kNone ? g.max_len * g.dim : g.dim;
-        kernels::pool_bags(g, storage[gi], rows[gi], b0, tasks[t].end, outputs[gi] + b0 * row, g.dim, tmp.data());
+      if (strides[gi] == g.dim || kernels::pools_in_registers(g.dim, g.pooling)) {
+        const int64_t row = g.pooling == Pooling::kNone ? g.max_len * g.dim : strides[gi];
+        kernels::pool_bags(g, storage[gi], rows[gi], b0, tasks[t].end, outputs[gi] + b0 * row, strides[gi], tmp.data());
         continue;
       }
       tile.resize(static_cast<size_t>(bags) * g.dim);
       kernels::pool_bags(g, storage[gi], rows[gi], b0, tasks[t].end, tile.data(), g.dim, tmp.data());
       for (int64_t b = 0; b < bags; ++b)
-        std::memcpy(outputs[gi] + (b0 + b) * strides[gi], tile.data() + b * g.dim, g.dim * sizeof(float));
+        kernels::support::copy_floats(outputs[gi] + (b0 + b) * strides[gi], tile.data() + b * g.dim, g.dim);
     }
   });
 }
@@ -434,26 +442,49 @@ int64_t EmbeddingCollection::backward(const PreparedBatch& batch, const std::vec
     SC_CHECK_ARG(grads[gi] != nullptr || g.output_size() == 0, "backward: gradient ", gi, " is null");
   }
   const std::vector<int64_t> strides = resolved_strides(batch, row_strides, "backward");
-  // A strided gradient (a column block of the dense model's input gradient) is gathered into a
-  // contiguous buffer per group first, a pass over its rows in order: the update reads a
-  // group's gradient rows in the order of its ids' occurrences, which on the wide matrix would
-  // miss on a cache line at almost every occurrence.
-  std::vector<PodVector<float>> gathered(num_groups);
+  // A strided gradient (a column block of the dense model's input gradient) is gathered into
+  // contiguous rows first: the update reads a group's gradient rows in the order of its ids'
+  // occurrences, which on the wide matrix would miss on a cache line at almost every
+  // occurrence. The gather goes over the samples in blocks, every strided group of a block in
+  // turn, so the wide matrix is read once, in order (a block of it stays in the cache while
+  // its groups are copied out). Every gradient is checked before any row changes.
   std::vector<const float*> contiguous(grads);
-  // Validate every gradient before any row changes.
+  std::vector<size_t> gathered_at(num_groups, 0);
+  std::vector<int> strided;
+  size_t gathered_floats = 0;
+  int64_t gathered_rows = 0;
+  for (int gi = 0; gi < num_groups; ++gi) {
+    const PreparedGroup& g = batch.groups[gi];
+    if (strides[gi] == g.dim || g.batch_size == 0) continue;
+    strided.push_back(gi);
+    gathered_at[gi] = gathered_floats;
+    gathered_floats += static_cast<size_t>(g.batch_size) * g.dim;
+    gathered_rows = std::max(gathered_rows, g.batch_size);
+  }
+  std::unique_lock<std::mutex> gather_lock(batch.gather_mutex, std::try_to_lock);
+  PodVector<float> own_buffer;  // only when another backward of this batch holds the batch's
+  PodVector<float>& gathered = gather_lock.owns_lock() ? batch.gathered_grads : own_buffer;
+  gathered.resize(gathered_floats);
+  for (int gi : strided) contiguous[gi] = gathered.data() + gathered_at[gi];
   std::vector<char> finite(num_groups, 1);
-  parallel_for(num_groups, 1, [&](int64_t g0, int64_t g1) {
-    for (int64_t gi = g0; gi < g1; ++gi) {
-      const PreparedGroup& g = batch.groups[gi];
-      if (strides[gi] != g.dim) {
-        gathered[gi].resize(static_cast<size_t>(g.batch_size) * g.dim);
-        for (int64_t b = 0; b < g.batch_size; ++b)
-          std::memcpy(gathered[gi].data() + b * g.dim, grads[gi] + b * strides[gi], g.dim * sizeof(float));
-        contiguous[gi] = gathered[gi].data();
+  if (!strided.empty()) {
+    parallel_for(gathered_rows, kGatherRowsPerTask, [&](int64_t b0, int64_t b1) {
+      for (int gi : strided) {
+        const PreparedGroup& g = batch.groups[gi];
+        const int64_t end = std::min(b1, g.batch_size);
+        if (b0 < end &&
+            !kernels::gather_rows(grads[gi], strides[gi], g.dim, b0, end, gathered.data() + gathered_at[gi]))
+          std::atomic_ref<char>(finite[gi]).store(0, std::memory_order_relaxed);
       }
-      finite[gi] = kernels::all_finite(contiguous[gi], g.output_size());
-    }
-  });
+    });
+  }
+  if (strided.size() < static_cast<size_t>(num_groups)) {
+    parallel_for(num_groups, 1, [&](int64_t g0, int64_t g1) {
+      for (int64_t gi = g0; gi < g1; ++gi)
+        if (strides[gi] == batch.groups[gi].dim)
+          finite[gi] = kernels::all_finite(contiguous[gi], batch.groups[gi].output_size());
+    });
+  }
   for (int gi = 0; gi < num_groups; ++gi)
     SC_CHECK_ARG(finite[gi], "gradient of group '", table_name(batch.groups[gi].table),
                  "' contains NaN or Inf; no row was updated");

@@ -106,6 +106,11 @@ struct PreparedBatch {
   mutable std::mutex rows_mutex;
   mutable bool rows_fetched = false;
   mutable PodVector<float> fetched_rows;
+  // The strided gradients of a backward gathered into contiguous rows, kept with the batch so
+  // that a recycled batch reuses the buffer (no fresh pages per step); guarded by gather_mutex
+  // (a concurrent backward of the same batch gathers into a buffer of its own).
+  mutable std::mutex gather_mutex;
+  mutable PodVector<float> gathered_grads;
 };
 
 // Builds g's occurrence lists and bag_of_position from its inverse and offsets (what a

@@ -16,6 +16,7 @@ namespace sparsecore::kernels {
 
 using support::any_nonfinite;
 using support::axpy;
+using support::copy_floats;
 using support::prefetch_bytes;
 
 // Unique rows this far ahead are prefetched for writing (a whole record: weights, state, meta).
@@ -191,6 +192,13 @@ void sum_unique_gradients(const PreparedGroup& g, const float* grad, const float
   thread_local std::vector<float> partial;
   if (partial.size() < static_cast<size_t>(g.dim)) partial.resize(static_cast<size_t>(g.dim));
   for (int64_t u = u_begin; u < u_end; ++u) sum_row_gradient(g, grad, bag_scale, u, out + u * g.dim, partial.data());
+}
+
+SC_DISPATCH
+bool gather_rows(const float* src, int64_t src_stride, int dim, int64_t b_begin, int64_t b_end, float* dst) {
+  for (int64_t b = b_begin; b < b_end; ++b) copy_floats(dst + b * dim, src + b * src_stride, dim);
+  // Checked on the copy, which is still in the cache.
+  return any_nonfinite(dst + b_begin * dim, (b_end - b_begin) * dim) == 0;
 }
 
 void undo_rows(std::byte* const* rows, int64_t u_begin, int64_t u_end, size_t row_bytes, const std::byte* undo) {

@@ -41,6 +41,10 @@ constexpr size_t backward_scratch_floats(int dim, int state_dim) {
 }
 // Bytes of one record's slot in the undo log (row_bytes rounded up to 16).
 constexpr size_t undo_stride(size_t row_bytes) { return (row_bytes + 15) & ~size_t{15}; }
+// Copies rows [b_begin, b_end) of a float matrix with `dim` columns whose row b starts at
+// src + b * src_stride (a column block of a wider matrix, src_stride >= dim) into dst, row b
+// at dst + b * dim; returns false when any copied value is NaN or Inf. Host memory.
+bool gather_rows(const float* src, int64_t src_stride, int dim, int64_t b_begin, int64_t b_end, float* dst);
 // Copies the records saved by backward_update back into rows [u_begin, u_end).
 void undo_rows(std::byte* const* rows, int64_t u_begin, int64_t u_end, size_t row_bytes, const std::byte* undo);
 

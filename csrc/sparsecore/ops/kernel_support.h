@@ -12,6 +12,22 @@ __attribute__((always_inline)) inline void axpy(float* __restrict__ y, const flo
   for (int d = 0; d < dim; ++d) y[d] += a * x[d];
 }
 
+// Copies n floats with fixed-size moves: a short row (a pooled bag, a gradient row) copied
+// through a libc memcpy call costs more in the call than in the copy.
+__attribute__((always_inline)) inline void copy_floats(float* __restrict__ dst, const float* __restrict__ src, int n) {
+  int i = 0;
+  for (; i + 8 <= n; i += 8) __builtin_memcpy(dst + i, src + i, 8 * sizeof(float));
+  if (i + 4 <= n) {
+    __builtin_memcpy(dst + i, src + i, 4 * sizeof(float));
+    i += 4;
+  }
+  if (i + 2 <= n) {
+    __builtin_memcpy(dst + i, src + i, 2 * sizeof(float));
+    i += 2;
+  }
+  if (i < n) dst[i] = src[i];
+}
+
 // Rows are not cache-line aligned (any dim, one record with the state): touch every line.
 __attribute__((always_inline)) inline void prefetch_bytes(const void* p, size_t bytes, int rw = 0) {
   const char* c = static_cast<const char*>(p);

@@ -240,6 +240,9 @@ __attribute__((always_inline)) inline void pool_bags_as(const PreparedGroup& g, 
     case 16:
       pool_range<16, kHalf>(g, rows, bag_begin, bag_end, out, stride, tmp);
       break;
+    case 18:
+      pool_range<18, kHalf>(g, rows, bag_begin, bag_end, out, stride, tmp);
+      break;
     case 32:
       pool_range<32, kHalf>(g, rows, bag_begin, bag_end, out, stride, tmp);
       break;
@@ -290,6 +293,22 @@ void pool_bags(const PreparedGroup& g, RowStorage storage, const std::byte* cons
 }
 
 SC_DISPATCH
+bool pools_in_registers(int dim, Pooling pooling) {
+  // The widths of pool_bags_as's switch.
+  switch (dim) {
+    case 4:
+    case 8:
+    case 16:
+    case 18:
+    case 32:
+    case 64:
+    case 128:
+      return pooling != Pooling::kNone;
+    default:
+      return false;
+  }
+}
+
 bool all_finite(const float* x, int64_t n) { return any_nonfinite(x, n) == 0; }
 
 }  // namespace sparsecore::kernels

@@ -15,6 +15,11 @@ namespace sparsecore::kernels {
 void pool_bags(const PreparedGroup& g, RowStorage storage, const std::byte* const* rows, int64_t bag_begin,
                int64_t bag_end, float* out, int64_t out_stride, float* tmp);
 
+// True when pool_bags keeps a bag's sum of this width in registers and writes each bag's
+// output row once (a strided output then costs no more than a contiguous one); otherwise it
+// accumulates in the output row.
+bool pools_in_registers(int dim, Pooling pooling);
+
 // Evaluation pooling straight from the ids, without dedup: finds every id of bags
 // [bag_begin, bag_end) of `in` in `table` (unknown ids read `default_row`, the table's
 // EmbeddingTable::default_row(), or zeros when it is null; nothing is inserted),
