@@ -6,7 +6,7 @@ import pytest
 import sparsecore as sc
 from reference import EXTREME_IDS, assert_pooled, random_batch
 
-DIMS = [1, 3, 16, 18, 129]
+DIMS = [1, 3, 16, 18, 20, 129]
 
 
 def make(dim, pooling, init=None, seed=3):

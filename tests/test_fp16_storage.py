@@ -17,7 +17,7 @@ from reference import OPTIMIZERS as ALL_OPTIMIZERS
 
 # Every rule once (FTRL's lr_power variant is covered by the fp32 tests).
 OPTIMIZERS = {name: opt for name, opt in ALL_OPTIMIZERS.items() if name != "ftrl_power"}
-DIMS = [1, 3, 16, 18, 129]
+DIMS = [1, 3, 16, 18, 20, 129]
 
 
 def as_fp16(x: np.ndarray) -> np.ndarray:

@@ -243,6 +243,9 @@ __attribute__((always_inline)) inline void pool_bags_as(const PreparedGroup& g, 
     case 18:
       pool_range<18, kHalf>(g, rows, bag_begin, bag_end, out, stride, tmp);
       break;
+    case 20:
+      pool_range<20, kHalf>(g, rows, bag_begin, bag_end, out, stride, tmp);
+      break;
     case 32:
       pool_range<32, kHalf>(g, rows, bag_begin, bag_end, out, stride, tmp);
       break;
@@ -300,6 +303,7 @@ bool pools_in_registers(int dim, Pooling pooling) {
     case 8:
     case 16:
     case 18:
+    case 20:
     case 32:
     case 64:
     case 128:
