@@ -14,28 +14,20 @@
 #include "sparsecore/ps/ps_client.h"
 #include "sparsecore/ps/ps_server.h"
 #include "sparsecore/ps/ps_snapshot.h"
+#include "temp_dir_test.h"
 
 using namespace sparsecore;
 namespace fs = std::filesystem;
 
 namespace {
 
-class CheckpointStorage : public ::testing::Test {
+class CheckpointStorage : public sparsecore::testing::TempDirTest {
  protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() / ("sparsecore_cpp_storage_" + std::to_string(::getpid()) + "_" +
-                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-  std::string path(const std::string& name) const { return (dir_ / name).string(); }
   static void write(const std::string& p, const std::string& text) { std::ofstream(p) << text; }
   static std::string read(const std::string& p) {
     std::ifstream f(p);
     return std::string(std::istreambuf_iterator<char>(f), {});
   }
-  fs::path dir_;
 };
 
 TableConfig table(const std::string& name, int dim, int shard_bits = 2) {

@@ -19,6 +19,7 @@
 #include "sparsecore/quant/row_quantization.h"
 #include "sparsecore/serving/export.h"
 #include "sparsecore/serving/subscriber.h"
+#include "temp_dir_test.h"
 
 using namespace sparsecore;
 using namespace sparsecore::serving;
@@ -29,18 +30,7 @@ namespace {
 constexpr uint64_t kBlockBytes = 1ull << 20;  // what the writer uses (export_format.cpp)
 constexpr int64_t kRows = 70000;              // rows files of 2 (int4) to 5 (fp32) blocks
 
-class ExportBlocks : public ::testing::Test {
- protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() / ("sparsecore_cpp_export_blocks_" + std::to_string(::getpid()) + "_" +
-                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-  std::string path(const std::string& name) const { return (dir_ / name).string(); }
-  fs::path dir_;
-};
+using ExportBlocks = sparsecore::testing::TempDirTest;
 
 // One table of dim 18 (an int8 row is 26 bytes: rows cross every block edge) over 64 shards.
 std::unique_ptr<EmbeddingCollection> filled_collection() {

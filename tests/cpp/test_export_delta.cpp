@@ -16,6 +16,7 @@
 #include "sparsecore/ops/embedding_collection.h"
 #include "sparsecore/serving/export.h"
 #include "sparsecore/serving/subscriber.h"
+#include "temp_dir_test.h"
 
 using namespace sparsecore;
 using namespace sparsecore::serving;
@@ -23,18 +24,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-class ExportDelta : public ::testing::Test {
- protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() / ("sparsecore_cpp_export_" + std::to_string(::getpid()) + "_" +
-                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-  std::string path(const std::string& name) const { return (dir_ / name).string(); }
-  fs::path dir_;
-};
+using ExportDelta = sparsecore::testing::TempDirTest;
 
 std::vector<TableConfig> tables() {
   TableConfig a;
