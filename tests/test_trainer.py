@@ -163,6 +163,24 @@ def test_save_refuses_to_overwrite_when_asked(tmp_path):
         make_trainer(SyntheticData(small_config(3))).restore(tmp_path / "missing")
 
 
+def test_a_save_removes_only_the_stagings_of_saves_that_died(tmp_path):
+    trainer = make_trainer(SyntheticData(small_config(3), num_samples=1000))
+    trainer.fit(1)
+    died = tmp_path / ".ck.saving-0123456789abcdef"  # how a save names its staging directory
+    os.makedirs(died / "embedding")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "keep").write_text("x")
+    kept = [".ck.saving-notours", ".ck.saving-0123456789ABCDEF", "ck.saving-0123456789abcdef", "elsewhere"]
+    for name in kept[:3]:
+        (tmp_path / name).mkdir()
+    os.symlink(tmp_path / "elsewhere", tmp_path / ".ck.saving-fedcba9876543210")  # not ours, not followed
+    kept.append(".ck.saving-fedcba9876543210")
+    trainer.save(tmp_path / "ck")
+    assert sorted(os.listdir(tmp_path)) == sorted(kept + ["ck"])
+    assert (tmp_path / "elsewhere" / "keep").read_text() == "x"
+    make_trainer(SyntheticData(small_config(3))).restore(tmp_path / "ck")
+
+
 # ---------------------------------------------------------------------------- bad input
 def assert_untouched(trainer):
     assert trainer.step == 0

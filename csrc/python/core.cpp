@@ -41,6 +41,15 @@ SPARSECORE_BINDING(core, 0) {
       },
       py::arg("staging"), py::arg("target"), py::arg("files_synced") = false,
       "Makes the finished directory `staging` replace `target` in one atomic, durable step.");
+  m.def(
+      "remove_stale_stagings",
+      [](const std::string& parent, const std::string& prefix) {
+        py::gil_scoped_release r;
+        return remove_stale_stagings(parent, prefix);
+      },
+      py::arg("parent"), py::arg("prefix"),
+      "Removes the real directories of `parent` named `prefix` + 16 hex digits (stagings of writes "
+      "that died before their switch); symlinks and other names are left. Returns how many.");
   m.def("committed_directory", &committed_directory, py::arg("target"),
         "`target`, or the directory an interrupted commit left beside it, or '' when neither exists.");
   m.def(

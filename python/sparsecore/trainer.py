@@ -472,9 +472,7 @@ class Trainer:
         parent, base = os.path.split(os.path.abspath(path))
         _check_replaceable(path, overwrite)
         os.makedirs(parent, exist_ok=True)
-        for stale in os.listdir(parent):  # saves that died before their switch
-            if stale.startswith(f".{base}.saving-"):
-                shutil.rmtree(os.path.join(parent, stale), ignore_errors=True)
+        _core.remove_stale_stagings(parent, f".{base}.saving-")  # saves that died before their switch
         staging = os.path.join(parent, f".{base}.saving-{secrets.token_hex(8)}")
         os.mkdir(staging)
         try:
