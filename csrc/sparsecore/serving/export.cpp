@@ -94,6 +94,7 @@ int64_t write_collection(EmbeddingCollection& c, const std::string& stream_dir, 
     const size_t t = writer.add_table(table.config(), table.seed(), &deleted[i]);
     ChangedRows& changed = (*rows)[i];
     const int units = table.collect_units();
+    changed.segments.resize(static_cast<size_t>(units));  // before the stages collect units in parallel
     size_t ready = 0;
     for (int stage = 0; stage < kStages; ++stage) {
       const int u0 = units * stage / kStages, u1 = units * (stage + 1) / kStages;

@@ -457,7 +457,11 @@ void EmbeddingTable::collect_changed(int64_t since, ChangedRows& out, int begin,
   if (end < 0) end = units;
   SC_CHECK_ARG(0 <= begin && begin <= end && end <= units, "collect_changed: units [", begin, ", ", end,
                ") out of [0, ", units, ")");
-  out.segments.resize(static_cast<size_t>(units));
+  if (out.segments.size() != static_cast<size_t>(units)) {
+    SC_CHECK_ARG(begin == 0 && end == units, "collect_changed of units [", begin, ", ", end, ") into ",
+                 out.segments.size(), " segments: size them to the table's ", units, " units first");
+    out.segments.resize(static_cast<size_t>(units));
+  }
   auto changed = [&](const std::byte* row) {
     return since < 0 ||
            static_cast<int64_t>(reinterpret_cast<const PackedRowMeta*>(row + meta_offset_)->last_step) > since;

@@ -297,8 +297,10 @@ class EmbeddingTable {
   // keys and weights widened to fp32. A unit is a hash shard (read once under its read lock;
   // units in parallel) or, for a dense table, the whole table. Only units [begin, end) (end
   // < 0: all) are collected, so that an exporter can write the rows of earlier units while
-  // it collects the next; out.segments is sized to every unit (those outside [begin, end)
-  // keep what they held). Run it while no update runs
+  // it collects the next. A call of every unit sizes out.segments to collect_units(); a call
+  // of a subrange requires it sized so already (InvalidArgument otherwise), because calls of
+  // disjoint subranges may run at once on one `out` and must not reallocate it under each
+  // other; units outside [begin, end) keep what they held. Run it while no update runs
   // (rows would be caught mid-update).
   void collect_changed(int64_t since, ChangedRows& out, int begin = 0, int end = -1) const;
   int collect_units() const { return dense_ ? 1 : table_.num_shards(); }
