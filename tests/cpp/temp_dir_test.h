@@ -8,7 +8,7 @@
 #include <filesystem>
 #include <string>
 
-namespace sparsecore::testing {
+namespace sparsecore::test_support {
 
 class TempDirTest : public ::testing::Test {
  protected:
@@ -25,4 +25,4 @@ class TempDirTest : public ::testing::Test {
   std::filesystem::path dir_;
 };
 
-}  // namespace sparsecore::testing
+}  // namespace sparsecore::test_support

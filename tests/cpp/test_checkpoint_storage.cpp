@@ -21,7 +21,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-class CheckpointStorage : public sparsecore::testing::TempDirTest {
+class CheckpointStorage : public sparsecore::test_support::TempDirTest {
  protected:
   static void write(const std::string& p, const std::string& text) { std::ofstream(p) << text; }
   static std::string read(const std::string& p) {

@@ -30,7 +30,7 @@ namespace {
 constexpr uint64_t kBlockBytes = 1ull << 20;  // what the writer uses (export_format.cpp)
 constexpr int64_t kRows = 70000;              // rows files of 2 (int4) to 5 (fp32) blocks
 
-using ExportBlocks = sparsecore::testing::TempDirTest;
+using ExportBlocks = sparsecore::test_support::TempDirTest;
 
 // One table of dim 18 (an int8 row is 26 bytes: rows cross every block edge) over 64 shards.
 std::unique_ptr<EmbeddingCollection> filled_collection() {

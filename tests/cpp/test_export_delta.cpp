@@ -24,7 +24,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-using ExportDelta = sparsecore::testing::TempDirTest;
+using ExportDelta = sparsecore::test_support::TempDirTest;
 
 std::vector<TableConfig> tables() {
   TableConfig a;

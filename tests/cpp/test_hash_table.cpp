@@ -8,20 +8,15 @@
 #include <unordered_map>
 #include <vector>
 
+#include "key_rows.h"
 #include "sparsecore/table/chunk_pool.h"
 #include "sparsecore/table/hash_table.h"
 #include "sparsecore/table/huge_pages.h"
 
 using namespace sparsecore;
 
-namespace {
-void fill_key(int64_t key, std::byte* row) { std::memcpy(row, &key, sizeof(key)); }
-int64_t row_key(const std::byte* row) {
-  int64_t k;
-  std::memcpy(&k, row, sizeof(k));
-  return k;
-}
-}  // namespace
+using sparsecore::test_support::fill_key;
+using sparsecore::test_support::row_key;
 
 TEST(HashTable, MatchesUnorderedMapUnderRandomOperations) {
   for (int shard_bits : {0, 3, 6}) {

@@ -13,6 +13,7 @@
 #include <utility>
 #include <vector>
 
+#include "key_rows.h"
 #include "sparsecore/core/hash.h"
 #include "sparsecore/table/hash_table.h"
 
@@ -20,12 +21,8 @@ using namespace sparsecore;
 
 namespace {
 
-void fill_key(int64_t key, std::byte* row) { std::memcpy(row, &key, sizeof(key)); }
-int64_t row_key(const std::byte* row) {
-  int64_t k;
-  std::memcpy(&k, row, sizeof(k));
-  return k;
-}
+using sparsecore::test_support::fill_key;
+using sparsecore::test_support::row_key;
 
 // Pairs of distinct keys with equal fingerprints (high 32 bits of key_hash), by a search over
 // the keys [0, 2^20): about 128 pairs are expected there, by the birthday bound.
