@@ -295,9 +295,8 @@ void pool_bags(const PreparedGroup& g, RowStorage storage, const std::byte* cons
     pool_bags_as<false>(g, rows, bag_begin, bag_end, out, out_stride, tmp);
 }
 
-SC_DISPATCH
+// Not an ISA clone: the answer is the same on every CPU (the widths of pool_bags_as's switch).
 bool pools_in_registers(int dim, Pooling pooling) {
-  // The widths of pool_bags_as's switch.
   switch (dim) {
     case 4:
     case 8:
