@@ -1,4 +1,6 @@
 // The RPC transport over loopback: calls, pipelining, limits, faults, authentication.
+#include <dirent.h>
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <poll.h>
 #include <sys/socket.h>
@@ -10,6 +12,8 @@
 #include <chrono>
 #include <cstring>
 #include <functional>
+#include <iterator>
+#include <memory>
 #include <new>
 #include <random>
 #include <thread>
@@ -276,6 +280,55 @@ TEST(Rpc, ServerDeathFailsPendingAndLaterCalls) {
   EXPECT_THROW(pending.get(), RpcConnectionError);
   EXPECT_THROW(echo(c, "x"), RpcConnectionError);
   EXPECT_FALSE(c.connected());
+}
+
+// The descriptors this process has open (entries of /proc/self/fd, less the listing's own).
+std::vector<int> open_descriptors() {
+  std::vector<int> fds;
+  DIR* dir = ::opendir("/proc/self/fd");
+  if (!dir) return fds;
+  const int own = ::dirfd(dir);
+  while (const dirent* e = ::readdir(dir))
+    if (e->d_name[0] != '.' && std::atoi(e->d_name) != own) fds.push_back(std::atoi(e->d_name));
+  ::closedir(dir);
+  std::sort(fds.begin(), fds.end());
+  return fds;
+}
+
+TEST(Rpc, ABrokenConnectionKeepsItsDescriptorUntilTheClientIsDestroyed) {
+  // A thread waits on a call (the reader role) while the connection fails under it. Closing
+  // the descriptor at that moment would let the next socket or file this process opens take
+  // its number while that thread, or a sender waiting for room, still uses it: the client
+  // shuts it down instead and closes it only when destroyed.
+  auto s = start_server();
+  const std::vector<int> before = open_descriptors();
+  auto c = std::make_unique<RpcClient>("127.0.0.1", s->port());
+  std::vector<int> after = open_descriptors(), added;
+  std::set_difference(after.begin(), after.end(), before.begin(), before.end(), std::back_inserter(added));
+  int fd = -1;  // the client's end: its peer is the server's port (the server's end is added too)
+  for (int f : added) {
+    sockaddr_in peer{};
+    socklen_t peer_len = sizeof(peer);
+    if (::getpeername(f, reinterpret_cast<sockaddr*>(&peer), &peer_len) == 0 && ntohs(peer.sin_port) == s->port())
+      fd = f;
+  }
+  ASSERT_GE(fd, 0);
+  RpcFuture pending = c->call_async(kNeverReplies, {});
+  EXPECT_EQ(as_string(echo(*c, "x")), "x");
+  std::thread waiter([&] { EXPECT_THROW(pending.get(), RpcConnectionError); });
+  s->stop();
+  waiter.join();
+  EXPECT_FALSE(c->connected());
+  EXPECT_THROW(echo(*c, "y"), RpcConnectionError);
+  int type = 0;
+  socklen_t len = sizeof(type);
+  EXPECT_EQ(::getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len), 0) << "descriptor closed while the client lives";
+  EXPECT_EQ(type, SOCK_STREAM);
+  c->close();
+  EXPECT_EQ(::getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len), 0) << "close() shuts down, the destructor closes";
+  c.reset();
+  EXPECT_EQ(::fcntl(fd, F_GETFD), -1);
+  EXPECT_EQ(errno, EBADF);
 }
 
 TEST(Rpc, ConnectRefusedIsConnectionError) {

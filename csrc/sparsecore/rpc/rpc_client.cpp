@@ -165,12 +165,7 @@ std::string RpcClient::transport_stats(int timeout_ms) {
 
 void RpcClient::close() {
   std::lock_guard<std::mutex> lock(mu_);
-  if (!broken_) {
-    ::shutdown(socket_.get(), SHUT_RDWR);
-    broken_ = true;  // fail_all below keeps the descriptor
-    broken_reason_ = "client closed";
-  }
-  fail_all(broken_reason_);
+  fail_all(broken_ ? broken_reason_ : std::string("client closed"));
 }
 
 bool RpcClient::connected() const {
@@ -277,11 +272,15 @@ void RpcClient::send_frame(const FrameHeader& h, std::span<const iovec> payload)
   }
 }
 
+// The descriptor is shut down, never closed, before the destructor: another thread may be
+// inside recv, poll or sendmsg on it (the reader role, or a sender waiting for room), and a
+// closed number can be handed to the next socket or file this process opens. Shutting down
+// wakes those calls (end of stream, EPIPE), and the number stays ours until no one can use it.
 void RpcClient::fail_all(const std::string& reason) {
   if (!broken_) {
     broken_ = true;
     broken_reason_ = reason;
-    socket_.reset();
+    ::shutdown(socket_.get(), SHUT_RDWR);
   }
   for (auto& [id, s] : pending_) {
     s->done = true;
