@@ -11,15 +11,16 @@ constexpr uint64_t kPrime = 0x9fb21c651e98df25ULL;
 
 inline uint64_t rotl(uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
 
-}  // namespace
-
-void Checksum64::mix_block(const uint8_t* p) {
+// One 32-byte block into the four lanes.
+inline void mix(uint64_t* lanes, const uint8_t* p) {
   for (int l = 0; l < 4; ++l) {
     uint64_t w;
     std::memcpy(&w, p + 8 * l, 8);
-    lanes_[l] = rotl(lanes_[l] ^ (w * kPrime), 29) * 0xc2b2ae3d27d4eb4fULL;
+    lanes[l] = rotl(lanes[l] ^ (w * kPrime), 29) * 0xc2b2ae3d27d4eb4fULL;
   }
 }
+
+}  // namespace
 
 void Checksum64::update(const void* data, size_t bytes) {
   const uint8_t* p = static_cast<const uint8_t*>(data);
@@ -31,14 +32,18 @@ void Checksum64::update(const void* data, size_t bytes) {
     p += take;
     bytes -= take;
     if (pending_bytes_ < 32) return;
-    mix_block(pending_);
+    mix(lanes_, pending_);
     pending_bytes_ = 0;
   }
+  // The lanes in locals: the bytes read through `p` may alias the members, which would keep
+  // the lanes in memory (a store and a reload per block).
+  uint64_t lanes[4] = {lanes_[0], lanes_[1], lanes_[2], lanes_[3]};
   while (bytes >= 32) {
-    mix_block(p);
+    mix(lanes, p);
     p += 32;
     bytes -= 32;
   }
+  std::memcpy(lanes_, lanes, sizeof(lanes));
   std::memcpy(pending_, p, bytes);
   pending_bytes_ = bytes;
 }

@@ -18,7 +18,6 @@ class Checksum64 {
   uint64_t digest() const;
 
  private:
-  void mix_block(const uint8_t* p);
   uint64_t lanes_[4] = {0x243f6a8885a308d3ULL, 0x13198a2e03707344ULL, 0xa4093822299f31d0ULL, 0x082efa98ec4e6c89ULL};
   uint8_t pending_[32];
   size_t pending_bytes_ = 0;
