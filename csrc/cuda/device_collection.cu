@@ -330,6 +330,20 @@ class Collection final : public DeviceCollectionImpl {
     return SC_BACKEND_NS::count_non_finite_rows(shape_, tables_.at(t)->rows(), slots.data(), n);
   }
 
+  std::vector<unsigned char> contains(int t, const int64_t* keys, int64_t n) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    DeviceGuard on(device_);
+    std::vector<unsigned char> held(static_cast<size_t>(n), 0);
+    if (n == 0) return held;
+    DeviceBuffer<int64_t> k, slots;
+    k.upload(keys, n);
+    resolve(t, k.data(), n, slots, false);
+    std::vector<int64_t> found(static_cast<size_t>(n));
+    slots.download(found.data(), n);
+    for (int64_t i = 0; i < n; ++i) held[static_cast<size_t>(i)] = found[static_cast<size_t>(i)] >= 0 ? 1 : 0;
+    return held;
+  }
+
   void import_rows(int t, const DeviceEmbeddingCollection::Export& e) override {
     std::lock_guard<std::mutex> lock(mutex_);
     DeviceGuard on(device_);

@@ -65,6 +65,9 @@ class DeviceCollectionImpl {
   virtual std::unique_ptr<DeviceSavedRows> save_rows(int table, const int64_t* keys, int64_t n) = 0;
   virtual void restore_rows(const DeviceSavedRows& saved) = 0;
   virtual int64_t count_non_finite_rows(int table, const int64_t* keys, int64_t n) = 0;
+  // 1 per key (host) that table t holds, 0 per absent one: one probe per key on the device and
+  // n bytes read back, whatever the table's size.
+  virtual std::vector<unsigned char> contains(int table, const int64_t* keys, int64_t n) = 0;
   // export_rows without weights and state: keys, update counts and last steps, by key.
   virtual DeviceEmbeddingCollection::Export export_meta(int table) const = 0;
   // Inserts or overwrites rows (keys unique): weights, state and metadata as given.

@@ -7,7 +7,6 @@
 // same ids.
 #include <algorithm>
 #include <numeric>
-#include <unordered_set>
 
 #include "device_collection_impl.h"
 #include "sparsecore/core/error.h"
@@ -17,11 +16,7 @@
 namespace sparsecore::cuda {
 
 std::vector<unsigned char> DeviceEmbeddingCollection::held_in_call(int table, const int64_t* keys, int64_t n) const {
-  const Export live = impl_->export_meta(table);
-  const std::unordered_set<int64_t> held(live.keys.begin(), live.keys.end());
-  std::vector<unsigned char> out(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i) out[static_cast<size_t>(i)] = held.count(keys[i]) ? 1 : 0;
-  return out;
+  return impl_->contains(table, keys, n);
 }
 
 std::unordered_map<int64_t, unsigned char> DeviceEmbeddingCollection::insert_rows_in_call(int table,

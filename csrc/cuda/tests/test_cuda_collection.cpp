@@ -7,6 +7,7 @@
 
 #include "cuda_test_util.h"
 #include "emulation/cuda_emulation.h"  // __half conversions for the expected fp16 values
+#include "sparsecore/cuda/emulator_counters.h"
 
 namespace sparsecore::cuda::testing {
 namespace {
@@ -212,6 +213,31 @@ TEST(CudaEmulated, DeviceMemorySpaceMatchesTheHostPath) {
   grad[0] = NAN;
   EXPECT_THROW(dev.backward(*dp, {grad.data()}, MemorySpace::kDevice), InvalidArgument);
   EXPECT_EQ(dev.step(), 1);
+}
+
+TEST(CudaEmulated, AShardPullWithAdmissionReadsBackTheCalledKeysNotTheTable) {
+  // Which of a pull's keys the table holds is one probe per key on the device: the bytes read
+  // back grow with the call, not with the table (it once read every key back per call).
+  TableConfig c = table("t", 8, Pooling::kSum, OptimizerKind::kAdagrad);
+  c.admission.count_threshold = 2;
+  DeviceEmbeddingCollection dev({c}, rng()(), RowStorage::kFloat32, Backend::kEmulated,
+                                test_limits(Backend::kEmulated));
+  constexpr int64_t kRows = 20000, kCall = 16;
+  std::vector<int64_t> keys(kRows);
+  for (int64_t i = 0; i < kRows; ++i) keys[static_cast<size_t>(i)] = i * 7919 + 3;
+  std::vector<float> out(static_cast<size_t>(kRows * c.dim));
+  for (int sighting = 0; sighting < 2; ++sighting) dev.shard_pull(0, keys.data(), kRows, out.data());
+  ASSERT_EQ(dev.table_size(0), kRows);
+  std::vector<int64_t> call(keys.begin(), keys.begin() + kCall / 2);
+  for (int64_t i = 0; i < kCall / 2; ++i) call.push_back(-1 - i);  // sighted once: not admitted
+  reset_emulator_counters();
+  dev.shard_pull(0, call.data(), kCall, out.data());
+  const EmulatorCounters counters = emulator_counters();
+  EXPECT_LT(counters.d2h_bytes, uint64_t{4096})
+      << "a pull of " << kCall << " keys read back " << counters.d2h_bytes << " bytes";
+  EXPECT_EQ(dev.table_size(0), kRows);
+  for (int64_t i = 0; i < kCall / 2; ++i)  // the held keys read their rows, the others zeros
+    for (int d = 0; d < c.dim; ++d) EXPECT_EQ(out[static_cast<size_t>((kCall / 2 + i) * c.dim + d)], 0.0f);
 }
 
 TEST_P(CudaCollection, CheckpointsMoveBetweenTheCpuAndTheDevice) {
