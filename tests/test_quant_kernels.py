@@ -65,7 +65,9 @@ SHAPES = [(1, 1, 1), (1, 7, 31), (1, 9, 128), (1, 13, 97), (3, 5, 256), (3, 11, 
           (8, 16, 8), (9, 17, 9), (17, 33, 15), (5, 48, 7), (16, 1, 2),
           # GEMV row steps (8, then 4, then single rows), the last step ending at the last row with
           # 1, 0 or 2 bytes after its last block (no room, or room, to read past it)
-          (1, 24, 258), (1, 28, 256), (2, 20, 260), (1, 45, 1028)]
+          (1, 24, 258), (1, 28, 256), (2, 20, 260), (1, 45, 1028),
+          # AVX-512 batch-lane tiles (blocks of 16 rows of x, 8 outputs) and the rows of x after them
+          (16, 9, 33), (32, 17, 130), (33, 24, 7), (50, 31, 129)]
 
 
 @pytest.mark.parametrize("batch,rows,cols", SHAPES)
@@ -101,6 +103,13 @@ def inputs_for_every_path(rng):
         alpha = rng.uniform(0.01, 2.0, rows).astype(np.float32)
         x = (rng.standard_normal((batch, cols)) * rng.uniform(0.1, 1e3)).astype(np.float32)
         cases.append((x, codes, alpha, cols))
+    for batch in (5, 40):  # zero, negative zero and subnormal x (exact products all the same)
+        codes = random_codes(rng, 17, 45)
+        x = rng.standard_normal((batch, 45)).astype(np.float32)
+        kind = rng.integers(0, 4, x.shape)
+        x[kind == 0], x[kind == 1] = 0.0, -0.0
+        x[kind == 2] *= np.float32(2.0**-130)
+        cases.append((x, codes, rng.uniform(0.01, 2.0, 17).astype(np.float32), 45))
     for batch in (1, 5):
         codes = random_codes(rng, 9, 70)
         alpha = np.ones(9, np.float32)

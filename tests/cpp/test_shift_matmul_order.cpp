@@ -61,7 +61,8 @@ TEST(ShiftMatmulOrder, EveryShapeGivesTheBitsOfItsOrder) {
     int64_t batch, rows, cols;
   };
   for (Shape sh : {Shape{1, 7, 300}, Shape{3, 13, 1025}, Shape{2, 4, 128}, Shape{1, 9, 31}, Shape{4, 11, 257},
-                   Shape{64, 13, 130}, Shape{5, 6, 64}, Shape{1, 24, 258}, Shape{1, 28, 256}, Shape{2, 20, 260}}) {
+                   Shape{64, 13, 130}, Shape{5, 6, 64}, Shape{1, 24, 258}, Shape{1, 28, 256}, Shape{2, 20, 260},
+                   Shape{16, 9, 33}, Shape{33, 17, 130}, Shape{50, 24, 7}}) {
     for (float scale : {1.0f, 1e37f}) {  // 1e37 · 64 overflows: the portable kernel runs
       const int64_t pc = packed_cols(sh.cols);
       std::vector<uint8_t> codes(sh.rows * pc);

@@ -100,7 +100,7 @@ TEST(ShiftPanels, PackingIsTheCodesDwordsTransposed) {
 
 TEST(ShiftPanels, EveryKernelGivesTheBitsOfTheOrderAtEveryTileEdge) {
   std::mt19937 gen(std::random_device{}());
-  const int64_t batches[] = {1, 2, 3, 4, 7, 8, 9, 17};
+  const int64_t batches[] = {1, 2, 3, 4, 7, 8, 9, 17, 32, 35};
   const int64_t rows_list[] = {1, 15, 16, 17, 33, 48, 70};
   const int64_t cols_list[] = {1, 2, 7, 8, 9, 16, 31, 130};
   for (int64_t batch : batches)
@@ -124,11 +124,51 @@ TEST(ShiftPanels, EveryKernelGivesTheBitsOfTheOrderAtEveryTileEdge) {
       }
 }
 
+// From 16 rows of x the AVX-512 kernel runs batch-lane tiles (16 rows of x in the lanes, 8 outputs
+// by 1 or 2 blocks of 16 rows) and the panel tile for the remaining rows: every edge of both,
+// with zero, negative zero and subnormal x, gives the bits of the order.
+TEST(ShiftPanels, BatchLaneTilesGiveTheBitsOfTheOrder) {
+  std::mt19937 gen(std::random_device{}());
+  std::uniform_int_distribution<int> pick(0, 7);
+  for (int64_t batch : {16, 31, 32, 33, 47, 48, 65})
+    for (int64_t rows : {1, 8, 9, 16, 17, 24, 33})
+      for (int64_t cols : {1, 7, 8, 9, 17, 130}) {
+        Case c = make_case(gen, batch, rows, cols);
+        for (float& v : c.x) {  // about a quarter of x is 0, -0 or subnormal
+          const int k = pick(gen);
+          if (k == 0) v = 0.0f;
+          if (k == 1) v = -0.0f;
+          if (k == 2) v = std::ldexp(v, -130);
+        }
+        const int64_t np = shift_panel_count(rows);
+        for (const auto& [name, kernel] : kernels()) {
+          std::vector<float> y(static_cast<size_t>(batch * rows), -7.0f);
+          kernel(c.x.data(), 0, batch, c.panels.data(), c.alpha.data(), rows, cols, 0, np, y.data());
+          // Rows of x from an offset that is not a multiple of 16, panels split in two.
+          std::vector<float> split(y.size(), -7.0f);
+          const int64_t b1 = std::min<int64_t>(batch, 3), pm = np / 2;
+          kernel(c.x.data(), 0, b1, c.panels.data(), c.alpha.data(), rows, cols, 0, np, split.data());
+          kernel(c.x.data(), b1, batch, c.panels.data(), c.alpha.data(), rows, cols, 0, pm, split.data());
+          kernel(c.x.data(), b1, batch, c.panels.data(), c.alpha.data(), rows, cols, pm, np, split.data());
+          for (int64_t b = 0; b < batch; ++b)
+            for (int64_t r = 0; r < rows; ++r) {
+              const float want = model(c, b, r, false);
+              ASSERT_TRUE(same_bits(y[b * rows + r], want) && same_bits(split[b * rows + r], want))
+                  << name << " batch " << batch << " rows " << rows << " cols " << cols << " at (" << b << ", " << r
+                  << "): " << y[b * rows + r] << " / " << split[b * rows + r] << " vs " << want;
+            }
+        }
+      }
+}
+
 TEST(ShiftPanels, MatmulAddsTheBiasAfterTheProductOnAnyThreadCount) {
   std::mt19937 gen(std::random_device{}());
   // 96 · 130 · 100 > 2^20 multiply-adds: split over the pool; the small ones run inline.
-  for (const auto& [batch, rows, cols] :
-       {std::tuple<int64_t, int64_t, int64_t>{1, 200, 414}, {5, 80, 200}, {96, 130, 100}, {33, 1, 80}}) {
+  for (const auto& [batch, rows, cols] : {std::tuple<int64_t, int64_t, int64_t>{1, 200, 414},
+                                          {5, 80, 200},
+                                          {96, 130, 100},
+                                          {33, 1, 80},
+                                          {70, 150, 131}}) {
     const Case c = make_case(gen, batch, rows, cols);
     std::vector<float> y(static_cast<size_t>(batch * rows)), bare(y.size());
     shift_panels_matmul(c.x.data(), batch, c.panels.data(), c.alpha.data(), c.bias.data(), rows, cols, y.data());
@@ -202,16 +242,24 @@ struct GuardedBuffer {
 
 TEST(ShiftPanels, KernelsReadNothingPastThePanelsOrTheCodes) {
   std::mt19937 gen(3);
-  for (const auto& [batch, rows, cols] :
-       {std::tuple<int64_t, int64_t, int64_t>{1, 16, 8}, {9, 32, 256}, {2, 4, 256}, {1, 8, 512}, {5, 17, 13}}) {
+  for (const auto& [batch, rows, cols] : {std::tuple<int64_t, int64_t, int64_t>{1, 16, 8},
+                                          {9, 32, 256},
+                                          {2, 4, 256},
+                                          {1, 8, 512},
+                                          {5, 17, 13},
+                                          {17, 17, 13},
+                                          {32, 9, 7}}) {
     const Case c = make_case(gen, batch, rows, cols);
-    // The panels, ending at the guard page.
-    GuardedBuffer pg(c.panels.size() * sizeof(uint32_t));
+    // The panels, and x (read in blocks of 16 columns by the batch-lane tiles), ending at the
+    // guard page.
+    GuardedBuffer pg(c.panels.size() * sizeof(uint32_t)), xg(c.x.size() * sizeof(float));
     auto* panels = reinterpret_cast<uint32_t*>(pg.end()) - c.panels.size();
     std::memcpy(panels, c.panels.data(), c.panels.size() * sizeof(uint32_t));
+    auto* x = reinterpret_cast<float*>(xg.end()) - c.x.size();
+    std::memcpy(x, c.x.data(), c.x.size() * sizeof(float));
     for (const auto& [name, kernel] : kernels()) {
       std::vector<float> y(static_cast<size_t>(batch * rows));
-      kernel(c.x.data(), 0, batch, panels, c.alpha.data(), rows, cols, 0, shift_panel_count(rows), y.data());
+      kernel(x, 0, batch, panels, c.alpha.data(), rows, cols, 0, shift_panel_count(rows), y.data());
       for (int64_t i = 0; i < batch * rows; ++i) ASSERT_TRUE(same_bits(y[i], model(c, i / rows, i % rows, false)));
     }
     // The packed codes of shift_matmul (GEMV below 4 rows of x, GEMM from 4), ending there too.

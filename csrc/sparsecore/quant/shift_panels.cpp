@@ -70,8 +70,11 @@ namespace {
 // Below this many multiply-adds a call runs on the calling thread: waking the pool costs more
 // than it saves.
 constexpr int64_t kParallelWork = int64_t{1} << 20;
-constexpr int64_t kTaskRows = 8;    // rows of x per task: a multiple of every GEMM tile
-constexpr int64_t kTaskPanels = 2;  // panels per task
+// Rows of x per task: a multiple of every GEMM tile (the AVX-512 kernel's batch-lane tiles take
+// blocks of 16 rows, 32 fill its widest tile). Panels per task: the AVX-512 kernel transposes
+// its rows of x once per task, a cost shared by the task's panels.
+constexpr int64_t kTaskRows = 32;
+constexpr int64_t kTaskPanels = 32;
 
 void run_block(detail::Isa isa, const float* x, int64_t b0, int64_t b1, const uint32_t* panels, const float* alpha,
                int64_t rows, int64_t cols, int64_t p0, int64_t p1, float* y) {

@@ -9,7 +9,10 @@
 // hold code 0. A kernel broadcasts x[b, 8g + k], decodes nibble k of the 16 dwords with one
 // in-register table lookup (the group loaded k / 2 bytes further on; odd k one shift by 4
 // more), and adds the 16 products into 16 outputs: no horizontal sums, and R rows of x share
-// each decoded vector (the register-blocked tile).
+// each decoded vector (the register-blocked tile). On AVX-512, whole blocks of 16 rows of x run a
+// batch-lane tile instead: x transposed so that a register holds one column of 16 rows of x,
+// one accumulator per output and block, the code a scalar (read from the same panel dword) whose
+// value is broadcast; no in-register lookup, which shares the multiply-add pipe on Zen 4.
 //
 // Summation contract, every output: y[b, r] = alpha[r] · s, s = Σ_c x[b, c] · code[r, c] added
 // in order of c from +0 (a running sum; columns past `cols` are never added). This is the GEMM
