@@ -146,10 +146,12 @@ void lanes_run(const float* x, int64_t n_rows, const uint32_t* panels, const flo
     const int nb = static_cast<int>(std::min<int64_t>(kMaxBlocks, blocks - blk));
     const float* xg = xt.data() + blk * cols * kLanes;
     for (int64_t p = p0; p < p1; ++p)
-      for (int o0 = 0; o0 < kPanelRows && p * kPanelRows + o0 < rows; o0 += kLaneRows) {
+      for (int o0 = 0; o0 < kPanelRows; o0 += kLaneRows) {
         float* out = sums.data() + ((p - p0) * kPanelRows + o0) * kMaxBlocks * kLanes;
         const uint32_t* panel = panels + p * groups * kPanelRows;
-        if (nb == 2)
+        if (p * kPanelRows + o0 >= rows)  // outputs past `rows`: never stored, but read back below
+          std::fill_n(out, kLaneRows * kMaxBlocks * kLanes, 0.0f);
+        else if (nb == 2)
           lane_tile<2>(xg, cols, panel, o0, out);
         else
           lane_tile<1>(xg, cols, panel, o0, out);
