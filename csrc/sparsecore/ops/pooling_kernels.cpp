@@ -121,15 +121,15 @@ __attribute__((always_inline)) inline void pool_from_ids(const Ids& lookup, int 
   const float* weights = in.weights ? in.weights + p0 : nullptr;
   const size_t row_bytes = static_cast<size_t>(dim) * kWeightBytes<kHalf>;
   const size_t out_row_bytes = static_cast<size_t>(dim) * sizeof(float);
-  auto hash_ahead = [&](int64_t i) { lookup.ahead(i); };
-  auto probe_ahead = [&](int64_t i) {
+  auto hash_ahead = [&](int64_t i) __attribute__((always_inline)) { lookup.ahead(i); };
+  auto probe_ahead = [&](int64_t i) __attribute__((always_inline)) {
     const std::byte* r = lookup.find(i);
     rows[i] = r ? r : default_row;
     if (r) prefetch_bytes(r, row_bytes);
   };
   for (int64_t i = 0; i < std::min(n, kSlotAhead + Ids::kRowsAhead); ++i) hash_ahead(i);
   for (int64_t i = 0; i < std::min(n, Ids::kRowsAhead); ++i) probe_ahead(i);
-  auto advance = [&](int64_t i) {
+  auto advance = [&](int64_t i) __attribute__((always_inline)) {
     if (i + Ids::kRowsAhead < n) probe_ahead(i + Ids::kRowsAhead);
     if (i + kSlotAhead + Ids::kRowsAhead < n) hash_ahead(i + kSlotAhead + Ids::kRowsAhead);
   };
