@@ -102,6 +102,7 @@ __attribute__((always_inline)) inline bool update_rows_as(const EmbeddingTable& 
   const bool half = table.storage() == RowStorage::kFloat16;
   const size_t row_bytes = table.row_bytes();
   const int state_dim = table.state_dim();
+  const rules::CallCoefficients coefficients = rules::call_coefficients(opt, step);  // once, not per row
   for (int64_t u = u_begin; u < u_end; ++u) {
     if (u + kUpdateAhead < u_end && rows[u + kUpdateAhead])
       prefetch_bytes(rows[u + kUpdateAhead], table.row_bytes(), 1);
@@ -118,10 +119,10 @@ __attribute__((always_inline)) inline bool update_rows_as(const EmbeddingTable& 
       // fp32 math on a widened copy, rounded back once.
       float* w = scratch + dim;
       halves_to_floats(EmbeddingTable::weights_fp16(row), w, dim);
-      rules::apply(opt, w, state, scratch, dim, step, count);
+      rules::apply(opt, coefficients, w, state, scratch, dim, step, count);
       floats_to_halves(w, EmbeddingTable::weights_fp16(row), dim);
     } else {
-      rules::apply(opt, EmbeddingTable::weights(row), state, scratch, dim, step, count);
+      rules::apply(opt, coefficients, EmbeddingTable::weights(row), state, scratch, dim, step, count);
     }
     meta->set_last_step(step);
   }
