@@ -1,19 +1,63 @@
 #include "sparsecore/ops/batch_planner.h"
 
 #include <algorithm>
+#include <memory>
+#include <mutex>
 
 #include "sparsecore/core/thread_pool.h"
 #include "sparsecore/table/sharded_dedup.h"
 
 namespace sparsecore {
+namespace {
+
+// A plan's scratch: each group's dedup state and set. Kept for the next plan in a process-wide
+// free list rather than per thread: a training pipeline plans on a producer thread of its
+// own, started anew by each fit(), and per-thread scratch would be allocated again (and its
+// pages faulted in) every time. Plans running at once each take their own.
+struct PlanScratch {
+  std::vector<ShardedDedup> dedup;
+  std::vector<DedupSet> sets;
+};
+
+class ScratchLease {
+ public:
+  ScratchLease() {
+    std::lock_guard<std::mutex> lock(mutex());
+    if (!free().empty()) {
+      scratch_ = std::move(free().back());
+      free().pop_back();
+    } else {
+      scratch_ = std::make_unique<PlanScratch>();
+    }
+  }
+  ~ScratchLease() {
+    std::lock_guard<std::mutex> lock(mutex());
+    if (free().size() < kKept) free().push_back(std::move(scratch_));
+  }
+  ScratchLease(const ScratchLease&) = delete;
+  ScratchLease& operator=(const ScratchLease&) = delete;
+  PlanScratch& operator*() { return *scratch_; }
+
+ private:
+  static constexpr size_t kKept = 4;
+  static std::mutex& mutex() {
+    static std::mutex m;
+    return m;
+  }
+  static std::vector<std::unique_ptr<PlanScratch>>& free() {
+    static auto* list = new std::vector<std::unique_ptr<PlanScratch>>();  // outlives threads planning at exit
+    return *list;
+  }
+  std::unique_ptr<PlanScratch> scratch_;
+};
+
+}  // namespace
 
 void plan_batch(const std::vector<GroupInput>& inputs, const std::vector<int>& shards, PreparedBatch& batch,
                 const ResolveShard& resolve) {
   const int num_groups = static_cast<int>(inputs.size());
-  // Reused by the next plan on this thread. The pool's threads reach it through the
-  // reference (a thread_local named inside the lambdas would be each worker's own).
-  thread_local std::vector<ShardedDedup> tls_dedup;
-  std::vector<ShardedDedup>& dedup = tls_dedup;
+  ScratchLease lease;
+  std::vector<ShardedDedup>& dedup = (*lease).dedup;
   if (dedup.size() < static_cast<size_t>(num_groups)) dedup.resize(num_groups);
 
   auto copy_layout = [&](int64_t gi) {
@@ -43,15 +87,15 @@ void plan_batch(const std::vector<GroupInput>& inputs, const std::vector<int>& s
   // (a batch's ids repeat, so this touches each position once instead of in three passes).
   // The result is the same either way.
   if (num_groups >= ThreadPool::global().num_threads()) {
+    std::vector<DedupSet>& sets = (*lease).sets;
+    if (sets.size() < static_cast<size_t>(num_groups)) sets.resize(num_groups);
     parallel_for(num_groups, 1, [&](int64_t g0, int64_t g1) {
-      thread_local DedupSet tls_set;
-      DedupSet& set = tls_set;
       for (int64_t gi = g0; gi < g1; ++gi) {
         copy_layout(gi);
         PreparedGroup& g = batch.groups[gi];
         ShardedDedup& d = dedup[gi];
-        const int64_t u =
-            d.run_distinct_first(inputs[gi].ids, g.num_ids, shards[gi], set, g.unique_keys.data(), g.inverse.data());
+        const int64_t u = d.run_distinct_first(inputs[gi].ids, g.num_ids, shards[gi], sets[gi], g.unique_keys.data(),
+                                               g.inverse.data());
         g.unique_keys.resize(u);
         g.unique_rows.resize(u);
         set_shard_starts(g, d);
