@@ -22,6 +22,8 @@ using support::prefetch_bytes;
 
 // Unique rows this far ahead are prefetched for writing (a whole record: weights, state, meta).
 constexpr int64_t kUpdateAhead = 8;
+// Gradient rows this many occurrences ahead are prefetched while a row's gradient is summed.
+constexpr int32_t kGradientAhead = 16;
 
 namespace {
 
@@ -107,11 +109,19 @@ __attribute__((always_inline)) inline void sum_row_gradient(const PreparedGroup&
   const int32_t* occ_pos = g.occurrence_positions.data();
   const int32_t* bag_of = g.bag_of_position.data();
   const bool sequence = g.pooling == Pooling::kNone;
+  const int32_t num_occurrences = static_cast<int32_t>(g.num_ids);
   auto sum_chunk = [&](float* __restrict__ sum, int32_t k0, int32_t k1) __attribute__((always_inline)) {
     if constexpr (kDim > 0) {
       if (!sequence) {  // a bag's gradient row: the sum in registers
         RowSum<kDim> acc;
         for (int32_t k = k0; k < k1; ++k) {
+          // Occurrences are in one array for all rows: the gradient row of a later one (of
+          // this row or the next) is fetched while this one is added.
+          if (k + kGradientAhead < num_occurrences) {
+            const float* ahead = grad + int64_t{bag_of[occ_pos[k + kGradientAhead]]} * kDim;
+            __builtin_prefetch(ahead);
+            __builtin_prefetch(ahead + kDim - 1);
+          }
           const int32_t pos = occ_pos[k];
           const int32_t b = bag_of[pos];
           const float s = weights ? bag_scale[b] * weights[pos] : bag_scale[b];
