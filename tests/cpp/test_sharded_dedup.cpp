@@ -78,7 +78,9 @@ TEST(ShardedDedup, MatchesABruteForceReference) {
 
 TEST(ShardedDedup, DistinctFirstGivesWhatRunGives) {
   std::mt19937_64 rng(11);
-  DedupSet set;  // reused across calls, as the planner's threads reuse theirs
+  DedupSet set;         // reused across calls, as a plan's groups reuse theirs
+  ShardedDedup reused;  // sized by its previous call (larger and smaller ones follow)
+  DedupSet reused_set;
   for (int shards : {1, 2, 3, 64, 65536}) {
     // 5000 ids over up to 10^4 values: the set grows several times from its first size.
     for (int n : {0, 1, 17, 300, 5000}) {
@@ -94,6 +96,13 @@ TEST(ShardedDedup, DistinctFirstGivesWhatRunGives) {
         want_unique.resize(static_cast<size_t>(u));
         ASSERT_EQ(unique, want_unique) << shards << " " << n << " " << range;
         ASSERT_EQ(inverse, want_inverse) << shards << " " << n << " " << range;
+        std::vector<int64_t> again_unique(ids.size());
+        std::vector<int32_t> again_inverse(ids.size());
+        ASSERT_EQ(
+            reused.run_distinct_first(ids.data(), n, shards, reused_set, again_unique.data(), again_inverse.data()), u);
+        again_unique.resize(static_cast<size_t>(u));
+        ASSERT_EQ(again_unique, want_unique);
+        ASSERT_EQ(again_inverse, want_inverse);
         ASSERT_EQ(first.num_shards(), shards);
         for (int s = 0; s < shards; ++s) ASSERT_EQ(first.shard_unique(s), phased.shard_unique(s));
       }

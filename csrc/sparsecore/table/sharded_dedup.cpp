@@ -10,7 +10,8 @@ namespace sparsecore {
 namespace {
 
 constexpr int64_t kDedupAhead = 8;
-// run_distinct_first's set starts this small (a reset writes every slot) and doubles.
+// run_distinct_first's set starts sized for the previous call's distinct ids, at least this many
+// (a reset writes every slot), and doubles when half full.
 constexpr int64_t kFirstSetKeys = 128;
 constexpr int64_t kFirstBlock = 64;
 
@@ -94,7 +95,9 @@ int64_t ShardedDedup::run_distinct_first(const int64_t* ids, int64_t n, int shar
   shard_unique_.assign(shards, 0);
   first_keys_.resize(n);
   first_shard_.resize(n);
-  set.reset(std::min(n, kFirstSetKeys));
+  // Sized for as many distinct ids as this object's previous call found (a plan's groups
+  // keep their ShardedDedup from batch to batch), so a steady stream rarely grows the set.
+  set.reset(std::min(n, std::max(kFirstSetKeys, last_distinct_)));
   int32_t count = 0;
   // A block's hashes are computed (a loop the compiler vectorises) and their slots fetched
   // before the block is probed: the set outgrows L1 once there are a few thousand distinct ids.
@@ -120,6 +123,7 @@ int64_t ShardedDedup::run_distinct_first(const int64_t* ids, int64_t n, int shar
       inverse[i0 + k] = idx;
     }
   }
+  last_distinct_ = count;
   if (shards == 1) {  // shard order is first-position order
     std::copy(first_keys_.data(), first_keys_.data() + count, unique);
     return count;

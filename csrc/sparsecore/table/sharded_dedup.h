@@ -124,6 +124,7 @@ class ShardedDedup {
   PodVector<int64_t> first_keys_;
   PodVector<int32_t> first_shard_;
   PodVector<int32_t> placed_;
+  int64_t last_distinct_ = 0;
 };
 
 // The distinct ids of ids (n, n < 2^31) in order of first occurrence, and inverse (n) with
