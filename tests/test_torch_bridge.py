@@ -100,3 +100,44 @@ def test_sequence_output_carries_lengths_and_gradients(rng):
     values.sum().backward()
     after = np.asarray(ebc.collection.lookup("seq", np.array([5], np.int64)))
     np.testing.assert_allclose(after, before - 2.0, rtol=1e-6)  # id 5 appears twice
+
+
+def test_forward_concat_never_overwrites_a_tensor_still_in_use(rng):
+    """forward_concat reuses its output's memory only once nothing can see the previous output:
+    a kept reference, a view, a NumPy array over it or autograd's saved input each keep it."""
+    ebc = EmbeddingBagCollection({"a": sc.TableConfig(dim=3), "b": sc.TableConfig(dim=2)}, threads=None)
+    torch.manual_seed(0)
+    model = mlp(5, [4])
+    batches = [{"a": random_group(rng, 9, 50, False), "b": random_group(rng, 9, 50, True)} for _ in range(8)]
+
+    def call(i):
+        return ebc.forward_concat(batches[i])
+
+    for mode in ("train", "eval"):
+        getattr(ebc, mode)()
+        kept = call(0)
+        view = call(1)[2:, 1:]
+        array = call(2).detach().numpy()
+        x3 = call(3)
+        want = x3.detach().clone()
+        pending = model(x3).sum()  # the first Linear saved its input; no backward yet
+        del x3
+        saved = [kept.detach().clone(), view.detach().clone(), array.copy()]
+        for i in range(4, 8):
+            call(i)  # dropped at once: its memory may serve the next call
+        np.testing.assert_array_equal(kept.detach().numpy(), saved[0].numpy())
+        np.testing.assert_array_equal(view.detach().numpy(), saved[1].numpy())
+        np.testing.assert_array_equal(array, saved[2])
+        # The first layer's weight gradient is computed from the saved input: the same as from
+        # a copy of the input taken before the other calls.
+        model.zero_grad()
+        pending.backward()
+        got = model[0].weight.grad.clone()
+        model.zero_grad()
+        model(want).sum().backward()
+        torch.testing.assert_close(got, model[0].weight.grad, rtol=0, atol=0)
+        del pending
+        x = call(7)
+        ptr = x.data_ptr()
+        del x
+        assert call(7).data_ptr() == ptr  # nothing held it: the memory is reused

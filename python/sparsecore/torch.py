@@ -18,6 +18,8 @@ is summed back per page view, the same as pooling every sample's copy.
 
 from __future__ import annotations
 
+import sys
+import threading
 from collections.abc import Iterable, Mapping
 from typing import Any, Optional
 
@@ -109,6 +111,42 @@ class _ConcatLayout:
         self.collection.backward_rows(self.prepared, grads)
 
 
+class _InputBuffer:
+    """The memory of forward_concat's [B, width] tensor, reused from call to call while nothing
+    can see the previous call's tensor any more: no other Python reference to it, no other
+    holder of its TensorImpl (autograd's saved inputs, released by backward) and no other
+    tensor or array on its storage (views, ``.numpy()``, ``.detach()``). Otherwise, or when
+    the shape changes, the next call gets new memory. A fresh 8 MB tensor per training step
+    costs a page fault per 4 KB page the pooling then writes."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._array: Optional[np.ndarray] = None
+        self._last: Optional[torch.Tensor] = None
+
+    def __reduce__(self) -> tuple:  # copies and pickles of the module start with a buffer of their own
+        return (_InputBuffer, ())
+
+    def tensor(self, rows: int, cols: int) -> torch.Tensor:
+        with self._lock:
+            last, self._last = self._last, None
+            reuse = False
+            if last is not None and self._array is not None and self._array.shape == (rows, cols):
+                try:
+                    # References: `last` and getrefcount's argument; TensorImpl holders: last;
+                    # storage users: last and the temporary untyped_storage() object.
+                    reuse = (sys.getrefcount(last) == 2 and last._use_count() == 1
+                             and torch._C._storage_Use_Count(last.untyped_storage()._cdata) == 2)
+                except (AttributeError, RuntimeError):  # a torch without these counters: never reuse
+                    reuse = False
+            del last
+            if not reuse:
+                self._array = np.empty((rows, cols), np.float32)
+            x = torch.from_numpy(self._array)
+            self._last = x
+            return x
+
+
 class _ConcatFusedSparseUpdate(torch.autograd.Function):
     """The dense model's input [B, width]: every group's pooled rows written straight into its
     column block of one new tensor (no per-group array, no concatenation), dense features after
@@ -116,9 +154,9 @@ class _ConcatFusedSparseUpdate(torch.autograd.Function):
     fused optimizer in place (shared groups summed back per page view)."""
 
     @staticmethod
-    def forward(ctx, anchor, layout, pulled, dense):  # type: ignore[override]
+    def forward(ctx, anchor, layout, pulled, dense, buffer):  # type: ignore[override]
         ctx.layout = layout
-        x = torch.empty(layout.num_samples, layout.width, dtype=torch.float32)
+        x = buffer.tensor(layout.num_samples, layout.width)
         layout.fill(x.numpy(), pulled, dense)
         return x
 
@@ -126,7 +164,7 @@ class _ConcatFusedSparseUpdate(torch.autograd.Function):
     def backward(ctx, grad):  # type: ignore[override]
         g = grad.detach().to(torch.float32)
         ctx.layout.backward(g.contiguous().numpy())
-        return None, None, None, None
+        return None, None, None, None, None
 
 
 class EmbeddingBagCollection(nn.Module):
@@ -150,6 +188,7 @@ class EmbeddingBagCollection(nn.Module):
                 raise ValueError("pass tables (name -> TableConfig) or an existing collection")
             collection = EmbeddingCollection(tables, seed)
         self.collection = collection
+        self._input_buffer = _InputBuffer()
 
     @property
     def output_dims(self) -> dict[str, int]:
@@ -203,7 +242,8 @@ class EmbeddingBagCollection(nn.Module):
         collection pools each group straight into its column block of the one returned tensor:
         no per-group tensor, no ``torch.cat``. In training, backward reads each group's
         gradient in place from the columns of the input gradient. Sequence groups are not
-        allowed."""
+        allowed. The returned tensor's memory is reused by a later call only once nothing
+        refers to the tensor any more (no reference, view, array or autograd node)."""
         sample_group = getattr(batch, "sample_group", None)
         shared_names = set(getattr(batch, "shared", ()))
         if prepared is None:
@@ -228,8 +268,8 @@ class EmbeddingBagCollection(nn.Module):
                                0 if dense_np is None else dense_np.shape[1])
         if self.training and torch.is_grad_enabled():
             anchor = torch.empty(0, requires_grad=True)
-            return _ConcatFusedSparseUpdate.apply(anchor, layout, pulled, dense_np)
-        x = torch.empty(num_samples, layout.width, dtype=torch.float32)
+            return _ConcatFusedSparseUpdate.apply(anchor, layout, pulled, dense_np, self._input_buffer)
+        x = self._input_buffer.tensor(num_samples, layout.width)
         layout.fill(x.numpy(), pulled, dense_np)
         return x
 

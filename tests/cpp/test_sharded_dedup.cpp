@@ -13,6 +13,7 @@
 
 #include "sparsecore/core/error.h"
 #include "sparsecore/core/hash.h"
+#include "sparsecore/core/thread_pool.h"
 #include "sparsecore/ops/batch_planner.h"
 #include "sparsecore/table/hash_table.h"
 #include "sparsecore/table/sharded_dedup.h"
@@ -75,6 +76,48 @@ TEST(ShardedDedup, MatchesABruteForceReference) {
   }
 }
 
+TEST(ShardedDedup, DistinctFirstGivesWhatRunGives) {
+  std::mt19937_64 rng(11);
+  DedupSet set;         // reused across calls, as a plan's groups reuse theirs
+  ShardedDedup reused;  // sized by its previous call (larger and smaller ones follow)
+  DedupSet reused_set;
+  for (int shards : {1, 2, 3, 64, 65536}) {
+    // 5000 ids over up to 10^4 values: the set grows several times from its first size.
+    for (int n : {0, 1, 17, 300, 5000}) {
+      for (int64_t range : {int64_t{3}, int64_t{50}, int64_t{5000}, int64_t{1} << 40}) {
+        const std::vector<int64_t> ids = random_ids(rng, n, range);
+        ShardedDedup phased, first;
+        std::vector<int64_t> want_unique(ids.size()), unique(ids.size());
+        std::vector<int32_t> want_inverse(ids.size()), inverse(ids.size());
+        const int64_t want_u = phased.run(ids.data(), n, shards, want_unique.data(), want_inverse.data());
+        const int64_t u = first.run_distinct_first(ids.data(), n, shards, set, unique.data(), inverse.data());
+        ASSERT_EQ(u, want_u) << shards << " " << n << " " << range;
+        unique.resize(static_cast<size_t>(u));
+        want_unique.resize(static_cast<size_t>(u));
+        ASSERT_EQ(unique, want_unique) << shards << " " << n << " " << range;
+        ASSERT_EQ(inverse, want_inverse) << shards << " " << n << " " << range;
+        std::vector<int64_t> again_unique(ids.size());
+        std::vector<int32_t> again_inverse(ids.size());
+        ASSERT_EQ(
+            reused.run_distinct_first(ids.data(), n, shards, reused_set, again_unique.data(), again_inverse.data()), u);
+        again_unique.resize(static_cast<size_t>(u));
+        ASSERT_EQ(again_unique, want_unique);
+        ASSERT_EQ(again_inverse, want_inverse);
+        ASSERT_EQ(first.num_shards(), shards);
+        for (int s = 0; s < shards; ++s) ASSERT_EQ(first.shard_unique(s), phased.shard_unique(s));
+      }
+    }
+  }
+  ShardedDedup d;
+  const int64_t id = 1;
+  int64_t unique = 0;
+  int32_t inverse = 0;
+  EXPECT_THROW(d.run_distinct_first(&id, 1, 0, set, &unique, &inverse), InvalidArgument);
+  EXPECT_THROW(d.run_distinct_first(&id, 1, 65537, set, &unique, &inverse), InvalidArgument);
+  EXPECT_THROW(d.run_distinct_first(&id, -1, 1, set, &unique, &inverse), InvalidArgument);
+  EXPECT_THROW(d.run_distinct_first(nullptr, 1, 1, set, &unique, &inverse), InvalidArgument);
+}
+
 TEST(ShardedDedup, AllDuplicatesAndExtremeIds) {
   std::vector<int64_t> ids(100, INT64_MIN);
   ids[50] = INT64_MAX;
@@ -97,7 +140,23 @@ TEST(ShardedDedup, RefusesBadShardCounts) {
   EXPECT_THROW(d.group(&id, -1, 1), InvalidArgument);
 }
 
-TEST(BatchPlanner, GroupsDedupsAndInvertsEveryGroup) {
+// Run with 1 thread (a task per group: distinct ids first) and 8 (fewer groups than threads:
+// the phases by shard); the pool's size is put back afterwards.
+class BatchPlannerThreads : public testing::TestWithParam<int> {
+ protected:
+  void SetUp() override {
+    previous_ = ThreadPool::global().num_threads();
+    ThreadPool::set_global_num_threads(GetParam());
+  }
+  void TearDown() override { ThreadPool::set_global_num_threads(previous_); }
+
+ private:
+  int previous_ = 0;
+};
+
+INSTANTIATE_TEST_SUITE_P(Paths, BatchPlannerThreads, testing::Values(1, 8));
+
+TEST_P(BatchPlannerThreads, GroupsDedupsAndInvertsEveryGroup) {
   std::mt19937_64 rng(9);
   for (int round = 0; round < 20; ++round) {
     // Group 0 random, group 1 all duplicates, group 2 empty (bags but no ids), group 3 no bags.
@@ -125,6 +184,11 @@ TEST(BatchPlanner, GroupsDedupsAndInvertsEveryGroup) {
       const std::vector<int64_t> want = reference_unique(ids[g], shards[g]);
       ASSERT_EQ(std::vector<int64_t>(pg.unique_keys.begin(), pg.unique_keys.end()), want);
       ASSERT_EQ(pg.unique_rows.size(), want.size());
+      ASSERT_EQ(pg.shard_starts.size(), static_cast<size_t>(shards[g]) + 1);
+      ASSERT_EQ(pg.shard_starts.back(), static_cast<int64_t>(want.size()));
+      for (int s = 0; s < shards[g]; ++s)
+        for (int64_t k = pg.shard_starts[s]; k < pg.shard_starts[s + 1]; ++k)
+          ASSERT_EQ(shard_of_hash(key_hash(pg.unique_keys[k]), shards[g]), s);
       ASSERT_EQ(pg.inverse.size(), ids[g].size());
       for (size_t i = 0; i < ids[g].size(); ++i) ASSERT_EQ(pg.unique_keys[pg.inverse[i]], ids[g][i]);
       for (auto* r : pg.unique_rows) ASSERT_NE(r, nullptr);
@@ -149,4 +213,43 @@ TEST(DedupIds, FirstOccurrenceOrderAndEveryKeyLegal) {
   dedup_ids(ids.data(), static_cast<int64_t>(ids.size()), unique, inverse);
   EXPECT_EQ(unique, (std::vector<int64_t>{5, lo, -1, 0}));
   EXPECT_EQ(inverse, (std::vector<int64_t>{0, 1, 2, 0, 3, 1, 2}));
+}
+
+// Occurrence lists and bags against a one-pass reference: skewed and uniform ids, empty bags
+// first, in the middle and last, odd and even lengths, one id, none.
+TEST(BuildOccurrences, MatchesAOnePassReference) {
+  std::mt19937_64 rng(5);
+  for (int round = 0; round < 200; ++round) {
+    const int bags = static_cast<int>(rng() % 12);
+    std::vector<int64_t> offsets{0};
+    for (int b = 0; b < bags; ++b) offsets.push_back(offsets.back() + static_cast<int64_t>(rng() % 4) * (rng() % 3));
+    const int64_t n = offsets.back();
+    const int64_t range = 1 + static_cast<int64_t>(rng() % 6);
+    PreparedGroup g;
+    g.num_ids = n;
+    g.batch_size = bags;
+    g.offsets.assign(offsets.data(), offsets.data() + offsets.size());
+    std::vector<int64_t> ids(static_cast<size_t>(n));
+    for (auto& x : ids) x = static_cast<int64_t>(rng() % range);
+    std::vector<int64_t> unique;
+    std::vector<int64_t> inverse;
+    dedup_ids(ids.data(), n, unique, inverse);
+    g.unique_keys.assign(unique.data(), unique.data() + unique.size());
+    g.inverse.resize(n);
+    for (int64_t i = 0; i < n; ++i) g.inverse[i] = static_cast<int32_t>(inverse[static_cast<size_t>(i)]);
+    build_occurrences(g);
+    std::vector<int32_t> want_offsets{0}, want_positions;
+    for (size_t u = 0; u < unique.size(); ++u) {
+      for (int64_t i = 0; i < n; ++i)
+        if (inverse[static_cast<size_t>(i)] == static_cast<int64_t>(u))
+          want_positions.push_back(static_cast<int32_t>(i));
+      want_offsets.push_back(static_cast<int32_t>(want_positions.size()));
+    }
+    ASSERT_EQ(std::vector<int32_t>(g.occurrence_offsets.begin(), g.occurrence_offsets.end()), want_offsets);
+    ASSERT_EQ(std::vector<int32_t>(g.occurrence_positions.begin(), g.occurrence_positions.end()), want_positions);
+    ASSERT_EQ(g.bag_of_position.size(), static_cast<size_t>(n));
+    for (int b = 0; b < bags; ++b)
+      for (int64_t p = offsets[static_cast<size_t>(b)]; p < offsets[static_cast<size_t>(b) + 1]; ++p)
+        ASSERT_EQ(g.bag_of_position[p], b) << "round " << round << " position " << p;
+  }
 }

@@ -1,8 +1,11 @@
 // The batch planner: what every row store's prepare shares. For each group it copies the bag
-// layout, dedups the ids by shard with the one dedup primitive (table/sharded_dedup.h: hash
-// once, group positions by shard, dedup per shard, inverse), and hands each shard's distinct
-// ids to the store while they are in the cache. The occurrence lists backward needs are built
-// later, once, by build_occurrences.
+// layout, dedups the ids by shard with the one dedup primitive (table/sharded_dedup.h), and
+// hands each shard's distinct ids to the store while they are in the cache. With at least as
+// many groups as pool threads each group is one task (ShardedDedup::run_distinct_first: the
+// ids deduplicated in position order, then the distinct ids grouped by shard); with fewer,
+// the phases by shard spread one group's shards over the threads (hash once, group positions
+// by shard, dedup per shard, inverse). Both give the same plan. The occurrence lists backward
+// needs are built later, once, by build_occurrences.
 //
 // Thread-safety: plan_batch runs its phases on the thread pool; `resolve` is called
 // concurrently for distinct (group, shard). Internal to the ops layer.

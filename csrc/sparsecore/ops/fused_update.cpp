@@ -1,6 +1,7 @@
 #include "sparsecore/ops/fused_update.h"
 
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #if defined(__x86_64__)
@@ -21,6 +22,8 @@ using support::prefetch_bytes;
 
 // Unique rows this far ahead are prefetched for writing (a whole record: weights, state, meta).
 constexpr int64_t kUpdateAhead = 8;
+// Gradient rows this many occurrences ahead are prefetched while a row's gradient is summed.
+constexpr int32_t kGradientAhead = 16;
 
 namespace {
 
@@ -57,28 +60,85 @@ __attribute__((always_inline)) inline uint32_t any_nonfinite_half(const uint16_t
   return bad;
 }
 
+// A sum of kDim-float rows held in registers: 8-float vectors, then a 4-float one, then
+// scalars (the compiler does not keep a fixed-size float array in vector registers across a
+// loop). Element d gets acc[d] + s * x[d], a product then a sum as axpy computes it, in
+// every ISA clone (no contraction: -ffp-contract=off).
+using Floats8 = float __attribute__((vector_size(32)));
+using Floats4 = float __attribute__((vector_size(16)));
+template <int kDim>
+struct RowSum {
+  static constexpr int kEights = kDim / 8, kFour = (kDim % 8) / 4, kOnes = kDim % 4;
+  Floats8 eights[kEights > 0 ? kEights : 1] = {};
+  Floats4 four = {};
+  float ones[kOnes > 0 ? kOnes : 1] = {};
+
+  __attribute__((always_inline)) void add(const float* __restrict__ x, float s) {
+    for (int i = 0; i < kEights; ++i) {
+      Floats8 v;
+      __builtin_memcpy(&v, x + 8 * i, sizeof(v));
+      eights[i] += s * v;
+    }
+    if constexpr (kFour > 0) {
+      Floats4 v;
+      __builtin_memcpy(&v, x + 8 * kEights, sizeof(v));
+      four += s * v;
+    }
+    for (int i = 0; i < kOnes; ++i) ones[i] += s * x[kDim - kOnes + i];
+  }
+  __attribute__((always_inline)) void store(float* __restrict__ out) const {
+    for (int i = 0; i < kEights; ++i) __builtin_memcpy(out + 8 * i, &eights[i], sizeof(Floats8));
+    if constexpr (kFour > 0) __builtin_memcpy(out + 8 * kEights, &four, sizeof(Floats4));
+    for (int i = 0; i < kOnes; ++i) out[kDim - kOnes + i] = ones[i];
+  }
+};
+
 // The gradient of unique row u of `g`: its occurrences' pooled-output gradients, each times
 // its bag's scale (and its weight), in the order of kGradientChunk (embedding_collection.h):
 // each chunk of the occurrence list summed from zero in ascending position order, the chunk
 // sums added in chunk order. The one definition of that sum, for the fused backward and for
 // callers that push the sums elsewhere. partial: dim floats of scratch (long lists only).
+// kDim > 0: g.dim == kDim, and a chunk's sum is kept in registers (a sum in memory waits on
+// its own store at every occurrence); the same additions in the same order either way.
+template <int kDim>
 __attribute__((always_inline)) inline void sum_row_gradient(const PreparedGroup& g, const float* grad,
                                                             const float* bag_scale, int64_t u, float* __restrict__ out,
                                                             float* __restrict__ partial) {
-  const int dim = g.dim;
+  const int dim = kDim > 0 ? kDim : g.dim;
   const float* weights = g.weights.empty() ? nullptr : g.weights.data();
   const int32_t* occ_pos = g.occurrence_positions.data();
   const int32_t* bag_of = g.bag_of_position.data();
   const bool sequence = g.pooling == Pooling::kNone;
-  auto sum_chunk = [&](float* __restrict__ acc, int32_t k0, int32_t k1) {
-    for (int d = 0; d < dim; ++d) acc[d] = 0.0f;
+  const int32_t num_occurrences = static_cast<int32_t>(g.num_ids);
+  auto sum_chunk = [&](float* __restrict__ sum, int32_t k0, int32_t k1) __attribute__((always_inline)) {
+    if constexpr (kDim > 0) {
+      if (!sequence) {  // a bag's gradient row: the sum in registers
+        RowSum<kDim> acc;
+        for (int32_t k = k0; k < k1; ++k) {
+          // Occurrences are in one array for all rows: the gradient row of a later one (of
+          // this row or the next) is fetched while this one is added.
+          if (k + kGradientAhead < num_occurrences) {
+            const float* ahead = grad + int64_t{bag_of[occ_pos[k + kGradientAhead]]} * kDim;
+            __builtin_prefetch(ahead);
+            __builtin_prefetch(ahead + kDim - 1);
+          }
+          const int32_t pos = occ_pos[k];
+          const int32_t b = bag_of[pos];
+          const float s = weights ? bag_scale[b] * weights[pos] : bag_scale[b];
+          acc.add(grad + int64_t{b} * kDim, s);
+        }
+        acc.store(sum);
+        return;
+      }
+    }
+    for (int d = 0; d < dim; ++d) sum[d] = 0.0f;
     for (int32_t k = k0; k < k1; ++k) {
       const int32_t pos = occ_pos[k];
       const int32_t b = bag_of[pos];
       float s = bag_scale[b];
       if (weights) s *= weights[pos];
       const float* src = sequence ? grad + (b * g.max_len + (pos - g.offsets[b])) * dim : grad + int64_t{b} * dim;
-      axpy(acc, src, s, dim);
+      axpy(sum, src, s, dim);
     }
   };
   const int32_t begin = g.occurrence_offsets[u], end = g.occurrence_offsets[u + 1];
@@ -87,6 +147,29 @@ __attribute__((always_inline)) inline void sum_row_gradient(const PreparedGroup&
   for (int32_t k = first_end; k < end; k += kGradientChunk) {
     sum_chunk(partial, k, end - k > kGradientChunk ? k + kGradientChunk : end);
     for (int d = 0; d < dim; ++d) out[d] += partial[d];
+  }
+}
+
+// Calls f(std::integral_constant<int, D>) with D = dim for the common widths, else D = 0.
+template <typename F>
+__attribute__((always_inline)) inline auto with_fixed_dim(int dim, F f) {
+  switch (dim) {
+    case 4:
+      return f(std::integral_constant<int, 4>{});
+    case 8:
+      return f(std::integral_constant<int, 8>{});
+    case 16:
+      return f(std::integral_constant<int, 16>{});
+    case 18:
+      return f(std::integral_constant<int, 18>{});
+    case 20:
+      return f(std::integral_constant<int, 20>{});
+    case 32:
+      return f(std::integral_constant<int, 32>{});
+    case 64:
+      return f(std::integral_constant<int, 64>{});
+    default:
+      return f(std::integral_constant<int, 0>{});
   }
 }
 
@@ -102,6 +185,7 @@ __attribute__((always_inline)) inline bool update_rows_as(const EmbeddingTable& 
   const bool half = table.storage() == RowStorage::kFloat16;
   const size_t row_bytes = table.row_bytes();
   const int state_dim = table.state_dim();
+  const rules::CallCoefficients coefficients = rules::call_coefficients(opt, step);  // once, not per row
   for (int64_t u = u_begin; u < u_end; ++u) {
     if (u + kUpdateAhead < u_end && rows[u + kUpdateAhead])
       prefetch_bytes(rows[u + kUpdateAhead], table.row_bytes(), 1);
@@ -118,10 +202,10 @@ __attribute__((always_inline)) inline bool update_rows_as(const EmbeddingTable& 
       // fp32 math on a widened copy, rounded back once.
       float* w = scratch + dim;
       halves_to_floats(EmbeddingTable::weights_fp16(row), w, dim);
-      rules::apply(opt, w, state, scratch, dim, step, count);
+      rules::apply(opt, coefficients, w, state, scratch, dim, step, count);
       floats_to_halves(w, EmbeddingTable::weights_fp16(row), dim);
     } else {
-      rules::apply(opt, EmbeddingTable::weights(row), state, scratch, dim, step, count);
+      rules::apply(opt, coefficients, EmbeddingTable::weights(row), state, scratch, dim, step, count);
     }
     meta->set_last_step(step);
   }
@@ -153,10 +237,16 @@ __attribute__((always_inline)) inline bool backward_update_as(const PreparedGrou
                                                               std::byte* const* rows, const float* grad,
                                                               const float* bag_scale, int64_t u_begin, int64_t u_end,
                                                               int64_t step, float* scratch, std::byte* undo) {
-  return update_rows_as<kStream>(table, rows, u_begin, u_end, step, scratch, undo, [&](int64_t u, float* out) {
-    // scratch[2 dim, 3 dim) is free (backward_scratch_floats).
-    sum_row_gradient(g, grad, bag_scale, u, out, scratch + 2 * g.dim);
-  });
+  // Every step inlined, so that each ISA clone of the caller gets its own copy.
+  return with_fixed_dim(
+      g.dim, [&](auto fixed) __attribute__((always_inline)) {
+        return update_rows_as<kStream>(
+            table, rows, u_begin, u_end, step, scratch,
+            undo, [&](int64_t u, float* out) __attribute__((always_inline)) {
+              // scratch[2 dim, 3 dim) is free (backward_scratch_floats).
+              sum_row_gradient<decltype(fixed)::value>(g, grad, bag_scale, u, out, scratch + 2 * g.dim);
+            });
+      });
 }
 
 template <bool kStream>
@@ -191,7 +281,11 @@ void sum_unique_gradients(const PreparedGroup& g, const float* grad, const float
                           int64_t u_end, float* out) {
   thread_local std::vector<float> partial;
   if (partial.size() < static_cast<size_t>(g.dim)) partial.resize(static_cast<size_t>(g.dim));
-  for (int64_t u = u_begin; u < u_end; ++u) sum_row_gradient(g, grad, bag_scale, u, out + u * g.dim, partial.data());
+  with_fixed_dim(
+      g.dim, [&](auto fixed) __attribute__((always_inline)) {
+        for (int64_t u = u_begin; u < u_end; ++u)
+          sum_row_gradient<decltype(fixed)::value>(g, grad, bag_scale, u, out + u * g.dim, partial.data());
+      });
 }
 
 SC_DISPATCH

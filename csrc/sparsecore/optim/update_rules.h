@@ -109,10 +109,13 @@ SC_RULE void adam_element(float& w, float& m, float& v, float g, float b1, float
   v = vi;
   w = wi - a.step * mi / (std::sqrt(vi) * a.inv_sqrt_bc2 + eps);
 }
+SC_RULE void adam_row(float* __restrict__ w, float* __restrict__ m, float* __restrict__ v, const float* __restrict__ g,
+                      int dim, float b1, float b2, float eps, const AdamStep& a) {
+  for (int i = 0; i < dim; ++i) adam_element(w[i], m[i], v[i], g[i], b1, b2, eps, a);
+}
 SC_RULE void adam(float* __restrict__ w, float* __restrict__ m, float* __restrict__ v, const float* __restrict__ g,
                   int dim, float lr, float b1, float b2, float eps, float wd, bool decoupled, int64_t t) {
-  const AdamStep a = adam_step(lr, b1, b2, wd, decoupled, t);
-  for (int i = 0; i < dim; ++i) adam_element(w[i], m[i], v[i], g[i], b1, b2, eps, a);
+  adam_row(w, m, v, g, dim, b1, b2, eps, adam_step(lr, b1, b2, wd, decoupled, t));
 }
 
 // FTRL-Proximal (McMahan et al., 2013), per coordinate, alpha = lr:
@@ -169,10 +172,29 @@ SC_RULE void group_lasso(float* __restrict__ w, float* __restrict__ s, const flo
   for (int i = 0; i < dim; ++i) w[i] *= scale;
 }
 
+// What a rule computes once for all the rows of a call rather than once per row: Adam's
+// coefficients when t is the global step (use_global_step), which every row of a call shares.
+// They come from the same adam_step as the per-row path, so a row's result is the same bits
+// either way; the per-row path then only runs for t = the row's update count. The default
+// value hoists nothing.
+struct CallCoefficients {
+  bool shared_adam = false;
+  AdamStep adam{};
+};
+SC_RULE CallCoefficients call_coefficients(const OptimizerConfig& c, int64_t step) {
+  CallCoefficients k;
+  if (c.kind == OptimizerKind::kAdam && c.use_global_step) {
+    k.shared_adam = true;
+    k.adam = adam_step(c.lr, c.beta1, c.beta2, c.weight_decay, c.decoupled_weight_decay, step);
+  }
+  return k;
+}
+
 // Dispatch on the table's rule. `step` is the collection's step (Adam with use_global_step),
 // `count` the row's update count with this update (Adam's lazy step, the frequency-scaled L1).
-SC_RULE void apply(const OptimizerConfig& c, float* __restrict__ w, float* __restrict__ state,
-                   const float* __restrict__ g, int dim, int64_t step, uint32_t count) {
+// `k`: call_coefficients(c, step) of the same c and step, or the default (computed per row).
+SC_RULE void apply(const OptimizerConfig& c, const CallCoefficients& k, float* __restrict__ w,
+                   float* __restrict__ state, const float* __restrict__ g, int dim, int64_t step, uint32_t count) {
   const int64_t t = c.use_global_step ? step : static_cast<int64_t>(count);
   switch (c.kind) {
     case OptimizerKind::kSGD:
@@ -188,7 +210,8 @@ SC_RULE void apply(const OptimizerConfig& c, float* __restrict__ w, float* __res
       rowwise_adagrad(w, state, g, dim, c.lr, c.eps, c.weight_decay);
       break;
     case OptimizerKind::kAdam:
-      adam(w, state, state + dim, g, dim, c.lr, c.beta1, c.beta2, c.eps, c.weight_decay, c.decoupled_weight_decay, t);
+      adam_row(w, state, state + dim, g, dim, c.beta1, c.beta2, c.eps,
+               k.shared_adam ? k.adam : adam_step(c.lr, c.beta1, c.beta2, c.weight_decay, c.decoupled_weight_decay, t));
       break;
     case OptimizerKind::kFtrl:
       ftrl(w, state, state + dim, g, dim, c.lr, c.ftrl_beta, frequency_scaled_l1(c.l1, c.l1_reference_count, count),
@@ -199,6 +222,11 @@ SC_RULE void apply(const OptimizerConfig& c, float* __restrict__ w, float* __res
                   frequency_scaled_l1(c.group_lambda, c.l1_reference_count, count));
       break;
   }
+}
+
+SC_RULE void apply(const OptimizerConfig& c, float* __restrict__ w, float* __restrict__ state,
+                   const float* __restrict__ g, int dim, int64_t step, uint32_t count) {
+  apply(c, CallCoefficients{}, w, state, g, dim, step, count);
 }
 
 // Initial optimizer state of a new row: zeros, except the accumulators that start at

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "sparsecore/core/cpu_features.h"
 #include "sparsecore/core/error.h"
 #include "sparsecore/core/hash.h"
 
@@ -9,21 +10,32 @@ namespace sparsecore {
 namespace {
 
 constexpr int64_t kDedupAhead = 8;
+// run_distinct_first's set starts sized for the previous call's distinct ids, at least this many
+// (a reset writes every slot), and doubles when half full.
+constexpr int64_t kFirstSetKeys = 128;
+constexpr int64_t kFirstBlock = 64;
 
-}  // namespace
+// key_hash of ids [0, m) into out, in the widest vectors the CPU has (64-bit multiplies
+// vectorise with AVX-512).
+SC_DISPATCH void hash_ids(const int64_t* __restrict__ ids, int64_t m, uint64_t* __restrict__ out) {
+  for (int64_t k = 0; k < m; ++k) out[k] = key_hash(ids[k]);
+}
 
-void ShardedDedup::group(const int64_t* ids, int64_t n, int shards) {
+void check_dedup_args(const int64_t* ids, int64_t n, int shards) {
   SC_CHECK_ARG(n >= 0 && n <= INT32_MAX, "dedup: 0 to 2^31 - 1 ids, got ", n);
   SC_CHECK_ARG(shards >= 1 && shards <= static_cast<int>(kNumBuckets), "dedup: shards must be in [1, 65536], got ",
                shards);
   SC_CHECK_ARG(n == 0 || ids != nullptr, "dedup: ids is null");
+}
+
+}  // namespace
+
+void ShardedDedup::group(const int64_t* ids, int64_t n, int shards) {
+  check_dedup_args(ids, n, shards);
   hashes_.resize(n);
   shard_start_.assign(shards + 1, 0);
-  for (int64_t i = 0; i < n; ++i) {
-    const uint64_t h = key_hash(ids[i]);
-    hashes_[i] = h;
-    ++shard_start_[shard_of_hash(h, shards) + 1];
-  }
+  hash_ids(ids, n, hashes_.data());
+  for (int64_t i = 0; i < n; ++i) ++shard_start_[shard_of_hash(hashes_[i], shards) + 1];
   for (int s = 0; s < shards; ++s) shard_start_[s + 1] += shard_start_[s];
   std::vector<int64_t> cursor(shard_start_.begin(), shard_start_.end() - 1);
   perm_.resize(n);
@@ -74,6 +86,61 @@ int64_t ShardedDedup::run(const int64_t* ids, int64_t n, int shards, int64_t* un
   DedupSet& set = tls_set;
   for (int s = 0; s < shards; ++s) dedup_shard(ids, s, set, unique);
   return compact(unique, nullptr, inverse);
+}
+
+int64_t ShardedDedup::run_distinct_first(const int64_t* ids, int64_t n, int shards, DedupSet& set, int64_t* unique,
+                                         int32_t* inverse) {
+  check_dedup_args(ids, n, shards);
+  shard_start_.assign(shards + 1, 0);  // num_shards()
+  shard_unique_.assign(shards, 0);
+  first_keys_.resize(n);
+  first_shard_.resize(n);
+  // Sized for as many distinct ids as this object's previous call found (a plan's groups
+  // keep their ShardedDedup from batch to batch), so a steady stream rarely grows the set.
+  set.reset(std::min(n, std::max(kFirstSetKeys, last_distinct_)));
+  int32_t count = 0;
+  // A block's hashes are computed (a loop the compiler vectorises) and their slots fetched
+  // before the block is probed: the set outgrows L1 once there are a few thousand distinct ids.
+  uint64_t hashes[kFirstBlock];
+  for (int64_t i0 = 0; i0 < n; i0 += kFirstBlock) {
+    const int64_t m = std::min(kFirstBlock, n - i0);
+    const int64_t* block = ids + i0;
+    hash_ids(block, m, hashes);
+    for (int64_t k = 0; k < m; ++k) set.prefetch(hashes[k]);
+    for (int64_t k = 0; k < m; ++k) {
+      const int64_t key = block[k];
+      const uint64_t h = hashes[k];
+      bool added = false;
+      const int32_t idx = set.find_or_add(key, h, count, &added);
+      if (added) {
+        first_keys_[count] = key;
+        const int s = shard_of_hash(h, shards);
+        first_shard_[count] = s;
+        ++shard_unique_[s];
+        ++count;
+        if (set.full(count)) set.grow(first_keys_.data(), count, key_hash);
+      }
+      inverse[i0 + k] = idx;
+    }
+  }
+  last_distinct_ = count;
+  if (shards == 1) {  // shard order is first-position order
+    std::copy(first_keys_.data(), first_keys_.data() + count, unique);
+    return count;
+  }
+  // The distinct ids in shard order, each shard's in order of first position (a stable
+  // counting sort), and each position's index moved with its id.
+  std::vector<int64_t>& cursor = shard_start_;
+  for (int s = 0; s < shards; ++s) cursor[s + 1] = cursor[s] + shard_unique_[s];
+  placed_.resize(count);
+  for (int32_t k = 0; k < count; ++k) {
+    const int32_t at = static_cast<int32_t>(cursor[first_shard_[k]]++);
+    placed_[k] = at;
+    unique[at] = first_keys_[k];
+  }
+  const int32_t* placed = placed_.data();
+  for (int64_t i = 0; i < n; ++i) inverse[i] = placed[inverse[i]];
+  return count;
 }
 
 void dedup_ids(const int64_t* ids, int64_t n, std::vector<int64_t>& unique, std::vector<int64_t>& inverse) {

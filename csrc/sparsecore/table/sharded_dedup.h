@@ -44,6 +44,16 @@ struct DedupSet {
     mask = cap - 1;
     for (size_t i = 0; i < cap; ++i) slots[i].index = -1;
   }
+  // Whether a set holding `count` keys must grow before one more is added (load <= 1/2).
+  bool full(int64_t count) const { return static_cast<uint64_t>(count + 1) * 2 > mask + 1; }
+  // Twice the slots, holding keys[i] at index i for i < count (the keys added so far, in
+  // the order of their indices); hash(key) gives each key's hash.
+  template <typename Hash>
+  void grow(const int64_t* keys, int32_t count, Hash hash) {
+    reset(static_cast<int64_t>(mask + 1));
+    bool added = false;
+    for (int32_t i = 0; i < count; ++i) find_or_add(keys[i], hash(keys[i]), i, &added);
+  }
   // Hint: the slot where find_or_add(key, hash, ...) starts.
   void prefetch(uint64_t hash) const { __builtin_prefetch(slots.data() + (hash & mask)); }
   // Returns the index of `key`, inserting it with `next` when absent.
@@ -93,12 +103,28 @@ class ShardedDedup {
   // The three phases on the calling thread. unique: room for n ids; inverse (n).
   int64_t run(const int64_t* ids, int64_t n, int shards, int64_t* unique, int32_t* inverse);
 
+  // The same unique, inverse and shard_unique(s) as run(), computed the other way round on
+  // the calling thread: the ids deduplicated in position order first (one probe per position
+  // into a set that grows with the distinct ids, not with n), then only the distinct ids
+  // grouped by shard. Cheaper when ids repeat (a skewed batch), but one thread per array:
+  // run()'s phases let the shards of one large array go to different threads. Afterwards
+  // num_shards() and shard_unique(s) are valid; shard_begin/end and perm() are not.
+  // unique: room for n ids; inverse (n). Throws InvalidArgument as group() does.
+  int64_t run_distinct_first(const int64_t* ids, int64_t n, int shards, DedupSet& set, int64_t* unique,
+                             int32_t* inverse);
+
  private:
   PodVector<uint64_t> hashes_;         // (n)
   PodVector<int32_t> perm_;            // (n) positions grouped by shard, ascending within
   std::vector<int64_t> shard_start_;   // (shards + 1)
   PodVector<int32_t> local_index_;     // (n) index of a position's id among its shard's
   std::vector<int64_t> shard_unique_;  // (shards)
+  // run_distinct_first: the distinct ids in order of first position, the shard of each, and
+  // where each goes in shard order.
+  PodVector<int64_t> first_keys_;
+  PodVector<int32_t> first_shard_;
+  PodVector<int32_t> placed_;
+  int64_t last_distinct_ = 0;
 };
 
 // The distinct ids of ids (n, n < 2^31) in order of first occurrence, and inverse (n) with
