@@ -135,7 +135,7 @@ class _InputBuffer:
                 try:
                     # References: `last` and getrefcount's argument; TensorImpl holders: last;
                     # storage users: last and the temporary untyped_storage() object.
-                    reuse = (sys.getrefcount(last) == 2 and last._use_count() == 1
+                    reuse = (sys.getrefcount(last) == 2 and last._use_count() == 1  # type: ignore[attr-defined]
                              and torch._C._storage_Use_Count(last.untyped_storage()._cdata) == 2)
                 except (AttributeError, RuntimeError):  # a torch without these counters: never reuse
                     reuse = False
