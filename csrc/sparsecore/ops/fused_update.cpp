@@ -150,29 +150,11 @@ __attribute__((always_inline)) inline void sum_row_gradient(const PreparedGroup&
   }
 }
 
-// Calls f(std::integral_constant<int, D>) with D = dim for the common widths, else D = 0.
+// The widths with a fixed-size copy of the gradient sum and update.
 template <typename F>
-__attribute__((always_inline)) inline auto with_fixed_dim(int dim, F f) {
-  switch (dim) {
-    case 4:
-      return f(std::integral_constant<int, 4>{});
-    case 8:
-      return f(std::integral_constant<int, 8>{});
-    case 16:
-      return f(std::integral_constant<int, 16>{});
-    case 18:
-      return f(std::integral_constant<int, 18>{});
-    case 20:
-      return f(std::integral_constant<int, 20>{});
-    case 32:
-      return f(std::integral_constant<int, 32>{});
-    case 64:
-      return f(std::integral_constant<int, 64>{});
-    default:
-      return f(std::integral_constant<int, 0>{});
-  }
+__attribute__((always_inline)) inline auto with_update_width(int dim, F f) {
+  return support::with_fixed_dim<4, 8, 16, 18, 20, 32, 64>(dim, f);
 }
-
 // Applies the table's update rule once to each of rows [u_begin, u_end), with the gradient
 // that gradient_of(u, scratch) writes into scratch[0, dim). Each record is saved to `undo`
 // first; a row left non-finite is put back at once and false is returned.
@@ -238,7 +220,7 @@ __attribute__((always_inline)) inline bool backward_update_as(const PreparedGrou
                                                               const float* bag_scale, int64_t u_begin, int64_t u_end,
                                                               int64_t step, float* scratch, std::byte* undo) {
   // Every step inlined, so that each ISA clone of the caller gets its own copy.
-  return with_fixed_dim(
+  return with_update_width(
       g.dim, [&](auto fixed) __attribute__((always_inline)) {
         return update_rows_as<kStream>(
             table, rows, u_begin, u_end, step, scratch,
@@ -281,7 +263,7 @@ void sum_unique_gradients(const PreparedGroup& g, const float* grad, const float
                           int64_t u_end, float* out) {
   thread_local std::vector<float> partial;
   if (partial.size() < static_cast<size_t>(g.dim)) partial.resize(static_cast<size_t>(g.dim));
-  with_fixed_dim(
+  with_update_width(
       g.dim, [&](auto fixed) __attribute__((always_inline)) {
         for (int64_t u = u_begin; u < u_end; ++u)
           sum_row_gradient<decltype(fixed)::value>(g, grad, bag_scale, u, out + u * g.dim, partial.data());

@@ -5,8 +5,25 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 namespace sparsecore::kernels::support {
+
+// Calls f(std::integral_constant<int, D>{}) with D = dim when dim is one of kWidths, else with
+// D = 0 (the kernel's runtime-width copy): a kernel instantiated for a fixed width keeps a row
+// in vector registers. Returns what f returns.
+template <int... kWidths, typename F>
+__attribute__((always_inline)) inline auto with_fixed_dim(int dim, F f) {
+  using Result = decltype(f(std::integral_constant<int, 0>{}));
+  if constexpr (std::is_void_v<Result>) {
+    const bool fixed = ((dim == kWidths && (f(std::integral_constant<int, kWidths>{}), true)) || ...);
+    if (!fixed) f(std::integral_constant<int, 0>{});
+  } else {
+    Result result{};
+    const bool fixed = ((dim == kWidths && (result = f(std::integral_constant<int, kWidths>{}), true)) || ...);
+    return fixed ? result : f(std::integral_constant<int, 0>{});
+  }
+}
 
 __attribute__((always_inline)) inline void axpy(float* __restrict__ y, const float* __restrict__ x, float a, int dim) {
   for (int d = 0; d < dim; ++d) y[d] += a * x[d];

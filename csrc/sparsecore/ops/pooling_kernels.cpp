@@ -20,6 +20,13 @@ using support::any_nonfinite;
 using support::axpy;
 using support::prefetch_bytes;
 
+// The widths pool_bags keeps a bag's sum of in registers (pools_in_registers answers from the
+// same list).
+template <typename F>
+__attribute__((always_inline)) inline auto with_pooled_width(int dim, F f) {
+  return support::with_fixed_dim<4, 8, 16, 18, 20, 32, 64, 128>(dim, f);
+}
+
 // A row's weights as fp32: the row itself (fp32 storage) or `tmp` (dim floats) filled by an
 // exact widening (fp16 storage; F16C in the x86-64-v3/v4 clones).
 template <bool kHalf>
@@ -182,26 +189,12 @@ __attribute__((always_inline)) inline void pool_bags_from_ids_as(const Ids& look
                                                                  const GroupInput& in, int64_t max_len, int64_t b0,
                                                                  int64_t b1, float* out, const std::byte** rows,
                                                                  float* tmp, const std::byte* default_row) {
-  switch (pooling == Pooling::kNone ? 0 : dim) {
-    case 4:
-      pool_from_ids<4, kHalf>(lookup, dim, pooling, in, max_len, b0, b1, out, rows, tmp, default_row);
-      break;
-    case 8:
-      pool_from_ids<8, kHalf>(lookup, dim, pooling, in, max_len, b0, b1, out, rows, tmp, default_row);
-      break;
-    case 16:
-      pool_from_ids<16, kHalf>(lookup, dim, pooling, in, max_len, b0, b1, out, rows, tmp, default_row);
-      break;
-    case 32:
-      pool_from_ids<32, kHalf>(lookup, dim, pooling, in, max_len, b0, b1, out, rows, tmp, default_row);
-      break;
-    case 64:
-      pool_from_ids<64, kHalf>(lookup, dim, pooling, in, max_len, b0, b1, out, rows, tmp, default_row);
-      break;
-    default:
-      pool_from_ids<0, kHalf>(lookup, dim, pooling, in, max_len, b0, b1, out, rows, tmp, default_row);
-      break;
-  }
+  // Fixed-size copies of the common widths (pooling "none" copies rows: the runtime width).
+  support::with_fixed_dim<4, 8, 16, 32, 64>(
+      pooling == Pooling::kNone ? 0 : dim, [&](auto fixed) __attribute__((always_inline)) {
+        pool_from_ids<decltype(fixed)::value, kHalf>(lookup, dim, pooling, in, max_len, b0, b1, out, rows, tmp,
+                                                     default_row);
+      });
 }
 
 template <bool kHalf>
@@ -230,35 +223,10 @@ __attribute__((always_inline)) inline void pool_bags_as(const PreparedGroup& g, 
     return;
   }
   // Fixed-size copies of the common widths let the compiler keep a bag's sum in registers.
-  switch (dim) {
-    case 4:
-      pool_range<4, kHalf>(g, rows, bag_begin, bag_end, out, stride, tmp);
-      break;
-    case 8:
-      pool_range<8, kHalf>(g, rows, bag_begin, bag_end, out, stride, tmp);
-      break;
-    case 16:
-      pool_range<16, kHalf>(g, rows, bag_begin, bag_end, out, stride, tmp);
-      break;
-    case 18:
-      pool_range<18, kHalf>(g, rows, bag_begin, bag_end, out, stride, tmp);
-      break;
-    case 20:
-      pool_range<20, kHalf>(g, rows, bag_begin, bag_end, out, stride, tmp);
-      break;
-    case 32:
-      pool_range<32, kHalf>(g, rows, bag_begin, bag_end, out, stride, tmp);
-      break;
-    case 64:
-      pool_range<64, kHalf>(g, rows, bag_begin, bag_end, out, stride, tmp);
-      break;
-    case 128:
-      pool_range<128, kHalf>(g, rows, bag_begin, bag_end, out, stride, tmp);
-      break;
-    default:
-      pool_range<0, kHalf>(g, rows, bag_begin, bag_end, out, stride, tmp);
-      break;
-  }
+  with_pooled_width(
+      dim, [&](auto fixed) __attribute__((always_inline)) {
+        pool_range<decltype(fixed)::value, kHalf>(g, rows, bag_begin, bag_end, out, stride, tmp);
+      });
 }
 
 }  // namespace
@@ -295,21 +263,9 @@ void pool_bags(const PreparedGroup& g, RowStorage storage, const std::byte* cons
     pool_bags_as<false>(g, rows, bag_begin, bag_end, out, out_stride, tmp);
 }
 
-// Not an ISA clone: the answer is the same on every CPU (the widths of pool_bags_as's switch).
+// Not an ISA clone: the answer is the same on every CPU (the widths of with_pooled_width).
 bool pools_in_registers(int dim, Pooling pooling) {
-  switch (dim) {
-    case 4:
-    case 8:
-    case 16:
-    case 18:
-    case 20:
-    case 32:
-    case 64:
-    case 128:
-      return pooling != Pooling::kNone;
-    default:
-      return false;
-  }
+  return pooling != Pooling::kNone && with_pooled_width(dim, [](auto fixed) { return decltype(fixed)::value != 0; });
 }
 
 bool all_finite(const float* x, int64_t n) { return any_nonfinite(x, n) == 0; }
